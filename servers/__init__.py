@@ -1,0 +1,1 @@
+"""Interchangeable echo servers, one module each; see ``sockbench.registry``."""

@@ -1,0 +1,93 @@
+"""``blocking``: the classic echo server, made concurrent with one thread per connection.
+
+Why it is built this way: this is the server every socket tutorial starts
+from, ``socket() / bind() / listen() / accept()`` and then ``recv()`` /
+``sendall()`` on a blocking socket, with a thread per accepted connection so
+that one slow client cannot stall the others.  It is the baseline the other
+models are measured against.
+
+Properties that matter for the benchmark:
+
+* Memory is bounded by construction: a thread that is blocked in
+  ``sendall()`` (its client is not reading) does not ``recv()`` more.
+* A half-close is handled for free: ``recv()`` returns ``b""`` only after
+  everything before it was echoed, then the connection is closed.
+* Stop signals are blocked in the worker threads, so SIGTERM/SIGINT always
+  reach the main thread, interrupt its ``accept()`` (the handler raises
+  ``StopServing``), and the main thread shuts every connection down.
+* Threads get a small stack (256 KiB) so that hundreds of connections do not
+  cost hundreds of megabytes of address space.
+"""
+
+import signal
+import socket
+import threading
+import time
+
+from sockbench.servers.common import RECV_SIZE, STOP_SIGNALS, StopServing, set_nodelay
+
+__all__ = ["serve"]
+
+THREAD_STACK = 256 * 1024
+JOIN_BUDGET_S = 1.0
+
+
+def _echo(conn, conns, lock):
+    try:
+        while True:
+            data = conn.recv(RECV_SIZE)
+            if not data:
+                break
+            conn.sendall(data)
+    except OSError:
+        pass  # reset by the peer, or shut down by the main thread: this connection only
+    finally:
+        with lock:
+            conns.discard(conn)
+        conn.close()
+
+
+def _raise_stop(signum, frame):
+    raise StopServing(signum)
+
+
+def serve(listener, announce, options):
+    threading.stack_size(THREAD_STACK)
+    conns = set()
+    lock = threading.Lock()
+    threads = []
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _raise_stop)
+    announce()
+    try:
+        while True:
+            conn, _ = listener.accept()
+            set_nodelay(conn)
+            with lock:
+                conns.add(conn)
+            # The new thread inherits this mask: signals only ever reach the main thread.
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            try:
+                t = threading.Thread(target=_echo, args=(conn, conns, lock), daemon=True)
+                t.start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            threads.append(t)
+            if len(threads) > 1024:
+                threads = [t for t in threads if t.is_alive()]
+    except StopServing:
+        pass
+    finally:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        listener.close()
+        with lock:
+            live = list(conns)
+        for conn in live:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv/sendall
+            except OSError:
+                pass
+        deadline = time.monotonic() + JOIN_BUDGET_S
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))

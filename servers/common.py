@@ -1,0 +1,95 @@
+"""What every echo server shares: the listening socket, the ready line, the stop signals.
+
+Each server module implements only its own I/O model.  Binding, error
+messages and the process contract (one JSON ready line on stdout, exit 0 on
+SIGTERM/SIGINT) live here so that every server behaves the same from outside.
+"""
+
+import errno
+import json
+import os
+import signal
+import socket
+import sys
+
+from sockbench.errors import SockbenchError
+
+__all__ = [
+    "RECV_SIZE",
+    "STOP_SIGNALS",
+    "listen",
+    "set_nodelay",
+    "run_server",
+    "StopServing",
+]
+
+#: Bytes asked of one recv().  Also the most a connection holds unsent in user
+#: space: a server stops reading a connection while its echo is pending.
+RECV_SIZE = 256 * 1024
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StopServing(BaseException):
+    """Raised by a stop-signal handler to unwind a blocking server's main thread."""
+
+
+def _format_addr(host, port):
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def listen(host="127.0.0.1", port=0, backlog=4096):
+    """Return a listening TCP socket, or raise a one-line SockbenchError."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise SockbenchError(f"cannot resolve host {host!r}: {e.strerror}; pass an address such as 127.0.0.1 or ::1") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(backlog)
+    except OSError as e:
+        sock.close()
+        where = _format_addr(host, port)
+        if e.errno == errno.EADDRINUSE:
+            raise SockbenchError(f"address {where} is already in use; stop what holds it or pick another --port (0 picks a free one)") from None
+        if e.errno == errno.EADDRNOTAVAIL:
+            raise SockbenchError(f"address {where} is not an address of this machine; use 127.0.0.1, ::1 or a local interface") from None
+        if e.errno == errno.EACCES:
+            raise SockbenchError(f"no permission to bind {where}; use a port above 1023") from None
+        raise SockbenchError(f"cannot listen on {where}: {e.strerror}") from None
+    return sock
+
+
+def set_nodelay(sock):
+    """Disable Nagle on an accepted socket: an echo must leave at once."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def run_server(name, host="127.0.0.1", port=0, options=None):
+    """The ``sockbench serve NAME`` contract: bind, announce, serve, exit 0 on a stop signal."""
+    from sockbench import registry
+
+    spec = registry.get(name)
+    serve = spec.load()
+    listener = listen(host, port)
+    bound_host, bound_port = listener.getsockname()[:2]
+    announced = []
+
+    def announce():
+        if announced:
+            return
+        announced.append(True)
+        line = {"event": "ready", "server": name, "host": bound_host, "port": bound_port, "pid": os.getpid()}
+        sys.stdout.write(json.dumps(line) + "\n")
+        sys.stdout.flush()
+
+    try:
+        serve(listener, announce, dict(options or {}))
+    except StopServing:
+        pass
+    finally:
+        listener.close()
+    return 0

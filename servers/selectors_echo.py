@@ -1,0 +1,140 @@
+"""``selectors``: one thread, non-blocking sockets, ``selectors.DefaultSelector``.
+
+Why it is built this way: this is the reactor that asyncio is made of, with
+nothing else on top, so the difference between this row and the asyncio rows
+is the cost of asyncio's abstractions.
+
+* Try to send at once, and buffer only the tail that the kernel did not take
+  (CPython's ``selector_events`` does the same).
+* A connection with output pending is registered for ``EVENT_WRITE`` *instead
+  of* ``EVENT_READ``: it is not read again until its echo is flushed, so a
+  client that does not read cannot make the server buffer without bound (at
+  most one ``recv()`` worth, ``RECV_SIZE``, per connection).
+* Because reading stops while output is pending, end of file is only ever seen
+  when nothing is pending: a half-close therefore flushes, then closes.
+* The error ladder around every ``recv``/``send``: ``BlockingIOError`` means
+  "not now"; any other ``OSError`` closes that one connection.
+* Stop signals wake ``select()`` through ``signal.set_wakeup_fd`` on a
+  socketpair that is registered like any other socket.
+"""
+
+import selectors
+import signal
+import socket
+
+from sockbench.servers.common import RECV_SIZE, STOP_SIGNALS, set_nodelay
+
+__all__ = ["serve"]
+
+EVENT_READ = selectors.EVENT_READ
+EVENT_WRITE = selectors.EVENT_WRITE
+_LISTENER = object()
+_WAKEUP = object()
+
+
+class _Conn:
+    __slots__ = ("sock", "pending")
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.pending = None  # memoryview of the unsent tail, or None
+
+
+def serve(listener, announce, options):
+    sel = selectors.DefaultSelector()
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+    old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+    stopping = []
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda signum, frame: stopping.append(signum))
+    listener.setblocking(False)
+    sel.register(listener, EVENT_READ, _LISTENER)
+    sel.register(wake_r, EVENT_READ, _WAKEUP)
+    conns = set()
+
+    def close(conn):
+        conns.discard(conn)
+        try:
+            sel.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()
+
+    def accept_all():
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # e.g. EMFILE or an aborted handshake: keep serving the others
+            sock.setblocking(False)
+            set_nodelay(sock)
+            conn = _Conn(sock)
+            conns.add(conn)
+            sel.register(sock, EVENT_READ, conn)
+
+    def on_read(conn):
+        sock = conn.sock
+        try:
+            data = sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            close(conn)
+            return
+        if not data:
+            close(conn)  # nothing is pending when we read: the half-close is complete
+            return
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            close(conn)
+            return
+        if sent < len(data):
+            conn.pending = memoryview(data)[sent:]
+            sel.modify(sock, EVENT_WRITE, conn)
+
+    def on_write(conn):
+        try:
+            sent = conn.sock.send(conn.pending)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            close(conn)
+            return
+        rest = conn.pending[sent:]
+        if rest:
+            conn.pending = rest
+        else:
+            conn.pending = None
+            sel.modify(conn.sock, EVENT_READ, conn)
+
+    announce()
+    try:
+        while not stopping:
+            for key, mask in sel.select():
+                data = key.data
+                if data is _LISTENER:
+                    accept_all()
+                elif data is _WAKEUP:
+                    try:
+                        wake_r.recv(4096)
+                    except OSError:
+                        pass
+                elif mask & EVENT_WRITE:
+                    on_write(data)
+                else:
+                    on_read(data)
+    finally:
+        for conn in list(conns):
+            close(conn)
+        sel.close()
+        listener.close()
+        signal.set_wakeup_fd(old_wakeup)
+        wake_r.close()
+        wake_w.close()

@@ -1,0 +1,72 @@
+"""The ``sockbench`` command line.
+
+Every subcommand is a function ``_cmd_NAME(args) -> int`` registered in
+``build_parser()``.  A ``SockbenchError`` (bad input, a port in use, a missing
+build...) becomes one line on stderr and a non-zero exit, never a traceback.
+"""
+
+import argparse
+import sys
+
+from sockbench.errors import SockbenchError
+
+__all__ = ["main", "build_parser"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump) and exit 2."""
+
+    def error(self, message):
+        raise SockbenchError(f"{self.prog}: {message} (see --help)", exit_code=2)
+
+
+def _cmd_serve(args):
+    from sockbench.servers.common import run_server
+
+    return run_server(args.name, host=args.host, port=args.port)
+
+
+def _cmd_servers(args):
+    from rich.console import Console
+    from rich.table import Table
+
+    from sockbench import registry
+
+    table = Table(title="sockbench servers", box=None, show_edge=False)
+    table.add_column("name", style="bold")
+    table.add_column("status")
+    table.add_column("model")
+    for spec in registry.SERVERS.values():
+        ok, why = spec.availability()
+        table.add_row(spec.name, "[green]available[/]" if ok else f"[red]{why}[/]", spec.summary)
+    Console(width=max(100, Console().width), soft_wrap=True).print(table)
+    return 0
+
+
+def build_parser():
+    p = _Parser(prog="sockbench", description="Honest, reproducible socket echo benchmarks.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    s = sub.add_parser("serve", help="run one echo server (prints one JSON ready line)")
+    s.add_argument("name", help="a server name (see `sockbench servers`)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=0, help="port to bind (default 0: any free port)")
+    s.set_defaults(func=_cmd_serve)
+
+    s = sub.add_parser("servers", help="list every server and whether it is available here")
+    s.set_defaults(func=_cmd_servers)
+    return p
+
+
+def main(argv=None):
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except SockbenchError as e:
+        sys.stdout.flush()
+        print(f"sockbench: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("sockbench: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,87 @@
+"""The one registry of echo servers: a name, and how to start it.
+
+The command line (``sockbench serve`` / ``sockbench servers``), the load
+harness and the conformance suite all read this table, so a server added here
+is served, benchmarked and tested with no other change.
+
+Every server module exposes one function::
+
+    serve(listener: socket.socket, announce: Callable[[], None], options: dict) -> None
+
+``listener`` is already bound and listening.  ``serve`` installs its own
+SIGTERM/SIGINT handling, calls ``announce()`` exactly once when it is ready to
+accept (that prints the ready line), serves until one of those signals arrives,
+closes the listener and every connection, and returns.
+"""
+
+import importlib
+import importlib.util
+from dataclasses import dataclass, field
+
+from sockbench.errors import UsageError
+
+__all__ = ["ServerSpec", "SERVERS", "get", "names", "available_names"]
+
+BUILD_HINT = "pip install -e .  (needs a C compiler and Cython)"
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    name: str
+    module: str
+    summary: str
+    #: modules that must import for the server to run here (e.g. ``uvloop``)
+    requires: tuple = field(default=())
+    #: set for servers compiled from ext/: the line shown when the build is missing
+    build_hint: str = ""
+
+    def availability(self):
+        """Return ``(True, "available")`` or ``(False, reason)``; never raises."""
+        for mod in self.requires:
+            if importlib.util.find_spec(mod) is None:
+                if self.build_hint:
+                    return False, f"not built (build it with: {self.build_hint})"
+                return False, f"missing module {mod!r} (pip install {mod.split('.')[0]})"
+        return True, "available"
+
+    def load(self):
+        """Import the server module and return its ``serve`` function."""
+        ok, why = self.availability()
+        if not ok:
+            raise UsageError(f"server {self.name!r}: {why}", exit_code=2)
+        return importlib.import_module(self.module).serve
+
+
+def _spec(name, module, summary, requires=(), build_hint=""):
+    return ServerSpec(name, "sockbench.servers." + module, summary, tuple(requires), build_hint)
+
+
+#: Insertion order is display order: from the simplest model to the fastest.
+SERVERS = {
+    s.name: s
+    for s in (
+        _spec("blocking", "blocking_echo", "blocking sockets, one thread per connection"),
+        _spec("selectors", "selectors_echo", "one thread, non-blocking sockets, selectors.DefaultSelector"),
+        _spec("asyncio-streams", "asyncio_streams_echo", "asyncio.start_server, StreamReader/StreamWriter, await drain()"),
+        _spec("asyncio-protocol", "asyncio_protocol_echo", "asyncio.Protocol with write flow control"),
+        _spec("uvloop", "uvloop_echo", "the asyncio-protocol server on uvloop's loop", requires=("uvloop",)),
+    )
+}
+
+
+def names():
+    return list(SERVERS)
+
+
+def available_names():
+    return [n for n, s in SERVERS.items() if s.availability()[0]]
+
+
+def get(name):
+    """Look a server up by name; an unknown name is a one-line usage error."""
+    try:
+        return SERVERS[name]
+    except KeyError:
+        raise UsageError(
+            f"unknown server {name!r}; valid names: {', '.join(SERVERS)}", exit_code=2
+        ) from None
