@@ -1,0 +1,40 @@
+"""Shared fixtures: every registered server, started through ``sockbench serve`` on port 0.
+
+``server_name`` is parametrized over ``sockbench.registry.SERVERS``, so a server
+added to the registry gets every conformance check with no change here.  A
+server that is not available on this machine (say, an install that skipped the
+Cython build) is skipped with the registry's reason, unless
+``SOCKBENCH_REQUIRE_ALL=1`` (set by CI), where that is a failure.
+"""
+
+import os
+
+import pytest
+
+from sockbench import registry
+from sockbench.proc import ServerProcess
+
+
+def _require_all():
+    return os.environ.get("SOCKBENCH_REQUIRE_ALL", "") not in ("", "0")
+
+
+@pytest.fixture(params=registry.names())
+def server_name(request):
+    name = request.param
+    ok, why = registry.SERVERS[name].availability()
+    if not ok:
+        if _require_all():
+            pytest.fail(f"{name}: {why}")
+        pytest.skip(f"{name}: {why}")
+    return name
+
+
+@pytest.fixture
+def server(server_name):
+    """A fresh server process for one test; always stopped by pid afterwards."""
+    proc = ServerProcess(server_name).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()

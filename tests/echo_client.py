@@ -1,0 +1,184 @@
+"""Small, careful echo clients for the conformance suite.
+
+Everything here is bounded in time: every socket has a timeout, and every
+loop a deadline, so a misbehaving server fails a test instead of hanging it.
+"""
+
+import ctypes
+import os
+import random
+import selectors
+import socket
+import threading
+import time
+
+__all__ = [
+    "payload",
+    "connect",
+    "read_exact",
+    "read_to_eof",
+    "echo_concurrently",
+    "StreamPattern",
+    "server_socket_option",
+    "many_connections_echo",
+]
+
+TIMEOUT_S = 20.0
+
+
+def payload(size, seed):
+    """Random, reproducible bytes: a different stream per seed."""
+    return random.Random(seed).randbytes(size)
+
+
+def connect(addr, timeout=TIMEOUT_S):
+    host, port = addr
+    s = socket.create_connection((host, port), timeout=timeout)
+    return s
+
+
+def read_exact(sock, n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(min(n - len(buf), 1 << 20))
+        if not chunk:
+            raise AssertionError(f"EOF after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+def read_to_eof(sock, limit):
+    buf = bytearray()
+    while True:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            return bytes(buf)
+        buf += chunk
+        if len(buf) > limit:
+            raise AssertionError(f"more than {limit} bytes before EOF")
+
+
+def echo_concurrently(sock, data):
+    """Send ``data`` from a thread while reading the echo here; return what came back."""
+    errors = []
+
+    def send():
+        try:
+            sock.sendall(data)
+        except OSError as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=send, daemon=True)
+    t.start()
+    got = read_exact(sock, len(data))
+    t.join(TIMEOUT_S)
+    assert not errors, errors
+    return got
+
+
+class StreamPattern:
+    """An endless, non-repeating-within-a-window byte stream, checked chunk by chunk at C speed."""
+
+    PERIOD = 65521  # prime, so chunk boundaries never line up with the period
+
+    def __init__(self, seed):
+        base = payload(self.PERIOD, seed)
+        self._twice = memoryview(base * (2 + (1 << 20) // self.PERIOD + 1))
+
+    def chunk(self, offset, n):
+        start = offset % self.PERIOD
+        assert n <= len(self._twice) - start
+        return self._twice[start : start + n]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_SYS_PIDFD_OPEN = 434
+_SYS_PIDFD_GETFD = 438
+
+
+def server_socket_option(pid, client_sock, level, option):
+    """Read a socket option on the *server's* end of ``client_sock``, from outside the server.
+
+    Uses pidfd_getfd(2) to borrow each of the server's TCP sockets and picks the
+    one whose peer is our client.  Returns None where the kernel does not allow it.
+    """
+    pidfd = _libc.syscall(_SYS_PIDFD_OPEN, pid, 0)
+    if pidfd < 0:
+        return None
+    want = client_sock.getsockname()[:2]
+    try:
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if not os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+                    continue
+            except OSError:
+                continue
+            fd = _libc.syscall(_SYS_PIDFD_GETFD, pidfd, int(name), 0)
+            if fd < 0:
+                return None
+            s = socket.socket(fileno=fd)
+            try:
+                if s.family not in (socket.AF_INET, socket.AF_INET6) or s.type != socket.SOCK_STREAM:
+                    continue
+                try:
+                    peer = s.getpeername()[:2]
+                except OSError:
+                    continue
+                if peer == want:
+                    return s.getsockopt(level, option)
+            finally:
+                s.close()
+    finally:
+        os.close(pidfd)
+    return None
+
+
+def many_connections_echo(addr, count, size, deadline_s=TIMEOUT_S):
+    """Open ``count`` connections, each echoing its own ``size`` random bytes, all at once.
+
+    Non-blocking, one selector, bounded by ``deadline_s``.  Returns the list of
+    connection indexes whose echo was wrong or incomplete.
+    """
+    sel = selectors.DefaultSelector()
+    state = {}
+    socks = []
+    try:
+        for i in range(count):
+            s = connect(addr)
+            s.setblocking(False)
+            socks.append(s)
+            data = payload(size, seed=1000 + i)
+            state[s] = {"i": i, "out": memoryview(data), "want": data, "got": bytearray()}
+            sel.register(s, selectors.EVENT_READ | selectors.EVENT_WRITE, state[s])
+        end = time.monotonic() + deadline_s
+        pending = count
+        while pending and time.monotonic() < end:
+            for key, mask in sel.select(0.5):
+                st = key.data
+                s = key.fileobj
+                if mask & selectors.EVENT_WRITE and st["out"]:
+                    try:
+                        n = s.send(st["out"])
+                        st["out"] = st["out"][n:]
+                    except BlockingIOError:
+                        pass
+                    if not st["out"]:
+                        sel.modify(s, selectors.EVENT_READ, st)
+                if mask & selectors.EVENT_READ:
+                    try:
+                        chunk = s.recv(1 << 16)
+                    except BlockingIOError:
+                        continue
+                    if not chunk:
+                        sel.unregister(s)
+                        pending -= 1
+                        continue
+                    st["got"] += chunk
+                    if len(st["got"]) >= size:
+                        sel.unregister(s)
+                        pending -= 1
+        return [st["i"] for st in state.values() if bytes(st["got"]) != st["want"]]
+    finally:
+        sel.close()
+        for s in socks:
+            s.close()
