@@ -1,0 +1,148 @@
+# The C declarations that the extensions in ext/ share.
+#
+# One ``cdef extern from "<header>" nogil:`` block per system header, so that a
+# reader can check every name against its man page, and every function can be
+# called inside ``with nogil:``.  Only what the extensions use is declared.
+# To add a name, add it to the block of the header that defines it (or add a
+# block for a new header); keep the blocks in this order: libc, then POSIX,
+# then Linux-specific.
+
+from libc.stdint cimport uint32_t, uint64_t
+
+
+cdef extern from "<errno.h>" nogil:
+    int errno
+    enum:
+        EAGAIN
+        EWOULDBLOCK
+        EINTR
+        EINPROGRESS
+        ECONNABORTED
+        ECONNRESET
+        EPIPE
+        EPROTO
+        EMFILE
+        ENFILE
+        ENOBUFS
+        ENOMEM
+        EBADF
+        EINVAL
+
+
+cdef extern from "<stdlib.h>" nogil:
+    void* malloc(size_t size)
+    void* calloc(size_t nmemb, size_t size)
+    void* realloc(void* ptr, size_t size)
+    void free(void* ptr)
+
+
+cdef extern from "<string.h>" nogil:
+    void* memcpy(void* dest, const void* src, size_t n)
+    void* memmove(void* dest, const void* src, size_t n)
+    void* memset(void* s, int c, size_t n)
+    char* strerror(int errnum)
+
+
+cdef extern from "<signal.h>" nogil:
+    ctypedef struct sigset_t:
+        pass
+    ctypedef void (*sighandler_t)(int) noexcept nogil
+    # ``struct sigaction`` and the function ``sigaction`` share a name in C
+    ctypedef struct sigaction_t "struct sigaction":
+        sighandler_t sa_handler
+        sigset_t sa_mask
+        int sa_flags
+    int sigaction(int signum, const sigaction_t* act, sigaction_t* oldact)
+    int sigemptyset(sigset_t* set)
+    enum:
+        SIGINT
+        SIGTERM
+        SIGPIPE
+        SA_RESTART
+
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t read(int fd, void* buf, size_t count)
+    ssize_t write(int fd, const void* buf, size_t count)
+    int close(int fd)
+
+
+cdef extern from "<fcntl.h>" nogil:
+    int fcntl(int fd, int cmd, ...)
+    enum:
+        F_GETFL
+        F_SETFL
+        O_NONBLOCK
+
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    struct sockaddr:
+        pass
+    int accept4(int sockfd, sockaddr* addr, socklen_t* addrlen, int flags)
+    ssize_t recv(int sockfd, void* buf, size_t len, int flags)
+    ssize_t send(int sockfd, const void* buf, size_t len, int flags)
+    int setsockopt(int sockfd, int level, int optname, const void* optval, socklen_t optlen)
+    int getsockopt(int sockfd, int level, int optname, void* optval, socklen_t* optlen)
+    int shutdown(int sockfd, int how)
+    enum:
+        SOCK_NONBLOCK
+        SOCK_CLOEXEC
+        MSG_NOSIGNAL
+        SOL_SOCKET
+        SO_ERROR
+        SHUT_WR
+
+
+cdef extern from "<netinet/in.h>" nogil:
+    enum:
+        IPPROTO_TCP
+
+
+cdef extern from "<netinet/tcp.h>" nogil:
+    enum:
+        TCP_NODELAY
+
+
+cdef extern from "<sys/resource.h>" nogil:
+    ctypedef unsigned long rlim_t
+    struct rlimit:
+        rlim_t rlim_cur
+        rlim_t rlim_max
+    int getrlimit(int resource, rlimit* rlim)
+    int setrlimit(int resource, const rlimit* rlim)
+    enum:
+        RLIMIT_NOFILE
+    rlim_t RLIM_INFINITY
+
+
+cdef extern from "<sys/epoll.h>" nogil:
+    ctypedef union epoll_data_t:
+        void* ptr
+        int fd
+        uint32_t u32
+        uint64_t u64
+    struct epoll_event:
+        uint32_t events
+        epoll_data_t data
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event* event)
+    int epoll_wait(int epfd, epoll_event* events, int maxevents, int timeout)
+    enum:
+        EPOLL_CLOEXEC
+        EPOLL_CTL_ADD
+        EPOLL_CTL_MOD
+        EPOLL_CTL_DEL
+        EPOLLIN
+        EPOLLOUT
+        EPOLLERR
+        EPOLLHUP
+        EPOLLRDHUP
+
+
+cdef extern from "<sys/eventfd.h>" nogil:
+    ctypedef uint64_t eventfd_t
+    int eventfd(unsigned int initval, int flags)
+    enum:
+        EFD_NONBLOCK
+        EFD_CLOEXEC
