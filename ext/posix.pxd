@@ -10,6 +10,11 @@
 from libc.stdint cimport uint32_t, uint64_t
 
 
+# compiler builtins (gcc, clang): no header
+cdef extern from * nogil:
+    int __builtin_clzll(unsigned long long x)
+
+
 cdef extern from "<errno.h>" nogil:
     int errno
     enum:
@@ -40,7 +45,19 @@ cdef extern from "<string.h>" nogil:
     void* memcpy(void* dest, const void* src, size_t n)
     void* memmove(void* dest, const void* src, size_t n)
     void* memset(void* s, int c, size_t n)
+    int memcmp(const void* s1, const void* s2, size_t n)
     char* strerror(int errnum)
+
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    ctypedef int clockid_t
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(clockid_t clockid, timespec* tp)
+    enum:
+        CLOCK_MONOTONIC
 
 
 cdef extern from "<signal.h>" nogil:
@@ -75,10 +92,19 @@ cdef extern from "<fcntl.h>" nogil:
         O_NONBLOCK
 
 
+cdef extern from "<sys/uio.h>" nogil:
+    struct iovec:
+        void* iov_base
+        size_t iov_len
+    ssize_t writev(int fd, const iovec* iov, int iovcnt)
+
+
 cdef extern from "<sys/socket.h>" nogil:
     ctypedef unsigned int socklen_t
     struct sockaddr:
         pass
+    int socket(int domain, int type, int protocol)
+    int connect(int sockfd, const sockaddr* addr, socklen_t addrlen)
     int accept4(int sockfd, sockaddr* addr, socklen_t* addrlen, int flags)
     ssize_t recv(int sockfd, void* buf, size_t len, int flags)
     ssize_t send(int sockfd, const void* buf, size_t len, int flags)
@@ -87,6 +113,8 @@ cdef extern from "<sys/socket.h>" nogil:
     int shutdown(int sockfd, int how)
     enum:
         SOCK_NONBLOCK
+        AF_INET
+        SOCK_STREAM
         SOCK_CLOEXEC
         MSG_NOSIGNAL
         SOL_SOCKET
@@ -95,6 +123,12 @@ cdef extern from "<sys/socket.h>" nogil:
 
 
 cdef extern from "<netinet/in.h>" nogil:
+    struct in_addr:
+        uint32_t s_addr
+    struct sockaddr_in:
+        unsigned short sin_family
+        unsigned short sin_port
+        in_addr sin_addr
     enum:
         IPPROTO_TCP
 
@@ -104,6 +138,12 @@ cdef extern from "<netinet/tcp.h>" nogil:
         TCP_NODELAY
 
 
+cdef extern from "<sys/time.h>" nogil:
+    struct timeval:
+        time_t tv_sec
+        long tv_usec
+
+
 cdef extern from "<sys/resource.h>" nogil:
     ctypedef unsigned long rlim_t
     struct rlimit:
@@ -111,8 +151,13 @@ cdef extern from "<sys/resource.h>" nogil:
         rlim_t rlim_max
     int getrlimit(int resource, rlimit* rlim)
     int setrlimit(int resource, const rlimit* rlim)
+    struct rusage:
+        timeval ru_utime
+        timeval ru_stime
+    int getrusage(int who, rusage* usage)
     enum:
         RLIMIT_NOFILE
+        RUSAGE_SELF
     rlim_t RLIM_INFINITY
 
 
@@ -146,3 +191,15 @@ cdef extern from "<sys/eventfd.h>" nogil:
     enum:
         EFD_NONBLOCK
         EFD_CLOEXEC
+
+
+cdef extern from "<sys/timerfd.h>" nogil:
+    struct itimerspec:
+        timespec it_interval
+        timespec it_value
+    int timerfd_create(int clockid, int flags)
+    int timerfd_settime(int fd, int flags, const itimerspec* new_value, itimerspec* old_value)
+    enum:
+        TFD_NONBLOCK
+        TFD_CLOEXEC
+        TFD_TIMER_ABSTIME

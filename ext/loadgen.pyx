@@ -1,0 +1,777 @@
+"""The load generator's hot loop: one epoll loop, run entirely inside one ``with nogil:``.
+
+Why it is built this way
+------------------------
+A load client written in Python measures itself: at tens of thousands of
+messages per second, the interpreter's cost per message is larger than a fast
+server's.  So the loop that sends, receives, verifies and times messages is
+plain C reached through Cython.  Python prepares everything before (the
+connected sockets, the payload table, the histogram layout), calls
+``run_loop`` once, and reads the counters after.  Between the two, no Python
+object is touched: no Python call per message, no GIL.
+
+The payload is a stream per connection, generated, never buffered
+    Byte ``k`` of connection ``c``'s stream is ``table[(k + c * STRIDE) % PERIOD]``,
+    where ``table`` is ``PERIOD + WINDOW`` pseudo-random bytes (the first
+    ``WINDOW`` repeated at the end, so that any slice of up to ``WINDOW``
+    bytes is contiguous).  Sending is a ``writev`` of slices of that table;
+    checking an echo is a ``memcmp`` against the same slices.  Every echoed
+    byte is verified; since the pattern depends on the connection and the
+    offset, reordering, loss, duplication and cross-talk between connections
+    all show up as a mismatch.  No per-connection buffer exists, so a short
+    write keeps only its tail (an offset) and waits for writability.
+Coalescing
+    Messages are ranges of that stream.  All the messages a connection owes
+    at one moment (``depth`` at the start; the replacements of all those
+    completed by one read) go out in ONE ``writev`` (split only past 16 x
+    256 KiB).  ``writes`` and ``queued`` in the result show the ratio.
+Time
+    ``clock_gettime(CLOCK_MONOTONIC)`` in ns, the same clock as Python's
+    ``time.monotonic_ns()``, so the parent process can fix the window
+    (start, end of warmup, end) for every load process in advance.
+Latency
+    Recorded into a counts array laid out exactly like the ``hdrhistogram``
+    package's (see ``sockbench.bench.hdr``); the index computation below is
+    HdrHistogram's.  Only messages completed inside the measured window
+    (after warmup, before the end) are recorded and counted.
+Modes
+    closed: each connection keeps ``depth`` messages in flight.
+    open: a fixed rate for the process, spread evenly over its connections
+    (global message ``g`` goes to connection ``g % conns`` at
+    ``start + g / rate``, computed from ``g``, never accumulated, so the
+    schedule cannot drift).  A ``timerfd`` wakes the loop at the next due
+    time.  Latency counts from the INTENDED send time (wrk2: free of
+    coordinated omission); service time from the actual send goes into the
+    second histogram.
+    connect: each slot connects, echoes one message, closes, and starts over;
+    the first histogram holds connect latency, the second the whole cycle.
+Bounds
+    The loop ends at ``end_ns`` whatever happens; epoll waits are bounded by
+    the next tick; a message outstanding for longer than ``timeout_ns`` is a
+    timeout error and its connection is closed.  When every connection of a
+    closed/open run is gone, the loop ends early and says so.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+
+from posix cimport (
+    errno, EAGAIN, EINTR, EINPROGRESS,
+    calloc, free, memcmp, memset,
+    read, close,
+    timespec, clock_gettime, CLOCK_MONOTONIC,
+    iovec, writev,
+    sockaddr, sockaddr_in, socklen_t, socket, connect, setsockopt, getsockopt,
+    AF_INET, SOCK_STREAM, SOCK_NONBLOCK, SOCK_CLOEXEC, SOL_SOCKET, SO_ERROR,
+    IPPROTO_TCP, TCP_NODELAY,
+    rusage, getrusage, RUSAGE_SELF,
+    epoll_event, epoll_create1, epoll_ctl, epoll_wait,
+    EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP,
+    itimerspec, timerfd_create, timerfd_settime, TFD_NONBLOCK, TFD_CLOEXEC, TFD_TIMER_ABSTIME,
+    __builtin_clzll,
+)
+
+__all__ = [
+    "run_loop",
+    "pattern_table",
+    "MODE_CLOSED",
+    "MODE_OPEN",
+    "MODE_CONNECT",
+    "ERROR_KINDS",
+    "PERIOD",
+    "STRIDE",
+    "WINDOW",
+]
+
+# ---- constants shared with Python ------------------------------------------------------------
+
+cdef enum:
+    C_PERIOD = 65521          # a prime: no message size is a multiple of it
+    C_STRIDE = 7919           # conn c starts c * STRIDE into the table (distinct for c < PERIOD)
+    C_WINDOW = 262144         # the longest contiguous slice: one memcmp / one iovec
+    C_MAX_IOV = 16
+    C_MAX_EVENTS = 512
+    C_OPEN_MIN_RING = 256     # open loop: at least this many messages in flight per connection
+
+PERIOD = C_PERIOD
+STRIDE = C_STRIDE
+WINDOW = C_WINDOW
+MODE_CLOSED = 0
+MODE_OPEN = 1
+MODE_CONNECT = 2
+#: index -> kind, in the order of the loop's error counters
+ERROR_KINDS = ("connect", "reset", "timeout", "mismatch")
+
+cdef enum:
+    M_CLOSED = 0
+    M_OPEN = 1
+    M_CONNECT = 2
+
+cdef enum:
+    E_CONNECT = 0
+    E_RESET = 1
+    E_TIMEOUT = 2
+    E_MISMATCH = 3
+    N_ERR = 4
+
+cdef enum:
+    S_DEAD = 0
+    S_CONNECTING = 1
+    S_OPEN = 2
+
+
+def pattern_table(seed=0x50CB):
+    """The payload table: ``PERIOD + WINDOW`` bytes, where ``table[i] == table[i % PERIOD]``.
+
+    ``PERIOD`` pseudo-random bytes, repeated, so that the stream slice
+    starting at any offset below ``PERIOD`` is contiguous for ``WINDOW`` bytes.
+    """
+    import random
+
+    head = random.Random(seed).randbytes(C_PERIOD)
+    return (head * (C_WINDOW // C_PERIOD + 2))[: C_PERIOD + C_WINDOW]
+
+
+# ---- the loop's state ----------------------------------------------------------------------
+
+cdef struct Conn:
+    int fd
+    int state
+    int want_out
+    int dirty
+    uint32_t gen           # bumped on every new socket in a slot: stale epoll events are ignored
+    int64_t pat            # (cid * STRIDE) % PERIOD
+    int64_t sent           # stream bytes written
+    int64_t owed           # stream bytes that should be written (sent <= owed)
+    int64_t recvd          # stream bytes received and verified
+    int64_t queued         # messages handed to write
+    int64_t done           # messages received whole
+    int64_t due            # open loop: messages due so far
+    int64_t t_start        # connect mode: when this cycle's connect began
+    int64_t *ring          # send time of message m at ring[m % cap]
+
+
+cdef struct Hist:
+    int64_t *counts
+    int64_t total
+    int64_t sum_ns
+
+
+cdef struct Loop:
+    int mode
+    int size
+    int cap
+    int nconns
+    int alive
+    int ep
+    int tfd
+    int ended_early
+    const uint8_t *table
+    char *rbuf
+    Conn *conns
+    int64_t *dirty
+    int ndirty
+    # HDR layout
+    int unit_mag
+    int sub_half_mag
+    int64_t sub_mask
+    int64_t highest
+    int64_t counts_len
+    Hist h1
+    Hist h2
+    # window
+    int64_t start
+    int64_t warm_end
+    int64_t end
+    int64_t interval
+    int64_t timeout
+    int64_t nint
+    int64_t *ts_msgs
+    int64_t *ts_sent
+    # open loop schedule
+    double period          # ns between two messages of this process
+    int64_t g_next
+    int64_t g_limit
+    int64_t armed
+    # connect mode
+    sockaddr_in addr
+    int64_t next_cid
+    int64_t cid_step
+    # counters
+    int64_t errors[N_ERR]
+    int64_t first_error_ns
+    int first_error_kind
+    int64_t msgs            # completed inside the window
+    int64_t sent_window     # messages queued inside the window (open: achieved rate)
+    int64_t cycles          # connect mode: cycles completed inside the window
+    int64_t writes
+    int64_t reads
+    int64_t queued_total
+    int64_t rx_bytes_window
+
+
+cdef inline int64_t now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef inline void hist_record(Loop *L, Hist *h, int64_t v) noexcept nogil:
+    # HdrHistogram's counts index (see hdrh.histogram._counts_index_for)
+    cdef int64_t bucket, sub, idx
+    cdef int pow2ceiling
+    if v < 0:
+        v = 0
+    if v > L.highest:
+        v = L.highest
+    pow2ceiling = 64 - __builtin_clzll(<unsigned long long>(v | L.sub_mask))
+    bucket = pow2ceiling - L.unit_mag - (L.sub_half_mag + 1)
+    sub = v >> (bucket + L.unit_mag)
+    idx = ((bucket + 1) << L.sub_half_mag) + (sub - (1 << L.sub_half_mag))
+    if idx < 0 or idx >= L.counts_len:
+        return
+    h.counts[idx] += 1
+    h.total += 1
+    h.sum_ns += v
+
+
+cdef inline int in_window(Loop *L, int64_t t) noexcept nogil:
+    return t >= L.warm_end and t < L.end
+
+
+cdef inline int64_t interval_index(Loop *L, int64_t t) noexcept nogil:
+    cdef int64_t i
+    if t < L.start:
+        return -1
+    i = (t - L.start) // L.interval
+    return i if i < L.nint else -1
+
+
+cdef inline int64_t intended_ns(Loop *L, int64_t g) noexcept nogil:
+    return L.start + <int64_t>(<double>g * L.period)
+
+
+cdef void conn_error(Loop *L, Conn *c, int kind, int64_t now) noexcept nogil:
+    L.errors[kind] += 1
+    if L.first_error_ns == 0:
+        L.first_error_ns = now
+        L.first_error_kind = kind
+    if c.fd >= 0:
+        close(c.fd)         # also removes it from the epoll set
+        c.fd = -1
+    if c.state != S_DEAD:
+        c.state = S_DEAD
+        L.alive -= 1
+    c.want_out = 0
+
+
+cdef inline int set_events(Loop *L, Conn *c, int64_t idx, uint32_t events, int op) noexcept nogil:
+    cdef epoll_event ev
+    ev.events = events
+    ev.data.u64 = (<uint64_t>c.gen << 32) | <uint64_t>idx
+    return epoll_ctl(L.ep, op, c.fd, &ev)
+
+
+cdef inline int verify(Loop *L, Conn *c, const char *buf, int64_t n) noexcept nogil:
+    """1 when ``buf[:n]`` is exactly the stream of ``c`` at offset ``c.recvd``."""
+    cdef int64_t off = c.recvd, s, chunk
+    while n > 0:
+        s = (off + c.pat) % C_PERIOD
+        chunk = n if n < C_WINDOW else C_WINDOW
+        if memcmp(buf, L.table + s, <size_t>chunk) != 0:
+            return 0
+        buf += chunk
+        off += chunk
+        n -= chunk
+    return 1
+
+
+cdef int flush(Loop *L, Conn *c, int64_t idx, int64_t now) noexcept nogil:
+    """Write what ``c`` owes, in as few writev calls as possible; a short write waits for EPOLLOUT."""
+    cdef iovec iov[C_MAX_IOV]
+    cdef int niov
+    cdef int64_t off, left, total, s, chunk
+    cdef ssize_t n
+    cdef int err
+    while c.sent < c.owed:
+        niov = 0
+        off = c.sent
+        left = c.owed - c.sent
+        total = 0
+        while left > 0 and niov < C_MAX_IOV:
+            s = (off + c.pat) % C_PERIOD
+            chunk = left if left < C_WINDOW else C_WINDOW
+            iov[niov].iov_base = <void *>(L.table + s)
+            iov[niov].iov_len = <size_t>chunk
+            niov += 1
+            off += chunk
+            left -= chunk
+            total += chunk
+        n = writev(c.fd, iov, niov)
+        err = errno
+        L.writes += 1
+        if n < 0:
+            if err == EINTR:
+                continue
+            if err == EAGAIN:           # == EWOULDBLOCK on Linux
+                break
+            conn_error(L, c, E_RESET, now)
+            return -1
+        c.sent += n
+        if n < total:
+            break
+    if c.sent < c.owed:
+        if not c.want_out:
+            c.want_out = 1
+            set_events(L, c, idx, EPOLLIN | EPOLLOUT, EPOLL_CTL_MOD)
+    elif c.want_out:
+        c.want_out = 0
+        set_events(L, c, idx, EPOLLIN, EPOLL_CTL_MOD)
+    return 0
+
+
+cdef inline void queue_msgs(Loop *L, Conn *c, int64_t k, int64_t now) noexcept nogil:
+    """Hand ``k`` more messages of ``c`` to the writer, stamped ``now``."""
+    cdef int64_t i, ti
+    for i in range(k):
+        c.ring[(c.queued + i) % L.cap] = now
+    c.queued += k
+    c.owed += k * L.size
+    L.queued_total += k
+    if L.mode == M_OPEN:
+        if in_window(L, now):
+            L.sent_window += k
+        ti = interval_index(L, now)
+        if ti >= 0:
+            L.ts_sent[ti] += k
+
+
+cdef inline void open_queue(Loop *L, Conn *c, int64_t now) noexcept nogil:
+    """Open loop: queue what is due, as far as the in-flight ring allows."""
+    cdef int64_t upto = c.due
+    if upto > c.done + L.cap:
+        upto = c.done + L.cap
+    if upto > c.queued:
+        queue_msgs(L, c, upto - c.queued, now)
+
+
+cdef int start_cycle(Loop *L, Conn *c, int64_t idx, int64_t now) noexcept nogil:
+    """Connect mode: open a new connection in slot ``c`` (non-blocking)."""
+    cdef int fd, r, err, one = 1
+    fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+    if fd < 0:
+        c.state = S_DEAD
+        L.errors[E_CONNECT] += 1
+        if L.first_error_ns == 0:
+            L.first_error_ns = now
+            L.first_error_kind = E_CONNECT
+        return -1
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+    c.fd = fd
+    c.gen += 1
+    c.pat = (L.next_cid * C_STRIDE) % C_PERIOD
+    L.next_cid += L.cid_step
+    c.sent = 0
+    c.owed = 0
+    c.recvd = 0
+    c.queued = 0
+    c.done = 0
+    c.want_out = 0
+    c.t_start = now
+    c.state = S_CONNECTING
+    L.alive += 1
+    r = connect(fd, <sockaddr *>&L.addr, sizeof(L.addr))
+    err = errno
+    if r == 0:
+        return established(L, c, idx, now, EPOLL_CTL_ADD)
+    if err != EINPROGRESS:
+        conn_error(L, c, E_CONNECT, now)
+        return -1
+    set_events(L, c, idx, EPOLLOUT, EPOLL_CTL_ADD)
+    return 0
+
+
+cdef int established(Loop *L, Conn *c, int64_t idx, int64_t now, int op) noexcept nogil:
+    if in_window(L, now):
+        hist_record(L, &L.h1, now - c.t_start)
+    c.state = S_OPEN
+    set_events(L, c, idx, EPOLLIN, op)
+    queue_msgs(L, c, 1, now)
+    return flush(L, c, idx, now)
+
+
+cdef void on_connecting(Loop *L, Conn *c, int64_t idx) noexcept nogil:
+    cdef int soerr = 0
+    cdef socklen_t sl = sizeof(soerr)
+    cdef int64_t now = now_ns()
+    if getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0 or soerr != 0:
+        conn_error(L, c, E_CONNECT, now)
+        return
+    established(L, c, idx, now, EPOLL_CTL_MOD)
+
+
+cdef void on_readable(Loop *L, Conn *c, int64_t idx) noexcept nogil:
+    cdef ssize_t n
+    cdef int err
+    cdef int64_t now, newdone, k, m, ti, t_sent, g
+    n = read(c.fd, L.rbuf, C_WINDOW)
+    err = errno
+    L.reads += 1
+    if n == 0:
+        conn_error(L, c, E_RESET, now_ns())      # closed by the server
+        return
+    if n < 0:
+        if err == EAGAIN or err == EINTR:   # EAGAIN == EWOULDBLOCK on Linux
+            return
+        conn_error(L, c, E_RESET, now_ns())
+        return
+    now = now_ns()
+    if c.recvd + n > c.sent or not verify(L, c, L.rbuf, n):
+        conn_error(L, c, E_MISMATCH, now)        # bytes never sent, or not the ones sent
+        return
+    c.recvd += n
+    newdone = c.recvd // L.size
+    k = newdone - c.done
+    if k <= 0:
+        return
+    if in_window(L, now):
+        L.msgs += k
+        L.rx_bytes_window += k * L.size
+        for m in range(c.done, newdone):
+            t_sent = c.ring[m % L.cap]
+            if L.mode == M_OPEN:
+                g = m * L.nconns + idx
+                hist_record(L, &L.h1, now - intended_ns(L, g))
+                hist_record(L, &L.h2, now - t_sent)
+            elif L.mode == M_CLOSED:
+                hist_record(L, &L.h1, now - t_sent)
+            else:
+                hist_record(L, &L.h2, now - c.t_start)
+                L.cycles += 1
+    ti = interval_index(L, now)
+    if ti >= 0:
+        L.ts_msgs[ti] += k
+    c.done = newdone
+    if L.mode == M_CLOSED:
+        queue_msgs(L, c, k, now)
+        flush(L, c, idx, now)
+    elif L.mode == M_OPEN:
+        open_queue(L, c, now)
+        flush(L, c, idx, now)
+    else:
+        # one echo per connection: close, and start the next cycle in this slot
+        close(c.fd)
+        c.fd = -1
+        c.state = S_DEAD
+        L.alive -= 1
+        start_cycle(L, c, idx, now)
+
+
+cdef void check_timeouts(Loop *L, int64_t now) noexcept nogil:
+    cdef int64_t i
+    cdef Conn *c
+    for i in range(L.nconns):
+        c = &L.conns[i]
+        if c.state == S_DEAD:
+            continue
+        if L.mode == M_CONNECT:
+            if now - c.t_start > L.timeout:
+                conn_error(L, c, E_TIMEOUT, now)
+        elif c.queued > c.done and now - c.ring[c.done % L.cap] > L.timeout:
+            conn_error(L, c, E_TIMEOUT, now)
+
+
+cdef void open_advance(Loop *L, int64_t now) noexcept nogil:
+    """Open loop: every message whose intended time has come becomes due; then send."""
+    cdef int64_t g, j, i
+    cdef Conn *c
+    while L.g_next < L.g_limit and intended_ns(L, L.g_next) <= now:
+        j = L.g_next % L.nconns
+        c = &L.conns[j]
+        c.due += 1
+        if not c.dirty:
+            c.dirty = 1
+            L.dirty[L.ndirty] = j
+            L.ndirty += 1
+        L.g_next += 1
+    for i in range(L.ndirty):
+        j = L.dirty[i]
+        c = &L.conns[j]
+        c.dirty = 0
+        if c.state == S_OPEN:
+            open_queue(L, c, now)
+            flush(L, c, j, now)
+    L.ndirty = 0
+
+
+cdef void arm_timer(Loop *L) noexcept nogil:
+    cdef itimerspec its
+    cdef int64_t t
+    if L.g_next >= L.g_limit:
+        return
+    t = intended_ns(L, L.g_next)
+    if t == L.armed:
+        return
+    L.armed = t
+    its.it_interval.tv_sec = 0
+    its.it_interval.tv_nsec = 0
+    its.it_value.tv_sec = t // 1000000000
+    its.it_value.tv_nsec = t % 1000000000
+    timerfd_settime(L.tfd, TFD_TIMER_ABSTIME, &its, NULL)
+
+
+cdef void main_loop(Loop *L, rusage *ru0, rusage *ru1, int64_t *t_ru) noexcept nogil:
+    cdef epoll_event events[C_MAX_EVENTS]
+    cdef int n, i, timeout_ms
+    cdef int64_t now, idx, next_tick, wait_until
+    cdef uint64_t token, tbuf
+    cdef uint32_t gen, ev
+    cdef Conn *c
+    cdef int ru_started = 0
+
+    now = now_ns()
+    next_tick = L.start + L.interval
+    # start: every connection gets its first messages, each in one write
+    for i in range(L.nconns):
+        c = &L.conns[i]
+        if L.mode == M_CLOSED:
+            if c.state == S_OPEN:
+                queue_msgs(L, c, L.cap, now)
+                flush(L, c, i, now)
+        elif L.mode == M_CONNECT:
+            start_cycle(L, c, i, now)
+    if L.mode == M_OPEN:
+        open_advance(L, now)
+
+    while True:
+        now = now_ns()
+        if not ru_started and now >= L.warm_end:
+            getrusage(RUSAGE_SELF, ru0)
+            t_ru[0] = now
+            ru_started = 1
+        if now >= L.end:
+            break
+        if now >= next_tick:
+            check_timeouts(L, now)
+            while next_tick <= now:
+                next_tick += L.interval
+        if L.mode == M_CONNECT:
+            for i in range(L.nconns):
+                if L.conns[i].state == S_DEAD:
+                    start_cycle(L, &L.conns[i], i, now)
+        elif L.alive <= 0:
+            L.ended_early = 1
+            break
+        if L.mode == M_OPEN:
+            open_advance(L, now)
+            arm_timer(L)
+        wait_until = next_tick if next_tick < L.end else L.end
+        if not ru_started and L.warm_end < wait_until:
+            wait_until = L.warm_end
+        timeout_ms = <int>((wait_until - now + 999999) // 1000000)
+        if timeout_ms < 0:
+            timeout_ms = 0
+        n = epoll_wait(L.ep, events, C_MAX_EVENTS, timeout_ms)
+        if n < 0:
+            if errno == EINTR:
+                continue
+            break
+        for i in range(n):
+            token = events[i].data.u64
+            ev = events[i].events
+            idx = <int64_t><uint32_t>token
+            if idx == L.nconns:
+                read(L.tfd, &tbuf, 8)
+                continue
+            c = &L.conns[idx]
+            gen = <uint32_t>(token >> 32)
+            if c.state == S_DEAD or gen != c.gen:
+                continue        # closed (or replaced) earlier in this batch
+            if c.state == S_CONNECTING:
+                on_connecting(L, c, idx)
+                continue
+            if ev & (EPOLLIN | EPOLLERR | EPOLLHUP):
+                on_readable(L, c, idx)
+            if c.state == S_OPEN and gen == c.gen and (ev & EPOLLOUT):
+                flush(L, c, idx, now_ns())
+
+    now = now_ns()
+    getrusage(RUSAGE_SELF, ru1)
+    t_ru[1] = now
+    if not ru_started:
+        ru0[0] = ru1[0]
+        t_ru[0] = now
+
+
+cdef double _tv(rusage *r, int which) noexcept:
+    if which == 0:
+        return r.ru_utime.tv_sec + r.ru_utime.tv_usec / 1e6
+    return r.ru_stime.tv_sec + r.ru_stime.tv_usec / 1e6
+
+
+def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, int size, int depth,
+             double rate, long long start_ns, long long warm_end_ns, long long end_ns,
+             long long interval_ns, long long timeout_ns, bytes table, layout,
+             unsigned int addr_be=0, unsigned int port_be=0):
+    """Run one load loop; return its counters as a dict.
+
+    ``fds``: connected, non-blocking TCP sockets with TCP_NODELAY (closed and
+    open modes; this function takes ownership and closes them), or empty in
+    connect mode, where ``addr_be``/``port_be`` (network byte order) name the
+    IPv4 target.  ``first_cid``/``cid_step`` number the connections so that
+    several load processes never share a pattern.  ``rate`` is this process's
+    total rate (open mode).  ``layout`` is ``sockbench.bench.hdr.LAYOUT``.
+    The window is ``[warm_end_ns, end_ns)`` on CLOCK_MONOTONIC.
+    """
+    cdef Loop L
+    cdef rusage ru0, ru1
+    cdef int64_t t_ru[2]
+    t_ru[0] = 0
+    t_ru[1] = 0
+    cdef int64_t i
+    cdef epoll_event ev
+    cdef Conn *c
+    cdef int cap
+    cdef int64_t owned = 0      # fds[:owned] belong to L.conns (closed by the cleanup below)
+
+    if mode not in (M_CLOSED, M_OPEN, M_CONNECT):
+        raise ValueError(f"unknown mode {mode}")
+    if conns < 1 or size < 1 or depth < 1:
+        raise ValueError("conns, size and depth must be >= 1")
+    if mode != M_CONNECT and len(fds) != conns:
+        raise ValueError("one fd per connection")
+    if len(table) != C_PERIOD + C_WINDOW:
+        raise ValueError("pattern table of the wrong length")
+    if end_ns <= start_ns or interval_ns <= 0:
+        raise ValueError("empty window")
+    if mode == M_OPEN and rate <= 0:
+        raise ValueError("open mode needs a rate > 0")
+
+    cap = depth
+    if mode == M_OPEN and cap < C_OPEN_MIN_RING:
+        cap = C_OPEN_MIN_RING
+    if mode == M_CONNECT:
+        cap = 1
+
+    # zero everything, then set what differs from zero
+    memset(&L, 0, sizeof(L))
+    L.mode = mode
+    L.size = size
+    L.cap = cap
+    L.nconns = conns
+    L.ep = -1
+    L.tfd = -1
+    L.table = <const uint8_t *>PyBytes_AS_STRING(table)
+    L.unit_mag = layout.unit_magnitude
+    L.sub_half_mag = layout.sub_bucket_half_count_magnitude
+    L.sub_mask = layout.sub_bucket_mask
+    L.highest = layout.highest
+    L.counts_len = layout.counts_len
+    L.start = start_ns
+    L.warm_end = warm_end_ns
+    L.end = end_ns
+    L.interval = interval_ns
+    L.timeout = timeout_ns
+    L.nint = (end_ns - start_ns + interval_ns - 1) // interval_ns
+    L.armed = -1
+    L.next_cid = first_cid
+    L.cid_step = cid_step
+    if mode == M_OPEN:
+        L.period = 1e9 / rate
+        L.g_limit = <int64_t>((end_ns - start_ns) / L.period) + 1
+    L.addr.sin_family = AF_INET
+    L.addr.sin_port = <uint16_t>port_be
+    L.addr.sin_addr.s_addr = addr_be
+
+    L.conns = <Conn *>calloc(conns, sizeof(Conn))
+    if L.conns:
+        for i in range(conns):
+            L.conns[i].fd = -1
+    L.dirty = <int64_t *>calloc(conns, sizeof(int64_t))
+    L.rbuf = <char *>calloc(C_WINDOW, 1)
+    L.h1.counts = <int64_t *>calloc(L.counts_len, sizeof(int64_t))
+    L.h2.counts = <int64_t *>calloc(L.counts_len, sizeof(int64_t))
+    L.ts_msgs = <int64_t *>calloc(L.nint, sizeof(int64_t))
+    L.ts_sent = <int64_t *>calloc(L.nint, sizeof(int64_t))
+    try:
+        if not (L.conns and L.dirty and L.rbuf and L.h1.counts and L.h2.counts and L.ts_msgs and L.ts_sent):
+            raise MemoryError()
+        for i in range(conns):
+            c = &L.conns[i]
+            c.ring = <int64_t *>calloc(cap, sizeof(int64_t))
+            if not c.ring:
+                raise MemoryError()
+        L.ep = epoll_create1(EPOLL_CLOEXEC)
+        if L.ep < 0:
+            raise OSError(errno, "epoll_create1 failed")
+        if mode == M_OPEN:
+            L.tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)
+            if L.tfd < 0:
+                raise OSError(errno, "timerfd_create failed")
+            ev.events = EPOLLIN
+            ev.data.u64 = <uint64_t>conns
+            if epoll_ctl(L.ep, EPOLL_CTL_ADD, L.tfd, &ev) < 0:
+                raise OSError(errno, "epoll_ctl(timerfd) failed")
+        if mode != M_CONNECT:
+            for i in range(conns):
+                c = &L.conns[i]
+                c.fd = fds[i]
+                owned = i + 1
+                c.pat = ((first_cid + i * cid_step) * C_STRIDE) % C_PERIOD
+                c.state = S_OPEN
+                L.alive += 1
+                if set_events(&L, c, i, EPOLLIN, EPOLL_CTL_ADD) < 0:
+                    raise OSError(errno, "epoll_ctl(socket) failed")
+
+        with nogil:
+            main_loop(&L, &ru0, &ru1, t_ru)
+
+        h1 = [(j, L.h1.counts[j]) for j in range(L.counts_len) if L.h1.counts[j]]
+        h2 = [(j, L.h2.counts[j]) for j in range(L.counts_len) if L.h2.counts[j]]
+        return {
+            "mode": mode,
+            "msgs": L.msgs,
+            "rx_bytes": L.rx_bytes_window,
+            "sent_window": L.sent_window,
+            "cycles": L.cycles,
+            "queued": L.queued_total,
+            "writes": L.writes,
+            "reads": L.reads,
+            "errors": {ERROR_KINDS[k]: L.errors[k] for k in range(N_ERR)},
+            "first_error_ns": L.first_error_ns or None,
+            "first_error_kind": ERROR_KINDS[L.first_error_kind] if L.first_error_ns else None,
+            "ended_early": bool(L.ended_early),
+            "alive_at_end": L.alive,
+            "h1": h1,
+            "h1_sum_ns": L.h1.sum_ns,
+            "h2": h2,
+            "h2_sum_ns": L.h2.sum_ns,
+            "ts_msgs": [L.ts_msgs[j] for j in range(L.nint)],
+            "ts_sent": [L.ts_sent[j] for j in range(L.nint)] if mode == M_OPEN else None,
+            "user_s": _tv(&ru1, 0) - _tv(&ru0, 0),
+            "sys_s": _tv(&ru1, 1) - _tv(&ru0, 1),
+            "cpu_window_s": (t_ru[1] - t_ru[0]) / 1e9,
+            "due": L.g_next if mode == M_OPEN else None,
+        }
+    finally:
+        if L.conns:
+            for i in range(conns):
+                c = &L.conns[i]
+                if c.fd >= 0:
+                    close(c.fd)
+                    c.fd = -1
+                free(c.ring)
+        if mode != M_CONNECT:
+            for i in range(owned, len(fds)):
+                close(<int>fds[i])
+        if L.ep >= 0:
+            close(L.ep)
+        if L.tfd >= 0:
+            close(L.tfd)
+        free(L.conns)
+        free(L.dirty)
+        free(L.rbuf)
+        free(L.h1.counts)
+        free(L.h2.counts)
+        free(L.ts_msgs)
+        free(L.ts_sent)
