@@ -13,13 +13,18 @@ buffering; this is asyncio at its leanest, and the same class runs on uvloop
   read in the server.
 * ``eof_received`` returns False, so a half-closed connection is closed by the
   transport once its buffer is flushed: pending echo first, then the close.
+* With ``--protocol frame|json`` a second class, ``MessageProtocol``, feeds
+  each chunk to a sans-I/O decoder (the tutorial's message class, see
+  ``protocols``) and writes its answers; a malformed message closes that
+  transport (after the answers before it are flushed).
 """
 
 import asyncio
 
 from sockbench.servers.common import STOP_SIGNALS, set_nodelay
+from sockbench.servers.protocols import log_protocol_error, make_decoder
 
-__all__ = ["EchoProtocol", "serve", "serve_on"]
+__all__ = ["EchoProtocol", "MessageProtocol", "serve", "serve_on"]
 
 HIGH_WATER = 64 * 1024
 
@@ -55,13 +60,45 @@ class EchoProtocol(asyncio.Protocol):
         self.conns.discard(self.transport)
 
 
-async def _main(listener, announce):
+class MessageProtocol(EchoProtocol):
+    """EchoProtocol for ``frame`` and ``json``: answers complete messages, never partial ones."""
+
+    __slots__ = ("decoder", "name")
+
+    def __init__(self, conns, options):
+        super().__init__(conns)
+        self.decoder = make_decoder(options["protocol"], options["max_message"])
+        self.name = options["name"]
+
+    def data_received(self, data):
+        decoder = self.decoder
+        out = decoder.feed(data)
+        if out:
+            self.transport.write(out)
+        if decoder.error:
+            self._malformed()
+
+    def eof_received(self):
+        if self.decoder.eof():
+            self._malformed()
+        return False
+
+    def _malformed(self):
+        log_protocol_error(self.name, self.transport.get_extra_info("peername"), self.decoder.error)
+        self.transport.close()
+
+
+async def _main(listener, announce, options):
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     conns = set()
-    server = await loop.create_server(lambda: EchoProtocol(conns), sock=listener)
+    if options["protocol"] == "raw":
+        factory = lambda: EchoProtocol(conns)  # noqa: E731
+    else:
+        factory = lambda: MessageProtocol(conns, options)  # noqa: E731
+    server = await loop.create_server(factory, sock=listener)
     announce()
     await stop.wait()
     server.close()
@@ -70,11 +107,11 @@ async def _main(listener, announce):
     await asyncio.sleep(0)  # let connection_lost callbacks run
 
 
-def serve_on(loop_factory, listener, announce):
+def serve_on(loop_factory, listener, announce, options):
     """Run the protocol server on a loop made by ``loop_factory`` (None: asyncio's default)."""
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_main(listener, announce))
+        runner.run(_main(listener, announce, options))
 
 
 def serve(listener, announce, options):
-    serve_on(None, listener, announce)
+    serve_on(None, listener, announce, options)

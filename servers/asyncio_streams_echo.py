@@ -15,22 +15,81 @@ the bare protocol API (``asyncio-protocol``).
   then closes.
 * On SIGTERM/SIGINT the loop stops accepting, aborts the open connections and
   cancels their handlers.
+* With ``--protocol frame|json`` the handler reads each message the streams
+  way, ``await reader.readexactly(n)`` for every part (the length prefix, the
+  JSON header, the content), which is how a streams user writes it; the
+  validation and the answers are the shared ones in ``protocols``.
 """
 
 import asyncio
+import struct
 
 from sockbench.servers.common import RECV_SIZE, STOP_SIGNALS, set_nodelay
+from sockbench.servers.protocols import ProtocolError, json_response, log_protocol_error, parse_json_header
 
 __all__ = ["serve"]
 
 
-async def _main(listener, announce):
+_U32 = struct.Struct(">I")
+_U16 = struct.Struct(">H")
+
+
+async def _echo_raw(reader, writer, options):
+    while True:
+        data = await reader.read(RECV_SIZE)
+        if not data:
+            return
+        writer.write(data)
+        await writer.drain()
+
+
+async def _read_part(reader, n, first):
+    """readexactly, where EOF before the first byte of a message is a clean end (None)."""
+    try:
+        return await reader.readexactly(n)
+    except asyncio.IncompleteReadError as e:
+        if first and not e.partial:
+            return None
+        raise ProtocolError("connection closed inside a message") from None
+
+
+async def _echo_frames(reader, writer, options):
+    limit = options["max_message"]
+    while True:
+        head = await _read_part(reader, 4, first=True)
+        if head is None:
+            return
+        (n,) = _U32.unpack(head)
+        if n > limit:
+            raise ProtocolError(f"frame length {n} is over the limit of {limit} bytes")
+        writer.write(head + await _read_part(reader, n, first=False))
+        await writer.drain()
+
+
+async def _echo_json(reader, writer, options):
+    while True:
+        head = await _read_part(reader, 2, first=True)
+        if head is None:
+            return
+        (hlen,) = _U16.unpack(head)
+        if hlen == 0:
+            raise ProtocolError("JSON header length is 0")
+        header, length = parse_json_header(await _read_part(reader, hlen, first=False), options["max_message"])
+        writer.write(json_response(header, await _read_part(reader, length, first=False)))
+        await writer.drain()
+
+
+_HANDLERS = {"raw": _echo_raw, "frame": _echo_frames, "json": _echo_json}
+
+
+async def _main(listener, announce, options):
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     writers = set()
     tasks = set()
+    echo = _HANDLERS[options["protocol"]]
 
     async def handle(reader, writer):
         tasks.add(asyncio.current_task())
@@ -39,12 +98,9 @@ async def _main(listener, announce):
         if sock is not None:
             set_nodelay(sock)
         try:
-            while True:
-                data = await reader.read(RECV_SIZE)
-                if not data:
-                    break
-                writer.write(data)
-                await writer.drain()
+            await echo(reader, writer, options)
+        except ProtocolError as e:
+            log_protocol_error(options["name"], writer.get_extra_info("peername"), e)
         except OSError:
             pass  # reset by the peer: only this connection ends
         finally:
@@ -66,4 +122,4 @@ async def _main(listener, announce):
 
 
 def serve(listener, announce, options):
-    asyncio.run(_main(listener, announce))
+    asyncio.run(_main(listener, announce, options))

@@ -17,6 +17,9 @@ Properties that matter for the benchmark:
   ``StopServing``), and the main thread shuts every connection down.
 * Threads get a small stack (256 KiB) so that hundreds of connections do not
   cost hundreds of megabytes of address space.
+* With ``--protocol frame|json`` each thread owns a sans-I/O decoder (the
+  tutorial's message class, see ``protocols``): recv, feed, sendall the
+  answers.  A malformed message ends that thread's connection only.
 """
 
 import signal
@@ -25,6 +28,7 @@ import threading
 import time
 
 from sockbench.servers.common import RECV_SIZE, STOP_SIGNALS, StopServing, set_nodelay
+from sockbench.servers.protocols import log_protocol_error, make_decoder
 
 __all__ = ["serve"]
 
@@ -32,12 +36,23 @@ THREAD_STACK = 256 * 1024
 JOIN_BUDGET_S = 1.0
 
 
-def _echo(conn, conns, lock):
+def _echo(conn, peer, conns, lock, options):
+    decoder = make_decoder(options["protocol"], options["max_message"])
     try:
         while True:
             data = conn.recv(RECV_SIZE)
             if not data:
+                if decoder is not None and decoder.eof():
+                    log_protocol_error(options["name"], peer, decoder.error)
                 break
+            if decoder is not None:
+                data = decoder.feed(data)
+                if data:
+                    conn.sendall(data)
+                if decoder.error:
+                    log_protocol_error(options["name"], peer, decoder.error)
+                    break
+                continue
             conn.sendall(data)
     except OSError:
         pass  # reset by the peer, or shut down by the main thread: this connection only
@@ -61,14 +76,14 @@ def serve(listener, announce, options):
     announce()
     try:
         while True:
-            conn, _ = listener.accept()
+            conn, peer = listener.accept()
             set_nodelay(conn)
             with lock:
                 conns.add(conn)
             # The new thread inherits this mask: signals only ever reach the main thread.
             signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
             try:
-                t = threading.Thread(target=_echo, args=(conn, conns, lock), daemon=True)
+                t = threading.Thread(target=_echo, args=(conn, peer, conns, lock, options), daemon=True)
                 t.start()
             finally:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)

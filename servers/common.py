@@ -68,12 +68,21 @@ def set_nodelay(sock):
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def run_server(name, host="127.0.0.1", port=0, options=None):
-    """The ``sockbench serve NAME`` contract: bind, announce, serve, exit 0 on a stop signal."""
+def run_server(name, host="127.0.0.1", port=0, protocol="raw", max_message=None):
+    """The ``sockbench serve NAME`` contract: bind, announce, serve, exit 0 on a stop signal.
+
+    The server receives ``options``: ``name``, ``protocol`` (raw, frame or json;
+    see ``protocols``) and ``max_message`` (the largest message it accepts).
+    """
     from sockbench import registry
+    from sockbench.errors import UsageError
+    from sockbench.servers.protocols import DEFAULT_MAX_MESSAGE
 
     spec = registry.get(name)
+    if protocol not in spec.protocols:
+        raise UsageError(f"server {name!r} does not speak protocol {protocol!r}; it speaks: {', '.join(spec.protocols)}")
     serve = spec.load()
+    options = {"name": name, "protocol": protocol, "max_message": max_message or DEFAULT_MAX_MESSAGE}
     listener = listen(host, port)
     bound_host, bound_port = listener.getsockname()[:2]
     announced = []
@@ -87,7 +96,7 @@ def run_server(name, host="127.0.0.1", port=0, options=None):
         sys.stdout.flush()
 
     try:
-        serve(listener, announce, dict(options or {}))
+        serve(listener, announce, options)
     except StopServing:
         pass
     finally:

@@ -16,6 +16,10 @@ is the cost of asyncio's abstractions.
   "not now"; any other ``OSError`` closes that one connection.
 * Stop signals wake ``select()`` through ``signal.set_wakeup_fd`` on a
   socketpair that is registered like any other socket.
+* With ``--protocol frame|json`` each connection owns a sans-I/O decoder (the
+  tutorial's message class, see ``protocols``): what is read is fed to it, and
+  its answers take the place of the echo.  A malformed message closes that
+  connection only, once the answers that came before it are flushed.
 """
 
 import selectors
@@ -23,6 +27,7 @@ import signal
 import socket
 
 from sockbench.servers.common import RECV_SIZE, STOP_SIGNALS, set_nodelay
+from sockbench.servers.protocols import log_protocol_error, make_decoder
 
 __all__ = ["serve"]
 
@@ -33,11 +38,14 @@ _WAKEUP = object()
 
 
 class _Conn:
-    __slots__ = ("sock", "pending")
+    __slots__ = ("sock", "peer", "pending", "decoder", "closing")
 
-    def __init__(self, sock):
+    def __init__(self, sock, peer, decoder):
         self.sock = sock
+        self.peer = peer
         self.pending = None  # memoryview of the unsent tail, or None
+        self.decoder = decoder  # None for raw echo
+        self.closing = False  # close once ``pending`` is flushed (after a malformed message)
 
 
 def serve(listener, announce, options):
@@ -53,6 +61,7 @@ def serve(listener, announce, options):
     sel.register(listener, EVENT_READ, _LISTENER)
     sel.register(wake_r, EVENT_READ, _WAKEUP)
     conns = set()
+    protocol, max_message, name = options["protocol"], options["max_message"], options["name"]
 
     def close(conn):
         conns.discard(conn)
@@ -65,14 +74,14 @@ def serve(listener, announce, options):
     def accept_all():
         while True:
             try:
-                sock, _ = listener.accept()
+                sock, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return  # e.g. EMFILE or an aborted handshake: keep serving the others
             sock.setblocking(False)
             set_nodelay(sock)
-            conn = _Conn(sock)
+            conn = _Conn(sock, peer, make_decoder(protocol, max_message))
             conns.add(conn)
             sel.register(sock, EVENT_READ, conn)
 
@@ -85,9 +94,21 @@ def serve(listener, announce, options):
         except OSError:
             close(conn)
             return
+        decoder = conn.decoder
         if not data:
+            if decoder is not None and decoder.eof():
+                log_protocol_error(name, conn.peer, decoder.error)
             close(conn)  # nothing is pending when we read: the half-close is complete
             return
+        if decoder is not None:
+            data = decoder.feed(data)
+            if decoder.error:
+                log_protocol_error(name, conn.peer, decoder.error)
+                conn.closing = True
+            if not data:
+                if conn.closing:
+                    close(conn)
+                return
         try:
             sent = sock.send(data)
         except (BlockingIOError, InterruptedError):
@@ -98,6 +119,8 @@ def serve(listener, announce, options):
         if sent < len(data):
             conn.pending = memoryview(data)[sent:]
             sel.modify(sock, EVENT_WRITE, conn)
+        elif conn.closing:
+            close(conn)
 
     def on_write(conn):
         try:
@@ -110,6 +133,8 @@ def serve(listener, announce, options):
         rest = conn.pending[sent:]
         if rest:
             conn.pending = rest
+        elif conn.closing:
+            close(conn)
         else:
             conn.pending = None
             sel.modify(conn.sock, EVENT_READ, conn)

@@ -14,4 +14,4 @@ __all__ = ["serve"]
 
 
 def serve(listener, announce, options):
-    serve_on(uvloop.new_event_loop, listener, announce)
+    serve_on(uvloop.new_event_loop, listener, announce, options)

@@ -9,6 +9,8 @@ import argparse
 import sys
 
 from sockbench.errors import SockbenchError
+from sockbench.servers.protocols import PROTOCOLS
+from sockbench.units import parse_size
 
 __all__ = ["main", "build_parser"]
 
@@ -20,10 +22,17 @@ class _Parser(argparse.ArgumentParser):
         raise SockbenchError(f"{self.prog}: {message} (see --help)", exit_code=2)
 
 
+def _size(text):
+    try:
+        return parse_size(text)
+    except SockbenchError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _cmd_serve(args):
     from sockbench.servers.common import run_server
 
-    return run_server(args.name, host=args.host, port=args.port)
+    return run_server(args.name, host=args.host, port=args.port, protocol=args.protocol, max_message=args.max_message)
 
 
 def _cmd_servers(args):
@@ -33,13 +42,20 @@ def _cmd_servers(args):
     from sockbench import registry
 
     table = Table(title="sockbench servers", box=None, show_edge=False)
-    table.add_column("name", style="bold")
-    table.add_column("status")
+    table.add_column("name", style="bold", no_wrap=True)
+    table.add_column("status", no_wrap=True)
     table.add_column("model")
+    missing = []
     for spec in registry.SERVERS.values():
         ok, why = spec.availability()
-        table.add_row(spec.name, "[green]available[/]" if ok else f"[red]{why}[/]", spec.summary)
-    Console(width=max(100, Console().width), soft_wrap=True).print(table)
+        if not ok:
+            missing.append(f"{spec.name}: {why}")
+        table.add_row(spec.name, "[green]available[/]" if ok else f"[red]{why.split(' (', 1)[0]}[/]", spec.summary)
+    console = Console(width=max(100, Console().width), soft_wrap=True)
+    console.print(table)
+    # the full reason, with the command that fixes it, on one unwrapped line per server
+    for line in missing:
+        console.print(line, markup=False, highlight=False)
     return 0
 
 
@@ -52,6 +68,8 @@ def build_parser():
     s.add_argument("name", help="a server name (see `sockbench servers`)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=0, help="port to bind (default 0: any free port)")
+    s.add_argument("--protocol", choices=PROTOCOLS, default="raw", help="wire protocol (default raw: echo bytes as they come)")
+    s.add_argument("--max-message", type=_size, default=None, metavar="SIZE", help="largest frame or content accepted (default 16m)")
     s.set_defaults(func=_cmd_serve)
 
     s = sub.add_parser("servers", help="list every server and whether it is available here")

@@ -19,8 +19,9 @@ import importlib.util
 from dataclasses import dataclass, field
 
 from sockbench.errors import UsageError
+from sockbench.servers.protocols import PROTOCOLS as ALL_PROTOCOLS
 
-__all__ = ["ServerSpec", "SERVERS", "get", "names", "available_names"]
+__all__ = ["ServerSpec", "SERVERS", "ALL_PROTOCOLS", "get", "names", "available_names"]
 
 BUILD_HINT = "pip install -e .  (needs a C compiler and Cython)"
 
@@ -34,6 +35,8 @@ class ServerSpec:
     requires: tuple = field(default=())
     #: set for servers compiled from ext/: the line shown when the build is missing
     build_hint: str = ""
+    #: the wire protocols it speaks (``sockbench serve NAME --protocol P``); see servers/protocols.py
+    protocols: tuple = ("raw",)
 
     def availability(self):
         """Return ``(True, "available")`` or ``(False, reason)``; never raises."""
@@ -52,19 +55,25 @@ class ServerSpec:
         return importlib.import_module(self.module).serve
 
 
-def _spec(name, module, summary, requires=(), build_hint=""):
-    return ServerSpec(name, "sockbench.servers." + module, summary, tuple(requires), build_hint)
+
+
+def _spec(name, module, summary, requires=(), build_hint="", protocols=("raw",)):
+    return ServerSpec(name, "sockbench.servers." + module, summary, tuple(requires), build_hint, tuple(protocols))
 
 
 #: Insertion order is display order: from the simplest model to the fastest.
 SERVERS = {
     s.name: s
     for s in (
-        _spec("blocking", "blocking_echo", "blocking sockets, one thread per connection"),
-        _spec("selectors", "selectors_echo", "one thread, non-blocking sockets, selectors.DefaultSelector"),
-        _spec("asyncio-streams", "asyncio_streams_echo", "asyncio.start_server, StreamReader/StreamWriter, await drain()"),
-        _spec("asyncio-protocol", "asyncio_protocol_echo", "asyncio.Protocol with write flow control"),
-        _spec("uvloop", "uvloop_echo", "the asyncio-protocol server on uvloop's loop", requires=("uvloop",)),
+        _spec("blocking", "blocking_echo", "blocking sockets, one thread per connection", protocols=ALL_PROTOCOLS),
+        _spec("selectors", "selectors_echo", "one thread, non-blocking sockets, selectors.DefaultSelector", protocols=ALL_PROTOCOLS),
+        _spec("asyncio-streams", "asyncio_streams_echo", "asyncio.start_server, StreamReader/StreamWriter, await drain()", protocols=ALL_PROTOCOLS),
+        _spec("asyncio-protocol", "asyncio_protocol_echo", "asyncio.Protocol with write flow control", protocols=ALL_PROTOCOLS),
+        _spec("uvloop", "uvloop_echo", "the asyncio-protocol server on uvloop's loop", requires=("uvloop",), protocols=ALL_PROTOCOLS),
+        _spec("cython-protocol", "cython_protocol_echo", "a Cython cdef-class asyncio.BufferedProtocol on uvloop",
+              requires=("sockbench.ext.protocol_echo",), build_hint=BUILD_HINT),
+        _spec("cython", "cython_echo", "Cython: level-triggered epoll loop in C, without the GIL",
+              requires=("sockbench.ext.epoll_echo",), build_hint=BUILD_HINT),
     )
 }
 

@@ -38,3 +38,31 @@ def server(server_name):
         yield proc
     finally:
         proc.stop()
+
+
+def _framed_cases():
+    return [
+        (name, proto) for name, spec in registry.SERVERS.items() for proto in spec.protocols if proto != "raw"
+    ]
+
+
+#: the limit the protocol tests run servers with, so "over the limit" is cheap to send
+TEST_MAX_MESSAGE = 1 << 20
+
+
+@pytest.fixture(params=_framed_cases(), ids=lambda c: f"{c[0]}-{c[1]}")
+def framed_server(request):
+    """A fresh server speaking ``frame`` or ``json`` (every server x every protocol it speaks)."""
+    name, proto = request.param
+    ok, why = registry.SERVERS[name].availability()
+    if not ok:
+        if _require_all():
+            pytest.fail(f"{name}: {why}")
+        pytest.skip(f"{name}: {why}")
+    proc = ServerProcess(name, extra_args=("--protocol", proto, "--max-message", str(TEST_MAX_MESSAGE)))
+    proc.protocol = proto
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
