@@ -289,3 +289,22 @@ def test_fuzzed_input_never_crashes_hangs_or_misanswers(framed_server, data):
     assert time.monotonic() - t0 < 5, "the server hung on this input"
     assert answers(framed_server.protocol, got) == want
     assert framed_server.alive(), framed_server.stderr_text()[-500:]
+
+
+def test_unsupported_protocol_or_bad_size_is_one_line():
+    import subprocess
+    import sys
+
+    from sockbench import registry
+
+    for name, spec in registry.SERVERS.items():
+        missing = [p for p in ("frame", "json") if p not in spec.protocols]
+        if not missing:
+            continue
+        r = subprocess.run([sys.executable, "-m", "sockbench", "serve", name, "--protocol", missing[0]],
+                           capture_output=True, text=True, timeout=20)
+        assert r.returncode == 2, (name, r.stderr)
+        assert r.stderr.count("\n") == 1 and "does not speak" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "sockbench", "serve", "selectors", "--max-message", "lots"],
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "bad size" in r.stderr, r.stderr
