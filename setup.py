@@ -62,6 +62,8 @@ def extensions():
         mods,
         compiler_directives=COMPILER_DIRECTIVES,
         annotate=_flag("SOCKBENCH_ANNOTATE"),
+        # cythonize skips an up-to-date .c, and with it the HTML: regenerate when asked for it
+        force=_flag("SOCKBENCH_ANNOTATE"),
         include_path=["ext"],
         quiet=True,
     )
