@@ -5,7 +5,7 @@ Python per message, so it cannot call ``HdrHistogram.record_value``.  Instead
 it increments a plain C array of counts laid out exactly like HdrHistogram's
 own counts array (same lowest/highest trackable value, 3 significant digits,
 so the same index for every value).  ``LAYOUT`` carries the few integers the C
-code needs to compute that index.  After the run, ``from_counts`` moves the
+code needs to compute that index.  After the run, ``from_buckets`` moves the
 non-zero buckets into a real ``HdrHistogram`` through its public API (each
 bucket's representative value maps back to the same bucket, so the move is
 exact), and from there the package does everything else: encoding for the
@@ -26,7 +26,7 @@ __all__ = [
     "LAYOUT",
     "Layout",
     "new_histogram",
-    "from_counts",
+    "from_buckets",
     "merge_encoded",
     "summary_us",
     "PERCENTILES",
@@ -71,16 +71,16 @@ def _layout():
 LAYOUT = _layout()
 
 
-def from_counts(counts):
-    """Build an ``HdrHistogram`` from a counts array recorded with ``LAYOUT``.
+def from_buckets(buckets):
+    """Build an ``HdrHistogram`` from ``(index, count)`` pairs of a counts array laid out as ``LAYOUT``.
 
-    ``counts`` is any sequence of ``LAYOUT.counts_len`` non-negative integers
-    (the Cython loop hands back an ``array('q')``).
+    The Cython loop hands back only its non-zero buckets.  Each bucket's
+    representative value maps back to the same index, so the copy is exact.
     """
-    if len(counts) != LAYOUT.counts_len:
-        raise ValueError(f"counts has {len(counts)} buckets, the layout has {LAYOUT.counts_len}")
     h = new_histogram()
-    for index, count in enumerate(counts):
+    for index, count in buckets:
+        if not 0 <= index < LAYOUT.counts_len:
+            raise ValueError(f"bucket index {index} outside the layout (0..{LAYOUT.counts_len - 1})")
         if count:
             h.record_value(h.get_value_from_index(index), count)
     return h

@@ -1,0 +1,645 @@
+"""The load harness: the Python API behind ``sockbench load`` and the pytest-benchmark suite.
+
+Usage::
+
+    from sockbench.bench.harness import LoadSpec, run_load
+
+    spec = LoadSpec(server="uvloop", mode="closed", conns=100, size=64, depth=8,
+                    duration_s=5.0, warmup_s=1.0, procs=1,
+                    server_cpus=(0,), client_cpus=(1,), interval_s=0.1)
+    result = run_load(spec, json_path=None)   # the schema-1 result dict
+
+``target=("127.0.0.1", port)`` instead of ``server=`` loads a server that is
+already running.
+
+Why it is built this way
+------------------------
+* The hot loop is not here.  It is ``sockbench.ext.loadgen`` (Cython, no GIL,
+  no Python call per message), run in ``procs`` load processes
+  (``python -m sockbench.bench.worker``), each pinned to a client CPU.  This module only
+  orchestrates: it starts the server (``sockbench.proc.ServerProcess``, pinned
+  to the server CPUs), waits until every load process has connected, then
+  fixes ONE window for all of them on CLOCK_MONOTONIC (start, end of warmup,
+  end).  Because the window is known in advance, the parent samples the
+  server's CPU (``/proc/PID/stat``) exactly at the window's edges without
+  talking to the load processes in between.
+* Histograms are merged exactly: each load process encodes its HDR histogram
+  with the ``hdrhistogram`` package, and the parent decodes and adds them.
+  Percentiles are computed once, on the merged histogram; never averaged.
+* Nothing measured is lost: the result JSON is written as soon as the run
+  ends, even when the run is invalid (a byte mismatch, a server that died, a
+  load process that hung and was killed at the hard timeout).  ``valid`` and
+  ``invalid_reason`` say what went wrong.  Errors a user can act on (a refused
+  connection, bad input, too few file descriptors) are a ``SockbenchError``
+  raised before anything starts.
+* ``client_bound`` is true when the load processes' CPUs were at least 95%
+  busy: then the figure measures the client as much as the server.
+"""
+
+import datetime
+import json
+import math
+import os
+import platform
+import resource
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+from sockbench.errors import SockbenchError, UsageError
+
+__all__ = [
+    "LoadSpec",
+    "run_load",
+    "write_json",
+    "machine_info",
+    "parse_cpus",
+    "SCHEMA",
+    "MODES",
+    "CLIENT_BOUND_UTIL",
+    "BEHIND_FRACTION",
+]
+
+SCHEMA = 1
+MODES = ("closed", "open", "connect")
+#: the load CPUs at least this busy: the run measured the client
+CLIENT_BOUND_UTIL = 0.95
+#: open loop: achieved rate more than 5% below the target is "behind"
+BEHIND_FRACTION = 0.05
+#: between "every load process is ready" and the window's start
+START_MARGIN_S = 0.05
+#: how long load processes get to spawn and connect
+READY_TIMEOUT_S = 60.0
+#: after the window's end, how long before a silent load process is killed
+HARD_TIMEOUT_GRACE_S = 10.0
+MAX_DURATION_S = 3600.0
+
+
+def parse_cpus(text):
+    """``"0"``, ``"0,2"``, ``"1-3"`` -> a sorted tuple of CPU numbers; bad input is a usage error."""
+    cpus = set()
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                lo, hi = part.split("-", 1)
+                lo, hi = int(lo), int(hi)
+                if lo > hi:
+                    raise ValueError
+                cpus.update(range(lo, hi + 1))
+            else:
+                cpus.add(int(part))
+        except ValueError:
+            raise UsageError(f"bad CPU list {text!r}; use e.g. 0, 0,2 or 1-3") from None
+    if not cpus or min(cpus) < 0:
+        raise UsageError(f"bad CPU list {text!r}; use e.g. 0, 0,2 or 1-3")
+    return tuple(sorted(cpus))
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """One load run.  Exactly one of ``server`` (a registry name) and ``target`` ((host, port))."""
+
+    server: str | None = None
+    target: tuple | None = None
+    mode: str = "closed"
+    conns: int = 10
+    size: int = 64
+    depth: int = 1
+    rate: float | None = None  # open mode: total msgs/s over every connection and process
+    duration_s: float = 5.0
+    warmup_s: float = 1.0
+    procs: int = 1
+    server_cpus: tuple = (0,)
+    client_cpus: tuple = (1,)
+    interval_s: float = 0.1
+    timeout_s: float = 5.0  # a message outstanding longer than this is a timeout error
+    server_options: dict = field(default_factory=dict)
+
+    def validate(self):
+        """Raise a one-line ``UsageError`` for anything that cannot run."""
+        if (self.server is None) == (self.target is None):
+            raise UsageError("give either a server name or --target HOST:PORT (exactly one)")
+        if self.server is not None:
+            from sockbench import registry
+
+            ok, why = registry.get(self.server).availability()
+            if not ok:
+                raise UsageError(f"server {self.server!r}: {why}")
+        else:
+            if not (isinstance(self.target, (tuple, list)) and len(self.target) == 2):
+                raise UsageError(f"target must be (host, port), not {self.target!r}")
+            port = self.target[1]
+            if not isinstance(port, int) or not 0 < port < 65536:
+                raise UsageError(f"bad target port {port!r}; use 1..65535")
+        if self.mode not in MODES:
+            raise UsageError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
+        for name in ("conns", "size", "depth", "procs"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise UsageError(f"{name} must be a whole number >= 1, not {v!r}")
+        if self.procs > self.conns:
+            raise UsageError(f"--procs {self.procs} > --conns {self.conns}: each load process needs a connection")
+        if self.conns > 1_000_000 or self.depth > 1_000_000:
+            raise UsageError("conns and depth are limited to 1,000,000")
+        if not 0 < self.duration_s <= MAX_DURATION_S:
+            raise UsageError(f"duration must be > 0 and <= {MAX_DURATION_S:.0f} s, not {self.duration_s!r}")
+        if not 0 <= self.warmup_s <= MAX_DURATION_S:
+            raise UsageError(f"warmup must be >= 0 and <= {MAX_DURATION_S:.0f} s, not {self.warmup_s!r}")
+        if not 0.001 <= self.interval_s <= self.duration_s + self.warmup_s:
+            raise UsageError(f"interval must be >= 0.001 s and no longer than the run, not {self.interval_s!r}")
+        if not 0 < self.timeout_s <= MAX_DURATION_S:
+            raise UsageError(f"timeout must be > 0 s, not {self.timeout_s!r}")
+        if self.mode == "open":
+            if self.rate is None or not self.rate > 0 or not math.isfinite(self.rate):
+                raise UsageError("open mode needs --rate MSGS_PER_S > 0")
+        elif self.rate is not None:
+            raise UsageError(f"--rate applies to open mode only, not {self.mode}")
+        allowed = os.sched_getaffinity(0)
+        for label, cpus in (("server", self.server_cpus), ("client", self.client_cpus)):
+            if not cpus:
+                raise UsageError(f"--{label}-cpus is empty")
+            missing = sorted(set(cpus) - allowed)
+            if missing:
+                raise UsageError(
+                    f"--{label}-cpus {','.join(map(str, missing))} not available here; usable CPUs: "
+                    f"{','.join(map(str, sorted(allowed)))}"
+                )
+        return self
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def _resolve(host, port, mode):
+    try:
+        family = socket.AF_INET if mode == "connect" else socket.AF_UNSPEC
+        infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        what = "an IPv4 address" if mode == "connect" else "an address"
+        raise UsageError(f"cannot resolve {host!r} to {what}: {e.strerror}") from None
+    family, _, _, _, addr = infos[0]
+    return family, addr[0], addr[1]
+
+
+def _probe(family, host, port):
+    """One connection before any load: a refused connection is a clear one-line error."""
+    from sockbench.bench.worker import format_addr
+
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(5.0)
+    try:
+        s.connect((host, port))
+    except ConnectionRefusedError:
+        raise SockbenchError(f"connection refused by {format_addr(host, port)}: is an echo server listening there?") from None
+    except TimeoutError:
+        raise SockbenchError(f"connecting to {format_addr(host, port)} timed out") from None
+    except OSError as e:
+        raise SockbenchError(f"cannot connect to {format_addr(host, port)}: {e.strerror or e}") from None
+    finally:
+        s.close()
+
+
+def _check_nofile(per_proc):
+    from sockbench.bench.worker import FD_HEADROOM
+
+    needed = per_proc + FD_HEADROOM
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise UsageError(
+            f"{per_proc} connections per load process need {needed} file descriptors but RLIMIT_NOFILE "
+            f"allows {hard}; use more --procs, fewer --conns, or raise the hard limit"
+        )
+
+
+def _split(n, parts):
+    return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
+
+
+def _read_server(proc):
+    """(user_s, sys_s) of the server, or None if it is gone."""
+    from sockbench.proc import read_proc_stat
+
+    try:
+        return read_proc_stat(proc.pid)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _sleep_until(t_ns, watch=None):
+    while True:
+        left = (t_ns - time.monotonic_ns()) / 1e9
+        if left <= 0:
+            return
+        time.sleep(min(left, 0.05))
+        if watch is not None:
+            watch()
+
+
+def run_load(spec, json_path=None):
+    """Run one load as ``spec`` says; return the schema-1 result dict (and write it to ``json_path``).
+
+    Raises ``SockbenchError`` only before the load starts (bad spec, server
+    that does not start, refused connection, file descriptor limit); once the
+    load has started, every problem ends up in the result as ``valid: false``.
+    """
+    spec.validate()
+    started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    _check_nofile(max(_split(spec.conns, spec.procs)) if spec.mode != "connect" else spec.conns)
+    if spec.server is not None:
+        from sockbench.proc import ServerProcess
+
+        with ServerProcess(spec.server, cpus=spec.server_cpus) as server:
+            host, port = server.address
+            result = _run(spec, server, host, port, started_at)
+    else:
+        result = _run(spec, None, spec.target[0], spec.target[1], started_at)
+    if json_path is not None:
+        write_json(result, json_path)
+    return result
+
+
+def write_json(result, path):
+    """Write the result atomically (a temporary file, then a rename)."""
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+class _Worker:
+    """One ``python -m sockbench.bench.worker`` child and its JSON-lines pipe."""
+
+    def __init__(self, params):
+        import tempfile
+
+        self.params = params
+        self.stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sockbench.bench.worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+        )
+        self.buf = b""
+        self.send(asdict(params))
+
+    def send(self, obj):
+        try:
+            self.proc.stdin.write((json.dumps(obj) + "\n").encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # the child is gone: reading its end says why
+
+    def fileno(self):
+        return self.proc.stdout.fileno()
+
+    def read_event(self):
+        """After the pipe is readable: the next event dict, None while a line is incomplete, or an EOF event."""
+        while b"\n" not in self.buf:
+            chunk = os.read(self.fileno(), 1 << 20)
+            if not chunk:
+                self.proc.wait()
+                err = self.stderr_tail()
+                return {"event": "eof", "message": f"load process {self.params.index} exited (status "
+                        f"{self.proc.returncode}){': ' + err if err else ''}"}
+            self.buf += chunk
+            if b"\n" not in self.buf:
+                return None
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def stderr_tail(self):
+        self.stderr.seek(0)
+        lines = self.stderr.read().decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else ""
+
+    def stop(self):
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout, self.stderr):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+def _wait_events(workers, deadline, on_event, server=None):
+    """Read one event from each worker in ``workers`` (a dict index -> _Worker) before ``deadline``.
+
+    Returns the indexes that did not answer in time.
+    """
+    sel = selectors.DefaultSelector()
+    pending = dict(workers)
+    for w in pending.values():
+        sel.register(w.proc.stdout, selectors.EVENT_READ, w)
+    try:
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for key, _ in sel.select(min(left, 0.5)):
+                w = key.data
+                ev = w.read_event()
+                if ev is None:
+                    continue
+                sel.unregister(w.proc.stdout)
+                del pending[w.params.index]
+                on_event(w, ev)
+            if server is not None:
+                server_check = server()
+                if server_check:
+                    raise SockbenchError(server_check)
+    finally:
+        sel.close()
+    return sorted(pending)
+
+
+def _run(spec, server, host, port, started_at):
+    from sockbench.bench.worker import WorkerParams
+
+    family, host, port = _resolve(host, port, spec.mode)
+    _probe(family, host, port)
+
+    shares = _split(spec.conns, spec.procs)
+    cpus = spec.client_cpus
+    workers = {}
+    results = {}
+    problems = []
+    srv = {"pid": server.pid if server else None}
+
+    def server_gone():
+        if server is not None and not server.alive():
+            return f"server {server.name!r} exited while the load connected (status {server.proc.returncode})"
+        return None
+
+    try:
+        first = 0
+        for i, n in enumerate(shares):
+            p = WorkerParams(
+                index=i, host=host, port=port, family=int(family), mode=spec.mode, conns=n,
+                first_cid=(first if spec.mode != "connect" else i),
+                cid_step=(1 if spec.mode != "connect" else spec.procs),
+                size=spec.size, depth=spec.depth,
+                rate=(spec.rate * n / spec.conns if spec.mode == "open" else 0.0),
+                interval_ns=int(round(spec.interval_s * 1e9)), timeout_ns=int(spec.timeout_s * 1e9),
+                cpus=(cpus[i % len(cpus)],),
+            )
+            first += n
+            workers[i] = _Worker(p)
+
+        # 1. every load process connects and says ready (or fails: then nothing is measured)
+        def on_ready(w, ev):
+            if ev.get("event") != "ready":
+                raise SockbenchError(ev.get("message") or f"load process {w.params.index} failed")
+
+        late = _wait_events(workers, time.monotonic() + READY_TIMEOUT_S, on_ready, server_gone)
+        if late:
+            raise SockbenchError(f"{len(late)} load process(es) did not connect within {READY_TIMEOUT_S:.0f} s")
+
+        # 2. one window for every process
+        start_ns = time.monotonic_ns() + int(START_MARGIN_S * 1e9)
+        warm_end_ns = start_ns + int(spec.warmup_s * 1e9)
+        end_ns = warm_end_ns + int(spec.duration_s * 1e9)
+        for w in workers.values():
+            w.send({"start_ns": start_ns, "warm_end_ns": warm_end_ns, "end_ns": end_ns})
+
+        # 3. the server's CPU at the window's edges
+        if server is not None:
+            _sleep_until(warm_end_ns)
+            srv["cpu0"] = _read_server(server)
+            _sleep_until(end_ns)
+            srv["cpu1"] = _read_server(server)
+            srv["rss_peak_bytes"] = _read_rss_peak(server)
+
+        # 4. results, within the hard timeout
+        def on_result(w, ev):
+            if ev.get("event") == "result":
+                results[w.params.index] = ev["result"]
+            else:
+                problems.append(ev.get("message") or f"load process {w.params.index} failed")
+
+        deadline = end_ns / 1e9 + max(HARD_TIMEOUT_GRACE_S, spec.timeout_s + 2)
+        for i in _wait_events(workers, deadline, on_result):
+            workers[i].stop()
+            problems.append(f"load process {i} hung; killed at the hard timeout")
+        if server is not None and not server.alive():
+            srv["exit_status"] = server.proc.returncode
+            problems.insert(0, f"the server exited (status {server.proc.returncode}) during the run")
+    finally:
+        for w in workers.values():
+            w.stop()
+    return _build_result(spec, server, host, port, started_at, results, problems, srv)
+
+
+def _read_rss_peak(server):
+    from sockbench.proc import read_rss_bytes
+
+    try:
+        return read_rss_bytes(server.pid, "VmHWM")
+    except (OSError, SockbenchError, ValueError):
+        return None
+
+
+# --- the result ------------------------------------------------------------------------------
+
+
+def _git_commit():
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        out = subprocess.run(
+            ["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5,
+        ).stdout.strip()
+        return out, bool(dirty)
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def machine_info():
+    """What any figure needs to be reproduced: the CPU, the kernel, the Python, the commit."""
+    from sockbench import __version__
+
+    model = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    commit, dirty = _git_commit()
+    return {
+        "cpu_model": model or platform.processor() or None,
+        "cores": os.cpu_count(),
+        "usable_cpus": sorted(os.sched_getaffinity(0)),
+        "kernel": platform.release(),
+        "os": platform.system(),
+        "python": platform.python_version(),
+        "python_impl": platform.python_implementation(),
+        "sockbench_version": __version__,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "hostname": platform.node(),
+    }
+
+
+def _sum_lists(lists):
+    lists = [l for l in lists if l]
+    if not lists:
+        return []
+    n = max(len(l) for l in lists)
+    return [sum(l[i] for l in lists if i < len(l)) for i in range(n)]
+
+
+def _build_result(spec, server, host, port, started_at, results, problems, srv):
+    from sockbench.bench import hdr
+
+    rs = [results[i] for i in sorted(results)]
+    dur = spec.duration_s
+    msgs = sum(r["msgs"] for r in rs)
+    errors = {k: sum(r["errors"][k] for r in rs) for k in ("connect", "reset", "timeout", "mismatch")}
+    h1 = hdr.merge_encoded(r["hdr1"] for r in rs)
+    h2 = hdr.merge_encoded(r["hdr2"] for r in rs)
+    mean1 = (sum(r["h1_sum_ns"] for r in rs) / h1.get_total_count()) if h1.get_total_count() else None
+    mean2 = (sum(r["h2_sum_ns"] for r in rs) / h2.get_total_count()) if h2.get_total_count() else None
+
+    throughput = {"msgs_per_s": msgs / dur, "bytes_per_s": sum(r["rx_bytes"] for r in rs) / dur}
+    if spec.mode == "open":
+        achieved = sum(r["sent_window"] for r in rs) / dur
+        throughput.update(
+            target_rate=spec.rate,
+            achieved_rate=achieved,
+            pacing_error=(achieved - spec.rate) / spec.rate,
+            behind=achieved < spec.rate * (1 - BEHIND_FRACTION),
+        )
+    if spec.mode == "connect":
+        throughput["conns_per_s"] = sum(r["cycles"] for r in rs) / dur
+
+    # the client's own CPU, over the window
+    user = sum(r["user_s"] for r in rs)
+    sys_ = sum(r["sys_s"] for r in rs)
+    window = max((r["cpu_window_s"] for r in rs), default=0.0)
+    ncpu = len({c for r in rs for c in r["cpus"]}) or 1
+    util = (user + sys_) / (window * ncpu) if window > 0 else None
+    queued = sum(r["queued"] for r in rs)
+    writes = sum(r["writes"] for r in rs)
+    client = {
+        "cpu_util": util,
+        "user_s": user,
+        "sys_s": sys_,
+        "cpus": sorted({c for r in rs for c in r["cpus"]}),
+        "us_per_msg": {"user": user / msgs * 1e6, "sys": sys_ / msgs * 1e6} if msgs else {"user": None, "sys": None},
+        "writes": writes,
+        "reads": sum(r["reads"] for r in rs),
+        "msgs_queued": queued,
+        "msgs_per_write": queued / writes if writes else None,
+    }
+    client_bound = bool(util is not None and util >= CLIENT_BOUND_UTIL)
+
+    # the server's CPU, over the same window
+    server_proc = {"pid": srv.get("pid"), "user_s": None, "sys_s": None, "rss_peak_bytes": srv.get("rss_peak_bytes"),
+                   "us_per_msg": {"user": None, "sys": None}}
+    c0, c1 = srv.get("cpu0"), srv.get("cpu1")
+    if c0 and c1:
+        server_proc["user_s"] = round(c1[0] - c0[0], 4)
+        server_proc["sys_s"] = round(c1[1] - c0[1], 4)
+        if msgs:
+            server_proc["us_per_msg"] = {
+                "user": server_proc["user_s"] / msgs * 1e6,
+                "sys": server_proc["sys_s"] / msgs * 1e6,
+            }
+    if server is not None:
+        server_proc["cpus"] = list(spec.server_cpus)
+        server_proc["cpu_util"] = (
+            (server_proc["user_s"] + server_proc["sys_s"]) / (dur * len(spec.server_cpus))
+            if server_proc["user_s"] is not None else None
+        )
+
+    # validity
+    reasons = list(problems)
+    if errors["mismatch"]:
+        reasons.append(f"{errors['mismatch']} connection(s) echoed bytes that were not sent, or not in order (mismatch)")
+    if errors["reset"]:
+        reasons.append(f"{errors['reset']} connection(s) reset or closed by the server")
+    if errors["connect"]:
+        reasons.append(f"{errors['connect']} connect error(s)")
+    if errors["timeout"]:
+        reasons.append(f"{errors['timeout']} message(s) unanswered for {spec.timeout_s:g} s (timeout)")
+    early = [r for r in rs if r["ended_early"]]
+    if early and not any("connection" in x for x in reasons):
+        reasons.append("every connection of a load process was closed before the end")
+    if len(rs) == spec.procs and not msgs and not reasons:
+        reasons.append("no message completed in the measured window")
+    valid = not reasons
+
+    ts_msgs = _sum_lists([r["ts_msgs"] for r in rs])
+    timeseries = {
+        "interval_s": spec.interval_s,
+        "msgs": ts_msgs,
+        "warmup_intervals": math.ceil(spec.warmup_s / spec.interval_s - 1e-9),
+    }
+    if spec.mode == "open":
+        timeseries["sent"] = _sum_lists([r["ts_sent"] for r in rs])
+
+    result = {
+        "schema": SCHEMA,
+        "server": spec.server if spec.server is not None else f"{host}:{port}",
+        "target": {"host": host, "port": port},
+        "workload": {
+            "mode": spec.mode,
+            "conns": spec.conns,
+            "size": spec.size,
+            "depth": spec.depth,
+            "rate": spec.rate,
+            "duration_s": spec.duration_s,
+            "warmup_s": spec.warmup_s,
+            "procs": spec.procs,
+            "interval_s": spec.interval_s,
+            "timeout_s": spec.timeout_s,
+            "server_cpus": list(spec.server_cpus),
+            "client_cpus": list(spec.client_cpus),
+        },
+        "throughput": throughput,
+        "latency_us": hdr.summary_us(h1, mean1),
+    }
+    if spec.mode == "open":
+        result["service_us"] = hdr.summary_us(h2, mean2)
+    if spec.mode == "connect":
+        result["cycle_us"] = hdr.summary_us(h2, mean2)
+    result.update(
+        errors={"total": sum(errors.values()), "by_kind": errors},
+        valid=valid,
+        invalid_reason="; ".join(reasons) if reasons else None,
+        client_bound=client_bound,
+        server_proc=server_proc,
+        client=client,
+        timeseries=timeseries,
+        hdr=_enc(h1),
+        hdr_unit="ns",
+        hdr_service=_enc(h2) if spec.mode == "open" else None,
+        machine=machine_info(),
+        started_at=started_at,
+    )
+    return result
+
+
+def _enc(h):
+    if not h.get_total_count():
+        return None
+    e = h.encode()
+    return e.decode() if isinstance(e, bytes) else e
