@@ -59,6 +59,12 @@ def _cmd_servers(args):
     return 0
 
 
+def _cmd_load(args):
+    from sockbench.bench.loadcmd import run_cli
+
+    return run_cli(args)
+
+
 def build_parser():
     p = _Parser(prog="sockbench", description="Honest, reproducible socket echo benchmarks.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -74,6 +80,12 @@ def build_parser():
 
     s = sub.add_parser("servers", help="list every server and whether it is available here")
     s.set_defaults(func=_cmd_servers)
+
+    from sockbench.bench.loadcmd import add_arguments as _load_arguments
+
+    s = sub.add_parser("load", help="load one server (NAME or --target HOST:PORT); print a summary, write the result JSON")
+    _load_arguments(s)
+    s.set_defaults(func=_cmd_load)
     return p
 
 
