@@ -65,6 +65,24 @@ def _cmd_load(args):
     return run_cli(args)
 
 
+def _cmd_run(args):
+    from sockbench.bench.runcmd import run_cli
+
+    return run_cli(args)
+
+
+def _cmd_report(args):
+    from sockbench.bench.runcmd import report_cli
+
+    return report_cli(args)
+
+
+def _cmd_compare(args):
+    from sockbench.bench.runcmd import compare_cli
+
+    return compare_cli(args)
+
+
 def build_parser():
     p = _Parser(prog="sockbench", description="Honest, reproducible socket echo benchmarks.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -86,6 +104,20 @@ def build_parser():
     s = sub.add_parser("load", help="load one server (NAME or --target HOST:PORT); print a summary, write the result JSON")
     _load_arguments(s)
     s.set_defaults(func=_cmd_load)
+
+    from sockbench.bench import runcmd as _runcmd
+
+    s = sub.add_parser("run", help="the main job: run the benchmark suite, write results/<UTC time>/ with a report")
+    _runcmd.add_run_arguments(s)
+    s.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("report", help="(re)build report.md, report.html and the plots of a results folder")
+    _runcmd.add_report_arguments(s)
+    s.set_defaults(func=_cmd_report)
+
+    s = sub.add_parser("compare", help="compare two results folders: ratios and significance per (server, workload)")
+    _runcmd.add_compare_arguments(s)
+    s.set_defaults(func=_cmd_compare)
     return p
 
 

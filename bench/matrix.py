@@ -1,0 +1,181 @@
+"""The workload matrix of a benchmark run: which cells, in which order, for how long.
+
+Why it is built this way: ``sockbench run`` (the parent, which draws the
+progress display) and the pytest-benchmark suite (the child, which runs the
+load) must agree on exactly the same list of cells.  The parent writes one
+``Plan`` to ``plan.json`` in the results folder and hands its path to the
+suite through ``SOCKBENCH_PLAN``; both sides call ``Plan.cells()`` on it, so
+the count behind "done/total" is the count the suite really runs.
+
+Cells run server by server: first the closed-loop grid (sizes x connections),
+then the open-loop sweep at fractions of the peak that the same server has
+just reached in its closed-loop cells (``peak_size``), so no separate
+calibration run is needed unless those cells were filtered out.
+"""
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+from sockbench.errors import UsageError
+from sockbench.units import parse_size
+
+__all__ = [
+    "Cell",
+    "Plan",
+    "default_plan",
+    "quick_plan",
+    "parse_size",
+    "format_size",
+]
+
+def format_size(n):
+    """Bytes as the short label used in cell names and plots: 64B, 1KiB, 16KiB, 1MiB."""
+    n = int(n)
+    if n >= 1 << 20 and n % (1 << 20) == 0:
+        return f"{n >> 20}MiB"
+    if n >= 1024 and n % 1024 == 0:
+        return f"{n >> 10}KiB"
+    return f"{n}B"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (server, workload) point of the matrix; every round of it is one load run."""
+
+    server: str
+    mode: str  # "closed" or "open"
+    size: int
+    conns: int
+    depth: int = 1
+    #: open loop only: the offered rate as a percentage of the server's peak
+    load_pct: int = 0
+
+    @property
+    def workload_id(self):
+        """The workload without the server: the key that rows of one report table share."""
+        base = f"{self.mode}-{format_size(self.size)}-c{self.conns}"
+        if self.depth != 1:
+            base += f"-d{self.depth}"
+        if self.mode == "open":
+            base += f"-{self.load_pct}pct"
+        return base
+
+    @property
+    def id(self):
+        return f"{self.server}:{self.workload_id}"
+
+    def describe(self):
+        text = f"{self.server} · {self.mode} · {format_size(self.size)} · {self.conns} conn"
+        if self.conns != 1:
+            text += "s"
+        if self.mode == "open":
+            text += f" · {self.load_pct}% of peak"
+        return text
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the suite needs to know to run (and the report to describe) one run."""
+
+    servers: tuple
+    sizes: tuple = (64, 1024, 16384)
+    conns: tuple = (1, 10, 100)
+    #: the open-loop sweep: percentages of each server's measured peak (empty: none)
+    open_pcts: tuple = (25, 50, 75, 90)
+    open_size: int = 64
+    open_conns: int = 100
+    depth: int = 1
+    rounds: int = 3
+    duration_s: float = 0.5
+    warmup_s: float = 0.2
+    interval_s: float = 0.05
+    procs: int = 1
+    server_cpus: tuple = (0,)
+    client_cpus: tuple = (1,)
+    quick: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.servers:
+            raise UsageError("no servers to run")
+        if self.rounds < 1:
+            raise UsageError("--rounds must be at least 1")
+        if self.duration_s <= 0:
+            raise UsageError("--duration must be positive")
+        if self.warmup_s < 0:
+            raise UsageError("--warmup cannot be negative")
+        for c in self.conns:
+            if c < 1:
+                raise UsageError(f"bad connection count {c}; use 1 or more")
+        for p in self.open_pcts:
+            if not 0 < p <= 100:
+                raise UsageError(f"bad open-loop load {p}%; use percentages in 1..100")
+
+    def cells(self):
+        out = []
+        for server in self.servers:
+            for size in self.sizes:
+                for conns in self.conns:
+                    out.append(Cell(server, "closed", size, conns, self.depth))
+            for pct in self.open_pcts:
+                out.append(Cell(server, "open", self.open_size, self.open_conns, 1, pct))
+        return out
+
+    def calibrations(self):
+        """Servers whose open-loop sweep needs a calibration run (no closed cell at ``open_size``)."""
+        if not self.open_pcts or self.open_size in self.sizes:
+            return []
+        return list(self.servers)
+
+    def total_runs(self):
+        """Every load run the suite will make: the rounds of every cell, plus calibrations."""
+        return len(self.cells()) * self.rounds + len(self.calibrations())
+
+    def seconds_per_run(self, overhead_s=0.6):
+        """A planning estimate: the load itself plus server start/stop."""
+        return self.duration_s + self.warmup_s + overhead_s
+
+    def to_dict(self):
+        d = asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in fields(cls)}
+        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
+        return cls(**kw)
+
+    def save(self, path):
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+
+    @classmethod
+    def load(cls, path):
+        try:
+            with open(path) as f:
+                return cls.from_dict(json.load(f))
+        except (OSError, ValueError, TypeError) as e:
+            raise UsageError(f"cannot read the run plan {path}: {e}") from None
+
+
+def default_plan(servers, **overrides):
+    """The full matrix of the issue: 3 sizes x 3 connection counts closed, 4 open-loop loads."""
+    return Plan(servers=tuple(servers), **overrides)
+
+
+def quick_plan(servers, **overrides):
+    """The CI smoke matrix: one closed cell and two open-loop loads, short runs, 3 rounds."""
+    kw = dict(
+        sizes=(64,),
+        conns=(10,),
+        open_pcts=(50, 90),
+        open_conns=10,
+        duration_s=0.3,
+        warmup_s=0.1,
+        quick=True,
+    )
+    kw.update(overrides)
+    return Plan(servers=tuple(servers), **kw)

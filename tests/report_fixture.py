@@ -1,0 +1,138 @@
+"""A synthetic results folder for the report/plots/compare tests: realistic, deterministic, fast.
+
+Why it exists: the report code must be testable without running a load (which
+takes seconds and is noisy).  These results follow the schema-1 result JSON
+of the harness key for key, with real HdrHistogram-encoded latency histograms,
+per-interval time series with a warmup, and the ``cell`` block the suite adds,
+so the report code sees exactly what a real run writes.  ``slowdown`` scales
+one server's throughput (and stretches its latency), to test ``compare``.
+"""
+
+import json
+import math
+import os
+import random
+import statistics
+
+from hdrh.histogram import HdrHistogram
+
+from sockbench.bench.matrix import Plan
+from sockbench.bench.resultsdir import raw_name, write_json_atomic
+
+__all__ = ["make_results", "BASE_RATE"]
+
+#: closed-loop msgs/s at 64 B, 100 connections, per server (realistic orders of magnitude)
+BASE_RATE = {"selectors": 30000.0, "asyncio-protocol": 45000.0, "uvloop": 90000.0}
+
+N_SAMPLES = 600
+_NORMAL = statistics.NormalDist()
+
+MACHINE = {
+    "hostname": "fixture-host",
+    "cpu_model": "Synthetic CPU @ 3.0GHz",
+    "cores": 2,
+    "os": "Linux",
+    "kernel": "6.1.0",
+    "python": "3.11.9",
+}
+
+
+def _conc_factor(conns):
+    return {1: 0.35, 10: 0.85, 100: 1.0}.get(conns, 0.9)
+
+
+def _size_factor(size):
+    return 1.0 / (1.0 + size / 8192.0)
+
+
+def _result(rng, cell, round_no, index, plan, rate, slow, peak=None):
+    noise = 1.0 + rng.uniform(-0.02, 0.02)
+    w = {
+        "mode": cell.mode, "conns": cell.conns, "size": cell.size, "depth": cell.depth,
+        "rate": None, "duration_s": plan.duration_s, "warmup_s": plan.warmup_s, "procs": 1,
+    }
+    thr = {}
+    if cell.mode == "closed":
+        msgs = rate * noise * slow
+        base_lat = cell.conns / msgs * 1e6  # Little's law, microseconds
+        thr = {"msgs_per_s": msgs, "bytes_per_s": msgs * cell.size}
+    else:
+        target = peak * cell.load_pct / 100.0
+        w["rate"] = target
+        msgs = target * (1.0 - rng.uniform(0, 0.003))
+        util = min(0.97, cell.load_pct / 100.0)
+        base_lat = 40.0 / (1.0 - util) / slow  # M/M/1-ish hockey stick; a slower server is slower per message
+        thr = {"msgs_per_s": msgs, "bytes_per_s": msgs * cell.size, "target_rate": target,
+               "achieved_rate": msgs, "behind": False}
+    # nanoseconds, like the harness (sockbench.bench.hdr); the summary is in microseconds
+    # stratified lognormal quantiles: the percentiles move with the workload, not with sampling luck
+    h = HdrHistogram(1, 100 * 10**9, 3)
+    total = 0
+    scale = base_lat * 1000 * (1.0 + rng.uniform(-0.02, 0.02))
+    for i in range(N_SAMPLES):
+        v = max(1, int(scale * math.exp(0.45 * _NORMAL.inv_cdf((i + 0.5) / N_SAMPLES))))
+        total += v
+        h.record_value(v)
+    lat = {
+        "p50": h.get_value_at_percentile(50) / 1e3, "p90": h.get_value_at_percentile(90) / 1e3,
+        "p99": h.get_value_at_percentile(99) / 1e3, "p999": h.get_value_at_percentile(99.9) / 1e3,
+        "max": h.get_max_value() / 1e3, "mean": total / N_SAMPLES / 1e3, "count": N_SAMPLES,
+    }
+    n_iv = int(round((plan.duration_s + plan.warmup_s) / plan.interval_s))
+    warm = int(round(plan.warmup_s / plan.interval_s))
+    series = []
+    for i in range(n_iv):
+        ramp = 0.6 + 0.4 * i / max(1, warm) if i < warm else 1.0
+        series.append(int(msgs * plan.interval_s * ramp * (1 + rng.uniform(-0.03, 0.03))))
+    us_user = 1e6 / (msgs / slow) * 0.35 if cell.mode == "closed" else 6.0
+    return {
+        "schema": 1,
+        "server": cell.server,
+        "workload": w,
+        "throughput": thr,
+        "latency_us": lat,
+        "service_us": dict(lat) if cell.mode == "open" else None,
+        "errors": {"total": 0, "by_kind": {}},
+        "valid": True,
+        "client_bound": False,
+        "invalid_reason": None,
+        "server_proc": {
+            "user_s": us_user * msgs * plan.duration_s / 1e6, "sys_s": 0.4 * plan.duration_s,
+            "rss_peak_bytes": 20_000_000 + cell.conns * 50_000,
+            "us_per_msg": {"user": us_user, "sys": us_user * 0.8},
+        },
+        "client": {"cpu_util": 0.55, "user_s": 0.1, "sys_s": 0.1},
+        "timeseries": {"interval_s": plan.interval_s, "msgs": series, "warmup_intervals": warm},
+        "hdr": h.encode().decode("ascii"),
+        "machine": MACHINE,
+        "started_at": f"2026-11-24T02:00:{index % 60:02d}Z",
+        "cell": {
+            "server": cell.server, "mode": cell.mode, "size": cell.size, "conns": cell.conns,
+            "depth": cell.depth, "load_pct": cell.load_pct, "workload_id": cell.workload_id,
+            "round": round_no, "rounds": plan.rounds, "index": index, "peak_msgs_per_s": peak,
+        },
+    }
+
+
+def make_results(path, servers=("selectors", "asyncio-protocol", "uvloop"), slowdown=None, seed=1, plan=None):
+    """Write a complete results folder at ``path``; ``slowdown={server: 0.2}`` makes that server 20% slower."""
+    rng = random.Random(seed)
+    plan = plan or Plan(servers=tuple(servers), duration_s=1.0, warmup_s=0.2, interval_s=0.1)
+    slowdown = slowdown or {}
+    os.makedirs(path, exist_ok=True)
+    plan.save(os.path.join(path, "plan.json"))
+    meta = {
+        "schema": 1, "kind": "sockbench-run", "started_at": "2026-11-24T02:00:00Z",
+        "commit": "0123abc", "dirty": False, "machine": MACHINE, "plan": plan.to_dict(),
+        "status": "complete",
+    }
+    with open(os.path.join(path, "meta.json"), "w") as f:
+        json.dump(meta, f)
+    for index, cell in enumerate(plan.cells()):
+        slow = 1.0 - slowdown.get(cell.server, 0.0)
+        rate = BASE_RATE.get(cell.server, 40000.0) * _conc_factor(cell.conns) * _size_factor(cell.size)
+        peak = BASE_RATE.get(cell.server, 40000.0) * _size_factor(plan.open_size) * slow
+        for r in range(1, plan.rounds + 1):
+            res = _result(rng, cell, r, index, plan, rate, slow, peak)
+            write_json_atomic(os.path.join(path, "raw", raw_name(cell, r)), res)
+    return path
