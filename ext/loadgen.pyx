@@ -74,6 +74,7 @@ from posix cimport (
 __all__ = [
     "run_loop",
     "pattern_table",
+    "bucket_counts",
     "MODE_CLOSED",
     "MODE_OPEN",
     "MODE_CONNECT",
@@ -130,6 +131,31 @@ def pattern_table(seed=0x50CB):
 
     head = random.Random(seed).randbytes(C_PERIOD)
     return (head * (C_WINDOW // C_PERIOD + 2))[: C_PERIOD + C_WINDOW]
+
+
+def bucket_counts(values, layout):
+    """``(index, count)`` pairs of ``values`` (ns) recorded by the loop's own HDR code.
+
+    Not used by the loop; it exposes the exact recording path (``hist_record``)
+    so that tests can check it against the ``hdrhistogram`` package.
+    """
+    cdef Loop L
+    cdef int64_t j
+    memset(&L, 0, sizeof(L))
+    L.unit_mag = layout.unit_magnitude
+    L.sub_half_mag = layout.sub_bucket_half_count_magnitude
+    L.sub_mask = layout.sub_bucket_mask
+    L.highest = layout.highest
+    L.counts_len = layout.counts_len
+    L.h1.counts = <int64_t *>calloc(L.counts_len, sizeof(int64_t))
+    if not L.h1.counts:
+        raise MemoryError()
+    try:
+        for v in values:
+            hist_record(&L, &L.h1, <int64_t>v)
+        return [(j, L.h1.counts[j]) for j in range(L.counts_len) if L.h1.counts[j]]
+    finally:
+        free(L.h1.counts)
 
 
 # ---- the loop's state ----------------------------------------------------------------------

@@ -1,0 +1,318 @@
+"""The load harness: short real runs, a broken echo server, faults, and the exact HDR merge.
+
+Every run here is short (0.5 s measured after 0.2 s of warmup) and checks
+facts that do not depend on the machine's speed: bytes verified, figures
+coherent, errors counted by kind.  Speed belongs to bench/, not here.
+"""
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from sockbench import registry
+from sockbench.bench import hdr
+from sockbench.bench.harness import LoadSpec, run_load
+from sockbench.errors import SockbenchError, UsageError
+from sockbench.proc import ServerProcess
+
+loadgen = pytest.importorskip("sockbench.ext.loadgen", reason="the load generator is not built (pip install -e .)")
+
+SHORT = dict(duration_s=0.5, warmup_s=0.2)
+
+RESULT_KEYS = {
+    "schema", "server", "workload", "throughput", "latency_us", "errors", "valid", "client_bound",
+    "invalid_reason", "server_proc", "client", "timeseries", "hdr", "machine", "started_at",
+}
+
+
+def _check_coherent(r, spec):
+    assert set(RESULT_KEYS) <= set(r)
+    assert r["schema"] == 1
+    assert r["valid"], r["invalid_reason"]
+    assert r["errors"] == {"total": 0, "by_kind": {"connect": 0, "reset": 0, "timeout": 0, "mismatch": 0}}
+    t = r["throughput"]
+    assert t["msgs_per_s"] > 0
+    assert t["bytes_per_s"] == pytest.approx(t["msgs_per_s"] * spec.size)
+    lat = r["latency_us"]
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p999"] <= lat["max"]
+    # one latency per message completed in the window (connect mode: per cycle; connect latency per connection)
+    per_msg = r["cycle_us"] if spec.mode == "connect" else lat
+    assert per_msg["count"] == round(t["msgs_per_s"] * spec.duration_s)
+    # the encoded histogram decodes to the same count (the exact-merge path)
+    assert hdr.merge_encoded([r["hdr"]]).get_total_count() == lat["count"]
+    ts = r["timeseries"]
+    assert ts["warmup_intervals"] == 2
+    assert sum(ts["msgs"][ts["warmup_intervals"]:]) >= per_msg["count"]
+    for k in ("mode", "conns", "size", "depth", "rate", "duration_s", "warmup_s", "procs"):
+        assert k in r["workload"]
+    json.dumps(r)  # serialisable as is
+
+
+# --- every registered server -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", registry.available_names())
+def test_short_closed_run_against_every_server(name):
+    spec = LoadSpec(server=name, mode="closed", conns=4, size=100, depth=3, **SHORT)
+    r = run_load(spec)
+    _check_coherent(r, spec)
+    assert r["server"] == name
+    sp = r["server_proc"]
+    assert sp["user_s"] is not None and sp["user_s"] + sp["sys_s"] >= 0
+    assert sp["rss_peak_bytes"] > 1 << 20
+    assert r["client"]["user_s"] + r["client"]["sys_s"] > 0
+
+
+def test_two_processes_open_and_json_file(tmp_path):
+    path = tmp_path / "sub" / "r.json"
+    spec = LoadSpec(server="selectors", mode="open", conns=4, size=64, rate=2000.0, procs=2, **SHORT)
+    r = run_load(spec, json_path=path)
+    _check_coherent(r, spec)
+    assert json.loads(path.read_text()) == r
+    t = r["throughput"]
+    assert t["target_rate"] == 2000.0
+    assert t["achieved_rate"] == pytest.approx(2000.0, rel=0.02)
+    assert t["behind"] is False
+    svc = r["service_us"]
+    assert svc["count"] == r["latency_us"]["count"]
+    # latency counts from the intended send time, service time from the actual one
+    assert svc["p50"] <= r["latency_us"]["p50"] + 1
+
+
+def test_connect_mode():
+    spec = LoadSpec(server="selectors", mode="connect", conns=2, size=32, **SHORT)
+    r = run_load(spec)
+    _check_coherent(r, spec)
+    assert r["throughput"]["conns_per_s"] == r["throughput"]["msgs_per_s"] > 0
+    assert r["cycle_us"]["p50"] >= r["latency_us"]["p50"]
+
+
+# --- a broken echo server: wrong bytes make the run invalid -----------------------------------
+
+
+class _TestServer:
+    """A tiny threaded echo server in the test process, with a fault to inject."""
+
+    def __init__(self, fault):
+        self.fault = fault
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.address = self.sock.getsockname()
+        self.first_recv = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self):
+        self.sock.settimeout(0.1)
+        while not self.stop.is_set():
+            try:
+                c, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            t = threading.Thread(target=self._serve, args=(c,), daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def _serve(self, c):
+        c.settimeout(0.1)
+        seen = 0
+        first = True
+        with c:
+            while not self.stop.is_set():
+                try:
+                    data = c.recv(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if not data:
+                    return
+                if first:
+                    self.first_recv.append(len(data))
+                    first = False
+                if self.fault == "blackhole":
+                    continue
+                if self.fault in ("alter", "drop") and seen <= 1000 < seen + len(data):
+                    i = 1000 - seen
+                    if self.fault == "alter":
+                        data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
+                    else:
+                        data = data[:i] + data[i + 1 :]
+                seen += len(data)
+                try:
+                    c.sendall(data)
+                except OSError:
+                    return
+
+    def close(self):
+        self.stop.set()
+        self.sock.close()
+        for t in self.threads:
+            t.join(2)
+
+
+@pytest.fixture
+def make_server():
+    made = []
+
+    def make(fault):
+        s = _TestServer(fault)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+@pytest.mark.parametrize("fault", ["alter", "drop"])
+def test_broken_echo_server_is_invalid(make_server, fault):
+    srv = make_server(fault)
+    r = run_load(LoadSpec(target=srv.address, conns=3, size=64, depth=2, **SHORT))
+    assert r["valid"] is False
+    assert r["errors"]["by_kind"]["mismatch"] == 3, "every connection passes offset 1000 and is caught"
+    assert "mismatch" in r["invalid_reason"]
+    assert r["errors"]["total"] >= 3
+
+
+def test_coalescing_depth_messages_leave_in_one_write(make_server):
+    srv = make_server("echo")
+    r = run_load(LoadSpec(target=srv.address, conns=2, size=64, depth=8, **SHORT))
+    assert r["valid"], r["invalid_reason"]
+    # the first 8 messages of each connection went out as one write, so they arrive as one segment
+    assert srv.first_recv[:2] == [8 * 64, 8 * 64]
+    assert r["client"]["msgs_per_write"] >= 1.0
+
+
+def test_unanswered_messages_time_out_and_the_run_still_ends(make_server):
+    srv = make_server("blackhole")
+    t0 = time.monotonic()
+    r = run_load(LoadSpec(target=srv.address, conns=2, size=64, timeout_s=0.2, duration_s=0.5, warmup_s=0.1))
+    assert time.monotonic() - t0 < 5
+    assert r["valid"] is False
+    assert r["errors"]["by_kind"]["timeout"] == 2
+    assert r["throughput"]["msgs_per_s"] == 0
+    assert r["latency_us"]["p50"] is None
+
+
+# --- faults ----------------------------------------------------------------------------------
+
+
+def _closed_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_refused_connection_is_one_clear_line():
+    port = _closed_port()
+    p = subprocess.run(
+        [sys.executable, "-m", "sockbench", "load", "--target", f"127.0.0.1:{port}", "--duration", "0.3", "--warmup", "0"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines() == [
+        f"sockbench: connection refused by 127.0.0.1:{port}: is an echo server listening there?"
+    ]
+    assert "Traceback" not in p.stderr + p.stdout
+
+
+def test_refused_connection_api_raises():
+    with pytest.raises(SockbenchError, match=r"connection refused by 127\.0\.0\.1:\d+"):
+        run_load(LoadSpec(target=("127.0.0.1", _closed_port()), **SHORT))
+
+
+def test_server_killed_mid_run_gives_an_invalid_result(tmp_path):
+    path = tmp_path / "killed.json"
+    with ServerProcess("selectors", cpus=(0,)) as server:
+        killer = threading.Timer(0.45, os.kill, (server.pid, signal.SIGKILL))
+        killer.start()
+        try:
+            r = run_load(LoadSpec(target=server.address, conns=3, duration_s=1.0, warmup_s=0.2), json_path=path)
+        finally:
+            killer.cancel()
+    assert r["valid"] is False
+    assert r["errors"]["by_kind"]["reset"] == 3
+    assert "reset or closed" in r["invalid_reason"]
+    assert json.loads(path.read_text())["valid"] is False, "the result is written even when invalid"
+
+
+def test_json_to_stdout_and_summary_to_stderr():
+    p = subprocess.run(
+        [sys.executable, "-m", "sockbench", "load", "selectors", "--conns", "2", "--size", "1k",
+         "--duration", "0.3", "--warmup", "0.1", "--json", "-"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert r["valid"] and r["workload"]["size"] == 1024
+    assert "msgs/s" in p.stderr
+
+
+def test_bad_input_is_a_usage_error():
+    with pytest.raises(UsageError, match="open mode needs --rate"):
+        LoadSpec(server="selectors", mode="open").validate()
+    with pytest.raises(UsageError, match="exactly one"):
+        LoadSpec().validate()
+    with pytest.raises(UsageError, match="unknown mode"):
+        LoadSpec(server="selectors", mode="sideways").validate()
+    with pytest.raises(UsageError, match="procs"):
+        LoadSpec(server="selectors", conns=1, procs=2).validate()
+
+
+def test_more_connections_than_the_fd_limit_fail_before_starting():
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard >= 1_000_000:
+        pytest.skip("no finite hard RLIMIT_NOFILE below the largest allowed --conns")
+    with pytest.raises(UsageError, match="RLIMIT_NOFILE"):
+        run_load(LoadSpec(target=("127.0.0.1", _closed_port()), conns=hard + 1))
+
+
+# --- histograms ------------------------------------------------------------------------------
+
+
+def _samples(n, seed):
+    rng = random.Random(seed)
+    # latencies from 1 µs to ~1 s, log-spread, plus a few exact edges
+    return [int(10 ** rng.uniform(3, 9)) for _ in range(n)] + [1, 1023, 2048, 10**11]
+
+
+def test_loop_records_exactly_like_hdrhistogram():
+    values = _samples(20000, 1)
+    mine = hdr.from_buckets(loadgen.bucket_counts(values, hdr.LAYOUT))
+    ref = hdr.new_histogram()
+    for v in values:
+        ref.record_value(min(v, hdr.HIGHEST_NS))
+    assert mine.get_total_count() == ref.get_total_count() == len(values)
+    for idx in range(hdr.LAYOUT.counts_len):
+        assert mine.get_count_at_index(idx) == ref.get_count_at_index(idx)
+
+
+def test_merging_two_processes_equals_one_histogram_of_all_samples():
+    a, b = _samples(30000, 2), _samples(10000, 3)
+    blobs = [hdr.from_buckets(loadgen.bucket_counts(part, hdr.LAYOUT)).encode() for part in (a, b)]
+    merged = hdr.merge_encoded(blobs)
+    whole = hdr.from_buckets(loadgen.bucket_counts(a + b, hdr.LAYOUT))
+    assert merged.get_total_count() == whole.get_total_count() == len(a) + len(b)
+    for pct in (0, 1, 10, 50, 90, 99, 99.9, 99.99, 100):
+        assert merged.get_value_at_percentile(pct) == whole.get_value_at_percentile(pct)
+    assert hdr.summary_us(merged) == hdr.summary_us(whole)
+
+
+def test_pattern_table_repeats_with_its_period():
+    t = loadgen.pattern_table()
+    assert len(t) == loadgen.PERIOD + loadgen.WINDOW
+    assert t[: loadgen.WINDOW] == t[loadgen.PERIOD :]
+    assert len(set(t[:4096])) > 200, "pseudo-random, not a constant"
