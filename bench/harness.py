@@ -34,6 +34,8 @@ Why it is built this way
   raised before anything starts.
 * ``client_bound`` is true when the load processes' CPUs were at least 95%
   busy: then the figure measures the client as much as the server.
+  ``limited_by`` says which side's CPUs were saturated ("client", "server",
+  "both", or null when neither was).
 """
 
 import datetime
@@ -570,6 +572,10 @@ def _build_result(spec, server, host, port, started_at, results, problems, srv):
             if server_proc["user_s"] is not None else None
         )
 
+    # which side limited the run: a saturated CPU (None: neither was, e.g. latency-bound)
+    server_bound = bool(server_proc.get("cpu_util") is not None and server_proc["cpu_util"] >= CLIENT_BOUND_UTIL)
+    limited_by = {(True, True): "both", (True, False): "client", (False, True): "server"}.get((client_bound, server_bound))
+
     # validity
     reasons = list(problems)
     if errors["mismatch"]:
@@ -626,6 +632,7 @@ def _build_result(spec, server, host, port, started_at, results, problems, srv):
         valid=valid,
         invalid_reason="; ".join(reasons) if reasons else None,
         client_bound=client_bound,
+        limited_by=limited_by,
         server_proc=server_proc,
         client=client,
         timeseries=timeseries,

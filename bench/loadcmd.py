@@ -188,6 +188,8 @@ def render_summary(r):
     notes = []
     if r["client_bound"]:
         notes.append(Text("client-bound: the load CPUs were >= 95% busy; this figure measures the client too", style="yellow"))
+    if r.get("limited_by"):
+        notes.append(Text(f"limited by: {r['limited_by']} CPU saturated", style="dim"))
     if cl.get("msgs_per_write"):
         notes.append(Text(f"coalescing: {cl['msgs_per_write']:.2f} msgs per write ({cl['writes']:,} writes)", style="dim"))
     return Group(head, verdict, tp, lat, cpu, errs, *notes)

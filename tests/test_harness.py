@@ -37,6 +37,7 @@ def _check_coherent(r, spec):
     assert set(RESULT_KEYS) <= set(r)
     assert r["schema"] == 1
     assert r["valid"], r["invalid_reason"]
+    assert r["limited_by"] in (None, "client", "server", "both")
     assert r["errors"] == {"total": 0, "by_kind": {"connect": 0, "reset": 0, "timeout": 0, "mismatch": 0}}
     t = r["throughput"]
     assert t["msgs_per_s"] > 0
@@ -245,6 +246,44 @@ def test_server_killed_mid_run_gives_an_invalid_result(tmp_path):
     assert r["errors"]["by_kind"]["reset"] == 3
     assert "reset or closed" in r["invalid_reason"]
     assert json.loads(path.read_text())["valid"] is False, "the result is written even when invalid"
+
+
+def _child_server_pid(deadline_s=10.0):
+    """The pid of the ``sockbench serve`` child that run_load (in another thread) started."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        for tid in os.listdir(f"/proc/{os.getpid()}/task"):
+            try:
+                with open(f"/proc/{os.getpid()}/task/{tid}/children") as f:
+                    kids = [int(x) for x in f.read().split()]
+            except OSError:
+                continue
+            for pid in kids:
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        argv = f.read().split(b"\0")
+                except OSError:
+                    continue
+                if b"serve" in argv and b"selectors" in argv:
+                    return pid
+        time.sleep(0.02)
+    raise AssertionError("the harness's server process did not appear")
+
+
+def test_server_started_by_the_harness_dying_mid_run_is_reported(tmp_path):
+    path = tmp_path / "died.json"
+    out = {}
+    t = threading.Thread(target=lambda: out.update(r=run_load(
+        LoadSpec(server="selectors", conns=2, duration_s=2.0, warmup_s=0.2), json_path=path)))
+    t.start()
+    pid = _child_server_pid()
+    time.sleep(1.0)  # connected and loading by now (the window ends ~2.5 s after the server starts)
+    os.kill(pid, signal.SIGKILL)
+    t.join(30)
+    r = out["r"]
+    assert r["valid"] is False
+    assert "the server exited (status -9) during the run" in r["invalid_reason"]
+    assert json.loads(path.read_text())["invalid_reason"] == r["invalid_reason"]
 
 
 def test_json_to_stdout_and_summary_to_stderr():
