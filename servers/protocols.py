@@ -18,7 +18,11 @@ two protocols add that per-message work, identically in every server:
     when the request has one), then the same content.  Malformed: H = 0; a
     header that is not UTF-8 JSON or not an object; a required key missing;
     ``content-length`` missing, negative, not an integer, or above
-    ``max_message``.
+    ``max_message``.  The header is a *flat* object: every value is a string
+    or an integer in the int64 range; a nested object or array, a float,
+    ``true``/``false``/``null``, ``NaN``/``Infinity`` or a lone surrogate
+    escape is malformed too (that is what the C parser of the ``cython``
+    server accepts, and the oracle here decides the same way).
 
 Truncated input followed by EOF is malformed too.  A malformed message ends
 its own connection only (the server logs one line to stderr and closes it).
@@ -132,10 +136,56 @@ class FrameDecoder(_Decoder):
 # --- json ---------------------------------------------------------------------------------------
 
 
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _reject_float(text):
+    raise ProtocolError(f"JSON header has a float ({text}); only strings and integers are accepted")
+
+
+def _reject_constant(name):
+    raise ProtocolError(f"JSON header has {name}; only strings and integers are accepted")
+
+
+def _flat_object(pairs):
+    """``object_pairs_hook``: every pair (duplicates too) must hold a string or an int64."""
+    for key, value in pairs:
+        t = type(value)
+        if t is int:
+            if not _INT64_MIN <= value <= _INT64_MAX:
+                raise ProtocolError(f"JSON header value of {key!r} is an integer outside the 64-bit range")
+        elif t is not str:
+            raise ProtocolError(f"JSON header value of {key!r} is a {t.__name__}; only strings and integers are accepted")
+    return dict(pairs)
+
+
+def _flat_object_no_lone_surrogates(pairs):
+    """``_flat_object``, and no string may hold a lone surrogate (only a ``\\u`` escape can make one)."""
+    for key, value in pairs:
+        try:
+            key.encode("utf-8")
+            if type(value) is str:
+                value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ProtocolError(f"JSON header has a lone surrogate escape in {key!r}") from None
+    return _flat_object(pairs)
+
+
 def parse_json_header(raw, max_message=DEFAULT_MAX_MESSAGE):
-    """Decode and validate a request header; return ``(header_dict, content_length)``."""
+    """Decode and validate a request header; return ``(header_dict, content_length)``.
+
+    Strict, like the C parser of the ``cython`` server (``ext/wire.pxd``), and
+    deciding exactly as it does: one JSON object whose values are all strings
+    or integers in the int64 range (no nested values, floats, true, false,
+    null, NaN or Infinity, also not under a key given twice), and no lone
+    surrogate escape in any string.  Duplicate keys: the last value wins.
+    """
     try:
-        header = json.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        hook = _flat_object_no_lone_surrogates if "\\u" in text else _flat_object
+        header = json.loads(text, object_pairs_hook=hook, parse_float=_reject_float, parse_constant=_reject_constant)
+    except ProtocolError:
+        raise
     except (UnicodeDecodeError, ValueError) as e:
         raise ProtocolError(f"JSON header is not valid UTF-8 JSON: {e}") from None
     if not isinstance(header, dict):
