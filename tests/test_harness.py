@@ -248,8 +248,8 @@ def test_server_killed_mid_run_gives_an_invalid_result(tmp_path):
     assert json.loads(path.read_text())["valid"] is False, "the result is written even when invalid"
 
 
-def _child_server_pid(deadline_s=10.0):
-    """The pid of the ``sockbench serve`` child that run_load (in another thread) started."""
+def _child_pid(*words, deadline_s=10.0):
+    """The pid of this process's child whose argv holds every one of ``words`` (started by another thread)."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         for tid in os.listdir(f"/proc/{os.getpid()}/task"):
@@ -264,10 +264,10 @@ def _child_server_pid(deadline_s=10.0):
                         argv = f.read().split(b"\0")
                 except OSError:
                     continue
-                if b"serve" in argv and b"selectors" in argv:
+                if all(w.encode() in argv for w in words):
                     return pid
         time.sleep(0.02)
-    raise AssertionError("the harness's server process did not appear")
+    raise AssertionError(f"no child process with {words} appeared")
 
 
 def test_server_started_by_the_harness_dying_mid_run_is_reported(tmp_path):
@@ -276,7 +276,7 @@ def test_server_started_by_the_harness_dying_mid_run_is_reported(tmp_path):
     t = threading.Thread(target=lambda: out.update(r=run_load(
         LoadSpec(server="selectors", conns=2, duration_s=2.0, warmup_s=0.2), json_path=path)))
     t.start()
-    pid = _child_server_pid()
+    pid = _child_pid("serve", "selectors")
     time.sleep(1.0)  # connected and loading by now (the window ends ~2.5 s after the server starts)
     os.kill(pid, signal.SIGKILL)
     t.join(30)
@@ -284,6 +284,28 @@ def test_server_started_by_the_harness_dying_mid_run_is_reported(tmp_path):
     assert r["valid"] is False
     assert "the server exited (status -9) during the run" in r["invalid_reason"]
     assert json.loads(path.read_text())["invalid_reason"] == r["invalid_reason"]
+
+
+def test_a_hung_load_process_is_killed_at_the_hard_timeout(make_server, monkeypatch):
+    from sockbench.bench import harness
+
+    monkeypatch.setattr(harness, "HARD_TIMEOUT_GRACE_S", 1.0)
+    srv = make_server("echo")
+    out = {}
+    t = threading.Thread(target=lambda: out.update(r=run_load(
+        LoadSpec(target=srv.address, conns=2, duration_s=0.5, warmup_s=0.2, timeout_s=0.5))))
+    t0 = time.monotonic()
+    t.start()
+    pid = _child_pid("-m", "sockbench.bench.worker")
+    time.sleep(0.3)
+    os.kill(pid, signal.SIGSTOP)  # hung: it will never report
+    t.join(30)
+    r = out["r"]
+    assert time.monotonic() - t0 < 10
+    assert r["valid"] is False
+    assert "load process 0 hung; killed at the hard timeout" in r["invalid_reason"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # killed and reaped
 
 
 def test_json_to_stdout_and_summary_to_stderr():
