@@ -86,8 +86,10 @@ class Plan:
     open_conns: int = 100
     depth: int = 1
     rounds: int = 3
-    duration_s: float = 0.5
-    warmup_s: float = 0.2
+    #: short rounds: 7 servers x 13 cells x 3 rounds must fit in 5 minutes on 2 cores,
+    #: and each run also pays ~0.5 s to start and stop its server and load processes
+    duration_s: float = 0.35
+    warmup_s: float = 0.1
     interval_s: float = 0.05
     procs: int = 1
     server_cpus: tuple = (0,)
@@ -131,7 +133,7 @@ class Plan:
         """Every load run the suite will make: the rounds of every cell, plus calibrations."""
         return len(self.cells()) * self.rounds + len(self.calibrations())
 
-    def seconds_per_run(self, overhead_s=0.6):
+    def seconds_per_run(self, overhead_s=0.5):
         """A planning estimate: the load itself plus server start/stop."""
         return self.duration_s + self.warmup_s + overhead_s
 
@@ -173,8 +175,9 @@ def quick_plan(servers, **overrides):
         conns=(10,),
         open_pcts=(50, 90),
         open_conns=10,
-        duration_s=0.3,
-        warmup_s=0.1,
+        duration_s=0.2,
+        warmup_s=0.05,
+        interval_s=0.025,
         quick=True,
     )
     kw.update(overrides)

@@ -27,7 +27,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
 
 from sockbench.bench.matrix import format_size  # noqa: E402
 
@@ -80,7 +79,8 @@ def _finish(fig, results, path, note=None):
     if note:
         foot = note + "\n" + foot
     fig.text(0.01, 0.005, foot, fontsize=7, color="0.35", ha="left", va="bottom")
-    fig.savefig(path, dpi=DPI)
+    # "tight" keeps the legends placed outside the axes inside the image
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.12)
     plt.close(fig)
 
 
@@ -160,9 +160,10 @@ def _grouped_bars(ax, groups, servers, colors, value_of, err_of, label_fmt):
         pos = xs - 0.4 + width * (i + 0.5)
         bars = ax.bar(pos, vals, width * 0.92, color=colors[server], label=server,
                       yerr=[lo, hi], capsize=3, error_kw={"elinewidth": 1, "ecolor": "0.2"})
-        for b, v in zip(bars, vals):
+        for b, v, up in zip(bars, vals, hi):
             if v is not None and math.isfinite(v):
-                ax.annotate(label_fmt(v), (b.get_x() + b.get_width() / 2, b.get_height()),
+                # above the error bar, so the label never sits on it
+                ax.annotate(label_fmt(v), (b.get_x() + b.get_width() / 2, v + up),
                             xytext=(0, 3), textcoords="offset points", ha="center", va="bottom",
                             fontsize=7, rotation=90 if n > 4 else 0)
     ax.set_xticks(xs)
@@ -176,7 +177,7 @@ def plot_throughput_bars(results, path, colors):
     sizes = sorted({c.cell.size for c in cells})
     servers = [s for s in results.servers() if any(c.server == s for c in cells)]
     by = {(c.server, c.cell.size): c for c in cells}
-    fig, ax = plt.subplots(figsize=(max(6.5, 1.2 + 0.55 * len(servers) * len(sizes)), 5))
+    fig, ax = plt.subplots(figsize=(max(7.5, 2.8 + 0.55 * len(servers) * len(sizes)), 5))
 
     def val(s, g):
         c = by.get((s, g))
@@ -192,7 +193,7 @@ def plot_throughput_bars(results, path, colors):
     ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: si(v)))
     ax.margins(y=0.18)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=8, title="server", title_fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, title="server", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(f"Closed-loop msgs/s per server by message size, {top} connections (higher is better)", fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     _finish(fig, results, path, _rounds_note(cells) + "; error bars: min-max over rounds")
@@ -261,36 +262,31 @@ def plot_latency_vs_load(results, path, colors):
     opens = _open(results)
     if not opens:
         return "no open-loop cells in this run"
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    for server in results.servers():
-        pts = sorted((c for c in opens if c.server == server), key=lambda c: c.cell.load_pct)
-        if not pts:
-            continue
-        x = [c.target_rate if c.target_rate > 0 else c.achieved_rate for c in pts]
-        lat = [c.latency() for c in pts]
-        ax.plot(x, [l["p99"] for l in lat], marker="o", color=colors[server], linestyle="-")
-        ax.plot(x, [l["p50"] for l in lat], marker=".", color=colors[server], linestyle="--")
-        for c, xi, l in zip(pts, x, lat):
-            ax.annotate(f"{c.cell.load_pct}%", (xi, l["p99"]), xytext=(3, 4),
-                        textcoords="offset points", fontsize=6, color=colors[server])
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("offered load (msgs/s, log scale; labels: % of the server's closed-loop peak)")
-    ax.set_ylabel("round-trip latency (µs, log scale)")
-    _log_axis(ax.xaxis)
-    _log_axis(ax.yaxis)
-    ax.grid(True, which="both", alpha=0.25)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
     servers = [s for s in results.servers() if any(c.server == s for c in opens)]
-    h1 = [Line2D([], [], color=colors[s], marker="o", label=s) for s in servers]
-    h2 = [Line2D([], [], color="0.3", linestyle="-", label="p99"),
-          Line2D([], [], color="0.3", linestyle="--", label="p50")]
-    leg = ax.legend(handles=h1, fontsize=8, title="server", title_fontsize=8, loc="upper left")
-    ax.add_artist(leg)
-    ax.legend(handles=h2, fontsize=8, loc="lower right")
+    for ax, key, label in ((axes[0], "p50", "median (p50)"), (axes[1], "p99", "p99")):
+        for server in servers:
+            pts = sorted((c for c in opens if c.server == server), key=lambda c: c.cell.load_pct)
+            x = [c.target_rate if c.target_rate > 0 else c.achieved_rate for c in pts]
+            y = [c.latency()[key] for c in pts]
+            ax.plot(x, y, marker="o", color=colors[server], label=server)
+            for c, xi, yi in zip(pts, x, y):
+                ax.annotate(f"{c.cell.load_pct}%", (xi, yi), xytext=(3, 4), textcoords="offset points",
+                            fontsize=6, color=colors[server])
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _log_axis(ax.xaxis)
+        _log_axis(ax.yaxis)
+        ax.grid(True, which="both", alpha=0.25)
+        ax.set_title(f"{label} latency", fontsize=10)
+        ax.set_xlabel("offered load (msgs/s, log scale)")
+    axes[0].set_ylabel("round-trip latency (µs, log scale)")
+    axes[1].legend(fontsize=8, title="server", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     o = opens[0].cell
-    ax.set_title(f"Open-loop latency against offered load ({format_size(o.size)}, {o.conns} connections; lower is better)", fontsize=10)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    _finish(fig, results, path, _rounds_note(opens) + "; latency from the intended send time, merged HDR histograms")
+    fig.suptitle(f"Open-loop latency against offered load, {format_size(o.size)}, {o.conns} connections (lower is better)")
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    _finish(fig, results, path, _rounds_note(opens) + "; point labels: offered load in % of the server's closed-loop peak; "
+            "latency from the intended send time, merged HDR histograms")
     return None
 
 
@@ -302,7 +298,7 @@ def plot_efficiency(results, path, colors):
     sizes = sorted({c.cell.size for c in cells})
     servers = [s for s in results.servers() if any(c.server == s for c in cells)]
     by = {(c.server, c.cell.size): c for c in cells}
-    fig, ax = plt.subplots(figsize=(max(6.5, 1.2 + 0.55 * len(servers) * len(sizes)), 5))
+    fig, ax = plt.subplots(figsize=(max(7.5, 2.8 + 0.55 * len(servers) * len(sizes)), 5))
 
     def val(s, g):
         c = by.get((s, g))
@@ -319,7 +315,7 @@ def plot_efficiency(results, path, colors):
     ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: si(v)))
     ax.margins(y=0.18)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=8, title="server", title_fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, title="server", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(f"Server CPU efficiency, closed loop, {top} connections (higher is better)", fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     _finish(fig, results, path, "server CPU from /proc/PID/stat over the measured window; error bars: min-max over rounds")

@@ -268,7 +268,8 @@ def run_main(plan, out=None, console=None, argv=None):
     console.print(f"sockbench run: {n_servers} server{'s' if n_servers != 1 else ''}, {len(plan.cells())} cells, "
                   f"{plan.total_runs()} load runs of {plan.warmup_s:g}+{plan.duration_s:g} s "
                   f"(sizes {', '.join(format_size(s) for s in plan.sizes)}; conns {', '.join(map(str, plan.conns))}; "
-                  f"open loop {', '.join(f'{p}%' for p in plan.open_pcts) or 'none'}) -> {out}", highlight=False)
+                  f"open loop {', '.join(f'{p}%' for p in plan.open_pcts) or 'none'}); "
+                  f"about {_fmt_left(plan.total_runs() * plan.seconds_per_run())} -> {out}", highlight=False)
     t0 = time.monotonic()
     with open(os.path.join(out, "pytest.log"), "wb") as log:
         child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
