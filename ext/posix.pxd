@@ -39,6 +39,7 @@ cdef extern from "<stdlib.h>" nogil:
     void* calloc(size_t nmemb, size_t size)
     void* realloc(void* ptr, size_t size)
     void free(void* ptr)
+    int posix_memalign(void** memptr, size_t alignment, size_t size)
 
 
 cdef extern from "<string.h>" nogil:
@@ -106,6 +107,9 @@ cdef extern from "<sys/socket.h>" nogil:
     int socket(int domain, int type, int protocol)
     int connect(int sockfd, const sockaddr* addr, socklen_t addrlen)
     int accept4(int sockfd, sockaddr* addr, socklen_t* addrlen, int flags)
+    int getpeername(int sockfd, sockaddr* addr, socklen_t* addrlen)
+    struct sockaddr_storage:
+        unsigned short ss_family
     ssize_t recv(int sockfd, void* buf, size_t len, int flags)
     ssize_t send(int sockfd, const void* buf, size_t len, int flags)
     int setsockopt(int sockfd, int level, int optname, const void* optval, socklen_t optlen)
@@ -114,6 +118,7 @@ cdef extern from "<sys/socket.h>" nogil:
     enum:
         SOCK_NONBLOCK
         AF_INET
+        AF_INET6
         SOCK_STREAM
         SOCK_CLOEXEC
         MSG_NOSIGNAL
@@ -129,6 +134,12 @@ cdef extern from "<netinet/in.h>" nogil:
         unsigned short sin_family
         unsigned short sin_port
         in_addr sin_addr
+    struct in6_addr:
+        unsigned char s6_addr[16]
+    struct sockaddr_in6:
+        unsigned short sin6_family
+        unsigned short sin6_port
+        in6_addr sin6_addr
     enum:
         IPPROTO_TCP
 
@@ -136,6 +147,11 @@ cdef extern from "<netinet/in.h>" nogil:
 cdef extern from "<netinet/tcp.h>" nogil:
     enum:
         TCP_NODELAY
+
+
+cdef extern from "<arpa/inet.h>" nogil:
+    unsigned short ntohs(unsigned short netshort)
+    const char* inet_ntop(int af, const void* src, char* dst, socklen_t size)
 
 
 cdef extern from "<sys/time.h>" nogil:

