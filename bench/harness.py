@@ -79,6 +79,7 @@ READY_TIMEOUT_S = 60.0
 #: after the window's end, how long before a silent load process is killed
 HARD_TIMEOUT_GRACE_S = 10.0
 MAX_DURATION_S = 3600.0
+MAX_IN_FLIGHT = 10_000_000
 
 
 def parse_cpus(text):
@@ -148,6 +149,9 @@ class LoadSpec:
             raise UsageError(f"--procs {self.procs} > --conns {self.conns}: each load process needs a connection")
         if self.conns > 1_000_000 or self.depth > 1_000_000:
             raise UsageError("conns and depth are limited to 1,000,000")
+        if self.mode == "closed" and self.conns * self.depth > MAX_IN_FLIGHT:
+            # the loop keeps one 8-byte send time per message in flight
+            raise UsageError(f"conns x depth = {self.conns * self.depth:,} messages in flight; the limit is {MAX_IN_FLIGHT:,}")
         if not 0 < self.duration_s <= MAX_DURATION_S:
             raise UsageError(f"duration must be > 0 and <= {MAX_DURATION_S:.0f} s, not {self.duration_s!r}")
         if not 0 <= self.warmup_s <= MAX_DURATION_S:
@@ -232,14 +236,12 @@ def _read_server(proc):
         return None
 
 
-def _sleep_until(t_ns, watch=None):
+def _sleep_until(t_ns):
     while True:
         left = (t_ns - time.monotonic_ns()) / 1e9
         if left <= 0:
             return
-        time.sleep(min(left, 0.05))
-        if watch is not None:
-            watch()
+        time.sleep(left)
 
 
 def run_load(spec, json_path=None):

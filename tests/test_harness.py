@@ -329,6 +329,10 @@ def test_bad_input_is_a_usage_error():
         LoadSpec(server="selectors", mode="sideways").validate()
     with pytest.raises(UsageError, match="procs"):
         LoadSpec(server="selectors", conns=1, procs=2).validate()
+    with pytest.raises(UsageError, match="in flight"):
+        LoadSpec(server="selectors", conns=1000, depth=100_000).validate()
+    with pytest.raises(UsageError, match="rate applies to open mode only"):
+        LoadSpec(server="selectors", rate=10.0).validate()
 
 
 def test_more_connections_than_the_fd_limit_fail_before_starting():
