@@ -58,7 +58,7 @@ from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from posix cimport (
     errno, EAGAIN, EINTR, EINPROGRESS,
     calloc, free, memcmp, memset,
-    read, close,
+    read, write, close,
     timespec, clock_gettime, CLOCK_MONOTONIC,
     iovec, writev,
     sockaddr, sockaddr_in, socklen_t, socket, connect, setsockopt, getsockopt,
@@ -334,7 +334,10 @@ cdef int flush(Loop *L, Conn *c, int64_t idx, int64_t now) noexcept nogil:
             off += chunk
             left -= chunk
             total += chunk
-        n = writev(c.fd, iov, niov)
+        if niov == 1:
+            n = write(c.fd, iov[0].iov_base, iov[0].iov_len)   # the common case: no iovec to copy in
+        else:
+            n = writev(c.fd, iov, niov)
         err = errno
         L.writes += 1
         if n < 0:
