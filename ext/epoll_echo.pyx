@@ -24,17 +24,40 @@ the choices that matter for reading this file are:
 * **Stop**: a C signal handler (async-signal-safe: one ``write``) bumps an
   eventfd that the loop watches like any other descriptor.  The previous
   handlers are restored before ``serve`` returns.
+* **Framed protocols** (``--protocol frame|json``, issue 6) live beside the
+  echo, never in it: ``_run`` picks the reader once per event, so raw mode
+  runs exactly the code above.  The wire code is ``ext/wire.pxd`` (inline C:
+  frame scanning, the strict flat-JSON header parser, the answer builder).
+  Framed reads go to their own buffer, and every complete message in a read
+  is answered from where it lies: a frame is its own answer (no copy at
+  all), a json answer is a rebuilt header plus the content, appended to one
+  answer buffer.  Answers are sent like the echo (now, then only the unsent
+  tail, reading stopped meanwhile).  A read that ends inside a message keeps
+  that message in a ``malloc``'d buffer (``pstate_t.pend``, only while it is
+  partial), sized for the next decision (4, 4 + length, 2 + header, 2 +
+  header + content) and then filled by ``recv`` straight into it, never
+  past the message; complete, it is answered in place (the json answer
+  header is written over the end of the request's, which is never shorter)
+  and the buffer itself becomes the tail or is freed.  So a connection holds
+  at most one message (``max_message`` + header) plus one read of answers.
+* **Malformed input** (wire.pxd says what is malformed) ends its connection
+  only: the answers before it are sent first (``closing`` closes once the
+  tail is out), and one line goes to stderr with a single ``write(2)``, worded
+  like ``protocols.log_protocol_error``.  End of file inside a message is
+  malformed too.
 """
 
 from libc.stdint cimport uint32_t, uint64_t
 
 from posix cimport (
     EAGAIN, EINTR, ECONNABORTED, EPROTO, EMFILE, ENFILE, ENOBUFS, ENOMEM,
-    malloc, calloc, free, memcpy, memset,
+    malloc, calloc, realloc, free, memcpy, memset,
     sigaction_t, sigaction, sigemptyset, SIGINT, SIGTERM, SA_RESTART,
     write, close,
     fcntl, F_GETFL, F_SETFL, O_NONBLOCK,
     accept4, recv, send, setsockopt, SOCK_NONBLOCK, SOCK_CLOEXEC, MSG_NOSIGNAL,
+    getpeername, sockaddr, sockaddr_storage, sockaddr_in, sockaddr_in6, socklen_t,
+    AF_INET, AF_INET6, ntohs, inet_ntop,
     IPPROTO_TCP, TCP_NODELAY,
     rlimit, getrlimit, setrlimit, RLIMIT_NOFILE, RLIM_INFINITY,
     epoll_event, epoll_create1, epoll_ctl, epoll_wait,
@@ -42,19 +65,32 @@ from posix cimport (
     eventfd, EFD_NONBLOCK, EFD_CLOEXEC,
 )
 cimport posix
+from wire cimport (
+    WIRE_JSON_PREFIX, WIRE_JSON_HEADER_MAX, WIRE_MALFORMED, WIRE_NEED_MORE, WIRE_COMPLETE,
+    wire_header_t, wire_frame_scan, wire_json_message, wire_json_response_header,
+)
 
 import os
 
-__all__ = ["serve", "raise_nofile_limit", "RECV_BUF_SIZE", "MAX_EVENTS"]
+__all__ = ["serve", "raise_nofile_limit", "RECV_BUF_SIZE", "MAX_EVENTS", "PROTOCOLS", "MAX_MESSAGE_LIMIT"]
 
 
 cdef enum:
     RECV_BUF = 256 * 1024       # one read; also the most a connection holds unsent
     EVENTS = 512                # epoll_wait batch
     TABLE_CAP = 1 << 22         # at most this many descriptors are tracked
+    PROTO_RAW = 0               # --protocol raw: echo the bytes as they come
+    PROTO_FRAME = 1             # --protocol frame
+    PROTO_JSON = 2              # --protocol json
+    OUT_SLACK = 256             # json answers: the answer buffer is one read + this
+    SCRATCH = 65536 + 256       # json: one answer header built outside the message buffer
 
 RECV_BUF_SIZE = RECV_BUF
 MAX_EVENTS = EVENTS
+PROTOCOLS = ("raw", "frame", "json")
+#: the largest ``max_message`` this server takes: a message, its header and its
+#: answer must fit the 32-bit offsets of ``conn_t``
+MAX_MESSAGE_LIMIT = 1 << 30
 
 
 ctypedef struct conn_t:
@@ -62,6 +98,13 @@ ctypedef struct conn_t:
     uint32_t tail_off     # bytes of ``tail`` already sent
     uint32_t tail_len     # bytes of ``tail`` still to send
     uint32_t open         # 1 while the fd is one of this loop's connections
+
+
+ctypedef struct pstate_t:
+    unsigned char* pend   # the partial message that ended a read, malloc'd only while there is one
+    size_t pend_len       # bytes of it received
+    size_t pend_need      # bytes the next decision needs (the size of ``pend``)
+    int closing           # malformed: close once the answers that came before it are sent
 
 
 ctypedef struct loop_t:
@@ -74,10 +117,20 @@ ctypedef struct loop_t:
     int max_fd            # highest connection fd seen (bounds the teardown scan)
     size_t live           # open connections
     char* buf             # the shared read buffer
+    # --protocol frame|json only (NULL / 0 in raw mode):
+    int proto             # PROTO_RAW, PROTO_FRAME or PROTO_JSON
+    uint64_t max_message  # the largest message accepted (payload or content bytes)
+    pstate_t* ps          # per-descriptor protocol state, indexed like ``conns``
+    unsigned char* fbuf   # the framed modes' own read buffer (RECV_BUF bytes)
+    unsigned char* out    # json: the answers to one read are built here
+    size_t outcap
+    unsigned char* scratch  # json: an answer header for a message completed in its own buffer
 
 
 # The eventfd that the stop-signal handler writes; -1 when no loop runs.
 cdef int g_stop_fd = -1
+# The server name for the malformed-message log line (``sockbench serve NAME: ...``).
+cdef char g_name[64]
 
 
 cdef void _on_stop_signal(int signo) noexcept nogil:
@@ -118,6 +171,10 @@ cdef void _close_conn(loop_t* L, int fd) noexcept nogil:
     c.tail_off = 0
     c.tail_len = 0
     c.open = 0
+    if L.ps != NULL:
+        if L.ps[fd].pend != NULL:
+            free(L.ps[fd].pend)
+        memset(&L.ps[fd], 0, sizeof(pstate_t))
     close(fd)  # also drops it from the epoll set: the fd is never dup'ed
     L.live -= 1
     if L.accept_paused:
@@ -233,8 +290,276 @@ cdef void _on_writable(loop_t* L, int fd) noexcept nogil:
     free(c.tail)
     c.tail = NULL
     c.tail_off = 0
+    if L.ps != NULL and L.ps[fd].closing:
+        _close_conn(L, fd)  # the answers before a malformed message are out: close
+        return
     if _watch(L, EPOLL_CTL_MOD, fd, EPOLLIN) < 0:
         _close_conn(L, fd)
+
+
+# --- --protocol frame|json ---------------------------------------------------------------------
+
+
+cdef size_t _put_str(char* out, size_t o, size_t cap, const char* s) noexcept nogil:
+    while s[0] != 0 and o < cap:
+        out[o] = s[0]
+        o += 1
+        s += 1
+    return o
+
+
+cdef size_t _put_num(char* out, size_t o, size_t cap, uint64_t v) noexcept nogil:
+    cdef char tmp[24]
+    cdef int k = 0
+    while True:
+        tmp[k] = <char>(48 + v % 10)
+        k += 1
+        v //= 10
+        if v == 0:
+            break
+    while k > 0 and o < cap:
+        k -= 1
+        out[o] = tmp[k]
+        o += 1
+    return o
+
+
+cdef void _log_malformed(int fd, const char* reason) noexcept nogil:
+    """The one stderr line, worded as ``protocols.log_protocol_error``: one write(2), no stdio."""
+    cdef char line[512]
+    cdef char host[64]
+    cdef sockaddr_storage ss
+    cdef socklen_t sl = sizeof(ss)
+    cdef size_t cap = sizeof(line) - 1
+    cdef size_t o = _put_str(line, 0, cap, b"sockbench serve ")
+    cdef int known = 0
+    cdef int saved = posix.errno
+    o = _put_str(line, o, cap, g_name)
+    o = _put_str(line, o, cap, b": closing ")
+    if getpeername(fd, <sockaddr*>&ss, &sl) == 0:
+        if ss.ss_family == AF_INET and inet_ntop(AF_INET, &(<sockaddr_in*>&ss).sin_addr, host, sizeof(host)) != NULL:
+            o = _put_str(line, o, cap, host)
+            o = _put_str(line, o, cap, b":")
+            o = _put_num(line, o, cap, ntohs((<sockaddr_in*>&ss).sin_port))
+            known = 1
+        elif ss.ss_family == AF_INET6 and inet_ntop(AF_INET6, &(<sockaddr_in6*>&ss).sin6_addr, host, sizeof(host)) != NULL:
+            o = _put_str(line, o, cap, b"[")
+            o = _put_str(line, o, cap, host)
+            o = _put_str(line, o, cap, b"]:")
+            o = _put_num(line, o, cap, ntohs((<sockaddr_in6*>&ss).sin6_port))
+            known = 1
+    if not known:
+        o = _put_str(line, o, cap, b"fd ")
+        o = _put_num(line, o, cap, <uint64_t>fd)
+    o = _put_str(line, o, cap, b": malformed message: ")
+    o = _put_str(line, o, cap, reason)
+    line[o] = 10  # the line always ends with its newline, even if cut short
+    write(2, line, o + 1)
+    posix.errno = saved
+
+
+cdef const char* _frame_too_long(char* out, size_t cap, const unsigned char* p, uint64_t max_message) noexcept nogil:
+    """The reason for a frame length over the limit (the length is at ``p``), worded as the oracle's."""
+    cdef uint64_t length = ((<uint64_t>p[0] << 24) | (<uint64_t>p[1] << 16)
+                            | (<uint64_t>p[2] << 8) | <uint64_t>p[3])
+    cdef size_t o = _put_str(out, 0, cap - 1, b"frame length ")
+    o = _put_num(out, o, cap - 1, length)
+    o = _put_str(out, o, cap - 1, b" is over the limit of ")
+    o = _put_num(out, o, cap - 1, max_message)
+    o = _put_str(out, o, cap - 1, b" bytes")
+    out[o] = 0
+    return out
+
+
+cdef void _malformed(loop_t* L, int fd, const char* reason) noexcept nogil:
+    """Log the one line; close now, or once the answers before the bad message are sent."""
+    _log_malformed(fd, reason)
+    if L.conns[fd].tail != NULL:
+        L.ps[fd].closing = 1
+    else:
+        _close_conn(L, fd)
+
+
+cdef ssize_t _recv_some(loop_t* L, int fd, void* buf, size_t n) noexcept nogil:
+    """Bytes read (0 at end of file); -1: nothing now; -2: the connection failed and is closed."""
+    cdef ssize_t r
+    cdef int err
+    while True:
+        r = recv(fd, buf, n, 0)
+        if r >= 0:
+            return r
+        err = posix.errno
+        if err == EINTR:
+            continue
+        if err == EAGAIN:
+            return -1
+        _close_conn(L, fd)  # ECONNRESET and friends: this connection only
+        return -2
+
+
+cdef int _send_answer(loop_t* L, int fd, const unsigned char* p, size_t n, unsigned char* owned) noexcept nogil:
+    """Send answers at once, as the echo does, and keep only the unsent tail.
+
+    ``owned``, if not NULL, is the malloc'd buffer that ``p`` points into: it
+    becomes the tail as it is (no copy) or is freed.  Returns 0 (all sent),
+    1 (a tail is kept: the fd now waits for EPOLLOUT only) or -1 (closed).
+    """
+    cdef conn_t* c = &L.conns[fd]
+    cdef ssize_t sent = 0
+    if n:
+        sent = _send_some(fd, <const char*>p, n)
+    if sent < 0:
+        if owned != NULL:
+            free(owned)
+        _close_conn(L, fd)
+        return -1
+    if <size_t>sent == n:
+        if owned != NULL:
+            free(owned)
+        return 0
+    if owned != NULL:
+        c.tail = <char*>owned
+        c.tail_off = <uint32_t>(<size_t>(p - owned) + <size_t>sent)
+    else:
+        c.tail = <char*>malloc(n - <size_t>sent)
+        if c.tail == NULL:
+            _close_conn(L, fd)  # out of memory: drop this connection, not the server
+            return -1
+        memcpy(c.tail, p + sent, n - <size_t>sent)
+        c.tail_off = 0
+    c.tail_len = <uint32_t>(n - <size_t>sent)
+    if _watch(L, EPOLL_CTL_MOD, fd, EPOLLOUT) < 0:
+        _close_conn(L, fd)
+        return -1
+    return 1
+
+
+cdef void _read_batch(loop_t* L, int fd, pstate_t* ps) noexcept nogil:
+    """No partial message: read into the shared buffer, answer every complete message in it."""
+    cdef unsigned char* buf = L.fbuf
+    cdef const unsigned char* answer = buf
+    cdef size_t pos = 0, need = 0, olen = 0, hl
+    cdef Py_ssize_t cnt, rlen
+    cdef int rc
+    cdef wire_header_t h
+    cdef const char* bad = NULL
+    cdef char reason[128]
+    cdef ssize_t n = _recv_some(L, fd, buf, RECV_BUF)
+    if n < 0:
+        return
+    if n == 0:
+        _close_conn(L, fd)  # end of file between messages: the exchange is complete
+        return
+    if L.proto == PROTO_FRAME:
+        # a frame is answered by itself: the answers are the complete frames, where they lie
+        cnt = wire_frame_scan(buf, <size_t>n, L.max_message, &pos, &need)
+        if cnt == WIRE_MALFORMED:
+            bad = _frame_too_long(reason, sizeof(reason), buf + pos, L.max_message)
+        olen = pos
+    else:
+        answer = L.out
+        while True:
+            rc = wire_json_message(buf + pos, <size_t>n - pos, L.max_message, &h, &need)
+            if rc != WIRE_COMPLETE:
+                if rc == WIRE_MALFORMED:
+                    bad = h.error
+                break
+            hl = WIRE_JSON_PREFIX + ((<size_t>buf[pos] << 8) | buf[pos + 1])
+            # fits: an answer is never longer than its request, and ``out`` is one read + slack
+            rlen = wire_json_response_header(buf + pos + WIRE_JSON_PREFIX, &h, <uint64_t>h.content_length.ival,
+                                             L.out + olen, L.outcap - olen)
+            if rlen < 0:
+                bad = b"the answer header does not fit"  # cannot happen (see above)
+                break
+            olen += <size_t>rlen
+            memcpy(L.out + olen, buf + pos + hl, need - hl)
+            olen += need - hl
+            pos += need
+    if bad == NULL and pos < <size_t>n:
+        # The read ended inside a message: keep it, sized for the next decision
+        # (``need`` > what is here); it is completed by reads straight into it.
+        ps.pend = <unsigned char*>malloc(need)
+        if ps.pend == NULL:
+            _close_conn(L, fd)
+            return
+        memcpy(ps.pend, buf + pos, <size_t>n - pos)
+        ps.pend_len = <size_t>n - pos
+        ps.pend_need = need
+    if _send_answer(L, fd, answer, olen, NULL) < 0:
+        return
+    if bad != NULL:
+        _malformed(L, fd, bad)
+
+
+cdef void _fill_pending(loop_t* L, int fd, pstate_t* ps) noexcept nogil:
+    """A partial message: read into its own buffer, no more than its next decision needs."""
+    cdef ssize_t n
+    cdef size_t want, need = 0, total = 0, hl, start
+    cdef Py_ssize_t cnt, rlen
+    cdef int rc
+    cdef wire_header_t h
+    cdef unsigned char* msg
+    cdef char reason[128]
+    while True:
+        want = ps.pend_need - ps.pend_len
+        n = _recv_some(L, fd, ps.pend + ps.pend_len, want)
+        if n < 0:
+            return
+        if n == 0:
+            _malformed(L, fd, b"connection closed inside a message")
+            return
+        ps.pend_len += <size_t>n
+        if <size_t>n < want:
+            return  # the rest is not here yet; epoll says when it is
+        if L.proto == PROTO_FRAME:
+            cnt = wire_frame_scan(ps.pend, ps.pend_len, L.max_message, &total, &need)
+            if cnt == WIRE_MALFORMED:
+                _malformed(L, fd, _frame_too_long(reason, sizeof(reason), ps.pend, L.max_message))
+                return
+            rc = WIRE_COMPLETE if cnt > 0 else WIRE_NEED_MORE
+        else:
+            rc = wire_json_message(ps.pend, ps.pend_len, L.max_message, &h, &need)
+            if rc == WIRE_MALFORMED:
+                _malformed(L, fd, h.error)
+                return
+            total = need
+        if rc == WIRE_NEED_MORE:
+            msg = <unsigned char*>realloc(ps.pend, need)
+            if msg == NULL:
+                _close_conn(L, fd)
+                return
+            ps.pend = msg
+            ps.pend_need = need
+            continue
+        # Complete: answer from this buffer, which then becomes the tail or is freed.
+        msg = ps.pend
+        ps.pend = NULL
+        ps.pend_len = 0
+        ps.pend_need = 0
+        if L.proto == PROTO_FRAME:
+            _send_answer(L, fd, msg, total, msg)
+            return
+        # json: the answer header is never longer than the request's, so it is
+        # written just before the content, over the end of the request header
+        hl = WIRE_JSON_PREFIX + ((<size_t>msg[0] << 8) | msg[1])
+        rlen = wire_json_response_header(msg + WIRE_JSON_PREFIX, &h, <uint64_t>h.content_length.ival,
+                                         L.scratch, SCRATCH)
+        if rlen < 0 or <size_t>rlen > hl:
+            free(msg)  # cannot happen (see above)
+            _close_conn(L, fd)
+            return
+        start = hl - <size_t>rlen
+        memcpy(msg + start, L.scratch, <size_t>rlen)
+        _send_answer(L, fd, msg + start, total - start, msg)
+        return
+
+
+cdef void _on_readable_framed(loop_t* L, int fd) noexcept nogil:
+    cdef pstate_t* ps = &L.ps[fd]
+    if ps.pend != NULL:
+        _fill_pending(L, fd, ps)
+    else:
+        _read_batch(L, fd, ps)
 
 
 cdef int _run(loop_t* L) noexcept nogil:
@@ -265,8 +590,10 @@ cdef int _run(loop_t* L) noexcept nogil:
             # and EPOLLHUP surface as an error (or EOF) from the next recv/send.
             if c.tail != NULL:
                 _on_writable(L, fd)
+            elif L.proto == PROTO_RAW:
+                _on_readable(L, fd)  # the echo: nothing else per read
             else:
-                _on_readable(L, fd)
+                _on_readable_framed(L, fd)
 
 
 cdef int _setup(loop_t* L, int lfd) noexcept nogil:
@@ -306,6 +633,25 @@ cdef int _setup(loop_t* L, int lfd) noexcept nogil:
     return 0
 
 
+cdef int _setup_protocol(loop_t* L, int proto, uint64_t max_message) noexcept nogil:
+    """The framed protocols' state, after ``_setup``: nothing at all in raw mode.  0 or -ENOMEM."""
+    L.proto = proto
+    L.max_message = max_message
+    if proto == PROTO_RAW:
+        return 0
+    L.ps = <pstate_t*>calloc(L.nconns, sizeof(pstate_t))
+    L.fbuf = <unsigned char*>malloc(RECV_BUF)
+    if L.ps == NULL or L.fbuf == NULL:
+        return -ENOMEM
+    if proto == PROTO_JSON:
+        L.outcap = RECV_BUF + OUT_SLACK
+        L.out = <unsigned char*>malloc(L.outcap)
+        L.scratch = <unsigned char*>malloc(SCRATCH)
+        if L.out == NULL or L.scratch == NULL:
+            return -ENOMEM
+    return 0
+
+
 cdef void _teardown(loop_t* L) noexcept nogil:
     """Close every connection and free everything; the listener is the caller's."""
     cdef int fd
@@ -315,6 +661,18 @@ cdef void _teardown(loop_t* L) noexcept nogil:
                 _close_conn(L, fd)
         free(L.conns)
         L.conns = NULL
+    if L.ps != NULL:  # after the connections: closing one frees its partial message
+        free(L.ps)
+        L.ps = NULL
+    if L.fbuf != NULL:
+        free(L.fbuf)
+        L.fbuf = NULL
+    if L.out != NULL:
+        free(L.out)
+        L.out = NULL
+    if L.scratch != NULL:
+        free(L.scratch)
+        L.scratch = NULL
     if L.buf != NULL:
         free(L.buf)
         L.buf = NULL
@@ -339,7 +697,8 @@ def raise_nofile_limit():
     return lim.rlim_cur, lim.rlim_max
 
 
-def serve(int listen_fd, announce=None):
+def serve(int listen_fd, announce=None, *, protocol="raw",
+          uint64_t max_message=16 * 1024 * 1024, name="cython"):
     """Echo every connection accepted on ``listen_fd`` until SIGTERM or SIGINT.
 
     ``listen_fd`` is a listening TCP socket (made non-blocking here; it stays
@@ -347,15 +706,29 @@ def serve(int listen_fd, announce=None):
     the loop is ready to accept.  Returns None on a stop signal; raises
     ``OSError`` if epoll or the listener fails.  One loop per process: the stop
     signal handlers are process-wide.
+
+    Keyword-only: ``protocol`` is ``raw`` (the echo), ``frame`` or ``json``
+    (see ``sockbench.servers.protocols``), with messages of at most
+    ``max_message`` bytes (1..``MAX_MESSAGE_LIMIT``); ``name`` starts the line
+    logged for a malformed message.  A bad one raises ``ValueError``.
     """
     global g_stop_fd
     cdef loop_t L
     cdef int rc
     cdef sigaction_t act, old_term, old_int
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    if max_message < 1 or max_message > MAX_MESSAGE_LIMIT:
+        raise ValueError(f"max_message must be in 1..{MAX_MESSAGE_LIMIT}, got {max_message}")
     if g_stop_fd != -1:
         raise RuntimeError("an epoll_echo loop is already running in this process")
+    cdef bytes cname = str(name).encode("utf-8", "replace")[:sizeof(g_name) - 1]
+    memcpy(g_name, <const char*>cname, len(cname))
+    g_name[len(cname)] = 0
     raise_nofile_limit()
     rc = _setup(&L, listen_fd)
+    if rc == 0:
+        rc = _setup_protocol(&L, PROTOCOLS.index(protocol), max_message)
     if rc < 0:
         _teardown(&L)
         _raise_errno(rc)

@@ -32,12 +32,28 @@ this module only adapts it to the registry contract.
 * **Errors**: the C core returns ``-errno``; the Python side raises
   ``OSError(errno, strerror)``, so a fatal error reads like any other.
 * **RLIMIT_NOFILE**: the soft limit is raised to the hard limit at start.
+* **Framed protocols**: ``--protocol frame|json`` are parsed in the same nogil
+  loop, by the C code of ``ext/wire.pxd``, with no Python object per message:
+  complete messages are answered from the buffer they were read into, a
+  partial one waits in a buffer of its own.  The JSON header parser is
+  strict (a flat object of string and int64 values) and decides exactly as
+  the Python servers' ``protocols.parse_json_header`` (fuzzed against it in
+  ``tests/test_wire.py``); the answer header is byte for byte theirs.  A
+  malformed message closes its connection only, after the answers before it,
+  with one stderr line.  ``--max-message`` is at most 1 GiB here.
 """
 
+from sockbench.errors import UsageError
 from sockbench.ext import epoll_echo
+from sockbench.servers.protocols import DEFAULT_MAX_MESSAGE
 
 __all__ = ["serve"]
 
 
 def serve(listener, announce, options):
-    epoll_echo.serve(listener.fileno(), announce)
+    max_message = options.get("max_message") or DEFAULT_MAX_MESSAGE
+    if max_message > epoll_echo.MAX_MESSAGE_LIMIT:
+        raise UsageError(f"server {options.get('name', 'cython')!r}: --max-message is at most {epoll_echo.MAX_MESSAGE_LIMIT} bytes here")
+    epoll_echo.serve(listener.fileno(), announce,
+                     protocol=options.get("protocol", "raw"), max_message=max_message,
+                     name=options.get("name", "cython"))

@@ -171,6 +171,13 @@ def _flat_object_no_lone_surrogates(pairs):
     return _flat_object(pairs)
 
 
+# built once: ``json.loads`` with hooks would build a new decoder on every call
+_FLAT_DECODER = json.JSONDecoder(object_pairs_hook=_flat_object, parse_float=_reject_float, parse_constant=_reject_constant)
+_FLAT_DECODER_CHECKING = json.JSONDecoder(
+    object_pairs_hook=_flat_object_no_lone_surrogates, parse_float=_reject_float, parse_constant=_reject_constant
+)
+
+
 def parse_json_header(raw, max_message=DEFAULT_MAX_MESSAGE):
     """Decode and validate a request header; return ``(header_dict, content_length)``.
 
@@ -182,8 +189,7 @@ def parse_json_header(raw, max_message=DEFAULT_MAX_MESSAGE):
     """
     try:
         text = raw.decode("utf-8")
-        hook = _flat_object_no_lone_surrogates if "\\u" in text else _flat_object
-        header = json.loads(text, object_pairs_hook=hook, parse_float=_reject_float, parse_constant=_reject_constant)
+        header = (_FLAT_DECODER_CHECKING if "\\u" in text else _FLAT_DECODER).decode(text)
     except ProtocolError:
         raise
     except (UnicodeDecodeError, ValueError) as e:

@@ -73,7 +73,7 @@ SERVERS = {
         _spec("cython-protocol", "cython_protocol_echo", "a Cython cdef-class asyncio.BufferedProtocol on uvloop",
               requires=("sockbench.ext.protocol_echo",), build_hint=BUILD_HINT),
         _spec("cython", "cython_echo", "Cython: level-triggered epoll loop in C, without the GIL",
-              requires=("sockbench.ext.epoll_echo",), build_hint=BUILD_HINT),
+              requires=("sockbench.ext.epoll_echo",), build_hint=BUILD_HINT, protocols=ALL_PROTOCOLS),
     )
 }
 

@@ -297,3 +297,36 @@ def test_fuzz_json_message_matches_decoder(content, rid, cut):
     complete, need = wire.json_message_py(part)
     assert complete == answered
     assert need <= len(req) and (complete or need > len(part))
+
+
+# --- the cython server answers with exactly these bytes -----------------------------------------
+
+
+def test_cython_server_answers_json_byte_for_byte_like_the_oracle():
+    """Escapes, non-ASCII, integer values, a duplicate key: the answer bytes are the Python servers'."""
+    from sockbench import registry
+    from sockbench.proc import ServerProcess
+
+    if "json" not in registry.SERVERS["cython"].protocols or not registry.SERVERS["cython"].availability()[0]:
+        pytest.skip("the cython server does not speak json here")
+    headers = [
+        dumps(good(**{"request-id": "r\\\"1\u00e9"}), ensure_ascii=True),
+        dumps(good(**{"content-type": "a\nb\u0001c/\ud83d\ude00", "request-id": -(1 << 63)}), ensure_ascii=True),
+        dumps(good(**{"content-type": 7, "content-encoding": "é", "x": "y"}), ensure_ascii=False),
+        b'{"byteorder":"b","content-type":"a","content-type":"z","content-encoding":"e","content-length":5}',
+    ]
+    stream = b"".join(struct.pack(">H", len(h)) + h + b"12345" for h in headers)
+    want = JsonDecoder(MAX).feed(stream)
+    with ServerProcess("cython", extra_args=("--protocol", "json")) as server:
+        import socket
+
+        with socket.create_connection(server.address, timeout=10) as s:
+            s.sendall(stream)
+            s.shutdown(socket.SHUT_WR)
+            got = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+    assert got == want
