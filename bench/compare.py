@@ -162,9 +162,18 @@ def compare(a_path, b_path, alpha=ALPHA, fail_above=None):
         rows.append(row)
         if fail_above is not None and verdict.startswith("slower") and -change > fail_above:
             failed.append(row)
+    notes = []
+    pa, pb = A.meta.get("plan") or {}, B.meta.get("plan") or {}
+    for key in ("duration_s", "warmup_s", "rounds", "server_cpus", "client_cpus"):
+        if key in pa and key in pb and pa[key] != pb[key]:
+            notes.append(f"{key} differs: A {pa[key]}, B {pb[key]}")
+    ma, mb = A.machine(), B.machine()
+    for key in ("cpu_model", "cores", "kernel", "python", "hostname"):
+        if ma.get(key) and mb.get(key) and ma[key] != mb[key]:
+            notes.append(f"machine {key} differs: A {ma[key]}, B {mb[key]}")
     only_a = [f"{s}:{w}" for (s, w) in A.cells if (s, w) not in B.cells]
     only_b = [f"{s}:{w}" for (s, w) in B.cells if (s, w) not in A.cells]
-    return {"a": A.path, "b": B.path, "rows": rows, "only_a": only_a, "only_b": only_b,
+    return {"a": A.path, "b": B.path, "rows": rows, "only_a": only_a, "only_b": only_b, "notes": notes,
             "failed": failed, "alpha": alpha, "fail_above": fail_above}
 
 
@@ -194,6 +203,8 @@ def render(result, console=None):
     for label, items in (("only in A", result["only_a"]), ("only in B", result["only_b"])):
         if items:
             console.print(f"{label} (not compared): {', '.join(items)}")
+    for note in result.get("notes", []):
+        console.print(f"[yellow]note[/]: {note} (the two runs were not made the same way)")
     console.print(f"change: + is better, - is worse (msgs/s for closed loop, p99 latency for open loop); "
                   f"significant: one-sided Mann-Whitney U p <= {result['alpha']}")
     if result["fail_above"] is not None:

@@ -29,7 +29,7 @@ import statistics
 import tempfile
 from dataclasses import dataclass, field
 
-from sockbench.bench.matrix import Cell, format_size
+from sockbench.bench.matrix import Cell
 from sockbench.errors import SockbenchError
 
 __all__ = [
@@ -481,7 +481,3 @@ def load_results(path):
 def _run_order(result, rnd):
     c = result.get("cell") or {}
     return (int(c.get("index", 10**9)) if isinstance(c, dict) else 10**9, str(result.get("started_at", "")), rnd)
-
-
-def size_label(n):
-    return format_size(n)

@@ -179,7 +179,7 @@ def _watch(child, out, plan, console):
     live = console.is_terminal
     progress = Progress(
         TextColumn("[bold]{task.description}", table_column=None),
-        BarColumn(),
+        BarColumn(bar_width=24),
         MofNCompleteColumn(),
         TextColumn("runs"),
         TimeElapsedColumn(),

