@@ -158,7 +158,9 @@ def _md(results, plots):
     L.append("")
     L.append("msgs/s is the median over rounds ± the standard deviation; latency percentiles come from the "
              "exact merge of every round's HDR histogram; server CPU is user+sys per message echoed; "
-             "*vs fastest* is the ratio to the fastest valid server of the same workload.")
+             "*vs fastest* is the ratio of msgs/s to the fastest valid server of the same workload "
+             "(in open loop each server is offered a share of its own peak, so there it compares "
+             "the loads each one sustained; compare latencies at equal shares).")
     for wid, cell in results.workloads().items():
         L += ["", f"### {workload_title(cell)}", ""]
         L.append("| " + " | ".join(COLUMNS) + " |")
@@ -229,7 +231,9 @@ def _html(results, plots, plot_dir):
     H.append("<h2>Results by workload</h2>")
     H.append('<p class="note">msgs/s is the median over rounds ± the standard deviation; latency percentiles come from the '
              "exact merge of every round's HDR histogram; server CPU is user+sys per message echoed; "
-             "<i>vs fastest</i> is the ratio to the fastest valid server of the same workload.</p>")
+             "<i>vs fastest</i> is the ratio of msgs/s to the fastest valid server of the same workload "
+             "(in open loop each server is offered a share of its own peak, so there it compares "
+             "the loads each one sustained; compare latencies at equal shares).</p>")
     for wid, cell in results.workloads().items():
         H.append(f"<h3>{e(workload_title(cell))}</h3><table><tr>")
         H.append("".join(f"<th>{e(c)}</th>" for c in COLUMNS) + "</tr>")
