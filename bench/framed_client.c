@@ -16,7 +16,7 @@
  * JSON line: msgs (answers verified in the window), seconds, errors, and the
  * client's own user/sys CPU in the window (getrusage).  Exits 0, or 1 if any
  * answer was wrong, a connection failed, or no answer at all came for 1 s (a
- * stall); the JSON line says which.
+ * stall, or one connection got nothing for 1 s); the JSON line says which.
  * Bounded: it stops by itself after WARMUP_S + DURATION_S.
  */
 #define _GNU_SOURCE
@@ -48,6 +48,7 @@ typedef struct {
     size_t in_len;
     unsigned char *out; /* unsent requests */
     size_t out_len, out_cap;
+    double last; /* when it last got an answer (or started) */
 } conn_t;
 
 static int g_json;
@@ -208,6 +209,7 @@ int main(int argc, char **argv) {
     }
     struct epoll_event evs[512];
     double t0 = now_s(), t_start = t0 + warmup, t_end = t_start + duration, t_win0 = 0;
+    for (int i = 0; i < conns; i++) cs[i].last = t0;
     int in_window = 0;
     uint64_t total = 0, at_start = 0, errors = 0, total_seen = 0;
     double last_progress = t0;
@@ -281,6 +283,7 @@ int main(int argc, char **argv) {
             }
             total += (uint64_t)k;
             if (k) {
+                c->last = t;
                 if (queue_requests(c, ci, k) < 0) { why = "send failed"; errors++; goto done; }
                 if (c->out_len) {
                     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.u32 = (uint32_t)ci};
@@ -291,6 +294,13 @@ int main(int argc, char **argv) {
     }
 done:;
     double t_win1 = now_s();
+    int stuck = 0;
+    for (int i = 0; i < conns; i++) stuck += cs[i].sent != cs[i].answered && t_win1 - cs[i].last > STALL_S;
+    if (stuck && !errors) {
+        snprintf(why_buf, sizeof why_buf, "%d connections got no answer for %.1f s", stuck, STALL_S);
+        why = why_buf;
+        errors++;
+    }
     getrusage(RUSAGE_SELF, &ru1);
     if (!in_window) {
         t_win0 = t_win1;
@@ -298,10 +308,10 @@ done:;
         ru0 = ru1;
     }
     printf("{\"msgs\": %llu, \"seconds\": %.6f, \"errors\": %llu, \"error\": \"%s\", "
-           "\"user_s\": %.6f, \"sys_s\": %.6f, \"total_msgs\": %llu}\n",
+           "\"user_s\": %.6f, \"sys_s\": %.6f, \"total_msgs\": %llu, \"stuck\": %d}\n",
            (unsigned long long)(total - at_start), t_win1 - t_win0, (unsigned long long)errors, why,
            cpu_s(&ru1.ru_utime) - cpu_s(&ru0.ru_utime), cpu_s(&ru1.ru_stime) - cpu_s(&ru0.ru_stime),
-           (unsigned long long)total);
+           (unsigned long long)total, stuck);
     fflush(stdout);
     return errors ? 1 : 0;
 }

@@ -85,9 +85,19 @@ def build_client(src=_CLIENT_SRC):
 
 
 def _schedstat_s(pid):
-    """Exact CPU time (user + system) of a live process, from /proc/PID/schedstat."""
-    with open(f"/proc/{pid}/schedstat") as f:
-        return int(f.read().split()[0]) / 1e9
+    """Exact CPU time (user + system) of a live process, all its threads, from /proc/PID/task/*/schedstat.
+
+    A thread that ended in the window takes its time with it: only the
+    ``blocking`` server has threads that come and go, and not in a steady run.
+    """
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # the thread ended meanwhile
+    return total / 1e9
 
 
 def _queues(port):
@@ -132,7 +142,7 @@ def run_cell(client, server, protocol, conns, depth, size, warmup, duration, cli
             elif line.startswith("{"):
                 after = (read_proc_stat(server.pid), _schedstat_s(server.pid))
                 result = json.loads(line)
-                if "stalled" in result.get("error", ""):
+                if "stalled" in result.get("error", "") or result.get("stuck"):
                     result["error"] += "; " + _queues(port)
                 break
             if time.monotonic() > deadline:

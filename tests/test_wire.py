@@ -8,6 +8,7 @@ escapes and mutated bytes.
 """
 
 import json
+import os
 import struct
 
 import pytest
@@ -330,3 +331,26 @@ def test_cython_server_answers_json_byte_for_byte_like_the_oracle():
                     break
                 got += chunk
     assert got == want
+
+
+@pytest.mark.parametrize("protocol", ["frame", "json"])
+def test_pipelined_load_is_answered_correctly(protocol):
+    """The benchmark's C client (100 conns x 16 in flight) checks every answer byte; a short run must be clean."""
+    import shutil
+
+    from sockbench import registry
+    from sockbench.bench.framed_cpu import build_client, run_cell
+    from sockbench.proc import ServerProcess
+
+    if not (shutil.which("gcc") or shutil.which("cc")):
+        pytest.skip("no C compiler for the load client")
+    if protocol not in registry.SERVERS["cython"].protocols or not registry.SERVERS["cython"].availability()[0]:
+        pytest.skip("the cython server does not speak the framed protocols here")
+    client = build_client()
+    cpus = sorted(os.sched_getaffinity(0))
+    with ServerProcess("cython", extra_args=("--protocol", protocol)) as server:
+        cell = run_cell(client, server, protocol, conns=100, depth=16, size=64, warmup=0.2, duration=0.5,
+                        client_cpu=cpus[-1])
+        assert server.alive() and server.stderr_text() == ""
+    assert cell["valid"], cell["error"]
+    assert cell["msgs"] > 0
