@@ -88,7 +88,7 @@ class Plan:
     rounds: int = 3
     #: short rounds: 7 servers x 13 cells x 3 rounds must fit in 5 minutes on 2 cores,
     #: and each run also pays ~0.5 s to start and stop its server and load processes
-    duration_s: float = 0.35
+    duration_s: float = 0.3
     warmup_s: float = 0.1
     interval_s: float = 0.05
     procs: int = 1
