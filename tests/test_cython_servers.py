@@ -221,6 +221,19 @@ def test_core_errors_are_oserror_with_errno_and_strerror():
     assert info.value.strerror == os.strerror(errno.EBADF)
 
 
+def test_core_rejects_bad_arguments_before_touching_anything():
+    _require("cython")
+    from sockbench.ext import epoll_echo
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        with pytest.raises(ValueError, match="recv_size"):
+            epoll_echo.serve(listener.fileno(), recv_size=0)
+        import fcntl
+
+        flags = fcntl.fcntl(listener.fileno(), fcntl.F_GETFL)
+        assert not flags & os.O_NONBLOCK, "a rejected call leaves the listener as it was"
+
+
 def test_raise_nofile_limit_sets_soft_to_hard():
     _require("cython")
     from sockbench.ext import epoll_echo
