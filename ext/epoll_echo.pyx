@@ -40,7 +40,7 @@ the choices that matter for reading this file are:
   header is written over the end of the request's, which is never shorter)
   and the buffer itself becomes the tail or is freed.  So a connection holds
   at most one message (``max_message`` + header) plus one read of answers.
-* **Malformed input** (wire.pxd says what is malformed) ends its connection
+* **Malformed input** (ext/wire.pyx says what is malformed) ends its connection
   only: the answers before it are sent first (``closing`` closes once the
   tail is out), and one line goes to stderr with a single ``write(2)``, worded
   like ``protocols.log_protocol_error``.  End of file inside a message is
