@@ -16,7 +16,9 @@
  * JSON line: msgs (answers verified in the window), seconds, errors, and the
  * client's own user/sys CPU in the window (getrusage).  Exits 0, or 1 if any
  * answer was wrong, a connection failed, or no answer at all came for 1 s (a
- * stall, or one connection got nothing for 1 s); the JSON line says which.
+ * stall, or one connection got nothing for 1 s); the JSON line says which,
+ * and then it keeps its connections open until its stdin is closed (at most
+ * 10 s), so that the caller can see where the unanswered bytes wait.
  * Bounded: it stops by itself after WARMUP_S + DURATION_S.
  */
 #define _GNU_SOURCE
@@ -25,6 +27,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -313,5 +316,16 @@ done:;
            cpu_s(&ru1.ru_utime) - cpu_s(&ru0.ru_utime), cpu_s(&ru1.ru_stime) - cpu_s(&ru0.ru_stime),
            (unsigned long long)total, stuck);
     fflush(stdout);
-    return errors ? 1 : 0;
+    if (errors) {
+        /* keep the connections as they are until the parent has looked at their
+           queues (it closes our stdin), at most 10 s */
+        struct pollfd pfd = {.fd = 0, .events = POLLIN};
+        char sink[64];
+        double until = now_s() + 10;
+        while (now_s() < until && poll(&pfd, 1, 1000) >= 0) {
+            if ((pfd.revents & (POLLIN | POLLHUP)) && read(0, sink, sizeof sink) <= 0) break;
+        }
+        return 1;
+    }
+    return 0;
 }

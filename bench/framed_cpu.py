@@ -120,12 +120,25 @@ def _queues(port):
     return f"queued bytes: server recv {server_rq} send {server_sq}, client recv {client_rq} send {client_sq}"
 
 
+def _proc_state(pid):
+    """For a stalled run: is the server running, and how loaded is the machine?"""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0].decode()
+        with open("/proc/loadavg") as f:
+            load = f.read().split()[0]
+    except OSError as e:
+        return f"server state unknown: {e}"
+    return f"server state {state}, load average {load}"
+
+
 def run_cell(client, server, protocol, conns, depth, size, warmup, duration, client_cpu):
     """One client run against a started server; returns a dict of figures (``valid`` False on any error)."""
     host, port = server.address
     cmd = [client, host, str(port), protocol, str(conns), str(depth), str(size), str(warmup), str(duration)]
     proc = subprocess.Popen(
         cmd,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -143,7 +156,8 @@ def run_cell(client, server, protocol, conns, depth, size, warmup, duration, cli
                 after = (read_proc_stat(server.pid), _schedstat_s(server.pid))
                 result = json.loads(line)
                 if "stalled" in result.get("error", "") or result.get("stuck"):
-                    result["error"] += "; " + _queues(port)
+                    result["error"] += "; " + _queues(port) + "; " + _proc_state(server.pid)
+                proc.stdin.close()  # a client that reported an error waits for this before it exits
                 break
             if time.monotonic() > deadline:
                 break
@@ -151,6 +165,8 @@ def run_cell(client, server, protocol, conns, depth, size, warmup, duration, cli
     except subprocess.TimeoutExpired:
         pass
     finally:
+        if not proc.stdin.closed:
+            proc.stdin.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
