@@ -10,7 +10,11 @@ Usage::
     result = run_load(spec, json_path=None)   # the schema-1 result dict
 
 ``target=("127.0.0.1", port)`` instead of ``server=`` loads a server that is
-already running.
+already running.  ``protocol="frame"`` or ``"json"`` (default ``"raw"``)
+speaks one of the framed protocols of ``sockbench.servers.protocols``; a
+harness-started server is then started with ``--protocol`` too.  ``size`` is
+always the PAYLOAD size, and ``throughput.bytes_per_s`` counts payload bytes
+(``wire_bytes_per_s`` adds the framing and headers).
 
 Why it is built this way
 ------------------------
@@ -62,12 +66,22 @@ __all__ = [
     "parse_cpus",
     "SCHEMA",
     "MODES",
+    "PROTOCOLS",
+    "ERROR_KINDS",
+    "MAX_FRAMED_SIZE",
     "CLIENT_BOUND_UTIL",
     "BEHIND_FRACTION",
 ]
 
 SCHEMA = 1
 MODES = ("closed", "open", "connect")
+#: the wire protocols the load speaks (the same names as ``sockbench serve --protocol``)
+PROTOCOLS = ("raw", "frame", "json")
+#: the error counters of a result's ``errors.by_kind`` (``protocol``: a frame/json answer whose
+#: framing or header is wrong; ``mismatch``: content bytes that are not the ones sent)
+ERROR_KINDS = ("connect", "reset", "timeout", "mismatch", "protocol")
+#: frame/json payloads above this are over the servers' default ``--max-message`` (16 MiB)
+MAX_FRAMED_SIZE = 16 * 1024 * 1024
 #: the load CPUs at least this busy: the run measured the client
 CLIENT_BOUND_UTIL = 0.95
 #: open loop: achieved rate more than 5% below the target is "behind"
@@ -122,17 +136,26 @@ class LoadSpec:
     interval_s: float = 0.1
     timeout_s: float = 5.0  # a message outstanding longer than this is a timeout error
     server_options: dict = field(default_factory=dict)
+    protocol: str = "raw"  # raw, frame or json; size is the payload size in each
 
     def validate(self):
         """Raise a one-line ``UsageError`` for anything that cannot run."""
         if (self.server is None) == (self.target is None):
             raise UsageError("give either a server name or --target HOST:PORT (exactly one)")
+        if self.protocol not in PROTOCOLS:
+            raise UsageError(f"unknown protocol {self.protocol!r}; use one of {', '.join(PROTOCOLS)}")
         if self.server is not None:
             from sockbench import registry
 
-            ok, why = registry.get(self.server).availability()
+            server = registry.get(self.server)
+            ok, why = server.availability()
             if not ok:
                 raise UsageError(f"server {self.server!r}: {why}")
+            if self.protocol not in server.protocols:
+                raise UsageError(
+                    f"server {self.server!r} does not speak --protocol {self.protocol}; "
+                    f"it speaks {', '.join(server.protocols)}"
+                )
         else:
             if not (isinstance(self.target, (tuple, list)) and len(self.target) == 2):
                 raise UsageError(f"target must be (host, port), not {self.target!r}")
@@ -145,6 +168,8 @@ class LoadSpec:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise UsageError(f"{name} must be a whole number >= 1, not {v!r}")
+        if self.protocol != "raw" and self.size > MAX_FRAMED_SIZE:
+            raise UsageError(f"{self.protocol} payloads are limited to 16 MiB (the servers' --max-message), not {self.size:,} B")
         if self.procs > self.conns:
             raise UsageError(f"--procs {self.procs} > --conns {self.conns}: each load process needs a connection")
         if self.conns > 1_000_000 or self.depth > 1_000_000:
@@ -257,7 +282,8 @@ def run_load(spec, json_path=None):
     if spec.server is not None:
         from sockbench.proc import ServerProcess
 
-        with ServerProcess(spec.server, cpus=spec.server_cpus) as server:
+        extra = ("--protocol", spec.protocol) if spec.protocol != "raw" else ()
+        with ServerProcess(spec.server, cpus=spec.server_cpus, extra_args=extra) as server:
             host, port = server.address
             result = _run(spec, server, host, port, started_at)
     else:
@@ -397,7 +423,7 @@ def _run(spec, server, host, port, started_at):
                 size=spec.size, depth=spec.depth,
                 rate=(spec.rate * n / spec.conns if spec.mode == "open" else 0.0),
                 interval_ns=int(round(spec.interval_s * 1e9)), timeout_ns=int(spec.timeout_s * 1e9),
-                cpus=(cpus[i % len(cpus)],),
+                cpus=(cpus[i % len(cpus)],), protocol=spec.protocol,
             )
             first += n
             workers[i] = _Worker(p)
@@ -516,13 +542,15 @@ def _build_result(spec, server, host, port, started_at, results, problems, srv):
     rs = [results[i] for i in sorted(results)]
     dur = spec.duration_s
     msgs = sum(r["msgs"] for r in rs)
-    errors = {k: sum(r["errors"][k] for r in rs) for k in ("connect", "reset", "timeout", "mismatch")}
+    errors = {k: sum(r["errors"][k] for r in rs) for k in ERROR_KINDS}
     h1 = hdr.merge_encoded(r["hdr1"] for r in rs)
     h2 = hdr.merge_encoded(r["hdr2"] for r in rs)
     mean1 = (sum(r["h1_sum_ns"] for r in rs) / h1.get_total_count()) if h1.get_total_count() else None
     mean2 = (sum(r["h2_sum_ns"] for r in rs) / h2.get_total_count()) if h2.get_total_count() else None
 
-    throughput = {"msgs_per_s": msgs / dur, "bytes_per_s": sum(r["rx_bytes"] for r in rs) / dur}
+    # payload bytes, whatever the protocol; wire bytes add the framing and headers
+    throughput = {"msgs_per_s": msgs / dur, "bytes_per_s": sum(r["rx_bytes"] for r in rs) / dur,
+                  "wire_bytes_per_s": sum(r["rx_wire_bytes"] for r in rs) / dur}
     if spec.mode == "open":
         achieved = sum(r["sent_window"] for r in rs) / dur
         throughput.update(
@@ -582,6 +610,8 @@ def _build_result(spec, server, host, port, started_at, results, problems, srv):
     reasons = list(problems)
     if errors["mismatch"]:
         reasons.append(f"{errors['mismatch']} connection(s) echoed bytes that were not sent, or not in order (mismatch)")
+    if errors["protocol"]:
+        reasons.append(f"{errors['protocol']} connection(s) got a {spec.protocol} answer with a wrong length or header (protocol)")
     if errors["reset"]:
         reasons.append(f"{errors['reset']} connection(s) reset or closed by the server")
     if errors["connect"]:
@@ -610,6 +640,7 @@ def _build_result(spec, server, host, port, started_at, results, problems, srv):
         "target": {"host": host, "port": port},
         "workload": {
             "mode": spec.mode,
+            "protocol": spec.protocol,
             "conns": spec.conns,
             "size": spec.size,
             "depth": spec.depth,

@@ -60,7 +60,9 @@ def add_arguments(p):
     p.add_argument("--target", metavar="HOST:PORT", help="load an echo server that is already running instead")
     p.add_argument("--mode", default="closed", help="closed (default), open or connect")
     p.add_argument("--conns", type=_int("--conns"), default=10, help="connections (default 10)")
-    p.add_argument("--size", default="64", help="message size: 64, 1k, 16k, 1m (default 64)")
+    p.add_argument("--size", default="64", help="payload size per message: 64, 1k, 16k, 1m (default 64)")
+    p.add_argument("--protocol", default="raw",
+                   help="raw (default: a byte echo), frame (4-byte length + payload) or json (2-byte length + JSON header + content)")
     p.add_argument("--depth", type=_int("--depth"), default=1, help="messages in flight per connection, closed mode (default 1)")
     p.add_argument("--rate", type=_float("--rate"), default=None, help="open mode: total msgs/s")
     p.add_argument("--duration", type=_float("--duration"), default=5.0, help="measured seconds (default 5)")
@@ -95,6 +97,7 @@ def spec_from_args(args):
         client_cpus=parse_cpus(args.client_cpus),
         interval_s=args.interval,
         timeout_s=args.timeout,
+        protocol=args.protocol,
     ).validate()
 
 
@@ -137,7 +140,10 @@ def render_summary(r):
     t = r["throughput"]
     head = Text()
     head.append(f"{r['server']}", style="bold")
-    head.append(f"  {w['mode']}  {w['conns']} conns x {w['size']} B x {w['depth']} in flight")
+    head.append(f"  {w['mode']}")
+    if w.get("protocol", "raw") != "raw":
+        head.append(f"  {w['protocol']}")
+    head.append(f"  {w['conns']} conns x {w['size']} B x {w['depth']} in flight")
     if w["mode"] == "open":
         head.append(f"  rate {w['rate']:,.0f}/s")
     head.append(f"  {w['duration_s']:g} s (+{w['warmup_s']:g} s warmup)  {w['procs']} proc(s)")
@@ -148,6 +154,8 @@ def render_summary(r):
     tp.add_column(justify="right")
     tp.add_row("msgs/s", _n(t["msgs_per_s"]))
     tp.add_row("MB/s", _n(t["bytes_per_s"] / 1e6, "{:,.1f}"))
+    if w.get("protocol", "raw") != "raw" and t.get("wire_bytes_per_s") is not None:
+        tp.add_row("wire MB/s", _n(t["wire_bytes_per_s"] / 1e6, "{:,.1f}"))
     if "conns_per_s" in t:
         tp.add_row("conns/s", _n(t["conns_per_s"]))
     if "target_rate" in t:

@@ -62,6 +62,7 @@ class WorkerParams:
     interval_ns: int
     timeout_ns: int
     cpus: tuple
+    protocol: str = "raw"
 
 
 def format_addr(host, port):
@@ -184,7 +185,7 @@ def run_worker(p):
         r = loadgen.run_loop(
             MODES[p.mode], owned, p.first_cid, p.cid_step, p.conns, p.size, p.depth, p.rate,
             msg["start_ns"], msg["warm_end_ns"], msg["end_ns"], p.interval_ns, p.timeout_ns,
-            table, LAYOUT, addr_be, port_be,
+            table, LAYOUT, addr_be, port_be, loadgen.PROTOCOLS.index(p.protocol),
         )
         r["hdr1"] = _encode(r.pop("h1"))
         r["hdr2"] = _encode(r.pop("h2"))

@@ -45,6 +45,29 @@ Modes
     second histogram.
     connect: each slot connects, echoes one message, closes, and starts over;
     the first histogram holds connect latency, the second the whole cycle.
+Framed protocols (``frame``, ``json``; the wire spec is ``sockbench.servers.protocols``)
+    The PAYLOAD of message ``m`` of a connection is the same stream slice as a
+    raw message's (``size`` bytes at stream offset ``m * size``), so the
+    content check still catches reordering and cross-talk.  ``size`` is the
+    payload size; ``rx_bytes`` counts payload bytes, ``rx_wire_bytes`` what
+    came over the wire.  Requests: ``frame`` is a 4-byte big-endian length +
+    payload; ``json`` a 2-byte big-endian header length + the tutorial
+    client's header (byteorder, content-type, content-encoding,
+    content-length and ``request-id`` = ``m``, built by ext/wire.pxd's
+    ``wire_json_request_header``) + payload.  Requests are not stored: the
+    bytes a connection owes are serialised from ``(message, offset)`` into
+    one scratch buffer and go out in one ``write`` (coalesced as in raw; a
+    short write keeps only the position, and the header of a message is
+    rebuilt, identically, from its index).  Responses are checked as they
+    stream in, with no copy except a header split across reads (gathered in
+    a small per-connection buffer): the frame length, or the JSON header
+    parsed by ext/wire.pxd's strict ``wire_json_parse_header`` (an answer
+    has no ``byteorder``, which is the one check of that parser skipped
+    here), must say exactly ``size`` bytes, the ``content-type`` and
+    ``content-encoding`` must be the ones sent and the ``request-id`` must be
+    the index of the oldest unanswered request; then the content is compared
+    with the payload pattern.  A wrong framing or header is a ``protocol``
+    error, wrong content a ``mismatch``; either closes the connection.
 Bounds
     The loop ends at ``end_ns`` whatever happens; epoll waits are bounded by
     the next tick; a message outstanding for longer than ``timeout_ns`` is a
@@ -54,10 +77,11 @@ Bounds
 
 from cpython.bytes cimport PyBytes_AS_STRING
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport strcmp
 
 from posix cimport (
     errno, EAGAIN, EINTR, EINPROGRESS,
-    calloc, free, memcmp, memset,
+    calloc, free, memcmp, memcpy, memset,
     read, write, close,
     timespec, clock_gettime, CLOCK_MONOTONIC,
     iovec, writev,
@@ -70,6 +94,9 @@ from posix cimport (
     itimerspec, timerfd_create, timerfd_settime, TFD_NONBLOCK, TFD_CLOEXEC, TFD_TIMER_ABSTIME,
     __builtin_clzll,
 )
+from wire cimport (
+    WIRE_STRING, WIRE_INT, wire_value_t, wire_header_t, wire_json_parse_header, wire_json_request_header,
+)
 
 __all__ = [
     "run_loop",
@@ -78,6 +105,7 @@ __all__ = [
     "MODE_CLOSED",
     "MODE_OPEN",
     "MODE_CONNECT",
+    "PROTOCOLS",
     "ERROR_KINDS",
     "PERIOD",
     "STRIDE",
@@ -94,6 +122,9 @@ cdef enum:
     C_MAX_EVENTS = 512
     C_OPEN_MIN_RING = 256     # open loop: at least this many messages in flight per connection
     C_MIN_TICK_NS = 5000      # open loop: the timer wakes the loop at most every 5 µs
+    C_WBUF = 262144           # framed: the scratch buffer requests are serialised into for one write
+    C_REQ_HDR_MAX = 160       # framed: a request's prefix + header (wire_json_request_header needs 142)
+    C_HBUF = 512              # framed: the longest response prefix + header accepted
 
 PERIOD = C_PERIOD
 STRIDE = C_STRIDE
@@ -101,8 +132,14 @@ WINDOW = C_WINDOW
 MODE_CLOSED = 0
 MODE_OPEN = 1
 MODE_CONNECT = 2
-#: index -> kind, in the order of the loop's error counters
-ERROR_KINDS = ("connect", "reset", "timeout", "mismatch")
+#: protocol number -> name (``run_loop(protocol=...)``)
+PROTOCOLS = ("raw", "frame", "json")
+#: index -> kind, in the order of the loop's error counters.  ``mismatch``:
+#: content bytes that are not the ones sent; ``protocol`` (frame/json): an
+#: answer whose framing or header is wrong (length, content-length,
+#: content-type/-encoding, request-id, unparseable header, or an answer to a
+#: request not yet sent)
+ERROR_KINDS = ("connect", "reset", "timeout", "mismatch", "protocol")
 
 cdef enum:
     M_CLOSED = 0
@@ -114,7 +151,13 @@ cdef enum:
     E_RESET = 1
     E_TIMEOUT = 2
     E_MISMATCH = 3
-    N_ERR = 4
+    E_PROTOCOL = 4
+    N_ERR = 5
+
+cdef enum:
+    P_RAW = 0
+    P_FRAME = 1
+    P_JSON = 2
 
 cdef enum:
     S_DEAD = 0
@@ -176,6 +219,13 @@ cdef struct Conn:
     int64_t due            # open loop: messages due so far
     int64_t t_start        # connect mode: when this cycle's connect began
     int64_t *ring          # send time of message m at ring[m % cap]
+    # framed protocols only
+    int64_t smsg           # requests written whole
+    int64_t soff           # bytes of request smsg written
+    int64_t rdone          # responses received whole and verified
+    int64_t rleft          # payload bytes of response rdone still to come (0: its header is next)
+    int64_t hfill          # bytes of response rdone's prefix + header gathered in hbuf
+    unsigned char *hbuf    # C_HBUF bytes: a response header split across reads
 
 
 cdef struct Hist:
@@ -186,6 +236,8 @@ cdef struct Hist:
 
 cdef struct Loop:
     int mode
+    int proto
+    int json_hdr0          # json: a request's prefix + header length for request-id 0
     int size
     int cap
     int nconns
@@ -195,6 +247,8 @@ cdef struct Loop:
     int ended_early
     const uint8_t *table
     char *rbuf
+    unsigned char *wbuf    # framed: C_WBUF bytes
+    unsigned char *hbufs   # framed: nconns x C_HBUF
     Conn *conns
     int64_t *dirty
     int ndirty
@@ -235,6 +289,7 @@ cdef struct Loop:
     int64_t reads
     int64_t queued_total
     int64_t rx_bytes_window
+    int64_t rx_wire_window  # framed: bytes read inside the window
 
 
 cdef inline int64_t now_ns() noexcept nogil:
@@ -301,7 +356,12 @@ cdef inline int set_events(Loop *L, Conn *c, int64_t idx, uint32_t events, int o
 
 cdef inline int verify(Loop *L, Conn *c, const char *buf, int64_t n) noexcept nogil:
     """1 when ``buf[:n]`` is exactly the stream of ``c`` at offset ``c.recvd``."""
-    cdef int64_t off = c.recvd, s, chunk
+    return verify_at(L, c, c.recvd, buf, n)
+
+
+cdef inline int verify_at(Loop *L, Conn *c, int64_t off, const char *buf, int64_t n) noexcept nogil:
+    """1 when ``buf[:n]`` is exactly the stream of ``c`` at offset ``off``."""
+    cdef int64_t s, chunk
     while n > 0:
         s = (off + c.pat) % C_PERIOD
         chunk = n if n < C_WINDOW else C_WINDOW
@@ -320,6 +380,8 @@ cdef int flush(Loop *L, Conn *c, int64_t idx, int64_t now) noexcept nogil:
     cdef int64_t off, left, total, s, chunk
     cdef ssize_t n
     cdef int err
+    if L.proto != P_RAW:
+        return flush_framed(L, c, idx, now)
     while c.sent < c.owed:
         niov = 0
         off = c.sent
@@ -358,6 +420,210 @@ cdef int flush(Loop *L, Conn *c, int64_t idx, int64_t now) noexcept nogil:
         c.want_out = 0
         set_events(L, c, idx, EPOLLIN, EPOLL_CTL_MOD)
     return 0
+
+
+# ---- framed protocols: requests out ----------------------------------------------------------
+
+cdef inline int64_t req_header(Loop *L, int64_t m, unsigned char *out) noexcept nogil:
+    """Request ``m``'s prefix + header into ``out`` (C_REQ_HDR_MAX bytes); returns its length."""
+    cdef uint32_t n
+    if L.proto == P_FRAME:
+        n = <uint32_t>L.size
+        out[0] = <unsigned char>(n >> 24)
+        out[1] = <unsigned char>(n >> 16)
+        out[2] = <unsigned char>(n >> 8)
+        out[3] = <unsigned char>n
+        return 4
+    return wire_json_request_header(<uint64_t>L.size, m, out, C_REQ_HDR_MAX)
+
+
+cdef inline int64_t req_header_len(Loop *L, int64_t m) noexcept nogil:
+    """The length ``req_header`` gives for request ``m``, without building it."""
+    cdef int64_t digits = 1
+    if L.proto == P_FRAME:
+        return 4
+    while m >= 10:
+        m //= 10
+        digits += 1
+    return L.json_hdr0 - 1 + digits
+
+
+cdef int64_t serialize(Loop *L, Conn *c, unsigned char *out, int64_t cap) noexcept nogil:
+    """The wire bytes ``c`` owes, from request ``c.smsg`` at offset ``c.soff``, into ``out[:cap]``."""
+    cdef unsigned char hdr[C_REQ_HDR_MAX]
+    cdef int64_t o = 0, m = c.smsg, off = c.soff, hl, take, poff, s
+    while m < c.queued and o < cap:
+        hl = req_header(L, m, hdr)
+        if off < hl:
+            take = hl - off
+            if take > cap - o:
+                take = cap - o
+            memcpy(out + o, hdr + off, <size_t>take)
+            o += take
+            off += take
+            if off < hl:
+                break
+        poff = off - hl
+        while poff < L.size and o < cap:
+            s = (m * L.size + poff + c.pat) % C_PERIOD
+            take = L.size - poff
+            if take > C_WINDOW:
+                take = C_WINDOW
+            if take > cap - o:
+                take = cap - o
+            memcpy(out + o, L.table + s, <size_t>take)
+            o += take
+            poff += take
+        if poff < L.size:
+            break
+        m += 1
+        off = 0
+    return o
+
+
+cdef inline void advance(Loop *L, Conn *c, int64_t n) noexcept nogil:
+    """``n`` more wire bytes of ``c`` were written: move ``(c.smsg, c.soff)`` on."""
+    cdef int64_t rem
+    while n > 0:
+        rem = req_header_len(L, c.smsg) + L.size - c.soff
+        if n >= rem:
+            n -= rem
+            c.smsg += 1
+            c.soff = 0
+        else:
+            c.soff += n
+            n = 0
+
+
+cdef int flush_framed(Loop *L, Conn *c, int64_t idx, int64_t now) noexcept nogil:
+    """``flush`` for frame/json: what ``c`` owes, serialised, in one write per C_WBUF bytes."""
+    cdef int64_t total
+    cdef ssize_t n
+    cdef int err
+    while c.smsg < c.queued:
+        total = serialize(L, c, L.wbuf, C_WBUF)
+        n = write(c.fd, L.wbuf, <size_t>total)
+        err = errno
+        L.writes += 1
+        if n < 0:
+            if err == EINTR:
+                continue
+            if err == EAGAIN:
+                break
+            conn_error(L, c, E_RESET, now)
+            return -1
+        advance(L, c, n)
+        if n < total:
+            break
+    if c.smsg < c.queued:
+        if not c.want_out:
+            c.want_out = 1
+            set_events(L, c, idx, EPOLLIN | EPOLLOUT, EPOLL_CTL_MOD)
+    elif c.want_out:
+        c.want_out = 0
+        set_events(L, c, idx, EPOLLIN, EPOLL_CTL_MOD)
+    return 0
+
+
+# ---- framed protocols: responses in ----------------------------------------------------------
+
+cdef inline int64_t resp_header_need(Loop *L, const unsigned char *h, int64_t have) noexcept nogil:
+    """Bytes of prefix + header the response at ``h`` (``have`` bytes there) needs; -1: malformed."""
+    cdef int64_t hlen
+    if L.proto == P_FRAME:
+        return 4
+    if have < 2:
+        return 2
+    hlen = (<int64_t>h[0] << 8) | h[1]
+    if hlen == 0 or 2 + hlen > C_HBUF:
+        return -1
+    return 2 + hlen
+
+
+cdef inline int str_is(const unsigned char *hdr, const wire_value_t *v, const char *s, size_t n) noexcept nogil:
+    return v.kind == WIRE_STRING and v.len == n and memcmp(hdr + v.off, s, n) == 0
+
+
+cdef int check_header(Loop *L, Conn *c, const unsigned char *h, int64_t hl) noexcept nogil:
+    """-1 when the prefix + header ``h[:hl]`` announce exactly response ``c.rdone``; else E_PROTOCOL."""
+    cdef wire_header_t hd
+    cdef const unsigned char *j
+    if L.proto == P_FRAME:
+        if ((<int64_t>h[0] << 24) | (<int64_t>h[1] << 16) | (<int64_t>h[2] << 8) | <int64_t>h[3]) != L.size:
+            return E_PROTOCOL
+        return -1
+    j = h + 2
+    if wire_json_parse_header(j, <size_t>(hl - 2), <uint64_t>0xFFFFFFFFFFFFFFFF, &hd) < 0:
+        # an answer need not carry byteorder: the parser checks that key first and
+        # has parsed every other one by then; the checks it skipped follow here
+        if hd.error == NULL or strcmp(hd.error, b"JSON header is missing required key 'byteorder'") != 0:
+            return E_PROTOCOL
+    if hd.content_length.kind != WIRE_INT or hd.content_length.ival != L.size:
+        return E_PROTOCOL
+    if not str_is(j, &hd.content_type, b"binary/custom-client-binary-type", 32):
+        return E_PROTOCOL
+    if not str_is(j, &hd.content_encoding, b"binary", 6):
+        return E_PROTOCOL
+    if hd.request_id.kind != WIRE_INT or hd.request_id.ival != c.rdone:
+        return E_PROTOCOL
+    return -1
+
+
+cdef int consume(Loop *L, Conn *c, const unsigned char *p, int64_t n) noexcept nogil:
+    """Check ``p[:n]``, the next bytes of ``c``'s responses; -1 if right so far, else the error kind.
+
+    Complete responses advance ``c.rdone``.  The payload is compared as it
+    arrives; a header is parsed in place when it is whole in ``p``, else
+    gathered in ``c.hbuf`` first.
+    """
+    cdef int64_t take, need
+    cdef int r
+    while n > 0:
+        if c.rleft > 0:
+            take = n if n < c.rleft else c.rleft
+            if not verify_at(L, c, c.rdone * L.size + (L.size - c.rleft), <const char *>p, take):
+                return E_MISMATCH
+            p += take
+            n -= take
+            c.rleft -= take
+            if c.rleft == 0:
+                c.rdone += 1
+            continue
+        if c.rdone >= c.smsg:
+            return E_PROTOCOL       # an answer to a request not (wholly) sent
+        if c.hfill == 0:
+            need = resp_header_need(L, p, n)
+            if need < 0:
+                return E_PROTOCOL
+            if n >= need:
+                r = check_header(L, c, p, need)
+                if r >= 0:
+                    return r
+                p += need
+                n -= need
+                c.rleft = L.size
+                continue
+        while True:
+            need = resp_header_need(L, c.hbuf, c.hfill)
+            if need < 0:
+                return E_PROTOCOL
+            if c.hfill >= need:
+                break
+            if n == 0:
+                return -1
+            take = need - c.hfill
+            if take > n:
+                take = n
+            memcpy(c.hbuf + c.hfill, p, <size_t>take)
+            c.hfill += take
+            p += take
+            n -= take
+        r = check_header(L, c, c.hbuf, need)
+        if r >= 0:
+            return r
+        c.hfill = 0
+        c.rleft = L.size
+    return -1
 
 
 cdef inline void queue_msgs(Loop *L, Conn *c, int64_t k, int64_t now) noexcept nogil:
@@ -406,6 +672,11 @@ cdef int start_cycle(Loop *L, Conn *c, int64_t idx, int64_t now) noexcept nogil:
     c.recvd = 0
     c.queued = 0
     c.done = 0
+    c.smsg = 0
+    c.soff = 0
+    c.rdone = 0
+    c.rleft = 0
+    c.hfill = 0
     c.want_out = 0
     c.t_start = now
     c.state = S_CONNECTING
@@ -442,7 +713,7 @@ cdef void on_connecting(Loop *L, Conn *c, int64_t idx) noexcept nogil:
 
 cdef void on_readable(Loop *L, Conn *c, int64_t idx) noexcept nogil:
     cdef ssize_t n
-    cdef int err
+    cdef int err, kind
     cdef int64_t now, newdone, k, m, ti, t_sent, g
     n = read(c.fd, L.rbuf, C_WINDOW)
     err = errno
@@ -456,11 +727,20 @@ cdef void on_readable(Loop *L, Conn *c, int64_t idx) noexcept nogil:
         conn_error(L, c, E_RESET, now_ns())
         return
     now = now_ns()
-    if c.recvd + n > c.sent or not verify(L, c, L.rbuf, n):
-        conn_error(L, c, E_MISMATCH, now)        # bytes never sent, or not the ones sent
-        return
-    c.recvd += n
-    newdone = c.recvd // L.size
+    if L.proto == P_RAW:
+        if c.recvd + n > c.sent or not verify(L, c, L.rbuf, n):
+            conn_error(L, c, E_MISMATCH, now)        # bytes never sent, or not the ones sent
+            return
+        c.recvd += n
+        newdone = c.recvd // L.size
+    else:
+        kind = consume(L, c, <const unsigned char *>L.rbuf, n)
+        if kind >= 0:
+            conn_error(L, c, kind, now)
+            return
+        if in_window(L, now):
+            L.rx_wire_window += n
+        newdone = c.rdone
     k = newdone - c.done
     if k <= 0:
         return
@@ -647,7 +927,7 @@ cdef double _tv(rusage *r, int which) noexcept:
 def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, int size, int depth,
              double rate, long long start_ns, long long warm_end_ns, long long end_ns,
              long long interval_ns, long long timeout_ns, bytes table, layout,
-             unsigned int addr_be=0, unsigned int port_be=0):
+             unsigned int addr_be=0, unsigned int port_be=0, int protocol=P_RAW):
     """Run one load loop; return its counters as a dict.
 
     ``fds``: connected, non-blocking TCP sockets with TCP_NODELAY (closed and
@@ -657,6 +937,7 @@ def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, 
     several load processes never share a pattern.  ``rate`` is this process's
     total rate (open mode).  ``layout`` is ``sockbench.bench.hdr.LAYOUT``.
     The window is ``[warm_end_ns, end_ns)`` on CLOCK_MONOTONIC.
+    ``protocol`` is an index into ``PROTOCOLS``; ``size`` is the payload size.
     """
     cdef Loop L
     cdef rusage ru0, ru1
@@ -681,6 +962,8 @@ def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, 
         raise ValueError("empty window")
     if mode == M_OPEN and rate <= 0:
         raise ValueError("open mode needs a rate > 0")
+    if protocol not in (P_RAW, P_FRAME, P_JSON):
+        raise ValueError(f"unknown protocol {protocol}")
 
     cap = depth
     if mode == M_OPEN and cap < C_OPEN_MIN_RING:
@@ -691,6 +974,7 @@ def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, 
     # zero everything, then set what differs from zero
     memset(&L, 0, sizeof(L))
     L.mode = mode
+    L.proto = protocol
     L.size = size
     L.cap = cap
     L.nconns = conns
@@ -728,6 +1012,7 @@ def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, 
     L.h2.counts = <int64_t *>calloc(L.counts_len, sizeof(int64_t))
     L.ts_msgs = <int64_t *>calloc(L.nint, sizeof(int64_t))
     L.ts_sent = <int64_t *>calloc(L.nint, sizeof(int64_t))
+    cdef unsigned char hdr0[C_REQ_HDR_MAX]
     try:
         if not (L.conns and L.dirty and L.rbuf and L.h1.counts and L.h2.counts and L.ts_msgs and L.ts_sent):
             raise MemoryError()
@@ -736,6 +1021,15 @@ def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, 
             c.ring = <int64_t *>calloc(cap, sizeof(int64_t))
             if not c.ring:
                 raise MemoryError()
+        if protocol != P_RAW:
+            L.wbuf = <unsigned char *>calloc(C_WBUF, 1)
+            L.hbufs = <unsigned char *>calloc(conns, C_HBUF)
+            if not (L.wbuf and L.hbufs):
+                raise MemoryError()
+            for i in range(conns):
+                L.conns[i].hbuf = L.hbufs + i * C_HBUF
+            if protocol == P_JSON:
+                L.json_hdr0 = <int>wire_json_request_header(<uint64_t>size, 0, hdr0, C_REQ_HDR_MAX)
         L.ep = epoll_create1(EPOLL_CLOEXEC)
         if L.ep < 0:
             raise OSError(errno, "epoll_create1 failed")
@@ -767,6 +1061,7 @@ def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, 
             "mode": mode,
             "msgs": L.msgs,
             "rx_bytes": L.rx_bytes_window,
+            "rx_wire_bytes": L.rx_wire_window if protocol != P_RAW else L.rx_bytes_window,
             "sent_window": L.sent_window,
             "cycles": L.cycles,
             "queued": L.queued_total,
@@ -806,6 +1101,8 @@ def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, 
         free(L.conns)
         free(L.dirty)
         free(L.rbuf)
+        free(L.wbuf)
+        free(L.hbufs)
         free(L.h1.counts)
         free(L.h2.counts)
         free(L.ts_msgs)

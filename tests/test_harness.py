@@ -38,7 +38,7 @@ def _check_coherent(r, spec):
     assert r["schema"] == 1
     assert r["valid"], r["invalid_reason"]
     assert r["limited_by"] in (None, "client", "server", "both")
-    assert r["errors"] == {"total": 0, "by_kind": {"connect": 0, "reset": 0, "timeout": 0, "mismatch": 0}}
+    assert r["errors"] == {"total": 0, "by_kind": {"connect": 0, "reset": 0, "timeout": 0, "mismatch": 0, "protocol": 0}}
     t = r["throughput"]
     assert t["msgs_per_s"] > 0
     assert t["bytes_per_s"] == pytest.approx(t["msgs_per_s"] * spec.size)
@@ -54,6 +54,11 @@ def _check_coherent(r, spec):
     assert sum(ts["msgs"][ts["warmup_intervals"]:]) >= per_msg["count"]
     for k in ("mode", "conns", "size", "depth", "rate", "duration_s", "warmup_s", "procs"):
         assert k in r["workload"]
+    assert r["workload"]["protocol"] == spec.protocol
+    if spec.protocol == "raw":
+        assert t["wire_bytes_per_s"] == t["bytes_per_s"]
+    else:  # the framing and headers come on top of the payload
+        assert t["wire_bytes_per_s"] > t["bytes_per_s"]
     json.dumps(r)  # serialisable as is
 
 
@@ -202,6 +207,195 @@ def test_unanswered_messages_time_out_and_the_run_still_ends(make_server):
     assert r["errors"]["by_kind"]["timeout"] == 2
     assert r["throughput"]["msgs_per_s"] == 0
     assert r["latency_us"]["p50"] is None
+
+
+# --- framed protocols (frame, json) ----------------------------------------------------------
+
+FRAMED = [(name, proto) for name in registry.available_names() for proto in ("frame", "json")
+          if proto in registry.get(name).protocols]
+
+
+@pytest.mark.parametrize("name,proto", FRAMED)
+def test_short_framed_run_against_every_server_that_speaks_it(name, proto):
+    spec = LoadSpec(server=name, protocol=proto, mode="closed", conns=4, size=100, depth=3, **SHORT)
+    r = run_load(spec)
+    _check_coherent(r, spec)
+    assert r["server"] == name
+
+
+def test_framed_open_and_connect_modes():
+    spec = LoadSpec(server="selectors", protocol="json", mode="open", conns=3, size=64, rate=1500.0, **SHORT)
+    r = run_load(spec)
+    _check_coherent(r, spec)
+    assert r["throughput"]["achieved_rate"] == pytest.approx(1500.0, rel=0.02)
+    spec = LoadSpec(server="selectors", protocol="frame", mode="connect", conns=2, size=32, **SHORT)
+    _check_coherent(run_load(spec), spec)
+
+
+def test_framed_payloads_that_span_many_reads_and_split_headers():
+    # 200 kB payloads arrive in many reads; 1-byte payloads pack many answers (and split headers) per read
+    for size, depth in ((200_000, 2), (1, 40)):
+        spec = LoadSpec(server="selectors", protocol="json", conns=3, size=size, depth=depth, **SHORT)
+        _check_coherent(run_load(spec), spec)
+
+
+class _FramedTestServer(_TestServer):
+    """A framed server in the test process (the oracle's encoders), with one fault at message 5 of each connection.
+
+    Faults: ``length`` (frame: the length prefix says one byte more, and one more
+    byte follows; json: content-length one more, same), ``content`` (a flipped
+    payload byte), ``request-id`` (json: one more than the request's), ``swap``
+    (answers 5 and 6 swapped: reordering), or ``none``.
+    """
+
+    FAULT_AT = 5
+
+    def __init__(self, protocol, fault):
+        self.protocol = protocol
+        self.requests = []  # (header or None, payload, wire size) of the first request of each connection
+        super().__init__(fault)
+
+    def _answer(self, header, payload, i):
+        from sockbench.servers import protocols
+
+        if i == self.FAULT_AT and self.fault == "content":
+            payload = payload[:10] + bytes([payload[10] ^ 0x55]) + payload[11:]
+        if self.protocol == "frame":
+            if i == self.FAULT_AT and self.fault == "length":
+                return (len(payload) + 1).to_bytes(4, "big") + payload + b"x"
+            return protocols.encode_frame(payload)
+        header = dict(header)
+        if i == self.FAULT_AT and self.fault == "request-id":
+            header["request-id"] += 1
+        if i == self.FAULT_AT and self.fault == "length":
+            payload += b"x"
+        return protocols.json_response(header, payload)
+
+    def _serve(self, c):
+        c.settimeout(0.1)
+        buf = b""
+        i = 0
+        held = None
+        with c:
+            while not self.stop.is_set():
+                try:
+                    data = c.recv(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if not data:
+                    return
+                if not buf and i == 0:
+                    self.first_recv.append(len(data))
+                buf += data
+                out = []
+                while True:
+                    if self.protocol == "frame":
+                        if len(buf) < 4 or len(buf) < 4 + int.from_bytes(buf[:4], "big"):
+                            break
+                        n = int.from_bytes(buf[:4], "big")
+                        header, payload, buf = None, buf[4 : 4 + n], buf[4 + n :]
+                        wire = 4 + n
+                    else:
+                        if len(buf) < 2 or len(buf) < 2 + int.from_bytes(buf[:2], "big"):
+                            break
+                        h = int.from_bytes(buf[:2], "big")
+                        header = json.loads(buf[2 : 2 + h])
+                        n = header["content-length"]
+                        if len(buf) < 2 + h + n:
+                            break
+                        payload, buf = buf[2 + h : 2 + h + n], buf[2 + h + n :]
+                        wire = 2 + h + n
+                    if i == 0:
+                        self.requests.append((header, payload, wire))
+                    answer = self._answer(header, payload, i)
+                    if self.fault == "swap" and i == self.FAULT_AT:
+                        held = answer
+                    else:
+                        out.append(answer)
+                        if held is not None:
+                            out.append(held)
+                            held = None
+                    i += 1
+                try:
+                    c.sendall(b"".join(out))
+                except OSError:
+                    return
+
+
+@pytest.fixture
+def make_framed_server():
+    made = []
+
+    def make(protocol, fault):
+        s = _FramedTestServer(protocol, fault)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+@pytest.mark.parametrize("proto", ["frame", "json"])
+def test_framed_requests_are_the_wire_spec_and_the_answers_are_verified(make_framed_server, proto):
+    srv = make_framed_server(proto, "none")
+    spec = LoadSpec(target=srv.address, protocol=proto, conns=3, size=64, depth=8, **SHORT)
+    r = run_load(spec)
+    _check_coherent(r, spec)
+    # the first request of each connection: its payload is that connection's pattern from offset 0
+    t = loadgen.pattern_table()
+    starts = {(c * loadgen.STRIDE) % loadgen.PERIOD for c in range(3)}
+    assert sorted(t.index(payload) for _, payload, _ in srv.requests) == sorted(starts)
+    for header, payload, wire in srv.requests:
+        if proto == "json":
+            assert header == {"byteorder": "little", "content-type": "binary/custom-client-binary-type",
+                              "content-encoding": "binary", "content-length": 64, "request-id": 0}
+        else:
+            assert wire == 4 + 64
+    # coalesced: the first 8 requests of a connection (request-ids 0-7: the same size) left in one write
+    assert srv.first_recv[:3] == [8 * srv.requests[0][2]] * 3
+
+
+@pytest.mark.parametrize("proto,fault,kind", [
+    ("frame", "length", "protocol"),
+    ("frame", "content", "mismatch"),
+    ("frame", "swap", "mismatch"),        # same framing, but the payloads of another offset
+    ("json", "length", "protocol"),
+    ("json", "content", "mismatch"),
+    ("json", "request-id", "protocol"),
+    ("json", "swap", "protocol"),         # caught by the request-id before the content
+])
+def test_broken_framed_server_is_invalid(make_framed_server, proto, fault, kind):
+    srv = make_framed_server(proto, fault)
+    r = run_load(LoadSpec(target=srv.address, protocol=proto, conns=3, size=64, depth=2, **SHORT))
+    assert r["valid"] is False
+    assert r["errors"]["by_kind"][kind] == 3, f"every connection reaches message 5 and is caught: {r['errors']}"
+    assert r["errors"]["total"] == 3
+    assert f"({kind})" in r["invalid_reason"]
+
+
+def test_unsupported_protocol_for_a_server_is_one_line_before_anything_starts():
+    raw_only = [n for n in registry.available_names() if registry.get(n).protocols == ("raw",)]
+    if not raw_only:
+        pytest.skip("every available server speaks every protocol")
+    name = raw_only[0]
+    with pytest.raises(UsageError, match=f"server '{name}' does not speak --protocol json; it speaks raw"):
+        run_load(LoadSpec(server=name, protocol="json", **SHORT))
+    p = subprocess.run(
+        [sys.executable, "-m", "sockbench", "load", name, "--protocol", "frame", "--duration", "0.3"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == [
+        f"sockbench: server '{name}' does not speak --protocol frame; it speaks raw"
+    ]
+    assert "Traceback" not in p.stderr + p.stdout
+    with pytest.raises(UsageError, match="unknown protocol 'xml'; use one of raw, frame, json"):
+        LoadSpec(server="selectors", protocol="xml").validate()
+    with pytest.raises(UsageError, match="limited to 16 MiB"):
+        LoadSpec(server="selectors", protocol="frame", size=17 << 20).validate()
 
 
 # --- faults ----------------------------------------------------------------------------------
