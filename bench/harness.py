@@ -33,7 +33,11 @@ Why it is built this way
 * Nothing measured is lost: the result JSON is written as soon as the run
   ends, even when the run is invalid (a byte mismatch, a server that died, a
   load process that hung and was killed at the hard timeout).  ``valid`` and
-  ``invalid_reason`` say what went wrong.  Errors a user can act on (a refused
+  ``invalid_reason`` say what went wrong.  A closed or connect run in which
+  no message completes for ``STALL_S`` (1 s) of the measured window is
+  invalid too ("stalled"), even when the per-message timeout is longer than
+  the run: such a window measures a stopped server or machine, not a
+  throughput.  Errors a user can act on (a refused
   connection, bad input, too few file descriptors) are a ``SockbenchError``
   raised before anything starts.
 * ``client_bound`` is true when the load processes' CPUs were at least 95%
@@ -71,6 +75,7 @@ __all__ = [
     "MAX_FRAMED_SIZE",
     "CLIENT_BOUND_UTIL",
     "BEHIND_FRACTION",
+    "STALL_S",
 ]
 
 SCHEMA = 1
@@ -88,6 +93,8 @@ CLIENT_BOUND_UTIL = 0.95
 BEHIND_FRACTION = 0.05
 #: between "every load process is ready" and the window's start
 START_MARGIN_S = 0.05
+#: closed/connect mode: no message completed for this long inside the measured window = a stall (invalid)
+STALL_S = 1.0
 #: how long load processes get to spawn and connect
 READY_TIMEOUT_S = 60.0
 #: after the window's end, how long before a silent load process is killed
@@ -621,15 +628,22 @@ def _build_result(spec, server, host, port, started_at, results, problems, srv):
     early = [r for r in rs if r["ended_early"]]
     if early and not any("connection" in x for x in reasons):
         reasons.append("every connection of a load process was closed before the end")
+    ts_msgs = _sum_lists([r["ts_msgs"] for r in rs])
+    warm_n = math.ceil(spec.warmup_s / spec.interval_s - 1e-9)
+    idle_s = _longest_idle(ts_msgs[warm_n:], spec.interval_s) if len(rs) == spec.procs else None
     if len(rs) == spec.procs and not msgs and not reasons:
         reasons.append("no message completed in the measured window")
+    elif idle_s is not None and spec.mode != "open" and idle_s >= STALL_S and not reasons:
+        # closed/connect loops always have messages outstanding: a long silence is a stall
+        # (a server or a machine that stopped), not a measurement
+        reasons.append(f"stalled: no message completed for {idle_s:.1f} s in the measured window")
     valid = not reasons
 
-    ts_msgs = _sum_lists([r["ts_msgs"] for r in rs])
     timeseries = {
         "interval_s": spec.interval_s,
         "msgs": ts_msgs,
-        "warmup_intervals": math.ceil(spec.warmup_s / spec.interval_s - 1e-9),
+        "warmup_intervals": warm_n,
+        "longest_idle_s": idle_s,
     }
     if spec.mode == "open":
         timeseries["sent"] = _sum_lists([r["ts_sent"] for r in rs])
@@ -676,6 +690,15 @@ def _build_result(spec, server, host, port, started_at, results, problems, srv):
         started_at=started_at,
     )
     return result
+
+
+def _longest_idle(msgs, interval_s):
+    """The longest run of intervals with no completed message, in seconds."""
+    longest = run = 0
+    for m in msgs:
+        run = run + 1 if not m else 0
+        longest = max(longest, run)
+    return round(longest * interval_s, 6)
 
 
 def _enc(h):

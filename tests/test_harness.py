@@ -112,6 +112,7 @@ class _TestServer:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.address = self.sock.getsockname()
         self.first_recv = []
+        self.freeze_at = time.monotonic() + 0.6  # fault "freeze": answers stop from then on
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._accept, daemon=True)]
         self.threads[0].start()
@@ -144,7 +145,7 @@ class _TestServer:
                 if first:
                     self.first_recv.append(len(data))
                     first = False
-                if self.fault == "blackhole":
+                if self.fault == "blackhole" or (self.fault == "freeze" and time.monotonic() > self.freeze_at):
                     continue
                 if self.fault in ("alter", "drop") and seen <= 1000 < seen + len(data):
                     i = 1000 - seen
@@ -399,6 +400,17 @@ def test_unsupported_protocol_for_a_server_is_one_line_before_anything_starts():
 
 
 # --- faults ----------------------------------------------------------------------------------
+
+
+def test_a_stall_shorter_than_the_timeout_still_makes_the_run_invalid(make_server):
+    # answers stop ~0.35 s into the measured window; the 5 s timeout never fires in a 1.6 s window
+    srv = make_server("freeze")
+    r = run_load(LoadSpec(target=srv.address, conns=2, size=64, depth=2, duration_s=1.6, warmup_s=0.2))
+    assert r["valid"] is False
+    assert r["errors"]["total"] == 0
+    assert r["throughput"]["msgs_per_s"] > 0
+    assert r["timeseries"]["longest_idle_s"] >= 1.0
+    assert r["invalid_reason"].startswith("stalled: no message completed for ")
 
 
 def _closed_port():
