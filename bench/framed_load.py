@@ -92,14 +92,16 @@ def summarize(cells, protocols):
     """Medians with spread per cell, and the per-repeat cython/uvloop ratios against the targets."""
     out = {"cells": {}, "ratios": []}
     for (s, p), runs in cells.items():
-        out["cells"][f"{s}/{p}"] = {m: _stats([r[m] for r in runs]) for m in METRICS}
-        out["cells"][f"{s}/{p}"]["valid"] = all(r["valid"] for r in runs)
-        out["cells"][f"{s}/{p}"]["limited_by"] = [r["limited_by"] for r in runs]
+        ok = [r for r in runs if r["valid"]]  # an invalid run (errors, a stall) is no measurement
+        out["cells"][f"{s}/{p}"] = {m: _stats([r[m] for r in ok]) for m in METRICS}
+        out["cells"][f"{s}/{p}"]["invalid"] = [r["invalid_reason"] for r in runs if not r["valid"]]
+        out["cells"][f"{s}/{p}"]["limited_by"] = [r["limited_by"] for r in ok]
     for p, metric, bound, kind in TARGETS:
         a, b = cells.get(("cython", p)), cells.get(("uvloop", p))
         if not a or not b or p not in protocols:
             continue
-        per = [x[metric] / y[metric] for x, y in zip(a, b) if x[metric] and y[metric]]
+        per = [x[metric] / y[metric] for x, y in zip(a, b)
+               if x["valid"] and y["valid"] and x[metric] and y[metric]]
         st = _stats(per)
         met = None if st is None else (st["median"] >= bound if kind == "min" else st["median"] <= bound)
         out["ratios"].append({"protocol": p, "metric": metric, "target": f"{'>=' if kind == 'min' else '<='} {bound:g}",
@@ -117,8 +119,9 @@ def render(summary):
     lines = ["| cell | msgs/s | server user µs/msg | server sys µs/msg | client µs/msg | client util | limited by |",
              "|---|---|---|---|---|---|---|"]
     for name, c in summary["cells"].items():
+        bad = f" ({len(c['invalid'])} run(s) invalid, left out)" if c["invalid"] else ""
         lines.append(
-            f"| {name}{'' if c['valid'] else ' (INVALID)'} | {_fmt(c['msgs_per_s'], '{:,.0f}')} | "
+            f"| {name}{bad} | {_fmt(c['msgs_per_s'], '{:,.0f}')} | "
             f"{_fmt(c['server_user_us'], '{:.3f}')} | {_fmt(c['server_sys_us'], '{:.3f}')} | "
             f"{_fmt(c['client_us'], '{:.3f}')} | {_fmt(c['client_util'], '{:.0%}')} | "
             f"{', '.join(str(x) for x in c['limited_by'])} |")
@@ -128,6 +131,9 @@ def render(summary):
         verdict = {True: "met", False: "NOT met", None: "-"}[r["met"]]
         lines.append(f"cython/uvloop {r['protocol']} {r['metric']}: median {_fmt(r['stats'], '{:.2f}')} "
                      f"[per repeat: {per}] target {r['target']}: {verdict}")
+    for name, c in summary["cells"].items():
+        for why in c["invalid"]:
+            lines.append(f"invalid {name}: {why}")
     return "\n".join(lines)
 
 

@@ -587,3 +587,21 @@ def test_pattern_table_repeats_with_its_period():
     assert len(t) == loadgen.PERIOD + loadgen.WINDOW
     assert t[: loadgen.WINDOW] == t[loadgen.PERIOD :]
     assert len(set(t[:4096])) > 200, "pseudo-random, not a constant"
+
+
+def test_framed_load_summary_leaves_invalid_runs_out_of_medians_and_ratios():
+    from sockbench.bench.framed_load import render, summarize
+
+    def run(msgs, valid=True):
+        return dict(valid=valid, invalid_reason=None if valid else "stalled: no message completed for 2.0 s",
+                    limited_by=None, msgs_per_s=msgs, server_user_us=0.02, server_sys_us=0.4,
+                    client_us=0.5, client_util=0.4)
+
+    cells = {("cython", "frame"): [run(1000.0), run(900.0), run(800.0)],
+             ("uvloop", "frame"): [run(400.0), run(5.0, valid=False), run(400.0)]}
+    s = summarize(cells, ["frame"])
+    assert s["cells"]["uvloop/frame"]["msgs_per_s"] == {"median": 400.0, "min": 400.0, "max": 400.0, "n": 2}
+    ratio = next(r for r in s["ratios"] if r["metric"] == "msgs_per_s")
+    assert ratio["per_repeat"] == [2.5, 2.0] and ratio["stats"]["median"] == 2.25 and ratio["met"] is False
+    text = render(s)
+    assert "invalid uvloop/frame: stalled" in text and "target >= 2.5: NOT met" in text
