@@ -11,6 +11,12 @@ that, the normal approximation with tie and continuity corrections.  The test
 is one-sided in the direction the medians moved.  It is small enough to carry
 here instead of adding scipy as a dependency.
 
+A cell is a (server, workload) pair, and the workload includes the wire
+protocol: ``closed-64B-c100-d16-json`` is compared only with the same json
+cell of the other run, never with raw.  A folder written before the protocol
+dimension existed reads as raw (its ids are the raw ids), so old baselines
+still compare.
+
 Each workload is judged on the figure that matters for it:
 
 * closed loop: throughput, msgs/s per round (higher is better);
@@ -125,7 +131,7 @@ def compare(a_path, b_path, alpha=ALPHA, fail_above=None):
     """Compare results folder B against A.
 
     Returns ``{"rows": [...], "only_a": [...], "only_b": [...], "failed": [...]}``;
-    each row is a dict with server, workload, metric, a, b, ratio (B/A of the
+    each row is a dict with server, workload (its id includes the protocol), protocol, metric, a, b, ratio (B/A of the
     metric), change (+ better, - worse, as a fraction), p, verdict.
     """
     A = load_results(a_path)
@@ -155,7 +161,7 @@ def compare(a_path, b_path, alpha=ALPHA, fail_above=None):
         if ca.invalid or cb.invalid:
             verdict += " (INVALID run)"
         row = {
-            "server": key[0], "workload": key[1], "metric": name, "a": ma, "b": mb,
+            "server": key[0], "workload": key[1], "protocol": ca.cell.protocol, "metric": name, "a": ma, "b": mb,
             "n_a": len(va), "n_b": len(vb), "ratio": ratio, "change": change, "p": p,
             "method": method, "verdict": verdict,
         }

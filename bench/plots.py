@@ -17,6 +17,12 @@ as such, never drawn empty.
 4. ``latency_vs_load.png``      the open-loop "hockey stick": p50 and p99 against offered load
 5. ``efficiency.png``           msgs per server CPU-second (netperf's service demand, inverted)
 6. ``run_chart.png``            throughput per interval over one run, warmup shaded
+7. ``protocol_cost.png``        server CPU µs per message by protocol (raw, frame, json), user and sys stacked,
+                                with each framed protocol's cost over raw written on its bar
+
+Plots 1-6 are about the closed-loop grid and the open-loop sweep, which speak
+raw with the grid's depth; the protocol section's cells (another depth, framed
+protocols) appear only in plot 7 and in their own tables.
 """
 
 import math
@@ -40,6 +46,7 @@ PLOTS = [
     ("latency_vs_load.png", "Latency against offered load"),
     ("efficiency.png", "Server CPU efficiency"),
     ("run_chart.png", "Throughput over one run"),
+    ("protocol_cost.png", "Server CPU cost of each protocol"),
 ]
 
 DPI = 110
@@ -85,11 +92,14 @@ def _finish(fig, results, path, note=None):
 
 
 def _closed(results):
-    return [c for c in results.cells.values() if c.cell.mode == "closed"]
+    """The closed-loop grid: raw cells at the grid's depth (not the protocol section's)."""
+    depth = results.grid_depth()
+    return [c for c in results.cells.values()
+            if c.cell.mode == "closed" and c.cell.protocol == "raw" and c.cell.depth == depth]
 
 
 def _open(results):
-    return [c for c in results.cells.values() if c.cell.mode == "open"]
+    return [c for c in results.cells.values() if c.cell.mode == "open" and c.cell.protocol == "raw"]
 
 
 def _rounds_note(cells):
@@ -370,6 +380,68 @@ def plot_run_chart(results, path, colors):
     return None
 
 
+#: one fixed colour per protocol (the bars of one server are its protocols)
+PROTOCOL_COLORS = {"raw": "#7f8c8d", "frame": "#2e86c1", "json": "#d68910"}
+
+
+def plot_protocol_cost(results, path, colors):
+    sections = results.protocol_sections()
+    if not sections:
+        return "no cell measured in a framed protocol and in raw at the same workload"
+    # the section with the most cells (the run's protocol section)
+    base, protos, cells = max(sections, key=lambda s: len(s[2]))
+    servers = [s for s in results.servers() if any(k[0] == s for k in cells)]
+    if not any(math.isfinite(c.cpu_us_per_msg) for c in cells.values()):
+        return "no server CPU figures in the protocol cells"
+    n = len(protos)
+    width = 0.8 / n
+    xs = np.arange(len(servers))
+    fig, ax = plt.subplots(figsize=(max(8.0, 2.6 + 0.42 * len(servers) * n), 5.2))
+    ymax = 0.0
+    for i, proto in enumerate(protos):
+        pos = xs - 0.4 + width * (i + 0.5)
+        user, sys_, lo, hi = [], [], [], []
+        for s in servers:
+            c = cells.get((s, proto))
+            tot = c.cpu_us_per_msg if c else float("nan")
+            u = c.user_us_per_msg if c else float("nan")
+            user.append(u)
+            sys_.append(tot - u if math.isfinite(tot) and math.isfinite(u) else float("nan"))
+            r = c.cpu_us_per_msg_rounds() if c else []
+            lo.append(max(0.0, tot - min(r)) if r and math.isfinite(tot) else 0.0)
+            hi.append(max(0.0, max(r) - tot) if r and math.isfinite(tot) else 0.0)
+        col = PROTOCOL_COLORS.get(proto, plt.get_cmap("tab10")(i % 10))
+        ax.bar(pos, user, width * 0.92, color=col, label=f"{proto}: user")
+        tops = [u + sy for u, sy in zip(user, sys_)]
+        ax.bar(pos, sys_, width * 0.92, bottom=user, color=col, alpha=0.45, hatch="///", edgecolor="white",
+               linewidth=0, label=f"{proto}: sys",
+               yerr=[lo, hi], capsize=2.5, error_kw={"elinewidth": 1, "ecolor": "0.2"})
+        for j, (x, top, up) in enumerate(zip(pos, tops, hi)):
+            if not math.isfinite(top):
+                continue
+            ymax = max(ymax, top + up)
+            text = f"{top:.3g}"
+            raw = cells.get((servers[j], "raw"))
+            if proto != "raw" and raw is not None and math.isfinite(raw.cpu_us_per_msg):
+                text += f"\n{top - raw.cpu_us_per_msg:+.2g}"
+            ax.annotate(text, (x, top + up), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
+                        fontsize=6.5, linespacing=0.95)
+    ax.set_xticks(xs)
+    ax.set_xticklabels(servers, rotation=20 if len(servers) > 4 else 0, ha="right" if len(servers) > 4 else "center")
+    ax.set_ylabel("server CPU per message (µs, user + sys)")
+    ax.set_ylim(0, ymax * 1.14 if ymax > 0 else 1.0)  # room for the two-line labels
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8, title="protocol: CPU", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    any_cell = next(iter(cells.values())).cell
+    depth = f", {any_cell.depth} in flight per connection" if any_cell.depth != 1 else ""
+    ax.set_title(f"Server CPU per message by protocol: closed loop, {format_size(any_cell.size)} payload, "
+                 f"{any_cell.conns} connections{depth} (lower is better)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    _finish(fig, results, path, "solid: user CPU, hatched: sys CPU, stacked to user+sys; error bars: min-max of user+sys over rounds\n"
+            "labels: user+sys µs/msg and, for a framed protocol, its cost over raw (same server, same run, same workload)")
+    return None
+
+
 _DRAW = {
     "throughput_vs_conns.png": plot_throughput_vs_conns,
     "throughput_bars.png": plot_throughput_bars,
@@ -377,6 +449,7 @@ _DRAW = {
     "latency_vs_load.png": plot_latency_vs_load,
     "efficiency.png": plot_efficiency,
     "run_chart.png": plot_run_chart,
+    "protocol_cost.png": plot_protocol_cost,
 }
 
 

@@ -9,7 +9,11 @@ share: one file, images inlined as base64, no network, no scripts.
 What a reader needs first comes first: the machine, the commit and the
 settings; then the warnings (invalid, client-bound, unstable runs), because a
 figure under a warning must not be quoted; then one table per workload with a
-row per server, and the plots.
+row per server (a framed protocol's workload is a workload of its own); then,
+when the run has a protocol section, what each protocol costs over ``raw`` in
+server CPU per message, per server, from the same run at the same workload
+(user+sys, and user alone: the interpreter's share, where the implementations
+differ); and the plots.
 """
 
 import base64
@@ -23,7 +27,7 @@ from sockbench.bench.plots import make_plots
 from sockbench.bench.resultsdir import UNSTABLE_SPREAD, load_results, machine_line
 from sockbench.errors import SockbenchError
 
-__all__ = ["build_report", "workload_title", "table_rows", "FLAG_HELP"]
+__all__ = ["build_report", "workload_title", "table_rows", "protocol_cost_rows", "FLAG_HELP", "PROTO_COLUMNS"]
 
 FLAG_HELP = {
     "INVALID": "a wrong echoed byte, a lost connection or another error made a round invalid: do not quote it",
@@ -35,6 +39,12 @@ FLAG_HELP = {
 COLUMNS = [
     "server", "msgs/s (median ± sd)", "MB/s", "p50 µs", "p99 µs", "p99.9 µs",
     "server CPU µs/msg", "RSS peak", "errors", "flags", "vs fastest",
+]
+
+
+PROTO_COLUMNS = [
+    "server", "protocol", "msgs/s (median ± sd)", "vs raw", "server CPU µs/msg (user+sys)", "cost over raw",
+    "user µs/msg", "user cost over raw", "flags",
 ]
 
 
@@ -56,7 +66,64 @@ def workload_title(cell):
         t += f" · depth {cell.depth}"
     if cell.mode == "open":
         t += f" · {cell.load_pct}% of each server's peak"
+    if cell.protocol != "raw":
+        t += f" · {cell.protocol} protocol"
     return t
+
+
+def _delta(v, base):
+    if not (math.isfinite(v) and math.isfinite(base)):
+        return "n/a"
+    return f"{v - base:+.3g}"
+
+
+def _range(vals):
+    return f" ({min(vals):.3g}–{max(vals):.3g})" if len(vals) >= 2 else ""
+
+
+def protocol_cost_rows(results):
+    """The protocol-cost tables: ``[(title, [(row strings, flags, CellStats)])]``, one per protocol section.
+
+    One row per (server, protocol), raw first; the cost columns are the
+    framed cell's median minus the raw cell's median of the same server, same
+    workload, same run.  CPU figures carry their min–max over rounds.
+    """
+    out = []
+    for base, protos, cells in results.protocol_sections():
+        raw_any = next(c for (s, p), c in cells.items() if p == "raw")
+        rows = []
+        for server in results.servers():
+            raw = cells.get((server, "raw"))
+            for proto in protos:
+                c = cells.get((server, proto))
+                if c is None:
+                    continue
+                tot, user = c.cpu_us_per_msg, c.user_us_per_msg
+                if proto == "raw":
+                    vs = cost = ucost = "(baseline)"
+                elif raw is None:
+                    vs = cost = ucost = "n/a (no raw cell)"
+                else:
+                    vs = f"{c.median / raw.median:.2f}×" if raw.median > 0 else "n/a"
+                    cost = _delta(tot, raw.cpu_us_per_msg)
+                    ucost = _delta(user, raw.user_us_per_msg)
+                flags = c.flags()
+                rows.append(([
+                    server, proto, f"{_fmt(c.median)} ± {_fmt(c.stdev)}", vs,
+                    _fmt(tot) + _range(c.cpu_us_per_msg_rounds()), cost,
+                    _fmt(user) + _range(c.user_us_per_msg_rounds()), ucost, " ".join(flags) or "ok",
+                ], flags, c))
+        cell = raw_any.cell
+        title = (f"{cell.mode} loop · {format_size(cell.size)} payload · {cell.conns} connection{'s' if cell.conns != 1 else ''}"
+                 + (f" · depth {cell.depth}" if cell.depth != 1 else "") + f" · {', '.join(protos)}")
+        out.append((title, rows))
+    return out
+
+
+PROTO_NOTE = ("Server CPU per message (µs, user+sys, and user alone), median over rounds with the min–max in brackets; "
+              "*cost over raw* is the framed protocol's median minus the raw median of the same server, measured "
+              "in the same run at the same workload: the price of parsing and building each message. *vs raw* is "
+              "the ratio of msgs/s. A flagged row's figures must not be quoted (see the warnings).")
 
 
 def table_rows(results, workload_id):
@@ -96,6 +163,11 @@ def _settings(results):
         if plan.get("open_pcts"):
             out.append(("open loop", f"{', '.join(str(p) + '%' for p in plan['open_pcts'])} of each server's peak; "
                                      f"{format_size(plan.get('open_size', 64))}, {plan.get('open_conns')} connections"))
+        served = [n for n in plan.get("servers", []) if _speaks_framed(plan, n)]
+        if plan.get("protocols") and served:
+            out.append(("protocols", f"{', '.join(plan['protocols'])} at {format_size(plan.get('proto_size', 64))}, "
+                                     f"{plan.get('proto_conns')} connections, depth {plan.get('proto_depth')}, closed loop; "
+                                     f"servers: {', '.join(served)}"))
         out.append(("each round", f"{plan.get('warmup_s')} s warmup (excluded) + {plan.get('duration_s')} s measured, "
                                   f"{plan.get('interval_s')} s intervals; {plan.get('rounds')} rounds per cell"))
         out.append(("CPU pinning", f"server on CPU {plan.get('server_cpus')}, load client on CPU {plan.get('client_cpus')}"))
@@ -105,6 +177,11 @@ def _settings(results):
     if results.meta.get("finished_at"):
         out.append(("finished", str(results.meta["finished_at"])))
     return out
+
+
+def _speaks_framed(plan, server):
+    spoken = (plan.get("speaks") or {}).get(server)
+    return any(p != "raw" and (spoken is None or p in spoken) for p in plan.get("protocols") or ())
 
 
 def _status_banner(results):
@@ -170,6 +247,18 @@ def _md(results, plots):
                 row = list(row)
                 row[9] = "**" + row[9] + "**"
             L.append("| " + " | ".join(row) + " |")
+    proto = protocol_cost_rows(results)
+    if proto:
+        L += ["", "## Cost of each protocol over raw", "", PROTO_NOTE]
+        for title, rows in proto:
+            L += ["", f"### {title}", ""]
+            L.append("| " + " | ".join(PROTO_COLUMNS) + " |")
+            L.append("|" + "---|" * len(PROTO_COLUMNS))
+            for row, flags, _ in rows:
+                if flags:
+                    row = list(row)
+                    row[-1] = "**" + row[-1] + "**"
+                L.append("| " + " | ".join(row) + " |")
     L += ["", "## Plots", ""]
     for fname, title, skipped in plots:
         if skipped:
@@ -243,6 +332,19 @@ def _html(results, plots, plot_dir):
             tds[9] = f"<td>{_badge(flags)}</td>"
             H.append(f"<tr{cls}>" + "".join(tds) + "</tr>")
         H.append("</table>")
+    proto = protocol_cost_rows(results)
+    if proto:
+        H.append("<h2>Cost of each protocol over raw</h2>")
+        H.append(f'<p class="note">{e(PROTO_NOTE).replace("*cost over raw*", "<i>cost over raw</i>").replace("*vs raw*", "<i>vs raw</i>")}</p>')
+        for title, rows in proto:
+            H.append(f"<h3>{e(title)}</h3><table><tr>")
+            H.append("".join(f"<th>{e(c)}</th>" for c in PROTO_COLUMNS) + "</tr>")
+            for row, flags, _ in rows:
+                cls = ' class="flagged"' if flags else ""
+                tds = [f"<td>{e(v)}</td>" for v in row]
+                tds[-1] = f"<td>{_badge(flags)}</td>"
+                H.append(f"<tr{cls}>" + "".join(tds) + "</tr>")
+            H.append("</table>")
     H.append("<h2>Plots</h2>")
     for fname, title, skipped in plots:
         if skipped:

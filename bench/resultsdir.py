@@ -48,6 +48,7 @@ __all__ = [
 RAW_DIR = "raw"
 #: pyperf's rule: a spread of 10% of the median (or more) between rounds is unstable
 UNSTABLE_SPREAD = 0.10
+_PROTO_ORDER = {"raw": 0, "frame": 1, "json": 2}
 REQUIRED_KEYS = ("server", "workload", "throughput", "latency_us", "errors", "valid")
 
 
@@ -256,11 +257,29 @@ class CellStats:
     # --- CPU, memory, errors, flags -----------------------------------------------
     @property
     def cpu_us_per_msg(self):
+        """The server's user+sys CPU µs per message, median over rounds."""
+        vals = self.cpu_us_per_msg_rounds()
+        return _median(vals) if vals else float("nan")
+
+    def _per_msg(self, kinds):
+        """Per round: the server's CPU µs per message summed over ``kinds`` (user, sys), rounds without it left out."""
         vals = []
         for r in self.runs:
             per = (r.get("server_proc") or {}).get("us_per_msg") or {}
             if per:
-                vals.append(_num(per.get("user")) + _num(per.get("sys")))
+                vals.append(sum(_num(per.get(k)) for k in kinds))
+        return vals
+
+    def cpu_us_per_msg_rounds(self):
+        return self._per_msg(("user", "sys"))
+
+    def user_us_per_msg_rounds(self):
+        return self._per_msg(("user",))
+
+    @property
+    def user_us_per_msg(self):
+        """The server's user CPU µs per message, median over rounds (the interpreter's share; sys is the kernel's)."""
+        vals = self.user_us_per_msg_rounds()
         return _median(vals) if vals else float("nan")
 
     @property
@@ -334,7 +353,7 @@ class Results:
 
     path: str
     meta: dict
-    cells: dict  # (server, workload_id) -> CellStats, in run order
+    cells: dict  # (server, workload_id) -> CellStats, in run order; workload_id carries the protocol
 
     @property
     def runs(self):
@@ -356,6 +375,36 @@ class Results:
 
     def cell(self, server, workload_id):
         return self.cells.get((server, workload_id))
+
+    def grid_depth(self):
+        """The depth of the closed-loop grid (the plan's, else the most common raw closed depth)."""
+        plan = self.meta.get("plan") or {}
+        if plan.get("depth"):
+            return int(plan["depth"])
+        depths = [c.cell.depth for c in self.cells.values() if c.cell.mode == "closed" and c.cell.protocol == "raw"]
+        return max(set(depths), key=depths.count) if depths else 1
+
+    def protocol_sections(self):
+        """Workloads measured in raw and in at least one framed protocol, in run order.
+
+        Returns ``[(base workload id, [protocols in order, raw first], {(server, protocol): CellStats})]``.
+        """
+        groups = {}
+        for c in self.cells.values():
+            groups.setdefault(c.cell.base_workload_id, {})[(c.server, c.cell.protocol)] = c
+        out = []
+        for base, cells in groups.items():
+            protos = []
+            for _, p in cells:
+                if p not in protos:
+                    protos.append(p)
+            if "raw" not in protos or len(protos) < 2:
+                continue
+            servers = {s for s, p in cells if p != "raw"}
+            cells = {k: v for k, v in cells.items() if k[0] in servers}
+            protos = ["raw"] + sorted((p for p in protos if p != "raw"), key=lambda p: (_PROTO_ORDER.get(p, 9), p))
+            out.append((base, protos, cells))
+        return out
 
     def machine(self):
         m = dict(self.meta.get("machine") or {})
@@ -419,10 +468,21 @@ def _cell_of(result, fname):
                 int(c.get("conns", w.get("conns"))),
                 int(c.get("depth", w.get("depth", 1)) or 1),
                 int(c.get("load_pct", 0) or 0),
+                _protocol(c.get("protocol", w.get("protocol"))),
             ), int(c.get("round", 0))
-        return Cell(str(result["server"]), str(w["mode"]), int(w["size"]), int(w["conns"]), int(w.get("depth") or 1)), 0
+        return Cell(str(result["server"]), str(w["mode"]), int(w["size"]), int(w["conns"]), int(w.get("depth") or 1),
+                    protocol=_protocol(w.get("protocol"))), 0
     except (KeyError, TypeError, ValueError) as e:
         raise SockbenchError(f"{fname} has a malformed workload ({e!r}); it is not a sockbench result") from None
+
+
+def _protocol(value):
+    """A result's protocol; results written before the protocol dimension carry none and were raw."""
+    if value in (None, ""):
+        return "raw"
+    if not isinstance(value, str) or not value.isidentifier():
+        raise ValueError(f"bad protocol {value!r}")
+    return value
 
 
 def _read_json(path, what):

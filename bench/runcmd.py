@@ -45,12 +45,16 @@ def _positive(kind):
 
 def add_run_arguments(p):
     p.add_argument("--quick", action="store_true",
-                   help="the CI smoke matrix: 64 B, 10 connections closed loop, open loop at 50%% and 90%%, short rounds (< 60 s)")
+                   help="the CI smoke matrix: 64 B, 10 connections closed loop, open loop at 75%% of the peak, short rounds (< 60 s)")
     p.add_argument("--servers", nargs="+", metavar="NAME", help="servers to run (default: every available one)")
     p.add_argument("--sizes", nargs="+", metavar="SIZE", help="closed-loop message sizes (default 64 1k 16k)")
     p.add_argument("--conns", nargs="+", metavar="N", help="closed-loop connection counts (default 1 10 100)")
     p.add_argument("--open-loads", nargs="*", metavar="PCT",
                    help="open-loop loads in %% of each server's peak (default 25 50 75 90; none: no open loop)")
+    p.add_argument("--protocols", nargs="*", metavar="PROTO",
+                   help="the protocol section: 100 connections x 64 B x 16 in flight, closed loop, in each of these "
+                        "protocols (raw frame json; default all three, raw always included; none: no section; with --quick the section "
+                        "uses the quick cell's workload, 64 B x 10 connections x depth 1, and is off unless asked for)")
     p.add_argument("--rounds", type=_positive(int), help="rounds per cell (default 3)")
     p.add_argument("--duration", type=_positive(float), metavar="S", help="measured seconds per round")
     p.add_argument("--warmup", type=float, metavar="S", help="warmup seconds per round (excluded)")
@@ -81,7 +85,7 @@ def run_cli(args):
     plan = build_plan(
         servers=args.servers, sizes=args.sizes, conns=args.conns, quick=args.quick, rounds=args.rounds,
         duration_s=args.duration, warmup_s=args.warmup, open_pcts=args.open_loads,
-        server_cpus=args.server_cpus, client_cpus=args.client_cpus,
+        server_cpus=args.server_cpus, client_cpus=args.client_cpus, protocols=args.protocols,
     )
     return run_main(plan, out=args.out, argv=sys.argv)
 

@@ -51,7 +51,7 @@ def _split(values):
 
 
 def build_plan(servers=None, sizes=None, conns=None, quick=False, rounds=None, duration_s=None,
-               warmup_s=None, open_pcts=None, server_cpus=None, client_cpus=None):
+               warmup_s=None, open_pcts=None, server_cpus=None, client_cpus=None, protocols=None):
     """The run's Plan from the command line; any bad value is a one-line UsageError."""
     from sockbench import registry
     from sockbench.units import parse_size
@@ -79,6 +79,18 @@ def build_plan(servers=None, sizes=None, conns=None, quick=False, rounds=None, d
             kw["open_pcts"] = tuple(int(str(p).rstrip("%")) for p in _split(open_pcts))
         except ValueError:
             raise UsageError(f"bad --open-loads {' '.join(map(str, open_pcts))!r}; use percentages such as 25 50 75 90") from None
+    if protocols is not None:
+        from sockbench.servers.protocols import PROTOCOLS
+
+        kw["protocols"] = tuple(_split(protocols))
+        for p in kw["protocols"]:
+            if p not in PROTOCOLS:
+                raise UsageError(f"unknown protocol {p!r} in --protocols; use some of {' '.join(PROTOCOLS)}")
+        if set(kw["protocols"]) == {"raw"}:
+            kw["protocols"] = ()  # raw alone has nothing to be compared with: no section
+        elif kw["protocols"] and "raw" not in kw["protocols"]:
+            # the section exists to show each protocol's cost over raw, measured side by side
+            kw["protocols"] = ("raw",) + kw["protocols"]
     if rounds is not None:
         kw["rounds"] = int(rounds)
     if duration_s is not None:
@@ -89,7 +101,11 @@ def build_plan(servers=None, sizes=None, conns=None, quick=False, rounds=None, d
         kw["server_cpus"] = tuple(server_cpus)
     if client_cpus is not None:
         kw["client_cpus"] = tuple(client_cpus)
+    kw["speaks"] = {n: list(registry.get(n).protocols) for n in names}
     plan = (quick_plan if quick else default_plan)(names, **kw)
+    if protocols and plan.protocols and not any(plan.server_protocols(n) for n in names):
+        raise UsageError(f"no chosen server speaks {' or '.join(p for p in plan.protocols if p != 'raw') or 'a framed protocol'}; "
+                         f"see `sockbench servers`")
     # the open-loop sweep runs where its peak was measured: the closed grid's smallest size
     # (64 B when present) and highest concurrency
     plan = dataclasses.replace(
@@ -249,6 +265,14 @@ def _wait_child(child):
             child.wait()
 
 
+def _protocols_line(plan):
+    served = [n for n in plan.servers if plan.server_protocols(n)]
+    if not served:
+        return "none"
+    return (f"{'/'.join(plan.protocols)} at {format_size(plan.proto_size)} x {plan.proto_conns} conns x "
+            f"depth {plan.proto_depth} for {len(served)} server{'s' if len(served) != 1 else ''}")
+
+
 def run_main(plan, out=None, console=None, argv=None):
     """Run the suite for ``plan`` into ``out`` (default ``results/<UTC time>``), then the report.
 
@@ -268,7 +292,8 @@ def run_main(plan, out=None, console=None, argv=None):
     console.print(f"sockbench run: {n_servers} server{'s' if n_servers != 1 else ''}, {len(plan.cells())} cells, "
                   f"{plan.total_runs()} load runs of {plan.warmup_s:g}+{plan.duration_s:g} s "
                   f"(sizes {', '.join(format_size(s) for s in plan.sizes)}; conns {', '.join(map(str, plan.conns))}; "
-                  f"open loop {', '.join(f'{p}%' for p in plan.open_pcts) or 'none'}); "
+                  f"open loop {', '.join(f'{p}%' for p in plan.open_pcts) or 'none'}; "
+                  f"protocols {_protocols_line(plan)}); "
                   f"about {_fmt_left(plan.total_runs() * plan.seconds_per_run())} -> {out}", highlight=False)
     t0 = time.monotonic()
     with open(os.path.join(out, "pytest.log"), "wb") as log:

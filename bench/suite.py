@@ -99,6 +99,7 @@ def summary_info(stats):
         "latency_us": {k: lat[k] for k in ("p50", "p90", "p99", "p999", "max", "mean")},
         "latency_source": lat["source"],
         "server_cpu_us_per_msg": stats.cpu_us_per_msg,
+        "server_user_us_per_msg": stats.user_us_per_msg,
         "server_rss_peak_bytes": stats.rss_peak_bytes,
         "client_cpu_util": stats.client_cpu_util,
         "errors_total": stats.errors_total,
@@ -178,13 +179,19 @@ class SuiteContext:
             server_cpus=tuple(p.server_cpus),
             client_cpus=tuple(p.client_cpus),
             interval_s=p.interval_s,
+            protocol=cell.protocol,
         )
 
     # --- the open-loop peak ----------------------------------------------------------
     def record(self, stats):
-        """Remember a finished closed-loop cell's median as a candidate peak."""
+        """Remember a finished closed-loop grid cell's median as a candidate peak.
+
+        Only raw cells at the grid's depth count: the open loop keeps one
+        message in flight per connection, and speaks raw.
+        """
         c = stats.cell
-        if c.mode == "closed" and c.size == self.plan.open_size and not stats.invalid and stats.median > 0:
+        if (c.mode == "closed" and c.size == self.plan.open_size and c.protocol == "raw" and c.depth == self.plan.depth
+                and not stats.invalid and stats.median > 0):
             key = c.server
             self.peaks[key] = max(self.peaks.get(key, 0.0), stats.median)
 
@@ -216,8 +223,8 @@ class SuiteContext:
         r = run_load(self.spec(cell, rate=rate))
         r["cell"] = {
             "server": cell.server, "mode": cell.mode, "size": cell.size, "conns": cell.conns,
-            "depth": cell.depth, "load_pct": cell.load_pct, "workload_id": cell.workload_id,
-            "round": round_no, "rounds": self.plan.rounds, "index": self.index.get(cell.id, -1),
+            "depth": cell.depth, "load_pct": cell.load_pct, "protocol": cell.protocol,
+            "workload_id": cell.workload_id, "round": round_no, "rounds": self.plan.rounds, "index": self.index.get(cell.id, -1),
             "peak_msgs_per_s": peak,
         }
         write_json_atomic(os.path.join(self.out, RAW_DIR, raw_name(cell, round_no)), r)

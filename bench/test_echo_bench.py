@@ -64,7 +64,7 @@ def test_echo(benchmark, cell, suite_ctx):
     suite_ctx.start_cell(cell)
     rate = peak = None
     info = benchmark.extra_info
-    info.update(server=cell.server, mode=cell.mode, size=cell.size, conns=cell.conns, depth=cell.depth,
+    info.update(server=cell.server, mode=cell.mode, protocol=cell.protocol, size=cell.size, conns=cell.conns, depth=cell.depth,
                 duration_s=plan.duration_s, warmup_s=plan.warmup_s, rounds=plan.rounds,
                 timed_as="seconds per message" if cell.mode == "closed" else "p99 latency, seconds")
     if cell.mode == "open":

@@ -6,6 +6,9 @@ of the harness key for key, with real HdrHistogram-encoded latency histograms,
 per-interval time series with a warmup, and the ``cell`` block the suite adds,
 so the report code sees exactly what a real run writes.  ``slowdown`` scales
 one server's throughput (and stretches its latency), to test ``compare``.
+The default plan has the protocol section (raw, frame, json at 100 x 64 B x
+16): a framed message costs the server more CPU (``PROTO_COST_US``, user
+time), so its throughput is lower, as in a real run.
 """
 
 import json
@@ -19,10 +22,13 @@ from hdrh.histogram import HdrHistogram
 from sockbench.bench.matrix import Plan
 from sockbench.bench.resultsdir import raw_name, write_json_atomic
 
-__all__ = ["make_results", "BASE_RATE"]
+__all__ = ["make_results", "BASE_RATE", "PROTO_COST_US"]
 
 #: closed-loop msgs/s at 64 B, 100 connections, per server (realistic orders of magnitude)
 BASE_RATE = {"selectors": 30000.0, "asyncio-protocol": 45000.0, "uvloop": 90000.0}
+
+#: the extra server user CPU per message of each protocol over raw, in µs
+PROTO_COST_US = {"raw": 0.0, "frame": 3.0, "json": 12.0}
 
 N_SAMPLES = 600
 _NORMAL = statistics.NormalDist()
@@ -45,10 +51,10 @@ def _size_factor(size):
     return 1.0 / (1.0 + size / 8192.0)
 
 
-def _result(rng, cell, round_no, index, plan, rate, slow, peak=None):
+def _result(rng, cell, round_no, index, plan, rate, slow, peak=None, raw_rate=None):
     noise = 1.0 + rng.uniform(-0.02, 0.02)
     w = {
-        "mode": cell.mode, "conns": cell.conns, "size": cell.size, "depth": cell.depth,
+        "mode": cell.mode, "protocol": cell.protocol, "conns": cell.conns, "size": cell.size, "depth": cell.depth,
         "rate": None, "duration_s": plan.duration_s, "warmup_s": plan.warmup_s, "procs": 1,
     }
     thr = {}
@@ -85,6 +91,11 @@ def _result(rng, cell, round_no, index, plan, rate, slow, peak=None):
         ramp = 0.6 + 0.4 * i / max(1, warm) if i < warm else 1.0
         series.append(int(msgs * plan.interval_s * ramp * (1 + rng.uniform(-0.03, 0.03))))
     us_user = 1e6 / (msgs / slow) * 0.35 if cell.mode == "closed" else 6.0
+    us_sys = us_user * 0.8
+    if cell.protocol != "raw":
+        # the raw costs, plus the protocol's own in user time: the parsing is the interpreter's work
+        raw_user = 1e6 / (raw_rate * noise) * 0.35
+        us_user, us_sys = raw_user + PROTO_COST_US[cell.protocol], raw_user * 0.8
     return {
         "schema": 1,
         "server": cell.server,
@@ -99,7 +110,7 @@ def _result(rng, cell, round_no, index, plan, rate, slow, peak=None):
         "server_proc": {
             "user_s": us_user * msgs * plan.duration_s / 1e6, "sys_s": 0.4 * plan.duration_s,
             "rss_peak_bytes": 20_000_000 + cell.conns * 50_000,
-            "us_per_msg": {"user": us_user, "sys": us_user * 0.8},
+            "us_per_msg": {"user": us_user, "sys": us_sys},
         },
         "client": {"cpu_util": 0.55, "user_s": 0.1, "sys_s": 0.1},
         "timeseries": {"interval_s": plan.interval_s, "msgs": series, "warmup_intervals": warm},
@@ -108,7 +119,7 @@ def _result(rng, cell, round_no, index, plan, rate, slow, peak=None):
         "started_at": f"2026-11-24T02:00:{index % 60:02d}Z",
         "cell": {
             "server": cell.server, "mode": cell.mode, "size": cell.size, "conns": cell.conns,
-            "depth": cell.depth, "load_pct": cell.load_pct, "workload_id": cell.workload_id,
+            "depth": cell.depth, "load_pct": cell.load_pct, "protocol": cell.protocol, "workload_id": cell.workload_id,
             "round": round_no, "rounds": plan.rounds, "index": index, "peak_msgs_per_s": peak,
         },
     }
@@ -130,9 +141,12 @@ def make_results(path, servers=("selectors", "asyncio-protocol", "uvloop"), slow
         json.dump(meta, f)
     for index, cell in enumerate(plan.cells()):
         slow = 1.0 - slowdown.get(cell.server, 0.0)
-        rate = BASE_RATE.get(cell.server, 40000.0) * _conc_factor(cell.conns) * _size_factor(cell.size)
+        raw_rate = rate = BASE_RATE.get(cell.server, 40000.0) * _conc_factor(cell.conns) * _size_factor(cell.size)
+        if cell.protocol != "raw":
+            # what the extra CPU per message allows, if the server is CPU-bound at the raw rate
+            rate = 1e6 / (1e6 / rate + PROTO_COST_US[cell.protocol])
         peak = BASE_RATE.get(cell.server, 40000.0) * _size_factor(plan.open_size) * slow
         for r in range(1, plan.rounds + 1):
-            res = _result(rng, cell, r, index, plan, rate, slow, peak)
+            res = _result(rng, cell, r, index, plan, rate, slow, peak, raw_rate)
             write_json_atomic(os.path.join(path, "raw", raw_name(cell, r)), res)
     return path

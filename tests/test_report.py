@@ -18,11 +18,13 @@ import time
 import pytest
 from PIL import Image
 
-from report_fixture import make_results
+from report_fixture import PROTO_COST_US, make_results
 from sockbench.bench.compare import compare, mann_whitney_u, parse_percent
 from sockbench.bench.matrix import Plan, quick_plan
+from sockbench.bench import plots as plots_mod
 from sockbench.bench.plots import PLOTS
-from sockbench.bench.report import build_report
+from sockbench.bench.report import build_report, protocol_cost_rows
+from sockbench.bench.runner import build_plan
 from sockbench.bench.resultsdir import load_results, write_json_atomic
 from sockbench.cli import main
 from sockbench.errors import UsageError
@@ -83,7 +85,8 @@ def test_markdown_has_a_table_per_workload_and_every_plot(report, base):
         md = f.read()
     results = load_results(base)
     assert md.count("\n### ") >= len(results.workloads())
-    assert md.count("| selectors |") == len(results.workloads())
+    # one row per workload table, and one per protocol in the protocol-cost table
+    assert md.count("| selectors |") == len(results.workloads()) + 3
     for name, _ in PLOTS:
         assert f"(plots/{name})" in md
     assert "1.00× (fastest)" in md
@@ -130,12 +133,13 @@ def test_interrupted_run_is_reported_as_incomplete(tmp_path):
     d = make_results(str(tmp_path / "cut"), servers=("uvloop",))
     meta_path = os.path.join(d, "meta.json")
     meta = json.load(open(meta_path))
-    meta.update(status="interrupted", planned_runs=39)
+    planned = len(glob.glob(os.path.join(d, "raw", "*.json")))
+    meta.update(status="interrupted", planned_runs=planned)
     json.dump(meta, open(meta_path, "w"))
     for path in sorted(glob.glob(os.path.join(d, "raw", "*open*")))[:5]:
         os.unlink(path)
     rep = build_report(d)
-    assert "INCOMPLETE: this run was interrupted; 34 of 39" in open(rep["md"]).read()
+    assert f"INCOMPLETE: this run was interrupted; {planned - 5} of {planned}" in open(rep["md"]).read()
     # a cell cut short still gets its row, from the rounds it has
     assert any(len(c.runs) < 3 for c in rep["results"].cells.values())
 
@@ -244,6 +248,74 @@ def test_compare_ignores_a_1_percent_slowdown(base, tmp_path, capsys):
     assert "OK: no significant slowdown above 5.0%" in capsys.readouterr().out
 
 
+def test_protocol_cost_table_and_plot(report, base):
+    results = load_results(base)
+    ((title, rows),) = protocol_cost_rows(results)
+    assert "64B payload · 100 connections · depth 16 · raw, frame, json" in title
+    assert [(r[0][0], r[0][1]) for r in rows] == [(s, p) for s in ("selectors", "asyncio-protocol", "uvloop")
+                                                   for p in ("raw", "frame", "json")]
+    for row, _, c in rows:
+        if row[1] == "raw":
+            assert row[5] == row[7] == "(baseline)"
+            continue
+        raw = results.cell(row[0], "closed-64B-c100-d16")
+        assert row[5] == f"{c.cpu_us_per_msg - raw.cpu_us_per_msg:+.3g}"
+        assert row[7] == f"{c.user_us_per_msg - raw.user_us_per_msg:+.3g}"
+        # the fixture's protocol costs are recovered, within its 2% noise
+        assert float(row[7]) == pytest.approx(PROTO_COST_US[row[1]], abs=0.25 + 0.05 * PROTO_COST_US[row[1]])
+    md = open(report["md"]).read()
+    html = open(report["html"]).read()
+    assert "## Cost of each protocol over raw" in md and "<h2>Cost of each protocol over raw</h2>" in html
+    assert "| uvloop | json |" in md and "closed loop · 64B messages · 100 connections · depth 16 · json protocol" in md
+    with Image.open(os.path.join(base, "plots", "protocol_cost.png")) as im:
+        assert im.format == "PNG" and len(im.convert("RGB").getcolors(maxcolors=1 << 20)) > 50
+    # the grid plots leave the protocol section out: one closed cell per (server, size, conns)
+    grid = plots_mod._closed(results)
+    assert all(c.cell.protocol == "raw" and c.cell.depth == 1 for c in grid)
+    assert len({(c.server, c.cell.size, c.cell.conns) for c in grid}) == len(grid)
+
+
+def test_no_protocol_section_no_table_no_plot(tmp_path):
+    d = make_results(str(tmp_path / "raw"), servers=("uvloop",),
+                     plan=Plan(servers=("uvloop",), sizes=(64,), conns=(10,), open_pcts=(), protocols=()))
+    rep = build_report(d)
+    assert "Cost of each protocol" not in open(rep["md"]).read()
+    assert dict((f, why) for f, _, why in rep["plots"])["protocol_cost.png"]
+
+
+def test_old_results_without_protocol_read_as_raw(base, tmp_path):
+    old = str(tmp_path / "old")
+    make_results(old, plan=Plan(servers=("selectors", "asyncio-protocol", "uvloop"), duration_s=1.0, warmup_s=0.2,
+                                interval_s=0.1, protocols=()))
+    for path in glob.glob(os.path.join(old, "raw", "*.json")):
+        r = json.load(open(path))
+        del r["workload"]["protocol"], r["cell"]["protocol"]
+        write_json_atomic(path, r)
+    results = load_results(old)
+    assert {c.cell.protocol for c in results.cells.values()} == {"raw"}
+    # the old folder compares with a new one on every raw cell; the new framed cells are only in B
+    result = compare(old, base)
+    assert len(result["rows"]) == len(results.cells)
+    assert {r["protocol"] for r in result["rows"]} == {"raw"}
+    assert all(w.endswith(("-frame", "-json")) or "-d16" in w for w in result["only_b"])
+    assert "uvloop:closed-64B-c100-d16-json" in result["only_b"]
+
+
+def test_compare_keys_include_the_protocol(base, tmp_path):
+    d = str(tmp_path / "json-slow")
+    make_results(d, seed=9)
+    for path in glob.glob(os.path.join(d, "raw", "uvloop__closed-64B-c100-d16-json__r*.json")):
+        r = json.load(open(path))
+        r["throughput"]["msgs_per_s"] *= 0.8
+        write_json_atomic(path, r)
+    result = compare(base, d, fail_above=0.05)
+    rows = {(r["server"], r["workload"]): r for r in result["rows"]}
+    assert rows[("uvloop", "closed-64B-c100-d16-json")]["protocol"] == "json"
+    assert rows[("uvloop", "closed-64B-c100-d16-json")]["verdict"] == "slower"
+    assert rows[("uvloop", "closed-64B-c100-d16")]["verdict"] != "slower"
+    assert [(r["server"], r["workload"]) for r in result["failed"]] == [("uvloop", "closed-64B-c100-d16-json")]
+
+
 def test_compare_same_folder_is_unchanged(base):
     result = compare(base, base, fail_above=0.0)
     assert result["failed"] == [] and all(r["verdict"] == "same" for r in result["rows"])
@@ -254,7 +326,7 @@ def test_compare_same_folder_is_unchanged(base):
 
 def test_plan_counts_and_round_trip(tmp_path):
     plan = Plan(servers=("a", "b"))
-    assert len(plan.cells()) == 2 * (3 * 3 + 4)
+    assert len(plan.cells()) == 2 * (3 * 3 + 4 + 3)
     assert plan.total_runs() == len(plan.cells()) * 3
     path = str(tmp_path / "plan.json")
     plan.save(path)
@@ -263,6 +335,32 @@ def test_plan_counts_and_round_trip(tmp_path):
     assert len(set(ids)) == len(ids)
     q = quick_plan(["a"])
     assert q.rounds >= 3 and q.quick
+    assert not any(c.protocol != "raw" for c in q.cells())  # the 60 s budget: no protocol section by default
+
+
+def test_plan_protocol_section():
+    plan = Plan(servers=("uvloop", "cython-protocol"), speaks={"uvloop": ["raw", "frame", "json"], "cython-protocol": ["raw"]})
+    ids = [c.id for c in plan.cells()]
+    assert [i for i in ids if "-d16" in i] == [
+        "uvloop:closed-64B-c100-d16", "uvloop:closed-64B-c100-d16-frame", "uvloop:closed-64B-c100-d16-json"]
+    # raw ids are unchanged; a server that speaks raw only gets no section (nothing to subtract raw from)
+    assert "uvloop:closed-64B-c100" in ids and not any(i.startswith("cython-protocol:") and "-d16" in i for i in ids)
+    json_cell = next(c for c in plan.cells() if c.protocol == "json")
+    assert (json_cell.size, json_cell.conns, json_cell.depth) == (64, 100, 16)
+    assert json_cell.base_workload_id == "closed-64B-c100-d16" and "json" in json_cell.describe()
+    assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+    with pytest.raises(UsageError, match="unknown protocol"):
+        Plan(servers=("a",), protocols=("raw", "xml"))
+
+
+def test_run_protocols_option():
+    # --quick --protocols json: the json cell shares the quick closed cell's workload, whose raw cell is reused
+    q = build_plan(quick=True, servers=["uvloop"], protocols=["json"])
+    assert [c.workload_id for c in q.cells()] == ["closed-64B-c10", "open-64B-c10-75pct", "closed-64B-c10-json"]
+    assert build_plan(servers=["uvloop"], protocols=[]).protocols == ()
+    assert build_plan(servers=["uvloop"], protocols=["raw"]).protocols == ()  # raw alone: nothing to compare
+    assert build_plan(servers=["uvloop"], protocols=["frame"]).protocols == ("raw", "frame")
+    assert build_plan(servers=["uvloop"]).speaks == {"uvloop": ["raw", "frame", "json"]}
 
 
 @pytest.mark.parametrize("argv, text", [
@@ -271,6 +369,7 @@ def test_plan_counts_and_round_trip(tmp_path):
     (["run", "--conns", "ten"], "bad --conns"),
     (["run", "--server-cpus", "999"], "not available here"),
     (["run", "--rounds", "0"], "must be > 0"),
+    (["run", "--protocols", "xml"], "unknown protocol 'xml'"),
 ])
 def test_run_bad_input(capsys, argv, text, tmp_path):
     assert text in _one_line_error(capsys, argv + ["--out", str(tmp_path / "never")])
@@ -299,7 +398,8 @@ def _sockbench(*args, **kw):
 
 def test_run_quick_end_to_end(tmp_path):
     out = str(tmp_path / "quick")
-    proc = _sockbench("run", "--quick", "--servers", *E2E_SERVERS, "--out", out)
+    # with one json cell per server (not in --quick by default): the framed path end to end
+    proc = _sockbench("run", "--quick", "--servers", *E2E_SERVERS, "--protocols", "json", "--out", out)
     stdout, stderr = proc.communicate(timeout=180)  # a hang guard, not a speed target
     assert proc.returncode == 0, stdout + stderr + _log_tail(out)
     assert f"report: {os.path.join(out, 'report.html')}" in stdout
@@ -311,9 +411,14 @@ def test_run_quick_end_to_end(tmp_path):
         if c.cell.mode == "open":
             peak = c.runs[0]["cell"]["peak_msgs_per_s"]
             assert c.runs[0]["workload"]["rate"] == pytest.approx(peak * c.cell.load_pct / 100)
+    for c in results.cells.values():
+        assert all(r["workload"]["protocol"] == c.cell.protocol == r["cell"]["protocol"] for r in c.runs)
+    assert {c.workload_id for c in results.cells.values() if c.cell.protocol == "json"} == {"closed-64B-c10-json"}
     for name, _ in PLOTS:
         with Image.open(os.path.join(out, "plots", name)) as im:
             im.verify()
+    ((_, rows),) = protocol_cost_rows(results)
+    assert [(r[0][0], r[0][1]) for r in rows] == [(s, p) for s in E2E_SERVERS for p in ("raw", "json")]
     assert json.load(open(os.path.join(out, "meta.json")))["status"] == "complete"
     # pytest-benchmark's own JSON and storage, with everything in extra_info
     pb = json.load(open(os.path.join(out, "pytest-benchmark.json")))
