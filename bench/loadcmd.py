@@ -6,7 +6,10 @@ parsing into a ``LoadSpec`` and the one-screen rich summary live in this
 module.  The result JSON goes to ``--json PATH`` as soon as the run ends
 (``--json -``: to stdout, and then the summary goes to stderr so that stdout
 stays pure JSON).  An invalid run still writes its JSON and prints its
-summary, then exits 1 with one line that says why.
+summary, then exits 1 with one line that says why.  ``--protocol frame|json``
+speaks one of the framed protocols (``sockbench.servers.protocols``); ``--size``
+is the payload size in every protocol, so "MB/s" counts payload bytes and
+"wire MB/s" adds the framing and headers.
 """
 
 import json
@@ -109,7 +112,7 @@ def run_cli(args):
     spec = spec_from_args(args)
     to_stdout = args.json == "-"
     console = Console(stderr=to_stdout)
-    with console.status(f"loading {spec.server or args.target}: {spec.mode}, {spec.conns} conns, "
+    with console.status(f"loading {spec.server or args.target}: {spec.mode}, {spec.protocol}, {spec.conns} conns, "
                         f"{spec.warmup_s:g} s warmup + {spec.duration_s:g} s ..."):
         result = run_load(spec)
     if to_stdout:

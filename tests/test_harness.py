@@ -605,3 +605,15 @@ def test_framed_load_summary_leaves_invalid_runs_out_of_medians_and_ratios():
     assert ratio["per_repeat"] == [2.5, 2.0] and ratio["stats"]["median"] == 2.25 and ratio["met"] is False
     text = render(s)
     assert "invalid uvloop/frame: stalled" in text and "target >= 2.5: NOT met" in text
+
+
+def test_load_command_protocol_option():
+    p = subprocess.run(
+        [sys.executable, "-m", "sockbench", "load", "selectors", "--protocol", "json", "--conns", "2", "--depth", "2",
+         "--duration", "0.3", "--warmup", "0.1", "--json", "-"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert r["valid"] and r["workload"]["protocol"] == "json" and r["workload"]["size"] == 64
+    assert "wire MB/s" in p.stderr
