@@ -44,8 +44,10 @@ COLUMNS = [
 
 PROTO_COLUMNS = [
     "server", "protocol", "msgs/s (median ± sd)", "vs raw", "server CPU µs/msg (user+sys)", "cost over raw",
-    "user µs/msg", "user cost over raw", "flags",
+    "user µs/msg", "user cost over raw", "1 CPU tick in µs/msg", "flags",
 ]
+#: the kernel's CPU accounting unit in /proc/PID/stat (USER_HZ: 100 on Linux)
+CLOCK_TICK_S = 0.01
 
 
 def _fmt(v, digits=3):
@@ -81,6 +83,13 @@ def _range(vals):
     return f" ({min(vals):.3g}–{max(vals):.3g})" if len(vals) >= 2 else ""
 
 
+def _tick_us(c):
+    """The resolution of a round's server CPU per message: one clock tick over the messages of its window."""
+    durs = [float((r.get("workload") or {}).get("duration_s") or 0) for r in c.runs]
+    msgs = c.median * (sorted(durs)[len(durs) // 2] if durs else 0.0)
+    return CLOCK_TICK_S * 1e6 / msgs if msgs > 0 else float("nan")
+
+
 def protocol_cost_rows(results):
     """The protocol-cost tables: ``[(title, [(row strings, flags, CellStats)])]``, one per protocol section.
 
@@ -111,7 +120,7 @@ def protocol_cost_rows(results):
                 rows.append(([
                     server, proto, f"{_fmt(c.median)} ± {_fmt(c.stdev)}", vs,
                     _fmt(tot) + _range(c.cpu_us_per_msg_rounds()), cost,
-                    _fmt(user) + _range(c.user_us_per_msg_rounds()), ucost, " ".join(flags) or "ok",
+                    _fmt(user) + _range(c.user_us_per_msg_rounds()), ucost, _fmt(_tick_us(c), 2), " ".join(flags) or "ok",
                 ], flags, c))
         cell = raw_any.cell
         title = (f"{cell.mode} loop · {format_size(cell.size)} payload · {cell.conns} connection{'s' if cell.conns != 1 else ''}"
@@ -123,7 +132,9 @@ def protocol_cost_rows(results):
 PROTO_NOTE = ("Server CPU per message (µs, user+sys, and user alone), median over rounds with the min–max in brackets; "
               "*cost over raw* is the framed protocol's median minus the raw median of the same server, measured "
               "in the same run at the same workload: the price of parsing and building each message. *vs raw* is "
-              "the ratio of msgs/s. A flagged row's figures must not be quoted (see the warnings).")
+              "the ratio of msgs/s. The server's CPU time is counted in clock ticks of 10 ms, so a figure (and a "
+              "difference) smaller than *1 CPU tick in µs/msg* is below what one round can resolve. "
+              "A flagged row's figures must not be quoted (see the warnings).")
 
 
 def table_rows(results, workload_id):
@@ -335,7 +346,7 @@ def _html(results, plots, plot_dir):
     proto = protocol_cost_rows(results)
     if proto:
         H.append("<h2>Cost of each protocol over raw</h2>")
-        H.append(f'<p class="note">{e(PROTO_NOTE).replace("*cost over raw*", "<i>cost over raw</i>").replace("*vs raw*", "<i>vs raw</i>")}</p>')
+        H.append(f'<p class="note">{e(PROTO_NOTE).replace("*cost over raw*", "<i>cost over raw</i>").replace("*vs raw*", "<i>vs raw</i>").replace("*1 CPU tick in µs/msg*", "<i>1 CPU tick in µs/msg</i>")}</p>')
         for title, rows in proto:
             H.append(f"<h3>{e(title)}</h3><table><tr>")
             H.append("".join(f"<th>{e(c)}</th>" for c in PROTO_COLUMNS) + "</tr>")

@@ -255,6 +255,8 @@ def test_protocol_cost_table_and_plot(report, base):
     assert [(r[0][0], r[0][1]) for r in rows] == [(s, p) for s in ("selectors", "asyncio-protocol", "uvloop")
                                                    for p in ("raw", "frame", "json")]
     for row, _, c in rows:
+        # one 10 ms clock tick over the messages of a (fixture: 1 s) round
+        assert float(row[8].replace(",", "")) == pytest.approx(1e4 / c.median, rel=0.05)  # shown to 2 digits
         if row[1] == "raw":
             assert row[5] == row[7] == "(baseline)"
             continue
