@@ -15,8 +15,8 @@ Why it is built this way:
   by the messages echoed in it (netperf's "service demand").  The kernel
   samples the user/system split at each tick, so short windows of a very
   cheap server give coarse user figures; the total is exact (it is scaled to
-  the scheduler's runtime, which is also recorded from ``/proc/PID/schedstat``
-  as a cross-check).
+  the scheduler's runtime, which is also recorded, summed over the server's
+  threads from ``/proc/PID/task/*/schedstat``, as a cross-check).
 * **A C load client** (``server_cpu_client.c``, compiled on first use with
   gcc into a cache folder under the temp dir), because a Python client costs
   more per message than the fastest servers and would hide them.  It reads the
@@ -39,6 +39,13 @@ tp16k     100    16 KiB    msgs/s, MB/s, CPU µs/msg
 tp1m      10     1 MiB     msgs/s, MB/s, CPU µs/msg
 pingpong  1      64 B      mean round trip (µs)
 ========  =====  ========  ==============================================
+
+Reading the tables: "server CPU" and "client CPU" are the fraction of one CPU
+each side used during the window.  When the client is near 1.0 the run is
+client-bound; when *neither* is, the time went to other processes on the
+machine, and msgs/s and RTT say more about them than about the server.  "msgs
+per server CPU-s" (1 / total CPU per message) is what the server could echo
+on one core of its own: its capacity, whoever limited the run.
 
 Run: ``python -m sockbench.bench.server_cpu [--repeats 3] [--duration 5]
 [--servers a,b,...] [--json PATH] [--md PATH]``.
@@ -151,6 +158,8 @@ def run_cell(client, server, cell, warmup, duration, client_cpu):
         client_util=(res["client_user_s"] + res["client_sys_s"]) / el,
         errors_total=sum(res["errors"].values()),
     )
+    # a run with a wrong byte, or with no echo at all in its window, measures nothing
+    res["valid"] = msgs > 0 and res["errors_total"] == 0
     return res
 
 
@@ -183,6 +192,7 @@ def run_benchmark(servers, cells=CELLS, repeats=3, warmup=1.0, duration=5.0, ser
                             f"user {res['user_us_per_msg']:7.3f} sys {res['sys_us_per_msg']:7.3f} us/msg "
                             f"rtt {res['rtt_mean_us']:9.1f} us  util srv {res['server_util']:.2f} cli {res['client_util']:.2f}"
                             + (f"  ERRORS {res['errors']}" if res["errors_total"] else "")
+                            + ("" if msgs_ok(res) else "  NO ECHO IN THE WINDOW (excluded)")
                         )
                 rc = server.stop()
             if rc != 0:
@@ -210,17 +220,37 @@ METRICS = (
 )
 
 
+def msgs_ok(run):
+    return run["msgs"] > 0
+
+
+def _valid(run):
+    return run.get("valid", msgs_ok(run) and run["errors_total"] == 0)
+
+
 def summarize(runs, focus="cython"):
-    """Medians/spreads per (server, cell), per-repeat ratios, and the verdict on each target."""
+    """Medians/spreads per (server, cell), per-repeat ratios, and the verdict on each target.
+
+    Invalid runs (a wrong byte, or no echo at all in the window: a stalled
+    machine or server) are left out of every figure and counted per row.
+    """
     servers = list(dict.fromkeys(r["server"] for r in runs))
     cells = list(dict.fromkeys(r["cell"] for r in runs))
+    all_runs, runs = runs, [r for r in runs if _valid(r)]
     table = {}
     for s in servers:
         for c in cells:
-            rs = [r for r in runs if r["server"] == s and r["cell"] == c]
+            every = [r for r in all_runs if r["server"] == s and r["cell"] == c]
+            rs = [r for r in every if _valid(r)]
             if rs:
                 table[(s, c)] = {m: _stat([r[m] for r in rs]) for m in METRICS}
-                table[(s, c)]["errors"] = sum(r["errors_total"] for r in rs)
+                # what the server could echo per second of its own CPU: its capacity
+                # when it is the bottleneck, whoever limited this particular run
+                table[(s, c)]["msgs_per_cpu_s"] = _stat(
+                    [1e6 / r["total_us_per_msg"] for r in rs if r["total_us_per_msg"] > 0]
+                )
+                table[(s, c)]["errors"] = sum(r["errors_total"] for r in every)
+                table[(s, c)]["excluded"] = len(every) - len(rs)
     out = {"servers": servers, "cells": cells, "table": table, "ratios": {}, "targets": []}
     if focus not in servers:
         return out
@@ -239,6 +269,8 @@ def summarize(runs, focus="cython"):
             if (other, cell) not in table or (focus, cell) not in table:
                 continue
             st = per_rep_ratio(cell, other, "user_us_per_msg")
+            if st is None:
+                continue
             out["ratios"][(cell, other)] = st
             out["targets"].append(
                 {
@@ -268,8 +300,11 @@ def summarize(runs, focus="cython"):
         target = {"target": f"{cell}: {label} ({how}; ranges overlapping = within spread)", "value": value, "met": met}
         if metric in ("msgs_per_s", "mb_per_s"):
             cu = table[(focus, cell)]["client_util"]["median"]
+            su = table[(focus, cell)]["server_util"]["median"]
             target["client_bound"] = cu >= CLIENT_BOUND_UTIL
-            target["value"] += f"; client CPU {cu:.2f}, {focus} server CPU {table[(focus, cell)]['server_util']['median']:.2f}"
+            # neither side used its CPU: the time went elsewhere (other processes on a shared machine)
+            target["starved"] = cu < CLIENT_BOUND_UTIL and su < CLIENT_BOUND_UTIL
+            target["value"] += f"; client CPU {cu:.2f}, {focus} server CPU {su:.2f}"
         out["targets"].append(target)
 
     for cell in CPU_CELLS:
@@ -297,14 +332,19 @@ def render_markdown(summary, meta):
         f"C load client on CPU {meta['client_cpu']}.  Each figure: median [min..max] over the repeats.",
         f"Command: `{meta['command']}`",
         "",
+        "The user/sys split comes from the kernel's tick sampling (/proc/PID/stat, in 10 ms units): a window that "
+        "holds only a few ticks of a cheap server's user time quantizes it (0, 1, 2 ticks...), so judge the user "
+        "figures of the fastest servers on long windows (--duration 10 or more); the totals are exact.",
+        "",
     ]
     for cell in summary["cells"]:
         c = next(x for x in CELLS if x.name == cell)
         lines += [
             f"## {cell}: {c.conns} conn(s) x {c.size} B, closed loop",
             "",
-            "| server | user µs/msg | sys µs/msg | total µs/msg | msgs/s | MB/s | mean RTT µs | server CPU | client CPU | errors |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| server | user µs/msg | sys µs/msg | total µs/msg | msgs/s | MB/s | mean RTT µs | server CPU | client CPU "
+            "| msgs per server CPU-s | errors |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for s in summary["servers"]:
             row = t.get((s, cell))
@@ -314,7 +354,9 @@ def render_markdown(summary, meta):
                 f"| {s} | {_fmt(row['user_us_per_msg'], '.3f')} | {_fmt(row['sys_us_per_msg'], '.2f')} | "
                 f"{_fmt(row['total_us_per_msg'], '.2f')} | {_fmt(row['msgs_per_s'], '.0f')} | {_fmt(row['mb_per_s'], '.1f')} | "
                 f"{_fmt(row['rtt_mean_us'], '.1f')} | {_fmt(row['server_util'], '.2f')} | {_fmt(row['client_util'], '.2f')} | "
-                f"{row['errors']} |"
+                f"{_fmt(row['msgs_per_cpu_s'], '.0f')} | {row['errors']}"
+                + (f" ({row['excluded']} invalid run(s) left out)" if row.get("excluded") else "")
+                + " |"
             )
         lines.append("")
     if summary["targets"]:
@@ -323,6 +365,8 @@ def render_markdown(summary, meta):
             met = "yes" if tg["met"] else "NO"
             if tg.get("client_bound"):
                 met += " (client-bound)"
+            if tg.get("starved"):
+                met += " (neither side saturated its CPU: not a measure of the server)"
             lines.append(f"| {tg['target']} | {tg['value']} | {met} |")
         lines.append("")
     return "\n".join(lines)

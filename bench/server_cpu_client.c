@@ -23,6 +23,7 @@
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -81,18 +82,30 @@ static int proc_times(int pid, long long *ut, long long *st) {
     return 0;
 }
 
-/* On-CPU time of PID in ns from /proc/PID/schedstat (scheduler clock, not ticks); -1 if absent. */
+/* On-CPU time of PID in ns: the sum of /proc/PID/task/TID/schedstat over its
+   live threads (scheduler clock, not ticks; a threaded server has many); -1 if absent. */
 static long long proc_runtime_ns(int pid) {
-    char path[64], buf[256];
-    snprintf(path, sizeof path, "/proc/%d/schedstat", pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0) return -1;
-    buf[n] = 0;
-    long long v;
-    return sscanf(buf, "%lld", &v) == 1 ? v : -1;
+    char path[320], buf[256];
+    snprintf(path, sizeof path, "/proc/%d/task", pid);
+    DIR *d = opendir(path);
+    if (!d) return -1;
+    long long total = 0;
+    int seen = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+        snprintf(path, sizeof path, "/proc/%d/task/%s/schedstat", pid, e->d_name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) continue;  /* the thread just exited */
+        ssize_t n = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (n <= 0) continue;
+        buf[n] = 0;
+        long long v;
+        if (sscanf(buf, "%lld", &v) == 1) { total += v; seen++; }
+    }
+    closedir(d);
+    return seen ? total : -1;
 }
 
 static unsigned char *pat;

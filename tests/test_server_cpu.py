@@ -31,6 +31,7 @@ def _run(server, cell, rep, user, sys_, msgs_per_s, rtt=100.0, client_util=0.5):
         "server_util": 0.9,
         "client_util": client_util,
         "errors_total": 0,
+        "msgs": 1000,
     }
 
 
@@ -62,6 +63,17 @@ def test_summary_ratios_and_verdicts_follow_the_numbers():
     md = server_cpu.render_markdown(s, {"started_at": "t", "machine": "m", "repeats": 3, "warmup_s": 1,
                                         "duration_s": 5, "server_cpu": 0, "client_cpu": 1, "command": "c"})
     assert "| cython | 0.100 [0.100..0.100] |" in md and "## Targets" in md
+
+
+def test_a_run_without_any_echo_is_left_out_and_counted():
+    runs = [_run("cython", "cpu64", rep, 0.1, 6.0, 100_000) for rep in range(3)]
+    stalled = _run("cython", "cpu64", 3, float("nan"), float("nan"), 0.0)
+    stalled["msgs"] = 0
+    s = server_cpu.summarize(runs + [stalled])
+    row = s["table"][("cython", "cpu64")]
+    assert row["excluded"] == 1
+    assert row["msgs_per_s"]["n"] == 3 and row["msgs_per_s"]["min"] == 100_000
+    assert row["user_us_per_msg"]["median"] == pytest.approx(0.1)
 
 
 def test_a_slower_server_outside_the_spread_fails_the_target():
