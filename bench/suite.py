@@ -134,7 +134,8 @@ class SuiteContext:
         else:
             from sockbench import registry
 
-            plan = default_plan(registry.available_names())
+            names = registry.available_names()
+            plan = default_plan(names, speaks={n: list(registry.get(n).protocols) for n in names})
         if not out:
             out = os.path.join("results", utc_stamp())
         os.makedirs(out, exist_ok=True)
