@@ -61,6 +61,8 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from sockbench.errors import SockbenchError, UsageError
+# the wire protocols the load speaks: the same names, and limit, as ``sockbench serve --protocol``
+from sockbench.servers.protocols import DEFAULT_MAX_MESSAGE, PROTOCOLS
 
 __all__ = [
     "LoadSpec",
@@ -80,13 +82,11 @@ __all__ = [
 
 SCHEMA = 1
 MODES = ("closed", "open", "connect")
-#: the wire protocols the load speaks (the same names as ``sockbench serve --protocol``)
-PROTOCOLS = ("raw", "frame", "json")
 #: the error counters of a result's ``errors.by_kind`` (``protocol``: a frame/json answer whose
 #: framing or header is wrong; ``mismatch``: content bytes that are not the ones sent)
 ERROR_KINDS = ("connect", "reset", "timeout", "mismatch", "protocol")
 #: frame/json payloads above this are over the servers' default ``--max-message`` (16 MiB)
-MAX_FRAMED_SIZE = 16 * 1024 * 1024
+MAX_FRAMED_SIZE = DEFAULT_MAX_MESSAGE
 #: the load CPUs at least this busy: the run measured the client
 CLIENT_BOUND_UTIL = 0.95
 #: open loop: achieved rate more than 5% below the target is "behind"
