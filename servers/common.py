@@ -23,8 +23,13 @@ __all__ = [
     "StopServing",
 ]
 
-#: Bytes asked of one recv().  Also the most a connection holds unsent in user
+#: Bytes asked of one read.  Also the most a connection holds unsent in user
 #: space: a server stops reading a connection while its echo is pending.
+#: Read with ``recv_into`` into a buffer allocated once, never with
+#: ``sock.recv(RECV_SIZE)``: glibc serves a 256 KiB request with mmap, so a
+#: fresh bytes object per read costs an mmap, an mremap and a munmap (measured
+#: here: the selectors server at 100 connections x 64 B spent 24 µs of system
+#: CPU per message that way, against 6 µs with recv_into).
 RECV_SIZE = 256 * 1024
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

@@ -4,8 +4,10 @@ Why it is built this way: this is the reactor that asyncio is made of, with
 nothing else on top, so the difference between this row and the asyncio rows
 is the cost of asyncio's abstractions.
 
-* Try to send at once, and buffer only the tail that the kernel did not take
-  (CPython's ``selector_events`` does the same).
+* Read with ``recv_into`` into one buffer shared by every connection (no
+  allocation per read; see ``common.RECV_SIZE``), try to send at once, and
+  copy out only the tail that the kernel did not take (CPython's
+  ``selector_events`` also tries to send before it buffers).
 * A connection with output pending is registered for ``EVENT_WRITE`` *instead
   of* ``EVENT_READ``: it is not read again until its echo is flushed, so a
   client that does not read cannot make the server buffer without bound (at
@@ -62,6 +64,8 @@ def serve(listener, announce, options):
     sel.register(wake_r, EVENT_READ, _WAKEUP)
     conns = set()
     protocol, max_message, name = options["protocol"], options["max_message"], options["name"]
+    rbuf = bytearray(RECV_SIZE)
+    rview = memoryview(rbuf)
 
     def close(conn):
         conns.discard(conn)
@@ -88,14 +92,15 @@ def serve(listener, announce, options):
     def on_read(conn):
         sock = conn.sock
         try:
-            data = sock.recv(RECV_SIZE)
+            n = sock.recv_into(rbuf)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             close(conn)
             return
         decoder = conn.decoder
-        if not data:
+        data = rview[:n]
+        if not n:
             if decoder is not None and decoder.eof():
                 log_protocol_error(name, conn.peer, decoder.error)
             close(conn)  # nothing is pending when we read: the half-close is complete
@@ -117,7 +122,7 @@ def serve(listener, announce, options):
             close(conn)
             return
         if sent < len(data):
-            conn.pending = memoryview(data)[sent:]
+            conn.pending = memoryview(bytes(data[sent:]))  # a copy: the read buffer is reused
             sel.modify(sock, EVENT_WRITE, conn)
         elif conn.closing:
             close(conn)
