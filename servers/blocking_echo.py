@@ -10,7 +10,8 @@ Properties that matter for the benchmark:
 
 * Memory is bounded by construction: a thread that is blocked in
   ``sendall()`` (its client is not reading) does not read more.  Each thread
-  reads with ``recv_into`` into a 64 KiB buffer of its own, allocated once.
+  reads with ``recv_into`` into a page-aligned 64 KiB buffer of its own,
+  allocated once.
 * A half-close is handled for free: ``recv()`` returns ``b""`` only after
   everything before it was echoed, then the connection is closed.
 * Stop signals are blocked in the worker threads, so SIGTERM/SIGINT always
@@ -28,7 +29,7 @@ import socket
 import threading
 import time
 
-from sockbench.servers.common import STOP_SIGNALS, StopServing, set_nodelay
+from sockbench.servers.common import STOP_SIGNALS, StopServing, read_buffer, set_nodelay
 from sockbench.servers.protocols import log_protocol_error, make_decoder
 
 __all__ = ["serve"]
@@ -42,11 +43,10 @@ JOIN_BUDGET_S = 1.0
 
 def _echo(conn, peer, conns, lock, options):
     decoder = make_decoder(options["protocol"], options["max_message"])
-    buf = bytearray(THREAD_RECV)  # one per thread, reused: no allocation per read
-    view = memoryview(buf)
+    view = read_buffer(THREAD_RECV)  # one per thread, reused: no allocation per read
     try:
         while True:
-            n = conn.recv_into(buf)
+            n = conn.recv_into(view)
             data = view[:n]
             if not n:
                 if decoder is not None and decoder.eof():

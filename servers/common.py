@@ -5,6 +5,7 @@ messages and the process contract (one JSON ready line on stdout, exit 0 on
 SIGTERM/SIGINT) live here so that every server behaves the same from outside.
 """
 
+import ctypes
 import errno
 import json
 import os
@@ -17,6 +18,7 @@ from sockbench.errors import SockbenchError
 __all__ = [
     "RECV_SIZE",
     "STOP_SIGNALS",
+    "read_buffer",
     "listen",
     "set_nodelay",
     "run_server",
@@ -33,6 +35,21 @@ __all__ = [
 RECV_SIZE = 256 * 1024
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+PAGE = 4096
+
+
+def read_buffer(size=RECV_SIZE):
+    """A writable, page-aligned memoryview of ``size`` bytes to ``recv_into``, allocated once.
+
+    Page-aligned because the kernel's copy into a buffer that starts 16 bytes
+    past a 32-byte boundary, where malloc puts a large block, costs markedly
+    more here (measured: selectors at 100 x 16 KiB, 14.7 against 8.0 µs of
+    system CPU per message; the Cython servers align theirs for the same reason).
+    """
+    raw = bytearray(size + PAGE)
+    addr = ctypes.addressof((ctypes.c_char * len(raw)).from_buffer(raw))
+    start = -addr % PAGE
+    return memoryview(raw)[start : start + size]
 
 
 class StopServing(BaseException):

@@ -4,8 +4,8 @@ Why it is built this way: this is the reactor that asyncio is made of, with
 nothing else on top, so the difference between this row and the asyncio rows
 is the cost of asyncio's abstractions.
 
-* Read with ``recv_into`` into one buffer shared by every connection (no
-  allocation per read; see ``common.RECV_SIZE``), try to send at once, and
+* Read with ``recv_into`` into one page-aligned buffer shared by every
+  connection (no allocation per read; see ``common.read_buffer``), try to send at once, and
   copy out only the tail that the kernel did not take (CPython's
   ``selector_events`` also tries to send before it buffers).
 * A connection with output pending is registered for ``EVENT_WRITE`` *instead
@@ -28,7 +28,7 @@ import selectors
 import signal
 import socket
 
-from sockbench.servers.common import RECV_SIZE, STOP_SIGNALS, set_nodelay
+from sockbench.servers.common import RECV_SIZE, STOP_SIGNALS, read_buffer, set_nodelay
 from sockbench.servers.protocols import log_protocol_error, make_decoder
 
 __all__ = ["serve"]
@@ -64,8 +64,7 @@ def serve(listener, announce, options):
     sel.register(wake_r, EVENT_READ, _WAKEUP)
     conns = set()
     protocol, max_message, name = options["protocol"], options["max_message"], options["name"]
-    rbuf = bytearray(RECV_SIZE)
-    rview = memoryview(rbuf)
+    rview = read_buffer(RECV_SIZE)
 
     def close(conn):
         conns.discard(conn)
@@ -92,7 +91,7 @@ def serve(listener, announce, options):
     def on_read(conn):
         sock = conn.sock
         try:
-            n = sock.recv_into(rbuf)
+            n = sock.recv_into(rview)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
