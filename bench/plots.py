@@ -180,10 +180,8 @@ def _grouped_bars(ax, groups, servers, colors, value_of, err_of, label_fmt):
     return xs
 
 
-def plot_throughput_bars(results, path, colors):
-    cells, top = _headline_closed(results)
-    if not cells:
-        return "no closed-loop cells in this run"
+def _bars_by_size(results, path, colors, cells, value, rounds, ylabel, title, note):
+    """Grouped bars, one group per message size, one bar per server; error bars span the rounds."""
     sizes = sorted({c.cell.size for c in cells})
     servers = [s for s in results.servers() if any(c.server == s for c in cells)]
     by = {(c.server, c.cell.size): c for c in cells}
@@ -191,22 +189,33 @@ def plot_throughput_bars(results, path, colors):
 
     def val(s, g):
         c = by.get((s, g))
-        return c.median if c else None
+        return value(c) if c else None
 
     def err(s, g):
         c = by.get((s, g))
-        return (min(c.msgs), max(c.msgs)) if c else (0, 0)
+        r = rounds(c) if c else []
+        return (min(r), max(r)) if r else (0, 0)
 
     _grouped_bars(ax, sizes, servers, colors, val, err, si)
     ax.set_xticklabels([f"{format_size(s)} messages" for s in sizes])
-    ax.set_ylabel("throughput (msgs/s, median of rounds)")
+    ax.set_ylabel(ylabel)
     ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: si(v)))
     ax.margins(y=0.18)
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8, title="server", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_title(f"Closed-loop msgs/s per server by message size, {top} connections (higher is better)", fontsize=10)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    _finish(fig, results, path, _rounds_note(cells) + "; error bars: min-max over rounds")
+    _finish(fig, results, path, note)
+
+
+def plot_throughput_bars(results, path, colors):
+    cells, top = _headline_closed(results)
+    if not cells:
+        return "no closed-loop cells in this run"
+    _bars_by_size(results, path, colors, cells, lambda c: c.median, lambda c: c.msgs,
+                  "throughput (msgs/s, median of rounds)",
+                  f"Closed-loop msgs/s per server by message size, {top} connections (higher is better)",
+                  _rounds_note(cells) + "; error bars: min-max over rounds")
     return None
 
 
@@ -306,30 +315,10 @@ def plot_efficiency(results, path, colors):
     cells = [c for c in cells if math.isfinite(c.msgs_per_cpu_s)]
     if not cells:
         return "no server CPU figures in this run"
-    sizes = sorted({c.cell.size for c in cells})
-    servers = [s for s in results.servers() if any(c.server == s for c in cells)]
-    by = {(c.server, c.cell.size): c for c in cells}
-    fig, ax = plt.subplots(figsize=(max(7.5, 2.8 + 0.55 * len(servers) * len(sizes)), 5))
-
-    def val(s, g):
-        c = by.get((s, g))
-        return c.msgs_per_cpu_s if c else None
-
-    def err(s, g):
-        c = by.get((s, g))
-        r = c.msgs_per_cpu_s_rounds() if c else []
-        return (min(r), max(r)) if r else (0, 0)
-
-    _grouped_bars(ax, sizes, servers, colors, val, err, si)
-    ax.set_xticklabels([f"{format_size(s)} messages" for s in sizes])
-    ax.set_ylabel("messages echoed per server CPU-second (user+sys)")
-    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: si(v)))
-    ax.margins(y=0.18)
-    ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=8, title="server", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_title(f"Server CPU efficiency, closed loop, {top} connections (higher is better)", fontsize=10)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    _finish(fig, results, path, "server CPU from /proc/PID/stat over the measured window; error bars: min-max over rounds")
+    _bars_by_size(results, path, colors, cells, lambda c: c.msgs_per_cpu_s, lambda c: c.msgs_per_cpu_s_rounds(),
+                  "messages echoed per server CPU-second (user+sys)",
+                  f"Server CPU efficiency, closed loop, {top} connections (higher is better)",
+                  "server CPU from /proc/PID/stat over the measured window; error bars: min-max over rounds")
     return None
 
 
