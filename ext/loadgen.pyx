@@ -354,6 +354,16 @@ cdef inline int set_events(Loop *L, Conn *c, int64_t idx, uint32_t events, int o
     return epoll_ctl(L.ep, op, c.fd, &ev)
 
 
+cdef inline void want_writable(Loop *L, Conn *c, int64_t idx, int want) noexcept nogil:
+    """Watch EPOLLOUT only while ``c`` has bytes the kernel did not take (one epoll_ctl per change)."""
+    if want and not c.want_out:
+        c.want_out = 1
+        set_events(L, c, idx, EPOLLIN | EPOLLOUT, EPOLL_CTL_MOD)
+    elif not want and c.want_out:
+        c.want_out = 0
+        set_events(L, c, idx, EPOLLIN, EPOLL_CTL_MOD)
+
+
 cdef inline int verify(Loop *L, Conn *c, const char *buf, int64_t n) noexcept nogil:
     """1 when ``buf[:n]`` is exactly the stream of ``c`` at offset ``c.recvd``."""
     return verify_at(L, c, c.recvd, buf, n)
@@ -412,13 +422,7 @@ cdef int flush(Loop *L, Conn *c, int64_t idx, int64_t now) noexcept nogil:
         c.sent += n
         if n < total:
             break
-    if c.sent < c.owed:
-        if not c.want_out:
-            c.want_out = 1
-            set_events(L, c, idx, EPOLLIN | EPOLLOUT, EPOLL_CTL_MOD)
-    elif c.want_out:
-        c.want_out = 0
-        set_events(L, c, idx, EPOLLIN, EPOLL_CTL_MOD)
+    want_writable(L, c, idx, c.sent < c.owed)
     return 0
 
 
@@ -515,13 +519,7 @@ cdef int flush_framed(Loop *L, Conn *c, int64_t idx, int64_t now) noexcept nogil
         advance(L, c, n)
         if n < total:
             break
-    if c.smsg < c.queued:
-        if not c.want_out:
-            c.want_out = 1
-            set_events(L, c, idx, EPOLLIN | EPOLLOUT, EPOLL_CTL_MOD)
-    elif c.want_out:
-        c.want_out = 0
-        set_events(L, c, idx, EPOLLIN, EPOLL_CTL_MOD)
+    want_writable(L, c, idx, c.smsg < c.queued)
     return 0
 
 
