@@ -40,7 +40,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ import time
 from datetime import datetime, timezone
 
 from sockbench import registry
+from sockbench.bench.spread import fmt_spread, spread
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.proc import ServerProcess, read_proc_stat
 
@@ -230,12 +230,6 @@ def run_benchmark(servers, protocols=FRAMED, repeats=3, conns=100, depth=16, siz
     return runs
 
 
-def _stat(values):
-    values = [v for v in values if v == v]
-    if not values:
-        return None
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
-
 
 METRICS = ("msgs_per_s", "user_us_per_msg", "sys_us_per_msg", "total_us_per_msg", "server_util",
            "client_user_us_per_msg", "client_sys_us_per_msg", "client_util")
@@ -247,7 +241,7 @@ def summarize(runs, focus="cython", base="uvloop"):
     for r in runs:
         if r["valid"]:
             cells.setdefault((r["protocol"], r["server"]), []).append(r)
-    table = {f"{p}/{s}": {m: _stat([r[m] for r in rs]) for m in METRICS} for (p, s), rs in cells.items()}
+    table = {f"{p}/{s}": {m: spread([r[m] for r in rs]) for m in METRICS} for (p, s), rs in cells.items()}
     ratios, checks = {}, []
     for protocol in sorted({r["protocol"] for r in runs}):
         for metric in ("msgs_per_s", "user_us_per_msg", "total_us_per_msg"):
@@ -257,7 +251,7 @@ def summarize(runs, focus="cython", base="uvloop"):
                 b = [r for r in cells.get((protocol, base), []) if r["repeat"] == rep]
                 if a and b and b[0][metric]:
                     per_rep.append(a[0][metric] / b[0][metric])
-            ratios[f"{protocol}/{metric}"] = _stat(per_rep)
+            ratios[f"{protocol}/{metric}"] = spread(per_rep)
     for protocol, metric, bound, kind in TARGETS:
         st = ratios.get(f"{protocol}/{metric}")
         if st is None:
@@ -273,11 +267,6 @@ def summarize(runs, focus="cython", base="uvloop"):
     invalid = [f"{r['protocol']}/{r['server']} (repeat {r['repeat'] + 1}): {r['error']}" for r in runs if not r["valid"]]
     return {"table": table, "ratios": ratios, "checks": checks, "client_bound": client_bound, "invalid": invalid}
 
-
-def _fmt(st, spec):
-    if st is None:
-        return "n/a"
-    return f"{st['median']:{spec}} ({st['min']:{spec}}..{st['max']:{spec}})"
 
 
 def render_markdown(summary, meta):
@@ -295,12 +284,12 @@ def render_markdown(summary, meta):
         client_us = None
         if t["client_user_us_per_msg"] and t["client_sys_us_per_msg"]:
             client_us = {k: t["client_user_us_per_msg"][k] + t["client_sys_us_per_msg"][k] for k in ("median", "min", "max")}
-        lines.append(f"| {key} | {_fmt(t['msgs_per_s'], ',.0f')} | {_fmt(t['user_us_per_msg'], '.3f')} | "
-                     f"{_fmt(t['sys_us_per_msg'], '.3f')} | {_fmt(t['total_us_per_msg'], '.3f')} | "
-                     f"{_fmt(t['server_util'], '.2f')} | {_fmt(client_us, '.3f')} | {_fmt(t['client_util'], '.2f')} |")
+        lines.append(f"| {key} | {fmt_spread(t['msgs_per_s'], ',.0f')} | {fmt_spread(t['user_us_per_msg'], '.3f')} | "
+                     f"{fmt_spread(t['sys_us_per_msg'], '.3f')} | {fmt_spread(t['total_us_per_msg'], '.3f')} | "
+                     f"{fmt_spread(t['server_util'], '.2f')} | {fmt_spread(client_us, '.3f')} | {fmt_spread(t['client_util'], '.2f')} |")
     lines += ["", "Ratios cython/uvloop (per repeat, then median (min..max)):", ""]
     for key, st in sorted(summary["ratios"].items()):
-        lines.append(f"- {key}: {_fmt(st, '.3f')}")
+        lines.append(f"- {key}: {fmt_spread(st, '.3f')}")
     lines += ["", "Targets:", ""]
     for c in summary["checks"]:
         verdict = "n/a" if c["met"] is None else ("met" if c["met"] else "NOT met")

@@ -27,12 +27,11 @@ defaults).  Not part of the unit tests: it carries speed targets.
 """
 
 import argparse
-import json
-import statistics
 import sys
 
 from sockbench import registry
 from sockbench.bench.harness import LoadSpec, run_load, write_json
+from sockbench.bench.spread import fmt_spread, spread
 from sockbench.errors import SockbenchError, UsageError
 
 __all__ = ["TARGETS", "run_benchmark", "summarize", "render", "main"]
@@ -81,19 +80,13 @@ def run_benchmark(servers, protocols, repeats, duration_s, warmup_s, conns, size
     return cells
 
 
-def _stats(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
-
 
 def summarize(cells, protocols):
     """Medians with spread per cell, and the per-repeat cython/uvloop ratios against the targets."""
     out = {"cells": {}, "ratios": []}
     for (s, p), runs in cells.items():
         ok = [r for r in runs if r["valid"]]  # an invalid run (errors, a stall) is no measurement
-        out["cells"][f"{s}/{p}"] = {m: _stats([r[m] for r in ok]) for m in METRICS}
+        out["cells"][f"{s}/{p}"] = {m: spread([r[m] for r in ok]) for m in METRICS}
         out["cells"][f"{s}/{p}"]["invalid"] = [r["invalid_reason"] for r in runs if not r["valid"]]
         out["cells"][f"{s}/{p}"]["limited_by"] = [r["limited_by"] for r in ok]
     for p, metric, bound, kind in TARGETS:
@@ -102,17 +95,12 @@ def summarize(cells, protocols):
             continue
         per = [x[metric] / y[metric] for x, y in zip(a, b)
                if x["valid"] and y["valid"] and x[metric] and y[metric]]
-        st = _stats(per)
+        st = spread(per)
         met = None if st is None else (st["median"] >= bound if kind == "min" else st["median"] <= bound)
         out["ratios"].append({"protocol": p, "metric": metric, "target": f"{'>=' if kind == 'min' else '<='} {bound:g}",
                               "per_repeat": per, "stats": st, "met": met})
     return out
 
-
-def _fmt(st, f):
-    if st is None:
-        return "-"
-    return f"{f.format(st['median'])} ({f.format(st['min'])}..{f.format(st['max'])})"
 
 
 def render(summary):
@@ -121,15 +109,15 @@ def render(summary):
     for name, c in summary["cells"].items():
         bad = f" ({len(c['invalid'])} run(s) invalid, left out)" if c["invalid"] else ""
         lines.append(
-            f"| {name}{bad} | {_fmt(c['msgs_per_s'], '{:,.0f}')} | "
-            f"{_fmt(c['server_user_us'], '{:.3f}')} | {_fmt(c['server_sys_us'], '{:.3f}')} | "
-            f"{_fmt(c['client_us'], '{:.3f}')} | {_fmt(c['client_util'], '{:.0%}')} | "
+            f"| {name}{bad} | {fmt_spread(c['msgs_per_s'], ',.0f')} | "
+            f"{fmt_spread(c['server_user_us'], '.3f')} | {fmt_spread(c['server_sys_us'], '.3f')} | "
+            f"{fmt_spread(c['client_us'], '.3f')} | {fmt_spread(c['client_util'], '.0%')} | "
             f"{', '.join(str(x) for x in c['limited_by'])} |")
     lines.append("")
     for r in summary["ratios"]:
         per = ", ".join(f"{x:.2f}" for x in r["per_repeat"])
         verdict = {True: "met", False: "NOT met", None: "-"}[r["met"]]
-        lines.append(f"cython/uvloop {r['protocol']} {r['metric']}: median {_fmt(r['stats'], '{:.2f}')} "
+        lines.append(f"cython/uvloop {r['protocol']} {r['metric']}: median {fmt_spread(r['stats'], '.2f')} "
                      f"[per repeat: {per}] target {r['target']}: {verdict}")
     for name, c in summary["cells"].items():
         for why in c["invalid"]:

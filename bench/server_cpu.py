@@ -57,7 +57,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -65,6 +64,7 @@ import time
 from datetime import datetime, timezone
 
 from sockbench import registry
+from sockbench.bench.spread import fmt_spread, spread
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.proc import ServerProcess
 
@@ -200,12 +200,6 @@ def run_benchmark(servers, cells=CELLS, repeats=3, warmup=1.0, duration=5.0, ser
     return runs
 
 
-def _stat(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
-
 
 METRICS = (
     "user_us_per_msg",
@@ -243,10 +237,10 @@ def summarize(runs, focus="cython"):
             every = [r for r in all_runs if r["server"] == s and r["cell"] == c]
             rs = [r for r in every if _valid(r)]
             if rs:
-                table[(s, c)] = {m: _stat([r[m] for r in rs]) for m in METRICS}
+                table[(s, c)] = {m: spread([r[m] for r in rs]) for m in METRICS}
                 # what the server could echo per second of its own CPU: its capacity
                 # when it is the bottleneck, whoever limited this particular run
-                table[(s, c)]["msgs_per_cpu_s"] = _stat(
+                table[(s, c)]["msgs_per_cpu_s"] = spread(
                     [1e6 / r["total_us_per_msg"] for r in rs if r["total_us_per_msg"] > 0]
                 )
                 table[(s, c)]["errors"] = sum(r["errors_total"] for r in every)
@@ -262,7 +256,7 @@ def summarize(runs, focus="cython"):
             b = [r[metric] for r in runs if r["server"] == other and r["cell"] == cell and r["repeat"] == rep]
             if a and b and b[0]:
                 ratios.append(a[0] / b[0])
-        return _stat(ratios)
+        return spread(ratios)
 
     for cell in CPU_CELLS:
         for other, limit in (("uvloop", 0.2), ("asyncio-protocol", 0.1)):
@@ -315,11 +309,6 @@ def summarize(runs, focus="cython"):
     return out
 
 
-def _fmt(st, spec):
-    if st is None:
-        return "-"
-    return f"{st['median']:{spec}} [{st['min']:{spec}}..{st['max']:{spec}}]"
-
 
 def render_markdown(summary, meta):
     """The figures as Markdown: medians with [min..max] over the repeats."""
@@ -351,10 +340,10 @@ def render_markdown(summary, meta):
             if not row:
                 continue
             lines.append(
-                f"| {s} | {_fmt(row['user_us_per_msg'], '.3f')} | {_fmt(row['sys_us_per_msg'], '.2f')} | "
-                f"{_fmt(row['total_us_per_msg'], '.2f')} | {_fmt(row['msgs_per_s'], '.0f')} | {_fmt(row['mb_per_s'], '.1f')} | "
-                f"{_fmt(row['rtt_mean_us'], '.1f')} | {_fmt(row['server_util'], '.2f')} | {_fmt(row['client_util'], '.2f')} | "
-                f"{_fmt(row['msgs_per_cpu_s'], '.0f')} | {row['errors']}"
+                f"| {s} | {fmt_spread(row['user_us_per_msg'], '.3f')} | {fmt_spread(row['sys_us_per_msg'], '.2f')} | "
+                f"{fmt_spread(row['total_us_per_msg'], '.2f')} | {fmt_spread(row['msgs_per_s'], '.0f')} | {fmt_spread(row['mb_per_s'], '.1f')} | "
+                f"{fmt_spread(row['rtt_mean_us'], '.1f')} | {fmt_spread(row['server_util'], '.2f')} | {fmt_spread(row['client_util'], '.2f')} | "
+                f"{fmt_spread(row['msgs_per_cpu_s'], '.0f')} | {row['errors']}"
                 + (f" ({row['excluded']} invalid run(s) left out)" if row.get("excluded") else "")
                 + " |"
             )

@@ -22,13 +22,13 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 
 from sockbench import registry
 from sockbench.bench.harness import LoadSpec, run_load
+from sockbench.bench.spread import fmt_spread, spread
 from sockbench.proc import ServerProcess
 
 __all__ = ["WORKLOADS", "build_reference", "run_reference", "run_harness", "compare", "main"]
@@ -77,12 +77,6 @@ def run_harness(address, conns, size, depth, warmup, duration, cpu):
             "p50_us": r["latency_us"]["p50"], "p99_us": r["latency_us"]["p99"]}
 
 
-def _stats(xs):
-    xs = [x for x in xs if x is not None]
-    if not xs:
-        return {"median": None, "min": None, "max": None}
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
-
 
 def compare(server, rounds, warmup, duration, server_cpu=0, client_cpu=1):
     """Run every workload ``rounds`` times with each client, alternating; return the summary dict."""
@@ -109,21 +103,18 @@ def compare(server, rounds, warmup, duration, server_cpu=0, client_cpu=1):
                           f"| ratios {row['ratio_msgs']:.3f} {row['ratio_cpu_per_msg']:.3f}", file=sys.stderr)
                 out["workloads"].append({
                     "conns": conns, "size": size, "depth": depth, "rounds": rows,
-                    "harness_msgs_per_s": _stats([r["harness"]["msgs_per_s"] for r in rows]),
-                    "ref_msgs_per_s": _stats([r["ref"]["msgs_per_s"] for r in rows]),
-                    "harness_cpu_us_per_msg": _stats([r["harness"]["cpu_us_per_msg"] for r in rows]),
-                    "ref_cpu_us_per_msg": _stats([r["ref"]["cpu_us_per_msg"] for r in rows]),
-                    "ratio_msgs": _stats([r["ratio_msgs"] for r in rows]),
-                    "ratio_cpu_per_msg": _stats([r["ratio_cpu_per_msg"] for r in rows]),
-                    "harness_msgs_per_write": _stats([r["harness"]["msgs_per_write"] for r in rows]),
-                    "harness_cpu_util": _stats([r["harness"]["cpu_util"] for r in rows]),
-                    "ref_cpu_util": _stats([r["ref"]["cpu_util"] for r in rows]),
+                    "harness_msgs_per_s": spread([r["harness"]["msgs_per_s"] for r in rows]),
+                    "ref_msgs_per_s": spread([r["ref"]["msgs_per_s"] for r in rows]),
+                    "harness_cpu_us_per_msg": spread([r["harness"]["cpu_us_per_msg"] for r in rows]),
+                    "ref_cpu_us_per_msg": spread([r["ref"]["cpu_us_per_msg"] for r in rows]),
+                    "ratio_msgs": spread([r["ratio_msgs"] for r in rows]),
+                    "ratio_cpu_per_msg": spread([r["ratio_cpu_per_msg"] for r in rows]),
+                    "harness_msgs_per_write": spread([r["harness"]["msgs_per_write"] for r in rows]),
+                    "harness_cpu_util": spread([r["harness"]["cpu_util"] for r in rows]),
+                    "ref_cpu_util": spread([r["ref"]["cpu_util"] for r in rows]),
                 })
     return out
 
-
-def _fmt(s, f="{:,.0f}"):
-    return f"{f.format(s['median'])} [{f.format(s['min'])}..{f.format(s['max'])}]"
 
 
 def main(argv=None):
@@ -140,12 +131,12 @@ def main(argv=None):
           f"medians [min..max]")
     for w in out["workloads"]:
         print(f"{w['conns']} conns x {w['size']} B x {w['depth']} in flight")
-        print(f"  msgs/s        harness {_fmt(w['harness_msgs_per_s'])}   ref {_fmt(w['ref_msgs_per_s'])}")
-        print(f"  CPU µs/msg    harness {_fmt(w['harness_cpu_us_per_msg'], '{:.3f}')}   ref {_fmt(w['ref_cpu_us_per_msg'], '{:.3f}')}")
-        print(f"  client util   harness {_fmt(w['harness_cpu_util'], '{:.0%}')}   ref {_fmt(w['ref_cpu_util'], '{:.0%}')}")
-        print(f"  ratio msgs/s (>= 0.9)      {_fmt(w['ratio_msgs'], '{:.3f}')}")
-        print(f"  ratio CPU/msg (<= 1.1)     {_fmt(w['ratio_cpu_per_msg'], '{:.3f}')}")
-        print(f"  coalescing: harness msgs per write {_fmt(w['harness_msgs_per_write'], '{:.2f}')}")
+        print(f"  msgs/s        harness {fmt_spread(w['harness_msgs_per_s'])}   ref {fmt_spread(w['ref_msgs_per_s'])}")
+        print(f"  CPU µs/msg    harness {fmt_spread(w['harness_cpu_us_per_msg'], '.3f')}   ref {fmt_spread(w['ref_cpu_us_per_msg'], '.3f')}")
+        print(f"  client util   harness {fmt_spread(w['harness_cpu_util'], '.0%')}   ref {fmt_spread(w['ref_cpu_util'], '.0%')}")
+        print(f"  ratio msgs/s (>= 0.9)      {fmt_spread(w['ratio_msgs'], '.3f')}")
+        print(f"  ratio CPU/msg (<= 1.1)     {fmt_spread(w['ratio_cpu_per_msg'], '.3f')}")
+        print(f"  coalescing: harness msgs per write {fmt_spread(w['harness_msgs_per_write'], '.2f')}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)
