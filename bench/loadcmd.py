@@ -35,23 +35,15 @@ def parse_target(text):
     return host, int(port)
 
 
-def _float(name):
+def _number(kind, name):
+    """An argparse type: ``kind(text)``, or a one-line usage error naming the option."""
+    what = "a whole number" if kind is int else "a number"
+
     def conv(text):
         try:
-            return float(text)
+            return kind(text)
         except ValueError:
-            raise UsageError(f"bad {name} {text!r}; use a number") from None
-
-    conv.__name__ = name
-    return conv
-
-
-def _int(name):
-    def conv(text):
-        try:
-            return int(text)
-        except ValueError:
-            raise UsageError(f"bad {name} {text!r}; use a whole number") from None
+            raise UsageError(f"bad {name} {text!r}; use {what}") from None
 
     conv.__name__ = name
     return conv
@@ -62,19 +54,19 @@ def add_arguments(p):
     p.add_argument("name", nargs="?", help="a registered server to start and load (see `sockbench servers`)")
     p.add_argument("--target", metavar="HOST:PORT", help="load an echo server that is already running instead")
     p.add_argument("--mode", default="closed", help="closed (default), open or connect")
-    p.add_argument("--conns", type=_int("--conns"), default=10, help="connections (default 10)")
+    p.add_argument("--conns", type=_number(int, "--conns"), default=10, help="connections (default 10)")
     p.add_argument("--size", default="64", help="payload size per message: 64, 1k, 16k, 1m (default 64)")
     p.add_argument("--protocol", default="raw",
                    help="raw (default: a byte echo), frame (4-byte length + payload) or json (2-byte length + JSON header + content)")
-    p.add_argument("--depth", type=_int("--depth"), default=1, help="messages in flight per connection, closed mode (default 1)")
-    p.add_argument("--rate", type=_float("--rate"), default=None, help="open mode: total msgs/s")
-    p.add_argument("--duration", type=_float("--duration"), default=5.0, help="measured seconds (default 5)")
-    p.add_argument("--warmup", type=_float("--warmup"), default=1.0, help="seconds before measuring (default 1)")
-    p.add_argument("--procs", type=_int("--procs"), default=1, help="load processes (default 1)")
+    p.add_argument("--depth", type=_number(int, "--depth"), default=1, help="messages in flight per connection, closed mode (default 1)")
+    p.add_argument("--rate", type=_number(float, "--rate"), default=None, help="open mode: total msgs/s")
+    p.add_argument("--duration", type=_number(float, "--duration"), default=5.0, help="measured seconds (default 5)")
+    p.add_argument("--warmup", type=_number(float, "--warmup"), default=1.0, help="seconds before measuring (default 1)")
+    p.add_argument("--procs", type=_number(int, "--procs"), default=1, help="load processes (default 1)")
     p.add_argument("--server-cpus", default="0", help="CPUs for the server (default 0)")
     p.add_argument("--client-cpus", default="1", help="CPUs for the load processes (default 1)")
-    p.add_argument("--interval", type=_float("--interval"), default=0.1, help="time-series interval in seconds (default 0.1)")
-    p.add_argument("--timeout", type=_float("--timeout"), default=5.0, help="seconds before an unanswered message is an error (default 5)")
+    p.add_argument("--interval", type=_number(float, "--interval"), default=0.1, help="time-series interval in seconds (default 0.1)")
+    p.add_argument("--timeout", type=_number(float, "--timeout"), default=5.0, help="seconds before an unanswered message is an error (default 5)")
     p.add_argument("--json", metavar="PATH", help="write the result JSON here (- for stdout)")
     return p
 

@@ -21,7 +21,7 @@ buffering; this is asyncio at its leanest, and the same class runs on uvloop
 
 import asyncio
 
-from sockbench.servers.common import STOP_SIGNALS, set_nodelay
+from sockbench.servers.common import set_nodelay, stop_event
 from sockbench.servers.protocols import log_protocol_error, make_decoder
 
 __all__ = ["EchoProtocol", "MessageProtocol", "serve", "serve_on"]
@@ -90,9 +90,7 @@ class MessageProtocol(EchoProtocol):
 
 async def _main(listener, announce, options):
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in STOP_SIGNALS:
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event(loop)
     conns = set()
     if options["protocol"] == "raw":
         factory = lambda: EchoProtocol(conns)  # noqa: E731

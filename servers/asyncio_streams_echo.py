@@ -24,7 +24,7 @@ the bare protocol API (``asyncio-protocol``).
 import asyncio
 import struct
 
-from sockbench.servers.common import RECV_SIZE, STOP_SIGNALS, set_nodelay
+from sockbench.servers.common import RECV_SIZE, set_nodelay, stop_event
 from sockbench.servers.protocols import ProtocolError, json_response, log_protocol_error, parse_json_header
 
 __all__ = ["serve"]
@@ -83,10 +83,7 @@ _HANDLERS = {"raw": _echo_raw, "frame": _echo_frames, "json": _echo_json}
 
 
 async def _main(listener, announce, options):
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in STOP_SIGNALS:
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event(asyncio.get_running_loop())
     writers = set()
     tasks = set()
     echo = _HANDLERS[options["protocol"]]

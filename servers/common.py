@@ -21,6 +21,7 @@ __all__ = [
     "read_buffer",
     "listen",
     "set_nodelay",
+    "stop_event",
     "run_server",
     "StopServing",
 ]
@@ -88,6 +89,16 @@ def listen(host="127.0.0.1", port=0, backlog=4096):
 def set_nodelay(sock):
     """Disable Nagle on an accepted socket: an echo must leave at once."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def stop_event(loop):
+    """An ``asyncio.Event`` that SIGTERM or SIGINT sets: the asyncio servers serve until it is set."""
+    import asyncio
+
+    stop = asyncio.Event()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    return stop
 
 
 def run_server(name, host="127.0.0.1", port=0, protocol="raw", max_message=None):
