@@ -20,6 +20,16 @@ and the per-repeat ratios cython/uvloop against issue 6's targets
 (frame: msgs/s >= 2.5x, user CPU/msg <= 0.15x; json: msgs/s >= 4x).  Every
 ratio is taken within one repeat (side by side), then its median is given.
 
+It also gives the *kernel ceiling* of the msgs/s ratio per protocol: uvloop's
+whole server CPU per message divided by cython's system CPU per message.  A
+server that echoes 16 messages per read still has to make one recv and one send
+per batch, and on loopback that send carries the whole TCP path of both ends
+(transmit, the peer's receive in softirq, the ACK).  Cython's user time is
+already near zero, so its kernel time is the floor for any server on this
+machine, and no client, however fast, can lift the msgs/s ratio above
+uvloop's CPU per message over that floor.  When the ceiling is below a target,
+the target is out of this machine's reach, and the line says so.
+
 Run: ``python -m sockbench.bench.framed_load [--repeats 3] [--duration 3]
 [--servers cython,uvloop] [--protocols frame,json] [--conns 100 --size 64
 --depth 16] [--json PATH]``.  Server on CPU 0, load on CPU 1 (the harness's
@@ -83,7 +93,7 @@ def run_benchmark(servers, protocols, repeats, duration_s, warmup_s, conns, size
 
 def summarize(cells, protocols):
     """Medians with spread per cell, and the per-repeat cython/uvloop ratios against the targets."""
-    out = {"cells": {}, "ratios": []}
+    out = {"cells": {}, "ratios": [], "ceilings": []}
     for (s, p), runs in cells.items():
         ok = [r for r in runs if r["valid"]]  # an invalid run (errors, a stall) is no measurement
         out["cells"][f"{s}/{p}"] = {m: spread([r[m] for r in ok]) for m in METRICS}
@@ -99,6 +109,17 @@ def summarize(cells, protocols):
         met = None if st is None else (st["median"] >= bound if kind == "min" else st["median"] <= bound)
         out["ratios"].append({"protocol": p, "metric": metric, "target": f"{'>=' if kind == 'min' else '<='} {bound:g}",
                               "per_repeat": per, "stats": st, "met": met})
+    for p in protocols:
+        a, b = cells.get(("cython", p)), cells.get(("uvloop", p))
+        if not a or not b:
+            continue
+        per = [(y["server_user_us"] + y["server_sys_us"]) / x["server_sys_us"] for x, y in zip(a, b)
+               if x["valid"] and y["valid"] and x["server_sys_us"]
+               and y["server_user_us"] is not None and y["server_sys_us"] is not None]
+        bound = next((t[2] for t in TARGETS if t[0] == p and t[1] == "msgs_per_s"), None)
+        st = spread(per)
+        out["ceilings"].append({"protocol": p, "per_repeat": per, "stats": st, "target": bound,
+                                "reachable": None if st is None or bound is None else st["median"] >= bound})
     return out
 
 
@@ -119,6 +140,14 @@ def render(summary):
         verdict = {True: "met", False: "NOT met", None: "-"}[r["met"]]
         lines.append(f"cython/uvloop {r['protocol']} {r['metric']}: median {fmt_spread(r['stats'], '.2f')} "
                      f"[per repeat: {per}] target {r['target']}: {verdict}")
+    for c in summary.get("ceilings", ()):
+        if c["stats"] is None:
+            continue
+        verdict = {True: "the target is within it", False: "the target is ABOVE it: out of this machine's reach",
+                   None: ""}[c["reachable"]]
+        lines.append(f"kernel ceiling {c['protocol']} msgs/s ratio (uvloop server CPU/msg over cython's kernel "
+                     f"CPU/msg): median {fmt_spread(c['stats'], '.2f')}"
+                     + (f"; target >= {c['target']:g}: {verdict}" if c["target"] is not None else ""))
     for name, c in summary["cells"].items():
         for why in c["invalid"]:
             lines.append(f"invalid {name}: {why}")
