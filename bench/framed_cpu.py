@@ -49,7 +49,7 @@ from datetime import datetime, timezone
 from sockbench import registry
 from sockbench.bench.spread import fmt_spread, spread
 from sockbench.errors import SockbenchError, UsageError
-from sockbench.proc import ServerProcess, read_proc_stat
+from sockbench.proc import ServerProcess, read_proc_stat, read_task_cpu_s
 
 __all__ = ["build_client", "run_cell", "run_benchmark", "summarize", "render_markdown", "main", "TARGETS"]
 
@@ -82,22 +82,6 @@ def build_client(src=_CLIENT_SRC):
         raise SockbenchError(f"cannot compile {src}: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else 'gcc failed'}")
     os.replace(tmp, exe)
     return exe
-
-
-def _schedstat_s(pid):
-    """Exact CPU time (user + system) of a live process, all its threads, from /proc/PID/task/*/schedstat.
-
-    A thread that ended in the window takes its time with it: only the
-    ``blocking`` server has threads that come and go, and not in a steady run.
-    """
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            pass  # the thread ended meanwhile
-    return total / 1e9
 
 
 def _queues(port):
@@ -151,9 +135,9 @@ def run_cell(client, server, protocol, conns, depth, size, warmup, duration, cli
         for line in proc.stdout:
             line = line.strip()
             if line == "window":
-                before = (read_proc_stat(server.pid), _schedstat_s(server.pid))
+                before = (read_proc_stat(server.pid), sum(read_task_cpu_s(server.pid).values()))
             elif line.startswith("{"):
-                after = (read_proc_stat(server.pid), _schedstat_s(server.pid))
+                after = (read_proc_stat(server.pid), sum(read_task_cpu_s(server.pid).values()))
                 result = json.loads(line)
                 if "stalled" in result.get("error", "") or result.get("stuck"):
                     result["error"] += "; " + _queues(port) + "; " + _proc_state(server.pid)

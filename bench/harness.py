@@ -259,13 +259,44 @@ def _split(n, parts):
 
 
 def _read_server(proc):
-    """(user_s, sys_s) of the server, or None if it is gone."""
-    from sockbench.proc import read_proc_stat
+    """(user_s, sys_s, threads) of the server, or None if it is gone.
+
+    ``user_s`` and ``sys_s`` come from /proc/PID/stat, in clock ticks of 10 ms;
+    ``threads`` is ``{tid: seconds}``, the scheduler's runtime of each current thread.
+    """
+    from sockbench.proc import read_proc_stat, read_task_cpu_s
 
     try:
-        return read_proc_stat(proc.pid)
+        return (*read_proc_stat(proc.pid), read_task_cpu_s(proc.pid))
     except (OSError, ValueError, IndexError):
         return None
+
+
+def server_cpu(c0, c1):
+    """The server's ``(user_s, sys_s, source)`` between two ``_read_server`` samples.
+
+    /proc/PID/stat counts whole clock ticks (10 ms), so a 0.2 s round of a
+    server that is busy 30% of it is known to within a third.  The scheduler's
+    runtime per thread is exact, so the total is taken from it and split
+    between user and system in the tick counts' proportion (what the kernel
+    itself does to make utime + stime add up).  The ticks stay (``source``
+    "ticks") when no tick was counted (no split to scale), or when a thread
+    ended inside the window and took its runtime with it (``blocking``): one
+    that was there at the start is missing at the end, or the exact total
+    falls short of the ticks by more than their rounding (a thread that came
+    and went in between).
+    """
+    from sockbench.proc import TICK_S
+
+    user, sys_ = c1[0] - c0[0], c1[1] - c0[1]
+    ticks = user + sys_
+    t0, t1 = (c0[2], c1[2]) if len(c0) > 2 and len(c1) > 2 else ({}, {})
+    if not t1 or ticks <= 0 or not set(t0) <= set(t1):
+        return user, sys_, "ticks"
+    exact = sum(t1.values()) - sum(t0.values())
+    if exact < ticks - TICK_S - 1e-3:
+        return user, sys_, "ticks"
+    return user * exact / ticks, sys_ * exact / ticks, "schedstat"
 
 
 def _sleep_until(t_ns):
@@ -595,8 +626,10 @@ def _build_result(spec, server, host, port, started_at, results, problems, srv):
                    "us_per_msg": {"user": None, "sys": None}}
     c0, c1 = srv.get("cpu0"), srv.get("cpu1")
     if c0 and c1:
-        server_proc["user_s"] = round(c1[0] - c0[0], 4)
-        server_proc["sys_s"] = round(c1[1] - c0[1], 4)
+        user_s, sys_s, source = server_cpu(c0, c1)
+        server_proc["user_s"] = round(user_s, 6)
+        server_proc["sys_s"] = round(sys_s, 6)
+        server_proc["cpu_source"] = source
         if msgs:
             server_proc["us_per_msg"] = {
                 "user": server_proc["user_s"] / msgs * 1e6,

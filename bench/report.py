@@ -84,7 +84,7 @@ def _range(vals):
 
 
 def _tick_us(c):
-    """The resolution of a round's server CPU per message: one clock tick over the messages of its window."""
+    """The resolution of a round's user CPU per message: one clock tick over the messages of its window."""
     durs = [float((r.get("workload") or {}).get("duration_s") or 0) for r in c.runs]
     msgs = c.median * (sorted(durs)[len(durs) // 2] if durs else 0.0)
     return CLOCK_TICK_S * 1e6 / msgs if msgs > 0 else float("nan")
@@ -132,8 +132,9 @@ def protocol_cost_rows(results):
 PROTO_NOTE = ("Server CPU per message (µs, user+sys, and user alone), median over rounds with the min–max in brackets; "
               "*cost over raw* is the framed protocol's median minus the raw median of the same server, measured "
               "in the same run at the same workload: the price of parsing and building each message. *vs raw* is "
-              "the ratio of msgs/s. The server's CPU time is counted in clock ticks of 10 ms, so a figure (and a "
-              "difference) smaller than *1 CPU tick in µs/msg* is below what one round can resolve. "
+              "the ratio of msgs/s. The total is exact (the scheduler's runtime of the server's threads); its split "
+              "into user and system comes from clock ticks of 10 ms, so a user figure (and a user difference) "
+              "smaller than *1 CPU tick in µs/msg* is below what one round can resolve. "
               "A flagged row's figures must not be quoted (see the warnings).")
 
 

@@ -15,10 +15,12 @@ import time
 
 from sockbench.errors import SockbenchError
 
-__all__ = ["ServerProcess", "read_proc_stat", "read_rss_bytes"]
+__all__ = ["ServerProcess", "read_proc_stat", "read_task_cpu_s", "read_rss_bytes", "TICK_S"]
 
 READY_TIMEOUT_S = 15.0
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: the unit of /proc/PID/stat's utime and stime, in seconds (10 ms here)
+TICK_S = 1.0 / _CLK_TCK
 
 
 def read_proc_stat(pid):
@@ -28,6 +30,25 @@ def read_proc_stat(pid):
     fields = raw[raw.rindex(b")") + 2 :].split()
     # after "pid (comm)": state is field 3; utime and stime are fields 14 and 15
     return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK
+
+
+def read_task_cpu_s(pid):
+    """Exact on-CPU time (user + system, ns resolution) of each *current* thread of a live process.
+
+    ``{tid: seconds}`` from the first field of ``/proc/PID/task/TID/schedstat``
+    (the scheduler's runtime).  Unlike ``read_proc_stat`` it is not rounded to
+    clock ticks, but a thread that has ended takes its time with it: only
+    ``blocking`` has threads that come and go, so a caller that compares two
+    samples checks that (see ``sockbench.bench.harness.server_cpu``).
+    """
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                out[int(tid)] = int(f.read().split()[0]) / 1e9
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # the thread ended meanwhile
+    return out
 
 
 def read_rss_bytes(pid, key="VmRSS"):

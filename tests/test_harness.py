@@ -73,8 +73,26 @@ def test_short_closed_run_against_every_server(name):
     assert r["server"] == name
     sp = r["server_proc"]
     assert sp["user_s"] is not None and sp["user_s"] + sp["sys_s"] >= 0
+    assert sp["cpu_source"] in ("schedstat", "ticks")
     assert sp["rss_peak_bytes"] > 1 << 20
     assert r["client"]["user_s"] + r["client"]["sys_s"] > 0
+
+
+def test_server_cpu_takes_the_exact_total_and_the_ticks_split():
+    from sockbench.bench.harness import server_cpu
+
+    # 3 + 1 ticks of 10 ms; 0.0437 s exact over two threads (one new): the total is the scheduler's, split 3:1
+    user, sys_, source = server_cpu((1.00, 2.00, {7: 5.0}), (1.03, 2.01, {7: 5.04, 9: 0.0037}))
+    assert source == "schedstat"
+    assert user + sys_ == pytest.approx(0.0437) and user / sys_ == pytest.approx(3.0)
+    # thread 9 ended in the window and took its runtime with it: the ticks, which keep it, win
+    assert server_cpu((1.0, 2.0, {7: 5.0, 9: 1.0}), (1.1, 2.0, {7: 5.1})) == (pytest.approx(0.1), 0.0, "ticks")
+    # a thread came and went inside the window: the exact total falls 50 ms short of the ticks
+    assert server_cpu((1.0, 2.0, {7: 5.0}), (1.1, 2.0, {7: 5.05})) == (pytest.approx(0.1), 0.0, "ticks")
+    # no tick at all: nothing to split the exact total by
+    assert server_cpu((1.0, 2.0, {7: 5.0}), (1.0, 2.0, {7: 5.004})) == (0.0, 0.0, "ticks")
+    # samples without the exact figures keep the ticks
+    assert server_cpu((1.0, 2.0), (1.5, 2.5)) == (0.5, 0.5, "ticks")
 
 
 def test_two_processes_open_and_json_file(tmp_path):
@@ -603,8 +621,12 @@ def test_framed_load_summary_leaves_invalid_runs_out_of_medians_and_ratios():
     assert s["cells"]["uvloop/frame"]["msgs_per_s"] == {"median": 400.0, "min": 400.0, "max": 400.0, "n": 2}
     ratio = next(r for r in s["ratios"] if r["metric"] == "msgs_per_s")
     assert ratio["per_repeat"] == [2.5, 2.0] and ratio["stats"]["median"] == 2.25 and ratio["met"] is False
+    # the kernel ceiling: uvloop's (0.02 + 0.4) µs/msg over cython's 0.4 µs/msg of kernel time, valid pairs only
+    ceiling = s["ceilings"][0]
+    assert ceiling["per_repeat"] == [1.05, 1.05] and ceiling["reachable"] is False
     text = render(s)
     assert "invalid uvloop/frame: stalled" in text and "target >= 2.5: NOT met" in text
+    assert "kernel ceiling frame msgs/s ratio" in text and "out of this machine's reach" in text
 
 
 def test_load_command_protocol_option():
