@@ -183,7 +183,8 @@ def render_summary(r):
     cpu.add_row(
         "client", _n(cl["user_s"], "{:.2f}"), _n(cl["sys_s"], "{:.2f}"),
         _n(cl["us_per_msg"]["user"], "{:.3f}"), _n(cl["us_per_msg"]["sys"], "{:.3f}"),
-        Text(_n(cl["cpu_util"], "{:.0%}"), style="red" if r["client_bound"] else ""), "",
+        Text(_n(cl["cpu_util"], "{:.0%}") + (f" (busy {cl['busy_util']:.0%})" if cl.get("busy_util") is not None else ""),
+             style="red" if r["client_bound"] else ""), "",
     )
     e = r["errors"]
     errs = Text(f"errors: {e['total']}  " + "  ".join(f"{k} {v}" for k, v in e["by_kind"].items()),
@@ -193,6 +194,9 @@ def render_summary(r):
         notes.append(Text("client-bound: the load CPUs were >= 95% busy; this figure measures the client too", style="yellow"))
     if r.get("limited_by"):
         notes.append(Text(f"limited by: {r['limited_by']} CPU saturated", style="dim"))
+    if cl.get("polling"):
+        notes.append(Text("the client polled between sends (open loop, a CPU per load process): "
+                          "its CPU is always 100%, its busy share says how loaded it was", style="dim"))
     if cl.get("msgs_per_write"):
         notes.append(Text(f"coalescing: {cl['msgs_per_write']:.2f} msgs per write ({cl['writes']:,} writes)", style="dim"))
     return Group(head, verdict, tp, lat, cpu, errs, *notes)

@@ -63,6 +63,7 @@ def pacing_metrics(result):
         "latency_p99_us": result["latency_us"]["p99"],
         "service_p99_us": result["service_us"]["p99"],
         "client_cpu_util": result["client"]["cpu_util"],
+        "client_busy_util": result["client"]["busy_util"] or result["client"]["cpu_util"],
         "behind": result["throughput"]["behind"],
         "valid": result["valid"],
     }
@@ -88,12 +89,13 @@ def main(argv=None):
         print(f"run {i + 1}: achieved {m['achieved_rate']:,.1f}/s ({m['pacing_error']:+.4%}), halves "
               f"{m['first_half_rate']:,.1f} / {m['second_half_rate']:,.1f}, slope drift {m['slope_drift']:+.4%}, "
               f"max lag {m['max_lag_ms']:.3f} ms, p50 {m['latency_p50_us']} µs p99 {m['latency_p99_us']} µs, "
-              f"client CPU {m['client_cpu_util']:.0%}, valid {m['valid']}", file=sys.stderr)
+              f"client CPU {m['client_cpu_util']:.0%} (busy {m['client_busy_util']:.0%}), valid {m['valid']}", file=sys.stderr)
     print(f"{a.server}: open loop, {a.conns} conns x 64 B, target {a.rate:,.0f} msgs/s, {a.duration:g} s, "
           f"{a.runs} runs, median [min..max]")
     for key, fmt in (("pacing_error", "{:+.4%}"), ("half_drift", "{:+.4%}"), ("slope_drift", "{:+.4%}"),
                      ("max_lag_ms", "{:.3f}"), ("latency_p50_us", "{:.1f}"), ("latency_p99_us", "{:.1f}"),
-                     ("service_p99_us", "{:.1f}"), ("client_cpu_util", "{:.1%}")):
+                     ("service_p99_us", "{:.1f}"), ("client_cpu_util", "{:.1%}"),
+                     ("client_busy_util", "{:.1%}")):
         xs = [m[key] for m in runs]
         print(f"  {key:16s} {fmt.format(statistics.median(xs))} [{fmt.format(min(xs))}..{fmt.format(max(xs))}]")
     if a.json:

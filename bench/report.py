@@ -217,7 +217,7 @@ def _warnings(results):
             elif f == "UNSTABLE":
                 detail = f": spread {c.spread:.1%} over {len(c.runs)} rounds"
             elif f == "CLIENT-BOUND":
-                detail = f": client CPU {c.client_cpu_util:.0%}"
+                detail = f": client {'busy' if c.client_polling else 'CPU'} {c.client_load:.0%}"
             out.append((f, f"{c.server}, {workload_title(c.cell)}{detail}"))
     return out
 

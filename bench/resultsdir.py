@@ -306,6 +306,17 @@ class CellStats:
         return _median([_num((r.get("client") or {}).get("cpu_util")) for r in self.runs])
 
     @property
+    def client_polling(self):
+        """True when the client polled (open loop): its CPU is then always ~100%, its busy share is its load."""
+        return any((r.get("client") or {}).get("polling") for r in self.runs)
+
+    @property
+    def client_load(self):
+        """What decides client-bound: the busy share of a polling client, else its CPU utilisation (median)."""
+        key = "busy_util" if self.client_polling else "cpu_util"
+        return _median([_num((r.get("client") or {}).get(key)) for r in self.runs])
+
+    @property
     def errors_total(self):
         return int(sum(_num((r.get("errors") or {}).get("total")) for r in self.runs))
 

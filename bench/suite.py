@@ -102,6 +102,7 @@ def summary_info(stats):
         "server_user_us_per_msg": stats.user_us_per_msg,
         "server_rss_peak_bytes": stats.rss_peak_bytes,
         "client_cpu_util": stats.client_cpu_util,
+        "client_load": stats.client_load,
         "errors_total": stats.errors_total,
         "errors_by_kind": stats.errors_by_kind,
         "valid": not stats.invalid,

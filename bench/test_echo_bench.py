@@ -49,6 +49,7 @@ def _round_info(r):
         "server_us_per_msg": {"user": per.get("user"), "sys": per.get("sys")},
         "server_rss_peak_bytes": sp.get("rss_peak_bytes"),
         "client_cpu_util": (r.get("client") or {}).get("cpu_util"),
+        "client_busy_util": (r.get("client") or {}).get("busy_util"),
         "errors": r.get("errors"),
         "valid": r.get("valid"),
         "client_bound": r.get("client_bound"),

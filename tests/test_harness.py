@@ -109,6 +109,20 @@ def test_two_processes_open_and_json_file(tmp_path):
     assert svc["count"] == r["latency_us"]["count"]
     # latency counts from the intended send time, service time from the actual one
     assert svc["p50"] <= r["latency_us"]["p50"] + 1
+    # two processes share one client CPU: they sleep between sends, and CPU time is their load
+    assert r["client"]["polling"] is False and r["client"]["busy_util"] is None
+
+
+def test_open_loop_with_a_cpu_per_process_polls_and_reports_its_busy_share():
+    spec = LoadSpec(server="selectors", mode="open", conns=4, size=64, rate=2000.0, **SHORT)
+    r = run_load(spec)
+    _check_coherent(r, spec)
+    cl = r["client"]
+    assert cl["polling"] is True
+    assert cl["cpu_util"] > 0.9, "a polling client stays on its CPU"
+    # 2,000 msgs/s leave the client idle most of the time: busy, not CPU time, decides client_bound
+    assert 0 < cl["busy_util"] < 0.5 and r["client_bound"] is False
+    assert r["throughput"]["achieved_rate"] == pytest.approx(2000.0, rel=0.02)
 
 
 def test_connect_mode():
