@@ -6,11 +6,13 @@ folder.  Here the matrix comes from ``SOCKBENCH_PLAN`` (written by
 server; see ``sockbench.bench.suite``.
 """
 
+import signal
+
 import pytest
 
 from sockbench.bench.suite import SuiteContext
 
-__all__ = ["pytest_generate_tests", "pytest_sessionfinish", "suite_ctx"]
+__all__ = ["pytest_configure", "pytest_generate_tests", "pytest_sessionfinish", "suite_ctx"]
 
 _CTX = []
 
@@ -19,6 +21,16 @@ def _context():
     if not _CTX:
         _CTX.append(SuiteContext.from_env())
     return _CTX[0]
+
+
+def _terminated(signum, frame):
+    raise KeyboardInterrupt
+
+
+def pytest_configure(config):
+    # `sockbench run` sends SIGTERM when a Ctrl-C'd suite overruns its grace: unwind as for Ctrl-C, so
+    # the round in flight stops its server and load processes by pid instead of leaving them behind
+    signal.signal(signal.SIGTERM, _terminated)
 
 
 def pytest_generate_tests(metafunc):

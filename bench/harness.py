@@ -359,10 +359,13 @@ class _Worker:
         import tempfile
 
         self.params = params
+        from sockbench.proc import child_setup
+
         self.stderr = tempfile.TemporaryFile()
+        # started under held_signals() by the caller, which stores it before a Ctrl-C can land
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sockbench.bench.worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, preexec_fn=child_setup(),
         )
         self.buf = b""
         self.send(asdict(params))
@@ -444,6 +447,7 @@ def _wait_events(workers, deadline, on_event, server=None):
 
 def _run(spec, server, host, port, started_at):
     from sockbench.bench.worker import WorkerParams
+    from sockbench.proc import held_signals
 
     family, host, port = _resolve(host, port, spec.mode)
     _probe(family, host, port)
@@ -474,7 +478,8 @@ def _run(spec, server, host, port, started_at):
                 poll=spec.mode == "open" and spec.procs <= len(cpus),
             )
             first += n
-            workers[i] = _Worker(p)
+            with held_signals():
+                workers[i] = _Worker(p)
 
         # 1. every load process connects and says ready (or fails: then nothing is measured)
         def on_ready(w, ev):

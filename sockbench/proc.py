@@ -4,6 +4,7 @@ The conformance suite and the load harness both use this, so a server is
 always exercised through the same process contract that users see.
 """
 
+import contextlib
 import json
 import os
 import selectors
@@ -15,12 +16,47 @@ import time
 
 from sockbench.errors import SockbenchError
 
-__all__ = ["ServerProcess", "read_proc_stat", "read_task_cpu_s", "read_rss_bytes", "TICK_S"]
+__all__ = ["ServerProcess", "read_proc_stat", "read_task_cpu_s", "read_rss_bytes", "held_signals", "child_setup",
+           "TICK_S"]
 
 READY_TIMEOUT_S = 15.0
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: the unit of /proc/PID/stat's utime and stime, in seconds (10 ms here)
 TICK_S = 1.0 / _CLK_TCK
+
+
+#: the signals that stop a run (Ctrl-C, and the runner's SIGTERM after its grace)
+HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def held_signals():
+    """Hold SIGINT and SIGTERM while a child process is started and its handle stored.
+
+    A KeyboardInterrupt raised between the fork and the moment the caller
+    holds the ``Popen`` object leaves a child whose pid nobody knows: an
+    orphan server that runs forever (``sockbench run``'s Ctrl-C lands right
+    after a round, which is when the next server starts).  Held, the signal
+    waits; it is raised when the block ends, once the caller can stop the
+    child.  Start the child with ``preexec_fn=child_setup(...)``: it must not
+    inherit the held mask.
+    """
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def child_setup(cpus=None):
+    """A ``preexec_fn``: the child takes SIGINT and SIGTERM again (see ``held_signals``), pinned to ``cpus``."""
+
+    def setup():
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    return setup
 
 
 def read_proc_stat(pid):
@@ -84,19 +120,18 @@ class ServerProcess:
         return self.ready["host"], self.ready["port"]
 
     def start(self, timeout=READY_TIMEOUT_S):
-        cpus = self.cpus
-        preexec = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
         # stderr goes to a file, never a pipe: a chatty server must not block on a full pipe
         self._stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(
-            self.cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            preexec_fn=preexec,
-            env=self.env,
-        )
         try:
+            with held_signals():  # a Ctrl-C now is raised after self.proc is set, and stops it below
+                self.proc = subprocess.Popen(
+                    self.cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=self._stderr,
+                    preexec_fn=child_setup(self.cpus),
+                    env=self.env,
+                )
             self.ready = self._wait_ready(timeout)
         except BaseException:
             self.stop()

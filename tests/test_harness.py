@@ -78,6 +78,30 @@ def test_short_closed_run_against_every_server(name):
     assert r["client"]["user_s"] + r["client"]["sys_s"] > 0
 
 
+def test_ctrl_c_while_a_server_starts_never_orphans_it(monkeypatch):
+    import sockbench.proc as proc
+
+    started = []
+    real = subprocess.Popen
+
+    def popen_then_ctrl_c(*args, **kw):
+        p = real(*args, **kw)
+        started.append(p)
+        os.kill(os.getpid(), signal.SIGINT)  # lands after the fork, before the caller holds the handle
+        return p
+
+    monkeypatch.setattr(proc.subprocess, "Popen", popen_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        proc.ServerProcess("selectors").start()
+    (p,) = started
+    try:
+        assert p.poll() is not None, "the server was left running"
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def test_server_cpu_takes_the_exact_total_and_the_ticks_split():
     from sockbench.bench.harness import server_cpu
 
