@@ -24,9 +24,10 @@ Why it is built this way
   orchestrates: it starts the server (``sockbench.proc.ServerProcess``, pinned
   to the server CPUs), waits until every load process has connected, then
   fixes ONE window for all of them on CLOCK_MONOTONIC (start, end of warmup,
-  end).  Because the window is known in advance, the parent samples the
-  server's CPU (``/proc/PID/stat``) exactly at the window's edges without
-  talking to the load processes in between.
+  end), and sleeps through it.  The first load process reads the server's
+  CPU counters at the window's edges from its C loop, in a few µs: when this
+  process woke up to read them, it took a busy CPU from the server or the
+  client for ~0.3 ms twice a round, enough to raise an open-loop p99.
 * Histograms are merged exactly: each load process encodes its HDR histogram
   with the ``hdrhistogram`` package, and the parent decodes and adds them.
   Percentiles are computed once, on the merged histogram; never averaged.
@@ -267,22 +268,23 @@ def _split(n, parts):
     return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
 
 
-def _read_server(proc):
-    """(user_s, sys_s, threads) of the server, or None if it is gone.
+def _server_sample(s):
+    """A load process's sample of the server's CPU as ``(user_s, sys_s, threads)``, or None if unread.
 
     ``user_s`` and ``sys_s`` come from /proc/PID/stat, in clock ticks of 10 ms;
-    ``threads`` is ``{tid: seconds}``, the scheduler's runtime of each current thread.
+    ``threads`` is ``{tid: seconds}``, the scheduler's runtime of each thread
+    (empty when there were too many to read: then the ticks are used).
     """
-    from sockbench.proc import read_proc_stat, read_task_cpu_s
+    from sockbench.proc import TICK_S
 
-    try:
-        return (*read_proc_stat(proc.pid), read_task_cpu_s(proc.pid))
-    except (OSError, ValueError, IndexError):
+    if not s:
         return None
+    threads = {} if s["overflow"] else {int(t): ns / 1e9 for t, ns in s["threads"].items()}
+    return s["utime_ticks"] * TICK_S, s["stime_ticks"] * TICK_S, threads
 
 
 def server_cpu(c0, c1):
-    """The server's ``(user_s, sys_s, source)`` between two ``_read_server`` samples.
+    """The server's ``(user_s, sys_s, source)`` between two ``_server_sample`` samples.
 
     /proc/PID/stat counts whole clock ticks (10 ms), so a 0.2 s round of a
     server that is busy 30% of it is known to within a third.  The scheduler's
@@ -306,14 +308,6 @@ def server_cpu(c0, c1):
     if exact < ticks - TICK_S - 1e-3:
         return user, sys_, "ticks"
     return user * exact / ticks, sys_ * exact / ticks, "schedstat"
-
-
-def _sleep_until(t_ns):
-    while True:
-        left = (t_ns - time.monotonic_ns()) / 1e9
-        if left <= 0:
-            return
-        time.sleep(left)
 
 
 def run_load(spec, json_path=None):
@@ -476,6 +470,8 @@ def _run(spec, server, host, port, started_at):
                 interval_ns=int(round(spec.interval_s * 1e9)), timeout_ns=int(spec.timeout_s * 1e9),
                 cpus=(cpus[i % len(cpus)],), protocol=spec.protocol,
                 poll=spec.mode == "open" and spec.procs <= len(cpus),
+                # the first load process reads the server's CPU at the window's edges, from its C loop
+                server_pid=server.pid if server is not None and i == 0 else 0,
             )
             first += n
             with held_signals():
@@ -497,15 +493,8 @@ def _run(spec, server, host, port, started_at):
         for w in workers.values():
             w.send({"start_ns": start_ns, "warm_end_ns": warm_end_ns, "end_ns": end_ns})
 
-        # 3. the server's CPU at the window's edges
-        if server is not None:
-            _sleep_until(warm_end_ns)
-            srv["cpu0"] = _read_server(server)
-            _sleep_until(end_ns)
-            srv["cpu1"] = _read_server(server)
-            srv["rss_peak_bytes"] = _read_rss_peak(server)
-
-        # 4. results, within the hard timeout
+        # 3. results, within the hard timeout; this process sleeps through the window (waking up
+        # inside it to read the server's CPU took a CPU from one side: load process 0 reads it instead)
         def on_result(w, ev):
             if ev.get("event") == "result":
                 results[w.params.index] = ev["result"]
@@ -516,6 +505,10 @@ def _run(spec, server, host, port, started_at):
         for i in _wait_events(workers, deadline, on_result):
             workers[i].stop()
             problems.append(f"load process {i} hung; killed at the hard timeout")
+        if server is not None:
+            samples = (results.get(0) or {}).get("server_cpu") or [None, None]
+            srv["cpu0"], srv["cpu1"] = (_server_sample(x) for x in samples)
+            srv["rss_peak_bytes"] = _read_rss_peak(server)  # a high-water mark: read after the window
         if server is not None and not server.alive():
             srv["exit_status"] = server.proc.returncode
             problems.insert(0, f"the server exited (status {server.proc.returncode}) during the run")

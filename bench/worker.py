@@ -64,6 +64,7 @@ class WorkerParams:
     cpus: tuple
     protocol: str = "raw"
     poll: bool = False
+    server_pid: int = 0
 
 
 def format_addr(host, port):
@@ -186,7 +187,7 @@ def run_worker(p):
         r = loadgen.run_loop(
             MODES[p.mode], owned, p.first_cid, p.cid_step, p.conns, p.size, p.depth, p.rate,
             msg["start_ns"], msg["warm_end_ns"], msg["end_ns"], p.interval_ns, p.timeout_ns,
-            table, LAYOUT, addr_be, port_be, loadgen.PROTOCOLS.index(p.protocol), p.poll,
+            table, LAYOUT, addr_be, port_be, loadgen.PROTOCOLS.index(p.protocol), p.poll, p.server_pid,
         )
         r["hdr1"] = _encode(r.pop("h1"))
         r["hdr2"] = _encode(r.pop("h2"))

@@ -40,6 +40,7 @@ cdef extern from "<stdlib.h>" nogil:
     void* realloc(void* ptr, size_t size)
     void free(void* ptr)
     int posix_memalign(void** memptr, size_t alignment, size_t size)
+    long long strtoll(const char* nptr, char** endptr, int base)
 
 
 cdef extern from "<string.h>" nogil:
@@ -48,6 +49,11 @@ cdef extern from "<string.h>" nogil:
     void* memset(void* s, int c, size_t n)
     int memcmp(const void* s1, const void* s2, size_t n)
     char* strerror(int errnum)
+    char* strrchr(const char* s, int c)
+
+
+cdef extern from "<stdio.h>" nogil:
+    int snprintf(char* s, size_t n, const char* fmt, ...)
 
 
 cdef extern from "<time.h>" nogil:
@@ -87,10 +93,23 @@ cdef extern from "<unistd.h>" nogil:
 
 cdef extern from "<fcntl.h>" nogil:
     int fcntl(int fd, int cmd, ...)
+    int open(const char* pathname, int flags, ...)
     enum:
         F_GETFL
         F_SETFL
         O_NONBLOCK
+        O_RDONLY
+        O_CLOEXEC
+
+
+cdef extern from "<dirent.h>" nogil:
+    ctypedef struct DIR:
+        pass
+    struct dirent:
+        char d_name[256]
+    DIR* opendir(const char* name)
+    dirent* readdir(DIR* dirp)
+    int closedir(DIR* dirp)
 
 
 cdef extern from "<sys/uio.h>" nogil:

@@ -119,6 +119,23 @@ def test_server_cpu_takes_the_exact_total_and_the_ticks_split():
     assert server_cpu((1.0, 2.0), (1.5, 2.5)) == (0.5, 0.5, "ticks")
 
 
+def test_server_samples_from_the_load_loop():
+    from sockbench.bench.harness import _server_sample, server_cpu
+    from sockbench.proc import TICK_S
+
+    # as a load process reports them over its JSON pipe (thread ids become strings), runtimes in ns
+    s0 = {"utime_ticks": 100, "stime_ticks": 300, "overflow": False, "threads": {"41": 5_000_000_000}}
+    s1 = {"utime_ticks": 101, "stime_ticks": 303, "overflow": False, "threads": {"41": 5_041_000_000}}
+    c0, c1 = _server_sample(s0), _server_sample(s1)
+    assert c0 == (pytest.approx(100 * TICK_S), pytest.approx(300 * TICK_S), {41: 5.0})
+    user, sys_, source = server_cpu(c0, c1)
+    assert source == "schedstat" and user + sys_ == pytest.approx(0.041)
+    # too many threads to read them all: the ticks only
+    over = dict(s1, overflow=True)
+    assert server_cpu(c0, _server_sample(over))[2] == "ticks"
+    assert _server_sample(None) is None
+
+
 def test_two_processes_open_and_json_file(tmp_path):
     path = tmp_path / "sub" / "r.json"
     spec = LoadSpec(server="selectors", mode="open", conns=4, size=64, rate=2000.0, procs=2, **SHORT)
