@@ -310,12 +310,14 @@ def server_cpu(c0, c1):
     return user * exact / ticks, sys_ * exact / ticks, "schedstat"
 
 
-def run_load(spec, json_path=None):
+def run_load(spec, json_path=None, on_window=None):
     """Run one load as ``spec`` says; return the schema-1 result dict (and write it to ``json_path``).
 
     Raises ``SockbenchError`` only before the load starts (bad spec, server
     that does not start, refused connection, file descriptor limit); once the
     load has started, every problem ends up in the result as ``valid: false``.
+    ``on_window(start_ns, end_ns)`` is told the load's window (CLOCK_MONOTONIC)
+    just before it opens, so that an observer can keep quiet through it.
     """
     spec.validate()
     started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -326,9 +328,9 @@ def run_load(spec, json_path=None):
         extra = ("--protocol", spec.protocol) if spec.protocol != "raw" else ()
         with ServerProcess(spec.server, cpus=spec.server_cpus, extra_args=extra) as server:
             host, port = server.address
-            result = _run(spec, server, host, port, started_at)
+            result = _run(spec, server, host, port, started_at, on_window)
     else:
-        result = _run(spec, None, spec.target[0], spec.target[1], started_at)
+        result = _run(spec, None, spec.target[0], spec.target[1], started_at, on_window)
     if json_path is not None:
         write_json(result, json_path)
     return result
@@ -439,7 +441,7 @@ def _wait_events(workers, deadline, on_event, server=None):
     return sorted(pending)
 
 
-def _run(spec, server, host, port, started_at):
+def _run(spec, server, host, port, started_at, on_window=None):
     from sockbench.bench.worker import WorkerParams
     from sockbench.proc import held_signals
 
@@ -490,6 +492,8 @@ def _run(spec, server, host, port, started_at):
         start_ns = time.monotonic_ns() + int(START_MARGIN_S * 1e9)
         warm_end_ns = start_ns + int(spec.warmup_s * 1e9)
         end_ns = warm_end_ns + int(spec.duration_s * 1e9)
+        if on_window is not None:
+            on_window(start_ns, end_ns)
         for w in workers.values():
             w.send({"start_ns": start_ns, "warm_end_ns": warm_end_ns, "end_ns": end_ns})
 

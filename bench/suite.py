@@ -206,13 +206,17 @@ class SuiteContext:
 
         cal = Cell(server, "closed", self.plan.open_size, self.plan.open_conns)
         self.event(event="calibrate", server=server)
-        r = run_load(self.spec(cal))
+        r = run_load(self.spec(cal), on_window=self._window)
         write_json_atomic(os.path.join(self.out, "calibration", f"{server}.json"), r)
         self.event(event="round", cell="calibrate:" + server, round=1, msgs_per_s=r["throughput"]["msgs_per_s"], valid=r["valid"])
         if not r["valid"] or not r["throughput"]["msgs_per_s"] > 0:
             raise RuntimeError(f"calibration of {server} failed: {r.get('invalid_reason')}")
         self.peaks[server] = r["throughput"]["msgs_per_s"]
         return self.peaks[server], "a calibration run"
+
+    def _window(self, start_ns, end_ns):
+        # the runner draws nothing while a load runs (see runner._watch)
+        self.event(event="window", start_ns=start_ns, end_ns=end_ns)
 
     # --- one round ---------------------------------------------------------------------
     def start_cell(self, cell):
@@ -222,7 +226,8 @@ class SuiteContext:
         """One load run: run it, tag it with its cell, write it to raw/ at once, report progress."""
         from sockbench.bench.harness import run_load
 
-        r = run_load(self.spec(cell, rate=rate))
+        # the runner keeps its display still while the load runs (see runner._watch)
+        r = run_load(self.spec(cell, rate=rate), on_window=self._window)
         r["cell"] = {
             "server": cell.server, "mode": cell.mode, "size": cell.size, "conns": cell.conns,
             "depth": cell.depth, "load_pct": cell.load_pct, "protocol": cell.protocol,

@@ -416,6 +416,13 @@ def test_run_quick_end_to_end(tmp_path):
     for c in results.cells.values():
         assert all(r["workload"]["protocol"] == c.cell.protocol == r["cell"]["protocol"] for r in c.runs)
     assert {c.workload_id for c in results.cells.values() if c.cell.protocol == "json"} == {"closed-64B-c10-json"}
+    # every load announced its window before it opened, so the runner kept its display still through it
+    events = [json.loads(line) for line in open(os.path.join(out, "progress.jsonl"))]
+    rounds = [i for i, ev in enumerate(events) if ev["event"] == "round"]
+    assert len(rounds) == plan.total_runs()
+    for i in rounds:
+        window = next(ev for ev in reversed(events[:i]) if ev["event"] in ("window", "round"))
+        assert window["event"] == "window" and window["end_ns"] > window["start_ns"] > 0
     for name, _ in PLOTS:
         with Image.open(os.path.join(out, "plots", name)) as im:
             im.verify()
@@ -460,3 +467,40 @@ def test_run_ctrl_c_keeps_finished_rounds(tmp_path):
     assert "INCOMPLETE: this run was interrupted" in open(os.path.join(out, "report.md")).read()
     # the report can be rebuilt from what was kept
     assert main(["report", out]) == 0
+
+
+def test_runner_draws_nothing_while_a_load_window_is_open(tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from sockbench.bench import runner
+    from sockbench.bench.suite import PROGRESS_FILE
+
+    plan = quick_plan(["selectors"])
+    cell = plan.cells()[0]
+    now = time.monotonic_ns()
+    window_end = now + 400_000_000  # a load is measured for the next 0.4 s
+    events = [{"event": "cell", "cell": cell.id, "index": 0, "desc": "a cell"},
+              {"event": "window", "start_ns": now, "end_ns": window_end}]
+    events += [{"event": "round", "cell": cell.id, "round": k + 1, "msgs_per_s": 1000.0, "valid": True}
+               for k in range(plan.rounds)]
+    with open(tmp_path / PROGRESS_FILE, "w") as f:
+        f.writelines(json.dumps(ev) + "\n" for ev in events)
+
+    class Child:  # the suite: it exits 0.6 s from now
+        returncode = None
+
+        def poll(self):
+            if time.monotonic_ns() > now + 600_000_000:
+                self.returncode = 0
+            return self.returncode
+
+    console = Console(file=io.StringIO(), force_terminal=False, width=200)
+    printed = []
+    real_print = console.print
+    monkeypatch.setattr(console, "print", lambda *a, **k: (printed.append(time.monotonic_ns()), real_print(*a, **k)))
+    assert runner._watch(Child(), str(tmp_path), plan, console) is False
+    assert printed, "the cell's summary line is printed"
+    assert min(printed) >= window_end, "a line was printed while the load window was open"
+    assert "a cell: 1,000 msgs/s (median of 3)" in console.file.getvalue()
