@@ -27,6 +27,7 @@ import sys
 
 from sockbench import registry
 from sockbench.bench.harness import LoadSpec, run_load
+from sockbench.bench.spread import fmt_spread, spread
 
 __all__ = ["pacing_metrics", "main"]
 
@@ -92,12 +93,10 @@ def main(argv=None):
               f"client CPU {m['client_cpu_util']:.0%} (busy {m['client_busy_util']:.0%}), valid {m['valid']}", file=sys.stderr)
     print(f"{a.server}: open loop, {a.conns} conns x 64 B, target {a.rate:,.0f} msgs/s, {a.duration:g} s, "
           f"{a.runs} runs, median [min..max]")
-    for key, fmt in (("pacing_error", "{:+.4%}"), ("half_drift", "{:+.4%}"), ("slope_drift", "{:+.4%}"),
-                     ("max_lag_ms", "{:.3f}"), ("latency_p50_us", "{:.1f}"), ("latency_p99_us", "{:.1f}"),
-                     ("service_p99_us", "{:.1f}"), ("client_cpu_util", "{:.1%}"),
-                     ("client_busy_util", "{:.1%}")):
-        xs = [m[key] for m in runs]
-        print(f"  {key:16s} {fmt.format(statistics.median(xs))} [{fmt.format(min(xs))}..{fmt.format(max(xs))}]")
+    for key, spec in (("pacing_error", "+.4%"), ("half_drift", "+.4%"), ("slope_drift", "+.4%"),
+                      ("max_lag_ms", ".3f"), ("latency_p50_us", ".1f"), ("latency_p99_us", ".1f"),
+                      ("service_p99_us", ".1f"), ("client_cpu_util", ".1%"), ("client_busy_util", ".1%")):
+        print(f"  {key:16s} {fmt_spread(spread([m[key] for m in runs]), spec)}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(runs, f, indent=1)

@@ -1,6 +1,6 @@
 """A figure over repeats as its median with its spread: the summary every benchmark script prints.
 
-One place, so that ``server_cpu``, ``vs_reference``, ``framed_load`` and
+One place, so that ``server_cpu``, ``vs_reference``, ``framed_load``, ``pacing_check`` and
 ``framed_cpu`` summarise and print repeats the same way: ``median [min..max]``.
 """
 
