@@ -135,9 +135,9 @@ def run_cell(client, server, protocol, conns, depth, size, warmup, duration, cli
         for line in proc.stdout:
             line = line.strip()
             if line == "window":
-                before = (read_proc_stat(server.pid), sum(read_task_cpu_s(server.pid).values()))
+                before = (read_proc_stat(server.pid), read_task_cpu_s(server.pid))
             elif line.startswith("{"):
-                after = (read_proc_stat(server.pid), sum(read_task_cpu_s(server.pid).values()))
+                after = (read_proc_stat(server.pid), read_task_cpu_s(server.pid))
                 result = json.loads(line)
                 if "stalled" in result.get("error", "") or result.get("stuck"):
                     result["error"] += "; " + _queues(port) + "; " + _proc_state(server.pid)

@@ -26,6 +26,7 @@ from sockbench.bench.matrix import format_size
 from sockbench.bench.plots import make_plots
 from sockbench.bench.resultsdir import UNSTABLE_SPREAD, load_results, machine_line
 from sockbench.errors import SockbenchError
+from sockbench.proc import TICK_S
 
 __all__ = ["build_report", "workload_title", "table_rows", "protocol_cost_rows", "FLAG_HELP", "PROTO_COLUMNS"]
 
@@ -46,8 +47,6 @@ PROTO_COLUMNS = [
     "server", "protocol", "msgs/s (median ± sd)", "vs raw", "server CPU µs/msg (user+sys)", "cost over raw",
     "user µs/msg", "user cost over raw", "1 CPU tick in µs/msg", "flags",
 ]
-#: the kernel's CPU accounting unit in /proc/PID/stat (USER_HZ: 100 on Linux)
-CLOCK_TICK_S = 0.01
 
 
 def _fmt(v, digits=3):
@@ -87,7 +86,7 @@ def _tick_us(c):
     """The resolution of a round's user CPU per message: one clock tick over the messages of its window."""
     durs = [float((r.get("workload") or {}).get("duration_s") or 0) for r in c.runs]
     msgs = c.median * (sorted(durs)[len(durs) // 2] if durs else 0.0)
-    return CLOCK_TICK_S * 1e6 / msgs if msgs > 0 else float("nan")
+    return TICK_S * 1e6 / msgs if msgs > 0 else float("nan")
 
 
 def protocol_cost_rows(results):

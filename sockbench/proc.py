@@ -69,22 +69,22 @@ def read_proc_stat(pid):
 
 
 def read_task_cpu_s(pid):
-    """Exact on-CPU time (user + system, ns resolution) of each *current* thread of a live process.
+    """Exact on-CPU time (user + system, ns resolution) of a live process's *current* threads, in seconds.
 
-    ``{tid: seconds}`` from the first field of ``/proc/PID/task/TID/schedstat``
-    (the scheduler's runtime).  Unlike ``read_proc_stat`` it is not rounded to
-    clock ticks, but a thread that has ended takes its time with it: only
-    ``blocking`` has threads that come and go, so a caller that compares two
-    samples checks that (see ``sockbench.bench.harness.server_cpu``).
+    The sum of ``/proc/PID/task/TID/schedstat``'s first field (the scheduler's
+    runtime).  Unlike ``read_proc_stat`` it is not rounded to clock ticks, but
+    a thread that has ended takes its time with it (only ``blocking`` has
+    threads that come and go).  The harness reads the same counters from its
+    C load loop (``sample_server`` in ``ext/loadgen.pyx``).
     """
-    out = {}
+    total = 0
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                out[int(tid)] = int(f.read().split()[0]) / 1e9
+                total += int(f.read().split()[0])
         except (FileNotFoundError, ProcessLookupError):
             pass  # the thread ended meanwhile
-    return out
+    return total / 1e9
 
 
 def read_rss_bytes(pid, key="VmRSS"):
