@@ -201,23 +201,28 @@ class _TestServer:
             self.threads.append(t)
             t.start()
 
-    def _serve(self, c):
+    def _reads(self, c):
+        """What ``c`` sends, read by read, until EOF, an error or close(); the first read's size goes to first_recv."""
         c.settimeout(0.1)
-        seen = 0
         first = True
+        while not self.stop.is_set():
+            try:
+                data = c.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            if first:
+                self.first_recv.append(len(data))
+                first = False
+            yield data
+
+    def _serve(self, c):
+        seen = 0
         with c:
-            while not self.stop.is_set():
-                try:
-                    data = c.recv(65536)
-                except TimeoutError:
-                    continue
-                except OSError:
-                    return
-                if not data:
-                    return
-                if first:
-                    self.first_recv.append(len(data))
-                    first = False
+            for data in self._reads(c):
                 if self.fault == "blackhole" or (self.fault == "freeze" and time.monotonic() > self.freeze_at):
                     continue
                 if self.fault in ("alter", "drop") and seen <= 1000 < seen + len(data):
@@ -346,22 +351,11 @@ class _FramedTestServer(_TestServer):
         return protocols.json_response(header, payload)
 
     def _serve(self, c):
-        c.settimeout(0.1)
         buf = b""
         i = 0
         held = None
         with c:
-            while not self.stop.is_set():
-                try:
-                    data = c.recv(65536)
-                except TimeoutError:
-                    continue
-                except OSError:
-                    return
-                if not data:
-                    return
-                if not buf and i == 0:
-                    self.first_recv.append(len(data))
+            for data in self._reads(c):
                 buf += data
                 out = []
                 while True:
