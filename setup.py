@@ -24,9 +24,14 @@ from setuptools import Extension, setup
 
 PACKAGE_DIRS = {
     "sockbench": "sockbench",
+    "sockbench.cli": "sockbench/cli",
     "sockbench.servers": "servers",
     "sockbench.ext": "ext",
     "sockbench.bench": "bench",
+    "sockbench.bench.load": "bench/load",
+    "sockbench.bench.suite": "bench/suite",
+    "sockbench.bench.report": "bench/report",
+    "sockbench.bench.calibrate": "bench/calibrate",
 }
 
 COMPILER_DIRECTIVES = {
@@ -72,7 +77,7 @@ def extensions():
 setup(
     packages=list(PACKAGE_DIRS),
     package_dir=PACKAGE_DIRS,
-    package_data={"sockbench.ext": ["*.pxd", "*.pyx"], "sockbench.bench": ["*.c"]},
+    package_data={"sockbench.ext": ["*.pxd", "*.pyx"], "sockbench.bench.calibrate": ["*.c"]},
     ext_modules=extensions(),
     zip_safe=False,
 )

@@ -31,7 +31,7 @@ Time
     (start, end of warmup, end) for every load process in advance.
 Latency
     Recorded into a counts array laid out exactly like the ``hdrhistogram``
-    package's (see ``sockbench.bench.hdr``); the index computation below is
+    package's (see ``sockbench.bench.load.hdr``); the index computation below is
     HdrHistogram's.  Only messages completed inside the measured window
     (after warmup, before the end) are recorded and counted.
 Modes
@@ -1051,7 +1051,7 @@ def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, 
     connect mode, where ``addr_be``/``port_be`` (network byte order) name the
     IPv4 target.  ``first_cid``/``cid_step`` number the connections so that
     several load processes never share a pattern.  ``rate`` is this process's
-    total rate (open mode).  ``layout`` is ``sockbench.bench.hdr.LAYOUT``.
+    total rate (open mode).  ``layout`` is ``sockbench.bench.load.hdr.LAYOUT``.
     The window is ``[warm_end_ns, end_ns)`` on CLOCK_MONOTONIC.
     ``protocol`` is an index into ``PROTOCOLS``; ``size`` is the payload size.
     ``poll``: open mode polls instead of sleeping between sends (see Modes).

@@ -1,1 +1,1 @@
-"""Interchangeable echo servers, one module each; see ``sockbench.registry``."""
+"""Interchangeable echo servers, one module each; see ``sockbench.servers.registry``."""

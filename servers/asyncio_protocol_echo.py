@@ -21,7 +21,7 @@ buffering; this is asyncio at its leanest, and the same class runs on uvloop
 
 import asyncio
 
-from sockbench.servers.common import set_nodelay, stop_event
+from sockbench.servers.contract import set_nodelay, stop_event
 from sockbench.servers.protocols import log_protocol_error, make_decoder
 
 __all__ = ["EchoProtocol", "MessageProtocol", "serve", "serve_on"]

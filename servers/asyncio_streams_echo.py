@@ -24,7 +24,7 @@ the bare protocol API (``asyncio-protocol``).
 import asyncio
 import struct
 
-from sockbench.servers.common import RECV_SIZE, set_nodelay, stop_event
+from sockbench.servers.contract import RECV_SIZE, set_nodelay, stop_event
 from sockbench.servers.protocols import ProtocolError, json_response, log_protocol_error, parse_json_header
 
 __all__ = ["serve"]

@@ -29,7 +29,7 @@ import socket
 import threading
 import time
 
-from sockbench.servers.common import STOP_SIGNALS, StopServing, read_buffer, set_nodelay
+from sockbench.servers.contract import STOP_SIGNALS, StopServing, read_buffer, set_nodelay
 from sockbench.servers.protocols import log_protocol_error, make_decoder
 
 __all__ = ["serve"]

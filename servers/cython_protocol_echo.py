@@ -26,7 +26,7 @@ import asyncio
 import uvloop
 
 from sockbench.ext.protocol_echo import EchoServer
-from sockbench.servers.common import STOP_SIGNALS
+from sockbench.servers.contract import STOP_SIGNALS
 
 __all__ = ["serve"]
 

@@ -28,7 +28,7 @@ import selectors
 import signal
 import socket
 
-from sockbench.servers.common import RECV_SIZE, STOP_SIGNALS, read_buffer, set_nodelay
+from sockbench.servers.contract import RECV_SIZE, STOP_SIGNALS, read_buffer, set_nodelay
 from sockbench.servers.protocols import log_protocol_error, make_decoder
 
 __all__ = ["serve"]

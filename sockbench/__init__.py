@@ -7,7 +7,7 @@ The pieces:
 * ``sockbench.ext`` (``ext/``): the Cython extensions.
 * ``sockbench.bench`` (``bench/``): the load harness, the benchmark suite and
   the reports.
-* ``sockbench.registry``: the one table that maps a server name to how it starts.
+* ``sockbench.servers.registry``: the one table that maps a server name to how it starts.
 """
 
 __version__ = "0.1.0"

@@ -1,6 +1,6 @@
 """Shared fixtures: every registered server, started through ``sockbench serve`` on port 0.
 
-``server_name`` is parametrized over ``sockbench.registry.SERVERS``, so a server
+``server_name`` is parametrized over ``sockbench.servers.registry.SERVERS``, so a server
 added to the registry gets every conformance check with no change here.  A
 server that is not available on this machine (say, an install that skipped the
 Cython build) is skipped with the registry's reason, unless
@@ -11,8 +11,8 @@ import os
 
 import pytest
 
-from sockbench import registry
-from sockbench.proc import ServerProcess
+from sockbench.servers import registry
+from sockbench.servers.process import ServerProcess
 
 
 def _require_all():

@@ -19,8 +19,8 @@ import statistics
 
 from hdrh.histogram import HdrHistogram
 
-from sockbench.bench.matrix import Plan
-from sockbench.bench.resultsdir import raw_name, write_json_atomic
+from sockbench.bench.suite.plan import Plan
+from sockbench.bench.report.store import raw_name, write_json_atomic
 
 __all__ = ["make_results", "BASE_RATE", "PROTO_COST_US"]
 
@@ -70,7 +70,7 @@ def _result(rng, cell, round_no, index, plan, rate, slow, peak=None, raw_rate=No
         base_lat = 40.0 / (1.0 - util) / slow  # M/M/1-ish hockey stick; a slower server is slower per message
         thr = {"msgs_per_s": msgs, "bytes_per_s": msgs * cell.size, "target_rate": target,
                "achieved_rate": msgs, "behind": False}
-    # nanoseconds, like the harness (sockbench.bench.hdr); the summary is in microseconds
+    # nanoseconds, like the harness (sockbench.bench.load.hdr); the summary is in microseconds
     # stratified lognormal quantiles: the percentiles move with the workload, not with sampling luck
     h = HdrHistogram(1, 100 * 10**9, 3)
     total = 0

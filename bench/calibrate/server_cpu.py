@@ -1,0 +1,457 @@
+"""Server CPU per message, throughput and ping-pong latency of every server, side by side.
+
+This is the benchmark behind issue 3's "Speed" targets.  It is a script, not a
+test: timings on a shared 2-core machine are noisy, so it measures every
+server in one run, repeats the whole set (rotating the order), and reports
+medians with their spread (min..max over the repeats) and the ratios the
+targets are about.
+
+Why it is built this way:
+
+* **CPU per message, from /proc.**  On loopback most of an echo's cost is the
+  kernel's, and about the same for every server; what an implementation adds
+  is its user-space CPU.  So the server's ``utime`` and ``stime`` are read from
+  ``/proc/PID/stat`` at the start and end of the measured window and divided
+  by the messages echoed in it (netperf's "service demand").  The kernel
+  samples the user/system split at each tick, so short windows of a very
+  cheap server give coarse user figures; the total is exact (it is scaled to
+  the scheduler's runtime, which is also recorded, summed over the server's
+  threads from ``/proc/PID/task/*/schedstat``, as a cross-check).
+* **A C load client** (``server_cpu_client.c``, compiled on first use with
+  gcc into a cache folder under the temp dir), because a Python client costs
+  more per message than the fastest servers and would hide them.  It reads the
+  server's /proc counters itself at the exact moments its window opens and
+  closes, checks every echoed byte, and reports its own CPU so that a
+  client-bound run says so.
+* **Pinned**: the server on one CPU, the client on another
+  (``os.sched_setaffinity``), so they do not steal each other's time.
+* **Bounded**: every load run stops by itself after warmup + duration, and is
+  killed (by pid, through ``subprocess``) if it overruns by a minute.
+
+Workloads (one server process per server and repeat, all cells in a row):
+
+========  =====  ========  ==============================================
+cell      conns  size      reported
+========  =====  ========  ==============================================
+cpu64     100    64 B      CPU µs/msg (user, sys, total), msgs/s, MB/s
+cpu1k     100    1 KiB     the same
+tp16k     100    16 KiB    msgs/s, MB/s, CPU µs/msg
+tp1m      10     1 MiB     msgs/s, MB/s, CPU µs/msg
+pingpong  1      64 B      mean round trip (µs)
+========  =====  ========  ==============================================
+
+Reading the tables: "server CPU" and "client CPU" are the fraction of one CPU
+each side used during the window.  When the client is near 1.0 the run is
+client-bound; when *neither* is, the time went to other processes on the
+machine, and msgs/s and RTT say more about them than about the server.  "msgs
+per server CPU-s" (1 / total CPU per message) is what the server could echo
+on one core of its own: its capacity, whoever limited the run.
+
+Run: ``python -m sockbench.bench.calibrate.server_cpu [--repeats 3] [--duration 5]
+[--servers a,b,...] [--json PATH] [--md PATH]``.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from sockbench.servers import registry
+from sockbench.bench.calibrate.spread import fmt_spread, spread
+from sockbench.errors import SockbenchError, UsageError
+from sockbench.thresholds import CLIENT_BOUND_UTIL, SERVER_BOUND_UTIL
+from sockbench.timestamps import iso_utc
+from sockbench.servers.process import ServerProcess
+
+__all__ = ["CELLS", "Cell", "build_client", "run_cell", "run_benchmark", "summarize", "render_markdown", "main"]
+
+
+class Cell:
+    """One workload: ``conns`` connections, each with one ``size``-byte message in flight."""
+
+    __slots__ = ("name", "conns", "size", "what")
+
+    def __init__(self, name, conns, size, what):
+        self.name, self.conns, self.size, self.what = name, conns, size, what
+
+    def __repr__(self):
+        return f"Cell({self.name!r}, conns={self.conns}, size={self.size})"
+
+
+CELLS = (
+    Cell("cpu64", 100, 64, "cpu"),
+    Cell("cpu1k", 100, 1024, "cpu"),
+    Cell("tp16k", 100, 16 * 1024, "throughput"),
+    Cell("tp1m", 10, 1024 * 1024, "throughput"),
+    Cell("pingpong", 1, 64, "latency"),
+)
+THROUGHPUT_CELLS = ("cpu64", "cpu1k", "tp16k", "tp1m")
+CPU_CELLS = ("cpu64", "cpu1k")
+
+_CLIENT_SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "server_cpu_client.c")
+
+
+def build_client(src=_CLIENT_SRC):
+    """Compile the C client once per source version; return the binary's path."""
+    try:
+        with open(src, "rb") as f:
+            code = f.read()
+    except OSError as e:
+        raise SockbenchError(f"cannot read the load client source {src}: {e.strerror}") from None
+    digest = hashlib.sha256(code).hexdigest()[:12]
+    out_dir = os.path.join(tempfile.gettempdir(), f"sockbench-server-cpu-{digest}")
+    binary = os.path.join(out_dir, "server_cpu_client")
+    if os.path.exists(binary):
+        return binary
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        raise SockbenchError("the load client needs a C compiler (gcc or cc on PATH)")
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = binary + f".{os.getpid()}"
+    r = subprocess.run([gcc, "-O2", "-Wall", "-o", tmp, src], capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        first = (r.stderr.strip().splitlines() or ["no message"])[0]
+        raise SockbenchError(f"compiling the load client failed: {first}")
+    os.replace(tmp, binary)
+    return binary
+
+
+def run_cell(client, server, cell, warmup, duration, client_cpu):
+    """Run one load against a started ``ServerProcess``; return the client's JSON plus derived figures."""
+    host, port = server.address
+    cmd = [client, host, str(port), str(cell.conns), str(cell.size), str(warmup), str(duration), str(server.pid)]
+    try:
+        r = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=warmup + duration + 60,
+            preexec_fn=lambda: os.sched_setaffinity(0, [client_cpu]),
+        )
+    except subprocess.TimeoutExpired:
+        raise SockbenchError(f"the load client overran its time against {server.name!r} ({cell.name})") from None
+    if r.returncode != 0:
+        why = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
+        raise SockbenchError(f"load client failed against {server.name!r} ({cell.name}): {why}")
+    res = json.loads(r.stdout)
+    msgs = res["msgs"]
+    el = res["elapsed_s"]
+    per = 1e6 / msgs if msgs else float("nan")
+    res.update(
+        server=server.name,
+        cell=cell.name,
+        conns=cell.conns,
+        size=cell.size,
+        msgs_per_s=msgs / el,
+        mb_per_s=res["bytes"] / el / 1e6,
+        user_us_per_msg=res["server_user_s"] * per,
+        sys_us_per_msg=res["server_sys_s"] * per,
+        total_us_per_msg=(res["server_user_s"] + res["server_sys_s"]) * per,
+        runtime_us_per_msg=res["server_runtime_s"] * per if res["server_runtime_s"] >= 0 else None,
+        server_util=(res["server_user_s"] + res["server_sys_s"]) / el,
+        client_util=(res["client_user_s"] + res["client_sys_s"]) / el,
+        errors_total=sum(res["errors"].values()),
+    )
+    # a run with a wrong byte, or with no echo at all in its window, measures nothing
+    res["valid"] = msgs > 0 and res["errors_total"] == 0
+    return res
+
+
+def _check_cpus(server_cpu, client_cpu):
+    allowed = os.sched_getaffinity(0)
+    for what, cpu in (("--server-cpu", server_cpu), ("--client-cpu", client_cpu)):
+        if cpu not in allowed:
+            raise UsageError(f"{what} {cpu} is not a CPU this process may use; allowed: {sorted(allowed)}")
+    if server_cpu == client_cpu:
+        raise UsageError("--server-cpu and --client-cpu must differ: the point is that they do not share a core")
+
+
+def run_benchmark(servers, cells=CELLS, repeats=3, warmup=1.0, duration=5.0, server_cpu=0, client_cpu=1, log=None):
+    """Every server x every cell x ``repeats``; returns the list of raw results (one dict per run)."""
+    _check_cpus(server_cpu, client_cpu)
+    client = build_client()
+    runs = []
+    for rep in range(repeats):
+        shift = rep % len(servers)
+        order = servers[shift:] + servers[:shift]  # rotate: no server always goes first
+        for name in order:
+            with ServerProcess(name, cpus=[server_cpu]) as server:
+                for cell in cells:
+                    res = run_cell(client, server, cell, warmup, duration, client_cpu)
+                    res["repeat"] = rep
+                    runs.append(res)
+                    if log:
+                        log(
+                            f"[{rep + 1}/{repeats}] {name:17s} {cell.name:8s} {res['msgs_per_s']:10.0f} msg/s "
+                            f"user {res['user_us_per_msg']:7.3f} sys {res['sys_us_per_msg']:7.3f} us/msg "
+                            f"rtt {res['rtt_mean_us']:9.1f} us  util srv {res['server_util']:.2f} cli {res['client_util']:.2f}"
+                            + (f"  ERRORS {res['errors']}" if res["errors_total"] else "")
+                            + ("" if msgs_ok(res) else "  NO ECHO IN THE WINDOW (excluded)")
+                        )
+                rc = server.stop()
+            if rc != 0:
+                raise SockbenchError(f"server {name!r} exited with status {rc} after the load")
+    return runs
+
+
+
+METRICS = (
+    "user_us_per_msg",
+    "sys_us_per_msg",
+    "total_us_per_msg",
+    "runtime_us_per_msg",
+    "msgs_per_s",
+    "mb_per_s",
+    "rtt_mean_us",
+    "server_util",
+    "client_util",
+)
+
+
+def msgs_ok(run):
+    return run["msgs"] > 0
+
+
+def _valid(run):
+    return run.get("valid", msgs_ok(run) and run["errors_total"] == 0)
+
+
+def summarize(runs, focus="cython"):
+    """Medians/spreads per (server, cell), per-repeat ratios, and the verdict on each target.
+
+    Invalid runs (a wrong byte, or no echo at all in the window: a stalled
+    machine or server) are left out of every figure and counted per row.
+    """
+    servers = list(dict.fromkeys(r["server"] for r in runs))
+    cells = list(dict.fromkeys(r["cell"] for r in runs))
+    all_runs, runs = runs, [r for r in runs if _valid(r)]
+    table = {}
+    for s in servers:
+        for c in cells:
+            every = [r for r in all_runs if r["server"] == s and r["cell"] == c]
+            rs = [r for r in every if _valid(r)]
+            if rs:
+                table[(s, c)] = {m: spread([r[m] for r in rs]) for m in METRICS}
+                # what the server could echo per second of its own CPU: its capacity
+                # when it is the bottleneck, whoever limited this particular run
+                table[(s, c)]["msgs_per_cpu_s"] = spread(
+                    [1e6 / r["total_us_per_msg"] for r in rs if r["total_us_per_msg"] > 0]
+                )
+                table[(s, c)]["errors"] = sum(r["errors_total"] for r in every)
+                table[(s, c)]["excluded"] = len(every) - len(rs)
+    out = {"servers": servers, "cells": cells, "table": table, "ratios": {}, "targets": []}
+    if focus not in servers:
+        return out
+
+    def per_rep_ratio(cell, other, metric):
+        ratios = []
+        for rep in sorted({r["repeat"] for r in runs}):
+            a = [r[metric] for r in runs if r["server"] == focus and r["cell"] == cell and r["repeat"] == rep]
+            b = [r[metric] for r in runs if r["server"] == other and r["cell"] == cell and r["repeat"] == rep]
+            if a and b and b[0]:
+                ratios.append(a[0] / b[0])
+        return spread(ratios)
+
+    for cell in CPU_CELLS:
+        for other, limit in (("uvloop", 0.2), ("asyncio-protocol", 0.1)):
+            if (other, cell) not in table or (focus, cell) not in table:
+                continue
+            st = per_rep_ratio(cell, other, "user_us_per_msg")
+            if st is None:
+                continue
+            out["ratios"][(cell, other)] = st
+            out["targets"].append(
+                {
+                    "target": f"{cell}: {focus} user CPU/msg <= {limit}x {other}",
+                    "value": f"{st['median']:.3f}x (repeats {st['min']:.3f}..{st['max']:.3f})",
+                    "met": st["median"] <= limit,
+                }
+            )
+
+    def best_check(cell, metric, lower_is_better, label):
+        rows = {s: table[(s, cell)][metric] for s in servers if (s, cell) in table and table[(s, cell)][metric]}
+        if focus not in rows:
+            return
+        pick = min if lower_is_better else max
+        best = pick(rows, key=lambda s: rows[s]["median"])
+        mine, theirs = rows[focus], rows[best]
+        if best == focus:
+            met, how = True, "best"
+        elif lower_is_better:
+            met, how = mine["min"] <= theirs["max"], f"best is {best}"
+        else:
+            met, how = mine["max"] >= theirs["min"], f"best is {best}"
+        fmt = "{:.3f}" if metric.endswith("per_msg") else "{:.1f}" if metric == "rtt_mean_us" else "{:.0f}"
+        value = f"{focus} {fmt.format(mine['median'])} [{fmt.format(mine['min'])}..{fmt.format(mine['max'])}]"
+        if best != focus:
+            value += f"; {best} {fmt.format(theirs['median'])} [{fmt.format(theirs['min'])}..{fmt.format(theirs['max'])}]"
+        target = {"target": f"{cell}: {label} ({how}; ranges overlapping = within spread)", "value": value, "met": met}
+        if metric in ("msgs_per_s", "mb_per_s"):
+            cu = table[(focus, cell)]["client_util"]["median"]
+            su = table[(focus, cell)]["server_util"]["median"]
+            target["client_bound"] = cu >= CLIENT_BOUND_UTIL
+            # neither side used its CPU: the time went elsewhere (other processes on a shared machine)
+            target["starved"] = cu < CLIENT_BOUND_UTIL and su < SERVER_BOUND_UTIL
+            target["value"] += f"; client CPU {cu:.2f}, {focus} server CPU {su:.2f}"
+        out["targets"].append(target)
+
+    for cell in CPU_CELLS:
+        best_check(cell, "total_us_per_msg", True, f"{focus} total server CPU/msg is the lowest")
+    for cell in THROUGHPUT_CELLS:
+        best_check(cell, "msgs_per_s", False, f"{focus} throughput is the highest")
+    best_check("pingpong", "rtt_mean_us", True, f"{focus} mean ping-pong round trip is the lowest")
+    return out
+
+
+
+def render_markdown(summary, meta):
+    """The figures as Markdown: medians with [min..max] over the repeats."""
+    t = summary["table"]
+    lines = [
+        "# Server CPU per message, throughput and ping-pong",
+        "",
+        f"Measured {meta['started_at']} on {meta['machine']}: {meta['repeats']} repeats, "
+        f"warmup {meta['warmup_s']} s, window {meta['duration_s']} s per cell; server on CPU {meta['server_cpu']}, "
+        f"C load client on CPU {meta['client_cpu']}.  Each figure: median [min..max] over the repeats.",
+        f"Command: `{meta['command']}`",
+        "",
+        "The user/sys split comes from the kernel's tick sampling (/proc/PID/stat, in 10 ms units): a window that "
+        "holds only a few ticks of a cheap server's user time quantizes it (0, 1, 2 ticks...), so judge the user "
+        "figures of the fastest servers on long windows (--duration 10 or more); the totals are exact.",
+        "",
+    ]
+    for cell in summary["cells"]:
+        c = next(x for x in CELLS if x.name == cell)
+        lines += [
+            f"## {cell}: {c.conns} conn(s) x {c.size} B, closed loop",
+            "",
+            "| server | user µs/msg | sys µs/msg | total µs/msg | msgs/s | MB/s | mean RTT µs | server CPU | client CPU "
+            "| msgs per server CPU-s | errors |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for s in summary["servers"]:
+            row = t.get((s, cell))
+            if not row:
+                continue
+            lines.append(
+                f"| {s} | {fmt_spread(row['user_us_per_msg'], '.3f')} | {fmt_spread(row['sys_us_per_msg'], '.2f')} | "
+                f"{fmt_spread(row['total_us_per_msg'], '.2f')} | {fmt_spread(row['msgs_per_s'], '.0f')} | {fmt_spread(row['mb_per_s'], '.1f')} | "
+                f"{fmt_spread(row['rtt_mean_us'], '.1f')} | {fmt_spread(row['server_util'], '.2f')} | {fmt_spread(row['client_util'], '.2f')} | "
+                f"{fmt_spread(row['msgs_per_cpu_s'], '.0f')} | {row['errors']}"
+                + (f" ({row['excluded']} invalid run(s) left out)" if row.get("excluded") else "")
+                + " |"
+            )
+        lines.append("")
+    if summary["targets"]:
+        lines += ["## Targets", "", "| target | measured | met |", "| --- | --- | --- |"]
+        for tg in summary["targets"]:
+            met = "yes" if tg["met"] else "NO"
+            if tg.get("client_bound"):
+                met += " (client-bound)"
+            if tg.get("starved"):
+                met += " (neither side saturated its CPU: not a measure of the server)"
+            lines.append(f"| {tg['target']} | {tg['value']} | {met} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="python -m sockbench.bench.calibrate.server_cpu", description=__doc__.split("\n\n")[0])
+    p.add_argument("--servers", default="", help="comma-separated server names (default: every available one)")
+    p.add_argument("--cells", default=",".join(c.name for c in CELLS), help="comma-separated cells (default: all)")
+    p.add_argument("--repeats", type=int, default=3, help="how many times to run the whole set (default 3)")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of warmup per cell, not measured (default 1)")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds measured per cell (default 5)")
+    p.add_argument("--server-cpu", type=int, default=0, help="CPU the server is pinned to (default 0)")
+    p.add_argument("--client-cpu", type=int, default=1, help="CPU the load client is pinned to (default 1)")
+    p.add_argument("--json", default="", help="write the raw runs and the summary here")
+    p.add_argument("--md", default="", help="write the Markdown report here (it is always printed)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    return p
+
+
+def _parse(argv):
+    p = _parser()
+
+    def error(message):
+        raise UsageError(f"{p.prog}: {message} (see --help)")
+
+    p.error = error
+    args = p.parse_args(argv)
+    if args.repeats < 1:
+        raise UsageError("--repeats must be at least 1")
+    if args.duration <= 0 or args.warmup < 0:
+        raise UsageError("--duration must be > 0 and --warmup >= 0")
+    if args.duration > 600 or args.warmup > 600:
+        raise UsageError("--duration and --warmup are capped at 600 s each")
+    names = [n for n in args.servers.split(",") if n] or registry.available_names()
+    for n in names:
+        ok, why = registry.get(n).availability()
+        if not ok:
+            raise UsageError(f"server {n!r}: {why}")
+    by_name = {c.name: c for c in CELLS}
+    cells = []
+    for n in [n for n in args.cells.split(",") if n]:
+        if n not in by_name:
+            raise UsageError(f"unknown cell {n!r}; valid cells: {', '.join(by_name)}")
+        cells.append(by_name[n])
+    if not cells:
+        raise UsageError("--cells is empty")
+    return args, names, cells
+
+
+def main(argv=None):
+    try:
+        args, names, cells = _parse(argv)
+        started = iso_utc()
+        log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+        t0 = time.monotonic()
+        runs = run_benchmark(names, cells, args.repeats, args.warmup, args.duration, args.server_cpu, args.client_cpu, log)
+        summary = summarize(runs)
+        meta = {
+            "started_at": started,
+            "wall_s": round(time.monotonic() - t0, 1),
+            "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, Linux {platform.release()}, "
+            f"Python {platform.python_version()}",
+            "repeats": args.repeats,
+            "warmup_s": args.warmup,
+            "duration_s": args.duration,
+            "server_cpu": args.server_cpu,
+            "client_cpu": args.client_cpu,
+            "command": "python -m sockbench.bench.calibrate.server_cpu " + " ".join(sys.argv[1:] if argv is None else argv),
+        }
+        md = render_markdown(summary, meta)
+        print(md)
+        if args.md:
+            with open(args.md, "w") as f:
+                f.write(md + "\n")
+        if args.json:
+            doc = {
+                "schema": 1,
+                "meta": meta,
+                "runs": runs,
+                "summary": {
+                    "table": [{"server": s, "cell": c, **v} for (s, c), v in summary["table"].items()],
+                    "ratios": [{"cell": c, "vs": o, **v} for (c, o), v in summary["ratios"].items()],
+                    "targets": summary["targets"],
+                },
+            }
+            with open(args.json, "w") as f:
+                json.dump(doc, f, indent=1)
+        return 0
+    except SockbenchError as e:
+        print(f"server_cpu: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("server_cpu: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""One load process: pin, connect, wait for the common start time, run the Cython loop, report.
+
+Why it is built this way: the harness runs its load in separate processes
+(``procs`` of them), each pinned to a client CPU, so that the load's CPU use
+can be measured on its own (``getrusage`` inside the loop, over the measured
+window only) and so that several processes can load one server without a GIL
+between them.  Each is a plain ``python -m sockbench.bench.load.worker`` child
+rather than a ``multiprocessing`` process: spawning re-imports the caller's
+``__main__`` (which breaks scripts and REPLs), and forking copies a parent
+that may hold threads and the server's pipes.  The protocol is JSON lines:
+
+1. stdin: the ``WorkerParams``.  The worker pins itself, raises its file
+   descriptor limit, connects its share of the connections (closed and open
+   modes) and prints ``{"event": "ready"}``, or ``{"event": "error",
+   "message": LINE}`` if it cannot (a refused connection names the address);
+2. stdin: ``{"start_ns", "warm_end_ns", "end_ns"}`` on CLOCK_MONOTONIC, which
+   every process shares, once every worker is ready;
+3. the worker sleeps until ``start_ns``, runs ``sockbench.ext.loadgen.run_loop``
+   (which ends by itself at ``end_ns``), encodes its histograms with the
+   ``hdrhistogram`` package, and prints ``{"event": "result", ...}``.
+
+Nothing but these lines goes to stdout; any failure is one error line, never
+a traceback.
+"""
+
+import errno
+import json
+import os
+import resource
+import socket
+import sys
+import time
+from dataclasses import dataclass
+
+from sockbench.errors import SockbenchError
+
+__all__ = ["WorkerParams", "run_worker", "main", "connect_all", "raise_nofile_limit", "format_addr", "MODES", "FD_HEADROOM"]
+
+#: mode name -> loadgen mode number
+MODES = {"closed": 0, "open": 1, "connect": 2}
+
+#: file descriptors a load process needs besides its connections
+FD_HEADROOM = 64
+
+START_WAIT_S = 120.0
+CONNECT_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class WorkerParams:
+    index: int
+    host: str
+    port: int
+    family: int
+    mode: str
+    conns: int
+    first_cid: int
+    cid_step: int
+    size: int
+    depth: int
+    rate: float
+    interval_ns: int
+    timeout_ns: int
+    cpus: tuple
+    protocol: str = "raw"
+    poll: bool = False
+    server_pid: int = 0
+
+
+def format_addr(host, port):
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def raise_nofile_limit(needed):
+    """Raise RLIMIT_NOFILE's soft limit to ``needed`` if the hard limit allows; else a one-line error."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft >= needed:
+        return soft
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise SockbenchError(
+            f"{needed} file descriptors needed per load process but RLIMIT_NOFILE allows {hard}; "
+            f"use fewer connections, more --procs, or raise the limit (ulimit -n)",
+            exit_code=2,
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    return needed
+
+
+def connect_all(host, port, family, n):
+    """``n`` connected, non-blocking TCP_NODELAY sockets, detached to raw fds (the loop closes them)."""
+    fds = []
+    try:
+        for _ in range(n):
+            s = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                s.settimeout(CONNECT_TIMEOUT_S)
+                s.connect((host, port))
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                s.setblocking(False)
+            except BaseException:
+                s.close()
+                raise
+            fds.append(s.detach())
+    except ConnectionRefusedError:
+        _close_all(fds)
+        raise SockbenchError(f"connection refused by {format_addr(host, port)}: is an echo server listening there?") from None
+    except TimeoutError:
+        _close_all(fds)
+        raise SockbenchError(f"connecting to {format_addr(host, port)} timed out after {CONNECT_TIMEOUT_S:.0f} s") from None
+    except OSError as e:
+        _close_all(fds)
+        if e.errno in (errno.EMFILE, errno.ENFILE):
+            raise SockbenchError(f"out of file descriptors after {len(fds)} connections: {e.strerror}") from None
+        raise SockbenchError(f"cannot connect to {format_addr(host, port)}: {e.strerror or e}") from None
+    return fds
+
+
+def _close_all(fds):
+    for fd in fds:
+        os.close(fd)
+
+
+def _encode(buckets):
+    from sockbench.bench.load.hdr import from_buckets
+
+    h = from_buckets(buckets)
+    if not h.get_total_count():
+        return None
+    blob = h.encode()
+    return blob.decode() if isinstance(blob, bytes) else blob
+
+
+def _emit(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+_stdin_buf = bytearray()
+
+
+def _read_line(timeout):
+    """One JSON line from stdin within ``timeout`` seconds, or None (EOF or timeout).
+
+    Raw reads on fd 0 (no Python-level buffering that ``select`` cannot see).
+    """
+    import select
+
+    deadline = time.monotonic() + timeout
+    while b"\n" not in _stdin_buf:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([0], [], [], left)[0]:
+            return None
+        chunk = os.read(0, 65536)
+        if not chunk:
+            return None
+        _stdin_buf.extend(chunk)
+    i = _stdin_buf.index(b"\n")
+    line = bytes(_stdin_buf[:i])
+    del _stdin_buf[: i + 1]
+    return json.loads(line)
+
+
+def run_worker(p):
+    """Connect, report ready, wait for the window, run the loop, report the result."""
+    fds = []
+    try:
+        os.sched_setaffinity(0, p.cpus)
+        raise_nofile_limit(p.conns + FD_HEADROOM)
+        from sockbench.bench.load.hdr import LAYOUT
+        from sockbench.ext import loadgen
+
+        table = loadgen.pattern_table()
+        addr_be = port_be = 0
+        if p.mode == "connect":
+            addr_be = int.from_bytes(socket.inet_aton(p.host), sys.byteorder)  # network order in memory
+            port_be = socket.htons(p.port)
+        else:
+            fds = connect_all(p.host, p.port, p.family, p.conns)
+        _emit({"event": "ready"})
+        msg = _read_line(START_WAIT_S)
+        if msg is None:
+            return 1
+        delay = (msg["start_ns"] - time.monotonic_ns()) / 1e9
+        if delay > 0:
+            time.sleep(delay)
+        owned, fds = fds, []
+        r = loadgen.run_loop(
+            MODES[p.mode], owned, p.first_cid, p.cid_step, p.conns, p.size, p.depth, p.rate,
+            msg["start_ns"], msg["warm_end_ns"], msg["end_ns"], p.interval_ns, p.timeout_ns,
+            table, LAYOUT, addr_be, port_be, loadgen.PROTOCOLS.index(p.protocol), p.poll, p.server_pid,
+        )
+        r["hdr1"] = _encode(r.pop("h1"))
+        r["hdr2"] = _encode(r.pop("h2"))
+        r["index"] = p.index
+        r["cpus"] = list(p.cpus)
+        _emit({"event": "result", "result": r})
+        return 0
+    except SockbenchError as e:
+        _emit({"event": "error", "message": str(e)})
+        return 1
+    except Exception as e:  # a worker never dies silently: the parent gets one line
+        _emit({"event": "error", "message": f"load process {p.index}: {type(e).__name__}: {e}"})
+        return 1
+    finally:
+        _close_all(fds)
+
+
+def main():
+    try:
+        raw = _read_line(START_WAIT_S)
+        if raw is None:
+            return 2
+        p = WorkerParams(**{**raw, "cpus": tuple(raw["cpus"])})
+    except (ValueError, TypeError, KeyError) as e:
+        _emit({"event": "error", "message": f"load process: bad parameters: {e}"})
+        return 2
+    return run_worker(p)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

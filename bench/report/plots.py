@@ -1,0 +1,459 @@
+"""The six plots of a sockbench report, drawn with matplotlib's Agg backend (no display needed).
+
+Why it is built this way: a plot is often seen alone (pasted in a chat, an
+issue, a README), so each one carries everything needed to read it: a title
+that names the workload, axis labels with units, a legend, and a footnote with
+the machine, the commit and the date.  Colours are fixed per server across all
+plots, so a server is recognised at a glance from one plot to the next.
+
+Every figure is drawn from ``resultsdir.Results`` only (the raw per-round
+results), so a report can be rebuilt from an interrupted run.  A plot whose
+data is absent from the run (say, no open-loop cells) is skipped and reported
+as such, never drawn empty.
+
+1. ``throughput_vs_conns.png``  closed loop, msgs/s against connections, one panel per size, min-max band
+2. ``throughput_bars.png``      grouped bars of msgs/s per server by size, min-max error bars, value labels
+3. ``latency_spectrum.png``     HDR-style percentile spectrum, x = 1/(1-p) on a log axis
+4. ``latency_vs_load.png``      the open-loop "hockey stick": p50 and p99 against offered load
+5. ``efficiency.png``           msgs per server CPU-second (netperf's service demand, inverted)
+6. ``run_chart.png``            throughput per interval over one run, warmup shaded
+7. ``protocol_cost.png``        server CPU µs per message by protocol (raw, frame, json), user and sys stacked,
+                                with each framed protocol's cost over raw written on its bar
+
+Plots 1-6 are about the closed-loop grid and the open-loop sweep, which speak
+raw with the grid's depth; the protocol section's cells (another depth, framed
+protocols) appear only in plot 7 and in their own tables.
+"""
+
+import math
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from sockbench.units import format_size  # noqa: E402
+
+__all__ = ["PLOTS", "make_plots", "si"]
+
+#: (file name, title) in report order
+PLOTS = [
+    ("throughput_vs_conns.png", "Throughput against concurrency"),
+    ("throughput_bars.png", "Throughput by message size"),
+    ("latency_spectrum.png", "Latency percentile spectrum"),
+    ("latency_vs_load.png", "Latency against offered load"),
+    ("efficiency.png", "Server CPU efficiency"),
+    ("run_chart.png", "Throughput over one run"),
+    ("protocol_cost.png", "Server CPU cost of each protocol"),
+]
+
+DPI = 110
+SPECTRUM_TICKS = [(50.0, "50%"), (90.0, "90%"), (99.0, "99%"), (99.9, "99.9%"), (99.99, "99.99%")]
+
+
+def si(v, unit=""):
+    """1234 -> '1.23k'; readable value labels on bars."""
+    if v is None or not math.isfinite(v):
+        return "n/a"
+    a = abs(v)
+    for div, suf in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if a >= div:
+            x = v / div
+            return f"{x:.3g}{suf}{unit}"
+    return f"{v:.3g}{unit}"
+
+
+def _log_axis(axis):
+    """Readable log-scale labels: 1k, 2k, 5k... instead of 2x10^3."""
+    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: si(v)))
+
+    def minor(v, _):
+        lead = v / 10 ** math.floor(math.log10(v)) if v > 0 else 0
+        return si(v) if round(lead) in (2, 5) else ""
+
+    axis.set_minor_formatter(matplotlib.ticker.FuncFormatter(minor))
+
+
+def _colors(servers):
+    cmap = plt.get_cmap("tab10")
+    return {s: cmap(i % 10) for i, s in enumerate(servers)}
+
+
+def _finish(fig, results, path, note=None):
+    foot = results.footnote()
+    if note:
+        foot = note + "\n" + foot
+    fig.text(0.01, 0.005, foot, fontsize=7, color="0.35", ha="left", va="bottom")
+    # "tight" keeps the legends placed outside the axes inside the image
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.12)
+    plt.close(fig)
+
+
+def _closed(results):
+    """The closed-loop grid: raw cells at the grid's depth (not the protocol section's)."""
+    depth = results.grid_depth()
+    return [c for c in results.cells.values()
+            if c.cell.mode == "closed" and c.cell.protocol == "raw" and c.cell.depth == depth]
+
+
+def _open(results):
+    return [c for c in results.cells.values() if c.cell.mode == "open" and c.cell.protocol == "raw"]
+
+
+def _rounds_note(cells):
+    n = sorted({len(c.runs) for c in cells})
+    txt = "/".join(str(x) for x in n)
+    return f"{txt} round{'s' if n != [1] else ''} per point"
+
+
+def _headline_closed(results):
+    """The closed-loop cells at the largest connection count (the most loaded grid column)."""
+    closed = _closed(results)
+    if not closed:
+        return [], None
+    top = max(c.cell.conns for c in closed)
+    return [c for c in closed if c.cell.conns == top], top
+
+
+def plot_throughput_vs_conns(results, path, colors):
+    closed = _closed(results)
+    if not closed:
+        return "no closed-loop cells in this run"
+    sizes = sorted({c.cell.size for c in closed})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4.6 * len(sizes) + 0.8, 4.6), squeeze=False)
+    conns_all = sorted({c.cell.conns for c in closed})
+    for ax, size in zip(axes[0], sizes):
+        for server in results.servers():
+            pts = sorted((c for c in closed if c.server == server and c.cell.size == size), key=lambda c: c.cell.conns)
+            if not pts:
+                continue
+            x = [c.cell.conns for c in pts]
+            y = [c.median for c in pts]
+            lo = [min(c.msgs) for c in pts]
+            hi = [max(c.msgs) for c in pts]
+            ax.plot(x, y, marker="o", color=colors[server], label=server)
+            ax.fill_between(x, lo, hi, color=colors[server], alpha=0.18, linewidth=0)
+        ax.set_title(f"{format_size(size)} messages")
+        ax.set_xlabel("concurrent connections")
+        if len(conns_all) > 1 and conns_all[-1] / conns_all[0] >= 10:
+            ax.set_xscale("log")
+        ax.set_xticks(conns_all)
+        ax.set_xticklabels([str(c) for c in conns_all])
+        ax.set_ylim(bottom=0)
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: si(v)))
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel("throughput (msgs/s, median)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    handles.append(matplotlib.patches.Patch(color="0.6", alpha=0.3))
+    labels.append("band: min-max over rounds")
+    fig.legend(handles, labels, loc="upper right", fontsize=8, ncol=1, bbox_to_anchor=(0.995, 0.9))
+    fig.suptitle("Closed-loop echo throughput against concurrency (higher is better)")
+    fig.tight_layout(rect=(0, 0.06, 0.84, 0.95))
+    _finish(fig, results, path, _rounds_note(closed) + "; each connection keeps one message in flight")
+    return None
+
+
+def _grouped_bars(ax, groups, servers, colors, value_of, err_of, label_fmt):
+    n = max(1, len(servers))
+    width = 0.8 / n
+    xs = np.arange(len(groups))
+    for i, server in enumerate(servers):
+        vals, lo, hi = [], [], []
+        for g in groups:
+            v = value_of(server, g)
+            e = err_of(server, g)
+            vals.append(v if v is not None else np.nan)
+            lo.append(max(0.0, v - e[0]) if v is not None else 0.0)
+            hi.append(max(0.0, e[1] - v) if v is not None else 0.0)
+        pos = xs - 0.4 + width * (i + 0.5)
+        bars = ax.bar(pos, vals, width * 0.92, color=colors[server], label=server,
+                      yerr=[lo, hi], capsize=3, error_kw={"elinewidth": 1, "ecolor": "0.2"})
+        for b, v, up in zip(bars, vals, hi):
+            if v is not None and math.isfinite(v):
+                # above the error bar, so the label never sits on it
+                ax.annotate(label_fmt(v), (b.get_x() + b.get_width() / 2, v + up),
+                            xytext=(0, 3), textcoords="offset points", ha="center", va="bottom",
+                            fontsize=7, rotation=90 if n > 4 else 0)
+    ax.set_xticks(xs)
+    return xs
+
+
+def _bars_by_size(results, path, colors, cells, value, rounds, ylabel, title, note):
+    """Grouped bars, one group per message size, one bar per server; error bars span the rounds."""
+    sizes = sorted({c.cell.size for c in cells})
+    servers = [s for s in results.servers() if any(c.server == s for c in cells)]
+    by = {(c.server, c.cell.size): c for c in cells}
+    fig, ax = plt.subplots(figsize=(max(7.5, 2.8 + 0.55 * len(servers) * len(sizes)), 5))
+
+    def val(s, g):
+        c = by.get((s, g))
+        return value(c) if c else None
+
+    def err(s, g):
+        c = by.get((s, g))
+        r = rounds(c) if c else []
+        return (min(r), max(r)) if r else (0, 0)
+
+    _grouped_bars(ax, sizes, servers, colors, val, err, si)
+    ax.set_xticklabels([f"{format_size(s)} messages" for s in sizes])
+    ax.set_ylabel(ylabel)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: si(v)))
+    ax.margins(y=0.18)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8, title="server", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    _finish(fig, results, path, note)
+
+
+def plot_throughput_bars(results, path, colors):
+    cells, top = _headline_closed(results)
+    if not cells:
+        return "no closed-loop cells in this run"
+    _bars_by_size(results, path, colors, cells, lambda c: c.median, lambda c: c.msgs,
+                  "throughput (msgs/s, median of rounds)",
+                  f"Closed-loop msgs/s per server by message size, {top} connections (higher is better)",
+                  _rounds_note(cells) + "; error bars: min-max over rounds")
+    return None
+
+
+def _spectrum(ax, cells, colors):
+    drawn = 0
+    for c in cells:
+        h = c.hdr()
+        if h is None or h.get_total_count() == 0:
+            continue
+        count = h.get_total_count()
+        xmax = max(2.0, min(1e5, float(count)))
+        xs = np.logspace(0, math.log10(xmax), 160)
+        pct = 100.0 * (1.0 - 1.0 / xs)
+        ys = [max(1e-3, c.percentile_us(p)) for p in pct]
+        ax.plot(xs, ys, color=colors[c.server], label=f"{c.server} (n={si(count)})")
+        drawn += 1
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ticks = [1.0 / (1.0 - p / 100.0) for p, _ in SPECTRUM_TICKS]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([t for _, t in SPECTRUM_TICKS])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_xlim(1, max(ticks[-1], ax.get_xlim()[1]))
+    ax.set_xlabel("percentile (log scale of 1/(1-p))")
+    _log_axis(ax.yaxis)
+    ax.grid(True, which="major", alpha=0.3)
+    # the curves rise to the right: the lower right corner is where they never are
+    ax.legend(fontsize=8, loc="lower right")
+    return drawn
+
+
+def plot_latency_spectrum(results, path, colors):
+    panels = []
+    cells, top = _headline_closed(results)
+    if cells:
+        size = min(c.cell.size for c in cells)
+        pick = [c for c in cells if c.cell.size == size]
+        panels.append((pick, f"closed loop, {format_size(size)}, {top} connections"))
+    opens = _open(results)
+    if opens:
+        pcts = sorted({c.cell.load_pct for c in opens})
+        pct = min(pcts, key=lambda p: abs(p - 75))
+        pick = [c for c in opens if c.cell.load_pct == pct]
+        o = pick[0].cell
+        panels.append((pick, f"open loop at {pct}% of each server's peak, {format_size(o.size)}, {o.conns} connections"))
+    if not panels:
+        return "no cells in this run"
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.8), squeeze=False)
+    drawn = 0
+    for ax, (pick, title) in zip(axes[0], panels):
+        drawn += _spectrum(ax, pick, colors)
+        ax.set_title(title, fontsize=9)
+    if not drawn:
+        plt.close(fig)
+        return "no latency histograms (hdr) in this run"
+    axes[0][0].set_ylabel("round-trip latency (µs, log scale)")
+    fig.suptitle("Latency by percentile, HDR style (lower is better; every round's histogram merged)")
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    _finish(fig, results, path, "open-loop latency is measured from the intended send time (no coordinated omission)")
+    return None
+
+
+def plot_latency_vs_load(results, path, colors):
+    opens = _open(results)
+    if not opens:
+        return "no open-loop cells in this run"
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    servers = [s for s in results.servers() if any(c.server == s for c in opens)]
+    for ax, key, label in ((axes[0], "p50", "median (p50)"), (axes[1], "p99", "p99")):
+        for server in servers:
+            pts = sorted((c for c in opens if c.server == server), key=lambda c: c.cell.load_pct)
+            x = [c.target_rate if c.target_rate > 0 else c.achieved_rate for c in pts]
+            y = [c.latency()[key] for c in pts]
+            ax.plot(x, y, marker="o", color=colors[server], label=server)
+            for c, xi, yi in zip(pts, x, y):
+                ax.annotate(f"{c.cell.load_pct}%", (xi, yi), xytext=(3, 4), textcoords="offset points",
+                            fontsize=6, color=colors[server])
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _log_axis(ax.xaxis)
+        _log_axis(ax.yaxis)
+        ax.grid(True, which="both", alpha=0.25)
+        ax.set_title(f"{label} latency", fontsize=10)
+        ax.set_xlabel("offered load (msgs/s, log scale)")
+    axes[0].set_ylabel("round-trip latency (µs, log scale)")
+    axes[1].legend(fontsize=8, title="server", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    o = opens[0].cell
+    fig.suptitle(f"Open-loop latency against offered load, {format_size(o.size)}, {o.conns} connections (lower is better)")
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    _finish(fig, results, path, _rounds_note(opens) + "; point labels: offered load in % of the server's closed-loop peak; "
+            "latency from the intended send time, merged HDR histograms")
+    return None
+
+
+def plot_efficiency(results, path, colors):
+    cells, top = _headline_closed(results)
+    cells = [c for c in cells if math.isfinite(c.msgs_per_cpu_s)]
+    if not cells:
+        return "no server CPU figures in this run"
+    _bars_by_size(results, path, colors, cells, lambda c: c.msgs_per_cpu_s, lambda c: c.msgs_per_cpu_s_rounds(),
+                  "messages echoed per server CPU-second (user+sys)",
+                  f"Server CPU efficiency, closed loop, {top} connections (higher is better)",
+                  "server CPU from /proc/PID/stat over the measured window; error bars: min-max over rounds")
+    return None
+
+
+def plot_run_chart(results, path, colors):
+    cells, top = _headline_closed(results)
+    if cells:
+        size = min(c.cell.size for c in cells)
+        cells = [c for c in cells if c.cell.size == size]
+    else:
+        cells = list(results.cells.values())[:8]
+    drawn = 0
+    fig, ax = plt.subplots(figsize=(9.5, 4.8))
+    warm_end = 0.0
+    for c in cells:
+        if not c.runs:
+            continue
+        # the round whose throughput is the median one: a typical run, not the best
+        order = sorted(range(len(c.runs)), key=lambda i: c.msgs[i])
+        idx = order[len(order) // 2]
+        ts = c.runs[idx].get("timeseries") or {}
+        msgs = ts.get("msgs") or []
+        iv = float(ts.get("interval_s") or 0)
+        if not msgs or iv <= 0:
+            continue
+        # interval i covers [i*iv, (i+1)*iv): draw it as a flat step over that span
+        t = np.arange(len(msgs) + 1) * iv
+        y = np.asarray(list(msgs) + [msgs[-1]], dtype=float) / iv
+        ax.step(t, y, where="post", color=colors[c.server],
+                label=f"{c.server} (round {idx + 1} of {len(c.runs)})")
+        warm_end = max(warm_end, int(ts.get("warmup_intervals") or 0) * iv)
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return "no per-interval time series in this run"
+    if warm_end > 0:
+        ax.axvspan(0, warm_end, color="0.85", zorder=0, label="warmup (excluded from results)")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("time since the load started (s)")
+    ax.set_ylabel("throughput per interval (msgs/s)")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: si(v)))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    c0 = cells[0].cell
+    ax.set_title(f"Run chart: {c0.mode} loop, {format_size(c0.size)}, {c0.conns} connections (the median round of each server)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    _finish(fig, results, path, "a steady line after the warmup means a stable measurement")
+    return None
+
+
+#: one fixed colour per protocol (the bars of one server are its protocols)
+PROTOCOL_COLORS = {"raw": "#7f8c8d", "frame": "#2e86c1", "json": "#d68910"}
+
+
+def plot_protocol_cost(results, path, colors):
+    sections = results.protocol_sections()
+    if not sections:
+        return "no cell measured in a framed protocol and in raw at the same workload"
+    # the section with the most cells (the run's protocol section)
+    base, protos, cells = max(sections, key=lambda s: len(s[2]))
+    servers = [s for s in results.servers() if any(k[0] == s for k in cells)]
+    if not any(math.isfinite(c.cpu_us_per_msg) for c in cells.values()):
+        return "no server CPU figures in the protocol cells"
+    n = len(protos)
+    width = 0.8 / n
+    xs = np.arange(len(servers))
+    fig, ax = plt.subplots(figsize=(max(8.0, 2.6 + 0.42 * len(servers) * n), 5.2))
+    ymax = 0.0
+    for i, proto in enumerate(protos):
+        pos = xs - 0.4 + width * (i + 0.5)
+        user, sys_, lo, hi = [], [], [], []
+        for s in servers:
+            c = cells.get((s, proto))
+            tot = c.cpu_us_per_msg if c else float("nan")
+            u = c.user_us_per_msg if c else float("nan")
+            user.append(u)
+            sys_.append(tot - u if math.isfinite(tot) and math.isfinite(u) else float("nan"))
+            r = c.cpu_us_per_msg_rounds() if c else []
+            lo.append(max(0.0, tot - min(r)) if r and math.isfinite(tot) else 0.0)
+            hi.append(max(0.0, max(r) - tot) if r and math.isfinite(tot) else 0.0)
+        col = PROTOCOL_COLORS.get(proto, plt.get_cmap("tab10")(i % 10))
+        ax.bar(pos, user, width * 0.92, color=col, label=f"{proto}: user")
+        tops = [u + sy for u, sy in zip(user, sys_)]
+        ax.bar(pos, sys_, width * 0.92, bottom=user, color=col, alpha=0.45, hatch="///", edgecolor="white",
+               linewidth=0, label=f"{proto}: sys",
+               yerr=[lo, hi], capsize=2.5, error_kw={"elinewidth": 1, "ecolor": "0.2"})
+        for j, (x, top, up) in enumerate(zip(pos, tops, hi)):
+            if not math.isfinite(top):
+                continue
+            ymax = max(ymax, top + up)
+            text = f"{top:.3g}"
+            raw = cells.get((servers[j], "raw"))
+            if proto != "raw" and raw is not None and math.isfinite(raw.cpu_us_per_msg):
+                text += f"\n{top - raw.cpu_us_per_msg:+.2g}"
+            ax.annotate(text, (x, top + up), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
+                        fontsize=6.5, linespacing=0.95)
+    ax.set_xticks(xs)
+    ax.set_xticklabels(servers, rotation=20 if len(servers) > 4 else 0, ha="right" if len(servers) > 4 else "center")
+    ax.set_ylabel("server CPU per message (µs, user + sys)")
+    ax.set_ylim(0, ymax * 1.14 if ymax > 0 else 1.0)  # room for the two-line labels
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8, title="protocol: CPU", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    any_cell = next(iter(cells.values())).cell
+    depth = f", {any_cell.depth} in flight per connection" if any_cell.depth != 1 else ""
+    ax.set_title(f"Server CPU per message by protocol: closed loop, {format_size(any_cell.size)} payload, "
+                 f"{any_cell.conns} connections{depth} (lower is better)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    _finish(fig, results, path, "solid: user CPU, hatched: sys CPU, stacked to user+sys; error bars: min-max of user+sys over rounds\n"
+            "labels: user+sys µs/msg and, for a framed protocol, its cost over raw (same server, same run, same workload)")
+    return None
+
+
+_DRAW = {
+    "throughput_vs_conns.png": plot_throughput_vs_conns,
+    "throughput_bars.png": plot_throughput_bars,
+    "latency_spectrum.png": plot_latency_spectrum,
+    "latency_vs_load.png": plot_latency_vs_load,
+    "efficiency.png": plot_efficiency,
+    "run_chart.png": plot_run_chart,
+    "protocol_cost.png": plot_protocol_cost,
+}
+
+
+def make_plots(results, outdir):
+    """Draw every plot the data allows into ``outdir``.
+
+    Returns ``[(file name, title, None or the reason it was skipped)]`` in report order.
+    """
+    os.makedirs(outdir, exist_ok=True)
+    colors = _colors(results.servers())
+    out = []
+    for fname, title in PLOTS:
+        path = os.path.join(outdir, fname)
+        if os.path.exists(path):
+            os.unlink(path)
+        skipped = _DRAW[fname](results, path, colors)
+        out.append((fname, title, skipped))
+    return out

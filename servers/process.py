@@ -1,0 +1,125 @@
+"""Start a registered server as its own process, through ``sockbench serve``, and stop it by pid.
+
+The conformance suite, the load harness and the calibration tools all use
+this, so a server is always exercised through the same process contract that
+users see.
+"""
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from sockbench.children import child_setup, held_signals
+from sockbench.errors import SockbenchError
+
+__all__ = ["ServerProcess", "READY_TIMEOUT_S"]
+
+READY_TIMEOUT_S = 15.0
+
+
+class ServerProcess:
+    """``sockbench serve NAME --host H --port 0`` in a child process, optionally pinned.
+
+    Use as a context manager; leaving it always stops the child by pid.
+    """
+
+    def __init__(self, name, host="127.0.0.1", port=0, cpus=None, extra_args=(), env=None):
+        self.name = name
+        self.cmd = [sys.executable, "-m", "sockbench", "serve", name, "--host", host, "--port", str(port), *extra_args]
+        self.cpus = sorted(cpus) if cpus else None
+        self.env = env
+        self.proc = None
+        self.ready = None
+        self._stderr = None
+
+    @property
+    def pid(self):
+        return self.ready["pid"] if self.ready else self.proc.pid
+
+    @property
+    def address(self):
+        return self.ready["host"], self.ready["port"]
+
+    def start(self, timeout=READY_TIMEOUT_S):
+        # stderr goes to a file, never a pipe: a chatty server must not block on a full pipe
+        self._stderr = tempfile.TemporaryFile()
+        try:
+            with held_signals():  # a Ctrl-C now is raised after self.proc is set, and stops it below
+                self.proc = subprocess.Popen(
+                    self.cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=self._stderr,
+                    preexec_fn=child_setup(self.cpus),
+                    env=self.env,
+                )
+            self.ready = self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, timeout):
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        line = b""
+        try:
+            while not line.endswith(b"\n"):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SockbenchError(f"server {self.name!r} printed no ready line within {timeout:.0f} s")
+                if not sel.select(left):
+                    continue
+                chunk = os.read(self.proc.stdout.fileno(), 4096)
+                if not chunk:
+                    self.proc.wait(5)
+                    err = self.stderr_text().strip().splitlines()
+                    why = err[-1] if err else f"exit status {self.proc.returncode}"
+                    raise SockbenchError(f"server {self.name!r} exited before it was ready: {why}")
+                line += chunk
+        finally:
+            sel.close()
+        try:
+            ready = json.loads(line)
+        except ValueError:
+            raise SockbenchError(f"server {self.name!r} printed a malformed ready line: {line[:200]!r}") from None
+        if ready.get("event") != "ready":
+            raise SockbenchError(f"server {self.name!r} printed {line[:200]!r} instead of a ready line")
+        return ready
+
+    def stderr_text(self):
+        """Everything the server wrote to stderr so far."""
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout=5.0):
+        """SIGTERM by pid, wait; SIGKILL if it does not exit in time.  Returns the exit status."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            except ProcessLookupError:
+                self.proc.wait()
+        if not self.proc.stdout.closed:
+            self.proc.stdout.close()
+        return self.proc.returncode
+
+    def __enter__(self):
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc):
+        self.stop()

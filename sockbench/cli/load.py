@@ -1,0 +1,189 @@
+"""``sockbench load``: the command-line face of ``sockbench.bench.load.harness``.
+
+Why it is built this way: ``sockbench/cli.py`` is shared by every subcommand,
+so it only registers ``load`` and calls in here; the arguments, their
+parsing into a ``LoadSpec`` and the one-screen rich summary live in this
+module.  The result JSON goes to ``--json PATH`` as soon as the run ends
+(``--json -``: to stdout, and then the summary goes to stderr so that stdout
+stays pure JSON).  An invalid run still writes its JSON and prints its
+summary, then exits 1 with one line that says why.  ``--protocol frame|json``
+speaks one of the framed protocols (``sockbench.servers.protocols``); ``--size``
+is the payload size in every protocol, so "MB/s" counts payload bytes and
+"wire MB/s" adds the framing and headers.
+"""
+
+import json
+import sys
+
+from sockbench.errors import SockbenchError, UsageError
+from sockbench.units import arg, parse_cpus, parse_number, parse_size
+
+__all__ = ["add_arguments", "run_cli", "spec_from_args", "render_summary", "parse_target"]
+
+EXIT_INVALID = 1
+
+
+def parse_target(text):
+    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port); bad input is a usage error."""
+    raw = str(text).strip()
+    if raw.startswith("["):
+        host, sep, rest = raw[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, sep, port = raw.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"bad --target {text!r}; use HOST:PORT such as 127.0.0.1:8888")
+    return host, int(port)
+
+
+def add_arguments(p):
+    """The ``load`` subcommand's arguments (the design's "Load command" contract)."""
+    p.add_argument("name", nargs="?", help="a registered server to start and load (see `sockbench servers`)")
+    p.add_argument("--target", metavar="HOST:PORT", help="load an echo server that is already running instead")
+    p.add_argument("--mode", default="closed", help="closed (default), open or connect")
+    p.add_argument("--conns", type=arg(parse_number, "--conns", kind=int), default=10, help="connections (default 10)")
+    p.add_argument("--size", default="64", help="payload size per message: 64, 1k, 16k, 1m (default 64)")
+    p.add_argument("--protocol", default="raw",
+                   help="raw (default: a byte echo), frame (4-byte length + payload) or json (2-byte length + JSON header + content)")
+    p.add_argument("--depth", type=arg(parse_number, "--depth", kind=int), default=1, help="messages in flight per connection, closed mode (default 1)")
+    p.add_argument("--rate", type=arg(parse_number, "--rate"), default=None, help="open mode: total msgs/s")
+    p.add_argument("--duration", type=arg(parse_number, "--duration"), default=5.0, help="measured seconds (default 5)")
+    p.add_argument("--warmup", type=arg(parse_number, "--warmup"), default=1.0, help="seconds before measuring (default 1)")
+    p.add_argument("--procs", type=arg(parse_number, "--procs", kind=int), default=1, help="load processes (default 1)")
+    p.add_argument("--server-cpus", default="0", help="CPUs for the server (default 0)")
+    p.add_argument("--client-cpus", default="1", help="CPUs for the load processes (default 1)")
+    p.add_argument("--interval", type=arg(parse_number, "--interval"), default=0.1, help="time-series interval in seconds (default 0.1)")
+    p.add_argument("--timeout", type=arg(parse_number, "--timeout"), default=5.0, help="seconds before an unanswered message is an error (default 5)")
+    p.add_argument("--json", metavar="PATH", help="write the result JSON here (- for stdout)")
+    return p
+
+
+def spec_from_args(args):
+    from sockbench.bench.load.harness import LoadSpec
+
+    if (args.name is None) == (args.target is None):
+        raise UsageError("load: give a server NAME or --target HOST:PORT (exactly one)")
+    return LoadSpec(
+        server=args.name,
+        target=parse_target(args.target) if args.target else None,
+        mode=args.mode,
+        conns=args.conns,
+        size=parse_size(args.size, name="--size"),
+        depth=args.depth,
+        rate=args.rate,
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        procs=args.procs,
+        server_cpus=parse_cpus(args.server_cpus, name="--server-cpus"),
+        client_cpus=parse_cpus(args.client_cpus, name="--client-cpus"),
+        interval_s=args.interval,
+        timeout_s=args.timeout,
+        protocol=args.protocol,
+    ).validate()
+
+
+def run_cli(args):
+    from rich.console import Console
+
+    from sockbench.bench.load.harness import run_load
+    from sockbench.jsonfile import write_json_atomic
+
+    spec = spec_from_args(args)
+    to_stdout = args.json == "-"
+    console = Console(stderr=to_stdout)
+    with console.status(f"loading {spec.server or args.target}: {spec.mode}, {spec.protocol}, {spec.conns} conns, "
+                        f"{spec.warmup_s:g} s warmup + {spec.duration_s:g} s ..."):
+        result = run_load(spec)
+    if to_stdout:
+        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.flush()
+    elif args.json:
+        try:
+            write_json_atomic(args.json, result)
+        except OSError as e:
+            raise SockbenchError(f"cannot write {args.json}: {e.strerror}") from None
+    console.print(render_summary(result))
+    if not result["valid"]:
+        raise SockbenchError(f"invalid run: {result['invalid_reason']}", exit_code=EXIT_INVALID)
+    return 0
+
+
+def _n(v, fmt="{:,.0f}"):
+    return "-" if v is None else fmt.format(v)
+
+
+def render_summary(r):
+    """A one-screen rich renderable of a result dict."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    w = r["workload"]
+    t = r["throughput"]
+    head = Text()
+    head.append(f"{r['server']}", style="bold")
+    head.append(f"  {w['mode']}")
+    if w.get("protocol", "raw") != "raw":
+        head.append(f"  {w['protocol']}")
+    head.append(f"  {w['conns']} conns x {w['size']} B x {w['depth']} in flight")
+    if w["mode"] == "open":
+        head.append(f"  rate {w['rate']:,.0f}/s")
+    head.append(f"  {w['duration_s']:g} s (+{w['warmup_s']:g} s warmup)  {w['procs']} proc(s)")
+    verdict = Text("VALID", style="bold green") if r["valid"] else Text(f"INVALID: {r['invalid_reason']}", style="bold red")
+
+    tp = Table(box=None, show_header=False, pad_edge=False)
+    tp.add_column(style="dim")
+    tp.add_column(justify="right")
+    tp.add_row("msgs/s", _n(t["msgs_per_s"]))
+    tp.add_row("MB/s", _n(t["bytes_per_s"] / 1e6, "{:,.1f}"))
+    if w.get("protocol", "raw") != "raw" and t.get("wire_bytes_per_s") is not None:
+        tp.add_row("wire MB/s", _n(t["wire_bytes_per_s"] / 1e6, "{:,.1f}"))
+    if "conns_per_s" in t:
+        tp.add_row("conns/s", _n(t["conns_per_s"]))
+    if "target_rate" in t:
+        tp.add_row("target rate", _n(t["target_rate"]))
+        style = "red" if t["behind"] else ""
+        tp.add_row("achieved rate", Text(f"{t['achieved_rate']:,.0f} ({t['pacing_error']:+.2%})", style=style))
+
+    lat = Table(box=None, pad_edge=False)
+    lat.add_column("µs", style="dim")
+    for k in ("p50", "p90", "p99", "p999", "max", "mean"):
+        lat.add_column(k, justify="right")
+    rows = [("latency" if w["mode"] != "connect" else "connect", r["latency_us"])]
+    if "service_us" in r:
+        rows.append(("service", r["service_us"]))
+    if "cycle_us" in r:
+        rows.append(("cycle", r["cycle_us"]))
+    for label, s in rows:
+        lat.add_row(label, *(_n(s.get(k), "{:,.1f}") for k in ("p50", "p90", "p99", "p999", "max", "mean")))
+
+    cpu = Table(box=None, pad_edge=False)
+    cpu.add_column("cpu", style="dim")
+    for k in ("user s", "sys s", "user µs/msg", "sys µs/msg", "util", "peak RSS"):
+        cpu.add_column(k, justify="right")
+    sp, cl = r["server_proc"], r["client"]
+    cpu.add_row(
+        "server", _n(sp["user_s"], "{:.2f}"), _n(sp["sys_s"], "{:.2f}"),
+        _n(sp["us_per_msg"]["user"], "{:.3f}"), _n(sp["us_per_msg"]["sys"], "{:.3f}"),
+        _n(sp.get("cpu_util"), "{:.0%}"), _n(sp["rss_peak_bytes"] and sp["rss_peak_bytes"] / 2**20, "{:.1f} MiB"),
+    )
+    cpu.add_row(
+        "client", _n(cl["user_s"], "{:.2f}"), _n(cl["sys_s"], "{:.2f}"),
+        _n(cl["us_per_msg"]["user"], "{:.3f}"), _n(cl["us_per_msg"]["sys"], "{:.3f}"),
+        Text(_n(cl["cpu_util"], "{:.0%}") + (f" (busy {cl['busy_util']:.0%})" if cl.get("busy_util") is not None else ""),
+             style="red" if r["client_bound"] else ""), "",
+    )
+    e = r["errors"]
+    errs = Text(f"errors: {e['total']}  " + "  ".join(f"{k} {v}" for k, v in e["by_kind"].items()),
+                style="red" if e["total"] else "dim")
+    notes = []
+    if r["client_bound"]:
+        notes.append(Text("client-bound: the load CPUs were >= 95% busy; this figure measures the client too", style="yellow"))
+    if r.get("limited_by"):
+        notes.append(Text(f"limited by: {r['limited_by']} CPU saturated", style="dim"))
+    if cl.get("polling"):
+        notes.append(Text("the client polled between sends (open loop, a CPU per load process): "
+                          "its CPU is always 100%, its busy share says how loaded it was", style="dim"))
+    if cl.get("msgs_per_write"):
+        notes.append(Text(f"coalescing: {cl['msgs_per_write']:.2f} msgs per write ({cl['writes']:,} writes)", style="dim"))
+    return Group(head, verdict, tp, lat, cpu, errs, *notes)

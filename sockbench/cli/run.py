@@ -1,0 +1,99 @@
+"""The ``run``, ``report`` and ``compare`` subcommands: their arguments and their entry points.
+
+Why it is built this way: ``sockbench/cli.py`` is shared by several parts of
+the project, so it only registers these subcommands; the arguments and the
+logic live here, next to the code they drive (``runner``, ``report``,
+``compare``).  Every user error is a ``SockbenchError``, which the command line
+prints as one line with a non-zero exit.
+"""
+
+
+from sockbench.errors import SockbenchError
+from sockbench.units import arg, parse_cpus, parse_number
+
+__all__ = [
+    "add_run_arguments",
+    "add_report_arguments",
+    "add_compare_arguments",
+    "run_cli",
+    "report_cli",
+    "compare_cli",
+]
+
+
+def add_run_arguments(p):
+    p.add_argument("--quick", action="store_true",
+                   help="the CI smoke matrix: 64 B, 10 connections closed loop, open loop at 75%% of the peak, short rounds (< 60 s)")
+    p.add_argument("--servers", nargs="+", metavar="NAME", help="servers to run (default: every available one)")
+    p.add_argument("--sizes", nargs="+", metavar="SIZE", help="closed-loop message sizes (default 64 1k 16k)")
+    p.add_argument("--conns", nargs="+", metavar="N", help="closed-loop connection counts (default 1 10 100)")
+    p.add_argument("--open-loads", nargs="*", metavar="PCT",
+                   help="open-loop loads in %% of each server's peak (default 25 50 75 90; none: no open loop)")
+    p.add_argument("--protocols", nargs="*", metavar="PROTO",
+                   help="the protocol section: 100 connections x 64 B x 16 in flight, closed loop, in each of these "
+                        "protocols (raw frame json; default all three, raw always included; none: no section; with --quick the section "
+                        "uses the quick cell's workload, 64 B x 10 connections x depth 1, and is off unless asked for)")
+    p.add_argument("--rounds", type=arg(parse_number, "--rounds", kind=int, positive=True), help="rounds per cell (default 3)")
+    p.add_argument("--duration", type=arg(parse_number, "--duration", positive=True), metavar="S", help="measured seconds per round")
+    p.add_argument("--warmup", type=arg(parse_number, "--warmup"), metavar="S", help="warmup seconds per round (excluded)")
+    p.add_argument("--server-cpus", type=arg(parse_cpus, "--server-cpus"), metavar="LIST", help="CPUs for the server (default 0)")
+    p.add_argument("--client-cpus", type=arg(parse_cpus, "--client-cpus"), metavar="LIST", help="CPUs for the load client (default 1)")
+    p.add_argument("--out", metavar="DIR", help="results folder to create (default results/<UTC time>)")
+
+
+def add_report_arguments(p):
+    p.add_argument("dir", metavar="DIR", help="a results folder written by `sockbench run`")
+
+
+def add_compare_arguments(p):
+    p.add_argument("a", metavar="A", help="the baseline results folder")
+    p.add_argument("b", metavar="B", help="the results folder to judge against A")
+    p.add_argument("--fail-above", metavar="PCT",
+                   help="exit 1 when a cell got significantly worse by more than PCT (e.g. 5%%)")
+    p.add_argument("--alpha", type=arg(parse_number, "--alpha", positive=True), default=0.05, help="significance level of the one-sided Mann-Whitney U test (default 0.05)")
+
+
+def run_cli(args):
+    import sys
+
+    from sockbench.bench.suite.runner import build_plan, run_main
+
+    if args.warmup is not None and args.warmup < 0:
+        raise SockbenchError("--warmup cannot be negative", exit_code=2)
+    plan = build_plan(
+        servers=args.servers, sizes=args.sizes, conns=args.conns, quick=args.quick, rounds=args.rounds,
+        duration_s=args.duration, warmup_s=args.warmup, open_pcts=args.open_loads,
+        server_cpus=args.server_cpus, client_cpus=args.client_cpus, protocols=args.protocols,
+    )
+    return run_main(plan, out=args.out, argv=sys.argv)
+
+
+def report_cli(args):
+    from rich.console import Console
+
+    from sockbench.bench.report.document import build_report
+
+    rep = build_report(args.dir)
+    console = Console()
+    skipped = [(t, why) for _, t, why in rep["plots"] if why]
+    for title, why in skipped:
+        console.print(f"not drawn: {title} ({why})", highlight=False)
+    console.print(f"report: {rep['html']}", highlight=False, soft_wrap=True)
+    console.print(f"        {rep['md']}", highlight=False, soft_wrap=True)
+    return 0
+
+
+def compare_cli(args):
+    from rich.console import Console
+
+    from sockbench.bench.report.compare import compare, render
+    from sockbench.units import parse_percent
+
+    fail_above = parse_percent(args.fail_above, name="--fail-above") if args.fail_above is not None else None
+    if not 0 < args.alpha < 1:
+        raise SockbenchError(f"--alpha must be between 0 and 1, not {args.alpha}", exit_code=2)
+    result = compare(args.a, args.b, alpha=args.alpha, fail_above=fail_above)
+    if not result["rows"]:
+        raise SockbenchError(f"{args.a} and {args.b} have no (server, workload) in common; nothing to compare")
+    render(result, Console(width=max(140, Console().width)))
+    return 1 if result["failed"] else 0

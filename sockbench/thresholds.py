@@ -1,0 +1,19 @@
+"""Every threshold that turns a measurement into a verdict, in one place.
+
+Each one is read by the harness that sets a flag, by the suite and the report
+that show it, and by the calibration tools that judge their own runs, so a
+flag means the same thing wherever it appears.
+"""
+
+__all__ = ["CLIENT_BOUND_UTIL", "SERVER_BOUND_UTIL", "UNSTABLE_SPREAD", "BEHIND_FRACTION", "STALL_S"]
+
+#: the load CPUs at least this busy: the figure measures the client as much as the server ("client-bound")
+CLIENT_BOUND_UTIL = 0.95
+#: the server CPUs at least this busy: the server was the limit ("server-bound", ``limited_by``)
+SERVER_BOUND_UTIL = 0.95
+#: pyperf's rule: a spread between rounds of 10% of the median or more is UNSTABLE
+UNSTABLE_SPREAD = 0.10
+#: open loop: an achieved rate more than 5% below the target is BEHIND
+BEHIND_FRACTION = 0.05
+#: closed/connect loops: no message completed for this long inside the window is a stall (invalid)
+STALL_S = 1.0
