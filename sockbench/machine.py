@@ -10,6 +10,8 @@ import os
 import platform
 import subprocess
 
+from sockbench import __version__
+
 __all__ = ["machine_info", "git_commit"]
 
 
@@ -42,8 +44,6 @@ def _cpu_model():
 
 def machine_info():
     """The machine and the code, as the ``machine`` part of a result."""
-    from sockbench import __version__
-
     commit, dirty = git_commit()
     return {
         "cpu_model": _cpu_model(),

@@ -1,14 +1,24 @@
 """The ``sockbench`` command line.
 
 Every subcommand is a function ``_cmd_NAME(args) -> int`` registered in
-``build_parser()``.  A ``SockbenchError`` (bad input, a port in use, a missing
-build...) becomes one line on stderr and a non-zero exit, never a traceback.
+``build_parser()``; the arguments and entry points of the bigger ones live
+beside this module (``load.py``, ``run.py``).  A ``SockbenchError`` (bad input,
+a port in use, a missing build...) becomes one line on stderr and a non-zero
+exit, never a traceback.
+
+Start-up matters here: ``sockbench serve`` is what every benchmark and test
+spawns, so this module imports only light modules, and the subcommands import
+rich, the harness and the report (matplotlib) when they run.
 """
 
 import argparse
 import sys
 
+from sockbench.cli import load as load_cmd
+from sockbench.cli import run as run_cmd
 from sockbench.errors import SockbenchError
+from sockbench.servers import registry
+from sockbench.servers.contract import run_server
 from sockbench.servers.protocols import PROTOCOLS
 from sockbench.units import arg, parse_size
 
@@ -23,16 +33,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_serve(args):
-    from sockbench.servers.contract import run_server
-
     return run_server(args.name, host=args.host, port=args.port, protocol=args.protocol, max_message=args.max_message)
 
 
 def _cmd_servers(args):
+    # rich is deferred: `sockbench serve` must start fast and never needs it
     from rich.console import Console
     from rich.table import Table
-
-    from sockbench.servers import registry
 
     table = Table(title="sockbench servers", box=None, show_edge=False)
     table.add_column("name", style="bold", no_wrap=True)
@@ -52,30 +59,6 @@ def _cmd_servers(args):
     return 0
 
 
-def _cmd_load(args):
-    from sockbench.cli.load import run_cli
-
-    return run_cli(args)
-
-
-def _cmd_run(args):
-    from sockbench.cli.run import run_cli
-
-    return run_cli(args)
-
-
-def _cmd_report(args):
-    from sockbench.cli.run import report_cli
-
-    return report_cli(args)
-
-
-def _cmd_compare(args):
-    from sockbench.cli.run import compare_cli
-
-    return compare_cli(args)
-
-
 def build_parser():
     p = _Parser(prog="sockbench", description="Honest, reproducible socket echo benchmarks.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -92,25 +75,21 @@ def build_parser():
     s = sub.add_parser("servers", help="list every server and whether it is available here")
     s.set_defaults(func=_cmd_servers)
 
-    from sockbench.cli.load import add_arguments as _load_arguments
-
     s = sub.add_parser("load", help="load one server (NAME or --target HOST:PORT); print a summary, write the result JSON")
-    _load_arguments(s)
-    s.set_defaults(func=_cmd_load)
-
-    from sockbench.cli import run as _runcmd
+    load_cmd.add_arguments(s)
+    s.set_defaults(func=load_cmd.run_cli)
 
     s = sub.add_parser("run", help="the main job: run the benchmark suite, write results/<UTC time>/ with a report")
-    _runcmd.add_run_arguments(s)
-    s.set_defaults(func=_cmd_run)
+    run_cmd.add_run_arguments(s)
+    s.set_defaults(func=run_cmd.run_cli)
 
     s = sub.add_parser("report", help="(re)build report.md, report.html and the plots of a results folder")
-    _runcmd.add_report_arguments(s)
-    s.set_defaults(func=_cmd_report)
+    run_cmd.add_report_arguments(s)
+    s.set_defaults(func=run_cmd.report_cli)
 
     s = sub.add_parser("compare", help="compare two results folders: ratios and significance per (server, workload)")
-    _runcmd.add_compare_arguments(s)
-    s.set_defaults(func=_cmd_compare)
+    run_cmd.add_compare_arguments(s)
+    s.set_defaults(func=run_cmd.compare_cli)
     return p
 
 

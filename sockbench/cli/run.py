@@ -1,15 +1,17 @@
 """The ``run``, ``report`` and ``compare`` subcommands: their arguments and their entry points.
 
-Why it is built this way: ``sockbench/cli.py`` is shared by several parts of
-the project, so it only registers these subcommands; the arguments and the
-logic live here, next to the code they drive (``runner``, ``report``,
-``compare``).  Every user error is a ``SockbenchError``, which the command line
-prints as one line with a non-zero exit.
+Why it is built this way: ``main.py`` only registers the subcommands; their
+arguments and entry points live here, and the code they drive (the suite's
+``runner``, the report, ``compare``) is imported when a command runs, so that
+``sockbench serve`` starts without it.  Every user error is a
+``SockbenchError``, which the command line prints as one line with a non-zero
+exit.
 """
 
+import sys
 
 from sockbench.errors import SockbenchError
-from sockbench.units import arg, parse_cpus, parse_number
+from sockbench.units import arg, parse_cpus, parse_number, parse_percent
 
 __all__ = [
     "add_run_arguments",
@@ -54,8 +56,7 @@ def add_compare_arguments(p):
 
 
 def run_cli(args):
-    import sys
-
+    # the suite, the report and compare import rich, hdrhistogram and matplotlib: only when they run
     from sockbench.bench.suite.runner import build_plan, run_main
 
     if args.warmup is not None and args.warmup < 0:
@@ -69,6 +70,7 @@ def run_cli(args):
 
 
 def report_cli(args):
+    # deferred heavy imports: rich, and the report's matplotlib
     from rich.console import Console
 
     from sockbench.bench.report.document import build_report
@@ -84,10 +86,10 @@ def report_cli(args):
 
 
 def compare_cli(args):
+    # deferred heavy imports: rich, and the results store's hdrhistogram
     from rich.console import Console
 
     from sockbench.bench.report.compare import compare, render
-    from sockbench.units import parse_percent
 
     fail_above = parse_percent(args.fail_above, name="--fail-above") if args.fail_above is not None else None
     if not 0 < args.alpha < 1:
