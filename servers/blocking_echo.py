@@ -41,7 +41,7 @@ THREAD_RECV = 64 * 1024
 JOIN_BUDGET_S = 1.0
 
 
-def _echo(conn, peer, conns, lock, options):
+def _echo(conn, peer, workers, options):
     decoder = make_decoder(options["protocol"], options["max_message"])
     view = read_buffer(THREAD_RECV)  # one per thread, reused: no allocation per read
     try:
@@ -64,9 +64,50 @@ def _echo(conn, peer, conns, lock, options):
     except OSError:
         pass  # reset by the peer, or shut down by the main thread: this connection only
     finally:
-        with lock:
-            conns.discard(conn)
+        workers.discard(conn)
         conn.close()
+
+
+class _Workers:
+    """The open connections and the threads that serve them, shared with those threads under one lock."""
+
+    def __init__(self, options):
+        self._options = options
+        self._conns = set()
+        self._lock = threading.Lock()
+        self._threads = []
+
+    def start(self, conn, peer):
+        """Serve ``conn`` on a new thread that never receives the stop signals."""
+        with self._lock:
+            self._conns.add(conn)
+        # The new thread inherits this mask: signals only ever reach the main thread.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            t = threading.Thread(target=_echo, args=(conn, peer, self, self._options), daemon=True)
+            t.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        self._threads.append(t)
+        if len(self._threads) > 1024:
+            self._threads = [t for t in self._threads if t.is_alive()]
+
+    def discard(self, conn):
+        with self._lock:
+            self._conns.discard(conn)
+
+    def shut_down(self):
+        """Wake every thread blocked in recv/sendall, then give them ``JOIN_BUDGET_S`` in all to end."""
+        with self._lock:
+            live = list(self._conns)
+        for conn in live:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        deadline = time.monotonic() + JOIN_BUDGET_S
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
 
 
 def _raise_stop(signum, frame):
@@ -75,9 +116,7 @@ def _raise_stop(signum, frame):
 
 def serve(listener, announce, options):
     threading.stack_size(THREAD_STACK)
-    conns = set()
-    lock = threading.Lock()
-    threads = []
+    workers = _Workers(options)
     for sig in STOP_SIGNALS:
         signal.signal(sig, _raise_stop)
     announce()
@@ -85,31 +124,11 @@ def serve(listener, announce, options):
         while True:
             conn, peer = listener.accept()
             set_nodelay(conn)
-            with lock:
-                conns.add(conn)
-            # The new thread inherits this mask: signals only ever reach the main thread.
-            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-            try:
-                t = threading.Thread(target=_echo, args=(conn, peer, conns, lock, options), daemon=True)
-                t.start()
-            finally:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-            threads.append(t)
-            if len(threads) > 1024:
-                threads = [t for t in threads if t.is_alive()]
+            workers.start(conn, peer)
     except StopServing:
         pass
     finally:
         for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
         listener.close()
-        with lock:
-            live = list(conns)
-        for conn in live:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv/sendall
-            except OSError:
-                pass
-        deadline = time.monotonic() + JOIN_BUDGET_S
-        for t in threads:
-            t.join(max(0.0, deadline - time.monotonic()))
+        workers.shut_down()

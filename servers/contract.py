@@ -13,7 +13,9 @@ import signal
 import socket
 import sys
 
-from sockbench.errors import SockbenchError
+from sockbench.errors import SockbenchError, UsageError
+from sockbench.servers import registry
+from sockbench.servers.protocols import DEFAULT_MAX_MESSAGE
 
 __all__ = [
     "RECV_SIZE",
@@ -93,6 +95,8 @@ def set_nodelay(sock):
 
 def stop_event(loop):
     """An ``asyncio.Event`` that SIGTERM or SIGINT sets: the asyncio servers serve until it is set."""
+    # deferred: the blocking, selectors and cython servers never load asyncio, and their
+    # peak RSS (reported with every result) does not carry it
     import asyncio
 
     stop = asyncio.Event()
@@ -101,22 +105,23 @@ def stop_event(loop):
     return stop
 
 
-def run_server(name, host="127.0.0.1", port=0, protocol="raw", max_message=None):
-    """The ``sockbench serve NAME`` contract: bind, announce, serve, exit 0 on a stop signal.
+def _server_and_options(name, protocol="raw", max_message=None):
+    """Look ``name`` up and check that it speaks ``protocol``; return its ``serve`` function and ``options``.
 
-    The server receives ``options``: ``name``, ``protocol`` (raw, frame or json;
-    see ``protocols``) and ``max_message`` (the largest message it accepts).
+    ``options`` holds ``name``, ``protocol`` (raw, frame or json; see
+    ``protocols``) and ``max_message`` (the largest message it accepts).
+    Raises a one-line ``UsageError`` for an unknown name, a protocol the
+    server does not speak, or a server that is not built here.
     """
-    from sockbench.servers import registry
-    from sockbench.errors import UsageError
-    from sockbench.servers.protocols import DEFAULT_MAX_MESSAGE
-
     spec = registry.get(name)
     if protocol not in spec.protocols:
         raise UsageError(f"server {name!r} does not speak protocol {protocol!r}; it speaks: {', '.join(spec.protocols)}")
     serve = spec.load()
-    options = {"name": name, "protocol": protocol, "max_message": max_message or DEFAULT_MAX_MESSAGE}
-    listener = listen(host, port)
+    return serve, {"name": name, "protocol": protocol, "max_message": max_message or DEFAULT_MAX_MESSAGE}
+
+
+def _announcer(name, listener):
+    """``announce()``: print the ready line for ``listener``, once, however often it is called."""
     bound_host, bound_port = listener.getsockname()[:2]
     announced = []
 
@@ -128,8 +133,15 @@ def run_server(name, host="127.0.0.1", port=0, protocol="raw", max_message=None)
         sys.stdout.write(json.dumps(line) + "\n")
         sys.stdout.flush()
 
+    return announce
+
+
+def run_server(name, host="127.0.0.1", port=0, protocol="raw", max_message=None):
+    """The ``sockbench serve NAME`` contract: bind, announce, serve, exit 0 on a stop signal."""
+    serve, options = _server_and_options(name, protocol, max_message)
+    listener = listen(host, port)
     try:
-        serve(listener, announce, options)
+        serve(listener, _announcer(name, listener), options)
     except StopServing:
         pass
     finally:

@@ -38,7 +38,7 @@ this module only adapts it to the registry contract.
   partial one waits in a buffer of its own.  The JSON header parser is
   strict (a flat object of string and int64 values) and decides exactly as
   the Python servers' ``protocols.parse_json_header`` (fuzzed against it in
-  ``tests/test_wire.py``); the answer header is byte for byte theirs.  A
+  ``tests/unit/test_wire.py``); the answer header is byte for byte theirs.  A
   malformed message closes its connection only, after the answers before it,
   with one stderr line.  ``--max-message`` is at most 1 GiB here.
 """

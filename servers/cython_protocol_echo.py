@@ -26,16 +26,14 @@ import asyncio
 import uvloop
 
 from sockbench.ext.protocol_echo import EchoServer
-from sockbench.servers.contract import STOP_SIGNALS
+from sockbench.servers.contract import stop_event
 
 __all__ = ["serve"]
 
 
 async def _main(listener, announce):
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in STOP_SIGNALS:
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event(loop)
     factory = EchoServer()
     server = await loop.create_server(factory, sock=listener)
     announce()

@@ -55,8 +55,6 @@ class ServerSpec:
         return importlib.import_module(self.module).serve
 
 
-
-
 def _spec(name, module, summary, requires=(), build_hint="", protocols=("raw",)):
     return ServerSpec(name, "sockbench.servers." + module, summary, tuple(requires), build_hint, tuple(protocols))
 

@@ -1,32 +1,139 @@
-"""Shared fixtures: every registered server, started through ``sockbench serve`` on port 0.
+"""Shared fixtures, the markers by kind, and a guard against servers left running.
 
 ``server_name`` is parametrized over ``sockbench.servers.registry.SERVERS``, so a server
 added to the registry gets every conformance check with no change here.  A
 server that is not available on this machine (say, an install that skipped the
 Cython build) is skipped with the registry's reason, unless
 ``SOCKBENCH_REQUIRE_ALL=1`` (set by CI), where that is a failure.
+
+Every test is marked by the folder it lives in (``unit``, ``conformance``,
+``e2e``), so ``-m unit`` or ``-m "not e2e"`` select by kind without a decorator
+per test.  Tests that take seconds carry ``slow`` themselves:
+``python -m pytest -m "not slow"`` is the quick run, plain ``python -m pytest``
+still runs everything.
+
+Every process the tests start inherits ``SOCKBENCH_TEST_SESSION=<pytest's pid>``.
+When the last test of a module has been torn down, a ``sockbench serve`` process
+that carries this session's mark and was not there before the module began is
+a leak: it is killed by its pid and the module's last test errors, naming it.
 """
 
 import os
+import signal
+import time
 
 import pytest
 
 from sockbench.servers import registry
 from sockbench.servers.process import ServerProcess
 
+#: the folders under tests/ and the marker each gives its tests
+KINDS = {
+    "unit": "one part at a time, mostly in process (tests/unit)",
+    "conformance": "every registered server against the serve and echo contracts (tests/conformance)",
+    "e2e": "the load harness, the CLI and the tools end to end, with real servers and load (tests/e2e)",
+}
+SLOW = "slow: takes seconds; -m 'not slow' leaves it out of the quick run"
+
+SESSION_ENV = "SOCKBENCH_TEST_SESSION"
+os.environ[SESSION_ENV] = str(os.getpid())  # inherited by every process a test starts, grandchildren too
+
+#: how long a server that was just signalled may take to go (the serve contract: 2 s)
+LEAK_GRACE_S = 2.5
+
+_TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+_BEFORE_MODULE = pytest.StashKey()
+
+
+def pytest_configure(config):
+    for kind, what in KINDS.items():
+        config.addinivalue_line("markers", f"{kind}: {what}")
+    config.addinivalue_line("markers", SLOW)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        rel = os.path.relpath(str(item.path), _TESTS_DIR).split(os.sep)
+        if len(rel) > 1 and rel[0] in KINDS:
+            item.add_marker(rel[0])
+
+
+# --- no server outlives the module that started it ---------------------------------------------
+
+
+def _session_servers():
+    """``{pid: command line}`` of the live ``sockbench serve`` processes started by this session."""
+    mark = f"{SESSION_ENV}={os.getpid()}".encode()
+    found = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue  # gone, or not ours to read
+        if mark in env and b"serve" in argv:
+            found[int(name)] = b" ".join(argv).decode(errors="replace").strip()
+    return found
+
+
+def _kill_leftovers(before):
+    """Wait ``LEAK_GRACE_S`` for new servers to go, then SIGKILL what is left by pid; return what was left."""
+    deadline = time.monotonic() + LEAK_GRACE_S
+    while True:
+        left = {pid: cmd for pid, cmd in _session_servers().items() if pid not in before}
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return left
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    path, _ = item.session.stash.get(_BEFORE_MODULE, (None, None))
+    if path != item.path:  # the module's first test, before any of its fixtures
+        item.session.stash[_BEFORE_MODULE] = (item.path, set(_session_servers()))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    result = yield
+    if nextitem is None or nextitem.path != item.path:  # the module's fixtures are torn down by now
+        _, before = item.session.stash.get(_BEFORE_MODULE, (None, set()))
+        left = _kill_leftovers(before)
+        if left:
+            lines = "\n".join(f"  pid {pid}: {cmd}" for pid, cmd in sorted(left.items()))
+            pytest.fail(f"{item.path.name} left servers running (killed now):\n{lines}", pytrace=False)
+    return result
+
+
+# --- fixtures -----------------------------------------------------------------------------------
+
 
 def _require_all():
     return os.environ.get("SOCKBENCH_REQUIRE_ALL", "") not in ("", "0")
 
 
-@pytest.fixture(params=registry.names())
-def server_name(request):
-    name = request.param
+def _require_available(name):
     ok, why = registry.SERVERS[name].availability()
     if not ok:
         if _require_all():
             pytest.fail(f"{name}: {why}")
         pytest.skip(f"{name}: {why}")
+
+
+@pytest.fixture(params=registry.names())
+def server_name(request):
+    name = request.param
+    _require_available(name)
     return name
 
 
@@ -54,11 +161,7 @@ TEST_MAX_MESSAGE = 1 << 20
 def framed_server(request):
     """A fresh server speaking ``frame`` or ``json`` (every server x every protocol it speaks)."""
     name, proto = request.param
-    ok, why = registry.SERVERS[name].availability()
-    if not ok:
-        if _require_all():
-            pytest.fail(f"{name}: {why}")
-        pytest.skip(f"{name}: {why}")
+    _require_available(name)
     proc = ServerProcess(name, extra_args=("--protocol", proto, "--max-message", str(TEST_MAX_MESSAGE)))
     proc.protocol = proto
     proc.start()

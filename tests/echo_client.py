@@ -9,6 +9,8 @@ import os
 import random
 import selectors
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -17,10 +19,14 @@ __all__ = [
     "connect",
     "read_exact",
     "read_to_eof",
+    "exchange",
+    "send_without_reading",
     "echo_concurrently",
     "StreamPattern",
     "server_socket_option",
     "many_connections_echo",
+    "sockbench_cli",
+    "one_line_error",
 ]
 
 TIMEOUT_S = 20.0
@@ -56,6 +62,42 @@ def read_to_eof(sock, limit):
         buf += chunk
         if len(buf) > limit:
             raise AssertionError(f"more than {limit} bytes before EOF")
+
+
+def exchange(addr, stream, timeout=10.0):
+    """Send ``stream``, half-close, read to EOF (or a reset).  Returns the bytes answered.
+
+    A server may close (or reset) before it has read everything, as it does on
+    a malformed message: a broken pipe while sending is not an error here.
+    """
+    with connect(addr, timeout=timeout) as s:
+        got = bytearray()
+        try:
+            s.sendall(stream)
+            s.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server closed on a malformed message before we finished writing
+        try:
+            while True:
+                chunk = s.recv(1 << 20)
+                if not chunk:
+                    break
+                got += chunk
+        except ConnectionResetError:
+            pass
+        return bytes(got)
+
+
+def send_without_reading(sock, data):
+    """Hand the kernel what it takes of ``data`` now, without blocking; leaves ``sock`` non-blocking.
+
+    The echo of it stays unread, so the server has output pending for this connection.
+    """
+    sock.setblocking(False)
+    try:
+        sock.send(data)
+    except BlockingIOError:
+        pass
 
 
 def echo_concurrently(sock, data):
@@ -182,3 +224,17 @@ def many_connections_echo(addr, count, size, deadline_s=TIMEOUT_S):
         sel.close()
         for s in socks:
             s.close()
+
+
+def sockbench_cli(*args, timeout=20):
+    """Run ``python -m sockbench ARGS`` to completion; returns the ``CompletedProcess`` (text)."""
+    return subprocess.run([sys.executable, "-m", "sockbench", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def one_line_error(result):
+    """Check that a command failed with exactly one line on stderr, no traceback and nothing on stdout; return the line."""
+    assert result.returncode != 0, f"exit status 0; stderr: {result.stderr!r}"
+    assert result.stderr.count("\n") == 1 and result.stderr.endswith("\n"), f"not one line: {result.stderr!r}"
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stdout == "", f"stdout: {result.stdout[:200]!r}"
+    return result.stderr[:-1]

@@ -4,13 +4,11 @@ Each test takes ``server`` (a fresh ``sockbench serve NAME --port 0`` process)
 or ``server_name``, both parametrized over the registry in conftest.py.
 """
 
-import json
 import os
 import signal
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 
@@ -21,12 +19,16 @@ from echo_client import (
     connect,
     echo_concurrently,
     many_connections_echo,
+    one_line_error,
     payload,
     read_exact,
     read_to_eof,
+    send_without_reading,
     server_socket_option,
+    sockbench_cli,
 )
 from sockbench.procfs import read_rss_bytes
+from sockbench.servers import registry
 from sockbench.servers.process import ServerProcess
 
 MiB = 1 << 20
@@ -80,6 +82,7 @@ def test_tcp_nodelay_on_accepted_sockets(server):
     assert value != 0, "accepted sockets must have TCP_NODELAY"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_stop_signal_with_50_connections_exits_0_within_2s(server, sig):
     socks = []
@@ -90,11 +93,7 @@ def test_stop_signal_with_50_connections_exits_0_within_2s(server, sig):
         # a third of them mid-transfer: their echo is pending because we do not read it
         for i, s in enumerate(socks):
             if i % 3 == 0:
-                s.setblocking(False)
-                try:
-                    s.send(payload(2 * MiB, seed=i))
-                except BlockingIOError:
-                    pass
+                send_without_reading(s, payload(2 * MiB, seed=i))
             else:
                 s.sendall(b"hello")
         for i, s in enumerate(socks):
@@ -133,6 +132,7 @@ def test_echo_byte_for_byte(server):
             assert got == data, f"echo of {size} bytes differs"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [1, 4096, 65537, MiB, 4 * MiB], ids=lambda n: f"{n}B")
 def test_send_everything_before_reading(server, size):
     """The client writes its whole message before reading a byte: no deadlock."""
@@ -167,17 +167,14 @@ def test_half_close_right_after_a_small_message(server):
         assert read_to_eof(s, limit=100) == b"last words"
 
 
+@pytest.mark.slow
 def test_reset_mid_stream_disturbs_nobody(server):
     with connect(server.address) as steady:
         first = payload(100_000, seed=1)
         assert echo_concurrently(steady, first) == first
         # a client that writes a lot, reads nothing, and resets: the server has echo pending for it
         rude = connect(server.address)
-        rude.setblocking(False)
-        try:
-            rude.send(payload(4 * MiB, seed=2))
-        except BlockingIOError:
-            pass
+        send_without_reading(rude, payload(4 * MiB, seed=2))
         time.sleep(0.1)
         rude.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         rude.close()  # RST
@@ -189,6 +186,7 @@ def test_reset_mid_stream_disturbs_nobody(server):
         assert echo_concurrently(fresh, b"still here") == b"still here"
 
 
+@pytest.mark.slow
 def test_bounded_memory_when_client_does_not_read(server):
     """A client writes 256 MiB without reading: the server's RSS grows by < 64 MiB, and nothing is lost."""
     total = 256 * MiB
@@ -236,19 +234,11 @@ def test_bounded_memory_when_client_does_not_read(server):
 # --- bad input to the command line ------------------------------------------------------------
 
 
-def _sockbench(*args, timeout=20):
-    return subprocess.run(
-        [sys.executable, "-m", "sockbench", *args], capture_output=True, text=True, timeout=timeout
-    )
-
-
 def test_unknown_server_name_is_one_line_exit_2():
-    r = _sockbench("serve", "no-such-server")
+    r = sockbench_cli("serve", "no-such-server")
+    line = one_line_error(r)
     assert r.returncode == 2
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    assert "no-such-server" in lines[0] and "blocking" in lines[0] and "uvloop" in lines[0]
-    assert "Traceback" not in r.stderr and r.stdout == ""
+    assert "no-such-server" in line and "blocking" in line and "uvloop" in line
 
 
 def test_port_in_use_is_one_line(server_name):
@@ -257,20 +247,15 @@ def test_port_in_use_is_one_line(server_name):
     holder.listen()
     port = holder.getsockname()[1]
     try:
-        r = _sockbench("serve", server_name, "--port", str(port))
+        r = sockbench_cli("serve", server_name, "--port", str(port))
     finally:
         holder.close()
-    assert r.returncode != 0
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    assert f"127.0.0.1:{port}" in lines[0] and "in use" in lines[0]
-    assert "Traceback" not in r.stderr and r.stdout == ""
+    line = one_line_error(r)
+    assert f"127.0.0.1:{port}" in line and "in use" in line
 
 
 def test_servers_lists_every_name():
-    from sockbench.servers import registry
-
-    r = _sockbench("servers")
+    r = sockbench_cli("servers")
     assert r.returncode == 0, r.stderr
     for name, spec in registry.SERVERS.items():
         line = next((ln for ln in r.stdout.splitlines() if ln.split() and ln.split()[0] == name), None)

@@ -15,7 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import TEST_MAX_MESSAGE
-from echo_client import connect, echo_concurrently, payload, read_to_eof
+from echo_client import connect, echo_concurrently, exchange, one_line_error, payload, read_to_eof, sockbench_cli
+from sockbench.servers import registry
+from sockbench.servers.process import ServerProcess
 from sockbench.servers.protocols import (
     FrameDecoder,
     JsonDecoder,
@@ -87,26 +89,6 @@ def oracle(protocol, stream, max_message=TEST_MAX_MESSAGE):
     return answers(protocol, out), decoder.eof() is not None
 
 
-def exchange(addr, stream, timeout=10.0):
-    """Send ``stream``, half-close, read to EOF (or reset). Returns the bytes answered."""
-    with connect(addr, timeout=timeout) as s:
-        got = bytearray()
-        try:
-            s.sendall(stream)
-            s.shutdown(socket.SHUT_WR)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the server closed on a malformed message before we finished writing
-        try:
-            while True:
-                chunk = s.recv(1 << 20)
-                if not chunk:
-                    break
-                got += chunk
-        except ConnectionResetError:
-            pass
-        return bytes(got)
-
-
 # --- valid traffic ---------------------------------------------------------------------------
 
 
@@ -131,6 +113,7 @@ def test_pipelined_messages_answered_in_order(framed_server):
     assert len(want) == len(payloads)
 
 
+@pytest.mark.slow
 def test_partial_message_is_not_answered(framed_server):
     req = requests_for(framed_server.protocol, [b"complete-me"])[0]
     with connect(framed_server.address, timeout=5) as s:
@@ -221,10 +204,9 @@ def test_malformed_message_closes_only_its_connection(framed_server):
     assert all("malformed" in ln for ln in log), log
 
 
+@pytest.mark.slow
 def test_raw_still_echoes_with_protocol_servers_running(framed_server):
     """The same server name on the default protocol is unaffected by the framed one."""
-    from sockbench.servers.process import ServerProcess
-
     with ServerProcess(framed_server.name) as raw:
         with connect(raw.address) as s:
             data = payload(100_000, seed=3)
@@ -280,6 +262,7 @@ def test_decoders_do_not_depend_on_how_input_is_cut(data, protocol, cuts):
     assert (decoder.eof() is not None) == whole_bad
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=streams)
 def test_fuzzed_input_never_crashes_hangs_or_misanswers(framed_server, data):
@@ -292,19 +275,12 @@ def test_fuzzed_input_never_crashes_hangs_or_misanswers(framed_server, data):
 
 
 def test_unsupported_protocol_or_bad_size_is_one_line():
-    import subprocess
-    import sys
-
-    from sockbench.servers import registry
-
     for name, spec in registry.SERVERS.items():
         missing = [p for p in ("frame", "json") if p not in spec.protocols]
         if not missing:
             continue
-        r = subprocess.run([sys.executable, "-m", "sockbench", "serve", name, "--protocol", missing[0]],
-                           capture_output=True, text=True, timeout=20)
+        r = sockbench_cli("serve", name, "--protocol", missing[0])
         assert r.returncode == 2, (name, r.stderr)
-        assert r.stderr.count("\n") == 1 and "does not speak" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "-m", "sockbench", "serve", "selectors", "--max-message", "lots"],
-                       capture_output=True, text=True, timeout=20)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "bad --max-message" in r.stderr, r.stderr
+        assert "does not speak" in one_line_error(r)
+    r = sockbench_cli("serve", "selectors", "--max-message", "lots")
+    assert r.returncode == 2 and "bad --max-message" in one_line_error(r), r.stderr
