@@ -24,10 +24,13 @@ the choices that matter for reading this file are:
 * **Stop**: a C signal handler (async-signal-safe: one ``write``) bumps an
   eventfd that the loop watches like any other descriptor.  The previous
   handlers are restored before ``serve`` returns.
-* **Framed protocols** (``--protocol frame|json``, issue 6) live beside the
-  echo, never in it: ``_run`` picks the reader once per event, so raw mode
-  runs exactly the code above.  The wire code is ``ext/wire.pxd`` (inline C:
-  frame scanning, the strict flat-JSON header parser, the answer builder).
+* **Framed protocols** (``--protocol frame|json``) live beside the echo,
+  never in it: ``_run`` picks the reader once per event, so raw mode runs
+  exactly the code above.  The wire code is ``ext/wire.h`` (static inline C,
+  shared with the load generator and the reference C client: frame scanning,
+  the strict flat-JSON header parser, the answer builder).  The protocol
+  names and indices come from the generated ``ext/protocols.h``, whose one
+  owner is ``sockbench.servers.protocols``.
   Framed reads go to their own buffer, and every complete message in a read
   is answered from where it lies: a frame is its own answer (no copy at
   all), a json answer is a rebuilt header plus the content, appended to one
@@ -65,6 +68,7 @@ from posix cimport (
     eventfd, EFD_NONBLOCK, EFD_CLOEXEC,
 )
 cimport posix
+from protocols cimport PROTO_RAW, PROTO_FRAME, PROTO_JSON, PROTO_COUNT, PROTO_DEFAULT_MAX_MESSAGE, proto_name
 from wire cimport (
     WIRE_JSON_PREFIX, WIRE_JSON_HEADER_MAX, WIRE_MALFORMED, WIRE_NEED_MORE, WIRE_COMPLETE,
     wire_header_t, wire_frame_scan, wire_json_message, wire_json_response_header,
@@ -79,15 +83,13 @@ cdef enum:
     RECV_BUF = 256 * 1024       # default size of one read; also the most a connection holds unsent
     EVENTS = 512                # epoll_wait batch
     TABLE_CAP = 1 << 22         # at most this many descriptors are tracked
-    PROTO_RAW = 0               # --protocol raw: echo the bytes as they come
-    PROTO_FRAME = 1             # --protocol frame
-    PROTO_JSON = 2              # --protocol json
     OUT_SLACK = 256             # json answers: the answer buffer is one read + this
     SCRATCH = 65536 + 256       # json: one answer header built outside the message buffer
 
 RECV_BUF_SIZE = RECV_BUF
 MAX_EVENTS = EVENTS
-PROTOCOLS = ("raw", "frame", "json")
+#: protocol index -> name, from the generated ext/protocols.h (``serve(protocol=...)`` takes a name)
+PROTOCOLS = tuple(proto_name(i).decode() for i in range(PROTO_COUNT))
 #: the largest ``max_message`` this server takes: a message, its header and its
 #: answer must fit the 32-bit offsets of ``conn_t``
 MAX_MESSAGE_LIMIT = 1 << 30
@@ -622,7 +624,7 @@ cdef int _setup(loop_t* L, int lfd, size_t bufsize) noexcept nogil:
     L.bufsize = bufsize
     # Page-aligned, not where malloc puts a large block (16 bytes past a page):
     # on this VM the kernel's copy into a buffer 16 bytes off a 32-byte
-    # boundary costs ~40% more system time per recv (measured, bench/server_cpu.py).
+    # boundary costs ~40% more system time per recv (measured with bench/calibrate/server_cpu.py).
     if posix_memalign(<void**>&L.buf, 4096, bufsize) != 0:
         L.buf = NULL
     if L.conns == NULL or L.buf == NULL:
@@ -707,7 +709,7 @@ def raise_nofile_limit():
 
 
 def serve(int listen_fd, announce=None, Py_ssize_t recv_size=RECV_BUF, *, protocol="raw",
-          uint64_t max_message=16 * 1024 * 1024, name="cython"):
+          uint64_t max_message=PROTO_DEFAULT_MAX_MESSAGE, name="cython"):
     """Echo every connection accepted on ``listen_fd`` until SIGTERM or SIGINT.
 
     ``listen_fd`` is a listening TCP socket (made non-blocking here; it stays

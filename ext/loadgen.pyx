@@ -60,7 +60,7 @@ Framed protocols (``frame``, ``json``; the wire spec is ``sockbench.servers.prot
     came over the wire.  Requests: ``frame`` is a 4-byte big-endian length +
     payload; ``json`` a 2-byte big-endian header length + the tutorial
     client's header (byteorder, content-type, content-encoding,
-    content-length and ``request-id`` = ``m``, built by ext/wire.pxd's
+    content-length and ``request-id`` = ``m``, built by ext/wire.h's
     ``wire_json_request_header``) + payload.  Requests are not stored: the
     bytes a connection owes are serialised from ``(message, offset)`` into
     one scratch buffer and go out in one ``write`` (coalesced as in raw; a
@@ -68,9 +68,9 @@ Framed protocols (``frame``, ``json``; the wire spec is ``sockbench.servers.prot
     rebuilt, identically, from its index).  Responses are checked as they
     stream in, with no copy except a header split across reads (gathered in
     a small per-connection buffer): the frame length, or the JSON header
-    parsed by ext/wire.pxd's strict ``wire_json_parse_header`` (an answer
-    has no ``byteorder``, which is the one check of that parser skipped
-    here), must say exactly ``size`` bytes, the ``content-type`` and
+    parsed by ext/wire.h's strict ``wire_json_parse_object`` (the checks
+    of a request header do not apply: an answer has no ``byteorder``), must
+    say exactly ``size`` bytes, the ``content-type`` and
     ``content-encoding`` must be the ones sent and the ``request-id`` must be
     the index of the oldest unanswered request; then the content is compared
     with the payload pattern.  A wrong framing or header is a ``protocol``
@@ -80,17 +80,28 @@ Bounds
     the next tick; a message outstanding for longer than ``timeout_ns`` is a
     timeout error and its connection is closed.  When every connection of a
     closed/open run is gone, the loop ends early and says so.
+Server CPU
+    With ``server_pid``, the loop reads the server's CPU counters itself at
+    the window's edges, with ext/procfs.h (the C twin of
+    ``sockbench.procfs``): a parent process that woke up to read them there
+    took a CPU from the server or the client for ~0.3 ms, twice a round,
+    which alone raised the open-loop p99 of a 0.2 s round from ~40 µs to
+    60-230 µs.
+Shape
+    ``run_loop`` checks its arguments, sets up (``init_loop``,
+    ``alloc_loop``, ``open_loop``), releases the GIL once around
+    ``main_loop``, builds the result dict and tears down (``free_loop``).
+    The protocol names and indices come from the generated
+    ``ext/protocols.h`` (the one owner is ``sockbench.servers.protocols``).
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport strcmp
 
 from posix cimport (
-    errno, EAGAIN, EINTR, EINPROGRESS,
+    errno, EAGAIN, EINTR, EINPROGRESS, ENOMEM,
     calloc, free, memcmp, memcpy, memset,
-    read, write, close, open, O_RDONLY, O_CLOEXEC,
-    strrchr, strtoll, snprintf, DIR, dirent, opendir, readdir, closedir,
+    read, write, close,
     timespec, clock_gettime, CLOCK_MONOTONIC,
     iovec, writev,
     sockaddr, sockaddr_in, socklen_t, socket, connect, setsockopt, getsockopt,
@@ -102,8 +113,10 @@ from posix cimport (
     itimerspec, timerfd_create, timerfd_settime, TFD_NONBLOCK, TFD_CLOEXEC, TFD_TIMER_ABSTIME,
     __builtin_clzll,
 )
+from procfs cimport procfs_sample_t, procfs_sample
+from protocols cimport PROTO_RAW, PROTO_FRAME, PROTO_JSON, PROTO_COUNT, proto_name
 from wire cimport (
-    WIRE_STRING, WIRE_INT, wire_value_t, wire_header_t, wire_json_parse_header, wire_json_request_header,
+    WIRE_STRING, WIRE_INT, wire_value_t, wire_header_t, wire_json_parse_object, wire_json_request_header,
 )
 
 __all__ = [
@@ -141,8 +154,8 @@ WINDOW = C_WINDOW
 MODE_CLOSED = 0
 MODE_OPEN = 1
 MODE_CONNECT = 2
-#: protocol number -> name (``run_loop(protocol=...)``)
-PROTOCOLS = ("raw", "frame", "json")
+#: protocol index -> name (``run_loop(protocol=...)``), from the generated ext/protocols.h
+PROTOCOLS = tuple(proto_name(i).decode() for i in range(PROTO_COUNT))
 #: index -> kind, in the order of the loop's error counters.  ``mismatch``:
 #: content bytes that are not the ones sent; ``protocol`` (frame/json): an
 #: answer whose framing or header is wrong (length, content-length,
@@ -162,11 +175,6 @@ cdef enum:
     E_MISMATCH = 3
     E_PROTOCOL = 4
     N_ERR = 5
-
-cdef enum:
-    P_RAW = 0
-    P_FRAME = 1
-    P_JSON = 2
 
 cdef enum:
     S_DEAD = 0
@@ -243,17 +251,6 @@ cdef struct Hist:
     int64_t sum_ns
 
 
-cdef struct ServerSample:
-    # the server's CPU counters at one instant, read by the load loop itself (see ``sample_server``)
-    int ok                 # 1: read
-    int overflow           # more threads than C_MAX_TIDS: the runtimes are incomplete
-    int64_t utime          # /proc/PID/stat, clock ticks
-    int64_t stime
-    int64_t ntids
-    int64_t *tids          # C_MAX_TIDS each
-    int64_t *runtime_ns    # /proc/PID/task/TID/schedstat, first field
-
-
 cdef struct Loop:
     int mode
     int proto
@@ -264,6 +261,8 @@ cdef struct Loop:
     int alive
     int ep
     int tfd
+    int64_t owned          # fds[:owned] belong to ``conns`` (closed with them)
+    const char *failed     # the call whose -errno ``open_loop`` returned
     int ended_early
     const uint8_t *table
     char *rbuf
@@ -312,9 +311,12 @@ cdef struct Loop:
     int64_t queued_total
     int64_t rx_bytes_window
     int64_t rx_wire_window  # framed: bytes read inside the window
-    # the server's CPU at the window's edges (``server_pid``): [0] at warm_end, [1] at end
+    # the window's edges: the client's rusage, and the server's CPU (``server_pid``): [0] at warm_end, [1] at end
+    int ru_started
+    rusage ru[2]
+    int64_t t_ru[2]
     int spid
-    ServerSample ssample[2]
+    procfs_sample_t ssample[2]
 
 
 cdef inline int64_t now_ns() noexcept nogil:
@@ -415,7 +417,7 @@ cdef int flush(Loop *L, Conn *c, int64_t idx, int64_t now) noexcept nogil:
     cdef int64_t off, left, total, s, chunk
     cdef ssize_t n
     cdef int err
-    if L.proto != P_RAW:
+    if L.proto != PROTO_RAW:
         return flush_framed(L, c, idx, now)
     while c.sent < c.owed:
         niov = 0
@@ -456,7 +458,7 @@ cdef int flush(Loop *L, Conn *c, int64_t idx, int64_t now) noexcept nogil:
 cdef inline int64_t req_header(Loop *L, int64_t m, unsigned char *out) noexcept nogil:
     """Request ``m``'s prefix + header into ``out`` (C_REQ_HDR_MAX bytes); returns its length."""
     cdef uint32_t n
-    if L.proto == P_FRAME:
+    if L.proto == PROTO_FRAME:
         n = <uint32_t>L.size
         out[0] = <unsigned char>(n >> 24)
         out[1] = <unsigned char>(n >> 16)
@@ -469,7 +471,7 @@ cdef inline int64_t req_header(Loop *L, int64_t m, unsigned char *out) noexcept 
 cdef inline int64_t req_header_len(Loop *L, int64_t m) noexcept nogil:
     """The length ``req_header`` gives for request ``m``, without building it."""
     cdef int64_t digits = 1
-    if L.proto == P_FRAME:
+    if L.proto == PROTO_FRAME:
         return 4
     while m >= 10:
         m //= 10
@@ -553,7 +555,7 @@ cdef int flush_framed(Loop *L, Conn *c, int64_t idx, int64_t now) noexcept nogil
 cdef inline int64_t resp_header_need(Loop *L, const unsigned char *h, int64_t have) noexcept nogil:
     """Bytes of prefix + header the response at ``h`` (``have`` bytes there) needs; -1: malformed."""
     cdef int64_t hlen
-    if L.proto == P_FRAME:
+    if L.proto == PROTO_FRAME:
         return 4
     if have < 2:
         return 2
@@ -571,16 +573,14 @@ cdef int check_header(Loop *L, Conn *c, const unsigned char *h, int64_t hl) noex
     """-1 when the prefix + header ``h[:hl]`` announce exactly response ``c.rdone``; else E_PROTOCOL."""
     cdef wire_header_t hd
     cdef const unsigned char *j
-    if L.proto == P_FRAME:
+    if L.proto == PROTO_FRAME:
         if ((<int64_t>h[0] << 24) | (<int64_t>h[1] << 16) | (<int64_t>h[2] << 8) | <int64_t>h[3]) != L.size:
             return E_PROTOCOL
         return -1
     j = h + 2
-    if wire_json_parse_header(j, <size_t>(hl - 2), <uint64_t>0xFFFFFFFFFFFFFFFF, &hd) < 0:
-        # an answer need not carry byteorder: the parser checks that key first and
-        # has parsed every other one by then; the checks it skipped follow here
-        if hd.error == NULL or strcmp(hd.error, b"JSON header is missing required key 'byteorder'") != 0:
-            return E_PROTOCOL
+    # the strict flat-object parser; a request's checks (byteorder) do not apply to an answer
+    if wire_json_parse_object(j, <size_t>(hl - 2), &hd) < 0:
+        return E_PROTOCOL
     if hd.content_length.kind != WIRE_INT or hd.content_length.ival != L.size:
         return E_PROTOCOL
     if not str_is(j, &hd.content_type, b"binary/custom-client-binary-type", 32):
@@ -750,7 +750,7 @@ cdef void on_readable(Loop *L, Conn *c, int64_t idx) noexcept nogil:
         conn_error(L, c, E_RESET, now_ns())
         return
     now = now_ns()
-    if L.proto == P_RAW:
+    if L.proto == PROTO_RAW:
         if c.recvd + n > c.sent or not verify(L, c, L.rbuf, n):
             conn_error(L, c, E_MISMATCH, now)        # bytes never sent, or not the ones sent
             return
@@ -800,78 +800,7 @@ cdef void on_readable(Loop *L, Conn *c, int64_t idx) noexcept nogil:
         start_cycle(L, c, idx, now)
 
 
-cdef int64_t read_small(const char *path, char *buf, int64_t cap) noexcept nogil:
-    """Read a small /proc file into ``buf`` (NUL-terminated); its length, or -1."""
-    cdef int fd = open(path, O_RDONLY | O_CLOEXEC)
-    cdef ssize_t n
-    if fd < 0:
-        return -1
-    n = read(fd, buf, cap - 1)
-    close(fd)
-    if n < 0:
-        return -1
-    buf[n] = 0
-    return n
-
-
-cdef void sample_server(int pid, ServerSample *s) noexcept nogil:
-    """The server's utime/stime ticks and every thread's exact runtime, right now.
-
-    The load loop reads them itself at the window's edges, in a few µs of C,
-    because a parent process that woke up to read them there took a CPU from
-    the server or the client for ~0.3 ms, twice a round: that alone raised
-    the open-loop p99 of a 0.2 s round from ~40 µs to 60-230 µs.
-    """
-    cdef char path[64]
-    cdef char buf[1024]
-    cdef char *p
-    cdef char *end
-    cdef int field
-    cdef DIR *d
-    cdef dirent *e
-    cdef long long tid
-    s.ok = 0
-    s.overflow = 0
-    s.ntids = 0
-    snprintf(path, sizeof(path), "/proc/%d/stat", pid)
-    if read_small(path, buf, sizeof(buf)) < 0:
-        return
-    p = strrchr(buf, 41)   # ')': the command name may hold spaces and parentheses
-    if p == NULL:
-        return
-    p += 2                 # now at field 3 (state); utime and stime are fields 14 and 15
-    field = 3
-    while field < 14 and p[0] != 0:
-        if p[0] == 32:
-            field += 1
-        p += 1
-    s.utime = strtoll(p, &end, 10)
-    s.stime = strtoll(end, NULL, 10)
-    snprintf(path, sizeof(path), "/proc/%d/task", pid)
-    d = opendir(path)
-    if d == NULL:
-        return
-    while True:
-        e = readdir(d)
-        if e == NULL:
-            break
-        if e.d_name[0] < 48 or e.d_name[0] > 57:   # "." and ".."
-            continue
-        if s.ntids == C_MAX_TIDS:
-            s.overflow = 1
-            break
-        tid = strtoll(e.d_name, NULL, 10)
-        snprintf(path, sizeof(path), "/proc/%d/task/%lld/schedstat", pid, tid)
-        if read_small(path, buf, sizeof(buf)) < 0:
-            continue       # the thread ended meanwhile
-        s.tids[s.ntids] = tid
-        s.runtime_ns[s.ntids] = strtoll(buf, NULL, 10)
-        s.ntids += 1
-    closedir(d)
-    s.ok = 1
-
-
-cdef object sample_dict(ServerSample *s):
+cdef object sample_dict(procfs_sample_t *s):
     if not s.ok:
         return None
     return {"utime_ticks": s.utime, "stime_ticks": s.stime, "overflow": bool(s.overflow),
@@ -936,20 +865,12 @@ cdef void arm_timer(Loop *L) noexcept nogil:
     timerfd_settime(L.tfd, TFD_TIMER_ABSTIME, &its, NULL)
 
 
-cdef void main_loop(Loop *L, rusage *ru0, rusage *ru1, int64_t *t_ru) noexcept nogil:
-    cdef epoll_event events[C_MAX_EVENTS]
-    cdef int n, i, timeout_ms
-    cdef int64_t now, idx, next_tick, wait_until
-    cdef int64_t g_before = 0, t_pass = 0
-    cdef int was_idle = 0
-    cdef uint64_t token, tbuf
-    cdef uint32_t gen, ev
-    cdef Conn *c
-    cdef int ru_started = 0
+# ---- the loop -----------------------------------------------------------------------------
 
-    now = now_ns()
-    next_tick = L.start + L.interval
-    # start: every connection gets its first messages, each in one write
+cdef inline void start_conns(Loop *L, int64_t now) noexcept nogil:
+    """Every connection gets its first messages, each in one write (connect mode: its first cycle)."""
+    cdef int i
+    cdef Conn *c
     for i in range(L.nconns):
         c = &L.conns[i]
         if L.mode == M_CLOSED:
@@ -961,14 +882,82 @@ cdef void main_loop(Loop *L, rusage *ru0, rusage *ru1, int64_t *t_ru) noexcept n
     if L.mode == M_OPEN:
         open_advance(L, now)
 
+
+cdef inline void window_opens(Loop *L, int64_t now) noexcept nogil:
+    """The measured window opens: the client's rusage and the server's CPU, now."""
+    getrusage(RUSAGE_SELF, &L.ru[0])
+    L.t_ru[0] = now
+    L.ru_started = 1
+    if L.spid > 0:
+        procfs_sample(L.spid, &L.ssample[0])
+
+
+cdef inline void window_closes(Loop *L) noexcept nogil:
+    """The loop ended: the window's closing edge (an empty window if it never opened)."""
+    cdef int64_t now = now_ns()
+    getrusage(RUSAGE_SELF, &L.ru[1])
+    L.t_ru[1] = now
+    if L.spid > 0 and L.ru_started:
+        procfs_sample(L.spid, &L.ssample[1])
+    if not L.ru_started:
+        L.ru[0] = L.ru[1]
+        L.t_ru[0] = now
+
+
+cdef inline int wait_ms(Loop *L, int64_t now, int64_t next_tick) noexcept nogil:
+    """How long epoll_wait may sleep: until the next tick, the window's opening or its end (0 when polling)."""
+    cdef int64_t wait_until = next_tick if next_tick < L.end else L.end
+    cdef int timeout_ms
+    if not L.ru_started and L.warm_end < wait_until:
+        wait_until = L.warm_end
+    timeout_ms = <int>((wait_until - now + 999999) // 1000000)
+    if timeout_ms < 0 or L.poll:
+        timeout_ms = 0
+    return timeout_ms
+
+
+cdef inline void dispatch(Loop *L, epoll_event *events, int n) noexcept nogil:
+    """Handle one epoll_wait batch: the timer, connects, reads, then writes."""
+    cdef int i
+    cdef int64_t idx
+    cdef uint64_t token, tbuf
+    cdef uint32_t gen, ev
+    cdef Conn *c
+    for i in range(n):
+        token = events[i].data.u64
+        ev = events[i].events
+        idx = <int64_t><uint32_t>token
+        if idx == L.nconns:
+            read(L.tfd, &tbuf, 8)
+            continue
+        c = &L.conns[idx]
+        gen = <uint32_t>(token >> 32)
+        if c.state == S_DEAD or gen != c.gen:
+            continue        # closed (or replaced) earlier in this batch
+        if c.state == S_CONNECTING:
+            on_connecting(L, c, idx)
+            continue
+        if ev & (EPOLLIN | EPOLLERR | EPOLLHUP):
+            on_readable(L, c, idx)
+        if c.state == S_OPEN and gen == c.gen and (ev & EPOLLOUT):
+            flush(L, c, idx, now_ns())
+
+
+cdef void main_loop(Loop *L) noexcept nogil:
+    """The whole run, from ``start`` to ``end`` (or until every connection is gone), without the GIL."""
+    cdef epoll_event events[C_MAX_EVENTS]
+    cdef int n, i
+    cdef int64_t now, next_tick
+    cdef int64_t g_before = 0, t_pass = 0
+    cdef int was_idle = 0
+
+    now = now_ns()
+    next_tick = L.start + L.interval
+    start_conns(L, now)
     while True:
         now = now_ns()
-        if not ru_started and now >= L.warm_end:
-            getrusage(RUSAGE_SELF, ru0)
-            t_ru[0] = now
-            ru_started = 1
-            if L.spid > 0:
-                sample_server(L.spid, &L.ssample[0])
+        if not L.ru_started and now >= L.warm_end:
+            window_opens(L, now)
         if now >= L.end:
             break
         if now >= next_tick:
@@ -987,51 +976,22 @@ cdef void main_loop(Loop *L, rusage *ru0, rusage *ru1, int64_t *t_ru) noexcept n
             open_advance(L, now)
             if L.poll:
                 # the previous pass found nothing to do: its time was idle
-                if was_idle and ru_started:
+                if was_idle and L.ru_started:
                     L.idle_ns += now - t_pass
                 t_pass = now
             else:
                 arm_timer(L)
-        wait_until = next_tick if next_tick < L.end else L.end
-        if not ru_started and L.warm_end < wait_until:
-            wait_until = L.warm_end
-        timeout_ms = <int>((wait_until - now + 999999) // 1000000)
-        if timeout_ms < 0 or L.poll:
-            timeout_ms = 0
-        n = epoll_wait(L.ep, events, C_MAX_EVENTS, timeout_ms)
+        n = epoll_wait(L.ep, events, C_MAX_EVENTS, wait_ms(L, now, next_tick))
         was_idle = n == 0 and L.g_next == g_before
         if n < 0:
             if errno == EINTR:
                 continue
             break
-        for i in range(n):
-            token = events[i].data.u64
-            ev = events[i].events
-            idx = <int64_t><uint32_t>token
-            if idx == L.nconns:
-                read(L.tfd, &tbuf, 8)
-                continue
-            c = &L.conns[idx]
-            gen = <uint32_t>(token >> 32)
-            if c.state == S_DEAD or gen != c.gen:
-                continue        # closed (or replaced) earlier in this batch
-            if c.state == S_CONNECTING:
-                on_connecting(L, c, idx)
-                continue
-            if ev & (EPOLLIN | EPOLLERR | EPOLLHUP):
-                on_readable(L, c, idx)
-            if c.state == S_OPEN and gen == c.gen and (ev & EPOLLOUT):
-                flush(L, c, idx, now_ns())
+        dispatch(L, events, n)
+    window_closes(L)
 
-    now = now_ns()
-    getrusage(RUSAGE_SELF, ru1)
-    t_ru[1] = now
-    if L.spid > 0 and ru_started:
-        sample_server(L.spid, &L.ssample[1])
-    if not ru_started:
-        ru0[0] = ru1[0]
-        t_ru[0] = now
 
+# ---- setup, result, teardown ---------------------------------------------------------------
 
 cdef double _tv(rusage *r, int which) noexcept:
     if which == 0:
@@ -1039,36 +999,8 @@ cdef double _tv(rusage *r, int which) noexcept:
     return r.ru_stime.tv_sec + r.ru_stime.tv_usec / 1e6
 
 
-def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, int size, int depth,
-             double rate, long long start_ns, long long warm_end_ns, long long end_ns,
-             long long interval_ns, long long timeout_ns, bytes table, layout,
-             unsigned int addr_be=0, unsigned int port_be=0, int protocol=P_RAW, bint poll=False,
-             int server_pid=0):
-    """Run one load loop; return its counters as a dict.
-
-    ``fds``: connected, non-blocking TCP sockets with TCP_NODELAY (closed and
-    open modes; this function takes ownership and closes them), or empty in
-    connect mode, where ``addr_be``/``port_be`` (network byte order) name the
-    IPv4 target.  ``first_cid``/``cid_step`` number the connections so that
-    several load processes never share a pattern.  ``rate`` is this process's
-    total rate (open mode).  ``layout`` is ``sockbench.bench.load.hdr.LAYOUT``.
-    The window is ``[warm_end_ns, end_ns)`` on CLOCK_MONOTONIC.
-    ``protocol`` is an index into ``PROTOCOLS``; ``size`` is the payload size.
-    ``poll``: open mode polls instead of sleeping between sends (see Modes).
-    ``server_pid``: read this process's CPU counters at the window's edges
-    (``server_cpu``: ``[at warm_end, at end]``, each ``None`` if unread).
-    """
-    cdef Loop L
-    cdef rusage ru0, ru1
-    cdef int64_t t_ru[2]
-    t_ru[0] = 0
-    t_ru[1] = 0
-    cdef int64_t i
-    cdef epoll_event ev
-    cdef Conn *c
-    cdef int cap
-    cdef int64_t owned = 0      # fds[:owned] belong to L.conns (closed by the cleanup below)
-
+cdef void check_args(int mode, fds, int conns, int size, int depth, double rate, long long start_ns,
+                     long long end_ns, long long interval_ns, bytes table, int protocol) except *:
     if mode not in (M_CLOSED, M_OPEN, M_CONNECT):
         raise ValueError(f"unknown mode {mode}")
     if conns < 1 or size < 1 or depth < 1:
@@ -1081,17 +1013,21 @@ def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, 
         raise ValueError("empty window")
     if mode == M_OPEN and rate <= 0:
         raise ValueError("open mode needs a rate > 0")
-    if protocol not in (P_RAW, P_FRAME, P_JSON):
+    if protocol < 0 or protocol >= PROTO_COUNT:
         raise ValueError(f"unknown protocol {protocol}")
 
-    cap = depth
+
+cdef void init_loop(Loop *L, int mode, int protocol, int conns, int size, int depth, double rate, bint poll,
+                    long long start_ns, long long warm_end_ns, long long end_ns, long long interval_ns,
+                    long long timeout_ns, bytes table, layout, long long first_cid, long long cid_step,
+                    unsigned int addr_be, unsigned int port_be, int server_pid) except *:
+    """Zero ``L``, then set what differs from zero (nothing is allocated yet)."""
+    cdef int cap = depth
     if mode == M_OPEN and cap < C_OPEN_MIN_RING:
         cap = C_OPEN_MIN_RING
     if mode == M_CONNECT:
         cap = 1
-
-    # zero everything, then set what differs from zero
-    memset(&L, 0, sizeof(L))
+    memset(L, 0, sizeof(Loop))
     L.mode = mode
     L.proto = protocol
     L.size = size
@@ -1121,123 +1057,187 @@ def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, 
     L.addr.sin_family = AF_INET
     L.addr.sin_port = <uint16_t>port_be
     L.addr.sin_addr.s_addr = addr_be
+    if server_pid > 0:
+        L.spid = server_pid
 
-    L.conns = <Conn *>calloc(conns, sizeof(Conn))
+
+cdef int alloc_loop(Loop *L) noexcept nogil:
+    """Every buffer the loop needs, zeroed.  0, or -ENOMEM (``free_loop`` frees what was taken)."""
+    cdef int64_t i
+    cdef unsigned char hdr0[C_REQ_HDR_MAX]
+    L.conns = <Conn *>calloc(L.nconns, sizeof(Conn))
     if L.conns:
-        for i in range(conns):
+        for i in range(L.nconns):
             L.conns[i].fd = -1
-    L.dirty = <int64_t *>calloc(conns, sizeof(int64_t))
+    L.dirty = <int64_t *>calloc(L.nconns, sizeof(int64_t))
     L.rbuf = <char *>calloc(C_WINDOW, 1)
     L.h1.counts = <int64_t *>calloc(L.counts_len, sizeof(int64_t))
     L.h2.counts = <int64_t *>calloc(L.counts_len, sizeof(int64_t))
     L.ts_msgs = <int64_t *>calloc(L.nint, sizeof(int64_t))
     L.ts_sent = <int64_t *>calloc(L.nint, sizeof(int64_t))
-    if server_pid > 0:
-        L.spid = server_pid
+    if not (L.conns and L.dirty and L.rbuf and L.h1.counts and L.h2.counts and L.ts_msgs and L.ts_sent):
+        return -ENOMEM
+    if L.spid:
         for i in range(2):
+            L.ssample[i].cap = C_MAX_TIDS
             L.ssample[i].tids = <int64_t *>calloc(C_MAX_TIDS, sizeof(int64_t))
             L.ssample[i].runtime_ns = <int64_t *>calloc(C_MAX_TIDS, sizeof(int64_t))
-    cdef unsigned char hdr0[C_REQ_HDR_MAX]
-    try:
-        if not (L.conns and L.dirty and L.rbuf and L.h1.counts and L.h2.counts and L.ts_msgs and L.ts_sent):
-            raise MemoryError()
-        if L.spid and not (L.ssample[0].tids and L.ssample[0].runtime_ns
-                           and L.ssample[1].tids and L.ssample[1].runtime_ns):
-            raise MemoryError()
-        for i in range(conns):
+            if not (L.ssample[i].tids and L.ssample[i].runtime_ns):
+                return -ENOMEM
+    for i in range(L.nconns):
+        L.conns[i].ring = <int64_t *>calloc(L.cap, sizeof(int64_t))
+        if not L.conns[i].ring:
+            return -ENOMEM
+    if L.proto != PROTO_RAW:
+        L.wbuf = <unsigned char *>calloc(C_WBUF, 1)
+        L.hbufs = <unsigned char *>calloc(L.nconns, C_HBUF)
+        if not (L.wbuf and L.hbufs):
+            return -ENOMEM
+        for i in range(L.nconns):
+            L.conns[i].hbuf = L.hbufs + i * C_HBUF
+        if L.proto == PROTO_JSON:
+            L.json_hdr0 = <int>wire_json_request_header(<uint64_t>L.size, 0, hdr0, C_REQ_HDR_MAX)
+    return 0
+
+
+cdef int open_loop(Loop *L, fds, long long first_cid, long long cid_step) except? -1:
+    """The epoll set, the open loop's timer, and the connections ``fds`` (taken over one by one).
+
+    0, or -errno with ``L.failed`` naming the call that failed.
+    """
+    cdef int64_t i
+    cdef epoll_event ev
+    cdef Conn *c
+    L.ep = epoll_create1(EPOLL_CLOEXEC)
+    if L.ep < 0:
+        L.failed = b"epoll_create1"
+        return -errno
+    if L.mode == M_OPEN:
+        L.tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)
+        if L.tfd < 0:
+            L.failed = b"timerfd_create"
+            return -errno
+        ev.events = EPOLLIN
+        ev.data.u64 = <uint64_t>L.nconns
+        if epoll_ctl(L.ep, EPOLL_CTL_ADD, L.tfd, &ev) < 0:
+            L.failed = b"epoll_ctl(timerfd)"
+            return -errno
+    if L.mode == M_CONNECT:
+        return 0
+    for i in range(L.nconns):
+        c = &L.conns[i]
+        c.fd = fds[i]
+        L.owned = i + 1
+        c.pat = ((first_cid + i * cid_step) * C_STRIDE) % C_PERIOD
+        c.state = S_OPEN
+        L.alive += 1
+        if set_events(L, c, i, EPOLLIN, EPOLL_CTL_ADD) < 0:
+            L.failed = b"epoll_ctl(socket)"
+            return -errno
+    return 0
+
+
+cdef dict loop_result(Loop *L):
+    """The loop's counters, as the dict ``run_loop`` returns."""
+    cdef int64_t j
+    cdef int k
+    h1 = [(j, L.h1.counts[j]) for j in range(L.counts_len) if L.h1.counts[j]]
+    h2 = [(j, L.h2.counts[j]) for j in range(L.counts_len) if L.h2.counts[j]]
+    return {
+        "mode": L.mode,
+        "msgs": L.msgs,
+        "rx_bytes": L.rx_bytes_window,
+        "rx_wire_bytes": L.rx_wire_window if L.proto != PROTO_RAW else L.rx_bytes_window,
+        "sent_window": L.sent_window,
+        "cycles": L.cycles,
+        "queued": L.queued_total,
+        "writes": L.writes,
+        "reads": L.reads,
+        "errors": {ERROR_KINDS[k]: L.errors[k] for k in range(N_ERR)},
+        "first_error_ns": L.first_error_ns or None,
+        "first_error_kind": ERROR_KINDS[L.first_error_kind] if L.first_error_ns else None,
+        "ended_early": bool(L.ended_early),
+        "alive_at_end": L.alive,
+        "h1": h1,
+        "h1_sum_ns": L.h1.sum_ns,
+        "h2": h2,
+        "h2_sum_ns": L.h2.sum_ns,
+        "ts_msgs": [L.ts_msgs[j] for j in range(L.nint)],
+        "ts_sent": [L.ts_sent[j] for j in range(L.nint)] if L.mode == M_OPEN else None,
+        "user_s": _tv(&L.ru[1], 0) - _tv(&L.ru[0], 0),
+        "sys_s": _tv(&L.ru[1], 1) - _tv(&L.ru[0], 1),
+        "cpu_window_s": (L.t_ru[1] - L.t_ru[0]) / 1e9,
+        "due": L.g_next if L.mode == M_OPEN else None,
+        "polling": bool(L.poll),
+        "idle_s": L.idle_ns / 1e9 if L.poll else None,
+        "server_cpu": [sample_dict(&L.ssample[0]), sample_dict(&L.ssample[1])] if L.spid else None,
+    }
+
+
+cdef void free_loop(Loop *L, fds):
+    """Close every descriptor the loop owns (the unowned rest of ``fds`` too) and free every buffer."""
+    cdef int64_t i
+    cdef Conn *c
+    if L.conns:
+        for i in range(L.nconns):
             c = &L.conns[i]
-            c.ring = <int64_t *>calloc(cap, sizeof(int64_t))
-            if not c.ring:
-                raise MemoryError()
-        if protocol != P_RAW:
-            L.wbuf = <unsigned char *>calloc(C_WBUF, 1)
-            L.hbufs = <unsigned char *>calloc(conns, C_HBUF)
-            if not (L.wbuf and L.hbufs):
-                raise MemoryError()
-            for i in range(conns):
-                L.conns[i].hbuf = L.hbufs + i * C_HBUF
-            if protocol == P_JSON:
-                L.json_hdr0 = <int>wire_json_request_header(<uint64_t>size, 0, hdr0, C_REQ_HDR_MAX)
-        L.ep = epoll_create1(EPOLL_CLOEXEC)
-        if L.ep < 0:
-            raise OSError(errno, "epoll_create1 failed")
-        if mode == M_OPEN:
-            L.tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)
-            if L.tfd < 0:
-                raise OSError(errno, "timerfd_create failed")
-            ev.events = EPOLLIN
-            ev.data.u64 = <uint64_t>conns
-            if epoll_ctl(L.ep, EPOLL_CTL_ADD, L.tfd, &ev) < 0:
-                raise OSError(errno, "epoll_ctl(timerfd) failed")
-        if mode != M_CONNECT:
-            for i in range(conns):
-                c = &L.conns[i]
-                c.fd = fds[i]
-                owned = i + 1
-                c.pat = ((first_cid + i * cid_step) * C_STRIDE) % C_PERIOD
-                c.state = S_OPEN
-                L.alive += 1
-                if set_events(&L, c, i, EPOLLIN, EPOLL_CTL_ADD) < 0:
-                    raise OSError(errno, "epoll_ctl(socket) failed")
+            if c.fd >= 0:
+                close(c.fd)
+                c.fd = -1
+            free(c.ring)
+    if L.mode != M_CONNECT:
+        for i in range(L.owned, len(fds)):
+            close(<int>fds[i])
+    if L.ep >= 0:
+        close(L.ep)
+    if L.tfd >= 0:
+        close(L.tfd)
+    free(L.conns)
+    free(L.dirty)
+    free(L.rbuf)
+    free(L.wbuf)
+    free(L.hbufs)
+    free(L.h1.counts)
+    free(L.h2.counts)
+    free(L.ts_msgs)
+    free(L.ts_sent)
+    for i in range(2):
+        free(L.ssample[i].tids)
+        free(L.ssample[i].runtime_ns)
 
+
+def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, int size, int depth,
+             double rate, long long start_ns, long long warm_end_ns, long long end_ns,
+             long long interval_ns, long long timeout_ns, bytes table, layout,
+             unsigned int addr_be=0, unsigned int port_be=0, int protocol=PROTO_RAW, bint poll=False,
+             int server_pid=0):
+    """Run one load loop; return its counters as a dict.
+
+    ``fds``: connected, non-blocking TCP sockets with TCP_NODELAY (closed and
+    open modes; this function takes ownership and closes them), or empty in
+    connect mode, where ``addr_be``/``port_be`` (network byte order) name the
+    IPv4 target.  ``first_cid``/``cid_step`` number the connections so that
+    several load processes never share a pattern.  ``rate`` is this process's
+    total rate (open mode).  ``layout`` is ``sockbench.bench.load.hdr.LAYOUT``.
+    The window is ``[warm_end_ns, end_ns)`` on CLOCK_MONOTONIC.
+    ``protocol`` is an index into ``PROTOCOLS``; ``size`` is the payload size.
+    ``poll``: open mode polls instead of sleeping between sends (see Modes).
+    ``server_pid``: read this process's CPU counters at the window's edges
+    (``server_cpu``: ``[at warm_end, at end]``, each ``None`` if unread).
+    """
+    cdef Loop L
+    cdef int rc
+    check_args(mode, fds, conns, size, depth, rate, start_ns, end_ns, interval_ns, table, protocol)
+    init_loop(&L, mode, protocol, conns, size, depth, rate, poll, start_ns, warm_end_ns, end_ns, interval_ns,
+              timeout_ns, table, layout, first_cid, cid_step, addr_be, port_be, server_pid)
+    try:
+        if alloc_loop(&L) < 0:
+            raise MemoryError()
+        rc = open_loop(&L, fds, first_cid, cid_step)
+        if rc < 0:
+            raise OSError(-rc, f"{L.failed.decode()} failed")
         with nogil:
-            main_loop(&L, &ru0, &ru1, t_ru)
-
-        h1 = [(j, L.h1.counts[j]) for j in range(L.counts_len) if L.h1.counts[j]]
-        h2 = [(j, L.h2.counts[j]) for j in range(L.counts_len) if L.h2.counts[j]]
-        return {
-            "mode": mode,
-            "msgs": L.msgs,
-            "rx_bytes": L.rx_bytes_window,
-            "rx_wire_bytes": L.rx_wire_window if protocol != P_RAW else L.rx_bytes_window,
-            "sent_window": L.sent_window,
-            "cycles": L.cycles,
-            "queued": L.queued_total,
-            "writes": L.writes,
-            "reads": L.reads,
-            "errors": {ERROR_KINDS[k]: L.errors[k] for k in range(N_ERR)},
-            "first_error_ns": L.first_error_ns or None,
-            "first_error_kind": ERROR_KINDS[L.first_error_kind] if L.first_error_ns else None,
-            "ended_early": bool(L.ended_early),
-            "alive_at_end": L.alive,
-            "h1": h1,
-            "h1_sum_ns": L.h1.sum_ns,
-            "h2": h2,
-            "h2_sum_ns": L.h2.sum_ns,
-            "ts_msgs": [L.ts_msgs[j] for j in range(L.nint)],
-            "ts_sent": [L.ts_sent[j] for j in range(L.nint)] if mode == M_OPEN else None,
-            "user_s": _tv(&ru1, 0) - _tv(&ru0, 0),
-            "sys_s": _tv(&ru1, 1) - _tv(&ru0, 1),
-            "cpu_window_s": (t_ru[1] - t_ru[0]) / 1e9,
-            "due": L.g_next if mode == M_OPEN else None,
-            "polling": bool(L.poll),
-            "idle_s": L.idle_ns / 1e9 if L.poll else None,
-            "server_cpu": [sample_dict(&L.ssample[0]), sample_dict(&L.ssample[1])] if L.spid else None,
-        }
+            main_loop(&L)
+        return loop_result(&L)
     finally:
-        if L.conns:
-            for i in range(conns):
-                c = &L.conns[i]
-                if c.fd >= 0:
-                    close(c.fd)
-                    c.fd = -1
-                free(c.ring)
-        if mode != M_CONNECT:
-            for i in range(owned, len(fds)):
-                close(<int>fds[i])
-        if L.ep >= 0:
-            close(L.ep)
-        if L.tfd >= 0:
-            close(L.tfd)
-        free(L.conns)
-        free(L.dirty)
-        free(L.rbuf)
-        free(L.wbuf)
-        free(L.hbufs)
-        free(L.h1.counts)
-        free(L.h2.counts)
-        free(L.ts_msgs)
-        free(L.ts_sent)
-        for i in range(2):
-            free(L.ssample[i].tids)
-            free(L.ssample[i].runtime_ns)
+        free_loop(&L, fds)

@@ -1,12 +1,13 @@
 """The framed wire protocols at C level: frame scanning, a strict flat-JSON header parser, the answer builder.
 
-The code is in ``ext/wire.pxd``, as ``cdef inline ... noexcept nogil``
-functions that the epoll server (``ext/epoll_echo.pyx``) and the load
-generator cimport (``from wire cimport ...``; the pxd says why it is
-header-only).  This module holds only thin Python wrappers, for the tests (they are how
-``tests/test_wire.py`` fuzzes this parser against the Python oracle,
-``sockbench.servers.protocols.parse_json_header``).  The spec of both
-protocols is the docstring of ``sockbench.servers.protocols``.
+The code is C, in ``ext/wire.h`` (static inline functions, declared for
+Cython in ``ext/wire.pxd``), shared by the epoll server
+(``ext/epoll_echo.pyx``), the load generator (``ext/loadgen.pyx``) and the
+reference C client (``bench/calibrate/ref_client.c``); the header says why
+it is header-only.  This module holds only thin Python wrappers, for the
+tests (they are how ``tests/unit/test_wire.py`` fuzzes this parser against
+the Python oracle, ``sockbench.servers.protocols.parse_json_header``).  The
+spec of both protocols is the docstring of ``sockbench.servers.protocols``.
 
 Why it is built this way:
 
@@ -46,12 +47,13 @@ Why it is built this way:
 
 from libc.stdint cimport int64_t, uint64_t
 
+from protocols cimport PROTO_DEFAULT_MAX_MESSAGE
 from wire cimport (
     WIRE_JSON_HEADER_MAX, WIRE_MALFORMED, WIRE_COMPLETE,
     WIRE_ABSENT, WIRE_STRING, WIRE_INT,
     wire_value_t, wire_header_t,
     wire_frame_scan, wire_json_message, wire_json_parse_header,
-    wire_json_response_header, wire_json_request_header, _unescape,
+    wire_json_response_header, wire_json_request_header, wire_unescape,
 )
 
 __all__ = [
@@ -61,19 +63,20 @@ __all__ = [
     "response_header_py",
     "request_header_py",
     "JSON_HEADER_MAX",
+    "DEFAULT_MAX_MESSAGE",
 ]
 
 JSON_HEADER_MAX = WIRE_JSON_HEADER_MAX
+#: the servers' default message limit, from the generated ext/protocols.h
+DEFAULT_MAX_MESSAGE = PROTO_DEFAULT_MAX_MESSAGE
 
 # --- thin Python wrappers, for the tests only ----------------------------------------------------
-
-DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
 
 
 def frame_scan_py(const unsigned char[:] data, uint64_t max_message=DEFAULT_MAX_MESSAGE):
     """``(complete_frames, consumed, need)`` for ``data``; ValueError when a length is over the limit."""
     cdef size_t consumed = 0, need = 0
-    cdef Py_ssize_t count = wire_frame_scan(&data[0] if data.shape[0] else NULL, data.shape[0],
+    cdef ssize_t count = wire_frame_scan(&data[0] if data.shape[0] else NULL, data.shape[0],
                                             max_message, &consumed, &need)
     if count == WIRE_MALFORMED:
         raise ValueError(f"frame length is over the limit of {max_message} bytes (after {consumed} bytes)")
@@ -99,7 +102,7 @@ cdef object _value_py(const unsigned char* p, const wire_value_t* v):
     if v.kind == WIRE_STRING:
         return (<const char*>p)[v.off:v.off + v.len].decode("utf-8")
     buf = bytearray(v.len)
-    k = _unescape(p + v.off, v.len, <unsigned char*><char*>buf, v.len)
+    k = wire_unescape(p + v.off, v.len, <unsigned char*><char*>buf, v.len)
     return bytes(buf[:k]).decode("utf-8")
 
 
@@ -132,7 +135,7 @@ def response_header_py(const unsigned char[:] raw, content_length=None, uint64_t
     cdef wire_header_t h
     cdef const unsigned char* p = &raw[0] if raw.shape[0] else <const unsigned char*>b""
     cdef bytearray out = bytearray(raw.shape[0] + 128)
-    cdef Py_ssize_t n
+    cdef ssize_t n
     if wire_json_parse_header(p, raw.shape[0], max_message, &h) < 0:
         raise ValueError(h.error.decode())
     n = wire_json_response_header(p, &h, h.content_length.ival if content_length is None else content_length,
@@ -145,5 +148,5 @@ def response_header_py(const unsigned char[:] raw, content_length=None, uint64_t
 def request_header_py(uint64_t content_length, int64_t request_id=-1):
     """The prefix + JSON header ``wire_json_request_header`` writes (a client's request)."""
     cdef unsigned char out[256]
-    cdef Py_ssize_t n = wire_json_request_header(content_length, request_id, out, sizeof(out))
+    cdef ssize_t n = wire_json_request_header(content_length, request_id, out, sizeof(out))
     return (<char*>out)[:n]

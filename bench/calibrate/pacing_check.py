@@ -21,13 +21,13 @@ Several runs; medians and spread.  It stays out of the normal runs.
 """
 
 import argparse
-import json
 import statistics
 import sys
 
-from sockbench.servers import registry
+from sockbench.bench.calibrate.common import fmt_spread, spread
 from sockbench.bench.load.harness import LoadSpec, run_load
-from sockbench.bench.calibrate.spread import fmt_spread, spread
+from sockbench.jsonfile import write_json_atomic
+from sockbench.servers import registry
 
 __all__ = ["pacing_metrics", "main"]
 
@@ -98,8 +98,7 @@ def main(argv=None):
                       ("service_p99_us", ".1f"), ("client_cpu_util", ".1%"), ("client_busy_util", ".1%")):
         print(f"  {key:16s} {fmt_spread(spread([m[key] for m in runs]), spec)}")
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(runs, f, indent=1)
+        write_json_atomic(a.json, runs)
     return 0
 
 

@@ -1,10 +1,11 @@
 """Server CPU per message, throughput and ping-pong latency of every server, side by side.
 
-This is the benchmark behind issue 3's "Speed" targets.  It is a script, not a
-test: timings on a shared 2-core machine are noisy, so it measures every
-server in one run, repeats the whole set (rotating the order), and reports
-medians with their spread (min..max over the repeats) and the ratios the
-targets are about.
+This is the benchmark behind the ``cython`` server's speed targets (its user
+CPU per message against ``uvloop`` and ``asyncio-protocol``, and the best
+throughput and round trip).  It is a script, not a test: timings on a shared
+2-core machine are noisy, so it measures every server in one run, repeats the
+whole set (rotating the order), and reports medians with their spread
+(min..max over the repeats) and the ratios the targets are about.
 
 Why it is built this way:
 
@@ -17,12 +18,13 @@ Why it is built this way:
   cheap server give coarse user figures; the total is exact (it is scaled to
   the scheduler's runtime, which is also recorded, summed over the server's
   threads from ``/proc/PID/task/*/schedstat``, as a cross-check).
-* **A C load client** (``server_cpu_client.c``, compiled on first use with
-  gcc into a cache folder under the temp dir), because a Python client costs
-  more per message than the fastest servers and would hide them.  It reads the
-  server's /proc counters itself at the exact moments its window opens and
-  closes, checks every echoed byte, and reports its own CPU so that a
-  client-bound run says so.
+* **The reference C load client** (``ref_client.c``, built on first use by
+  ``common.build_ref_client``), because a Python client costs more per
+  message than the fastest servers and would hide them.  It runs one
+  message in flight per connection, reads the server's /proc counters
+  itself at the exact moments its window opens and closes (``--server-pid``,
+  with ``ext/procfs.h``, the C twin of ``sockbench.procfs``), checks every
+  echoed byte, and reports its own CPU so that a client-bound run says so.
 * **Pinned**: the server on one CPU, the client on another
   (``os.sched_setaffinity``), so they do not steal each other's time.
 * **Bounded**: every load run stops by itself after warmup + duration, and is
@@ -52,24 +54,21 @@ Run: ``python -m sockbench.bench.calibrate.server_cpu [--repeats 3] [--duration 
 """
 
 import argparse
-import hashlib
-import json
-import os
-import platform
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 
-from sockbench.servers import registry
-from sockbench.bench.calibrate.spread import fmt_spread, spread
+from sockbench.bench.calibrate.common import (
+    build_ref_client, check_cpus, fmt_spread, machine_line, run_ref_client, spread,
+)
 from sockbench.errors import SockbenchError, UsageError
+from sockbench.jsonfile import write_json_atomic
+from sockbench.machine import machine_info
+from sockbench.servers import registry
+from sockbench.servers.process import ServerProcess
 from sockbench.thresholds import CLIENT_BOUND_UTIL, SERVER_BOUND_UTIL
 from sockbench.timestamps import iso_utc
-from sockbench.servers.process import ServerProcess
 
-__all__ = ["CELLS", "Cell", "build_client", "run_cell", "run_benchmark", "summarize", "render_markdown", "main"]
+__all__ = ["CELLS", "Cell", "run_cell", "run_benchmark", "summarize", "render_markdown", "main"]
 
 
 class Cell:
@@ -94,52 +93,34 @@ CELLS = (
 THROUGHPUT_CELLS = ("cpu64", "cpu1k", "tp16k", "tp1m")
 CPU_CELLS = ("cpu64", "cpu1k")
 
-_CLIENT_SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "server_cpu_client.c")
-
-
-def build_client(src=_CLIENT_SRC):
-    """Compile the C client once per source version; return the binary's path."""
-    try:
-        with open(src, "rb") as f:
-            code = f.read()
-    except OSError as e:
-        raise SockbenchError(f"cannot read the load client source {src}: {e.strerror}") from None
-    digest = hashlib.sha256(code).hexdigest()[:12]
-    out_dir = os.path.join(tempfile.gettempdir(), f"sockbench-server-cpu-{digest}")
-    binary = os.path.join(out_dir, "server_cpu_client")
-    if os.path.exists(binary):
-        return binary
-    gcc = shutil.which("gcc") or shutil.which("cc")
-    if gcc is None:
-        raise SockbenchError("the load client needs a C compiler (gcc or cc on PATH)")
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = binary + f".{os.getpid()}"
-    r = subprocess.run([gcc, "-O2", "-Wall", "-o", tmp, src], capture_output=True, text=True, timeout=120)
-    if r.returncode != 0:
-        first = (r.stderr.strip().splitlines() or ["no message"])[0]
-        raise SockbenchError(f"compiling the load client failed: {first}")
-    os.replace(tmp, binary)
-    return binary
+def _figures(res):
+    """The client's result, in the shape this script has always kept per run."""
+    srv = res["server"] or {}
+    nan = float("nan")  # the server's /proc could not be read: no figure, and the run is not valid
+    runtime = srv.get("runtime_s")
+    return {
+        "msgs": res["msgs"],
+        "bytes": res["bytes"],
+        "elapsed_s": res["window_s"],
+        "rtt_mean_us": res["rtt_mean_us"],
+        "rtt_min_us": res["rtt_min_us"],
+        "rtt_max_us": res["rtt_max_us"],
+        "server_user_s": nan if srv.get("user_s") is None else srv["user_s"],
+        "server_sys_s": nan if srv.get("sys_s") is None else srv["sys_s"],
+        "server_runtime_s": -1.0 if runtime is None else runtime,
+        "client_user_s": res["user_s"],
+        "client_sys_s": res["sys_s"],
+        "errors": res["errors"],
+        "conns_alive": res["conns_alive"],
+    }
 
 
 def run_cell(client, server, cell, warmup, duration, client_cpu):
-    """Run one load against a started ``ServerProcess``; return the client's JSON plus derived figures."""
-    host, port = server.address
-    cmd = [client, host, str(port), str(cell.conns), str(cell.size), str(warmup), str(duration), str(server.pid)]
-    try:
-        r = subprocess.run(
-            cmd,
-            capture_output=True,
-            text=True,
-            timeout=warmup + duration + 60,
-            preexec_fn=lambda: os.sched_setaffinity(0, [client_cpu]),
-        )
-    except subprocess.TimeoutExpired:
-        raise SockbenchError(f"the load client overran its time against {server.name!r} ({cell.name})") from None
-    if r.returncode != 0:
-        why = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
-        raise SockbenchError(f"load client failed against {server.name!r} ({cell.name}): {why}")
-    res = json.loads(r.stdout)
+    """Run one load against a started ``ServerProcess``; return the client's figures plus derived ones."""
+    res = _figures(run_ref_client(
+        client, server.address, client_cpu, what=f"against {server.name!r} ({cell.name})",
+        conns=cell.conns, size=cell.size, depth=1, warmup=warmup, duration=duration, server_pid=server.pid,
+    ))
     msgs = res["msgs"]
     el = res["elapsed_s"]
     per = 1e6 / msgs if msgs else float("nan")
@@ -158,24 +139,25 @@ def run_cell(client, server, cell, warmup, duration, client_cpu):
         client_util=(res["client_user_s"] + res["client_sys_s"]) / el,
         errors_total=sum(res["errors"].values()),
     )
-    # a run with a wrong byte, or with no echo at all in its window, measures nothing
-    res["valid"] = msgs > 0 and res["errors_total"] == 0
+    # a run with a wrong byte, with no echo at all in its window, or without the server's CPU measures nothing
+    res["valid"] = msgs > 0 and res["errors_total"] == 0 and res["server_user_s"] == res["server_user_s"]
     return res
 
 
-def _check_cpus(server_cpu, client_cpu):
-    allowed = os.sched_getaffinity(0)
-    for what, cpu in (("--server-cpu", server_cpu), ("--client-cpu", client_cpu)):
-        if cpu not in allowed:
-            raise UsageError(f"{what} {cpu} is not a CPU this process may use; allowed: {sorted(allowed)}")
-    if server_cpu == client_cpu:
-        raise UsageError("--server-cpu and --client-cpu must differ: the point is that they do not share a core")
+def _log_line(rep, repeats, name, cell, res):
+    return (
+        f"[{rep + 1}/{repeats}] {name:17s} {cell.name:8s} {res['msgs_per_s']:10.0f} msg/s "
+        f"user {res['user_us_per_msg']:7.3f} sys {res['sys_us_per_msg']:7.3f} us/msg "
+        f"rtt {res['rtt_mean_us']:9.1f} us  util srv {res['server_util']:.2f} cli {res['client_util']:.2f}"
+        + (f"  ERRORS {res['errors']}" if res["errors_total"] else "")
+        + ("" if msgs_ok(res) else "  NO ECHO IN THE WINDOW (excluded)")
+    )
 
 
 def run_benchmark(servers, cells=CELLS, repeats=3, warmup=1.0, duration=5.0, server_cpu=0, client_cpu=1, log=None):
     """Every server x every cell x ``repeats``; returns the list of raw results (one dict per run)."""
-    _check_cpus(server_cpu, client_cpu)
-    client = build_client()
+    check_cpus(server_cpu, client_cpu)
+    client = build_ref_client()
     runs = []
     for rep in range(repeats):
         shift = rep % len(servers)
@@ -187,18 +169,11 @@ def run_benchmark(servers, cells=CELLS, repeats=3, warmup=1.0, duration=5.0, ser
                     res["repeat"] = rep
                     runs.append(res)
                     if log:
-                        log(
-                            f"[{rep + 1}/{repeats}] {name:17s} {cell.name:8s} {res['msgs_per_s']:10.0f} msg/s "
-                            f"user {res['user_us_per_msg']:7.3f} sys {res['sys_us_per_msg']:7.3f} us/msg "
-                            f"rtt {res['rtt_mean_us']:9.1f} us  util srv {res['server_util']:.2f} cli {res['client_util']:.2f}"
-                            + (f"  ERRORS {res['errors']}" if res["errors_total"] else "")
-                            + ("" if msgs_ok(res) else "  NO ECHO IN THE WINDOW (excluded)")
-                        )
+                        log(_log_line(rep, repeats, name, cell, res))
                 rc = server.stop()
             if rc != 0:
                 raise SockbenchError(f"server {name!r} exited with status {rc} after the load")
     return runs
-
 
 
 METRICS = (
@@ -222,19 +197,12 @@ def _valid(run):
     return run.get("valid", msgs_ok(run) and run["errors_total"] == 0)
 
 
-def summarize(runs, focus="cython"):
-    """Medians/spreads per (server, cell), per-repeat ratios, and the verdict on each target.
-
-    Invalid runs (a wrong byte, or no echo at all in the window: a stalled
-    machine or server) are left out of every figure and counted per row.
-    """
-    servers = list(dict.fromkeys(r["server"] for r in runs))
-    cells = list(dict.fromkeys(r["cell"] for r in runs))
-    all_runs, runs = runs, [r for r in runs if _valid(r)]
+def _table(runs, servers, cells):
+    """Medians/spreads of the valid runs per (server, cell), with the errors and the runs left out."""
     table = {}
     for s in servers:
         for c in cells:
-            every = [r for r in all_runs if r["server"] == s and r["cell"] == c]
+            every = [r for r in runs if r["server"] == s and r["cell"] == c]
             rs = [r for r in every if _valid(r)]
             if rs:
                 table[(s, c)] = {m: spread([r[m] for r in rs]) for m in METRICS}
@@ -245,69 +213,83 @@ def summarize(runs, focus="cython"):
                 )
                 table[(s, c)]["errors"] = sum(r["errors_total"] for r in every)
                 table[(s, c)]["excluded"] = len(every) - len(rs)
+    return table
+
+
+def _per_rep_ratio(runs, focus, cell, other, metric):
+    """``focus``/``other`` for ``metric`` in ``cell``, taken within each repeat, then spread."""
+    ratios = []
+    for rep in sorted({r["repeat"] for r in runs}):
+        a = [r[metric] for r in runs if r["server"] == focus and r["cell"] == cell and r["repeat"] == rep]
+        b = [r[metric] for r in runs if r["server"] == other and r["cell"] == cell and r["repeat"] == rep]
+        if a and b and b[0]:
+            ratios.append(a[0] / b[0])
+    return spread(ratios)
+
+
+def _best_check(table, servers, focus, cell, metric, lower_is_better, label):
+    """The target "``focus`` is the best at ``metric`` in ``cell``" (within the spread), or None."""
+    rows = {s: table[(s, cell)][metric] for s in servers if (s, cell) in table and table[(s, cell)][metric]}
+    if focus not in rows:
+        return None
+    pick = min if lower_is_better else max
+    best = pick(rows, key=lambda s: rows[s]["median"])
+    mine, theirs = rows[focus], rows[best]
+    if best == focus:
+        met, how = True, "best"
+    elif lower_is_better:
+        met, how = mine["min"] <= theirs["max"], f"best is {best}"
+    else:
+        met, how = mine["max"] >= theirs["min"], f"best is {best}"
+    fmt = "{:.3f}" if metric.endswith("per_msg") else "{:.1f}" if metric == "rtt_mean_us" else "{:.0f}"
+    value = f"{focus} {fmt.format(mine['median'])} [{fmt.format(mine['min'])}..{fmt.format(mine['max'])}]"
+    if best != focus:
+        value += f"; {best} {fmt.format(theirs['median'])} [{fmt.format(theirs['min'])}..{fmt.format(theirs['max'])}]"
+    target = {"target": f"{cell}: {label} ({how}; ranges overlapping = within spread)", "value": value, "met": met}
+    if metric in ("msgs_per_s", "mb_per_s"):
+        cu = table[(focus, cell)]["client_util"]["median"]
+        su = table[(focus, cell)]["server_util"]["median"]
+        target["client_bound"] = cu >= CLIENT_BOUND_UTIL
+        # neither side used its CPU: the time went elsewhere (other processes on a shared machine)
+        target["starved"] = cu < CLIENT_BOUND_UTIL and su < SERVER_BOUND_UTIL
+        target["value"] += f"; client CPU {cu:.2f}, {focus} server CPU {su:.2f}"
+    return target
+
+
+def summarize(runs, focus="cython"):
+    """Medians/spreads per (server, cell), per-repeat ratios, and the verdict on each target.
+
+    Invalid runs (a wrong byte, or no echo at all in the window: a stalled
+    machine or server) are left out of every figure and counted per row.
+    """
+    servers = list(dict.fromkeys(r["server"] for r in runs))
+    cells = list(dict.fromkeys(r["cell"] for r in runs))
+    table = _table(runs, servers, cells)
+    runs = [r for r in runs if _valid(r)]
     out = {"servers": servers, "cells": cells, "table": table, "ratios": {}, "targets": []}
     if focus not in servers:
         return out
-
-    def per_rep_ratio(cell, other, metric):
-        ratios = []
-        for rep in sorted({r["repeat"] for r in runs}):
-            a = [r[metric] for r in runs if r["server"] == focus and r["cell"] == cell and r["repeat"] == rep]
-            b = [r[metric] for r in runs if r["server"] == other and r["cell"] == cell and r["repeat"] == rep]
-            if a and b and b[0]:
-                ratios.append(a[0] / b[0])
-        return spread(ratios)
-
     for cell in CPU_CELLS:
         for other, limit in (("uvloop", 0.2), ("asyncio-protocol", 0.1)):
             if (other, cell) not in table or (focus, cell) not in table:
                 continue
-            st = per_rep_ratio(cell, other, "user_us_per_msg")
+            st = _per_rep_ratio(runs, focus, cell, other, "user_us_per_msg")
             if st is None:
                 continue
             out["ratios"][(cell, other)] = st
-            out["targets"].append(
-                {
-                    "target": f"{cell}: {focus} user CPU/msg <= {limit}x {other}",
-                    "value": f"{st['median']:.3f}x (repeats {st['min']:.3f}..{st['max']:.3f})",
-                    "met": st["median"] <= limit,
-                }
-            )
-
-    def best_check(cell, metric, lower_is_better, label):
-        rows = {s: table[(s, cell)][metric] for s in servers if (s, cell) in table and table[(s, cell)][metric]}
-        if focus not in rows:
-            return
-        pick = min if lower_is_better else max
-        best = pick(rows, key=lambda s: rows[s]["median"])
-        mine, theirs = rows[focus], rows[best]
-        if best == focus:
-            met, how = True, "best"
-        elif lower_is_better:
-            met, how = mine["min"] <= theirs["max"], f"best is {best}"
-        else:
-            met, how = mine["max"] >= theirs["min"], f"best is {best}"
-        fmt = "{:.3f}" if metric.endswith("per_msg") else "{:.1f}" if metric == "rtt_mean_us" else "{:.0f}"
-        value = f"{focus} {fmt.format(mine['median'])} [{fmt.format(mine['min'])}..{fmt.format(mine['max'])}]"
-        if best != focus:
-            value += f"; {best} {fmt.format(theirs['median'])} [{fmt.format(theirs['min'])}..{fmt.format(theirs['max'])}]"
-        target = {"target": f"{cell}: {label} ({how}; ranges overlapping = within spread)", "value": value, "met": met}
-        if metric in ("msgs_per_s", "mb_per_s"):
-            cu = table[(focus, cell)]["client_util"]["median"]
-            su = table[(focus, cell)]["server_util"]["median"]
-            target["client_bound"] = cu >= CLIENT_BOUND_UTIL
-            # neither side used its CPU: the time went elsewhere (other processes on a shared machine)
-            target["starved"] = cu < CLIENT_BOUND_UTIL and su < SERVER_BOUND_UTIL
-            target["value"] += f"; client CPU {cu:.2f}, {focus} server CPU {su:.2f}"
-        out["targets"].append(target)
-
-    for cell in CPU_CELLS:
-        best_check(cell, "total_us_per_msg", True, f"{focus} total server CPU/msg is the lowest")
-    for cell in THROUGHPUT_CELLS:
-        best_check(cell, "msgs_per_s", False, f"{focus} throughput is the highest")
-    best_check("pingpong", "rtt_mean_us", True, f"{focus} mean ping-pong round trip is the lowest")
+            out["targets"].append({
+                "target": f"{cell}: {focus} user CPU/msg <= {limit}x {other}",
+                "value": f"{st['median']:.3f}x (repeats {st['min']:.3f}..{st['max']:.3f})",
+                "met": st["median"] <= limit,
+            })
+    checks = [(cell, "total_us_per_msg", True, f"{focus} total server CPU/msg is the lowest") for cell in CPU_CELLS]
+    checks += [(cell, "msgs_per_s", False, f"{focus} throughput is the highest") for cell in THROUGHPUT_CELLS]
+    checks.append(("pingpong", "rtt_mean_us", True, f"{focus} mean ping-pong round trip is the lowest"))
+    for cell, metric, lower_is_better, label in checks:
+        target = _best_check(table, servers, focus, cell, metric, lower_is_better, label)
+        if target is not None:
+            out["targets"].append(target)
     return out
-
 
 
 def render_markdown(summary, meta):
@@ -406,6 +388,36 @@ def _parse(argv):
     return args, names, cells
 
 
+def _meta(args, argv, started, wall_s):
+    info = machine_info()
+    return {
+        "started_at": started,
+        "wall_s": wall_s,
+        "machine": machine_line(info),
+        "machine_info": info,
+        "repeats": args.repeats,
+        "warmup_s": args.warmup,
+        "duration_s": args.duration,
+        "server_cpu": args.server_cpu,
+        "client_cpu": args.client_cpu,
+        "command": "python -m sockbench.bench.calibrate.server_cpu " + " ".join(sys.argv[1:] if argv is None else argv),
+    }
+
+
+def _document(runs, summary, meta):
+    """The ``--json`` document: every raw run, and the summary with its tuple keys spelled out."""
+    return {
+        "schema": 1,
+        "meta": meta,
+        "runs": runs,
+        "summary": {
+            "table": [{"server": s, "cell": c, **v} for (s, c), v in summary["table"].items()],
+            "ratios": [{"cell": c, "vs": o, **v} for (c, o), v in summary["ratios"].items()],
+            "targets": summary["targets"],
+        },
+    }
+
+
 def main(argv=None):
     try:
         args, names, cells = _parse(argv)
@@ -414,36 +426,14 @@ def main(argv=None):
         t0 = time.monotonic()
         runs = run_benchmark(names, cells, args.repeats, args.warmup, args.duration, args.server_cpu, args.client_cpu, log)
         summary = summarize(runs)
-        meta = {
-            "started_at": started,
-            "wall_s": round(time.monotonic() - t0, 1),
-            "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, Linux {platform.release()}, "
-            f"Python {platform.python_version()}",
-            "repeats": args.repeats,
-            "warmup_s": args.warmup,
-            "duration_s": args.duration,
-            "server_cpu": args.server_cpu,
-            "client_cpu": args.client_cpu,
-            "command": "python -m sockbench.bench.calibrate.server_cpu " + " ".join(sys.argv[1:] if argv is None else argv),
-        }
+        meta = _meta(args, argv, started, round(time.monotonic() - t0, 1))
         md = render_markdown(summary, meta)
         print(md)
         if args.md:
             with open(args.md, "w") as f:
                 f.write(md + "\n")
         if args.json:
-            doc = {
-                "schema": 1,
-                "meta": meta,
-                "runs": runs,
-                "summary": {
-                    "table": [{"server": s, "cell": c, **v} for (s, c), v in summary["table"].items()],
-                    "ratios": [{"cell": c, "vs": o, **v} for (c, o), v in summary["ratios"].items()],
-                    "targets": summary["targets"],
-                },
-            }
-            with open(args.json, "w") as f:
-                json.dump(doc, f, indent=1)
+            write_json_atomic(args.json, _document(runs, summary, meta))
         return 0
     except SockbenchError as e:
         print(f"server_cpu: {e}", file=sys.stderr)

@@ -12,63 +12,50 @@ both clients load it in alternation (A B, B A, ...) for several rounds, each
 pinned to the same client CPU; the ratios are computed per round and
 summarised by their median and spread.  CPU per message is each client's own
 user+sys time over its measured window (getrusage) divided by the messages it
-completed in that window.  The C client (``bench/ref_client.c``) is compiled
-here with ``gcc -O2``; it stays out of sockbench's normal runs.
+completed in that window.  The C client is the reference client of the
+calibration tools (``ref_client.c``, built on first use by
+``common.build_ref_client``): it keeps the same messages in flight and checks
+every echoed byte, as the harness does, but keeps no histogram and runs no
+Python, so a difference in CPU per message is the price of the harness's
+timing, histograms and Cython.  It stays out of sockbench's normal runs.
 
 It also prints the harness's coalescing (messages per write).
 """
 
 import argparse
-import json
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 
-from sockbench.servers import registry
+from sockbench.bench.calibrate.common import build_ref_client, check_cpus, fmt_spread, run_ref_client, spread
 from sockbench.bench.load.harness import LoadSpec, run_load
-from sockbench.bench.calibrate.spread import fmt_spread, spread
+from sockbench.errors import SockbenchError
+from sockbench.jsonfile import write_json_atomic
+from sockbench.machine import machine_info
+from sockbench.servers import registry
 from sockbench.servers.process import ServerProcess
 
-__all__ = ["WORKLOADS", "build_reference", "run_reference", "run_harness", "compare", "main"]
+__all__ = ["WORKLOADS", "run_reference", "run_harness", "compare", "main"]
 
 #: (conns, size, depth): the two workloads the harness must keep up on
 WORKLOADS = ((100, 64, 8), (10, 1024, 1))
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ref_client.c")
-
-
-def build_reference(outdir):
-    """Compile ``ref_client.c``; return the executable's path."""
-    cc = shutil.which("gcc") or shutil.which("cc")
-    if cc is None:
-        sys.exit("vs_reference: no C compiler (gcc or cc) on PATH")
-    exe = os.path.join(outdir, "ref_client")
-    subprocess.run([cc, "-O2", "-Wall", "-o", exe, SOURCE], check=True)
-    return exe
-
 
 def run_reference(exe, address, conns, size, depth, warmup, duration, cpu):
-    host, port = address
-    out = subprocess.run(
-        [exe, host, str(port), str(conns), str(size), str(depth), str(warmup), str(duration)],
-        capture_output=True, text=True, timeout=warmup + duration + 30,
-        preexec_fn=lambda: os.sched_setaffinity(0, [cpu]), check=False,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"ref_client failed: {out.stderr.strip()}")
-    r = json.loads(out.stdout)
+    """One run of the reference client; its msgs/s (over the nominal window), CPU per message and utilisation."""
+    r = run_ref_client(exe, address, cpu, what="(reference client)", overrun_s=30, conns=conns, size=size,
+                       depth=depth, warmup=warmup, duration=duration)
+    if sum(r["errors"].values()):
+        raise SockbenchError(f"the reference client's run failed: {r['error']}")
     cpu_s = r["user_s"] + r["sys_s"]
-    return {"msgs_per_s": r["msgs_per_s"], "cpu_us_per_msg": cpu_s / r["msgs"] * 1e6 if r["msgs"] else None,
+    return {"msgs_per_s": r["msgs"] / duration, "cpu_us_per_msg": cpu_s / r["msgs"] * 1e6 if r["msgs"] else None,
             "cpu_util": cpu_s / r["window_s"] if r["window_s"] else None}
 
 
 def run_harness(address, conns, size, depth, warmup, duration, cpu):
+    """One run of the harness against the same server; the same figures, plus its latency and coalescing."""
     r = run_load(LoadSpec(target=tuple(address), mode="closed", conns=conns, size=size, depth=depth,
                           duration_s=duration, warmup_s=warmup, client_cpus=(cpu,)))
     if not r["valid"]:
-        raise RuntimeError(f"harness run invalid: {r['invalid_reason']}")
+        raise SockbenchError(f"harness run invalid: {r['invalid_reason']}")
     c = r["client"]
     msgs = r["throughput"]["msgs_per_s"] * duration
     return {"msgs_per_s": r["throughput"]["msgs_per_s"],
@@ -78,43 +65,64 @@ def run_harness(address, conns, size, depth, warmup, duration, cpu):
 
 
 
+def _round(i, exe, address, workload, warmup, duration, client_cpu):
+    """One round of one workload: both clients, in alternating order, and their ratios."""
+    conns, size, depth = workload
+    order = ("harness", "ref") if i % 2 == 0 else ("ref", "harness")
+    row = {}
+    for who in order:
+        if who == "ref":
+            row["ref"] = run_reference(exe, address, conns, size, depth, warmup, duration, client_cpu)
+        else:
+            row["harness"] = run_harness(address, conns, size, depth, warmup, duration, client_cpu)
+    h, r = row["harness"], row["ref"]
+    row["ratio_msgs"] = h["msgs_per_s"] / r["msgs_per_s"]
+    row["ratio_cpu_per_msg"] = h["cpu_us_per_msg"] / r["cpu_us_per_msg"]
+    print(f"  {conns} conns x {size} B x {depth}: round {i + 1}: harness {h['msgs_per_s']:,.0f}/s "
+          f"{h['cpu_us_per_msg']:.3f} µs/msg | ref {r['msgs_per_s']:,.0f}/s {r['cpu_us_per_msg']:.3f} µs/msg "
+          f"| ratios {row['ratio_msgs']:.3f} {row['ratio_cpu_per_msg']:.3f}", file=sys.stderr)
+    return row
+
+
+def _workload_summary(workload, rows):
+    conns, size, depth = workload
+    return {
+        "conns": conns, "size": size, "depth": depth, "rounds": rows,
+        "harness_msgs_per_s": spread([r["harness"]["msgs_per_s"] for r in rows]),
+        "ref_msgs_per_s": spread([r["ref"]["msgs_per_s"] for r in rows]),
+        "harness_cpu_us_per_msg": spread([r["harness"]["cpu_us_per_msg"] for r in rows]),
+        "ref_cpu_us_per_msg": spread([r["ref"]["cpu_us_per_msg"] for r in rows]),
+        "ratio_msgs": spread([r["ratio_msgs"] for r in rows]),
+        "ratio_cpu_per_msg": spread([r["ratio_cpu_per_msg"] for r in rows]),
+        "harness_msgs_per_write": spread([r["harness"]["msgs_per_write"] for r in rows]),
+        "harness_cpu_util": spread([r["harness"]["cpu_util"] for r in rows]),
+        "ref_cpu_util": spread([r["ref"]["cpu_util"] for r in rows]),
+    }
+
+
 def compare(server, rounds, warmup, duration, server_cpu=0, client_cpu=1):
     """Run every workload ``rounds`` times with each client, alternating; return the summary dict."""
+    check_cpus(server_cpu, client_cpu)
     out = {"server": server, "rounds": rounds, "warmup_s": warmup, "duration_s": duration, "workloads": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        exe = build_reference(tmp)
-        with ServerProcess(server, cpus=(server_cpu,)) as sp:
-            for conns, size, depth in WORKLOADS:
-                rows = []
-                for i in range(rounds):
-                    order = ("harness", "ref") if i % 2 == 0 else ("ref", "harness")
-                    row = {}
-                    for who in order:
-                        if who == "ref":
-                            row["ref"] = run_reference(exe, sp.address, conns, size, depth, warmup, duration, client_cpu)
-                        else:
-                            row["harness"] = run_harness(sp.address, conns, size, depth, warmup, duration, client_cpu)
-                    h, r = row["harness"], row["ref"]
-                    row["ratio_msgs"] = h["msgs_per_s"] / r["msgs_per_s"]
-                    row["ratio_cpu_per_msg"] = h["cpu_us_per_msg"] / r["cpu_us_per_msg"]
-                    rows.append(row)
-                    print(f"  {conns} conns x {size} B x {depth}: round {i + 1}: harness {h['msgs_per_s']:,.0f}/s "
-                          f"{h['cpu_us_per_msg']:.3f} µs/msg | ref {r['msgs_per_s']:,.0f}/s {r['cpu_us_per_msg']:.3f} µs/msg "
-                          f"| ratios {row['ratio_msgs']:.3f} {row['ratio_cpu_per_msg']:.3f}", file=sys.stderr)
-                out["workloads"].append({
-                    "conns": conns, "size": size, "depth": depth, "rounds": rows,
-                    "harness_msgs_per_s": spread([r["harness"]["msgs_per_s"] for r in rows]),
-                    "ref_msgs_per_s": spread([r["ref"]["msgs_per_s"] for r in rows]),
-                    "harness_cpu_us_per_msg": spread([r["harness"]["cpu_us_per_msg"] for r in rows]),
-                    "ref_cpu_us_per_msg": spread([r["ref"]["cpu_us_per_msg"] for r in rows]),
-                    "ratio_msgs": spread([r["ratio_msgs"] for r in rows]),
-                    "ratio_cpu_per_msg": spread([r["ratio_cpu_per_msg"] for r in rows]),
-                    "harness_msgs_per_write": spread([r["harness"]["msgs_per_write"] for r in rows]),
-                    "harness_cpu_util": spread([r["harness"]["cpu_util"] for r in rows]),
-                    "ref_cpu_util": spread([r["ref"]["cpu_util"] for r in rows]),
-                })
+    exe = build_ref_client()
+    with ServerProcess(server, cpus=(server_cpu,)) as sp:
+        for workload in WORKLOADS:
+            rows = [_round(i, exe, sp.address, workload, warmup, duration, client_cpu) for i in range(rounds)]
+            out["workloads"].append(_workload_summary(workload, rows))
     return out
 
+
+def _print(out):
+    print(f"server {out['server']}, {out['rounds']} rounds of {out['duration_s']:g} s (+{out['warmup_s']:g} s warmup), "
+          f"medians [min..max]")
+    for w in out["workloads"]:
+        print(f"{w['conns']} conns x {w['size']} B x {w['depth']} in flight")
+        print(f"  msgs/s        harness {fmt_spread(w['harness_msgs_per_s'])}   ref {fmt_spread(w['ref_msgs_per_s'])}")
+        print(f"  CPU µs/msg    harness {fmt_spread(w['harness_cpu_us_per_msg'], '.3f')}   ref {fmt_spread(w['ref_cpu_us_per_msg'], '.3f')}")
+        print(f"  client util   harness {fmt_spread(w['harness_cpu_util'], '.0%')}   ref {fmt_spread(w['ref_cpu_util'], '.0%')}")
+        print(f"  ratio msgs/s (>= 0.9)      {fmt_spread(w['ratio_msgs'], '.3f')}")
+        print(f"  ratio CPU/msg (<= 1.1)     {fmt_spread(w['ratio_cpu_per_msg'], '.3f')}")
+        print(f"  coalescing: harness msgs per write {fmt_spread(w['harness_msgs_per_write'], '.2f')}")
 
 
 def main(argv=None):
@@ -126,20 +134,14 @@ def main(argv=None):
     ap.add_argument("--duration", type=float, default=3.0)
     ap.add_argument("--json", help="also write the summary here")
     a = ap.parse_args(argv)
-    out = compare(a.server, a.rounds, a.warmup, a.duration)
-    print(f"server {out['server']}, {out['rounds']} rounds of {out['duration_s']:g} s (+{out['warmup_s']:g} s warmup), "
-          f"medians [min..max]")
-    for w in out["workloads"]:
-        print(f"{w['conns']} conns x {w['size']} B x {w['depth']} in flight")
-        print(f"  msgs/s        harness {fmt_spread(w['harness_msgs_per_s'])}   ref {fmt_spread(w['ref_msgs_per_s'])}")
-        print(f"  CPU µs/msg    harness {fmt_spread(w['harness_cpu_us_per_msg'], '.3f')}   ref {fmt_spread(w['ref_cpu_us_per_msg'], '.3f')}")
-        print(f"  client util   harness {fmt_spread(w['harness_cpu_util'], '.0%')}   ref {fmt_spread(w['ref_cpu_util'], '.0%')}")
-        print(f"  ratio msgs/s (>= 0.9)      {fmt_spread(w['ratio_msgs'], '.3f')}")
-        print(f"  ratio CPU/msg (<= 1.1)     {fmt_spread(w['ratio_cpu_per_msg'], '.3f')}")
-        print(f"  coalescing: harness msgs per write {fmt_spread(w['harness_msgs_per_write'], '.2f')}")
+    try:
+        out = compare(a.server, a.rounds, a.warmup, a.duration)
+    except SockbenchError as e:
+        print(f"vs_reference: {e}", file=sys.stderr)
+        return e.exit_code
+    _print(out)
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=1)
+        write_json_atomic(a.json, {**out, "machine": machine_info()})
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The server-CPU benchmark script (bench/server_cpu.py): its summary logic, its errors, and one tiny real run.
+"""The server-CPU benchmark script (bench/calibrate/server_cpu.py): its summary logic, its errors, and one tiny real run.
 
 The figures themselves are not asserted (timings belong to the benchmark, not
 to unit tests); what is checked is that the verdicts follow from the numbers,

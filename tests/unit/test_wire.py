@@ -1,4 +1,4 @@
-"""The C wire module (``ext/wire.pxd``, wrapped by ``sockbench.ext.wire``) against the Python oracle.
+"""The C wire code (``ext/wire.h``, wrapped by ``sockbench.ext.wire``) against the Python oracle.
 
 The ``cython`` server decides with this C code what the Python servers decide
 with ``sockbench.servers.protocols``; here the two are held to the same
@@ -339,24 +339,25 @@ def test_pipelined_load_is_answered_correctly(protocol):
     import shutil
 
     from sockbench.servers import registry
-    from sockbench.bench.calibrate.framed_cpu import build_client, run_cell
+    from sockbench.bench.calibrate.common import build_ref_client
+    from sockbench.bench.calibrate.framed import c_cell
     from sockbench.servers.process import ServerProcess
 
     if not (shutil.which("gcc") or shutil.which("cc")):
         pytest.skip("no C compiler for the load client")
     if protocol not in registry.SERVERS["cython"].protocols or not registry.SERVERS["cython"].availability()[0]:
         pytest.skip("the cython server does not speak the framed protocols here")
-    client = build_client()
+    client = build_ref_client()
     cpus = sorted(os.sched_getaffinity(0))
     for attempt in range(3):
         with ServerProcess("cython", extra_args=("--protocol", protocol)) as server:
-            cell = run_cell(client, server, protocol, conns=100, depth=16, size=64, warmup=0.2, duration=0.5,
-                            client_cpu=cpus[-1])
+            cell = c_cell(client, server, protocol, conns=100, depth=16, size=64, warmup=0.2, duration=0.5,
+                          client_cpu=cpus[-1])
             assert server.alive() and server.stderr_text() == ""
         # A wrong answer or a closed connection fails at once.  A stall (no answer
         # for 1 s) is retried: on a machine shared with other load runs, the
         # server's CPU can be taken from it that long (seen with uvloop too).
-        if cell["valid"] or "no answer" not in cell["error"]:
+        if cell["valid"] or "no answer" not in cell["invalid_reason"]:
             break
-    assert cell["valid"], cell["error"]
-    assert cell["msgs"] > 0
+    assert cell["valid"], cell["invalid_reason"]
+    assert cell["msgs_per_s"] > 0

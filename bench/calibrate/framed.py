@@ -1,0 +1,436 @@
+"""Framed protocols (``frame``, ``json``): every server's msgs/s and CPU per message, through the harness or the C client.
+
+Usage::
+
+    python -m sockbench.bench.calibrate.framed [--client harness|c] [--repeats 3] [--duration 3] [--warmup 1]
+        [--servers cython,uvloop] [--protocols frame,json] [--conns 100 --size 64 --depth 16]
+        [--server-cpu 0 --client-cpu 1] [--json PATH] [--md PATH]
+
+Why it is built this way: the question is what parsing messages costs each
+server, and the same cells can be loaded by two clients that answer it from
+two sides, so one script has both, behind ``--client``:
+
+* ``harness`` (the default): the product's own load path
+  (``sockbench.bench.load.harness.run_load``, the Cython loop that builds,
+  verifies and times every framed message).  It shows what the servers cost
+  and whether the harness keeps up; the server's CPU comes from the harness's
+  own samples at the window's edges.
+* ``c``: the reference C client (``ref_client.c --protocol frame|json``), a
+  cross-check from outside the harness that costs less per message than any
+  server.  The server's ``utime``/``stime`` and exact runtime are read with
+  ``sockbench.procfs`` when the client opens its window (it prints
+  ``window``) and when it reports, and divided by the answers verified in
+  between (netperf's service demand).  A stall (no answer for
+  ``sockbench.thresholds.STALL_S``) makes the run invalid, and its line says
+  which side holds the unanswered bytes (``ss``) and what the server was doing.
+
+Either way, each repeat runs every (server, protocol) cell once, rotating the
+server order between repeats so that no server always runs first or last on
+this shared, noisy machine, with the server and the client pinned to CPUs of
+their own.  Per cell it reports the medians with their spread (min..max) of
+msgs/s (every answer verified), the server's user, system and total CPU per
+message, the client's CPU per message and utilisation, and ``limited_by``
+(which side's CPU was saturated: when the client's is, the msgs/s are the
+client's limit, and the CPU per message is the figure that tells the servers
+apart).  Invalid runs (errors, a stall) are listed and left out of every
+figure.  The targets are ratios cython/uvloop taken within one repeat (side by
+side), then their median: ``frame`` msgs/s >= 2.5x and user CPU/msg <= 0.15x;
+``json`` msgs/s >= 4x.
+
+It also gives the *kernel ceiling* of the msgs/s ratio per protocol: uvloop's
+whole server CPU per message divided by cython's system CPU per message.  A
+server that echoes 16 messages per read still has to make one recv and one
+send per batch, and on loopback that send carries the whole TCP path of both
+ends (transmit, the peer's receive in softirq, the ACK).  Cython's user time is
+already near zero, so its kernel time is the floor for any server on this
+machine, and no client, however fast, can lift the msgs/s ratio above uvloop's
+CPU per message over that floor.  When the ceiling is below a target, the
+target is out of this machine's reach, and the line says so.
+
+Not part of the unit tests: it carries speed targets.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+from sockbench.bench.calibrate.common import (
+    build_ref_client, check_cpus, fmt_spread, machine_line, pinned, ref_client_command, spread,
+)
+from sockbench.bench.load.harness import LoadSpec, run_load
+from sockbench.errors import SockbenchError, UsageError
+from sockbench.jsonfile import write_json_atomic
+from sockbench.machine import machine_info
+from sockbench.procfs import read_proc_stat, read_task_cpu_s
+from sockbench.servers import registry
+from sockbench.servers.process import ServerProcess
+from sockbench.servers.protocols import PROTOCOLS
+from sockbench.thresholds import CLIENT_BOUND_UTIL, SERVER_BOUND_UTIL, STALL_S
+from sockbench.timestamps import iso_utc
+
+__all__ = ["CLIENTS", "TARGETS", "METRICS", "harness_cell", "c_cell", "run_benchmark", "summarize",
+           "render", "main"]
+
+CLIENTS = ("harness", "c")
+#: (protocol, metric, bound, "min" | "max") as cython / uvloop ratios
+TARGETS = (
+    ("frame", "msgs_per_s", 2.5, "min"),
+    ("frame", "server_user_us", 0.15, "max"),
+    ("json", "msgs_per_s", 4.0, "min"),
+)
+METRICS = ("msgs_per_s", "server_user_us", "server_sys_us", "server_total_us", "server_util", "client_us",
+           "client_util")
+
+
+def _limited_by(client_util, server_util):
+    """Which side's CPU was saturated, as the harness says it (None: neither)."""
+    client = client_util is not None and client_util >= CLIENT_BOUND_UTIL
+    server = server_util is not None and server_util >= SERVER_BOUND_UTIL
+    return {(True, True): "both", (True, False): "client", (False, True): "server"}.get((client, server))
+
+
+# --- one cell through the harness ------------------------------------------------------------------
+
+
+def harness_cell(server, protocol, conns, size, depth, warmup, duration, server_cpu, client_cpu):
+    """One run of ``sockbench load --protocol``; the cell's figures."""
+    r = run_load(LoadSpec(server=server, protocol=protocol, mode="closed", conns=conns, size=size, depth=depth,
+                          duration_s=duration, warmup_s=warmup, server_cpus=(server_cpu,), client_cpus=(client_cpu,)))
+    sp, cl = r["server_proc"], r["client"]
+    user, sys_ = sp["us_per_msg"]["user"], sp["us_per_msg"]["sys"]
+    client_us = None
+    if cl["us_per_msg"]["user"] is not None:
+        client_us = cl["us_per_msg"]["user"] + cl["us_per_msg"]["sys"]
+    return {
+        "valid": r["valid"],
+        "invalid_reason": r["invalid_reason"],
+        "limited_by": r["limited_by"],
+        "msgs_per_s": r["throughput"]["msgs_per_s"],
+        "server_user_us": user,
+        "server_sys_us": sys_,
+        "server_total_us": user + sys_ if user is not None and sys_ is not None else None,
+        "server_util": sp.get("cpu_util"),
+        "client_us": client_us,
+        "client_util": cl["cpu_util"],
+    }
+
+
+# --- one cell through the reference C client -------------------------------------------------------
+
+
+def _queues(port):
+    """For a stalled run: the socket queues on both sides (who holds the unanswered bytes)."""
+    try:
+        out = subprocess.run(["ss", "-tnH", "state", "established", f"( sport = :{port} or dport = :{port} )"],
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"ss failed: {e}"
+    server_rq = server_sq = client_rq = client_sq = 0
+    for ln in out.splitlines():
+        f = ln.split()
+        if len(f) < 4:
+            continue
+        rq, sq, local = int(f[0]), int(f[1]), f[2]
+        if local.endswith(f":{port}"):
+            server_rq, server_sq = server_rq + rq, server_sq + sq
+        else:
+            client_rq, client_sq = client_rq + rq, client_sq + sq
+    return f"queued bytes: server recv {server_rq} send {server_sq}, client recv {client_rq} send {client_sq}"
+
+
+def _proc_state(pid):
+    """For a stalled run: is the server running, and how loaded is the machine?"""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except OSError as e:
+        return f"server state unknown: {e}"
+    return f"server state {state}, load average {os.getloadavg()[0]:.2f}"
+
+
+def _server_cpu(pid):
+    return read_proc_stat(pid), read_task_cpu_s(pid)
+
+
+def _read_client(proc, server, deadline):
+    """Follow the client's output: the server's CPU at its ``window`` line and at its result line."""
+    before = after = result = None
+    for line in proc.stdout:
+        line = line.strip()
+        if line == "window":
+            before = _server_cpu(server.pid)
+        elif line.startswith("{"):
+            after = _server_cpu(server.pid)
+            result = json.loads(line)
+            if result["errors"]["stall"]:
+                result["error"] += "; " + _queues(server.address[1]) + "; " + _proc_state(server.pid)
+            proc.stdin.close()  # a client that reported an error holds its connections until this
+            break
+        if time.monotonic() > deadline:
+            break
+    return before, after, result
+
+
+def _run_client(client, server, protocol, conns, depth, size, warmup, duration, client_cpu):
+    """Run the client to its end (killed past its deadline); ``(before, after, result, returncode, stderr)``."""
+    cmd = ref_client_command(client, server.address, protocol=protocol, conns=conns, size=size, depth=depth,
+                             warmup=warmup, duration=duration, marks=True, stall=STALL_S, hold=True)
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=pinned(client_cpu))
+    deadline = time.monotonic() + warmup + duration + 30
+    before = after = result = None
+    try:
+        before, after, result = _read_client(proc, server, deadline)
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        if not proc.stdin.closed:
+            proc.stdin.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        stderr = proc.stderr.read()
+        proc.stdout.close()
+        proc.stderr.close()
+    return before, after, result, proc.returncode, stderr
+
+
+def c_cell(client, server, protocol, conns, depth, size, warmup, duration, client_cpu):
+    """One run of the reference C client against a started server; the cell's figures."""
+    before, after, result, rc, stderr = _run_client(client, server, protocol, conns, depth, size, warmup, duration,
+                                                    client_cpu)
+    if result is None or before is None or after is None:
+        return {"valid": False, "invalid_reason": (stderr.strip() or "no result from the client")[-300:],
+                "limited_by": None, **{m: None for m in METRICS}}
+    msgs, secs = result["msgs"], result["window_s"]
+    (u0, s0), t0 = before
+    (u1, s1), t1 = after
+    ok = rc == 0 and not sum(result["errors"].values()) and msgs > 0
+    per = 1e6 / msgs if msgs else float("nan")
+    server_util = (t1 - t0) / secs if secs else 0.0
+    client_util = (result["user_s"] + result["sys_s"]) / secs if secs else 0.0
+    return {
+        "valid": ok,
+        "invalid_reason": None if ok else (result["error"] or stderr.strip() or f"client exit {rc}")[-300:],
+        "limited_by": _limited_by(client_util, server_util),
+        "msgs_per_s": msgs / secs if secs else 0.0,
+        "server_user_us": (u1 - u0) * per,
+        "server_sys_us": (s1 - s0) * per,
+        "server_total_us": (t1 - t0) * per,
+        "server_util": server_util,
+        "client_us": (result["user_s"] + result["sys_s"]) * per,
+        "client_util": client_util,
+    }
+
+
+# --- the benchmark ---------------------------------------------------------------------------------
+
+
+def _log_line(rep, repeats, protocol, server, c):
+    def num(x):
+        return x or 0
+
+    return (f"repeat {rep + 1}/{repeats} {protocol:5} {server:16} {num(c['msgs_per_s']):>10,.0f} msgs/s  "
+            f"server user {num(c['server_user_us']):.3f} sys {num(c['server_sys_us']):.3f} µs/msg  "
+            f"client {num(c['client_us']):.3f} µs/msg ({num(c['client_util']):.0%})  "
+            f"limited by {c['limited_by']}{'' if c['valid'] else '  INVALID: ' + c['invalid_reason']}")
+
+
+def run_benchmark(servers, protocols, repeats, duration_s, warmup_s, conns, size, depth, client="harness",
+                  server_cpu=0, client_cpu=1, log=print):
+    """``{(server, protocol): [cell per repeat]}``; each repeat runs every cell once, the servers rotated."""
+    check_cpus(server_cpu, client_cpu)
+    exe = build_ref_client() if client == "c" else None
+    cells = {(s, p): [] for p in protocols for s in servers}
+    for rep in range(repeats):
+        order = servers[rep % len(servers):] + servers[: rep % len(servers)]
+        for p in protocols:
+            for s in order:
+                if client == "c":
+                    with ServerProcess(s, cpus=[server_cpu], extra_args=("--protocol", p)) as server:
+                        c = c_cell(exe, server, p, conns, depth, size, warmup_s, duration_s, client_cpu)
+                else:
+                    c = harness_cell(s, p, conns, size, depth, warmup_s, duration_s, server_cpu, client_cpu)
+                cells[(s, p)].append(c)
+                log(_log_line(rep, repeats, p, s, c))
+    return cells
+
+
+def _ratio(a, b, protocol, metric, bound, kind):
+    """A target ratio cython/uvloop, from the repeats where both runs are valid."""
+    per = [x[metric] / y[metric] for x, y in zip(a, b) if x["valid"] and y["valid"] and x[metric] and y[metric]]
+    st = spread(per)
+    met = None if st is None else (st["median"] >= bound if kind == "min" else st["median"] <= bound)
+    return {"protocol": protocol, "metric": metric, "target": f"{'>=' if kind == 'min' else '<='} {bound:g}",
+            "per_repeat": per, "stats": st, "met": met}
+
+
+def _ceiling(a, b, protocol):
+    """The kernel ceiling of the msgs/s ratio: uvloop's server CPU/msg over cython's kernel CPU/msg."""
+    per = [(y["server_user_us"] + y["server_sys_us"]) / x["server_sys_us"] for x, y in zip(a, b)
+           if x["valid"] and y["valid"] and x["server_sys_us"]
+           and y["server_user_us"] is not None and y["server_sys_us"] is not None]
+    bound = next((t[2] for t in TARGETS if t[0] == protocol and t[1] == "msgs_per_s"), None)
+    st = spread(per)
+    return {"protocol": protocol, "per_repeat": per, "stats": st, "target": bound,
+            "reachable": None if st is None or bound is None else st["median"] >= bound}
+
+
+def summarize(cells, protocols):
+    """Medians with spread per cell (valid runs only), the per-repeat cython/uvloop ratios, the kernel ceilings."""
+    out = {"cells": {}, "ratios": [], "ceilings": []}
+    for (s, p), runs in cells.items():
+        ok = [r for r in runs if r["valid"]]  # an invalid run (errors, a stall) is no measurement
+        out["cells"][f"{s}/{p}"] = {m: spread([r.get(m) for r in ok]) for m in METRICS}
+        out["cells"][f"{s}/{p}"]["invalid"] = [r["invalid_reason"] for r in runs if not r["valid"]]
+        out["cells"][f"{s}/{p}"]["limited_by"] = [r["limited_by"] for r in ok]
+    for p, metric, bound, kind in TARGETS:
+        a, b = cells.get(("cython", p)), cells.get(("uvloop", p))
+        if a and b and p in protocols:
+            out["ratios"].append(_ratio(a, b, p, metric, bound, kind))
+    for p in protocols:
+        a, b = cells.get(("cython", p)), cells.get(("uvloop", p))
+        if a and b:
+            out["ceilings"].append(_ceiling(a, b, p))
+    return out
+
+
+# --- the report ------------------------------------------------------------------------------------
+
+
+def _title(settings):
+    return [f"# Framed protocols through the {settings['client']} client: {settings['conns']} conns x "
+            f"{settings['size']} B x {settings['depth']} in flight",
+            "",
+            f"{settings['started_at']}, {settings['machine']}, server CPU {settings['server_cpu']}, client CPU "
+            f"{settings['client_cpu']}, {settings['repeats']} repeats x {settings['duration']:g} s "
+            f"(+{settings['warmup']:g} s warmup).  Median [min..max].",
+            ""]
+
+
+def _table(summary):
+    lines = ["| cell | msgs/s | server user µs/msg | server sys µs/msg | server total µs/msg | client µs/msg "
+             "| client util | limited by |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, c in summary["cells"].items():
+        bad = f" ({len(c['invalid'])} run(s) invalid, left out)" if c["invalid"] else ""
+        lines.append(
+            f"| {name}{bad} | {fmt_spread(c['msgs_per_s'], ',.0f')} | "
+            f"{fmt_spread(c['server_user_us'], '.3f')} | {fmt_spread(c['server_sys_us'], '.3f')} | "
+            f"{fmt_spread(c['server_total_us'], '.3f')} | "
+            f"{fmt_spread(c['client_us'], '.3f')} | {fmt_spread(c['client_util'], '.0%')} | "
+            f"{', '.join(str(x) for x in c['limited_by'])} |")
+    return lines
+
+
+def render(summary):
+    """The report as Markdown: the title (when the summary carries its settings), the cells, the verdicts."""
+    lines = _title(summary["settings"]) if "settings" in summary else []
+    lines += _table(summary) + [""]
+    for r in summary["ratios"]:
+        per = ", ".join(f"{x:.2f}" for x in r["per_repeat"])
+        verdict = {True: "met", False: "NOT met", None: "-"}[r["met"]]
+        lines.append(f"cython/uvloop {r['protocol']} {r['metric']}: median {fmt_spread(r['stats'], '.2f')} "
+                     f"[per repeat: {per}] target {r['target']}: {verdict}")
+    for c in summary.get("ceilings", ()):
+        if c["stats"] is None:
+            continue
+        verdict = {True: "the target is within it", False: "the target is ABOVE it: out of this machine's reach",
+                   None: ""}[c["reachable"]]
+        lines.append(f"kernel ceiling {c['protocol']} msgs/s ratio (uvloop server CPU/msg over cython's kernel "
+                     f"CPU/msg): median {fmt_spread(c['stats'], '.2f')}"
+                     + (f"; target >= {c['target']:g}: {verdict}" if c["target"] is not None else ""))
+    for name, c in summary["cells"].items():
+        for why in c["invalid"]:
+            lines.append(f"invalid {name}: {why}")
+    return "\n".join(lines)
+
+
+# --- the command line ------------------------------------------------------------------------------
+
+
+def _list(text, allowed, what):
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [x for x in items if x not in allowed]
+    if not items or bad:
+        raise UsageError(f"bad --{what} {text!r}; choose from {', '.join(allowed)}")
+    return items
+
+
+def _parser():
+    ap = argparse.ArgumentParser(prog="python -m sockbench.bench.calibrate.framed",
+                                 description=__doc__.splitlines()[0])
+    ap.add_argument("--client", choices=CLIENTS, default="harness",
+                    help="harness: sockbench's own load path (default); c: the reference C client")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=3.0)
+    ap.add_argument("--warmup", type=float, default=1.0)
+    ap.add_argument("--servers", default="cython,uvloop")
+    ap.add_argument("--protocols", default="frame,json")
+    ap.add_argument("--conns", type=int, default=100)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--depth", type=int, default=16)
+    ap.add_argument("--server-cpu", type=int, default=0)
+    ap.add_argument("--client-cpu", type=int, default=1)
+    ap.add_argument("--json", metavar="PATH", help="write every run and the summary here")
+    ap.add_argument("--md", metavar="PATH", help="write the report here (it is printed anyway)")
+    return ap
+
+
+def _parse(argv):
+    """The arguments, the servers and the protocols; one-line ``UsageError`` for anything that cannot run."""
+    ap = _parser()
+
+    def error(message):
+        raise UsageError(message)
+
+    ap.error = error
+    a = ap.parse_args(argv)
+    if a.repeats < 1 or a.conns < 1 or a.size < 1 or a.depth < 1:
+        raise UsageError("--repeats, --conns, --size and --depth must be >= 1")
+    if a.duration <= 0 or a.warmup < 0:
+        raise UsageError("--duration must be > 0 and --warmup >= 0")
+    servers = _list(a.servers, registry.available_names(), "servers")
+    protocols = _list(a.protocols, PROTOCOLS, "protocols")
+    for s in servers:
+        missing = [p for p in protocols if p not in registry.SERVERS[s].protocols]
+        if missing:
+            raise UsageError(f"server {s!r} does not speak {', '.join(missing)}")
+    return a, servers, protocols
+
+
+def main(argv=None):
+    try:
+        a, servers, protocols = _parse(argv)
+        settings = {k: getattr(a, k) for k in ("client", "repeats", "duration", "warmup", "conns", "size", "depth",
+                                                "server_cpu", "client_cpu")}
+        info = machine_info()
+        settings.update(started_at=iso_utc(), machine=machine_line(info))
+        cells = run_benchmark(servers, protocols, a.repeats, a.duration, a.warmup, a.conns, a.size, a.depth,
+                              client=a.client, server_cpu=a.server_cpu, client_cpu=a.client_cpu,
+                              log=lambda s: print(s, file=sys.stderr, flush=True))
+    except SockbenchError as e:
+        print(f"framed: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("framed: interrupted", file=sys.stderr)
+        return 130
+    summary = summarize(cells, protocols)
+    summary["settings"] = settings
+    text = render(summary)
+    print(text)
+    if a.md:
+        with open(a.md, "w") as f:
+            f.write(text + "\n")
+    if a.json:
+        write_json_atomic(a.json, {"summary": summary, "machine": info,
+                                   "runs": {f"{s}/{p}": v for (s, p), v in cells.items()}})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
