@@ -10,6 +10,7 @@ servers so the unit run stays short.
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -92,6 +93,21 @@ def test_markdown_has_a_table_per_workload_and_every_plot(report, base):
         assert f"(plots/{name})" in md
     assert "1.00× (fastest)" in md
     assert "None: every run was valid" in md
+
+
+def test_markdown_and_html_have_the_same_sections(report):
+    from html import unescape
+
+    from markdown_it import MarkdownIt  # comes with rich
+
+    md = MarkdownIt("commonmark").enable("table").render(open(report["md"]).read())
+    html = open(report["html"]).read()
+    for tag in ("h1", "h2", "h3"):
+        titles = [[unescape(t) for t in re.findall(f"<{tag}>(.*?)</{tag}>", text)] for text in (md, html)]
+        assert titles[0] == titles[1] and titles[0], tag
+    for tag in ("<table", "<li>", "<img"):
+        assert md.count(tag) == html.count(tag), tag
+    assert md.count("<tr") == html.count("<tr") + 1  # a Markdown table needs a header row: the settings' one
 
 
 def test_latency_comes_from_the_merged_histogram(base):
