@@ -1,4 +1,4 @@
-"""The six plots of a sockbench report, drawn with matplotlib's Agg backend (no display needed).
+"""The seven plots of a sockbench report, drawn with matplotlib's Agg backend (no display needed).
 
 Why it is built this way: a plot is often seen alone (pasted in a chat, an
 issue, a README), so each one carries everything needed to read it: a title
@@ -6,7 +6,7 @@ that names the workload, axis labels with units, a legend, and a footnote with
 the machine, the commit and the date.  Colours are fixed per server across all
 plots, so a server is recognised at a glance from one plot to the next.
 
-Every figure is drawn from ``resultsdir.Results`` only (the raw per-round
+Every figure is drawn from ``store.Results`` only (the raw per-round
 results), so a report can be rebuilt from an interrupted run.  A plot whose
 data is absent from the run (say, no open-loop cells) is skipped and reported
 as such, never drawn empty.
@@ -318,7 +318,9 @@ def plot_efficiency(results, path, colors):
     _bars_by_size(results, path, colors, cells, lambda c: c.msgs_per_cpu_s, lambda c: c.msgs_per_cpu_s_rounds(),
                   "messages echoed per server CPU-second (user+sys)",
                   f"Server CPU efficiency, closed loop, {top} connections (higher is better)",
-                  "server CPU from /proc/PID/stat over the measured window; error bars: min-max over rounds")
+                  "server CPU over the measured window: the scheduler's runtime of its threads (schedstat), split into "
+                  "user and sys by the clock ticks\n(the ticks alone in a round where a thread ended inside the window); "
+                  "error bars: min-max over rounds")
     return None
 
 
