@@ -82,7 +82,7 @@ def run_benchmark(servers, protocols, repeats, duration_s, warmup_s, conns, size
             for s in order:
                 spec = LoadSpec(server=s, protocol=p, mode="closed", conns=conns, size=size, depth=depth,
                                 duration_s=duration_s, warmup_s=warmup_s)
-                c = _cell(run_load(spec))
+                c = _cell(run_load(spec).to_json())
                 cells[(s, p)].append(c)
                 log(f"repeat {rep + 1}/{repeats} {p:5} {s:16} {c['msgs_per_s']:>10,.0f} msgs/s  "
                     f"server user {c['server_user_us'] or 0:.3f} sys {c['server_sys_us'] or 0:.3f} µs/msg  "
