@@ -175,6 +175,21 @@ class Cell:
             text += f" · {self.protocol}"
         return text
 
+    def title(self, unit="messages"):
+        """``describe()`` in words, without the server (a report's tables and warnings name it apart):
+        ``closed loop · 64B messages · 10 connections · depth 16 · json protocol``; ``unit`` says what
+        the size counts (a protocol section's title says ``payload``)."""
+        text = f"{self.mode} loop · {format_size(self.size)} {unit} · {self.conns} connection"
+        if self.conns != 1:
+            text += "s"
+        if self.depth != 1:
+            text += f" · depth {self.depth}"
+        if self.mode == "open":
+            text += f" · {self.load_pct}% of each server's peak"
+        if self.protocol != "raw":
+            text += f" · {self.protocol} protocol"
+        return text
+
 
 # --- the parts of a result ----------------------------------------------------------------------
 
