@@ -27,7 +27,7 @@ from sockbench.bench.report.blocks import (
 )
 from sockbench.bench.report.plots import make_plots
 from sockbench.bench.report.render import to_html, to_markdown
-from sockbench.bench.report.store import load_results, machine_line
+from sockbench.bench.report.store import load_results
 from sockbench.errors import SockbenchError
 from sockbench.procfs import TICK_S
 from sockbench.thresholds import UNSTABLE_SPREAD
@@ -35,7 +35,7 @@ from sockbench.timestamps import iso_utc
 from sockbench.units import format_size
 
 __all__ = [
-    "build_report", "build_document", "workload_title", "table_rows", "protocol_cost_rows", "FLAG_HELP",
+    "build_report", "build_document", "table_rows", "protocol_cost_rows", "FLAG_HELP",
     "COLUMNS", "PROTO_COLUMNS",
 ]
 
@@ -70,17 +70,6 @@ def _mib(b):
     return f"{b / (1 << 20):.1f} MiB" if b else "n/a"
 
 
-def workload_title(cell):
-    t = f"{cell.mode} loop · {format_size(cell.size)} messages · {cell.conns} connection{'s' if cell.conns != 1 else ''}"
-    if cell.depth != 1:
-        t += f" · depth {cell.depth}"
-    if cell.mode == "open":
-        t += f" · {cell.load_pct}% of each server's peak"
-    if cell.protocol != "raw":
-        t += f" · {cell.protocol} protocol"
-    return t
-
-
 def _delta(v, base):
     if not (math.isfinite(v) and math.isfinite(base)):
         return "n/a"
@@ -93,7 +82,7 @@ def _range(vals):
 
 def _tick_us(c):
     """The resolution of a round's user CPU per message: one clock tick over the messages of its window."""
-    durs = [float((r.get("workload") or {}).get("duration_s") or 0) for r in c.runs]
+    durs = [float(r.workload.duration_s or 0) for r in c.results]
     msgs = c.median * (sorted(durs)[len(durs) // 2] if durs else 0.0)
     return TICK_S * 1e6 / msgs if msgs > 0 else float("nan")
 
@@ -130,10 +119,7 @@ def protocol_cost_rows(results):
                     _fmt(tot) + _range(c.cpu_us_per_msg_rounds()), cost,
                     _fmt(user) + _range(c.user_us_per_msg_rounds()), ucost, _fmt(_tick_us(c), 2), " ".join(flags) or "ok",
                 ], flags, c))
-        cell = raw_any.cell
-        title = (f"{cell.mode} loop · {format_size(cell.size)} payload · {cell.conns} connection{'s' if cell.conns != 1 else ''}"
-                 + (f" · depth {cell.depth}" if cell.depth != 1 else "") + f" · {', '.join(protos)}")
-        out.append((title, rows))
+        out.append((f"{raw_any.cell.title('payload')} · {', '.join(protos)}", rows))
     return out
 
 
@@ -153,9 +139,9 @@ def table_rows(results, workload_id):
     best = max(good) if good else 0.0
     rows = []
     for c in cells:
-        lat = c.latency()
+        lat = c.latency_summary()
         flags = c.flags()
-        msgs = f"{_fmt(c.median)} ± {_fmt(c.stdev)} ({c.spread:.1%}, n={len(c.runs)})"
+        msgs = f"{_fmt(c.median)} ± {_fmt(c.stdev)} ({c.spread:.1%}, n={len(c.results)})"
         if c.cell.mode == "open":
             msgs += f" of {_fmt(c.target_rate)} offered"
         errs = str(c.errors_total)
@@ -167,7 +153,7 @@ def table_rows(results, workload_id):
             ratio = "1.00× (fastest)"
         cpu = c.cpu_us_per_msg
         rows.append(([
-            c.server, msgs, _fmt(c.mb_per_s), _fmt(lat["p50"]), _fmt(lat["p99"]), _fmt(lat["p999"]),
+            c.server, msgs, _fmt(c.mb_per_s), _fmt(lat.p50), _fmt(lat.p99), _fmt(lat.p999),
             _fmt(cpu), _mib(c.rss_peak_bytes), errs, " ".join(flags) or "ok", ratio,
         ], flags, c))
     return rows
@@ -191,7 +177,7 @@ def _settings(results):
         out.append(("each round", f"{plan.get('warmup_s')} s warmup (excluded) + {plan.get('duration_s')} s measured, "
                                   f"{plan.get('interval_s')} s intervals; {plan.get('rounds')} rounds per cell"))
         out.append(("CPU pinning", f"server on CPU {plan.get('server_cpus')}, load client on CPU {plan.get('client_cpus')}"))
-    out.append(("machine", machine_line(results.machine())))
+    out.append(("machine", results.machine_record().line()))
     out.append(("commit", results.commit()))
     out.append(("started", str(results.meta.get("started_at", "unknown"))))
     if results.meta.get("finished_at"):
@@ -206,7 +192,7 @@ def _speaks_framed(plan, server):
 
 def _status_banner(results):
     status = results.meta.get("status")
-    done = len(results.runs)
+    done = len(results.results)
     planned = results.meta.get("planned_runs")
     if status in ("interrupted", "failed", "running"):
         what = {"interrupted": "was interrupted", "failed": "failed", "running": "did not finish (still running, or killed)"}[status]
@@ -223,10 +209,10 @@ def _warnings(results):
             if f == "INVALID" and c.invalid_reasons:
                 detail = ": " + "; ".join(c.invalid_reasons)
             elif f == "UNSTABLE":
-                detail = f": spread {c.spread:.1%} over {len(c.runs)} rounds"
+                detail = f": spread {c.spread:.1%} over {len(c.results)} rounds"
             elif f == "CLIENT-BOUND":
                 detail = f": client {'busy' if c.client_polling else 'CPU'} {c.client_load:.0%}"
-            out.append((f, f"{c.server}, {workload_title(c.cell)}{detail}"))
+            out.append((f, f"{c.server}, {c.cell.title()}{detail}"))
     return out
 
 
@@ -252,7 +238,7 @@ def build_document(results, plots):
                           f"{UNSTABLE_SPREAD:.0%} of the median.", "good"))
     doc.add(Heading(2, "Results by workload"), Paragraph(RESULTS_NOTE, "note"))
     for wid, cell in results.workloads().items():
-        doc.add(Heading(3, workload_title(cell)), _table(COLUMNS, table_rows(results, wid)))
+        doc.add(Heading(3, cell.title()), _table(COLUMNS, table_rows(results, wid)))
     proto = protocol_cost_rows(results)
     if proto:
         doc.add(Heading(2, "Cost of each protocol over raw"), Paragraph(PROTO_NOTE, "note"))

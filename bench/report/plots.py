@@ -103,7 +103,7 @@ def _open(results):
 
 
 def _rounds_note(cells):
-    n = sorted({len(c.runs) for c in cells})
+    n = sorted({len(c.results) for c in cells})
     txt = "/".join(str(x) for x in n)
     return f"{txt} round{'s' if n != [1] else ''} per point"
 
@@ -284,11 +284,11 @@ def plot_latency_vs_load(results, path, colors):
         return "no open-loop cells in this run"
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
     servers = [s for s in results.servers() if any(c.server == s for c in opens)]
-    for ax, key, label in ((axes[0], "p50", "median (p50)"), (axes[1], "p99", "p99")):
+    for ax, figure, label in ((axes[0], lambda lat: lat.p50, "median (p50)"), (axes[1], lambda lat: lat.p99, "p99")):
         for server in servers:
             pts = sorted((c for c in opens if c.server == server), key=lambda c: c.cell.load_pct)
             x = [c.target_rate if c.target_rate > 0 else c.achieved_rate for c in pts]
-            y = [c.latency()[key] for c in pts]
+            y = [figure(c.latency_summary()) for c in pts]
             ax.plot(x, y, marker="o", color=colors[server], label=server)
             for c, xi, yi in zip(pts, x, y):
                 ax.annotate(f"{c.cell.load_pct}%", (xi, yi), xytext=(3, 4), textcoords="offset points",
@@ -335,22 +335,22 @@ def plot_run_chart(results, path, colors):
     fig, ax = plt.subplots(figsize=(9.5, 4.8))
     warm_end = 0.0
     for c in cells:
-        if not c.runs:
+        if not c.results:
             continue
         # the round whose throughput is the median one: a typical run, not the best
-        order = sorted(range(len(c.runs)), key=lambda i: c.msgs[i])
+        order = sorted(range(len(c.results)), key=lambda i: c.msgs[i])
         idx = order[len(order) // 2]
-        ts = c.runs[idx].get("timeseries") or {}
-        msgs = ts.get("msgs") or []
-        iv = float(ts.get("interval_s") or 0)
+        ts = c.results[idx].timeseries
+        msgs = ts.msgs or []
+        iv = float(ts.interval_s or 0)
         if not msgs or iv <= 0:
             continue
         # interval i covers [i*iv, (i+1)*iv): draw it as a flat step over that span
         t = np.arange(len(msgs) + 1) * iv
         y = np.asarray(list(msgs) + [msgs[-1]], dtype=float) / iv
         ax.step(t, y, where="post", color=colors[c.server],
-                label=f"{c.server} (round {idx + 1} of {len(c.runs)})")
-        warm_end = max(warm_end, int(ts.get("warmup_intervals") or 0) * iv)
+                label=f"{c.server} (round {idx + 1} of {len(c.results)})")
+        warm_end = max(warm_end, int(ts.warmup_intervals or 0) * iv)
         drawn += 1
     if not drawn:
         plt.close(fig)
