@@ -36,7 +36,6 @@ import itertools
 import math
 
 from sockbench.bench.report.store import load_results
-from sockbench.errors import UsageError
 
 __all__ = ["mann_whitney_u", "compare", "render", "EXACT_LIMIT", "ALPHA"]
 
@@ -189,6 +188,7 @@ def _f(v):
 
 def render(result, console=None):
     """Print the comparison as a rich table, then one summary line."""
+    # deferred: rich is needed only to print, not by compare() (tests, CI scripts)
     from rich.console import Console
     from rich.table import Table
 

@@ -31,13 +31,14 @@ import subprocess
 import sys
 import time
 
-from sockbench.bench.suite.plan import default_plan, quick_plan
-from sockbench.units import format_size
 from sockbench.bench.report.store import RAW_DIR
-from sockbench.jsonfile import write_json_atomic
-from sockbench.timestamps import folder_stamp
+from sockbench.bench.suite.plan import default_plan, quick_plan
 from sockbench.bench.suite.session import ENV_OUT, ENV_PLAN, PROGRESS_FILE, new_meta, update_meta
 from sockbench.errors import SockbenchError, UsageError
+from sockbench.jsonfile import write_json_atomic
+from sockbench.servers import registry
+from sockbench.timestamps import folder_stamp
+from sockbench.units import format_size, parse_size
 
 __all__ = ["build_plan", "run_main", "suite_command", "SUITE_FILE"]
 
@@ -56,9 +57,6 @@ def _split(values):
 def build_plan(servers=None, sizes=None, conns=None, quick=False, rounds=None, duration_s=None,
                warmup_s=None, open_pcts=None, server_cpus=None, client_cpus=None, protocols=None):
     """The run's Plan from the command line; any bad value is a one-line UsageError."""
-    from sockbench.servers import registry
-    from sockbench.units import parse_size
-
     if servers:
         names = _split(servers)
         for n in names:
@@ -219,6 +217,7 @@ class _Follow:
 
 
 def _progress(console, live):
+    # rich is imported only when a run starts: `sockbench run --help` and bad input stay quick
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(
@@ -363,6 +362,7 @@ def run_main(plan, out=None, console=None, argv=None):
 
     Returns the exit status: 0 complete, 130 interrupted, 1 if the suite failed.
     """
+    # deferred: rich, and matplotlib behind the report, cost ~0.5 s to import
     from rich.console import Console
 
     from sockbench.bench.report.document import build_report
