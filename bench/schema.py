@@ -15,13 +15,15 @@ a result is refused in one place, with one line (``SchemaError``).
   pacing figures, ``timeseries.sent``, the server's ``cpus`` when the harness
   started it) are left out when they do not apply, as the harness always has.
 * ``from_json(d)`` checks the shape and builds the objects.  Tolerance for
-  older or hand-made files lives here and nowhere else (``_LEGACY``):
-  a workload without ``protocol`` was raw; a workload without ``depth`` had
-  one message in flight; ``hdr_unit`` defaults to nanoseconds; machine keys
-  written under other names (``cpu``, ``cpu_count``, ``node`` ...) are read
-  into their one spelling; parts a file lacks read as empty (every figure
-  ``None``).  Writing such a result back gives the normalised form: the one
-  spelling, every part present.
+  older or hand-made files lives in the ``from_json`` methods and nowhere
+  else: a workload without ``protocol`` was raw; a workload without
+  ``depth`` had one message in flight; ``hdr_unit`` defaults to
+  nanoseconds; machine keys written under other names (``cpu``,
+  ``cpu_count``, ``node`` ...: ``_MACHINE_ALIASES``) are read into their one
+  spelling; parts a file lacks read as empty (every figure ``None``); a
+  ``cell`` without a server is no suite context; an explicit ``null`` for a
+  key that exists in some modes only reads as absent.  Writing such a result
+  back gives the normalised form: the one spelling, every part present.
 * ``Cell`` is the identity of one point of the benchmark matrix.  The suite
   plans cells and the report groups results by cell, and the report must
   not import the suite, so it lives here, beside the ``cell`` context the

@@ -55,6 +55,15 @@ Why it is built this way
   outside passes that found nothing to do) instead of its CPU time.
   ``limited_by`` says which side's CPUs were saturated ("client", "server",
   "both", or null when neither was).
+* One shape per step, and each step does one thing.  The spec and its checks
+  are ``spec.LoadSpec``; a run is set up (``_spawn_workers``, ``_wait_ready``),
+  windowed (``_open_window``) and collected (``_collect``); each load process
+  reports one ``worker.ProcResult``; the result is built from them by
+  concern: add the processes up (``_aggregate``, ``_throughput``,
+  ``_timeseries``), the CPU of each side (``_client_cpu``, ``_server_cpu``,
+  ``_limited_by``), the verdict (``_invalid_reasons``), and the
+  ``LoadResult`` of the result schema (``sockbench.bench.schema``), which
+  alone spells the JSON.
 """
 
 import json
@@ -70,6 +79,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 
+from sockbench.bench.load import hdr
 from sockbench.bench.load.spec import MAX_FRAMED_SIZE, MODES, PROTOCOLS, LoadSpec
 from sockbench.bench.load.worker import FD_HEADROOM, ProcResult, WorkerParams, format_addr
 from sockbench.bench.schema import (
@@ -437,8 +447,6 @@ class _Merged:
 
 def _aggregate(rs):
     """Add up the per-process parts exactly: counts summed, histograms merged, exact means from the sums."""
-    from sockbench.bench.load import hdr  # deferred: hdrh is needed once a run has results
-
     h1 = hdr.merge_encoded(r.hdr1 for r in rs)
     h2 = hdr.merge_encoded(r.hdr2 for r in rs)
     return _Merged(
@@ -454,19 +462,24 @@ def _aggregate(rs):
 def _throughput(spec, rs, msgs):
     """Payload bytes, whatever the protocol; wire bytes add the framing and headers."""
     dur = spec.duration_s
-    kw = {}
+    target = achieved = pacing = behind = conns_per_s = None
     if spec.mode == "open":
+        target = spec.rate
         achieved = sum(r.sent_window for r in rs) / dur
-        kw.update(
-            target_rate=spec.rate,
-            achieved_rate=achieved,
-            pacing_error=(achieved - spec.rate) / spec.rate,
-            behind=achieved < spec.rate * (1 - BEHIND_FRACTION),
-        )
+        pacing = (achieved - spec.rate) / spec.rate
+        behind = achieved < spec.rate * (1 - BEHIND_FRACTION)
     if spec.mode == "connect":
-        kw["conns_per_s"] = sum(r.cycles for r in rs) / dur
-    return Throughput(msgs_per_s=msgs / dur, bytes_per_s=sum(r.rx_bytes for r in rs) / dur,
-                      wire_bytes_per_s=sum(r.rx_wire_bytes for r in rs) / dur, **kw)
+        conns_per_s = sum(r.cycles for r in rs) / dur
+    return Throughput(
+        msgs_per_s=msgs / dur,
+        bytes_per_s=sum(r.rx_bytes for r in rs) / dur,
+        wire_bytes_per_s=sum(r.rx_wire_bytes for r in rs) / dur,
+        target_rate=target,
+        achieved_rate=achieved,
+        pacing_error=pacing,
+        behind=behind,
+        conns_per_s=conns_per_s,
+    )
 
 
 def _client_cpu(rs, msgs):
@@ -503,17 +516,17 @@ def _client_cpu(rs, msgs):
 
 def _server_cpu(spec, server, srv, msgs):
     """The server's CPU over the same window, from load process 0's samples."""
-    kw = {}
+    user_s = sys_s = source = cpus = util = None
+    per_msg = CpuPerMsg()
     if srv.cpu0 and srv.cpu1:
         user_s, sys_s, source = server_cpu(srv.cpu0, srv.cpu1)
         user_s, sys_s = round(user_s, 6), round(sys_s, 6)
-        kw.update(user_s=user_s, sys_s=sys_s, cpu_source=source, us_per_msg=CpuPerMsg.of(user_s, sys_s, msgs))
+        per_msg = CpuPerMsg.of(user_s, sys_s, msgs)
     if server is not None:
-        kw["cpus"] = list(spec.server_cpus)
-        kw["cpu_util"] = (
-            (kw["user_s"] + kw["sys_s"]) / (spec.duration_s * len(spec.server_cpus)) if "user_s" in kw else None
-        )
-    return ServerProc(pid=srv.pid, rss_peak_bytes=srv.rss_peak_bytes, **kw)
+        cpus = list(spec.server_cpus)
+        util = (user_s + sys_s) / (spec.duration_s * len(cpus)) if user_s is not None else None
+    return ServerProc(pid=srv.pid, user_s=user_s, sys_s=sys_s, rss_peak_bytes=srv.rss_peak_bytes, us_per_msg=per_msg,
+                      cpu_source=source, cpus=cpus, cpu_util=util)
 
 
 def _limited_by(client_bound, server_proc):
@@ -564,8 +577,6 @@ def _invalid_reasons(spec, rs, problems, merged, idle_s):
 
 def _build_result(spec, server, host, port, started_at, procs, problems, srv):
     """The ``LoadResult`` of a run, from the load processes' ``ProcResult``s, the problems and the server's window."""
-    from sockbench.bench.load import hdr  # deferred: as in _aggregate
-
     rs = [procs[i] for i in sorted(procs)]
     merged = _aggregate(rs)
     client, client_bound = _client_cpu(rs, merged.msgs)

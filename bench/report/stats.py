@@ -16,6 +16,8 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
+from hdrh.histogram import HdrHistogram
+
 from sockbench.bench.schema import Cell, CellSummary, MergedLatency
 from sockbench.thresholds import UNSTABLE_SPREAD
 
@@ -27,8 +29,6 @@ def decode_hdr(text):
 
     Values are in nanoseconds, as the harness records them (``sockbench.bench.load.hdr``).
     """
-    from hdrh.histogram import HdrHistogram  # deferred: hdrh is only needed once a histogram is read
-
     if not text:
         return None
     try:
@@ -44,8 +44,6 @@ def merged_hdr(results):
     hists = [h for h in (decode_hdr(r.hdr) for r in results) if h is not None]
     if not hists:
         return None
-    from hdrh.histogram import HdrHistogram  # deferred: as in decode_hdr
-
     first = hists[0]
     total = HdrHistogram(
         first.lowest_trackable_value, first.highest_trackable_value, first.significant_figures

@@ -30,7 +30,7 @@ import time
 from sockbench.bench.load.harness import run_load
 from sockbench.bench.load.spec import LoadSpec
 from sockbench.bench.report.store import RAW_DIR, CellStats, raw_name
-from sockbench.bench.schema import Cell, CellContext
+from sockbench.bench.schema import Cell, CellContext, Machine
 from sockbench.bench.suite.plan import Plan, default_plan
 from sockbench.jsonfile import write_json_atomic
 from sockbench.machine import machine_info
@@ -53,15 +53,15 @@ PROGRESS_FILE = "progress.jsonl"
 
 def new_meta(plan, argv=None):
     """``meta.json`` of a new run: the machine, the commit, the plan; status ``running``."""
-    m = machine_info()
+    m = Machine(**machine_info())
     return {
         "schema": 1,
         "kind": "sockbench-run",
         "started_at": iso_utc(),
         "status": "running",
-        "commit": m.get("git_commit"),
-        "dirty": m.get("git_dirty"),
-        "machine": m,
+        "commit": m.git_commit,
+        "dirty": m.git_dirty,
+        "machine": m.to_json(),
         "plan": plan.to_dict(),
         "planned_runs": plan.total_runs(),
         "argv": list(argv) if argv is not None else list(sys.argv),

@@ -117,14 +117,22 @@ def _n(v, fmt="{:,.0f}"):
 
 
 def render_summary(r):
-    """A one-screen rich renderable of a ``LoadResult``."""
+    """A one-screen rich renderable of a ``LoadResult``: the run, its verdict, throughput, latency, CPU, errors."""
     # deferred: rich, as in run_cli
     from rich.console import Group
-    from rich.table import Table
     from rich.text import Text
 
+    verdict = Text("VALID", style="bold green") if r.valid else Text(f"INVALID: {r.invalid_reason}", style="bold red")
+    e = r.errors
+    errs = Text(f"errors: {e.total}  " + "  ".join(f"{k} {v}" for k, v in e.by_kind.items()),
+                style="red" if e.total else "dim")
+    return Group(_head(r), verdict, _throughput_table(r), _latency_table(r), _cpu_table(r), errs, *_notes(r))
+
+
+def _head(r):
+    from rich.text import Text  # deferred: rich, as in run_cli
+
     w = r.workload
-    t = r.throughput
     head = Text()
     head.append(f"{r.server}", style="bold")
     head.append(f"  {w.mode}")
@@ -134,14 +142,21 @@ def render_summary(r):
     if w.mode == "open":
         head.append(f"  rate {w.rate:,.0f}/s")
     head.append(f"  {w.duration_s:g} s (+{w.warmup_s:g} s warmup)  {w.procs} proc(s)")
-    verdict = Text("VALID", style="bold green") if r.valid else Text(f"INVALID: {r.invalid_reason}", style="bold red")
+    return head
 
+
+def _throughput_table(r):
+    # deferred: rich, as in run_cli
+    from rich.table import Table
+    from rich.text import Text
+
+    t = r.throughput
     tp = Table(box=None, show_header=False, pad_edge=False)
     tp.add_column(style="dim")
     tp.add_column(justify="right")
     tp.add_row("msgs/s", _n(t.msgs_per_s))
     tp.add_row("MB/s", _n(t.bytes_per_s / 1e6, "{:,.1f}"))
-    if w.protocol != "raw" and t.wire_bytes_per_s is not None:
+    if r.workload.protocol != "raw" and t.wire_bytes_per_s is not None:
         tp.add_row("wire MB/s", _n(t.wire_bytes_per_s / 1e6, "{:,.1f}"))
     if t.conns_per_s is not None:
         tp.add_row("conns/s", _n(t.conns_per_s))
@@ -149,18 +164,30 @@ def render_summary(r):
         tp.add_row("target rate", _n(t.target_rate))
         style = "red" if t.behind else ""
         tp.add_row("achieved rate", Text(f"{t.achieved_rate:,.0f} ({t.pacing_error:+.2%})", style=style))
+    return tp
+
+
+def _latency_table(r):
+    from rich.table import Table  # deferred: rich, as in run_cli
 
     lat = Table(box=None, pad_edge=False)
     lat.add_column("µs", style="dim")
-    rows = [("latency" if w.mode != "connect" else "connect", r.latency_us)]
+    rows = [("latency" if r.workload.mode != "connect" else "connect", r.latency_us)]
     if r.service_us is not None:
         rows.append(("service", r.service_us))
     if r.cycle_us is not None:
         rows.append(("cycle", r.cycle_us))
-    for k in rows[0][1].figures():
+    for k in r.latency_us.figures():
         lat.add_column(k, justify="right")
     for label, s in rows:
         lat.add_row(label, *(_n(v, "{:,.1f}") for v in s.figures().values()))
+    return lat
+
+
+def _cpu_table(r):
+    # deferred: rich, as in run_cli
+    from rich.table import Table
+    from rich.text import Text
 
     cpu = Table(box=None, pad_edge=False)
     cpu.add_column("cpu", style="dim")
@@ -178,9 +205,13 @@ def render_summary(r):
         Text(_n(cl.cpu_util, "{:.0%}") + (f" (busy {cl.busy_util:.0%})" if cl.busy_util is not None else ""),
              style="red" if r.client_bound else ""), "",
     )
-    e = r.errors
-    errs = Text(f"errors: {e.total}  " + "  ".join(f"{k} {v}" for k, v in e.by_kind.items()),
-                style="red" if e.total else "dim")
+    return cpu
+
+
+def _notes(r):
+    from rich.text import Text  # deferred: rich, as in run_cli
+
+    cl = r.client
     notes = []
     if r.client_bound:
         notes.append(Text("client-bound: the load CPUs were >= 95% busy; this figure measures the client too", style="yellow"))
@@ -191,4 +222,4 @@ def render_summary(r):
                           "its CPU is always 100%, its busy share says how loaded it was", style="dim"))
     if cl.msgs_per_write:
         notes.append(Text(f"coalescing: {cl.msgs_per_write:.2f} msgs per write ({cl.writes:,} writes)", style="dim"))
-    return Group(head, verdict, tp, lat, cpu, errs, *notes)
+    return notes
