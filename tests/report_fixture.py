@@ -1,10 +1,11 @@
 """A synthetic results folder for the report/plots/compare tests: realistic, deterministic, fast.
 
 Why it exists: the report code must be testable without running a load (which
-takes seconds and is noisy).  These results follow the schema-1 result JSON
-of the harness key for key, with real HdrHistogram-encoded latency histograms,
-per-interval time series with a warmup, and the ``cell`` block the suite adds,
-so the report code sees exactly what a real run writes.  ``slowdown`` scales
+takes seconds and is noisy).  These results are built as ``LoadResult``
+objects of the result schema (``sockbench.bench.schema``) and written with its
+``to_json()``, as the suite writes a real run: real HdrHistogram-encoded latency
+histograms, per-interval time series with a warmup, and the ``CellContext``
+the suite attaches.  ``slowdown`` scales
 one server's throughput (and stretches its latency), to test ``compare``.
 The default plan has the protocol section (raw, frame, json at 100 x 64 B x
 16): a framed message costs the server more CPU (``PROTO_COST_US``, user
@@ -19,8 +20,12 @@ import statistics
 
 from hdrh.histogram import HdrHistogram
 
-from sockbench.bench.suite.plan import Plan
 from sockbench.bench.report.store import raw_name, write_json_atomic
+from sockbench.bench.schema import (
+    ERROR_KINDS, CellContext, Client, CpuPerMsg, Errors, Latency, LoadResult, Machine, ServerProc, Throughput,
+    Timeseries, Workload,
+)
+from sockbench.bench.suite.plan import Plan
 
 __all__ = ["make_results", "BASE_RATE", "PROTO_COST_US"]
 
@@ -33,14 +38,14 @@ PROTO_COST_US = {"raw": 0.0, "frame": 3.0, "json": 12.0}
 N_SAMPLES = 600
 _NORMAL = statistics.NormalDist()
 
-MACHINE = {
-    "hostname": "fixture-host",
-    "cpu_model": "Synthetic CPU @ 3.0GHz",
-    "cores": 2,
-    "os": "Linux",
-    "kernel": "6.1.0",
-    "python": "3.11.9",
-}
+MACHINE = Machine(
+    hostname="fixture-host",
+    cpu_model="Synthetic CPU @ 3.0GHz",
+    cores=2,
+    os="Linux",
+    kernel="6.1.0",
+    python="3.11.9",
+)
 
 
 def _conc_factor(conns):
@@ -53,23 +58,19 @@ def _size_factor(size):
 
 def _result(rng, cell, round_no, index, plan, rate, slow, peak=None, raw_rate=None):
     noise = 1.0 + rng.uniform(-0.02, 0.02)
-    w = {
-        "mode": cell.mode, "protocol": cell.protocol, "conns": cell.conns, "size": cell.size, "depth": cell.depth,
-        "rate": None, "duration_s": plan.duration_s, "warmup_s": plan.warmup_s, "procs": 1,
-    }
-    thr = {}
+    target = None
     if cell.mode == "closed":
         msgs = rate * noise * slow
         base_lat = cell.conns / msgs * 1e6  # Little's law, microseconds
-        thr = {"msgs_per_s": msgs, "bytes_per_s": msgs * cell.size}
+        thr = Throughput(msgs_per_s=msgs, bytes_per_s=msgs * cell.size)
     else:
         target = peak * cell.load_pct / 100.0
-        w["rate"] = target
         msgs = target * (1.0 - rng.uniform(0, 0.003))
         util = min(0.97, cell.load_pct / 100.0)
         base_lat = 40.0 / (1.0 - util) / slow  # M/M/1-ish hockey stick; a slower server is slower per message
-        thr = {"msgs_per_s": msgs, "bytes_per_s": msgs * cell.size, "target_rate": target,
-               "achieved_rate": msgs, "behind": False}
+        thr = Throughput(msgs_per_s=msgs, bytes_per_s=msgs * cell.size, target_rate=target, achieved_rate=msgs, behind=False)
+    w = Workload(mode=cell.mode, protocol=cell.protocol, conns=cell.conns, size=cell.size, depth=cell.depth,
+                 rate=target, duration_s=plan.duration_s, warmup_s=plan.warmup_s, procs=1)
     # nanoseconds, like the harness (sockbench.bench.load.hdr); the summary is in microseconds
     # stratified lognormal quantiles: the percentiles move with the workload, not with sampling luck
     h = HdrHistogram(1, 100 * 10**9, 3)
@@ -79,11 +80,11 @@ def _result(rng, cell, round_no, index, plan, rate, slow, peak=None, raw_rate=No
         v = max(1, int(scale * math.exp(0.45 * _NORMAL.inv_cdf((i + 0.5) / N_SAMPLES))))
         total += v
         h.record_value(v)
-    lat = {
-        "p50": h.get_value_at_percentile(50) / 1e3, "p90": h.get_value_at_percentile(90) / 1e3,
-        "p99": h.get_value_at_percentile(99) / 1e3, "p999": h.get_value_at_percentile(99.9) / 1e3,
-        "max": h.get_max_value() / 1e3, "mean": total / N_SAMPLES / 1e3, "count": N_SAMPLES,
-    }
+    lat = Latency(
+        count=N_SAMPLES, p50=h.get_value_at_percentile(50) / 1e3, p90=h.get_value_at_percentile(90) / 1e3,
+        p99=h.get_value_at_percentile(99) / 1e3, p999=h.get_value_at_percentile(99.9) / 1e3,
+        max=h.get_max_value() / 1e3, mean=total / N_SAMPLES / 1e3,
+    )
     n_iv = int(round((plan.duration_s + plan.warmup_s) / plan.interval_s))
     warm = int(round(plan.warmup_s / plan.interval_s))
     series = []
@@ -96,33 +97,28 @@ def _result(rng, cell, round_no, index, plan, rate, slow, peak=None, raw_rate=No
         # the raw costs, plus the protocol's own in user time: the parsing is the interpreter's work
         raw_user = 1e6 / (raw_rate * noise) * 0.35
         us_user, us_sys = raw_user + PROTO_COST_US[cell.protocol], raw_user * 0.8
-    return {
-        "schema": 1,
-        "server": cell.server,
-        "workload": w,
-        "throughput": thr,
-        "latency_us": lat,
-        "service_us": dict(lat) if cell.mode == "open" else None,
-        "errors": {"total": 0, "by_kind": {}},
-        "valid": True,
-        "client_bound": False,
-        "invalid_reason": None,
-        "server_proc": {
-            "user_s": us_user * msgs * plan.duration_s / 1e6, "sys_s": 0.4 * plan.duration_s,
-            "rss_peak_bytes": 20_000_000 + cell.conns * 50_000,
-            "us_per_msg": {"user": us_user, "sys": us_sys},
-        },
-        "client": {"cpu_util": 0.55, "user_s": 0.1, "sys_s": 0.1},
-        "timeseries": {"interval_s": plan.interval_s, "msgs": series, "warmup_intervals": warm},
-        "hdr": h.encode().decode("ascii"),
-        "machine": MACHINE,
-        "started_at": f"2026-11-24T02:00:{index % 60:02d}Z",
-        "cell": {
-            "server": cell.server, "mode": cell.mode, "size": cell.size, "conns": cell.conns,
-            "depth": cell.depth, "load_pct": cell.load_pct, "protocol": cell.protocol, "workload_id": cell.workload_id,
-            "round": round_no, "rounds": plan.rounds, "index": index, "peak_msgs_per_s": peak,
-        },
-    }
+    return LoadResult(
+        server=cell.server,
+        workload=w,
+        throughput=thr,
+        latency_us=lat,
+        service_us=lat if cell.mode == "open" else None,
+        errors=Errors.of(dict.fromkeys(ERROR_KINDS, 0)),
+        valid=True,
+        client_bound=False,
+        invalid_reason=None,
+        server_proc=ServerProc(
+            user_s=us_user * msgs * plan.duration_s / 1e6, sys_s=0.4 * plan.duration_s,
+            rss_peak_bytes=20_000_000 + cell.conns * 50_000,
+            us_per_msg=CpuPerMsg(user=us_user, sys=us_sys),
+        ),
+        client=Client(cpu_util=0.55, user_s=0.1, sys_s=0.1),
+        timeseries=Timeseries(interval_s=plan.interval_s, msgs=series, warmup_intervals=warm),
+        hdr=h.encode().decode("ascii"),
+        machine=MACHINE,
+        started_at=f"2026-11-24T02:00:{index % 60:02d}Z",
+        cell=CellContext.of(cell, round_no, plan.rounds, index, peak),
+    )
 
 
 def make_results(path, servers=("selectors", "asyncio-protocol", "uvloop"), slowdown=None, seed=1, plan=None):
@@ -134,7 +130,7 @@ def make_results(path, servers=("selectors", "asyncio-protocol", "uvloop"), slow
     plan.save(os.path.join(path, "plan.json"))
     meta = {
         "schema": 1, "kind": "sockbench-run", "started_at": "2026-11-24T02:00:00Z",
-        "commit": "0123abc", "dirty": False, "machine": MACHINE, "plan": plan.to_dict(),
+        "commit": "0123abc", "dirty": False, "machine": MACHINE.to_json(), "plan": plan.to_dict(),
         "status": "complete",
     }
     with open(os.path.join(path, "meta.json"), "w") as f:
@@ -148,5 +144,5 @@ def make_results(path, servers=("selectors", "asyncio-protocol", "uvloop"), slow
         peak = BASE_RATE.get(cell.server, 40000.0) * _size_factor(plan.open_size) * slow
         for r in range(1, plan.rounds + 1):
             res = _result(rng, cell, r, index, plan, rate, slow, peak, raw_rate)
-            write_json_atomic(os.path.join(path, "raw", raw_name(cell, r)), res)
+            write_json_atomic(os.path.join(path, "raw", raw_name(cell, r)), res.to_json())
     return path

@@ -84,7 +84,7 @@ def main(argv=None):
     runs = []
     for i in range(a.runs):
         r = run_load(LoadSpec(server=a.server, mode="open", conns=a.conns, size=64, rate=a.rate,
-                              duration_s=a.duration, warmup_s=a.warmup))
+                              duration_s=a.duration, warmup_s=a.warmup)).to_json()
         m = pacing_metrics(r)
         runs.append(m)
         print(f"run {i + 1}: achieved {m['achieved_rate']:,.1f}/s ({m['pacing_error']:+.4%}), halves "

@@ -53,7 +53,7 @@ def run_reference(exe, address, conns, size, depth, warmup, duration, cpu):
 def run_harness(address, conns, size, depth, warmup, duration, cpu):
     """One run of the harness against the same server; the same figures, plus its latency and coalescing."""
     r = run_load(LoadSpec(target=tuple(address), mode="closed", conns=conns, size=size, depth=depth,
-                          duration_s=duration, warmup_s=warmup, client_cpus=(cpu,)))
+                          duration_s=duration, warmup_s=warmup, client_cpus=(cpu,))).to_json()
     if not r["valid"]:
         raise SockbenchError(f"harness run invalid: {r['invalid_reason']}")
     c = r["client"]

@@ -12,12 +12,15 @@ exact), and from there the package does everything else: encoding for the
 wire and for the result JSON, exact merging across load processes
 (encode -> decode -> add) and percentiles.  Percentiles are never averaged.
 
-Values are recorded in nanoseconds; summaries are reported in microseconds.
+Values are recorded in nanoseconds; summaries are reported in microseconds,
+as the result schema's ``Latency``.
 """
 
 from dataclasses import dataclass
 
 from hdrh.histogram import HdrHistogram
+
+from sockbench.bench.schema import Latency
 
 __all__ = [
     "LOWEST_NS",
@@ -28,17 +31,14 @@ __all__ = [
     "new_histogram",
     "from_buckets",
     "merge_encoded",
+    "encode_text",
     "summary_us",
-    "PERCENTILES",
 ]
 
 LOWEST_NS = 1
 #: 100 s: anything slower is clamped to this (a run is far shorter than that).
 HIGHEST_NS = 100 * 1_000_000_000
 SIGNIFICANT_DIGITS = 3
-
-#: (result key, percentile) for the summaries in the result JSON
-PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9))
 
 
 def new_histogram():
@@ -95,21 +95,23 @@ def merge_encoded(encoded):
     return total
 
 
+def encode_text(h):
+    """HdrHistogram's base64 encoding of ``h`` as text, or None for an empty histogram."""
+    if not h.get_total_count():
+        return None
+    blob = h.encode()
+    return blob.decode() if isinstance(blob, bytes) else blob
+
+
 def summary_us(h, exact_mean_ns=None):
-    """p50/p90/p99/p999/max/mean in microseconds (``None`` each when nothing was recorded).
+    """The ``Latency`` summary of ``h`` in microseconds (every figure ``None`` when nothing was recorded).
 
     ``exact_mean_ns`` (the loop's exact sum / count) is preferred to the
     histogram's bucket-midpoint mean when given.
     """
     n = h.get_total_count()
-    out = {"count": n}
     if not n:
-        out.update({k: None for k, _ in PERCENTILES})
-        out.update(max=None, mean=None)
-        return out
-    for key, pct in PERCENTILES:
-        out[key] = round(h.get_value_at_percentile(pct) / 1000.0, 3)
-    out["max"] = round(h.get_max_value() / 1000.0, 3)
+        return Latency(count=n)
+    pct = {name: round(h.get_value_at_percentile(p) / 1000.0, 3) for name, p in Latency.PERCENTILES}
     mean_ns = exact_mean_ns if exact_mean_ns is not None else h.get_mean_value()
-    out["mean"] = round(mean_ns / 1000.0, 3)
-    return out
+    return Latency(count=n, max=round(h.get_max_value() / 1000.0, 3), mean=round(mean_ns / 1000.0, 3), **pct)

@@ -17,7 +17,9 @@ that may hold threads and the server's pipes.  The protocol is JSON lines:
    every process shares, once every worker is ready;
 3. the worker sleeps until ``start_ns``, runs ``sockbench.ext.loadgen.run_loop``
    (which ends by itself at ``end_ns``), encodes its histograms with the
-   ``hdrhistogram`` package, and prints ``{"event": "result", ...}``.
+   ``hdrhistogram`` package, and prints ``{"event": "result", "result": R}``,
+   where R is a ``ProcResult``: the one shape of a load process's
+   measurement, from the loop's dict to the harness that adds them up.
 
 Nothing but these lines goes to stdout; any failure is one error line, never
 a traceback.
@@ -27,14 +29,15 @@ import errno
 import json
 import os
 import resource
+import select
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from sockbench.errors import SockbenchError
 
-__all__ = ["WorkerParams", "run_worker", "main", "connect_all", "raise_nofile_limit", "format_addr", "MODES", "FD_HEADROOM"]
+__all__ = ["WorkerParams", "ProcResult", "run_worker", "main", "connect_all", "raise_nofile_limit", "format_addr", "MODES", "FD_HEADROOM"]
 
 #: mode name -> loadgen mode number
 MODES = {"closed": 0, "open": 1, "connect": 2}
@@ -65,6 +68,76 @@ class WorkerParams:
     protocol: str = "raw"
     poll: bool = False
     server_pid: int = 0
+
+
+@dataclass(frozen=True)
+class ProcResult:
+    """What one load process measured over the window, as it reports it to the harness.
+
+    Counts are over the measured window (warmup excluded) unless named
+    otherwise; ``ts_msgs``/``ts_sent`` cover every interval, warmup included.
+    ``hdr1`` is the latency histogram (from the intended send time in open
+    loop), ``hdr2`` the second one (open loop: service time from the actual
+    send; connect mode: the whole connect-echo-close cycle), both encoded as
+    text, with the exact sums of their values.  ``server_cpu`` is the server's
+    CPU sample at the end of warmup and at the end (``sockbench.ext.loadgen``'s
+    dicts), read by the first load process only.
+    """
+
+    index: int
+    cpus: list
+    mode: int
+    msgs: int
+    rx_bytes: int
+    rx_wire_bytes: int
+    sent_window: int
+    cycles: int
+    queued: int
+    writes: int
+    reads: int
+    errors: dict
+    first_error_ns: int | None
+    first_error_kind: str | None
+    ended_early: bool
+    alive_at_end: int
+    hdr1: str | None
+    hdr1_sum_ns: int
+    hdr2: str | None
+    hdr2_sum_ns: int
+    ts_msgs: list
+    ts_sent: list | None
+    user_s: float
+    sys_s: float
+    cpu_window_s: float
+    due: int | None
+    polling: bool
+    idle_s: float | None
+    server_cpu: list | None
+
+    @classmethod
+    def from_loop(cls, r, index, cpus):
+        """From ``loadgen.run_loop``'s dict: its histograms' buckets encoded, its process's index and CPUs added."""
+        # deferred: hdrh is needed in a load process only, not in the harness that imports this module
+        from sockbench.bench.load.hdr import encode_text, from_buckets
+
+        return cls(
+            index=index, cpus=list(cpus), mode=r["mode"], msgs=r["msgs"], rx_bytes=r["rx_bytes"],
+            rx_wire_bytes=r["rx_wire_bytes"], sent_window=r["sent_window"], cycles=r["cycles"], queued=r["queued"],
+            writes=r["writes"], reads=r["reads"], errors=dict(r["errors"]), first_error_ns=r["first_error_ns"],
+            first_error_kind=r["first_error_kind"], ended_early=r["ended_early"], alive_at_end=r["alive_at_end"],
+            hdr1=encode_text(from_buckets(r["h1"])), hdr1_sum_ns=r["h1_sum_ns"],
+            hdr2=encode_text(from_buckets(r["h2"])), hdr2_sum_ns=r["h2_sum_ns"],
+            ts_msgs=r["ts_msgs"], ts_sent=r["ts_sent"], user_s=r["user_s"], sys_s=r["sys_s"],
+            cpu_window_s=r["cpu_window_s"], due=r["due"], polling=r["polling"], idle_s=r["idle_s"],
+            server_cpu=r["server_cpu"],
+        )
+
+    def to_json(self):
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d):
+        return cls(**d)
 
 
 def format_addr(host, port):
@@ -120,16 +193,6 @@ def _close_all(fds):
         os.close(fd)
 
 
-def _encode(buckets):
-    from sockbench.bench.load.hdr import from_buckets
-
-    h = from_buckets(buckets)
-    if not h.get_total_count():
-        return None
-    blob = h.encode()
-    return blob.decode() if isinstance(blob, bytes) else blob
-
-
 def _emit(obj):
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
@@ -143,8 +206,6 @@ def _read_line(timeout):
 
     Raw reads on fd 0 (no Python-level buffering that ``select`` cannot see).
     """
-    import select
-
     deadline = time.monotonic() + timeout
     while b"\n" not in _stdin_buf:
         left = deadline - time.monotonic()
@@ -166,6 +227,7 @@ def run_worker(p):
     try:
         os.sched_setaffinity(0, p.cpus)
         raise_nofile_limit(p.conns + FD_HEADROOM)
+        # deferred: hdrh and the Cython extension are needed in a load process only, not in the harness
         from sockbench.bench.load.hdr import LAYOUT
         from sockbench.ext import loadgen
 
@@ -189,11 +251,7 @@ def run_worker(p):
             msg["start_ns"], msg["warm_end_ns"], msg["end_ns"], p.interval_ns, p.timeout_ns,
             table, LAYOUT, addr_be, port_be, loadgen.PROTOCOLS.index(p.protocol), p.poll, p.server_pid,
         )
-        r["hdr1"] = _encode(r.pop("h1"))
-        r["hdr2"] = _encode(r.pop("h2"))
-        r["index"] = p.index
-        r["cpus"] = list(p.cpus)
-        _emit({"event": "result", "result": r})
+        _emit({"event": "result", "result": ProcResult.from_loop(r, p.index, p.cpus).to_json()})
         return 0
     except SockbenchError as e:
         _emit({"event": "error", "message": str(e)})

@@ -36,12 +36,20 @@ import itertools
 import math
 
 from sockbench.bench.report.store import load_results
-from sockbench.errors import UsageError
 
 __all__ = ["mann_whitney_u", "compare", "render", "EXACT_LIMIT", "ALPHA"]
 
 EXACT_LIMIT = 200_000
 ALPHA = 0.05
+
+#: what of the two machines is worth a note when it differs: (label, how to read it)
+_MACHINE_NOTES = (
+    ("cpu_model", lambda m: m.cpu_model),
+    ("cores", lambda m: m.cores),
+    ("kernel", lambda m: m.kernel),
+    ("python", lambda m: m.python),
+    ("hostname", lambda m: m.hostname),
+)
 
 
 def _midranks(values):
@@ -102,7 +110,7 @@ def mann_whitney_u(a, b, alternative="less"):
 def _metric(cellstats):
     """(name, per-round values, higher_is_better) for one cell."""
     if cellstats.cell.mode == "open":
-        vals = [float(r["latency_us"].get("p99") or float("nan")) for r in cellstats.runs]
+        vals = [float(r.latency_us.p99 or float("nan")) for r in cellstats.results]
         return "p99 µs", [v for v in vals if math.isfinite(v)], False
     return "msgs/s", [v for v in cellstats.msgs if math.isfinite(v)], True
 
@@ -161,10 +169,11 @@ def compare(a_path, b_path, alpha=ALPHA, fail_above=None):
     for key in ("duration_s", "warmup_s", "rounds", "server_cpus", "client_cpus"):
         if key in pa and key in pb and pa[key] != pb[key]:
             notes.append(f"{key} differs: A {pa[key]}, B {pb[key]}")
-    ma, mb = A.machine(), B.machine()
-    for key in ("cpu_model", "cores", "kernel", "python", "hostname"):
-        if ma.get(key) and mb.get(key) and ma[key] != mb[key]:
-            notes.append(f"machine {key} differs: A {ma[key]}, B {mb[key]}")
+    ma, mb = A.machine_record(), B.machine_record()
+    for name, of in _MACHINE_NOTES:
+        va, vb = of(ma), of(mb)
+        if va and vb and va != vb:
+            notes.append(f"machine {name} differs: A {va}, B {vb}")
     only_a = [f"{s}:{w}" for (s, w) in A.cells if (s, w) not in B.cells]
     only_b = [f"{s}:{w}" for (s, w) in B.cells if (s, w) not in A.cells]
     return {"a": A.path, "b": B.path, "rows": rows, "only_a": only_a, "only_b": only_b, "notes": notes,
@@ -179,6 +188,7 @@ def _f(v):
 
 def render(result, console=None):
     """Print the comparison as a rich table, then one summary line."""
+    # deferred: rich is needed only to print, not by compare() (tests, CI scripts)
     from rich.console import Console
     from rich.table import Table
 

@@ -14,22 +14,30 @@ when the run has a protocol section, what each protocol costs over ``raw`` in
 server CPU per message, per server, from the same run at the same workload
 (user+sys, and user alone: the interpreter's share, where the implementations
 differ); and the plots.
+
+The content is built once, as a ``blocks.Document`` (``build_document``), and
+rendered to both files by ``render``: the two reports cannot drift apart.
 """
 
-import base64
-import html
 import math
 import os
 
+from sockbench.bench.report.blocks import (
+    Alert, Code, Document, Emph, Heading, Image, KeyValues, Paragraph, Row, Strong, Table, WarningList,
+)
 from sockbench.bench.report.plots import make_plots
-from sockbench.bench.report.store import load_results, machine_line
-from sockbench.thresholds import UNSTABLE_SPREAD
+from sockbench.bench.report.render import to_html, to_markdown
+from sockbench.bench.report.store import load_results
 from sockbench.errors import SockbenchError
+from sockbench.procfs import TICK_S
+from sockbench.thresholds import UNSTABLE_SPREAD
 from sockbench.timestamps import iso_utc
 from sockbench.units import format_size
-from sockbench.procfs import TICK_S
 
-__all__ = ["build_report", "workload_title", "table_rows", "protocol_cost_rows", "FLAG_HELP", "PROTO_COLUMNS"]
+__all__ = [
+    "build_report", "build_document", "table_rows", "protocol_cost_rows", "FLAG_HELP",
+    "COLUMNS", "PROTO_COLUMNS",
+]
 
 FLAG_HELP = {
     "INVALID": "a wrong echoed byte, a lost connection or another error made a round invalid: do not quote it",
@@ -62,17 +70,6 @@ def _mib(b):
     return f"{b / (1 << 20):.1f} MiB" if b else "n/a"
 
 
-def workload_title(cell):
-    t = f"{cell.mode} loop · {format_size(cell.size)} messages · {cell.conns} connection{'s' if cell.conns != 1 else ''}"
-    if cell.depth != 1:
-        t += f" · depth {cell.depth}"
-    if cell.mode == "open":
-        t += f" · {cell.load_pct}% of each server's peak"
-    if cell.protocol != "raw":
-        t += f" · {cell.protocol} protocol"
-    return t
-
-
 def _delta(v, base):
     if not (math.isfinite(v) and math.isfinite(base)):
         return "n/a"
@@ -85,7 +82,7 @@ def _range(vals):
 
 def _tick_us(c):
     """The resolution of a round's user CPU per message: one clock tick over the messages of its window."""
-    durs = [float((r.get("workload") or {}).get("duration_s") or 0) for r in c.runs]
+    durs = [float(r.workload.duration_s or 0) for r in c.results]
     msgs = c.median * (sorted(durs)[len(durs) // 2] if durs else 0.0)
     return TICK_S * 1e6 / msgs if msgs > 0 else float("nan")
 
@@ -122,19 +119,16 @@ def protocol_cost_rows(results):
                     _fmt(tot) + _range(c.cpu_us_per_msg_rounds()), cost,
                     _fmt(user) + _range(c.user_us_per_msg_rounds()), ucost, _fmt(_tick_us(c), 2), " ".join(flags) or "ok",
                 ], flags, c))
-        cell = raw_any.cell
-        title = (f"{cell.mode} loop · {format_size(cell.size)} payload · {cell.conns} connection{'s' if cell.conns != 1 else ''}"
-                 + (f" · depth {cell.depth}" if cell.depth != 1 else "") + f" · {', '.join(protos)}")
-        out.append((title, rows))
+        out.append((f"{raw_any.cell.title('payload')} · {', '.join(protos)}", rows))
     return out
 
 
-PROTO_NOTE = ("Server CPU per message (µs, user+sys, and user alone), median over rounds with the min–max in brackets; "
-              "*cost over raw* is the framed protocol's median minus the raw median of the same server, measured "
-              "in the same run at the same workload: the price of parsing and building each message. *vs raw* is "
-              "the ratio of msgs/s. The total is exact (the scheduler's runtime of the server's threads); its split "
+PROTO_NOTE = ("Server CPU per message (µs, user+sys, and user alone), median over rounds with the min–max in brackets; ",
+              Emph("cost over raw"), " is the framed protocol's median minus the raw median of the same server, measured "
+              "in the same run at the same workload: the price of parsing and building each message. ", Emph("vs raw"),
+              " is the ratio of msgs/s. The total is exact (the scheduler's runtime of the server's threads); its split "
               "into user and system comes from clock ticks of 10 ms, so a user figure (and a user difference) "
-              "smaller than *1 CPU tick in µs/msg* is below what one round can resolve. "
+              "smaller than ", Emph("1 CPU tick in µs/msg"), " is below what one round can resolve. "
               "A flagged row's figures must not be quoted (see the warnings).")
 
 
@@ -145,9 +139,9 @@ def table_rows(results, workload_id):
     best = max(good) if good else 0.0
     rows = []
     for c in cells:
-        lat = c.latency()
+        lat = c.latency_summary()
         flags = c.flags()
-        msgs = f"{_fmt(c.median)} ± {_fmt(c.stdev)} ({c.spread:.1%}, n={len(c.runs)})"
+        msgs = f"{_fmt(c.median)} ± {_fmt(c.stdev)} ({c.spread:.1%}, n={len(c.results)})"
         if c.cell.mode == "open":
             msgs += f" of {_fmt(c.target_rate)} offered"
         errs = str(c.errors_total)
@@ -159,7 +153,7 @@ def table_rows(results, workload_id):
             ratio = "1.00× (fastest)"
         cpu = c.cpu_us_per_msg
         rows.append(([
-            c.server, msgs, _fmt(c.mb_per_s), _fmt(lat["p50"]), _fmt(lat["p99"]), _fmt(lat["p999"]),
+            c.server, msgs, _fmt(c.mb_per_s), _fmt(lat.p50), _fmt(lat.p99), _fmt(lat.p999),
             _fmt(cpu), _mib(c.rss_peak_bytes), errs, " ".join(flags) or "ok", ratio,
         ], flags, c))
     return rows
@@ -183,7 +177,7 @@ def _settings(results):
         out.append(("each round", f"{plan.get('warmup_s')} s warmup (excluded) + {plan.get('duration_s')} s measured, "
                                   f"{plan.get('interval_s')} s intervals; {plan.get('rounds')} rounds per cell"))
         out.append(("CPU pinning", f"server on CPU {plan.get('server_cpus')}, load client on CPU {plan.get('client_cpus')}"))
-    out.append(("machine", machine_line(results.machine())))
+    out.append(("machine", results.machine_record().line()))
     out.append(("commit", results.commit()))
     out.append(("started", str(results.meta.get("started_at", "unknown"))))
     if results.meta.get("finished_at"):
@@ -198,7 +192,7 @@ def _speaks_framed(plan, server):
 
 def _status_banner(results):
     status = results.meta.get("status")
-    done = len(results.runs)
+    done = len(results.results)
     planned = results.meta.get("planned_runs")
     if status in ("interrupted", "failed", "running"):
         what = {"interrupted": "was interrupted", "failed": "failed", "running": "did not finish (still running, or killed)"}[status]
@@ -215,160 +209,54 @@ def _warnings(results):
             if f == "INVALID" and c.invalid_reasons:
                 detail = ": " + "; ".join(c.invalid_reasons)
             elif f == "UNSTABLE":
-                detail = f": spread {c.spread:.1%} over {len(c.runs)} rounds"
+                detail = f": spread {c.spread:.1%} over {len(c.results)} rounds"
             elif f == "CLIENT-BOUND":
                 detail = f": client {'busy' if c.client_polling else 'CPU'} {c.client_load:.0%}"
-            out.append((f, f"{c.server}, {workload_title(c.cell)}{detail}"))
+            out.append((f, f"{c.server}, {c.cell.title()}{detail}"))
     return out
 
 
-def _md(results, plots):
-    L = ["# sockbench report", ""]
+RESULTS_NOTE = ("msgs/s is the median over rounds ± the standard deviation; latency percentiles come from the "
+                "exact merge of every round's HDR histogram; server CPU is user+sys per message echoed; ",
+                Emph("vs fastest"), " is the ratio of msgs/s to the fastest valid server of the same workload "
+                "(in open loop each server is offered a share of its own peak, so there it compares "
+                "the loads each one sustained; compare latencies at equal shares).")
+
+
+def build_document(results, plots):
+    """The report of ``results`` as a Document; ``plots`` is what ``make_plots`` returned (files under ``plots/``)."""
+    doc = Document("sockbench report", flag_help=FLAG_HELP)
     banner = _status_banner(results)
     if banner:
-        L += [f"> **{banner}**", ""]
-    L += ["| setting | value |", "|---|---|"]
-    L += [f"| {k} | {v} |" for k, v in _settings(results)]
-    L.append("")
+        doc.add(Alert(banner))
+    doc.add(KeyValues(tuple(_settings(results))), Heading(2, "Warnings"))
     warns = _warnings(results)
-    L.append("## Warnings")
-    L.append("")
     if warns:
-        for flag, text in warns:
-            L.append(f"- **{flag}** {text}")
-        L.append("")
-        for flag in sorted({f for f, _ in warns}):
-            L.append(f"*{flag}*: {FLAG_HELP[flag]}.  ")
+        doc.add(WarningList(tuple(warns)))
     else:
-        L.append("None: every run was valid, no client was saturated, every spread is under "
-                 f"{UNSTABLE_SPREAD:.0%} of the median.")
-    L.append("")
-    L.append("## Results by workload")
-    L.append("")
-    L.append("msgs/s is the median over rounds ± the standard deviation; latency percentiles come from the "
-             "exact merge of every round's HDR histogram; server CPU is user+sys per message echoed; "
-             "*vs fastest* is the ratio of msgs/s to the fastest valid server of the same workload "
-             "(in open loop each server is offered a share of its own peak, so there it compares "
-             "the loads each one sustained; compare latencies at equal shares).")
+        doc.add(Paragraph("None: every run was valid, no client was saturated, every spread is under "
+                          f"{UNSTABLE_SPREAD:.0%} of the median.", "good"))
+    doc.add(Heading(2, "Results by workload"), Paragraph(RESULTS_NOTE, "note"))
     for wid, cell in results.workloads().items():
-        L += ["", f"### {workload_title(cell)}", ""]
-        L.append("| " + " | ".join(COLUMNS) + " |")
-        L.append("|" + "---|" * len(COLUMNS))
-        for row, flags, _ in table_rows(results, wid):
-            if flags:
-                row = list(row)
-                row[9] = "**" + row[9] + "**"
-            L.append("| " + " | ".join(row) + " |")
+        doc.add(Heading(3, cell.title()), _table(COLUMNS, table_rows(results, wid)))
     proto = protocol_cost_rows(results)
     if proto:
-        L += ["", "## Cost of each protocol over raw", "", PROTO_NOTE]
+        doc.add(Heading(2, "Cost of each protocol over raw"), Paragraph(PROTO_NOTE, "note"))
         for title, rows in proto:
-            L += ["", f"### {title}", ""]
-            L.append("| " + " | ".join(PROTO_COLUMNS) + " |")
-            L.append("|" + "---|" * len(PROTO_COLUMNS))
-            for row, flags, _ in rows:
-                if flags:
-                    row = list(row)
-                    row[-1] = "**" + row[-1] + "**"
-                L.append("| " + " | ".join(row) + " |")
-    L += ["", "## Plots", ""]
+            doc.add(Heading(3, title), _table(PROTO_COLUMNS, rows))
+    doc.add(Heading(2, "Plots"))
     for fname, title, skipped in plots:
         if skipped:
-            L += [f"**{title}**: not drawn ({skipped}).", ""]
+            doc.add(Paragraph((Strong(title), f": not drawn ({skipped})."), "note"))
         else:
-            L += [f"### {title}", "", f"![{title}](plots/{fname})", ""]
-    L.append(f"Generated by `sockbench report` at {iso_utc()}.")
-    return "\n".join(L) + "\n"
+            doc.add(Heading(3, title), Image(f"plots/{fname}", title))
+    doc.add(Paragraph(("Generated by ", Code("sockbench report"), f" at {iso_utc()}."), "note"))
+    return doc
 
 
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
-h1{margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:13px}
-th,td{border:1px solid #ddd;padding:4px 8px;text-align:right;white-space:nowrap}
-th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
-table.settings td{text-align:left;white-space:normal}
-tr.flagged td{background:#fff4f0}
-.flag{display:inline-block;padding:1px 6px;border-radius:3px;font-weight:bold;font-size:11px;color:#fff;margin-right:3px}
-.INVALID{background:#c0392b} .CLIENT-BOUND{background:#d35400} .UNSTABLE{background:#b7950b} .BEHIND{background:#7d3c98}
-.ok{color:#1e8449}
-.banner{background:#c0392b;color:#fff;padding:.7em 1em;border-radius:4px;font-weight:bold}
-.warnbox{border:2px solid #d35400;background:#fdf2e9;padding:.5em 1em;border-radius:4px}
-.good{border:1px solid #1e8449;background:#eafaf1;padding:.5em 1em;border-radius:4px}
-img{max-width:100%;border:1px solid #eee;margin:.5em 0 1.5em}
-.note{color:#555;font-size:13px}
-"""
-
-
-def _badge(flags):
-    if not flags:
-        return '<span class="ok">ok</span>'
-    return "".join(f'<span class="flag {f}" title="{html.escape(FLAG_HELP[f])}">{f}</span>' for f in flags)
-
-
-def _html(results, plots, plot_dir):
-    e = html.escape
-    H = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-         "<title>sockbench report</title>", f"<style>{_CSS}</style></head><body>", "<h1>sockbench report</h1>"]
-    banner = _status_banner(results)
-    if banner:
-        H.append(f'<p class="banner">{e(banner)}</p>')
-    H.append('<table class="settings">')
-    for k, v in _settings(results):
-        H.append(f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>")
-    H.append("</table>")
-    warns = _warnings(results)
-    H.append("<h2>Warnings</h2>")
-    if warns:
-        H.append('<div class="warnbox"><ul>')
-        for flag, text in warns:
-            H.append(f"<li>{_badge([flag])} {e(text)}</li>")
-        H.append("</ul>")
-        for flag in sorted({f for f, _ in warns}):
-            H.append(f'<p class="note"><b>{flag}</b>: {e(FLAG_HELP[flag])}.</p>')
-        H.append("</div>")
-    else:
-        H.append(f'<p class="good">None: every run was valid, no client was saturated, every spread is under {UNSTABLE_SPREAD:.0%} of the median.</p>')
-    H.append("<h2>Results by workload</h2>")
-    H.append('<p class="note">msgs/s is the median over rounds ± the standard deviation; latency percentiles come from the '
-             "exact merge of every round's HDR histogram; server CPU is user+sys per message echoed; "
-             "<i>vs fastest</i> is the ratio of msgs/s to the fastest valid server of the same workload "
-             "(in open loop each server is offered a share of its own peak, so there it compares "
-             "the loads each one sustained; compare latencies at equal shares).</p>")
-    for wid, cell in results.workloads().items():
-        H.append(f"<h3>{e(workload_title(cell))}</h3><table><tr>")
-        H.append("".join(f"<th>{e(c)}</th>" for c in COLUMNS) + "</tr>")
-        for row, flags, _ in table_rows(results, wid):
-            cls = ' class="flagged"' if flags else ""
-            tds = [f"<td>{e(v)}</td>" for v in row]
-            tds[9] = f"<td>{_badge(flags)}</td>"
-            H.append(f"<tr{cls}>" + "".join(tds) + "</tr>")
-        H.append("</table>")
-    proto = protocol_cost_rows(results)
-    if proto:
-        H.append("<h2>Cost of each protocol over raw</h2>")
-        H.append(f'<p class="note">{e(PROTO_NOTE).replace("*cost over raw*", "<i>cost over raw</i>").replace("*vs raw*", "<i>vs raw</i>").replace("*1 CPU tick in µs/msg*", "<i>1 CPU tick in µs/msg</i>")}</p>')
-        for title, rows in proto:
-            H.append(f"<h3>{e(title)}</h3><table><tr>")
-            H.append("".join(f"<th>{e(c)}</th>" for c in PROTO_COLUMNS) + "</tr>")
-            for row, flags, _ in rows:
-                cls = ' class="flagged"' if flags else ""
-                tds = [f"<td>{e(v)}</td>" for v in row]
-                tds[-1] = f"<td>{_badge(flags)}</td>"
-                H.append(f"<tr{cls}>" + "".join(tds) + "</tr>")
-            H.append("</table>")
-    H.append("<h2>Plots</h2>")
-    for fname, title, skipped in plots:
-        if skipped:
-            H.append(f'<p class="note"><b>{e(title)}</b>: not drawn ({e(skipped)}).</p>')
-            continue
-        with open(os.path.join(plot_dir, fname), "rb") as f:
-            data = base64.b64encode(f.read()).decode("ascii")
-        H.append(f"<h3>{e(title)}</h3>")
-        H.append(f'<img alt="{e(title)}" src="data:image/png;base64,{data}">')
-    H.append(f'<p class="note">Generated by <code>sockbench report</code> at {e(iso_utc())}.</p>')
-    H.append("</body></html>")
-    return "\n".join(H) + "\n"
+def _table(columns, rows):
+    """A flagged table from ``[(row strings, flags, CellStats)]``; the flags column is the one named "flags"."""
+    return Table(tuple(columns), tuple(Row(tuple(r), tuple(f)) for r, f, _ in rows), columns.index("flags"))
 
 
 def build_report(path):
@@ -383,10 +271,11 @@ def build_report(path):
         plots = make_plots(results, plot_dir)
         md_path = os.path.join(path, "report.md")
         html_path = os.path.join(path, "report.html")
+        doc = build_document(results, plots)
         with open(md_path, "w") as f:
-            f.write(_md(results, plots))
+            f.write(to_markdown(doc))
         with open(html_path, "w") as f:
-            f.write(_html(results, plots, plot_dir))
+            f.write(to_html(doc, path))
     except OSError as e:
         raise SockbenchError(f"cannot write the report into {path}: {e.strerror or e}") from None
     return {"md": md_path, "html": html_path, "plots": plots, "results": results}

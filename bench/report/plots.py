@@ -1,4 +1,4 @@
-"""The six plots of a sockbench report, drawn with matplotlib's Agg backend (no display needed).
+"""The seven plots of a sockbench report, drawn with matplotlib's Agg backend (no display needed).
 
 Why it is built this way: a plot is often seen alone (pasted in a chat, an
 issue, a README), so each one carries everything needed to read it: a title
@@ -6,7 +6,7 @@ that names the workload, axis labels with units, a legend, and a footnote with
 the machine, the commit and the date.  Colours are fixed per server across all
 plots, so a server is recognised at a glance from one plot to the next.
 
-Every figure is drawn from ``resultsdir.Results`` only (the raw per-round
+Every figure is drawn from ``store.Results`` only (the raw per-round
 results), so a report can be rebuilt from an interrupted run.  A plot whose
 data is absent from the run (say, no open-loop cells) is skipped and reported
 as such, never drawn empty.
@@ -103,7 +103,7 @@ def _open(results):
 
 
 def _rounds_note(cells):
-    n = sorted({len(c.runs) for c in cells})
+    n = sorted({len(c.results) for c in cells})
     txt = "/".join(str(x) for x in n)
     return f"{txt} round{'s' if n != [1] else ''} per point"
 
@@ -284,11 +284,11 @@ def plot_latency_vs_load(results, path, colors):
         return "no open-loop cells in this run"
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
     servers = [s for s in results.servers() if any(c.server == s for c in opens)]
-    for ax, key, label in ((axes[0], "p50", "median (p50)"), (axes[1], "p99", "p99")):
+    for ax, figure, label in ((axes[0], lambda lat: lat.p50, "median (p50)"), (axes[1], lambda lat: lat.p99, "p99")):
         for server in servers:
             pts = sorted((c for c in opens if c.server == server), key=lambda c: c.cell.load_pct)
             x = [c.target_rate if c.target_rate > 0 else c.achieved_rate for c in pts]
-            y = [c.latency()[key] for c in pts]
+            y = [figure(c.latency_summary()) for c in pts]
             ax.plot(x, y, marker="o", color=colors[server], label=server)
             for c, xi, yi in zip(pts, x, y):
                 ax.annotate(f"{c.cell.load_pct}%", (xi, yi), xytext=(3, 4), textcoords="offset points",
@@ -318,7 +318,9 @@ def plot_efficiency(results, path, colors):
     _bars_by_size(results, path, colors, cells, lambda c: c.msgs_per_cpu_s, lambda c: c.msgs_per_cpu_s_rounds(),
                   "messages echoed per server CPU-second (user+sys)",
                   f"Server CPU efficiency, closed loop, {top} connections (higher is better)",
-                  "server CPU from /proc/PID/stat over the measured window; error bars: min-max over rounds")
+                  "server CPU over the measured window: the scheduler's runtime of its threads (schedstat), split into "
+                  "user and sys by the clock ticks\n(the ticks alone in a round where a thread ended inside the window); "
+                  "error bars: min-max over rounds")
     return None
 
 
@@ -333,22 +335,22 @@ def plot_run_chart(results, path, colors):
     fig, ax = plt.subplots(figsize=(9.5, 4.8))
     warm_end = 0.0
     for c in cells:
-        if not c.runs:
+        if not c.results:
             continue
         # the round whose throughput is the median one: a typical run, not the best
-        order = sorted(range(len(c.runs)), key=lambda i: c.msgs[i])
+        order = sorted(range(len(c.results)), key=lambda i: c.msgs[i])
         idx = order[len(order) // 2]
-        ts = c.runs[idx].get("timeseries") or {}
-        msgs = ts.get("msgs") or []
-        iv = float(ts.get("interval_s") or 0)
+        ts = c.results[idx].timeseries
+        msgs = ts.msgs or []
+        iv = float(ts.interval_s or 0)
         if not msgs or iv <= 0:
             continue
         # interval i covers [i*iv, (i+1)*iv): draw it as a flat step over that span
         t = np.arange(len(msgs) + 1) * iv
         y = np.asarray(list(msgs) + [msgs[-1]], dtype=float) / iv
         ax.step(t, y, where="post", color=colors[c.server],
-                label=f"{c.server} (round {idx + 1} of {len(c.runs)})")
-        warm_end = max(warm_end, int(ts.get("warmup_intervals") or 0) * iv)
+                label=f"{c.server} (round {idx + 1} of {len(c.results)})")
+        warm_end = max(warm_end, int(ts.warmup_intervals or 0) * iv)
         drawn += 1
     if not drawn:
         plt.close(fig)

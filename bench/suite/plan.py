@@ -19,15 +19,18 @@ protocol cell whose workload is already in the grid (``--quick``: 64 B, 10
 connections, depth 1) reuses the grid's cell instead of running it twice.
 A server that speaks no framed protocol gets no protocol section.
 
-Cell ids: the raw ones are unchanged from before the protocol dimension
-(``closed-64B-c100``); a framed one ends in its protocol
+A cell is a ``Cell`` of the result schema (``sockbench.bench.schema``): the
+report groups results by it as well.  A raw cell's id names its mode, size
+and connections (``closed-64B-c100``); a framed one ends in its protocol
 (``closed-64B-c100-d16-json``).
 """
 
 import json
 from dataclasses import asdict, dataclass, field, fields
 
+from sockbench.bench.schema import Cell
 from sockbench.errors import UsageError
+from sockbench.servers.protocols import PROTOCOLS
 from sockbench.units import format_size, parse_size
 
 __all__ = [
@@ -38,53 +41,6 @@ __all__ = [
     "parse_size",
     "format_size",
 ]
-
-@dataclass(frozen=True)
-class Cell:
-    """One (server, workload) point of the matrix; every round of it is one load run."""
-
-    server: str
-    mode: str  # "closed" or "open"
-    size: int
-    conns: int
-    depth: int = 1
-    #: open loop only: the offered rate as a percentage of the server's peak
-    load_pct: int = 0
-    #: the wire protocol (``sockbench serve --protocol``): raw, frame or json
-    protocol: str = "raw"
-
-    @property
-    def workload_id(self):
-        """The workload without the server: the key that rows of one report table share."""
-        base = f"{self.mode}-{format_size(self.size)}-c{self.conns}"
-        if self.depth != 1:
-            base += f"-d{self.depth}"
-        if self.mode == "open":
-            base += f"-{self.load_pct}pct"
-        if self.protocol != "raw":
-            base += f"-{self.protocol}"
-        return base
-
-    @property
-    def base_workload_id(self):
-        """The workload without its protocol: the key that groups a protocol section's cells."""
-        return Cell(self.server, self.mode, self.size, self.conns, self.depth, self.load_pct).workload_id
-
-    @property
-    def id(self):
-        return f"{self.server}:{self.workload_id}"
-
-    def describe(self):
-        text = f"{self.server} · {self.mode} · {format_size(self.size)} · {self.conns} conn"
-        if self.conns != 1:
-            text += "s"
-        if self.depth != 1:
-            text += f" · depth {self.depth}"
-        if self.mode == "open":
-            text += f" · {self.load_pct}% of peak"
-        if self.protocol != "raw":
-            text += f" · {self.protocol}"
-        return text
 
 
 @dataclass(frozen=True)
@@ -134,8 +90,6 @@ class Plan:
         for p in self.open_pcts:
             if not 0 < p <= 100:
                 raise UsageError(f"bad open-loop load {p}%; use percentages in 1..100")
-        from sockbench.servers.protocols import PROTOCOLS
-
         for p in self.protocols:
             if p not in PROTOCOLS:
                 raise UsageError(f"unknown protocol {p!r}; use some of {' '.join(PROTOCOLS)}")

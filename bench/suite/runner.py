@@ -31,13 +31,14 @@ import subprocess
 import sys
 import time
 
-from sockbench.bench.suite.plan import default_plan, quick_plan
-from sockbench.units import format_size
 from sockbench.bench.report.store import RAW_DIR
-from sockbench.jsonfile import write_json_atomic
-from sockbench.timestamps import folder_stamp
+from sockbench.bench.suite.plan import default_plan, quick_plan
 from sockbench.bench.suite.session import ENV_OUT, ENV_PLAN, PROGRESS_FILE, new_meta, update_meta
 from sockbench.errors import SockbenchError, UsageError
+from sockbench.jsonfile import write_json_atomic
+from sockbench.servers import registry
+from sockbench.timestamps import folder_stamp
+from sockbench.units import format_size, parse_size
 
 __all__ = ["build_plan", "run_main", "suite_command", "SUITE_FILE"]
 
@@ -56,9 +57,6 @@ def _split(values):
 def build_plan(servers=None, sizes=None, conns=None, quick=False, rounds=None, duration_s=None,
                warmup_s=None, open_pcts=None, server_cpus=None, client_cpus=None, protocols=None):
     """The run's Plan from the command line; any bad value is a one-line UsageError."""
-    from sockbench.servers import registry
-    from sockbench.units import parse_size
-
     if servers:
         names = _split(servers)
         for n in names:
@@ -182,14 +180,47 @@ def _fmt_left(s):
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
-def _watch(child, out, plan, console):
-    """Follow the child until it exits; returns True if the user pressed Ctrl-C."""
+class _Follow:
+    """What the display shows of the suite, updated from the events of progress.jsonl."""
+
+    def __init__(self, plan, live):
+        self.plan = plan
+        self.live = live
+        self.total = plan.total_runs()
+        self.done = 0
+        self.current = "starting"
+        self.cell_msgs = []
+        self.lines = []          # cell summaries to print (no terminal), held while a load runs
+        self.quiet_until = 0     # CLOCK_MONOTONIC ns: a load window is open until then
+
+    def on_event(self, ev):
+        if ev.get("event") == "window":
+            self.quiet_until = max(self.quiet_until, int(ev.get("end_ns") or 0))
+        elif ev.get("event") == "cell":
+            self.current = f"[{ev.get('index', -1) + 1}/{len(self.plan.cells())}] {ev.get('desc', ev.get('cell'))}"
+            self.cell_msgs = []
+        elif ev.get("event") == "calibrate":
+            self.current = f"calibrating {ev.get('server')} for the open-loop sweep"
+        elif ev.get("event") == "round":
+            self.done += 1
+            self.cell_msgs.append(ev.get("msgs_per_s") or 0.0)
+            if not self.live and (len(self.cell_msgs) == self.plan.rounds or str(ev.get("cell", "")).startswith("calibrate:")):
+                flags = "" if ev.get("valid", True) else " INVALID"
+                med = sorted(self.cell_msgs)[len(self.cell_msgs) // 2]
+                self.lines.append(f"{self.done}/{self.total} runs  {self.current}: {med:,.0f} msgs/s "
+                                  f"(median of {len(self.cell_msgs)}){flags}")
+
+    def flush(self, console):
+        for line in self.lines:
+            console.print(line, highlight=False)
+        self.lines = []
+
+
+def _progress(console, live):
+    # rich is imported only when a run starts: `sockbench run --help` and bad input stay quick
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    total = plan.total_runs()
-    tail = _Tail(os.path.join(out, PROGRESS_FILE))
-    live = console.is_terminal
-    progress = Progress(
+    return Progress(
         TextColumn("[bold]{task.description}", table_column=None),
         BarColumn(bar_width=24),
         MofNCompleteColumn(),
@@ -199,50 +230,41 @@ def _watch(child, out, plan, console):
         console=console,
         disable=not live,
         transient=False,
-        auto_refresh=False,  # drawn only between load windows, below
+        auto_refresh=False,  # drawn only between load windows, see _watch
     )
+
+
+def _watch(child, out, plan, console):
+    """Follow the child until it exits; returns True if the user pressed Ctrl-C."""
+    tail = _Tail(os.path.join(out, PROGRESS_FILE))
+    live = console.is_terminal
+    state = _Follow(plan, live)
+    progress = _progress(console, live)
     t0 = time.monotonic()
-    done = 0
-    current = "starting"
     interrupted = False
-    cell_msgs = []
-    lines = []          # cell summaries to print (no terminal), held while a load runs
-    quiet_until = 0     # CLOCK_MONOTONIC ns: a load window is open until then
     with progress:
-        task = progress.add_task(current, total=total, left=_fmt_left(total * plan.seconds_per_run()))
+        task = progress.add_task(state.current, total=state.total, left=_fmt_left(state.total * plan.seconds_per_run()))
+
+        def draw(**fields):
+            progress.update(task, description=state.current, **fields)
+            if live:
+                progress.refresh()
+
         while True:
             try:
                 finished = child.poll() is not None
                 for ev in tail.read():
-                    if ev.get("event") == "window":
-                        quiet_until = max(quiet_until, int(ev.get("end_ns") or 0))
-                    elif ev.get("event") == "cell":
-                        current = f"[{ev.get('index', -1) + 1}/{len(plan.cells())}] {ev.get('desc', ev.get('cell'))}"
-                        cell_msgs = []
-                    elif ev.get("event") == "calibrate":
-                        current = f"calibrating {ev.get('server')} for the open-loop sweep"
-                    elif ev.get("event") == "round":
-                        done += 1
-                        cell_msgs.append(ev.get("msgs_per_s") or 0.0)
-                        if not live and (len(cell_msgs) == plan.rounds or str(ev.get("cell", "")).startswith("calibrate:")):
-                            flags = "" if ev.get("valid", True) else " INVALID"
-                            med = sorted(cell_msgs)[len(cell_msgs) // 2]
-                            lines.append(f"{done}/{total} runs  {current}: {med:,.0f} msgs/s (median of {len(cell_msgs)}){flags}")
+                    state.on_event(ev)
                 now = time.monotonic_ns()
-                if now < quiet_until and not finished:
+                if now < state.quiet_until and not finished:
                     # A load is being measured: drawing a frame costs ~2 ms of a CPU that the server or
                     # the client is using (in a terminal it raised cython's open-loop p99 from ~40 us to
                     # 1-1.7 ms).  Sleep past the window's end instead.
-                    time.sleep(min((quiet_until - now) / 1e9 + 0.005, 1.0))
+                    time.sleep(min((state.quiet_until - now) / 1e9 + 0.005, 1.0))
                     continue
-                for line in lines:
-                    console.print(line, highlight=False)
-                lines = []
-                per_run = (time.monotonic() - t0) / done if done else plan.seconds_per_run()
-                progress.update(task, completed=done, description=current,
-                                left=_fmt_left(max(0, total - done) * per_run))
-                if live:
-                    progress.refresh()
+                state.flush(console)
+                per_run = (time.monotonic() - t0) / state.done if state.done else plan.seconds_per_run()
+                draw(completed=state.done, left=_fmt_left(max(0, state.total - state.done) * per_run))
                 if finished:
                     break
                 time.sleep(0.2)
@@ -250,10 +272,8 @@ def _watch(child, out, plan, console):
                 if interrupted:
                     continue  # already stopping; a second Ctrl-C changes nothing
                 interrupted = True
-                current = "interrupted: stopping after the round in flight"
-                progress.update(task, description=current)
-                if live:
-                    progress.refresh()
+                state.current = "interrupted: stopping after the round in flight"
+                draw()
                 _stop_child(child)
     return interrupted
 
@@ -287,21 +307,7 @@ def _protocols_line(plan):
             f"depth {plan.proto_depth} for {len(served)} server{'s' if len(served) != 1 else ''}")
 
 
-def run_main(plan, out=None, console=None, argv=None):
-    """Run the suite for ``plan`` into ``out`` (default ``results/<UTC time>``), then the report.
-
-    Returns the exit status: 0 complete, 130 interrupted, 1 if the suite failed.
-    """
-    from rich.console import Console
-
-    from sockbench.bench.report.document import build_report
-
-    console = console or Console(soft_wrap=True)
-    out = _prepare_out(out)
-    plan.save(os.path.join(out, "plan.json"))
-    write_json_atomic(os.path.join(out, "meta.json"), new_meta(plan, argv))
-    cmd = suite_command(out)
-    env = dict(os.environ, **{ENV_PLAN: os.path.abspath(os.path.join(out, "plan.json")), ENV_OUT: os.path.abspath(out)})
+def _announce(plan, out, console):
     n_servers = len(plan.servers)
     console.print(f"sockbench run: {n_servers} server{'s' if n_servers != 1 else ''}, {len(plan.cells())} cells, "
                   f"{plan.total_runs()} load runs of {plan.warmup_s:g}+{plan.duration_s:g} s "
@@ -309,9 +315,13 @@ def run_main(plan, out=None, console=None, argv=None):
                   f"open loop {', '.join(f'{p}%' for p in plan.open_pcts) or 'none'}; "
                   f"protocols {_protocols_line(plan)}); "
                   f"about {_fmt_left(plan.total_runs() * plan.seconds_per_run())} -> {out}", highlight=False)
-    t0 = time.monotonic()
+
+
+def _run_suite(out, plan, console):
+    """Run the suite as a child pytest, following its progress; returns ``(exit status, interrupted)``."""
+    env = dict(os.environ, **{ENV_PLAN: os.path.abspath(os.path.join(out, "plan.json")), ENV_OUT: os.path.abspath(out)})
     with open(os.path.join(out, "pytest.log"), "wb") as log:
-        child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        child = subprocess.Popen(suite_command(out), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                  env=env, start_new_session=True)
         try:
             interrupted = _watch(child, out, plan, console)
@@ -324,30 +334,55 @@ def run_main(plan, out=None, console=None, argv=None):
         except KeyboardInterrupt:
             interrupted = True
             _wait_child(child)
-    rc = child.returncode
-    finished = len(glob.glob(os.path.join(out, RAW_DIR, "*.json")))
+    return child.returncode, interrupted
+
+
+def _status(rc, interrupted):
+    """The run's status for meta.json: pytest exits 2 when it was interrupted."""
     if interrupted or rc == 2:
-        status = "interrupted"
-    elif rc == 0:
-        status = "complete"
-    else:
-        status = "failed"
+        return "interrupted"
+    return "complete" if rc == 0 else "failed"
+
+
+def _print_outcome(rep, status, finished, plan, elapsed_s, console):
+    flagged = {}
+    for c in rep["results"].cells.values():
+        for f in c.flags():
+            flagged[f] = flagged.get(f, 0) + 1
+    console.print(f"{status}: {finished} of {plan.total_runs()} load runs in {elapsed_s:.0f} s", highlight=False)
+    if flagged:
+        console.print("warnings: " + ", ".join(f"{n} {f.lower()} cell{'s' if n != 1 else ''}" for f, n in sorted(flagged.items()))
+                      + " (see the report)", highlight=False)
+    console.print(f"report: {rep['html']}", highlight=False, soft_wrap=True)
+    console.print(f"        {rep['md']}", highlight=False, soft_wrap=True)
+
+
+def run_main(plan, out=None, console=None, argv=None):
+    """Run the suite for ``plan`` into ``out`` (default ``results/<UTC time>``), then the report.
+
+    Returns the exit status: 0 complete, 130 interrupted, 1 if the suite failed.
+    """
+    # deferred: rich, and matplotlib behind the report, cost ~0.5 s to import
+    from rich.console import Console
+
+    from sockbench.bench.report.document import build_report
+
+    console = console or Console(soft_wrap=True)
+    out = _prepare_out(out)
+    plan.save(os.path.join(out, "plan.json"))
+    write_json_atomic(os.path.join(out, "meta.json"), new_meta(plan, argv))
+    _announce(plan, out, console)
+    t0 = time.monotonic()
+    rc, interrupted = _run_suite(out, plan, console)
+    finished = len(glob.glob(os.path.join(out, RAW_DIR, "*.json")))
+    status = _status(rc, interrupted)
     update_meta(out, status=status, finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 elapsed_s=round(time.monotonic() - t0, 1), finished_runs=finished, pytest_exit=rc)
     log_path = os.path.join(out, "pytest.log")
     if not finished:
         raise SockbenchError(f"no load run finished ({status}, pytest exit {rc}); nothing to report; see {log_path}")
     rep = build_report(out)
-    flagged = {}
-    for c in rep["results"].cells.values():
-        for f in c.flags():
-            flagged[f] = flagged.get(f, 0) + 1
-    console.print(f"{status}: {finished} of {plan.total_runs()} load runs in {time.monotonic() - t0:.0f} s", highlight=False)
-    if flagged:
-        console.print("warnings: " + ", ".join(f"{n} {f.lower()} cell{'s' if n != 1 else ''}" for f, n in sorted(flagged.items()))
-                      + " (see the report)", highlight=False)
-    console.print(f"report: {rep['html']}", highlight=False, soft_wrap=True)
-    console.print(f"        {rep['md']}", highlight=False, soft_wrap=True)
+    _print_outcome(rep, status, finished, plan, time.monotonic() - t0, console)
     if status == "interrupted":
         console.print(f"interrupted: the report covers the runs that finished; rebuild it with `sockbench report {out}`",
                       highlight=False, soft_wrap=True)

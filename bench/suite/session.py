@@ -8,8 +8,9 @@ only:
 * ``SOCKBENCH_PLAN`` names ``plan.json`` (the matrix), ``SOCKBENCH_OUT`` the
   results folder.  Without them (``pytest bench/`` by hand) the suite runs the
   default matrix over every available server into ``results/<UTC time>/``.
-* Every round's schema-1 result is written to ``raw/`` atomically the moment
-  it ends, so a Ctrl-C loses at most the round in flight.
+* Every round's result (a ``LoadResult`` with the cell it is a round of
+  attached, ``sockbench.bench.schema``) is written to ``raw/`` atomically the
+  moment it ends, so a Ctrl-C loses at most the round in flight.
 * ``progress.jsonl`` gets one line per cell start and per round end; the
   parent tails it to draw the progress display.  A file, not a pipe: the child
   never blocks on a parent that stopped reading.
@@ -26,10 +27,14 @@ import os
 import sys
 import time
 
-from sockbench.bench.suite.plan import Plan, default_plan
+from sockbench.bench.load.harness import run_load
+from sockbench.bench.load.spec import LoadSpec
 from sockbench.bench.report.store import RAW_DIR, CellStats, raw_name
+from sockbench.bench.schema import Cell, CellContext, Machine
+from sockbench.bench.suite.plan import Plan, default_plan
 from sockbench.jsonfile import write_json_atomic
 from sockbench.machine import machine_info
+from sockbench.servers import registry
 from sockbench.timestamps import folder_stamp, iso_utc
 
 __all__ = [
@@ -39,7 +44,6 @@ __all__ = [
     "SuiteContext",
     "new_meta",
     "update_meta",
-    "summary_info",
 ]
 
 ENV_PLAN = "SOCKBENCH_PLAN"
@@ -49,15 +53,15 @@ PROGRESS_FILE = "progress.jsonl"
 
 def new_meta(plan, argv=None):
     """``meta.json`` of a new run: the machine, the commit, the plan; status ``running``."""
-    m = machine_info()
+    m = Machine(**machine_info())
     return {
         "schema": 1,
         "kind": "sockbench-run",
         "started_at": iso_utc(),
         "status": "running",
-        "commit": m.get("git_commit"),
-        "dirty": m.get("git_dirty"),
-        "machine": m,
+        "commit": m.git_commit,
+        "dirty": m.git_dirty,
+        "machine": m.to_json(),
         "plan": plan.to_dict(),
         "planned_runs": plan.total_runs(),
         "argv": list(argv) if argv is not None else list(sys.argv),
@@ -74,31 +78,6 @@ def update_meta(out, **changes):
     meta.update(changes)
     write_json_atomic(path, meta)
     return meta
-
-
-def summary_info(stats):
-    """The cell summary that goes into pytest-benchmark's ``extra_info`` (JSON types only)."""
-    lat = stats.latency()
-    return {
-        "msgs_per_s_median": stats.median,
-        "msgs_per_s_stdev": stats.stdev,
-        "spread": stats.spread,
-        "unstable": stats.unstable,
-        "mb_per_s_median": stats.mb_per_s,
-        "latency_us": {k: lat[k] for k in ("p50", "p90", "p99", "p999", "max", "mean")},
-        "latency_source": lat["source"],
-        "server_cpu_us_per_msg": stats.cpu_us_per_msg,
-        "server_user_us_per_msg": stats.user_us_per_msg,
-        "server_rss_peak_bytes": stats.rss_peak_bytes,
-        "client_cpu_util": stats.client_cpu_util,
-        "client_load": stats.client_load,
-        "errors_total": stats.errors_total,
-        "errors_by_kind": stats.errors_by_kind,
-        "valid": not stats.invalid,
-        "client_bound": stats.client_bound,
-        "invalid_reasons": stats.invalid_reasons,
-        "flags": stats.flags(),
-    }
 
 
 class SuiteContext:
@@ -122,8 +101,6 @@ class SuiteContext:
         if plan_path:
             plan = Plan.load(plan_path)
         else:
-            from sockbench.servers import registry
-
             names = registry.available_names()
             plan = default_plan(names, speaks={n: list(registry.get(n).protocols) for n in names})
         if not out:
@@ -154,8 +131,6 @@ class SuiteContext:
         self._progress.write(json.dumps(kw) + "\n")
 
     def spec(self, cell, rate=None, size=None, conns=None, mode=None):
-        from sockbench.bench.load.harness import LoadSpec
-
         p = self.plan
         return LoadSpec(
             server=cell.server,
@@ -190,17 +165,14 @@ class SuiteContext:
         """The server's peak msgs/s at the sweep's size: measured already, or calibrated now."""
         if server in self.peaks:
             return self.peaks[server], "closed-loop cells"
-        from sockbench.bench.load.harness import run_load
-        from sockbench.bench.suite.plan import Cell
-
         cal = Cell(server, "closed", self.plan.open_size, self.plan.open_conns)
         self.event(event="calibrate", server=server)
         r = run_load(self.spec(cal), on_window=self._window)
-        write_json_atomic(os.path.join(self.out, "calibration", f"{server}.json"), r)
-        self.event(event="round", cell="calibrate:" + server, round=1, msgs_per_s=r["throughput"]["msgs_per_s"], valid=r["valid"])
-        if not r["valid"] or not r["throughput"]["msgs_per_s"] > 0:
-            raise RuntimeError(f"calibration of {server} failed: {r.get('invalid_reason')}")
-        self.peaks[server] = r["throughput"]["msgs_per_s"]
+        write_json_atomic(os.path.join(self.out, "calibration", f"{server}.json"), r.to_json())
+        self.event(event="round", cell="calibrate:" + server, round=1, msgs_per_s=r.throughput.msgs_per_s, valid=r.valid)
+        if not r.valid or not r.throughput.msgs_per_s > 0:
+            raise RuntimeError(f"calibration of {server} failed: {r.invalid_reason}")
+        self.peaks[server] = r.throughput.msgs_per_s
         return self.peaks[server], "a calibration run"
 
     def _window(self, start_ns, end_ns):
@@ -212,21 +184,15 @@ class SuiteContext:
         self.event(event="cell", cell=cell.id, index=self.index.get(cell.id, -1), desc=cell.describe())
 
     def run_round(self, cell, round_no, rate=None, peak=None):
-        """One load run: run it, tag it with its cell, write it to raw/ at once, report progress."""
-        from sockbench.bench.load.harness import run_load
-
+        """One load run: run it, tag it with its cell, write it to raw/ at once, report progress; its ``LoadResult``."""
         # the runner keeps its display still while the load runs (see runner._watch)
         r = run_load(self.spec(cell, rate=rate), on_window=self._window)
-        r["cell"] = {
-            "server": cell.server, "mode": cell.mode, "size": cell.size, "conns": cell.conns,
-            "depth": cell.depth, "load_pct": cell.load_pct, "protocol": cell.protocol,
-            "workload_id": cell.workload_id, "round": round_no, "rounds": self.plan.rounds, "index": self.index.get(cell.id, -1),
-            "peak_msgs_per_s": peak,
-        }
-        write_json_atomic(os.path.join(self.out, RAW_DIR, raw_name(cell, round_no)), r)
-        self.event(event="round", cell=cell.id, round=round_no, msgs_per_s=r["throughput"]["msgs_per_s"],
-                   p99_us=r["latency_us"].get("p99"), valid=r["valid"], client_bound=r["client_bound"])
+        r = r.with_cell(CellContext.of(cell, round_no, self.plan.rounds, self.index.get(cell.id, -1), peak))
+        write_json_atomic(os.path.join(self.out, RAW_DIR, raw_name(cell, round_no)), r.to_json())
+        self.event(event="round", cell=cell.id, round=round_no, msgs_per_s=r.throughput.msgs_per_s,
+                   p99_us=r.latency_us.p99, valid=r.valid, client_bound=r.client_bound)
         return r
 
-    def stats(self, cell, runs):
-        return CellStats(cell, list(runs))
+    def stats(self, cell, results):
+        """The ``CellStats`` of a cell's rounds (``LoadResult`` objects)."""
+        return CellStats(cell, list(results))

@@ -8,7 +8,9 @@ looped by the plugin: a round is seconds long and must run exactly
 ``plan.rounds`` times).  The plugin's clock is ``msgclock``: it advances by
 the round's seconds per message (closed loop) or p99 latency (open loop), so
 pytest-benchmark's own statistics are about the server, not about wall time.
-Every figure of every round, and the cell summary, go into ``extra_info``.
+Every figure of every round (``RoundSummary``), and the cell summary
+(``CellSummary``, from ``CellStats.summary()``), go into ``extra_info``; both
+are owned by the result schema (``sockbench.bench.schema``).
 
 Stability follows pyperf: a standard deviation between rounds of 10% of the
 median or more raises ``UnstableBenchmarkWarning`` (and the report flags the
@@ -21,9 +23,9 @@ import warnings
 
 import pytest
 
+from sockbench.bench.schema import RoundSummary
 from sockbench.bench.suite import msgclock
 from sockbench.thresholds import UNSTABLE_SPREAD
-from sockbench.bench.suite.session import summary_info
 
 __all__ = ["UnstableBenchmarkWarning", "SuspectRunWarning", "test_echo"]
 
@@ -34,28 +36,6 @@ class UnstableBenchmarkWarning(UserWarning):
 
 class SuspectRunWarning(UserWarning):
     """A round was invalid or client-bound: its figure must not be quoted."""
-
-
-def _round_info(r):
-    lat = r.get("latency_us") or {}
-    sp = r.get("server_proc") or {}
-    per = sp.get("us_per_msg") or {}
-    return {
-        "msgs_per_s": r["throughput"].get("msgs_per_s"),
-        "bytes_per_s": r["throughput"].get("bytes_per_s"),
-        "target_rate": r["throughput"].get("target_rate"),
-        "achieved_rate": r["throughput"].get("achieved_rate"),
-        "latency_us": {k: lat.get(k) for k in ("p50", "p90", "p99", "p999", "max", "mean")},
-        "server_us_per_msg": {"user": per.get("user"), "sys": per.get("sys")},
-        "server_rss_peak_bytes": sp.get("rss_peak_bytes"),
-        "client_cpu_util": (r.get("client") or {}).get("cpu_util"),
-        "client_busy_util": (r.get("client") or {}).get("busy_util"),
-        "errors": r.get("errors"),
-        "valid": r.get("valid"),
-        "client_bound": r.get("client_bound"),
-        "invalid_reason": r.get("invalid_reason"),
-        "started_at": r.get("started_at"),
-    }
 
 
 @pytest.mark.benchmark(timer=msgclock.clock, disable_gc=False, warmup=False)
@@ -78,10 +58,10 @@ def test_echo(benchmark, cell, suite_ctx):
         r = suite_ctx.run_round(cell, len(runs) + 1, rate=rate, peak=peak)
         runs.append(r)
         if cell.mode == "closed":
-            msgs = r["throughput"].get("msgs_per_s") or 0.0
+            msgs = r.throughput.msgs_per_s or 0.0
             msgclock.advance(1.0 / msgs if msgs > 0 else plan.duration_s)
         else:
-            p99 = r["latency_us"].get("p99")
+            p99 = r.latency_us.p99
             msgclock.advance(p99 / 1e6 if p99 and p99 > 0 else plan.duration_s)
         return r
 
@@ -89,8 +69,8 @@ def test_echo(benchmark, cell, suite_ctx):
 
     stats = suite_ctx.stats(cell, runs)
     suite_ctx.record(stats)
-    info["per_round"] = [_round_info(r) for r in runs]
-    info.update(summary_info(stats))
+    info["per_round"] = [RoundSummary.of(r).to_json() for r in runs]
+    info.update(stats.summary().to_json())
     if stats.unstable:
         warnings.warn(UnstableBenchmarkWarning(
             f"{cell.id}: msgs/s spread {stats.spread:.1%} of the median over {len(runs)} rounds "

@@ -9,7 +9,8 @@ stays pure JSON).  An invalid run still writes its JSON and prints its
 summary, then exits 1 with one line that says why.  ``--protocol frame|json``
 speaks one of the framed protocols (``sockbench.servers.protocols``); ``--size``
 is the payload size in every protocol, so "MB/s" counts payload bytes and
-"wire MB/s" adds the framing and headers.
+"wire MB/s" adds the framing and headers.  The summary reads the run's
+``LoadResult`` (``sockbench.bench.schema``); the JSON is its ``to_json()``.
 """
 
 import json
@@ -59,7 +60,9 @@ def add_arguments(p):
 
 
 def spec_from_args(args):
-    from sockbench.bench.load.harness import LoadSpec
+    # deferred: every `sockbench serve` builds the parser that imports this module, so the load
+    # pipeline (the harness, the schema) is imported only when a load runs
+    from sockbench.bench.load.spec import LoadSpec
 
     if (args.name is None) == (args.target is None):
         raise UsageError("load: give a server NAME or --target HOST:PORT (exactly one)")
@@ -83,6 +86,7 @@ def spec_from_args(args):
 
 
 def run_cli(args):
+    # deferred: rich and the harness, as in spec_from_args
     from rich.console import Console
 
     from sockbench.bench.load.harness import run_load
@@ -95,16 +99,16 @@ def run_cli(args):
                         f"{spec.warmup_s:g} s warmup + {spec.duration_s:g} s ..."):
         result = run_load(spec)
     if to_stdout:
-        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.write(json.dumps(result.to_json()) + "\n")
         sys.stdout.flush()
     elif args.json:
         try:
-            write_json_atomic(args.json, result)
+            write_json_atomic(args.json, result.to_json())
         except OSError as e:
             raise SockbenchError(f"cannot write {args.json}: {e.strerror}") from None
     console.print(render_summary(result))
-    if not result["valid"]:
-        raise SockbenchError(f"invalid run: {result['invalid_reason']}", exit_code=EXIT_INVALID)
+    if not result.valid:
+        raise SockbenchError(f"invalid run: {result.invalid_reason}", exit_code=EXIT_INVALID)
     return 0
 
 
@@ -113,77 +117,109 @@ def _n(v, fmt="{:,.0f}"):
 
 
 def render_summary(r):
-    """A one-screen rich renderable of a result dict."""
+    """A one-screen rich renderable of a ``LoadResult``: the run, its verdict, throughput, latency, CPU, errors."""
+    # deferred: rich, as in run_cli
     from rich.console import Group
+    from rich.text import Text
+
+    verdict = Text("VALID", style="bold green") if r.valid else Text(f"INVALID: {r.invalid_reason}", style="bold red")
+    e = r.errors
+    errs = Text(f"errors: {e.total}  " + "  ".join(f"{k} {v}" for k, v in e.by_kind.items()),
+                style="red" if e.total else "dim")
+    return Group(_head(r), verdict, _throughput_table(r), _latency_table(r), _cpu_table(r), errs, *_notes(r))
+
+
+def _head(r):
+    from rich.text import Text  # deferred: rich, as in run_cli
+
+    w = r.workload
+    head = Text()
+    head.append(f"{r.server}", style="bold")
+    head.append(f"  {w.mode}")
+    if w.protocol != "raw":
+        head.append(f"  {w.protocol}")
+    head.append(f"  {w.conns} conns x {w.size} B x {w.depth} in flight")
+    if w.mode == "open":
+        head.append(f"  rate {w.rate:,.0f}/s")
+    head.append(f"  {w.duration_s:g} s (+{w.warmup_s:g} s warmup)  {w.procs} proc(s)")
+    return head
+
+
+def _throughput_table(r):
+    # deferred: rich, as in run_cli
     from rich.table import Table
     from rich.text import Text
 
-    w = r["workload"]
-    t = r["throughput"]
-    head = Text()
-    head.append(f"{r['server']}", style="bold")
-    head.append(f"  {w['mode']}")
-    if w.get("protocol", "raw") != "raw":
-        head.append(f"  {w['protocol']}")
-    head.append(f"  {w['conns']} conns x {w['size']} B x {w['depth']} in flight")
-    if w["mode"] == "open":
-        head.append(f"  rate {w['rate']:,.0f}/s")
-    head.append(f"  {w['duration_s']:g} s (+{w['warmup_s']:g} s warmup)  {w['procs']} proc(s)")
-    verdict = Text("VALID", style="bold green") if r["valid"] else Text(f"INVALID: {r['invalid_reason']}", style="bold red")
-
+    t = r.throughput
     tp = Table(box=None, show_header=False, pad_edge=False)
     tp.add_column(style="dim")
     tp.add_column(justify="right")
-    tp.add_row("msgs/s", _n(t["msgs_per_s"]))
-    tp.add_row("MB/s", _n(t["bytes_per_s"] / 1e6, "{:,.1f}"))
-    if w.get("protocol", "raw") != "raw" and t.get("wire_bytes_per_s") is not None:
-        tp.add_row("wire MB/s", _n(t["wire_bytes_per_s"] / 1e6, "{:,.1f}"))
-    if "conns_per_s" in t:
-        tp.add_row("conns/s", _n(t["conns_per_s"]))
-    if "target_rate" in t:
-        tp.add_row("target rate", _n(t["target_rate"]))
-        style = "red" if t["behind"] else ""
-        tp.add_row("achieved rate", Text(f"{t['achieved_rate']:,.0f} ({t['pacing_error']:+.2%})", style=style))
+    tp.add_row("msgs/s", _n(t.msgs_per_s))
+    tp.add_row("MB/s", _n(t.bytes_per_s / 1e6, "{:,.1f}"))
+    if r.workload.protocol != "raw" and t.wire_bytes_per_s is not None:
+        tp.add_row("wire MB/s", _n(t.wire_bytes_per_s / 1e6, "{:,.1f}"))
+    if t.conns_per_s is not None:
+        tp.add_row("conns/s", _n(t.conns_per_s))
+    if t.target_rate is not None:
+        tp.add_row("target rate", _n(t.target_rate))
+        style = "red" if t.behind else ""
+        tp.add_row("achieved rate", Text(f"{t.achieved_rate:,.0f} ({t.pacing_error:+.2%})", style=style))
+    return tp
+
+
+def _latency_table(r):
+    from rich.table import Table  # deferred: rich, as in run_cli
 
     lat = Table(box=None, pad_edge=False)
     lat.add_column("µs", style="dim")
-    for k in ("p50", "p90", "p99", "p999", "max", "mean"):
+    rows = [("latency" if r.workload.mode != "connect" else "connect", r.latency_us)]
+    if r.service_us is not None:
+        rows.append(("service", r.service_us))
+    if r.cycle_us is not None:
+        rows.append(("cycle", r.cycle_us))
+    for k in r.latency_us.figures():
         lat.add_column(k, justify="right")
-    rows = [("latency" if w["mode"] != "connect" else "connect", r["latency_us"])]
-    if "service_us" in r:
-        rows.append(("service", r["service_us"]))
-    if "cycle_us" in r:
-        rows.append(("cycle", r["cycle_us"]))
     for label, s in rows:
-        lat.add_row(label, *(_n(s.get(k), "{:,.1f}") for k in ("p50", "p90", "p99", "p999", "max", "mean")))
+        lat.add_row(label, *(_n(v, "{:,.1f}") for v in s.figures().values()))
+    return lat
+
+
+def _cpu_table(r):
+    # deferred: rich, as in run_cli
+    from rich.table import Table
+    from rich.text import Text
 
     cpu = Table(box=None, pad_edge=False)
     cpu.add_column("cpu", style="dim")
     for k in ("user s", "sys s", "user µs/msg", "sys µs/msg", "util", "peak RSS"):
         cpu.add_column(k, justify="right")
-    sp, cl = r["server_proc"], r["client"]
+    sp, cl = r.server_proc, r.client
     cpu.add_row(
-        "server", _n(sp["user_s"], "{:.2f}"), _n(sp["sys_s"], "{:.2f}"),
-        _n(sp["us_per_msg"]["user"], "{:.3f}"), _n(sp["us_per_msg"]["sys"], "{:.3f}"),
-        _n(sp.get("cpu_util"), "{:.0%}"), _n(sp["rss_peak_bytes"] and sp["rss_peak_bytes"] / 2**20, "{:.1f} MiB"),
+        "server", _n(sp.user_s, "{:.2f}"), _n(sp.sys_s, "{:.2f}"),
+        _n(sp.us_per_msg.user, "{:.3f}"), _n(sp.us_per_msg.sys, "{:.3f}"),
+        _n(sp.cpu_util, "{:.0%}"), _n(sp.rss_peak_bytes and sp.rss_peak_bytes / 2**20, "{:.1f} MiB"),
     )
     cpu.add_row(
-        "client", _n(cl["user_s"], "{:.2f}"), _n(cl["sys_s"], "{:.2f}"),
-        _n(cl["us_per_msg"]["user"], "{:.3f}"), _n(cl["us_per_msg"]["sys"], "{:.3f}"),
-        Text(_n(cl["cpu_util"], "{:.0%}") + (f" (busy {cl['busy_util']:.0%})" if cl.get("busy_util") is not None else ""),
-             style="red" if r["client_bound"] else ""), "",
+        "client", _n(cl.user_s, "{:.2f}"), _n(cl.sys_s, "{:.2f}"),
+        _n(cl.us_per_msg.user, "{:.3f}"), _n(cl.us_per_msg.sys, "{:.3f}"),
+        Text(_n(cl.cpu_util, "{:.0%}") + (f" (busy {cl.busy_util:.0%})" if cl.busy_util is not None else ""),
+             style="red" if r.client_bound else ""), "",
     )
-    e = r["errors"]
-    errs = Text(f"errors: {e['total']}  " + "  ".join(f"{k} {v}" for k, v in e["by_kind"].items()),
-                style="red" if e["total"] else "dim")
+    return cpu
+
+
+def _notes(r):
+    from rich.text import Text  # deferred: rich, as in run_cli
+
+    cl = r.client
     notes = []
-    if r["client_bound"]:
+    if r.client_bound:
         notes.append(Text("client-bound: the load CPUs were >= 95% busy; this figure measures the client too", style="yellow"))
-    if r.get("limited_by"):
-        notes.append(Text(f"limited by: {r['limited_by']} CPU saturated", style="dim"))
-    if cl.get("polling"):
+    if r.limited_by:
+        notes.append(Text(f"limited by: {r.limited_by} CPU saturated", style="dim"))
+    if cl.polling:
         notes.append(Text("the client polled between sends (open loop, a CPU per load process): "
                           "its CPU is always 100%, its busy share says how loaded it was", style="dim"))
-    if cl.get("msgs_per_write"):
-        notes.append(Text(f"coalescing: {cl['msgs_per_write']:.2f} msgs per write ({cl['writes']:,} writes)", style="dim"))
-    return Group(head, verdict, tp, lat, cpu, errs, *notes)
+    if cl.msgs_per_write:
+        notes.append(Text(f"coalescing: {cl.msgs_per_write:.2f} msgs per write ({cl.writes:,} writes)", style="dim"))
+    return notes

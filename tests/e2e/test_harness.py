@@ -20,6 +20,7 @@ import pytest
 from sockbench.servers import registry
 from sockbench.bench.load import hdr
 from sockbench.bench.load.harness import LoadSpec, run_load
+from sockbench.bench.schema import Errors, LoadResult
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.servers.process import ServerProcess
 
@@ -34,32 +35,35 @@ RESULT_KEYS = {
 
 
 def _check_coherent(r, spec):
-    assert set(RESULT_KEYS) <= set(r)
-    assert r["schema"] == 1
-    assert r["valid"], r["invalid_reason"]
-    assert r["limited_by"] in (None, "client", "server", "both")
-    assert r["errors"] == {"total": 0, "by_kind": {"connect": 0, "reset": 0, "timeout": 0, "mismatch": 0, "protocol": 0}}
-    t = r["throughput"]
-    assert t["msgs_per_s"] > 0
-    assert t["bytes_per_s"] == pytest.approx(t["msgs_per_s"] * spec.size)
-    lat = r["latency_us"]
-    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p999"] <= lat["max"]
+    assert isinstance(r, LoadResult)
+    d = r.to_json()
+    assert set(RESULT_KEYS) <= set(d)
+    # serialisable as is, and the JSON reads back into the same result
+    assert LoadResult.from_json(json.loads(json.dumps(d))) == r
+    assert r.schema == d["schema"] == 1
+    assert r.valid, r.invalid_reason
+    assert r.limited_by in (None, "client", "server", "both")
+    assert r.errors == Errors(total=0, by_kind={"connect": 0, "reset": 0, "timeout": 0, "mismatch": 0, "protocol": 0})
+    t = r.throughput
+    assert t.msgs_per_s > 0
+    assert t.bytes_per_s == pytest.approx(t.msgs_per_s * spec.size)
+    lat = r.latency_us
+    assert 0 < lat.p50 <= lat.p90 <= lat.p99 <= lat.p999 <= lat.max
     # one latency per message completed in the window (connect mode: per cycle; connect latency per connection)
-    per_msg = r["cycle_us"] if spec.mode == "connect" else lat
-    assert per_msg["count"] == round(t["msgs_per_s"] * spec.duration_s)
+    per_msg = r.cycle_us if spec.mode == "connect" else lat
+    assert per_msg.count == round(t.msgs_per_s * spec.duration_s)
     # the encoded histogram decodes to the same count (the exact-merge path)
-    assert hdr.merge_encoded([r["hdr"]]).get_total_count() == lat["count"]
-    ts = r["timeseries"]
-    assert ts["warmup_intervals"] == 2
-    assert sum(ts["msgs"][ts["warmup_intervals"]:]) >= per_msg["count"]
+    assert hdr.merge_encoded([r.hdr]).get_total_count() == lat.count
+    ts = r.timeseries
+    assert ts.warmup_intervals == 2
+    assert sum(ts.msgs[ts.warmup_intervals:]) >= per_msg.count
     for k in ("mode", "conns", "size", "depth", "rate", "duration_s", "warmup_s", "procs"):
-        assert k in r["workload"]
-    assert r["workload"]["protocol"] == spec.protocol
+        assert k in d["workload"]
+    assert r.workload.protocol == spec.protocol
     if spec.protocol == "raw":
-        assert t["wire_bytes_per_s"] == t["bytes_per_s"]
+        assert t.wire_bytes_per_s == t.bytes_per_s
     else:  # the framing and headers come on top of the payload
-        assert t["wire_bytes_per_s"] > t["bytes_per_s"]
-    json.dumps(r)  # serialisable as is
+        assert t.wire_bytes_per_s > t.bytes_per_s
 
 
 # --- every registered server -----------------------------------------------------------------
@@ -70,12 +74,12 @@ def test_short_closed_run_against_every_server(name):
     spec = LoadSpec(server=name, mode="closed", conns=4, size=100, depth=3, **SHORT)
     r = run_load(spec)
     _check_coherent(r, spec)
-    assert r["server"] == name
-    sp = r["server_proc"]
-    assert sp["user_s"] is not None and sp["user_s"] + sp["sys_s"] >= 0
-    assert sp["cpu_source"] in ("schedstat", "ticks")
-    assert sp["rss_peak_bytes"] > 1 << 20
-    assert r["client"]["user_s"] + r["client"]["sys_s"] > 0
+    assert r.server == name
+    sp = r.server_proc
+    assert sp.user_s is not None and sp.user_s + sp.sys_s >= 0
+    assert sp.cpu_source in ("schedstat", "ticks")
+    assert sp.rss_peak_bytes > 1 << 20
+    assert r.client.user_s + r.client.sys_s > 0
 
 
 def test_ctrl_c_while_a_server_starts_never_orphans_it(monkeypatch):
@@ -141,37 +145,37 @@ def test_two_processes_open_and_json_file(tmp_path):
     spec = LoadSpec(server="selectors", mode="open", conns=4, size=64, rate=2000.0, procs=2, **SHORT)
     r = run_load(spec, json_path=path)
     _check_coherent(r, spec)
-    assert json.loads(path.read_text()) == r
-    t = r["throughput"]
-    assert t["target_rate"] == 2000.0
-    assert t["achieved_rate"] == pytest.approx(2000.0, rel=0.02)
-    assert t["behind"] is False
-    svc = r["service_us"]
-    assert svc["count"] == r["latency_us"]["count"]
+    assert json.loads(path.read_text()) == r.to_json()
+    t = r.throughput
+    assert t.target_rate == 2000.0
+    assert t.achieved_rate == pytest.approx(2000.0, rel=0.02)
+    assert t.behind is False
+    svc = r.service_us
+    assert svc.count == r.latency_us.count
     # latency counts from the intended send time, service time from the actual one
-    assert svc["p50"] <= r["latency_us"]["p50"] + 1
+    assert svc.p50 <= r.latency_us.p50 + 1
     # two processes share one client CPU: they sleep between sends, and CPU time is their load
-    assert r["client"]["polling"] is False and r["client"]["busy_util"] is None
+    assert r.client.polling is False and r.client.busy_util is None
 
 
 def test_open_loop_with_a_cpu_per_process_polls_and_reports_its_busy_share():
     spec = LoadSpec(server="selectors", mode="open", conns=4, size=64, rate=2000.0, **SHORT)
     r = run_load(spec)
     _check_coherent(r, spec)
-    cl = r["client"]
-    assert cl["polling"] is True
-    assert cl["cpu_util"] > 0.9, "a polling client stays on its CPU"
+    cl = r.client
+    assert cl.polling is True
+    assert cl.cpu_util > 0.9, "a polling client stays on its CPU"
     # 2,000 msgs/s leave the client idle most of the time: busy, not CPU time, decides client_bound
-    assert 0 < cl["busy_util"] < 0.5 and r["client_bound"] is False
-    assert r["throughput"]["achieved_rate"] == pytest.approx(2000.0, rel=0.02)
+    assert 0 < cl.busy_util < 0.5 and r.client_bound is False
+    assert r.throughput.achieved_rate == pytest.approx(2000.0, rel=0.02)
 
 
 def test_connect_mode():
     spec = LoadSpec(server="selectors", mode="connect", conns=2, size=32, **SHORT)
     r = run_load(spec)
     _check_coherent(r, spec)
-    assert r["throughput"]["conns_per_s"] == r["throughput"]["msgs_per_s"] > 0
-    assert r["cycle_us"]["p50"] >= r["latency_us"]["p50"]
+    assert r.throughput.conns_per_s == r.throughput.msgs_per_s > 0
+    assert r.cycle_us.p50 >= r.latency_us.p50
 
 
 # --- a broken echo server: wrong bytes make the run invalid -----------------------------------
@@ -262,19 +266,19 @@ def make_server():
 def test_broken_echo_server_is_invalid(make_server, fault):
     srv = make_server(fault)
     r = run_load(LoadSpec(target=srv.address, conns=3, size=64, depth=2, **SHORT))
-    assert r["valid"] is False
-    assert r["errors"]["by_kind"]["mismatch"] == 3, "every connection passes offset 1000 and is caught"
-    assert "mismatch" in r["invalid_reason"]
-    assert r["errors"]["total"] >= 3
+    assert r.valid is False
+    assert r.errors.by_kind["mismatch"] == 3, "every connection passes offset 1000 and is caught"
+    assert "mismatch" in r.invalid_reason
+    assert r.errors.total >= 3
 
 
 def test_coalescing_depth_messages_leave_in_one_write(make_server):
     srv = make_server("echo")
     r = run_load(LoadSpec(target=srv.address, conns=2, size=64, depth=8, **SHORT))
-    assert r["valid"], r["invalid_reason"]
+    assert r.valid, r.invalid_reason
     # the first 8 messages of each connection went out as one write, so they arrive as one segment
     assert srv.first_recv[:2] == [8 * 64, 8 * 64]
-    assert r["client"]["msgs_per_write"] >= 1.0
+    assert r.client.msgs_per_write >= 1.0
 
 
 def test_unanswered_messages_time_out_and_the_run_still_ends(make_server):
@@ -282,10 +286,10 @@ def test_unanswered_messages_time_out_and_the_run_still_ends(make_server):
     t0 = time.monotonic()
     r = run_load(LoadSpec(target=srv.address, conns=2, size=64, timeout_s=0.2, duration_s=0.5, warmup_s=0.1))
     assert time.monotonic() - t0 < 5
-    assert r["valid"] is False
-    assert r["errors"]["by_kind"]["timeout"] == 2
-    assert r["throughput"]["msgs_per_s"] == 0
-    assert r["latency_us"]["p50"] is None
+    assert r.valid is False
+    assert r.errors.by_kind["timeout"] == 2
+    assert r.throughput.msgs_per_s == 0
+    assert r.latency_us.p50 is None
 
 
 # --- framed protocols (frame, json) ----------------------------------------------------------
@@ -299,14 +303,14 @@ def test_short_framed_run_against_every_server_that_speaks_it(name, proto):
     spec = LoadSpec(server=name, protocol=proto, mode="closed", conns=4, size=100, depth=3, **SHORT)
     r = run_load(spec)
     _check_coherent(r, spec)
-    assert r["server"] == name
+    assert r.server == name
 
 
 def test_framed_open_and_connect_modes():
     spec = LoadSpec(server="selectors", protocol="json", mode="open", conns=3, size=64, rate=1500.0, **SHORT)
     r = run_load(spec)
     _check_coherent(r, spec)
-    assert r["throughput"]["achieved_rate"] == pytest.approx(1500.0, rel=0.02)
+    assert r.throughput.achieved_rate == pytest.approx(1500.0, rel=0.02)
     spec = LoadSpec(server="selectors", protocol="frame", mode="connect", conns=2, size=32, **SHORT)
     _check_coherent(run_load(spec), spec)
 
@@ -438,10 +442,10 @@ def test_framed_requests_are_the_wire_spec_and_the_answers_are_verified(make_fra
 def test_broken_framed_server_is_invalid(make_framed_server, proto, fault, kind):
     srv = make_framed_server(proto, fault)
     r = run_load(LoadSpec(target=srv.address, protocol=proto, conns=3, size=64, depth=2, **SHORT))
-    assert r["valid"] is False
-    assert r["errors"]["by_kind"][kind] == 3, f"every connection reaches message 5 and is caught: {r['errors']}"
-    assert r["errors"]["total"] == 3
-    assert f"({kind})" in r["invalid_reason"]
+    assert r.valid is False
+    assert r.errors.by_kind[kind] == 3, f"every connection reaches message 5 and is caught: {r.errors}"
+    assert r.errors.total == 3
+    assert f"({kind})" in r.invalid_reason
 
 
 def test_unsupported_protocol_for_a_server_is_one_line_before_anything_starts():
@@ -473,11 +477,11 @@ def test_a_stall_shorter_than_the_timeout_still_makes_the_run_invalid(make_serve
     # answers stop ~0.35 s into the measured window; the 5 s timeout never fires in a 1.6 s window
     srv = make_server("freeze")
     r = run_load(LoadSpec(target=srv.address, conns=2, size=64, depth=2, duration_s=1.6, warmup_s=0.2))
-    assert r["valid"] is False
-    assert r["errors"]["total"] == 0
-    assert r["throughput"]["msgs_per_s"] > 0
-    assert r["timeseries"]["longest_idle_s"] >= 1.0
-    assert r["invalid_reason"].startswith("stalled: no message completed for ")
+    assert r.valid is False
+    assert r.errors.total == 0
+    assert r.throughput.msgs_per_s > 0
+    assert r.timeseries.longest_idle_s >= 1.0
+    assert r.invalid_reason.startswith("stalled: no message completed for ")
 
 
 def _closed_port():
@@ -515,10 +519,12 @@ def test_server_killed_mid_run_gives_an_invalid_result(tmp_path):
             r = run_load(LoadSpec(target=server.address, conns=3, duration_s=1.0, warmup_s=0.2), json_path=path)
         finally:
             killer.cancel()
-    assert r["valid"] is False
-    assert r["errors"]["by_kind"]["reset"] == 3
-    assert "reset or closed" in r["invalid_reason"]
-    assert json.loads(path.read_text())["valid"] is False, "the result is written even when invalid"
+    assert r.valid is False
+    assert r.errors.by_kind["reset"] == 3
+    assert "reset or closed" in r.invalid_reason
+    written = LoadResult.from_json(json.loads(path.read_text()))
+    assert written.valid is False, "the result is written even when invalid"
+    assert written == r
 
 
 def _child_pid(*words, deadline_s=10.0):
@@ -554,9 +560,9 @@ def test_server_started_by_the_harness_dying_mid_run_is_reported(tmp_path):
     os.kill(pid, signal.SIGKILL)
     t.join(30)
     r = out["r"]
-    assert r["valid"] is False
-    assert "the server exited (status -9) during the run" in r["invalid_reason"]
-    assert json.loads(path.read_text())["invalid_reason"] == r["invalid_reason"]
+    assert r.valid is False
+    assert "the server exited (status -9) during the run" in r.invalid_reason
+    assert LoadResult.from_json(json.loads(path.read_text())).invalid_reason == r.invalid_reason
 
 
 def test_a_hung_load_process_is_killed_at_the_hard_timeout(make_server, monkeypatch):
@@ -575,8 +581,8 @@ def test_a_hung_load_process_is_killed_at_the_hard_timeout(make_server, monkeypa
     t.join(30)
     r = out["r"]
     assert time.monotonic() - t0 < 10
-    assert r["valid"] is False
-    assert "load process 0 hung; killed at the hard timeout" in r["invalid_reason"]
+    assert r.valid is False
+    assert "load process 0 hung; killed at the hard timeout" in r.invalid_reason
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # killed and reaped
 
@@ -588,8 +594,10 @@ def test_json_to_stdout_and_summary_to_stderr():
         capture_output=True, text=True, timeout=60,
     )
     assert p.returncode == 0, p.stderr
-    r = json.loads(p.stdout)
-    assert r["valid"] and r["workload"]["size"] == 1024
+    d = json.loads(p.stdout)
+    r = LoadResult.from_json(d)
+    assert r.to_json() == d, "stdout is exactly one result's JSON"
+    assert r.valid and r.workload.size == 1024
     assert "msgs/s" in p.stderr
 
 
@@ -656,28 +664,6 @@ def test_pattern_table_repeats_with_its_period():
     assert len(set(t[:4096])) > 200, "pseudo-random, not a constant"
 
 
-def test_framed_load_summary_leaves_invalid_runs_out_of_medians_and_ratios():
-    from sockbench.bench.calibrate.framed_load import render, summarize
-
-    def run(msgs, valid=True):
-        return dict(valid=valid, invalid_reason=None if valid else "stalled: no message completed for 2.0 s",
-                    limited_by=None, msgs_per_s=msgs, server_user_us=0.02, server_sys_us=0.4,
-                    client_us=0.5, client_util=0.4)
-
-    cells = {("cython", "frame"): [run(1000.0), run(900.0), run(800.0)],
-             ("uvloop", "frame"): [run(400.0), run(5.0, valid=False), run(400.0)]}
-    s = summarize(cells, ["frame"])
-    assert s["cells"]["uvloop/frame"]["msgs_per_s"] == {"median": 400.0, "min": 400.0, "max": 400.0, "n": 2}
-    ratio = next(r for r in s["ratios"] if r["metric"] == "msgs_per_s")
-    assert ratio["per_repeat"] == [2.5, 2.0] and ratio["stats"]["median"] == 2.25 and ratio["met"] is False
-    # the kernel ceiling: uvloop's (0.02 + 0.4) µs/msg over cython's 0.4 µs/msg of kernel time, valid pairs only
-    ceiling = s["ceilings"][0]
-    assert ceiling["per_repeat"] == [1.05, 1.05] and ceiling["reachable"] is False
-    text = render(s)
-    assert "invalid uvloop/frame: stalled" in text and "target >= 2.5: NOT met" in text
-    assert "kernel ceiling frame msgs/s ratio" in text and "out of this machine's reach" in text
-
-
 def test_load_command_protocol_option():
     p = subprocess.run(
         [sys.executable, "-m", "sockbench", "load", "selectors", "--protocol", "json", "--conns", "2", "--depth", "2",
@@ -685,6 +671,6 @@ def test_load_command_protocol_option():
         capture_output=True, text=True, timeout=60,
     )
     assert p.returncode == 0, p.stderr
-    r = json.loads(p.stdout)
-    assert r["valid"] and r["workload"]["protocol"] == "json" and r["workload"]["size"] == 64
+    r = LoadResult.from_json(json.loads(p.stdout))
+    assert r.valid and r.workload.protocol == "json" and r.workload.size == 64
     assert "wire MB/s" in p.stderr

@@ -10,6 +10,7 @@ servers so the unit run stays short.
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,9 +27,10 @@ from sockbench.bench.report import plots as plots_mod
 from sockbench.bench.report.plots import PLOTS
 from sockbench.bench.report.document import build_report, protocol_cost_rows
 from sockbench.bench.suite.runner import build_plan
-from sockbench.bench.report.store import load_results, write_json_atomic
+from sockbench.bench.report.store import load_results
 from sockbench.cli import main
 from sockbench.errors import UsageError
+from sockbench.jsonfile import write_json_atomic
 
 E2E_SERVERS = ["asyncio-protocol", "uvloop"]
 
@@ -94,16 +96,31 @@ def test_markdown_has_a_table_per_workload_and_every_plot(report, base):
     assert "None: every run was valid" in md
 
 
+def test_markdown_and_html_have_the_same_sections(report):
+    from html import unescape
+
+    from markdown_it import MarkdownIt  # comes with rich
+
+    md = MarkdownIt("commonmark").enable("table").render(open(report["md"]).read())
+    html = open(report["html"]).read()
+    for tag in ("h1", "h2", "h3"):
+        titles = [[unescape(t) for t in re.findall(f"<{tag}>(.*?)</{tag}>", text)] for text in (md, html)]
+        assert titles[0] == titles[1] and titles[0], tag
+    for tag in ("<table", "<li>", "<img"):
+        assert md.count(tag) == html.count(tag), tag
+    assert md.count("<tr") == html.count("<tr") + 1  # a Markdown table needs a header row: the settings' one
+
+
 def test_latency_comes_from_the_merged_histogram(base):
     results = load_results(base)
     cell = next(iter(results.cells.values()))
     merged = cell.hdr()
-    assert merged.get_total_count() == sum(json.loads(json.dumps(r))["latency_us"]["count"] for r in cell.runs)
+    assert merged.get_total_count() == sum(r.latency_us.count for r in cell.results)
     for pct in (50.0, 99.0, 99.9):
         assert cell.percentile_us(pct) == merged.get_value_at_percentile(pct) / 1000.0
     # the merged p99 lies within the rounds' p99s, and is not their average by construction
-    p99s = [r["latency_us"]["p99"] for r in cell.runs]
-    assert min(p99s) * 0.99 <= cell.latency()["p99"] <= max(p99s) * 1.01
+    p99s = [r.latency_us.p99 for r in cell.results]
+    assert min(p99s) * 0.99 <= cell.latency_summary().p99 <= max(p99s) * 1.01
 
 
 def test_warnings_stand_out(tmp_path):
@@ -142,7 +159,7 @@ def test_interrupted_run_is_reported_as_incomplete(tmp_path):
     rep = build_report(d)
     assert f"INCOMPLETE: this run was interrupted; {planned - 5} of {planned}" in open(rep["md"]).read()
     # a cell cut short still gets its row, from the rounds it has
-    assert any(len(c.runs) < 3 for c in rep["results"].cells.values())
+    assert any(len(c.results) < 3 for c in rep["results"].cells.values())
 
 
 def test_report_cli(base, capsys):
@@ -408,14 +425,14 @@ def test_run_quick_end_to_end(tmp_path):
     assert f"report: {os.path.join(out, 'report.html')}" in stdout
     results = load_results(out)
     plan = Plan.load(os.path.join(out, "plan.json"))
-    assert len(results.runs) == plan.total_runs() == len(E2E_SERVERS) * 3 * plan.rounds
+    assert len(results.results) == plan.total_runs() == len(E2E_SERVERS) * 3 * plan.rounds
     for c in results.cells.values():
-        assert len(c.runs) == plan.rounds and c.median > 0 and not c.invalid, c.cell
+        assert len(c.results) == plan.rounds and c.median > 0 and not c.invalid, c.cell
         if c.cell.mode == "open":
-            peak = c.runs[0]["cell"]["peak_msgs_per_s"]
-            assert c.runs[0]["workload"]["rate"] == pytest.approx(peak * c.cell.load_pct / 100)
+            peak = c.results[0].cell.peak_msgs_per_s
+            assert c.results[0].workload.rate == pytest.approx(peak * c.cell.load_pct / 100)
     for c in results.cells.values():
-        assert all(r["workload"]["protocol"] == c.cell.protocol == r["cell"]["protocol"] for r in c.runs)
+        assert all(r.workload.protocol == c.cell.protocol == r.cell.protocol for r in c.results)
     assert {c.workload_id for c in results.cells.values() if c.cell.protocol == "json"} == {"closed-64B-c10-json"}
     # every load announced its window before it opened, so the runner kept its display still through it
     events = [json.loads(line) for line in open(os.path.join(out, "progress.jsonl"))]

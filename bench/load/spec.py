@@ -1,0 +1,110 @@
+"""What one load run is asked to do (``LoadSpec``), and every check it must pass before anything starts.
+
+Why it is built this way: ``sockbench load``, the suite and the calibration
+scripts all describe a run the same way, and a bad description must fail in
+one line before a server or a load process is started, never half-way
+through a run.  So the spec is a frozen dataclass whose ``validate()`` is the
+one place where the limits of a run (modes, protocols, sizes, CPUs, the
+in-flight ceiling) are checked.
+"""
+
+import math
+import os
+from dataclasses import dataclass, field
+
+from sockbench.errors import UsageError
+from sockbench.servers import registry
+# the wire protocols the load speaks: the same names, and limit, as ``sockbench serve --protocol``
+from sockbench.servers.protocols import DEFAULT_MAX_MESSAGE, PROTOCOLS
+
+__all__ = ["LoadSpec", "MODES", "PROTOCOLS", "MAX_FRAMED_SIZE", "MAX_DURATION_S", "MAX_IN_FLIGHT"]
+
+MODES = ("closed", "open", "connect")
+#: frame/json payloads above this are over the servers' default ``--max-message`` (16 MiB)
+MAX_FRAMED_SIZE = DEFAULT_MAX_MESSAGE
+MAX_DURATION_S = 3600.0
+MAX_IN_FLIGHT = 10_000_000
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """One load run.  Exactly one of ``server`` (a registry name) and ``target`` ((host, port))."""
+
+    server: str | None = None
+    target: tuple | None = None
+    mode: str = "closed"
+    conns: int = 10
+    size: int = 64
+    depth: int = 1
+    rate: float | None = None  # open mode: total msgs/s over every connection and process
+    duration_s: float = 5.0
+    warmup_s: float = 1.0
+    procs: int = 1
+    server_cpus: tuple = (0,)
+    client_cpus: tuple = (1,)
+    interval_s: float = 0.1
+    timeout_s: float = 5.0  # a message outstanding longer than this is a timeout error
+    server_options: dict = field(default_factory=dict)
+    protocol: str = "raw"  # raw, frame or json; size is the payload size in each
+
+    def validate(self):
+        """Raise a one-line ``UsageError`` for anything that cannot run."""
+        if (self.server is None) == (self.target is None):
+            raise UsageError("give either a server name or --target HOST:PORT (exactly one)")
+        if self.protocol not in PROTOCOLS:
+            raise UsageError(f"unknown protocol {self.protocol!r}; use one of {', '.join(PROTOCOLS)}")
+        if self.server is not None:
+            server = registry.get(self.server)
+            ok, why = server.availability()
+            if not ok:
+                raise UsageError(f"server {self.server!r}: {why}")
+            if self.protocol not in server.protocols:
+                raise UsageError(
+                    f"server {self.server!r} does not speak --protocol {self.protocol}; "
+                    f"it speaks {', '.join(server.protocols)}"
+                )
+        else:
+            if not (isinstance(self.target, (tuple, list)) and len(self.target) == 2):
+                raise UsageError(f"target must be (host, port), not {self.target!r}")
+            port = self.target[1]
+            if not isinstance(port, int) or not 0 < port < 65536:
+                raise UsageError(f"bad target port {port!r}; use 1..65535")
+        if self.mode not in MODES:
+            raise UsageError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
+        for name in ("conns", "size", "depth", "procs"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise UsageError(f"{name} must be a whole number >= 1, not {v!r}")
+        if self.protocol != "raw" and self.size > MAX_FRAMED_SIZE:
+            raise UsageError(f"{self.protocol} payloads are limited to 16 MiB (the servers' --max-message), not {self.size:,} B")
+        if self.procs > self.conns:
+            raise UsageError(f"--procs {self.procs} > --conns {self.conns}: each load process needs a connection")
+        if self.conns > 1_000_000 or self.depth > 1_000_000:
+            raise UsageError("conns and depth are limited to 1,000,000")
+        if self.mode == "closed" and self.conns * self.depth > MAX_IN_FLIGHT:
+            # the loop keeps one 8-byte send time per message in flight
+            raise UsageError(f"conns x depth = {self.conns * self.depth:,} messages in flight; the limit is {MAX_IN_FLIGHT:,}")
+        if not 0 < self.duration_s <= MAX_DURATION_S:
+            raise UsageError(f"duration must be > 0 and <= {MAX_DURATION_S:.0f} s, not {self.duration_s!r}")
+        if not 0 <= self.warmup_s <= MAX_DURATION_S:
+            raise UsageError(f"warmup must be >= 0 and <= {MAX_DURATION_S:.0f} s, not {self.warmup_s!r}")
+        if not 0.001 <= self.interval_s <= self.duration_s + self.warmup_s:
+            raise UsageError(f"interval must be >= 0.001 s and no longer than the run, not {self.interval_s!r}")
+        if not 0 < self.timeout_s <= MAX_DURATION_S:
+            raise UsageError(f"timeout must be > 0 s, not {self.timeout_s!r}")
+        if self.mode == "open":
+            if self.rate is None or not self.rate > 0 or not math.isfinite(self.rate):
+                raise UsageError("open mode needs --rate MSGS_PER_S > 0")
+        elif self.rate is not None:
+            raise UsageError(f"--rate applies to open mode only, not {self.mode}")
+        allowed = os.sched_getaffinity(0)
+        for label, cpus in (("server", self.server_cpus), ("client", self.client_cpus)):
+            if not cpus:
+                raise UsageError(f"--{label}-cpus is empty")
+            missing = sorted(set(cpus) - allowed)
+            if missing:
+                raise UsageError(
+                    f"--{label}-cpus {','.join(map(str, missing))} not available here; usable CPUs: "
+                    f"{','.join(map(str, sorted(allowed)))}"
+                )
+        return self

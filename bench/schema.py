@@ -1,0 +1,894 @@
+"""The result schema: the one owner of sockbench's result JSON, as pyperf's ``_bench.py`` owns its own.
+
+Why it is built this way
+------------------------
+One load run produces one result, and that result travels: from the load
+harness to ``raw/*.json``, to the pytest-benchmark ``extra_info``, to the
+report, the plots and ``sockbench compare``, and to outside scripts.  Every one
+of those reads and writes it through the dataclasses here, so a key is spelled
+in this module only, a new field is added in one place, and a file that is not
+a result is refused in one place, with one line (``SchemaError``).
+
+* ``to_json()`` gives the plain dict that is written (``None`` is ``null``);
+  keys that exist only in some modes (``service_us`` in open loop,
+  ``cycle_us`` and ``throughput.conns_per_s`` in connect mode, the open-loop
+  pacing figures, ``timeseries.sent``, the server's ``cpus`` when the harness
+  started it) are left out when they do not apply, as the harness always has.
+* ``from_json(d)`` checks the shape and builds the objects.  Tolerance for
+  older or hand-made files lives in the ``from_json`` methods and nowhere
+  else: a workload without ``protocol`` was raw; a workload without
+  ``depth`` had one message in flight; ``hdr_unit`` defaults to
+  nanoseconds; machine keys written under other names (``cpu``,
+  ``cpu_count``, ``node`` ...: ``_MACHINE_ALIASES``) are read into their one
+  spelling; parts a file lacks read as empty (every figure ``None``); a
+  ``cell`` without a server is no suite context; an explicit ``null`` for a
+  key that exists in some modes only reads as absent.  Writing such a result
+  back gives the normalised form: the one spelling, every part present.
+* ``Cell`` is the identity of one point of the benchmark matrix.  The suite
+  plans cells and the report groups results by cell, and the report must
+  not import the suite, so it lives here, beside the ``cell`` context the
+  suite attaches to each result (``CellContext``).
+* ``CellSummary`` and ``RoundSummary`` are the summaries the suite puts
+  into pytest-benchmark's ``extra_info``: part of the published output, so
+  their keys are owned here as well.
+
+Versions
+--------
+1
+    The first published format: server, target, workload (mode, protocol,
+    conns, size, depth, rate, duration_s, warmup_s, procs, interval_s,
+    timeout_s, CPUs), throughput, latency_us / service_us / cycle_us,
+    errors by kind, validity and the client-bound and limited-by verdicts,
+    server and client CPU (with µs per message), the time series, the
+    encoded HDR histograms, the machine, the start time and, from the
+    suite, the cell.  Files written before the protocol dimension carry no
+    ``workload.protocol``; they read as raw.
+"""
+
+from dataclasses import dataclass, field, replace
+
+from sockbench.errors import SockbenchError
+from sockbench.units import format_size
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ERROR_KINDS",
+    "SchemaError",
+    "Cell",
+    "Workload",
+    "Target",
+    "Throughput",
+    "Latency",
+    "MergedLatency",
+    "Errors",
+    "CpuPerMsg",
+    "ServerProc",
+    "Client",
+    "Timeseries",
+    "Machine",
+    "CellContext",
+    "LoadResult",
+    "RoundSummary",
+    "CellSummary",
+]
+
+SCHEMA_VERSION = 1
+
+#: the error counters of a result's ``errors.by_kind`` (``protocol``: a frame/json answer whose
+#: framing or header is wrong; ``mismatch``: content bytes that are not the ones sent)
+ERROR_KINDS = ("connect", "reset", "timeout", "mismatch", "protocol")
+
+#: the keys a file must carry to be read as a result at all
+REQUIRED_KEYS = ("server", "workload", "throughput", "latency_us", "errors", "valid")
+
+#: machine keys that older or foreign files spell differently -> the one spelling
+_MACHINE_ALIASES = {
+    "cpu": "cpu_model",
+    "processor": "cpu_model",
+    "cpu_count": "cores",
+    "cpus": "cores",
+    "python_version": "python",
+    "node": "hostname",
+    "commit": "git_commit",
+}
+
+
+class SchemaError(SockbenchError):
+    """A file or dict that is not a schema-1 sockbench result (one line, no traceback)."""
+
+
+def _obj(d, key, source, default=None):
+    """``d[key]`` when it is a JSON object, ``default`` when absent or null; anything else is a SchemaError."""
+    v = d.get(key)
+    if v is None:
+        return default
+    if not isinstance(v, dict):
+        raise SchemaError(f"{source} is corrupt: {key} is not an object")
+    return v
+
+
+def _list(v):
+    return list(v) if v is not None else None
+
+
+def _put(out, key, value):
+    """Set ``out[key]`` only when ``value`` is not None: for the keys that exist in some modes only."""
+    if value is not None:
+        out[key] = value
+
+
+def _protocol(value):
+    """A result's protocol; results written before the protocol dimension carry none and were raw."""
+    if value in (None, ""):
+        return "raw"
+    if not isinstance(value, str) or not value.isidentifier():
+        raise ValueError(f"bad protocol {value!r}")
+    return value
+
+
+# --- the identity of a cell ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (server, workload) point of the matrix; every round of it is one load run."""
+
+    server: str
+    mode: str  # "closed" or "open"
+    size: int
+    conns: int
+    depth: int = 1
+    #: open loop only: the offered rate as a percentage of the server's peak
+    load_pct: int = 0
+    #: the wire protocol (``sockbench serve --protocol``): raw, frame or json
+    protocol: str = "raw"
+
+    @property
+    def workload_id(self):
+        """The workload without the server: the key that rows of one report table share."""
+        base = f"{self.mode}-{format_size(self.size)}-c{self.conns}"
+        if self.depth != 1:
+            base += f"-d{self.depth}"
+        if self.mode == "open":
+            base += f"-{self.load_pct}pct"
+        if self.protocol != "raw":
+            base += f"-{self.protocol}"
+        return base
+
+    @property
+    def base_workload_id(self):
+        """The workload without its protocol: the key that groups a protocol section's cells."""
+        return replace(self, protocol="raw").workload_id
+
+    @property
+    def id(self):
+        return f"{self.server}:{self.workload_id}"
+
+    def describe(self):
+        """The one human description of a cell: ``uvloop · closed · 64B · 10 conns · depth 16 · json``."""
+        text = f"{self.server} · {self.mode} · {format_size(self.size)} · {self.conns} conn"
+        if self.conns != 1:
+            text += "s"
+        if self.depth != 1:
+            text += f" · depth {self.depth}"
+        if self.mode == "open":
+            text += f" · {self.load_pct}% of peak"
+        if self.protocol != "raw":
+            text += f" · {self.protocol}"
+        return text
+
+    def title(self, unit="messages"):
+        """``describe()`` in words, without the server (a report's tables and warnings name it apart):
+        ``closed loop · 64B messages · 10 connections · depth 16 · json protocol``; ``unit`` says what
+        the size counts (a protocol section's title says ``payload``)."""
+        text = f"{self.mode} loop · {format_size(self.size)} {unit} · {self.conns} connection"
+        if self.conns != 1:
+            text += "s"
+        if self.depth != 1:
+            text += f" · depth {self.depth}"
+        if self.mode == "open":
+            text += f" · {self.load_pct}% of each server's peak"
+        if self.protocol != "raw":
+            text += f" · {self.protocol} protocol"
+        return text
+
+
+# --- the parts of a result ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What was asked for: ``size`` is the payload size in every protocol; ``rate`` is open loop's total msgs/s."""
+
+    mode: str
+    protocol: str = "raw"
+    conns: int = 1
+    size: int = 0
+    depth: int = 1
+    rate: float | None = None
+    duration_s: float | None = None
+    warmup_s: float | None = None
+    procs: int | None = None
+    interval_s: float | None = None
+    timeout_s: float | None = None
+    server_cpus: list | None = None
+    client_cpus: list | None = None
+
+    def to_json(self):
+        return {
+            "mode": self.mode,
+            "protocol": self.protocol,
+            "conns": self.conns,
+            "size": self.size,
+            "depth": self.depth,
+            "rate": self.rate,
+            "duration_s": self.duration_s,
+            "warmup_s": self.warmup_s,
+            "procs": self.procs,
+            "interval_s": self.interval_s,
+            "timeout_s": self.timeout_s,
+            "server_cpus": _list(self.server_cpus),
+            "client_cpus": _list(self.client_cpus),
+        }
+
+    @classmethod
+    def from_json(cls, d, source="the result"):
+        try:
+            return cls(
+                mode=str(d["mode"]),
+                protocol=_protocol(d.get("protocol")),
+                conns=int(d["conns"]),
+                size=int(d["size"]),
+                depth=int(d.get("depth") or 1),
+                rate=d.get("rate"),
+                duration_s=d.get("duration_s"),
+                warmup_s=d.get("warmup_s"),
+                procs=d.get("procs"),
+                interval_s=d.get("interval_s"),
+                timeout_s=d.get("timeout_s"),
+                server_cpus=_list(d.get("server_cpus")),
+                client_cpus=_list(d.get("client_cpus")),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise SchemaError(f"{source} has a malformed workload ({e!r}); it is not a sockbench result") from None
+
+
+@dataclass(frozen=True)
+class Target:
+    """The address the load connected to (the harness-started server's, or ``--target``'s)."""
+
+    host: str
+    port: int
+
+    def to_json(self):
+        return {"host": self.host, "port": self.port}
+
+    @classmethod
+    def from_json(cls, d, source="the result"):
+        return cls(host=d.get("host"), port=d.get("port"))
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Per second of the measured window; bytes are payload bytes (``wire_bytes_per_s`` adds the framing).
+
+    ``target_rate``, ``achieved_rate``, ``pacing_error`` and ``behind`` exist in open loop only,
+    ``conns_per_s`` in connect mode only; ``None`` leaves them out of the JSON.
+    """
+
+    msgs_per_s: float
+    bytes_per_s: float | None = None
+    wire_bytes_per_s: float | None = None
+    target_rate: float | None = None
+    achieved_rate: float | None = None
+    pacing_error: float | None = None
+    behind: bool | None = None
+    conns_per_s: float | None = None
+
+    def to_json(self):
+        out = {"msgs_per_s": self.msgs_per_s, "bytes_per_s": self.bytes_per_s, "wire_bytes_per_s": self.wire_bytes_per_s}
+        _put(out, "target_rate", self.target_rate)
+        _put(out, "achieved_rate", self.achieved_rate)
+        _put(out, "pacing_error", self.pacing_error)
+        _put(out, "behind", self.behind)
+        _put(out, "conns_per_s", self.conns_per_s)
+        return out
+
+    @classmethod
+    def from_json(cls, d, source="the result"):
+        return cls(
+            msgs_per_s=d.get("msgs_per_s"),
+            bytes_per_s=d.get("bytes_per_s"),
+            wire_bytes_per_s=d.get("wire_bytes_per_s"),
+            target_rate=d.get("target_rate"),
+            achieved_rate=d.get("achieved_rate"),
+            pacing_error=d.get("pacing_error"),
+            behind=d.get("behind"),
+            conns_per_s=d.get("conns_per_s"),
+        )
+
+    @property
+    def achieved(self):
+        """The rate actually reached: ``achieved_rate`` in open loop, else ``msgs_per_s``."""
+        return self.achieved_rate if self.achieved_rate is not None else self.msgs_per_s
+
+
+@dataclass(frozen=True)
+class Latency:
+    """A latency summary in microseconds: percentiles of the HDR histogram, its max, the exact mean.
+
+    Every figure is ``None`` when nothing was recorded (``count`` 0).
+    """
+
+    count: int = 0
+    p50: float | None = None
+    p90: float | None = None
+    p99: float | None = None
+    p999: float | None = None
+    max: float | None = None
+    mean: float | None = None
+
+    #: (field, percentile) of the summary's percentiles, in order
+    PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9))
+
+    def figures(self):
+        """``{p50, p90, p99, p999, max, mean}``: the summary without its count."""
+        return {"p50": self.p50, "p90": self.p90, "p99": self.p99, "p999": self.p999, "max": self.max, "mean": self.mean}
+
+    def to_json(self):
+        return {"count": self.count, **self.figures()}
+
+    @classmethod
+    def from_json(cls, d, source="the result"):
+        return cls(count=d.get("count"), p50=d.get("p50"), p90=d.get("p90"), p99=d.get("p99"),
+                   p999=d.get("p999"), max=d.get("max"), mean=d.get("mean"))
+
+
+@dataclass(frozen=True)
+class MergedLatency(Latency):
+    """A cell's latency over every round: percentiles of the exact HDR merge (``source`` "hdr"),
+    or, without histograms, the median of the rounds' figures (``source`` "median of rounds")."""
+
+    source: str = "hdr"
+
+    def to_json(self):
+        return {**self.figures(), "count": self.count, "source": self.source}
+
+
+@dataclass(frozen=True)
+class Errors:
+    """The error counts of a run: ``total`` and ``by_kind`` (``ERROR_KINDS`` -> count)."""
+
+    total: int = 0
+    by_kind: dict = field(default_factory=dict)
+
+    def to_json(self):
+        return {"total": self.total, "by_kind": dict(self.by_kind)}
+
+    @classmethod
+    def from_json(cls, d, source="the result"):
+        by_kind = d.get("by_kind") or {}
+        if not isinstance(by_kind, dict):
+            raise SchemaError(f"{source} is corrupt: errors.by_kind is not an object")
+        return cls(total=d.get("total", 0), by_kind=dict(by_kind))
+
+    @classmethod
+    def of(cls, counts):
+        """From ``{kind: count}`` over ``ERROR_KINDS``: the total is their sum."""
+        by_kind = {k: counts[k] for k in ERROR_KINDS}
+        return cls(total=sum(by_kind.values()), by_kind=by_kind)
+
+    def count(self, kind):
+        return self.by_kind.get(kind, 0)
+
+
+@dataclass(frozen=True)
+class CpuPerMsg:
+    """CPU time per message in microseconds, split as the kernel splits it (netperf's service demand)."""
+
+    user: float | None = None
+    sys: float | None = None
+
+    def to_json(self):
+        return {"user": self.user, "sys": self.sys}
+
+    @classmethod
+    def from_json(cls, d, source="the result"):
+        return cls(user=d.get("user"), sys=d.get("sys"))
+
+    @classmethod
+    def of(cls, user_s, sys_s, msgs):
+        """``user_s`` and ``sys_s`` spread over ``msgs`` messages (all ``None`` without messages)."""
+        if not msgs:
+            return cls()
+        return cls(user=user_s / msgs * 1e6, sys=sys_s / msgs * 1e6)
+
+    @property
+    def total(self):
+        """user + sys, or None when either is unknown."""
+        return self.user + self.sys if self.user is not None and self.sys is not None else None
+
+
+@dataclass(frozen=True)
+class ServerProc:
+    """The server's CPU and memory over the measured window.
+
+    ``cpu_source`` ("schedstat" or "ticks") exists once the CPU was read;
+    ``cpus`` and ``cpu_util`` exist when the harness started (and pinned) the server.
+    """
+
+    pid: int | None = None
+    user_s: float | None = None
+    sys_s: float | None = None
+    rss_peak_bytes: int | None = None
+    us_per_msg: CpuPerMsg = field(default_factory=CpuPerMsg)
+    cpu_source: str | None = None
+    cpus: list | None = None
+    cpu_util: float | None = None
+
+    def to_json(self):
+        out = {"pid": self.pid, "user_s": self.user_s, "sys_s": self.sys_s, "rss_peak_bytes": self.rss_peak_bytes,
+               "us_per_msg": self.us_per_msg.to_json()}
+        _put(out, "cpu_source", self.cpu_source)
+        if self.cpus is not None or self.cpu_util is not None:
+            out["cpus"] = _list(self.cpus)
+            out["cpu_util"] = self.cpu_util
+        return out
+
+    @classmethod
+    def from_json(cls, d, source="the result"):
+        return cls(
+            pid=d.get("pid"),
+            user_s=d.get("user_s"),
+            sys_s=d.get("sys_s"),
+            rss_peak_bytes=d.get("rss_peak_bytes"),
+            us_per_msg=CpuPerMsg.from_json(_obj(d, "us_per_msg", source, {}), source),
+            cpu_source=d.get("cpu_source"),
+            cpus=_list(d.get("cpus")),
+            cpu_util=d.get("cpu_util"),
+        )
+
+
+@dataclass(frozen=True)
+class Client:
+    """The load processes' own CPU over the window, and how they wrote.
+
+    ``polling``: open loop with a CPU per load process, which is then always on
+    its CPU; ``busy_util`` (its share outside idle passes) is its load then.
+    """
+
+    cpu_util: float | None = None
+    polling: bool | None = None
+    busy_util: float | None = None
+    user_s: float | None = None
+    sys_s: float | None = None
+    cpus: list | None = None
+    us_per_msg: CpuPerMsg = field(default_factory=CpuPerMsg)
+    writes: int | None = None
+    reads: int | None = None
+    msgs_queued: int | None = None
+    msgs_per_write: float | None = None
+
+    @property
+    def load(self):
+        """What decides client-bound: the busy share of a polling client, else its CPU utilisation."""
+        return self.busy_util if self.polling else self.cpu_util
+
+    def to_json(self):
+        return {
+            "cpu_util": self.cpu_util,
+            "polling": self.polling,
+            "busy_util": self.busy_util,
+            "user_s": self.user_s,
+            "sys_s": self.sys_s,
+            "cpus": _list(self.cpus),
+            "us_per_msg": self.us_per_msg.to_json(),
+            "writes": self.writes,
+            "reads": self.reads,
+            "msgs_queued": self.msgs_queued,
+            "msgs_per_write": self.msgs_per_write,
+        }
+
+    @classmethod
+    def from_json(cls, d, source="the result"):
+        return cls(
+            cpu_util=d.get("cpu_util"),
+            polling=d.get("polling"),
+            busy_util=d.get("busy_util"),
+            user_s=d.get("user_s"),
+            sys_s=d.get("sys_s"),
+            cpus=_list(d.get("cpus")),
+            us_per_msg=CpuPerMsg.from_json(_obj(d, "us_per_msg", source, {}), source),
+            writes=d.get("writes"),
+            reads=d.get("reads"),
+            msgs_queued=d.get("msgs_queued"),
+            msgs_per_write=d.get("msgs_per_write"),
+        )
+
+
+@dataclass(frozen=True)
+class Timeseries:
+    """Completed messages per interval, warmup included (its first ``warmup_intervals``); ``sent`` in open loop."""
+
+    interval_s: float | None = None
+    msgs: list | None = None
+    warmup_intervals: int | None = None
+    longest_idle_s: float | None = None
+    sent: list | None = None
+
+    def to_json(self):
+        out = {"interval_s": self.interval_s, "msgs": _list(self.msgs), "warmup_intervals": self.warmup_intervals,
+               "longest_idle_s": self.longest_idle_s}
+        _put(out, "sent", _list(self.sent))
+        return out
+
+    @classmethod
+    def from_json(cls, d, source="the result"):
+        return cls(
+            interval_s=d.get("interval_s"),
+            msgs=_list(d.get("msgs")),
+            warmup_intervals=d.get("warmup_intervals"),
+            longest_idle_s=d.get("longest_idle_s"),
+            sent=_list(d.get("sent")),
+        )
+
+
+@dataclass(frozen=True)
+class Machine:
+    """The machine and the code: the keys of ``sockbench.machine.machine_info()``."""
+
+    cpu_model: str | None = None
+    cores: int | None = None
+    usable_cpus: list | None = None
+    kernel: str | None = None
+    os: str | None = None
+    python: str | None = None
+    python_impl: str | None = None
+    sockbench_version: str | None = None
+    git_commit: str | None = None
+    git_dirty: bool | None = None
+    hostname: str | None = None
+
+    def to_json(self):
+        return {
+            "cpu_model": self.cpu_model,
+            "cores": self.cores,
+            "usable_cpus": _list(self.usable_cpus),
+            "kernel": self.kernel,
+            "os": self.os,
+            "python": self.python,
+            "python_impl": self.python_impl,
+            "sockbench_version": self.sockbench_version,
+            "git_commit": self.git_commit,
+            "git_dirty": self.git_dirty,
+            "hostname": self.hostname,
+        }
+
+    @classmethod
+    def from_json(cls, d, source="the result"):
+        """Read a machine dict.  Its own keys are taken as they are; a key spelled another way
+        (``cpu``, ``cpu_count``, ``node`` ...) fills its one spelling when that is missing or empty;
+        keys it does not know are dropped."""
+        names = cls.__dataclass_fields__
+        kw = {k: v for k, v in d.items() if k in names}
+        for alias, name in _MACHINE_ALIASES.items():
+            if kw.get(name) in (None, "") and d.get(alias) not in (None, ""):
+                kw[name] = d[alias]
+        if kw.get("usable_cpus") is not None:
+            kw["usable_cpus"] = _list(kw["usable_cpus"])
+        return cls(**kw)
+
+    def line(self):
+        """One short line that identifies the machine: ``host, CPU, N CPUs, OS kernel, Python X``."""
+        parts = []
+        if self.cpu_model:
+            parts.append(str(self.cpu_model))
+        if self.cores:
+            parts.append(f"{self.cores} CPUs")
+        osname = " ".join(str(x) for x in (self.os, self.kernel) if x)
+        if osname:
+            parts.append(osname)
+        py = self.python
+        if py:
+            parts.append(("Python " + str(py)) if not str(py).lower().startswith(("python", "cpython")) else str(py))
+        if self.hostname:
+            parts.insert(0, str(self.hostname))
+        return ", ".join(parts) if parts else "machine unknown"
+
+
+@dataclass(frozen=True)
+class CellContext:
+    """What the suite attaches to a result: the cell it is a round of, and where that round stands.
+
+    ``index`` is the cell's place in the plan (the report's run order),
+    ``peak_msgs_per_s`` the closed-loop peak an open-loop cell's rate was set from.
+    """
+
+    server: str
+    mode: str
+    size: int
+    conns: int
+    depth: int = 1
+    load_pct: int = 0
+    protocol: str = "raw"
+    workload_id: str | None = None
+    round: int = 0
+    rounds: int | None = None
+    index: int | None = None
+    peak_msgs_per_s: float | None = None
+
+    @classmethod
+    def of(cls, cell, round_no, rounds, index, peak=None):
+        return cls(server=cell.server, mode=cell.mode, size=cell.size, conns=cell.conns, depth=cell.depth,
+                   load_pct=cell.load_pct, protocol=cell.protocol, workload_id=cell.workload_id,
+                   round=round_no, rounds=rounds, index=index, peak_msgs_per_s=peak)
+
+    @property
+    def cell(self):
+        return Cell(self.server, self.mode, self.size, self.conns, self.depth, self.load_pct, self.protocol)
+
+    def to_json(self):
+        return {
+            "server": self.server, "mode": self.mode, "size": self.size, "conns": self.conns,
+            "depth": self.depth, "load_pct": self.load_pct, "protocol": self.protocol,
+            "workload_id": self.workload_id, "round": self.round, "rounds": self.rounds, "index": self.index,
+            "peak_msgs_per_s": self.peak_msgs_per_s,
+        }
+
+    @classmethod
+    def from_json(cls, d, workload, source="the result"):
+        """Read the suite's ``cell``; what it lacks comes from the result's ``workload``."""
+        try:
+            return cls(
+                server=str(d["server"]),
+                mode=str(d.get("mode", workload.mode)),
+                size=int(d.get("size", workload.size)),
+                conns=int(d.get("conns", workload.conns)),
+                depth=int(d.get("depth", workload.depth) or 1),
+                load_pct=int(d.get("load_pct", 0) or 0),
+                protocol=_protocol(d.get("protocol", workload.protocol)),
+                workload_id=d.get("workload_id"),
+                round=int(d.get("round", 0)),
+                rounds=d.get("rounds"),
+                index=d.get("index"),
+                peak_msgs_per_s=d.get("peak_msgs_per_s"),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise SchemaError(f"{source} has a malformed workload ({e!r}); it is not a sockbench result") from None
+
+
+# --- the result ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """One load run, as ``run_load`` returns it and ``raw/*.json`` holds it.
+
+    ``service_us`` (open loop: from the actual send, wrk2's uncorrected
+    figure) and ``cycle_us`` (connect mode: connect + echo + close) are None
+    where they do not apply; ``hdr`` and ``hdr_service`` are HdrHistogram's
+    base64 encodings, in ``hdr_unit`` (nanoseconds).  ``cell`` is the suite's
+    context, None for a run made outside the suite.
+    """
+
+    server: str
+    workload: Workload
+    throughput: Throughput
+    latency_us: Latency
+    errors: Errors
+    valid: bool
+    target: Target | None = None
+    service_us: Latency | None = None
+    cycle_us: Latency | None = None
+    invalid_reason: str | None = None
+    client_bound: bool = False
+    limited_by: str | None = None
+    server_proc: ServerProc = field(default_factory=ServerProc)
+    client: Client = field(default_factory=Client)
+    timeseries: Timeseries = field(default_factory=Timeseries)
+    hdr: str | None = None
+    hdr_unit: str = "ns"
+    hdr_service: str | None = None
+    machine: Machine | None = None
+    started_at: str | None = None
+    cell: CellContext | None = None
+    schema: int = SCHEMA_VERSION
+
+    def to_json(self):
+        """The plain dict that is written: keys in the harness's order, ``None`` as null."""
+        out = {
+            "schema": self.schema,
+            "server": self.server,
+            "target": self.target.to_json() if self.target is not None else None,
+            "workload": self.workload.to_json(),
+            "throughput": self.throughput.to_json(),
+            "latency_us": self.latency_us.to_json(),
+        }
+        _put(out, "service_us", self.service_us.to_json() if self.service_us is not None else None)
+        _put(out, "cycle_us", self.cycle_us.to_json() if self.cycle_us is not None else None)
+        out.update(
+            errors=self.errors.to_json(),
+            valid=self.valid,
+            invalid_reason=self.invalid_reason,
+            client_bound=self.client_bound,
+            limited_by=self.limited_by,
+            server_proc=self.server_proc.to_json(),
+            client=self.client.to_json(),
+            timeseries=self.timeseries.to_json(),
+            hdr=self.hdr,
+            hdr_unit=self.hdr_unit,
+            hdr_service=self.hdr_service,
+            machine=self.machine.to_json() if self.machine is not None else None,
+            started_at=self.started_at,
+        )
+        _put(out, "cell", self.cell.to_json() if self.cell is not None else None)
+        return out
+
+    @classmethod
+    def from_json(cls, d, source="the result"):
+        """Check ``d`` is a schema-1 result and build it; anything else is one ``SchemaError`` line naming ``source``."""
+        if not isinstance(d, dict) or d.get("schema") != SCHEMA_VERSION:
+            raise SchemaError(f"{source} is not a schema-{SCHEMA_VERSION} sockbench result")
+        missing = [k for k in REQUIRED_KEYS if k not in d]
+        if missing:
+            raise SchemaError(f"{source} is corrupt: it lacks {', '.join(missing)}")
+        if not isinstance(d["throughput"], dict) or not isinstance(d["latency_us"], dict):
+            raise SchemaError(f"{source} is corrupt: throughput/latency_us are not objects")
+        if not isinstance(d["workload"], dict):
+            raise SchemaError(f"{source} has a malformed workload (not an object); it is not a sockbench result")
+        workload = Workload.from_json(d["workload"], source)
+        cell = _obj(d, "cell", source)
+        machine = _obj(d, "machine", source)
+        target = _obj(d, "target", source)
+        service, cycle = _obj(d, "service_us", source), _obj(d, "cycle_us", source)
+        return cls(
+            server=str(d["server"]),
+            workload=workload,
+            throughput=Throughput.from_json(d["throughput"], source),
+            latency_us=Latency.from_json(d["latency_us"], source),
+            errors=Errors.from_json(_obj(d, "errors", source, {}), source),
+            valid=bool(d["valid"]),
+            target=Target.from_json(target, source) if target is not None else None,
+            service_us=Latency.from_json(service, source) if service is not None else None,
+            cycle_us=Latency.from_json(cycle, source) if cycle is not None else None,
+            invalid_reason=d.get("invalid_reason"),
+            client_bound=bool(d.get("client_bound", False)),
+            limited_by=d.get("limited_by"),
+            server_proc=ServerProc.from_json(_obj(d, "server_proc", source, {}), source),
+            client=Client.from_json(_obj(d, "client", source, {}), source),
+            timeseries=Timeseries.from_json(_obj(d, "timeseries", source, {}), source),
+            hdr=d.get("hdr"),
+            hdr_unit=str(d.get("hdr_unit") or "ns"),
+            hdr_service=d.get("hdr_service"),
+            machine=Machine.from_json(machine, source) if machine is not None else None,
+            started_at=d.get("started_at"),
+            cell=CellContext.from_json(cell, workload, source) if cell is not None and cell.get("server") else None,
+        )
+
+    # --- what a result is a round of ---------------------------------------------------------
+    def identity(self):
+        """The ``Cell`` this result is a round of: the suite's cell, else its server and workload."""
+        if self.cell is not None:
+            return self.cell.cell
+        w = self.workload
+        return Cell(self.server, w.mode, w.size, w.conns, w.depth, protocol=w.protocol)
+
+    @property
+    def round_no(self):
+        """The round within its cell (1, 2, ...), 0 for a result made outside the suite."""
+        return self.cell.round if self.cell is not None else 0
+
+    def with_cell(self, context):
+        """This result with the suite's ``CellContext`` attached."""
+        return replace(self, cell=context)
+
+
+# --- the suite's summaries (pytest-benchmark ``extra_info``) -------------------------------------
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    """One round's figures, as the suite lists them per cell in ``extra_info["per_round"]``."""
+
+    msgs_per_s: float | None
+    bytes_per_s: float | None
+    target_rate: float | None
+    achieved_rate: float | None
+    latency_us: Latency
+    server_us_per_msg: CpuPerMsg
+    server_rss_peak_bytes: int | None
+    client_cpu_util: float | None
+    client_busy_util: float | None
+    errors: Errors
+    valid: bool
+    client_bound: bool
+    invalid_reason: str | None
+    started_at: str | None
+
+    @classmethod
+    def of(cls, r):
+        """The summary of one ``LoadResult``."""
+        return cls(
+            msgs_per_s=r.throughput.msgs_per_s,
+            bytes_per_s=r.throughput.bytes_per_s,
+            target_rate=r.throughput.target_rate,
+            achieved_rate=r.throughput.achieved_rate,
+            latency_us=r.latency_us,
+            server_us_per_msg=r.server_proc.us_per_msg,
+            server_rss_peak_bytes=r.server_proc.rss_peak_bytes,
+            client_cpu_util=r.client.cpu_util,
+            client_busy_util=r.client.busy_util,
+            errors=r.errors,
+            valid=r.valid,
+            client_bound=r.client_bound,
+            invalid_reason=r.invalid_reason,
+            started_at=r.started_at,
+        )
+
+    def to_json(self):
+        return {
+            "msgs_per_s": self.msgs_per_s,
+            "bytes_per_s": self.bytes_per_s,
+            "target_rate": self.target_rate,
+            "achieved_rate": self.achieved_rate,
+            "latency_us": self.latency_us.figures(),
+            "server_us_per_msg": self.server_us_per_msg.to_json(),
+            "server_rss_peak_bytes": self.server_rss_peak_bytes,
+            "client_cpu_util": self.client_cpu_util,
+            "client_busy_util": self.client_busy_util,
+            "errors": self.errors.to_json(),
+            "valid": self.valid,
+            "client_bound": self.client_bound,
+            "invalid_reason": self.invalid_reason,
+            "started_at": self.started_at,
+        }
+
+
+@dataclass(frozen=True)
+class CellSummary:
+    """A cell over all its rounds (``CellStats.summary()``), as the suite puts it into ``extra_info``.
+
+    Throughput is the median over rounds with its standard deviation and
+    spread (pyperf's rule makes a spread of 10% ``unstable``); latency comes
+    from the exact merge of the rounds' histograms.
+    """
+
+    msgs_per_s_median: float
+    msgs_per_s_stdev: float
+    spread: float
+    unstable: bool
+    mb_per_s_median: float
+    latency_us: MergedLatency
+    server_cpu_us_per_msg: float
+    server_user_us_per_msg: float
+    server_rss_peak_bytes: float
+    client_cpu_util: float
+    client_load: float
+    errors_total: int
+    errors_by_kind: dict
+    valid: bool
+    client_bound: bool
+    invalid_reasons: list
+    flags: list
+
+    def to_json(self):
+        return {
+            "msgs_per_s_median": self.msgs_per_s_median,
+            "msgs_per_s_stdev": self.msgs_per_s_stdev,
+            "spread": self.spread,
+            "unstable": self.unstable,
+            "mb_per_s_median": self.mb_per_s_median,
+            "latency_us": self.latency_us.figures(),
+            "latency_source": self.latency_us.source,
+            "server_cpu_us_per_msg": self.server_cpu_us_per_msg,
+            "server_user_us_per_msg": self.server_user_us_per_msg,
+            "server_rss_peak_bytes": self.server_rss_peak_bytes,
+            "client_cpu_util": self.client_cpu_util,
+            "client_load": self.client_load,
+            "errors_total": self.errors_total,
+            "errors_by_kind": dict(self.errors_by_kind),
+            "valid": self.valid,
+            "client_bound": self.client_bound,
+            "invalid_reasons": list(self.invalid_reasons),
+            "flags": list(self.flags),
+        }
