@@ -17,7 +17,7 @@ from sockbench.thresholds import CLIENT_BOUND_UTIL, SERVER_BOUND_UTIL
 
 
 def test_spread_leaves_out_what_was_not_measured():
-    assert common.spread([3.0, None, 1.0, float("nan"), 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
+    assert common.spread([3.0, None, 1.0, float("nan"), 2.0]) == common.Spread(median=2.0, min=1.0, max=3.0, n=3)
     assert common.spread([None, float("nan")]) is None
     assert common.fmt_spread(common.spread([1000.0, 1500.0, 1234.0])) == "1,234 [1,000..1,500]"
     assert common.fmt_spread(None) == "-"
@@ -55,30 +55,35 @@ def test_limited_by_uses_the_houses_thresholds():
     assert framed._limited_by(CLIENT_BOUND_UTIL - 0.01, None) is None
 
 
-def test_framed_summary_leaves_invalid_runs_out_of_medians_and_ratios():
-    def run(msgs, valid=True):
-        return dict(valid=valid, invalid_reason=None if valid else "stalled: no message completed for 2.0 s",
-                    limited_by=None, msgs_per_s=msgs, server_user_us=0.02, server_sys_us=0.4, server_total_us=0.42,
-                    server_util=0.5, client_us=0.5, client_util=0.4)
+def _framed_run(msgs, valid=True):
+    return framed.Run(valid=valid, invalid_reason=None if valid else "stalled: no message completed for 2.0 s",
+                      limited_by=None, msgs_per_s=msgs, server_user_us=0.02, server_sys_us=0.4, server_total_us=0.42,
+                      server_util=0.5, client_us=0.5, client_util=0.4)
 
+
+def _framed_settings(client="c"):
+    return framed.Settings(client=client, conns=100, size=64, depth=16, started_at="t", machine="m", server_cpu=0,
+                           client_cpu=1, repeats=3, duration=3.0, warmup=1.0)
+
+
+def test_framed_summary_leaves_invalid_runs_out_of_medians_and_ratios():
+    run = _framed_run
     cells = {("cython", "frame"): [run(1000.0), run(900.0), run(800.0)],
              ("uvloop", "frame"): [run(400.0), run(5.0, valid=False), run(400.0)]}
     s = framed.summarize(cells, ["frame"])
-    assert s["cells"]["uvloop/frame"]["msgs_per_s"] == {"median": 400.0, "min": 400.0, "max": 400.0, "n": 2}
-    ratio = next(r for r in s["ratios"] if r["metric"] == "msgs_per_s")
-    assert ratio["per_repeat"] == [2.5, 2.0] and ratio["stats"]["median"] == 2.25 and ratio["met"] is False
+    assert s.cells["uvloop/frame"].msgs_per_s == common.Spread(median=400.0, min=400.0, max=400.0, n=2)
+    ratio = next(r for r in s.ratios if r.metric == "msgs_per_s")
+    assert ratio.per_repeat == [2.5, 2.0] and ratio.stats.median == 2.25 and ratio.met is False
     # the kernel ceiling: uvloop's (0.02 + 0.4) µs/msg over cython's 0.4 µs/msg of kernel time, valid pairs only
-    ceiling = s["ceilings"][0]
-    assert ceiling["per_repeat"] == [1.05, 1.05] and ceiling["reachable"] is False
+    ceiling = s.ceilings[0]
+    assert ceiling.per_repeat == [1.05, 1.05] and ceiling.reachable is False
     text = framed.render(s)
     assert "invalid uvloop/frame: stalled" in text and "target >= 2.5: NOT met" in text
     assert "kernel ceiling frame msgs/s ratio" in text and "out of this machine's reach" in text
 
 
 def test_framed_report_title_says_which_client_measured():
-    s = framed.summarize({("cython", "json"): []}, ["json"])
-    s["settings"] = {"client": "c", "conns": 100, "size": 64, "depth": 16, "started_at": "t", "machine": "m",
-                     "server_cpu": 0, "client_cpu": 1, "repeats": 3, "duration": 3.0, "warmup": 1.0}
+    s = framed.summarize({("cython", "json"): []}, ["json"], _framed_settings())
     text = framed.render(s)
     assert text.startswith("# Framed protocols through the c client: 100 conns x 64 B x 16 in flight")
     assert "| cython/json | - | - |" in text
