@@ -10,12 +10,21 @@ things, and do them here once:
   ``protocols.h``): the client parses and builds messages with the very C code
   of the servers and the load generator, so a changed header rebuilds it.
 * **Run it pinned** to the client CPU, bounded by a timeout, and read its one
-  JSON line.
+  JSON line once, here, into a ``RefResult``.  Where its figures are the same
+  things as a load result's parts they are the schema's types
+  (``Throughput``, ``Latency``, ``Client``, ``Errors``), so a script reads
+  ``ref.errors.total`` as it reads ``result.errors.total``.
 * **Check the CPUs**: the server and the client each get a CPU of their own,
   or the figures measure them stealing each other's time.
 * **Say where it ran**: the one-line machine description every report
-  prints, from ``sockbench.machine``.
-* **Summarise repeats** as ``median [min..max]`` (``spread``, ``fmt_spread``).
+  prints, from ``sockbench.machine`` read through the schema's ``Machine``.
+* **Summarise repeats** as ``median [min..max]`` (``spread`` gives a
+  ``Spread``, ``fmt_spread`` prints it).
+* **Name figures by their fields**: each script keeps its figures in small
+  dataclasses, writes its ``--json`` output from them with
+  ``dataclasses.asdict``, and names a metric (a target's, a table's column)
+  through ``field_names`` of its record, so a renamed field fails at import
+  rather than leaving a stale key behind.
 """
 
 import glob
@@ -27,12 +36,18 @@ import shutil
 import statistics
 import subprocess
 import tempfile
+from dataclasses import dataclass, fields
+from types import SimpleNamespace
 
+from sockbench.bench.schema import Client, CpuPerMsg, Errors, Latency, Machine, Throughput
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.machine import machine_info
 
 __all__ = [
     "REF_CLIENT_SOURCE",
+    "RefServerCpu",
+    "RefResult",
+    "Spread",
     "ext_include_dir",
     "build_ref_client",
     "ref_client_command",
@@ -42,10 +57,112 @@ __all__ = [
     "machine_line",
     "spread",
     "fmt_spread",
+    "field_names",
 ]
 
 REF_CLIENT_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ref_client.c")
 _CFLAGS = ("-O2", "-Wall")
+
+
+# --- the reference client's JSON line, read once ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RefServerCpu:
+    """The server's CPU over the client's window, read from /proc by the client itself (``--server-pid``).
+
+    ``user_s`` and ``sys_s`` are its utime and stime (the kernel's tick
+    sampling), ``runtime_s`` the exact scheduler runtime summed over its
+    threads; each is None where /proc could not be read.
+    """
+
+    user_s: float | None = None
+    sys_s: float | None = None
+    runtime_s: float | None = None
+
+
+@dataclass(frozen=True)
+class RefResult:
+    """One run of the reference C client: its JSON line (see ``ref_client.c``), typed.
+
+    The counts (``msgs``, ``bytes``, ``wire_bytes``, ``total_msgs``) are as
+    printed; ``window_s`` is the measured window.  ``throughput`` is over that
+    window (None figures without one).  ``latency_us`` holds the round trips'
+    ``count``, ``mean`` and ``max`` (the client keeps no histogram, so no
+    percentiles), and ``latency_min_us`` their minimum, which the schema's
+    latency has no place for.  ``client`` is the client's own CPU over the
+    window (getrusage).  ``server`` is None unless ``--server-pid`` was given.
+    ``errors.by_kind`` uses the client's kinds (mismatch, protocol, eof, io,
+    stall), ``error`` the first one in words.
+    """
+
+    protocol: str
+    conns: int
+    size: int
+    depth: int
+    msgs: int
+    bytes: int
+    wire_bytes: int
+    total_msgs: int
+    window_s: float
+    throughput: Throughput
+    latency_us: Latency
+    latency_min_us: float
+    client: Client
+    server: RefServerCpu | None
+    errors: Errors
+    error: str
+    conns_alive: int
+    stuck: int
+
+    @classmethod
+    def from_json(cls, d):
+        """Read the client's JSON object; a missing or malformed key is one ``SockbenchError`` line."""
+        try:
+            msgs, window = d["msgs"], d["window_s"]
+            user, sys_ = d["user_s"], d["sys_s"]
+            server = d["server"]
+            by_kind = dict(d["errors"])
+
+            def per_s(count):
+                return count / window if window else None
+
+            return cls(
+                protocol=d["protocol"],
+                conns=d["conns"],
+                size=d["size"],
+                depth=d["depth"],
+                msgs=msgs,
+                bytes=d["bytes"],
+                wire_bytes=d["wire_bytes"],
+                total_msgs=d["total_msgs"],
+                window_s=window,
+                throughput=Throughput(msgs_per_s=per_s(msgs), bytes_per_s=per_s(d["bytes"]),
+                                      wire_bytes_per_s=per_s(d["wire_bytes"])),
+                latency_us=Latency(count=msgs, mean=d["rtt_mean_us"], max=d["rtt_max_us"]),
+                latency_min_us=d["rtt_min_us"],
+                client=Client(cpu_util=(user + sys_) / window if window else None, user_s=user, sys_s=sys_,
+                              us_per_msg=CpuPerMsg.of(user, sys_, msgs)),
+                server=None if server is None else RefServerCpu(
+                    user_s=server["user_s"], sys_s=server["sys_s"], runtime_s=server["runtime_s"]),
+                errors=Errors(total=sum(by_kind.values()), by_kind=by_kind),
+                error=d["error"],
+                conns_alive=d["conns_alive"],
+                stuck=d["stuck"],
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise SockbenchError(f"the reference client's result is malformed ({e!r})") from None
+
+    @classmethod
+    def parse(cls, line):
+        """Read the client's JSON line (``from_json``); anything that is not one is one ``SockbenchError`` line."""
+        try:
+            d = json.loads(line)
+        except ValueError:
+            raise SockbenchError(f"the reference client printed no JSON result: {line[:200]!r}") from None
+        if not isinstance(d, dict):
+            raise SockbenchError(f"the reference client printed no JSON result: {line[:200]!r}")
+        return cls.from_json(d)
 
 
 def ext_include_dir():
@@ -108,7 +225,7 @@ def pinned(cpu):
 
 
 def run_ref_client(exe, address, cpu, *, what="", overrun_s=60, **options):
-    """Run the client pinned to ``cpu`` until it reports; return its JSON result as a dict.
+    """Run the client pinned to ``cpu`` until it reports; return its result, a ``RefResult``.
 
     ``options`` are ``ref_client_command``'s.  It stops by itself after
     warmup + duration; past ``overrun_s`` more it is killed.  Raises
@@ -125,7 +242,7 @@ def run_ref_client(exe, address, cpu, *, what="", overrun_s=60, **options):
     if r.returncode != 0:
         why = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
         raise SockbenchError(f"load client failed{where}: {why}")
-    return json.loads(r.stdout.splitlines()[-1])
+    return RefResult.parse((r.stdout.splitlines() or [""])[-1])
 
 
 def check_cpus(server_cpu, client_cpu):
@@ -140,21 +257,41 @@ def check_cpus(server_cpu, client_cpu):
 
 def machine_line(info=None):
     """``"host x86_64 2 CPUs, Linux 6.1.0, Python 3.11.2"``: where the figures were measured."""
-    info = info or machine_info()
-    return (f"{info['hostname']} {platform.machine()} {info['cores']} CPUs, Linux {info['kernel']}, "
-            f"Python {info['python']}")
+    m = Machine.from_json(info or machine_info())
+    return f"{m.hostname} {platform.machine()} {m.cores} CPUs, Linux {m.kernel}, Python {m.python}"
+
+
+@dataclass(frozen=True)
+class Spread:
+    """The median, the extremes and the number of the values measured over repeats or rounds."""
+
+    median: float
+    min: float
+    max: float
+    n: int
 
 
 def spread(values):
-    """``{"median", "min", "max", "n"}`` of the values that were measured (None and NaN left out), or None."""
+    """The ``Spread`` of the values that were measured (None and NaN left out), or None."""
     xs = [v for v in values if v is not None and v == v]
     if not xs:
         return None
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
+    return Spread(median=statistics.median(xs), min=min(xs), max=max(xs), n=len(xs))
 
 
 def fmt_spread(st, spec=",.0f"):
     """``"1,234 [1,200..1,250]"`` with ``spec`` as a format spec; ``"-"`` when nothing was measured."""
     if st is None:
         return "-"
-    return f"{st['median']:{spec}} [{st['min']:{spec}}..{st['max']:{spec}}]"
+    return f"{st.median:{spec}} [{st.min:{spec}}..{st.max:{spec}}]"
+
+
+def field_names(cls):
+    """A namespace whose attribute ``x`` is ``"x"``, for every field of the dataclass ``cls``.
+
+    A script names a metric of its records (a target's metric, a table's
+    columns) as ``F.msgs_per_s`` with ``F = field_names(Record)``: the name is
+    still the public key, but a field renamed without its users is an
+    ``AttributeError`` at import, not a stale key.
+    """
+    return SimpleNamespace(**{f.name: f.name for f in fields(cls)})

@@ -47,18 +47,25 @@ machine, and no client, however fast, can lift the msgs/s ratio above uvloop's
 CPU per message over that floor.  When the ceiling is below a target, the
 target is out of this machine's reach, and the line says so.
 
+Each run's figures are one ``Run``; a cell's medians, the ratios, the ceilings
+and the settings are ``CellRow``, ``Ratio``, ``Ceiling`` and ``Settings``,
+gathered in a ``Summary``.  ``--json`` writes them with ``dataclasses.asdict``,
+so their field names are the keys of the output, and the targets name their
+metric through ``Run``'s fields.
+
 Not part of the unit tests: it carries speed targets.
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass, replace
 
 from sockbench.bench.calibrate.common import (
-    build_ref_client, check_cpus, fmt_spread, machine_line, pinned, ref_client_command, spread,
+    RefResult, Spread, build_ref_client, check_cpus, field_names, fmt_spread, machine_line, pinned,
+    ref_client_command, spread,
 )
 from sockbench.bench.load.harness import LoadSpec, run_load
 from sockbench.errors import SockbenchError, UsageError
@@ -71,18 +78,106 @@ from sockbench.servers.protocols import PROTOCOLS
 from sockbench.thresholds import CLIENT_BOUND_UTIL, SERVER_BOUND_UTIL, STALL_S
 from sockbench.timestamps import iso_utc
 
-__all__ = ["CLIENTS", "TARGETS", "METRICS", "harness_cell", "c_cell", "run_benchmark", "summarize",
-           "render", "main"]
+__all__ = ["CLIENTS", "TARGETS", "METRICS", "Run", "CellRow", "Ratio", "Ceiling", "Settings", "Summary",
+           "harness_cell", "c_cell", "run_benchmark", "summarize", "render", "json_document", "main"]
 
 CLIENTS = ("harness", "c")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of one (server, protocol) cell: msgs/s, the server's and the client's CPU µs per message and use.
+
+    An invalid run says why (``invalid_reason``); a run the client could not
+    even report has every figure None.
+    """
+
+    valid: bool
+    invalid_reason: str | None
+    limited_by: str | None
+    msgs_per_s: float | None
+    server_user_us: float | None
+    server_sys_us: float | None
+    server_total_us: float | None
+    server_util: float | None
+    client_us: float | None
+    client_util: float | None
+
+
+_F = field_names(Run)
 #: (protocol, metric, bound, "min" | "max") as cython / uvloop ratios
 TARGETS = (
-    ("frame", "msgs_per_s", 2.5, "min"),
-    ("frame", "server_user_us", 0.15, "max"),
-    ("json", "msgs_per_s", 4.0, "min"),
+    ("frame", _F.msgs_per_s, 2.5, "min"),
+    ("frame", _F.server_user_us, 0.15, "max"),
+    ("json", _F.msgs_per_s, 4.0, "min"),
 )
-METRICS = ("msgs_per_s", "server_user_us", "server_sys_us", "server_total_us", "server_util", "client_us",
-           "client_util")
+METRICS = (_F.msgs_per_s, _F.server_user_us, _F.server_sys_us, _F.server_total_us, _F.server_util, _F.client_us,
+           _F.client_util)
+
+
+@dataclass(frozen=True)
+class CellRow:
+    """One cell over its valid runs: each metric's median and spread, the invalid runs' reasons, who limited each."""
+
+    msgs_per_s: Spread | None
+    server_user_us: Spread | None
+    server_sys_us: Spread | None
+    server_total_us: Spread | None
+    server_util: Spread | None
+    client_us: Spread | None
+    client_util: Spread | None
+    invalid: list[str]
+    limited_by: list[str | None]
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """A target ratio cython/uvloop: per repeat where both runs are valid, their spread, and the verdict."""
+
+    protocol: str
+    metric: str
+    target: str
+    per_repeat: list[float]
+    stats: Spread | None
+    met: bool | None
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """The kernel ceiling of a protocol's msgs/s ratio, and whether its target is within it."""
+
+    protocol: str
+    per_repeat: list[float]
+    stats: Spread | None
+    target: float | None
+    reachable: bool | None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What was run, where and when: the report's title."""
+
+    client: str
+    repeats: int
+    duration: float
+    warmup: float
+    conns: int
+    size: int
+    depth: int
+    server_cpu: int
+    client_cpu: int
+    started_at: str
+    machine: str
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Every cell (``"server/protocol"``), the target ratios, the kernel ceilings, and the settings when known."""
+
+    cells: dict[str, CellRow]
+    ratios: list[Ratio]
+    ceilings: list[Ceiling]
+    settings: Settings | None = None
 
 
 def _limited_by(client_util, server_util):
@@ -99,23 +194,23 @@ def harness_cell(server, protocol, conns, size, depth, warmup, duration, server_
     """One run of ``sockbench load --protocol``; the cell's figures."""
     r = run_load(LoadSpec(server=server, protocol=protocol, mode="closed", conns=conns, size=size, depth=depth,
                           duration_s=duration, warmup_s=warmup, server_cpus=(server_cpu,), client_cpus=(client_cpu,)))
-    sp, cl = r["server_proc"], r["client"]
-    user, sys_ = sp["us_per_msg"]["user"], sp["us_per_msg"]["sys"]
+    sp, cl = r.server_proc, r.client
+    user, sys_ = sp.us_per_msg.user, sp.us_per_msg.sys
     client_us = None
-    if cl["us_per_msg"]["user"] is not None:
-        client_us = cl["us_per_msg"]["user"] + cl["us_per_msg"]["sys"]
-    return {
-        "valid": r["valid"],
-        "invalid_reason": r["invalid_reason"],
-        "limited_by": r["limited_by"],
-        "msgs_per_s": r["throughput"]["msgs_per_s"],
-        "server_user_us": user,
-        "server_sys_us": sys_,
-        "server_total_us": user + sys_ if user is not None and sys_ is not None else None,
-        "server_util": sp.get("cpu_util"),
-        "client_us": client_us,
-        "client_util": cl["cpu_util"],
-    }
+    if cl.us_per_msg.user is not None:
+        client_us = cl.us_per_msg.user + cl.us_per_msg.sys
+    return Run(
+        valid=r.valid,
+        invalid_reason=r.invalid_reason,
+        limited_by=r.limited_by,
+        msgs_per_s=r.throughput.msgs_per_s,
+        server_user_us=user,
+        server_sys_us=sys_,
+        server_total_us=user + sys_ if user is not None and sys_ is not None else None,
+        server_util=sp.cpu_util,
+        client_us=client_us,
+        client_util=cl.cpu_util,
+    )
 
 
 # --- one cell through the reference C client -------------------------------------------------------
@@ -164,9 +259,10 @@ def _read_client(proc, server, deadline):
             before = _server_cpu(server.pid)
         elif line.startswith("{"):
             after = _server_cpu(server.pid)
-            result = json.loads(line)
-            if result["errors"]["stall"]:
-                result["error"] += "; " + _queues(server.address[1]) + "; " + _proc_state(server.pid)
+            result = RefResult.parse(line)
+            if result.errors.count("stall"):
+                result = replace(result, error=result.error + "; " + _queues(server.address[1]) + "; "
+                                 + _proc_state(server.pid))
             proc.stdin.close()  # a client that reported an error holds its connections until this
             break
         if time.monotonic() > deadline:
@@ -204,27 +300,27 @@ def c_cell(client, server, protocol, conns, depth, size, warmup, duration, clien
     before, after, result, rc, stderr = _run_client(client, server, protocol, conns, depth, size, warmup, duration,
                                                     client_cpu)
     if result is None or before is None or after is None:
-        return {"valid": False, "invalid_reason": (stderr.strip() or "no result from the client")[-300:],
-                "limited_by": None, **{m: None for m in METRICS}}
-    msgs, secs = result["msgs"], result["window_s"]
+        return Run(valid=False, invalid_reason=(stderr.strip() or "no result from the client")[-300:],
+                   limited_by=None, **{m: None for m in METRICS})
+    msgs, secs = result.msgs, result.window_s
     (u0, s0), t0 = before
     (u1, s1), t1 = after
-    ok = rc == 0 and not sum(result["errors"].values()) and msgs > 0
+    ok = rc == 0 and not result.errors.total and msgs > 0
     per = 1e6 / msgs if msgs else float("nan")
     server_util = (t1 - t0) / secs if secs else 0.0
-    client_util = (result["user_s"] + result["sys_s"]) / secs if secs else 0.0
-    return {
-        "valid": ok,
-        "invalid_reason": None if ok else (result["error"] or stderr.strip() or f"client exit {rc}")[-300:],
-        "limited_by": _limited_by(client_util, server_util),
-        "msgs_per_s": msgs / secs if secs else 0.0,
-        "server_user_us": (u1 - u0) * per,
-        "server_sys_us": (s1 - s0) * per,
-        "server_total_us": (t1 - t0) * per,
-        "server_util": server_util,
-        "client_us": (result["user_s"] + result["sys_s"]) * per,
-        "client_util": client_util,
-    }
+    client_util = result.client.cpu_util if secs else 0.0
+    return Run(
+        valid=ok,
+        invalid_reason=None if ok else (result.error or stderr.strip() or f"client exit {rc}")[-300:],
+        limited_by=_limited_by(client_util, server_util),
+        msgs_per_s=result.throughput.msgs_per_s if secs else 0.0,
+        server_user_us=(u1 - u0) * per,
+        server_sys_us=(s1 - s0) * per,
+        server_total_us=(t1 - t0) * per,
+        server_util=server_util,
+        client_us=(result.client.user_s + result.client.sys_s) * per,
+        client_util=client_util,
+    )
 
 
 # --- the benchmark ---------------------------------------------------------------------------------
@@ -234,15 +330,15 @@ def _log_line(rep, repeats, protocol, server, c):
     def num(x):
         return x or 0
 
-    return (f"repeat {rep + 1}/{repeats} {protocol:5} {server:16} {num(c['msgs_per_s']):>10,.0f} msgs/s  "
-            f"server user {num(c['server_user_us']):.3f} sys {num(c['server_sys_us']):.3f} µs/msg  "
-            f"client {num(c['client_us']):.3f} µs/msg ({num(c['client_util']):.0%})  "
-            f"limited by {c['limited_by']}{'' if c['valid'] else '  INVALID: ' + c['invalid_reason']}")
+    return (f"repeat {rep + 1}/{repeats} {protocol:5} {server:16} {num(c.msgs_per_s):>10,.0f} msgs/s  "
+            f"server user {num(c.server_user_us):.3f} sys {num(c.server_sys_us):.3f} µs/msg  "
+            f"client {num(c.client_us):.3f} µs/msg ({num(c.client_util):.0%})  "
+            f"limited by {c.limited_by}{'' if c.valid else '  INVALID: ' + c.invalid_reason}")
 
 
 def run_benchmark(servers, protocols, repeats, duration_s, warmup_s, conns, size, depth, client="harness",
                   server_cpu=0, client_cpu=1, log=print):
-    """``{(server, protocol): [cell per repeat]}``; each repeat runs every cell once, the servers rotated."""
+    """``{(server, protocol): [Run per repeat]}``; each repeat runs every cell once, the servers rotated."""
     check_cpus(server_cpu, client_cpu)
     exe = build_ref_client() if client == "c" else None
     cells = {(s, p): [] for p in protocols for s in servers}
@@ -262,53 +358,54 @@ def run_benchmark(servers, protocols, repeats, duration_s, warmup_s, conns, size
 
 def _ratio(a, b, protocol, metric, bound, kind):
     """A target ratio cython/uvloop, from the repeats where both runs are valid."""
-    per = [x[metric] / y[metric] for x, y in zip(a, b) if x["valid"] and y["valid"] and x[metric] and y[metric]]
+    per = [getattr(x, metric) / getattr(y, metric) for x, y in zip(a, b)
+           if x.valid and y.valid and getattr(x, metric) and getattr(y, metric)]
     st = spread(per)
-    met = None if st is None else (st["median"] >= bound if kind == "min" else st["median"] <= bound)
-    return {"protocol": protocol, "metric": metric, "target": f"{'>=' if kind == 'min' else '<='} {bound:g}",
-            "per_repeat": per, "stats": st, "met": met}
+    met = None if st is None else (st.median >= bound if kind == "min" else st.median <= bound)
+    return Ratio(protocol=protocol, metric=metric, target=f"{'>=' if kind == 'min' else '<='} {bound:g}",
+                 per_repeat=per, stats=st, met=met)
 
 
 def _ceiling(a, b, protocol):
     """The kernel ceiling of the msgs/s ratio: uvloop's server CPU/msg over cython's kernel CPU/msg."""
-    per = [(y["server_user_us"] + y["server_sys_us"]) / x["server_sys_us"] for x, y in zip(a, b)
-           if x["valid"] and y["valid"] and x["server_sys_us"]
-           and y["server_user_us"] is not None and y["server_sys_us"] is not None]
-    bound = next((t[2] for t in TARGETS if t[0] == protocol and t[1] == "msgs_per_s"), None)
+    per = [(y.server_user_us + y.server_sys_us) / x.server_sys_us for x, y in zip(a, b)
+           if x.valid and y.valid and x.server_sys_us
+           and y.server_user_us is not None and y.server_sys_us is not None]
+    bound = next((t[2] for t in TARGETS if t[0] == protocol and t[1] == _F.msgs_per_s), None)
     st = spread(per)
-    return {"protocol": protocol, "per_repeat": per, "stats": st, "target": bound,
-            "reachable": None if st is None or bound is None else st["median"] >= bound}
+    return Ceiling(protocol=protocol, per_repeat=per, stats=st, target=bound,
+                   reachable=None if st is None or bound is None else st.median >= bound)
 
 
-def summarize(cells, protocols):
+def summarize(cells, protocols, settings=None):
     """Medians with spread per cell (valid runs only), the per-repeat cython/uvloop ratios, the kernel ceilings."""
-    out = {"cells": {}, "ratios": [], "ceilings": []}
+    rows, ratios, ceilings = {}, [], []
     for (s, p), runs in cells.items():
-        ok = [r for r in runs if r["valid"]]  # an invalid run (errors, a stall) is no measurement
-        out["cells"][f"{s}/{p}"] = {m: spread([r.get(m) for r in ok]) for m in METRICS}
-        out["cells"][f"{s}/{p}"]["invalid"] = [r["invalid_reason"] for r in runs if not r["valid"]]
-        out["cells"][f"{s}/{p}"]["limited_by"] = [r["limited_by"] for r in ok]
+        ok = [r for r in runs if r.valid]  # an invalid run (errors, a stall) is no measurement
+        rows[f"{s}/{p}"] = CellRow(**{m: spread([getattr(r, m) for r in ok]) for m in METRICS},
+                                   invalid=[r.invalid_reason for r in runs if not r.valid],
+                                   limited_by=[r.limited_by for r in ok])
     for p, metric, bound, kind in TARGETS:
         a, b = cells.get(("cython", p)), cells.get(("uvloop", p))
         if a and b and p in protocols:
-            out["ratios"].append(_ratio(a, b, p, metric, bound, kind))
+            ratios.append(_ratio(a, b, p, metric, bound, kind))
     for p in protocols:
         a, b = cells.get(("cython", p)), cells.get(("uvloop", p))
         if a and b:
-            out["ceilings"].append(_ceiling(a, b, p))
-    return out
+            ceilings.append(_ceiling(a, b, p))
+    return Summary(cells=rows, ratios=ratios, ceilings=ceilings, settings=settings)
 
 
 # --- the report ------------------------------------------------------------------------------------
 
 
 def _title(settings):
-    return [f"# Framed protocols through the {settings['client']} client: {settings['conns']} conns x "
-            f"{settings['size']} B x {settings['depth']} in flight",
+    return [f"# Framed protocols through the {settings.client} client: {settings.conns} conns x "
+            f"{settings.size} B x {settings.depth} in flight",
             "",
-            f"{settings['started_at']}, {settings['machine']}, server CPU {settings['server_cpu']}, client CPU "
-            f"{settings['client_cpu']}, {settings['repeats']} repeats x {settings['duration']:g} s "
-            f"(+{settings['warmup']:g} s warmup).  Median [min..max].",
+            f"{settings.started_at}, {settings.machine}, server CPU {settings.server_cpu}, client CPU "
+            f"{settings.client_cpu}, {settings.repeats} repeats x {settings.duration:g} s "
+            f"(+{settings.warmup:g} s warmup).  Median [min..max].",
             ""]
 
 
@@ -316,38 +413,44 @@ def _table(summary):
     lines = ["| cell | msgs/s | server user µs/msg | server sys µs/msg | server total µs/msg | client µs/msg "
              "| client util | limited by |",
              "|---|---|---|---|---|---|---|---|"]
-    for name, c in summary["cells"].items():
-        bad = f" ({len(c['invalid'])} run(s) invalid, left out)" if c["invalid"] else ""
+    for name, c in summary.cells.items():
+        bad = f" ({len(c.invalid)} run(s) invalid, left out)" if c.invalid else ""
         lines.append(
-            f"| {name}{bad} | {fmt_spread(c['msgs_per_s'], ',.0f')} | "
-            f"{fmt_spread(c['server_user_us'], '.3f')} | {fmt_spread(c['server_sys_us'], '.3f')} | "
-            f"{fmt_spread(c['server_total_us'], '.3f')} | "
-            f"{fmt_spread(c['client_us'], '.3f')} | {fmt_spread(c['client_util'], '.0%')} | "
-            f"{', '.join(str(x) for x in c['limited_by'])} |")
+            f"| {name}{bad} | {fmt_spread(c.msgs_per_s, ',.0f')} | "
+            f"{fmt_spread(c.server_user_us, '.3f')} | {fmt_spread(c.server_sys_us, '.3f')} | "
+            f"{fmt_spread(c.server_total_us, '.3f')} | "
+            f"{fmt_spread(c.client_us, '.3f')} | {fmt_spread(c.client_util, '.0%')} | "
+            f"{', '.join(str(x) for x in c.limited_by)} |")
     return lines
 
 
 def render(summary):
     """The report as Markdown: the title (when the summary carries its settings), the cells, the verdicts."""
-    lines = _title(summary["settings"]) if "settings" in summary else []
+    lines = _title(summary.settings) if summary.settings is not None else []
     lines += _table(summary) + [""]
-    for r in summary["ratios"]:
-        per = ", ".join(f"{x:.2f}" for x in r["per_repeat"])
-        verdict = {True: "met", False: "NOT met", None: "-"}[r["met"]]
-        lines.append(f"cython/uvloop {r['protocol']} {r['metric']}: median {fmt_spread(r['stats'], '.2f')} "
-                     f"[per repeat: {per}] target {r['target']}: {verdict}")
-    for c in summary.get("ceilings", ()):
-        if c["stats"] is None:
+    for r in summary.ratios:
+        per = ", ".join(f"{x:.2f}" for x in r.per_repeat)
+        verdict = {True: "met", False: "NOT met", None: "-"}[r.met]
+        lines.append(f"cython/uvloop {r.protocol} {r.metric}: median {fmt_spread(r.stats, '.2f')} "
+                     f"[per repeat: {per}] target {r.target}: {verdict}")
+    for c in summary.ceilings:
+        if c.stats is None:
             continue
         verdict = {True: "the target is within it", False: "the target is ABOVE it: out of this machine's reach",
-                   None: ""}[c["reachable"]]
-        lines.append(f"kernel ceiling {c['protocol']} msgs/s ratio (uvloop server CPU/msg over cython's kernel "
-                     f"CPU/msg): median {fmt_spread(c['stats'], '.2f')}"
-                     + (f"; target >= {c['target']:g}: {verdict}" if c["target"] is not None else ""))
-    for name, c in summary["cells"].items():
-        for why in c["invalid"]:
+                   None: ""}[c.reachable]
+        lines.append(f"kernel ceiling {c.protocol} msgs/s ratio (uvloop server CPU/msg over cython's kernel "
+                     f"CPU/msg): median {fmt_spread(c.stats, '.2f')}"
+                     + (f"; target >= {c.target:g}: {verdict}" if c.target is not None else ""))
+    for name, c in summary.cells.items():
+        for why in c.invalid:
             lines.append(f"invalid {name}: {why}")
     return "\n".join(lines)
+
+
+def json_document(summary, cells, machine):
+    """The ``--json`` document: the summary, the machine, and every run by ``"server/protocol"``."""
+    return {"summary": asdict(summary), "machine": machine,
+            "runs": {f"{s}/{p}": [asdict(r) for r in v] for (s, p), v in cells.items()}}
 
 
 # --- the command line ------------------------------------------------------------------------------
@@ -406,10 +509,10 @@ def _parse(argv):
 def main(argv=None):
     try:
         a, servers, protocols = _parse(argv)
-        settings = {k: getattr(a, k) for k in ("client", "repeats", "duration", "warmup", "conns", "size", "depth",
-                                                "server_cpu", "client_cpu")}
         info = machine_info()
-        settings.update(started_at=iso_utc(), machine=machine_line(info))
+        settings = Settings(client=a.client, repeats=a.repeats, duration=a.duration, warmup=a.warmup, conns=a.conns,
+                            size=a.size, depth=a.depth, server_cpu=a.server_cpu, client_cpu=a.client_cpu,
+                            started_at=iso_utc(), machine=machine_line(info))
         cells = run_benchmark(servers, protocols, a.repeats, a.duration, a.warmup, a.conns, a.size, a.depth,
                               client=a.client, server_cpu=a.server_cpu, client_cpu=a.client_cpu,
                               log=lambda s: print(s, file=sys.stderr, flush=True))
@@ -419,16 +522,14 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("framed: interrupted", file=sys.stderr)
         return 130
-    summary = summarize(cells, protocols)
-    summary["settings"] = settings
+    summary = summarize(cells, protocols, settings)
     text = render(summary)
     print(text)
     if a.md:
         with open(a.md, "w") as f:
             f.write(text + "\n")
     if a.json:
-        write_json_atomic(a.json, {"summary": summary, "machine": info,
-                                   "runs": {f"{s}/{p}": v for (s, p), v in cells.items()}})
+        write_json_atomic(a.json, json_document(summary, cells, info))
     return 0
 
 

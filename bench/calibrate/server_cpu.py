@@ -49,6 +49,13 @@ machine, and msgs/s and RTT say more about them than about the server.  "msgs
 per server CPU-s" (1 / total CPU per message) is what the server could echo
 on one core of its own: its capacity, whoever limited the run.
 
+Each run's figures are one ``Run``; a row of the table, a target's verdict,
+the settings and the whole summary are ``Row``, ``Target`` (``ThroughputTarget``
+when it is about msgs/s, with the client-bound and starved flags), ``Meta`` and
+``Summary``.  ``--json`` writes them with ``dataclasses.asdict``, so their field
+names are the keys of the output, and the targets name their metric through
+``Run``'s fields.
+
 Run: ``python -m sockbench.bench.calibrate.server_cpu [--repeats 3] [--duration 5]
 [--servers a,b,...] [--json PATH] [--md PATH]``.
 """
@@ -56,9 +63,10 @@ Run: ``python -m sockbench.bench.calibrate.server_cpu [--repeats 3] [--duration 
 import argparse
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 
 from sockbench.bench.calibrate.common import (
-    build_ref_client, check_cpus, fmt_spread, machine_line, run_ref_client, spread,
+    RefServerCpu, Spread, build_ref_client, check_cpus, field_names, fmt_spread, machine_line, run_ref_client, spread,
 )
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.jsonfile import write_json_atomic
@@ -68,19 +76,18 @@ from sockbench.servers.process import ServerProcess
 from sockbench.thresholds import CLIENT_BOUND_UTIL, SERVER_BOUND_UTIL
 from sockbench.timestamps import iso_utc
 
-__all__ = ["CELLS", "Cell", "run_cell", "run_benchmark", "summarize", "render_markdown", "main"]
+__all__ = ["CELLS", "METRICS", "Cell", "Run", "Row", "Target", "ThroughputTarget", "Meta", "Summary", "run_cell",
+           "run_benchmark", "summarize", "render_markdown", "json_document", "main"]
 
 
+@dataclass(frozen=True, slots=True)
 class Cell:
     """One workload: ``conns`` connections, each with one ``size``-byte message in flight."""
 
-    __slots__ = ("name", "conns", "size", "what")
-
-    def __init__(self, name, conns, size, what):
-        self.name, self.conns, self.size, self.what = name, conns, size, what
-
-    def __repr__(self):
-        return f"Cell({self.name!r}, conns={self.conns}, size={self.size})"
+    name: str
+    conns: int
+    size: int
+    what: str
 
 
 CELLS = (
@@ -93,69 +100,107 @@ CELLS = (
 THROUGHPUT_CELLS = ("cpu64", "cpu1k", "tp16k", "tp1m")
 CPU_CELLS = ("cpu64", "cpu1k")
 
-def _figures(res):
-    """The client's result, in the shape this script has always kept per run."""
-    srv = res["server"] or {}
-    nan = float("nan")  # the server's /proc could not be read: no figure, and the run is not valid
-    runtime = srv.get("runtime_s")
-    return {
-        "msgs": res["msgs"],
-        "bytes": res["bytes"],
-        "elapsed_s": res["window_s"],
-        "rtt_mean_us": res["rtt_mean_us"],
-        "rtt_min_us": res["rtt_min_us"],
-        "rtt_max_us": res["rtt_max_us"],
-        "server_user_s": nan if srv.get("user_s") is None else srv["user_s"],
-        "server_sys_s": nan if srv.get("sys_s") is None else srv["sys_s"],
-        "server_runtime_s": -1.0 if runtime is None else runtime,
-        "client_user_s": res["user_s"],
-        "client_sys_s": res["sys_s"],
-        "errors": res["errors"],
-        "conns_alive": res["conns_alive"],
-    }
+@dataclass(frozen=True)
+class Run:
+    """One load of one cell against one server: the client's figures, the server's CPU, and what follows from them.
+
+    The server's ``server_user_s`` and ``server_sys_s`` are NaN, and its
+    ``server_runtime_s`` -1.0, where /proc could not be read.  ``valid`` is
+    not given but follows: a run with a wrong byte, with no echo at all in its
+    window, or without the server's CPU measures nothing.
+    """
+
+    server: str
+    cell: str
+    conns: int
+    size: int
+    repeat: int
+    msgs: int
+    bytes: int
+    elapsed_s: float
+    rtt_mean_us: float
+    rtt_min_us: float
+    rtt_max_us: float
+    server_user_s: float
+    server_sys_s: float
+    server_runtime_s: float
+    client_user_s: float
+    client_sys_s: float
+    errors: dict
+    conns_alive: int
+    msgs_per_s: float
+    mb_per_s: float
+    user_us_per_msg: float
+    sys_us_per_msg: float
+    total_us_per_msg: float
+    runtime_us_per_msg: float | None
+    server_util: float
+    client_util: float
+    errors_total: int
+    valid: bool = field(init=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "valid", self.msgs > 0 and self.errors_total == 0
+                           and self.server_user_s == self.server_user_s)
 
 
-def run_cell(client, server, cell, warmup, duration, client_cpu):
-    """Run one load against a started ``ServerProcess``; return the client's figures plus derived ones."""
-    res = _figures(run_ref_client(
+def run_cell(client, server, cell, warmup, duration, client_cpu, repeat=0):
+    """Run one load against a started ``ServerProcess``; its ``Run`` (``repeat`` says which repeat it is)."""
+    ref = run_ref_client(
         client, server.address, client_cpu, what=f"against {server.name!r} ({cell.name})",
         conns=cell.conns, size=cell.size, depth=1, warmup=warmup, duration=duration, server_pid=server.pid,
-    ))
-    msgs = res["msgs"]
-    el = res["elapsed_s"]
+    )
+    srv = ref.server or RefServerCpu()
+    nan = float("nan")  # the server's /proc could not be read: no figure, and the run is not valid
+    user = nan if srv.user_s is None else srv.user_s
+    sys_ = nan if srv.sys_s is None else srv.sys_s
+    runtime = -1.0 if srv.runtime_s is None else srv.runtime_s
+    msgs = ref.msgs
+    el = ref.window_s
     per = 1e6 / msgs if msgs else float("nan")
-    res.update(
+    return Run(
         server=server.name,
         cell=cell.name,
         conns=cell.conns,
         size=cell.size,
+        repeat=repeat,
+        msgs=msgs,
+        bytes=ref.bytes,
+        elapsed_s=el,
+        rtt_mean_us=ref.latency_us.mean,
+        rtt_min_us=ref.latency_min_us,
+        rtt_max_us=ref.latency_us.max,
+        server_user_s=user,
+        server_sys_s=sys_,
+        server_runtime_s=runtime,
+        client_user_s=ref.client.user_s,
+        client_sys_s=ref.client.sys_s,
+        errors=dict(ref.errors.by_kind),
+        conns_alive=ref.conns_alive,
         msgs_per_s=msgs / el,
-        mb_per_s=res["bytes"] / el / 1e6,
-        user_us_per_msg=res["server_user_s"] * per,
-        sys_us_per_msg=res["server_sys_s"] * per,
-        total_us_per_msg=(res["server_user_s"] + res["server_sys_s"]) * per,
-        runtime_us_per_msg=res["server_runtime_s"] * per if res["server_runtime_s"] >= 0 else None,
-        server_util=(res["server_user_s"] + res["server_sys_s"]) / el,
-        client_util=(res["client_user_s"] + res["client_sys_s"]) / el,
-        errors_total=sum(res["errors"].values()),
+        mb_per_s=ref.bytes / el / 1e6,
+        user_us_per_msg=user * per,
+        sys_us_per_msg=sys_ * per,
+        total_us_per_msg=(user + sys_) * per,
+        runtime_us_per_msg=runtime * per if runtime >= 0 else None,
+        server_util=(user + sys_) / el,
+        client_util=(ref.client.user_s + ref.client.sys_s) / el,
+        errors_total=ref.errors.total,
     )
-    # a run with a wrong byte, with no echo at all in its window, or without the server's CPU measures nothing
-    res["valid"] = msgs > 0 and res["errors_total"] == 0 and res["server_user_s"] == res["server_user_s"]
-    return res
 
 
 def _log_line(rep, repeats, name, cell, res):
     return (
-        f"[{rep + 1}/{repeats}] {name:17s} {cell.name:8s} {res['msgs_per_s']:10.0f} msg/s "
-        f"user {res['user_us_per_msg']:7.3f} sys {res['sys_us_per_msg']:7.3f} us/msg "
-        f"rtt {res['rtt_mean_us']:9.1f} us  util srv {res['server_util']:.2f} cli {res['client_util']:.2f}"
-        + (f"  ERRORS {res['errors']}" if res["errors_total"] else "")
-        + ("" if msgs_ok(res) else "  NO ECHO IN THE WINDOW (excluded)")
+        f"[{rep + 1}/{repeats}] {name:17s} {cell.name:8s} {res.msgs_per_s:10.0f} msg/s "
+        f"user {res.user_us_per_msg:7.3f} sys {res.sys_us_per_msg:7.3f} us/msg "
+        f"rtt {res.rtt_mean_us:9.1f} us  util srv {res.server_util:.2f} cli {res.client_util:.2f}"
+        + (f"  ERRORS {res.errors}" if res.errors_total else "")
+        + ("" if res.msgs > 0 else "  NO ECHO IN THE WINDOW (excluded)")
     )
 
 
 def run_benchmark(servers, cells=CELLS, repeats=3, warmup=1.0, duration=5.0, server_cpu=0, client_cpu=1, log=None):
-    """Every server x every cell x ``repeats``; returns the list of raw results (one dict per run)."""
+    """Every server x every cell x ``repeats``; returns the list of ``Run``s."""
     check_cpus(server_cpu, client_cpu)
     client = build_ref_client()
     runs = []
@@ -165,8 +210,7 @@ def run_benchmark(servers, cells=CELLS, repeats=3, warmup=1.0, duration=5.0, ser
         for name in order:
             with ServerProcess(name, cpus=[server_cpu]) as server:
                 for cell in cells:
-                    res = run_cell(client, server, cell, warmup, duration, client_cpu)
-                    res["repeat"] = rep
+                    res = run_cell(client, server, cell, warmup, duration, client_cpu, repeat=rep)
                     runs.append(res)
                     if log:
                         log(_log_line(rep, repeats, name, cell, res))
@@ -176,25 +220,88 @@ def run_benchmark(servers, cells=CELLS, repeats=3, warmup=1.0, duration=5.0, ser
     return runs
 
 
+_F = field_names(Run)
+#: the figures of a run that the table gives as median [min..max] over the repeats
 METRICS = (
-    "user_us_per_msg",
-    "sys_us_per_msg",
-    "total_us_per_msg",
-    "runtime_us_per_msg",
-    "msgs_per_s",
-    "mb_per_s",
-    "rtt_mean_us",
-    "server_util",
-    "client_util",
+    _F.user_us_per_msg,
+    _F.sys_us_per_msg,
+    _F.total_us_per_msg,
+    _F.runtime_us_per_msg,
+    _F.msgs_per_s,
+    _F.mb_per_s,
+    _F.rtt_mean_us,
+    _F.server_util,
+    _F.client_util,
 )
 
 
-def msgs_ok(run):
-    return run["msgs"] > 0
+@dataclass(frozen=True)
+class Row:
+    """One (server, cell) over its valid runs: each metric's median and spread, the errors, the runs left out.
+
+    ``msgs_per_cpu_s`` is what the server could echo per second of its own
+    CPU: its capacity when it is the bottleneck, whoever limited the run.
+    """
+
+    server: str
+    cell: str
+    user_us_per_msg: Spread | None
+    sys_us_per_msg: Spread | None
+    total_us_per_msg: Spread | None
+    runtime_us_per_msg: Spread | None
+    msgs_per_s: Spread | None
+    mb_per_s: Spread | None
+    rtt_mean_us: Spread | None
+    server_util: Spread | None
+    client_util: Spread | None
+    msgs_per_cpu_s: Spread | None
+    errors: int
+    excluded: int
 
 
-def _valid(run):
-    return run.get("valid", msgs_ok(run) and run["errors_total"] == 0)
+@dataclass(frozen=True)
+class Target:
+    """One target of the ``cython`` server, the figures it was judged on, and whether it was met."""
+
+    target: str
+    value: str
+    met: bool
+
+
+@dataclass(frozen=True)
+class ThroughputTarget(Target):
+    """A throughput target, with what limited the run: the client's CPU, or neither side's (starved)."""
+
+    client_bound: bool
+    starved: bool
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The servers and cells in order of appearance, the table by (server, cell), the ratios by
+    (cell, other server), and the targets."""
+
+    servers: list[str]
+    cells: list[str]
+    table: dict[tuple[str, str], Row]
+    ratios: dict[tuple[str, str], Spread]
+    targets: list[Target]
+
+
+@dataclass(frozen=True)
+class Meta:
+    """Where, when and how the benchmark ran: the report's preamble and the ``--json`` document's ``meta``."""
+
+    started_at: str
+    wall_s: float
+    machine: str
+    machine_info: dict
+    repeats: int
+    warmup_s: float
+    duration_s: float
+    server_cpu: int
+    client_cpu: int
+    command: str
 
 
 def _table(runs, servers, cells):
@@ -202,26 +309,26 @@ def _table(runs, servers, cells):
     table = {}
     for s in servers:
         for c in cells:
-            every = [r for r in runs if r["server"] == s and r["cell"] == c]
-            rs = [r for r in every if _valid(r)]
+            every = [r for r in runs if r.server == s and r.cell == c]
+            rs = [r for r in every if r.valid]
             if rs:
-                table[(s, c)] = {m: spread([r[m] for r in rs]) for m in METRICS}
-                # what the server could echo per second of its own CPU: its capacity
-                # when it is the bottleneck, whoever limited this particular run
-                table[(s, c)]["msgs_per_cpu_s"] = spread(
-                    [1e6 / r["total_us_per_msg"] for r in rs if r["total_us_per_msg"] > 0]
+                table[(s, c)] = Row(
+                    server=s,
+                    cell=c,
+                    **{m: spread([getattr(r, m) for r in rs]) for m in METRICS},
+                    msgs_per_cpu_s=spread([1e6 / r.total_us_per_msg for r in rs if r.total_us_per_msg > 0]),
+                    errors=sum(r.errors_total for r in every),
+                    excluded=len(every) - len(rs),
                 )
-                table[(s, c)]["errors"] = sum(r["errors_total"] for r in every)
-                table[(s, c)]["excluded"] = len(every) - len(rs)
     return table
 
 
 def _per_rep_ratio(runs, focus, cell, other, metric):
     """``focus``/``other`` for ``metric`` in ``cell``, taken within each repeat, then spread."""
     ratios = []
-    for rep in sorted({r["repeat"] for r in runs}):
-        a = [r[metric] for r in runs if r["server"] == focus and r["cell"] == cell and r["repeat"] == rep]
-        b = [r[metric] for r in runs if r["server"] == other and r["cell"] == cell and r["repeat"] == rep]
+    for rep in sorted({r.repeat for r in runs}):
+        a = [getattr(r, metric) for r in runs if r.server == focus and r.cell == cell and r.repeat == rep]
+        b = [getattr(r, metric) for r in runs if r.server == other and r.cell == cell and r.repeat == rep]
         if a and b and b[0]:
             ratios.append(a[0] / b[0])
     return spread(ratios)
@@ -229,86 +336,89 @@ def _per_rep_ratio(runs, focus, cell, other, metric):
 
 def _best_check(table, servers, focus, cell, metric, lower_is_better, label):
     """The target "``focus`` is the best at ``metric`` in ``cell``" (within the spread), or None."""
-    rows = {s: table[(s, cell)][metric] for s in servers if (s, cell) in table and table[(s, cell)][metric]}
+    rows = {s: getattr(table[(s, cell)], metric) for s in servers
+            if (s, cell) in table and getattr(table[(s, cell)], metric)}
     if focus not in rows:
         return None
     pick = min if lower_is_better else max
-    best = pick(rows, key=lambda s: rows[s]["median"])
+    best = pick(rows, key=lambda s: rows[s].median)
     mine, theirs = rows[focus], rows[best]
     if best == focus:
         met, how = True, "best"
     elif lower_is_better:
-        met, how = mine["min"] <= theirs["max"], f"best is {best}"
+        met, how = mine.min <= theirs.max, f"best is {best}"
     else:
-        met, how = mine["max"] >= theirs["min"], f"best is {best}"
-    fmt = "{:.3f}" if metric.endswith("per_msg") else "{:.1f}" if metric == "rtt_mean_us" else "{:.0f}"
-    value = f"{focus} {fmt.format(mine['median'])} [{fmt.format(mine['min'])}..{fmt.format(mine['max'])}]"
+        met, how = mine.max >= theirs.min, f"best is {best}"
+    fmt = "{:.3f}" if metric.endswith("per_msg") else "{:.1f}" if metric == _F.rtt_mean_us else "{:.0f}"
+    value = f"{focus} {fmt.format(mine.median)} [{fmt.format(mine.min)}..{fmt.format(mine.max)}]"
     if best != focus:
-        value += f"; {best} {fmt.format(theirs['median'])} [{fmt.format(theirs['min'])}..{fmt.format(theirs['max'])}]"
-    target = {"target": f"{cell}: {label} ({how}; ranges overlapping = within spread)", "value": value, "met": met}
-    if metric in ("msgs_per_s", "mb_per_s"):
-        cu = table[(focus, cell)]["client_util"]["median"]
-        su = table[(focus, cell)]["server_util"]["median"]
-        target["client_bound"] = cu >= CLIENT_BOUND_UTIL
+        value += f"; {best} {fmt.format(theirs.median)} [{fmt.format(theirs.min)}..{fmt.format(theirs.max)}]"
+    target = f"{cell}: {label} ({how}; ranges overlapping = within spread)"
+    if metric not in (_F.msgs_per_s, _F.mb_per_s):
+        return Target(target=target, value=value, met=met)
+    cu = table[(focus, cell)].client_util.median
+    su = table[(focus, cell)].server_util.median
+    return ThroughputTarget(
+        target=target, value=value + f"; client CPU {cu:.2f}, {focus} server CPU {su:.2f}", met=met,
+        client_bound=cu >= CLIENT_BOUND_UTIL,
         # neither side used its CPU: the time went elsewhere (other processes on a shared machine)
-        target["starved"] = cu < CLIENT_BOUND_UTIL and su < SERVER_BOUND_UTIL
-        target["value"] += f"; client CPU {cu:.2f}, {focus} server CPU {su:.2f}"
-    return target
+        starved=cu < CLIENT_BOUND_UTIL and su < SERVER_BOUND_UTIL,
+    )
 
 
 def summarize(runs, focus="cython"):
-    """Medians/spreads per (server, cell), per-repeat ratios, and the verdict on each target.
+    """Medians/spreads per (server, cell), per-repeat ratios, and the verdict on each target: a ``Summary``.
 
     Invalid runs (a wrong byte, or no echo at all in the window: a stalled
     machine or server) are left out of every figure and counted per row.
     """
-    servers = list(dict.fromkeys(r["server"] for r in runs))
-    cells = list(dict.fromkeys(r["cell"] for r in runs))
+    servers = list(dict.fromkeys(r.server for r in runs))
+    cells = list(dict.fromkeys(r.cell for r in runs))
     table = _table(runs, servers, cells)
-    runs = [r for r in runs if _valid(r)]
-    out = {"servers": servers, "cells": cells, "table": table, "ratios": {}, "targets": []}
+    runs = [r for r in runs if r.valid]
+    out = Summary(servers=servers, cells=cells, table=table, ratios={}, targets=[])
     if focus not in servers:
         return out
     for cell in CPU_CELLS:
         for other, limit in (("uvloop", 0.2), ("asyncio-protocol", 0.1)):
             if (other, cell) not in table or (focus, cell) not in table:
                 continue
-            st = _per_rep_ratio(runs, focus, cell, other, "user_us_per_msg")
+            st = _per_rep_ratio(runs, focus, cell, other, _F.user_us_per_msg)
             if st is None:
                 continue
-            out["ratios"][(cell, other)] = st
-            out["targets"].append({
-                "target": f"{cell}: {focus} user CPU/msg <= {limit}x {other}",
-                "value": f"{st['median']:.3f}x (repeats {st['min']:.3f}..{st['max']:.3f})",
-                "met": st["median"] <= limit,
-            })
-    checks = [(cell, "total_us_per_msg", True, f"{focus} total server CPU/msg is the lowest") for cell in CPU_CELLS]
-    checks += [(cell, "msgs_per_s", False, f"{focus} throughput is the highest") for cell in THROUGHPUT_CELLS]
-    checks.append(("pingpong", "rtt_mean_us", True, f"{focus} mean ping-pong round trip is the lowest"))
+            out.ratios[(cell, other)] = st
+            out.targets.append(Target(
+                target=f"{cell}: {focus} user CPU/msg <= {limit}x {other}",
+                value=f"{st.median:.3f}x (repeats {st.min:.3f}..{st.max:.3f})",
+                met=st.median <= limit,
+            ))
+    checks = [(cell, _F.total_us_per_msg, True, f"{focus} total server CPU/msg is the lowest") for cell in CPU_CELLS]
+    checks += [(cell, _F.msgs_per_s, False, f"{focus} throughput is the highest") for cell in THROUGHPUT_CELLS]
+    checks.append(("pingpong", _F.rtt_mean_us, True, f"{focus} mean ping-pong round trip is the lowest"))
     for cell, metric, lower_is_better, label in checks:
         target = _best_check(table, servers, focus, cell, metric, lower_is_better, label)
         if target is not None:
-            out["targets"].append(target)
+            out.targets.append(target)
     return out
 
 
 def render_markdown(summary, meta):
     """The figures as Markdown: medians with [min..max] over the repeats."""
-    t = summary["table"]
+    t = summary.table
     lines = [
         "# Server CPU per message, throughput and ping-pong",
         "",
-        f"Measured {meta['started_at']} on {meta['machine']}: {meta['repeats']} repeats, "
-        f"warmup {meta['warmup_s']} s, window {meta['duration_s']} s per cell; server on CPU {meta['server_cpu']}, "
-        f"C load client on CPU {meta['client_cpu']}.  Each figure: median [min..max] over the repeats.",
-        f"Command: `{meta['command']}`",
+        f"Measured {meta.started_at} on {meta.machine}: {meta.repeats} repeats, "
+        f"warmup {meta.warmup_s} s, window {meta.duration_s} s per cell; server on CPU {meta.server_cpu}, "
+        f"C load client on CPU {meta.client_cpu}.  Each figure: median [min..max] over the repeats.",
+        f"Command: `{meta.command}`",
         "",
         "The user/sys split comes from the kernel's tick sampling (/proc/PID/stat, in 10 ms units): a window that "
         "holds only a few ticks of a cheap server's user time quantizes it (0, 1, 2 ticks...), so judge the user "
         "figures of the fastest servers on long windows (--duration 10 or more); the totals are exact.",
         "",
     ]
-    for cell in summary["cells"]:
+    for cell in summary.cells:
         c = next(x for x in CELLS if x.name == cell)
         lines += [
             f"## {cell}: {c.conns} conn(s) x {c.size} B, closed loop",
@@ -317,28 +427,28 @@ def render_markdown(summary, meta):
             "| msgs per server CPU-s | errors |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
-        for s in summary["servers"]:
+        for s in summary.servers:
             row = t.get((s, cell))
             if not row:
                 continue
             lines.append(
-                f"| {s} | {fmt_spread(row['user_us_per_msg'], '.3f')} | {fmt_spread(row['sys_us_per_msg'], '.2f')} | "
-                f"{fmt_spread(row['total_us_per_msg'], '.2f')} | {fmt_spread(row['msgs_per_s'], '.0f')} | {fmt_spread(row['mb_per_s'], '.1f')} | "
-                f"{fmt_spread(row['rtt_mean_us'], '.1f')} | {fmt_spread(row['server_util'], '.2f')} | {fmt_spread(row['client_util'], '.2f')} | "
-                f"{fmt_spread(row['msgs_per_cpu_s'], '.0f')} | {row['errors']}"
-                + (f" ({row['excluded']} invalid run(s) left out)" if row.get("excluded") else "")
+                f"| {s} | {fmt_spread(row.user_us_per_msg, '.3f')} | {fmt_spread(row.sys_us_per_msg, '.2f')} | "
+                f"{fmt_spread(row.total_us_per_msg, '.2f')} | {fmt_spread(row.msgs_per_s, '.0f')} | {fmt_spread(row.mb_per_s, '.1f')} | "
+                f"{fmt_spread(row.rtt_mean_us, '.1f')} | {fmt_spread(row.server_util, '.2f')} | {fmt_spread(row.client_util, '.2f')} | "
+                f"{fmt_spread(row.msgs_per_cpu_s, '.0f')} | {row.errors}"
+                + (f" ({row.excluded} invalid run(s) left out)" if row.excluded else "")
                 + " |"
             )
         lines.append("")
-    if summary["targets"]:
+    if summary.targets:
         lines += ["## Targets", "", "| target | measured | met |", "| --- | --- | --- |"]
-        for tg in summary["targets"]:
-            met = "yes" if tg["met"] else "NO"
-            if tg.get("client_bound"):
+        for tg in summary.targets:
+            met = "yes" if tg.met else "NO"
+            if isinstance(tg, ThroughputTarget) and tg.client_bound:
                 met += " (client-bound)"
-            if tg.get("starved"):
+            if isinstance(tg, ThroughputTarget) and tg.starved:
                 met += " (neither side saturated its CPU: not a measure of the server)"
-            lines.append(f"| {tg['target']} | {tg['value']} | {met} |")
+            lines.append(f"| {tg.target} | {tg.value} | {met} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -390,30 +500,30 @@ def _parse(argv):
 
 def _meta(args, argv, started, wall_s):
     info = machine_info()
-    return {
-        "started_at": started,
-        "wall_s": wall_s,
-        "machine": machine_line(info),
-        "machine_info": info,
-        "repeats": args.repeats,
-        "warmup_s": args.warmup,
-        "duration_s": args.duration,
-        "server_cpu": args.server_cpu,
-        "client_cpu": args.client_cpu,
-        "command": "python -m sockbench.bench.calibrate.server_cpu " + " ".join(sys.argv[1:] if argv is None else argv),
-    }
+    return Meta(
+        started_at=started,
+        wall_s=wall_s,
+        machine=machine_line(info),
+        machine_info=info,
+        repeats=args.repeats,
+        warmup_s=args.warmup,
+        duration_s=args.duration,
+        server_cpu=args.server_cpu,
+        client_cpu=args.client_cpu,
+        command="python -m sockbench.bench.calibrate.server_cpu " + " ".join(sys.argv[1:] if argv is None else argv),
+    )
 
 
-def _document(runs, summary, meta):
-    """The ``--json`` document: every raw run, and the summary with its tuple keys spelled out."""
+def json_document(runs, summary, meta):
+    """The ``--json`` document: every run, and the summary with its tuple keys spelled out (format 1)."""
     return {
         "schema": 1,
-        "meta": meta,
-        "runs": runs,
+        "meta": asdict(meta),
+        "runs": [asdict(r) for r in runs],
         "summary": {
-            "table": [{"server": s, "cell": c, **v} for (s, c), v in summary["table"].items()],
-            "ratios": [{"cell": c, "vs": o, **v} for (c, o), v in summary["ratios"].items()],
-            "targets": summary["targets"],
+            "table": [asdict(row) for row in summary.table.values()],
+            "ratios": [{"cell": c, "vs": o, **asdict(st)} for (c, o), st in summary.ratios.items()],
+            "targets": [asdict(t) for t in summary.targets],
         },
     }
 
@@ -433,7 +543,7 @@ def main(argv=None):
             with open(args.md, "w") as f:
                 f.write(md + "\n")
         if args.json:
-            write_json_atomic(args.json, _document(runs, summary, meta))
+            write_json_atomic(args.json, json_document(runs, summary, meta))
         return 0
     except SockbenchError as e:
         print(f"server_cpu: {e}", file=sys.stderr)

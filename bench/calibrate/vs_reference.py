@@ -20,12 +20,18 @@ Python, so a difference in CPU per message is the price of the harness's
 timing, histograms and Cython.  It stays out of sockbench's normal runs.
 
 It also prints the harness's coalescing (messages per write).
+
+Each client's figures of one run, a round and a workload's summary are small
+dataclasses (``RefFigures``, ``HarnessFigures``, ``Round``,
+``WorkloadSummary``, ``Comparison``); ``--json`` writes them with
+``dataclasses.asdict``, so their field names are the keys of the output.
 """
 
 import argparse
 import sys
+from dataclasses import asdict, dataclass
 
-from sockbench.bench.calibrate.common import build_ref_client, check_cpus, fmt_spread, run_ref_client, spread
+from sockbench.bench.calibrate.common import Spread, build_ref_client, check_cpus, fmt_spread, run_ref_client, spread
 from sockbench.bench.load.harness import LoadSpec, run_load
 from sockbench.errors import SockbenchError
 from sockbench.jsonfile import write_json_atomic
@@ -33,96 +39,162 @@ from sockbench.machine import machine_info
 from sockbench.servers import registry
 from sockbench.servers.process import ServerProcess
 
-__all__ = ["WORKLOADS", "run_reference", "run_harness", "compare", "main"]
+__all__ = ["WORKLOADS", "RefFigures", "HarnessFigures", "Round", "WorkloadSummary", "Comparison", "run_reference",
+           "run_harness", "compare", "json_document", "main"]
 
 #: (conns, size, depth): the two workloads the harness must keep up on
 WORKLOADS = ((100, 64, 8), (10, 1024, 1))
 
 
+@dataclass(frozen=True)
+class RefFigures:
+    """One run of the reference client: msgs/s over the nominal window, its CPU µs per message and utilisation."""
+
+    msgs_per_s: float
+    cpu_us_per_msg: float | None
+    cpu_util: float | None
+
+
+@dataclass(frozen=True)
+class HarnessFigures:
+    """One run of the harness: the reference's figures, plus its coalescing and latency."""
+
+    msgs_per_s: float
+    cpu_us_per_msg: float | None
+    cpu_util: float | None
+    msgs_per_write: float | None
+    p50_us: float | None
+    p99_us: float | None
+
+
+@dataclass(frozen=True)
+class Round:
+    """One round of one workload: both clients and their ratios (harness / reference)."""
+
+    harness: HarnessFigures
+    ref: RefFigures
+    ratio_msgs: float
+    ratio_cpu_per_msg: float
+
+
+@dataclass(frozen=True)
+class WorkloadSummary:
+    """One workload over every round: each figure's median and spread."""
+
+    conns: int
+    size: int
+    depth: int
+    rounds: list[Round]
+    harness_msgs_per_s: Spread | None
+    ref_msgs_per_s: Spread | None
+    harness_cpu_us_per_msg: Spread | None
+    ref_cpu_us_per_msg: Spread | None
+    ratio_msgs: Spread | None
+    ratio_cpu_per_msg: Spread | None
+    harness_msgs_per_write: Spread | None
+    harness_cpu_util: Spread | None
+    ref_cpu_util: Spread | None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The whole comparison: its settings and every workload's summary."""
+
+    server: str
+    rounds: int
+    warmup_s: float
+    duration_s: float
+    workloads: list[WorkloadSummary]
+
+
 def run_reference(exe, address, conns, size, depth, warmup, duration, cpu):
     """One run of the reference client; its msgs/s (over the nominal window), CPU per message and utilisation."""
-    r = run_ref_client(exe, address, cpu, what="(reference client)", overrun_s=30, conns=conns, size=size,
-                       depth=depth, warmup=warmup, duration=duration)
-    if sum(r["errors"].values()):
-        raise SockbenchError(f"the reference client's run failed: {r['error']}")
-    cpu_s = r["user_s"] + r["sys_s"]
-    return {"msgs_per_s": r["msgs"] / duration, "cpu_us_per_msg": cpu_s / r["msgs"] * 1e6 if r["msgs"] else None,
-            "cpu_util": cpu_s / r["window_s"] if r["window_s"] else None}
+    ref = run_ref_client(exe, address, cpu, what="(reference client)", overrun_s=30, conns=conns, size=size,
+                         depth=depth, warmup=warmup, duration=duration)
+    if ref.errors.total:
+        raise SockbenchError(f"the reference client's run failed: {ref.error}")
+    cpu_s = ref.client.user_s + ref.client.sys_s
+    return RefFigures(msgs_per_s=ref.msgs / duration, cpu_us_per_msg=cpu_s / ref.msgs * 1e6 if ref.msgs else None,
+                      cpu_util=ref.client.cpu_util)
 
 
 def run_harness(address, conns, size, depth, warmup, duration, cpu):
     """One run of the harness against the same server; the same figures, plus its latency and coalescing."""
     r = run_load(LoadSpec(target=tuple(address), mode="closed", conns=conns, size=size, depth=depth,
-                          duration_s=duration, warmup_s=warmup, client_cpus=(cpu,))).to_json()
-    if not r["valid"]:
-        raise SockbenchError(f"harness run invalid: {r['invalid_reason']}")
-    c = r["client"]
-    msgs = r["throughput"]["msgs_per_s"] * duration
-    return {"msgs_per_s": r["throughput"]["msgs_per_s"],
-            "cpu_us_per_msg": (c["user_s"] + c["sys_s"]) / msgs * 1e6 if msgs else None,
-            "cpu_util": c["cpu_util"], "msgs_per_write": c["msgs_per_write"],
-            "p50_us": r["latency_us"]["p50"], "p99_us": r["latency_us"]["p99"]}
-
+                          duration_s=duration, warmup_s=warmup, client_cpus=(cpu,)))
+    if not r.valid:
+        raise SockbenchError(f"harness run invalid: {r.invalid_reason}")
+    c = r.client
+    msgs = r.throughput.msgs_per_s * duration
+    return HarnessFigures(msgs_per_s=r.throughput.msgs_per_s,
+                          cpu_us_per_msg=(c.user_s + c.sys_s) / msgs * 1e6 if msgs else None,
+                          cpu_util=c.cpu_util, msgs_per_write=c.msgs_per_write,
+                          p50_us=r.latency_us.p50, p99_us=r.latency_us.p99)
 
 
 def _round(i, exe, address, workload, warmup, duration, client_cpu):
     """One round of one workload: both clients, in alternating order, and their ratios."""
     conns, size, depth = workload
     order = ("harness", "ref") if i % 2 == 0 else ("ref", "harness")
-    row = {}
+    ran = {}
     for who in order:
         if who == "ref":
-            row["ref"] = run_reference(exe, address, conns, size, depth, warmup, duration, client_cpu)
+            ran[who] = run_reference(exe, address, conns, size, depth, warmup, duration, client_cpu)
         else:
-            row["harness"] = run_harness(address, conns, size, depth, warmup, duration, client_cpu)
-    h, r = row["harness"], row["ref"]
-    row["ratio_msgs"] = h["msgs_per_s"] / r["msgs_per_s"]
-    row["ratio_cpu_per_msg"] = h["cpu_us_per_msg"] / r["cpu_us_per_msg"]
-    print(f"  {conns} conns x {size} B x {depth}: round {i + 1}: harness {h['msgs_per_s']:,.0f}/s "
-          f"{h['cpu_us_per_msg']:.3f} µs/msg | ref {r['msgs_per_s']:,.0f}/s {r['cpu_us_per_msg']:.3f} µs/msg "
-          f"| ratios {row['ratio_msgs']:.3f} {row['ratio_cpu_per_msg']:.3f}", file=sys.stderr)
+            ran[who] = run_harness(address, conns, size, depth, warmup, duration, client_cpu)
+    h, r = ran["harness"], ran["ref"]
+    row = Round(harness=h, ref=r, ratio_msgs=h.msgs_per_s / r.msgs_per_s,
+                ratio_cpu_per_msg=h.cpu_us_per_msg / r.cpu_us_per_msg)
+    print(f"  {conns} conns x {size} B x {depth}: round {i + 1}: harness {h.msgs_per_s:,.0f}/s "
+          f"{h.cpu_us_per_msg:.3f} µs/msg | ref {r.msgs_per_s:,.0f}/s {r.cpu_us_per_msg:.3f} µs/msg "
+          f"| ratios {row.ratio_msgs:.3f} {row.ratio_cpu_per_msg:.3f}", file=sys.stderr)
     return row
 
 
 def _workload_summary(workload, rows):
     conns, size, depth = workload
-    return {
-        "conns": conns, "size": size, "depth": depth, "rounds": rows,
-        "harness_msgs_per_s": spread([r["harness"]["msgs_per_s"] for r in rows]),
-        "ref_msgs_per_s": spread([r["ref"]["msgs_per_s"] for r in rows]),
-        "harness_cpu_us_per_msg": spread([r["harness"]["cpu_us_per_msg"] for r in rows]),
-        "ref_cpu_us_per_msg": spread([r["ref"]["cpu_us_per_msg"] for r in rows]),
-        "ratio_msgs": spread([r["ratio_msgs"] for r in rows]),
-        "ratio_cpu_per_msg": spread([r["ratio_cpu_per_msg"] for r in rows]),
-        "harness_msgs_per_write": spread([r["harness"]["msgs_per_write"] for r in rows]),
-        "harness_cpu_util": spread([r["harness"]["cpu_util"] for r in rows]),
-        "ref_cpu_util": spread([r["ref"]["cpu_util"] for r in rows]),
-    }
+    return WorkloadSummary(
+        conns=conns, size=size, depth=depth, rounds=rows,
+        harness_msgs_per_s=spread([r.harness.msgs_per_s for r in rows]),
+        ref_msgs_per_s=spread([r.ref.msgs_per_s for r in rows]),
+        harness_cpu_us_per_msg=spread([r.harness.cpu_us_per_msg for r in rows]),
+        ref_cpu_us_per_msg=spread([r.ref.cpu_us_per_msg for r in rows]),
+        ratio_msgs=spread([r.ratio_msgs for r in rows]),
+        ratio_cpu_per_msg=spread([r.ratio_cpu_per_msg for r in rows]),
+        harness_msgs_per_write=spread([r.harness.msgs_per_write for r in rows]),
+        harness_cpu_util=spread([r.harness.cpu_util for r in rows]),
+        ref_cpu_util=spread([r.ref.cpu_util for r in rows]),
+    )
 
 
 def compare(server, rounds, warmup, duration, server_cpu=0, client_cpu=1):
-    """Run every workload ``rounds`` times with each client, alternating; return the summary dict."""
+    """Run every workload ``rounds`` times with each client, alternating; return the ``Comparison``."""
     check_cpus(server_cpu, client_cpu)
-    out = {"server": server, "rounds": rounds, "warmup_s": warmup, "duration_s": duration, "workloads": []}
+    workloads = []
     exe = build_ref_client()
     with ServerProcess(server, cpus=(server_cpu,)) as sp:
         for workload in WORKLOADS:
             rows = [_round(i, exe, sp.address, workload, warmup, duration, client_cpu) for i in range(rounds)]
-            out["workloads"].append(_workload_summary(workload, rows))
-    return out
+            workloads.append(_workload_summary(workload, rows))
+    return Comparison(server=server, rounds=rounds, warmup_s=warmup, duration_s=duration, workloads=workloads)
+
+
+def json_document(out, machine):
+    """The ``--json`` document: the comparison, and the machine it ran on."""
+    return {**asdict(out), "machine": machine}
 
 
 def _print(out):
-    print(f"server {out['server']}, {out['rounds']} rounds of {out['duration_s']:g} s (+{out['warmup_s']:g} s warmup), "
+    print(f"server {out.server}, {out.rounds} rounds of {out.duration_s:g} s (+{out.warmup_s:g} s warmup), "
           f"medians [min..max]")
-    for w in out["workloads"]:
-        print(f"{w['conns']} conns x {w['size']} B x {w['depth']} in flight")
-        print(f"  msgs/s        harness {fmt_spread(w['harness_msgs_per_s'])}   ref {fmt_spread(w['ref_msgs_per_s'])}")
-        print(f"  CPU µs/msg    harness {fmt_spread(w['harness_cpu_us_per_msg'], '.3f')}   ref {fmt_spread(w['ref_cpu_us_per_msg'], '.3f')}")
-        print(f"  client util   harness {fmt_spread(w['harness_cpu_util'], '.0%')}   ref {fmt_spread(w['ref_cpu_util'], '.0%')}")
-        print(f"  ratio msgs/s (>= 0.9)      {fmt_spread(w['ratio_msgs'], '.3f')}")
-        print(f"  ratio CPU/msg (<= 1.1)     {fmt_spread(w['ratio_cpu_per_msg'], '.3f')}")
-        print(f"  coalescing: harness msgs per write {fmt_spread(w['harness_msgs_per_write'], '.2f')}")
+    for w in out.workloads:
+        print(f"{w.conns} conns x {w.size} B x {w.depth} in flight")
+        print(f"  msgs/s        harness {fmt_spread(w.harness_msgs_per_s)}   ref {fmt_spread(w.ref_msgs_per_s)}")
+        print(f"  CPU µs/msg    harness {fmt_spread(w.harness_cpu_us_per_msg, '.3f')}   ref {fmt_spread(w.ref_cpu_us_per_msg, '.3f')}")
+        print(f"  client util   harness {fmt_spread(w.harness_cpu_util, '.0%')}   ref {fmt_spread(w.ref_cpu_util, '.0%')}")
+        print(f"  ratio msgs/s (>= 0.9)      {fmt_spread(w.ratio_msgs, '.3f')}")
+        print(f"  ratio CPU/msg (<= 1.1)     {fmt_spread(w.ratio_cpu_per_msg, '.3f')}")
+        print(f"  coalescing: harness msgs per write {fmt_spread(w.harness_msgs_per_write, '.2f')}")
 
 
 def main(argv=None):
@@ -141,7 +213,7 @@ def main(argv=None):
         return e.exit_code
     _print(out)
     if a.json:
-        write_json_atomic(a.json, {**out, "machine": machine_info()})
+        write_json_atomic(a.json, json_document(out, machine_info()))
     return 0
 
 

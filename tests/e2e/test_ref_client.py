@@ -7,9 +7,10 @@ caught and counted by kind; ``--marks`` announces the window and
 ``--server-pid`` reads the server's CPU; ``--hold`` keeps the connections
 until stdin closes; bad arguments are exit 2, a refused connection exit 1,
 each with one line.  The build is cached by the hash of the source and headers.
+Its JSON line is read as the tools read it, through ``common.RefResult``,
+which refuses a line that lacks any of the client's keys.
 """
 
-import json
 import shutil
 import socket
 import subprocess
@@ -18,7 +19,7 @@ import time
 
 import pytest
 
-from sockbench.bench.calibrate.common import REF_CLIENT_SOURCE, build_ref_client, ref_client_command
+from sockbench.bench.calibrate.common import REF_CLIENT_SOURCE, RefResult, build_ref_client, ref_client_command
 from sockbench.servers import protocols, registry
 from sockbench.servers.process import ServerProcess
 
@@ -37,7 +38,7 @@ def _run(client, address, timeout=30, **options):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    return lines, json.loads(lines[-1])
+    return lines, RefResult.parse(lines[-1])
 
 
 class _FaultyServer:
@@ -118,13 +119,14 @@ def test_every_protocol_runs_clean_against_the_cython_server(client, protocol):
         lines, r = _run(client, server.address, protocol=protocol, conns=10, size=100, depth=4, warmup=0.1,
                         duration=0.3, server_pid=server.pid, marks=True)
     assert lines[0] == "window"
-    assert r["protocol"] == protocol and (r["conns"], r["size"], r["depth"]) == (10, 100, 4)
-    assert r["msgs"] > 0 and r["bytes"] == r["msgs"] * 100 and r["wire_bytes"] >= r["bytes"]
-    assert r["errors"] == {k: 0 for k in KINDS} and r["error"] == "" and r["conns_alive"] == 10
-    assert 0.25 < r["window_s"] < 1.0
-    assert 0 < r["rtt_min_us"] <= r["rtt_mean_us"] <= r["rtt_max_us"]
-    srv = r["server"]
-    assert srv["user_s"] is not None and srv["sys_s"] is not None and srv["runtime_s"] > 0
+    assert r.protocol == protocol and (r.conns, r.size, r.depth) == (10, 100, 4)
+    assert r.msgs > 0 and r.bytes == r.msgs * 100 and r.wire_bytes >= r.bytes
+    assert r.errors.by_kind == {k: 0 for k in KINDS} and r.error == "" and r.conns_alive == 10
+    assert 0.25 < r.window_s < 1.0
+    assert 0 < r.latency_min_us <= r.latency_us.mean <= r.latency_us.max
+    assert r.throughput.msgs_per_s == r.msgs / r.window_s and r.client.user_s + r.client.sys_s > 0
+    srv = r.server
+    assert srv.user_s is not None and srv.sys_s is not None and srv.runtime_s > 0
 
 
 @pytest.mark.parametrize(
@@ -139,16 +141,16 @@ def test_every_protocol_runs_clean_against_the_cython_server(client, protocol):
 def test_a_wrong_byte_is_caught_and_counted_by_kind(client, faulty, protocol, at, kind):
     server = faulty(protocol, "flip", at)
     _, r = _run(client, server.address, protocol=protocol, conns=1, size=64, depth=4, warmup=0, duration=0.3)
-    assert r["errors"][kind] == 1 and sum(r["errors"].values()) == 1, r
-    assert r["error"].startswith("connection 0: a wrong answer")
-    assert r["conns_alive"] == 0
+    assert r.errors.count(kind) == 1 and r.errors.total == 1, r
+    assert r.error.startswith("connection 0: a wrong answer")
+    assert r.conns_alive == 0
 
 
 def test_a_server_that_closes_is_an_eof_error(client, faulty):
     server = faulty("raw", "close")
     _, r = _run(client, server.address, conns=3, warmup=0, duration=0.3)
-    assert r["errors"]["eof"] == 3 and r["conns_alive"] == 0
-    assert "the server closed it" in r["error"]
+    assert r.errors.count("eof") == 3 and r.conns_alive == 0
+    assert "the server closed it" in r.error
 
 
 def test_a_stall_is_an_error_and_hold_keeps_the_connections_until_stdin_closes(client, faulty):
@@ -157,9 +159,9 @@ def test_a_stall_is_an_error_and_hold_keeps_the_connections_until_stdin_closes(c
                              hold=True)
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        r = json.loads(proc.stdout.readline())
-        assert r["errors"]["stall"] == 1 and r["error"].startswith("stalled: no answer for 0.3 s, 2 connections")
-        assert r["window_s"] < 2, "a stall stops the run"
+        r = RefResult.parse(proc.stdout.readline())
+        assert r.errors.count("stall") == 1 and r.error.startswith("stalled: no answer for 0.3 s, 2 connections")
+        assert r.window_s < 2, "a stall stops the run"
         time.sleep(0.3)
         assert proc.poll() is None, "held until stdin closes"
         proc.stdin.close()

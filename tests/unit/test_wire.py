@@ -357,7 +357,7 @@ def test_pipelined_load_is_answered_correctly(protocol):
         # A wrong answer or a closed connection fails at once.  A stall (no answer
         # for 1 s) is retried: on a machine shared with other load runs, the
         # server's CPU can be taken from it that long (seen with uvloop too).
-        if cell["valid"] or "no answer" not in cell["invalid_reason"]:
+        if cell.valid or "no answer" not in cell.invalid_reason:
             break
-    assert cell["valid"], cell["invalid_reason"]
-    assert cell["msgs_per_s"] > 0
+    assert cell.valid, cell.invalid_reason
+    assert cell.msgs_per_s > 0
