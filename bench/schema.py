@@ -689,8 +689,10 @@ class Fairness:
 
     ``min``, ``median`` and ``max`` are messages completed per connection in
     the measured window, ``jain`` is Jain's fairness index of those counts and
-    ``starved`` the number of connections that completed no message (a run
-    with any is invalid).
+    ``starved`` the number of connections that completed no message although
+    they were owed an answer (a run with any is invalid; an open-loop
+    connection whose schedule gave it nothing to send in the window is not
+    starved).
     """
 
     conns: int
@@ -701,13 +703,17 @@ class Fairness:
     starved: int
 
     @classmethod
-    def of(cls, counts):
-        """From the per-connection counts of the window (every connection, idle ones as 0)."""
+    def of(cls, counts, starved=None):
+        """From the per-connection counts of the window (every connection, idle ones as 0); ``starved``
+        defaults to the connections that completed nothing (the load loop tells which of them were owed
+        an answer, see ``sockbench.ext.loadgen``)."""
         counts = [int(x) for x in counts]
+        if starved is None:
+            starved = sum(1 for x in counts if x == 0)
         if not counts:
-            return cls(conns=0, min=0, median=0.0, max=0, jain=None, starved=0)
+            return cls(conns=0, min=0, median=0.0, max=0, jain=None, starved=int(starved))
         return cls(conns=len(counts), min=min(counts), median=float(statistics.median(counts)), max=max(counts),
-                   jain=jain_index(counts), starved=sum(1 for x in counts if x == 0))
+                   jain=jain_index(counts), starved=int(starved))
 
     def to_json(self):
         return {"conns": self.conns, "min": self.min, "median": self.median, "max": self.max, "jain": self.jain,
