@@ -43,8 +43,18 @@ Versions
     encoded HDR histograms, the machine, the start time and, from the
     suite, the cell.  Files written before the protocol dimension carry no
     ``workload.protocol``; they read as raw.
+2
+    Adds ``interference`` (the foreign and steal share of the server's and
+    the client's pinned CPUs over the window, the 1-minute load average,
+    ``disturbed``), ``fairness`` (messages completed per connection in the
+    window: min, median, max, Jain's index, the starved count) and the
+    machine's tuning as ``pyperf system show`` reports it (``isolcpus``,
+    ``nohz_full``, ``governor``, ``smt``, ``aslr``, ``loadavg``).  Version-1
+    files read with these ``None`` (not measured) and are written back as
+    version 2.
 """
 
+import statistics
 from dataclasses import dataclass, field, replace
 
 from sockbench.errors import SockbenchError
@@ -66,13 +76,18 @@ __all__ = [
     "Client",
     "Timeseries",
     "Machine",
+    "Interference",
+    "Fairness",
+    "jain_index",
     "CellContext",
     "LoadResult",
     "RoundSummary",
     "CellSummary",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: the versions ``from_json`` reads (older ones read their missing parts as ``None``)
+READABLE_VERSIONS = (1, 2)
 
 #: the error counters of a result's ``errors.by_kind`` (``protocol``: a frame/json answer whose
 #: framing or header is wrong; ``mismatch``: content bytes that are not the ones sent)
@@ -94,7 +109,7 @@ _MACHINE_ALIASES = {
 
 
 class SchemaError(SockbenchError):
-    """A file or dict that is not a schema-1 sockbench result (one line, no traceback)."""
+    """A file or dict that is not a sockbench result of a readable schema (one line, no traceback)."""
 
 
 def _obj(d, key, source, default=None):
@@ -548,6 +563,18 @@ class Machine:
     git_commit: str | None = None
     git_dirty: bool | None = None
     hostname: str | None = None
+    #: the CPUs the kernel keeps the scheduler off (``isolcpus=``), ``[]`` when none
+    isolcpus: list | None = None
+    #: the CPUs without a periodic tick (``nohz_full=``), ``[]`` when none
+    nohz_full: list | None = None
+    #: the cpufreq governor: one name when every CPU has the same, else ``{"cpu": name}``
+    governor: str | dict | None = None
+    #: simultaneous multithreading active (``/sys/devices/system/cpu/smt/active``)
+    smt: bool | None = None
+    #: address-space randomisation in pyperf's words ("Full randomization", ...)
+    aslr: str | None = None
+    #: the 1, 5 and 15 minute load averages when the metadata was taken
+    loadavg: list | None = None
 
     def to_json(self):
         return {
@@ -562,6 +589,12 @@ class Machine:
             "git_commit": self.git_commit,
             "git_dirty": self.git_dirty,
             "hostname": self.hostname,
+            "isolcpus": _list(self.isolcpus),
+            "nohz_full": _list(self.nohz_full),
+            "governor": dict(self.governor) if isinstance(self.governor, dict) else self.governor,
+            "smt": self.smt,
+            "aslr": self.aslr,
+            "loadavg": _list(self.loadavg),
         }
 
     @classmethod
@@ -574,8 +607,9 @@ class Machine:
         for alias, name in _MACHINE_ALIASES.items():
             if kw.get(name) in (None, "") and d.get(alias) not in (None, ""):
                 kw[name] = d[alias]
-        if kw.get("usable_cpus") is not None:
-            kw["usable_cpus"] = _list(kw["usable_cpus"])
+        for key in ("usable_cpus", "isolcpus", "nohz_full", "loadavg"):
+            if kw.get(key) is not None:
+                kw[key] = _list(kw[key])
         return cls(**kw)
 
     def line(self):
@@ -594,6 +628,104 @@ class Machine:
         if self.hostname:
             parts.insert(0, str(self.hostname))
         return ", ".join(parts) if parts else "machine unknown"
+
+
+@dataclass(frozen=True)
+class Interference:
+    """Work on the run's pinned CPUs that was neither the server's nor the load processes' (the harness's
+    ``bench/load/interference.py`` says how it is measured).
+
+    ``*_foreign`` and ``*_steal``: that side's foreign (or hypervisor-stolen)
+    CPU time over the window as a share of its pinned CPUs, 0..1, the mean
+    over the side's CPUs; ``None`` for a side whose CPUs are not known (the
+    server of ``--target``).  ``disturbed``: on some side, foreign or steal
+    time reached ``DISTURBED_SHARE`` of one pinned CPU.
+    """
+
+    server_foreign: float | None = None
+    client_foreign: float | None = None
+    server_steal: float | None = None
+    client_steal: float | None = None
+    loadavg_1m: float | None = None
+    disturbed: bool = False
+
+    def to_json(self):
+        return {
+            "server_foreign": self.server_foreign,
+            "client_foreign": self.client_foreign,
+            "server_steal": self.server_steal,
+            "client_steal": self.client_steal,
+            "loadavg_1m": self.loadavg_1m,
+            "disturbed": self.disturbed,
+        }
+
+    @classmethod
+    def from_json(cls, d, source="the result"):
+        return cls(
+            server_foreign=d.get("server_foreign"),
+            client_foreign=d.get("client_foreign"),
+            server_steal=d.get("server_steal"),
+            client_steal=d.get("client_steal"),
+            loadavg_1m=d.get("loadavg_1m"),
+            disturbed=bool(d.get("disturbed", False)),
+        )
+
+
+def jain_index(counts):
+    """Jain's fairness index of ``counts``: (sum x)^2 / (n * sum x^2), 1 when all are equal, 1/n when one
+    has everything; ``None`` for no counts, 0 when all are zero (nobody was served)."""
+    counts = list(counts)
+    if not counts:
+        return None
+    squares = sum(x * x for x in counts)
+    if squares == 0:
+        return 0.0
+    return sum(counts) ** 2 / (len(counts) * squares)
+
+
+@dataclass(frozen=True)
+class Fairness:
+    """How the window's completed messages were spread over the connections.
+
+    ``min``, ``median`` and ``max`` are messages completed per connection in
+    the measured window, ``jain`` is Jain's fairness index of those counts and
+    ``starved`` the number of connections that completed no message although
+    they were owed an answer (a run with any is invalid; an open-loop
+    connection whose schedule gave it nothing to send in the window is not
+    starved).
+    """
+
+    conns: int
+    min: int
+    median: float
+    max: int
+    jain: float | None
+    starved: int
+
+    @classmethod
+    def of(cls, counts, starved=None):
+        """From the per-connection counts of the window (every connection, idle ones as 0); ``starved``
+        defaults to the connections that completed nothing (the load loop tells which of them were owed
+        an answer, see ``sockbench.ext.loadgen``)."""
+        counts = [int(x) for x in counts]
+        if starved is None:
+            starved = sum(1 for x in counts if x == 0)
+        if not counts:
+            return cls(conns=0, min=0, median=0.0, max=0, jain=None, starved=int(starved))
+        return cls(conns=len(counts), min=min(counts), median=float(statistics.median(counts)), max=max(counts),
+                   jain=jain_index(counts), starved=int(starved))
+
+    def to_json(self):
+        return {"conns": self.conns, "min": self.min, "median": self.median, "max": self.max, "jain": self.jain,
+                "starved": self.starved}
+
+    @classmethod
+    def from_json(cls, d, source="the result"):
+        try:
+            return cls(conns=int(d["conns"]), min=int(d["min"]), median=float(d["median"]), max=int(d["max"]),
+                       jain=d.get("jain"), starved=int(d["starved"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise SchemaError(f"{source} has a malformed fairness ({e!r}); it is not a sockbench result") from None
 
 
 @dataclass(frozen=True)
@@ -668,7 +800,9 @@ class LoadResult:
     figure) and ``cycle_us`` (connect mode: connect + echo + close) are None
     where they do not apply; ``hdr`` and ``hdr_service`` are HdrHistogram's
     base64 encodings, in ``hdr_unit`` (nanoseconds).  ``cell`` is the suite's
-    context, None for a run made outside the suite.
+    context, None for a run made outside the suite.  ``interference`` and
+    ``fairness`` are None where they were not measured (a version-1 file;
+    fairness in connect mode, where a connection carries one message).
     """
 
     server: str
@@ -692,6 +826,8 @@ class LoadResult:
     machine: Machine | None = None
     started_at: str | None = None
     cell: CellContext | None = None
+    interference: Interference | None = None
+    fairness: Fairness | None = None
     schema: int = SCHEMA_VERSION
 
     def to_json(self):
@@ -720,15 +856,19 @@ class LoadResult:
             hdr_service=self.hdr_service,
             machine=self.machine.to_json() if self.machine is not None else None,
             started_at=self.started_at,
+            interference=self.interference.to_json() if self.interference is not None else None,
+            fairness=self.fairness.to_json() if self.fairness is not None else None,
         )
         _put(out, "cell", self.cell.to_json() if self.cell is not None else None)
         return out
 
     @classmethod
     def from_json(cls, d, source="the result"):
-        """Check ``d`` is a schema-1 result and build it; anything else is one ``SchemaError`` line naming ``source``."""
-        if not isinstance(d, dict) or d.get("schema") != SCHEMA_VERSION:
-            raise SchemaError(f"{source} is not a schema-{SCHEMA_VERSION} sockbench result")
+        """Check ``d`` is a result of a readable schema and build it; anything else is one ``SchemaError`` line
+        naming ``source``."""
+        if not isinstance(d, dict) or d.get("schema") not in READABLE_VERSIONS:
+            versions = " or ".join(f"schema-{v}" for v in READABLE_VERSIONS)
+            raise SchemaError(f"{source} is not a {versions} sockbench result")
         missing = [k for k in REQUIRED_KEYS if k not in d]
         if missing:
             raise SchemaError(f"{source} is corrupt: it lacks {', '.join(missing)}")
@@ -741,6 +881,7 @@ class LoadResult:
         machine = _obj(d, "machine", source)
         target = _obj(d, "target", source)
         service, cycle = _obj(d, "service_us", source), _obj(d, "cycle_us", source)
+        interference, fairness = _obj(d, "interference", source), _obj(d, "fairness", source)
         return cls(
             server=str(d["server"]),
             workload=workload,
@@ -763,6 +904,8 @@ class LoadResult:
             machine=Machine.from_json(machine, source) if machine is not None else None,
             started_at=d.get("started_at"),
             cell=CellContext.from_json(cell, workload, source) if cell is not None and cell.get("server") else None,
+            interference=Interference.from_json(interference, source) if interference is not None else None,
+            fairness=Fairness.from_json(fairness, source) if fairness is not None else None,
         )
 
     # --- what a result is a round of ---------------------------------------------------------
@@ -777,6 +920,16 @@ class LoadResult:
     def round_no(self):
         """The round within its cell (1, 2, ...), 0 for a result made outside the suite."""
         return self.cell.round if self.cell is not None else 0
+
+    @property
+    def disturbed(self):
+        """Foreign work or steal reached ``DISTURBED_SHARE`` on the run's CPUs (False when not measured)."""
+        return self.interference is not None and self.interference.disturbed
+
+    @property
+    def starved(self):
+        """Connections that completed no message in the window (0 when not measured)."""
+        return self.fairness.starved if self.fairness is not None else 0
 
     def with_cell(self, context):
         """This result with the suite's ``CellContext`` attached."""

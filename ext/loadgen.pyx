@@ -86,7 +86,19 @@ Server CPU
     ``sockbench.procfs``): a parent process that woke up to read them there
     took a CPU from the server or the client for ~0.3 ms, twice a round,
     which alone raised the open-loop p99 of a 0.2 s round from ~40 µs to
-    60-230 µs.
+    60-230 µs.  With ``stat_cpus`` it reads, at the same two instants, those
+    CPUs' lines of /proc/stat (``cpu_stat``: the counters and the
+    CLOCK_MONOTONIC time of the read), from which the harness tells the
+    foreign work on them (``sockbench.bench.load.interference``).
+Connections served
+    Each connection counts the messages it completed inside the window
+    (``conn_msgs``, closed and open loop; one add where the window's total
+    is counted).  When the window closes, a connection that completed none
+    is ``starved`` if it was owed an answer all along: it is dead, or its
+    oldest unanswered message was sent before the window opened or has
+    waited ``stall_ns`` (a closed-loop connection always has messages in
+    flight, so every one that completed none; an open-loop connection whose
+    schedule gave it nothing to send is not).
 Shape
     ``run_loop`` checks its arguments, sets up (``init_loop``,
     ``alloc_loop``, ``open_loop``), releases the GIL once around
@@ -113,7 +125,7 @@ from posix cimport (
     itimerspec, timerfd_create, timerfd_settime, TFD_NONBLOCK, TFD_CLOEXEC, TFD_TIMER_ABSTIME,
     __builtin_clzll,
 )
-from procfs cimport procfs_sample_t, procfs_sample
+from procfs cimport procfs_sample_t, procfs_sample, procfs_cpustat_t, procfs_cpustat_read
 from protocols cimport PROTO_RAW, PROTO_FRAME, PROTO_JSON, PROTO_COUNT, proto_name
 from wire cimport (
     WIRE_STRING, WIRE_INT, wire_value_t, wire_header_t, wire_json_parse_object, wire_json_request_header,
@@ -147,6 +159,7 @@ cdef enum:
     C_REQ_HDR_MAX = 160       # framed: a request's prefix + header (wire_json_request_header needs 142)
     C_HBUF = 512              # framed: the longest response prefix + header accepted
     C_MAX_TIDS = 4096         # server threads sampled for their exact runtime; beyond: the ticks only
+    C_STAT_BUF = 65536        # /proc/stat is read into this (its CPU lines come first)
 
 PERIOD = C_PERIOD
 STRIDE = C_STRIDE
@@ -233,6 +246,7 @@ cdef struct Conn:
     int64_t recvd          # stream bytes received and verified
     int64_t queued         # messages handed to write
     int64_t done           # messages received whole
+    int64_t wdone          # messages completed inside the window
     int64_t due            # open loop: messages due so far
     int64_t t_start        # connect mode: when this cycle's connect began
     int64_t *ring          # send time of message m at ring[m % cap]
@@ -317,6 +331,13 @@ cdef struct Loop:
     int64_t t_ru[2]
     int spid
     procfs_sample_t ssample[2]
+    # /proc/stat of ``stat_cpus`` at the same two edges, with the CLOCK_MONOTONIC time of each read
+    int nstat
+    char *statbuf
+    procfs_cpustat_t *cpustat[2]
+    int64_t t_stat[2]
+    int64_t starved         # connections that completed no message in the window, owed one all along
+    int64_t stall           # ... where "all along" is also an answer awaited this long (ns)
 
 
 cdef inline int64_t now_ns() noexcept nogil:
@@ -769,6 +790,7 @@ cdef void on_readable(Loop *L, Conn *c, int64_t idx) noexcept nogil:
         return
     if in_window(L, now):
         L.msgs += k
+        c.wdone += k
         L.rx_bytes_window += k * L.size
         for m in range(c.done, newdone):
             t_sent = c.ring[m % L.cap]
@@ -883,13 +905,43 @@ cdef inline void start_conns(Loop *L, int64_t now) noexcept nogil:
         open_advance(L, now)
 
 
+cdef inline void read_cpustat(Loop *L, int edge) noexcept nogil:
+    """``stat_cpus``' /proc/stat lines, timed at the middle of the read."""
+    cdef int64_t t0
+    if L.nstat > 0:
+        t0 = now_ns()
+        if procfs_cpustat_read(L.statbuf, C_STAT_BUF, L.cpustat[edge], L.nstat) < 0:
+            L.nstat = -1        # unreadable: no interference figures
+        L.t_stat[edge] = (t0 + now_ns()) // 2
+
+
 cdef inline void window_opens(Loop *L, int64_t now) noexcept nogil:
-    """The measured window opens: the client's rusage and the server's CPU, now."""
+    """The measured window opens: the client's rusage, the server's CPU and the CPUs' counters, now."""
     getrusage(RUSAGE_SELF, &L.ru[0])
     L.t_ru[0] = now
     L.ru_started = 1
     if L.spid > 0:
         procfs_sample(L.spid, &L.ssample[0])
+    read_cpustat(L, 0)
+
+
+cdef void count_starved(Loop *L, int64_t now) noexcept nogil:
+    """Closed and open loop, at the window's close: connections that completed no message in it although
+    they were owed an answer all along (see "Connections served")."""
+    cdef int64_t i, oldest
+    cdef Conn *c
+    if L.mode == M_CONNECT:
+        return
+    for i in range(L.nconns):
+        c = &L.conns[i]
+        if c.wdone > 0:
+            continue
+        if c.state == S_DEAD:
+            L.starved += 1
+        elif c.queued > c.done:
+            oldest = c.ring[c.done % L.cap]
+            if oldest <= L.t_ru[0] or now - oldest >= L.stall:
+                L.starved += 1
 
 
 cdef inline void window_closes(Loop *L) noexcept nogil:
@@ -897,11 +949,15 @@ cdef inline void window_closes(Loop *L) noexcept nogil:
     cdef int64_t now = now_ns()
     getrusage(RUSAGE_SELF, &L.ru[1])
     L.t_ru[1] = now
-    if L.spid > 0 and L.ru_started:
-        procfs_sample(L.spid, &L.ssample[1])
-    if not L.ru_started:
+    if L.ru_started:
+        if L.spid > 0:
+            procfs_sample(L.spid, &L.ssample[1])
+        read_cpustat(L, 1)
+        count_starved(L, now)
+    else:
         L.ru[0] = L.ru[1]
         L.t_ru[0] = now
+        L.nstat = -1            # no window: no interference figures
 
 
 cdef inline int wait_ms(Loop *L, int64_t now, int64_t next_tick) noexcept nogil:
@@ -1020,7 +1076,8 @@ cdef void check_args(int mode, fds, int conns, int size, int depth, double rate,
 cdef void init_loop(Loop *L, int mode, int protocol, int conns, int size, int depth, double rate, bint poll,
                     long long start_ns, long long warm_end_ns, long long end_ns, long long interval_ns,
                     long long timeout_ns, bytes table, layout, long long first_cid, long long cid_step,
-                    unsigned int addr_be, unsigned int port_be, int server_pid) except *:
+                    unsigned int addr_be, unsigned int port_be, int server_pid, int nstat,
+                    long long stall_ns) except *:
     """Zero ``L``, then set what differs from zero (nothing is allocated yet)."""
     cdef int cap = depth
     if mode == M_OPEN and cap < C_OPEN_MIN_RING:
@@ -1059,6 +1116,8 @@ cdef void init_loop(Loop *L, int mode, int protocol, int conns, int size, int de
     L.addr.sin_addr.s_addr = addr_be
     if server_pid > 0:
         L.spid = server_pid
+    L.nstat = nstat
+    L.stall = stall_ns
 
 
 cdef int alloc_loop(Loop *L) noexcept nogil:
@@ -1077,6 +1136,12 @@ cdef int alloc_loop(Loop *L) noexcept nogil:
     L.ts_sent = <int64_t *>calloc(L.nint, sizeof(int64_t))
     if not (L.conns and L.dirty and L.rbuf and L.h1.counts and L.h2.counts and L.ts_msgs and L.ts_sent):
         return -ENOMEM
+    if L.nstat > 0:
+        L.statbuf = <char *>calloc(C_STAT_BUF, 1)
+        L.cpustat[0] = <procfs_cpustat_t *>calloc(L.nstat, sizeof(procfs_cpustat_t))
+        L.cpustat[1] = <procfs_cpustat_t *>calloc(L.nstat, sizeof(procfs_cpustat_t))
+        if not (L.statbuf and L.cpustat[0] and L.cpustat[1]):
+            return -ENOMEM
     if L.spid:
         for i in range(2):
             L.ssample[i].cap = C_MAX_TIDS
@@ -1137,6 +1202,19 @@ cdef int open_loop(Loop *L, fds, long long first_cid, long long cid_step) except
     return 0
 
 
+cdef object cpustat_list(Loop *L, int edge):
+    """One edge's /proc/stat counters: ``{cpu: [user, nice, system, idle, iowait, irq, softirq, steal]}``
+    (clock ticks) of the CPUs that were found, and the time of the read."""
+    cdef int i
+    cdef procfs_cpustat_t *s
+    counters = {}
+    for i in range(L.nstat):
+        s = &L.cpustat[edge][i]
+        if s.found:
+            counters[s.cpu] = [s.user, s.nice, s.system, s.idle, s.iowait, s.irq, s.softirq, s.steal]
+    return {"t_ns": L.t_stat[edge], "cpus": counters}
+
+
 cdef dict loop_result(Loop *L):
     """The loop's counters, as the dict ``run_loop`` returns."""
     cdef int64_t j
@@ -1171,6 +1249,9 @@ cdef dict loop_result(Loop *L):
         "polling": bool(L.poll),
         "idle_s": L.idle_ns / 1e9 if L.poll else None,
         "server_cpu": [sample_dict(&L.ssample[0]), sample_dict(&L.ssample[1])] if L.spid else None,
+        "cpu_stat": [cpustat_list(L, 0), cpustat_list(L, 1)] if L.nstat > 0 else None,
+        "conn_msgs": [L.conns[j].wdone for j in range(L.nconns)] if L.mode != M_CONNECT else None,
+        "starved": L.starved if L.mode != M_CONNECT else None,
     }
 
 
@@ -1204,13 +1285,15 @@ cdef void free_loop(Loop *L, fds):
     for i in range(2):
         free(L.ssample[i].tids)
         free(L.ssample[i].runtime_ns)
+        free(L.cpustat[i])
+    free(L.statbuf)
 
 
 def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, int size, int depth,
              double rate, long long start_ns, long long warm_end_ns, long long end_ns,
              long long interval_ns, long long timeout_ns, bytes table, layout,
              unsigned int addr_be=0, unsigned int port_be=0, int protocol=PROTO_RAW, bint poll=False,
-             int server_pid=0):
+             int server_pid=0, stat_cpus=(), long long stall_ns=1000000000):
     """Run one load loop; return its counters as a dict.
 
     ``fds``: connected, non-blocking TCP sockets with TCP_NODELAY (closed and
@@ -1224,15 +1307,27 @@ def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, 
     ``poll``: open mode polls instead of sleeping between sends (see Modes).
     ``server_pid``: read this process's CPU counters at the window's edges
     (``server_cpu``: ``[at warm_end, at end]``, each ``None`` if unread).
+    ``stat_cpus``: read these CPUs' /proc/stat lines at the same edges
+    (``cpu_stat``: ``[at warm_end, at end]``, each ``{"t_ns", "cpus": {cpu:
+    [user, nice, system, idle, iowait, irq, softirq, steal]}}`` in clock
+    ticks; ``None`` when not asked for or unreadable).  ``conn_msgs``: the
+    messages each connection completed in the window, and ``starved`` how
+    many completed none while owed an answer since before the window or for
+    ``stall_ns`` (both ``None`` in connect mode).
     """
     cdef Loop L
-    cdef int rc
+    cdef int rc, i
     check_args(mode, fds, conns, size, depth, rate, start_ns, end_ns, interval_ns, table, protocol)
+    stat_cpus = [int(x) for x in stat_cpus]
     init_loop(&L, mode, protocol, conns, size, depth, rate, poll, start_ns, warm_end_ns, end_ns, interval_ns,
-              timeout_ns, table, layout, first_cid, cid_step, addr_be, port_be, server_pid)
+              timeout_ns, table, layout, first_cid, cid_step, addr_be, port_be, server_pid, len(stat_cpus),
+              stall_ns)
     try:
         if alloc_loop(&L) < 0:
             raise MemoryError()
+        for i in range(L.nstat):
+            L.cpustat[0][i].cpu = stat_cpus[i]
+            L.cpustat[1][i].cpu = stat_cpus[i]
         rc = open_loop(&L, fds, first_cid, cid_step)
         if rc < 0:
             raise OSError(-rc, f"{L.failed.decode()} failed")

@@ -1,16 +1,47 @@
-"""Readers of /proc: a process's CPU time (clock ticks and the scheduler's exact runtime) and memory.
+"""Readers of /proc: a process's CPU time (clock ticks and the scheduler's exact runtime) and memory, the
+per-CPU counters of /proc/stat, and the processes busy on some CPUs.
 
 The one place in Python that parses these files.  The load generator has a
-nogil C twin of ``read_proc_stat`` and ``read_task_cpu_s`` (``sample_server``
-in ``ext/loadgen.pyx``), which reads the same counters at the edges of the
-measured window without waking this interpreter.
+nogil C twin of ``read_proc_stat``, ``read_task_cpu_s`` and
+``read_cpu_times`` (``ext/procfs.h``, called from ``ext/loadgen.pyx``), which
+reads the same counters at the edges of the measured window without waking
+this interpreter; these readers serve the checks before a run and the tests.
+
+/proc/stat's per-CPU lines count clock ticks (``TICK_S``, 10 ms): the
+columns user, nice, system, irq, softirq and steal are charged a whole
+scheduler tick at a time to whatever was running when it fired, while idle
+and iowait are measured (the tickless idle clock) and only rounded to the
+tick.  How interrupt work is charged depends on the kernel:
+``irq_time_accounting()`` says which (see ``sockbench.bench.load.interference``
+for what the harness makes of it).
+
+``busy_processes`` samples every /proc/PID/stat twice: the process's CPU
+time in ticks (utime + stime, all its threads), the CPU it last ran on, and
+its affinity, to name what already runs on the CPUs a benchmark is about to
+use.
 """
 
+import gzip
 import os
+import platform
+import time
+from typing import NamedTuple
 
 from sockbench.errors import SockbenchError
 
-__all__ = ["TICK_S", "read_proc_stat", "read_task_cpu_s", "read_rss_bytes"]
+__all__ = [
+    "TICK_S",
+    "CPU_FIELDS",
+    "read_proc_stat",
+    "read_task_cpu_s",
+    "read_rss_bytes",
+    "parse_cpu_times",
+    "read_cpu_times",
+    "irq_time_accounting",
+    "BusyProcess",
+    "busy_processes",
+    "process_family",
+]
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: the unit of /proc/PID/stat's utime and stime, in seconds (10 ms here)
@@ -52,3 +83,174 @@ def read_rss_bytes(pid, key="VmRSS"):
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     raise SockbenchError(f"/proc/{pid}/status has no {key}")
+
+
+#: the columns of a /proc/stat CPU line that are kept, in order (guest time is inside user and nice already)
+CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def parse_cpu_times(text, cpus=None):
+    """The per-CPU lines of /proc/stat's ``text``: ``{cpu: [user, nice, system, idle, iowait, irq, softirq,
+    steal]}`` in clock ticks, for ``cpus`` (every CPU when None); a column the kernel lacks reads 0.
+
+    The same shape as the load loop's ``cpu_stat`` (``ext/procfs.h``'s ``procfs_cpustat_read``).
+    """
+    wanted = None if cpus is None else set(cpus)
+    out = {}
+    for line in text.splitlines():
+        if not line.startswith("cpu"):
+            break  # the CPU lines come first
+        name, *values = line.split()
+        if name == "cpu":
+            continue  # the machine's total
+        cpu = int(name[3:])
+        if wanted is None or cpu in wanted:
+            counts = [int(v) for v in values[: len(CPU_FIELDS)]]
+            out[cpu] = counts + [0] * (len(CPU_FIELDS) - len(counts))
+    return out
+
+
+def read_cpu_times(cpus=None):
+    """``parse_cpu_times`` of /proc/stat now."""
+    with open("/proc/stat") as f:
+        return parse_cpu_times(f.read(), cpus)
+
+
+def _kernel_config():
+    """The running kernel's build configuration as text, or None where neither copy of it can be read."""
+    try:
+        with gzip.open("/proc/config.gz", "rt") as f:
+            return f.read()
+    except OSError:
+        pass
+    try:
+        with open(f"/boot/config-{platform.release()}") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def irq_time_accounting():
+    """Whether the kernel measures interrupt time apart from the tasks (``CONFIG_IRQ_TIME_ACCOUNTING`` or
+    the full virtual accounting): then irq and softirq time is in no task's runtime.  ``None`` when unknown.
+
+    Read from the kernel's configuration; without one, /proc/pressure/irq (which exists only with
+    interrupt time accounting) says yes.
+    """
+    config = _kernel_config()
+    if config is not None:
+        return ("CONFIG_IRQ_TIME_ACCOUNTING=y" in config) or ("CONFIG_VIRT_CPU_ACCOUNTING_NATIVE=y" in config)
+    if os.path.exists("/proc/pressure/irq"):
+        return True
+    return None
+
+
+def _stat_fields(pid):
+    """``(ppid, ticks, last_cpu, comm)`` of a process from /proc/PID/stat, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    close = raw.rindex(b")")
+    comm = raw[raw.index(b"(") + 1 : close].decode(errors="replace")
+    fields = raw[close + 2 :].split()
+    # after "pid (comm)" the fields count from 3: ppid is 4, utime 14, stime 15, processor 39
+    return int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[36]), comm
+
+
+def _pids():
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _parents():
+    parents = {}
+    for p in _pids():
+        f = _stat_fields(p)
+        if f is not None:
+            parents[p] = f[0]
+    return parents
+
+
+def process_family(pid=None, own=(), parents=None):
+    """A run's own processes: ``pid`` (this process by default) and its ancestors (the ``sockbench run``
+    and pytest processes above a suite's round), and each of ``own`` (the server) with its descendants.
+
+    The caller's other children are not in it: a test that starts a hog must see it named.
+    ``parents``: ``{pid: ppid}`` (read from /proc when None).
+    """
+    pid = os.getpid() if pid is None else pid
+    parents = _parents() if parents is None else parents
+    family = {pid}
+    p = parents.get(pid)
+    while p and p not in family:
+        family.add(p)
+        p = parents.get(p)
+    children = {}
+    for child, parent in parents.items():
+        children.setdefault(parent, []).append(child)
+    todo = [p for p in own if p]
+    family.update(todo)
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in family:
+                family.add(child)
+                todo.append(child)
+    return family
+
+
+def _command(pid, comm):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().rstrip(b"\0").split(b"\0")
+    except OSError:
+        args = []
+    text = " ".join(a.decode(errors="replace") for a in args if a)
+    return text or f"[{comm}]"  # a kernel thread has no command line
+
+
+class BusyProcess(NamedTuple):
+    """A process that used ``share`` of a CPU over the sample, last seen on ``cpu``."""
+
+    pid: int
+    command: str
+    share: float
+    cpu: int
+
+
+def busy_processes(cpus, interval_s=0.1, own=(), min_ticks=2):
+    """The processes busy on ``cpus`` over ``interval_s``, busiest first (``BusyProcess`` each).
+
+    Every /proc/PID/stat is read twice, ``interval_s`` apart.  A process is
+    busy when it used at least ``min_ticks`` clock ticks in between (20% of a
+    CPU over 0.1 s: one tick more or less is /proc's rounding) and it can run
+    on ``cpus``: it was last seen on one of them, or its affinity allows
+    nothing else.  This run's own processes are left out
+    (``process_family(own=own)``).
+    """
+    cpus = set(cpus)
+    first = {}
+    for pid in _pids():
+        f = _stat_fields(pid)
+        if f is not None:
+            first[pid] = f
+    exclude = process_family(own=own, parents={pid: f[0] for pid, f in first.items()})
+    time.sleep(interval_s)
+    found = []
+    for pid, f0 in first.items():
+        if pid in exclude:
+            continue
+        f1 = _stat_fields(pid)
+        if f1 is None or f1[1] - f0[1] < min_ticks:
+            continue
+        try:
+            affinity = os.sched_getaffinity(pid)
+        except OSError:
+            continue  # gone meanwhile
+        if not affinity & cpus:
+            continue
+        if f1[2] in cpus or f0[2] in cpus or affinity <= cpus:
+            share = (f1[1] - f0[1]) * TICK_S / interval_s
+            found.append(BusyProcess(pid, _command(pid, f1[3]), share, f1[2]))
+    found.sort(key=lambda b: -b.share)
+    return found

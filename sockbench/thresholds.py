@@ -5,7 +5,7 @@ that show it, and by the calibration tools that judge their own runs, so a
 flag means the same thing wherever it appears.
 """
 
-__all__ = ["CLIENT_BOUND_UTIL", "SERVER_BOUND_UTIL", "UNSTABLE_SPREAD", "BEHIND_FRACTION", "STALL_S"]
+__all__ = ["CLIENT_BOUND_UTIL", "SERVER_BOUND_UTIL", "UNSTABLE_SPREAD", "BEHIND_FRACTION", "STALL_S", "DISTURBED_SHARE"]
 
 #: the load CPUs at least this busy: the figure measures the client as much as the server ("client-bound")
 CLIENT_BOUND_UTIL = 0.95
@@ -17,3 +17,6 @@ UNSTABLE_SPREAD = 0.10
 BEHIND_FRACTION = 0.05
 #: closed/connect loops: no message completed for this long inside the window is a stall (invalid)
 STALL_S = 1.0
+#: foreign work (or the hypervisor's steal) on a side's pinned CPUs of at least this share of one CPU over
+#: the window: the figure measures the neighbours as much as the server ("disturbed")
+DISTURBED_SHARE = 0.05

@@ -44,6 +44,20 @@ Why it is built this way
   raised before anything starts.
 * ``client_bound`` is true when the load processes' CPUs were at least 95%
   busy: then the figure measures the client as much as the server.
+* Foreign load is measured, never assumed away: load process 0 reads the
+  pinned CPUs' /proc/stat counters at the window's edges, and what ran there
+  besides the server and the load processes is the result's
+  ``interference`` (``interference.py`` says how; ``disturbed`` when it
+  reached ``DISTURBED_SHARE`` of a CPU).  Before anything starts, a process
+  already busy on those CPUs is named in one warning line on stderr, so that
+  a disturbed figure has a culprit (``sockbench.procfs.busy_processes``).
+* Every connection must be served: each counts the messages it completed in
+  the window, the result's ``fairness`` sums them up (min, median, max,
+  Jain's index), and a connection that completed none while it was owed an
+  answer makes the run invalid ("starved: N of C connections completed no
+  message"), whatever the per-message timeout: a server that leaves
+  connections in its backlog serves fewer clients than it was asked to,
+  however fast it serves the others.
 * Open loop polls instead of sleeping between sends when every load process
   has a client CPU of its own (``client.polling``; with more processes than
   CPUs they sleep, to share).  On a VM a timer wake-up per message cost the
@@ -80,16 +94,18 @@ import time
 from dataclasses import asdict, dataclass
 
 from sockbench.bench.load import hdr
+from sockbench.bench.load.interference import interference
 from sockbench.bench.load.spec import MAX_FRAMED_SIZE, MODES, PROTOCOLS, LoadSpec
 from sockbench.bench.load.worker import FD_HEADROOM, ProcResult, WorkerParams, format_addr
 from sockbench.bench.schema import (
-    ERROR_KINDS, Client, CpuPerMsg, Errors, LoadResult, Machine, ServerProc, Target, Throughput, Timeseries, Workload,
+    ERROR_KINDS, Client, CpuPerMsg, Errors, Fairness, LoadResult, Machine, ServerProc, Target, Throughput, Timeseries,
+    Workload,
 )
 from sockbench.children import child_setup, held_signals
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.jsonfile import write_json_atomic
 from sockbench.machine import machine_info
-from sockbench.procfs import TICK_S, read_rss_bytes
+from sockbench.procfs import TICK_S, busy_processes, irq_time_accounting, read_rss_bytes
 from sockbench.servers.process import ServerProcess
 from sockbench.thresholds import BEHIND_FRACTION, CLIENT_BOUND_UTIL, SERVER_BOUND_UTIL, STALL_S
 from sockbench.timestamps import iso_utc
@@ -102,6 +118,7 @@ __all__ = [
     "PROTOCOLS",
     "ERROR_KINDS",
     "MAX_FRAMED_SIZE",
+    "busy_warning",
 ]
 
 #: between "every load process is ready" and the window's start
@@ -110,6 +127,10 @@ START_MARGIN_S = 0.05
 READY_TIMEOUT_S = 60.0
 #: after the window's end, how long before a silent load process is killed
 HARD_TIMEOUT_GRACE_S = 10.0
+#: before a run, how long the processes on its CPUs are watched for being busy
+BUSY_SAMPLE_S = 0.1
+#: at most this many busy processes are named in the warning line
+BUSY_NAMED = 3
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -218,6 +239,20 @@ def run_load(spec, json_path=None, on_window=None):
     return result
 
 
+def busy_warning(cpus, busy):
+    """The one warning line naming the ``BusyProcess``es found on ``cpus`` before a run ("" when none)."""
+    if not busy:
+        return ""
+    named = [f"pid {b.pid} ({_short(b.command)}, {b.share:.0%} of a CPU)" for b in busy[:BUSY_NAMED]]
+    more = f" and {len(busy) - BUSY_NAMED} more" if len(busy) > BUSY_NAMED else ""
+    return (f"sockbench: warning: busy on CPU{'s' if len(cpus) != 1 else ''} {','.join(map(str, cpus))} before the "
+            f"run: {', '.join(named)}{more}; the figures may be disturbed")
+
+
+def _short(command, limit=60):
+    return command if len(command) <= limit else command[: limit - 3] + "..."
+
+
 class _Worker:
     """One ``python -m sockbench.bench.load.worker`` child and its JSON-lines pipe."""
 
@@ -321,6 +356,7 @@ def _run(spec, server, host, port, started_at, on_window=None):
     """Connect, run the window, collect: the setup, the window and the collection, then the result."""
     family, host, port = _resolve(host, port, spec.mode)
     _probe(family, host, port)
+    _warn_busy(spec, server)
     workers = {}
     try:
         _spawn_workers(spec, server, family, host, port, workers)
@@ -331,6 +367,14 @@ def _run(spec, server, host, port, started_at, on_window=None):
         for w in workers.values():
             w.stop()
     return _build_result(spec, server, host, port, started_at, procs, problems, srv)
+
+
+def _warn_busy(spec, server):
+    """Name, in one line on stderr, what is already busy on the run's CPUs (this run's processes aside)."""
+    cpus = _stat_cpus(spec, server)
+    warning = busy_warning(cpus, busy_processes(cpus, BUSY_SAMPLE_S, own=(server.pid,) if server is not None else ()))
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
 
 
 def _spawn_workers(spec, server, family, host, port, workers):
@@ -347,12 +391,18 @@ def _spawn_workers(spec, server, family, host, port, workers):
             interval_ns=int(round(spec.interval_s * 1e9)), timeout_ns=int(spec.timeout_s * 1e9),
             cpus=(cpus[i % len(cpus)],), protocol=spec.protocol,
             poll=spec.mode == "open" and spec.procs <= len(cpus),
-            # the first load process reads the server's CPU at the window's edges, from its C loop
+            # the first load process reads the server's CPU and the CPUs' counters at the window's edges
             server_pid=server.pid if server is not None and i == 0 else 0,
+            stat_cpus=_stat_cpus(spec, server) if i == 0 else (),
         )
         first += n
         with held_signals():
             workers[i] = _Worker(p)
+
+
+def _stat_cpus(spec, server):
+    """The CPUs whose counters are read: the client's, and the server's when the harness pinned it."""
+    return tuple(sorted(set(spec.client_cpus) | (set(spec.server_cpus) if server is not None else set())))
 
 
 def _wait_ready(workers, server):
@@ -549,7 +599,36 @@ def _timeseries(spec, rs):
     )
 
 
-def _invalid_reasons(spec, rs, problems, merged, idle_s):
+def _fairness(spec, rs):
+    """How the window's messages were spread over the connections (None in connect mode, or without every
+    load process's counts)."""
+    if spec.mode == "connect" or len(rs) != spec.procs or any(r.conn_msgs is None for r in rs):
+        return None
+    return Fairness.of([n for r in rs for n in r.conn_msgs], starved=sum(r.starved or 0 for r in rs))
+
+
+def _interference(spec, server, rs, server_proc):
+    """The foreign load on the run's CPUs over the window, from load process 0's counters."""
+    first = next((r for r in rs if r.index == 0), None)
+    if first is None or not first.cpu_stat:
+        return None
+    server_s = server_proc.user_s + server_proc.sys_s if server_proc.user_s is not None else None
+    try:
+        loadavg = os.getloadavg()[0]
+    except OSError:
+        loadavg = None
+    return interference(
+        first.cpu_stat,
+        server_cpus=spec.server_cpus if server is not None else None,
+        client_cpus=spec.client_cpus,
+        server_s=server_s,
+        load_procs=[(r.cpus, r.user_s + r.sys_s) for r in rs],
+        loadavg_1m=loadavg,
+        irq_is_own=bool(irq_time_accounting()),
+    )
+
+
+def _invalid_reasons(spec, rs, problems, merged, idle_s, fairness=None):
     """Why the run is invalid, one reason per problem (empty: it is valid)."""
     errors = merged.errors
     reasons = list(problems)
@@ -566,6 +645,9 @@ def _invalid_reasons(spec, rs, problems, merged, idle_s):
     early = [r for r in rs if r.ended_early]
     if early and not any("connection" in x for x in reasons):
         reasons.append("every connection of a load process was closed before the end")
+    if fairness is not None and fairness.starved:
+        # whatever the per-message timeout: a connection the server never serves is a failure
+        reasons.append(f"starved: {fairness.starved} of {fairness.conns} connections completed no message")
     if len(rs) == spec.procs and not merged.msgs and not reasons:
         reasons.append("no message completed in the measured window")
     elif idle_s is not None and spec.mode != "open" and idle_s >= STALL_S and not reasons:
@@ -582,7 +664,8 @@ def _build_result(spec, server, host, port, started_at, procs, problems, srv):
     client, client_bound = _client_cpu(rs, merged.msgs)
     server_proc = _server_cpu(spec, server, srv, merged.msgs)
     timeseries = _timeseries(spec, rs)
-    reasons = _invalid_reasons(spec, rs, problems, merged, timeseries.longest_idle_s)
+    fairness = _fairness(spec, rs)
+    reasons = _invalid_reasons(spec, rs, problems, merged, timeseries.longest_idle_s, fairness)
     second = hdr.summary_us(merged.h2, merged.mean2_ns)
     return LoadResult(
         server=spec.server if spec.server is not None else f"{host}:{port}",
@@ -619,6 +702,8 @@ def _build_result(spec, server, host, port, started_at, procs, problems, srv):
         hdr_service=hdr.encode_text(merged.h2) if spec.mode == "open" else None,
         machine=Machine(**machine_info()),
         started_at=started_at,
+        interference=_interference(spec, server, rs, server_proc),
+        fairness=fairness,
     )
 
 

@@ -33,9 +33,10 @@ import select
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from sockbench.errors import SockbenchError
+from sockbench.thresholds import STALL_S
 
 __all__ = ["WorkerParams", "ProcResult", "run_worker", "main", "connect_all", "raise_nofile_limit", "format_addr", "MODES", "FD_HEADROOM"]
 
@@ -68,6 +69,8 @@ class WorkerParams:
     protocol: str = "raw"
     poll: bool = False
     server_pid: int = 0
+    #: the CPUs whose /proc/stat lines this process reads at the window's edges (the first one only)
+    stat_cpus: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,11 @@ class ProcResult:
     send; connect mode: the whole connect-echo-close cycle), both encoded as
     text, with the exact sums of their values.  ``server_cpu`` is the server's
     CPU sample at the end of warmup and at the end (``sockbench.ext.loadgen``'s
-    dicts), read by the first load process only.
+    dicts), read by the first load process only, as is ``cpu_stat``, the
+    /proc/stat counters of the run's CPUs at the same instants.
+    ``conn_msgs`` is the messages each connection completed in the window,
+    ``starved`` how many completed none while owed an answer (``None`` both,
+    in connect mode).
     """
 
     index: int
@@ -113,6 +120,9 @@ class ProcResult:
     polling: bool
     idle_s: float | None
     server_cpu: list | None
+    cpu_stat: list | None = None
+    conn_msgs: list | None = None
+    starved: int | None = None
 
     @classmethod
     def from_loop(cls, r, index, cpus):
@@ -129,7 +139,7 @@ class ProcResult:
             hdr2=encode_text(from_buckets(r["h2"])), hdr2_sum_ns=r["h2_sum_ns"],
             ts_msgs=r["ts_msgs"], ts_sent=r["ts_sent"], user_s=r["user_s"], sys_s=r["sys_s"],
             cpu_window_s=r["cpu_window_s"], due=r["due"], polling=r["polling"], idle_s=r["idle_s"],
-            server_cpu=r["server_cpu"],
+            server_cpu=r["server_cpu"], cpu_stat=r["cpu_stat"], conn_msgs=r["conn_msgs"], starved=r["starved"],
         )
 
     def to_json(self):
@@ -137,7 +147,11 @@ class ProcResult:
 
     @classmethod
     def from_json(cls, d):
-        return cls(**d)
+        r = cls(**d)
+        if r.cpu_stat is not None:
+            # JSON keys are strings: the CPU numbers again
+            r = replace(r, cpu_stat=[{**e, "cpus": {int(k): v for k, v in e["cpus"].items()}} for e in r.cpu_stat])
+        return r
 
 
 def format_addr(host, port):
@@ -250,6 +264,7 @@ def run_worker(p):
             MODES[p.mode], owned, p.first_cid, p.cid_step, p.conns, p.size, p.depth, p.rate,
             msg["start_ns"], msg["warm_end_ns"], msg["end_ns"], p.interval_ns, p.timeout_ns,
             table, LAYOUT, addr_be, port_be, loadgen.PROTOCOLS.index(p.protocol), p.poll, p.server_pid,
+            p.stat_cpus, int(STALL_S * 1e9),
         )
         _emit({"event": "result", "result": ProcResult.from_loop(r, p.index, p.cpus).to_json()})
         return 0
@@ -268,7 +283,7 @@ def main():
         raw = _read_line(START_WAIT_S)
         if raw is None:
             return 2
-        p = WorkerParams(**{**raw, "cpus": tuple(raw["cpus"])})
+        p = WorkerParams(**{**raw, "cpus": tuple(raw["cpus"]), "stat_cpus": tuple(raw.get("stat_cpus", ()))})
     except (ValueError, TypeError, KeyError) as e:
         _emit({"event": "error", "message": f"load process: bad parameters: {e}"})
         return 2

@@ -1,10 +1,12 @@
-"""The result schema: files of schema 1 read and write back unchanged, anything else is refused in one line.
+"""The result schema: files of schema 1 and 2 read, write back as schema 2 with every value kept, anything
+else is refused in one line.
 
-``results/sample`` is a real run (327 load runs, every mode and protocol the
-suite runs), so it is the reference: each of its raw files must come back from
-``LoadResult.from_json`` ... ``to_json`` key for key and value for value, and
-the folder must still load, report and compare with the same figures as its
-raw JSON gives when read by hand.
+``results/sample`` is a real run of schema 1 (327 load runs, every mode and
+protocol the suite runs), so it is the reference: each of its raw files must
+come back from ``LoadResult.from_json`` ... ``to_json`` key for key and value
+for value, the parts schema 2 adds being ``None`` (not measured), and the
+folder must still load, report and compare with the same figures as its raw
+JSON gives when read by hand.
 """
 
 import glob
@@ -20,7 +22,8 @@ from sockbench.bench.report.compare import compare
 from sockbench.bench.report.document import build_report
 from sockbench.bench.report.store import load_results, machine_line
 from sockbench.bench.schema import (
-    ERROR_KINDS, SCHEMA_VERSION, Cell, CellContext, Errors, Latency, LoadResult, Machine, RoundSummary, SchemaError,
+    ERROR_KINDS, SCHEMA_VERSION, Cell, CellContext, Errors, Fairness, Interference, Latency, LoadResult, Machine,
+    RoundSummary, SchemaError, jain_index,
 )
 from sockbench.errors import SockbenchError
 from sockbench.machine import machine_info
@@ -45,13 +48,56 @@ def test_the_sample_holds_every_mode_and_protocol(sample_dicts):
     assert {("closed", "raw"), ("open", "raw"), ("closed", "frame"), ("closed", "json")} <= modes
 
 
+#: what schema 2 adds to a machine, unknown in a schema-1 file
+_MACHINE_V2 = ("isolcpus", "nohz_full", "governor", "smt", "aslr", "loadavg")
+
+
+def _as_v2(d):
+    """A schema-1 result dict as schema 2 writes it back: the same values, the new parts null."""
+    out = {**d, "schema": 2, "interference": None, "fairness": None}
+    if d.get("machine") is not None:
+        out["machine"] = {**d["machine"], **{k: None for k in _MACHINE_V2}}
+    return out
+
+
 def test_every_sample_file_round_trips_exactly(sample_dicts):
     for name, d in sample_dicts.items():
+        assert d["schema"] == 1
         r = LoadResult.from_json(d, name)
-        assert r.to_json() == d, name
+        assert r.interference is None and r.fairness is None and not r.disturbed and r.starved == 0
+        assert r.to_json() == _as_v2(d), name
         # and the JSON text is the same, key order included (what `sockbench load --json -` prints)
-        assert json.dumps(r.to_json(), sort_keys=True) == json.dumps(d, sort_keys=True)
+        assert json.dumps(r.to_json(), sort_keys=True) == json.dumps(_as_v2(d), sort_keys=True)
         assert LoadResult.from_json(json.loads(json.dumps(r.to_json()))) == r, name
+
+
+def test_a_schema_2_result_round_trips_with_its_new_parts(sample_dicts):
+    d = _as_v2(sample_dicts["asyncio-protocol__closed-64B-c10__r1.json"])
+    d["interference"] = {"server_foreign": 0.012, "client_foreign": 0.31, "server_steal": 0.0, "client_steal": 0.0,
+                         "loadavg_1m": 1.25, "disturbed": True}
+    d["fairness"] = {"conns": 10, "min": 0, "median": 1520.5, "max": 1710, "jain": 0.87, "starved": 1}
+    d["machine"].update(isolcpus=[], nohz_full=[1], governor={"0": "performance", "1": "powersave"}, smt=False,
+                        aslr="Full randomization", loadavg=[1.25, 0.5, 0.25])
+    r = LoadResult.from_json(json.loads(json.dumps(d)))
+    assert r.to_json() == d and json.dumps(r.to_json(), sort_keys=True) == json.dumps(d, sort_keys=True)
+    assert r.interference == Interference(0.012, 0.31, 0.0, 0.0, 1.25, True) and r.disturbed
+    assert r.fairness == Fairness(10, 0, 1520.5, 1710, 0.87, 1) and r.starved == 1
+    assert r.machine.nohz_full == [1] and r.machine.governor["1"] == "powersave"
+    with pytest.raises(SchemaError, match="^F has a malformed fairness"):
+        LoadResult.from_json({**d, "fairness": {"conns": 10}}, "F")
+    with pytest.raises(SchemaError, match="^F is corrupt: interference is not an object"):
+        LoadResult.from_json({**d, "interference": 0.3}, "F")
+
+
+def test_jain_index_and_the_fairness_of_counts():
+    assert jain_index([5, 5, 5, 5]) == 1.0
+    assert jain_index([8, 0, 0, 0]) == 0.25  # one has everything: 1/n
+    assert jain_index([1, 3]) == pytest.approx(16 / (2 * 10))
+    assert jain_index([0, 0]) == 0.0 and jain_index([]) is None
+    f = Fairness.of([0, 4, 2, 10, 0])
+    assert (f.conns, f.min, f.median, f.max, f.starved) == (5, 0, 2.0, 10, 2)
+    assert f.jain == pytest.approx(16 ** 2 / (5 * 120))
+    assert Fairness.of([3, 4]).median == 3.5 and Fairness.of([3, 4]).starved == 0
 
 
 def test_typed_fields_carry_the_file_values(sample_dicts):
@@ -90,7 +136,7 @@ def test_the_sample_folder_loads_with_the_figures_its_raw_json_gives(sample_dict
     for key, cs in res.cells.items():
         raw = sorted(by_cell[key], key=lambda d: d["cell"]["round"])
         assert [r.round_no for r in cs.results] == [d["cell"]["round"] for d in raw]
-        assert cs.runs == raw  # the dict view is the files themselves
+        assert cs.runs == [_as_v2(d) for d in raw]  # the dict view is the files themselves, as schema 2
         assert cs.median == statistics.median(d["throughput"]["msgs_per_s"] for d in raw)
         per_msg = [d["server_proc"]["us_per_msg"]["user"] + d["server_proc"]["us_per_msg"]["sys"] for d in raw]
         assert cs.cpu_us_per_msg == statistics.median(per_msg)
@@ -169,11 +215,12 @@ def test_machine_is_exactly_machine_info():
 
 
 @pytest.mark.parametrize("data,message", [
-    ({"schema": 7}, "F is not a schema-1 sockbench result"),
-    ([1, 2], "F is not a schema-1 sockbench result"),
-    ("garbage", "F is not a schema-1 sockbench result"),
-    (None, "F is not a schema-1 sockbench result"),
-    ({**_minimal(), "schema": 2}, "F is not a schema-1 sockbench result"),
+    ({"schema": 7}, "F is not a schema-1 or schema-2 sockbench result"),
+    ([1, 2], "F is not a schema-1 or schema-2 sockbench result"),
+    ("garbage", "F is not a schema-1 or schema-2 sockbench result"),
+    (None, "F is not a schema-1 or schema-2 sockbench result"),
+    ({**_minimal(), "schema": 3}, "F is not a schema-1 or schema-2 sockbench result"),
+    ({**_minimal(), "schema": "1"}, "F is not a schema-1 or schema-2 sockbench result"),
     ({k: v for k, v in _minimal().items() if k not in ("throughput", "valid")}, "F is corrupt: it lacks throughput, valid"),
     ({**_minimal(), "latency_us": [1]}, "F is corrupt: throughput/latency_us are not objects"),
     ({**_minimal(), "workload": "closed"}, "F has a malformed workload (not an object); it is not a sockbench result"),
@@ -193,7 +240,7 @@ def test_anything_else_is_one_schema_error_line(data, message):
 
 
 def test_version_and_error_kinds():
-    assert SCHEMA_VERSION == 1
+    assert SCHEMA_VERSION == 2
     assert ERROR_KINDS == ("connect", "reset", "timeout", "mismatch", "protocol")
     assert Errors.of({"connect": 1, "reset": 0, "timeout": 2, "mismatch": 0, "protocol": 0}).to_json() == {
         "total": 3, "by_kind": {"connect": 1, "reset": 0, "timeout": 2, "mismatch": 0, "protocol": 0}}
