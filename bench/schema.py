@@ -49,9 +49,11 @@ Versions
     ``disturbed``), ``fairness`` (messages completed per connection in the
     window: min, median, max, Jain's index, the starved count) and the
     machine's tuning as ``pyperf system show`` reports it (``isolcpus``,
-    ``nohz_full``, ``governor``, ``smt``, ``aslr``, ``loadavg``).  Version-1
-    files read with these ``None`` (not measured) and are written back as
-    version 2.
+    ``nohz_full``, ``governor``, ``smt``, ``aslr``, ``loadavg``), and for a
+    run whose server exited inside the window ``throughput.measured_s`` (the
+    seconds its rates are over: up to the last answer) and
+    ``server_proc.exit_status``.  Version-1 files read with these ``None``
+    (not measured) and are written back as version 2.
 """
 
 import statistics
@@ -288,7 +290,8 @@ class Throughput:
     """Per second of the measured window; bytes are payload bytes (``wire_bytes_per_s`` adds the framing).
 
     ``target_rate``, ``achieved_rate``, ``pacing_error`` and ``behind`` exist in open loop only,
-    ``conns_per_s`` in connect mode only; ``None`` leaves them out of the JSON.
+    ``conns_per_s`` in connect mode only; ``measured_s`` only when the rates are over less than the
+    workload's ``duration_s`` (the server exited inside the window); ``None`` leaves them out of the JSON.
     """
 
     msgs_per_s: float
@@ -299,6 +302,7 @@ class Throughput:
     pacing_error: float | None = None
     behind: bool | None = None
     conns_per_s: float | None = None
+    measured_s: float | None = None
 
     def to_json(self):
         out = {"msgs_per_s": self.msgs_per_s, "bytes_per_s": self.bytes_per_s, "wire_bytes_per_s": self.wire_bytes_per_s}
@@ -307,6 +311,7 @@ class Throughput:
         _put(out, "pacing_error", self.pacing_error)
         _put(out, "behind", self.behind)
         _put(out, "conns_per_s", self.conns_per_s)
+        _put(out, "measured_s", self.measured_s)
         return out
 
     @classmethod
@@ -320,6 +325,7 @@ class Throughput:
             pacing_error=d.get("pacing_error"),
             behind=d.get("behind"),
             conns_per_s=d.get("conns_per_s"),
+            measured_s=d.get("measured_s"),
         )
 
     @property
@@ -429,7 +435,8 @@ class ServerProc:
     """The server's CPU and memory over the measured window.
 
     ``cpu_source`` ("schedstat" or "ticks") exists once the CPU was read;
-    ``cpus`` and ``cpu_util`` exist when the harness started (and pinned) the server.
+    ``cpus`` and ``cpu_util`` exist when the harness started (and pinned) the server;
+    ``exit_status`` when that server exited during the run.
     """
 
     pid: int | None = None
@@ -440,6 +447,7 @@ class ServerProc:
     cpu_source: str | None = None
     cpus: list | None = None
     cpu_util: float | None = None
+    exit_status: int | None = None
 
     def to_json(self):
         out = {"pid": self.pid, "user_s": self.user_s, "sys_s": self.sys_s, "rss_peak_bytes": self.rss_peak_bytes,
@@ -448,6 +456,7 @@ class ServerProc:
         if self.cpus is not None or self.cpu_util is not None:
             out["cpus"] = _list(self.cpus)
             out["cpu_util"] = self.cpu_util
+        _put(out, "exit_status", self.exit_status)
         return out
 
     @classmethod
@@ -461,6 +470,7 @@ class ServerProc:
             cpu_source=d.get("cpu_source"),
             cpus=_list(d.get("cpus")),
             cpu_util=d.get("cpu_util"),
+            exit_status=d.get("exit_status"),
         )
 
 

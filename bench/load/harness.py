@@ -350,6 +350,7 @@ class _ServerWindow:
     cpu0: tuple | None = None  # ``_server_sample`` at the end of warmup
     cpu1: tuple | None = None  # ... and at the window's end
     rss_peak_bytes: int | None = None
+    exit_status: int | None = None  # set when the server exited during the run
 
 
 def _run(spec, server, host, port, started_at, on_window=None):
@@ -461,6 +462,7 @@ def _collect(spec, server, workers, end_ns):
         srv.cpu0, srv.cpu1 = (_server_sample(x) for x in samples)
         srv.rss_peak_bytes = _read_rss_peak(server)  # a high-water mark: read after the window
     if server is not None and not server.alive():
+        srv.exit_status = server.proc.returncode
         problems.insert(0, f"the server exited (status {server.proc.returncode}) during the run")
     return procs, problems, srv
 
@@ -509,9 +511,23 @@ def _aggregate(rs):
     )
 
 
-def _throughput(spec, rs, msgs):
+def _measured_s(spec, timeseries, srv):
+    """The seconds the rates are over: None for the whole window, or, when the server exited inside it,
+    the window up to the end of the last interval that completed a message (at least one interval).
+
+    Dividing what a dead server answered by the whole window would report a
+    figure several times too low as if it had been measured.
+    """
+    if srv.exit_status is None:
+        return None
+    after = timeseries.msgs[timeseries.warmup_intervals:]
+    last = max((i for i, m in enumerate(after) if m), default=0)
+    return round(min(spec.duration_s, (last + 1) * spec.interval_s), 6)
+
+
+def _throughput(spec, rs, msgs, measured_s=None):
     """Payload bytes, whatever the protocol; wire bytes add the framing and headers."""
-    dur = spec.duration_s
+    dur = measured_s or spec.duration_s
     target = achieved = pacing = behind = conns_per_s = None
     if spec.mode == "open":
         target = spec.rate
@@ -529,6 +545,7 @@ def _throughput(spec, rs, msgs):
         pacing_error=pacing,
         behind=behind,
         conns_per_s=conns_per_s,
+        measured_s=measured_s,
     )
 
 
@@ -564,7 +581,7 @@ def _client_cpu(rs, msgs):
     return client, bool(load is not None and load >= CLIENT_BOUND_UTIL)
 
 
-def _server_cpu(spec, server, srv, msgs):
+def _server_cpu(spec, server, srv, msgs, measured_s=None):
     """The server's CPU over the same window, from load process 0's samples."""
     user_s = sys_s = source = cpus = util = None
     per_msg = CpuPerMsg()
@@ -574,9 +591,9 @@ def _server_cpu(spec, server, srv, msgs):
         per_msg = CpuPerMsg.of(user_s, sys_s, msgs)
     if server is not None:
         cpus = list(spec.server_cpus)
-        util = (user_s + sys_s) / (spec.duration_s * len(cpus)) if user_s is not None else None
+        util = (user_s + sys_s) / ((measured_s or spec.duration_s) * len(cpus)) if user_s is not None else None
     return ServerProc(pid=srv.pid, user_s=user_s, sys_s=sys_s, rss_peak_bytes=srv.rss_peak_bytes, us_per_msg=per_msg,
-                      cpu_source=source, cpus=cpus, cpu_util=util)
+                      cpu_source=source, cpus=cpus, cpu_util=util, exit_status=srv.exit_status)
 
 
 def _limited_by(client_bound, server_proc):
@@ -661,9 +678,12 @@ def _build_result(spec, server, host, port, started_at, procs, problems, srv):
     """The ``LoadResult`` of a run, from the load processes' ``ProcResult``s, the problems and the server's window."""
     rs = [procs[i] for i in sorted(procs)]
     merged = _aggregate(rs)
-    client, client_bound = _client_cpu(rs, merged.msgs)
-    server_proc = _server_cpu(spec, server, srv, merged.msgs)
     timeseries = _timeseries(spec, rs)
+    measured_s = _measured_s(spec, timeseries, srv)
+    client, client_bound = _client_cpu(rs, merged.msgs)
+    # a server that exited ends the measurement: whatever the client's CPU did then, it was not the limit
+    client_bound = client_bound and srv.exit_status is None
+    server_proc = _server_cpu(spec, server, srv, merged.msgs, measured_s)
     fairness = _fairness(spec, rs)
     reasons = _invalid_reasons(spec, rs, problems, merged, timeseries.longest_idle_s, fairness)
     second = hdr.summary_us(merged.h2, merged.mean2_ns)
@@ -685,7 +705,7 @@ def _build_result(spec, server, host, port, started_at, procs, problems, srv):
             server_cpus=list(spec.server_cpus),
             client_cpus=list(spec.client_cpus),
         ),
-        throughput=_throughput(spec, rs, merged.msgs),
+        throughput=_throughput(spec, rs, merged.msgs, measured_s),
         latency_us=hdr.summary_us(merged.h1, merged.mean1_ns),
         service_us=second if spec.mode == "open" else None,
         cycle_us=second if spec.mode == "connect" else None,

@@ -592,6 +592,12 @@ def test_server_started_by_the_harness_dying_mid_run_is_reported(tmp_path):
     assert r.valid is False
     assert "the server exited (status -9) during the run" in r.invalid_reason
     assert LoadResult.from_json(json.loads(path.read_text())).invalid_reason == r.invalid_reason
+    # the exit status is a field, and the rates are over the time actually measured, not the whole window
+    assert r.server_proc.exit_status == -9
+    window_msgs = sum(r.timeseries.msgs[r.timeseries.warmup_intervals:])
+    assert window_msgs > 0 and 0 < r.throughput.measured_s < 1.9
+    assert r.throughput.msgs_per_s == pytest.approx(window_msgs / r.throughput.measured_s, rel=1e-9)
+    assert r.client_bound is False and r.limited_by != "client"
 
 
 def test_a_hung_load_process_is_killed_at_the_hard_timeout(make_server, monkeypatch):
