@@ -94,10 +94,12 @@ def run_cli(args):
     from rich.console import Console
 
     from sockbench.bench.load.harness import run_load
-    from sockbench.jsonfile import write_json_atomic
+    from sockbench.jsonfile import check_writable, write_json_atomic
 
     spec = spec_from_args(args)
     to_stdout = args.json == "-"
+    if args.json and not to_stdout:
+        check_writable(args.json, "--json")  # before measuring: a result with nowhere to go is lost
     console = Console(stderr=to_stdout)
     with console.status(f"loading {spec.server or args.target}: {spec.mode}, {spec.protocol}, {spec.conns} conns, "
                         f"{spec.warmup_s:g} s warmup + {spec.duration_s:g} s ..."):
