@@ -80,6 +80,7 @@ def _check_coherent(r, spec):
 # --- every registered server -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", registry.available_names())
 def test_short_closed_run_against_every_server(name):
     spec = LoadSpec(server=name, mode="closed", conns=4, size=100, depth=3, **SHORT)
@@ -327,6 +328,7 @@ FRAMED = [(name, proto) for name in registry.available_names() for proto in ("fr
           if proto in registry.get(name).protocols]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,proto", FRAMED)
 def test_short_framed_run_against_every_server_that_speaks_it(name, proto):
     spec = LoadSpec(server=name, protocol=proto, mode="closed", conns=4, size=100, depth=3, **SHORT)
@@ -335,6 +337,7 @@ def test_short_framed_run_against_every_server_that_speaks_it(name, proto):
     assert r.server == name
 
 
+@pytest.mark.slow
 def test_framed_open_and_connect_modes():
     spec = LoadSpec(server="selectors", protocol="json", mode="open", conns=3, size=64, rate=1500.0, **SHORT)
     r = run_load(spec)
@@ -344,6 +347,7 @@ def test_framed_open_and_connect_modes():
     _check_coherent(run_load(spec), spec)
 
 
+@pytest.mark.slow
 def test_framed_payloads_that_span_many_reads_and_split_headers():
     # 200 kB payloads arrive in many reads; 1-byte payloads pack many answers (and split headers) per read
     for size, depth in ((200_000, 2), (1, 40)):
@@ -439,6 +443,7 @@ def make_framed_server():
         s.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("proto", ["frame", "json"])
 def test_framed_requests_are_the_wire_spec_and_the_answers_are_verified(make_framed_server, proto):
     srv = make_framed_server(proto, "none")
@@ -502,6 +507,7 @@ def test_unsupported_protocol_for_a_server_is_one_line_before_anything_starts():
 # --- faults ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_stall_shorter_than_the_timeout_still_makes_the_run_invalid(make_server):
     # answers stop ~0.35 s into the measured window; the 5 s timeout never fires in a 1.6 s window
     srv = make_server("freeze")
@@ -600,6 +606,7 @@ def test_server_started_by_the_harness_dying_mid_run_is_reported(tmp_path):
     assert r.client_bound is False and r.limited_by != "client"
 
 
+@pytest.mark.slow
 def test_a_hung_load_process_is_killed_at_the_hard_timeout(make_server, monkeypatch):
     from sockbench.bench.load import harness
 

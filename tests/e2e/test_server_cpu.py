@@ -100,6 +100,7 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
     assert len(lines) == 1 and lines[0].startswith("server_cpu: ") and message in lines[0], r.stderr
 
 
+@pytest.mark.slow
 def test_a_tiny_real_run_checks_every_byte(tmp_path):
     ok, why = registry.SERVERS["cython"].availability()
     if not ok:
