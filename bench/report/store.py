@@ -47,6 +47,7 @@ __all__ = [
     "write_json_atomic",
     "raw_name",
     "discarded_name",
+    "is_discarded",
     "decode_hdr",
     "merged_hdr",
     "machine_line",
@@ -62,6 +63,11 @@ _DISCARDED_RE = re.compile(r"__r\d+__disturbed\d+\.json$")
 
 def raw_name(cell, round_no):
     return f"{cell.server}__{cell.workload_id}__r{round_no}.json"
+
+
+def is_discarded(fname):
+    """True when a file of raw/ is an attempt set aside (``discarded_name``), not a round."""
+    return bool(_DISCARDED_RE.search(os.path.basename(fname)))
 
 
 def discarded_name(cell, round_no, attempt):
@@ -208,7 +214,7 @@ def load_results(path):
     target = _ci_target(meta)
     for fname in files:
         r = LoadResult.from_json(_read_json(fname, "the result"), fname)
-        if _DISCARDED_RE.search(os.path.basename(fname)):
+        if is_discarded(fname):
             discarded.append(r)
             continue
         cell = r.identity()

@@ -39,7 +39,7 @@ import subprocess
 import sys
 import time
 
-from sockbench.bench.report.store import RAW_DIR
+from sockbench.bench.report.store import RAW_DIR, is_discarded
 from sockbench.bench.suite.plan import default_plan, full_plan, quick_plan
 from sockbench.bench.suite.progress import Calibrated, Calibrating, CellDone, CellStarted, RoundDone, Window, parse
 from sockbench.bench.suite.session import ENV_OUT, ENV_PLAN, PROGRESS_FILE, new_meta, update_meta
@@ -522,13 +522,15 @@ def run_main(plan, out=None, console=None, argv=None):
         rc, interrupted = _run_suite(out, plan, console, signals)
         status = _status(rc, interrupted)
         raw = os.path.join(out, RAW_DIR)
-        finished = len(os.listdir(raw)) if os.path.isdir(raw) else 0
+        runs = [f for f in os.listdir(raw) if f.endswith(".json")] if os.path.isdir(raw) else []
+        rounds = [f for f in runs if not is_discarded(f)]
         update_meta(out, status=status, finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    elapsed_s=round(time.monotonic() - t0, 1), finished_runs=finished, pytest_exit=rc,
-                    **({"signal": signal.Signals(signals.received).name} if signals.received else {}))
+                    elapsed_s=round(time.monotonic() - t0, 1), finished_runs=len(runs), finished_rounds=len(rounds),
+                    pytest_exit=rc, **({"signal": signal.Signals(signals.received).name} if signals.received else {}))
     log_path = os.path.join(out, "pytest.log")
-    if not finished:
-        raise SockbenchError(f"no load run finished ({status}, pytest exit {rc}); nothing to report; see {log_path}",
+    if not rounds:
+        raise SockbenchError(f"no round finished ({status}, pytest exit {rc}, {len(runs)} load runs set aside as "
+                             f"disturbed); nothing to report; see {log_path}",
                              exit_code=128 + signals.received if signals.received else 1)
     rep = build_report(out)
     _print_outcome(rep, status, plan, time.monotonic() - t0, console)

@@ -23,7 +23,7 @@ from PIL import Image
 
 from sockbench.bench.report.document import protocol_cost_rows
 from sockbench.bench.report.plots import PLOTS
-from sockbench.bench.report.store import load_results
+from sockbench.bench.report.store import is_discarded, load_results
 from sockbench.bench.suite.plan import Plan
 from sockbench.bench.suite.progress import RoundDone, Window, parse
 from sockbench.cli import main
@@ -70,9 +70,14 @@ def _marked(mark):
     return found
 
 
+def _rounds_in(out):
+    return [f for f in glob.glob(os.path.join(out, "raw", "*.json")) if not is_discarded(f)]
+
+
 def _wait_for_rounds(proc, out, n, timeout=60):
+    """Until ``n`` rounds are in raw/ (attempts set aside because they were disturbed are not rounds)."""
     deadline = time.monotonic() + timeout
-    while len(glob.glob(os.path.join(out, "raw", "*.json"))) < n:
+    while len(_rounds_in(out)) < n:
         assert proc.poll() is None and time.monotonic() < deadline, _log_tail(out)
         time.sleep(0.05)
 
@@ -149,16 +154,33 @@ def test_run_ctrl_c_keeps_finished_rounds(tmp_path):
     assert proc.returncode == 130, why
     meta = json.load(open(os.path.join(out, "meta.json")))
     assert meta["status"] == "interrupted" and meta["signal"] == "SIGINT", why
-    assert meta["finished_runs"] >= 2, why
+    assert meta["finished_rounds"] >= 2 and meta["finished_runs"] >= meta["finished_rounds"], why
     assert "INCOMPLETE: this run was interrupted" in open(os.path.join(out, "report.md")).read()
     # the report can be rebuilt from what was kept
     assert main(["report", out]) == 0
+
+
+def _left_after(mark, grace_s=3.0):
+    """The run's processes still alive ``grace_s`` after it ended (one the runner stopped may still be exiting);
+    each is then killed by its pid, so a failing test leaves nothing running."""
+    deadline = time.monotonic() + grace_s
+    left = _marked(mark)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = _marked(mark)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return left
 
 
 def test_run_sigterm_stops_every_process_and_writes_the_report(tmp_path):
     out = str(tmp_path / "term")
     mark = uuid.uuid4().hex
     proc = _sockbench("run", "--quick", "--servers", *E2E_SERVERS, "--out", out, mark=mark)
+    left = {}
     try:
         _wait_for_rounds(proc, out, 2)
         running = _marked(mark)
@@ -170,19 +192,10 @@ def test_run_sigterm_stops_every_process_and_writes_the_report(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        left = _left_after(mark)
     why = stdout + stderr + _log_tail(out)
-    assert proc.returncode == 128 + signal.SIGTERM, why
-    left = _marked(mark)
-    deadline = time.monotonic() + 3
-    while left and time.monotonic() < deadline:  # a process the runner already stopped may still be exiting
-        time.sleep(0.05)
-        left = _marked(mark)
-    for pid in left:  # never leave them running, whatever the assertion says
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     assert not left, f"processes of the run left after SIGTERM: {left}"
+    assert proc.returncode == 128 + signal.SIGTERM, why
     meta = json.load(open(os.path.join(out, "meta.json")))
     assert meta["status"] == "interrupted" and meta["signal"] == "SIGTERM", why
     assert os.path.getsize(os.path.join(out, "report.html")) > 0
