@@ -424,7 +424,8 @@ def _announce(plan, out, console):
     n_servers = len(plan.servers)
     opens = sorted({plan.round_duration(c) for c in plan.cells() if c.mode == "open"})
     open_s = f", open loop {'/'.join(f'{d:g}' for d in opens)} s" if opens and opens != [plan.duration_s] else ""
-    budget = f", at most {_fmt_left(plan.max_estimate_s())}" if plan.adaptive else ""
+    most = plan.max_estimate_s()
+    budget = f", at most {_fmt_left(most)}" if most > plan.min_estimate_s() else ""
     console.print(f"sockbench run: {n_servers} server{'s' if n_servers != 1 else ''}, {len(plan.cells())} cells "
                   f"(sizes {', '.join(format_size(s) for s in plan.sizes)}; conns {', '.join(map(str, plan.conns))}; "
                   f"open loop {', '.join(f'{p}%' for p in plan.open_pcts) or 'none'}; "

@@ -5,8 +5,8 @@
 lies within.  The simulations assume what the default run gives at the least:
 5 rounds per cell on each side (``--min-rounds``), each round's figure the
 true value times ``1 + 0.05 z`` with z standard normal ("5% noise"), drawn
-from a fixed seed so the test is deterministic.  They check what the issue
-asks (no real change: at most 5% of cells called changed; a 20% change: at
+from a fixed seed so the test is deterministic.  They check what compare
+promises (no real change: at most 5% of cells called changed; a 20% change: at
 least 95% called), and the interval's own promise (it holds the true ratio in
 at least 95% of the cells), over 4000 cells each, in well under a second.
 """
