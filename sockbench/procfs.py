@@ -163,15 +163,24 @@ def _pids():
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 
-def process_family(pid=None, parents=None):
-    """``pid`` (this process by default), its ancestors and its descendants: a run's own processes."""
+def _parents():
+    parents = {}
+    for p in _pids():
+        f = _stat_fields(p)
+        if f is not None:
+            parents[p] = f[0]
+    return parents
+
+
+def process_family(pid=None, own=(), parents=None):
+    """A run's own processes: ``pid`` (this process by default) and its ancestors (the ``sockbench run``
+    and pytest processes above a suite's round), and each of ``own`` (the server) with its descendants.
+
+    The caller's other children are not in it: a test that starts a hog must see it named.
+    ``parents``: ``{pid: ppid}`` (read from /proc when None).
+    """
     pid = os.getpid() if pid is None else pid
-    if parents is None:
-        parents = {}
-        for p in _pids():
-            f = _stat_fields(p)
-            if f is not None:
-                parents[p] = f[0]
+    parents = _parents() if parents is None else parents
     family = {pid}
     p = parents.get(pid)
     while p and p not in family:
@@ -180,7 +189,8 @@ def process_family(pid=None, parents=None):
     children = {}
     for child, parent in parents.items():
         children.setdefault(parent, []).append(child)
-    todo = [pid]
+    todo = [p for p in own if p]
+    family.update(todo)
     while todo:
         for child in children.get(todo.pop(), ()):
             if child not in family:
@@ -208,15 +218,15 @@ class BusyProcess(NamedTuple):
     cpu: int
 
 
-def busy_processes(cpus, interval_s=0.1, exclude=None, min_ticks=2):
+def busy_processes(cpus, interval_s=0.1, own=(), min_ticks=2):
     """The processes busy on ``cpus`` over ``interval_s``, busiest first (``BusyProcess`` each).
 
     Every /proc/PID/stat is read twice, ``interval_s`` apart.  A process is
     busy when it used at least ``min_ticks`` clock ticks in between (20% of a
     CPU over 0.1 s: one tick more or less is /proc's rounding) and it can run
     on ``cpus``: it was last seen on one of them, or its affinity allows
-    nothing else.  ``exclude``: the pids to leave out (by default
-    ``process_family()``, this run's own processes).
+    nothing else.  This run's own processes are left out
+    (``process_family(own=own)``).
     """
     cpus = set(cpus)
     first = {}
@@ -224,8 +234,7 @@ def busy_processes(cpus, interval_s=0.1, exclude=None, min_ticks=2):
         f = _stat_fields(pid)
         if f is not None:
             first[pid] = f
-    if exclude is None:
-        exclude = process_family(parents={pid: f[0] for pid, f in first.items()})
+    exclude = process_family(own=own, parents={pid: f[0] for pid, f in first.items()})
     time.sleep(interval_s)
     found = []
     for pid, f0 in first.items():

@@ -227,10 +227,6 @@ def run_load(spec, json_path=None, on_window=None):
     spec.validate()
     started_at = iso_utc()
     _check_nofile(max(_split(spec.conns, spec.procs)) if spec.mode != "connect" else spec.conns)
-    cpus = set(spec.client_cpus) | (set(spec.server_cpus) if spec.server is not None else set())
-    warning = busy_warning(sorted(cpus), busy_processes(cpus, BUSY_SAMPLE_S))
-    if warning:
-        print(warning, file=sys.stderr, flush=True)
     if spec.server is not None:
         extra = ("--protocol", spec.protocol) if spec.protocol != "raw" else ()
         with ServerProcess(spec.server, cpus=spec.server_cpus, extra_args=extra) as server:
@@ -360,6 +356,7 @@ def _run(spec, server, host, port, started_at, on_window=None):
     """Connect, run the window, collect: the setup, the window and the collection, then the result."""
     family, host, port = _resolve(host, port, spec.mode)
     _probe(family, host, port)
+    _warn_busy(spec, server)
     workers = {}
     try:
         _spawn_workers(spec, server, family, host, port, workers)
@@ -370,6 +367,14 @@ def _run(spec, server, host, port, started_at, on_window=None):
         for w in workers.values():
             w.stop()
     return _build_result(spec, server, host, port, started_at, procs, problems, srv)
+
+
+def _warn_busy(spec, server):
+    """Name, in one line on stderr, what is already busy on the run's CPUs (this run's processes aside)."""
+    cpus = _stat_cpus(spec, server)
+    warning = busy_warning(cpus, busy_processes(cpus, BUSY_SAMPLE_S, own=(server.pid,) if server is not None else ()))
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
 
 
 def _spawn_workers(spec, server, family, host, port, workers):

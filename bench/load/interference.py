@@ -40,7 +40,8 @@ CPUs ``X``) over the window's ``elapsed`` seconds:
 
 When the server's and the client's CPUs overlap, the two sides cannot be
 told apart: both read the figure of their union.  With ``--target`` the
-server's CPUs are unknown and its side is ``None``.
+server's CPUs are unknown and its side is ``None``; such a server, when it
+runs on the client's CPUs, is foreign there (it is not this run's process).
 
 The verdict
 -----------

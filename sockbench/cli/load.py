@@ -11,12 +11,16 @@ speaks one of the framed protocols (``sockbench.servers.protocols``); ``--size``
 is the payload size in every protocol, so "MB/s" counts payload bytes and
 "wire MB/s" adds the framing and headers.  The summary reads the run's
 ``LoadResult`` (``sockbench.bench.schema``); the JSON is its ``to_json()``.
+Foreign work on each side's CPUs (and the hypervisor's steal) sits beside
+that side's own CPU, and a DISTURBED or STARVED run says so in one line
+each, in the verdict's colour: a figure under either must not be quoted.
 """
 
 import json
 import sys
 
 from sockbench.errors import SockbenchError, UsageError
+from sockbench.thresholds import DISTURBED_SHARE
 from sockbench.units import arg, parse_cpus, parse_number, parse_size
 
 __all__ = ["add_arguments", "run_cli", "spec_from_args", "render_summary", "parse_target"]
@@ -126,7 +130,38 @@ def render_summary(r):
     e = r.errors
     errs = Text(f"errors: {e.total}  " + "  ".join(f"{k} {v}" for k, v in e.by_kind.items()),
                 style="red" if e.total else "dim")
-    return Group(_head(r), verdict, _throughput_table(r), _latency_table(r), _cpu_table(r), errs, *_notes(r))
+    return Group(_head(r), verdict, *_verdict_lines(r), _throughput_table(r), _latency_table(r), _cpu_table(r),
+                 *_fairness_line(r), errs, *_notes(r))
+
+
+def _verdict_lines(r):
+    """DISTURBED and STARVED, one line each, under the verdict."""
+    from rich.text import Text  # deferred: rich, as in run_cli
+
+    lines = []
+    i = r.interference
+    if i is not None and i.disturbed:
+        parts = [f"{what} {share:.0%} of the {side} CPUs" for side, what, share in (
+            ("server", "foreign", i.server_foreign), ("client", "foreign", i.client_foreign),
+            ("server", "steal", i.server_steal), ("client", "steal", i.client_steal)) if share]
+        lines.append(Text(f"DISTURBED: {', '.join(parts)} (>= {DISTURBED_SHARE:.0%} of a CPU); "
+                          "re-run on a quieter machine", style="bold yellow"))
+    f = r.fairness
+    if f is not None and f.starved:
+        lines.append(Text(f"STARVED: {f.starved} of {f.conns} connections completed no message in the window",
+                          style="bold red"))
+    return lines
+
+
+def _fairness_line(r):
+    from rich.text import Text  # deferred: rich, as in run_cli
+
+    f = r.fairness
+    if f is None or not f.conns:
+        return []
+    jain = f"  Jain's index {f.jain:.3f}" if f.jain is not None else ""
+    return [Text(f"per connection: min {f.min:,}  median {f.median:,.0f}  max {f.max:,} msgs{jain}",
+                 style="red" if f.starved else "dim")]
 
 
 def _head(r):
@@ -191,19 +226,26 @@ def _cpu_table(r):
 
     cpu = Table(box=None, pad_edge=False)
     cpu.add_column("cpu", style="dim")
-    for k in ("user s", "sys s", "user µs/msg", "sys µs/msg", "util", "peak RSS"):
+    for k in ("user s", "sys s", "user µs/msg", "sys µs/msg", "util", "foreign", "steal", "peak RSS"):
         cpu.add_column(k, justify="right")
-    sp, cl = r.server_proc, r.client
+    sp, cl, i = r.server_proc, r.client, r.interference
+
+    def other(share):
+        # foreign work or steal on that side's CPUs: yellow once it reaches the threshold
+        return Text(_n(share, "{:.0%}"), style="yellow" if share is not None and share >= DISTURBED_SHARE else "")
+
     cpu.add_row(
         "server", _n(sp.user_s, "{:.2f}"), _n(sp.sys_s, "{:.2f}"),
         _n(sp.us_per_msg.user, "{:.3f}"), _n(sp.us_per_msg.sys, "{:.3f}"),
-        _n(sp.cpu_util, "{:.0%}"), _n(sp.rss_peak_bytes and sp.rss_peak_bytes / 2**20, "{:.1f} MiB"),
+        _n(sp.cpu_util, "{:.0%}"), other(i and i.server_foreign), other(i and i.server_steal),
+        _n(sp.rss_peak_bytes and sp.rss_peak_bytes / 2**20, "{:.1f} MiB"),
     )
     cpu.add_row(
         "client", _n(cl.user_s, "{:.2f}"), _n(cl.sys_s, "{:.2f}"),
         _n(cl.us_per_msg.user, "{:.3f}"), _n(cl.us_per_msg.sys, "{:.3f}"),
         Text(_n(cl.cpu_util, "{:.0%}") + (f" (busy {cl.busy_util:.0%})" if cl.busy_util is not None else ""),
-             style="red" if r.client_bound else ""), "",
+             style="red" if r.client_bound else ""),
+        other(i and i.client_foreign), other(i and i.client_steal), "",
     )
     return cpu
 

@@ -20,7 +20,7 @@ import pytest
 from sockbench.servers import registry
 from sockbench.bench.load import hdr
 from sockbench.bench.load.harness import LoadSpec, run_load
-from sockbench.bench.schema import Errors, LoadResult
+from sockbench.bench.schema import Errors, Fairness, LoadResult
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.servers.process import ServerProcess
 
@@ -30,7 +30,8 @@ SHORT = dict(duration_s=0.5, warmup_s=0.2)
 
 RESULT_KEYS = {
     "schema", "server", "workload", "throughput", "latency_us", "errors", "valid", "client_bound",
-    "invalid_reason", "server_proc", "client", "timeseries", "hdr", "machine", "started_at",
+    "invalid_reason", "server_proc", "client", "timeseries", "hdr", "machine", "started_at", "interference",
+    "fairness",
 }
 
 
@@ -40,7 +41,7 @@ def _check_coherent(r, spec):
     assert set(RESULT_KEYS) <= set(d)
     # serialisable as is, and the JSON reads back into the same result
     assert LoadResult.from_json(json.loads(json.dumps(d))) == r
-    assert r.schema == d["schema"] == 1
+    assert r.schema == d["schema"] == 2
     assert r.valid, r.invalid_reason
     assert r.limited_by in (None, "client", "server", "both")
     assert r.errors == Errors(total=0, by_kind={"connect": 0, "reset": 0, "timeout": 0, "mismatch": 0, "protocol": 0})
@@ -60,6 +61,16 @@ def _check_coherent(r, spec):
     for k in ("mode", "conns", "size", "depth", "rate", "duration_s", "warmup_s", "procs"):
         assert k in d["workload"]
     assert r.workload.protocol == spec.protocol
+    # the foreign load on the run's CPUs was measured (a share of them), the client's side always
+    i = r.interference
+    assert i is not None and 0 <= i.client_foreign <= 1 and 0 <= i.client_steal <= 1
+    assert (i.server_foreign is None) == (spec.server is None)
+    f = r.fairness
+    if spec.mode == "connect":
+        assert f is None  # a connection carries one message
+    else:  # every connection served; the per-connection counts add up to the window's messages
+        assert f.conns == spec.conns and f.starved == 0
+        assert f.min * spec.conns <= per_msg.count <= f.max * spec.conns and 0 < f.jain <= 1
     if spec.protocol == "raw":
         assert t.wire_bytes_per_s == t.bytes_per_s
     else:  # the framing and headers come on top of the payload
@@ -164,10 +175,20 @@ def test_open_loop_with_a_cpu_per_process_polls_and_reports_its_busy_share():
     _check_coherent(r, spec)
     cl = r.client
     assert cl.polling is True
-    assert cl.cpu_util > 0.9, "a polling client stays on its CPU"
+    # a polling client is on its CPU whenever nobody else is: its own time and the foreign time fill the CPU
+    assert cl.cpu_util + r.interference.client_foreign >= 0.9, "a polling client stays on its CPU"
     # 2,000 msgs/s leave the client idle most of the time: busy, not CPU time, decides client_bound
     assert 0 < cl.busy_util < 0.5 and r.client_bound is False
     assert r.throughput.achieved_rate == pytest.approx(2000.0, rel=0.02)
+
+
+def test_an_open_loop_connection_with_nothing_to_send_is_not_starved():
+    # 30 msgs/s over 20 connections: most have no message in the 0.5 s window, and that is no starvation
+    spec = LoadSpec(server="selectors", mode="open", conns=20, size=64, rate=30.0, **SHORT)
+    r = run_load(spec)
+    _check_coherent(r, spec)
+    f = r.fairness
+    assert f.min == 0 and f.starved == 0 and f.max >= 1
 
 
 def test_connect_mode():
@@ -279,6 +300,14 @@ def test_coalescing_depth_messages_leave_in_one_write(make_server):
     # the first 8 messages of each connection went out as one write, so they arrive as one segment
     assert srv.first_recv[:2] == [8 * 64, 8 * 64]
     assert r.client.msgs_per_write >= 1.0
+
+
+def test_connections_never_answered_are_starved_whatever_the_timeout(make_server):
+    srv = make_server("blackhole")
+    r = run_load(LoadSpec(target=srv.address, conns=3, size=64, **SHORT))  # the 5 s timeout never fires
+    assert r.valid is False and r.errors.total == 0
+    assert r.invalid_reason == "starved: 3 of 3 connections completed no message"
+    assert r.fairness == Fairness(conns=3, min=0, median=0.0, max=0, jain=0.0, starved=3)
 
 
 def test_unanswered_messages_time_out_and_the_run_still_ends(make_server):

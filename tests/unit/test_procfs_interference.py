@@ -1,0 +1,117 @@
+"""The foreign-load arithmetic on synthetic /proc/stat counters, and fairness from the loop's counts.
+
+The counters are in clock ticks (``TICK_S``, 10 ms), as the load loop reads
+them; each case says what ran on the CPUs and checks what is made of it.
+"""
+
+import pytest
+
+from sockbench.bench.load.interference import interference, side_time
+from sockbench.bench.load.worker import ProcResult
+from sockbench.bench.schema import Fairness
+from sockbench.procfs import TICK_S
+from sockbench.thresholds import DISTURBED_SHARE
+
+T0 = 5_000_000_000
+
+
+def _edge(t_s, cpus):
+    """One ``cpu_stat`` edge: ``cpus`` is ``{cpu: {column: ticks}}``, the columns not named are 0."""
+    order = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    return {"t_ns": T0 + int(t_s * 1e9), "cpus": {c: [cols.get(k, 0) for k in order] for c, cols in cpus.items()}}
+
+
+def _window(elapsed_s, per_cpu):
+    """Two edges ``elapsed_s`` apart; ``per_cpu``: ``{cpu: {column: ticks in the window}}``."""
+    base = {c: {"user": 1000, "system": 500, "idle": 9000, "iowait": 10, "softirq": 70, "steal": 3} for c in per_cpu}
+    later = {c: {k: base[c].get(k, 0) + per_cpu[c].get(k, 0) for k in set(base[c]) | set(per_cpu[c])} for c in per_cpu}
+    return [_edge(0, base), _edge(elapsed_s, later)]
+
+
+def test_a_quiet_window_reads_no_foreign_load():
+    # 1 s; the server was busy 0.6 s on CPU 0 (softirq inside its runtime), the client 0.7 s on CPU 1
+    stat = _window(1.0, {0: {"system": 40, "softirq": 20, "idle": 40}, 1: {"user": 20, "system": 50, "idle": 30}})
+    i = interference(stat, server_cpus=(0,), client_cpus=(1,), server_s=0.6, load_procs=[((1,), 0.7)], loadavg_1m=0.3)
+    assert i.server_foreign == pytest.approx(0.0) and i.client_foreign == pytest.approx(0.0)
+    assert i.server_steal == 0 and i.client_steal == 0 and i.loadavg_1m == 0.3 and i.disturbed is False
+
+
+def test_a_hog_sharing_the_server_cpu_reads_its_share():
+    # CPU 0 never idle; the server ran 0.5 s of the second: the other 0.5 s was someone else's
+    stat = _window(1.0, {0: {"user": 60, "system": 40}, 1: {"system": 50, "idle": 50}})
+    i = interference(stat, server_cpus=(0,), client_cpus=(1,), server_s=0.5, load_procs=[((1,), 0.5)])
+    assert i.server_foreign == pytest.approx(0.5) and i.client_foreign == pytest.approx(0.0)
+    assert i.disturbed is True
+
+
+def test_the_threshold_is_a_share_of_one_cpu_beyond_the_counters_resolution():
+    # two client CPUs; foreign work just at the threshold is within the idle clock's rounding (a tick per CPU)
+    elapsed = 1.0
+    for foreign_s, disturbed in ((DISTURBED_SHARE * elapsed, False), (DISTURBED_SHARE * elapsed + 2 * TICK_S + 0.001, True)):
+        idle = round((1.0 - 0.4 - foreign_s / 2) / TICK_S, 6)
+        stat = _window(elapsed, {0: {"idle": 50}, 1: {"idle": idle}, 2: {"idle": idle}})
+        i = interference(stat, server_cpus=(0,), client_cpus=(1, 2), server_s=0.5,
+                         load_procs=[((1,), 0.4), ((2,), 0.4)])
+        assert i.client_foreign == pytest.approx(foreign_s / 2), foreign_s
+        assert i.disturbed is disturbed, foreign_s
+    st = side_time((1, 2), *_window(0.2, {1: {"idle": 20}, 2: {"idle": 20}}), own_s=0.0)
+    assert st.resolution_s == pytest.approx(2 * TICK_S) and st.elapsed_s == pytest.approx(0.2)
+
+
+def test_steal_is_reported_apart_and_disturbs():
+    # the hypervisor took 0.1 s of CPU 1: not idle, not ours, not a process's either
+    stat = _window(1.0, {0: {"system": 50, "idle": 50}, 1: {"system": 50, "idle": 40, "steal": 10}})
+    i = interference(stat, server_cpus=(0,), client_cpus=(1,), server_s=0.5, load_procs=[((1,), 0.5)])
+    assert i.client_steal == pytest.approx(0.1) and i.client_foreign == pytest.approx(0.0)
+    assert i.disturbed is True
+
+
+def test_interrupt_time_outside_the_tasks_is_the_runs_own_on_such_a_kernel():
+    # with irq time accounting the softirq time (0.2 s) is in no task's runtime
+    stat = _window(1.0, {0: {"system": 40, "softirq": 20, "idle": 40}, 1: {"system": 50, "idle": 50}})
+    kw = dict(server_cpus=(0,), client_cpus=(1,), server_s=0.4, load_procs=[((1,), 0.5)])
+    assert interference(stat, irq_is_own=True, **kw).server_foreign == pytest.approx(0.0)
+    assert interference(stat, irq_is_own=False, **kw).server_foreign == pytest.approx(0.2)
+
+
+def test_shared_cpus_read_their_union_and_target_runs_have_no_server_side():
+    stat = _window(1.0, {0: {"system": 90, "idle": 10}, 1: {"system": 100}})
+    # server and client on the same two CPUs: one figure for both
+    i = interference(stat, server_cpus=(0, 1), client_cpus=(0, 1), server_s=0.9, load_procs=[((0,), 0.5), ((1,), 0.4)])
+    assert i.server_foreign == i.client_foreign == pytest.approx((1.9 - 1.8) / 2)
+    # --target: the server's CPUs are unknown; the client's side is still measured
+    t = interference(stat, server_cpus=None, client_cpus=(1,), server_s=None, load_procs=[((1,), 0.7)])
+    assert t.server_foreign is None and t.server_steal is None and t.client_foreign == pytest.approx(0.3)
+    # the server's time unread: its side cannot be told
+    u = interference(stat, server_cpus=(0,), client_cpus=(1,), server_s=None, load_procs=[((1,), 1.0)])
+    assert u.server_foreign is None and u.client_foreign == pytest.approx(0.0)
+
+
+def test_missing_counters_give_no_figures():
+    stat = _window(1.0, {0: {"idle": 100}})
+    assert interference(None, (0,), (1,), 0.1, []) is None
+    assert interference([stat[0], None], (0,), (1,), 0.1, []) is None
+    # CPU 1's line is missing: the client side is unknown, the server side stands
+    i = interference(stat, server_cpus=(0,), client_cpus=(1,), server_s=0.0, load_procs=[])
+    assert i.client_foreign is None and i.server_foreign == pytest.approx(0.0)
+    assert side_time((1,), stat[0], stat[1], 0.0) is None
+
+
+def test_the_loops_counts_become_fairness_and_its_cpu_lines_survive_json():
+    rs = {"index": 0, "cpus": [1], "mode": 0, "msgs": 10, "rx_bytes": 0, "rx_wire_bytes": 0, "sent_window": 0,
+          "cycles": 0, "queued": 0, "writes": 0, "reads": 0, "errors": {}, "first_error_ns": None,
+          "first_error_kind": None, "ended_early": False, "alive_at_end": 3, "hdr1": None, "hdr1_sum_ns": 0,
+          "hdr2": None, "hdr2_sum_ns": 0, "ts_msgs": [], "ts_sent": None, "user_s": 0.0, "sys_s": 0.0,
+          "cpu_window_s": 0.0, "due": None, "polling": False, "idle_s": None, "server_cpu": None,
+          "cpu_stat": [{"t_ns": 1, "cpus": {"0": [1] * 8}}, {"t_ns": 2, "cpus": {"0": [2] * 8}}],
+          "conn_msgs": [6, 0, 4], "starved": 1}
+    r = ProcResult.from_json(rs)  # as it comes over the JSON pipe: CPU numbers as strings
+    assert r.cpu_stat[1]["cpus"] == {0: [2] * 8}
+    from sockbench.bench.load.harness import _fairness
+    from sockbench.bench.load.spec import LoadSpec
+
+    f = _fairness(LoadSpec(server="selectors", conns=3), [r])
+    assert f == Fairness(conns=3, min=0, median=4.0, max=6, jain=pytest.approx(100 / (3 * 52)), starved=1)
+    assert _fairness(LoadSpec(server="selectors", conns=3, mode="connect"), [r]) is None
+    # an open-loop connection with nothing asked of it completed nothing and is not starved: the loop says so
+    assert Fairness.of([6, 0, 4], starved=0).starved == 0 and Fairness.of([6, 0, 4]).starved == 1
