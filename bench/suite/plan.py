@@ -146,7 +146,7 @@ class Plan:
         if self.max_rounds < self.min_rounds:
             raise UsageError(f"--max-rounds ({self.max_rounds}) is below --min-rounds ({self.min_rounds})")
         if not 0 < self.ci < 1:
-            raise UsageError(f"--ci must be between 0 and 100%, not {self.ci:.1%}")
+            raise UsageError(f"--ci must be above 0% and below 100%, not {self.ci:.1%}")
         if self.remeasure < 0:
             raise UsageError("the re-measure count cannot be negative")
         if not self.cell_budget_s > 0:

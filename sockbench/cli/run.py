@@ -50,10 +50,10 @@ def add_run_arguments(p):
                    help="a cell stops when the 95%% interval of its median msgs/s (closed) or p99 (open) is within "
                         "this much of the median (default 3%%)")
     p.add_argument("--cell-budget", type=arg(parse_number, "--cell-budget", positive=True), metavar="S",
-                   help="the most seconds a cell spends on rounds past its minimum (default 30; --full: 60)")
+                   help="the most seconds a cell's rounds may take; its minimum rounds always run (default 30; --full: 60)")
     p.add_argument("--run-budget", type=arg(parse_number, "--run-budget"), metavar="S",
                    help="the most seconds the cells take together, shared out as the run goes (default 270, so the "
-                        "default run ends within 5 minutes; 0: no limit, the --full default)")
+                        "default run ends within 5 minutes; --quick: 40; 0: no limit, the --full default)")
     p.add_argument("--duration", type=arg(parse_number, "--duration", positive=True), metavar="S",
                    help="measured seconds per closed-loop round (default 0.3); open-loop rounds last at least this, and "
                         "long enough that one 4 ms scheduler hiccup cannot set their p99")
