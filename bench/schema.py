@@ -951,7 +951,11 @@ class LoadResult:
 
 @dataclass(frozen=True)
 class RoundSummary:
-    """One round's figures, as the suite lists them per cell in ``extra_info["per_round"]``."""
+    """One round's figures, as the suite lists them per cell in ``extra_info["per_round"]``.
+
+    ``interference`` and ``fairness`` are the round's own (None where not measured); ``disturbed`` and
+    ``starved`` are their verdicts.
+    """
 
     msgs_per_s: float | None
     bytes_per_s: float | None
@@ -967,6 +971,8 @@ class RoundSummary:
     client_bound: bool
     invalid_reason: str | None
     started_at: str | None
+    interference: Interference | None = None
+    fairness: Fairness | None = None
 
     @classmethod
     def of(cls, r):
@@ -986,7 +992,17 @@ class RoundSummary:
             client_bound=r.client_bound,
             invalid_reason=r.invalid_reason,
             started_at=r.started_at,
+            interference=r.interference,
+            fairness=r.fairness,
         )
+
+    @property
+    def disturbed(self):
+        return self.interference is not None and self.interference.disturbed
+
+    @property
+    def starved(self):
+        return self.fairness.starved if self.fairness is not None else 0
 
     def to_json(self):
         return {
@@ -1004,6 +1020,10 @@ class RoundSummary:
             "client_bound": self.client_bound,
             "invalid_reason": self.invalid_reason,
             "started_at": self.started_at,
+            "interference": self.interference.to_json() if self.interference is not None else None,
+            "fairness": self.fairness.to_json() if self.fairness is not None else None,
+            "disturbed": self.disturbed,
+            "starved": self.starved,
         }
 
 
@@ -1013,7 +1033,13 @@ class CellSummary:
 
     Throughput is the median over rounds with its standard deviation and
     spread (pyperf's rule makes a spread of 10% ``unstable``); latency comes
-    from the exact merge of the rounds' histograms.
+    from the exact merge of the rounds' histograms.  ``figure`` is what the
+    cell is judged on (msgs/s closed loop, p99 µs open loop): its median over
+    the ``rounds`` kept and the distribution-free interval of that median
+    (``figure_ci``, None when the rounds are too few for one, at
+    ``figure_ci_confidence``).  ``remeasured`` counts the rounds measured again
+    because they were disturbed, ``disturbed_rounds`` the kept rounds that
+    still were; ``starved`` is the most connections a round left unserved.
     """
 
     msgs_per_s_median: float
@@ -1033,6 +1059,14 @@ class CellSummary:
     client_bound: bool
     invalid_reasons: list
     flags: list
+    rounds: int = 0
+    remeasured: int = 0
+    figure: str = "msgs/s"
+    figure_median: float | None = None
+    figure_ci: tuple | None = None
+    figure_ci_confidence: float | None = None
+    disturbed_rounds: int = 0
+    starved: int = 0
 
     def to_json(self):
         return {
@@ -1054,4 +1088,12 @@ class CellSummary:
             "client_bound": self.client_bound,
             "invalid_reasons": list(self.invalid_reasons),
             "flags": list(self.flags),
+            "rounds": self.rounds,
+            "remeasured": self.remeasured,
+            "figure": self.figure,
+            "figure_median": self.figure_median,
+            "figure_ci": list(self.figure_ci) if self.figure_ci is not None else None,
+            "figure_ci_confidence": self.figure_ci_confidence,
+            "disturbed_rounds": self.disturbed_rounds,
+            "starved": self.starved,
         }

@@ -6,7 +6,12 @@ objects of the result schema (``sockbench.bench.schema``) and written with its
 ``to_json()``, as the suite writes a real run: real HdrHistogram-encoded latency
 histograms, per-interval time series with a warmup, and the ``CellContext``
 the suite attaches.  ``slowdown`` scales
-one server's throughput (and stretches its latency), to test ``compare``.
+one server's throughput (and stretches its latency), to test ``compare``;
+``disturbed`` marks a server's rounds as disturbed by foreign load (and, with
+``discarded``, leaves that many set-aside attempts per round in ``raw/``, as
+the suite does when it measures a disturbed round again).  Each cell has 6
+rounds (``rounds`` overrides), what a stable cell takes at the least: 6 is
+the fewest rounds with a 95% interval of a median.
 The default plan has the protocol section (raw, frame, json at 100 x 64 B x
 16): a framed message costs the server more CPU (``PROTO_COST_US``, user
 time), so its throughput is lower, as in a real run.
@@ -20,10 +25,10 @@ import statistics
 
 from hdrh.histogram import HdrHistogram
 
-from sockbench.bench.report.store import raw_name, write_json_atomic
+from sockbench.bench.report.store import discarded_name, raw_name, write_json_atomic
 from sockbench.bench.schema import (
-    ERROR_KINDS, CellContext, Client, CpuPerMsg, Errors, Latency, LoadResult, Machine, ServerProc, Throughput,
-    Timeseries, Workload,
+    ERROR_KINDS, CellContext, Client, CpuPerMsg, Errors, Fairness, Interference, Latency, LoadResult, Machine,
+    ServerProc, Throughput, Timeseries, Workload,
 )
 from sockbench.bench.suite.plan import Plan
 
@@ -56,7 +61,7 @@ def _size_factor(size):
     return 1.0 / (1.0 + size / 8192.0)
 
 
-def _result(rng, cell, round_no, index, plan, rate, slow, peak=None, raw_rate=None):
+def _result(rng, cell, round_no, index, plan, rate, slow, peak=None, raw_rate=None, disturbed=False):
     noise = 1.0 + rng.uniform(-0.02, 0.02)
     target = None
     if cell.mode == "closed":
@@ -117,14 +122,23 @@ def _result(rng, cell, round_no, index, plan, rate, slow, peak=None, raw_rate=No
         hdr=h.encode().decode("ascii"),
         machine=MACHINE,
         started_at=f"2026-11-24T02:00:{index % 60:02d}Z",
-        cell=CellContext.of(cell, round_no, plan.rounds, index, peak),
+        cell=CellContext.of(cell, round_no, None, index, peak),
+        interference=Interference(server_foreign=0.3 if disturbed else 0.002, client_foreign=0.001, server_steal=0.0,
+                                  client_steal=0.0, loadavg_1m=1.2 if disturbed else 0.1, disturbed=disturbed),
+        fairness=Fairness.of([int(msgs * plan.duration_s / cell.conns)] * cell.conns),
     )
 
 
-def make_results(path, servers=("selectors", "asyncio-protocol", "uvloop"), slowdown=None, seed=1, plan=None):
-    """Write a complete results folder at ``path``; ``slowdown={server: 0.2}`` makes that server 20% slower."""
+def make_results(path, servers=("selectors", "asyncio-protocol", "uvloop"), slowdown=None, seed=1, plan=None,
+                 rounds=None, disturbed=(), discarded=0):
+    """Write a complete results folder at ``path``; ``slowdown={server: 0.2}`` makes that server 20% slower.
+
+    ``disturbed`` servers' rounds say ``interference.disturbed``; each of their rounds also leaves
+    ``discarded`` set-aside attempts.
+    """
     rng = random.Random(seed)
     plan = plan or Plan(servers=tuple(servers), duration_s=1.0, warmup_s=0.2, interval_s=0.1)
+    rounds = rounds or max(plan.min_rounds, 6)
     slowdown = slowdown or {}
     os.makedirs(path, exist_ok=True)
     plan.save(os.path.join(path, "plan.json"))
@@ -142,7 +156,11 @@ def make_results(path, servers=("selectors", "asyncio-protocol", "uvloop"), slow
             # what the extra CPU per message allows, if the server is CPU-bound at the raw rate
             rate = 1e6 / (1e6 / rate + PROTO_COST_US[cell.protocol])
         peak = BASE_RATE.get(cell.server, 40000.0) * _size_factor(plan.open_size) * slow
-        for r in range(1, plan.rounds + 1):
-            res = _result(rng, cell, r, index, plan, rate, slow, peak, raw_rate)
+        bad = cell.server in disturbed
+        for r in range(1, rounds + 1):
+            for attempt in range(1, discarded + 1 if bad else 1):
+                res = _result(rng, cell, r, index, plan, rate, slow, peak, raw_rate, disturbed=True)
+                write_json_atomic(os.path.join(path, "raw", discarded_name(cell, r, attempt)), res.to_json())
+            res = _result(rng, cell, r, index, plan, rate, slow, peak, raw_rate, disturbed=bad)
             write_json_atomic(os.path.join(path, "raw", raw_name(cell, r)), res.to_json())
     return path

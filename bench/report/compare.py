@@ -1,15 +1,26 @@
-"""``sockbench compare A B``: is B slower or faster than A, cell by cell, and is it significant?
+"""``sockbench compare A B``: is B slower or faster than A, cell by cell, and can the rounds tell?
 
-Why it is built this way (after pyperf's ``compare_to``): a ratio of two
-medians alone cannot tell a regression from noise, so every (server,
-workload) present in both folders also gets a significance call over its
-rounds, with the Mann-Whitney U test: it assumes no distribution (round
-throughputs are not normal), and it is exact for the handful of rounds a
-benchmark has.  The exact p-value enumerates every split of the pooled rounds
-(mid-ranks for ties) when there are at most ``EXACT_LIMIT`` splits; beyond
-that, the normal approximation with tie and continuity corrections.  The test
-is one-sided in the direction the medians moved.  It is small enough to carry
-here instead of adding scipy as a dependency.
+Why it is built this way: a ratio of two medians alone cannot tell a change
+from noise, and a p-value alone cannot tell a change that matters from one
+that does not.  So every (server, workload) present in both folders gets the
+ratio B/A of its figure with a 95% confidence interval, and the verdict asks
+where the whole interval lies against the threshold t (``--fail-above``, 5%
+when not given):
+
+* ``slower`` / ``faster``: the whole interval lies beyond t (the change is
+  larger than t, whatever the noise);
+* ``same``: the whole interval lies within t (any change is smaller than t);
+* ``undecided (needs more rounds)``: the interval straddles t, or the rounds
+  are too few for any 95% interval (3 against 3 cannot give one).
+
+The interval is the Hodges-Lehmann interval of the ratio
+(``stats.ratio_interval``; why this one and not a bootstrap is said there):
+distribution-free, exact at its level, deterministic.  ``B/A`` in the table is
+the ratio of the two medians, the figure a reader recomputes by hand; the
+interval is around the Hodges-Lehmann estimate, which for a handful of
+rounds lies close to it.  ``tests/unit/test_compare_stats.py`` proves the
+verdicts on synthetic rounds: with no change and 5% noise, few cells are
+called changed; with a 20% change, nearly all are.
 
 A cell is a (server, workload) pair, and the workload includes the wire
 protocol: ``closed-64B-c100-d16-json`` is compared only with the same json
@@ -17,30 +28,34 @@ cell of the other run, never with raw.  A folder written before the protocol
 dimension existed reads as raw (its ids are the raw ids), so old baselines
 still compare.
 
-Each workload is judged on the figure that matters for it:
+Each workload is judged on the figure that matters for it
+(``CellStats.figures``): closed loop on throughput, msgs/s per round (higher
+is better); open loop on the p99 latency per round (lower is better), since
+the throughput of an open-loop run is the offered rate, not a measurement of
+the server.
 
-* closed loop: throughput, msgs/s per round (higher is better);
-* open loop: p99 latency per round (lower is better), since the throughput of
-  an open-loop run is the offered rate, not a measurement of the server.
-
-With 3 rounds against 3, the smallest one-sided p-value possible is 1/20 =
-0.05, so a change is significant at the default ``alpha`` of 0.05 only when
-every round of B is beyond every round of A.  Fewer rounds can never be
-significant, and the table says so.
-
-``--fail-above 5%`` turns the comparison into a CI guard: exit status 1 when
-any cell got significantly worse by more than that.
+A cell that was DISTURBED (foreign load on its CPUs that re-measuring did
+not escape) on either side is reported as such and never fails
+``--fail-above``: its figure measures the machine as much as the server.  An
+INVALID or STARVED cell is marked too.  ``--fail-above 5%`` turns the
+comparison into a CI guard: exit status 1 when any other cell is ``slower``
+by more than that.
 """
 
-import itertools
 import math
 
+from sockbench.bench.report.stats import CONFIDENCE, ratio_interval
 from sockbench.bench.report.store import load_results
 
-__all__ = ["mann_whitney_u", "compare", "render", "EXACT_LIMIT", "ALPHA"]
+__all__ = ["compare", "render", "verdict", "ALPHA", "DEFAULT_THRESHOLD", "UNDECIDED"]
 
-EXACT_LIMIT = 200_000
-ALPHA = 0.05
+#: 1 - the confidence of the interval (``--alpha``)
+ALPHA = round(1.0 - CONFIDENCE, 10)
+#: the threshold of the verdict when ``--fail-above`` is not given
+DEFAULT_THRESHOLD = 0.05
+UNDECIDED = "undecided (needs more rounds)"
+#: the flags that mark a cell's figure in the verdict column, in this order
+_MARKED = ("DISTURBED", "STARVED", "INVALID")
 
 #: what of the two machines is worth a note when it differs: (label, how to read it)
 _MACHINE_NOTES = (
@@ -52,67 +67,29 @@ _MACHINE_NOTES = (
 )
 
 
-def _midranks(values):
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    ties = []
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        rank = (i + j) / 2.0 + 1.0
-        for k in range(i, j + 1):
-            ranks[order[k]] = rank
-        ties.append(j - i + 1)
-        i = j + 1
-    return ranks, ties
+def _change(ratio, higher_is_better):
+    """A ratio B/A as a change: + better, - worse (a fraction)."""
+    if not math.isfinite(ratio):
+        return float("nan") if not math.isinf(ratio) else (math.inf if higher_is_better else -math.inf)
+    return ratio - 1.0 if higher_is_better else 1.0 - ratio
 
 
-def mann_whitney_u(a, b, alternative="less"):
-    """Mann-Whitney U of ``b`` against ``a``; returns ``(U_b, p, method)``.
+def verdict(interval, higher_is_better, threshold):
+    """The verdict on an interval of B/A: slower, faster, same, or undecided; and the interval as changes.
 
-    ``U_b`` counts the pairs where the b value is larger (ties count 1/2).
-    ``alternative="less"``: p-value of "b tends to be smaller than a";
-    ``"greater"``: "b tends to be larger".
+    Returns ``(verdict, (change_lo, change_hi))`` with changes as in ``_change`` (+ better, - worse).
     """
-    n1, n2 = len(a), len(b)
-    if n1 == 0 or n2 == 0:
-        return float("nan"), 1.0, "none"
-    pooled = list(a) + list(b)
-    ranks, ties = _midranks(pooled)
-    offset = n2 * (n2 + 1) / 2.0
-    u_obs = sum(ranks[n1:]) - offset
-    n = n1 + n2
-    if math.comb(n, n2) <= EXACT_LIMIT:
-        count = 0
-        total = 0
-        eps = 1e-9
-        for idx in itertools.combinations(range(n), n2):
-            u = sum(ranks[i] for i in idx) - offset
-            total += 1
-            if (alternative == "less" and u <= u_obs + eps) or (alternative == "greater" and u >= u_obs - eps):
-                count += 1
-        return u_obs, count / total, "exact"
-    mu = n1 * n2 / 2.0
-    tie_term = sum(t ** 3 - t for t in ties) / (n * (n - 1))
-    sigma = math.sqrt(n1 * n2 / 12.0 * ((n + 1) - tie_term))
-    if sigma == 0:
-        return u_obs, 1.0, "normal"
-    if alternative == "less":
-        z = (u_obs - mu + 0.5) / sigma
-    else:
-        z = (mu - u_obs + 0.5) / sigma
-    p = 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
-    return u_obs, min(1.0, p), "normal"
-
-
-def _metric(cellstats):
-    """(name, per-round values, higher_is_better) for one cell."""
-    if cellstats.cell.mode == "open":
-        vals = [float(r.latency_us.p99 or float("nan")) for r in cellstats.results]
-        return "p99 µs", [v for v in vals if math.isfinite(v)], False
-    return "msgs/s", [v for v in cellstats.msgs if math.isfinite(v)], True
+    ends = sorted((_change(interval.lo, higher_is_better), _change(interval.hi, higher_is_better)))
+    lo, hi = ends
+    if not interval.bounded:
+        return UNDECIDED, (lo, hi)
+    if hi < -threshold:
+        return "slower", (lo, hi)
+    if lo > threshold:
+        return "faster", (lo, hi)
+    if -threshold <= lo and hi <= threshold:
+        return "same", (lo, hi)
+    return UNDECIDED, (lo, hi)
 
 
 def _median(v):
@@ -123,50 +100,55 @@ def _median(v):
     return s[m] if len(s) % 2 else (s[m - 1] + s[m]) / 2.0
 
 
+def _marks(ca, cb):
+    """The flags of either side that mark the verdict: ``DISTURBED in B`` ..."""
+    out = []
+    for flag in _MARKED:
+        sides = [side for side, c in (("A", ca), ("B", cb)) if flag in c.flags()]
+        if sides:
+            out.append(f"{flag} in {' and '.join(sides)}")
+    return out
+
+
 def compare(a_path, b_path, alpha=ALPHA, fail_above=None):
     """Compare results folder B against A.
 
-    Returns ``{"rows": [...], "only_a": [...], "only_b": [...], "failed": [...]}``;
-    each row is a dict with server, workload (its id includes the protocol), protocol, metric, a, b, ratio (B/A of the
-    metric), change (+ better, - worse, as a fraction), p, verdict.
+    Returns ``{"rows": [...], "only_a": [...], "only_b": [...], "failed": [...], ...}``;
+    each row is a dict with server, workload (its id includes the protocol), protocol, metric, a, b (the
+    medians), n_a, n_b, ratio (B/A of the medians), estimate, ci (B/A: lo, hi), confidence, change (+ better,
+    - worse, as a fraction), change_ci, verdict (slower, faster, same, undecided), marks (["DISTURBED in B"...]),
+    disturbed (bool).  A row fails only when its verdict is slower by more than ``fail_above`` and neither
+    side was disturbed.
     """
     A = load_results(a_path)
     B = load_results(b_path)
+    threshold = DEFAULT_THRESHOLD if fail_above is None else fail_above
+    level = 1.0 - alpha
     rows, failed = [], []
     for key, ca in A.cells.items():
         cb = B.cells.get(key)
         if cb is None:
             continue
-        name, va, higher = _metric(ca)
-        _, vb, _ = _metric(cb)
+        higher = ca.higher_is_better
+        va, vb = ca.figures(), cb.figures()
         ma, mb = _median(va), _median(vb)
         ratio = mb / ma if ma > 0 else float("nan")
-        change = (ratio - 1.0) if higher else (1.0 - ratio)
-        b_worse = (mb < ma) if higher else (mb > ma)
-        alt = ("less" if b_worse else "greater") if higher else ("greater" if b_worse else "less")
-        _, p, method = mann_whitney_u(va, vb, alt)
-        min_p = 1.0 / math.comb(len(va) + len(vb), len(vb)) if va and vb else 1.0
-        if not math.isfinite(ratio) or mb == ma:
-            verdict = "same"
-        elif p <= alpha:
-            verdict = "slower" if b_worse else "faster"
-        elif min_p > alpha:
-            verdict = "too few rounds"
-        else:
-            verdict = "not significant"
-        if ca.invalid or cb.invalid:
-            verdict += " (INVALID run)"
+        iv = ratio_interval(va, vb, level)
+        v, change_ci = verdict(iv, higher, threshold)
+        marks = _marks(ca, cb)
+        disturbed = any(m.startswith("DISTURBED") for m in marks)
         row = {
-            "server": key[0], "workload": key[1], "protocol": ca.cell.protocol, "metric": name, "a": ma, "b": mb,
-            "n_a": len(va), "n_b": len(vb), "ratio": ratio, "change": change, "p": p,
-            "method": method, "verdict": verdict,
+            "server": key[0], "workload": key[1], "protocol": ca.cell.protocol, "metric": ca.figure_name,
+            "a": ma, "b": mb, "n_a": len(va), "n_b": len(vb), "ratio": ratio, "estimate": iv.estimate,
+            "ci": (iv.lo, iv.hi), "confidence": iv.confidence, "change": _change(ratio, higher),
+            "change_ci": change_ci, "verdict": v, "marks": marks, "disturbed": disturbed,
         }
         rows.append(row)
-        if fail_above is not None and verdict.startswith("slower") and -change > fail_above:
+        if fail_above is not None and v == "slower" and not disturbed:
             failed.append(row)
     notes = []
     pa, pb = A.meta.get("plan") or {}, B.meta.get("plan") or {}
-    for key in ("duration_s", "warmup_s", "rounds", "server_cpus", "client_cpus"):
+    for key in ("duration_s", "warmup_s", "rounds", "min_rounds", "max_rounds", "ci", "server_cpus", "client_cpus"):
         if key in pa and key in pb and pa[key] != pb[key]:
             notes.append(f"{key} differs: A {pa[key]}, B {pb[key]}")
     ma, mb = A.machine_record(), B.machine_record()
@@ -177,7 +159,7 @@ def compare(a_path, b_path, alpha=ALPHA, fail_above=None):
     only_a = [f"{s}:{w}" for (s, w) in A.cells if (s, w) not in B.cells]
     only_b = [f"{s}:{w}" for (s, w) in B.cells if (s, w) not in A.cells]
     return {"a": A.path, "b": B.path, "rows": rows, "only_a": only_a, "only_b": only_b, "notes": notes,
-            "failed": failed, "alpha": alpha, "fail_above": fail_above}
+            "failed": failed, "alpha": alpha, "fail_above": fail_above, "threshold": threshold}
 
 
 def _f(v):
@@ -186,35 +168,59 @@ def _f(v):
     return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
 
 
+def _pct(v):
+    return f"{v:+.1%}" if math.isfinite(v) else ("+inf" if v > 0 else "-inf") if math.isinf(v) else "n/a"
+
+
+def _ci_text(r):
+    lo, hi = r["change_ci"]
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"none ({r['n_a']}v{r['n_b']} rounds)"
+    return f"{_pct(lo)} .. {_pct(hi)}"
+
+
 def render(result, console=None):
     """Print the comparison as a rich table, then one summary line."""
     # deferred: rich is needed only to print, not by compare() (tests, CI scripts)
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console()
+    level = 1.0 - result["alpha"]
     t = Table(title=f"sockbench compare\nA = {result['a']}\nB = {result['b']}", box=None, show_edge=False)
-    for col in ("server", "workload", "metric", "A (median)", "B (median)", "B/A", "change", "p (MWU)", "verdict"):
+    for col in ("server", "workload", "metric", "A (median)", "B (median)", "B/A", "change",
+                f"{level:.0%} interval of the change", "verdict"):
         t.add_column(col, justify="left" if col in ("server", "workload", "metric", "verdict") else "right")
     for r in result["rows"]:
         v = r["verdict"]
-        style = "red" if v.startswith("slower") else "green" if v.startswith("faster") else ""
-        change = f"{r['change']:+.1%}" if math.isfinite(r["change"]) else "n/a"
-        t.add_row(r["server"], r["workload"], r["metric"], _f(r["a"]), _f(r["b"]),
-                  f"{r['ratio']:.3f}" if math.isfinite(r["ratio"]) else "n/a", change,
-                  f"{r['p']:.3f} ({r['n_a']}v{r['n_b']})", f"[{style}]{v}[/]" if style else v)
+        style = "" if r["marks"] else "red" if v == "slower" else "green" if v == "faster" else ""
+        text = v + (f" ({', '.join(r['marks'])})" if r["marks"] else "")
+        t.add_row(escape(r["server"]), escape(r["workload"]), r["metric"], _f(r["a"]), _f(r["b"]),
+                  f"{r['ratio']:.3f}" if math.isfinite(r["ratio"]) else "n/a", _pct(r["change"]),
+                  _ci_text(r), f"[{style}]{escape(text)}[/]" if style else escape(text))
     console.print(t)
     for label, items in (("only in A", result["only_a"]), ("only in B", result["only_b"])):
         if items:
-            console.print(f"{label} (not compared): {', '.join(items)}")
+            console.print(f"{label} (not compared): {', '.join(items)}", highlight=False)
     for note in result.get("notes", []):
-        console.print(f"[yellow]note[/]: {note} (the two runs were not made the same way)")
+        console.print(f"[yellow]note[/]: {escape(note)} (the two runs were not made the same way)")
+    counts = {}
+    for r in result["rows"]:
+        counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
     console.print(f"change: + is better, - is worse (msgs/s for closed loop, p99 latency for open loop); "
-                  f"significant: one-sided Mann-Whitney U p <= {result['alpha']}")
+                  f"the interval is the Hodges-Lehmann {level:.0%} interval of B/A; a verdict needs the whole interval "
+                  f"beyond {result['threshold']:.1%} (slower, faster) or within it (same)", highlight=False)
+    console.print("verdicts: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())), highlight=False)
+    disturbed = [r for r in result["rows"] if r["disturbed"]]
+    if disturbed:
+        console.print(f"[yellow]{len(disturbed)} cell(s) DISTURBED[/] (foreign load on the pinned CPUs): reported, "
+                      f"never failed")
     if result["fail_above"] is not None:
         if result["failed"]:
             worst = min(result["failed"], key=lambda r: r["change"])
-            console.print(f"[red bold]FAIL[/]: {len(result['failed'])} significant slowdown(s) above "
-                          f"{result['fail_above']:.1%}; worst {worst['server']} {worst['workload']} {worst['change']:+.1%}")
+            console.print(f"[red bold]FAIL[/]: {len(result['failed'])} cell(s) slower by more than "
+                          f"{result['fail_above']:.1%}; worst {escape(worst['server'])} {escape(worst['workload'])} "
+                          f"{worst['change']:+.1%}")
         else:
-            console.print(f"[green]OK[/]: no significant slowdown above {result['fail_above']:.1%}")
+            console.print(f"[green]OK[/]: no cell slower by more than {result['fail_above']:.1%}")

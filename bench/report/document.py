@@ -6,10 +6,15 @@ Ctrl-C, or on a folder copied from another machine.  The Markdown file is for
 reading in a repository (it links ``plots/*.png``); the HTML file is the one to
 share: one file, images inlined as base64, no network, no scripts.
 
-What a reader needs first comes first: the machine, the commit and the
-settings; then the warnings (invalid, client-bound, unstable runs), because a
-figure under a warning must not be quoted; then one table per workload with a
-row per server (a framed protocol's workload is a workload of its own); then,
+What a reader needs first comes first: the machine (with the tuning that
+decides how far its figures reproduce: isolated CPUs, the frequency
+governor, SMT, ASLR, the load average), the commit and the settings, with
+how many rounds the cells took and how many were measured again because
+foreign load disturbed them; then the warnings (invalid, starved, disturbed,
+client-bound, unstable runs), because a figure under a warning must not be
+quoted; then one table per workload with a row per server, each with its
+rounds and the 95% interval of its median (a framed protocol's workload is a
+workload of its own); then,
 when the run has a protocol section, what each protocol costs over ``raw`` in
 server CPU per message, per server, from the same run at the same workload
 (user+sys, and user alone: the interpreter's share, where the implementations
@@ -30,7 +35,7 @@ from sockbench.bench.report.render import to_html, to_markdown
 from sockbench.bench.report.store import load_results
 from sockbench.errors import SockbenchError
 from sockbench.procfs import TICK_S
-from sockbench.thresholds import UNSTABLE_SPREAD
+from sockbench.thresholds import DISTURBED_SHARE, UNSTABLE_SPREAD
 from sockbench.timestamps import iso_utc
 from sockbench.units import format_size
 
@@ -41,13 +46,19 @@ __all__ = [
 
 FLAG_HELP = {
     "INVALID": "a wrong echoed byte, a lost connection or another error made a round invalid: do not quote it",
+    "STARVED": "a connection completed no message in a round's window: the server left it unserved (the round is invalid)",
+    "DISTURBED": (f"other processes (or the hypervisor: steal) used {DISTURBED_SHARE:.0%} of a pinned CPU or more during a "
+                  f"round, and measuring it again did not escape them: the figure "
+                  "measures the machine as much as the server"),
     "CLIENT-BOUND": "the load client saturated its CPU: the figure measures the client, not the server",
     "UNSTABLE": f"the spread between rounds is {UNSTABLE_SPREAD:.0%} of the median or more (pyperf's rule): re-run on a quieter machine",
+    "WIDE-CI": "the cell's rounds ended (time budget or most rounds) before the 95% interval of its median was as narrow as asked: "
+               "quote it with its interval",
     "BEHIND": "open loop: the client fell behind its send schedule",
 }
 
 COLUMNS = [
-    "server", "msgs/s (median ± sd)", "MB/s", "p50 µs", "p99 µs", "p99.9 µs",
+    "server", "msgs/s (median ± sd)", "rounds", "95% interval", "MB/s", "p50 µs", "p99 µs", "p99.9 µs",
     "server CPU µs/msg", "RSS peak", "errors", "flags", "vs fastest",
 ]
 
@@ -141,9 +152,11 @@ def table_rows(results, workload_id):
     for c in cells:
         lat = c.latency_summary()
         flags = c.flags()
-        msgs = f"{_fmt(c.median)} ± {_fmt(c.stdev)} ({c.spread:.1%}, n={len(c.results)})"
+        msgs = f"{_fmt(c.median)} ± {_fmt(c.stdev)} ({c.spread:.1%})"
         if c.cell.mode == "open":
             msgs += f" of {_fmt(c.target_rate)} offered"
+        rounds = str(len(c.results)) + (f" ({c.remeasured} re-measured)" if c.remeasured else "")
+        interval = c.interval().text() + (" of p99" if c.cell.mode == "open" else "")
         errs = str(c.errors_total)
         kinds = {k: v for k, v in c.errors_by_kind.items() if v}
         if kinds:
@@ -153,7 +166,7 @@ def table_rows(results, workload_id):
             ratio = "1.00× (fastest)"
         cpu = c.cpu_us_per_msg
         rows.append(([
-            c.server, msgs, _fmt(c.mb_per_s), _fmt(lat.p50), _fmt(lat.p99), _fmt(lat.p999),
+            c.server, msgs, rounds, interval, _fmt(c.mb_per_s), _fmt(lat.p50), _fmt(lat.p99), _fmt(lat.p999),
             _fmt(cpu), _mib(c.rss_peak_bytes), errs, " ".join(flags) or "ok", ratio,
         ], flags, c))
     return rows
@@ -174,15 +187,75 @@ def _settings(results):
             out.append(("protocols", f"{', '.join(plan['protocols'])} at {format_size(plan.get('proto_size', 64))}, "
                                      f"{plan.get('proto_conns')} connections, depth {plan.get('proto_depth')}, closed loop; "
                                      f"servers: {', '.join(served)}"))
-        out.append(("each round", f"{plan.get('warmup_s')} s warmup (excluded) + {plan.get('duration_s')} s measured, "
-                                  f"{plan.get('interval_s')} s intervals; {plan.get('rounds')} rounds per cell"))
+        out.append(("each round", _round_setting(plan, results)))
+        out.append(("rounds per cell", _rounds_setting(plan)))
         out.append(("CPU pinning", f"server on CPU {plan.get('server_cpus')}, load client on CPU {plan.get('client_cpus')}"))
+    out.append(("rounds", _rounds_taken(results)))
     out.append(("machine", results.machine_record().line()))
+    tuning = _tuning(results.machine_record())
+    if tuning:
+        out.append(("machine tuning", tuning))
     out.append(("commit", results.commit()))
     out.append(("started", str(results.meta.get("started_at", "unknown"))))
     if results.meta.get("finished_at"):
         out.append(("finished", str(results.meta["finished_at"])))
     return out
+
+
+def _round_setting(plan, results):
+    durations = sorted({float(r.workload.duration_s) for c in results.cells.values() if c.cell.mode == "open"
+                        for r in c.results if r.workload.duration_s})
+    open_s = ""
+    if durations and durations != [plan.get("duration_s")]:
+        open_s = (f" (open loop: {', '.join(f'{d:g}' for d in durations)} s, long enough that one 4 ms scheduler "
+                  f"hiccup cannot set a p99)")
+    return (f"{plan.get('warmup_s')} s warmup (excluded) + {plan.get('duration_s')} s measured{open_s}, "
+            f"{plan.get('interval_s')} s intervals")
+
+
+def _rounds_setting(plan):
+    lo = plan.get("min_rounds", plan.get("rounds"))
+    hi = plan.get("max_rounds", lo)
+    if lo == hi:
+        return f"{lo} (fixed)"
+    budget = f"; the cells shared a run budget of {plan['run_budget_s']:g} s" if plan.get("run_budget_s") else ""
+    return (f"{lo} to {hi}: until the 95% interval of the median msgs/s (open loop: p99) is within "
+            f"±{float(plan.get('ci', 0)):.0%} of it, at most {plan.get('cell_budget_s'):g} s a cell{budget}; "
+            f"a disturbed round is measured again up to {plan.get('remeasure', 0)} times")
+
+
+def _rounds_taken(results):
+    cells = list(results.cells.values())
+    counts = [len(c.results) for c in cells]
+    again = sum(c.remeasured for c in cells)
+    attempts = sum(len(c.discarded) for c in cells)
+    kept = sum(c.disturbed_rounds for c in cells)
+    per = str(min(counts)) if min(counts) == max(counts) else f"{min(counts)}–{max(counts)}"
+    text = (f"{sum(counts)} in {len(cells)} cells ({per} per cell); "
+            f"{again} re-measured because foreign load disturbed them ({attempts} attempt{'s' if attempts != 1 else ''} "
+            f"set aside in raw/)")
+    if kept:
+        text += f"; {kept} kept disturbed (flagged DISTURBED)"
+    return text
+
+
+def _tuning(m):
+    """The machine's tuning as ``pyperf system show`` would judge it, in one line ("" when unrecorded)."""
+    parts = []
+    if m.isolcpus is not None:
+        parts.append(f"isolated CPUs {','.join(map(str, m.isolcpus)) or 'none'}")
+    if m.nohz_full is not None:
+        parts.append(f"nohz_full {','.join(map(str, m.nohz_full)) or 'none'}")
+    if m.governor:
+        gov = m.governor if isinstance(m.governor, str) else ", ".join(f"CPU {k}: {v}" for k, v in sorted(m.governor.items()))
+        parts.append(f"governor {gov}")
+    if m.smt is not None:
+        parts.append(f"SMT {'on' if m.smt else 'off'}")
+    if m.aslr:
+        parts.append(f"ASLR {m.aslr}")
+    if m.loadavg:
+        parts.append("load average " + " ".join(f"{x:.2f}" for x in m.loadavg))
+    return "; ".join(parts)
 
 
 def _speaks_framed(plan, server):
@@ -192,13 +265,25 @@ def _speaks_framed(plan, server):
 
 def _status_banner(results):
     status = results.meta.get("status")
-    done = len(results.results)
-    planned = results.meta.get("planned_runs")
     if status in ("interrupted", "failed", "running"):
         what = {"interrupted": "was interrupted", "failed": "failed", "running": "did not finish (still running, or killed)"}[status]
+        planned = results.meta.get("planned_cells")
+        if planned:
+            return (f"INCOMPLETE: this run {what}; {len(results.cells)} of {planned} cells were measured "
+                    f"({len(results.results)} rounds) and are reported below; the last one may have been cut short.")
+        done = len(results.results)
+        planned = results.meta.get("planned_runs")
         of = f" {done} of {planned}" if planned else f" {done}"
         return f"INCOMPLETE: this run {what};{of} load runs finished and are reported below."
     return None
+
+
+
+def _foreign(c):
+    server, client, steal = c.interference_summary()
+    parts = [f"{label} {v:.0%}" for label, v in (("server CPUs", server), ("client CPUs", client), ("steal", steal))
+             if v is not None and v > 0]
+    return f" (foreign load up to: {', '.join(parts)})" if parts else ""
 
 
 def _warnings(results):
@@ -208,6 +293,12 @@ def _warnings(results):
             detail = ""
             if f == "INVALID" and c.invalid_reasons:
                 detail = ": " + "; ".join(c.invalid_reasons)
+            elif f == "STARVED":
+                detail = f": up to {c.starved} of {c.cell.conns} connections completed no message in a round"
+            elif f == "DISTURBED":
+                detail = f": {c.disturbed_rounds} of {len(c.results)} rounds" + _foreign(c)
+            elif f == "WIDE-CI":
+                detail = f": interval {c.interval().text()} after {len(c.results)} rounds, asked ±{c.ci_target:.0%}"
             elif f == "UNSTABLE":
                 detail = f": spread {c.spread:.1%} over {len(c.results)} rounds"
             elif f == "CLIENT-BOUND":
@@ -216,7 +307,10 @@ def _warnings(results):
     return out
 
 
-RESULTS_NOTE = ("msgs/s is the median over rounds ± the standard deviation; latency percentiles come from the "
+RESULTS_NOTE = ("msgs/s is the median over rounds ± the standard deviation; ", Emph("rounds"), " counts the rounds "
+                "kept (and those measured again because foreign load disturbed them); ", Emph("95% interval"),
+                " is the distribution-free 95% confidence interval of the median msgs/s (open loop: of the median "
+                "p99), from the rounds' order statistics (none below 6 rounds); latency percentiles come from the "
                 "exact merge of every round's HDR histogram; server CPU is user+sys per message echoed; ",
                 Emph("vs fastest"), " is the ratio of msgs/s to the fastest valid server of the same workload "
                 "(in open loop each server is offered a share of its own peak, so there it compares "
@@ -234,8 +328,8 @@ def build_document(results, plots):
     if warns:
         doc.add(WarningList(tuple(warns)))
     else:
-        doc.add(Paragraph("None: every run was valid, no client was saturated, every spread is under "
-                          f"{UNSTABLE_SPREAD:.0%} of the median.", "good"))
+        doc.add(Paragraph("None: every run was valid and served every connection, no round was left disturbed, no client "
+                          f"was saturated, every spread is under {UNSTABLE_SPREAD:.0%} of the median.", "good"))
     doc.add(Heading(2, "Results by workload"), Paragraph(RESULTS_NOTE, "note"))
     for wid, cell in results.workloads().items():
         doc.add(Heading(3, cell.title()), _table(COLUMNS, table_rows(results, wid)))

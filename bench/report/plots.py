@@ -20,6 +20,11 @@ as such, never drawn empty.
 7. ``protocol_cost.png``        server CPU µs per message by protocol (raw, frame, json), user and sys stacked,
                                 with each framed protocol's cost over raw written on its bar
 
+A figure that must not be quoted as it stands says so where the eye looks
+for its server: a legend entry (or, in plot 7, a server's axis label) carries
+DISTURBED when one of the server's rounds drawn there was left disturbed by
+foreign load, and STARVED when one left a connection unserved.
+
 Plots 1-6 are about the closed-loop grid and the open-loop sweep, which speak
 raw with the grid's depth; the protocol section's cells (another depth, framed
 protocols) appear only in plot 7 and in their own tables.
@@ -76,6 +81,16 @@ def _log_axis(axis):
     axis.set_minor_formatter(matplotlib.ticker.FuncFormatter(minor))
 
 
+#: the flags a legend entry carries (the figure measures the machine, or not every connection)
+LEGEND_FLAGS = ("DISTURBED", "STARVED")
+
+
+def _label(server, cells):
+    """A server's legend entry: its name, and the ``LEGEND_FLAGS`` of any of its ``cells`` drawn there."""
+    flags = [f for f in LEGEND_FLAGS if any(c.server == server and f in c.flags() for c in cells)]
+    return f"{server} ({' '.join(flags)})" if flags else server
+
+
 def _colors(servers):
     cmap = plt.get_cmap("tab10")
     return {s: cmap(i % 10) for i, s in enumerate(servers)}
@@ -104,7 +119,7 @@ def _open(results):
 
 def _rounds_note(cells):
     n = sorted({len(c.results) for c in cells})
-    txt = "/".join(str(x) for x in n)
+    txt = str(n[0]) if len(n) == 1 else f"{n[0]}-{n[-1]}"
     return f"{txt} round{'s' if n != [1] else ''} per point"
 
 
@@ -133,7 +148,7 @@ def plot_throughput_vs_conns(results, path, colors):
             y = [c.median for c in pts]
             lo = [min(c.msgs) for c in pts]
             hi = [max(c.msgs) for c in pts]
-            ax.plot(x, y, marker="o", color=colors[server], label=server)
+            ax.plot(x, y, marker="o", color=colors[server], label=_label(server, closed))
             ax.fill_between(x, lo, hi, color=colors[server], alpha=0.18, linewidth=0)
         ax.set_title(f"{format_size(size)} messages")
         ax.set_xlabel("concurrent connections")
@@ -155,7 +170,7 @@ def plot_throughput_vs_conns(results, path, colors):
     return None
 
 
-def _grouped_bars(ax, groups, servers, colors, value_of, err_of, label_fmt):
+def _grouped_bars(ax, groups, servers, colors, value_of, err_of, label_fmt, labels=None):
     n = max(1, len(servers))
     width = 0.8 / n
     xs = np.arange(len(groups))
@@ -168,7 +183,7 @@ def _grouped_bars(ax, groups, servers, colors, value_of, err_of, label_fmt):
             lo.append(max(0.0, v - e[0]) if v is not None else 0.0)
             hi.append(max(0.0, e[1] - v) if v is not None else 0.0)
         pos = xs - 0.4 + width * (i + 0.5)
-        bars = ax.bar(pos, vals, width * 0.92, color=colors[server], label=server,
+        bars = ax.bar(pos, vals, width * 0.92, color=colors[server], label=(labels or {}).get(server, server),
                       yerr=[lo, hi], capsize=3, error_kw={"elinewidth": 1, "ecolor": "0.2"})
         for b, v, up in zip(bars, vals, hi):
             if v is not None and math.isfinite(v):
@@ -196,7 +211,7 @@ def _bars_by_size(results, path, colors, cells, value, rounds, ylabel, title, no
         r = rounds(c) if c else []
         return (min(r), max(r)) if r else (0, 0)
 
-    _grouped_bars(ax, sizes, servers, colors, val, err, si)
+    _grouped_bars(ax, sizes, servers, colors, val, err, si, {s: _label(s, cells) for s in servers})
     ax.set_xticklabels([f"{format_size(s)} messages" for s in sizes])
     ax.set_ylabel(ylabel)
     ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: si(v)))
@@ -230,7 +245,7 @@ def _spectrum(ax, cells, colors):
         xs = np.logspace(0, math.log10(xmax), 160)
         pct = 100.0 * (1.0 - 1.0 / xs)
         ys = [max(1e-3, c.percentile_us(p)) for p in pct]
-        ax.plot(xs, ys, color=colors[c.server], label=f"{c.server} (n={si(count)})")
+        ax.plot(xs, ys, color=colors[c.server], label=f"{_label(c.server, [c])}, n={si(count)}")
         drawn += 1
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -289,7 +304,7 @@ def plot_latency_vs_load(results, path, colors):
             pts = sorted((c for c in opens if c.server == server), key=lambda c: c.cell.load_pct)
             x = [c.target_rate if c.target_rate > 0 else c.achieved_rate for c in pts]
             y = [figure(c.latency_summary()) for c in pts]
-            ax.plot(x, y, marker="o", color=colors[server], label=server)
+            ax.plot(x, y, marker="o", color=colors[server], label=_label(server, pts))
             for c, xi, yi in zip(pts, x, y):
                 ax.annotate(f"{c.cell.load_pct}%", (xi, yi), xytext=(3, 4), textcoords="offset points",
                             fontsize=6, color=colors[server])
@@ -349,7 +364,7 @@ def plot_run_chart(results, path, colors):
         t = np.arange(len(msgs) + 1) * iv
         y = np.asarray(list(msgs) + [msgs[-1]], dtype=float) / iv
         ax.step(t, y, where="post", color=colors[c.server],
-                label=f"{c.server} (round {idx + 1} of {len(c.results)})")
+                label=f"{_label(c.server, [c])}, round {idx + 1} of {len(c.results)}")
         warm_end = max(warm_end, int(ts.warmup_intervals or 0) * iv)
         drawn += 1
     if not drawn:
@@ -418,7 +433,8 @@ def plot_protocol_cost(results, path, colors):
             ax.annotate(text, (x, top + up), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
                         fontsize=6.5, linespacing=0.95)
     ax.set_xticks(xs)
-    ax.set_xticklabels(servers, rotation=20 if len(servers) > 4 else 0, ha="right" if len(servers) > 4 else "center")
+    ax.set_xticklabels([_label(s, list(cells.values())) for s in servers], rotation=20 if len(servers) > 4 else 0,
+                       ha="right" if len(servers) > 4 else "center")
     ax.set_ylabel("server CPU per message (µs, user + sys)")
     ax.set_ylim(0, ymax * 1.14 if ymax > 0 else 1.0)  # room for the two-line labels
     ax.grid(True, axis="y", alpha=0.3)

@@ -1,4 +1,5 @@
-"""The statistics of one cell: its rounds summarised for tables, plots and ``compare``.
+"""The statistics of one cell: its rounds summarised for tables, plots and ``compare``, and the intervals that
+say how far a figure can be trusted.
 
 Why it is built this way: latency percentiles of a cell come from the exact
 merge of its rounds' HDR histograms (``merged_hdr``), never from an average of
@@ -9,9 +10,38 @@ marks the cell *unstable*.  The rounds are ``LoadResult`` objects
 (``sockbench.bench.schema``), so every figure here reads a typed field; a
 figure a round lacks counts as 0 (or is left out, for the CPU per message)
 rather than failing the report of a damaged folder.
+
+Each cell is judged on one figure per round (``CellStats.figure``): msgs/s in
+closed loop (higher is better), the p99 latency in open loop (lower is
+better: an open loop's throughput is the rate it was offered).  Two intervals
+use it, both distribution-free, because a handful of rounds of a server
+benchmark are neither normal nor symmetric (a hiccup only ever lowers a
+throughput or raises a p99):
+
+* ``median_interval``: the confidence interval of one cell's median from its
+  order statistics, ``[x(k), x(n+1-k)]``, whose confidence
+  ``1 - 2 P(Binomial(n, 1/2) < k)`` is exact for any continuous distribution.
+  The suite runs rounds until it is narrow enough.  Five rounds cannot give
+  95% this way (their widest interval, min-max, covers the median with
+  93.75%), so a cell reaches a 95% interval at its sixth round at the
+  earliest; from the ninth round on the interval leaves out the lowest and the
+  highest round, so one bad round no longer widens it.
+* ``ratio_interval``: the Hodges-Lehmann estimate of the ratio B/A of two
+  cells and its distribution-free interval, for ``compare``: on log values a
+  ratio is a shift, and the interval is the pair of order statistics of the
+  n*m pairwise log differences that the exact null distribution of the
+  Mann-Whitney U statistic picks (Hollander & Wolfe).  It was chosen over a
+  bootstrap of the ratio of medians because with 5 rounds a side a bootstrap
+  median takes only a few values and its percentile interval covers less than
+  it claims, while this one keeps its level exactly, needs no random seed
+  (the same two folders always give the same verdict), and says plainly when
+  the rounds are too few for any interval at that level: 3 rounds against 3
+  cannot give 95% (the smallest two-sided level they allow is 90%), so such a
+  comparison is "undecided", never "significant".
 """
 
 import base64
+import functools
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -21,7 +51,13 @@ from hdrh.histogram import HdrHistogram
 from sockbench.bench.schema import Cell, CellSummary, MergedLatency
 from sockbench.thresholds import UNSTABLE_SPREAD
 
-__all__ = ["CellStats", "decode_hdr", "merged_hdr", "UNSTABLE_SPREAD"]
+__all__ = [
+    "CellStats", "decode_hdr", "merged_hdr", "UNSTABLE_SPREAD", "CONFIDENCE", "median_interval", "ratio_interval",
+    "ratio_intervals", "Interval", "RatioInterval",
+]
+
+#: the confidence of every interval the suite, the report and compare show
+CONFIDENCE = 0.95
 
 
 def decode_hdr(text):
@@ -53,6 +89,152 @@ def merged_hdr(results):
     return total
 
 
+@dataclass(frozen=True)
+class Interval:
+    """A confidence interval ``lo``..``hi`` of the ``median`` of ``n`` rounds, at ``confidence``.
+
+    Unbounded (``lo`` -inf, ``hi`` inf, ``confidence`` 1) when ``n`` rounds are too few for the level asked.
+    """
+
+    median: float
+    lo: float
+    hi: float
+    confidence: float
+    n: int
+
+    @property
+    def bounded(self):
+        return math.isfinite(self.lo) and math.isfinite(self.hi)
+
+    @property
+    def half_width(self):
+        """The interval's larger distance from the median, as a fraction of the median (inf when unbounded)."""
+        if not self.bounded or not (self.median > 0):
+            return float("inf")
+        return max(self.median - self.lo, self.hi - self.median) / self.median
+
+    def text(self):
+        """``±1.4%`` (or ``-0.8% / +2.1%`` when lopsided); ``none yet (n=5)`` when unbounded."""
+        if not self.bounded or not (self.median > 0):
+            return f"none yet (n={self.n})"
+        down, up = (self.median - self.lo) / self.median, (self.hi - self.median) / self.median
+        if abs(down - up) < 0.0005:
+            return f"±{up:.1%}"
+        return f"-{down:.1%} / +{up:.1%}"
+
+
+def _binomial_tail(n, k):
+    """P(Binomial(n, 1/2) <= k)."""
+    return sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+
+
+def median_interval(values, level=CONFIDENCE):
+    """The distribution-free interval of the median of ``values`` at ``level`` or above (an ``Interval``).
+
+    The narrowest pair of order statistics ``x(k), x(n+1-k)`` whose exact
+    confidence ``1 - 2 P(Binomial(n, 1/2) <= k-1)`` is at least ``level``.
+    """
+    x = sorted(float(v) for v in values if v is not None and math.isfinite(v))
+    n = len(x)
+    med = statistics.median(x) if x else float("nan")
+    k, conf = 0, 1.0
+    for cand in range(1, n // 2 + 1):
+        c = 1.0 - 2.0 * _binomial_tail(n, cand - 1)
+        if c < level:
+            break
+        k, conf = cand, c
+    if k == 0:
+        return Interval(med, float("-inf"), float("inf"), 1.0, n)
+    return Interval(med, x[k - 1], x[n - k], conf, n)
+
+
+#: above this many pairs, the Mann-Whitney null distribution is taken as normal (exact below: a few ms)
+EXACT_PAIRS = 3600
+
+
+@functools.lru_cache(maxsize=256)
+def _u_null_counts(n, m):
+    """How many of the C(n+m, n) rank splits give each U = 0..n*m: the Gaussian binomial [n+m choose n]_q."""
+    top = n * m
+    c = [1] + [0] * top
+    for i in range(1, n + 1):
+        k = m + i
+        for u in range(top, k - 1, -1):  # times (1 - q^(m+i))
+            c[u] -= c[u - k]
+        for u in range(i, top + 1):  # over (1 - q^i), as a power series
+            c[u] += c[u - i]
+    return tuple(c)
+
+
+@functools.lru_cache(maxsize=256)
+def _hl_rank(n, m, level):
+    """``(k, confidence)``: the interval is the k-th smallest and k-th largest of the n*m pairwise differences.
+
+    k is the largest with ``P(U <= k-1) <= (1 - level) / 2`` under the null distribution of the
+    Mann-Whitney U statistic; 0 when no such k exists (too few rounds for ``level``).
+    """
+    alpha2 = (1.0 - level) / 2.0
+    if n * m <= EXACT_PAIRS:
+        counts = _u_null_counts(n, m)
+        total = math.comb(n + m, n)
+        k, cum = 0, 0
+        for c in counts:
+            if (cum + c) / total > alpha2:
+                break
+            cum += c
+            k += 1
+        return k, 1.0 - 2.0 * cum / total
+    # the normal approximation (with continuity correction) of U's distribution
+    z = statistics.NormalDist().inv_cdf(1.0 - alpha2)
+    k = int(math.floor(n * m / 2.0 - z * math.sqrt(n * m * (n + m + 1) / 12.0) - 0.5)) + 1
+    return max(0, k), level
+
+
+@dataclass(frozen=True)
+class RatioInterval:
+    """The Hodges-Lehmann estimate of B/A and its interval (0..inf when the rounds are too few), from n_a v n_b rounds."""
+
+    estimate: float
+    lo: float
+    hi: float
+    confidence: float
+    n_a: int
+    n_b: int
+
+    @property
+    def bounded(self):
+        return self.lo > 0 and math.isfinite(self.hi)
+
+
+def ratio_intervals(a, b, level=CONFIDENCE):
+    """``ratio_interval`` for many comparisons at once: ``a`` (S, n) and ``b`` (S, m), positive values.
+
+    Returns ``(estimate, lo, hi, confidence)``: three arrays of S ratios B/A and the interval's exact level.
+    """
+    import numpy as np  # deferred: numpy is only needed when intervals are computed
+
+    la = np.log(np.asarray(a, dtype=float))
+    lb = np.log(np.asarray(b, dtype=float))
+    s, n = la.shape
+    m = lb.shape[1]
+    diffs = np.sort((lb[:, None, :] - la[:, :, None]).reshape(s, n * m), axis=1)
+    estimate = np.exp(np.median(diffs, axis=1))
+    k, conf = _hl_rank(n, m, level)
+    if k == 0:
+        return estimate, np.zeros(s), np.full(s, np.inf), 1.0
+    return estimate, np.exp(diffs[:, k - 1]), np.exp(diffs[:, n * m - k]), conf
+
+
+def ratio_interval(a, b, level=CONFIDENCE):
+    """B/A of two sets of rounds (positive figures): the Hodges-Lehmann estimate and its interval."""
+    va = [float(v) for v in a if v is not None and math.isfinite(v) and v > 0]
+    vb = [float(v) for v in b if v is not None and math.isfinite(v) and v > 0]
+    if not va or not vb:
+        return RatioInterval(float("nan"), 0.0, float("inf"), 1.0, len(va), len(vb))
+    est, lo, hi, conf = ratio_intervals([va], [vb], level)
+    return RatioInterval(float(est[0]), float(lo[0]), float(hi[0]), float(conf), len(va), len(vb))
+
+
 def _num(x, default=0.0):
     try:
         v = float(x)
@@ -74,6 +256,10 @@ class CellStats:
 
     cell: Cell
     results: list = field(default_factory=list)
+    #: the attempts set aside because they were disturbed, and measured again (not rounds)
+    discarded: list = field(default_factory=list)
+    #: the interval half-width the rounds ran to reach (the plan's ``ci``), when they ran until stable
+    ci_target: float | None = None
     _hdr: object = field(default=None, repr=False, compare=False)
     _lat: object = field(default=None, repr=False, compare=False)
     _cdf: object = field(default=None, repr=False, compare=False)
@@ -296,21 +482,94 @@ class CellStats:
         """Open loop: did the client fall behind its schedule in any round?"""
         return any(bool(r.throughput.behind) for r in self.results)
 
+    # --- the figure a cell is judged on, and its interval --------------------------------
+    @property
+    def figure_name(self):
+        """What a round of this cell is judged on: msgs/s (closed loop) or its p99 latency (open loop)."""
+        return "p99 µs" if self.cell.mode == "open" else "msgs/s"
+
+    @property
+    def higher_is_better(self):
+        return self.cell.mode != "open"
+
+    def figures(self):
+        """The judged figure of every round that has one (msgs/s, or p99 µs in open loop)."""
+        if self.cell.mode == "open":
+            vals = [r.latency_us.p99 for r in self.results]
+        else:
+            vals = [r.throughput.msgs_per_s for r in self.results]
+        return [float(v) for v in vals if v is not None and math.isfinite(v)]
+
+    def interval(self, level=CONFIDENCE):
+        """The distribution-free interval of the median of ``figures()`` (``median_interval``)."""
+        return median_interval(self.figures(), level)
+
+    @property
+    def wide(self):
+        """The rounds ran until stable but stopped (budget, max rounds) with the interval still wider than the target."""
+        return self.ci_target is not None and bool(self.results) and self.interval().half_width > self.ci_target
+
+    # --- the machine and the connections ----------------------------------------------
+    @property
+    def remeasured(self):
+        """How many rounds were measured again because they were disturbed."""
+        return len({r.round_no for r in self.discarded})
+
+    @property
+    def disturbed_rounds(self):
+        """Kept rounds that were disturbed (foreign load on their CPUs that measuring again did not escape)."""
+        return sum(1 for r in self.results if r.disturbed)
+
+    @property
+    def disturbed(self):
+        return self.disturbed_rounds > 0
+
+    @property
+    def starved(self):
+        """The most connections any round left with no message completed in its window."""
+        return max((r.starved for r in self.results), default=0)
+
+    def interference_summary(self):
+        """``(server foreign, client foreign, steal)``: the worst share over the kept rounds (None when unmeasured)."""
+        def worst(get):
+            vals = [get(r.interference) for r in self.results if r.interference is not None]
+            vals = [v for v in vals if v is not None]
+            return max(vals) if vals else None
+
+        steal = [worst(lambda i: i.server_steal), worst(lambda i: i.client_steal)]
+        steal = [v for v in steal if v is not None]
+        return worst(lambda i: i.server_foreign), worst(lambda i: i.client_foreign), (max(steal) if steal else None)
+
     def flags(self):
         out = []
         if self.invalid:
             out.append("INVALID")
+        if self.starved:
+            out.append("STARVED")
+        if self.disturbed:
+            out.append("DISTURBED")
         if self.client_bound:
             out.append("CLIENT-BOUND")
         if self.unstable:
             out.append("UNSTABLE")
+        if self.wide:
+            out.append("WIDE-CI")
         if self.cell.mode == "open" and self.behind:
             out.append("BEHIND")
         return out
 
     def summary(self):
         """The cell over all its rounds as a ``CellSummary`` (what the suite puts into ``extra_info``)."""
+        iv = self.interval()
         return CellSummary(
+            rounds=len(self.results),
+            remeasured=self.remeasured,
+            figure=self.figure_name,
+            figure_median=iv.median,
+            figure_ci=(iv.lo, iv.hi) if iv.bounded else None,
+            figure_ci_confidence=iv.confidence if iv.bounded else None,
+            disturbed_rounds=self.disturbed_rounds,
+            starved=self.starved,
             msgs_per_s_median=self.median,
             msgs_per_s_stdev=self.stdev,
             spread=self.spread,

@@ -13,17 +13,25 @@ result; the rounds are grouped by the ``Cell`` each result says it is a round
 of, in the order the suite ran them.  The statistics of a cell (medians,
 spread, the exact merge of its histograms) are ``stats.CellStats``.
 
+A round that was disturbed (foreign load on its CPUs) and measured again
+leaves its set-aside attempts in ``raw/`` too, under ``discarded_name``
+(``...__r<k>__disturbed<a>.json``): nothing measured is lost, but they are
+not rounds.  They are read into ``CellStats.discarded``, so the report can
+say how many rounds were measured again.
+
 Layout of a results folder::
 
     DIR/meta.json                 machine, commit, plan, status (optional)
     DIR/plan.json                 the matrix the run was asked for (optional)
-    DIR/raw/<server>__<workload>__r<k>.json    one schema-1 result per round
+    DIR/raw/<server>__<workload>__r<k>.json    one result per round (schema 1 or 2)
+    DIR/raw/<server>__<workload>__r<k>__disturbed<a>.json    attempt a of round k, set aside
 """
 
 import glob
 import json
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 from sockbench.bench.report.stats import UNSTABLE_SPREAD, CellStats, decode_hdr, merged_hdr
 from sockbench.bench.schema import LoadResult, Machine
@@ -38,6 +46,8 @@ __all__ = [
     "load_results",
     "write_json_atomic",
     "raw_name",
+    "discarded_name",
+    "is_discarded",
     "decode_hdr",
     "merged_hdr",
     "machine_line",
@@ -47,8 +57,22 @@ RAW_DIR = "raw"
 _PROTO_ORDER = {"raw": 0, "frame": 1, "json": 2}
 
 
+#: the file name of a set-aside attempt (``discarded_name``)
+_DISCARDED_RE = re.compile(r"__r\d+__disturbed\d+\.json$")
+
+
 def raw_name(cell, round_no):
     return f"{cell.server}__{cell.workload_id}__r{round_no}.json"
+
+
+def is_discarded(fname):
+    """True when a file of raw/ is an attempt set aside (``discarded_name``), not a round."""
+    return bool(_DISCARDED_RE.search(os.path.basename(fname)))
+
+
+def discarded_name(cell, round_no, attempt):
+    """The name in raw/ of attempt ``attempt`` of round ``round_no``, set aside because it was disturbed."""
+    return f"{cell.server}__{cell.workload_id}__r{round_no}__disturbed{attempt}.json"
 
 
 @dataclass
@@ -58,6 +82,8 @@ class Results:
     path: str
     meta: dict
     cells: dict  # (server, workload_id) -> CellStats, in run order; workload_id carries the protocol
+    #: every attempt set aside because it was disturbed (those of a cell with no round are here only)
+    discarded: list = field(default_factory=list)
 
     @property
     def results(self):
@@ -184,21 +210,43 @@ def load_results(path):
         )
     cells = {}
     order = []
+    discarded = []
+    target = _ci_target(meta)
     for fname in files:
         r = LoadResult.from_json(_read_json(fname, "the result"), fname)
+        if is_discarded(fname):
+            discarded.append(r)
+            continue
         cell = r.identity()
         key = (cell.server, cell.workload_id)
         if key not in cells:
-            cells[key] = CellStats(cell)
+            cells[key] = CellStats(cell, ci_target=target)
             order.append((_run_order(r), key))
         cells[key].results.append(r)
+    if not cells:
+        raise SockbenchError(f"{path} holds no rounds, only {len(discarded)} attempt(s) set aside as disturbed")
+    for r in discarded:
+        cell = r.identity()
+        if (cell.server, cell.workload_id) in cells:
+            cells[(cell.server, cell.workload_id)].discarded.append(r)
     # run order: the order the suite ran them, from each cell's first start time
     ordered = {}
     for _, key in sorted(order, key=lambda t: t[0]):
         cs = cells[key]
         cs.results.sort(key=lambda r: r.round_no)
         ordered[key] = cs
-    return Results(os.path.abspath(path), meta, ordered)
+    return Results(os.path.abspath(path), meta, ordered, discarded)
+
+
+def _ci_target(meta):
+    """The plan's ``ci`` when its cells ran rounds until stable (``min_rounds < max_rounds``), else None."""
+    plan = meta.get("plan") if isinstance(meta.get("plan"), dict) else {}
+    try:
+        if int(plan.get("min_rounds", 0)) < int(plan.get("max_rounds", 0)) and plan.get("ci"):
+            return float(plan["ci"])
+    except (TypeError, ValueError):
+        return None
+    return None
 
 
 def _run_order(r):

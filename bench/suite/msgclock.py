@@ -5,7 +5,9 @@ the suite is one fixed-duration load run, so its wall time is the same for
 every server and says nothing.  The suite therefore gives the benchmark
 fixture this clock (``@pytest.mark.benchmark(timer=msgclock.clock)``, the
 plugin's documented per-test timer option).  It only moves when the suite
-calls ``advance`` at the end of a round, by the figure that round measured:
+hands a measured round to the plugin (``advance``), by the figure that round
+measured, so it does not matter that a cell's rounds are measured before the
+plugin is given them (``test_echo_bench``: their number is known only then):
 
 * closed loop: the seconds per message, ``1 / msgs_per_s``.  pytest-benchmark's
   ``ops`` column is then msgs/s, and ``pytest-benchmark compare`` compares

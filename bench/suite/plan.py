@@ -1,23 +1,56 @@
-"""The workload matrix of a benchmark run: which cells, in which order, for how long.
+"""The workload matrix of a benchmark run: which cells, in which order, how many rounds, for how long.
 
 Why it is built this way: ``sockbench run`` (the parent, which draws the
 progress display) and the pytest-benchmark suite (the child, which runs the
-load) must agree on exactly the same list of cells.  The parent writes one
-``Plan`` to ``plan.json`` in the results folder and hands its path to the
-suite through ``SOCKBENCH_PLAN``; both sides call ``Plan.cells()`` on it, so
-the count behind "done/total" is the count the suite really runs.
+load) must agree on exactly the same list of cells and the same rules.  The
+parent writes one ``Plan`` to ``plan.json`` in the results folder and hands
+its path to the suite through ``SOCKBENCH_PLAN``; both sides call
+``Plan.cells()`` on it, so the count behind "done/total" is the count the
+suite really runs.
 
 Cells run server by server: first the closed-loop grid (sizes x connections),
 then the open-loop sweep at fractions of the peak that the same server has
 just reached in its closed-loop cells (``peak_size``), so no separate
 calibration run is needed unless those cells were filtered out; last the
-protocol section: one closed-loop workload (by default 100 connections x 64 B
-x 16 in flight, issue 6's) in every protocol the plan names and the server
-speaks (``speaks``, from the registry), ``raw`` included, so the report can
-subtract the raw cost from the framed ones measured in the same run.  A
-protocol cell whose workload is already in the grid (``--quick``: 64 B, 10
-connections, depth 1) reuses the grid's cell instead of running it twice.
-A server that speaks no framed protocol gets no protocol section.
+protocol section: one closed-loop workload in every protocol the plan names
+and the server speaks (``speaks``, from the registry), ``raw`` included, so
+the report can subtract the raw cost from the framed ones measured in the
+same run.  A protocol cell whose workload is already in the grid reuses the
+grid's cell instead of running it twice.  A server that speaks no framed
+protocol gets no protocol section.
+
+Rounds: a cell runs rounds until the 95% interval of the median of its
+figure (msgs/s closed, p99 open: ``CellStats.figures``) lies within ``ci``
+(±3%) of the median, with at least ``min_rounds`` and at most ``max_rounds``,
+and no longer than its time budget: ``cell_budget_s``, and, when the plan has
+a ``run_budget_s``, its share of the time left (``cell_share_s``).  How long a
+round lasts is chosen so that one scheduler hiccup cannot make the figure:
+
+* closed loop, ``duration_s``: a hiccup of ``HICCUP_S`` stalls the server
+  for its length, and lowers a round's msgs/s by ``HICCUP_S / duration_s``;
+  0.3 s keeps that at 1.3%, under half the ±3% the rounds must agree to.
+* open loop, ``round_duration``: a hiccup delays every message sent during
+  it, and at a load of p the queue it leaves takes ``p / (1 - p)`` times as
+  long again to drain, so ``HICCUP_S / (1 - p)`` of the window is late.  The
+  window is made long enough that this stays under ``HICCUP_SHARE`` (0.8%)
+  of its messages, fewer than the 1% beyond the p99: 0.67 s at 25% of the
+  peak, 1 s at 50%, 2 s at 75%, 5 s at 90%.  ``HICCUP_S`` is 4 ms, one tick
+  of a ``CONFIG_HZ=250`` kernel (this machine's): the longest a task that
+  woke up on the server's CPU may run before the scheduler looks again.
+
+The default matrix is cut to what can be measured that way in 5 minutes on
+the 2-core machine (fewer good cells beat many noisy ones): every server,
+closed loop at 64 B x 100 connections (the open loop's peak, and the raw
+baseline of the protocol section, which runs at the same workload: frame and
+json cost one cell each), and the open-loop sweep at 25% and 50% of the peak.
+Six rounds of each of its 33 cells (the fewest with a 95% interval) take
+about 3 minutes 15 s (``min_estimate_s``); the rest of its ``run_budget_s``
+(270 s, leaving 30 s for the suite to start and the report) goes to the cells
+that need more rounds.  ``--full`` is the whole grid
+(3 sizes x 3 connection counts, four loads, the protocol section at 16 in
+flight) under the same rules, without a run budget.  ``--quick`` is the CI
+smoke matrix: exactly 3 short rounds per cell, too few for an interval,
+which is what it is for: proving the pipeline in under a minute.
 
 A cell is a ``Cell`` of the result schema (``sockbench.bench.schema``): the
 report groups results by it as well.  A raw cell's id names its mode, size
@@ -26,6 +59,7 @@ and connections (``closed-64B-c100``); a framed one ends in its protocol
 """
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 from sockbench.bench.schema import Cell
@@ -37,10 +71,28 @@ __all__ = [
     "Cell",
     "Plan",
     "default_plan",
+    "full_plan",
     "quick_plan",
     "parse_size",
     "format_size",
+    "HICCUP_S",
+    "HICCUP_SHARE",
+    "ROUND_OVERHEAD_S",
+    "MAX_OPEN_DURATION_S",
+    "REMEASURE_DISTURBED",
 ]
+
+#: a disturbed round is measured again at most this many times; then it is kept, flagged DISTURBED
+REMEASURE_DISTURBED = 2
+#: the longest stall one round must absorb: one tick of a CONFIG_HZ=250 kernel
+HICCUP_S = 0.004
+#: the share of an open-loop round's messages one hiccup may delay: under the 1% beyond the p99
+HICCUP_SHARE = 0.008
+#: the open-loop rule's longest round (a load near 100% of the peak would ask for minutes)
+MAX_OPEN_DURATION_S = 10.0
+#: what a round costs besides its warmup and window: starting and stopping its server and load
+#: processes, and the harness's check for busy processes (measured 0.3 s on the 2-core machine)
+ROUND_OVERHEAD_S = 0.35
 
 
 @dataclass(frozen=True)
@@ -62,24 +114,45 @@ class Plan:
     proto_depth: int = 16
     #: server -> the protocols it speaks (from the registry); a server not listed speaks them all
     speaks: dict = field(default_factory=dict)
-    rounds: int = 3
-    #: short rounds: 7 servers x 13 cells + 6 x 3 protocol cells, x 3 rounds, must fit in
-    #: 5 minutes on 2 cores, and each run also pays ~0.5 s to start and stop its server and
-    #: load processes (0.3 s before the protocol section was added)
-    duration_s: float = 0.2
+    #: rounds per cell: at least min_rounds; more until the interval is within ci, at most max_rounds
+    min_rounds: int = 5
+    max_rounds: int = 30
+    #: the half-width of the 95% interval of a cell's median, as a fraction of it, that stops its rounds
+    ci: float = 0.03
+    #: the most seconds one cell may spend on its rounds (its minimum rounds always run)
+    cell_budget_s: float = 60.0
+    #: how many times a disturbed round is measured again, at most (then it is kept, flagged DISTURBED)
+    remeasure: int = REMEASURE_DISTURBED
+    #: the most seconds the suite's cells may take together (None: no limit); see cell_share_s
+    run_budget_s: float | None = None
+    #: the measured seconds of a closed-loop round (open loop: round_duration)
+    duration_s: float = 0.3
     warmup_s: float = 0.1
     interval_s: float = 0.05
+    #: the stall the open-loop rounds are made long enough to absorb (0: open rounds last duration_s)
+    hiccup_s: float = HICCUP_S
     procs: int = 1
     server_cpus: tuple = (0,)
     client_cpus: tuple = (1,)
     quick: bool = False
+    full: bool = False
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.servers:
             raise UsageError("no servers to run")
-        if self.rounds < 1:
-            raise UsageError("--rounds must be at least 1")
+        if self.min_rounds < 1:
+            raise UsageError("--min-rounds must be at least 1")
+        if self.max_rounds < self.min_rounds:
+            raise UsageError(f"--max-rounds ({self.max_rounds}) is below --min-rounds ({self.min_rounds})")
+        if not 0 < self.ci < 1:
+            raise UsageError(f"--ci must be above 0% and below 100%, not {self.ci:.1%}")
+        if self.remeasure < 0:
+            raise UsageError("the re-measure count cannot be negative")
+        if not self.cell_budget_s > 0:
+            raise UsageError("--cell-budget must be positive")
+        if self.run_budget_s is not None and not self.run_budget_s > 0:
+            raise UsageError("the run budget must be positive")
         if self.duration_s <= 0:
             raise UsageError("--duration must be positive")
         if self.warmup_s < 0:
@@ -95,6 +168,11 @@ class Plan:
                 raise UsageError(f"unknown protocol {p!r}; use some of {' '.join(PROTOCOLS)}")
         if len(set(self.protocols)) != len(self.protocols):
             raise UsageError(f"--protocols names a protocol twice: {' '.join(self.protocols)}")
+
+    @property
+    def adaptive(self):
+        """True when a cell's rounds depend on its interval (``min_rounds < max_rounds``)."""
+        return self.min_rounds < self.max_rounds
 
     def server_protocols(self, server):
         """The protocols of the plan's protocol section that ``server`` speaks ([] if no framed one)."""
@@ -123,13 +201,54 @@ class Plan:
             return []
         return list(self.servers)
 
-    def total_runs(self):
-        """Every load run the suite will make: the rounds of every cell, plus calibrations."""
-        return len(self.cells()) * self.rounds + len(self.calibrations())
+    # --- how long things take -----------------------------------------------------------
+    def round_duration(self, cell):
+        """The measured seconds of one round of ``cell`` (the open-loop rule is in the module docstring)."""
+        if cell.mode != "open" or not self.hiccup_s:
+            return self.duration_s
+        idle = 1.0 - cell.load_pct / 100.0
+        need = self.hiccup_s / (idle * HICCUP_SHARE) if idle > 0 else math.inf
+        return round(max(self.duration_s, min(MAX_OPEN_DURATION_S, need)), 2)
 
-    def seconds_per_run(self, overhead_s=0.5):
-        """A planning estimate: the load itself plus server start/stop."""
-        return self.duration_s + self.warmup_s + overhead_s
+    def round_estimate_s(self, cell):
+        """A planning estimate of one round of ``cell``: the load, its warmup, and its start and stop."""
+        return ROUND_OVERHEAD_S + self.warmup_s + self.round_duration(cell)
+
+    def cell_estimate_s(self, cell, rounds=None):
+        """A planning estimate of ``rounds`` rounds of ``cell`` (default: its minimum)."""
+        return (self.min_rounds if rounds is None else rounds) * self.round_estimate_s(cell)
+
+    def min_estimate_s(self):
+        """The whole suite at its minimum rounds, calibrations included."""
+        cal = Cell("calibration", "closed", self.open_size, self.open_conns)
+        return (sum(self.cell_estimate_s(c) for c in self.cells())
+                + len(self.calibrations()) * self.round_estimate_s(cal))
+
+    def max_estimate_s(self):
+        """The longest the suite may take: every cell at its budget (its last round may end past it), or at its
+        most rounds, each measured again as often as allowed, when that is shorter; never less than the minimum."""
+        worst = 0.0
+        for c in self.cells():
+            most = self.cell_estimate_s(c, self.max_rounds * (1 + self.remeasure))
+            worst += max(self.cell_estimate_s(c), min(self.cell_budget_s + self.round_estimate_s(c), most))
+        if self.run_budget_s:
+            worst = min(worst, self.run_budget_s)
+        return max(worst, self.min_estimate_s())
+
+    def cell_share_s(self, cell, remaining, left_s):
+        """The time budget of ``cell`` when ``left_s`` seconds of the run budget are left.
+
+        ``remaining`` are the cells still to run after it.  Every cell left
+        gets its minimum rounds' estimate scaled by the time left over the
+        minimum time they all need, so time a quick cell did not use goes to
+        the ones after it, and a run that fell behind gives each cell only
+        its minimum rounds (which always run).  Never above ``cell_budget_s``.
+        """
+        own = self.cell_estimate_s(cell)
+        if self.run_budget_s is None:
+            return self.cell_budget_s
+        need = own + sum(self.cell_estimate_s(c) for c in remaining)
+        return min(self.cell_budget_s, own * max(0.0, left_s) / need if need > 0 else self.cell_budget_s)
 
     def to_dict(self):
         d = asdict(self)
@@ -142,6 +261,9 @@ class Plan:
     def from_dict(cls, d):
         names = {f.name for f in fields(cls)}
         kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
+        if "rounds" in d and "min_rounds" not in d:
+            # a plan from before the rounds rule: every cell ran exactly ``rounds`` rounds
+            kw["min_rounds"] = kw["max_rounds"] = int(d["rounds"])
         return cls(**kw)
 
     def save(self, path):
@@ -158,12 +280,38 @@ class Plan:
 
 
 def default_plan(servers, **overrides):
-    """The full matrix: 3 sizes x 3 connection counts closed, 4 open-loop loads, 3 protocols at 100 x 64 B x 16."""
-    return Plan(servers=tuple(servers), **overrides)
+    """The 5-minute matrix: 64 B x 100 connections closed, open loop at 25 and 50%, frame and json at that workload.
+
+    ``run_budget_s`` 270 s: the suite's share of 5 minutes (the suite starts in ~2 s, the report takes ~3 s; the
+    rest is a margin for the last round of a cell overrunning its estimate).
+    """
+    kw = dict(
+        sizes=(64,),
+        conns=(100,),
+        open_pcts=(25, 50),
+        open_conns=100,
+        proto_size=64,
+        proto_conns=100,
+        proto_depth=1,
+        run_budget_s=270.0,
+        cell_budget_s=30.0,
+    )
+    kw.update(overrides)
+    return Plan(servers=tuple(servers), **kw)
+
+
+def full_plan(servers, **overrides):
+    """The full grid: 3 sizes x 3 connection counts closed, 4 open-loop loads, 3 protocols at 100 x 64 B x 16.
+
+    The same rounds rule as the default, with no run budget: it takes well over 5 minutes.
+    """
+    kw = dict(full=True)
+    kw.update(overrides)
+    return Plan(servers=tuple(servers), **kw)
 
 
 def quick_plan(servers, **overrides):
-    """The CI smoke matrix: one closed cell and one open-loop load, short runs, 3 rounds; no protocol section.
+    """The CI smoke matrix: one closed cell and one open-loop load, exactly 3 short rounds; no protocol section.
 
     Measured on the 2-core machine under the others' load (load average
     4-12): with two open-loop loads (50, 90%) the 63 runs plus the report took
@@ -172,7 +320,11 @@ def quick_plan(servers, **overrides):
     per server (81 runs) took 64 s as well.  ``--quick --protocols json`` adds
     that json cell (the end-to-end test does); the protocol settings here make
     it share the closed cell's workload (64 B, 10 connections, depth 1), whose
-    raw cell is its baseline.
+    raw cell is its baseline.  The rounds are fixed (3, of 0.2 s, the open
+    loop's too: ``hiccup_s`` 0), the figures are not for quoting: 5 rounds of
+    open-loop rounds long enough for a p99 would take the minute alone.  A
+    run budget of 40 s bounds the rounds measured again on a busy machine
+    (where every round may be disturbed, which would triple the run).
     """
     kw = dict(
         sizes=(64,),
@@ -182,9 +334,13 @@ def quick_plan(servers, **overrides):
         protocols=(),
         proto_conns=10,
         proto_depth=1,
+        min_rounds=3,
+        max_rounds=3,
         duration_s=0.2,
         warmup_s=0.05,
         interval_s=0.025,
+        hiccup_s=0.0,
+        run_budget_s=40.0,
         quick=True,
     )
     kw.update(overrides)

@@ -7,14 +7,23 @@ Why it is built this way:
   (``pytest-benchmark.json``) and ``pytest-benchmark compare`` work exactly as
   they do for any pytest-benchmark suite.  The matrix goes to the child as a
   file (``plan.json``, named by ``SOCKBENCH_PLAN``), and progress comes back
-  as a file (``progress.jsonl``), which this process tails to draw a rich
-  progress display: the current cell, runs done out of the total, and the
-  time left (runs left times the mean time per run so far).
+  as a file (``progress.jsonl``, the typed events of ``progress``), which this
+  process tails to draw a rich progress display: the current cell, cells done
+  out of the total, load runs so far, and the time left.  A cell's rounds are
+  not known in advance (it runs until its figure is stable), so the time left
+  is the plan's estimate of the cells still to run (``Plan.cell_estimate_s``),
+  scaled by how the run has kept to its estimates so far, and never past the
+  run budget.
 * The child runs in its own session: Ctrl-C reaches this process only, which
-  forwards exactly one SIGINT to the child.  pytest then stops after cleaning
-  up the round in flight (the harness stops its server and load processes),
-  every round finished so far is already in ``raw/``, and the report is built
-  from them, marked as incomplete.  ``sockbench report DIR`` rebuilds it later.
+  forwards exactly one SIGINT to the child.  SIGTERM (what ``timeout`` and a
+  cancelled CI job send) is handled the same way.  pytest then stops after
+  cleaning up the round in flight (the harness stops its server and load
+  processes), every round finished so far is already in ``raw/``, and the
+  report is built from them, marked as incomplete.  A child that does not
+  stop within ``STOP_GRACE_S`` is terminated, then killed; before it is
+  reaped, whatever is left in its process group (a server or a load process
+  whose parent was killed) is killed too, so nothing outlives the run.
+  ``sockbench report DIR`` rebuilds the report later.
 * The report is built here, after the child exits, from ``raw/`` only.
 
 Folder written (see ``results/README.md``): ``meta.json``, ``plan.json``,
@@ -23,7 +32,6 @@ Folder written (see ``results/README.md``): ``meta.json``, ``plan.json``,
 """
 
 import dataclasses
-import glob
 import json
 import os
 import signal
@@ -31,8 +39,9 @@ import subprocess
 import sys
 import time
 
-from sockbench.bench.report.store import RAW_DIR
-from sockbench.bench.suite.plan import default_plan, quick_plan
+from sockbench.bench.report.store import RAW_DIR, is_discarded
+from sockbench.bench.suite.plan import default_plan, full_plan, quick_plan
+from sockbench.bench.suite.progress import Calibrated, Calibrating, CellDone, CellStarted, RoundDone, Window, parse
 from sockbench.bench.suite.session import ENV_OUT, ENV_PLAN, PROGRESS_FILE, new_meta, update_meta
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.jsonfile import write_json_atomic
@@ -40,10 +49,10 @@ from sockbench.servers import registry
 from sockbench.timestamps import folder_stamp
 from sockbench.units import format_size, parse_size
 
-__all__ = ["build_plan", "run_main", "suite_command", "SUITE_FILE"]
+__all__ = ["build_plan", "run_main", "suite_command", "SUITE_FILE", "STOP_GRACE_S"]
 
 SUITE_FILE = "test_echo_bench.py"
-#: after a forwarded Ctrl-C, how long pytest gets to stop cleanly before SIGTERM, then SIGKILL
+#: after a forwarded Ctrl-C or SIGTERM, how long pytest gets to stop cleanly before SIGTERM, then SIGKILL
 STOP_GRACE_S = 20.0
 
 
@@ -54,9 +63,18 @@ def _split(values):
     return [x.strip() for x in out]
 
 
-def build_plan(servers=None, sizes=None, conns=None, quick=False, rounds=None, duration_s=None,
-               warmup_s=None, open_pcts=None, server_cpus=None, client_cpus=None, protocols=None):
-    """The run's Plan from the command line; any bad value is a one-line UsageError."""
+def build_plan(servers=None, sizes=None, conns=None, quick=False, full=False, rounds=None, min_rounds=None,
+               max_rounds=None, ci=None, cell_budget_s=None, run_budget_s=None, duration_s=None, warmup_s=None,
+               open_pcts=None, server_cpus=None, client_cpus=None, protocols=None):
+    """The run's Plan from the command line; any bad value is a one-line UsageError.
+
+    ``rounds`` fixes the rounds of every cell (``min_rounds = max_rounds = rounds``); ``run_budget_s`` 0
+    lifts the run budget.
+    """
+    if quick and full:
+        raise UsageError("--quick and --full exclude each other")
+    if rounds is not None and (min_rounds is not None or max_rounds is not None):
+        raise UsageError("--rounds fixes the rounds of every cell; give it alone, or --min-rounds/--max-rounds")
     if servers:
         names = _split(servers)
         for n in names:
@@ -87,8 +105,21 @@ def build_plan(servers=None, sizes=None, conns=None, quick=False, rounds=None, d
         elif kw["protocols"] and "raw" not in kw["protocols"]:
             # the section exists to show each protocol's cost over raw, measured side by side
             kw["protocols"] = ("raw",) + kw["protocols"]
+    make = quick_plan if quick else full_plan if full else default_plan
     if rounds is not None:
-        kw["rounds"] = int(rounds)
+        kw["min_rounds"] = kw["max_rounds"] = int(rounds)
+    if min_rounds is not None or max_rounds is not None:
+        # one bound given: the other is the matrix's own, moved so that min <= max
+        base = make(names)
+        lo = int(min_rounds) if min_rounds is not None else min(base.min_rounds, int(max_rounds))
+        hi = int(max_rounds) if max_rounds is not None else max(base.max_rounds, lo)
+        kw["min_rounds"], kw["max_rounds"] = lo, hi
+    if ci is not None:
+        kw["ci"] = float(ci)
+    if cell_budget_s is not None:
+        kw["cell_budget_s"] = float(cell_budget_s)
+    if run_budget_s is not None:
+        kw["run_budget_s"] = float(run_budget_s) or None
     if duration_s is not None:
         kw["duration_s"] = float(duration_s)
     if warmup_s is not None:
@@ -98,7 +129,7 @@ def build_plan(servers=None, sizes=None, conns=None, quick=False, rounds=None, d
     if client_cpus is not None:
         kw["client_cpus"] = tuple(client_cpus)
     kw["speaks"] = {n: list(registry.get(n).protocols) for n in names}
-    plan = (quick_plan if quick else default_plan)(names, **kw)
+    plan = make(names, **kw)
     if protocols and plan.protocols and not any(plan.server_protocols(n) for n in names):
         raise UsageError(f"no chosen server speaks {' or '.join(p for p in plan.protocols if p != 'raw') or 'a framed protocol'}; "
                          f"see `sockbench servers`")
@@ -149,7 +180,7 @@ def _prepare_out(out):
 
 
 class _Tail:
-    """Read the JSON lines the suite appends to progress.jsonl."""
+    """Read the events the suite appends to progress.jsonl."""
 
     def __init__(self, path):
         self.path = path
@@ -169,9 +200,11 @@ class _Tail:
         out = []
         for line in lines:
             try:
-                out.append(json.loads(line))
+                ev = parse(json.loads(line))
             except ValueError:
                 continue
+            if ev is not None:
+                out.append(ev)
         return out
 
 
@@ -180,35 +213,83 @@ def _fmt_left(s):
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
+def _fmt_figure(value, figure):
+    if value is None:
+        return f"n/a {figure}"
+    return f"{value:,.0f} {figure}" if abs(value) >= 100 else f"{value:.3g} {figure}"
+
+
 class _Follow:
     """What the display shows of the suite, updated from the events of progress.jsonl."""
 
-    def __init__(self, plan, live):
+    def __init__(self, plan, live, started=None):
         self.plan = plan
         self.live = live
-        self.total = plan.total_runs()
-        self.done = 0
+        cells = plan.cells()
+        self.n_cells = len(cells)
+        #: each cell's share of the work: its minimum rounds' estimate
+        self.weights = [plan.cell_estimate_s(c) for c in cells]
+        self.total_weight = plan.min_estimate_s()
+        self.cells_done = 0
+        self.done_weight = 0.0
+        self.index = -1
+        self.cell_rounds = 0
+        self.runs = 0
+        self.remeasured = 0
         self.current = "starting"
-        self.cell_msgs = []
         self.lines = []          # cell summaries to print (no terminal), held while a load runs
         self.quiet_until = 0     # CLOCK_MONOTONIC ns: a load window is open until then
+        self.started = time.monotonic() if started is None else started
 
     def on_event(self, ev):
-        if ev.get("event") == "window":
-            self.quiet_until = max(self.quiet_until, int(ev.get("end_ns") or 0))
-        elif ev.get("event") == "cell":
-            self.current = f"[{ev.get('index', -1) + 1}/{len(self.plan.cells())}] {ev.get('desc', ev.get('cell'))}"
-            self.cell_msgs = []
-        elif ev.get("event") == "calibrate":
-            self.current = f"calibrating {ev.get('server')} for the open-loop sweep"
-        elif ev.get("event") == "round":
-            self.done += 1
-            self.cell_msgs.append(ev.get("msgs_per_s") or 0.0)
-            if not self.live and (len(self.cell_msgs) == self.plan.rounds or str(ev.get("cell", "")).startswith("calibrate:")):
-                flags = "" if ev.get("valid", True) else " INVALID"
-                med = sorted(self.cell_msgs)[len(self.cell_msgs) // 2]
-                self.lines.append(f"{self.done}/{self.total} runs  {self.current}: {med:,.0f} msgs/s "
-                                  f"(median of {len(self.cell_msgs)}){flags}")
+        if isinstance(ev, Window):
+            self.quiet_until = max(self.quiet_until, int(ev.end_ns))
+        elif isinstance(ev, CellStarted):
+            self.current = f"[{ev.index + 1}/{self.n_cells}] {ev.desc}"
+            self.index = ev.index
+            self.cell_rounds = 0
+        elif isinstance(ev, Calibrating):
+            self.current = f"calibrating {ev.server} for the open-loop sweep"
+        elif isinstance(ev, Calibrated):
+            self.runs += 1
+            if not self.live:
+                self.lines.append(f"{self.runs} runs  calibrated {ev.server}: {_fmt_figure(ev.msgs_per_s, 'msgs/s')}"
+                                  + ("" if ev.valid else " INVALID"))
+        elif isinstance(ev, RoundDone):
+            self.runs += 1
+            if ev.kept:
+                self.cell_rounds += 1
+            else:
+                self.remeasured += 1
+        elif isinstance(ev, CellDone):
+            self.cells_done += 1
+            if 0 <= ev.index < len(self.weights):
+                self.done_weight += self.weights[ev.index]
+            self.cell_rounds = 0
+            self.index = -1
+            if not self.live:
+                again = f", {ev.remeasured} re-measured" if ev.remeasured else ""
+                flags = (" " + " ".join(ev.flags)) if ev.flags else ""
+                self.lines.append(f"{self.cells_done}/{self.n_cells} cells  {self.current}: "
+                                  f"{_fmt_figure(ev.median, ev.figure)} (median of {ev.rounds}, interval "
+                                  f"{ev.interval}{again}){flags}")
+
+    def _progress_weight(self):
+        """The share of the planned work done: finished cells, and the minimum rounds of the current one."""
+        done = self.done_weight
+        if 0 <= self.index < len(self.weights):
+            done += self.weights[self.index] * min(0.95, self.cell_rounds / self.plan.min_rounds)
+        return done
+
+    def left_s(self, now=None):
+        """The time left: the estimate of the work left, scaled by how the run kept to its estimates."""
+        elapsed = (time.monotonic() if now is None else now) - self.started
+        done = self._progress_weight()
+        pace = elapsed / done if done > 0 and elapsed > 0 else 1.0
+        left = max(0.0, self.total_weight - done) * pace
+        if self.plan.run_budget_s:
+            left = min(left, max(0.0, self.plan.run_budget_s - elapsed))
+        return left
 
     def flush(self, console):
         for line in self.lines:
@@ -224,7 +305,7 @@ def _progress(console, live):
         TextColumn("[bold]{task.description}", table_column=None),
         BarColumn(bar_width=24),
         MofNCompleteColumn(),
-        TextColumn("runs"),
+        TextColumn("cells, {task.fields[runs]} runs"),
         TimeElapsedColumn(),
         TextColumn("[cyan]{task.fields[left]} left"),
         console=console,
@@ -235,15 +316,14 @@ def _progress(console, live):
 
 
 def _watch(child, out, plan, console):
-    """Follow the child until it exits; returns True if the user pressed Ctrl-C."""
+    """Follow the child until it exits; returns True if the user pressed Ctrl-C (or SIGTERM came)."""
     tail = _Tail(os.path.join(out, PROGRESS_FILE))
     live = console.is_terminal
     state = _Follow(plan, live)
     progress = _progress(console, live)
-    t0 = time.monotonic()
     interrupted = False
     with progress:
-        task = progress.add_task(state.current, total=state.total, left=_fmt_left(state.total * plan.seconds_per_run()))
+        task = progress.add_task(state.current, total=state.n_cells, runs=0, left=_fmt_left(state.left_s()))
 
         def draw(**fields):
             progress.update(task, description=state.current, **fields)
@@ -263,8 +343,7 @@ def _watch(child, out, plan, console):
                     time.sleep(min((state.quiet_until - now) / 1e9 + 0.005, 1.0))
                     continue
                 state.flush(console)
-                per_run = (time.monotonic() - t0) / state.done if state.done else plan.seconds_per_run()
-                draw(completed=state.done, left=_fmt_left(max(0, state.total - state.done) * per_run))
+                draw(completed=state.cells_done, runs=state.runs, left=_fmt_left(state.left_s()))
                 if finished:
                     break
                 time.sleep(0.2)
@@ -287,16 +366,43 @@ def _stop_child(child):
         return
 
 
-def _wait_child(child):
-    try:
-        child.wait(STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        child.terminate()
+def _exited(child, timeout):
+    """Wait up to ``timeout`` s for the child to exit, without reaping it (so its pid stays its own)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if child.returncode is not None:
+            return True
         try:
-            child.wait(5)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+            if os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
+                return True
+        except ChildProcessError:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def _wait_child(child):
+    """Wait for the child to exit (SIGTERM, then SIGKILL, past ``STOP_GRACE_S``), then reap it.
+
+    Before it is reaped, its process group (it leads one: ``start_new_session``) is killed: a server or
+    load process still in it lost the parent that would have stopped it.  While the child is unreaped its
+    pid, the group's id, cannot name another process.
+    """
+    for step, wait_s in ((None, STOP_GRACE_S), (signal.SIGTERM, 5.0), (signal.SIGKILL, None)):
+        if step is not None:
+            try:
+                os.kill(child.pid, step)
+            except ProcessLookupError:
+                pass
+        if wait_s is None or _exited(child, wait_s):
+            break
+    if child.returncode is None:
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass  # the group is empty: everything in it stopped cleanly
+    child.wait()
 
 
 def _protocols_line(plan):
@@ -307,17 +413,51 @@ def _protocols_line(plan):
             f"depth {plan.proto_depth} for {len(served)} server{'s' if len(served) != 1 else ''}")
 
 
+def _rounds_line(plan):
+    if not plan.adaptive:
+        return f"{plan.min_rounds} rounds per cell"
+    return (f"{plan.min_rounds}-{plan.max_rounds} rounds per cell, until the 95% interval of the median is within "
+            f"±{plan.ci:.0%}")
+
+
 def _announce(plan, out, console):
     n_servers = len(plan.servers)
-    console.print(f"sockbench run: {n_servers} server{'s' if n_servers != 1 else ''}, {len(plan.cells())} cells, "
-                  f"{plan.total_runs()} load runs of {plan.warmup_s:g}+{plan.duration_s:g} s "
+    opens = sorted({plan.round_duration(c) for c in plan.cells() if c.mode == "open"})
+    open_s = f", open loop {'/'.join(f'{d:g}' for d in opens)} s" if opens and opens != [plan.duration_s] else ""
+    most = plan.max_estimate_s()
+    budget = f", at most {_fmt_left(most)}" if most > plan.min_estimate_s() else ""
+    console.print(f"sockbench run: {n_servers} server{'s' if n_servers != 1 else ''}, {len(plan.cells())} cells "
                   f"(sizes {', '.join(format_size(s) for s in plan.sizes)}; conns {', '.join(map(str, plan.conns))}; "
                   f"open loop {', '.join(f'{p}%' for p in plan.open_pcts) or 'none'}; "
-                  f"protocols {_protocols_line(plan)}); "
-                  f"about {_fmt_left(plan.total_runs() * plan.seconds_per_run())} -> {out}", highlight=False)
+                  f"protocols {_protocols_line(plan)}); {_rounds_line(plan)}, each {plan.warmup_s:g} s warmup + "
+                  f"{plan.duration_s:g} s{open_s}; about {_fmt_left(plan.min_estimate_s())}{budget} -> {out}",
+                  highlight=False)
 
 
-def _run_suite(out, plan, console):
+class _Signals:
+    """While the suite runs, SIGTERM stops it as Ctrl-C does; ``received`` says which signal came first."""
+
+    def __init__(self):
+        self.received = None
+        self._old = {}
+
+    def _handler(self, signum, frame):
+        if self.received is None:
+            self.received = signum
+        raise KeyboardInterrupt
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+def _run_suite(out, plan, console, signals):
     """Run the suite as a child pytest, following its progress; returns ``(exit status, interrupted)``."""
     env = dict(os.environ, **{ENV_PLAN: os.path.abspath(os.path.join(out, "plan.json")), ENV_OUT: os.path.abspath(out)})
     with open(os.path.join(out, "pytest.log"), "wb") as log:
@@ -329,12 +469,13 @@ def _run_suite(out, plan, console):
             _stop_child(child)
             _wait_child(child)
             raise
-        try:
-            _wait_child(child)
-        except KeyboardInterrupt:
-            interrupted = True
-            _wait_child(child)
-    return child.returncode, interrupted
+        while True:
+            try:
+                _wait_child(child)
+                break
+            except KeyboardInterrupt:
+                interrupted = True  # stopping already; wait on
+    return child.returncode, interrupted or signals.received is not None
 
 
 def _status(rc, interrupted):
@@ -344,12 +485,16 @@ def _status(rc, interrupted):
     return "complete" if rc == 0 else "failed"
 
 
-def _print_outcome(rep, status, finished, plan, elapsed_s, console):
+def _print_outcome(rep, status, plan, elapsed_s, console):
+    results = rep["results"]
     flagged = {}
-    for c in rep["results"].cells.values():
+    for c in results.cells.values():
         for f in c.flags():
             flagged[f] = flagged.get(f, 0) + 1
-    console.print(f"{status}: {finished} of {plan.total_runs()} load runs in {elapsed_s:.0f} s", highlight=False)
+    rounds = len(results.results)
+    again = sum(c.remeasured for c in results.cells.values())
+    console.print(f"{status}: {len(results.cells)} of {len(plan.cells())} cells, {rounds} rounds "
+                  f"({again} re-measured) in {elapsed_s:.0f} s", highlight=False)
     if flagged:
         console.print("warnings: " + ", ".join(f"{n} {f.lower()} cell{'s' if n != 1 else ''}" for f, n in sorted(flagged.items()))
                       + " (see the report)", highlight=False)
@@ -360,7 +505,8 @@ def _print_outcome(rep, status, finished, plan, elapsed_s, console):
 def run_main(plan, out=None, console=None, argv=None):
     """Run the suite for ``plan`` into ``out`` (default ``results/<UTC time>``), then the report.
 
-    Returns the exit status: 0 complete, 130 interrupted, 1 if the suite failed.
+    Returns the exit status: 0 complete, 128 + the signal when interrupted (130 Ctrl-C, 143 SIGTERM),
+    1 if the suite failed.
     """
     # deferred: rich, and matplotlib behind the report, cost ~0.5 s to import
     from rich.console import Console
@@ -373,20 +519,27 @@ def run_main(plan, out=None, console=None, argv=None):
     write_json_atomic(os.path.join(out, "meta.json"), new_meta(plan, argv))
     _announce(plan, out, console)
     t0 = time.monotonic()
-    rc, interrupted = _run_suite(out, plan, console)
-    finished = len(glob.glob(os.path.join(out, RAW_DIR, "*.json")))
-    status = _status(rc, interrupted)
-    update_meta(out, status=status, finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                elapsed_s=round(time.monotonic() - t0, 1), finished_runs=finished, pytest_exit=rc)
+    with _Signals() as signals:
+        rc, interrupted = _run_suite(out, plan, console, signals)
+        status = _status(rc, interrupted)
+        raw = os.path.join(out, RAW_DIR)
+        runs = [f for f in os.listdir(raw) if f.endswith(".json")] if os.path.isdir(raw) else []
+        rounds = [f for f in runs if not is_discarded(f)]
+        update_meta(out, status=status, finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    elapsed_s=round(time.monotonic() - t0, 1), finished_runs=len(runs), finished_rounds=len(rounds),
+                    pytest_exit=rc, **({"signal": signal.Signals(signals.received).name} if signals.received else {}))
     log_path = os.path.join(out, "pytest.log")
-    if not finished:
-        raise SockbenchError(f"no load run finished ({status}, pytest exit {rc}); nothing to report; see {log_path}")
+    if not rounds:
+        raise SockbenchError(f"no round finished ({status}, pytest exit {rc}, {len(runs)} load runs set aside as "
+                             f"disturbed); nothing to report; see {log_path}",
+                             exit_code=128 + signals.received if signals.received else 1)
     rep = build_report(out)
-    _print_outcome(rep, status, finished, plan, time.monotonic() - t0, console)
+    _print_outcome(rep, status, plan, time.monotonic() - t0, console)
     if status == "interrupted":
-        console.print(f"interrupted: the report covers the runs that finished; rebuild it with `sockbench report {out}`",
+        console.print(f"interrupted: the report covers the rounds that finished; rebuild it with `sockbench report {out}`",
                       highlight=False, soft_wrap=True)
-        return 130
+        return 128 + (signals.received or signal.SIGINT)
     if status == "failed":
-        raise SockbenchError(f"the benchmark suite failed (pytest exit {rc}); the report covers the runs that finished; see {log_path}")
+        raise SockbenchError(f"the benchmark suite failed (pytest exit {rc}); the report covers the rounds that finished; see {log_path}")
     return 0
+

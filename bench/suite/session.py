@@ -1,9 +1,8 @@
-"""What the pytest-benchmark suite (``bench/test_echo_bench.py``) runs, kept out of the test file.
+"""What the pytest-benchmark suite (``test_echo_bench.py``) runs, kept out of the test file.
 
 Why it is built this way: ``sockbench run`` starts the suite as a child
-``pytest`` process (pytest-benchmark owns the rounds, the statistics, the
-storage and ``--benchmark-json``), and talks to it through the results folder
-only:
+``pytest`` process (pytest-benchmark owns the statistics, the storage and
+``--benchmark-json``), and talks to it through the results folder only:
 
 * ``SOCKBENCH_PLAN`` names ``plan.json`` (the matrix), ``SOCKBENCH_OUT`` the
   results folder.  Without them (``pytest bench/`` by hand) the suite runs the
@@ -11,9 +10,21 @@ only:
 * Every round's result (a ``LoadResult`` with the cell it is a round of
   attached, ``sockbench.bench.schema``) is written to ``raw/`` atomically the
   moment it ends, so a Ctrl-C loses at most the round in flight.
-* ``progress.jsonl`` gets one line per cell start and per round end; the
-  parent tails it to draw the progress display.  A file, not a pipe: the child
-  never blocks on a parent that stopped reading.
+* ``progress.jsonl`` gets one typed event (``progress``) per cell start, load
+  window, round end and cell end; the parent tails it to draw the progress
+  display.  A file, not a pipe: the child never blocks on a parent that
+  stopped reading.
+
+A cell's rounds (``run_cell``): rounds are measured until the interval of
+the median of the cell's figure is within the plan's ``ci``, between
+``min_rounds`` and ``max_rounds``, within the cell's time budget
+(``Plan.cell_share_s``: the run budget is shared out as the run goes).  A
+round whose result says ``disturbed`` (foreign load on its CPUs) is measured
+again, at most ``plan.remeasure`` times (``REMEASURE_DISTURBED``, 2) and only while the cell's
+budget has room (so a machine that stays busy costs a bounded time); the attempts set aside stay in ``raw/`` under a name the
+report does not count as a round (``store.discarded_name``), and a round
+still disturbed after them is kept, and flagged DISTURBED wherever it shows.
+The minimum rounds always run, whatever the budget says.
 
 The open-loop sweep needs each server's peak: it is the best valid closed-loop
 median the same server reached at the sweep's message size in this session
@@ -29,9 +40,10 @@ import time
 
 from sockbench.bench.load.harness import run_load
 from sockbench.bench.load.spec import LoadSpec
-from sockbench.bench.report.store import RAW_DIR, CellStats, raw_name
+from sockbench.bench.report.store import RAW_DIR, CellStats, discarded_name, raw_name
 from sockbench.bench.schema import Cell, CellContext, Machine
 from sockbench.bench.suite.plan import Plan, default_plan
+from sockbench.bench.suite.progress import Calibrated, Calibrating, CellDone, CellStarted, RoundDone, Window
 from sockbench.jsonfile import write_json_atomic
 from sockbench.machine import machine_info
 from sockbench.servers import registry
@@ -42,6 +54,8 @@ __all__ = [
     "ENV_OUT",
     "PROGRESS_FILE",
     "SuiteContext",
+    "CellRun",
+    "stop_reason",
     "new_meta",
     "update_meta",
 ]
@@ -63,7 +77,7 @@ def new_meta(plan, argv=None):
         "dirty": m.git_dirty,
         "machine": m.to_json(),
         "plan": plan.to_dict(),
-        "planned_runs": plan.total_runs(),
+        "planned_cells": len(plan.cells()),
         "argv": list(argv) if argv is not None else list(sys.argv),
     }
 
@@ -80,17 +94,71 @@ def update_meta(out, **changes):
     return meta
 
 
-class SuiteContext:
-    """The session state of one suite run: plan, folder, peaks, progress."""
+def stop_reason(plan, stats, elapsed_s, budget_s, round_s=None):
+    """Why a cell's rounds stop now (``stable``, ``max-rounds``, ``budget``, ``invalid``, ``fixed``), or None.
 
-    def __init__(self, plan, out):
+    ``stats`` is the ``CellStats`` of the rounds kept so far, ``elapsed_s`` the time the cell has taken,
+    ``budget_s`` its time budget, ``round_s`` what one of its load runs took on average (default: the
+    plan's estimate).  The minimum rounds always run; then, in this order: a fixed plan
+    stops, an invalid round stops (more rounds cannot make the cell valid), a stable interval stops,
+    ``max_rounds`` stops, and a next round that would end past the budget is not started.
+    """
+    n = len(stats.results)
+    if n < plan.min_rounds:
+        return None
+    if not plan.adaptive:
+        return "fixed"
+    if stats.invalid:
+        return "invalid"
+    if stats.interval().half_width <= plan.ci:
+        return "stable"
+    if n >= plan.max_rounds:
+        return "max-rounds"
+    if elapsed_s + (round_s or plan.round_estimate_s(stats.cell)) > budget_s:
+        return "budget"
+    return None
+
+
+class CellRun:
+    """What one cell's rounds came to: the kept rounds, the attempts set aside, why it stopped, its budget."""
+
+    def __init__(self, cell, budget_s, ci_target=None, clock=time.monotonic):
+        self.cell = cell
+        self.budget_s = budget_s
+        self.ci_target = ci_target
+        self.results = []
+        self.discarded = []
+        self.stopped = None
+        self.clock = clock
+        self.started = clock()
+
+    @property
+    def elapsed_s(self):
+        return self.clock() - self.started
+
+    @property
+    def attempts(self):
+        return len(self.results) + len(self.discarded)
+
+    def stats(self):
+        return CellStats(self.cell, list(self.results), list(self.discarded), ci_target=self.ci_target)
+
+
+class SuiteContext:
+    """The session state of one suite run: plan, folder, peaks, the run budget, progress."""
+
+    def __init__(self, plan, out, run=None, clock=time.monotonic):
         self.plan = plan
         self.out = out
         self.cells = plan.cells()
         self.index = {c.id: i for i, c in enumerate(self.cells)}
         self.peaks = {}
+        #: the load run, ``run_load(spec, on_window=...)``, and the clock of the budgets (a test gives its own)
+        self.run = run or run_load
+        self.clock = clock
         #: True when the suite runs by hand and so keeps meta.json itself (else ``sockbench run`` does)
         self.owns_meta = False
+        self.started = clock()
         os.makedirs(os.path.join(out, RAW_DIR), exist_ok=True)
         self._progress = open(os.path.join(out, PROGRESS_FILE), "a", buffering=1)
 
@@ -126,9 +194,9 @@ class SuiteContext:
             status = {0: "complete", 2: "interrupted"}.get(int(exitstatus), "failed")
             update_meta(self.out, status=status, finished_at=iso_utc())
 
-    def event(self, **kw):
-        kw.setdefault("t", time.time())
-        self._progress.write(json.dumps(kw) + "\n")
+    def event(self, ev):
+        """Append one ``progress`` event to progress.jsonl."""
+        self._progress.write(json.dumps(ev.to_json()) + "\n")
 
     def spec(self, cell, rate=None, size=None, conns=None, mode=None):
         p = self.plan
@@ -139,7 +207,7 @@ class SuiteContext:
             size=size or cell.size,
             depth=cell.depth,
             rate=rate,
-            duration_s=p.duration_s,
+            duration_s=p.round_duration(cell),
             warmup_s=p.warmup_s,
             procs=min(p.procs, conns or cell.conns),
             server_cpus=tuple(p.server_cpus),
@@ -166,10 +234,10 @@ class SuiteContext:
         if server in self.peaks:
             return self.peaks[server], "closed-loop cells"
         cal = Cell(server, "closed", self.plan.open_size, self.plan.open_conns)
-        self.event(event="calibrate", server=server)
-        r = run_load(self.spec(cal), on_window=self._window)
+        self.event(Calibrating(server=server))
+        r = self.run(self.spec(cal), on_window=self._window)
         write_json_atomic(os.path.join(self.out, "calibration", f"{server}.json"), r.to_json())
-        self.event(event="round", cell="calibrate:" + server, round=1, msgs_per_s=r.throughput.msgs_per_s, valid=r.valid)
+        self.event(Calibrated(server=server, msgs_per_s=r.throughput.msgs_per_s, valid=r.valid))
         if not r.valid or not r.throughput.msgs_per_s > 0:
             raise RuntimeError(f"calibration of {server} failed: {r.invalid_reason}")
         self.peaks[server] = r.throughput.msgs_per_s
@@ -177,22 +245,58 @@ class SuiteContext:
 
     def _window(self, start_ns, end_ns):
         # the runner draws nothing while a load runs (see runner._watch)
-        self.event(event="window", start_ns=start_ns, end_ns=end_ns)
+        self.event(Window(start_ns=start_ns, end_ns=end_ns))
 
-    # --- one round ---------------------------------------------------------------------
-    def start_cell(self, cell):
-        self.event(event="cell", cell=cell.id, index=self.index.get(cell.id, -1), desc=cell.describe())
+    # --- one cell: rounds until its figure is stable ----------------------------------
+    def cell_budget(self, cell):
+        """``cell``'s time budget now: ``Plan.cell_share_s`` of what is left of the run budget."""
+        i = self.index.get(cell.id, -1)
+        remaining = self.cells[i + 1:] if i >= 0 else []
+        left = (self.plan.run_budget_s or 0.0) - (self.clock() - self.started)
+        return self.plan.cell_share_s(cell, remaining, left)
 
-    def run_round(self, cell, round_no, rate=None, peak=None):
-        """One load run: run it, tag it with its cell, write it to raw/ at once, report progress; its ``LoadResult``."""
-        # the runner keeps its display still while the load runs (see runner._watch)
-        r = run_load(self.spec(cell, rate=rate), on_window=self._window)
-        r = r.with_cell(CellContext.of(cell, round_no, self.plan.rounds, self.index.get(cell.id, -1), peak))
-        write_json_atomic(os.path.join(self.out, RAW_DIR, raw_name(cell, round_no)), r.to_json())
-        self.event(event="round", cell=cell.id, round=round_no, msgs_per_s=r.throughput.msgs_per_s,
-                   p99_us=r.latency_us.p99, valid=r.valid, client_bound=r.client_bound)
-        return r
+    def run_cell(self, cell, rate=None, peak=None):
+        """Measure ``cell``'s rounds until ``stop_reason`` says stop; every attempt is written to raw/ at once.
 
-    def stats(self, cell, results):
-        """The ``CellStats`` of a cell's rounds (``LoadResult`` objects)."""
-        return CellStats(cell, list(results))
+        Returns the ``CellRun``: kept rounds in order, the disturbed attempts set aside, why it stopped.
+        """
+        self.event(CellStarted(cell=cell.id, index=self.index.get(cell.id, -1), desc=cell.describe()))
+        run = CellRun(cell, self.cell_budget(cell), self.plan.ci if self.plan.adaptive else None, self.clock)
+        while True:
+            self._round(run, rate, peak)
+            stats = run.stats()
+            run.stopped = stop_reason(self.plan, stats, run.elapsed_s, run.budget_s, run.elapsed_s / run.attempts)
+            if run.stopped:
+                break
+        iv = stats.interval()
+        self.event(CellDone(cell=cell.id, index=self.index.get(cell.id, -1), rounds=len(run.results),
+                            remeasured=stats.remeasured, figure=stats.figure_name, median=iv.median,
+                            interval=iv.text(), stopped=run.stopped, flags=tuple(stats.flags())))
+        return run
+
+    def _round(self, run, rate, peak):
+        """One round: measured, and measured again while it is disturbed and the rules allow."""
+        cell = run.cell
+        round_no = len(run.results) + 1
+        attempt = 0
+        while True:
+            attempt += 1
+            # the runner keeps its display still while the load runs (see runner._watch)
+            r = self.run(self.spec(cell, rate=rate), on_window=self._window)
+            r = r.with_cell(CellContext.of(cell, round_no, None, self.index.get(cell.id, -1), peak))
+            again = r.disturbed and attempt <= self.plan.remeasure and self._may_remeasure(run)
+            name = discarded_name(cell, round_no, attempt) if again else raw_name(cell, round_no)
+            write_json_atomic(os.path.join(self.out, RAW_DIR, name), r.to_json())
+            self.event(RoundDone(cell=cell.id, round=round_no, attempt=attempt, kept=not again,
+                                 msgs_per_s=r.throughput.msgs_per_s, p99_us=r.latency_us.p99, valid=r.valid,
+                                 client_bound=r.client_bound, disturbed=r.disturbed))
+            if again:
+                run.discarded.append(r)
+                continue
+            run.results.append(r)
+            return r
+
+    def _may_remeasure(self, run):
+        """A disturbed attempt is measured again only while the cell's budget has room for one more load run."""
+        per_run = run.elapsed_s / (run.attempts + 1)  # the attempt in hand is not counted in run yet
+        return run.elapsed_s + per_run <= run.budget_s

@@ -1,21 +1,28 @@
-"""The pytest-benchmark suite: servers x workloads, each round one load run.
+"""The pytest-benchmark suite: servers x workloads, each cell measured until its figure is stable.
 
-Why it is built this way: pytest-benchmark owns what it is good at (rounds,
-statistics, ``--benchmark-save`` storage, ``--benchmark-json``,
-``pytest-benchmark compare``), and the harness owns the measurement.  Each
-round is one ``run_load`` through ``benchmark.pedantic`` (never calibrated or
-looped by the plugin: a round is seconds long and must run exactly
-``plan.rounds`` times).  The plugin's clock is ``msgclock``: it advances by
-the round's seconds per message (closed loop) or p99 latency (open loop), so
-pytest-benchmark's own statistics are about the server, not about wall time.
-Every figure of every round (``RoundSummary``), and the cell summary
-(``CellSummary``, from ``CellStats.summary()``), go into ``extra_info``; both
-are owned by the result schema (``sockbench.bench.schema``).
+Why it is built this way: pytest-benchmark owns what it is good at
+(statistics, ``--benchmark-save`` storage, ``--benchmark-json``,
+``pytest-benchmark compare``), and the harness owns the measurement.  A
+cell's rounds are measured first, by ``SuiteContext.run_cell``, until the
+interval of its median is narrow enough (the number of rounds is known only
+then; ``pedantic`` wants it up front).  Then the rounds are handed to
+``benchmark.pedantic``, one call per kept round, with ``rounds`` set to how
+many there were.  This keeps pytest-benchmark's storage exact: its clock is
+``msgclock``, a virtual clock that only ever moves by a round's measured
+figure (the seconds per message in closed loop, the p99 latency in open
+loop), never by wall time, so a round handed over after it was measured gives
+the plugin the very value it would have timed during it; its ``rounds`` is
+the cell's real count, and its statistics are over exactly the kept rounds.
+A disturbed attempt that was measured again is not a round: it is in
+``raw/``, not in pytest-benchmark's data.  Every figure of every round
+(``RoundSummary``), the cell summary (``CellSummary``, from
+``CellStats.summary()``) and why the rounds stopped go into ``extra_info``;
+the summaries are owned by the result schema (``sockbench.bench.schema``).
 
 Stability follows pyperf: a standard deviation between rounds of 10% of the
 median or more raises ``UnstableBenchmarkWarning`` (and the report flags the
-cell).  An invalid or client-bound round raises a warning too; the run goes
-on, and the report marks the figure.
+cell).  An invalid, starved, disturbed or client-bound round raises a warning
+too; the run goes on, and the report marks the figure.
 """
 
 import math
@@ -35,47 +42,54 @@ class UnstableBenchmarkWarning(UserWarning):
 
 
 class SuspectRunWarning(UserWarning):
-    """A round was invalid or client-bound: its figure must not be quoted."""
+    """A round was invalid, starved, disturbed or client-bound: its figure must not be quoted."""
+
+
+def _clock_step(cell, r, plan):
+    """What msgclock advances by for one round: seconds per message (closed), p99 seconds (open)."""
+    if cell.mode == "closed":
+        msgs = r.throughput.msgs_per_s or 0.0
+        return 1.0 / msgs if msgs > 0 else plan.duration_s
+    p99 = r.latency_us.p99
+    return p99 / 1e6 if p99 and p99 > 0 else plan.round_duration(cell)
 
 
 @pytest.mark.benchmark(timer=msgclock.clock, disable_gc=False, warmup=False)
 def test_echo(benchmark, cell, suite_ctx):
     plan = suite_ctx.plan
     benchmark.group = cell.workload_id
-    suite_ctx.start_cell(cell)
     rate = peak = None
     info = benchmark.extra_info
     info.update(server=cell.server, mode=cell.mode, protocol=cell.protocol, size=cell.size, conns=cell.conns, depth=cell.depth,
-                duration_s=plan.duration_s, warmup_s=plan.warmup_s, rounds=plan.rounds,
+                duration_s=plan.round_duration(cell), warmup_s=plan.warmup_s, min_rounds=plan.min_rounds,
+                max_rounds=plan.max_rounds, ci_target=plan.ci,
                 timed_as="seconds per message" if cell.mode == "closed" else "p99 latency, seconds")
     if cell.mode == "open":
         peak, source = suite_ctx.peak(cell.server)
         rate = peak * cell.load_pct / 100.0
         info.update(load_pct=cell.load_pct, peak_msgs_per_s=peak, peak_from=source, target_rate=rate)
-    runs = []
+    run = suite_ctx.run_cell(cell, rate=rate, peak=peak)
+    runs = run.results
+    replay = iter(runs)
 
     def one_round():
-        r = suite_ctx.run_round(cell, len(runs) + 1, rate=rate, peak=peak)
-        runs.append(r)
-        if cell.mode == "closed":
-            msgs = r.throughput.msgs_per_s or 0.0
-            msgclock.advance(1.0 / msgs if msgs > 0 else plan.duration_s)
-        else:
-            p99 = r.latency_us.p99
-            msgclock.advance(p99 / 1e6 if p99 and p99 > 0 else plan.duration_s)
-        return r
+        msgclock.advance(_clock_step(cell, next(replay), plan))
 
-    benchmark.pedantic(one_round, rounds=plan.rounds, iterations=1, warmup_rounds=0)
+    benchmark.pedantic(one_round, rounds=len(runs), iterations=1, warmup_rounds=0)
 
-    stats = suite_ctx.stats(cell, runs)
+    stats = run.stats()
     suite_ctx.record(stats)
     info["per_round"] = [RoundSummary.of(r).to_json() for r in runs]
-    info.update(stats.summary().to_json())
+    info.update(stats.summary().to_json(), stopped=run.stopped, budget_s=round(run.budget_s, 1),
+                elapsed_s=round(run.elapsed_s, 1))
     if stats.unstable:
         warnings.warn(UnstableBenchmarkWarning(
             f"{cell.id}: msgs/s spread {stats.spread:.1%} of the median over {len(runs)} rounds "
             f"(>= {UNSTABLE_SPREAD:.0%}); the result may be unreliable, re-run on a quieter machine"))
-    if stats.invalid or stats.client_bound:
-        why = "; ".join(stats.invalid_reasons) if stats.invalid else "the load client saturated its CPU"
-        warnings.warn(SuspectRunWarning(f"{cell.id}: {' '.join(stats.flags())}: {why}"))
-    assert len(runs) == plan.rounds and all(math.isfinite(x) for x in stats.msgs)
+    suspect = [f for f in stats.flags() if f in ("INVALID", "STARVED", "DISTURBED", "CLIENT-BOUND")]
+    if suspect:
+        why = "; ".join(stats.invalid_reasons) if stats.invalid else (
+            f"{stats.disturbed_rounds} round(s) disturbed by foreign load on the pinned CPUs" if stats.disturbed
+            else "the load client saturated its CPU")
+        warnings.warn(SuspectRunWarning(f"{cell.id}: {' '.join(suspect)}: {why}"))
+    assert plan.min_rounds <= len(runs) <= plan.max_rounds and all(math.isfinite(x) for x in stats.msgs)

@@ -25,18 +25,38 @@ __all__ = [
 
 def add_run_arguments(p):
     p.add_argument("--quick", action="store_true",
-                   help="the CI smoke matrix: 64 B, 10 connections closed loop, open loop at 75%% of the peak, short rounds (< 60 s)")
+                   help="the CI smoke matrix: 64 B, 10 connections closed loop, open loop at 75%% of the peak, exactly 3 "
+                        "short rounds per cell (< 60 s; too few rounds for figures to quote)")
+    p.add_argument("--full", action="store_true",
+                   help="the full grid: sizes 64 1k 16k x connections 1 10 100 closed loop, open loop at 25 50 75 90%%, "
+                        "the protocol section at 100 connections x 64 B x 16 in flight (well over 5 minutes)")
     p.add_argument("--servers", nargs="+", metavar="NAME", help="servers to run (default: every available one)")
-    p.add_argument("--sizes", nargs="+", metavar="SIZE", help="closed-loop message sizes (default 64 1k 16k)")
-    p.add_argument("--conns", nargs="+", metavar="N", help="closed-loop connection counts (default 1 10 100)")
+    p.add_argument("--sizes", nargs="+", metavar="SIZE", help="closed-loop message sizes (default 64; --full: 64 1k 16k)")
+    p.add_argument("--conns", nargs="+", metavar="N", help="closed-loop connection counts (default 100; --full: 1 10 100)")
     p.add_argument("--open-loads", nargs="*", metavar="PCT",
-                   help="open-loop loads in %% of each server's peak (default 25 50 75 90; none: no open loop)")
+                   help="open-loop loads in %% of each server's peak (default 25 50; --full: 25 50 75 90; none: no open loop)")
     p.add_argument("--protocols", nargs="*", metavar="PROTO",
-                   help="the protocol section: 100 connections x 64 B x 16 in flight, closed loop, in each of these "
-                        "protocols (raw frame json; default all three, raw always included; none: no section; with --quick the section "
-                        "uses the quick cell's workload, 64 B x 10 connections x depth 1, and is off unless asked for)")
-    p.add_argument("--rounds", type=arg(parse_number, "--rounds", kind=int, positive=True), help="rounds per cell (default 3)")
-    p.add_argument("--duration", type=arg(parse_number, "--duration", positive=True), metavar="S", help="measured seconds per round")
+                   help="the protocol section: the closed-loop workload (by default 100 connections x 64 B, depth 1: the "
+                        "grid's own cell is the raw baseline; --full: x 16 in flight) in each of these protocols (raw frame "
+                        "json; default all three, raw always included; none: no section; with --quick the section uses the "
+                        "quick cell's workload, 64 B x 10 connections, and is off unless asked for)")
+    p.add_argument("--rounds", type=arg(parse_number, "--rounds", kind=int, positive=True),
+                   help="exactly this many rounds per cell (no stopping rule; --quick: 3)")
+    p.add_argument("--min-rounds", type=arg(parse_number, "--min-rounds", kind=int, positive=True),
+                   help="rounds every cell runs at least (default 5; a 95%% interval of a median needs 6)")
+    p.add_argument("--max-rounds", type=arg(parse_number, "--max-rounds", kind=int, positive=True),
+                   help="rounds a cell runs at most (default 30)")
+    p.add_argument("--ci", type=arg(parse_percent, "--ci"), metavar="PCT",
+                   help="a cell stops when the 95%% interval of its median msgs/s (closed) or p99 (open) is within "
+                        "this much of the median (default 3%%)")
+    p.add_argument("--cell-budget", type=arg(parse_number, "--cell-budget", positive=True), metavar="S",
+                   help="the most seconds a cell's rounds may take; its minimum rounds always run (default 30; --full: 60)")
+    p.add_argument("--run-budget", type=arg(parse_number, "--run-budget"), metavar="S",
+                   help="the most seconds the cells take together, shared out as the run goes (default 270, so the "
+                        "default run ends within 5 minutes; --quick: 40; 0: no limit, the --full default)")
+    p.add_argument("--duration", type=arg(parse_number, "--duration", positive=True), metavar="S",
+                   help="measured seconds per closed-loop round (default 0.3); open-loop rounds last at least this, and "
+                        "long enough that one 4 ms scheduler hiccup cannot set their p99")
     p.add_argument("--warmup", type=arg(parse_number, "--warmup"), metavar="S", help="warmup seconds per round (excluded)")
     p.add_argument("--server-cpus", type=arg(parse_cpus, "--server-cpus"), metavar="LIST", help="CPUs for the server (default 0)")
     p.add_argument("--client-cpus", type=arg(parse_cpus, "--client-cpus"), metavar="LIST", help="CPUs for the load client (default 1)")
@@ -51,8 +71,10 @@ def add_compare_arguments(p):
     p.add_argument("a", metavar="A", help="the baseline results folder")
     p.add_argument("b", metavar="B", help="the results folder to judge against A")
     p.add_argument("--fail-above", metavar="PCT",
-                   help="exit 1 when a cell got significantly worse by more than PCT (e.g. 5%%)")
-    p.add_argument("--alpha", type=arg(parse_number, "--alpha", positive=True), default=0.05, help="significance level of the one-sided Mann-Whitney U test (default 0.05)")
+                   help="exit 1 when a cell is slower by more than PCT (e.g. 5%%): its whole confidence interval lies "
+                        "beyond it (without it, the verdicts use 5%%)")
+    p.add_argument("--alpha", type=arg(parse_number, "--alpha", positive=True), default=0.05,
+                   help="1 - the confidence of the interval of B/A (default 0.05: a 95%% interval)")
 
 
 def run_cli(args):
@@ -61,10 +83,13 @@ def run_cli(args):
 
     if args.warmup is not None and args.warmup < 0:
         raise SockbenchError("--warmup cannot be negative", exit_code=2)
+    if args.run_budget is not None and args.run_budget < 0:
+        raise SockbenchError("--run-budget cannot be negative", exit_code=2)
     plan = build_plan(
-        servers=args.servers, sizes=args.sizes, conns=args.conns, quick=args.quick, rounds=args.rounds,
-        duration_s=args.duration, warmup_s=args.warmup, open_pcts=args.open_loads,
-        server_cpus=args.server_cpus, client_cpus=args.client_cpus, protocols=args.protocols,
+        servers=args.servers, sizes=args.sizes, conns=args.conns, quick=args.quick, full=args.full,
+        rounds=args.rounds, min_rounds=args.min_rounds, max_rounds=args.max_rounds, ci=args.ci,
+        cell_budget_s=args.cell_budget, run_budget_s=args.run_budget, duration_s=args.duration, warmup_s=args.warmup,
+        open_pcts=args.open_loads, server_cpus=args.server_cpus, client_cpus=args.client_cpus, protocols=args.protocols,
     )
     return run_main(plan, out=args.out, argv=sys.argv)
 

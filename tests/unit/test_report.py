@@ -1,39 +1,34 @@
-"""Tests of the report, the plots, ``sockbench compare`` and the ``sockbench run`` main job.
+"""Tests of the report, the plots, ``sockbench compare`` and the ``sockbench run`` plan and progress display.
 
-Everything but the end-to-end tests works on a synthetic results folder
-(``report_fixture``): schema-1 results with real HDR histograms, fast and
-deterministic.  The end-to-end tests run the real pipeline (pytest-benchmark
-suite -> harness -> servers -> report) on the ``--quick`` matrix, cut to two
-servers so the unit run stays short.
+Everything here works on a synthetic results folder (``report_fixture``):
+schema-2 results with real HDR histograms, fast and deterministic.  The
+end-to-end runs of the real pipeline are in ``tests/e2e/test_run.py``; the
+statistics behind ``compare`` and the rounds rule are proved in
+``test_compare_stats.py`` and ``test_rounds.py``.
 """
 
 import glob
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
 from PIL import Image
 
 from report_fixture import PROTO_COST_US, make_results
-from sockbench.bench.report.compare import compare, mann_whitney_u
+from sockbench.bench.report.compare import UNDECIDED, compare
 from sockbench.units import parse_percent
-from sockbench.bench.suite.plan import Plan, quick_plan
+from sockbench.bench.suite.plan import Plan, default_plan, full_plan, quick_plan
+from sockbench.bench.suite.progress import CellDone, CellStarted, RoundDone, Window
 from sockbench.bench.report import plots as plots_mod
 from sockbench.bench.report.plots import PLOTS
-from sockbench.bench.report.document import build_report, protocol_cost_rows
+from sockbench.bench.report.document import COLUMNS, build_report, protocol_cost_rows, table_rows
 from sockbench.bench.suite.runner import build_plan
 from sockbench.bench.report.store import load_results
 from sockbench.cli import main
 from sockbench.errors import UsageError
 from sockbench.jsonfile import write_json_atomic
-
-E2E_SERVERS = ["asyncio-protocol", "uvloop"]
-
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
@@ -135,31 +130,96 @@ def test_warnings_stand_out(tmp_path):
     write_json_atomic(raws[1], cb)
     for i, path in enumerate(sorted(glob.glob(os.path.join(d, "raw", "selectors__closed-1KiB-c1__r*.json")))):
         r = json.load(open(path))
-        r["throughput"]["msgs_per_s"] *= (0.7, 1.0, 1.3)[i]
+        r["throughput"]["msgs_per_s"] *= (0.7, 1.0, 1.3)[i % 3]
         write_json_atomic(path, r)
+    starved = sorted(glob.glob(os.path.join(d, "raw", "selectors__closed-64B-c100__r*.json")))[2]
+    r = json.load(open(starved))
+    r.update(valid=False, invalid_reason="starved: 43 of 100 connections completed no message")
+    r["fairness"].update(min=0, starved=43)
+    write_json_atomic(starved, r)
     rep = build_report(d)
     md = open(rep["md"]).read()
     html = open(rep["html"]).read()
     assert "**INVALID** uvloop" in md and "mismatch" in md
     assert "**CLIENT-BOUND** uvloop" in md
     assert "**UNSTABLE** selectors" in md
-    for flag in ("INVALID", "CLIENT-BOUND", "UNSTABLE"):
+    assert "**STARVED** selectors, closed loop · 64B messages · 100 connections: up to 43 of 100 connections" in md
+    assert "starved: 43 of 100 connections completed no message" in md
+    # the unstable cell's interval is still wider than ±3% after its rounds
+    assert "**WIDE-CI** selectors, closed loop · 1KiB messages · 1 connection: interval" in md
+    for flag in ("INVALID", "STARVED", "CLIENT-BOUND", "UNSTABLE", "WIDE-CI"):
         assert f'class="flag {flag}"' in html
+
+
+def test_disturbed_rounds_are_flagged_everywhere_and_counted(tmp_path):
+    d = make_results(str(tmp_path / "busy"), servers=("selectors", "uvloop"), disturbed=("uvloop",), discarded=2)
+    results = load_results(d)
+    uv = [c for c in results.cells.values() if c.server == "uvloop"]
+    # the set-aside attempts are kept in raw/, but they are not rounds
+    assert all(len(c.results) == 6 and len(c.discarded) == 12 and c.remeasured == 6 for c in uv)
+    assert all("DISTURBED" in c.flags() for c in uv)
+    assert not any("DISTURBED" in c.flags() for c in results.cells.values() if c.server == "selectors")
+    rep = build_report(d)
+    md = open(rep["md"]).read()
+    assert "**DISTURBED** uvloop, closed loop · 64B messages · 100 connections: 6 of 6 rounds (foreign load up to: " \
+           "server CPUs 30%, client CPUs 0%)" in md
+    n = len(uv)
+    assert f"re-measured because foreign load disturbed them ({12 * n} attempts set aside in raw/); {6 * n} kept " \
+           f"disturbed (flagged DISTURBED)" in md
+    # every table row of uvloop says so, and never "ok"
+    for wid in results.workloads():
+        for cells, flags, c in table_rows(results, wid):
+            if c.server == "uvloop":
+                assert "DISTURBED" in cells[COLUMNS.index("flags")] and cells[COLUMNS.index("rounds")] == "6 (6 re-measured)"
+    assert "| uvloop | json |" in md and re.search(r"\| uvloop \| json \|[^\n]*DISTURBED", md)
+    # and every plot legend: the label of a disturbed server carries the flag
+    labels = []
+    real_plot = plots_mod.plt.Axes.plot
+
+    def spy(ax, *a, **k):
+        labels.append(k.get("label"))
+        return real_plot(ax, *a, **k)
+
+    plots_mod.plt.Axes.plot = spy
+    try:
+        plots_mod.make_plots(results, os.path.join(d, "plots"))
+    finally:
+        plots_mod.plt.Axes.plot = real_plot
+    assert "uvloop (DISTURBED)" in labels and "selectors" in labels
+    assert plots_mod._label("uvloop", uv) == "uvloop (DISTURBED)"
 
 
 def test_interrupted_run_is_reported_as_incomplete(tmp_path):
     d = make_results(str(tmp_path / "cut"), servers=("uvloop",))
     meta_path = os.path.join(d, "meta.json")
     meta = json.load(open(meta_path))
+    planned = len(load_results(d).cells)
+    meta.update(status="interrupted", planned_cells=planned)
+    json.dump(meta, open(meta_path, "w"))
+    rounds = len(glob.glob(os.path.join(d, "raw", "*.json")))
+    # the run stopped in the 75% cell's last round: the 90% cell never started
+    opens = sorted(glob.glob(os.path.join(d, "raw", "*open*")))
+    for path in opens[-7:]:
+        os.unlink(path)
+    rep = build_report(d)
+    md = open(rep["md"]).read()
+    assert (f"INCOMPLETE: this run was interrupted; {planned - 1} of {planned} cells were measured ({rounds - 7} "
+            f"rounds)" in md)
+    # a cell cut short still gets its row, from the rounds it has
+    assert sorted(len(c.results) for c in rep["results"].cells.values())[0] == 5
+
+
+def test_interrupted_old_run_counts_load_runs(tmp_path):
+    d = make_results(str(tmp_path / "old"), servers=("uvloop",), rounds=3)
+    meta_path = os.path.join(d, "meta.json")
+    meta = json.load(open(meta_path))
     planned = len(glob.glob(os.path.join(d, "raw", "*.json")))
-    meta.update(status="interrupted", planned_runs=planned)
+    meta.update(status="interrupted", planned_runs=planned)  # a meta.json written before cells were counted
     json.dump(meta, open(meta_path, "w"))
     for path in sorted(glob.glob(os.path.join(d, "raw", "*open*")))[:5]:
         os.unlink(path)
     rep = build_report(d)
     assert f"INCOMPLETE: this run was interrupted; {planned - 5} of {planned}" in open(rep["md"]).read()
-    # a cell cut short still gets its row, from the rounds it has
-    assert any(len(c.results) < 3 for c in rep["results"].cells.values())
 
 
 def test_report_cli(base, capsys):
@@ -218,25 +278,6 @@ def test_bad_fail_above(base, capsys):
 # --- compare ----------------------------------------------------------------------------
 
 
-def test_mann_whitney_exact_values():
-    # complete separation, 3 v 3: 1 of the C(6,3) = 20 splits
-    assert mann_whitney_u([4, 5, 6], [1, 2, 3], "less")[1:] == (pytest.approx(0.05), "exact")
-    assert mann_whitney_u([4, 5, 6], [1, 2, 3], "greater")[1] == pytest.approx(1.0)
-    assert mann_whitney_u([1, 2, 3], [1, 2, 3], "less")[1] > 0.5
-    # ties take mid-ranks: U counts a tie as 1/2
-    assert mann_whitney_u([1, 2], [2, 3], "greater")[0] == pytest.approx(3.5)
-
-
-def test_mann_whitney_normal_approximation_agrees_with_exact(monkeypatch):
-    a = [float(x) for x in range(10)]
-    b = [x + 3.5 for x in a]
-    _, exact, m1 = mann_whitney_u(a, b, "greater")
-    monkeypatch.setattr("sockbench.bench.report.compare.EXACT_LIMIT", 0)
-    _, approx, m2 = mann_whitney_u(a, b, "greater")
-    assert (m1, m2) == ("exact", "normal")
-    assert approx == pytest.approx(exact, abs=0.01)
-
-
 def test_parse_percent():
     assert parse_percent("5%") == pytest.approx(0.05)
     assert parse_percent("12.5") == pytest.approx(0.125)
@@ -250,10 +291,14 @@ def test_compare_detects_a_20_percent_slowdown(base, tmp_path, capsys):
     uv = [r for r in result["rows"] if r["server"] == "uvloop" and r["metric"] == "msgs/s"]
     assert uv and all(r["verdict"] == "slower" for r in uv)
     assert all(-0.25 < r["change"] < -0.15 for r in uv)
+    # the whole interval of the change lies beyond -5%, and it holds the change of the medians
+    assert all(r["change_ci"][1] < -0.05 and r["change_ci"][0] <= r["change"] <= r["change_ci"][1] for r in uv)
     assert {r["server"] for r in result["failed"]} == {"uvloop"}
+    # the other servers did not change: no cell of theirs is called slower or faster
+    assert all(r["verdict"] in ("same", UNDECIDED) for r in result["rows"] if r["server"] != "uvloop")
     assert main(["compare", base, slow, "--fail-above", "5%"]) == 1
     out = capsys.readouterr().out
-    assert "FAIL" in out and "uvloop" in out
+    assert "FAIL" in out and "uvloop" in out and "Hodges-Lehmann 95% interval" in out
     # without --fail-above, compare only reports
     assert main(["compare", base, slow]) == 0
 
@@ -262,8 +307,29 @@ def test_compare_ignores_a_1_percent_slowdown(base, tmp_path, capsys):
     slight = make_results(str(tmp_path / "slight"), slowdown={"uvloop": 0.01}, seed=8)
     result = compare(base, slight, fail_above=0.05)
     assert result["failed"] == []
+    assert not any(r["verdict"] in ("slower", "faster") for r in result["rows"])
     assert main(["compare", base, slight, "--fail-above", "5%"]) == 0
-    assert "OK: no significant slowdown above 5.0%" in capsys.readouterr().out
+    assert "OK: no cell slower by more than 5.0%" in capsys.readouterr().out
+
+
+def test_compare_with_three_rounds_is_undecided(tmp_path):
+    a = make_results(str(tmp_path / "a"), servers=("uvloop",), rounds=3)
+    b = make_results(str(tmp_path / "b"), servers=("uvloop",), rounds=3, slowdown={"uvloop": 0.2}, seed=5)
+    result = compare(a, b, fail_above=0.05)
+    # even a 20% slowdown: 3 rounds against 3 allow no 95% interval, so no cell is called either way
+    assert {r["verdict"] for r in result["rows"]} == {UNDECIDED} and result["failed"] == []
+    assert all(r["ci"] == (0.0, float("inf")) for r in result["rows"])
+
+
+def test_a_disturbed_cell_never_fails(base, tmp_path, capsys):
+    slow = make_results(str(tmp_path / "slow-busy"), slowdown={"uvloop": 0.20}, seed=7, disturbed=("uvloop",))
+    result = compare(base, slow, fail_above=0.05)
+    uv = [r for r in result["rows"] if r["server"] == "uvloop"]
+    assert uv and all(r["disturbed"] and r["marks"] == ["DISTURBED in B"] for r in uv)
+    assert result["failed"] == []
+    assert main(["compare", base, slow, "--fail-above", "5%"]) == 0
+    out = capsys.readouterr().out
+    assert "DISTURBED in B" in out and "reported, never failed" in out
 
 
 def test_protocol_cost_table_and_plot(report, base):
@@ -337,25 +403,40 @@ def test_compare_keys_include_the_protocol(base, tmp_path):
 
 
 def test_compare_same_folder_is_unchanged(base):
-    result = compare(base, base, fail_above=0.0)
+    result = compare(base, base, fail_above=0.05)
+    # the interval of a folder against itself is centred on 1 and narrower than ±5% (the fixture's noise is ±2%)
     assert result["failed"] == [] and all(r["verdict"] == "same" for r in result["rows"])
-
-
-# --- the run plan ---------------------------------------------------------------------------
+    assert all(r["ratio"] == 1.0 and r["ci"][0] < 1.0 < r["ci"][1] for r in result["rows"])
 
 
 def test_plan_counts_and_round_trip(tmp_path):
     plan = Plan(servers=("a", "b"))
     assert len(plan.cells()) == 2 * (3 * 3 + 4 + 3)
-    assert plan.total_runs() == len(plan.cells()) * 3
+    assert plan.min_estimate_s() == pytest.approx(sum(plan.cell_estimate_s(c) for c in plan.cells()))
     path = str(tmp_path / "plan.json")
     plan.save(path)
     assert Plan.load(path) == plan
     ids = [c.id for c in plan.cells()]
     assert len(set(ids)) == len(ids)
     q = quick_plan(["a"])
-    assert q.rounds >= 3 and q.quick
+    assert q.min_rounds == q.max_rounds == 3 and q.quick and not q.adaptive
     assert not any(c.protocol != "raw" for c in q.cells())  # the 60 s budget: no protocol section by default
+    # a plan.json from before the rounds rule: every cell ran exactly its ``rounds``
+    old = plan.to_dict()
+    del old["min_rounds"], old["max_rounds"]
+    old["rounds"] = 3
+    assert (Plan.from_dict(old).min_rounds, Plan.from_dict(old).max_rounds) == (3, 3)
+
+
+def test_full_plan_is_the_whole_grid():
+    full = full_plan(["a", "b"])
+    assert full.full and len(full.cells()) == len(Plan(servers=("a", "b")).cells())
+    assert (full.sizes, full.conns, full.open_pcts, full.proto_depth) == ((64, 1024, 16384), (1, 10, 100),
+                                                                          (25, 50, 75, 90), 16)
+    assert full.run_budget_s is None and full.adaptive
+    assert build_plan(servers=["uvloop"], full=True).full
+    with pytest.raises(UsageError, match="exclude each other"):
+        build_plan(servers=["uvloop"], full=True, quick=True)
 
 
 def test_plan_protocol_section():
@@ -400,91 +481,7 @@ def test_run_refuses_a_folder_with_results(base, capsys):
     assert "already holds files" in _one_line_error(capsys, ["run", "--quick", "--out", base])
 
 
-# --- end to end: the real pipeline ----------------------------------------------------------
-
-
-def _log_tail(out, n=40):
-    try:
-        with open(os.path.join(out, "pytest.log")) as f:
-            return "\n--- pytest.log ---\n" + "".join(f.readlines()[-n:])
-    except OSError:
-        return ""
-
-
-def _sockbench(*args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "sockbench", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
-
-
-def test_run_quick_end_to_end(tmp_path):
-    out = str(tmp_path / "quick")
-    # with one json cell per server (not in --quick by default): the framed path end to end
-    proc = _sockbench("run", "--quick", "--servers", *E2E_SERVERS, "--protocols", "json", "--out", out)
-    stdout, stderr = proc.communicate(timeout=180)  # a hang guard, not a speed target
-    assert proc.returncode == 0, stdout + stderr + _log_tail(out)
-    assert f"report: {os.path.join(out, 'report.html')}" in stdout
-    results = load_results(out)
-    plan = Plan.load(os.path.join(out, "plan.json"))
-    assert len(results.results) == plan.total_runs() == len(E2E_SERVERS) * 3 * plan.rounds
-    for c in results.cells.values():
-        assert len(c.results) == plan.rounds and c.median > 0 and not c.invalid, c.cell
-        if c.cell.mode == "open":
-            peak = c.results[0].cell.peak_msgs_per_s
-            assert c.results[0].workload.rate == pytest.approx(peak * c.cell.load_pct / 100)
-    for c in results.cells.values():
-        assert all(r.workload.protocol == c.cell.protocol == r.cell.protocol for r in c.results)
-    assert {c.workload_id for c in results.cells.values() if c.cell.protocol == "json"} == {"closed-64B-c10-json"}
-    # every load announced its window before it opened, so the runner kept its display still through it
-    events = [json.loads(line) for line in open(os.path.join(out, "progress.jsonl"))]
-    rounds = [i for i, ev in enumerate(events) if ev["event"] == "round"]
-    assert len(rounds) == plan.total_runs()
-    for i in rounds:
-        window = next(ev for ev in reversed(events[:i]) if ev["event"] in ("window", "round"))
-        assert window["event"] == "window" and window["end_ns"] > window["start_ns"] > 0
-    for name, _ in PLOTS:
-        with Image.open(os.path.join(out, "plots", name)) as im:
-            im.verify()
-    ((_, rows),) = protocol_cost_rows(results)
-    assert [(r[0][0], r[0][1]) for r in rows] == [(s, p) for s in E2E_SERVERS for p in ("raw", "json")]
-    assert json.load(open(os.path.join(out, "meta.json")))["status"] == "complete"
-    # pytest-benchmark's own JSON and storage, with everything in extra_info
-    pb = json.load(open(os.path.join(out, "pytest-benchmark.json")))
-    assert len(pb["benchmarks"]) == len(results.cells)
-    for b in pb["benchmarks"]:
-        info = b["extra_info"]
-        assert len(info["per_round"]) == plan.rounds == b["stats"]["rounds"]
-        assert {"msgs_per_s_median", "latency_us", "server_cpu_us_per_msg", "flags", "valid", "client_bound"} <= set(info)
-        if info["mode"] == "closed":  # the message clock: ops is msgs/s
-            assert b["stats"]["median"] == pytest.approx(1 / info["msgs_per_s_median"], rel=1e-6)
-    saved = glob.glob(os.path.join(out, "benchmarks", "*", "0001_sockbench.json"))
-    assert saved
-    cmp_ = subprocess.run([sys.executable, "-m", "pytest_benchmark.cli", "compare", saved[0], saved[0]],
-                          capture_output=True, text=True, timeout=60)
-    assert cmp_.returncode == 0, cmp_.stderr
-
-
-def test_run_ctrl_c_keeps_finished_rounds(tmp_path):
-    out = str(tmp_path / "cut")
-    proc = _sockbench("run", "--quick", "--servers", *E2E_SERVERS, "--out", out)
-    try:
-        deadline = time.monotonic() + 60
-        while len(glob.glob(os.path.join(out, "raw", "*.json"))) < 2:
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    why = stdout + stderr + _log_tail(out)
-    assert proc.returncode == 130, why
-    meta = json.load(open(os.path.join(out, "meta.json")))
-    assert meta["status"] == "interrupted", why
-    assert 2 <= meta["finished_runs"] < meta["planned_runs"], why
-    assert "INCOMPLETE: this run was interrupted" in open(os.path.join(out, "report.md")).read()
-    # the report can be rebuilt from what was kept
-    assert main(["report", out]) == 0
+# --- the progress display --------------------------------------------------------------------
 
 
 def test_runner_draws_nothing_while_a_load_window_is_open(tmp_path, monkeypatch):
@@ -499,12 +496,13 @@ def test_runner_draws_nothing_while_a_load_window_is_open(tmp_path, monkeypatch)
     cell = plan.cells()[0]
     now = time.monotonic_ns()
     window_end = now + 400_000_000  # a load is measured for the next 0.4 s
-    events = [{"event": "cell", "cell": cell.id, "index": 0, "desc": "a cell"},
-              {"event": "window", "start_ns": now, "end_ns": window_end}]
-    events += [{"event": "round", "cell": cell.id, "round": k + 1, "msgs_per_s": 1000.0, "valid": True}
-               for k in range(plan.rounds)]
+    events = [CellStarted(cell=cell.id, index=0, desc="a cell"), Window(start_ns=now, end_ns=window_end)]
+    events += [RoundDone(cell=cell.id, round=k + 1, attempt=1, kept=True, msgs_per_s=1000.0, p99_us=50.0, valid=True)
+               for k in range(plan.min_rounds)]
+    events.append(CellDone(cell=cell.id, index=0, rounds=plan.min_rounds, remeasured=0, figure="msgs/s", median=1000.0,
+                           interval="none yet (n=3)", stopped="fixed", flags=()))
     with open(tmp_path / PROGRESS_FILE, "w") as f:
-        f.writelines(json.dumps(ev) + "\n" for ev in events)
+        f.writelines(json.dumps(ev.to_json()) + "\n" for ev in events)
 
     class Child:  # the suite: it exits 0.6 s from now
         returncode = None
@@ -521,4 +519,28 @@ def test_runner_draws_nothing_while_a_load_window_is_open(tmp_path, monkeypatch)
     assert runner._watch(Child(), str(tmp_path), plan, console) is False
     assert printed, "the cell's summary line is printed"
     assert min(printed) >= window_end, "a line was printed while the load window was open"
-    assert "a cell: 1,000 msgs/s (median of 3)" in console.file.getvalue()
+    assert "1/2 cells  [1/2] a cell: 1,000 msgs/s (median of 3, interval none yet (n=3))" in console.file.getvalue()
+
+
+def test_progress_counts_cells_runs_and_time_left():
+    from sockbench.bench.suite.runner import _Follow
+
+    plan = default_plan(["uvloop", "cython"], speaks={"uvloop": ["raw", "frame", "json"], "cython": ["raw"]})
+    cells = plan.cells()
+    follow = _Follow(plan, live=False, started=100.0)
+    assert follow.left_s(now=100.0) == pytest.approx(min(plan.min_estimate_s(), plan.run_budget_s))
+    follow.on_event(CellStarted(cell=cells[0].id, index=0, desc="first"))
+    for k in range(3):
+        follow.on_event(RoundDone(cell=cells[0].id, round=k + 1, attempt=1, kept=True, msgs_per_s=1e5, p99_us=None,
+                                  valid=True))
+    follow.on_event(RoundDone(cell=cells[0].id, round=4, attempt=1, kept=False, msgs_per_s=1e5, p99_us=None, valid=True,
+                              disturbed=True))
+    assert (follow.runs, follow.remeasured, follow.cell_rounds) == (4, 1, 3)
+    follow.on_event(CellDone(cell=cells[0].id, index=0, rounds=7, remeasured=1, figure="msgs/s", median=1e5,
+                             interval="±1.0%", stopped="stable", flags=("DISTURBED",)))
+    assert follow.cells_done == 1 and follow.index == -1
+    assert follow.lines[-1].endswith("(median of 7, interval ±1.0%, 1 re-measured) DISTURBED")
+    # the first cell took twice its estimate: the rest are expected to as well, within the run budget
+    took = 2 * plan.cell_estimate_s(cells[0])
+    rest = plan.min_estimate_s() - plan.cell_estimate_s(cells[0])
+    assert follow.left_s(now=100.0 + took) == pytest.approx(min(2 * rest, plan.run_budget_s - took))

@@ -158,7 +158,9 @@ def test_the_sample_folder_reports_and_compares(tmp_path):
     assert os.path.getsize(rep["md"]) > 0 and os.path.getsize(rep["html"]) > 0 and len(rep["plots"]) == 7
     out = compare(SAMPLE, copy)
     assert len(out["rows"]) == len(load_results(SAMPLE).cells)
-    assert {r["verdict"] for r in out["rows"]} == {"same"}
+    # 3 rounds against 3 allow no 95% interval: no verdict either way, and nothing fails
+    assert {r["verdict"] for r in out["rows"]} == {"undecided (needs more rounds)"}
+    assert compare(SAMPLE, copy, fail_above=0.05)["failed"] == []
     assert not out["only_a"] and not out["only_b"] and not out["notes"]
 
 
@@ -265,7 +267,7 @@ def test_the_suite_summaries_keep_their_extra_info_keys(sample_dicts):
     assert set(RoundSummary.of(r).to_json()) == {
         "msgs_per_s", "bytes_per_s", "target_rate", "achieved_rate", "latency_us", "server_us_per_msg",
         "server_rss_peak_bytes", "client_cpu_util", "client_busy_util", "errors", "valid", "client_bound",
-        "invalid_reason", "started_at"}
+        "invalid_reason", "started_at", "interference", "fairness", "disturbed", "starved"}
     assert RoundSummary.of(r).to_json()["latency_us"] == {k: r.latency_us.to_json()[k] for k in
                                                           ("p50", "p90", "p99", "p999", "max", "mean")}
     cs = next(iter(load_results(SAMPLE).cells.values()))
@@ -274,6 +276,7 @@ def test_the_suite_summaries_keep_their_extra_info_keys(sample_dicts):
         "msgs_per_s_median", "msgs_per_s_stdev", "spread", "unstable", "mb_per_s_median", "latency_us",
         "latency_source", "server_cpu_us_per_msg", "server_user_us_per_msg", "server_rss_peak_bytes",
         "client_cpu_util", "client_load", "errors_total", "errors_by_kind", "valid", "client_bound",
-        "invalid_reasons", "flags"}
+        "invalid_reasons", "flags", "rounds", "remeasured", "figure", "figure_median", "figure_ci",
+        "figure_ci_confidence", "disturbed_rounds", "starved"}
     assert s["latency_source"] == "hdr" and s["latency_us"]["p99"] == cs.latency()["p99"]
     json.dumps(s)

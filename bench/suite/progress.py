@@ -1,0 +1,129 @@
+"""The progress events the suite writes to ``progress.jsonl`` and ``sockbench run`` reads back.
+
+Why it is built this way: the suite (a child pytest process) and the runner
+(its parent) share nothing but the results folder, and the events are their
+whole conversation: a cell starts, a load window is about to open, a round
+ends (kept, or measured again because it was disturbed), a cell ends with
+its rounds and its interval.  Each event is one small frozen dataclass here,
+and its JSON line is written and read by ``to_json``/``parse`` from the
+dataclass's own fields, so no key is spelled anywhere else: a field added
+here reaches both sides.  A line that is not an event (a torn last line, an
+event from a newer version) parses as None and is skipped.
+"""
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+__all__ = ["CellStarted", "Window", "Calibrating", "Calibrated", "RoundDone", "CellDone", "EVENTS", "parse"]
+
+
+@dataclass(frozen=True)
+class _Event:
+    #: the value of the line's ``event`` key, set by each event class
+    EVENT = ""
+
+    def to_json(self):
+        """The event as a JSON object: its fields, its ``event`` name, and the wall time ``t``."""
+        return {"event": self.EVENT, "t": time.time(), **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_json(cls, d):
+        kw = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class CellStarted(_Event):
+    """A cell begins: its id, its place in the plan (0-based), its description."""
+
+    EVENT = "cell"
+    cell: str
+    index: int
+    desc: str
+
+
+@dataclass(frozen=True)
+class Window(_Event):
+    """A load window is about to open (CLOCK_MONOTONIC ns): the runner draws nothing until its end."""
+
+    EVENT = "window"
+    start_ns: int
+    end_ns: int
+
+
+@dataclass(frozen=True)
+class Calibrating(_Event):
+    """A closed-loop run measures a server's peak for its open-loop sweep."""
+
+    EVENT = "calibrate"
+    server: str
+
+
+@dataclass(frozen=True)
+class Calibrated(_Event):
+    EVENT = "calibrated"
+    server: str
+    msgs_per_s: float | None
+    valid: bool
+
+
+@dataclass(frozen=True)
+class RoundDone(_Event):
+    """One load run of a cell ended: ``kept`` as round ``round``, or set aside (``disturbed``) to be measured again.
+
+    ``attempt`` counts the measurements of this round (1 for the first).
+    """
+
+    EVENT = "round"
+    cell: str
+    round: int
+    attempt: int
+    kept: bool
+    msgs_per_s: float | None
+    p99_us: float | None
+    valid: bool
+    client_bound: bool = False
+    disturbed: bool = False
+
+
+@dataclass(frozen=True)
+class CellDone(_Event):
+    """A cell ended: its kept rounds, how many were measured again, its judged figure and interval, why it stopped.
+
+    ``stopped`` is ``stable`` (the interval is within the plan's ``ci``), ``max-rounds``, ``budget`` (its
+    time budget ran out), ``invalid`` (an invalid round: more rounds cannot make the cell valid), or
+    ``fixed`` (a plan with a fixed number of rounds).
+    """
+
+    EVENT = "cell_done"
+    cell: str
+    index: int
+    rounds: int
+    remeasured: int
+    figure: str
+    median: float | None
+    interval: str
+    stopped: str
+    flags: tuple = ()
+
+    @classmethod
+    def from_json(cls, d):
+        ev = super().from_json(d)
+        return dataclasses.replace(ev, flags=tuple(ev.flags or ()))
+
+
+EVENTS = {cls.EVENT: cls for cls in (CellStarted, Window, Calibrating, Calibrated, RoundDone, CellDone)}
+
+
+def parse(d):
+    """The event of one decoded JSON line, or None when it is not one this version knows."""
+    if not isinstance(d, dict):
+        return None
+    cls = EVENTS.get(d.get("event"))
+    if cls is None:
+        return None
+    try:
+        return cls.from_json(d)
+    except TypeError:  # a field missing: not an event of this version
+        return None
