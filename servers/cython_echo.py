@@ -33,7 +33,7 @@ this module only adapts it to the registry contract.
   ``OSError(errno, strerror)``, so a fatal error reads like any other.
 * **RLIMIT_NOFILE**: the soft limit is raised to the hard limit at start.
 * **Framed protocols**: ``--protocol frame|json`` are parsed in the same nogil
-  loop, by the C code of ``ext/wire.pxd``, with no Python object per message:
+  loop, by the C code of ``ext/wire.h``, with no Python object per message:
   complete messages are answered from the buffer they were read into, a
   partial one waits in a buffer of its own.  The JSON header parser is
   strict (a flat object of string and int64 values) and decides exactly as

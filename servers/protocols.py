@@ -181,7 +181,7 @@ _FLAT_DECODER_CHECKING = json.JSONDecoder(
 def parse_json_header(raw, max_message=DEFAULT_MAX_MESSAGE):
     """Decode and validate a request header; return ``(header_dict, content_length)``.
 
-    Strict, like the C parser of the ``cython`` server (``ext/wire.pxd``), and
+    Strict, like the C parser of the ``cython`` server (``ext/wire.h``), and
     deciding exactly as it does: one JSON object whose values are all strings
     or integers in the int64 range (no nested values, floats, true, false,
     null, NaN or Infinity, also not under a key given twice), and no lone
