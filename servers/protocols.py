@@ -28,7 +28,8 @@ two protocols add that per-message work, identically in every server:
     ``RecursionError`` instead of a malformed-message error.
 
 Truncated input followed by EOF is malformed too.  A malformed message ends
-its own connection only (the server logs one line to stderr and closes it).
+its own connection only (the server logs one line to stderr, worded by
+``contract.log_closing``, and closes it).
 
 The decoders here are sans-I/O, like the tutorial's ``Message`` class with its
 ``_recv_buffer``, ``process_protoheader``, ``process_jsonheader`` and
@@ -57,7 +58,6 @@ __all__ = [
     "json_response",
     "encode_frame",
     "encode_json_request",
-    "log_protocol_error",
 ]
 
 PROTOCOLS = ("raw", "frame", "json")
@@ -333,9 +333,3 @@ def make_decoder(protocol, max_message=DEFAULT_MAX_MESSAGE):
     if protocol == "json":
         return JsonDecoder(max_message)
     raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
-
-
-def log_protocol_error(server, peer, error):
-    """The one stderr line for a malformed message (the connection is then closed)."""
-    sys.stderr.write(f"sockbench serve {server}: closing {peer}: malformed message: {error}\n")
-    sys.stderr.flush()
