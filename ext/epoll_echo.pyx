@@ -248,6 +248,8 @@ cdef void _resume_accepting(loop_t* L) noexcept nogil:
     if _watch(L, EPOLL_CTL_MOD, L.lfd, EPOLLIN) == 0:
         L.accept_paused = 0
         L.resume_ms = 0
+    else:
+        L.resume_ms = L.now_ms + ACCEPT_PAUSE_MS  # try again after another pause, never in a tight loop
 
 
 cdef ssize_t _send_some(int fd, const char* p, size_t n) noexcept nogil:
