@@ -46,8 +46,26 @@ the choices that matter for reading this file are:
 * **Malformed input** (ext/wire.pyx says what is malformed) ends its connection
   only: the answers before it are sent first (``closing`` closes once the
   tail is out), and one line goes to stderr with a single ``write(2)``, worded
-  like ``protocols.log_protocol_error``.  End of file inside a message is
-  malformed too.
+  like ``contract.log_closing``.  End of file inside a message is malformed
+  too.  The JSON header parser never recurses: a nested value is refused
+  where it starts, however deep the nesting would go.
+* **Out of descriptors** (EMFILE, ENFILE, ENOBUFS, ENOMEM from accept4): the
+  listener is unwatched until a connection closes or ``ACCEPT_PAUSE_MS`` has
+  passed, whichever is first, with one line on stderr (then at most one a
+  second), worded like ``contract.AcceptErrors``.  Never fatal, even with no
+  connection open: the pause ends on its own.
+* **Limits** (``--idle-timeout``, ``--max-buffered``; off unless asked for):
+  the loop reads a monotonic clock once per ``epoll_wait`` only when a limit
+  or an accept pause needs it, and waits at most until the next duty.  Each
+  connection keeps the time of its last complete message (raw: of its last
+  read) in ``conn_t.last`` (milliseconds since the loop started, modulo 2**32:
+  compared by unsigned difference, so any timeout below 24 days is exact);
+  every ``sweep_ms`` the table is scanned for connections idle too long.
+  ``buffered`` sums the bytes received into partial messages
+  (``pstate_t.pend_len``); a read that takes it over ``max_buffered`` drops
+  that connection's partial message and closes it, after the answers before
+  it.  The reasons in those lines come from Python (``contract.Limits``), so
+  every server words them the same.
 """
 
 from libc.stdint cimport uint32_t, uint64_t
@@ -56,7 +74,7 @@ from posix cimport (
     EAGAIN, EINTR, ECONNABORTED, EPROTO, EMFILE, ENFILE, ENOBUFS, ENOMEM,
     malloc, calloc, realloc, free, posix_memalign, memcpy, memset,
     sigaction_t, sigaction, sigemptyset, SIGINT, SIGTERM, SA_RESTART,
-    write, close,
+    write, close, strerror, clock_gettime, timespec, CLOCK_MONOTONIC,
     fcntl, F_GETFL, F_SETFL, O_NONBLOCK,
     accept4, recv, send, setsockopt, SOCK_NONBLOCK, SOCK_CLOEXEC, MSG_NOSIGNAL,
     getpeername, sockaddr, sockaddr_storage, sockaddr_in, sockaddr_in6, socklen_t,
@@ -76,7 +94,8 @@ from wire cimport (
 
 import os
 
-__all__ = ["serve", "raise_nofile_limit", "RECV_BUF_SIZE", "MAX_EVENTS", "PROTOCOLS", "MAX_MESSAGE_LIMIT"]
+__all__ = ["serve", "raise_nofile_limit", "RECV_BUF_SIZE", "MAX_EVENTS", "PROTOCOLS", "MAX_MESSAGE_LIMIT",
+           "MAX_IDLE_TIMEOUT_S", "ACCEPT_PAUSE_S"]
 
 
 cdef enum:
@@ -85,6 +104,9 @@ cdef enum:
     TABLE_CAP = 1 << 22         # at most this many descriptors are tracked
     OUT_SLACK = 256             # json answers: the answer buffer is one read + this
     SCRATCH = 65536 + 256       # json: one answer header built outside the message buffer
+    ACCEPT_PAUSE_MS = 100       # the longest accept pause after EMFILE/ENFILE/ENOBUFS/ENOMEM (contract.ACCEPT_PAUSE_S)
+    ACCEPT_LOG_MS = 1000        # at most one line a second about it
+    REASON_CAP = 256            # a closing reason handed in from Python (--idle-timeout, --max-buffered)
 
 RECV_BUF_SIZE = RECV_BUF
 MAX_EVENTS = EVENTS
@@ -93,6 +115,10 @@ PROTOCOLS = tuple(proto_name(i).decode() for i in range(PROTO_COUNT))
 #: the largest ``max_message`` this server takes: a message, its header and its
 #: answer must fit the 32-bit offsets of ``conn_t``
 MAX_MESSAGE_LIMIT = 1 << 30
+#: the longest ``idle_timeout`` this server takes: connection clocks are 32-bit milliseconds
+#: compared by unsigned difference, exact below 2**31 ms (24.8 days)
+MAX_IDLE_TIMEOUT_S = 2_000_000
+ACCEPT_PAUSE_S = ACCEPT_PAUSE_MS / 1000
 
 
 ctypedef struct conn_t:
@@ -100,6 +126,7 @@ ctypedef struct conn_t:
     uint32_t tail_off     # bytes of ``tail`` already sent
     uint32_t tail_len     # bytes of ``tail`` still to send
     uint32_t open         # 1 while the fd is one of this loop's connections
+    uint32_t last         # --idle-timeout: its last complete message, ms since the loop started (mod 2**32)
 
 
 ctypedef struct pstate_t:
@@ -128,12 +155,36 @@ ctypedef struct loop_t:
     size_t outcap
     unsigned char* scratch  # json: an answer header for a message completed in its own buffer
     size_t bufsize
+    # timed duties (all 0 when off): the clock is read only when one of them is on
+    uint64_t t0_ms        # the clock when the loop started
+    uint64_t now_ms       # the clock at the last epoll_wait return
+    uint32_t idle_ms      # --idle-timeout, or 0
+    uint32_t sweep_ms     # how often idle connections are looked for
+    uint64_t next_sweep_ms
+    uint64_t resume_ms    # an accept pause ends then
+    uint64_t next_accept_log_ms
+    uint64_t accept_unsaid  # accept failures since the last line about them
+    uint64_t max_buffered # --max-buffered, or 0
+    uint64_t buffered     # bytes received into partial messages, over every connection
 
 
 # The eventfd that the stop-signal handler writes; -1 when no loop runs.
 cdef int g_stop_fd = -1
-# The server name for the malformed-message log line (``sockbench serve NAME: ...``).
+# The server name for the log lines (``sockbench serve NAME: ...``).
 cdef char g_name[64]
+# The closing reasons for --idle-timeout and --max-buffered, worded by contract.Limits.
+cdef char g_idle_reason[REASON_CAP]
+cdef char g_buffered_reason[REASON_CAP]
+
+
+cdef uint64_t _clock_ms() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <uint64_t>ts.tv_sec * 1000 + <uint64_t>(ts.tv_nsec // 1000000)
+
+
+cdef inline uint32_t _now32(loop_t* L) noexcept nogil:
+    return <uint32_t>(L.now_ms - L.t0_ms)
 
 
 cdef void _on_stop_signal(int signo) noexcept nogil:
@@ -175,15 +226,30 @@ cdef void _close_conn(loop_t* L, int fd) noexcept nogil:
     c.tail_len = 0
     c.open = 0
     if L.ps != NULL:
-        if L.ps[fd].pend != NULL:
-            free(L.ps[fd].pend)
+        _drop_pending(L, &L.ps[fd])
         memset(&L.ps[fd], 0, sizeof(pstate_t))
     close(fd)  # also drops it from the epoll set: the fd is never dup'ed
     L.live -= 1
     if L.accept_paused:
-        # a descriptor is free again: watch the listener again
-        if _watch(L, EPOLL_CTL_MOD, L.lfd, EPOLLIN) == 0:
-            L.accept_paused = 0
+        _resume_accepting(L)  # a descriptor is free again
+
+
+cdef void _drop_pending(loop_t* L, pstate_t* ps) noexcept nogil:
+    """Free a partial message, and take its bytes off ``buffered``."""
+    if ps.pend != NULL:
+        free(ps.pend)
+        L.buffered -= ps.pend_len
+    ps.pend = NULL
+    ps.pend_len = 0
+    ps.pend_need = 0
+
+
+cdef void _resume_accepting(loop_t* L) noexcept nogil:
+    if _watch(L, EPOLL_CTL_MOD, L.lfd, EPOLLIN) == 0:
+        L.accept_paused = 0
+        L.resume_ms = 0
+    else:
+        L.resume_ms = L.now_ms + ACCEPT_PAUSE_MS  # try again after another pause, never in a tight loop
 
 
 cdef ssize_t _send_some(int fd, const char* p, size_t n) noexcept nogil:
@@ -216,13 +282,14 @@ cdef int _accept_all(loop_t* L) noexcept nogil:
             if err == EINTR or err == ECONNABORTED or err == EPROTO:
                 continue  # that one connection went away before we took it
             if err == EMFILE or err == ENFILE or err == ENOBUFS or err == ENOMEM:
-                if L.live == 0:
-                    return -err  # no close will ever free a descriptor
                 # level-triggered: an unserviceable listener would spin the loop,
-                # so stop watching it until a connection closes
+                # so stop watching it until a connection closes or the pause ends
                 if _watch(L, EPOLL_CTL_MOD, L.lfd, 0) < 0:
                     return -posix.errno
                 L.accept_paused = 1
+                L.now_ms = _clock_ms()
+                L.resume_ms = L.now_ms + ACCEPT_PAUSE_MS
+                _log_accept_error(L, err)
                 return 0
             return -err
         if <size_t>fd >= L.nconns:
@@ -237,6 +304,7 @@ cdef int _accept_all(loop_t* L) noexcept nogil:
         c.tail_off = 0
         c.tail_len = 0
         c.open = 1
+        c.last = _now32(L)
         L.live += 1
         if fd > L.max_fd:
             L.max_fd = fd
@@ -261,6 +329,8 @@ cdef void _on_readable(loop_t* L, int fd) noexcept nogil:
         # read), so the echo is complete: close.
         _close_conn(L, fd)
         return
+    if L.idle_ms:
+        L.conns[fd].last = _now32(L)  # raw: every read is answered whole
     sent = _send_some(fd, L.buf, <size_t>n)
     if sent == n:
         return
@@ -328,38 +398,95 @@ cdef size_t _put_num(char* out, size_t o, size_t cap, uint64_t v) noexcept nogil
     return o
 
 
-cdef void _log_malformed(int fd, const char* reason) noexcept nogil:
-    """The one stderr line, worded as ``protocols.log_protocol_error``: one write(2), no stdio."""
-    cdef char line[512]
+cdef size_t _put_peer(char* line, size_t o, size_t cap, int fd) noexcept nogil:
+    """The peer of ``fd`` as ``contract.format_peer`` spells it: HOST:PORT, [V6]:PORT."""
     cdef char host[64]
     cdef sockaddr_storage ss
     cdef socklen_t sl = sizeof(ss)
-    cdef size_t cap = sizeof(line) - 1
-    cdef size_t o = _put_str(line, 0, cap, b"sockbench serve ")
-    cdef int known = 0
-    cdef int saved = posix.errno
-    o = _put_str(line, o, cap, g_name)
-    o = _put_str(line, o, cap, b": closing ")
     if getpeername(fd, <sockaddr*>&ss, &sl) == 0:
         if ss.ss_family == AF_INET and inet_ntop(AF_INET, &(<sockaddr_in*>&ss).sin_addr, host, sizeof(host)) != NULL:
             o = _put_str(line, o, cap, host)
             o = _put_str(line, o, cap, b":")
-            o = _put_num(line, o, cap, ntohs((<sockaddr_in*>&ss).sin_port))
-            known = 1
-        elif ss.ss_family == AF_INET6 and inet_ntop(AF_INET6, &(<sockaddr_in6*>&ss).sin6_addr, host, sizeof(host)) != NULL:
+            return _put_num(line, o, cap, ntohs((<sockaddr_in*>&ss).sin_port))
+        if ss.ss_family == AF_INET6 and inet_ntop(AF_INET6, &(<sockaddr_in6*>&ss).sin6_addr, host, sizeof(host)) != NULL:
             o = _put_str(line, o, cap, b"[")
             o = _put_str(line, o, cap, host)
             o = _put_str(line, o, cap, b"]:")
-            o = _put_num(line, o, cap, ntohs((<sockaddr_in6*>&ss).sin6_port))
-            known = 1
-    if not known:
-        o = _put_str(line, o, cap, b"fd ")
-        o = _put_num(line, o, cap, <uint64_t>fd)
-    o = _put_str(line, o, cap, b": malformed message: ")
-    o = _put_str(line, o, cap, reason)
+            return _put_num(line, o, cap, ntohs((<sockaddr_in6*>&ss).sin6_port))
+    o = _put_str(line, o, cap, b"fd ")
+    return _put_num(line, o, cap, <uint64_t>fd)
+
+
+cdef void _log_line(char* line, size_t o) noexcept nogil:
+    """Write ``line[:o]`` and its newline with one write(2), no stdio; errno is left as it was."""
+    cdef int saved = posix.errno
     line[o] = 10  # the line always ends with its newline, even if cut short
     write(2, line, o + 1)
     posix.errno = saved
+
+
+cdef void _log_closing(int fd, const char* what, const char* reason) noexcept nogil:
+    """``sockbench serve NAME: closing PEER: WHAT REASON``, worded as ``contract.log_closing``."""
+    cdef char line[640]
+    cdef size_t cap = sizeof(line) - 1
+    cdef size_t o = _put_str(line, 0, cap, b"sockbench serve ")
+    o = _put_str(line, o, cap, g_name)
+    o = _put_str(line, o, cap, b": closing ")
+    o = _put_peer(line, o, cap, fd)
+    o = _put_str(line, o, cap, b": ")
+    o = _put_str(line, o, cap, what)
+    o = _put_str(line, o, cap, reason)
+    _log_line(line, o)
+
+
+cdef void _log_malformed(int fd, const char* reason) noexcept nogil:
+    _log_closing(fd, b"malformed message: ", reason)
+
+
+cdef const char* _accept_hint(int err) noexcept nogil:
+    if err == EMFILE:
+        return b"raise the open-file limit (ulimit -n)"
+    if err == ENFILE:
+        return b"the system's file table is full (fs.file-max)"
+    if err == ENOBUFS:
+        return b"the kernel is out of socket memory"
+    return b"the kernel is out of memory"
+
+
+cdef const char* _errno_name(int err) noexcept nogil:
+    if err == EMFILE:
+        return b"EMFILE"
+    if err == ENFILE:
+        return b"ENFILE"
+    if err == ENOBUFS:
+        return b"ENOBUFS"
+    return b"ENOMEM"
+
+
+cdef void _log_accept_error(loop_t* L, int err) noexcept nogil:
+    """One line now, then at most one a second while it lasts, worded as ``contract.AcceptErrors``."""
+    cdef char line[512]
+    cdef size_t cap = sizeof(line) - 1
+    cdef size_t o
+    if L.now_ms < L.next_accept_log_ms:
+        L.accept_unsaid += 1
+        return
+    o = _put_str(line, 0, cap, b"sockbench serve ")
+    o = _put_str(line, o, cap, g_name)
+    o = _put_str(line, o, cap, b": cannot accept connections: ")
+    o = _put_str(line, o, cap, strerror(err))
+    o = _put_str(line, o, cap, b" (")
+    o = _put_str(line, o, cap, _errno_name(err))
+    o = _put_str(line, o, cap, b"); ")
+    o = _put_str(line, o, cap, _accept_hint(err))
+    o = _put_str(line, o, cap, b"; accepting pauses while it lasts, open connections are still served")
+    if L.accept_unsaid:
+        o = _put_str(line, o, cap, b" (")
+        o = _put_num(line, o, cap, L.accept_unsaid)
+        o = _put_str(line, o, cap, b" more times since the last line)")
+    _log_line(line, o)
+    L.next_accept_log_ms = L.now_ms + ACCEPT_LOG_MS
+    L.accept_unsaid = 0
 
 
 cdef const char* _frame_too_long(char* out, size_t cap, const unsigned char* p, uint64_t max_message) noexcept nogil:
@@ -378,10 +505,18 @@ cdef const char* _frame_too_long(char* out, size_t cap, const unsigned char* p, 
 cdef void _malformed(loop_t* L, int fd, const char* reason) noexcept nogil:
     """Log the one line; close now, or once the answers before the bad message are sent."""
     _log_malformed(fd, reason)
+    _close_after_answers(L, fd)
+
+
+cdef void _close_after_answers(loop_t* L, int fd) noexcept nogil:
     if L.conns[fd].tail != NULL:
         L.ps[fd].closing = 1
     else:
         _close_conn(L, fd)
+
+
+cdef inline int _over_buffered(loop_t* L) noexcept nogil:
+    return L.max_buffered != 0 and L.buffered > L.max_buffered
 
 
 cdef ssize_t _recv_some(loop_t* L, int fd, void* buf, size_t n) noexcept nogil:
@@ -479,6 +614,7 @@ cdef void _read_batch(loop_t* L, int fd, pstate_t* ps) noexcept nogil:
             memcpy(L.out + olen, buf + pos + hl, need - hl)
             olen += need - hl
             pos += need
+    cdef int over = 0
     if bad == NULL and pos < <size_t>n:
         # The read ended inside a message: keep it, sized for the next decision
         # (``need`` > what is here); it is completed by reads straight into it.
@@ -489,10 +625,19 @@ cdef void _read_batch(loop_t* L, int fd, pstate_t* ps) noexcept nogil:
         memcpy(ps.pend, buf + pos, <size_t>n - pos)
         ps.pend_len = <size_t>n - pos
         ps.pend_need = need
+        L.buffered += ps.pend_len
+        if _over_buffered(L):
+            _drop_pending(L, ps)
+            over = 1
+    if L.idle_ms and pos:
+        L.conns[fd].last = _now32(L)  # at least one complete message
     if _send_answer(L, fd, answer, olen, NULL) < 0:
         return
     if bad != NULL:
         _malformed(L, fd, bad)
+    elif over:
+        _log_closing(fd, b"", g_buffered_reason)
+        _close_after_answers(L, fd)
 
 
 cdef void _fill_pending(loop_t* L, int fd, pstate_t* ps) noexcept nogil:
@@ -513,6 +658,12 @@ cdef void _fill_pending(loop_t* L, int fd, pstate_t* ps) noexcept nogil:
             _malformed(L, fd, b"connection closed inside a message")
             return
         ps.pend_len += <size_t>n
+        L.buffered += <size_t>n
+        if _over_buffered(L):
+            _drop_pending(L, ps)
+            _log_closing(fd, b"", g_buffered_reason)
+            _close_conn(L, fd)  # nothing is pending: a connection with a tail is not read
+            return
         if <size_t>n < want:
             return  # the rest is not here yet; epoll says when it is
         if L.proto == PROTO_FRAME:
@@ -537,9 +688,12 @@ cdef void _fill_pending(loop_t* L, int fd, pstate_t* ps) noexcept nogil:
             continue
         # Complete: answer from this buffer, which then becomes the tail or is freed.
         msg = ps.pend
+        L.buffered -= ps.pend_len
         ps.pend = NULL
         ps.pend_len = 0
         ps.pend_need = 0
+        if L.idle_ms:
+            L.conns[fd].last = _now32(L)
         if L.proto == PROTO_FRAME:
             _send_answer(L, fd, msg, total, msg)
             return
@@ -566,18 +720,52 @@ cdef void _on_readable_framed(loop_t* L, int fd) noexcept nogil:
         _read_batch(L, fd, ps)
 
 
+cdef int _timeout_ms(loop_t* L) noexcept nogil:
+    """How long epoll_wait may wait: until the next timed duty, or forever (-1) when there is none."""
+    cdef uint64_t due = 0
+    if L.idle_ms:
+        due = L.next_sweep_ms
+    if L.accept_paused and (due == 0 or L.resume_ms < due):
+        due = L.resume_ms
+    if due == 0:
+        return -1
+    L.now_ms = _clock_ms()
+    return 0 if due <= L.now_ms else <int>(due - L.now_ms)
+
+
+cdef void _timed_duties(loop_t* L) noexcept nogil:
+    """End an accept pause that is due; close the connections idle for ``idle_ms`` when a sweep is due."""
+    cdef int fd
+    cdef uint32_t now32
+    if L.accept_paused and L.now_ms >= L.resume_ms:
+        _resume_accepting(L)
+    if L.idle_ms and L.now_ms >= L.next_sweep_ms:
+        L.next_sweep_ms = L.now_ms + L.sweep_ms
+        now32 = _now32(L)
+        for fd in range(L.max_fd + 1):
+            if L.conns[fd].open and <uint32_t>(now32 - L.conns[fd].last) >= L.idle_ms:
+                if L.ps == NULL or not L.ps[fd].closing:  # a closing one said why already
+                    _log_closing(fd, b"", g_idle_reason)
+                _close_conn(L, fd)
+
+
 cdef int _run(loop_t* L) noexcept nogil:
     """The event loop.  Returns 0 on a stop signal, or -errno on a fatal error."""
     cdef epoll_event events[EVENTS]
     cdef int n, i, fd, rc, err
+    cdef int timed
     cdef conn_t* c
     while True:
-        n = epoll_wait(L.epfd, events, EVENTS, -1)
+        timed = L.idle_ms != 0 or L.accept_paused
+        n = epoll_wait(L.epfd, events, EVENTS, _timeout_ms(L) if timed else -1)
         if n < 0:
             err = posix.errno
             if err == EINTR:
                 continue
             return -err
+        if timed:
+            L.now_ms = _clock_ms()
+            _timed_duties(L)
         for i in range(n):
             fd = events[i].data.fd
             if fd == L.stopfd:
@@ -609,6 +797,8 @@ cdef int _setup(loop_t* L, int lfd, size_t bufsize) noexcept nogil:
     L.stopfd = -1
     L.lfd = lfd
     L.max_fd = -1
+    L.t0_ms = _clock_ms()
+    L.now_ms = L.t0_ms
     flags = fcntl(lfd, F_GETFL)
     if flags < 0:
         return -posix.errno
@@ -708,8 +898,16 @@ def raise_nofile_limit():
     return lim.rlim_cur, lim.rlim_max
 
 
+cdef void _set_reason(char* dst, reason):
+    cdef bytes b = str(reason).encode("utf-8", "replace")[:REASON_CAP - 1]
+    memcpy(dst, <const char*>b, len(b))
+    dst[len(b)] = 0
+
+
 def serve(int listen_fd, announce=None, Py_ssize_t recv_size=RECV_BUF, *, protocol="raw",
-          uint64_t max_message=PROTO_DEFAULT_MAX_MESSAGE, name="cython"):
+          uint64_t max_message=PROTO_DEFAULT_MAX_MESSAGE, name="cython",
+          double idle_timeout=0, uint64_t max_buffered=0,
+          idle_reason="no complete message in time", buffered_reason="too many bytes in partial messages"):
     """Echo every connection accepted on ``listen_fd`` until SIGTERM or SIGINT.
 
     ``listen_fd`` is a listening TCP socket (made non-blocking here; it stays
@@ -721,8 +919,12 @@ def serve(int listen_fd, announce=None, Py_ssize_t recv_size=RECV_BUF, *, protoc
 
     Keyword-only: ``protocol`` is ``raw`` (the echo), ``frame`` or ``json``
     (see ``sockbench.servers.protocols``), with messages of at most
-    ``max_message`` bytes (1..``MAX_MESSAGE_LIMIT``); ``name`` starts the line
-    logged for a malformed message.  A bad one raises ``ValueError``.
+    ``max_message`` bytes (1..``MAX_MESSAGE_LIMIT``); ``name`` starts every
+    log line.  ``idle_timeout`` (seconds, 0 = off, at most
+    ``MAX_IDLE_TIMEOUT_S``) closes a connection with no complete message for
+    that long; ``max_buffered`` (bytes, 0 = off; frame and json) caps the
+    bytes of partial messages over every connection; ``idle_reason`` and
+    ``buffered_reason`` end the line each logs.  A bad value raises ``ValueError``.
     """
     global g_stop_fd
     cdef loop_t L
@@ -734,11 +936,17 @@ def serve(int listen_fd, announce=None, Py_ssize_t recv_size=RECV_BUF, *, protoc
         raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
     if max_message < 1 or max_message > MAX_MESSAGE_LIMIT:
         raise ValueError(f"max_message must be in 1..{MAX_MESSAGE_LIMIT}, got {max_message}")
+    if not 0 <= idle_timeout <= MAX_IDLE_TIMEOUT_S:
+        raise ValueError(f"idle_timeout must be in 0..{MAX_IDLE_TIMEOUT_S} s, got {idle_timeout}")
+    if max_buffered and protocol == "raw":
+        raise ValueError("max_buffered applies to the frame and json protocols; raw holds no partial messages")
     if g_stop_fd != -1:
         raise RuntimeError("an epoll_echo loop is already running in this process")
     cdef bytes cname = str(name).encode("utf-8", "replace")[:sizeof(g_name) - 1]
     memcpy(g_name, <const char*>cname, len(cname))
     g_name[len(cname)] = 0
+    _set_reason(g_idle_reason, idle_reason)
+    _set_reason(g_buffered_reason, buffered_reason)
     raise_nofile_limit()
     rc = _setup(&L, listen_fd, <size_t>recv_size)
     if rc == 0:
@@ -746,6 +954,11 @@ def serve(int listen_fd, announce=None, Py_ssize_t recv_size=RECV_BUF, *, protoc
     if rc < 0:
         _teardown(&L)
         _raise_errno(rc)
+    if idle_timeout > 0:
+        L.idle_ms = <uint32_t>max(1.0, idle_timeout * 1000)
+        L.sweep_ms = <uint32_t>max(1.0, min(1000.0, idle_timeout * 250))  # a quarter of it, at most 1 s: as contract.Limits
+        L.next_sweep_ms = L.now_ms + L.sweep_ms
+    L.max_buffered = max_buffered
     g_stop_fd = L.stopfd
     memset(&act, 0, sizeof(act))
     act.sa_handler = _on_stop_signal

@@ -24,6 +24,12 @@ reading this file are:
   bounded by about ``HIGH_WATER`` plus one read.
 * **Half-close**: ``eof_received`` returns False, so the transport closes
   itself once the echo is flushed.
+* **Limits**: with ``--idle-timeout`` the server passes a
+  ``contract.Limits``: every read restarts the connection's clock, and the
+  idle sweep (``servers/aio.py``) closes a connection through its
+  ``transport``.  Without it (the default, and every benchmark) the only cost is one C test
+  of ``limits is None`` per read.  ``--max-buffered`` does not apply: this
+  row speaks ``raw`` only, which holds no partial messages.
 * ``EchoCore`` is the ``cdef class``; ``EchoBufferedProtocol`` adds
   ``asyncio.BufferedProtocol`` as a base (a ``cdef class`` cannot inherit from
   a Python class) so that ``isinstance`` checks hold.  uvloop itself
@@ -80,12 +86,14 @@ cdef class EchoCore:
 
     cdef ReadBuffer buf
     cdef set conns
-    cdef object transport
+    cdef readonly object transport
     cdef object write          # transport.write, bound once per connection
+    cdef object limits         # a contract.Limits, or None (the default)
 
-    def __cinit__(self, ReadBuffer buf not None, set conns not None):
+    def __cinit__(self, ReadBuffer buf not None, set conns not None, limits=None):
         self.buf = buf
         self.conns = conns
+        self.limits = limits
 
     def connection_made(self, transport):
         self.transport = transport
@@ -93,6 +101,8 @@ cdef class EchoCore:
         self.conns.add(transport)
         # uvloop sets TCP_NODELAY on every TCP transport it creates
         transport.set_write_buffer_limits(high=HIGH_WATER)
+        if self.limits is not None:
+            self.limits.opened(self)
 
     def get_buffer(self, Py_ssize_t sizehint):
         return self.buf
@@ -100,6 +110,8 @@ cdef class EchoCore:
     def buffer_updated(self, Py_ssize_t nbytes):
         # copy out now: the buffer is shared and the transport may keep what it is given
         self.write(PyBytes_FromStringAndSize(self.buf.data, nbytes))
+        if self.limits is not None:
+            self.limits.progress(self)
 
     def pause_writing(self):
         self.transport.pause_reading()
@@ -112,6 +124,8 @@ cdef class EchoCore:
 
     def connection_lost(self, exc):
         self.conns.discard(self.transport)
+        if self.limits is not None:
+            self.limits.forget(self)
         self.transport = None
         self.write = None
 
@@ -123,17 +137,22 @@ class EchoBufferedProtocol(EchoCore, asyncio.BufferedProtocol):
 
 
 cdef class EchoServer:
-    """The protocol factory: owns the shared read buffer and the set of open transports."""
+    """The protocol factory: owns the shared read buffer and the set of open transports.
+
+    ``limits`` (a ``contract.Limits``, or None) is handed to every protocol.
+    """
 
     cdef readonly ReadBuffer buf
     cdef readonly set conns
+    cdef object limits
 
-    def __init__(self, Py_ssize_t read_size=READ_SIZE):
+    def __init__(self, Py_ssize_t read_size=READ_SIZE, *, limits=None):
         self.buf = ReadBuffer(read_size)
         self.conns = set()
+        self.limits = limits
 
     def __call__(self):
-        return EchoBufferedProtocol(self.buf, self.conns)
+        return EchoBufferedProtocol(self.buf, self.conns, self.limits)
 
     def abort_all(self):
         """Abort every open connection (used on shutdown)."""

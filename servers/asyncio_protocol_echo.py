@@ -16,13 +16,22 @@ buffering; this is asyncio at its leanest, and the same class runs on uvloop
 * With ``--protocol frame|json`` a second class, ``MessageProtocol``, feeds
   each chunk to a sans-I/O decoder (the tutorial's message class, see
   ``protocols``) and writes its answers; a malformed message closes that
-  transport (after the answers before it are flushed).
+  transport (after the answers before it are flushed), with one line.
+* Accepting, the one-line exception handler (a callback that raises closes
+  its own transport, nothing else) and the idle sweep are ``aio``'s, shared
+  with the other servers on an event loop.
+* ``--idle-timeout`` / ``--max-buffered`` (``contract.Limits``, off unless
+  asked for): a chunk that completes a message (with ``raw``, any chunk)
+  restarts the connection's clock; the decoder's partial message is counted
+  after every chunk, and the connection that would take the total over the
+  cap is closed, after the answers before it.
 """
 
 import asyncio
 
-from sockbench.servers.contract import set_nodelay, stop_event
-from sockbench.servers.protocols import log_protocol_error, make_decoder
+from sockbench.servers import aio
+from sockbench.servers.contract import log_closing, malformed, set_nodelay
+from sockbench.servers.protocols import make_decoder
 
 __all__ = ["EchoProtocol", "MessageProtocol", "serve", "serve_on"]
 
@@ -30,10 +39,12 @@ HIGH_WATER = 64 * 1024
 
 
 class EchoProtocol(asyncio.Protocol):
-    __slots__ = ("transport", "conns")
+    __slots__ = ("transport", "conns", "name", "limits")
 
-    def __init__(self, conns):
+    def __init__(self, conns, options):
         self.conns = conns
+        self.name = options["name"]
+        self.limits = options.get("limits")  # None unless --idle-timeout or --max-buffered
         self.transport = None
 
     def connection_made(self, transport):
@@ -43,9 +54,13 @@ class EchoProtocol(asyncio.Protocol):
         if sock is not None:
             set_nodelay(sock)
         transport.set_write_buffer_limits(high=HIGH_WATER)
+        if self.limits is not None:
+            self.limits.opened(self)
 
     def data_received(self, data):
         self.transport.write(data)
+        if self.limits is not None:
+            self.limits.progress(self)
 
     def pause_writing(self):
         self.transport.pause_reading()
@@ -58,17 +73,18 @@ class EchoProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.conns.discard(self.transport)
+        if self.limits is not None:
+            self.limits.forget(self)
 
 
 class MessageProtocol(EchoProtocol):
     """EchoProtocol for ``frame`` and ``json``: answers complete messages, never partial ones."""
 
-    __slots__ = ("decoder", "name")
+    __slots__ = ("decoder",)
 
     def __init__(self, conns, options):
-        super().__init__(conns)
+        super().__init__(conns, options)
         self.decoder = make_decoder(options["protocol"], options["max_message"])
-        self.name = options["name"]
 
     def data_received(self, data):
         decoder = self.decoder
@@ -76,33 +92,34 @@ class MessageProtocol(EchoProtocol):
         if out:
             self.transport.write(out)
         if decoder.error:
-            self._malformed()
+            self._close_after_answers(malformed(decoder.error))
+        elif self.limits is not None:
+            limits = self.limits
+            if out:
+                limits.progress(self)
+            if limits.max_buffered and not limits.hold(self, decoder.buffered):
+                self._close_after_answers(limits.buffered_reason)
 
     def eof_received(self):
         if self.decoder.eof():
-            self._malformed()
+            self._close_after_answers(malformed(self.decoder.error))
         return False
 
-    def _malformed(self):
-        log_protocol_error(self.name, self.transport.get_extra_info("peername"), self.decoder.error)
+    def _close_after_answers(self, reason):
+        log_closing(self.name, self.transport.get_extra_info("peername"), reason)
         self.transport.close()
 
 
 async def _main(listener, announce, options):
-    loop = asyncio.get_running_loop()
-    stop = stop_event(loop)
     conns = set()
-    if options["protocol"] == "raw":
-        factory = lambda: EchoProtocol(conns)  # noqa: E731
-    else:
-        factory = lambda: MessageProtocol(conns, options)  # noqa: E731
-    server = await loop.create_server(factory, sock=listener)
-    announce()
-    await stop.wait()
-    server.close()
-    for transport in list(conns):
-        transport.abort()
-    await asyncio.sleep(0)  # let connection_lost callbacks run
+    cls = EchoProtocol if options["protocol"] == "raw" else MessageProtocol
+
+    async def shut_down():
+        for transport in list(conns):
+            transport.abort()
+        await asyncio.sleep(0)  # let connection_lost callbacks run
+
+    await aio.serve_until_stopped(listener, announce, options, lambda: cls(conns, options), shut_down)
 
 
 def serve_on(loop_factory, listener, announce, options):

@@ -12,8 +12,10 @@ this module only adapts it to the registry contract.
   descriptor that still has work is reported again, so no read has to be
   drained to EAGAIN to stay correct.
 * **accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)**, drained until EAGAIN, with
-  TCP_NODELAY on every accepted socket.  Out of descriptors (EMFILE) the
-  listener is unwatched until a connection closes, instead of spinning.
+  TCP_NODELAY on every accepted socket.  Out of descriptors (EMFILE, ENFILE)
+  or memory the listener is unwatched, instead of spinning, until a
+  connection closes or 0.1 s has passed, with one line on stderr (then at
+  most one a second), as in every server.
 * **Read, then write back at once** from one shared buffer, ``send`` with
   ``MSG_NOSIGNAL`` (a peer that went away is an EPIPE, never a SIGPIPE).
   Only the unsent tail is kept, in a ``malloc``'d buffer of that connection.
@@ -33,7 +35,7 @@ this module only adapts it to the registry contract.
   ``OSError(errno, strerror)``, so a fatal error reads like any other.
 * **RLIMIT_NOFILE**: the soft limit is raised to the hard limit at start.
 * **Framed protocols**: ``--protocol frame|json`` are parsed in the same nogil
-  loop, by the C code of ``ext/wire.pxd``, with no Python object per message:
+  loop, by the C code of ``ext/wire.h``, with no Python object per message:
   complete messages are answered from the buffer they were read into, a
   partial one waits in a buffer of its own.  The JSON header parser is
   strict (a flat object of string and int64 values) and decides exactly as
@@ -41,6 +43,10 @@ this module only adapts it to the registry contract.
   ``tests/unit/test_wire.py``); the answer header is byte for byte theirs.  A
   malformed message closes its connection only, after the answers before it,
   with one stderr line.  ``--max-message`` is at most 1 GiB here.
+* **Limits**: ``--idle-timeout`` (at most ``MAX_IDLE_TIMEOUT_S``, 23 days, here:
+  the clocks are 32-bit milliseconds) and ``--max-buffered`` run in the same
+  loop, with the reasons worded by ``contract.Limits``; without them the loop
+  never reads a clock.
 """
 
 from sockbench.errors import UsageError
@@ -51,9 +57,18 @@ __all__ = ["serve"]
 
 
 def serve(listener, announce, options):
+    name = options.get("name", "cython")
     max_message = options.get("max_message") or DEFAULT_MAX_MESSAGE
     if max_message > epoll_echo.MAX_MESSAGE_LIMIT:
-        raise UsageError(f"server {options.get('name', 'cython')!r}: --max-message is at most {epoll_echo.MAX_MESSAGE_LIMIT} bytes here")
+        raise UsageError(f"server {name!r}: --max-message is at most {epoll_echo.MAX_MESSAGE_LIMIT} bytes here")
+    limits = options.get("limits")
+    idle_timeout = options.get("idle_timeout") or 0
+    if idle_timeout > epoll_echo.MAX_IDLE_TIMEOUT_S:
+        raise UsageError(f"server {name!r}: --idle-timeout is at most {epoll_echo.MAX_IDLE_TIMEOUT_S} s here")
+    reasons = {}
+    if limits is not None:
+        reasons = {"idle_reason": limits.idle_reason if limits.idle_timeout else "",
+                   "buffered_reason": limits.buffered_reason if limits.max_buffered else ""}
     epoll_echo.serve(listener.fileno(), announce,
-                     protocol=options.get("protocol", "raw"), max_message=max_message,
-                     name=options.get("name", "cython"))
+                     protocol=options.get("protocol", "raw"), max_message=max_message, name=name,
+                     idle_timeout=idle_timeout, max_buffered=options.get("max_buffered") or 0, **reasons)

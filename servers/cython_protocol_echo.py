@@ -17,6 +17,9 @@ loop; the difference from ``cython`` is what the event loop itself costs.
   does not read cannot grow the server's memory.
 * Half-close: ``eof_received`` returns False; the transport flushes the echo,
   then closes.  TCP_NODELAY is set by uvloop on every TCP transport.
+* Accepting (a pause with one line when descriptors run out, never libuv's
+  resets), the one-line exception handler and the ``--idle-timeout`` sweep are
+  ``aio``'s, as for the other servers on an event loop.
 * Stop: SIGTERM/SIGINT through ``loop.add_signal_handler``; every transport is
   aborted and ``serve`` returns, so the process exits 0.
 """
@@ -26,23 +29,21 @@ import asyncio
 import uvloop
 
 from sockbench.ext.protocol_echo import EchoServer
-from sockbench.servers.contract import stop_event
+from sockbench.servers import aio
 
 __all__ = ["serve"]
 
 
-async def _main(listener, announce):
-    loop = asyncio.get_running_loop()
-    stop = stop_event(loop)
-    factory = EchoServer()
-    server = await loop.create_server(factory, sock=listener)
-    announce()
-    await stop.wait()
-    server.close()
-    factory.abort_all()
-    await asyncio.sleep(0)  # let connection_lost callbacks run
+async def _main(listener, announce, options):
+    factory = EchoServer(limits=options.get("limits"))
+
+    async def shut_down():
+        factory.abort_all()
+        await asyncio.sleep(0)  # let connection_lost callbacks run
+
+    await aio.serve_until_stopped(listener, announce, options, factory, shut_down)
 
 
 def serve(listener, announce, options):
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_main(listener, announce))
+        runner.run(_main(listener, announce, options))

@@ -7,6 +7,7 @@ users see.
 
 import json
 import os
+import resource
 import selectors
 import signal
 import subprocess
@@ -25,14 +26,17 @@ READY_TIMEOUT_S = 15.0
 class ServerProcess:
     """``sockbench serve NAME --host H --port 0`` in a child process, optionally pinned.
 
-    Use as a context manager; leaving it always stops the child by pid.
+    ``nofile``, if given, is the child's RLIMIT_NOFILE (soft and hard): how a
+    test runs a server out of descriptors.  Use as a context manager; leaving
+    it always stops the child by pid.
     """
 
-    def __init__(self, name, host="127.0.0.1", port=0, cpus=None, extra_args=(), env=None):
+    def __init__(self, name, host="127.0.0.1", port=0, cpus=None, extra_args=(), env=None, nofile=None):
         self.name = name
         self.cmd = [sys.executable, "-m", "sockbench", "serve", name, "--host", host, "--port", str(port), *extra_args]
         self.cpus = sorted(cpus) if cpus else None
         self.env = env
+        self.nofile = nofile
         self.proc = None
         self.ready = None
         self._stderr = None
@@ -55,7 +59,7 @@ class ServerProcess:
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=self._stderr,
-                    preexec_fn=child_setup(self.cpus),
+                    preexec_fn=self._child_setup(),
                     env=self.env,
                 )
             self.ready = self._wait_ready(timeout)
@@ -63,6 +67,18 @@ class ServerProcess:
             self.stop()
             raise
         return self
+
+    def _child_setup(self):
+        setup = child_setup(self.cpus)
+        if self.nofile is None:
+            return setup
+        nofile = self.nofile
+
+        def setup_with_limit():
+            setup()
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+        return setup_with_limit
 
     def _wait_ready(self, timeout):
         sel = selectors.DefaultSelector()

@@ -22,10 +22,14 @@ two protocols add that per-message work, identically in every server:
     or an integer in the int64 range; a nested object or array, a float,
     ``true``/``false``/``null``, ``NaN``/``Infinity`` or a lone surrogate
     escape is malformed too (that is what the C parser of the ``cython``
-    server accepts, and the oracle here decides the same way).
+    server accepts, and the oracle here decides the same way).  Nesting is
+    refused before the ``json`` module sees the header: its decoder recurses
+    once per level, and a header of a thousand ``[`` would raise
+    ``RecursionError`` instead of a malformed-message error.
 
 Truncated input followed by EOF is malformed too.  A malformed message ends
-its own connection only (the server logs one line to stderr and closes it).
+its own connection only (the server logs one line to stderr, worded by
+``contract.log_closing``, and closes it).
 
 The decoders here are sans-I/O, like the tutorial's ``Message`` class with its
 ``_recv_buffer``, ``process_protoheader``, ``process_jsonheader`` and
@@ -33,11 +37,13 @@ The decoders here are sans-I/O, like the tutorial's ``Message`` class with its
 complete answers, concatenated, including those that came before a malformed
 message in the same chunk) and never raises; after a malformed message it sets
 ``error`` (one line saying what was wrong) and answers nothing more.  ``eof()``
-sets ``error`` if a message was cut short, and returns it.  Each server drives
+sets ``error`` if a message was cut short, and returns it.  ``buffered`` is the
+number of bytes of a partial message held (what ``--max-buffered`` counts).  Each server drives
 them from its own I/O model, and the conformance suite uses them as the oracle.
 """
 
 import json
+import re
 import struct
 import sys
 
@@ -52,7 +58,6 @@ __all__ = [
     "json_response",
     "encode_frame",
     "encode_json_request",
-    "log_protocol_error",
 ]
 
 PROTOCOLS = ("raw", "frame", "json")
@@ -84,6 +89,11 @@ class _Decoder:
 
     def _partial(self):
         return bool(self._buf)
+
+    @property
+    def buffered(self):
+        """Bytes of a partial message held now."""
+        return len(self._buf)
 
     def eof(self):
         """The peer closed its side: a message cut short is an error.  Returns ``error``."""
@@ -178,17 +188,42 @@ _FLAT_DECODER_CHECKING = json.JSONDecoder(
 )
 
 
+# A JSON string as the json module scans one (quote, characters and escapes, quote), and
+# also one left open at the end of the text, so that every quote starts at most one scan:
+# linear time on any input.  Used only to find the brackets that lie outside strings.
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.?)*+"?', re.DOTALL)
+
+
+def _reject_nesting(text):
+    """Raise ``ProtocolError`` if ``text`` has a ``[`` or a second ``{`` outside its strings.
+
+    A flat object has exactly one ``{`` and no ``[`` outside strings, so this
+    refuses nothing the flat-object rule accepts, and the ``json`` module
+    below never recurses more than one level.
+    """
+    if "[" not in text and text.count("{") <= 1:
+        return  # nothing can nest: the common case costs two scans at C speed
+    outside = _JSON_STRING.sub("", text)
+    if "[" not in outside and outside.count("{") <= 1:
+        return
+    if not outside.lstrip(" \t\r\n").startswith("{"):
+        raise ProtocolError("JSON header is not a JSON object")
+    raise ProtocolError("JSON header is not a flat object: it holds a nested object or array")
+
+
 def parse_json_header(raw, max_message=DEFAULT_MAX_MESSAGE):
     """Decode and validate a request header; return ``(header_dict, content_length)``.
 
-    Strict, like the C parser of the ``cython`` server (``ext/wire.pxd``), and
+    Strict, like the C parser of the ``cython`` server (``ext/wire.h``), and
     deciding exactly as it does: one JSON object whose values are all strings
     or integers in the int64 range (no nested values, floats, true, false,
     null, NaN or Infinity, also not under a key given twice), and no lone
     surrogate escape in any string.  Duplicate keys: the last value wins.
+    Nesting is refused before the ``json`` module is called (see ``_reject_nesting``).
     """
     try:
         text = raw.decode("utf-8")
+        _reject_nesting(text)
         header = (_FLAT_DECODER_CHECKING if "\\u" in text else _FLAT_DECODER).decode(text)
     except ProtocolError:
         raise
@@ -298,9 +333,3 @@ def make_decoder(protocol, max_message=DEFAULT_MAX_MESSAGE):
     if protocol == "json":
         return JsonDecoder(max_message)
     raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
-
-
-def log_protocol_error(server, peer, error):
-    """The one stderr line for a malformed message (the connection is then closed)."""
-    sys.stderr.write(f"sockbench serve {server}: closing {peer}: malformed message: {error}\n")
-    sys.stderr.flush()

@@ -23,21 +23,44 @@ data, and the loop calls its ``read_ready()`` or ``write_ready()``.
 * The error ladder around every ``recv``/``send``: ``BlockingIOError`` means
   "not now", return and wait for the selector; ``ConnectionError`` or any
   other ``OSError`` closes that one connection, and the others go on.
-* ``_Acceptor`` drains the listener's backlog; ``_Waker`` is the read end of a
-  socketpair that ``signal.set_wakeup_fd`` writes, so a stop signal wakes
-  ``select()``.  ``_Reactor`` owns the selector: set up, loop, tear down.
+* One exception boundary per connection, in the loop: anything else a
+  handler raises closes that connection (``fail``) with one line on stderr,
+  and the loop goes on.
+* ``_Acceptor`` drains the listener's backlog.  Out of descriptors or memory
+  (EMFILE, ENFILE, ...) it unregisters the listener for a short pause
+  (``contract.AcceptErrors``), instead of spinning on a listener that stays
+  readable; the waiting connections stay in the listen queue.  ``_Waker`` is
+  the read end of a socketpair that ``signal.set_wakeup_fd`` writes, so a stop
+  signal wakes ``select()``.  ``_Reactor`` owns the selector: set up, loop,
+  tear down; its ``select()`` timeout is the next timed duty (the end of an
+  accept pause, the next idle sweep), or none.
 * With ``--protocol frame|json`` each connection owns a sans-I/O decoder (the
   tutorial's message class, see ``protocols``): what is read is fed to it, and
   its answers take the place of the echo.  A malformed message closes that
   connection only, once the answers that came before it are flushed.
+* ``--idle-timeout`` / ``--max-buffered`` (``contract.Limits``, off unless
+  asked for): a read that completes a message restarts the connection's
+  clock, the decoder's partial message is counted after every read, and the
+  loop closes idle connections every ``sweep_s``.
 """
 
 import selectors
 import signal
 import socket
+import time
 
-from sockbench.servers.contract import RECV_SIZE, STOP_SIGNALS, read_buffer, set_nodelay
-from sockbench.servers.protocols import log_protocol_error, make_decoder
+from sockbench.servers.contract import (
+    ACCEPT_PAUSE_S,
+    RECV_SIZE,
+    STOP_SIGNALS,
+    AcceptErrors,
+    log_closing,
+    malformed,
+    read_buffer,
+    set_nodelay,
+    unexpected,
+)
+from sockbench.servers.protocols import make_decoder
 
 __all__ = ["serve"]
 
@@ -48,7 +71,7 @@ EVENT_WRITE = selectors.EVENT_WRITE
 class _Connection:
     """One accepted, non-blocking socket: echo what is read, keep only what the kernel did not take."""
 
-    __slots__ = ("_sock", "_peer", "_selector", "_conns", "_rview", "_decoder", "_name", "_pending", "_closing")
+    __slots__ = ("_sock", "_peer", "_selector", "_conns", "_rview", "_decoder", "_name", "_limits", "_pending", "_closing")
 
     def __init__(self, sock, peer, reactor):
         self._sock = sock
@@ -58,8 +81,11 @@ class _Connection:
         self._rview = reactor.rview  # the read buffer every connection shares
         self._decoder = make_decoder(reactor.protocol, reactor.max_message)  # None for raw echo
         self._name = reactor.name
+        self._limits = reactor.limits  # None unless --idle-timeout or --max-buffered
         self._pending = None  # memoryview of the unsent tail, or None
         self._closing = False  # close once ``_pending`` is flushed (after a malformed message)
+        if self._limits is not None:
+            self._limits.opened(self)
 
     def read_ready(self):
         try:
@@ -79,6 +105,8 @@ class _Connection:
                 if self._closing:
                     self.close()
                 return
+        elif self._limits is not None:
+            self._limits.progress(self)
         self._write(data)
 
     def write_ready(self):
@@ -118,19 +146,38 @@ class _Connection:
         decoder = self._decoder
         out = decoder.feed(data)
         if decoder.error:
-            log_protocol_error(self._name, self._peer, decoder.error)
+            log_closing(self._name, self._peer, malformed(decoder.error))
             self._closing = True
+        elif self._limits is not None:
+            limits = self._limits
+            if out:
+                limits.progress(self)
+            if limits.max_buffered and not limits.hold(self, decoder.buffered):
+                log_closing(self._name, self._peer, limits.buffered_reason)
+                self._closing = True  # the answers before it still go out
         return out
 
     def _eof_received(self):
         # Reading pauses while output is pending, so nothing is pending here: the half-close is complete.
         decoder = self._decoder
         if decoder is not None and decoder.eof():
-            log_protocol_error(self._name, self._peer, decoder.error)
+            log_closing(self._name, self._peer, malformed(decoder.error))
         self.close()
+
+    def close_for(self, reason):
+        """Close with one line saying why (an idle timeout); a closing connection said why already."""
+        if not self._closing:
+            log_closing(self._name, self._peer, reason)
+        self.close()
+
+    def fail(self, exc):
+        """The connection's exception boundary: one line, close it, the server goes on."""
+        self.close_for(unexpected(exc))
 
     def close(self):
         self._conns.discard(self)
+        if self._limits is not None:
+            self._limits.forget(self)
         try:
             self._selector.unregister(self._sock)
         except (KeyError, ValueError):
@@ -139,13 +186,14 @@ class _Connection:
 
 
 class _Acceptor:
-    """The listening socket: accept every connection that is waiting."""
+    """The listening socket: accept every connection that is waiting, or pause when accept() cannot."""
 
-    __slots__ = ("_listener", "_reactor")
+    __slots__ = ("_listener", "_reactor", "_errors")
 
     def __init__(self, listener, reactor):
         self._listener = listener
         self._reactor = reactor
+        self._errors = AcceptErrors(reactor.name)
 
     def read_ready(self):
         while True:
@@ -153,9 +201,17 @@ class _Acceptor:
                 sock, peer = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:
-                return  # e.g. EMFILE or an aborted handshake: keep serving the others
+            except OSError as e:
+                pause = self._errors.pause_for(e)
+                if pause:
+                    self._reactor.pause_accepting(pause)  # e.g. EMFILE: the listener would stay readable
+                    return
+                continue  # that one connection went away before it was taken
             self._reactor.add(sock, peer)
+
+    def fail(self, exc):
+        # anything unexpected while taking a connection: pause rather than spin on it
+        self._reactor.pause_accepting(self._errors.pause_for(exc) or ACCEPT_PAUSE_S)
 
 
 class _Waker:
@@ -172,6 +228,9 @@ class _Waker:
         except OSError:
             pass
 
+    def fail(self, exc):
+        pass
+
 
 class _Reactor:
     """The selector, the shared read buffer and the live connections: set up, loop until a stop signal, tear down."""
@@ -180,10 +239,14 @@ class _Reactor:
         self.protocol = options["protocol"]
         self.max_message = options["max_message"]
         self.name = options["name"]
+        self.limits = options.get("limits")
         self.rview = read_buffer(RECV_SIZE)
         self.conns = set()
         self.selector = selectors.DefaultSelector()
         self._listener = listener
+        self._acceptor = _Acceptor(listener, self)
+        self._resume_at = None  # monotonic time at which a paused listener is watched again
+        self._sweep_at = None if self.limits is None or not self.limits.idle_timeout else time.monotonic() + self.limits.sweep_s
         self._stopping = False
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -193,29 +256,61 @@ class _Reactor:
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._on_stop_signal)
         listener.setblocking(False)
-        self.selector.register(listener, EVENT_READ, _Acceptor(listener, self))
+        self.selector.register(listener, EVENT_READ, self._acceptor)
         self.selector.register(self._wake_r, EVENT_READ, _Waker(self._wake_r))
 
     def add(self, sock, peer):
         """Serve a freshly accepted socket: non-blocking, TCP_NODELAY, registered for reading."""
-        sock.setblocking(False)
-        set_nodelay(sock)
+        try:
+            sock.setblocking(False)
+            set_nodelay(sock)
+        except OSError:  # e.g. reset before it was set up: that one connection only
+            sock.close()
+            return
         conn = _Connection(sock, peer, self)
         self.conns.add(conn)
         self.selector.register(sock, EVENT_READ, conn)
 
+    def pause_accepting(self, seconds):
+        """Stop watching the listener for ``seconds``; the connections that arrive meanwhile wait in its queue."""
+        if self._resume_at is None:
+            self.selector.unregister(self._listener)
+        self._resume_at = time.monotonic() + seconds
+
     def _on_stop_signal(self, signum, frame):
         self._stopping = True
 
+    def _timeout(self):
+        """Seconds until the next timed duty (resume accepting, sweep idle connections), or None."""
+        due = [t for t in (self._resume_at, self._sweep_at) if t is not None]
+        return max(0.0, min(due) - time.monotonic()) if due else None
+
+    def _timed_duties(self):
+        now = time.monotonic()
+        if self._resume_at is not None and now >= self._resume_at:
+            self._resume_at = None
+            self.selector.register(self._listener, EVENT_READ, self._acceptor)
+        if self._sweep_at is not None and now >= self._sweep_at:
+            self._sweep_at = now + self.limits.sweep_s
+            for conn in self.limits.idle():
+                conn.close_for(self.limits.idle_reason)
+
     def run(self):
         select = self.selector.select
+        timed = self._sweep_at is not None
         while not self._stopping:
-            for key, mask in select():
-                # a connection waits for reading or for writing, never both
-                if mask & EVENT_WRITE:
-                    key.data.write_ready()
-                else:
-                    key.data.read_ready()
+            for key, mask in select(self._timeout() if timed or self._resume_at is not None else None):
+                handler = key.data
+                try:
+                    # a connection waits for reading or for writing, never both
+                    if mask & EVENT_WRITE:
+                        handler.write_ready()
+                    else:
+                        handler.read_ready()
+                except Exception as e:  # the exception boundary: that connection only
+                    handler.fail(e)
+            if timed or self._resume_at is not None:
+                self._timed_duties()
 
     def close(self):
         for conn in list(self.conns):

@@ -1,4 +1,4 @@
-"""Values as people type them and as sockbench prints them: sizes, numbers, CPU lists, percentages.
+"""Values as people type them and as sockbench prints them: sizes, numbers, ports, CPU lists, percentages.
 
 The one set of parsers behind every command-line option.  Each raises a
 ``UsageError`` whose message names the option and says what to type instead;
@@ -10,7 +10,7 @@ import re
 
 from sockbench.errors import UsageError
 
-__all__ = ["parse_size", "format_size", "parse_number", "parse_cpus", "parse_percent", "arg"]
+__all__ = ["parse_size", "format_size", "parse_number", "parse_port", "parse_cpus", "parse_percent", "arg"]
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmM]?)(i?[bB])?\s*$")
 
@@ -48,6 +48,17 @@ def parse_number(text, kind=float, name="value", positive=False):
         raise UsageError(f"bad {name} {text!r}; use {what}") from None
     if value != value or (positive and not value > 0):  # NaN, or not > 0
         raise UsageError(f"bad {name} {text!r}; use {what} > 0")
+    return value
+
+
+def parse_port(text, name="port"):
+    """``"8080"`` -> 8080: a TCP port from 0 to 65535 (0 lets the kernel pick a free one)."""
+    try:
+        value = text if isinstance(text, int) else int(str(text).strip())
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value <= 65535:
+        raise UsageError(f"bad {name} {text!r}; use a port from 0 to 65535 (0 picks a free one)")
     return value
 
 

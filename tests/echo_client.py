@@ -27,6 +27,9 @@ __all__ = [
     "many_connections_echo",
     "sockbench_cli",
     "one_line_error",
+    "connect_burst",
+    "listen_overflows",
+    "stderr_lines",
 ]
 
 TIMEOUT_S = 20.0
@@ -238,3 +241,60 @@ def one_line_error(result):
     assert "Traceback" not in result.stderr, result.stderr
     assert result.stdout == "", f"stdout: {result.stdout[:200]!r}"
     return result.stderr[:-1]
+
+
+def connect_burst(addr, count, within_s):
+    """Start ``count`` non-blocking connects at once; return ``(sockets, completed)`` after at most ``within_s``.
+
+    A connect completes when the kernel finishes the handshake, which needs
+    room in the server's listen queue, not the server itself: a SYN that finds
+    the queue full is dropped, and that connect waits for the 1 s SYN retry.
+    The caller closes the sockets.
+    """
+    family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+    socks = []
+    sel = selectors.DefaultSelector()
+    completed = 0
+    try:
+        for _ in range(count):
+            s = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(s)
+            s.setblocking(False)
+            err = s.connect_ex(addr)
+            if err == 0:
+                completed += 1
+            else:
+                sel.register(s, selectors.EVENT_WRITE)
+        end = time.monotonic() + within_s
+        while sel.get_map() and time.monotonic() < end:
+            for key, _ in sel.select(max(0.0, end - time.monotonic())):
+                sel.unregister(key.fileobj)
+                if key.fileobj.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                    completed += 1
+    finally:
+        sel.close()
+    return socks, completed
+
+
+def listen_overflows():
+    """The kernel's TcpExt ListenOverflows counter (every listener of this network namespace), or None."""
+    try:
+        with open("/proc/net/netstat") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines[::2], lines[1::2]):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:]))
+            return int(table["ListenOverflows"]) if "ListenOverflows" in table else None
+    return None
+
+
+def stderr_lines(server, at_least=0, within_s=2.0):
+    """The server's stderr lines, waiting up to ``within_s`` for there to be ``at_least`` of them."""
+    end = time.monotonic() + within_s
+    while True:
+        lines = [ln for ln in server.stderr_text().splitlines() if ln.strip()]
+        if len(lines) >= at_least or time.monotonic() > end:
+            return lines
+        time.sleep(0.02)

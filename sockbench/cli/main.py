@@ -20,7 +20,7 @@ from sockbench.errors import SockbenchError
 from sockbench.servers import registry
 from sockbench.servers.contract import run_server
 from sockbench.servers.protocols import PROTOCOLS
-from sockbench.units import arg, parse_size
+from sockbench.units import arg, parse_number, parse_port, parse_size
 
 __all__ = ["main", "build_parser"]
 
@@ -33,7 +33,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_serve(args):
-    return run_server(args.name, host=args.host, port=args.port, protocol=args.protocol, max_message=args.max_message)
+    return run_server(args.name, host=args.host, port=args.port, protocol=args.protocol, max_message=args.max_message,
+                      backlog=args.backlog, idle_timeout=args.idle_timeout, max_buffered=args.max_buffered)
 
 
 def _cmd_servers(args):
@@ -66,10 +67,16 @@ def build_parser():
 
     s = sub.add_parser("serve", help="run one echo server (prints one JSON ready line)")
     s.add_argument("name", help="a server name (see `sockbench servers`)")
-    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    s.add_argument("--port", type=int, default=0, help="port to bind (default 0: any free port)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 or :: is reachable from the network)")
+    s.add_argument("--port", type=arg(parse_port, "--port"), default=0, help="port to bind, 0..65535 (default 0: any free port)")
     s.add_argument("--protocol", choices=PROTOCOLS, default="raw", help="wire protocol (default raw: echo bytes as they come)")
     s.add_argument("--max-message", type=arg(parse_size, "--max-message"), default=None, metavar="SIZE", help="largest frame or content accepted (default 16m)")
+    s.add_argument("--backlog", type=arg(parse_number, "--backlog", kind=int, positive=True), default=None, metavar="N",
+                   help="listen backlog (default: the system maximum, net.core.somaxconn)")
+    s.add_argument("--idle-timeout", type=arg(parse_number, "--idle-timeout", positive=True), default=None, metavar="S",
+                   help="close a connection that completes no message for S seconds (default off)")
+    s.add_argument("--max-buffered", type=arg(parse_size, "--max-buffered"), default=None, metavar="SIZE",
+                   help="frame/json: close the connection whose partial message would take all partial messages over SIZE (default off)")
     s.set_defaults(func=_cmd_serve)
 
     s = sub.add_parser("servers", help="list every server and whether it is available here")

@@ -29,6 +29,7 @@ from echo_client import (
 )
 from sockbench.procfs import read_rss_bytes
 from sockbench.servers import registry
+from sockbench.servers.contract import system_backlog
 from sockbench.servers.process import ServerProcess
 
 MiB = 1 << 20
@@ -42,11 +43,12 @@ def test_ready_line_and_stdout(server_name):
     proc = ServerProcess(server_name).start()
     try:
         ready = proc.ready
-        assert set(ready) == {"event", "server", "host", "port", "pid"}
+        assert set(ready) == {"event", "server", "host", "port", "pid", "backlog"}
         assert ready["server"] == server_name
         assert ready["host"] == "127.0.0.1", "the default bind is loopback"
         assert isinstance(ready["port"], int) and ready["port"] > 0
         assert ready["pid"] == proc.proc.pid, "the pid is the process that serves"
+        assert ready["backlog"] == system_backlog(), "the default backlog is the system's maximum"
         with connect(proc.address) as s:
             assert echo_concurrently(s, b"ping") == b"ping"
     finally:

@@ -2,6 +2,9 @@
 
 Answers are checked by meaning (the payload, the header fields), not by the
 exact bytes of the JSON header, so servers are free to format JSON their own way.
+The fuzzed streams include JSON headers nested thousands deep and headers of
+up to 65535 bytes: malformed (nested) or not, they cost their own connection
+only, the same way in every server and in the oracle.
 """
 
 import json
@@ -234,7 +237,36 @@ def _mutate(data, flips, cut, insert):
     return bytes(buf)
 
 
-streams = st.builds(
+_CLOSERS = {b"[": b"]", b'{"a":': b"}", b'{"byteorder":[': b"]}", b" [ ": b" ] "}
+
+
+def _nested(opener, depth, closed, after):
+    """A json message whose header nests ``depth`` deep (truncated to the 65535 a header can hold).
+
+    A good request comes before it (its answer is kept) and maybe after it (never answered).
+    """
+    body = opener * depth
+    if closed:
+        body += b"1" + _CLOSERS[opener] * depth
+    body = body[:65535]
+    stream = encode_json_request(b"before", request_id=0) + struct.pack(">H", len(body)) + body
+    return stream + encode_json_request(b"after", request_id=1) if after else stream
+
+
+def _long(length, escaped, content):
+    """A good json request whose header is ``length`` characters of one string value longer than usual."""
+    raw = json.dumps({**_good_header(len(content)), "request-id": "é" * length}, ensure_ascii=escaped).encode()
+    raw = raw[:65535] if len(raw) > 65535 else raw
+    return struct.pack(">H", len(raw)) + raw + content
+
+
+#: JSON headers nested up to thousands of levels (a flat object is all the protocol allows), and
+#: headers up to the 65535 bytes a 2-byte length can announce
+json_extremes = st.builds(
+    _nested, st.sampled_from(list(_CLOSERS)), st.integers(1, 3000), st.booleans(), st.booleans()
+) | st.builds(_long, st.integers(0, 32_700), st.booleans(), st.binary(max_size=100))
+
+streams = json_extremes | st.builds(
     _mutate,
     st.builds(
         _valid_stream,

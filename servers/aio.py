@@ -1,0 +1,198 @@
+"""What the servers on an asyncio event loop share: how they accept, report errors, and close idle peers.
+
+``asyncio-streams``, ``asyncio-protocol``, ``uvloop`` and ``cython-protocol``
+differ in their protocol and their loop, never in the parts below, so that
+their rows differ only in what they are meant to show.
+
+* **Accepting** (``Acceptor``): the listener is watched with ``add_reader``
+  and each accepted socket is handed to ``loop.connect_accepted_socket``, the
+  loops' public API for sockets accepted outside them, instead of
+  ``create_server``.  The loops' own accept paths fail badly when descriptors
+  run out: asyncio (3.11) goes on calling ``accept()`` after EMFILE, logging
+  a traceback and arming a retry timer each time (measured: 147,000 handler
+  calls and 45,000 pending timers in 6 s), and libuv, under uvloop, closes
+  every connection waiting in the queue to shed load (its "EMFILE trick":
+  151 of 200 clients reset).  Here accept() out of descriptors or memory
+  pauses accepting for ``contract.ACCEPT_PAUSE_S`` with one line (then at
+  most one a second), the waiting connections stay queued, and the open ones
+  are served.  Accepting in Python costs what asyncio's own accept costs (a
+  ``socket.accept`` and a task per connection: about 12,500 connections a
+  second either way, measured with a local client); on uvloop it replaces
+  libuv's accept in C, and a connect-mode figure of the ``uvloop`` and
+  ``cython-protocol`` rows pays for it (26,000 -> 19,000 connections a second,
+  about 14 µs more CPU per connection, same measurement).  The listener
+  keeps the backlog ``contract.listen`` gave it: nothing listens again with
+  another (``create_server`` would, with its own default of 100).
+* **Errors** (``exception_handler``): the loop's exception handler writes one
+  line (``contract.log_closing`` for a transport, which the loop then closes;
+  ``contract.log`` otherwise), never a traceback.  With the try blocks of the
+  servers' own code, that makes each connection its own exception boundary:
+  a protocol callback that raises closes that transport (asyncio and uvloop
+  both do) and reaches the handler, never the process.
+* **Idle peers** (``IdleSweep``): with ``--idle-timeout``, every
+  ``Limits.sweep_s`` the connections without a complete message for that
+  long are closed: one line, then their ``transport`` is aborted (or the
+  server's own ``close(conn, reason)`` does it).
+"""
+
+import asyncio
+
+from sockbench.servers.contract import (
+    AcceptErrors,
+    log,
+    log_closing,
+    stop_event,
+    unexpected,
+)
+
+__all__ = ["Acceptor", "IdleSweep", "exception_handler", "serve_until_stopped"]
+
+#: connections taken per readiness of the listener before other callbacks run (asyncio's own is its backlog, 100)
+ACCEPT_BATCH = 100
+
+
+class Acceptor:
+    """Accept on ``listener`` and hand every connection to ``loop.connect_accepted_socket(protocol_factory, sock)``."""
+
+    def __init__(self, loop, listener, protocol_factory, name):
+        self._loop = loop
+        self._listener = listener
+        self._fd = listener.fileno()
+        self._factory = protocol_factory
+        self._name = name
+        self._errors = AcceptErrors(name)
+        self._connecting = {}  # task of connect_accepted_socket -> (socket, peer), until it is done
+        self._resume = None  # the TimerHandle that ends a pause
+        self._closed = False
+
+    def start(self):
+        self._listener.setblocking(False)
+        self._loop.add_reader(self._fd, self._accept)
+
+    def _accept(self):
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, peer = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except Exception as e:  # OSError (EMFILE, ENFILE, ...) or anything unexpected
+                pause = self._errors.pause_for(e)
+                if pause:
+                    self._pause(pause)
+                    return
+                continue  # that one connection went away before it was taken
+            # the loops make the socket non-blocking themselves
+            task = self._loop.create_task(self._loop.connect_accepted_socket(self._factory, sock))
+            self._connecting[task] = (sock, peer)
+            task.add_done_callback(self._connected)
+
+    def _connected(self, task):
+        sock, peer = self._connecting.pop(task)
+        if task.cancelled():
+            sock.close()
+            return
+        exc = task.exception()
+        if exc is not None:  # e.g. reset before its transport was set up: that connection only
+            sock.close()
+            if not isinstance(exc, OSError):
+                log_closing(self._name, peer, unexpected(exc))
+
+    def _pause(self, seconds):
+        """Stop watching the listener for ``seconds``; connections that arrive meanwhile wait in its queue."""
+        self._loop.remove_reader(self._fd)
+        self._resume = self._loop.call_later(seconds, self._resume_accepting)
+
+    def _resume_accepting(self):
+        self._resume = None
+        if not self._closed:
+            self._loop.add_reader(self._fd, self._accept)
+
+    def close(self):
+        """Stop accepting; connections still being set up are cancelled (and closed)."""
+        self._closed = True
+        if self._resume is not None:
+            self._resume.cancel()
+        self._loop.remove_reader(self._fd)
+        for task in list(self._connecting):
+            task.cancel()
+
+
+class IdleSweep:
+    """With ``--idle-timeout``: every ``limits.sweep_s``, close each connection idle too long.
+
+    A connection is what the server gave ``limits``: an object with a
+    ``transport`` (its protocol), closed with one line and ``abort()``; or
+    anything, when the server passes ``close(conn, reason)`` to do it.
+    """
+
+    def __init__(self, loop, limits, name, close=None):
+        self._loop = loop
+        self._limits = limits
+        self._name = name
+        self._close = close or self._abort
+        self._handle = None
+        if limits is not None and limits.idle_timeout:
+            self._handle = loop.call_later(limits.sweep_s, self._sweep)
+
+    def _abort(self, conn, reason):
+        transport = conn.transport
+        if transport is None:
+            return
+        if not transport.is_closing():  # a closing one (a malformed message) said why already
+            log_closing(self._name, transport.get_extra_info("peername"), reason)
+        transport.abort()
+
+    def _sweep(self):
+        limits = self._limits
+        for conn in limits.idle():
+            try:
+                self._close(conn, limits.idle_reason)
+            except Exception as e:  # one connection's trouble never stops the sweep
+                log(self._name, unexpected(e))
+        self._handle = self._loop.call_later(limits.sweep_s, self._sweep)
+
+    def cancel(self):
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+def exception_handler(name):
+    """A loop exception handler that writes one line per report, never a traceback."""
+
+    def handle(loop, context):
+        exc = context.get("exception")
+        message = context.get("message") or "unexpected error in the event loop"
+        reason = unexpected(exc) if exc is not None else message
+        transport = context.get("transport")
+        if transport is not None:
+            try:
+                peer = transport.get_extra_info("peername")
+            except Exception:
+                peer = None
+            log_closing(name, peer, reason)  # the loop closes that transport after reporting it
+        else:
+            log(name, f"{message}: {reason}" if exc is not None else reason)
+
+    return handle
+
+
+async def serve_until_stopped(listener, announce, options, protocol_factory, shut_down, close_idle=None):
+    """Accept with ``protocol_factory`` until SIGTERM/SIGINT, then ``await shut_down()`` (close every connection).
+
+    ``close_idle(conn, reason)``, if given, closes a connection the idle sweep found (see ``IdleSweep``).
+    """
+    loop = asyncio.get_running_loop()
+    name = options["name"]
+    loop.set_exception_handler(exception_handler(name))
+    stop = stop_event(loop)
+    acceptor = Acceptor(loop, listener, protocol_factory, name)
+    sweep = IdleSweep(loop, options.get("limits"), name, close_idle)
+    acceptor.start()
+    announce()
+    try:
+        await stop.wait()
+    finally:
+        acceptor.close()
+        sweep.cancel()
+        await shut_down()
