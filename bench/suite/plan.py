@@ -108,7 +108,7 @@ class Plan:
     open_conns: int = 100
     depth: int = 1
     #: the protocol section: this closed-loop workload in each of these protocols (empty: none)
-    protocols: tuple = ("raw", "frame", "json")
+    protocols: tuple = PROTOCOLS
     proto_size: int = 64
     proto_conns: int = 100
     proto_depth: int = 16
