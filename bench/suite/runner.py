@@ -534,6 +534,8 @@ def run_main(plan, out=None, console=None, argv=None):
                              f"disturbed); nothing to report; see {log_path}",
                              exit_code=128 + signals.received if signals.received else 1)
     rep = build_report(out)
+    for line in rep["results"].skipped_lines():
+        print(f"sockbench: warning: {line}", file=sys.stderr)
     _print_outcome(rep, status, plan, time.monotonic() - t0, console)
     if status == "interrupted":
         console.print(f"interrupted: the report covers the rounds that finished; rebuild it with `sockbench report {out}`",
