@@ -63,6 +63,16 @@ def _split(values):
     return [x.strip() for x in out]
 
 
+def _none_or(values, option):
+    """The split values of ``option``, or [] for the documented ``none``, which stands alone."""
+    values = _split(values)
+    if any(v.lower() == "none" for v in values):
+        if len(values) > 1:
+            raise UsageError(f"{option} none stands alone; give none, or the values to run")
+        return []
+    return values
+
+
 def build_plan(servers=None, sizes=None, conns=None, quick=False, full=False, rounds=None, min_rounds=None,
                max_rounds=None, ci=None, cell_budget_s=None, run_budget_s=None, duration_s=None, warmup_s=None,
                open_pcts=None, server_cpus=None, client_cpus=None, protocols=None):
@@ -95,11 +105,11 @@ def build_plan(servers=None, sizes=None, conns=None, quick=False, full=False, ro
             raise UsageError(f"bad --conns {' '.join(map(str, conns))!r}; use whole numbers such as 1 10 100") from None
     if open_pcts is not None:
         try:
-            kw["open_pcts"] = tuple(int(str(p).rstrip("%")) for p in _split(open_pcts))
+            kw["open_pcts"] = tuple(int(str(p).rstrip("%")) for p in _none_or(open_pcts, "--open-loads"))
         except ValueError:
             raise UsageError(f"bad --open-loads {' '.join(map(str, open_pcts))!r}; use percentages such as 25 50 75 90") from None
     if protocols is not None:
-        kw["protocols"] = tuple(_split(protocols))  # each name is checked by the Plan
+        kw["protocols"] = tuple(_none_or(protocols, "--protocols"))  # each name is checked by the Plan
         if set(kw["protocols"]) == {"raw"}:
             kw["protocols"] = ()  # raw alone has nothing to be compared with: no section
         elif kw["protocols"] and "raw" not in kw["protocols"]:

@@ -531,7 +531,23 @@ def test_run_protocols_option():
     assert build_plan(servers=["uvloop"]).speaks == {"uvloop": ["raw", "frame", "json"]}
 
 
+def test_run_none_as_its_help_documents(capsys):
+    # --help promises `none` for both options: the parser takes it
+    from sockbench.cli.main import build_parser
+
+    sub = next(a for a in build_parser()._subparsers._group_actions if a.choices)
+    helps = {a.dest: a.help for a in sub.choices["run"]._actions}
+    assert "none: no open loop" in helps["open_loads"] and "none: no section" in helps["protocols"]
+    p = build_plan(servers=["uvloop"], open_pcts=["none"], protocols=["none"])
+    assert p.open_pcts == () and p.protocols == ()
+    assert [c.mode for c in p.cells()] == ["closed"]
+    assert build_plan(servers=["uvloop"], open_pcts=["NONE"]).open_pcts == ()
+    assert build_plan(full=True, servers=["uvloop"], protocols=["none"]).protocols == ()
+
+
 @pytest.mark.parametrize("argv, text", [
+    (["run", "--open-loads", "none", "25"], "--open-loads none stands alone"),
+    (["run", "--protocols", "json,none"], "--protocols none stands alone"),
     (["run", "--servers", "no-such-server"], "unknown server"),
     (["run", "--sizes", "12q"], "bad size"),
     (["run", "--conns", "ten"], "bad --conns"),
