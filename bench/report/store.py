@@ -10,8 +10,10 @@ optional; pytest-benchmark's JSON is never needed to rebuild a report.
 Every raw file is read with ``LoadResult.from_json`` (``sockbench.bench.schema``),
 which checks it and says in one line what is wrong with one that is not a
 result, and its latency histogram must decode and hold exactly the
-``latency_us.count`` samples its summary says (the percentiles come from the
-merged histograms, so a missing or garbage one would change them silently).
+``latency_us.count`` samples its summary says; in a folder whose results carry
+histograms, one that measured messages must carry one too (the percentiles
+come from the merged histograms, so a missing or garbage one would change
+them silently; a folder with none at all falls back to the rounds' figures).
 One damaged file must not cost the rest of a run: a file that fails either
 check is left out of the figures, never deleted, and named with its reason in
 ``Results.skipped``, which every command prints and the report counts.  The
@@ -237,9 +239,7 @@ def _read_result(fname):
         raise _LeftOut(f"not a sockbench result ({type(e).__name__}: {e})") from None
     count = r.latency_us.count
     if not r.hdr:
-        if count:
-            raise _LeftOut(f"inconsistent: latency_us.count is {count} but it has no hdr histogram")
-        return r
+        return r  # whether that is missing depends on the folder: see load_results
     h = decode_hdr(r.hdr)
     if h is None:
         raise _LeftOut("corrupt: its hdr histogram cannot be decoded")
@@ -275,11 +275,19 @@ def load_results(path):
     discarded = []
     skipped = []
     target = _ci_target(meta)
+    read = []
     for fname in files:
         try:
-            r = _read_result(fname)
+            read.append((fname, _read_result(fname)))
         except _LeftOut as e:
             skipped.append((fname, str(e)))
+    # the harness writes a histogram with every result: where the folder's results carry them, the
+    # percentiles are their merge, and one that measured messages but has none would be dropped from it
+    with_hdr = any(r.hdr for _, r in read)
+    for fname, r in read:
+        if with_hdr and not r.hdr and r.latency_us.count:
+            skipped.append((fname, f"inconsistent: latency_us.count is {r.latency_us.count} but it has no hdr "
+                                   f"histogram (the folder's other results have one)"))
             continue
         if is_discarded(fname):
             discarded.append(r)
@@ -290,6 +298,7 @@ def load_results(path):
             cells[key] = CellStats(cell, ci_target=target)
             order.append((_run_order(r), key))
         cells[key].results.append(r)
+    skipped.sort()
     if not cells:
         if skipped:
             raise SockbenchError(f"{path} holds no readable round: all {len(skipped)} raw file(s) are unreadable or "

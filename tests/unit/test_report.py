@@ -309,6 +309,15 @@ def test_a_damaged_raw_file_is_named_and_left_out(tmp_path, capsys, damage):
     assert results.cell(server, workload).hdr().get_total_count() == sum(r.latency_us.count for r in others) > 0
 
 
+def test_a_folder_without_any_histogram_is_read_from_the_rounds_figures(tmp_path, capsys):
+    d = _small(str(tmp_path / "c"))
+    for raw in glob.glob(os.path.join(d, "raw", "*.json")):
+        _damage(raw, "hdr-missing")
+    results = load_results(d)
+    assert results.skipped == [] and len(results.results) == len(glob.glob(os.path.join(d, "raw", "*.json")))
+    assert {c.latency_summary().source for c in results.cells.values()} == {"median of rounds"}
+
+
 def test_every_raw_file_damaged_is_one_line(tmp_path, capsys):
     d = _small(str(tmp_path / "c"))
     for raw in glob.glob(os.path.join(d, "raw", "*.json")):
