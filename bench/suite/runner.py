@@ -35,6 +35,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -235,6 +236,23 @@ def _prepare_out(out):
             os.rmdir(out)  # empty: it was made just now
         raise
     return out
+
+
+#: a one-line error of sockbench's as pytest shows it in the log (the ``E`` line of a failed test)
+_LOG_ERROR = re.compile(r"^E +(?:[\w.]+\.)?(?:SockbenchError|UsageError|SchemaError): (.+)$")
+
+
+def _log_reason(log_path):
+    """The first one-line sockbench error in the suite's log (what stopped a load run), or None."""
+    try:
+        with open(log_path, errors="replace") as f:
+            for line in f:
+                m = _LOG_ERROR.match(line.rstrip("\n"))
+                if m:
+                    return m.group(1).strip()
+    except OSError:
+        return None
+    return None
 
 
 def _written(path, write, *args):
@@ -627,9 +645,11 @@ def run_main(plan, out=None, console=None, argv=None):
         raise SockbenchError(f"{write_failure}; the run stopped there; {kept}"
                              + (f"; `sockbench report {out}` rebuilds the report once there is room" if rounds else ""),
                              exit_code=128 + signals.received if signals.received else 1)
+    reason = _log_reason(log_path)
+    reason = f"; the first error: {reason}" if reason else ""
     if not rounds:
         raise SockbenchError(f"no round finished ({status}, pytest exit {rc}, {len(runs)} load runs set aside as "
-                             f"disturbed); nothing to report; see {log_path}",
+                             f"disturbed){reason}; nothing to report; see {log_path}",
                              exit_code=128 + signals.received if signals.received else 1)
     rep = build_report(out)
     for line in rep["results"].skipped_lines():
@@ -640,6 +660,7 @@ def run_main(plan, out=None, console=None, argv=None):
                       highlight=False, soft_wrap=True)
         return 128 + (signals.received or signal.SIGINT)
     if status == "failed":
-        raise SockbenchError(f"the benchmark suite failed (pytest exit {rc}); the report covers the rounds that finished; see {log_path}")
+        raise SockbenchError(f"the benchmark suite failed (pytest exit {rc}){reason}; the report covers the rounds that "
+                             f"finished; see {log_path}")
     return 0
 

@@ -184,3 +184,23 @@ def test_a_low_soft_limit_is_raised_for_the_run(tmp_path):
 
     p = subprocess.run([sys.executable, "-c", code], preexec_fn=limit, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and p.stdout.split() == ["264", "264"], p.stderr
+
+
+# --- item: the reason a load run failed reaches stderr ----------------------------------------------
+
+FAILING_SUITE = """
+print("F")
+print("E   sockbench.errors.SockbenchError: out of file descriptors after 57 connections: Too many open files")
+print("E   sockbench.errors.SockbenchError: a later, consequential error")
+raise SystemExit(1)
+"""
+
+
+def test_no_round_finished_names_the_first_error_of_the_log(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(runner, "suite_command", lambda out: [sys.executable, "-c", FAILING_SUITE])
+    out = str(tmp_path / "run")
+    rc, line = _one_line(capsys, ["run", "--servers", "selectors", "--quick", "--out", out])
+    assert rc == 1
+    assert line == (f"sockbench: no round finished (failed, pytest exit 1, 0 load runs set aside as disturbed); the first "
+                    f"error: out of file descriptors after 57 connections: Too many open files; nothing to report; see "
+                    f"{out}/pytest.log")
