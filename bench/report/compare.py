@@ -159,7 +159,8 @@ def compare(a_path, b_path, alpha=ALPHA, fail_above=None):
     only_a = [f"{s}:{w}" for (s, w) in A.cells if (s, w) not in B.cells]
     only_b = [f"{s}:{w}" for (s, w) in B.cells if (s, w) not in A.cells]
     return {"a": A.path, "b": B.path, "rows": rows, "only_a": only_a, "only_b": only_b, "notes": notes,
-            "failed": failed, "alpha": alpha, "fail_above": fail_above, "threshold": threshold}
+            "failed": failed, "alpha": alpha, "fail_above": fail_above, "threshold": threshold,
+            "skipped": A.skipped + B.skipped}
 
 
 def _f(v):

@@ -317,12 +317,25 @@ RESULTS_NOTE = ("msgs/s is the median over rounds ± the standard deviation; ", 
                 "the loads each one sustained; compare latencies at equal shares).")
 
 
+def _left_out(results):
+    """The banner naming the raw files the figures leave out, unreadable or inconsistent ("" when none)."""
+    if not results.skipped:
+        return ""
+    n = len(results.skipped)
+    files = "; ".join(f"{os.path.basename(f)} ({why})" for f, why in results.skipped)
+    return (f"{n} raw file{'s' if n != 1 else ''} left out of every figure, unreadable or inconsistent "
+            f"(kept in raw/): {files}")
+
+
 def build_document(results, plots):
     """The report of ``results`` as a Document; ``plots`` is what ``make_plots`` returned (files under ``plots/``)."""
     doc = Document("sockbench report", flag_help=FLAG_HELP)
     banner = _status_banner(results)
     if banner:
         doc.add(Alert(banner))
+    left_out = _left_out(results)
+    if left_out:
+        doc.add(Alert(left_out))
     doc.add(KeyValues(tuple(_settings(results))), Heading(2, "Warnings"))
     warns = _warnings(results)
     if warns:

@@ -25,7 +25,7 @@ __all__ = ["to_markdown", "to_html", "md_escape"]
 
 # --- Markdown -----------------------------------------------------------------------------------
 
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|&])")
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|&~])")  # ~: GitHub's ~~strikethrough~~
 
 
 def md_escape(text):

@@ -9,7 +9,15 @@ optional; pytest-benchmark's JSON is never needed to rebuild a report.
 
 Every raw file is read with ``LoadResult.from_json`` (``sockbench.bench.schema``),
 which checks it and says in one line what is wrong with one that is not a
-result; the rounds are grouped by the ``Cell`` each result says it is a round
+result, and its latency histogram must decode and hold exactly the
+``latency_us.count`` samples its summary says; in a folder whose results carry
+histograms, one that measured messages must carry one too (the percentiles
+come from the merged histograms, so a missing or garbage one would change
+them silently; a folder with none at all falls back to the rounds' figures).
+One damaged file must not cost the rest of a run: a file that fails either
+check is left out of the figures, never deleted, and named with its reason in
+``Results.skipped``, which every command prints and the report counts.  The
+rounds are grouped by the ``Cell`` each result says it is a round
 of, in the order the suite ran them.  The statistics of a cell (medians,
 spread, the exact merge of its histograms) are ``stats.CellStats``.
 
@@ -34,7 +42,7 @@ import re
 from dataclasses import dataclass, field
 
 from sockbench.bench.report.stats import UNSTABLE_SPREAD, CellStats, decode_hdr, merged_hdr
-from sockbench.bench.schema import LoadResult, Machine
+from sockbench.bench.schema import LoadResult, Machine, SchemaError
 from sockbench.errors import SockbenchError
 from sockbench.jsonfile import write_json_atomic
 
@@ -44,6 +52,7 @@ __all__ = [
     "CellStats",
     "Results",
     "load_results",
+    "left_out_lines",
     "write_json_atomic",
     "raw_name",
     "discarded_name",
@@ -84,6 +93,12 @@ class Results:
     cells: dict  # (server, workload_id) -> CellStats, in run order; workload_id carries the protocol
     #: every attempt set aside because it was disturbed (those of a cell with no round are here only)
     discarded: list = field(default_factory=list)
+    #: ``(file, reason)`` of every raw file left out because it is unreadable or inconsistent
+    skipped: list = field(default_factory=list)
+
+    def skipped_lines(self):
+        """One warning line per raw file left out, naming it and saying why, then their count."""
+        return left_out_lines(self.skipped)
 
     @property
     def results(self):
@@ -169,6 +184,15 @@ class Results:
         return f"{machine_line(self.machine_record())} · commit {self.commit()} · {self.meta.get('started_at', _first_started(self.results))}"
 
 
+def left_out_lines(skipped):
+    """Warning lines for ``(file, reason)`` pairs of raw files left out: one per file, then their count."""
+    lines = [f"left out {fname}: {why}" for fname, why in skipped]
+    if skipped:
+        n = len(skipped)
+        lines.append(f"{n} raw file{'s' if n != 1 else ''} left out (unreadable or inconsistent; nothing deleted)")
+    return lines
+
+
 def _first_started(results):
     times = sorted(str(r.started_at) for r in results if r.started_at)
     return times[0] if times else "time unknown"
@@ -191,8 +215,46 @@ def _read_json(path, what):
         raise SockbenchError(f"cannot read {path}: {e.strerror}") from None
 
 
+class _LeftOut(Exception):
+    """A raw file that is not a usable result; its one argument says why."""
+
+
+def _read_result(fname):
+    """One raw file as a ``LoadResult``, its histogram checked against its summary; else ``_LeftOut(why)``."""
+    try:
+        with open(fname) as f:
+            d = json.load(f)
+    except ValueError as e:
+        raise _LeftOut(f"not valid JSON ({e})") from None
+    except OSError as e:
+        raise _LeftOut(f"cannot be read ({e.strerror or e})") from None
+    if not isinstance(d, dict):
+        raise _LeftOut("not a sockbench result (not a JSON object)")
+    try:
+        r = LoadResult.from_json(d, fname)
+    except SchemaError as e:
+        msg = str(e)
+        raise _LeftOut(msg[len(fname) + 1:] if msg.startswith(fname + " ") else msg) from None
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise _LeftOut(f"not a sockbench result ({type(e).__name__}: {e})") from None
+    count = r.latency_us.count
+    if not r.hdr:
+        return r  # whether that is missing depends on the folder: see load_results
+    h = decode_hdr(r.hdr)
+    if h is None:
+        raise _LeftOut("corrupt: its hdr histogram cannot be decoded")
+    if h.get_total_count() != (count or 0):
+        raise _LeftOut(f"inconsistent: its hdr histogram holds {h.get_total_count()} samples, "
+                       f"latency_us.count says {count}")
+    return r
+
+
 def load_results(path):
-    """Load and validate a results folder; any problem is one SockbenchError line."""
+    """Load and validate a results folder; a folder-level problem is one SockbenchError line.
+
+    A raw file that cannot be read, is not a result, or whose histogram does not match its summary is
+    left out and listed in ``Results.skipped``; only a folder with no readable round is refused.
+    """
     if not os.path.exists(path):
         raise SockbenchError(f"results folder {path} does not exist")
     if not os.path.isdir(path):
@@ -211,9 +273,22 @@ def load_results(path):
     cells = {}
     order = []
     discarded = []
+    skipped = []
     target = _ci_target(meta)
+    read = []
     for fname in files:
-        r = LoadResult.from_json(_read_json(fname, "the result"), fname)
+        try:
+            read.append((fname, _read_result(fname)))
+        except _LeftOut as e:
+            skipped.append((fname, str(e)))
+    # the harness writes a histogram with every result: where the folder's results carry them, the
+    # percentiles are their merge, and one that measured messages but has none would be dropped from it
+    with_hdr = any(r.hdr for _, r in read)
+    for fname, r in read:
+        if with_hdr and not r.hdr and r.latency_us.count:
+            skipped.append((fname, f"inconsistent: latency_us.count is {r.latency_us.count} but it has no hdr "
+                                   f"histogram (the folder's other results have one)"))
+            continue
         if is_discarded(fname):
             discarded.append(r)
             continue
@@ -223,7 +298,11 @@ def load_results(path):
             cells[key] = CellStats(cell, ci_target=target)
             order.append((_run_order(r), key))
         cells[key].results.append(r)
+    skipped.sort()
     if not cells:
+        if skipped:
+            raise SockbenchError(f"{path} holds no readable round: all {len(skipped)} raw file(s) are unreadable or "
+                                 f"inconsistent (first: {skipped[0][0]}: {skipped[0][1]})")
         raise SockbenchError(f"{path} holds no rounds, only {len(discarded)} attempt(s) set aside as disturbed")
     for r in discarded:
         cell = r.identity()
@@ -235,7 +314,7 @@ def load_results(path):
         cs = cells[key]
         cs.results.sort(key=lambda r: r.round_no)
         ordered[key] = cs
-    return Results(os.path.abspath(path), meta, ordered, discarded)
+    return Results(os.path.abspath(path), meta, ordered, discarded, skipped)
 
 
 def _ci_target(meta):

@@ -33,27 +33,69 @@ Folder written (see ``results/README.md``): ``meta.json``, ``plan.json``,
 
 import dataclasses
 import json
+import math
 import os
+import re
+import resource
 import signal
 import subprocess
 import sys
 import time
 
+from sockbench.bench.load.worker import FD_HEADROOM
 from sockbench.bench.report.store import RAW_DIR, is_discarded
 from sockbench.bench.suite.plan import default_plan, full_plan, quick_plan
 from sockbench.bench.suite.progress import Calibrated, Calibrating, CellDone, CellStarted, RoundDone, Window, parse
-from sockbench.bench.suite.session import ENV_OUT, ENV_PLAN, PROGRESS_FILE, new_meta, update_meta
+from sockbench.bench.suite.session import (
+    ENV_OUT, ENV_PLAN, ENV_STATUS_FD, PROGRESS_FILE, WRITE_FAILED_EXIT, new_meta, update_meta,
+)
 from sockbench.errors import SockbenchError, UsageError
-from sockbench.jsonfile import write_json_atomic
+from sockbench.jsonfile import check_writable, write_json_atomic
 from sockbench.servers import registry
 from sockbench.timestamps import folder_stamp
 from sockbench.units import format_size, parse_size
 
-__all__ = ["build_plan", "run_main", "suite_command", "SUITE_FILE", "STOP_GRACE_S"]
+__all__ = ["build_plan", "run_main", "suite_command", "check_fd_limit", "SUITE_FILE", "STOP_GRACE_S", "SERVER_FD_HEADROOM"]
 
 SUITE_FILE = "test_echo_bench.py"
 #: after a forwarded Ctrl-C or SIGTERM, how long pytest gets to stop cleanly before SIGTERM, then SIGKILL
 STOP_GRACE_S = 20.0
+
+
+#: descriptors a server needs beside its connections: the listening socket, stdio, its poller, a log
+SERVER_FD_HEADROOM = 32
+
+
+def check_fd_limit(plan):
+    """Make sure every cell's server and load processes can open their descriptors, before anything runs.
+
+    The children inherit this process's RLIMIT_NOFILE: a soft limit below the need is raised to it (the
+    hard limit allows that without privileges); a hard limit below it is one line saying what to do.  The
+    server holds every connection of a cell, so more load processes would not help: the advice is to
+    raise the hard limit or run fewer connections.  Returns the soft limit the run has.
+    """
+    conns = max(c.conns for c in plan.cells())
+    per_proc = math.ceil(conns / max(1, min(plan.procs, conns)))
+    needed = max(conns + SERVER_FD_HEADROOM, per_proc + FD_HEADROOM)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return soft
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        floor = max(1 + SERVER_FD_HEADROOM, 1 + FD_HEADROOM)
+        if hard < floor:
+            raise SockbenchError(
+                f"the file-descriptor limit (ulimit -Hn) is {hard}, below the {floor} even one connection needs "
+                f"(a load process keeps {FD_HEADROOM} spare); raise it to at least {needed} (ulimit -n {needed} in a "
+                f"shell allowed to, or nofile in /etc/security/limits.conf)", exit_code=2)
+        most = min(hard - SERVER_FD_HEADROOM, (hard - FD_HEADROOM) * max(1, plan.procs))
+        section = (f"; the protocol section runs {conns}: --protocols none leaves it out"
+                   if conns > max(plan.conns, default=0) else "")
+        raise SockbenchError(
+            f"{conns} connections need {needed} file descriptors per process but the limit (ulimit -Hn) is {hard}; "
+            f"raise it (ulimit -n {needed} in a shell allowed to, or nofile in /etc/security/limits.conf) or keep "
+            f"every cell to {most} connections or fewer (--conns{section})", exit_code=2)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    return needed
 
 
 def _split(values):
@@ -61,6 +103,16 @@ def _split(values):
     for v in values or ():
         out.extend(x for x in str(v).split(",") if x.strip())
     return [x.strip() for x in out]
+
+
+def _none_or(values, option):
+    """The split values of ``option``, or [] for the documented ``none``, which stands alone."""
+    values = _split(values)
+    if any(v.lower() == "none" for v in values):
+        if len(values) > 1:
+            raise UsageError(f"{option} none stands alone; give none, or the values to run")
+        return []
+    return values
 
 
 def build_plan(servers=None, sizes=None, conns=None, quick=False, full=False, rounds=None, min_rounds=None,
@@ -95,11 +147,11 @@ def build_plan(servers=None, sizes=None, conns=None, quick=False, full=False, ro
             raise UsageError(f"bad --conns {' '.join(map(str, conns))!r}; use whole numbers such as 1 10 100") from None
     if open_pcts is not None:
         try:
-            kw["open_pcts"] = tuple(int(str(p).rstrip("%")) for p in _split(open_pcts))
+            kw["open_pcts"] = tuple(int(str(p).rstrip("%")) for p in _none_or(open_pcts, "--open-loads"))
         except ValueError:
             raise UsageError(f"bad --open-loads {' '.join(map(str, open_pcts))!r}; use percentages such as 25 50 75 90") from None
     if protocols is not None:
-        kw["protocols"] = tuple(_split(protocols))  # each name is checked by the Plan
+        kw["protocols"] = tuple(_none_or(protocols, "--protocols"))  # each name is checked by the Plan
         if set(kw["protocols"]) == {"raw"}:
             kw["protocols"] = ()  # raw alone has nothing to be compared with: no section
         elif kw["protocols"] and "raw" not in kw["protocols"]:
@@ -172,11 +224,43 @@ def _prepare_out(out):
             raise UsageError(f"--out {out} is a file, not a folder")
         if os.listdir(out):
             raise UsageError(f"{out} already holds files; pick an empty or new --out folder")
+    created = not os.path.exists(out)
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
         raise SockbenchError(f"cannot create the results folder {out}: {e.strerror}") from None
+    try:
+        check_writable(os.path.join(out, "meta.json"), "--out")
+    except SockbenchError:
+        if created:
+            os.rmdir(out)  # empty: it was made just now
+        raise
     return out
+
+
+#: a one-line error of sockbench's as pytest shows it in the log (the ``E`` line of a failed test)
+_LOG_ERROR = re.compile(r"^E +(?:[\w.]+\.)?(?:SockbenchError|UsageError|SchemaError): (.+)$")
+
+
+def _log_reason(log_path):
+    """The first one-line sockbench error in the suite's log (what stopped a load run), or None."""
+    try:
+        with open(log_path, errors="replace") as f:
+            for line in f:
+                m = _LOG_ERROR.match(line.rstrip("\n"))
+                if m:
+                    return m.group(1).strip()
+    except OSError:
+        return None
+    return None
+
+
+def _written(path, write, *args):
+    """``write(*args)`` for the run's own file ``path``; a failure (a full disk) is one line naming it."""
+    try:
+        write(*args)
+    except OSError as e:
+        raise SockbenchError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 class _Tail:
@@ -458,11 +542,29 @@ class _Signals:
 
 
 def _run_suite(out, plan, console, signals):
-    """Run the suite as a child pytest, following its progress; returns ``(exit status, interrupted)``."""
-    env = dict(os.environ, **{ENV_PLAN: os.path.abspath(os.path.join(out, "plan.json")), ENV_OUT: os.path.abspath(out)})
-    with open(os.path.join(out, "pytest.log"), "wb") as log:
-        child = subprocess.Popen(suite_command(out), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                 env=env, start_new_session=True)
+    """Run the suite as a child pytest, following its progress.
+
+    Returns ``(exit status, interrupted, write failure)``: the last is the suite's one line saying what it
+    could not write (``session.WRITE_FAILED_EXIT``), else None.
+    """
+    # a pipe for the one line saying what the suite could not write: a full disk cannot take it from pytest.log
+    status_r, status_w = os.pipe()
+    os.set_blocking(status_r, False)  # read once the child is gone: what it said is there, and a stray holder cannot block us
+    env = dict(os.environ, **{ENV_PLAN: os.path.abspath(os.path.join(out, "plan.json")), ENV_OUT: os.path.abspath(out),
+                              ENV_STATUS_FD: str(status_w)})
+    log_path = os.path.join(out, "pytest.log")
+    try:
+        log = open(log_path, "wb")
+    except OSError as e:
+        os.close(status_r)
+        os.close(status_w)
+        raise SockbenchError(f"cannot write {log_path}: {e.strerror or e}") from None
+    with log, os.fdopen(status_r, "rb") as status_pipe:
+        try:
+            child = subprocess.Popen(suite_command(out), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                     env=env, start_new_session=True, pass_fds=(status_w,))
+        finally:
+            os.close(status_w)  # the child holds its own copy: the pipe ends when the child does
         try:
             interrupted = _watch(child, out, plan, console)
         except BaseException:
@@ -475,7 +577,11 @@ def _run_suite(out, plan, console, signals):
                 break
             except KeyboardInterrupt:
                 interrupted = True  # stopping already; wait on
-    return child.returncode, interrupted or signals.received is not None
+        said = (status_pipe.read() or b"").decode(errors="replace").strip()
+    failure = None
+    if said or child.returncode == WRITE_FAILED_EXIT:
+        failure = said.splitlines()[0] if said else f"the suite could not write into {out}"
+    return child.returncode, interrupted or signals.received is not None, failure
 
 
 def _status(rc, interrupted):
@@ -514,32 +620,47 @@ def run_main(plan, out=None, console=None, argv=None):
     from sockbench.bench.report.document import build_report
 
     console = console or Console(soft_wrap=True)
+    check_fd_limit(plan)
     out = _prepare_out(out)
-    plan.save(os.path.join(out, "plan.json"))
-    write_json_atomic(os.path.join(out, "meta.json"), new_meta(plan, argv))
+    plan_path, meta_path = os.path.join(out, "plan.json"), os.path.join(out, "meta.json")
+    _written(plan_path, plan.save, plan_path)
+    _written(meta_path, write_json_atomic, meta_path, new_meta(plan, argv))
     _announce(plan, out, console)
     t0 = time.monotonic()
     with _Signals() as signals:
-        rc, interrupted = _run_suite(out, plan, console, signals)
+        rc, interrupted, write_failure = _run_suite(out, plan, console, signals)
         status = _status(rc, interrupted)
         raw = os.path.join(out, RAW_DIR)
         runs = [f for f in os.listdir(raw) if f.endswith(".json")] if os.path.isdir(raw) else []
         rounds = [f for f in runs if not is_discarded(f)]
-        update_meta(out, status=status, finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    elapsed_s=round(time.monotonic() - t0, 1), finished_runs=len(runs), finished_rounds=len(rounds),
-                    pytest_exit=rc, **({"signal": signal.Signals(signals.received).name} if signals.received else {}))
+        try:
+            update_meta(out, status=status, finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        elapsed_s=round(time.monotonic() - t0, 1), finished_runs=len(runs), finished_rounds=len(rounds),
+                        pytest_exit=rc, **({"signal": signal.Signals(signals.received).name} if signals.received else {}))
+        except OSError as e:
+            write_failure = write_failure or f"cannot write {meta_path}: {e.strerror or e}"
     log_path = os.path.join(out, "pytest.log")
+    if write_failure:
+        kept = f"the {len(runs)} load run{'s' if len(runs) != 1 else ''} already in {raw} are kept"
+        raise SockbenchError(f"{write_failure}; the run stopped there; {kept}"
+                             + (f"; `sockbench report {out}` rebuilds the report once there is room" if rounds else ""),
+                             exit_code=128 + signals.received if signals.received else 1)
+    reason = _log_reason(log_path)
+    reason = f"; the first error: {reason}" if reason else ""
     if not rounds:
         raise SockbenchError(f"no round finished ({status}, pytest exit {rc}, {len(runs)} load runs set aside as "
-                             f"disturbed); nothing to report; see {log_path}",
+                             f"disturbed){reason}; nothing to report; see {log_path}",
                              exit_code=128 + signals.received if signals.received else 1)
     rep = build_report(out)
+    for line in rep["results"].skipped_lines():
+        print(f"sockbench: warning: {line}", file=sys.stderr)
     _print_outcome(rep, status, plan, time.monotonic() - t0, console)
     if status == "interrupted":
         console.print(f"interrupted: the report covers the rounds that finished; rebuild it with `sockbench report {out}`",
                       highlight=False, soft_wrap=True)
         return 128 + (signals.received or signal.SIGINT)
     if status == "failed":
-        raise SockbenchError(f"the benchmark suite failed (pytest exit {rc}); the report covers the rounds that finished; see {log_path}")
+        raise SockbenchError(f"the benchmark suite failed (pytest exit {rc}){reason}; the report covers the rounds that "
+                             f"finished; see {log_path}")
     return 0
 

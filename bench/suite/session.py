@@ -26,6 +26,13 @@ report does not count as a round (``store.discarded_name``), and a round
 still disturbed after them is kept, and flagged DISTURBED wherever it shows.
 The minimum rounds always run, whatever the budget says.
 
+A result that cannot be written (a full disk, a folder gone read-only) stops
+the suite at once, with exit status ``WRITE_FAILED_EXIT``: measuring on
+would only produce more results with nowhere to go.  The one line saying
+what could not be written and where goes down ``SOCKBENCH_STATUS_FD``, a pipe
+from ``sockbench run``, because on a full disk ``pytest.log`` cannot hold it;
+every result written before stays in ``raw/``, whole (atomic writes).
+
 The open-loop sweep needs each server's peak: it is the best valid closed-loop
 median the same server reached at the sweep's message size in this session
 (the closed cells of a server run before its open cells).  When those cells
@@ -52,6 +59,8 @@ from sockbench.timestamps import folder_stamp, iso_utc
 __all__ = [
     "ENV_PLAN",
     "ENV_OUT",
+    "ENV_STATUS_FD",
+    "WRITE_FAILED_EXIT",
     "PROGRESS_FILE",
     "SuiteContext",
     "CellRun",
@@ -62,6 +71,10 @@ __all__ = [
 
 ENV_PLAN = "SOCKBENCH_PLAN"
 ENV_OUT = "SOCKBENCH_OUT"
+#: the pipe down which the suite says, in one line, what it could not write (set by ``sockbench run``)
+ENV_STATUS_FD = "SOCKBENCH_STATUS_FD"
+#: the suite's exit status when a result could not be written (sysexits' EX_IOERR; pytest's own are 0-5)
+WRITE_FAILED_EXIT = 74
 PROGRESS_FILE = "progress.jsonl"
 
 
@@ -185,7 +198,10 @@ class SuiteContext:
 
     def close(self):
         if not self._progress.closed:
-            self._progress.close()
+            try:
+                self._progress.close()
+            except OSError:
+                pass  # progress is for the display only; the results it would describe are in raw/ already
 
     def finish(self, exitstatus):
         """At session end: close the progress file; run by hand, also settle meta.json's status."""
@@ -196,7 +212,31 @@ class SuiteContext:
 
     def event(self, ev):
         """Append one ``progress`` event to progress.jsonl."""
-        self._progress.write(json.dumps(ev.to_json()) + "\n")
+        try:
+            self._progress.write(json.dumps(ev.to_json()) + "\n")
+        except OSError as e:
+            self.write_failed(self._progress.name, e)
+
+    def write(self, path, obj):
+        """Write one JSON file of the results folder atomically; a failure stops the suite (``write_failed``)."""
+        try:
+            write_json_atomic(path, obj)
+        except OSError as e:
+            self.write_failed(path, e)
+
+    def write_failed(self, path, error):
+        """Stop the suite because ``path`` could not be written: one line to the runner, exit ``WRITE_FAILED_EXIT``."""
+        # pytest is loaded in the suite's process; `sockbench run`, which imports this module, needs it not
+        import pytest
+
+        line = f"cannot write {path}: {error.strerror or error}"
+        fd = os.environ.get(ENV_STATUS_FD)
+        if fd:
+            try:
+                os.write(int(fd), (line + "\n").encode())
+            except (OSError, ValueError):
+                pass  # the runner is gone or the fd is not ours: the exit status still says it
+        pytest.exit(line, returncode=WRITE_FAILED_EXIT)
 
     def spec(self, cell, rate=None, size=None, conns=None, mode=None):
         p = self.plan
@@ -236,7 +276,7 @@ class SuiteContext:
         cal = Cell(server, "closed", self.plan.open_size, self.plan.open_conns)
         self.event(Calibrating(server=server))
         r = self.run(self.spec(cal), on_window=self._window)
-        write_json_atomic(os.path.join(self.out, "calibration", f"{server}.json"), r.to_json())
+        self.write(os.path.join(self.out, "calibration", f"{server}.json"), r.to_json())
         self.event(Calibrated(server=server, msgs_per_s=r.throughput.msgs_per_s, valid=r.valid))
         if not r.valid or not r.throughput.msgs_per_s > 0:
             raise RuntimeError(f"calibration of {server} failed: {r.invalid_reason}")
@@ -286,7 +326,7 @@ class SuiteContext:
             r = r.with_cell(CellContext.of(cell, round_no, None, self.index.get(cell.id, -1), peak))
             again = r.disturbed and attempt <= self.plan.remeasure and self._may_remeasure(run)
             name = discarded_name(cell, round_no, attempt) if again else raw_name(cell, round_no)
-            write_json_atomic(os.path.join(self.out, RAW_DIR, name), r.to_json())
+            self.write(os.path.join(self.out, RAW_DIR, name), r.to_json())
             self.event(RoundDone(cell=cell.id, round=round_no, attempt=attempt, kept=not again,
                                  msgs_per_s=r.throughput.msgs_per_s, p99_us=r.latency_us.p99, valid=r.valid,
                                  client_bound=r.client_bound, disturbed=r.disturbed))

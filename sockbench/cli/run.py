@@ -20,7 +20,17 @@ __all__ = [
     "run_cli",
     "report_cli",
     "compare_cli",
+    "warn_left_out",
 ]
+
+
+def warn_left_out(skipped):
+    """Print to stderr one warning line per raw file left out (``Results.skipped``), then their count."""
+    # deferred with the report it belongs to (hdrhistogram behind the store)
+    from sockbench.bench.report.store import left_out_lines
+
+    for line in left_out_lines(skipped):
+        print(f"sockbench: warning: {line}", file=sys.stderr)
 
 
 def add_run_arguments(p):
@@ -101,6 +111,7 @@ def report_cli(args):
     from sockbench.bench.report.document import build_report
 
     rep = build_report(args.dir)
+    warn_left_out(rep["results"].skipped)
     console = Console()
     skipped = [(t, why) for _, t, why in rep["plots"] if why]
     for title, why in skipped:
@@ -120,6 +131,7 @@ def compare_cli(args):
     if not 0 < args.alpha < 1:
         raise SockbenchError(f"--alpha must be between 0 and 1, not {args.alpha}", exit_code=2)
     result = compare(args.a, args.b, alpha=args.alpha, fail_above=fail_above)
+    warn_left_out(result["skipped"])
     if not result["rows"]:
         raise SockbenchError(f"{args.a} and {args.b} have no (server, workload) in common; nothing to compare")
     render(result, Console(width=max(140, Console().width)))

@@ -243,28 +243,104 @@ def test_empty_folder_and_file(tmp_path, capsys):
     assert "not a results folder" in _one_line_error(capsys, ["report", str(f)])
 
 
-@pytest.mark.parametrize("damage", ["truncated", "not-schema-1", "missing-keys", "bad-meta", "bad-workload"])
-def test_corrupt_folder(tmp_path, capsys, damage):
-    d = make_results(str(tmp_path / "c"), servers=("uvloop",), plan=Plan(servers=("uvloop",), sizes=(64,), conns=(10,), open_pcts=()))
-    raw = sorted(glob.glob(os.path.join(d, "raw", "*.json")))[0]
+def _damage(raw, damage):
     if damage == "truncated":
         text = open(raw).read()
         open(raw, "w").write(text[: len(text) // 2])
     elif damage == "not-schema-1":
         open(raw, "w").write(json.dumps({"schema": 7}))
+    elif damage == "not-an-object":
+        open(raw, "w").write("[1, 2]")
     elif damage == "missing-keys":
         r = json.load(open(raw))
         del r["throughput"]
         open(raw, "w").write(json.dumps(r))
-    elif damage == "bad-meta":
-        open(os.path.join(d, "meta.json"), "w").write("{not json")
     elif damage == "bad-workload":
         r = json.load(open(raw))
         r.pop("cell")
         r["workload"] = {"mode": "closed"}
         open(raw, "w").write(json.dumps(r))
+    elif damage == "hdr-missing":
+        r = json.load(open(raw))
+        del r["hdr"]
+        open(raw, "w").write(json.dumps(r))
+    elif damage == "hdr-garbage":
+        r = json.load(open(raw))
+        r["hdr"] = "bm90IGEgaGlzdG9ncmFt"
+        open(raw, "w").write(json.dumps(r))
+    elif damage == "hdr-count":
+        r = json.load(open(raw))
+        r["latency_us"]["count"] += 1
+        open(raw, "w").write(json.dumps(r))
+
+
+DAMAGES = ["truncated", "not-schema-1", "not-an-object", "missing-keys", "bad-workload", "hdr-missing", "hdr-garbage",
+           "hdr-count"]
+
+
+def _small(path):
+    return make_results(path, servers=("uvloop",), plan=Plan(servers=("uvloop",), sizes=(64,), conns=(10,), open_pcts=()))
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_raw_file_is_named_and_left_out(tmp_path, capsys, damage):
+    d = _small(str(tmp_path / "c"))
+    clean = load_results(d)
+    raws = sorted(glob.glob(os.path.join(d, "raw", "*.json")))
+    raw = raws[0]
+    _damage(raw, damage)
+    before = open(raw, "rb").read()
+    assert main(["report", d]) == 0
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and "Traceback" not in err, err
+    assert lines[0].startswith(f"sockbench: warning: left out {raw}: ")
+    assert lines[1] == "sockbench: warning: 1 raw file left out (unreadable or inconsistent; nothing deleted)"
+    # nothing deleted or rewritten; every other round is reported
+    assert open(raw, "rb").read() == before
+    results = load_results(d)
+    assert [f for f, _ in results.skipped] == [raw]
+    assert len(results.results) == len(clean.results) - 1 == len(raws) - 1
+    md = open(os.path.join(d, "report.md")).read()
+    assert "1 raw file left out of every figure" in md and os.path.basename(raw).replace("_", "\\_") in md
+    # the percentiles are the other rounds' exact merge, untouched by the damaged file
+    server, workload, rnd = os.path.basename(raw)[:-len(".json")].split("__")
+    others = [r for r in clean.cell(server, workload).results if f"r{r.round_no}" != rnd]
+    assert results.cell(server, workload).hdr().get_total_count() == sum(r.latency_us.count for r in others) > 0
+
+
+def test_a_folder_without_any_histogram_is_read_from_the_rounds_figures(tmp_path, capsys):
+    d = _small(str(tmp_path / "c"))
+    for raw in glob.glob(os.path.join(d, "raw", "*.json")):
+        _damage(raw, "hdr-missing")
+    results = load_results(d)
+    assert results.skipped == [] and len(results.results) == len(glob.glob(os.path.join(d, "raw", "*.json")))
+    assert {c.latency_summary().source for c in results.cells.values()} == {"median of rounds"}
+
+
+def test_every_raw_file_damaged_is_one_line(tmp_path, capsys):
+    d = _small(str(tmp_path / "c"))
+    for raw in glob.glob(os.path.join(d, "raw", "*.json")):
+        _damage(raw, "truncated")
     line = _one_line_error(capsys, ["report", d])
-    assert "corrupt" in line or "not a schema-1" in line or "malformed" in line
+    assert "no readable round" in line and "not valid JSON" in line
+
+
+def test_compare_leaves_out_a_damaged_file_and_says_so(tmp_path, capsys):
+    a, b = _small(str(tmp_path / "a")), _small(str(tmp_path / "b"))
+    raw = sorted(glob.glob(os.path.join(b, "raw", "*.json")))[0]
+    _damage(raw, "hdr-garbage")
+    main(["compare", a, b])
+    captured = capsys.readouterr()
+    assert f"sockbench: warning: left out {raw}: corrupt: its hdr histogram cannot be decoded" in captured.err
+    assert "1 raw file left out" in captured.err
+    assert "uvloop" in captured.out  # the rest is compared
+
+
+def test_corrupt_meta_is_one_line(tmp_path, capsys):
+    d = _small(str(tmp_path / "c"))
+    open(os.path.join(d, "meta.json"), "w").write("{not json")
+    assert "corrupt" in _one_line_error(capsys, ["report", d])
 
 
 def test_compare_missing_folder(base, tmp_path, capsys):
@@ -464,7 +540,23 @@ def test_run_protocols_option():
     assert build_plan(servers=["uvloop"]).speaks == {"uvloop": ["raw", "frame", "json"]}
 
 
+def test_run_none_as_its_help_documents(capsys):
+    # --help promises `none` for both options: the parser takes it
+    from sockbench.cli.main import build_parser
+
+    sub = next(a for a in build_parser()._subparsers._group_actions if a.choices)
+    helps = {a.dest: a.help for a in sub.choices["run"]._actions}
+    assert "none: no open loop" in helps["open_loads"] and "none: no section" in helps["protocols"]
+    p = build_plan(servers=["uvloop"], open_pcts=["none"], protocols=["none"])
+    assert p.open_pcts == () and p.protocols == ()
+    assert [c.mode for c in p.cells()] == ["closed"]
+    assert build_plan(servers=["uvloop"], open_pcts=["NONE"]).open_pcts == ()
+    assert build_plan(full=True, servers=["uvloop"], protocols=["none"]).protocols == ()
+
+
 @pytest.mark.parametrize("argv, text", [
+    (["run", "--open-loads", "none", "25"], "--open-loads none stands alone"),
+    (["run", "--protocols", "json,none"], "--protocols none stands alone"),
     (["run", "--servers", "no-such-server"], "unknown server"),
     (["run", "--sizes", "12q"], "bad size"),
     (["run", "--conns", "ten"], "bad --conns"),

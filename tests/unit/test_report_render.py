@@ -100,3 +100,51 @@ def test_an_unknown_block_is_refused(tmp_path):
         to_markdown(doc)
     with pytest.raises(TypeError):
         to_html(doc, str(tmp_path))
+
+
+# --- the whole report, from a folder whose names and strings are hostile ----------------------------------
+
+
+def test_report_md_escapes_hostile_server_names_machine_strings_and_reasons(tmp_path):
+    import glob
+    import json
+    import os
+
+    from report_fixture import make_results
+    from sockbench.bench.report.document import build_report
+    from sockbench.bench.suite.plan import Plan
+
+    server = "<img src=x>"
+    host = "evil|host *bold* <b>x</b> [l](http://e) `c` ~~s~~"
+    reason = "server died <script>alert(1)</script> | *x*"
+    d = make_results(str(tmp_path / "r"), servers=(server,),
+                     plan=Plan(servers=(server,), sizes=(64,), conns=(10,), open_pcts=(), protocols=()))
+    meta_path = os.path.join(d, "meta.json")
+    meta = json.load(open(meta_path))
+    meta["machine"]["hostname"] = host
+    meta["machine"]["cpu_model"] = "CPU | <i>fast</i> **"
+    json.dump(meta, open(meta_path, "w"))
+    raw = sorted(glob.glob(os.path.join(d, "raw", "*.json")))[0]
+    r = json.load(open(raw))
+    r["valid"], r["invalid_reason"] = False, reason
+    json.dump(r, open(raw, "w"))
+
+    rep = build_report(d)
+    md = open(rep["md"]).read()
+    rendered = _md_html(md)
+    # nothing hostile became markup: no image, no tag, no link, no emphasis
+    for bad in ("<img src=x", "<b>x", "<i>fast", "<script", "<a ", "<em>x</em>", "<strong>bold"):
+        assert bad not in rendered, bad
+    # ... and each came back as the literal text
+    assert "&lt;img src=x&gt;" in rendered
+    assert "evil|host *bold* &lt;b&gt;x&lt;/b&gt; [l](http://e) `c` ~~s~~" in rendered
+    assert "\\~\\~s\\~\\~" in md  # GitHub's strikethrough, which commonmark does not know
+    assert "CPU | &lt;i&gt;fast&lt;/i&gt; **" in rendered
+    assert "server died &lt;script&gt;alert(1)&lt;/script&gt; | *x*" in rendered
+    # a pipe in a cell never adds a column: every row has its table's header's width
+    for table in re.findall(r"<table>.*?</table>", rendered, re.S):
+        widths = {row.count("<td") + row.count("<th") for row in re.findall(r"<tr>.*?</tr>", table, re.S)}
+        assert len(widths) == 1, table
+    html_text = open(rep["html"]).read()
+    for bad in ("<img src=x>", "<b>x</b>", "<i>fast", "<script"):
+        assert bad not in html_text, bad
