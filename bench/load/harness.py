@@ -163,13 +163,31 @@ def _probe(family, host, port):
         s.close()
 
 
-def _check_nofile(per_proc):
+def nofile_advice(spec, hard):
+    """What to do when the load processes' share of connections does not fit under a hard RLIMIT_NOFILE.
+
+    More load processes help only in closed and open mode (connect mode holds
+    one connection per process at a time) and only when the limit leaves room
+    for at least one connection beside each process's own descriptors.
+    """
+    room = hard - FD_HEADROOM
+    if room < 1:
+        return f"raise the hard limit (ulimit -Hn) to at least {FD_HEADROOM + 1}"
+    if spec.mode == "connect":
+        return f"use at most {room} --conns, or raise the hard limit (ulimit -Hn)"
+    procs = -(-spec.conns // room)  # the fewest processes whose share fits
+    if procs <= spec.conns and procs <= 64:
+        return f"use --procs {procs} or more, at most {room * spec.procs} --conns, or raise the hard limit (ulimit -Hn)"
+    return f"use at most {room * spec.procs} --conns, or raise the hard limit (ulimit -Hn)"
+
+
+def _check_nofile(spec, per_proc):
     needed = per_proc + FD_HEADROOM
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < needed:
         raise UsageError(
             f"{per_proc} connections per load process need {needed} file descriptors but RLIMIT_NOFILE "
-            f"allows {hard}; use more --procs, fewer --conns, or raise the hard limit"
+            f"allows {hard}; {nofile_advice(spec, hard)}"
         )
 
 
@@ -226,7 +244,7 @@ def run_load(spec, json_path=None, on_window=None):
     """
     spec.validate()
     started_at = iso_utc()
-    _check_nofile(max(_split(spec.conns, spec.procs)) if spec.mode != "connect" else spec.conns)
+    _check_nofile(spec, max(_split(spec.conns, spec.procs)) if spec.mode != "connect" else spec.conns)
     if spec.server is not None:
         extra = ("--protocol", spec.protocol) if spec.protocol != "raw" else ()
         with ServerProcess(spec.server, cpus=spec.server_cpus, extra_args=extra) as server:

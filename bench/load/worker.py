@@ -166,7 +166,7 @@ def raise_nofile_limit(needed):
     if hard != resource.RLIM_INFINITY and hard < needed:
         raise SockbenchError(
             f"{needed} file descriptors needed per load process but RLIMIT_NOFILE allows {hard}; "
-            f"use fewer connections, more --procs, or raise the limit (ulimit -n)",
+            f"use fewer connections per load process, or raise the limit (ulimit -n)",
             exit_code=2,
         )
     resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))

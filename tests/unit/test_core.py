@@ -77,3 +77,19 @@ def test_load_checks_its_json_path_before_measuring(tmp_path):
     assert time.monotonic() - t0 < 15
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "cannot write --json" in p.stderr, p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_fd_limit_advice_names_procs_only_when_more_processes_would_help():
+    from sockbench.bench.load.harness import nofile_advice
+    from sockbench.bench.load.spec import LoadSpec
+    from sockbench.bench.load.worker import FD_HEADROOM
+
+    room = 100  # a hard limit leaving room for 100 connections per load process
+    hard = room + FD_HEADROOM
+    closed = LoadSpec(server="cython", conns=250, procs=1)
+    assert nofile_advice(closed, hard).startswith("use --procs 3 or more")  # ceil(250 / 100)
+    connect = LoadSpec(server="cython", mode="connect", conns=250)
+    assert "--procs" not in nofile_advice(connect, hard) and f"at most {room} --conns" in nofile_advice(connect, hard)
+    # a limit below even one connection's need: only raising it helps
+    advice = nofile_advice(closed, FD_HEADROOM)
+    assert "--procs" not in advice and f"at least {FD_HEADROOM + 1}" in advice
