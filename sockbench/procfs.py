@@ -30,6 +30,8 @@ from typing import NamedTuple
 from sockbench.errors import SockbenchError
 
 __all__ = [
+    "process_snapshot",
+    "foreign_process_s",
     "TICK_S",
     "CPU_FIELDS",
     "read_proc_stat",
@@ -155,8 +157,9 @@ def _stat_fields(pid):
     close = raw.rindex(b")")
     comm = raw[raw.index(b"(") + 1 : close].decode(errors="replace")
     fields = raw[close + 2 :].split()
-    # after "pid (comm)" the fields count from 3: ppid is 4, utime 14, stime 15, processor 39
-    return int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[36]), comm
+    # after "pid (comm)" the fields count from 3: ppid is 4, utime 14, stime 15, cutime 16, cstime 17,
+    # processor 39; the last element is the time of the children it has waited for (cutime + cstime)
+    return int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[36]), comm, int(fields[13]) + int(fields[14])
 
 
 def _pids():
@@ -254,3 +257,47 @@ def busy_processes(cpus, interval_s=0.1, own=(), min_ticks=2):
             found.append(BusyProcess(pid, _command(pid, f1[3]), share, f1[2]))
     found.sort(key=lambda b: -b.share)
     return found
+
+
+def process_snapshot():
+    """``{pid: (ppid, ticks, children_ticks, last_cpu)}`` of every process now: one side of ``foreign_process_s``.
+
+    ``children_ticks`` is the time of the children it has reaped (cutime +
+    cstime), so that processes born and gone between two snapshots (a
+    build's compilers, a hog that was killed) are still counted, in the
+    process that reaped them.
+    """
+    snap = {}
+    for pid in _pids():
+        f = _stat_fields(pid)
+        if f is not None:
+            snap[pid] = (f[0], f[1], f[4], f[2])
+    return snap
+
+
+def foreign_process_s(before, after, cpus, own=()):
+    """CPU seconds that processes outside this run used on ``cpus`` between two ``process_snapshot``s.
+
+    A process counts for ``cpus`` when it was last seen on one of them in
+    either snapshot (a pinned neighbour always is).  This run's own processes
+    (this process, and ``own`` with their descendants) are left out, and so
+    is this process's ancestors' own time (the ``sockbench run`` and pytest
+    processes above a suite's round); the children those ancestors reaped
+    meanwhile are not the run's, and count.  Kernel threads count: a kworker
+    or ksoftirqd busy on a pinned CPU is load the run did not ask for.  In
+    clock ticks, so each process's figure is known to within one tick.
+    """
+    cpus = set(cpus)
+    parents = {pid: f[0] for pid, f in after.items()}
+    run = process_family(own=own, parents=parents) - process_family(own=(), parents=parents) | {os.getpid()}
+    ancestors = process_family(own=(), parents=parents) - {os.getpid()}
+    ticks = 0
+    for pid, (_, self1, kids1, cpu1) in after.items():
+        if pid in run:
+            continue
+        f0 = before.get(pid)
+        self0, kids0, cpu0 = (f0[1], f0[2], f0[3]) if f0 is not None else (0, 0, cpu1)
+        used = (kids1 - kids0) + (0 if pid in ancestors else self1 - self0)
+        if used > 0 and (cpu1 in cpus or cpu0 in cpus):
+            ticks += used
+    return ticks * TICK_S

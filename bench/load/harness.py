@@ -105,7 +105,8 @@ from sockbench.children import child_setup, held_signals
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.jsonfile import write_json_atomic
 from sockbench.machine import machine_info
-from sockbench.procfs import TICK_S, busy_processes, irq_time_accounting, read_rss_bytes
+from sockbench.procfs import (TICK_S, busy_processes, foreign_process_s, irq_time_accounting, process_snapshot,
+                             read_rss_bytes)
 from sockbench.servers.process import ServerProcess
 from sockbench.thresholds import BEHIND_FRACTION, CLIENT_BOUND_UTIL, SERVER_BOUND_UTIL, STALL_S
 from sockbench.timestamps import iso_utc
@@ -369,6 +370,8 @@ class _ServerWindow:
     cpu1: tuple | None = None  # ... and at the window's end
     rss_peak_bytes: int | None = None
     exit_status: int | None = None  # set when the server exited during the run
+    #: ``cpus -> seconds`` other processes used there around the window (None: not read)
+    process_s: object = None
 
 
 def _run(spec, server, host, port, started_at, on_window=None):
@@ -380,11 +383,16 @@ def _run(spec, server, host, port, started_at, on_window=None):
     try:
         _spawn_workers(spec, server, family, host, port, workers)
         _wait_ready(workers, server)
+        # every process's CPU around the window: what caps the foreign time (bench/load/interference.py)
+        before = process_snapshot()
         end_ns = _open_window(spec, workers, on_window)
         procs, problems, srv = _collect(spec, server, workers, end_ns)
+        after = process_snapshot()
     finally:
         for w in workers.values():
             w.stop()
+    own = [w.proc.pid for w in workers.values()] + ([server.pid] if server is not None else [])
+    srv.process_s = lambda cpus: foreign_process_s(before, after, cpus, own=own)
     return _build_result(spec, server, host, port, started_at, procs, problems, srv)
 
 
@@ -642,7 +650,7 @@ def _fairness(spec, rs):
     return Fairness.of([n for r in rs for n in r.conn_msgs], starved=sum(r.starved or 0 for r in rs))
 
 
-def _interference(spec, server, rs, server_proc):
+def _interference(spec, server, rs, server_proc, process_s=None):
     """The foreign load on the run's CPUs over the window, from load process 0's counters."""
     first = next((r for r in rs if r.index == 0), None)
     if first is None or not first.cpu_stat:
@@ -660,6 +668,7 @@ def _interference(spec, server, rs, server_proc):
         load_procs=[(r.cpus, r.user_s + r.sys_s) for r in rs],
         loadavg_1m=loadavg,
         irq_is_own=bool(irq_time_accounting()),
+        process_s=process_s,
     )
 
 
@@ -740,7 +749,7 @@ def _build_result(spec, server, host, port, started_at, procs, problems, srv):
         hdr_service=hdr.encode_text(merged.h2) if spec.mode == "open" else None,
         machine=Machine(**machine_info()),
         started_at=started_at,
-        interference=_interference(spec, server, rs, server_proc),
+        interference=_interference(spec, server, rs, server_proc, srv.process_s),
         fairness=fairness,
     )
 

@@ -4,6 +4,8 @@ The counters are in clock ticks (``TICK_S``, 10 ms), as the load loop reads
 them; each case says what ran on the CPUs and checks what is made of it.
 """
 
+import os
+
 import pytest
 
 from sockbench.bench.load.interference import interference, side_time
@@ -115,3 +117,36 @@ def test_the_loops_counts_become_fairness_and_its_cpu_lines_survive_json():
     assert _fairness(LoadSpec(server="selectors", conns=3, mode="connect"), [r]) is None
     # an open-loop connection with nothing asked of it completed nothing and is not starved: the loop says so
     assert Fairness.of([6, 0, 4], starved=0).starved == 0 and Fairness.of([6, 0, 4]).starved == 1
+
+
+def test_the_runs_own_wakeups_are_not_foreign_when_no_other_process_ran():
+    # an open-loop round: CPU 0 busy 0.55 s of 1 s, the server's runtime 0.37 s; the 0.18 s between is
+    # leaving idle once per message, which no other process accounts for
+    stat = _window(1.0, {0: {"system": 55, "idle": 45}, 1: {"system": 50, "idle": 50}})
+    quiet = interference(stat, server_cpus=(0,), client_cpus=(1,), server_s=0.37, load_procs=[((1,), 0.5)],
+                         process_s=lambda cpus: 0.0)
+    assert quiet.server_foreign == 0.0 and quiet.disturbed is False
+    uncapped = interference(stat, server_cpus=(0,), client_cpus=(1,), server_s=0.37, load_procs=[((1,), 0.5)])
+    assert uncapped.server_foreign == pytest.approx(0.18) and uncapped.disturbed is True
+    # a neighbour that did run there: the smaller of the two figures is kept
+    busy = interference(stat, server_cpus=(0,), client_cpus=(1,), server_s=0.37, load_procs=[((1,), 0.5)],
+                        process_s=lambda cpus: 0.12 if cpus == {0} else 0.0)
+    assert busy.server_foreign == pytest.approx(0.12) and busy.disturbed is True
+
+
+def test_foreign_process_time_leaves_the_run_out_and_counts_reaped_children():
+    from sockbench.procfs import foreign_process_s
+
+    me = os.getpid()
+    # {pid: (ppid, ticks, reaped children's ticks, last cpu)}; pid 1 is an ancestor of this process
+    before = {1: (0, 5, 100, 0), me: (1, 100, 0, 0), 9001: (me, 50, 0, 0), 9002: (1, 10, 0, 0),
+              9003: (1, 10, 0, 1), 9004: (1, 5, 0, 0)}
+    after = {1: (0, 9, 140, 0),       # an ancestor: its own time is the run's, the 40 ticks it reaped are not
+             me: (1, 300, 80, 0),     # this process, and the load process it reaped: the run's own
+             9001: (me, 90, 0, 0),    # a load process of this run (``own``)
+             9002: (1, 40, 0, 0),     # a neighbour on CPU 0: 30 ticks
+             9003: (1, 70, 0, 1),     # busy on CPU 1 only
+             9004: (1, 25, 12, 0),    # a make and the compilers it reaped: 20 + 12
+             9005: (1, 8, 0, 0)}      # started between the snapshots
+    assert foreign_process_s(before, after, {0}, own=[9001]) == pytest.approx((40 + 30 + 32 + 8) * TICK_S)
+    assert foreign_process_s(before, after, {1}, own=[9001]) == pytest.approx(60 * TICK_S)
