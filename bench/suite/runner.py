@@ -127,16 +127,50 @@ def build_plan(servers=None, sizes=None, conns=None, quick=False, full=False, ro
         raise UsageError("--quick and --full exclude each other")
     if rounds is not None and (min_rounds is not None or max_rounds is not None):
         raise UsageError("--rounds fixes the rounds of every cell; give it alone, or --min-rounds/--max-rounds")
+    names = _server_names(servers)
+    make = quick_plan if quick else full_plan if full else default_plan
+    kw = _matrix_options(sizes, conns, open_pcts, protocols)
+    kw.update(_round_options(make, names, rounds, min_rounds, max_rounds))
+    for key, value, conv in (("ci", ci, float), ("cell_budget_s", cell_budget_s, float), ("duration_s", duration_s, float),
+                             ("warmup_s", warmup_s, float), ("server_cpus", server_cpus, tuple),
+                             ("client_cpus", client_cpus, tuple)):
+        if value is not None:
+            kw[key] = conv(value)
+    if run_budget_s is not None:
+        kw["run_budget_s"] = float(run_budget_s) or None
+    kw["speaks"] = {n: list(registry.get(n).protocols) for n in names}
+    plan = make(names, **kw)
+    if protocols and plan.protocols and not any(plan.server_protocols(n) for n in names):
+        raise UsageError(f"no chosen server speaks {' or '.join(p for p in plan.protocols if p != 'raw') or 'a framed protocol'}; "
+                         f"see `sockbench servers`")
+    # the open-loop sweep runs where its peak was measured: the closed grid's smallest size
+    # (64 B when present) and highest concurrency
+    plan = dataclasses.replace(
+        plan,
+        open_size=64 if 64 in plan.sizes else min(plan.sizes),
+        open_conns=max(plan.conns),
+    )
+    _check_cpus(plan)
+    return plan
+
+
+def _server_names(servers):
+    """The servers asked for (each must run here), or every available one."""
     if servers:
         names = _split(servers)
         for n in names:
             ok, why = registry.get(n).availability()
             if not ok:
                 raise UsageError(f"server {n!r} cannot run here: {why}")
-    else:
-        names = registry.available_names()
-        if not names:
-            raise SockbenchError("no server is available here (see `sockbench servers`)")
+        return names
+    names = registry.available_names()
+    if not names:
+        raise SockbenchError("no server is available here (see `sockbench servers`)")
+    return names
+
+
+def _matrix_options(sizes, conns, open_pcts, protocols):
+    """The Plan's matrix fields the command line sets: sizes, connections, open-loop loads, protocols."""
     kw = {}
     if sizes:
         kw["sizes"] = tuple(parse_size(s) for s in _split(sizes))
@@ -157,48 +191,29 @@ def build_plan(servers=None, sizes=None, conns=None, quick=False, full=False, ro
         elif kw["protocols"] and "raw" not in kw["protocols"]:
             # the section exists to show each protocol's cost over raw, measured side by side
             kw["protocols"] = ("raw",) + kw["protocols"]
-    make = quick_plan if quick else full_plan if full else default_plan
+    return kw
+
+
+def _round_options(make, names, rounds, min_rounds, max_rounds):
+    """``min_rounds``/``max_rounds`` from --rounds, or from one or both bounds (the other the matrix's own)."""
     if rounds is not None:
-        kw["min_rounds"] = kw["max_rounds"] = int(rounds)
-    if min_rounds is not None or max_rounds is not None:
-        # one bound given: the other is the matrix's own, moved so that min <= max
-        base = make(names)
-        lo = int(min_rounds) if min_rounds is not None else min(base.min_rounds, int(max_rounds))
-        hi = int(max_rounds) if max_rounds is not None else max(base.max_rounds, lo)
-        kw["min_rounds"], kw["max_rounds"] = lo, hi
-    if ci is not None:
-        kw["ci"] = float(ci)
-    if cell_budget_s is not None:
-        kw["cell_budget_s"] = float(cell_budget_s)
-    if run_budget_s is not None:
-        kw["run_budget_s"] = float(run_budget_s) or None
-    if duration_s is not None:
-        kw["duration_s"] = float(duration_s)
-    if warmup_s is not None:
-        kw["warmup_s"] = float(warmup_s)
-    if server_cpus is not None:
-        kw["server_cpus"] = tuple(server_cpus)
-    if client_cpus is not None:
-        kw["client_cpus"] = tuple(client_cpus)
-    kw["speaks"] = {n: list(registry.get(n).protocols) for n in names}
-    plan = make(names, **kw)
-    if protocols and plan.protocols and not any(plan.server_protocols(n) for n in names):
-        raise UsageError(f"no chosen server speaks {' or '.join(p for p in plan.protocols if p != 'raw') or 'a framed protocol'}; "
-                         f"see `sockbench servers`")
-    # the open-loop sweep runs where its peak was measured: the closed grid's smallest size
-    # (64 B when present) and highest concurrency
-    plan = dataclasses.replace(
-        plan,
-        open_size=64 if 64 in plan.sizes else min(plan.sizes),
-        open_conns=max(plan.conns),
-    )
+        return {"min_rounds": int(rounds), "max_rounds": int(rounds)}
+    if min_rounds is None and max_rounds is None:
+        return {}
+    # one bound given: the other is the matrix's own, moved so that min <= max
+    base = make(names)
+    lo = int(min_rounds) if min_rounds is not None else min(base.min_rounds, int(max_rounds))
+    hi = int(max_rounds) if max_rounds is not None else max(base.max_rounds, lo)
+    return {"min_rounds": lo, "max_rounds": hi}
+
+
+def _check_cpus(plan):
     allowed = os.sched_getaffinity(0)
     for label, cpus in (("server", plan.server_cpus), ("client", plan.client_cpus)):
         missing = sorted(set(cpus) - allowed)
         if missing:
             raise UsageError(f"--{label}-cpus {','.join(map(str, missing))} not available here; usable CPUs: "
                              f"{','.join(map(str, sorted(allowed)))}")
-    return plan
 
 
 def suite_command(out):
