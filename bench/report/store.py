@@ -45,6 +45,7 @@ from sockbench.bench.report.stats import UNSTABLE_SPREAD, CellStats, decode_hdr,
 from sockbench.bench.schema import LoadResult, Machine, SchemaError
 from sockbench.errors import SockbenchError
 from sockbench.jsonfile import write_json_atomic
+from sockbench.servers.protocols import PROTOCOLS
 
 __all__ = [
     "RAW_DIR",
@@ -63,7 +64,8 @@ __all__ = [
 ]
 
 RAW_DIR = "raw"
-_PROTO_ORDER = {"raw": 0, "frame": 1, "json": 2}
+#: the protocols in the table's order (servers.protocols owns it)
+_PROTO_ORDER = {p: i for i, p in enumerate(PROTOCOLS)}
 
 
 #: the file name of a set-aside attempt (``discarded_name``)
