@@ -96,7 +96,7 @@ from dataclasses import asdict, dataclass
 from sockbench.bench.load import hdr
 from sockbench.bench.load.interference import interference
 from sockbench.bench.load.spec import MAX_FRAMED_SIZE, MODES, PROTOCOLS, LoadSpec
-from sockbench.bench.load.worker import FD_HEADROOM, ProcResult, WorkerParams, format_addr
+from sockbench.bench.load.worker import FD_HEADROOM, ProcResult, WorkerParams
 from sockbench.bench.schema import (
     ERROR_KINDS, Client, CpuPerMsg, Errors, Fairness, LoadResult, Machine, ServerProc, Target, Throughput, Timeseries,
     Workload,
@@ -107,6 +107,7 @@ from sockbench.jsonfile import write_json_atomic
 from sockbench.machine import machine_info
 from sockbench.procfs import (TICK_S, busy_processes, foreign_process_s, irq_time_accounting, process_snapshot,
                              read_rss_bytes)
+from sockbench.servers.contract import format_peer
 from sockbench.servers.process import ServerProcess
 from sockbench.thresholds import BEHIND_FRACTION, CLIENT_BOUND_UTIL, SERVER_BOUND_UTIL, STALL_S
 from sockbench.timestamps import iso_utc
@@ -155,11 +156,11 @@ def _probe(family, host, port):
     try:
         s.connect((host, port))
     except ConnectionRefusedError:
-        raise SockbenchError(f"connection refused by {format_addr(host, port)}: is an echo server listening there?") from None
+        raise SockbenchError(f"connection refused by {format_peer((host, port))}: is an echo server listening there?") from None
     except TimeoutError:
-        raise SockbenchError(f"connecting to {format_addr(host, port)} timed out") from None
+        raise SockbenchError(f"connecting to {format_peer((host, port))} timed out") from None
     except OSError as e:
-        raise SockbenchError(f"cannot connect to {format_addr(host, port)}: {e.strerror or e}") from None
+        raise SockbenchError(f"cannot connect to {format_peer((host, port))}: {e.strerror or e}") from None
     finally:
         s.close()
 

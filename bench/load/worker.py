@@ -36,9 +36,10 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 from sockbench.errors import SockbenchError
+from sockbench.servers.contract import format_peer
 from sockbench.thresholds import STALL_S
 
-__all__ = ["WorkerParams", "ProcResult", "run_worker", "main", "connect_all", "raise_nofile_limit", "format_addr", "MODES", "FD_HEADROOM"]
+__all__ = ["WorkerParams", "ProcResult", "run_worker", "main", "connect_all", "raise_nofile_limit", "MODES", "FD_HEADROOM"]
 
 #: mode name -> loadgen mode number
 MODES = {"closed": 0, "open": 1, "connect": 2}
@@ -154,10 +155,6 @@ class ProcResult:
         return r
 
 
-def format_addr(host, port):
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def raise_nofile_limit(needed):
     """Raise RLIMIT_NOFILE's soft limit to ``needed`` if the hard limit allows; else a one-line error."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -190,15 +187,15 @@ def connect_all(host, port, family, n):
             fds.append(s.detach())
     except ConnectionRefusedError:
         _close_all(fds)
-        raise SockbenchError(f"connection refused by {format_addr(host, port)}: is an echo server listening there?") from None
+        raise SockbenchError(f"connection refused by {format_peer((host, port))}: is an echo server listening there?") from None
     except TimeoutError:
         _close_all(fds)
-        raise SockbenchError(f"connecting to {format_addr(host, port)} timed out after {CONNECT_TIMEOUT_S:.0f} s") from None
+        raise SockbenchError(f"connecting to {format_peer((host, port))} timed out after {CONNECT_TIMEOUT_S:.0f} s") from None
     except OSError as e:
         _close_all(fds)
         if e.errno in (errno.EMFILE, errno.ENFILE):
             raise SockbenchError(f"out of file descriptors after {len(fds)} connections: {e.strerror}") from None
-        raise SockbenchError(f"cannot connect to {format_addr(host, port)}: {e.strerror or e}") from None
+        raise SockbenchError(f"cannot connect to {format_peer((host, port))}: {e.strerror or e}") from None
     return fds
 
 
