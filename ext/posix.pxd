@@ -32,6 +32,9 @@ cdef extern from "<errno.h>" nogil:
         ENOMEM
         EBADF
         EINVAL
+        EFAULT
+        ENOTSOCK
+        ECONNREFUSED
 
 
 cdef extern from "<stdlib.h>" nogil:
@@ -131,6 +134,20 @@ cdef extern from "<sys/socket.h>" nogil:
         unsigned short ss_family
     ssize_t recv(int sockfd, void* buf, size_t len, int flags)
     ssize_t send(int sockfd, const void* buf, size_t len, int flags)
+    # datagrams, a batch per call (recvmmsg/sendmmsg are Linux's, declared under _GNU_SOURCE, which Python.h sets)
+    struct msghdr:
+        void* msg_name
+        socklen_t msg_namelen
+        iovec* msg_iov
+        size_t msg_iovlen
+        void* msg_control
+        size_t msg_controllen
+        int msg_flags
+    struct mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len
+    int recvmmsg(int sockfd, mmsghdr* msgvec, unsigned int vlen, int flags, timespec* timeout)
+    int sendmmsg(int sockfd, mmsghdr* msgvec, unsigned int vlen, int flags)
     int setsockopt(int sockfd, int level, int optname, const void* optval, socklen_t optlen)
     int getsockopt(int sockfd, int level, int optname, void* optval, socklen_t* optlen)
     int shutdown(int sockfd, int how)
@@ -139,8 +156,11 @@ cdef extern from "<sys/socket.h>" nogil:
         AF_INET
         AF_INET6
         SOCK_STREAM
+        SOCK_DGRAM
         SOCK_CLOEXEC
         MSG_NOSIGNAL
+        MSG_DONTWAIT
+        MSG_TRUNC
         SOL_SOCKET
         SO_ERROR
         SHUT_WR

@@ -25,15 +25,30 @@ buffering; this is asyncio at its leanest, and the same class runs on uvloop
   restarts the connection's clock; the decoder's partial message is counted
   after every chunk, and the connection that would take the total over the
   cap is closed, after the answers before it.
+
+The datagram form (``serve_datagram``, ``--transport udp``) is
+``DatagramEchoProtocol``, an ``asyncio.DatagramProtocol`` on the bound socket
+(``loop.create_datagram_endpoint(sock=...)``, the loops' public API for a
+socket made outside them): ``datagram_received`` answers with ``sendto`` at
+once, and the transport buffers only what the kernel did not take.  A
+datagram transport cannot pause reading, so flow control is the other way
+round: between ``pause_writing()`` and ``resume_writing()`` the datagrams that
+arrive are dropped, as a full socket buffer would drop them, so the server
+holds at most one high-water mark.  ``error_received`` (a pending ICMP error)
+concerns one datagram and is ignored.  An empty datagram gets no answer: both
+loops' ``sendto`` drop an empty payload (the other servers echo it).  One datagram is one message: ``raw``
+only (``contract`` refuses ``frame``/``json`` over udp).  The same class runs
+on uvloop (``uvloop_echo``).
 """
 
 import asyncio
 
 from sockbench.servers import aio
-from sockbench.servers.contract import log_closing, malformed, set_nodelay
+from sockbench.servers.contract import log_closing, malformed, set_nodelay, stop_event
 from sockbench.servers.protocols import make_decoder
 
-__all__ = ["EchoProtocol", "MessageProtocol", "serve", "serve_on"]
+__all__ = ["EchoProtocol", "MessageProtocol", "DatagramEchoProtocol", "serve", "serve_on", "serve_datagram",
+           "serve_datagram_on"]
 
 HIGH_WATER = 64 * 1024
 
@@ -130,3 +145,56 @@ def serve_on(loop_factory, listener, announce, options):
 
 def serve(listener, announce, options):
     serve_on(None, listener, announce, options)
+
+
+class DatagramEchoProtocol(asyncio.DatagramProtocol):
+    """Echo each datagram to its sender; drop what arrives while the transport's buffer is above its high-water mark."""
+
+    __slots__ = ("transport", "paused", "dropped")
+
+    def __init__(self):
+        self.transport = None
+        self.paused = False
+        self.dropped = 0
+
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.set_write_buffer_limits(high=HIGH_WATER)
+
+    def datagram_received(self, data, addr):
+        if self.paused:
+            self.dropped += 1
+            return
+        self.transport.sendto(data, addr)
+
+    def error_received(self, exc):
+        pass  # a pending ICMP error about one datagram: that datagram only
+
+    def pause_writing(self):
+        self.paused = True
+
+    def resume_writing(self):
+        self.paused = False
+
+
+async def _main_datagram(sock, announce, options):
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(aio.exception_handler(options["name"]))
+    stop = stop_event(loop)
+    transport, _ = await loop.create_datagram_endpoint(DatagramEchoProtocol, sock=sock)
+    announce()
+    try:
+        await stop.wait()
+    finally:
+        transport.abort()
+        await asyncio.sleep(0)  # let connection_lost run
+
+
+def serve_datagram_on(loop_factory, sock, announce, options):
+    """Run the datagram server on a loop made by ``loop_factory`` (None: asyncio's default)."""
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_main_datagram(sock, announce, options))
+
+
+def serve_datagram(sock, announce, options):
+    serve_datagram_on(None, sock, announce, options)

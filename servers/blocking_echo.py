@@ -48,6 +48,17 @@ Memory after many connections, and what bounds it:
   ``MALLOC_ARENA_MAX`` (the environment variable, or ``mallopt`` through
   ctypes) bounds how many heaps threads spread over, not what a heap keeps:
   with it at 2 the same test kept 159 MB, so it is not set here.
+
+The datagram form (``serve_datagram``, ``--transport udp``) is the tutorial's
+UDP server: one blocking ``recvfrom_into`` / ``sendto`` loop on the main
+thread, no thread per peer.  UDP has no connection to hand to a thread, and
+the echo of one datagram never waits on another peer (``sendto`` blocks only
+while the socket's send buffer is full), so one thread is the natural form.
+One datagram is one message, echoed whole: ``raw`` only (a datagram carries its
+own boundary, so ``frame``/``json`` add nothing; ``contract`` refuses them).
+The buffer holds any UDP payload, so nothing is truncated; a ``sendto`` that
+fails (the sender is unreachable, ENOBUFS) loses that datagram only, as the
+network would.  A stop signal interrupts ``recvfrom_into`` (``StopServing``).
 """
 
 import signal
@@ -56,6 +67,7 @@ import threading
 import time
 
 from sockbench.servers.contract import (
+    DATAGRAM_BUFFER,
     STOP_SIGNALS,
     AcceptErrors,
     StopServing,
@@ -67,7 +79,7 @@ from sockbench.servers.contract import (
 )
 from sockbench.servers.protocols import make_decoder
 
-__all__ = ["serve"]
+__all__ = ["serve", "serve_datagram"]
 
 THREAD_STACK = 256 * 1024
 #: each thread reads into its own buffer of this size (smaller than the shared
@@ -237,3 +249,24 @@ def serve(listener, announce, options):
             signal.signal(sig, signal.SIG_IGN)
         listener.close()
         workers.shut_down()
+
+
+def serve_datagram(sock, announce, options):
+    """Echo every datagram back to its sender on the main thread until a stop signal."""
+    view = read_buffer(DATAGRAM_BUFFER)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _raise_stop)
+    announce()
+    try:
+        while True:
+            try:
+                n, peer = sock.recvfrom_into(view)
+                sock.sendto(view[:n], peer)
+            except OSError:
+                pass  # a pending ICMP error, or this datagram could not go back: that datagram only
+    except StopServing:
+        pass
+    finally:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        sock.close()

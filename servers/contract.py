@@ -41,6 +41,8 @@ from sockbench.servers.protocols import DEFAULT_MAX_MESSAGE
 
 __all__ = [
     "RECV_SIZE",
+    "MAX_DATAGRAM",
+    "DATAGRAM_BUFFER",
     "STOP_SIGNALS",
     "ACCEPT_PAUSE_S",
     "read_buffer",
@@ -67,6 +69,12 @@ __all__ = [
 #: here: the selectors server at 100 connections x 64 B spent 24 µs of system
 #: CPU per message that way, against 6 µs with recv_into).
 RECV_SIZE = 256 * 1024
+
+#: the largest UDP payload over IPv4 (65,535 - 8 B UDP header - 20 B IP header): the largest
+#: datagram a server echoes and a load sends (``--size`` over udp)
+MAX_DATAGRAM = 65507
+#: a datagram server's receive buffer (per datagram): every UDP payload fits, IPv6's 65,527 B too
+DATAGRAM_BUFFER = 65536
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

@@ -47,13 +47,23 @@ this module only adapts it to the registry contract.
   the clocks are 32-bit milliseconds) and ``--max-buffered`` run in the same
   loop, with the reasons worded by ``contract.Limits``; without them the loop
   never reads a clock.
+
+The datagram form (``serve_datagram``, ``--transport udp``) is
+``sockbench.ext.udp_echo`` (``ext/udp_echo.pyx``): the same shape (one nogil
+loop, level-triggered epoll, a stop eventfd, ``-errno`` then ``OSError``), but
+batched, because a datagram costs one system call each way: ``recvmmsg``
+takes up to 64 datagrams with their senders' addresses, and ``sendmmsg``
+answers them all from where they lie.  A full send buffer keeps the unsent
+rest of the batch and stops reading until it is out (bounded memory); a
+datagram that cannot go back is lost alone.  ``raw`` only over udp: one
+datagram is one message.
 """
 
 from sockbench.errors import UsageError
-from sockbench.ext import epoll_echo
+from sockbench.ext import epoll_echo, udp_echo
 from sockbench.servers.protocols import DEFAULT_MAX_MESSAGE
 
-__all__ = ["serve"]
+__all__ = ["serve", "serve_datagram"]
 
 
 def serve(listener, announce, options):
@@ -72,3 +82,7 @@ def serve(listener, announce, options):
     epoll_echo.serve(listener.fileno(), announce,
                      protocol=options.get("protocol", "raw"), max_message=max_message, name=name,
                      idle_timeout=idle_timeout, max_buffered=options.get("max_buffered") or 0, **reasons)
+
+
+def serve_datagram(sock, announce, options):
+    udp_echo.serve(sock.fileno(), announce)

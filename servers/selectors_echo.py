@@ -42,6 +42,18 @@ data, and the loop calls its ``read_ready()`` or ``write_ready()``.
   asked for): a read that completes a message restarts the connection's
   clock, the decoder's partial message is counted after every read, and the
   loop closes idle connections every ``sweep_s``.
+
+The datagram form (``serve_datagram``, ``--transport udp``) is the same
+reactor with one socket: ``_Datagrams`` reads with ``recvfrom_into`` into one
+buffer until ``BlockingIOError`` (at most ``DATAGRAM_BATCH`` datagrams per
+readiness, so a flood cannot starve the stop signal) and answers each with
+``sendto`` at once.  If the kernel's send buffer is full, that one datagram is
+kept and the socket waits for ``EVENT_WRITE`` instead of ``EVENT_READ``, as a
+stream connection does: the server holds at most one datagram, and the
+kernel's receive buffer drops what arrives meanwhile (UDP's own
+back-pressure).  Any other ``sendto`` error loses that datagram only.  One
+datagram is one message: ``raw`` only (``contract`` refuses ``frame``/``json``
+over udp, a datagram already carries its boundary).
 """
 
 import selectors
@@ -51,6 +63,7 @@ import time
 
 from sockbench.servers.contract import (
     ACCEPT_PAUSE_S,
+    DATAGRAM_BUFFER,
     RECV_SIZE,
     STOP_SIGNALS,
     AcceptErrors,
@@ -62,7 +75,7 @@ from sockbench.servers.contract import (
 )
 from sockbench.servers.protocols import make_decoder
 
-__all__ = ["serve"]
+__all__ = ["serve", "serve_datagram"]
 
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
@@ -329,3 +342,78 @@ def serve(listener, announce, options):
         reactor.run()
     finally:
         reactor.close()
+
+
+#: datagrams echoed per readiness of the socket before the selector (and the stop signal) is looked at again
+DATAGRAM_BATCH = 64
+
+
+class _Datagrams:
+    """The datagram socket: echo each datagram to its sender; keep one whose echo the kernel did not take."""
+
+    __slots__ = ("_sock", "_selector", "_view", "_pending")
+
+    def __init__(self, sock, selector):
+        self._sock = sock
+        self._selector = selector
+        self._view = read_buffer(DATAGRAM_BUFFER)
+        self._pending = None  # (bytes, peer) waiting for EVENT_WRITE
+
+    def read_ready(self):
+        sock, view = self._sock, self._view
+        for _ in range(DATAGRAM_BATCH):
+            try:
+                n, peer = sock.recvfrom_into(view)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # a pending ICMP error reported here: consumed, go on
+            try:
+                sock.sendto(view[:n], peer)
+            except (BlockingIOError, InterruptedError):
+                self._pending = (bytes(view[:n]), peer)
+                self._selector.modify(sock, EVENT_WRITE, self)
+                return
+            except OSError:
+                pass  # this datagram could not go back (unreachable sender, ENOBUFS): it alone is lost
+
+    def write_ready(self):
+        data, peer = self._pending
+        try:
+            self._sock.sendto(data, peer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        self._pending = None
+        self._selector.modify(self._sock, EVENT_READ, self)
+
+
+def serve_datagram(sock, announce, options):
+    """Echo datagrams on ``sock`` from a selector loop until a stop signal."""
+    selector = selectors.DefaultSelector()
+    wake_r, wake_w = socket.socketpair()
+    stopping = []
+    old_wakeup = None
+    try:
+        for s in (sock, wake_r, wake_w):
+            s.setblocking(False)
+        old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, lambda signum, frame: stopping.append(signum))
+        selector.register(sock, EVENT_READ, _Datagrams(sock, selector))
+        selector.register(wake_r, EVENT_READ, _Waker(wake_r))
+        announce()
+        while not stopping:
+            for key, mask in selector.select():
+                if mask & EVENT_WRITE:
+                    key.data.write_ready()
+                else:
+                    key.data.read_ready()
+    finally:
+        selector.close()
+        if old_wakeup is not None:
+            signal.set_wakeup_fd(old_wakeup)
+        wake_r.close()
+        wake_w.close()
+        sock.close()
