@@ -80,6 +80,7 @@ __all__ = [
     "Machine",
     "Interference",
     "Fairness",
+    "Datagrams",
     "jain_index",
     "CellContext",
     "LoadResult",
@@ -739,6 +740,56 @@ class Fairness:
 
 
 @dataclass(frozen=True)
+class Datagrams:
+    """A UDP run's datagram accounting, as sockperf counts it (absent from a stream result).
+
+    ``sent`` is the datagrams sent inside the measured window; each of them
+    ended ``received`` (a correct echo within the timeout) or ``lost``, so
+    ``received + lost == sent``.  ``duplicates`` (a second echo),
+    ``out_of_order`` (a first echo below the highest one answered before it),
+    ``late`` (an echo of a datagram already counted lost) and ``corrupt`` (an
+    echo with a wrong byte, length or header: it answers nothing) are counted
+    as they arrived.  ``loss_share`` is ``lost / sent`` (None when nothing was
+    sent).  Loss leaves a run valid and is reported; a corrupt echo makes it
+    invalid.
+    """
+
+    sent: int
+    received: int
+    lost: int
+    duplicates: int = 0
+    out_of_order: int = 0
+    corrupt: int = 0
+    late: int = 0
+
+    @property
+    def loss_share(self):
+        return self.lost / self.sent if self.sent else None
+
+    @classmethod
+    def of(cls, counts):
+        """From a load loop's ``datagrams`` dicts (one per load process), added up."""
+        counts = list(counts)
+        total = {k: sum(int(c.get(k, 0)) for c in counts) for k in
+                 ("sent", "received", "lost", "duplicates", "out_of_order", "corrupt", "late")}
+        return cls(**total)
+
+    def to_json(self):
+        return {"sent": self.sent, "received": self.received, "lost": self.lost, "duplicates": self.duplicates,
+                "out_of_order": self.out_of_order, "corrupt": self.corrupt, "late": self.late,
+                "loss_share": self.loss_share}
+
+    @classmethod
+    def from_json(cls, d, source="the result"):
+        try:
+            return cls(sent=int(d["sent"]), received=int(d["received"]), lost=int(d["lost"]),
+                       duplicates=int(d.get("duplicates") or 0), out_of_order=int(d.get("out_of_order") or 0),
+                       corrupt=int(d.get("corrupt") or 0), late=int(d.get("late") or 0))
+        except (KeyError, TypeError, ValueError) as e:
+            raise SchemaError(f"{source} has malformed datagrams ({e!r}); it is not a sockbench result") from None
+
+
+@dataclass(frozen=True)
 class CellContext:
     """What the suite attaches to a result: the cell it is a round of, and where that round stands.
 
@@ -813,6 +864,8 @@ class LoadResult:
     context, None for a run made outside the suite.  ``interference`` and
     ``fairness`` are None where they were not measured (a version-1 file;
     fairness in connect mode, where a connection carries one message).
+    ``datagrams`` is a UDP run's loss accounting, None (and absent from the
+    JSON) for a stream transport.
     """
 
     server: str
@@ -839,6 +892,7 @@ class LoadResult:
     interference: Interference | None = None
     fairness: Fairness | None = None
     schema: int = SCHEMA_VERSION
+    datagrams: Datagrams | None = None
 
     def to_json(self):
         """The plain dict that is written: keys in the harness's order, ``None`` as null."""
@@ -869,6 +923,7 @@ class LoadResult:
             interference=self.interference.to_json() if self.interference is not None else None,
             fairness=self.fairness.to_json() if self.fairness is not None else None,
         )
+        _put(out, "datagrams", self.datagrams.to_json() if self.datagrams is not None else None)
         _put(out, "cell", self.cell.to_json() if self.cell is not None else None)
         return out
 
@@ -892,6 +947,7 @@ class LoadResult:
         target = _obj(d, "target", source)
         service, cycle = _obj(d, "service_us", source), _obj(d, "cycle_us", source)
         interference, fairness = _obj(d, "interference", source), _obj(d, "fairness", source)
+        datagrams = _obj(d, "datagrams", source)
         return cls(
             server=str(d["server"]),
             workload=workload,
@@ -916,6 +972,7 @@ class LoadResult:
             cell=CellContext.from_json(cell, workload, source) if cell is not None and cell.get("server") else None,
             interference=Interference.from_json(interference, source) if interference is not None else None,
             fairness=Fairness.from_json(fairness, source) if fairness is not None else None,
+            datagrams=Datagrams.from_json(datagrams, source) if datagrams is not None else None,
         )
 
     # --- what a result is a round of ---------------------------------------------------------

@@ -1,0 +1,127 @@
+"""The load harness over UDP: what a datagram run checks, connects and adds up beyond a stream run.
+
+Why it is built this way: a UDP run is a normal load run (the same spec, the
+same load processes, window, histograms, CPU figures and result), with a
+different hot loop (``sockbench.ext.udpgen``, which counts loss, duplicates,
+reordering and corruption as sockperf does) and a few different edges, kept
+here so that ``spec``, ``worker`` and ``harness`` each gain one branch:
+
+* ``check_spec``: the limits of a datagram run, one line each: a datagram
+  carries its own header (``HEADER_SIZE``) and at most ``MAX_DATAGRAM`` bytes;
+  ``--protocol`` is ``raw`` only (a datagram is already one message, so
+  ``frame``/``json`` would add nothing); connect mode has nothing to connect.
+* ``resolve``/``probe``: the target as a datagram address, and one datagram
+  echoed before any load, so that "nothing listens there" is a clear error
+  and not a run of 100% loss.
+* ``connect_flows``: the flows, one connected, non-blocking UDP socket each
+  (connected: the kernel filters out strangers' datagrams and reports the
+  server's port closed as ECONNREFUSED).
+* ``merge`` and ``invalid_reasons``: the load processes' ``datagrams`` added
+  up into the result's ``Datagrams``; loss leaves a run valid (it says how
+  much), a corrupt echo does not.
+"""
+
+import errno
+import socket
+
+from sockbench.bench.schema import Datagrams
+from sockbench.errors import SockbenchError, UsageError
+from sockbench.servers.contract import MAX_DATAGRAM, format_peer
+
+__all__ = ["HEADER_SIZE", "MAX_DATAGRAM", "PROBE_TIMEOUT_S", "check_spec", "resolve", "probe", "connect_flows",
+           "merge", "invalid_reasons", "summary_line"]
+
+#: bytes of every load datagram taken by its header (flow id, sequence number, send time);
+#: ``sockbench.ext.udpgen.HEADER`` is the C side of it (a unit test keeps them equal)
+HEADER_SIZE = 24
+#: how long the probe datagram waits for its echo
+PROBE_TIMEOUT_S = 2.0
+
+
+def check_spec(spec):
+    """The checks a udp ``LoadSpec`` adds; one-line ``UsageError``s."""
+    if spec.protocol != "raw":
+        raise UsageError(f"--protocol {spec.protocol} does not apply over udp: a datagram is one message already; "
+                         f"use --protocol raw")
+    if spec.mode == "connect":
+        raise UsageError("--mode connect does not apply over udp: there is no connection to open; use closed or open")
+    if isinstance(spec.size, int) and spec.size > MAX_DATAGRAM:
+        raise UsageError(f"--size {spec.size:,} B does not fit a UDP datagram; the largest is {MAX_DATAGRAM:,} B")
+    if isinstance(spec.size, int) and spec.size < HEADER_SIZE:
+        raise UsageError(f"--size {spec.size} B is below the {HEADER_SIZE} B a load datagram needs for its header "
+                         f"(flow, sequence number, send time)")
+
+
+def resolve(host, port):
+    """``(family, host, port)`` of a datagram target; a name that does not resolve is a one-line error."""
+    try:
+        infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_DGRAM)
+    except socket.gaierror as e:
+        raise UsageError(f"cannot resolve {host!r} to an address: {e.strerror}") from None
+    family, _, _, _, addr = infos[0]
+    return family, addr[0], addr[1]
+
+
+def probe(family, host, port, timeout_s=PROBE_TIMEOUT_S):
+    """One datagram echoed before any load, or a one-line ``SockbenchError`` saying why not."""
+    where = f"udp {format_peer((host, port))}"
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    s.settimeout(timeout_s)
+    payload = b"sockbench probe"
+    try:
+        s.connect((host, port))
+        s.send(payload)
+        while s.recv(MAX_DATAGRAM + 1) != payload:
+            pass  # a stray echo of an earlier run: wait for this one
+    except ConnectionRefusedError:
+        raise SockbenchError(f"nothing listens on {where}: is a UDP echo server running there?") from None
+    except TimeoutError:
+        raise SockbenchError(f"no echo from {where} within {timeout_s:g} s: is a UDP echo server listening there?") from None
+    except OSError as e:
+        raise SockbenchError(f"cannot reach {where}: {e.strerror or e}") from None
+    finally:
+        s.close()
+
+
+def connect_flows(host, port, family, n):
+    """``n`` non-blocking UDP sockets connected to the target, detached to raw fds (the loop closes them)."""
+    fds = []
+    try:
+        for _ in range(n):
+            s = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                s.connect((host, port))
+                s.setblocking(False)
+            except BaseException:
+                s.close()
+                raise
+            fds.append(s.detach())
+    except OSError as e:
+        for fd in fds:
+            socket.close(fd)
+        if e.errno in (errno.EMFILE, errno.ENFILE):
+            raise SockbenchError(f"out of file descriptors after {len(fds)} flows: {e.strerror}") from None
+        raise SockbenchError(f"cannot open a UDP flow to {format_peer((host, port))}: {e.strerror or e}") from None
+    return fds
+
+
+def merge(rs):
+    """The result's ``Datagrams``: every load process's counts added up (None when none reported any)."""
+    parts = [r.datagrams for r in rs if r.datagrams is not None]
+    return Datagrams.of(parts) if parts else None
+
+
+def invalid_reasons(datagrams):
+    """What makes a datagram run invalid (loss does not: it is reported)."""
+    if datagrams is None or not datagrams.corrupt:
+        return []
+    return [f"{datagrams.corrupt} corrupt datagram echo(es): a wrong byte, length or header"]
+
+
+def summary_line(datagrams):
+    """One line for ``sockbench load``'s summary: sent, received, loss and the rest."""
+    share = datagrams.loss_share
+    loss = f"{datagrams.lost:,} lost ({share:.3%})" if share is not None else f"{datagrams.lost:,} lost"
+    return (f"datagrams: {datagrams.sent:,} sent, {datagrams.received:,} received, {loss}, "
+            f"{datagrams.duplicates:,} duplicates, {datagrams.out_of_order:,} out of order, "
+            f"{datagrams.late:,} late, {datagrams.corrupt:,} corrupt")

@@ -1,0 +1,1130 @@
+"""The UDP load generator's hot loop: one epoll loop over connected datagram sockets, inside one ``with nogil:``.
+
+Why it is built this way
+------------------------
+The house way of ``ext/loadgen.pyx`` (Python prepares, the C loop runs the
+whole window without the GIL, histograms laid out as HdrHistogram's, the
+window fixed in advance on CLOCK_MONOTONIC, the server's CPU and the CPUs'
+/proc/stat read at the window's edges from C), for datagrams, which differ
+from a byte stream in what can go wrong: a datagram is lost, duplicated,
+reordered or damaged whole, and nothing tells the sender.  So each datagram
+says who it is, and the loop keeps, per flow, the state of every datagram in
+flight, as sockperf does.
+
+The datagram
+    ``size`` bytes (``HEADER`` <= size <= 65,507), the header first, in host
+    byte order (it only travels to an echo on this machine and back):
+    magic ``MAGIC`` (u32), flow id (u32), sequence number (u64), send time
+    (i64 ns, CLOCK_MONOTONIC).  The payload after it is the slice of the
+    pattern table (``loadgen.pattern_table``) at ``(flow * STRIDE + seq *
+    size) % PERIOD``, so it depends on the flow and the sequence number.  It
+    goes out as two iovecs (a header built per datagram, the table slice in
+    place): no payload copy.  Every byte of an echo is checked.
+Flows
+    A flow is one UDP socket connected to the server (the conns of a run).
+    Each keeps a ring of ``cap`` slots, one per sequence number in flight:
+    the send time and a state (in flight, answered, lost).  ``base`` is the
+    oldest datagram not yet resolved; a flow sends nothing past ``base + cap``
+    (a full ring holds back its sends until the oldest is answered or lost).
+The accounting (every counter is per run; ``datagrams`` in the result)
+    ``sent``: datagrams sent inside the window.  Each of them ends either
+    ``received`` (its first correct echo came back before it was declared
+    lost) or ``lost`` (no correct echo within ``timeout_ns``, checked every
+    interval, or none by the end of the drain), so ``received + lost ==
+    sent`` exactly.  Counted as they arrive from the window's start on:
+    ``duplicates`` (a second echo of an answered datagram), ``out_of_order``
+    (a first echo below the highest sequence number answered before it),
+    ``late`` (an echo of a datagram already declared lost, or too old for
+    the ring to tell), and ``corrupt`` (the wrong length, magic, flow, send
+    time, a sequence number never sent, or one wrong payload byte; a corrupt
+    echo answers nothing, so its datagram ends lost).
+Modes
+    closed: each flow keeps ``depth`` datagrams in flight; an echo or a loss
+    sends the next.  A datagram unanswered for the timeout is lost, not an
+    error: a run with loss is valid and says how much.  open: a fixed rate
+    for the process, global datagram ``g`` to flow ``g % flows`` at
+    ``start + g / rate`` (never accumulated), woken by one periodic timerfd
+    or, with ``poll``, by polling; latency from the intended send time (h1)
+    and service time from the actual send (h2), as in loadgen.
+Batches
+    Whatever a flow owes at one moment goes out in one ``sendmmsg`` (up to
+    ``BATCH`` datagrams), and a readable flow is drained with ``recvmmsg``,
+    ``BATCH`` at a time: ``writes``/``reads`` in the result count those calls.
+The window and the drain
+    Latency, ``msgs`` and the time series count echoes that arrive inside
+    ``[warm_end, end)``, as over TCP.  At ``end`` the window's edges are
+    read (rusage, the server's CPU, /proc/stat); then the loop stops sending
+    and drains echoes for at most ``drain_ns`` (capped at the timeout), so
+    that a datagram still in flight at the end is not called lost; what is
+    unanswered after the drain is lost.
+Errors
+    ``connect``: the kernel reported the server's port closed (ECONNREFUSED,
+    from an ICMP port unreachable); the flow goes on.  ``reset``: any other
+    socket error, which ends that flow.  Setup failures return ``-errno`` from
+    ``open_loop`` and ``run_loop`` raises ``OSError``.
+Testing without sockets
+    ``encode`` builds one datagram with the loop's own header code, and
+    ``Ledger`` drives the loop's own accounting (``on_sent``, ``judge``,
+    ``sweep``, ``drain_end``) with a sequence of sends, echoes and clock
+    times, so the counters can be checked exactly.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+
+from posix cimport (
+    errno, EAGAIN, EINTR, ENOMEM, ENOBUFS, ECONNREFUSED,
+    calloc, free, memcmp, memcpy, memset,
+    read, close,
+    timespec, clock_gettime, CLOCK_MONOTONIC,
+    iovec, msghdr, mmsghdr, recvmmsg, sendmmsg, MSG_DONTWAIT, MSG_TRUNC,
+    rusage, getrusage, RUSAGE_SELF,
+    epoll_event, epoll_create1, epoll_ctl, epoll_wait,
+    EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLLIN, EPOLLOUT,
+    itimerspec, timerfd_create, timerfd_settime, TFD_NONBLOCK, TFD_CLOEXEC, TFD_TIMER_ABSTIME,
+    __builtin_clzll,
+)
+from procfs cimport procfs_sample_t, procfs_sample, procfs_cpustat_t, procfs_cpustat_read
+
+from sockbench.ext import loadgen
+
+__all__ = ["run_loop", "encode", "Ledger", "HEADER", "MAGIC", "MAX_DATAGRAM", "BATCH", "MODE_CLOSED", "MODE_OPEN",
+           "ERROR_KINDS", "DATAGRAM_KEYS", "ring_size"]
+
+cdef enum:
+    C_HEADER = 24             # magic u32, flow u32, seq u64, send time i64
+    C_MAX_DATAGRAM = 65507    # the largest UDP payload over IPv4 (servers.contract.MAX_DATAGRAM)
+    C_BATCH = 64              # datagrams per sendmmsg / recvmmsg
+    C_ROUNDS = 8              # recvmmsg batches per readiness before the loop looks at the others
+    C_MAX_EVENTS = 512
+    C_MIN_TICK_NS = 5000      # open loop: the timer wakes the loop at most every 5 us
+    C_MAX_TIDS = 4096
+    C_STAT_BUF = 65536
+    C_MIN_RING = 256          # slots per flow, at least
+    C_MAX_RING = 1 << 20      # slots per flow, at most
+
+cdef uint32_t C_MAGIC = 0x44554253   # "SBUD" in memory on a little-endian machine
+
+HEADER = C_HEADER
+MAGIC = C_MAGIC
+MAX_DATAGRAM = C_MAX_DATAGRAM
+BATCH = C_BATCH
+MODE_CLOSED = 0
+MODE_OPEN = 1
+#: the same kinds, in the same order, as the stream loop's (the result's ``errors``)
+ERROR_KINDS = loadgen.ERROR_KINDS
+#: the keys of the ``datagrams`` dict of a result
+DATAGRAM_KEYS = ("sent", "received", "lost", "duplicates", "out_of_order", "late", "corrupt")
+
+cdef int64_t PERIOD = loadgen.PERIOD
+cdef int64_t STRIDE = loadgen.STRIDE
+cdef int64_t TABLE_LEN = loadgen.PERIOD + loadgen.WINDOW
+
+cdef enum:
+    M_CLOSED = 0
+    M_OPEN = 1
+
+cdef enum:
+    E_CONNECT = 0
+    E_RESET = 1
+    N_ERR = 5
+
+cdef enum:
+    ST_FLIGHT = 0
+    ST_ANSWERED = 1
+    ST_LOST = 2
+
+cdef enum:
+    J_RECEIVED = 0
+    J_DUPLICATE = 1
+    J_LATE = 2
+    J_CORRUPT = 3
+
+
+def ring_size(int mode, int depth, double rate_per_flow, double timeout_s, double interval_s):
+    """Slots per flow: enough for every datagram that can be unresolved at once (``C_MIN_RING``..``C_MAX_RING``).
+
+    Closed loop: ``depth`` in flight, plus room to go on while an older one
+    waits for its timeout.  Open loop: the schedule's datagrams over a timeout
+    and a sweep interval, with a quarter more.
+    """
+    cdef double need
+    if mode == M_OPEN:
+        need = rate_per_flow * (timeout_s + 2 * interval_s) * 1.25
+    else:
+        need = depth * 64.0
+    if need < depth:
+        need = depth
+    if need < C_MIN_RING:
+        need = C_MIN_RING
+    if need > C_MAX_RING:
+        need = C_MAX_RING
+    return <int>need
+
+
+# ---- the loop's state ----------------------------------------------------------------------
+
+cdef struct Flow:
+    int fd
+    int alive
+    int want_out
+    int dirty
+    uint32_t id
+    int64_t pat            # (id * STRIDE) % PERIOD
+    int64_t sent           # datagrams sent: the next sequence number
+    int64_t base           # the oldest datagram not yet resolved (answered or lost)
+    int64_t due            # datagrams that should be sent by now (closed: depth + resolved)
+    int64_t outstanding    # in flight: sent, neither answered nor lost
+    int64_t top            # 1 + the highest sequence number answered
+    int64_t wdone          # echoes that arrived inside the window
+    int64_t *t_sent        # ring: send time of seq at [seq % cap]
+    uint8_t *st            # ring: ST_FLIGHT, ST_ANSWERED or ST_LOST
+
+
+cdef struct Hist:
+    int64_t *counts
+    int64_t total
+    int64_t sum_ns
+
+
+cdef struct Loop:
+    int mode
+    int size
+    int depth
+    int64_t cap
+    int nflows
+    int alive
+    int ep
+    int tfd
+    int owned
+    const char *failed
+    int ended_early
+    int draining
+    const uint8_t *table
+    Flow *flows
+    int64_t *dirty
+    int ndirty
+    # send batch: a header per datagram, two iovecs each
+    mmsghdr smsg[C_BATCH]
+    iovec siov[2 * C_BATCH]
+    unsigned char shdr[C_BATCH * C_HEADER]
+    # receive batch: a slot of size + 1 bytes per datagram (one more than sent: a longer echo is seen)
+    mmsghdr rmsg[C_BATCH]
+    iovec riov[C_BATCH]
+    unsigned char *rbuf
+    int64_t rslot
+    # HDR layout
+    int unit_mag
+    int sub_half_mag
+    int64_t sub_mask
+    int64_t highest
+    int64_t counts_len
+    Hist h1
+    Hist h2
+    # window
+    int64_t start
+    int64_t warm_end
+    int64_t end
+    int64_t interval
+    int64_t timeout
+    int64_t drain
+    int64_t nint
+    int64_t *ts_msgs
+    int64_t *ts_sent
+    # open loop schedule
+    double period
+    int64_t g_next
+    int64_t g_limit
+    int64_t armed
+    int poll
+    int64_t idle_ns
+    # counters
+    int64_t errors[N_ERR]
+    int64_t first_error_ns
+    int first_error_kind
+    int64_t msgs
+    int64_t sent_window
+    int64_t writes
+    int64_t reads
+    int64_t queued_total
+    int64_t rx_bytes_window
+    int64_t d_sent
+    int64_t d_received
+    int64_t d_lost
+    int64_t d_dup
+    int64_t d_ooo
+    int64_t d_late
+    int64_t d_corrupt
+    # the window's edges
+    int ru_started
+    rusage ru[2]
+    int64_t t_ru[2]
+    int spid
+    procfs_sample_t ssample[2]
+    int nstat
+    char *statbuf
+    procfs_cpustat_t *cpustat[2]
+    int64_t t_stat[2]
+    int64_t starved
+    int64_t stall
+
+
+cdef inline int64_t now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef inline void hist_record(Loop *L, Hist *h, int64_t v) noexcept nogil:
+    # HdrHistogram's counts index, as in ext/loadgen.pyx (tests check both against the hdrhistogram package)
+    cdef int64_t bucket, sub, idx
+    cdef int pow2ceiling
+    if v < 0:
+        v = 0
+    if v > L.highest:
+        v = L.highest
+    pow2ceiling = 64 - __builtin_clzll(<unsigned long long>(v | L.sub_mask))
+    bucket = pow2ceiling - L.unit_mag - (L.sub_half_mag + 1)
+    sub = v >> (bucket + L.unit_mag)
+    idx = ((bucket + 1) << L.sub_half_mag) + (sub - (1 << L.sub_half_mag))
+    if idx < 0 or idx >= L.counts_len:
+        return
+    h.counts[idx] += 1
+    h.total += 1
+    h.sum_ns += v
+
+
+cdef inline int in_window(Loop *L, int64_t t) noexcept nogil:
+    return t >= L.warm_end and t < L.end
+
+
+cdef inline int64_t interval_index(Loop *L, int64_t t) noexcept nogil:
+    cdef int64_t i
+    if t < L.start:
+        return -1
+    i = (t - L.start) // L.interval
+    return i if i < L.nint else -1
+
+
+cdef inline int64_t intended_ns(Loop *L, int64_t g) noexcept nogil:
+    return L.start + <int64_t>(<double>g * L.period)
+
+
+# ---- the datagram ----------------------------------------------------------------------------
+
+cdef inline void put_header(unsigned char *out, uint32_t flow, uint64_t seq, int64_t t) noexcept nogil:
+    memcpy(out, &C_MAGIC, 4)
+    memcpy(out + 4, &flow, 4)
+    memcpy(out + 8, &seq, 8)
+    memcpy(out + 16, &t, 8)
+
+
+cdef inline const uint8_t *payload_at(Loop *L, Flow *c, uint64_t seq) noexcept nogil:
+    return L.table + <int64_t>((<uint64_t>c.pat + seq * <uint64_t>L.size) % <uint64_t>PERIOD)
+
+
+# ---- the accounting (shared by the loop and Ledger) ---------------------------------------------
+
+cdef inline void on_sent(Loop *L, Flow *c, int64_t k, int64_t now) noexcept nogil:
+    """``k`` more datagrams of ``c`` left at ``now``: their ring slots, the counters."""
+    cdef int64_t i, slot, ti
+    for i in range(k):
+        slot = (c.sent + i) % L.cap
+        c.t_sent[slot] = now
+        c.st[slot] = ST_FLIGHT
+    c.sent += k
+    c.outstanding += k
+    L.queued_total += k
+    if in_window(L, now):
+        L.d_sent += k
+        L.sent_window += k
+    if L.mode == M_OPEN:
+        ti = interval_index(L, now)
+        if ti >= 0:
+            L.ts_sent[ti] += k
+
+
+cdef inline void advance_base(Loop *L, Flow *c) noexcept nogil:
+    while c.base < c.sent and c.st[c.base % L.cap] != ST_FLIGHT:
+        c.base += 1
+
+
+cdef inline void resolved(Loop *L, Flow *c) noexcept nogil:
+    """A datagram of ``c`` was answered or lost: closed loop sends the next (not while draining)."""
+    c.outstanding -= 1
+    if L.mode == M_CLOSED and not L.draining:
+        c.due += 1
+
+
+cdef int judge(Loop *L, Flow *c, int64_t idx, const unsigned char *buf, int64_t n, int truncated,
+               int64_t now) noexcept nogil:
+    """One echo that arrived on flow ``c`` at ``now``: check every byte, then count it (a J_ kind)."""
+    cdef uint32_t magic, flow
+    cdef uint64_t useq
+    cdef int64_t seq, t, slot, g, ti
+    cdef int counted = now >= L.warm_end
+    if truncated or n != L.size:
+        if counted:
+            L.d_corrupt += 1
+        return J_CORRUPT
+    memcpy(&magic, buf, 4)
+    memcpy(&flow, buf + 4, 4)
+    memcpy(&useq, buf + 8, 8)
+    memcpy(&t, buf + 16, 8)
+    if magic != C_MAGIC or flow != c.id or useq >= <uint64_t>c.sent or (
+            L.size > C_HEADER and memcmp(buf + C_HEADER, payload_at(L, c, useq), <size_t>(L.size - C_HEADER)) != 0):
+        if counted:
+            L.d_corrupt += 1
+        return J_CORRUPT
+    seq = <int64_t>useq
+    if seq < c.sent - L.cap:
+        if counted:
+            L.d_late += 1       # its slot was reused: it was resolved long ago
+        return J_LATE
+    slot = seq % L.cap
+    if c.t_sent[slot] != t:
+        if counted:
+            L.d_corrupt += 1    # a send time that is not this datagram's
+        return J_CORRUPT
+    if c.st[slot] == ST_ANSWERED:
+        if counted:
+            L.d_dup += 1
+        return J_DUPLICATE
+    if c.st[slot] == ST_LOST:
+        if counted:
+            L.d_late += 1
+        return J_LATE
+    c.st[slot] = ST_ANSWERED
+    if in_window(L, t):
+        L.d_received += 1
+    if seq < c.top:
+        if counted:
+            L.d_ooo += 1
+    else:
+        c.top = seq + 1
+    resolved(L, c)
+    advance_base(L, c)
+    if in_window(L, now):
+        L.msgs += 1
+        c.wdone += 1
+        L.rx_bytes_window += L.size
+        if L.mode == M_OPEN:
+            g = seq * L.nflows + idx
+            hist_record(L, &L.h1, now - intended_ns(L, g))
+            hist_record(L, &L.h2, now - t)
+        else:
+            hist_record(L, &L.h1, now - t)
+    ti = interval_index(L, now)
+    if ti >= 0:
+        L.ts_msgs[ti] += 1
+    return J_RECEIVED
+
+
+cdef inline void declare_lost(Loop *L, Flow *c, int64_t slot) noexcept nogil:
+    c.st[slot] = ST_LOST
+    if in_window(L, c.t_sent[slot]):
+        L.d_lost += 1
+    resolved(L, c)
+
+
+cdef void sweep(Loop *L, Flow *c, int64_t now, int all_of_them) noexcept nogil:
+    """Declare lost every datagram of ``c`` in flight for longer than the timeout (``all_of_them``: every one)."""
+    cdef int64_t s, slot
+    s = c.base
+    while s < c.sent:
+        slot = s % L.cap
+        if c.st[slot] == ST_FLIGHT:
+            if not all_of_them and now - c.t_sent[slot] <= L.timeout:
+                break           # send times grow with the sequence number: the rest are younger
+            declare_lost(L, c, slot)
+        s += 1
+    advance_base(L, c)
+
+
+# ---- the loop -----------------------------------------------------------------------------------
+
+cdef void flow_error(Loop *L, Flow *c, int kind, int64_t now) noexcept nogil:
+    L.errors[kind] += 1
+    if L.first_error_ns == 0:
+        L.first_error_ns = now
+        L.first_error_kind = kind
+    if kind == E_RESET and c.alive:
+        close(c.fd)         # also removes it from the epoll set
+        c.fd = -1
+        c.alive = 0
+        L.alive -= 1
+
+
+cdef inline void want_writable(Loop *L, Flow *c, int64_t idx, int want) noexcept nogil:
+    cdef epoll_event ev
+    if want == c.want_out or not c.alive:
+        return
+    c.want_out = want
+    ev.events = EPOLLIN | EPOLLOUT if want else EPOLLIN
+    ev.data.u64 = <uint64_t>idx
+    epoll_ctl(L.ep, EPOLL_CTL_MOD, c.fd, &ev)
+
+
+cdef void flush(Loop *L, Flow *c, int64_t idx) noexcept nogil:
+    """Send what ``c`` owes (up to ``base + cap``), a batch per sendmmsg; a full send buffer waits for EPOLLOUT."""
+    cdef int64_t k, i, seq, limit, now
+    cdef int r, err
+    cdef unsigned char *h
+    if L.draining or not c.alive:
+        return
+    while True:
+        limit = c.due if c.due < c.base + L.cap else c.base + L.cap
+        k = limit - c.sent
+        if k <= 0:
+            break
+        if k > C_BATCH:
+            k = C_BATCH
+        now = now_ns()
+        for i in range(k):
+            seq = c.sent + i
+            h = L.shdr + i * C_HEADER
+            put_header(h, c.id, <uint64_t>seq, now)
+            L.siov[2 * i].iov_base = h
+            L.siov[2 * i].iov_len = C_HEADER
+            L.siov[2 * i + 1].iov_base = <void *>payload_at(L, c, <uint64_t>seq)
+            L.siov[2 * i + 1].iov_len = <size_t>(L.size - C_HEADER)
+            L.smsg[i].msg_hdr.msg_name = NULL
+            L.smsg[i].msg_hdr.msg_namelen = 0
+            L.smsg[i].msg_hdr.msg_iov = &L.siov[2 * i]
+            L.smsg[i].msg_hdr.msg_iovlen = 2 if L.size > C_HEADER else 1
+            L.smsg[i].msg_hdr.msg_control = NULL
+            L.smsg[i].msg_hdr.msg_controllen = 0
+            L.smsg[i].msg_hdr.msg_flags = 0
+        r = sendmmsg(c.fd, L.smsg, <unsigned int>k, MSG_DONTWAIT)
+        err = errno
+        L.writes += 1
+        if r < 0:
+            if err == EINTR:
+                continue
+            if err == EAGAIN:
+                want_writable(L, c, idx, 1)
+                return
+            if err == ENOBUFS:
+                break           # the kernel is short of buffers: try again at the next event or tick
+            if err == ECONNREFUSED:
+                flow_error(L, c, E_CONNECT, now)
+                continue        # the report is consumed: the flow goes on
+            flow_error(L, c, E_RESET, now)
+            return
+        on_sent(L, c, r, now)
+        if r < k:
+            want_writable(L, c, idx, 1)
+            return
+    want_writable(L, c, idx, 0)
+
+
+cdef void on_readable(Loop *L, Flow *c, int64_t idx) noexcept nogil:
+    """Drain ``c``'s echoes, a recvmmsg batch at a time (at most C_ROUNDS), then send what became due."""
+    cdef int n, i, err, rounds
+    cdef int64_t now
+    for rounds in range(C_ROUNDS):
+        for i in range(C_BATCH):
+            L.riov[i].iov_base = L.rbuf + i * L.rslot
+            L.riov[i].iov_len = <size_t>L.rslot
+            L.rmsg[i].msg_hdr.msg_name = NULL
+            L.rmsg[i].msg_hdr.msg_namelen = 0
+            L.rmsg[i].msg_hdr.msg_iov = &L.riov[i]
+            L.rmsg[i].msg_hdr.msg_iovlen = 1
+            L.rmsg[i].msg_hdr.msg_control = NULL
+            L.rmsg[i].msg_hdr.msg_controllen = 0
+            L.rmsg[i].msg_hdr.msg_flags = 0
+        n = recvmmsg(c.fd, L.rmsg, C_BATCH, MSG_DONTWAIT, NULL)
+        err = errno
+        L.reads += 1
+        if n < 0:
+            if err == EINTR:
+                continue
+            if err == EAGAIN:
+                break
+            if err == ECONNREFUSED:
+                flow_error(L, c, E_CONNECT, now_ns())
+                continue
+            flow_error(L, c, E_RESET, now_ns())
+            return
+        now = now_ns()
+        for i in range(n):
+            judge(L, c, idx, L.rbuf + i * L.rslot, L.rmsg[i].msg_len,
+                  (L.rmsg[i].msg_hdr.msg_flags & MSG_TRUNC) != 0, now)
+        if n < C_BATCH:
+            break
+    flush(L, c, idx)
+
+
+cdef void open_advance(Loop *L, int64_t now) noexcept nogil:
+    """Open loop: every datagram whose intended time has come becomes due; then send."""
+    cdef int64_t j, i
+    cdef Flow *c
+    while L.g_next < L.g_limit and intended_ns(L, L.g_next) <= now:
+        j = L.g_next % L.nflows
+        c = &L.flows[j]
+        c.due += 1
+        if not c.dirty:
+            c.dirty = 1
+            L.dirty[L.ndirty] = j
+            L.ndirty += 1
+        L.g_next += 1
+    for i in range(L.ndirty):
+        j = L.dirty[i]
+        L.flows[j].dirty = 0
+        flush(L, &L.flows[j], j)
+    L.ndirty = 0
+
+
+cdef void arm_timer(Loop *L) noexcept nogil:
+    """Open loop: one periodic timerfd at the schedule's period (at least C_MIN_TICK_NS), armed once."""
+    cdef itimerspec its
+    cdef int64_t period = <int64_t>L.period
+    if L.armed >= 0:
+        return
+    if period < C_MIN_TICK_NS:
+        period = C_MIN_TICK_NS
+    L.armed = period
+    its.it_interval.tv_sec = period // 1000000000
+    its.it_interval.tv_nsec = period % 1000000000
+    its.it_value.tv_sec = L.start // 1000000000
+    its.it_value.tv_nsec = L.start % 1000000000
+    timerfd_settime(L.tfd, TFD_TIMER_ABSTIME, &its, NULL)
+
+
+cdef void sweep_all(Loop *L, int64_t now, int all_of_them) noexcept nogil:
+    cdef int i
+    for i in range(L.nflows):
+        sweep(L, &L.flows[i], now, all_of_them)
+        if L.mode == M_CLOSED:
+            flush(L, &L.flows[i], i)
+
+
+cdef inline void read_cpustat(Loop *L, int edge) noexcept nogil:
+    cdef int64_t t0
+    if L.nstat > 0:
+        t0 = now_ns()
+        if procfs_cpustat_read(L.statbuf, C_STAT_BUF, L.cpustat[edge], L.nstat) < 0:
+            L.nstat = -1
+        L.t_stat[edge] = (t0 + now_ns()) // 2
+
+
+cdef inline void window_opens(Loop *L, int64_t now) noexcept nogil:
+    getrusage(RUSAGE_SELF, &L.ru[0])
+    L.t_ru[0] = now
+    L.ru_started = 1
+    if L.spid > 0:
+        procfs_sample(L.spid, &L.ssample[0])
+    read_cpustat(L, 0)
+
+
+cdef void count_starved(Loop *L, int64_t now) noexcept nogil:
+    """Flows that had no echo in the window although one was owed all along (as loadgen's connections)."""
+    cdef int64_t i, oldest
+    cdef Flow *c
+    for i in range(L.nflows):
+        c = &L.flows[i]
+        if c.wdone > 0:
+            continue
+        if not c.alive:
+            L.starved += 1
+        elif c.outstanding > 0:
+            oldest = c.t_sent[c.base % L.cap]
+            if oldest <= L.t_ru[0] or now - oldest >= L.stall:
+                L.starved += 1
+
+
+cdef inline void window_closes(Loop *L) noexcept nogil:
+    cdef int64_t now = now_ns()
+    getrusage(RUSAGE_SELF, &L.ru[1])
+    L.t_ru[1] = now
+    if L.ru_started:
+        if L.spid > 0:
+            procfs_sample(L.spid, &L.ssample[1])
+        read_cpustat(L, 1)
+        count_starved(L, now)
+    else:
+        L.ru[0] = L.ru[1]
+        L.t_ru[0] = now
+        L.nstat = -1
+
+
+cdef inline void dispatch(Loop *L, epoll_event *events, int n) noexcept nogil:
+    cdef int i
+    cdef int64_t idx
+    cdef uint64_t tbuf
+    cdef Flow *c
+    for i in range(n):
+        idx = <int64_t>events[i].data.u64
+        if idx == L.nflows:
+            read(L.tfd, &tbuf, 8)
+            continue
+        c = &L.flows[idx]
+        if not c.alive:
+            continue
+        if events[i].events & EPOLLIN:
+            on_readable(L, c, idx)
+        elif c.alive and (events[i].events & EPOLLOUT):
+            flush(L, c, idx)
+
+
+cdef inline int wait_ms(Loop *L, int64_t now, int64_t until) noexcept nogil:
+    cdef int64_t t = until
+    cdef int timeout_ms
+    if not L.ru_started and L.warm_end < t:
+        t = L.warm_end
+    timeout_ms = <int>((t - now + 999999) // 1000000)
+    if timeout_ms < 0 or (L.poll and not L.draining):
+        timeout_ms = 0
+    return timeout_ms
+
+
+cdef int64_t outstanding_total(Loop *L) noexcept nogil:
+    cdef int64_t i, total = 0
+    for i in range(L.nflows):
+        if L.flows[i].alive:
+            total += L.flows[i].outstanding
+    return total
+
+
+cdef void main_loop(Loop *L) noexcept nogil:
+    """The run from ``start`` to ``end``, then the drain, without the GIL."""
+    cdef epoll_event events[C_MAX_EVENTS]
+    cdef int n, i
+    cdef int64_t now, next_tick, drain_end, g_before = 0, t_pass = 0
+    cdef int was_idle = 0
+    now = now_ns()
+    next_tick = L.start + L.interval
+    if L.mode == M_CLOSED:
+        for i in range(L.nflows):
+            L.flows[i].due = L.depth
+            flush(L, &L.flows[i], i)
+    else:
+        open_advance(L, now)
+    while True:
+        now = now_ns()
+        if not L.ru_started and now >= L.warm_end:
+            window_opens(L, now)
+        if now >= L.end:
+            break
+        if now >= next_tick:
+            sweep_all(L, now, 0)
+            while next_tick <= now:
+                next_tick += L.interval
+        if L.alive <= 0:
+            L.ended_early = 1
+            break
+        if L.mode == M_OPEN:
+            g_before = L.g_next
+            open_advance(L, now)
+            if L.poll:
+                if was_idle and L.ru_started:
+                    L.idle_ns += now - t_pass
+                t_pass = now
+            else:
+                arm_timer(L)
+        n = epoll_wait(L.ep, events, C_MAX_EVENTS, wait_ms(L, now, next_tick if next_tick < L.end else L.end))
+        was_idle = n == 0 and L.g_next == g_before
+        if n < 0:
+            if errno == EINTR:
+                continue
+            break
+        dispatch(L, events, n)
+    window_closes(L)
+    # the drain: no more sends; echoes of what is in flight still count, for at most ``drain``
+    L.draining = 1
+    if L.tfd >= 0:
+        close(L.tfd)            # no more ticks (also leaves the epoll set)
+        L.tfd = -1
+    drain_end = now_ns() + L.drain
+    while outstanding_total(L) > 0:
+        now = now_ns()
+        if now >= drain_end:
+            break
+        sweep_all(L, now, 0)
+        n = epoll_wait(L.ep, events, C_MAX_EVENTS, wait_ms(L, now, drain_end))
+        if n < 0:
+            if errno == EINTR:
+                continue
+            break
+        dispatch(L, events, n)
+    sweep_all(L, now_ns(), 1)
+
+
+# ---- setup, result, teardown ------------------------------------------------------------------
+
+cdef double _tv(rusage *r, int which) noexcept:
+    if which == 0:
+        return r.ru_utime.tv_sec + r.ru_utime.tv_usec / 1e6
+    return r.ru_stime.tv_sec + r.ru_stime.tv_usec / 1e6
+
+
+cdef void init_loop(Loop *L, int mode, int nflows, int size, int depth, int64_t cap, double rate, bint poll,
+                    int64_t start_ns, int64_t warm_end_ns, int64_t end_ns, int64_t interval_ns,
+                    int64_t timeout_ns, int64_t drain_ns, bytes table, layout, int server_pid, int nstat,
+                    int64_t stall_ns) except *:
+    """Zero ``L``, then set what differs from zero (nothing is allocated yet)."""
+    memset(L, 0, sizeof(Loop))
+    L.mode = mode
+    L.size = size
+    L.depth = depth
+    L.cap = cap
+    L.nflows = nflows
+    L.ep = -1
+    L.tfd = -1
+    L.table = <const uint8_t *>PyBytes_AS_STRING(table)
+    L.rslot = size + 1
+    L.unit_mag = layout.unit_magnitude
+    L.sub_half_mag = layout.sub_bucket_half_count_magnitude
+    L.sub_mask = layout.sub_bucket_mask
+    L.highest = layout.highest
+    L.counts_len = layout.counts_len
+    L.start = start_ns
+    L.warm_end = warm_end_ns
+    L.end = end_ns
+    L.interval = interval_ns
+    L.timeout = timeout_ns
+    L.drain = drain_ns if drain_ns < timeout_ns else timeout_ns
+    L.nint = (end_ns - start_ns + interval_ns - 1) // interval_ns
+    L.armed = -1
+    if mode == M_OPEN:
+        L.period = 1e9 / rate
+        L.g_limit = <int64_t>((end_ns - start_ns) / L.period) + 1
+        L.poll = 1 if poll else 0
+    L.spid = server_pid if server_pid > 0 else 0
+    L.nstat = nstat
+    L.stall = stall_ns
+
+
+cdef int alloc_loop(Loop *L, int64_t first_cid, int64_t cid_step) noexcept nogil:
+    """Every buffer, zeroed; the flows numbered.  0 or -ENOMEM (``free_loop`` frees what was taken)."""
+    cdef int64_t i
+    L.flows = <Flow *>calloc(L.nflows, sizeof(Flow))
+    L.dirty = <int64_t *>calloc(L.nflows, sizeof(int64_t))
+    L.rbuf = <unsigned char *>calloc(C_BATCH, <size_t>L.rslot)
+    L.h1.counts = <int64_t *>calloc(L.counts_len, sizeof(int64_t))
+    L.h2.counts = <int64_t *>calloc(L.counts_len, sizeof(int64_t))
+    L.ts_msgs = <int64_t *>calloc(L.nint, sizeof(int64_t))
+    L.ts_sent = <int64_t *>calloc(L.nint, sizeof(int64_t))
+    if not (L.flows and L.dirty and L.rbuf and L.h1.counts and L.h2.counts and L.ts_msgs and L.ts_sent):
+        return -ENOMEM
+    for i in range(L.nflows):
+        L.flows[i].fd = -1
+        L.flows[i].id = <uint32_t>(first_cid + i * cid_step)
+        L.flows[i].pat = ((first_cid + i * cid_step) * STRIDE) % PERIOD
+        L.flows[i].t_sent = <int64_t *>calloc(L.cap, sizeof(int64_t))
+        L.flows[i].st = <uint8_t *>calloc(L.cap, 1)
+        if not (L.flows[i].t_sent and L.flows[i].st):
+            return -ENOMEM
+    if L.nstat > 0:
+        L.statbuf = <char *>calloc(C_STAT_BUF, 1)
+        L.cpustat[0] = <procfs_cpustat_t *>calloc(L.nstat, sizeof(procfs_cpustat_t))
+        L.cpustat[1] = <procfs_cpustat_t *>calloc(L.nstat, sizeof(procfs_cpustat_t))
+        if not (L.statbuf and L.cpustat[0] and L.cpustat[1]):
+            return -ENOMEM
+    if L.spid:
+        for i in range(2):
+            L.ssample[i].cap = C_MAX_TIDS
+            L.ssample[i].tids = <int64_t *>calloc(C_MAX_TIDS, sizeof(int64_t))
+            L.ssample[i].runtime_ns = <int64_t *>calloc(C_MAX_TIDS, sizeof(int64_t))
+            if not (L.ssample[i].tids and L.ssample[i].runtime_ns):
+                return -ENOMEM
+    return 0
+
+
+cdef int open_loop(Loop *L, fds) except? -1:
+    """The epoll set, the open loop's timer, and the flows' sockets (taken over one by one); 0 or -errno."""
+    cdef int64_t i
+    cdef epoll_event ev
+    L.ep = epoll_create1(EPOLL_CLOEXEC)
+    if L.ep < 0:
+        L.failed = b"epoll_create1"
+        return -errno
+    if L.mode == M_OPEN:
+        L.tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)
+        if L.tfd < 0:
+            L.failed = b"timerfd_create"
+            return -errno
+        ev.events = EPOLLIN
+        ev.data.u64 = <uint64_t>L.nflows
+        if epoll_ctl(L.ep, EPOLL_CTL_ADD, L.tfd, &ev) < 0:
+            L.failed = b"epoll_ctl(timerfd)"
+            return -errno
+    for i in range(L.nflows):
+        L.flows[i].fd = fds[i]
+        L.owned = i + 1
+        L.flows[i].alive = 1
+        L.alive += 1
+        ev.events = EPOLLIN
+        ev.data.u64 = <uint64_t>i
+        if epoll_ctl(L.ep, EPOLL_CTL_ADD, L.flows[i].fd, &ev) < 0:
+            L.failed = b"epoll_ctl(socket)"
+            return -errno
+    return 0
+
+
+cdef object sample_dict(procfs_sample_t *s):
+    if not s.ok:
+        return None
+    return {"utime_ticks": s.utime, "stime_ticks": s.stime, "overflow": bool(s.overflow),
+            "threads": {s.tids[i]: s.runtime_ns[i] for i in range(s.ntids)}}
+
+
+cdef object cpustat_list(Loop *L, int edge):
+    cdef int i
+    cdef procfs_cpustat_t *s
+    counters = {}
+    for i in range(L.nstat):
+        s = &L.cpustat[edge][i]
+        if s.found:
+            counters[s.cpu] = [s.user, s.nice, s.system, s.idle, s.iowait, s.irq, s.softirq, s.steal]
+    return {"t_ns": L.t_stat[edge], "cpus": counters}
+
+
+cdef dict datagram_counts(Loop *L):
+    return {"sent": L.d_sent, "received": L.d_received, "lost": L.d_lost, "duplicates": L.d_dup,
+            "out_of_order": L.d_ooo, "late": L.d_late, "corrupt": L.d_corrupt}
+
+
+cdef dict loop_result(Loop *L):
+    """The loop's counters, in the shape of ``loadgen.run_loop``'s dict, plus ``datagrams``."""
+    cdef int64_t j
+    cdef int k
+    return {
+        "mode": L.mode,
+        "msgs": L.msgs,
+        "rx_bytes": L.rx_bytes_window,
+        "rx_wire_bytes": L.rx_bytes_window,
+        "sent_window": L.sent_window,
+        "cycles": 0,
+        "queued": L.queued_total,
+        "writes": L.writes,
+        "reads": L.reads,
+        "errors": {ERROR_KINDS[k]: L.errors[k] for k in range(N_ERR)},
+        "first_error_ns": L.first_error_ns or None,
+        "first_error_kind": ERROR_KINDS[L.first_error_kind] if L.first_error_ns else None,
+        "ended_early": bool(L.ended_early),
+        "alive_at_end": L.alive,
+        "h1": [(j, L.h1.counts[j]) for j in range(L.counts_len) if L.h1.counts[j]],
+        "h1_sum_ns": L.h1.sum_ns,
+        "h2": [(j, L.h2.counts[j]) for j in range(L.counts_len) if L.h2.counts[j]],
+        "h2_sum_ns": L.h2.sum_ns,
+        "ts_msgs": [L.ts_msgs[j] for j in range(L.nint)],
+        "ts_sent": [L.ts_sent[j] for j in range(L.nint)] if L.mode == M_OPEN else None,
+        "user_s": _tv(&L.ru[1], 0) - _tv(&L.ru[0], 0),
+        "sys_s": _tv(&L.ru[1], 1) - _tv(&L.ru[0], 1),
+        "cpu_window_s": (L.t_ru[1] - L.t_ru[0]) / 1e9,
+        "due": L.g_next if L.mode == M_OPEN else None,
+        "polling": bool(L.poll),
+        "idle_s": L.idle_ns / 1e9 if L.poll else None,
+        "server_cpu": [sample_dict(&L.ssample[0]), sample_dict(&L.ssample[1])] if L.spid else None,
+        "cpu_stat": [cpustat_list(L, 0), cpustat_list(L, 1)] if L.nstat > 0 else None,
+        "conn_msgs": [L.flows[j].wdone for j in range(L.nflows)],
+        "starved": L.starved,
+        "datagrams": datagram_counts(L),
+    }
+
+
+cdef void free_loop(Loop *L, fds):
+    """Close every descriptor the loop owns (the unowned rest of ``fds`` too) and free every buffer."""
+    cdef int64_t i
+    if L.flows:
+        for i in range(L.nflows):
+            if L.flows[i].fd >= 0:
+                close(L.flows[i].fd)
+                L.flows[i].fd = -1
+            free(L.flows[i].t_sent)
+            free(L.flows[i].st)
+    for i in range(L.owned, len(fds)):
+        close(<int>fds[i])
+    if L.ep >= 0:
+        close(L.ep)
+    if L.tfd >= 0:
+        close(L.tfd)
+    free(L.flows)
+    free(L.dirty)
+    free(L.rbuf)
+    free(L.h1.counts)
+    free(L.h2.counts)
+    free(L.ts_msgs)
+    free(L.ts_sent)
+    for i in range(2):
+        free(L.ssample[i].tids)
+        free(L.ssample[i].runtime_ns)
+        free(L.cpustat[i])
+    free(L.statbuf)
+
+
+cdef void check_args(int mode, fds, int flows, int size, int depth, double rate, int64_t start_ns, int64_t end_ns,
+                     int64_t interval_ns, int64_t timeout_ns, bytes table) except *:
+    if mode not in (M_CLOSED, M_OPEN):
+        raise ValueError(f"unknown mode {mode}; udp has closed (0) and open (1)")
+    if flows < 1 or depth < 1:
+        raise ValueError("flows and depth must be >= 1")
+    if not C_HEADER <= size <= C_MAX_DATAGRAM:
+        raise ValueError(f"size must be in {C_HEADER}..{C_MAX_DATAGRAM}, got {size}")
+    if len(fds) != flows:
+        raise ValueError("one fd per flow")
+    if len(table) != TABLE_LEN:
+        raise ValueError("pattern table of the wrong length")
+    if end_ns <= start_ns or interval_ns <= 0 or timeout_ns <= 0:
+        raise ValueError("empty window, interval or timeout")
+    if mode == M_OPEN and rate <= 0:
+        raise ValueError("open mode needs a rate > 0")
+
+
+def run_loop(int mode, fds, long long first_cid, long long cid_step, int flows, int size, int depth,
+             double rate, long long start_ns, long long warm_end_ns, long long end_ns,
+             long long interval_ns, long long timeout_ns, bytes table, layout, bint poll=False,
+             int server_pid=0, stat_cpus=(), long long stall_ns=1000000000, long long drain_ns=200000000):
+    """Run one UDP load loop; return its counters as a dict (``loadgen.run_loop``'s keys, plus ``datagrams``).
+
+    ``fds``: non-blocking UDP sockets, each connected to the server (one per
+    flow; this function takes ownership and closes them).  ``first_cid`` /
+    ``cid_step`` number the flows (the flow id in every datagram, and its
+    payload pattern), so that several load processes never share one.
+    ``size`` is the whole datagram (``HEADER``..``MAX_DATAGRAM`` bytes).
+    ``rate`` is this process's total rate (open mode).  ``timeout_ns``: a
+    datagram unanswered this long is lost.  ``drain_ns``: after the window,
+    how long echoes of what is in flight are awaited (capped at the
+    timeout).  The other arguments are ``loadgen.run_loop``'s.
+    """
+    cdef Loop *L
+    cdef int i, rc
+    cdef double rate_flow
+    check_args(mode, fds, flows, size, depth, rate, start_ns, end_ns, interval_ns, timeout_ns, table)
+    stat_cpus = [int(x) for x in stat_cpus]
+    rate_flow = rate / flows if mode == M_OPEN else 0.0
+    L = <Loop *>calloc(1, sizeof(Loop))     # a few KiB of batch tables: not on the stack
+    if L == NULL:
+        raise MemoryError()
+    try:
+        init_loop(L, mode, flows, size, depth, ring_size(mode, depth, rate_flow, timeout_ns / 1e9, interval_ns / 1e9),
+                  rate, poll, start_ns, warm_end_ns, end_ns, interval_ns, timeout_ns, drain_ns, table, layout,
+                  server_pid, len(stat_cpus), stall_ns)
+        if alloc_loop(L, first_cid, cid_step) < 0:
+            raise MemoryError()
+        for i in range(L.nstat):
+            L.cpustat[0][i].cpu = stat_cpus[i]
+            L.cpustat[1][i].cpu = stat_cpus[i]
+        rc = open_loop(L, fds)
+        if rc < 0:
+            raise OSError(-rc, f"{L.failed.decode()} failed")
+        with nogil:
+            main_loop(L)
+        return loop_result(L)
+    finally:
+        free_loop(L, fds)
+        free(L)
+
+
+# ---- the Python face of the header and the accounting, for tests --------------------------------
+
+def encode(int flow, long long seq, long long t_ns, int size, bytes table):
+    """Datagram ``seq`` of flow ``flow`` sent at ``t_ns``, ``size`` bytes, built as the loop builds it."""
+    cdef Loop L
+    cdef Flow c
+    if not C_HEADER <= size <= C_MAX_DATAGRAM:
+        raise ValueError(f"size must be in {C_HEADER}..{C_MAX_DATAGRAM}, got {size}")
+    if len(table) != TABLE_LEN:
+        raise ValueError("pattern table of the wrong length")
+    memset(&L, 0, sizeof(Loop))
+    memset(&c, 0, sizeof(Flow))
+    L.size = size
+    L.table = <const uint8_t *>PyBytes_AS_STRING(table)
+    c.id = <uint32_t>flow
+    c.pat = (<int64_t>flow * STRIDE) % PERIOD
+    out = PyBytes_FromStringAndSize(NULL, size)
+    cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
+    put_header(p, c.id, <uint64_t>seq, t_ns)
+    memcpy(p + C_HEADER, payload_at(&L, &c, <uint64_t>seq), <size_t>(size - C_HEADER))
+    return out
+
+
+cdef class Ledger:
+    """One closed- or open-loop flow's accounting, driven by hand: the loop's ``on_sent``, ``judge`` and ``sweep``.
+
+    The window is ``[warm_end_ns, end_ns)``; times are whatever the caller
+    says.  ``send(k, t)`` records ``k`` datagrams sent at ``t``; ``echo(data,
+    t)`` judges one echo (returns "received", "duplicate", "late" or
+    "corrupt"); ``sweep(t)`` declares lost what passed the timeout;
+    ``finish(t)`` declares lost everything still in flight (the end of the
+    drain).  ``counts()`` is the ``datagrams`` dict; ``due`` what a closed
+    loop would have sent by now.
+    """
+
+    cdef Loop *L
+    cdef bytes table
+
+    def __cinit__(self, int size, long long timeout_ns, bytes table, int depth=1, int cap=256, int flow=0,
+                  long long warm_end_ns=0, long long end_ns=1 << 62):
+        if not C_HEADER <= size <= C_MAX_DATAGRAM or len(table) != TABLE_LEN or cap < 1:
+            raise ValueError("bad size, table or cap")
+        self.table = table
+        self.L = <Loop *>calloc(1, sizeof(Loop))
+        if self.L == NULL:
+            raise MemoryError()
+        self.L.mode = M_CLOSED
+        self.L.size = size
+        self.L.depth = depth
+        self.L.cap = cap
+        self.L.nflows = 1
+        self.L.timeout = timeout_ns
+        self.L.start = 0
+        self.L.warm_end = warm_end_ns
+        self.L.end = end_ns
+        self.L.interval = 1 << 62
+        self.L.table = <const uint8_t *>PyBytes_AS_STRING(table)
+        self.L.flows = <Flow *>calloc(1, sizeof(Flow))
+        if self.L.flows == NULL:
+            raise MemoryError()
+        self.L.flows[0].id = <uint32_t>flow
+        self.L.flows[0].pat = (<int64_t>flow * STRIDE) % PERIOD
+        self.L.flows[0].alive = 1
+        self.L.flows[0].due = depth
+        self.L.flows[0].t_sent = <int64_t *>calloc(cap, sizeof(int64_t))
+        self.L.flows[0].st = <uint8_t *>calloc(cap, 1)
+        self.L.counts_len = 0    # no histogram: hist_record ignores every value
+        self.L.highest = 1 << 62
+        if self.L.flows[0].t_sent == NULL or self.L.flows[0].st == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        if self.L != NULL:
+            if self.L.flows != NULL:
+                free(self.L.flows[0].t_sent)
+                free(self.L.flows[0].st)
+                free(self.L.flows)
+            free(self.L)
+
+    def send(self, long long k, long long t_ns):
+        cdef Flow *c = &self.L.flows[0]
+        if k < 0 or c.sent + k > c.base + self.L.cap:
+            raise ValueError("more datagrams in flight than the ring holds")
+        on_sent(self.L, c, k, t_ns)
+
+    def echo(self, bytes data, long long t_ns):
+        cdef int r = judge(self.L, &self.L.flows[0], 0, <const unsigned char *>PyBytes_AS_STRING(data),
+                           len(data), 0, t_ns)
+        return ("received", "duplicate", "late", "corrupt")[r]
+
+    def sweep(self, long long t_ns):
+        sweep(self.L, &self.L.flows[0], t_ns, 0)
+
+    def finish(self, long long t_ns):
+        self.L.draining = 1
+        sweep(self.L, &self.L.flows[0], t_ns, 1)
+
+    def counts(self):
+        return datagram_counts(self.L)
+
+    @property
+    def due(self):
+        return self.L.flows[0].due
+
+    @property
+    def in_flight(self):
+        return self.L.flows[0].outstanding
+
+    @property
+    def base(self):
+        return self.L.flows[0].base
