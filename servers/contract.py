@@ -483,6 +483,11 @@ def _server_and_options(name, protocol="raw", max_message=None, idle_timeout=Non
         raise UsageError(f"server {name!r} does not speak protocol {protocol!r}; it speaks: {', '.join(spec.protocols)}")
     if max_buffered and protocol == "raw":
         raise UsageError("--max-buffered applies to --protocol frame and json; raw holds no partial messages")
+    if transport == "udp" and protocol != "raw":
+        # a datagram is one message already: a frame or json header inside it would add nothing
+        raise UsageError(f"--protocol {protocol} does not apply over udp: one datagram is one message; use --protocol raw")
+    if transport == "udp" and idle_timeout:
+        raise UsageError("--idle-timeout applies to the stream transports; udp has no connection to close")
     serve = spec.load(transport)
     limits = Limits(idle_timeout, max_buffered) if (idle_timeout or max_buffered) else None
     return serve, {

@@ -83,19 +83,27 @@ def _spec(name, module, summary, requires=(), build_hint="", protocols=("raw",),
                       tuple(transports))
 
 
+#: the transports of a server with a datagram form (``serve_datagram``)
+WITH_UDP = STREAM_TRANSPORTS + ("udp",)
+
 #: Insertion order is display order: from the simplest model to the fastest.
 SERVERS = {
     s.name: s
     for s in (
-        _spec("blocking", "blocking_echo", "blocking sockets, one thread per connection", protocols=ALL_PROTOCOLS),
-        _spec("selectors", "selectors_echo", "one thread, non-blocking sockets, selectors.DefaultSelector", protocols=ALL_PROTOCOLS),
+        _spec("blocking", "blocking_echo", "blocking sockets, one thread per connection", protocols=ALL_PROTOCOLS,
+              transports=WITH_UDP),
+        _spec("selectors", "selectors_echo", "one thread, non-blocking sockets, selectors.DefaultSelector", protocols=ALL_PROTOCOLS,
+              transports=WITH_UDP),
         _spec("asyncio-streams", "asyncio_streams_echo", "asyncio.start_server, StreamReader/StreamWriter, await drain()", protocols=ALL_PROTOCOLS),
-        _spec("asyncio-protocol", "asyncio_protocol_echo", "asyncio.Protocol with write flow control", protocols=ALL_PROTOCOLS),
-        _spec("uvloop", "uvloop_echo", "the asyncio-protocol server on uvloop's loop", requires=("uvloop",), protocols=ALL_PROTOCOLS),
+        _spec("asyncio-protocol", "asyncio_protocol_echo", "asyncio.Protocol with write flow control", protocols=ALL_PROTOCOLS,
+              transports=WITH_UDP),
+        _spec("uvloop", "uvloop_echo", "the asyncio-protocol server on uvloop's loop", requires=("uvloop",), protocols=ALL_PROTOCOLS,
+              transports=WITH_UDP),
         _spec("cython-protocol", "cython_protocol_echo", "a Cython cdef-class asyncio.BufferedProtocol on uvloop",
               requires=("sockbench.ext.protocol_echo",), build_hint=BUILD_HINT),
         _spec("cython", "cython_echo", "Cython: level-triggered epoll loop in C, without the GIL",
-              requires=("sockbench.ext.epoll_echo",), build_hint=BUILD_HINT, protocols=ALL_PROTOCOLS),
+              requires=("sockbench.ext.epoll_echo", "sockbench.ext.udp_echo"), build_hint=BUILD_HINT, protocols=ALL_PROTOCOLS,
+              transports=WITH_UDP),
     )
 }
 

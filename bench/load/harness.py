@@ -93,7 +93,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 
-from sockbench.bench.load import hdr
+from sockbench.bench.load import datagram, hdr
 from sockbench.bench.load.interference import interference
 from sockbench.bench.load.spec import MAX_FRAMED_SIZE, MODES, PROTOCOLS, LoadSpec
 from sockbench.bench.load.worker import FD_HEADROOM, ProcResult, WorkerParams
@@ -377,8 +377,12 @@ class _ServerWindow:
 
 def _run(spec, server, host, port, started_at, on_window=None):
     """Connect, run the window, collect: the setup, the window and the collection, then the result."""
-    family, host, port = _resolve(host, port, spec.mode)
-    _probe(family, host, port)
+    if spec.transport == "udp":
+        family, host, port = datagram.resolve(host, port)
+        datagram.probe(family, host, port)
+    else:
+        family, host, port = _resolve(host, port, spec.mode)
+        _probe(family, host, port)
     _warn_busy(spec, server)
     workers = {}
     try:
@@ -422,6 +426,7 @@ def _spawn_workers(spec, server, family, host, port, workers):
             # the first load process reads the server's CPU and the CPUs' counters at the window's edges
             server_pid=server.pid if server is not None and i == 0 else 0,
             stat_cpus=_stat_cpus(spec, server) if i == 0 else (),
+            transport="udp" if spec.transport == "udp" else "tcp",
         )
         first += n
         with held_signals():
@@ -714,6 +719,8 @@ def _build_result(spec, server, host, port, started_at, procs, problems, srv):
     server_proc = _server_cpu(spec, server, srv, merged.msgs, measured_s)
     fairness = _fairness(spec, rs)
     reasons = _invalid_reasons(spec, rs, problems, merged, timeseries.longest_idle_s, fairness)
+    datagrams = datagram.merge(rs) if spec.transport == "udp" else None
+    reasons += datagram.invalid_reasons(datagrams)
     second = hdr.summary_us(merged.h2, merged.mean2_ns)
     return LoadResult(
         server=spec.server if spec.server is not None else f"{host}:{port}",
@@ -721,6 +728,7 @@ def _build_result(spec, server, host, port, started_at, procs, problems, srv):
         workload=Workload(
             mode=spec.mode,
             protocol=spec.protocol,
+            transport=spec.transport,
             conns=spec.conns,
             size=spec.size,
             depth=spec.depth,
@@ -752,6 +760,7 @@ def _build_result(spec, server, host, port, started_at, procs, problems, srv):
         started_at=started_at,
         interference=_interference(spec, server, rs, server_proc, srv.process_s),
         fairness=fairness,
+        datagrams=datagrams,
     )
 
 

@@ -12,6 +12,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from sockbench.bench.load.datagram import check_spec as check_datagram_spec
 from sockbench.endpoints import TRANSPORTS, Endpoint
 from sockbench.errors import UsageError
 from sockbench.servers import registry
@@ -94,6 +95,8 @@ class LoadSpec:
                 raise UsageError(f"bad target port {port!r}; use 1..65535")
         if self.mode not in MODES:
             raise UsageError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
+        if self.transport == "udp":
+            check_datagram_spec(self)  # raw only, no connect mode, a size that fits a datagram and its header
         for name in ("conns", "size", "depth", "procs"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:

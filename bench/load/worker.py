@@ -16,7 +16,8 @@ that may hold threads and the server's pipes.  The protocol is JSON lines:
 2. stdin: ``{"start_ns", "warm_end_ns", "end_ns"}`` on CLOCK_MONOTONIC, which
    every process shares, once every worker is ready;
 3. the worker sleeps until ``start_ns``, runs ``sockbench.ext.loadgen.run_loop``
-   (which ends by itself at ``end_ns``), encodes its histograms with the
+   (over udp: ``sockbench.ext.udpgen.run_loop`` on connected UDP flows, whose
+   result adds ``datagrams``; see ``datagram.py``), which ends by itself at ``end_ns``, encodes its histograms with the
    ``hdrhistogram`` package, and prints ``{"event": "result", "result": R}``,
    where R is a ``ProcResult``: the one shape of a load process's
    measurement, from the loop's dict to the harness that adds them up.
@@ -35,6 +36,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 
+from sockbench.bench.load.datagram import connect_flows
 from sockbench.errors import SockbenchError
 from sockbench.servers.contract import format_peer
 from sockbench.thresholds import STALL_S
@@ -72,6 +74,8 @@ class WorkerParams:
     server_pid: int = 0
     #: the CPUs whose /proc/stat lines this process reads at the window's edges (the first one only)
     stat_cpus: tuple = ()
+    #: ``udp``: the connections are UDP flows and the loop is ``sockbench.ext.udpgen`` (``datagram.py``)
+    transport: str = "tcp"
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,8 @@ class ProcResult:
     cpu_stat: list | None = None
     conn_msgs: list | None = None
     starved: int | None = None
+    #: udp: the loop's datagram accounting (``sockbench.ext.udpgen``), None for a stream
+    datagrams: dict | None = None
 
     @classmethod
     def from_loop(cls, r, index, cpus):
@@ -141,6 +147,7 @@ class ProcResult:
             ts_msgs=r["ts_msgs"], ts_sent=r["ts_sent"], user_s=r["user_s"], sys_s=r["sys_s"],
             cpu_window_s=r["cpu_window_s"], due=r["due"], polling=r["polling"], idle_s=r["idle_s"],
             server_cpu=r["server_cpu"], cpu_stat=r["cpu_stat"], conn_msgs=r["conn_msgs"], starved=r["starved"],
+            datagrams=r.get("datagrams"),
         )
 
     def to_json(self):
@@ -244,7 +251,9 @@ def run_worker(p):
 
         table = loadgen.pattern_table()
         addr_be = port_be = 0
-        if p.mode == "connect":
+        if p.transport == "udp":
+            fds = connect_flows(p.host, p.port, p.family, p.conns)
+        elif p.mode == "connect":
             addr_be = int.from_bytes(socket.inet_aton(p.host), sys.byteorder)  # network order in memory
             port_be = socket.htons(p.port)
         else:
@@ -257,6 +266,8 @@ def run_worker(p):
         if delay > 0:
             time.sleep(delay)
         owned, fds = fds, []
+        if p.transport == "udp":
+            return _run_datagrams(p, msg, owned, table)
         r = loadgen.run_loop(
             MODES[p.mode], owned, p.first_cid, p.cid_step, p.conns, p.size, p.depth, p.rate,
             msg["start_ns"], msg["warm_end_ns"], msg["end_ns"], p.interval_ns, p.timeout_ns,
@@ -273,6 +284,21 @@ def run_worker(p):
         return 1
     finally:
         _close_all(fds)
+
+
+def _run_datagrams(p, msg, owned, table):
+    """The UDP flows' loop (``sockbench.ext.udpgen``), reported like the stream loop's."""
+    # deferred: the extensions are needed in a load process only, not in the harness
+    from sockbench.bench.load.hdr import LAYOUT
+    from sockbench.ext import udpgen
+
+    r = udpgen.run_loop(
+        MODES[p.mode], owned, p.first_cid, p.cid_step, p.conns, p.size, p.depth, p.rate,
+        msg["start_ns"], msg["warm_end_ns"], msg["end_ns"], p.interval_ns, p.timeout_ns, table, LAYOUT,
+        p.poll, p.server_pid, p.stat_cpus, int(STALL_S * 1e9),
+    )
+    _emit({"event": "result", "result": ProcResult.from_loop(r, p.index, p.cpus).to_json()})
+    return 0
 
 
 def main():

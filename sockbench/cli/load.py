@@ -133,7 +133,7 @@ def render_summary(r):
     errs = Text(f"errors: {e.total}  " + "  ".join(f"{k} {v}" for k, v in e.by_kind.items()),
                 style="red" if e.total else "dim")
     return Group(_head(r), verdict, *_verdict_lines(r), _throughput_table(r), _latency_table(r), _cpu_table(r),
-                 *_fairness_line(r), errs, *_notes(r))
+                 *_fairness_line(r), *_datagram_line(r), errs, *_notes(r))
 
 
 def _verdict_lines(r):
@@ -164,6 +164,18 @@ def _fairness_line(r):
     jain = f"  Jain's index {f.jain:.3f}" if f.jain is not None else ""
     return [Text(f"per connection: min {f.min:,}  median {f.median:,.0f}  max {f.max:,} msgs{jain}",
                  style="red" if f.starved else "dim")]
+
+
+def _datagram_line(r):
+    """udp: sent, received, lost (and its share), duplicates, out of order, late, corrupt; a run with loss is valid."""
+    from rich.text import Text  # deferred: rich, as in run_cli
+
+    from sockbench.bench.load.datagram import summary_line  # deferred: the load pipeline, as in spec_from_args
+
+    d = r.datagrams
+    if d is None:
+        return []
+    return [Text(summary_line(d), style="red" if d.corrupt else ("yellow" if d.lost else "dim"))]
 
 
 def _head(r):
