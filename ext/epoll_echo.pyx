@@ -77,8 +77,8 @@ from posix cimport (
     write, close, strerror, clock_gettime, timespec, CLOCK_MONOTONIC,
     fcntl, F_GETFL, F_SETFL, O_NONBLOCK,
     accept4, recv, send, setsockopt, SOCK_NONBLOCK, SOCK_CLOEXEC, MSG_NOSIGNAL,
-    getpeername, sockaddr, sockaddr_storage, sockaddr_in, sockaddr_in6, socklen_t,
-    AF_INET, AF_INET6, ntohs, inet_ntop,
+    getpeername, getsockname, sockaddr, sockaddr_storage, sockaddr_in, sockaddr_in6, socklen_t,
+    AF_INET, AF_INET6, AF_UNIX, ntohs, inet_ntop,
     IPPROTO_TCP, TCP_NODELAY,
     rlimit, getrlimit, setrlimit, RLIMIT_NOFILE, RLIM_INFINITY,
     epoll_event, epoll_create1, epoll_ctl, epoll_wait,
@@ -141,6 +141,7 @@ ctypedef struct loop_t:
     int stopfd
     int lfd
     int accept_paused     # listener unwatched after EMFILE/ENFILE/ENOMEM
+    int nodelay           # the listener is TCP: TCP_NODELAY on each accepted socket (not on AF_UNIX)
     conn_t* conns
     size_t nconns         # rows in ``conns``
     int max_fd            # highest connection fd seen (bounds the teardown scan)
@@ -295,7 +296,8 @@ cdef int _accept_all(loop_t* L) noexcept nogil:
         if <size_t>fd >= L.nconns:
             close(fd)  # beyond the table (only if RLIMIT_NOFILE rose after start)
             continue
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+        if L.nodelay:
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
         if _watch(L, EPOLL_CTL_ADD, fd, EPOLLIN) < 0:
             close(fd)  # ENOMEM/ENOSPC: refuse this connection, keep serving the others
             continue
@@ -399,7 +401,7 @@ cdef size_t _put_num(char* out, size_t o, size_t cap, uint64_t v) noexcept nogil
 
 
 cdef size_t _put_peer(char* line, size_t o, size_t cap, int fd) noexcept nogil:
-    """The peer of ``fd`` as ``contract.format_peer`` spells it: HOST:PORT, [V6]:PORT."""
+    """The peer of ``fd`` as ``contract.format_peer`` spells it: HOST:PORT, [V6]:PORT, a unix peer."""
     cdef char host[64]
     cdef sockaddr_storage ss
     cdef socklen_t sl = sizeof(ss)
@@ -413,6 +415,8 @@ cdef size_t _put_peer(char* line, size_t o, size_t cap, int fd) noexcept nogil:
             o = _put_str(line, o, cap, host)
             o = _put_str(line, o, cap, b"]:")
             return _put_num(line, o, cap, ntohs((<sockaddr_in6*>&ss).sin6_port))
+        if ss.ss_family == AF_UNIX:  # a client's unix socket has no name: the path is the server's
+            return _put_str(line, o, cap, b"a unix peer")
     o = _put_str(line, o, cap, b"fd ")
     return _put_num(line, o, cap, <uint64_t>fd)
 
@@ -792,6 +796,8 @@ cdef int _setup(loop_t* L, int lfd, size_t bufsize) noexcept nogil:
     """Fill ``L`` for listener ``lfd``.  Returns 0 or -errno (``_teardown`` cleans up either way)."""
     cdef int flags
     cdef rlimit lim
+    cdef sockaddr_storage ss
+    cdef socklen_t sl = sizeof(ss)
     memset(L, 0, sizeof(loop_t))
     L.epfd = -1
     L.stopfd = -1
@@ -799,6 +805,9 @@ cdef int _setup(loop_t* L, int lfd, size_t bufsize) noexcept nogil:
     L.max_fd = -1
     L.t0_ms = _clock_ms()
     L.now_ms = L.t0_ms
+    if getsockname(lfd, <sockaddr*>&ss, &sl) < 0:
+        return -posix.errno
+    L.nodelay = ss.ss_family == AF_INET or ss.ss_family == AF_INET6
     flags = fcntl(lfd, F_GETFL)
     if flags < 0:
         return -posix.errno
@@ -910,7 +919,7 @@ def serve(int listen_fd, announce=None, Py_ssize_t recv_size=RECV_BUF, *, protoc
           idle_reason="no complete message in time", buffered_reason="too many bytes in partial messages"):
     """Echo every connection accepted on ``listen_fd`` until SIGTERM or SIGINT.
 
-    ``listen_fd`` is a listening TCP socket (made non-blocking here; it stays
+    ``listen_fd`` is a listening TCP or unix socket (made non-blocking here; it stays
     open and owned by the caller).  ``announce()``, if given, is called once
     the loop is ready to accept.  ``recv_size`` is the size of one read (and
     so the most a connection holds unsent).  Returns None on a stop signal; raises

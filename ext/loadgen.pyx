@@ -116,8 +116,9 @@ from posix cimport (
     read, write, close,
     timespec, clock_gettime, CLOCK_MONOTONIC,
     iovec, writev,
-    sockaddr, sockaddr_in, socklen_t, socket, connect, setsockopt, getsockopt,
-    AF_INET, SOCK_STREAM, SOCK_NONBLOCK, SOCK_CLOEXEC, SOL_SOCKET, SO_ERROR,
+    sockaddr, sockaddr_in, sockaddr_in6, sockaddr_un, sockaddr_storage, socklen_t, socket, connect,
+    setsockopt, getsockopt, htons, inet_pton,
+    AF_INET, AF_INET6, AF_UNIX, SOCK_STREAM, SOCK_NONBLOCK, SOCK_CLOEXEC, SOL_SOCKET, SO_ERROR,
     IPPROTO_TCP, TCP_NODELAY,
     rusage, getrusage, RUSAGE_SELF,
     epoll_event, epoll_create1, epoll_ctl, epoll_wait,
@@ -130,6 +131,8 @@ from protocols cimport PROTO_RAW, PROTO_FRAME, PROTO_JSON, PROTO_COUNT, proto_na
 from wire cimport (
     WIRE_STRING, WIRE_INT, wire_value_t, wire_header_t, wire_json_parse_object, wire_json_request_header,
 )
+
+import os
 
 __all__ = [
     "run_loop",
@@ -309,8 +312,10 @@ cdef struct Loop:
     int64_t armed
     int poll               # open loop: poll (epoll_wait with no timeout), no timer
     int64_t idle_ns        # open loop, polling: time in passes that found nothing to do, in the window
-    # connect mode
-    sockaddr_in addr
+    # connect mode: the target, any family (filled from Python by ``set_target``)
+    sockaddr_storage addr
+    socklen_t addrlen
+    int family
     int64_t next_cid
     int64_t cid_step
     # counters
@@ -698,7 +703,7 @@ cdef inline void open_queue(Loop *L, Conn *c, int64_t now) noexcept nogil:
 cdef int start_cycle(Loop *L, Conn *c, int64_t idx, int64_t now) noexcept nogil:
     """Connect mode: open a new connection in slot ``c`` (non-blocking)."""
     cdef int fd, r, err, one = 1
-    fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+    fd = socket(L.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
     if fd < 0:
         c.state = S_DEAD
         L.errors[E_CONNECT] += 1
@@ -706,7 +711,8 @@ cdef int start_cycle(Loop *L, Conn *c, int64_t idx, int64_t now) noexcept nogil:
             L.first_error_ns = now
             L.first_error_kind = E_CONNECT
         return -1
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+    if L.family != AF_UNIX:  # Nagle is TCP's
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
     c.fd = fd
     c.gen += 1
     c.pat = (L.next_cid * C_STRIDE) % C_PERIOD
@@ -725,7 +731,7 @@ cdef int start_cycle(Loop *L, Conn *c, int64_t idx, int64_t now) noexcept nogil:
     c.t_start = now
     c.state = S_CONNECTING
     L.alive += 1
-    r = connect(fd, <sockaddr *>&L.addr, sizeof(L.addr))
+    r = connect(fd, <sockaddr *>&L.addr, L.addrlen)
     err = errno
     if r == 0:
         return established(L, c, idx, now, EPOLL_CTL_ADD)
@@ -1076,8 +1082,7 @@ cdef void check_args(int mode, fds, int conns, int size, int depth, double rate,
 cdef void init_loop(Loop *L, int mode, int protocol, int conns, int size, int depth, double rate, bint poll,
                     long long start_ns, long long warm_end_ns, long long end_ns, long long interval_ns,
                     long long timeout_ns, bytes table, layout, long long first_cid, long long cid_step,
-                    unsigned int addr_be, unsigned int port_be, int server_pid, int nstat,
-                    long long stall_ns) except *:
+                    int family, address, int server_pid, int nstat, long long stall_ns) except *:
     """Zero ``L``, then set what differs from zero (nothing is allocated yet)."""
     cdef int cap = depth
     if mode == M_OPEN and cap < C_OPEN_MIN_RING:
@@ -1111,13 +1116,55 @@ cdef void init_loop(Loop *L, int mode, int protocol, int conns, int size, int de
         L.period = 1e9 / rate
         L.g_limit = <int64_t>((end_ns - start_ns) / L.period) + 1
         L.poll = 1 if poll else 0
-    L.addr.sin_family = AF_INET
-    L.addr.sin_port = <uint16_t>port_be
-    L.addr.sin_addr.s_addr = addr_be
+    if mode == M_CONNECT:
+        set_target(L, family, address)
     if server_pid > 0:
         L.spid = server_pid
     L.nstat = nstat
     L.stall = stall_ns
+
+
+cdef void set_target(Loop *L, int family, address) except *:
+    """Connect mode's target into ``L.addr``: ``address`` as Python's socket module spells it for ``family``.
+
+    AF_INET: ``(host, port)``; AF_INET6: ``(host, port[, flowinfo, scope_id])``;
+    the host a numeric address (the caller resolves names).  AF_UNIX: the
+    socket's path (str or bytes), at most ``sizeof(sun_path) - 1`` bytes.
+    """
+    cdef sockaddr_in *sin = <sockaddr_in *>&L.addr
+    cdef sockaddr_in6 *sin6 = <sockaddr_in6 *>&L.addr
+    cdef sockaddr_un *sun = <sockaddr_un *>&L.addr
+    cdef bytes raw
+    L.family = family
+    if family == AF_UNIX:
+        raw = os.fsencode(address)
+        if not 0 < len(raw) < sizeof(sun.sun_path):
+            raise ValueError(f"a unix socket path is 1..{sizeof(sun.sun_path) - 1} bytes, not {len(raw)}")
+        sun.sun_family = AF_UNIX
+        memcpy(sun.sun_path, <const char *>raw, len(raw))  # the rest is zero: memset in init_loop
+        L.addrlen = sizeof(sockaddr_un)
+        return
+    if family != AF_INET and family != AF_INET6:
+        raise ValueError(f"unsupported address family {family}")
+    host, port = address[0], int(address[1])
+    if not 0 < port < 65536:
+        raise ValueError(f"bad port {port}")
+    raw = str(host).split("%", 1)[0].encode("ascii")
+    if family == AF_INET:
+        sin.sin_family = AF_INET
+        sin.sin_port = htons(<uint16_t>port)
+        if inet_pton(AF_INET, raw, &sin.sin_addr) != 1:
+            raise ValueError(f"{host!r} is not a numeric IPv4 address")
+        L.addrlen = sizeof(sockaddr_in)
+    else:
+        sin6.sin6_family = AF_INET6
+        sin6.sin6_port = htons(<uint16_t>port)
+        if inet_pton(AF_INET6, raw, &sin6.sin6_addr) != 1:
+            raise ValueError(f"{host!r} is not a numeric IPv6 address")
+        if len(address) >= 4:
+            sin6.sin6_flowinfo = address[2]
+            sin6.sin6_scope_id = address[3]
+        L.addrlen = sizeof(sockaddr_in6)
 
 
 cdef int alloc_loop(Loop *L) noexcept nogil:
@@ -1292,14 +1339,15 @@ cdef void free_loop(Loop *L, fds):
 def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, int size, int depth,
              double rate, long long start_ns, long long warm_end_ns, long long end_ns,
              long long interval_ns, long long timeout_ns, bytes table, layout,
-             unsigned int addr_be=0, unsigned int port_be=0, int protocol=PROTO_RAW, bint poll=False,
+             int family=AF_INET, address=None, int protocol=PROTO_RAW, bint poll=False,
              int server_pid=0, stat_cpus=(), long long stall_ns=1000000000):
     """Run one load loop; return its counters as a dict.
 
-    ``fds``: connected, non-blocking TCP sockets with TCP_NODELAY (closed and
-    open modes; this function takes ownership and closes them), or empty in
-    connect mode, where ``addr_be``/``port_be`` (network byte order) name the
-    IPv4 target.  ``first_cid``/``cid_step`` number the connections so that
+    ``fds``: connected, non-blocking stream sockets (TCP with TCP_NODELAY, or
+    AF_UNIX; closed and open modes; this function takes ownership and closes
+    them), or empty in connect mode, where ``family`` and ``address`` name the
+    target as Python's socket module spells it (``set_target``): IPv4, IPv6
+    or a unix socket's path.  ``first_cid``/``cid_step`` number the connections so that
     several load processes never share a pattern.  ``rate`` is this process's
     total rate (open mode).  ``layout`` is ``sockbench.bench.load.hdr.LAYOUT``.
     The window is ``[warm_end_ns, end_ns)`` on CLOCK_MONOTONIC.
@@ -1320,7 +1368,7 @@ def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, 
     check_args(mode, fds, conns, size, depth, rate, start_ns, end_ns, interval_ns, table, protocol)
     stat_cpus = [int(x) for x in stat_cpus]
     init_loop(&L, mode, protocol, conns, size, depth, rate, poll, start_ns, warm_end_ns, end_ns, interval_ns,
-              timeout_ns, table, layout, first_cid, cid_step, addr_be, port_be, server_pid, len(stat_cpus),
+              timeout_ns, table, layout, first_cid, cid_step, family, address, server_pid, len(stat_cpus),
               stall_ns)
     try:
         if alloc_loop(&L) < 0:

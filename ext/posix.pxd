@@ -130,6 +130,7 @@ cdef extern from "<sys/socket.h>" nogil:
     int connect(int sockfd, const sockaddr* addr, socklen_t addrlen)
     int accept4(int sockfd, sockaddr* addr, socklen_t* addrlen, int flags)
     int getpeername(int sockfd, sockaddr* addr, socklen_t* addrlen)
+    int getsockname(int sockfd, sockaddr* addr, socklen_t* addrlen)
     struct sockaddr_storage:
         unsigned short ss_family
     ssize_t recv(int sockfd, void* buf, size_t len, int flags)
@@ -155,6 +156,7 @@ cdef extern from "<sys/socket.h>" nogil:
         SOCK_NONBLOCK
         AF_INET
         AF_INET6
+        AF_UNIX
         SOCK_STREAM
         SOCK_DGRAM
         SOCK_CLOEXEC
@@ -178,9 +180,17 @@ cdef extern from "<netinet/in.h>" nogil:
     struct sockaddr_in6:
         unsigned short sin6_family
         unsigned short sin6_port
+        uint32_t sin6_flowinfo
         in6_addr sin6_addr
+        uint32_t sin6_scope_id
     enum:
         IPPROTO_TCP
+
+
+cdef extern from "<sys/un.h>" nogil:
+    struct sockaddr_un:
+        unsigned short sun_family
+        char sun_path[108]
 
 
 cdef extern from "<netinet/tcp.h>" nogil:
@@ -190,6 +200,8 @@ cdef extern from "<netinet/tcp.h>" nogil:
 
 cdef extern from "<arpa/inet.h>" nogil:
     unsigned short ntohs(unsigned short netshort)
+    unsigned short htons(unsigned short hostshort)
+    int inet_pton(int af, const char* src, void* dst)
     const char* inet_ntop(int af, const void* src, char* dst, socklen_t size)
 
 

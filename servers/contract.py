@@ -9,7 +9,7 @@ here once, so that one bad or unlucky peer never costs more than its own
 connection and one line on stderr:
 
 * ``format_peer`` is the one spelling of a peer in a log line, ``HOST:PORT``
-  (``[V6]:PORT``); ``log_closing`` is the line for a connection the server
+  (``[V6]:PORT``, ``a unix peer``); ``log_closing`` is the line for a connection the server
   closes (a malformed message, an unexpected error, a limit below).
 * ``AcceptErrors``: accept() out of descriptors or memory (EMFILE, ENFILE,
   ENOBUFS, ENOMEM) pauses accepting for ``ACCEPT_PAUSE_S`` and says so in one
@@ -39,7 +39,7 @@ import tempfile
 import threading
 import time
 
-from sockbench.endpoints import DEFAULT_HOSTS, Endpoint, check_transport, check_unix_path_length
+from sockbench.endpoints import DEFAULT_HOSTS, Endpoint, check_transport, check_unix_path_length, format_hostport
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.servers import registry
 from sockbench.servers.protocols import DEFAULT_MAX_MESSAGE
@@ -116,10 +116,17 @@ _log_lock = threading.Lock()  # the blocking server logs from many threads: one 
 
 
 def format_peer(addr):
-    """A peer as every log line spells it: ``HOST:PORT``, ``[V6]:PORT`` for IPv6."""
+    """A peer as every log line spells it: ``HOST:PORT``, ``[V6]:PORT`` for IPv6, ``a unix peer``.
+
+    An AF_UNIX peer's address is a string: empty for the usual unnamed client
+    socket, else its path (``unix:PATH``).
+    """
     if isinstance(addr, (tuple, list)) and len(addr) >= 2:
-        host, port = addr[0], addr[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+        return format_hostport(addr[0], addr[1])
+    if addr == "" or addr == b"":
+        return "a unix peer"
+    if isinstance(addr, (str, bytes)):
+        return f"unix:{os.fsdecode(addr)}"
     return str(addr) if addr else "an unknown peer"
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "UNIX_PATH_MAX",
     "Endpoint",
     "parse_target",
+    "format_hostport",
     "check_transport",
     "check_unix_path_length",
 ]
@@ -59,6 +60,11 @@ def check_unix_path_length(path, name="--path"):
         raise UsageError(f"{name} {path!r} is {n} bytes; a unix socket path is at most {UNIX_PATH_MAX} bytes "
                          f"(use a shorter directory, such as /tmp)")
     return path
+
+
+def format_hostport(host, port):
+    """``HOST:PORT``, ``[V6]:PORT`` for an IPv6 host: the one spelling of an IP address in sockbench's lines."""
+    return f"[{host}]:{port}" if _is_v6(str(host)) else f"{host}:{port}"
 
 
 def _is_v6(host):
@@ -135,7 +141,7 @@ class Endpoint:
         """``127.0.0.1:5000``, ``[::1]:5000``, ``unix:/path`` or ``udp:127.0.0.1:5000``: what ``parse_target`` reads back."""
         if self.transport == "unix":
             return f"unix:{self.path}"
-        where = f"[{self.host}]:{self.port}" if _is_v6(self.host) else f"{self.host}:{self.port}"
+        where = format_hostport(self.host, self.port)
         return f"udp:{where}" if self.transport == "udp" else where
 
     def __str__(self):

@@ -25,8 +25,9 @@ import errno
 import socket
 
 from sockbench.bench.schema import Datagrams
+from sockbench.endpoints import Endpoint
 from sockbench.errors import SockbenchError, UsageError
-from sockbench.servers.contract import MAX_DATAGRAM, format_peer
+from sockbench.servers.contract import MAX_DATAGRAM
 
 __all__ = ["HEADER_SIZE", "MAX_DATAGRAM", "PROBE_TIMEOUT_S", "check_spec", "resolve", "probe", "connect_flows",
            "merge", "invalid_reasons", "summary_line"]
@@ -52,24 +53,25 @@ def check_spec(spec):
                          f"(flow, sequence number, send time)")
 
 
-def resolve(host, port):
-    """``(family, host, port)`` of a datagram target; a name that does not resolve is a one-line error."""
+def resolve(endpoint):
+    """A udp ``Endpoint`` with a numeric host, as the load processes send to it; a name that does not resolve
+    is a one-line error."""
     try:
-        infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_DGRAM)
+        infos = socket.getaddrinfo(endpoint.host, endpoint.port, socket.AF_UNSPEC, socket.SOCK_DGRAM)
     except socket.gaierror as e:
-        raise UsageError(f"cannot resolve {host!r} to an address: {e.strerror}") from None
-    family, _, _, _, addr = infos[0]
-    return family, addr[0], addr[1]
+        raise UsageError(f"cannot resolve {endpoint.host!r} to an address: {e.strerror}") from None
+    addr = infos[0][4]
+    return Endpoint("udp", addr[0], addr[1])
 
 
-def probe(family, host, port, timeout_s=PROBE_TIMEOUT_S):
+def probe(endpoint, timeout_s=PROBE_TIMEOUT_S):
     """One datagram echoed before any load, or a one-line ``SockbenchError`` saying why not."""
-    where = f"udp {format_peer((host, port))}"
-    s = socket.socket(family, socket.SOCK_DGRAM)
+    where = endpoint.format()
+    s = socket.socket(endpoint.family, socket.SOCK_DGRAM)
     s.settimeout(timeout_s)
     payload = b"sockbench probe"
     try:
-        s.connect((host, port))
+        s.connect(endpoint.sockaddr())
         s.send(payload)
         while s.recv(MAX_DATAGRAM + 1) != payload:
             pass  # a stray echo of an earlier run: wait for this one
@@ -83,14 +85,14 @@ def probe(family, host, port, timeout_s=PROBE_TIMEOUT_S):
         s.close()
 
 
-def connect_flows(host, port, family, n):
-    """``n`` non-blocking UDP sockets connected to the target, detached to raw fds (the loop closes them)."""
+def connect_flows(endpoint, n):
+    """``n`` non-blocking UDP sockets connected to ``endpoint``, detached to raw fds (the loop closes them)."""
     fds = []
     try:
         for _ in range(n):
-            s = socket.socket(family, socket.SOCK_DGRAM)
+            s = socket.socket(endpoint.family, socket.SOCK_DGRAM)
             try:
-                s.connect((host, port))
+                s.connect(endpoint.sockaddr())
                 s.setblocking(False)
             except BaseException:
                 s.close()
@@ -101,7 +103,7 @@ def connect_flows(host, port, family, n):
             socket.close(fd)
         if e.errno in (errno.EMFILE, errno.ENFILE):
             raise SockbenchError(f"out of file descriptors after {len(fds)} flows: {e.strerror}") from None
-        raise SockbenchError(f"cannot open a UDP flow to {format_peer((host, port))}: {e.strerror or e}") from None
+        raise SockbenchError(f"cannot open a UDP flow to {endpoint.format()}: {e.strerror or e}") from None
     return fds
 
 

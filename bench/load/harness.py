@@ -10,8 +10,10 @@ Usage::
     result = run_load(spec, json_path=None)   # a LoadResult (sockbench.bench.schema)
     result.throughput.msgs_per_s, result.to_json()
 
-``target=("127.0.0.1", port)`` instead of ``server=`` loads a server that is
-already running.  ``protocol="frame"`` or ``"json"`` (default ``"raw"``)
+``target=("127.0.0.1", port)`` (or an ``Endpoint``: ``[::1]:port``,
+``unix:/path``) instead of ``server=`` loads a server that is already
+running; ``transport="tcp6"`` or ``"unix"`` starts the server on that
+transport.  ``protocol="frame"`` or ``"json"`` (default ``"raw"``)
 speaks one of the framed protocols of ``sockbench.servers.protocols``; a
 harness-started server is then started with ``--protocol`` too.  ``size`` is
 always the PAYLOAD size, and ``throughput.bytes_per_s`` counts payload bytes
@@ -102,12 +104,12 @@ from sockbench.bench.schema import (
     Workload,
 )
 from sockbench.children import child_setup, held_signals
+from sockbench.endpoints import Endpoint
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.jsonfile import write_json_atomic
 from sockbench.machine import machine_info
 from sockbench.procfs import (TICK_S, busy_processes, foreign_process_s, irq_time_accounting, process_snapshot,
                              read_rss_bytes)
-from sockbench.servers.contract import format_peer
 from sockbench.servers.process import ServerProcess
 from sockbench.thresholds import BEHIND_FRACTION, CLIENT_BOUND_UTIL, SERVER_BOUND_UTIL, STALL_S
 from sockbench.timestamps import iso_utc
@@ -138,29 +140,38 @@ BUSY_NAMED = 3
 # --- the run ---------------------------------------------------------------------------------
 
 
-def _resolve(host, port, mode):
+def _resolve(endpoint):
+    """``endpoint`` with a numeric host, as the load processes connect to it (a unix endpoint as it is).
+
+    tcp takes the family from the name (``localhost`` may be ::1: then tcp6);
+    tcp6 resolves in AF_INET6 only.
+    """
+    if endpoint.transport == "unix":
+        return endpoint
     try:
-        family = socket.AF_INET if mode == "connect" else socket.AF_UNSPEC
-        infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+        family = socket.AF_INET6 if endpoint.transport == "tcp6" else socket.AF_UNSPEC
+        infos = socket.getaddrinfo(endpoint.host, endpoint.port, family, socket.SOCK_STREAM)
     except socket.gaierror as e:
-        what = "an IPv4 address" if mode == "connect" else "an address"
-        raise UsageError(f"cannot resolve {host!r} to {what}: {e.strerror}") from None
-    family, _, _, _, addr = infos[0]
-    return family, addr[0], addr[1]
+        what = "an IPv6 address" if endpoint.transport == "tcp6" else "an address"
+        raise UsageError(f"cannot resolve {endpoint.host!r} to {what}: {e.strerror}") from None
+    addr = infos[0][4]
+    return Endpoint(endpoint.transport, addr[0], addr[1])
 
 
-def _probe(family, host, port):
+def _probe(endpoint):
     """One connection before any load: a refused connection is a clear one-line error."""
-    s = socket.socket(family, socket.SOCK_STREAM)
+    s = socket.socket(endpoint.family, socket.SOCK_STREAM)
     s.settimeout(5.0)
     try:
-        s.connect((host, port))
+        s.connect(endpoint.sockaddr())
     except ConnectionRefusedError:
-        raise SockbenchError(f"connection refused by {format_peer((host, port))}: is an echo server listening there?") from None
+        raise SockbenchError(f"connection refused by {endpoint}: is an echo server listening there?") from None
+    except FileNotFoundError:
+        raise SockbenchError(f"no socket at {endpoint}: is an echo server listening there?") from None
     except TimeoutError:
-        raise SockbenchError(f"connecting to {format_peer((host, port))} timed out") from None
+        raise SockbenchError(f"connecting to {endpoint} timed out") from None
     except OSError as e:
-        raise SockbenchError(f"cannot connect to {format_peer((host, port))}: {e.strerror or e}") from None
+        raise SockbenchError(f"cannot connect to {endpoint}: {e.strerror or e}") from None
     finally:
         s.close()
 
@@ -250,10 +261,9 @@ def run_load(spec, json_path=None, on_window=None):
     if spec.server is not None:
         extra = ("--protocol", spec.protocol) if spec.protocol != "raw" else ()
         with ServerProcess(spec.server, spec.transport, cpus=spec.server_cpus, extra_args=extra) as server:
-            endpoint = server.endpoint
-            result = _run(spec, server, endpoint.host, endpoint.port, started_at, on_window)
+            result = _run(spec, server, server.endpoint, started_at, on_window)
     else:
-        result = _run(spec, None, spec.target.host, spec.target.port, started_at, on_window)
+        result = _run(spec, None, spec.target, started_at, on_window)
     if json_path is not None:
         write_json_atomic(json_path, result.to_json())
     return result
@@ -375,18 +385,18 @@ class _ServerWindow:
     process_s: object = None
 
 
-def _run(spec, server, host, port, started_at, on_window=None):
+def _run(spec, server, endpoint, started_at, on_window=None):
     """Connect, run the window, collect: the setup, the window and the collection, then the result."""
-    if spec.transport == "udp":
-        family, host, port = datagram.resolve(host, port)
-        datagram.probe(family, host, port)
+    if endpoint.transport == "udp":
+        endpoint = datagram.resolve(endpoint)
+        datagram.probe(endpoint)
     else:
-        family, host, port = _resolve(host, port, spec.mode)
-        _probe(family, host, port)
+        endpoint = _resolve(endpoint)
+        _probe(endpoint)
     _warn_busy(spec, server)
     workers = {}
     try:
-        _spawn_workers(spec, server, family, host, port, workers)
+        _spawn_workers(spec, server, endpoint, workers)
         _wait_ready(workers, server)
         # every process's CPU around the window: what caps the foreign time (bench/load/interference.py)
         before = process_snapshot()
@@ -398,7 +408,7 @@ def _run(spec, server, host, port, started_at, on_window=None):
             w.stop()
     own = [w.proc.pid for w in workers.values()] + ([server.pid] if server is not None else [])
     srv.process_s = lambda cpus: foreign_process_s(before, after, cpus, own=own)
-    return _build_result(spec, server, host, port, started_at, procs, problems, srv)
+    return _build_result(spec, server, endpoint, started_at, procs, problems, srv)
 
 
 def _warn_busy(spec, server):
@@ -409,13 +419,14 @@ def _warn_busy(spec, server):
         print(warning, file=sys.stderr, flush=True)
 
 
-def _spawn_workers(spec, server, family, host, port, workers):
+def _spawn_workers(spec, server, endpoint, workers):
     """Start one load process per share of the connections, into ``workers`` (index -> _Worker)."""
     cpus = spec.client_cpus
     first = 0
     for i, n in enumerate(_split(spec.conns, spec.procs)):
         p = WorkerParams(
-            index=i, host=host, port=port, family=int(family), mode=spec.mode, conns=n,
+            index=i, host=endpoint.host or "", port=endpoint.port or 0, family=int(endpoint.family),
+            transport=endpoint.transport, path=endpoint.path, mode=spec.mode, conns=n,
             first_cid=(first if spec.mode != "connect" else i),
             cid_step=(1 if spec.mode != "connect" else spec.procs),
             size=spec.size, depth=spec.depth,
@@ -426,7 +437,6 @@ def _spawn_workers(spec, server, family, host, port, workers):
             # the first load process reads the server's CPU and the CPUs' counters at the window's edges
             server_pid=server.pid if server is not None and i == 0 else 0,
             stat_cpus=_stat_cpus(spec, server) if i == 0 else (),
-            transport="udp" if spec.transport == "udp" else "tcp",
         )
         first += n
         with held_signals():
@@ -707,7 +717,7 @@ def _invalid_reasons(spec, rs, problems, merged, idle_s, fairness=None):
     return reasons
 
 
-def _build_result(spec, server, host, port, started_at, procs, problems, srv):
+def _build_result(spec, server, endpoint, started_at, procs, problems, srv):
     """The ``LoadResult`` of a run, from the load processes' ``ProcResult``s, the problems and the server's window."""
     rs = [procs[i] for i in sorted(procs)]
     merged = _aggregate(rs)
@@ -723,12 +733,12 @@ def _build_result(spec, server, host, port, started_at, procs, problems, srv):
     reasons += datagram.invalid_reasons(datagrams)
     second = hdr.summary_us(merged.h2, merged.mean2_ns)
     return LoadResult(
-        server=spec.server if spec.server is not None else f"{host}:{port}",
-        target=Target(host=host, port=port),
+        server=spec.server if spec.server is not None else endpoint.format(),
+        target=Target(host=endpoint.host, port=endpoint.port, path=endpoint.path),
         workload=Workload(
             mode=spec.mode,
             protocol=spec.protocol,
-            transport=spec.transport,
+            transport=endpoint.transport,
             conns=spec.conns,
             size=spec.size,
             depth=spec.depth,

@@ -37,8 +37,8 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 from sockbench.bench.load.datagram import connect_flows
+from sockbench.endpoints import Endpoint
 from sockbench.errors import SockbenchError
-from sockbench.servers.contract import format_peer
 from sockbench.thresholds import STALL_S
 
 __all__ = ["WorkerParams", "ProcResult", "run_worker", "main", "connect_all", "raise_nofile_limit", "MODES", "FD_HEADROOM"]
@@ -74,8 +74,17 @@ class WorkerParams:
     server_pid: int = 0
     #: the CPUs whose /proc/stat lines this process reads at the window's edges (the first one only)
     stat_cpus: tuple = ()
-    #: ``udp``: the connections are UDP flows and the loop is ``sockbench.ext.udpgen`` (``datagram.py``)
+    #: tcp, tcp6, unix or udp; for unix ``path`` is the socket (``host`` "" and ``port`` 0); udp: the
+    #: connections are UDP flows and the loop is ``sockbench.ext.udpgen`` (``datagram.py``)
     transport: str = "tcp"
+    path: str | None = None
+
+    @property
+    def endpoint(self):
+        """The target as an ``Endpoint``: ``host`` is already a numeric address (the harness resolved it)."""
+        if self.transport == "unix":
+            return Endpoint("unix", path=self.path)
+        return Endpoint(self.transport, self.host, self.port)
 
 
 @dataclass(frozen=True)
@@ -177,16 +186,22 @@ def raise_nofile_limit(needed):
     return needed
 
 
-def connect_all(host, port, family, n):
-    """``n`` connected, non-blocking TCP_NODELAY sockets, detached to raw fds (the loop closes them)."""
+def connect_all(endpoint, n):
+    """``n`` connected, non-blocking stream sockets to ``endpoint``, detached to raw fds (the loop closes them).
+
+    TCP ones with TCP_NODELAY; unix ones have no Nagle to turn off.
+    """
     fds = []
+    where = endpoint.format()
+    address = endpoint.sockaddr()
     try:
         for _ in range(n):
-            s = socket.socket(family, socket.SOCK_STREAM)
+            s = socket.socket(endpoint.family, socket.SOCK_STREAM)
             try:
                 s.settimeout(CONNECT_TIMEOUT_S)
-                s.connect((host, port))
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                s.connect(address)
+                if endpoint.family != socket.AF_UNIX:
+                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 s.setblocking(False)
             except BaseException:
                 s.close()
@@ -194,15 +209,15 @@ def connect_all(host, port, family, n):
             fds.append(s.detach())
     except ConnectionRefusedError:
         _close_all(fds)
-        raise SockbenchError(f"connection refused by {format_peer((host, port))}: is an echo server listening there?") from None
+        raise SockbenchError(f"connection refused by {where}: is an echo server listening there?") from None
     except TimeoutError:
         _close_all(fds)
-        raise SockbenchError(f"connecting to {format_peer((host, port))} timed out after {CONNECT_TIMEOUT_S:.0f} s") from None
+        raise SockbenchError(f"connecting to {where} timed out after {CONNECT_TIMEOUT_S:.0f} s") from None
     except OSError as e:
         _close_all(fds)
         if e.errno in (errno.EMFILE, errno.ENFILE):
             raise SockbenchError(f"out of file descriptors after {len(fds)} connections: {e.strerror}") from None
-        raise SockbenchError(f"cannot connect to {format_peer((host, port))}: {e.strerror or e}") from None
+        raise SockbenchError(f"cannot connect to {where}: {e.strerror or e}") from None
     return fds
 
 
@@ -250,14 +265,11 @@ def run_worker(p):
         from sockbench.ext import loadgen
 
         table = loadgen.pattern_table()
-        addr_be = port_be = 0
+        endpoint = p.endpoint
         if p.transport == "udp":
-            fds = connect_flows(p.host, p.port, p.family, p.conns)
-        elif p.mode == "connect":
-            addr_be = int.from_bytes(socket.inet_aton(p.host), sys.byteorder)  # network order in memory
-            port_be = socket.htons(p.port)
-        else:
-            fds = connect_all(p.host, p.port, p.family, p.conns)
+            fds = connect_flows(endpoint, p.conns)
+        elif p.mode != "connect":
+            fds = connect_all(endpoint, p.conns)
         _emit({"event": "ready"})
         msg = _read_line(START_WAIT_S)
         if msg is None:
@@ -271,7 +283,8 @@ def run_worker(p):
         r = loadgen.run_loop(
             MODES[p.mode], owned, p.first_cid, p.cid_step, p.conns, p.size, p.depth, p.rate,
             msg["start_ns"], msg["warm_end_ns"], msg["end_ns"], p.interval_ns, p.timeout_ns,
-            table, LAYOUT, addr_be, port_be, loadgen.PROTOCOLS.index(p.protocol), p.poll, p.server_pid,
+            table, LAYOUT, int(endpoint.family), endpoint.sockaddr(), loadgen.PROTOCOLS.index(p.protocol), p.poll,
+            p.server_pid,
             p.stat_cpus, int(STALL_S * 1e9),
         )
         _emit({"event": "result", "result": ProcResult.from_loop(r, p.index, p.cpus).to_json()})

@@ -19,32 +19,24 @@ each, in the verdict's colour: a figure under either must not be quoted.
 import json
 import sys
 
+from sockbench.endpoints import TRANSPORTS, check_transport, parse_target
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.thresholds import DISTURBED_SHARE
 from sockbench.units import arg, parse_cpus, parse_number, parse_size
 
-__all__ = ["add_arguments", "run_cli", "spec_from_args", "render_summary", "parse_target"]
+__all__ = ["add_arguments", "run_cli", "spec_from_args", "render_summary"]
 
 EXIT_INVALID = 1
-
-
-def parse_target(text):
-    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port); bad input is a usage error."""
-    raw = str(text).strip()
-    if raw.startswith("["):
-        host, sep, rest = raw[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    else:
-        host, sep, port = raw.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"bad --target {text!r}; use HOST:PORT such as 127.0.0.1:8888")
-    return host, int(port)
 
 
 def add_arguments(p):
     """The ``load`` subcommand's arguments (the design's "Load command" contract)."""
     p.add_argument("name", nargs="?", help="a registered server to start and load (see `sockbench servers`)")
-    p.add_argument("--target", metavar="HOST:PORT", help="load an echo server that is already running instead")
+    p.add_argument("--target", metavar="HOST:PORT",
+                   help="load an echo server that is already running instead: HOST:PORT, [V6]:PORT or unix:/PATH")
+    p.add_argument("--transport", type=arg(check_transport, "--transport"), default=None, metavar="|".join(TRANSPORTS),
+                   help="tcp (default), tcp6, unix or udp: what NAME is started on; with --target, its transport "
+                        "(default: the target's own)")
     p.add_argument("--mode", default="closed", help="closed (default), open or connect")
     p.add_argument("--conns", type=arg(parse_number, "--conns", kind=int), default=10, help="connections (default 10)")
     p.add_argument("--size", default="64", help="payload size per message: 64, 1k, 16k, 1m (default 64)")
@@ -70,9 +62,11 @@ def spec_from_args(args):
 
     if (args.name is None) == (args.target is None):
         raise UsageError("load: give a server NAME or --target HOST:PORT (exactly one)")
+    target = parse_target(args.target, args.transport) if args.target else None
     return LoadSpec(
         server=args.name,
-        target=parse_target(args.target) if args.target else None,
+        target=target,
+        transport=target.transport if target is not None else (args.transport or "tcp"),
         mode=args.mode,
         conns=args.conns,
         size=parse_size(args.size, name="--size"),
@@ -184,6 +178,8 @@ def _head(r):
     w = r.workload
     head = Text()
     head.append(f"{r.server}", style="bold")
+    if w.transport != "tcp":
+        head.append(f"  {w.transport}")
     head.append(f"  {w.mode}")
     if w.protocol != "raw":
         head.append(f"  {w.protocol}")
