@@ -55,6 +55,10 @@ Versions
     seconds its rates are over: up to the last answer) and
     ``server_proc.exit_status``.  Version-1 files read with these ``None``
     (not measured) and are written back as version 2.
+
+A udp result adds ``datagrams`` (sent, received, lost, duplicates,
+out_of_order, late, corrupt, loss_share; ``Datagrams``); a stream result has
+no such key, so every earlier file reads as it did.
 """
 
 import statistics
