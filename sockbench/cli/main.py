@@ -56,7 +56,8 @@ def _cmd_servers(args):
             missing.append(f"{spec.name}: {why}")
         table.add_row(spec.name, "[green]available[/]" if ok else f"[red]{why.split(' (', 1)[0]}[/]",
                       " ".join(spec.transports), spec.summary)
-    console = Console(width=max(100, Console().width), soft_wrap=True)
+    # wide enough that no model wraps under a long status ("not built") and four transports
+    console = Console(width=max(120, Console().width), soft_wrap=True)
     console.print(table)
     # the full reason, with the command that fixes it, on one unwrapped line per server
     for line in missing:
