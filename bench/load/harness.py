@@ -121,6 +121,7 @@ __all__ = [
     "ERROR_KINDS",
     "MAX_FRAMED_SIZE",
     "busy_warning",
+    "measure",
 ]
 
 #: between "every load process is ready" and the window's start
@@ -378,15 +379,28 @@ class _ServerWindow:
 def _run(spec, server, host, port, started_at, on_window=None):
     """Connect, run the window, collect: the setup, the window and the collection, then the result."""
     family, host, port = _resolve(host, port, spec.mode)
+    procs, problems, srv = measure(spec, server, family, host, port, on_window)
+    return _build_result(spec, server, host, port, started_at, procs, problems, srv)
+
+
+def measure(spec, server, family, host, port, on_window=None, start_at=None):
+    """Probe, start the load processes, run one window, collect: ``({index: ProcResult}, [problems], window)``.
+
+    ``start_at()``, when given, is called once every load process is ready
+    and returns the window's start on CLOCK_MONOTONIC (a load from several
+    hosts starts each at one shared instant); without it the window starts
+    ``START_MARGIN_S`` from now.  ``_build_result`` turns the three into a result.
+    """
     _probe(family, host, port)
     _warn_busy(spec, server)
     workers = {}
     try:
         _spawn_workers(spec, server, family, host, port, workers)
         _wait_ready(workers, server)
+        start_ns = start_at() if start_at is not None else None
         # every process's CPU around the window: what caps the foreign time (bench/load/interference.py)
         before = process_snapshot()
-        end_ns = _open_window(spec, workers, on_window)
+        end_ns = _open_window(spec, workers, on_window, start_ns)
         procs, problems, srv = _collect(spec, server, workers, end_ns)
         after = process_snapshot()
     finally:
@@ -394,7 +408,7 @@ def _run(spec, server, host, port, started_at, on_window=None):
             w.stop()
     own = [w.proc.pid for w in workers.values()] + ([server.pid] if server is not None else [])
     srv.process_s = lambda cpus: foreign_process_s(before, after, cpus, own=own)
-    return _build_result(spec, server, host, port, started_at, procs, problems, srv)
+    return procs, problems, srv
 
 
 def _warn_busy(spec, server):
@@ -450,9 +464,10 @@ def _wait_ready(workers, server):
         raise SockbenchError(f"{len(late)} load process(es) did not connect within {READY_TIMEOUT_S:.0f} s")
 
 
-def _open_window(spec, workers, on_window):
+def _open_window(spec, workers, on_window, start_ns=None):
     """Fix one window for every load process (CLOCK_MONOTONIC) and send it; return its end."""
-    start_ns = time.monotonic_ns() + int(START_MARGIN_S * 1e9)
+    if start_ns is None:
+        start_ns = time.monotonic_ns() + int(START_MARGIN_S * 1e9)
     warm_end_ns = start_ns + int(spec.warmup_s * 1e9)
     end_ns = warm_end_ns + int(spec.duration_s * 1e9)
     if on_window is not None:

@@ -124,6 +124,8 @@ class ProcResult:
     cpu_stat: list | None = None
     conn_msgs: list | None = None
     starved: int | None = None
+    #: how long after ``start_ns`` the process woke up to start its loop (what a shared start instant costs)
+    start_late_ns: int | None = None
 
     @classmethod
     def from_loop(cls, r, index, cpus):
@@ -256,6 +258,7 @@ def run_worker(p):
         delay = (msg["start_ns"] - time.monotonic_ns()) / 1e9
         if delay > 0:
             time.sleep(delay)
+        late_ns = time.monotonic_ns() - msg["start_ns"]
         owned, fds = fds, []
         r = loadgen.run_loop(
             MODES[p.mode], owned, p.first_cid, p.cid_step, p.conns, p.size, p.depth, p.rate,
@@ -263,7 +266,8 @@ def run_worker(p):
             table, LAYOUT, addr_be, port_be, loadgen.PROTOCOLS.index(p.protocol), p.poll, p.server_pid,
             p.stat_cpus, int(STALL_S * 1e9),
         )
-        _emit({"event": "result", "result": ProcResult.from_loop(r, p.index, p.cpus).to_json()})
+        result = replace(ProcResult.from_loop(r, p.index, p.cpus), start_late_ns=late_ns)
+        _emit({"event": "result", "result": result.to_json()})
         return 0
     except SockbenchError as e:
         _emit({"event": "error", "message": str(e)})
