@@ -21,7 +21,10 @@ import socket
 from sockbench.errors import UsageError
 from sockbench.units import parse_cpus
 
-__all__ = ["add_arguments", "run_cli"]
+__all__ = ["add_arguments", "run_cli", "HEARTBEAT_S"]
+
+#: the worker's heartbeat to the scheduler, in seconds (Dask asks a small cluster for 0.5 s)
+HEARTBEAT_S = 2.0
 
 
 def add_arguments(p):
@@ -57,13 +60,33 @@ def run_cli(args):
     return 0
 
 
+def _quiet_worker_class(distributed):
+    """A ``distributed.Worker`` whose heartbeat keeps ``HEARTBEAT_S`` instead of the scheduler's suggestion.
+
+    The scheduler asks a small cluster for a heartbeat every 0.5 s, the one
+    periodic job left that costs the idle worker measurably (each gathers and
+    sends the worker's metrics).  The scheduler drops a worker only after
+    ``worker-ttl`` (5 minutes) without one, and sees a dead worker at once by
+    its closed connection, so a slower heartbeat loses nothing sockbench uses.
+    """
+
+    class QuietWorker(distributed.Worker):
+        async def heartbeat(self):
+            await super().heartbeat()
+            pc = self.periodic_callbacks.get("heartbeat")
+            if pc is not None:
+                pc.callback_time = HEARTBEAT_S * 1000
+
+    return QuietWorker
+
+
 async def _serve(distributed, scheduler, name):
     """Run the worker until SIGTERM/SIGINT, then close it (it leaves the scheduler)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with distributed.Worker(scheduler, name=name, nthreads=1, dashboard=False) as worker:
+    async with _quiet_worker_class(distributed)(scheduler, name=name, nthreads=1, dashboard=False) as worker:
         print(json.dumps({"event": "ready", "worker": name, "address": worker.address, "pid": os.getpid()}), flush=True)
         done = asyncio.ensure_future(worker.finished())
         await asyncio.wait([done, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
