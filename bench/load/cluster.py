@@ -172,13 +172,15 @@ def local_address_towards(scheduler):
         return s.getsockname()[0]
 
 
-def run_cluster_load(spec, scheduler, hosts=None, json_path=None, log=None):
+def run_cluster_load(spec, scheduler, hosts=None, json_path=None, log=None, on_window=None):
     """Run ``spec`` from several hosts through the Dask scheduler ``scheduler``; return the merged ``LoadResult``.
 
     ``spec.conns`` is the total over hosts and ``spec.procs`` the load
     processes on each.  With ``spec.server`` the server is started here, on
     the address that faces the scheduler, pinned to ``spec.server_cpus``.
-    ``log(line)`` gets the warnings (default: stderr).
+    ``log(line)`` gets the warnings (default: stderr); ``on_window(start_ns,
+    end_ns)`` is told the window on this machine's CLOCK_MONOTONIC, as
+    ``run_load`` tells it.
     """
     log = log or (lambda line: print(f"sockbench: warning: {line}", file=sys.stderr, flush=True))
     # the client CPUs are checked on each host, where they are; here, everything else
@@ -191,9 +193,9 @@ def run_cluster_load(spec, scheduler, hosts=None, json_path=None, log=None):
             extra = ("--protocol", spec.protocol) if spec.protocol != "raw" else ()
             with ServerProcess(spec.server, host=local_address_towards(scheduler), cpus=spec.server_cpus,
                                extra_args=extra) as server:
-                result = _coordinate(client, spec, chosen, server, server.address, started_at, log)
+                result = _coordinate(client, spec, chosen, server, server.address, started_at, log, on_window)
         else:
-            result = _coordinate(client, spec, chosen, None, spec.target, started_at, log)
+            result = _coordinate(client, spec, chosen, None, spec.target, started_at, log, on_window)
     finally:
         client.close()
     if json_path is not None:
@@ -201,7 +203,7 @@ def run_cluster_load(spec, scheduler, hosts=None, json_path=None, log=None):
     return result
 
 
-def _coordinate(client, spec, chosen, server, target, started_at, log):
+def _coordinate(client, spec, chosen, server, target, started_at, log, on_window=None):
     """Place one task per host, start them at one instant, collect, merge."""
     # deferred: distributed is the optional extra (connect() checked it is there)
     import distributed
@@ -220,6 +222,9 @@ def _coordinate(client, spec, chosen, server, target, started_at, log):
         offsets = measure_offsets(client, [addr for _, addr in chosen])
         instant_ns = time.time_ns() + int(START_LEAD_S * 1e9)
         start.set({"start_wall_ns": instant_ns})
+        if on_window is not None:
+            start_ns = time.monotonic_ns() + (instant_ns - time.time_ns())
+            on_window(start_ns, start_ns + int((spec.warmup_s + spec.duration_s) * 1e9))
         srv = _server_window(server, instant_ns, spec)
         answers, problems = _collect(client, futures, chosen, instant_ns, spec)
     except BaseException:
