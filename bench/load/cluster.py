@@ -67,6 +67,7 @@ from sockbench.timestamps import iso_utc
 
 __all__ = [
     "WORKER_CONFIG",
+    "HOST_CPUS_ENV",
     "CONNECT_TIMEOUT_S",
     "START_LEAD_S",
     "connect",
@@ -86,6 +87,9 @@ WORKER_CONFIG = {
     "distributed.admin.system-monitor.interval": "10s",
     "distributed.worker.memory.monitor-interval": "10s",
 }
+#: set by ``sockbench cluster-worker`` before it pins itself: the CPUs the host's load may use (the
+#: worker's own pinning must not narrow them; its task thread widens its mask back while it spawns)
+HOST_CPUS_ENV = "SOCKBENCH_HOST_CPUS"
 #: how long the coordinator tries to reach the scheduler
 CONNECT_TIMEOUT_S = 5.0
 #: between the last host's "ready" and the shared start instant: the instant must reach every host first
@@ -427,7 +431,12 @@ def host_load(run_id, name, spec):
         cpu["before"] = (read_proc_stat(os.getpid()), read_task_cpu_s(os.getpid()), time.monotonic())
         return time.monotonic_ns() + (msg["start_wall_ns"] - time.time_ns())
 
+    pinned = os.sched_getaffinity(0)
+    host_cpus = os.environ.get(HOST_CPUS_ENV)
     try:
+        if host_cpus:
+            # this thread only (pid 0): the load processes it spawns inherit its mask, then pin themselves
+            os.sched_setaffinity(0, [int(c) for c in host_cpus.split(",")])
         spec.validate()
         family, host, port = _resolve(spec.target[0], spec.target[1], spec.mode)
         procs, problems, srv = measure(spec, None, family, host, port, start_at=start_at)
@@ -435,6 +444,8 @@ def host_load(run_id, name, spec):
         # the harness's lines name the target they could not reach
         queue.put({"host": name, "event": "error", "message": str(e)})
         return {"error": str(e)}
+    finally:
+        os.sched_setaffinity(0, pinned)
     after = (read_proc_stat(os.getpid()), read_task_cpu_s(os.getpid()), time.monotonic())
     result = _build_result(spec, None, host, port, started_at, procs, problems, srv)
     (u0, s0), exact0, t0 = cpu["before"]

@@ -44,7 +44,7 @@ def run_cli(args):
     except ImportError:
         raise UsageError("cluster-worker needs Dask distributed: pip install 'sockbench[cluster]'") from None
     # deferred: the load room is imported only by the commands that load
-    from sockbench.bench.load.cluster import WORKER_CONFIG
+    from sockbench.bench.load.cluster import HOST_CPUS_ENV, WORKER_CONFIG
 
     if "://" not in args.scheduler:
         raise UsageError(f"bad --scheduler {args.scheduler!r}; use tcp://HOST:PORT")
@@ -54,6 +54,8 @@ def run_cli(args):
         if missing:
             raise UsageError(f"--cpus {','.join(map(str, missing))} not available here; usable CPUs: "
                              f"{','.join(map(str, sorted(os.sched_getaffinity(0))))}")
+        # the load processes the worker starts may still use every CPU it was given
+        os.environ[HOST_CPUS_ENV] = ",".join(map(str, sorted(os.sched_getaffinity(0))))
         os.sched_setaffinity(0, cpus)
     dask.config.set(WORKER_CONFIG)
     asyncio.run(_serve(distributed, args.scheduler, args.name or socket.gethostname()))
