@@ -5,8 +5,11 @@ Why it is built this way: a load from several hosts (``sockbench load
 worker; what sockbench adds is the worker's tuning, because it shares the
 machine with the load it measures.  One thread (a host runs one load task at
 a time), no nanny (a second process that only watches the first), the
-profiler off and the ticks and monitors slowed (``cluster.WORKER_CONFIG``):
-Dask's defaults idle at about 2.3% of a core, these at about 0.3%.
+profiler off and the ticks and monitors slowed (``cluster.WORKER_CONFIG``),
+and a heartbeat every ``HEARTBEAT_S`` instead of the 0.5 s the scheduler asks
+of a small cluster: a plain ``dask worker --no-nanny --nthreads 1`` idled at
+about 4% of a core here, this one at 0.3-0.4% (12 s windows on a loaded
+2-CPU machine).
 ``--cpus`` pins it away from the load processes' CPUs.  The worker runs in
 this process (``distributed.Worker``), so its pid is the one to stop: SIGTERM
 or SIGINT closes it and it leaves the scheduler.
