@@ -54,7 +54,11 @@ Versions
     run whose server exited inside the window ``throughput.measured_s`` (the
     seconds its rates are over: up to the last answer) and
     ``server_proc.exit_status``.  Version-1 files read with these ``None``
-    (not measured) and are written back as version 2.
+    (not measured) and are written back as version 2.  A load from several
+    hosts (``--cluster``) adds ``hosts``, one ``HostPart`` per load host
+    (its throughput, latency, CPU, ``client_bound``, errors, the Dask
+    worker's own CPU, its clock offset); the top-level figures stay the
+    merged totals, so a reader that knows no ``hosts`` reads it as before.
 
 A udp result adds ``datagrams`` (sent, received, lost, duplicates,
 out_of_order, late, corrupt, loss_share; ``Datagrams``); a stream result has
@@ -88,6 +92,9 @@ __all__ = [
     "Fairness",
     "Datagrams",
     "jain_index",
+    "WorkerCpu",
+    "ClockOffset",
+    "HostPart",
     "CellContext",
     "LoadResult",
     "RoundSummary",
@@ -820,6 +827,121 @@ class Datagrams:
 
 
 @dataclass(frozen=True)
+class WorkerCpu:
+    """The Dask worker's own CPU on a load host (``sockbench cluster-worker``) over the load's window.
+
+    ``span_s`` is the time it was measured over (from just before the window to
+    the last load process's answer); ``util`` the share of one CPU.
+    """
+
+    user_s: float | None = None
+    sys_s: float | None = None
+    span_s: float | None = None
+    util: float | None = None
+
+    def to_json(self):
+        return {"user_s": self.user_s, "sys_s": self.sys_s, "span_s": self.span_s, "util": self.util}
+
+    @classmethod
+    def from_json(cls, d, source="the result"):
+        return cls(user_s=d.get("user_s"), sys_s=d.get("sys_s"), span_s=d.get("span_s"), util=d.get("util"))
+
+
+@dataclass(frozen=True)
+class ClockOffset:
+    """A load host's wall clock against the coordinator's, by sockbench's NTP-style exchange.
+
+    ``offset_s`` is host minus coordinator, known within ``± delay_s / 2``;
+    ``too_large``: off by more than ``CLOCK_OFFSET_SHARE`` of the window (a warning).
+    """
+
+    offset_s: float | None = None
+    delay_s: float | None = None
+    too_large: bool = False
+
+    def to_json(self):
+        return {"offset_s": self.offset_s, "delay_s": self.delay_s, "too_large": self.too_large}
+
+    @classmethod
+    def from_json(cls, d, source="the result"):
+        return cls(offset_s=d.get("offset_s"), delay_s=d.get("delay_s"), too_large=bool(d.get("too_large", False)))
+
+
+@dataclass(frozen=True)
+class HostPart:
+    """One load host's share of a load from several hosts (``--cluster``); the result's totals merge them.
+
+    ``name`` is the Dask worker's name, ``address`` its address; the figures are
+    that host's own, as a one-host result would give them.  ``start_late_s`` is
+    how long after the shared start instant its last load process started (in
+    the host's own clock); ``worker_cpu`` the Dask worker's own CPU meanwhile.
+    A host that died or failed keeps its name and reason with empty figures.
+    """
+
+    name: str
+    address: str | None = None
+    conns: int | None = None
+    procs: int | None = None
+    valid: bool = False
+    invalid_reason: str | None = None
+    throughput: Throughput | None = None
+    latency_us: Latency | None = None
+    errors: Errors = field(default_factory=Errors)
+    client: Client = field(default_factory=Client)
+    client_bound: bool = False
+    interference: Interference | None = None
+    worker_cpu: WorkerCpu = field(default_factory=WorkerCpu)
+    clock: ClockOffset = field(default_factory=ClockOffset)
+    start_late_s: float | None = None
+    machine: Machine | None = None
+
+    def to_json(self):
+        return {
+            "name": self.name,
+            "address": self.address,
+            "conns": self.conns,
+            "procs": self.procs,
+            "valid": self.valid,
+            "invalid_reason": self.invalid_reason,
+            "throughput": self.throughput.to_json() if self.throughput is not None else None,
+            "latency_us": self.latency_us.to_json() if self.latency_us is not None else None,
+            "errors": self.errors.to_json(),
+            "client": self.client.to_json(),
+            "client_bound": self.client_bound,
+            "interference": self.interference.to_json() if self.interference is not None else None,
+            "worker_cpu": self.worker_cpu.to_json(),
+            "clock": self.clock.to_json(),
+            "start_late_s": self.start_late_s,
+            "machine": self.machine.to_json() if self.machine is not None else None,
+        }
+
+    @classmethod
+    def from_json(cls, d, source="the result"):
+        if not isinstance(d, dict) or not d.get("name"):
+            raise SchemaError(f"{source} has a malformed hosts entry; it is not a sockbench result")
+        tp, lat = _obj(d, "throughput", source), _obj(d, "latency_us", source)
+        interference, machine = _obj(d, "interference", source), _obj(d, "machine", source)
+        return cls(
+            name=str(d["name"]),
+            address=d.get("address"),
+            conns=d.get("conns"),
+            procs=d.get("procs"),
+            valid=bool(d.get("valid", False)),
+            invalid_reason=d.get("invalid_reason"),
+            throughput=Throughput.from_json(tp, source) if tp is not None else None,
+            latency_us=Latency.from_json(lat, source) if lat is not None else None,
+            errors=Errors.from_json(_obj(d, "errors", source, {}), source),
+            client=Client.from_json(_obj(d, "client", source, {}), source),
+            client_bound=bool(d.get("client_bound", False)),
+            interference=Interference.from_json(interference, source) if interference is not None else None,
+            worker_cpu=WorkerCpu.from_json(_obj(d, "worker_cpu", source, {}), source),
+            clock=ClockOffset.from_json(_obj(d, "clock", source, {}), source),
+            start_late_s=d.get("start_late_s"),
+            machine=Machine.from_json(machine, source) if machine is not None else None,
+        )
+
+
+@dataclass(frozen=True)
 class CellContext:
     """What the suite attaches to a result: the cell it is a round of, and where that round stands.
 
@@ -886,6 +1008,15 @@ class CellContext:
 # --- the result ---------------------------------------------------------------------------------
 
 
+def _hosts(v, source):
+    """A result's ``hosts`` list (None: a load from one machine)."""
+    if v is None:
+        return None
+    if not isinstance(v, list):
+        raise SchemaError(f"{source} is corrupt: hosts is not a list")
+    return [HostPart.from_json(h, source) for h in v]
+
+
 @dataclass(frozen=True)
 class LoadResult:
     """One load run, as ``run_load`` returns it and ``raw/*.json`` holds it.
@@ -924,6 +1055,8 @@ class LoadResult:
     cell: CellContext | None = None
     interference: Interference | None = None
     fairness: Fairness | None = None
+    #: a load from several hosts: each host's part (None for a load from this machine alone)
+    hosts: list | None = None
     schema: int = SCHEMA_VERSION
     datagrams: Datagrams | None = None
 
@@ -957,6 +1090,7 @@ class LoadResult:
             fairness=self.fairness.to_json() if self.fairness is not None else None,
         )
         _put(out, "datagrams", self.datagrams.to_json() if self.datagrams is not None else None)
+        _put(out, "hosts", [h.to_json() for h in self.hosts] if self.hosts is not None else None)
         _put(out, "cell", self.cell.to_json() if self.cell is not None else None)
         return out
 
@@ -1006,6 +1140,7 @@ class LoadResult:
             interference=Interference.from_json(interference, source) if interference is not None else None,
             fairness=Fairness.from_json(fairness, source) if fairness is not None else None,
             datagrams=Datagrams.from_json(datagrams, source) if datagrams is not None else None,
+            hosts=_hosts(d.get("hosts"), source),
         )
 
     # --- what a result is a round of ---------------------------------------------------------

@@ -5,7 +5,8 @@ that show it, and by the calibration tools that judge their own runs, so a
 flag means the same thing wherever it appears.
 """
 
-__all__ = ["CLIENT_BOUND_UTIL", "SERVER_BOUND_UTIL", "UNSTABLE_SPREAD", "BEHIND_FRACTION", "STALL_S", "DISTURBED_SHARE"]
+__all__ = ["CLIENT_BOUND_UTIL", "SERVER_BOUND_UTIL", "UNSTABLE_SPREAD", "BEHIND_FRACTION", "STALL_S", "DISTURBED_SHARE",
+           "CLOCK_OFFSET_SHARE"]
 
 #: the load CPUs at least this busy: the figure measures the client as much as the server ("client-bound")
 CLIENT_BOUND_UTIL = 0.95
@@ -20,3 +21,6 @@ STALL_S = 1.0
 #: foreign work (or the hypervisor's steal) on a side's pinned CPUs of at least this share of one CPU over
 #: the window: the figure measures the neighbours as much as the server ("disturbed")
 DISTURBED_SHARE = 0.05
+#: a load from several hosts: a host's clock off the coordinator's by more than this share of the measured
+#: window starts its load visibly early or late (a warning; chrony keeps LAN clocks microseconds apart)
+CLOCK_OFFSET_SHARE = 0.01

@@ -123,6 +123,7 @@ __all__ = [
     "ERROR_KINDS",
     "MAX_FRAMED_SIZE",
     "busy_warning",
+    "measure",
 ]
 
 #: between "every load process is ready" and the window's start
@@ -156,6 +157,11 @@ def _resolve(endpoint):
         raise UsageError(f"cannot resolve {endpoint.host!r} to {what}: {e.strerror}") from None
     addr = infos[0][4]
     return Endpoint(endpoint.transport, addr[0], addr[1])
+
+
+def resolve(endpoint):
+    """``endpoint`` as the load processes reach it: a numeric host for an IP transport, a unix path as it is."""
+    return datagram.resolve(endpoint) if endpoint.transport == "udp" else _resolve(endpoint)
 
 
 def _probe(endpoint):
@@ -387,20 +393,33 @@ class _ServerWindow:
 
 def _run(spec, server, endpoint, started_at, on_window=None):
     """Connect, run the window, collect: the setup, the window and the collection, then the result."""
+    endpoint = resolve(endpoint)
+    procs, problems, srv = measure(spec, server, endpoint, on_window)
+    return _build_result(spec, server, endpoint, started_at, procs, problems, srv)
+
+
+def measure(spec, server, endpoint, on_window=None, start_at=None):
+    """Probe, start the load processes, run one window, collect: ``({index: ProcResult}, [problems], window)``.
+
+    ``endpoint`` is already resolved (``resolve``).  ``start_at()``, when
+    given, is called once every load process is ready and returns the
+    window's start on CLOCK_MONOTONIC (a load from several hosts starts each
+    at one shared instant); without it the window starts ``START_MARGIN_S``
+    from now.  ``_build_result`` turns the three into a result.
+    """
     if endpoint.transport == "udp":
-        endpoint = datagram.resolve(endpoint)
         datagram.probe(endpoint)
     else:
-        endpoint = _resolve(endpoint)
         _probe(endpoint)
     _warn_busy(spec, server)
     workers = {}
     try:
         _spawn_workers(spec, server, endpoint, workers)
         _wait_ready(workers, server)
+        start_ns = start_at() if start_at is not None else None
         # every process's CPU around the window: what caps the foreign time (bench/load/interference.py)
         before = process_snapshot()
-        end_ns = _open_window(spec, workers, on_window)
+        end_ns = _open_window(spec, workers, on_window, start_ns)
         procs, problems, srv = _collect(spec, server, workers, end_ns)
         after = process_snapshot()
     finally:
@@ -408,7 +427,7 @@ def _run(spec, server, endpoint, started_at, on_window=None):
             w.stop()
     own = [w.proc.pid for w in workers.values()] + ([server.pid] if server is not None else [])
     srv.process_s = lambda cpus: foreign_process_s(before, after, cpus, own=own)
-    return _build_result(spec, server, endpoint, started_at, procs, problems, srv)
+    return procs, problems, srv
 
 
 def _warn_busy(spec, server):
@@ -465,9 +484,10 @@ def _wait_ready(workers, server):
         raise SockbenchError(f"{len(late)} load process(es) did not connect within {READY_TIMEOUT_S:.0f} s")
 
 
-def _open_window(spec, workers, on_window):
+def _open_window(spec, workers, on_window, start_ns=None):
     """Fix one window for every load process (CLOCK_MONOTONIC) and send it; return its end."""
-    start_ns = time.monotonic_ns() + int(START_MARGIN_S * 1e9)
+    if start_ns is None:
+        start_ns = time.monotonic_ns() + int(START_MARGIN_S * 1e9)
     warm_end_ns = start_ns + int(spec.warmup_s * 1e9)
     end_ns = warm_end_ns + int(spec.duration_s * 1e9)
     if on_window is not None:

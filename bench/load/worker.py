@@ -139,6 +139,8 @@ class ProcResult:
     starved: int | None = None
     #: udp: the loop's datagram accounting (``sockbench.ext.udpgen``), None for a stream
     datagrams: dict | None = None
+    #: how long after ``start_ns`` the process woke up to start its loop (what a shared start instant costs)
+    start_late_ns: int | None = None
 
     @classmethod
     def from_loop(cls, r, index, cpus):
@@ -277,9 +279,10 @@ def run_worker(p):
         delay = (msg["start_ns"] - time.monotonic_ns()) / 1e9
         if delay > 0:
             time.sleep(delay)
+        late_ns = time.monotonic_ns() - msg["start_ns"]
         owned, fds = fds, []
         if p.transport == "udp":
-            return _run_datagrams(p, msg, owned, table)
+            return _run_datagrams(p, msg, owned, table, late_ns)
         r = loadgen.run_loop(
             MODES[p.mode], owned, p.first_cid, p.cid_step, p.conns, p.size, p.depth, p.rate,
             msg["start_ns"], msg["warm_end_ns"], msg["end_ns"], p.interval_ns, p.timeout_ns,
@@ -287,7 +290,8 @@ def run_worker(p):
             p.server_pid,
             p.stat_cpus, int(STALL_S * 1e9),
         )
-        _emit({"event": "result", "result": ProcResult.from_loop(r, p.index, p.cpus).to_json()})
+        result = replace(ProcResult.from_loop(r, p.index, p.cpus), start_late_ns=late_ns)
+        _emit({"event": "result", "result": result.to_json()})
         return 0
     except SockbenchError as e:
         _emit({"event": "error", "message": str(e)})
@@ -299,7 +303,7 @@ def run_worker(p):
         _close_all(fds)
 
 
-def _run_datagrams(p, msg, owned, table):
+def _run_datagrams(p, msg, owned, table, late_ns):
     """The UDP flows' loop (``sockbench.ext.udpgen``), reported like the stream loop's."""
     # deferred: the extensions are needed in a load process only, not in the harness
     from sockbench.bench.load.hdr import LAYOUT
@@ -310,7 +314,8 @@ def _run_datagrams(p, msg, owned, table):
         msg["start_ns"], msg["warm_end_ns"], msg["end_ns"], p.interval_ns, p.timeout_ns, table, LAYOUT,
         p.poll, p.server_pid, p.stat_cpus, int(STALL_S * 1e9),
     )
-    _emit({"event": "result", "result": ProcResult.from_loop(r, p.index, p.cpus).to_json()})
+    result = replace(ProcResult.from_loop(r, p.index, p.cpus), start_late_ns=late_ns)
+    _emit({"event": "result", "result": result.to_json()})
     return 0
 
 

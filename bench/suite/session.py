@@ -40,6 +40,7 @@ were filtered out, one closed-loop calibration run measures it
 (``calibration/<server>.json``).
 """
 
+import functools
 import json
 import os
 import sys
@@ -157,6 +158,18 @@ class CellRun:
         return CellStats(self.cell, list(self.results), list(self.discarded), ci_target=self.ci_target)
 
 
+def _load_runner(plan):
+    """``run_load``, or with ``sockbench run --cluster`` (the plan's ``extra["cluster"]``) the load from several
+    hosts through that Dask scheduler."""
+    cluster = plan.extra.get("cluster")
+    if not cluster:
+        return run_load
+    # deferred: the coordinator imports Dask's client only when a cluster run asks for it
+    from sockbench.bench.load.cluster import run_cluster_load
+
+    return functools.partial(run_cluster_load, scheduler=cluster["scheduler"], hosts=cluster.get("hosts"))
+
+
 class SuiteContext:
     """The session state of one suite run: plan, folder, peaks, the run budget, progress."""
 
@@ -167,7 +180,7 @@ class SuiteContext:
         self.index = {c.id: i for i, c in enumerate(self.cells)}
         self.peaks = {}
         #: the load run, ``run_load(spec, on_window=...)``, and the clock of the budgets (a test gives its own)
-        self.run = run or run_load
+        self.run = run or _load_runner(plan)
         self.clock = clock
         #: True when the suite runs by hand and so keeps meta.json itself (else ``sockbench run`` does)
         self.owns_meta = False

@@ -52,7 +52,19 @@ def add_arguments(p):
     p.add_argument("--interval", type=arg(parse_number, "--interval"), default=0.1, help="time-series interval in seconds (default 0.1)")
     p.add_argument("--timeout", type=arg(parse_number, "--timeout"), default=5.0, help="seconds before an unanswered message is an error (default 5)")
     p.add_argument("--json", metavar="PATH", help="write the result JSON here (- for stdout)")
+    p.add_argument("--cluster", metavar="tcp://HOST:PORT",
+                   help="load from several hosts: the Dask scheduler their `sockbench cluster-worker`s joined "
+                        "(--conns is the total, --procs per host)")
+    p.add_argument("--hosts", metavar="NAMES", help="with --cluster: these workers only, by name (default: all)")
     return p
+
+
+def _cluster_load(spec, args):
+    # deferred: the cluster coordinator, as the harness in run_cli
+    from sockbench.bench.load.cluster import run_cluster_load
+
+    hosts = [h.strip() for h in args.hosts.split(",") if h.strip()] if args.hosts else None
+    return run_cluster_load(spec, args.cluster, hosts=hosts)
 
 
 def spec_from_args(args):
@@ -62,8 +74,10 @@ def spec_from_args(args):
 
     if (args.name is None) == (args.target is None):
         raise UsageError("load: give a server NAME or --target HOST:PORT (exactly one)")
+    if getattr(args, "hosts", None) and not getattr(args, "cluster", None):
+        raise UsageError("--hosts names load hosts of --cluster; give --cluster tcp://HOST:PORT too")
     target = parse_target(args.target, args.transport) if args.target else None
-    return LoadSpec(
+    spec = LoadSpec(
         server=args.name,
         target=target,
         transport=target.transport if target is not None else (args.transport or "tcp"),
@@ -80,7 +94,9 @@ def spec_from_args(args):
         interval_s=args.interval,
         timeout_s=args.timeout,
         protocol=args.protocol,
-    ).validate()
+    )
+    # a load from several hosts checks the client CPUs on each host, where they are
+    return spec if getattr(args, "cluster", None) else spec.validate()
 
 
 def run_cli(args):
@@ -97,7 +113,7 @@ def run_cli(args):
     console = Console(stderr=to_stdout)
     with console.status(f"loading {spec.server or args.target}: {spec.mode}, {spec.protocol}, {spec.conns} conns, "
                         f"{spec.warmup_s:g} s warmup + {spec.duration_s:g} s ..."):
-        result = run_load(spec)
+        result = _cluster_load(spec, args) if args.cluster else run_load(spec)
     if to_stdout:
         sys.stdout.write(json.dumps(result.to_json()) + "\n")
         sys.stdout.flush()

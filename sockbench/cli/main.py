@@ -14,6 +14,7 @@ rich, the harness and the report (matplotlib) when they run.
 import argparse
 import sys
 
+from sockbench.cli import cluster as cluster_cmd
 from sockbench.cli import load as load_cmd
 from sockbench.cli import run as run_cmd
 from sockbench.endpoints import TRANSPORTS, check_transport
@@ -93,6 +94,10 @@ def build_parser():
     s = sub.add_parser("load", help="load one server (NAME or --target HOST:PORT); print a summary, write the result JSON")
     load_cmd.add_arguments(s)
     s.set_defaults(func=load_cmd.run_cli)
+
+    s = sub.add_parser("cluster-worker", help="a Dask worker tuned for a load host (for load --cluster)")
+    cluster_cmd.add_arguments(s)
+    s.set_defaults(func=cluster_cmd.run_cli)
 
     s = sub.add_parser("run", help="the main job: run the benchmark suite, write results/<UTC time>/ with a report")
     run_cmd.add_run_arguments(s)

@@ -8,6 +8,7 @@ arguments and entry points live here, and the code they drive (the suite's
 exit.
 """
 
+import dataclasses
 import sys
 
 from sockbench.errors import SockbenchError
@@ -71,6 +72,9 @@ def add_run_arguments(p):
     p.add_argument("--server-cpus", type=arg(parse_cpus, "--server-cpus"), metavar="LIST", help="CPUs for the server (default 0)")
     p.add_argument("--client-cpus", type=arg(parse_cpus, "--client-cpus"), metavar="LIST", help="CPUs for the load client (default 1)")
     p.add_argument("--out", metavar="DIR", help="results folder to create (default results/<UTC time>)")
+    p.add_argument("--cluster", metavar="tcp://HOST:PORT",
+                   help="load from several hosts: the Dask scheduler of their `sockbench cluster-worker`s")
+    p.add_argument("--hosts", metavar="NAMES", help="with --cluster: these workers only, by name (default: all)")
 
 
 def add_report_arguments(p):
@@ -101,6 +105,11 @@ def run_cli(args):
         cell_budget_s=args.cell_budget, run_budget_s=args.run_budget, duration_s=args.duration, warmup_s=args.warmup,
         open_pcts=args.open_loads, server_cpus=args.server_cpus, client_cpus=args.client_cpus, protocols=args.protocols,
     )
+    if args.hosts and not args.cluster:
+        raise SockbenchError("--hosts names load hosts of --cluster; give --cluster tcp://HOST:PORT too", exit_code=2)
+    if args.cluster:
+        hosts = [h.strip() for h in args.hosts.split(",") if h.strip()] if args.hosts else None
+        plan = dataclasses.replace(plan, extra={**plan.extra, "cluster": {"scheduler": args.cluster, "hosts": hosts}})
     return run_main(plan, out=args.out, argv=sys.argv)
 
 

@@ -1,0 +1,133 @@
+"""The load from several hosts, in process: the clock arithmetic, the choice of hosts, the split, the merge.
+
+No Dask and no network here: the coordinator's decisions are pure functions
+of what the scheduler and the hosts hand back (tests/e2e/test_cluster.py runs
+the real thing in network namespaces).
+"""
+
+import random
+
+import pytest
+
+from sockbench.bench.load import hdr
+from sockbench.bench.load.clock import ClockSample, best, sample, too_large
+from sockbench.bench.load.cluster import _ServerWindow, host_specs, merge, pick_hosts
+from sockbench.bench.load.spec import LoadSpec
+from sockbench.bench.load.worker import ProcResult
+from sockbench.bench.schema import ClockOffset, ERROR_KINDS, HostPart, LoadResult, WorkerCpu
+from sockbench.errors import SockbenchError, UsageError
+
+
+def test_ntp_offset_is_the_host_clock_against_the_midpoint():
+    # the host's clock runs 3 ms ahead; the exchange took 2 ms each way
+    s = sample(t0_ns=1_000_000_000, t1_ns=1_005_000_000, t3_ns=1_004_000_000)
+    assert s.offset_s == pytest.approx(0.003) and s.delay_s == pytest.approx(0.004)
+
+
+def test_the_shortest_round_trip_wins():
+    got = [ClockSample(0.010, 0.020), ClockSample(0.001, 0.002), ClockSample(-0.005, 0.015)]
+    assert best(got) == ClockSample(0.001, 0.002)
+
+
+def test_an_offset_is_too_large_only_beyond_its_bound():
+    # 1% of a 5 s window is 50 ms
+    assert not too_large(ClockSample(0.049, 0.001), 5.0)
+    assert too_large(ClockSample(-0.060, 0.002), 5.0)
+    # known only within +-10 ms: 55 ms might be 45 ms
+    assert not too_large(ClockSample(0.055, 0.020), 5.0)
+
+
+def test_hosts_by_name_and_unknown_names_list_the_workers():
+    workers = {"b": "tcp://10.0.0.2:1", "a": "tcp://10.0.0.1:1"}
+    assert pick_hosts(workers) == [("a", "tcp://10.0.0.1:1"), ("b", "tcp://10.0.0.2:1")]
+    assert pick_hosts(workers, ["b"]) == [("b", "tcp://10.0.0.2:1")]
+    with pytest.raises(UsageError, match=r"--hosts c: no worker of that name; the workers are a, b"):
+        pick_hosts(workers, ["a", "c"])
+    with pytest.raises(SockbenchError, match="no Dask worker"):
+        pick_hosts({})
+
+
+def test_connections_split_between_hosts_and_procs_per_host():
+    spec = LoadSpec(target=("10.0.0.9", 7), conns=5, procs=2, mode="open", rate=1000.0)
+    specs = host_specs(spec, ("10.0.0.9", 7), [("a", "x"), ("b", "y")])
+    assert [s.conns for s in specs] == [3, 2] and [s.procs for s in specs] == [2, 2]
+    assert sum(s.rate for s in specs) == pytest.approx(1000.0)
+    with pytest.raises(UsageError, match="each host needs a connection"):
+        host_specs(LoadSpec(target=("h", 7), conns=1), ("h", 7), [("a", "x"), ("b", "y")])
+
+
+def _proc(values_ns, index=0, late_ns=1000):
+    h = hdr.new_histogram()
+    for v in values_ns:
+        h.record_value(v)
+    ts = [len(values_ns) // 2, len(values_ns) - len(values_ns) // 2]
+    return ProcResult(
+        index=index, cpus=[1], mode=0, msgs=len(values_ns), rx_bytes=64 * len(values_ns),
+        rx_wire_bytes=64 * len(values_ns), sent_window=0, cycles=0, queued=len(values_ns), writes=len(values_ns),
+        reads=len(values_ns), errors={k: 0 for k in ERROR_KINDS}, first_error_ns=None, first_error_kind=None,
+        ended_early=False, alive_at_end=1, hdr1=hdr.encode_text(h), hdr1_sum_ns=sum(values_ns),
+        hdr2=hdr.encode_text(hdr.new_histogram()), hdr2_sum_ns=0, ts_msgs=ts, ts_sent=None, user_s=0.2, sys_s=0.3,
+        cpu_window_s=1.0, due=None, polling=False, idle_s=None, server_cpu=None, conn_msgs=[len(values_ns)],
+        starved=0, start_late_ns=late_ns,
+    )
+
+
+def _answer(spec, procs):
+    from sockbench.bench.load.harness import _build_result, _ServerWindow as Window  # the host's own build
+
+    rs = {p.index: p for p in procs}
+    r = _build_result(spec, None, "10.0.0.9", 7, "2026-01-01T00:00:00Z", rs, [], Window())
+    return {"result": r.to_json(), "procs": [p.to_json() for p in procs], "problems": [],
+            "worker_cpu": {"user_s": 0.0, "sys_s": 0.01, "span_s": 1.2, "util": 0.004}}
+
+
+def test_merge_is_exact_and_keeps_every_host():
+    rng = random.Random(7)
+    a = [rng.randint(10_000, 2_000_000) for _ in range(3000)]
+    b = [rng.randint(10_000, 50_000_000) for _ in range(1000)]
+    spec = LoadSpec(target=("10.0.0.9", 7), conns=2, procs=1, duration_s=1.0, warmup_s=0.0, interval_s=0.5)
+    chosen = [("a", "tcp://a:1"), ("b", "tcp://b:1")]
+    specs = host_specs(spec, ("10.0.0.9", 7), chosen)
+    answers = {"a": _answer(specs[0], [_proc(a, late_ns=2000)]), "b": _answer(specs[1], [_proc(b, late_ns=5000)])}
+    clocks = {"a": ClockOffset(0.0001, 0.001), "b": ClockOffset(-0.0002, 0.002)}
+    r = merge(spec, None, ("10.0.0.9", 7), "2026-01-01T00:00:00Z", chosen, specs, answers, [], _ServerWindow(), clocks)
+    whole = hdr.new_histogram()
+    for v in a + b:
+        whole.record_value(v)
+    assert r.valid and r.latency_us.count == len(a) + len(b)
+    assert r.latency_us == hdr.summary_us(whole, sum(a + b) / len(a + b))
+    assert r.throughput.msgs_per_s == len(a) + len(b)
+    assert [h.name for h in r.hosts] == ["a", "b"] and [h.latency_us.count for h in r.hosts] == [len(a), len(b)]
+    assert r.hosts[1].start_late_s == pytest.approx(5e-6) and r.hosts[0].clock == clocks["a"]
+    assert r.hosts[0].worker_cpu == WorkerCpu(user_s=0.0, sys_s=0.01, span_s=1.2, util=0.004)
+    assert r.client.user_s == pytest.approx(0.4) and r.client.cpu_util == pytest.approx(0.5) and r.client.cpus is None
+    assert r.workload.conns == 2 and r.workload.procs == 1
+    # it survives its JSON
+    back = LoadResult.from_json(r.to_json())
+    assert back.hosts == r.hosts and back.to_json() == r.to_json()
+
+
+def test_a_host_that_died_invalidates_and_is_named_and_the_rest_is_kept():
+    spec = LoadSpec(target=("10.0.0.9", 7), conns=2, procs=1, duration_s=1.0, warmup_s=0.0, interval_s=0.5)
+    chosen = [("a", "tcp://a:1"), ("b", "tcp://b:1")]
+    specs = host_specs(spec, ("10.0.0.9", 7), chosen)
+    answers = {"a": _answer(specs[0], [_proc([20_000] * 100)])}
+    problems = ["host b (tcp://b:1) died during the run; its figures are lost"]
+    r = merge(spec, None, ("10.0.0.9", 7), None, chosen, specs, answers, problems, _ServerWindow(), {})
+    assert not r.valid and "host b (tcp://b:1) died" in r.invalid_reason
+    assert r.latency_us.count == 100 and r.hosts[0].valid
+    assert r.hosts[1] == HostPart(name="b", address="tcp://b:1", conns=1, procs=1, valid=False,
+                                  invalid_reason="its result was lost")
+
+
+def test_run_cluster_rounds_go_through_the_coordinator():
+    from sockbench.bench.load.cluster import run_cluster_load
+    from sockbench.bench.load.harness import run_load
+    from sockbench.bench.suite.plan import Plan
+    from sockbench.bench.suite.session import _load_runner
+
+    assert _load_runner(Plan(servers=("cython",))) is run_load
+    plan = Plan(servers=("cython",), extra={"cluster": {"scheduler": "tcp://10.0.0.1:8786", "hosts": ["a"]}})
+    runner = Plan.from_dict(plan.to_dict())  # as the suite's child reads it back
+    run = _load_runner(runner)
+    assert run.func is run_cluster_load and run.keywords == {"scheduler": "tcp://10.0.0.1:8786", "hosts": ["a"]}
