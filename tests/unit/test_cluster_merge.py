@@ -15,6 +15,7 @@ from sockbench.bench.load.cluster import _ServerWindow, host_specs, merge, pick_
 from sockbench.bench.load.spec import LoadSpec
 from sockbench.bench.load.worker import ProcResult
 from sockbench.bench.schema import ClockOffset, ERROR_KINDS, HostPart, LoadResult, WorkerCpu
+from sockbench.endpoints import Endpoint
 from sockbench.errors import SockbenchError, UsageError
 
 
@@ -76,7 +77,7 @@ def _answer(spec, procs):
     from sockbench.bench.load.harness import _build_result, _ServerWindow as Window  # the host's own build
 
     rs = {p.index: p for p in procs}
-    r = _build_result(spec, None, "10.0.0.9", 7, "2026-01-01T00:00:00Z", rs, [], Window())
+    r = _build_result(spec, None, Endpoint("tcp", "10.0.0.9", 7), "2026-01-01T00:00:00Z", rs, [], Window())
     return {"result": r.to_json(), "procs": [p.to_json() for p in procs], "problems": [],
             "worker_cpu": {"user_s": 0.0, "sys_s": 0.01, "span_s": 1.2, "util": 0.004}}
 
@@ -90,7 +91,7 @@ def test_merge_is_exact_and_keeps_every_host():
     specs = host_specs(spec, ("10.0.0.9", 7), chosen)
     answers = {"a": _answer(specs[0], [_proc(a, late_ns=2000)]), "b": _answer(specs[1], [_proc(b, late_ns=5000)])}
     clocks = {"a": ClockOffset(0.0001, 0.001), "b": ClockOffset(-0.0002, 0.002)}
-    r = merge(spec, None, ("10.0.0.9", 7), "2026-01-01T00:00:00Z", chosen, specs, answers, [], _ServerWindow(), clocks)
+    r = merge(spec, None, Endpoint("tcp", "10.0.0.9", 7), "2026-01-01T00:00:00Z", chosen, specs, answers, [], _ServerWindow(), clocks)
     whole = hdr.new_histogram()
     for v in a + b:
         whole.record_value(v)
@@ -113,7 +114,7 @@ def test_a_host_that_died_invalidates_and_is_named_and_the_rest_is_kept():
     specs = host_specs(spec, ("10.0.0.9", 7), chosen)
     answers = {"a": _answer(specs[0], [_proc([20_000] * 100)])}
     problems = ["host b (tcp://b:1) died during the run; its figures are lost"]
-    r = merge(spec, None, ("10.0.0.9", 7), None, chosen, specs, answers, problems, _ServerWindow(), {})
+    r = merge(spec, None, Endpoint("tcp", "10.0.0.9", 7), None, chosen, specs, answers, problems, _ServerWindow(), {})
     assert not r.valid and "host b (tcp://b:1) died" in r.invalid_reason
     assert r.latency_us.count == 100 and r.hosts[0].valid
     assert r.hosts[1] == HostPart(name="b", address="tcp://b:1", conns=1, procs=1, valid=False,
