@@ -375,14 +375,14 @@ def _flags_line(results):
 def summary_table(summary):
     """The summary's Table: one row per server (``summary.build_summary``)."""
     share = f"p99 µs at {summary.open_share}% of peak" if summary.open_share is not None else None
-    cols = ["rank", "server", "msgs/s", "95% interval", "server CPU µs/msg"]
+    cols = ["server", "rank", "msgs/s", "95% interval", "server CPU µs/msg"]
     if share:
         cols.append(share)
     cols += [f"{p} over raw µs/msg" for p in summary.protocols] + ["flags"]
     rows = []
     for r in summary.rows:
         h = r.headline
-        cells = [r.rank or "n/a", r.server]
+        cells = [r.server, r.rank or "n/a"]
         if h is not None:
             cells += [_fmt(h.median), h.interval().text() if h.interval().bounded else
                       f"{_fmt(min(h.msgs))}–{_fmt(max(h.msgs))} (rounds)", _fmt(h.cpu_us_per_msg)]

@@ -41,7 +41,7 @@ from sockbench.jsonfile import write_json_atomic
 
 __all__ = [
     "HGRM_DIR", "CSV_FILE", "CI_DIR", "CI_FILES", "hgrm_text", "parse_hgrm", "csv_columns", "csv_rows",
-    "ci_entries", "write_formats", "round_flags", "hgrm_name", "read_ci",
+    "ci_entries", "write_formats", "round_flags", "hgrm_name", "read_ci", "percentile_steps",
 ]
 
 HGRM_DIR = "hgrm"
@@ -56,6 +56,35 @@ CI_FILES = {
 TICKS_PER_HALF_DISTANCE = 5
 
 
+def percentile_steps(h, ticks_per_half_distance=TICKS_PER_HALF_DISTANCE):
+    """``[(value, percentile 0-100, total count)]`` as Java's ``PercentileIterator`` steps through ``h``.
+
+    Levels start at 0 and advance by ``100 / (ticks * 2^(floor(log2(100 / (100 - level))) + 1))``, so
+    there are ``ticks`` steps per halving of the distance to 100%; a recorded value is reported at
+    every level its cumulative count reaches (its highest equivalent value), and the last one again at
+    100%.  (The Python package's iterator advances differently: 0, 10, 19, 27.1 ...)
+    """
+    total = h.get_total_count()
+    if not total:
+        return []
+    steps = []
+    level = 0.0
+    cum = 0
+    for it in h.get_recorded_iterator():
+        cum += it.count_at_value_iterated_to
+        value = h.get_highest_equivalent_value(it.value_iterated_to)
+        pct = 100.0 * cum / total
+        while level <= pct:
+            steps.append((value, level, cum))
+            level += 100.0 / (ticks_per_half_distance * 2 ** (int(math.log2(100.0 / (100.0 - level))) + 1))
+            if cum >= total:
+                break  # Java's iterator leaves the last value after one step, then reports it at 100%
+        if cum >= total:
+            steps.append((value, 100.0, cum))
+            break
+    return steps
+
+
 def hgrm_text(h, scale=1000.0):
     """HdrHistogram's percentile distribution of histogram ``h``, values divided by ``scale`` (ns -> µs)."""
     sig = h.significant_figures
@@ -63,13 +92,11 @@ def hgrm_text(h, scale=1000.0):
     out.write("%12s %14s %10s %14s\n\n" % ("Value", "Percentile", "TotalCount", "1/(1-Percentile)"))
     line = f"%12.{sig}f %2.12f %10d %14.2f\n"
     last = f"%12.{sig}f %2.12f %10d\n"
-    for it in h.get_percentile_iterator(TICKS_PER_HALF_DISTANCE):
-        value = it.value_iterated_to / scale
-        pct = it.percentile_level_iterated_to
-        if pct != 100:
-            out.write(line % (value, pct / 100.0, it.total_count_to_this_value, 1.0 / (1.0 - pct / 100.0)))
+    for value, pct, cum in percentile_steps(h):
+        if pct < 100.0:
+            out.write(line % (value / scale, pct / 100.0, cum, 1.0 / (1.0 - pct / 100.0)))
         else:
-            out.write(last % (value, pct / 100.0, it.total_count_to_this_value))
+            out.write(last % (value / scale, pct / 100.0, cum))
     out.write(f"#[Mean    = %12.{sig}f, StdDeviation   = %12.{sig}f]\n" % (h.get_mean_value() / scale,
                                                                            h.get_stddev() / scale))
     out.write(f"#[Max     = %12.{sig}f, Total count    = %12d]\n" % (h.get_max_value() / scale, h.get_total_count()))

@@ -150,6 +150,19 @@ def _finish(fig, results, path, note=None):
     # "tight" keeps the legends placed outside the axes inside the image
     fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.12)
     plt.close(fig)
+    _shrink(path)
+
+
+def _shrink(path):
+    """Re-save a plot with a 256-colour palette: a third of the bytes, so the self-contained HTML stays small.
+
+    A plot has a few flat colours and their anti-aliased edges; no dithering keeps the lines clean.
+    """
+    from PIL import Image  # deferred: Pillow comes with matplotlib, and only drawing needs it
+
+    with Image.open(path) as im:
+        pal = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    pal.save(path, optimize=True)
 
 
 def _closed(results):

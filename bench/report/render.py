@@ -116,9 +116,9 @@ body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;mar
 h1{margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
 .tw{max-width:100%;overflow-x:auto}
 table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:12.5px;max-width:100%}
-th,td{border:1px solid #ddd;padding:3px 6px;text-align:right;vertical-align:top;overflow-wrap:anywhere}
+th,td{border:1px solid #ddd;padding:3px 6px;text-align:right;vertical-align:top;overflow-wrap:break-word}
 th{background:#f4f4f4;font-weight:600} td:first-child,th:first-child{text-align:left}
-table.settings td{text-align:left}
+table.settings td{text-align:left;overflow-wrap:anywhere}
 tr.flagged td{background:#fff4f0}
 .flag{display:inline-block;padding:1px 5px;border-radius:3px;font-weight:bold;font-size:10.5px;color:#fff;margin:1px 2px 1px 0;white-space:nowrap}
 .INVALID{background:#c0392b} .STARVED{background:#922b21} .DISTURBED{background:#5d6d7e} .CLIENT-BOUND{background:#d35400}

@@ -109,6 +109,10 @@ def _open_share(results):
     return cells, share, cells[0].cell.title()
 
 
+def _us(v):
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+
+
 def _fmt_rate(v):
     if not math.isfinite(v):
         return "n/a"
@@ -213,8 +217,8 @@ def build_summary(results):
     tails = [(s, v) for s, v in tails if v is not None and math.isfinite(v)]
     if len(tails) >= 2:
         lo, hi = min(tails, key=lambda t: t[1]), max(tails, key=lambda t: t[1])
-        sentences.append(f"Offered {share}% of its own peak, {lo[0]} has the lowest p99 ({lo[1]:.3g} µs) and "
-                         f"{hi[0]} the highest ({hi[1]:.3g} µs).")
+        sentences.append(f"Offered {share}% of its own peak, {lo[0]} has the lowest p99 ({_us(lo[1])} µs) and "
+                         f"{hi[0]} the highest ({_us(hi[1])} µs).")
     for p in protos:
         vals = [(s, cost[(s, p)]) for s in servers if math.isfinite(cost.get((s, p), float("nan")))]
         if vals:
