@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 
 from sockbench.units import format_size  # noqa: E402
 
-__all__ = ["PLOTS", "PLOT_CAPTIONS", "make_plots", "si", "short_log_ticks"]
+__all__ = ["PLOTS", "PLOT_CAPTIONS", "make_plots", "si", "short_log_ticks", "save_plain"]
 
 #: (file name, title) in report order
 PLOTS = [
@@ -148,6 +148,13 @@ def _finish(fig, results, path, note=None):
         foot = note + "\n" + foot
     fig.text(0.01, 0.005, foot, fontsize=7, color="0.35", ha="left", va="bottom")
     # "tight" keeps the legends placed outside the axes inside the image
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.12)
+    plt.close(fig)
+    _shrink(path)
+
+
+def save_plain(fig, path):
+    """Save a figure that carries no single run's footnote (``sockbench history``), shrunk like the others."""
     fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.12)
     plt.close(fig)
     _shrink(path)

@@ -137,6 +137,25 @@ def test_run_quick_end_to_end(tmp_path):
     assert cmp_.returncode == 0, cmp_.stderr
     # compared with itself, 3 rounds against 3: no interval, so no verdict either way and no failure
     assert main(["compare", out, out, "--fail-above", "5%"]) == 0
+    # plain parameters: pytest-benchmark's own tools group by them
+    meta = json.load(open(os.path.join(out, "meta.json")))
+    for b in pb["benchmarks"]:
+        assert b["params"]["server"] in E2E_SERVERS and "UNSERIALIZABLE" not in json.dumps(b["params"])
+        if b["params"]["mode"] == "open":  # open loop times the mean latency: pytest-benchmark never averages p99s
+            assert b["stats"]["median"] == pytest.approx(
+                sorted(r["latency_us"]["mean"] for r in b["extra_info"]["per_round"])[1] / 1e6, rel=1e-6)
+    assert pb["commit_info"]["id"] == meta["commit"] and pb["commit_info"]["dirty"] == meta["dirty"]
+    assert meta["machine"]["versions"]["uvloop"] and "compiler" in meta["machine"]["versions"]
+    grouped = subprocess.run([sys.executable, "-m", "pytest_benchmark.cli", "--storage", "file://" + os.path.join(out, "benchmarks"),
+                              "compare", "--group-by=param:server"], capture_output=True, text=True, timeout=60)
+    assert grouped.returncode == 0, grouped.stderr
+    for server in E2E_SERVERS:
+        assert f"benchmark 'server={server}'" in grouped.stdout
+    # the formats, one .hgrm per cell, a CSV row per round, the CI export
+    for c in results.cells.values():
+        assert os.path.getsize(os.path.join(out, "hgrm", f"{c.cell.server}__{c.cell.workload_id}.hgrm")) > 0
+    assert len(open(os.path.join(out, "results.csv")).read().splitlines()) == 1 + len(results.results)
+    assert len(json.load(open(os.path.join(out, "ci", "p99_us.json")))) == len(results.cells)
 
 
 def test_run_ctrl_c_keeps_finished_rounds(tmp_path):
