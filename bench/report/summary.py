@@ -191,8 +191,9 @@ def build_summary(results):
                     flags.append(f)
         row.flags = flags
         rows.append(row)
-    # rows in rank order (ties keep the run's order), unranked last
-    rows.sort(key=lambda r: (int(r.rank.rstrip("=")) if r.rank.rstrip("=").isdigit() else 10**6))
+    # rows in rank order, a tie by median, unranked last
+    rows.sort(key=lambda r: (int(r.rank.rstrip("=")) if r.rank.rstrip("=").isdigit() else 10**6,
+                             -(r.headline.median if r.headline is not None and math.isfinite(r.headline.median) else 0.0)))
     sentences = []
     valid = [c for c in head if not c.invalid and math.isfinite(c.median)]
     if valid:
