@@ -12,6 +12,11 @@ only when its content changes (so an unchanged table rebuilds nothing), and
 shipped with the other headers: the Cython modules and the reference C client
 (``bench/calibrate/ref_client.c``) include it.
 
+Every build that compiles the extensions also writes ``ext/build_info.json``:
+the Cython version and the C compiler (its ``--version`` line) that built
+them, which ``sockbench.machine`` records with every result (the build
+environment is gone by run time).  Generated and gitignored, like the header.
+
 The wheel carries the ``.pxd`` and ``.h`` files (the C client is compiled
 from them at run time) but not the ``.c`` files Cython generates.
 
@@ -154,10 +159,30 @@ def write_protocols_header():
     return path
 
 
+def write_build_info():
+    """Record the Cython and the C compiler this build uses in ``ext/build_info.json`` (see the module doc)."""
+    import json
+    import shlex
+    import subprocess
+    import sysconfig
+
+    import Cython
+
+    cc = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
+    try:
+        line = subprocess.run(cc + ["--version"], capture_output=True, text=True, timeout=10).stdout.splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        line = None
+    with open(os.path.join(HERE, "ext", "build_info.json"), "w", encoding="utf-8") as f:
+        json.dump({"cython": Cython.__version__, "compiler": line or " ".join(cc)}, f)
+
+
 def extensions():
     if _flag("SOCKBENCH_NO_EXT"):
         return []
     from Cython.Build import cythonize
+
+    write_build_info()
 
     cflags = os.environ.get("SOCKBENCH_CFLAGS", "-O2").split()
     headers = sorted(glob.glob(os.path.join("ext", "*.h")))
@@ -186,7 +211,7 @@ write_protocols_header()
 setup(
     packages=list(PACKAGE_DIRS),
     package_dir=PACKAGE_DIRS,
-    package_data={"sockbench.ext": ["*.pxd", "*.pyx", "*.h"], "sockbench.bench.calibrate": ["*.c"]},
+    package_data={"sockbench.ext": ["*.pxd", "*.pyx", "*.h", "build_info.json"], "sockbench.bench.calibrate": ["*.c"]},
     # Cython's generated C (and its annotated HTML) is rebuilt from the .pyx: never shipped
     exclude_package_data={"sockbench.ext": ["*.c", "*.html"]},
     ext_modules=extensions(),

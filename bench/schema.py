@@ -54,7 +54,10 @@ Versions
     run whose server exited inside the window ``throughput.measured_s`` (the
     seconds its rates are over: up to the last answer) and
     ``server_proc.exit_status``.  Version-1 files read with these ``None``
-    (not measured) and are written back as version 2.  A load from several
+    (not measured) and are written back as version 2.  Within version 2,
+    ``latency_us`` (and ``service_us``) gained the far tail ``p9999`` and
+    ``p99999``, and ``machine`` the ``versions`` of what built and runs the
+    code; a file without them reads them as ``None``.  A load from several
     hosts (``--cluster``) adds ``hosts``, one ``HostPart`` per load host
     (its throughput, latency, CPU, ``client_bound``, errors, the Dask
     worker's own CPU, its clock offset); the top-level figures stay the
@@ -386,21 +389,30 @@ class Latency:
     p999: float | None = None
     max: float | None = None
     mean: float | None = None
+    #: the far tail of the spectrum (in ``to_json`` only: the summaries keep the figures above)
+    p9999: float | None = None
+    p99999: float | None = None
 
     #: (field, percentile) of the summary's percentiles, in order
-    PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9))
+    PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9), ("p9999", 99.99), ("p99999", 99.999))
 
     def figures(self):
         """``{p50, p90, p99, p999, max, mean}``: the summary without its count."""
         return {"p50": self.p50, "p90": self.p90, "p99": self.p99, "p999": self.p999, "max": self.max, "mean": self.mean}
 
     def to_json(self):
-        return {"count": self.count, **self.figures()}
+        out = {"count": self.count, **self.figures()}
+        # the far tail: absent from files written before it was computed, so those round-trip unchanged
+        for name in ("p9999", "p99999"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
 
     @classmethod
     def from_json(cls, d, source="the result"):
         return cls(count=d.get("count"), p50=d.get("p50"), p90=d.get("p90"), p99=d.get("p99"),
-                   p999=d.get("p999"), max=d.get("max"), mean=d.get("mean"))
+                   p999=d.get("p999"), max=d.get("max"), mean=d.get("mean"), p9999=d.get("p9999"),
+                   p99999=d.get("p99999"))
 
 
 @dataclass(frozen=True)
@@ -623,6 +635,8 @@ class Machine:
     aslr: str | None = None
     #: the 1, 5 and 15 minute load averages when the metadata was taken
     loadavg: list | None = None
+    #: versions of what runs and built the code: uvloop, hdrhistogram, Cython and the C compiler of the extensions
+    versions: dict | None = None
 
     def to_json(self):
         return {
@@ -643,6 +657,8 @@ class Machine:
             "smt": self.smt,
             "aslr": self.aslr,
             "loadavg": _list(self.loadavg),
+            # absent from files written before versions were recorded, so those round-trip unchanged
+            **({"versions": dict(self.versions)} if isinstance(self.versions, dict) else {}),
         }
 
     @classmethod

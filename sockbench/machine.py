@@ -3,8 +3,18 @@ and how the machine was tuned.
 
 One owner of the machine metadata, recorded in every result and in a run's
 ``meta.json``.  The commit is read with git from the folder this package lives
-in; ``git_dirty`` ignores ``results/``, which is data that a run may be
-rewriting while it records the commit.
+in, and only when that folder is sockbench's own checkout (its top level holds
+the ``pyproject.toml`` of the project named sockbench, with this package in
+it): a copy installed inside another repository (a virtual environment in a
+project's tree) records no commit rather than that project's.
+``git_dirty`` ignores ``results/``, which is data that a run may be rewriting
+while it records the commit.
+
+``versions`` names what runs the code and what built it: the installed
+uvloop, hdrhistogram, numpy and pytest-benchmark (from their distribution
+metadata: nothing is imported), and the Cython and C compiler that built the
+extensions, as ``setup.py`` recorded them beside them (``ext/build_info.json``;
+the build environment is gone by run time, so only the build can say).
 
 The tuning is what ``pyperf system show`` checks, read from the same files
 and in its words where it has some: isolated CPUs (``isolcpus=``) and CPUs
@@ -16,6 +26,9 @@ average at the time.  A value that cannot be read is ``None``: unknown, not
 "off".
 """
 
+import importlib.metadata
+import importlib.util
+import json
 import os
 import platform
 import subprocess
@@ -24,7 +37,12 @@ from sockbench import __version__
 from sockbench.errors import UsageError
 from sockbench.units import parse_cpus
 
-__all__ = ["machine_info", "git_commit", "tuning_info", "ASLR_NAMES"]
+__all__ = ["machine_info", "git_commit", "tuning_info", "versions_info", "ASLR_NAMES", "BUILD_INFO_FILE"]
+
+#: what setup.py writes beside the extensions: the Cython and the compiler that built them
+BUILD_INFO_FILE = "build_info.json"
+#: the distributions whose versions every result records
+_DISTRIBUTIONS = ("uvloop", "hdrhistogram", "numpy", "pytest-benchmark")
 
 _CPU_SYSFS = "/sys/devices/system/cpu"
 
@@ -32,9 +50,24 @@ _CPU_SYSFS = "/sys/devices/system/cpu"
 ASLR_NAMES = {"0": "No randomization", "1": "Conservative randomization", "2": "Full randomization"}
 
 
+def _own_checkout(here):
+    """True when the git work tree around ``here`` is sockbench's own (not a repository it is installed in)."""
+    try:
+        top = subprocess.run(["git", "-C", here, "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+                             timeout=5, check=True).stdout.strip()
+        with open(os.path.join(top, "pyproject.toml"), encoding="utf-8") as f:
+            project = f.read()
+    except (OSError, subprocess.SubprocessError):
+        return False
+    inside = os.path.realpath(here).startswith(os.path.realpath(top) + os.sep)
+    return inside and 'name = "sockbench"' in project
+
+
 def git_commit():
-    """``(commit, dirty)`` of the checkout sockbench runs from, or ``(None, None)`` outside one."""
+    """``(commit, dirty)`` of sockbench's own checkout, or ``(None, None)`` when it is not run from one."""
     here = os.path.dirname(os.path.abspath(__file__))
+    if not _own_checkout(here):
+        return None, None
     try:
         out = subprocess.run(
             ["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
@@ -118,6 +151,30 @@ def tuning_info():
     }
 
 
+def versions_info():
+    """``{name: version}`` of the runtime libraries and of what built the extensions (see the module doc)."""
+    out = {}
+    for dist in _DISTRIBUTIONS:
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = None
+    # the extensions' folder, found without running its package (the core does not import sockbench.ext)
+    spec = importlib.util.find_spec("sockbench.ext")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    build = {}
+    for folder in folders:
+        try:
+            with open(os.path.join(folder, BUILD_INFO_FILE), encoding="utf-8") as f:
+                build = json.load(f)
+            break
+        except (OSError, ValueError):
+            continue
+    out["cython"] = build.get("cython") if isinstance(build, dict) else None
+    out["compiler"] = build.get("compiler") if isinstance(build, dict) else None
+    return out
+
+
 def machine_info():
     """The machine and the code, as the ``machine`` part of a result."""
     commit, dirty = git_commit()
@@ -134,4 +191,5 @@ def machine_info():
         "git_dirty": dirty,
         "hostname": platform.node(),
         **tuning_info(),
+        "versions": versions_info(),
     }

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "Emph", "Strong", "Code", "Heading", "Paragraph", "Alert", "KeyValues", "Row", "Table", "WarningList",
-    "Image", "Document",
+    "Image", "Legend", "Document",
 ]
 
 
@@ -44,7 +44,8 @@ class Heading:
 
 @dataclass(frozen=True)
 class Paragraph:
-    """Running text; ``style`` is ``""``, ``"note"`` (secondary text) or ``"good"`` (an all-clear)."""
+    """Running text; ``style`` is ``""``, ``"note"`` (secondary text), ``"good"`` (an all-clear),
+    ``"verdict"`` (a conclusion drawn from the data) or ``"flags"`` (the count of flagged figures)."""
 
     text: object  # str or tuple of inline parts
     style: str = ""
@@ -82,9 +83,18 @@ class Table:
 
 @dataclass(frozen=True)
 class WarningList:
-    """One item per (flag, text), followed by the meaning of each flag that occurs."""
+    """One item per (flag, text), followed by the meaning of each flag that occurs unless ``legend`` is False
+    (a document that shows its ``Legend`` once, elsewhere)."""
 
     items: tuple  # ((flag, text), ...)
+    legend: bool = True
+
+
+@dataclass(frozen=True)
+class Legend:
+    """The meaning of each of ``flags``, from the document's ``flag_help``: shown once per document."""
+
+    flags: tuple
 
 
 @dataclass(frozen=True)

@@ -6,31 +6,40 @@ Ctrl-C, or on a folder copied from another machine.  The Markdown file is for
 reading in a repository (it links ``plots/*.png``); the HTML file is the one to
 share: one file, images inlined as base64, no network, no scripts.
 
-What a reader needs first comes first: the machine (with the tuning that
-decides how far its figures reproduce: isolated CPUs, the frequency
+What a reader needs first comes first: the **summary** (``summary.py``: one
+row per server with the headline figures and the ranking with ties, then the
+verdict in a few generated sentences); then one line that counts the flags
+and the legend of those that occur, once; then the machine (with the tuning
+that decides how far its figures reproduce: isolated CPUs, the frequency
 governor, SMT, ASLR, the load average), the commit and the settings, with
 how many rounds the cells took and how many were measured again because
-foreign load disturbed them; then the warnings (invalid, starved, disturbed,
-client-bound, unstable runs), because a figure under a warning must not be
-quoted; then one table per workload with a row per server, each with its
-rounds and the 95% interval of its median (a framed protocol's workload is a
-workload of its own); then,
-when the run has a protocol section, what each protocol costs over ``raw`` in
+foreign load disturbed them; then one table per workload with a row per
+server, each with its rounds, the 95% interval of its median and a flags
+column (a framed protocol's workload is a workload of its own; an open-loop
+table compares each server's p99 with the lowest at the same share of each
+one's peak, never msgs/s, which there is only the rate offered); then, when
+the run has a protocol section, what each protocol costs over ``raw`` in
 server CPU per message, per server, from the same run at the same workload
-(user+sys, and user alone: the interpreter's share, where the implementations
-differ); and the plots.
+(user+sys, and user alone: the interpreter's share, where the
+implementations differ); the plots with their captions; and last, one line
+per flagged cell saying why it was flagged.  A flag is a badge in its row,
+not a wall of warnings before the results.
 
 The content is built once, as a ``blocks.Document`` (``build_document``), and
 rendered to both files by ``render``: the two reports cannot drift apart.
+The formats for other tools (``.hgrm``, ``results.csv``, the CI export) are
+written beside them by ``formats.write_formats``, from the same results.
 """
 
 import math
 import os
 
 from sockbench.bench.report.blocks import (
-    Alert, Code, Document, Emph, Heading, Image, KeyValues, Paragraph, Row, Strong, Table, WarningList,
+    Alert, Code, Document, Emph, Heading, Image, KeyValues, Legend, Paragraph, Row, Strong, Table, WarningList,
 )
-from sockbench.bench.report.plots import make_plots
+from sockbench.bench.report.formats import write_formats
+from sockbench.bench.report.plots import PLOT_CAPTIONS, make_plots
+from sockbench.bench.report.summary import build_summary
 from sockbench.bench.report.render import to_html, to_markdown
 from sockbench.bench.report.store import load_results
 from sockbench.errors import SockbenchError
@@ -41,7 +50,7 @@ from sockbench.units import format_size
 
 __all__ = [
     "build_report", "build_document", "table_rows", "protocol_cost_rows", "FLAG_HELP",
-    "COLUMNS", "PROTO_COLUMNS",
+    "COLUMNS", "OPEN_COLUMNS", "PROTO_COLUMNS", "summary_table",
 ]
 
 FLAG_HELP = {
@@ -61,6 +70,9 @@ COLUMNS = [
     "server", "msgs/s (median ± sd)", "rounds", "95% interval", "MB/s", "p50 µs", "p99 µs", "p99.9 µs",
     "server CPU µs/msg", "RSS peak", "errors", "flags", "vs fastest",
 ]
+
+#: an open-loop table compares tails at the same share of each server's peak, not the rates offered
+OPEN_COLUMNS = COLUMNS[:-1] + ["p99 vs lowest"]
 
 
 PROTO_COLUMNS = [
@@ -148,6 +160,9 @@ def table_rows(results, workload_id):
     cells = [c for c in results.cells.values() if c.workload_id == workload_id]
     good = [c.median for c in cells if not c.invalid and math.isfinite(c.median)]
     best = max(good) if good else 0.0
+    tails = [c.latency_summary().p99 for c in cells if not c.invalid]
+    tails = [v for v in tails if v is not None and math.isfinite(v) and v > 0]
+    lowest = min(tails) if tails else 0.0
     rows = []
     for c in cells:
         lat = c.latency_summary()
@@ -161,9 +176,17 @@ def table_rows(results, workload_id):
         kinds = {k: v for k, v in c.errors_by_kind.items() if v}
         if kinds:
             errs += " (" + ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items())) + ")"
-        ratio = f"{c.median / best:.2f}×" if best > 0 and not c.invalid else "n/a"
-        if best > 0 and not c.invalid and c.median >= best:
-            ratio = "1.00× (fastest)"
+        if c.cell.mode == "open":
+            # each server is offered the same share of its own peak: compare its tail with the lowest one
+            p99 = lat.p99
+            ok = lowest > 0 and not c.invalid and p99 is not None and math.isfinite(p99)
+            ratio = f"{p99 / lowest:.2f}×" if ok else "n/a"
+            if ok and p99 <= lowest:
+                ratio = "1.00× (lowest)"
+        else:
+            ratio = f"{c.median / best:.2f}×" if best > 0 and not c.invalid else "n/a"
+            if best > 0 and not c.invalid and c.median >= best:
+                ratio = "1.00× (fastest)"
         cpu = c.cpu_us_per_msg
         rows.append(([
             c.server, msgs, rounds, interval, _fmt(c.mb_per_s), _fmt(lat.p50), _fmt(lat.p99), _fmt(lat.p999),
@@ -311,10 +334,11 @@ RESULTS_NOTE = ("msgs/s is the median over rounds ± the standard deviation; ", 
                 "kept (and those measured again because foreign load disturbed them); ", Emph("95% interval"),
                 " is the distribution-free 95% confidence interval of the median msgs/s (open loop: of the median "
                 "p99), from the rounds' order statistics (none below 6 rounds); latency percentiles come from the "
-                "exact merge of every round's HDR histogram; server CPU is user+sys per message echoed; ",
-                Emph("vs fastest"), " is the ratio of msgs/s to the fastest valid server of the same workload "
-                "(in open loop each server is offered a share of its own peak, so there it compares "
-                "the loads each one sustained; compare latencies at equal shares).")
+                "exact merge of every round's HDR histogram; server CPU is user+sys per message echoed (the "
+                "scheduler's runtime of the server's threads, from schedstat); ",
+                Emph("vs fastest"), " is the ratio of msgs/s to the fastest valid server of the same workload; in open "
+                "loop each server is offered the same share of its own peak, so its msgs/s is the rate offered and ",
+                Emph("p99 vs lowest"), " compares instead its p99 with the lowest p99 at that share.")
 
 
 def _left_out(results):
@@ -327,6 +351,70 @@ def _left_out(results):
             f"(kept in raw/): {files}")
 
 
+def _flag_counts(results):
+    counts = {}
+    for c in results.cells.values():
+        for f in c.flags():
+            counts[f] = counts.get(f, 0) + 1
+    return counts
+
+
+def _flags_line(results):
+    """One line counting the flagged cells by flag ("" parts for none)."""
+    counts = _flag_counts(results)
+    n = len(results.cells)
+    if not counts:
+        return ("Flags: none. None: every run was valid and served every connection, no round was left disturbed, "
+                f"no client was saturated, every spread is under {UNSTABLE_SPREAD:.0%} of the median.")
+    flagged = sum(1 for c in results.cells.values() if c.flags())
+    parts = ", ".join(f"{v} {k}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return (f"Flags: {flagged} of {n} cells carry a flag ({parts}); a flagged figure must not be quoted as it "
+            f"stands. Each table's flags column marks them; why each cell was flagged is listed at the end.")
+
+
+def summary_table(summary):
+    """The summary's Table: one row per server (``summary.build_summary``)."""
+    share = f"p99 µs at {summary.open_share}% of peak" if summary.open_share is not None else None
+    cols = ["server", "rank", "msgs/s", "95% interval", "server CPU µs/msg"]
+    if share:
+        cols.append(share)
+    cols += [f"{p} over raw µs/msg" for p in summary.protocols] + ["flags"]
+    rows = []
+    for r in summary.rows:
+        h = r.headline
+        cells = [r.server, r.rank or "n/a"]
+        if h is not None:
+            cells += [_fmt(h.median), h.interval().text() if h.interval().bounded else
+                      f"{_fmt(min(h.msgs))}–{_fmt(max(h.msgs))} (rounds)", _fmt(h.cpu_us_per_msg)]
+        else:
+            cells += ["n/a", "n/a", "n/a"]
+        if share:
+            cells.append(_fmt(r.open_cell.latency_summary().p99) if r.open_cell is not None else "n/a")
+        for p in summary.protocols:
+            v = r.proto_cost.get(p, float("nan"))
+            cells.append(f"{v:+.3g}" if math.isfinite(v) else "n/a")
+        cells.append(" ".join(r.flags) or "ok")
+        rows.append(Row(tuple(cells), tuple(r.flags)))
+    return Table(tuple(cols), tuple(rows), cols.index("flags"))
+
+
+def _summary_note(summary):
+    parts = []
+    if summary.headline_title:
+        parts.append(f"msgs/s, its 95% interval and server CPU are the headline workload's ({summary.headline_title})")
+    if summary.open_share is not None:
+        which = ("" if summary.open_share == 75 else
+                 f"; this run has no 75% cell, so the highest share measured, {summary.open_share}%")
+        parts.append(f"p99 is open loop at {summary.open_share}% of each server's own peak{which}")
+    if summary.protocols:
+        parts.append("the protocol columns are each protocol's server CPU per message minus raw's, same server, "
+                     "same run, same workload")
+    text = "; ".join(parts)
+    return ((text[:1].upper() + text[1:] + ". ") if text else "") + (
+        "Rank: a server ranks below another only when its interval (the 95% interval of the median, else the "
+        "min–max of its rounds) lies wholly below the other's; an = marks a tie the rounds cannot break.")
+
+
 def build_document(results, plots):
     """The report of ``results`` as a Document; ``plots`` is what ``make_plots`` returned (files under ``plots/``)."""
     doc = Document("sockbench report", flag_help=FLAG_HELP)
@@ -336,16 +424,19 @@ def build_document(results, plots):
     left_out = _left_out(results)
     if left_out:
         doc.add(Alert(left_out))
-    doc.add(KeyValues(tuple(_settings(results))), Heading(2, "Warnings"))
-    warns = _warnings(results)
-    if warns:
-        doc.add(WarningList(tuple(warns)))
-    else:
-        doc.add(Paragraph("None: every run was valid and served every connection, no round was left disturbed, no client "
-                          f"was saturated, every spread is under {UNSTABLE_SPREAD:.0%} of the median.", "good"))
+    summary = build_summary(results)
+    doc.add(Heading(2, "Summary"), Paragraph(_summary_note(summary), "note"), summary_table(summary))
+    for sentence in summary.sentences:
+        doc.add(Paragraph(sentence, "verdict"))
+    counts = _flag_counts(results)
+    doc.add(Paragraph(_flags_line(results), "flags" if counts else "good"))
+    if counts:
+        doc.add(Legend(tuple(sorted(counts))))
+    doc.add(Heading(2, "Machine and settings"), KeyValues(tuple(_settings(results))))
     doc.add(Heading(2, "Results by workload"), Paragraph(RESULTS_NOTE, "note"))
     for wid, cell in results.workloads().items():
-        doc.add(Heading(3, cell.title()), _table(COLUMNS, table_rows(results, wid)))
+        cols = OPEN_COLUMNS if cell.mode == "open" else COLUMNS
+        doc.add(Heading(3, cell.title()), _table(cols, table_rows(results, wid)))
     proto = protocol_cost_rows(results)
     if proto:
         doc.add(Heading(2, "Cost of each protocol over raw"), Paragraph(PROTO_NOTE, "note"))
@@ -357,6 +448,11 @@ def build_document(results, plots):
             doc.add(Paragraph((Strong(title), f": not drawn ({skipped})."), "note"))
         else:
             doc.add(Heading(3, title), Image(f"plots/{fname}", title))
+            if PLOT_CAPTIONS.get(fname):
+                doc.add(Paragraph(PLOT_CAPTIONS[fname], "note"))
+    warns = _warnings(results)
+    if warns:
+        doc.add(Heading(2, "Flagged cells"), WarningList(tuple(warns), legend=False))
     doc.add(Paragraph(("Generated by ", Code("sockbench report"), f" at {iso_utc()}."), "note"))
     return doc
 
@@ -367,9 +463,9 @@ def _table(columns, rows):
 
 
 def build_report(path):
-    """Rebuild ``plots/``, ``report.md`` and ``report.html`` in a results folder.
+    """Rebuild ``plots/``, ``report.md``, ``report.html`` and the formats (``hgrm/``, ``results.csv``, ``ci/``).
 
-    Returns ``{"md": path, "html": path, "plots": [...], "results": Results}``;
+    Returns ``{"md": path, "html": path, "plots": [...], "results": Results, "formats": [paths]}``;
     a missing or corrupt folder raises a one-line SockbenchError.
     """
     results = load_results(path)
@@ -383,6 +479,7 @@ def build_report(path):
             f.write(to_markdown(doc))
         with open(html_path, "w") as f:
             f.write(to_html(doc, path))
+        formats = write_formats(results, path)
     except OSError as e:
         raise SockbenchError(f"cannot write the report into {path}: {e.strerror or e}") from None
-    return {"md": md_path, "html": html_path, "plots": plots, "results": results}
+    return {"md": md_path, "html": html_path, "plots": plots, "results": results, "formats": formats}

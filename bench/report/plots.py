@@ -9,12 +9,19 @@ plots, so a server is recognised at a glance from one plot to the next.
 Every figure is drawn from ``store.Results`` only (the raw per-round
 results), so a report can be rebuilt from an interrupted run.  A plot whose
 data is absent from the run (say, no open-loop cells) is skipped and reported
-as such, never drawn empty.
+as such, never drawn empty; a curve that would be a single point is drawn as
+bars, or left out with a note naming the plot that shows its figures.  A log
+axis that spans less than a decade still gets labelled ticks
+(``short_log_ticks``), and point labels are avoided where they would overlap
+(the open-loop curves share one x axis, the share of peak, instead).
+Each plot has a caption (``PLOT_CAPTIONS``) that the report prints under it,
+saying where its figures come from (the CPU ones: schedstat).
 
 1. ``throughput_vs_conns.png``  closed loop, msgs/s against connections, one panel per size, min-max band
 2. ``throughput_bars.png``      grouped bars of msgs/s per server by size, min-max error bars, value labels
 3. ``latency_spectrum.png``     HDR-style percentile spectrum, x = 1/(1-p) on a log axis
-4. ``latency_vs_load.png``      the open-loop "hockey stick": p50 and p99 against offered load
+4. ``latency_vs_load.png``      the open-loop "hockey stick": p50 and p99 against the share of each server's
+                                peak offered (bars when the run measured one share)
 5. ``efficiency.png``           msgs per server CPU-second (netperf's service demand, inverted)
 6. ``run_chart.png``            throughput per interval over one run, warmup shaded
 7. ``protocol_cost.png``        server CPU µs per message by protocol (raw, frame, json), user and sys stacked,
@@ -41,7 +48,7 @@ import numpy as np  # noqa: E402
 
 from sockbench.units import format_size  # noqa: E402
 
-__all__ = ["PLOTS", "make_plots", "si"]
+__all__ = ["PLOTS", "PLOT_CAPTIONS", "make_plots", "si", "short_log_ticks", "save_plain"]
 
 #: (file name, title) in report order
 PLOTS = [
@@ -53,6 +60,24 @@ PLOTS = [
     ("run_chart.png", "Throughput over one run"),
     ("protocol_cost.png", "Server CPU cost of each protocol"),
 ]
+
+#: one sentence under each plot in the report: what it shows and where its figures come from
+PLOT_CAPTIONS = {
+    "throughput_vs_conns.png": "Median msgs/s of each server against the number of connections, one panel per message "
+                               "size; the band spans the rounds' min-max.",
+    "throughput_bars.png": "Median msgs/s per server and message size at the most connections measured; error bars "
+                           "span the rounds' min-max.",
+    "latency_spectrum.png": "Every percentile of the merged HDR histograms (all rounds, all load processes); open-loop "
+                            "latency counts from each message's intended send time.",
+    "latency_vs_load.png": "Open-loop p50 and p99 against the load offered, as a share of each server's own "
+                           "closed-loop peak, so every server is compared at the same share.",
+    "efficiency.png": "Messages echoed per server CPU-second: the server's CPU is the scheduler's runtime of its "
+                      "threads over the measured window (/proc/PID/task/TID/schedstat, in ns), not clock ticks.",
+    "run_chart.png": "Throughput per interval over the median round of each server; the warmup (shaded) is "
+                     "excluded from every figure.",
+    "protocol_cost.png": "Server CPU per message by protocol: the total is the scheduler's runtime of the server's "
+                         "threads (schedstat); its user/sys split comes from the 10 ms clock ticks.",
+}
 
 DPI = 110
 SPECTRUM_TICKS = [(50.0, "50%"), (90.0, "90%"), (99.0, "99%"), (99.9, "99.9%"), (99.99, "99.99%")]
@@ -81,6 +106,27 @@ def _log_axis(axis):
     axis.set_minor_formatter(matplotlib.ticker.FuncFormatter(minor))
 
 
+def short_log_ticks(axis):
+    """Tick labels for a log axis spanning less than a decade, where the default locator labels nothing.
+
+    Picks round values (1, 1.5, 2, 3 ... 9 times a power of ten) inside the view, at most six; with fewer
+    than two of those, four values evenly spaced on the log scale, to two significant digits.
+    """
+    lo, hi = sorted(axis.get_view_interval())
+    if not (lo > 0 and math.isfinite(hi)) or hi / lo >= 10:
+        return
+    cands = [m * 10.0 ** d for d in range(int(math.floor(math.log10(lo))), int(math.ceil(math.log10(hi))) + 1)
+             for m in (1, 1.5, 2, 3, 4, 5, 6, 7, 8, 9)]
+    ticks = [v for v in cands if lo <= v <= hi]
+    if len(ticks) > 6:
+        ticks = ticks[:: math.ceil(len(ticks) / 6)]
+    if len(ticks) < 2:
+        ticks = sorted({float(f"{v:.2g}") for v in np.geomspace(lo, hi, 4)})
+    axis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
+    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: si(v)))
+    axis.set_minor_locator(matplotlib.ticker.NullLocator())
+
+
 #: the flags a legend entry carries (the figure measures the machine, or not every connection)
 LEGEND_FLAGS = ("DISTURBED", "STARVED")
 
@@ -104,6 +150,26 @@ def _finish(fig, results, path, note=None):
     # "tight" keeps the legends placed outside the axes inside the image
     fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.12)
     plt.close(fig)
+    _shrink(path)
+
+
+def save_plain(fig, path):
+    """Save a figure that carries no single run's footnote (``sockbench history``), shrunk like the others."""
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.12)
+    plt.close(fig)
+    _shrink(path)
+
+
+def _shrink(path):
+    """Re-save a plot with a 256-colour palette: a third of the bytes, so the self-contained HTML stays small.
+
+    A plot has a few flat colours and their anti-aliased edges; no dithering keeps the lines clean.
+    """
+    from PIL import Image  # deferred: Pillow comes with matplotlib, and only drawing needs it
+
+    with Image.open(path) as im:
+        pal = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    pal.save(path, optimize=True)
 
 
 def _closed(results):
@@ -137,8 +203,12 @@ def plot_throughput_vs_conns(results, path, colors):
     if not closed:
         return "no closed-loop cells in this run"
     sizes = sorted({c.cell.size for c in closed})
-    fig, axes = plt.subplots(1, len(sizes), figsize=(4.6 * len(sizes) + 0.8, 4.6), squeeze=False)
     conns_all = sorted({c.cell.conns for c in closed})
+    if len(conns_all) < 2:
+        # one point per line is no curve: the bars by message size show these cells
+        return (f"one connection count measured ({conns_all[0]}): its figures are the bars of "
+                f"\"Throughput by message size\"")
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4.6 * len(sizes) + 0.8, 4.6), squeeze=False)
     for ax, size in zip(axes[0], sizes):
         for server in results.servers():
             pts = sorted((c for c in closed if c.server == server and c.cell.size == size), key=lambda c: c.cell.conns)
@@ -256,6 +326,7 @@ def _spectrum(ax, cells, colors):
     ax.set_xlim(1, max(ticks[-1], ax.get_xlim()[1]))
     ax.set_xlabel("percentile (log scale of 1/(1-p))")
     _log_axis(ax.yaxis)
+    short_log_ticks(ax.yaxis)
     ax.grid(True, which="major", alpha=0.3)
     # the curves rise to the right: the lower right corner is where they never are
     ax.legend(fontsize=8, loc="lower right")
@@ -294,34 +365,53 @@ def plot_latency_spectrum(results, path, colors):
 
 
 def plot_latency_vs_load(results, path, colors):
+    """The open-loop "hockey stick": p50 and p99 against the share of each server's peak offered.
+
+    The x axis is the share, the same for every server, so no point needs a label; with one share only,
+    a curve would be a single point, and the figures are drawn as bars instead.
+    """
     opens = _open(results)
     if not opens:
         return "no open-loop cells in this run"
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
     servers = [s for s in results.servers() if any(c.server == s for c in opens)]
-    for ax, figure, label in ((axes[0], lambda lat: lat.p50, "median (p50)"), (axes[1], lambda lat: lat.p99, "p99")):
-        for server in servers:
-            pts = sorted((c for c in opens if c.server == server), key=lambda c: c.cell.load_pct)
-            x = [c.target_rate if c.target_rate > 0 else c.achieved_rate for c in pts]
-            y = [figure(c.latency_summary()) for c in pts]
-            ax.plot(x, y, marker="o", color=colors[server], label=_label(server, pts))
-            for c, xi, yi in zip(pts, x, y):
-                ax.annotate(f"{c.cell.load_pct}%", (xi, yi), xytext=(3, 4), textcoords="offset points",
-                            fontsize=6, color=colors[server])
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        _log_axis(ax.xaxis)
-        _log_axis(ax.yaxis)
-        ax.grid(True, which="both", alpha=0.25)
-        ax.set_title(f"{label} latency", fontsize=10)
-        ax.set_xlabel("offered load (msgs/s, log scale)")
-    axes[0].set_ylabel("round-trip latency (µs, log scale)")
-    axes[1].legend(fontsize=8, title="server", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    shares = sorted({c.cell.load_pct for c in opens})
     o = opens[0].cell
+    figures = ((lambda lat: lat.p50, "median (p50)"), (lambda lat: lat.p99, "p99"))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    for ax, (figure, label) in zip(axes, figures):
+        if len(shares) >= 2:
+            for server in servers:
+                pts = sorted((c for c in opens if c.server == server), key=lambda c: c.cell.load_pct)
+                ax.plot([c.cell.load_pct for c in pts], [figure(c.latency_summary()) for c in pts], marker="o",
+                        color=colors[server], label=_label(server, pts))
+            ax.set_xticks(shares)
+            ax.set_xticklabels([f"{p}%" for p in shares])
+            ax.set_xlabel("offered load, share of the server's own closed-loop peak")
+        else:
+            pick = {c.server: c for c in opens}
+            xs = np.arange(len(servers))
+            vals = [figure(pick[s].latency_summary()) for s in servers]
+            bars = ax.bar(xs, vals, 0.7, color=[colors[s] for s in servers])
+            for b, v in zip(bars, vals):
+                if v is not None and math.isfinite(v):
+                    ax.annotate(si(v), (b.get_x() + b.get_width() / 2, v), xytext=(0, 2), textcoords="offset points",
+                                ha="center", va="bottom", fontsize=7)
+            ax.set_xticks(xs)
+            ax.set_xticklabels([_label(s, opens) for s in servers], rotation=20 if len(servers) > 4 else 0,
+                               ha="right" if len(servers) > 4 else "center", fontsize=8)
+            ax.set_xlabel(f"server, each offered {shares[0]}% of its own closed-loop peak")
+        ax.set_yscale("log")
+        _log_axis(ax.yaxis)
+        ax.grid(True, which="both", axis="y", alpha=0.25)
+        ax.set_title(f"{label} latency", fontsize=10)
+    short_log_ticks(axes[0].yaxis)
+    axes[0].set_ylabel("round-trip latency (µs, log scale)")
+    if len(shares) >= 2:
+        axes[1].legend(fontsize=8, title="server", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle(f"Open-loop latency against offered load, {format_size(o.size)}, {o.conns} connections (lower is better)")
     fig.tight_layout(rect=(0, 0.06, 1, 0.95))
-    _finish(fig, results, path, _rounds_note(opens) + "; point labels: offered load in % of the server's closed-loop peak; "
-            "latency from the intended send time, merged HDR histograms")
+    _finish(fig, results, path, _rounds_note(opens) + "; latency from the intended send time, merged HDR histograms; "
+            "each server is offered the same shares of its own peak")
     return None
 
 

@@ -4,15 +4,31 @@ The unit tests run with ``testpaths = ["tests"]`` and never collect this
 folder.  Here the matrix comes from ``SOCKBENCH_PLAN`` (written by
 ``sockbench run``) or, run by hand, the default matrix over every available
 server; see ``sockbench.bench.suite.session``.
+
+The test is parametrized on the fields of ``schema.Cell`` as plain values
+(``server``, ``mode``, ``size``, ``conns`` ...), not on Cell objects, so that
+pytest-benchmark's ``params`` serialize (``compare --group-by=param:server``
+works) and a field added to Cell becomes a parameter by itself; the ``cell``
+fixture builds the Cell back from them.  pytest-benchmark's commit and
+machine records are sockbench's own (``machine_info``), so the JSON and
+``meta.json`` agree on the commit and on ``dirty`` whatever the directory
+pytest runs in.
 """
 
+import dataclasses
 import signal
 
 import pytest
 
+from sockbench.bench.schema import Cell
 from sockbench.bench.suite.session import SuiteContext
+from sockbench.machine import machine_info
 
-__all__ = ["pytest_configure", "pytest_generate_tests", "pytest_sessionfinish", "suite_ctx"]
+__all__ = ["pytest_configure", "pytest_generate_tests", "pytest_sessionfinish", "suite_ctx", "cell", "CELL_PARAMS",
+           "pytest_benchmark_update_commit_info", "pytest_benchmark_update_machine_info"]
+
+#: the test's parameters: every field of Cell, as plain values
+CELL_PARAMS = tuple(f.name for f in dataclasses.fields(Cell))
 
 _CTX = []
 
@@ -34,9 +50,37 @@ def pytest_configure(config):
 
 
 def pytest_generate_tests(metafunc):
-    if "cell" in metafunc.fixturenames:
+    if "cell" in metafunc.fixturenames and all(n in metafunc.fixturenames for n in CELL_PARAMS):
         cells = _context().cells
-        metafunc.parametrize("cell", cells, ids=[c.id for c in cells])
+        metafunc.parametrize(list(CELL_PARAMS), [tuple(getattr(c, n) for n in CELL_PARAMS) for c in cells],
+                             ids=[c.id for c in cells])
+
+
+@pytest.fixture
+def cell(request):
+    """The Cell of this test, from its plain parameters."""
+    return Cell(**{n: request.getfixturevalue(n) for n in CELL_PARAMS})
+
+
+_MACHINE = []
+
+
+def _machine():
+    if not _MACHINE:
+        _MACHINE.append(machine_info())
+    return _MACHINE[0]
+
+
+def pytest_benchmark_update_commit_info(config, commit_info):
+    # the commit of sockbench's own checkout, as meta.json records it, not the one of the current directory
+    m = _machine()
+    commit_info.update(id=m["git_commit"] or "unversioned", dirty=bool(m["git_dirty"]), project="sockbench")
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    m = _machine()
+    machine_info["sockbench"] = {"version": m["sockbench_version"], "versions": m["versions"],
+                                 "cpu_model": m["cpu_model"], "usable_cpus": m["usable_cpus"]}
 
 
 @pytest.fixture(scope="session")

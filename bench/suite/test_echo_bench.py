@@ -9,8 +9,15 @@ then; ``pedantic`` wants it up front).  Then the rounds are handed to
 ``benchmark.pedantic``, one call per kept round, with ``rounds`` set to how
 many there were.  This keeps pytest-benchmark's storage exact: its clock is
 ``msgclock``, a virtual clock that only ever moves by a round's measured
-figure (the seconds per message in closed loop, the p99 latency in open
-loop), never by wall time, so a round handed over after it was measured gives
+figure, never by wall time: in closed loop the seconds per message (so
+pytest-benchmark's ops is msgs/s); in open loop the round's mean latency in
+seconds (a mean of means is a mean, so pytest-benchmark's statistics keep a
+meaning; a mean of p99s would not be a p99).  An open-loop cell's percentiles
+are in ``extra_info`` only (its ``latency_us``, from the merged histogram, and
+each round's), and ``extra_info["timed_as"]`` says what was timed.  The test is
+parametrized on plain values (the fields of ``Cell``, see ``conftest.py``), so
+pytest-benchmark's ``params`` serialize and ``pytest-benchmark compare
+--group-by=param:server`` works.  The clock so a round handed over after it was measured gives
 the plugin the very value it would have timed during it; its ``rounds`` is
 the cell's real count, and its statistics are over exactly the kept rounds.
 A disturbed attempt that was measured again is not a round: it is in
@@ -25,16 +32,21 @@ cell).  An invalid, starved, disturbed or client-bound round raises a warning
 too; the run goes on, and the report marks the figure.
 """
 
+import dataclasses
 import math
 import warnings
 
 import pytest
 
-from sockbench.bench.schema import RoundSummary
+from sockbench.bench.schema import Cell, RoundSummary
 from sockbench.bench.suite import msgclock
 from sockbench.thresholds import UNSTABLE_SPREAD
 
 __all__ = ["UnstableBenchmarkWarning", "SuspectRunWarning", "test_echo"]
+
+
+#: the test's plain parameters (conftest.py parametrizes the same fields of Cell)
+CELL_PARAMS = tuple(f.name for f in dataclasses.fields(Cell))
 
 
 class UnstableBenchmarkWarning(UserWarning):
@@ -46,14 +58,15 @@ class SuspectRunWarning(UserWarning):
 
 
 def _clock_step(cell, r, plan):
-    """What msgclock advances by for one round: seconds per message (closed), p99 seconds (open)."""
+    """What msgclock advances by for one round: seconds per message (closed), mean latency in seconds (open)."""
     if cell.mode == "closed":
         msgs = r.throughput.msgs_per_s or 0.0
         return 1.0 / msgs if msgs > 0 else plan.duration_s
-    p99 = r.latency_us.p99
-    return p99 / 1e6 if p99 and p99 > 0 else plan.round_duration(cell)
+    mean = r.latency_us.mean
+    return mean / 1e6 if mean and mean > 0 else plan.round_duration(cell)
 
 
+@pytest.mark.usefixtures(*CELL_PARAMS)
 @pytest.mark.benchmark(timer=msgclock.clock, disable_gc=False, warmup=False)
 def test_echo(benchmark, cell, suite_ctx):
     plan = suite_ctx.plan
@@ -63,7 +76,8 @@ def test_echo(benchmark, cell, suite_ctx):
     info.update(server=cell.server, mode=cell.mode, protocol=cell.protocol, size=cell.size, conns=cell.conns, depth=cell.depth,
                 duration_s=plan.round_duration(cell), warmup_s=plan.warmup_s, min_rounds=plan.min_rounds,
                 max_rounds=plan.max_rounds, ci_target=plan.ci,
-                timed_as="seconds per message" if cell.mode == "closed" else "p99 latency, seconds")
+                timed_as="seconds per message" if cell.mode == "closed" else
+                "mean latency per round, seconds (percentiles: latency_us and per_round)")
     if cell.mode == "open":
         peak, source = suite_ctx.peak(cell.server)
         rate = peak * cell.load_pct / 100.0

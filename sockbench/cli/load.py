@@ -3,9 +3,12 @@
 Why it is built this way: ``sockbench/cli.py`` is shared by every subcommand,
 so it only registers ``load`` and calls in here; the arguments, their
 parsing into a ``LoadSpec`` and the one-screen rich summary live in this
-module.  The result JSON goes to ``--json PATH`` as soon as the run ends
-(``--json -``: to stdout, and then the summary goes to stderr so that stdout
-stays pure JSON).  An invalid run still writes its JSON and prints its
+module.  The result JSON goes to ``--json PATH`` as soon as the run ends,
+by default into ``results/load/<UTC time>__<server>.json`` (``--json -``: to
+stdout, and then the summary goes to stderr so that stdout stays pure JSON).
+Nothing is drawn while the load runs (a spinner redraws 12.5 times a second
+on the CPUs being measured): one line says what is running, then the
+summary follows.  An invalid run still writes its JSON and prints its
 summary, then exits 1 with one line that says why.  ``--protocol frame|json``
 speaks one of the framed protocols (``sockbench.servers.protocols``); ``--size``
 is the payload size in every protocol, so "MB/s" counts payload bytes and
@@ -17,6 +20,7 @@ each, in the verdict's colour: a figure under either must not be quoted.
 """
 
 import json
+import os
 import sys
 
 from sockbench.endpoints import TRANSPORTS, check_transport, parse_target
@@ -51,7 +55,8 @@ def add_arguments(p):
     p.add_argument("--client-cpus", default="1", help="CPUs for the load processes (default 1)")
     p.add_argument("--interval", type=arg(parse_number, "--interval"), default=0.1, help="time-series interval in seconds (default 0.1)")
     p.add_argument("--timeout", type=arg(parse_number, "--timeout"), default=5.0, help="seconds before an unanswered message is an error (default 5)")
-    p.add_argument("--json", metavar="PATH", help="write the result JSON here (- for stdout)")
+    p.add_argument("--json", metavar="PATH",
+                   help="write the result JSON here (- for stdout; default results/load/<UTC time>__<server>.json)")
     p.add_argument("--cluster", metavar="tcp://HOST:PORT",
                    help="load from several hosts: the Dask scheduler their `sockbench cluster-worker`s joined "
                         "(--conns is the total, --procs per host)")
@@ -100,20 +105,25 @@ def spec_from_args(args):
 
 
 def run_cli(args):
-    # deferred: rich and the harness, as in spec_from_args
-    from rich.console import Console
-
+    # deferred: the harness, as in spec_from_args
     from sockbench.bench.load.harness import run_load
+    from sockbench.cli.term import console as make_console
     from sockbench.jsonfile import check_writable, write_json_atomic
+    from sockbench.timestamps import folder_stamp
 
     spec = spec_from_args(args)
     to_stdout = args.json == "-"
-    if args.json and not to_stdout:
+    if not args.json:
+        name = (spec.server or args.target).replace(":", "_").replace("/", "_")
+        args.json = os.path.join("results", "load", f"{folder_stamp()}__{name}.json")
+        os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    if not to_stdout:
         check_writable(args.json, "--json")  # before measuring: a result with nowhere to go is lost
-    console = Console(stderr=to_stdout)
-    with console.status(f"loading {spec.server or args.target}: {spec.mode}, {spec.protocol}, {spec.conns} conns, "
-                        f"{spec.warmup_s:g} s warmup + {spec.duration_s:g} s ..."):
-        result = _cluster_load(spec, args) if args.cluster else run_load(spec)
+    console = make_console(stderr=to_stdout)
+    # one line, then nothing until the run ends: a redrawn spinner would cost the measured CPUs
+    console.print(f"loading {spec.server or args.target}: {spec.mode}, {spec.protocol}, {spec.conns} conns, "
+                  f"{spec.warmup_s:g} s warmup + {spec.duration_s:g} s ...", highlight=False)
+    result = _cluster_load(spec, args) if args.cluster else run_load(spec)
     if to_stdout:
         sys.stdout.write(json.dumps(result.to_json()) + "\n")
         sys.stdout.flush()
@@ -123,6 +133,8 @@ def run_cli(args):
         except OSError as e:
             raise SockbenchError(f"cannot write {args.json}: {e.strerror}") from None
     console.print(render_summary(result))
+    if not to_stdout:
+        console.print(f"result: {args.json}", highlight=False)
     if not result.valid:
         raise SockbenchError(f"invalid run: {result.invalid_reason}", exit_code=EXIT_INVALID)
     return 0

@@ -12,11 +12,15 @@ rich, the harness and the report (matplotlib) when they run.
 """
 
 import argparse
+import json
 import sys
 
+from sockbench import __version__
 from sockbench.cli import cluster as cluster_cmd
+from sockbench.cli import history as history_cmd
 from sockbench.cli import load as load_cmd
 from sockbench.cli import run as run_cmd
+from sockbench.cli.term import console as make_console
 from sockbench.endpoints import TRANSPORTS, check_transport
 from sockbench.errors import SockbenchError
 from sockbench.servers import registry
@@ -31,7 +35,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (no usage dump) and exit 2."""
 
     def error(self, message):
-        raise SockbenchError(f"{self.prog}: {message} (see --help)", exit_code=2)
+        # main() prefixes every error with "sockbench: ", so only a subcommand's name is said here
+        sub = self.prog.split(" ", 1)[1] if " " in self.prog else ""
+        raise SockbenchError(f"{sub + ': ' if sub else ''}{message} (see --help)", exit_code=2)
 
 
 def _cmd_serve(args):
@@ -42,9 +48,16 @@ def _cmd_serve(args):
 
 def _cmd_servers(args):
     # rich is deferred: `sockbench serve` must start fast and never needs it
-    from rich.console import Console
     from rich.table import Table
 
+    if args.json:
+        rows = []
+        for spec in registry.SERVERS.values():
+            ok, why = spec.availability()
+            rows.append({"name": spec.name, "available": ok, "reason": None if ok else why, "model": spec.summary,
+                         "protocols": list(spec.protocols), "transports": list(spec.transports)})
+        print(json.dumps(rows, indent=2))
+        return 0
     table = Table(title="sockbench servers", box=None, show_edge=False)
     table.add_column("name", style="bold", no_wrap=True)
     table.add_column("status", no_wrap=True)
@@ -57,8 +70,7 @@ def _cmd_servers(args):
             missing.append(f"{spec.name}: {why}")
         table.add_row(spec.name, "[green]available[/]" if ok else f"[red]{why.split(' (', 1)[0]}[/]",
                       " ".join(spec.transports), spec.summary)
-    # wide enough that no model wraps under a long status ("not built") and four transports
-    console = Console(width=max(120, Console().width), soft_wrap=True)
+    console = make_console()
     console.print(table)
     # the full reason, with the command that fixes it, on one unwrapped line per server
     for line in missing:
@@ -68,6 +80,7 @@ def _cmd_servers(args):
 
 def build_parser():
     p = _Parser(prog="sockbench", description="Honest, reproducible socket echo benchmarks.")
+    p.add_argument("--version", action="version", version=f"sockbench {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -89,6 +102,7 @@ def build_parser():
     s.set_defaults(func=_cmd_serve)
 
     s = sub.add_parser("servers", help="list every server and whether it is available here")
+    s.add_argument("--json", action="store_true", help="print the list as JSON (name, available, reason, model, protocols, transports)")
     s.set_defaults(func=_cmd_servers)
 
     s = sub.add_parser("load", help="load one server (NAME or --target HOST:PORT); print a summary, write the result JSON")
@@ -110,6 +124,10 @@ def build_parser():
     s = sub.add_parser("compare", help="compare two results folders: ratios and significance per (server, workload)")
     run_cmd.add_compare_arguments(s)
     s.set_defaults(func=run_cmd.compare_cli)
+
+    s = sub.add_parser("history", help="chosen cells across results folders, ordered by time: a plot and a table")
+    history_cmd.add_arguments(s)
+    s.set_defaults(func=history_cmd.run_cli)
     return p
 
 

@@ -9,8 +9,11 @@ exit.
 """
 
 import dataclasses
+import json
+import math
 import sys
 
+from sockbench.cli.term import console as make_console
 from sockbench.errors import SockbenchError
 from sockbench.units import arg, parse_cpus, parse_number, parse_percent
 
@@ -89,6 +92,8 @@ def add_compare_arguments(p):
                         "beyond it (without it, the verdicts use 5%%)")
     p.add_argument("--alpha", type=arg(parse_number, "--alpha", positive=True), default=0.05,
                    help="1 - the confidence of the interval of B/A (default 0.05: a 95%% interval)")
+    p.add_argument("--json", action="store_true",
+                   help="print the comparison as JSON (one object per cell: medians, ratio, interval, verdict)")
 
 
 def run_cli(args):
@@ -114,14 +119,12 @@ def run_cli(args):
 
 
 def report_cli(args):
-    # deferred heavy imports: rich, and the report's matplotlib
-    from rich.console import Console
-
+    # deferred heavy import: the report's matplotlib
     from sockbench.bench.report.document import build_report
 
     rep = build_report(args.dir)
     warn_left_out(rep["results"].skipped)
-    console = Console()
+    console = make_console()
     skipped = [(t, why) for _, t, why in rep["plots"] if why]
     for title, why in skipped:
         console.print(f"not drawn: {title} ({why})", highlight=False)
@@ -130,10 +133,19 @@ def report_cli(args):
     return 0
 
 
-def compare_cli(args):
-    # deferred heavy imports: rich, and the results store's hdrhistogram
-    from rich.console import Console
+def _plain(v):
+    """A comparison value as JSON can carry it: non-finite numbers are null, tuples are lists."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
 
+
+def compare_cli(args):
+    # deferred heavy import: the results store's hdrhistogram
     from sockbench.bench.report.compare import compare, render
 
     fail_above = parse_percent(args.fail_above, name="--fail-above") if args.fail_above is not None else None
@@ -143,5 +155,8 @@ def compare_cli(args):
     warn_left_out(result["skipped"])
     if not result["rows"]:
         raise SockbenchError(f"{args.a} and {args.b} have no (server, workload) in common; nothing to compare")
-    render(result, Console(width=max(140, Console().width)))
+    if args.json:
+        print(json.dumps(_plain({k: v for k, v in result.items() if k != "skipped"}), indent=2))
+    else:
+        render(result, make_console())
     return 1 if result["failed"] else 0

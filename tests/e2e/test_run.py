@@ -113,8 +113,14 @@ def test_run_quick_end_to_end(tmp_path):
     for i in rounds:
         window = next(ev for ev in reversed(events[:i]) if isinstance(ev, (Window, RoundDone)))
         assert isinstance(window, Window) and window.end_ns > window.start_ns > 0
-    for name, _ in PLOTS:
-        with Image.open(os.path.join(out, "plots", name)) as im:
+    md = open(os.path.join(out, "report.md")).read()
+    for name, title in PLOTS:
+        path = os.path.join(out, "plots", name)
+        if name == "throughput_vs_conns.png":
+            # --quick measures one connection count: no curve of one point, a note naming the plot that has them
+            assert not os.path.exists(path) and f"**{title}**: not drawn (one connection count measured (10)" in md
+            continue
+        with Image.open(path) as im:
             im.verify()
     ((_, rows),) = protocol_cost_rows(results)
     assert [(r[0][0], r[0][1]) for r in rows] == [(s, p) for s in E2E_SERVERS for p in ("raw", "json")]
@@ -132,11 +138,33 @@ def test_run_quick_end_to_end(tmp_path):
             assert b["stats"]["median"] == pytest.approx(1 / info["msgs_per_s_median"], rel=1e-6)
     saved = glob.glob(os.path.join(out, "benchmarks", "*", "0001_sockbench.json"))
     assert saved
-    cmp_ = subprocess.run([sys.executable, "-m", "pytest_benchmark.cli", "compare", saved[0], saved[0]],
+    # (one file: pytest-benchmark cannot load the same file twice, it pops its stats on the first read)
+    cmp_ = subprocess.run([sys.executable, "-c", "from pytest_benchmark.cli import main; main()", "compare", saved[0]],
                           capture_output=True, text=True, timeout=60)
-    assert cmp_.returncode == 0, cmp_.stderr
+    assert cmp_.returncode == 0 and "test_echo[" in cmp_.stdout, cmp_.stderr
     # compared with itself, 3 rounds against 3: no interval, so no verdict either way and no failure
     assert main(["compare", out, out, "--fail-above", "5%"]) == 0
+    # plain parameters: pytest-benchmark's own tools group by them
+    meta = json.load(open(os.path.join(out, "meta.json")))
+    for b in pb["benchmarks"]:
+        assert b["params"]["server"] in E2E_SERVERS and "UNSERIALIZABLE" not in json.dumps(b["params"])
+        if b["params"]["mode"] == "open":  # open loop times the mean latency: pytest-benchmark never averages p99s
+            assert b["stats"]["median"] == pytest.approx(
+                sorted(r["latency_us"]["mean"] for r in b["extra_info"]["per_round"])[1] / 1e6, rel=1e-6)
+    assert pb["commit_info"]["id"] == meta["commit"] and pb["commit_info"]["dirty"] == meta["dirty"]
+    assert meta["machine"]["versions"]["uvloop"] and "compiler" in meta["machine"]["versions"]
+    # (the module has no __main__ guard: `python -m pytest_benchmark.cli` would print nothing and exit 0)
+    grouped = subprocess.run([sys.executable, "-c", "from pytest_benchmark.cli import main; main()",
+                              "--storage", "file://" + os.path.join(out, "benchmarks"), "compare", "--group-by=param:server"],
+                             capture_output=True, text=True, timeout=60)
+    assert grouped.returncode == 0, grouped.stderr
+    for server in E2E_SERVERS:
+        assert f"benchmark 'server={server}'" in grouped.stdout
+    # the formats, one .hgrm per cell, a CSV row per round, the CI export
+    for c in results.cells.values():
+        assert os.path.getsize(os.path.join(out, "hgrm", f"{c.cell.server}__{c.cell.workload_id}.hgrm")) > 0
+    assert len(open(os.path.join(out, "results.csv")).read().splitlines()) == 1 + len(results.results)
+    assert len(json.load(open(os.path.join(out, "ci", "p99_us.json")))) == len(results.cells)
 
 
 def test_run_ctrl_c_keeps_finished_rounds(tmp_path):

@@ -83,8 +83,8 @@ def test_markdown_has_a_table_per_workload_and_every_plot(report, base):
         md = f.read()
     results = load_results(base)
     assert md.count("\n### ") >= len(results.workloads())
-    # one row per workload table, and one per protocol in the protocol-cost table
-    assert md.count("| selectors |") == len(results.workloads()) + 3
+    # one row per workload table, one per protocol in the protocol-cost table, and its summary row
+    assert md.count("| selectors |") == len(results.workloads()) + 3 + 1
     for name, _ in PLOTS:
         assert f"(plots/{name})" in md
     assert "1.00× (fastest)" in md

@@ -78,9 +78,11 @@ def test_html_escapes_and_is_self_contained(tmp_path):
     assert '<table class="settings">' in out and "<tr><th>commit</th><td>abc</td></tr>" in out
     assert '<p class="note">lead <i>vs fastest</i> and <b>bold</b> and <code>sockbench `report`</code></p>' in out
     # flags: the row is marked, the flag column holds badges that explain themselves; an unflagged row says ok
-    assert ('<tr class="flagged"><td>s2</td><td>2</td><td><span class="flag INVALID" title="do not quote it">INVALID</span>'
+    # (each cell names its column, for the narrow-screen layout)
+    assert ('<tr class="flagged"><td data-label="server">s2</td><td data-label="msgs/s">2</td><td data-label="flags">'
+            '<span class="flag INVALID" title="do not quote it">INVALID</span>'
             '<span class="flag UNSTABLE" title="re-run &lt;quietly&gt;">UNSTABLE</span></td></tr>') in out
-    assert '<td><span class="ok">ok</span></td></tr>' in out
+    assert '<td data-label="flags"><span class="ok">ok</span></td></tr>' in out
     assert '<p class="note"><b>UNSTABLE</b>: re-run &lt;quietly&gt;.</p>' in out
     assert f'<img alt="a plot" src="data:image/png;base64,{base64.b64encode(PNG).decode()}">' in out
     assert "http" not in out and "src=\"plots/" not in out

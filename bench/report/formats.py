@@ -1,0 +1,265 @@
+"""The files a results folder offers to the tools people already use: ``.hgrm``, ``results.csv`` and the
+CI-charting export.
+
+Why it is built this way: the report is for reading; these files are for
+other programs, so each one is written exactly in the format its tool reads,
+from the same ``store.Results`` the report is built from (``sockbench report
+DIR`` rewrites them too), and every writer has a reader here or in the tests
+that parses what it wrote.
+
+* ``hgrm/<server>__<workload>.hgrm``: HdrHistogram's percentile distribution
+  of the cell's merged histogram (every round, every load process), in
+  microseconds, the text ``outputPercentileDistribution`` writes in Java:
+  the columns Value, Percentile, TotalCount, 1/(1-Percentile), then the
+  ``#[Mean ...]``, ``#[Max ...]`` and ``#[Buckets ...]`` footer, so
+  HdrHistogram's plotter (``plotFiles.html``) and hdr-plot read it.  It is
+  written here rather than by the Python package's
+  ``output_percentile_distribution``, which scales the mean but not the
+  standard deviation (a latency in ns would print its StdDeviation 1000×
+  too large beside a mean in µs) and prints the total count as a float.
+* ``results.csv``: tidy data, one row per cell and round, one column per
+  variable: the cell's identity (every field of ``schema.Cell``, so a new
+  dimension becomes a column without a change here), the round, the
+  offered rate, throughput, the round's own latency percentiles, server
+  CPU per message, client CPU, errors, and the round's and the cell's flags.
+* ``ci/msgs_per_s.json`` and ``ci/p99_us.json``: github-action-benchmark's
+  custom format (``customBiggerIsBetter`` and ``customSmallerIsBetter``: a
+  list of ``{name, unit, value, range, extra}``), one entry per cell, the
+  cell's median msgs/s (closed loop) and its merged p99 (every cell), so a
+  repository can chart every commit with that action.
+"""
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+
+from sockbench.bench.schema import Cell
+from sockbench.jsonfile import write_json_atomic
+
+__all__ = [
+    "HGRM_DIR", "CSV_FILE", "CI_DIR", "CI_FILES", "hgrm_text", "parse_hgrm", "csv_columns", "csv_rows",
+    "ci_entries", "write_formats", "round_flags", "hgrm_name", "read_ci", "percentile_steps",
+]
+
+HGRM_DIR = "hgrm"
+CSV_FILE = "results.csv"
+CI_DIR = "ci"
+#: file name -> (github-action-benchmark tool, what it charts)
+CI_FILES = {
+    "msgs_per_s.json": ("customBiggerIsBetter", "closed-loop msgs/s, median over rounds"),
+    "p99_us.json": ("customSmallerIsBetter", "p99 latency in µs, merged over rounds"),
+}
+#: the percentile spacing of an .hgrm, as HdrHistogram's own tools write it
+TICKS_PER_HALF_DISTANCE = 5
+
+
+def percentile_steps(h, ticks_per_half_distance=TICKS_PER_HALF_DISTANCE):
+    """``[(value, percentile 0-100, total count)]`` as Java's ``PercentileIterator`` steps through ``h``.
+
+    Levels start at 0 and advance by ``100 / (ticks * 2^(floor(log2(100 / (100 - level))) + 1))``, so
+    there are ``ticks`` steps per halving of the distance to 100%; a recorded value is reported at
+    every level its cumulative count reaches (its highest equivalent value), and the last one again at
+    100%.  (The Python package's iterator advances differently: 0, 10, 19, 27.1 ...)
+    """
+    total = h.get_total_count()
+    if not total:
+        return []
+    steps = []
+    level = 0.0
+    cum = 0
+    for it in h.get_recorded_iterator():
+        cum += it.count_at_value_iterated_to
+        value = h.get_highest_equivalent_value(it.value_iterated_to)
+        pct = 100.0 * cum / total
+        while level <= pct:
+            steps.append((value, level, cum))
+            level += 100.0 / (ticks_per_half_distance * 2 ** (int(math.log2(100.0 / (100.0 - level))) + 1))
+            if cum >= total:
+                break  # Java's iterator leaves the last value after one step, then reports it at 100%
+        if cum >= total:
+            steps.append((value, 100.0, cum))
+            break
+    return steps
+
+
+def hgrm_text(h, scale=1000.0):
+    """HdrHistogram's percentile distribution of histogram ``h``, values divided by ``scale`` (ns -> µs)."""
+    sig = h.significant_figures
+    out = io.StringIO()
+    out.write("%12s %14s %10s %14s\n\n" % ("Value", "Percentile", "TotalCount", "1/(1-Percentile)"))
+    line = f"%12.{sig}f %2.12f %10d %14.2f\n"
+    last = f"%12.{sig}f %2.12f %10d\n"
+    for value, pct, cum in percentile_steps(h):
+        if pct < 100.0:
+            out.write(line % (value / scale, pct / 100.0, cum, 1.0 / (1.0 - pct / 100.0)))
+        else:
+            out.write(last % (value / scale, pct / 100.0, cum))
+    out.write(f"#[Mean    = %12.{sig}f, StdDeviation   = %12.{sig}f]\n" % (h.get_mean_value() / scale,
+                                                                           h.get_stddev() / scale))
+    out.write(f"#[Max     = %12.{sig}f, Total count    = %12d]\n" % (h.get_max_value() / scale, h.get_total_count()))
+    out.write("#[Buckets = %12d, SubBuckets     = %12d]\n" % (h.bucket_count, h.sub_bucket_count))
+    return out.getvalue()
+
+
+def parse_hgrm(text):
+    """An .hgrm as ``{"rows": [(value, percentile 0-1, total count)], "mean", "stddev", "max", "count"}``.
+
+    Read the way HdrHistogram's plotter reads one: the lines of numbers, then the bracketed footer.
+    """
+    rows, foot = [], {}
+    for line in text.splitlines():
+        s = line.strip()
+        if s.startswith("#["):
+            for part in s[2:-1].split(","):
+                key, _, val = part.partition("=")
+                foot[key.strip()] = float(val)
+            continue
+        fields = s.split()
+        if len(fields) in (3, 4):
+            try:
+                rows.append((float(fields[0]), float(fields[1]), int(fields[2])))
+            except ValueError:
+                continue  # the header line
+    return {"rows": rows, "mean": foot.get("Mean"), "stddev": foot.get("StdDeviation"), "max": foot.get("Max"),
+            "count": int(foot["Total count"]) if "Total count" in foot else None}
+
+
+def hgrm_name(cell):
+    return f"{cell.server}__{cell.workload_id}.hgrm"
+
+
+# --- results.csv -------------------------------------------------------------------------------------
+
+def _cell_fields():
+    """The Cell fields that identify a cell, server first (a field added to Cell becomes a column by itself)."""
+    names = [f.name for f in dataclasses.fields(Cell)]
+    return ["server"] + [n for n in names if n != "server"]
+
+
+#: the measured columns after the identity and the round
+_MEASURED = (
+    "target_rate", "msgs_per_s", "mb_per_s", "latency_count", "p50_us", "p90_us", "p99_us", "p999_us", "p9999_us",
+    "max_us", "mean_us", "server_cpu_us_per_msg", "server_user_us_per_msg", "server_sys_us_per_msg",
+    "server_rss_peak_bytes", "client_cpu_util", "errors", "valid", "flags", "cell_flags",
+)
+
+
+def csv_columns():
+    return _cell_fields() + ["round"] + list(_MEASURED)
+
+
+def round_flags(r):
+    """The flags one round carries on its own (UNSTABLE and WIDE-CI belong to a cell's rounds together)."""
+    out = []
+    if not r.valid:
+        out.append("INVALID")
+    if r.starved:
+        out.append("STARVED")
+    if r.disturbed:
+        out.append("DISTURBED")
+    if r.client_bound:
+        out.append("CLIENT-BOUND")
+    if r.workload.mode == "open" and r.throughput.behind:
+        out.append("BEHIND")
+    return out
+
+
+def _v(x):
+    """A CSV value: empty for unknown, plain numbers otherwise."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return ""
+    if isinstance(x, bool):
+        return "true" if x else "false"
+    return x
+
+
+def csv_rows(results):
+    """One dict per (cell, round), keyed by ``csv_columns()``, in run order."""
+    rows = []
+    for c in results.cells.values():
+        ident = {name: getattr(c.cell, name) for name in _cell_fields()}
+        cell_flags = " ".join(c.flags())
+        for r in c.results:
+            lat, per = r.latency_us, r.server_proc.us_per_msg
+            user, sys_ = per.user, per.sys
+            row = dict(ident)
+            row.update(
+                round=r.round_no, target_rate=r.throughput.target_rate, msgs_per_s=r.throughput.msgs_per_s,
+                mb_per_s=(r.throughput.bytes_per_s / 1e6 if r.throughput.bytes_per_s is not None else None),
+                latency_count=lat.count, p50_us=lat.p50, p90_us=lat.p90, p99_us=lat.p99, p999_us=lat.p999,
+                p9999_us=lat.p9999, max_us=lat.max, mean_us=lat.mean,
+                server_cpu_us_per_msg=(user + sys_ if user is not None and sys_ is not None else None),
+                server_user_us_per_msg=user, server_sys_us_per_msg=sys_,
+                server_rss_peak_bytes=r.server_proc.rss_peak_bytes, client_cpu_util=r.client.cpu_util,
+                errors=r.errors.total, valid=bool(r.valid), flags=" ".join(round_flags(r)), cell_flags=cell_flags,
+            )
+            rows.append({k: _v(v) for k, v in row.items()})
+    return rows
+
+
+# --- github-action-benchmark -----------------------------------------------------------------------
+
+
+def _extra(c):
+    flags = " ".join(c.flags())
+    return f"{len(c.results)} rounds" + (f"; flags: {flags}" if flags else "")
+
+
+def ci_entries(results):
+    """``{file name: [entry, ...]}`` in github-action-benchmark's custom format (``CI_FILES``)."""
+    bigger, smaller = [], []
+    for c in results.cells.values():
+        name = c.cell.id
+        if c.cell.mode == "closed" and math.isfinite(c.median):
+            rng = f"± {c.stdev:.4g}"
+            bigger.append({"name": name, "unit": "msgs/s", "value": round(c.median, 3), "range": rng,
+                           "extra": _extra(c)})
+        p99 = c.latency_summary().p99
+        if p99 is not None and math.isfinite(p99):
+            p99s = [r.latency_us.p99 for r in c.results if r.latency_us.p99 is not None]
+            rng = f"{min(p99s):.4g}-{max(p99s):.4g} over rounds" if p99s else ""
+            smaller.append({"name": name, "unit": "us", "value": round(p99, 3), "range": rng, "extra": _extra(c)})
+    return {"msgs_per_s.json": bigger, "p99_us.json": smaller}
+
+
+# --- writing them all --------------------------------------------------------------------------------
+
+
+def write_formats(results, path):
+    """Write ``hgrm/``, ``results.csv`` and ``ci/`` into the results folder ``path``; returns the paths written."""
+    written = []
+    hdir = os.path.join(path, HGRM_DIR)
+    os.makedirs(hdir, exist_ok=True)
+    for old in os.listdir(hdir):
+        if old.endswith(".hgrm"):
+            os.unlink(os.path.join(hdir, old))
+    for c in results.cells.values():
+        h = c.hdr()
+        if h is None or h.get_total_count() == 0:
+            continue
+        p = os.path.join(hdir, hgrm_name(c.cell))
+        with open(p, "w") as f:
+            f.write(hgrm_text(h, c.hdr_scale))
+        written.append(p)
+    p = os.path.join(path, CSV_FILE)
+    with open(p, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=csv_columns(), lineterminator="\n")
+        w.writeheader()
+        w.writerows(csv_rows(results))
+    written.append(p)
+    cdir = os.path.join(path, CI_DIR)
+    os.makedirs(cdir, exist_ok=True)
+    for fname, entries in ci_entries(results).items():
+        p = os.path.join(cdir, fname)
+        write_json_atomic(p, entries)
+        written.append(p)
+    return written
+
+
+def read_ci(path):
+    """A github-action-benchmark file back as its list of entries (for tests and scripts)."""
+    with open(path) as f:
+        return json.load(f)
