@@ -41,9 +41,18 @@ def payload(size, seed):
 
 
 def connect(addr, timeout=TIMEOUT_S):
-    host, port = addr
-    s = socket.create_connection((host, port), timeout=timeout)
-    return s
+    """A connected blocking socket to ``addr``: ``(host, port)`` (IPv4 or IPv6) or a unix socket's path."""
+    if isinstance(addr, str):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.settimeout(timeout)
+            s.connect(addr)
+        except BaseException:
+            s.close()
+            raise
+        return s
+    host, port = addr[:2]
+    return socket.create_connection((host, port), timeout=timeout)
 
 
 def read_exact(sock, n):
