@@ -187,16 +187,20 @@ def fresh_stream_server(request):
 
 def _framed_cases():
     return [
-        (name, proto, t) for name, spec in registry.SERVERS.items() for proto in spec.protocols if proto != "raw"
-        for t in spec.transports if t in STREAM_TRANSPORTS
+        (name, proto) for name, spec in registry.SERVERS.items() for proto in spec.protocols if proto != "raw"
     ]
+
+
+def _framed_transport_cases():
+    return [(name, proto, t) for name, proto in _framed_cases() for t in registry.SERVERS[name].transports
+            if t in STREAM_TRANSPORTS]
 
 
 #: the limit the protocol tests run servers with, so "over the limit" is cheap to send
 TEST_MAX_MESSAGE = 1 << 20
 
 
-@pytest.fixture(scope="module", params=_framed_cases(), ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
+@pytest.fixture(scope="module", params=_framed_transport_cases(), ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
 def framed_server(request):
     """A server speaking ``frame`` or ``json`` (every server x every protocol it speaks x every stream transport).
 
