@@ -12,7 +12,8 @@ this module only adapts it to the registry contract.
   descriptor that still has work is reported again, so no read has to be
   drained to EAGAIN to stay correct.
 * **accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)**, drained until EAGAIN, with
-  TCP_NODELAY on every accepted socket.  Out of descriptors (EMFILE, ENFILE)
+  TCP_NODELAY on every accepted TCP socket (a unix listener's have no Nagle;
+  the loop asks the listener's family once, at start).  Out of descriptors (EMFILE, ENFILE)
   or memory the listener is unwatched, instead of spinning, until a
   connection closes or 0.1 s has passed, with one line on stderr (then at
   most one a second), as in every server.

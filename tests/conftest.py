@@ -1,7 +1,11 @@
 """Shared fixtures, the markers by kind, and a guard against servers left running.
 
 ``server_name`` is parametrized over ``sockbench.servers.registry.SERVERS``, so a server
-added to the registry gets every conformance check with no change here.  A
+added to the registry gets every conformance check with no change here; the
+stream checks run over each stream transport a server serves
+(``stream_server``: one process per server and transport per module,
+``framed_server``: per server, protocol and transport), so a transport added to
+a server's registry line is checked the same way.  A
 server that is not available on this machine (say, an install that skipped the
 Cython build) is skipped with the registry's reason, unless
 ``SOCKBENCH_REQUIRE_ALL=1`` (set by CI), where that is a failure.
@@ -24,6 +28,7 @@ import time
 
 import pytest
 
+from sockbench.endpoints import STREAM_TRANSPORTS
 from sockbench.servers import registry
 from sockbench.servers.process import ServerProcess
 
@@ -147,22 +152,65 @@ def server(server_name):
         proc.stop()
 
 
+def _stream_cases():
+    return [(name, t) for name, spec in registry.SERVERS.items() for t in spec.transports if t in STREAM_TRANSPORTS]
+
+
+@pytest.fixture(scope="module", params=_stream_cases(), ids=lambda c: f"{c[0]}-{c[1]}")
+def stream_server(request):
+    """A server over one stream transport (every server x tcp, tcp6, unix), shared by a module's tests.
+
+    One process per (server, transport) and module keeps the suite's time
+    near what one transport cost; a test that needs a process of its own
+    (a stop signal, a descriptor limit) starts one with ``fresh_stream_server``.
+    """
+    name, transport = request.param
+    _require_available(name)
+    proc = ServerProcess(name, transport).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(params=_stream_cases(), ids=lambda c: f"{c[0]}-{c[1]}")
+def fresh_stream_server(request):
+    """A fresh server over one stream transport for one test; always stopped by pid afterwards."""
+    name, transport = request.param
+    _require_available(name)
+    proc = ServerProcess(name, transport).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
 def _framed_cases():
     return [
         (name, proto) for name, spec in registry.SERVERS.items() for proto in spec.protocols if proto != "raw"
     ]
 
 
+def _framed_transport_cases():
+    return [(name, proto, t) for name, proto in _framed_cases() for t in registry.SERVERS[name].transports
+            if t in STREAM_TRANSPORTS]
+
+
 #: the limit the protocol tests run servers with, so "over the limit" is cheap to send
 TEST_MAX_MESSAGE = 1 << 20
 
 
-@pytest.fixture(params=_framed_cases(), ids=lambda c: f"{c[0]}-{c[1]}")
+@pytest.fixture(scope="module", params=_framed_transport_cases(), ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
 def framed_server(request):
-    """A fresh server speaking ``frame`` or ``json`` (every server x every protocol it speaks)."""
-    name, proto = request.param
+    """A server speaking ``frame`` or ``json`` (every server x every protocol it speaks x every stream transport).
+
+    Shared by a module's tests, one process per (server, protocol, transport):
+    a malformed message must cost only its own connection, so what one test
+    sends cannot spoil the next.
+    """
+    name, proto, transport = request.param
     _require_available(name)
-    proc = ServerProcess(name, extra_args=("--protocol", proto, "--max-message", str(TEST_MAX_MESSAGE)))
+    proc = ServerProcess(name, transport, extra_args=("--protocol", proto, "--max-message", str(TEST_MAX_MESSAGE)))
     proc.protocol = proto
     proc.start()
     try:

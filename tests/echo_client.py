@@ -5,6 +5,7 @@ loop a deadline, so a misbehaving server fails a test instead of hanging it.
 """
 
 import ctypes
+import errno
 import os
 import random
 import selectors
@@ -41,9 +42,18 @@ def payload(size, seed):
 
 
 def connect(addr, timeout=TIMEOUT_S):
-    host, port = addr
-    s = socket.create_connection((host, port), timeout=timeout)
-    return s
+    """A connected blocking socket to ``addr``: ``(host, port)`` (IPv4 or IPv6) or a unix socket's path."""
+    if isinstance(addr, str):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.settimeout(timeout)
+            s.connect(addr)
+        except BaseException:
+            s.close()
+            raise
+        return s
+    host, port = addr[:2]
+    return socket.create_connection((host, port), timeout=timeout)
 
 
 def read_exact(sock, n):
@@ -80,6 +90,10 @@ def exchange(addr, stream, timeout=10.0):
             s.shutdown(socket.SHUT_WR)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server closed on a malformed message before we finished writing
+        except OSError as e:
+            if e.errno != errno.ENOTCONN:
+                raise
+            # its reset came after the last write and before the half-close: the same case
         try:
             while True:
                 chunk = s.recv(1 << 20)

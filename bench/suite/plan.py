@@ -52,10 +52,17 @@ flight) under the same rules, without a run budget.  ``--quick`` is the CI
 smoke matrix: exactly 3 short rounds per cell, too few for an interval,
 which is what it is for: proving the pipeline in under a minute.
 
+Transports (``--transports``, default tcp) are a dimension of the whole
+matrix: each server runs its cells once per transport it serves (``serves``,
+from the registry), transport by transport, and its open-loop sweep takes the
+peak of the same transport.  A transport a server lacks (udp, for the servers
+without a datagram form) is skipped for that server, and ``notes()`` says so.
+
 A cell is a ``Cell`` of the result schema (``sockbench.bench.schema``): the
 report groups results by it as well.  A raw cell's id names its mode, size
 and connections (``closed-64B-c100``); a framed one ends in its protocol
-(``closed-64B-c100-d16-json``).
+(``closed-64B-c100-d16-json``); a cell over another transport than tcp ends
+in it (``closed-64B-c100-unix``).
 """
 
 import json
@@ -63,6 +70,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 
 from sockbench.bench.schema import Cell
+from sockbench.endpoints import TRANSPORTS
 from sockbench.errors import UsageError
 from sockbench.servers.protocols import PROTOCOLS
 from sockbench.units import format_size, parse_size
@@ -114,6 +122,10 @@ class Plan:
     proto_depth: int = 16
     #: server -> the protocols it speaks (from the registry); a server not listed speaks them all
     speaks: dict = field(default_factory=dict)
+    #: the transports every cell runs over, in this order (``--transports``)
+    transports: tuple = ("tcp",)
+    #: server -> the transports it serves (from the registry); a server not listed serves them all
+    serves: dict = field(default_factory=dict)
     #: rounds per cell: at least min_rounds; more until the interval is within ci, at most max_rounds
     min_rounds: int = 5
     max_rounds: int = 30
@@ -168,6 +180,13 @@ class Plan:
                 raise UsageError(f"unknown protocol {p!r}; use some of {' '.join(PROTOCOLS)}")
         if len(set(self.protocols)) != len(self.protocols):
             raise UsageError(f"--protocols names a protocol twice: {' '.join(self.protocols)}")
+        if not self.transports:
+            raise UsageError(f"--transports needs at least one of {' '.join(TRANSPORTS)}")
+        for t in self.transports:
+            if t not in TRANSPORTS:
+                raise UsageError(f"unknown transport {t!r}; use some of {' '.join(TRANSPORTS)}")
+        if len(set(self.transports)) != len(self.transports):
+            raise UsageError(f"--transports names a transport twice: {' '.join(self.transports)}")
 
     @property
     def adaptive(self):
@@ -180,26 +199,38 @@ class Plan:
         out = [p for p in self.protocols if spoken is None or p in spoken]
         return out if any(p != "raw" for p in out) else []
 
+    def server_transports(self, server):
+        """The plan's transports that ``server`` serves, in the plan's order."""
+        served = self.serves.get(server)
+        return [t for t in self.transports if served is None or t in served]
+
+    def notes(self):
+        """One line per server and transport the plan skips because the server does not serve it."""
+        return [f"{server} has no {t} form: its {t} cells are skipped" for server in self.servers
+                for t in self.transports if t not in self.server_transports(server)]
+
     def cells(self):
         out = []
         for server in self.servers:
-            for size in self.sizes:
-                for conns in self.conns:
-                    out.append(Cell(server, "closed", size, conns, self.depth))
-            for pct in self.open_pcts:
-                out.append(Cell(server, "open", self.open_size, self.open_conns, 1, pct))
-            ids = {c.id for c in out}
-            for proto in self.server_protocols(server):
-                c = Cell(server, "closed", self.proto_size, self.proto_conns, self.proto_depth, protocol=proto)
-                if c.id not in ids:
-                    out.append(c)
+            for t in self.server_transports(server):
+                for size in self.sizes:
+                    for conns in self.conns:
+                        out.append(Cell(server, "closed", size, conns, self.depth, transport=t))
+                for pct in self.open_pcts:
+                    out.append(Cell(server, "open", self.open_size, self.open_conns, 1, pct, transport=t))
+                ids = {c.id for c in out}
+                for proto in self.server_protocols(server):
+                    c = Cell(server, "closed", self.proto_size, self.proto_conns, self.proto_depth, protocol=proto,
+                             transport=t)
+                    if c.id not in ids:
+                        out.append(c)
         return out
 
     def calibrations(self):
-        """Servers whose open-loop sweep needs a calibration run (no closed cell at ``open_size``)."""
+        """Servers whose open-loop sweep needs a calibration run (no closed cell at ``open_size``), once per transport."""
         if not self.open_pcts or self.open_size in self.sizes:
             return []
-        return list(self.servers)
+        return [s for s in self.servers for _ in self.server_transports(s)]
 
     # --- how long things take -----------------------------------------------------------
     def round_duration(self, cell):

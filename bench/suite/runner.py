@@ -117,7 +117,7 @@ def _none_or(values, option):
 
 def build_plan(servers=None, sizes=None, conns=None, quick=False, full=False, rounds=None, min_rounds=None,
                max_rounds=None, ci=None, cell_budget_s=None, run_budget_s=None, duration_s=None, warmup_s=None,
-               open_pcts=None, server_cpus=None, client_cpus=None, protocols=None):
+               open_pcts=None, server_cpus=None, client_cpus=None, protocols=None, transports=None):
     """The run's Plan from the command line; any bad value is a one-line UsageError.
 
     ``rounds`` fixes the rounds of every cell (``min_rounds = max_rounds = rounds``); ``run_budget_s`` 0
@@ -139,7 +139,12 @@ def build_plan(servers=None, sizes=None, conns=None, quick=False, full=False, ro
     if run_budget_s is not None:
         kw["run_budget_s"] = float(run_budget_s) or None
     kw["speaks"] = {n: list(registry.get(n).protocols) for n in names}
+    kw["serves"] = {n: list(registry.get(n).transports) for n in names}
+    if transports is not None:
+        kw["transports"] = tuple(_split(transports))  # each name is checked by the Plan
     plan = make(names, **kw)
+    if not any(plan.server_transports(n) for n in names):
+        raise UsageError(f"no chosen server serves {' or '.join(plan.transports)}; see `sockbench servers`")
     if protocols and plan.protocols and not any(plan.server_protocols(n) for n in names):
         raise UsageError(f"no chosen server speaks {' or '.join(p for p in plan.protocols if p != 'raw') or 'a framed protocol'}; "
                          f"see `sockbench servers`")
@@ -528,9 +533,13 @@ def _announce(plan, out, console):
     console.print(f"sockbench run: {n_servers} server{'s' if n_servers != 1 else ''}, {len(plan.cells())} cells "
                   f"(sizes {', '.join(format_size(s) for s in plan.sizes)}; conns {', '.join(map(str, plan.conns))}; "
                   f"open loop {', '.join(f'{p}%' for p in plan.open_pcts) or 'none'}; "
-                  f"protocols {_protocols_line(plan)}); {_rounds_line(plan)}, each {plan.warmup_s:g} s warmup + "
+                  f"protocols {_protocols_line(plan)}"
+                  f"{'; transports ' + ', '.join(plan.transports) if plan.transports != ('tcp',) else ''}); "
+                  f"{_rounds_line(plan)}, each {plan.warmup_s:g} s warmup + "
                   f"{plan.duration_s:g} s{open_s}; about {_fmt_left(plan.min_estimate_s())}{budget} -> {out}",
                   highlight=False)
+    for note in plan.notes():
+        console.print(f"note: {note}", highlight=False)
 
 
 class _Signals:

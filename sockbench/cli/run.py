@@ -54,6 +54,9 @@ def add_run_arguments(p):
                         "grid's own cell is the raw baseline; --full: x 16 in flight) in each of these protocols (raw frame "
                         "json; default all three, raw always included; none: no section; with --quick the section uses the "
                         "quick cell's workload, 64 B x 10 connections, and is off unless asked for)")
+    p.add_argument("--transports", nargs="+", metavar="T",
+                   help="run every cell over each of these transports: tcp tcp6 unix udp (default tcp; a server "
+                        "without one of them skips its cells there, with a note)")
     p.add_argument("--rounds", type=arg(parse_number, "--rounds", kind=int, positive=True),
                    help="exactly this many rounds per cell (no stopping rule; --quick: 3)")
     p.add_argument("--min-rounds", type=arg(parse_number, "--min-rounds", kind=int, positive=True),
@@ -109,6 +112,7 @@ def run_cli(args):
         rounds=args.rounds, min_rounds=args.min_rounds, max_rounds=args.max_rounds, ci=args.ci,
         cell_budget_s=args.cell_budget, run_budget_s=args.run_budget, duration_s=args.duration, warmup_s=args.warmup,
         open_pcts=args.open_loads, server_cpus=args.server_cpus, client_cpus=args.client_cpus, protocols=args.protocols,
+        transports=args.transports,
     )
     if args.hosts and not args.cluster:
         raise SockbenchError("--hosts names load hosts of --cluster; give --cluster tcp://HOST:PORT too", exit_code=2)

@@ -239,3 +239,33 @@ def test_a_load_spec_target_is_an_endpoint():
         LoadSpec(target=Endpoint("unix", path="/tmp/e.sock"), transport="tcp6").validate()
     with pytest.raises(UsageError, match="does not serve --transport udp"):
         LoadSpec(server="asyncio-streams", transport="udp").validate()
+
+
+# --- the run's transport dimension ----------------------------------------------------------------
+
+
+def test_the_plan_runs_every_cell_over_each_transport_a_server_serves():
+    from sockbench.bench.suite.plan import Plan
+
+    plan = Plan(servers=("a", "b"), sizes=(64,), conns=(10,), open_pcts=(25,), open_conns=10, protocols=(),
+                transports=("tcp", "unix", "udp"), serves={"a": ["tcp", "tcp6", "unix", "udp"], "b": ["tcp", "unix"]})
+    ids = [c.id for c in plan.cells()]
+    assert ids == ["a:closed-64B-c10", "a:open-64B-c10-25pct", "a:closed-64B-c10-unix", "a:open-64B-c10-25pct-unix",
+                   "a:closed-64B-c10-udp", "a:open-64B-c10-25pct-udp",
+                   "b:closed-64B-c10", "b:open-64B-c10-25pct", "b:closed-64B-c10-unix", "b:open-64B-c10-25pct-unix"]
+    assert plan.notes() == ["b has no udp form: its udp cells are skipped"]
+    assert Plan.from_dict(plan.to_dict()) == plan
+    for bad, says in ((("tcp", "ipx"), "unknown transport 'ipx'"), (("tcp", "tcp"), "names a transport twice"),
+                      ((), "needs at least one")):
+        with pytest.raises(UsageError, match=says):
+            Plan(servers=("a",), transports=bad)
+
+
+def test_run_with_transports_no_chosen_server_serves_is_one_line():
+    from sockbench.bench.suite.runner import build_plan
+
+    lacking = next(n for n, s in registry.SERVERS.items() if "udp" not in s.transports and s.availability()[0])
+    with pytest.raises(UsageError, match=f"no chosen server serves udp"):
+        build_plan(servers=[lacking], transports=["udp"], quick=True)
+    plan = build_plan(servers=[lacking], transports=["tcp", "unix"], quick=True)
+    assert {c.transport for c in plan.cells()} == {"tcp", "unix"}
