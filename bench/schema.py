@@ -1308,6 +1308,8 @@ class CellSummary:
     figure_ci_confidence: float | None = None
     disturbed_rounds: int = 0
     starved: int = 0
+    #: a udp cell: its rounds' datagram accounting added up (loss, duplicates, out-of-order); None for a stream
+    datagrams: Datagrams | None = None
 
     def to_json(self):
         return {
@@ -1337,4 +1339,5 @@ class CellSummary:
             "figure_ci_confidence": self.figure_ci_confidence,
             "disturbed_rounds": self.disturbed_rounds,
             "starved": self.starved,
+            **({"datagrams": self.datagrams.to_json()} if self.datagrams is not None else {}),
         }

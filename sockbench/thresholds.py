@@ -6,7 +6,7 @@ flag means the same thing wherever it appears.
 """
 
 __all__ = ["CLIENT_BOUND_UTIL", "SERVER_BOUND_UTIL", "UNSTABLE_SPREAD", "BEHIND_FRACTION", "STALL_S", "DISTURBED_SHARE",
-           "CLOCK_OFFSET_SHARE"]
+           "CLOCK_OFFSET_SHARE", "LOSSY_SHARE", "SAME_COST_SHARE"]
 
 #: the load CPUs at least this busy: the figure measures the client as much as the server ("client-bound")
 CLIENT_BOUND_UTIL = 0.95
@@ -24,3 +24,8 @@ DISTURBED_SHARE = 0.05
 #: a load from several hosts: a host's clock off the coordinator's by more than this share of the measured
 #: window starts its load visibly early or late (a warning; chrony keeps LAN clocks microseconds apart)
 CLOCK_OFFSET_SHARE = 0.01
+#: udp: more than this share of the datagrams sent lost (no echo within the timeout) is LOSSY: its msgs/s
+#: counts only the answers, and its latency only the datagrams that came back
+LOSSY_SHARE = 0.01
+#: the report's sentences: two figures within this share of each other (a ratio in 0.9-1.1) cost "about the same"
+SAME_COST_SHARE = 0.10

@@ -21,7 +21,10 @@ one's peak, never msgs/s, which there is only the rate offered); then, when
 the run has a protocol section, what each protocol costs over ``raw`` in
 server CPU per message, per server, from the same run at the same workload
 (user+sys, and user alone: the interpreter's share, where the
-implementations differ); the plots with their captions; and last, one line
+implementations differ); the sections of the run's other dimensions, each at the summary's headline workload and
+only when the run measured more than one value of it (``dimensions.py``): the transports (with
+the sentence that answers the IPC question, which the verdict repeats) and the worker counts
+(with the server's CPUs); the plots with their captions; and last, one line
 per flagged cell saying why it was flagged.  A flag is a badge in its row,
 not a wall of warnings before the results.
 
@@ -37,20 +40,21 @@ import os
 from sockbench.bench.report.blocks import (
     Alert, Code, Document, Emph, Heading, Image, KeyValues, Legend, Paragraph, Row, Strong, Table, WarningList,
 )
+from sockbench.bench.report.dimensions import fmt, has_loss, loss_text, transport_section, workers_section
 from sockbench.bench.report.formats import write_formats
-from sockbench.bench.report.plots import PLOT_CAPTIONS, make_plots
+from sockbench.bench.report.plots import PLOT_CAPTIONS, make_dimension_plots, make_plots
 from sockbench.bench.report.summary import build_summary
 from sockbench.bench.report.render import to_html, to_markdown
 from sockbench.bench.report.store import load_results
 from sockbench.errors import SockbenchError
 from sockbench.procfs import TICK_S
-from sockbench.thresholds import DISTURBED_SHARE, UNSTABLE_SPREAD
+from sockbench.thresholds import DISTURBED_SHARE, LOSSY_SHARE, UNSTABLE_SPREAD
 from sockbench.timestamps import iso_utc
 from sockbench.units import format_size
 
 __all__ = [
     "build_report", "build_document", "table_rows", "protocol_cost_rows", "FLAG_HELP",
-    "COLUMNS", "OPEN_COLUMNS", "PROTO_COLUMNS", "summary_table",
+    "COLUMNS", "OPEN_COLUMNS", "PROTO_COLUMNS", "summary_table", "with_loss", "dimension_sections",
 ]
 
 FLAG_HELP = {
@@ -64,6 +68,8 @@ FLAG_HELP = {
     "WIDE-CI": "the cell's rounds ended (time budget or most rounds) before the 95% interval of its median was as narrow as asked: "
                "quote it with its interval",
     "BEHIND": "open loop: the client fell behind its send schedule",
+    "LOSSY": (f"udp: more than {LOSSY_SHARE:.0%} of the datagrams sent got no echo within the timeout: msgs/s counts "
+              "the echoes only and the latency only the datagrams that came back (the loss column says how many)"),
 }
 
 COLUMNS = [
@@ -81,12 +87,7 @@ PROTO_COLUMNS = [
 ]
 
 
-def _fmt(v, digits=3):
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "n/a"
-    if abs(v) >= 1000:
-        return f"{v:,.0f}"
-    return f"{v:.{digits}g}"
+_fmt = fmt
 
 
 def _mib(b):
@@ -155,9 +156,19 @@ PROTO_NOTE = ("Server CPU per message (µs, user+sys, and user alone), median ov
               "A flagged row's figures must not be quoted (see the warnings).")
 
 
+def with_loss(columns):
+    """``columns`` with a loss column before the flags (the columns of a table that holds a udp cell)."""
+    i = columns.index("flags")
+    return columns[:i] + ["loss"] + columns[i:]
+
+
 def table_rows(results, workload_id):
-    """The rows of one workload table, one per server, as lists of strings (plus the flags)."""
+    """The rows of one workload table, one per server, as lists of strings (plus the flags).
+
+    A workload with a udp cell gets its loss before the flags (``with_loss`` names the column).
+    """
     cells = [c for c in results.cells.values() if c.workload_id == workload_id]
+    lossy = has_loss(cells)
     good = [c.median for c in cells if not c.invalid and math.isfinite(c.median)]
     best = max(good) if good else 0.0
     tails = [c.latency_summary().p99 for c in cells if not c.invalid]
@@ -188,10 +199,11 @@ def table_rows(results, workload_id):
             if best > 0 and not c.invalid and c.median >= best:
                 ratio = "1.00× (fastest)"
         cpu = c.cpu_us_per_msg
-        rows.append(([
-            c.server, msgs, rounds, interval, _fmt(c.mb_per_s), _fmt(lat.p50), _fmt(lat.p99), _fmt(lat.p999),
-            _fmt(cpu), _mib(c.rss_peak_bytes), errs, " ".join(flags) or "ok", ratio,
-        ], flags, c))
+        row = [c.server, msgs, rounds, interval, _fmt(c.mb_per_s), _fmt(lat.p50), _fmt(lat.p99), _fmt(lat.p999),
+               _fmt(cpu), _mib(c.rss_peak_bytes), errs]
+        if lossy:
+            row.append(loss_text(c) or "n/a (stream)")
+        rows.append((row + [" ".join(flags) or "ok", ratio], flags, c))
     return rows
 
 
@@ -378,7 +390,11 @@ def summary_table(summary):
     cols = ["server", "rank", "msgs/s", "95% interval", "server CPU µs/msg"]
     if share:
         cols.append(share)
-    cols += [f"{p} over raw µs/msg" for p in summary.protocols] + ["flags"]
+    cols += [f"{p} over raw µs/msg" for p in summary.protocols]
+    lossy = has_loss(r.headline for r in summary.rows if r.headline is not None)
+    if lossy:
+        cols.append("loss")
+    cols.append("flags")
     rows = []
     for r in summary.rows:
         h = r.headline
@@ -393,6 +409,8 @@ def summary_table(summary):
         for p in summary.protocols:
             v = r.proto_cost.get(p, float("nan"))
             cells.append(f"{v:+.3g}" if math.isfinite(v) else "n/a")
+        if lossy:
+            cells.append((loss_text(r.headline) if r.headline is not None else "") or "n/a")
         cells.append(" ".join(r.flags) or "ok")
         rows.append(Row(tuple(cells), tuple(r.flags)))
     return Table(tuple(cols), tuple(rows), cols.index("flags"))
@@ -415,8 +433,28 @@ def _summary_note(summary):
         "min–max of its rounds) lies wholly below the other's; an = marks a tie the rounds cannot break.")
 
 
-def build_document(results, plots):
-    """The report of ``results`` as a Document; ``plots`` is what ``make_plots`` returned (files under ``plots/``)."""
+def _section(doc, section, note, drawn, plot):
+    """A dimension's section (``dimensions.Section``): its note, table, sentences and, when drawn, its plot."""
+    doc.add(Heading(2, section.title), Paragraph(note, "note"), _table(section.columns, section.rows))
+    for sentence in section.sentences:
+        doc.add(Paragraph(sentence, "verdict"))
+    if plot in drawn:
+        doc.add(Heading(3, drawn[plot]), Image(f"plots/{plot}", drawn[plot]))
+
+
+def dimension_sections(results):
+    """``{"transports": Section or None, "workers": Section or None}`` (``dimensions.py``)."""
+    return {"transports": transport_section(results), "workers": workers_section(results)}
+
+
+def build_document(results, plots, sections=None, dimension_plots=None):
+    """The report of ``results`` as a Document; ``plots`` is what ``make_plots`` returned (files under ``plots/``).
+
+    ``sections`` is ``dimension_sections(results)`` (built when not given), ``dimension_plots`` what
+    ``make_dimension_plots`` returned (``{file name: title}`` of those drawn).
+    """
+    sections = dimension_sections(results) if sections is None else sections
+    dimension_plots = dimension_plots or {}
     doc = Document("sockbench report", flag_help=FLAG_HELP)
     banner = _status_banner(results)
     if banner:
@@ -426,7 +464,10 @@ def build_document(results, plots):
         doc.add(Alert(left_out))
     summary = build_summary(results)
     doc.add(Heading(2, "Summary"), Paragraph(_summary_note(summary), "note"), summary_table(summary))
-    for sentence in summary.sentences:
+    verdict = list(summary.sentences)
+    if sections.get("transports") is not None and sections["transports"].verdict:
+        verdict.append(sections["transports"].verdict)
+    for sentence in verdict:
         doc.add(Paragraph(sentence, "verdict"))
     counts = _flag_counts(results)
     doc.add(Paragraph(_flags_line(results), "flags" if counts else "good"))
@@ -436,12 +477,18 @@ def build_document(results, plots):
     doc.add(Heading(2, "Results by workload"), Paragraph(RESULTS_NOTE, "note"))
     for wid, cell in results.workloads().items():
         cols = OPEN_COLUMNS if cell.mode == "open" else COLUMNS
-        doc.add(Heading(3, cell.title()), _table(cols, table_rows(results, wid)))
+        rows = table_rows(results, wid)
+        if has_loss(c for _, _, c in rows):
+            cols = with_loss(cols)
+        doc.add(Heading(3, cell.title()), _table(cols, rows))
     proto = protocol_cost_rows(results)
     if proto:
         doc.add(Heading(2, "Cost of each protocol over raw"), Paragraph(PROTO_NOTE, "note"))
         for title, rows in proto:
             doc.add(Heading(3, title), _table(PROTO_COLUMNS, rows))
+    for key, plot in (("transports", "transports.png"), ("workers", "workers.png")):
+        if sections.get(key) is not None:
+            _section(doc, sections[key], sections[key].caption, dimension_plots, plot)
     doc.add(Heading(2, "Plots"))
     for fname, title, skipped in plots:
         if skipped:
@@ -465,16 +512,19 @@ def _table(columns, rows):
 def build_report(path):
     """Rebuild ``plots/``, ``report.md``, ``report.html`` and the formats (``hgrm/``, ``results.csv``, ``ci/``).
 
-    Returns ``{"md": path, "html": path, "plots": [...], "results": Results, "formats": [paths]}``;
+    Returns ``{"md": path, "html": path, "plots": [...], "results": Results, "formats": [paths],
+    "sections": dimension_sections(), "dimension_plots": {file name: title}}``;
     a missing or corrupt folder raises a one-line SockbenchError.
     """
     results = load_results(path)
     plot_dir = os.path.join(path, "plots")
     try:
         plots = make_plots(results, plot_dir)
+        sections = dimension_sections(results)
+        dimension_plots = make_dimension_plots(results, plot_dir, sections)
         md_path = os.path.join(path, "report.md")
         html_path = os.path.join(path, "report.html")
-        doc = build_document(results, plots)
+        doc = build_document(results, plots, sections, dimension_plots)
         with open(md_path, "w") as f:
             f.write(to_markdown(doc))
         with open(html_path, "w") as f:
@@ -482,4 +532,5 @@ def build_report(path):
         formats = write_formats(results, path)
     except OSError as e:
         raise SockbenchError(f"cannot write the report into {path}: {e.strerror or e}") from None
-    return {"md": md_path, "html": html_path, "plots": plots, "results": results, "formats": formats}
+    return {"md": md_path, "html": html_path, "plots": plots, "results": results, "formats": formats,
+            "sections": sections, "dimension_plots": dimension_plots}

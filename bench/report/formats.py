@@ -21,7 +21,9 @@ that parses what it wrote.
   variable: the cell's identity (every field of ``schema.Cell``, so a new
   dimension becomes a column without a change here), the round, the
   offered rate, throughput, the round's own latency percentiles, server
-  CPU per message, client CPU, errors, and the round's and the cell's flags.
+  CPU per message, client CPU, errors, a udp round's datagram accounting
+  (sent, lost, loss share, duplicates, out of order; empty for a stream
+  round), and the round's and the cell's flags.
 * ``ci/msgs_per_s.json`` and ``ci/p99_us.json``: github-action-benchmark's
   custom format (``customBiggerIsBetter`` and ``customSmallerIsBetter``: a
   list of ``{name, unit, value, range, extra}``), one entry per cell, the
@@ -143,7 +145,10 @@ def _cell_fields():
 _MEASURED = (
     "target_rate", "msgs_per_s", "mb_per_s", "latency_count", "p50_us", "p90_us", "p99_us", "p999_us", "p9999_us",
     "max_us", "mean_us", "server_cpu_us_per_msg", "server_user_us_per_msg", "server_sys_us_per_msg",
-    "server_rss_peak_bytes", "client_cpu_util", "errors", "valid", "flags", "cell_flags",
+    "server_rss_peak_bytes", "client_cpu_util", "errors",
+    # udp only (empty for a stream round): the round's datagram accounting
+    "datagrams_sent", "datagrams_lost", "loss_share", "duplicates", "out_of_order",
+    "valid", "flags", "cell_flags",
 )
 
 
@@ -176,6 +181,14 @@ def _v(x):
     return x
 
 
+def _datagram_columns(d):
+    """A round's loss columns (None, an empty cell, for a stream round)."""
+    if d is None:
+        return dict.fromkeys(("datagrams_sent", "datagrams_lost", "loss_share", "duplicates", "out_of_order"))
+    return {"datagrams_sent": d.sent, "datagrams_lost": d.lost, "loss_share": d.loss_share,
+            "duplicates": d.duplicates, "out_of_order": d.out_of_order}
+
+
 def csv_rows(results):
     """One dict per (cell, round), keyed by ``csv_columns()``, in run order."""
     rows = []
@@ -194,7 +207,7 @@ def csv_rows(results):
                 server_cpu_us_per_msg=(user + sys_ if user is not None and sys_ is not None else None),
                 server_user_us_per_msg=user, server_sys_us_per_msg=sys_,
                 server_rss_peak_bytes=r.server_proc.rss_peak_bytes, client_cpu_util=r.client.cpu_util,
-                errors=r.errors.total, valid=bool(r.valid), flags=" ".join(round_flags(r)), cell_flags=cell_flags,
+                errors=r.errors.total, valid=bool(r.valid), **_datagram_columns(r.datagrams), flags=" ".join(round_flags(r)), cell_flags=cell_flags,
             )
             rows.append({k: _v(v) for k, v in row.items()})
     return rows

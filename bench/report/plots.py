@@ -1,4 +1,4 @@
-"""The seven plots of a sockbench report, drawn with matplotlib's Agg backend (no display needed).
+"""The plots of a sockbench report, drawn with matplotlib's Agg backend (no display needed).
 
 Why it is built this way: a plot is often seen alone (pasted in a chat, an
 issue, a README), so each one carries everything needed to read it: a title
@@ -27,6 +27,13 @@ saying where its figures come from (the CPU ones: schedstat).
 7. ``protocol_cost.png``        server CPU µs per message by protocol (raw, frame, json), user and sys stacked,
                                 with each framed protocol's cost over raw written on its bar
 
+Two more plots belong to the dimension sections (``DIMENSION_PLOTS``, drawn by
+``make_dimension_plots`` only when the run has the dimension): ``transports.png``
+(bars of msgs/s and server CPU per message, server by transport, one fixed
+colour per transport) and ``workers.png`` (msgs/s and server CPU per message
+against the server processes, the range where the workers share the server's
+CPUs shaded).  Colours per server are distinct for up to twenty servers.
+
 A figure that must not be quoted as it stands says so where the eye looks
 for its server: a legend entry (or, in plot 7, a server's axis label) carries
 DISTURBED when one of the server's rounds drawn there was left disturbed by
@@ -46,9 +53,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from sockbench.bench.report.dimensions import server_cpus  # noqa: E402
 from sockbench.units import format_size  # noqa: E402
 
-__all__ = ["PLOTS", "PLOT_CAPTIONS", "make_plots", "si", "short_log_ticks", "save_plain"]
+__all__ = ["PLOTS", "PLOT_CAPTIONS", "make_plots", "si", "short_log_ticks", "save_plain", "DIMENSION_PLOTS",
+           "make_dimension_plots", "TRANSPORT_COLORS"]
 
 #: (file name, title) in report order
 PLOTS = [
@@ -138,8 +147,13 @@ def _label(server, cells):
 
 
 def _colors(servers):
-    cmap = plt.get_cmap("tab10")
-    return {s: cmap(i % 10) for i, s in enumerate(servers)}
+    """One colour per server, distinct for up to 20: tab10's ten, then tab20's light twins of them.
+
+    Past ten servers (the registry has eleven) tab10 alone would give the eleventh the first one's colour.
+    """
+    dark = plt.get_cmap("tab10")
+    light = plt.get_cmap("tab20")
+    return {s: dark(i) if i < 10 else light(2 * ((i - 10) % 10) + 1) for i, s in enumerate(servers)}
 
 
 def _finish(fig, results, path, note=None):
@@ -176,11 +190,11 @@ def _closed(results):
     """The closed-loop grid: raw cells at the grid's depth (not the protocol section's)."""
     depth = results.grid_depth()
     return [c for c in results.cells.values()
-            if c.cell.mode == "closed" and c.cell.protocol == "raw" and c.cell.depth == depth]
+            if c.cell.mode == "closed" and c.cell.protocol == "raw" and c.cell.depth == depth and results.in_base(c)]
 
 
 def _open(results):
-    return [c for c in results.cells.values() if c.cell.mode == "open" and c.cell.protocol == "raw"]
+    return [c for c in results.cells.values() if c.cell.mode == "open" and c.cell.protocol == "raw" and results.in_base(c)]
 
 
 def _rounds_note(cells):
@@ -481,7 +495,7 @@ PROTOCOL_COLORS = {"raw": "#7f8c8d", "frame": "#2e86c1", "json": "#d68910"}
 
 
 def plot_protocol_cost(results, path, colors):
-    sections = results.protocol_sections()
+    sections = [sec for sec in results.protocol_sections() if any(results.in_base(c) for c in sec[2].values())]
     if not sections:
         return "no cell measured in a framed protocol and in raw at the same workload"
     # the section with the most cells (the run's protocol section)
@@ -537,6 +551,118 @@ def plot_protocol_cost(results, path, colors):
     _finish(fig, results, path, "solid: user CPU, hatched: sys CPU, stacked to user+sys; error bars: min-max of user+sys over rounds\n"
             "labels: user+sys µs/msg and, for a framed protocol, its cost over raw (same server, same run, same workload)")
     return None
+
+
+#: one fixed colour per transport (the bars of one server are its transports)
+TRANSPORT_COLORS = {"tcp": "#4c72b0", "tcp6": "#8fb0de", "unix": "#55a868", "udp": "#c44e52"}
+
+#: the plots of the dimension sections (``dimensions.py``), drawn only when the run has the dimension
+DIMENSION_PLOTS = [
+    ("transports.png", "Throughput and server CPU by transport"),
+    ("workers.png", "Throughput and server CPU against server processes"),
+]
+
+
+def _section_bars(ax, section, servers, value, ylabel):
+    """Grouped bars on ``ax``: one group per server, one bar per value of the section's dimension."""
+    vals = section.values
+    n = len(vals)
+    width = 0.8 / n
+    xs = np.arange(len(servers))
+    top = 0.0
+    for i, v in enumerate(vals):
+        pos = xs - 0.4 + width * (i + 0.5)
+        ys = [value(section.cells[(s, v)]) if (s, v) in section.cells else float("nan") for s in servers]
+        col = TRANSPORT_COLORS.get(v, plt.get_cmap("Set2")(i % 8))
+        bars = ax.bar(pos, ys, width * 0.92, color=col, label=str(v))
+        for b, y in zip(bars, ys):
+            if math.isfinite(y):
+                top = max(top, y)
+                ax.annotate(si(y), (b.get_x() + b.get_width() / 2, y), xytext=(0, 2), textcoords="offset points",
+                            ha="center", va="bottom", fontsize=6.5, rotation=90 if len(servers) * n > 16 else 0)
+    ax.set_xticks(xs)
+    rot = len(servers) > 4
+    ax.set_xticklabels([_label(s, list(section.cells.values())) for s in servers], rotation=30 if rot else 0,
+                       ha="right" if rot else "center", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, top * 1.18 if top > 0 else 1.0)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: si(v)))
+    ax.grid(True, axis="y", alpha=0.3)
+
+
+def plot_transports(results, path, colors, section):
+    """Two panels of bars, server by transport: msgs/s (higher is better), server CPU µs/msg (lower is better)."""
+    servers = [s for s in results.servers() if any(k[0] == s for k in section.cells)]
+    width = max(7.0, 1.4 + 0.32 * len(servers) * len(section.values))
+    fig, axes = plt.subplots(2, 1, figsize=(width, 8.2))
+    _section_bars(axes[0], section, servers, lambda c: c.median, "msgs/s (median of rounds)")
+    axes[0].set_title("msgs/s (higher is better)", fontsize=10)
+    _section_bars(axes[1], section, servers, lambda c: c.cpu_us_per_msg, "server CPU µs per message (user+sys)")
+    axes[1].set_title("server CPU per message (lower is better)", fontsize=10)
+    axes[0].legend(fontsize=8, title="transport", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    any_cell = next(iter(section.cells.values())).cell
+    fig.suptitle(f"By transport: closed loop, {format_size(any_cell.size)}, {any_cell.conns} connections", fontsize=11)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    _finish(fig, results, path, _rounds_note(list(section.cells.values())) + "; server CPU from schedstat; "
+            "udp's msgs/s counts the echoes only (loss in the table)")
+    return None
+
+
+def plot_workers(results, path, colors, section):
+    """Two panels of lines against the worker count, one line per server: msgs/s and server CPU µs/msg."""
+    servers = [s for s in results.servers() if any(k[0] == s for k in section.cells)]
+    counts = section.values
+    cpus = server_cpus(results)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for ax, (value, ylabel, title) in zip(axes, (
+            (lambda c: c.median, "msgs/s (median of rounds)", "msgs/s (higher is better)"),
+            (lambda c: c.cpu_us_per_msg, "server CPU µs per message, all workers (user+sys)",
+             "server CPU per message (lower is better)"))):
+        for i, s in enumerate(servers):
+            pts = [(w, section.cells[(s, w)]) for w in counts if (s, w) in section.cells]
+            ax.plot([w for w, _ in pts], [value(c) for _, c in pts], marker="o", color=colors[s],
+                    linestyle="-" if i < 10 else "--", label=_label(s, [c for _, c in pts]))
+        if cpus and counts[-1] > len(cpus):
+            # past the server's CPUs the workers share them: shade that part of the axis
+            ax.axvspan(max(len(cpus) + 0.5, counts[0] - 0.5), counts[-1] + 0.5, color="0.9", zorder=0,
+                       label=f"workers share the server's {len(cpus)} CPU(s)")
+        ax.set_xticks(counts)
+        ax.set_xticklabels([str(w) for w in counts])
+        ax.set_xlabel("server processes (--workers)")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(bottom=0)
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: si(v)))
+        ax.grid(True, alpha=0.3)
+        ax.set_title(title, fontsize=10)
+    axes[1].legend(fontsize=8, title="server", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    any_cell = next(iter(section.cells.values())).cell
+    fig.suptitle(f"Against server processes: closed loop, {format_size(any_cell.size)}, {any_cell.conns} connections"
+                 f"{'' if any_cell.transport == 'tcp' else ', over ' + any_cell.transport}", fontsize=11)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    where = (f"the server had {len(cpus)} CPU(s): {','.join(map(str, cpus))}" if cpus else "the server's CPUs are unrecorded")
+    _finish(fig, results, path, _rounds_note(list(section.cells.values())) + f"; {where}; server CPU summed over the "
+            "workers (schedstat)")
+    return None
+
+
+def make_dimension_plots(results, outdir, sections):
+    """Draw the plot of each present section (``{"transports": Section or None, "workers": ...}``) into ``outdir``.
+
+    Returns ``{file name: title}`` of the plots drawn; a stale one of an absent section is removed.
+    """
+    os.makedirs(outdir, exist_ok=True)
+    colors = _colors(results.servers())
+    draw = {"transports.png": (plot_transports, sections.get("transports")),
+            "workers.png": (plot_workers, sections.get("workers"))}
+    out = {}
+    for fname, title in DIMENSION_PLOTS:
+        path = os.path.join(outdir, fname)
+        if os.path.exists(path):
+            os.unlink(path)
+        fn, section = draw[fname]
+        if section is not None and fn(results, path, colors, section) is None:
+            out[fname] = title
+    return out
 
 
 _DRAW = {

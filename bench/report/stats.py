@@ -48,8 +48,8 @@ from dataclasses import dataclass, field
 
 from hdrh.histogram import HdrHistogram
 
-from sockbench.bench.schema import Cell, CellSummary, MergedLatency
-from sockbench.thresholds import UNSTABLE_SPREAD
+from sockbench.bench.schema import Cell, CellSummary, Datagrams, MergedLatency
+from sockbench.thresholds import LOSSY_SHARE, UNSTABLE_SPREAD
 
 __all__ = [
     "CellStats", "decode_hdr", "merged_hdr", "UNSTABLE_SPREAD", "CONFIDENCE", "median_interval", "ratio_interval",
@@ -540,6 +540,26 @@ class CellStats:
         steal = [v for v in steal if v is not None]
         return worst(lambda i: i.server_foreign), worst(lambda i: i.client_foreign), (max(steal) if steal else None)
 
+    # --- datagrams (udp) ---------------------------------------------------------------
+    @property
+    def datagrams(self):
+        """The rounds' datagram accounting added up (``Datagrams``), or None for a stream cell."""
+        parts = [r.datagrams for r in self.results if r.datagrams is not None]
+        if not parts:
+            return None
+        return Datagrams.of(d.to_json() for d in parts)
+
+    @property
+    def loss_share(self):
+        """Datagrams lost over datagrams sent, all rounds together (None for a stream cell or nothing sent)."""
+        d = self.datagrams
+        return d.loss_share if d is not None else None
+
+    @property
+    def lossy(self):
+        share = self.loss_share
+        return share is not None and share > LOSSY_SHARE
+
     def flags(self):
         out = []
         if self.invalid:
@@ -556,6 +576,8 @@ class CellStats:
             out.append("WIDE-CI")
         if self.cell.mode == "open" and self.behind:
             out.append("BEHIND")
+        if self.lossy:
+            out.append("LOSSY")
         return out
 
     def summary(self):
@@ -587,4 +609,5 @@ class CellStats:
             client_bound=self.client_bound,
             invalid_reasons=self.invalid_reasons,
             flags=self.flags(),
+            datagrams=self.datagrams,
         )

@@ -137,6 +137,36 @@ class Results:
         depths = [c.cell.depth for c in self.cells.values() if c.cell.mode == "closed" and c.cell.protocol == "raw"]
         return max(set(depths), key=depths.count) if depths else 1
 
+    def transports(self):
+        """The transports measured, in run order."""
+        out = []
+        for c in self.cells.values():
+            if c.cell.transport not in out:
+                out.append(c.cell.transport)
+        return out
+
+    def base_transport(self):
+        """The transport the summary, the grid's tables and plots 1-6 are about: tcp when measured, else the first."""
+        ts = self.transports()
+        return "tcp" if "tcp" in ts or not ts else ts[0]
+
+    def worker_counts(self):
+        """The server process counts measured, ascending."""
+        return sorted({getattr(c.cell, "workers", 1) for c in self.cells.values()})
+
+    def base_workers(self):
+        """The worker count the summary and plots 1-6 are about: one server process when measured, else the fewest."""
+        counts = self.worker_counts()
+        return 1 if 1 in counts or not counts else counts[0]
+
+    def in_base(self, c):
+        """True when ``c`` (a CellStats) is over the base transport with the base worker count.
+
+        The other transports and worker counts are dimensions of their own sections
+        (``dimensions.py``); the summary and the grid's plots compare servers on one of each.
+        """
+        return c.cell.transport == self.base_transport() and getattr(c.cell, "workers", 1) == self.base_workers()
+
     def protocol_sections(self):
         """Workloads measured in raw and in at least one framed protocol, in run order.
 

@@ -30,6 +30,7 @@ the tails compare at the same share of peak, and what framing costs.
 import math
 from dataclasses import dataclass, field
 
+from sockbench.bench.report.dimensions import headline_cells
 from sockbench.units import format_size
 
 __all__ = ["Summary", "SummaryRow", "build_summary", "rank_with_ties", "OPEN_SHARE"]
@@ -61,7 +62,7 @@ class Summary:
 def _closed_grid(results):
     depth = results.grid_depth()
     return [c for c in results.cells.values()
-            if c.cell.mode == "closed" and c.cell.protocol == "raw" and c.cell.depth == depth]
+            if c.cell.mode == "closed" and c.cell.protocol == "raw" and c.cell.depth == depth and results.in_base(c)]
 
 
 def _bounds(c):
@@ -89,18 +90,8 @@ def rank_with_ties(cells):
     return out
 
 
-def _headline(results):
-    grid = _closed_grid(results)
-    if not grid:
-        return [], None
-    size = min(c.cell.size for c in grid)
-    conns = max(c.cell.conns for c in grid if c.cell.size == size)
-    cells = [c for c in grid if c.cell.size == size and c.cell.conns == conns]
-    return cells, cells[0].cell.title()
-
-
 def _open_share(results):
-    opens = [c for c in results.cells.values() if c.cell.mode == "open" and c.cell.protocol == "raw"]
+    opens = [c for c in results.cells.values() if c.cell.mode == "open" and c.cell.protocol == "raw" and results.in_base(c)]
     if not opens:
         return [], None, None
     shares = sorted({c.cell.load_pct for c in opens})
@@ -164,9 +155,9 @@ def _kernel_sentence(cells):
 
 def build_summary(results):
     """The ``Summary`` of ``results`` (see the module doc)."""
-    head, head_title = _headline(results)
+    head, head_title = headline_cells(results)
     opens, share, open_title = _open_share(results)
-    sections = results.protocol_sections()
+    sections = [sec for sec in results.protocol_sections() if any(results.in_base(c) for c in sec[2].values())]
     protos = []
     cost = {}
     if sections:

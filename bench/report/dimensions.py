@@ -1,0 +1,275 @@
+"""The report's dimensions beside the servers: the transports, the worker counts, and UDP's loss.
+
+Why it is built this way: the summary and the grid's tables compare servers
+on one transport and one worker count (``Results.in_base``: tcp and one
+server process when measured), because a row per server must mean one thing.
+The other transports and worker counts answer other questions, each at the
+summary's headline workload (the closed-loop raw cell with the smallest
+message and the most connections), so every figure here has a twin in the
+summary:
+
+* **transports**: per server, msgs/s and server CPU per message over each
+  transport measured, each as a ratio to the base transport's, and a
+  sentence per transport that answers the IPC question for this machine
+  ("Unix domain sockets cost 0.62x the server CPU per message of loopback
+  TCP with cython ..."); two figures within ``SAME_COST_SHARE`` of each other
+  read as "about the same";
+* **workers**: per server, msgs/s and server CPU per message against the
+  number of server processes, with how many CPUs the server had: more
+  workers than CPUs share them, and the caption says so;
+* **loss**: a udp cell's share of datagrams lost (and its duplicates and
+  out-of-order echoes when there are any), shown in every table that holds
+  one, flagged LOSSY above ``LOSSY_SHARE``.
+
+Nothing here names a server: rows come from the cells present, so a server
+added to the registry appears in every table by itself.  A section is absent
+(``None``) when its dimension has one value in the run.
+"""
+
+import math
+from dataclasses import dataclass, replace
+
+from sockbench.thresholds import LOSSY_SHARE, SAME_COST_SHARE
+
+__all__ = [
+    "fmt", "loss_text", "has_loss", "headline_cells", "Section", "transport_section", "workers_section",
+    "TRANSPORT_WORDS", "server_cpus",
+]
+
+#: how a sentence names a transport (for processes on one host: the IPC question)
+TRANSPORT_WORDS = {
+    "tcp": "loopback TCP",
+    "tcp6": "loopback TCP over IPv6",
+    "unix": "Unix domain sockets",
+    "udp": "UDP",
+}
+
+
+def fmt(v, digits=3):
+    """A figure for a table cell: ``n/a`` when unknown, thousands grouped, else ``digits`` significant digits."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}g}"
+
+
+def loss_text(c):
+    """A udp cell's loss for its table row: ``0.12%``, plus duplicates and out-of-order when non-zero; "" for a stream."""
+    d = c.datagrams
+    if d is None:
+        return ""
+    share = d.loss_share
+    text = f"{share:.2%}" if share is not None else "n/a (none sent)"
+    extra = [f"{n:,} {what}" for n, what in ((d.duplicates, "dup"), (d.out_of_order, "out of order"),
+                                              (d.late, "late"), (d.corrupt, "corrupt")) if n]
+    return text + (f" ({', '.join(extra)})" if extra else "")
+
+
+def has_loss(cells):
+    """True when any of ``cells`` is a udp cell (it carries a datagram accounting): its table gets a loss column."""
+    return any(c.datagrams is not None for c in cells)
+
+
+def headline_cells(results):
+    """The summary's headline workload on the base transport and worker count: ``([CellStats], title)``.
+
+    The closed-loop raw cells of the grid (the grid's depth) with the smallest message and, at that size,
+    the most connections.
+    """
+    depth = results.grid_depth()
+    grid = [c for c in results.cells.values()
+            if c.cell.mode == "closed" and c.cell.protocol == "raw" and c.cell.depth == depth and results.in_base(c)]
+    if not grid:
+        return [], None
+    size = min(c.cell.size for c in grid)
+    conns = max(c.cell.conns for c in grid if c.cell.size == size)
+    cells = [c for c in grid if c.cell.size == size and c.cell.conns == conns]
+    return cells, cells[0].cell.title()
+
+
+@dataclass
+class Section:
+    """A dimension's section: its table (``columns`` and ``[(strings, flags, CellStats)]``), caption, sentences."""
+
+    title: str
+    columns: list
+    rows: list
+    caption: str
+    sentences: list
+    #: the values of the dimension, in order, and the base one the ratios are to
+    values: list
+    base: object
+    #: (server, value) -> CellStats, for the plot
+    cells: dict
+    #: the one sentence the summary's verdict repeats ("" for none)
+    verdict: str = ""
+
+
+def _ratio(v, base):
+    return v / base if math.isfinite(v) and math.isfinite(base) and base > 0 else float("nan")
+
+
+def _x(r):
+    return f"{r:.2f}×" if math.isfinite(r) else "n/a"
+
+
+def _dimension_rows(results, ref, key, values, base, label):
+    """Rows per server, then per value of the dimension ``key`` (a Cell field) at the workload of ``ref``."""
+    cells = {}
+    for server in results.servers():
+        for v in values:
+            c = results.cell(server, replace(ref, **{key: v}).workload_id)
+            if c is not None:
+                cells[(server, v)] = c
+    lossy = has_loss(cells.values())
+    rows = []
+    for server in results.servers():
+        b = cells.get((server, base))
+        for v in values:
+            c = cells.get((server, v))
+            if c is None:
+                continue
+            flags = c.flags()
+            if v == base:
+                vs = cpu_vs = "(baseline)"
+            elif b is None or b.invalid or c.invalid:
+                vs = cpu_vs = "n/a"
+            else:
+                vs, cpu_vs = _x(_ratio(c.median, b.median)), _x(_ratio(c.cpu_us_per_msg, b.cpu_us_per_msg))
+            row = [server, label(v), f"{fmt(c.median)} ± {fmt(c.stdev)}", vs, fmt(c.cpu_us_per_msg), cpu_vs,
+                   fmt(c.latency_summary().p99)]
+            if lossy:
+                row.append(loss_text(c) or "n/a (stream)")
+            row.append(" ".join(flags) or "ok")
+            rows.append((row, flags, c))
+    return rows, cells, lossy
+
+
+def _pairs(cells, servers, value, base):
+    """``[(server, msgs/s ratio, CPU ratio, CellStats)]`` of ``value`` over ``base``, valid cells with both figures."""
+    out = []
+    for s in servers:
+        c, b = cells.get((s, value)), cells.get((s, base))
+        if c is None or b is None or c.invalid or b.invalid:
+            continue
+        m, cpu = _ratio(c.median, b.median), _ratio(c.cpu_us_per_msg, b.cpu_us_per_msg)
+        if math.isfinite(m) and math.isfinite(cpu):
+            out.append((s, m, cpu, c))
+    return out
+
+
+def _span(pairs, i, unit):
+    """``0.62× with cython up to 0.85× with selectors`` over the figure ``i`` of ``_pairs``."""
+    lo = min(pairs, key=lambda p: p[i])
+    hi = max(pairs, key=lambda p: p[i])
+    if lo[0] == hi[0] or abs(hi[i] - lo[i]) < 0.005:
+        return f"{lo[i]:.2f}× {unit} with {lo[0]}" if len(pairs) == 1 else f"{lo[i]:.2f}× {unit} with every server"
+    return f"{lo[i]:.2f}× {unit} with {lo[0]} up to {hi[i]:.2f}× with {hi[0]}"
+
+
+def _transport_sentence(t, base, pairs):
+    word, base_word = TRANSPORT_WORDS.get(t, t), TRANSPORT_WORDS.get(base, base)
+    cpu = [p[2] for p in pairs]
+    if all(abs(r - 1.0) <= SAME_COST_SHARE for r in cpu):
+        text = (f"{word[:1].upper() + word[1:]} cost about the same server CPU per message as {base_word} "
+                f"({min(cpu):.2f}×–{max(cpu):.2f}×)")
+    else:
+        text = (f"For processes on one host, {word} cost {_span(pairs, 2, 'the server CPU per message')} "
+                f"of {base_word}")
+    text += f"; msgs/s is {_span(pairs, 1, 'its')}"
+    losses = [(s, c.loss_share) for s, _, _, c in pairs if c.loss_share is not None]
+    if losses:
+        worst = max(losses, key=lambda p: p[1])
+        text += (f"; {worst[1]:.2%} of the datagrams were lost with {worst[0]}" if worst[1] > 0
+                 else "; no datagram was lost")
+    return text + "."
+
+
+def transport_section(results):
+    """The transports at the headline workload (a ``Section``), or None when the run measured one transport."""
+    transports = results.transports()
+    if len(transports) < 2:
+        return None
+    head, title = headline_cells(results)
+    if not head:
+        return None
+    base = results.base_transport()
+    ref = head[0].cell
+    rows, cells, lossy = _dimension_rows(results, ref, "transport", transports, base, str)
+    if not rows:
+        return None
+    cols = ["server", "transport", "msgs/s (median ± sd)", f"vs {base}", "server CPU µs/msg", f"CPU vs {base}", "p99 µs"]
+    cols += (["loss"] if lossy else []) + ["flags"]
+    servers = results.servers()
+    sentences = {}
+    for t in transports:
+        if t == base:
+            continue
+        pairs = _pairs(cells, servers, t, base)
+        if pairs:
+            sentences[t] = _transport_sentence(t, base, pairs)
+    # the verdict answers the IPC question when the run measured it (unix against the base), else the first
+    verdict = sentences.get("unix") or next(iter(sentences.values()), "")
+    caption = (f"Each server over each transport it serves at the headline workload ({title}), same run; "
+               f"the ratios are to the same server over {base}. Server CPU per message is user+sys (the scheduler's "
+               f"runtime of the server's threads, from schedstat)."
+               + (f" Loss is the share of datagrams sent that got no echo within the timeout (LOSSY above "
+                  f"{LOSSY_SHARE:.0%}); udp's msgs/s counts the echoes only." if lossy else ""))
+    return Section("Transports", cols, rows, caption, list(sentences.values()), transports, base, cells, verdict)
+
+
+def server_cpus(results):
+    """The server's CPUs as the run pinned them (the plan's, else the first result's), or None when unknown."""
+    plan = results.meta.get("plan") or {}
+    cpus = plan.get("server_cpus")
+    if not cpus:
+        for r in results.results:
+            if r.workload.server_cpus:
+                cpus = r.workload.server_cpus
+                break
+    return list(cpus) if cpus else None
+
+
+def workers_caption(results, counts):
+    """What the worker counts ran on: the server's CPUs, and whether the workers shared them."""
+    cpus = server_cpus(results)
+    if cpus is None:
+        return "The server's CPUs are not recorded, so whether its workers had a CPU each is unknown."
+    n = len(cpus)
+    text = f"The server had {n} CPU{'s' if n != 1 else ''} (CPU {','.join(map(str, cpus))})"
+    shared = [w for w in counts if w > n]
+    if shared:
+        text += (f": at {', '.join(map(str, shared))} worker{'s' if shared != [1] else ''} the workers shared "
+                 f"{'them' if n != 1 else 'it'}, so msgs/s there measures sharing, not scaling")
+    else:
+        text += ", one for each worker at every count measured"
+    return text + "."
+
+
+def workers_section(results):
+    """msgs/s and server CPU per message against the worker count (a ``Section``), or None with one count."""
+    counts = results.worker_counts()
+    if len(counts) < 2:
+        return None
+    base = results.base_workers()
+    head, title = headline_cells(results)
+    if not head:
+        return None
+    ref = head[0].cell
+    rows, cells, lossy = _dimension_rows(results, ref, "workers", counts, base, str)
+    if not rows:
+        return None
+    cols = ["server", "workers", "msgs/s (median ± sd)", f"vs {base} worker{'s' if base != 1 else ''}",
+            "server CPU µs/msg", "CPU vs base", "p99 µs"]
+    cols += (["loss"] if lossy else []) + ["flags"]
+    top = counts[-1]
+    pairs = _pairs(cells, results.servers(), top, base)
+    sentences = []
+    if pairs:
+        sentences.append(f"With {top} server processes instead of {base}, msgs/s is {_span(pairs, 1, 'that')} "
+                         f"and server CPU per message {_span(pairs, 2, 'that')}. " + workers_caption(results, counts))
+    caption = (f"Each server at the headline workload ({title}) with each number of server processes measured, same "
+               f"run; the ratios are to the same server with {base}. Server CPU per message is summed over every "
+               f"worker (schedstat). " + workers_caption(results, counts))
+    return Section("Workers", cols, rows, caption, sentences, counts, base, cells)
