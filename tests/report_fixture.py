@@ -27,18 +27,24 @@ from hdrh.histogram import HdrHistogram
 
 from sockbench.bench.report.store import discarded_name, raw_name, write_json_atomic
 from sockbench.bench.schema import (
-    ERROR_KINDS, CellContext, Client, CpuPerMsg, Errors, Fairness, Interference, Latency, LoadResult, Machine,
+    ERROR_KINDS, CellContext, Client, CpuPerMsg, Datagrams, Errors, Fairness, Interference, Latency, LoadResult, Machine,
     ServerProc, Throughput, Timeseries, Workload,
 )
 from sockbench.bench.suite.plan import Plan
 
-__all__ = ["make_results", "BASE_RATE", "PROTO_COST_US"]
+__all__ = ["make_results", "BASE_RATE", "PROTO_COST_US", "TRANSPORT_CPU", "UDP_LOSS"]
 
 #: closed-loop msgs/s at 64 B, 100 connections, per server (realistic orders of magnitude)
 BASE_RATE = {"selectors": 30000.0, "asyncio-protocol": 45000.0, "uvloop": 90000.0}
 
 #: the extra server user CPU per message of each protocol over raw, in µs
 PROTO_COST_US = {"raw": 0.0, "frame": 3.0, "json": 12.0}
+
+#: each transport's server CPU per message as a share of tcp's (unix skips the TCP/IP stack); the rate follows
+TRANSPORT_CPU = {"tcp": 1.0, "tcp6": 1.02, "unix": 0.65, "udp": 0.8}
+
+#: the share of datagrams a udp round loses (``loss`` overrides it per server)
+UDP_LOSS = 0.002
 
 N_SAMPLES = 600
 _NORMAL = statistics.NormalDist()
@@ -61,7 +67,7 @@ def _size_factor(size):
     return 1.0 / (1.0 + size / 8192.0)
 
 
-def _result(rng, cell, round_no, index, plan, rate, slow, peak=None, raw_rate=None, disturbed=False):
+def _result(rng, cell, round_no, index, plan, rate, slow, peak=None, raw_rate=None, disturbed=False, loss=UDP_LOSS):
     noise = 1.0 + rng.uniform(-0.02, 0.02)
     target = None
     if cell.mode == "closed":
@@ -74,7 +80,8 @@ def _result(rng, cell, round_no, index, plan, rate, slow, peak=None, raw_rate=No
         util = min(0.97, cell.load_pct / 100.0)
         base_lat = 40.0 / (1.0 - util) / slow  # M/M/1-ish hockey stick; a slower server is slower per message
         thr = Throughput(msgs_per_s=msgs, bytes_per_s=msgs * cell.size, target_rate=target, achieved_rate=msgs, behind=False)
-    w = Workload(mode=cell.mode, protocol=cell.protocol, conns=cell.conns, size=cell.size, depth=cell.depth,
+    w = Workload(mode=cell.mode, protocol=cell.protocol, conns=cell.conns, transport=cell.transport, size=cell.size,
+                 depth=cell.depth, server_cpus=list(plan.server_cpus), client_cpus=list(plan.client_cpus),
                  rate=target, duration_s=plan.duration_s, warmup_s=plan.warmup_s, procs=1)
     # nanoseconds, like the harness (sockbench.bench.load.hdr); the summary is in microseconds
     # stratified lognormal quantiles: the percentiles move with the workload, not with sampling luck
@@ -96,7 +103,8 @@ def _result(rng, cell, round_no, index, plan, rate, slow, peak=None, raw_rate=No
     for i in range(n_iv):
         ramp = 0.6 + 0.4 * i / max(1, warm) if i < warm else 1.0
         series.append(int(msgs * plan.interval_s * ramp * (1 + rng.uniform(-0.03, 0.03))))
-    us_user = 1e6 / (msgs / slow) * 0.35 if cell.mode == "closed" else 6.0
+    # closed loop: the rate already follows the transport's cost (make_results), so the CPU per message does too
+    us_user = 1e6 / (msgs / slow) * 0.35 if cell.mode == "closed" else 6.0 * TRANSPORT_CPU.get(cell.transport, 1.0)
     us_sys = us_user * 0.8
     if cell.protocol != "raw":
         # the raw costs, plus the protocol's own in user time: the parsing is the interpreter's work
@@ -126,12 +134,24 @@ def _result(rng, cell, round_no, index, plan, rate, slow, peak=None, raw_rate=No
         interference=Interference(server_foreign=0.3 if disturbed else 0.002, client_foreign=0.001, server_steal=0.0,
                                   client_steal=0.0, loadavg_1m=1.2 if disturbed else 0.1, disturbed=disturbed),
         fairness=Fairness.of([int(msgs * plan.duration_s / cell.conns)] * cell.conns),
+        datagrams=_datagrams(msgs * plan.duration_s, loss, round_no) if cell.transport == "udp" else None,
     )
 
 
+def _datagrams(answered, loss, round_no):
+    """A udp round's accounting: ``answered`` echoes of ``answered / (1 - loss)`` sent; a few reordered, one duplicate."""
+    received = int(answered)
+    sent = int(round(received / (1.0 - loss)))
+    return Datagrams(sent=sent, received=received, lost=sent - received, duplicates=1 if round_no == 1 else 0,
+                     out_of_order=3 * round_no)
+
+
 def make_results(path, servers=("selectors", "asyncio-protocol", "uvloop"), slowdown=None, seed=1, plan=None,
-                 rounds=None, disturbed=(), discarded=0):
+                 rounds=None, disturbed=(), discarded=0, loss=None):
     """Write a complete results folder at ``path``; ``slowdown={server: 0.2}`` makes that server 20% slower.
+
+    Every cell runs over its plan's transport (the rate follows ``TRANSPORT_CPU``); a udp cell carries a
+    datagram accounting that loses ``UDP_LOSS`` of what it sent, or ``loss={server: share}``.
 
     ``disturbed`` servers' rounds say ``interference.disturbed``; each of their rounds also leaves
     ``discarded`` set-aside attempts.
@@ -151,16 +171,19 @@ def make_results(path, servers=("selectors", "asyncio-protocol", "uvloop"), slow
         json.dump(meta, f)
     for index, cell in enumerate(plan.cells()):
         slow = 1.0 - slowdown.get(cell.server, 0.0)
-        raw_rate = rate = BASE_RATE.get(cell.server, 40000.0) * _conc_factor(cell.conns) * _size_factor(cell.size)
+        per_transport = 1.0 / TRANSPORT_CPU.get(cell.transport, 1.0)
+        raw_rate = rate = (BASE_RATE.get(cell.server, 40000.0) * _conc_factor(cell.conns) * _size_factor(cell.size)
+                           * per_transport)
         if cell.protocol != "raw":
             # what the extra CPU per message allows, if the server is CPU-bound at the raw rate
             rate = 1e6 / (1e6 / rate + PROTO_COST_US[cell.protocol])
-        peak = BASE_RATE.get(cell.server, 40000.0) * _size_factor(plan.open_size) * slow
+        peak = BASE_RATE.get(cell.server, 40000.0) * _size_factor(plan.open_size) * slow * per_transport
         bad = cell.server in disturbed
+        lost = (loss or {}).get(cell.server, UDP_LOSS)
         for r in range(1, rounds + 1):
             for attempt in range(1, discarded + 1 if bad else 1):
-                res = _result(rng, cell, r, index, plan, rate, slow, peak, raw_rate, disturbed=True)
+                res = _result(rng, cell, r, index, plan, rate, slow, peak, raw_rate, disturbed=True, loss=lost)
                 write_json_atomic(os.path.join(path, "raw", discarded_name(cell, r, attempt)), res.to_json())
-            res = _result(rng, cell, r, index, plan, rate, slow, peak, raw_rate, disturbed=bad)
+            res = _result(rng, cell, r, index, plan, rate, slow, peak, raw_rate, disturbed=bad, loss=lost)
             write_json_atomic(os.path.join(path, "raw", raw_name(cell, r)), res.to_json())
     return path

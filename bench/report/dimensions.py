@@ -140,7 +140,7 @@ def _dimension_rows(results, ref, key, values, base, label):
             row = [server, label(v), f"{fmt(c.median)} ± {fmt(c.stdev)}", vs, fmt(c.cpu_us_per_msg), cpu_vs,
                    fmt(c.latency_summary().p99)]
             if lossy:
-                row.append(loss_text(c) or "n/a (stream)")
+                row.append(loss_text(c) or "–")
             row.append(" ".join(flags) or "ok")
             rows.append((row, flags, c))
     return rows, cells, lossy
@@ -159,30 +159,31 @@ def _pairs(cells, servers, value, base):
     return out
 
 
-def _span(pairs, i, unit):
-    """``0.62× with cython up to 0.85× with selectors`` over the figure ``i`` of ``_pairs``."""
+def _span(pairs, i):
+    """``0.62× (cython) to 0.85× (selectors)`` over the figure ``i`` of ``_pairs``; one figure when they agree."""
     lo = min(pairs, key=lambda p: p[i])
     hi = max(pairs, key=lambda p: p[i])
-    if lo[0] == hi[0] or abs(hi[i] - lo[i]) < 0.005:
-        return f"{lo[i]:.2f}× {unit} with {lo[0]}" if len(pairs) == 1 else f"{lo[i]:.2f}× {unit} with every server"
-    return f"{lo[i]:.2f}× {unit} with {lo[0]} up to {hi[i]:.2f}× with {hi[0]}"
+    if len(pairs) == 1:
+        return f"{lo[i]:.2f}× ({lo[0]})"
+    if f"{lo[i]:.2f}" == f"{hi[i]:.2f}":
+        return f"{lo[i]:.2f}× (every server)"
+    return f"{lo[i]:.2f}× ({lo[0]}) to {hi[i]:.2f}× ({hi[0]})"
 
 
 def _transport_sentence(t, base, pairs):
     word, base_word = TRANSPORT_WORDS.get(t, t), TRANSPORT_WORDS.get(base, base)
     cpu = [p[2] for p in pairs]
     if all(abs(r - 1.0) <= SAME_COST_SHARE for r in cpu):
-        text = (f"{word[:1].upper() + word[1:]} cost about the same server CPU per message as {base_word} "
-                f"({min(cpu):.2f}×–{max(cpu):.2f}×)")
+        text = (f"{word[:1].upper() + word[1:]} cost about the same server CPU per message as {base_word}: "
+                f"{_span(pairs, 2)}")
     else:
-        text = (f"For processes on one host, {word} cost {_span(pairs, 2, 'the server CPU per message')} "
-                f"of {base_word}")
-    text += f"; msgs/s is {_span(pairs, 1, 'its')}"
+        text = f"For processes on one host, {word} cost {_span(pairs, 2)} the server CPU per message of {base_word}"
+    text += f"; msgs/s is {_span(pairs, 1)} {base_word}'s"
     losses = [(s, c.loss_share) for s, _, _, c in pairs if c.loss_share is not None]
     if losses:
         worst = max(losses, key=lambda p: p[1])
-        text += (f"; {worst[1]:.2%} of the datagrams were lost with {worst[0]}" if worst[1] > 0
-                 else "; no datagram was lost")
+        text += (f", with up to {worst[1]:.2%} of the datagrams lost ({worst[0]})" if worst[1] > 0
+                 else ", and no datagram was lost")
     return text + "."
 
 
@@ -267,8 +268,8 @@ def workers_section(results):
     pairs = _pairs(cells, results.servers(), top, base)
     sentences = []
     if pairs:
-        sentences.append(f"With {top} server processes instead of {base}, msgs/s is {_span(pairs, 1, 'that')} "
-                         f"and server CPU per message {_span(pairs, 2, 'that')}. " + workers_caption(results, counts))
+        sentences.append(f"With {top} server processes instead of {base}, msgs/s is {_span(pairs, 1)} and server CPU "
+                         f"per message {_span(pairs, 2)} what {base} gave. " + workers_caption(results, counts))
     caption = (f"Each server at the headline workload ({title}) with each number of server processes measured, same "
                f"run; the ratios are to the same server with {base}. Server CPU per message is summed over every "
                f"worker (schedstat). " + workers_caption(results, counts))

@@ -202,7 +202,7 @@ def table_rows(results, workload_id):
         row = [c.server, msgs, rounds, interval, _fmt(c.mb_per_s), _fmt(lat.p50), _fmt(lat.p99), _fmt(lat.p999),
                _fmt(cpu), _mib(c.rss_peak_bytes), errs]
         if lossy:
-            row.append(loss_text(c) or "n/a (stream)")
+            row.append(loss_text(c) or "–")
         rows.append((row + [" ".join(flags) or "ok", ratio], flags, c))
     return rows
 
