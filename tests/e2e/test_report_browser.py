@@ -15,6 +15,8 @@ import pytest
 
 from report_fixture import make_results
 from sockbench.bench.report.document import build_report
+from sockbench.bench.suite.plan import Plan
+from sockbench.servers.registry import SERVERS
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 PROBE = ('<script>var n=0;document.querySelectorAll(".tw").forEach(function(e){if(e.scrollWidth>e.clientWidth)n++});'
@@ -52,3 +54,21 @@ def test_the_report_never_scrolls_sideways(tmp_path, width):
     if width >= 1024:
         assert overflowing == 0, f"{overflowing} table(s) scroll inside their box at {width} px"
     assert os.path.getsize(os.path.join(d, "report.html")) < 1_000_000
+
+
+def test_a_report_with_every_section_and_every_server_fits_1024_px(tmp_path):
+    """Every registered server, every section the report has (protocols, open loop, transports with udp's loss
+    column, worker counts): the widest report there is still fits the window, its tables included."""
+    browser = _browser()
+    names = tuple(SERVERS)
+    plan = Plan(servers=names, sizes=(64, 1024), conns=(10, 100), open_pcts=(50, 75), protocols=("raw", "frame", "json"),
+                transports=("tcp", "tcp6", "unix", "udp"), duration_s=1.0, warmup_s=0.2, interval_s=0.1,
+                workers=(1, 2))
+    d = make_results(str(tmp_path / "r"), plan=plan, rounds=3)
+    report = build_report(d)
+    assert all(v is not None for v in report["sections"].values()), report["sections"]
+    html = open(report["html"]).read()
+    scroll, inner, overflowing = _widths(browser, html, 1024, tmp_path)
+    assert scroll <= inner, f"the page is {scroll} px wide in a {inner} px window"
+    assert overflowing == 0, f"{overflowing} table(s) scroll inside their box at 1024 px"
+    assert os.path.getsize(os.path.join(d, "report.html")) < 3_000_000
