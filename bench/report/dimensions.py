@@ -60,7 +60,12 @@ def loss_text(c):
     if d is None:
         return ""
     share = d.loss_share
-    text = f"{share:.2%}" if share is not None else "n/a (none sent)"
+    if share is None:
+        text = "n/a (none sent)"
+    elif 0 < share < 0.00005:
+        text = f"<0.01% ({d.lost:,} lost)"  # "0.00%" would read as none
+    else:
+        text = f"{share:.2%}"
     extra = [f"{n:,} {what}" for n, what in ((d.duplicates, "dup"), (d.out_of_order, "out of order"),
                                               (d.late, "late"), (d.corrupt, "corrupt")) if n]
     return text + (f" ({', '.join(extra)})" if extra else "")

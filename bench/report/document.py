@@ -336,6 +336,9 @@ def _warnings(results):
                 detail = f": interval {c.interval().text()} after {len(c.results)} rounds, asked ±{c.ci_target:.0%}"
             elif f == "UNSTABLE":
                 detail = f": spread {c.spread:.1%} over {len(c.results)} rounds"
+            elif f == "LOSSY":
+                d = c.datagrams
+                detail = f": {d.lost:,} of {d.sent:,} datagrams lost ({c.loss_share:.2%}) over {len(c.results)} rounds"
             elif f == "CLIENT-BOUND":
                 detail = f": client {'busy' if c.client_polling else 'CPU'} {c.client_load:.0%}"
             out.append((f, f"{c.server}, {c.cell.title()}{detail}"))
