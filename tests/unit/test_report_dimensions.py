@@ -15,6 +15,7 @@ from PIL import Image
 from report_fixture import TRANSPORT_CPU, UDP_LOSS, make_results
 from sockbench.bench.report.dimensions import transport_section, workers_section
 from sockbench.bench.report.document import FLAG_HELP, build_report
+from sockbench.bench.report import render
 from sockbench.bench.report.plots import _colors
 from sockbench.bench.report.store import load_results
 from sockbench.bench.report.summary import build_summary
@@ -164,7 +165,5 @@ def test_eleven_servers_get_eleven_colours():
 
 def test_every_flag_has_a_badge_colour():
     """A flag without its CSS class renders as white text on white: LOSSY, like every flag, has its colour."""
-    from sockbench.bench.report import render  # its stylesheet is module-private: read here only
-
     for flag in FLAG_HELP:
         assert f".{flag}{{background:" in render._CSS, flag
