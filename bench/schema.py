@@ -16,7 +16,8 @@ a result is refused in one place, with one line (``SchemaError``).
   started it) are left out when they do not apply, as the harness always has.
 * ``from_json(d)`` checks the shape and builds the objects.  Tolerance for
   older or hand-made files lives in the ``from_json`` methods and nowhere
-  else: a workload without ``protocol`` was raw; a workload without
+  else: a workload without ``protocol`` was raw, one without
+  ``transport`` was tcp (so was a cell's); a workload without
   ``depth`` had one message in flight; ``hdr_unit`` defaults to
   nanoseconds; machine keys written under other names (``cpu``,
   ``cpu_count``, ``node`` ...: ``_MACHINE_ALIASES``) are read into their one
@@ -59,6 +60,7 @@ Versions
 import statistics
 from dataclasses import dataclass, field, replace
 
+from sockbench.endpoints import TRANSPORTS
 from sockbench.errors import SockbenchError
 from sockbench.units import format_size
 
@@ -134,6 +136,15 @@ def _put(out, key, value):
         out[key] = value
 
 
+def _transport(value):
+    """A result's transport; results written before the transport dimension carry none and were tcp."""
+    if value in (None, ""):
+        return "tcp"
+    if value not in TRANSPORTS:
+        raise ValueError(f"bad transport {value!r}")
+    return value
+
+
 def _protocol(value):
     """A result's protocol; results written before the protocol dimension carry none and were raw."""
     if value in (None, ""):
@@ -159,6 +170,8 @@ class Cell:
     load_pct: int = 0
     #: the wire protocol (``sockbench serve --protocol``): raw, frame or json
     protocol: str = "raw"
+    #: the transport (``sockbench serve --transport``): tcp, tcp6, unix or udp
+    transport: str = "tcp"
 
     @property
     def workload_id(self):
@@ -170,6 +183,8 @@ class Cell:
             base += f"-{self.load_pct}pct"
         if self.protocol != "raw":
             base += f"-{self.protocol}"
+        if self.transport != "tcp":
+            base += f"-{self.transport}"
         return base
 
     @property
@@ -192,6 +207,8 @@ class Cell:
             text += f" · {self.load_pct}% of peak"
         if self.protocol != "raw":
             text += f" · {self.protocol}"
+        if self.transport != "tcp":
+            text += f" · {self.transport}"
         return text
 
     def title(self, unit="messages"):
@@ -207,6 +224,8 @@ class Cell:
             text += f" · {self.load_pct}% of each server's peak"
         if self.protocol != "raw":
             text += f" · {self.protocol} protocol"
+        if self.transport != "tcp":
+            text += f" · over {self.transport}"
         return text
 
 
@@ -220,6 +239,8 @@ class Workload:
     mode: str
     protocol: str = "raw"
     conns: int = 1
+    #: tcp, tcp6, unix or udp (sockbench/endpoints.py); results without one were tcp
+    transport: str = "tcp"
     size: int = 0
     depth: int = 1
     rate: float | None = None
@@ -235,6 +256,7 @@ class Workload:
         return {
             "mode": self.mode,
             "protocol": self.protocol,
+            "transport": self.transport,
             "conns": self.conns,
             "size": self.size,
             "depth": self.depth,
@@ -254,6 +276,7 @@ class Workload:
             return cls(
                 mode=str(d["mode"]),
                 protocol=_protocol(d.get("protocol")),
+                transport=_transport(d.get("transport")),
                 conns=int(d["conns"]),
                 size=int(d["size"]),
                 depth=int(d.get("depth") or 1),
@@ -272,17 +295,20 @@ class Workload:
 
 @dataclass(frozen=True)
 class Target:
-    """The address the load connected to (the harness-started server's, or ``--target``'s)."""
+    """The address the load connected to (the harness-started server's, or ``--target``'s); ``path`` for unix."""
 
-    host: str
-    port: int
+    host: str | None
+    port: int | None
+    path: str | None = None
 
     def to_json(self):
+        if self.path is not None:
+            return {"path": self.path}
         return {"host": self.host, "port": self.port}
 
     @classmethod
     def from_json(cls, d, source="the result"):
-        return cls(host=d.get("host"), port=d.get("port"))
+        return cls(host=d.get("host"), port=d.get("port"), path=d.get("path"))
 
 
 @dataclass(frozen=True)
@@ -754,6 +780,7 @@ class CellContext:
     load_pct: int = 0
     protocol: str = "raw"
     workload_id: str | None = None
+    transport: str = "tcp"
     round: int = 0
     rounds: int | None = None
     index: int | None = None
@@ -763,16 +790,17 @@ class CellContext:
     def of(cls, cell, round_no, rounds, index, peak=None):
         return cls(server=cell.server, mode=cell.mode, size=cell.size, conns=cell.conns, depth=cell.depth,
                    load_pct=cell.load_pct, protocol=cell.protocol, workload_id=cell.workload_id,
-                   round=round_no, rounds=rounds, index=index, peak_msgs_per_s=peak)
+                   transport=cell.transport, round=round_no, rounds=rounds, index=index, peak_msgs_per_s=peak)
 
     @property
     def cell(self):
-        return Cell(self.server, self.mode, self.size, self.conns, self.depth, self.load_pct, self.protocol)
+        return Cell(self.server, self.mode, self.size, self.conns, self.depth, self.load_pct, self.protocol,
+                    self.transport)
 
     def to_json(self):
         return {
             "server": self.server, "mode": self.mode, "size": self.size, "conns": self.conns,
-            "depth": self.depth, "load_pct": self.load_pct, "protocol": self.protocol,
+            "depth": self.depth, "load_pct": self.load_pct, "protocol": self.protocol, "transport": self.transport,
             "workload_id": self.workload_id, "round": self.round, "rounds": self.rounds, "index": self.index,
             "peak_msgs_per_s": self.peak_msgs_per_s,
         }
@@ -790,6 +818,7 @@ class CellContext:
                 load_pct=int(d.get("load_pct", 0) or 0),
                 protocol=_protocol(d.get("protocol", workload.protocol)),
                 workload_id=d.get("workload_id"),
+                transport=_transport(d.get("transport", workload.transport)),
                 round=int(d.get("round", 0)),
                 rounds=d.get("rounds"),
                 index=d.get("index"),
@@ -924,7 +953,7 @@ class LoadResult:
         if self.cell is not None:
             return self.cell.cell
         w = self.workload
-        return Cell(self.server, w.mode, w.size, w.conns, w.depth, protocol=w.protocol)
+        return Cell(self.server, w.mode, w.size, w.conns, w.depth, protocol=w.protocol, transport=w.transport)
 
     @property
     def round_no(self):

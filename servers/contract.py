@@ -24,17 +24,22 @@ connection and one line on stderr:
   errors; they are there for a server that faces peers it does not control.
 """
 
+import atexit
 import errno
 import ipaddress
 import json
 import mmap
 import os
+import shutil
 import signal
 import socket
+import stat
 import sys
+import tempfile
 import threading
 import time
 
+from sockbench.endpoints import DEFAULT_HOSTS, Endpoint, check_transport, check_unix_path_length
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.servers import registry
 from sockbench.servers.protocols import DEFAULT_MAX_MESSAGE
@@ -46,6 +51,7 @@ __all__ = [
     "read_buffer",
     "system_backlog",
     "listen",
+    "remove_socket_file",
     "format_peer",
     "log",
     "log_closing",
@@ -272,24 +278,51 @@ def system_backlog():
         return socket.SOMAXCONN
 
 
-def listen(host="127.0.0.1", port=0, backlog=None):
-    """Return a listening TCP socket, or raise a one-line SockbenchError.
+def listen(transport="tcp", host=None, port=0, path=None, backlog=None):
+    """Return a bound socket for ``transport``, or raise a one-line SockbenchError.
 
-    ``backlog`` None is the system's maximum (``system_backlog()``); the
-    kernel caps any larger one there.
+    tcp, tcp6 and unix: a listening SOCK_STREAM socket; udp: a bound
+    SOCK_DGRAM socket.  ``host`` None is the transport's loopback
+    (``endpoints.DEFAULT_HOSTS``).  ``backlog`` None is the system's maximum
+    (``system_backlog()``); the kernel caps any larger one there.  For unix,
+    see ``_bind_unix``: the socket file (and the private directory made for
+    it) is removed by ``remove_socket_file`` or, at the latest, when this
+    process exits.
     """
+    check_transport(transport)
     if backlog is None:
         backlog = system_backlog()
+    if transport == "unix":
+        if host is not None or port:
+            raise UsageError("--host and --port apply to tcp, tcp6 and udp; a unix socket takes --path")
+        return _bind_unix(path, backlog)
+    if path is not None:
+        raise UsageError(f"--path applies to --transport unix, not {transport}")
+    host = DEFAULT_HOSTS[transport] if host is None else host
+    endpoint = Endpoint(transport, host, port)
+    if transport == "tcp6" and not _is_v6_host(host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            pass  # a host name: resolved in AF_INET6 below
+        else:
+            raise UsageError(f"--host {host} is an IPv4 address; tcp6 binds an IPv6 one, such as ::1 (the default)")
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        # tcp and udp take the family from the host (tcp with an IPv6 host is served, and announced, as tcp6)
+        infos = socket.getaddrinfo(host, port, endpoint.family if transport == "tcp6" else socket.AF_UNSPEC,
+                                   endpoint.socktype, flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
-        raise SockbenchError(f"cannot resolve host {host!r}: {e.strerror}; pass an address such as 127.0.0.1 or ::1") from None
+        raise SockbenchError(f"cannot resolve host {host!r} for {transport}: {e.strerror}; "
+                             f"pass an address such as {DEFAULT_HOSTS[transport]}") from None
     family, _, _, _, addr = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, endpoint.socktype)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if endpoint.stream:
+            # not for udp: there SO_REUSEADDR lets a second socket bind the same port and split the datagrams
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(addr)
-        sock.listen(backlog)
+        if endpoint.stream:
+            sock.listen(backlog)
     except OSError as e:
         sock.close()
         where = format_peer((host, port))
@@ -303,9 +336,112 @@ def listen(host="127.0.0.1", port=0, backlog=None):
     return sock
 
 
+def _is_v6_host(host):
+    return ":" in host
+
+
+#: path -> (the private directory made for it or None, the pid that bound it): what
+#: ``remove_socket_file`` and the exit hook remove
+_socket_files = {}
+
+
+def _bind_unix(path, backlog):
+    """A listening AF_UNIX socket at ``path``, or in a fresh private directory (mode 0700) when it is None.
+
+    A file already at ``path`` is replaced only when it is a socket that no one
+    listens on (a stale one left by a killed server); a live socket, any other
+    file, a missing directory and a path longer than ``UNIX_PATH_MAX`` bytes
+    are one-line errors.
+    """
+    private = None
+    if path is None:
+        # mkdtemp makes the directory 0700: no other user can connect to, or replace, the socket
+        private = tempfile.mkdtemp(prefix="sockbench-")
+        path = os.path.join(private, "echo.sock")
+    else:
+        path = os.path.abspath(path)
+        check_unix_path_length(path)
+        folder = os.path.dirname(path)
+        if not os.path.isdir(folder):
+            raise UsageError(f"--path {path}: directory {folder} does not exist")
+        _clear_stale(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(backlog)
+    except OSError as e:
+        sock.close()
+        if private:
+            shutil.rmtree(private, ignore_errors=True)
+        raise SockbenchError(f"cannot listen on unix:{path}: {e.strerror}") from None
+    if not _socket_files:
+        atexit.register(_remove_all_socket_files)
+    _socket_files[path] = (private, os.getpid())
+    return sock
+
+
+def _clear_stale(path):
+    """Remove a socket file at ``path`` that no one listens on; refuse anything else that is there."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise UsageError(f"--path {path}: {e.strerror}") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise UsageError(f"--path {path} exists and is not a socket; remove it or choose another path")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)  # stale: its server is gone
+        return
+    except OSError as e:
+        raise UsageError(f"--path {path}: cannot tell whether the socket there is in use: {e.strerror}") from None
+    finally:
+        probe.close()
+    raise UsageError(f"--path {path} is in use: a server listens there; stop it or choose another path")
+
+
+def remove_socket_file(sock_or_path):
+    """Remove a unix socket file that ``listen`` made here (and its private directory); anything else is left alone.
+
+    Only the process that bound it removes it: a forked worker that exits must
+    not take the socket away from the others.
+    """
+    path = sock_or_path if isinstance(sock_or_path, str) else _sockname_path(sock_or_path)
+    owner = _socket_files.get(path)
+    if owner is None or owner[1] != os.getpid():
+        return
+    del _socket_files[path]
+    private = owner[0]
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    if private:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _sockname_path(sock):
+    try:
+        if sock.family != socket.AF_UNIX:
+            return None
+        name = sock.getsockname()
+    except OSError:
+        return None
+    return name if isinstance(name, str) else os.fsdecode(name)
+
+
+def _remove_all_socket_files():
+    for path in list(_socket_files):
+        remove_socket_file(path)
+
+
 def set_nodelay(sock):
-    """Disable Nagle on an accepted socket: an echo must leave at once."""
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    """Disable Nagle on an accepted socket: an echo must leave at once.  A no-op where there is no Nagle (AF_UNIX)."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def stop_event(loop):
@@ -320,26 +456,30 @@ def stop_event(loop):
     return stop
 
 
-def _server_and_options(name, protocol="raw", max_message=None, idle_timeout=None, max_buffered=None):
-    """Look ``name`` up and check that it speaks ``protocol``; return its ``serve`` function and ``options``.
+def _server_and_options(name, protocol="raw", max_message=None, idle_timeout=None, max_buffered=None, transport="tcp"):
+    """Look ``name`` up and check that it speaks ``protocol`` over ``transport``; return its serve function and ``options``.
 
-    ``options`` holds ``name``, ``protocol`` (raw, frame or json; see
+    The function is the module's ``serve`` for a stream transport and its
+    ``serve_datagram`` for udp (``registry.ServerSpec.load``).  ``options``
+    holds ``name``, ``transport``, ``protocol`` (raw, frame or json; see
     ``protocols``), ``max_message`` (the largest message it accepts),
     ``idle_timeout`` and ``max_buffered`` (None when off), and ``limits``: a
     ``Limits`` for them, or None when both are off.  Raises a one-line
-    ``UsageError`` for an unknown name, a protocol the server does not speak,
-    ``--max-buffered`` with ``raw`` (which holds no partial messages), or a
-    server that is not built here.
+    ``UsageError`` for an unknown name, a protocol or transport the server
+    does not speak, ``--max-buffered`` with ``raw`` (which holds no partial
+    messages), or a server that is not built here.
     """
     spec = registry.get(name)
+    check_transport(transport)
     if protocol not in spec.protocols:
         raise UsageError(f"server {name!r} does not speak protocol {protocol!r}; it speaks: {', '.join(spec.protocols)}")
     if max_buffered and protocol == "raw":
         raise UsageError("--max-buffered applies to --protocol frame and json; raw holds no partial messages")
-    serve = spec.load()
+    serve = spec.load(transport)
     limits = Limits(idle_timeout, max_buffered) if (idle_timeout or max_buffered) else None
     return serve, {
         "name": name,
+        "transport": transport,
         "protocol": protocol,
         "max_message": max_message or DEFAULT_MAX_MESSAGE,
         "idle_timeout": idle_timeout or None,
@@ -348,16 +488,22 @@ def _server_and_options(name, protocol="raw", max_message=None, idle_timeout=Non
     }
 
 
-def _announcer(name, listener, backlog):
-    """``announce()``: print the ready line for ``listener``, once, however often it is called."""
-    bound_host, bound_port = listener.getsockname()[:2]
+def _announcer(name, transport, listener, backlog):
+    """``announce()``: print the ready line for ``listener``, once, however often it is called.
+
+    ``{"event": "ready", "server", "transport", "host", "port" | "path", "pid", "backlog"}``;
+    ``backlog`` for the stream transports only.
+    """
+    endpoint = Endpoint.from_sockname(transport, listener.getsockname())
     announced = []
 
     def announce():
         if announced:
             return
         announced.append(True)
-        line = {"event": "ready", "server": name, "host": bound_host, "port": bound_port, "pid": os.getpid(), "backlog": backlog}
+        line = {"event": "ready", "server": name, **endpoint.ready_fields(), "pid": os.getpid()}
+        if endpoint.stream:
+            line["backlog"] = backlog
         sys.stdout.write(json.dumps(line) + "\n")
         sys.stdout.flush()
 
@@ -377,6 +523,8 @@ def _effective_backlog(name, backlog):
 
 def _warn_if_every_interface(name, listener):
     """One warning line when the listener is bound to the unspecified address (0.0.0.0 or ::)."""
+    if listener.family == socket.AF_UNIX:
+        return
     host, port = listener.getsockname()[:2]
     try:
         everywhere = ipaddress.ip_address(host.split("%", 1)[0]).is_unspecified
@@ -387,18 +535,26 @@ def _warn_if_every_interface(name, listener):
                   f"from the network; bind 127.0.0.1 or ::1 to keep it on this machine")
 
 
-def run_server(name, host="127.0.0.1", port=0, protocol="raw", max_message=None, backlog=None,
+def run_server(name, transport="tcp", host=None, port=0, path=None, protocol="raw", max_message=None, backlog=None,
                idle_timeout=None, max_buffered=None):
-    """The ``sockbench serve NAME`` contract: bind, announce, serve, exit 0 on a stop signal."""
-    serve, options = _server_and_options(name, protocol, max_message, idle_timeout, max_buffered)
+    """The ``sockbench serve NAME`` contract: bind, announce, serve, exit 0 on a stop signal.
+
+    A unix socket's file (and its private directory) is removed on the way out.
+    """
+    serve, options = _server_and_options(name, protocol, max_message, idle_timeout, max_buffered, transport)
     backlog = _effective_backlog(name, backlog)
     options["backlog"] = backlog
-    listener = listen(host, port, backlog)
+    listener = listen(transport, host, port, path, backlog)
+    if transport == "tcp" and listener.family == socket.AF_INET6:
+        transport = options["transport"] = "tcp6"  # --host ::1: the ready line says what it is
+    socket_path = _sockname_path(listener)  # now: a server may close the listener itself
     try:
         _warn_if_every_interface(name, listener)
-        serve(listener, _announcer(name, listener, backlog), options)
+        serve(listener, _announcer(name, transport, listener, backlog), options)
     except StopServing:
         pass
     finally:
         listener.close()
+        if socket_path:
+            remove_socket_file(socket_path)
     return 0

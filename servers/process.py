@@ -16,6 +16,7 @@ import tempfile
 import time
 
 from sockbench.children import child_setup, held_signals
+from sockbench.endpoints import Endpoint
 from sockbench.errors import SockbenchError
 
 __all__ = ["ServerProcess", "READY_TIMEOUT_S"]
@@ -24,16 +25,24 @@ READY_TIMEOUT_S = 15.0
 
 
 class ServerProcess:
-    """``sockbench serve NAME --host H --port 0`` in a child process, optionally pinned.
+    """``sockbench serve NAME --transport T [--host H --port 0 | --path P]`` in a child process, optionally pinned.
 
-    ``nofile``, if given, is the child's RLIMIT_NOFILE (soft and hard): how a
-    test runs a server out of descriptors.  Use as a context manager; leaving
-    it always stops the child by pid.
+    ``host`` None is the transport's loopback; ``path`` None (unix) a fresh
+    private directory that the server removes when it exits.  ``endpoint``
+    is where it listens, from its ready line.  ``nofile``, if given, is the
+    child's RLIMIT_NOFILE (soft and hard): how a test runs a server out of
+    descriptors.  Use as a context manager; leaving it always stops the child
+    by pid.
     """
 
-    def __init__(self, name, host="127.0.0.1", port=0, cpus=None, extra_args=(), env=None, nofile=None):
+    def __init__(self, name, transport="tcp", host=None, port=0, path=None, cpus=None, extra_args=(), env=None,
+                 nofile=None):
         self.name = name
-        self.cmd = [sys.executable, "-m", "sockbench", "serve", name, "--host", host, "--port", str(port), *extra_args]
+        self.transport = transport
+        where = ["--path", path] if path is not None else []
+        if transport != "unix":
+            where = (["--host", host] if host is not None else []) + ["--port", str(port)]
+        self.cmd = [sys.executable, "-m", "sockbench", "serve", name, "--transport", transport, *where, *extra_args]
         self.cpus = sorted(cpus) if cpus else None
         self.env = env
         self.nofile = nofile
@@ -46,7 +55,15 @@ class ServerProcess:
         return self.ready["pid"] if self.ready else self.proc.pid
 
     @property
+    def endpoint(self):
+        """Where the server listens (an ``Endpoint``, from its ready line)."""
+        return Endpoint.from_ready(self.ready)
+
+    @property
     def address(self):
+        """``(host, port)``, or the socket's path for unix: what ``socket.create_connection``/``connect`` take."""
+        if self.ready.get("transport") == "unix":
+            return self.ready["path"]
         return self.ready["host"], self.ready["port"]
 
     def start(self, timeout=READY_TIMEOUT_S):

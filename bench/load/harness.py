@@ -249,11 +249,11 @@ def run_load(spec, json_path=None, on_window=None):
     _check_nofile(spec, max(_split(spec.conns, spec.procs)) if spec.mode != "connect" else spec.conns)
     if spec.server is not None:
         extra = ("--protocol", spec.protocol) if spec.protocol != "raw" else ()
-        with ServerProcess(spec.server, cpus=spec.server_cpus, extra_args=extra) as server:
-            host, port = server.address
-            result = _run(spec, server, host, port, started_at, on_window)
+        with ServerProcess(spec.server, spec.transport, cpus=spec.server_cpus, extra_args=extra) as server:
+            endpoint = server.endpoint
+            result = _run(spec, server, endpoint.host, endpoint.port, started_at, on_window)
     else:
-        result = _run(spec, None, spec.target[0], spec.target[1], started_at, on_window)
+        result = _run(spec, None, spec.target.host, spec.target.port, started_at, on_window)
     if json_path is not None:
         write_json_atomic(json_path, result.to_json())
     return result

@@ -12,6 +12,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from sockbench.endpoints import TRANSPORTS, Endpoint
 from sockbench.errors import UsageError
 from sockbench.servers import registry
 # the wire protocols the load speaks: the same names, and limit, as ``sockbench serve --protocol``
@@ -28,10 +29,15 @@ MAX_IN_FLIGHT = 10_000_000
 
 @dataclass(frozen=True)
 class LoadSpec:
-    """One load run.  Exactly one of ``server`` (a registry name) and ``target`` ((host, port))."""
+    """One load run.  Exactly one of ``server`` (a registry name) and ``target`` (an ``Endpoint``).
+
+    A ``(host, port)`` target is read as a tcp ``Endpoint`` (tcp6 for an IPv6
+    literal).  With a target, ``transport`` is the target's: left at its
+    default it follows the target, and another one is a usage error.
+    """
 
     server: str | None = None
-    target: tuple | None = None
+    target: Endpoint | None = None
     mode: str = "closed"
     conns: int = 10
     size: int = 64
@@ -46,11 +52,25 @@ class LoadSpec:
     timeout_s: float = 5.0  # a message outstanding longer than this is a timeout error
     server_options: dict = field(default_factory=dict)
     protocol: str = "raw"  # raw, frame or json; size is the payload size in each
+    transport: str = "tcp"  # tcp, tcp6, unix or udp (sockbench/endpoints.py)
+
+    def __post_init__(self):
+        target = self.target
+        if isinstance(target, (tuple, list)) and len(target) == 2 and not isinstance(target, Endpoint):
+            host, port = target
+            if not isinstance(port, int) or not 0 < port < 65536:
+                raise UsageError(f"bad target port {port!r}; use 1..65535")
+            target = Endpoint("tcp", host, port)
+            object.__setattr__(self, "target", target)
+        if isinstance(target, Endpoint) and self.transport == "tcp":
+            object.__setattr__(self, "transport", target.transport)
 
     def validate(self):
         """Raise a one-line ``UsageError`` for anything that cannot run."""
         if (self.server is None) == (self.target is None):
             raise UsageError("give either a server name or --target HOST:PORT (exactly one)")
+        if self.transport not in TRANSPORTS:
+            raise UsageError(f"unknown transport {self.transport!r}; use one of {', '.join(TRANSPORTS)}")
         if self.protocol not in PROTOCOLS:
             raise UsageError(f"unknown protocol {self.protocol!r}; use one of {', '.join(PROTOCOLS)}")
         if self.server is not None:
@@ -63,11 +83,14 @@ class LoadSpec:
                     f"server {self.server!r} does not speak --protocol {self.protocol}; "
                     f"it speaks {', '.join(server.protocols)}"
                 )
+            server.check_transport(self.transport)
         else:
-            if not (isinstance(self.target, (tuple, list)) and len(self.target) == 2):
-                raise UsageError(f"target must be (host, port), not {self.target!r}")
-            port = self.target[1]
-            if not isinstance(port, int) or not 0 < port < 65536:
+            if not isinstance(self.target, Endpoint):
+                raise UsageError(f"target must be an Endpoint or (host, port), not {self.target!r}")
+            if self.target.transport != self.transport:
+                raise UsageError(f"the target {self.target} is {self.target.transport} but the transport is {self.transport}")
+            port = self.target.port
+            if self.target.transport != "unix" and (not isinstance(port, int) or not 0 < port < 65536):
                 raise UsageError(f"bad target port {port!r}; use 1..65535")
         if self.mode not in MODES:
             raise UsageError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")

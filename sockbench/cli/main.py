@@ -16,6 +16,7 @@ import sys
 
 from sockbench.cli import load as load_cmd
 from sockbench.cli import run as run_cmd
+from sockbench.endpoints import TRANSPORTS, check_transport
 from sockbench.errors import SockbenchError
 from sockbench.servers import registry
 from sockbench.servers.contract import run_server
@@ -33,7 +34,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_serve(args):
-    return run_server(args.name, host=args.host, port=args.port, protocol=args.protocol, max_message=args.max_message,
+    return run_server(args.name, transport=args.transport, host=args.host, port=args.port, path=args.path,
+                      protocol=args.protocol, max_message=args.max_message,
                       backlog=args.backlog, idle_timeout=args.idle_timeout, max_buffered=args.max_buffered)
 
 
@@ -45,13 +47,15 @@ def _cmd_servers(args):
     table = Table(title="sockbench servers", box=None, show_edge=False)
     table.add_column("name", style="bold", no_wrap=True)
     table.add_column("status", no_wrap=True)
+    table.add_column("transports", no_wrap=True)
     table.add_column("model")
     missing = []
     for spec in registry.SERVERS.values():
         ok, why = spec.availability()
         if not ok:
             missing.append(f"{spec.name}: {why}")
-        table.add_row(spec.name, "[green]available[/]" if ok else f"[red]{why.split(' (', 1)[0]}[/]", spec.summary)
+        table.add_row(spec.name, "[green]available[/]" if ok else f"[red]{why.split(' (', 1)[0]}[/]",
+                      " ".join(spec.transports), spec.summary)
     console = Console(width=max(100, Console().width), soft_wrap=True)
     console.print(table)
     # the full reason, with the command that fixes it, on one unwrapped line per server
@@ -67,8 +71,11 @@ def build_parser():
 
     s = sub.add_parser("serve", help="run one echo server (prints one JSON ready line)")
     s.add_argument("name", help="a server name (see `sockbench servers`)")
-    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 or :: is reachable from the network)")
+    s.add_argument("--transport", type=arg(check_transport, "--transport"), default="tcp", metavar="|".join(TRANSPORTS),
+                   help="tcp (default), tcp6, unix or udp (the servers that have a datagram form; see `sockbench servers`)")
+    s.add_argument("--host", default=None, help="address to bind (default 127.0.0.1, ::1 for tcp6; 0.0.0.0 or :: is reachable from the network)")
     s.add_argument("--port", type=arg(parse_port, "--port"), default=0, help="port to bind, 0..65535 (default 0: any free port)")
+    s.add_argument("--path", default=None, help="unix: the socket file (default: in a fresh private directory, removed on exit)")
     s.add_argument("--protocol", choices=PROTOCOLS, default="raw", help="wire protocol (default raw: echo bytes as they come)")
     s.add_argument("--max-message", type=arg(parse_size, "--max-message"), default=None, metavar="SIZE", help="largest frame or content accepted (default 16m)")
     s.add_argument("--backlog", type=arg(parse_number, "--backlog", kind=int, positive=True), default=None, metavar="N",

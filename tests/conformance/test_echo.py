@@ -43,8 +43,8 @@ def test_ready_line_and_stdout(server_name):
     proc = ServerProcess(server_name).start()
     try:
         ready = proc.ready
-        assert set(ready) == {"event", "server", "host", "port", "pid", "backlog"}
-        assert ready["server"] == server_name
+        assert set(ready) == {"event", "server", "transport", "host", "port", "pid", "backlog"}
+        assert ready["server"] == server_name and ready["transport"] == "tcp"
         assert ready["host"] == "127.0.0.1", "the default bind is loopback"
         assert isinstance(ready["port"], int) and ready["port"] > 0
         assert ready["pid"] == proc.proc.pid, "the pid is the process that serves"
