@@ -11,7 +11,10 @@ What is the framework's, used as documented:
 
 * ``ThreadingTCPServer(..., bind_and_activate=False)`` and the contract's
   listening socket in ``server.socket``: the contract binds every server the
-  same way (backlog, errors, any address family, ``--workers``).
+  same way (backlog, errors, any address family, ``--workers``).  It is made
+  non-blocking (the accepted sockets are blocking all the same): with
+  ``--workers`` on a shared Unix listener every worker's ``select`` wakes for
+  a connection that only one takes, and the others' ``accept()`` would block.
 * ``daemon_threads = True``: a stop never waits for a handler thread.
 * ``serve_forever(poll_interval)`` in the main thread, ``shutdown()`` from
   another: SIGTERM/SIGINT start a thread that calls ``shutdown()`` (calling it
@@ -131,6 +134,9 @@ class EchoServer(socketserver.ThreadingTCPServer):
     def __init__(self, listener, options):
         super().__init__(listener.getsockname(), EchoHandler, bind_and_activate=False)
         self.socket.close()  # the unbound socket the constructor made: the contract's listener serves instead
+        # non-blocking: with --workers on a shared Unix listener, select() wakes every worker for one
+        # connection, and a blocking accept() in the others would wait past a stop signal
+        listener.setblocking(False)
         self.socket = listener
         self.address_family = listener.family
         self.options = options
