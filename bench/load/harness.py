@@ -776,6 +776,7 @@ def _build_result(spec, server, host, port, started_at, procs, problems, srv):
             timeout_s=spec.timeout_s,
             server_cpus=list(spec.server_cpus),
             client_cpus=list(spec.client_cpus),
+            workers=spec.workers,
         ),
         throughput=_throughput(spec, rs, merged.msgs, measured_s),
         latency_us=hdr.summary_us(merged.h1, merged.mean1_ns),

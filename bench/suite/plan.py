@@ -137,6 +137,8 @@ class Plan:
     quick: bool = False
     full: bool = False
     extra: dict = field(default_factory=dict)
+    #: the scaling dimension (``sockbench run --workers 1 2``): every server's cells once per worker count
+    workers: tuple = (1,)
 
     def __post_init__(self):
         if not self.servers:
@@ -166,6 +168,11 @@ class Plan:
         for p in self.protocols:
             if p not in PROTOCOLS:
                 raise UsageError(f"unknown protocol {p!r}; use some of {' '.join(PROTOCOLS)}")
+        for w in self.workers:
+            if not isinstance(w, int) or isinstance(w, bool) or w < 1:
+                raise UsageError(f"bad worker count {w!r}; --workers takes whole numbers of 1 or more")
+        if not self.workers or len(set(self.workers)) != len(self.workers):
+            raise UsageError(f"--workers names a count twice or none: {' '.join(map(str, self.workers))}")
         if len(set(self.protocols)) != len(self.protocols):
             raise UsageError(f"--protocols names a protocol twice: {' '.join(self.protocols)}")
 
@@ -183,23 +190,25 @@ class Plan:
     def cells(self):
         out = []
         for server in self.servers:
-            for size in self.sizes:
-                for conns in self.conns:
-                    out.append(Cell(server, "closed", size, conns, self.depth))
-            for pct in self.open_pcts:
-                out.append(Cell(server, "open", self.open_size, self.open_conns, 1, pct))
-            ids = {c.id for c in out}
-            for proto in self.server_protocols(server):
-                c = Cell(server, "closed", self.proto_size, self.proto_conns, self.proto_depth, protocol=proto)
-                if c.id not in ids:
-                    out.append(c)
+            for w in self.workers:  # a server's cells at each worker count, its open loop after its own peak
+                for size in self.sizes:
+                    for conns in self.conns:
+                        out.append(Cell(server, "closed", size, conns, self.depth, workers=w))
+                for pct in self.open_pcts:
+                    out.append(Cell(server, "open", self.open_size, self.open_conns, 1, pct, workers=w))
+                ids = {c.id for c in out}
+                for proto in self.server_protocols(server):
+                    c = Cell(server, "closed", self.proto_size, self.proto_conns, self.proto_depth, protocol=proto,
+                             workers=w)
+                    if c.id not in ids:
+                        out.append(c)
         return out
 
     def calibrations(self):
         """Servers whose open-loop sweep needs a calibration run (no closed cell at ``open_size``)."""
         if not self.open_pcts or self.open_size in self.sizes:
             return []
-        return list(self.servers)
+        return [s for s in self.servers for _ in self.workers]
 
     # --- how long things take -----------------------------------------------------------
     def round_duration(self, cell):

@@ -254,6 +254,7 @@ class SuiteContext:
             client_cpus=tuple(p.client_cpus),
             interval_s=p.interval_s,
             protocol=cell.protocol,
+            workers=cell.workers,
         )
 
     # --- the open-loop peak ----------------------------------------------------------
@@ -266,22 +267,24 @@ class SuiteContext:
         c = stats.cell
         if (c.mode == "closed" and c.size == self.plan.open_size and c.protocol == "raw" and c.depth == self.plan.depth
                 and not stats.invalid and stats.median > 0):
-            key = c.server
+            key = c.server if c.workers == 1 else (c.server, c.workers)
             self.peaks[key] = max(self.peaks.get(key, 0.0), stats.median)
 
-    def peak(self, server):
-        """The server's peak msgs/s at the sweep's size: measured already, or calibrated now."""
-        if server in self.peaks:
-            return self.peaks[server], "closed-loop cells"
-        cal = Cell(server, "closed", self.plan.open_size, self.plan.open_conns)
+    def peak(self, server, workers=1):
+        """The server's peak msgs/s at the sweep's size (with ``workers`` processes): measured already, or calibrated now."""
+        key = server if workers == 1 else (server, workers)
+        if key in self.peaks:
+            return self.peaks[key], "closed-loop cells"
+        cal = Cell(server, "closed", self.plan.open_size, self.plan.open_conns, workers=workers)
         self.event(Calibrating(server=server))
         r = self.run(self.spec(cal), on_window=self._window)
-        self.write(os.path.join(self.out, "calibration", f"{server}.json"), r.to_json())
+        name = f"{server}.json" if workers == 1 else f"{server}-w{workers}.json"
+        self.write(os.path.join(self.out, "calibration", name), r.to_json())
         self.event(Calibrated(server=server, msgs_per_s=r.throughput.msgs_per_s, valid=r.valid))
         if not r.valid or not r.throughput.msgs_per_s > 0:
             raise RuntimeError(f"calibration of {server} failed: {r.invalid_reason}")
-        self.peaks[server] = r.throughput.msgs_per_s
-        return self.peaks[server], "a calibration run"
+        self.peaks[key] = r.throughput.msgs_per_s
+        return self.peaks[key], "a calibration run"
 
     def _window(self, start_ns, end_ns):
         # the runner draws nothing while a load runs (see runner._watch)

@@ -65,7 +65,7 @@ def test_echo(benchmark, cell, suite_ctx):
                 max_rounds=plan.max_rounds, ci_target=plan.ci,
                 timed_as="seconds per message" if cell.mode == "closed" else "p99 latency, seconds")
     if cell.mode == "open":
-        peak, source = suite_ctx.peak(cell.server)
+        peak, source = suite_ctx.peak(cell.server, cell.workers)
         rate = peak * cell.load_pct / 100.0
         info.update(load_pct=cell.load_pct, peak_msgs_per_s=peak, peak_from=source, target_rate=rate)
     run = suite_ctx.run_cell(cell, rate=rate, peak=peak)

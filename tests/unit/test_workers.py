@@ -74,3 +74,46 @@ def test_the_harness_sums_the_workers_cpu_and_keeps_every_thread():
     later = _add_samples((2.0, 4.0, {10: 5.5}), [(1.5, 0.5, {20: 2.0}), (0.0, 2.0, {30: 1.9})])
     user, sys_, source = server_cpu(_add_samples(first, more), later)
     assert source == "schedstat" and user + sys_ == pytest.approx(3.0 + 1.0 + 1.0)
+
+
+# --- the scaling dimension of a run, and the scaling script's CPUs --------------------------------
+
+
+def test_a_plan_runs_every_cell_at_each_worker_count_and_only_other_counts_change_ids():
+    from sockbench.bench.schema import Cell
+    from sockbench.bench.suite.plan import quick_plan
+
+    one = quick_plan(["cython"])
+    both = quick_plan(["cython"], workers=(1, 2))
+    assert [c for c in both.cells() if c.workers == 1] == one.cells(), "workers 1 is the run without the dimension"
+    twos = [c for c in both.cells() if c.workers == 2]
+    assert [c.id for c in twos] == [c.id + "-w2" for c in one.cells()]
+    assert Cell("cython", "closed", 64, 10, workers=2).describe().endswith("· 2 workers")
+    assert both.min_estimate_s() == pytest.approx(2 * one.min_estimate_s())
+
+
+@pytest.mark.parametrize("counts", [(0,), (1, 1), ()])
+def test_a_bad_worker_dimension_is_one_line(counts):
+    from sockbench.bench.suite.plan import quick_plan
+
+    with pytest.raises(UsageError) as e:
+        quick_plan(["cython"], workers=counts)
+    assert "--workers" in str(e.value) or "worker count" in str(e.value)
+
+
+def test_a_result_and_its_cell_carry_the_worker_count_and_old_files_read_as_one():
+    from sockbench.bench.schema import Cell, CellContext, Workload
+
+    w = Workload.from_json({"mode": "closed", "conns": 10, "size": 64, "workers": 2})
+    assert w.workers == 2 and w.to_json()["workers"] == 2
+    assert Workload.from_json({"mode": "closed", "conns": 10, "size": 64}).workers == 1
+    cell = Cell("uvloop", "closed", 64, 10, workers=4)
+    ctx = CellContext.of(cell, 1, 3, 0)
+    assert CellContext.from_json(ctx.to_json(), w).cell == cell
+
+
+def test_the_scaling_script_gives_the_servers_their_own_cpus_when_there_are_enough():
+    from sockbench.bench.calibrate.scaling import default_cpus
+
+    assert default_cpus(range(16), 8) == (tuple(range(8)), tuple(range(8, 16)), False)
+    assert default_cpus({0, 1}, 2) == ((0, 1), (1,), True), "two cores: the client shares the last one"
