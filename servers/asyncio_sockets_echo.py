@@ -5,7 +5,11 @@ transports (``asyncio-protocol``) asyncio offers coroutines on non-blocking
 sockets, with no transport and no protocol: the loop's ``sock_*`` methods,
 the API vmbench measures as "asyncio sockets".  Each connection is a task
 that reads and writes the way a blocking server would, so the row shows what
-a coroutine per connection and a future per readiness cost over callbacks.
+a coroutine per connection and a future per readiness cost over callbacks:
+each ``sock_recv_into`` that has to wait registers the socket with the
+selector and unregisters it once the future is done (two ``epoll_ctl`` calls
+per message, besides the future and the task switch), where a transport
+stays registered.
 
 * ``sock_recv_into`` reads into a page-aligned buffer of the connection's own
   (``contract.read_buffer``; a shared one would be overwritten by the next

@@ -15,8 +15,12 @@ the rounds: on a shared machine a single run says little.  A point where the
 client was the bottleneck is flagged: its msgs/s is the client's limit, not
 the server's.  On a machine with fewer than twice as many CPUs as the most
 workers asked for, the client shares CPUs with the servers (said in one line
-at the start): the figures then show what a worker adds on a busy machine,
-not the servers' capacity.
+at the start), and the figures are not parallel scaling: a worker on the
+client's CPU is woken without a cross-CPU interrupt, which on loopback is
+worth more than a second core (measured on the 2-core machine: one ``cython``
+process on the client's CPU echoed 175,000-225,000 msgs/s at 100 x 64 B, on a
+CPU of its own 72,000-78,000).  Only with the client on CPUs of its own do the
+ratios say how a server scales.
 
 Run: ``python -m sockbench.bench.calibrate.scaling [--servers cython,uvloop] [--workers 1 2 4 8]
 [--server-cpus LIST] [--client-cpus LIST] [--conns 100] [--size 64] [--duration 2] [--rounds 3] [--json PATH]``.
