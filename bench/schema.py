@@ -17,7 +17,8 @@ a result is refused in one place, with one line (``SchemaError``).
 * ``from_json(d)`` checks the shape and builds the objects.  Tolerance for
   older or hand-made files lives in the ``from_json`` methods and nowhere
   else: a workload without ``protocol`` was raw, one without
-  ``transport`` was tcp (so was a cell's); a workload without
+  ``transport`` was tcp (so was a cell's), one without ``workers`` had
+  one server process (so had a cell); a workload without
   ``depth`` had one message in flight; ``hdr_unit`` defaults to
   nanoseconds; machine keys written under other names (``cpu``,
   ``cpu_count``, ``node`` ...: ``_MACHINE_ALIASES``) are read into their one
@@ -187,6 +188,8 @@ class Cell:
     protocol: str = "raw"
     #: the transport (``sockbench serve --transport``): tcp, tcp6, unix or udp
     transport: str = "tcp"
+    #: server processes (``sockbench serve --workers``); a 1-worker cell's id has no suffix
+    workers: int = 1
 
     @property
     def workload_id(self):
@@ -200,6 +203,8 @@ class Cell:
             base += f"-{self.protocol}"
         if self.transport != "tcp":
             base += f"-{self.transport}"
+        if self.workers != 1:
+            base += f"-w{self.workers}"
         return base
 
     @property
@@ -224,6 +229,8 @@ class Cell:
             text += f" · {self.protocol}"
         if self.transport != "tcp":
             text += f" · {self.transport}"
+        if self.workers != 1:
+            text += f" · {self.workers} workers"
         return text
 
     def title(self, unit="messages"):
@@ -241,6 +248,8 @@ class Cell:
             text += f" · {self.protocol} protocol"
         if self.transport != "tcp":
             text += f" · over {self.transport}"
+        if self.workers != 1:
+            text += f" · {self.workers} server processes"
         return text
 
 
@@ -266,6 +275,8 @@ class Workload:
     timeout_s: float | None = None
     server_cpus: list | None = None
     client_cpus: list | None = None
+    #: server processes (``--workers``); results without it had one
+    workers: int = 1
 
     def to_json(self):
         return {
@@ -283,6 +294,7 @@ class Workload:
             "timeout_s": self.timeout_s,
             "server_cpus": _list(self.server_cpus),
             "client_cpus": _list(self.client_cpus),
+            "workers": self.workers,
         }
 
     @classmethod
@@ -303,6 +315,7 @@ class Workload:
                 timeout_s=d.get("timeout_s"),
                 server_cpus=_list(d.get("server_cpus")),
                 client_cpus=_list(d.get("client_cpus")),
+                workers=int(d.get("workers") or 1),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise SchemaError(f"{source} has a malformed workload ({e!r}); it is not a sockbench result") from None
@@ -974,6 +987,7 @@ class CellContext:
     protocol: str = "raw"
     workload_id: str | None = None
     transport: str = "tcp"
+    workers: int = 1
     round: int = 0
     rounds: int | None = None
     index: int | None = None
@@ -983,18 +997,18 @@ class CellContext:
     def of(cls, cell, round_no, rounds, index, peak=None):
         return cls(server=cell.server, mode=cell.mode, size=cell.size, conns=cell.conns, depth=cell.depth,
                    load_pct=cell.load_pct, protocol=cell.protocol, workload_id=cell.workload_id,
-                   transport=cell.transport, round=round_no, rounds=rounds, index=index, peak_msgs_per_s=peak)
+                   transport=cell.transport, workers=cell.workers, round=round_no, rounds=rounds, index=index, peak_msgs_per_s=peak)
 
     @property
     def cell(self):
         return Cell(self.server, self.mode, self.size, self.conns, self.depth, self.load_pct, self.protocol,
-                    self.transport)
+                    self.transport, self.workers)
 
     def to_json(self):
         return {
             "server": self.server, "mode": self.mode, "size": self.size, "conns": self.conns,
             "depth": self.depth, "load_pct": self.load_pct, "protocol": self.protocol, "transport": self.transport,
-            "workload_id": self.workload_id, "round": self.round, "rounds": self.rounds, "index": self.index,
+            "workers": self.workers, "workload_id": self.workload_id, "round": self.round, "rounds": self.rounds, "index": self.index,
             "peak_msgs_per_s": self.peak_msgs_per_s,
         }
 
@@ -1012,6 +1026,7 @@ class CellContext:
                 protocol=_protocol(d.get("protocol", workload.protocol)),
                 workload_id=d.get("workload_id"),
                 transport=_transport(d.get("transport", workload.transport)),
+                workers=int(d.get("workers", workload.workers) or 1),
                 round=int(d.get("round", 0)),
                 rounds=d.get("rounds"),
                 index=d.get("index"),
@@ -1165,7 +1180,8 @@ class LoadResult:
         if self.cell is not None:
             return self.cell.cell
         w = self.workload
-        return Cell(self.server, w.mode, w.size, w.conns, w.depth, protocol=w.protocol, transport=w.transport)
+        return Cell(self.server, w.mode, w.size, w.conns, w.depth, protocol=w.protocol, transport=w.transport,
+                    workers=w.workers)
 
     @property
     def round_no(self):

@@ -293,7 +293,7 @@ def system_backlog():
         return socket.SOMAXCONN
 
 
-def listen(transport="tcp", host=None, port=0, path=None, backlog=None):
+def listen(transport="tcp", host=None, port=0, path=None, backlog=None, reuse_port=False):
     """Return a bound socket for ``transport``, or raise a one-line SockbenchError.
 
     tcp, tcp6 and unix: a listening SOCK_STREAM socket; udp: a bound
@@ -302,7 +302,7 @@ def listen(transport="tcp", host=None, port=0, path=None, backlog=None):
     (``system_backlog()``); the kernel caps any larger one there.  For unix,
     see ``_bind_unix``: the socket file (and the private directory made for
     it) is removed by ``remove_socket_file`` or, at the latest, when this
-    process exits.
+    process exits.  ``reuse_port``: set ``SO_REUSEPORT`` before binding (``--workers``, see ``workers``).
     """
     check_transport(transport)
     if backlog is None:
@@ -335,6 +335,8 @@ def listen(transport="tcp", host=None, port=0, path=None, backlog=None):
         if endpoint.stream:
             # not for udp: there SO_REUSEADDR lets a second socket bind the same port and split the datagrams
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(addr)
         if endpoint.stream:
             sock.listen(backlog)
@@ -508,11 +510,12 @@ def _server_and_options(name, protocol="raw", max_message=None, idle_timeout=Non
     }
 
 
-def _announcer(name, transport, listener, backlog):
+def _announcer(name, transport, listener, backlog, extra=None):
     """``announce()``: print the ready line for ``listener``, once, however often it is called.
 
     ``{"event": "ready", "server", "transport", "host", "port" | "path", "pid", "backlog"}``;
-    ``backlog`` for the stream transports only.
+    ``backlog`` for the stream transports only; ``extra`` fields added last
+    (``--workers``: ``pid`` the first worker's, ``pids`` every worker's).
     """
     endpoint = Endpoint.from_sockname(transport, listener.getsockname())
     announced = []
@@ -524,6 +527,7 @@ def _announcer(name, transport, listener, backlog):
         line = {"event": "ready", "server": name, **endpoint.ready_fields(), "pid": os.getpid()}
         if endpoint.stream:
             line["backlog"] = backlog
+        line.update(extra or {})
         sys.stdout.write(json.dumps(line) + "\n")
         sys.stdout.flush()
 
@@ -556,14 +560,17 @@ def _warn_if_every_interface(name, listener):
 
 
 def run_server(name, transport="tcp", host=None, port=0, path=None, protocol="raw", max_message=None, backlog=None,
-               idle_timeout=None, max_buffered=None):
+               idle_timeout=None, max_buffered=None, workers=None):
     """The ``sockbench serve NAME`` contract: bind, announce, serve, exit 0 on a stop signal.
 
     A unix socket's file (and its private directory) is removed on the way out.
+    ``workers`` N (``--workers``): N processes of the server, see ``workers``.
     """
     serve, options = _server_and_options(name, protocol, max_message, idle_timeout, max_buffered, transport)
     backlog = _effective_backlog(name, backlog)
     options["backlog"] = backlog
+    if workers is not None:
+        return _run_workers(name, workers, transport, host, port, path, backlog, serve, options)
     listener = listen(transport, host, port, path, backlog)
     if transport == "tcp" and listener.family == socket.AF_INET6:
         transport = options["transport"] = "tcp6"  # --host ::1: the ready line says what it is
@@ -578,3 +585,30 @@ def run_server(name, transport="tcp", host=None, port=0, path=None, protocol="ra
         if socket_path:
             remove_socket_file(socket_path)
     return 0
+
+
+def _run_workers(name, n, transport, host, port, path, backlog, serve, options):
+    """``run_server`` with ``--workers N``: the same listen and ready line, served by N processes."""
+    # deferred: a real cycle (workers builds on this module's stop signals and log lines)
+    from sockbench.servers.workers import check_workers, serve_workers
+
+    check_workers(n)
+    socket_path = None
+
+    def tracked_listen(*args, **kwargs):
+        nonlocal socket_path
+        sock = listen(*args, **kwargs)
+        socket_path = socket_path or _sockname_path(sock)
+        if transport == "tcp" and sock.family == socket.AF_INET6:
+            options["transport"] = "tcp6"  # before the workers are forked: they serve what the ready line says
+        return sock
+
+    def announcer(listener, extra):
+        _warn_if_every_interface(name, listener)
+        return _announcer(name, options.get("transport", transport), listener, backlog, extra)
+
+    try:
+        return serve_workers(n, name, tracked_listen, transport, host, port, path, backlog, serve, options, announcer)
+    finally:
+        if socket_path:
+            remove_socket_file(socket_path)

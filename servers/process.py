@@ -55,6 +55,13 @@ class ServerProcess:
         return self.ready["pid"] if self.ready else self.proc.pid
 
     @property
+    def pids(self):
+        """Every serving process: the ready line's ``pids`` (``--workers``), else ``[pid]``."""
+        if self.ready and self.ready.get("pids"):
+            return list(self.ready["pids"])
+        return [self.pid]
+
+    @property
     def endpoint(self):
         """Where the server listens (an ``Endpoint``, from its ready line)."""
         return Endpoint.from_ready(self.ready)

@@ -49,6 +49,8 @@ class ServerSpec:
     protocols: tuple = ("raw",)
     #: the transports it serves (``sockbench serve NAME --transport T``); see sockbench/endpoints.py
     transports: tuple = STREAM_TRANSPORTS
+    #: set for servers whose library is an optional dependency: the ``sockbench[EXTRA]`` that installs it
+    extra: str = ""
 
     def availability(self):
         """Return ``(True, "available")`` or ``(False, reason)``; never raises."""
@@ -56,6 +58,8 @@ class ServerSpec:
             if importlib.util.find_spec(mod) is None:
                 if self.build_hint:
                     return False, f"not built (build it with: {self.build_hint})"
+                if self.extra:
+                    return False, f"not installed: pip install 'sockbench[{self.extra}]'"
                 return False, f"missing module {mod!r} (pip install {mod.split('.')[0]})"
         return True, "available"
 
@@ -78,9 +82,9 @@ class ServerSpec:
         return module.serve_datagram if transport == "udp" else module.serve
 
 
-def _spec(name, module, summary, requires=(), build_hint="", protocols=("raw",), transports=STREAM_TRANSPORTS):
+def _spec(name, module, summary, requires=(), build_hint="", protocols=("raw",), transports=STREAM_TRANSPORTS, extra=""):
     return ServerSpec(name, "sockbench.servers." + module, summary, tuple(requires), build_hint, tuple(protocols),
-                      tuple(transports))
+                      tuple(transports), extra)
 
 
 #: the transports of a server with a datagram form (``serve_datagram``)
@@ -92,11 +96,19 @@ SERVERS = {
     for s in (
         _spec("blocking", "blocking_echo", "blocking sockets, one thread per connection", protocols=ALL_PROTOCOLS,
               transports=WITH_UDP),
+        _spec("socketserver", "socketserver_echo", "socketserver.ThreadingTCPServer + StreamRequestHandler, a thread per connection",
+              protocols=ALL_PROTOCOLS, transports=STREAM_TRANSPORTS),
         _spec("selectors", "selectors_echo", "one thread, non-blocking sockets, selectors.DefaultSelector", protocols=ALL_PROTOCOLS,
               transports=WITH_UDP),
         _spec("asyncio-streams", "asyncio_streams_echo", "asyncio.start_server, StreamReader/StreamWriter, await drain()", protocols=ALL_PROTOCOLS),
         _spec("asyncio-protocol", "asyncio_protocol_echo", "asyncio.Protocol with write flow control", protocols=ALL_PROTOCOLS,
               transports=WITH_UDP),
+        _spec("asyncio-sockets", "asyncio_sockets_echo", "asyncio's loop.sock_accept/sock_recv_into/sock_sendall, a task per connection",
+              protocols=ALL_PROTOCOLS, transports=STREAM_TRANSPORTS),
+        _spec("trio", "trio_echo", "trio.serve_listeners, a task per connection in a nursery", requires=("trio",),
+              protocols=ALL_PROTOCOLS, transports=STREAM_TRANSPORTS, extra="trio"),
+        _spec("gevent", "gevent_echo", "gevent.server.StreamServer, a greenlet per connection", requires=("gevent",),
+              protocols=ALL_PROTOCOLS, transports=STREAM_TRANSPORTS, extra="gevent"),
         _spec("uvloop", "uvloop_echo", "the asyncio-protocol server on uvloop's loop", requires=("uvloop",), protocols=ALL_PROTOCOLS,
               transports=WITH_UDP),
         _spec("cython-protocol", "cython_protocol_echo", "a Cython cdef-class asyncio.BufferedProtocol on uvloop",

@@ -36,6 +36,7 @@ __all__ = [
     "CPU_FIELDS",
     "read_proc_stat",
     "read_task_cpu_s",
+    "read_task_runtimes",
     "read_rss_bytes",
     "parse_cpu_times",
     "read_cpu_times",
@@ -59,6 +60,18 @@ def read_proc_stat(pid):
     return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK
 
 
+def read_task_runtimes(pid):
+    """``{tid: seconds}``: the scheduler's runtime of each *current* thread of a live process (see ``read_task_cpu_s``)."""
+    runtimes = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                runtimes[int(tid)] = int(f.read().split()[0]) / 1e9
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # the thread ended meanwhile
+    return runtimes
+
+
 def read_task_cpu_s(pid):
     """Exact on-CPU time (user + system, ns resolution) of a live process's *current* threads, in seconds.
 
@@ -68,14 +81,7 @@ def read_task_cpu_s(pid):
     threads that come and go).  The harness reads the same counters from its
     C load loop (``sample_server`` in ``ext/loadgen.pyx``).
     """
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            pass  # the thread ended meanwhile
-    return total / 1e9
+    return sum(read_task_runtimes(pid).values())
 
 
 def read_rss_bytes(pid, key="VmRSS"):

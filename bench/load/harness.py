@@ -109,7 +109,8 @@ from sockbench.errors import SockbenchError, UsageError
 from sockbench.jsonfile import write_json_atomic
 from sockbench.machine import machine_info
 from sockbench.procfs import (TICK_S, busy_processes, foreign_process_s, irq_time_accounting, process_snapshot,
-                             read_rss_bytes)
+                             read_proc_stat, read_rss_bytes, read_task_runtimes)
+from sockbench.servers.contract import format_peer
 from sockbench.servers.process import ServerProcess
 from sockbench.thresholds import BEHIND_FRACTION, CLIENT_BOUND_UTIL, SERVER_BOUND_UTIL, STALL_S
 from sockbench.timestamps import iso_utc
@@ -266,6 +267,8 @@ def run_load(spec, json_path=None, on_window=None):
     _check_nofile(spec, max(_split(spec.conns, spec.procs)) if spec.mode != "connect" else spec.conns)
     if spec.server is not None:
         extra = ("--protocol", spec.protocol) if spec.protocol != "raw" else ()
+        if spec.workers != 1:
+            extra += ("--workers", str(spec.workers))
         with ServerProcess(spec.server, spec.transport, cpus=spec.server_cpus, extra_args=extra) as server:
             result = _run(spec, server, server.endpoint, started_at, on_window)
     else:
@@ -420,12 +423,14 @@ def measure(spec, server, endpoint, on_window=None, start_at=None):
         # every process's CPU around the window: what caps the foreign time (bench/load/interference.py)
         before = process_snapshot()
         end_ns = _open_window(spec, workers, on_window, start_ns)
-        procs, problems, srv = _collect(spec, server, workers, end_ns)
+        # --workers: load process 0 samples the first worker; this process the others, at the window's edges
+        edges = _sample_edges(server.pids[1:], end_ns - int(spec.duration_s * 1e9), end_ns) if server else None
+        procs, problems, srv = _collect(spec, server, workers, end_ns, edges)
         after = process_snapshot()
     finally:
         for w in workers.values():
             w.stop()
-    own = [w.proc.pid for w in workers.values()] + ([server.pid] if server is not None else [])
+    own = [w.proc.pid for w in workers.values()] + (server.pids + [server.proc.pid] if server is not None else [])
     srv.process_s = lambda cpus: foreign_process_s(before, after, cpus, own=own)
     return procs, problems, srv
 
@@ -433,7 +438,8 @@ def measure(spec, server, endpoint, on_window=None, start_at=None):
 def _warn_busy(spec, server):
     """Name, in one line on stderr, what is already busy on the run's CPUs (this run's processes aside)."""
     cpus = _stat_cpus(spec, server)
-    warning = busy_warning(cpus, busy_processes(cpus, BUSY_SAMPLE_S, own=(server.pid,) if server is not None else ()))
+    own = (*server.pids, server.proc.pid) if server is not None else ()
+    warning = busy_warning(cpus, busy_processes(cpus, BUSY_SAMPLE_S, own=own))
     if warning:
         print(warning, file=sys.stderr, flush=True)
 
@@ -497,7 +503,43 @@ def _open_window(spec, workers, on_window, start_ns=None):
     return end_ns
 
 
-def _collect(spec, server, workers, end_ns):
+def _sample_pid(pid):
+    """``_server_sample``'s ``(user_s, sys_s, threads)`` for one more server process, read here; None if gone."""
+    try:
+        user, sys_ = read_proc_stat(pid)
+        return user, sys_, read_task_runtimes(pid)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _sample_edges(pids, warm_end_ns, end_ns):
+    """Samples of ``pids`` (the workers after the first) at the end of warmup and of the window, or None.
+
+    Two short wake-ups at the window's edges, not inside it: reading a few
+    /proc files costs this process well under a millisecond each time.
+    """
+    if not pids:
+        return None
+    edges = []
+    for at_ns in (warm_end_ns, end_ns):
+        time.sleep(max(0.0, (at_ns - time.monotonic_ns()) / 1e9))
+        edges.append([_sample_pid(pid) for pid in pids])
+    return edges
+
+
+def _add_samples(first, more):
+    """One sample of several server processes: the sum of their ticks, every thread's runtime; None if any is None."""
+    if first is None or more is None or any(m is None for m in more):
+        return None
+    user, sys_, threads = first[0], first[1], dict(first[2]) if len(first) > 2 else {}
+    for m in more:
+        user, sys_ = user + m[0], sys_ + m[1]
+        if threads:  # none: the first one's were not read, and the ticks are used (``server_cpu``)
+            threads.update(m[2])
+    return user, sys_, threads
+
+
+def _collect(spec, server, workers, end_ns, edges=None):
     """The load processes' results within the hard timeout, the problems, and the server's window.
 
     This process sleeps through the window (waking up inside it to read the
@@ -522,6 +564,8 @@ def _collect(spec, server, workers, end_ns):
         first = procs.get(0)
         samples = (first.server_cpu if first is not None else None) or [None, None]
         srv.cpu0, srv.cpu1 = (_server_sample(x) for x in samples)
+        if edges is not None:
+            srv.cpu0, srv.cpu1 = _add_samples(srv.cpu0, edges[0]), _add_samples(srv.cpu1, edges[1])
         srv.rss_peak_bytes = _read_rss_peak(server)  # a high-water mark: read after the window
     if server is not None and not server.alive():
         srv.exit_status = server.proc.returncode
@@ -530,8 +574,9 @@ def _collect(spec, server, workers, end_ns):
 
 
 def _read_rss_peak(server):
+    """The peak RSS (``VmHWM``) summed over every serving process (``--workers``: each worker's)."""
     try:
-        return read_rss_bytes(server.pid, "VmHWM")
+        return sum(read_rss_bytes(pid, "VmHWM") for pid in server.pids)
     except (OSError, SockbenchError, ValueError):
         return None
 
@@ -770,6 +815,7 @@ def _build_result(spec, server, endpoint, started_at, procs, problems, srv):
             timeout_s=spec.timeout_s,
             server_cpus=list(spec.server_cpus),
             client_cpus=list(spec.client_cpus),
+            workers=spec.workers,
         ),
         throughput=_throughput(spec, rs, merged.msgs, measured_s),
         latency_us=hdr.summary_us(merged.h1, merged.mean1_ns),

@@ -54,6 +54,7 @@ class LoadSpec:
     server_options: dict = field(default_factory=dict)
     protocol: str = "raw"  # raw, frame or json; size is the payload size in each
     transport: str = "tcp"  # tcp, tcp6, unix or udp (sockbench/endpoints.py)
+    workers: int = 1  # server processes (``sockbench serve --workers``); 1: the plain server
 
     def __post_init__(self):
         target = self.target
@@ -97,7 +98,9 @@ class LoadSpec:
             raise UsageError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
         if self.transport == "udp":
             check_datagram_spec(self)  # raw only, no connect mode, a size that fits a datagram and its header
-        for name in ("conns", "size", "depth", "procs"):
+        if self.workers != 1 and self.server is None:
+            raise UsageError("--workers applies to a server NAME that the load starts, not to --target")
+        for name in ("conns", "size", "depth", "procs", "workers"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise UsageError(f"{name} must be a whole number >= 1, not {v!r}")

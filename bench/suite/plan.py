@@ -149,6 +149,8 @@ class Plan:
     quick: bool = False
     full: bool = False
     extra: dict = field(default_factory=dict)
+    #: the scaling dimension (``sockbench run --workers 1 2``): every server's cells once per worker count
+    workers: tuple = (1,)
 
     def __post_init__(self):
         if not self.servers:
@@ -178,6 +180,11 @@ class Plan:
         for p in self.protocols:
             if p not in PROTOCOLS:
                 raise UsageError(f"unknown protocol {p!r}; use some of {' '.join(PROTOCOLS)}")
+        for w in self.workers:
+            if not isinstance(w, int) or isinstance(w, bool) or w < 1:
+                raise UsageError(f"bad worker count {w!r}; --workers takes whole numbers of 1 or more")
+        if not self.workers or len(set(self.workers)) != len(self.workers):
+            raise UsageError(f"--workers names a count twice or none: {' '.join(map(str, self.workers))}")
         if len(set(self.protocols)) != len(self.protocols):
             raise UsageError(f"--protocols names a protocol twice: {' '.join(self.protocols)}")
         if not self.transports:
@@ -193,8 +200,13 @@ class Plan:
         """True when a cell's rounds depend on its interval (``min_rounds < max_rounds``)."""
         return self.min_rounds < self.max_rounds
 
-    def server_protocols(self, server):
-        """The protocols of the plan's protocol section that ``server`` speaks ([] if no framed one)."""
+    def server_protocols(self, server, transport="tcp"):
+        """The protocols of the plan's protocol section that ``server`` speaks ([] if no framed one).
+
+        None over udp: a datagram is one message already, and the servers speak raw only there.
+        """
+        if transport == "udp":
+            return []
         spoken = self.speaks.get(server)
         out = [p for p in self.protocols if spoken is None or p in spoken]
         return out if any(p != "raw" for p in out) else []
@@ -213,24 +225,25 @@ class Plan:
         out = []
         for server in self.servers:
             for t in self.server_transports(server):
-                for size in self.sizes:
-                    for conns in self.conns:
-                        out.append(Cell(server, "closed", size, conns, self.depth, transport=t))
-                for pct in self.open_pcts:
-                    out.append(Cell(server, "open", self.open_size, self.open_conns, 1, pct, transport=t))
-                ids = {c.id for c in out}
-                for proto in self.server_protocols(server):
-                    c = Cell(server, "closed", self.proto_size, self.proto_conns, self.proto_depth, protocol=proto,
-                             transport=t)
-                    if c.id not in ids:
-                        out.append(c)
+                for w in self.workers:  # a server's cells at each worker count, its open loop after its own peak
+                    for size in self.sizes:
+                        for conns in self.conns:
+                            out.append(Cell(server, "closed", size, conns, self.depth, transport=t, workers=w))
+                    for pct in self.open_pcts:
+                        out.append(Cell(server, "open", self.open_size, self.open_conns, 1, pct, transport=t, workers=w))
+                    ids = {c.id for c in out}
+                    for proto in self.server_protocols(server, t):
+                        c = Cell(server, "closed", self.proto_size, self.proto_conns, self.proto_depth, protocol=proto,
+                                 transport=t, workers=w)
+                        if c.id not in ids:
+                            out.append(c)
         return out
 
     def calibrations(self):
         """Servers whose open-loop sweep needs a calibration run (no closed cell at ``open_size``), once per transport."""
         if not self.open_pcts or self.open_size in self.sizes:
             return []
-        return [s for s in self.servers for _ in self.server_transports(s)]
+        return [s for s in self.servers for _ in self.server_transports(s) for _ in self.workers]
 
     # --- how long things take -----------------------------------------------------------
     def round_duration(self, cell):

@@ -117,7 +117,7 @@ def _none_or(values, option):
 
 def build_plan(servers=None, sizes=None, conns=None, quick=False, full=False, rounds=None, min_rounds=None,
                max_rounds=None, ci=None, cell_budget_s=None, run_budget_s=None, duration_s=None, warmup_s=None,
-               open_pcts=None, server_cpus=None, client_cpus=None, protocols=None, transports=None):
+               open_pcts=None, server_cpus=None, client_cpus=None, protocols=None, transports=None, workers=None):
     """The run's Plan from the command line; any bad value is a one-line UsageError.
 
     ``rounds`` fixes the rounds of every cell (``min_rounds = max_rounds = rounds``); ``run_budget_s`` 0
@@ -138,6 +138,8 @@ def build_plan(servers=None, sizes=None, conns=None, quick=False, full=False, ro
             kw[key] = conv(value)
     if run_budget_s is not None:
         kw["run_budget_s"] = float(run_budget_s) or None
+    if workers:
+        kw["workers"] = tuple(workers)  # each count is checked by the Plan
     kw["speaks"] = {n: list(registry.get(n).protocols) for n in names}
     kw["serves"] = {n: list(registry.get(n).transports) for n in names}
     if transports is not None:

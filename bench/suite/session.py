@@ -269,6 +269,7 @@ class SuiteContext:
             interval_s=p.interval_s,
             protocol=cell.protocol,
             transport=cell.transport,
+            workers=cell.workers,
         )
 
     # --- the open-loop peak ----------------------------------------------------------
@@ -281,18 +282,19 @@ class SuiteContext:
         c = stats.cell
         if (c.mode == "closed" and c.size == self.plan.open_size and c.protocol == "raw" and c.depth == self.plan.depth
                 and not stats.invalid and stats.median > 0):
-            key = (c.server, c.transport)
+            key = (c.server, c.transport, c.workers)
             self.peaks[key] = max(self.peaks.get(key, 0.0), stats.median)
 
-    def peak(self, server, transport="tcp"):
-        """The server's peak msgs/s at the sweep's size over ``transport``: measured already, or calibrated now."""
-        key = (server, transport)
+    def peak(self, server, transport="tcp", workers=1):
+        """The server's peak msgs/s at the sweep's size over ``transport`` with ``workers`` processes: measured
+        already, or calibrated now."""
+        key = (server, transport, workers)
         if key in self.peaks:
             return self.peaks[key], "closed-loop cells"
-        cal = Cell(server, "closed", self.plan.open_size, self.plan.open_conns, transport=transport)
+        cal = Cell(server, "closed", self.plan.open_size, self.plan.open_conns, transport=transport, workers=workers)
         self.event(Calibrating(server=server))
         r = self.run(self.spec(cal), on_window=self._window)
-        name = server if transport == "tcp" else f"{server}-{transport}"
+        name = server + ("" if transport == "tcp" else f"-{transport}") + ("" if workers == 1 else f"-w{workers}")
         self.write(os.path.join(self.out, "calibration", f"{name}.json"), r.to_json())
         self.event(Calibrated(server=server, msgs_per_s=r.throughput.msgs_per_s, valid=r.valid))
         if not r.valid or not r.throughput.msgs_per_s > 0:

@@ -79,7 +79,7 @@ def test_echo(benchmark, cell, suite_ctx):
                 timed_as="seconds per message" if cell.mode == "closed" else
                 "mean latency per round, seconds (percentiles: latency_us and per_round)")
     if cell.mode == "open":
-        peak, source = suite_ctx.peak(cell.server, cell.transport)
+        peak, source = suite_ctx.peak(cell.server, cell.transport, cell.workers)
         rate = peak * cell.load_pct / 100.0
         info.update(load_pct=cell.load_pct, peak_msgs_per_s=peak, peak_from=source, target_rate=rate)
     run = suite_ctx.run_cell(cell, rate=rate, peak=peak)

@@ -52,6 +52,8 @@ def add_arguments(p):
     p.add_argument("--warmup", type=arg(parse_number, "--warmup"), default=1.0, help="seconds before measuring (default 1)")
     p.add_argument("--procs", type=arg(parse_number, "--procs", kind=int), default=1, help="load processes (default 1)")
     p.add_argument("--server-cpus", default="0", help="CPUs for the server (default 0)")
+    p.add_argument("--workers", type=arg(parse_number, "--workers", kind=int, positive=True), default=1, metavar="N",
+                   help="server processes, each on one of --server-cpus (sockbench serve --workers; default 1)")
     p.add_argument("--client-cpus", default="1", help="CPUs for the load processes (default 1)")
     p.add_argument("--interval", type=arg(parse_number, "--interval"), default=0.1, help="time-series interval in seconds (default 0.1)")
     p.add_argument("--timeout", type=arg(parse_number, "--timeout"), default=5.0, help="seconds before an unanswered message is an error (default 5)")
@@ -99,6 +101,7 @@ def spec_from_args(args):
         interval_s=args.interval,
         timeout_s=args.timeout,
         protocol=args.protocol,
+        workers=args.workers,
     )
     # a load from several hosts checks the client CPUs on each host, where they are
     return spec if getattr(args, "cluster", None) else spec.validate()

@@ -43,7 +43,8 @@ class _Parser(argparse.ArgumentParser):
 def _cmd_serve(args):
     return run_server(args.name, transport=args.transport, host=args.host, port=args.port, path=args.path,
                       protocol=args.protocol, max_message=args.max_message,
-                      backlog=args.backlog, idle_timeout=args.idle_timeout, max_buffered=args.max_buffered)
+                      backlog=args.backlog, idle_timeout=args.idle_timeout, max_buffered=args.max_buffered,
+                      workers=args.workers)
 
 
 def _cmd_servers(args):
@@ -99,6 +100,9 @@ def build_parser():
                    help="close a connection that completes no message for S seconds (default off)")
     s.add_argument("--max-buffered", type=arg(parse_size, "--max-buffered"), default=None, metavar="SIZE",
                    help="frame/json: close the connection whose partial message would take all partial messages over SIZE (default off)")
+    s.add_argument("--workers", type=arg(parse_number, "--workers", kind=int, positive=True), default=None, metavar="N",
+                   help="N server processes on one port (SO_REUSEPORT; unix: one shared socket), each pinned to one CPU "
+                        "of this process's affinity; the ready line lists their \"pids\" (default: one process, no \"pids\")")
     s.set_defaults(func=_cmd_serve)
 
     s = sub.add_parser("servers", help="list every server and whether it is available here")

@@ -77,6 +77,9 @@ def add_run_arguments(p):
     p.add_argument("--warmup", type=arg(parse_number, "--warmup"), metavar="S", help="warmup seconds per round (excluded)")
     p.add_argument("--server-cpus", type=arg(parse_cpus, "--server-cpus"), metavar="LIST", help="CPUs for the server (default 0)")
     p.add_argument("--client-cpus", type=arg(parse_cpus, "--client-cpus"), metavar="LIST", help="CPUs for the load client (default 1)")
+    p.add_argument("--workers", nargs="+", type=arg(parse_number, "--workers", kind=int, positive=True), metavar="N",
+                   help="the scaling dimension: every cell with each of these server process counts, each worker on one "
+                        "of --server-cpus (sockbench serve --workers; default 1)")
     p.add_argument("--out", metavar="DIR", help="results folder to create (default results/<UTC time>)")
     p.add_argument("--cluster", metavar="tcp://HOST:PORT",
                    help="load from several hosts: the Dask scheduler of their `sockbench cluster-worker`s")
@@ -113,6 +116,7 @@ def run_cli(args):
         cell_budget_s=args.cell_budget, run_budget_s=args.run_budget, duration_s=args.duration, warmup_s=args.warmup,
         open_pcts=args.open_loads, server_cpus=args.server_cpus, client_cpus=args.client_cpus, protocols=args.protocols,
         transports=args.transports,
+        workers=args.workers,
     )
     if args.hosts and not args.cluster:
         raise SockbenchError("--hosts names load hosts of --cluster; give --cluster tcp://HOST:PORT too", exit_code=2)

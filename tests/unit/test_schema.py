@@ -53,11 +53,12 @@ _MACHINE_V2 = ("isolcpus", "nohz_full", "governor", "smt", "aslr", "loadavg")
 
 
 def _as_v2(d):
-    """A schema-1 result dict as schema 2 writes it back: the same values, the new parts null, the transport tcp."""
+    """A schema-1 result dict as schema 2 writes it back: the same values, the new parts null, the transport tcp,
+    one worker."""
     out = {**d, "schema": 2, "interference": None, "fairness": None}
-    out["workload"] = {**d["workload"], "transport": "tcp"}
+    out["workload"] = {**d["workload"], "transport": "tcp", "workers": 1}
     if d.get("cell") is not None:
-        out["cell"] = {**d["cell"], "transport": "tcp"}
+        out["cell"] = {**d["cell"], "transport": "tcp", "workers": 1}
     if d.get("machine") is not None:
         out["machine"] = {**d["machine"], **{k: None for k in _MACHINE_V2}}
     return out

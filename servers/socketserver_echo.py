@@ -1,0 +1,242 @@
+"""``socketserver``: the standard library's ``ThreadingTCPServer`` with a ``StreamRequestHandler``.
+
+Why it is built this way: this is the server framework the standard library
+offers and its documentation teaches, a ``StreamRequestHandler`` subclass whose
+``handle()`` reads ``self.rfile`` and writes ``self.wfile``, served by
+``ThreadingTCPServer`` with a thread per request and ``serve_forever()``.  The
+row shows what the framework costs over the hand-written thread-per-connection
+``blocking`` server, which is the same model without it.
+
+What is the framework's, used as documented:
+
+* ``ThreadingTCPServer(..., bind_and_activate=False)`` and the contract's
+  listening socket in ``server.socket``: the contract binds every server the
+  same way (backlog, errors, any address family, ``--workers``).  It is made
+  non-blocking (the accepted sockets are blocking all the same): with
+  ``--workers`` on a shared Unix listener every worker's ``select`` wakes for
+  a connection that only one takes, and the others' ``accept()`` would block.
+* ``daemon_threads = True``: a stop never waits for a handler thread.
+* ``serve_forever(poll_interval)`` in the main thread, ``shutdown()`` from
+  another: SIGTERM/SIGINT start a thread that calls ``shutdown()`` (calling it
+  from the serving thread itself deadlocks, as the documentation warns); the
+  open connections are then shut down so every handler ends.
+* ``service_actions()``, the hook ``serve_forever`` calls on every loop, closes
+  idle connections with ``--idle-timeout`` (the poll interval is then
+  ``Limits.sweep_s``).
+* ``handle()`` reads with ``rfile.readinto1`` (at most one ``recv``, into a
+  page-aligned buffer of its thread, ``contract.read_buffer``) and writes with
+  ``wfile.write``, which is ``sendall``: a thread blocked in it reads nothing
+  more, so memory stays bounded, and a half-close is seen only after every
+  earlier byte was echoed.  With ``--protocol frame|json`` it feeds the shared
+  sans-I/O decoder (``protocols``) and writes its answers.
+
+What is added, because the framework's defaults fall short of the contract:
+
+* ``get_request`` (accept): socketserver ignores a failing accept and goes
+  straight back to ``select``, so out of descriptors it spins on a listener
+  that stays readable.  Here ``contract.AcceptErrors`` pauses accepting and
+  says so in one line, at most once a second.
+* ``handle_error``: the framework prints a traceback; here each handler is its
+  connection's exception boundary (a reset ends it quietly, anything else with
+  one line), and ``handle_error`` writes one line for whatever still escapes.
+* ``process_request`` starts each thread with the stop signals blocked, so they
+  always reach the main thread and wake its ``select`` at once.
+* ``setup`` turns Nagle off through ``contract.set_nodelay`` (the handler's own
+  ``disable_nagle_algorithm`` fails on a Unix socket).
+"""
+
+import signal
+import socket
+import socketserver
+import sys
+import threading
+
+from sockbench.servers.contract import (
+    STOP_SIGNALS,
+    AcceptErrors,
+    log_closing,
+    malformed,
+    read_buffer,
+    set_nodelay,
+    unexpected,
+)
+from sockbench.servers.protocols import make_decoder
+
+__all__ = ["serve"]
+
+#: each handler thread reads into its own buffer of this size (as the ``blocking`` server's threads do)
+THREAD_RECV = 64 * 1024
+THREAD_STACK = 256 * 1024
+#: how often ``serve_forever`` looks at its shutdown flag when no idle sweep asks for less
+POLL_INTERVAL_S = 0.2
+
+
+class EchoHandler(socketserver.StreamRequestHandler):
+    """One connection: read what has arrived, write the echo (or the protocol's answers), until EOF."""
+
+    def setup(self):
+        set_nodelay(self.request)
+        super().setup()
+        self.server.opened(self.request, self.client_address)
+
+    def handle(self):
+        server = self.server
+        name = server.options["name"]
+        limits = server.limits
+        conn = self.request
+        decoder = make_decoder(server.options["protocol"], server.options["max_message"])
+        view = read_buffer(THREAD_RECV)
+        try:
+            while True:
+                n = self.rfile.readinto1(view)
+                if not n:
+                    if decoder is not None and decoder.eof() and not server.closed_by_server(conn):
+                        log_closing(name, self.client_address, malformed(decoder.error))
+                    return
+                data = view[:n]
+                if decoder is None:
+                    self.wfile.write(data)
+                    if limits is not None:
+                        limits.progress(conn)
+                    continue
+                data = decoder.feed(data)
+                if data:
+                    self.wfile.write(data)
+                if decoder.error:
+                    log_closing(name, self.client_address, malformed(decoder.error))
+                    return
+                if limits is not None:
+                    if data:
+                        limits.progress(conn)
+                    if limits.max_buffered and not limits.hold(conn, decoder.buffered):
+                        log_closing(name, self.client_address, limits.buffered_reason)
+                        return
+        except OSError:
+            pass  # reset by the peer, or shut down by the server: this connection only
+        except Exception as e:  # the exception boundary: this connection only, one line
+            log_closing(name, self.client_address, unexpected(e))
+            e.__traceback__ = None
+
+    def finish(self):
+        try:
+            super().finish()
+        except OSError:
+            pass  # the peer went away before the last flush
+        finally:
+            self.server.closed(self.request)
+
+
+class EchoServer(socketserver.ThreadingTCPServer):
+    """``ThreadingTCPServer`` on the contract's listener, with the open connections tracked for stopping."""
+
+    daemon_threads = True
+
+    def __init__(self, listener, options):
+        super().__init__(listener.getsockname(), EchoHandler, bind_and_activate=False)
+        self.socket.close()  # the unbound socket the constructor made: the contract's listener serves instead
+        # non-blocking: with --workers on a shared Unix listener, select() wakes every worker for one
+        # connection, and a blocking accept() in the others would wait past a stop signal
+        listener.setblocking(False)
+        self.socket = listener
+        self.address_family = listener.family
+        self.options = options
+        self.limits = options.get("limits")
+        self._errors = AcceptErrors(options["name"])
+        self._conns = {}  # socket -> peer
+        self._shut = set()  # sockets the server shut down (idle): their handlers log nothing more
+        self._lock = threading.Lock()
+        self.stopping = threading.Event()  # set by a stop signal: cuts an accept pause short
+
+    # --- the framework's hooks -------------------------------------------------------------------
+
+    def get_request(self):
+        try:
+            return super().get_request()
+        except OSError as e:
+            pause = self._errors.pause_for(e)
+            if pause:
+                self.stopping.wait(pause)  # a stop ends the pause at once
+            raise  # socketserver drops this one and goes back to select()
+
+    def process_request(self, request, client_address):
+        # the new thread inherits this mask: the stop signals only ever reach the main thread
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            super().process_request(request, client_address)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+    def handle_error(self, request, client_address):
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            return  # the connection went away while it was set up
+        log_closing(self.options["name"], client_address, unexpected(exc))
+
+    def service_actions(self):
+        limits = self.limits
+        if limits is not None and limits.idle_timeout:
+            for conn in limits.idle():
+                self.close_for(conn, limits.idle_reason)
+
+    # --- the open connections --------------------------------------------------------------------
+
+    def opened(self, conn, peer):
+        with self._lock:
+            self._conns[conn] = peer
+        if self.limits is not None:
+            self.limits.opened(conn)
+
+    def closed(self, conn):
+        with self._lock:
+            self._conns.pop(conn, None)
+            self._shut.discard(conn)
+        if self.limits is not None:
+            self.limits.forget(conn)
+
+    def closed_by_server(self, conn):
+        return conn in self._shut
+
+    def close_for(self, conn, reason):
+        """Shut ``conn`` down (its handler then ends), with one line saying why."""
+        with self._lock:
+            peer = self._conns.get(conn)
+            if peer is None:
+                return
+            self._shut.add(conn)
+        log_closing(self.options["name"], peer, reason)
+        try:
+            conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def shut_down_connections(self):
+        with self._lock:
+            live = list(self._conns)
+        for conn in live:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def serve(listener, announce, options):
+    threading.stack_size(THREAD_STACK)
+    server = EchoServer(listener, options)
+    limits = server.limits
+    poll = min(POLL_INTERVAL_S, limits.sweep_s) if limits is not None and limits.sweep_s else POLL_INTERVAL_S
+
+    def stop(signum, frame):
+        server.stopping.set()
+        # shutdown() waits for serve_forever to return: never from the thread that runs it
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, stop)
+    with server:
+        announce()
+        try:
+            server.serve_forever(poll_interval=poll)
+        finally:
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_IGN)
+            server.shut_down_connections()

@@ -1,0 +1,179 @@
+"""``trio``: ``trio.serve_listeners`` with a task per connection, structured concurrency.
+
+Why it is built this way: trio is the other widely used async library, and
+its documentation serves TCP with ``serve_tcp(handler, port)``: a task per
+connection in a nursery, each reading ``await stream.receive_some()`` and
+writing ``await stream.send_all()``.  This server is exactly that, one level
+down: ``serve_tcp`` is ``open_tcp_listeners`` (which binds sockets of its own)
+followed by ``serve_listeners``, and the contract binds every server's socket
+itself (one backlog, one-line errors, any address family, ``--workers`` with
+``SO_REUSEPORT`` or a shared Unix listener).  So the contract's socket is
+wrapped with ``trio.socket.from_stdlib_socket`` in a ``trio.SocketListener``,
+and ``serve_listeners`` serves it, as ``serve_tcp`` would.
+
+* ``await stream.send_all()`` before the next ``receive_some`` is the flow
+  control: a client that does not read stalls its own task, which reads
+  nothing more, so memory stays bounded, and a half-close (``receive_some``
+  returns ``b""``) is seen only after every earlier byte was echoed.  With
+  ``--protocol frame|json`` the task feeds the shared sans-I/O decoder
+  (``protocols``).
+* ``SocketStream`` sets ``TCP_NOTSENT_LOWAT`` to 16 KiB, so that a sender
+  waits in user space rather than queueing in the kernel (lower latency for
+  interactive streams).  For an echo server that caps the kernel's unsent
+  queue at 16 KiB, and a client that writes 4 MiB before it reads deadlocks
+  (the conformance suite's check; every other server has the kernel's send
+  buffer, up to ``tcp_wmem``).  Each accepted stream gets the system's
+  default back (``_unset_notsent_lowat``), as the other servers have it.
+* Each handler is its connection's exception boundary: a reset
+  (``trio.BrokenResourceError``) ends it quietly, anything else with one
+  line.  It must be: an exception out of a handler would cancel the nursery,
+  which is the whole server.
+* Accepting: ``serve_listeners`` logs a failing ``accept()`` with a traceback
+  (through ``logging``) and retries every 0.1 s.  ``_PacedListener`` wraps
+  the ``SocketListener`` so that ``contract.AcceptErrors`` decides instead:
+  skip that connection, or pause for ``contract.ACCEPT_PAUSE_S``, with one
+  line at most once a second.
+* SIGTERM/SIGINT: ``trio.open_signal_receiver`` (which also keeps trio's
+  SIGINT-to-KeyboardInterrupt away); the first signal cancels the nursery,
+  every handler is cancelled and its stream closed, and ``trio.run``
+  returns.
+* ``--idle-timeout``: a task sweeps every ``Limits.sweep_s`` and cancels the
+  idle connections' scopes, with one line each.
+"""
+
+import socket
+
+import trio
+
+from sockbench.servers.contract import (
+    STOP_SIGNALS,
+    AcceptErrors,
+    log_closing,
+    malformed,
+    set_nodelay,
+    unexpected,
+)
+from sockbench.servers.protocols import make_decoder
+
+__all__ = ["serve"]
+
+#: the most one ``receive_some`` asks for (trio's own default)
+CONN_RECV = 64 * 1024
+
+
+class _PacedListener(trio.abc.Listener):
+    """A ``trio.SocketListener`` whose accept pauses on EMFILE and the like, saying so in one line."""
+
+    def __init__(self, inner, name):
+        self._inner = inner
+        self._errors = AcceptErrors(name)
+
+    async def accept(self):
+        while True:
+            try:
+                return await self._inner.accept()
+            except OSError as e:
+                pause = self._errors.pause_for(e)
+                if pause:
+                    await trio.sleep(pause)
+
+    async def aclose(self):
+        await self._inner.aclose()
+
+
+class _Conn:
+    """One connection as the limits see it: its peer and the cancel scope that ends it."""
+
+    __slots__ = ("peer", "scope", "closed_by_server", "__weakref__")
+
+    def __init__(self, peer, scope):
+        self.peer = peer
+        self.scope = scope
+        self.closed_by_server = False
+
+
+async def _echo(stream, conn, options):
+    name = options["name"]
+    limits = options.get("limits")
+    decoder = make_decoder(options["protocol"], options["max_message"])
+    receive_some, send_all = stream.receive_some, stream.send_all
+    while True:
+        data = await receive_some(CONN_RECV)
+        if not data:
+            if decoder is not None and decoder.eof():
+                log_closing(name, conn.peer, malformed(decoder.error))
+            return
+        if decoder is None:
+            await send_all(data)
+            if limits is not None:
+                limits.progress(conn)
+            continue
+        data = decoder.feed(data)
+        if data:
+            await send_all(data)
+        if decoder.error:
+            log_closing(name, conn.peer, malformed(decoder.error))
+            return
+        if limits is not None:
+            if data:
+                limits.progress(conn)
+            if limits.max_buffered and not limits.hold(conn, decoder.buffered):
+                log_closing(name, conn.peer, limits.buffered_reason)
+                return
+
+
+def _unset_notsent_lowat(sock):
+    """Give the connection the system's ``TCP_NOTSENT_LOWAT`` back (0 means: the sysctl's, unlimited by default)."""
+    if sock.family != socket.AF_UNIX and hasattr(socket, "TCP_NOTSENT_LOWAT"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, 0)
+
+
+async def _sweep(limits, name):
+    while True:
+        await trio.sleep(limits.sweep_s)
+        for conn in limits.idle():
+            conn.closed_by_server = True
+            log_closing(name, conn.peer, limits.idle_reason)
+            conn.scope.cancel()
+
+
+async def _main(listener, announce, options):
+    name = options["name"]
+    limits = options.get("limits")
+
+    async def handler(stream):
+        # serve_listeners closes the stream when this returns
+        with trio.CancelScope() as scope:
+            conn = None
+            try:
+                set_nodelay(stream.socket)
+                _unset_notsent_lowat(stream.socket)
+                conn = _Conn(stream.socket.getpeername(), scope)
+                if limits is not None:
+                    limits.opened(conn)
+                await _echo(stream, conn, options)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+                e.__traceback__ = None  # reset by the peer: this connection only, quietly
+            except Exception as e:  # the exception boundary: this connection only, one line
+                if conn is None or not conn.closed_by_server:
+                    log_closing(name, conn.peer if conn else None, unexpected(e))
+                e.__traceback__ = None
+            finally:
+                if limits is not None and conn is not None:
+                    limits.forget(conn)
+
+    sock = trio.socket.from_stdlib_socket(listener)
+    listeners = [_PacedListener(trio.SocketListener(sock), name)]
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        async with trio.open_nursery() as nursery:
+            if limits is not None and limits.idle_timeout:
+                nursery.start_soon(_sweep, limits, name)
+            await nursery.start(trio.serve_listeners, handler, listeners)
+            announce()
+            async for _ in signals:
+                break
+            nursery.cancel_scope.cancel()
+
+
+def serve(listener, announce, options):
+    trio.run(_main, listener, announce, options)

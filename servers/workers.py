@@ -1,0 +1,317 @@
+"""``sockbench serve NAME --workers N``: N processes of one server on one address, each on a CPU of its own.
+
+Why it is built this way: nobody deploys a Python server on one core; they
+run N processes that share a port, which is how gunicorn, uvicorn
+(``--workers``) and nginx scale.  The kernel's way to share a TCP port is
+``SO_REUSEPORT``: each worker has a listening socket of its own on the same
+address, and the kernel spreads new connections over them by a hash of the
+4-tuple, so no worker accepts for another and there is no thundering herd.
+A Unix socket path cannot be bound twice that way, so there the workers share
+one listening socket (the pre-fork convention): each waits on it, and
+whichever takes the connection serves it.
+
+The process tree is a small supervisor and its workers, forked from it:
+
+* The supervisor (the ``sockbench serve`` process itself) binds every
+  listening socket through ``contract.listen`` (the first one picks the port
+  when ``--port 0``, the others bind that port), forks the workers, and closes
+  its own copies: a worker's socket then lives in that worker only, so when a
+  worker dies its socket leaves the ``SO_REUSEPORT`` group and new
+  connections go to the others instead of into a queue no one accepts from.
+* Each worker pins itself to one CPU of the affinity the supervisor was
+  started with (``ServerProcess`` pins it to ``--server-cpus``): worker i to
+  the i-th CPU, round robin; more workers than CPUs share them, with one
+  warning line.  It then runs the server's ``serve`` exactly as a single
+  server would, and its ``announce()`` tells the supervisor through a pipe.
+* The ready line is printed by the supervisor once every worker is ready:
+  the usual fields, with ``"pids"``, every worker's pid, and ``"pid"`` the
+  first worker's.  The supervisor itself only waits (it serves nothing and
+  uses no CPU while it does), so the serving processes, and only they, are
+  what the load harness measures: it sums CPU and peak RSS over ``pids``.
+* SIGTERM or SIGINT to the supervisor is passed to every worker; each stops
+  as the serve contract says, and the supervisor exits 0 once they are gone,
+  within 2 s (a worker still there after ``STOP_BUDGET_S`` is killed, with a
+  line).  A worker that dies on its own is one line; the others go on
+  serving, and when none is left the supervisor exits 1.  A stop is exit 0,
+  as the serve contract says, even after a worker died (its line said so);
+  1 only when a worker fails to stop cleanly.
+
+Input errors are one line and exit 2: ``--workers 0``, or ``SO_REUSEPORT``
+missing or refused on this system (for TCP with more than one worker).
+"""
+
+import os
+import select
+import signal
+import socket
+import sys
+import time
+
+from sockbench.errors import SockbenchError, UsageError
+from sockbench.servers.contract import (
+    STOP_SIGNALS,
+    StopServing,
+    log,
+    unexpected,
+)
+
+__all__ = ["serve_workers", "worker_cpus", "check_workers", "reuse_port_error", "describe_exit", "STOP_BUDGET_S"]
+
+#: how long after a stop signal the supervisor waits for its workers before it kills them (the contract: 2 s in all)
+STOP_BUDGET_S = 1.7
+#: how long the supervisor waits for every worker to announce itself
+READY_BUDGET_S = 15.0
+
+
+def check_workers(n):
+    """``n`` as a worker count, or a one-line ``UsageError`` (exit 2)."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise UsageError(f"--workers must be 1 or more, not {n!r}")
+    return n
+
+
+def worker_cpus(n, allowed):
+    """The CPU each of ``n`` workers is pinned to: the allowed CPUs in order, round robin; and a warning or None.
+
+    ``allowed`` is the affinity the supervisor was started with.
+    """
+    cpus = sorted(allowed)
+    if not cpus:
+        raise SockbenchError("this process may run on no CPU (empty affinity)")
+    warning = None
+    if n > len(cpus):
+        warning = (f"warning: {n} workers on {len(cpus)} CPU{'s' if len(cpus) > 1 else ''} "
+                   f"({','.join(map(str, cpus))}): workers share CPUs")
+    return [cpus[i % len(cpus)] for i in range(n)], warning
+
+
+def reuse_port_error(probe=None):
+    """None when ``SO_REUSEPORT`` can be set here, else the one line that says it cannot."""
+    if not hasattr(socket, "SO_REUSEPORT"):
+        return "SO_REUSEPORT is not available on this system; --workers above 1 needs it for tcp (unix shares one socket)"
+    sock = probe or socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    except OSError as e:
+        return f"SO_REUSEPORT is refused here ({e.strerror}); --workers above 1 needs it for tcp"
+    finally:
+        if probe is None:
+            sock.close()
+    return None
+
+
+def describe_exit(status):
+    """How a worker ended, from its ``waitpid`` status: ``exited with status 1`` or ``was killed by SIGKILL``."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            signame = signal.Signals(sig).name
+        except ValueError:
+            signame = f"signal {sig}"
+        return f"was killed by {signame}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+# --- the listeners ------------------------------------------------------------------------------
+
+
+def _listeners(n, listen, transport, host, port, path, backlog):
+    """One listening socket per worker (``SO_REUSEPORT``), or one shared by all (unix, or one worker)."""
+    if transport == "unix" or n == 1:
+        sock = listen(transport, host, port, path, backlog)
+        return [sock] * n
+    why = reuse_port_error()
+    if why:
+        raise UsageError(why)
+    first = listen(transport, host, port, path, backlog, reuse_port=True)
+    socks = [first]
+    try:
+        bound_host, bound_port = first.getsockname()[:2]
+        for _ in range(n - 1):
+            socks.append(listen(transport, bound_host, bound_port, path, backlog, reuse_port=True))
+    except BaseException:
+        for s in socks:
+            s.close()
+        raise
+    return socks
+
+
+# --- a worker -----------------------------------------------------------------------------------
+
+
+def _run_worker(index, cpu, listener, others, serve, options, ready_w):
+    """In the forked child: pin, serve, and ``os._exit`` (never return into the supervisor's code)."""
+    rc = 1
+    try:
+        for sock in others:
+            if sock is not listener:
+                sock.close()
+        os.sched_setaffinity(0, {cpu})
+
+        def announce():
+            os.write(ready_w, f"{os.getpid()}\n".encode())
+
+        serve(listener, announce, options)
+        rc = 0
+    except StopServing:
+        rc = 0
+    except SockbenchError as e:
+        log(options["name"], str(e))
+        rc = e.exit_code
+    except BaseException as e:  # never a traceback out of a worker: one line, exit 1
+        log(options["name"], f"worker {os.getpid()}: {unexpected(e)}")
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(rc)
+
+
+# --- the supervisor -----------------------------------------------------------------------------
+
+
+def _raise_stop(signum, frame):
+    raise StopServing(signum)
+
+
+class _Supervisor:
+    def __init__(self, name, n, cpus):
+        self.name = name
+        self.n = n
+        self.cpus = cpus
+        self.pids = []  # in worker order
+        self.live = {}  # pid -> index
+        self.failed = 0  # workers that failed while stopping (a death before was said in its line already)
+
+    def reap(self, pid, status, stopping):
+        index = self.live.pop(pid, None)
+        if index is None:
+            return
+        if stopping:
+            if os.WIFEXITED(status) and os.WEXITSTATUS(status) != 0:
+                self.failed += 1
+                log(self.name, f"worker {pid} (CPU {self.cpus[index]}) {describe_exit(status)} while stopping")
+            return
+        log(self.name, f"worker {pid} (CPU {self.cpus[index]}) {describe_exit(status)}; "
+                       f"{len(self.live)} of {self.n} workers still serve")
+
+    def reap_ready(self, stopping):
+        """Reap every worker that has ended, without waiting."""
+        while self.live:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.live.clear()
+                return
+            if pid == 0:
+                return
+            self.reap(pid, status, stopping)
+
+    def signal_all(self, sig):
+        for pid in list(self.live):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def wait_ready(self, ready_r):
+        """Block until every worker announced itself; raise a one-line error if one ends first."""
+        announced = set()
+        buf = b""
+        deadline = time.monotonic() + READY_BUDGET_S
+        while len(announced) < self.n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SockbenchError(f"{self.n - len(announced)} of {self.n} workers were not ready within {READY_BUDGET_S:.0f} s")
+            readable, _, _ = select.select([ready_r], [], [], min(left, 0.1))
+            if readable:
+                chunk = os.read(ready_r, 4096)
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                announced.update(int(x) for x in lines if x)
+            before = len(self.live)
+            self.reap_ready(stopping=True)
+            if len(self.live) < before:
+                raise SockbenchError("a worker exited before it was ready (its line is above); stopping the others")
+
+    def wait(self):
+        """Wait for the workers; a stop signal raises ``StopServing``.  Returns when none is left."""
+        while self.live:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                self.live.clear()
+                return
+            self.reap(pid, status, stopping=False)
+
+    def stop(self):
+        """Pass SIGTERM to every worker, wait ``STOP_BUDGET_S`` for them, then kill the rest."""
+        self.signal_all(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_BUDGET_S
+        while self.live and time.monotonic() < deadline:
+            self.reap_ready(stopping=True)
+            if self.live:
+                time.sleep(0.01)
+        if self.live:
+            log(self.name, f"{len(self.live)} worker(s) did not stop within {STOP_BUDGET_S:g} s; killing them")
+            self.signal_all(signal.SIGKILL)
+            for pid in list(self.live):
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
+            self.live.clear()
+
+
+def serve_workers(n, name, listen, transport, host, port, path, backlog, serve, options, announcer):
+    """Serve with ``n`` worker processes (see the module docstring); return the exit status.
+
+    ``listen`` is ``contract.listen``; ``announcer(listener, extra)`` returns the
+    ``announce()`` of the ready line with ``extra`` fields.  The listening
+    sockets are closed (and a unix socket file left for the caller to remove)
+    when this returns.
+    """
+    check_workers(n)
+    cpus, warning = worker_cpus(n, os.sched_getaffinity(0))
+    if warning:
+        log(name, warning)
+    listeners = _listeners(n, listen, transport, host, port, path, backlog)
+    sup = _Supervisor(name, n, cpus)
+    old = {sig: signal.signal(sig, _raise_stop) for sig in STOP_SIGNALS}  # inherited: a worker stopped early exits 0
+    ready_r, ready_w = os.pipe()
+    try:
+        try:
+            for i in range(n):
+                sys.stdout.flush()
+                sys.stderr.flush()
+                pid = os.fork()
+                if pid == 0:
+                    os.close(ready_r)
+                    _run_worker(i, cpus[i], listeners[i], listeners, serve, options, ready_w)
+                sup.pids.append(pid)
+                sup.live[pid] = i
+        finally:
+            os.close(ready_w)
+        sup.wait_ready(ready_r)
+        announcer(listeners[0], {"pid": sup.pids[0], "pids": list(sup.pids)})()
+        for sock in set(listeners):
+            sock.close()  # each worker holds its own now: a dead worker's socket leaves the group
+        sup.wait()
+        log(name, f"no worker is left of {n}; stopping")
+        return 1
+    except StopServing:
+        pass
+    except BaseException:
+        sup.stop()
+        raise
+    finally:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        sup.stop()
+        os.close(ready_r)
+        for sock in set(listeners):
+            sock.close()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    return 1 if sup.failed else 0
