@@ -32,7 +32,8 @@ from sockbench.bench.schema import (
 )
 from sockbench.bench.suite.plan import Plan
 
-__all__ = ["make_results", "BASE_RATE", "PROTO_COST_US", "TRANSPORT_CPU", "UDP_LOSS"]
+__all__ = ["make_results", "BASE_RATE", "PROTO_COST_US", "TRANSPORT_CPU", "UDP_LOSS", "WORKER_GAIN", "WORKER_CPU",
+           "worker_factor"]
 
 #: closed-loop msgs/s at 64 B, 100 connections, per server (realistic orders of magnitude)
 BASE_RATE = {"selectors": 30000.0, "asyncio-protocol": 45000.0, "uvloop": 90000.0}
@@ -42,6 +43,11 @@ PROTO_COST_US = {"raw": 0.0, "frame": 3.0, "json": 12.0}
 
 #: each transport's server CPU per message as a share of tcp's (unix skips the TCP/IP stack); the rate follows
 TRANSPORT_CPU = {"tcp": 1.0, "tcp6": 1.02, "unix": 0.65, "udp": 0.8}
+
+#: each extra worker adds this share of one worker's msgs/s while it has a CPU of its own (none once they share)
+WORKER_GAIN = 0.8
+#: the server CPU per message of N workers over one's: each worker's loop runs emptier
+WORKER_CPU = 1.05
 
 #: the share of datagrams a udp round loses (``loss`` overrides it per server)
 UDP_LOSS = 0.002
@@ -82,6 +88,7 @@ def _result(rng, cell, round_no, index, plan, rate, slow, peak=None, raw_rate=No
         thr = Throughput(msgs_per_s=msgs, bytes_per_s=msgs * cell.size, target_rate=target, achieved_rate=msgs, behind=False)
     w = Workload(mode=cell.mode, protocol=cell.protocol, conns=cell.conns, transport=cell.transport, size=cell.size,
                  depth=cell.depth, server_cpus=list(plan.server_cpus), client_cpus=list(plan.client_cpus),
+                 workers=cell.workers,
                  rate=target, duration_s=plan.duration_s, warmup_s=plan.warmup_s, procs=1)
     # nanoseconds, like the harness (sockbench.bench.load.hdr); the summary is in microseconds
     # stratified lognormal quantiles: the percentiles move with the workload, not with sampling luck
@@ -104,11 +111,14 @@ def _result(rng, cell, round_no, index, plan, rate, slow, peak=None, raw_rate=No
         ramp = 0.6 + 0.4 * i / max(1, warm) if i < warm else 1.0
         series.append(int(msgs * plan.interval_s * ramp * (1 + rng.uniform(-0.03, 0.03))))
     # closed loop: the rate already follows the transport's cost (make_results), so the CPU per message does too
-    us_user = 1e6 / (msgs / slow) * 0.35 if cell.mode == "closed" else 6.0 * TRANSPORT_CPU.get(cell.transport, 1.0)
+    # N workers answer N-fold (while they have the CPUs) but each message costs about what it cost one
+    per_worker = worker_factor(cell.workers, len(plan.server_cpus)) * WORKER_CPU if cell.workers > 1 else 1.0
+    us_user = (1e6 / (msgs / slow) * 0.35 * per_worker if cell.mode == "closed"
+               else 6.0 * TRANSPORT_CPU.get(cell.transport, 1.0))
     us_sys = us_user * 0.8
     if cell.protocol != "raw":
         # the raw costs, plus the protocol's own in user time: the parsing is the interpreter's work
-        raw_user = 1e6 / (raw_rate * noise) * 0.35
+        raw_user = 1e6 / (raw_rate * noise) * 0.35 * per_worker
         us_user, us_sys = raw_user + PROTO_COST_US[cell.protocol], raw_user * 0.8
     return LoadResult(
         server=cell.server,
@@ -136,6 +146,11 @@ def _result(rng, cell, round_no, index, plan, rate, slow, peak=None, raw_rate=No
         fairness=Fairness.of([int(msgs * plan.duration_s / cell.conns)] * cell.conns),
         datagrams=_datagrams(msgs * plan.duration_s, loss, round_no) if cell.transport == "udp" else None,
     )
+
+
+def worker_factor(workers, cpus):
+    """msgs/s of ``workers`` server processes over one's, on ``cpus`` server CPUs."""
+    return 1.0 + WORKER_GAIN * (min(workers, cpus) - 1)
 
 
 def _datagrams(answered, loss, round_no):
@@ -171,7 +186,7 @@ def make_results(path, servers=("selectors", "asyncio-protocol", "uvloop"), slow
         json.dump(meta, f)
     for index, cell in enumerate(plan.cells()):
         slow = 1.0 - slowdown.get(cell.server, 0.0)
-        per_transport = 1.0 / TRANSPORT_CPU.get(cell.transport, 1.0)
+        per_transport = 1.0 / TRANSPORT_CPU.get(cell.transport, 1.0) * worker_factor(cell.workers, len(plan.server_cpus))
         raw_rate = rate = (BASE_RATE.get(cell.server, 40000.0) * _conc_factor(cell.conns) * _size_factor(cell.size)
                            * per_transport)
         if cell.protocol != "raw":

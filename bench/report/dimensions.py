@@ -266,15 +266,15 @@ def workers_section(results):
     rows, cells, lossy = _dimension_rows(results, ref, "workers", counts, base, str)
     if not rows:
         return None
-    cols = ["server", "workers", "msgs/s (median ± sd)", f"vs {base} worker{'s' if base != 1 else ''}",
-            "server CPU µs/msg", "CPU vs base", "p99 µs"]
+    one = f"{base} worker{'s' if base != 1 else ''}"
+    cols = ["server", "workers", "msgs/s (median ± sd)", f"vs {one}", "server CPU µs/msg", f"CPU vs {one}", "p99 µs"]
     cols += (["loss"] if lossy else []) + ["flags"]
     top = counts[-1]
     pairs = _pairs(cells, results.servers(), top, base)
     sentences = []
     if pairs:
         sentences.append(f"With {top} server processes instead of {base}, msgs/s is {_span(pairs, 1)} and server CPU "
-                         f"per message {_span(pairs, 2)} what {base} gave. " + workers_caption(results, counts))
+                         f"per message {_span(pairs, 2)} what {base} process{'es' if base != 1 else ''} gave. " + workers_caption(results, counts))
     caption = (f"Each server at the headline workload ({title}) with each number of server processes measured, same "
                f"run; the ratios are to the same server with {base}. Server CPU per message is summed over every "
                f"worker (schedstat). " + workers_caption(results, counts))

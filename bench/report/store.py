@@ -152,7 +152,7 @@ class Results:
 
     def worker_counts(self):
         """The server process counts measured, ascending."""
-        return sorted({getattr(c.cell, "workers", 1) for c in self.cells.values()})
+        return sorted({c.cell.workers for c in self.cells.values()})
 
     def base_workers(self):
         """The worker count the summary and plots 1-6 are about: one server process when measured, else the fewest."""
@@ -165,7 +165,7 @@ class Results:
         The other transports and worker counts are dimensions of their own sections
         (``dimensions.py``); the summary and the grid's plots compare servers on one of each.
         """
-        return c.cell.transport == self.base_transport() and getattr(c.cell, "workers", 1) == self.base_workers()
+        return c.cell.transport == self.base_transport() and c.cell.workers == self.base_workers()
 
     def protocol_sections(self):
         """Workloads measured in raw and in at least one framed protocol, in run order.

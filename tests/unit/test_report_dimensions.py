@@ -8,11 +8,12 @@ table, the flags, ``results.csv`` and the cell's summary.
 
 import csv
 import os
+import re
 
 import pytest
 from PIL import Image
 
-from report_fixture import TRANSPORT_CPU, UDP_LOSS, make_results
+from report_fixture import TRANSPORT_CPU, UDP_LOSS, WORKER_CPU, make_results, worker_factor
 from sockbench.bench.report.dimensions import transport_section, workers_section
 from sockbench.bench.report.document import FLAG_HELP, build_report
 from sockbench.bench.report import render
@@ -167,3 +168,36 @@ def test_every_flag_has_a_badge_colour():
     """A flag without its CSS class renders as white text on white: LOSSY, like every flag, has its colour."""
     for flag in FLAG_HELP:
         assert f".{flag}{{background:" in render._CSS, flag
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory):
+    plan = Plan(servers=("selectors", "cython"), sizes=(64,), conns=(100,), open_pcts=(), protocols=(), duration_s=1.0,
+                warmup_s=0.2, interval_s=0.1, server_cpus=(0, 1), client_cpus=(2,), workers=(1, 2, 4))
+    d = make_results(str(tmp_path_factory.mktemp("workers")), plan=plan)
+    return d, build_report(d)
+
+
+def test_the_workers_section_scales_per_server_and_says_when_the_workers_shared(workers):
+    d, report = workers
+    assert report["sections"]["transports"] is None
+    section = report["sections"]["workers"]
+    assert section.values == [1, 2, 4] and section.base == 1
+    assert [(r[0][0], r[0][1]) for r in section.rows] == [(s, w) for s in ("selectors", "cython") for w in ("1", "2", "4")]
+    cols = section.columns
+    for row, _, c in section.rows:
+        assert c.cell.workers == int(row[1]) and c.cell.transport == "tcp"
+        if row[1] != "1":
+            want = worker_factor(int(row[1]), 2)
+            assert abs(float(row[cols.index("vs 1 worker")].rstrip("×")) - want) < 0.08
+            assert abs(float(row[cols.index("CPU vs 1 worker")].rstrip("×")) - WORKER_CPU) < 0.06
+    md = open(report["md"]).read()
+    text = _section_text(md, "Workers")
+    assert "The server had 2 CPUs (CPU 0,1): at 4 workers the workers shared them" in text
+    assert re.search(r"With 4 server processes instead of 1, msgs/s is 1\.[78]\d× \(\w+\) to 1\.[78]\d×", text)
+    assert "what 1 process gave" in text
+    assert "(plots/workers.png)" in text
+    with Image.open(os.path.join(d, "plots", "workers.png")) as im:
+        assert im.format == "PNG" and len(im.convert("RGB").getcolors(maxcolors=1 << 20)) > 50
+    # the summary compares the servers with one process each
+    assert all(r.headline.cell.workers == 1 for r in build_summary(report["results"]).rows)
