@@ -269,8 +269,17 @@ def run_load(spec, json_path=None, on_window=None):
         extra = ("--protocol", spec.protocol) if spec.protocol != "raw" else ()
         if spec.workers != 1:
             extra += ("--workers", str(spec.workers))
-        with ServerProcess(spec.server, spec.transport, cpus=spec.server_cpus, extra_args=extra) as server:
-            result = _run(spec, server, server.endpoint, started_at, on_window)
+        # the load processes start (Python, hdrh, the loop's extension: ~0.1 s) while the server starts
+        spare = []
+        try:
+            for _ in _split(spec.conns, spec.procs):
+                with held_signals():
+                    spare.append(_Worker())
+            with ServerProcess(spec.server, spec.transport, cpus=spec.server_cpus, extra_args=extra) as server:
+                result = _run(spec, server, server.endpoint, started_at, on_window, spare)
+        finally:
+            for w in spare:  # those the run did not take (it stops the ones it took)
+                w.stop()
     else:
         result = _run(spec, None, spec.target, started_at, on_window)
     if json_path is not None:
@@ -295,8 +304,8 @@ def _short(command, limit=60):
 class _Worker:
     """One ``python -m sockbench.bench.load.worker`` child and its JSON-lines pipe."""
 
-    def __init__(self, params):
-        self.params = params
+    def __init__(self, params=None):
+        self.params = None
         self.stderr = tempfile.TemporaryFile()
         # started under held_signals() by the caller, which stores it before a Ctrl-C can land
         self.proc = subprocess.Popen(
@@ -304,6 +313,12 @@ class _Worker:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, preexec_fn=child_setup(),
         )
         self.buf = b""
+        if params is not None:
+            self.start(params)
+
+    def start(self, params):
+        """Hand the process its share of the load (it has been importing meanwhile)."""
+        self.params = params
         self.send(asdict(params))
 
     def send(self, obj):
@@ -394,30 +409,33 @@ class _ServerWindow:
     process_s: object = None
 
 
-def _run(spec, server, endpoint, started_at, on_window=None):
+def _run(spec, server, endpoint, started_at, on_window=None, spare=None):
     """Connect, run the window, collect: the setup, the window and the collection, then the result."""
     endpoint = resolve(endpoint)
-    procs, problems, srv = measure(spec, server, endpoint, on_window)
+    procs, problems, srv = measure(spec, server, endpoint, on_window, spare=spare)
     return _build_result(spec, server, endpoint, started_at, procs, problems, srv)
 
 
-def measure(spec, server, endpoint, on_window=None, start_at=None):
+def measure(spec, server, endpoint, on_window=None, start_at=None, spare=None):
     """Probe, start the load processes, run one window, collect: ``({index: ProcResult}, [problems], window)``.
 
     ``endpoint`` is already resolved (``resolve``).  ``start_at()``, when
     given, is called once every load process is ready and returns the
     window's start on CLOCK_MONOTONIC (a load from several hosts starts each
     at one shared instant); without it the window starts ``START_MARGIN_S``
-    from now.  ``_build_result`` turns the three into a result.
+    from now.  ``spare`` are load processes started already, waiting for
+    their parameters (taken from the list as they are used).
+    ``_build_result`` turns the three into a result.
     """
     if endpoint.transport == "udp":
         datagram.probe(endpoint)
     else:
         _probe(endpoint)
-    _warn_busy(spec, server)
+    if spec.name_busy:
+        _warn_busy(spec, server, spare or ())
     workers = {}
     try:
-        _spawn_workers(spec, server, endpoint, workers)
+        _spawn_workers(spec, server, endpoint, workers, spare)
         _wait_ready(workers, server)
         start_ns = start_at() if start_at is not None else None
         # every process's CPU around the window: what caps the foreign time (bench/load/interference.py)
@@ -435,17 +453,20 @@ def measure(spec, server, endpoint, on_window=None, start_at=None):
     return procs, problems, srv
 
 
-def _warn_busy(spec, server):
+def _warn_busy(spec, server, spare=()):
     """Name, in one line on stderr, what is already busy on the run's CPUs (this run's processes aside)."""
     cpus = _stat_cpus(spec, server)
-    own = (*server.pids, server.proc.pid) if server is not None else ()
+    own = ((*server.pids, server.proc.pid) if server is not None else ()) + tuple(w.proc.pid for w in spare)
     warning = busy_warning(cpus, busy_processes(cpus, BUSY_SAMPLE_S, own=own))
     if warning:
         print(warning, file=sys.stderr, flush=True)
 
 
-def _spawn_workers(spec, server, endpoint, workers):
-    """Start one load process per share of the connections, into ``workers`` (index -> _Worker)."""
+def _spawn_workers(spec, server, endpoint, workers, spare=None):
+    """Start one load process per share of the connections, into ``workers`` (index -> _Worker).
+
+    A process of ``spare`` (started already) is taken before a new one is started.
+    """
     cpus = spec.client_cpus
     first = 0
     for i, n in enumerate(_split(spec.conns, spec.procs)):
@@ -465,7 +486,8 @@ def _spawn_workers(spec, server, endpoint, workers):
         )
         first += n
         with held_signals():
-            workers[i] = _Worker(p)
+            workers[i] = spare.pop(0) if spare else _Worker()
+        workers[i].start(p)
 
 
 def _stat_cpus(spec, server):

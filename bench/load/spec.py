@@ -55,6 +55,10 @@ class LoadSpec:
     protocol: str = "raw"  # raw, frame or json; size is the payload size in each
     transport: str = "tcp"  # tcp, tcp6, unix or udp (sockbench/endpoints.py)
     workers: int = 1  # server processes (``sockbench serve --workers``); 1: the plain server
+    #: sample the run's CPUs for BUSY_SAMPLE_S before the load and name what is busy there; the suite asks
+    #: for it on a cell's first round only, since every window's foreign CPU time is measured anyway
+    #: (``interference``), and the sample would cost a tenth of a second in every round
+    name_busy: bool = True
 
     def __post_init__(self):
         target = self.target

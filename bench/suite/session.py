@@ -252,7 +252,7 @@ class SuiteContext:
                 pass  # the runner is gone or the fd is not ours: the exit status still says it
         pytest.exit(line, returncode=WRITE_FAILED_EXIT)
 
-    def spec(self, cell, rate=None, size=None, conns=None, mode=None):
+    def spec(self, cell, rate=None, size=None, conns=None, mode=None, name_busy=True):
         p = self.plan
         return LoadSpec(
             server=cell.server,
@@ -270,6 +270,7 @@ class SuiteContext:
             protocol=cell.protocol,
             transport=cell.transport,
             workers=cell.workers,
+            name_busy=name_busy,
         )
 
     # --- the open-loop peak ----------------------------------------------------------
@@ -341,7 +342,8 @@ class SuiteContext:
         while True:
             attempt += 1
             # the runner keeps its display still while the load runs (see runner._watch)
-            r = self.run(self.spec(cell, rate=rate), on_window=self._window)
+            # what is busy on the CPUs is named once a cell; every round's foreign CPU time is measured
+            r = self.run(self.spec(cell, rate=rate, name_busy=round_no == attempt == 1), on_window=self._window)
             r = r.with_cell(CellContext.of(cell, round_no, None, self.index.get(cell.id, -1), peak))
             again = r.disturbed and attempt <= self.plan.remeasure and self._may_remeasure(run)
             name = discarded_name(cell, round_no, attempt) if again else raw_name(cell, round_no)
