@@ -73,7 +73,6 @@ from libc.stdint cimport uint32_t, uint64_t
 from posix cimport (
     EAGAIN, EINTR, ECONNABORTED, EPROTO, EMFILE, ENFILE, ENOBUFS, ENOMEM,
     malloc, calloc, realloc, free, posix_memalign, memcpy, memset,
-    sigaction_t, sigaction, sigemptyset, SIGINT, SIGTERM, SA_RESTART,
     write, close, strerror, clock_gettime, timespec, CLOCK_MONOTONIC,
     fcntl, F_GETFL, F_SETFL, O_NONBLOCK,
     accept4, recv, send, setsockopt, SOCK_NONBLOCK, SOCK_CLOEXEC, MSG_NOSIGNAL,
@@ -83,9 +82,9 @@ from posix cimport (
     rlimit, getrlimit, setrlimit, RLIMIT_NOFILE, RLIM_INFINITY,
     epoll_event, epoll_create1, epoll_ctl, epoll_wait,
     EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLLIN, EPOLLOUT,
-    eventfd, EFD_NONBLOCK, EFD_CLOEXEC,
 )
 cimport posix
+from stopsig cimport stopsig_t, stopsig_running, stopsig_open, stopsig_arm, stopsig_disarm
 from protocols cimport PROTO_RAW, PROTO_FRAME, PROTO_JSON, PROTO_COUNT, PROTO_DEFAULT_MAX_MESSAGE, proto_name
 from wire cimport (
     WIRE_JSON_PREFIX, WIRE_JSON_HEADER_MAX, WIRE_MALFORMED, WIRE_NEED_MORE, WIRE_COMPLETE,
@@ -169,8 +168,6 @@ ctypedef struct loop_t:
     uint64_t buffered     # bytes received into partial messages, over every connection
 
 
-# The eventfd that the stop-signal handler writes; -1 when no loop runs.
-cdef int g_stop_fd = -1
 # The server name for the log lines (``sockbench serve NAME: ...``).
 cdef char g_name[64]
 # The closing reasons for --idle-timeout and --max-buffered, worded by contract.Limits.
@@ -186,15 +183,6 @@ cdef uint64_t _clock_ms() noexcept nogil:
 
 cdef inline uint32_t _now32(loop_t* L) noexcept nogil:
     return <uint32_t>(L.now_ms - L.t0_ms)
-
-
-cdef void _on_stop_signal(int signo) noexcept nogil:
-    # Async-signal-safe: one write(2), errno preserved for the interrupted code.
-    cdef int saved = posix.errno
-    cdef uint64_t one = 1
-    if g_stop_fd >= 0:
-        write(g_stop_fd, &one, sizeof(one))
-    posix.errno = saved
 
 
 cdef int _raise_nofile(rlimit* out) noexcept nogil:
@@ -794,7 +782,7 @@ cdef int _run(loop_t* L) noexcept nogil:
 
 cdef int _setup(loop_t* L, int lfd, size_t bufsize) noexcept nogil:
     """Fill ``L`` for listener ``lfd``.  Returns 0 or -errno (``_teardown`` cleans up either way)."""
-    cdef int flags
+    cdef int flags, rc
     cdef rlimit lim
     cdef sockaddr_storage ss
     cdef socklen_t sl = sizeof(ss)
@@ -831,11 +819,10 @@ cdef int _setup(loop_t* L, int lfd, size_t bufsize) noexcept nogil:
     L.epfd = epoll_create1(EPOLL_CLOEXEC)
     if L.epfd < 0:
         return -posix.errno
-    L.stopfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
-    if L.stopfd < 0:
-        return -posix.errno
-    if _watch(L, EPOLL_CTL_ADD, L.stopfd, EPOLLIN) < 0:
-        return -posix.errno
+    rc = stopsig_open(L.epfd)
+    if rc < 0:
+        return rc
+    L.stopfd = rc
     if _watch(L, EPOLL_CTL_ADD, lfd, EPOLLIN) < 0:
         return -posix.errno
     return 0
@@ -935,10 +922,9 @@ def serve(int listen_fd, announce=None, Py_ssize_t recv_size=RECV_BUF, *, protoc
     bytes of partial messages over every connection; ``idle_reason`` and
     ``buffered_reason`` end the line each logs.  A bad value raises ``ValueError``.
     """
-    global g_stop_fd
     cdef loop_t L
     cdef int rc
-    cdef sigaction_t act, old_term, old_int
+    cdef stopsig_t stop
     if recv_size < 1 or recv_size > (1 << 30):
         raise ValueError(f"recv_size must be in 1..2**30, got {recv_size}")
     if protocol not in PROTOCOLS:
@@ -949,7 +935,7 @@ def serve(int listen_fd, announce=None, Py_ssize_t recv_size=RECV_BUF, *, protoc
         raise ValueError(f"idle_timeout must be in 0..{MAX_IDLE_TIMEOUT_S} s, got {idle_timeout}")
     if max_buffered and protocol == "raw":
         raise ValueError("max_buffered applies to the frame and json protocols; raw holds no partial messages")
-    if g_stop_fd != -1:
+    if stopsig_running():
         raise RuntimeError("an epoll_echo loop is already running in this process")
     cdef bytes cname = str(name).encode("utf-8", "replace")[:sizeof(g_name) - 1]
     memcpy(g_name, <const char*>cname, len(cname))
@@ -968,22 +954,14 @@ def serve(int listen_fd, announce=None, Py_ssize_t recv_size=RECV_BUF, *, protoc
         L.sweep_ms = <uint32_t>max(1.0, min(1000.0, idle_timeout * 250))  # a quarter of it, at most 1 s: as contract.Limits
         L.next_sweep_ms = L.now_ms + L.sweep_ms
     L.max_buffered = max_buffered
-    g_stop_fd = L.stopfd
-    memset(&act, 0, sizeof(act))
-    act.sa_handler = _on_stop_signal
-    sigemptyset(&act.sa_mask)
-    act.sa_flags = SA_RESTART
-    sigaction(SIGTERM, &act, &old_term)
-    sigaction(SIGINT, &act, &old_int)
+    stopsig_arm(&stop, L.stopfd)
     try:
         if announce is not None:
             announce()
         with nogil:
             rc = _run(&L)
     finally:
-        sigaction(SIGTERM, &old_term, NULL)
-        sigaction(SIGINT, &old_int, NULL)
-        g_stop_fd = -1
+        stopsig_disarm(&stop)
         _teardown(&L)
     if rc < 0:
         _raise_errno(rc)

@@ -114,19 +114,21 @@ from posix cimport (
     errno, EAGAIN, EINTR, EINPROGRESS, ENOMEM,
     calloc, free, memcmp, memcpy, memset,
     read, write, close,
-    timespec, clock_gettime, CLOCK_MONOTONIC,
+    CLOCK_MONOTONIC,
     iovec, writev,
     sockaddr, sockaddr_in, sockaddr_in6, sockaddr_un, sockaddr_storage, socklen_t, socket, connect,
     setsockopt, getsockopt, htons, inet_pton,
     AF_INET, AF_INET6, AF_UNIX, SOCK_STREAM, SOCK_NONBLOCK, SOCK_CLOEXEC, SOL_SOCKET, SO_ERROR,
     IPPROTO_TCP, TCP_NODELAY,
-    rusage, getrusage, RUSAGE_SELF,
     epoll_event, epoll_create1, epoll_ctl, epoll_wait,
     EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP,
-    itimerspec, timerfd_create, timerfd_settime, TFD_NONBLOCK, TFD_CLOEXEC, TFD_TIMER_ABSTIME,
-    __builtin_clzll,
+    timerfd_create, TFD_NONBLOCK, TFD_CLOEXEC,
 )
-from procfs cimport procfs_sample_t, procfs_sample, procfs_cpustat_t, procfs_cpustat_read
+from window cimport (
+    Hist, Hdr, Window, Edges, now_ns, hist_record, in_window, interval_index, intended_ns, arm_timer,
+    edges_open, edges_close, edges_alloc, edges_free, hdr_init, window_init, edges_set_cpus, hist_pairs,
+    cpu_seconds, server_cpu, cpu_stat,
+)
 from protocols cimport PROTO_RAW, PROTO_FRAME, PROTO_JSON, PROTO_COUNT, proto_name
 from wire cimport (
     WIRE_STRING, WIRE_INT, wire_value_t, wire_header_t, wire_json_parse_object, wire_json_request_header,
@@ -157,12 +159,9 @@ cdef enum:
     C_MAX_IOV = 16
     C_MAX_EVENTS = 512
     C_OPEN_MIN_RING = 256     # open loop: at least this many messages in flight per connection
-    C_MIN_TICK_NS = 5000      # open loop: the timer wakes the loop at most every 5 µs
     C_WBUF = 262144           # framed: the scratch buffer requests are serialised into for one write
     C_REQ_HDR_MAX = 160       # framed: a request's prefix + header (wire_json_request_header needs 142)
     C_HBUF = 512              # framed: the longest response prefix + header accepted
-    C_MAX_TIDS = 4096         # server threads sampled for their exact runtime; beyond: the ticks only
-    C_STAT_BUF = 65536        # /proc/stat is read into this (its CPU lines come first)
 
 PERIOD = C_PERIOD
 STRIDE = C_STRIDE
@@ -219,18 +218,14 @@ def bucket_counts(values, layout):
     cdef Loop L
     cdef int64_t j
     memset(&L, 0, sizeof(L))
-    L.unit_mag = layout.unit_magnitude
-    L.sub_half_mag = layout.sub_bucket_half_count_magnitude
-    L.sub_mask = layout.sub_bucket_mask
-    L.highest = layout.highest
-    L.counts_len = layout.counts_len
-    L.h1.counts = <int64_t *>calloc(L.counts_len, sizeof(int64_t))
+    hdr_init(&L.hdr, layout)
+    L.h1.counts = <int64_t *>calloc(L.hdr.counts_len, sizeof(int64_t))
     if not L.h1.counts:
         raise MemoryError()
     try:
         for v in values:
-            hist_record(&L, &L.h1, <int64_t>v)
-        return [(j, L.h1.counts[j]) for j in range(L.counts_len) if L.h1.counts[j]]
+            hist_record(&L.hdr, &L.h1, <int64_t>v)
+        return hist_pairs(&L.hdr, &L.h1)
     finally:
         free(L.h1.counts)
 
@@ -262,12 +257,6 @@ cdef struct Conn:
     unsigned char *hbuf    # C_HBUF bytes: a response header split across reads
 
 
-cdef struct Hist:
-    int64_t *counts
-    int64_t total
-    int64_t sum_ns
-
-
 cdef struct Loop:
     int mode
     int proto
@@ -288,28 +277,16 @@ cdef struct Loop:
     Conn *conns
     int64_t *dirty
     int ndirty
-    # HDR layout
-    int unit_mag
-    int sub_half_mag
-    int64_t sub_mask
-    int64_t highest
-    int64_t counts_len
+    Hdr hdr                # the histograms' layout (ext/window.pxd)
     Hist h1
     Hist h2
     # window
-    int64_t start
-    int64_t warm_end
-    int64_t end
-    int64_t interval
+    Window w               # start, warm_end, end, the time series; the open loop's period
     int64_t timeout
-    int64_t nint
     int64_t *ts_msgs
     int64_t *ts_sent
     # open loop schedule
-    double period          # ns between two messages of this process
     int64_t g_next
-    int64_t g_limit
-    int64_t armed
     int poll               # open loop: poll (epoll_wait with no timeout), no timer
     int64_t idle_ns        # open loop, polling: time in passes that found nothing to do, in the window
     # connect mode: the target, any family (filled from Python by ``set_target``)
@@ -330,60 +307,9 @@ cdef struct Loop:
     int64_t queued_total
     int64_t rx_bytes_window
     int64_t rx_wire_window  # framed: bytes read inside the window
-    # the window's edges: the client's rusage, and the server's CPU (``server_pid``): [0] at warm_end, [1] at end
-    int ru_started
-    rusage ru[2]
-    int64_t t_ru[2]
-    int spid
-    procfs_sample_t ssample[2]
-    # /proc/stat of ``stat_cpus`` at the same two edges, with the CLOCK_MONOTONIC time of each read
-    int nstat
-    char *statbuf
-    procfs_cpustat_t *cpustat[2]
-    int64_t t_stat[2]
+    Edges e                # the window's edges: the client's rusage, the server's CPU, /proc/stat
     int64_t starved         # connections that completed no message in the window, owed one all along
     int64_t stall           # ... where "all along" is also an answer awaited this long (ns)
-
-
-cdef inline int64_t now_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
-
-
-cdef inline void hist_record(Loop *L, Hist *h, int64_t v) noexcept nogil:
-    # HdrHistogram's counts index (see hdrh.histogram._counts_index_for)
-    cdef int64_t bucket, sub, idx
-    cdef int pow2ceiling
-    if v < 0:
-        v = 0
-    if v > L.highest:
-        v = L.highest
-    pow2ceiling = 64 - __builtin_clzll(<unsigned long long>(v | L.sub_mask))
-    bucket = pow2ceiling - L.unit_mag - (L.sub_half_mag + 1)
-    sub = v >> (bucket + L.unit_mag)
-    idx = ((bucket + 1) << L.sub_half_mag) + (sub - (1 << L.sub_half_mag))
-    if idx < 0 or idx >= L.counts_len:
-        return
-    h.counts[idx] += 1
-    h.total += 1
-    h.sum_ns += v
-
-
-cdef inline int in_window(Loop *L, int64_t t) noexcept nogil:
-    return t >= L.warm_end and t < L.end
-
-
-cdef inline int64_t interval_index(Loop *L, int64_t t) noexcept nogil:
-    cdef int64_t i
-    if t < L.start:
-        return -1
-    i = (t - L.start) // L.interval
-    return i if i < L.nint else -1
-
-
-cdef inline int64_t intended_ns(Loop *L, int64_t g) noexcept nogil:
-    return L.start + <int64_t>(<double>g * L.period)
 
 
 cdef void conn_error(Loop *L, Conn *c, int kind, int64_t now) noexcept nogil:
@@ -684,9 +610,9 @@ cdef inline void queue_msgs(Loop *L, Conn *c, int64_t k, int64_t now) noexcept n
     c.owed += k * L.size
     L.queued_total += k
     if L.mode == M_OPEN:
-        if in_window(L, now):
+        if in_window(&L.w, now):
             L.sent_window += k
-        ti = interval_index(L, now)
+        ti = interval_index(&L.w, now)
         if ti >= 0:
             L.ts_sent[ti] += k
 
@@ -743,8 +669,8 @@ cdef int start_cycle(Loop *L, Conn *c, int64_t idx, int64_t now) noexcept nogil:
 
 
 cdef int established(Loop *L, Conn *c, int64_t idx, int64_t now, int op) noexcept nogil:
-    if in_window(L, now):
-        hist_record(L, &L.h1, now - c.t_start)
+    if in_window(&L.w, now):
+        hist_record(&L.hdr, &L.h1, now - c.t_start)
     c.state = S_OPEN
     set_events(L, c, idx, EPOLLIN, op)
     queue_msgs(L, c, 1, now)
@@ -788,13 +714,13 @@ cdef void on_readable(Loop *L, Conn *c, int64_t idx) noexcept nogil:
         if kind >= 0:
             conn_error(L, c, kind, now)
             return
-        if in_window(L, now):
+        if in_window(&L.w, now):
             L.rx_wire_window += n
         newdone = c.rdone
     k = newdone - c.done
     if k <= 0:
         return
-    if in_window(L, now):
+    if in_window(&L.w, now):
         L.msgs += k
         c.wdone += k
         L.rx_bytes_window += k * L.size
@@ -802,14 +728,14 @@ cdef void on_readable(Loop *L, Conn *c, int64_t idx) noexcept nogil:
             t_sent = c.ring[m % L.cap]
             if L.mode == M_OPEN:
                 g = m * L.nconns + idx
-                hist_record(L, &L.h1, now - intended_ns(L, g))
-                hist_record(L, &L.h2, now - t_sent)
+                hist_record(&L.hdr, &L.h1, now - intended_ns(&L.w, g))
+                hist_record(&L.hdr, &L.h2, now - t_sent)
             elif L.mode == M_CLOSED:
-                hist_record(L, &L.h1, now - t_sent)
+                hist_record(&L.hdr, &L.h1, now - t_sent)
             else:
-                hist_record(L, &L.h2, now - c.t_start)
+                hist_record(&L.hdr, &L.h2, now - c.t_start)
                 L.cycles += 1
-    ti = interval_index(L, now)
+    ti = interval_index(&L.w, now)
     if ti >= 0:
         L.ts_msgs[ti] += k
     c.done = newdone
@@ -826,13 +752,6 @@ cdef void on_readable(Loop *L, Conn *c, int64_t idx) noexcept nogil:
         c.state = S_DEAD
         L.alive -= 1
         start_cycle(L, c, idx, now)
-
-
-cdef object sample_dict(procfs_sample_t *s):
-    if not s.ok:
-        return None
-    return {"utime_ticks": s.utime, "stime_ticks": s.stime, "overflow": bool(s.overflow),
-            "threads": {s.tids[i]: s.runtime_ns[i] for i in range(s.ntids)}}
 
 
 cdef void check_timeouts(Loop *L, int64_t now) noexcept nogil:
@@ -853,7 +772,7 @@ cdef void open_advance(Loop *L, int64_t now) noexcept nogil:
     """Open loop: every message whose intended time has come becomes due; then send."""
     cdef int64_t g, j, i
     cdef Conn *c
-    while L.g_next < L.g_limit and intended_ns(L, L.g_next) <= now:
+    while L.g_next < L.w.g_limit and intended_ns(&L.w, L.g_next) <= now:
         j = L.g_next % L.nconns
         c = &L.conns[j]
         c.due += 1
@@ -870,27 +789,6 @@ cdef void open_advance(Loop *L, int64_t now) noexcept nogil:
             open_queue(L, c, now)
             flush(L, c, j, now)
     L.ndirty = 0
-
-
-cdef void arm_timer(Loop *L) noexcept nogil:
-    """Open loop: one periodic timerfd at the schedule's period (at least C_MIN_TICK_NS).
-
-    The timer only wakes the loop; what is due is always computed from the
-    clock and the message index, so a late or coalesced expiry cannot shift
-    the schedule.  Armed once: no syscall per message to re-arm it.
-    """
-    cdef itimerspec its
-    cdef int64_t period = <int64_t>L.period
-    if L.armed >= 0:
-        return
-    if period < C_MIN_TICK_NS:
-        period = C_MIN_TICK_NS
-    L.armed = period
-    its.it_interval.tv_sec = period // 1000000000
-    its.it_interval.tv_nsec = period % 1000000000
-    its.it_value.tv_sec = L.start // 1000000000
-    its.it_value.tv_nsec = L.start % 1000000000
-    timerfd_settime(L.tfd, TFD_TIMER_ABSTIME, &its, NULL)
 
 
 # ---- the loop -----------------------------------------------------------------------------
@@ -911,24 +809,9 @@ cdef inline void start_conns(Loop *L, int64_t now) noexcept nogil:
         open_advance(L, now)
 
 
-cdef inline void read_cpustat(Loop *L, int edge) noexcept nogil:
-    """``stat_cpus``' /proc/stat lines, timed at the middle of the read."""
-    cdef int64_t t0
-    if L.nstat > 0:
-        t0 = now_ns()
-        if procfs_cpustat_read(L.statbuf, C_STAT_BUF, L.cpustat[edge], L.nstat) < 0:
-            L.nstat = -1        # unreadable: no interference figures
-        L.t_stat[edge] = (t0 + now_ns()) // 2
-
-
 cdef inline void window_opens(Loop *L, int64_t now) noexcept nogil:
     """The measured window opens: the client's rusage, the server's CPU and the CPUs' counters, now."""
-    getrusage(RUSAGE_SELF, &L.ru[0])
-    L.t_ru[0] = now
-    L.ru_started = 1
-    if L.spid > 0:
-        procfs_sample(L.spid, &L.ssample[0])
-    read_cpustat(L, 0)
+    edges_open(&L.e, now)
 
 
 cdef void count_starved(Loop *L, int64_t now) noexcept nogil:
@@ -946,32 +829,23 @@ cdef void count_starved(Loop *L, int64_t now) noexcept nogil:
             L.starved += 1
         elif c.queued > c.done:
             oldest = c.ring[c.done % L.cap]
-            if oldest <= L.t_ru[0] or now - oldest >= L.stall:
+            if oldest <= L.e.t_ru[0] or now - oldest >= L.stall:
                 L.starved += 1
 
 
 cdef inline void window_closes(Loop *L) noexcept nogil:
     """The loop ended: the window's closing edge (an empty window if it never opened)."""
     cdef int64_t now = now_ns()
-    getrusage(RUSAGE_SELF, &L.ru[1])
-    L.t_ru[1] = now
-    if L.ru_started:
-        if L.spid > 0:
-            procfs_sample(L.spid, &L.ssample[1])
-        read_cpustat(L, 1)
+    if edges_close(&L.e, now):
         count_starved(L, now)
-    else:
-        L.ru[0] = L.ru[1]
-        L.t_ru[0] = now
-        L.nstat = -1            # no window: no interference figures
 
 
 cdef inline int wait_ms(Loop *L, int64_t now, int64_t next_tick) noexcept nogil:
     """How long epoll_wait may sleep: until the next tick, the window's opening or its end (0 when polling)."""
-    cdef int64_t wait_until = next_tick if next_tick < L.end else L.end
+    cdef int64_t wait_until = next_tick if next_tick < L.w.end else L.w.end
     cdef int timeout_ms
-    if not L.ru_started and L.warm_end < wait_until:
-        wait_until = L.warm_end
+    if not L.e.ru_started and L.w.warm_end < wait_until:
+        wait_until = L.w.warm_end
     timeout_ms = <int>((wait_until - now + 999999) // 1000000)
     if timeout_ms < 0 or L.poll:
         timeout_ms = 0
@@ -1014,18 +888,18 @@ cdef void main_loop(Loop *L) noexcept nogil:
     cdef int was_idle = 0
 
     now = now_ns()
-    next_tick = L.start + L.interval
+    next_tick = L.w.start + L.w.interval
     start_conns(L, now)
     while True:
         now = now_ns()
-        if not L.ru_started and now >= L.warm_end:
+        if not L.e.ru_started and now >= L.w.warm_end:
             window_opens(L, now)
-        if now >= L.end:
+        if now >= L.w.end:
             break
         if now >= next_tick:
             check_timeouts(L, now)
             while next_tick <= now:
-                next_tick += L.interval
+                next_tick += L.w.interval
         if L.mode == M_CONNECT:
             for i in range(L.nconns):
                 if L.conns[i].state == S_DEAD:
@@ -1038,11 +912,11 @@ cdef void main_loop(Loop *L) noexcept nogil:
             open_advance(L, now)
             if L.poll:
                 # the previous pass found nothing to do: its time was idle
-                if was_idle and L.ru_started:
+                if was_idle and L.e.ru_started:
                     L.idle_ns += now - t_pass
                 t_pass = now
             else:
-                arm_timer(L)
+                arm_timer(&L.w, L.tfd)
         n = epoll_wait(L.ep, events, C_MAX_EVENTS, wait_ms(L, now, next_tick))
         was_idle = n == 0 and L.g_next == g_before
         if n < 0:
@@ -1054,12 +928,6 @@ cdef void main_loop(Loop *L) noexcept nogil:
 
 
 # ---- setup, result, teardown ---------------------------------------------------------------
-
-cdef double _tv(rusage *r, int which) noexcept:
-    if which == 0:
-        return r.ru_utime.tv_sec + r.ru_utime.tv_usec / 1e6
-    return r.ru_stime.tv_sec + r.ru_stime.tv_usec / 1e6
-
 
 cdef void check_args(int mode, fds, int conns, int size, int depth, double rate, long long start_ns,
                      long long end_ns, long long interval_ns, bytes table, int protocol) except *:
@@ -1098,29 +966,18 @@ cdef void init_loop(Loop *L, int mode, int protocol, int conns, int size, int de
     L.ep = -1
     L.tfd = -1
     L.table = <const uint8_t *>PyBytes_AS_STRING(table)
-    L.unit_mag = layout.unit_magnitude
-    L.sub_half_mag = layout.sub_bucket_half_count_magnitude
-    L.sub_mask = layout.sub_bucket_mask
-    L.highest = layout.highest
-    L.counts_len = layout.counts_len
-    L.start = start_ns
-    L.warm_end = warm_end_ns
-    L.end = end_ns
-    L.interval = interval_ns
+    hdr_init(&L.hdr, layout)
+    window_init(&L.w, start_ns, warm_end_ns, end_ns, interval_ns, rate if mode == M_OPEN else 0.0)
     L.timeout = timeout_ns
-    L.nint = (end_ns - start_ns + interval_ns - 1) // interval_ns
-    L.armed = -1
     L.next_cid = first_cid
     L.cid_step = cid_step
     if mode == M_OPEN:
-        L.period = 1e9 / rate
-        L.g_limit = <int64_t>((end_ns - start_ns) / L.period) + 1
         L.poll = 1 if poll else 0
     if mode == M_CONNECT:
         set_target(L, family, address)
     if server_pid > 0:
-        L.spid = server_pid
-    L.nstat = nstat
+        L.e.spid = server_pid
+    L.e.nstat = nstat
     L.stall = stall_ns
 
 
@@ -1177,25 +1034,14 @@ cdef int alloc_loop(Loop *L) noexcept nogil:
             L.conns[i].fd = -1
     L.dirty = <int64_t *>calloc(L.nconns, sizeof(int64_t))
     L.rbuf = <char *>calloc(C_WINDOW, 1)
-    L.h1.counts = <int64_t *>calloc(L.counts_len, sizeof(int64_t))
-    L.h2.counts = <int64_t *>calloc(L.counts_len, sizeof(int64_t))
-    L.ts_msgs = <int64_t *>calloc(L.nint, sizeof(int64_t))
-    L.ts_sent = <int64_t *>calloc(L.nint, sizeof(int64_t))
+    L.h1.counts = <int64_t *>calloc(L.hdr.counts_len, sizeof(int64_t))
+    L.h2.counts = <int64_t *>calloc(L.hdr.counts_len, sizeof(int64_t))
+    L.ts_msgs = <int64_t *>calloc(L.w.nint, sizeof(int64_t))
+    L.ts_sent = <int64_t *>calloc(L.w.nint, sizeof(int64_t))
     if not (L.conns and L.dirty and L.rbuf and L.h1.counts and L.h2.counts and L.ts_msgs and L.ts_sent):
         return -ENOMEM
-    if L.nstat > 0:
-        L.statbuf = <char *>calloc(C_STAT_BUF, 1)
-        L.cpustat[0] = <procfs_cpustat_t *>calloc(L.nstat, sizeof(procfs_cpustat_t))
-        L.cpustat[1] = <procfs_cpustat_t *>calloc(L.nstat, sizeof(procfs_cpustat_t))
-        if not (L.statbuf and L.cpustat[0] and L.cpustat[1]):
-            return -ENOMEM
-    if L.spid:
-        for i in range(2):
-            L.ssample[i].cap = C_MAX_TIDS
-            L.ssample[i].tids = <int64_t *>calloc(C_MAX_TIDS, sizeof(int64_t))
-            L.ssample[i].runtime_ns = <int64_t *>calloc(C_MAX_TIDS, sizeof(int64_t))
-            if not (L.ssample[i].tids and L.ssample[i].runtime_ns):
-                return -ENOMEM
+    if edges_alloc(&L.e) < 0:
+        return -ENOMEM
     for i in range(L.nconns):
         L.conns[i].ring = <int64_t *>calloc(L.cap, sizeof(int64_t))
         if not L.conns[i].ring:
@@ -1249,25 +1095,10 @@ cdef int open_loop(Loop *L, fds, long long first_cid, long long cid_step) except
     return 0
 
 
-cdef object cpustat_list(Loop *L, int edge):
-    """One edge's /proc/stat counters: ``{cpu: [user, nice, system, idle, iowait, irq, softirq, steal]}``
-    (clock ticks) of the CPUs that were found, and the time of the read."""
-    cdef int i
-    cdef procfs_cpustat_t *s
-    counters = {}
-    for i in range(L.nstat):
-        s = &L.cpustat[edge][i]
-        if s.found:
-            counters[s.cpu] = [s.user, s.nice, s.system, s.idle, s.iowait, s.irq, s.softirq, s.steal]
-    return {"t_ns": L.t_stat[edge], "cpus": counters}
-
-
 cdef dict loop_result(Loop *L):
     """The loop's counters, as the dict ``run_loop`` returns."""
     cdef int64_t j
     cdef int k
-    h1 = [(j, L.h1.counts[j]) for j in range(L.counts_len) if L.h1.counts[j]]
-    h2 = [(j, L.h2.counts[j]) for j in range(L.counts_len) if L.h2.counts[j]]
     return {
         "mode": L.mode,
         "msgs": L.msgs,
@@ -1283,20 +1114,20 @@ cdef dict loop_result(Loop *L):
         "first_error_kind": ERROR_KINDS[L.first_error_kind] if L.first_error_ns else None,
         "ended_early": bool(L.ended_early),
         "alive_at_end": L.alive,
-        "h1": h1,
+        "h1": hist_pairs(&L.hdr, &L.h1),
         "h1_sum_ns": L.h1.sum_ns,
-        "h2": h2,
+        "h2": hist_pairs(&L.hdr, &L.h2),
         "h2_sum_ns": L.h2.sum_ns,
-        "ts_msgs": [L.ts_msgs[j] for j in range(L.nint)],
-        "ts_sent": [L.ts_sent[j] for j in range(L.nint)] if L.mode == M_OPEN else None,
-        "user_s": _tv(&L.ru[1], 0) - _tv(&L.ru[0], 0),
-        "sys_s": _tv(&L.ru[1], 1) - _tv(&L.ru[0], 1),
-        "cpu_window_s": (L.t_ru[1] - L.t_ru[0]) / 1e9,
+        "ts_msgs": [L.ts_msgs[j] for j in range(L.w.nint)],
+        "ts_sent": [L.ts_sent[j] for j in range(L.w.nint)] if L.mode == M_OPEN else None,
+        "user_s": cpu_seconds(&L.e, 0),
+        "sys_s": cpu_seconds(&L.e, 1),
+        "cpu_window_s": (L.e.t_ru[1] - L.e.t_ru[0]) / 1e9,
         "due": L.g_next if L.mode == M_OPEN else None,
         "polling": bool(L.poll),
         "idle_s": L.idle_ns / 1e9 if L.poll else None,
-        "server_cpu": [sample_dict(&L.ssample[0]), sample_dict(&L.ssample[1])] if L.spid else None,
-        "cpu_stat": [cpustat_list(L, 0), cpustat_list(L, 1)] if L.nstat > 0 else None,
+        "server_cpu": server_cpu(&L.e),
+        "cpu_stat": cpu_stat(&L.e),
         "conn_msgs": [L.conns[j].wdone for j in range(L.nconns)] if L.mode != M_CONNECT else None,
         "starved": L.starved if L.mode != M_CONNECT else None,
     }
@@ -1329,11 +1160,7 @@ cdef void free_loop(Loop *L, fds):
     free(L.h2.counts)
     free(L.ts_msgs)
     free(L.ts_sent)
-    for i in range(2):
-        free(L.ssample[i].tids)
-        free(L.ssample[i].runtime_ns)
-        free(L.cpustat[i])
-    free(L.statbuf)
+    edges_free(&L.e)
 
 
 def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, int size, int depth,
@@ -1373,9 +1200,7 @@ def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, 
     try:
         if alloc_loop(&L) < 0:
             raise MemoryError()
-        for i in range(L.nstat):
-            L.cpustat[0][i].cpu = stat_cpus[i]
-            L.cpustat[1][i].cpu = stat_cpus[i]
+        edges_set_cpus(&L.e, stat_cpus)
         rc = open_loop(&L, fds, first_cid, cid_step)
         if rc < 0:
             raise OSError(-rc, f"{L.failed.decode()} failed")

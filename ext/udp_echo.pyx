@@ -39,14 +39,13 @@ from libc.stdint cimport uint64_t
 from posix cimport (
     EAGAIN, EINTR, EBADF, EFAULT, EINVAL, ENOTSOCK, ENOMEM,
     calloc, free, posix_memalign, memcpy, memset,
-    sigaction_t, sigaction, sigemptyset, SIGINT, SIGTERM, SA_RESTART,
     write, close, fcntl, F_GETFL, F_SETFL, O_NONBLOCK,
     iovec, msghdr, mmsghdr, recvmmsg, sendmmsg, sockaddr_storage, socklen_t, MSG_DONTWAIT, MSG_TRUNC,
     epoll_event, epoll_create1, epoll_ctl, epoll_wait, EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_MOD,
     EPOLLIN, EPOLLOUT,
-    eventfd, EFD_NONBLOCK, EFD_CLOEXEC,
 )
 cimport posix
+from stopsig cimport stopsig_t, stopsig_running, stopsig_open, stopsig_arm, stopsig_disarm
 
 import os
 
@@ -76,18 +75,6 @@ ctypedef struct uloop_t:
     uint64_t received
     uint64_t echoed
     uint64_t dropped
-
-
-cdef int g_stop_fd = -1
-
-
-cdef void _on_stop_signal(int signo) noexcept nogil:
-    # Async-signal-safe: one write(2), errno preserved for the interrupted code.
-    cdef int saved = posix.errno
-    cdef uint64_t one = 1
-    if g_stop_fd >= 0:
-        write(g_stop_fd, &one, sizeof(one))
-    posix.errno = saved
 
 
 cdef int _watch(uloop_t* L, int op, int fd, unsigned int events) noexcept nogil:
@@ -218,7 +205,7 @@ cdef int _run(uloop_t* L) noexcept nogil:
 
 cdef int _setup(uloop_t* L, int fd) noexcept nogil:
     """Fill ``L`` for the socket ``fd``.  0 or -errno (``_teardown`` cleans up either way)."""
-    cdef int flags
+    cdef int flags, rc
     memset(L, 0, sizeof(uloop_t))
     L.epfd = -1
     L.stopfd = -1
@@ -239,11 +226,10 @@ cdef int _setup(uloop_t* L, int fd) noexcept nogil:
     L.epfd = epoll_create1(EPOLL_CLOEXEC)
     if L.epfd < 0:
         return -posix.errno
-    L.stopfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
-    if L.stopfd < 0:
-        return -posix.errno
-    if _watch(L, EPOLL_CTL_ADD, L.stopfd, EPOLLIN) < 0:
-        return -posix.errno
+    rc = stopsig_open(L.epfd)
+    if rc < 0:
+        return rc
+    L.stopfd = rc
     if _watch(L, EPOLL_CTL_ADD, fd, EPOLLIN) < 0:
         return -posix.errno
     return 0
@@ -276,32 +262,23 @@ def serve(int fd, announce=None):
     if epoll or the socket fails.  One loop per process: the stop-signal
     handlers are process-wide.
     """
-    global g_stop_fd
     cdef uloop_t L
     cdef int rc
-    cdef sigaction_t act, old_term, old_int
-    if g_stop_fd != -1:
+    cdef stopsig_t stop
+    if stopsig_running():
         raise RuntimeError("a udp_echo loop is already running in this process")
     rc = _setup(&L, fd)
     if rc < 0:
         _teardown(&L)
         raise OSError(-rc, os.strerror(-rc))
-    g_stop_fd = L.stopfd
-    memset(&act, 0, sizeof(act))
-    act.sa_handler = _on_stop_signal
-    sigemptyset(&act.sa_mask)
-    act.sa_flags = SA_RESTART
-    sigaction(SIGTERM, &act, &old_term)
-    sigaction(SIGINT, &act, &old_int)
+    stopsig_arm(&stop, L.stopfd)
     try:
         if announce is not None:
             announce()
         with nogil:
             rc = _run(&L)
     finally:
-        sigaction(SIGTERM, &old_term, NULL)
-        sigaction(SIGINT, &old_int, NULL)
-        g_stop_fd = -1
+        stopsig_disarm(&stop)
         _teardown(&L)
     if rc < 0:
         raise OSError(-rc, os.strerror(-rc))

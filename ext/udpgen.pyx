@@ -76,15 +76,17 @@ from posix cimport (
     errno, EAGAIN, EINTR, ENOMEM, ENOBUFS, ECONNREFUSED,
     calloc, free, memcmp, memcpy, memset,
     read, close,
-    timespec, clock_gettime, CLOCK_MONOTONIC,
+    CLOCK_MONOTONIC,
     iovec, msghdr, mmsghdr, recvmmsg, sendmmsg, MSG_DONTWAIT, MSG_TRUNC,
-    rusage, getrusage, RUSAGE_SELF,
     epoll_event, epoll_create1, epoll_ctl, epoll_wait,
     EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLLIN, EPOLLOUT,
-    itimerspec, timerfd_create, timerfd_settime, TFD_NONBLOCK, TFD_CLOEXEC, TFD_TIMER_ABSTIME,
-    __builtin_clzll,
+    timerfd_create, TFD_NONBLOCK, TFD_CLOEXEC,
 )
-from procfs cimport procfs_sample_t, procfs_sample, procfs_cpustat_t, procfs_cpustat_read
+from window cimport (
+    Hist, Hdr, Window, Edges, now_ns, hist_record, in_window, interval_index, intended_ns, arm_timer,
+    edges_open, edges_close, edges_alloc, edges_free, hdr_init, window_init, edges_set_cpus, hist_pairs,
+    cpu_seconds, server_cpu, cpu_stat,
+)
 
 from sockbench.ext import loadgen
 
@@ -97,9 +99,6 @@ cdef enum:
     C_BATCH = 64              # datagrams per sendmmsg / recvmmsg
     C_ROUNDS = 8              # recvmmsg batches per readiness before the loop looks at the others
     C_MAX_EVENTS = 512
-    C_MIN_TICK_NS = 5000      # open loop: the timer wakes the loop at most every 5 us
-    C_MAX_TIDS = 4096
-    C_STAT_BUF = 65536
     C_MIN_RING = 256          # slots per flow, at least
     C_MAX_RING = 1 << 20      # slots per flow, at most
 
@@ -181,12 +180,6 @@ cdef struct Flow:
     uint8_t *st            # ring: ST_FLIGHT, ST_ANSWERED or ST_LOST
 
 
-cdef struct Hist:
-    int64_t *counts
-    int64_t total
-    int64_t sum_ns
-
-
 cdef struct Loop:
     int mode
     int size
@@ -213,29 +206,17 @@ cdef struct Loop:
     iovec riov[C_BATCH]
     unsigned char *rbuf
     int64_t rslot
-    # HDR layout
-    int unit_mag
-    int sub_half_mag
-    int64_t sub_mask
-    int64_t highest
-    int64_t counts_len
+    Hdr hdr                # the histograms' layout (ext/window.pxd)
     Hist h1
     Hist h2
     # window
-    int64_t start
-    int64_t warm_end
-    int64_t end
-    int64_t interval
+    Window w               # start, warm_end, end, the time series; the open loop's period
     int64_t timeout
     int64_t drain
-    int64_t nint
     int64_t *ts_msgs
     int64_t *ts_sent
     # open loop schedule
-    double period
     int64_t g_next
-    int64_t g_limit
-    int64_t armed
     int poll
     int64_t idle_ns
     # counters
@@ -255,59 +236,9 @@ cdef struct Loop:
     int64_t d_ooo
     int64_t d_late
     int64_t d_corrupt
-    # the window's edges
-    int ru_started
-    rusage ru[2]
-    int64_t t_ru[2]
-    int spid
-    procfs_sample_t ssample[2]
-    int nstat
-    char *statbuf
-    procfs_cpustat_t *cpustat[2]
-    int64_t t_stat[2]
+    Edges e                # the window's edges: the client's rusage, the server's CPU, /proc/stat
     int64_t starved
     int64_t stall
-
-
-cdef inline int64_t now_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
-
-
-cdef inline void hist_record(Loop *L, Hist *h, int64_t v) noexcept nogil:
-    # HdrHistogram's counts index, as in ext/loadgen.pyx (tests check both against the hdrhistogram package)
-    cdef int64_t bucket, sub, idx
-    cdef int pow2ceiling
-    if v < 0:
-        v = 0
-    if v > L.highest:
-        v = L.highest
-    pow2ceiling = 64 - __builtin_clzll(<unsigned long long>(v | L.sub_mask))
-    bucket = pow2ceiling - L.unit_mag - (L.sub_half_mag + 1)
-    sub = v >> (bucket + L.unit_mag)
-    idx = ((bucket + 1) << L.sub_half_mag) + (sub - (1 << L.sub_half_mag))
-    if idx < 0 or idx >= L.counts_len:
-        return
-    h.counts[idx] += 1
-    h.total += 1
-    h.sum_ns += v
-
-
-cdef inline int in_window(Loop *L, int64_t t) noexcept nogil:
-    return t >= L.warm_end and t < L.end
-
-
-cdef inline int64_t interval_index(Loop *L, int64_t t) noexcept nogil:
-    cdef int64_t i
-    if t < L.start:
-        return -1
-    i = (t - L.start) // L.interval
-    return i if i < L.nint else -1
-
-
-cdef inline int64_t intended_ns(Loop *L, int64_t g) noexcept nogil:
-    return L.start + <int64_t>(<double>g * L.period)
 
 
 # ---- the datagram ----------------------------------------------------------------------------
@@ -335,11 +266,11 @@ cdef inline void on_sent(Loop *L, Flow *c, int64_t k, int64_t now) noexcept nogi
     c.sent += k
     c.outstanding += k
     L.queued_total += k
-    if in_window(L, now):
+    if in_window(&L.w, now):
         L.d_sent += k
         L.sent_window += k
     if L.mode == M_OPEN:
-        ti = interval_index(L, now)
+        ti = interval_index(&L.w, now)
         if ti >= 0:
             L.ts_sent[ti] += k
 
@@ -362,7 +293,7 @@ cdef int judge(Loop *L, Flow *c, int64_t idx, const unsigned char *buf, int64_t 
     cdef uint32_t magic, flow
     cdef uint64_t useq
     cdef int64_t seq, t, slot, g, ti
-    cdef int counted = now >= L.warm_end
+    cdef int counted = now >= L.w.warm_end
     if truncated or n != L.size:
         if counted:
             L.d_corrupt += 1
@@ -395,7 +326,7 @@ cdef int judge(Loop *L, Flow *c, int64_t idx, const unsigned char *buf, int64_t 
             L.d_late += 1
         return J_LATE
     c.st[slot] = ST_ANSWERED
-    if in_window(L, t):
+    if in_window(&L.w, t):
         L.d_received += 1
     if seq < c.top:
         if counted:
@@ -404,17 +335,17 @@ cdef int judge(Loop *L, Flow *c, int64_t idx, const unsigned char *buf, int64_t 
         c.top = seq + 1
     resolved(L, c)
     advance_base(L, c)
-    if in_window(L, now):
+    if in_window(&L.w, now):
         L.msgs += 1
         c.wdone += 1
         L.rx_bytes_window += L.size
         if L.mode == M_OPEN:
             g = seq * L.nflows + idx
-            hist_record(L, &L.h1, now - intended_ns(L, g))
-            hist_record(L, &L.h2, now - t)
+            hist_record(&L.hdr, &L.h1, now - intended_ns(&L.w, g))
+            hist_record(&L.hdr, &L.h2, now - t)
         else:
-            hist_record(L, &L.h1, now - t)
-    ti = interval_index(L, now)
+            hist_record(&L.hdr, &L.h1, now - t)
+    ti = interval_index(&L.w, now)
     if ti >= 0:
         L.ts_msgs[ti] += 1
     return J_RECEIVED
@@ -422,7 +353,7 @@ cdef int judge(Loop *L, Flow *c, int64_t idx, const unsigned char *buf, int64_t 
 
 cdef inline void declare_lost(Loop *L, Flow *c, int64_t slot) noexcept nogil:
     c.st[slot] = ST_LOST
-    if in_window(L, c.t_sent[slot]):
+    if in_window(&L.w, c.t_sent[slot]):
         L.d_lost += 1
     resolved(L, c)
 
@@ -559,7 +490,7 @@ cdef void open_advance(Loop *L, int64_t now) noexcept nogil:
     """Open loop: every datagram whose intended time has come becomes due; then send."""
     cdef int64_t j, i
     cdef Flow *c
-    while L.g_next < L.g_limit and intended_ns(L, L.g_next) <= now:
+    while L.g_next < L.w.g_limit and intended_ns(&L.w, L.g_next) <= now:
         j = L.g_next % L.nflows
         c = &L.flows[j]
         c.due += 1
@@ -575,22 +506,6 @@ cdef void open_advance(Loop *L, int64_t now) noexcept nogil:
     L.ndirty = 0
 
 
-cdef void arm_timer(Loop *L) noexcept nogil:
-    """Open loop: one periodic timerfd at the schedule's period (at least C_MIN_TICK_NS), armed once."""
-    cdef itimerspec its
-    cdef int64_t period = <int64_t>L.period
-    if L.armed >= 0:
-        return
-    if period < C_MIN_TICK_NS:
-        period = C_MIN_TICK_NS
-    L.armed = period
-    its.it_interval.tv_sec = period // 1000000000
-    its.it_interval.tv_nsec = period % 1000000000
-    its.it_value.tv_sec = L.start // 1000000000
-    its.it_value.tv_nsec = L.start % 1000000000
-    timerfd_settime(L.tfd, TFD_TIMER_ABSTIME, &its, NULL)
-
-
 cdef void sweep_all(Loop *L, int64_t now, int all_of_them) noexcept nogil:
     cdef int i
     for i in range(L.nflows):
@@ -599,22 +514,8 @@ cdef void sweep_all(Loop *L, int64_t now, int all_of_them) noexcept nogil:
             flush(L, &L.flows[i], i)
 
 
-cdef inline void read_cpustat(Loop *L, int edge) noexcept nogil:
-    cdef int64_t t0
-    if L.nstat > 0:
-        t0 = now_ns()
-        if procfs_cpustat_read(L.statbuf, C_STAT_BUF, L.cpustat[edge], L.nstat) < 0:
-            L.nstat = -1
-        L.t_stat[edge] = (t0 + now_ns()) // 2
-
-
 cdef inline void window_opens(Loop *L, int64_t now) noexcept nogil:
-    getrusage(RUSAGE_SELF, &L.ru[0])
-    L.t_ru[0] = now
-    L.ru_started = 1
-    if L.spid > 0:
-        procfs_sample(L.spid, &L.ssample[0])
-    read_cpustat(L, 0)
+    edges_open(&L.e, now)
 
 
 cdef void count_starved(Loop *L, int64_t now) noexcept nogil:
@@ -629,23 +530,14 @@ cdef void count_starved(Loop *L, int64_t now) noexcept nogil:
             L.starved += 1
         elif c.outstanding > 0:
             oldest = c.t_sent[c.base % L.cap]
-            if oldest <= L.t_ru[0] or now - oldest >= L.stall:
+            if oldest <= L.e.t_ru[0] or now - oldest >= L.stall:
                 L.starved += 1
 
 
 cdef inline void window_closes(Loop *L) noexcept nogil:
     cdef int64_t now = now_ns()
-    getrusage(RUSAGE_SELF, &L.ru[1])
-    L.t_ru[1] = now
-    if L.ru_started:
-        if L.spid > 0:
-            procfs_sample(L.spid, &L.ssample[1])
-        read_cpustat(L, 1)
+    if edges_close(&L.e, now):
         count_starved(L, now)
-    else:
-        L.ru[0] = L.ru[1]
-        L.t_ru[0] = now
-        L.nstat = -1
 
 
 cdef inline void dispatch(Loop *L, epoll_event *events, int n) noexcept nogil:
@@ -670,8 +562,8 @@ cdef inline void dispatch(Loop *L, epoll_event *events, int n) noexcept nogil:
 cdef inline int wait_ms(Loop *L, int64_t now, int64_t until) noexcept nogil:
     cdef int64_t t = until
     cdef int timeout_ms
-    if not L.ru_started and L.warm_end < t:
-        t = L.warm_end
+    if not L.e.ru_started and L.w.warm_end < t:
+        t = L.w.warm_end
     timeout_ms = <int>((t - now + 999999) // 1000000)
     if timeout_ms < 0 or (L.poll and not L.draining):
         timeout_ms = 0
@@ -693,7 +585,7 @@ cdef void main_loop(Loop *L) noexcept nogil:
     cdef int64_t now, next_tick, drain_end, g_before = 0, t_pass = 0
     cdef int was_idle = 0
     now = now_ns()
-    next_tick = L.start + L.interval
+    next_tick = L.w.start + L.w.interval
     if L.mode == M_CLOSED:
         for i in range(L.nflows):
             L.flows[i].due = L.depth
@@ -702,14 +594,14 @@ cdef void main_loop(Loop *L) noexcept nogil:
         open_advance(L, now)
     while True:
         now = now_ns()
-        if not L.ru_started and now >= L.warm_end:
+        if not L.e.ru_started and now >= L.w.warm_end:
             window_opens(L, now)
-        if now >= L.end:
+        if now >= L.w.end:
             break
         if now >= next_tick:
             sweep_all(L, now, 0)
             while next_tick <= now:
-                next_tick += L.interval
+                next_tick += L.w.interval
         if L.alive <= 0:
             L.ended_early = 1
             break
@@ -717,12 +609,12 @@ cdef void main_loop(Loop *L) noexcept nogil:
             g_before = L.g_next
             open_advance(L, now)
             if L.poll:
-                if was_idle and L.ru_started:
+                if was_idle and L.e.ru_started:
                     L.idle_ns += now - t_pass
                 t_pass = now
             else:
-                arm_timer(L)
-        n = epoll_wait(L.ep, events, C_MAX_EVENTS, wait_ms(L, now, next_tick if next_tick < L.end else L.end))
+                arm_timer(&L.w, L.tfd)
+        n = epoll_wait(L.ep, events, C_MAX_EVENTS, wait_ms(L, now, next_tick if next_tick < L.w.end else L.w.end))
         was_idle = n == 0 and L.g_next == g_before
         if n < 0:
             if errno == EINTR:
@@ -752,12 +644,6 @@ cdef void main_loop(Loop *L) noexcept nogil:
 
 # ---- setup, result, teardown ------------------------------------------------------------------
 
-cdef double _tv(rusage *r, int which) noexcept:
-    if which == 0:
-        return r.ru_utime.tv_sec + r.ru_utime.tv_usec / 1e6
-    return r.ru_stime.tv_sec + r.ru_stime.tv_usec / 1e6
-
-
 cdef void init_loop(Loop *L, int mode, int nflows, int size, int depth, int64_t cap, double rate, bint poll,
                     int64_t start_ns, int64_t warm_end_ns, int64_t end_ns, int64_t interval_ns,
                     int64_t timeout_ns, int64_t drain_ns, bytes table, layout, int server_pid, int nstat,
@@ -773,25 +659,14 @@ cdef void init_loop(Loop *L, int mode, int nflows, int size, int depth, int64_t 
     L.tfd = -1
     L.table = <const uint8_t *>PyBytes_AS_STRING(table)
     L.rslot = size + 1
-    L.unit_mag = layout.unit_magnitude
-    L.sub_half_mag = layout.sub_bucket_half_count_magnitude
-    L.sub_mask = layout.sub_bucket_mask
-    L.highest = layout.highest
-    L.counts_len = layout.counts_len
-    L.start = start_ns
-    L.warm_end = warm_end_ns
-    L.end = end_ns
-    L.interval = interval_ns
+    hdr_init(&L.hdr, layout)
+    window_init(&L.w, start_ns, warm_end_ns, end_ns, interval_ns, rate if mode == M_OPEN else 0.0)
     L.timeout = timeout_ns
     L.drain = drain_ns if drain_ns < timeout_ns else timeout_ns
-    L.nint = (end_ns - start_ns + interval_ns - 1) // interval_ns
-    L.armed = -1
     if mode == M_OPEN:
-        L.period = 1e9 / rate
-        L.g_limit = <int64_t>((end_ns - start_ns) / L.period) + 1
         L.poll = 1 if poll else 0
-    L.spid = server_pid if server_pid > 0 else 0
-    L.nstat = nstat
+    L.e.spid = server_pid if server_pid > 0 else 0
+    L.e.nstat = nstat
     L.stall = stall_ns
 
 
@@ -801,10 +676,10 @@ cdef int alloc_loop(Loop *L, int64_t first_cid, int64_t cid_step) noexcept nogil
     L.flows = <Flow *>calloc(L.nflows, sizeof(Flow))
     L.dirty = <int64_t *>calloc(L.nflows, sizeof(int64_t))
     L.rbuf = <unsigned char *>calloc(C_BATCH, <size_t>L.rslot)
-    L.h1.counts = <int64_t *>calloc(L.counts_len, sizeof(int64_t))
-    L.h2.counts = <int64_t *>calloc(L.counts_len, sizeof(int64_t))
-    L.ts_msgs = <int64_t *>calloc(L.nint, sizeof(int64_t))
-    L.ts_sent = <int64_t *>calloc(L.nint, sizeof(int64_t))
+    L.h1.counts = <int64_t *>calloc(L.hdr.counts_len, sizeof(int64_t))
+    L.h2.counts = <int64_t *>calloc(L.hdr.counts_len, sizeof(int64_t))
+    L.ts_msgs = <int64_t *>calloc(L.w.nint, sizeof(int64_t))
+    L.ts_sent = <int64_t *>calloc(L.w.nint, sizeof(int64_t))
     if not (L.flows and L.dirty and L.rbuf and L.h1.counts and L.h2.counts and L.ts_msgs and L.ts_sent):
         return -ENOMEM
     for i in range(L.nflows):
@@ -815,19 +690,8 @@ cdef int alloc_loop(Loop *L, int64_t first_cid, int64_t cid_step) noexcept nogil
         L.flows[i].st = <uint8_t *>calloc(L.cap, 1)
         if not (L.flows[i].t_sent and L.flows[i].st):
             return -ENOMEM
-    if L.nstat > 0:
-        L.statbuf = <char *>calloc(C_STAT_BUF, 1)
-        L.cpustat[0] = <procfs_cpustat_t *>calloc(L.nstat, sizeof(procfs_cpustat_t))
-        L.cpustat[1] = <procfs_cpustat_t *>calloc(L.nstat, sizeof(procfs_cpustat_t))
-        if not (L.statbuf and L.cpustat[0] and L.cpustat[1]):
-            return -ENOMEM
-    if L.spid:
-        for i in range(2):
-            L.ssample[i].cap = C_MAX_TIDS
-            L.ssample[i].tids = <int64_t *>calloc(C_MAX_TIDS, sizeof(int64_t))
-            L.ssample[i].runtime_ns = <int64_t *>calloc(C_MAX_TIDS, sizeof(int64_t))
-            if not (L.ssample[i].tids and L.ssample[i].runtime_ns):
-                return -ENOMEM
+    if edges_alloc(&L.e) < 0:
+        return -ENOMEM
     return 0
 
 
@@ -862,24 +726,6 @@ cdef int open_loop(Loop *L, fds) except? -1:
     return 0
 
 
-cdef object sample_dict(procfs_sample_t *s):
-    if not s.ok:
-        return None
-    return {"utime_ticks": s.utime, "stime_ticks": s.stime, "overflow": bool(s.overflow),
-            "threads": {s.tids[i]: s.runtime_ns[i] for i in range(s.ntids)}}
-
-
-cdef object cpustat_list(Loop *L, int edge):
-    cdef int i
-    cdef procfs_cpustat_t *s
-    counters = {}
-    for i in range(L.nstat):
-        s = &L.cpustat[edge][i]
-        if s.found:
-            counters[s.cpu] = [s.user, s.nice, s.system, s.idle, s.iowait, s.irq, s.softirq, s.steal]
-    return {"t_ns": L.t_stat[edge], "cpus": counters}
-
-
 cdef dict datagram_counts(Loop *L):
     return {"sent": L.d_sent, "received": L.d_received, "lost": L.d_lost, "duplicates": L.d_dup,
             "out_of_order": L.d_ooo, "late": L.d_late, "corrupt": L.d_corrupt}
@@ -904,20 +750,20 @@ cdef dict loop_result(Loop *L):
         "first_error_kind": ERROR_KINDS[L.first_error_kind] if L.first_error_ns else None,
         "ended_early": bool(L.ended_early),
         "alive_at_end": L.alive,
-        "h1": [(j, L.h1.counts[j]) for j in range(L.counts_len) if L.h1.counts[j]],
+        "h1": hist_pairs(&L.hdr, &L.h1),
         "h1_sum_ns": L.h1.sum_ns,
-        "h2": [(j, L.h2.counts[j]) for j in range(L.counts_len) if L.h2.counts[j]],
+        "h2": hist_pairs(&L.hdr, &L.h2),
         "h2_sum_ns": L.h2.sum_ns,
-        "ts_msgs": [L.ts_msgs[j] for j in range(L.nint)],
-        "ts_sent": [L.ts_sent[j] for j in range(L.nint)] if L.mode == M_OPEN else None,
-        "user_s": _tv(&L.ru[1], 0) - _tv(&L.ru[0], 0),
-        "sys_s": _tv(&L.ru[1], 1) - _tv(&L.ru[0], 1),
-        "cpu_window_s": (L.t_ru[1] - L.t_ru[0]) / 1e9,
+        "ts_msgs": [L.ts_msgs[j] for j in range(L.w.nint)],
+        "ts_sent": [L.ts_sent[j] for j in range(L.w.nint)] if L.mode == M_OPEN else None,
+        "user_s": cpu_seconds(&L.e, 0),
+        "sys_s": cpu_seconds(&L.e, 1),
+        "cpu_window_s": (L.e.t_ru[1] - L.e.t_ru[0]) / 1e9,
         "due": L.g_next if L.mode == M_OPEN else None,
         "polling": bool(L.poll),
         "idle_s": L.idle_ns / 1e9 if L.poll else None,
-        "server_cpu": [sample_dict(&L.ssample[0]), sample_dict(&L.ssample[1])] if L.spid else None,
-        "cpu_stat": [cpustat_list(L, 0), cpustat_list(L, 1)] if L.nstat > 0 else None,
+        "server_cpu": server_cpu(&L.e),
+        "cpu_stat": cpu_stat(&L.e),
         "conn_msgs": [L.flows[j].wdone for j in range(L.nflows)],
         "starved": L.starved,
         "datagrams": datagram_counts(L),
@@ -947,11 +793,7 @@ cdef void free_loop(Loop *L, fds):
     free(L.h2.counts)
     free(L.ts_msgs)
     free(L.ts_sent)
-    for i in range(2):
-        free(L.ssample[i].tids)
-        free(L.ssample[i].runtime_ns)
-        free(L.cpustat[i])
-    free(L.statbuf)
+    edges_free(&L.e)
 
 
 cdef void check_args(int mode, fds, int flows, int size, int depth, double rate, int64_t start_ns, int64_t end_ns,
@@ -1003,9 +845,7 @@ def run_loop(int mode, fds, long long first_cid, long long cid_step, int flows, 
                   server_pid, len(stat_cpus), stall_ns)
         if alloc_loop(L, first_cid, cid_step) < 0:
             raise MemoryError()
-        for i in range(L.nstat):
-            L.cpustat[0][i].cpu = stat_cpus[i]
-            L.cpustat[1][i].cpu = stat_cpus[i]
+        edges_set_cpus(&L.e, stat_cpus)
         rc = open_loop(L, fds)
         if rc < 0:
             raise OSError(-rc, f"{L.failed.decode()} failed")
@@ -1069,10 +909,10 @@ cdef class Ledger:
         self.L.cap = cap
         self.L.nflows = 1
         self.L.timeout = timeout_ns
-        self.L.start = 0
-        self.L.warm_end = warm_end_ns
-        self.L.end = end_ns
-        self.L.interval = 1 << 62
+        self.L.w.start = 0
+        self.L.w.warm_end = warm_end_ns
+        self.L.w.end = end_ns
+        self.L.w.interval = 1 << 62
         self.L.table = <const uint8_t *>PyBytes_AS_STRING(table)
         self.L.flows = <Flow *>calloc(1, sizeof(Flow))
         if self.L.flows == NULL:
@@ -1083,8 +923,8 @@ cdef class Ledger:
         self.L.flows[0].due = depth
         self.L.flows[0].t_sent = <int64_t *>calloc(cap, sizeof(int64_t))
         self.L.flows[0].st = <uint8_t *>calloc(cap, 1)
-        self.L.counts_len = 0    # no histogram: hist_record ignores every value
-        self.L.highest = 1 << 62
+        self.L.hdr.counts_len = 0    # no histogram: hist_record ignores every value
+        self.L.hdr.highest = 1 << 62
         if self.L.flows[0].t_sent == NULL or self.L.flows[0].st == NULL:
             raise MemoryError()
 

@@ -72,12 +72,12 @@ from sockbench.servers.contract import (
     AcceptErrors,
     StopServing,
     log_closing,
-    malformed,
     read_buffer,
     set_nodelay,
     unexpected,
 )
 from sockbench.servers.protocols import make_decoder
+from sockbench.servers.stream_echo import echo_blocking
 
 __all__ = ["serve", "serve_datagram"]
 
@@ -96,30 +96,7 @@ def _echo(conn, peer, workers, options):
     if limits is not None:
         limits.opened(conn)
     try:
-        while True:
-            n = conn.recv_into(view)
-            data = view[:n]
-            if not n:
-                if decoder is not None and decoder.eof() and not workers.closed_by_server(conn):
-                    log_closing(name, peer, malformed(decoder.error))
-                break
-            if decoder is None:
-                conn.sendall(data)
-                if limits is not None:
-                    limits.progress(conn)
-                continue
-            data = decoder.feed(data)
-            if data:
-                conn.sendall(data)
-            if decoder.error:
-                log_closing(name, peer, malformed(decoder.error))
-                break
-            if limits is not None:
-                if data:
-                    limits.progress(conn)
-                if limits.max_buffered and not limits.hold(conn, decoder.buffered):
-                    log_closing(name, peer, limits.buffered_reason)
-                    break
+        echo_blocking(conn.recv_into, conn.sendall, view, decoder, limits, conn, name, peer, workers.closed_by_server)
     except OSError:
         pass  # reset by the peer, or shut down by the main thread: this connection only
     except Exception as e:  # the exception boundary: this connection only, one line

@@ -49,12 +49,12 @@ from sockbench.servers.contract import (
     AcceptErrors,
     log,
     log_closing,
-    malformed,
     read_buffer,
     set_nodelay,
     unexpected,
 )
 from sockbench.servers.protocols import make_decoder
+from sockbench.servers.stream_echo import echo_blocking
 
 __all__ = ["serve"]
 
@@ -136,29 +136,7 @@ def _echo(conn, peer, options, conns):
     limits = options.get("limits")
     decoder = make_decoder(options["protocol"], options["max_message"])
     view = read_buffer(CONN_RECV)
-    while True:
-        n = conn.recv_into(view)
-        if not n:
-            if decoder is not None and decoder.eof() and conn not in conns.shut:
-                log_closing(name, peer, malformed(decoder.error))
-            return
-        if decoder is None:
-            conn.sendall(view[:n])
-            if limits is not None:
-                limits.progress(conn)
-            continue
-        data = decoder.feed(view[:n])
-        if data:
-            conn.sendall(data)
-        if decoder.error:
-            log_closing(name, peer, malformed(decoder.error))
-            return
-        if limits is not None:
-            if data:
-                limits.progress(conn)
-            if limits.max_buffered and not limits.hold(conn, decoder.buffered):
-                log_closing(name, peer, limits.buffered_reason)
-                return
+    echo_blocking(conn.recv_into, conn.sendall, view, decoder, limits, conn, name, peer, conns.shut.__contains__)
 
 
 def serve(listener, announce, options):

@@ -55,12 +55,12 @@ from sockbench.servers.contract import (
     STOP_SIGNALS,
     AcceptErrors,
     log_closing,
-    malformed,
     read_buffer,
     set_nodelay,
     unexpected,
 )
 from sockbench.servers.protocols import make_decoder
+from sockbench.servers.stream_echo import echo_blocking
 
 __all__ = ["serve"]
 
@@ -87,30 +87,8 @@ class EchoHandler(socketserver.StreamRequestHandler):
         decoder = make_decoder(server.options["protocol"], server.options["max_message"])
         view = read_buffer(THREAD_RECV)
         try:
-            while True:
-                n = self.rfile.readinto1(view)
-                if not n:
-                    if decoder is not None and decoder.eof() and not server.closed_by_server(conn):
-                        log_closing(name, self.client_address, malformed(decoder.error))
-                    return
-                data = view[:n]
-                if decoder is None:
-                    self.wfile.write(data)
-                    if limits is not None:
-                        limits.progress(conn)
-                    continue
-                data = decoder.feed(data)
-                if data:
-                    self.wfile.write(data)
-                if decoder.error:
-                    log_closing(name, self.client_address, malformed(decoder.error))
-                    return
-                if limits is not None:
-                    if data:
-                        limits.progress(conn)
-                    if limits.max_buffered and not limits.hold(conn, decoder.buffered):
-                        log_closing(name, self.client_address, limits.buffered_reason)
-                        return
+            echo_blocking(self.rfile.readinto1, self.wfile.write, view, decoder, limits, conn, name,
+                          self.client_address, server.closed_by_server)
         except OSError:
             pass  # reset by the peer, or shut down by the server: this connection only
         except Exception as e:  # the exception boundary: this connection only, one line

@@ -135,6 +135,15 @@ def _require_available(name):
         pytest.skip(f"{name}: {why}")
 
 
+def _running(proc):
+    """Start ``proc`` and yield it; it is stopped by pid when the fixture ends, whatever the test did."""
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
 @pytest.fixture(params=registry.names())
 def server_name(request):
     name = request.param
@@ -145,11 +154,7 @@ def server_name(request):
 @pytest.fixture
 def server(server_name):
     """A fresh server process for one test; always stopped by pid afterwards."""
-    proc = ServerProcess(server_name).start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
+    yield from _running(ServerProcess(server_name))
 
 
 def _stream_cases():
@@ -166,11 +171,7 @@ def stream_server(request):
     """
     name, transport = request.param
     _require_available(name)
-    proc = ServerProcess(name, transport).start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
+    yield from _running(ServerProcess(name, transport))
 
 
 @pytest.fixture(params=_stream_cases(), ids=lambda c: f"{c[0]}-{c[1]}")
@@ -178,11 +179,7 @@ def fresh_stream_server(request):
     """A fresh server over one stream transport for one test; always stopped by pid afterwards."""
     name, transport = request.param
     _require_available(name)
-    proc = ServerProcess(name, transport).start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
+    yield from _running(ServerProcess(name, transport))
 
 
 def _framed_cases():
@@ -212,8 +209,4 @@ def framed_server(request):
     _require_available(name)
     proc = ServerProcess(name, transport, extra_args=("--protocol", proto, "--max-message", str(TEST_MAX_MESSAGE)))
     proc.protocol = proto
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
+    yield from _running(proc)

@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from conftest import _require_available
 from echo_client import one_line_error, payload, sockbench_cli
 from sockbench.servers import registry
 from sockbench.servers.contract import MAX_DATAGRAM
@@ -25,17 +26,9 @@ SIZES = [1, 2, 64, 1400, 1472, 1473, 8192, 65000, MAX_DATAGRAM]
 RECV_TIMEOUT_S = 5.0
 
 
-def _available(name):
-    ok, why = registry.SERVERS[name].availability()
-    if not ok:
-        if os.environ.get("SOCKBENCH_REQUIRE_ALL", "") not in ("", "0"):
-            pytest.fail(f"{name}: {why}")
-        pytest.skip(f"{name}: {why}")
-
-
 @pytest.fixture(params=UDP_SERVERS)
 def udp_server(request):
-    _available(request.param)
+    _require_available(request.param)
     proc = ServerProcess(request.param, transport="udp").start()
     try:
         yield proc
@@ -143,7 +136,7 @@ def test_sigint_while_flooded_exits_zero(udp_server):
 
 @pytest.mark.parametrize("protocol", ["frame", "json"])
 def test_framed_protocols_over_udp_are_one_line(protocol):
-    _available("selectors")
+    _require_available("selectors")
     r = sockbench_cli("serve", "selectors", "--transport", "udp", "--protocol", protocol)
     line = one_line_error(r)
     assert r.returncode == 2 and "udp" in line and "--protocol raw" in line

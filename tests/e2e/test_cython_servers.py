@@ -30,6 +30,7 @@ import time
 
 import pytest
 
+from conftest import _require_available
 from echo_client import connect, echo_concurrently, read_exact
 from sockbench.servers import registry
 from sockbench.procfs import read_proc_stat, read_rss_bytes
@@ -37,14 +38,6 @@ from sockbench.servers.process import ServerProcess
 
 MiB = 1 << 20
 CYTHON_SERVERS = ("cython", "cython-protocol")
-
-
-def _require(name):
-    ok, why = registry.SERVERS[name].availability()
-    if not ok:
-        if os.environ.get("SOCKBENCH_REQUIRE_ALL", "") not in ("", "0"):
-            pytest.fail(f"{name}: {why}")
-        pytest.skip(f"{name}: {why}")
 
 
 # --- without the built extension ------------------------------------------------------------
@@ -125,7 +118,7 @@ IDLE_CONNS = 10_000
 
 
 def test_10000_idle_connections_cost_less_than_64_MiB_rss():
-    _require("cython")
+    _require_available("cython")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = IDLE_CONNS + 200
     if hard != resource.RLIM_INFINITY and hard < need:
@@ -174,7 +167,7 @@ def test_10000_idle_connections_cost_less_than_64_MiB_rss():
 
 
 def test_emfile_pauses_accepting_without_spinning_then_resumes():
-    _require("cython")
+    _require_available("cython")
     with ServerProcess("cython") as server:
         pid = server.pid
         in_use = len(os.listdir(f"/proc/{pid}/fd"))
@@ -210,7 +203,7 @@ def test_emfile_pauses_accepting_without_spinning_then_resumes():
 
 
 def test_core_errors_are_oserror_with_errno_and_strerror():
-    _require("cython")
+    _require_available("cython")
     from sockbench.ext import epoll_echo
 
     r, w = os.pipe()
@@ -223,7 +216,7 @@ def test_core_errors_are_oserror_with_errno_and_strerror():
 
 
 def test_core_rejects_bad_arguments_before_touching_anything():
-    _require("cython")
+    _require_available("cython")
     from sockbench.ext import epoll_echo
 
     with socket.create_server(("127.0.0.1", 0)) as listener:
@@ -236,7 +229,7 @@ def test_core_rejects_bad_arguments_before_touching_anything():
 
 
 def test_raise_nofile_limit_sets_soft_to_hard():
-    _require("cython")
+    _require_available("cython")
     from sockbench.ext import epoll_echo
 
     soft, hard = epoll_echo.raise_nofile_limit()
@@ -246,7 +239,7 @@ def test_raise_nofile_limit_sets_soft_to_hard():
 
 def test_loop_runs_without_the_gil_and_restores_signal_handlers():
     """Serve in a thread: this thread keeps running Python (so the GIL is free), then SIGTERM stops the loop."""
-    _require("cython")
+    _require_available("cython")
     from sockbench.ext import epoll_echo
 
     caught = []
@@ -321,7 +314,7 @@ class _FakeTransport:
 
 
 def test_read_buffer_exports_a_writable_block():
-    _require("cython-protocol")
+    _require_available("cython-protocol")
     from sockbench.ext.protocol_echo import ReadBuffer
 
     buf = ReadBuffer(4096)
@@ -335,7 +328,7 @@ def test_read_buffer_exports_a_writable_block():
 
 
 def test_protocol_copies_out_of_the_shared_buffer_and_controls_flow():
-    _require("cython-protocol")
+    _require_available("cython-protocol")
     from sockbench.ext.protocol_echo import HIGH_WATER, EchoBufferedProtocol, EchoServer
 
     server = EchoServer(1024)
