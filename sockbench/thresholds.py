@@ -6,7 +6,8 @@ flag means the same thing wherever it appears.
 """
 
 __all__ = ["CLIENT_BOUND_UTIL", "SERVER_BOUND_UTIL", "UNSTABLE_SPREAD", "BEHIND_FRACTION", "STALL_S", "DISTURBED_SHARE",
-           "CLOCK_OFFSET_SHARE", "LOSSY_SHARE", "SAME_COST_SHARE"]
+           "CLOCK_OFFSET_SHARE", "LOSSY_SHARE", "SAME_COST_SHARE",
+           "WORKER_IDLE_SHARE"]
 
 #: the load CPUs at least this busy: the figure measures the client as much as the server ("client-bound")
 CLIENT_BOUND_UTIL = 0.95
@@ -29,3 +30,6 @@ CLOCK_OFFSET_SHARE = 0.01
 LOSSY_SHARE = 0.01
 #: the report's sentences: two figures within this share of each other (a ratio in 0.9-1.1) cost "about the same"
 SAME_COST_SHARE = 0.10
+#: an idle ``sockbench cluster-worker`` may take at most this share of one core from its load host
+#: (measured by ``bench/calibrate/worker_idle.py``, not by a timed test)
+WORKER_IDLE_SHARE = 0.005

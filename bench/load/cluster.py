@@ -67,6 +67,7 @@ from sockbench.timestamps import iso_utc
 
 __all__ = [
     "WORKER_CONFIG",
+    "HEARTBEAT_S",
     "HOST_CPUS_ENV",
     "CONNECT_TIMEOUT_S",
     "START_LEAD_S",
@@ -85,11 +86,18 @@ __all__ = [
 WORKER_CONFIG = {
     "distributed.worker.profile.enabled": False,
     "distributed.admin.tick.interval": "5s",
+    # the tick warns of a blocked loop past this limit, which must exceed the interval or every tick logs
+    "distributed.admin.tick.limit": "60s",
+    # the tick-rate bookkeeping cycles every second by default
+    "distributed.admin.tick.cycle": "10s",
     "distributed.admin.system-monitor.interval": "10s",
     "distributed.worker.memory.monitor-interval": "10s",
     # the client a host task opens (for the start instant) polls the scheduler every 2 s by default
     "distributed.client.scheduler-info-interval": "60s",
 }
+#: the tuned worker's heartbeat to the scheduler, in seconds (Dask asks a small cluster for 0.5 s); it also
+#: paces the worker's search for missing data, which Dask ties to the heartbeat
+HEARTBEAT_S = 10.0
 #: set by ``sockbench cluster-worker`` before it pins itself: the CPUs the host's load may use (the
 #: worker's own pinning must not narrow them; its task thread widens its mask back while it spawns)
 HOST_CPUS_ENV = "SOCKBENCH_HOST_CPUS"

@@ -24,10 +24,7 @@ import socket
 from sockbench.errors import UsageError
 from sockbench.units import parse_cpus
 
-__all__ = ["add_arguments", "run_cli", "HEARTBEAT_S"]
-
-#: the worker's heartbeat to the scheduler, in seconds (Dask asks a small cluster for 0.5 s)
-HEARTBEAT_S = 2.0
+__all__ = ["add_arguments", "run_cli"]
 
 
 def add_arguments(p):
@@ -47,7 +44,7 @@ def run_cli(args):
     except ImportError:
         raise UsageError("cluster-worker needs Dask distributed: pip install 'sockbench[cluster]'") from None
     # deferred: the load room is imported only by the commands that load
-    from sockbench.bench.load.cluster import HOST_CPUS_ENV, WORKER_CONFIG
+    from sockbench.bench.load.cluster import HEARTBEAT_S, HOST_CPUS_ENV, WORKER_CONFIG
 
     if "://" not in args.scheduler:
         raise UsageError(f"bad --scheduler {args.scheduler!r}; use tcp://HOST:PORT")
@@ -61,12 +58,12 @@ def run_cli(args):
         os.environ[HOST_CPUS_ENV] = ",".join(map(str, sorted(os.sched_getaffinity(0))))
         os.sched_setaffinity(0, cpus)
     dask.config.set(WORKER_CONFIG)
-    asyncio.run(_serve(distributed, args.scheduler, args.name or socket.gethostname()))
+    asyncio.run(_serve(_quiet_worker_class(distributed, HEARTBEAT_S), args.scheduler, args.name or socket.gethostname()))
     return 0
 
 
-def _quiet_worker_class(distributed):
-    """A ``distributed.Worker`` whose heartbeat keeps ``HEARTBEAT_S`` instead of the scheduler's suggestion.
+def _quiet_worker_class(distributed, heartbeat_s):
+    """A ``distributed.Worker`` whose heartbeat keeps ``heartbeat_s`` instead of the scheduler's suggestion.
 
     The scheduler asks a small cluster for a heartbeat every 0.5 s, the one
     periodic job left that costs the idle worker measurably (each gathers and
@@ -80,18 +77,18 @@ def _quiet_worker_class(distributed):
             await super().heartbeat()
             pc = self.periodic_callbacks.get("heartbeat")
             if pc is not None:
-                pc.callback_time = HEARTBEAT_S * 1000
+                pc.callback_time = heartbeat_s * 1000
 
     return QuietWorker
 
 
-async def _serve(distributed, scheduler, name):
+async def _serve(worker_class, scheduler, name):
     """Run the worker until SIGTERM/SIGINT, then close it (it leaves the scheduler)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with _quiet_worker_class(distributed)(scheduler, name=name, nthreads=1, dashboard=False) as worker:
+    async with worker_class(scheduler, name=name, nthreads=1, dashboard=False) as worker:
         print(json.dumps({"event": "ready", "worker": name, "address": worker.address, "pid": os.getpid()}), flush=True)
         done = asyncio.ensure_future(worker.finished())
         await asyncio.wait([done, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)

@@ -34,9 +34,10 @@ NET = "10.213.0"
 SERVER_ADDR = f"{NET}.1"
 HOSTS = {"h1": f"{NET}.11", "h2": f"{NET}.12"}
 SCHEDULER = f"tcp://{SERVER_ADDR}:8786"
-#: the tuned worker's idle CPU, as a sanity bound: its budget is 0.5% of a core, measured quiet over 10 s or
-#: more by hand (a CPU share is a speed figure, not a test's: on a machine busy with other work a 4 s window
-#: reads about 1%); the untuned `dask worker` idles at about 4%, which this bound still catches
+#: the tuned worker's idle CPU, as a sanity bound: its budget (``thresholds.WORKER_IDLE_SHARE``, 0.5% of a
+#: core) is a speed figure, measured quiet over 30 s windows by ``bench/calibrate/worker_idle.py``, not by a
+#: timed test; a 4 s window here may or may not hold the worker's 10 s heartbeat; the untuned `dask worker`
+#: idles at about 4%, which this bound still catches
 IDLE_BUDGET = 0.02
 IDLE_WINDOW_S = 4.0
 LOAD = ["--conns", "4", "--duration", "1.5", "--warmup", "0.3", "--timeout", "10"]

@@ -132,3 +132,37 @@ def test_run_cluster_rounds_go_through_the_coordinator():
     runner = Plan.from_dict(plan.to_dict())  # as the suite's child reads it back
     run = _load_runner(runner)
     assert run.func is run_cluster_load and run.keywords == {"scheduler": "tcp://10.0.0.1:8786", "hosts": ["a"]}
+
+
+def test_the_tuned_workers_periodic_jobs_stay_slow_and_quiet():
+    # the idle worker's CPU is its periodic jobs: each must run far less often than Dask's defaults, and the
+    # tick's "event loop was unresponsive" limit must exceed the tick itself, or every tick writes a log line
+    from dask.utils import parse_timedelta  # the [cluster] extra; test_cluster_merge needs it as cluster.py does
+
+    from sockbench.bench.load.cluster import HEARTBEAT_S, WORKER_CONFIG
+
+    def seconds(key):
+        return parse_timedelta(WORKER_CONFIG[key])
+
+    assert WORKER_CONFIG["distributed.worker.profile.enabled"] is False
+    assert seconds("distributed.admin.tick.limit") > seconds("distributed.admin.tick.interval") >= 1
+    assert seconds("distributed.admin.tick.cycle") >= 1
+    assert seconds("distributed.admin.system-monitor.interval") >= 1
+    assert seconds("distributed.worker.memory.monitor-interval") >= 1
+    assert HEARTBEAT_S >= 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--window", "5"], "--window 5 is shorter than two heartbeats"),
+    (["--window", "0"], "--window"),
+    (["--windows", "x"], "--windows"),
+])
+def test_worker_idle_bad_input_is_one_line_and_exit_2(args, message):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "sockbench.bench.calibrate.worker_idle", *args], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
