@@ -1289,7 +1289,8 @@ class CellSummary:
     """A cell over all its rounds (``CellStats.summary()``), as the suite puts it into ``extra_info``.
 
     Throughput is the median over rounds with its standard deviation and
-    spread (pyperf's rule makes a spread of 10% ``unstable``); latency comes
+    spread; ``unstable`` is pyperf's rule (a spread of 10%) on ``robust_spread``, which one outlier round
+    cannot set, and ``outlier_rounds`` counts the rounds far from the median; latency comes
     from the exact merge of the rounds' histograms.  ``figure`` is what the
     cell is judged on (msgs/s closed loop, p99 µs open loop): its median over
     the ``rounds`` kept and the distribution-free interval of that median
@@ -1324,6 +1325,10 @@ class CellSummary:
     figure_ci_confidence: float | None = None
     disturbed_rounds: int = 0
     starved: int = 0
+    #: the spread that decides ``unstable``: the rounds' median absolute deviation x 1.4826 over the median
+    robust_spread: float = 0.0
+    #: rounds whose msgs/s lay more than ``thresholds.OUTLIER_SHARE`` from the median
+    outlier_rounds: int = 0
     #: a udp cell: its rounds' datagram accounting added up (loss, duplicates, out-of-order); None for a stream
     datagrams: Datagrams | None = None
 
@@ -1355,5 +1360,7 @@ class CellSummary:
             "figure_ci_confidence": self.figure_ci_confidence,
             "disturbed_rounds": self.disturbed_rounds,
             "starved": self.starved,
+            "robust_spread": self.robust_spread,
+            "outlier_rounds": self.outlier_rounds,
             **({"datagrams": self.datagrams.to_json()} if self.datagrams is not None else {}),
         }

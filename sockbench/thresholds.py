@@ -5,7 +5,7 @@ that show it, and by the calibration tools that judge their own runs, so a
 flag means the same thing wherever it appears.
 """
 
-__all__ = ["CLIENT_BOUND_UTIL", "SERVER_BOUND_UTIL", "UNSTABLE_SPREAD", "BEHIND_FRACTION", "STALL_S", "DISTURBED_SHARE",
+__all__ = ["CLIENT_BOUND_UTIL", "SERVER_BOUND_UTIL", "UNSTABLE_SPREAD", "OUTLIER_SHARE", "BEHIND_FRACTION", "STALL_S", "DISTURBED_SHARE",
            "CLOCK_OFFSET_SHARE", "LOSSY_SHARE", "SAME_COST_SHARE",
            "WORKER_IDLE_SHARE"]
 
@@ -13,8 +13,12 @@ __all__ = ["CLIENT_BOUND_UTIL", "SERVER_BOUND_UTIL", "UNSTABLE_SPREAD", "BEHIND_
 CLIENT_BOUND_UTIL = 0.95
 #: the server CPUs at least this busy: the server was the limit ("server-bound", ``limited_by``)
 SERVER_BOUND_UTIL = 0.95
-#: pyperf's rule: a spread between rounds of 10% of the median or more is UNSTABLE
+#: pyperf's rule: a spread between rounds of 10% of the median or more is UNSTABLE (the spread as one outlier
+#: round cannot set it: the median absolute deviation scaled to a standard deviation)
 UNSTABLE_SPREAD = 0.10
+#: a round whose figure lies more than this share from its cell's median is an OUTLIER round: shown, and
+#: left out of the median by its nature, but never left out of the report
+OUTLIER_SHARE = 0.20
 #: open loop: an achieved rate more than 5% below the target is BEHIND
 BEHIND_FRACTION = 0.05
 #: closed/connect loops: no message completed for this long inside the window is a stall (invalid)

@@ -48,7 +48,7 @@ from sockbench.bench.report.render import to_html, to_markdown
 from sockbench.bench.report.store import load_results
 from sockbench.errors import SockbenchError
 from sockbench.procfs import TICK_S
-from sockbench.thresholds import DISTURBED_SHARE, LOSSY_SHARE, UNSTABLE_SPREAD
+from sockbench.thresholds import DISTURBED_SHARE, LOSSY_SHARE, OUTLIER_SHARE, UNSTABLE_SPREAD
 from sockbench.timestamps import iso_utc
 from sockbench.units import format_size
 
@@ -64,7 +64,12 @@ FLAG_HELP = {
                   f"round, and measuring it again did not escape them: the figure "
                   "measures the machine as much as the server"),
     "CLIENT-BOUND": "the load client saturated its CPU: the figure measures the client, not the server",
-    "UNSTABLE": f"the spread between rounds is {UNSTABLE_SPREAD:.0%} of the median or more (pyperf's rule): re-run on a quieter machine",
+    "UNSTABLE": (f"the spread between rounds is {UNSTABLE_SPREAD:.0%} of the median or more (pyperf's rule, on a spread "
+                 "that one outlier round cannot set: the median absolute deviation scaled to a standard deviation): "
+                 "re-run on a quieter machine"),
+    "OUTLIERS": (f"some rounds' msgs/s lay more than {OUTLIER_SHARE:.0%} from the cell's median: the median does not "
+                 "move for them, but they happened, with no foreign load seen (else they would be DISTURBED): a server "
+                 "that sometimes degrades for a whole round, or a hiccup; the merged latency includes them"),
     "WIDE-CI": "the cell's rounds ended (time budget or most rounds) before the 95% interval of its median was as narrow as asked: "
                "quote it with its interval",
     "BEHIND": "open loop: the client fell behind its send schedule",
@@ -335,7 +340,10 @@ def _warnings(results):
             elif f == "WIDE-CI":
                 detail = f": interval {c.interval().text()} after {len(c.results)} rounds, asked ±{c.ci_target:.0%}"
             elif f == "UNSTABLE":
-                detail = f": spread {c.spread:.1%} over {len(c.results)} rounds"
+                detail = f": spread {c.robust_spread:.1%} over {len(c.results)} rounds"
+            elif f == "OUTLIERS":
+                off = ", ".join(_fmt(x) for x in c.outlier_rounds)
+                detail = f": {len(c.outlier_rounds)} of {len(c.results)} rounds ({off} msgs/s, median {_fmt(c.median)})"
             elif f == "LOSSY":
                 d = c.datagrams
                 detail = f": {d.lost:,} of {d.sent:,} datagrams lost ({c.loss_share:.2%}) over {len(c.results)} rounds"

@@ -122,7 +122,7 @@ table.settings td{text-align:left;overflow-wrap:anywhere}
 tr.flagged td{background:#fff4f0}
 .flag{display:inline-block;padding:1px 5px;border-radius:3px;font-weight:bold;font-size:10.5px;color:#fff;margin:1px 2px 1px 0;white-space:nowrap}
 .INVALID{background:#c0392b} .STARVED{background:#922b21} .DISTURBED{background:#5d6d7e} .CLIENT-BOUND{background:#d35400}
-.UNSTABLE{background:#b7950b} .WIDE-CI{background:#7f8c8d} .BEHIND{background:#7d3c98} .LOSSY{background:#1f618d}
+.UNSTABLE{background:#b7950b} .OUTLIERS{background:#a04000} .WIDE-CI{background:#7f8c8d} .BEHIND{background:#7d3c98} .LOSSY{background:#1f618d}
 .ok{color:#1e8449}
 .banner{background:#c0392b;color:#fff;padding:.7em 1em;border-radius:4px;font-weight:bold}
 .warnbox{border:1px solid #d35400;background:#fdf2e9;padding:.3em 1em;border-radius:4px}

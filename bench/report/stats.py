@@ -4,9 +4,17 @@ say how far a figure can be trusted.
 Why it is built this way: latency percentiles of a cell come from the exact
 merge of its rounds' HDR histograms (``merged_hdr``), never from an average of
 per-round percentiles, as HdrHistogram's users expect.  Throughput is
-summarised pyperf-style: the median over rounds, with the standard deviation
-as the spread; a spread of ``UNSTABLE_SPREAD`` (10%) of the median or more
-marks the cell *unstable*.  The rounds are ``LoadResult`` objects
+summarised pyperf-style: the median over rounds, shown with the standard
+deviation; the cell is *unstable* when its spread is ``UNSTABLE_SPREAD`` (10%)
+of the median or more, pyperf's rule, with the spread measured as one
+outlier round cannot set it (``robust_spread``: the median absolute
+deviation scaled to estimate a standard deviation).  The figure is a
+median, which one outlier round does not move, so a spread that one round
+sets would flag a figure that reproduces; the outlier rounds are flagged on
+their own instead (``outlier_rounds``, more than ``OUTLIER_SHARE`` from the
+median): a thread-per-connection server at 100 connections sometimes
+degrades for a whole round, with its CPU busy and nothing foreign on it, and
+that is the server's behaviour, which the report shows.  The rounds are ``LoadResult`` objects
 (``sockbench.bench.schema``), so every figure here reads a typed field; a
 figure a round lacks counts as 0 (or is left out, for the CPU per message)
 rather than failing the report of a damaged folder.
@@ -49,7 +57,7 @@ from dataclasses import dataclass, field
 from hdrh.histogram import HdrHistogram
 
 from sockbench.bench.schema import Cell, CellSummary, Datagrams, MergedLatency
-from sockbench.thresholds import LOSSY_SHARE, UNSTABLE_SPREAD
+from sockbench.thresholds import LOSSY_SHARE, OUTLIER_SHARE, UNSTABLE_SPREAD
 
 __all__ = [
     "CellStats", "decode_hdr", "merged_hdr", "UNSTABLE_SPREAD", "CONFIDENCE", "median_interval", "ratio_interval",
@@ -301,8 +309,26 @@ class CellStats:
         return self.stdev / med if med > 0 else 0.0
 
     @property
+    def robust_spread(self):
+        """The spread over rounds that one outlier round cannot set, as a fraction of the median: the median
+        absolute deviation times 1.4826 (a standard deviation's estimate for normal rounds)."""
+        m, med = self.msgs, self.median
+        if len(m) < 2 or med <= 0:
+            return 0.0
+        return 1.4826 * statistics.median(abs(x - med) for x in m) / med
+
+    @property
     def unstable(self):
-        return len(self.results) >= 2 and self.spread >= UNSTABLE_SPREAD
+        return len(self.results) >= 2 and self.robust_spread >= UNSTABLE_SPREAD
+
+    @property
+    def outlier_rounds(self):
+        """The rounds' msgs/s more than ``OUTLIER_SHARE`` from their median (of three rounds or more), as the
+        spread is judged on msgs/s."""
+        m, med = self.msgs, self.median
+        if len(m) < 3 or med <= 0:
+            return []
+        return [x for x in m if abs(x - med) > OUTLIER_SHARE * med]
 
     @property
     def mb_per_s(self):
@@ -572,6 +598,8 @@ class CellStats:
             out.append("CLIENT-BOUND")
         if self.unstable:
             out.append("UNSTABLE")
+        elif self.outlier_rounds:
+            out.append("OUTLIERS")  # in an unstable cell, rounds far from the median are its spread, not outliers
         if self.wide:
             out.append("WIDE-CI")
         if self.cell.mode == "open" and self.behind:
@@ -596,6 +624,8 @@ class CellStats:
             msgs_per_s_stdev=self.stdev,
             spread=self.spread,
             unstable=self.unstable,
+            robust_spread=self.robust_spread,
+            outlier_rounds=len(self.outlier_rounds),
             mb_per_s_median=self.mb_per_s,
             latency_us=self.latency_summary(),
             server_cpu_us_per_msg=self.cpu_us_per_msg,

@@ -98,7 +98,7 @@ def test_echo(benchmark, cell, suite_ctx):
                 elapsed_s=round(run.elapsed_s, 1))
     if stats.unstable:
         warnings.warn(UnstableBenchmarkWarning(
-            f"{cell.id}: msgs/s spread {stats.spread:.1%} of the median over {len(runs)} rounds "
+            f"{cell.id}: msgs/s spread {stats.robust_spread:.1%} of the median over {len(runs)} rounds "
             f"(>= {UNSTABLE_SPREAD:.0%}); the result may be unreliable, re-run on a quieter machine"))
     suspect = [f for f in stats.flags() if f in ("INVALID", "STARVED", "DISTURBED", "CLIENT-BOUND")]
     if suspect:

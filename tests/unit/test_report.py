@@ -151,6 +151,34 @@ def test_warnings_stand_out(tmp_path):
         assert f'class="flag {flag}"' in html
 
 
+def test_one_degraded_round_is_an_outlier_not_an_unstable_cell(tmp_path):
+    # a thread-per-connection server sometimes echoes half as fast for a whole round: the median does not move,
+    # so the cell is not UNSTABLE, but the round is shown as an OUTLIER with its figure
+    d = make_results(str(tmp_path / "outlier"), servers=("selectors", "uvloop"))
+    paths = sorted(glob.glob(os.path.join(d, "raw", "uvloop__closed-64B-c10__r*.json")))
+    steady = (1.00, 1.01, 0.99, 1.02, 0.98, 1.00)
+    for path, k in zip(paths, (0.5,) + steady[1:]):
+        r = json.load(open(path))
+        r["throughput"]["msgs_per_s"] = 100_000.0 * k
+        write_json_atomic(path, r)
+    cs = load_results(d).cell("uvloop", "closed-64B-c10")
+    assert cs.spread > 0.15  # the standard deviation: one round sets it
+    assert cs.robust_spread < 0.03 and not cs.unstable
+    assert cs.outlier_rounds == [50_000.0]
+    assert "OUTLIERS" in cs.flags() and "UNSTABLE" not in cs.flags()
+    s = cs.summary().to_json()
+    assert s["outlier_rounds"] == 1 and s["unstable"] is False and "OUTLIERS" in s["flags"]
+    md = open(build_report(d)["md"]).read()
+    assert "**OUTLIERS** uvloop, closed loop · 64B messages · 10 connections: 1 of 6 rounds (50,000 msgs/s, median" in md
+    # rounds spread wide are UNSTABLE, and their far rounds are that spread, not outliers
+    for path, k in zip(paths, (0.7, 1.0, 1.3, 0.7, 1.0, 1.3)):
+        r = json.load(open(path))
+        r["throughput"]["msgs_per_s"] = 100_000.0 * k
+        write_json_atomic(path, r)
+    cs = load_results(d).cell("uvloop", "closed-64B-c10")
+    assert cs.unstable and "UNSTABLE" in cs.flags() and "OUTLIERS" not in cs.flags()
+
+
 def test_disturbed_rounds_are_flagged_everywhere_and_counted(tmp_path):
     d = make_results(str(tmp_path / "busy"), servers=("selectors", "uvloop"), disturbed=("uvloop",), discarded=2)
     results = load_results(d)

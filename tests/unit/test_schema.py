@@ -283,6 +283,6 @@ def test_the_suite_summaries_keep_their_extra_info_keys(sample_dicts):
         "latency_source", "server_cpu_us_per_msg", "server_user_us_per_msg", "server_rss_peak_bytes",
         "client_cpu_util", "client_load", "errors_total", "errors_by_kind", "valid", "client_bound",
         "invalid_reasons", "flags", "rounds", "remeasured", "figure", "figure_median", "figure_ci",
-        "figure_ci_confidence", "disturbed_rounds", "starved"}
+        "figure_ci_confidence", "disturbed_rounds", "starved", "robust_spread", "outlier_rounds"}
     assert s["latency_source"] == "hdr" and s["latency_us"]["p99"] == cs.latency()["p99"]
     json.dumps(s)
