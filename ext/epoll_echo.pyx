@@ -74,24 +74,22 @@ from posix cimport (
     EAGAIN, EINTR, ECONNABORTED, EPROTO, EMFILE, ENFILE, ENOBUFS, ENOMEM,
     malloc, calloc, realloc, free, posix_memalign, memcpy, memset,
     write, close, strerror, clock_gettime, timespec, CLOCK_MONOTONIC,
-    fcntl, F_GETFL, F_SETFL, O_NONBLOCK,
     accept4, recv, send, setsockopt, SOCK_NONBLOCK, SOCK_CLOEXEC, MSG_NOSIGNAL,
     getpeername, getsockname, sockaddr, sockaddr_storage, sockaddr_in, sockaddr_in6, socklen_t,
     AF_INET, AF_INET6, AF_UNIX, ntohs, inet_ntop,
     IPPROTO_TCP, TCP_NODELAY,
     rlimit, getrlimit, setrlimit, RLIMIT_NOFILE, RLIM_INFINITY,
-    epoll_event, epoll_create1, epoll_ctl, epoll_wait,
-    EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLLIN, EPOLLOUT,
+    epoll_event, epoll_wait,
+    EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLLIN, EPOLLOUT,
 )
 cimport posix
-from stopsig cimport stopsig_t, stopsig_running, stopsig_open, stopsig_arm, stopsig_disarm
+from stopsig cimport stopsig_running
+from serveloop cimport set_nonblocking, epoll_watch, open_epoll, close_epoll, raise_errno, serve_until_stopped
 from protocols cimport PROTO_RAW, PROTO_FRAME, PROTO_JSON, PROTO_COUNT, PROTO_DEFAULT_MAX_MESSAGE, proto_name
 from wire cimport (
     WIRE_JSON_PREFIX, WIRE_JSON_HEADER_MAX, WIRE_MALFORMED, WIRE_NEED_MORE, WIRE_COMPLETE,
     wire_header_t, wire_frame_scan, wire_json_message, wire_json_response_header,
 )
-
-import os
 
 __all__ = ["serve", "raise_nofile_limit", "RECV_BUF_SIZE", "MAX_EVENTS", "PROTOCOLS", "MAX_MESSAGE_LIMIT",
            "MAX_IDLE_TIMEOUT_S", "ACCEPT_PAUSE_S"]
@@ -196,16 +194,6 @@ cdef int _raise_nofile(rlimit* out) noexcept nogil:
     return 0
 
 
-cdef int _watch(loop_t* L, int op, int fd, uint32_t events) noexcept nogil:
-    cdef epoll_event ev
-    ev.events = events
-    ev.data.u64 = 0
-    ev.data.fd = fd
-    if epoll_ctl(L.epfd, op, fd, &ev) < 0:
-        return -posix.errno
-    return 0
-
-
 cdef void _close_conn(loop_t* L, int fd) noexcept nogil:
     cdef conn_t* c = &L.conns[fd]
     if c.tail != NULL:
@@ -234,7 +222,7 @@ cdef void _drop_pending(loop_t* L, pstate_t* ps) noexcept nogil:
 
 
 cdef void _resume_accepting(loop_t* L) noexcept nogil:
-    if _watch(L, EPOLL_CTL_MOD, L.lfd, EPOLLIN) == 0:
+    if epoll_watch(L.epfd, EPOLL_CTL_MOD, L.lfd, EPOLLIN) == 0:
         L.accept_paused = 0
         L.resume_ms = 0
     else:
@@ -273,7 +261,7 @@ cdef int _accept_all(loop_t* L) noexcept nogil:
             if err == EMFILE or err == ENFILE or err == ENOBUFS or err == ENOMEM:
                 # level-triggered: an unserviceable listener would spin the loop,
                 # so stop watching it until a connection closes or the pause ends
-                if _watch(L, EPOLL_CTL_MOD, L.lfd, 0) < 0:
+                if epoll_watch(L.epfd, EPOLL_CTL_MOD, L.lfd, 0) < 0:
                     return -posix.errno
                 L.accept_paused = 1
                 L.now_ms = _clock_ms()
@@ -286,7 +274,7 @@ cdef int _accept_all(loop_t* L) noexcept nogil:
             continue
         if L.nodelay:
             setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
-        if _watch(L, EPOLL_CTL_ADD, fd, EPOLLIN) < 0:
+        if epoll_watch(L.epfd, EPOLL_CTL_ADD, fd, EPOLLIN) < 0:
             close(fd)  # ENOMEM/ENOSPC: refuse this connection, keep serving the others
             continue
         c = &L.conns[fd]
@@ -337,7 +325,7 @@ cdef void _on_readable(loop_t* L, int fd) noexcept nogil:
     memcpy(c.tail, L.buf + sent, <size_t>(n - sent))
     c.tail_off = 0
     c.tail_len = <uint32_t>(n - sent)
-    if _watch(L, EPOLL_CTL_MOD, fd, EPOLLOUT) < 0:
+    if epoll_watch(L.epfd, EPOLL_CTL_MOD, fd, EPOLLOUT) < 0:
         _close_conn(L, fd)
 
 
@@ -357,7 +345,7 @@ cdef void _on_writable(loop_t* L, int fd) noexcept nogil:
     if L.ps != NULL and L.ps[fd].closing:
         _close_conn(L, fd)  # the answers before a malformed message are out: close
         return
-    if _watch(L, EPOLL_CTL_MOD, fd, EPOLLIN) < 0:
+    if epoll_watch(L.epfd, EPOLL_CTL_MOD, fd, EPOLLIN) < 0:
         _close_conn(L, fd)
 
 
@@ -435,24 +423,18 @@ cdef void _log_malformed(int fd, const char* reason) noexcept nogil:
     _log_closing(fd, b"malformed message: ", reason)
 
 
-cdef const char* _accept_hint(int err) noexcept nogil:
+cdef const char* _accept_errno(int err, const char** hint) noexcept nogil:
+    """The name of an accept() failure that pauses accepting, and in ``hint`` what to do (``contract._ACCEPT_HINTS``)."""
+    cdef const char* name
     if err == EMFILE:
-        return b"raise the open-file limit (ulimit -n)"
-    if err == ENFILE:
-        return b"the system's file table is full (fs.file-max)"
-    if err == ENOBUFS:
-        return b"the kernel is out of socket memory"
-    return b"the kernel is out of memory"
-
-
-cdef const char* _errno_name(int err) noexcept nogil:
-    if err == EMFILE:
-        return b"EMFILE"
-    if err == ENFILE:
-        return b"ENFILE"
-    if err == ENOBUFS:
-        return b"ENOBUFS"
-    return b"ENOMEM"
+        name, hint[0] = b"EMFILE", b"raise the open-file limit (ulimit -n)"
+    elif err == ENFILE:
+        name, hint[0] = b"ENFILE", b"the system's file table is full (fs.file-max)"
+    elif err == ENOBUFS:
+        name, hint[0] = b"ENOBUFS", b"the kernel is out of socket memory"
+    else:
+        name, hint[0] = b"ENOMEM", b"the kernel is out of memory"
+    return name
 
 
 cdef void _log_accept_error(loop_t* L, int err) noexcept nogil:
@@ -460,6 +442,7 @@ cdef void _log_accept_error(loop_t* L, int err) noexcept nogil:
     cdef char line[512]
     cdef size_t cap = sizeof(line) - 1
     cdef size_t o
+    cdef const char* hint
     if L.now_ms < L.next_accept_log_ms:
         L.accept_unsaid += 1
         return
@@ -468,9 +451,9 @@ cdef void _log_accept_error(loop_t* L, int err) noexcept nogil:
     o = _put_str(line, o, cap, b": cannot accept connections: ")
     o = _put_str(line, o, cap, strerror(err))
     o = _put_str(line, o, cap, b" (")
-    o = _put_str(line, o, cap, _errno_name(err))
+    o = _put_str(line, o, cap, _accept_errno(err, &hint))
     o = _put_str(line, o, cap, b"); ")
-    o = _put_str(line, o, cap, _accept_hint(err))
+    o = _put_str(line, o, cap, hint)
     o = _put_str(line, o, cap, b"; accepting pauses while it lasts, open connections are still served")
     if L.accept_unsaid:
         o = _put_str(line, o, cap, b" (")
@@ -559,7 +542,7 @@ cdef int _send_answer(loop_t* L, int fd, const unsigned char* p, size_t n, unsig
         memcpy(c.tail, p + sent, n - <size_t>sent)
         c.tail_off = 0
     c.tail_len = <uint32_t>(n - <size_t>sent)
-    if _watch(L, EPOLL_CTL_MOD, fd, EPOLLOUT) < 0:
+    if epoll_watch(L.epfd, EPOLL_CTL_MOD, fd, EPOLLOUT) < 0:
         _close_conn(L, fd)
         return -1
     return 1
@@ -741,8 +724,9 @@ cdef void _timed_duties(loop_t* L) noexcept nogil:
                 _close_conn(L, fd)
 
 
-cdef int _run(loop_t* L) noexcept nogil:
-    """The event loop.  Returns 0 on a stop signal, or -errno on a fatal error."""
+cdef int _run(void* loop) noexcept nogil:
+    """The event loop (``serveloop.serve_loop_t``).  Returns 0 on a stop signal, or -errno on a fatal error."""
+    cdef loop_t* L = <loop_t*>loop
     cdef epoll_event events[EVENTS]
     cdef int n, i, fd, rc, err
     cdef int timed
@@ -782,7 +766,7 @@ cdef int _run(loop_t* L) noexcept nogil:
 
 cdef int _setup(loop_t* L, int lfd, size_t bufsize) noexcept nogil:
     """Fill ``L`` for listener ``lfd``.  Returns 0 or -errno (``_teardown`` cleans up either way)."""
-    cdef int flags, rc
+    cdef int rc
     cdef rlimit lim
     cdef sockaddr_storage ss
     cdef socklen_t sl = sizeof(ss)
@@ -796,11 +780,9 @@ cdef int _setup(loop_t* L, int lfd, size_t bufsize) noexcept nogil:
     if getsockname(lfd, <sockaddr*>&ss, &sl) < 0:
         return -posix.errno
     L.nodelay = ss.ss_family == AF_INET or ss.ss_family == AF_INET6
-    flags = fcntl(lfd, F_GETFL)
-    if flags < 0:
-        return -posix.errno
-    if not (flags & O_NONBLOCK) and fcntl(lfd, F_SETFL, flags | O_NONBLOCK) < 0:
-        return -posix.errno
+    rc = set_nonblocking(lfd)
+    if rc < 0:
+        return rc
     if getrlimit(RLIMIT_NOFILE, &lim) < 0:
         return -posix.errno
     if lim.rlim_cur == RLIM_INFINITY or lim.rlim_cur > TABLE_CAP:
@@ -816,16 +798,7 @@ cdef int _setup(loop_t* L, int lfd, size_t bufsize) noexcept nogil:
         L.buf = NULL
     if L.conns == NULL or L.buf == NULL:
         return -ENOMEM
-    L.epfd = epoll_create1(EPOLL_CLOEXEC)
-    if L.epfd < 0:
-        return -posix.errno
-    rc = stopsig_open(L.epfd)
-    if rc < 0:
-        return rc
-    L.stopfd = rc
-    if _watch(L, EPOLL_CTL_ADD, lfd, EPOLLIN) < 0:
-        return -posix.errno
-    return 0
+    return open_epoll(lfd, &L.epfd, &L.stopfd)
 
 
 cdef int _setup_protocol(loop_t* L, int proto, uint64_t max_message) noexcept nogil:
@@ -849,8 +822,9 @@ cdef int _setup_protocol(loop_t* L, int proto, uint64_t max_message) noexcept no
     return 0
 
 
-cdef void _teardown(loop_t* L) noexcept nogil:
-    """Close every connection and free everything; the listener is the caller's."""
+cdef void _teardown(void* loop) noexcept nogil:
+    """Close every connection and free everything; the listener is the caller's (``serveloop.serve_teardown_t``)."""
+    cdef loop_t* L = <loop_t*>loop
     cdef int fd
     if L.conns != NULL:
         for fd in range(L.max_fd + 1):
@@ -858,31 +832,12 @@ cdef void _teardown(loop_t* L) noexcept nogil:
                 _close_conn(L, fd)
         free(L.conns)
         L.conns = NULL
-    if L.ps != NULL:  # after the connections: closing one frees its partial message
-        free(L.ps)
-        L.ps = NULL
-    if L.fbuf != NULL:
-        free(L.fbuf)
-        L.fbuf = NULL
-    if L.out != NULL:
-        free(L.out)
-        L.out = NULL
-    if L.scratch != NULL:
-        free(L.scratch)
-        L.scratch = NULL
-    if L.buf != NULL:
-        free(L.buf)
-        L.buf = NULL
-    if L.epfd >= 0:
-        close(L.epfd)
-        L.epfd = -1
-    if L.stopfd >= 0:
-        close(L.stopfd)
-        L.stopfd = -1
-
-
-cdef _raise_errno(int rc):
-    raise OSError(-rc, os.strerror(-rc))
+    free(L.ps)  # after the connections: closing one frees its partial message
+    free(L.fbuf)
+    free(L.out)
+    free(L.scratch)
+    free(L.buf)
+    close_epoll(&L.epfd, &L.stopfd)
 
 
 def raise_nofile_limit():
@@ -890,7 +845,7 @@ def raise_nofile_limit():
     cdef rlimit lim
     cdef int rc = _raise_nofile(&lim)
     if rc < 0:
-        _raise_errno(rc)
+        raise_errno(rc)
     return lim.rlim_cur, lim.rlim_max
 
 
@@ -924,7 +879,6 @@ def serve(int listen_fd, announce=None, Py_ssize_t recv_size=RECV_BUF, *, protoc
     """
     cdef loop_t L
     cdef int rc
-    cdef stopsig_t stop
     if recv_size < 1 or recv_size > (1 << 30):
         raise ValueError(f"recv_size must be in 1..2**30, got {recv_size}")
     if protocol not in PROTOCOLS:
@@ -946,22 +900,9 @@ def serve(int listen_fd, announce=None, Py_ssize_t recv_size=RECV_BUF, *, protoc
     rc = _setup(&L, listen_fd, <size_t>recv_size)
     if rc == 0:
         rc = _setup_protocol(&L, PROTOCOLS.index(protocol), max_message)
-    if rc < 0:
-        _teardown(&L)
-        _raise_errno(rc)
     if idle_timeout > 0:
         L.idle_ms = <uint32_t>max(1.0, idle_timeout * 1000)
         L.sweep_ms = <uint32_t>max(1.0, min(1000.0, idle_timeout * 250))  # a quarter of it, at most 1 s: as contract.Limits
         L.next_sweep_ms = L.now_ms + L.sweep_ms
     L.max_buffered = max_buffered
-    stopsig_arm(&stop, L.stopfd)
-    try:
-        if announce is not None:
-            announce()
-        with nogil:
-            rc = _run(&L)
-    finally:
-        stopsig_disarm(&stop)
-        _teardown(&L)
-    if rc < 0:
-        _raise_errno(rc)
+    serve_until_stopped(&L, rc, L.stopfd, announce, _run, _teardown)

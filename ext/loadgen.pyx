@@ -103,32 +103,32 @@ Shape
     ``run_loop`` checks its arguments, sets up (``init_loop``,
     ``alloc_loop``, ``open_loop``), releases the GIL once around
     ``main_loop``, builds the result dict and tears down (``free_loop``).
+    What surrounds the loop alike in both load generators (the epoll set
+    and the timer, the window's buffers, the counters, the result dict) is
+    ``Run``, from ext/loadrun.pxd; ``Loop`` embeds it as ``run``.
     The protocol names and indices come from the generated
     ``ext/protocols.h`` (the one owner is ``sockbench.servers.protocols``).
 """
 
-from cpython.bytes cimport PyBytes_AS_STRING
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
 
 from posix cimport (
     errno, EAGAIN, EINTR, EINPROGRESS, ENOMEM,
     calloc, free, memcmp, memcpy, memset,
     read, write, close,
-    CLOCK_MONOTONIC,
     iovec, writev,
     sockaddr, sockaddr_in, sockaddr_in6, sockaddr_un, sockaddr_storage, socklen_t, socket, connect,
     setsockopt, getsockopt, htons, inet_pton,
     AF_INET, AF_INET6, AF_UNIX, SOCK_STREAM, SOCK_NONBLOCK, SOCK_CLOEXEC, SOL_SOCKET, SO_ERROR,
     IPPROTO_TCP, TCP_NODELAY,
-    epoll_event, epoll_create1, epoll_ctl, epoll_wait,
-    EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP,
-    timerfd_create, TFD_NONBLOCK, TFD_CLOEXEC,
+    epoll_event, epoll_ctl, epoll_wait,
+    EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP,
 )
 from window cimport (
-    Hist, Hdr, Window, Edges, now_ns, hist_record, in_window, interval_index, intended_ns, arm_timer,
-    edges_open, edges_close, edges_alloc, edges_free, hdr_init, window_init, edges_set_cpus, hist_pairs,
-    cpu_seconds, server_cpu, cpu_stat,
+    now_ns, hist_record, in_window, interval_index, intended_ns, arm_timer, edges_open, edges_close, hdr_init,
+    edges_set_cpus, hist_pairs,
 )
+from loadrun cimport Run, RUN_CLOSED, RUN_OPEN, RUN_N_ERR, run_init, run_alloc, run_open, run_result, run_free
 from protocols cimport PROTO_RAW, PROTO_FRAME, PROTO_JSON, PROTO_COUNT, proto_name
 from wire cimport (
     WIRE_STRING, WIRE_INT, wire_value_t, wire_header_t, wire_json_parse_object, wire_json_request_header,
@@ -179,8 +179,8 @@ PROTOCOLS = tuple(proto_name(i).decode() for i in range(PROTO_COUNT))
 ERROR_KINDS = ("connect", "reset", "timeout", "mismatch", "protocol")
 
 cdef enum:
-    M_CLOSED = 0
-    M_OPEN = 1
+    M_CLOSED = RUN_CLOSED
+    M_OPEN = RUN_OPEN
     M_CONNECT = 2
 
 cdef enum:
@@ -189,7 +189,7 @@ cdef enum:
     E_TIMEOUT = 2
     E_MISMATCH = 3
     E_PROTOCOL = 4
-    N_ERR = 5
+    N_ERR = RUN_N_ERR
 
 cdef enum:
     S_DEAD = 0
@@ -218,16 +218,16 @@ def bucket_counts(values, layout):
     cdef Loop L
     cdef int64_t j
     memset(&L, 0, sizeof(L))
-    hdr_init(&L.hdr, layout)
-    L.h1.counts = <int64_t *>calloc(L.hdr.counts_len, sizeof(int64_t))
-    if not L.h1.counts:
+    hdr_init(&L.run.hdr, layout)
+    L.run.h1.counts = <int64_t *>calloc(L.run.hdr.counts_len, sizeof(int64_t))
+    if not L.run.h1.counts:
         raise MemoryError()
     try:
         for v in values:
-            hist_record(&L.hdr, &L.h1, <int64_t>v)
-        return hist_pairs(&L.hdr, &L.h1)
+            hist_record(&L.run.hdr, &L.run.h1, <int64_t>v)
+        return hist_pairs(&L.run.hdr, &L.run.h1)
     finally:
-        free(L.h1.counts)
+        free(L.run.h1.counts)
 
 
 # ---- the loop's state ----------------------------------------------------------------------
@@ -258,71 +258,38 @@ cdef struct Conn:
 
 
 cdef struct Loop:
-    int mode
+    Run run                # the sockets' epoll set, the window, the counters (ext/loadrun.pxd)
     int proto
     int json_hdr0          # json: a request's prefix + header length for request-id 0
     int size
     int cap
     int nconns
-    int alive
-    int ep
-    int tfd
-    int64_t owned          # fds[:owned] belong to ``conns`` (closed with them)
-    const char *failed     # the call whose -errno ``open_loop`` returned
-    int ended_early
-    const uint8_t *table
     char *rbuf
     unsigned char *wbuf    # framed: C_WBUF bytes
     unsigned char *hbufs   # framed: nconns x C_HBUF
     Conn *conns
-    int64_t *dirty
-    int ndirty
-    Hdr hdr                # the histograms' layout (ext/window.pxd)
-    Hist h1
-    Hist h2
-    # window
-    Window w               # start, warm_end, end, the time series; the open loop's period
-    int64_t timeout
-    int64_t *ts_msgs
-    int64_t *ts_sent
-    # open loop schedule
-    int64_t g_next
-    int poll               # open loop: poll (epoll_wait with no timeout), no timer
-    int64_t idle_ns        # open loop, polling: time in passes that found nothing to do, in the window
     # connect mode: the target, any family (filled from Python by ``set_target``)
     sockaddr_storage addr
     socklen_t addrlen
     int family
     int64_t next_cid
     int64_t cid_step
-    # counters
-    int64_t errors[N_ERR]
-    int64_t first_error_ns
-    int first_error_kind
-    int64_t msgs            # completed inside the window
-    int64_t sent_window     # messages queued inside the window (open: achieved rate)
+    # counters beside ``run``'s
     int64_t cycles          # connect mode: cycles completed inside the window
-    int64_t writes
-    int64_t reads
-    int64_t queued_total
-    int64_t rx_bytes_window
     int64_t rx_wire_window  # framed: bytes read inside the window
-    Edges e                # the window's edges: the client's rusage, the server's CPU, /proc/stat
-    int64_t starved         # connections that completed no message in the window, owed one all along
-    int64_t stall           # ... where "all along" is also an answer awaited this long (ns)
 
 
 cdef void conn_error(Loop *L, Conn *c, int kind, int64_t now) noexcept nogil:
-    L.errors[kind] += 1
-    if L.first_error_ns == 0:
-        L.first_error_ns = now
-        L.first_error_kind = kind
+    L.run.errors[kind] += 1
+    if L.run.first_error_ns == 0:
+        L.run.first_error_ns = now
+        L.run.first_error_kind = kind
     if c.fd >= 0:
         close(c.fd)         # also removes it from the epoll set
         c.fd = -1
     if c.state != S_DEAD:
         c.state = S_DEAD
-        L.alive -= 1
+        L.run.alive -= 1
     c.want_out = 0
 
 
@@ -330,7 +297,7 @@ cdef inline int set_events(Loop *L, Conn *c, int64_t idx, uint32_t events, int o
     cdef epoll_event ev
     ev.events = events
     ev.data.u64 = (<uint64_t>c.gen << 32) | <uint64_t>idx
-    return epoll_ctl(L.ep, op, c.fd, &ev)
+    return epoll_ctl(L.run.ep, op, c.fd, &ev)
 
 
 cdef inline void want_writable(Loop *L, Conn *c, int64_t idx, int want) noexcept nogil:
@@ -354,7 +321,7 @@ cdef inline int verify_at(Loop *L, Conn *c, int64_t off, const char *buf, int64_
     while n > 0:
         s = (off + c.pat) % C_PERIOD
         chunk = n if n < C_WINDOW else C_WINDOW
-        if memcmp(buf, L.table + s, <size_t>chunk) != 0:
+        if memcmp(buf, L.run.table + s, <size_t>chunk) != 0:
             return 0
         buf += chunk
         off += chunk
@@ -379,7 +346,7 @@ cdef int flush(Loop *L, Conn *c, int64_t idx, int64_t now) noexcept nogil:
         while left > 0 and niov < C_MAX_IOV:
             s = (off + c.pat) % C_PERIOD
             chunk = left if left < C_WINDOW else C_WINDOW
-            iov[niov].iov_base = <void *>(L.table + s)
+            iov[niov].iov_base = <void *>(L.run.table + s)
             iov[niov].iov_len = <size_t>chunk
             niov += 1
             off += chunk
@@ -390,7 +357,7 @@ cdef int flush(Loop *L, Conn *c, int64_t idx, int64_t now) noexcept nogil:
         else:
             n = writev(c.fd, iov, niov)
         err = errno
-        L.writes += 1
+        L.run.writes += 1
         if n < 0:
             if err == EINTR:
                 continue
@@ -454,7 +421,7 @@ cdef int64_t serialize(Loop *L, Conn *c, unsigned char *out, int64_t cap) noexce
                 take = C_WINDOW
             if take > cap - o:
                 take = cap - o
-            memcpy(out + o, L.table + s, <size_t>take)
+            memcpy(out + o, L.run.table + s, <size_t>take)
             o += take
             poff += take
         if poff < L.size:
@@ -487,7 +454,7 @@ cdef int flush_framed(Loop *L, Conn *c, int64_t idx, int64_t now) noexcept nogil
         total = serialize(L, c, L.wbuf, C_WBUF)
         n = write(c.fd, L.wbuf, <size_t>total)
         err = errno
-        L.writes += 1
+        L.run.writes += 1
         if n < 0:
             if err == EINTR:
                 continue
@@ -608,13 +575,13 @@ cdef inline void queue_msgs(Loop *L, Conn *c, int64_t k, int64_t now) noexcept n
         c.ring[(c.queued + i) % L.cap] = now
     c.queued += k
     c.owed += k * L.size
-    L.queued_total += k
-    if L.mode == M_OPEN:
-        if in_window(&L.w, now):
-            L.sent_window += k
-        ti = interval_index(&L.w, now)
+    L.run.queued_total += k
+    if L.run.mode == M_OPEN:
+        if in_window(&L.run.w, now):
+            L.run.sent_window += k
+        ti = interval_index(&L.run.w, now)
         if ti >= 0:
-            L.ts_sent[ti] += k
+            L.run.ts_sent[ti] += k
 
 
 cdef inline void open_queue(Loop *L, Conn *c, int64_t now) noexcept nogil:
@@ -632,10 +599,10 @@ cdef int start_cycle(Loop *L, Conn *c, int64_t idx, int64_t now) noexcept nogil:
     fd = socket(L.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
     if fd < 0:
         c.state = S_DEAD
-        L.errors[E_CONNECT] += 1
-        if L.first_error_ns == 0:
-            L.first_error_ns = now
-            L.first_error_kind = E_CONNECT
+        L.run.errors[E_CONNECT] += 1
+        if L.run.first_error_ns == 0:
+            L.run.first_error_ns = now
+            L.run.first_error_kind = E_CONNECT
         return -1
     if L.family != AF_UNIX:  # Nagle is TCP's
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
@@ -656,7 +623,7 @@ cdef int start_cycle(Loop *L, Conn *c, int64_t idx, int64_t now) noexcept nogil:
     c.want_out = 0
     c.t_start = now
     c.state = S_CONNECTING
-    L.alive += 1
+    L.run.alive += 1
     r = connect(fd, <sockaddr *>&L.addr, L.addrlen)
     err = errno
     if r == 0:
@@ -669,8 +636,8 @@ cdef int start_cycle(Loop *L, Conn *c, int64_t idx, int64_t now) noexcept nogil:
 
 
 cdef int established(Loop *L, Conn *c, int64_t idx, int64_t now, int op) noexcept nogil:
-    if in_window(&L.w, now):
-        hist_record(&L.hdr, &L.h1, now - c.t_start)
+    if in_window(&L.run.w, now):
+        hist_record(&L.run.hdr, &L.run.h1, now - c.t_start)
     c.state = S_OPEN
     set_events(L, c, idx, EPOLLIN, op)
     queue_msgs(L, c, 1, now)
@@ -693,7 +660,7 @@ cdef void on_readable(Loop *L, Conn *c, int64_t idx) noexcept nogil:
     cdef int64_t now, newdone, k, m, ti, t_sent, g
     n = read(c.fd, L.rbuf, C_WINDOW)
     err = errno
-    L.reads += 1
+    L.run.reads += 1
     if n == 0:
         conn_error(L, c, E_RESET, now_ns())      # closed by the server
         return
@@ -714,35 +681,35 @@ cdef void on_readable(Loop *L, Conn *c, int64_t idx) noexcept nogil:
         if kind >= 0:
             conn_error(L, c, kind, now)
             return
-        if in_window(&L.w, now):
+        if in_window(&L.run.w, now):
             L.rx_wire_window += n
         newdone = c.rdone
     k = newdone - c.done
     if k <= 0:
         return
-    if in_window(&L.w, now):
-        L.msgs += k
+    if in_window(&L.run.w, now):
+        L.run.msgs += k
         c.wdone += k
-        L.rx_bytes_window += k * L.size
+        L.run.rx_bytes_window += k * L.size
         for m in range(c.done, newdone):
             t_sent = c.ring[m % L.cap]
-            if L.mode == M_OPEN:
+            if L.run.mode == M_OPEN:
                 g = m * L.nconns + idx
-                hist_record(&L.hdr, &L.h1, now - intended_ns(&L.w, g))
-                hist_record(&L.hdr, &L.h2, now - t_sent)
-            elif L.mode == M_CLOSED:
-                hist_record(&L.hdr, &L.h1, now - t_sent)
+                hist_record(&L.run.hdr, &L.run.h1, now - intended_ns(&L.run.w, g))
+                hist_record(&L.run.hdr, &L.run.h2, now - t_sent)
+            elif L.run.mode == M_CLOSED:
+                hist_record(&L.run.hdr, &L.run.h1, now - t_sent)
             else:
-                hist_record(&L.hdr, &L.h2, now - c.t_start)
+                hist_record(&L.run.hdr, &L.run.h2, now - c.t_start)
                 L.cycles += 1
-    ti = interval_index(&L.w, now)
+    ti = interval_index(&L.run.w, now)
     if ti >= 0:
-        L.ts_msgs[ti] += k
+        L.run.ts_msgs[ti] += k
     c.done = newdone
-    if L.mode == M_CLOSED:
+    if L.run.mode == M_CLOSED:
         queue_msgs(L, c, k, now)
         flush(L, c, idx, now)
-    elif L.mode == M_OPEN:
+    elif L.run.mode == M_OPEN:
         open_queue(L, c, now)
         flush(L, c, idx, now)
     else:
@@ -750,7 +717,7 @@ cdef void on_readable(Loop *L, Conn *c, int64_t idx) noexcept nogil:
         close(c.fd)
         c.fd = -1
         c.state = S_DEAD
-        L.alive -= 1
+        L.run.alive -= 1
         start_cycle(L, c, idx, now)
 
 
@@ -761,10 +728,10 @@ cdef void check_timeouts(Loop *L, int64_t now) noexcept nogil:
         c = &L.conns[i]
         if c.state == S_DEAD:
             continue
-        if L.mode == M_CONNECT:
-            if now - c.t_start > L.timeout:
+        if L.run.mode == M_CONNECT:
+            if now - c.t_start > L.run.timeout:
                 conn_error(L, c, E_TIMEOUT, now)
-        elif c.queued > c.done and now - c.ring[c.done % L.cap] > L.timeout:
+        elif c.queued > c.done and now - c.ring[c.done % L.cap] > L.run.timeout:
             conn_error(L, c, E_TIMEOUT, now)
 
 
@@ -772,23 +739,23 @@ cdef void open_advance(Loop *L, int64_t now) noexcept nogil:
     """Open loop: every message whose intended time has come becomes due; then send."""
     cdef int64_t g, j, i
     cdef Conn *c
-    while L.g_next < L.w.g_limit and intended_ns(&L.w, L.g_next) <= now:
-        j = L.g_next % L.nconns
+    while L.run.g_next < L.run.w.g_limit and intended_ns(&L.run.w, L.run.g_next) <= now:
+        j = L.run.g_next % L.nconns
         c = &L.conns[j]
         c.due += 1
         if not c.dirty:
             c.dirty = 1
-            L.dirty[L.ndirty] = j
-            L.ndirty += 1
-        L.g_next += 1
-    for i in range(L.ndirty):
-        j = L.dirty[i]
+            L.run.dirty[L.run.ndirty] = j
+            L.run.ndirty += 1
+        L.run.g_next += 1
+    for i in range(L.run.ndirty):
+        j = L.run.dirty[i]
         c = &L.conns[j]
         c.dirty = 0
         if c.state == S_OPEN:
             open_queue(L, c, now)
             flush(L, c, j, now)
-    L.ndirty = 0
+    L.run.ndirty = 0
 
 
 # ---- the loop -----------------------------------------------------------------------------
@@ -799,19 +766,19 @@ cdef inline void start_conns(Loop *L, int64_t now) noexcept nogil:
     cdef Conn *c
     for i in range(L.nconns):
         c = &L.conns[i]
-        if L.mode == M_CLOSED:
+        if L.run.mode == M_CLOSED:
             if c.state == S_OPEN:
                 queue_msgs(L, c, L.cap, now)
                 flush(L, c, i, now)
-        elif L.mode == M_CONNECT:
+        elif L.run.mode == M_CONNECT:
             start_cycle(L, c, i, now)
-    if L.mode == M_OPEN:
+    if L.run.mode == M_OPEN:
         open_advance(L, now)
 
 
 cdef inline void window_opens(Loop *L, int64_t now) noexcept nogil:
     """The measured window opens: the client's rusage, the server's CPU and the CPUs' counters, now."""
-    edges_open(&L.e, now)
+    edges_open(&L.run.e, now)
 
 
 cdef void count_starved(Loop *L, int64_t now) noexcept nogil:
@@ -819,35 +786,35 @@ cdef void count_starved(Loop *L, int64_t now) noexcept nogil:
     they were owed an answer all along (see "Connections served")."""
     cdef int64_t i, oldest
     cdef Conn *c
-    if L.mode == M_CONNECT:
+    if L.run.mode == M_CONNECT:
         return
     for i in range(L.nconns):
         c = &L.conns[i]
         if c.wdone > 0:
             continue
         if c.state == S_DEAD:
-            L.starved += 1
+            L.run.starved += 1
         elif c.queued > c.done:
             oldest = c.ring[c.done % L.cap]
-            if oldest <= L.e.t_ru[0] or now - oldest >= L.stall:
-                L.starved += 1
+            if oldest <= L.run.e.t_ru[0] or now - oldest >= L.run.stall:
+                L.run.starved += 1
 
 
 cdef inline void window_closes(Loop *L) noexcept nogil:
     """The loop ended: the window's closing edge (an empty window if it never opened)."""
     cdef int64_t now = now_ns()
-    if edges_close(&L.e, now):
+    if edges_close(&L.run.e, now):
         count_starved(L, now)
 
 
 cdef inline int wait_ms(Loop *L, int64_t now, int64_t next_tick) noexcept nogil:
     """How long epoll_wait may sleep: until the next tick, the window's opening or its end (0 when polling)."""
-    cdef int64_t wait_until = next_tick if next_tick < L.w.end else L.w.end
+    cdef int64_t wait_until = next_tick if next_tick < L.run.w.end else L.run.w.end
     cdef int timeout_ms
-    if not L.e.ru_started and L.w.warm_end < wait_until:
-        wait_until = L.w.warm_end
+    if not L.run.e.ru_started and L.run.w.warm_end < wait_until:
+        wait_until = L.run.w.warm_end
     timeout_ms = <int>((wait_until - now + 999999) // 1000000)
-    if timeout_ms < 0 or L.poll:
+    if timeout_ms < 0 or L.run.poll:
         timeout_ms = 0
     return timeout_ms
 
@@ -864,7 +831,7 @@ cdef inline void dispatch(Loop *L, epoll_event *events, int n) noexcept nogil:
         ev = events[i].events
         idx = <int64_t><uint32_t>token
         if idx == L.nconns:
-            read(L.tfd, &tbuf, 8)
+            read(L.run.tfd, &tbuf, 8)
             continue
         c = &L.conns[idx]
         gen = <uint32_t>(token >> 32)
@@ -888,37 +855,37 @@ cdef void main_loop(Loop *L) noexcept nogil:
     cdef int was_idle = 0
 
     now = now_ns()
-    next_tick = L.w.start + L.w.interval
+    next_tick = L.run.w.start + L.run.w.interval
     start_conns(L, now)
     while True:
         now = now_ns()
-        if not L.e.ru_started and now >= L.w.warm_end:
+        if not L.run.e.ru_started and now >= L.run.w.warm_end:
             window_opens(L, now)
-        if now >= L.w.end:
+        if now >= L.run.w.end:
             break
         if now >= next_tick:
             check_timeouts(L, now)
             while next_tick <= now:
-                next_tick += L.w.interval
-        if L.mode == M_CONNECT:
+                next_tick += L.run.w.interval
+        if L.run.mode == M_CONNECT:
             for i in range(L.nconns):
                 if L.conns[i].state == S_DEAD:
                     start_cycle(L, &L.conns[i], i, now)
-        elif L.alive <= 0:
-            L.ended_early = 1
+        elif L.run.alive <= 0:
+            L.run.ended_early = 1
             break
-        if L.mode == M_OPEN:
-            g_before = L.g_next
+        if L.run.mode == M_OPEN:
+            g_before = L.run.g_next
             open_advance(L, now)
-            if L.poll:
+            if L.run.poll:
                 # the previous pass found nothing to do: its time was idle
-                if was_idle and L.e.ru_started:
-                    L.idle_ns += now - t_pass
+                if was_idle and L.run.e.ru_started:
+                    L.run.idle_ns += now - t_pass
                 t_pass = now
             else:
-                arm_timer(&L.w, L.tfd)
-        n = epoll_wait(L.ep, events, C_MAX_EVENTS, wait_ms(L, now, next_tick))
-        was_idle = n == 0 and L.g_next == g_before
+                arm_timer(&L.run.w, L.run.tfd)
+        n = epoll_wait(L.run.ep, events, C_MAX_EVENTS, wait_ms(L, now, next_tick))
+        was_idle = n == 0 and L.run.g_next == g_before
         if n < 0:
             if errno == EINTR:
                 continue
@@ -958,27 +925,16 @@ cdef void init_loop(Loop *L, int mode, int protocol, int conns, int size, int de
     if mode == M_CONNECT:
         cap = 1
     memset(L, 0, sizeof(Loop))
-    L.mode = mode
+    run_init(&L.run, mode, table, layout, start_ns, warm_end_ns, end_ns, interval_ns, rate, poll, timeout_ns,
+             server_pid, nstat, stall_ns)
     L.proto = protocol
     L.size = size
     L.cap = cap
     L.nconns = conns
-    L.ep = -1
-    L.tfd = -1
-    L.table = <const uint8_t *>PyBytes_AS_STRING(table)
-    hdr_init(&L.hdr, layout)
-    window_init(&L.w, start_ns, warm_end_ns, end_ns, interval_ns, rate if mode == M_OPEN else 0.0)
-    L.timeout = timeout_ns
     L.next_cid = first_cid
     L.cid_step = cid_step
-    if mode == M_OPEN:
-        L.poll = 1 if poll else 0
     if mode == M_CONNECT:
         set_target(L, family, address)
-    if server_pid > 0:
-        L.e.spid = server_pid
-    L.e.nstat = nstat
-    L.stall = stall_ns
 
 
 cdef void set_target(Loop *L, int family, address) except *:
@@ -1032,15 +988,10 @@ cdef int alloc_loop(Loop *L) noexcept nogil:
     if L.conns:
         for i in range(L.nconns):
             L.conns[i].fd = -1
-    L.dirty = <int64_t *>calloc(L.nconns, sizeof(int64_t))
     L.rbuf = <char *>calloc(C_WINDOW, 1)
-    L.h1.counts = <int64_t *>calloc(L.hdr.counts_len, sizeof(int64_t))
-    L.h2.counts = <int64_t *>calloc(L.hdr.counts_len, sizeof(int64_t))
-    L.ts_msgs = <int64_t *>calloc(L.w.nint, sizeof(int64_t))
-    L.ts_sent = <int64_t *>calloc(L.w.nint, sizeof(int64_t))
-    if not (L.conns and L.dirty and L.rbuf and L.h1.counts and L.h2.counts and L.ts_msgs and L.ts_sent):
+    if not (L.conns and L.rbuf):
         return -ENOMEM
-    if edges_alloc(&L.e) < 0:
+    if run_alloc(&L.run, L.nconns) < 0:
         return -ENOMEM
     for i in range(L.nconns):
         L.conns[i].ring = <int64_t *>calloc(L.cap, sizeof(int64_t))
@@ -1061,36 +1012,25 @@ cdef int alloc_loop(Loop *L) noexcept nogil:
 cdef int open_loop(Loop *L, fds, long long first_cid, long long cid_step) except? -1:
     """The epoll set, the open loop's timer, and the connections ``fds`` (taken over one by one).
 
-    0, or -errno with ``L.failed`` naming the call that failed.
+    0, or -errno with ``L.run.failed`` naming the call that failed.
     """
     cdef int64_t i
-    cdef epoll_event ev
+    cdef int rc
     cdef Conn *c
-    L.ep = epoll_create1(EPOLL_CLOEXEC)
-    if L.ep < 0:
-        L.failed = b"epoll_create1"
-        return -errno
-    if L.mode == M_OPEN:
-        L.tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)
-        if L.tfd < 0:
-            L.failed = b"timerfd_create"
-            return -errno
-        ev.events = EPOLLIN
-        ev.data.u64 = <uint64_t>L.nconns
-        if epoll_ctl(L.ep, EPOLL_CTL_ADD, L.tfd, &ev) < 0:
-            L.failed = b"epoll_ctl(timerfd)"
-            return -errno
-    if L.mode == M_CONNECT:
+    rc = run_open(&L.run, <uint64_t>L.nconns)
+    if rc < 0:
+        return rc
+    if L.run.mode == M_CONNECT:
         return 0
     for i in range(L.nconns):
         c = &L.conns[i]
         c.fd = fds[i]
-        L.owned = i + 1
+        L.run.owned = i + 1
         c.pat = ((first_cid + i * cid_step) * C_STRIDE) % C_PERIOD
         c.state = S_OPEN
-        L.alive += 1
+        L.run.alive += 1
         if set_events(L, c, i, EPOLLIN, EPOLL_CTL_ADD) < 0:
-            L.failed = b"epoll_ctl(socket)"
+            L.run.failed = b"epoll_ctl(socket)"
             return -errno
     return 0
 
@@ -1098,39 +1038,10 @@ cdef int open_loop(Loop *L, fds, long long first_cid, long long cid_step) except
 cdef dict loop_result(Loop *L):
     """The loop's counters, as the dict ``run_loop`` returns."""
     cdef int64_t j
-    cdef int k
-    return {
-        "mode": L.mode,
-        "msgs": L.msgs,
-        "rx_bytes": L.rx_bytes_window,
-        "rx_wire_bytes": L.rx_wire_window if L.proto != PROTO_RAW else L.rx_bytes_window,
-        "sent_window": L.sent_window,
-        "cycles": L.cycles,
-        "queued": L.queued_total,
-        "writes": L.writes,
-        "reads": L.reads,
-        "errors": {ERROR_KINDS[k]: L.errors[k] for k in range(N_ERR)},
-        "first_error_ns": L.first_error_ns or None,
-        "first_error_kind": ERROR_KINDS[L.first_error_kind] if L.first_error_ns else None,
-        "ended_early": bool(L.ended_early),
-        "alive_at_end": L.alive,
-        "h1": hist_pairs(&L.hdr, &L.h1),
-        "h1_sum_ns": L.h1.sum_ns,
-        "h2": hist_pairs(&L.hdr, &L.h2),
-        "h2_sum_ns": L.h2.sum_ns,
-        "ts_msgs": [L.ts_msgs[j] for j in range(L.w.nint)],
-        "ts_sent": [L.ts_sent[j] for j in range(L.w.nint)] if L.mode == M_OPEN else None,
-        "user_s": cpu_seconds(&L.e, 0),
-        "sys_s": cpu_seconds(&L.e, 1),
-        "cpu_window_s": (L.e.t_ru[1] - L.e.t_ru[0]) / 1e9,
-        "due": L.g_next if L.mode == M_OPEN else None,
-        "polling": bool(L.poll),
-        "idle_s": L.idle_ns / 1e9 if L.poll else None,
-        "server_cpu": server_cpu(&L.e),
-        "cpu_stat": cpu_stat(&L.e),
-        "conn_msgs": [L.conns[j].wdone for j in range(L.nconns)] if L.mode != M_CONNECT else None,
-        "starved": L.starved if L.mode != M_CONNECT else None,
-    }
+    connect = L.run.mode == M_CONNECT
+    return run_result(&L.run, ERROR_KINDS, L.rx_wire_window if L.proto != PROTO_RAW else L.run.rx_bytes_window,
+                      L.cycles, None if connect else [L.conns[j].wdone for j in range(L.nconns)],
+                      None if connect else L.run.starved)
 
 
 cdef void free_loop(Loop *L, fds):
@@ -1144,23 +1055,11 @@ cdef void free_loop(Loop *L, fds):
                 close(c.fd)
                 c.fd = -1
             free(c.ring)
-    if L.mode != M_CONNECT:
-        for i in range(L.owned, len(fds)):
-            close(<int>fds[i])
-    if L.ep >= 0:
-        close(L.ep)
-    if L.tfd >= 0:
-        close(L.tfd)
+    run_free(&L.run, fds if L.run.mode != M_CONNECT else ())  # connect mode takes no sockets
     free(L.conns)
-    free(L.dirty)
     free(L.rbuf)
     free(L.wbuf)
     free(L.hbufs)
-    free(L.h1.counts)
-    free(L.h2.counts)
-    free(L.ts_msgs)
-    free(L.ts_sent)
-    edges_free(&L.e)
 
 
 def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, int size, int depth,
@@ -1200,10 +1099,10 @@ def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, 
     try:
         if alloc_loop(&L) < 0:
             raise MemoryError()
-        edges_set_cpus(&L.e, stat_cpus)
+        edges_set_cpus(&L.run.e, stat_cpus)
         rc = open_loop(&L, fds, first_cid, cid_step)
         if rc < 0:
-            raise OSError(-rc, f"{L.failed.decode()} failed")
+            raise OSError(-rc, f"{L.run.failed.decode()} failed")
         with nogil:
             main_loop(&L)
         return loop_result(&L)

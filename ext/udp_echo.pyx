@@ -39,15 +39,14 @@ from libc.stdint cimport uint64_t
 from posix cimport (
     EAGAIN, EINTR, EBADF, EFAULT, EINVAL, ENOTSOCK, ENOMEM,
     calloc, free, posix_memalign, memcpy, memset,
-    write, close, fcntl, F_GETFL, F_SETFL, O_NONBLOCK,
+    write,
     iovec, msghdr, mmsghdr, recvmmsg, sendmmsg, sockaddr_storage, socklen_t, MSG_DONTWAIT, MSG_TRUNC,
-    epoll_event, epoll_create1, epoll_ctl, epoll_wait, EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_MOD,
+    epoll_event, epoll_wait, EPOLL_CTL_MOD,
     EPOLLIN, EPOLLOUT,
 )
 cimport posix
-from stopsig cimport stopsig_t, stopsig_running, stopsig_open, stopsig_arm, stopsig_disarm
-
-import os
+from stopsig cimport stopsig_running
+from serveloop cimport set_nonblocking, epoll_watch, open_epoll, close_epoll, serve_until_stopped
 
 __all__ = ["serve", "BATCH_SIZE", "SLOT_SIZE"]
 
@@ -77,16 +76,6 @@ ctypedef struct uloop_t:
     uint64_t dropped
 
 
-cdef int _watch(uloop_t* L, int op, int fd, unsigned int events) noexcept nogil:
-    cdef epoll_event ev
-    ev.events = events
-    ev.data.u64 = 0
-    ev.data.fd = fd
-    if epoll_ctl(L.epfd, op, fd, &ev) < 0:
-        return -posix.errno
-    return 0
-
-
 cdef inline int _fatal(int err) noexcept nogil:
     """Errors that say the socket itself is broken: every later call would fail the same way."""
     return err == EBADF or err == ENOTSOCK or err == EFAULT
@@ -103,7 +92,7 @@ cdef int _send_pending(uloop_t* L) noexcept nogil:
                 continue
             if err == EAGAIN:   # == EWOULDBLOCK on Linux
                 if not L.watching_out:
-                    if _watch(L, EPOLL_CTL_MOD, L.fd, EPOLLOUT) < 0:
+                    if epoll_watch(L.epfd, EPOLL_CTL_MOD, L.fd, EPOLLOUT) < 0:
                         return -posix.errno
                     L.watching_out = 1
                 return 0
@@ -117,7 +106,7 @@ cdef int _send_pending(uloop_t* L) noexcept nogil:
     L.pend_off = 0
     L.pend_n = 0
     if L.watching_out:
-        if _watch(L, EPOLL_CTL_MOD, L.fd, EPOLLIN) < 0:
+        if epoll_watch(L.epfd, EPOLL_CTL_MOD, L.fd, EPOLLIN) < 0:
             return -posix.errno
         L.watching_out = 0
     return 1
@@ -181,8 +170,9 @@ cdef int _on_readable(uloop_t* L) noexcept nogil:
     return 0
 
 
-cdef int _run(uloop_t* L) noexcept nogil:
-    """The loop.  0 on a stop signal, -errno on a fatal error."""
+cdef int _run(void* loop) noexcept nogil:
+    """The loop (``serveloop.serve_loop_t``).  0 on a stop signal, -errno on a fatal error."""
+    cdef uloop_t* L = <uloop_t*>loop
     cdef epoll_event events[2]
     cdef int n, i, rc, err
     while True:
@@ -205,16 +195,14 @@ cdef int _run(uloop_t* L) noexcept nogil:
 
 cdef int _setup(uloop_t* L, int fd) noexcept nogil:
     """Fill ``L`` for the socket ``fd``.  0 or -errno (``_teardown`` cleans up either way)."""
-    cdef int flags, rc
+    cdef int rc
     memset(L, 0, sizeof(uloop_t))
     L.epfd = -1
     L.stopfd = -1
     L.fd = fd
-    flags = fcntl(fd, F_GETFL)
-    if flags < 0:
-        return -posix.errno
-    if not (flags & O_NONBLOCK) and fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0:
-        return -posix.errno
+    rc = set_nonblocking(fd)
+    if rc < 0:
+        return rc
     L.msgs = <mmsghdr*>calloc(BATCH, sizeof(mmsghdr))
     L.iovs = <iovec*>calloc(BATCH, sizeof(iovec))
     L.addrs = <sockaddr_storage*>calloc(BATCH, sizeof(sockaddr_storage))
@@ -223,20 +211,12 @@ cdef int _setup(uloop_t* L, int fd) noexcept nogil:
         L.slots = NULL
     if L.msgs == NULL or L.iovs == NULL or L.addrs == NULL or L.slots == NULL:
         return -ENOMEM
-    L.epfd = epoll_create1(EPOLL_CLOEXEC)
-    if L.epfd < 0:
-        return -posix.errno
-    rc = stopsig_open(L.epfd)
-    if rc < 0:
-        return rc
-    L.stopfd = rc
-    if _watch(L, EPOLL_CTL_ADD, fd, EPOLLIN) < 0:
-        return -posix.errno
-    return 0
+    return open_epoll(fd, &L.epfd, &L.stopfd)
 
 
-cdef void _teardown(uloop_t* L) noexcept nogil:
-    """Free everything; the socket is the caller's."""
+cdef void _teardown(void* loop) noexcept nogil:
+    """Free everything; the socket is the caller's (``serveloop.serve_teardown_t``)."""
+    cdef uloop_t* L = <uloop_t*>loop
     free(L.msgs)
     free(L.iovs)
     free(L.addrs)
@@ -245,12 +225,7 @@ cdef void _teardown(uloop_t* L) noexcept nogil:
     L.iovs = NULL
     L.addrs = NULL
     L.slots = NULL
-    if L.epfd >= 0:
-        close(L.epfd)
-        L.epfd = -1
-    if L.stopfd >= 0:
-        close(L.stopfd)
-        L.stopfd = -1
+    close_epoll(&L.epfd, &L.stopfd)
 
 
 def serve(int fd, announce=None):
@@ -264,22 +239,8 @@ def serve(int fd, announce=None):
     """
     cdef uloop_t L
     cdef int rc
-    cdef stopsig_t stop
     if stopsig_running():
         raise RuntimeError("a udp_echo loop is already running in this process")
     rc = _setup(&L, fd)
-    if rc < 0:
-        _teardown(&L)
-        raise OSError(-rc, os.strerror(-rc))
-    stopsig_arm(&stop, L.stopfd)
-    try:
-        if announce is not None:
-            announce()
-        with nogil:
-            rc = _run(&L)
-    finally:
-        stopsig_disarm(&stop)
-        _teardown(&L)
-    if rc < 0:
-        raise OSError(-rc, os.strerror(-rc))
+    serve_until_stopped(&L, rc, L.stopfd, announce, _run, _teardown)
     return {"received": L.received, "echoed": L.echoed, "dropped": L.dropped}

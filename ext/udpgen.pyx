@@ -76,17 +76,14 @@ from posix cimport (
     errno, EAGAIN, EINTR, ENOMEM, ENOBUFS, ECONNREFUSED,
     calloc, free, memcmp, memcpy, memset,
     read, close,
-    CLOCK_MONOTONIC,
     iovec, msghdr, mmsghdr, recvmmsg, sendmmsg, MSG_DONTWAIT, MSG_TRUNC,
-    epoll_event, epoll_create1, epoll_ctl, epoll_wait,
-    EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLLIN, EPOLLOUT,
-    timerfd_create, TFD_NONBLOCK, TFD_CLOEXEC,
+    epoll_event, epoll_ctl, epoll_wait,
+    EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLLIN, EPOLLOUT,
 )
 from window cimport (
-    Hist, Hdr, Window, Edges, now_ns, hist_record, in_window, interval_index, intended_ns, arm_timer,
-    edges_open, edges_close, edges_alloc, edges_free, hdr_init, window_init, edges_set_cpus, hist_pairs,
-    cpu_seconds, server_cpu, cpu_stat,
+    now_ns, hist_record, in_window, interval_index, intended_ns, arm_timer, edges_open, edges_close, edges_set_cpus,
 )
+from loadrun cimport Run, RUN_CLOSED, RUN_OPEN, RUN_N_ERR, run_init, run_alloc, run_open, run_result, run_free
 
 from sockbench.ext import loadgen
 
@@ -120,13 +117,13 @@ cdef int64_t STRIDE = loadgen.STRIDE
 cdef int64_t TABLE_LEN = loadgen.PERIOD + loadgen.WINDOW
 
 cdef enum:
-    M_CLOSED = 0
-    M_OPEN = 1
+    M_CLOSED = RUN_CLOSED
+    M_OPEN = RUN_OPEN
 
 cdef enum:
     E_CONNECT = 0
     E_RESET = 1
-    N_ERR = 5
+    N_ERR = RUN_N_ERR
 
 cdef enum:
     ST_FLIGHT = 0
@@ -181,22 +178,13 @@ cdef struct Flow:
 
 
 cdef struct Loop:
-    int mode
+    Run run                # the sockets' epoll set, the window, the counters (ext/loadrun.pxd)
     int size
     int depth
     int64_t cap
     int nflows
-    int alive
-    int ep
-    int tfd
-    int owned
-    const char *failed
-    int ended_early
     int draining
-    const uint8_t *table
     Flow *flows
-    int64_t *dirty
-    int ndirty
     # send batch: a header per datagram, two iovecs each
     mmsghdr smsg[C_BATCH]
     iovec siov[2 * C_BATCH]
@@ -206,29 +194,8 @@ cdef struct Loop:
     iovec riov[C_BATCH]
     unsigned char *rbuf
     int64_t rslot
-    Hdr hdr                # the histograms' layout (ext/window.pxd)
-    Hist h1
-    Hist h2
-    # window
-    Window w               # start, warm_end, end, the time series; the open loop's period
-    int64_t timeout
     int64_t drain
-    int64_t *ts_msgs
-    int64_t *ts_sent
-    # open loop schedule
-    int64_t g_next
-    int poll
-    int64_t idle_ns
-    # counters
-    int64_t errors[N_ERR]
-    int64_t first_error_ns
-    int first_error_kind
-    int64_t msgs
-    int64_t sent_window
-    int64_t writes
-    int64_t reads
-    int64_t queued_total
-    int64_t rx_bytes_window
+    # the datagrams, beside ``run``'s counters
     int64_t d_sent
     int64_t d_received
     int64_t d_lost
@@ -236,9 +203,6 @@ cdef struct Loop:
     int64_t d_ooo
     int64_t d_late
     int64_t d_corrupt
-    Edges e                # the window's edges: the client's rusage, the server's CPU, /proc/stat
-    int64_t starved
-    int64_t stall
 
 
 # ---- the datagram ----------------------------------------------------------------------------
@@ -251,7 +215,7 @@ cdef inline void put_header(unsigned char *out, uint32_t flow, uint64_t seq, int
 
 
 cdef inline const uint8_t *payload_at(Loop *L, Flow *c, uint64_t seq) noexcept nogil:
-    return L.table + <int64_t>((<uint64_t>c.pat + seq * <uint64_t>L.size) % <uint64_t>PERIOD)
+    return L.run.table + <int64_t>((<uint64_t>c.pat + seq * <uint64_t>L.size) % <uint64_t>PERIOD)
 
 
 # ---- the accounting (shared by the loop and Ledger) ---------------------------------------------
@@ -265,14 +229,14 @@ cdef inline void on_sent(Loop *L, Flow *c, int64_t k, int64_t now) noexcept nogi
         c.st[slot] = ST_FLIGHT
     c.sent += k
     c.outstanding += k
-    L.queued_total += k
-    if in_window(&L.w, now):
+    L.run.queued_total += k
+    if in_window(&L.run.w, now):
         L.d_sent += k
-        L.sent_window += k
-    if L.mode == M_OPEN:
-        ti = interval_index(&L.w, now)
+        L.run.sent_window += k
+    if L.run.mode == M_OPEN:
+        ti = interval_index(&L.run.w, now)
         if ti >= 0:
-            L.ts_sent[ti] += k
+            L.run.ts_sent[ti] += k
 
 
 cdef inline void advance_base(Loop *L, Flow *c) noexcept nogil:
@@ -283,7 +247,7 @@ cdef inline void advance_base(Loop *L, Flow *c) noexcept nogil:
 cdef inline void resolved(Loop *L, Flow *c) noexcept nogil:
     """A datagram of ``c`` was answered or lost: closed loop sends the next (not while draining)."""
     c.outstanding -= 1
-    if L.mode == M_CLOSED and not L.draining:
+    if L.run.mode == M_CLOSED and not L.draining:
         c.due += 1
 
 
@@ -293,7 +257,7 @@ cdef int judge(Loop *L, Flow *c, int64_t idx, const unsigned char *buf, int64_t 
     cdef uint32_t magic, flow
     cdef uint64_t useq
     cdef int64_t seq, t, slot, g, ti
-    cdef int counted = now >= L.w.warm_end
+    cdef int counted = now >= L.run.w.warm_end
     if truncated or n != L.size:
         if counted:
             L.d_corrupt += 1
@@ -326,7 +290,7 @@ cdef int judge(Loop *L, Flow *c, int64_t idx, const unsigned char *buf, int64_t 
             L.d_late += 1
         return J_LATE
     c.st[slot] = ST_ANSWERED
-    if in_window(&L.w, t):
+    if in_window(&L.run.w, t):
         L.d_received += 1
     if seq < c.top:
         if counted:
@@ -335,25 +299,25 @@ cdef int judge(Loop *L, Flow *c, int64_t idx, const unsigned char *buf, int64_t 
         c.top = seq + 1
     resolved(L, c)
     advance_base(L, c)
-    if in_window(&L.w, now):
-        L.msgs += 1
+    if in_window(&L.run.w, now):
+        L.run.msgs += 1
         c.wdone += 1
-        L.rx_bytes_window += L.size
-        if L.mode == M_OPEN:
+        L.run.rx_bytes_window += L.size
+        if L.run.mode == M_OPEN:
             g = seq * L.nflows + idx
-            hist_record(&L.hdr, &L.h1, now - intended_ns(&L.w, g))
-            hist_record(&L.hdr, &L.h2, now - t)
+            hist_record(&L.run.hdr, &L.run.h1, now - intended_ns(&L.run.w, g))
+            hist_record(&L.run.hdr, &L.run.h2, now - t)
         else:
-            hist_record(&L.hdr, &L.h1, now - t)
-    ti = interval_index(&L.w, now)
+            hist_record(&L.run.hdr, &L.run.h1, now - t)
+    ti = interval_index(&L.run.w, now)
     if ti >= 0:
-        L.ts_msgs[ti] += 1
+        L.run.ts_msgs[ti] += 1
     return J_RECEIVED
 
 
 cdef inline void declare_lost(Loop *L, Flow *c, int64_t slot) noexcept nogil:
     c.st[slot] = ST_LOST
-    if in_window(&L.w, c.t_sent[slot]):
+    if in_window(&L.run.w, c.t_sent[slot]):
         L.d_lost += 1
     resolved(L, c)
 
@@ -365,7 +329,7 @@ cdef void sweep(Loop *L, Flow *c, int64_t now, int all_of_them) noexcept nogil:
     while s < c.sent:
         slot = s % L.cap
         if c.st[slot] == ST_FLIGHT:
-            if not all_of_them and now - c.t_sent[slot] <= L.timeout:
+            if not all_of_them and now - c.t_sent[slot] <= L.run.timeout:
                 break           # send times grow with the sequence number: the rest are younger
             declare_lost(L, c, slot)
         s += 1
@@ -375,15 +339,15 @@ cdef void sweep(Loop *L, Flow *c, int64_t now, int all_of_them) noexcept nogil:
 # ---- the loop -----------------------------------------------------------------------------------
 
 cdef void flow_error(Loop *L, Flow *c, int kind, int64_t now) noexcept nogil:
-    L.errors[kind] += 1
-    if L.first_error_ns == 0:
-        L.first_error_ns = now
-        L.first_error_kind = kind
+    L.run.errors[kind] += 1
+    if L.run.first_error_ns == 0:
+        L.run.first_error_ns = now
+        L.run.first_error_kind = kind
     if kind == E_RESET and c.alive:
         close(c.fd)         # also removes it from the epoll set
         c.fd = -1
         c.alive = 0
-        L.alive -= 1
+        L.run.alive -= 1
 
 
 cdef inline void want_writable(Loop *L, Flow *c, int64_t idx, int want) noexcept nogil:
@@ -393,7 +357,7 @@ cdef inline void want_writable(Loop *L, Flow *c, int64_t idx, int want) noexcept
     c.want_out = want
     ev.events = EPOLLIN | EPOLLOUT if want else EPOLLIN
     ev.data.u64 = <uint64_t>idx
-    epoll_ctl(L.ep, EPOLL_CTL_MOD, c.fd, &ev)
+    epoll_ctl(L.run.ep, EPOLL_CTL_MOD, c.fd, &ev)
 
 
 cdef void flush(Loop *L, Flow *c, int64_t idx) noexcept nogil:
@@ -428,7 +392,7 @@ cdef void flush(Loop *L, Flow *c, int64_t idx) noexcept nogil:
             L.smsg[i].msg_hdr.msg_flags = 0
         r = sendmmsg(c.fd, L.smsg, <unsigned int>k, MSG_DONTWAIT)
         err = errno
-        L.writes += 1
+        L.run.writes += 1
         if r < 0:
             if err == EINTR:
                 continue
@@ -466,7 +430,7 @@ cdef void on_readable(Loop *L, Flow *c, int64_t idx) noexcept nogil:
             L.rmsg[i].msg_hdr.msg_flags = 0
         n = recvmmsg(c.fd, L.rmsg, C_BATCH, MSG_DONTWAIT, NULL)
         err = errno
-        L.reads += 1
+        L.run.reads += 1
         if n < 0:
             if err == EINTR:
                 continue
@@ -490,32 +454,32 @@ cdef void open_advance(Loop *L, int64_t now) noexcept nogil:
     """Open loop: every datagram whose intended time has come becomes due; then send."""
     cdef int64_t j, i
     cdef Flow *c
-    while L.g_next < L.w.g_limit and intended_ns(&L.w, L.g_next) <= now:
-        j = L.g_next % L.nflows
+    while L.run.g_next < L.run.w.g_limit and intended_ns(&L.run.w, L.run.g_next) <= now:
+        j = L.run.g_next % L.nflows
         c = &L.flows[j]
         c.due += 1
         if not c.dirty:
             c.dirty = 1
-            L.dirty[L.ndirty] = j
-            L.ndirty += 1
-        L.g_next += 1
-    for i in range(L.ndirty):
-        j = L.dirty[i]
+            L.run.dirty[L.run.ndirty] = j
+            L.run.ndirty += 1
+        L.run.g_next += 1
+    for i in range(L.run.ndirty):
+        j = L.run.dirty[i]
         L.flows[j].dirty = 0
         flush(L, &L.flows[j], j)
-    L.ndirty = 0
+    L.run.ndirty = 0
 
 
 cdef void sweep_all(Loop *L, int64_t now, int all_of_them) noexcept nogil:
     cdef int i
     for i in range(L.nflows):
         sweep(L, &L.flows[i], now, all_of_them)
-        if L.mode == M_CLOSED:
+        if L.run.mode == M_CLOSED:
             flush(L, &L.flows[i], i)
 
 
 cdef inline void window_opens(Loop *L, int64_t now) noexcept nogil:
-    edges_open(&L.e, now)
+    edges_open(&L.run.e, now)
 
 
 cdef void count_starved(Loop *L, int64_t now) noexcept nogil:
@@ -527,16 +491,16 @@ cdef void count_starved(Loop *L, int64_t now) noexcept nogil:
         if c.wdone > 0:
             continue
         if not c.alive:
-            L.starved += 1
+            L.run.starved += 1
         elif c.outstanding > 0:
             oldest = c.t_sent[c.base % L.cap]
-            if oldest <= L.e.t_ru[0] or now - oldest >= L.stall:
-                L.starved += 1
+            if oldest <= L.run.e.t_ru[0] or now - oldest >= L.run.stall:
+                L.run.starved += 1
 
 
 cdef inline void window_closes(Loop *L) noexcept nogil:
     cdef int64_t now = now_ns()
-    if edges_close(&L.e, now):
+    if edges_close(&L.run.e, now):
         count_starved(L, now)
 
 
@@ -548,7 +512,7 @@ cdef inline void dispatch(Loop *L, epoll_event *events, int n) noexcept nogil:
     for i in range(n):
         idx = <int64_t>events[i].data.u64
         if idx == L.nflows:
-            read(L.tfd, &tbuf, 8)
+            read(L.run.tfd, &tbuf, 8)
             continue
         c = &L.flows[idx]
         if not c.alive:
@@ -562,10 +526,10 @@ cdef inline void dispatch(Loop *L, epoll_event *events, int n) noexcept nogil:
 cdef inline int wait_ms(Loop *L, int64_t now, int64_t until) noexcept nogil:
     cdef int64_t t = until
     cdef int timeout_ms
-    if not L.e.ru_started and L.w.warm_end < t:
-        t = L.w.warm_end
+    if not L.run.e.ru_started and L.run.w.warm_end < t:
+        t = L.run.w.warm_end
     timeout_ms = <int>((t - now + 999999) // 1000000)
-    if timeout_ms < 0 or (L.poll and not L.draining):
+    if timeout_ms < 0 or (L.run.poll and not L.draining):
         timeout_ms = 0
     return timeout_ms
 
@@ -585,8 +549,8 @@ cdef void main_loop(Loop *L) noexcept nogil:
     cdef int64_t now, next_tick, drain_end, g_before = 0, t_pass = 0
     cdef int was_idle = 0
     now = now_ns()
-    next_tick = L.w.start + L.w.interval
-    if L.mode == M_CLOSED:
+    next_tick = L.run.w.start + L.run.w.interval
+    if L.run.mode == M_CLOSED:
         for i in range(L.nflows):
             L.flows[i].due = L.depth
             flush(L, &L.flows[i], i)
@@ -594,28 +558,28 @@ cdef void main_loop(Loop *L) noexcept nogil:
         open_advance(L, now)
     while True:
         now = now_ns()
-        if not L.e.ru_started and now >= L.w.warm_end:
+        if not L.run.e.ru_started and now >= L.run.w.warm_end:
             window_opens(L, now)
-        if now >= L.w.end:
+        if now >= L.run.w.end:
             break
         if now >= next_tick:
             sweep_all(L, now, 0)
             while next_tick <= now:
-                next_tick += L.w.interval
-        if L.alive <= 0:
-            L.ended_early = 1
+                next_tick += L.run.w.interval
+        if L.run.alive <= 0:
+            L.run.ended_early = 1
             break
-        if L.mode == M_OPEN:
-            g_before = L.g_next
+        if L.run.mode == M_OPEN:
+            g_before = L.run.g_next
             open_advance(L, now)
-            if L.poll:
-                if was_idle and L.e.ru_started:
-                    L.idle_ns += now - t_pass
+            if L.run.poll:
+                if was_idle and L.run.e.ru_started:
+                    L.run.idle_ns += now - t_pass
                 t_pass = now
             else:
-                arm_timer(&L.w, L.tfd)
-        n = epoll_wait(L.ep, events, C_MAX_EVENTS, wait_ms(L, now, next_tick if next_tick < L.w.end else L.w.end))
-        was_idle = n == 0 and L.g_next == g_before
+                arm_timer(&L.run.w, L.run.tfd)
+        n = epoll_wait(L.run.ep, events, C_MAX_EVENTS, wait_ms(L, now, next_tick if next_tick < L.run.w.end else L.run.w.end))
+        was_idle = n == 0 and L.run.g_next == g_before
         if n < 0:
             if errno == EINTR:
                 continue
@@ -624,16 +588,16 @@ cdef void main_loop(Loop *L) noexcept nogil:
     window_closes(L)
     # the drain: no more sends; echoes of what is in flight still count, for at most ``drain``
     L.draining = 1
-    if L.tfd >= 0:
-        close(L.tfd)            # no more ticks (also leaves the epoll set)
-        L.tfd = -1
+    if L.run.tfd >= 0:
+        close(L.run.tfd)            # no more ticks (also leaves the epoll set)
+        L.run.tfd = -1
     drain_end = now_ns() + L.drain
     while outstanding_total(L) > 0:
         now = now_ns()
         if now >= drain_end:
             break
         sweep_all(L, now, 0)
-        n = epoll_wait(L.ep, events, C_MAX_EVENTS, wait_ms(L, now, drain_end))
+        n = epoll_wait(L.run.ep, events, C_MAX_EVENTS, wait_ms(L, now, drain_end))
         if n < 0:
             if errno == EINTR:
                 continue
@@ -650,37 +614,24 @@ cdef void init_loop(Loop *L, int mode, int nflows, int size, int depth, int64_t 
                     int64_t stall_ns) except *:
     """Zero ``L``, then set what differs from zero (nothing is allocated yet)."""
     memset(L, 0, sizeof(Loop))
-    L.mode = mode
+    run_init(&L.run, mode, table, layout, start_ns, warm_end_ns, end_ns, interval_ns, rate, poll, timeout_ns,
+             server_pid, nstat, stall_ns)
     L.size = size
     L.depth = depth
     L.cap = cap
     L.nflows = nflows
-    L.ep = -1
-    L.tfd = -1
-    L.table = <const uint8_t *>PyBytes_AS_STRING(table)
     L.rslot = size + 1
-    hdr_init(&L.hdr, layout)
-    window_init(&L.w, start_ns, warm_end_ns, end_ns, interval_ns, rate if mode == M_OPEN else 0.0)
-    L.timeout = timeout_ns
     L.drain = drain_ns if drain_ns < timeout_ns else timeout_ns
-    if mode == M_OPEN:
-        L.poll = 1 if poll else 0
-    L.e.spid = server_pid if server_pid > 0 else 0
-    L.e.nstat = nstat
-    L.stall = stall_ns
 
 
 cdef int alloc_loop(Loop *L, int64_t first_cid, int64_t cid_step) noexcept nogil:
     """Every buffer, zeroed; the flows numbered.  0 or -ENOMEM (``free_loop`` frees what was taken)."""
     cdef int64_t i
     L.flows = <Flow *>calloc(L.nflows, sizeof(Flow))
-    L.dirty = <int64_t *>calloc(L.nflows, sizeof(int64_t))
     L.rbuf = <unsigned char *>calloc(C_BATCH, <size_t>L.rslot)
-    L.h1.counts = <int64_t *>calloc(L.hdr.counts_len, sizeof(int64_t))
-    L.h2.counts = <int64_t *>calloc(L.hdr.counts_len, sizeof(int64_t))
-    L.ts_msgs = <int64_t *>calloc(L.w.nint, sizeof(int64_t))
-    L.ts_sent = <int64_t *>calloc(L.w.nint, sizeof(int64_t))
-    if not (L.flows and L.dirty and L.rbuf and L.h1.counts and L.h2.counts and L.ts_msgs and L.ts_sent):
+    if not (L.flows and L.rbuf):
+        return -ENOMEM
+    if run_alloc(&L.run, L.nflows) < 0:
         return -ENOMEM
     for i in range(L.nflows):
         L.flows[i].fd = -1
@@ -690,38 +641,26 @@ cdef int alloc_loop(Loop *L, int64_t first_cid, int64_t cid_step) noexcept nogil
         L.flows[i].st = <uint8_t *>calloc(L.cap, 1)
         if not (L.flows[i].t_sent and L.flows[i].st):
             return -ENOMEM
-    if edges_alloc(&L.e) < 0:
-        return -ENOMEM
     return 0
 
 
 cdef int open_loop(Loop *L, fds) except? -1:
     """The epoll set, the open loop's timer, and the flows' sockets (taken over one by one); 0 or -errno."""
     cdef int64_t i
+    cdef int rc
     cdef epoll_event ev
-    L.ep = epoll_create1(EPOLL_CLOEXEC)
-    if L.ep < 0:
-        L.failed = b"epoll_create1"
-        return -errno
-    if L.mode == M_OPEN:
-        L.tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)
-        if L.tfd < 0:
-            L.failed = b"timerfd_create"
-            return -errno
-        ev.events = EPOLLIN
-        ev.data.u64 = <uint64_t>L.nflows
-        if epoll_ctl(L.ep, EPOLL_CTL_ADD, L.tfd, &ev) < 0:
-            L.failed = b"epoll_ctl(timerfd)"
-            return -errno
+    rc = run_open(&L.run, <uint64_t>L.nflows)
+    if rc < 0:
+        return rc
     for i in range(L.nflows):
         L.flows[i].fd = fds[i]
-        L.owned = i + 1
+        L.run.owned = i + 1
         L.flows[i].alive = 1
-        L.alive += 1
+        L.run.alive += 1
         ev.events = EPOLLIN
         ev.data.u64 = <uint64_t>i
-        if epoll_ctl(L.ep, EPOLL_CTL_ADD, L.flows[i].fd, &ev) < 0:
-            L.failed = b"epoll_ctl(socket)"
+        if epoll_ctl(L.run.ep, EPOLL_CTL_ADD, L.flows[i].fd, &ev) < 0:
+            L.run.failed = b"epoll_ctl(socket)"
             return -errno
     return 0
 
@@ -734,40 +673,10 @@ cdef dict datagram_counts(Loop *L):
 cdef dict loop_result(Loop *L):
     """The loop's counters, in the shape of ``loadgen.run_loop``'s dict, plus ``datagrams``."""
     cdef int64_t j
-    cdef int k
-    return {
-        "mode": L.mode,
-        "msgs": L.msgs,
-        "rx_bytes": L.rx_bytes_window,
-        "rx_wire_bytes": L.rx_bytes_window,
-        "sent_window": L.sent_window,
-        "cycles": 0,
-        "queued": L.queued_total,
-        "writes": L.writes,
-        "reads": L.reads,
-        "errors": {ERROR_KINDS[k]: L.errors[k] for k in range(N_ERR)},
-        "first_error_ns": L.first_error_ns or None,
-        "first_error_kind": ERROR_KINDS[L.first_error_kind] if L.first_error_ns else None,
-        "ended_early": bool(L.ended_early),
-        "alive_at_end": L.alive,
-        "h1": hist_pairs(&L.hdr, &L.h1),
-        "h1_sum_ns": L.h1.sum_ns,
-        "h2": hist_pairs(&L.hdr, &L.h2),
-        "h2_sum_ns": L.h2.sum_ns,
-        "ts_msgs": [L.ts_msgs[j] for j in range(L.w.nint)],
-        "ts_sent": [L.ts_sent[j] for j in range(L.w.nint)] if L.mode == M_OPEN else None,
-        "user_s": cpu_seconds(&L.e, 0),
-        "sys_s": cpu_seconds(&L.e, 1),
-        "cpu_window_s": (L.e.t_ru[1] - L.e.t_ru[0]) / 1e9,
-        "due": L.g_next if L.mode == M_OPEN else None,
-        "polling": bool(L.poll),
-        "idle_s": L.idle_ns / 1e9 if L.poll else None,
-        "server_cpu": server_cpu(&L.e),
-        "cpu_stat": cpu_stat(&L.e),
-        "conn_msgs": [L.flows[j].wdone for j in range(L.nflows)],
-        "starved": L.starved,
-        "datagrams": datagram_counts(L),
-    }
+    result = run_result(&L.run, ERROR_KINDS, L.run.rx_bytes_window, 0, [L.flows[j].wdone for j in range(L.nflows)],
+                        L.run.starved)
+    result["datagrams"] = datagram_counts(L)
+    return result
 
 
 cdef void free_loop(Loop *L, fds):
@@ -780,20 +689,9 @@ cdef void free_loop(Loop *L, fds):
                 L.flows[i].fd = -1
             free(L.flows[i].t_sent)
             free(L.flows[i].st)
-    for i in range(L.owned, len(fds)):
-        close(<int>fds[i])
-    if L.ep >= 0:
-        close(L.ep)
-    if L.tfd >= 0:
-        close(L.tfd)
+    run_free(&L.run, fds)
     free(L.flows)
-    free(L.dirty)
     free(L.rbuf)
-    free(L.h1.counts)
-    free(L.h2.counts)
-    free(L.ts_msgs)
-    free(L.ts_sent)
-    edges_free(&L.e)
 
 
 cdef void check_args(int mode, fds, int flows, int size, int depth, double rate, int64_t start_ns, int64_t end_ns,
@@ -845,10 +743,10 @@ def run_loop(int mode, fds, long long first_cid, long long cid_step, int flows, 
                   server_pid, len(stat_cpus), stall_ns)
         if alloc_loop(L, first_cid, cid_step) < 0:
             raise MemoryError()
-        edges_set_cpus(&L.e, stat_cpus)
+        edges_set_cpus(&L.run.e, stat_cpus)
         rc = open_loop(L, fds)
         if rc < 0:
-            raise OSError(-rc, f"{L.failed.decode()} failed")
+            raise OSError(-rc, f"{L.run.failed.decode()} failed")
         with nogil:
             main_loop(L)
         return loop_result(L)
@@ -870,7 +768,7 @@ def encode(int flow, long long seq, long long t_ns, int size, bytes table):
     memset(&L, 0, sizeof(Loop))
     memset(&c, 0, sizeof(Flow))
     L.size = size
-    L.table = <const uint8_t *>PyBytes_AS_STRING(table)
+    L.run.table = <const uint8_t *>PyBytes_AS_STRING(table)
     c.id = <uint32_t>flow
     c.pat = (<int64_t>flow * STRIDE) % PERIOD
     out = PyBytes_FromStringAndSize(NULL, size)
@@ -903,17 +801,17 @@ cdef class Ledger:
         self.L = <Loop *>calloc(1, sizeof(Loop))
         if self.L == NULL:
             raise MemoryError()
-        self.L.mode = M_CLOSED
+        self.L.run.mode = M_CLOSED
         self.L.size = size
         self.L.depth = depth
         self.L.cap = cap
         self.L.nflows = 1
-        self.L.timeout = timeout_ns
-        self.L.w.start = 0
-        self.L.w.warm_end = warm_end_ns
-        self.L.w.end = end_ns
-        self.L.w.interval = 1 << 62
-        self.L.table = <const uint8_t *>PyBytes_AS_STRING(table)
+        self.L.run.timeout = timeout_ns
+        self.L.run.w.start = 0
+        self.L.run.w.warm_end = warm_end_ns
+        self.L.run.w.end = end_ns
+        self.L.run.w.interval = 1 << 62
+        self.L.run.table = <const uint8_t *>PyBytes_AS_STRING(table)
         self.L.flows = <Flow *>calloc(1, sizeof(Flow))
         if self.L.flows == NULL:
             raise MemoryError()
@@ -923,8 +821,8 @@ cdef class Ledger:
         self.L.flows[0].due = depth
         self.L.flows[0].t_sent = <int64_t *>calloc(cap, sizeof(int64_t))
         self.L.flows[0].st = <uint8_t *>calloc(cap, 1)
-        self.L.hdr.counts_len = 0    # no histogram: hist_record ignores every value
-        self.L.hdr.highest = 1 << 62
+        self.L.run.hdr.counts_len = 0    # no histogram: hist_record ignores every value
+        self.L.run.hdr.highest = 1 << 62
         if self.L.flows[0].t_sent == NULL or self.L.flows[0].st == NULL:
             raise MemoryError()
 

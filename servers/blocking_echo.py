@@ -61,8 +61,8 @@ fails (the sender is unreachable, ENOBUFS) loses that datagram only, as the
 network would.  A stop signal interrupts ``recvfrom_into`` (``StopServing``).
 """
 
+import contextlib
 import signal
-import socket
 import threading
 import time
 
@@ -77,7 +77,7 @@ from sockbench.servers.contract import (
     unexpected,
 )
 from sockbench.servers.protocols import make_decoder
-from sockbench.servers.stream_echo import echo_blocking
+from sockbench.servers.stream_echo import Connections, echo_blocking
 
 __all__ = ["serve", "serve_datagram"]
 
@@ -90,45 +90,37 @@ JOIN_BUDGET_S = 1.0
 
 def _echo(conn, peer, workers, options):
     decoder = make_decoder(options["protocol"], options["max_message"])
-    limits = options.get("limits")
-    name = options["name"]
     view = read_buffer(THREAD_RECV)  # one per thread, reused: no allocation per read
-    if limits is not None:
-        limits.opened(conn)
     try:
-        echo_blocking(conn.recv_into, conn.sendall, view, decoder, limits, conn, name, peer, workers.closed_by_server)
+        echo_blocking(conn.recv_into, conn.sendall, view, decoder, workers.limits, conn, workers.name, peer,
+                      workers.closed_by_server)
     except OSError:
         pass  # reset by the peer, or shut down by the main thread: this connection only
     except Exception as e:  # the exception boundary: this connection only, one line
-        log_closing(name, peer, unexpected(e))
+        log_closing(workers.name, peer, unexpected(e))
     finally:
-        if limits is not None:
-            limits.forget(conn)
-        workers.discard(conn)
+        workers.closed(conn)
         conn.close()
 
 
-class _Workers:
-    """The open connections and the threads that serve them, shared with those threads under one lock."""
+class _Workers(Connections):
+    """The open connections and the threads that serve them; the table is shared with those threads."""
 
     def __init__(self, options):
+        super().__init__(options["name"], options.get("limits"))
         self._options = options
-        self._conns = {}  # socket -> peer
-        self._shut = set()  # sockets the main thread shut down (an idle timeout): their threads log nothing more
-        self._lock = threading.Lock()
         self._threads = []
 
     def start(self, conn, peer):
         """Serve ``conn`` on a new thread that never receives the stop signals."""
-        with self._lock:
-            self._conns[conn] = peer
+        self.opened(conn, peer)
         # The new thread inherits this mask: signals only ever reach the main thread.
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             t = threading.Thread(target=_echo, args=(conn, peer, self, self._options), daemon=True)
             t.start()
         except BaseException:
-            self.discard(conn)
+            self.closed(conn)
             conn.close()
             raise
         finally:
@@ -137,36 +129,9 @@ class _Workers:
         if len(self._threads) > 1024:
             self._threads = [t for t in self._threads if t.is_alive()]
 
-    def discard(self, conn):
-        with self._lock:
-            self._conns.pop(conn, None)
-            self._shut.discard(conn)
-
-    def closed_by_server(self, conn):
-        return conn in self._shut
-
-    def close_for(self, conn, reason):
-        """Shut ``conn`` down from the main thread (its thread then ends), with one line saying why."""
-        with self._lock:
-            peer = self._conns.get(conn)
-            if peer is None:
-                return  # its thread ended meanwhile
-            self._shut.add(conn)
-        log_closing(self._options["name"], peer, reason)
-        try:
-            conn.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
     def shut_down(self):
         """Wake every thread blocked in recv/sendall, then give them ``JOIN_BUDGET_S`` in all to end."""
-        with self._lock:
-            live = list(self._conns)
-        for conn in live:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        super().shut_down()
         deadline = time.monotonic() + JOIN_BUDGET_S
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
@@ -174,6 +139,23 @@ class _Workers:
 
 def _raise_stop(signum, frame):
     raise StopServing(signum)
+
+
+@contextlib.contextmanager
+def _until_stopped():
+    """SIGTERM/SIGINT raise ``StopServing`` in the main thread inside; it ends the block, and they are ignored after.
+
+    Ignored, so that a second signal cannot cut short the shutdown that follows the block.
+    """
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _raise_stop)
+    try:
+        yield
+    except StopServing:
+        pass
+    finally:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def _accept_loop(listener, workers, options):
@@ -207,23 +189,17 @@ def _accept_loop(listener, workers, options):
                 time.sleep(errors.pause_for(e))
         if sweep_s and time.monotonic() >= next_sweep:
             next_sweep = time.monotonic() + sweep_s
-            for idle in limits.idle():
-                workers.close_for(idle, limits.idle_reason)
+            workers.close_idle()
 
 
 def serve(listener, announce, options):
     threading.stack_size(THREAD_STACK)
     workers = _Workers(options)
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, _raise_stop)
-    announce()
     try:
-        _accept_loop(listener, workers, options)
-    except StopServing:
-        pass
+        with _until_stopped():
+            announce()
+            _accept_loop(listener, workers, options)
     finally:
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)
         listener.close()
         workers.shut_down()
 
@@ -231,19 +207,14 @@ def serve(listener, announce, options):
 def serve_datagram(sock, announce, options):
     """Echo every datagram back to its sender on the main thread until a stop signal."""
     view = read_buffer(DATAGRAM_BUFFER)
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, _raise_stop)
-    announce()
     try:
-        while True:
-            try:
-                n, peer = sock.recvfrom_into(view)
-                sock.sendto(view[:n], peer)
-            except OSError:
-                pass  # a pending ICMP error, or this datagram could not go back: that datagram only
-    except StopServing:
-        pass
+        with _until_stopped():
+            announce()
+            while True:
+                try:
+                    n, peer = sock.recvfrom_into(view)
+                    sock.sendto(view[:n], peer)
+                except OSError:
+                    pass  # a pending ICMP error, or this datagram could not go back: that datagram only
     finally:
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)
         sock.close()

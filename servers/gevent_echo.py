@@ -38,7 +38,6 @@ asyncio rows).
 """
 
 import signal
-import socket
 
 import gevent
 import gevent.event
@@ -54,7 +53,7 @@ from sockbench.servers.contract import (
     unexpected,
 )
 from sockbench.servers.protocols import make_decoder
-from sockbench.servers.stream_echo import echo_blocking
+from sockbench.servers.stream_echo import Connections, echo_blocking
 
 __all__ = ["serve"]
 
@@ -92,82 +91,49 @@ class EchoServer(gevent.server.StreamServer):
         super().close()
 
 
-class _Connections:
-    """The open connections (socket -> peer) and how the server closes them."""
-
-    def __init__(self, options):
-        self.name = options["name"]
-        self.limits = options.get("limits")
-        self.open = {}
-        self.shut = set()  # closed by the server (idle): their handlers log nothing more
-
-    def close_for(self, conn, reason):
-        peer = self.open.get(conn)
-        if peer is None:
-            return
-        self.shut.add(conn)
-        log_closing(self.name, peer, reason)
-        _shutdown(conn)
-
-    def sweep(self):
-        limits = self.limits
-        while True:
-            gevent.sleep(limits.sweep_s)
-            for conn in limits.idle():
-                try:
-                    self.close_for(conn, limits.idle_reason)
-                except Exception as e:  # one connection's trouble never stops the sweep
-                    log(self.name, unexpected(e))
-
-    def shut_down(self):
-        for conn in list(self.open):
-            _shutdown(conn)
-
-
-def _shutdown(conn):
-    try:
-        conn.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
+def _sweep(conns):
+    """Every ``Limits.sweep_s``, shut the idle connections down, one line each."""
+    limits = conns.limits
+    while True:
+        gevent.sleep(limits.sweep_s)
+        for conn in limits.idle():
+            try:
+                conns.close_for(conn, limits.idle_reason)
+            except Exception as e:  # one connection's trouble never stops the sweep
+                log(conns.name, unexpected(e))
 
 
 def _echo(conn, peer, options, conns):
-    name = options["name"]
-    limits = options.get("limits")
     decoder = make_decoder(options["protocol"], options["max_message"])
     view = read_buffer(CONN_RECV)
-    echo_blocking(conn.recv_into, conn.sendall, view, decoder, limits, conn, name, peer, conns.shut.__contains__)
+    echo_blocking(conn.recv_into, conn.sendall, view, decoder, conns.limits, conn, conns.name, peer,
+                  conns.closed_by_server)
 
 
 def serve(listener, announce, options):
     name = options["name"]
     limits = options.get("limits")
-    conns = _Connections(options)
+    conns = Connections(name, limits)
 
     def handle(conn, peer):
-        conns.open[conn] = peer
+        conns.opened(conn, peer)
         try:
             set_nodelay(conn)
-            if limits is not None:
-                limits.opened(conn)
             _echo(conn, peer, options, conns)
         except OSError as e:  # reset by the peer, or shut down by the server: this connection only
             e.__traceback__ = None
         except Exception as e:  # the exception boundary: this connection only, one line
-            if conn not in conns.shut:
+            if not conns.closed_by_server(conn):
                 log_closing(name, peer, unexpected(e))
             e.__traceback__ = None
         finally:
-            conns.open.pop(conn, None)
-            conns.shut.discard(conn)
-            if limits is not None:
-                limits.forget(conn)
+            conns.closed(conn)
             conn.close()
 
     server = EchoServer(listener, handle, options)
     stop = gevent.event.Event()
     handlers = [gevent.signal_handler(sig, stop.set) for sig in STOP_SIGNALS]
-    sweeper = gevent.spawn(conns.sweep) if limits is not None and limits.idle_timeout else None
+    sweeper = gevent.spawn(_sweep, conns) if limits is not None and limits.idle_timeout else None
     server.start()
     announce()
     try:

@@ -46,7 +46,6 @@ What is added, because the framework's defaults fall short of the contract:
 """
 
 import signal
-import socket
 import socketserver
 import sys
 import threading
@@ -60,7 +59,7 @@ from sockbench.servers.contract import (
     unexpected,
 )
 from sockbench.servers.protocols import make_decoder
-from sockbench.servers.stream_echo import echo_blocking
+from sockbench.servers.stream_echo import Connections, echo_blocking
 
 __all__ = ["serve"]
 
@@ -77,7 +76,7 @@ class EchoHandler(socketserver.StreamRequestHandler):
     def setup(self):
         set_nodelay(self.request)
         super().setup()
-        self.server.opened(self.request, self.client_address)
+        self.server.conns.opened(self.request, self.client_address)
 
     def handle(self):
         server = self.server
@@ -88,7 +87,7 @@ class EchoHandler(socketserver.StreamRequestHandler):
         view = read_buffer(THREAD_RECV)
         try:
             echo_blocking(self.rfile.readinto1, self.wfile.write, view, decoder, limits, conn, name,
-                          self.client_address, server.closed_by_server)
+                          self.client_address, server.conns.closed_by_server)
         except OSError:
             pass  # reset by the peer, or shut down by the server: this connection only
         except Exception as e:  # the exception boundary: this connection only, one line
@@ -101,7 +100,7 @@ class EchoHandler(socketserver.StreamRequestHandler):
         except OSError:
             pass  # the peer went away before the last flush
         finally:
-            self.server.closed(self.request)
+            self.server.conns.closed(self.request)
 
 
 class EchoServer(socketserver.ThreadingTCPServer):
@@ -120,9 +119,7 @@ class EchoServer(socketserver.ThreadingTCPServer):
         self.options = options
         self.limits = options.get("limits")
         self._errors = AcceptErrors(options["name"])
-        self._conns = {}  # socket -> peer
-        self._shut = set()  # sockets the server shut down (idle): their handlers log nothing more
-        self._lock = threading.Lock()
+        self.conns = Connections(options["name"], self.limits)  # the handlers add and take out their own
         self.stopping = threading.Event()  # set by a stop signal: cuts an accept pause short
 
     # --- the framework's hooks -------------------------------------------------------------------
@@ -153,48 +150,7 @@ class EchoServer(socketserver.ThreadingTCPServer):
     def service_actions(self):
         limits = self.limits
         if limits is not None and limits.idle_timeout:
-            for conn in limits.idle():
-                self.close_for(conn, limits.idle_reason)
-
-    # --- the open connections --------------------------------------------------------------------
-
-    def opened(self, conn, peer):
-        with self._lock:
-            self._conns[conn] = peer
-        if self.limits is not None:
-            self.limits.opened(conn)
-
-    def closed(self, conn):
-        with self._lock:
-            self._conns.pop(conn, None)
-            self._shut.discard(conn)
-        if self.limits is not None:
-            self.limits.forget(conn)
-
-    def closed_by_server(self, conn):
-        return conn in self._shut
-
-    def close_for(self, conn, reason):
-        """Shut ``conn`` down (its handler then ends), with one line saying why."""
-        with self._lock:
-            peer = self._conns.get(conn)
-            if peer is None:
-                return
-            self._shut.add(conn)
-        log_closing(self.options["name"], peer, reason)
-        try:
-            conn.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def shut_down_connections(self):
-        with self._lock:
-            live = list(self._conns)
-        for conn in live:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            self.conns.close_idle()
 
 
 def serve(listener, announce, options):
@@ -217,4 +173,4 @@ def serve(listener, announce, options):
         finally:
             for sig in STOP_SIGNALS:
                 signal.signal(sig, signal.SIG_IGN)
-            server.shut_down_connections()
+            server.conns.shut_down()

@@ -8,11 +8,24 @@ a socketserver file, a gevent socket), so the loop takes those two calls and
 runs them as it finds them: nothing is added per read, and the servers
 measure what they did before.  The exception boundary stays with each
 server, which knows what a failure means there.
+
+The three also keep the same table of open connections (``Connections``):
+each serving thread or greenlet adds its socket and takes it out again, while
+another (the accept loop, socketserver's hook, a sweeping greenlet) shuts
+idle connections down or, at a stop, all of them; the table remembers which
+it shut itself, so that their handlers do not say so a second time.  It sits
+beside the loop because it is the loop's other half: ``closed_by_server`` is
+what the loop asks at end of file.  One lock guards it, since the threads of
+``blocking`` and ``socketserver`` use it at once; for gevent's greenlets (one
+thread, nothing yields while it is held) it is never contended.
 """
+
+import socket
+import threading
 
 from sockbench.servers.contract import log_closing, malformed
 
-__all__ = ["echo_blocking"]
+__all__ = ["Connections", "echo_blocking"]
 
 
 def echo_blocking(recv_into, send, view, decoder, limits, conn, name, peer, closed_by_server):
@@ -47,3 +60,67 @@ def echo_blocking(recv_into, send, view, decoder, limits, conn, name, peer, clos
             if limits.max_buffered and not limits.hold(conn, decoder.buffered):
                 log_closing(name, peer, limits.buffered_reason)
                 return
+
+
+class Connections:
+    """The open connections of one server (socket -> peer), with ``contract.Limits`` kept in step.
+
+    ``opened`` when a connection is set up, ``closed`` when its handler ends
+    (before the socket is closed); ``close_for`` / ``close_idle`` /
+    ``shut_down`` shut connections down from elsewhere, which ends their
+    handlers.  ``name`` is the server's, for the log lines; ``limits`` is
+    ``contract.Limits`` or None.
+    """
+
+    def __init__(self, name, limits):
+        self.name = name
+        self.limits = limits
+        self._open = {}  # socket -> peer
+        self._shut = set()  # sockets the server shut down (an idle timeout): their handlers log nothing more
+        self._lock = threading.Lock()
+
+    def opened(self, conn, peer):
+        with self._lock:
+            self._open[conn] = peer
+        if self.limits is not None:
+            self.limits.opened(conn)
+
+    def closed(self, conn):
+        if self.limits is not None:
+            self.limits.forget(conn)
+        with self._lock:
+            self._open.pop(conn, None)
+            self._shut.discard(conn)
+
+    def closed_by_server(self, conn):
+        return conn in self._shut
+
+    def close_for(self, conn, reason):
+        """Shut ``conn`` down (its handler then ends), with one line saying why."""
+        with self._lock:
+            peer = self._open.get(conn)
+            if peer is None:
+                return  # its handler ended meanwhile
+            self._shut.add(conn)
+        log_closing(self.name, peer, reason)
+        _shutdown(conn)
+
+    def close_idle(self):
+        """Shut down the connections past ``--idle-timeout`` (``limits.idle()``), one line each."""
+        limits = self.limits
+        for conn in limits.idle():
+            self.close_for(conn, limits.idle_reason)
+
+    def shut_down(self):
+        """Shut every open connection down: each handler blocked in a read or a send wakes and ends."""
+        with self._lock:
+            live = list(self._open)
+        for conn in live:
+            _shutdown(conn)
+
+
+def _shutdown(conn):
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
