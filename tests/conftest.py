@@ -5,7 +5,9 @@ added to the registry gets every conformance check with no change here; the
 stream checks run over each stream transport a server serves
 (``stream_server``: one process per server and transport per module,
 ``framed_server``: per server, protocol and transport), so a transport added to
-a server's registry line is checked the same way.  A
+a server's registry line is checked the same way; a check that does not apply
+to every transport takes ``stream_cases_with``, which leaves the combinations
+out when the tests are made instead of skipping them at run time.  A
 server that is not available on this machine (say, an install that skipped the
 Cython build) is skipped with the registry's reason, unless
 ``SOCKBENCH_REQUIRE_ALL=1`` (set by CI), where that is a failure.
@@ -161,7 +163,36 @@ def _stream_cases():
     return [(name, t) for name, spec in registry.SERVERS.items() for t in spec.transports if t in STREAM_TRANSPORTS]
 
 
-@pytest.fixture(scope="module", params=_stream_cases(), ids=lambda c: f"{c[0]}-{c[1]}")
+def _stream_id(case):
+    return f"{case[0]}-{case[1]}"
+
+
+#: the stream fixtures and their scopes, for the fixtures and for ``stream_cases_with``
+STREAM_FIXTURE_SCOPES = {"stream_server": "module", "fresh_stream_server": "function"}
+
+
+def stream_cases_with(fixture, argname, values, keep, value_id=str):
+    """A parametrize mark: ``fixture`` over every stream case jointly with ``argname`` over ``values``,
+    less the pairs for which ``keep(transport, value)`` is false.
+
+    A combination that cannot apply is left out where the parameters are
+    made, not skipped at run time, so ``-rs`` lists only what this run could
+    not do.  A test's own parametrize of a fixture takes the place of the
+    fixture's params (pytest's rule); the mark keeps the fixture's scope and
+    ids, so its tests share ``stream_server`` processes with the module's
+    other tests (pytest's ordering by both parameters costs a few more starts
+    than one per case).
+    """
+    params = [
+        pytest.param(case, value, id=f"{_stream_id(case)}-{value_id(value)}")
+        for case in _stream_cases()
+        for value in values
+        if keep(case[1], value)
+    ]
+    return pytest.mark.parametrize((fixture, argname), params, indirect=[fixture], scope=STREAM_FIXTURE_SCOPES[fixture])
+
+
+@pytest.fixture(scope=STREAM_FIXTURE_SCOPES["stream_server"], params=_stream_cases(), ids=_stream_id)
 def stream_server(request):
     """A server over one stream transport (every server x tcp, tcp6, unix), shared by a module's tests.
 
@@ -174,7 +205,7 @@ def stream_server(request):
     yield from _running(ServerProcess(name, transport))
 
 
-@pytest.fixture(params=_stream_cases(), ids=lambda c: f"{c[0]}-{c[1]}")
+@pytest.fixture(scope=STREAM_FIXTURE_SCOPES["fresh_stream_server"], params=_stream_cases(), ids=_stream_id)
 def fresh_stream_server(request):
     """A fresh server over one stream transport for one test; always stopped by pid afterwards."""
     name, transport = request.param
