@@ -68,9 +68,15 @@ def pytest_collection_modifyitems(config, items):
 # --- no server outlives the module that started it ---------------------------------------------
 
 
-def _session_servers():
-    """``{pid: command line}`` of the live ``sockbench serve`` processes started by this session."""
-    mark = f"{SESSION_ENV}={os.getpid()}".encode()
+def marked_processes(mark):
+    """``{pid: (argv, state)}`` of the processes whose environment carries ``mark`` (``NAME=value``), this one aside.
+
+    ``argv`` is the command line's words (bytes), ``state`` the one-letter
+    state from ``/proc/PID/stat`` (``b"Z"``: a zombie its parent has not
+    reaped).  A mark in the environment is inherited by grandchildren too, so
+    it finds what a process group or a pid list would miss.
+    """
+    needle = mark.encode()
     found = {}
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == os.getpid():
@@ -80,18 +86,26 @@ def _session_servers():
                 env = f.read().split(b"\0")
             with open(f"/proc/{name}/cmdline", "rb") as f:
                 argv = f.read().split(b"\0")
+            with open(f"/proc/{name}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
         except OSError:
             continue  # gone, or not ours to read
-        if mark in env and b"serve" in argv:
-            found[int(name)] = b" ".join(argv).decode(errors="replace").strip()
+        if needle in env:
+            found[int(name)] = (argv, state)
     return found
 
 
-def _kill_leftovers(before):
-    """Wait ``LEAK_GRACE_S`` for new servers to go, then SIGKILL what is left by pid; return what was left."""
-    deadline = time.monotonic() + LEAK_GRACE_S
+def command_line(argv):
+    """A process's ``argv`` (bytes) as one line of text."""
+    return b" ".join(argv).decode(errors="replace").strip()
+
+
+def kill_left(find, grace_s):
+    """What ``find()`` (``{pid: command line}``) still returns after up to ``grace_s`` (a process just stopped may
+    still be exiting); each is then killed by its pid (SIGKILL), so a failing test leaves nothing running."""
+    deadline = time.monotonic() + grace_s
     while True:
-        left = {pid: cmd for pid, cmd in _session_servers().items() if pid not in before}
+        left = find()
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -101,6 +115,17 @@ def _kill_leftovers(before):
         except ProcessLookupError:
             pass
     return left
+
+
+def _session_servers():
+    """``{pid: command line}`` of the live ``sockbench serve`` processes started by this session."""
+    marked = marked_processes(f"{SESSION_ENV}={os.getpid()}")
+    return {pid: command_line(argv) for pid, (argv, _) in marked.items() if b"serve" in argv}
+
+
+def _kill_leftovers(before):
+    """Wait ``LEAK_GRACE_S`` for new servers to go, then SIGKILL what is left by pid; return what was left."""
+    return kill_left(lambda: {pid: cmd for pid, cmd in _session_servers().items() if pid not in before}, LEAK_GRACE_S)
 
 
 @pytest.hookimpl(tryfirst=True)
