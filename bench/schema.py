@@ -191,21 +191,14 @@ class Cell:
     #: server processes (``sockbench serve --workers``); a 1-worker cell's id has no suffix
     workers: int = 1
 
+    def _parts(self, wording):
+        """The optional parts this cell shows, in one of ``_CELL_PARTS``' wordings (``id``, ``describe``, ``title``)."""
+        return [getattr(part, wording).format(c=self) for part in _CELL_PARTS if part.shown(self)]
+
     @property
     def workload_id(self):
         """The workload without the server: the key that rows of one report table share."""
-        base = f"{self.mode}-{format_size(self.size)}-c{self.conns}"
-        if self.depth != 1:
-            base += f"-d{self.depth}"
-        if self.mode == "open":
-            base += f"-{self.load_pct}pct"
-        if self.protocol != "raw":
-            base += f"-{self.protocol}"
-        if self.transport != "tcp":
-            base += f"-{self.transport}"
-        if self.workers != 1:
-            base += f"-w{self.workers}"
-        return base
+        return f"{self.mode}-{format_size(self.size)}-c{self.conns}" + "".join(self._parts("id"))
 
     @property
     def base_workload_id(self):
@@ -218,39 +211,36 @@ class Cell:
 
     def describe(self):
         """The one human description of a cell: ``uvloop · closed · 64B · 10 conns · depth 16 · json``."""
-        text = f"{self.server} · {self.mode} · {format_size(self.size)} · {self.conns} conn"
-        if self.conns != 1:
-            text += "s"
-        if self.depth != 1:
-            text += f" · depth {self.depth}"
-        if self.mode == "open":
-            text += f" · {self.load_pct}% of peak"
-        if self.protocol != "raw":
-            text += f" · {self.protocol}"
-        if self.transport != "tcp":
-            text += f" · {self.transport}"
-        if self.workers != 1:
-            text += f" · {self.workers} workers"
-        return text
+        head = f"{self.server} · {self.mode} · {format_size(self.size)} · {self.conns} conn{'' if self.conns == 1 else 's'}"
+        return " · ".join([head] + self._parts("describe"))
 
     def title(self, unit="messages"):
         """``describe()`` in words, without the server (a report's tables and warnings name it apart):
         ``closed loop · 64B messages · 10 connections · depth 16 · json protocol``; ``unit`` says what
         the size counts (a protocol section's title says ``payload``)."""
-        text = f"{self.mode} loop · {format_size(self.size)} {unit} · {self.conns} connection"
-        if self.conns != 1:
-            text += "s"
-        if self.depth != 1:
-            text += f" · depth {self.depth}"
-        if self.mode == "open":
-            text += f" · {self.load_pct}% of each server's peak"
-        if self.protocol != "raw":
-            text += f" · {self.protocol} protocol"
-        if self.transport != "tcp":
-            text += f" · over {self.transport}"
-        if self.workers != 1:
-            text += f" · {self.workers} server processes"
-        return text
+        head = (f"{self.mode} loop · {format_size(self.size)} {unit} · "
+                f"{self.conns} connection{'' if self.conns == 1 else 's'}")
+        return " · ".join([head] + self._parts("title"))
+
+
+@dataclass(frozen=True)
+class _CellPart:
+    """One optional part of a cell: when it shows, and its wording (``str.format`` of ``c``, the cell) in each place."""
+
+    shown: object  # cell -> bool
+    id: str
+    describe: str
+    title: str
+
+
+#: a cell's optional parts, in the order its id, ``describe()`` and ``title()`` list them
+_CELL_PARTS = (
+    _CellPart(lambda c: c.depth != 1, "-d{c.depth}", "depth {c.depth}", "depth {c.depth}"),
+    _CellPart(lambda c: c.mode == "open", "-{c.load_pct}pct", "{c.load_pct}% of peak", "{c.load_pct}% of each server's peak"),
+    _CellPart(lambda c: c.protocol != "raw", "-{c.protocol}", "{c.protocol}", "{c.protocol} protocol"),
+    _CellPart(lambda c: c.transport != "tcp", "-{c.transport}", "{c.transport}", "over {c.transport}"),
+    _CellPart(lambda c: c.workers != 1, "-w{c.workers}", "{c.workers} workers", "{c.workers} server processes"),
+)
 
 
 # --- the parts of a result ----------------------------------------------------------------------

@@ -5,7 +5,9 @@ added to the registry gets every conformance check with no change here; the
 stream checks run over each stream transport a server serves
 (``stream_server``: one process per server and transport per module,
 ``framed_server``: per server, protocol and transport), so a transport added to
-a server's registry line is checked the same way.  A
+a server's registry line is checked the same way; a check that does not apply
+to every transport takes ``stream_cases_with``, which leaves the combinations
+out when the tests are made instead of skipping them at run time.  A
 server that is not available on this machine (say, an install that skipped the
 Cython build) is skipped with the registry's reason, unless
 ``SOCKBENCH_REQUIRE_ALL=1`` (set by CI), where that is a failure.
@@ -66,9 +68,15 @@ def pytest_collection_modifyitems(config, items):
 # --- no server outlives the module that started it ---------------------------------------------
 
 
-def _session_servers():
-    """``{pid: command line}`` of the live ``sockbench serve`` processes started by this session."""
-    mark = f"{SESSION_ENV}={os.getpid()}".encode()
+def marked_processes(mark):
+    """``{pid: (argv, state)}`` of the processes whose environment carries ``mark`` (``NAME=value``), this one aside.
+
+    ``argv`` is the command line's words (bytes), ``state`` the one-letter
+    state from ``/proc/PID/stat`` (``b"Z"``: a zombie its parent has not
+    reaped).  A mark in the environment is inherited by grandchildren too, so
+    it finds what a process group or a pid list would miss.
+    """
+    needle = mark.encode()
     found = {}
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == os.getpid():
@@ -78,18 +86,26 @@ def _session_servers():
                 env = f.read().split(b"\0")
             with open(f"/proc/{name}/cmdline", "rb") as f:
                 argv = f.read().split(b"\0")
+            with open(f"/proc/{name}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
         except OSError:
             continue  # gone, or not ours to read
-        if mark in env and b"serve" in argv:
-            found[int(name)] = b" ".join(argv).decode(errors="replace").strip()
+        if needle in env:
+            found[int(name)] = (argv, state)
     return found
 
 
-def _kill_leftovers(before):
-    """Wait ``LEAK_GRACE_S`` for new servers to go, then SIGKILL what is left by pid; return what was left."""
-    deadline = time.monotonic() + LEAK_GRACE_S
+def command_line(argv):
+    """A process's ``argv`` (bytes) as one line of text."""
+    return b" ".join(argv).decode(errors="replace").strip()
+
+
+def kill_left(find, grace_s):
+    """What ``find()`` (``{pid: command line}``) still returns after up to ``grace_s`` (a process just stopped may
+    still be exiting); each is then killed by its pid (SIGKILL), so a failing test leaves nothing running."""
+    deadline = time.monotonic() + grace_s
     while True:
-        left = {pid: cmd for pid, cmd in _session_servers().items() if pid not in before}
+        left = find()
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -99,6 +115,17 @@ def _kill_leftovers(before):
         except ProcessLookupError:
             pass
     return left
+
+
+def _session_servers():
+    """``{pid: command line}`` of the live ``sockbench serve`` processes started by this session."""
+    marked = marked_processes(f"{SESSION_ENV}={os.getpid()}")
+    return {pid: command_line(argv) for pid, (argv, _) in marked.items() if b"serve" in argv}
+
+
+def _kill_leftovers(before):
+    """Wait ``LEAK_GRACE_S`` for new servers to go, then SIGKILL what is left by pid; return what was left."""
+    return kill_left(lambda: {pid: cmd for pid, cmd in _session_servers().items() if pid not in before}, LEAK_GRACE_S)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -161,7 +188,36 @@ def _stream_cases():
     return [(name, t) for name, spec in registry.SERVERS.items() for t in spec.transports if t in STREAM_TRANSPORTS]
 
 
-@pytest.fixture(scope="module", params=_stream_cases(), ids=lambda c: f"{c[0]}-{c[1]}")
+def _stream_id(case):
+    return f"{case[0]}-{case[1]}"
+
+
+#: the stream fixtures and their scopes, for the fixtures and for ``stream_cases_with``
+STREAM_FIXTURE_SCOPES = {"stream_server": "module", "fresh_stream_server": "function"}
+
+
+def stream_cases_with(fixture, argname, values, keep, value_id=str):
+    """A parametrize mark: ``fixture`` over every stream case jointly with ``argname`` over ``values``,
+    less the pairs for which ``keep(transport, value)`` is false.
+
+    A combination that cannot apply is left out where the parameters are
+    made, not skipped at run time, so ``-rs`` lists only what this run could
+    not do.  A test's own parametrize of a fixture takes the place of the
+    fixture's params (pytest's rule); the mark keeps the fixture's scope and
+    ids, so its tests share ``stream_server`` processes with the module's
+    other tests (pytest's ordering by both parameters costs a few more starts
+    than one per case).
+    """
+    params = [
+        pytest.param(case, value, id=f"{_stream_id(case)}-{value_id(value)}")
+        for case in _stream_cases()
+        for value in values
+        if keep(case[1], value)
+    ]
+    return pytest.mark.parametrize((fixture, argname), params, indirect=[fixture], scope=STREAM_FIXTURE_SCOPES[fixture])
+
+
+@pytest.fixture(scope=STREAM_FIXTURE_SCOPES["stream_server"], params=_stream_cases(), ids=_stream_id)
 def stream_server(request):
     """A server over one stream transport (every server x tcp, tcp6, unix), shared by a module's tests.
 
@@ -174,7 +230,7 @@ def stream_server(request):
     yield from _running(ServerProcess(name, transport))
 
 
-@pytest.fixture(params=_stream_cases(), ids=lambda c: f"{c[0]}-{c[1]}")
+@pytest.fixture(scope=STREAM_FIXTURE_SCOPES["fresh_stream_server"], params=_stream_cases(), ids=_stream_id)
 def fresh_stream_server(request):
     """A fresh server over one stream transport for one test; always stopped by pid afterwards."""
     name, transport = request.param

@@ -10,9 +10,10 @@ here so that ``spec``, ``worker`` and ``harness`` each gain one branch:
   carries its own header (``HEADER_SIZE``) and at most ``MAX_DATAGRAM`` bytes;
   ``--protocol`` is ``raw`` only (a datagram is already one message, so
   ``frame``/``json`` would add nothing); connect mode has nothing to connect.
-* ``resolve``/``probe``: the target as a datagram address, and one datagram
-  echoed before any load, so that "nothing listens there" is a clear error
-  and not a run of 100% loss.
+* ``resolve``, ``echo_probe`` and ``PROBE_WORDING``: the target as a
+  datagram address, and one datagram echoed before any load (the harness's
+  probe, in the wording of a datagram), so that "nothing listens there" is a
+  clear error and not a run of 100% loss.
 * ``connect_flows``: the flows, one connected, non-blocking UDP socket each
   (connected: the kernel filters out strangers' datagrams and reports the
   server's port closed as ECONNREFUSED).
@@ -29,14 +30,20 @@ from sockbench.endpoints import Endpoint
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.servers.contract import MAX_DATAGRAM
 
-__all__ = ["HEADER_SIZE", "MAX_DATAGRAM", "PROBE_TIMEOUT_S", "check_spec", "resolve", "probe", "connect_flows",
-           "merge", "invalid_reasons", "summary_line"]
+__all__ = ["HEADER_SIZE", "MAX_DATAGRAM", "PROBE_TIMEOUT_S", "PROBE_WORDING", "check_spec", "resolve", "echo_probe",
+           "connect_flows", "merge", "invalid_reasons", "summary_line"]
 
 #: bytes of every load datagram taken by its header (flow id, sequence number, send time);
 #: ``sockbench.ext.udpgen.HEADER`` is the C side of it (a unit test keeps them equal)
 HEADER_SIZE = 24
 #: how long the probe datagram waits for its echo
 PROBE_TIMEOUT_S = 2.0
+#: the udp probe's one-line errors by what went wrong, in the form the harness's probe takes
+PROBE_WORDING = {
+    "refused": "nothing listens on {where}: is a UDP echo server running there?",
+    "timeout": "no echo from {where} within {timeout_s:g} s: is a UDP echo server listening there?",
+    "other": "cannot reach {where}",
+}
 
 
 def check_spec(spec):
@@ -64,25 +71,12 @@ def resolve(endpoint):
     return Endpoint("udp", addr[0], addr[1])
 
 
-def probe(endpoint, timeout_s=PROBE_TIMEOUT_S):
-    """One datagram echoed before any load, or a one-line ``SockbenchError`` saying why not."""
-    where = endpoint.format()
-    s = socket.socket(endpoint.family, socket.SOCK_DGRAM)
-    s.settimeout(timeout_s)
+def echo_probe(s):
+    """The udp probe's exchange on its connected socket: one datagram out and its echo back."""
     payload = b"sockbench probe"
-    try:
-        s.connect(endpoint.sockaddr())
-        s.send(payload)
-        while s.recv(MAX_DATAGRAM + 1) != payload:
-            pass  # a stray echo of an earlier run: wait for this one
-    except ConnectionRefusedError:
-        raise SockbenchError(f"nothing listens on {where}: is a UDP echo server running there?") from None
-    except TimeoutError:
-        raise SockbenchError(f"no echo from {where} within {timeout_s:g} s: is a UDP echo server listening there?") from None
-    except OSError as e:
-        raise SockbenchError(f"cannot reach {where}: {e.strerror or e}") from None
-    finally:
-        s.close()
+    s.send(payload)
+    while s.recv(MAX_DATAGRAM + 1) != payload:
+        pass  # a stray echo of an earlier run: wait for this one
 
 
 def connect_flows(endpoint, n):

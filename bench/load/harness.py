@@ -165,20 +165,43 @@ def resolve(endpoint):
     return datagram.resolve(endpoint) if endpoint.transport == "udp" else _resolve(endpoint)
 
 
-def _probe(endpoint):
-    """One connection before any load: a refused connection is a clear one-line error."""
-    s = socket.socket(endpoint.family, socket.SOCK_STREAM)
-    s.settimeout(5.0)
+#: how long the stream probe's connect may take
+_STREAM_PROBE_TIMEOUT_S = 5.0
+#: the stream probe's one-line errors by what went wrong (``datagram.PROBE_WORDING`` is udp's)
+_STREAM_PROBE_WORDING = {
+    "refused": "connection refused by {where}: is an echo server listening there?",
+    "missing": "no socket at {where}: is an echo server listening there?",
+    "timeout": "connecting to {where} timed out",
+    "other": "cannot connect to {where}",
+}
+
+
+def _probe(endpoint, wording, timeout_s, exchange=None):
+    """Reach ``endpoint`` once before any load, or a one-line ``SockbenchError`` in the transport's ``wording``.
+
+    One connect (and ``exchange(sock)``, udp's echoed datagram) so that
+    "nothing listens there" is a clear error and not a run of failures.
+    ``wording`` maps ``refused``, ``timeout``, ``other`` and optionally
+    ``missing`` (no unix socket at the path; without it that is ``other``) to a
+    line with ``{where}`` and ``{timeout_s}`` in it; ``other`` gets the OS's reason.
+    """
+    s = socket.socket(endpoint.family, endpoint.socktype)
+    s.settimeout(timeout_s)
     try:
         s.connect(endpoint.sockaddr())
-    except ConnectionRefusedError:
-        raise SockbenchError(f"connection refused by {endpoint}: is an echo server listening there?") from None
-    except FileNotFoundError:
-        raise SockbenchError(f"no socket at {endpoint}: is an echo server listening there?") from None
-    except TimeoutError:
-        raise SockbenchError(f"connecting to {endpoint} timed out") from None
+        if exchange is not None:
+            exchange(s)
     except OSError as e:
-        raise SockbenchError(f"cannot connect to {endpoint}: {e.strerror or e}") from None
+        if isinstance(e, ConnectionRefusedError):
+            what = "refused"
+        elif isinstance(e, FileNotFoundError) and "missing" in wording:
+            what = "missing"
+        elif isinstance(e, TimeoutError):
+            what = "timeout"
+        else:
+            what = "other"
+        line = wording[what].format(where=endpoint, timeout_s=timeout_s)
+        raise SockbenchError(f"{line}: {e.strerror or e}" if what == "other" else line) from None
     finally:
         s.close()
 
@@ -428,9 +451,9 @@ def measure(spec, server, endpoint, on_window=None, start_at=None, spare=None):
     ``_build_result`` turns the three into a result.
     """
     if endpoint.transport == "udp":
-        datagram.probe(endpoint)
+        _probe(endpoint, datagram.PROBE_WORDING, datagram.PROBE_TIMEOUT_S, datagram.echo_probe)
     else:
-        _probe(endpoint)
+        _probe(endpoint, _STREAM_PROBE_WORDING, _STREAM_PROBE_TIMEOUT_S)
     if spec.name_busy:
         _warn_busy(spec, server, spare or ())
     workers = {}

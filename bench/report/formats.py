@@ -38,12 +38,13 @@ import json
 import math
 import os
 
+from sockbench.bench.report.stats import round_flags
 from sockbench.bench.schema import Cell
 from sockbench.jsonfile import write_json_atomic
 
 __all__ = [
     "HGRM_DIR", "CSV_FILE", "CI_DIR", "CI_FILES", "hgrm_text", "parse_hgrm", "csv_columns", "csv_rows",
-    "ci_entries", "write_formats", "round_flags", "hgrm_name", "read_ci", "percentile_steps",
+    "ci_entries", "write_formats", "hgrm_name", "read_ci", "percentile_steps",
 ]
 
 HGRM_DIR = "hgrm"
@@ -154,22 +155,6 @@ _MEASURED = (
 
 def csv_columns():
     return _cell_fields() + ["round"] + list(_MEASURED)
-
-
-def round_flags(r):
-    """The flags one round carries on its own (UNSTABLE and WIDE-CI belong to a cell's rounds together)."""
-    out = []
-    if not r.valid:
-        out.append("INVALID")
-    if r.starved:
-        out.append("STARVED")
-    if r.disturbed:
-        out.append("DISTURBED")
-    if r.client_bound:
-        out.append("CLIENT-BOUND")
-    if r.workload.mode == "open" and r.throughput.behind:
-        out.append("BEHIND")
-    return out
 
 
 def _v(x):

@@ -61,11 +61,28 @@ from sockbench.thresholds import LOSSY_SHARE, OUTLIER_SHARE, UNSTABLE_SPREAD
 
 __all__ = [
     "CellStats", "decode_hdr", "merged_hdr", "UNSTABLE_SPREAD", "CONFIDENCE", "median_interval", "ratio_interval",
-    "ratio_intervals", "Interval", "RatioInterval",
+    "ratio_intervals", "Interval", "RatioInterval", "FLAGS", "ROUND_FLAGS", "round_flags",
 ]
 
 #: the confidence of every interval the suite, the report and compare show
 CONFIDENCE = 0.95
+
+#: every flag, in the order a cell lists them; UNSTABLE, OUTLIERS, WIDE-CI and LOSSY belong to a cell's rounds together
+FLAGS = ("INVALID", "STARVED", "DISTURBED", "CLIENT-BOUND", "UNSTABLE", "OUTLIERS", "WIDE-CI", "BEHIND", "LOSSY")
+#: the flags one round carries on its own, and when, given its cell's mode (a cell has one when a kept round has it)
+ROUND_FLAGS = {
+    "INVALID": lambda r, mode: not r.valid,
+    "STARVED": lambda r, mode: bool(r.starved),
+    "DISTURBED": lambda r, mode: bool(r.disturbed),
+    "CLIENT-BOUND": lambda r, mode: bool(r.client_bound),
+    "BEHIND": lambda r, mode: mode == "open" and bool(r.throughput.behind),
+}
+
+
+def round_flags(r, mode=None):
+    """The flags round ``r`` carries on its own, in ``FLAGS`` order; ``mode`` is its cell's (default: its workload's)."""
+    mode = r.workload.mode if mode is None else mode
+    return [name for name, on in ROUND_FLAGS.items() if on(r, mode)]
 
 
 def decode_hdr(text):
@@ -451,13 +468,7 @@ class CellStats:
         return 1e6 / us if us and us > 0 and math.isfinite(us) else float("nan")
 
     def msgs_per_cpu_s_rounds(self):
-        out = []
-        for r in self.results:
-            per = r.server_proc.us_per_msg
-            us = _num(per.user) + _num(per.sys)
-            if us > 0:
-                out.append(1e6 / us)
-        return out
+        return [1e6 / us for us in self.cpu_us_per_msg_rounds() if us > 0]
 
     @property
     def rss_peak_bytes(self):
@@ -587,26 +598,17 @@ class CellStats:
         return share is not None and share > LOSSY_SHARE
 
     def flags(self):
-        out = []
-        if self.invalid:
-            out.append("INVALID")
-        if self.starved:
-            out.append("STARVED")
-        if self.disturbed:
-            out.append("DISTURBED")
-        if self.client_bound:
-            out.append("CLIENT-BOUND")
-        if self.unstable:
-            out.append("UNSTABLE")
-        elif self.outlier_rounds:
-            out.append("OUTLIERS")  # in an unstable cell, rounds far from the median are its spread, not outliers
-        if self.wide:
-            out.append("WIDE-CI")
-        if self.cell.mode == "open" and self.behind:
-            out.append("BEHIND")
-        if self.lossy:
-            out.append("LOSSY")
-        return out
+        """The cell's flags in ``FLAGS`` order: a round's flag when any kept round carries it, and the cell's own."""
+        held = {name for r in self.results for name in round_flags(r, self.cell.mode)}
+        unstable = self.unstable
+        own = {
+            "UNSTABLE": unstable,
+            # in an unstable cell, rounds far from the median are its spread, not outliers
+            "OUTLIERS": not unstable and bool(self.outlier_rounds),
+            "WIDE-CI": self.wide,
+            "LOSSY": self.lossy,
+        }
+        return [name for name in FLAGS if name in held or own.get(name)]
 
     def summary(self):
         """The cell over all its rounds as a ``CellSummary`` (what the suite puts into ``extra_info``)."""

@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+from conftest import stream_cases_with
 from echo_client import (
     StreamPattern,
     connect,
@@ -107,12 +108,17 @@ def test_tcp_nodelay_over_tcp6_too(server_name):
     assert value != 0, "accepted IPv6 sockets must have TCP_NODELAY"
 
 
+def _stop_signal_applies(transport, sig):
+    """SIGINT over tcp only: it takes the same path as SIGTERM, so one transport shows it."""
+    return sig == signal.SIGTERM or transport == "tcp"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@stream_cases_with(
+    "fresh_stream_server", "sig", [signal.SIGTERM, signal.SIGINT], _stop_signal_applies, value_id=lambda s: s.name
+)
 def test_stop_signal_with_50_connections_exits_0_within_2s(fresh_stream_server, sig):
     server = fresh_stream_server
-    if sig == signal.SIGINT and server.transport != "tcp":
-        pytest.skip("SIGINT takes the same path as SIGTERM; one transport shows it")
     socks = []
     try:
         for i in range(50):
@@ -161,15 +167,27 @@ def test_echo_byte_for_byte(stream_server):
             assert got == data, f"echo of {size} bytes differs"
 
 
+def _unix_in_flight():
+    """Bytes a client can write before reading over AF_UNIX: its send buffer, the server's read, the server's send buffer."""
+    with open("/proc/sys/net/core/wmem_default") as f:
+        return 2 * int(f.read()) + RECV_SIZE
+
+
+def _fits_in_flight(transport, size):
+    """Over unix, only what the kernel can hold in flight both ways (~672 KiB with the default buffers).
+
+    An AF_UNIX stream has no receive buffer: what is in flight is charged to the
+    sender's send buffer, so beyond both send buffers and the server's one read,
+    any bounded-memory echo must stall.
+    """
+    return transport != "unix" or size <= _unix_in_flight()
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("size", [1, 4096, 65537, MiB, 4 * MiB], ids=lambda n: f"{n}B")
+@stream_cases_with("stream_server", "size", [1, 4096, 65537, MiB, 4 * MiB], _fits_in_flight, value_id=lambda n: f"{n}B")
 def test_send_everything_before_reading(stream_server, size):
     """The client writes its whole message before reading a byte: no deadlock."""
     server = stream_server
-    if server.transport == "unix" and size > _unix_in_flight():
-        # an AF_UNIX stream has no receive buffer: what is in flight is charged to the sender's send
-        # buffer, so beyond both send buffers and the server's one read, any bounded-memory echo must stall
-        pytest.skip(f"over unix the kernel holds at most ~{_unix_in_flight() // 1024} KiB in flight both ways")
     data = payload(size, seed=size)
     with connect(server.address, timeout=15) as s:
         try:
@@ -177,12 +195,6 @@ def test_send_everything_before_reading(stream_server, size):
         except socket.timeout:
             pytest.fail(f"{server.name} stopped reading before {size} bytes were accepted (deadlock)")
         assert read_exact(s, size) == data
-
-
-def _unix_in_flight():
-    """Bytes a client can write before reading over AF_UNIX: its send buffer, the server's read, the server's send buffer."""
-    with open("/proc/sys/net/core/wmem_default") as f:
-        return 2 * int(f.read()) + RECV_SIZE
 
 
 def test_200_concurrent_connections(stream_server):

@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from fault_server import FaultServer, made_and_closed
 from sockbench.servers import registry
 from sockbench.bench.load import hdr
 from sockbench.bench.load.harness import LoadSpec, run_load
@@ -203,46 +204,19 @@ def test_connect_mode():
 # --- a broken echo server: wrong bytes make the run invalid -----------------------------------
 
 
-class _TestServer:
+class _TestServer(FaultServer):
     """A tiny threaded echo server in the test process, with a fault to inject."""
 
     def __init__(self, fault):
-        self.fault = fault
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.address = self.sock.getsockname()
         self.first_recv = []
         self.freeze_at = time.monotonic() + 0.6  # fault "freeze": answers stop from then on
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._accept, daemon=True)]
-        self.threads[0].start()
-
-    def _accept(self):
-        self.sock.settimeout(0.1)
-        while not self.stop.is_set():
-            try:
-                c, _ = self.sock.accept()
-            except (TimeoutError, OSError):
-                continue
-            t = threading.Thread(target=self._serve, args=(c,), daemon=True)
-            self.threads.append(t)
-            t.start()
+        super().__init__(fault)
 
     def _reads(self, c):
-        """What ``c`` sends, read by read, until EOF, an error or close(); the first read's size goes to first_recv."""
-        c.settimeout(0.1)
-        first = True
-        while not self.stop.is_set():
-            try:
-                data = c.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if not data:
-                return
-            if first:
+        """What ``c`` sends, read by read (``FaultServer._reads``); the first read's size goes to first_recv."""
+        for n, data in enumerate(super()._reads(c)):
+            if n == 0:
                 self.first_recv.append(len(data))
-                first = False
             yield data
 
     def _serve(self, c):
@@ -253,35 +227,15 @@ class _TestServer:
                     continue
                 if self.fault in ("alter", "drop") and seen <= 1000 < seen + len(data):
                     i = 1000 - seen
-                    if self.fault == "alter":
-                        data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
-                    else:
-                        data = data[:i] + data[i + 1 :]
+                    data = self._flip(data, i) if self.fault == "alter" else data[:i] + data[i + 1 :]
                 seen += len(data)
-                try:
-                    c.sendall(data)
-                except OSError:
+                if not self._send(c, data):
                     return
-
-    def close(self):
-        self.stop.set()
-        self.sock.close()
-        for t in self.threads:
-            t.join(2)
 
 
 @pytest.fixture
 def make_server():
-    made = []
-
-    def make(fault):
-        s = _TestServer(fault)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
+    yield from made_and_closed(_TestServer)
 
 
 @pytest.mark.parametrize("fault", ["alter", "drop"])
@@ -423,24 +377,13 @@ class _FramedTestServer(_TestServer):
                             out.append(held)
                             held = None
                     i += 1
-                try:
-                    c.sendall(b"".join(out))
-                except OSError:
+                if not self._send(c, b"".join(out)):
                     return
 
 
 @pytest.fixture
 def make_framed_server():
-    made = []
-
-    def make(protocol, fault):
-        s = _FramedTestServer(protocol, fault)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
+    yield from made_and_closed(_FramedTestServer)
 
 
 @pytest.mark.slow

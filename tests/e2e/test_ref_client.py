@@ -14,11 +14,11 @@ which refuses a line that lacks any of the client's keys.
 import shutil
 import socket
 import subprocess
-import threading
 import time
 
 import pytest
 
+from fault_server import FaultServer, made_and_closed
 from sockbench.bench.calibrate.common import REF_CLIENT_SOURCE, RefResult, build_ref_client, ref_client_command
 from sockbench.servers import protocols, registry
 from sockbench.servers.process import ServerProcess
@@ -41,73 +41,33 @@ def _run(client, address, timeout=30, **options):
     return lines, RefResult.parse(lines[-1])
 
 
-class _FaultyServer:
+class _FaultyServer(FaultServer):
     """Answers as the protocol says (``servers.protocols``' decoders), with one fault in the answer stream."""
 
     def __init__(self, protocol, fault, at=0):
-        self.protocol, self.fault, self.at = protocol, fault, at
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.address = self.sock.getsockname()
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._accept, daemon=True)]
-        self.threads[0].start()
-
-    def _accept(self):
-        self.sock.settimeout(0.1)
-        while not self.stop.is_set():
-            try:
-                c, _ = self.sock.accept()
-            except (TimeoutError, OSError):
-                continue
-            t = threading.Thread(target=self._serve, args=(c,), daemon=True)
-            self.threads.append(t)
-            t.start()
+        self.protocol, self.at = protocol, at
+        super().__init__(fault)
 
     def _serve(self, c):
         decoder = None if self.protocol == "raw" else protocols.make_decoder(self.protocol)
         sent = 0
-        c.settimeout(0.1)
         with c:
-            while not self.stop.is_set():
-                try:
-                    data = c.recv(65536)
-                except TimeoutError:
-                    continue
-                except OSError:
-                    return
-                if not data or self.fault == "close":
+            for data in self._reads(c):
+                if self.fault == "close":
                     return
                 if self.fault == "blackhole":
                     continue
                 out = data if decoder is None else decoder.feed(data)
                 if self.fault == "flip" and sent <= self.at < sent + len(out):
-                    i = self.at - sent
-                    out = out[:i] + bytes([out[i] ^ 0xFF]) + out[i + 1:]
+                    out = self._flip(out, self.at - sent)
                 sent += len(out)
-                try:
-                    c.sendall(out)
-                except OSError:
+                if not self._send(c, out):
                     return
-
-    def close(self):
-        self.stop.set()
-        self.sock.close()
-        for t in self.threads:
-            t.join(2)
 
 
 @pytest.fixture
 def faulty():
-    made = []
-
-    def make(protocol, fault, at=0):
-        s = _FaultyServer(protocol, fault, at)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
+    yield from made_and_closed(_FaultyServer)
 
 
 @pytest.mark.parametrize("protocol", protocols.PROTOCOLS)

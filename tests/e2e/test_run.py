@@ -21,6 +21,7 @@ import uuid
 import pytest
 from PIL import Image
 
+from conftest import command_line, kill_left, marked_processes
 from sockbench.bench.report.document import protocol_cost_rows
 from sockbench.bench.report.plots import PLOTS
 from sockbench.bench.report.store import is_discarded, load_results
@@ -51,23 +52,24 @@ def _sockbench(*args, mark=None):
 
 def _marked(mark):
     """``{pid: command line}`` of the live processes whose environment carries this run's mark."""
-    needle = f"{RUN_ENV}={mark}".encode()
-    found = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-            with open(f"/proc/{name}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue  # gone, or not ours to read
-        if needle in env and state != b"Z":
-            found[int(name)] = b" ".join(argv).decode(errors="replace").strip()
-    return found
+    marked = marked_processes(f"{RUN_ENV}={mark}")
+    return {pid: command_line(argv) for pid, (argv, state) in marked.items() if state != b"Z"}
+
+
+def _interrupt_after_rounds(proc, out, sig, mid_run=lambda: None):
+    """Once two rounds are in, ``mid_run()``, then ``sig`` to the run: its ``(stdout, stderr)`` when it has ended.
+
+    A run that outlives the test (a failed check, a timeout) is killed by its pid.
+    """
+    try:
+        _wait_for_rounds(proc, out, 2)
+        mid_run()
+        proc.send_signal(sig)
+        return proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _rounds_in(out):
@@ -170,14 +172,7 @@ def test_run_quick_end_to_end(tmp_path):
 def test_run_ctrl_c_keeps_finished_rounds(tmp_path):
     out = str(tmp_path / "cut")
     proc = _sockbench("run", "--quick", "--servers", *E2E_SERVERS, "--out", out)
-    try:
-        _wait_for_rounds(proc, out, 2)
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    stdout, stderr = _interrupt_after_rounds(proc, out, signal.SIGINT)
     why = stdout + stderr + _log_tail(out)
     assert proc.returncode == 130, why
     meta = json.load(open(os.path.join(out, "meta.json")))
@@ -188,39 +183,21 @@ def test_run_ctrl_c_keeps_finished_rounds(tmp_path):
     assert main(["report", out]) == 0
 
 
-def _left_after(mark, grace_s=3.0):
-    """The run's processes still alive ``grace_s`` after it ended (one the runner stopped may still be exiting);
-    each is then killed by its pid, so a failing test leaves nothing running."""
-    deadline = time.monotonic() + grace_s
-    left = _marked(mark)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.05)
-        left = _marked(mark)
-    for pid in left:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return left
-
-
 def test_run_sigterm_stops_every_process_and_writes_the_report(tmp_path):
     out = str(tmp_path / "term")
     mark = uuid.uuid4().hex
     proc = _sockbench("run", "--quick", "--servers", *E2E_SERVERS, "--out", out, mark=mark)
-    left = {}
-    try:
-        _wait_for_rounds(proc, out, 2)
+
+    def mid_run():
         running = _marked(mark)
         # mid-run: the runner, the pytest child, and the round in flight's server and load process
         assert len(running) >= 2 and proc.pid in running, running
-        proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=60)
+
+    try:
+        stdout, stderr = _interrupt_after_rounds(proc, out, signal.SIGTERM, mid_run)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        left = _left_after(mark)
+        # the run's processes still alive 3 s after it ended (one the runner stopped may still be exiting)
+        left = kill_left(lambda: _marked(mark), grace_s=3.0)
     why = stdout + stderr + _log_tail(out)
     assert not left, f"processes of the run left after SIGTERM: {left}"
     assert proc.returncode == 128 + signal.SIGTERM, why

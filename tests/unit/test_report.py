@@ -271,6 +271,25 @@ def test_empty_folder_and_file(tmp_path, capsys):
     assert "not a results folder" in _one_line_error(capsys, ["report", str(f)])
 
 
+def _bad_workload(r):
+    r.pop("cell")
+    r["workload"] = {"mode": "closed"}
+
+
+def _one_more_count(r):
+    r["latency_us"]["count"] += 1
+
+
+#: the damages that leave a raw file JSON: what each does to the result read from it
+_JSON_DAMAGES = {
+    "missing-keys": lambda r: r.pop("throughput"),
+    "bad-workload": _bad_workload,
+    "hdr-missing": lambda r: r.pop("hdr"),
+    "hdr-garbage": lambda r: r.update(hdr="bm90IGEgaGlzdG9ncmFt"),
+    "hdr-count": _one_more_count,
+}
+
+
 def _damage(raw, damage):
     if damage == "truncated":
         text = open(raw).read()
@@ -279,26 +298,9 @@ def _damage(raw, damage):
         open(raw, "w").write(json.dumps({"schema": 7}))
     elif damage == "not-an-object":
         open(raw, "w").write("[1, 2]")
-    elif damage == "missing-keys":
+    else:
         r = json.load(open(raw))
-        del r["throughput"]
-        open(raw, "w").write(json.dumps(r))
-    elif damage == "bad-workload":
-        r = json.load(open(raw))
-        r.pop("cell")
-        r["workload"] = {"mode": "closed"}
-        open(raw, "w").write(json.dumps(r))
-    elif damage == "hdr-missing":
-        r = json.load(open(raw))
-        del r["hdr"]
-        open(raw, "w").write(json.dumps(r))
-    elif damage == "hdr-garbage":
-        r = json.load(open(raw))
-        r["hdr"] = "bm90IGEgaGlzdG9ncmFt"
-        open(raw, "w").write(json.dumps(r))
-    elif damage == "hdr-count":
-        r = json.load(open(raw))
-        r["latency_us"]["count"] += 1
+        _JSON_DAMAGES[damage](r)
         open(raw, "w").write(json.dumps(r))
 
 
