@@ -137,7 +137,7 @@ def test_run_cluster_rounds_go_through_the_coordinator():
 def test_the_tuned_workers_periodic_jobs_stay_slow_and_quiet():
     # the idle worker's CPU is its periodic jobs: each must run far less often than Dask's defaults, and the
     # tick's "event loop was unresponsive" limit must exceed the tick itself, or every tick writes a log line
-    from dask.utils import parse_timedelta  # the [cluster] extra; test_cluster_merge needs it as cluster.py does
+    parse_timedelta = pytest.importorskip("dask.utils", reason="needs the [cluster] extra").parse_timedelta
 
     from sockbench.bench.load.cluster import HEARTBEAT_S, WORKER_CONFIG
 
