@@ -33,9 +33,10 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from sockbench.bench.calibrate.common import fmt_spread, machine_line, pinned, spread
+from sockbench.bench.calibrate.common import fmt_spread, machine_line, spread
 from sockbench.bench.load.cluster import HEARTBEAT_S
 from sockbench.bench.load.interference import side_time
+from sockbench.children import child_setup, held_signals
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.jsonfile import write_json_atomic
 from sockbench.procfs import read_cpu_times, read_task_cpu_s
@@ -67,9 +68,13 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _away_from(cpu):
-    others = sorted(os.sched_getaffinity(0) - {cpu})
-    return lambda: os.sched_setaffinity(0, others or {cpu})
+def _start(procs, cmd, cpus):
+    """Start ``cmd`` pinned to ``cpus``, its handle in ``procs`` before a Ctrl-C can land (``held_signals``)."""
+    with held_signals():
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                             preexec_fn=child_setup(cpus))
+        procs.append(p)
+    return p
 
 
 def _wait_ready_line(p, what):
@@ -125,21 +130,18 @@ def measure(cpu=0, window_s=30.0, windows=3, settle_s=5.0, reference=True, log=p
         raise UsageError(f"--cpu {cpu} is not a CPU this process may use; allowed: {sorted(os.sched_getaffinity(0))}")
     address = f"tcp://127.0.0.1:{_free_port()}"
     procs, pids = [], {}
-    quiet = dict(stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    others = sorted(os.sched_getaffinity(0) - {cpu}) or [cpu]
     try:
-        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                                       "--port", address.rsplit(":", 1)[1], "--no-dashboard"],
-                                      preexec_fn=_away_from(cpu), **quiet))
-        tuned = subprocess.Popen([sys.executable, "-m", "sockbench", "cluster-worker", "--scheduler", address,
-                                  "--name", TUNED, "--cpus", str(cpu)], **quiet)
-        procs.append(tuned)
+        # the scheduler away from the workers' CPU, as if it ran on another host
+        _start(procs, [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                       "--port", address.rsplit(":", 1)[1], "--no-dashboard"], others)
+        tuned = _start(procs, [sys.executable, "-m", "sockbench", "cluster-worker", "--scheduler", address,
+                               "--name", TUNED, "--cpus", str(cpu)], None)
         _wait_ready_line(tuned, TUNED)
         pids[TUNED] = tuned.pid
         if reference:
-            ref = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--no-nanny",
-                                    "--nthreads", "1", "--name", REFERENCE, "--no-dashboard"],
-                                   preexec_fn=pinned(cpu), **quiet)
-            procs.append(ref)
+            ref = _start(procs, [sys.executable, "-m", "distributed.cli.dask_worker", address, "--no-nanny",
+                                 "--nthreads", "1", "--name", REFERENCE, "--no-dashboard"], [cpu])
             pids[REFERENCE] = ref.pid
         with distributed.Client(address, timeout=START_TIMEOUT_S, set_as_default=False) as client:
             _wait_workers(client, pids)
