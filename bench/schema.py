@@ -63,6 +63,9 @@ Versions
     (its throughput, latency, CPU, ``client_bound``, errors, the Dask
     worker's own CPU, its clock offset); the top-level figures stay the
     merged totals, so a reader that knows no ``hosts`` reads it as before.
+    ``client`` gained ``stalls``, ``stall_s`` and ``longest_stall_s`` (a
+    polling open loop's client stalls, written for such a client only); a
+    file without them reads ``None``.
 
 A udp result adds ``datagrams`` (sent, received, lost, duplicates,
 out_of_order, late, corrupt, loss_share; ``Datagrams``); a stream result has
@@ -533,6 +536,10 @@ class Client:
 
     ``polling``: open loop with a CPU per load process, which is then always on
     its CPU; ``busy_util`` (its share outside idle passes) is its load then.
+    ``stalls``, ``stall_s``, ``longest_stall_s`` (polling only, else ``None``):
+    the gaps of ``CLIENT_STALL_S`` or more between two passes of a load loop in
+    the window, its CPU taken from it: how many, their total and the longest,
+    over every load process (summed, the longest the longest).
     """
 
     cpu_util: float | None = None
@@ -546,6 +553,9 @@ class Client:
     reads: int | None = None
     msgs_queued: int | None = None
     msgs_per_write: float | None = None
+    stalls: int | None = None
+    stall_s: float | None = None
+    longest_stall_s: float | None = None
 
     @property
     def load(self):
@@ -553,7 +563,7 @@ class Client:
         return self.busy_util if self.polling else self.cpu_util
 
     def to_json(self):
-        return {
+        out = {
             "cpu_util": self.cpu_util,
             "polling": self.polling,
             "busy_util": self.busy_util,
@@ -566,6 +576,11 @@ class Client:
             "msgs_queued": self.msgs_queued,
             "msgs_per_write": self.msgs_per_write,
         }
+        # a polling client's only: a result of any other client (and every earlier file) has no such keys
+        _put(out, "stalls", self.stalls)
+        _put(out, "stall_s", self.stall_s)
+        _put(out, "longest_stall_s", self.longest_stall_s)
+        return out
 
     @classmethod
     def from_json(cls, d, source="the result"):
@@ -581,6 +596,9 @@ class Client:
             reads=d.get("reads"),
             msgs_queued=d.get("msgs_queued"),
             msgs_per_write=d.get("msgs_per_write"),
+            stalls=d.get("stalls"),
+            stall_s=d.get("stall_s"),
+            longest_stall_s=d.get("longest_stall_s"),
         )
 
 
