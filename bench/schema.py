@@ -99,6 +99,7 @@ __all__ = [
     "Fairness",
     "Datagrams",
     "jain_index",
+    "merge_stalls",
     "WorkerCpu",
     "ClockOffset",
     "HostPart",
@@ -600,6 +601,22 @@ class Client:
             stall_s=d.get("stall_s"),
             longest_stall_s=d.get("longest_stall_s"),
         )
+
+
+def merge_stalls(parts):
+    """The client stalls of ``parts`` as one client's: ``(stalls, stall_s, longest_stall_s)``.
+
+    ``parts`` are anything with those three attributes: a run's load
+    processes (``ProcResult``), a cluster's, or the rounds' ``Client``s of a
+    cell.  Counts and times are summed, the longest is the longest; the parts
+    that did not measure them (``None``: they did not poll) are left out, and
+    ``(None, None, None)`` when none did.
+    """
+    measured = [p for p in parts if p.stalls is not None]
+    if not measured:
+        return None, None, None
+    return (sum(p.stalls for p in measured), sum(p.stall_s or 0.0 for p in measured),
+            max(p.longest_stall_s or 0.0 for p in measured))
 
 
 @dataclass(frozen=True)

@@ -56,8 +56,8 @@ from sockbench.bench.load.clock import measure_offsets, too_large
 from sockbench.bench.load.harness import (
     READY_TIMEOUT_S, _build_result, _limited_by, _read_rss_peak, _ServerWindow, _split, measure, resolve,
 )
-from sockbench.bench.load.worker import ProcResult, client_stalls
-from sockbench.bench.schema import Client, ClockOffset, CpuPerMsg, HostPart, LoadResult, WorkerCpu
+from sockbench.bench.load.worker import ProcResult
+from sockbench.bench.schema import Client, ClockOffset, CpuPerMsg, HostPart, LoadResult, WorkerCpu, merge_stalls
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.jsonfile import write_json_atomic
 from sockbench.procfs import read_proc_stat, read_task_cpu_s
@@ -407,7 +407,7 @@ def _cluster_client(rs, parts):
     writes = sum(r.writes for r in rs)
     queued = sum(r.queued for r in rs)
     # each host's part keeps its own stalls (its result's client); the total is every load process's
-    stalls, stall_s, longest_stall_s = client_stalls(rs)
+    stalls, stall_s, longest_stall_s = merge_stalls(rs)
     client = Client(
         cpu_util=(user + sys_) / capacity if capacity else None,
         polling=polling,

@@ -102,10 +102,11 @@ from dataclasses import asdict, dataclass
 from sockbench.bench.load import datagram, hdr
 from sockbench.bench.load.interference import interference
 from sockbench.bench.load.spec import MAX_FRAMED_SIZE, MODES, PROTOCOLS, LoadSpec
-from sockbench.bench.load.worker import FD_HEADROOM, ProcResult, WorkerParams, client_stalls
+from sockbench.bench.load.worker import FD_HEADROOM, ProcResult, WorkerParams
 from sockbench.bench.schema import (
     ERROR_KINDS, Client, CpuPerMsg, Errors, Fairness, LoadResult, Machine, ServerProc, Target, Throughput, Timeseries,
     Workload,
+    merge_stalls,
 )
 from sockbench.children import child_setup, held_signals
 from sockbench.endpoints import Endpoint
@@ -720,7 +721,7 @@ def _client_cpu(rs, msgs):
         busy = min(1.0, sum(max(0.0, r.cpu_window_s - (r.idle_s or 0.0)) for r in rs) / (window * ncpu))
     queued = sum(r.queued for r in rs)
     writes = sum(r.writes for r in rs)
-    stalls, stall_s, longest_stall_s = client_stalls(rs)
+    stalls, stall_s, longest_stall_s = merge_stalls(rs)
     client = Client(
         cpu_util=util,
         polling=polling,

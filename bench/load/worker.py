@@ -41,7 +41,7 @@ from sockbench.endpoints import Endpoint
 from sockbench.errors import SockbenchError
 from sockbench.thresholds import CLIENT_STALL_S, STALL_S
 
-__all__ = ["WorkerParams", "ProcResult", "client_stalls", "run_worker", "main", "connect_all", "raise_nofile_limit", "MODES", "FD_HEADROOM"]
+__all__ = ["WorkerParams", "ProcResult", "run_worker", "main", "connect_all", "raise_nofile_limit", "MODES", "FD_HEADROOM"]
 
 #: mode name -> loadgen mode number
 MODES = {"closed": 0, "open": 1, "connect": 2}
@@ -177,16 +177,6 @@ class ProcResult:
             # JSON keys are strings: the CPU numbers again
             r = replace(r, cpu_stat=[{**e, "cpus": {int(k): v for k, v in e["cpus"].items()}} for e in r.cpu_stat])
         return r
-
-
-def client_stalls(rs):
-    """The client stalls of the load processes ``rs`` (``ProcResult``s) as one client's: ``(stalls, stall_s,
-    longest_stall_s)``, counts and totals summed, the longest the longest; ``None`` each when none measured them."""
-    measured = [r for r in rs if r.stalls is not None]
-    if not measured:
-        return None, None, None
-    return (sum(r.stalls for r in measured), sum(r.stall_s for r in measured),
-            max(r.longest_stall_s for r in measured))
 
 
 def raise_nofile_limit(needed):
