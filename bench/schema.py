@@ -63,6 +63,9 @@ Versions
     (its throughput, latency, CPU, ``client_bound``, errors, the Dask
     worker's own CPU, its clock offset); the top-level figures stay the
     merged totals, so a reader that knows no ``hosts`` reads it as before.
+    ``client`` gained ``stalls``, ``stall_s`` and ``longest_stall_s`` (a
+    polling open loop's client stalls, written for such a client only); a
+    file without them reads ``None``.
 
 A udp result adds ``datagrams`` (sent, received, lost, duplicates,
 out_of_order, late, corrupt, loss_share; ``Datagrams``); a stream result has
@@ -96,6 +99,7 @@ __all__ = [
     "Fairness",
     "Datagrams",
     "jain_index",
+    "merge_stalls",
     "WorkerCpu",
     "ClockOffset",
     "HostPart",
@@ -533,6 +537,10 @@ class Client:
 
     ``polling``: open loop with a CPU per load process, which is then always on
     its CPU; ``busy_util`` (its share outside idle passes) is its load then.
+    ``stalls``, ``stall_s``, ``longest_stall_s`` (polling only, else ``None``):
+    the gaps of ``CLIENT_STALL_S`` or more between two passes of a load loop in
+    the window, its CPU taken from it: how many, their total and the longest,
+    over every load process (summed, the longest the longest).
     """
 
     cpu_util: float | None = None
@@ -546,6 +554,9 @@ class Client:
     reads: int | None = None
     msgs_queued: int | None = None
     msgs_per_write: float | None = None
+    stalls: int | None = None
+    stall_s: float | None = None
+    longest_stall_s: float | None = None
 
     @property
     def load(self):
@@ -553,7 +564,7 @@ class Client:
         return self.busy_util if self.polling else self.cpu_util
 
     def to_json(self):
-        return {
+        out = {
             "cpu_util": self.cpu_util,
             "polling": self.polling,
             "busy_util": self.busy_util,
@@ -566,6 +577,11 @@ class Client:
             "msgs_queued": self.msgs_queued,
             "msgs_per_write": self.msgs_per_write,
         }
+        # a polling client's only: a result of any other client (and every earlier file) has no such keys
+        _put(out, "stalls", self.stalls)
+        _put(out, "stall_s", self.stall_s)
+        _put(out, "longest_stall_s", self.longest_stall_s)
+        return out
 
     @classmethod
     def from_json(cls, d, source="the result"):
@@ -581,7 +597,26 @@ class Client:
             reads=d.get("reads"),
             msgs_queued=d.get("msgs_queued"),
             msgs_per_write=d.get("msgs_per_write"),
+            stalls=d.get("stalls"),
+            stall_s=d.get("stall_s"),
+            longest_stall_s=d.get("longest_stall_s"),
         )
+
+
+def merge_stalls(parts):
+    """The client stalls of ``parts`` as one client's: ``(stalls, stall_s, longest_stall_s)``.
+
+    ``parts`` are anything with those three attributes: a run's load
+    processes (``ProcResult``), a cluster's, or the rounds' ``Client``s of a
+    cell.  Counts and times are summed, the longest is the longest; the parts
+    that did not measure them (``None``: they did not poll) are left out, and
+    ``(None, None, None)`` when none did.
+    """
+    measured = [p for p in parts if p.stalls is not None]
+    if not measured:
+        return None, None, None
+    return (sum(p.stalls for p in measured), sum(p.stall_s or 0.0 for p in measured),
+            max(p.longest_stall_s or 0.0 for p in measured))
 
 
 @dataclass(frozen=True)

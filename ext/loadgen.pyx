@@ -49,7 +49,11 @@ Modes
     wake-up, for a send or for an answer, is latency charged to the server.  A polling client is
     always on its CPU, so its CPU time says nothing about its headroom: it
     counts instead the time of the passes that found nothing to do
-    (``idle_s``), and its busy share is the rest.
+    (``idle_s``), and its busy share is the rest.  A pass is one epoll batch
+    of work, so a gap between two passes of ``client_stall_ns`` or more is
+    the CPU taken from the client (a kernel thread, another process, the
+    hypervisor): counted as a client stall (``stalls``, ``stall_s``,
+    ``longest_stall_s``), since every message due in it went out late.
     connect: each slot connects, echoes one message, closes, and starts over;
     the first histogram holds connect latency, the second the whole cycle.
 Framed protocols (``frame``, ``json``; the wire spec is ``sockbench.servers.protocols``)
@@ -128,7 +132,9 @@ from window cimport (
     now_ns, hist_record, in_window, interval_index, intended_ns, arm_timer, edges_open, edges_close, hdr_init,
     edges_set_cpus, hist_pairs,
 )
-from loadrun cimport Run, RUN_CLOSED, RUN_OPEN, RUN_N_ERR, run_init, run_alloc, run_open, run_result, run_free
+from loadrun cimport (
+    Run, RUN_CLOSED, RUN_OPEN, RUN_N_ERR, run_init, run_alloc, run_open, run_pass, run_result, run_free,
+)
 from protocols cimport PROTO_RAW, PROTO_FRAME, PROTO_JSON, PROTO_COUNT, proto_name
 from wire cimport (
     WIRE_STRING, WIRE_INT, wire_value_t, wire_header_t, wire_json_parse_object, wire_json_request_header,
@@ -851,11 +857,12 @@ cdef void main_loop(Loop *L) noexcept nogil:
     cdef epoll_event events[C_MAX_EVENTS]
     cdef int n, i
     cdef int64_t now, next_tick
-    cdef int64_t g_before = 0, t_pass = 0
+    cdef int64_t g_before = 0
     cdef int was_idle = 0
 
     now = now_ns()
     next_tick = L.run.w.start + L.run.w.interval
+    L.run.t_pass = now
     start_conns(L, now)
     while True:
         now = now_ns()
@@ -878,10 +885,8 @@ cdef void main_loop(Loop *L) noexcept nogil:
             g_before = L.run.g_next
             open_advance(L, now)
             if L.run.poll:
-                # the previous pass found nothing to do: its time was idle
-                if was_idle and L.run.e.ru_started:
-                    L.run.idle_ns += now - t_pass
-                t_pass = now
+                # the previous pass's time: idle if it found nothing to do, a client stall if it was too long
+                run_pass(&L.run, now, was_idle)
             else:
                 arm_timer(&L.run.w, L.run.tfd)
         n = epoll_wait(L.run.ep, events, C_MAX_EVENTS, wait_ms(L, now, next_tick))
@@ -917,7 +922,8 @@ cdef void check_args(int mode, fds, int conns, int size, int depth, double rate,
 cdef void init_loop(Loop *L, int mode, int protocol, int conns, int size, int depth, double rate, bint poll,
                     long long start_ns, long long warm_end_ns, long long end_ns, long long interval_ns,
                     long long timeout_ns, bytes table, layout, long long first_cid, long long cid_step,
-                    int family, address, int server_pid, int nstat, long long stall_ns) except *:
+                    int family, address, int server_pid, int nstat, long long stall_ns,
+                    long long client_stall_ns) except *:
     """Zero ``L``, then set what differs from zero (nothing is allocated yet)."""
     cdef int cap = depth
     if mode == M_OPEN and cap < C_OPEN_MIN_RING:
@@ -926,7 +932,7 @@ cdef void init_loop(Loop *L, int mode, int protocol, int conns, int size, int de
         cap = 1
     memset(L, 0, sizeof(Loop))
     run_init(&L.run, mode, table, layout, start_ns, warm_end_ns, end_ns, interval_ns, rate, poll, timeout_ns,
-             server_pid, nstat, stall_ns)
+             server_pid, nstat, stall_ns, client_stall_ns)
     L.proto = protocol
     L.size = size
     L.cap = cap
@@ -1066,7 +1072,7 @@ def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, 
              double rate, long long start_ns, long long warm_end_ns, long long end_ns,
              long long interval_ns, long long timeout_ns, bytes table, layout,
              int family=AF_INET, address=None, int protocol=PROTO_RAW, bint poll=False,
-             int server_pid=0, stat_cpus=(), long long stall_ns=1000000000):
+             int server_pid=0, stat_cpus=(), long long stall_ns=1000000000, *, long long client_stall_ns):
     """Run one load loop; return its counters as a dict.
 
     ``fds``: connected, non-blocking stream sockets (TCP with TCP_NODELAY, or
@@ -1087,7 +1093,11 @@ def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, 
     ticks; ``None`` when not asked for or unreadable).  ``conn_msgs``: the
     messages each connection completed in the window, and ``starved`` how
     many completed none while owed an answer since before the window or for
-    ``stall_ns`` (both ``None`` in connect mode).
+    ``stall_ns`` (both ``None`` in connect mode).  ``client_stall_ns``
+    (``sockbench.thresholds.CLIENT_STALL_S``): open mode, polling, a gap this
+    long between two passes of the loop is a client stall, its CPU taken
+    from it (``stalls``, their total ``stall_s`` and the ``longest_stall_s``
+    in the window; ``None`` all three when the loop does not poll).
     """
     cdef Loop L
     cdef int rc, i
@@ -1095,7 +1105,7 @@ def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, 
     stat_cpus = [int(x) for x in stat_cpus]
     init_loop(&L, mode, protocol, conns, size, depth, rate, poll, start_ns, warm_end_ns, end_ns, interval_ns,
               timeout_ns, table, layout, first_cid, cid_step, family, address, server_pid, len(stat_cpus),
-              stall_ns)
+              stall_ns, client_stall_ns)
     try:
         if alloc_loop(&L) < 0:
             raise MemoryError()

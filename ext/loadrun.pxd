@@ -10,7 +10,9 @@
 # of an embedded struct is the same load and store as a field of Loop itself,
 # so nothing is called per message.  The functions here run once per run,
 # around the nogil loop: setting up (``run_init``, ``run_alloc``,
-# ``run_open``), the result (``run_result``) and the teardown (``run_free``).
+# ``run_open``), the result (``run_result``) and the teardown (``run_free``);
+# one runs once per pass of the polling open loop (``run_pass``: its idle
+# time and the client's stalls), so both loops measure those alike.
 # They are ``cdef inline`` in a .pxd for the reason window.pxd gives: Cython
 # pastes them into each generator's C.
 
@@ -60,6 +62,11 @@ cdef struct Run:
     int64_t g_next
     int poll               # open loop: poll (epoll_wait with no timeout), no timer
     int64_t idle_ns        # open loop, polling: time in passes that found nothing to do, in the window
+    int64_t t_pass         # open loop, polling: the top of the previous pass (``run_pass``)
+    int64_t cstall_min     # ... a gap between two passes' tops this long or longer is a client stall (ns)
+    int64_t cstalls        # ... the client stalls in the window: how many, their total and the longest (ns)
+    int64_t cstall_ns
+    int64_t cstall_max
     # counters
     int64_t errors[RUN_N_ERR]
     int64_t first_error_ns
@@ -79,7 +86,7 @@ cdef struct Run:
 
 cdef inline void run_init(Run *r, int mode, bytes table, layout, int64_t start_ns, int64_t warm_end_ns,
                           int64_t end_ns, int64_t interval_ns, double rate, bint poll, int64_t timeout_ns,
-                          int server_pid, int nstat, int64_t stall_ns) except *:
+                          int server_pid, int nstat, int64_t stall_ns, int64_t client_stall_ns) except *:
     """Set what differs from zero in a zeroed ``r`` (nothing is allocated yet); ``rate``/``poll`` are the open loop's."""
     r.mode = mode
     r.ep = -1
@@ -94,6 +101,7 @@ cdef inline void run_init(Run *r, int mode, bytes table, layout, int64_t start_n
         r.e.spid = server_pid
     r.e.nstat = nstat
     r.stall = stall_ns
+    r.cstall_min = client_stall_ns
 
 
 cdef inline int run_alloc(Run *r, int64_t nsockets) noexcept nogil:
@@ -133,6 +141,32 @@ cdef inline int run_open(Run *r, uint64_t timer_token) noexcept nogil:
     return 0
 
 
+# ---- the hot loop's one shared step (without the GIL, once per pass) ---------------------------
+
+cdef inline void run_pass(Run *r, int64_t now, int was_idle) noexcept nogil:
+    """Open loop, polling: the top of a pass at ``now``; what the time since the previous pass's top was.
+
+    A polling loop is always on its CPU and each pass does at most one
+    epoll batch of work, so the gap between two passes' tops is that work,
+    or, when it reaches ``cstall_min``, time the CPU was taken from the loop
+    (a kernel thread, an interrupt, another process, the hypervisor): a
+    client stall, during which every message due went out late.  Counted in
+    the window only (its edges are where the loop's own clock reads them),
+    like ``idle_ns``, the time of the passes that found nothing to do.
+    ``main_loop`` sets ``t_pass`` before its first pass.
+    """
+    cdef int64_t gap = now - r.t_pass
+    if r.e.ru_started:
+        if was_idle:
+            r.idle_ns += gap
+        if gap >= r.cstall_min:
+            r.cstalls += 1
+            r.cstall_ns += gap
+            if gap > r.cstall_max:
+                r.cstall_max = gap
+    r.t_pass = now
+
+
 # ---- the result and the teardown (with the GIL, after the loop) ------------------------------
 
 cdef inline dict run_result(const Run *r, kinds, int64_t rx_wire_bytes, int64_t cycles, conn_msgs, starved):
@@ -166,6 +200,9 @@ cdef inline dict run_result(const Run *r, kinds, int64_t rx_wire_bytes, int64_t 
         "due": r.g_next if r.mode == RUN_OPEN else None,
         "polling": bool(r.poll),
         "idle_s": r.idle_ns / 1e9 if r.poll else None,
+        "stalls": r.cstalls if r.poll else None,
+        "stall_s": r.cstall_ns / 1e9 if r.poll else None,
+        "longest_stall_s": r.cstall_max / 1e9 if r.poll else None,
         "server_cpu": server_cpu(&r.e),
         "cpu_stat": cpu_stat(&r.e),
         "conn_msgs": conn_msgs,

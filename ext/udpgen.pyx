@@ -45,7 +45,9 @@ Modes
     for the process, global datagram ``g`` to flow ``g % flows`` at
     ``start + g / rate`` (never accumulated), woken by one periodic timerfd
     or, with ``poll``, by polling; latency from the intended send time (h1)
-    and service time from the actual send (h2), as in loadgen.
+    and service time from the actual send (h2), as in loadgen.  Polling,
+    it counts its idle time and its client stalls as loadgen does
+    (``run_pass``, ext/loadrun.pxd).
 Batches
     Whatever a flow owes at one moment goes out in one ``sendmmsg`` (up to
     ``BATCH`` datagrams), and a readable flow is drained with ``recvmmsg``,
@@ -83,7 +85,9 @@ from posix cimport (
 from window cimport (
     now_ns, hist_record, in_window, interval_index, intended_ns, arm_timer, edges_open, edges_close, edges_set_cpus,
 )
-from loadrun cimport Run, RUN_CLOSED, RUN_OPEN, RUN_N_ERR, run_init, run_alloc, run_open, run_result, run_free
+from loadrun cimport (
+    Run, RUN_CLOSED, RUN_OPEN, RUN_N_ERR, run_init, run_alloc, run_open, run_pass, run_result, run_free,
+)
 
 from sockbench.ext import loadgen
 
@@ -546,10 +550,11 @@ cdef void main_loop(Loop *L) noexcept nogil:
     """The run from ``start`` to ``end``, then the drain, without the GIL."""
     cdef epoll_event events[C_MAX_EVENTS]
     cdef int n, i
-    cdef int64_t now, next_tick, drain_end, g_before = 0, t_pass = 0
+    cdef int64_t now, next_tick, drain_end, g_before = 0
     cdef int was_idle = 0
     now = now_ns()
     next_tick = L.run.w.start + L.run.w.interval
+    L.run.t_pass = now
     if L.run.mode == M_CLOSED:
         for i in range(L.nflows):
             L.flows[i].due = L.depth
@@ -573,9 +578,7 @@ cdef void main_loop(Loop *L) noexcept nogil:
             g_before = L.run.g_next
             open_advance(L, now)
             if L.run.poll:
-                if was_idle and L.run.e.ru_started:
-                    L.run.idle_ns += now - t_pass
-                t_pass = now
+                run_pass(&L.run, now, was_idle)     # idle time, client stalls (ext/loadrun.pxd)
             else:
                 arm_timer(&L.run.w, L.run.tfd)
         n = epoll_wait(L.run.ep, events, C_MAX_EVENTS, wait_ms(L, now, next_tick if next_tick < L.run.w.end else L.run.w.end))
@@ -611,11 +614,11 @@ cdef void main_loop(Loop *L) noexcept nogil:
 cdef void init_loop(Loop *L, int mode, int nflows, int size, int depth, int64_t cap, double rate, bint poll,
                     int64_t start_ns, int64_t warm_end_ns, int64_t end_ns, int64_t interval_ns,
                     int64_t timeout_ns, int64_t drain_ns, bytes table, layout, int server_pid, int nstat,
-                    int64_t stall_ns) except *:
+                    int64_t stall_ns, int64_t client_stall_ns) except *:
     """Zero ``L``, then set what differs from zero (nothing is allocated yet)."""
     memset(L, 0, sizeof(Loop))
     run_init(&L.run, mode, table, layout, start_ns, warm_end_ns, end_ns, interval_ns, rate, poll, timeout_ns,
-             server_pid, nstat, stall_ns)
+             server_pid, nstat, stall_ns, client_stall_ns)
     L.size = size
     L.depth = depth
     L.cap = cap
@@ -715,7 +718,8 @@ cdef void check_args(int mode, fds, int flows, int size, int depth, double rate,
 def run_loop(int mode, fds, long long first_cid, long long cid_step, int flows, int size, int depth,
              double rate, long long start_ns, long long warm_end_ns, long long end_ns,
              long long interval_ns, long long timeout_ns, bytes table, layout, bint poll=False,
-             int server_pid=0, stat_cpus=(), long long stall_ns=1000000000, long long drain_ns=200000000):
+             int server_pid=0, stat_cpus=(), long long stall_ns=1000000000, long long drain_ns=200000000, *,
+             long long client_stall_ns):
     """Run one UDP load loop; return its counters as a dict (``loadgen.run_loop``'s keys, plus ``datagrams``).
 
     ``fds``: non-blocking UDP sockets, each connected to the server (one per
@@ -740,7 +744,7 @@ def run_loop(int mode, fds, long long first_cid, long long cid_step, int flows, 
     try:
         init_loop(L, mode, flows, size, depth, ring_size(mode, depth, rate_flow, timeout_ns / 1e9, interval_ns / 1e9),
                   rate, poll, start_ns, warm_end_ns, end_ns, interval_ns, timeout_ns, drain_ns, table, layout,
-                  server_pid, len(stat_cpus), stall_ns)
+                  server_pid, len(stat_cpus), stall_ns, client_stall_ns)
         if alloc_loop(L, first_cid, cid_step) < 0:
             raise MemoryError()
         edges_set_cpus(&L.run.e, stat_cpus)

@@ -5,7 +5,7 @@ that show it, and by the calibration tools that judge their own runs, so a
 flag means the same thing wherever it appears.
 """
 
-__all__ = ["CLIENT_BOUND_UTIL", "SERVER_BOUND_UTIL", "UNSTABLE_SPREAD", "OUTLIER_SHARE", "BEHIND_FRACTION", "STALL_S", "DISTURBED_SHARE",
+__all__ = ["CLIENT_BOUND_UTIL", "SERVER_BOUND_UTIL", "UNSTABLE_SPREAD", "OUTLIER_SHARE", "BEHIND_FRACTION", "STALL_S", "CLIENT_STALL_S", "DISTURBED_SHARE",
            "CLOCK_OFFSET_SHARE", "LOSSY_SHARE", "SAME_COST_SHARE",
            "WORKER_IDLE_SHARE"]
 
@@ -23,6 +23,10 @@ OUTLIER_SHARE = 0.20
 BEHIND_FRACTION = 0.05
 #: closed/connect loops: no message completed for this long inside the window is a stall (invalid)
 STALL_S = 1.0
+#: open loop, polling: a gap this long between two passes of the load loop is a client stall (its CPU was taken
+#: from it; shown, not a flag): longer than a pass's own work, which is one epoll batch (at most C_MAX_EVENTS
+#: events, one per ready socket, a few µs each), and shorter than the 1-10 ms p99 such stalls make on a shared VM
+CLIENT_STALL_S = 0.0005
 #: foreign work (or the hypervisor's steal) on a side's pinned CPUs of at least this share of one CPU over
 #: the window: the figure measures the neighbours as much as the server ("disturbed")
 DISTURBED_SHARE = 0.05

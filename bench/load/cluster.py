@@ -57,7 +57,7 @@ from sockbench.bench.load.harness import (
     READY_TIMEOUT_S, _build_result, _limited_by, _read_rss_peak, _ServerWindow, _split, measure, resolve,
 )
 from sockbench.bench.load.worker import ProcResult
-from sockbench.bench.schema import Client, ClockOffset, CpuPerMsg, HostPart, LoadResult, WorkerCpu
+from sockbench.bench.schema import Client, ClockOffset, CpuPerMsg, HostPart, LoadResult, WorkerCpu, merge_stalls
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.jsonfile import write_json_atomic
 from sockbench.procfs import read_proc_stat, read_task_cpu_s
@@ -406,6 +406,8 @@ def _cluster_client(rs, parts):
     polling = any(r.polling for r in rs)
     writes = sum(r.writes for r in rs)
     queued = sum(r.queued for r in rs)
+    # each host's part keeps its own stalls (its result's client); the total is every load process's
+    stalls, stall_s, longest_stall_s = merge_stalls(rs)
     client = Client(
         cpu_util=(user + sys_) / capacity if capacity else None,
         polling=polling,
@@ -414,6 +416,7 @@ def _cluster_client(rs, parts):
         us_per_msg=CpuPerMsg.of(user, sys_, sum(r.msgs for r in rs)),
         writes=writes, reads=sum(r.reads for r in rs), msgs_queued=queued,
         msgs_per_write=queued / writes if writes else None,
+        stalls=stalls, stall_s=stall_s, longest_stall_s=longest_stall_s,
     )
     bound = any(p.client_bound for p in parts) or bool(client.load is not None and client.load >= CLIENT_BOUND_UTIL)
     return client, bound

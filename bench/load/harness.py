@@ -68,7 +68,11 @@ Why it is built this way
   31 µs at 5,000 msgs/s and 37 µs at 50,000 sleeping, against 17 µs at both
   polling.  A polling client is always on its CPU, so for it
   ``client_bound`` reads its busy share (``client.busy_util``: the time
-  outside passes that found nothing to do) instead of its CPU time.
+  outside passes that found nothing to do) instead of its CPU time.  Its
+  passes also show when the CPU was taken from it (``client.stalls``: gaps
+  of ``CLIENT_STALL_S`` or more between two passes, their total and the
+  longest): a stall delays every message due in it, so on a shared machine
+  it can set the p99 while staying far under ``DISTURBED_SHARE``.
   ``limited_by`` says which side's CPUs were saturated ("client", "server",
   "both", or null when neither was).
 * One shape per step, and each step does one thing.  The spec and its checks
@@ -102,6 +106,7 @@ from sockbench.bench.load.worker import FD_HEADROOM, ProcResult, WorkerParams
 from sockbench.bench.schema import (
     ERROR_KINDS, Client, CpuPerMsg, Errors, Fairness, LoadResult, Machine, ServerProc, Target, Throughput, Timeseries,
     Workload,
+    merge_stalls,
 )
 from sockbench.children import child_setup, held_signals
 from sockbench.endpoints import Endpoint
@@ -716,6 +721,7 @@ def _client_cpu(rs, msgs):
         busy = min(1.0, sum(max(0.0, r.cpu_window_s - (r.idle_s or 0.0)) for r in rs) / (window * ncpu))
     queued = sum(r.queued for r in rs)
     writes = sum(r.writes for r in rs)
+    stalls, stall_s, longest_stall_s = merge_stalls(rs)
     client = Client(
         cpu_util=util,
         polling=polling,
@@ -728,6 +734,9 @@ def _client_cpu(rs, msgs):
         reads=sum(r.reads for r in rs),
         msgs_queued=queued,
         msgs_per_write=queued / writes if writes else None,
+        stalls=stalls,
+        stall_s=stall_s,
+        longest_stall_s=longest_stall_s,
     )
     load = client.load
     return client, bool(load is not None and load >= CLIENT_BOUND_UTIL)

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, replace
 from sockbench.bench.load.datagram import connect_flows
 from sockbench.endpoints import Endpoint
 from sockbench.errors import SockbenchError
-from sockbench.thresholds import STALL_S
+from sockbench.thresholds import CLIENT_STALL_S, STALL_S
 
 __all__ = ["WorkerParams", "ProcResult", "run_worker", "main", "connect_all", "raise_nofile_limit", "MODES", "FD_HEADROOM"]
 
@@ -141,6 +141,11 @@ class ProcResult:
     datagrams: dict | None = None
     #: how long after ``start_ns`` the process woke up to start its loop (what a shared start instant costs)
     start_late_ns: int | None = None
+    #: open loop, polling: the gaps of ``CLIENT_STALL_S`` or more between two passes of the loop in the window
+    #: (its CPU taken from it): how many, their total and the longest; ``None`` when the loop did not poll
+    stalls: int | None = None
+    stall_s: float | None = None
+    longest_stall_s: float | None = None
 
     @classmethod
     def from_loop(cls, r, index, cpus):
@@ -158,7 +163,8 @@ class ProcResult:
             ts_msgs=r["ts_msgs"], ts_sent=r["ts_sent"], user_s=r["user_s"], sys_s=r["sys_s"],
             cpu_window_s=r["cpu_window_s"], due=r["due"], polling=r["polling"], idle_s=r["idle_s"],
             server_cpu=r["server_cpu"], cpu_stat=r["cpu_stat"], conn_msgs=r["conn_msgs"], starved=r["starved"],
-            datagrams=r.get("datagrams"),
+            datagrams=r.get("datagrams"), stalls=r["stalls"], stall_s=r["stall_s"],
+            longest_stall_s=r["longest_stall_s"],
         )
 
     def to_json(self):
@@ -288,7 +294,7 @@ def run_worker(p):
             msg["start_ns"], msg["warm_end_ns"], msg["end_ns"], p.interval_ns, p.timeout_ns,
             table, LAYOUT, int(endpoint.family), endpoint.sockaddr(), loadgen.PROTOCOLS.index(p.protocol), p.poll,
             p.server_pid,
-            p.stat_cpus, int(STALL_S * 1e9),
+            p.stat_cpus, int(STALL_S * 1e9), client_stall_ns=int(CLIENT_STALL_S * 1e9),
         )
         result = replace(ProcResult.from_loop(r, p.index, p.cpus), start_late_ns=late_ns)
         _emit({"event": "result", "result": result.to_json()})
@@ -312,7 +318,7 @@ def _run_datagrams(p, msg, owned, table, late_ns):
     r = udpgen.run_loop(
         MODES[p.mode], owned, p.first_cid, p.cid_step, p.conns, p.size, p.depth, p.rate,
         msg["start_ns"], msg["warm_end_ns"], msg["end_ns"], p.interval_ns, p.timeout_ns, table, LAYOUT,
-        p.poll, p.server_pid, p.stat_cpus, int(STALL_S * 1e9),
+        p.poll, p.server_pid, p.stat_cpus, int(STALL_S * 1e9), client_stall_ns=int(CLIENT_STALL_S * 1e9),
     )
     result = replace(ProcResult.from_loop(r, p.index, p.cpus), start_late_ns=late_ns)
     _emit({"event": "result", "result": result.to_json()})

@@ -17,7 +17,9 @@ foreign load disturbed them; then one table per workload with a row per
 server, each with its rounds, the 95% interval of its median and a flags
 column (a framed protocol's workload is a workload of its own; an open-loop
 table compares each server's p99 with the lowest at the same share of each
-one's peak, never msgs/s, which there is only the rate offered); then, when
+one's peak, never msgs/s, which there is only the rate offered, and says,
+with a sentence under it, how often the client's CPU was taken from it for
+``CLIENT_STALL_S`` or more, a machine's share of the tail); then, when
 the run has a protocol section, what each protocol costs over ``raw`` in
 server CPU per message, per server, from the same run at the same workload
 (user+sys, and user alone: the interpreter's share, where the
@@ -48,13 +50,14 @@ from sockbench.bench.report.render import to_html, to_markdown
 from sockbench.bench.report.store import load_results
 from sockbench.errors import SockbenchError
 from sockbench.procfs import TICK_S
-from sockbench.thresholds import DISTURBED_SHARE, LOSSY_SHARE, OUTLIER_SHARE, UNSTABLE_SPREAD
+from sockbench.thresholds import CLIENT_STALL_S, DISTURBED_SHARE, LOSSY_SHARE, OUTLIER_SHARE, UNSTABLE_SPREAD
 from sockbench.timestamps import iso_utc
 from sockbench.units import format_size
 
 __all__ = [
     "build_report", "build_document", "table_rows", "protocol_cost_rows", "FLAG_HELP",
     "COLUMNS", "OPEN_COLUMNS", "PROTO_COLUMNS", "summary_table", "with_loss", "dimension_sections",
+    "stalls_text", "stalls_sentence",
 ]
 
 FLAG_HELP = {
@@ -82,8 +85,9 @@ COLUMNS = [
     "server CPU µs/msg", "RSS peak", "errors", "flags", "vs fastest",
 ]
 
-#: an open-loop table compares tails at the same share of each server's peak, not the rates offered
-OPEN_COLUMNS = COLUMNS[:-1] + ["p99 vs lowest"]
+#: an open-loop table compares tails at the same share of each server's peak, not the rates offered, and says
+#: how often the client's CPU was taken from it (a polling client's stalls), which can set a tail by itself
+OPEN_COLUMNS = COLUMNS[:-1] + ["p99 vs lowest", "client stalls"]
 
 
 PROTO_COLUMNS = [
@@ -161,6 +165,27 @@ PROTO_NOTE = ("Server CPU per message (µs, user+sys, and user alone), median ov
               "A flagged row's figures must not be quoted (see the warnings).")
 
 
+def stalls_text(c):
+    """An open-loop cell's "client stalls" cell: ``N, longest X ms`` over every round, "–" when not measured."""
+    stalls = c.client_stalls
+    if stalls is None:
+        return "–"
+    n, _, longest = stalls
+    return f"{n}, longest {longest * 1e3:.1f} ms" if n else "0"
+
+
+def stalls_sentence(cells):
+    """The sentence under an open-loop table whose client was stalled (its CPU taken from it), or None."""
+    seen = [c.client_stalls for c in cells if c.client_stalls is not None]
+    n = sum(s[0] for s in seen)
+    if not n:
+        return None
+    longest = max(s[2] for s in seen)
+    return (f"The client's CPU was taken from it {n} time{'s' if n != 1 else ''} for {CLIENT_STALL_S * 1e3:g} ms "
+            f"or more (longest {longest * 1e3:.1f} ms) during these windows: a p99 near that length says as much "
+            "about this machine as about the server.")
+
+
 def with_loss(columns):
     """``columns`` with a loss column before the flags (the columns of a table that holds a udp cell)."""
     i = columns.index("flags")
@@ -208,7 +233,8 @@ def table_rows(results, workload_id):
                _fmt(cpu), _mib(c.rss_peak_bytes), errs]
         if lossy:
             row.append(loss_text(c) or "–")
-        rows.append((row + [" ".join(flags) or "ok", ratio], flags, c))
+        tail = [stalls_text(c)] if c.cell.mode == "open" else []
+        rows.append((row + [" ".join(flags) or "ok", ratio] + tail, flags, c))
     return rows
 
 
@@ -361,7 +387,11 @@ RESULTS_NOTE = ("msgs/s is the median over rounds ± the standard deviation; ", 
                 "scheduler's runtime of the server's threads, from schedstat); ",
                 Emph("vs fastest"), " is the ratio of msgs/s to the fastest valid server of the same workload; in open "
                 "loop each server is offered the same share of its own peak, so its msgs/s is the rate offered and ",
-                Emph("p99 vs lowest"), " compares instead its p99 with the lowest p99 at that share.")
+                Emph("p99 vs lowest"), " compares instead its p99 with the lowest p99 at that share. ",
+                Emph("client stalls"), f" (open loop, a polling client): how many times over all of the cell's rounds "
+                f"the client's CPU was taken from it for {CLIENT_STALL_S * 1e3:g} ms or more (a gap between two passes "
+                "of its loop: a kernel thread, another process, the hypervisor), and the longest; every message due "
+                "in one went out late, so a p99 near that length measures the machine too. Not a flag.")
 
 
 def _left_out(results):
@@ -492,6 +522,9 @@ def build_document(results, plots, sections=None, dimension_plots=None):
         if has_loss(c for _, _, c in rows):
             cols = with_loss(cols)
         doc.add(Heading(3, cell.title()), _table(cols, rows))
+        stalled = stalls_sentence(c for _, _, c in rows) if cell.mode == "open" else None
+        if stalled:
+            doc.add(Paragraph(stalled, "note"))
     proto = protocol_cost_rows(results)
     if proto:
         doc.add(Heading(2, "Cost of each protocol over raw"), Paragraph(PROTO_NOTE, "note"))

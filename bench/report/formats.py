@@ -21,7 +21,8 @@ that parses what it wrote.
   variable: the cell's identity (every field of ``schema.Cell``, so a new
   dimension becomes a column without a change here), the round, the
   offered rate, throughput, the round's own latency percentiles, server
-  CPU per message, client CPU, errors, a udp round's datagram accounting
+  CPU per message, client CPU, a polling client's stalls (count, total,
+  longest; empty otherwise), errors, a udp round's datagram accounting
   (sent, lost, loss share, duplicates, out of order; empty for a stream
   round), and the round's and the cell's flags.
 * ``ci/msgs_per_s.json`` and ``ci/p99_us.json``: github-action-benchmark's
@@ -146,7 +147,9 @@ def _cell_fields():
 _MEASURED = (
     "target_rate", "msgs_per_s", "mb_per_s", "latency_count", "p50_us", "p90_us", "p99_us", "p999_us", "p9999_us",
     "max_us", "mean_us", "server_cpu_us_per_msg", "server_user_us_per_msg", "server_sys_us_per_msg",
-    "server_rss_peak_bytes", "client_cpu_util", "errors",
+    "server_rss_peak_bytes", "client_cpu_util",
+    # a polling open loop only (empty otherwise): the client's CPU taken from it (``schema.Client``)
+    "client_stalls", "client_stall_s", "client_longest_stall_s", "errors",
     # udp only (empty for a stream round): the round's datagram accounting
     "datagrams_sent", "datagrams_lost", "loss_share", "duplicates", "out_of_order",
     "valid", "flags", "cell_flags",
@@ -192,6 +195,8 @@ def csv_rows(results):
                 server_cpu_us_per_msg=(user + sys_ if user is not None and sys_ is not None else None),
                 server_user_us_per_msg=user, server_sys_us_per_msg=sys_,
                 server_rss_peak_bytes=r.server_proc.rss_peak_bytes, client_cpu_util=r.client.cpu_util,
+                client_stalls=r.client.stalls, client_stall_s=r.client.stall_s,
+                client_longest_stall_s=r.client.longest_stall_s,
                 errors=r.errors.total, valid=bool(r.valid), **_datagram_columns(r.datagrams), flags=" ".join(round_flags(r)), cell_flags=cell_flags,
             )
             rows.append({k: _v(v) for k, v in row.items()})

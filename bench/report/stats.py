@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 
 from hdrh.histogram import HdrHistogram
 
-from sockbench.bench.schema import Cell, CellSummary, Datagrams, MergedLatency
+from sockbench.bench.schema import Cell, CellSummary, Datagrams, MergedLatency, merge_stalls
 from sockbench.thresholds import LOSSY_SHARE, OUTLIER_SHARE, UNSTABLE_SPREAD
 
 __all__ = [
@@ -489,6 +489,13 @@ class CellStats:
         """What decides client-bound: the busy share of a polling client, else its CPU utilisation (median)."""
         polling = self.client_polling
         return _median([_num(r.client.busy_util if polling else r.client.cpu_util) for r in self.results])
+
+    @property
+    def client_stalls(self):
+        """A polling client's stalls over every round of the cell (as its latency merges every round):
+        ``(count, total s, longest s)``, or None when no round measured them (the client did not poll)."""
+        stalls, total, longest = merge_stalls([r.client for r in self.results])
+        return None if stalls is None else (stalls, total, longest)
 
     @property
     def errors_total(self):

@@ -25,7 +25,7 @@ import sys
 
 from sockbench.endpoints import TRANSPORTS, check_transport, parse_target
 from sockbench.errors import SockbenchError, UsageError
-from sockbench.thresholds import DISTURBED_SHARE
+from sockbench.thresholds import CLIENT_STALL_S, DISTURBED_SHARE
 from sockbench.units import arg, parse_cpus, parse_number, parse_size
 
 __all__ = ["add_arguments", "run_cli", "spec_from_args", "render_summary"]
@@ -158,7 +158,7 @@ def render_summary(r):
     errs = Text(f"errors: {e.total}  " + "  ".join(f"{k} {v}" for k, v in e.by_kind.items()),
                 style="red" if e.total else "dim")
     return Group(_head(r), verdict, *_verdict_lines(r), _throughput_table(r), _latency_table(r), _cpu_table(r),
-                 *_fairness_line(r), *_datagram_line(r), errs, *_notes(r))
+                 *_fairness_line(r), *_datagram_line(r), *_stall_line(r), errs, *_notes(r))
 
 
 def _verdict_lines(r):
@@ -189,6 +189,20 @@ def _fairness_line(r):
     jain = f"  Jain's index {f.jain:.3f}" if f.jain is not None else ""
     return [Text(f"per connection: min {f.min:,}  median {f.median:,.0f}  max {f.max:,} msgs{jain}",
                  style="red" if f.starved else "dim")]
+
+
+def _stall_line(r):
+    """Open loop, polling: how often the client's CPU was taken from it for ``CLIENT_STALL_S`` or more (no verdict)."""
+    from rich.text import Text  # deferred: rich, as in run_cli
+
+    cl = r.client
+    if cl.stalls is None:
+        return []
+    line = f"client stalls (CPU taken >= {CLIENT_STALL_S * 1e3:g} ms): {cl.stalls:,}"
+    if cl.stalls:
+        line += (f", {cl.stall_s * 1e3:,.1f} ms in all, longest {cl.longest_stall_s * 1e3:,.2f} ms: "
+                 "a p99 near that length is the machine as much as the server")
+    return [Text(line, style="yellow" if cl.stalls else "dim")]
 
 
 def _datagram_line(r):

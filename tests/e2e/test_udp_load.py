@@ -60,6 +60,8 @@ def test_open_loop(server):
     r = run_load(spec)
     _check(r, spec)
     assert r.service_us is not None and r.throughput.achieved_rate > 0
+    # a polling client (its own CPU list) measured its stalls, however many the shared CPU caused
+    assert r.client.polling and r.client.stalls is not None and r.client.longest_stall_s is not None
 
 
 def test_cli_json_and_summary(tmp_path):

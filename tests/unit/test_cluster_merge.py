@@ -5,7 +5,9 @@ of what the scheduler and the hosts hand back (tests/e2e/test_cluster.py runs
 the real thing in network namespaces).
 """
 
+import json
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -14,7 +16,7 @@ from sockbench.bench.load.clock import ClockSample, best, sample, too_large
 from sockbench.bench.load.cluster import _ServerWindow, host_specs, merge, pick_hosts
 from sockbench.bench.load.spec import LoadSpec
 from sockbench.bench.load.worker import ProcResult
-from sockbench.bench.schema import ClockOffset, ERROR_KINDS, HostPart, LoadResult, WorkerCpu
+from sockbench.bench.schema import Client, ClockOffset, ERROR_KINDS, HostPart, LoadResult, WorkerCpu, merge_stalls
 from sockbench.endpoints import Endpoint
 from sockbench.errors import SockbenchError, UsageError
 
@@ -166,3 +168,55 @@ def test_worker_idle_bad_input_is_one_line_and_exit_2(args, message):
     assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and message in lines[0], r.stderr
+
+
+# --- a polling client's stalls: summed over load processes and hosts, the longest kept ----------------
+
+
+def _polling(values_ns, stalls, stall_s, longest_s, index=0):
+    return replace(_proc(values_ns, index=index), polling=True, idle_s=0.5, stalls=stalls, stall_s=stall_s,
+                   longest_stall_s=longest_s)
+
+
+def _spec(procs):
+    return LoadSpec(target=("10.0.0.9", 7), conns=procs, procs=procs, duration_s=1.0, warmup_s=0.0, interval_s=0.5)
+
+
+def test_the_merge_sums_counts_and_times_and_keeps_the_longest():
+    parts = [Client(stalls=3, stall_s=0.004, longest_stall_s=0.002), Client(),
+             Client(stalls=2, stall_s=0.010, longest_stall_s=0.008), Client(stalls=0, stall_s=0.0, longest_stall_s=0.0)]
+    stalls, total, longest = merge_stalls(parts)
+    assert stalls == 5 and total == pytest.approx(0.014) and longest == pytest.approx(0.008)
+    # nobody polled: nothing was measured, which is not zero
+    assert merge_stalls([Client(), Client()]) == (None, None, None)
+
+
+def test_a_run_adds_up_its_load_processes_and_the_result_keeps_them():
+    from sockbench.bench.load.harness import _build_result  # as in _answer: the harness's own build
+
+    rs = {0: _polling([20_000] * 100, 3, 0.004, 0.002), 1: _polling([20_000] * 100, 2, 0.010, 0.008, index=1)}
+    r = _build_result(_spec(2), None, Endpoint("tcp", "10.0.0.9", 7), "2026-01-01T00:00:00Z", rs, [], _ServerWindow())
+    c = r.client
+    assert c.polling and c.stalls == 5 and c.stall_s == pytest.approx(0.014) and c.longest_stall_s == 0.008
+    assert LoadResult.from_json(json.loads(json.dumps(r.to_json()))).client == c
+    # a client that did not poll measured none: the fields are None and its JSON has no such keys
+    quiet = _build_result(_spec(1), None, Endpoint("tcp", "10.0.0.9", 7), None, {0: _proc([20_000] * 100)}, [],
+                          _ServerWindow())
+    assert (quiet.client.stalls, quiet.client.stall_s, quiet.client.longest_stall_s) == (None, None, None)
+    assert not {"stalls", "stall_s", "longest_stall_s"} & set(quiet.to_json()["client"])
+
+
+def test_a_cluster_sums_every_host_and_each_host_keeps_its_own():
+    spec = LoadSpec(target=("10.0.0.9", 7), conns=4, procs=2, duration_s=1.0, warmup_s=0.0, interval_s=0.5)
+    chosen = [("a", "tcp://a:1"), ("b", "tcp://b:1")]
+    specs = host_specs(spec, ("10.0.0.9", 7), chosen)
+    values = [random.Random(3).randint(10_000, 90_000) for _ in range(200)]
+    answers = {
+        "a": _answer(specs[0], [_polling(values, 4, 0.006, 0.003), _polling(values, 1, 0.001, 0.001, index=1)]),
+        "b": _answer(specs[1], [_polling(values, 2, 0.030, 0.025), _polling(values, 0, 0.0, 0.0, index=1)]),
+    }
+    r = merge(spec, None, Endpoint("tcp", "10.0.0.9", 7), None, chosen, specs, answers, [], _ServerWindow(), {})
+    assert [(h.client.stalls, h.client.longest_stall_s) for h in r.hosts] == [(5, 0.003), (2, 0.025)]
+    assert r.hosts[0].client.stall_s == pytest.approx(0.007) and r.hosts[1].client.stall_s == pytest.approx(0.030)
+    assert r.client.stalls == 7 and r.client.stall_s == pytest.approx(0.037) and r.client.longest_stall_s == 0.025
+    assert LoadResult.from_json(r.to_json()).hosts == r.hosts
