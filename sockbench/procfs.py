@@ -285,7 +285,13 @@ def foreign_process_s(before, after, cpus, own=()):
     """CPU seconds that processes outside this run used on ``cpus`` between two ``process_snapshot``s.
 
     A process counts for ``cpus`` when it was last seen on one of them in
-    either snapshot (a pinned neighbour always is).  This run's own processes
+    either snapshot (a pinned neighbour always is).  The time of children
+    reaped between the snapshots counts for any ``cpus``: where a child that
+    is gone ran is not known, and the CPU its reaper was last seen on says
+    nothing about it (a hog pinned to the client's CPU, killed and reaped by
+    a parent last seen on the server's, is the client's foreign load).  The
+    figure is a cap on what the CPU counters call foreign, so counting such
+    time on both sides lets the counters decide, never hides it.  This run's own processes
     (this process, and ``own`` with their descendants) are left out, and so
     is this process's ancestors' own time (the ``sockbench run`` and pytest
     processes above a suite's round); the children those ancestors reaped
@@ -303,7 +309,8 @@ def foreign_process_s(before, after, cpus, own=()):
             continue
         f0 = before.get(pid)
         self0, kids0, cpu0 = (f0[1], f0[2], f0[3]) if f0 is not None else (0, 0, cpu1)
-        used = (kids1 - kids0) + (0 if pid in ancestors else self1 - self0)
-        if used > 0 and (cpu1 in cpus or cpu0 in cpus):
-            ticks += used
+        ticks += max(0, kids1 - kids0)
+        own_ticks = 0 if pid in ancestors else self1 - self0
+        if own_ticks > 0 and (cpu1 in cpus or cpu0 in cpus):
+            ticks += own_ticks
     return ticks * TICK_S
