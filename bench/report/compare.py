@@ -34,6 +34,22 @@ is better); open loop on the p99 latency per round (lower is better), since
 the throughput of an open-loop run is the offered rate, not a measurement of
 the server.
 
+Rounds of one run are not independent of the time they ran in.  A run
+measures server after server, each in a block of about half a minute, and
+the machine drifts between blocks (a noisy neighbour on the host, a kernel
+thread that moves to the server's CPU): two back-to-back runs of the same
+code, on a quiet machine, read one server's cells all 5-8% apart and
+another's all 5% the other way, each with rounds that agree within 2%.  The
+rounds' interval cannot see that shift, so it would call it a change.
+``compare`` therefore estimates the drift between blocks from the runs
+themselves: the median log ratio B/A of each server's closed-loop cells, and
+their spread across servers (the median absolute deviation, scaled to a
+standard deviation, so that one server that really changed does not make
+it); with at least ``DRIFT_MIN_SERVERS`` servers, each cell's interval is
+widened by it (in quadrature, at the interval's level).  A change of one
+server stands out against it; a drift does not.  The table's header line
+says how large it was.
+
 A cell that was DISTURBED (foreign load on its CPUs that re-measuring did
 not escape) on either side is reported as such and never fails
 ``--fail-above``: its figure measures the machine as much as the server.  An
@@ -42,18 +58,23 @@ comparison into a CI guard: exit status 1 when any other cell is ``slower``
 by more than that.
 """
 
+import dataclasses
 import math
+import statistics
 
 from sockbench.bench.report.stats import CONFIDENCE, ratio_interval
 from sockbench.bench.report.store import load_results
 
-__all__ = ["compare", "render", "verdict", "ALPHA", "DEFAULT_THRESHOLD", "UNDECIDED"]
+__all__ = ["compare", "render", "verdict", "block_drift", "widened", "ALPHA", "DEFAULT_THRESHOLD", "UNDECIDED",
+           "DRIFT_MIN_SERVERS"]
 
 #: 1 - the confidence of the interval (``--alpha``)
 ALPHA = round(1.0 - CONFIDENCE, 10)
 #: the threshold of the verdict when ``--fail-above`` is not given
 DEFAULT_THRESHOLD = 0.05
 UNDECIDED = "undecided (needs more rounds)"
+#: the fewest servers whose blocks can show the drift between them (fewer: no drift is estimated)
+DRIFT_MIN_SERVERS = 4
 #: the flags that mark a cell's figure in the verdict column, in this order
 _MARKED = ("DISTURBED", "STARVED", "INVALID")
 
@@ -92,6 +113,28 @@ def verdict(interval, higher_is_better, threshold):
     return UNDECIDED, (lo, hi)
 
 
+def block_drift(log_ratios):
+    """The drift between servers' blocks: ``{server: [log B/A of its closed-loop cells]}`` -> a standard
+    deviation of log ratios (0 when no drift is seen), or None with fewer than ``DRIFT_MIN_SERVERS`` servers."""
+    per_server = [statistics.median(v) for v in log_ratios.values() if v]
+    if len(per_server) < DRIFT_MIN_SERVERS:
+        return None
+    center = statistics.median(per_server)
+    return 1.4826 * statistics.median(abs(x - center) for x in per_server)
+
+
+def widened(interval, drift, level):
+    """``interval`` (a ``RatioInterval`` of B/A) widened by a block drift ``drift`` (a standard deviation of
+    log ratios) at ``level``, in quadrature around its estimate; an unbounded interval stays as it is."""
+    if not drift or not interval.bounded or not interval.estimate > 0:
+        return interval
+    z = statistics.NormalDist().inv_cdf(0.5 + level / 2.0)
+    e = math.log(interval.estimate)
+    lo = e - math.hypot(e - math.log(interval.lo), z * drift)
+    hi = e + math.hypot(math.log(interval.hi) - e, z * drift)
+    return dataclasses.replace(interval, lo=math.exp(lo), hi=math.exp(hi))
+
+
 def _median(v):
     s = sorted(v)
     if not s:
@@ -125,15 +168,19 @@ def compare(a_path, b_path, alpha=ALPHA, fail_above=None):
     threshold = DEFAULT_THRESHOLD if fail_above is None else fail_above
     level = 1.0 - alpha
     rows, failed = [], []
-    for key, ca in A.cells.items():
-        cb = B.cells.get(key)
-        if cb is None:
-            continue
+    pairs = [(key, ca, B.cells[key]) for key, ca in A.cells.items() if key in B.cells]
+    logs = {}
+    for key, ca, cb in pairs:
+        ma, mb = _median(ca.figures()), _median(cb.figures())
+        if ca.cell.mode == "closed" and ma > 0 and mb > 0:
+            logs.setdefault(key[0], []).append(math.log(mb / ma))
+    drift = block_drift(logs)
+    for key, ca, cb in pairs:
         higher = ca.higher_is_better
         va, vb = ca.figures(), cb.figures()
         ma, mb = _median(va), _median(vb)
         ratio = mb / ma if ma > 0 else float("nan")
-        iv = ratio_interval(va, vb, level)
+        iv = widened(ratio_interval(va, vb, level), drift, level)
         v, change_ci = verdict(iv, higher, threshold)
         marks = _marks(ca, cb)
         disturbed = any(m.startswith("DISTURBED") for m in marks)
@@ -159,7 +206,8 @@ def compare(a_path, b_path, alpha=ALPHA, fail_above=None):
     only_a = [f"{s}:{w}" for (s, w) in A.cells if (s, w) not in B.cells]
     only_b = [f"{s}:{w}" for (s, w) in B.cells if (s, w) not in A.cells]
     return {"a": A.path, "b": B.path, "rows": rows, "only_a": only_a, "only_b": only_b, "notes": notes,
-            "failed": failed, "alpha": alpha, "fail_above": fail_above, "threshold": threshold,
+            "failed": failed, "alpha": alpha, "fail_above": fail_above, "threshold": threshold, "drift": drift,
+            "drift_servers": len(logs),
             "skipped": A.skipped + B.skipped}
 
 
@@ -212,6 +260,13 @@ def render(result, console=None):
     console.print(f"change: + is better, - is worse (msgs/s for closed loop, p99 latency for open loop); "
                   f"the interval is the Hodges-Lehmann {level:.0%} interval of B/A; a verdict needs the whole interval "
                   f"beyond {result['threshold']:.1%} (slower, faster) or within it (same)", highlight=False)
+    drift = result.get("drift")
+    if drift is None:
+        console.print(f"drift between the servers' blocks: not estimated (fewer than {DRIFT_MIN_SERVERS} servers "
+                      f"with closed-loop cells in both runs)", highlight=False)
+    else:
+        console.print(f"drift between the servers' blocks: {math.expm1(drift):.1%} (one standard deviation, from "
+                      f"{result['drift_servers']} servers' closed-loop cells); every interval includes it", highlight=False)
     console.print("verdicts: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())), highlight=False)
     disturbed = [r for r in result["rows"] if r["disturbed"]]
     if disturbed:

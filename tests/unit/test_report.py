@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from report_fixture import PROTO_COST_US, make_results
-from sockbench.bench.report.compare import UNDECIDED, compare
+from sockbench.bench.report.compare import DRIFT_MIN_SERVERS, UNDECIDED, block_drift, compare, widened
+from sockbench.bench.report.stats import RatioInterval, ratio_interval
 from sockbench.units import parse_percent
 from sockbench.bench.suite.plan import Plan, default_plan, full_plan, quick_plan
 from sockbench.bench.suite.progress import CellDone, CellStarted, RoundDone, Window
@@ -416,6 +417,50 @@ def test_compare_ignores_a_1_percent_slowdown(base, tmp_path, capsys):
     assert not any(r["verdict"] in ("slower", "faster") for r in result["rows"])
     assert main(["compare", base, slight, "--fail-above", "5%"]) == 0
     assert "OK: no cell slower by more than 5.0%" in capsys.readouterr().out
+
+
+EIGHT = ("selectors", "asyncio-protocol", "uvloop", "cython", "trio", "blocking", "gevent", "asyncio-streams")
+#: two runs of the same code on the same machine: each server's block shifted as a whole, as measured
+#: back to back here (one server's cells all 5-8% apart, another's 5% the other way; about 2-4% between blocks)
+BLOCK_DRIFT = dict(zip(EIGHT, (0.06, -0.04, 0.0, 0.01, -0.02, 0.03, -0.03, 0.02)))
+
+
+def test_a_drift_between_server_blocks_is_not_called_a_change(tmp_path, capsys):
+    a = make_results(str(tmp_path / "a"), servers=EIGHT, seed=1)
+    b = make_results(str(tmp_path / "b"), servers=EIGHT, seed=2, slowdown=BLOCK_DRIFT)
+    result = compare(a, b, fail_above=0.05)
+    assert 0.01 < result["drift"] < 0.06 and result["drift_servers"] == 8
+    assert result["failed"] == [] and not any(r["verdict"] in ("slower", "faster") for r in result["rows"])
+    assert main(["compare", a, b, "--fail-above", "5%"]) == 0
+    assert "drift between the servers' blocks:" in capsys.readouterr().out
+    # the rounds alone see the 6% block's shift: their own interval leaves out "no change"
+    A, B = load_results(a), load_results(b)
+    key = next(k for k, c in A.cells.items() if k[0] == "selectors" and c.cell.mode == "closed")
+    assert ratio_interval(A.cells[key].figures(), B.cells[key].figures(), 0.95).hi < 1.0
+    # on top of the same drift, one server 20% slower is still called slower, and fails
+    b2 = make_results(str(tmp_path / "b2"), servers=EIGHT, seed=3, slowdown=dict(BLOCK_DRIFT, uvloop=0.20))
+    result = compare(a, b2, fail_above=0.05)
+    uv = [r for r in result["rows"] if r["server"] == "uvloop" and r["metric"] == "msgs/s"]
+    assert uv and all(r["verdict"] == "slower" for r in uv)
+    assert {r["server"] for r in result["failed"]} == {"uvloop"}
+
+
+def test_block_drift_and_the_widened_interval():
+    import math
+    # fewer servers than it takes to see a drift between them
+    assert block_drift({f"s{i}": [0.01] for i in range(DRIFT_MIN_SERVERS - 1)}) is None
+    # one server that really changed does not make the drift: the spread is the median absolute deviation
+    logs = {"a": [0.0, 0.0], "b": [0.02], "c": [-0.02], "d": [0.0], "e": [math.log(0.8)]}
+    assert block_drift(logs) == pytest.approx(1.4826 * 0.02)
+    assert block_drift({s: [0.03] for s in "abcd"}) == 0.0  # a shift of every server alike is no spread
+    iv = RatioInterval(estimate=1.0, lo=math.exp(-0.03), hi=math.exp(0.04), confidence=0.95, n_a=7, n_b=7)
+    w = widened(iv, 0.02, 0.95)
+    z = 1.959964
+    assert math.log(w.lo) == pytest.approx(-math.hypot(0.03, z * 0.02), rel=1e-5)
+    assert math.log(w.hi) == pytest.approx(math.hypot(0.04, z * 0.02), rel=1e-5)
+    assert widened(iv, None, 0.95) is iv and widened(iv, 0.0, 0.95) is iv
+    open_ended = RatioInterval(estimate=1.0, lo=0.0, hi=math.inf, confidence=1.0, n_a=3, n_b=3)
+    assert widened(open_ended, 0.02, 0.95) is open_ended
 
 
 def test_compare_with_three_rounds_is_undecided(tmp_path):
