@@ -81,8 +81,8 @@ __all__ = [
 ]
 
 #: the Dask settings of ``sockbench cluster-worker``: no profiler, slow ticks (the tick only watches the
-#: event loop for blocking) and monitors; with its 2 s heartbeat it idled at 0.3-0.4% of a core on a loaded
-#: 2-CPU machine, where a plain ``dask worker --no-nanny --nthreads 1`` took about 4%
+#: event loop for blocking) and monitors; with its ``HEARTBEAT_S`` heartbeat it idled at 0.24-0.32% of a
+#: core, where a plain ``dask worker --no-nanny --nthreads 1`` took 4.1-7.1% (bench/calibrate/worker_idle.py)
 WORKER_CONFIG = {
     "distributed.worker.profile.enabled": False,
     "distributed.admin.tick.interval": "5s",

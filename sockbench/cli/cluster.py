@@ -7,9 +7,11 @@ machine with the load it measures.  One thread (a host runs one load task at
 a time), no nanny (a second process that only watches the first), the
 profiler off and the ticks and monitors slowed (``cluster.WORKER_CONFIG``),
 and a heartbeat every ``HEARTBEAT_S`` instead of the 0.5 s the scheduler asks
-of a small cluster: a plain ``dask worker --no-nanny --nthreads 1`` idled at
-about 4% of a core here, this one at 0.3-0.4% (12 s windows on a loaded
-2-CPU machine).
+of a small cluster (each heartbeat is about 11 ms of Python here, and was
+most of what the worker did idle): measured quiet by
+``bench/calibrate/worker_idle.py`` (30 s windows, both pinned to one CPU), a
+plain ``dask worker --no-nanny --nthreads 1`` idled at 4.1-7.1% of a core,
+this one at 0.24-0.32%, fresh or after a task.
 ``--cpus`` pins it away from the load processes' CPUs.  The worker runs in
 this process (``distributed.Worker``), so its pid is the one to stop: SIGTERM
 or SIGINT closes it and it leaves the scheduler.
