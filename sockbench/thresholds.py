@@ -5,7 +5,7 @@ that show it, and by the calibration tools that judge their own runs, so a
 flag means the same thing wherever it appears.
 """
 
-__all__ = ["CLIENT_BOUND_UTIL", "SERVER_BOUND_UTIL", "UNSTABLE_SPREAD", "OUTLIER_SHARE", "BEHIND_FRACTION", "STALL_S", "CLIENT_STALL_S", "DISTURBED_SHARE",
+__all__ = ["CLIENT_BOUND_UTIL", "SERVER_BOUND_UTIL", "UNSTABLE_SPREAD", "OUTLIER_SHARE", "BEHIND_FRACTION", "STALL_S", "CLIENT_STALL_S", "STALLS_DIFFER_RATIO", "STALLS_DIFFER_FLOOR", "DISTURBED_SHARE",
            "CLOCK_OFFSET_SHARE", "LOSSY_SHARE", "SAME_COST_SHARE",
            "WORKER_IDLE_SHARE"]
 
@@ -27,6 +27,11 @@ STALL_S = 1.0
 #: from it; shown, not a flag): longer than a pass's own work, which is one epoll batch (at most C_MAX_EVENTS
 #: events, one per ready socket, a few µs each), and shorter than the 1-10 ms p99 such stalls make on a shared VM
 CLIENT_STALL_S = 0.0005
+#: compare: two runs' open-loop cells whose clients lost shares of their windows to stalls this many times
+#: apart measured different machines as much as different servers (the stalls set the p99)
+STALLS_DIFFER_RATIO = 2.0
+#: ... counted only when the larger share is at least this (below it the stalls cannot set a p99)
+STALLS_DIFFER_FLOOR = 0.005
 #: foreign work (or the hypervisor's steal) on a side's pinned CPUs of at least this share of one CPU over
 #: the window: the figure measures the neighbours as much as the server ("disturbed")
 DISTURBED_SHARE = 0.05

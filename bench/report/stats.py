@@ -498,6 +498,13 @@ class CellStats:
         return None if stalls is None else (stalls, total, longest)
 
     @property
+    def client_stall_share(self):
+        """The share of the cell's measured windows that its polling client lost to stalls (None: not measured)."""
+        st = self.client_stalls
+        window = sum(_num(r.workload.duration_s) for r in self.results)
+        return None if st is None or window <= 0 else st[1] / window
+
+    @property
     def errors_total(self):
         return int(sum(_num(r.errors.total) for r in self.results))
 

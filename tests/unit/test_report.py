@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from report_fixture import PROTO_COST_US, make_results
-from sockbench.bench.report.compare import DRIFT_MIN_SERVERS, UNDECIDED, block_drift, compare, widened
+from sockbench.bench.report.compare import DRIFT_MIN_SERVERS, UNDECIDED, block_drift, compare, stalls_differ, widened
 from sockbench.bench.report.stats import RatioInterval, ratio_interval
 from sockbench.units import parse_percent
 from sockbench.bench.suite.plan import Plan, default_plan, full_plan, quick_plan
@@ -432,7 +432,7 @@ def test_a_drift_between_server_blocks_is_not_called_a_change(tmp_path, capsys):
     assert 0.01 < result["drift"] < 0.06 and result["drift_servers"] == 8
     assert result["failed"] == [] and not any(r["verdict"] in ("slower", "faster") for r in result["rows"])
     assert main(["compare", a, b, "--fail-above", "5%"]) == 0
-    assert "drift between the servers' blocks:" in capsys.readouterr().out
+    assert "drift of closed-loop msgs/s between the servers' blocks:" in capsys.readouterr().out
     # the rounds alone see the 6% block's shift: their own interval leaves out "no change"
     A, B = load_results(a), load_results(b)
     key = next(k for k, c in A.cells.items() if k[0] == "selectors" and c.cell.mode == "closed")
@@ -443,6 +443,41 @@ def test_a_drift_between_server_blocks_is_not_called_a_change(tmp_path, capsys):
     uv = [r for r in result["rows"] if r["server"] == "uvloop" and r["metric"] == "msgs/s"]
     assert uv and all(r["verdict"] == "slower" for r in uv)
     assert {r["server"] for r in result["failed"]} == {"uvloop"}
+
+
+def _stalled(folder, server, workload, stall_s, p99_factor=1.0):
+    """Give every round of one open-loop cell a polling client that lost ``stall_s`` to stalls; scale its p99."""
+    for path in glob.glob(os.path.join(folder, "raw", f"{server}__{workload}__r*.json")):
+        r = json.load(open(path))
+        r["client"].update(polling=True, stalls=int(stall_s / 0.002), stall_s=stall_s, longest_stall_s=0.004)
+        r["latency_us"]["p99"] *= p99_factor
+        write_json_atomic(path, r)
+
+
+def test_open_loop_p99s_whose_client_stalls_differ_are_marked_and_never_fail(tmp_path, capsys):
+    a = make_results(str(tmp_path / "a"), servers=("selectors", "uvloop"), seed=1)
+    b = make_results(str(tmp_path / "b"), servers=("selectors", "uvloop"), seed=1)
+    cell = next(c for c in load_results(a).cells.values() if c.server == "uvloop" and c.cell.mode == "open")
+    window = cell.results[0].workload.duration_s  # each round's
+    _stalled(a, "uvloop", cell.workload_id, 0.002 * window)  # 0.2% of the window lost to stalls
+    _stalled(b, "uvloop", cell.workload_id, 0.015 * window, p99_factor=1.6)  # 1.5%, and a p99 60% higher
+    result = compare(a, b, fail_above=0.05)
+    row = next(r for r in result["rows"] if r["server"] == "uvloop" and r["workload"] == cell.workload_id)
+    assert row["verdict"] == "slower" and row["stalls_differ"] and not row["disturbed"]
+    assert row["marks"] == ["STALLS differ: A 0.2%, B 1.5% of the window"]
+    assert result["failed"] == []
+    assert main(["compare", a, b, "--fail-above", "5%"]) == 0
+    assert "client STALLS that differ" in capsys.readouterr().out
+    # the same slowdown with the same stalls on both sides fails
+    _stalled(a, "uvloop", cell.workload_id, 0.015 * window)
+    assert [r["workload"] for r in compare(a, b, fail_above=0.05)["failed"]] == [cell.workload_id]
+
+
+def test_stalls_differ_needs_a_ratio_and_a_floor():
+    assert stalls_differ(0.004, 0.012) and stalls_differ(0.012, 0.004)
+    assert not stalls_differ(0.008, 0.012)        # within the ratio
+    assert not stalls_differ(0.001, 0.004)        # neither could set a p99
+    assert not stalls_differ(None, 0.02) and not stalls_differ(0.02, None)  # a client that did not poll
 
 
 def test_block_drift_and_the_widened_interval():
