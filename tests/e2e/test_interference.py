@@ -76,8 +76,9 @@ def test_the_hog_is_named_before_the_run_starts():
     assert "DISTURBED: " in p.stderr and r.disturbed
 
 
-#: the processes one run_load starts: its server, its load process and the two git calls of the machine metadata
-OWN_SPAWNS = 4
+#: the processes one run_load starts: its server, its load process and the three git calls of the machine
+#: metadata (the top level, the commit, whether the tree is dirty); counted with strace -f -e execve
+OWN_SPAWNS = 5
 
 
 def _ticks():
