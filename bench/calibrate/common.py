@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 import statistics
 import subprocess
 import tempfile
@@ -53,6 +54,7 @@ __all__ = [
     "ref_client_command",
     "run_ref_client",
     "pinned",
+    "free_port",
     "check_cpus",
     "machine_line",
     "spread",
@@ -243,6 +245,14 @@ def run_ref_client(exe, address, cpu, *, what="", overrun_s=60, **options):
         why = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
         raise SockbenchError(f"load client failed{where}: {why}")
     return RefResult.parse((r.stdout.splitlines() or [""])[-1])
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    """A loopback port free now for ``kind`` (stream or datagram), for a tool that must name its port up front
+    (sockperf's server, a Dask scheduler)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def check_cpus(server_cpu, client_cpu):

@@ -32,7 +32,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from sockbench.bench.calibrate.common import Spread, check_cpus, fmt_spread, pinned, spread
+from sockbench.bench.calibrate.common import Spread, check_cpus, fmt_spread, free_port, pinned, spread
 from sockbench.bench.load.harness import LoadSpec, run_load
 from sockbench.errors import SockbenchError
 from sockbench.jsonfile import write_json_atomic
@@ -122,19 +122,10 @@ def parse_sockperf(text):
     )
 
 
-def _free_port(kind):
-    s = socket.socket(socket.AF_INET, kind)
-    try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
-
-
 def run_sockperf(exe, transport, duration, server_cpu, client_cpu, size=SIZE):
     """sockperf's server and its ping-pong client, pinned apart; the client's ``SockperfFigures``."""
     tcp = ["--tcp"] if transport == "tcp" else []
-    port = _free_port(socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
+    port = free_port(socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
     server = subprocess.Popen([exe, "sr", "-i", "127.0.0.1", "-p", str(port), *tcp], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, preexec_fn=pinned(server_cpu))
     try:

@@ -27,14 +27,13 @@ Run: ``python -m sockbench.bench.calibrate.worker_idle [--cpu 0] [--window 30] [
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 
-from sockbench.bench.calibrate.common import fmt_spread, machine_line, spread
-from sockbench.bench.load.cluster import HEARTBEAT_S
+from sockbench.bench.calibrate.common import fmt_spread, free_port, machine_line, spread
+from sockbench.bench.load.cluster import HEARTBEAT_S, connect, connected_workers
 from sockbench.bench.load.interference import side_time
 from sockbench.children import child_setup, held_signals
 from sockbench.errors import SockbenchError, UsageError
@@ -62,12 +61,6 @@ class Window:
     disturbed: bool
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(procs, cmd, cpus):
     """Start ``cmd`` pinned to ``cpus``, its handle in ``procs`` before a Ctrl-C can land (``held_signals``)."""
     with held_signals():
@@ -91,11 +84,11 @@ def _wait_ready_line(p, what):
 def _wait_workers(client, names):
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
-        seen = {str(w.get("name")) for w in client.scheduler_info()["workers"].values()}
-        if set(names) <= seen:
+        missing = set(names) - set(connected_workers(client))
+        if not missing:
             return
         time.sleep(0.2)
-    raise SockbenchError(f"workers {sorted(set(names) - seen)} did not join the scheduler within {START_TIMEOUT_S:g} s")
+    raise SockbenchError(f"workers {sorted(missing)} did not join the scheduler within {START_TIMEOUT_S:g} s")
 
 
 def _edge(cpu):
@@ -121,14 +114,9 @@ def _windows(state, pids, cpu, window_s, count, log):
 
 def measure(cpu=0, window_s=30.0, windows=3, settle_s=5.0, reference=True, log=print):
     """The ``Window``s of both states, each worker pinned to ``cpu``."""
-    try:
-        # deferred: distributed is the optional extra `cluster`, and heavy
-        import distributed
-    except ImportError:
-        raise UsageError("worker_idle needs Dask distributed: pip install 'sockbench[cluster]'") from None
     if cpu not in os.sched_getaffinity(0):
         raise UsageError(f"--cpu {cpu} is not a CPU this process may use; allowed: {sorted(os.sched_getaffinity(0))}")
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     procs, pids = [], {}
     others = sorted(os.sched_getaffinity(0) - {cpu}) or [cpu]
     try:
@@ -143,11 +131,11 @@ def measure(cpu=0, window_s=30.0, windows=3, settle_s=5.0, reference=True, log=p
             ref = _start(procs, [sys.executable, "-m", "distributed.cli.dask_worker", address, "--no-nanny",
                                  "--nthreads", "1", "--name", REFERENCE, "--no-dashboard"], [cpu])
             pids[REFERENCE] = ref.pid
-        with distributed.Client(address, timeout=START_TIMEOUT_S, set_as_default=False) as client:
+        with connect(address, timeout=START_TIMEOUT_S) as client:
             _wait_workers(client, pids)
         time.sleep(settle_s)
         out = _windows("fresh", pids, cpu, window_s, windows, log)
-        with distributed.Client(address, timeout=START_TIMEOUT_S, set_as_default=False) as client:
+        with connect(address, timeout=START_TIMEOUT_S) as client:
             for name in pids:
                 client.submit(os.getpid, workers=[name], pure=False).result(timeout=START_TIMEOUT_S)
         time.sleep(settle_s)

@@ -72,6 +72,7 @@ __all__ = [
     "CONNECT_TIMEOUT_S",
     "START_LEAD_S",
     "connect",
+    "connected_workers",
     "pick_hosts",
     "host_specs",
     "host_load",
@@ -130,7 +131,7 @@ def connect(scheduler, timeout=CONNECT_TIMEOUT_S):
                              f"({type(e).__name__}); is it running, and is that address reachable?") from None
 
 
-def _workers(client):
+def connected_workers(client):
     """``{name: address}`` of the workers connected to the scheduler now."""
     info = client.scheduler_info(n_workers=-1) if _takes_n_workers(client) else client.scheduler_info()
     return {str(w.get("name", addr)): addr for addr, w in info["workers"].items()}
@@ -206,7 +207,7 @@ def run_cluster_load(spec, scheduler, hosts=None, json_path=None, log=None, on_w
     started_at = iso_utc()
     client = connect(scheduler)
     try:
-        chosen = pick_hosts(_workers(client), hosts)
+        chosen = pick_hosts(connected_workers(client), hosts)
         if spec.server is not None:
             extra = ("--protocol", spec.protocol) if spec.protocol != "raw" else ()
             with ServerProcess(spec.server, transport=spec.transport, host=local_address_towards(scheduler),
@@ -284,7 +285,7 @@ def _wait_ready(client, queue, futures, chosen):
 
 def _check_alive(client, futures, chosen):
     """Before the window: a host task that failed, or a worker that left, is one line naming the host."""
-    names = set(_workers(client))
+    names = set(connected_workers(client))
     for name, addr in chosen:
         f = futures[name]
         if f.status == "error":
@@ -325,7 +326,7 @@ def _collect(client, futures, chosen, instant_ns, spec):
         + max(RESULT_GRACE_S, spec.timeout_s + 2)
     pending = dict(chosen)
     while pending:
-        live = set(_workers(client))
+        live = set(connected_workers(client))
         for name in list(pending):
             f = futures[name]
             if f.status == "finished":
