@@ -192,18 +192,21 @@ def compare(a_path, b_path, alpha=ALPHA, fail_above=None):
     threshold = DEFAULT_THRESHOLD if fail_above is None else fail_above
     level = 1.0 - alpha
     rows, failed = [], []
-    pairs = [(key, ca, B.cells[key]) for key, ca in A.cells.items() if key in B.cells]
+    pairs = []
     logs = {"closed": {}, "open": {}}
-    for key, ca, cb in pairs:
-        ma, mb = _median(ca.figures()), _median(cb.figures())
+    for key, ca in A.cells.items():
+        cb = B.cells.get(key)
+        if cb is None:
+            continue
+        va, vb = ca.figures(), cb.figures()
+        ma, mb = _median(va), _median(vb)
+        pairs.append((key, ca, cb, va, vb, ma, mb))
         if ca.cell.mode in logs and ma > 0 and mb > 0:
             logs[ca.cell.mode].setdefault(key[0], []).append(math.log(mb / ma))
     drifts = {mode: block_drift(per_server) for mode, per_server in logs.items()}
-    for key, ca, cb in pairs:
+    for key, ca, cb, va, vb, ma, mb in pairs:
         drift = drifts.get(ca.cell.mode, drifts["closed"])
         higher = ca.higher_is_better
-        va, vb = ca.figures(), cb.figures()
-        ma, mb = _median(va), _median(vb)
         ratio = mb / ma if ma > 0 else float("nan")
         iv = widened(ratio_interval(va, vb, level), drift, level)
         v, change_ci = verdict(iv, higher, threshold)
