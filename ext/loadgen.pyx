@@ -24,7 +24,7 @@ Coalescing
     Messages are ranges of that stream.  All the messages a connection owes
     at one moment (``depth`` at the start; the replacements of all those
     completed by one read) go out in ONE ``writev`` (split only past 16 x
-    256 KiB).  ``writes`` and ``queued`` in the result show the ratio.
+    256 KiB).  ``writes`` and ``msgs_queued`` in the result show the ratio.
 Time
     ``clock_gettime(CLOCK_MONOTONIC)`` in ns, the same clock as Python's
     ``time.monotonic_ns()``, so the parent process can fix the window
@@ -581,7 +581,7 @@ cdef inline void queue_msgs(Loop *L, Conn *c, int64_t k, int64_t now) noexcept n
         c.ring[(c.queued + i) % L.cap] = now
     c.queued += k
     c.owed += k * L.size
-    L.run.queued_total += k
+    L.run.msgs_queued += k
     if L.run.mode == M_OPEN:
         if in_window(&L.run.w, now):
             L.run.sent_window += k

@@ -75,7 +75,7 @@ cdef struct Run:
     int64_t sent_window     # messages sent inside the window (open: achieved rate)
     int64_t writes
     int64_t reads
-    int64_t queued_total
+    int64_t msgs_queued
     int64_t rx_bytes_window
     Edges e                # the window's edges: the client's rusage, the server's CPU, /proc/stat
     int64_t starved         # sockets that completed no message in the window, owed one all along
@@ -170,7 +170,10 @@ cdef inline void run_pass(Run *r, int64_t now, int was_idle) noexcept nogil:
 # ---- the result and the teardown (with the GIL, after the loop) ------------------------------
 
 cdef inline dict run_result(const Run *r, kinds, int64_t rx_wire_bytes, int64_t cycles, conn_msgs, starved):
-    """The counters as the dict both ``run_loop``s return; ``kinds`` is ``ERROR_KINDS``, the rest the loop's own."""
+    """The counters as the dict both ``run_loop``s return; ``kinds`` is ``ERROR_KINDS``, the rest the loop's own.
+
+    Its keys are ``ProcResult``'s field names (``sockbench.bench.schema``): a counter added here and declared
+    there reaches the result under this one name."""
     cdef int64_t j
     cdef int k
     return {
@@ -180,7 +183,7 @@ cdef inline dict run_result(const Run *r, kinds, int64_t rx_wire_bytes, int64_t 
         "rx_wire_bytes": rx_wire_bytes,
         "sent_window": r.sent_window,
         "cycles": cycles,
-        "queued": r.queued_total,
+        "msgs_queued": r.msgs_queued,
         "writes": r.writes,
         "reads": r.reads,
         "errors": {kinds[k]: r.errors[k] for k in range(RUN_N_ERR)},
@@ -188,10 +191,10 @@ cdef inline dict run_result(const Run *r, kinds, int64_t rx_wire_bytes, int64_t 
         "first_error_kind": kinds[r.first_error_kind] if r.first_error_ns else None,
         "ended_early": bool(r.ended_early),
         "alive_at_end": r.alive,
-        "h1": hist_pairs(&r.hdr, &r.h1),
-        "h1_sum_ns": r.h1.sum_ns,
-        "h2": hist_pairs(&r.hdr, &r.h2),
-        "h2_sum_ns": r.h2.sum_ns,
+        "hdr1": hist_pairs(&r.hdr, &r.h1),
+        "hdr1_sum_ns": r.h1.sum_ns,
+        "hdr2": hist_pairs(&r.hdr, &r.h2),
+        "hdr2_sum_ns": r.h2.sum_ns,
         "ts_msgs": [r.ts_msgs[j] for j in range(r.w.nint)],
         "ts_sent": [r.ts_sent[j] for j in range(r.w.nint)] if r.mode == RUN_OPEN else None,
         "user_s": cpu_seconds(&r.e, 0),

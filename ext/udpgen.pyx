@@ -233,7 +233,7 @@ cdef inline void on_sent(Loop *L, Flow *c, int64_t k, int64_t now) noexcept nogi
         c.st[slot] = ST_FLIGHT
     c.sent += k
     c.outstanding += k
-    L.run.queued_total += k
+    L.run.msgs_queued += k
     if in_window(&L.run.w, now):
         L.d_sent += k
         L.run.sent_window += k

@@ -78,12 +78,12 @@ Why it is built this way
 * One shape per step, and each step does one thing.  The spec and its checks
   are ``spec.LoadSpec``; a run is set up (``_spawn_workers``, ``_wait_ready``),
   windowed (``_open_window``) and collected (``_collect``); each load process
-  reports one ``worker.ProcResult``; the result is built from them by
-  concern: add the processes up (``_aggregate``, ``_throughput``,
-  ``_timeseries``), the CPU of each side (``_client_cpu``, ``_server_cpu``,
-  ``_limited_by``), the verdict (``_invalid_reasons``), and the
-  ``LoadResult`` of the result schema (``sockbench.bench.schema``), which
-  alone spells the JSON.
+  reports one ``schema.ProcResult``; the result is built from them by
+  concern: add the processes up as the schema declares each field
+  (``merge_procs``), the rates (``_throughput``, ``_timeseries``), the CPU of
+  each side (``_client_cpu``, ``_server_cpu``, ``limited_by``), the verdict
+  (``_invalid_reasons``), and the ``LoadResult`` of the result schema
+  (``sockbench.bench.schema``), which alone spells the JSON.
 """
 
 import json
@@ -98,15 +98,15 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from types import SimpleNamespace
 
 from sockbench.bench.load import datagram, hdr
 from sockbench.bench.load.interference import interference
 from sockbench.bench.load.spec import MAX_FRAMED_SIZE, MODES, PROTOCOLS, LoadSpec
-from sockbench.bench.load.worker import FD_HEADROOM, ProcResult, WorkerParams
+from sockbench.bench.load.worker import FD_HEADROOM, WorkerParams
 from sockbench.bench.schema import (
-    ERROR_KINDS, Client, CpuPerMsg, Errors, Fairness, LoadResult, Machine, ServerProc, Target, Throughput, Timeseries,
-    Workload,
-    merge_stalls,
+    ERROR_KINDS, Client, CpuPerMsg, Errors, Fairness, LoadResult, Machine, ProcResult, ServerProc, Target, Throughput,
+    Timeseries, Workload, copy_fields, merge_fields,
 )
 from sockbench.children import child_setup, held_signals
 from sockbench.endpoints import Endpoint
@@ -130,6 +130,14 @@ __all__ = [
     "MAX_FRAMED_SIZE",
     "busy_warning",
     "measure",
+    "resolve",
+    "build_result",
+    "merge_procs",
+    "limited_by",
+    "read_rss_peak",
+    "split",
+    "ServerWindow",
+    "READY_TIMEOUT_S",
 ]
 
 #: between "every load process is ready" and the window's start
@@ -239,7 +247,8 @@ def _check_nofile(spec, per_proc):
         )
 
 
-def _split(n, parts):
+def split(n, parts):
+    """``n`` in ``parts`` shares that differ by one at most, the larger first."""
     return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
 
 
@@ -292,7 +301,7 @@ def run_load(spec, json_path=None, on_window=None):
     """
     spec.validate()
     started_at = iso_utc()
-    _check_nofile(spec, max(_split(spec.conns, spec.procs)) if spec.mode != "connect" else spec.conns)
+    _check_nofile(spec, max(split(spec.conns, spec.procs)) if spec.mode != "connect" else spec.conns)
     if spec.server is not None:
         extra = ("--protocol", spec.protocol) if spec.protocol != "raw" else ()
         if spec.workers != 1:
@@ -300,7 +309,7 @@ def run_load(spec, json_path=None, on_window=None):
         # the load processes start (Python, hdrh, the loop's extension: ~0.1 s) while the server starts
         spare = []
         try:
-            for _ in _split(spec.conns, spec.procs):
+            for _ in split(spec.conns, spec.procs):
                 with held_signals():
                     spare.append(_Worker())
             with ServerProcess(spec.server, spec.transport, cpus=spec.server_cpus, extra_args=extra) as server:
@@ -425,7 +434,7 @@ def _wait_events(workers, deadline, on_event, server=None):
 
 
 @dataclass
-class _ServerWindow:
+class ServerWindow:
     """What the harness knows of the server it started, over the window."""
 
     pid: int | None = None
@@ -441,7 +450,7 @@ def _run(spec, server, endpoint, started_at, on_window=None, spare=None):
     """Connect, run the window, collect: the setup, the window and the collection, then the result."""
     endpoint = resolve(endpoint)
     procs, problems, srv = measure(spec, server, endpoint, on_window, spare=spare)
-    return _build_result(spec, server, endpoint, started_at, procs, problems, srv)
+    return build_result(spec, server, endpoint, started_at, procs, problems, srv)
 
 
 def measure(spec, server, endpoint, on_window=None, start_at=None, spare=None):
@@ -453,7 +462,7 @@ def measure(spec, server, endpoint, on_window=None, start_at=None, spare=None):
     at one shared instant); without it the window starts ``START_MARGIN_S``
     from now.  ``spare`` are load processes started already, waiting for
     their parameters (taken from the list as they are used).
-    ``_build_result`` turns the three into a result.
+    ``build_result`` turns the three into a result.
     """
     if endpoint.transport == "udp":
         _probe(endpoint, datagram.PROBE_WORDING, datagram.PROBE_TIMEOUT_S, datagram.echo_probe)
@@ -497,7 +506,7 @@ def _spawn_workers(spec, server, endpoint, workers, spare=None):
     """
     cpus = spec.client_cpus
     first = 0
-    for i, n in enumerate(_split(spec.conns, spec.procs)):
+    for i, n in enumerate(split(spec.conns, spec.procs)):
         p = WorkerParams(
             index=i, host=endpoint.host or "", port=endpoint.port or 0, family=int(endpoint.family),
             transport=endpoint.transport, path=endpoint.path, mode=spec.mode, conns=n,
@@ -594,11 +603,11 @@ def _collect(spec, server, workers, end_ns, edges=None):
 
     This process sleeps through the window (waking up inside it to read the
     server's CPU took a CPU from one side: load process 0 reads it instead).
-    Returns ``({index: ProcResult}, [problem lines], _ServerWindow)``.
+    Returns ``({index: ProcResult}, [problem lines], ServerWindow)``.
     """
     procs = {}
     problems = []
-    srv = _ServerWindow(pid=server.pid if server else None)
+    srv = ServerWindow(pid=server.pid if server else None)
 
     def on_result(w, ev):
         if ev.get("event") == "result":
@@ -616,14 +625,14 @@ def _collect(spec, server, workers, end_ns, edges=None):
         srv.cpu0, srv.cpu1 = (_server_sample(x) for x in samples)
         if edges is not None:
             srv.cpu0, srv.cpu1 = _add_samples(srv.cpu0, edges[0]), _add_samples(srv.cpu1, edges[1])
-        srv.rss_peak_bytes = _read_rss_peak(server)  # a high-water mark: read after the window
+        srv.rss_peak_bytes = read_rss_peak(server)  # a high-water mark: read after the window
     if server is not None and not server.alive():
         srv.exit_status = server.proc.returncode
         problems.insert(0, f"the server exited (status {server.proc.returncode}) during the run")
     return procs, problems, srv
 
 
-def _read_rss_peak(server):
+def read_rss_peak(server):
     """The peak RSS (``VmHWM``) summed over every serving process (``--workers``: each worker's)."""
     try:
         return sum(read_rss_bytes(pid, "VmHWM") for pid in server.pids)
@@ -634,38 +643,13 @@ def _read_rss_peak(server):
 # --- the result ------------------------------------------------------------------------------
 
 
-def _sum_lists(lists):
-    lists = [l for l in lists if l]
-    if not lists:
-        return []
-    n = max(len(l) for l in lists)
-    return [sum(l[i] for l in lists if i < len(l)) for i in range(n)]
-
-
-@dataclass
-class _Merged:
-    """The load processes' figures added up: messages, errors by kind, the merged histograms."""
-
-    msgs: int
-    errors: dict  # ERROR_KINDS -> count
-    h1: object  # the latency histogram
-    h2: object  # service (open) or cycle (connect) time
-    mean1_ns: float | None
-    mean2_ns: float | None
-
-
-def _aggregate(rs):
-    """Add up the per-process parts exactly: counts summed, histograms merged, exact means from the sums."""
-    h1 = hdr.merge_encoded(r.hdr1 for r in rs)
-    h2 = hdr.merge_encoded(r.hdr2 for r in rs)
-    return _Merged(
-        msgs=sum(r.msgs for r in rs),
-        errors={k: sum(r.errors[k] for r in rs) for k in ERROR_KINDS},
-        h1=h1,
-        h2=h2,
-        mean1_ns=(sum(r.hdr1_sum_ns for r in rs) / h1.get_total_count()) if h1.get_total_count() else None,
-        mean2_ns=(sum(r.hdr2_sum_ns for r in rs) / h2.get_total_count()) if h2.get_total_count() else None,
-    )
+def merge_procs(rs):
+    """The load processes' reports added up as ``ProcResult`` declares each field (``schema.merge_fields``): counts
+    summed, histograms merged exactly (decoded and added), the exact means from the sums of the values."""
+    m = SimpleNamespace(**merge_fields(rs, ProcResult, hdr=hdr.merge_encoded))
+    m.mean1_ns = m.hdr1_sum_ns / m.hdr1.get_total_count() if m.hdr1.get_total_count() else None
+    m.mean2_ns = m.hdr2_sum_ns / m.hdr2.get_total_count() if m.hdr2.get_total_count() else None
+    return m
 
 
 def _measured_s(spec, timeseries, srv):
@@ -682,21 +666,21 @@ def _measured_s(spec, timeseries, srv):
     return round(min(spec.duration_s, (last + 1) * spec.interval_s), 6)
 
 
-def _throughput(spec, rs, msgs, measured_s=None):
+def _throughput(spec, m, measured_s=None):
     """Payload bytes, whatever the protocol; wire bytes add the framing and headers."""
     dur = measured_s or spec.duration_s
     target = achieved = pacing = behind = conns_per_s = None
     if spec.mode == "open":
         target = spec.rate
-        achieved = sum(r.sent_window for r in rs) / dur
+        achieved = m.sent_window / dur
         pacing = (achieved - spec.rate) / spec.rate
         behind = achieved < spec.rate * (1 - BEHIND_FRACTION)
     if spec.mode == "connect":
-        conns_per_s = sum(r.cycles for r in rs) / dur
+        conns_per_s = m.cycles / dur
     return Throughput(
-        msgs_per_s=msgs / dur,
-        bytes_per_s=sum(r.rx_bytes for r in rs) / dur,
-        wire_bytes_per_s=sum(r.rx_wire_bytes for r in rs) / dur,
+        msgs_per_s=m.msgs / dur,
+        bytes_per_s=m.rx_bytes / dur,
+        wire_bytes_per_s=m.rx_wire_bytes / dur,
         target_rate=target,
         achieved_rate=achieved,
         pacing_error=pacing,
@@ -706,38 +690,17 @@ def _throughput(spec, rs, msgs, measured_s=None):
     )
 
 
-def _client_cpu(rs, msgs):
-    """The client's own CPU over the window, and whether it was the bottleneck (client-bound)."""
-    user = sum(r.user_s for r in rs)
-    sys_ = sum(r.sys_s for r in rs)
-    window = max((r.cpu_window_s for r in rs), default=0.0)
-    cpus = sorted({c for r in rs for c in r.cpus})
-    ncpu = len(cpus) or 1
-    util = (user + sys_) / (window * ncpu) if window > 0 else None
-    polling = any(r.polling for r in rs)
+def _client_cpu(rs, m):
+    """The client's own CPU over the window, its loops' counts, and whether it was the bottleneck (client-bound)."""
+    window = m.cpu_window_s or 0.0
+    ncpu = len(m.cpus) or 1
+    util = (m.user_s + m.sys_s) / (window * ncpu) if window > 0 else None
     busy = None
-    if polling and window > 0:
+    if m.polling and window > 0:
         # a polling process is always on its CPU: its busy share is the time outside idle passes
         busy = min(1.0, sum(max(0.0, r.cpu_window_s - (r.idle_s or 0.0)) for r in rs) / (window * ncpu))
-    queued = sum(r.queued for r in rs)
-    writes = sum(r.writes for r in rs)
-    stalls, stall_s, longest_stall_s = merge_stalls(rs)
-    client = Client(
-        cpu_util=util,
-        polling=polling,
-        busy_util=busy,
-        user_s=user,
-        sys_s=sys_,
-        cpus=cpus,
-        us_per_msg=CpuPerMsg.of(user, sys_, msgs),
-        writes=writes,
-        reads=sum(r.reads for r in rs),
-        msgs_queued=queued,
-        msgs_per_write=queued / writes if writes else None,
-        stalls=stalls,
-        stall_s=stall_s,
-        longest_stall_s=longest_stall_s,
-    )
+    client = Client.of(rs, cpu_util=util, polling=m.polling, busy_util=busy, user_s=m.user_s, sys_s=m.sys_s,
+                       cpus=m.cpus, us_per_msg=CpuPerMsg.of(m.user_s, m.sys_s, m.msgs))
     load = client.load
     return client, bool(load is not None and load >= CLIENT_BOUND_UTIL)
 
@@ -757,15 +720,15 @@ def _server_cpu(spec, server, srv, msgs, measured_s=None):
                       cpu_source=source, cpus=cpus, cpu_util=util, exit_status=srv.exit_status)
 
 
-def _limited_by(client_bound, server_proc):
+def limited_by(client_bound, server_proc):
     """Which side limited the run: a saturated CPU (None: neither was, e.g. latency-bound)."""
     server_bound = bool(server_proc.cpu_util is not None and server_proc.cpu_util >= SERVER_BOUND_UTIL)
     return {(True, True): "both", (True, False): "client", (False, True): "server"}.get((client_bound, server_bound))
 
 
-def _timeseries(spec, rs):
+def _timeseries(spec, rs, m):
     """Messages per interval over every process, and the longest silence after warmup (None if a process is missing)."""
-    ts_msgs = _sum_lists([r.ts_msgs for r in rs])
+    ts_msgs = m.ts_msgs
     warm_n = math.ceil(spec.warmup_s / spec.interval_s - 1e-9)
     idle_s = _longest_idle(ts_msgs[warm_n:], spec.interval_s) if len(rs) == spec.procs else None
     return Timeseries(
@@ -773,7 +736,7 @@ def _timeseries(spec, rs):
         msgs=ts_msgs,
         warmup_intervals=warm_n,
         longest_idle_s=idle_s,
-        sent=_sum_lists([r.ts_sent for r in rs]) if spec.mode == "open" else None,
+        sent=m.ts_sent if spec.mode == "open" else None,
     )
 
 
@@ -807,9 +770,9 @@ def _interference(spec, server, rs, server_proc, process_s=None):
     )
 
 
-def _invalid_reasons(spec, rs, problems, merged, idle_s, fairness=None):
+def _invalid_reasons(spec, rs, problems, m, idle_s, fairness=None):
     """Why the run is invalid, one reason per problem (empty: it is valid)."""
-    errors = merged.errors
+    errors = m.errors
     reasons = list(problems)
     if errors["mismatch"]:
         reasons.append(f"{errors['mismatch']} connection(s) echoed bytes that were not sent, or not in order (mismatch)")
@@ -821,13 +784,12 @@ def _invalid_reasons(spec, rs, problems, merged, idle_s, fairness=None):
         reasons.append(f"{errors['connect']} connect error(s)")
     if errors["timeout"]:
         reasons.append(f"{errors['timeout']} message(s) unanswered for {spec.timeout_s:g} s (timeout)")
-    early = [r for r in rs if r.ended_early]
-    if early and not any("connection" in x for x in reasons):
+    if m.ended_early and not any("connection" in x for x in reasons):
         reasons.append("every connection of a load process was closed before the end")
     if fairness is not None and fairness.starved:
         # whatever the per-message timeout: a connection the server never serves is a failure
         reasons.append(f"starved: {fairness.starved} of {fairness.conns} connections completed no message")
-    if len(rs) == spec.procs and not merged.msgs and not reasons:
+    if len(rs) == spec.procs and not m.msgs and not reasons:
         reasons.append("no message completed in the measured window")
     elif idle_s is not None and spec.mode != "open" and idle_s >= STALL_S and not reasons:
         # closed/connect loops always have messages outstanding: a long silence is a stall
@@ -836,56 +798,41 @@ def _invalid_reasons(spec, rs, problems, merged, idle_s, fairness=None):
     return reasons
 
 
-def _build_result(spec, server, endpoint, started_at, procs, problems, srv):
+def build_result(spec, server, endpoint, started_at, procs, problems, srv):
     """The ``LoadResult`` of a run, from the load processes' ``ProcResult``s, the problems and the server's window."""
     rs = [procs[i] for i in sorted(procs)]
-    merged = _aggregate(rs)
-    timeseries = _timeseries(spec, rs)
+    m = merge_procs(rs)
+    timeseries = _timeseries(spec, rs, m)
     measured_s = _measured_s(spec, timeseries, srv)
-    client, client_bound = _client_cpu(rs, merged.msgs)
+    client, client_bound = _client_cpu(rs, m)
     # a server that exited ends the measurement: whatever the client's CPU did then, it was not the limit
     client_bound = client_bound and srv.exit_status is None
-    server_proc = _server_cpu(spec, server, srv, merged.msgs, measured_s)
+    server_proc = _server_cpu(spec, server, srv, m.msgs, measured_s)
     fairness = _fairness(spec, rs)
-    reasons = _invalid_reasons(spec, rs, problems, merged, timeseries.longest_idle_s, fairness)
+    reasons = _invalid_reasons(spec, rs, problems, m, timeseries.longest_idle_s, fairness)
     datagrams = datagram.merge(rs) if spec.transport == "udp" else None
     reasons += datagram.invalid_reasons(datagrams)
-    second = hdr.summary_us(merged.h2, merged.mean2_ns)
+    second = hdr.summary_us(m.hdr2, m.mean2_ns)
     return LoadResult(
         server=spec.server if spec.server is not None else endpoint.format(),
         target=Target(host=endpoint.host, port=endpoint.port, path=endpoint.path),
-        workload=Workload(
-            mode=spec.mode,
-            protocol=spec.protocol,
-            transport=endpoint.transport,
-            conns=spec.conns,
-            size=spec.size,
-            depth=spec.depth,
-            rate=spec.rate,
-            duration_s=spec.duration_s,
-            warmup_s=spec.warmup_s,
-            procs=spec.procs,
-            interval_s=spec.interval_s,
-            timeout_s=spec.timeout_s,
-            server_cpus=list(spec.server_cpus),
-            client_cpus=list(spec.client_cpus),
-            workers=spec.workers,
-        ),
-        throughput=_throughput(spec, rs, merged.msgs, measured_s),
-        latency_us=hdr.summary_us(merged.h1, merged.mean1_ns),
+        workload=copy_fields(Workload, spec, transport=endpoint.transport, server_cpus=list(spec.server_cpus),
+                             client_cpus=list(spec.client_cpus)),
+        throughput=_throughput(spec, m, measured_s),
+        latency_us=hdr.summary_us(m.hdr1, m.mean1_ns),
         service_us=second if spec.mode == "open" else None,
         cycle_us=second if spec.mode == "connect" else None,
-        errors=Errors.of(merged.errors),
+        errors=Errors.of(m.errors),
         valid=not reasons,
         invalid_reason="; ".join(reasons) if reasons else None,
         client_bound=client_bound,
-        limited_by=_limited_by(client_bound, server_proc),
+        limited_by=limited_by(client_bound, server_proc),
         server_proc=server_proc,
         client=client,
         timeseries=timeseries,
-        hdr=hdr.encode_text(merged.h1),
+        hdr=hdr.encode_text(m.hdr1),
         hdr_unit="ns",
-        hdr_service=hdr.encode_text(merged.h2) if spec.mode == "open" else None,
+        hdr_service=hdr.encode_text(m.hdr2) if spec.mode == "open" else None,
         machine=Machine(**machine_info()),
         started_at=started_at,
         interference=_interference(spec, server, rs, server_proc, srv.process_s),

@@ -1,4 +1,4 @@
-"""The result schema: files of schema 1 and 2 read, write back as schema 2 with every value kept, anything
+"""The result schema: files of schema 1, 2 and 3 read, write back as the current schema with every value kept, anything
 else is refused in one line.
 
 ``tests/data/sample_v1`` (the former ``results/sample``) is a real run of schema 1 (327 load runs, every mode and
@@ -57,7 +57,7 @@ _MACHINE_V2 = ("isolcpus", "nohz_full", "governor", "smt", "aslr", "loadavg")
 def _as_v2(d):
     """A schema-1 result dict as schema 2 writes it back: the same values, the new parts null, the transport tcp,
     one worker."""
-    out = {**d, "schema": 2, "interference": None, "fairness": None}
+    out = {**d, "schema": SCHEMA_VERSION, "interference": None, "fairness": None}
     out["workload"] = {**d["workload"], "transport": "tcp", "workers": 1}
     if d.get("cell") is not None:
         out["cell"] = {**d["cell"], "transport": "tcp", "workers": 1}
@@ -223,12 +223,12 @@ def test_machine_is_exactly_machine_info():
 
 
 @pytest.mark.parametrize("data,message", [
-    ({"schema": 7}, "F is not a schema-1 or schema-2 sockbench result"),
-    ([1, 2], "F is not a schema-1 or schema-2 sockbench result"),
-    ("garbage", "F is not a schema-1 or schema-2 sockbench result"),
-    (None, "F is not a schema-1 or schema-2 sockbench result"),
-    ({**_minimal(), "schema": 3}, "F is not a schema-1 or schema-2 sockbench result"),
-    ({**_minimal(), "schema": "1"}, "F is not a schema-1 or schema-2 sockbench result"),
+    ({"schema": 7}, "F is not a schema-1 or schema-2 or schema-3 sockbench result"),
+    ([1, 2], "F is not a schema-1 or schema-2 or schema-3 sockbench result"),
+    ("garbage", "F is not a schema-1 or schema-2 or schema-3 sockbench result"),
+    (None, "F is not a schema-1 or schema-2 or schema-3 sockbench result"),
+    ({**_minimal(), "schema": 4}, "F is not a schema-1 or schema-2 or schema-3 sockbench result"),
+    ({**_minimal(), "schema": "1"}, "F is not a schema-1 or schema-2 or schema-3 sockbench result"),
     ({k: v for k, v in _minimal().items() if k not in ("throughput", "valid")}, "F is corrupt: it lacks throughput, valid"),
     ({**_minimal(), "latency_us": [1]}, "F is corrupt: throughput/latency_us are not objects"),
     ({**_minimal(), "workload": "closed"}, "F has a malformed workload (not an object); it is not a sockbench result"),
@@ -248,7 +248,7 @@ def test_anything_else_is_one_schema_error_line(data, message):
 
 
 def test_version_and_error_kinds():
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION == 3
     assert ERROR_KINDS == ("connect", "reset", "timeout", "mismatch", "protocol")
     assert Errors.of({"connect": 1, "reset": 0, "timeout": 2, "mismatch": 0, "protocol": 0}).to_json() == {
         "total": 3, "by_kind": {"connect": 1, "reset": 0, "timeout": 2, "mismatch": 0, "protocol": 0}}
