@@ -1011,6 +1011,8 @@ class RunPlan(Part):
     the rules that turn it into cells.  A plan from before the rounds rule has ``rounds``: every cell ran
     exactly that many."""
 
+    _malformed = "a malformed plan"
+
     servers: tuple = fld(required=True, read=_tuple)
     sizes: tuple = fld((64, 1024, 16384), read=_tuple)
     conns: tuple = fld((1, 10, 100), read=_tuple)
@@ -1038,7 +1040,7 @@ class RunPlan(Part):
     #: the most seconds one cell may spend on its rounds (its minimum rounds always run)
     cell_budget_s: float = fld(60.0)
     #: how many times a disturbed round is measured again, at most (then it is kept, flagged DISTURBED)
-    remeasure: int = fld(2)
+    remeasure: int = fld(0)
     #: the most seconds the suite's cells may take together (None: no limit)
     run_budget_s: float | None = fld()
     #: the measured seconds of a closed-loop round
@@ -1046,7 +1048,7 @@ class RunPlan(Part):
     warmup_s: float = fld(0.1)
     interval_s: float = fld(0.05)
     #: the stall the open-loop rounds are made long enough to absorb (0: open rounds last duration_s)
-    hiccup_s: float = fld(0.004)
+    hiccup_s: float = fld(0.0)
     procs: int = fld(1)
     server_cpus: tuple = fld((0,), read=_tuple)
     client_cpus: tuple = fld((1,), read=_tuple)
@@ -1094,6 +1096,13 @@ class RunMeta(Part):
         except SchemaError:
             # a plan this version cannot read leaves the rest of the run's description readable
             return super().from_json({k: v for k, v in d.items() if k != "plan"}, source)
+
+    @classmethod
+    def check_keys(cls, keys):
+        """Refuse a key ``meta.json`` does not declare (a programming error: declare it here first)."""
+        unknown = set(keys) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"meta.json has no field {', '.join(sorted(unknown))}; declare it in RunMeta")
 
 
 # --- the suite's summaries (pytest-benchmark ``extra_info``) -------------------------------------

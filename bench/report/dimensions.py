@@ -227,8 +227,7 @@ def transport_section(results):
 
 def server_cpus(results):
     """The server's CPUs as the run pinned them (the plan's, else the first result's), or None when unknown."""
-    plan = results.meta.get("plan") or {}
-    cpus = plan.get("server_cpus")
+    cpus = results.plan.server_cpus if results.plan is not None else None
     if not cpus:
         for r in results.results:
             if r.workload.server_cpus:

@@ -239,32 +239,32 @@ def table_rows(results, workload_id):
 
 
 def _settings(results):
-    plan = results.meta.get("plan") or {}
+    plan = results.plan
     out = []
-    if plan:
-        out.append(("servers", ", ".join(plan.get("servers", []))))
-        out.append(("closed loop", f"sizes {', '.join(format_size(s) for s in plan.get('sizes', []))}; "
-                                   f"connections {', '.join(str(c) for c in plan.get('conns', []))}; depth {plan.get('depth', 1)}"))
-        if plan.get("open_pcts"):
-            out.append(("open loop", f"{', '.join(str(p) + '%' for p in plan['open_pcts'])} of each server's peak; "
-                                     f"{format_size(plan.get('open_size', 64))}, {plan.get('open_conns')} connections"))
-        served = [n for n in plan.get("servers", []) if _speaks_framed(plan, n)]
-        if plan.get("protocols") and served:
-            out.append(("protocols", f"{', '.join(plan['protocols'])} at {format_size(plan.get('proto_size', 64))}, "
-                                     f"{plan.get('proto_conns')} connections, depth {plan.get('proto_depth')}, closed loop; "
+    if plan is not None:
+        out.append(("servers", ", ".join(plan.servers)))
+        out.append(("closed loop", f"sizes {', '.join(format_size(s) for s in plan.sizes)}; "
+                                   f"connections {', '.join(str(c) for c in plan.conns)}; depth {plan.depth}"))
+        if plan.open_pcts:
+            out.append(("open loop", f"{', '.join(str(p) + '%' for p in plan.open_pcts)} of each server's peak; "
+                                     f"{format_size(plan.open_size)}, {plan.open_conns} connections"))
+        served = [n for n in plan.servers if _speaks_framed(plan, n)]
+        if plan.protocols and served:
+            out.append(("protocols", f"{', '.join(plan.protocols)} at {format_size(plan.proto_size)}, "
+                                     f"{plan.proto_conns} connections, depth {plan.proto_depth}, closed loop; "
                                      f"servers: {', '.join(served)}"))
         out.append(("each round", _round_setting(plan, results)))
         out.append(("rounds per cell", _rounds_setting(plan)))
-        out.append(("CPU pinning", f"server on CPU {plan.get('server_cpus')}, load client on CPU {plan.get('client_cpus')}"))
+        out.append(("CPU pinning", f"server on CPU {list(plan.server_cpus)}, load client on CPU {list(plan.client_cpus)}"))
     out.append(("rounds", _rounds_taken(results)))
     out.append(("machine", results.machine_record().line()))
     tuning = _tuning(results.machine_record())
     if tuning:
         out.append(("machine tuning", tuning))
     out.append(("commit", results.commit()))
-    out.append(("started", str(results.meta.get("started_at", "unknown"))))
-    if results.meta.get("finished_at"):
-        out.append(("finished", str(results.meta["finished_at"])))
+    out.append(("started", str(results.meta.started_at or "unknown")))
+    if results.meta.finished_at:
+        out.append(("finished", str(results.meta.finished_at)))
     return out
 
 
@@ -272,22 +272,21 @@ def _round_setting(plan, results):
     durations = sorted({float(r.workload.duration_s) for c in results.cells.values() if c.cell.mode == "open"
                         for r in c.results if r.workload.duration_s})
     open_s = ""
-    if durations and durations != [plan.get("duration_s")]:
+    if durations and durations != [plan.duration_s]:
         open_s = (f" (open loop: {', '.join(f'{d:g}' for d in durations)} s, long enough that one 4 ms scheduler "
                   f"hiccup cannot set a p99)")
-    return (f"{plan.get('warmup_s')} s warmup (excluded) + {plan.get('duration_s')} s measured{open_s}, "
-            f"{plan.get('interval_s')} s intervals")
+    return (f"{plan.warmup_s} s warmup (excluded) + {plan.duration_s} s measured{open_s}, "
+            f"{plan.interval_s} s intervals")
 
 
 def _rounds_setting(plan):
-    lo = plan.get("min_rounds", plan.get("rounds"))
-    hi = plan.get("max_rounds", lo)
+    lo, hi = plan.min_rounds, plan.max_rounds
     if lo == hi:
         return f"{lo} (fixed)"
-    budget = f"; the cells shared a run budget of {plan['run_budget_s']:g} s" if plan.get("run_budget_s") else ""
+    budget = f"; the cells shared a run budget of {plan.run_budget_s:g} s" if plan.run_budget_s else ""
     return (f"{lo} to {hi}: until the 95% interval of the median msgs/s (open loop: p99) is within "
-            f"±{float(plan.get('ci', 0)):.0%} of it, at most {plan.get('cell_budget_s'):g} s a cell{budget}; "
-            f"a disturbed round is measured again up to {plan.get('remeasure', 0)} times")
+            f"±{float(plan.ci):.0%} of it, at most {plan.cell_budget_s:g} s a cell{budget}; "
+            f"a disturbed round is measured again up to {plan.remeasure} times")
 
 
 def _rounds_taken(results):
@@ -325,20 +324,20 @@ def _tuning(m):
 
 
 def _speaks_framed(plan, server):
-    spoken = (plan.get("speaks") or {}).get(server)
-    return any(p != "raw" and (spoken is None or p in spoken) for p in plan.get("protocols") or ())
+    spoken = plan.speaks.get(server)
+    return any(p != "raw" and (spoken is None or p in spoken) for p in plan.protocols)
 
 
 def _status_banner(results):
-    status = results.meta.get("status")
+    status = results.meta.status
     if status in ("interrupted", "failed", "running"):
         what = {"interrupted": "was interrupted", "failed": "failed", "running": "did not finish (still running, or killed)"}[status]
-        planned = results.meta.get("planned_cells")
+        planned = results.meta.planned_cells
         if planned:
             return (f"INCOMPLETE: this run {what}; {len(results.cells)} of {planned} cells were measured "
                     f"({len(results.results)} rounds) and are reported below; the last one may have been cut short.")
         done = len(results.results)
-        planned = results.meta.get("planned_runs")
+        planned = results.meta.planned_runs
         of = f" {done} of {planned}" if planned else f" {done}"
         return f"INCOMPLETE: this run {what};{of} load runs finished and are reported below."
     return None

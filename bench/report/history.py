@@ -46,7 +46,7 @@ class History:
 
 
 def _started(results):
-    return str(results.meta.get("started_at") or min((str(r.started_at) for r in results.results if r.started_at),
+    return str(results.meta.started_at or min((str(r.started_at) for r in results.results if r.started_at),
                                                       default=""))
 
 

@@ -69,9 +69,9 @@ in it (``closed-64B-c100-unix``).
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 
-from sockbench.bench.schema import Cell
+from sockbench.bench.schema import Cell, RunPlan, SchemaError
 from sockbench.endpoints import TRANSPORTS
 from sockbench.errors import UsageError
 from sockbench.servers.protocols import PROTOCOLS
@@ -107,53 +107,12 @@ ROUND_OVERHEAD_S = 0.3
 
 
 @dataclass(frozen=True)
-class Plan:
-    """Everything the suite needs to know to run (and the report to describe) one run."""
+class Plan(RunPlan):
+    """Everything the suite needs to know to run (and the report to describe) one run: the fields are the
+    schema's ``RunPlan`` (``plan.json``), the rules that turn them into cells are here."""
 
-    servers: tuple
-    sizes: tuple = (64, 1024, 16384)
-    conns: tuple = (1, 10, 100)
-    #: the open-loop sweep: percentages of each server's measured peak (empty: none)
-    open_pcts: tuple = (25, 50, 75, 90)
-    open_size: int = 64
-    open_conns: int = 100
-    depth: int = 1
-    #: the protocol section: this closed-loop workload in each of these protocols (empty: none)
-    protocols: tuple = PROTOCOLS
-    proto_size: int = 64
-    proto_conns: int = 100
-    proto_depth: int = 16
-    #: server -> the protocols it speaks (from the registry); a server not listed speaks them all
-    speaks: dict = field(default_factory=dict)
-    #: the transports every cell runs over, in this order (``--transports``)
-    transports: tuple = ("tcp",)
-    #: server -> the transports it serves (from the registry); a server not listed serves them all
-    serves: dict = field(default_factory=dict)
-    #: rounds per cell: at least min_rounds; more until the interval is within ci, at most max_rounds
-    min_rounds: int = 5
-    max_rounds: int = 30
-    #: the half-width of the 95% interval of a cell's median, as a fraction of it, that stops its rounds
-    ci: float = 0.03
-    #: the most seconds one cell may spend on its rounds (its minimum rounds always run)
-    cell_budget_s: float = 60.0
-    #: how many times a disturbed round is measured again, at most (then it is kept, flagged DISTURBED)
     remeasure: int = REMEASURE_DISTURBED
-    #: the most seconds the suite's cells may take together (None: no limit); see cell_share_s
-    run_budget_s: float | None = None
-    #: the measured seconds of a closed-loop round (open loop: round_duration)
-    duration_s: float = 0.3
-    warmup_s: float = 0.1
-    interval_s: float = 0.05
-    #: the stall the open-loop rounds are made long enough to absorb (0: open rounds last duration_s)
     hiccup_s: float = HICCUP_S
-    procs: int = 1
-    server_cpus: tuple = (0,)
-    client_cpus: tuple = (1,)
-    quick: bool = False
-    full: bool = False
-    extra: dict = field(default_factory=dict)
-    #: the scaling dimension (``sockbench run --workers 1 2``): every server's cells once per worker count
-    workers: tuple = (1,)
 
     def __post_init__(self):
         if not self.servers:
@@ -298,31 +257,22 @@ class Plan:
         return min(self.cell_budget_s, own * max(0.0, left_s) / need if need > 0 else self.cell_budget_s)
 
     def to_dict(self):
-        d = asdict(self)
-        for k, v in d.items():
-            if isinstance(v, tuple):
-                d[k] = list(v)
-        return d
+        return self.to_json()
 
     @classmethod
     def from_dict(cls, d):
-        names = {f.name for f in fields(cls)}
-        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
-        if "rounds" in d and "min_rounds" not in d:
-            # a plan from before the rounds rule: every cell ran exactly ``rounds`` rounds
-            kw["min_rounds"] = kw["max_rounds"] = int(d["rounds"])
-        return cls(**kw)
+        return cls.from_json(d)
 
     def save(self, path):
         with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
+            json.dump(self.to_json(), f, indent=2)
 
     @classmethod
     def load(cls, path):
         try:
             with open(path) as f:
-                return cls.from_dict(json.load(f))
-        except (OSError, ValueError, TypeError) as e:
+                return cls.from_json(json.load(f), path)
+        except (OSError, ValueError, TypeError, SchemaError) as e:
             raise UsageError(f"cannot read the run plan {path}: {e}") from None
 
 

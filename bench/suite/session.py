@@ -49,7 +49,7 @@ import time
 from sockbench.bench.load.harness import run_load
 from sockbench.bench.load.spec import LoadSpec
 from sockbench.bench.report.store import RAW_DIR, CellStats, discarded_name, raw_name
-from sockbench.bench.schema import Cell, CellContext, Machine
+from sockbench.bench.schema import Cell, CellContext, Machine, RunMeta
 from sockbench.bench.suite.plan import Plan, default_plan
 from sockbench.bench.suite.progress import Calibrated, Calibrating, CellDone, CellStarted, RoundDone, Window
 from sockbench.jsonfile import write_json_atomic
@@ -82,21 +82,14 @@ PROGRESS_FILE = "progress.jsonl"
 def new_meta(plan, argv=None):
     """``meta.json`` of a new run: the machine, the commit, the plan; status ``running``."""
     m = Machine(**machine_info())
-    return {
-        "schema": 1,
-        "kind": "sockbench-run",
-        "started_at": iso_utc(),
-        "status": "running",
-        "commit": m.git_commit,
-        "dirty": m.git_dirty,
-        "machine": m.to_json(),
-        "plan": plan.to_dict(),
-        "planned_cells": len(plan.cells()),
-        "argv": list(argv) if argv is not None else list(sys.argv),
-    }
+    return RunMeta(started_at=iso_utc(), status="running", commit=m.git_commit, dirty=m.git_dirty, machine=m,
+                   plan=plan, planned_cells=len(plan.cells()),
+                   argv=list(argv) if argv is not None else list(sys.argv)).to_json()
 
 
 def update_meta(out, **changes):
+    """Set ``changes`` in ``meta.json`` (each a ``RunMeta`` field), keeping the rest as it is."""
+    RunMeta.check_keys(changes)
     path = os.path.join(out, "meta.json")
     try:
         with open(path) as f:
