@@ -3,8 +3,10 @@
 Every ``ext/*.pyx`` is compiled to ``sockbench.ext.<name>``.  The compiler
 directives live here, in one place, so that every module is built the same way.
 
-The protocol table has one owner, ``servers/protocols.py`` (``PROTOCOLS``,
-``DEFAULT_MAX_MESSAGE``).  C cannot import it, so every build writes
+The protocol table has one owner, ``sockbench/protocol_table.py`` (``PROTOCOLS``,
+``DEFAULT_MAX_MESSAGE``), in the core because ext/ is built from it (the
+layers test checks that ``PROTOCOLS_SOURCE`` stays below ext/).  C cannot
+import it, so every build writes
 ``ext/protocols.h`` from it: the names and indices as C constants, read with
 ``ast`` (the package itself is not imported during a build, when its
 dependencies may be missing).  The header is generated, gitignored, rewritten
@@ -64,7 +66,7 @@ COMPILER_DIRECTIVES = {
     "embedsignature": True,
 }
 
-PROTOCOLS_SOURCE = os.path.join("servers", "protocols.py")
+PROTOCOLS_SOURCE = os.path.join("sockbench", "protocol_table.py")
 PROTOCOLS_HEADER = os.path.join("ext", "protocols.h")
 
 
@@ -84,7 +86,7 @@ def _int_expr(node):
 
 
 def read_protocol_table(path=PROTOCOLS_SOURCE):
-    """``(PROTOCOLS, DEFAULT_MAX_MESSAGE)`` as assigned at the top level of ``servers/protocols.py``."""
+    """``(PROTOCOLS, DEFAULT_MAX_MESSAGE)`` as assigned at the top level of ``PROTOCOLS_SOURCE``."""
     with open(os.path.join(HERE, path), encoding="utf-8") as f:
         tree = ast.parse(f.read(), path)
     found = {}
@@ -114,7 +116,7 @@ def protocols_header(names, max_message):
  * The wire protocols' names and indices (an index is what crosses from Python
  * to C: ``run_loop(protocol=...)``, ``serve(protocol=...)``) and the default
  * message limit, as C constants for the Cython modules and the reference C
- * client.  The Python owner of the table is sockbench.servers.protocols. */
+ * client.  The Python owner of the table is sockbench.protocol_table. */
 #ifndef SOCKBENCH_PROTOCOLS_H
 #define SOCKBENCH_PROTOCOLS_H
 

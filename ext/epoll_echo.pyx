@@ -30,7 +30,7 @@ the choices that matter for reading this file are:
   shared with the load generator and the reference C client: frame scanning,
   the strict flat-JSON header parser, the answer builder).  The protocol
   names and indices come from the generated ``ext/protocols.h``, whose one
-  owner is ``sockbench.servers.protocols``.
+  owner is ``sockbench.protocol_table``.
   Framed reads go to their own buffer, and every complete message in a read
   is answered from where it lies: a frame is its own answer (no copy at
   all), a json answer is a rebuilt header plus the content, appended to one

@@ -111,7 +111,7 @@ Shape
     and the timer, the window's buffers, the counters, the result dict) is
     ``Run``, from ext/loadrun.pxd; ``Loop`` embeds it as ``run``.
     The protocol names and indices come from the generated
-    ``ext/protocols.h`` (the one owner is ``sockbench.servers.protocols``).
+    ``ext/protocols.h`` (the one owner is ``sockbench.protocol_table``).
 """
 
 from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t

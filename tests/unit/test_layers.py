@@ -165,6 +165,37 @@ def test_function_level_imports_say_why():
     assert not bad, "\n".join(bad)
 
 
+def _setup_source(name):
+    """The path a ``NAME = os.path.join("a", "b")`` assignment in setup.py names (what a build generates from)."""
+    tree = ast.parse(open(os.path.join(ROOT, "setup.py"), encoding="utf-8").read())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [name]:
+            return os.path.join(*(ast.literal_eval(a) for a in node.value.args))
+    raise AssertionError(f"setup.py assigns no {name}")
+
+
+def test_what_the_build_generates_into_ext_comes_from_below_it():
+    """setup.py writes ``ext/protocols.h`` from a Python module: ext/ then depends on that module, which must
+    sit in ext/ or below it (the core), as an import from ext/ would have to."""
+    path = _setup_source("PROTOCOLS_SOURCE")
+    folder, rest = path.split(os.sep, 1)
+    module = f"{FOLDERS[folder]}.{os.path.splitext(rest)[0].replace(os.sep, '.')}"
+    assert os.path.exists(os.path.join(ROOT, path)), path
+    assert LEVELS[room(module)] >= LEVELS["ext"], f"ext/protocols.h is generated from {path}, in room {room(module)}"
+
+
+def test_the_package_main_only_starts_the_cli():
+    """``sockbench/__main__.py`` sits in the core folder because ``python -m sockbench`` looks there; it is the
+    cli's, so it may hold nothing but the call, or the core folder would hide logic that depends on the CLI."""
+    tree = ast.parse(open(os.path.join(ROOT, "sockbench", "__main__.py"), encoding="utf-8").read())
+    body = [n for n in tree.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+    assert room("sockbench.__main__") == "cli"
+    assert [ast.dump(n) for n in body] == [
+        ast.dump(ast.parse("from sockbench.cli import main").body[0]),
+        ast.dump(ast.parse("raise SystemExit(main())").body[0]),
+    ]
+
+
 def test_the_checker_sees_a_violation():
     """The rules above are not vacuous: a known upward import is classified as one."""
     assert room("sockbench.cli.load") == "cli" and room("sockbench.bench.schema") == "schema"
