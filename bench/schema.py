@@ -514,8 +514,9 @@ class Client(Part):
     (``ext/loadrun.pxd``'s result dict, under the same names), reach the
     harness in each ``ProcResult`` and are merged over load processes and
     hosts by their rule.  ``writes``, ``reads`` and ``waits`` count the whole
-    run's write/send, read/recv and epoll_wait calls, ``msgs_queued`` the
-    messages handed to the writer over the same span.  ``stalls``,
+    run's write/send, read/recv and epoll_wait calls (``waits``: a sleeping
+    loop's wake-ups, a polling loop's passes), ``msgs_queued`` the messages
+    handed to the writer over the same span.  ``stalls``,
     ``stall_s``, ``longest_stall_s`` (a polling loop only): the gaps of
     ``CLIENT_STALL_S`` or more between two passes in the window, its CPU taken
     from it.
@@ -532,6 +533,7 @@ class Client(Part):
     reads: int | None = fld(merge="sum")
     msgs_queued: int | None = fld(merge="sum")
     msgs_per_write: float | None = fld()
+    waits: int | None = fld(omit=True, since=3, merge="measured_sum", csv="client_waits")
     stalls: int | None = fld(omit=True, since=2, merge="measured_sum", csv="client_stalls")
     stall_s: float | None = fld(omit=True, since=2, merge="measured_sum", csv="client_stall_s")
     longest_stall_s: float | None = fld(omit=True, since=2, merge="measured_max", csv="client_longest_stall_s")

@@ -890,6 +890,7 @@ cdef void main_loop(Loop *L) noexcept nogil:
             else:
                 arm_timer(&L.run.w, L.run.tfd)
         n = epoll_wait(L.run.ep, events, C_MAX_EVENTS, wait_ms(L, now, next_tick))
+        L.run.waits += 1
         was_idle = n == 0 and L.run.g_next == g_before
         if n < 0:
             if errno == EINTR:

@@ -75,6 +75,7 @@ cdef struct Run:
     int64_t sent_window     # messages sent inside the window (open: achieved rate)
     int64_t writes
     int64_t reads
+    int64_t waits           # epoll_wait calls, the whole run: a sleeping loop's wake-ups, a polling loop's passes
     int64_t msgs_queued
     int64_t rx_bytes_window
     Edges e                # the window's edges: the client's rusage, the server's CPU, /proc/stat
@@ -186,6 +187,7 @@ cdef inline dict run_result(const Run *r, kinds, int64_t rx_wire_bytes, int64_t 
         "msgs_queued": r.msgs_queued,
         "writes": r.writes,
         "reads": r.reads,
+        "waits": r.waits,
         "errors": {kinds[k]: r.errors[k] for k in range(RUN_N_ERR)},
         "first_error_ns": r.first_error_ns or None,
         "first_error_kind": kinds[r.first_error_kind] if r.first_error_ns else None,

@@ -582,6 +582,7 @@ cdef void main_loop(Loop *L) noexcept nogil:
             else:
                 arm_timer(&L.run.w, L.run.tfd)
         n = epoll_wait(L.run.ep, events, C_MAX_EVENTS, wait_ms(L, now, next_tick if next_tick < L.run.w.end else L.run.w.end))
+        L.run.waits += 1
         was_idle = n == 0 and L.run.g_next == g_before
         if n < 0:
             if errno == EINTR:
@@ -601,6 +602,7 @@ cdef void main_loop(Loop *L) noexcept nogil:
             break
         sweep_all(L, now, 0)
         n = epoll_wait(L.run.ep, events, C_MAX_EVENTS, wait_ms(L, now, drain_end))
+        L.run.waits += 1
         if n < 0:
             if errno == EINTR:
                 continue

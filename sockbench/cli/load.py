@@ -319,4 +319,6 @@ def _notes(r):
                           "its CPU is always 100%, its busy share says how loaded it was", style="dim"))
     if cl.msgs_per_write:
         notes.append(Text(f"coalescing: {cl.msgs_per_write:.2f} msgs per write ({cl.writes:,} writes)", style="dim"))
+    if cl.waits and cl.msgs_queued is not None:
+        notes.append(Text(f"wake-ups: {cl.msgs_queued / cl.waits:.2f} msgs per epoll_wait ({cl.waits:,} calls)", style="dim"))
     return notes

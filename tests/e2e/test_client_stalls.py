@@ -72,3 +72,5 @@ def test_a_run_left_alone_records_its_stalls():
     # however many this machine caused: measured, never None
     assert c.stalls is not None and c.stall_s is not None and c.longest_stall_s is not None
     assert c.stalls >= 0 and (c.stalls > 0) == (c.longest_stall_s > 0) and c.stall_s >= c.longest_stall_s
+    # and its epoll_wait calls (a polling loop: one a pass)
+    assert c.waits > 0

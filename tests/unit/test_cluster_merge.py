@@ -16,7 +16,9 @@ from sockbench.bench.load.clock import ClockSample, best, sample, too_large
 from sockbench.bench.load.cluster import host_specs, merge, pick_hosts
 from sockbench.bench.load.harness import ServerWindow, build_result
 from sockbench.bench.load.spec import LoadSpec
-from sockbench.bench.schema import Client, ClockOffset, ERROR_KINDS, HostPart, LoadResult, ProcResult, WorkerCpu, merge_stalls
+from sockbench.bench.schema import (
+    Client, ClockOffset, ERROR_KINDS, HostPart, LoadResult, ProcResult, WorkerCpu, csv_columns, merge_stalls,
+)
 from sockbench.endpoints import Endpoint
 from sockbench.errors import SockbenchError, UsageError
 
@@ -218,3 +220,29 @@ def test_a_cluster_sums_every_host_and_each_host_keeps_its_own():
     assert r.hosts[0].client.stall_s == pytest.approx(0.007) and r.hosts[1].client.stall_s == pytest.approx(0.030)
     assert r.client.stalls == 7 and r.client.stall_s == pytest.approx(0.037) and r.client.longest_stall_s == 0.025
     assert LoadResult.from_json(r.to_json()).hosts == r.hosts
+
+
+# --- a counter of the load loop reaches the result by its declaration alone -------------------------------
+
+
+def test_the_loops_wait_count_is_summed_over_processes_and_hosts_and_written_where_measured():
+    rs = {i: replace(_proc([20_000] * 100, index=i), waits=w) for i, w in enumerate((40, 60))}
+    wire = ProcResult.from_json(json.loads(json.dumps(rs[1].to_json())))
+    assert wire == rs[1] and wire.waits == 60  # the load process's JSON line carries it under the same name
+    r = build_result(_spec(2), None, Endpoint("tcp", "10.0.0.9", 7), None, rs, [], ServerWindow())
+    assert r.client.waits == 100 and r.to_json()["client"]["waits"] == 100
+    assert LoadResult.from_json(json.loads(json.dumps(r.to_json()))).client.waits == 100
+    assert dict(csv_columns())["client_waits"](r) == 100
+    # a load process that did not count them (an older host) is left out; none counted: not written at all
+    assert build_result(_spec(2), None, Endpoint("tcp", "10.0.0.9", 7), None, {**rs, 1: _proc([1] * 10, index=1)},
+                        [], ServerWindow()).client.waits == 40
+    quiet = build_result(_spec(1), None, Endpoint("tcp", "10.0.0.9", 7), None, {0: _proc([20_000] * 100)}, [],
+                         ServerWindow())
+    assert quiet.client.waits is None and "waits" not in quiet.to_json()["client"]
+    # a cluster: the total is every host's load processes', each host keeps its own
+    spec = LoadSpec(target=("10.0.0.9", 7), conns=4, procs=2, duration_s=1.0, warmup_s=0.0, interval_s=0.5)
+    chosen = [("a", "tcp://a:1"), ("b", "tcp://b:1")]
+    specs = host_specs(spec, ("10.0.0.9", 7), chosen)
+    answers = {"a": _answer(specs[0], list(rs.values())), "b": _answer(specs[1], [replace(p, waits=7) for p in rs.values()])}
+    c = merge(spec, None, Endpoint("tcp", "10.0.0.9", 7), None, chosen, specs, answers, [], ServerWindow(), {})
+    assert c.client.waits == 114 and [h.client.waits for h in c.hosts] == [100, 14]
