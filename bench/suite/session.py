@@ -49,7 +49,7 @@ import time
 from sockbench.bench.load.harness import run_load
 from sockbench.bench.load.spec import LoadSpec
 from sockbench.bench.report.store import RAW_DIR, CellStats, discarded_name, raw_name
-from sockbench.bench.schema import Cell, CellContext, Machine, RunMeta
+from sockbench.bench.schema import Cell, CellContext, Machine, RunMeta, copy_fields
 from sockbench.bench.suite.plan import Plan, default_plan
 from sockbench.bench.suite.progress import Calibrated, Calibrating, CellDone, CellStarted, RoundDone, Window
 from sockbench.jsonfile import write_json_atomic
@@ -246,23 +246,12 @@ class SuiteContext:
         pytest.exit(line, returncode=WRITE_FAILED_EXIT)
 
     def spec(self, cell, rate=None, size=None, conns=None, mode=None, name_busy=True):
+        """The ``LoadSpec`` of one round of ``cell``: the cell's dimensions under their own names, the plan's timing."""
         p = self.plan
-        return LoadSpec(
-            server=cell.server,
-            mode=mode or cell.mode,
-            conns=conns or cell.conns,
-            size=size or cell.size,
-            depth=cell.depth,
-            rate=rate,
-            duration_s=p.round_duration(cell),
-            warmup_s=p.warmup_s,
-            procs=min(p.procs, conns or cell.conns),
-            server_cpus=tuple(p.server_cpus),
-            client_cpus=tuple(p.client_cpus),
-            interval_s=p.interval_s,
-            protocol=cell.protocol,
-            transport=cell.transport,
-            workers=cell.workers,
+        return copy_fields(
+            LoadSpec, cell, mode=mode or cell.mode, conns=conns or cell.conns, size=size or cell.size, rate=rate,
+            duration_s=p.round_duration(cell), warmup_s=p.warmup_s, procs=min(p.procs, conns or cell.conns),
+            server_cpus=tuple(p.server_cpus), client_cpus=tuple(p.client_cpus), interval_s=p.interval_s,
             name_busy=name_busy,
         )
 

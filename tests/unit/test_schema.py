@@ -9,6 +9,7 @@ folder must still load, report and compare with the same figures as its raw
 JSON gives when read by hand.
 """
 
+import dataclasses
 import glob
 import json
 import os
@@ -22,8 +23,8 @@ from sockbench.bench.report.compare import compare
 from sockbench.bench.report.document import build_report
 from sockbench.bench.report.store import load_results, machine_line
 from sockbench.bench.schema import (
-    ERROR_KINDS, SCHEMA_VERSION, Cell, CellContext, Errors, Fairness, Interference, Latency, LoadResult, Machine,
-    RoundSummary, SchemaError, jain_index,
+    ERROR_KINDS, HISTORY, READABLE_VERSIONS, SCHEMA_VERSION, Cell, CellContext, Errors, Fairness, Interference,
+    Latency, LoadResult, Machine, Part, ProcResult, RoundSummary, RunMeta, RunPlan, SchemaError, jain_index,
 )
 from sockbench.errors import SockbenchError
 from sockbench.machine import machine_info
@@ -245,6 +246,27 @@ def test_anything_else_is_one_schema_error_line(data, message):
     text = str(e.value)
     assert text.startswith(message) and "\n" not in text
     assert isinstance(e.value, SockbenchError) and e.value.exit_code == 1
+
+
+def _parts(cls=LoadResult, seen=None):
+    """Every declared part reachable from ``cls``."""
+    seen = seen if seen is not None else {}
+    seen[cls] = None
+    for f in dataclasses.fields(cls):
+        read = f.metadata.get("read")
+        part = read[0] if isinstance(read, tuple) else read
+        if isinstance(part, type) and issubclass(part, Part) and part not in seen:
+            _parts(part, seen)
+    return list(seen)
+
+
+def test_every_field_names_a_version_of_the_history():
+    """A new field says ``since=N`` and N has its line in HISTORY: the version is bumped with the field."""
+    declared = [(cls.__name__, f.name, f.metadata["since"]) for cls in _parts() + [ProcResult, RunMeta, RunPlan]
+                for f in dataclasses.fields(cls) if "since" in f.metadata]
+    assert declared and all(since in HISTORY for _, _, since in declared), declared
+    assert sorted(HISTORY) == list(range(1, SCHEMA_VERSION + 1)) and READABLE_VERSIONS == tuple(HISTORY)
+    assert max(since for _, _, since in declared) == SCHEMA_VERSION
 
 
 def test_version_and_error_kinds():
