@@ -21,7 +21,7 @@ from fault_server import FaultServer, made_and_closed
 from sockbench.servers import registry
 from sockbench.bench.load import hdr
 from sockbench.bench.load.harness import LoadSpec, run_load
-from sockbench.bench.schema import Errors, Fairness, LoadResult
+from sockbench.bench.schema import SCHEMA_VERSION, Errors, Fairness, LoadResult
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.servers.process import ServerProcess
 
@@ -42,7 +42,7 @@ def _check_coherent(r, spec):
     assert set(RESULT_KEYS) <= set(d)
     # serialisable as is, and the JSON reads back into the same result
     assert LoadResult.from_json(json.loads(json.dumps(d))) == r
-    assert r.schema == d["schema"] == 2
+    assert r.schema == d["schema"] == SCHEMA_VERSION
     assert r.valid, r.invalid_reason
     assert r.limited_by in (None, "client", "server", "both")
     assert r.errors == Errors(total=0, by_kind={"connect": 0, "reset": 0, "timeout": 0, "mismatch": 0, "protocol": 0})
