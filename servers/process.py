@@ -31,18 +31,23 @@ class ServerProcess:
     private directory that the server removes when it exits.  ``endpoint``
     is where it listens, from its ready line.  ``nofile``, if given, is the
     child's RLIMIT_NOFILE (soft and hard): how a test runs a server out of
-    descriptors.  Use as a context manager; leaving it always stops the child
-    by pid.
+    descriptors.  ``environment`` (``environments.Environment``) runs the
+    server from another revision or interpreter of sockbench (default: this
+    one).  Use as a context manager; leaving it always stops the child by pid.
     """
 
     def __init__(self, name, transport="tcp", host=None, port=0, path=None, cpus=None, extra_args=(), env=None,
-                 nofile=None):
+                 nofile=None, environment=None):
         self.name = name
         self.transport = transport
         where = ["--path", path] if path is not None else []
         if transport != "unix":
             where = (["--host", host] if host is not None else []) + ["--port", str(port)]
-        self.cmd = [sys.executable, "-m", "sockbench", "serve", name, "--transport", transport, *where, *extra_args]
+        args = ["--transport", transport, *where, *extra_args]
+        if environment is None:
+            self.cmd = [sys.executable, "-m", "sockbench", "serve", name, *args]
+        else:
+            self.cmd = environment.serve_argv(name, *args)
         self.cpus = sorted(cpus) if cpus else None
         self.env = env
         self.nofile = nofile
