@@ -46,6 +46,8 @@ HISTORY = {
     2: "interference, fairness, machine tuning, throughput.measured_s, server_proc.exit_status; then "
        "latency p9999/p99999, machine.versions, hosts (--cluster), client stalls, datagrams (udp)",
     3: "client.waits: the load loop's epoll_wait calls (messages per wake-up)",
+    4: "cell.pass (the pass of an interleaved run); interference: server_throttled, client_throttled, loaded_idle, "
+       "canary, unseen (CPU taken where the guest does not see it)",
 }
 SCHEMA_VERSION = max(HISTORY)
 #: the versions ``from_json`` reads (an older file reads the fields it lacks as their defaults)
@@ -627,7 +629,17 @@ class Interference(Part):
     CPU time over the window as a share of its pinned CPUs, 0..1, the mean
     over the side's CPUs; ``None`` for a side whose CPUs are not known (the
     server of ``--target``).  ``disturbed``: on some side, foreign or steal
-    time reached ``DISTURBED_SHARE`` of one pinned CPU.
+    time reached ``DISTURBED_SHARE`` of one pinned CPU, or CPU was taken where
+    the guest does not see it (``unseen``).
+
+    What the guest does not see (``bench/load/unseen.py``): ``*_throttled``,
+    the share of the window the side's processes' cgroups (theirs and every
+    ancestor's) spent throttled by a CPU quota; ``loaded_idle``, in a
+    closed-loop round with messages always queued, the share of the window
+    the busier side was off its CPU; ``canary``, how much more CPU time a
+    fixed piece of work took on the pinned CPUs right after the round than
+    the least it took there in the run (1.0: the same).  ``None`` where not
+    measured.  ``unseen``: one of them crossed its threshold.
     """
 
     server_foreign: float | None = fld(since=2)
@@ -636,6 +648,11 @@ class Interference(Part):
     client_steal: float | None = fld(since=2)
     loadavg_1m: float | None = fld(since=2)
     disturbed: bool = fld(False, since=2, read=bool)
+    server_throttled: float | None = fld(since=4)
+    client_throttled: float | None = fld(since=4)
+    loaded_idle: float | None = fld(since=4)
+    canary: float | None = fld(since=4)
+    unseen: bool = fld(False, since=4, read=bool)
 
 
 def jain_index(counts):
@@ -791,7 +808,9 @@ class CellContext(Part):
     """What the suite attaches to a result: the cell it is a round of, and where that round stands.
 
     ``index`` is the cell's place in the plan (the report's run order),
-    ``peak_msgs_per_s`` the closed-loop peak an open-loop cell's rate was set from.
+    ``peak_msgs_per_s`` the closed-loop peak an open-loop cell's rate was set from, ``pass_no`` the pass of
+    the run the round was measured in (its rounds of other cells in the same pass are its pairs; None: a run
+    that did not measure in passes).
     """
 
     _malformed = "a malformed workload"
@@ -810,11 +829,12 @@ class CellContext(Part):
     rounds: int | None = fld()
     index: int | None = fld()
     peak_msgs_per_s: float | None = fld()
+    pass_no: int | None = fld(since=4)
 
     @classmethod
-    def of(cls, cell, round_no, rounds, index, peak=None):
+    def of(cls, cell, round_no, rounds, index, peak=None, pass_no=None):
         return copy_fields(cls, cell, workload_id=cell.workload_id, round=round_no, rounds=rounds, index=index,
-                           peak_msgs_per_s=peak)
+                           peak_msgs_per_s=peak, pass_no=pass_no)
 
     @property
     def cell(self):
@@ -918,6 +938,11 @@ class LoadResult(Part):
     def starved(self):
         """Connections that completed no message in the window (0 when not measured)."""
         return self.fairness.starved if self.fairness is not None else 0
+
+    @property
+    def pass_no(self):
+        """The pass of the run this round was measured in (None: not measured in passes)."""
+        return self.cell.pass_no if self.cell is not None else None
 
     def with_cell(self, context):
         """This result with the suite's ``CellContext`` attached."""

@@ -7,7 +7,7 @@ flag means the same thing wherever it appears.
 
 __all__ = ["CLIENT_BOUND_UTIL", "SERVER_BOUND_UTIL", "UNSTABLE_SPREAD", "OUTLIER_SHARE", "BEHIND_FRACTION", "STALL_S", "CLIENT_STALL_S", "STALLS_DIFFER_RATIO", "STALLS_DIFFER_FLOOR", "DISTURBED_SHARE",
            "CLOCK_OFFSET_SHARE", "LOSSY_SHARE", "SAME_COST_SHARE",
-           "WORKER_IDLE_SHARE"]
+           "WORKER_IDLE_SHARE", "THROTTLED_SHARE", "LOADED_IDLE_SHARE", "LOADED_MIN_IN_FLIGHT", "CANARY_SLOWDOWN"]
 
 #: the load CPUs at least this busy: the figure measures the client as much as the server ("client-bound")
 CLIENT_BOUND_UTIL = 0.95
@@ -35,6 +35,19 @@ STALLS_DIFFER_FLOOR = 0.005
 #: foreign work (or the hypervisor's steal) on a side's pinned CPUs of at least this share of one CPU over
 #: the window: the figure measures the neighbours as much as the server ("disturbed")
 DISTURBED_SHARE = 0.05
+#: a side's processes throttled by a cgroup CPU quota for at least this share of the window: CPU taken where the
+#: guest's counters do not show it (the CPU reads idle while the throttled task waits); "unseen", as disturbed
+THROTTLED_SHARE = DISTURBED_SHARE
+#: a closed-loop round with messages always queued in which the busier side was off its CPU for at least this share
+#: of the window: time lost that no process in the guest used ("unseen"); quiet rounds here keep the busier side
+#: at 0.92-1.0 of its CPU (a 50% quota on server and load left each at 0.25)
+LOADED_IDLE_SHARE = 0.20
+#: ... judged only with at least this many messages in flight (conns x depth): fewer leave both sides waiting on
+#: each other's wake-ups, as a 1-connection ping-pong does (0.55 busy each, quiet)
+LOADED_MIN_IN_FLIGHT = 8
+#: the canary (a fixed piece of work timed on each pinned CPU after a round) taking this many times its
+#: calibrated CPU time: the CPU was slower or time was stolen from it without the guest's steal counter knowing
+CANARY_SLOWDOWN = 1.10
 #: a load from several hosts: a host's clock off the coordinator's by more than this share of the measured
 #: window starts its load visibly early or late (a warning; chrony keeps LAN clocks microseconds apart)
 CLOCK_OFFSET_SHARE = 0.01

@@ -97,12 +97,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from types import SimpleNamespace
 
 from sockbench.bench.load import datagram, hdr
 from sockbench.bench.load.interference import interference
 from sockbench.bench.load.spec import MAX_FRAMED_SIZE, MODES, PROTOCOLS, LoadSpec
+from sockbench.bench.load.unseen import Throttle, is_unseen, loaded_idle
 from sockbench.bench.load.worker import FD_HEADROOM, WorkerParams
 from sockbench.bench.schema import (
     ERROR_KINDS, Client, CpuPerMsg, Errors, Fairness, LoadResult, Machine, ProcResult, ServerProc, Target, Throughput,
@@ -290,7 +291,7 @@ def server_cpu(c0, c1):
     return user * exact / ticks, sys_ * exact / ticks, "schedstat"
 
 
-def run_load(spec, json_path=None, on_window=None):
+def run_load(spec, json_path=None, on_window=None, pool=None, server=None, canary=None):
     """Run one load as ``spec`` says; return its ``LoadResult`` (and write its JSON to ``json_path``).
 
     Raises ``SockbenchError`` only before the load starts (bad spec, server
@@ -298,14 +299,26 @@ def run_load(spec, json_path=None, on_window=None):
     load has started, every problem ends up in the result as ``valid: false``.
     ``on_window(start_ns, end_ns)`` is told the load's window (CLOCK_MONOTONIC)
     just before it opens, so that an observer can keep quiet through it.
+
+    A run of many rounds keeps its processes between them (``pools``):
+    ``pool`` (a ``pools.LoadPool``) lends the load processes and takes them
+    back, and ``server`` (a started ``ServerProcess``, pinned by its keeper)
+    is loaded as a harness-started server is, CPU figures included, and left
+    running; its keeper checked the name (it may come from another
+    environment, ``servers.environments``).  ``canary`` (an
+    ``unseen.Canary``) is checked right after the window, and its figure
+    joins the round's ``interference``.
     """
-    spec.validate()
+    spec.validate(started=server is not None)
     started_at = iso_utc()
     _check_nofile(spec, max(split(spec.conns, spec.procs)) if spec.mode != "connect" else spec.conns)
-    if spec.server is not None:
-        extra = ("--protocol", spec.protocol) if spec.protocol != "raw" else ()
-        if spec.workers != 1:
-            extra += ("--workers", str(spec.workers))
+    if server is not None:
+        result = _run(spec, server, server.endpoint, started_at, on_window, pool=pool, canary=canary)
+    elif spec.server is not None and pool is not None:
+        with ServerProcess(spec.server, spec.transport, cpus=spec.server_cpus, extra_args=server_args(spec)) as srv:
+            result = _run(spec, srv, srv.endpoint, started_at, on_window, pool=pool, canary=canary)
+    elif spec.server is not None:
+        extra = server_args(spec)
         # the load processes start (Python, hdrh, the loop's extension: ~0.1 s) while the server starts
         spare = []
         try:
@@ -313,15 +326,23 @@ def run_load(spec, json_path=None, on_window=None):
                 with held_signals():
                     spare.append(_Worker())
             with ServerProcess(spec.server, spec.transport, cpus=spec.server_cpus, extra_args=extra) as server:
-                result = _run(spec, server, server.endpoint, started_at, on_window, spare)
+                result = _run(spec, server, server.endpoint, started_at, on_window, spare, canary=canary)
         finally:
             for w in spare:  # those the run did not take (it stops the ones it took)
                 w.stop()
     else:
-        result = _run(spec, None, spec.target, started_at, on_window)
+        result = _run(spec, None, spec.target, started_at, on_window, pool=pool, canary=canary)
     if json_path is not None:
         write_json_atomic(json_path, result.to_json())
     return result
+
+
+def server_args(spec):
+    """The ``sockbench serve`` options a spec asks of the server it starts: its protocol and worker count."""
+    extra = ("--protocol", spec.protocol) if spec.protocol != "raw" else ()
+    if spec.workers != 1:
+        extra += ("--workers", str(spec.workers))
+    return extra
 
 
 def busy_warning(cpus, busy):
@@ -343,6 +364,8 @@ class _Worker:
 
     def __init__(self, params=None):
         self.params = None
+        #: True once it reported a result: it waits for its next parameters and may be used again
+        self.reusable = False
         self.stderr = tempfile.TemporaryFile()
         # started under held_signals() by the caller, which stores it before a Ctrl-C can land
         self.proc = subprocess.Popen(
@@ -356,6 +379,7 @@ class _Worker:
     def start(self, params):
         """Hand the process its share of the load (it has been importing meanwhile)."""
         self.params = params
+        self.reusable = False
         self.send(asdict(params))
 
     def send(self, obj):
@@ -387,6 +411,9 @@ class _Worker:
         self.stderr.seek(0)
         lines = self.stderr.read().decode(errors="replace").strip().splitlines()
         return lines[-1] if lines else ""
+
+    def alive(self):
+        return self.proc.poll() is None
 
     def stop(self):
         if self.proc.poll() is None:
@@ -444,16 +471,20 @@ class ServerWindow:
     exit_status: int | None = None  # set when the server exited during the run
     #: ``cpus -> seconds`` other processes used there around the window (None: not read)
     process_s: object = None
+    #: ``{"server": share, "client": share}`` the sides' cgroups were throttled around the window (``unseen``)
+    throttled: dict | None = None
+    #: the canary's slowdown right after the window (``unseen.Canary``; None: not run)
+    canary: float | None = None
 
 
-def _run(spec, server, endpoint, started_at, on_window=None, spare=None):
+def _run(spec, server, endpoint, started_at, on_window=None, spare=None, pool=None, canary=None):
     """Connect, run the window, collect: the setup, the window and the collection, then the result."""
     endpoint = resolve(endpoint)
-    procs, problems, srv = measure(spec, server, endpoint, on_window, spare=spare)
+    procs, problems, srv = measure(spec, server, endpoint, on_window, spare=spare, pool=pool, canary=canary)
     return build_result(spec, server, endpoint, started_at, procs, problems, srv)
 
 
-def measure(spec, server, endpoint, on_window=None, start_at=None, spare=None):
+def measure(spec, server, endpoint, on_window=None, start_at=None, spare=None, pool=None, canary=None):
     """Probe, start the load processes, run one window, collect: ``({index: ProcResult}, [problems], window)``.
 
     ``endpoint`` is already resolved (``resolve``).  ``start_at()``, when
@@ -461,7 +492,9 @@ def measure(spec, server, endpoint, on_window=None, start_at=None, spare=None):
     window's start on CLOCK_MONOTONIC (a load from several hosts starts each
     at one shared instant); without it the window starts ``START_MARGIN_S``
     from now.  ``spare`` are load processes started already, waiting for
-    their parameters (taken from the list as they are used).
+    their parameters (taken from the list as they are used); ``pool`` (a
+    ``pools.LoadPool``) lends the others and takes back those that finished
+    cleanly.
     ``build_result`` turns the three into a result.
     """
     if endpoint.transport == "udp":
@@ -472,9 +505,12 @@ def measure(spec, server, endpoint, on_window=None, start_at=None, spare=None):
         _warn_busy(spec, server, spare or ())
     workers = {}
     try:
-        _spawn_workers(spec, server, endpoint, workers, spare)
+        _spawn_workers(spec, server, endpoint, workers, spare, pool)
         _wait_ready(workers, server)
         start_ns = start_at() if start_at is not None else None
+        # the quotas that can throttle either side, read around the window (bench/load/unseen.py)
+        throttle = Throttle(server.pids if server is not None else (), [w.proc.pid for w in workers.values()])
+        throttle.read()
         # every process's CPU around the window: what caps the foreign time (bench/load/interference.py)
         before = process_snapshot()
         end_ns = _open_window(spec, workers, on_window, start_ns)
@@ -482,9 +518,15 @@ def measure(spec, server, endpoint, on_window=None, start_at=None, spare=None):
         edges = _sample_edges(server.pids[1:], end_ns - int(spec.duration_s * 1e9), end_ns) if server else None
         procs, problems, srv = _collect(spec, server, workers, end_ns, edges)
         after = process_snapshot()
+        throttle.read()
+        srv.throttled = throttle.shares()
+        srv.canary = canary.check() if canary is not None else None
     finally:
         for w in workers.values():
-            w.stop()
+            if pool is not None and w.reusable and w.alive():
+                pool.give_back(w)
+            else:
+                w.stop()
     own = [w.proc.pid for w in workers.values()] + (server.pids + [server.proc.pid] if server is not None else [])
     srv.process_s = lambda cpus: foreign_process_s(before, after, cpus, own=own)
     return procs, problems, srv
@@ -499,10 +541,10 @@ def _warn_busy(spec, server, spare=()):
         print(warning, file=sys.stderr, flush=True)
 
 
-def _spawn_workers(spec, server, endpoint, workers, spare=None):
+def _spawn_workers(spec, server, endpoint, workers, spare=None, pool=None):
     """Start one load process per share of the connections, into ``workers`` (index -> _Worker).
 
-    A process of ``spare`` (started already) is taken before a new one is started.
+    A process of ``spare`` (started already) is taken before one of ``pool``, and that before a new one.
     """
     cpus = spec.client_cpus
     first = 0
@@ -523,7 +565,7 @@ def _spawn_workers(spec, server, endpoint, workers, spare=None):
         )
         first += n
         with held_signals():
-            workers[i] = spare.pop(0) if spare else _Worker()
+            workers[i] = spare.pop(0) if spare else pool.take() if pool is not None else _Worker()
         workers[i].start(p)
 
 
@@ -612,6 +654,7 @@ def _collect(spec, server, workers, end_ns, edges=None):
     def on_result(w, ev):
         if ev.get("event") == "result":
             procs[w.params.index] = ProcResult.from_json(ev["result"])
+            w.reusable = True
         else:
             problems.append(ev.get("message") or f"load process {w.params.index} failed")
 
@@ -748,8 +791,9 @@ def _fairness(spec, rs):
     return Fairness.of([n for r in rs for n in r.conn_msgs], starved=sum(r.starved or 0 for r in rs))
 
 
-def _interference(spec, server, rs, server_proc, process_s=None):
-    """The foreign load on the run's CPUs over the window, from load process 0's counters."""
+def _interference(spec, server, rs, server_proc, srv, client):
+    """The foreign load on the run's CPUs over the window, from load process 0's counters, and what took CPU
+    where the guest does not see it (``unseen``)."""
     first = next((r for r in rs if r.index == 0), None)
     if first is None or not first.cpu_stat:
         return None
@@ -758,7 +802,7 @@ def _interference(spec, server, rs, server_proc, process_s=None):
         loadavg = os.getloadavg()[0]
     except OSError:
         loadavg = None
-    return interference(
+    seen = interference(
         first.cpu_stat,
         server_cpus=spec.server_cpus if server is not None else None,
         client_cpus=spec.client_cpus,
@@ -766,8 +810,16 @@ def _interference(spec, server, rs, server_proc, process_s=None):
         load_procs=[(r.cpus, r.user_s + r.sys_s) for r in rs],
         loadavg_1m=loadavg,
         irq_is_own=bool(irq_time_accounting()),
-        process_s=process_s,
+        process_s=srv.process_s,
     )
+    if seen is None:
+        return None
+    throttled = srv.throttled or {}
+    idle = loaded_idle(spec.mode, spec.transport, spec.conns, spec.depth, server_proc.cpu_util if server else None,
+                       client.load)
+    unseen = is_unseen(throttled.get("server"), throttled.get("client"), idle, srv.canary, seen=seen.disturbed)
+    return replace(seen, server_throttled=throttled.get("server"), client_throttled=throttled.get("client"),
+                   loaded_idle=idle, canary=srv.canary, unseen=unseen, disturbed=seen.disturbed or unseen)
 
 
 def _invalid_reasons(spec, rs, problems, m, idle_s, fairness=None):
@@ -833,9 +885,9 @@ def build_result(spec, server, endpoint, started_at, procs, problems, srv):
         hdr=hdr.encode_text(m.hdr1),
         hdr_unit="ns",
         hdr_service=hdr.encode_text(m.hdr2) if spec.mode == "open" else None,
-        machine=Machine(**machine_info()),
+        machine=Machine(**machine_info(cached=True)),
         started_at=started_at,
-        interference=_interference(spec, server, rs, server_proc, srv.process_s),
+        interference=_interference(spec, server, rs, server_proc, srv, client),
         fairness=fairness,
         datagrams=datagrams,
     )

@@ -61,7 +61,7 @@ def _as_v2(d):
     out = {**d, "schema": SCHEMA_VERSION, "interference": None, "fairness": None}
     out["workload"] = {**d["workload"], "transport": "tcp", "workers": 1}
     if d.get("cell") is not None:
-        out["cell"] = {**d["cell"], "transport": "tcp", "workers": 1}
+        out["cell"] = {**d["cell"], "transport": "tcp", "workers": 1, "pass": None}
     if d.get("machine") is not None:
         out["machine"] = {**d["machine"], **{k: None for k in _MACHINE_V2}}
     return out
@@ -81,13 +81,14 @@ def test_every_sample_file_round_trips_exactly(sample_dicts):
 def test_a_schema_2_result_round_trips_with_its_new_parts(sample_dicts):
     d = _as_v2(sample_dicts["asyncio-protocol__closed-64B-c10__r1.json"])
     d["interference"] = {"server_foreign": 0.012, "client_foreign": 0.31, "server_steal": 0.0, "client_steal": 0.0,
-                         "loadavg_1m": 1.25, "disturbed": True}
+                         "loadavg_1m": 1.25, "disturbed": True, "server_throttled": 0.0, "client_throttled": None,
+                         "loaded_idle": 0.04, "canary": 1.01, "unseen": False}
     d["fairness"] = {"conns": 10, "min": 0, "median": 1520.5, "max": 1710, "jain": 0.87, "starved": 1}
     d["machine"].update(isolcpus=[], nohz_full=[1], governor={"0": "performance", "1": "powersave"}, smt=False,
                         aslr="Full randomization", loadavg=[1.25, 0.5, 0.25])
     r = LoadResult.from_json(json.loads(json.dumps(d)))
     assert r.to_json() == d and json.dumps(r.to_json(), sort_keys=True) == json.dumps(d, sort_keys=True)
-    assert r.interference == Interference(0.012, 0.31, 0.0, 0.0, 1.25, True) and r.disturbed
+    assert r.interference == Interference(0.012, 0.31, 0.0, 0.0, 1.25, True, 0.0, None, 0.04, 1.01) and r.disturbed
     assert r.fairness == Fairness(10, 0, 1520.5, 1710, 0.87, 1) and r.starved == 1
     assert r.machine.nohz_full == [1] and r.machine.governor["1"] == "powersave"
     with pytest.raises(SchemaError, match="^F has a malformed fairness"):
