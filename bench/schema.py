@@ -1084,6 +1084,8 @@ class RunPlan(Part):
     extra: dict = fld(factory=dict)
     #: the scaling dimension (``sockbench run --workers 1 2``): every server's cells once per worker count
     workers: tuple = fld((1,), read=_tuple)
+    #: the seed of the passes' random order (``--seed``; None: drawn when the run starts, and recorded)
+    seed: int | None = fld(since=4)
 
     @classmethod
     def from_json(cls, d, source="the plan"):
@@ -1115,6 +1117,12 @@ class RunMeta(Part):
     pytest_exit: int | None = fld(omit=True)
     #: the signal that interrupted the run (SIGINT, SIGTERM)
     signal: str | None = fld(omit=True)
+    #: the seed of the passes' random order (``random.Random(f"{seed}:{pass}")`` shuffles each pass's cells)
+    seed: int | None = fld(omit=True, since=4)
+    #: the server every ratio of the report is to (``--baseline``; None: the fastest at each workload)
+    baseline: str | None = fld(omit=True, since=4)
+    #: ``sockbench ab``: the two targets, ``{"A": {"text", "label", "describe", "revision"}, "B": ...}``
+    targets: dict | None = fld(omit=True, since=4, read=dict)
 
     @classmethod
     def from_json(cls, d, source="meta.json"):

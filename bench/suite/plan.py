@@ -90,10 +90,14 @@ __all__ = [
     "ROUND_OVERHEAD_S",
     "MAX_OPEN_DURATION_S",
     "REMEASURE_DISTURBED",
+    "PEAK_ROUNDS",
 ]
 
 #: a disturbed round is measured again at most this many times; then it is kept, flagged DISTURBED
 REMEASURE_DISTURBED = 2
+#: an open-loop cell joins the passes once its server's closed-loop peak cell has this many valid rounds (or has
+#: left): their median is the peak it is offered a share of (it sets a rate, not a figure to quote)
+PEAK_ROUNDS = 3
 #: the longest stall one round must absorb: one tick of a CONFIG_HZ=250 kernel
 HICCUP_S = 0.004
 #: the share of an open-loop round's messages one hiccup may delay: under the 1% beyond the p99

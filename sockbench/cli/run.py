@@ -80,6 +80,12 @@ def add_run_arguments(p):
     p.add_argument("--workers", nargs="+", type=arg(parse_number, "--workers", kind=int, positive=True), metavar="N",
                    help="the scaling dimension: every cell with each of these server process counts, each worker on one "
                         "of --server-cpus (sockbench serve --workers; default 1)")
+    p.add_argument("--seed", type=arg(parse_number, "--seed", kind=int), metavar="N",
+                   help="the seed of the passes' random order (default: drawn at the start and recorded in meta.json "
+                        "and progress.jsonl, so any run's order can be replayed)")
+    p.add_argument("--baseline", metavar="NAME",
+                   help="give every server's figures as ratios to this server's, at each workload (default: to the "
+                        "fastest)")
     p.add_argument("--out", metavar="DIR", help="results folder to create (default results/<UTC time>)")
     p.add_argument("--cluster", metavar="tcp://HOST:PORT",
                    help="load from several hosts: the Dask scheduler of their `sockbench cluster-worker`s")
@@ -88,6 +94,9 @@ def add_run_arguments(p):
 
 def add_report_arguments(p):
     p.add_argument("dir", metavar="DIR", help="a results folder written by `sockbench run`")
+    p.add_argument("--baseline", metavar="NAME",
+                   help="give every server's figures as ratios to this server's (default: the run's --baseline, "
+                        "else the fastest at each workload)")
 
 
 def add_compare_arguments(p):
@@ -117,20 +126,24 @@ def run_cli(args):
         open_pcts=args.open_loads, server_cpus=args.server_cpus, client_cpus=args.client_cpus, protocols=args.protocols,
         transports=args.transports,
         workers=args.workers,
+        seed=args.seed,
     )
+    if args.baseline is not None and args.baseline not in plan.servers:
+        raise SockbenchError(f"--baseline {args.baseline} is not one of the servers run: {' '.join(plan.servers)}",
+                             exit_code=2)
     if args.hosts and not args.cluster:
         raise SockbenchError("--hosts names load hosts of --cluster; give --cluster tcp://HOST:PORT too", exit_code=2)
     if args.cluster:
         hosts = [h.strip() for h in args.hosts.split(",") if h.strip()] if args.hosts else None
         plan = dataclasses.replace(plan, extra={**plan.extra, "cluster": {"scheduler": args.cluster, "hosts": hosts}})
-    return run_main(plan, out=args.out, argv=sys.argv)
+    return run_main(plan, out=args.out, argv=sys.argv, baseline=args.baseline)
 
 
 def report_cli(args):
     # deferred heavy import: the report's matplotlib
     from sockbench.bench.report.document import build_report
 
-    rep = build_report(args.dir)
+    rep = build_report(args.dir, baseline=args.baseline)
     warn_left_out(rep["results"].skipped)
     console = make_console()
     skipped = [(t, why) for _, t, why in rep["plots"] if why]
