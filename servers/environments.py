@@ -49,7 +49,7 @@ import sysconfig
 import time
 from dataclasses import dataclass, field
 
-from sockbench.errors import SockbenchError
+from sockbench.errors import SockbenchError, UsageError
 from sockbench.jsonfile import write_json_atomic
 from sockbench.machine import own_checkout
 
@@ -87,8 +87,17 @@ class Environment:
         return self.root is None
 
     def serve_argv(self, name, *args):
-        """The command that starts server ``name`` in this environment, with ``args`` (``--transport`` ...)."""
+        """The command that starts server ``name`` in this environment, with ``args`` (``--transport`` ...).
+
+        Run it in ``cwd``: ``python -m`` puts the current folder first on the path, and a sockbench checkout
+        there would be imported instead of the environment's own.
+        """
         return [self.python, "-m", "sockbench", "serve", name, *map(str, args)]
+
+    @property
+    def cwd(self):
+        """The folder to start its commands in (None: anywhere; this process's own environment)."""
+        return self.root
 
     def server(self, name):
         """The registry row of ``name`` here: ``{"name", "available", "reason", "protocols", "transports"}``;
@@ -97,9 +106,9 @@ class Environment:
         row = rows.get(name)
         where = "" if self.own else f" in {self.label}"
         if row is None:
-            raise SockbenchError(f"unknown server {name!r}{where}; valid names: {', '.join(rows)}", exit_code=2)
+            raise UsageError(f"unknown server {name!r}{where}; valid names: {', '.join(rows)}")
         if not row.get("available", True):
-            raise SockbenchError(f"server {name!r}{where} cannot run: {row.get('reason')}", exit_code=2)
+            raise UsageError(f"server {name!r}{where} cannot run: {row.get('reason')}")
         return row
 
 
@@ -142,8 +151,8 @@ def environment(python=None, rev=None, cache=None, log=None):
     repo = own_checkout()
     if repo is None:
         what = f"--rev {rev}" if rev is not None else "another interpreter"
-        raise SockbenchError(f"{what} needs sockbench's own git checkout, and this sockbench is not run from one "
-                             f"(it is installed); run it from a clone of the repository", exit_code=2)
+        raise UsageError(f"{what} needs sockbench's own git checkout, and this sockbench is not run from one "
+                         f"(it is installed); run it from a clone of the repository")
     tag = _python_tag(python)
     if rev is not None:
         sha = _resolve(repo, rev)
@@ -172,7 +181,7 @@ def environment(python=None, rev=None, cache=None, log=None):
 def _interpreter(python):
     path = shutil.which(python) if os.sep not in python else python
     if not path or not os.access(path, os.X_OK):
-        raise SockbenchError(f"no Python interpreter at {python!r}; give a path or a name on PATH", exit_code=2)
+        raise UsageError(f"no Python interpreter at {python!r}; give a path or a name on PATH")
     return os.path.abspath(path)
 
 
@@ -195,12 +204,12 @@ def _git(repo, *args, binary=False):
 def _resolve(repo, rev):
     """The full commit of ``rev`` in ``repo``; a one-line error when it names none."""
     if rev.startswith("-"):
-        raise SockbenchError(f"bad revision {rev!r}: a revision does not start with '-'", exit_code=2)
+        raise UsageError(f"bad revision {rev!r}: a revision does not start with '-'")
     done = _git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
     sha = done.stdout.strip() if done.returncode == 0 else ""
     if not sha:
-        raise SockbenchError(f"revision {rev!r} is not a commit of sockbench's checkout at {repo} "
-                             f"(git rev-parse finds none; fetch it, or name a branch, tag or hash)", exit_code=2)
+        raise UsageError(f"revision {rev!r} is not a commit of sockbench's checkout at {repo} "
+                         f"(git rev-parse finds none; fetch it, or name a branch, tag or hash)")
     return sha
 
 

@@ -44,10 +44,12 @@ class ServerProcess:
         if transport != "unix":
             where = (["--host", host] if host is not None else []) + ["--port", str(port)]
         args = ["--transport", transport, *where, *extra_args]
+        self.cwd = None
         if environment is None:
             self.cmd = [sys.executable, "-m", "sockbench", "serve", name, *args]
         else:
             self.cmd = environment.serve_argv(name, *args)
+            self.cwd = environment.cwd
         self.cpus = sorted(cpus) if cpus else None
         self.env = env
         self.nofile = nofile
@@ -90,6 +92,7 @@ class ServerProcess:
                     stderr=self._stderr,
                     preexec_fn=self._child_setup(),
                     env=self.env,
+                    cwd=self.cwd,
                 )
             self.ready = self._wait_ready(timeout)
         except BaseException:
