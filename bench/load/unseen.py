@@ -32,13 +32,18 @@ recorded in the round's ``interference`` and each enough to call the round
     waiting on its timeout).
 ``canary`` (``Canary``)
     A fixed piece of work (a pure-Python loop) timed in thread CPU time on
-    each pinned CPU right after the round, against its time when the run
-    began (the least of several tries, both).  In-guest contention and
+    each pinned CPU right after the round, against the least it has taken
+    there this run (the least of several tries, each time).  In-guest contention and
     quotas leave a task's own CPU time alone; a slower CPU, or time the host
     took without a steal count, add to it.  ``CANARY_SLOWDOWN`` or more is
-    unseen.  It samples the CPU between windows, not in them: a loss that
-    lasts seconds shows, a burst inside one window does not; and a loss that
-    was there when the canary was calibrated is its baseline.  A busy
+    unseen.  Measured on the 2-core machine: the work's CPU time is bimodal,
+    1.0 or 1.7-2.0 times its least, in stretches of tens of ms to seconds
+    (one CPU was in the slow state a third of 8 s), and the rounds measured in
+    the slow state ran correspondingly slower (uvloop 86-127k msgs/s after a
+    canary of 1.7-2.0, 133-154k after one of 1.1-1.2), with nothing in the
+    guest's counters.  It samples the CPU between windows, not in them: a
+    loss that lasts seconds shows, a burst inside one window does not; and a
+    loss that lasts the whole run is its baseline.  A busy
     neighbour slows it too (measured: 1.6-1.8 with other processes on both
     CPUs, foreign 85%), through the caches it shares, so it only speaks for a
     round whose foreign load is below DISTURBED, as ``loaded_idle`` does.
@@ -142,12 +147,14 @@ class Canary:
                 pass
 
     def check(self):
-        """The worst slowdown over the CPUs now (CPU time of the work / its calibrated time), None if unread."""
+        """The worst slowdown over the CPUs now: the work's CPU time over the least it ever took on that CPU (the
+        calibration, or any check since: the fastest the CPU has been is its speed), None if unread."""
         ratios = []
         for cpu in self.cpus:
             base, now = self.baseline.get(cpu), self._time(cpu, self.tries)
             if base and now:
                 ratios.append(now / base)
+                self.baseline[cpu] = min(base, now)
         return round(max(ratios), 4) if ratios else None
 
     def spread(self, tries=9):
