@@ -154,7 +154,8 @@ def ratio(cell, reference, level=CONFIDENCE):
     """``cell``'s figure over ``reference``'s (two ``CellStats`` of one workload) as a ``PairedRatio``."""
     higher = cell.higher_is_better
     if cell is reference:
-        return PairedRatio(cell.server, reference.server, 1.0, 1.0, 1.0, 1.0, len(cell.results), True, higher)
+        return PairedRatio(cell.server, reference.server, 1.0, 1.0, 1.0, 1.0, len(cell.results), bool(_by_pass(cell)),
+                           higher)
     matched = pairs(cell, reference)
     if matched:
         est, lo, hi, conf = paired_interval([math.log(a / b) for a, b in matched], level)
