@@ -1068,7 +1068,7 @@ class RunPlan(Part):
     cell_budget_s: float = fld(60.0)
     #: how many times a disturbed round is measured again, at most (then it is kept, flagged DISTURBED)
     remeasure: int = fld(0)
-    #: the most seconds the suite's cells may take together (None: no limit)
+    #: the most seconds the suite's cells may take together (None: no limit): the passes stop at it
     run_budget_s: float | None = fld()
     #: the measured seconds of a closed-loop round
     duration_s: float = fld(0.3)

@@ -47,7 +47,7 @@ LOADED_IDLE_SHARE = 0.20
 LOADED_MIN_IN_FLIGHT = 8
 #: the canary (a fixed piece of work timed on each pinned CPU after a round) taking this many times its
 #: calibrated CPU time: the CPU was slower or time was stolen from it without the guest's steal counter knowing
-CANARY_SLOWDOWN = 1.10
+CANARY_SLOWDOWN = 1.25
 #: a load from several hosts: a host's clock off the coordinator's by more than this share of the measured
 #: window starts its load visibly early or late (a warning; chrony keeps LAN clocks microseconds apart)
 CLOCK_OFFSET_SHARE = 0.01

@@ -221,19 +221,6 @@ def test_no_measuring_again_past_the_budget(tmp_path):
 # --- budgets and round lengths ---------------------------------------------------------------------
 
 
-def test_the_run_budget_is_shared_by_the_cells_left():
-    plan = Plan(servers=("uvloop", "cython"), sizes=(64,), conns=(100,), open_pcts=(25,), protocols=(),
-                run_budget_s=100.0, cell_budget_s=1000.0)
-    cells = plan.cells()
-    need = sum(plan.cell_estimate_s(c) for c in cells)
-    own = plan.cell_estimate_s(cells[0])
-    # exactly the minimum left: each cell gets its minimum; twice as much: twice its minimum
-    assert plan.cell_share_s(cells[0], cells[1:], need) == pytest.approx(own)
-    assert plan.cell_share_s(cells[0], cells[1:], 2 * need) == pytest.approx(2 * own)
-    assert plan.cell_share_s(cells[0], cells[1:], -5.0) == 0.0  # behind: the minimum rounds only
-    assert Plan(servers=("a",), cell_budget_s=7.0).cell_share_s(cells[0], [], 1e6) == 7.0  # no run budget
-
-
 def test_round_lengths_absorb_one_hiccup():
     plan = full_plan(["uvloop"])
     for cell in plan.cells():
