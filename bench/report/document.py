@@ -38,6 +38,7 @@ written beside them by ``formats.write_formats``, from the same results.
 
 import math
 import os
+from dataclasses import replace
 
 from sockbench.bench.report.blocks import (
     Alert, Code, Document, Emph, Heading, Image, KeyValues, Legend, Paragraph, Row, Strong, Table, WarningList,
@@ -200,7 +201,7 @@ def table_rows(results, workload_id):
     """
     cells = [c for c in results.cells.values() if c.workload_id == workload_id]
     lossy = has_loss(cells)
-    ranked = workload_ratios(cells, results.meta.get("baseline"))
+    ranked = workload_ratios(cells, results.meta.baseline)
     rows = []
     for c in cells:
         lat = c.latency_summary()
@@ -572,7 +573,7 @@ def build_report(path, baseline=None):
         if baseline not in results.servers():
             raise SockbenchError(f"--baseline {baseline} is not a server of {path}; its servers: "
                                  f"{', '.join(results.servers())}", exit_code=2)
-        results.meta["baseline"] = baseline
+        results.meta = replace(results.meta, baseline=baseline)
     plot_dir = os.path.join(path, "plots")
     try:
         plots = make_plots(results, plot_dir)

@@ -195,7 +195,7 @@ def _tail_sentence(opens, share, ranked):
 def build_summary(results, baseline=None):
     """The ``Summary`` of ``results`` (see the module doc); ratios to ``baseline`` (default: the meta's
     ``baseline``, else the fastest server)."""
-    baseline = baseline or results.meta.get("baseline")
+    baseline = baseline or results.meta.baseline
     head, head_title = headline_cells(results)
     opens, share, open_title = _open_share(results)
     sections = [sec for sec in results.protocol_sections() if any(results.in_base(c) for c in sec[2].values())]

@@ -60,7 +60,7 @@ from sockbench.bench.report.compare import UNDECIDED, verdict
 from sockbench.bench.report.ratios import ratio
 from sockbench.bench.report.stats import CONFIDENCE, CellStats
 from sockbench.bench.report.store import RAW_DIR, discarded_name, raw_name
-from sockbench.bench.schema import Cell, CellContext, Machine
+from sockbench.bench.schema import Cell, CellContext, Machine, RunMeta, RunPlan
 from sockbench.bench.suite.plan import REMEASURE_DISTURBED
 from sockbench.bench.suite.progress import PassStarted, RoundDone, RoundStarted
 from sockbench.errors import SockbenchError, UsageError
@@ -246,21 +246,21 @@ class AbRun:
 
     # --- the folder ------------------------------------------------------------------------
     def meta(self):
+        """``meta.json`` (``RunMeta``): the targets, the seed, A as the report's baseline, and a ``RunPlan`` of the
+        two as servers (``extra["ab"]`` holds the ab settings), so that ``sockbench report`` reads the folder."""
         m = Machine(**machine_info())
-        return {
-            "schema": 1, "kind": "sockbench-ab", "started_at": iso_utc(), "status": "running",
-            "commit": m.git_commit, "dirty": m.git_dirty, "machine": m.to_json(), "argv": self.argv,
-            "targets": {s.side: {"text": s.target.text, "label": s.label, "describe": s.target.describe(),
-                                 "revision": (s.target.environment.rev if s.target.environment is not None else None)}
-                        for s in (self.a, self.b)},
-            "ab": self.plan.to_dict(), "passes": {"seed": self.seed},
-            "baseline": self.a.label,
-            "plan": {"servers": [self.a.label, self.b.label], "duration_s": self.plan.duration_s,
-                     "warmup_s": self.plan.warmup_s, "server_cpus": list(self.plan.server_cpus),
-                     "client_cpus": list(self.plan.client_cpus), "sizes": list(self.plan.sizes),
-                     "conns": list(self.plan.conns), "depth": self.plan.depth, "open_pcts": [], "protocols": [],
-                     "transports": [self.plan.transport]},
-        }
+        p = self.plan
+        plan = RunPlan(servers=(self.a.label, self.b.label), sizes=p.sizes, conns=p.conns, depth=p.depth,
+                       open_pcts=(), protocols=(), transports=(p.transport,), min_rounds=p.min_pairs,
+                       max_rounds=p.max_pairs, duration_s=p.duration_s, warmup_s=p.warmup_s, interval_s=p.interval_s,
+                       server_cpus=p.server_cpus, client_cpus=p.client_cpus, remeasure=p.remeasure,
+                       extra={"ab": p.to_dict()}, seed=self.seed)
+        targets = {s.side: {"text": s.target.text, "label": s.label, "describe": s.target.describe(),
+                            "revision": s.target.environment.rev if s.target.environment is not None else None}
+                   for s in (self.a, self.b)}
+        return RunMeta(kind="sockbench-ab", started_at=iso_utc(), status="running", commit=m.git_commit,
+                       dirty=m.git_dirty, machine=m, plan=plan, argv=self.argv, seed=self.seed,
+                       baseline=self.a.label, targets=targets).to_json()
 
     def _write(self, path, obj):
         try:
@@ -376,8 +376,9 @@ class AbRun:
                 self._progress.close()
         rows = self.rows()
         status = "interrupted" if self.interrupted else "complete"
+        kept = sum(len(v) for v in self.rounds.values())
         self._update_meta(status=status, finished_at=iso_utc(), elapsed_s=round(self.clock() - self.started, 1),
-                          passes_run=self.passes)
+                          finished_rounds=kept, finished_runs=kept + self.discarded)
         self._write(os.path.join(self.out, AB_FILE), {
             "a": self.a.label, "b": self.b.label, "threshold": self.plan.threshold, "confidence": CONFIDENCE,
             "seed": self.seed, "passes": self.passes, "discarded": self.discarded, "status": status,
@@ -385,6 +386,7 @@ class AbRun:
         return rows
 
     def _update_meta(self, **changes):
+        RunMeta.check_keys(changes)
         path = os.path.join(self.out, "meta.json")
         try:
             with open(path) as f:

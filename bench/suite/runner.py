@@ -659,10 +659,8 @@ def run_main(plan, out=None, console=None, argv=None, baseline=None):
     out = _prepare_out(out)
     plan_path, meta_path = os.path.join(out, "plan.json"), os.path.join(out, "meta.json")
     _written(plan_path, plan.save, plan_path)
-    meta = new_meta(plan, argv)
-    if baseline is not None:
-        meta["baseline"] = baseline  # the report's ratios are to it (``sockbench report`` reads it back)
-    _written(meta_path, write_json_atomic, meta_path, meta)
+    # a baseline is the server the report's ratios are to (``sockbench report`` reads it back)
+    _written(meta_path, write_json_atomic, meta_path, new_meta(plan, argv, baseline=baseline))
     _announce(plan, out, console)
     t0 = time.monotonic()
     with _Signals() as signals:

@@ -73,7 +73,8 @@ def test_the_same_server_twice_reads_same_and_stops_once_decided(tmp_path):
     files = sorted(os.listdir(os.path.join(out, "raw")))
     assert len(files) == 2 * 2 * 8 and "A-uvloop__closed-64B-c100__r1.json" in files
     meta = json.load(open(os.path.join(out, "meta.json")))
-    assert meta["kind"] == "sockbench-ab" and meta["passes"]["seed"] == 11 and meta["baseline"] == "A-uvloop"
+    assert meta["kind"] == "sockbench-ab" and meta["seed"] == 11 and meta["baseline"] == "A-uvloop"
+    assert meta["targets"]["B"]["label"] == "B-uvloop" and meta["plan"]["servers"] == ["A-uvloop", "B-uvloop"]
     assert meta["status"] == "complete"
     ab = json.load(open(os.path.join(out, AB_FILE)))
     assert [r["verdict"] for r in ab["rows"]] == ["same", "same"] and ab["seed"] == 11
