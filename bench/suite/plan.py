@@ -99,8 +99,10 @@ __all__ = [
 #: a disturbed round is measured again at most this many times; then it is kept, flagged DISTURBED
 REMEASURE_DISTURBED = 2
 #: an open-loop cell joins the passes once its server's closed-loop peak cell has this many valid rounds (or has
-#: left): their median is the peak it is offered a share of (it sets a rate, not a figure to quote)
-PEAK_ROUNDS = 3
+#: left): their median is the peak it is offered a share of (it sets a rate, not a figure to quote); two, so that
+#: an open-loop cell, whose rounds last longest, gets its pass from the third on (with three, two default runs
+#: left every open-loop cell at 5 rounds, too few for an interval)
+PEAK_ROUNDS = 2
 #: the longest stall one round must absorb: one tick of a CONFIG_HZ=250 kernel
 HICCUP_S = 0.004
 #: the share of an open-loop round's messages one hiccup may delay: under the 1% beyond the p99
