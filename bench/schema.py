@@ -46,8 +46,8 @@ HISTORY = {
     2: "interference, fairness, machine tuning, throughput.measured_s, server_proc.exit_status; then "
        "latency p9999/p99999, machine.versions, hosts (--cluster), client stalls, datagrams (udp)",
     3: "client.waits: the load loop's epoll_wait calls (messages per wake-up)",
-    4: "cell.pass (the pass of an interleaved run); interference: server_throttled, client_throttled, loaded_idle, "
-       "canary, unseen (CPU taken where the guest does not see it)",
+    4: "cell.pass_no (the pass of an interleaved run); interference: server_throttled, client_throttled, "
+       "loaded_idle, canary, client_slowdown, unseen (CPU taken where the guest does not see it)",
 }
 SCHEMA_VERSION = max(HISTORY)
 #: the versions ``from_json`` reads (an older file reads the fields it lacks as their defaults)
@@ -638,8 +638,11 @@ class Interference(Part):
     closed-loop round with messages always queued, the share of the window
     the busier side was off its CPU; ``canary``, how much more CPU time a
     fixed piece of work took on the pinned CPUs right after the round than
-    the least it took there in the run (1.0: the same).  ``None`` where not
-    measured.  ``unseen``: one of them crossed its threshold.
+    the least it took there in the run (1.0: the same); ``client_slowdown``,
+    in a closed loop, the load client's CPU per message over the median of
+    its cell's earlier rounds (set by the suite and ``ab``, which know the
+    cell).  ``None`` where not measured.  ``unseen``: one of them crossed its
+    threshold.
     """
 
     server_foreign: float | None = fld(since=2)
@@ -652,6 +655,7 @@ class Interference(Part):
     client_throttled: float | None = fld(since=4)
     loaded_idle: float | None = fld(since=4)
     canary: float | None = fld(since=4)
+    client_slowdown: float | None = fld(since=4)
     unseen: bool = fld(False, since=4, read=bool)
 
 

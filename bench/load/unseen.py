@@ -30,6 +30,21 @@ recorded in the round's ``interference`` and each enough to call the round
     Judged only when the server's CPU is known (a server the harness
     started), over a stream transport (a lost datagram leaves a udp loop
     waiting on its timeout).
+``client_slowdown`` (``client_slowdown``)
+    The load client runs the same code for each operation of a workload (a
+    read, a write, an ``epoll_wait``), so the CPU time it spends per
+    operation hardly moves from one round of a cell to the next, whatever
+    the server's pace (a slower server only changes how many messages each
+    wake-up finds), unless its CPU ran slower.  A host that takes the CPU
+    from a guest without a steal count charges the loss to the running
+    task, so that time grows, and the server's CPU per message with it (in
+    two default runs, per message, the two moved together, correlation 0.8,
+    and explained the rounds' msgs/s, -0.8 and -0.95).  So a closed-loop
+    round whose client needed ``CLIENT_SLOWDOWN`` times the median of its
+    cell's earlier rounds (at least ``SLOWDOWN_REFERENCE_ROUNDS`` of them)
+    ran on slowed CPUs.  The one signal measured inside the window itself;
+    the suite and ``ab`` set it, since it needs the cell's history
+    (``with_client_slowdown``).
 ``canary`` (``Canary``)
     A fixed piece of work (a pure-Python loop) timed in thread CPU time on
     each pinned CPU right after the round, against the least it has taken
@@ -59,9 +74,14 @@ import statistics
 import time
 
 from sockbench.procfs import cgroup_cpu_dirs, read_throttled_s
-from sockbench.thresholds import CANARY_SLOWDOWN, LOADED_IDLE_SHARE, LOADED_MIN_IN_FLIGHT, THROTTLED_SHARE
+from dataclasses import replace
 
-__all__ = ["Throttle", "loaded_idle", "Canary", "is_unseen", "CANARY_LOOPS", "CANARY_TRIES"]
+from sockbench.thresholds import (
+    CANARY_SLOWDOWN, CLIENT_SLOWDOWN, LOADED_IDLE_SHARE, LOADED_MIN_IN_FLIGHT, THROTTLED_SHARE,
+)
+
+__all__ = ["Throttle", "loaded_idle", "Canary", "is_unseen", "client_slowdown", "with_client_slowdown", "CANARY_LOOPS",
+           "CANARY_TRIES", "SLOWDOWN_REFERENCE_ROUNDS"]
 
 #: the canary's work: this many turns of a pure-Python loop (about 0.5 ms on the 2-core machine)
 CANARY_LOOPS = 20_000
@@ -160,6 +180,41 @@ class Canary:
     def spread(self, tries=9):
         """The median ratio of fresh timings to the baseline: what a quiet CPU reads (for the tests and tools)."""
         return statistics.median(self._time(self.cpus[0], 1) / self.baseline[self.cpus[0]] for _ in range(tries))
+
+
+#: the earlier rounds of a cell its client's usual CPU per message is the median of, at the least
+SLOWDOWN_REFERENCE_ROUNDS = 2
+
+
+def _client_per_op(r):
+    """The client's CPU seconds per operation (read, write, epoll_wait) in the window, None when uncounted."""
+    c = r.client
+    ops = (c.reads or 0) + (c.writes or 0) + (c.waits or 0)
+    return (c.user_s + c.sys_s) / ops if ops and c.user_s is not None and c.sys_s is not None else None
+
+
+def client_slowdown(result, earlier):
+    """A closed-loop ``result``'s client CPU per operation over the median of ``earlier`` rounds' (valid, not
+    disturbed; at least ``SLOWDOWN_REFERENCE_ROUNDS``), or None."""
+    if result.workload.mode != "closed" or not result.valid:
+        return None
+    now = _client_per_op(result)
+    ref = [v for v in (_client_per_op(r) for r in earlier if r.valid and not r.disturbed) if v]
+    if not now or len(ref) < SLOWDOWN_REFERENCE_ROUNDS:
+        return None
+    return round(now / statistics.median(ref), 4)
+
+
+def with_client_slowdown(result, earlier):
+    """``result`` with its ``client_slowdown`` recorded, and unseen (so disturbed) when it crossed
+    ``CLIENT_SLOWDOWN`` and nothing foreign explains it."""
+    i = result.interference
+    ratio = client_slowdown(result, earlier)
+    if i is None or ratio is None:
+        return result
+    slow = ratio >= CLIENT_SLOWDOWN and not i.disturbed
+    return replace(result, interference=replace(i, client_slowdown=ratio, unseen=i.unseen or slow,
+                                                disturbed=i.disturbed or slow))
 
 
 def is_unseen(server_throttled=None, client_throttled=None, idle=None, canary=None, seen=False):

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from sockbench.bench.load.harness import run_load
 from sockbench.bench.load.pools import LoadPool, ServerPool
 from sockbench.bench.load.spec import LoadSpec
-from sockbench.bench.load.unseen import Canary
+from sockbench.bench.load.unseen import Canary, with_client_slowdown
 from sockbench.bench.report.compare import UNDECIDED, verdict
 from sockbench.bench.report.ratios import ratio
 from sockbench.bench.report.stats import CONFIDENCE, CellStats
@@ -328,6 +328,7 @@ class AbRun:
                                      attempt=attempt))
             r = self.run_load(side, self.spec(side, workload, name_busy=name_busy or attempt > 1))
             r = r.with_cell(CellContext.of(cell, round_no, None, None, None, pass_no))
+            r = with_client_slowdown(r, kept)  # its CPUs slowed, by the client's own measure (unseen)
             again = r.disturbed and attempt <= self.plan.remeasure and self._time_left() > 0
             name = discarded_name(cell, round_no, attempt) if again else raw_name(cell, round_no)
             self._write(os.path.join(self.out, RAW_DIR, name), r.to_json())

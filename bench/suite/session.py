@@ -77,7 +77,7 @@ import time
 from sockbench.bench.load.harness import run_load
 from sockbench.bench.load.pools import LoadPool, ServerPool
 from sockbench.bench.load.spec import LoadSpec
-from sockbench.bench.load.unseen import Canary
+from sockbench.bench.load.unseen import Canary, with_client_slowdown
 from sockbench.bench.report.store import RAW_DIR, CellStats, discarded_name, raw_name
 from sockbench.bench.schema import Cell, CellContext, Machine, RunMeta, copy_fields
 from sockbench.bench.suite.plan import PEAK_ROUNDS, Plan, default_plan
@@ -487,6 +487,7 @@ class SuiteContext:
             r = self.run(self.spec(cell, rate=run.rate, name_busy=name_busy or attempt > 1), on_window=self._window)
             run.elapsed_s += self.clock() - t0
             r = r.with_cell(CellContext.of(cell, round_no, None, self.index.get(cell.id, -1), run.peak, pass_no))
+            r = with_client_slowdown(r, run.results)  # its CPUs slowed, by the client's own measure (unseen)
             again = r.disturbed and attempt <= self.plan.remeasure and self._may_remeasure(run)
             name = discarded_name(cell, round_no, attempt) if again else raw_name(cell, round_no)
             self.write(os.path.join(self.out, RAW_DIR, name), r.to_json())

@@ -361,3 +361,28 @@ def test_a_ctrl_c_stops_the_passes_and_keeps_what_was_measured(tmp_path):
     ctx, runs, events, load = _passes(tmp_path, rates, interrupt_after=5)
     assert ctx.interrupted and sum(len(r.results) for r in runs.values()) == 5
     assert len(os.listdir(tmp_path / "raw")) == 5 and all(r.stopped is None for r in runs.values())
+
+
+def test_a_round_whose_client_ran_slow_is_unseen_and_measured_again():
+    from dataclasses import replace as dc_replace
+
+    from sockbench.bench.load.unseen import client_slowdown, with_client_slowdown
+    from sockbench.bench.schema import Client
+    from sockbench.thresholds import CLIENT_SLOWDOWN
+
+    def with_client(r, cpu_s, ops=10_000):
+        return dc_replace(r, client=Client(user_s=cpu_s * 0.6, sys_s=cpu_s * 0.4, reads=ops // 2, writes=ops // 2, waits=0))
+
+    earlier = [with_client(_result(100_000.0), 0.1), with_client(_result(101_000.0), 0.102)]
+    same = with_client(_result(99_000.0), 0.103)
+    slow = with_client(_result(80_000.0), 0.101 * CLIENT_SLOWDOWN * 1.05)
+    assert client_slowdown(same, earlier[:1]) is None  # too few earlier rounds for a reference
+    assert client_slowdown(same, earlier) == pytest.approx(0.103 / 0.101, abs=1e-3)
+    kept = with_client_slowdown(same, earlier)
+    assert not kept.disturbed and kept.interference.client_slowdown < CLIENT_SLOWDOWN
+    flagged = with_client_slowdown(slow, earlier)
+    assert flagged.interference.unseen and flagged.disturbed
+    assert flagged.interference.client_slowdown == pytest.approx(CLIENT_SLOWDOWN * 1.05, rel=1e-3)
+    # open loop: the polling client is always busy, its CPU says nothing of the CPU's speed
+    opened = dc_replace(slow, workload=dc_replace(slow.workload, mode="open"))
+    assert client_slowdown(opened, earlier) is None

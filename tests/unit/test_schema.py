@@ -82,14 +82,14 @@ def test_a_schema_2_result_round_trips_with_its_new_parts(sample_dicts):
     d = _as_v2(sample_dicts["asyncio-protocol__closed-64B-c10__r1.json"])
     d["interference"] = {"server_foreign": 0.012, "client_foreign": 0.31, "server_steal": 0.0, "client_steal": 0.0,
                          "loadavg_1m": 1.25, "disturbed": True, "server_throttled": 0.0, "client_throttled": None,
-                         "loaded_idle": 0.04, "canary": 1.01, "unseen": False}
+                         "loaded_idle": 0.04, "canary": 1.01, "client_slowdown": 1.02, "unseen": False}
     d["fairness"] = {"conns": 10, "min": 0, "median": 1520.5, "max": 1710, "jain": 0.87, "starved": 1}
     d["cell"]["pass_no"] = 3  # schema 4: the pass of an interleaved run
     d["machine"].update(isolcpus=[], nohz_full=[1], governor={"0": "performance", "1": "powersave"}, smt=False,
                         aslr="Full randomization", loadavg=[1.25, 0.5, 0.25])
     r = LoadResult.from_json(json.loads(json.dumps(d)))
     assert r.to_json() == d and json.dumps(r.to_json(), sort_keys=True) == json.dumps(d, sort_keys=True)
-    assert r.interference == Interference(0.012, 0.31, 0.0, 0.0, 1.25, True, 0.0, None, 0.04, 1.01) and r.disturbed
+    assert r.interference == Interference(0.012, 0.31, 0.0, 0.0, 1.25, True, 0.0, None, 0.04, 1.01, 1.02) and r.disturbed
     assert r.pass_no == 3 and r.cell.pass_no == 3 and r.interference.canary == 1.01 and not r.interference.unseen
     assert r.fairness == Fairness(10, 0, 1520.5, 1710, 0.87, 1) and r.starved == 1
     assert r.machine.nohz_full == [1] and r.machine.governor["1"] == "powersave"
