@@ -54,6 +54,7 @@ PACKAGE_DIRS = {
     "sockbench.bench.suite": "bench/suite",
     "sockbench.bench.report": "bench/report",
     "sockbench.bench.calibrate": "bench/calibrate",
+    "sockbench.bench.check": "bench/check",
 }
 
 COMPILER_DIRECTIVES = {

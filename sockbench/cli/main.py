@@ -16,10 +16,12 @@ import json
 import sys
 
 from sockbench import __version__
+from sockbench.cli import check as check_cmd
 from sockbench.cli import cluster as cluster_cmd
 from sockbench.cli import history as history_cmd
 from sockbench.cli import load as load_cmd
 from sockbench.cli import run as run_cmd
+from sockbench.cli.targets import add_command_arguments, command_from_args
 from sockbench.cli.term import console as make_console
 from sockbench.endpoints import TRANSPORTS, check_transport
 from sockbench.errors import SockbenchError
@@ -41,10 +43,54 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_serve(args):
+    command = command_from_args(args)
+    if (args.name is None) == (command is None):
+        raise SockbenchError("serve: give a server NAME or --command 'CMD ARGS' (exactly one) (see --help)", exit_code=2)
+    if command is not None:
+        return _serve_command(command, args)
+    registry.set_warning(None)  # a broken plugin was reported by the command that started this server
     return run_server(args.name, transport=args.transport, host=args.host, port=args.port, path=args.path,
                       protocol=args.protocol, max_message=args.max_message,
                       backlog=args.backlog, idle_timeout=args.idle_timeout, max_buffered=args.max_buffered,
                       workers=args.workers)
+
+
+def _serve_command(command, args):
+    """``sockbench serve --command``: start it, print its ready line (the contract's), stop it on SIGTERM or SIGINT.
+
+    A wrapper in the foreground: the ready line names the command's own pid, so
+    whatever measures it measures the server, not this process.
+    """
+    import signal  # deferred with the command wrapper: a registered `serve` never needs it
+    import time
+
+    from sockbench.servers.process import ServerProcess
+
+    for flag, value in (("--protocol", args.protocol != "raw"), ("--max-message", args.max_message),
+                        ("--backlog", args.backlog), ("--idle-timeout", args.idle_timeout),
+                        ("--max-buffered", args.max_buffered), ("--workers", args.workers)):
+        if value:
+            raise SockbenchError(f"{flag} is an option of sockbench's own servers; a --command takes its own",
+                                 exit_code=2)
+    stop = []
+    old = {sig: signal.signal(sig, lambda *_: stop.append(True)) for sig in (signal.SIGTERM, signal.SIGINT)}
+    server = ServerProcess(command=command, transport=args.transport, host=args.host, port=args.port, path=args.path)
+    try:
+        server.start()
+        print(json.dumps(server.ready), flush=True)
+        while not stop and server.alive():
+            time.sleep(0.1)
+    finally:
+        server.stop()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    if server.stop_note:
+        raise SockbenchError(server.stop_note, exit_code=2)
+    if not stop:
+        err = [ln for ln in server.stderr_text().splitlines() if ln.strip()]
+        raise SockbenchError(f"{server.label} exited by itself (status {server.proc.returncode})"
+                             + (f": {err[-1][:200]}" if err else ""))
+    return 0
 
 
 def _cmd_servers(args):
@@ -56,7 +102,8 @@ def _cmd_servers(args):
         for spec in registry.SERVERS.values():
             ok, why = spec.availability()
             rows.append({"name": spec.name, "available": ok, "reason": None if ok else why, "model": spec.summary,
-                         "protocols": list(spec.protocols), "transports": list(spec.transports)})
+                         "protocols": list(spec.protocols), "transports": list(spec.transports),
+                         "plugin": spec.plugin or None})
         print(json.dumps(rows, indent=2))
         return 0
     table = Table(title="sockbench servers", box=None, show_edge=False)
@@ -70,7 +117,7 @@ def _cmd_servers(args):
         if not ok:
             missing.append(f"{spec.name}: {why}")
         table.add_row(spec.name, "[green]available[/]" if ok else f"[red]{why.split(' (', 1)[0]}[/]",
-                      " ".join(spec.transports), spec.summary)
+                      " ".join(spec.transports), spec.summary + (f" [dim](plugin: {spec.plugin})[/]" if spec.plugin else ""))
     console = make_console()
     console.print(table)
     # the full reason, with the command that fixes it, on one unwrapped line per server
@@ -86,7 +133,7 @@ def build_parser():
     sub.required = True
 
     s = sub.add_parser("serve", help="run one echo server (prints one JSON ready line)")
-    s.add_argument("name", help="a server name (see `sockbench servers`)")
+    s.add_argument("name", nargs="?", help="a server name (see `sockbench servers`)")
     s.add_argument("--transport", type=arg(check_transport, "--transport"), default="tcp", metavar="|".join(TRANSPORTS),
                    help="tcp (default), tcp6, unix or udp (the servers that have a datagram form; see `sockbench servers`)")
     s.add_argument("--host", default=None, help="address to bind (default 127.0.0.1, ::1 for tcp6; 0.0.0.0 or :: is reachable from the network)")
@@ -103,6 +150,7 @@ def build_parser():
     s.add_argument("--workers", type=arg(parse_number, "--workers", kind=int, positive=True), default=None, metavar="N",
                    help="N server processes on one port (SO_REUSEPORT; unix: one shared socket), each pinned to one CPU "
                         "of this process's affinity; the ready line lists their \"pids\" (default: one process, no \"pids\")")
+    add_command_arguments(s)
     s.set_defaults(func=_cmd_serve)
 
     s = sub.add_parser("servers", help="list every server and whether it is available here")
@@ -112,6 +160,10 @@ def build_parser():
     s = sub.add_parser("load", help="load one server (NAME or --target HOST:PORT); print a summary, write the result JSON")
     load_cmd.add_arguments(s)
     s.set_defaults(func=load_cmd.run_cli)
+
+    s = sub.add_parser("check", help="the conformance checks against any echo server: a NAME, --command or HOST:PORT")
+    check_cmd.add_arguments(s)
+    s.set_defaults(func=check_cmd.run_cli)
 
     s = sub.add_parser("cluster-worker", help="a Dask worker tuned for a load host (for load --cluster)")
     cluster_cmd.add_arguments(s)

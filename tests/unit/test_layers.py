@@ -2,7 +2,7 @@
 
 The order, top to bottom (ARCHITECTURE.md draws it)::
 
-    cli -> suite, calibrate -> report -> load -> schema -> servers -> ext -> core
+    cli -> suite, calibrate -> report -> load, check -> schema -> servers -> ext -> core
 
 A module may import its own room and any room below it, never one above it or
 a sibling on its own level, so no cycle between folders can form.  The files
@@ -25,7 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 FOLDERS = {"sockbench": "sockbench", "servers": "sockbench.servers", "ext": "sockbench.ext", "bench": "sockbench.bench"}
 
 #: room -> level; a module imports only rooms of a greater level, or its own room
-LEVELS = {"cli": 0, "suite": 1, "calibrate": 1, "report": 2, "load": 3, "schema": 4, "servers": 5, "ext": 6, "core": 7}
+LEVELS = {"cli": 0, "suite": 1, "calibrate": 1, "report": 2, "load": 3, "check": 3, "schema": 4, "servers": 5, "ext": 6,
+          "core": 7}
 
 #: a function-level import of one of these defers real start-up cost: the comment says so
 _IMPORT_RE = re.compile(r"^\s*(?:from\s+(sockbench[\w.]*)\s+import\s|import\s+(sockbench[\w.]*))")
