@@ -45,7 +45,9 @@ HISTORY = {
        "server and client CPU, time series, HDR histograms, machine, start time, the suite's cell",
     2: "interference, fairness, machine tuning, throughput.measured_s, server_proc.exit_status; then "
        "latency p9999/p99999, machine.versions, hosts (--cluster), client stalls, datagrams (udp)",
-    3: "client.waits: the load loop's epoll_wait calls (messages per wake-up)",
+    3: "client.waits: the load loop's epoll_wait calls (messages per wake-up); then workload.python and "
+       "cell.python (the server's interpreter, --python), server_proc.python and server_proc.processes, "
+       "target.command (a --command server)",
 }
 SCHEMA_VERSION = max(HISTORY)
 #: the versions ``from_json`` reads (an older file reads the fields it lacks as their defaults)
@@ -282,6 +284,12 @@ class Cell:
     transport: str = "tcp"
     #: server processes (``sockbench serve --workers``); a 1-worker cell's id has no suffix
     workers: int = 1
+    #: the interpreter the server ran under (``sockbench run --python``: "3.12"); "" for sockbench's own
+    python: str = ""
+
+    def __post_init__(self):
+        if self.python is None:  # copied from a workload that names none
+            object.__setattr__(self, "python", "")
 
     def _parts(self, wording):
         """The optional parts this cell shows, in one of ``_CELL_PARTS``' wordings (``id``, ``describe``, ``title``)."""
@@ -332,6 +340,7 @@ _CELL_PARTS = (
     _CellPart(lambda c: c.protocol != "raw", "-{c.protocol}", "{c.protocol}", "{c.protocol} protocol"),
     _CellPart(lambda c: c.transport != "tcp", "-{c.transport}", "{c.transport}", "over {c.transport}"),
     _CellPart(lambda c: c.workers != 1, "-w{c.workers}", "{c.workers} workers", "{c.workers} server processes"),
+    _CellPart(lambda c: bool(c.python), "-py{c.python}", "Python {c.python}", "under Python {c.python}"),
 )
 
 
@@ -364,18 +373,25 @@ class Workload(Part):
     client_cpus: list | None = fld(read=list)
     #: server processes (``--workers``); results without it had one
     workers: int = fld(1, read=_int_or(1))
+    #: the interpreter label asked for (``--python``: "3.12"); None: sockbench's own (and every older result)
+    python: str | None = fld(omit=True, since=3, read=lambda v: str(v) or None)
 
 
 @dataclass(frozen=True)
 class Target(Part):
-    """The address the load connected to (the harness-started server's, or ``--target``'s); ``path`` for unix."""
+    """The address the load connected to (the harness-started server's, or ``--target``'s); ``path`` for unix;
+    ``command``: a ``--command`` server's command line as given."""
 
     host: str | None = fld()
     port: int | None = fld()
     path: str | None = fld()
+    command: str | None = fld(omit=True, since=3)
 
     def to_json(self):
-        return {"path": self.path} if self.path is not None else {"host": self.host, "port": self.port}
+        out = {"path": self.path} if self.path is not None else {"host": self.host, "port": self.port}
+        if self.command is not None:
+            out["command"] = self.command
+        return out
 
 
 @dataclass(frozen=True)
@@ -496,6 +512,10 @@ class ServerProc(Part):
     cpus: list | None = fld(read=list)
     cpu_util: float | None = fld()
     exit_status: int | None = fld(omit=True, since=2)
+    #: the interpreter a Python server ran under ("CPython 3.12.1"); None for a --command or a running target
+    python: str | None = fld(omit=True, since=3)
+    #: how many processes served (a --command's process tree, a forking server's children included)
+    processes: int | None = fld(omit=True, since=3)
 
     def to_json(self):
         out = super().to_json()
@@ -810,6 +830,14 @@ class CellContext(Part):
     rounds: int | None = fld()
     index: int | None = fld()
     peak_msgs_per_s: float | None = fld()
+    #: the server's interpreter (``--python``), as the cell's; "" (and absent from the JSON) for sockbench's own
+    python: str = fld("", since=3, read=lambda v: str(v or ""))
+
+    def to_json(self):
+        out = super().to_json()
+        if not self.python:
+            del out["python"]
+        return out
 
     @classmethod
     def of(cls, cell, round_no, rounds, index, peak=None):
@@ -1059,6 +1087,13 @@ class RunPlan(Part):
     extra: dict = fld(factory=dict)
     #: the scaling dimension (``sockbench run --workers 1 2``): every server's cells once per worker count
     workers: tuple = fld((1,), read=_tuple)
+    #: ``--command`` servers: name -> their command (``servers.command.Command.to_json()``); their names are in servers
+    commands: dict = fld(factory=dict, since=3)
+    #: the interpreter dimension (``--python``): ``{"label", "python" (the executable that serves), "version", ...}``
+    #: each; empty: sockbench's own interpreter, no dimension
+    pythons: tuple = fld((), since=3, read=lambda v: tuple(dict(p) for p in v))
+    #: the servers the interpreter dimension applies to (the built-in ones; a --command or a plugin runs once)
+    python_servers: tuple = fld((), since=3, read=_tuple)
 
     @classmethod
     def from_json(cls, d, source="the plan"):

@@ -40,6 +40,7 @@ from sockbench.endpoints import DEFAULT_HOSTS, Endpoint
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.procfs import group_members, process_tree
 from sockbench.servers.command import free_port
+from sockbench.servers.environments import python_flags
 
 __all__ = ["ServerProcess", "READY_TIMEOUT_S", "STOP_GRACE_S"]
 
@@ -75,8 +76,8 @@ class ServerProcess:
             where = ["--path", path] if path is not None else []
             if transport != "unix":
                 where = (["--host", host] if host is not None else []) + ["--port", str(port)]
-            self.cmd = [python or sys.executable, "-m", "sockbench", "serve", self.name, "--transport", transport,
-                        *where, *extra_args]
+            self.cmd = [python or sys.executable, *python_flags(python), "-m", "sockbench", "serve", self.name,
+                        "--transport", transport, *where, *extra_args]
         else:
             if extra_args:
                 raise UsageError(f"--command servers take no sockbench serve options ({' '.join(extra_args)})")

@@ -116,6 +116,7 @@ from sockbench.machine import machine_info
 from sockbench.procfs import (TICK_S, busy_processes, foreign_process_s, irq_time_accounting, process_snapshot,
                              read_proc_stat, read_rss_bytes, read_task_runtimes)
 from sockbench.servers.contract import format_peer
+from sockbench.servers.environments import interpreter_version
 from sockbench.servers.process import ServerProcess
 from sockbench.thresholds import BEHIND_FRACTION, CLIENT_BOUND_UTIL, SERVER_BOUND_UTIL, STALL_S
 from sockbench.timestamps import iso_utc
@@ -290,7 +291,7 @@ def server_cpu(c0, c1):
     return user * exact / ticks, sys_ * exact / ticks, "schedstat"
 
 
-def run_load(spec, json_path=None, on_window=None):
+def run_load(spec, json_path=None, on_window=None, notes=None):
     """Run one load as ``spec`` says; return its ``LoadResult`` (and write its JSON to ``json_path``).
 
     Raises ``SockbenchError`` only before the load starts (bad spec, server
@@ -298,12 +299,14 @@ def run_load(spec, json_path=None, on_window=None):
     load has started, every problem ends up in the result as ``valid: false``.
     ``on_window(start_ns, end_ns)`` is told the load's window (CLOCK_MONOTONIC)
     just before it opens, so that an observer can keep quiet through it.
+    ``notes``, a list, gets a line when the server had to be killed at the end
+    (a ``--command`` that ignored SIGTERM); the line goes to stderr as well.
     """
     spec.validate()
     started_at = iso_utc()
     _check_nofile(spec, max(split(spec.conns, spec.procs)) if spec.mode != "connect" else spec.conns)
-    if spec.server is not None:
-        extra = ("--protocol", spec.protocol) if spec.protocol != "raw" else ()
+    if spec.started:
+        extra = ("--protocol", spec.protocol) if spec.protocol != "raw" and spec.command is None else ()
         if spec.workers != 1:
             extra += ("--workers", str(spec.workers))
         # the load processes start (Python, hdrh, the loop's extension: ~0.1 s) while the server starts
@@ -312,11 +315,18 @@ def run_load(spec, json_path=None, on_window=None):
             for _ in split(spec.conns, spec.procs):
                 with held_signals():
                     spare.append(_Worker())
-            with ServerProcess(spec.server, spec.transport, cpus=spec.server_cpus, extra_args=extra) as server:
+            server = ServerProcess(spec.server, spec.transport, cpus=spec.server_cpus, extra_args=extra,
+                                   command=spec.command, python=spec.server_python)
+            with server:
                 result = _run(spec, server, server.endpoint, started_at, on_window, spare)
         finally:
             for w in spare:  # those the run did not take (it stops the ones it took)
                 w.stop()
+        if server.stop_note:
+            if notes is None:
+                print(f"sockbench: warning: {server.stop_note}", file=sys.stderr, flush=True)
+            else:
+                notes.append(server.stop_note)
     else:
         result = _run(spec, None, spec.target, started_at, on_window)
     if json_path is not None:
@@ -442,6 +452,7 @@ class ServerWindow:
     cpu1: tuple | None = None  # ... and at the window's end
     rss_peak_bytes: int | None = None
     exit_status: int | None = None  # set when the server exited during the run
+    processes: int | None = None  # how many processes served (a --command's process tree), at the window's end
     #: ``cpus -> seconds`` other processes used there around the window (None: not read)
     process_s: object = None
 
@@ -478,9 +489,17 @@ def measure(spec, server, endpoint, on_window=None, start_at=None, spare=None):
         # every process's CPU around the window: what caps the foreign time (bench/load/interference.py)
         before = process_snapshot()
         end_ns = _open_window(spec, workers, on_window, start_ns)
-        # --workers: load process 0 samples the first worker; this process the others, at the window's edges
-        edges = _sample_edges(server.pids[1:], end_ns - int(spec.duration_s * 1e9), end_ns) if server else None
+        # --workers (and a --command's process tree): load process 0 samples the first process; this process the
+        # others, at the window's edges
+        tree = server.pids if server else []
+        edges = _sample_edges(tree[1:], end_ns - int(spec.duration_s * 1e9), end_ns) if server else None
+        # a tree's peak RSS now, at the window's end: a child per connection is gone once the load disconnects
+        tree_rss = _rss_sum(tree) if server is not None and len(tree) > 1 else None
         procs, problems, srv = _collect(spec, server, workers, end_ns, edges)
+        if server is not None:
+            srv.processes = len(tree)
+            if tree_rss is not None:
+                srv.rss_peak_bytes = max(srv.rss_peak_bytes or 0, tree_rss)
         after = process_snapshot()
     finally:
         for w in workers.values():
@@ -632,6 +651,17 @@ def _collect(spec, server, workers, end_ns, edges=None):
     return procs, problems, srv
 
 
+def _rss_sum(pids):
+    """The summed peak RSS (``VmHWM``) of ``pids``; a process gone meanwhile counts none."""
+    total = 0
+    for pid in pids:
+        try:
+            total += read_rss_bytes(pid, "VmHWM")
+        except (OSError, SockbenchError, ValueError):
+            continue
+    return total or None
+
+
 def read_rss_peak(server):
     """The peak RSS (``VmHWM``) summed over every serving process (``--workers``: each worker's)."""
     try:
@@ -716,8 +746,12 @@ def _server_cpu(spec, server, srv, msgs, measured_s=None):
     if server is not None:
         cpus = list(spec.server_cpus)
         util = (user_s + sys_s) / ((measured_s or spec.duration_s) * len(cpus)) if user_s is not None else None
+    python = None
+    if server is not None and server.command is None:
+        python = interpreter_version(server.python or sys.executable)
     return ServerProc(pid=srv.pid, user_s=user_s, sys_s=sys_s, rss_peak_bytes=srv.rss_peak_bytes, us_per_msg=per_msg,
-                      cpu_source=source, cpus=cpus, cpu_util=util, exit_status=srv.exit_status)
+                      cpu_source=source, cpus=cpus, cpu_util=util, exit_status=srv.exit_status, python=python,
+                      processes=srv.processes if server is not None and server.command is not None else None)
 
 
 def limited_by(client_bound, server_proc):
@@ -814,10 +848,11 @@ def build_result(spec, server, endpoint, started_at, procs, problems, srv):
     reasons += datagram.invalid_reasons(datagrams)
     second = hdr.summary_us(m.hdr2, m.mean2_ns)
     return LoadResult(
-        server=spec.server if spec.server is not None else endpoint.format(),
-        target=Target(host=endpoint.host, port=endpoint.port, path=endpoint.path),
+        server=spec.label if spec.started else endpoint.format(),
+        target=Target(host=endpoint.host, port=endpoint.port, path=endpoint.path,
+                      command=spec.command.text if spec.command is not None else None),
         workload=copy_fields(Workload, spec, transport=endpoint.transport, server_cpus=list(spec.server_cpus),
-                             client_cpus=list(spec.client_cpus)),
+                             client_cpus=list(spec.client_cpus), python=spec.python or None),
         throughput=_throughput(spec, m, measured_s),
         latency_us=hdr.summary_us(m.hdr1, m.mean1_ns),
         service_us=second if spec.mode == "open" else None,

@@ -59,6 +59,26 @@ class LoadSpec:
     #: for it on a cell's first round only, since every window's foreign CPU time is measured anyway
     #: (``interference``), and the sample would cost a tenth of a second in every round
     name_busy: bool = True
+    #: a ``--command`` server to start instead of a registered one (``sockbench.servers.command.Command``)
+    command: object = None
+    #: the interpreter executable that runs a registered server's ``sockbench serve`` (None: this one)
+    server_python: str | None = None
+    #: that interpreter's label in results and cells (``--python``: "3.12"); None: sockbench's own
+    python: str | None = None
+
+    @property
+    def started(self):
+        """True when the harness starts the server (a registered name or a command), so its CPU is measured."""
+        return self.server is not None or self.command is not None
+
+    @property
+    def label(self):
+        """The server's name in results: a registered name, a command's name, or the target's address."""
+        if self.server is not None:
+            return self.server
+        if self.command is not None:
+            return self.command.name
+        return self.target.format() if isinstance(self.target, Endpoint) else str(self.target)
 
     def __post_init__(self):
         target = self.target
@@ -73,8 +93,8 @@ class LoadSpec:
 
     def validate(self):
         """Raise a one-line ``UsageError`` for anything that cannot run."""
-        if (self.server is None) == (self.target is None):
-            raise UsageError("give either a server name or --target HOST:PORT (exactly one)")
+        if sum(x is not None for x in (self.server, self.target, self.command)) != 1:
+            raise UsageError("give either a server name, --command 'CMD ARGS' or --target HOST:PORT (exactly one)")
         if self.transport not in TRANSPORTS:
             raise UsageError(f"unknown transport {self.transport!r}; use one of {', '.join(TRANSPORTS)}")
         if self.protocol not in PROTOCOLS:
@@ -90,6 +110,10 @@ class LoadSpec:
                     f"it speaks {', '.join(server.protocols)}"
                 )
             server.check_transport(self.transport)
+        elif self.command is not None:
+            self.command.check_transport(self.transport)
+            if self.workers != 1:
+                raise UsageError("--workers applies to sockbench's own servers; a --command starts its own processes")
         else:
             if not isinstance(self.target, Endpoint):
                 raise UsageError(f"target must be an Endpoint or (host, port), not {self.target!r}")
@@ -102,7 +126,9 @@ class LoadSpec:
             raise UsageError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
         if self.transport == "udp":
             check_datagram_spec(self)  # raw only, no connect mode, a size that fits a datagram and its header
-        if self.workers != 1 and self.server is None:
+        if self.server_python is not None and self.server is None:
+            raise UsageError("--python applies to a registered server that the load starts")
+        if self.workers != 1 and self.server is None and self.command is None:
             raise UsageError("--workers applies to a server NAME that the load starts, not to --target")
         for name in ("conns", "size", "depth", "procs", "workers"):
             v = getattr(self, name)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from sockbench.thresholds import LOSSY_SHARE, SAME_COST_SHARE
 
 __all__ = [
-    "fmt", "loss_text", "has_loss", "headline_cells", "Section", "transport_section", "workers_section",
+    "fmt", "loss_text", "has_loss", "headline_cells", "Section", "transport_section", "workers_section", "python_section",
     "TRANSPORT_WORDS", "server_cpus",
 ]
 
@@ -278,3 +278,41 @@ def workers_section(results):
                f"run; the ratios are to the same server with {base}. Server CPU per message is summed over every "
                f"worker (schedstat). " + workers_caption(results, counts))
     return Section("Workers", cols, rows, caption, sentences, counts, base, cells)
+
+
+def python_section(results):
+    """msgs/s and server CPU per message under each interpreter measured (``--python``): a ``Section``, or None
+    with fewer than two.  The servers sockbench does not run under an interpreter of its choosing (a
+    ``--command``) have no row here."""
+    labels = results.pythons()
+    if len(labels) < 2:
+        return None
+    base = results.base_python()
+    head, title = headline_cells(results)
+    if not head:
+        return None
+    ref = head[0].cell
+    if not ref.python:
+        ref = next((c.cell for c in head if c.cell.python), None)
+        if ref is None:
+            return None
+    rows, cells, lossy = _dimension_rows(results, ref, "python", labels, base, lambda v: f"Python {v}")
+    if not rows:
+        return None
+    cols = ["server", "interpreter", "msgs/s (median ± sd)", f"vs {base}", "server CPU µs/msg", f"CPU vs {base}",
+            "p99 µs"] + (["loss"] if lossy else []) + ["flags"]
+    servers = results.servers()
+    sentences = []
+    for v in labels:
+        if v == base:
+            continue
+        pairs = _pairs(cells, servers, v, base)
+        if pairs:
+            sentences.append(f"Under Python {v}, msgs/s is {_span(pairs, 1)} and server CPU per message "
+                             f"{_span(pairs, 2)} what Python {base} gave.")
+    versions = sorted({r.server_proc.python for r in results.results if r.server_proc.python and r.workload.python})
+    caption = (f"Each server under each interpreter measured, at the headline workload ({title}), same run; the "
+               f"ratios are to the same server under Python {base}. The load, the harness and the report always run "
+               f"under sockbench's own interpreter: only the server changes"
+               + (f" ({'; '.join(versions)})" if versions else "") + ".")
+    return Section("Interpreters", cols, rows, caption, sentences, labels, base, cells)

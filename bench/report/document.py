@@ -42,7 +42,8 @@ import os
 from sockbench.bench.report.blocks import (
     Alert, Code, Document, Emph, Heading, Image, KeyValues, Legend, Paragraph, Row, Strong, Table, WarningList,
 )
-from sockbench.bench.report.dimensions import fmt, has_loss, loss_text, transport_section, workers_section
+from sockbench.bench.report.dimensions import (fmt, has_loss, loss_text, python_section, transport_section,
+                                                workers_section)
 from sockbench.bench.report.formats import write_formats
 from sockbench.bench.report.plots import PLOT_CAPTIONS, make_dimension_plots, make_plots
 from sockbench.bench.report.summary import build_summary
@@ -483,8 +484,9 @@ def _section(doc, section, note, drawn, plot):
 
 
 def dimension_sections(results):
-    """``{"transports": Section or None, "workers": Section or None}`` (``dimensions.py``)."""
-    return {"transports": transport_section(results), "workers": workers_section(results)}
+    """``{"transports": ..., "workers": ..., "pythons": ...}``, each a Section or None (``dimensions.py``)."""
+    return {"transports": transport_section(results), "workers": workers_section(results),
+            "pythons": python_section(results)}
 
 
 def build_document(results, plots, sections=None, dimension_plots=None):
@@ -529,7 +531,7 @@ def build_document(results, plots, sections=None, dimension_plots=None):
         doc.add(Heading(2, "Cost of each protocol over raw"), Paragraph(PROTO_NOTE, "note"))
         for title, rows in proto:
             doc.add(Heading(3, title), _table(PROTO_COLUMNS, rows))
-    for key, plot in (("transports", "transports.png"), ("workers", "workers.png")):
+    for key, plot in (("transports", "transports.png"), ("workers", "workers.png"), ("pythons", None)):
         if sections.get(key) is not None:
             _section(doc, sections[key], sections[key].caption, dimension_plots, plot)
     doc.add(Heading(2, "Plots"))

@@ -156,6 +156,19 @@ class Plan(RunPlan):
                 raise UsageError(f"unknown transport {t!r}; use some of {' '.join(TRANSPORTS)}")
         if len(set(self.transports)) != len(self.transports):
             raise UsageError(f"--transports names a transport twice: {' '.join(self.transports)}")
+        labels = [p["label"] for p in self.pythons]
+        if len(set(labels)) != len(labels):
+            raise UsageError(f"--python names one interpreter twice: {' '.join(labels)}")
+
+    def server_pythons(self, server):
+        """The interpreter labels ``server``'s cells run under ([""]: sockbench's own, or none of its choosing)."""
+        if self.pythons and server in self.python_servers:
+            return [p["label"] for p in self.pythons]
+        return [""]
+
+    def python_of(self, label):
+        """The executable that serves under interpreter ``label`` (None: this one)."""
+        return next((p["python"] for p in self.pythons if p["label"] == label), None) if label else None
 
     @property
     def adaptive(self):
@@ -187,25 +200,30 @@ class Plan(RunPlan):
         out = []
         for server in self.servers:
             for t in self.server_transports(server):
-                for w in self.workers:  # a server's cells at each worker count, its open loop after its own peak
-                    for size in self.sizes:
-                        for conns in self.conns:
-                            out.append(Cell(server, "closed", size, conns, self.depth, transport=t, workers=w))
-                    for pct in self.open_pcts:
-                        out.append(Cell(server, "open", self.open_size, self.open_conns, 1, pct, transport=t, workers=w))
-                    ids = {c.id for c in out}
-                    for proto in self.server_protocols(server, t):
-                        c = Cell(server, "closed", self.proto_size, self.proto_conns, self.proto_depth, protocol=proto,
-                                 transport=t, workers=w)
-                        if c.id not in ids:
-                            out.append(c)
+                # a server's cells at each interpreter and worker count, its open loop after its own peak
+                for py in self.server_pythons(server):
+                    for w in self.workers:
+                        for size in self.sizes:
+                            for conns in self.conns:
+                                out.append(Cell(server, "closed", size, conns, self.depth, transport=t, workers=w,
+                                                python=py))
+                        for pct in self.open_pcts:
+                            out.append(Cell(server, "open", self.open_size, self.open_conns, 1, pct, transport=t,
+                                            workers=w, python=py))
+                        ids = {c.id for c in out}
+                        for proto in self.server_protocols(server, t):
+                            c = Cell(server, "closed", self.proto_size, self.proto_conns, self.proto_depth,
+                                     protocol=proto, transport=t, workers=w, python=py)
+                            if c.id not in ids:
+                                out.append(c)
         return out
 
     def calibrations(self):
         """Servers whose open-loop sweep needs a calibration run (no closed cell at ``open_size``), once per transport."""
         if not self.open_pcts or self.open_size in self.sizes:
             return []
-        return [s for s in self.servers for _ in self.server_transports(s) for _ in self.workers]
+        return [s for s in self.servers for _ in self.server_transports(s) for _ in self.workers
+                for _ in self.server_pythons(s)]
 
     # --- how long things take -----------------------------------------------------------
     def round_duration(self, cell):

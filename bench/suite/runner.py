@@ -55,7 +55,8 @@ from sockbench.servers import registry
 from sockbench.timestamps import folder_stamp
 from sockbench.units import format_size, parse_size
 
-__all__ = ["build_plan", "run_main", "suite_command", "check_fd_limit", "SUITE_FILE", "STOP_GRACE_S", "SERVER_FD_HEADROOM"]
+__all__ = ["build_plan", "run_main", "suite_command", "check_fd_limit", "preflight_commands", "prepare_pythons",
+           "SUITE_FILE", "STOP_GRACE_S", "SERVER_FD_HEADROOM"]
 
 SUITE_FILE = "test_echo_bench.py"
 #: after a forwarded Ctrl-C or SIGTERM, how long pytest gets to stop cleanly before SIGTERM, then SIGKILL
@@ -117,17 +118,24 @@ def _none_or(values, option):
 
 def build_plan(servers=None, sizes=None, conns=None, quick=False, full=False, rounds=None, min_rounds=None,
                max_rounds=None, ci=None, cell_budget_s=None, run_budget_s=None, duration_s=None, warmup_s=None,
-               open_pcts=None, server_cpus=None, client_cpus=None, protocols=None, transports=None, workers=None):
+               open_pcts=None, server_cpus=None, client_cpus=None, protocols=None, transports=None, workers=None,
+               commands=None, pythons=None):
     """The run's Plan from the command line; any bad value is a one-line UsageError.
 
     ``rounds`` fixes the rounds of every cell (``min_rounds = max_rounds = rounds``); ``run_budget_s`` 0
-    lifts the run budget.
+    lifts the run budget.  ``commands``: ``Command``s to run beside the servers (alone when no ``servers``
+    are named); ``pythons``: the interpreters (``prepare_pythons``) the built-in servers run under.
     """
     if quick and full:
         raise UsageError("--quick and --full exclude each other")
     if rounds is not None and (min_rounds is not None or max_rounds is not None):
         raise UsageError("--rounds fixes the rounds of every cell; give it alone, or --min-rounds/--max-rounds")
-    names = _server_names(servers)
+    commands = list(commands or [])
+    names = _server_names(servers) if servers or not commands else []
+    for c in commands:
+        if c.name in registry.SERVERS or c.name in names:
+            raise UsageError(f"the --command {c.text!r} is named {c.name!r}, as a registered server is; name it "
+                             f"apart with --name")
     make = quick_plan if quick else full_plan if full else default_plan
     kw = _matrix_options(sizes, conns, open_pcts, protocols)
     kw.update(_round_options(make, names, rounds, min_rounds, max_rounds))
@@ -142,6 +150,14 @@ def build_plan(servers=None, sizes=None, conns=None, quick=False, full=False, ro
         kw["workers"] = tuple(workers)  # each count is checked by the Plan
     kw["speaks"] = {n: list(registry.get(n).protocols) for n in names}
     kw["serves"] = {n: list(registry.get(n).transports) for n in names}
+    for c in commands:
+        kw["speaks"][c.name] = ["raw"]  # what else it speaks is not known: the protocol section leaves it out
+        kw["serves"][c.name] = _command_transports(c)
+    kw["commands"] = {c.name: c.to_json() for c in commands}
+    if pythons:
+        kw["pythons"] = tuple(pythons)
+        kw["python_servers"] = tuple(n for n in names if registry.is_builtin(n))
+    names = names + [c.name for c in commands]
     if transports is not None:
         kw["transports"] = tuple(_split(transports))  # each name is checked by the Plan
     plan = make(names, **kw)
@@ -159,6 +175,63 @@ def build_plan(servers=None, sizes=None, conns=None, quick=False, full=False, ro
     )
     _check_cpus(plan)
     return plan
+
+
+def _command_transports(command):
+    """The transports a command can be started on, from its placeholders: {path} unix, {port} tcp, tcp6 and udp."""
+    out = []
+    for t in ("tcp", "tcp6", "unix", "udp"):
+        try:
+            command.check_transport(t)
+        except UsageError:
+            continue
+        out.append(t)
+    return out
+
+
+def preflight_commands(plan, console=None):
+    """Start and stop each ``--command`` of ``plan`` once, before the suite: a command that does not start, prints
+    no ready line or ignores SIGTERM is one line, exit 2, before anything is measured (and nothing is left running)."""
+    # deferred: the server process machinery, needed only when a run names a --command
+    from sockbench.servers.command import Command
+    from sockbench.servers.process import ServerProcess
+
+    for name, d in plan.commands.items():
+        command = Command.from_json(d)
+        transport = plan.server_transports(name)[0] if plan.server_transports(name) else "tcp"
+        server = ServerProcess(command=command, transport=transport, cpus=plan.server_cpus)
+        try:
+            server.start()
+        finally:
+            server.stop()
+        if server.stop_note:
+            raise UsageError(server.stop_note)
+        if console is not None:
+            console.print(f"{command.describe()}: starts, stops on SIGTERM", highlight=False)
+
+
+def prepare_pythons(paths, log=None):
+    """The interpreters of ``--python``, each built once (cached): ``[{"label", "python", "version"}]``.
+
+    One that is not a Python, is older than 3.11 or cannot build the extensions is one warning line naming
+    it (``log``); the others are still measured.  None left: a one-line error.
+    """
+    # deferred: building environments, needed by --python only
+    from sockbench.servers.environments import prepare
+
+    out = []
+    for path in paths:
+        try:
+            env = prepare(path, log=log)
+        except SockbenchError as e:
+            if log:
+                log(f"warning: {e}; left out")
+            continue
+        out.append({"label": env.label, "python": env.python, "version": env.interpreter.description,
+                    "path": path, "source": env.source})
+    if not out:
+        raise UsageError(f"no --python could be used ({', '.join(paths)}); see the lines above")
+    return out
 
 
 def _server_names(servers):
@@ -652,6 +725,8 @@ def run_main(plan, out=None, console=None, argv=None):
     _written(plan_path, plan.save, plan_path)
     _written(meta_path, write_json_atomic, meta_path, new_meta(plan, argv))
     _announce(plan, out, console)
+    for p in plan.pythons:
+        console.print(f"interpreter {p['label']}: {p['version']} ({p['python']})", highlight=False)
     t0 = time.monotonic()
     with _Signals() as signals:
         rc, interrupted, write_failure = _run_suite(out, plan, console, signals)

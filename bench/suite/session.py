@@ -55,6 +55,7 @@ from sockbench.bench.suite.progress import Calibrated, Calibrating, CellDone, Ce
 from sockbench.jsonfile import write_json_atomic
 from sockbench.machine import machine_info
 from sockbench.servers import registry
+from sockbench.servers.command import Command
 from sockbench.timestamps import folder_stamp, iso_utc
 
 __all__ = [
@@ -248,8 +249,11 @@ class SuiteContext:
     def spec(self, cell, rate=None, size=None, conns=None, mode=None, name_busy=True):
         """The ``LoadSpec`` of one round of ``cell``: the cell's dimensions under their own names, the plan's timing."""
         p = self.plan
+        command = Command.from_json(p.commands[cell.server]) if cell.server in p.commands else None
         return copy_fields(
-            LoadSpec, cell, mode=mode or cell.mode, conns=conns or cell.conns, size=size or cell.size, rate=rate,
+            LoadSpec, cell, server=None if command is not None else cell.server, command=command,
+            server_python=p.python_of(cell.python), python=cell.python or None, mode=mode or cell.mode,
+            conns=conns or cell.conns, size=size or cell.size, rate=rate,
             duration_s=p.round_duration(cell), warmup_s=p.warmup_s, procs=min(p.procs, conns or cell.conns),
             server_cpus=tuple(p.server_cpus), client_cpus=tuple(p.client_cpus), interval_s=p.interval_s,
             name_busy=name_busy,
@@ -265,19 +269,21 @@ class SuiteContext:
         c = stats.cell
         if (c.mode == "closed" and c.size == self.plan.open_size and c.protocol == "raw" and c.depth == self.plan.depth
                 and not stats.invalid and stats.median > 0):
-            key = (c.server, c.transport, c.workers)
+            key = (c.server, c.transport, c.workers, c.python)
             self.peaks[key] = max(self.peaks.get(key, 0.0), stats.median)
 
-    def peak(self, server, transport="tcp", workers=1):
-        """The server's peak msgs/s at the sweep's size over ``transport`` with ``workers`` processes: measured
-        already, or calibrated now."""
-        key = (server, transport, workers)
+    def peak(self, server, transport="tcp", workers=1, python=""):
+        """The server's peak msgs/s at the sweep's size over ``transport`` with ``workers`` processes under
+        interpreter ``python``: measured already, or calibrated now."""
+        key = (server, transport, workers, python)
         if key in self.peaks:
             return self.peaks[key], "closed-loop cells"
-        cal = Cell(server, "closed", self.plan.open_size, self.plan.open_conns, transport=transport, workers=workers)
+        cal = Cell(server, "closed", self.plan.open_size, self.plan.open_conns, transport=transport, workers=workers,
+                   python=python)
         self.event(Calibrating(server=server))
         r = self.run(self.spec(cal), on_window=self._window)
-        name = server + ("" if transport == "tcp" else f"-{transport}") + ("" if workers == 1 else f"-w{workers}")
+        name = (server + ("" if transport == "tcp" else f"-{transport}") + ("" if workers == 1 else f"-w{workers}")
+                + (f"-py{python}" if python else ""))
         self.write(os.path.join(self.out, "calibration", f"{name}.json"), r.to_json())
         self.event(Calibrated(server=server, msgs_per_s=r.throughput.msgs_per_s, valid=r.valid))
         if not r.valid or not r.throughput.msgs_per_s > 0:

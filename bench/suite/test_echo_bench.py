@@ -73,13 +73,13 @@ def test_echo(benchmark, cell, suite_ctx):
     benchmark.group = cell.workload_id
     rate = peak = None
     info = benchmark.extra_info
-    info.update(server=cell.server, mode=cell.mode, protocol=cell.protocol, transport=cell.transport, size=cell.size, conns=cell.conns, depth=cell.depth,
+    info.update(server=cell.server, python=cell.python or None, mode=cell.mode, protocol=cell.protocol, transport=cell.transport, size=cell.size, conns=cell.conns, depth=cell.depth,
                 duration_s=plan.round_duration(cell), warmup_s=plan.warmup_s, min_rounds=plan.min_rounds,
                 max_rounds=plan.max_rounds, ci_target=plan.ci,
                 timed_as="seconds per message" if cell.mode == "closed" else
                 "mean latency per round, seconds (percentiles: latency_us and per_round)")
     if cell.mode == "open":
-        peak, source = suite_ctx.peak(cell.server, cell.transport, cell.workers)
+        peak, source = suite_ctx.peak(cell.server, cell.transport, cell.workers, cell.python)
         rate = peak * cell.load_pct / 100.0
         info.update(load_pct=cell.load_pct, peak_msgs_per_s=peak, peak_from=source, target_rate=rate)
     run = suite_ctx.run_cell(cell, rate=rate, peak=peak)

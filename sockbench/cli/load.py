@@ -23,6 +23,7 @@ import json
 import os
 import sys
 
+from sockbench.cli.targets import add_command_arguments, command_from_args
 from sockbench.endpoints import TRANSPORTS, check_transport, parse_target
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.thresholds import CLIENT_STALL_S, DISTURBED_SHARE
@@ -63,6 +64,9 @@ def add_arguments(p):
                    help="load from several hosts: the Dask scheduler their `sockbench cluster-worker`s joined "
                         "(--conns is the total, --procs per host)")
     p.add_argument("--hosts", metavar="NAMES", help="with --cluster: these workers only, by name (default: all)")
+    add_command_arguments(p)
+    p.add_argument("--python", metavar="PATH",
+                   help="run the built-in server NAME under this interpreter (3.11 or newer; built once, cached)")
     return p
 
 
@@ -79,8 +83,20 @@ def spec_from_args(args):
     # pipeline (the harness, the schema) is imported only when a load runs
     from sockbench.bench.load.spec import LoadSpec
 
-    if (args.name is None) == (args.target is None):
-        raise UsageError("load: give a server NAME or --target HOST:PORT (exactly one)")
+    command = command_from_args(args)
+    if sum(x is not None for x in (args.name, args.target, command)) != 1:
+        raise UsageError("load: give a server NAME, --command 'CMD ARGS' or --target HOST:PORT (exactly one)")
+    if command is not None and getattr(args, "cluster", None):
+        raise UsageError("--cluster starts a registered server on its load hosts' side; give a NAME, or --target")
+    server_python = python = None
+    if getattr(args, "python", None):
+        if args.name is None:
+            raise UsageError("--python runs a built-in server NAME under another interpreter; give a NAME")
+        # deferred: building an interpreter's environment, for --python only
+        from sockbench.servers.environments import prepare
+
+        env = prepare(args.python, log=lambda line: print(f"sockbench: {line}", file=sys.stderr, flush=True))
+        server_python, python = env.python, env.label
     if getattr(args, "hosts", None) and not getattr(args, "cluster", None):
         raise UsageError("--hosts names load hosts of --cluster; give --cluster tcp://HOST:PORT too")
     target = parse_target(args.target, args.transport) if args.target else None
@@ -102,6 +118,9 @@ def spec_from_args(args):
         timeout_s=args.timeout,
         protocol=args.protocol,
         workers=args.workers,
+        command=command,
+        server_python=server_python,
+        python=python,
     )
     # a load from several hosts checks the client CPUs on each host, where they are
     return spec if getattr(args, "cluster", None) else spec.validate()
@@ -117,16 +136,17 @@ def run_cli(args):
     spec = spec_from_args(args)
     to_stdout = args.json == "-"
     if not args.json:
-        name = (spec.server or args.target).replace(":", "_").replace("/", "_")
+        name = spec.label.replace(":", "_").replace("/", "_")
         args.json = os.path.join("results", "load", f"{folder_stamp()}__{name}.json")
         os.makedirs(os.path.dirname(args.json), exist_ok=True)
     if not to_stdout:
         check_writable(args.json, "--json")  # before measuring: a result with nowhere to go is lost
     console = make_console(stderr=to_stdout)
     # one line, then nothing until the run ends: a redrawn spinner would cost the measured CPUs
-    console.print(f"loading {spec.server or args.target}: {spec.mode}, {spec.protocol}, {spec.conns} conns, "
+    console.print(f"loading {spec.label}: {spec.mode}, {spec.protocol}, {spec.conns} conns, "
                   f"{spec.warmup_s:g} s warmup + {spec.duration_s:g} s ...", highlight=False)
-    result = _cluster_load(spec, args) if args.cluster else run_load(spec)
+    notes = []
+    result = _cluster_load(spec, args) if args.cluster else run_load(spec, notes=notes)
     if to_stdout:
         sys.stdout.write(json.dumps(result.to_json()) + "\n")
         sys.stdout.flush()
@@ -138,6 +158,8 @@ def run_cli(args):
     console.print(render_summary(result))
     if not to_stdout:
         console.print(f"result: {args.json}", highlight=False)
+    if notes:
+        raise SockbenchError(notes[0], exit_code=2)  # said once more, last: the result above stands
     if not result.valid:
         raise SockbenchError(f"invalid run: {result.invalid_reason}", exit_code=EXIT_INVALID)
     return 0

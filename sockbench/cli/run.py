@@ -13,6 +13,7 @@ import json
 import math
 import sys
 
+from sockbench.cli.targets import add_command_arguments, commands_from_args
 from sockbench.cli.term import console as make_console
 from sockbench.errors import SockbenchError
 from sockbench.units import arg, parse_cpus, parse_number, parse_percent
@@ -84,6 +85,11 @@ def add_run_arguments(p):
     p.add_argument("--cluster", metavar="tcp://HOST:PORT",
                    help="load from several hosts: the Dask scheduler of their `sockbench cluster-worker`s")
     p.add_argument("--hosts", metavar="NAMES", help="with --cluster: these workers only, by name (default: all)")
+    add_command_arguments(p, many=True)
+    p.add_argument("--python", nargs="+", metavar="PATH",
+                   help="the interpreter dimension: run the built-in servers under each of these Pythons (3.11 or "
+                        "newer, e.g. python3.11 python3.12 python3.13; the first is the base of the ratios); their "
+                        "extensions are built once per interpreter and commit (cached)")
 
 
 def add_report_arguments(p):
@@ -104,8 +110,9 @@ def add_compare_arguments(p):
 
 def run_cli(args):
     # the suite, the report and compare import rich, hdrhistogram and matplotlib: only when they run
-    from sockbench.bench.suite.runner import build_plan, run_main
+    from sockbench.bench.suite.runner import build_plan, preflight_commands, prepare_pythons, run_main
 
+    commands = commands_from_args(args)
     if args.warmup is not None and args.warmup < 0:
         raise SockbenchError("--warmup cannot be negative", exit_code=2)
     if args.run_budget is not None and args.run_budget < 0:
@@ -117,12 +124,19 @@ def run_cli(args):
         open_pcts=args.open_loads, server_cpus=args.server_cpus, client_cpus=args.client_cpus, protocols=args.protocols,
         transports=args.transports,
         workers=args.workers,
+        commands=commands,
+        pythons=prepare_pythons(args.python, log=lambda line: print(f"sockbench: {line}", file=sys.stderr, flush=True))
+        if args.python else None,
     )
     if args.hosts and not args.cluster:
         raise SockbenchError("--hosts names load hosts of --cluster; give --cluster tcp://HOST:PORT too", exit_code=2)
     if args.cluster:
         hosts = [h.strip() for h in args.hosts.split(",") if h.strip()] if args.hosts else None
         plan = dataclasses.replace(plan, extra={**plan.extra, "cluster": {"scheduler": args.cluster, "hosts": hosts}})
+    if plan.commands:
+        if args.cluster:
+            raise SockbenchError("--cluster starts registered servers; a --command runs on this machine only", exit_code=2)
+        preflight_commands(plan)
     return run_main(plan, out=args.out, argv=sys.argv)
 
 
