@@ -27,6 +27,7 @@ Python, older than 3.11, or the build failed (its last output line).
 
 import fcntl
 import functools
+import glob
 import hashlib
 import json
 import os
@@ -86,26 +87,44 @@ class Interpreter:
                 and self.version == platform.python_version())
 
 
+def _candidates(python):
+    """Where ``python`` may be: the path itself, or the name on PATH, then pyenv's installed versions of that name
+    (a pyenv shim answers only for the versions made active, so ``python3.12`` may be installed yet not run)."""
+    if os.sep in python:
+        return [python]
+    found = [p for p in [shutil.which(python)] if p]
+    root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    found += sorted(glob.glob(os.path.join(root, "versions", "*", "bin", python)), reverse=True)
+    return found
+
+
 @functools.lru_cache(maxsize=None)
 def inspect(python):
     """The ``Interpreter`` at ``python`` (a path or a name on PATH); a one-line SockbenchError when it is none."""
-    exe = python if os.sep in python else shutil.which(python)
-    if not exe or not os.path.exists(exe):
+    candidates = [p for p in _candidates(python) if os.path.exists(p)]
+    if not candidates:
         raise _fail(python, "not found (give a path, or a name on PATH such as python3.12)")
-    try:
-        r = subprocess.run([exe, "-I", "-c", _PROBE], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise _fail(python, f"cannot be run: {getattr(e, 'strerror', None) or e}") from None
-    try:
-        d = json.loads(r.stdout.strip().splitlines()[-1])
-        info = tuple(d["info"])
-    except (ValueError, KeyError, IndexError):
-        raise _fail(python, "is not a Python interpreter (it did not answer a Python one-liner)") from None
-    if info[:2] < MIN_VERSION:
-        raise _fail(python, f"is Python {d['version']}; sockbench's servers need {MIN_VERSION[0]}.{MIN_VERSION[1]} "
-                            f"or newer")
-    return Interpreter(python, d["executable"], d["version"], d["implementation"], d["base_prefix"],
-                       bool(d.get("free_threaded")))
+    said = None
+    for exe in candidates:
+        try:
+            r = subprocess.run([exe, "-I", "-c", _PROBE], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            said = said or f"cannot be run: {getattr(e, 'strerror', None) or e}"
+            continue
+        try:
+            d = json.loads(r.stdout.strip().splitlines()[-1])
+            info = tuple(d["info"])
+        except (ValueError, KeyError, IndexError):
+            first = (r.stderr.strip().splitlines() or [""])[0][:120]
+            said = said or ("is not a Python interpreter (it did not answer a Python one-liner"
+                            + (f": {first})" if first else ")"))
+            continue
+        if info[:2] < MIN_VERSION:
+            raise _fail(python, f"is Python {d['version']}; sockbench's servers need {MIN_VERSION[0]}.{MIN_VERSION[1]} "
+                                f"or newer")
+        return Interpreter(python, d["executable"], d["version"], d["implementation"], d["base_prefix"],
+                           bool(d.get("free_threaded")))
+    raise _fail(python, said)
 
 
 @functools.lru_cache(maxsize=None)

@@ -35,7 +35,7 @@ __all__ = [
     "raise_nofile",
 ]
 
-TIMEOUT_S = 20.0
+TIMEOUT_S = 10.0
 
 
 class Failed(AssertionError):

@@ -11,28 +11,23 @@ import os
 import signal
 import socket
 import stat
-import struct
 import subprocess
-import threading
 import time
 
 import pytest
 
 from conftest import stream_cases_with
 from echo_client import (
-    StreamPattern,
+    assert_check,
     connect,
     echo_concurrently,
-    many_connections_echo,
     one_line_error,
     payload,
     read_exact,
-    read_to_eof,
     send_without_reading,
     server_socket_option,
     sockbench_cli,
 )
-from sockbench.procfs import read_rss_bytes
 from sockbench.servers import registry
 from sockbench.servers.contract import RECV_SIZE, system_backlog
 from sockbench.servers.process import ServerProcess
@@ -158,13 +153,8 @@ def test_stop_signal_with_50_connections_exits_0_within_2s(fresh_stream_server, 
 
 
 def test_echo_byte_for_byte(stream_server):
-    server = stream_server
-    with connect(server.address) as s:
-        for i, size in enumerate(SIZES):
-            data = payload(size, seed=i)
-            got = echo_concurrently(s, data)
-            assert len(got) == size
-            assert got == data, f"echo of {size} bytes differs"
+    """1 B to 16 MiB on one connection (``sockbench check``'s ``echo``)."""
+    assert_check("echo", stream_server)
 
 
 def _unix_in_flight():
@@ -198,94 +188,23 @@ def test_send_everything_before_reading(stream_server, size):
 
 
 def test_200_concurrent_connections(stream_server):
-    server = stream_server
-    bad = many_connections_echo(server.address, count=200, size=16 * 1024 + 7)
-    assert bad == [], f"connections with a wrong or missing echo: {bad[:20]}"
+    assert_check("many-connections", stream_server)
 
 
 def test_half_close_flushes_then_closes(stream_server):
-    server = stream_server
-    data = payload(3 * MiB + 11, seed=42)
-    with connect(server.address) as s:
-        sender = threading.Thread(target=lambda: (s.sendall(data), s.shutdown(socket.SHUT_WR)), daemon=True)
-        sender.start()
-        got = read_to_eof(s, limit=len(data))
-        sender.join(10)
-    assert got == data, f"got {len(got)} of {len(data)} bytes before the server closed"
-
-
-def test_half_close_right_after_a_small_message(stream_server):
-    server = stream_server
-    with connect(server.address) as s:
-        s.sendall(b"last words")
-        s.shutdown(socket.SHUT_WR)
-        assert read_to_eof(s, limit=100) == b"last words"
+    """3 MiB then a half-close, and a small message then a half-close (``half-close``)."""
+    assert_check("half-close", stream_server)
 
 
 @pytest.mark.slow
 def test_reset_mid_stream_disturbs_nobody(stream_server):
-    server = stream_server
-    with connect(server.address) as steady:
-        first = payload(100_000, seed=1)
-        assert echo_concurrently(steady, first) == first
-        # a client that writes a lot, reads nothing, and resets: the server has echo pending for it
-        rude = connect(server.address)
-        send_without_reading(rude, payload(4 * MiB, seed=2))
-        time.sleep(0.1)
-        rude.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        rude.close()  # RST
-        time.sleep(0.1)
-        assert server.alive(), f"{server.name} died after a reset: {server.stderr_text()[-500:]}"
-        second = payload(MiB, seed=3)
-        assert echo_concurrently(steady, second) == second
-    with connect(server.address) as fresh:
-        assert echo_concurrently(fresh, b"still here") == b"still here"
+    assert_check("abrupt-peers", stream_server)
 
 
 @pytest.mark.slow
 def test_bounded_memory_when_client_does_not_read(stream_server):
-    """A client writes 256 MiB without reading: the server's RSS grows by < 64 MiB, and nothing is lost."""
-    server = stream_server
-    total = 256 * MiB
-    chunk = MiB
-    pattern = StreamPattern(seed=7)
-    with connect(server.address, timeout=60) as s:
-        assert echo_concurrently(s, b"warm") == b"warm"
-        base_rss = read_rss_bytes(server.pid)
-        sent = [0]
-
-        def writer():
-            try:
-                while sent[0] < total:
-                    sent[0] += s.send(pattern.chunk(sent[0], min(chunk, total - sent[0])))
-            except OSError:
-                pass
-
-        t = threading.Thread(target=writer, daemon=True)
-        t.start()
-        # wait until the writer stalls (the server stopped reading) or everything went out
-        last, still_since = -1, time.monotonic()
-        end = time.monotonic() + 30
-        while time.monotonic() < end and sent[0] < total:
-            time.sleep(0.05)
-            if sent[0] != last:
-                last, still_since = sent[0], time.monotonic()
-            elif time.monotonic() - still_since > 0.5:
-                break
-        grown = read_rss_bytes(server.pid) - base_rss
-        stalled_at = sent[0]
-        assert stalled_at < total, "256 MiB went out unread: the server (or the kernel) buffered it all"
-        assert grown < 64 * MiB, f"RSS grew by {grown / MiB:.1f} MiB with {stalled_at / MiB:.1f} MiB unread"
-        # now read everything back, in order, while the writer finishes
-        got = 0
-        end = time.monotonic() + 60
-        while got < total:
-            assert time.monotonic() < end, f"echo stalled at {got} of {total} bytes"
-            data = s.recv(MiB)
-            assert data, f"EOF after {got} of {total} bytes"
-            assert data == pattern.chunk(got, len(data)), f"wrong bytes at offset {got}"
-            got += len(data)
-        t.join(10)
+    """A client writes 128 MiB without reading: its writes stall, RSS grows by < 48 MiB, and nothing is lost."""
+    assert_check("slow-reader", stream_server)
 
 
 # --- bad input to the command line ------------------------------------------------------------
