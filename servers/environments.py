@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from sockbench.errors import SockbenchError
 
 __all__ = ["Interpreter", "Environment", "inspect", "prepare", "interpreter_version", "python_flags", "MIN_VERSION",
-           "cache_root", "source_root"]
+           "cache_root", "source_root", "environment"]
 
 MIN_VERSION = (3, 11)
 #: what serving needs besides sockbench (the optional servers' libraries are tried, not required)
@@ -295,3 +295,8 @@ class Environment:
 def prepare(python, rev=None, log=None):
     """``Environment(python, rev).prepare(log)``: the one call ``--python`` and ``ab --rev`` make."""
     return Environment(python, rev).prepare(log)
+
+
+def environment(python=None, rev=None, log=None):
+    """The same, with both optional (``python`` None: this interpreter; ``rev`` None: the working tree)."""
+    return Environment(python or sys.executable, rev).prepare(log)
