@@ -14,8 +14,8 @@ import time
 
 from sockbench.bench.check.base import STREAM, Failed, NotApplicable, check
 from sockbench.bench.check.client import (
-    connect, echo_concurrently, many_connections_echo, open_connections, payload, raise_nofile, read_exact, send_without_reading,
-    server_socket_option,
+    connect, echo_concurrently, many_connections_echo, open_connections, payload, raise_nofile, read_exact,
+    send_without_reading, server_socket_option,
 )
 from sockbench.bench.check.stream import rss
 from sockbench.servers.protocols import PROTOCOLS
@@ -92,7 +92,7 @@ def descriptors(s):
 
 def _rude_round(s, n=100, seconds=0.3):
     """``n`` connections that write until the server stops reading, read nothing, then reset."""
-    socks = [connect(s.address, timeout=10) for _ in range(n)]
+    socks = open_connections(s.address, n, within_s=10)
     data = b"x" * MiB
     end = time.monotonic() + seconds
     try:
