@@ -170,7 +170,8 @@ class Results:
         for c in self.cells.values():
             if c.cell.python and c.cell.python not in seen:
                 seen.append(c.cell.python)
-        planned = [p.get("label") for p in (self.meta.get("plan") or {}).get("pythons") or []]
+        plan = self.meta.plan
+        planned = [p.get("label") for p in (plan.pythons if plan is not None else ())]
         return [p for p in planned if p in seen] + [p for p in seen if p not in planned]
 
     def base_python(self):

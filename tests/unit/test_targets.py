@@ -177,8 +177,8 @@ def test_a_cell_under_another_interpreter_says_so_and_round_trips():
     c = Cell("cython", "closed", 64, 100, python="3.12")
     assert c.id == "cython:closed-64B-c100-py3.12" and "Python 3.12" in c.describe()
     assert Cell("cython", "closed", 64, 100).id == "cython:closed-64B-c100"
-    w = Workload("closed", conns=100, size=64, python="3.12")
-    assert Workload.from_json(w.to_json()) == w and "python" not in Workload("closed").to_json()
+    w = Workload(mode="closed", conns=100, size=64, python="3.12")
+    assert Workload.from_json(w.to_json()) == w and "python" not in Workload(mode="closed", conns=1, size=64).to_json()
     t = Target("127.0.0.1", 5000, command="socat ...")
     assert Target.from_json(t.to_json()) == t and "command" not in Target("127.0.0.1", 1).to_json()
 
