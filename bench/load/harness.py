@@ -643,6 +643,11 @@ def _collect(spec, server, workers, end_ns, edges=None):
         samples = (first.server_cpu if first is not None else None) or [None, None]
         srv.cpu0, srv.cpu1 = (_server_sample(x) for x in samples)
         if edges is not None:
+            if server.command is not None:
+                # a --command's tree: a child that came and went around an edge (the probe's connection, in a
+                # server that forks per connection) is left out at both, rather than leaving the CPU unknown
+                kept = [i for i, (a, b) in enumerate(zip(*edges)) if a is not None and b is not None]
+                edges = [[e[i] for i in kept] for e in edges]
             srv.cpu0, srv.cpu1 = _add_samples(srv.cpu0, edges[0]), _add_samples(srv.cpu1, edges[1])
         srv.rss_peak_bytes = read_rss_peak(server)  # a high-water mark: read after the window
     if server is not None and not server.alive():
@@ -663,7 +668,10 @@ def _rss_sum(pids):
 
 
 def read_rss_peak(server):
-    """The peak RSS (``VmHWM``) summed over every serving process (``--workers``: each worker's)."""
+    """The peak RSS (``VmHWM``) summed over every serving process (``--workers``: each worker's; a --command's
+    live tree, where a child that is gone meanwhile counts none)."""
+    if getattr(server, "command", None) is not None:
+        return _rss_sum(server.pids)
     try:
         return sum(read_rss_bytes(pid, "VmHWM") for pid in server.pids)
     except (OSError, SockbenchError, ValueError):
