@@ -204,3 +204,14 @@ def test_the_checker_sees_a_violation():
     assert LEVELS[room("sockbench.cli.main")] < LEVELS[room("sockbench.bench.report.store")]
     lines = ["def f():", "    import json", "    # matplotlib is heavy: only when plotting", "    import numpy"]
     assert not _has_reason(lines, 2) and _has_reason(lines, 4)
+
+
+def test_test_files_have_unique_basenames():
+    """pytest imports test files by basename (no ``__init__.py`` in ``tests/``): two files of one name in
+    different folders fail the whole collection on a clean clone, where no ``__pycache__`` hides it."""
+    seen = {}
+    for folder, _dirs, files in os.walk(os.path.join(ROOT, "tests")):
+        for name in files:
+            if name.startswith("test_") and name.endswith(".py"):
+                seen.setdefault(name, []).append(os.path.relpath(folder, ROOT))
+    assert {n: f for n, f in seen.items() if len(f) > 1} == {}
