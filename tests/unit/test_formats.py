@@ -148,6 +148,7 @@ def test_version_json_and_one_prefix(folder, capsys):
         assert err.startswith("sockbench: ") and "sockbench: sockbench" not in err and "sockbench load: " not in err
 
 
+@pytest.mark.slow
 def test_piped_output_is_not_wrapped(folder, capsys):
     # under pytest stdout is not a terminal: a long line must come out whole
     assert main(["report", folder]) == 0
