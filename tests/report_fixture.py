@@ -93,17 +93,16 @@ def _result(rng, cell, round_no, index, plan, rate, slow, peak=None, raw_rate=No
     # nanoseconds, like the harness (sockbench.bench.load.hdr); the summary is in microseconds
     # stratified lognormal quantiles: the percentiles move with the workload, not with sampling luck
     h = HdrHistogram(1, 100 * 10**9, 3)
-    total = 0
     scale = base_lat * 1000 * (1.0 + rng.uniform(-0.02, 0.02))
-    for i in range(N_SAMPLES):
-        v = max(1, int(scale * math.exp(0.45 * _NORMAL.inv_cdf((i + 0.5) / N_SAMPLES))))
-        total += v
+    values = [max(1, int(scale * math.exp(0.45 * _NORMAL.inv_cdf((i + 0.5) / N_SAMPLES)))) for i in range(N_SAMPLES)]
+    for v in values:
         h.record_value(v)
-    lat = Latency(
-        count=N_SAMPLES, p50=h.get_value_at_percentile(50) / 1e3, p90=h.get_value_at_percentile(90) / 1e3,
-        p99=h.get_value_at_percentile(99) / 1e3, p999=h.get_value_at_percentile(99.9) / 1e3,
-        max=h.get_max_value() / 1e3, mean=total / N_SAMPLES / 1e3,
-    )
+
+    def at(pct):  # get_value_at_percentile's answer, read off the values (recorded in ascending order) at once
+        return h.get_highest_equivalent_value(values[h.get_target_count_at_percentile(pct) - 1]) / 1e3
+
+    lat = Latency(count=N_SAMPLES, p50=at(50), p90=at(90), p99=at(99), p999=at(99.9), max=h.get_max_value() / 1e3,
+                  mean=sum(values) / N_SAMPLES / 1e3)
     n_iv = int(round((plan.duration_s + plan.warmup_s) / plan.interval_s))
     warm = int(round(plan.warmup_s / plan.interval_s))
     series = []

@@ -55,7 +55,7 @@ from sockbench.servers import registry
 from sockbench.timestamps import folder_stamp
 from sockbench.units import format_size, parse_size
 
-__all__ = ["build_plan", "run_main", "suite_command", "check_fd_limit", "preflight_commands", "prepare_pythons",
+__all__ = ["build_plan", "run_main", "suite_command", "suite_env", "check_fd_limit", "preflight_commands", "prepare_pythons",
            "SUITE_FILE", "STOP_GRACE_S", "SERVER_FD_HEADROOM"]
 
 SUITE_FILE = "test_echo_bench.py"
@@ -310,6 +310,19 @@ def suite_command(out):
         "--benchmark-columns", "min,median,max,stddev,ops,rounds",
         "--benchmark-group-by", "group",
     ]
+
+
+def suite_env(out, status_fd):
+    """The child pytest's environment: ours, less an outer pytest-xdist worker's variables, plus the suite's.
+
+    The suite is a pytest session of its own; pytest-benchmark switches itself
+    off when it sees ``PYTEST_XDIST_WORKER`` (a run started from a test under
+    xdist), which would leave the run without ``pytest-benchmark.json``.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}
+    env.update({ENV_PLAN: os.path.abspath(os.path.join(out, "plan.json")), ENV_OUT: os.path.abspath(out),
+                ENV_STATUS_FD: str(status_fd)})
+    return env
 
 
 def _prepare_out(out):
@@ -649,8 +662,7 @@ def _run_suite(out, plan, console, signals):
     # a pipe for the one line saying what the suite could not write: a full disk cannot take it from pytest.log
     status_r, status_w = os.pipe()
     os.set_blocking(status_r, False)  # read once the child is gone: what it said is there, and a stray holder cannot block us
-    env = dict(os.environ, **{ENV_PLAN: os.path.abspath(os.path.join(out, "plan.json")), ENV_OUT: os.path.abspath(out),
-                              ENV_STATUS_FD: str(status_w)})
+    env = suite_env(out, status_w)
     log_path = os.path.join(out, "pytest.log")
     try:
         log = open(log_path, "wb")

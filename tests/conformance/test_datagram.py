@@ -26,14 +26,25 @@ SIZES = [1, 2, 64, 1400, 1472, 1473, 8192, 65000, MAX_DATAGRAM]
 RECV_TIMEOUT_S = 5.0
 
 
-@pytest.fixture(params=UDP_SERVERS)
-def udp_server(request):
-    _require_available(request.param)
-    proc = ServerProcess(request.param, transport="udp").start()
+def _serving(name):
+    _require_available(name)
+    proc = ServerProcess(name, transport="udp").start()
     try:
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="module", params=UDP_SERVERS)
+def udp_server(request):
+    """One udp server per name, shared by this module's tests that leave it serving."""
+    yield from _serving(request.param)
+
+
+@pytest.fixture(params=UDP_SERVERS)
+def fresh_udp_server(request):
+    """A udp server of its own, for a test that stops it."""
+    yield from _serving(request.param)
 
 
 def _flow(proc):
@@ -91,18 +102,18 @@ def test_garbage_and_vanished_peers_do_not_take_it_down(udp_server):
     assert_check("udp-garbage", udp_server)
 
 
-def test_sigterm_exits_zero_within_two_seconds(udp_server):
-    with _flow(udp_server) as s:
+def test_sigterm_exits_zero_within_two_seconds(fresh_udp_server):
+    with _flow(fresh_udp_server) as s:
         _echo(s, b"before")
     t0 = time.monotonic()
-    os.kill(udp_server.proc.pid, signal.SIGTERM)
-    rc = udp_server.proc.wait(timeout=5)
+    os.kill(fresh_udp_server.proc.pid, signal.SIGTERM)
+    rc = fresh_udp_server.proc.wait(timeout=5)
     assert rc == 0
     assert time.monotonic() - t0 < 2.0
 
 
-def test_sigint_while_flooded_exits_zero(udp_server):
-    with _flow(udp_server) as s:
+def test_sigint_while_flooded_exits_zero(fresh_udp_server):
+    with _flow(fresh_udp_server) as s:
         s.setblocking(False)
         for _ in range(2000):
             try:
@@ -110,8 +121,8 @@ def test_sigint_while_flooded_exits_zero(udp_server):
             except BlockingIOError:
                 break
         t0 = time.monotonic()
-        os.kill(udp_server.proc.pid, signal.SIGINT)
-        assert udp_server.proc.wait(timeout=5) == 0
+        os.kill(fresh_udp_server.proc.pid, signal.SIGINT)
+        assert fresh_udp_server.proc.wait(timeout=5) == 0
         assert time.monotonic() - t0 < 2.0
 
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import TEST_MAX_MESSAGE
+from conftest import TEST_MAX_MESSAGE, examples
 from echo_client import assert_check, connect, echo_concurrently, exchange, one_line_error, payload, sockbench_cli
 from sockbench.bench.check import framed as check_framed
 from sockbench.servers import registry
@@ -157,7 +157,7 @@ streams = json_extremes | st.builds(
 ) | st.binary(max_size=200)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(data=streams, protocol=st.sampled_from(["frame", "json"]), cuts=st.lists(st.integers(1, 500), max_size=20))
 def test_decoders_do_not_depend_on_how_input_is_cut(data, protocol, cuts):
     whole, whole_bad = oracle(protocol, data)
@@ -172,7 +172,7 @@ def test_decoders_do_not_depend_on_how_input_is_cut(data, protocol, cuts):
 
 
 @pytest.mark.slow
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=streams)
 def test_fuzzed_input_never_crashes_hangs_or_misanswers(framed_server, data):
     want, _ = oracle(framed_server.protocol, data)
