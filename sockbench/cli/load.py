@@ -29,7 +29,7 @@ from sockbench.cli.targets import add_command_arguments, command_from_args
 from sockbench.endpoints import TRANSPORTS, check_transport, parse_target
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.thresholds import CLIENT_STALL_S, DISTURBED_SHARE
-from sockbench.units import arg, parse_cpus, parse_number, parse_size
+from sockbench.units import arg, parse_cpus, parse_number, parse_scheduler, parse_size
 
 __all__ = ["add_arguments", "run_cli", "spec_from_args", "render_summary"]
 
@@ -62,7 +62,7 @@ def add_arguments(p):
     p.add_argument("--timeout", type=arg(parse_number, "--timeout"), default=5.0, help="seconds before an unanswered message is an error (default 5)")
     p.add_argument("--json", metavar="PATH",
                    help="write the result JSON here (- for stdout; default results/load/<UTC time>__<server>.json)")
-    p.add_argument("--cluster", metavar="tcp://HOST:PORT",
+    p.add_argument("--cluster", metavar="tcp://HOST:PORT", type=arg(parse_scheduler, "--cluster"),
                    help="load from several hosts: the Dask scheduler their `sockbench cluster-worker`s joined "
                         "(--conns is the total, --procs per host)")
     p.add_argument("--hosts", metavar="NAMES", help="with --cluster: these workers only, by name (default: all)")
