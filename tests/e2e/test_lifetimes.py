@@ -142,6 +142,33 @@ def _unix_folders(pid):
     return folders
 
 
+# --- sockbench check --------------------------------------------------------------------------------------
+
+
+def test_check_stopped_writes_the_runs_that_finished(tmp_path):
+    path = tmp_path / "check.json"
+    mark = uuid.uuid4().hex
+    # udp first (one quick check), then tcp: stopped while tcp's run is in flight
+    proc = _start("check", "selectors", "--transport", "udp", "tcp", "--only", "udp-echo", "echo", "many-connections",
+                  "--json", str(path), mark=mark)
+    try:
+        def checking_tcp():
+            line = proc.stdout.readline()
+            assert line, "check ended before its tcp run"
+            return "over tcp" in line
+
+        _until(checking_tcp, proc=None)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        left = _left_after(mark)
+    assert proc.returncode == 143, err
+    assert not left, f"left running after check was stopped: {left}"
+    assert err.strip().splitlines()[-1] == "sockbench: interrupted (SIGTERM)", err
+    doc = json.loads(path.read_text())
+    assert [r["transport"] for r in doc["runs"]] == ["udp"], "the run that finished is written, the one cut is not"
+
+
 # --- sockbench run ----------------------------------------------------------------------------------------
 
 
