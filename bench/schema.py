@@ -400,7 +400,7 @@ class Throughput(Part):
 
     ``target_rate`` .. ``behind`` exist in open loop only, ``conns_per_s`` in connect mode only;
     ``measured_s`` only when the rates are over less than the workload's ``duration_s`` (the server
-    exited inside the window).
+    exited inside the window, or a stop signal cut it short).
     """
 
     msgs_per_s: float | None = fld(csv="msgs_per_s")

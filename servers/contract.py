@@ -54,6 +54,8 @@ __all__ = [
     "system_backlog",
     "listen",
     "remove_socket_file",
+    "remove_orphaned_socket_files",
+    "sweep_stale_folders",
     "format_peer",
     "log",
     "log_closing",
@@ -361,6 +363,13 @@ def _is_v6_host(host):
 #: ``remove_socket_file`` and the exit hook remove
 _socket_files = {}
 
+#: the private directories of unix sockets: ``tempfile.mkdtemp``'s prefix
+PRIVATE_PREFIX = "sockbench-"
+#: the socket file in a private directory
+PRIVATE_SOCKET = "echo.sock"
+#: a private socket nobody listens on, this much older than now, was left by a server that was killed
+STALE_AFTER_S = 10.0
+
 
 def _bind_unix(path, backlog):
     """A listening AF_UNIX socket at ``path``, or in a fresh private directory (mode 0700) when it is None.
@@ -372,9 +381,10 @@ def _bind_unix(path, backlog):
     """
     private = None
     if path is None:
+        sweep_stale_folders()
         # mkdtemp makes the directory 0700: no other user can connect to, or replace, the socket
-        private = tempfile.mkdtemp(prefix="sockbench-")
-        path = os.path.join(private, "echo.sock")
+        private = tempfile.mkdtemp(prefix=PRIVATE_PREFIX)
+        path = os.path.join(private, PRIVATE_SOCKET)
     else:
         path = os.path.abspath(path)
         check_unix_path_length(path)
@@ -418,6 +428,64 @@ def _clear_stale(path):
     finally:
         probe.close()
     raise UsageError(f"--path {path} is in use: a server listens there; stop it or choose another path")
+
+
+def sweep_stale_folders(tmp=None, now=None):
+    """Remove the private socket folders (this user's) that servers killed before they could left behind.
+
+    A folder qualifies when it holds nothing but its socket, the socket is
+    older than ``STALE_AFTER_S`` (so one being bound right now is never
+    taken) and a connect to it is refused (nobody listens; a live server with
+    a full backlog answers EAGAIN instead).  Returns the folders removed.
+    """
+    tmp = tmp or tempfile.gettempdir()
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        names = [n for n in os.listdir(tmp) if n.startswith(PRIVATE_PREFIX)]
+    except OSError:
+        return removed
+    for name in names:
+        folder = os.path.join(tmp, name)
+        sock_path = os.path.join(folder, PRIVATE_SOCKET)
+        try:
+            st = os.lstat(folder)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or os.listdir(folder) != [PRIVATE_SOCKET]:
+                continue
+            sst = os.lstat(sock_path)
+        except OSError:
+            continue
+        if not stat.S_ISSOCK(sst.st_mode) or now - sst.st_mtime < STALE_AFTER_S or not _refused(sock_path):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _refused(path):
+    """True when a connect to the unix socket ``path`` is refused: nobody listens there."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.setblocking(False)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return False
+
+
+def remove_orphaned_socket_files():
+    """Remove every unix socket file (and private folder) ``listen`` made, whichever process bound it.
+
+    For a ``--workers`` worker whose supervisor, which bound the socket, was
+    killed: its workers, stopping with it, take the folder with them.
+    """
+    for path, (private, _) in list(_socket_files.items()):
+        _socket_files[path] = (private, os.getpid())
+        remove_socket_file(path)
 
 
 def remove_socket_file(sock_or_path):

@@ -39,6 +39,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+from sockbench.children import child_setup
 from sockbench.errors import SockbenchError
 
 __all__ = ["Interpreter", "Environment", "inspect", "prepare", "interpreter_version", "python_flags", "MIN_VERSION",
@@ -263,7 +264,8 @@ class Environment:
 
     def _run(self, argv, what):
         try:
-            r = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+            # a build dies with this process (children.child_setup); an unfinished one has no marker and is redone
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=900, preexec_fn=child_setup())
         except (OSError, subprocess.TimeoutExpired) as e:
             raise _fail(self.interpreter.path, f"{what} failed: {e}") from None
         if r.returncode != 0:

@@ -21,7 +21,6 @@ harness reads ``pid``/``pids`` and ``endpoint`` only):
   something else is one line, exit 2 (``UsageError``), with nothing left running.
 """
 
-import ctypes
 import json
 import os
 import resource
@@ -49,7 +48,6 @@ READY_TIMEOUT_S = 15.0
 STOP_GRACE_S = 2.0
 #: how often the ready rule of a ``--ready-port`` command tries its address
 _READY_POLL_S = 0.02
-_PR_SET_PDEATHSIG = 1
 
 class ServerProcess:
     """A server in a child process, optionally pinned: ``sockbench serve NAME --transport T ...``, or a ``command``.
@@ -154,7 +152,8 @@ class ServerProcess:
         return self
 
     def _child_setup(self, group=False):
-        setup = child_setup(self.cpus)
+        # it dies with this process (children.child_setup): a command with SIGKILL, as it may ignore SIGTERM
+        setup = child_setup(self.cpus, death_signal=signal.SIGKILL if group else signal.SIGTERM)
         nofile = self.nofile
         if nofile is None and not group:
             return setup
@@ -164,9 +163,7 @@ class ServerProcess:
             if nofile is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
             if group:
-                # a group of its own, stopped whole; and killed if this process dies without stopping it
-                os.setpgid(0, 0)
-                ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+                os.setpgid(0, 0)  # a group of its own, stopped whole
 
         return setup_more
 

@@ -18,7 +18,9 @@ for what the harness makes of it).
 ``busy_processes`` samples every /proc/PID/stat twice: the process's CPU
 time in ticks (utime + stime, all its threads), the CPU it last ran on, and
 its affinity, to name what already runs on the CPUs a benchmark is about to
-use.
+use.  ``marked_processes`` finds a process tree by a mark in its environment,
+which every descendant inherits and keeps when its parent dies and it is
+reparented (a pid list or a process group would lose it then).
 """
 
 import gzip
@@ -46,6 +48,8 @@ __all__ = [
     "process_family",
     "process_tree",
     "group_members",
+    "marked_processes",
+    "read_wchan",
 ]
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -208,6 +212,43 @@ def process_family(pid=None, own=(), parents=None):
                 family.add(child)
                 todo.append(child)
     return family
+
+
+def marked_processes(mark, exclude=None):
+    """``{pid: (argv, state)}`` of the processes whose environment holds ``mark`` (``NAME=value``), ``exclude`` aside
+    (this process by default).
+
+    ``argv`` is the command line's words (bytes), ``state`` the one-letter
+    state of /proc/PID/stat (``b"Z"``: a zombie, ended but not reaped yet).
+    Only the processes this user may read are seen.
+    """
+    needle = mark.encode()
+    exclude = os.getpid() if exclude is None else exclude
+    found = {}
+    for pid in _pids():
+        if pid == exclude:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if needle not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue  # gone, or not ours to read
+        found[pid] = (argv, state)
+    return found
+
+
+def read_wchan(pid):
+    """Where in the kernel ``pid`` waits (``do_epoll_wait``, ``hrtimer_nanosleep``; ``0`` when it runs), or None."""
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            return f.read().strip()
+    except OSError:
+        return None
 
 
 def _command(pid, comm):

@@ -46,6 +46,7 @@ from contextlib import contextmanager
 import pytest
 from hypothesis import settings
 
+from sockbench import procfs
 from sockbench.endpoints import STREAM_TRANSPORTS
 from sockbench.servers import registry
 from sockbench.servers.process import ServerProcess
@@ -168,30 +169,10 @@ def pytest_runtest_protocol(item, nextitem):
 
 
 def marked_processes(mark):
-    """``{pid: (argv, state)}`` of the processes whose environment carries ``mark`` (``NAME=value``), this one aside.
-
-    ``argv`` is the command line's words (bytes), ``state`` the one-letter
-    state from ``/proc/PID/stat`` (``b"Z"``: a zombie its parent has not
-    reaped).  A mark in the environment is inherited by grandchildren too, so
-    it finds what a process group or a pid list would miss.
-    """
-    needle = mark.encode()
-    found = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-            with open(f"/proc/{name}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue  # gone, or not ours to read
-        if needle in env:
-            found[int(name)] = (argv, state)
-    return found
+    """``{pid: (argv, state)}`` of the processes whose environment carries ``mark`` (``NAME=value``), this one aside
+    (``procfs.marked_processes``): a mark is inherited by grandchildren too, so it finds what a process group
+    or a pid list would miss."""
+    return procfs.marked_processes(mark)
 
 
 def command_line(argv):

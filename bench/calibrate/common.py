@@ -41,6 +41,7 @@ from dataclasses import dataclass, fields
 from types import SimpleNamespace
 
 from sockbench.bench.schema import Client, CpuPerMsg, Errors, Latency, Machine, Throughput
+from sockbench.children import child_setup
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.machine import machine_info
 
@@ -222,8 +223,8 @@ def ref_client_command(exe, address, *, protocol="raw", conns=1, size=64, depth=
 
 
 def pinned(cpu):
-    """A ``preexec_fn`` that pins the child to ``cpu`` before it runs."""
-    return lambda: os.sched_setaffinity(0, {cpu})
+    """A ``preexec_fn`` that pins the child to ``cpu`` and makes it die with this process (``children.child_setup``)."""
+    return child_setup({cpu})
 
 
 def run_ref_client(exe, address, cpu, *, what="", overrun_s=60, **options):

@@ -53,6 +53,16 @@ def udp_echo(s):
     return f"{len(UDP_SIZES)} sizes"
 
 
+@check("udp-empty", "an empty datagram comes back, empty, to its sender (asyncio's transports would drop it)",
+       transports=("udp",))
+def udp_empty(s):
+    with _flow(s) as sock:
+        for i in range(3):
+            _echo(sock, b"", f"empty datagram {i + 1}")
+        _echo(sock, b"and then the next", "the datagram after them")
+    return "3 empty datagrams"
+
+
 @check("udp-flows", "50 flows at once, 3 rounds: each gets its own datagrams back", transports=("udp",))
 def udp_flows(s):
     flows = [_flow(s) for _ in range(50)]

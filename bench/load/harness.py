@@ -34,6 +34,13 @@ Why it is built this way
 * Histograms are merged exactly: each load process encodes its HDR histogram
   with the ``hdrhistogram`` package, and the parent decodes and adds them.
   Percentiles are computed once, on the merged histogram; never averaged.
+* A stop signal (Ctrl-C, SIGTERM) inside the window cuts it short rather
+  than throwing it away: each load process ends its loop at once and reports
+  (``worker.py``), and ``run_load`` raises ``LoadInterrupted`` carrying the
+  result of the window until then (invalid, "interrupted by ..."; its rates
+  over the time measured), written to ``json_path`` first.  Before the
+  window there is nothing to keep: the run unwinds, and every child is
+  stopped by pid as always.
 * Nothing measured is lost: the result JSON is written as soon as the run
   ends, even when the run is invalid (a byte mismatch, a server that died, a
   load process that hung and was killed at the hard timeout).  ``valid`` and
@@ -108,7 +115,7 @@ from sockbench.bench.schema import (
     ERROR_KINDS, Client, CpuPerMsg, Errors, Fairness, LoadResult, Machine, ProcResult, ServerProc, Target, Throughput,
     Timeseries, Workload, copy_fields, merge_fields,
 )
-from sockbench.children import child_setup, held_signals
+from sockbench.children import Stopped, child_setup, held_signals, signal_of
 from sockbench.endpoints import Endpoint
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.jsonfile import write_json_atomic
@@ -124,6 +131,7 @@ from sockbench.timestamps import iso_utc
 __all__ = [
     "LoadSpec",
     "run_load",
+    "LoadInterrupted",
     "server_cpu",
     "MODES",
     "PROTOCOLS",
@@ -147,6 +155,8 @@ START_MARGIN_S = 0.05
 READY_TIMEOUT_S = 60.0
 #: after the window's end, how long before a silent load process is killed
 HARD_TIMEOUT_GRACE_S = 10.0
+#: after a stop signal cut the window short, how long the load processes get to report what they measured
+CUT_GRACE_S = 1.0
 #: before a run, how long the processes on its CPUs are watched for being busy
 BUSY_SAMPLE_S = 0.1
 #: at most this many busy processes are named in the warning line
@@ -291,12 +301,27 @@ def server_cpu(c0, c1):
     return user * exact / ticks, sys_ * exact / ticks, "schedstat"
 
 
+class LoadInterrupted(Stopped):
+    """A stop signal ended the load: ``result`` is what the window measured until then (None: nothing was).
+
+    A ``KeyboardInterrupt`` (``children.Stopped``), so that whatever runs the
+    load unwinds as for Ctrl-C; ``sockbench load`` writes and shows the result first.
+    """
+
+    def __init__(self, signum, measured=None, result=None):
+        super().__init__(signum)
+        self.measured = measured  # measure()'s (procs, problems, window), for the result to be built from
+        self.result = result
+
+
 def run_load(spec, json_path=None, on_window=None, notes=None):
     """Run one load as ``spec`` says; return its ``LoadResult`` (and write its JSON to ``json_path``).
 
     Raises ``SockbenchError`` only before the load starts (bad spec, server
     that does not start, refused connection, file descriptor limit); once the
     load has started, every problem ends up in the result as ``valid: false``.
+    A stop signal inside the window raises ``LoadInterrupted`` with the
+    window's result until then, written to ``json_path`` first.
     ``on_window(start_ns, end_ns)`` is told the load's window (CLOCK_MONOTONIC)
     just before it opens, so that an observer can keep quiet through it.
     ``notes``, a list, gets a line when the server had to be killed at the end
@@ -319,6 +344,9 @@ def run_load(spec, json_path=None, on_window=None, notes=None):
                                    command=spec.command, python=spec.server_python)
             with server:
                 result = _run(spec, server, server.endpoint, started_at, on_window, spare)
+        except LoadInterrupted as cut:
+            _write_cut(cut, json_path)
+            raise
         finally:
             for w in spare:  # those the run did not take (it stops the ones it took)
                 w.stop()
@@ -328,10 +356,19 @@ def run_load(spec, json_path=None, on_window=None, notes=None):
             else:
                 notes.append(server.stop_note)
     else:
-        result = _run(spec, None, spec.target, started_at, on_window)
+        try:
+            result = _run(spec, None, spec.target, started_at, on_window)
+        except LoadInterrupted as cut:
+            _write_cut(cut, json_path)
+            raise
     if json_path is not None:
         write_json_atomic(json_path, result.to_json())
     return result
+
+
+def _write_cut(cut, json_path):
+    if cut.result is not None and json_path is not None:
+        write_json_atomic(json_path, cut.result.to_json())
 
 
 def busy_warning(cpus, busy):
@@ -355,9 +392,11 @@ class _Worker:
         self.params = None
         self.stderr = tempfile.TemporaryFile()
         # started under held_signals() by the caller, which stores it before a Ctrl-C can land
+        # it dies with this process (SIGKILL: it has nothing to clean up, and ignores SIGTERM while it reports)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sockbench.bench.load.worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, preexec_fn=child_setup(),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+            preexec_fn=child_setup(death_signal=signal.SIGKILL),
         )
         self.buf = b""
         if params is not None:
@@ -397,6 +436,14 @@ class _Worker:
         self.stderr.seek(0)
         lines = self.stderr.read().decode(errors="replace").strip().splitlines()
         return lines[-1] if lines else ""
+
+    def cut(self):
+        """End its window now (SIGTERM): its loop reports what it measured until then."""
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
     def stop(self):
         if self.proc.poll() is None:
@@ -458,9 +505,19 @@ class ServerWindow:
 
 
 def _run(spec, server, endpoint, started_at, on_window=None, spare=None):
-    """Connect, run the window, collect: the setup, the window and the collection, then the result."""
+    """Connect, run the window, collect: the setup, the window and the collection, then the result.
+
+    A window cut short by a stop signal raises ``LoadInterrupted`` with its result (None if nothing was measured).
+    """
     endpoint = resolve(endpoint)
-    procs, problems, srv = measure(spec, server, endpoint, on_window, spare=spare)
+    try:
+        procs, problems, srv = measure(spec, server, endpoint, on_window, spare=spare)
+    except LoadInterrupted as cut:
+        if cut.measured is not None:
+            procs, problems, srv = cut.measured
+            if any(r.cpu_window_s > 0 for r in procs.values()):
+                cut.result = build_result(spec, server, endpoint, started_at, procs, problems, srv, cut=cut.signum)
+        raise
     return build_result(spec, server, endpoint, started_at, procs, problems, srv)
 
 
@@ -473,7 +530,9 @@ def measure(spec, server, endpoint, on_window=None, start_at=None, spare=None):
     at one shared instant); without it the window starts ``START_MARGIN_S``
     from now.  ``spare`` are load processes started already, waiting for
     their parameters (taken from the list as they are used).
-    ``build_result`` turns the three into a result.
+    ``build_result`` turns the three into a result.  A stop signal once the
+    window is set cuts it short (``_cut``): ``LoadInterrupted`` then carries
+    the three, as far as they go.
     """
     if endpoint.transport == "udp":
         _probe(endpoint, datagram.PROBE_WORDING, datagram.PROBE_TIMEOUT_S, datagram.echo_probe)
@@ -489,13 +548,17 @@ def measure(spec, server, endpoint, on_window=None, start_at=None, spare=None):
         # every process's CPU around the window: what caps the foreign time (bench/load/interference.py)
         before = process_snapshot()
         end_ns = _open_window(spec, workers, on_window, start_ns)
-        # --workers (and a --command's process tree): load process 0 samples the first process; this process the
-        # others, at the window's edges
-        tree = server.pids if server else []
-        edges = _sample_edges(tree[1:], end_ns - int(spec.duration_s * 1e9), end_ns) if server else None
-        # a tree's peak RSS now, at the window's end: a child per connection is gone once the load disconnects
-        tree_rss = _rss_sum(tree) if server is not None and len(tree) > 1 else None
-        procs, problems, srv = _collect(spec, server, workers, end_ns, edges)
+        reported = {}  # index -> ProcResult, as they come: a stop signal in the middle keeps those
+        try:
+            # --workers (and a --command's process tree): load process 0 samples the first process; this process
+            # the others, at the window's edges
+            tree = server.pids if server else []
+            edges = _sample_edges(tree[1:], end_ns - int(spec.duration_s * 1e9), end_ns) if server else None
+            # a tree's peak RSS now, at the window's end: a child per connection is gone once the load disconnects
+            tree_rss = _rss_sum(tree) if server is not None and len(tree) > 1 else None
+            procs, problems, srv = _collect(spec, server, workers, end_ns, edges, procs=reported)
+        except KeyboardInterrupt as stop:
+            raise LoadInterrupted(signal_of(stop), _cut(spec, server, workers, reported)) from None
         if server is not None:
             srv.processes = len(tree)
             if tree_rss is not None:
@@ -617,14 +680,17 @@ def _add_samples(first, more):
     return user, sys_, threads
 
 
-def _collect(spec, server, workers, end_ns, edges=None):
+def _collect(spec, server, workers, end_ns=None, edges=None, cut_by=None, procs=None):
     """The load processes' results within the hard timeout, the problems, and the server's window.
 
     This process sleeps through the window (waking up inside it to read the
     server's CPU took a CPU from one side: load process 0 reads it instead).
-    Returns ``({index: ProcResult}, [problem lines], ServerWindow)``.
+    Returns ``({index: ProcResult}, [problem lines], ServerWindow)``.  With
+    ``cut_by`` (a window cut short, see ``_cut``), the results are due by
+    that ``time.monotonic()`` instead.  ``procs``: where the results go as
+    they come (the load processes already there are not waited for).
     """
-    procs = {}
+    procs = {} if procs is None else procs
     problems = []
     srv = ServerWindow(pid=server.pid if server else None)
 
@@ -634,10 +700,11 @@ def _collect(spec, server, workers, end_ns, edges=None):
         else:
             problems.append(ev.get("message") or f"load process {w.params.index} failed")
 
-    deadline = end_ns / 1e9 + max(HARD_TIMEOUT_GRACE_S, spec.timeout_s + 2)
-    for i in _wait_events(workers, deadline, on_result):
+    deadline = cut_by if cut_by is not None else end_ns / 1e9 + max(HARD_TIMEOUT_GRACE_S, spec.timeout_s + 2)
+    for i in _wait_events({i: w for i, w in workers.items() if i not in procs}, deadline, on_result):
         workers[i].stop()
-        problems.append(f"load process {i} hung; killed at the hard timeout")
+        problems.append(f"load process {i} did not stop when asked; killed" if cut_by is not None
+                        else f"load process {i} hung; killed at the hard timeout")
     if server is not None:
         first = procs.get(0)
         samples = (first.server_cpu if first is not None else None) or [None, None]
@@ -649,11 +716,28 @@ def _collect(spec, server, workers, end_ns, edges=None):
                 kept = [i for i, (a, b) in enumerate(zip(*edges)) if a is not None and b is not None]
                 edges = [[e[i] for i in kept] for e in edges]
             srv.cpu0, srv.cpu1 = _add_samples(srv.cpu0, edges[0]), _add_samples(srv.cpu1, edges[1])
+        elif len(server.pids) > 1:
+            srv.cpu0 = srv.cpu1 = None  # cut short before the other processes were sampled: unknown, not understated
         srv.rss_peak_bytes = read_rss_peak(server)  # a high-water mark: read after the window
-    if server is not None and not server.alive():
+    if server is not None and not server.alive() and cut_by is None:
         srv.exit_status = server.proc.returncode
         problems.insert(0, f"the server exited (status {server.proc.returncode}) during the run")
     return procs, problems, srv
+
+
+def _cut(spec, server, workers, reported):
+    """A stop signal came inside the window: end it now in every load process, and collect what each measured.
+
+    Each gets SIGTERM (its loop ends the window and reports; one that is
+    still before its loop ignores it, and is killed after ``CUT_GRACE_S``).
+    The server's exit is no problem here (a terminal's Ctrl-C reaches it too).
+    Another stop signal while this waits is not held back: the caller's
+    cleanup stops every child by pid.
+    """
+    for i, w in workers.items():
+        if i not in reported:
+            w.cut()
+    return _collect(spec, server, workers, cut_by=time.monotonic() + CUT_GRACE_S, procs=reported)
 
 
 def _rss_sum(pids):
@@ -768,17 +852,24 @@ def limited_by(client_bound, server_proc):
     return {(True, True): "both", (True, False): "client", (False, True): "server"}.get((client_bound, server_bound))
 
 
-def _timeseries(spec, rs, m):
-    """Messages per interval over every process, and the longest silence after warmup (None if a process is missing)."""
+def _timeseries(spec, rs, m, cut_s=None):
+    """Messages per interval over every process, and the longest silence after warmup (None if a process is missing).
+
+    ``cut_s``: the window was cut short after that many seconds, and the intervals after it are left out.
+    """
     ts_msgs = m.ts_msgs
+    ts_sent = m.ts_sent if spec.mode == "open" else None
     warm_n = math.ceil(spec.warmup_s / spec.interval_s - 1e-9)
+    if cut_s is not None:
+        n = warm_n + math.ceil(cut_s / spec.interval_s - 1e-9)
+        ts_msgs, ts_sent = ts_msgs[:n], ts_sent[:n] if ts_sent is not None else None
     idle_s = _longest_idle(ts_msgs[warm_n:], spec.interval_s) if len(rs) == spec.procs else None
     return Timeseries(
         interval_s=spec.interval_s,
         msgs=ts_msgs,
         warmup_intervals=warm_n,
         longest_idle_s=idle_s,
-        sent=m.ts_sent if spec.mode == "open" else None,
+        sent=ts_sent,
     )
 
 
@@ -812,8 +903,12 @@ def _interference(spec, server, rs, server_proc, process_s=None):
     )
 
 
-def _invalid_reasons(spec, rs, problems, m, idle_s, fairness=None):
-    """Why the run is invalid, one reason per problem (empty: it is valid)."""
+def _invalid_reasons(spec, rs, problems, m, idle_s, fairness=None, cut=False):
+    """Why the run is invalid, one reason per problem (empty: it is valid).
+
+    ``cut``: a stop signal cut the window short, and what judges a whole
+    window (connections starved, ended early, stalled, no message) does not apply.
+    """
     errors = m.errors
     reasons = list(problems)
     if errors["mismatch"]:
@@ -826,6 +921,8 @@ def _invalid_reasons(spec, rs, problems, m, idle_s, fairness=None):
         reasons.append(f"{errors['connect']} connect error(s)")
     if errors["timeout"]:
         reasons.append(f"{errors['timeout']} message(s) unanswered for {spec.timeout_s:g} s (timeout)")
+    if cut:
+        return reasons
     if m.ended_early and not any("connection" in x for x in reasons):
         reasons.append("every connection of a load process was closed before the end")
     if fairness is not None and fairness.starved:
@@ -840,18 +937,27 @@ def _invalid_reasons(spec, rs, problems, m, idle_s, fairness=None):
     return reasons
 
 
-def build_result(spec, server, endpoint, started_at, procs, problems, srv):
-    """The ``LoadResult`` of a run, from the load processes' ``ProcResult``s, the problems and the server's window."""
+def build_result(spec, server, endpoint, started_at, procs, problems, srv, cut=None):
+    """The ``LoadResult`` of a run, from the load processes' ``ProcResult``s, the problems and the server's window.
+
+    ``cut``: the stop signal that cut the window short; the rates are then over
+    the seconds measured (``measured_s``, the longest load process's window)
+    and the result is invalid, saying so first.
+    """
     rs = [procs[i] for i in sorted(procs)]
     m = merge_procs(rs)
-    timeseries = _timeseries(spec, rs, m)
-    measured_s = _measured_s(spec, timeseries, srv)
+    cut_s = round(max((r.cpu_window_s for r in rs), default=0.0), 6) if cut is not None else None
+    timeseries = _timeseries(spec, rs, m, cut_s)
+    measured_s = cut_s if cut is not None else _measured_s(spec, timeseries, srv)
     client, client_bound = _client_cpu(rs, m)
     # a server that exited ends the measurement: whatever the client's CPU did then, it was not the limit
     client_bound = client_bound and srv.exit_status is None
     server_proc = _server_cpu(spec, server, srv, m.msgs, measured_s)
     fairness = _fairness(spec, rs)
-    reasons = _invalid_reasons(spec, rs, problems, m, timeseries.longest_idle_s, fairness)
+    reasons = _invalid_reasons(spec, rs, problems, m, timeseries.longest_idle_s, fairness, cut is not None)
+    if cut is not None:
+        reasons.insert(0, f"interrupted by {signal.Signals(cut).name} {cut_s:.1f} s into the {spec.duration_s:g} s "
+                          f"window; the figures cover those {cut_s:.1f} s")
     datagrams = datagram.merge(rs) if spec.transport == "udp" else None
     reasons += datagram.invalid_reasons(datagrams)
     second = hdr.summary_us(m.hdr2, m.mean2_ns)

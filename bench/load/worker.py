@@ -23,7 +23,13 @@ that may hold threads and the server's pipes.  The protocol is JSON lines:
    dict under the same names, the shape the harness adds up.
 
 Nothing but these lines goes to stdout; any failure is one error line, never
-a traceback.
+a traceback.  From the window's start the harness alone stops a load
+process: SIGTERM or SIGINT (the harness's, or a terminal's Ctrl-C that
+reached the whole process group) ends the loop's window at once and the
+process reports what it measured; outside the loop both are ignored, so that
+a result being reported is never cut off (the harness kills a process that
+does not report in time, and the kernel kills it with SIGKILL when the
+harness dies).
 """
 
 import errno
@@ -31,6 +37,7 @@ import json
 import os
 import resource
 import select
+import signal
 import socket
 import sys
 import time
@@ -208,6 +215,8 @@ def run_worker(p):
         if delay > 0:
             time.sleep(delay)
         late_ns = time.monotonic_ns() - msg["start_ns"]
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)  # the loop takes them as the window's end; after it, the report is due
         owned, fds = fds, []
         if p.transport == "udp":
             return _run_datagrams(p, msg, owned, table, late_ns)
@@ -261,8 +270,8 @@ def _preload():
 
 
 def main():
-    _preload()
     try:
+        _preload()
         raw = _read_line(START_WAIT_S)
         if raw is None:
             return 2
@@ -270,7 +279,12 @@ def main():
     except (ValueError, TypeError, KeyError) as e:
         _emit({"event": "error", "message": f"load process: bad parameters: {e}"})
         return 2
-    return run_worker(p)
+    except KeyboardInterrupt:
+        return 130  # stopped before it had its share of the load: nothing measured, nothing to say
+    try:
+        return run_worker(p)
+    except KeyboardInterrupt:
+        return 130  # a Ctrl-C before the window: the harness, stopped too, expects no result
 
 
 if __name__ == "__main__":

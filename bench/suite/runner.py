@@ -23,7 +23,10 @@ Why it is built this way:
   stop within ``STOP_GRACE_S`` is terminated, then killed; before it is
   reaped, whatever is left in its process group (a server or a load process
   whose parent was killed) is killed too, so nothing outlives the run.
-  ``sockbench report DIR`` rebuilds the report later.
+  ``sockbench report DIR`` rebuilds the report later.  A runner that is
+  killed outright (SIGKILL) takes the child with it: the kernel sends it
+  SIGTERM (``children.child_setup``), which stops it as above, and it settles
+  ``meta.json`` itself (status ``interrupted``).
 * The report is built here, after the child exits, from ``raw/`` only.
 
 Folder written (see ``results/README.md``): ``meta.json``, ``plan.json``,
@@ -49,6 +52,7 @@ from sockbench.bench.suite.progress import Calibrated, Calibrating, CellDone, Ce
 from sockbench.bench.suite.session import (
     ENV_OUT, ENV_PLAN, ENV_STATUS_FD, PROGRESS_FILE, WRITE_FAILED_EXIT, new_meta, update_meta,
 )
+from sockbench.children import child_setup
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.jsonfile import check_writable, write_json_atomic
 from sockbench.servers import registry
@@ -296,13 +300,19 @@ def _check_cpus(plan):
                              f"{','.join(map(str, sorted(allowed)))}")
 
 
+#: the suite's pytest loads pytest-benchmark and no other installed plugin (``-p`` names it): a plugin that
+#: reorders tests or reseeds ``random`` (pytest-randomly, -random-order) would change what is measured, and
+#: hypothesis's imported hypothesis and trio as an interrupted suite ended, a second before it could exit
+SUITE_ENV = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+
+
 def suite_command(out):
-    """The child pytest command line for a results folder."""
+    """The child pytest command line for a results folder (run with ``SUITE_ENV``)."""
     bench_dir = os.path.dirname(os.path.abspath(__file__))  # the suite's own room: conftest.py beside it
     out = os.path.abspath(out)
     return [
         sys.executable, "-m", "pytest", os.path.join(bench_dir, SUITE_FILE),
-        "-p", "no:cacheprovider", "-o", "addopts=", "--import-mode=importlib", "-q",
+        "-p", "pytest_benchmark.plugin", "-p", "no:cacheprovider", "-o", "addopts=", "--import-mode=importlib", "-q",
         "--rootdir", bench_dir,
         "--benchmark-json", os.path.join(out, "pytest-benchmark.json"),
         "--benchmark-storage", "file://" + os.path.join(out, "benchmarks"),
@@ -313,13 +323,14 @@ def suite_command(out):
 
 
 def suite_env(out, status_fd):
-    """The child pytest's environment: ours, less an outer pytest-xdist worker's variables, plus the suite's.
+    """The child pytest's environment: ours less any outer pytest-xdist variables, plus ``SUITE_ENV`` and the run's.
 
     The suite is a pytest session of its own; pytest-benchmark switches itself
     off when it sees ``PYTEST_XDIST_WORKER`` (a run started from a test under
     xdist), which would leave the run without ``pytest-benchmark.json``.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}
+    env.update(SUITE_ENV)
     env.update({ENV_PLAN: os.path.abspath(os.path.join(out, "plan.json")), ENV_OUT: os.path.abspath(out),
                 ENV_STATUS_FD: str(status_fd)})
     return env
@@ -673,7 +684,7 @@ def _run_suite(out, plan, console, signals):
     with log, os.fdopen(status_r, "rb") as status_pipe:
         try:
             child = subprocess.Popen(suite_command(out), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                     env=env, start_new_session=True, pass_fds=(status_w,))
+                                     env=env, start_new_session=True, pass_fds=(status_w,), preexec_fn=child_setup())
         finally:
             os.close(status_w)  # the child holds its own copy: the pipe ends when the child does
         try:

@@ -178,6 +178,9 @@ class SuiteContext:
         self.clock = clock
         #: True when the suite runs by hand and so keeps meta.json itself (else ``sockbench run`` does)
         self.owns_meta = False
+        #: the process that started the suite (``sockbench run``): when it is gone at the end, the suite
+        #: settles meta.json itself
+        self.parent = os.getppid()
         self.started = clock()
         os.makedirs(os.path.join(out, RAW_DIR), exist_ok=True)
         self._progress = open(os.path.join(out, PROGRESS_FILE), "a", buffering=1)
@@ -212,11 +215,16 @@ class SuiteContext:
                 pass  # progress is for the display only; the results it would describe are in raw/ already
 
     def finish(self, exitstatus):
-        """At session end: close the progress file; run by hand, also settle meta.json's status."""
+        """At session end: close the progress file; run by hand, or orphaned by a runner that was killed,
+        also settle meta.json's status."""
         self.close()
-        if self.owns_meta:
+        orphaned = not self.owns_meta and os.getppid() != self.parent
+        if self.owns_meta or orphaned:
             status = {0: "complete", 2: "interrupted"}.get(int(exitstatus), "failed")
-            update_meta(self.out, status=status, finished_at=iso_utc())
+            try:
+                update_meta(self.out, status=status, finished_at=iso_utc())
+            except OSError:
+                pass  # the folder is gone or full: raw/ holds what was measured all the same
 
     def event(self, ev):
         """Append one ``progress`` event to progress.jsonl."""

@@ -8,6 +8,8 @@ serves unless ``--transport`` says otherwise; a ``--command`` or a running
 address over tcp (or its own transport).  Exit status: 0 when nothing failed,
 1 when a check failed, 2 when the target could not be checked at all (bad
 input, a command that does not start, a target that refuses connections).
+Stopped (Ctrl-C, SIGTERM), it writes the runs that finished to ``--json`` and
+``--junit`` before it exits 130 or 143.
 """
 
 import json
@@ -131,17 +133,23 @@ def run_cli(args):
         if path and path != "-":
             check_writable(path, what)
     runs = []
-    for transport in transports:
-        for protocol in args.protocol:
-            if protocol != "raw" and transport == "udp":
-                continue  # a datagram is one message: the servers speak raw over udp
-            console.print(f"checking {target.describe()} over {transport}"
-                          + (f", --protocol {protocol}" if protocol != "raw" else "") + " ...", highlight=False)
-            run = run_checks(target, transport, protocol, only=args.only, cpus=args.server_cpus)
-            runs.append(run)
-            console.print(table(run))
-            for note in run.notes:
-                console.print(f"note: {note}", highlight=False, style="yellow")
+    stopped = None
+    try:
+        for transport in transports:
+            for protocol in args.protocol:
+                if protocol != "raw" and transport == "udp":
+                    continue  # a datagram is one message: the servers speak raw over udp
+                console.print(f"checking {target.describe()} over {transport}"
+                              + (f", --protocol {protocol}" if protocol != "raw" else "") + " ...", highlight=False)
+                run = run_checks(target, transport, protocol, only=args.only, cpus=args.server_cpus)
+                runs.append(run)
+                console.print(table(run))
+                for note in run.notes:
+                    console.print(f"note: {note}", highlight=False, style="yellow")
+    except KeyboardInterrupt as e:
+        if not runs:
+            raise
+        stopped = e  # the runs that finished are written below, then the stop goes on
     if not runs:
         raise UsageError("nothing to check: frame and json do not apply over udp")
     doc = to_json(runs)
@@ -158,6 +166,10 @@ def run_cli(args):
                 f.write(junit_xml(runs))
         except OSError as e:
             raise SockbenchError(f"cannot write {args.junit}: {e.strerror}") from None
+    if stopped is not None:
+        console.print(f"interrupted: the {len(runs)} run{'s' if len(runs) != 1 else ''} that finished "
+                      f"{'are' if len(runs) != 1 else 'is'} shown and written", highlight=False)
+        raise stopped
     failed = sum(r.failed for r in runs)
     total = sum(len(r.outcomes) for r in runs)
     console.print(f"{'FAILED' if failed else 'passed'}: {failed} of {total} checks failed over "

@@ -9,7 +9,9 @@ stdout, and then the summary goes to stderr so that stdout stays pure JSON).
 Nothing is drawn while the load runs (a spinner redraws 12.5 times a second
 on the CPUs being measured): one line says what is running, then the
 summary follows.  An invalid run still writes its JSON and prints its
-summary, then exits 1 with one line that says why.  ``--protocol frame|json``
+summary, then exits 1 with one line that says why.  Ctrl-C or SIGTERM inside
+the window cuts it short: the result of the window until then is written and
+shown (invalid, "interrupted by ..."), then the command exits 130 or 143.  ``--protocol frame|json``
 speaks one of the framed protocols (``sockbench.servers.protocols``); ``--size``
 is the payload size in every protocol, so "MB/s" counts payload bytes and
 "wire MB/s" adds the framing and headers.  The summary reads the run's
@@ -27,7 +29,7 @@ from sockbench.cli.targets import add_command_arguments, command_from_args
 from sockbench.endpoints import TRANSPORTS, check_transport, parse_target
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.thresholds import CLIENT_STALL_S, DISTURBED_SHARE
-from sockbench.units import arg, parse_cpus, parse_number, parse_size
+from sockbench.units import arg, parse_cpus, parse_number, parse_scheduler, parse_size
 
 __all__ = ["add_arguments", "run_cli", "spec_from_args", "render_summary"]
 
@@ -60,7 +62,7 @@ def add_arguments(p):
     p.add_argument("--timeout", type=arg(parse_number, "--timeout"), default=5.0, help="seconds before an unanswered message is an error (default 5)")
     p.add_argument("--json", metavar="PATH",
                    help="write the result JSON here (- for stdout; default results/load/<UTC time>__<server>.json)")
-    p.add_argument("--cluster", metavar="tcp://HOST:PORT",
+    p.add_argument("--cluster", metavar="tcp://HOST:PORT", type=arg(parse_scheduler, "--cluster"),
                    help="load from several hosts: the Dask scheduler their `sockbench cluster-worker`s joined "
                         "(--conns is the total, --procs per host)")
     p.add_argument("--hosts", metavar="NAMES", help="with --cluster: these workers only, by name (default: all)")
@@ -128,7 +130,7 @@ def spec_from_args(args):
 
 def run_cli(args):
     # deferred: the harness, as in spec_from_args
-    from sockbench.bench.load.harness import run_load
+    from sockbench.bench.load.harness import LoadInterrupted, run_load
     from sockbench.cli.term import console as make_console
     from sockbench.jsonfile import check_writable, write_json_atomic
     from sockbench.timestamps import folder_stamp
@@ -146,7 +148,13 @@ def run_cli(args):
     console.print(f"loading {spec.label}: {spec.mode}, {spec.protocol}, {spec.conns} conns, "
                   f"{spec.warmup_s:g} s warmup + {spec.duration_s:g} s ...", highlight=False)
     notes = []
-    result = _cluster_load(spec, args) if args.cluster else run_load(spec, notes=notes)
+    cut = None
+    try:
+        result = _cluster_load(spec, args) if args.cluster else run_load(spec, notes=notes)
+    except LoadInterrupted as e:
+        if e.result is None:
+            raise  # stopped before the window measured anything
+        cut, result = e, e.result
     if to_stdout:
         sys.stdout.write(json.dumps(result.to_json()) + "\n")
         sys.stdout.flush()
@@ -158,6 +166,8 @@ def run_cli(args):
     console.print(render_summary(result))
     if not to_stdout:
         console.print(f"result: {args.json}", highlight=False)
+    if cut is not None:
+        raise cut  # written and shown: now the exit status of the signal
     if notes:
         raise SockbenchError(notes[0], exit_code=2)  # said once more, last: the result above stands
     if not result.valid:

@@ -4,7 +4,11 @@ Every subcommand is a function ``_cmd_NAME(args) -> int`` registered in
 ``build_parser()``; the arguments and entry points of the bigger ones live
 beside this module (``load.py``, ``run.py``).  A ``SockbenchError`` (bad input,
 a port in use, a missing build...) becomes one line on stderr and a non-zero
-exit, never a traceback.
+exit, never a traceback.  Every command stops on SIGTERM (what ``timeout``,
+systemd and a CI runner send) as on Ctrl-C: both unwind it
+(``children.stop_signals``), a command keeps and writes what it measured on
+the way, and the exit status is 128 + the signal (130, 143).  A command that
+has a stop contract of its own installs it over this one (``serve`` exits 0).
 
 Start-up matters here: ``sockbench serve`` is what every benchmark and test
 spawns, so this module imports only light modules, and the subcommands import
@@ -16,6 +20,7 @@ import json
 import sys
 
 from sockbench import __version__
+from sockbench.children import signal_of, stop_signals
 from sockbench.cli import check as check_cmd
 from sockbench.cli import cluster as cluster_cmd
 from sockbench.cli import history as history_cmd
@@ -189,12 +194,14 @@ def build_parser():
 
 def main(argv=None):
     try:
-        args = build_parser().parse_args(argv)
-        return args.func(args)
+        with stop_signals():
+            args = build_parser().parse_args(argv)
+            return args.func(args)
     except SockbenchError as e:
         sys.stdout.flush()
         print(f"sockbench: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("sockbench: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        sig = signal_of(e)
+        print(f"sockbench: interrupted ({sig.name})", file=sys.stderr)
+        return 128 + sig

@@ -16,7 +16,7 @@ import sys
 from sockbench.cli.targets import add_command_arguments, commands_from_args
 from sockbench.cli.term import console as make_console
 from sockbench.errors import SockbenchError
-from sockbench.units import arg, parse_cpus, parse_number, parse_percent
+from sockbench.units import arg, parse_cpus, parse_number, parse_percent, parse_scheduler
 
 __all__ = [
     "add_run_arguments",
@@ -82,8 +82,9 @@ def add_run_arguments(p):
                    help="the scaling dimension: every cell with each of these server process counts, each worker on one "
                         "of --server-cpus (sockbench serve --workers; default 1)")
     p.add_argument("--out", metavar="DIR", help="results folder to create (default results/<UTC time>)")
-    p.add_argument("--cluster", metavar="tcp://HOST:PORT",
-                   help="load from several hosts: the Dask scheduler of their `sockbench cluster-worker`s")
+    p.add_argument("--cluster", metavar="tcp://HOST:PORT", type=arg(parse_scheduler, "--cluster"),
+                   help="load from several hosts: the Dask scheduler of their `sockbench cluster-worker`s "
+                        "(reached, with the --hosts, before the run starts)")
     p.add_argument("--hosts", metavar="NAMES", help="with --cluster: these workers only, by name (default: all)")
     add_command_arguments(p, many=True)
     p.add_argument("--python", nargs="+", metavar="PATH",
@@ -132,12 +133,25 @@ def run_cli(args):
         raise SockbenchError("--hosts names load hosts of --cluster; give --cluster tcp://HOST:PORT too", exit_code=2)
     if args.cluster:
         hosts = [h.strip() for h in args.hosts.split(",") if h.strip()] if args.hosts else None
+        _reach_cluster(args.cluster, hosts)
         plan = dataclasses.replace(plan, extra={**plan.extra, "cluster": {"scheduler": args.cluster, "hosts": hosts}})
     if plan.commands:
         if args.cluster:
             raise SockbenchError("--cluster starts registered servers; a --command runs on this machine only", exit_code=2)
         preflight_commands(plan)
     return run_main(plan, out=args.out, argv=sys.argv)
+
+
+def _reach_cluster(scheduler, hosts):
+    """The scheduler answers and the hosts asked for are its workers, before a results folder exists: else one line."""
+    # deferred: the coordinator imports Dask's client, only for a cluster run
+    from sockbench.bench.load.cluster import connect, connected_workers, pick_hosts
+
+    client = connect(scheduler)
+    try:
+        pick_hosts(connected_workers(client), hosts)
+    finally:
+        client.close()
 
 
 def report_cli(args):

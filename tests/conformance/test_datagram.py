@@ -1,6 +1,6 @@
 """The datagram contract: every registered server whose transports include udp, through ``sockbench serve --transport udp``.
 
-One datagram in, the same datagram back to its sender, whole (1 B to the
+One datagram in, the same datagram back to its sender, whole (0 B to the
 largest UDP payload, 65,507 B), for many peers at once; a stop signal ends the
 server with status 0 within 2 s; garbage, bursts and peers that vanish cost
 at most their own datagrams.  ``frame``/``json`` over udp, and
@@ -76,6 +76,10 @@ def test_ready_line(udp_server):
 def test_echo_each_size(udp_server, size):
     with _flow(udp_server) as s:
         _echo(s, payload(size, seed=size))
+
+
+def test_an_empty_datagram_is_echoed(udp_server):
+    assert_check("udp-empty", udp_server)
 
 
 def test_many_flows_each_get_their_own(udp_server):

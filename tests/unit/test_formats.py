@@ -2,6 +2,7 @@
 github-action-benchmark export, ``sockbench history``, and the command-line conventions."""
 
 import csv
+import glob
 import json
 import os
 
@@ -127,6 +128,23 @@ def test_history_orders_folders_by_time_and_labels_commits(tmp_path, capsys):
     assert main(["history", old, "--cells", "nope:*"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sockbench: history: no cell matches")
+
+
+def test_history_warns_about_each_file_it_leaves_out(tmp_path, capsys):
+    a = make_results(str(tmp_path / "a"), servers=("uvloop",))
+    b = make_results(str(tmp_path / "b"), servers=("uvloop",), seed=2)
+    bad = sorted(glob.glob(os.path.join(b, "raw", "*.json")))[:2]
+    for raw in bad:
+        open(raw, "w").write("{ not json")
+    png = str(tmp_path / "h.png")
+    assert main(["history", a, b, "--out", png]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    # one line per file, named under its folder, then the count, as report and compare say it
+    assert len(err) == 3 and "Traceback" not in "\n".join(err), err
+    for line, raw in zip(err, bad):
+        assert line.startswith(f"sockbench: warning: left out {raw}: not valid JSON"), err
+    assert err[2] == "sockbench: warning: 2 raw files left out (unreadable or inconsistent; nothing deleted)"
+    assert [f for f, _ in build_history([a, b]).skipped] == bad
 
 
 def test_version_json_and_one_prefix(folder, capsys):
