@@ -1158,6 +1158,19 @@ class RunPlan(Part):
     pythons: tuple = fld((), since=3, read=lambda v: tuple(dict(p) for p in v))
     #: the servers the interpreter dimension applies to (the built-in ones; a --command or a plugin runs once)
     python_servers: tuple = fld((), since=3, read=_tuple)
+    #: the TLS dimension (``sockbench run --tls off on``): every stream cell plain (False) and/or over TLS (True)
+    tls: tuple = fld((False,), since=3, read=lambda v: tuple(bool(x) for x in v))
+    #: server -> whether it serves TLS here (from the registry); a server not listed serves it
+    serves_tls: dict = fld(factory=dict, since=3)
+    #: the TLS setting every TLS cell uses: ``version``, ``cipher``, and the server's ``cert`` and ``key``
+    #: (``sockbench run`` makes a self-signed pair in the results folder, once)
+    tls_setting: dict = fld(factory=lambda: {"version": "1.3", "cipher": None}, since=3)
+    #: the TLS section: these closed-loop (connections, size) workloads, each plain and over TLS
+    tls_workloads: tuple = fld(((100, 64), (10, 16384)), since=3, read=lambda v: tuple(tuple(w) for w in v))
+    #: ... and handshakes: connect mode with this many connections at a time, plain (connections a second) and
+    #: over TLS with each of these resumption settings (False: every handshake full, True: sessions resumed)
+    handshake_conns: int = fld(10, since=3)
+    handshake_resumption: tuple = fld((False, True), since=3, read=lambda v: tuple(bool(x) for x in v))
 
     @classmethod
     def from_json(cls, d, source="the plan"):
