@@ -91,6 +91,9 @@ class ServerSpec:
     tls: tuple = ()
     #: modules that must import for its TLS to run here (the cython server's OpenSSL core)
     tls_requires: tuple = ()
+    #: why its TLS cannot complete a half-close (the peer's close_notify, then the echo of what came before it),
+    #: when its library cannot; "" when it can
+    tls_half_close_gap: str = ""
 
     def availability(self):
         """Return ``(True, "available")`` or ``(False, reason)``; never raises."""
@@ -165,11 +168,18 @@ class ServerSpec:
 
 
 def _spec(name, module, summary, requires=(), build_hint="", protocols=("raw",), transports=STREAM_TRANSPORTS, extra="",
-          tls=None, tls_requires=()):
+          tls=None, tls_requires=(), tls_half_close_gap=""):
     """A registry line; ``tls`` defaults to every protocol the server speaks (its stream forms all serve TLS)."""
     return ServerSpec(name, "sockbench.servers." + module, summary, tuple(requires), build_hint, tuple(protocols),
                       tuple(transports), extra, tls=tuple(protocols if tls is None else tls),
-                      tls_requires=tuple(tls_requires))
+                      tls_requires=tuple(tls_requires), tls_half_close_gap=tls_half_close_gap)
+
+
+#: asyncio's TLS transport (``sslproto``, uvloop's design since Python 3.11) starts its own shutdown when the
+#: peer's close_notify arrives and drops what is written after it; a streams handler that has not yet echoed what
+#: its StreamReader holds then loses that echo (a protocol echoes inside data_received, before the shutdown)
+_ASYNCIO_STREAMS_TLS_HALF_CLOSE = ("asyncio's TLS transport shuts down on the peer's close_notify and drops the "
+                                   "writes after it: the echo of what the StreamReader still holds is lost")
 
 
 #: the transports of a server with a datagram form (``serve_datagram``)
@@ -185,7 +195,8 @@ BUILTIN = {
               protocols=ALL_PROTOCOLS, transports=STREAM_TRANSPORTS),
         _spec("selectors", "selectors_echo", "one thread, non-blocking sockets, selectors.DefaultSelector", protocols=ALL_PROTOCOLS,
               transports=WITH_UDP),
-        _spec("asyncio-streams", "asyncio_streams_echo", "asyncio.start_server, StreamReader/StreamWriter, await drain()", protocols=ALL_PROTOCOLS),
+        _spec("asyncio-streams", "asyncio_streams_echo", "asyncio.start_server, StreamReader/StreamWriter, await drain()", protocols=ALL_PROTOCOLS,
+              tls_half_close_gap=_ASYNCIO_STREAMS_TLS_HALF_CLOSE),
         _spec("asyncio-protocol", "asyncio_protocol_echo", "asyncio.Protocol with write flow control", protocols=ALL_PROTOCOLS,
               transports=WITH_UDP),
         _spec("asyncio-sockets", "asyncio_sockets_echo", "asyncio's loop.sock_accept/sock_recv_into/sock_sendall, a task per connection",

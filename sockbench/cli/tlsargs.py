@@ -4,8 +4,9 @@ Why it is built this way: the three commands take the same settings (a
 version, a cipher, a certificate and its key, a handshake timeout; the load
 also whether connections resume), and a setting must mean the same thing and
 fail with the same line in each.  ``add_arguments(p, side)`` adds them
-(``side`` "serve", "load" or "run"), ``config(args)`` reads them back into
-``sockbench.servers.tls.TlsConfig``, checked: a version or cipher OpenSSL does
+(``side`` "serve", "load", "run" or "check"), ``config(args)`` reads them back into
+``sockbench.servers.tls.TlsConfig``, checked (``sockbench check`` takes
+``serve``'s options): a version or cipher OpenSSL does
 not know, ``--cert`` without ``--key``, or a TLS option without ``--tls`` is
 one usage line, exit 2.
 """
@@ -35,7 +36,9 @@ def add_arguments(p, side):
                             "(default off; on: the servers with a TLS form, and a TLS section in the report with the "
                             "TLS tax and handshakes per second, full and resumed)")
     else:
-        what = "serve TLS" if side == "serve" else "speak TLS to the server (one started by NAME serves it)"
+        what = {"serve": "serve TLS",
+                "check": "run the checks over TLS (a server sockbench starts serves it; udp is left out)"}.get(
+            side, "speak TLS to the server (one started by NAME serves it)")
         p.add_argument("--tls", action="store_true", help=f"{what}, over tcp, tcp6 or unix (see `sockbench servers`)")
     p.add_argument("--tls-version", choices=VERSIONS, default=None,
                    help=f"with --tls: the one TLS version both ends use (default {DEFAULT_VERSION})")
@@ -44,9 +47,9 @@ def add_arguments(p, side):
                         "OpenSSL cipher list (default: OpenSSL's choice)")
     p.add_argument("--cert", default=None, metavar="PEM",
                    help="with --tls: the server's certificate (default: a self-signed ECDSA P-256 one, made once"
-                        + (" per results folder)" if side != "serve" else " for this server)"))
+                        + (" per results folder)" if side in ("load", "run") else " for this run)"))
     p.add_argument("--key", default=None, metavar="PEM", help="with --tls: the private key of --cert")
-    if side in ("serve", "load"):
+    if side in ("serve", "load", "check"):
         p.add_argument("--tls-handshake-timeout", type=arg(parse_number, "--tls-handshake-timeout", positive=True),
                        default=None, metavar="S",
                        help=f"with --tls: a server closes a connection whose handshake is not complete within S "
