@@ -41,6 +41,7 @@ PEM, or mismatched is one ``UsageError`` line before anything is bound.
 does not load it.
 """
 
+import importlib
 import os
 import shutil
 import subprocess
@@ -260,7 +261,7 @@ def ensure_certificate(folder):
 def _make_pair(cert, key):
     try:
         # deferred: the extension is built only where OpenSSL's headers were found
-        from sockbench.ext import tls as ext_tls
+        ext_tls = importlib.import_module("sockbench.ext.tls")
     except ImportError:
         ext_tls = None
     if ext_tls is not None:
