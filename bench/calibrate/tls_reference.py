@@ -24,8 +24,12 @@ connection at a time: connect, full handshake, close; no certificate
 verification, as the harness) against the harness in connect mode with one
 connection and every handshake full, alternating; handshakes per second, and
 each client's CPU per handshake (``s_time``'s from ``wait4``'s rusage, over
-its whole run).  The harness's cycle also echoes one 64 B message, so it
-reads a little under ``s_time``.
+its whole run), and the server's CPU per handshake under each (its exact
+runtime around each client's whole run, over that run's connections).  The
+harness's cycle also echoes one 64 B message; at one connection at a time
+the clients' own CPU is part of every cycle, so the lighter client reads
+more handshakes a second, and the server's CPU per handshake is what the two
+must agree on.
 """
 
 import argparse
@@ -95,6 +99,9 @@ class HandshakeRound:
     s_time_per_s: float
     harness_cpu_us: float | None
     s_time_cpu_us: float | None
+    #: the server's exact CPU per handshake under each client, over each client's whole run (its runtime from /proc)
+    server_cpu_us_harness: float | None
+    server_cpu_us_s_time: float | None
     ratio: float
 
 
@@ -105,6 +112,8 @@ class HandshakeSummary:
     s_time_per_s: Spread | None
     harness_cpu_us: Spread | None
     s_time_cpu_us: Spread | None
+    server_cpu_us_harness: Spread | None
+    server_cpu_us_s_time: Spread | None
     ratio: Spread | None
 
 
@@ -169,7 +178,8 @@ _S_TIME_RE = re.compile(r"(\d+) connections in ([\d.]+) real seconds")
 
 
 def _run_s_time(exe, address, tls, duration, cpu):
-    """``_s_time`` with its CPU from ``wait4``: (handshakes per second, CPU µs per handshake)."""
+    """``openssl s_time -new`` for ``duration`` seconds, its CPU from ``wait4``: (handshakes per second, its CPU µs
+    per handshake, handshakes)."""
     host, port = address
     cmd = [exe, "s_time", "-connect", f"{host}:{port}", "-new", "-time", str(max(1, round(duration))),
            "-tls1_3" if tls.version == "1.3" else "-tls1_2"]
@@ -196,32 +206,56 @@ def _run_s_time(exe, address, tls, duration, cpu):
         why = (etext.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
         raise SockbenchError(f"openssl s_time failed: {why}")
     n, secs = int(m.group(1)), float(m.group(2))
-    return n / secs, (usage.ru_utime + usage.ru_stime) / n * 1e6 if n else None
+    return n / secs, (usage.ru_utime + usage.ru_stime) / n * 1e6 if n else None, n
+
+
+def _server_runtime_s(pid):
+    """The server's exact CPU so far: the scheduler's runtime of its threads (None if unreadable)."""
+    # deferred: the /proc reader, read here around each client's run only
+    from sockbench.procfs import read_task_runtimes
+
+    try:
+        return sum(read_task_runtimes(pid).values())
+    except (OSError, ValueError):
+        return None
+
+
+def _per_handshake(before, after, n):
+    return (after - before) / n * 1e6 if n and before is not None and after is not None else None
 
 
 def _handshake_round(i, exe, sp, tls, duration, cpu):
     order = ("harness", "s_time") if i % 2 == 0 else ("s_time", "harness")
     out = {}
     for who in order:
+        before = _server_runtime_s(sp.pid)
         if who == "s_time":
-            out[who] = _run_s_time(exe, sp.address, tls, duration, cpu)
+            per_s, cpu_us, n = _run_s_time(exe, sp.address, tls, duration, cpu)
+            out[who] = (per_s, cpu_us, _per_handshake(before, _server_runtime_s(sp.pid), n))
         else:
             r = run_load(LoadSpec(target=tuple(sp.address), mode="connect", conns=1, size=64, duration_s=duration,
                                   warmup_s=0.3, client_cpus=(cpu,), tls=tls))
+            after = _server_runtime_s(sp.pid)
             if not r.valid:
                 raise SockbenchError(f"harness connect run invalid: {r.invalid_reason}")
             n = r.tls.handshakes or 0
-            out[who] = (r.tls.handshakes_per_s, _per_msg(r.client.user_s, r.client.sys_s, n))
+            # the server's CPU over the whole run, per connection of the whole run (warmup's included): the probe's
+            # one handshake aside, every connection of the run is in the time series
+            whole = sum(r.timeseries.msgs or []) + 1
+            out[who] = (r.tls.handshakes_per_s, _per_msg(r.client.user_s, r.client.sys_s, n),
+                        _per_handshake(before, after, whole))
     h, s = out["harness"], out["s_time"]
     row = HandshakeRound(harness_per_s=h[0], s_time_per_s=s[0], harness_cpu_us=h[1], s_time_cpu_us=s[1],
-                         ratio=h[0] / s[0])
-    print(f"  handshakes round {i + 1}: harness {row.harness_per_s:,.0f}/s {row.harness_cpu_us or 0:.0f} µs | "
-          f"s_time {row.s_time_per_s:,.0f}/s {row.s_time_cpu_us or 0:.0f} µs | ratio {row.ratio:.3f}",
+                         server_cpu_us_harness=h[2], server_cpu_us_s_time=s[2], ratio=h[0] / s[0])
+    print(f"  handshakes round {i + 1}: harness {row.harness_per_s:,.0f}/s {row.harness_cpu_us or 0:.0f} µs "
+          f"(server {row.server_cpu_us_harness or 0:.0f} µs) | s_time {row.s_time_per_s:,.0f}/s "
+          f"{row.s_time_cpu_us or 0:.0f} µs (server {row.server_cpu_us_s_time or 0:.0f} µs) | ratio {row.ratio:.3f}",
           file=sys.stderr)
     return row
 
 
-def calibrate(servers, rounds, warmup, duration, tls_version="1.3", handshakes=True, server_cpu=0, client_cpu=1):
+def calibrate(servers, rounds, warmup, duration, tls_version="1.3", handshakes=True, server_cpu=0, client_cpu=1,
+              messages=True):
     """Every server's workloads (and handshakes) ``rounds`` times with each client, alternating."""
     check_cpus(server_cpu, client_cpu)
     exe = build_ref_client(tls=True)
@@ -238,7 +272,7 @@ def calibrate(servers, rounds, warmup, duration, tls_version="1.3", handshakes=T
             print(f"{server}:", file=sys.stderr)
             with ServerProcess(server, cpus=(server_cpu,), extra_args=tls.server_args()) as sp:
                 workloads, negotiated = [], None
-                for w in WORKLOADS:
+                for w in WORKLOADS if messages else ():
                     rows = []
                     for i in range(rounds):
                         row, neg = _msg_round(i, exe, sp, tls, w, warmup, duration, client_cpu)
@@ -260,6 +294,8 @@ def calibrate(servers, rounds, warmup, duration, tls_version="1.3", handshakes=T
                                           s_time_per_s=spread([r.s_time_per_s for r in rows]),
                                           harness_cpu_us=spread([r.harness_cpu_us for r in rows]),
                                           s_time_cpu_us=spread([r.s_time_cpu_us for r in rows]),
+                                          server_cpu_us_harness=spread([r.server_cpu_us_harness for r in rows]),
+                                          server_cpu_us_s_time=spread([r.server_cpu_us_s_time for r in rows]),
                                           ratio=spread([r.ratio for r in rows]))
                 out.append(ServerSummary(server=server, negotiated=negotiated, workloads=workloads, handshakes=hs))
     finally:
@@ -286,6 +322,8 @@ def _print(c):
             print("  full handshakes, one connection at a time")
             print(f"    per second      harness {fmt_spread(h.harness_per_s)}   s_time {fmt_spread(h.s_time_per_s)}")
             print(f"    client µs each  harness {fmt_spread(h.harness_cpu_us)}   s_time {fmt_spread(h.s_time_cpu_us)}")
+            print(f"    server µs each  under the harness {fmt_spread(h.server_cpu_us_harness)}   under s_time "
+                  f"{fmt_spread(h.server_cpu_us_s_time)}")
             print(f"    ratio harness / s_time       {fmt_spread(h.ratio, '.3f')}")
 
 
@@ -299,10 +337,12 @@ def main(argv=None):
     ap.add_argument("--duration", type=float, default=2.0)
     ap.add_argument("--tls-version", choices=("1.2", "1.3"), default="1.3")
     ap.add_argument("--no-handshakes", action="store_true", help="leave out the comparison with openssl s_time")
+    ap.add_argument("--no-messages", action="store_true", help="leave out the comparison with the C client")
     ap.add_argument("--json", help="also write the summary here")
     a = ap.parse_args(argv)
     try:
-        out = calibrate(a.servers, a.rounds, a.warmup, a.duration, a.tls_version, not a.no_handshakes)
+        out = calibrate(a.servers, a.rounds, a.warmup, a.duration, a.tls_version, not a.no_handshakes,
+                        messages=not a.no_messages)
     except SockbenchError as e:
         print(f"tls_reference: {e}", file=sys.stderr)
         return e.exit_code
