@@ -122,10 +122,10 @@ def serve(listener, announce, options):
 
     tls_context = None
     if options.get("tls") is not None:
-        # deferred: gevent's ssl module patches the standard library's socket class, in this process only
-        import gevent.ssl
+        # deferred: gevent's ssl module, loaded by a TLS server only
+        from gevent import ssl as gevent_ssl
 
-        tls_context = server_context(options["tls"], gevent.ssl.SSLContext)
+        tls_context = server_context(options["tls"], gevent_ssl.SSLContext)
 
     def handle(conn, peer):
         conns.opened(conn, peer)
