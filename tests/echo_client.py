@@ -8,6 +8,7 @@ every loop a deadline, so a misbehaving server fails a test instead of hanging i
 """
 
 import selectors
+import ssl
 import subprocess
 import sys
 import time
@@ -103,8 +104,6 @@ def stderr_lines(server, at_least=0, within_s=2.0):
 
 def client_hello(ctx):
     """The first flight of a TLS client (its ClientHello record), as ``ctx`` would send it."""
-    import ssl
-
     inb, outb = ssl.MemoryBIO(), ssl.MemoryBIO()
     obj = ctx.wrap_bio(inb, outb, server_side=False)
     try:
@@ -120,8 +119,6 @@ def tls_handshake_flood(addr, count, ctx, deadline_s=TIMEOUT_S):
     Returns ``(completed, failed)``: handshakes done, and connections the server closed or reset before theirs was.
     Bounded by ``deadline_s``; every socket is closed on the way out.
     """
-    import ssl
-
     sel = selectors.DefaultSelector()
     conns = {}
     completed = failed = 0

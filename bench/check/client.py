@@ -15,6 +15,7 @@ import random
 import resource
 import selectors
 import socket
+import ssl
 import threading
 import time
 
@@ -96,8 +97,6 @@ class TlsConn:
     CHUNK = 256 * 1024  # plaintext encrypted at once by sendall
 
     def __init__(self, sock, ctx):
-        import ssl
-
         self._ssl = ssl
         self.sock = sock
         self._in = ssl.MemoryBIO()
