@@ -77,7 +77,7 @@ HANDSHAKE_TIMEOUT_S = 10.0
 TLS13_SUITES = ("TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256",
                 "TLS_AES_128_CCM_SHA256", "TLS_AES_128_CCM_8_SHA256")
 #: what a user does when the C parts (the cython server's TLS, the load over TLS) were built without OpenSSL
-BUILD_HINT = "install OpenSSL's headers (apt-get install libssl-dev), then pip install -e ."
+BUILD_HINT = "install OpenSSL's headers with apt-get install libssl-dev, then pip install -e ."
 #: the file names of a results folder's certificate, under ``tls/``
 CERT_NAME, KEY_NAME = "cert.pem", "key.pem"
 #: the common name and the names the made certificate is valid for (a client that verifies may use them)
