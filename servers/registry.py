@@ -15,6 +15,12 @@ closes the listener and every connection, and returns.  ``listener`` is a
 TCP (IPv4 or IPv6) or a unix socket: the same code serves them all
 (``contract.set_nodelay`` knows where Nagle applies).
 
+A server with a TLS form (``tls`` in its line: the protocols it speaks over
+TLS) finds ``options["tls"]``, a ``servers.tls.TlsConfig``, when it is asked
+to serve TLS, and builds its context from it; it then serves TLS over the
+same listener, and announces nothing different (the contract adds ``"tls"``
+to the ready line).
+
 A server with a datagram form (``"udp"`` in its ``transports``) also exposes::
 
     serve_datagram(sock: socket.socket, announce: Callable[[], None], options: dict) -> None
@@ -51,10 +57,11 @@ from dataclasses import dataclass, field, fields
 from sockbench.endpoints import STREAM_TRANSPORTS, TRANSPORTS
 from sockbench.errors import UsageError
 from sockbench.servers.protocols import PROTOCOLS as ALL_PROTOCOLS
+# the cython server's TLS is OpenSSL from C: built only where OpenSSL's headers were found
+from sockbench.servers.tls import BUILD_HINT as TLS_BUILD_HINT
 
 __all__ = ["ServerSpec", "SERVERS", "BUILTIN", "ALL_PROTOCOLS", "ENTRY_POINT_GROUP", "get", "names", "available_names",
-           "plugin_problems", "set_warning", "is_builtin", "valid_name"]
-
+           "plugin_problems", "set_warning", "is_builtin", "valid_name", "tls_names"]
 #: the entry-point group through which a package registers servers
 ENTRY_POINT_GROUP = "sockbench.servers"
 #: what a server's name may be: it names report rows, results files and cell ids (``server:workload``)
@@ -80,6 +87,13 @@ class ServerSpec:
     extra: str = ""
     #: the distribution that registered it through ``ENTRY_POINT_GROUP`` ("" for a built-in server)
     plugin: str = ""
+    #: the wire protocols it speaks over TLS (``sockbench serve NAME --tls``; see servers/tls.py); empty: no TLS
+    tls: tuple = ()
+    #: modules that must import for its TLS to run here (the cython server's OpenSSL core)
+    tls_requires: tuple = ()
+    #: why its TLS cannot complete a half-close (the peer's close_notify, then the echo of what came before it),
+    #: when its library cannot; "" when it can
+    tls_half_close_gap: str = ""
 
     def availability(self):
         """Return ``(True, "available")`` or ``(False, reason)``; never raises."""
@@ -98,6 +112,36 @@ class ServerSpec:
                     return False, f"not installed: pip install 'sockbench[{self.extra}]'"
                 return False, f"missing module {mod!r} (pip install {mod.split('.')[0]})"
         return True, "available"
+
+    @property
+    def serves_tls(self):
+        """True when the server has a TLS form (built here or not: ``tls_availability`` says)."""
+        return bool(self.tls)
+
+    def tls_availability(self):
+        """``(True, "available")``, or ``(False, reason)`` when it has no TLS form or its TLS is not built here."""
+        if not self.tls:
+            return False, "no TLS form"
+        ok, why = self.availability()
+        if not ok:
+            return ok, why
+        for mod in self.tls_requires:
+            if importlib.util.find_spec(mod) is None:
+                return False, f"TLS not built ({TLS_BUILD_HINT})"
+        return True, "available"
+
+    def check_tls(self, protocol="raw", transport="tcp"):
+        """A one-line usage error unless this server serves ``protocol`` over TLS on ``transport`` here."""
+        if transport not in STREAM_TRANSPORTS:
+            raise UsageError(f"--tls applies to {', '.join(STREAM_TRANSPORTS)}, not --transport {transport}", exit_code=2)
+        if not self.tls:
+            raise UsageError(f"server {self.name!r} has no TLS form", exit_code=2)
+        ok, why = self.tls_availability()
+        if not ok:
+            raise UsageError(f"server {self.name!r}: {why}", exit_code=2)
+        if protocol not in self.tls:
+            raise UsageError(f"server {self.name!r} speaks {', '.join(self.tls)} over TLS, not --protocol {protocol}",
+                             exit_code=2)
 
     def check_transport(self, transport):
         """``transport`` if this server serves it; otherwise a one-line usage error that lists what it serves."""
@@ -123,9 +167,19 @@ class ServerSpec:
         return fn
 
 
-def _spec(name, module, summary, requires=(), build_hint="", protocols=("raw",), transports=STREAM_TRANSPORTS, extra=""):
+def _spec(name, module, summary, requires=(), build_hint="", protocols=("raw",), transports=STREAM_TRANSPORTS, extra="",
+          tls=None, tls_requires=(), tls_half_close_gap=""):
+    """A registry line; ``tls`` defaults to every protocol the server speaks (its stream forms all serve TLS)."""
     return ServerSpec(name, "sockbench.servers." + module, summary, tuple(requires), build_hint, tuple(protocols),
-                      tuple(transports), extra)
+                      tuple(transports), extra, tls=tuple(protocols if tls is None else tls),
+                      tls_requires=tuple(tls_requires), tls_half_close_gap=tls_half_close_gap)
+
+
+#: asyncio's TLS transport (``sslproto``, uvloop's design since Python 3.11) starts its own shutdown when the
+#: peer's close_notify arrives and drops what is written after it; a streams handler that has not yet echoed what
+#: its StreamReader holds then loses that echo (a protocol echoes inside data_received, before the shutdown)
+_ASYNCIO_STREAMS_TLS_HALF_CLOSE = ("asyncio's TLS transport shuts down on the peer's close_notify and drops the "
+                                   "writes after it: the echo of what the StreamReader still holds is lost")
 
 
 #: the transports of a server with a datagram form (``serve_datagram``)
@@ -141,7 +195,8 @@ BUILTIN = {
               protocols=ALL_PROTOCOLS, transports=STREAM_TRANSPORTS),
         _spec("selectors", "selectors_echo", "one thread, non-blocking sockets, selectors.DefaultSelector", protocols=ALL_PROTOCOLS,
               transports=WITH_UDP),
-        _spec("asyncio-streams", "asyncio_streams_echo", "asyncio.start_server, StreamReader/StreamWriter, await drain()", protocols=ALL_PROTOCOLS),
+        _spec("asyncio-streams", "asyncio_streams_echo", "asyncio.start_server, StreamReader/StreamWriter, await drain()", protocols=ALL_PROTOCOLS,
+              tls_half_close_gap=_ASYNCIO_STREAMS_TLS_HALF_CLOSE),
         _spec("asyncio-protocol", "asyncio_protocol_echo", "asyncio.Protocol with write flow control", protocols=ALL_PROTOCOLS,
               transports=WITH_UDP),
         _spec("asyncio-sockets", "asyncio_sockets_echo", "asyncio's loop.sock_accept/sock_recv_into/sock_sendall, a task per connection",
@@ -156,7 +211,7 @@ BUILTIN = {
               requires=("sockbench.ext.protocol_echo",), build_hint=BUILD_HINT),
         _spec("cython", "cython_echo", "Cython: level-triggered epoll loop in C, without the GIL",
               requires=("sockbench.ext.epoll_echo", "sockbench.ext.udp_echo"), build_hint=BUILD_HINT, protocols=ALL_PROTOCOLS,
-              transports=WITH_UDP),
+              transports=WITH_UDP, tls=("raw",), tls_requires=("sockbench.ext.tls_echo",)),
     )
 }
 
@@ -221,9 +276,13 @@ def _plugin_spec(ep_name, obj, dist):
     for key in ("summary", "build_hint", "extra"):
         if not isinstance(obj.get(key, ""), str):
             raise ValueError(f"{key} must be a string")
+    tls = _as_tuple(obj.get("tls", ()), "tls")
+    if any(p not in protocols for p in tls):
+        raise ValueError(f"tls must be among its protocols ({', '.join(protocols)}), not {list(tls)}")
     return ServerSpec(name=name, module=module, summary=summary or f"plugin from {dist}",
                       requires=_as_tuple(obj.get("requires", ()), "requires"), build_hint=obj.get("build_hint", ""),
-                      protocols=protocols, transports=transports, extra=obj.get("extra", ""), plugin=dist)
+                      protocols=protocols, transports=transports, extra=obj.get("extra", ""), plugin=dist, tls=tls,
+                      tls_requires=_as_tuple(obj.get("tls_requires", ()), "tls_requires"))
 
 
 def _scan_plugins():
@@ -321,6 +380,11 @@ def names():
 
 def available_names():
     return [n for n, s in SERVERS.items() if s.availability()[0]]
+
+
+def tls_names():
+    """The servers with a TLS form, in display order."""
+    return [n for n, s in SERVERS.items() if s.serves_tls]
 
 
 def get(name):

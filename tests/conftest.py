@@ -50,6 +50,7 @@ from sockbench import procfs
 from sockbench.endpoints import STREAM_TRANSPORTS
 from sockbench.servers import registry
 from sockbench.servers.process import ServerProcess
+from sockbench.servers.tls import client_context, ensure_certificate
 
 #: the folders under tests/ and the marker each gives its tests
 KINDS = {
@@ -265,11 +266,45 @@ def server(server_name):
 
 
 def _stream_cases():
-    return [(name, t) for name, spec in registry.SERVERS.items() for t in spec.transports if t in STREAM_TRANSPORTS]
+    """``(name, transport, tls)`` for every server and stream transport, plain, and over TLS where it serves TLS."""
+    plain = [(name, t, False) for name, spec in registry.SERVERS.items() for t in spec.transports
+             if t in STREAM_TRANSPORTS]
+    return plain + [(name, t, True) for name, t, _ in plain if registry.SERVERS[name].serves_tls]
 
 
 def _stream_id(case):
-    return f"{case[0]}-{case[1]}"
+    return f"{case[0]}-{case[1]}" + ("-tls" if case[2] else "")
+
+
+def _require_tls(name):
+    ok, why = registry.SERVERS[name].tls_availability()
+    if not ok:
+        if _require_all():
+            pytest.fail(f"{name}: {why}")
+        pytest.skip(f"{name}: {why}")
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory):
+    """The session's self-signed certificate and key (``servers.tls.ensure_certificate``), made once."""
+    return ensure_certificate(str(tmp_path_factory.mktemp("tls")))
+
+
+def tls_server(name, transport, tls_files, extra_args=(), **kwargs):
+    """A ``ServerProcess`` serving TLS with the session's certificate; ``proc.tls`` is a client context for it."""
+    cert, key = tls_files
+    proc = ServerProcess(name, transport, extra_args=("--tls", "--cert", cert, "--key", key, *extra_args), **kwargs)
+    proc.tls = client_context()
+    return proc
+
+
+def _stream_process(request, case):
+    name, transport, tls = case
+    _require_available(name)
+    if not tls:
+        return ServerProcess(name, transport)
+    _require_tls(name)
+    return tls_server(name, transport, request.getfixturevalue("tls_files"))
 
 
 #: the stream fixtures and their scopes, for the fixtures and for ``stream_cases_with``
@@ -299,23 +334,19 @@ def stream_cases_with(fixture, argname, values, keep, value_id=str):
 
 @pytest.fixture(scope=STREAM_FIXTURE_SCOPES["stream_server"], params=_stream_cases(), ids=_stream_id)
 def stream_server(request):
-    """A server over one stream transport (every server x tcp, tcp6, unix), shared by a module's tests.
+    """A server over one stream transport (every server x tcp, tcp6, unix, plain and over TLS), shared by a module's tests.
 
     One process per (server, transport) and module keeps the suite's time
     near what one transport cost; a test that needs a process of its own
     (a stop signal, a descriptor limit) starts one with ``fresh_stream_server``.
     """
-    name, transport = request.param
-    _require_available(name)
-    yield from _running(ServerProcess(name, transport))
+    yield from _running(_stream_process(request, request.param))
 
 
 @pytest.fixture(scope=STREAM_FIXTURE_SCOPES["fresh_stream_server"], params=_stream_cases(), ids=_stream_id)
 def fresh_stream_server(request):
     """A fresh server over one stream transport for one test; always stopped by pid afterwards."""
-    name, transport = request.param
-    _require_available(name)
-    yield from _running(ServerProcess(name, transport))
+    yield from _running(_stream_process(request, request.param))
 
 
 def _framed_cases():

@@ -74,6 +74,11 @@ class Subject:
     def alive(self):
         return self.server is None or self.server.alive()
 
+    @property
+    def tls(self):
+        """The client ``SSLContext`` the checks speak TLS with (``sockbench check --tls``), or None: in the clear."""
+        return self.options.get("tls")
+
 
 @dataclass(frozen=True)
 class Outcome:

@@ -3,7 +3,9 @@
 Everything here is bounded in time: every socket has a timeout, and every
 loop a deadline, so a misbehaving server fails a check instead of hanging it.
 A check fails by raising ``Failed`` (an ``AssertionError``, so pytest shows it
-as any failed assertion) with what was seen.
+as any failed assertion) with what was seen.  Over TLS (``sockbench check
+--tls``) a connection is a ``TlsConn``, which reads like a blocking socket and
+half-closes with close_notify, so every stream check runs unchanged.
 """
 
 import ctypes
@@ -13,6 +15,7 @@ import random
 import resource
 import selectors
 import socket
+import ssl
 import threading
 import time
 
@@ -21,6 +24,8 @@ __all__ = [
     "TIMEOUT_S",
     "payload",
     "connect",
+    "tls_over",
+    "TlsConn",
     "read_exact",
     "read_to_eof",
     "exchange",
@@ -47,8 +52,11 @@ def payload(size, seed):
     return random.Random(seed).randbytes(size)
 
 
-def connect(addr, timeout=TIMEOUT_S):
-    """A connected blocking socket to ``addr``: ``(host, port)`` (IPv4 or IPv6) or a unix socket's path."""
+def connect(addr, timeout=TIMEOUT_S, tls=None):
+    """A connected blocking socket to ``addr``: ``(host, port)`` (IPv4 or IPv6) or a unix socket's path.
+
+    ``tls``: a client ``SSLContext``: the connection is then a ``TlsConn`` over that socket, its handshake done.
+    """
     if isinstance(addr, str):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -57,9 +65,198 @@ def connect(addr, timeout=TIMEOUT_S):
         except BaseException:
             s.close()
             raise
-        return s
-    host, port = addr[:2]
-    return socket.create_connection((host, port), timeout=timeout)
+    else:
+        host, port = addr[:2]
+        s = socket.create_connection((host, port), timeout=timeout)
+    return s if tls is None else tls_over(s, tls)
+
+
+def tls_over(sock, tls):
+    """``sock`` (connected) as a ``TlsConn``, its handshake done; on failure ``sock`` is closed and the error raised."""
+    try:
+        return TlsConn(sock, tls)
+    except BaseException:
+        sock.close()
+        raise
+
+
+class TlsConn:
+    """A TLS client connection whose calls read like a blocking socket's, for the stream checks over TLS.
+
+    ``sendall``, ``send``, ``recv``, ``settimeout``, ``setblocking``, ``setsockopt``,
+    ``getsockname``, ``fileno``, ``close`` and the context manager, as a socket's;
+    ``shutdown(SHUT_WR)`` is TLS's half-close: close_notify, after which reading
+    goes on until the server's (``ssl.SSLSocket`` cannot do that).  The TLS is an
+    ``ssl.SSLObject`` over memory BIOs on the plain socket, so a writer thread and
+    a reader thread may use one connection at once (the checks do): each TLS call
+    holds a lock, the socket's I/O is outside it, and records go out whole and in
+    order under a second lock.  A TLS end of file without close_notify reads as
+    end of file, as ``suppress_ragged_eofs`` has it.
+    """
+
+    CHUNK = 256 * 1024  # plaintext encrypted at once by sendall
+
+    def __init__(self, sock, ctx):
+        self._ssl = ssl
+        self.sock = sock
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._obj = ctx.wrap_bio(self._in, self._out, server_side=False)
+        self._lock = threading.Lock()
+        self._wlock = threading.Lock()
+        self._pending = b""  # ciphertext a non-blocking send left unsent
+        self._plain = bytearray()  # plaintext decrypted, not yet returned by recv
+        self._eof = False
+        self._handshake()
+
+    def _handshake(self):
+        while True:
+            with self._lock:
+                try:
+                    self._obj.do_handshake()
+                    done = True
+                    self._drain()  # what came after the server's Finished (its session tickets, maybe data)
+                except self._ssl.SSLWantReadError:
+                    done = False
+                out = self._out.read()
+            if out:
+                self.sock.sendall(out)
+            if done:
+                return
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionResetError("the server closed the connection during the TLS handshake")
+            with self._lock:
+                self._in.write(data)
+
+    def version(self):
+        return self._obj.version()
+
+    def cipher(self):
+        return self._obj.cipher()
+
+    # --- writing -------------------------------------------------------------------------------
+    def _encrypt(self, data):
+        with self._lock:
+            self._obj.write(data)
+            return self._out.read()
+
+    def sendall(self, data):
+        view = memoryview(data).cast("B")
+        with self._wlock:
+            if self._pending:
+                self.sock.sendall(self._pending)
+                self._pending = b""
+            for i in range(0, len(view), self.CHUNK):
+                self.sock.sendall(self._encrypt(view[i:i + self.CHUNK]))
+
+    def send(self, data):
+        """Encrypt up to ``CHUNK`` bytes of ``data``; blocking, send them whole; non-blocking, what the socket takes
+        (the rest of their ciphertext waits for the next write).  Returns the plaintext bytes taken."""
+        view = memoryview(data).cast("B")[:self.CHUNK]
+        with self._wlock:
+            out = self._pending + self._encrypt(view)
+            self._pending = b""
+            if self.sock.gettimeout() == 0.0:
+                try:
+                    n = self.sock.send(out)
+                except BlockingIOError:
+                    n = 0
+                self._pending = out[n:]
+            else:
+                self.sock.sendall(out)
+        return len(view)
+
+    def shutdown(self, how):
+        """``SHUT_WR`` (or ``SHUT_RDWR``): close_notify, TLS's half-close; reading goes on until the server's."""
+        with self._wlock:
+            with self._lock:
+                try:
+                    self._obj.unwrap()
+                except self._ssl.SSLWantReadError:
+                    pass  # ours is written; the server's comes after its last data
+                out = self._pending + self._out.read()
+                self._pending = b""
+            self.sock.sendall(out)
+        if how == socket.SHUT_RDWR:
+            self.sock.shutdown(how)
+
+    # --- reading -------------------------------------------------------------------------------
+    def _drain(self):
+        """Under the lock: decrypt every whole record the incoming BIO holds into ``_plain``.
+
+        So that no record waits in the BIO between two holders of the lock: a half-close's ``unwrap`` (whose
+        second ``SSL_shutdown`` reads) would take one for data after close_notify, a fatal error in OpenSSL 3.
+        """
+        while True:
+            try:
+                chunk = self._obj.read(65536)
+            except self._ssl.SSLWantReadError:
+                return
+            except (self._ssl.SSLZeroReturnError, self._ssl.SSLEOFError):
+                self._eof = True  # close_notify, or the peer's end of file
+                return
+            if not chunk:
+                self._eof = True
+                return
+            self._plain += chunk
+
+    def recv(self, n):
+        while True:
+            with self._lock:
+                if self._plain:
+                    out = bytes(self._plain[:n])
+                    del self._plain[:n]
+                    return out
+                if self._eof:
+                    return b""
+            data = self.sock.recv(65536)
+            with self._lock:
+                if data:
+                    self._in.write(data)
+                else:
+                    self._in.write_eof()
+                self._drain()
+                out = self._out.read()
+            if out and self._wlock.acquire(blocking=False):  # what reading made TLS write (rare); never wait on a writer
+                try:
+                    self.sock.sendall(out)
+                except OSError:
+                    pass  # the server is gone already: what it would have read does not matter
+                finally:
+                    self._wlock.release()
+
+    # --- the socket's own ----------------------------------------------------------------------
+    def settimeout(self, t):
+        self.sock.settimeout(t)
+
+    def setblocking(self, flag):
+        self.sock.setblocking(flag)
+
+    def gettimeout(self):
+        return self.sock.gettimeout()
+
+    def setsockopt(self, *args):
+        self.sock.setsockopt(*args)
+
+    def getsockname(self):
+        return self.sock.getsockname()
+
+    @property
+    def family(self):
+        return self.sock.family
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def close(self):
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def read_exact(sock, n):
@@ -91,13 +288,13 @@ def read_to_eof(sock, limit):
             raise Failed(f"more than {limit:,} bytes before EOF")
 
 
-def exchange(addr, stream, timeout=10.0):
+def exchange(addr, stream, timeout=10.0, tls=None):
     """Send ``stream``, half-close, read to EOF (or a reset).  Returns the bytes answered.
 
     A server may close (or reset) before it has read everything, as it does on
     a malformed message: a broken pipe while sending is not an error here.
     """
-    with connect(addr, timeout=timeout) as s:
+    with connect(addr, timeout=timeout, tls=tls) as s:
         got = bytearray()
         try:
             s.sendall(stream)
@@ -221,7 +418,7 @@ def server_socket_option(pids, client_sock, level, option):
     return None
 
 
-def open_connections(addr, count, within_s=TIMEOUT_S):
+def open_connections(addr, count, within_s=TIMEOUT_S, tls=None):
     """``count`` connected sockets to ``addr``, opened one after another within ``within_s`` in all.
 
     A server that accepts slowly (a listen backlog of 5 overflows, and each
@@ -237,7 +434,7 @@ def open_connections(addr, count, within_s=TIMEOUT_S):
                 raise Failed(f"only {i:,} of {count:,} connections opened within {within_s:g} s (the server accepts "
                              f"slowly: a short listen backlog?)")
             try:
-                socks.append(connect(addr, timeout=min(TIMEOUT_S, left)))
+                socks.append(connect(addr, timeout=min(TIMEOUT_S, left), tls=tls))
             except socket.timeout:
                 raise Failed(f"only {i:,} of {count:,} connections opened within {within_s:g} s (the server "
                              f"accepts slowly: a short listen backlog?)") from None
@@ -250,13 +447,14 @@ def open_connections(addr, count, within_s=TIMEOUT_S):
     return socks
 
 
-def many_connections_echo(addr, count, size, deadline_s=TIMEOUT_S, open_within_s=TIMEOUT_S):
+def many_connections_echo(addr, count, size, deadline_s=TIMEOUT_S, open_within_s=TIMEOUT_S, tls=None):
     """Open ``count`` connections (within ``open_within_s``), each echoing its own ``size`` random bytes, all at once.
 
-    Non-blocking, one selector, bounded by ``deadline_s``.  Returns the list of
-    connection indexes whose echo was wrong or incomplete.
+    Non-blocking, one selector, bounded by ``deadline_s`` (over TLS, a thread
+    per connection: ``echo_on``).  Returns the list of connection indexes
+    whose echo was wrong or incomplete.
     """
-    socks = open_connections(addr, count, open_within_s)
+    socks = open_connections(addr, count, open_within_s, tls=tls)
     try:
         return echo_on(socks, size, deadline_s)
     finally:
@@ -268,8 +466,12 @@ def echo_on(socks, size, deadline_s=TIMEOUT_S):
     """Echo ``size`` random bytes (a different stream each) on every socket of ``socks`` at once.
 
     Returns the indexes whose echo was wrong or incomplete within ``deadline_s``.
-    The sockets are left non-blocking; the caller closes them.
+    The sockets are left non-blocking; the caller closes them.  ``TlsConn``s
+    (which a selector cannot drive: a record may wait inside TLS) echo each in
+    a thread of its own.
     """
+    if socks and isinstance(socks[0], TlsConn):
+        return _echo_on_tls(socks, size, deadline_s)
     sel = selectors.DefaultSelector()
     state = {}
     try:
@@ -312,6 +514,28 @@ def echo_on(socks, size, deadline_s=TIMEOUT_S):
         return [st["i"] for st in state.values() if bytes(st["got"]) != st["want"]]
     finally:
         sel.close()
+
+
+def _echo_on_tls(conns, size, deadline_s):
+    bad = []
+
+    def one(i, c):
+        data = payload(size, seed=1000 + i)
+        try:
+            if echo_concurrently(c, data) != data:
+                bad.append(i)
+        except (OSError, AssertionError):
+            bad.append(i)
+
+    threads = [threading.Thread(target=one, args=(i, c), daemon=True) for i, c in enumerate(conns)]
+    for t in threads:
+        t.start()
+    end = time.monotonic() + deadline_s
+    for i, t in enumerate(threads):
+        t.join(max(0.0, end - time.monotonic()))
+        if t.is_alive():
+            bad.append(i)
+    return sorted(set(bad))
 
 
 def connect_burst(addr, count, within_s):

@@ -134,7 +134,7 @@ def framed_pipelining(s):
     sizes = [0, 1, 64, 1000, 4096, 65536, 300_000] + [rng.randrange(0, 5000) for _ in range(200)]
     payloads = [payload(n, seed=i) for i, n in enumerate(sizes)]
     stream = b"".join(requests_for(s.protocol, payloads))
-    with connect(s.address, timeout=20) as sock:
+    with connect(s.address, tls=s.tls, timeout=20) as sock:
         # answers are read while sending: over AF_UNIX (no receive buffer) the kernel would otherwise stall
         # both directions once both send buffers are full
         box = []
@@ -164,7 +164,7 @@ def framed_pipelining(s):
 def framed_partial(s):
     req = requests_for(s.protocol, [b"complete-me"])[0]
     want, _ = oracle(s.protocol, req, s.max_message)
-    with connect(s.address, timeout=5) as sock:
+    with connect(s.address, tls=s.tls, timeout=5) as sock:
         sock.sendall(req[:-1])
         sock.settimeout(0.3)
         try:
@@ -202,7 +202,7 @@ def malformed(s):
     others = requests_for(proto, [payload(5000, seed=k) for k in range(3)])
     failures = []
     cases = malformed_cases(proto, s.max_message)
-    with connect(s.address, timeout=10) as other:
+    with connect(s.address, tls=s.tls, timeout=10) as other:
         # another client has half a message in the server while the bad ones arrive
         other.sendall(others[0][:100])
         time.sleep(0.05)
@@ -210,7 +210,7 @@ def malformed(s):
             want, is_bad = oracle(proto, good + bad, s.max_message)
             assert is_bad, f"{name}: the case must be malformed per the oracle"
             try:
-                got = answers(proto, exchange(s.address, good + bad, timeout=5))
+                got = answers(proto, exchange(s.address, good + bad, timeout=5, tls=s.tls))
             except Failed as e:
                 failures.append(f"{name}: {e}")
                 continue

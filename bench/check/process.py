@@ -55,7 +55,7 @@ def _wait_fds(s, at_most, timeout=FD_WAIT_S):
 @check("nodelay", "accepted sockets have TCP_NODELAY (an echo leaves at once)", transports=("tcp", "tcp6"),
        protocols=PROTOCOLS, needs_pid=True)
 def nodelay(s):
-    with connect(s.address, timeout=10) as sock:
+    with connect(s.address, tls=s.tls, timeout=10) as sock:
         sock.settimeout(10)
         value = None
         if s.protocol == "raw":
@@ -79,7 +79,7 @@ def nodelay(s):
 def descriptors(s):
     raise_nofile(1100)
     base_fds, base_rss = fd_count(s.pids), rss(s.pids)
-    bad = many_connections_echo(s.address, count=1000, size=4096)
+    bad = many_connections_echo(s.address, tls=s.tls, count=1000, size=4096)
     if bad:
         raise Failed(f"{len(bad)} of 1,000 connections got a wrong or missing echo")
     _wait_fds(s, base_fds + FD_SLACK)
@@ -92,7 +92,7 @@ def descriptors(s):
 
 def _rude_round(s, n=100, seconds=0.3):
     """``n`` connections that write until the server stops reading, read nothing, then reset."""
-    socks = open_connections(s.address, n, within_s=10)
+    socks = open_connections(s.address, n, within_s=10, tls=s.tls)
     data = b"x" * MiB
     end = time.monotonic() + seconds
     try:
@@ -136,7 +136,7 @@ def stop(s):
     stream = s.transport != "udp"
     try:
         if stream:
-            socks = open_connections(s.address, 50, within_s=20)
+            socks = open_connections(s.address, 50, within_s=20, tls=s.tls)
             if s.protocol == "raw":
                 for i, sock in enumerate(socks):
                     if i % 3 == 0:

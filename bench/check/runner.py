@@ -21,6 +21,7 @@ from sockbench.bench.check.base import CHECKS, FAIL, NA, PASS, Outcome, Subject,
 from sockbench.endpoints import Endpoint
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.servers.process import ServerProcess
+from sockbench.servers.tls import client_context
 
 __all__ = ["Target", "CheckRun", "run_checks", "select_checks", "TEST_MAX_MESSAGE"]
 
@@ -121,8 +122,10 @@ def _probe(endpoint):
         s.close()
 
 
-def _start(target, transport, protocol, cpus, max_message):
+def _start(target, transport, protocol, cpus, max_message, tls=None):
     extra = ("--protocol", protocol, "--max-message", str(max_message)) if protocol != "raw" else ()
+    if tls is not None:
+        extra += tuple(tls.server_args())
     server = ServerProcess(target.name, transport, cpus=cpus, extra_args=extra if target.command is None else (),
                            command=target.command, python=target.python)
     try:
@@ -136,25 +139,31 @@ def _gone_line(server):
     return f"the server exited (status {server.proc.returncode}) during this check" + (f": {err[-1][:200]}" if err else "")
 
 
-def run_checks(target, transport="tcp", protocol="raw", only=None, cpus=None, on_outcome=None):
+def run_checks(target, transport="tcp", protocol="raw", only=None, cpus=None, on_outcome=None, tls=None):
     """Every applicable check against ``target`` over ``transport``; a ``CheckRun``.
 
     ``on_outcome(outcome)`` is told each check's verdict as it comes.
-    Raises ``UsageError`` (exit 2) when the target cannot be checked at all.
+    ``tls``: a ``servers.tls.TlsConfig`` (its certificate and key made): a
+    registered server is started serving it, and every check speaks TLS to
+    the target (``Subject.tls``); a ``--command`` serves what its own line
+    says.  Raises ``UsageError`` (exit 2) when the target cannot be checked at all.
     """
     checks = select_checks(only)
     t0 = time.monotonic()
     started = target.endpoint is None
     framed_limit = TEST_MAX_MESSAGE if started and target.command is None else 16 * 1024 * 1024
     server = None
+    serve_tls = tls if target.command is None else None
+    options = {"tls": client_context(tls)} if tls is not None else {}
     if started:
-        server = _start(target, transport, protocol, cpus, framed_limit)
+        server = _start(target, transport, protocol, cpus, framed_limit, serve_tls)
         endpoint = server.endpoint
     else:
         endpoint = target.endpoint
         _probe(endpoint)
-    run = CheckRun(target.label, target.describe(), endpoint.transport, protocol, started)
-    subject = Subject(endpoint, protocol, server, target.label, framed_limit)
+    run = CheckRun(target.label, target.describe() + (f", over TLS {tls.version}" if tls is not None else ""),
+                   endpoint.transport, protocol, started)
+    subject = Subject(endpoint, protocol, server, target.label, framed_limit, options)
     try:
         for c in checks:
             outcome = run_one(c, subject)
@@ -163,8 +172,8 @@ def run_checks(target, transport="tcp", protocol="raw", only=None, cpus=None, on
                 outcome = Outcome(c.name, c.title, FAIL, line + (f" ({outcome.detail})" if outcome.detail else ""),
                                   outcome.seconds)
                 server.stop()
-                server = _start(target, transport, protocol, cpus, framed_limit)
-                subject = Subject(server.endpoint, protocol, server, target.label, framed_limit)
+                server = _start(target, transport, protocol, cpus, framed_limit, serve_tls)
+                subject = Subject(server.endpoint, protocol, server, target.label, framed_limit, options)
                 run.notes.append(f"started again after {c.name}")
             run.outcomes.append(outcome)
             if on_outcome is not None:

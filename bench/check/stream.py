@@ -19,7 +19,7 @@ from sockbench.errors import SockbenchError
 from sockbench.procfs import read_rss_bytes
 from sockbench.bench.check.client import (
     StreamPattern, connect, connect_burst, echo_concurrently, echo_on, many_connections_echo, open_connections, payload,
-    raise_nofile,
+    raise_nofile, tls_over,
     read_exact, read_to_eof, send_without_reading,
 )
 
@@ -57,7 +57,7 @@ def _echo_or_fail(sock, data, what):
 
 @check("echo", "echo byte for byte: 1 B to 16 MiB on one connection", transports=STREAM)
 def echo_sizes(s):
-    with connect(s.address) as sock:
+    with connect(s.address, tls=s.tls) as sock:
         for i, size in enumerate(ECHO_SIZES):
             _echo_or_fail(sock, payload(size, seed=i), f"{size:,} B")
     return f"{len(ECHO_SIZES)} sizes, {sum(ECHO_SIZES) / MiB:.1f} MiB in all"
@@ -66,7 +66,7 @@ def echo_sizes(s):
 @check("many-connections", f"{MANY} connections at once, 16 KiB each, every echo whole and its own", transports=STREAM)
 def many_connections(s):
     raise_nofile(MANY + 64)
-    bad = many_connections_echo(s.address, count=MANY, size=16 * 1024 + 7)
+    bad = many_connections_echo(s.address, tls=s.tls, count=MANY, size=16 * 1024 + 7)
     if bad:
         raise Failed(f"{len(bad)} of {MANY} connections got a wrong or missing echo (first: {bad[:5]})")
 
@@ -93,7 +93,7 @@ def write_then_read_size(transport):
 def write_then_read(s):
     size = write_then_read_size(s.transport)
     data = payload(size, seed=size)
-    with connect(s.address, timeout=10) as sock:
+    with connect(s.address, tls=s.tls, timeout=10) as sock:
         try:
             sock.sendall(data)
         except socket.timeout:
@@ -107,7 +107,7 @@ def write_then_read(s):
 @check("half-close", "a half-close flushes everything pending, then the server closes", transports=STREAM)
 def half_close(s):
     data = payload(3 * MiB + 11, seed=42)
-    with connect(s.address, timeout=10) as sock:
+    with connect(s.address, tls=s.tls, timeout=10) as sock:
         errors = []
 
         def send():
@@ -127,7 +127,7 @@ def half_close(s):
     if got != data:
         raise Failed(f"got {len(got):,} of {len(data):,} bytes before the server closed"
                      + (f" (differing from byte {first_difference(got, data):,})" if data[: len(got)] != got else ""))
-    with connect(s.address, timeout=10) as sock:
+    with connect(s.address, tls=s.tls, timeout=10) as sock:
         sock.sendall(b"last words")
         sock.shutdown(socket.SHUT_WR)
         try:
@@ -144,7 +144,7 @@ def half_close(s):
 def pipelining(s):
     chunks = [payload(1 + (i * 37) % 200, seed=i) for i in range(10_000)]
     want = b"".join(chunks)
-    with connect(s.address, timeout=10) as sock:
+    with connect(s.address, tls=s.tls, timeout=10) as sock:
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         errors = []
@@ -183,7 +183,7 @@ def rss(pids):
 def slow_reader(s):
     total, chunk = SLOW_READER_TOTAL, MiB
     pattern = StreamPattern(seed=7)
-    with connect(s.address, timeout=10) as sock:
+    with connect(s.address, tls=s.tls, timeout=10) as sock:
         _echo_or_fail(sock, b"warm", "the first bytes")
         base = rss(s.pids) if s.started else None
         sent = [0]
@@ -246,18 +246,18 @@ def _reset(sock):
 @check("abrupt-peers", "peers that reset with echo pending, vanish mid-message or connect and leave disturb nobody",
        transports=STREAM)
 def abrupt_peers(s):
-    with connect(s.address, timeout=10) as steady:
+    with connect(s.address, tls=s.tls, timeout=10) as steady:
         _echo_or_fail(steady, payload(100_000, seed=1), "the steady connection, before")
         rude = []
         for i in range(20):
-            r = connect(s.address, timeout=10)
+            r = connect(s.address, tls=s.tls, timeout=10)
             send_without_reading(r, payload(MiB, seed=100 + i))
             rude.append(r)
         time.sleep(0.1)
         for r in rude:
             _reset(r)
         for i in range(20):  # gone before a byte, and gone inside a write
-            r = connect(s.address, timeout=10)
+            r = connect(s.address, tls=s.tls, timeout=10)
             if i % 2:
                 r.send(payload(1000, seed=i))
             _reset(r) if i % 4 < 2 else r.close()
@@ -265,7 +265,7 @@ def abrupt_peers(s):
         if not s.alive():
             raise Failed(f"the server exited after peers reset (status {s.server.proc.returncode})")
         _echo_or_fail(steady, payload(MiB, seed=3), "the steady connection, after")
-    with connect(s.address, timeout=10) as fresh:
+    with connect(s.address, tls=s.tls, timeout=10) as fresh:
         _echo_or_fail(fresh, b"still here", "a new connection, after")
     return "20 resets with 1 MiB unread, 20 peers gone at once or mid-write"
 
@@ -277,9 +277,9 @@ def idle_connections(s):
     if soft < IDLE + 64:
         raise NotApplicable(f"this process may open {soft} descriptors, under the {IDLE + 64} the check needs "
                             f"(raise ulimit -n)")
-    idle = open_connections(s.address, IDLE, within_s=20)
+    idle = open_connections(s.address, IDLE, within_s=20, tls=s.tls)
     try:
-        with connect(s.address, timeout=10) as busy:
+        with connect(s.address, tls=s.tls, timeout=10) as busy:
             for k in range(20):
                 _echo_or_fail(busy, payload(4096, seed=k), f"the busy connection (message {k + 1})")
         sample = idle[:: IDLE // 10]
@@ -301,11 +301,16 @@ def connect_flood(s):
     try:
         if completed < FLOOD:
             raise Failed(f"{FLOOD - completed} of {FLOOD} connects did not complete within 5 s")
+        if s.tls is not None:  # then every one's handshake, one after another, before the echoes
+            for i, sock in enumerate(socks):
+                sock.setblocking(True)
+                sock.settimeout(10)
+                socks[i] = tls_over(sock, s.tls)
         bad = echo_on(socks, 64, deadline_s=15)
         if bad:
             raise Failed(f"{len(bad)} of {FLOOD} flooded connections got a wrong or missing echo")
     finally:
         for sock in socks:
             sock.close()
-    with connect(s.address, timeout=10) as sock:
+    with connect(s.address, tls=s.tls, timeout=10) as sock:
         _echo_or_fail(sock, b"after the flood", "a new connection, after")

@@ -113,7 +113,7 @@ from sockbench.bench.load.spec import MAX_FRAMED_SIZE, MODES, PROTOCOLS, LoadSpe
 from sockbench.bench.load.worker import FD_HEADROOM, WorkerParams
 from sockbench.bench.schema import (
     ERROR_KINDS, Client, CpuPerMsg, Errors, Fairness, LoadResult, Machine, ProcResult, ServerProc, Target, Throughput,
-    Timeseries, Workload, copy_fields, merge_fields,
+    Timeseries, TlsPart, TlsSetting, Workload, copy_fields, merge_fields,
 )
 from sockbench.children import Stopped, child_setup, held_signals, signal_of
 from sockbench.endpoints import Endpoint
@@ -125,6 +125,7 @@ from sockbench.procfs import (TICK_S, busy_processes, foreign_process_s, irq_tim
 from sockbench.servers.contract import format_peer
 from sockbench.servers.environments import interpreter_version
 from sockbench.servers.process import ServerProcess
+from sockbench.servers.tls import client_context, ensure_certificate, handshake_failure
 from sockbench.thresholds import BEHIND_FRACTION, CLIENT_BOUND_UTIL, SERVER_BOUND_UTIL, STALL_S
 from sockbench.timestamps import iso_utc
 
@@ -228,6 +229,50 @@ def _probe(endpoint, wording, timeout_s, exchange=None):
         raise SockbenchError(f"{line}: {e.strerror or e}" if what == "other" else line) from None
     finally:
         s.close()
+
+
+#: what a plain probe sends to a server of another's (a TLS server takes it for a record it cannot read)
+_PLAIN_PROBE = b"sockbench probe\n"
+
+
+def tls_probe(endpoint, tls):
+    """The probe's exchange over TLS: one handshake, as the load will do it; a server that does not complete it is one
+    usage line (it is not serving TLS, or not the TLS asked for)."""
+
+    def exchange(sock):
+        ctx = client_context(tls)
+        try:
+            ctx.wrap_socket(sock, server_hostname=None).close()
+        except OSError as e:
+            why = handshake_failure(e).removeprefix("TLS handshake failed: ")
+            raise UsageError(f"the TLS handshake with {endpoint} failed ({why}): is the server serving TLS "
+                             f"{tls.version} (sockbench serve NAME --tls)?") from None
+
+    return exchange
+
+
+def plain_probe(endpoint):
+    """The probe's exchange in the clear: one short message echoed; a server that answers it as TLS does (an alert, or
+    closing) is one usage line saying to add ``--tls``."""
+
+    def exchange(sock):
+        got = b""
+        try:
+            sock.sendall(_PLAIN_PROBE)
+            while len(got) < len(_PLAIN_PROBE):
+                chunk = sock.recv(len(_PLAIN_PROBE) - len(got))
+                if not chunk:
+                    break
+                got += chunk
+        except TimeoutError:
+            return  # a slow echo: the load will tell
+        except OSError:
+            got = got or b"\x15"  # reset on a plain message: what TLS servers do
+        if got != _PLAIN_PROBE and (not got or got[:1] == b"\x15"):
+            raise UsageError(f"the server at {endpoint} does not echo a plain message (it closed the connection or "
+                             f"answered with a TLS alert): is it serving TLS? Then load it with --tls")
+
+    return exchange
 
 
 def nofile_advice(spec, hard):
@@ -334,6 +379,9 @@ def run_load(spec, json_path=None, on_window=None, notes=None):
         extra = ("--protocol", spec.protocol) if spec.protocol != "raw" and spec.command is None else ()
         if spec.workers != 1:
             extra += ("--workers", str(spec.workers))
+        if spec.tls is not None and spec.command is None:  # a --command serves TLS as it is told by its own line
+            tls = spec.tls if spec.tls.cert else spec.tls.with_files(*ensure_certificate(_default_tls_folder()))
+            extra += tuple(tls.server_args())
         # the load processes start (Python, hdrh, the loop's extension: ~0.1 s) while the server starts
         spare = []
         try:
@@ -369,6 +417,14 @@ def run_load(spec, json_path=None, on_window=None, notes=None):
 def _write_cut(cut, json_path):
     if cut.result is not None and json_path is not None:
         write_json_atomic(json_path, cut.result.to_json())
+
+
+def _default_tls_folder():
+    """Where a harness-started TLS server's certificate is made when the caller gave none: once per user of this
+    machine, in a private folder of the temp dir (``sockbench load`` and ``run`` make theirs in the results folder)."""
+    folder = os.path.join(tempfile.gettempdir(), f"sockbench-tls-{os.getuid()}")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    return folder
 
 
 def busy_warning(cpus, busy):
@@ -536,6 +592,11 @@ def measure(spec, server, endpoint, on_window=None, start_at=None, spare=None):
     """
     if endpoint.transport == "udp":
         _probe(endpoint, datagram.PROBE_WORDING, datagram.PROBE_TIMEOUT_S, datagram.echo_probe)
+    elif spec.tls is not None:
+        _probe(endpoint, _STREAM_PROBE_WORDING, _STREAM_PROBE_TIMEOUT_S, tls_probe(endpoint, spec.tls))
+    elif server is None and spec.protocol == "raw":
+        # a server of another's: one plain message tells a TLS server from an echo server
+        _probe(endpoint, _STREAM_PROBE_WORDING, _STREAM_PROBE_TIMEOUT_S, plain_probe(endpoint))
     else:
         _probe(endpoint, _STREAM_PROBE_WORDING, _STREAM_PROBE_TIMEOUT_S)
     if spec.name_busy:
@@ -602,6 +663,8 @@ def _spawn_workers(spec, server, endpoint, workers, spare=None):
             # the first load process reads the server's CPU and the CPUs' counters at the window's edges
             server_pid=server.pid if server is not None and i == 0 else 0,
             stat_cpus=_stat_cpus(spec, server) if i == 0 else (),
+            tls=({"version": spec.tls.version, "cipher": spec.tls.cipher, "resumption": spec.tls.resumption}
+                 if spec.tls is not None else None),
         )
         first += n
         with held_signals():
@@ -624,7 +687,7 @@ def _wait_ready(workers, server):
 
     def on_ready(w, ev):
         if ev.get("event") != "ready":
-            raise SockbenchError(ev.get("message") or f"load process {w.params.index} failed")
+            raise SockbenchError(ev.get("message") or f"load process {w.params.index} failed", ev.get("exit_code"))
 
     late = _wait_events(workers, time.monotonic() + READY_TIMEOUT_S, on_ready, server_gone)
     if late:
@@ -960,13 +1023,18 @@ def build_result(spec, server, endpoint, started_at, procs, problems, srv, cut=N
                           f"window; the figures cover those {cut_s:.1f} s")
     datagrams = datagram.merge(rs) if spec.transport == "udp" else None
     reasons += datagram.invalid_reasons(datagrams)
+    tls = _tls_part(spec, rs, measured_s)
+    if tls is not None and tls.handshake_errors:
+        reasons.append(f"{tls.handshake_errors} TLS handshake(s) failed (the first: {tls.handshake_error})")
     second = hdr.summary_us(m.hdr2, m.mean2_ns)
     return LoadResult(
         server=spec.label if spec.started else endpoint.format(),
         target=Target(host=endpoint.host, port=endpoint.port, path=endpoint.path,
                       command=spec.command.text if spec.command is not None else None),
         workload=copy_fields(Workload, spec, transport=endpoint.transport, server_cpus=list(spec.server_cpus),
-                             client_cpus=list(spec.client_cpus), python=spec.python or None),
+                             client_cpus=list(spec.client_cpus), python=spec.python or None,
+                             tls=(TlsSetting(version=spec.tls.version, cipher=spec.tls.cipher,
+                                             resumption=spec.tls.resumption) if spec.tls is not None else None)),
         throughput=_throughput(spec, m, measured_s),
         latency_us=hdr.summary_us(m.hdr1, m.mean1_ns),
         service_us=second if spec.mode == "open" else None,
@@ -987,7 +1055,26 @@ def build_result(spec, server, endpoint, started_at, procs, problems, srv, cut=N
         interference=_interference(spec, server, rs, server_proc, srv.process_s),
         fairness=fairness,
         datagrams=datagrams,
+        tls=tls,
     )
+
+
+def _tls_part(spec, rs, measured_s=None):
+    """A TLS load's handshakes over every load process (None for a plain load): what was negotiated (the first
+    process that says), and in connect mode the handshakes completed in the window, resumed or not."""
+    if spec.tls is None:
+        return None
+    parts = [r.tls for r in rs if r.tls]
+    first = next((t for t in parts if t.get("version")), {})
+    handshakes = resumed = per_s = None
+    if spec.mode == "connect":
+        handshakes = sum(t.get("handshakes") or 0 for t in parts)
+        resumed = sum(t.get("resumed") or 0 for t in parts)
+        per_s = handshakes / (measured_s or spec.duration_s)
+    return TlsPart(version=first.get("version"), cipher=first.get("cipher"), group=first.get("group"),
+                   handshakes=handshakes, resumed=resumed, handshakes_per_s=per_s,
+                   handshake_errors=sum(t.get("handshake_errors") or 0 for t in parts),
+                   handshake_error=next((t["handshake_error"] for t in parts if t.get("handshake_error")), None))
 
 
 def _longest_idle(msgs, interval_s):

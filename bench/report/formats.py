@@ -26,7 +26,8 @@ that parses what it wrote.
   every result field the schema declares a column for
   (``schema.csv_columns``: throughput, the round's own latency percentiles,
   errors, server and client CPU, a polling client's stalls, a udp round's
-  datagram accounting; empty where a round has none), and the round's and
+  datagram accounting, a TLS round's negotiated version, cipher and group
+  and handshakes a second; empty where a round has none), and the round's and
   the cell's flags.  A new dimension or field becomes a column without a
   change here.
 * ``ci/msgs_per_s.json`` and ``ci/p99_us.json``: github-action-benchmark's

@@ -182,12 +182,16 @@ class Results:
     def in_base(self, c):
         """True when ``c`` (a CellStats) is over the base transport with the base worker count and interpreter.
 
-        The other transports, worker counts and interpreters are dimensions of their own sections
+        The other transports, worker counts and interpreters, and TLS, are dimensions of their own sections
         (``dimensions.py``); the summary and the grid's plots compare servers on one of each.  A server that
         has no interpreter of sockbench's choosing (a ``--command``) is in every interpreter's base.
         """
         return (c.cell.transport == self.base_transport() and c.cell.workers == self.base_workers()
-                and c.cell.python in ("", self.base_python() or ""))
+                and c.cell.python in ("", self.base_python() or "") and not c.cell.tls)
+
+    def has_tls(self):
+        """True when the run measured cells over TLS (``sockbench run --tls on``): the report's TLS section."""
+        return any(c.cell.tls for c in self.cells.values())
 
     def protocol_sections(self):
         """Workloads measured in raw and in at least one framed protocol, in run order.

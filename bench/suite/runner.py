@@ -48,6 +48,7 @@ import time
 from sockbench.bench.load.worker import FD_HEADROOM
 from sockbench.bench.report.store import RAW_DIR, is_discarded
 from sockbench.bench.suite.plan import default_plan, full_plan, quick_plan
+from sockbench.servers.tls import TlsConfig, ensure_certificate
 from sockbench.bench.suite.progress import Calibrated, Calibrating, CellDone, CellStarted, RoundDone, Window, parse
 from sockbench.bench.suite.session import (
     ENV_OUT, ENV_PLAN, ENV_STATUS_FD, PROGRESS_FILE, WRITE_FAILED_EXIT, new_meta, update_meta,
@@ -123,12 +124,15 @@ def _none_or(values, option):
 def build_plan(servers=None, sizes=None, conns=None, quick=False, full=False, rounds=None, min_rounds=None,
                max_rounds=None, ci=None, cell_budget_s=None, run_budget_s=None, duration_s=None, warmup_s=None,
                open_pcts=None, server_cpus=None, client_cpus=None, protocols=None, transports=None, workers=None,
-               commands=None, pythons=None):
+               commands=None, pythons=None, tls=None, tls_config=None, tls_resumption=None):
     """The run's Plan from the command line; any bad value is a one-line UsageError.
 
     ``rounds`` fixes the rounds of every cell (``min_rounds = max_rounds = rounds``); ``run_budget_s`` 0
     lifts the run budget.  ``commands``: ``Command``s to run beside the servers (alone when no ``servers``
     are named); ``pythons``: the interpreters (``prepare_pythons``) the built-in servers run under.
+    ``tls`` is the TLS dimension (``[False, True]`` for ``--tls off on``), ``tls_config`` the setting of its
+    TLS cells (``servers.tls.TlsConfig``), ``tls_resumption`` which handshakes its connect cells measure
+    (None: full and resumed).
     """
     if quick and full:
         raise UsageError("--quick and --full exclude each other")
@@ -162,6 +166,19 @@ def build_plan(servers=None, sizes=None, conns=None, quick=False, full=False, ro
         kw["pythons"] = tuple(pythons)
         kw["python_servers"] = tuple(n for n in names if registry.is_builtin(n))
     names = names + [c.name for c in commands]
+    if tls:
+        kw["tls"] = tuple(dict.fromkeys(bool(t) for t in tls))
+        # a --command serves what its own command line says: sockbench cannot make it serve TLS
+        command_names = {c.name for c in commands}
+        kw["serves_tls"] = {n: n not in command_names and registry.get(n).tls_availability()[0]
+                            and "raw" in registry.get(n).tls for n in names}
+        if True in kw["tls"]:
+            if not any(kw["serves_tls"].values()):
+                raise UsageError("--tls on: no chosen server serves TLS here; see `sockbench servers`")
+            cfg = tls_config or TlsConfig()
+            kw["tls_setting"] = {"version": cfg.version, "cipher": cfg.cipher, "cert": cfg.cert, "key": cfg.key}
+            if tls_resumption is not None:
+                kw["handshake_resumption"] = (bool(tls_resumption),)
     if transports is not None:
         kw["transports"] = tuple(_split(transports))  # each name is checked by the Plan
     plan = make(names, **kw)
@@ -744,6 +761,10 @@ def run_main(plan, out=None, console=None, argv=None):
     console = console or Console(soft_wrap=True)
     check_fd_limit(plan)
     out = _prepare_out(out)
+    if True in plan.tls and not plan.tls_setting.get("cert"):
+        # the servers' certificate, made once per results folder: out/tls/cert.pem and key.pem
+        cert, key = ensure_certificate(out)
+        plan = dataclasses.replace(plan, tls_setting={**plan.tls_setting, "cert": cert, "key": key})
     plan_path, meta_path = os.path.join(out, "plan.json"), os.path.join(out, "meta.json")
     _written(plan_path, plan.save, plan_path)
     _written(meta_path, write_json_atomic, meta_path, new_meta(plan, argv))

@@ -55,6 +55,7 @@ from sockbench.bench.suite.progress import Calibrated, Calibrating, CellDone, Ce
 from sockbench.jsonfile import write_json_atomic
 from sockbench.machine import machine_info
 from sockbench.servers import registry
+from sockbench.servers.tls import DEFAULT_VERSION, TlsConfig
 from sockbench.servers.command import Command
 from sockbench.timestamps import folder_stamp, iso_utc
 
@@ -264,8 +265,16 @@ class SuiteContext:
             conns=conns or cell.conns, size=size or cell.size, rate=rate,
             duration_s=p.round_duration(cell), warmup_s=p.warmup_s, procs=min(p.procs, conns or cell.conns),
             server_cpus=tuple(p.server_cpus), client_cpus=tuple(p.client_cpus), interval_s=p.interval_s,
-            name_busy=name_busy,
+            name_busy=name_busy, tls=self.tls_config(cell),
         )
+
+    def tls_config(self, cell):
+        """The ``TlsConfig`` of a TLS cell (the plan's setting; resumption as the cell says), or None."""
+        if not cell.tls:
+            return None
+        t = self.plan.tls_setting
+        return TlsConfig(cert=t.get("cert"), key=t.get("key"), version=t.get("version") or DEFAULT_VERSION,
+                         cipher=t.get("cipher"), resumption=cell.resumed)
 
     # --- the open-loop peak ----------------------------------------------------------
     def record(self, stats):
@@ -277,21 +286,21 @@ class SuiteContext:
         c = stats.cell
         if (c.mode == "closed" and c.size == self.plan.open_size and c.protocol == "raw" and c.depth == self.plan.depth
                 and not stats.invalid and stats.median > 0):
-            key = (c.server, c.transport, c.workers, c.python)
+            key = (c.server, c.transport, c.workers, c.python, c.tls)
             self.peaks[key] = max(self.peaks.get(key, 0.0), stats.median)
 
-    def peak(self, server, transport="tcp", workers=1, python=""):
+    def peak(self, server, transport="tcp", workers=1, python="", tls=False):
         """The server's peak msgs/s at the sweep's size over ``transport`` with ``workers`` processes under
-        interpreter ``python``: measured already, or calibrated now."""
-        key = (server, transport, workers, python)
+        interpreter ``python`` (over TLS with ``tls``): measured already, or calibrated now."""
+        key = (server, transport, workers, python, tls)
         if key in self.peaks:
             return self.peaks[key], "closed-loop cells"
         cal = Cell(server, "closed", self.plan.open_size, self.plan.open_conns, transport=transport, workers=workers,
-                   python=python)
+                   python=python, tls=tls)
         self.event(Calibrating(server=server))
         r = self.run(self.spec(cal), on_window=self._window)
         name = (server + ("" if transport == "tcp" else f"-{transport}") + ("" if workers == 1 else f"-w{workers}")
-                + (f"-py{python}" if python else ""))
+                + (f"-py{python}" if python else "") + ("-tls" if tls else ""))
         self.write(os.path.join(self.out, "calibration", f"{name}.json"), r.to_json())
         self.event(Calibrated(server=server, msgs_per_s=r.throughput.msgs_per_s, valid=r.valid))
         if not r.valid or not r.throughput.msgs_per_s > 0:

@@ -5,7 +5,10 @@ shared with the conformance suite; this module only turns the command line
 into targets, runs them transport by transport and protocol by protocol, and
 shows the outcome.  A registered server is checked over every transport it
 serves unless ``--transport`` says otherwise; a ``--command`` or a running
-address over tcp (or its own transport).  Exit status: 0 when nothing failed,
+address over tcp (or its own transport).  ``--tls`` runs the same checks over
+TLS (a registered server started serving it with a self-signed pair made
+for the run; a running target spoken to in TLS), over its stream transports.
+Exit status: 0 when nothing failed,
 1 when a check failed, 2 when the target could not be checked at all (bad
 input, a command that does not start, a target that refuses connections).
 Stopped (Ctrl-C, SIGTERM), it writes the runs that finished to ``--json`` and
@@ -15,6 +18,7 @@ Stopped (Ctrl-C, SIGTERM), it writes the runs that finished to ``--json`` and
 import json
 import sys
 
+from sockbench.cli import tlsargs
 from sockbench.cli.targets import add_command_arguments, command_from_args
 from sockbench.endpoints import TRANSPORTS, parse_target
 from sockbench.errors import SockbenchError, UsageError
@@ -47,6 +51,7 @@ def add_arguments(p):
                    help="the CPUs a server sockbench starts is pinned to (default 0)")
     p.add_argument("--json", metavar="PATH", help="write the outcome as JSON here (- for stdout)")
     p.add_argument("--junit", metavar="FILE", help="write the outcome as JUnit XML here, for CI")
+    tlsargs.add_arguments(p, "check")
     return p
 
 
@@ -112,6 +117,40 @@ def _targets(args):
     return Target(endpoint=endpoint), [endpoint.transport]
 
 
+def _tls_transports(target, transports, protocols):
+    """The stream transports of ``transports`` (TLS has no udp form); a registered server must serve TLS there."""
+    stream = [t for t in transports if t != "udp"]
+    if not stream:
+        raise UsageError("--tls applies to tcp, tcp6 and unix; give one of them")
+    if target.name is not None:
+        spec = registry.get(target.name)
+        for t in stream:
+            for p in protocols:
+                spec.check_tls(p, t)
+    return stream
+
+
+_TLS_FOLDERS = []
+
+
+def _with_certificate(tls, target):
+    """``tls`` with a certificate for the server sockbench starts: a self-signed pair made once for this run, in a
+    private folder removed at exit (``--cert``/``--key``: the user's)."""
+    if tls is None or tls.cert is not None or target.name is None:
+        return tls
+    # deferred: the certificate maker, needed by a TLS check only
+    import atexit
+    import shutil
+    import tempfile
+
+    from sockbench.servers.tls import ensure_certificate
+
+    if not _TLS_FOLDERS:
+        _TLS_FOLDERS.append(tempfile.mkdtemp(prefix="sockbench-check-tls-"))
+        atexit.register(shutil.rmtree, _TLS_FOLDERS[0], True)
+    return tls.with_files(*ensure_certificate(_TLS_FOLDERS[0]))
+
+
 def run_cli(args):
     from sockbench.cli.term import console as make_console  # deferred: rich, as every subcommand's console
 
@@ -129,6 +168,9 @@ def run_cli(args):
 
     select_checks(args.only)  # an unknown name is bad input before anything starts
     target, transports = _targets(args)
+    tls = tlsargs.config(args, "check")
+    if tls is not None:
+        transports = _tls_transports(target, transports, args.protocol)
     for path, what in ((args.json, "--json"), (args.junit, "--junit")):
         if path and path != "-":
             check_writable(path, what)
@@ -141,7 +183,8 @@ def run_cli(args):
                     continue  # a datagram is one message: the servers speak raw over udp
                 console.print(f"checking {target.describe()} over {transport}"
                               + (f", --protocol {protocol}" if protocol != "raw" else "") + " ...", highlight=False)
-                run = run_checks(target, transport, protocol, only=args.only, cpus=args.server_cpus)
+                run = run_checks(target, transport, protocol, only=args.only, cpus=args.server_cpus,
+                                 tls=_with_certificate(tls, target))
                 runs.append(run)
                 console.print(table(run))
                 for note in run.notes:

@@ -21,11 +21,13 @@ that side's own CPU, and a DISTURBED or STARVED run says so in one line
 each, in the verdict's colour: a figure under either must not be quoted.
 """
 
+import dataclasses
 import json
 import os
 import sys
 
 from sockbench.cli.targets import add_command_arguments, command_from_args
+from sockbench.cli import tlsargs
 from sockbench.endpoints import TRANSPORTS, check_transport, parse_target
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.thresholds import CLIENT_STALL_S, DISTURBED_SHARE
@@ -69,6 +71,7 @@ def add_arguments(p):
     add_command_arguments(p)
     p.add_argument("--python", metavar="PATH",
                    help="run the built-in server NAME under this interpreter (3.11 or newer; built once, cached)")
+    tlsargs.add_arguments(p, "load")
     return p
 
 
@@ -123,6 +126,7 @@ def spec_from_args(args):
         command=command,
         server_python=server_python,
         python=python,
+        tls=tlsargs.config(args, "load"),
     )
     # a load from several hosts checks the client CPUs on each host, where they are
     return spec if getattr(args, "cluster", None) else spec.validate()
@@ -133,6 +137,7 @@ def run_cli(args):
     from sockbench.bench.load.harness import LoadInterrupted, run_load
     from sockbench.cli.term import console as make_console
     from sockbench.jsonfile import check_writable, write_json_atomic
+    from sockbench.servers.tls import ensure_certificate
     from sockbench.timestamps import folder_stamp
 
     spec = spec_from_args(args)
@@ -143,6 +148,10 @@ def run_cli(args):
         os.makedirs(os.path.dirname(args.json), exist_ok=True)
     if not to_stdout:
         check_writable(args.json, "--json")  # before measuring: a result with nowhere to go is lost
+    if spec.tls is not None and spec.server is not None and spec.tls.cert is None:
+        # the server's certificate, made once per results folder: the folder the result goes to
+        folder = os.path.dirname(os.path.abspath(args.json)) if not to_stdout else os.path.join("results", "load")
+        spec = dataclasses.replace(spec, tls=spec.tls.with_files(*ensure_certificate(folder)))
     console = make_console(stderr=to_stdout)
     # one line, then nothing until the run ends: a redrawn spinner would cost the measured CPUs
     console.print(f"loading {spec.label}: {spec.mode}, {spec.protocol}, {spec.conns} conns, "
@@ -190,7 +199,7 @@ def render_summary(r):
     errs = Text(f"errors: {e.total}  " + "  ".join(f"{k} {v}" for k, v in e.by_kind.items()),
                 style="red" if e.total else "dim")
     return Group(_head(r), verdict, *_verdict_lines(r), _throughput_table(r), _latency_table(r), _cpu_table(r),
-                 *_fairness_line(r), *_datagram_line(r), *_stall_line(r), errs, *_notes(r))
+                 *_fairness_line(r), *_datagram_line(r), *_tls_line(r), *_stall_line(r), errs, *_notes(r))
 
 
 def _verdict_lines(r):
@@ -221,6 +230,21 @@ def _fairness_line(r):
     jain = f"  Jain's index {f.jain:.3f}" if f.jain is not None else ""
     return [Text(f"per connection: min {f.min:,}  median {f.median:,.0f}  max {f.max:,} msgs{jain}",
                  style="red" if f.starved else "dim")]
+
+
+def _tls_line(r):
+    """TLS: what the handshakes negotiated, and in connect mode how many a second, resumed or not."""
+    from rich.text import Text  # deferred: rich, as in run_cli
+
+    t = r.tls
+    if t is None:
+        return []
+    line = f"TLS {t.version or '?'}  {t.cipher or '?'}  key exchange {t.group or '?'}"
+    if t.handshakes is not None:
+        line += f"  handshakes {t.handshakes_per_s:,.0f}/s ({t.resumed:,} of {t.handshakes:,} resumed)"
+    if t.handshake_errors:
+        line += f"  {t.handshake_errors:,} failed: {t.handshake_error}"
+    return [Text(line, style="red" if t.handshake_errors else "dim")]
 
 
 def _stall_line(r):
@@ -257,6 +281,8 @@ def _head(r):
     head.append(f"{r.server}", style="bold")
     if w.transport != "tcp":
         head.append(f"  {w.transport}")
+    if w.tls is not None:
+        head.append(f"  TLS {w.tls.version}" + ("  resuming" if w.tls.resumption else ""))
     head.append(f"  {w.mode}")
     if w.protocol != "raw":
         head.append(f"  {w.protocol}")

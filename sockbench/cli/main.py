@@ -27,6 +27,7 @@ from sockbench.cli import history as history_cmd
 from sockbench.cli import load as load_cmd
 from sockbench.cli import run as run_cmd
 from sockbench.cli.targets import add_command_arguments, command_from_args
+from sockbench.cli import tlsargs
 from sockbench.cli.term import console as make_console
 from sockbench.endpoints import TRANSPORTS, check_transport
 from sockbench.errors import SockbenchError
@@ -57,7 +58,17 @@ def _cmd_serve(args):
     return run_server(args.name, transport=args.transport, host=args.host, port=args.port, path=args.path,
                       protocol=args.protocol, max_message=args.max_message,
                       backlog=args.backlog, idle_timeout=args.idle_timeout, max_buffered=args.max_buffered,
-                      workers=args.workers)
+                      workers=args.workers, tls=tlsargs.config(args, "serve"))
+
+
+def _tls_column(spec):
+    """What ``sockbench servers`` says of a server's TLS: ``yes``, ``no``, or why it is not built here."""
+    if not spec.serves_tls:
+        return "no"
+    ok, why = spec.tls_availability()
+    if ok:
+        return "yes" if spec.tls == spec.protocols else f"yes ({' '.join(spec.tls)})"
+    return "not built" if "TLS" in why else "-"
 
 
 def _serve_command(command, args):
@@ -73,7 +84,7 @@ def _serve_command(command, args):
 
     for flag, value in (("--protocol", args.protocol != "raw"), ("--max-message", args.max_message),
                         ("--backlog", args.backlog), ("--idle-timeout", args.idle_timeout),
-                        ("--max-buffered", args.max_buffered), ("--workers", args.workers)):
+                        ("--max-buffered", args.max_buffered), ("--workers", args.workers), ("--tls", args.tls)):
         if value:
             raise SockbenchError(f"{flag} is an option of sockbench's own servers; a --command takes its own",
                                  exit_code=2)
@@ -106,23 +117,30 @@ def _cmd_servers(args):
         rows = []
         for spec in registry.SERVERS.values():
             ok, why = spec.availability()
+            tls_ok, tls_why = spec.tls_availability()
             rows.append({"name": spec.name, "available": ok, "reason": None if ok else why, "model": spec.summary,
                          "protocols": list(spec.protocols), "transports": list(spec.transports),
-                         "plugin": spec.plugin or None})
+                         "plugin": spec.plugin or None,
+                         "tls": {"protocols": list(spec.tls), "available": tls_ok,
+                                 "reason": None if tls_ok else tls_why} if spec.serves_tls else None})
         print(json.dumps(rows, indent=2))
         return 0
     table = Table(title="sockbench servers", box=None, show_edge=False)
     table.add_column("name", style="bold", no_wrap=True)
     table.add_column("status", no_wrap=True)
     table.add_column("transports", no_wrap=True)
+    table.add_column("tls", no_wrap=True)
     table.add_column("model")
     missing = []
     for spec in registry.SERVERS.values():
         ok, why = spec.availability()
         if not ok:
             missing.append(f"{spec.name}: {why}")
+        elif spec.serves_tls and not spec.tls_availability()[0]:
+            missing.append(f"{spec.name}: {spec.tls_availability()[1]}")
         table.add_row(spec.name, "[green]available[/]" if ok else f"[red]{why.split(' (', 1)[0]}[/]",
-                      " ".join(spec.transports), spec.summary + (f" [dim](plugin: {spec.plugin})[/]" if spec.plugin else ""))
+                      " ".join(spec.transports), _tls_column(spec),
+                      spec.summary + (f" [dim](plugin: {spec.plugin})[/]" if spec.plugin else ""))
     console = make_console()
     console.print(table)
     # the full reason, with the command that fixes it, on one unwrapped line per server
@@ -156,10 +174,11 @@ def build_parser():
                    help="N server processes on one port (SO_REUSEPORT; unix: one shared socket), each pinned to one CPU "
                         "of this process's affinity; the ready line lists their \"pids\" (default: one process, no \"pids\")")
     add_command_arguments(s)
+    tlsargs.add_arguments(s, "serve")
     s.set_defaults(func=_cmd_serve)
 
     s = sub.add_parser("servers", help="list every server and whether it is available here")
-    s.add_argument("--json", action="store_true", help="print the list as JSON (name, available, reason, model, protocols, transports)")
+    s.add_argument("--json", action="store_true", help="print the list as JSON (name, available, reason, model, protocols, transports, tls)")
     s.set_defaults(func=_cmd_servers)
 
     s = sub.add_parser("load", help="load one server (NAME or --target HOST:PORT); print a summary, write the result JSON")

@@ -14,6 +14,7 @@ import math
 import sys
 
 from sockbench.cli.targets import add_command_arguments, commands_from_args
+from sockbench.cli import tlsargs
 from sockbench.cli.term import console as make_console
 from sockbench.errors import SockbenchError
 from sockbench.units import arg, parse_cpus, parse_number, parse_percent, parse_scheduler
@@ -82,6 +83,7 @@ def add_run_arguments(p):
                    help="the scaling dimension: every cell with each of these server process counts, each worker on one "
                         "of --server-cpus (sockbench serve --workers; default 1)")
     p.add_argument("--out", metavar="DIR", help="results folder to create (default results/<UTC time>)")
+    tlsargs.add_arguments(p, "run")
     p.add_argument("--cluster", metavar="tcp://HOST:PORT", type=arg(parse_scheduler, "--cluster"),
                    help="load from several hosts: the Dask scheduler of their `sockbench cluster-worker`s "
                         "(reached, with the --hosts, before the run starts)")
@@ -128,6 +130,9 @@ def run_cli(args):
         commands=commands,
         pythons=prepare_pythons(args.python, log=lambda line: print(f"sockbench: {line}", file=sys.stderr, flush=True))
         if args.python else None,
+        tls=args.tls,
+        tls_config=tlsargs.config(args, "run"),
+        tls_resumption=args.tls_resumption,
     )
     if args.hosts and not args.cluster:
         raise SockbenchError("--hosts names load hosts of --cluster; give --cluster tcp://HOST:PORT too", exit_code=2)

@@ -2,9 +2,11 @@
 
 Each test takes ``server`` (a fresh ``sockbench serve NAME --port 0`` process)
 or ``server_name``, both parametrized over the registry in conftest.py, or,
-for the echo checks that every stream transport must pass, ``stream_server``
-(one process per server and transport, shared by this module's tests) or
-``fresh_stream_server`` (a process of its own).
+for the echo checks that every stream transport must pass, plain and over TLS,
+``stream_server`` (one process per server, transport and TLS, shared by this
+module's tests) or ``fresh_stream_server`` (a process of its own); they reach
+it with ``open_conn`` (or ``sockbench check``'s checks), which speak TLS to a
+TLS server (a half-close is then close_notify).
 """
 
 import os
@@ -20,6 +22,7 @@ from conftest import stream_cases_with
 from echo_client import (
     assert_check,
     connect,
+    open_conn,
     echo_concurrently,
     one_line_error,
     payload,
@@ -45,7 +48,10 @@ def test_ready_line_and_stdout(fresh_stream_server):
         ready = proc.ready
         transport = proc.transport
         where = {"path"} if transport == "unix" else {"host", "port"}
-        assert set(ready) == {"event", "server", "transport", "pid", "backlog"} | where
+        tls = {"tls"} if getattr(proc, "tls", None) is not None else set()
+        assert set(ready) == {"event", "server", "transport", "pid", "backlog"} | where | tls
+        if tls:
+            assert ready["tls"]["version"] == "1.3" and os.path.exists(ready["tls"]["cert"])
         assert ready["server"] == proc.name and ready["transport"] == transport
         if transport == "unix":
             folder = os.path.dirname(ready["path"])
@@ -56,7 +62,7 @@ def test_ready_line_and_stdout(fresh_stream_server):
             assert isinstance(ready["port"], int) and ready["port"] > 0
         assert ready["pid"] == proc.proc.pid, "the pid is the process that serves"
         assert ready["backlog"] == system_backlog(), "the default backlog is the system's maximum"
-        with connect(proc.address) as s:
+        with open_conn(proc) as s:
             assert echo_concurrently(s, b"ping") == b"ping"
     finally:
         rc = proc.stop()
@@ -117,7 +123,7 @@ def test_stop_signal_with_50_connections_exits_0_within_2s(fresh_stream_server, 
     socks = []
     try:
         for i in range(50):
-            s = connect(server.address)
+            s = open_conn(server)
             socks.append(s)
         # a third of them mid-transfer: their echo is pending because we do not read it
         for i, s in enumerate(socks):
@@ -179,7 +185,7 @@ def test_send_everything_before_reading(stream_server, size):
     """The client writes its whole message before reading a byte: no deadlock."""
     server = stream_server
     data = payload(size, seed=size)
-    with connect(server.address, timeout=15) as s:
+    with open_conn(server, timeout=15) as s:
         try:
             s.sendall(data)
         except socket.timeout:
@@ -191,8 +197,17 @@ def test_200_concurrent_connections(stream_server):
     assert_check("many-connections", stream_server)
 
 
-def test_half_close_flushes_then_closes(stream_server):
-    """3 MiB then a half-close, and a small message then a half-close (``half-close``)."""
+def _expect_tls_half_close_gap(request, server):
+    """Over TLS, a server whose library cannot finish a half-close is expected to fail the check (the registry
+    says why); it still runs, so that a library that learns it shows as XPASS."""
+    gap = registry.get(server.name).tls_half_close_gap
+    if getattr(server, "tls", None) is not None and gap:
+        request.applymarker(pytest.mark.xfail(reason=gap, strict=False))
+
+
+def test_half_close_flushes_then_closes(stream_server, request):
+    """3 MiB then a half-close, and a small message then a half-close (``half-close``); over TLS, close_notify."""
+    _expect_tls_half_close_gap(request, stream_server)
     assert_check("half-close", stream_server)
 
 

@@ -156,7 +156,7 @@ def test_version_json_and_one_prefix(folder, capsys):
     assert main(["servers", "--json"]) == 0
     servers = json.loads(capsys.readouterr().out)
     assert {"blocking", "uvloop", "cython"} <= {s["name"] for s in servers}
-    assert all(set(s) == {"name", "available", "reason", "model", "protocols", "transports", "plugin"} for s in servers)
+    assert all(set(s) == {"name", "available", "reason", "model", "protocols", "transports", "plugin", "tls"} for s in servers)
     assert main(["compare", folder, folder, "--json"]) == 0
     cmp_ = json.loads(capsys.readouterr().out)
     assert cmp_["rows"] and all(r["ratio"] == 1.0 for r in cmp_["rows"])
