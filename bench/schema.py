@@ -33,7 +33,7 @@ from sockbench.units import format_size
 
 __all__ = [
     "SCHEMA_VERSION", "HISTORY", "READABLE_VERSIONS", "ERROR_KINDS", "MERGES", "SchemaError", "Part", "fld",
-    "Cell", "Workload", "Target", "Throughput", "Latency", "MergedLatency", "Errors", "CpuPerMsg", "ServerProc",
+    "Cell", "Workload", "TlsSetting", "TlsPart", "Target", "Throughput", "Latency", "MergedLatency", "Errors", "CpuPerMsg", "ServerProc",
     "Client", "Timeseries", "Machine", "Interference", "Fairness", "Datagrams", "WorkerCpu", "ClockOffset",
     "HostPart", "CellContext", "LoadResult", "ProcResult", "RunPlan", "RunMeta", "RoundSummary", "CellSummary",
     "jain_index", "merge_fields", "merge_stalls", "counted", "csv_columns", "copy_fields",
@@ -45,7 +45,10 @@ HISTORY = {
        "server and client CPU, time series, HDR histograms, machine, start time, the suite's cell",
     2: "interference, fairness, machine tuning, throughput.measured_s, server_proc.exit_status; then "
        "latency p9999/p99999, machine.versions, hosts (--cluster), client stalls, datagrams (udp)",
-    3: "client.waits: the load loop's epoll_wait calls (messages per wake-up)",
+    3: "client.waits: the load loop's epoll_wait calls (messages per wake-up); then workload.python and "
+       "cell.python (the server's interpreter, --python), server_proc.python and server_proc.processes, "
+       "target.command (a --command server); workload.tls and tls (--tls: the setting asked for, what the "
+       "handshakes negotiated, connect mode's handshakes and resumed ones), cell.tls and cell.resumed",
     4: "cell.pass_no (the pass of an interleaved run); interference: server_throttled, client_throttled, "
        "loaded_idle, canary, client_slowdown, unseen (CPU taken where the guest does not see it)",
 }
@@ -284,6 +287,19 @@ class Cell:
     transport: str = "tcp"
     #: server processes (``sockbench serve --workers``); a 1-worker cell's id has no suffix
     workers: int = 1
+    #: the interpreter the server ran under (``sockbench run --python``: "3.12"); "" for sockbench's own
+    python: str = ""
+    #: over TLS (``sockbench serve --tls``); a plain cell's id has no suffix
+    tls: bool = False
+    #: connect mode over TLS: each connection resumes its slot's previous session (``--tls-resumption on``)
+    resumed: bool = False
+
+    def __post_init__(self):
+        if self.python is None:  # copied from a workload that names none
+            object.__setattr__(self, "python", "")
+        # copied from a workload: its TLS setting (or None) says whether the cell is over TLS
+        object.__setattr__(self, "tls", bool(self.tls))
+        object.__setattr__(self, "resumed", bool(self.resumed) and self.tls)
 
     def _parts(self, wording):
         """The optional parts this cell shows, in one of ``_CELL_PARTS``' wordings (``id``, ``describe``, ``title``)."""
@@ -334,10 +350,52 @@ _CELL_PARTS = (
     _CellPart(lambda c: c.protocol != "raw", "-{c.protocol}", "{c.protocol}", "{c.protocol} protocol"),
     _CellPart(lambda c: c.transport != "tcp", "-{c.transport}", "{c.transport}", "over {c.transport}"),
     _CellPart(lambda c: c.workers != 1, "-w{c.workers}", "{c.workers} workers", "{c.workers} server processes"),
+    _CellPart(lambda c: bool(c.python), "-py{c.python}", "Python {c.python}", "under Python {c.python}"),
+    _CellPart(lambda c: c.tls and not c.resumed, "-tls", "TLS", "over TLS"),
+    _CellPart(lambda c: c.tls and c.resumed, "-tls-resumed", "TLS resumed", "over TLS, sessions resumed"),
 )
 
 
 # --- the parts of a result ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TlsSetting(Part):
+    """The TLS a load asked for (``sockbench load --tls``): the version both ends were pinned to, the cipher
+    (None: OpenSSL's choice) and whether connect mode's connections resumed sessions."""
+
+    _malformed = "a malformed workload.tls"
+
+    version: str = fld(required=True, read=str)
+    cipher: str | None = fld()
+    resumption: bool = fld(False, read=bool)
+
+
+@dataclass(frozen=True)
+class TlsPart(Part):
+    """What a TLS load's handshakes negotiated, and in connect mode how many completed.
+
+    ``version``, ``cipher`` and ``group`` (the key exchange) as OpenSSL names
+    them.  Connect mode: ``handshakes`` completed in the window (each cycle is
+    one), ``resumed`` of them (the server took the session offered),
+    ``handshakes_per_s`` over the window; ``None`` in closed and open loop,
+    whose connections shook hands before the window.  ``handshake_errors``
+    counts the handshakes that failed, ``handshake_error`` the first one's
+    reason in OpenSSL's words.
+    """
+
+    version: str | None = fld()
+    cipher: str | None = fld()
+    group: str | None = fld()
+    handshakes: int | None = fld()
+    resumed: int | None = fld()
+    handshakes_per_s: float | None = fld()
+    handshake_errors: int = fld(0, read=int)
+    handshake_error: str | None = fld()
+
+    @property
+    def resumed_share(self):
+        return self.resumed / self.handshakes if self.handshakes else None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -366,18 +424,27 @@ class Workload(Part):
     client_cpus: list | None = fld(read=list)
     #: server processes (``--workers``); results without it had one
     workers: int = fld(1, read=_int_or(1))
+    #: the interpreter label asked for (``--python``: "3.12"); None: sockbench's own (and every older result)
+    python: str | None = fld(omit=True, since=3, read=lambda v: str(v) or None)
+    #: the TLS asked for (``--tls``), or None: plain, as every result without it
+    tls: "TlsSetting | None" = _part(TlsSetting, omit=True, since=3)
 
 
 @dataclass(frozen=True)
 class Target(Part):
-    """The address the load connected to (the harness-started server's, or ``--target``'s); ``path`` for unix."""
+    """The address the load connected to (the harness-started server's, or ``--target``'s); ``path`` for unix;
+    ``command``: a ``--command`` server's command line as given."""
 
     host: str | None = fld()
     port: int | None = fld()
     path: str | None = fld()
+    command: str | None = fld(omit=True, since=3)
 
     def to_json(self):
-        return {"path": self.path} if self.path is not None else {"host": self.host, "port": self.port}
+        out = {"path": self.path} if self.path is not None else {"host": self.host, "port": self.port}
+        if self.command is not None:
+            out["command"] = self.command
+        return out
 
 
 @dataclass(frozen=True)
@@ -386,7 +453,7 @@ class Throughput(Part):
 
     ``target_rate`` .. ``behind`` exist in open loop only, ``conns_per_s`` in connect mode only;
     ``measured_s`` only when the rates are over less than the workload's ``duration_s`` (the server
-    exited inside the window).
+    exited inside the window, or a stop signal cut it short).
     """
 
     msgs_per_s: float | None = fld(csv="msgs_per_s")
@@ -498,6 +565,10 @@ class ServerProc(Part):
     cpus: list | None = fld(read=list)
     cpu_util: float | None = fld()
     exit_status: int | None = fld(omit=True, since=2)
+    #: the interpreter a Python server ran under ("CPython 3.12.1"); None for a --command or a running target
+    python: str | None = fld(omit=True, since=3)
+    #: how many processes served (a --command's process tree, a forking server's children included)
+    processes: int | None = fld(omit=True, since=3)
 
     def to_json(self):
         out = super().to_json()
@@ -834,6 +905,19 @@ class CellContext(Part):
     index: int | None = fld()
     peak_msgs_per_s: float | None = fld()
     pass_no: int | None = fld(since=4)
+    #: the server's interpreter (``--python``), as the cell's; "" (and absent from the JSON) for sockbench's own
+    python: str = fld("", since=3, read=lambda v: str(v or ""))
+    #: over TLS, and (connect mode) resuming sessions, as the cell's; absent from a plain cell's JSON
+    tls: bool = fld(False, since=3, read=bool)
+    resumed: bool = fld(False, since=3, read=bool)
+
+    def to_json(self):
+        out = super().to_json()
+        if not self.python:
+            del out["python"]
+        if not self.tls:  # as every cell written before TLS
+            del out["tls"], out["resumed"]
+        return out
 
     @classmethod
     def of(cls, cell, round_no, rounds, index, peak=None, pass_no=None):
@@ -899,6 +983,10 @@ class LoadResult(Part):
         "datagrams_sent": "sent", "datagrams_lost": "lost", "loss_share": "loss_share", "duplicates": "duplicates",
         "out_of_order": "out_of_order"})
     hosts: list | None = _part(HostPart, many=True, omit=True, since=2)
+    #: a TLS load's handshakes (absent from a plain result)
+    tls: TlsPart | None = _part(TlsPart, omit=True, since=3, csv={
+        "tls_version": "version", "tls_cipher": "cipher", "tls_group": "group", "handshakes_per_s": "handshakes_per_s",
+        "resumed_share": "resumed_share"})
     cell: CellContext | None = fld(omit=True)
 
     @classmethod
@@ -926,7 +1014,9 @@ class LoadResult(Part):
         """The ``Cell`` this result is a round of: the suite's cell, else its server and workload."""
         if self.cell is not None:
             return self.cell.cell
-        return copy_fields(Cell, self.workload, server=self.server)
+        w = self.workload
+        return copy_fields(Cell, w, server=self.server, tls=w.tls is not None,
+                           resumed=w.tls is not None and w.mode == "connect" and w.tls.resumption)
 
     @property
     def round_no(self):
@@ -1008,6 +1098,8 @@ class _ProcFields(Part):
     datagrams: dict | None = fld()
     #: how long after ``start_ns`` the process woke up to start its loop (what a shared start instant costs)
     start_late_ns: int | None = fld(merge="measured_max")
+    #: TLS: the loop's ``tls`` dict (negotiated version, cipher, group; connect mode: handshakes, resumed), else None
+    tls: dict | None = fld()
 
     @classmethod
     def from_json(cls, d, source="a load process"):
@@ -1090,6 +1182,26 @@ class RunPlan(Part):
     workers: tuple = fld((1,), read=_tuple)
     #: the seed of the passes' random order (``--seed``; None: drawn when the run starts, and recorded)
     seed: int | None = fld(since=4)
+    #: ``--command`` servers: name -> their command (``servers.command.Command.to_json()``); their names are in servers
+    commands: dict = fld(factory=dict, since=3)
+    #: the interpreter dimension (``--python``): ``{"label", "python" (the executable that serves), "version", ...}``
+    #: each; empty: sockbench's own interpreter, no dimension
+    pythons: tuple = fld((), since=3, read=lambda v: tuple(dict(p) for p in v))
+    #: the servers the interpreter dimension applies to (the built-in ones; a --command or a plugin runs once)
+    python_servers: tuple = fld((), since=3, read=_tuple)
+    #: the TLS dimension (``sockbench run --tls off on``): every stream cell plain (False) and/or over TLS (True)
+    tls: tuple = fld((False,), since=3, read=lambda v: tuple(bool(x) for x in v))
+    #: server -> whether it serves TLS here (from the registry); a server not listed serves it
+    serves_tls: dict = fld(factory=dict, since=3)
+    #: the TLS setting every TLS cell uses: ``version``, ``cipher``, and the server's ``cert`` and ``key``
+    #: (``sockbench run`` makes a self-signed pair in the results folder, once)
+    tls_setting: dict = fld(factory=lambda: {"version": "1.3", "cipher": None}, since=3)
+    #: the TLS section: these closed-loop (connections, size) workloads, each plain and over TLS
+    tls_workloads: tuple = fld(((100, 64), (10, 16384)), since=3, read=lambda v: tuple(tuple(w) for w in v))
+    #: ... and handshakes: connect mode with this many connections at a time, plain (connections a second) and
+    #: over TLS with each of these resumption settings (False: every handshake full, True: sessions resumed)
+    handshake_conns: int = fld(10, since=3)
+    handshake_resumption: tuple = fld((False, True), since=3, read=lambda v: tuple(bool(x) for x in v))
 
     @classmethod
     def from_json(cls, d, source="the plan"):

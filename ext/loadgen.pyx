@@ -134,6 +134,7 @@ from window cimport (
 )
 from loadrun cimport (
     Run, RUN_CLOSED, RUN_OPEN, RUN_N_ERR, run_init, run_alloc, run_open, run_pass, run_result, run_free,
+    run_arm, run_disarm, run_over,
 )
 from protocols cimport PROTO_RAW, PROTO_FRAME, PROTO_JSON, PROTO_COUNT, proto_name
 from wire cimport (
@@ -868,7 +869,7 @@ cdef void main_loop(Loop *L) noexcept nogil:
         now = now_ns()
         if not L.run.e.ru_started and now >= L.run.w.warm_end:
             window_opens(L, now)
-        if now >= L.run.w.end:
+        if run_over(&L.run, now):
             break
         if now >= next_tick:
             check_timeouts(L, now)
@@ -1099,6 +1100,9 @@ def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, 
     long between two passes of the loop is a client stall, its CPU taken
     from it (``stalls``, their total ``stall_s`` and the ``longest_stall_s``
     in the window; ``None`` all three when the loop does not poll).
+    A SIGTERM or SIGINT while the loop runs ends the window at once
+    (``loadrun.run_over``): the counts cover the window until then and
+    ``cpu_window_s`` is its length; the handlers of before are back afterwards.
     """
     cdef Loop L
     cdef int rc, i
@@ -1114,8 +1118,12 @@ def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, 
         rc = open_loop(&L, fds, first_cid, cid_step)
         if rc < 0:
             raise OSError(-rc, f"{L.run.failed.decode()} failed")
-        with nogil:
-            main_loop(&L)
+        run_arm(&L.run)
+        try:
+            with nogil:
+                main_loop(&L)
+        finally:
+            run_disarm(&L.run)
         return loop_result(&L)
     finally:
         free_loop(&L, fds)

@@ -1,115 +1,329 @@
-"""sockbench as another revision, or another Python, would run it: one built environment per (revision,
-interpreter), cached, whose servers are started like this checkout's own.
+"""sockbench at a revision, for an interpreter: a cached virtual environment with the servers built, to serve from.
 
-Why it is built this way: ``sockbench ab --rev BASE HEAD NAME`` measures a
-server as two commits of sockbench build it, side by side, as asv's
-``continuous`` does; ``--python`` (the ``check`` command) serves with another
-interpreter.  Either way the load generator is this process's own, and only
-the server comes from elsewhere, so the one thing an environment must give is
-the command that starts a server in it: ``Environment.serve_argv(name,
-...)``, ``[python, "-m", "sockbench", "serve", name, ...]``.  The server then
-prints the ready line and is pinned, loaded and measured as a built-in one is
-(``process.ServerProcess(..., environment=env)``).
+Why it is built this way: ``--python PATH`` runs the built-in servers under
+another Python (3.11 or newer), and ``ab --rev`` under another revision of
+sockbench; both need the same thing, an environment where ``PYTHON -m
+sockbench serve NAME`` runs that code with its Cython extensions compiled for
+that interpreter.  Building one takes a minute, so each is built once and kept,
+keyed by the interpreter (its real path, implementation and version) and the
+source (a revision's commit, or the working tree: HEAD plus a hash of its
+uncommitted changes), under ``$SOCKBENCH_CACHE`` (default
+``~/.cache/sockbench/envs``).  A lock file keeps two processes from building
+the same one at once.
 
-``environment(python=None, rev=None)`` gives it, building on first use:
+What an environment holds is what serving needs, nothing more: sockbench
+itself (``--no-deps``, built without build isolation against the Cython and
+setuptools installed first), uvloop, and, where the interpreter has wheels or
+can build them, gevent and trio (a server whose library is missing there is
+"not installed", as anywhere).  The load, the report and the harness always
+run under sockbench's own interpreter: only the server changes.
 
-* ``rev`` None and ``python`` None: this process itself (nothing is built).
-* a revision: ``git worktree add --detach`` of that commit of sockbench's
-  own checkout (``machine.own_checkout``), a virtual environment made by
-  ``python`` (default: this interpreter), and the revision installed into it
-  with pip (the extensions compiled in pip's isolated build environment, as
-  any install does).  With this interpreter, the venv reads the dependencies
-  from this environment's site-packages (a ``.pth`` line: the same uvloop,
-  hdrhistogram ... as the load generator, nothing fetched) and only the
-  revision itself is installed; with another one, pip installs the
-  dependencies too.
-* ``python`` alone: the same, of this checkout's working tree as it is.
-
-An environment is cached by what it was built from: the commit (or, for the
-working tree, its HEAD and a hash of its uncommitted changes) and the
-interpreter (its cache tag and resolved path), under ``$SOCKBENCH_ENV_CACHE``
-(default ``~/.cache/sockbench/envs``).  A finished build leaves ``ready.json``
-(what it was built from and the servers it has: its ``sockbench servers
---json``), so a second use costs nothing; a build is held under a lock file,
-so two commands never build the same one at once; a build that fails leaves
-its log (``build.log``) and no ``ready.json``, and the next use builds again.
-Whatever goes wrong is one ``SockbenchError`` line (exit 2): an unknown
-revision, a folder that is not sockbench's checkout, a build that fails (its
-last line, and the log's path).
+The interpreter the default run uses (this one) needs no environment:
+``prepare`` of a Python whose base installation and version are this
+process's returns one that serves with ``sys.executable``.  Every failure is
+one line naming the interpreter (``SockbenchError``, exit 2): not found, not a
+Python, older than 3.11, or the build failed (its last output line).
 """
 
 import fcntl
+import functools
+import glob
 import hashlib
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
-import sysconfig
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from sockbench.children import child_setup
 from sockbench.errors import SockbenchError, UsageError
-from sockbench.jsonfile import write_json_atomic
-from sockbench.machine import own_checkout
 
-__all__ = ["Environment", "environment", "current", "cache_root", "CACHE_ENV", "READY_FILE", "BUILD_LOG"]
+__all__ = ["Interpreter", "Environment", "inspect", "prepare", "interpreter_version", "python_flags", "MIN_VERSION",
+           "cache_root", "source_root", "environment", "current"]
 
-#: the environment variable naming the cache folder
-CACHE_ENV = "SOCKBENCH_ENV_CACHE"
-READY_FILE = "ready.json"
-BUILD_LOG = "build.log"
-#: the longest one build step may take (pip compiling the extensions takes about a minute here)
-STEP_TIMEOUT_S = 900.0
-#: bump when the layout of a built environment changes: older ones are built again
-LAYOUT = 1
+MIN_VERSION = (3, 11)
+#: what serving needs besides sockbench (the optional servers' libraries are tried, not required)
+SERVE_REQUIRES = ("uvloop>=0.19",)
+SERVE_OPTIONAL = ("gevent>=23.9", "trio>=0.23")
+BUILD_REQUIRES = ("setuptools>=77", "wheel", "Cython>=3.0")
+_PROBE = ("import json, platform, sys; print(json.dumps({'version': platform.python_version(), "
+          "'implementation': platform.python_implementation(), 'executable': sys.executable, "
+          "'base_prefix': sys.base_prefix, 'free_threaded': bool(getattr(sys, '_is_gil_enabled', lambda: True)() "
+          "is False or 't' in getattr(sys, 'abiflags', '')), 'info': list(sys.version_info[:3])}))")
+
+
+def _fail(python, why):
+    return SockbenchError(f"--python {python}: {why}", exit_code=2)
 
 
 @dataclass(frozen=True)
+class Interpreter:
+    """A Python found at ``path``: its version, implementation and where its base installation is."""
+
+    path: str
+    executable: str
+    version: str
+    implementation: str
+    base_prefix: str
+    free_threaded: bool = False
+
+    @property
+    def label(self):
+        """How results and cells name it: ``3.12`` (``3.13t`` for a free-threaded build)."""
+        major, minor = self.version.split(".")[:2]
+        return f"{major}.{minor}" + ("t" if self.free_threaded else "")
+
+    @property
+    def description(self):
+        return f"{self.implementation} {self.version}" + (" (free-threaded)" if self.free_threaded else "")
+
+    @property
+    def is_this_one(self):
+        """True for the interpreter this process runs on (same base installation and version)."""
+        return (os.path.realpath(self.base_prefix) == os.path.realpath(sys.base_prefix)
+                and self.version == platform.python_version())
+
+
+def _candidates(python):
+    """Where ``python`` may be: the path itself, or the name on PATH, then pyenv's installed versions of that name
+    (a pyenv shim answers only for the versions made active, so ``python3.12`` may be installed yet not run)."""
+    if os.sep in python:
+        return [python]
+    found = [p for p in [shutil.which(python)] if p]
+    root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    found += sorted(glob.glob(os.path.join(root, "versions", "*", "bin", python)), reverse=True)
+    return found
+
+
+@functools.lru_cache(maxsize=None)
+def inspect(python):
+    """The ``Interpreter`` at ``python`` (a path or a name on PATH); a one-line SockbenchError when it is none."""
+    candidates = [p for p in _candidates(python) if os.path.exists(p)]
+    if not candidates:
+        raise _fail(python, "not found (give a path, or a name on PATH such as python3.12)")
+    said = None
+    for exe in candidates:
+        try:
+            r = subprocess.run([exe, "-I", "-c", _PROBE], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            said = said or f"cannot be run: {getattr(e, 'strerror', None) or e}"
+            continue
+        try:
+            d = json.loads(r.stdout.strip().splitlines()[-1])
+            info = tuple(d["info"])
+        except (ValueError, KeyError, IndexError):
+            first = (r.stderr.strip().splitlines() or [""])[0][:120]
+            said = said or ("is not a Python interpreter (it did not answer a Python one-liner"
+                            + (f": {first})" if first else ")"))
+            continue
+        if info[:2] < MIN_VERSION:
+            raise _fail(python, f"is Python {d['version']}; sockbench's servers need {MIN_VERSION[0]}.{MIN_VERSION[1]} "
+                                f"or newer")
+        return Interpreter(python, d["executable"], d["version"], d["implementation"], d["base_prefix"],
+                           bool(d.get("free_threaded")))
+    raise _fail(python, said)
+
+
+@functools.lru_cache(maxsize=None)
+def interpreter_version(executable):
+    """``CPython 3.12.1`` for the interpreter at ``executable`` (this process's own without running anything)."""
+    if os.path.realpath(executable) == os.path.realpath(sys.executable):
+        return f"{platform.python_implementation()} {platform.python_version()}"
+    try:
+        return inspect(executable).description
+    except SockbenchError:
+        return None
+
+
+def python_flags(python):
+    """The flags an environment's interpreter serves with: ``-P`` (3.11+: the current directory, perhaps a source
+    tree of another revision, is not put on ``sys.path``); none for this process's own."""
+    return [] if python is None or os.path.realpath(python) == os.path.realpath(sys.executable) else ["-P"]
+
+
+def cache_root():
+    return os.environ.get("SOCKBENCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "sockbench", "envs")
+
+
+def source_root():
+    """The sockbench source tree this process runs from (setup.py beside the package), or None for an install."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for root in (here, os.path.dirname(here)):
+        if os.path.exists(os.path.join(root, "setup.py")) and os.path.isdir(os.path.join(root, "servers")):
+            return root
+    return None
+
+
+def _git(root, *args, text=True):
+    return subprocess.run(["git", "-C", root, *args], capture_output=True, text=text, check=True).stdout
+
+
+def _source_id(root, rev):
+    """``(id, description)`` of the code to build: a revision's commit, or HEAD and a hash of the working tree's changes."""
+    try:
+        if rev is not None:
+            commit = _git(root, "rev-parse", "--verify", f"{rev}^{{commit}}").strip()
+            return commit, f"{rev} ({commit[:12]})"
+        head = _git(root, "rev-parse", "HEAD").strip()
+        diff = _git(root, "diff", "HEAD", "--binary", text=False)
+        untracked = _git(root, "ls-files", "-o", "--exclude-standard", "-z", text=False).split(b"\0")
+    except (OSError, subprocess.CalledProcessError) as e:
+        what = f"revision {rev!r}" if rev is not None else "the working tree"
+        err = getattr(e, "stderr", "") or str(e)
+        raise SockbenchError(f"cannot read {what} of {root}: {str(err).strip().splitlines()[-1:] or e}",
+                             exit_code=2) from None
+    h = hashlib.sha256(diff)
+    for name in sorted(n for n in untracked if n):
+        path = os.path.join(root, os.fsdecode(name))
+        if os.path.isfile(path):
+            h.update(name)
+            with open(path, "rb") as f:
+                h.update(hashlib.sha256(f.read()).digest())
+    dirty = bool(diff) or any(untracked)
+    return (f"{head}-{h.hexdigest()[:16]}" if dirty else head), (f"{head[:12]}" + (" + changes" if dirty else ""))
+
+
+def _export(root, rev, dest):
+    """The source of ``rev`` (None: the working tree, uncommitted changes and new files included) into ``dest``."""
+    if rev is not None:
+        archive = subprocess.run(["git", "-C", root, "archive", "--format=tar", rev], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", dest], input=archive.stdout, check=True)
+        return
+    names = _git(root, "ls-files", "-co", "--exclude-standard", "-z", text=False).split(b"\0")
+    for name in names:
+        if not name:
+            continue
+        rel = os.fsdecode(name)
+        src = os.path.join(root, rel)
+        if not os.path.isfile(src):
+            continue  # deleted in the working tree
+        os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
+        shutil.copy2(src, os.path.join(dest, rel))
+
+
 class Environment:
-    """Where a server runs from: an interpreter, and the sockbench it imports.
+    """sockbench at revision ``rev`` (None: the working tree) for interpreter ``python``: ``prepare()``, then serve."""
 
-    ``rev`` is the full commit (None: the working tree), ``label`` how output names it (``main@1a2b3c4d``,
-    ``python3.12``, ``current``), ``root`` the built folder (None: this process's own environment),
-    ``servers`` its registry as ``sockbench servers --json`` lists it (``{name: row}``; empty: this process's,
-    read from ``registry``).
-    """
+    def __init__(self, python, rev=None, root=None):
+        self.interpreter = inspect(python) if isinstance(python, str) else python
+        self.rev = rev
+        self.root = root or source_root()
+        self._python = None
+        self.source = None
+        self._servers = None
 
-    python: str
-    rev: str | None = None
-    label: str = "current"
-    root: str | None = None
-    servers: dict = field(default_factory=dict, compare=False)
+    @property
+    def python(self):
+        """The executable that runs ``-m sockbench serve`` in this environment (after ``prepare``)."""
+        if self._python is None:
+            raise RuntimeError("Environment.prepare() first")
+        return self._python
+
+    @property
+    def label(self):
+        """How output names it: the interpreter (``3.12``), or the revision (``main@1a2b3c4d``) for ``--rev``."""
+        if self.rev is None:
+            return self.interpreter.label
+        short = (self.source or "").split(" (")[-1].rstrip(")")[:8] or self.rev[:8]
+        return f"{self.rev}@{short}" if not self.rev.startswith(short) else short
 
     @property
     def own(self):
-        """True when this is the running process's own environment."""
-        return self.root is None
-
-    def serve_argv(self, name, *args):
-        """The command that starts server ``name`` in this environment, with ``args`` (``--transport`` ...).
-
-        Run it in ``cwd``: ``python -m`` puts the current folder first on the path, and a sockbench checkout
-        there would be imported instead of the environment's own.
-        """
-        return [self.python, "-m", "sockbench", "serve", name, *map(str, args)]
-
-    @property
-    def cwd(self):
-        """The folder to start its commands in (None: anywhere; this process's own environment)."""
-        return self.root
+        """True for this process's own environment (this interpreter, the working tree as it runs)."""
+        return self.rev is None and self.interpreter.is_this_one
 
     def server(self, name):
-        """The registry row of ``name`` here: ``{"name", "available", "reason", "protocols", "transports"}``;
-        a one-line error (exit 2) for a name this environment does not have or cannot run."""
-        rows = self.servers or _own_servers()
-        row = rows.get(name)
-        where = "" if self.own else f" in {self.label}"
+        """The registry row of ``name`` here (``{"name", "available", "reason", "protocols", "transports"}``); one
+        line (exit 2) for a name this environment does not have or cannot run.  Another environment is asked
+        through its own ``sockbench servers --json``, once."""
+        if self._servers is None:
+            self._servers = _own_servers() if self.own else self._listed_servers()
+        row = self._servers.get(name)
+        where = "" if self.own else f" in sockbench {self.label}"
         if row is None:
-            raise UsageError(f"unknown server {name!r}{where}; valid names: {', '.join(rows)}")
+            raise UsageError(f"unknown server {name!r}{where}; valid names: {', '.join(self._servers)}")
         if not row.get("available", True):
             raise UsageError(f"server {name!r}{where} cannot run: {row.get('reason')}")
         return row
+
+    def _listed_servers(self):
+        r = self._run([self.python, *python_flags(self.python), "-m", "sockbench", "servers", "--json"],
+                      "listing its servers")
+        try:
+            return {row["name"]: row for row in json.loads(r.stdout)}
+        except (ValueError, KeyError, TypeError):
+            raise _fail(self.interpreter.path, "listing its servers gave no JSON") from None
+
+    def serve_argv(self, name, *args):
+        """``[python, -P, -m, sockbench, serve, NAME, *args]`` in this environment (``-P``: a source tree in the
+        current directory must not shadow the environment's own sockbench)."""
+        return [self.python, *python_flags(self.python), "-m", "sockbench", "serve", name, *args]
+
+    def key(self, source_id):
+        i = self.interpreter
+        ident = json.dumps([os.path.realpath(i.executable), i.implementation, i.version, i.free_threaded, source_id])
+        return f"py{i.label}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
+
+    def prepare(self, log=None):
+        """Build the environment if it is not in the cache yet; returns self.  ``log(line)`` hears what is done."""
+        if self.rev is None and self.interpreter.is_this_one:
+            self._python, self.source = sys.executable, "this environment"
+            return self
+        if self.root is None:
+            raise _fail(self.interpreter.path, "building sockbench for another interpreter needs its source tree "
+                                               "(a git checkout); this sockbench is installed without one")
+        source_id, self.source = _source_id(self.root, self.rev)
+        path = os.path.join(cache_root(), self.key(source_id))
+        py = os.path.join(path, "bin", "python")
+        marker = os.path.join(path, "sockbench-env.json")
+        os.makedirs(cache_root(), exist_ok=True)
+        with open(os.path.join(cache_root(), ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one build of one environment at a time, across processes
+            if not os.path.exists(marker):
+                if log:
+                    log(f"building sockbench ({self.source}) for {self.interpreter.description} in {path} "
+                        f"(once; cached)")
+                self._build(path, py)
+                with open(marker, "w") as f:
+                    json.dump({"interpreter": self.interpreter.description, "executable": self.interpreter.executable,
+                               "source": source_id, "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, f)
+        self._python = py
+        return self
+
+    def _run(self, argv, what):
+        try:
+            # a build dies with this process (children.child_setup); an unfinished one has no marker and is redone
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=900, preexec_fn=child_setup())
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise _fail(self.interpreter.path, f"{what} failed: {e}") from None
+        if r.returncode != 0:
+            lines = [ln for ln in (r.stderr + r.stdout).splitlines() if ln.strip() and "WARNING" not in ln]
+            raise _fail(self.interpreter.path, f"{what} failed: {lines[-1].strip()[:300] if lines else r.returncode}")
+        return r
+
+    def _build(self, path, py):
+        shutil.rmtree(path, ignore_errors=True)
+        try:
+            self._run([self.interpreter.executable, "-m", "venv", path], "creating a virtual environment")
+            pip = [py, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+            self._run(pip + list(BUILD_REQUIRES) + list(SERVE_REQUIRES), "installing Cython, setuptools and uvloop")
+            for extra in SERVE_OPTIONAL:
+                try:
+                    self._run(pip + [extra], f"installing {extra}")
+                except SockbenchError:
+                    pass  # its server reads "not installed" under this interpreter, as anywhere the library is missing
+            with tempfile.TemporaryDirectory(prefix="sockbench-src-") as src:
+                _export(self.root, self.rev, src)
+                self._run(pip + ["--no-deps", "--no-build-isolation", src], "building sockbench's extensions")
+            self._run([py, "-P", "-c", "import sockbench.ext.epoll_echo, sockbench.servers.registry"],
+                      "importing the built extensions")
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
 
 
 def _own_servers():
@@ -126,217 +340,14 @@ def _own_servers():
 
 def current():
     """This process's own environment (nothing to build)."""
-    return Environment(python=sys.executable)
+    return Environment(sys.executable).prepare()
 
 
-def cache_root():
-    """The folder environments are cached in: ``$SOCKBENCH_ENV_CACHE``, else ``~/.cache/sockbench/envs``."""
-    root = os.environ.get(CACHE_ENV)
-    if root:
-        return os.path.abspath(root)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "sockbench", "envs")
+def prepare(python, rev=None, log=None):
+    """``Environment(python, rev).prepare(log)``: the one call ``--python`` and ``ab --rev`` make."""
+    return Environment(python, rev).prepare(log)
 
 
-def environment(python=None, rev=None, cache=None, log=None):
-    """The ``Environment`` of sockbench at revision ``rev`` run by interpreter ``python``, built on first use.
-
-    ``rev`` None: the working tree as it is; ``python`` None: this interpreter; both None: this process's own
-    environment.  ``cache`` overrides ``cache_root()``; ``log(line)`` is told what is being built (a build
-    takes about a minute).  A one-line ``SockbenchError`` (exit 2) when it cannot be had.
-    """
-    if python is None and rev is None:
-        return current()
-    python = _interpreter(python or sys.executable)
-    repo = own_checkout()
-    if repo is None:
-        what = f"--rev {rev}" if rev is not None else "another interpreter"
-        raise UsageError(f"{what} needs sockbench's own git checkout, and this sockbench is not run from one "
-                         f"(it is installed); run it from a clone of the repository")
-    tag = _python_tag(python)
-    if rev is not None:
-        sha = _resolve(repo, rev)
-        key, label, source = sha[:12], f"{rev}@{sha[:8]}" if rev != sha else sha[:12], None
-    else:
-        sha = _resolve(repo, "HEAD")
-        changes = _uncommitted(repo)
-        key = f"{sha[:12]}-tree-{hashlib.sha256(changes).hexdigest()[:10]}" if changes else f"{sha[:12]}-tree"
-        label, source = f"working tree ({os.path.basename(python)})", repo
-    folder = os.path.join(cache or cache_root(), f"{key}-{tag['tag']}")
-    os.makedirs(os.path.dirname(folder), exist_ok=True)
-    with _locked(folder + ".lock"):
-        ready = _read_ready(folder)
-        if ready is None:
-            if log is not None:
-                log(f"building sockbench {label} for {python} in {folder} (once; about a minute)")
-            ready = _build(folder, repo, sha, source, python, tag)
-    vpy = os.path.join(folder, "venv", "bin", "python")
-    servers = {row["name"]: row for row in ready.get("servers", [])}
-    return Environment(python=vpy, rev=sha if rev is not None else None, label=label, root=folder, servers=servers)
-
-
-# --- what it is built from --------------------------------------------------------------------
-
-
-def _interpreter(python):
-    path = shutil.which(python) if os.sep not in python else python
-    if not path or not os.access(path, os.X_OK):
-        raise UsageError(f"no Python interpreter at {python!r}; give a path or a name on PATH")
-    return os.path.abspath(path)
-
-
-def _python_tag(python):
-    """``{"tag": "cpython-311-1a2b3c4d", "cache_tag": "cpython-311", "prefix": ...}`` of an interpreter."""
-    code = "import json, sys; print(json.dumps([sys.implementation.cache_tag, sys.prefix, sys.version.split()[0]]))"
-    try:
-        out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
-        cache_tag, prefix, version = json.loads(out)
-    except (OSError, subprocess.SubprocessError, ValueError) as e:
-        raise SockbenchError(f"cannot run {python} as a Python interpreter: {e}", exit_code=2) from None
-    where = hashlib.sha256(os.path.realpath(python).encode()).hexdigest()[:8]
-    return {"tag": f"{cache_tag}-{where}", "cache_tag": cache_tag, "version": version}
-
-
-def _git(repo, *args, binary=False):
-    return subprocess.run(["git", "-C", repo, *args], capture_output=True, text=not binary, timeout=60)
-
-
-def _resolve(repo, rev):
-    """The full commit of ``rev`` in ``repo``; a one-line error when it names none."""
-    if rev.startswith("-"):
-        raise UsageError(f"bad revision {rev!r}: a revision does not start with '-'")
-    done = _git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
-    sha = done.stdout.strip() if done.returncode == 0 else ""
-    if not sha:
-        raise UsageError(f"revision {rev!r} is not a commit of sockbench's checkout at {repo} "
-                         f"(git rev-parse finds none; fetch it, or name a branch, tag or hash)")
-    return sha
-
-
-def _uncommitted(repo):
-    """The working tree's changes to tracked files (``git diff HEAD``), as bytes ("" when clean)."""
-    done = _git(repo, "diff", "HEAD", "--binary", "--", ".", ":(exclude)results", binary=True)
-    return done.stdout if done.returncode == 0 else b""
-
-
-# --- the build ----------------------------------------------------------------------------------
-
-
-class _locked:
-    """An exclusive ``flock`` on ``path`` for the block: one build of an environment at a time."""
-
-    def __init__(self, path):
-        self.path = path
-        self.fd = None
-
-    def __enter__(self):
-        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
-
-
-def _read_ready(folder):
-    try:
-        with open(os.path.join(folder, READY_FILE)) as f:
-            ready = json.load(f)
-    except (OSError, ValueError):
-        return None
-    ok = isinstance(ready, dict) and ready.get("layout") == LAYOUT
-    return ready if ok and os.path.exists(os.path.join(folder, "venv", "bin", "python")) else None
-
-
-class _Step:
-    """Run the build's commands one after the other, each logged to ``build.log``."""
-
-    def __init__(self, log_path):
-        self.log_path = log_path
-        self.log = open(log_path, "w", buffering=1)
-
-    def __call__(self, what, argv, cwd=None, env=None):
-        self.log.write(f"$ {' '.join(argv)}\n")
-        try:
-            done = subprocess.run(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=self.log,
-                                  stderr=subprocess.STDOUT, timeout=STEP_TIMEOUT_S)
-        except (OSError, subprocess.SubprocessError) as e:
-            raise _Failed(what, str(e)) from None
-        if done.returncode != 0:
-            raise _Failed(what, f"exit status {done.returncode}")
-
-    def last_line(self):
-        try:
-            with open(self.log_path, errors="replace") as f:
-                lines = [line.strip() for line in f if line.strip() and not line.startswith("$ ")]
-        except OSError:
-            return ""
-        errors = [line for line in lines if "error" in line.lower()]
-        return (errors or lines or [""])[-1][:300]
-
-    def close(self):
-        self.log.close()
-
-
-class _Failed(Exception):
-    def __init__(self, what, why):
-        super().__init__(f"{what}: {why}")
-
-
-def _shared_paths():
-    """This environment's site-packages, for a venv of the same interpreter to read its dependencies from."""
-    paths = sysconfig.get_paths()
-    return [p for p in dict.fromkeys((paths["purelib"], paths["platlib"])) if os.path.isdir(p)]
-
-
-def _build(folder, repo, sha, source, python, tag):
-    """Build the environment in ``folder`` (see the module doc); return its ready record."""
-    src, venv = os.path.join(folder, "src"), os.path.join(folder, "venv")
-    _remove_build(folder, repo)
-    os.makedirs(folder, exist_ok=True)
-    step = _Step(os.path.join(folder, BUILD_LOG))
-    what = f"revision {sha[:12]}" if source is None else "the working tree"
-    try:
-        if source is None:
-            step("git worktree add", ["git", "-C", repo, "worktree", "add", "--detach", "--force", src, sha])
-            source = src
-        step("python -m venv", [python, "-m", "venv", venv])
-        vpy = os.path.join(venv, "bin", "python")
-        ours = {os.path.realpath(sys.executable), os.path.realpath(getattr(sys, "_base_executable", sys.executable))}
-        share = tag["cache_tag"] == sys.implementation.cache_tag and os.path.realpath(python) in ours
-        pip = [vpy, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-        if share:
-            site = subprocess.run([vpy, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                  capture_output=True, text=True, timeout=60).stdout.strip()
-            with open(os.path.join(site, "_sockbench_shared.pth"), "w") as f:
-                f.write("\n".join(_shared_paths()) + "\n")
-            step("pip install", [*pip, "--no-deps", source])
-        else:
-            step("pip install", [*pip, source])
-        listed = subprocess.run([vpy, "-m", "sockbench", "servers", "--json"], capture_output=True, text=True,
-                                timeout=120, cwd=folder)
-        if listed.returncode != 0:
-            raise _Failed("sockbench servers", (listed.stderr.strip().splitlines() or ["no output"])[-1])
-        servers = json.loads(listed.stdout)
-    except (_Failed, ValueError) as e:
-        last = step.last_line()
-        step.close()
-        raise SockbenchError(f"{what} does not build for {python}: {e}{': ' + last if last else ''} "
-                             f"(log: {os.path.join(folder, BUILD_LOG)})", exit_code=2) from None
-    step.close()
-    ready = {"layout": LAYOUT, "commit": sha, "tree": source != src, "python": python, "python_version": tag["version"],
-             "shared_dependencies": share, "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-             "servers": servers}
-    write_json_atomic(os.path.join(folder, READY_FILE), ready)
-    return ready
-
-
-def _remove_build(folder, repo):
-    """Remove what an earlier, failed build left in ``folder`` (its worktree unregistered from ``repo``)."""
-    src = os.path.join(folder, "src")
-    if os.path.isdir(src):
-        _git(repo, "worktree", "remove", "--force", src)
-    if os.path.isdir(folder):
-        shutil.rmtree(folder, ignore_errors=True)
-    _git(repo, "worktree", "prune")
+def environment(python=None, rev=None, log=None):
+    """The same, with both optional (``python`` None: this interpreter; ``rev`` None: the working tree)."""
+    return Environment(python or sys.executable, rev).prepare(log)

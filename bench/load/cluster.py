@@ -64,6 +64,7 @@ from sockbench.procfs import read_proc_stat, read_task_cpu_s
 from sockbench.servers.process import ServerProcess
 from sockbench.thresholds import CLIENT_BOUND_UTIL
 from sockbench.timestamps import iso_utc
+from sockbench.units import parse_scheduler
 
 __all__ = [
     "WORKER_CONFIG",
@@ -122,8 +123,7 @@ def connect(scheduler, timeout=CONNECT_TIMEOUT_S):
         import distributed
     except ImportError:
         raise UsageError("--cluster needs Dask distributed: pip install 'sockbench[cluster]'") from None
-    if "://" not in scheduler:
-        raise UsageError(f"bad scheduler address {scheduler!r}; use tcp://HOST:PORT (Dask's default port is 8786)")
+    scheduler = parse_scheduler(scheduler, name="scheduler address")
     try:
         return distributed.Client(scheduler, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError) as e:

@@ -34,6 +34,13 @@ Why it is built this way
 * Histograms are merged exactly: each load process encodes its HDR histogram
   with the ``hdrhistogram`` package, and the parent decodes and adds them.
   Percentiles are computed once, on the merged histogram; never averaged.
+* A stop signal (Ctrl-C, SIGTERM) inside the window cuts it short rather
+  than throwing it away: each load process ends its loop at once and reports
+  (``worker.py``), and ``run_load`` raises ``LoadInterrupted`` carrying the
+  result of the window until then (invalid, "interrupted by ..."; its rates
+  over the time measured), written to ``json_path`` first.  Before the
+  window there is nothing to keep: the run unwinds, and every child is
+  stopped by pid as always.
 * Nothing measured is lost: the result JSON is written as soon as the run
   ends, even when the run is invalid (a byte mismatch, a server that died, a
   load process that hung and was killed at the hard timeout).  ``valid`` and
@@ -107,9 +114,9 @@ from sockbench.bench.load.unseen import Throttle, is_unseen, loaded_idle
 from sockbench.bench.load.worker import FD_HEADROOM, WorkerParams
 from sockbench.bench.schema import (
     ERROR_KINDS, Client, CpuPerMsg, Errors, Fairness, LoadResult, Machine, ProcResult, ServerProc, Target, Throughput,
-    Timeseries, Workload, copy_fields, merge_fields,
+    Timeseries, TlsPart, TlsSetting, Workload, copy_fields, merge_fields,
 )
-from sockbench.children import child_setup, held_signals
+from sockbench.children import Stopped, child_setup, held_signals, signal_of
 from sockbench.endpoints import Endpoint
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.jsonfile import write_json_atomic
@@ -117,13 +124,16 @@ from sockbench.machine import machine_info
 from sockbench.procfs import (TICK_S, busy_processes, foreign_process_s, irq_time_accounting, process_snapshot,
                              read_proc_stat, read_rss_bytes, read_task_runtimes)
 from sockbench.servers.contract import format_peer
+from sockbench.servers.environments import interpreter_version
 from sockbench.servers.process import ServerProcess
+from sockbench.servers.tls import client_context, ensure_certificate, handshake_failure
 from sockbench.thresholds import BEHIND_FRACTION, CLIENT_BOUND_UTIL, SERVER_BOUND_UTIL, STALL_S
 from sockbench.timestamps import iso_utc
 
 __all__ = [
     "LoadSpec",
     "run_load",
+    "LoadInterrupted",
     "server_cpu",
     "MODES",
     "PROTOCOLS",
@@ -147,6 +157,8 @@ START_MARGIN_S = 0.05
 READY_TIMEOUT_S = 60.0
 #: after the window's end, how long before a silent load process is killed
 HARD_TIMEOUT_GRACE_S = 10.0
+#: after a stop signal cut the window short, how long the load processes get to report what they measured
+CUT_GRACE_S = 1.0
 #: before a run, how long the processes on its CPUs are watched for being busy
 BUSY_SAMPLE_S = 0.1
 #: at most this many busy processes are named in the warning line
@@ -220,6 +232,50 @@ def _probe(endpoint, wording, timeout_s, exchange=None):
         s.close()
 
 
+#: what a plain probe sends to a server of another's (a TLS server takes it for a record it cannot read)
+_PLAIN_PROBE = b"sockbench probe\n"
+
+
+def tls_probe(endpoint, tls):
+    """The probe's exchange over TLS: one handshake, as the load will do it; a server that does not complete it is one
+    usage line (it is not serving TLS, or not the TLS asked for)."""
+
+    def exchange(sock):
+        ctx = client_context(tls)
+        try:
+            ctx.wrap_socket(sock, server_hostname=None).close()
+        except OSError as e:
+            why = handshake_failure(e).removeprefix("TLS handshake failed: ")
+            raise UsageError(f"the TLS handshake with {endpoint} failed ({why}): is the server serving TLS "
+                             f"{tls.version} (sockbench serve NAME --tls)?") from None
+
+    return exchange
+
+
+def plain_probe(endpoint):
+    """The probe's exchange in the clear: one short message echoed; a server that answers it as TLS does (an alert, or
+    closing) is one usage line saying to add ``--tls``."""
+
+    def exchange(sock):
+        got = b""
+        try:
+            sock.sendall(_PLAIN_PROBE)
+            while len(got) < len(_PLAIN_PROBE):
+                chunk = sock.recv(len(_PLAIN_PROBE) - len(got))
+                if not chunk:
+                    break
+                got += chunk
+        except TimeoutError:
+            return  # a slow echo: the load will tell
+        except OSError:
+            got = got or b"\x15"  # reset on a plain message: what TLS servers do
+        if got != _PLAIN_PROBE and (not got or got[:1] == b"\x15"):
+            raise UsageError(f"the server at {endpoint} does not echo a plain message (it closed the connection or "
+                             f"answered with a TLS alert): is it serving TLS? Then load it with --tls")
+
+    return exchange
+
+
 def nofile_advice(spec, hard):
     """What to do when the load processes' share of connections does not fit under a hard RLIMIT_NOFILE.
 
@@ -291,14 +347,31 @@ def server_cpu(c0, c1):
     return user * exact / ticks, sys_ * exact / ticks, "schedstat"
 
 
-def run_load(spec, json_path=None, on_window=None, pool=None, server=None, canary=None):
+class LoadInterrupted(Stopped):
+    """A stop signal ended the load: ``result`` is what the window measured until then (None: nothing was).
+
+    A ``KeyboardInterrupt`` (``children.Stopped``), so that whatever runs the
+    load unwinds as for Ctrl-C; ``sockbench load`` writes and shows the result first.
+    """
+
+    def __init__(self, signum, measured=None, result=None):
+        super().__init__(signum)
+        self.measured = measured  # measure()'s (procs, problems, window), for the result to be built from
+        self.result = result
+
+
+def run_load(spec, json_path=None, on_window=None, notes=None, pool=None, server=None, canary=None):
     """Run one load as ``spec`` says; return its ``LoadResult`` (and write its JSON to ``json_path``).
 
     Raises ``SockbenchError`` only before the load starts (bad spec, server
     that does not start, refused connection, file descriptor limit); once the
     load has started, every problem ends up in the result as ``valid: false``.
+    A stop signal inside the window raises ``LoadInterrupted`` with the
+    window's result until then, written to ``json_path`` first.
     ``on_window(start_ns, end_ns)`` is told the load's window (CLOCK_MONOTONIC)
     just before it opens, so that an observer can keep quiet through it.
+    ``notes``, a list, gets a line when the server had to be killed at the end
+    (a ``--command`` that ignored SIGTERM); the line goes to stderr as well.
 
     A run of many rounds keeps its processes between them (``pools``):
     ``pool`` (a ``pools.LoadPool``) lends the load processes and takes them
@@ -312,37 +385,71 @@ def run_load(spec, json_path=None, on_window=None, pool=None, server=None, canar
     spec.validate(started=server is not None)
     started_at = iso_utc()
     _check_nofile(spec, max(split(spec.conns, spec.procs)) if spec.mode != "connect" else spec.conns)
-    if server is not None:
-        result = _run(spec, server, server.endpoint, started_at, on_window, pool=pool, canary=canary)
-    elif spec.server is not None and pool is not None:
-        with ServerProcess(spec.server, spec.transport, cpus=spec.server_cpus, extra_args=server_args(spec)) as srv:
-            result = _run(spec, srv, srv.endpoint, started_at, on_window, pool=pool, canary=canary)
-    elif spec.server is not None:
-        extra = server_args(spec)
-        # the load processes start (Python, hdrh, the loop's extension: ~0.1 s) while the server starts
-        spare = []
-        try:
-            for _ in split(spec.conns, spec.procs):
-                with held_signals():
-                    spare.append(_Worker())
-            with ServerProcess(spec.server, spec.transport, cpus=spec.server_cpus, extra_args=extra) as server:
-                result = _run(spec, server, server.endpoint, started_at, on_window, spare, canary=canary)
-        finally:
-            for w in spare:  # those the run did not take (it stops the ones it took)
-                w.stop()
-    else:
-        result = _run(spec, None, spec.target, started_at, on_window, pool=pool, canary=canary)
+    try:
+        if server is not None:
+            result = _run(spec, server, server.endpoint, started_at, on_window, pool=pool, canary=canary)
+        elif spec.started:
+            result = _run_started(spec, started_at, on_window, notes, pool, canary)
+        else:
+            result = _run(spec, None, spec.target, started_at, on_window, pool=pool, canary=canary)
+    except LoadInterrupted as cut:
+        if cut.result is not None and json_path is not None:
+            write_json_atomic(json_path, cut.result.to_json())
+        raise
     if json_path is not None:
         write_json_atomic(json_path, result.to_json())
     return result
 
 
+def _run_started(spec, started_at, on_window, notes, pool, canary):
+    """One load of a server the harness starts for it, and stops after."""
+    # the load processes start (Python, hdrh, the loop's extension: ~0.1 s) while the server starts
+    spare = []
+    try:
+        if pool is None:
+            for _ in split(spec.conns, spec.procs):
+                with held_signals():
+                    spare.append(_Worker())
+        server = server_process(spec, spec.server_cpus)
+        with server:
+            result = _run(spec, server, server.endpoint, started_at, on_window, spare, pool=pool, canary=canary)
+    finally:
+        for w in spare:  # those the run did not take (it stops the ones it took)
+            w.stop()
+    if server.stop_note:
+        if notes is None:
+            print(f"sockbench: warning: {server.stop_note}", file=sys.stderr, flush=True)
+        else:
+            notes.append(server.stop_note)
+    return result
+
+
 def server_args(spec):
-    """The ``sockbench serve`` options a spec asks of the server it starts: its protocol and worker count."""
+    """The ``sockbench serve`` options a spec asks of the server it starts: protocol, workers, TLS (none for a
+    ``--command``, which is told its own)."""
+    if spec.command is not None:
+        return ()
     extra = ("--protocol", spec.protocol) if spec.protocol != "raw" else ()
     if spec.workers != 1:
         extra += ("--workers", str(spec.workers))
+    if spec.tls is not None:
+        tls = spec.tls if spec.tls.cert else spec.tls.with_files(*ensure_certificate(_default_tls_folder()))
+        extra += tuple(tls.server_args())
     return extra
+
+
+def server_process(spec, cpus, extra=(), environment=None):
+    """The (unstarted) ``ServerProcess`` of ``spec``'s server, pinned to ``cpus``."""
+    return ServerProcess(spec.server, spec.transport, cpus=cpus, extra_args=(*server_args(spec), *extra),
+                         command=spec.command, python=spec.server_python, environment=environment)
+
+
+def _default_tls_folder():
+    """Where a harness-started TLS server's certificate is made when the caller gave none: once per user of this
+    machine, in a private folder of the temp dir (``sockbench load`` and ``run`` make theirs in the results folder)."""
+    folder = os.path.join(tempfile.gettempdir(), f"sockbench-tls-{os.getuid()}")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    return folder
 
 
 def busy_warning(cpus, busy):
@@ -368,9 +475,11 @@ class _Worker:
         self.reusable = False
         self.stderr = tempfile.TemporaryFile()
         # started under held_signals() by the caller, which stores it before a Ctrl-C can land
+        # it dies with this process (SIGKILL: it has nothing to clean up, and ignores SIGTERM while it reports)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sockbench.bench.load.worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, preexec_fn=child_setup(),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+            preexec_fn=child_setup(death_signal=signal.SIGKILL),
         )
         self.buf = b""
         if params is not None:
@@ -414,6 +523,14 @@ class _Worker:
 
     def alive(self):
         return self.proc.poll() is None
+
+    def cut(self):
+        """End its window now (SIGTERM): its loop reports what it measured until then."""
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
     def stop(self):
         if self.proc.poll() is None:
@@ -469,6 +586,7 @@ class ServerWindow:
     cpu1: tuple | None = None  # ... and at the window's end
     rss_peak_bytes: int | None = None
     exit_status: int | None = None  # set when the server exited during the run
+    processes: int | None = None  # how many processes served (a --command's process tree), at the window's end
     #: ``cpus -> seconds`` other processes used there around the window (None: not read)
     process_s: object = None
     #: ``{"server": share, "client": share}`` the sides' cgroups were throttled around the window (``unseen``)
@@ -478,9 +596,19 @@ class ServerWindow:
 
 
 def _run(spec, server, endpoint, started_at, on_window=None, spare=None, pool=None, canary=None):
-    """Connect, run the window, collect: the setup, the window and the collection, then the result."""
+    """Connect, run the window, collect: the setup, the window and the collection, then the result.
+
+    A window cut short by a stop signal raises ``LoadInterrupted`` with its result (None if nothing was measured).
+    """
     endpoint = resolve(endpoint)
-    procs, problems, srv = measure(spec, server, endpoint, on_window, spare=spare, pool=pool, canary=canary)
+    try:
+        procs, problems, srv = measure(spec, server, endpoint, on_window, spare=spare, pool=pool, canary=canary)
+    except LoadInterrupted as cut:
+        if cut.measured is not None:
+            procs, problems, srv = cut.measured
+            if any(r.cpu_window_s > 0 for r in procs.values()):
+                cut.result = build_result(spec, server, endpoint, started_at, procs, problems, srv, cut=cut.signum)
+        raise
     return build_result(spec, server, endpoint, started_at, procs, problems, srv)
 
 
@@ -495,10 +623,17 @@ def measure(spec, server, endpoint, on_window=None, start_at=None, spare=None, p
     their parameters (taken from the list as they are used); ``pool`` (a
     ``pools.LoadPool``) lends the others and takes back those that finished
     cleanly.
-    ``build_result`` turns the three into a result.
+    ``build_result`` turns the three into a result.  A stop signal once the
+    window is set cuts it short (``_cut``): ``LoadInterrupted`` then carries
+    the three, as far as they go.
     """
     if endpoint.transport == "udp":
         _probe(endpoint, datagram.PROBE_WORDING, datagram.PROBE_TIMEOUT_S, datagram.echo_probe)
+    elif spec.tls is not None:
+        _probe(endpoint, _STREAM_PROBE_WORDING, _STREAM_PROBE_TIMEOUT_S, tls_probe(endpoint, spec.tls))
+    elif server is None and spec.protocol == "raw":
+        # a server of another's: one plain message tells a TLS server from an echo server
+        _probe(endpoint, _STREAM_PROBE_WORDING, _STREAM_PROBE_TIMEOUT_S, plain_probe(endpoint))
     else:
         _probe(endpoint, _STREAM_PROBE_WORDING, _STREAM_PROBE_TIMEOUT_S)
     if spec.name_busy:
@@ -514,9 +649,21 @@ def measure(spec, server, endpoint, on_window=None, start_at=None, spare=None, p
         # every process's CPU around the window: what caps the foreign time (bench/load/interference.py)
         before = process_snapshot()
         end_ns = _open_window(spec, workers, on_window, start_ns)
-        # --workers: load process 0 samples the first worker; this process the others, at the window's edges
-        edges = _sample_edges(server.pids[1:], end_ns - int(spec.duration_s * 1e9), end_ns) if server else None
-        procs, problems, srv = _collect(spec, server, workers, end_ns, edges)
+        reported = {}  # index -> ProcResult, as they come: a stop signal in the middle keeps those
+        try:
+            # --workers (and a --command's process tree): load process 0 samples the first process; this process
+            # the others, at the window's edges
+            tree = server.pids if server else []
+            edges = _sample_edges(tree[1:], end_ns - int(spec.duration_s * 1e9), end_ns) if server else None
+            # a tree's peak RSS now, at the window's end: a child per connection is gone once the load disconnects
+            tree_rss = _rss_sum(tree) if server is not None and len(tree) > 1 else None
+            procs, problems, srv = _collect(spec, server, workers, end_ns, edges, procs=reported)
+        except KeyboardInterrupt as stop:
+            raise LoadInterrupted(signal_of(stop), _cut(spec, server, workers, reported)) from None
+        if server is not None:
+            srv.processes = len(tree)
+            if tree_rss is not None:
+                srv.rss_peak_bytes = max(srv.rss_peak_bytes or 0, tree_rss)
         after = process_snapshot()
         throttle.read()
         srv.throttled = throttle.shares()
@@ -562,6 +709,8 @@ def _spawn_workers(spec, server, endpoint, workers, spare=None, pool=None):
             # the first load process reads the server's CPU and the CPUs' counters at the window's edges
             server_pid=server.pid if server is not None and i == 0 else 0,
             stat_cpus=_stat_cpus(spec, server) if i == 0 else (),
+            tls=({"version": spec.tls.version, "cipher": spec.tls.cipher, "resumption": spec.tls.resumption}
+                 if spec.tls is not None else None),
         )
         first += n
         with held_signals():
@@ -584,7 +733,7 @@ def _wait_ready(workers, server):
 
     def on_ready(w, ev):
         if ev.get("event") != "ready":
-            raise SockbenchError(ev.get("message") or f"load process {w.params.index} failed")
+            raise SockbenchError(ev.get("message") or f"load process {w.params.index} failed", ev.get("exit_code"))
 
     late = _wait_events(workers, time.monotonic() + READY_TIMEOUT_S, on_ready, server_gone)
     if late:
@@ -640,14 +789,17 @@ def _add_samples(first, more):
     return user, sys_, threads
 
 
-def _collect(spec, server, workers, end_ns, edges=None):
+def _collect(spec, server, workers, end_ns=None, edges=None, cut_by=None, procs=None):
     """The load processes' results within the hard timeout, the problems, and the server's window.
 
     This process sleeps through the window (waking up inside it to read the
     server's CPU took a CPU from one side: load process 0 reads it instead).
-    Returns ``({index: ProcResult}, [problem lines], ServerWindow)``.
+    Returns ``({index: ProcResult}, [problem lines], ServerWindow)``.  With
+    ``cut_by`` (a window cut short, see ``_cut``), the results are due by
+    that ``time.monotonic()`` instead.  ``procs``: where the results go as
+    they come (the load processes already there are not waited for).
     """
-    procs = {}
+    procs = {} if procs is None else procs
     problems = []
     srv = ServerWindow(pid=server.pid if server else None)
 
@@ -658,25 +810,62 @@ def _collect(spec, server, workers, end_ns, edges=None):
         else:
             problems.append(ev.get("message") or f"load process {w.params.index} failed")
 
-    deadline = end_ns / 1e9 + max(HARD_TIMEOUT_GRACE_S, spec.timeout_s + 2)
-    for i in _wait_events(workers, deadline, on_result):
+    deadline = cut_by if cut_by is not None else end_ns / 1e9 + max(HARD_TIMEOUT_GRACE_S, spec.timeout_s + 2)
+    for i in _wait_events({i: w for i, w in workers.items() if i not in procs}, deadline, on_result):
         workers[i].stop()
-        problems.append(f"load process {i} hung; killed at the hard timeout")
+        problems.append(f"load process {i} did not stop when asked; killed" if cut_by is not None
+                        else f"load process {i} hung; killed at the hard timeout")
     if server is not None:
         first = procs.get(0)
         samples = (first.server_cpu if first is not None else None) or [None, None]
         srv.cpu0, srv.cpu1 = (_server_sample(x) for x in samples)
         if edges is not None:
+            if server.command is not None:
+                # a --command's tree: a child that came and went around an edge (the probe's connection, in a
+                # server that forks per connection) is left out at both, rather than leaving the CPU unknown
+                kept = [i for i, (a, b) in enumerate(zip(*edges)) if a is not None and b is not None]
+                edges = [[e[i] for i in kept] for e in edges]
             srv.cpu0, srv.cpu1 = _add_samples(srv.cpu0, edges[0]), _add_samples(srv.cpu1, edges[1])
+        elif len(server.pids) > 1:
+            srv.cpu0 = srv.cpu1 = None  # cut short before the other processes were sampled: unknown, not understated
         srv.rss_peak_bytes = read_rss_peak(server)  # a high-water mark: read after the window
-    if server is not None and not server.alive():
+    if server is not None and not server.alive() and cut_by is None:
         srv.exit_status = server.proc.returncode
         problems.insert(0, f"the server exited (status {server.proc.returncode}) during the run")
     return procs, problems, srv
 
 
+def _cut(spec, server, workers, reported):
+    """A stop signal came inside the window: end it now in every load process, and collect what each measured.
+
+    Each gets SIGTERM (its loop ends the window and reports; one that is
+    still before its loop ignores it, and is killed after ``CUT_GRACE_S``).
+    The server's exit is no problem here (a terminal's Ctrl-C reaches it too).
+    Another stop signal while this waits is not held back: the caller's
+    cleanup stops every child by pid.
+    """
+    for i, w in workers.items():
+        if i not in reported:
+            w.cut()
+    return _collect(spec, server, workers, cut_by=time.monotonic() + CUT_GRACE_S, procs=reported)
+
+
+def _rss_sum(pids):
+    """The summed peak RSS (``VmHWM``) of ``pids``; a process gone meanwhile counts none."""
+    total = 0
+    for pid in pids:
+        try:
+            total += read_rss_bytes(pid, "VmHWM")
+        except (OSError, SockbenchError, ValueError):
+            continue
+    return total or None
+
+
 def read_rss_peak(server):
-    """The peak RSS (``VmHWM``) summed over every serving process (``--workers``: each worker's)."""
+    """The peak RSS (``VmHWM``) summed over every serving process (``--workers``: each worker's; a --command's
+    live tree, where a child that is gone meanwhile counts none)."""
+    if getattr(server, "command", None) is not None:
+        return _rss_sum(server.pids)
     try:
         return sum(read_rss_bytes(pid, "VmHWM") for pid in server.pids)
     except (OSError, SockbenchError, ValueError):
@@ -759,8 +948,12 @@ def _server_cpu(spec, server, srv, msgs, measured_s=None):
     if server is not None:
         cpus = list(spec.server_cpus)
         util = (user_s + sys_s) / ((measured_s or spec.duration_s) * len(cpus)) if user_s is not None else None
+    python = None
+    if server is not None and server.command is None:
+        python = interpreter_version(server.python or sys.executable)
     return ServerProc(pid=srv.pid, user_s=user_s, sys_s=sys_s, rss_peak_bytes=srv.rss_peak_bytes, us_per_msg=per_msg,
-                      cpu_source=source, cpus=cpus, cpu_util=util, exit_status=srv.exit_status)
+                      cpu_source=source, cpus=cpus, cpu_util=util, exit_status=srv.exit_status, python=python,
+                      processes=srv.processes if server is not None and server.command is not None else None)
 
 
 def limited_by(client_bound, server_proc):
@@ -769,17 +962,24 @@ def limited_by(client_bound, server_proc):
     return {(True, True): "both", (True, False): "client", (False, True): "server"}.get((client_bound, server_bound))
 
 
-def _timeseries(spec, rs, m):
-    """Messages per interval over every process, and the longest silence after warmup (None if a process is missing)."""
+def _timeseries(spec, rs, m, cut_s=None):
+    """Messages per interval over every process, and the longest silence after warmup (None if a process is missing).
+
+    ``cut_s``: the window was cut short after that many seconds, and the intervals after it are left out.
+    """
     ts_msgs = m.ts_msgs
+    ts_sent = m.ts_sent if spec.mode == "open" else None
     warm_n = math.ceil(spec.warmup_s / spec.interval_s - 1e-9)
+    if cut_s is not None:
+        n = warm_n + math.ceil(cut_s / spec.interval_s - 1e-9)
+        ts_msgs, ts_sent = ts_msgs[:n], ts_sent[:n] if ts_sent is not None else None
     idle_s = _longest_idle(ts_msgs[warm_n:], spec.interval_s) if len(rs) == spec.procs else None
     return Timeseries(
         interval_s=spec.interval_s,
         msgs=ts_msgs,
         warmup_intervals=warm_n,
         longest_idle_s=idle_s,
-        sent=m.ts_sent if spec.mode == "open" else None,
+        sent=ts_sent,
     )
 
 
@@ -822,8 +1022,12 @@ def _interference(spec, server, rs, server_proc, srv, client):
                    loaded_idle=idle, canary=srv.canary, unseen=unseen, disturbed=seen.disturbed or unseen)
 
 
-def _invalid_reasons(spec, rs, problems, m, idle_s, fairness=None):
-    """Why the run is invalid, one reason per problem (empty: it is valid)."""
+def _invalid_reasons(spec, rs, problems, m, idle_s, fairness=None, cut=False):
+    """Why the run is invalid, one reason per problem (empty: it is valid).
+
+    ``cut``: a stop signal cut the window short, and what judges a whole
+    window (connections starved, ended early, stalled, no message) does not apply.
+    """
     errors = m.errors
     reasons = list(problems)
     if errors["mismatch"]:
@@ -836,6 +1040,8 @@ def _invalid_reasons(spec, rs, problems, m, idle_s, fairness=None):
         reasons.append(f"{errors['connect']} connect error(s)")
     if errors["timeout"]:
         reasons.append(f"{errors['timeout']} message(s) unanswered for {spec.timeout_s:g} s (timeout)")
+    if cut:
+        return reasons
     if m.ended_early and not any("connection" in x for x in reasons):
         reasons.append("every connection of a load process was closed before the end")
     if fairness is not None and fairness.starved:
@@ -850,26 +1056,41 @@ def _invalid_reasons(spec, rs, problems, m, idle_s, fairness=None):
     return reasons
 
 
-def build_result(spec, server, endpoint, started_at, procs, problems, srv):
-    """The ``LoadResult`` of a run, from the load processes' ``ProcResult``s, the problems and the server's window."""
+def build_result(spec, server, endpoint, started_at, procs, problems, srv, cut=None):
+    """The ``LoadResult`` of a run, from the load processes' ``ProcResult``s, the problems and the server's window.
+
+    ``cut``: the stop signal that cut the window short; the rates are then over
+    the seconds measured (``measured_s``, the longest load process's window)
+    and the result is invalid, saying so first.
+    """
     rs = [procs[i] for i in sorted(procs)]
     m = merge_procs(rs)
-    timeseries = _timeseries(spec, rs, m)
-    measured_s = _measured_s(spec, timeseries, srv)
+    cut_s = round(max((r.cpu_window_s for r in rs), default=0.0), 6) if cut is not None else None
+    timeseries = _timeseries(spec, rs, m, cut_s)
+    measured_s = cut_s if cut is not None else _measured_s(spec, timeseries, srv)
     client, client_bound = _client_cpu(rs, m)
     # a server that exited ends the measurement: whatever the client's CPU did then, it was not the limit
     client_bound = client_bound and srv.exit_status is None
     server_proc = _server_cpu(spec, server, srv, m.msgs, measured_s)
     fairness = _fairness(spec, rs)
-    reasons = _invalid_reasons(spec, rs, problems, m, timeseries.longest_idle_s, fairness)
+    reasons = _invalid_reasons(spec, rs, problems, m, timeseries.longest_idle_s, fairness, cut is not None)
+    if cut is not None:
+        reasons.insert(0, f"interrupted by {signal.Signals(cut).name} {cut_s:.1f} s into the {spec.duration_s:g} s "
+                          f"window; the figures cover those {cut_s:.1f} s")
     datagrams = datagram.merge(rs) if spec.transport == "udp" else None
     reasons += datagram.invalid_reasons(datagrams)
+    tls = _tls_part(spec, rs, measured_s)
+    if tls is not None and tls.handshake_errors:
+        reasons.append(f"{tls.handshake_errors} TLS handshake(s) failed (the first: {tls.handshake_error})")
     second = hdr.summary_us(m.hdr2, m.mean2_ns)
     return LoadResult(
-        server=spec.server if spec.server is not None else endpoint.format(),
-        target=Target(host=endpoint.host, port=endpoint.port, path=endpoint.path),
+        server=spec.label if spec.started else endpoint.format(),
+        target=Target(host=endpoint.host, port=endpoint.port, path=endpoint.path,
+                      command=spec.command.text if spec.command is not None else None),
         workload=copy_fields(Workload, spec, transport=endpoint.transport, server_cpus=list(spec.server_cpus),
-                             client_cpus=list(spec.client_cpus)),
+                             client_cpus=list(spec.client_cpus), python=spec.python or None,
+                             tls=(TlsSetting(version=spec.tls.version, cipher=spec.tls.cipher,
+                                             resumption=spec.tls.resumption) if spec.tls is not None else None)),
         throughput=_throughput(spec, m, measured_s),
         latency_us=hdr.summary_us(m.hdr1, m.mean1_ns),
         service_us=second if spec.mode == "open" else None,
@@ -890,7 +1111,26 @@ def build_result(spec, server, endpoint, started_at, procs, problems, srv):
         interference=_interference(spec, server, rs, server_proc, srv, client),
         fairness=fairness,
         datagrams=datagrams,
+        tls=tls,
     )
+
+
+def _tls_part(spec, rs, measured_s=None):
+    """A TLS load's handshakes over every load process (None for a plain load): what was negotiated (the first
+    process that says), and in connect mode the handshakes completed in the window, resumed or not."""
+    if spec.tls is None:
+        return None
+    parts = [r.tls for r in rs if r.tls]
+    first = next((t for t in parts if t.get("version")), {})
+    handshakes = resumed = per_s = None
+    if spec.mode == "connect":
+        handshakes = sum(t.get("handshakes") or 0 for t in parts)
+        resumed = sum(t.get("resumed") or 0 for t in parts)
+        per_s = handshakes / (measured_s or spec.duration_s)
+    return TlsPart(version=first.get("version"), cipher=first.get("cipher"), group=first.get("group"),
+                   handshakes=handshakes, resumed=resumed, handshakes_per_s=per_s,
+                   handshake_errors=sum(t.get("handshake_errors") or 0 for t in parts),
+                   handshake_error=next((t["handshake_error"] for t in parts if t.get("handshake_error")), None))
 
 
 def _longest_idle(msgs, interval_s):

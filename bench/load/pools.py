@@ -35,7 +35,7 @@ import os
 import time
 from contextlib import contextmanager
 
-from sockbench.bench.load.harness import _Worker, server_args
+from sockbench.bench.load.harness import _Worker, server_process
 from sockbench.children import held_signals
 from sockbench.procfs import read_task_runtimes
 from sockbench.servers.process import ServerProcess
@@ -114,7 +114,8 @@ def _cpu_s(pids):
 
 
 class ServerPool:
-    """One started server per (name, protocol, transport, workers, environment), kept between its rounds."""
+    """One started server per (name or command, interpreter, protocol, transport, workers, TLS, environment), kept
+    between its rounds."""
 
     def __init__(self, cpus, environment=None, clock=time.monotonic):
         self.cpus = tuple(cpus)
@@ -128,7 +129,8 @@ class ServerPool:
 
     @staticmethod
     def key_of(spec, environment=None, extra=()):
-        return (spec.server, spec.protocol, spec.transport, spec.workers, environment, tuple(extra))
+        return (spec.server, spec.command, spec.server_python, spec.protocol, spec.transport, spec.workers, spec.tls,
+                environment, tuple(extra))
 
     def get(self, spec, environment=None, extra=()):
         """The running server for ``spec`` (started, or started again when it died)."""
@@ -141,8 +143,7 @@ class ServerPool:
             self.restarts += 1
             server = None
         if server is None:
-            server = ServerProcess(spec.server, spec.transport, cpus=self.cpus,
-                                   extra_args=(*server_args(spec), *extra), environment=env)
+            server = server_process(spec, self.cpus, extra, environment=env)
             self.servers[key] = server  # stored before it starts: a Ctrl-C while it starts still stops it
             try:
                 server.start()

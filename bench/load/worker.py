@@ -11,8 +11,9 @@ that may hold threads and the server's pipes.  The protocol is JSON lines:
 
 1. stdin: the ``WorkerParams``.  The worker pins itself, raises its file
    descriptor limit, connects its share of the connections (closed and open
-   modes) and prints ``{"event": "ready"}``, or ``{"event": "error",
-   "message": LINE}`` if it cannot (a refused connection names the address);
+   modes; over TLS, with their handshakes) and prints ``{"event": "ready"}``, or
+   ``{"event": "error", "message": LINE, "exit_code": N}`` if it cannot (a refused
+   connection names the address; a server that does not speak TLS is a usage error, 2);
 2. stdin: ``{"start_ns", "warm_end_ns", "end_ns"}`` on CLOCK_MONOTONIC, which
    every process shares, once every worker is ready;
 3. the worker sleeps until ``start_ns``, runs ``sockbench.ext.loadgen.run_loop``
@@ -27,7 +28,13 @@ that may hold threads and the server's pipes.  The protocol is JSON lines:
    After an error it exits.
 
 Nothing but these lines goes to stdout; any failure is one error line, never
-a traceback.
+a traceback.  From the window's start the harness alone stops a load
+process: SIGTERM or SIGINT (the harness's, or a terminal's Ctrl-C that
+reached the whole process group) ends the loop's window at once and the
+process reports what it measured; outside the loop both are ignored, so that
+a result being reported is never cut off (the harness kills a process that
+does not report in time, and the kernel kills it with SIGKILL when the
+harness dies).
 """
 
 import errno
@@ -35,6 +42,7 @@ import json
 import os
 import resource
 import select
+import signal
 import socket
 import sys
 import time
@@ -85,6 +93,9 @@ class WorkerParams:
     #: connections are UDP flows and the loop is ``sockbench.ext.udpgen`` (``datagram.py``)
     transport: str = "tcp"
     path: str | None = None
+    #: TLS: ``{"version", "cipher", "resumption"}`` (``servers.tls.TlsConfig``'s client side), or None; the loop is
+    #: then ``sockbench.ext.tlsgen``, and closed/open mode's connections shake hands before the process is ready
+    tls: dict | None = None
 
     @property
     def endpoint(self):
@@ -202,10 +213,13 @@ def run_worker(p):
 
         table = loadgen.pattern_table()
         endpoint = p.endpoint
+        client = _tls_client(p) if p.tls is not None else None
         if p.transport == "udp":
             fds = connect_flows(endpoint, p.conns)
         elif p.mode != "connect":
             fds = connect_all(endpoint, p.conns)
+            if client is not None:
+                handshake_all(client, fds, endpoint)
         _emit({"event": "ready"})
         msg = _read_line(START_WAIT_S)
         if msg is None:
@@ -214,9 +228,13 @@ def run_worker(p):
         if delay > 0:
             time.sleep(delay)
         late_ns = time.monotonic_ns() - msg["start_ns"]
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)  # the loop takes them as the window's end; after it, the report is due
         owned, fds = fds, []
         if p.transport == "udp":
             return _run_datagrams(p, msg, owned, table, late_ns)
+        if client is not None:
+            return _run_tls(p, msg, owned, client, table, late_ns)
         r = loadgen.run_loop(
             MODES[p.mode], owned, p.first_cid, p.cid_step, p.conns, p.size, p.depth, p.rate,
             msg["start_ns"], msg["warm_end_ns"], msg["end_ns"], p.interval_ns, p.timeout_ns,
@@ -227,7 +245,7 @@ def run_worker(p):
         _emit({"event": "result", "result": proc_result(r, p.index, p.cpus, start_late_ns=late_ns).to_json()})
         return 0
     except SockbenchError as e:
-        _emit({"event": "error", "message": str(e)})
+        _emit({"event": "error", "message": str(e), "exit_code": e.exit_code})
         return 1
     except Exception as e:  # a worker never dies silently: the parent gets one line
         _emit({"event": "error", "message": f"load process {p.index}: {type(e).__name__}: {e}"})
@@ -251,6 +269,45 @@ def _run_datagrams(p, msg, owned, table, late_ns):
     return 0
 
 
+def _tls_client(p):
+    """The load process's ``tlsgen.TlsClient`` for ``p.tls``."""
+    # deferred: the TLS loop links OpenSSL and is built only where its headers were found (LoadSpec checks)
+    from sockbench.ext import tlsgen
+
+    try:
+        return tlsgen.TlsClient(p.tls["version"], p.tls.get("cipher"), p.tls.get("resumption", False))
+    except ValueError as e:
+        raise SockbenchError(f"TLS: {e}") from None
+
+
+def handshake_all(client, fds, endpoint):
+    """Every connection's TLS handshake before the window, or one line that says what the server did instead."""
+    try:
+        client.handshake_all(fds, CONNECT_TIMEOUT_S)
+    except ConnectionError as e:
+        raise SockbenchError(f"TLS handshake with {endpoint.format()} failed ({e}): is the server serving TLS "
+                             f"(sockbench serve NAME --tls)?", exit_code=2) from None
+    except TimeoutError as e:
+        raise SockbenchError(f"TLS handshakes with {endpoint.format()}: {e}", exit_code=2) from None
+
+
+def _run_tls(p, msg, owned, client, table, late_ns):
+    """The stream loop over TLS (``sockbench.ext.tlsgen``), reported like the plain one's."""
+    # deferred: as in _tls_client
+    from sockbench.bench.load.hdr import LAYOUT
+    from sockbench.ext import tlsgen
+
+    endpoint = p.endpoint
+    r = tlsgen.run_loop(
+        MODES[p.mode], owned, client, p.first_cid, p.cid_step, p.conns, p.size, p.depth, p.rate,
+        msg["start_ns"], msg["warm_end_ns"], msg["end_ns"], p.interval_ns, p.timeout_ns, table, LAYOUT,
+        int(endpoint.family), endpoint.sockaddr(), p.poll, p.server_pid, p.stat_cpus, int(STALL_S * 1e9),
+        client_stall_ns=int(CLIENT_STALL_S * 1e9),
+    )
+    _emit({"event": "result", "result": proc_result(r, p.index, p.cpus, start_late_ns=late_ns).to_json()})
+    return 0
+
+
 def _preload():
     """Import what the loop needs before the parameters arrive.
 
@@ -264,6 +321,10 @@ def _preload():
         from sockbench.ext import loadgen, udpgen  # noqa: F401
     except ImportError:
         pass  # run_worker imports them again and reports what is missing the usual way
+    try:
+        from sockbench.ext import tlsgen  # noqa: F401  (built only where OpenSSL is)
+    except ImportError:
+        pass  # run_worker imports them again and reports what is missing the usual way
 
 
 def _params(raw):
@@ -271,7 +332,10 @@ def _params(raw):
 
 
 def main():
-    _preload()
+    try:
+        _preload()
+    except KeyboardInterrupt:
+        return 130  # stopped before it had its share of the load: nothing measured, nothing to say
     wait = START_WAIT_S
     while True:
         try:
@@ -282,7 +346,12 @@ def main():
         except (ValueError, TypeError, KeyError) as e:
             _emit({"event": "error", "message": f"load process: bad parameters: {e}"})
             return 2
-        rc = run_worker(p)
+        except KeyboardInterrupt:
+            return 130  # stopped between runs: nothing measured, nothing to say
+        try:
+            rc = run_worker(p)
+        except KeyboardInterrupt:
+            return 130  # a Ctrl-C before the window: the harness, stopped too, expects no result
         if rc != 0:
             return rc
         wait = IDLE_WAIT_S

@@ -26,7 +26,8 @@ server CPU per message, per server, from the same run at the same workload
 implementations differ); the sections of the run's other dimensions, each at the summary's headline workload and
 only when the run measured more than one value of it (``dimensions.py``): the transports (with
 the sentence that answers the IPC question, which the verdict repeats) and the worker counts
-(with the server's CPUs); the plots with their captions; and last, one line
+(with the server's CPUs), and TLS (its tax per message and its handshakes, when the run measured TLS);
+the plots with their captions; and last, one line
 per flagged cell saying why it was flagged.  A flag is a badge in its row,
 not a wall of warnings before the results.
 
@@ -43,7 +44,8 @@ from dataclasses import replace
 from sockbench.bench.report.blocks import (
     Alert, Code, Document, Emph, Heading, Image, KeyValues, Legend, Paragraph, Row, Strong, Table, WarningList,
 )
-from sockbench.bench.report.dimensions import fmt, has_loss, loss_text, transport_section, workers_section
+from sockbench.bench.report.dimensions import (fmt, has_loss, loss_text, python_section, tls_section, transport_section,
+                                                workers_section)
 from sockbench.bench.report.formats import write_formats
 from sockbench.bench.report.plots import PLOT_CAPTIONS, make_dimension_plots, make_plots
 from sockbench.bench.report.ratios import workload_ratios
@@ -491,8 +493,25 @@ def _section(doc, section, note, drawn, plot):
 
 
 def dimension_sections(results):
-    """``{"transports": Section or None, "workers": Section or None}`` (``dimensions.py``)."""
-    return {"transports": transport_section(results), "workers": workers_section(results)}
+    """``{"transports": ..., "workers": ..., "pythons": ..., "tls": ...}``, each a Section (``TlsSection`` for TLS) or
+    None (``dimensions.py``)."""
+    return {"transports": transport_section(results), "workers": workers_section(results),
+            "pythons": python_section(results), "tls": tls_section(results)}
+
+
+def _tls_section(doc, section, drawn):
+    """The TLS section (``dimensions.TlsSection``): the tax table, the handshake table, the sentences, the plot."""
+    doc.add(Heading(2, section.title))
+    if section.tax_rows:
+        doc.add(Heading(3, "What TLS costs per message"), Paragraph(section.caption, "note"),
+                _table(section.tax_columns, section.tax_rows))
+    if section.handshake_rows:
+        doc.add(Heading(3, "Handshakes"), Paragraph(section.handshake_caption, "note"),
+                _table(section.handshake_columns, section.handshake_rows))
+    for sentence in section.sentences:
+        doc.add(Paragraph(sentence, "verdict"))
+    if "tls.png" in drawn:
+        doc.add(Heading(3, drawn["tls.png"]), Image("plots/tls.png", drawn["tls.png"]))
 
 
 def build_document(results, plots, sections=None, dimension_plots=None):
@@ -515,6 +534,8 @@ def build_document(results, plots, sections=None, dimension_plots=None):
     verdict = list(summary.sentences)
     if sections.get("transports") is not None and sections["transports"].verdict:
         verdict.append(sections["transports"].verdict)
+    if sections.get("tls") is not None and sections["tls"].verdict:
+        verdict.append(sections["tls"].verdict)
     for sentence in verdict:
         doc.add(Paragraph(sentence, "verdict"))
     counts = _flag_counts(results)
@@ -537,9 +558,11 @@ def build_document(results, plots, sections=None, dimension_plots=None):
         doc.add(Heading(2, "Cost of each protocol over raw"), Paragraph(PROTO_NOTE, "note"))
         for title, rows in proto:
             doc.add(Heading(3, title), _table(PROTO_COLUMNS, rows))
-    for key, plot in (("transports", "transports.png"), ("workers", "workers.png")):
+    for key, plot in (("transports", "transports.png"), ("workers", "workers.png"), ("pythons", None)):
         if sections.get(key) is not None:
             _section(doc, sections[key], sections[key].caption, dimension_plots, plot)
+    if sections.get("tls") is not None:
+        _tls_section(doc, sections["tls"], dimension_plots)
     doc.add(Heading(2, "Plots"))
     for fname, title, skipped in plots:
         if skipped:

@@ -17,12 +17,17 @@ that parses what it wrote.
   ``output_percentile_distribution``, which scales the mean but not the
   standard deviation (a latency in ns would print its StdDeviation 1000×
   too large beside a mean in µs) and prints the total count as a float.
+  Its figures (steps, mean, standard deviation) are the package's, computed
+  over the recorded buckets only (``stats.recorded_buckets``): the
+  package's iterator walks every bucket of the layout in Python, three
+  passes per cell, which made the report's time.
 * ``results.csv``: tidy data, one row per cell and round, one column per
   variable: the cell's identity (every field of ``schema.Cell``), the round,
   every result field the schema declares a column for
   (``schema.csv_columns``: throughput, the round's own latency percentiles,
   errors, server and client CPU, a polling client's stalls, a udp round's
-  datagram accounting; empty where a round has none), and the round's and
+  datagram accounting, a TLS round's negotiated version, cipher and group
+  and handshakes a second; empty where a round has none), and the round's and
   the cell's flags.  A new dimension or field becomes a column without a
   change here.
 * ``ci/msgs_per_s.json`` and ``ci/p99_us.json``: github-action-benchmark's
@@ -39,14 +44,14 @@ import json
 import math
 import os
 
-from sockbench.bench.report.stats import round_flags
+from sockbench.bench.report.stats import recorded_buckets, round_flags
 from sockbench.bench.schema import Cell
 from sockbench.bench.schema import csv_columns as schema_columns
 from sockbench.jsonfile import write_json_atomic
 
 __all__ = [
     "HGRM_DIR", "CSV_FILE", "CI_DIR", "CI_FILES", "hgrm_text", "parse_hgrm", "csv_columns", "csv_rows",
-    "ci_entries", "write_formats", "hgrm_name", "read_ci", "percentile_steps",
+    "ci_entries", "write_formats", "hgrm_name", "read_ci", "percentile_steps", "mean_and_stddev",
 ]
 
 HGRM_DIR = "hgrm"
@@ -69,15 +74,18 @@ def percentile_steps(h, ticks_per_half_distance=TICKS_PER_HALF_DISTANCE):
     every level its cumulative count reaches (its highest equivalent value), and the last one again at
     100%.  (The Python package's iterator advances differently: 0, 10, 19, 27.1 ...)
     """
-    total = h.get_total_count()
+    return _steps(recorded_buckets(h), h.get_total_count(), ticks_per_half_distance)
+
+
+def _steps(buckets, total, ticks_per_half_distance=TICKS_PER_HALF_DISTANCE):
+    """``percentile_steps`` over ``recorded_buckets`` that hold ``total`` counts."""
     if not total:
         return []
     steps = []
     level = 0.0
     cum = 0
-    for it in h.get_recorded_iterator():
-        cum += it.count_at_value_iterated_to
-        value = h.get_highest_equivalent_value(it.value_iterated_to)
+    for _, value, count in buckets:
+        cum += count
         pct = 100.0 * cum / total
         while level <= pct:
             steps.append((value, level, cum))
@@ -90,6 +98,25 @@ def percentile_steps(h, ticks_per_half_distance=TICKS_PER_HALF_DISTANCE):
     return steps
 
 
+def mean_and_stddev(h):
+    """HdrHistogram's mean and standard deviation of ``h`` (each count at its bucket's middle value), computed as
+    its ``get_mean_value`` and ``get_stddev`` compute them, to the last bit, from the recorded buckets alone."""
+    return _moments(recorded_buckets(h), h.get_total_count())
+
+
+def _moments(buckets, total):
+    """``mean_and_stddev`` over ``recorded_buckets`` that hold ``total`` counts."""
+    if not total:
+        return 0.0, 0.0
+    middles = [(lowest + ((highest + 1 - lowest) >> 1), count) for lowest, highest, count in buckets]
+    mean = float(sum(count * middle for middle, count in middles)) / total
+    dev_total = 0.0
+    for middle, count in middles:
+        dev = middle * 1.0 - mean
+        dev_total += (dev * dev) * count
+    return mean, math.sqrt(dev_total / total)
+
+
 def hgrm_text(h, scale=1000.0):
     """HdrHistogram's percentile distribution of histogram ``h``, values divided by ``scale`` (ns -> µs)."""
     sig = h.significant_figures
@@ -97,13 +124,14 @@ def hgrm_text(h, scale=1000.0):
     out.write("%12s %14s %10s %14s\n\n" % ("Value", "Percentile", "TotalCount", "1/(1-Percentile)"))
     line = f"%12.{sig}f %2.12f %10d %14.2f\n"
     last = f"%12.{sig}f %2.12f %10d\n"
-    for value, pct, cum in percentile_steps(h):
+    buckets, total = recorded_buckets(h), h.get_total_count()
+    for value, pct, cum in _steps(buckets, total):
         if pct < 100.0:
             out.write(line % (value / scale, pct / 100.0, cum, 1.0 / (1.0 - pct / 100.0)))
         else:
             out.write(last % (value / scale, pct / 100.0, cum))
-    out.write(f"#[Mean    = %12.{sig}f, StdDeviation   = %12.{sig}f]\n" % (h.get_mean_value() / scale,
-                                                                           h.get_stddev() / scale))
+    mean, stddev = _moments(buckets, total)
+    out.write(f"#[Mean    = %12.{sig}f, StdDeviation   = %12.{sig}f]\n" % (mean / scale, stddev / scale))
     out.write(f"#[Max     = %12.{sig}f, Total count    = %12d]\n" % (h.get_max_value() / scale, h.get_total_count()))
     out.write("#[Buckets = %12d, SubBuckets     = %12d]\n" % (h.bucket_count, h.sub_bucket_count))
     return out.getvalue()

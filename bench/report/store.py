@@ -163,13 +163,35 @@ class Results:
         counts = self.worker_counts()
         return 1 if 1 in counts or not counts else counts[0]
 
-    def in_base(self, c):
-        """True when ``c`` (a CellStats) is over the base transport with the base worker count.
+    def pythons(self):
+        """The interpreters the servers ran under (``--python`` labels), in the plan's order, else run order; [] for
+        a run on sockbench's own interpreter alone."""
+        seen = []
+        for c in self.cells.values():
+            if c.cell.python and c.cell.python not in seen:
+                seen.append(c.cell.python)
+        plan = self.meta.plan
+        planned = [p.get("label") for p in (plan.pythons if plan is not None else ())]
+        return [p for p in planned if p in seen] + [p for p in seen if p not in planned]
 
-        The other transports and worker counts are dimensions of their own sections
-        (``dimensions.py``); the summary and the grid's plots compare servers on one of each.
+    def base_python(self):
+        """The interpreter the summary and the grid's plots are about: the first one named (None: the run had none)."""
+        ps = self.pythons()
+        return ps[0] if ps else None
+
+    def in_base(self, c):
+        """True when ``c`` (a CellStats) is over the base transport with the base worker count and interpreter.
+
+        The other transports, worker counts and interpreters, and TLS, are dimensions of their own sections
+        (``dimensions.py``); the summary and the grid's plots compare servers on one of each.  A server that
+        has no interpreter of sockbench's choosing (a ``--command``) is in every interpreter's base.
         """
-        return c.cell.transport == self.base_transport() and c.cell.workers == self.base_workers()
+        return (c.cell.transport == self.base_transport() and c.cell.workers == self.base_workers()
+                and c.cell.python in ("", self.base_python() or "") and not c.cell.tls)
+
+    def has_tls(self):
+        """True when the run measured cells over TLS (``sockbench run --tls on``): the report's TLS section."""
+        return any(c.cell.tls for c in self.cells.values())
 
     def protocol_sections(self):
         """Workloads measured in raw and in at least one framed protocol, in run order.

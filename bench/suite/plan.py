@@ -63,6 +63,16 @@ from the registry), transport by transport, and its open-loop sweep takes the
 peak of the same transport.  A transport a server lacks (udp, for the servers
 without a datagram form) is skipped for that server, and ``notes()`` says so.
 
+TLS (``--tls off on``) is a dimension too: a server's cells (but the
+protocol section: the load speaks raw over TLS) run plain and over TLS, over
+each stream transport, for the servers that serve TLS here (``serves_tls``);
+the open loop over TLS takes the TLS peak.  And when TLS is on, the TLS
+section's cells are added, so that the report can put a price on TLS from
+figures of one run: each of ``tls_workloads`` (100 x 64 B and 10 x 16 KiB)
+plain and over TLS, and connect mode (``handshake_conns`` connections at a
+time) plain, over TLS with every handshake full, and resumed.  A cell over
+TLS ends in ``-tls`` (``-tls-resumed``).
+
 A cell is a ``Cell`` of the result schema (``sockbench.bench.schema``): the
 report groups results by it as well.  A raw cell's id names its mode, size
 and connections (``closed-64B-c100``); a framed one ends in its protocol
@@ -75,7 +85,7 @@ import math
 from dataclasses import dataclass
 
 from sockbench.bench.schema import Cell, RunPlan, SchemaError
-from sockbench.endpoints import TRANSPORTS
+from sockbench.endpoints import STREAM_TRANSPORTS, TRANSPORTS
 from sockbench.errors import UsageError
 from sockbench.servers.protocols import PROTOCOLS
 from sockbench.units import format_size, parse_size
@@ -165,6 +175,23 @@ class Plan(RunPlan):
                 raise UsageError(f"unknown transport {t!r}; use some of {' '.join(TRANSPORTS)}")
         if len(set(self.transports)) != len(self.transports):
             raise UsageError(f"--transports names a transport twice: {' '.join(self.transports)}")
+        if not self.tls or len(set(self.tls)) != len(self.tls) or not all(isinstance(t, bool) for t in self.tls):
+            raise UsageError("--tls takes off, on, or both (off on), each once")
+        if not self.handshake_resumption or len(set(self.handshake_resumption)) != len(self.handshake_resumption):
+            raise UsageError("--tls-resumption takes on, off, or both, each once")
+        labels = [p["label"] for p in self.pythons]
+        if len(set(labels)) != len(labels):
+            raise UsageError(f"--python names one interpreter twice: {' '.join(labels)}")
+
+    def server_pythons(self, server):
+        """The interpreter labels ``server``'s cells run under ([""]: sockbench's own, or none of its choosing)."""
+        if self.pythons and server in self.python_servers:
+            return [p["label"] for p in self.pythons]
+        return [""]
+
+    def python_of(self, label):
+        """The executable that serves under interpreter ``label`` (None: this one)."""
+        return next((p["python"] for p in self.pythons if p["label"] == label), None) if label else None
 
     @property
     def adaptive(self):
@@ -187,34 +214,70 @@ class Plan(RunPlan):
         served = self.serves.get(server)
         return [t for t in self.transports if served is None or t in served]
 
+    def server_tls(self, server, transport):
+        """The plan's TLS values that ``server`` runs over ``transport``: no TLS over udp, nor for a server without it."""
+        serves = self.serves_tls.get(server, True) and transport in STREAM_TRANSPORTS
+        return [t for t in self.tls if not t or serves]
+
     def notes(self):
         """One line per server and transport the plan skips because the server does not serve it."""
-        return [f"{server} has no {t} form: its {t} cells are skipped" for server in self.servers
-                for t in self.transports if t not in self.server_transports(server)]
+        out = [f"{server} has no {t} form: its {t} cells are skipped" for server in self.servers
+               for t in self.transports if t not in self.server_transports(server)]
+        if True in self.tls:
+            out += [f"{server} serves no TLS here: its TLS cells are skipped" for server in self.servers
+                    if not self.serves_tls.get(server, True)]
+        return out
 
     def cells(self):
         out = []
         for server in self.servers:
             for t in self.server_transports(server):
-                for w in self.workers:  # a server's cells at each worker count, its open loop after its own peak
-                    for size in self.sizes:
-                        for conns in self.conns:
-                            out.append(Cell(server, "closed", size, conns, self.depth, transport=t, workers=w))
-                    for pct in self.open_pcts:
-                        out.append(Cell(server, "open", self.open_size, self.open_conns, 1, pct, transport=t, workers=w))
-                    ids = {c.id for c in out}
-                    for proto in self.server_protocols(server, t):
-                        c = Cell(server, "closed", self.proto_size, self.proto_conns, self.proto_depth, protocol=proto,
-                                 transport=t, workers=w)
-                        if c.id not in ids:
-                            out.append(c)
+                # a server's cells at each interpreter and worker count, its open loop after its own peak; and over
+                # TLS, with an open loop of its TLS peak
+                for py in self.server_pythons(server):
+                    for w in self.workers:
+                        for tls in self.server_tls(server, t):
+                            for size in self.sizes:
+                                for conns in self.conns:
+                                    out.append(Cell(server, "closed", size, conns, self.depth, transport=t, workers=w,
+                                                    python=py, tls=tls))
+                            for pct in self.open_pcts:
+                                out.append(Cell(server, "open", self.open_size, self.open_conns, 1, pct, transport=t,
+                                                workers=w, python=py, tls=tls))
+                            if tls:
+                                continue  # the load speaks raw over TLS: no protocol section there
+                            ids = {c.id for c in out}
+                            for proto in self.server_protocols(server, t):
+                                c = Cell(server, "closed", self.proto_size, self.proto_conns, self.proto_depth,
+                                         protocol=proto, transport=t, workers=w, python=py)
+                                if c.id not in ids:
+                                    out.append(c)
+                        self._tls_section(out, server, t, w, py)
         return out
+
+    def _tls_section(self, out, server, transport, workers, python=""):
+        """The TLS section's cells of one server, transport, worker count and interpreter, when the plan runs TLS:
+        each of ``tls_workloads`` plain and over TLS, and connect mode plain and over TLS (full, resumed); none twice."""
+        if True not in self.server_tls(server, transport):
+            return
+        ids = {c.id for c in out}
+        dims = dict(transport=transport, workers=workers, python=python)
+        cells = [Cell(server, "closed", size, conns, 1, tls=tls, **dims)
+                 for conns, size in self.tls_workloads for tls in (False, True)]
+        cells.append(Cell(server, "connect", 64, self.handshake_conns, **dims))
+        cells += [Cell(server, "connect", 64, self.handshake_conns, tls=True, resumed=r, **dims)
+                  for r in self.handshake_resumption]
+        for c in cells:
+            if c.id not in ids:
+                out.append(c)
+                ids.add(c.id)
 
     def calibrations(self):
         """Servers whose open-loop sweep needs a calibration run (no closed cell at ``open_size``), once per transport."""
         if not self.open_pcts or self.open_size in self.sizes:
             return []
-        return [s for s in self.servers for _ in self.server_transports(s) for _ in self.workers]
+        return [s for s in self.servers for t in self.server_transports(s) for _ in self.workers
+                for _ in self.server_pythons(s) for _ in self.server_tls(s, t)]
 
     # --- how long things take -----------------------------------------------------------
     def round_duration(self, cell):

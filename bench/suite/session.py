@@ -88,6 +88,8 @@ from sockbench.errors import SockbenchError
 from sockbench.jsonfile import write_json_atomic
 from sockbench.machine import machine_info
 from sockbench.servers import registry
+from sockbench.servers.tls import DEFAULT_VERSION, TlsConfig
+from sockbench.servers.command import Command
 from sockbench.timestamps import folder_stamp, iso_utc
 
 __all__ = [
@@ -232,6 +234,9 @@ class SuiteContext:
         self.interrupted = False
         self.runs = None
         self.passes = 0
+        #: the process that started the suite (``sockbench run``): when it is gone at the end, the suite
+        #: settles meta.json itself
+        self.parent = os.getppid()
         self.started = clock()
         self._loads = self._servers = self._canary = None
         os.makedirs(os.path.join(out, RAW_DIR), exist_ok=True)
@@ -268,11 +273,16 @@ class SuiteContext:
                 pass  # progress is for the display only; the results it would describe are in raw/ already
 
     def finish(self, exitstatus):
-        """At session end: close the progress file; run by hand, also settle meta.json's status."""
+        """At session end: close the progress file; run by hand, or orphaned by a runner that was killed,
+        also settle meta.json's status."""
         self.close()
-        if self.owns_meta:
+        orphaned = not self.owns_meta and os.getppid() != self.parent
+        if self.owns_meta or orphaned:
             status = "interrupted" if self.interrupted else {0: "complete", 2: "interrupted"}.get(int(exitstatus), "failed")
-            update_meta(self.out, status=status, finished_at=iso_utc())
+            try:
+                update_meta(self.out, status=status, finished_at=iso_utc())
+            except OSError:
+                pass  # the folder is gone or full: raw/ holds what was measured all the same
 
     def event(self, ev):
         """Append one ``progress`` event to progress.jsonl."""
@@ -305,11 +315,14 @@ class SuiteContext:
     def spec(self, cell, rate=None, size=None, conns=None, mode=None, name_busy=True):
         """The ``LoadSpec`` of one round of ``cell``: the cell's dimensions under their own names, the plan's timing."""
         p = self.plan
+        command = Command.from_json(p.commands[cell.server]) if cell.server in p.commands else None
         return copy_fields(
-            LoadSpec, cell, mode=mode or cell.mode, conns=conns or cell.conns, size=size or cell.size, rate=rate,
+            LoadSpec, cell, server=None if command is not None else cell.server, command=command,
+            server_python=p.python_of(cell.python), python=cell.python or None, mode=mode or cell.mode,
+            conns=conns or cell.conns, size=size or cell.size, rate=rate,
             duration_s=p.round_duration(cell), warmup_s=p.warmup_s, procs=min(p.procs, conns or cell.conns),
             server_cpus=tuple(p.server_cpus), client_cpus=tuple(p.client_cpus), interval_s=p.interval_s,
-            name_busy=name_busy,
+            name_busy=name_busy, tls=self.tls_config(cell),
         )
 
     # --- the processes kept between rounds -------------------------------------------------
@@ -336,12 +349,20 @@ class SuiteContext:
                 keeper.close()
         self._servers = self._loads = None
 
+    def tls_config(self, cell):
+        """The ``TlsConfig`` of a TLS cell (the plan's setting; resumption as the cell says), or None."""
+        if not cell.tls:
+            return None
+        t = self.plan.tls_setting
+        return TlsConfig(cert=t.get("cert"), key=t.get("key"), version=t.get("version") or DEFAULT_VERSION,
+                         cipher=t.get("cipher"), resumption=cell.resumed)
+
     # --- the open-loop peak ----------------------------------------------------------
     def peak_cell(self, cell):
         """The closed-loop cell whose median is ``cell``'s (an open-loop cell's) peak: raw, the sweep's workload."""
         p = self.plan
         return Cell(cell.server, "closed", p.open_size, p.open_conns, p.depth, transport=cell.transport,
-                    workers=cell.workers)
+                    workers=cell.workers, python=cell.python, tls=cell.tls)
 
     def record(self, stats):
         """Remember a closed-loop grid cell's median as a candidate peak.
@@ -352,16 +373,19 @@ class SuiteContext:
         c = stats.cell
         if (c.mode == "closed" and c.size == self.plan.open_size and c.protocol == "raw" and c.depth == self.plan.depth
                 and not stats.invalid and stats.median > 0):
-            key = (c.server, c.transport, c.workers)
+            key = (c.server, c.transport, c.workers, c.python, c.tls)
             self.peaks[key] = max(self.peaks.get(key, 0.0), stats.median)
 
-    def calibrate(self, server, transport="tcp", workers=1):
-        """The server's peak msgs/s at the sweep's size over ``transport``, measured by one calibration run."""
-        key = (server, transport, workers)
-        cal = Cell(server, "closed", self.plan.open_size, self.plan.open_conns, transport=transport, workers=workers)
+    def calibrate(self, server, transport="tcp", workers=1, python="", tls=False):
+        """The server's peak msgs/s at the sweep's size over ``transport`` with ``workers`` processes under
+        interpreter ``python`` (over TLS with ``tls``), measured by one calibration run."""
+        key = (server, transport, workers, python, tls)
+        cal = Cell(server, "closed", self.plan.open_size, self.plan.open_conns, transport=transport, workers=workers,
+                   python=python, tls=tls)
         self.event(Calibrating(server=server))
         r = self.run(self.spec(cal), on_window=self._window)
-        name = server + ("" if transport == "tcp" else f"-{transport}") + ("" if workers == 1 else f"-w{workers}")
+        name = (server + ("" if transport == "tcp" else f"-{transport}") + ("" if workers == 1 else f"-w{workers}")
+                + (f"-py{python}" if python else "") + ("-tls" if tls else ""))
         self.write(os.path.join(self.out, "calibration", f"{name}.json"), r.to_json())
         self.event(Calibrated(server=server, msgs_per_s=r.throughput.msgs_per_s, valid=r.valid))
         if not r.valid or not r.throughput.msgs_per_s > 0:
@@ -373,7 +397,7 @@ class SuiteContext:
         """Let open-loop ``run`` join the rotation at ``pass_no`` if its peak is known now; True if it did."""
         cell = run.cell
         peak_run = self.runs.get(self.peak_cell(cell).id)
-        key = (cell.server, cell.transport, cell.workers)
+        key = (cell.server, cell.transport, cell.workers, cell.python, cell.tls)
         if peak_run is not None:
             valid = [r for r in peak_run.results if r.valid and (r.throughput.msgs_per_s or 0) > 0]
             if len(valid) < PEAK_ROUNDS and peak_run.open:
@@ -384,7 +408,7 @@ class SuiteContext:
                 run.peak_from = f"closed-loop cell ({len(valid)} rounds)"
         if key not in self.peaks:
             try:
-                self.calibrate(cell.server, cell.transport, cell.workers)
+                self.calibrate(cell.server, cell.transport, cell.workers, cell.python, cell.tls)
             except (RuntimeError, SockbenchError) as e:
                 # no peak, no rate: the cell is not measured, and its test says why
                 run.error = str(e)

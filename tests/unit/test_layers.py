@@ -2,7 +2,7 @@
 
 The order, top to bottom (ARCHITECTURE.md draws it)::
 
-    cli -> suite, calibrate -> report -> load -> schema -> servers -> ext -> core
+    cli -> suite, calibrate -> report -> load, check -> schema -> servers -> ext -> core
 
 A module may import its own room and any room below it, never one above it or
 a sibling on its own level, so no cycle between folders can form.  The files
@@ -25,7 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 FOLDERS = {"sockbench": "sockbench", "servers": "sockbench.servers", "ext": "sockbench.ext", "bench": "sockbench.bench"}
 
 #: room -> level; a module imports only rooms of a greater level, or its own room
-LEVELS = {"cli": 0, "suite": 1, "calibrate": 1, "report": 2, "load": 3, "schema": 4, "servers": 5, "ext": 6, "core": 7}
+LEVELS = {"cli": 0, "suite": 1, "calibrate": 1, "report": 2, "load": 3, "check": 3, "schema": 4, "servers": 5, "ext": 6,
+          "core": 7}
 
 #: a function-level import of one of these defers real start-up cost: the comment says so
 _IMPORT_RE = re.compile(r"^\s*(?:from\s+(sockbench[\w.]*)\s+import\s|import\s+(sockbench[\w.]*))")
@@ -203,3 +204,14 @@ def test_the_checker_sees_a_violation():
     assert LEVELS[room("sockbench.cli.main")] < LEVELS[room("sockbench.bench.report.store")]
     lines = ["def f():", "    import json", "    # matplotlib is heavy: only when plotting", "    import numpy"]
     assert not _has_reason(lines, 2) and _has_reason(lines, 4)
+
+
+def test_test_files_have_unique_basenames():
+    """pytest imports test files by basename (no ``__init__.py`` in ``tests/``): two files of one name in
+    different folders fail the whole collection on a clean clone, where no ``__pycache__`` hides it."""
+    seen = {}
+    for folder, _dirs, files in os.walk(os.path.join(ROOT, "tests")):
+        for name in files:
+            if name.startswith("test_") and name.endswith(".py"):
+                seen.setdefault(name, []).append(os.path.relpath(folder, ROOT))
+    assert {n: f for n, f in seen.items() if len(f) > 1} == {}

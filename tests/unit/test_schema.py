@@ -161,6 +161,7 @@ def test_the_sample_folder_loads_with_the_figures_its_raw_json_gives(sample_dict
     assert res.commit() == "e41568831088" and "AMD EPYC" in res.footnote()
 
 
+@pytest.mark.slow
 def test_the_sample_folder_reports_and_compares(tmp_path):
     copy = str(tmp_path / "sample")
     shutil.copytree(SAMPLE, copy, ignore=shutil.ignore_patterns("plots", "report.*"))
