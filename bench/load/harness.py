@@ -234,6 +234,9 @@ def _probe(endpoint, wording, timeout_s, exchange=None):
 
 #: what a plain probe sends to a server of another's (a TLS server takes it for a record it cannot read)
 _PLAIN_PROBE = b"sockbench probe\n"
+#: how long the plain probe waits for its echo: a TLS server answers a plain message at once (an alert, or a
+#: close); a slow or silent echo server is left for the load to judge, not waited on here
+_PLAIN_PROBE_ANSWER_S = 1.0
 
 
 def tls_probe(endpoint, tls):
@@ -258,6 +261,7 @@ def plain_probe(endpoint):
 
     def exchange(sock):
         got = b""
+        sock.settimeout(_PLAIN_PROBE_ANSWER_S)
         try:
             sock.sendall(_PLAIN_PROBE)
             while len(got) < len(_PLAIN_PROBE):
