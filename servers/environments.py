@@ -56,6 +56,15 @@ _PROBE = ("import json, platform, sys; print(json.dumps({'version': platform.pyt
           "is False or 't' in getattr(sys, 'abiflags', '')), 'info': list(sys.version_info[:3])}))")
 
 
+#: an environment's registry rows, as ``Environment.server`` reads them (attributes every revision's registry has)
+_LIST_SERVERS = ("import json\nfrom sockbench.servers import registry\nrows = []\n"
+                 "for s in registry.SERVERS.values():\n"
+                 "    ok, why = s.availability()\n"
+                 "    rows.append({'name': s.name, 'available': ok, 'reason': None if ok else why,\n"
+                 "                 'protocols': list(s.protocols), 'transports': list(s.transports)})\n"
+                 "print(json.dumps(rows))\n")
+
+
 def _fail(python, why):
     return SockbenchError(f"--python {python}: {why}", exit_code=2)
 
@@ -141,8 +150,11 @@ def interpreter_version(executable):
 
 def python_flags(python):
     """The flags an environment's interpreter serves with: ``-P`` (3.11+: the current directory, perhaps a source
-    tree of another revision, is not put on ``sys.path``); none for this process's own."""
-    return [] if python is None or os.path.realpath(python) == os.path.realpath(sys.executable) else ["-P"]
+    tree of another revision, is not put on ``sys.path``); none for this process's own (``python`` None).
+
+    Paths are compared as given, not resolved: a virtual environment's ``bin/python`` links to the same binary as
+    this one's, yet imports another sockbench."""
+    return [] if python is None or os.path.abspath(python) == os.path.abspath(sys.executable) else ["-P"]
 
 
 def cache_root():
@@ -164,9 +176,16 @@ def _git(root, *args, text=True):
 
 def _source_id(root, rev):
     """``(id, description)`` of the code to build: a revision's commit, or HEAD and a hash of the working tree's changes."""
+    if rev is not None and rev.startswith("-"):
+        raise SockbenchError(f"bad revision {rev!r}: a revision does not start with '-'", exit_code=2)
     try:
         if rev is not None:
-            commit = _git(root, "rev-parse", "--verify", f"{rev}^{{commit}}").strip()
+            try:
+                commit = _git(root, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}").strip()
+            except subprocess.CalledProcessError:
+                raise SockbenchError(f"revision {rev!r} is not a commit of sockbench's checkout at {root} (git "
+                                     f"rev-parse finds none; fetch it, or name a branch, tag or hash)",
+                                     exit_code=2) from None
             return commit, f"{rev} ({commit[:12]})"
         head = _git(root, "rev-parse", "HEAD").strip()
         diff = _git(root, "diff", "HEAD", "--binary", text=False)
@@ -215,6 +234,7 @@ class Environment:
         self._python = None
         self.source = None
         self._servers = None
+        self.commit = None  # a revision's full commit, once prepared
 
     @property
     def python(self):
@@ -228,8 +248,8 @@ class Environment:
         """How output names it: the interpreter (``3.12``), or the revision (``main@1a2b3c4d``) for ``--rev``."""
         if self.rev is None:
             return self.interpreter.label
-        short = (self.source or "").split(" (")[-1].rstrip(")")[:8] or self.rev[:8]
-        return f"{self.rev}@{short}" if not self.rev.startswith(short) else short
+        short = (self.commit or self.rev)[:8]
+        return short if self.rev.startswith(short) else f"{self.rev}@{short}"
 
     @property
     def own(self):
@@ -251,12 +271,18 @@ class Environment:
         return row
 
     def _listed_servers(self):
-        r = self._run([self.python, *python_flags(self.python), "-m", "sockbench", "servers", "--json"],
-                      "listing its servers")
+        # the environment's own registry, asked without its CLI (an environment holds what serving needs, not rich)
+        r = self._run([self.python, *python_flags(self.python), "-c", _LIST_SERVERS], "listing its servers")
         try:
-            return {row["name"]: row for row in json.loads(r.stdout)}
-        except (ValueError, KeyError, TypeError):
-            raise _fail(self.interpreter.path, "listing its servers gave no JSON") from None
+            return {row["name"]: row for row in json.loads(r.stdout.strip().splitlines()[-1])}
+        except (ValueError, KeyError, TypeError, IndexError):
+            raise self._fail("listing its servers gave no JSON") from None
+
+    def _fail(self, why):
+        """One line naming what was asked: ``--rev REV`` for a revision, ``--python PATH`` for an interpreter."""
+        if self.rev is not None:
+            return SockbenchError(f"revision {self.rev!r} of sockbench: {why}", exit_code=2)
+        return _fail(self.interpreter.path, why)
 
     def serve_argv(self, name, *args):
         """``[python, -P, -m, sockbench, serve, NAME, *args]`` in this environment (``-P``: a source tree in the
@@ -274,9 +300,10 @@ class Environment:
             self._python, self.source = sys.executable, "this environment"
             return self
         if self.root is None:
-            raise _fail(self.interpreter.path, "building sockbench for another interpreter needs its source tree "
+            raise self._fail("building sockbench for another interpreter or revision needs its source tree "
                                                "(a git checkout); this sockbench is installed without one")
         source_id, self.source = _source_id(self.root, self.rev)
+        self.commit = source_id if self.rev is not None else None
         path = os.path.join(cache_root(), self.key(source_id))
         py = os.path.join(path, "bin", "python")
         marker = os.path.join(path, "sockbench-env.json")
@@ -299,10 +326,9 @@ class Environment:
             # a build dies with this process (children.child_setup); an unfinished one has no marker and is redone
             r = subprocess.run(argv, capture_output=True, text=True, timeout=900, preexec_fn=child_setup())
         except (OSError, subprocess.TimeoutExpired) as e:
-            raise _fail(self.interpreter.path, f"{what} failed: {e}") from None
+            raise self._fail(f"{what} failed: {e}") from None
         if r.returncode != 0:
-            lines = [ln for ln in (r.stderr + r.stdout).splitlines() if ln.strip() and "WARNING" not in ln]
-            raise _fail(self.interpreter.path, f"{what} failed: {lines[-1].strip()[:300] if lines else r.returncode}")
+            raise self._fail(f"{what} failed: {_telling_line(r.stderr + r.stdout) or r.returncode}")
         return r
 
     def _build(self, path, py):
@@ -341,6 +367,19 @@ def _own_servers():
 def current():
     """This process's own environment (nothing to build)."""
     return Environment(sys.executable).prepare()
+
+
+#: pip's own framing of a failed build, which says nothing of why
+_PIP_FRAME = ("note:", "hint:", "×", "╰", "│", "error: subprocess-exited-with-error", "error: metadata-generation-failed")
+
+
+def _telling_line(output):
+    """The line of a failed step's output that says why: the last error line that is not pip's framing, else the
+    last line."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip() and "WARNING" not in ln]
+    own = [ln for ln in lines if not ln.startswith(_PIP_FRAME)]
+    errors = [ln for ln in own if "error" in ln.lower()]
+    return (errors or own or lines or [""])[-1][:300]
 
 
 def prepare(python, rev=None, log=None):

@@ -1,26 +1,29 @@
-"""What a command is pointed at: a registered server, a running one, or a server of another sockbench revision.
+"""What a command is pointed at: a registered server, a ``--command``, a running one, or another revision's server.
 
 Why it is built this way: ``sockbench ab A B`` (and, in the design's words,
 wherever a server is named) takes a *target*, and every kind of target must
 end up as the same two things for the harness: a server it starts, pinned
 and measured (a name, in this environment or in one that
-``environments.environment`` built for a revision), or an endpoint it only
+``environments.environment`` built for a revision, or a ``--command``:
+``servers.command.Command``), or an endpoint it only
 connects to (``HOST:PORT``, ``[V6]:PORT``, ``unix:PATH``: not started by
 sockbench, so no CPU figures).  ``resolve_target`` tells them apart by their
 shape (a name never holds a ``:``), checks a name against the registry of
 the environment it runs in, and gives each a ``label`` that can name files
 and table rows.  ``Target.transports``/``protocols`` say what it serves:
-the registry's row for a name; for an endpoint, its own transport and no
-known protocol (the caller probes it).
+the registry's row for a name; for a command, the transports its
+placeholders allow; for an endpoint, its own transport; no known protocol
+for either (the caller probes an endpoint).
 """
 
 import re
 from dataclasses import dataclass
 
-from sockbench.endpoints import parse_target
+from sockbench.endpoints import STREAM_TRANSPORTS, parse_target
+from sockbench.errors import UsageError
 from sockbench.servers.environments import Environment, current
 
-__all__ = ["Target", "resolve_target", "slug"]
+__all__ = ["Target", "resolve_target", "command_target", "slug"]
 
 
 def slug(text):
@@ -30,18 +33,20 @@ def slug(text):
 
 @dataclass(frozen=True)
 class Target:
-    """One target: ``kind`` ``name`` (a server sockbench starts, from ``environment``) or ``endpoint`` (running)."""
+    """One target: ``kind`` ``name`` (a server sockbench starts, from ``environment``), ``command`` (a
+    ``--command`` sockbench starts) or ``endpoint`` (running)."""
 
     text: str
     kind: str
     name: str | None = None
     endpoint: object = None
     environment: Environment | None = None
+    command: object = None
 
     @property
     def started(self):
         """True when sockbench starts (and pins, and measures the CPU of) this target's server."""
-        return self.kind == "name"
+        return self.kind != "endpoint"
 
     @property
     def label(self):
@@ -57,16 +62,20 @@ class Target:
 
     @property
     def transports(self):
+        if self.kind == "command":
+            return tuple(t for t in STREAM_TRANSPORTS if _starts_on(self.command, t))
         return tuple(self.row()["transports"]) if self.kind == "name" else (self.endpoint.transport,)
 
     @property
     def protocols(self):
-        """The protocols it speaks; None when unknown (an endpoint: probe it)."""
+        """The protocols it speaks; None when unknown (a command, an endpoint)."""
         return tuple(self.row()["protocols"]) if self.kind == "name" else None
 
     def describe(self):
         if self.kind == "endpoint":
             return f"{self.endpoint.format()} (running; no CPU figures)"
+        if self.kind == "command":
+            return f"--command {self.command.text!r}"
         env = self.environment
         return self.name if env is None or env.own else f"{self.name} of sockbench {env.label}"
 
@@ -80,3 +89,16 @@ def resolve_target(text, environment=None):
     target = Target(text, "name", name=text, environment=environment)
     target.row()  # an unknown name, or one that cannot run there, is its one-line error now
     return target
+
+
+def command_target(command):
+    """The ``Target`` of a ``--command`` (``servers.command.Command``)."""
+    return Target(command.text, "command", name=command.name, command=command)
+
+
+def _starts_on(command, transport):
+    try:
+        command.check_transport(transport)
+    except UsageError:
+        return False
+    return True

@@ -24,9 +24,11 @@ The parents, and what each is doing when signalled:
 * ``run --quick``: a round in flight (a load process of the suite in its loop).
 * ``cluster-worker``: inside a load window of a ``load --cluster`` that a
   coordinator (not the worker's descendant) runs through it.
+* ``ab``: ``ab SERVER SERVER``, a round in flight.
+* ``check``: ``check SERVER``, its server started and checks running.
 
 Run: ``python -m sockbench.bench.calibrate.stop_times [--reps 5] [--server asyncio-protocol]
-[--parents serve-tcp serve-unix load run cluster-worker] [--json PATH]``.
+[--parents serve-tcp serve-unix load run cluster-worker ab check] [--json PATH]``.
 """
 
 import argparse
@@ -62,10 +64,10 @@ BUSY_TIMEOUT_S = 90.0
 GONE_TIMEOUT_S = 30.0
 MARK_ENV = "SOCKBENCH_STOP_TRIAL"
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGKILL)
-PARENTS = ("serve-tcp", "serve-unix", "load", "run", "cluster-worker")
+PARENTS = ("serve-tcp", "serve-unix", "load", "run", "cluster-worker", "ab", "check")
 #: the parents' names in the table
 TITLES = {"serve-tcp": "serve --workers 2 (tcp)", "serve-unix": "serve --workers 2 (unix)", "load": "load",
-          "run": "run --quick", "cluster-worker": "cluster-worker"}
+          "run": "run --quick", "cluster-worker": "cluster-worker", "ab": "ab", "check": "check"}
 
 
 @dataclass(frozen=True)
@@ -263,6 +265,16 @@ def _busy_parent(kind, setup, n, mark):
                                               "--warmup", "0", "--conns", "4",
                                               "--json", os.path.join(setup.tmp, f"cluster-{n}.json")), uuid.uuid4().hex)
         _until(lambda: _in_loop(mark, parent=p.pid), p)
+        return p, None
+    if kind == "ab":
+        p = _start(_sockbench("ab", s, s, "--sizes", "64", "--min-pairs", "40", "--max-pairs", "40", "--budget", "600",
+                              "--out", os.path.join(setup.tmp, f"ab-{n}")), mark)
+        _until(lambda: _in_loop(mark), p)
+        return p, None
+    if kind == "check":
+        p = _start(_sockbench("check", s, "--json", os.path.join(setup.tmp, f"check-{n}.json")), mark)
+        _until(lambda: len(_marked(mark) - {p.pid}) > 0, p)  # its server (or a check's client) is up
+        time.sleep(0.5)  # into the checks
         return p, None
     raise UsageError(f"unknown parent {kind!r}; choose from {', '.join(PARENTS)}")
 

@@ -62,6 +62,7 @@ from sockbench.bench.report.stats import CONFIDENCE, CellStats
 from sockbench.bench.report.store import RAW_DIR, discarded_name, raw_name
 from sockbench.bench.schema import Cell, CellContext, Machine, RunMeta, RunPlan
 from sockbench.bench.suite.plan import REMEASURE_DISTURBED
+from sockbench.children import signal_of
 from sockbench.bench.suite.progress import PassStarted, RoundDone, RoundStarted
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.jsonfile import write_json_atomic
@@ -238,7 +239,7 @@ class AbRun:
         self.rounds = {(s.side, w.workload_id): [] for s in (a, b) for w in self.workloads}
         self.discarded = 0
         self.passes = 0
-        self.interrupted = False
+        self.interrupted = None  # the stop signal that ended the passes, if one did
         self.run_load = run or self._local_run
         self.argv = list(argv) if argv is not None else list(sys.argv)
         self._loads = self._servers = self._canary = None
@@ -281,7 +282,7 @@ class AbRun:
         p = self.plan
         t = side.target
         return LoadSpec(
-            server=t.name if t.started else None, target=None if t.started else t.endpoint,
+            server=t.name if t.kind == "name" else None, command=t.command, target=None if t.started else t.endpoint,
             mode="closed", conns=workload.conns, size=workload.size, depth=workload.depth,
             duration_s=p.duration_s, warmup_s=p.warmup_s, procs=1, server_cpus=tuple(p.server_cpus),
             client_cpus=tuple(p.client_cpus), interval_s=p.interval_s, protocol=p.protocol,
@@ -367,8 +368,8 @@ class AbRun:
             self._progress = open(os.path.join(self.out, "progress.jsonl"), "a", buffering=1)
             self.started = self.clock()
             self._passes()
-        except KeyboardInterrupt:
-            self.interrupted = True
+        except KeyboardInterrupt as e:
+            self.interrupted = signal_of(e)  # Ctrl-C or SIGTERM: the pairs measured are judged and written
         finally:
             for keeper in (self._servers, self._loads):
                 if keeper is not None:

@@ -14,6 +14,7 @@ import json
 import math
 import sys
 
+from sockbench.cli.targets import add_command_arguments, commands_from_args
 from sockbench.cli.term import console as make_console
 from sockbench.errors import UsageError
 from sockbench.units import arg, parse_cpus, parse_number, parse_percent, parse_size
@@ -24,11 +25,12 @@ __all__ = ["add_arguments", "run_cli"]
 def add_arguments(p):
     p.add_argument("targets", nargs="*", metavar="TARGET",
                    help="A and B: a server name (see `sockbench servers`), HOST:PORT, [V6]:PORT or unix:PATH (a server "
-                        "already running: no CPU figures)")
+                        "already running: no CPU figures); a --command counts as a target after these")
     p.add_argument("--rev", nargs=3, metavar=("BASE", "HEAD", "NAME"),
                    help="instead of A and B: server NAME as revision BASE of sockbench builds it (A) against HEAD (B); "
-                        "each revision is built once in its own git worktree and virtual environment and cached "
-                        "(~/.cache/sockbench/envs, or $SOCKBENCH_ENV_CACHE); the load generator is this checkout's")
+                        "each revision is built once in its own virtual environment and cached "
+                        "(~/.cache/sockbench/envs, or $SOCKBENCH_CACHE); the load generator is this checkout's")
+    add_command_arguments(p, many=True)
     p.add_argument("--fail-above", metavar="PCT", default="5%",
                    help="the verdict's threshold: slower / faster when the whole 95%% interval of B/A lies beyond it, "
                         "same when within (default 5%%); exit 1 when B is slower at any workload")
@@ -67,25 +69,27 @@ def add_arguments(p):
 def _targets(args, log):
     # deferred: the environments' build machinery and the targets come with the command
     from sockbench.servers.environments import environment
-    from sockbench.servers.targets import resolve_target
+    from sockbench.servers.targets import command_target, resolve_target
 
     if args.rev:
-        if args.targets:
+        if args.targets or args.command:
             raise UsageError("ab: give two targets A B, or --rev BASE HEAD NAME, not both")
         base, head, name = args.rev
         a = resolve_target(name, environment(rev=base, log=log))
         b = resolve_target(name, environment(rev=head, log=log))
         return a, b
-    if len(args.targets) != 2:
-        raise UsageError(f"ab: give two targets A B (or --rev BASE HEAD NAME), not {len(args.targets)}")
-    return resolve_target(args.targets[0]), resolve_target(args.targets[1])
+    targets = [resolve_target(t) for t in args.targets] + [command_target(c) for c in commands_from_args(args)]
+    if len(targets) != 2:
+        raise UsageError(f"ab: give two targets A B (names, addresses or --command, or --rev BASE HEAD NAME), not "
+                         f"{len(targets)}")
+    return targets[0], targets[1]
 
 
 def run_cli(args):
     # deferred: the harness, the report's statistics and rich come with the command
     from sockbench.bench.suite.ab import AbPlan, AbRun, AbSide, check_targets, describe, prepare_out
 
-    console = make_console()
+    console = make_console(stderr=args.json)  # with --json, stdout holds the JSON alone
 
     def log(line):
         console.print(line, highlight=False, soft_wrap=True)
@@ -102,7 +106,7 @@ def run_cli(args):
     ta, tb = _targets(args, log)
     a = AbSide("A", ta)
     b = AbSide("B", tb, ("--burn-us", f"{args.burn_us_b:g}") if args.burn_us_b else ())
-    if b.extra and not tb.started:
+    if b.extra and tb.kind != "name":
         raise UsageError("--burn-us-b needs a B that sockbench starts (a server name)")
     transport = check_targets(a, b, plan)
     if args.transport and any(not s.target.started for s in (a, b)) and transport != args.transport:
@@ -120,7 +124,7 @@ def run_cli(args):
     else:
         _render(rows, a, b, plan, runner, console)
     if runner.interrupted:
-        return 130
+        return 128 + runner.interrupted  # 130 or 143, as every command stopped by a signal
     return 1 if any(r.verdict in ("slower", "invalid") for r in rows) else 0
 
 

@@ -51,6 +51,19 @@ def test_the_same_server_twice_writes_every_round_paired_and_reports(tmp_path):
     assert json.load(open(os.path.join(out, "ab.json")))["rows"][0]["verdict"] == row["verdict"]
 
 
+def test_a_command_target_is_started_pinned_and_measured_like_a_named_one(tmp_path):
+    out = str(tmp_path / "ab")
+    cmd = f"{sys.executable} -m sockbench serve asyncio-protocol --port {{port}}"
+    done = _ab("asyncio-protocol", "--command", cmd, "--name", "mine", "--sizes", "64", "--min-pairs", "6",
+               "--max-pairs", "6", "--duration", "0.1", "--warmup", "0.05", "--out", out, "--json")
+    assert done.returncode in (0, 1), done.stderr
+    verdicts = json.loads(done.stdout)
+    assert verdicts["a"] == "A-asyncio-protocol" and verdicts["b"] == "B-mine"
+    b = load_results(out).cells[("B-mine", "closed-64B-c100")]
+    assert len(b.results) == 6 and all(r.server_proc.user_s is not None for r in b.results), "its CPU is measured"
+    assert all(r.target.command == cmd for r in b.results)
+
+
 @pytest.mark.parametrize("args,message", [
     (["uvloop", "nosuch"], "unknown server 'nosuch'"),
     (["uvloop", "127.0.0.1:9"], "connection refused by 127.0.0.1:9"),
@@ -58,6 +71,8 @@ def test_the_same_server_twice_writes_every_round_paired_and_reports(tmp_path):
     (["uvloop", "cython-protocol", "--protocol", "json"], "does not speak --protocol json"),
     (["--rev", "no-such-revision-x", "HEAD", "uvloop"], "revision 'no-such-revision-x' is not a commit"),
     (["uvloop"], "give two targets A B"),
+    (["uvloop", "cython", "--command", "./x {port}"], "give two targets A B"),
+    (["uvloop", "--command", "./x {path}"], "does not serve tcp"),
 ])
 def test_bad_input_is_one_line_exit_2_and_no_folder(tmp_path, args, message):
     out = tmp_path / "ab"

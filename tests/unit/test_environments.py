@@ -55,7 +55,7 @@ def test_a_revision_is_built_once_per_commit_and_interpreter(tmp_path, monkeypat
 
 def test_bad_revisions_and_interpreters_are_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("SOCKBENCH_CACHE", str(tmp_path))
-    with pytest.raises(SockbenchError, match="cannot read revision 'no-such-branch-xyz'") as e:
+    with pytest.raises(SockbenchError, match="revision 'no-such-branch-xyz' is not a commit of sockbench's checkout") as e:
         environment(rev="no-such-branch-xyz")
     assert e.value.exit_code == 2 and "\n" not in str(e.value)
     with pytest.raises(SockbenchError, match="--python /nonexistent/python9: not found"):
