@@ -73,10 +73,10 @@ from libc.stdint cimport uint32_t, uint64_t
 from posix cimport (
     EAGAIN, EINTR, ECONNABORTED, EPROTO, EMFILE, ENFILE, ENOBUFS, ENOMEM,
     malloc, calloc, realloc, free, posix_memalign, memcpy, memset,
-    write, close, strerror, clock_gettime, timespec, CLOCK_MONOTONIC,
+    close, clock_gettime, timespec, CLOCK_MONOTONIC,
     accept4, recv, send, setsockopt, SOCK_NONBLOCK, SOCK_CLOEXEC, MSG_NOSIGNAL,
-    getpeername, getsockname, sockaddr, sockaddr_storage, sockaddr_in, sockaddr_in6, socklen_t,
-    AF_INET, AF_INET6, AF_UNIX, ntohs, inet_ntop,
+    getsockname, sockaddr, sockaddr_storage, socklen_t,
+    AF_INET, AF_INET6,
     IPPROTO_TCP, TCP_NODELAY,
     rlimit, getrlimit, setrlimit, RLIMIT_NOFILE, RLIM_INFINITY,
     epoll_event, epoll_wait,
@@ -84,6 +84,7 @@ from posix cimport (
 )
 cimport posix
 from stopsig cimport stopsig_running
+from servelog cimport log_closing, log_accept_error, frame_too_long
 from serveloop cimport set_nonblocking, epoll_watch, open_epoll, close_epoll, raise_errno, serve_until_stopped
 from protocols cimport PROTO_RAW, PROTO_FRAME, PROTO_JSON, PROTO_COUNT, PROTO_DEFAULT_MAX_MESSAGE, proto_name
 from wire cimport (
@@ -102,7 +103,6 @@ cdef enum:
     OUT_SLACK = 256             # json answers: the answer buffer is one read + this
     SCRATCH = 65536 + 256       # json: one answer header built outside the message buffer
     ACCEPT_PAUSE_MS = 100       # the longest accept pause after EMFILE/ENFILE/ENOBUFS/ENOMEM (contract.ACCEPT_PAUSE_S)
-    ACCEPT_LOG_MS = 1000        # at most one line a second about it
     REASON_CAP = 256            # a closing reason handed in from Python (--idle-timeout, --max-buffered)
 
 RECV_BUF_SIZE = RECV_BUF
@@ -352,129 +352,16 @@ cdef void _on_writable(loop_t* L, int fd) noexcept nogil:
 # --- --protocol frame|json ---------------------------------------------------------------------
 
 
-cdef size_t _put_str(char* out, size_t o, size_t cap, const char* s) noexcept nogil:
-    while s[0] != 0 and o < cap:
-        out[o] = s[0]
-        o += 1
-        s += 1
-    return o
-
-
-cdef size_t _put_num(char* out, size_t o, size_t cap, uint64_t v) noexcept nogil:
-    cdef char tmp[24]
-    cdef int k = 0
-    while True:
-        tmp[k] = <char>(48 + v % 10)
-        k += 1
-        v //= 10
-        if v == 0:
-            break
-    while k > 0 and o < cap:
-        k -= 1
-        out[o] = tmp[k]
-        o += 1
-    return o
-
-
-cdef size_t _put_peer(char* line, size_t o, size_t cap, int fd) noexcept nogil:
-    """The peer of ``fd`` as ``contract.format_peer`` spells it: HOST:PORT, [V6]:PORT, a unix peer."""
-    cdef char host[64]
-    cdef sockaddr_storage ss
-    cdef socklen_t sl = sizeof(ss)
-    if getpeername(fd, <sockaddr*>&ss, &sl) == 0:
-        if ss.ss_family == AF_INET and inet_ntop(AF_INET, &(<sockaddr_in*>&ss).sin_addr, host, sizeof(host)) != NULL:
-            o = _put_str(line, o, cap, host)
-            o = _put_str(line, o, cap, b":")
-            return _put_num(line, o, cap, ntohs((<sockaddr_in*>&ss).sin_port))
-        if ss.ss_family == AF_INET6 and inet_ntop(AF_INET6, &(<sockaddr_in6*>&ss).sin6_addr, host, sizeof(host)) != NULL:
-            o = _put_str(line, o, cap, b"[")
-            o = _put_str(line, o, cap, host)
-            o = _put_str(line, o, cap, b"]:")
-            return _put_num(line, o, cap, ntohs((<sockaddr_in6*>&ss).sin6_port))
-        if ss.ss_family == AF_UNIX:  # a client's unix socket has no name: the path is the server's
-            return _put_str(line, o, cap, b"a unix peer")
-    o = _put_str(line, o, cap, b"fd ")
-    return _put_num(line, o, cap, <uint64_t>fd)
-
-
-cdef void _log_line(char* line, size_t o) noexcept nogil:
-    """Write ``line[:o]`` and its newline with one write(2), no stdio; errno is left as it was."""
-    cdef int saved = posix.errno
-    line[o] = 10  # the line always ends with its newline, even if cut short
-    write(2, line, o + 1)
-    posix.errno = saved
-
-
 cdef void _log_closing(int fd, const char* what, const char* reason) noexcept nogil:
-    """``sockbench serve NAME: closing PEER: WHAT REASON``, worded as ``contract.log_closing``."""
-    cdef char line[640]
-    cdef size_t cap = sizeof(line) - 1
-    cdef size_t o = _put_str(line, 0, cap, b"sockbench serve ")
-    o = _put_str(line, o, cap, g_name)
-    o = _put_str(line, o, cap, b": closing ")
-    o = _put_peer(line, o, cap, fd)
-    o = _put_str(line, o, cap, b": ")
-    o = _put_str(line, o, cap, what)
-    o = _put_str(line, o, cap, reason)
-    _log_line(line, o)
+    log_closing(g_name, fd, what, reason)
 
 
 cdef void _log_malformed(int fd, const char* reason) noexcept nogil:
     _log_closing(fd, b"malformed message: ", reason)
 
 
-cdef const char* _accept_errno(int err, const char** hint) noexcept nogil:
-    """The name of an accept() failure that pauses accepting, and in ``hint`` what to do (``contract._ACCEPT_HINTS``)."""
-    cdef const char* name
-    if err == EMFILE:
-        name, hint[0] = b"EMFILE", b"raise the open-file limit (ulimit -n)"
-    elif err == ENFILE:
-        name, hint[0] = b"ENFILE", b"the system's file table is full (fs.file-max)"
-    elif err == ENOBUFS:
-        name, hint[0] = b"ENOBUFS", b"the kernel is out of socket memory"
-    else:
-        name, hint[0] = b"ENOMEM", b"the kernel is out of memory"
-    return name
-
-
 cdef void _log_accept_error(loop_t* L, int err) noexcept nogil:
-    """One line now, then at most one a second while it lasts, worded as ``contract.AcceptErrors``."""
-    cdef char line[512]
-    cdef size_t cap = sizeof(line) - 1
-    cdef size_t o
-    cdef const char* hint
-    if L.now_ms < L.next_accept_log_ms:
-        L.accept_unsaid += 1
-        return
-    o = _put_str(line, 0, cap, b"sockbench serve ")
-    o = _put_str(line, o, cap, g_name)
-    o = _put_str(line, o, cap, b": cannot accept connections: ")
-    o = _put_str(line, o, cap, strerror(err))
-    o = _put_str(line, o, cap, b" (")
-    o = _put_str(line, o, cap, _accept_errno(err, &hint))
-    o = _put_str(line, o, cap, b"); ")
-    o = _put_str(line, o, cap, hint)
-    o = _put_str(line, o, cap, b"; accepting pauses while it lasts, open connections are still served")
-    if L.accept_unsaid:
-        o = _put_str(line, o, cap, b" (")
-        o = _put_num(line, o, cap, L.accept_unsaid)
-        o = _put_str(line, o, cap, b" more times since the last line)")
-    _log_line(line, o)
-    L.next_accept_log_ms = L.now_ms + ACCEPT_LOG_MS
-    L.accept_unsaid = 0
-
-
-cdef const char* _frame_too_long(char* out, size_t cap, const unsigned char* p, uint64_t max_message) noexcept nogil:
-    """The reason for a frame length over the limit (the length is at ``p``), worded as the oracle's."""
-    cdef uint64_t length = ((<uint64_t>p[0] << 24) | (<uint64_t>p[1] << 16)
-                            | (<uint64_t>p[2] << 8) | <uint64_t>p[3])
-    cdef size_t o = _put_str(out, 0, cap - 1, b"frame length ")
-    o = _put_num(out, o, cap - 1, length)
-    o = _put_str(out, o, cap - 1, b" is over the limit of ")
-    o = _put_num(out, o, cap - 1, max_message)
-    o = _put_str(out, o, cap - 1, b" bytes")
-    out[o] = 0
-    return out
+    log_accept_error(g_name, err, L.now_ms, &L.next_accept_log_ms, &L.accept_unsaid)
 
 
 cdef void _malformed(loop_t* L, int fd, const char* reason) noexcept nogil:
@@ -568,7 +455,7 @@ cdef void _read_batch(loop_t* L, int fd, pstate_t* ps) noexcept nogil:
         # a frame is answered by itself: the answers are the complete frames, where they lie
         cnt = wire_frame_scan(buf, <size_t>n, L.max_message, &pos, &need)
         if cnt == WIRE_MALFORMED:
-            bad = _frame_too_long(reason, sizeof(reason), buf + pos, L.max_message)
+            bad = frame_too_long(reason, sizeof(reason), buf + pos, L.max_message)
         olen = pos
     else:
         answer = L.out
@@ -644,7 +531,7 @@ cdef void _fill_pending(loop_t* L, int fd, pstate_t* ps) noexcept nogil:
         if L.proto == PROTO_FRAME:
             cnt = wire_frame_scan(ps.pend, ps.pend_len, L.max_message, &total, &need)
             if cnt == WIRE_MALFORMED:
-                _malformed(L, fd, _frame_too_long(reason, sizeof(reason), ps.pend, L.max_message))
+                _malformed(L, fd, frame_too_long(reason, sizeof(reason), ps.pend, L.max_message))
                 return
             rc = WIRE_COMPLETE if cnt > 0 else WIRE_NEED_MORE
         else:
