@@ -51,6 +51,9 @@ class ServerSpec:
     transports: tuple = STREAM_TRANSPORTS
     #: set for servers whose library is an optional dependency: the ``sockbench[EXTRA]`` that installs it
     extra: str = ""
+    #: set for servers that need something of the kernel: ``"module:function"``, a function returning
+    #: ``(ok, reason)`` that asks the kernel (``cython-uring``: whether io_uring may be used here)
+    kernel_check: str = ""
 
     def availability(self):
         """Return ``(True, "available")`` or ``(False, reason)``; never raises."""
@@ -61,6 +64,9 @@ class ServerSpec:
                 if self.extra:
                     return False, f"not installed: pip install 'sockbench[{self.extra}]'"
                 return False, f"missing module {mod!r} (pip install {mod.split('.')[0]})"
+        if self.kernel_check:
+            module, function = self.kernel_check.split(":")
+            return getattr(importlib.import_module(module), function)()
         return True, "available"
 
     def check_transport(self, transport):
@@ -82,9 +88,10 @@ class ServerSpec:
         return module.serve_datagram if transport == "udp" else module.serve
 
 
-def _spec(name, module, summary, requires=(), build_hint="", protocols=("raw",), transports=STREAM_TRANSPORTS, extra=""):
+def _spec(name, module, summary, requires=(), build_hint="", protocols=("raw",), transports=STREAM_TRANSPORTS, extra="",
+          kernel_check=""):
     return ServerSpec(name, "sockbench.servers." + module, summary, tuple(requires), build_hint, tuple(protocols),
-                      tuple(transports), extra)
+                      tuple(transports), extra, kernel_check)
 
 
 #: the transports of a server with a datagram form (``serve_datagram``)
@@ -116,6 +123,10 @@ SERVERS = {
         _spec("cython", "cython_echo", "Cython: level-triggered epoll loop in C, without the GIL",
               requires=("sockbench.ext.epoll_echo", "sockbench.ext.udp_echo"), build_hint=BUILD_HINT, protocols=ALL_PROTOCOLS,
               transports=WITH_UDP),
+        _spec("cython-uring", "uring_echo",
+              "Cython: io_uring loop in C, without the GIL (multishot accept and receive, provided buffer ring)",
+              requires=("sockbench.ext.uring_echo", "sockbench.ext.uringprobe"), build_hint=BUILD_HINT,
+              protocols=ALL_PROTOCOLS, kernel_check="sockbench.servers.uring_echo:availability"),
     )
 }
 
