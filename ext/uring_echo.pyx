@@ -70,7 +70,7 @@ from posix cimport (
 )
 cimport posix
 from stopsig cimport stopsig_running
-from servelog cimport log_closing, log_accept_error, frame_too_long
+from servelog cimport log_closing, log_accept_error, frame_too_long, put_str, put_num, log_line
 from serveloop cimport raise_errno, serve_until_stopped
 from protocols cimport PROTO_RAW, PROTO_FRAME, PROTO_JSON, PROTO_COUNT, PROTO_DEFAULT_MAX_MESSAGE, proto_name
 from wire cimport (
@@ -190,6 +190,15 @@ ctypedef struct loop_t:
     uint64_t max_buffered
     uint64_t buffered
     int fatal             # -errno when the ring itself failed inside a handler
+    # counted for ``stats`` (SOCKBENCH_URING_STATS): one line on stderr when the loop ends
+    int stats
+    uint64_t n_enter      # io_uring_enter calls (the batch's, and the rare one for a full submission queue)
+    uint64_t n_cqe        # completions handled
+    uint64_t n_recv       # receive completions with data
+    uint64_t n_enobufs    # receives ended by a dry buffer ring
+    uint64_t n_fed        # ... and armed again when buffers came back
+    uint64_t n_pause      # receives cancelled because too much was unsent
+    uint64_t n_short      # sends the kernel completed short
 
 
 cdef char g_name[64]
@@ -218,6 +227,7 @@ cdef io_uring_sqe* _sqe(loop_t* L) noexcept nogil:
     if s != NULL:
         return s
     rc = uring_enter(&L.ring, 0, -1)
+    L.n_enter += 1
     if rc < 0 and rc != -EINTR and rc != -EBUSY and rc != -EAGAIN:
         L.fatal = rc
     s = uring_sqe(&L.ring)
@@ -276,6 +286,7 @@ cdef void _feed_starved(loop_t* L) noexcept nogil:
         c = &L.conns[fd]
         c.starved = 0
         _want_recv(L, fd, c)
+        L.n_fed += 1
         budget -= 1
 
 
@@ -285,6 +296,7 @@ cdef void _pause(loop_t* L, int fd, conn_t* c) noexcept nogil:
     if c.paused:
         return
     c.paused = 1
+    L.n_pause += 1
     if c.armed:
         s = _sqe(L)
         if s != NULL:
@@ -502,6 +514,7 @@ cdef void _on_raw_sent(loop_t* L, int fd, conn_t* c, unsigned bid, int res) noex
         return
     c.off += <uint32_t>res
     if c.off < L.blen[bid]:
+        L.n_short += 1
         _send_head(L, fd, c)  # a short send (MSG_WAITALL makes it rare): the rest, in order
         return
     nxt = L.bnext[bid]
@@ -746,6 +759,7 @@ cdef void _on_recv(loop_t* L, int fd, uint32_t gen, uint32_t arm, int res, uint3
             _give_back(L, bid)
         return
     if res > 0 and has_buf:
+        L.n_recv += 1
         if L.idle_ms and L.proto == PROTO_RAW:
             c.last = _now32(L)  # raw: every read is answered whole
         if L.proto == PROTO_RAW:
@@ -767,6 +781,7 @@ cdef void _on_recv(loop_t* L, int fd, uint32_t gen, uint32_t arm, int res, uint3
             _close_conn(L, fd)
         return
     if res == -ENOBUFS:
+        L.n_enobufs += 1
         if not c.armed:
             _starve(L, fd, c)  # no byte was taken: armed again when buffers come back
         return
@@ -852,12 +867,14 @@ cdef int _run(void* loop) noexcept nogil:
         timed = L.idle_ms != 0 or L.accept_paused
         wait_ms = _wait_ms(L) if timed else -1
         rc = uring_enter(&L.ring, 1, <long long>wait_ms * 1000000 if wait_ms >= 0 else -1)
+        L.n_enter += 1
         if rc < 0 and rc != -EINTR and rc != -ETIME and rc != -EBUSY and rc != -EAGAIN:
             return rc
         if timed:
             L.now_ms = _clock_ms()
             _timed_duties(L)
         n = uring_cq_ready(&L.ring, &head)
+        L.n_cqe += n
         for i in range(n):
             cqe = uring_cqe_at(&L.ring, head + i)
             ud = cqe.user_data
@@ -931,10 +948,39 @@ cdef int _setup(loop_t* L, int lfd, unsigned nbufs, unsigned bufsize, int multis
     return uring_pbuf_init(&L.ring, &L.pb, nbufs, bufsize, BGID)
 
 
+cdef void _log_stats(loop_t* L) noexcept nogil:
+    """``SOCKBENCH_URING_STATS``: what the loop did, in one line on stderr (for calibration, never by default)."""
+    cdef char line[512]
+    cdef size_t cap = sizeof(line) - 1
+    cdef size_t o = put_str(line, 0, cap, b"sockbench serve ")
+    o = put_str(line, o, cap, g_name)
+    o = put_str(line, o, cap, b": io_uring stats: enters ")
+    o = put_num(line, o, cap, L.n_enter)
+    o = put_str(line, o, cap, b", completions ")
+    o = put_num(line, o, cap, L.n_cqe)
+    o = put_str(line, o, cap, b", receives ")
+    o = put_num(line, o, cap, L.n_recv)
+    o = put_str(line, o, cap, b", dry ring (ENOBUFS) ")
+    o = put_num(line, o, cap, L.n_enobufs)
+    o = put_str(line, o, cap, b", re-armed after it ")
+    o = put_num(line, o, cap, L.n_fed)
+    o = put_str(line, o, cap, b", receive pauses ")
+    o = put_num(line, o, cap, L.n_pause)
+    o = put_str(line, o, cap, b", short sends ")
+    o = put_num(line, o, cap, L.n_short)
+    o = put_str(line, o, cap, b", multishot ")
+    o = put_num(line, o, cap, <uint64_t>L.multishot)
+    o = put_str(line, o, cap, b", defer_taskrun ")
+    o = put_num(line, o, cap, 1 if L.ring.setup_flags & IORING_SETUP_DEFER_TASKRUN else 0)
+    log_line(line, o)
+
+
 cdef void _teardown(void* loop) noexcept nogil:
     """Close every connection, the ring and the stop eventfd; free everything.  The listener is the caller's."""
     cdef loop_t* L = <loop_t*>loop
     cdef int fd
+    if L.stats and L.ring.fd >= 0:
+        _log_stats(L)
     if L.conns != NULL:
         for fd in range(L.max_fd + 1):
             if L.conns[fd].open:
@@ -975,7 +1021,7 @@ cdef void _set_reason(char* dst, reason):
 def serve(int listen_fd, announce=None, *, protocol="raw", uint64_t max_message=PROTO_DEFAULT_MAX_MESSAGE,
           name="cython-uring", double idle_timeout=0, uint64_t max_buffered=0,
           idle_reason="no complete message in time", buffered_reason="too many bytes in partial messages",
-          bint multishot=True, unsigned buffers=NBUF_DEFAULT, unsigned buffer_size=BUF_DEFAULT):
+          bint multishot=True, unsigned buffers=NBUF_DEFAULT, unsigned buffer_size=BUF_DEFAULT, bint stats=False):
     """Echo every connection accepted on ``listen_fd`` until SIGTERM or SIGINT, on io_uring.
 
     As ``epoll_echo.serve`` (the listener stays the caller's; ``announce()`` is
@@ -983,8 +1029,10 @@ def serve(int listen_fd, announce=None, *, protocol="raw", uint64_t max_message=
     ``multishot`` False arms each receive once (what a kernel without
     multishot receive gets); ``buffers`` (a power of two, 1..32768) of
     ``buffer_size`` bytes (at least 64) form the provided buffer ring.
-    Raises ``OSError`` when io_uring cannot be set up or fails, ``ValueError``
-    for a bad value.
+    ``stats``: one line on stderr when the loop ends, counting its enters,
+    completions, receives, dry-ring events, pauses and short sends.  Raises
+    ``OSError`` when io_uring cannot be set up or fails, ``ValueError`` for a
+    bad value.
     """
     cdef loop_t L
     cdef int rc
@@ -1013,4 +1061,5 @@ def serve(int listen_fd, announce=None, *, protocol="raw", uint64_t max_message=
         L.sweep_ms = <uint32_t>max(1.0, min(1000.0, idle_timeout * 250))  # a quarter of it, at most 1 s: as contract.Limits
         L.next_sweep_ms = L.now_ms + L.sweep_ms
     L.max_buffered = max_buffered
+    L.stats = 1 if stats else 0
     serve_until_stopped(&L, rc, L.stopfd, announce, _run, _teardown)

@@ -126,7 +126,7 @@ SERVERS = {
         _spec("cython-uring", "uring_echo",
               "Cython: io_uring loop in C, without the GIL (multishot accept and receive, provided buffer ring)",
               requires=("sockbench.ext.uring_echo", "sockbench.ext.uringprobe"), build_hint=BUILD_HINT,
-              protocols=ALL_PROTOCOLS, kernel_check="sockbench.servers.uring_echo:availability"),
+              protocols=ALL_PROTOCOLS, kernel_check="sockbench.servers.iouring:availability"),
     )
 }
 

@@ -30,97 +30,36 @@ and says, before anything starts, whether this machine can run it.
 * **A kernel without multishot receive** (before 6.0): each receive is
   armed once and re-armed on completion; the rest is the same.
   ``SOCKBENCH_URING_MULTISHOT=0`` forces that on any kernel (to check it),
-  and ``SOCKBENCH_URING_BUFFERS=N`` (a power of two) sizes the buffer ring
-  (a small one makes the dry ring easy to reach).
+  ``SOCKBENCH_URING_BUFFERS=N`` (a power of two) sizes the buffer ring
+  (a small one makes the dry ring easy to reach), and
+  ``SOCKBENCH_URING_STATS=1`` writes one line on stderr at the end: enters,
+  completions, receives, dry-ring events, pauses (what the calibration and
+  the tests read).
 * **Unavailable io_uring** (``kernel.io_uring_disabled``, a seccomp filter,
-  ENOSYS, a kernel before 5.19): ``availability()`` asks the kernel through
-  a throwaway ring (``sockbench.ext.uringprobe``) and gives the reason in one
-  line; ``sockbench servers`` lists it, ``sockbench serve`` exits 2 with it.
+  ENOSYS, a kernel before 5.19): ``sockbench.servers.iouring`` asks the
+  kernel through a throwaway ring and gives the reason in one line;
+  ``sockbench servers`` lists it, ``sockbench serve`` exits 2 with it.
 * **Half-close, stop, errors, EMFILE, --idle-timeout, --max-buffered**: as
   ``cython`` (``sockbench.servers.cython_echo`` says how); a connection is
   ``shutdown`` before it is closed, so that the kernel's armed requests end
   and the peer sees the close at once.
 
-Not served: udp (``cython`` has the recvmmsg/sendmmsg loop) and
-``--workers`` works as for every server (one ring per worker process).
+Not served: udp (``cython``'s recvmmsg/sendmmsg loop is the datagram answer).
+``--workers N`` runs one ring per worker process.
 """
 
-import errno
-import functools
 import os
 import resource
 
 from sockbench.errors import UsageError
+from sockbench.ext import uring_echo
+from sockbench.servers.iouring import kernel_support, multishot_wanted
 from sockbench.servers.protocols import DEFAULT_MAX_MESSAGE
 
-__all__ = ["serve", "availability", "kernel_support", "DISABLED_SYSCTL"]
+__all__ = ["serve", "buffers_wanted", "BUFFERS_ENV", "STATS_ENV"]
 
-#: the sysctl that turns io_uring off (0: on; 1: for kernel.io_uring_group only; 2: off)
-DISABLED_SYSCTL = "/proc/sys/kernel/io_uring_disabled"
-MULTISHOT_ENV = "SOCKBENCH_URING_MULTISHOT"
 BUFFERS_ENV = "SOCKBENCH_URING_BUFFERS"
-
-
-def _sysctl_disabled():
-    try:
-        with open(DISABLED_SYSCTL) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def refusal(err):
-    """Why io_uring_setup answered ``err``, in one line that says what to do."""
-    if err == errno.ENOSYS:
-        return "no io_uring in this kernel (io_uring_setup: ENOSYS; it came in Linux 5.1)"
-    if err == errno.EPERM:
-        disabled = _sysctl_disabled()
-        if disabled == 2:
-            return "io_uring disabled (sysctl kernel.io_uring_disabled = 2; set it to 0 to use io_uring)"
-        if disabled == 1:
-            return ("io_uring restricted (sysctl kernel.io_uring_disabled = 1: only the group in "
-                    "kernel.io_uring_group may use it, and this process is not in it)")
-        return ("io_uring refused (io_uring_setup: EPERM: a seccomp filter, such as a container runtime's "
-                "default profile, or a security module forbids it)")
-    if err == errno.ENOMEM:
-        return "io_uring refused (io_uring_setup: ENOMEM: raise the locked-memory limit, ulimit -l)"
-    return f"io_uring refused (io_uring_setup: {errno.errorcode.get(err, err)}: {os.strerror(err)})"
-
-
-@functools.cache
-def kernel_support():
-    """``(ok, reason, probe)``: whether this kernel runs the io_uring loops, why not, and what it offers.
-
-    ``probe`` is ``sockbench.ext.uringprobe.probe()``'s dict (None when the
-    extension is not built).  Asked once per process: the answer is the
-    kernel's and does not change while it runs.
-    """
-    try:
-        # deferred: the extension is needed when io_uring is asked about, not to list the servers' names
-        from sockbench.ext import uringprobe
-    except ImportError:
-        return False, "not built (build it with: pip install -e .  (needs a C compiler and Cython))", None
-    p = uringprobe.probe()
-    if p["errno"]:
-        return False, refusal(p["errno"]), p
-    if not (p["buffer_ring"] and p["ext_arg"]):
-        return False, "kernel too old (io_uring has no provided buffer rings before Linux 5.19)", p
-    if not p["multishot_recv"]:
-        return True, "available (single-shot receives: no multishot receive before Linux 6.0)", p
-    return True, "available", p
-
-
-def availability():
-    """``(ok, reason)`` for the registry: ``kernel_support`` without the probe's details."""
-    ok, why, _ = kernel_support()
-    return ok, why
-
-
-def multishot_wanted(probe):
-    """Multishot receives unless the kernel lacks them or ``SOCKBENCH_URING_MULTISHOT=0`` asks for single-shot."""
-    if os.environ.get(MULTISHOT_ENV, "").strip() in ("0", "no", "false"):
-        return False
-    return bool(probe and probe["multishot_recv"])
+STATS_ENV = "SOCKBENCH_URING_STATS"
 
 
 def buffers_wanted(default):
@@ -144,9 +83,6 @@ def _raise_nofile():
 
 
 def serve(listener, announce, options):
-    # deferred: the registry imports this module for ``availability`` only
-    from sockbench.ext import uring_echo
-
     name = options.get("name", "cython-uring")
     ok, why, probe = kernel_support()
     if not ok:
@@ -166,4 +102,5 @@ def serve(listener, announce, options):
     _raise_nofile()
     uring_echo.serve(listener.fileno(), announce, protocol=options.get("protocol", "raw"), max_message=max_message,
                      name=name, idle_timeout=idle_timeout, max_buffered=options.get("max_buffered") or 0,
-                     multishot=multishot_wanted(probe), buffers=buffers, **reasons)
+                     multishot=multishot_wanted(probe), buffers=buffers,
+                     stats=os.environ.get(STATS_ENV, "").strip() not in ("", "0"), **reasons)
