@@ -65,7 +65,9 @@ Versions
     merged totals, so a reader that knows no ``hosts`` reads it as before.
     ``client`` gained ``stalls``, ``stall_s`` and ``longest_stall_s`` (a
     polling open loop's client stalls, written for such a client only); a
-    file without them reads ``None``.
+    file without them reads ``None``.  ``client.engine`` names the load loop
+    that measured the run (``epoll`` or ``uring``); a file without it was
+    measured by the epoll loop, the only one there was.
 
 A udp result adds ``datagrams`` (sent, received, lost, duplicates,
 out_of_order, late, corrupt, loss_share; ``Datagrams``); a stream result has
@@ -557,6 +559,9 @@ class Client:
     stalls: int | None = None
     stall_s: float | None = None
     longest_stall_s: float | None = None
+    #: the load loop that measured the run: ``epoll`` or ``uring`` (``bench.load.spec.ENGINES``); None: a file
+    #: from before the choice existed, whose loop was epoll's
+    engine: str | None = None
 
     @property
     def load(self):
@@ -581,7 +586,13 @@ class Client:
         _put(out, "stalls", self.stalls)
         _put(out, "stall_s", self.stall_s)
         _put(out, "longest_stall_s", self.longest_stall_s)
+        _put(out, "engine", self.engine)
         return out
+
+    @property
+    def engine_name(self):
+        """The load loop that measured the run, ``epoll`` for a file from before the choice existed."""
+        return self.engine or "epoll"
 
     @classmethod
     def from_json(cls, d, source="the result"):
@@ -600,6 +611,7 @@ class Client:
             stalls=d.get("stalls"),
             stall_s=d.get("stall_s"),
             longest_stall_s=d.get("longest_stall_s"),
+            engine=d.get("engine"),
         )
 
 

@@ -418,6 +418,7 @@ def _cluster_client(rs, parts):
         writes=writes, reads=sum(r.reads for r in rs), msgs_queued=queued,
         msgs_per_write=queued / writes if writes else None,
         stalls=stalls, stall_s=stall_s, longest_stall_s=longest_stall_s,
+        engine=next((p.client.engine for p in parts if p.client.engine), None),
     )
     bound = any(p.client_bound for p in parts) or bool(client.load is not None and client.load >= CLIENT_BOUND_UTIL)
     return client, bound

@@ -511,6 +511,7 @@ def _spawn_workers(spec, server, endpoint, workers, spare=None):
             # the first load process reads the server's CPU and the CPUs' counters at the window's edges
             server_pid=server.pid if server is not None and i == 0 else 0,
             stat_cpus=_stat_cpus(spec, server) if i == 0 else (),
+            engine=spec.engine,
         )
         first += n
         with held_signals():
@@ -706,7 +707,7 @@ def _throughput(spec, rs, msgs, measured_s=None):
     )
 
 
-def _client_cpu(rs, msgs):
+def _client_cpu(rs, msgs, engine="epoll"):
     """The client's own CPU over the window, and whether it was the bottleneck (client-bound)."""
     user = sum(r.user_s for r in rs)
     sys_ = sum(r.sys_s for r in rs)
@@ -737,6 +738,7 @@ def _client_cpu(rs, msgs):
         stalls=stalls,
         stall_s=stall_s,
         longest_stall_s=longest_stall_s,
+        engine=engine,
     )
     load = client.load
     return client, bool(load is not None and load >= CLIENT_BOUND_UTIL)
@@ -842,7 +844,7 @@ def _build_result(spec, server, endpoint, started_at, procs, problems, srv):
     merged = _aggregate(rs)
     timeseries = _timeseries(spec, rs)
     measured_s = _measured_s(spec, timeseries, srv)
-    client, client_bound = _client_cpu(rs, merged.msgs)
+    client, client_bound = _client_cpu(rs, merged.msgs, spec.engine)
     # a server that exited ends the measurement: whatever the client's CPU did then, it was not the limit
     client_bound = client_bound and srv.exit_status is None
     server_proc = _server_cpu(spec, server, srv, merged.msgs, measured_s)

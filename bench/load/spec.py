@@ -8,6 +8,7 @@ one place where the limits of a run (modes, protocols, sizes, CPUs, the
 in-flight ceiling) are checked.
 """
 
+import importlib.util
 import math
 import os
 from dataclasses import dataclass, field
@@ -15,13 +16,17 @@ from dataclasses import dataclass, field
 from sockbench.bench.load.datagram import check_spec as check_datagram_spec
 from sockbench.endpoints import TRANSPORTS, Endpoint
 from sockbench.errors import UsageError
-from sockbench.servers import registry
+from sockbench.servers import iouring, registry
 # the wire protocols the load speaks: the same names, and limit, as ``sockbench serve --protocol``
 from sockbench.servers.protocols import DEFAULT_MAX_MESSAGE, PROTOCOLS
 
-__all__ = ["LoadSpec", "MODES", "PROTOCOLS", "MAX_FRAMED_SIZE", "MAX_DURATION_S", "MAX_IN_FLIGHT"]
+__all__ = ["LoadSpec", "MODES", "ENGINES", "PROTOCOLS", "MAX_FRAMED_SIZE", "MAX_DURATION_S", "MAX_IN_FLIGHT",
+           "check_engine"]
 
 MODES = ("closed", "open", "connect")
+#: the load loops: ``epoll`` (``sockbench.ext.loadgen``, every protocol and transport) and ``uring``
+#: (``sockbench.ext.uringgen``: io_uring, raw over tcp, tcp6 and unix)
+ENGINES = ("epoll", "uring")
 #: frame/json payloads above this are over the servers' default ``--max-message`` (16 MiB)
 MAX_FRAMED_SIZE = DEFAULT_MAX_MESSAGE
 MAX_DURATION_S = 3600.0
@@ -59,6 +64,8 @@ class LoadSpec:
     #: for it on a cell's first round only, since every window's foreign CPU time is measured anyway
     #: (``interference``), and the sample would cost a tenth of a second in every round
     name_busy: bool = True
+    #: the load loop (``ENGINES``): what measured the run is recorded in its result (``client.engine``)
+    engine: str = "epoll"
 
     def __post_init__(self):
         target = self.target
@@ -102,6 +109,7 @@ class LoadSpec:
             raise UsageError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
         if self.transport == "udp":
             check_datagram_spec(self)  # raw only, no connect mode, a size that fits a datagram and its header
+        check_engine(self.engine, self.protocol, self.transport)
         if self.workers != 1 and self.server is None:
             raise UsageError("--workers applies to a server NAME that the load starts, not to --target")
         for name in ("conns", "size", "depth", "procs", "workers"):
@@ -141,3 +149,25 @@ class LoadSpec:
                     f"{','.join(map(str, sorted(allowed)))}"
                 )
         return self
+
+
+def check_engine(engine, protocol="raw", transport="tcp"):
+    """A one-line ``UsageError`` (exit 2) unless load engine ``engine`` can run ``protocol`` over ``transport`` here.
+
+    ``uring`` speaks raw over the stream transports, and needs io_uring:
+    where the kernel refuses it (``sockbench.servers.iouring`` words why),
+    that is the line.
+    """
+    if engine not in ENGINES:
+        raise UsageError(f"unknown --engine {engine!r}; use one of {', '.join(ENGINES)}")
+    if engine == "epoll":
+        return
+    if protocol != "raw":
+        raise UsageError(f"--engine uring speaks --protocol raw only; use --engine epoll for {protocol}")
+    if transport == "udp":
+        raise UsageError("--engine uring loads the stream transports (tcp, tcp6, unix); use --engine epoll for udp")
+    ok, why, _ = iouring.kernel_support()
+    if not ok:
+        raise UsageError(f"--engine uring: {why}")
+    if importlib.util.find_spec("sockbench.ext.uringgen") is None:
+        raise UsageError("--engine uring: not built (build it with: pip install -e .  (needs a C compiler and Cython))")

@@ -17,7 +17,9 @@ that may hold threads and the server's pipes.  The protocol is JSON lines:
    every process shares, once every worker is ready;
 3. the worker sleeps until ``start_ns``, runs ``sockbench.ext.loadgen.run_loop``
    (over udp: ``sockbench.ext.udpgen.run_loop`` on connected UDP flows, whose
-   result adds ``datagrams``; see ``datagram.py``), which ends by itself at ``end_ns``, encodes its histograms with the
+   result adds ``datagrams``; see ``datagram.py``; with ``engine`` uring:
+   ``sockbench.ext.uringgen.run_loop``, the same dict from an io_uring loop),
+   which ends by itself at ``end_ns``, encodes its histograms with the
    ``hdrhistogram`` package, and prints ``{"event": "result", "result": R}``,
    where R is a ``ProcResult``: the one shape of a load process's
    measurement, from the loop's dict to the harness that adds them up.
@@ -78,6 +80,8 @@ class WorkerParams:
     #: connections are UDP flows and the loop is ``sockbench.ext.udpgen`` (``datagram.py``)
     transport: str = "tcp"
     path: str | None = None
+    #: the load loop: ``epoll`` (``sockbench.ext.loadgen``) or ``uring`` (``sockbench.ext.uringgen``)
+    engine: str = "epoll"
 
     @property
     def endpoint(self):
@@ -289,6 +293,8 @@ def run_worker(p):
         owned, fds = fds, []
         if p.transport == "udp":
             return _run_datagrams(p, msg, owned, table, late_ns)
+        if p.engine == "uring":
+            return _run_uring(p, msg, owned, table, late_ns)
         r = loadgen.run_loop(
             MODES[p.mode], owned, p.first_cid, p.cid_step, p.conns, p.size, p.depth, p.rate,
             msg["start_ns"], msg["warm_end_ns"], msg["end_ns"], p.interval_ns, p.timeout_ns,
@@ -325,6 +331,25 @@ def _run_datagrams(p, msg, owned, table, late_ns):
     return 0
 
 
+def _run_uring(p, msg, owned, table, late_ns):
+    """The io_uring loop (``sockbench.ext.uringgen``, raw only), reported like the epoll loop's."""
+    # deferred: the extensions are needed in a load process only, not in the harness
+    from sockbench.bench.load.hdr import LAYOUT
+    from sockbench.ext import uringgen
+    from sockbench.servers.iouring import kernel_support, multishot_wanted
+
+    endpoint = p.endpoint
+    r = uringgen.run_loop(
+        MODES[p.mode], owned, p.first_cid, p.cid_step, p.conns, p.size, p.depth, p.rate,
+        msg["start_ns"], msg["warm_end_ns"], msg["end_ns"], p.interval_ns, p.timeout_ns, table, LAYOUT,
+        int(endpoint.family), endpoint.sockaddr(), p.poll, p.server_pid, p.stat_cpus, int(STALL_S * 1e9),
+        client_stall_ns=int(CLIENT_STALL_S * 1e9), multishot=multishot_wanted(kernel_support()[2]),
+    )
+    result = replace(ProcResult.from_loop(r, p.index, p.cpus), start_late_ns=late_ns)
+    _emit({"event": "result", "result": result.to_json()})
+    return 0
+
+
 def _preload():
     """Import what the loop needs before the parameters arrive.
 
@@ -336,6 +361,10 @@ def _preload():
     try:
         from sockbench.bench.load import hdr  # noqa: F401  (hdrh)
         from sockbench.ext import loadgen, udpgen  # noqa: F401
+    except ImportError:
+        pass  # run_worker imports them again and reports what is missing the usual way
+    try:
+        from sockbench.ext import uringgen  # noqa: F401  (built where io_uring's header is)
     except ImportError:
         pass  # run_worker imports them again and reports what is missing the usual way
 
