@@ -154,6 +154,9 @@ class Plan:
     extra: dict = field(default_factory=dict)
     #: the scaling dimension (``sockbench run --workers 1 2``): every server's cells once per worker count
     workers: tuple = (1,)
+    #: the load loop of the raw stream cells (``sockbench run --engine``); frame, json and udp cells are
+    #: loaded by epoll's, which alone speaks them (``engine_for``)
+    engine: str = "epoll"
 
     def __post_init__(self):
         if not self.servers:
@@ -213,6 +216,10 @@ class Plan:
         spoken = self.speaks.get(server)
         out = [p for p in self.protocols if spoken is None or p in spoken]
         return out if any(p != "raw" for p in out) else []
+
+    def engine_for(self, cell):
+        """The load loop that measures ``cell``: the plan's engine where it applies (raw over a stream), else epoll."""
+        return self.engine if cell.protocol == "raw" and cell.transport != "udp" else "epoll"
 
     def server_transports(self, server):
         """The plan's transports that ``server`` serves, in the plan's order."""

@@ -42,6 +42,7 @@ import subprocess
 import sys
 import time
 
+from sockbench.bench.load.spec import check_engine
 from sockbench.bench.load.worker import FD_HEADROOM
 from sockbench.bench.report.store import RAW_DIR, is_discarded
 from sockbench.bench.suite.plan import default_plan, full_plan, quick_plan
@@ -117,7 +118,8 @@ def _none_or(values, option):
 
 def build_plan(servers=None, sizes=None, conns=None, quick=False, full=False, rounds=None, min_rounds=None,
                max_rounds=None, ci=None, cell_budget_s=None, run_budget_s=None, duration_s=None, warmup_s=None,
-               open_pcts=None, server_cpus=None, client_cpus=None, protocols=None, transports=None, workers=None):
+               open_pcts=None, server_cpus=None, client_cpus=None, protocols=None, transports=None, workers=None,
+               engine=None):
     """The run's Plan from the command line; any bad value is a one-line UsageError.
 
     ``rounds`` fixes the rounds of every cell (``min_rounds = max_rounds = rounds``); ``run_budget_s`` 0
@@ -140,6 +142,9 @@ def build_plan(servers=None, sizes=None, conns=None, quick=False, full=False, ro
         kw["run_budget_s"] = float(run_budget_s) or None
     if workers:
         kw["workers"] = tuple(workers)  # each count is checked by the Plan
+    if engine is not None:
+        check_engine(engine)  # unknown, unbuilt, or io_uring refused here: one line before anything runs
+        kw["engine"] = engine
     kw["speaks"] = {n: list(registry.get(n).protocols) for n in names}
     kw["serves"] = {n: list(registry.get(n).transports) for n in names}
     if transports is not None:

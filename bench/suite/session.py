@@ -271,6 +271,7 @@ class SuiteContext:
             transport=cell.transport,
             workers=cell.workers,
             name_busy=name_busy,
+            engine=p.engine_for(cell),
         )
 
     # --- the open-loop peak ----------------------------------------------------------

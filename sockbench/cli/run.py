@@ -80,6 +80,9 @@ def add_run_arguments(p):
     p.add_argument("--workers", nargs="+", type=arg(parse_number, "--workers", kind=int, positive=True), metavar="N",
                    help="the scaling dimension: every cell with each of these server process counts, each worker on one "
                         "of --server-cpus (sockbench serve --workers; default 1)")
+    p.add_argument("--engine", default=None, metavar="epoll|uring",
+                   help="the load loop of the raw stream cells: epoll (default) or uring (io_uring); frame, json and "
+                        "udp cells stay on epoll, and the report says which engine measured each cell")
     p.add_argument("--out", metavar="DIR", help="results folder to create (default results/<UTC time>)")
     p.add_argument("--cluster", metavar="tcp://HOST:PORT",
                    help="load from several hosts: the Dask scheduler of their `sockbench cluster-worker`s")
@@ -117,6 +120,7 @@ def run_cli(args):
         open_pcts=args.open_loads, server_cpus=args.server_cpus, client_cpus=args.client_cpus, protocols=args.protocols,
         transports=args.transports,
         workers=args.workers,
+        engine=args.engine,
     )
     if args.hosts and not args.cluster:
         raise SockbenchError("--hosts names load hosts of --cluster; give --cluster tcp://HOST:PORT too", exit_code=2)
