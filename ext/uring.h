@@ -77,11 +77,14 @@ enum {
     URING_HAVE_PBUF_RING = 1 << 1,     /* provided buffer rings (5.19), and with them multishot accept */
     URING_HAVE_MSHOT_RECV = 1 << 2,    /* multishot receive (6.0) */
     URING_HAVE_DEFER_TASKRUN = 1 << 3, /* SINGLE_ISSUER | DEFER_TASKRUN (6.1) */
-    URING_HAVE_EXT_ARG = 1 << 4        /* io_uring_enter takes a timeout (5.11) */
+    URING_HAVE_EXT_ARG = 1 << 4,       /* io_uring_enter takes a timeout (5.11) */
+    URING_HAVE_QUIET_SEND = 1 << 5     /* uring_prep_send_quiet behaves as it says (checked, not assumed) */
 };
 
 typedef struct {
     int fd;
+    int enter_fd;              /* what io_uring_enter is given: the registered ring's index, else fd */
+    unsigned enter_flags;      /* IORING_ENTER_REGISTERED_RING when the ring fd is registered */
     unsigned setup_flags;      /* the flags the kernel took */
     unsigned features;         /* io_uring_params.features */
     /* submission queue */
@@ -208,6 +211,18 @@ static inline int uring_init(uring_t *u, unsigned entries, unsigned flags_allowe
     for (i = 0; i < p.sq_entries; i++)
         u->sq_array[i] = i;
     u->sq_tail = *u->sq_khead;
+    /* a registered ring fd (5.18) spares io_uring_enter looking the descriptor up on every call */
+    u->enter_fd = fd;
+    {
+        struct io_uring_rsrc_update up;
+        memset(&up, 0, sizeof(up));
+        up.offset = (unsigned)-1;
+        up.data = (uint64_t)fd;
+        if (uring__register(fd, IORING_REGISTER_RING_FDS, &up, 1) == 1) {
+            u->enter_fd = (int)up.offset;
+            u->enter_flags = IORING_ENTER_REGISTERED_RING;
+        }
+    }
     return 0;
 fail:
     err = -errno;
@@ -217,6 +232,28 @@ fail:
 
 static inline unsigned uring_pending(const uring_t *u) {
     return u->sq_tail - __atomic_load_n(u->sq_khead, __ATOMIC_ACQUIRE);
+}
+
+/* Where the kernel's submission head is: every entry at a position before it has been submitted, and an
+ * entry submitted with MSG_DONTWAIT has also completed (see uring_prep_send_quiet). */
+static inline unsigned uring_sq_head(const uring_t *u) {
+    return __atomic_load_n(u->sq_khead, __ATOMIC_ACQUIRE);
+}
+
+/* 1 while the kernel holds completions it could not fit in the completion queue (they come at the next
+ * io_uring_enter): a send's failure may be among them, so no send is taken as complete meanwhile. */
+static inline int uring_cq_overflowing(const uring_t *u) {
+    return (__atomic_load_n(u->sq_kflags, __ATOMIC_ACQUIRE) & IORING_SQ_CQ_OVERFLOW) != 0;
+}
+
+/* 1 when the entry handed out at position `pos` (uring_sqe_pos) has been submitted. */
+static inline int uring_submitted(const uring_t *u, unsigned pos) {
+    return (int)(pos - uring_sq_head(u)) < 0;
+}
+
+/* The position of the entry uring_sqe handed out last. */
+static inline unsigned uring_sqe_pos(const uring_t *u) {
+    return u->sq_tail - 1;
 }
 
 static inline struct io_uring_sqe *uring_sqe(uring_t *u) {
@@ -252,7 +289,7 @@ static inline int uring_enter(uring_t *u, unsigned wait_nr, long long timeout_ns
         argp = &arg;
         argsz = sizeof(arg);
     }
-    r = syscall(__NR_io_uring_enter, u->fd, to_submit, wait_nr, flags, argp, argsz);
+    r = syscall(__NR_io_uring_enter, u->enter_fd, to_submit, wait_nr, flags | u->enter_flags, argp, argsz);
     return r < 0 ? -errno : (int)r;
 }
 
@@ -376,6 +413,21 @@ static inline void uring_prep_send(struct io_uring_sqe *s, int fd, const void *p
     s->user_data = ud;
 }
 
+/* A send that completes while it is submitted and says nothing when it sent everything.
+ *
+ * MSG_DONTWAIT makes the kernel fail it with -EAGAIN instead of waiting for room (REQ_F_NOWAIT), so it
+ * is done, one way or the other, when io_uring_enter returns from submitting it; MSG_WAITALL makes a
+ * short send a failure whose completion carries the bytes that went (io_sendrecv_fail), and
+ * IOSQE_CQE_SKIP_SUCCESS drops the completion of one that sent everything.  So the loop learns of a
+ * send only when it needs to act (short, -EAGAIN, an error), and a wait for completions is never
+ * woken by sends: an echo costs one completion (its receive), not two.  The loop counts a send whose
+ * position the kernel's submission head passed without a completion as complete (uring_submitted).
+ * uring_probe checks the kernel behaves so (URING_HAVE_QUIET_SEND). */
+static inline void uring_prep_send_quiet(struct io_uring_sqe *s, int fd, const void *p, unsigned len, uint64_t ud) {
+    uring_prep_send(s, fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT | MSG_WAITALL, ud);
+    s->flags |= IOSQE_CQE_SKIP_SUCCESS;
+}
+
 static inline void uring_prep_poll(struct io_uring_sqe *s, int fd, unsigned events, uint64_t ud) {
     s->opcode = IORING_OP_POLL_ADD;
     s->fd = fd;
@@ -401,6 +453,47 @@ static inline void uring_prep_connect(struct io_uring_sqe *s, int fd, const stru
 
 
 /* --- what this kernel offers ----------------------------------------------------------------- */
+
+/* On a socket pair with a small send buffer: a send that fits says nothing, one that does not fit
+ * completes short with the bytes that went, and one with no room at all completes with -EAGAIN. */
+static inline int uring__quiet_send_works(uring_t *u) {
+    static char big[1 << 18];
+    int sv[2], sz = 4096, ok = 0, seen = 0, rc;
+    unsigned head, n, i;
+    struct io_uring_sqe *s;
+    struct io_uring_cqe *c;
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+        return 0;
+    setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+    if ((s = uring_sqe(u)) == NULL)
+        goto out;
+    uring_prep_send_quiet(s, sv[0], "x", 1, 11);
+    if ((s = uring_sqe(u)) == NULL)
+        goto out;
+    uring_prep_send_quiet(s, sv[0], big, sizeof(big), 12);
+    if ((s = uring_sqe(u)) == NULL)
+        goto out;
+    uring_prep_send_quiet(s, sv[0], big, 64, 13);
+    rc = uring_enter(u, 0, -1);
+    if (rc != 3 || uring_pending(u) != 0)
+        goto out;
+    n = uring_cq_ready(u, &head);
+    for (i = 0; i < n; i++) {
+        c = uring_cqe_at(u, head + i);
+        if (c->user_data == 11)
+            seen |= 1;  /* must not be there */
+        else if (c->user_data == 12 && c->res > 1 && c->res < (int)sizeof(big))
+            seen |= 2;
+        else if (c->user_data == 13 && c->res == -EAGAIN)
+            seen |= 4;
+    }
+    uring_cq_advance(u, n);
+    ok = seen == 6;
+out:
+    close(sv[0]);
+    close(sv[1]);
+    return ok;
+}
 
 /* A throwaway ring answers: URING_HAVE_* bits, or -errno when io_uring_setup itself is refused
  * (-ENOSYS: no io_uring; -EPERM: kernel.io_uring_disabled, a seccomp filter, a security module).
@@ -437,6 +530,8 @@ static inline int uring_probe(void) {
             close(sv[0]);
             close(sv[1]);
         }
+        if (uring__quiet_send_works(&u))
+            have |= URING_HAVE_QUIET_SEND;
     }
     uring_exit(&u);        /* first: closing the ring unregisters the buffer ring ... */
     uring_pbuf_exit(&b);   /* ... whose memory goes next (all zero if it was never set up) */

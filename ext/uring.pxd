@@ -22,6 +22,7 @@ cdef extern from "uring.h" nogil:
 
     ctypedef struct uring_t:
         int fd
+        unsigned enter_flags
         unsigned setup_flags
         unsigned features
         unsigned sq_entries
@@ -39,6 +40,7 @@ cdef extern from "uring.h" nogil:
         URING_HAVE_MSHOT_RECV
         URING_HAVE_DEFER_TASKRUN
         URING_HAVE_EXT_ARG
+        URING_HAVE_QUIET_SEND
 
         IORING_CQE_F_BUFFER
         IORING_CQE_F_MORE
@@ -52,6 +54,10 @@ cdef extern from "uring.h" nogil:
     void uring_exit(uring_t* u)
     unsigned uring_pending(const uring_t* u)
     io_uring_sqe* uring_sqe(uring_t* u)
+    unsigned uring_sqe_pos(const uring_t* u)
+    unsigned uring_sq_head(const uring_t* u)
+    int uring_submitted(const uring_t* u, unsigned pos)
+    int uring_cq_overflowing(const uring_t* u)
     int uring_enter(uring_t* u, unsigned wait_nr, long long timeout_ns)
     unsigned uring_cq_ready(uring_t* u, unsigned* head)
     io_uring_cqe* uring_cqe_at(uring_t* u, unsigned i)
@@ -68,6 +74,7 @@ cdef extern from "uring.h" nogil:
     void uring_prep_accept_multishot(io_uring_sqe* s, int fd, uint64_t ud)
     void uring_prep_recv_select(io_uring_sqe* s, int fd, unsigned short bgid, int multishot, uint64_t ud)
     void uring_prep_send(io_uring_sqe* s, int fd, const void* p, unsigned len, int msg_flags, uint64_t ud)
+    void uring_prep_send_quiet(io_uring_sqe* s, int fd, const void* p, unsigned len, uint64_t ud)
     void uring_prep_poll(io_uring_sqe* s, int fd, unsigned events, uint64_t ud)
     void uring_prep_cancel(io_uring_sqe* s, uint64_t target, uint64_t ud)
     void uring_prep_connect(io_uring_sqe* s, int fd, const sockaddr* addr, socklen_t len, uint64_t ud)
