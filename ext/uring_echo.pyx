@@ -66,7 +66,7 @@ from posix cimport (
     getsockname, sockaddr, sockaddr_storage, socklen_t, AF_INET, AF_INET6,
     IPPROTO_TCP, TCP_NODELAY,
     rlimit, getrlimit, RLIMIT_NOFILE, RLIM_INFINITY,
-    eventfd, EFD_NONBLOCK, EFD_CLOEXEC, EPOLLIN,
+    eventfd, EFD_NONBLOCK, EFD_CLOEXEC, EPOLLIN, EPOLLOUT, memmove,
 )
 cimport posix
 from stopsig cimport stopsig_running
@@ -80,9 +80,12 @@ from wire cimport (
 from uring cimport (
     uring_t, uring_pbuf_t, io_uring_sqe, io_uring_cqe,
     IORING_CQE_F_BUFFER, IORING_CQE_F_MORE, IORING_CQE_BUFFER_SHIFT, IORING_SETUP_DEFER_TASKRUN,
-    uring_init, uring_exit, uring_sqe, uring_enter, uring_cq_ready, uring_cqe_at, uring_cq_advance,
+    IORING_SETUP_SINGLE_ISSUER,
+    uring_init, uring_exit, uring_sqe, uring_sqe_pos, uring_submitted, uring_cq_overflowing, uring_enter,
+    uring_cq_ready, uring_cqe_at, uring_cq_advance,
     uring_pbuf_init, uring_pbuf_exit, uring_pbuf_put, uring_pbuf_publish, uring_pbuf_addr,
-    uring_prep_accept_multishot, uring_prep_recv_select, uring_prep_send, uring_prep_poll, uring_prep_cancel,
+    uring_prep_accept_multishot, uring_prep_recv_select, uring_prep_send, uring_prep_send_quiet, uring_prep_poll,
+    uring_prep_cancel,
 )
 
 __all__ = ["serve", "PROTOCOLS", "MAX_MESSAGE_LIMIT", "MAX_IDLE_TIMEOUT_S", "ACCEPT_PAUSE_S", "BUFFERS",
@@ -108,6 +111,7 @@ cdef enum:
     UD_SEND = 3
     UD_STOP = 4
     UD_CANCEL = 5
+    UD_WRITABLE = 6     # a send found no room: a poll for POLLOUT, then the rest
 
 #: protocol index -> name, from the generated ext/protocols.h
 PROTOCOLS = tuple(proto_name(i).decode() for i in range(PROTO_COUNT))
@@ -131,6 +135,9 @@ ctypedef struct conn_t:
     uint8_t starved       # on the starved queue (its receive ended with ENOBUFS)
     uint8_t closing       # framed: malformed or over --max-buffered: close once the answers are sent
     uint8_t dying         # closed while a send was in flight: the close completes with that send
+    uint8_t waitout       # a send found no room: POLLOUT is awaited (``sending`` stays set)
+    uint8_t listed        # quiet sends: on ``listq``, its send not yet known complete
+    uint32_t spos         # quiet sends: the submission queue position of the send in flight
     int32_t qhead         # raw: the FIFO of received, unsent buffers (-1: empty) ...
     int32_t qtail
     uint32_t nq           # ... and its length
@@ -190,6 +197,15 @@ ctypedef struct loop_t:
     uint64_t max_buffered
     uint64_t buffered
     int fatal             # -errno when the ring itself failed inside a handler
+    # quiet sends (uring.h's uring_prep_send_quiet): no completion unless a send needs something done
+    int quiet
+    int32_t* listq        # the connections whose send is not yet known complete
+    size_t nlist
+    # without DEFER_TASKRUN, an accept may complete inside any system call: descriptors closed since the
+    # last io_uring_enter are closed once the entries prepared for them are submitted, so that no
+    # entry can reach a new connection that took the same number
+    int32_t* closeq
+    size_t nclose
     # counted for ``stats`` (SOCKBENCH_URING_STATS): one line on stderr when the loop ends
     int stats
     uint64_t n_enter      # io_uring_enter calls (the batch's, and the rare one for a full submission queue)
@@ -228,6 +244,7 @@ cdef io_uring_sqe* _sqe(loop_t* L) noexcept nogil:
         return s
     rc = uring_enter(&L.ring, 0, -1)
     L.n_enter += 1
+    _flush_closes(L)
     if rc < 0 and rc != -EINTR and rc != -EBUSY and rc != -EAGAIN:
         L.fatal = rc
     s = uring_sqe(&L.ring)
@@ -346,15 +363,15 @@ cdef void _close_conn(loop_t* L, int fd) noexcept nogil:
     cdef conn_t* c = &L.conns[fd]
     if not c.open or c.dying:
         return
-    if c.sending:
+    if c.sending and not c.waitout:
         # the kernel may still read the buffer in flight: end the connection now (the send fails
         # at once), free everything else, and close when that send completes
         shutdown(fd, SHUT_RDWR)
         c.dying = 1
         _free_state(L, fd, c, 1)
         return
-    if c.armed:
-        shutdown(fd, SHUT_RDWR)  # the armed receive ends, and with it the kernel's hold on the socket
+    if c.armed or c.waitout:
+        shutdown(fd, SHUT_RDWR)  # the armed requests end, and with them the kernel's hold on the socket
     _free_state(L, fd, c, 0)
     _final_close(L, fd, c)
 
@@ -363,15 +380,34 @@ cdef void _final_close(loop_t* L, int fd, conn_t* c) noexcept nogil:
     c.open = 0
     c.dying = 0
     c.sending = 0
+    c.waitout = 0
     c.armed = 0
     c.paused = 0
     c.eof = 0
     c.closing = 0
     c.off = 0
-    close(fd)
     L.live -= 1
+    if L.ring.setup_flags & IORING_SETUP_DEFER_TASKRUN:
+        # no accept can take the number before the entries prepared for it are submitted: the
+        # kernel's completion work (accept's too) runs inside io_uring_enter, after submission
+        close(fd)
+        if L.accept_paused:
+            _resume_accepting(L)  # a descriptor is free again
+        return
+    L.closeq[L.nclose] = fd  # closed after the next submission (``_flush_closes``)
+    L.nclose += 1
+
+
+cdef void _flush_closes(loop_t* L) noexcept nogil:
+    """Close the descriptors of the connections closed before the last io_uring_enter (its entries are in)."""
+    cdef size_t i
+    if L.nclose == 0:
+        return
+    for i in range(L.nclose):
+        close(L.closeq[i])
+    L.nclose = 0
     if L.accept_paused:
-        _resume_accepting(L)  # a descriptor is free again
+        _resume_accepting(L)  # descriptors are free again
 
 
 cdef void _drop_pending(loop_t* L, pstate_t* ps) noexcept nogil:
@@ -448,6 +484,7 @@ cdef int _on_accept(loop_t* L, int res, uint32_t flags) noexcept nogil:
             c.eof = 0
             c.closing = 0
             c.dying = 0
+            c.waitout = 0
             c.qhead = -1
             c.qtail = -1
             c.nq = 0
@@ -480,15 +517,38 @@ cdef int _on_accept(loop_t* L, int res, uint32_t flags) noexcept nogil:
 # --- raw: the echo ------------------------------------------------------------------------------------
 
 
-cdef void _send_head(loop_t* L, int fd, conn_t* c) noexcept nogil:
-    """Send (the rest of) the oldest queued buffer: one send in flight per connection keeps the order."""
-    cdef int32_t bid = c.qhead
+cdef void _submit_send(loop_t* L, int fd, conn_t* c, const void* p, unsigned n, uint32_t aux) noexcept nogil:
+    """One send of ``p[:n]``: quiet where the kernel has it (complete unless a completion says otherwise,
+    ``_confirm_sends``), else one that completes with a completion."""
     cdef io_uring_sqe* s = _sqe(L)
     if s == NULL:
         return
-    uring_prep_send(s, fd, uring_pbuf_addr(&L.pb, <unsigned>bid) + c.off, L.blen[bid] - c.off,
-                    MSG_NOSIGNAL | MSG_WAITALL, _ud(UD_SEND, c.gen, <uint32_t>bid, fd))
+    if L.quiet:
+        uring_prep_send_quiet(s, fd, p, n, _ud(UD_SEND, c.gen, aux, fd))
+        c.spos = uring_sqe_pos(&L.ring)
+        if not c.listed:
+            c.listed = 1
+            L.listq[L.nlist] = fd
+            L.nlist += 1
+    else:
+        uring_prep_send(s, fd, p, n, MSG_NOSIGNAL | MSG_WAITALL, _ud(UD_SEND, c.gen, aux, fd))
     c.sending = 1
+
+
+cdef void _wait_writable(loop_t* L, int fd, conn_t* c) noexcept nogil:
+    """A quiet send found no room for (the rest of) its bytes: poll for POLLOUT, then send the rest."""
+    cdef io_uring_sqe* s = _sqe(L)
+    if s == NULL:
+        return
+    uring_prep_poll(s, fd, EPOLLOUT, _ud(UD_WRITABLE, c.gen, 0, fd))
+    c.waitout = 1
+    c.sending = 1
+
+
+cdef void _send_head(loop_t* L, int fd, conn_t* c) noexcept nogil:
+    """Send (the rest of) the oldest queued buffer: one send in flight per connection keeps the order."""
+    cdef int32_t bid = c.qhead
+    _submit_send(L, fd, c, uring_pbuf_addr(&L.pb, <unsigned>bid) + c.off, L.blen[bid] - c.off, <uint32_t>bid)
 
 
 cdef void _on_raw_data(loop_t* L, int fd, conn_t* c, unsigned bid, int res) noexcept nogil:
@@ -509,13 +569,17 @@ cdef void _on_raw_data(loop_t* L, int fd, conn_t* c, unsigned bid, int res) noex
 cdef void _on_raw_sent(loop_t* L, int fd, conn_t* c, unsigned bid, int res) noexcept nogil:
     cdef int32_t nxt
     c.sending = 0
-    if res <= 0:
+    if res < 0 and not (res == -EAGAIN and L.quiet) or res == 0:
         _close_conn(L, fd)  # EPIPE, ECONNRESET: this connection only
         return
-    c.off += <uint32_t>res
+    if res > 0:
+        c.off += <uint32_t>res
     if c.off < L.blen[bid]:
         L.n_short += 1
-        _send_head(L, fd, c)  # a short send (MSG_WAITALL makes it rare): the rest, in order
+        if L.quiet:
+            _wait_writable(L, fd, c)  # no room for the rest: when there is, in order
+        else:
+            _send_head(L, fd, c)  # a short send (MSG_WAITALL makes it rare): the rest, in order
         return
     nxt = L.bnext[bid]
     _give_back(L, bid)
@@ -695,33 +759,28 @@ cdef void _send_answers(loop_t* L, int fd, conn_t* c) noexcept nogil:
     cdef pstate_t* ps = &L.ps[fd]
     cdef unsigned char* b
     cdef size_t cap
-    cdef io_uring_sqe* s
     if c.sending or ps.out_len == 0:
-        return
-    s = _sqe(L)
-    if s == NULL:
         return
     b, cap = ps.sbuf, ps.s_cap
     ps.sbuf, ps.s_cap, ps.s_len, ps.s_off = ps.out, ps.out_cap, ps.out_len, 0
     ps.out, ps.out_cap, ps.out_len = b, cap, 0
-    uring_prep_send(s, fd, ps.sbuf, <unsigned>ps.s_len, MSG_NOSIGNAL | MSG_WAITALL, _ud(UD_SEND, c.gen, 0, fd))
-    c.sending = 1
+    _submit_send(L, fd, c, ps.sbuf, <unsigned>ps.s_len, 0)
 
 
 cdef void _on_framed_sent(loop_t* L, int fd, conn_t* c, int res) noexcept nogil:
     cdef pstate_t* ps = &L.ps[fd]
-    cdef io_uring_sqe* s
     c.sending = 0
-    if res <= 0:
+    if res < 0 and not (res == -EAGAIN and L.quiet) or res == 0:
         _close_conn(L, fd)
         return
-    ps.s_off += <size_t>res
+    if res > 0:
+        ps.s_off += <size_t>res
     if ps.s_off < ps.s_len:
-        s = _sqe(L)
-        if s != NULL:
-            uring_prep_send(s, fd, ps.sbuf + ps.s_off, <unsigned>(ps.s_len - ps.s_off), MSG_NOSIGNAL | MSG_WAITALL,
-                            _ud(UD_SEND, c.gen, 0, fd))
-            c.sending = 1
+        L.n_short += 1
+        if L.quiet:
+            _wait_writable(L, fd, c)
+        else:
+            _submit_send(L, fd, c, ps.sbuf + ps.s_off, <unsigned>(ps.s_len - ps.s_off), 0)
         return
     ps.s_len = 0
     ps.s_off = 0
@@ -791,28 +850,99 @@ cdef void _on_recv(loop_t* L, int fd, uint32_t gen, uint32_t arm, int res, uint3
     _close_conn(L, fd)  # ECONNRESET and friends: this connection only
 
 
-cdef void _on_send(loop_t* L, int fd, uint32_t gen, uint32_t aux, int res) noexcept nogil:
+cdef void _on_send(loop_t* L, int fd, uint32_t gen, int res) noexcept nogil:
+    """A send's completion (every send's without quiet sends; with them, one that needs something done)."""
     cdef conn_t* c = &L.conns[fd]
-    if not c.open or c.gen != <uint16_t>gen:
-        if L.proto == PROTO_RAW:
-            _give_back(L, aux)  # (cannot happen: a connection with a send in flight is not closed)
-        return
+    if not c.open or c.gen != <uint16_t>gen or not c.sending or c.waitout:
+        return  # (cannot happen: a connection is closed only once its send is known complete)
+    _send_done(L, fd, c, res)
+
+
+cdef void _send_done(loop_t* L, int fd, conn_t* c, int res) noexcept nogil:
+    """The send in flight of ``fd`` is complete: ``res`` bytes went (or -errno)."""
     if c.dying:
         c.sending = 0
         if L.proto == PROTO_RAW:
+            if c.qhead >= 0:
+                _give_back(L, <unsigned>c.qhead)
             c.qhead = -1
             c.qtail = -1
             c.nq = 0
-            _give_back(L, aux)
         else:
             free(L.ps[fd].sbuf)
             memset(&L.ps[fd], 0, sizeof(pstate_t))
         _final_close(L, fd, c)
         return
     if L.proto == PROTO_RAW:
-        _on_raw_sent(L, fd, c, aux, res)
+        _on_raw_sent(L, fd, c, <unsigned>c.qhead, res)
     else:
         _on_framed_sent(L, fd, c, res)
+
+
+cdef void _on_writable(loop_t* L, int fd, uint32_t gen) noexcept nogil:
+    """The poll of a send that found no room: send the rest now."""
+    cdef conn_t* c = &L.conns[fd]
+    cdef pstate_t* ps
+    if not c.open or c.gen != <uint16_t>gen or not c.waitout:
+        return
+    c.waitout = 0
+    c.sending = 0
+    if L.proto == PROTO_RAW:
+        _send_head(L, fd, c)
+    else:
+        ps = &L.ps[fd]
+        _submit_send(L, fd, c, ps.sbuf + ps.s_off, <unsigned>(ps.s_len - ps.s_off), 0)
+
+
+cdef int _confirmation_awaited(loop_t* L) noexcept nogil:
+    """1 when a quiet send's completion would let the loop do more (send the next buffer, close after the
+    answers, resume reading, feed a starved connection): the next io_uring_enter must not wait then,
+    since a send that sent everything posts nothing that would end the wait."""
+    cdef size_t i
+    cdef int fd
+    cdef conn_t* c
+    if L.sq_len:
+        return 1
+    for i in range(L.nlist):
+        fd = L.listq[i]
+        c = &L.conns[fd]
+        if c.nq > 1 or c.eof or c.closing or c.paused or c.dying:
+            return 1
+        if L.ps != NULL and L.ps[fd].out_len:
+            return 1
+    return 0
+
+
+cdef void _confirm_sends(loop_t* L) noexcept nogil:
+    """Quiet sends: each one the kernel submitted without a completion sent everything.
+
+    Runs after a batch's completions (a failed send's came with them).  Not
+    while the kernel holds overflowed completions: one may be a send's.
+    """
+    cdef size_t i, n = L.nlist, w = 0, added
+    cdef int fd
+    cdef conn_t* c
+    cdef pstate_t* ps
+    if n == 0 or uring_cq_overflowing(&L.ring):
+        return
+    for i in range(n):
+        fd = L.listq[i]
+        c = &L.conns[fd]
+        if c.open and c.sending and not c.waitout and not uring_submitted(&L.ring, c.spos):
+            L.listq[w] = fd  # not submitted yet
+            w += 1
+            continue
+        c.listed = 0
+        if c.open and c.sending and not c.waitout:
+            if L.proto == PROTO_RAW:
+                _send_done(L, fd, c, <int>(L.blen[c.qhead] - c.off) if c.qhead >= 0 else 0)
+            else:
+                ps = &L.ps[fd]
+                _send_done(L, fd, c, <int>(ps.s_len - ps.s_off))
+    added = L.nlist - n  # listed by the completions just made
+    if added:
+        memmove(&L.listq[w], &L.listq[n], added * sizeof(int32_t))
+    L.nlist = w + added
 
 
 cdef int _wait_ms(loop_t* L) noexcept nogil:
@@ -853,6 +983,7 @@ cdef int _run(void* loop) noexcept nogil:
     cdef uint64_t ud
     cdef uint32_t kind, gen, aux
     cdef int fd, rc, timed, wait_ms, stop = 0
+    cdef unsigned wait_nr
     cdef io_uring_sqe* s = _sqe(L)
     if s == NULL:
         return L.fatal
@@ -866,10 +997,12 @@ cdef int _run(void* loop) noexcept nogil:
             return L.fatal
         timed = L.idle_ms != 0 or L.accept_paused
         wait_ms = _wait_ms(L) if timed else -1
-        rc = uring_enter(&L.ring, 1, <long long>wait_ms * 1000000 if wait_ms >= 0 else -1)
+        wait_nr = 0 if L.nclose or (L.nlist and _confirmation_awaited(L)) else 1
+        rc = uring_enter(&L.ring, wait_nr, <long long>wait_ms * 1000000 if wait_ms >= 0 else -1)
         L.n_enter += 1
         if rc < 0 and rc != -EINTR and rc != -ETIME and rc != -EBUSY and rc != -EAGAIN:
             return rc
+        _flush_closes(L)
         if timed:
             L.now_ms = _clock_ms()
             _timed_duties(L)
@@ -885,7 +1018,9 @@ cdef int _run(void* loop) noexcept nogil:
             if kind == UD_RECV:
                 _on_recv(L, fd, gen, aux, cqe.res, cqe.flags)
             elif kind == UD_SEND:
-                _on_send(L, fd, gen, aux, cqe.res)
+                _on_send(L, fd, gen, cqe.res)
+            elif kind == UD_WRITABLE:
+                _on_writable(L, fd, gen)
             elif kind == UD_ACCEPT:
                 rc = _on_accept(L, cqe.res, cqe.flags)
                 if rc < 0:
@@ -896,13 +1031,15 @@ cdef int _run(void* loop) noexcept nogil:
         uring_cq_advance(&L.ring, n)
         if stop:
             return 0
+        if L.quiet:
+            _confirm_sends(L)
 
 
 # --- setup, teardown, serve() --------------------------------------------------------------------------------
 
 
-cdef int _setup(loop_t* L, int lfd, unsigned nbufs, unsigned bufsize, int multishot, int proto,
-                uint64_t max_message) noexcept nogil:
+cdef int _setup(loop_t* L, int lfd, unsigned nbufs, unsigned bufsize, int multishot, int quiet, int defer,
+                int proto, uint64_t max_message) noexcept nogil:
     """Fill ``L`` for listener ``lfd``.  0 or -errno (``_teardown`` cleans up either way)."""
     cdef int rc
     cdef rlimit lim
@@ -914,6 +1051,7 @@ cdef int _setup(loop_t* L, int lfd, unsigned nbufs, unsigned bufsize, int multis
     L.lfd = lfd
     L.max_fd = -1
     L.multishot = multishot
+    L.quiet = quiet
     L.nbufs = nbufs
     L.proto = proto
     L.max_message = max_message
@@ -932,7 +1070,11 @@ cdef int _setup(loop_t* L, int lfd, unsigned nbufs, unsigned bufsize, int multis
     L.starvq = <int32_t*>calloc(L.nconns, sizeof(int32_t))
     L.bnext = <int32_t*>calloc(nbufs, sizeof(int32_t))
     L.blen = <uint32_t*>calloc(nbufs, sizeof(uint32_t))
-    if L.conns == NULL or L.starvq == NULL or L.bnext == NULL or L.blen == NULL:
+    # twice: while _confirm_sends walks the list, a send it completes may list its connection again at the end
+    L.listq = <int32_t*>calloc(2 * L.nconns, sizeof(int32_t))
+    L.closeq = <int32_t*>calloc(L.nconns, sizeof(int32_t))
+    if (L.conns == NULL or L.starvq == NULL or L.bnext == NULL or L.blen == NULL or L.listq == NULL
+            or L.closeq == NULL):
         return -ENOMEM
     if proto != PROTO_RAW:
         L.ps = <pstate_t*>calloc(L.nconns, sizeof(pstate_t))
@@ -942,7 +1084,8 @@ cdef int _setup(loop_t* L, int lfd, unsigned nbufs, unsigned bufsize, int multis
     L.stopfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
     if L.stopfd < 0:
         return -posix.errno
-    rc = uring_init(&L.ring, SQ_DEPTH, 0xFFFFFFFF)
+    rc = uring_init(&L.ring, SQ_DEPTH,
+                    0xFFFFFFFF if defer else ~(IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN))
     if rc < 0:
         return rc
     return uring_pbuf_init(&L.ring, &L.pb, nbufs, bufsize, BGID)
@@ -970,6 +1113,8 @@ cdef void _log_stats(loop_t* L) noexcept nogil:
     o = put_num(line, o, cap, L.n_short)
     o = put_str(line, o, cap, b", multishot ")
     o = put_num(line, o, cap, <uint64_t>L.multishot)
+    o = put_str(line, o, cap, b", quiet sends ")
+    o = put_num(line, o, cap, <uint64_t>L.quiet)
     o = put_str(line, o, cap, b", defer_taskrun ")
     o = put_num(line, o, cap, 1 if L.ring.setup_flags & IORING_SETUP_DEFER_TASKRUN else 0)
     log_line(line, o)
@@ -986,6 +1131,9 @@ cdef void _teardown(void* loop) noexcept nogil:
             if L.conns[fd].open:
                 shutdown(fd, SHUT_RDWR)  # every peer sees the close now, whatever the ring still holds
     uring_exit(&L.ring)  # cancels every request: nothing reads or writes our buffers after this
+    if L.closeq != NULL:
+        L.accept_paused = 0
+        _flush_closes(L)
     if L.conns != NULL:
         for fd in range(L.max_fd + 1):
             if L.conns[fd].open:
@@ -1002,6 +1150,10 @@ cdef void _teardown(void* loop) noexcept nogil:
     free(L.starvq)
     free(L.bnext)
     free(L.blen)
+    free(L.listq)
+    free(L.closeq)
+    L.listq = NULL
+    L.closeq = NULL
     L.ps = NULL
     L.scratch = NULL
     L.starvq = NULL
@@ -1021,13 +1173,17 @@ cdef void _set_reason(char* dst, reason):
 def serve(int listen_fd, announce=None, *, protocol="raw", uint64_t max_message=PROTO_DEFAULT_MAX_MESSAGE,
           name="cython-uring", double idle_timeout=0, uint64_t max_buffered=0,
           idle_reason="no complete message in time", buffered_reason="too many bytes in partial messages",
-          bint multishot=True, unsigned buffers=NBUF_DEFAULT, unsigned buffer_size=BUF_DEFAULT, bint stats=False):
+          bint multishot=True, bint quiet_sends=True, bint defer_taskrun=True, unsigned buffers=NBUF_DEFAULT,
+          unsigned buffer_size=BUF_DEFAULT, bint stats=False):
     """Echo every connection accepted on ``listen_fd`` until SIGTERM or SIGINT, on io_uring.
 
     As ``epoll_echo.serve`` (the listener stays the caller's; ``announce()`` is
     called once the loop is ready; the keyword arguments mean the same), and:
     ``multishot`` False arms each receive once (what a kernel without
-    multishot receive gets); ``buffers`` (a power of two, 1..32768) of
+    multishot receive gets); ``quiet_sends`` False gives every send a
+    completion (a kernel where ext/uring.h's ``uring_prep_send_quiet`` does
+    not behave as it says); ``defer_taskrun`` False sets the ring up as a
+    kernel before 6.1 would (COOP_TASKRUN); ``buffers`` (a power of two, 1..32768) of
     ``buffer_size`` bytes (at least 64) form the provided buffer ring.
     ``stats``: one line on stderr when the loop ends, counting its enters,
     completions, receives, dry-ring events, pauses and short sends.  Raises
@@ -1055,7 +1211,8 @@ def serve(int listen_fd, announce=None, *, protocol="raw", uint64_t max_message=
     g_name[len(cname)] = 0
     _set_reason(g_idle_reason, idle_reason)
     _set_reason(g_buffered_reason, buffered_reason)
-    rc = _setup(&L, listen_fd, buffers, buffer_size, 1 if multishot else 0, PROTOCOLS.index(protocol), max_message)
+    rc = _setup(&L, listen_fd, buffers, buffer_size, 1 if multishot else 0, 1 if quiet_sends else 0,
+                1 if defer_taskrun else 0, PROTOCOLS.index(protocol), max_message)
     if idle_timeout > 0:
         L.idle_ms = <uint32_t>max(1.0, idle_timeout * 1000)
         L.sweep_ms = <uint32_t>max(1.0, min(1000.0, idle_timeout * 250))  # a quarter of it, at most 1 s: as contract.Limits

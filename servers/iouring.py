@@ -13,17 +13,26 @@ for both users: the ``cython-uring`` server (the registry's
 A kernel without multishot receive (before 6.0) still runs both loops, with
 each receive armed once; ``SOCKBENCH_URING_MULTISHOT=0`` asks for that on any
 kernel, so that the fallback can be checked where the kernel has multishot.
+Likewise the loops' quiet sends (a send that sent everything posts no
+completion) are used where the probe saw the kernel behave so, and
+``SOCKBENCH_URING_QUIET=0`` gives every send its completion;
+``SOCKBENCH_URING_DEFER=0`` sets the ring up without DEFER_TASKRUN, as a
+kernel before 6.1 does (the kernel's completion work then runs at any system
+call, not only inside io_uring_enter).
 """
 
 import errno
 import functools
 import os
 
-__all__ = ["kernel_support", "availability", "refusal", "multishot_wanted", "DISABLED_SYSCTL", "MULTISHOT_ENV"]
+__all__ = ["kernel_support", "availability", "refusal", "multishot_wanted", "quiet_sends_wanted", "defer_wanted",
+           "DISABLED_SYSCTL", "MULTISHOT_ENV", "QUIET_ENV", "DEFER_ENV"]
 
 #: the sysctl that turns io_uring off (0: on; 1: for kernel.io_uring_group only; 2: off)
 DISABLED_SYSCTL = "/proc/sys/kernel/io_uring_disabled"
 MULTISHOT_ENV = "SOCKBENCH_URING_MULTISHOT"
+QUIET_ENV = "SOCKBENCH_URING_QUIET"
+DEFER_ENV = "SOCKBENCH_URING_DEFER"
 _BUILD_HINT = "pip install -e .  (needs a C compiler and Cython)"
 
 
@@ -82,8 +91,21 @@ def availability():
     return ok, why
 
 
+def _off(name):
+    return os.environ.get(name, "").strip().lower() in ("0", "no", "false", "off")
+
+
 def multishot_wanted(probe):
     """Multishot receives unless the kernel lacks them or ``SOCKBENCH_URING_MULTISHOT=0`` asks for single-shot."""
-    if os.environ.get(MULTISHOT_ENV, "").strip().lower() in ("0", "no", "false", "off"):
-        return False
-    return bool(probe and probe["multishot_recv"])
+    return bool(probe and probe["multishot_recv"]) and not _off(MULTISHOT_ENV)
+
+
+def quiet_sends_wanted(probe):
+    """Quiet sends (no completion for a send that sent everything; ext/uring.h) unless the probe found the kernel
+    does not behave so, or ``SOCKBENCH_URING_QUIET=0`` asks for a completion per send."""
+    return bool(probe and probe.get("quiet_send")) and not _off(QUIET_ENV)
+
+
+def defer_wanted():
+    """DEFER_TASKRUN where the kernel has it, unless ``SOCKBENCH_URING_DEFER=0`` asks for a ring without it."""
+    return not _off(DEFER_ENV)

@@ -53,7 +53,7 @@ import resource
 
 from sockbench.errors import UsageError
 from sockbench.ext import uring_echo
-from sockbench.servers.iouring import kernel_support, multishot_wanted
+from sockbench.servers.iouring import defer_wanted, kernel_support, multishot_wanted, quiet_sends_wanted
 from sockbench.servers.protocols import DEFAULT_MAX_MESSAGE
 
 __all__ = ["serve", "buffers_wanted", "BUFFERS_ENV", "STATS_ENV"]
@@ -102,5 +102,6 @@ def serve(listener, announce, options):
     _raise_nofile()
     uring_echo.serve(listener.fileno(), announce, protocol=options.get("protocol", "raw"), max_message=max_message,
                      name=name, idle_timeout=idle_timeout, max_buffered=options.get("max_buffered") or 0,
-                     multishot=multishot_wanted(probe), buffers=buffers,
+                     multishot=multishot_wanted(probe), quiet_sends=quiet_sends_wanted(probe),
+                     defer_taskrun=defer_wanted(), buffers=buffers,
                      stats=os.environ.get(STATS_ENV, "").strip() not in ("", "0"), **reasons)
