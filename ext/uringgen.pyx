@@ -46,7 +46,7 @@ from posix cimport (
     sockaddr, sockaddr_in, sockaddr_in6, sockaddr_un, sockaddr_storage, socklen_t, socket,
     setsockopt, shutdown, htons, inet_pton,
     AF_INET, AF_INET6, AF_UNIX, SOCK_STREAM, SOCK_CLOEXEC, SHUT_RDWR, MSG_NOSIGNAL, MSG_WAITALL,
-    IPPROTO_TCP, TCP_NODELAY,
+    IPPROTO_TCP, TCP_NODELAY, EPOLLOUT, memmove,
 )
 from window cimport (
     now_ns, hist_record, in_window, interval_index, intended_ns, edges_open, edges_close, edges_set_cpus,
@@ -57,9 +57,11 @@ from loadrun cimport (
 from uring cimport (
     uring_t, uring_pbuf_t, io_uring_sqe, io_uring_cqe,
     IORING_CQE_F_BUFFER, IORING_CQE_F_MORE, IORING_CQE_BUFFER_SHIFT,
-    uring_init, uring_exit, uring_sqe, uring_enter, uring_cq_ready, uring_cqe_at, uring_cq_advance,
+    uring_init, uring_exit, uring_sqe, uring_sqe_pos, uring_submitted, uring_cq_overflowing, uring_enter,
+    uring_cq_ready, uring_cqe_at, uring_cq_advance,
     uring_pbuf_init, uring_pbuf_exit, uring_pbuf_put, uring_pbuf_publish, uring_pbuf_addr,
-    uring_prep_recv_select, uring_prep_send, uring_prep_connect,
+    uring_prep_recv_select, uring_prep_send, uring_prep_send_quiet, uring_prep_connect, uring_prep_poll,
+    IORING_SETUP_SINGLE_ISSUER, IORING_SETUP_DEFER_TASKRUN,
 )
 
 from sockbench.ext import loadgen
@@ -113,6 +115,7 @@ cdef enum:
     K_RECV = 1
     K_SEND = 2
     K_CONNECT = 3
+    K_WRITABLE = 4         # a quiet send found no room: POLLOUT, then the rest
 
 
 cdef struct Conn:
@@ -123,6 +126,10 @@ cdef struct Conn:
     int starved            # on the starved queue (ENOBUFS)
     int dirty
     int64_t sending        # bytes of the send in flight (0: none)
+    int waitout            # a send found no room: POLLOUT is awaited
+    int listed             # quiet sends: on ``listq``, its send not yet known complete
+    unsigned spos          # quiet sends: the submission queue position of the send in flight
+    unsigned lastpos       # the position of the last entry prepared for this socket
     int64_t pat            # (cid * STRIDE) % PERIOD
     int64_t sent           # stream bytes the kernel took
     int64_t owed           # stream bytes that should be written
@@ -155,6 +162,13 @@ cdef struct Loop:
     int64_t cid_step
     int64_t cycles
     int fatal
+    int quiet              # quiet sends (ext/uring.h's uring_prep_send_quiet)
+    int defer              # DEFER_TASKRUN where the kernel has it
+    int *listq             # the connections whose send is not yet known complete
+    int nlist
+    int *closeq            # sockets whose entries are not all submitted: closed after the next submission
+    int nclose
+    int closecap
 
 
 cdef inline uint64_t ud(uint64_t kind, uint32_t gen, int64_t idx) noexcept nogil:
@@ -167,6 +181,7 @@ cdef io_uring_sqe *get_sqe(Loop *L) noexcept nogil:
     if s != NULL:
         return s
     rc = uring_enter(&L.ring, 0, -1)   # full: submit what is there (rare: the queue holds 4096)
+    flush_closes(L)
     if rc < 0 and rc != -EINTR and rc != -EBUSY and rc != -EAGAIN:
         L.fatal = rc
     s = uring_sqe(&L.ring)
@@ -184,18 +199,37 @@ cdef void conn_error(Loop *L, Conn *c, int kind, int64_t now) noexcept nogil:
 
 
 cdef void drop(Loop *L, Conn *c) noexcept nogil:
-    """End the connection in slot ``c``: its armed requests end with it (shutdown), its completions go stale."""
+    """End the connection in slot ``c``: its armed requests end with it (shutdown), its completions go stale.
+
+    A socket with an entry not yet submitted is closed after the next submission (``flush_closes``), so
+    that the entry cannot reach the next socket to take its number (connect mode makes one per cycle).
+    """
     if c.fd >= 0:
-        if c.armed or c.sending:
+        if c.armed or c.sending or c.waitout:
             shutdown(c.fd, SHUT_RDWR)
-        close(c.fd)
+        if not uring_submitted(&L.ring, c.lastpos) and L.nclose == L.closecap:
+            uring_enter(&L.ring, 0, -1)   # (rare) submit them now, and make room
+            flush_closes(L)
+        if uring_submitted(&L.ring, c.lastpos):
+            close(c.fd)
+        else:
+            L.closeq[L.nclose] = c.fd
+            L.nclose += 1
         c.fd = -1
     c.gen += 1
     c.armed = 0
     c.sending = 0
+    c.waitout = 0
     if c.state != S_DEAD:
         c.state = S_DEAD
         L.run.alive -= 1
+
+
+cdef void flush_closes(Loop *L) noexcept nogil:
+    cdef int i
+    for i in range(L.nclose):
+        close(L.closeq[i])
+    L.nclose = 0
 
 
 cdef inline int verify_at(Loop *L, Conn *c, int64_t off, const char *buf, int64_t n) noexcept nogil:
@@ -218,7 +252,7 @@ cdef void flush(Loop *L, Conn *c, int64_t idx) noexcept nogil:
     """Send what ``c`` owes (up to WINDOW contiguous bytes), unless a send is in flight."""
     cdef int64_t len_
     cdef io_uring_sqe *s
-    if c.sending or c.sent >= c.owed or c.state != S_OPEN:
+    if c.sending or c.waitout or c.sent >= c.owed or c.state != S_OPEN:
         return
     s = get_sqe(L)
     if s == NULL:
@@ -226,8 +260,17 @@ cdef void flush(Loop *L, Conn *c, int64_t idx) noexcept nogil:
     len_ = c.owed - c.sent
     if len_ > WINDOW:
         len_ = WINDOW
-    uring_prep_send(s, c.fd, L.run.table + (c.sent + c.pat) % PERIOD, <unsigned>len_, MSG_NOSIGNAL | MSG_WAITALL,
-                    ud(K_SEND, c.gen, idx))
+    if L.quiet:
+        uring_prep_send_quiet(s, c.fd, L.run.table + (c.sent + c.pat) % PERIOD, <unsigned>len_, ud(K_SEND, c.gen, idx))
+        c.spos = uring_sqe_pos(&L.ring)
+        if not c.listed:
+            c.listed = 1
+            L.listq[L.nlist] = <int>idx
+            L.nlist += 1
+    else:
+        uring_prep_send(s, c.fd, L.run.table + (c.sent + c.pat) % PERIOD, <unsigned>len_, MSG_NOSIGNAL | MSG_WAITALL,
+                        ud(K_SEND, c.gen, idx))
+    c.lastpos = uring_sqe_pos(&L.ring)
     c.sending = len_
     L.run.writes += 1
 
@@ -243,6 +286,7 @@ cdef void arm_recv(Loop *L, Conn *c, int64_t idx) noexcept nogil:
     if s == NULL:
         return
     uring_prep_recv_select(s, c.fd, BGID, L.multishot, ud(K_RECV, c.gen, idx))
+    c.lastpos = uring_sqe_pos(&L.ring)
     c.armed = 1
 
 
@@ -374,15 +418,74 @@ cdef void on_recv(Loop *L, int64_t idx, uint32_t gen, int res, uint32_t flags) n
 
 
 cdef void on_send(Loop *L, int64_t idx, uint32_t gen, int res) noexcept nogil:
+    """A send's completion (every send's without quiet sends; with them, one that sent less than all)."""
     cdef Conn *c = &L.conns[idx]
-    if gen != (c.gen & 0xFFFFFFF) or c.state != S_OPEN:
+    cdef io_uring_sqe *s
+    if gen != (c.gen & 0xFFFFFFF) or c.state != S_OPEN or not c.sending:
         return
-    c.sending = 0
-    if res <= 0:
+    if res < 0 and not (res == -EAGAIN and L.quiet) or res == 0:
         conn_error(L, c, E_RESET, now_ns())
         return
-    c.sent += res
+    if res > 0:
+        c.sent += res
+    if L.quiet and c.sent < c.owed and res < c.sending:
+        # no room for the rest: poll for it (the bytes owed stay in order: nothing else is sent meanwhile)
+        c.sending = 0
+        s = get_sqe(L)
+        if s == NULL:
+            return
+        uring_prep_poll(s, c.fd, EPOLLOUT, ud(K_WRITABLE, c.gen, idx))
+        c.lastpos = uring_sqe_pos(&L.ring)
+        c.waitout = 1
+        return
+    c.sending = 0
     flush(L, c, idx)
+
+
+cdef void on_writable(Loop *L, int64_t idx, uint32_t gen) noexcept nogil:
+    cdef Conn *c = &L.conns[idx]
+    if gen != (c.gen & 0xFFFFFFF) or c.state != S_OPEN or not c.waitout:
+        return
+    c.waitout = 0
+    flush(L, c, idx)
+
+
+cdef int confirmation_awaited(Loop *L) noexcept nogil:
+    """1 when a quiet send's completion would let the loop send more (or a starved socket waits for buffers):
+    the next io_uring_enter must not wait then, since a send that sent everything posts nothing."""
+    cdef int i
+    cdef Conn *c
+    if L.sq_len or L.nclose:
+        return 1
+    for i in range(L.nlist):
+        c = &L.conns[L.listq[i]]
+        if c.state == S_OPEN and c.sending and c.owed > c.sent + c.sending:
+            return 1
+    return 0
+
+
+cdef void confirm_sends(Loop *L) noexcept nogil:
+    """Quiet sends: each the kernel submitted without a completion sent everything (see the server's)."""
+    cdef int i, n = L.nlist, w = 0, added, idx
+    cdef Conn *c
+    if n == 0 or uring_cq_overflowing(&L.ring):
+        return
+    for i in range(n):
+        idx = L.listq[i]
+        c = &L.conns[idx]
+        if c.state == S_OPEN and c.sending and not uring_submitted(&L.ring, c.spos):
+            L.listq[w] = idx
+            w += 1
+            continue
+        c.listed = 0
+        if c.state == S_OPEN and c.sending:
+            c.sent += c.sending
+            c.sending = 0
+            flush(L, c, idx)
+    added = L.nlist - n
+    if added:
+        memmove(&L.listq[w], &L.listq[n], added * sizeof(int))
+    L.nlist = w + added
 
 
 # ---- connect mode ------------------------------------------------------------------------------
@@ -420,6 +523,7 @@ cdef int start_cycle(Loop *L, Conn *c, int64_t idx, int64_t now) noexcept nogil:
         conn_error(L, c, E_CONNECT, now)
         return -1
     uring_prep_connect(s, fd, <sockaddr *>&L.addr, L.addrlen, ud(K_CONNECT, c.gen, idx))
+    c.lastpos = uring_sqe_pos(&L.ring)
     return 0
 
 
@@ -545,7 +649,11 @@ cdef int reap(Loop *L) noexcept nogil:
             on_send(L, idx, gen, cqe.res)
         elif kind == K_CONNECT:
             on_connect(L, idx, gen, cqe.res)
+        elif kind == K_WRITABLE:
+            on_writable(L, idx, gen)
     uring_cq_advance(&L.ring, n)
+    if L.quiet:
+        confirm_sends(L)
     return <int>n
 
 
@@ -584,13 +692,14 @@ cdef void main_loop(Loop *L) noexcept nogil:
         uring_pbuf_publish(&L.pb)
         if L.fatal:
             break
-        if L.run.poll:
+        if L.run.poll or (L.quiet and L.nlist and confirmation_awaited(L)) or L.nclose:
             rc = uring_enter(&L.ring, 0, -1)     # submit and reap, never sleep
         else:
             rc = uring_enter(&L.ring, 1, wait_ns(L, now, next_tick))
         if rc < 0 and rc != -EINTR and rc != -ETIME and rc != -EBUSY and rc != -EAGAIN:
             L.fatal = rc
             break
+        flush_closes(L)
         n = reap(L)
         was_idle = n == 0 and L.run.g_next == g_before
     now = now_ns()
@@ -646,7 +755,7 @@ cdef int open_ring(Loop *L, fds, long long first_cid, long long cid_step) except
     cdef int rc, flags, fd
     cdef int64_t i
     cdef Conn *c
-    rc = uring_init(&L.ring, C_SQ, 0xFFFFFFFF)
+    rc = uring_init(&L.ring, C_SQ, 0xFFFFFFFF if L.defer else ~(IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN))
     if rc < 0:
         L.run.failed = b"io_uring_setup"
         return rc
@@ -679,6 +788,8 @@ cdef void free_loop(Loop *L, fds):
             if c.fd >= 0:
                 shutdown(c.fd, SHUT_RDWR)
     uring_exit(&L.ring)   # every request ends here: nothing reads or writes the buffers after this
+    if L.closeq:
+        flush_closes(L)
     if L.conns:
         for i in range(L.nconns):
             c = &L.conns[i]
@@ -690,6 +801,8 @@ cdef void free_loop(Loop *L, fds):
     run_free(&L.run, fds if L.run.mode != M_CONNECT else ())
     free(L.conns)
     free(L.starvq)
+    free(L.listq)
+    free(L.closeq)
 
 
 def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, int size, int depth,
@@ -697,11 +810,13 @@ def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, 
              long long interval_ns, long long timeout_ns, bytes table, layout,
              int family=AF_INET, address=None, bint poll=False,
              int server_pid=0, stat_cpus=(), long long stall_ns=1000000000, *, long long client_stall_ns,
-             bint multishot=True):
+             bint multishot=True, bint quiet_sends=True, bint defer_taskrun=True):
     """Run one load loop on io_uring; return its counters as loadgen's ``run_loop`` does (same dict, same keys).
 
     The arguments are loadgen's (raw protocol only, so no ``protocol``), and
-    ``multishot`` (False: each receive armed once, as on a kernel before 6.0).
+    ``multishot`` (False: each receive armed once, as on a kernel before 6.0),
+    ``quiet_sends`` (False: a completion for every send) and
+    ``defer_taskrun`` (False: a ring set up as before Linux 6.1).
     Raises ``OSError`` when the ring cannot be set up.
     """
     cdef Loop L
@@ -735,12 +850,18 @@ def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, 
     L.next_cid = first_cid
     L.cid_step = cid_step
     L.multishot = 1 if (multishot and mode != M_CONNECT) else 0
+    L.quiet = 1 if quiet_sends else 0
+    L.defer = 1 if defer_taskrun else 0
     try:
         if mode == M_CONNECT:
             set_target(&L, family, address)
         L.conns = <Conn *>calloc(conns, sizeof(Conn))
         L.starvq = <int *>calloc(conns, sizeof(int))
-        if not (L.conns and L.starvq):
+        # twice: while confirm_sends walks the list, a send it completes may list its socket again at the end
+        L.listq = <int *>calloc(2 * conns, sizeof(int))
+        L.closecap = 2 * conns + 2
+        L.closeq = <int *>calloc(L.closecap, sizeof(int))
+        if not (L.conns and L.starvq and L.listq and L.closeq):
             raise MemoryError()
         for i in range(conns):
             L.conns[i].fd = -1

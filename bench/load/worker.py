@@ -336,14 +336,16 @@ def _run_uring(p, msg, owned, table, late_ns):
     # deferred: the extensions are needed in a load process only, not in the harness
     from sockbench.bench.load.hdr import LAYOUT
     from sockbench.ext import uringgen
-    from sockbench.servers.iouring import kernel_support, multishot_wanted
+    from sockbench.servers.iouring import defer_wanted, kernel_support, multishot_wanted, quiet_sends_wanted
 
     endpoint = p.endpoint
+    probe = kernel_support()[2]
     r = uringgen.run_loop(
         MODES[p.mode], owned, p.first_cid, p.cid_step, p.conns, p.size, p.depth, p.rate,
         msg["start_ns"], msg["warm_end_ns"], msg["end_ns"], p.interval_ns, p.timeout_ns, table, LAYOUT,
         int(endpoint.family), endpoint.sockaddr(), p.poll, p.server_pid, p.stat_cpus, int(STALL_S * 1e9),
-        client_stall_ns=int(CLIENT_STALL_S * 1e9), multishot=multishot_wanted(kernel_support()[2]),
+        client_stall_ns=int(CLIENT_STALL_S * 1e9), multishot=multishot_wanted(probe),
+        quiet_sends=quiet_sends_wanted(probe), defer_taskrun=defer_wanted(),
     )
     result = replace(ProcResult.from_loop(r, p.index, p.cpus), start_late_ns=late_ns)
     _emit({"event": "result", "result": result.to_json()})
