@@ -8,8 +8,9 @@ cases only io_uring has, each made to happen for real:
   or ENOSYS; ``sockbench servers`` lists the server as unavailable with the
   reason, ``sockbench serve`` and ``sockbench load --engine uring`` exit 2
   with one line.
-* A kernel without multishot receive: ``SOCKBENCH_URING_MULTISHOT=0`` makes
-  both loops arm each receive once, as they do on such a kernel.
+* A kernel without multishot receive (or without DEFER_TASKRUN, or where
+  quiet sends do not behave): ``SOCKBENCH_URING_MULTISHOT=0`` (``_DEFER=0``,
+  ``_QUIET=0``) makes the loops run as they do on such a kernel.
 * A buffer ring that runs dry under 1,000 connections: an 8-buffer ring
   (``SOCKBENCH_URING_BUFFERS``), every connection's echo checked byte for
   byte, and the server's own count (``SOCKBENCH_URING_STATS``) shows that
@@ -149,21 +150,29 @@ def test_a_dry_buffer_ring_under_1000_connections_loses_no_byte():
 
 
 @pytest.mark.slow
-def test_without_multishot_receive_every_receive_is_armed_again_and_nothing_is_lost():
-    env = dict(os.environ, SOCKBENCH_URING_MULTISHOT="0", SOCKBENCH_URING_STATS="1")
+@pytest.mark.parametrize("knob,stat", [("SOCKBENCH_URING_MULTISHOT", "multishot"),
+                                       ("SOCKBENCH_URING_QUIET", "quiet sends"),
+                                       ("SOCKBENCH_URING_DEFER", "defer_taskrun")])
+def test_each_fallback_echoes_everything(knob, stat):
+    """What a kernel without multishot receive (6.0), without quiet sends, or without DEFER_TASKRUN (6.1) gets,
+    forced here: every echo byte for byte, a half-close flushed, and the server says it ran that way."""
+    env = dict(os.environ, SOCKBENCH_URING_STATS="1", **{knob: "0"})
     with ServerProcess("cython-uring", env=env) as server:
         assert many_connections_echo(server.address, count=200, size=100_000) == []
         with connect(server.address) as s:
             data = payload(4 * MiB, seed=3)
             assert echo_concurrently(s, data) == data
+            s.sendall(b"last words")
+            s.shutdown(socket.SHUT_WR)
+            assert read_exact(s, 10) == b"last words" and s.recv(1) == b""
         assert server.stop() == 0
         stats = _stats(server)
-    assert stats["multishot"] == 0 and stats["receives"] > 200, stats
+    assert stats[stat] == 0 and stats["receives"] > 200, stats
 
 
 @pytest.mark.slow
 def test_peers_that_reset_mid_multishot_with_echoes_in_flight_disturb_nobody():
-    """50 peers write 1 MiB without reading (their receives paused, their sends in flight) and reset at once,
+    """50 peers write without reading (their receives paused, their echoes waiting) and reset at once,
     while one connection streams 8 MiB through: it gets every byte, and every descriptor comes back."""
     env = dict(os.environ, SOCKBENCH_URING_STATS="1")
     with ServerProcess("cython-uring", env=env) as server:
@@ -184,13 +193,23 @@ def test_peers_that_reset_mid_multishot_with_echoes_in_flight_disturb_nobody():
 
         t = threading.Thread(target=reader, daemon=True)
         t.start()
-        peers = [connect(server.address) for _ in range(50)]
-        for p in peers:
+        peers = []
+        for _ in range(50):
+            p = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            p.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the echo blocks soon: the server holds it
+            p.settimeout(10)
+            p.connect(server.address)
             p.setblocking(False)
-            try:
-                p.send(payload(MiB, seed=5))
-            except BlockingIOError:
-                pass
+            peers.append(p)
+        chunk = payload(MiB, seed=5)
+        end = time.monotonic() + 0.5
+        while time.monotonic() < end:  # write until the server stops reading them; read nothing back
+            for p in peers:
+                try:
+                    p.send(chunk)
+                except BlockingIOError:
+                    pass
+            time.sleep(0.02)
         for off in range(0, total // 2, MiB):
             steady.sendall(pattern.chunk(off, MiB))
         time.sleep(0.2)  # the server is holding their echoes by now
