@@ -24,16 +24,30 @@ message over the epoll server's (with each engine), and the io_uring
 engine's client CPU per message over the epoll engine's (against each
 server).  Every point is written to ``--json`` as it is measured.
 
+``--perf DIR`` asks where the server's time goes instead, with Linux
+``perf`` attached to the server process for the measured window of each
+(server, engine) at each workload: ``perf stat`` (its CPU time, context
+switches and the system calls of either loop, each per message echoed) and
+``perf record`` (its samples, by symbol, added up into kernel rooms: TCP/IP,
+system call entry, epoll, io_uring, scheduler, copies, user space).  perf
+itself runs on the client's CPU, so these runs are kept apart from the grid's
+figures; its reports stay in DIR.
+
 Run: ``python -m sockbench.bench.calibrate.uring [--conns 1 10 100 1000] [--sizes 64 1k 16k]
 [--depths 1 16] [--servers cython cython-uring] [--engines epoll uring] [--rounds 3] [--duration 1]
-[--warmup 0.3] [--seed 1] [--json PATH]``.  The full grid at the defaults takes about 10 minutes;
-``--conns 100 --sizes 64 --depths 1`` is the headline workload alone.
+[--warmup 0.3] [--seed 1] [--json PATH] [--perf DIR]``.  The full grid at the defaults takes about 10
+minutes; ``--conns 100 --sizes 64 --depths 1`` is the headline workload alone.
 """
 
 import argparse
+import os
 import random
+import re
+import shutil
 import statistics
+import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 
@@ -43,9 +57,11 @@ from sockbench.bench.load.spec import ENGINES, LoadSpec, check_engine
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.jsonfile import write_json_atomic
 from sockbench.servers import registry
+from sockbench.servers.process import ServerProcess
 from sockbench.units import arg, format_size, parse_cpus, parse_number, parse_size
 
-__all__ = ["Point", "Workload", "measure", "table", "main", "SERVERS", "HEADLINE"]
+__all__ = ["Point", "Workload", "PerfPoint", "measure", "measure_perf", "table", "perf_table", "rooms", "main",
+           "SERVERS", "HEADLINE", "ROOMS"]
 
 #: the epoll server and its io_uring twin (same contract, same codecs; only the kernel interface differs)
 SERVERS = ("cython", "cython-uring")
@@ -215,6 +231,185 @@ def _uspair(user, sys_):
     return f"{user:.3f}+{sys_:.3f}={user + sys_:.3f}"
 
 
+# --- where the time goes (perf) -------------------------------------------------------------------
+
+#: the kernel's rooms a sample's symbol is added to, first match wins (the rest is "other kernel")
+ROOMS = (
+    ("io_uring", re.compile(r"^(io_|__io_|io_uring|__do_sys_io_uring|__x64_sys_io_uring|tctx_task_work)")),
+    ("epoll", re.compile(r"(^ep_|epoll|^__ep_|ep_poll)")),
+    ("syscall entry/exit", re.compile(r"^(entry_SYSCALL|do_syscall_64|syscall_exit|syscall_return|__x64_sys_|"
+                                      r"__sys_|x64_sys_call|fdget|fget|fput|__fget|__fdget|exit_to_user|"
+                                      r"arch_exit_to_user|syscall_enter)")),
+    ("scheduler/idle", re.compile(r"(schedule|^finish_task_switch|^pick_next|^dequeue|^enqueue|^update_curr|"
+                                  r"^try_to_wake_up|^ttwu|safe_halt|^cpuidle|^do_idle|^psi_|^__switch_to|"
+                                  r"^switch_mm|wake_up|^select_task_rq|^update_load|^set_next)")),
+    ("copies", re.compile(r"(copy_to|copy_from|_copy_|memcpy|memmove|csum_)")),
+    ("TCP/IP", re.compile(r"^(tcp_|__tcp_|inet_|__inet_|ip_|__ip_|skb_|__skb|sk_|__sk_|sock_|__sock|lock_sock|"
+                          r"release_sock|net_|__netif|netif_|__dev_|dev_|loopback|napi_|__napi|"
+                          r"process_backlog|bbr_|kfree_skb|__kfree_skb|validate_xmit|ipv4_|ipv6_|ip6_|"
+                          r"__local_bh|handle_softirqs|do_softirq|__do_softirq|raw_v4|unix_|__unix|"
+                          r"rcu_read|security_sock|__check_object)")),
+)
+
+
+def rooms(symbols):
+    """``{room: share}`` of ``[(share, kind, symbol)]`` ("u": user space, "k": kernel), summing to the total."""
+    out = {}
+    for share, kind, sym in symbols:
+        room = "user space" if kind != "k" else next((r for r, pat in ROOMS if pat.search(sym)), "other kernel")
+        out[room] = out.get(room, 0.0) + share
+    return out
+
+
+@dataclass(frozen=True)
+class PerfPoint:
+    """Where one server process spent the measured window, from perf, per message echoed."""
+
+    conns: int
+    size: int
+    depth: int
+    server: str
+    engine: str
+    msgs: int
+    cpu_us: float            # the server's task-clock per message
+    context_switches: float  # per message
+    syscalls: dict           # system call -> calls per message (io_uring_enter, epoll_wait, recvfrom, sendto)
+    rooms: dict              # room -> share of the server's samples
+    top: list                # the top symbols: [share, kind, symbol]
+    valid: bool
+
+
+_SYSCALLS = ("io_uring_enter", "epoll_wait", "recvfrom", "sendto", "read", "write", "writev")
+
+
+def _parse_perf_stat(text):
+    counts = {}
+    for line in text.splitlines():
+        m = re.match(r"\s*([\d,.]+)\s+(?:msec\s+)?(\S+)", line)
+        if m and not line.strip().startswith("#"):
+            try:
+                counts[m.group(2)] = float(m.group(1).replace(",", ""))
+            except ValueError:
+                pass
+    return counts
+
+
+def _parse_perf_report(text):
+    out = []
+    for line in text.splitlines():
+        m = re.match(r"\s*([\d.]+)%\s+\[(\S)\]\s+(\S+)", line)
+        if m:
+            out.append((float(m.group(1)) / 100, m.group(2), m.group(3)))
+    return out
+
+
+def _perf_window(server, engine, w, duration, warmup, server_cpus, client_cpus, command):
+    """One load run against ``server`` (pinned, started here) with ``command(pid, seconds)`` (a perf command line)
+    run on the server process for the measured window; returns the run's ``LoadResult``."""
+    pin = ["taskset", "-c", ",".join(map(str, client_cpus))] if shutil.which("taskset") else []
+    with ServerProcess(server, cpus=tuple(server_cpus)) as srv:
+        procs, threads = [], []
+
+        def attach(start_ns, end_ns):
+            warm_end = start_ns + int(warmup * 1e9)
+
+            def run():
+                time.sleep(max(0.0, (warm_end - time.monotonic_ns()) / 1e9))
+                window = max(0.1, (end_ns - time.monotonic_ns()) / 1e9)
+                procs.append(subprocess.Popen([*pin, *command(srv.pid, f"{window:.3f}")], stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL))
+
+            t = threading.Thread(target=run, daemon=True)
+            t.start()
+            threads.append(t)
+
+        spec = LoadSpec(target=srv.endpoint, mode="closed", conns=w.conns, size=w.size, depth=w.depth,
+                        duration_s=duration, warmup_s=warmup, procs=1, client_cpus=tuple(client_cpus), engine=engine,
+                        name_busy=False)
+        r = run_load(spec, on_window=attach)
+        for t in threads:
+            t.join(duration + warmup + 10)
+        for pr in procs:
+            try:
+                pr.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pr.kill()
+                pr.wait()
+    return r
+
+
+def measure_perf(workloads, servers, engines, duration, warmup, server_cpus, client_cpus, out_dir, on_point=None):
+    """Two runs per (workload, server, engine) with perf on the server for the window: ``[PerfPoint]``.
+
+    The first counts (``perf stat``: CPU time, context switches, the system
+    calls of either loop); the second samples (``perf record``, CPU time and
+    context switches counted again) with no tracepoint armed, since a traced
+    system call costs more and would be charged to the epoll server alone.
+    """
+    perf = shutil.which("perf")
+    if perf is None:
+        raise UsageError("--perf needs Linux perf (apt-get install linux-perf, or linux-tools for your kernel)")
+    os.makedirs(out_dir, exist_ok=True)
+    points = []
+    for w in workloads:
+        for server in servers:
+            for engine in engines:
+                tag = f"{server}__{engine}__c{w.conns}-{w.size}-d{w.depth}"
+                sys_path = os.path.join(out_dir, tag + ".syscalls.txt")
+                stat_path = os.path.join(out_dir, tag + ".stat.txt")
+                data_path = os.path.join(out_dir, tag + ".perf.data")
+                r1 = _perf_window(server, engine, w, duration, warmup, server_cpus, client_cpus, lambda pid, secs: [
+                    perf, "stat", "-p", str(pid), "-e", ",".join(f"syscalls:sys_enter_{c}" for c in _SYSCALLS),
+                    "-o", sys_path, "--", "sleep", secs])
+                r2 = _perf_window(server, engine, w, duration, warmup, server_cpus, client_cpus, lambda pid, secs: [
+                    perf, "record", "-p", str(pid), "-F", "2999", "-o", data_path, "--",
+                    perf, "stat", "-p", str(pid), "-e", "task-clock,context-switches", "-o", stat_path, "--",
+                    "sleep", secs])
+                msgs1 = round(r1.throughput.msgs_per_s * duration)
+                msgs2 = round(r2.throughput.msgs_per_s * duration)
+                counts = {}
+                for path in (sys_path, stat_path):
+                    try:
+                        with open(path) as f:
+                            counts.update(_parse_perf_stat(f.read()))
+                    except OSError:
+                        pass
+                report = subprocess.run([perf, "report", "-i", data_path, "--no-children", "--sort", "sym", "--stdio"],
+                                        capture_output=True, text=True, timeout=300).stdout
+                with open(os.path.join(out_dir, tag + ".report.txt"), "w") as f:
+                    f.write(report)
+                symbols = _parse_perf_report(report)
+
+                def per(v, msgs):
+                    return v / msgs if msgs else None
+
+                p = PerfPoint(conns=w.conns, size=w.size, depth=w.depth, server=server, engine=engine, msgs=msgs2,
+                              cpu_us=per(counts.get("task-clock", 0.0) * 1000.0, msgs2),
+                              context_switches=per(counts.get("context-switches", 0.0), msgs2),
+                              syscalls={c: per(counts[f"syscalls:sys_enter_{c}"], msgs1) for c in _SYSCALLS
+                                        if counts.get(f"syscalls:sys_enter_{c}")},
+                              rooms=rooms(symbols), top=[list(x) for x in symbols[:12]],
+                              valid=bool(r1.valid and r2.valid))
+                points.append(p)
+                if on_point is not None:
+                    on_point(p, points)
+    return points
+
+
+def perf_table(points):
+    room_names = ["TCP/IP", "copies", "syscall entry/exit", "epoll", "io_uring", "scheduler/idle", "other kernel",
+                  "user space"]
+    out = []
+    for p in points:
+        sc = ", ".join(f"{k} {v:.2f}" for k, v in p.syscalls.items())
+        out.append(f"-- {p.server} / {p.engine} engine, {Workload(p.conns, p.size, p.depth).label()}: "
+                   f"{p.cpu_us:.2f} µs of server CPU per message, {p.context_switches:.3f} context switches, "
+                   f"system calls per message: {sc or 'none'}{'' if p.valid else '  (INVALID run)'}")
+        out.append("   " + ", ".join(f"{r} {p.rooms.get(r, 0.0):.0%}" for r in room_names))
+        out.append("   top: " + "; ".join(f"{sym} {share:.1%}" for share, _, sym in p.top[:8]))
+    return "\n".join(out)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m sockbench.bench.calibrate.uring", description=__doc__.split("\n\n")[0])
     p.add_argument("--conns", nargs="+", type=arg(parse_number, "--conns", kind=int, positive=True),
@@ -234,6 +429,9 @@ def main(argv=None):
     p.add_argument("--server-cpus", type=arg(parse_cpus, "--server-cpus"), default=(0,), metavar="LIST")
     p.add_argument("--client-cpus", type=arg(parse_cpus, "--client-cpus"), default=(1,), metavar="LIST")
     p.add_argument("--json", metavar="PATH", help="every point, written as it is measured")
+    p.add_argument("--perf", metavar="DIR",
+                   help="instead of the grid: one run per point with perf stat and perf record on the server; "
+                        "the reports go to DIR")
     try:
         args = p.parse_args(argv)
         for s in args.servers:
@@ -250,6 +448,17 @@ def main(argv=None):
               f"{len(args.engines)} engines = {n} points x {args.rounds} rounds, {args.duration:g} s windows "
               f"(+{args.warmup:g} s warmup), about {est / 60:.0f} min", flush=True)
         t0 = time.monotonic()
+        if args.perf:
+            def on_perf(pt, points):
+                print(f"  {pt.server}/{pt.engine}: {pt.cpu_us:.2f} µs/msg", file=sys.stderr, flush=True)
+                if args.json:
+                    write_json_atomic(args.json, {"machine": machine_line(), "args": vars(args),
+                                                  "perf": [asdict(x) for x in points]})
+
+            points = measure_perf(workloads, args.servers, args.engines, args.duration, args.warmup,
+                                  args.server_cpus, args.client_cpus, args.perf, on_perf)
+            print(perf_table(points))
+            return 0
 
         def on_point(pt, points):
             print(f"  r{pt.round} {pt.server}/{pt.engine} {pt.conns}x{format_size(pt.size)}xd{pt.depth}: "
