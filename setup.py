@@ -3,8 +3,10 @@
 Every ``ext/*.pyx`` is compiled to ``sockbench.ext.<name>``.  The compiler
 directives live here, in one place, so that every module is built the same way.
 
-The protocol table has one owner, ``servers/protocols.py`` (``PROTOCOLS``,
-``DEFAULT_MAX_MESSAGE``).  C cannot import it, so every build writes
+The protocol table has one owner, ``sockbench/protocol_table.py`` (``PROTOCOLS``,
+``DEFAULT_MAX_MESSAGE``), in the core because ext/ is built from it (the
+layers test checks that ``PROTOCOLS_SOURCE`` stays below ext/).  C cannot
+import it, so every build writes
 ``ext/protocols.h`` from it: the names and indices as C constants, read with
 ``ast`` (the package itself is not imported during a build, when its
 dependencies may be missing).  The header is generated, gitignored, rewritten
@@ -32,6 +34,18 @@ Environment switches:
     builds them.  The protocol header is still written.
 ``SOCKBENCH_CFLAGS``
     Extra C compiler flags (default ``-O2``).
+``SOCKBENCH_NO_TLS=1``
+    Build without the TLS modules even where OpenSSL is found (what a machine
+    without its headers gets; the tests of that path use it).
+
+TLS in C (``ext/tls.pyx``, ``tls_echo.pyx``, ``tlsgen.pyx``: the cython
+server's ``--tls``, the load over TLS, the certificate maker) links OpenSSL
+3.  Whether its headers and libraries are here is asked of the C compiler
+itself, by compiling and linking a three-line program (``openssl_found``),
+the way autoconf asks; where they are not, those modules are left out with
+one line on stderr that says what to install, and everything else builds as
+before (``sockbench servers`` then says ``tls: not built`` for cython, and a
+load with ``--tls`` says the same in one line).
 """
 
 import ast
@@ -52,6 +66,7 @@ PACKAGE_DIRS = {
     "sockbench.bench.suite": "bench/suite",
     "sockbench.bench.report": "bench/report",
     "sockbench.bench.calibrate": "bench/calibrate",
+    "sockbench.bench.check": "bench/check",
 }
 
 COMPILER_DIRECTIVES = {
@@ -64,7 +79,7 @@ COMPILER_DIRECTIVES = {
     "embedsignature": True,
 }
 
-PROTOCOLS_SOURCE = os.path.join("servers", "protocols.py")
+PROTOCOLS_SOURCE = os.path.join("sockbench", "protocol_table.py")
 PROTOCOLS_HEADER = os.path.join("ext", "protocols.h")
 
 
@@ -84,7 +99,7 @@ def _int_expr(node):
 
 
 def read_protocol_table(path=PROTOCOLS_SOURCE):
-    """``(PROTOCOLS, DEFAULT_MAX_MESSAGE)`` as assigned at the top level of ``servers/protocols.py``."""
+    """``(PROTOCOLS, DEFAULT_MAX_MESSAGE)`` as assigned at the top level of ``PROTOCOLS_SOURCE``."""
     with open(os.path.join(HERE, path), encoding="utf-8") as f:
         tree = ast.parse(f.read(), path)
     found = {}
@@ -114,7 +129,7 @@ def protocols_header(names, max_message):
  * The wire protocols' names and indices (an index is what crosses from Python
  * to C: ``run_loop(protocol=...)``, ``serve(protocol=...)``) and the default
  * message limit, as C constants for the Cython modules and the reference C
- * client.  The Python owner of the table is sockbench.servers.protocols. */
+ * client.  The Python owner of the table is sockbench.protocol_table. */
 #ifndef SOCKBENCH_PROTOCOLS_H
 #define SOCKBENCH_PROTOCOLS_H
 
@@ -177,6 +192,41 @@ def write_build_info():
         json.dump({"cython": Cython.__version__, "compiler": line or " ".join(cc)}, f)
 
 
+#: the modules that link OpenSSL, built only where it is found (``openssl_found``)
+TLS_MODULES = ("tls", "tls_echo", "tlsgen")
+TLS_LIBRARIES = ["ssl", "crypto"]
+TLS_MISSING = ("sockbench: building without TLS in C (the cython server's --tls, the load's --tls): OpenSSL 3 "
+               "headers not found; install them (apt-get install libssl-dev), then pip install -e . again")
+
+_OPENSSL_PROBE = """\
+#include <openssl/ssl.h>
+#if OPENSSL_VERSION_NUMBER < 0x30000000L
+#error "OpenSSL 3.0 or newer is needed"
+#endif
+int main(void) { SSL_CTX *c = SSL_CTX_new(TLS_method()); SSL_CTX_free(c); return 0; }
+"""
+
+
+def openssl_found():
+    """True when the C compiler compiles and links a program against OpenSSL 3 (``libssl-dev``)."""
+    import shlex
+    import subprocess
+    import sysconfig
+    import tempfile
+
+    cc = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "probe.c")
+        with open(src, "w", encoding="utf-8") as f:
+            f.write(_OPENSSL_PROBE)
+        try:
+            r = subprocess.run(cc + [src, "-o", os.path.join(d, "probe")] + [f"-l{lib}" for lib in TLS_LIBRARIES],
+                               capture_output=True, timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            return False
+    return r.returncode == 0
+
+
 def extensions():
     if _flag("SOCKBENCH_NO_EXT"):
         return []
@@ -186,16 +236,25 @@ def extensions():
 
     cflags = os.environ.get("SOCKBENCH_CFLAGS", "-O2").split()
     headers = sorted(glob.glob(os.path.join("ext", "*.h")))
-    mods = [
-        Extension(
-            "sockbench.ext." + os.path.splitext(os.path.basename(pyx))[0],
+    with_tls = not _flag("SOCKBENCH_NO_TLS") and openssl_found()
+    if not with_tls:
+        import sys
+
+        print(TLS_MISSING, file=sys.stderr)
+    mods = []
+    for pyx in sorted(glob.glob(os.path.join("ext", "*.pyx"))):
+        name = os.path.splitext(os.path.basename(pyx))[0]
+        tls = name in TLS_MODULES
+        if tls and not with_tls:
+            continue
+        mods.append(Extension(
+            "sockbench.ext." + name,
             [pyx],
             include_dirs=["ext"],
             depends=headers,  # the C helpers live in headers: a changed header rebuilds
             extra_compile_args=cflags + ["-Wno-unused-function"],
-        )
-        for pyx in sorted(glob.glob(os.path.join("ext", "*.pyx")))
-    ]
+            libraries=TLS_LIBRARIES if tls else [],
+        ))
     return cythonize(
         mods,
         compiler_directives=COMPILER_DIRECTIVES,

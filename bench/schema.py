@@ -1,119 +1,59 @@
-"""The result schema: the one owner of sockbench's result JSON, as pyperf's ``_bench.py`` owns its own.
+"""The result schema: the one owner of sockbench's JSON, as pyperf's ``_bench.py`` owns its own.
 
-Why it is built this way
-------------------------
-One load run produces one result, and that result travels: from the load
-harness to ``raw/*.json``, to the pytest-benchmark ``extra_info``, to the
-report, the plots and ``sockbench compare``, and to outside scripts.  Every one
-of those reads and writes it through the dataclasses here, so a key is spelled
-in this module only, a new field is added in one place, and a file that is not
-a result is refused in one place, with one line (``SchemaError``).
+Every field of a result is declared once, on its dataclass, with ``fld()``:
+its JSON key (the attribute's name), the version it appeared in
+(``since``), whether it exists in some modes only (``omit``: left out of the
+JSON when ``None``), how it is read (``read``: a converter, or a ``Part``
+class), older spellings still read (``old``), its ``results.csv`` column
+(``csv``) and, for what a load process counts, how it merges over load
+processes and hosts (``merge``: one of ``MERGES``).  From those
+declarations come ``to_json``/``from_json`` (``Part``), the load process's
+report to the harness (``ProcResult``: its fields plus every ``Client`` field
+that merges), the merges (``merge_fields``) and the CSV columns (``csv_columns``).
+A file that is not a result is refused in one line (``SchemaError``).
 
-* ``to_json()`` gives the plain dict that is written (``None`` is ``null``);
-  keys that exist only in some modes (``service_us`` in open loop,
-  ``cycle_us`` and ``throughput.conns_per_s`` in connect mode, the open-loop
-  pacing figures, ``timeseries.sent``, the server's ``cpus`` when the harness
-  started it) are left out when they do not apply, as the harness always has.
-* ``from_json(d)`` checks the shape and builds the objects.  Tolerance for
-  older or hand-made files lives in the ``from_json`` methods and nowhere
-  else: a workload without ``protocol`` was raw, one without
-  ``transport`` was tcp (so was a cell's), one without ``workers`` had
-  one server process (so had a cell); a workload without
-  ``depth`` had one message in flight; ``hdr_unit`` defaults to
-  nanoseconds; machine keys written under other names (``cpu``,
-  ``cpu_count``, ``node`` ...: ``_MACHINE_ALIASES``) are read into their one
-  spelling; parts a file lacks read as empty (every figure ``None``); a
-  ``cell`` without a server is no suite context; an explicit ``null`` for a
-  key that exists in some modes only reads as absent.  Writing such a result
-  back gives the normalised form: the one spelling, every part present.
-* ``Cell`` is the identity of one point of the benchmark matrix.  The suite
-  plans cells and the report groups results by cell, and the report must
-  not import the suite, so it lives here, beside the ``cell`` context the
-  suite attaches to each result (``CellContext``).
-* ``CellSummary`` and ``RoundSummary`` are the summaries the suite puts
-  into pytest-benchmark's ``extra_info``: part of the published output, so
-  their keys are owned here as well.
+Tolerance for older or hand-made files lives in the declarations and
+nowhere else: a missing or null key reads as the field's default, a missing
+part as empty; writing such a result back gives the normalised form.
 
-Versions
---------
-1
-    The first published format: server, target, workload (mode, protocol,
-    conns, size, depth, rate, duration_s, warmup_s, procs, interval_s,
-    timeout_s, CPUs), throughput, latency_us / service_us / cycle_us,
-    errors by kind, validity and the client-bound and limited-by verdicts,
-    server and client CPU (with µs per message), the time series, the
-    encoded HDR histograms, the machine, the start time and, from the
-    suite, the cell.  Files written before the protocol dimension carry no
-    ``workload.protocol``; they read as raw.
-2
-    Adds ``interference`` (the foreign and steal share of the server's and
-    the client's pinned CPUs over the window, the 1-minute load average,
-    ``disturbed``), ``fairness`` (messages completed per connection in the
-    window: min, median, max, Jain's index, the starved count) and the
-    machine's tuning as ``pyperf system show`` reports it (``isolcpus``,
-    ``nohz_full``, ``governor``, ``smt``, ``aslr``, ``loadavg``), and for a
-    run whose server exited inside the window ``throughput.measured_s`` (the
-    seconds its rates are over: up to the last answer) and
-    ``server_proc.exit_status``.  Version-1 files read with these ``None``
-    (not measured) and are written back as version 2.  Within version 2,
-    ``latency_us`` (and ``service_us``) gained the far tail ``p9999`` and
-    ``p99999``, and ``machine`` the ``versions`` of what built and runs the
-    code; a file without them reads them as ``None``.  A load from several
-    hosts (``--cluster``) adds ``hosts``, one ``HostPart`` per load host
-    (its throughput, latency, CPU, ``client_bound``, errors, the Dask
-    worker's own CPU, its clock offset); the top-level figures stay the
-    merged totals, so a reader that knows no ``hosts`` reads it as before.
-    ``client`` gained ``stalls``, ``stall_s`` and ``longest_stall_s`` (a
-    polling open loop's client stalls, written for such a client only); a
-    file without them reads ``None``.  ``client.engine`` names the load loop
-    that measured the run (``epoll`` or ``uring``); a file without it was
-    measured by the epoll loop, the only one there was.
-
-A udp result adds ``datagrams`` (sent, received, lost, duplicates,
-out_of_order, late, corrupt, loss_share; ``Datagrams``); a stream result has
-no such key, so every earlier file reads as it did.
+``Cell`` is the identity of one point of the benchmark matrix (the suite
+plans cells, the report groups by them); ``RunPlan`` (``plan.json``) and
+``RunMeta`` (``meta.json``) describe a whole run; ``RoundSummary`` and
+``CellSummary`` are what the suite publishes in pytest-benchmark's
+``extra_info``.  All of them are owned here, so no reader spells a key.
 """
 
 import statistics
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, make_dataclass, replace
 
 from sockbench.endpoints import TRANSPORTS
 from sockbench.errors import SockbenchError
+from sockbench.servers.protocols import PROTOCOLS
 from sockbench.units import format_size
 
 __all__ = [
-    "SCHEMA_VERSION",
-    "ERROR_KINDS",
-    "SchemaError",
-    "Cell",
-    "Workload",
-    "Target",
-    "Throughput",
-    "Latency",
-    "MergedLatency",
-    "Errors",
-    "CpuPerMsg",
-    "ServerProc",
-    "Client",
-    "Timeseries",
-    "Machine",
-    "Interference",
-    "Fairness",
-    "Datagrams",
-    "jain_index",
-    "merge_stalls",
-    "WorkerCpu",
-    "ClockOffset",
-    "HostPart",
-    "CellContext",
-    "LoadResult",
-    "RoundSummary",
-    "CellSummary",
+    "SCHEMA_VERSION", "HISTORY", "READABLE_VERSIONS", "ERROR_KINDS", "MERGES", "SchemaError", "Part", "fld",
+    "Cell", "Workload", "TlsSetting", "TlsPart", "Target", "Throughput", "Latency", "MergedLatency", "Errors", "CpuPerMsg", "ServerProc",
+    "Client", "Timeseries", "Machine", "Interference", "Fairness", "Datagrams", "WorkerCpu", "ClockOffset",
+    "HostPart", "CellContext", "LoadResult", "ProcResult", "RunPlan", "RunMeta", "RoundSummary", "CellSummary",
+    "jain_index", "merge_fields", "merge_stalls", "counted", "csv_columns", "copy_fields",
 ]
 
-SCHEMA_VERSION = 2
-#: the versions ``from_json`` reads (older ones read their missing parts as ``None``)
-READABLE_VERSIONS = (1, 2)
+#: one line per version, as pyperf's ``_bench.py`` keeps it; a field's ``since`` names its line
+HISTORY = {
+    1: "server, target, workload, throughput, latency_us/service_us/cycle_us, errors, validity, verdicts, "
+       "server and client CPU, time series, HDR histograms, machine, start time, the suite's cell",
+    2: "interference, fairness, machine tuning, throughput.measured_s, server_proc.exit_status; then "
+       "latency p9999/p99999, machine.versions, hosts (--cluster), client stalls, datagrams (udp)",
+    3: "client.waits: the load loop's epoll_wait calls (messages per wake-up); then workload.python and "
+       "cell.python (the server's interpreter, --python), server_proc.python and server_proc.processes, "
+       "target.command (a --command server); workload.tls and tls (--tls: the setting asked for, what the "
+       "handshakes negotiated, connect mode's handshakes and resumed ones), cell.tls and cell.resumed; "
+       "client.engine and the plan's engine (--engine: the load loop that measured the run; absent: epoll's)",
+}
+SCHEMA_VERSION = max(HISTORY)
+#: the versions ``from_json`` reads (an older file reads the fields it lacks as their defaults)
+READABLE_VERSIONS = tuple(HISTORY)
 
 #: the error counters of a result's ``errors.by_kind`` (``protocol``: a frame/json answer whose
 #: framing or header is wrong; ``mismatch``: content bytes that are not the ones sent)
@@ -122,40 +62,66 @@ ERROR_KINDS = ("connect", "reset", "timeout", "mismatch", "protocol")
 #: the keys a file must carry to be read as a result at all
 REQUIRED_KEYS = ("server", "workload", "throughput", "latency_us", "errors", "valid")
 
-#: machine keys that older or foreign files spell differently -> the one spelling
-_MACHINE_ALIASES = {
-    "cpu": "cpu_model",
-    "processor": "cpu_model",
-    "cpu_count": "cores",
-    "cpus": "cores",
-    "python_version": "python",
-    "node": "hostname",
-    "commit": "git_commit",
-}
-
 
 class SchemaError(SockbenchError):
     """A file or dict that is not a sockbench result of a readable schema (one line, no traceback)."""
 
 
-def _obj(d, key, source, default=None):
-    """``d[key]`` when it is a JSON object, ``default`` when absent or null; anything else is a SchemaError."""
-    v = d.get(key)
-    if v is None:
-        return default
-    if not isinstance(v, dict):
-        raise SchemaError(f"{source} is corrupt: {key} is not an object")
-    return v
+class _Corrupt(Exception):
+    """Raised while reading a part; becomes ``SchemaError("<source> is corrupt: <message>")``."""
 
 
-def _list(v):
-    return list(v) if v is not None else None
+# --- the declarations ------------------------------------------------------------------------------
 
 
-def _put(out, key, value):
-    """Set ``out[key]`` only when ``value`` is not None: for the keys that exist in some modes only."""
-    if value is not None:
-        out[key] = value
+def _measured(values):
+    return [v for v in values if v is not None]
+
+
+def _series(lists):
+    """Element-wise sums of lists of unequal length (interval counts of several load processes)."""
+    lists = [l for l in lists if l]
+    n = max((len(l) for l in lists), default=0)
+    return [sum(l[i] for l in lists if i < len(l)) for i in range(n)]
+
+
+#: how a field merges over load processes, hosts or rounds; ``measured_*`` leave out the parts that did not
+#: measure it (``None``) and are ``None`` when none did.  "hdr" (histograms) is the load room's to give.
+MERGES = {
+    "sum": lambda vs: sum(_measured(vs)),
+    "max": lambda vs: max(_measured(vs), default=None),
+    "any": lambda vs: any(vs),
+    "union": lambda vs: sorted({x for v in vs if v for x in v}),
+    "concat": lambda vs: [x for v in vs if v for x in v],
+    "series": _series,
+    "by_kind": lambda vs: {k: sum(v.get(k, 0) for v in vs if v) for k in dict.fromkeys(
+        [*ERROR_KINDS, *(k for v in vs if v for k in v)])},
+    "measured_sum": lambda vs: sum(_measured(vs)) if _measured(vs) else None,
+    "measured_max": lambda vs: max(_measured(vs), default=None),
+}
+
+
+def fld(default=None, *, since=1, omit=False, read=None, old=(), csv=None, merge=None, required=False,
+        write=None, factory=None, nodefault=False):
+    """Declare one field (see the module docstring).  ``required``: a file must carry it (not null), and
+    the constructor has no default; ``nodefault``: no default, but null is a value."""
+    meta = {"since": since, "omit": omit, "read": read, "old": tuple(old), "csv": csv, "merge": merge,
+            "required": required, "write": write}
+    if required or nodefault:
+        return field(metadata=meta)
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _part(cls, *, many=False, default=None, **kw):
+    """A nested part: read with ``cls.from_json`` (``many``: a list of them); ``default=cls`` when absent means empty."""
+    return fld(read=cls, factory=default, **kw) if not many else fld(read=(cls,), **kw)
+
+
+def _int_or(fallback):
+    """An int, ``fallback`` for 0/""/None (``depth`` 0 was never meant)."""
+    return lambda v: int(v or fallback)
 
 
 def _transport(value):
@@ -174,6 +140,130 @@ def _protocol(value):
     if not isinstance(value, str) or not value.isidentifier():
         raise ValueError(f"bad protocol {value!r}")
     return value
+
+
+def _object(name):
+    def read(v):
+        if not isinstance(v, dict):
+            raise _Corrupt(f"{name} is not an object")
+        return dict(v)
+    return read
+
+
+def _plain(v, write=None):
+    if write is not None and v is not None:
+        return write(v)
+    if isinstance(v, Part):
+        return v.to_json()
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+class Part:
+    """A declared part of the JSON: written and read from its fields' ``fld()`` declarations."""
+
+    #: how ``SchemaError`` names this part when a value cannot be read
+    _malformed = None
+
+    def to_json(self):
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if not (v is None and f.metadata.get("omit")):
+                out[f.name] = _plain(v, f.metadata.get("write"))
+        return out
+
+    @classmethod
+    def from_json(cls, d, source="the result"):
+        if not isinstance(d, dict):
+            raise SchemaError(f"{source} has {cls._wording()} (not an object); it is not a sockbench result")
+        return cls(**cls._read(d, source))
+
+    @classmethod
+    def _wording(cls):
+        return cls._malformed or f"a malformed {cls.__name__.lower()}"
+
+    @classmethod
+    def _read(cls, d, source):
+        """The constructor's keywords from dict ``d``: what it lacks is left to the defaults."""
+        kw = {}
+        try:
+            for f in fields(cls):
+                m = f.metadata
+                v = d.get(f.name)
+                for name in m.get("old", ()):
+                    if v in (None, "") and d.get(name) not in (None, ""):
+                        v = d[name]
+                if v is None:
+                    if m.get("required"):
+                        raise KeyError(f.name)
+                    continue
+                read = m.get("read")
+                if isinstance(read, tuple):  # a list of parts
+                    if not isinstance(v, list):
+                        raise _Corrupt(f"{f.name} is not a list")
+                    v = [read[0].from_json(x, source) for x in v]
+                elif isinstance(read, type) and issubclass(read, Part):
+                    if not isinstance(v, dict) and not read._malformed:
+                        raise _Corrupt(f"{f.name} is not an object")
+                    v = read.from_json(v, source)
+                elif read is not None:
+                    v = read(v)
+                kw[f.name] = v
+        except _Corrupt as e:
+            raise SchemaError(f"{source} is corrupt: {e}") from None
+        except (KeyError, TypeError, ValueError) as e:
+            raise SchemaError(f"{source} has {cls._wording()} ({e!r}); it is not a sockbench result") from None
+        return kw
+
+
+def counted(cls):
+    """The fields of ``cls`` a load process counts and the harness merges (declared with ``merge``)."""
+    return [f for f in fields(cls) if f.metadata.get("merge")]
+
+
+def merge_fields(parts, cls, **rules):
+    """``{name: merged value}`` of every field of ``cls`` declared with ``merge``, over ``parts`` (anything with
+    those attributes); ``rules`` adds merges the schema cannot do itself (``hdr=``), fields without one are left out."""
+    parts = list(parts)
+    out = {}
+    for f in counted(cls):
+        rule = rules.get(f.metadata["merge"]) or MERGES.get(f.metadata["merge"])
+        if rule is not None:
+            out[f.name] = rule([getattr(p, f.name) for p in parts])
+    return out
+
+
+def copy_fields(cls, source, **changes):
+    """A ``cls`` from the same-named attributes of ``source``: how a workload goes from one hop to the next."""
+    kw = {f.name: getattr(source, f.name) for f in fields(cls) if f.init and hasattr(source, f.name)}
+    return cls(**{**kw, **changes})
+
+
+def csv_columns(cls=None, _get=lambda r: r):
+    """``[(column, value of a result)]`` of every field declared with ``csv``, in declaration order."""
+    out = []
+    for f in fields(cls or LoadResult):
+        spec, read = f.metadata.get("csv"), f.metadata.get("read")
+        get = (lambda g, n: lambda r: _attr(g(r), n))(_get, f.name)
+        if isinstance(spec, str):
+            out.append((spec, get))
+        elif isinstance(spec, dict):
+            out += [(col, (lambda g, of: lambda r: _apply(g(r), of))(get, of)) for col, of in spec.items()]
+        elif isinstance(read, type) and issubclass(read, Part):
+            out += csv_columns(read, get)
+    return out
+
+
+def _attr(obj, name):
+    return None if obj is None else getattr(obj, name)
+
+
+def _apply(v, of):
+    return None if v is None else (getattr(v, of) if isinstance(of, str) else of(v))
 
 
 # --- the identity of a cell ------------------------------------------------------------------
@@ -196,6 +286,19 @@ class Cell:
     transport: str = "tcp"
     #: server processes (``sockbench serve --workers``); a 1-worker cell's id has no suffix
     workers: int = 1
+    #: the interpreter the server ran under (``sockbench run --python``: "3.12"); "" for sockbench's own
+    python: str = ""
+    #: over TLS (``sockbench serve --tls``); a plain cell's id has no suffix
+    tls: bool = False
+    #: connect mode over TLS: each connection resumes its slot's previous session (``--tls-resumption on``)
+    resumed: bool = False
+
+    def __post_init__(self):
+        if self.python is None:  # copied from a workload that names none
+            object.__setattr__(self, "python", "")
+        # copied from a workload: its TLS setting (or None) says whether the cell is over TLS
+        object.__setattr__(self, "tls", bool(self.tls))
+        object.__setattr__(self, "resumed", bool(self.resumed) and self.tls)
 
     def _parts(self, wording):
         """The optional parts this cell shows, in one of ``_CELL_PARTS``' wordings (``id``, ``describe``, ``title``)."""
@@ -246,6 +349,9 @@ _CELL_PARTS = (
     _CellPart(lambda c: c.protocol != "raw", "-{c.protocol}", "{c.protocol}", "{c.protocol} protocol"),
     _CellPart(lambda c: c.transport != "tcp", "-{c.transport}", "{c.transport}", "over {c.transport}"),
     _CellPart(lambda c: c.workers != 1, "-w{c.workers}", "{c.workers} workers", "{c.workers} server processes"),
+    _CellPart(lambda c: bool(c.python), "-py{c.python}", "Python {c.python}", "under Python {c.python}"),
+    _CellPart(lambda c: c.tls and not c.resumed, "-tls", "TLS", "over TLS"),
+    _CellPart(lambda c: c.tls and c.resumed, "-tls-resumed", "TLS resumed", "over TLS, sessions resumed"),
 )
 
 
@@ -253,130 +359,111 @@ _CELL_PARTS = (
 
 
 @dataclass(frozen=True)
-class Workload:
-    """What was asked for: ``size`` is the payload size in every protocol; ``rate`` is open loop's total msgs/s."""
+class TlsSetting(Part):
+    """The TLS a load asked for (``sockbench load --tls``): the version both ends were pinned to, the cipher
+    (None: OpenSSL's choice) and whether connect mode's connections resumed sessions."""
 
-    mode: str
-    protocol: str = "raw"
-    conns: int = 1
-    #: tcp, tcp6, unix or udp (sockbench/endpoints.py); results without one were tcp
-    transport: str = "tcp"
-    size: int = 0
-    depth: int = 1
-    rate: float | None = None
-    duration_s: float | None = None
-    warmup_s: float | None = None
-    procs: int | None = None
-    interval_s: float | None = None
-    timeout_s: float | None = None
-    server_cpus: list | None = None
-    client_cpus: list | None = None
-    #: server processes (``--workers``); results without it had one
-    workers: int = 1
+    _malformed = "a malformed workload.tls"
 
-    def to_json(self):
-        return {
-            "mode": self.mode,
-            "protocol": self.protocol,
-            "transport": self.transport,
-            "conns": self.conns,
-            "size": self.size,
-            "depth": self.depth,
-            "rate": self.rate,
-            "duration_s": self.duration_s,
-            "warmup_s": self.warmup_s,
-            "procs": self.procs,
-            "interval_s": self.interval_s,
-            "timeout_s": self.timeout_s,
-            "server_cpus": _list(self.server_cpus),
-            "client_cpus": _list(self.client_cpus),
-            "workers": self.workers,
-        }
-
-    @classmethod
-    def from_json(cls, d, source="the result"):
-        try:
-            return cls(
-                mode=str(d["mode"]),
-                protocol=_protocol(d.get("protocol")),
-                transport=_transport(d.get("transport")),
-                conns=int(d["conns"]),
-                size=int(d["size"]),
-                depth=int(d.get("depth") or 1),
-                rate=d.get("rate"),
-                duration_s=d.get("duration_s"),
-                warmup_s=d.get("warmup_s"),
-                procs=d.get("procs"),
-                interval_s=d.get("interval_s"),
-                timeout_s=d.get("timeout_s"),
-                server_cpus=_list(d.get("server_cpus")),
-                client_cpus=_list(d.get("client_cpus")),
-                workers=int(d.get("workers") or 1),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise SchemaError(f"{source} has a malformed workload ({e!r}); it is not a sockbench result") from None
+    version: str = fld(required=True, read=str)
+    cipher: str | None = fld()
+    resumption: bool = fld(False, read=bool)
 
 
 @dataclass(frozen=True)
-class Target:
-    """The address the load connected to (the harness-started server's, or ``--target``'s); ``path`` for unix."""
+class TlsPart(Part):
+    """What a TLS load's handshakes negotiated, and in connect mode how many completed.
 
-    host: str | None
-    port: int | None
-    path: str | None = None
-
-    def to_json(self):
-        if self.path is not None:
-            return {"path": self.path}
-        return {"host": self.host, "port": self.port}
-
-    @classmethod
-    def from_json(cls, d, source="the result"):
-        return cls(host=d.get("host"), port=d.get("port"), path=d.get("path"))
-
-
-@dataclass(frozen=True)
-class Throughput:
-    """Per second of the measured window; bytes are payload bytes (``wire_bytes_per_s`` adds the framing).
-
-    ``target_rate``, ``achieved_rate``, ``pacing_error`` and ``behind`` exist in open loop only,
-    ``conns_per_s`` in connect mode only; ``measured_s`` only when the rates are over less than the
-    workload's ``duration_s`` (the server exited inside the window); ``None`` leaves them out of the JSON.
+    ``version``, ``cipher`` and ``group`` (the key exchange) as OpenSSL names
+    them.  Connect mode: ``handshakes`` completed in the window (each cycle is
+    one), ``resumed`` of them (the server took the session offered),
+    ``handshakes_per_s`` over the window; ``None`` in closed and open loop,
+    whose connections shook hands before the window.  ``handshake_errors``
+    counts the handshakes that failed, ``handshake_error`` the first one's
+    reason in OpenSSL's words.
     """
 
-    msgs_per_s: float
-    bytes_per_s: float | None = None
-    wire_bytes_per_s: float | None = None
-    target_rate: float | None = None
-    achieved_rate: float | None = None
-    pacing_error: float | None = None
-    behind: bool | None = None
-    conns_per_s: float | None = None
-    measured_s: float | None = None
+    version: str | None = fld()
+    cipher: str | None = fld()
+    group: str | None = fld()
+    handshakes: int | None = fld()
+    resumed: int | None = fld()
+    handshakes_per_s: float | None = fld()
+    handshake_errors: int = fld(0, read=int)
+    handshake_error: str | None = fld()
+
+    @property
+    def resumed_share(self):
+        return self.resumed / self.handshakes if self.handshakes else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Workload(Part):
+    """What was asked for: ``size`` is the payload size in every protocol; ``rate`` is open loop's total msgs/s.
+
+    The same names as ``LoadSpec``'s and ``Cell``'s, so each is made from the other by ``copy_fields``.
+    """
+
+    _malformed = "a malformed workload"
+
+    mode: str = fld(required=True, read=str)
+    protocol: str = fld("raw", read=_protocol)
+    #: tcp, tcp6, unix or udp (sockbench/endpoints.py); results without one were tcp
+    transport: str = fld("tcp", read=_transport)
+    conns: int = fld(required=True, read=int)
+    size: int = fld(required=True, read=int)
+    depth: int = fld(1, read=_int_or(1))
+    rate: float | None = fld()
+    duration_s: float | None = fld()
+    warmup_s: float | None = fld()
+    procs: int | None = fld()
+    interval_s: float | None = fld()
+    timeout_s: float | None = fld()
+    server_cpus: list | None = fld(read=list)
+    client_cpus: list | None = fld(read=list)
+    #: server processes (``--workers``); results without it had one
+    workers: int = fld(1, read=_int_or(1))
+    #: the interpreter label asked for (``--python``: "3.12"); None: sockbench's own (and every older result)
+    python: str | None = fld(omit=True, since=3, read=lambda v: str(v) or None)
+    #: the TLS asked for (``--tls``), or None: plain, as every result without it
+    tls: "TlsSetting | None" = _part(TlsSetting, omit=True, since=3)
+
+
+@dataclass(frozen=True)
+class Target(Part):
+    """The address the load connected to (the harness-started server's, or ``--target``'s); ``path`` for unix;
+    ``command``: a ``--command`` server's command line as given."""
+
+    host: str | None = fld()
+    port: int | None = fld()
+    path: str | None = fld()
+    command: str | None = fld(omit=True, since=3)
 
     def to_json(self):
-        out = {"msgs_per_s": self.msgs_per_s, "bytes_per_s": self.bytes_per_s, "wire_bytes_per_s": self.wire_bytes_per_s}
-        _put(out, "target_rate", self.target_rate)
-        _put(out, "achieved_rate", self.achieved_rate)
-        _put(out, "pacing_error", self.pacing_error)
-        _put(out, "behind", self.behind)
-        _put(out, "conns_per_s", self.conns_per_s)
-        _put(out, "measured_s", self.measured_s)
+        out = {"path": self.path} if self.path is not None else {"host": self.host, "port": self.port}
+        if self.command is not None:
+            out["command"] = self.command
         return out
 
-    @classmethod
-    def from_json(cls, d, source="the result"):
-        return cls(
-            msgs_per_s=d.get("msgs_per_s"),
-            bytes_per_s=d.get("bytes_per_s"),
-            wire_bytes_per_s=d.get("wire_bytes_per_s"),
-            target_rate=d.get("target_rate"),
-            achieved_rate=d.get("achieved_rate"),
-            pacing_error=d.get("pacing_error"),
-            behind=d.get("behind"),
-            conns_per_s=d.get("conns_per_s"),
-            measured_s=d.get("measured_s"),
-        )
+
+@dataclass(frozen=True)
+class Throughput(Part):
+    """Per second of the measured window; bytes are payload bytes (``wire_bytes_per_s`` adds the framing).
+
+    ``target_rate`` .. ``behind`` exist in open loop only, ``conns_per_s`` in connect mode only;
+    ``measured_s`` only when the rates are over less than the workload's ``duration_s`` (the server
+    exited inside the window, or a stop signal cut it short).
+    """
+
+    msgs_per_s: float | None = fld(csv="msgs_per_s")
+    bytes_per_s: float | None = fld(csv={"mb_per_s": lambda v: v / 1e6})
+    wire_bytes_per_s: float | None = fld()
+    target_rate: float | None = fld(omit=True, csv="target_rate")
+    achieved_rate: float | None = fld(omit=True)
+    pacing_error: float | None = fld(omit=True)
+    behind: bool | None = fld(omit=True)
+    conns_per_s: float | None = fld(omit=True)
+    measured_s: float | None = fld(omit=True, since=2)
 
     @property
     def achieved(self):
@@ -385,22 +472,22 @@ class Throughput:
 
 
 @dataclass(frozen=True)
-class Latency:
+class Latency(Part):
     """A latency summary in microseconds: percentiles of the HDR histogram, its max, the exact mean.
 
     Every figure is ``None`` when nothing was recorded (``count`` 0).
     """
 
-    count: int = 0
-    p50: float | None = None
-    p90: float | None = None
-    p99: float | None = None
-    p999: float | None = None
-    max: float | None = None
-    mean: float | None = None
-    #: the far tail of the spectrum (in ``to_json`` only: the summaries keep the figures above)
-    p9999: float | None = None
-    p99999: float | None = None
+    count: int | None = fld()
+    p50: float | None = fld()
+    p90: float | None = fld()
+    p99: float | None = fld()
+    p999: float | None = fld()
+    max: float | None = fld()
+    mean: float | None = fld()
+    #: the far tail (in ``to_json`` only: the summaries keep the figures above)
+    p9999: float | None = fld(omit=True, since=2)
+    p99999: float | None = fld(omit=True, since=2)
 
     #: (field, percentile) of the summary's percentiles, in order
     PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9), ("p9999", 99.99), ("p99999", 99.999))
@@ -408,20 +495,6 @@ class Latency:
     def figures(self):
         """``{p50, p90, p99, p999, max, mean}``: the summary without its count."""
         return {"p50": self.p50, "p90": self.p90, "p99": self.p99, "p999": self.p999, "max": self.max, "mean": self.mean}
-
-    def to_json(self):
-        out = {"count": self.count, **self.figures()}
-        # the far tail: absent from files written before it was computed, so those round-trip unchanged
-        for name in ("p9999", "p99999"):
-            if getattr(self, name) is not None:
-                out[name] = getattr(self, name)
-        return out
-
-    @classmethod
-    def from_json(cls, d, source="the result"):
-        return cls(count=d.get("count"), p50=d.get("p50"), p90=d.get("p90"), p99=d.get("p99"),
-                   p999=d.get("p999"), max=d.get("max"), mean=d.get("mean"), p9999=d.get("p9999"),
-                   p99999=d.get("p99999"))
 
 
 @dataclass(frozen=True)
@@ -436,21 +509,11 @@ class MergedLatency(Latency):
 
 
 @dataclass(frozen=True)
-class Errors:
+class Errors(Part):
     """The error counts of a run: ``total`` and ``by_kind`` (``ERROR_KINDS`` -> count)."""
 
-    total: int = 0
-    by_kind: dict = field(default_factory=dict)
-
-    def to_json(self):
-        return {"total": self.total, "by_kind": dict(self.by_kind)}
-
-    @classmethod
-    def from_json(cls, d, source="the result"):
-        by_kind = d.get("by_kind") or {}
-        if not isinstance(by_kind, dict):
-            raise SchemaError(f"{source} is corrupt: errors.by_kind is not an object")
-        return cls(total=d.get("total", 0), by_kind=dict(by_kind))
+    total: int = fld(0)
+    by_kind: dict = fld(factory=dict, read=_object("errors.by_kind"))
 
     @classmethod
     def of(cls, counts):
@@ -463,18 +526,11 @@ class Errors:
 
 
 @dataclass(frozen=True)
-class CpuPerMsg:
+class CpuPerMsg(Part):
     """CPU time per message in microseconds, split as the kernel splits it (netperf's service demand)."""
 
-    user: float | None = None
-    sys: float | None = None
-
-    def to_json(self):
-        return {"user": self.user, "sys": self.sys}
-
-    @classmethod
-    def from_json(cls, d, source="the result"):
-        return cls(user=d.get("user"), sys=d.get("sys"))
+    user: float | None = fld()
+    sys: float | None = fld()
 
     @classmethod
     def of(cls, user_s, sys_s, msgs):
@@ -490,7 +546,7 @@ class CpuPerMsg:
 
 
 @dataclass(frozen=True)
-class ServerProc:
+class ServerProc(Part):
     """The server's CPU and memory over the measured window.
 
     ``cpu_source`` ("schedstat" or "ticks") exists once the CPU was read;
@@ -498,96 +554,69 @@ class ServerProc:
     ``exit_status`` when that server exited during the run.
     """
 
-    pid: int | None = None
-    user_s: float | None = None
-    sys_s: float | None = None
-    rss_peak_bytes: int | None = None
-    us_per_msg: CpuPerMsg = field(default_factory=CpuPerMsg)
-    cpu_source: str | None = None
-    cpus: list | None = None
-    cpu_util: float | None = None
-    exit_status: int | None = None
+    pid: int | None = fld()
+    user_s: float | None = fld()
+    sys_s: float | None = fld()
+    rss_peak_bytes: int | None = fld(csv="server_rss_peak_bytes")
+    us_per_msg: CpuPerMsg = _part(CpuPerMsg, default=CpuPerMsg, csv={
+        "server_cpu_us_per_msg": "total", "server_user_us_per_msg": "user", "server_sys_us_per_msg": "sys"})
+    cpu_source: str | None = fld(omit=True)
+    cpus: list | None = fld(read=list)
+    cpu_util: float | None = fld()
+    exit_status: int | None = fld(omit=True, since=2)
+    #: the interpreter a Python server ran under ("CPython 3.12.1"); None for a --command or a running target
+    python: str | None = fld(omit=True, since=3)
+    #: how many processes served (a --command's process tree, a forking server's children included)
+    processes: int | None = fld(omit=True, since=3)
 
     def to_json(self):
-        out = {"pid": self.pid, "user_s": self.user_s, "sys_s": self.sys_s, "rss_peak_bytes": self.rss_peak_bytes,
-               "us_per_msg": self.us_per_msg.to_json()}
-        _put(out, "cpu_source", self.cpu_source)
-        if self.cpus is not None or self.cpu_util is not None:
-            out["cpus"] = _list(self.cpus)
-            out["cpu_util"] = self.cpu_util
-        _put(out, "exit_status", self.exit_status)
+        out = super().to_json()
+        if self.cpus is None and self.cpu_util is None:  # a server the harness did not start
+            del out["cpus"], out["cpu_util"]
         return out
-
-    @classmethod
-    def from_json(cls, d, source="the result"):
-        return cls(
-            pid=d.get("pid"),
-            user_s=d.get("user_s"),
-            sys_s=d.get("sys_s"),
-            rss_peak_bytes=d.get("rss_peak_bytes"),
-            us_per_msg=CpuPerMsg.from_json(_obj(d, "us_per_msg", source, {}), source),
-            cpu_source=d.get("cpu_source"),
-            cpus=_list(d.get("cpus")),
-            cpu_util=d.get("cpu_util"),
-            exit_status=d.get("exit_status"),
-        )
 
 
 @dataclass(frozen=True)
-class Client:
-    """The load processes' own CPU over the window, and how they wrote.
+class Client(Part):
+    """The load processes' own CPU over the window, and what their loops counted.
 
     ``polling``: open loop with a CPU per load process, which is then always on
     its CPU; ``busy_util`` (its share outside idle passes) is its load then.
-    ``stalls``, ``stall_s``, ``longest_stall_s`` (polling only, else ``None``):
-    the gaps of ``CLIENT_STALL_S`` or more between two passes of a load loop in
-    the window, its CPU taken from it: how many, their total and the longest,
-    over every load process (summed, the longest the longest).
+    The fields declared with ``merge`` are counted by the load loop
+    (``ext/loadrun.pxd``'s result dict, under the same names), reach the
+    harness in each ``ProcResult`` and are merged over load processes and
+    hosts by their rule.  ``writes``, ``reads`` and ``waits`` count the whole
+    run's write/send, read/recv and epoll_wait calls (``waits``: a sleeping
+    loop's wake-ups, a polling loop's passes), ``msgs_queued`` the messages
+    handed to the writer over the same span.  ``stalls``,
+    ``stall_s``, ``longest_stall_s`` (a polling loop only): the gaps of
+    ``CLIENT_STALL_S`` or more between two passes in the window, its CPU taken
+    from it.
     """
 
-    cpu_util: float | None = None
-    polling: bool | None = None
-    busy_util: float | None = None
-    user_s: float | None = None
-    sys_s: float | None = None
-    cpus: list | None = None
-    us_per_msg: CpuPerMsg = field(default_factory=CpuPerMsg)
-    writes: int | None = None
-    reads: int | None = None
-    msgs_queued: int | None = None
-    msgs_per_write: float | None = None
-    stalls: int | None = None
-    stall_s: float | None = None
-    longest_stall_s: float | None = None
+    cpu_util: float | None = fld(csv="client_cpu_util")
+    polling: bool | None = fld()
+    busy_util: float | None = fld()
+    user_s: float | None = fld()
+    sys_s: float | None = fld()
+    cpus: list | None = fld(read=list)
+    us_per_msg: CpuPerMsg = _part(CpuPerMsg, default=CpuPerMsg)
+    writes: int | None = fld(merge="sum")
+    reads: int | None = fld(merge="sum")
+    msgs_queued: int | None = fld(merge="sum")
+    msgs_per_write: float | None = fld()
+    waits: int | None = fld(omit=True, since=3, merge="measured_sum", csv="client_waits")
+    stalls: int | None = fld(omit=True, since=2, merge="measured_sum", csv="client_stalls")
+    stall_s: float | None = fld(omit=True, since=2, merge="measured_sum", csv="client_stall_s")
+    longest_stall_s: float | None = fld(omit=True, since=2, merge="measured_max", csv="client_longest_stall_s")
     #: the load loop that measured the run: ``epoll`` or ``uring`` (``bench.load.spec.ENGINES``); None: a file
-    #: from before the choice existed, whose loop was epoll's
-    engine: str | None = None
+    #: from before the choice existed, whose loop was epoll's (``engine_name``)
+    engine: str | None = fld(omit=True, since=3, csv="client_engine")
 
     @property
     def load(self):
         """What decides client-bound: the busy share of a polling client, else its CPU utilisation."""
         return self.busy_util if self.polling else self.cpu_util
-
-    def to_json(self):
-        out = {
-            "cpu_util": self.cpu_util,
-            "polling": self.polling,
-            "busy_util": self.busy_util,
-            "user_s": self.user_s,
-            "sys_s": self.sys_s,
-            "cpus": _list(self.cpus),
-            "us_per_msg": self.us_per_msg.to_json(),
-            "writes": self.writes,
-            "reads": self.reads,
-            "msgs_queued": self.msgs_queued,
-            "msgs_per_write": self.msgs_per_write,
-        }
-        # a polling client's only: a result of any other client (and every earlier file) has no such keys
-        _put(out, "stalls", self.stalls)
-        _put(out, "stall_s", self.stall_s)
-        _put(out, "longest_stall_s", self.longest_stall_s)
-        _put(out, "engine", self.engine)
-        return out
 
     @property
     def engine_name(self):
@@ -595,136 +624,61 @@ class Client:
         return self.engine or "epoll"
 
     @classmethod
-    def from_json(cls, d, source="the result"):
-        return cls(
-            cpu_util=d.get("cpu_util"),
-            polling=d.get("polling"),
-            busy_util=d.get("busy_util"),
-            user_s=d.get("user_s"),
-            sys_s=d.get("sys_s"),
-            cpus=_list(d.get("cpus")),
-            us_per_msg=CpuPerMsg.from_json(_obj(d, "us_per_msg", source, {}), source),
-            writes=d.get("writes"),
-            reads=d.get("reads"),
-            msgs_queued=d.get("msgs_queued"),
-            msgs_per_write=d.get("msgs_per_write"),
-            stalls=d.get("stalls"),
-            stall_s=d.get("stall_s"),
-            longest_stall_s=d.get("longest_stall_s"),
-            engine=d.get("engine"),
-        )
+    def of(cls, parts, **figures):
+        """A client from the load loops' counts over ``parts`` (load processes, or hosts' clients) and the
+        ``figures`` the harness computes; ``msgs_per_write`` follows from the counts."""
+        counts = merge_fields(parts, cls)
+        writes, queued = counts.get("writes"), counts.get("msgs_queued")
+        return cls(**counts, msgs_per_write=queued / writes if writes and queued is not None else None, **figures)
 
 
 def merge_stalls(parts):
-    """The client stalls of ``parts`` as one client's: ``(stalls, stall_s, longest_stall_s)``.
-
-    ``parts`` are anything with those three attributes: a run's load
-    processes (``ProcResult``), a cluster's, or the rounds' ``Client``s of a
-    cell.  Counts and times are summed, the longest is the longest; the parts
-    that did not measure them (``None``: they did not poll) are left out, and
-    ``(None, None, None)`` when none did.
-    """
-    measured = [p for p in parts if p.stalls is not None]
-    if not measured:
-        return None, None, None
-    return (sum(p.stalls for p in measured), sum(p.stall_s or 0.0 for p in measured),
-            max(p.longest_stall_s or 0.0 for p in measured))
+    """``(stalls, stall_s, longest_stall_s)`` of ``parts`` merged as ``Client`` declares them."""
+    m = merge_fields(parts, Client)
+    return m["stalls"], m["stall_s"], m["longest_stall_s"]
 
 
 @dataclass(frozen=True)
-class Timeseries:
+class Timeseries(Part):
     """Completed messages per interval, warmup included (its first ``warmup_intervals``); ``sent`` in open loop."""
 
-    interval_s: float | None = None
-    msgs: list | None = None
-    warmup_intervals: int | None = None
-    longest_idle_s: float | None = None
-    sent: list | None = None
-
-    def to_json(self):
-        out = {"interval_s": self.interval_s, "msgs": _list(self.msgs), "warmup_intervals": self.warmup_intervals,
-               "longest_idle_s": self.longest_idle_s}
-        _put(out, "sent", _list(self.sent))
-        return out
-
-    @classmethod
-    def from_json(cls, d, source="the result"):
-        return cls(
-            interval_s=d.get("interval_s"),
-            msgs=_list(d.get("msgs")),
-            warmup_intervals=d.get("warmup_intervals"),
-            longest_idle_s=d.get("longest_idle_s"),
-            sent=_list(d.get("sent")),
-        )
+    interval_s: float | None = fld()
+    msgs: list | None = fld(read=list)
+    warmup_intervals: int | None = fld()
+    longest_idle_s: float | None = fld()
+    sent: list | None = fld(omit=True, read=list)
 
 
 @dataclass(frozen=True)
-class Machine:
-    """The machine and the code: the keys of ``sockbench.machine.machine_info()``."""
+class Machine(Part):
+    """The machine and the code: the keys of ``sockbench.machine.machine_info()``; ``old`` spellings of
+    older or foreign files fill a key that is missing or empty."""
 
-    cpu_model: str | None = None
-    cores: int | None = None
-    usable_cpus: list | None = None
-    kernel: str | None = None
-    os: str | None = None
-    python: str | None = None
-    python_impl: str | None = None
-    sockbench_version: str | None = None
-    git_commit: str | None = None
-    git_dirty: bool | None = None
-    hostname: str | None = None
+    cpu_model: str | None = fld(old=("cpu", "processor"))
+    cores: int | None = fld(old=("cpu_count", "cpus"))
+    usable_cpus: list | None = fld(read=list)
+    kernel: str | None = fld()
+    os: str | None = fld()
+    python: str | None = fld(old=("python_version",))
+    python_impl: str | None = fld()
+    sockbench_version: str | None = fld()
+    git_commit: str | None = fld(old=("commit",))
+    git_dirty: bool | None = fld()
+    hostname: str | None = fld(old=("node",))
     #: the CPUs the kernel keeps the scheduler off (``isolcpus=``), ``[]`` when none
-    isolcpus: list | None = None
+    isolcpus: list | None = fld(since=2, read=list)
     #: the CPUs without a periodic tick (``nohz_full=``), ``[]`` when none
-    nohz_full: list | None = None
+    nohz_full: list | None = fld(since=2, read=list)
     #: the cpufreq governor: one name when every CPU has the same, else ``{"cpu": name}``
-    governor: str | dict | None = None
+    governor: str | dict | None = fld(since=2)
     #: simultaneous multithreading active (``/sys/devices/system/cpu/smt/active``)
-    smt: bool | None = None
+    smt: bool | None = fld(since=2)
     #: address-space randomisation in pyperf's words ("Full randomization", ...)
-    aslr: str | None = None
+    aslr: str | None = fld(since=2)
     #: the 1, 5 and 15 minute load averages when the metadata was taken
-    loadavg: list | None = None
+    loadavg: list | None = fld(since=2, read=list)
     #: versions of what runs and built the code: uvloop, hdrhistogram, Cython and the C compiler of the extensions
-    versions: dict | None = None
-
-    def to_json(self):
-        return {
-            "cpu_model": self.cpu_model,
-            "cores": self.cores,
-            "usable_cpus": _list(self.usable_cpus),
-            "kernel": self.kernel,
-            "os": self.os,
-            "python": self.python,
-            "python_impl": self.python_impl,
-            "sockbench_version": self.sockbench_version,
-            "git_commit": self.git_commit,
-            "git_dirty": self.git_dirty,
-            "hostname": self.hostname,
-            "isolcpus": _list(self.isolcpus),
-            "nohz_full": _list(self.nohz_full),
-            "governor": dict(self.governor) if isinstance(self.governor, dict) else self.governor,
-            "smt": self.smt,
-            "aslr": self.aslr,
-            "loadavg": _list(self.loadavg),
-            # absent from files written before versions were recorded, so those round-trip unchanged
-            **({"versions": dict(self.versions)} if isinstance(self.versions, dict) else {}),
-        }
-
-    @classmethod
-    def from_json(cls, d, source="the result"):
-        """Read a machine dict.  Its own keys are taken as they are; a key spelled another way
-        (``cpu``, ``cpu_count``, ``node`` ...) fills its one spelling when that is missing or empty;
-        keys it does not know are dropped."""
-        names = cls.__dataclass_fields__
-        kw = {k: v for k, v in d.items() if k in names}
-        for alias, name in _MACHINE_ALIASES.items():
-            if kw.get(name) in (None, "") and d.get(alias) not in (None, ""):
-                kw[name] = d[alias]
-        for key in ("usable_cpus", "isolcpus", "nohz_full", "loadavg"):
-            if kw.get(key) is not None:
-                kw[key] = _list(kw[key])
-        return cls(**kw)
+    versions: dict | None = fld(since=2, omit=True)
 
     def line(self):
         """One short line that identifies the machine: ``host, CPU, N CPUs, OS kernel, Python X``."""
@@ -745,9 +699,9 @@ class Machine:
 
 
 @dataclass(frozen=True)
-class Interference:
-    """Work on the run's pinned CPUs that was neither the server's nor the load processes' (the harness's
-    ``bench/load/interference.py`` says how it is measured).
+class Interference(Part):
+    """Work on the run's pinned CPUs that was neither the server's nor the load processes'
+    (``bench/load/interference.py`` says how it is measured).
 
     ``*_foreign`` and ``*_steal``: that side's foreign (or hypervisor-stolen)
     CPU time over the window as a share of its pinned CPUs, 0..1, the mean
@@ -756,33 +710,12 @@ class Interference:
     time reached ``DISTURBED_SHARE`` of one pinned CPU.
     """
 
-    server_foreign: float | None = None
-    client_foreign: float | None = None
-    server_steal: float | None = None
-    client_steal: float | None = None
-    loadavg_1m: float | None = None
-    disturbed: bool = False
-
-    def to_json(self):
-        return {
-            "server_foreign": self.server_foreign,
-            "client_foreign": self.client_foreign,
-            "server_steal": self.server_steal,
-            "client_steal": self.client_steal,
-            "loadavg_1m": self.loadavg_1m,
-            "disturbed": self.disturbed,
-        }
-
-    @classmethod
-    def from_json(cls, d, source="the result"):
-        return cls(
-            server_foreign=d.get("server_foreign"),
-            client_foreign=d.get("client_foreign"),
-            server_steal=d.get("server_steal"),
-            client_steal=d.get("client_steal"),
-            loadavg_1m=d.get("loadavg_1m"),
-            disturbed=bool(d.get("disturbed", False)),
-        )
+    server_foreign: float | None = fld(since=2)
+    client_foreign: float | None = fld(since=2)
+    server_steal: float | None = fld(since=2)
+    client_steal: float | None = fld(since=2)
+    loadavg_1m: float | None = fld(since=2)
+    disturbed: bool = fld(False, since=2, read=bool)
 
 
 def jain_index(counts):
@@ -798,7 +731,7 @@ def jain_index(counts):
 
 
 @dataclass(frozen=True)
-class Fairness:
+class Fairness(Part):
     """How the window's completed messages were spread over the connections.
 
     ``min``, ``median`` and ``max`` are messages completed per connection in
@@ -809,12 +742,12 @@ class Fairness:
     starved).
     """
 
-    conns: int
-    min: int
-    median: float
-    max: int
-    jain: float | None
-    starved: int
+    conns: int = fld(required=True, since=2, read=int)
+    min: int = fld(required=True, since=2, read=int)
+    median: float = fld(required=True, since=2, read=float)
+    max: int = fld(required=True, since=2, read=int)
+    jain: float | None = fld(nodefault=True, since=2)
+    starved: int = fld(required=True, since=2, read=int)
 
     @classmethod
     def of(cls, counts, starved=None):
@@ -829,21 +762,9 @@ class Fairness:
         return cls(conns=len(counts), min=min(counts), median=float(statistics.median(counts)), max=max(counts),
                    jain=jain_index(counts), starved=int(starved))
 
-    def to_json(self):
-        return {"conns": self.conns, "min": self.min, "median": self.median, "max": self.max, "jain": self.jain,
-                "starved": self.starved}
-
-    @classmethod
-    def from_json(cls, d, source="the result"):
-        try:
-            return cls(conns=int(d["conns"]), min=int(d["min"]), median=float(d["median"]), max=int(d["max"]),
-                       jain=d.get("jain"), starved=int(d["starved"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise SchemaError(f"{source} has a malformed fairness ({e!r}); it is not a sockbench result") from None
-
 
 @dataclass(frozen=True)
-class Datagrams:
+class Datagrams(Part):
     """A UDP run's datagram accounting, as sockperf counts it (absent from a stream result).
 
     ``sent`` is the datagrams sent inside the measured window; each of them
@@ -857,13 +778,15 @@ class Datagrams:
     invalid.
     """
 
-    sent: int
-    received: int
-    lost: int
-    duplicates: int = 0
-    out_of_order: int = 0
-    corrupt: int = 0
-    late: int = 0
+    _malformed = "malformed datagrams"
+
+    sent: int = fld(required=True, since=2, read=int)
+    received: int = fld(required=True, since=2, read=int)
+    lost: int = fld(required=True, since=2, read=int)
+    duplicates: int = fld(0, since=2, read=_int_or(0))
+    out_of_order: int = fld(0, since=2, read=_int_or(0))
+    corrupt: int = fld(0, since=2, read=_int_or(0))
+    late: int = fld(0, since=2, read=_int_or(0))
 
     @property
     def loss_share(self):
@@ -873,68 +796,41 @@ class Datagrams:
     def of(cls, counts):
         """From a load loop's ``datagrams`` dicts (one per load process), added up."""
         counts = list(counts)
-        total = {k: sum(int(c.get(k, 0)) for c in counts) for k in
-                 ("sent", "received", "lost", "duplicates", "out_of_order", "corrupt", "late")}
-        return cls(**total)
+        return cls(**{f.name: sum(int(c.get(f.name, 0)) for c in counts) for f in fields(cls)})
 
     def to_json(self):
-        return {"sent": self.sent, "received": self.received, "lost": self.lost, "duplicates": self.duplicates,
-                "out_of_order": self.out_of_order, "corrupt": self.corrupt, "late": self.late,
-                "loss_share": self.loss_share}
-
-    @classmethod
-    def from_json(cls, d, source="the result"):
-        try:
-            return cls(sent=int(d["sent"]), received=int(d["received"]), lost=int(d["lost"]),
-                       duplicates=int(d.get("duplicates") or 0), out_of_order=int(d.get("out_of_order") or 0),
-                       corrupt=int(d.get("corrupt") or 0), late=int(d.get("late") or 0))
-        except (KeyError, TypeError, ValueError) as e:
-            raise SchemaError(f"{source} has malformed datagrams ({e!r}); it is not a sockbench result") from None
+        return {**super().to_json(), "loss_share": self.loss_share}
 
 
 @dataclass(frozen=True)
-class WorkerCpu:
+class WorkerCpu(Part):
     """The Dask worker's own CPU on a load host (``sockbench cluster-worker``) over the load's window.
 
     ``span_s`` is the time it was measured over (from just before the window to
     the last load process's answer); ``util`` the share of one CPU.
     """
 
-    user_s: float | None = None
-    sys_s: float | None = None
-    span_s: float | None = None
-    util: float | None = None
-
-    def to_json(self):
-        return {"user_s": self.user_s, "sys_s": self.sys_s, "span_s": self.span_s, "util": self.util}
-
-    @classmethod
-    def from_json(cls, d, source="the result"):
-        return cls(user_s=d.get("user_s"), sys_s=d.get("sys_s"), span_s=d.get("span_s"), util=d.get("util"))
+    user_s: float | None = fld(since=2)
+    sys_s: float | None = fld(since=2)
+    span_s: float | None = fld(since=2)
+    util: float | None = fld(since=2)
 
 
 @dataclass(frozen=True)
-class ClockOffset:
+class ClockOffset(Part):
     """A load host's wall clock against the coordinator's, by sockbench's NTP-style exchange.
 
     ``offset_s`` is host minus coordinator, known within ``± delay_s / 2``;
     ``too_large``: off by more than ``CLOCK_OFFSET_SHARE`` of the window (a warning).
     """
 
-    offset_s: float | None = None
-    delay_s: float | None = None
-    too_large: bool = False
-
-    def to_json(self):
-        return {"offset_s": self.offset_s, "delay_s": self.delay_s, "too_large": self.too_large}
-
-    @classmethod
-    def from_json(cls, d, source="the result"):
-        return cls(offset_s=d.get("offset_s"), delay_s=d.get("delay_s"), too_large=bool(d.get("too_large", False)))
+    offset_s: float | None = fld(since=2)
+    delay_s: float | None = fld(since=2)
+    too_large: bool = fld(False, since=2, read=bool)
 
 
 @dataclass(frozen=True)
-class HostPart:
+class HostPart(Part):
     """One load host's share of a load from several hosts (``--cluster``); the result's totals merge them.
 
     ``name`` is the Dask worker's name, ``address`` its address; the figures are
@@ -944,223 +840,139 @@ class HostPart:
     A host that died or failed keeps its name and reason with empty figures.
     """
 
-    name: str
-    address: str | None = None
-    conns: int | None = None
-    procs: int | None = None
-    valid: bool = False
-    invalid_reason: str | None = None
-    throughput: Throughput | None = None
-    latency_us: Latency | None = None
-    errors: Errors = field(default_factory=Errors)
-    client: Client = field(default_factory=Client)
-    client_bound: bool = False
-    interference: Interference | None = None
-    worker_cpu: WorkerCpu = field(default_factory=WorkerCpu)
-    clock: ClockOffset = field(default_factory=ClockOffset)
-    start_late_s: float | None = None
-    machine: Machine | None = None
+    _malformed = "a malformed hosts entry"
 
-    def to_json(self):
-        return {
-            "name": self.name,
-            "address": self.address,
-            "conns": self.conns,
-            "procs": self.procs,
-            "valid": self.valid,
-            "invalid_reason": self.invalid_reason,
-            "throughput": self.throughput.to_json() if self.throughput is not None else None,
-            "latency_us": self.latency_us.to_json() if self.latency_us is not None else None,
-            "errors": self.errors.to_json(),
-            "client": self.client.to_json(),
-            "client_bound": self.client_bound,
-            "interference": self.interference.to_json() if self.interference is not None else None,
-            "worker_cpu": self.worker_cpu.to_json(),
-            "clock": self.clock.to_json(),
-            "start_late_s": self.start_late_s,
-            "machine": self.machine.to_json() if self.machine is not None else None,
-        }
+    name: str = fld(required=True, since=2, read=str)
+    address: str | None = fld(since=2)
+    conns: int | None = fld(since=2)
+    procs: int | None = fld(since=2)
+    valid: bool = fld(False, since=2, read=bool)
+    invalid_reason: str | None = fld(since=2)
+    throughput: Throughput | None = _part(Throughput, since=2)
+    latency_us: Latency | None = _part(Latency, since=2)
+    errors: Errors = _part(Errors, default=Errors, since=2)
+    client: Client = _part(Client, default=Client, since=2)
+    client_bound: bool = fld(False, since=2, read=bool)
+    interference: Interference | None = _part(Interference, since=2)
+    worker_cpu: WorkerCpu = _part(WorkerCpu, default=WorkerCpu, since=2)
+    clock: ClockOffset = _part(ClockOffset, default=ClockOffset, since=2)
+    start_late_s: float | None = fld(since=2)
+    machine: Machine | None = _part(Machine, since=2)
 
     @classmethod
     def from_json(cls, d, source="the result"):
         if not isinstance(d, dict) or not d.get("name"):
             raise SchemaError(f"{source} has a malformed hosts entry; it is not a sockbench result")
-        tp, lat = _obj(d, "throughput", source), _obj(d, "latency_us", source)
-        interference, machine = _obj(d, "interference", source), _obj(d, "machine", source)
-        return cls(
-            name=str(d["name"]),
-            address=d.get("address"),
-            conns=d.get("conns"),
-            procs=d.get("procs"),
-            valid=bool(d.get("valid", False)),
-            invalid_reason=d.get("invalid_reason"),
-            throughput=Throughput.from_json(tp, source) if tp is not None else None,
-            latency_us=Latency.from_json(lat, source) if lat is not None else None,
-            errors=Errors.from_json(_obj(d, "errors", source, {}), source),
-            client=Client.from_json(_obj(d, "client", source, {}), source),
-            client_bound=bool(d.get("client_bound", False)),
-            interference=Interference.from_json(interference, source) if interference is not None else None,
-            worker_cpu=WorkerCpu.from_json(_obj(d, "worker_cpu", source, {}), source),
-            clock=ClockOffset.from_json(_obj(d, "clock", source, {}), source),
-            start_late_s=d.get("start_late_s"),
-            machine=Machine.from_json(machine, source) if machine is not None else None,
-        )
+        return super().from_json(d, source)
 
 
 @dataclass(frozen=True)
-class CellContext:
+class CellContext(Part):
     """What the suite attaches to a result: the cell it is a round of, and where that round stands.
 
     ``index`` is the cell's place in the plan (the report's run order),
     ``peak_msgs_per_s`` the closed-loop peak an open-loop cell's rate was set from.
     """
 
-    server: str
-    mode: str
-    size: int
-    conns: int
-    depth: int = 1
-    load_pct: int = 0
-    protocol: str = "raw"
-    workload_id: str | None = None
-    transport: str = "tcp"
-    workers: int = 1
-    round: int = 0
-    rounds: int | None = None
-    index: int | None = None
-    peak_msgs_per_s: float | None = None
+    _malformed = "a malformed workload"
+
+    server: str = fld(required=True, read=str)
+    mode: str = fld(required=True, read=str)
+    size: int = fld(required=True, read=int)
+    conns: int = fld(required=True, read=int)
+    depth: int = fld(1, read=_int_or(1))
+    load_pct: int = fld(0, read=_int_or(0))
+    protocol: str = fld("raw", read=_protocol)
+    transport: str = fld("tcp", read=_transport)
+    workers: int = fld(1, read=_int_or(1))
+    workload_id: str | None = fld()
+    round: int = fld(0, read=int)
+    rounds: int | None = fld()
+    index: int | None = fld()
+    peak_msgs_per_s: float | None = fld()
+    #: the server's interpreter (``--python``), as the cell's; "" (and absent from the JSON) for sockbench's own
+    python: str = fld("", since=3, read=lambda v: str(v or ""))
+    #: over TLS, and (connect mode) resuming sessions, as the cell's; absent from a plain cell's JSON
+    tls: bool = fld(False, since=3, read=bool)
+    resumed: bool = fld(False, since=3, read=bool)
+
+    def to_json(self):
+        out = super().to_json()
+        if not self.python:
+            del out["python"]
+        if not self.tls:  # as every cell written before TLS
+            del out["tls"], out["resumed"]
+        return out
 
     @classmethod
     def of(cls, cell, round_no, rounds, index, peak=None):
-        return cls(server=cell.server, mode=cell.mode, size=cell.size, conns=cell.conns, depth=cell.depth,
-                   load_pct=cell.load_pct, protocol=cell.protocol, workload_id=cell.workload_id,
-                   transport=cell.transport, workers=cell.workers, round=round_no, rounds=rounds, index=index, peak_msgs_per_s=peak)
+        return copy_fields(cls, cell, workload_id=cell.workload_id, round=round_no, rounds=rounds, index=index,
+                           peak_msgs_per_s=peak)
 
     @property
     def cell(self):
-        return Cell(self.server, self.mode, self.size, self.conns, self.depth, self.load_pct, self.protocol,
-                    self.transport, self.workers)
-
-    def to_json(self):
-        return {
-            "server": self.server, "mode": self.mode, "size": self.size, "conns": self.conns,
-            "depth": self.depth, "load_pct": self.load_pct, "protocol": self.protocol, "transport": self.transport,
-            "workers": self.workers, "workload_id": self.workload_id, "round": self.round, "rounds": self.rounds, "index": self.index,
-            "peak_msgs_per_s": self.peak_msgs_per_s,
-        }
+        return copy_fields(Cell, self)
 
     @classmethod
-    def from_json(cls, d, workload, source="the result"):
+    def from_json(cls, d, workload=None, source="the result"):
         """Read the suite's ``cell``; what it lacks comes from the result's ``workload``."""
-        try:
-            return cls(
-                server=str(d["server"]),
-                mode=str(d.get("mode", workload.mode)),
-                size=int(d.get("size", workload.size)),
-                conns=int(d.get("conns", workload.conns)),
-                depth=int(d.get("depth", workload.depth) or 1),
-                load_pct=int(d.get("load_pct", 0) or 0),
-                protocol=_protocol(d.get("protocol", workload.protocol)),
-                workload_id=d.get("workload_id"),
-                transport=_transport(d.get("transport", workload.transport)),
-                workers=int(d.get("workers", workload.workers) or 1),
-                round=int(d.get("round", 0)),
-                rounds=d.get("rounds"),
-                index=d.get("index"),
-                peak_msgs_per_s=d.get("peak_msgs_per_s"),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise SchemaError(f"{source} has a malformed workload ({e!r}); it is not a sockbench result") from None
+        known = Workload.to_json(workload) if workload is not None else {}
+        return super().from_json({**known, **{k: v for k, v in d.items() if v is not None}}, source)
 
 
 # --- the result ---------------------------------------------------------------------------------
 
 
-def _hosts(v, source):
-    """A result's ``hosts`` list (None: a load from one machine)."""
-    if v is None:
-        return None
-    if not isinstance(v, list):
-        raise SchemaError(f"{source} is corrupt: hosts is not a list")
-    return [HostPart.from_json(h, source) for h in v]
-
-
-@dataclass(frozen=True)
-class LoadResult:
-    """One load run, as ``run_load`` returns it and ``raw/*.json`` holds it.
+@dataclass(frozen=True, kw_only=True)
+class LoadResult(Part):
+    """One load run, as ``run_load`` returns it and ``raw/*.json`` holds it (fields in the JSON's order).
 
     ``service_us`` (open loop: from the actual send, wrk2's uncorrected
-    figure) and ``cycle_us`` (connect mode: connect + echo + close) are None
-    where they do not apply; ``hdr`` and ``hdr_service`` are HdrHistogram's
-    base64 encodings, in ``hdr_unit`` (nanoseconds).  ``cell`` is the suite's
-    context, None for a run made outside the suite.  ``interference`` and
+    figure) and ``cycle_us`` (connect mode: connect + echo + close) exist
+    where they apply; ``hdr`` and ``hdr_service`` are HdrHistogram's base64
+    encodings, in ``hdr_unit`` (nanoseconds).  ``cell`` is the suite's
+    context, absent for a run made outside the suite.  ``interference`` and
     ``fairness`` are None where they were not measured (a version-1 file;
-    fairness in connect mode, where a connection carries one message).
-    ``datagrams`` is a UDP run's loss accounting, None (and absent from the
-    JSON) for a stream transport.
+    fairness in connect mode).  ``datagrams`` is a UDP run's loss accounting,
+    ``hosts`` a load from several hosts' parts (the totals merge them).
     """
 
-    server: str
-    workload: Workload
-    throughput: Throughput
-    latency_us: Latency
-    errors: Errors
-    valid: bool
-    target: Target | None = None
-    service_us: Latency | None = None
-    cycle_us: Latency | None = None
-    invalid_reason: str | None = None
-    client_bound: bool = False
-    limited_by: str | None = None
-    server_proc: ServerProc = field(default_factory=ServerProc)
-    client: Client = field(default_factory=Client)
-    timeseries: Timeseries = field(default_factory=Timeseries)
-    hdr: str | None = None
-    hdr_unit: str = "ns"
-    hdr_service: str | None = None
-    machine: Machine | None = None
-    started_at: str | None = None
-    cell: CellContext | None = None
-    interference: Interference | None = None
-    fairness: Fairness | None = None
-    #: a load from several hosts: each host's part (None for a load from this machine alone)
-    hosts: list | None = None
-    schema: int = SCHEMA_VERSION
-    datagrams: Datagrams | None = None
+    _malformed = "a malformed result"
 
-    def to_json(self):
-        """The plain dict that is written: keys in the harness's order, ``None`` as null."""
-        out = {
-            "schema": self.schema,
-            "server": self.server,
-            "target": self.target.to_json() if self.target is not None else None,
-            "workload": self.workload.to_json(),
-            "throughput": self.throughput.to_json(),
-            "latency_us": self.latency_us.to_json(),
-        }
-        _put(out, "service_us", self.service_us.to_json() if self.service_us is not None else None)
-        _put(out, "cycle_us", self.cycle_us.to_json() if self.cycle_us is not None else None)
-        out.update(
-            errors=self.errors.to_json(),
-            valid=self.valid,
-            invalid_reason=self.invalid_reason,
-            client_bound=self.client_bound,
-            limited_by=self.limited_by,
-            server_proc=self.server_proc.to_json(),
-            client=self.client.to_json(),
-            timeseries=self.timeseries.to_json(),
-            hdr=self.hdr,
-            hdr_unit=self.hdr_unit,
-            hdr_service=self.hdr_service,
-            machine=self.machine.to_json() if self.machine is not None else None,
-            started_at=self.started_at,
-            interference=self.interference.to_json() if self.interference is not None else None,
-            fairness=self.fairness.to_json() if self.fairness is not None else None,
-        )
-        _put(out, "datagrams", self.datagrams.to_json() if self.datagrams is not None else None)
-        _put(out, "hosts", [h.to_json() for h in self.hosts] if self.hosts is not None else None)
-        _put(out, "cell", self.cell.to_json() if self.cell is not None else None)
-        return out
+    schema: int = SCHEMA_VERSION
+    server: str = fld(required=True, read=str)
+    target: Target | None = _part(Target)
+    workload: Workload = _part(Workload, required=True)
+    throughput: Throughput = _part(Throughput, required=True)
+    latency_us: Latency = _part(Latency, required=True, csv={
+        "latency_count": "count", "p50_us": "p50", "p90_us": "p90", "p99_us": "p99", "p999_us": "p999",
+        "p9999_us": "p9999", "max_us": "max", "mean_us": "mean"})
+    service_us: Latency | None = _part(Latency, omit=True)
+    cycle_us: Latency | None = _part(Latency, omit=True)
+    errors: Errors = _part(Errors, default=Errors, csv={"errors": "total"})
+    valid: bool = fld(False, read=bool, csv="valid")
+    invalid_reason: str | None = fld()
+    client_bound: bool = fld(False, read=bool)
+    limited_by: str | None = fld()
+    server_proc: ServerProc = _part(ServerProc, default=ServerProc)
+    client: Client = _part(Client, default=Client)
+    timeseries: Timeseries = _part(Timeseries, default=Timeseries)
+    hdr: str | None = fld()
+    hdr_unit: str = fld("ns", read=str)
+    hdr_service: str | None = fld()
+    machine: Machine | None = _part(Machine)
+    started_at: str | None = fld()
+    interference: Interference | None = _part(Interference, since=2)
+    fairness: Fairness | None = _part(Fairness, since=2)
+    datagrams: Datagrams | None = _part(Datagrams, omit=True, since=2, csv={
+        "datagrams_sent": "sent", "datagrams_lost": "lost", "loss_share": "loss_share", "duplicates": "duplicates",
+        "out_of_order": "out_of_order"})
+    hosts: list | None = _part(HostPart, many=True, omit=True, since=2)
+    #: a TLS load's handshakes (absent from a plain result)
+    tls: TlsPart | None = _part(TlsPart, omit=True, since=3, csv={
+        "tls_version": "version", "tls_cipher": "cipher", "tls_group": "group", "handshakes_per_s": "handshakes_per_s",
+        "resumed_share": "resumed_share"})
+    cell: CellContext | None = fld(omit=True)
 
     @classmethod
     def from_json(cls, d, source="the result"):
@@ -1174,42 +986,13 @@ class LoadResult:
             raise SchemaError(f"{source} is corrupt: it lacks {', '.join(missing)}")
         if not isinstance(d["throughput"], dict) or not isinstance(d["latency_us"], dict):
             raise SchemaError(f"{source} is corrupt: throughput/latency_us are not objects")
-        if not isinstance(d["workload"], dict):
-            raise SchemaError(f"{source} has a malformed workload (not an object); it is not a sockbench result")
-        workload = Workload.from_json(d["workload"], source)
-        cell = _obj(d, "cell", source)
-        machine = _obj(d, "machine", source)
-        target = _obj(d, "target", source)
-        service, cycle = _obj(d, "service_us", source), _obj(d, "cycle_us", source)
-        interference, fairness = _obj(d, "interference", source), _obj(d, "fairness", source)
-        datagrams = _obj(d, "datagrams", source)
-        return cls(
-            server=str(d["server"]),
-            workload=workload,
-            throughput=Throughput.from_json(d["throughput"], source),
-            latency_us=Latency.from_json(d["latency_us"], source),
-            errors=Errors.from_json(_obj(d, "errors", source, {}), source),
-            valid=bool(d["valid"]),
-            target=Target.from_json(target, source) if target is not None else None,
-            service_us=Latency.from_json(service, source) if service is not None else None,
-            cycle_us=Latency.from_json(cycle, source) if cycle is not None else None,
-            invalid_reason=d.get("invalid_reason"),
-            client_bound=bool(d.get("client_bound", False)),
-            limited_by=d.get("limited_by"),
-            server_proc=ServerProc.from_json(_obj(d, "server_proc", source, {}), source),
-            client=Client.from_json(_obj(d, "client", source, {}), source),
-            timeseries=Timeseries.from_json(_obj(d, "timeseries", source, {}), source),
-            hdr=d.get("hdr"),
-            hdr_unit=str(d.get("hdr_unit") or "ns"),
-            hdr_service=d.get("hdr_service"),
-            machine=Machine.from_json(machine, source) if machine is not None else None,
-            started_at=d.get("started_at"),
-            cell=CellContext.from_json(cell, workload, source) if cell is not None and cell.get("server") else None,
-            interference=Interference.from_json(interference, source) if interference is not None else None,
-            fairness=Fairness.from_json(fairness, source) if fairness is not None else None,
-            datagrams=Datagrams.from_json(datagrams, source) if datagrams is not None else None,
-            hosts=_hosts(d.get("hosts"), source),
-        )
+        kw = cls._read({k: v for k, v in d.items() if k not in ("schema", "cell")}, source)
+        cell = d.get("cell")
+        if cell is not None and not isinstance(cell, dict):
+            raise SchemaError(f"{source} is corrupt: cell is not an object")
+        if cell and cell.get("server"):  # a cell without a server is no suite context
+            kw["cell"] = CellContext.from_json(cell, kw["workload"], source)
+        return cls(**kw)
 
     # --- what a result is a round of ---------------------------------------------------------
     def identity(self):
@@ -1217,8 +1000,8 @@ class LoadResult:
         if self.cell is not None:
             return self.cell.cell
         w = self.workload
-        return Cell(self.server, w.mode, w.size, w.conns, w.depth, protocol=w.protocol, transport=w.transport,
-                    workers=w.workers)
+        return copy_fields(Cell, w, server=self.server, tls=w.tls is not None,
+                           resumed=w.tls is not None and w.mode == "connect" and w.tls.resumption)
 
     @property
     def round_no(self):
@@ -1240,53 +1023,255 @@ class LoadResult:
         return replace(self, cell=context)
 
 
-# --- the suite's summaries (pytest-benchmark ``extra_info``) -------------------------------------
+# --- what a load process reports to the harness ------------------------------------------------
 
 
 @dataclass(frozen=True)
-class RoundSummary:
+class _ProcFields(Part):
+    """What one load process measured over the window, as it reports it to the harness (one JSON line).
+
+    The names are the load loop's result dict's (``ext/loadrun.pxd``), and
+    ``ProcResult`` adds every ``Client`` field declared with ``merge`` under
+    its own name, so a counter reaches the result without being spelled on
+    the way.  Counts are over the measured window (warmup excluded) unless
+    named otherwise; ``ts_msgs``/``ts_sent`` cover every interval. ``hdr1`` is
+    the latency histogram (from the intended send time in open loop),
+    ``hdr2`` the second one (open loop: service time; connect mode: the
+    connect-echo-close cycle), both encoded, with the exact sums of their
+    values.  ``server_cpu`` and ``cpu_stat`` are the server's CPU and the
+    CPUs' /proc/stat counters at the window's edges, read by load process 0
+    only.  ``conn_msgs`` is each connection's completed messages, ``starved``
+    how many completed none while owed an answer (``None`` in connect mode).
+    ``merge`` says how the harness adds the processes up (``merge_fields``).
+    """
+
+    index: int = fld(required=True)
+    cpus: list = fld(required=True, merge="union")
+    mode: int = fld(required=True)
+    msgs: int = fld(required=True, merge="sum")
+    rx_bytes: int = fld(required=True, merge="sum")
+    rx_wire_bytes: int = fld(required=True, merge="sum")
+    sent_window: int = fld(required=True, merge="sum")
+    cycles: int = fld(required=True, merge="sum")
+    errors: dict = fld(required=True, merge="by_kind")
+    first_error_ns: int | None = fld(required=True)
+    first_error_kind: str | None = fld(required=True)
+    ended_early: bool = fld(required=True, merge="any")
+    alive_at_end: int = fld(required=True, merge="sum")
+    hdr1: str | None = fld(required=True, merge="hdr")
+    hdr1_sum_ns: int = fld(required=True, merge="sum")
+    hdr2: str | None = fld(required=True, merge="hdr")
+    hdr2_sum_ns: int = fld(required=True, merge="sum")
+    ts_msgs: list = fld(required=True, merge="series")
+    ts_sent: list | None = fld(required=True, merge="series")
+    user_s: float = fld(required=True, merge="sum")
+    sys_s: float = fld(required=True, merge="sum")
+    cpu_window_s: float = fld(required=True, merge="max")
+    due: int | None = fld(required=True)
+    polling: bool = fld(required=True, merge="any")
+    idle_s: float | None = fld(required=True)
+    server_cpu: list | None = fld(required=True)
+    cpu_stat: list | None = fld()
+    conn_msgs: list | None = fld()
+    starved: int | None = fld(merge="sum")
+    #: udp: the loop's datagram accounting (``sockbench.ext.udpgen``), None for a stream
+    datagrams: dict | None = fld()
+    #: how long after ``start_ns`` the process woke up to start its loop (what a shared start instant costs)
+    start_late_ns: int | None = fld(merge="measured_max")
+    #: TLS: the loop's ``tls`` dict (negotiated version, cipher, group; connect mode: handshakes, resumed), else None
+    tls: dict | None = fld()
+
+    @classmethod
+    def from_json(cls, d, source="a load process"):
+        r = cls(**d)
+        if r.cpu_stat is not None:
+            # JSON keys are strings: the CPU numbers again
+            r = replace(r, cpu_stat=[{**e, "cpus": {int(k): v for k, v in e["cpus"].items()}} for e in r.cpu_stat])
+        return r
+
+
+def _with_counts(name, base, owner):
+    """``base`` plus every field of ``owner`` declared with ``merge``, under the same name and declaration."""
+    extra = [(f.name, f.type, field(default=None, metadata=f.metadata)) for f in counted(owner)]
+    return make_dataclass(name, extra, bases=(base,), frozen=True,
+                          namespace={"__doc__": base.__doc__, "__module__": __name__})
+
+
+#: one load process's report: ``_ProcFields`` and the ``Client`` counters
+ProcResult = _with_counts("ProcResult", _ProcFields, Client)
+
+
+# --- a whole run: plan.json and meta.json -----------------------------------------------------------
+
+
+def _tuple(v):
+    return tuple(v)
+
+
+@dataclass(frozen=True)
+class RunPlan(Part):
+    """The matrix a run was asked for (``plan.json``, and ``meta.json``'s ``plan``); the suite's ``Plan`` adds
+    the rules that turn it into cells.  A plan from before the rounds rule has ``rounds``: every cell ran
+    exactly that many."""
+
+    _malformed = "a malformed plan"
+
+    servers: tuple = fld(required=True, read=_tuple)
+    sizes: tuple = fld((64, 1024, 16384), read=_tuple)
+    conns: tuple = fld((1, 10, 100), read=_tuple)
+    #: the open-loop sweep: percentages of each server's measured peak (empty: none)
+    open_pcts: tuple = fld((25, 50, 75, 90), read=_tuple)
+    open_size: int = fld(64)
+    open_conns: int = fld(100)
+    depth: int = fld(1)
+    #: the protocol section: this closed-loop workload in each of these protocols (empty: none)
+    protocols: tuple = fld(PROTOCOLS, read=_tuple)
+    proto_size: int = fld(64)
+    proto_conns: int = fld(100)
+    proto_depth: int = fld(16)
+    #: server -> the protocols it speaks (from the registry); a server not listed speaks them all
+    speaks: dict = fld(factory=dict)
+    #: the transports every cell runs over, in this order (``--transports``)
+    transports: tuple = fld(("tcp",), read=_tuple)
+    #: server -> the transports it serves (from the registry); a server not listed serves them all
+    serves: dict = fld(factory=dict)
+    #: rounds per cell: at least min_rounds; more until the interval is within ci, at most max_rounds
+    min_rounds: int = fld(5)
+    max_rounds: int = fld(30)
+    #: the half-width of the 95% interval of a cell's median, as a fraction of it, that stops its rounds
+    ci: float = fld(0.03)
+    #: the most seconds one cell may spend on its rounds (its minimum rounds always run)
+    cell_budget_s: float = fld(60.0)
+    #: how many times a disturbed round is measured again, at most (then it is kept, flagged DISTURBED)
+    remeasure: int = fld(0)
+    #: the most seconds the suite's cells may take together (None: no limit)
+    run_budget_s: float | None = fld()
+    #: the measured seconds of a closed-loop round
+    duration_s: float = fld(0.3)
+    warmup_s: float = fld(0.1)
+    interval_s: float = fld(0.05)
+    #: the stall the open-loop rounds are made long enough to absorb (0: open rounds last duration_s)
+    hiccup_s: float = fld(0.0)
+    procs: int = fld(1)
+    server_cpus: tuple = fld((0,), read=_tuple)
+    client_cpus: tuple = fld((1,), read=_tuple)
+    quick: bool = fld(False)
+    full: bool = fld(False)
+    extra: dict = fld(factory=dict)
+    #: the scaling dimension (``sockbench run --workers 1 2``): every server's cells once per worker count
+    workers: tuple = fld((1,), read=_tuple)
+    #: ``--command`` servers: name -> their command (``servers.command.Command.to_json()``); their names are in servers
+    commands: dict = fld(factory=dict, since=3)
+    #: the interpreter dimension (``--python``): ``{"label", "python" (the executable that serves), "version", ...}``
+    #: each; empty: sockbench's own interpreter, no dimension
+    pythons: tuple = fld((), since=3, read=lambda v: tuple(dict(p) for p in v))
+    #: the servers the interpreter dimension applies to (the built-in ones; a --command or a plugin runs once)
+    python_servers: tuple = fld((), since=3, read=_tuple)
+    #: the TLS dimension (``sockbench run --tls off on``): every stream cell plain (False) and/or over TLS (True)
+    tls: tuple = fld((False,), since=3, read=lambda v: tuple(bool(x) for x in v))
+    #: server -> whether it serves TLS here (from the registry); a server not listed serves it
+    serves_tls: dict = fld(factory=dict, since=3)
+    #: the TLS setting every TLS cell uses: ``version``, ``cipher``, and the server's ``cert`` and ``key``
+    #: (``sockbench run`` makes a self-signed pair in the results folder, once)
+    tls_setting: dict = fld(factory=lambda: {"version": "1.3", "cipher": None}, since=3)
+    #: the TLS section: these closed-loop (connections, size) workloads, each plain and over TLS
+    tls_workloads: tuple = fld(((100, 64), (10, 16384)), since=3, read=lambda v: tuple(tuple(w) for w in v))
+    #: ... and handshakes: connect mode with this many connections at a time, plain (connections a second) and
+    #: over TLS with each of these resumption settings (False: every handshake full, True: sessions resumed)
+    handshake_conns: int = fld(10, since=3)
+    handshake_resumption: tuple = fld((False, True), since=3, read=lambda v: tuple(bool(x) for x in v))
+    #: the load loop of the plain raw stream cells (``sockbench run --engine``: ``epoll`` or ``uring``); frame,
+    #: json, udp and TLS cells are loaded by epoll's, which alone speaks them (the suite's ``Plan.engine_for``)
+    engine: str = fld("epoll", since=3)
+
+    @classmethod
+    def from_json(cls, d, source="the plan"):
+        if isinstance(d, dict) and "rounds" in d and "min_rounds" not in d:
+            d = {**d, "min_rounds": int(d["rounds"]), "max_rounds": int(d["rounds"])}
+        return super().from_json(d, source)
+
+
+@dataclass(frozen=True)
+class RunMeta(Part):
+    """A results folder's ``meta.json``: the run's machine, commit, plan and how it ended."""
+
+    schema: int = fld(1)
+    kind: str = fld("sockbench-run")
+    started_at: str | None = fld()
+    #: running, complete, interrupted or failed
+    status: str | None = fld()
+    commit: str | None = fld()
+    dirty: bool | None = fld()
+    machine: Machine | None = _part(Machine)
+    plan: RunPlan | None = _part(RunPlan)
+    planned_cells: int | None = fld(omit=True)
+    planned_runs: int | None = fld(omit=True)
+    argv: list | None = fld(read=list)
+    finished_at: str | None = fld(omit=True)
+    elapsed_s: float | None = fld(omit=True)
+    finished_runs: int | None = fld(omit=True)
+    finished_rounds: int | None = fld(omit=True)
+    pytest_exit: int | None = fld(omit=True)
+    #: the signal that interrupted the run (SIGINT, SIGTERM)
+    signal: str | None = fld(omit=True)
+
+    @classmethod
+    def from_json(cls, d, source="meta.json"):
+        try:
+            return super().from_json(d, source)
+        except SchemaError:
+            # a plan this version cannot read leaves the rest of the run's description readable
+            return super().from_json({k: v for k, v in d.items() if k != "plan"}, source)
+
+    @classmethod
+    def check_keys(cls, keys):
+        """Refuse a key ``meta.json`` does not declare (a programming error: declare it here first)."""
+        unknown = set(keys) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"meta.json has no field {', '.join(sorted(unknown))}; declare it in RunMeta")
+
+
+# --- the suite's summaries (pytest-benchmark ``extra_info``) -------------------------------------
+
+
+def _figures(latency):
+    return latency.figures()
+
+
+@dataclass(frozen=True)
+class RoundSummary(Part):
     """One round's figures, as the suite lists them per cell in ``extra_info["per_round"]``.
 
     ``interference`` and ``fairness`` are the round's own (None where not measured); ``disturbed`` and
     ``starved`` are their verdicts.
     """
 
-    msgs_per_s: float | None
-    bytes_per_s: float | None
-    target_rate: float | None
-    achieved_rate: float | None
-    latency_us: Latency
-    server_us_per_msg: CpuPerMsg
-    server_rss_peak_bytes: int | None
-    client_cpu_util: float | None
-    client_busy_util: float | None
-    errors: Errors
-    valid: bool
-    client_bound: bool
-    invalid_reason: str | None
-    started_at: str | None
-    interference: Interference | None = None
-    fairness: Fairness | None = None
+    msgs_per_s: float | None = fld(nodefault=True)
+    bytes_per_s: float | None = fld(nodefault=True)
+    target_rate: float | None = fld(nodefault=True)
+    achieved_rate: float | None = fld(nodefault=True)
+    latency_us: Latency = fld(required=True, write=_figures)
+    server_us_per_msg: CpuPerMsg = fld(required=True)
+    server_rss_peak_bytes: int | None = fld(nodefault=True)
+    client_cpu_util: float | None = fld(nodefault=True)
+    client_busy_util: float | None = fld(nodefault=True)
+    errors: Errors = fld(required=True)
+    valid: bool = fld(required=True)
+    client_bound: bool = fld(required=True)
+    invalid_reason: str | None = fld(nodefault=True)
+    started_at: str | None = fld(nodefault=True)
+    interference: Interference | None = fld()
+    fairness: Fairness | None = fld()
 
     @classmethod
     def of(cls, r):
         """The summary of one ``LoadResult``."""
         return cls(
-            msgs_per_s=r.throughput.msgs_per_s,
-            bytes_per_s=r.throughput.bytes_per_s,
-            target_rate=r.throughput.target_rate,
-            achieved_rate=r.throughput.achieved_rate,
-            latency_us=r.latency_us,
-            server_us_per_msg=r.server_proc.us_per_msg,
-            server_rss_peak_bytes=r.server_proc.rss_peak_bytes,
-            client_cpu_util=r.client.cpu_util,
-            client_busy_util=r.client.busy_util,
-            errors=r.errors,
-            valid=r.valid,
-            client_bound=r.client_bound,
-            invalid_reason=r.invalid_reason,
-            started_at=r.started_at,
-            interference=r.interference,
+            **{k: getattr(r.throughput, k) for k in ("msgs_per_s", "bytes_per_s", "target_rate", "achieved_rate")},
+            latency_us=r.latency_us, server_us_per_msg=r.server_proc.us_per_msg,
+            server_rss_peak_bytes=r.server_proc.rss_peak_bytes, client_cpu_util=r.client.cpu_util,
+            client_busy_util=r.client.busy_util, errors=r.errors, valid=r.valid, client_bound=r.client_bound,
+            invalid_reason=r.invalid_reason, started_at=r.started_at, interference=r.interference,
             fairness=r.fairness,
         )
 
@@ -1299,30 +1284,11 @@ class RoundSummary:
         return self.fairness.starved if self.fairness is not None else 0
 
     def to_json(self):
-        return {
-            "msgs_per_s": self.msgs_per_s,
-            "bytes_per_s": self.bytes_per_s,
-            "target_rate": self.target_rate,
-            "achieved_rate": self.achieved_rate,
-            "latency_us": self.latency_us.figures(),
-            "server_us_per_msg": self.server_us_per_msg.to_json(),
-            "server_rss_peak_bytes": self.server_rss_peak_bytes,
-            "client_cpu_util": self.client_cpu_util,
-            "client_busy_util": self.client_busy_util,
-            "errors": self.errors.to_json(),
-            "valid": self.valid,
-            "client_bound": self.client_bound,
-            "invalid_reason": self.invalid_reason,
-            "started_at": self.started_at,
-            "interference": self.interference.to_json() if self.interference is not None else None,
-            "fairness": self.fairness.to_json() if self.fairness is not None else None,
-            "disturbed": self.disturbed,
-            "starved": self.starved,
-        }
+        return {**super().to_json(), "disturbed": self.disturbed, "starved": self.starved}
 
 
 @dataclass(frozen=True)
-class CellSummary:
+class CellSummary(Part):
     """A cell over all its rounds (``CellStats.summary()``), as the suite puts it into ``extra_info``.
 
     Throughput is the median over rounds with its standard deviation and
@@ -1337,67 +1303,37 @@ class CellSummary:
     still were; ``starved`` is the most connections a round left unserved.
     """
 
-    msgs_per_s_median: float
-    msgs_per_s_stdev: float
-    spread: float
-    unstable: bool
-    mb_per_s_median: float
-    latency_us: MergedLatency
-    server_cpu_us_per_msg: float
-    server_user_us_per_msg: float
-    server_rss_peak_bytes: float
-    client_cpu_util: float
-    client_load: float
-    errors_total: int
-    errors_by_kind: dict
-    valid: bool
-    client_bound: bool
-    invalid_reasons: list
-    flags: list
-    rounds: int = 0
-    remeasured: int = 0
-    figure: str = "msgs/s"
-    figure_median: float | None = None
-    figure_ci: tuple | None = None
-    figure_ci_confidence: float | None = None
-    disturbed_rounds: int = 0
-    starved: int = 0
+    msgs_per_s_median: float = fld(required=True)
+    msgs_per_s_stdev: float = fld(required=True)
+    spread: float = fld(required=True)
+    unstable: bool = fld(required=True)
+    mb_per_s_median: float = fld(required=True)
+    latency_us: MergedLatency = fld(required=True, write=_figures)
+    server_cpu_us_per_msg: float = fld(required=True)
+    server_user_us_per_msg: float = fld(required=True)
+    server_rss_peak_bytes: float = fld(required=True)
+    client_cpu_util: float = fld(required=True)
+    client_load: float = fld(required=True)
+    errors_total: int = fld(required=True)
+    errors_by_kind: dict = fld(required=True)
+    valid: bool = fld(required=True)
+    client_bound: bool = fld(required=True)
+    invalid_reasons: list = fld(required=True)
+    flags: list = fld(required=True)
+    rounds: int = fld(0)
+    remeasured: int = fld(0)
+    figure: str = fld("msgs/s")
+    figure_median: float | None = fld()
+    figure_ci: tuple | None = fld()
+    figure_ci_confidence: float | None = fld()
+    disturbed_rounds: int = fld(0)
+    starved: int = fld(0)
     #: the spread that decides ``unstable``: the rounds' median absolute deviation x 1.4826 over the median
-    robust_spread: float = 0.0
+    robust_spread: float = fld(0.0)
     #: rounds whose msgs/s lay more than ``thresholds.OUTLIER_SHARE`` from the median
-    outlier_rounds: int = 0
+    outlier_rounds: int = fld(0)
     #: a udp cell: its rounds' datagram accounting added up (loss, duplicates, out-of-order); None for a stream
-    datagrams: Datagrams | None = None
+    datagrams: Datagrams | None = fld(omit=True)
 
     def to_json(self):
-        return {
-            "msgs_per_s_median": self.msgs_per_s_median,
-            "msgs_per_s_stdev": self.msgs_per_s_stdev,
-            "spread": self.spread,
-            "unstable": self.unstable,
-            "mb_per_s_median": self.mb_per_s_median,
-            "latency_us": self.latency_us.figures(),
-            "latency_source": self.latency_us.source,
-            "server_cpu_us_per_msg": self.server_cpu_us_per_msg,
-            "server_user_us_per_msg": self.server_user_us_per_msg,
-            "server_rss_peak_bytes": self.server_rss_peak_bytes,
-            "client_cpu_util": self.client_cpu_util,
-            "client_load": self.client_load,
-            "errors_total": self.errors_total,
-            "errors_by_kind": dict(self.errors_by_kind),
-            "valid": self.valid,
-            "client_bound": self.client_bound,
-            "invalid_reasons": list(self.invalid_reasons),
-            "flags": list(self.flags),
-            "rounds": self.rounds,
-            "remeasured": self.remeasured,
-            "figure": self.figure,
-            "figure_median": self.figure_median,
-            "figure_ci": list(self.figure_ci) if self.figure_ci is not None else None,
-            "figure_ci_confidence": self.figure_ci_confidence,
-            "disturbed_rounds": self.disturbed_rounds,
-            "starved": self.starved,
-            "robust_spread": self.robust_spread,
-            "outlier_rounds": self.outlier_rounds,
-            **({"datagrams": self.datagrams.to_json()} if self.datagrams is not None else {}),
-        }
+        return {**super().to_json(), "latency_source": self.latency_us.source}

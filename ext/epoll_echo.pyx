@@ -30,7 +30,7 @@ the choices that matter for reading this file are:
   shared with the load generator and the reference C client: frame scanning,
   the strict flat-JSON header parser, the answer builder).  The protocol
   names and indices come from the generated ``ext/protocols.h``, whose one
-  owner is ``sockbench.servers.protocols``.
+  owner is ``sockbench.protocol_table``.
   Framed reads go to their own buffer, and every complete message in a read
   is answered from where it lies: a frame is its own answer (no copy at
   all), a json answer is a rebuilt header plus the content, appended to one
@@ -84,7 +84,7 @@ from posix cimport (
 )
 cimport posix
 from stopsig cimport stopsig_running
-from servelog cimport log_closing, log_accept_error, frame_too_long
+from serverlog cimport log_closing, log_accept_pause, frame_too_long
 from serveloop cimport set_nonblocking, epoll_watch, open_epoll, close_epoll, raise_errno, serve_until_stopped
 from protocols cimport PROTO_RAW, PROTO_FRAME, PROTO_JSON, PROTO_COUNT, PROTO_DEFAULT_MAX_MESSAGE, proto_name
 from wire cimport (
@@ -353,6 +353,7 @@ cdef void _on_writable(loop_t* L, int fd) noexcept nogil:
 
 
 cdef void _log_closing(int fd, const char* what, const char* reason) noexcept nogil:
+    """``sockbench serve NAME: closing PEER: WHAT REASON``, worded as ``contract.log_closing``."""
     log_closing(g_name, fd, what, reason)
 
 
@@ -361,7 +362,8 @@ cdef void _log_malformed(int fd, const char* reason) noexcept nogil:
 
 
 cdef void _log_accept_error(loop_t* L, int err) noexcept nogil:
-    log_accept_error(g_name, err, L.now_ms, &L.next_accept_log_ms, &L.accept_unsaid)
+    """One line now, then at most one a second while it lasts (``serverlog.log_accept_pause``)."""
+    log_accept_pause(g_name, err, L.now_ms, &L.next_accept_log_ms, &L.accept_unsaid)
 
 
 cdef void _malformed(loop_t* L, int fd, const char* reason) noexcept nogil:

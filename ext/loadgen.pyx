@@ -24,7 +24,7 @@ Coalescing
     Messages are ranges of that stream.  All the messages a connection owes
     at one moment (``depth`` at the start; the replacements of all those
     completed by one read) go out in ONE ``writev`` (split only past 16 x
-    256 KiB).  ``writes`` and ``queued`` in the result show the ratio.
+    256 KiB).  ``writes`` and ``msgs_queued`` in the result show the ratio.
 Time
     ``clock_gettime(CLOCK_MONOTONIC)`` in ns, the same clock as Python's
     ``time.monotonic_ns()``, so the parent process can fix the window
@@ -111,7 +111,7 @@ Shape
     and the timer, the window's buffers, the counters, the result dict) is
     ``Run``, from ext/loadrun.pxd; ``Loop`` embeds it as ``run``.
     The protocol names and indices come from the generated
-    ``ext/protocols.h`` (the one owner is ``sockbench.servers.protocols``).
+    ``ext/protocols.h`` (the one owner is ``sockbench.protocol_table``).
 """
 
 from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
@@ -134,6 +134,7 @@ from window cimport (
 )
 from loadrun cimport (
     Run, RUN_CLOSED, RUN_OPEN, RUN_N_ERR, run_init, run_alloc, run_open, run_pass, run_result, run_free,
+    run_arm, run_disarm, run_over,
 )
 from protocols cimport PROTO_RAW, PROTO_FRAME, PROTO_JSON, PROTO_COUNT, proto_name
 from wire cimport (
@@ -581,7 +582,7 @@ cdef inline void queue_msgs(Loop *L, Conn *c, int64_t k, int64_t now) noexcept n
         c.ring[(c.queued + i) % L.cap] = now
     c.queued += k
     c.owed += k * L.size
-    L.run.queued_total += k
+    L.run.msgs_queued += k
     if L.run.mode == M_OPEN:
         if in_window(&L.run.w, now):
             L.run.sent_window += k
@@ -868,7 +869,7 @@ cdef void main_loop(Loop *L) noexcept nogil:
         now = now_ns()
         if not L.run.e.ru_started and now >= L.run.w.warm_end:
             window_opens(L, now)
-        if now >= L.run.w.end:
+        if run_over(&L.run, now):
             break
         if now >= next_tick:
             check_timeouts(L, now)
@@ -890,6 +891,7 @@ cdef void main_loop(Loop *L) noexcept nogil:
             else:
                 arm_timer(&L.run.w, L.run.tfd)
         n = epoll_wait(L.run.ep, events, C_MAX_EVENTS, wait_ms(L, now, next_tick))
+        L.run.waits += 1
         was_idle = n == 0 and L.run.g_next == g_before
         if n < 0:
             if errno == EINTR:
@@ -1098,6 +1100,9 @@ def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, 
     long between two passes of the loop is a client stall, its CPU taken
     from it (``stalls``, their total ``stall_s`` and the ``longest_stall_s``
     in the window; ``None`` all three when the loop does not poll).
+    A SIGTERM or SIGINT while the loop runs ends the window at once
+    (``loadrun.run_over``): the counts cover the window until then and
+    ``cpu_window_s`` is its length; the handlers of before are back afterwards.
     """
     cdef Loop L
     cdef int rc, i
@@ -1113,8 +1118,12 @@ def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, 
         rc = open_loop(&L, fds, first_cid, cid_step)
         if rc < 0:
             raise OSError(-rc, f"{L.run.failed.decode()} failed")
-        with nogil:
-            main_loop(&L)
+        run_arm(&L.run)
+        try:
+            with nogil:
+                main_loop(&L)
+        finally:
+            run_disarm(&L.run)
         return loop_result(&L)
     finally:
         free_loop(&L, fds)

@@ -13,6 +13,9 @@
 # ``run_open``), the result (``run_result``) and the teardown (``run_free``);
 # one runs once per pass of the polling open loop (``run_pass``: its idle
 # time and the client's stalls), so both loops measure those alike.
+# ``run_over`` is the loops' one test for the window's end: its time, or a
+# stop signal (SIGTERM/SIGINT, ext/stopsig.h, armed by ``run_arm`` around the
+# loop), so that a stopped load reports the window it measured until then.
 # They are ``cdef inline`` in a .pxd for the reason window.pxd gives: Cython
 # pastes them into each generator's C.
 
@@ -31,12 +34,14 @@ from window cimport (
     Hist, Hdr, Window, Edges, edges_alloc, edges_free, hdr_init, window_init, hist_pairs, cpu_seconds,
     server_cpu, cpu_stat,
 )
+from stopsig cimport stopsig_t, stopsig_arm, stopsig_disarm, stopsig_requested
 
 
 cdef enum:
     RUN_CLOSED = 0            # the modes both loops have, numbered alike (``MODE_CLOSED``, ``MODE_OPEN``)
     RUN_OPEN = 1
     RUN_N_ERR = 5             # the error counters, in the order of ``loadgen.ERROR_KINDS``
+    RUN_STOP_DRAIN_NS = 20000000  # after a stop signal, how long echoes still in flight are awaited (udp)
 
 
 cdef struct Run:
@@ -75,11 +80,13 @@ cdef struct Run:
     int64_t sent_window     # messages sent inside the window (open: achieved rate)
     int64_t writes
     int64_t reads
-    int64_t queued_total
+    int64_t waits           # epoll_wait calls, the whole run: a sleeping loop's wake-ups, a polling loop's passes
+    int64_t msgs_queued
     int64_t rx_bytes_window
     Edges e                # the window's edges: the client's rusage, the server's CPU, /proc/stat
     int64_t starved         # sockets that completed no message in the window, owed one all along
     int64_t stall           # ... where "all along" is also an answer awaited this long (ns)
+    stopsig_t stop          # the handlers SIGTERM/SIGINT had before ``run_arm``
 
 
 # ---- setup (with the GIL, before the loop) ----------------------------------------------------
@@ -141,7 +148,22 @@ cdef inline int run_open(Run *r, uint64_t timer_token) noexcept nogil:
     return 0
 
 
-# ---- the hot loop's one shared step (without the GIL, once per pass) ---------------------------
+cdef inline void run_arm(Run *r) noexcept nogil:
+    """Before the loop: SIGTERM and SIGINT end the window (``run_over``) instead of the process."""
+    stopsig_arm(&r.stop, -1)
+
+
+cdef inline void run_disarm(Run *r) noexcept nogil:
+    """After the loop: the handlers of before ``run_arm`` again."""
+    stopsig_disarm(&r.stop)
+
+
+# ---- the hot loop's shared steps (without the GIL, once per pass) ------------------------------
+
+cdef inline bint run_over(const Run *r, int64_t now) noexcept nogil:
+    """The window is over: its end has come, or a stop signal landed (then it ends now, a window cut short)."""
+    return now >= r.w.end or stopsig_requested()
+
 
 cdef inline void run_pass(Run *r, int64_t now, int was_idle) noexcept nogil:
     """Open loop, polling: the top of a pass at ``now``; what the time since the previous pass's top was.
@@ -170,7 +192,10 @@ cdef inline void run_pass(Run *r, int64_t now, int was_idle) noexcept nogil:
 # ---- the result and the teardown (with the GIL, after the loop) ------------------------------
 
 cdef inline dict run_result(const Run *r, kinds, int64_t rx_wire_bytes, int64_t cycles, conn_msgs, starved):
-    """The counters as the dict both ``run_loop``s return; ``kinds`` is ``ERROR_KINDS``, the rest the loop's own."""
+    """The counters as the dict both ``run_loop``s return; ``kinds`` is ``ERROR_KINDS``, the rest the loop's own.
+
+    Its keys are ``ProcResult``'s field names (``sockbench.bench.schema``): a counter added here and declared
+    there reaches the result under this one name."""
     cdef int64_t j
     cdef int k
     return {
@@ -180,18 +205,19 @@ cdef inline dict run_result(const Run *r, kinds, int64_t rx_wire_bytes, int64_t 
         "rx_wire_bytes": rx_wire_bytes,
         "sent_window": r.sent_window,
         "cycles": cycles,
-        "queued": r.queued_total,
+        "msgs_queued": r.msgs_queued,
         "writes": r.writes,
         "reads": r.reads,
+        "waits": r.waits,
         "errors": {kinds[k]: r.errors[k] for k in range(RUN_N_ERR)},
         "first_error_ns": r.first_error_ns or None,
         "first_error_kind": kinds[r.first_error_kind] if r.first_error_ns else None,
         "ended_early": bool(r.ended_early),
         "alive_at_end": r.alive,
-        "h1": hist_pairs(&r.hdr, &r.h1),
-        "h1_sum_ns": r.h1.sum_ns,
-        "h2": hist_pairs(&r.hdr, &r.h2),
-        "h2_sum_ns": r.h2.sum_ns,
+        "hdr1": hist_pairs(&r.hdr, &r.h1),
+        "hdr1_sum_ns": r.h1.sum_ns,
+        "hdr2": hist_pairs(&r.hdr, &r.h2),
+        "hdr2_sum_ns": r.h2.sum_ns,
         "ts_msgs": [r.ts_msgs[j] for j in range(r.w.nint)],
         "ts_sent": [r.ts_sent[j] for j in range(r.w.nint)] if r.mode == RUN_OPEN else None,
         "user_s": cpu_seconds(&r.e, 0),

@@ -1,5 +1,6 @@
 /*
- * stopsig.h: the stop signal of a C server loop (ext/epoll_echo.pyx, ext/udp_echo.pyx).
+ * stopsig.h: the stop signal of a C loop: the servers' (ext/epoll_echo.pyx, ext/udp_echo.pyx) and the
+ * load generators' (ext/loadgen.pyx, ext/udpgen.pyx, through ext/loadrun.pxd).
  *
  * A loop runs without the GIL, so a Python signal handler would never run
  * while it does.  Instead a C handler (async-signal-safe: one write(2), errno
@@ -8,13 +9,17 @@
  * handlers are saved when the loop starts and restored when it ends.  The
  * eventfd the handler writes is a static of the including module, so each
  * server module allows one loop per process, as the handlers are
- * process-wide.
+ * process-wide.  A load loop arms the handlers without an eventfd (fd -1):
+ * it reads the flag the handler also sets once per pass (epoll_wait returns
+ * EINTR when the signal lands), and takes it as "the window ends now".
  *
  * API:
- *   stopsig_running   1 while a loop of this module has the handlers armed
+ *   stopsig_running   1 while a loop of this module has the handlers armed with an eventfd
  *   stopsig_open      the eventfd, in an epoll set (EPOLLIN, data.fd = it): fd or -errno
- *   stopsig_arm       install the SIGTERM/SIGINT handlers that write to it (saving the old ones)
+ *   stopsig_arm       install the SIGTERM/SIGINT handlers that write to it, or only set the flag with fd -1
+ *                     (saving the old handlers; the flag starts cleared)
  *   stopsig_disarm    restore the old handlers
+ *   stopsig_requested 1 once a stop signal landed since stopsig_arm
  */
 #ifndef SOCKBENCH_STOPSIG_H
 #define SOCKBENCH_STOPSIG_H
@@ -32,14 +37,17 @@ typedef struct {
     struct sigaction old_int;
 } stopsig_t;
 
-/* The eventfd that the handler writes; -1 when no loop runs. */
+/* The eventfd that the handler writes; -1 when no loop runs (or the loop reads the flag only). */
 static int stopsig_fd = -1;
+/* Set by the handler, cleared by stopsig_arm. */
+static volatile sig_atomic_t stopsig_seen = 0;
 
 static void stopsig_on_signal(int signo) {
     int saved = errno;
     uint64_t one = 1;
     ssize_t r;
     (void)signo;
+    stopsig_seen = 1;
     if (stopsig_fd >= 0) {
         r = write(stopsig_fd, &one, sizeof(one));
         (void)r;
@@ -49,6 +57,10 @@ static void stopsig_on_signal(int signo) {
 
 static inline int stopsig_running(void) {
     return stopsig_fd != -1;
+}
+
+static inline int stopsig_requested(void) {
+    return stopsig_seen != 0;
 }
 
 static inline int stopsig_open(int epfd) {
@@ -70,6 +82,7 @@ static inline int stopsig_open(int epfd) {
 
 static inline void stopsig_arm(stopsig_t *s, int fd) {
     struct sigaction act;
+    stopsig_seen = 0;
     stopsig_fd = fd;
     memset(&act, 0, sizeof(act));
     act.sa_handler = stopsig_on_signal;

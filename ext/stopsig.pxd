@@ -1,5 +1,6 @@
-# The C declarations of ext/stopsig.h: the stop signal (SIGTERM/SIGINT -> an eventfd) of the C server
-# loops, ext/epoll_echo.pyx and ext/udp_echo.pyx (the header says why it is built this way).
+# The C declarations of ext/stopsig.h: the stop signal (SIGTERM/SIGINT -> an eventfd, and a flag) of the C
+# loops: the servers' (ext/epoll_echo.pyx, ext/udp_echo.pyx) and the load generators' (through
+# ext/loadrun.pxd); the header says why it is built this way.
 
 
 cdef extern from "stopsig.h" nogil:
@@ -10,3 +11,4 @@ cdef extern from "stopsig.h" nogil:
     int stopsig_open(int epfd)
     void stopsig_arm(stopsig_t* s, int fd)
     void stopsig_disarm(stopsig_t* s)
+    int stopsig_requested()

@@ -86,7 +86,8 @@ from window cimport (
     now_ns, hist_record, in_window, interval_index, intended_ns, arm_timer, edges_open, edges_close, edges_set_cpus,
 )
 from loadrun cimport (
-    Run, RUN_CLOSED, RUN_OPEN, RUN_N_ERR, run_init, run_alloc, run_open, run_pass, run_result, run_free,
+    Run, RUN_CLOSED, RUN_OPEN, RUN_N_ERR, RUN_STOP_DRAIN_NS, run_init, run_alloc, run_open, run_pass, run_result,
+    run_free, run_arm, run_disarm, run_over,
 )
 
 from sockbench.ext import loadgen
@@ -233,7 +234,7 @@ cdef inline void on_sent(Loop *L, Flow *c, int64_t k, int64_t now) noexcept nogi
         c.st[slot] = ST_FLIGHT
     c.sent += k
     c.outstanding += k
-    L.run.queued_total += k
+    L.run.msgs_queued += k
     if in_window(&L.run.w, now):
         L.d_sent += k
         L.run.sent_window += k
@@ -565,7 +566,7 @@ cdef void main_loop(Loop *L) noexcept nogil:
         now = now_ns()
         if not L.run.e.ru_started and now >= L.run.w.warm_end:
             window_opens(L, now)
-        if now >= L.run.w.end:
+        if run_over(&L.run, now):
             break
         if now >= next_tick:
             sweep_all(L, now, 0)
@@ -582,6 +583,7 @@ cdef void main_loop(Loop *L) noexcept nogil:
             else:
                 arm_timer(&L.run.w, L.run.tfd)
         n = epoll_wait(L.run.ep, events, C_MAX_EVENTS, wait_ms(L, now, next_tick if next_tick < L.run.w.end else L.run.w.end))
+        L.run.waits += 1
         was_idle = n == 0 and L.run.g_next == g_before
         if n < 0:
             if errno == EINTR:
@@ -594,13 +596,17 @@ cdef void main_loop(Loop *L) noexcept nogil:
     if L.run.tfd >= 0:
         close(L.run.tfd)            # no more ticks (also leaves the epoll set)
         L.run.tfd = -1
-    drain_end = now_ns() + L.drain
+    now = now_ns()
+    drain_end = now + L.drain
+    if now < L.run.w.end:       # cut short by a stop signal: the process is asked to go, so only briefly
+        drain_end = min(drain_end, now + RUN_STOP_DRAIN_NS)
     while outstanding_total(L) > 0:
         now = now_ns()
         if now >= drain_end:
             break
         sweep_all(L, now, 0)
         n = epoll_wait(L.run.ep, events, C_MAX_EVENTS, wait_ms(L, now, drain_end))
+        L.run.waits += 1
         if n < 0:
             if errno == EINTR:
                 continue
@@ -730,7 +736,8 @@ def run_loop(int mode, fds, long long first_cid, long long cid_step, int flows, 
     ``rate`` is this process's total rate (open mode).  ``timeout_ns``: a
     datagram unanswered this long is lost.  ``drain_ns``: after the window,
     how long echoes of what is in flight are awaited (capped at the
-    timeout).  The other arguments are ``loadgen.run_loop``'s.
+    timeout; 20 ms after a stop signal cut the window short, as ``loadgen.run_loop`` says).  The other
+    arguments are ``loadgen.run_loop``'s.
     """
     cdef Loop *L
     cdef int i, rc
@@ -751,8 +758,12 @@ def run_loop(int mode, fds, long long first_cid, long long cid_step, int flows, 
         rc = open_loop(L, fds)
         if rc < 0:
             raise OSError(-rc, f"{L.run.failed.decode()} failed")
-        with nogil:
-            main_loop(L)
+        run_arm(&L.run)
+        try:
+            with nogil:
+                main_loop(L)
+        finally:
+            run_disarm(&L.run)
         return loop_result(L)
     finally:
         free_loop(L, fds)

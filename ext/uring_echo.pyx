@@ -52,7 +52,7 @@ choices that matter for reading this file are:
   flight (the kernel reads it) while the next fills.
 * **Out of descriptors** (EMFILE & co. end the multishot accept): accepting
   pauses until a connection closes or ``ACCEPT_PAUSE_MS`` passed, with
-  epoll_echo's log lines (ext/servelog.pxd).  ``--idle-timeout`` and
+  epoll_echo's log lines (ext/serverlog.pxd).  ``--idle-timeout`` and
   ``--max-buffered`` as in epoll_echo: the wait's timeout is the next duty.
 """
 
@@ -70,7 +70,7 @@ from posix cimport (
 )
 cimport posix
 from stopsig cimport stopsig_running
-from servelog cimport log_closing, log_accept_error, frame_too_long, put_str, put_num, log_line
+from serverlog cimport log_closing, log_accept_pause, frame_too_long, put_str, put_num, log_line
 from serveloop cimport raise_errno, serve_until_stopped
 from protocols cimport PROTO_RAW, PROTO_FRAME, PROTO_JSON, PROTO_COUNT, PROTO_DEFAULT_MAX_MESSAGE, proto_name
 from wire cimport (
@@ -506,7 +506,7 @@ cdef int _on_accept(loop_t* L, int res, uint32_t flags) noexcept nogil:
         L.accept_paused = 1
         L.now_ms = _clock_ms()
         L.resume_ms = L.now_ms + ACCEPT_PAUSE_MS
-        log_accept_error(g_name, err, L.now_ms, &L.next_accept_log_ms, &L.accept_unsaid)
+        log_accept_pause(g_name, err, L.now_ms, &L.next_accept_log_ms, &L.accept_unsaid)
         return 0
     if err == EINTR or err == EAGAIN or err == ECONNABORTED or err == EPROTO or err == ECANCELED:
         _arm_accept(L)  # that one connection went away before we took it (or our own cancel)

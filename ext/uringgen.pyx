@@ -53,6 +53,7 @@ from window cimport (
 )
 from loadrun cimport (
     Run, RUN_CLOSED, RUN_OPEN, RUN_N_ERR, run_init, run_alloc, run_pass, run_result, run_free,
+    run_arm, run_disarm, run_over,
 )
 from uring cimport (
     uring_t, uring_pbuf_t, io_uring_sqe, io_uring_cqe,
@@ -328,7 +329,7 @@ cdef inline void queue_msgs(Loop *L, Conn *c, int64_t k, int64_t now) noexcept n
         c.ring[(c.queued + i) % L.cap] = now
     c.queued += k
     c.owed += k * L.size
-    L.run.queued_total += k
+    L.run.msgs_queued += k
     if L.run.mode == M_OPEN:
         if in_window(&L.run.w, now):
             L.run.sent_window += k
@@ -669,7 +670,7 @@ cdef void main_loop(Loop *L) noexcept nogil:
         now = now_ns()
         if not L.run.e.ru_started and now >= L.run.w.warm_end:
             edges_open(&L.run.e, now)
-        if now >= L.run.w.end:
+        if run_over(&L.run, now):
             break
         if now >= next_tick:
             check_timeouts(L, now)
@@ -696,6 +697,7 @@ cdef void main_loop(Loop *L) noexcept nogil:
             rc = uring_enter(&L.ring, 0, -1)     # submit and reap, never sleep
         else:
             rc = uring_enter(&L.ring, 1, wait_ns(L, now, next_tick))
+        L.run.waits += 1
         if rc < 0 and rc != -EINTR and rc != -ETIME and rc != -EBUSY and rc != -EAGAIN:
             L.fatal = rc
             break
@@ -816,7 +818,9 @@ def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, 
     The arguments are loadgen's (raw protocol only, so no ``protocol``), and
     ``multishot`` (False: each receive armed once, as on a kernel before 6.0),
     ``quiet_sends`` (False: a completion for every send) and
-    ``defer_taskrun`` (False: a ring set up as before Linux 6.1).
+    ``defer_taskrun`` (False: a ring set up as before Linux 6.1).  ``waits``
+    counts the ``io_uring_enter`` calls of the loop's passes.  A SIGTERM or
+    SIGINT ends the window at once, as in loadgen (``loadrun.run_over``).
     Raises ``OSError`` when the ring cannot be set up.
     """
     cdef Loop L
@@ -874,8 +878,12 @@ def run_loop(int mode, fds, long long first_cid, long long cid_step, int conns, 
         rc = open_ring(&L, fds, first_cid, cid_step)
         if rc < 0:
             raise OSError(-rc, f"{L.run.failed.decode()} failed: {os.strerror(-rc)}")
-        with nogil:
-            main_loop(&L)
+        run_arm(&L.run)
+        try:
+            with nogil:
+                main_loop(&L)
+        finally:
+            run_disarm(&L.run)
         if L.fatal:
             raise OSError(-L.fatal, f"io_uring_enter failed: {os.strerror(-L.fatal)}")
         connect = mode == M_CONNECT

@@ -23,6 +23,13 @@ their rows differ only in what they are meant to show.
   about 14 µs more CPU per connection, same measurement).  The listener
   keeps the backlog ``contract.listen`` gave it: nothing listens again with
   another (``create_server`` would, with its own default of 100).
+* **TLS** (``--tls``): ``connect_accepted_socket`` takes the server's
+  ``ssl`` context and the handshake timeout, so each loop runs its own TLS
+  layer (asyncio's ``sslproto``, uvloop's in Cython) as a user of
+  ``create_server(ssl=...)`` gets it.  A handshake that fails or times out
+  reaches the acceptor as the exception of that connection's setup, which
+  words it as every server does (``servers.tls``); the loops themselves keep
+  such an ``OSError`` quiet.
 * **Errors** (``exception_handler``): the loop's exception handler writes one
   line (``contract.log_closing`` for a transport, which the loop then closes;
   ``contract.log`` otherwise), never a traceback.  With the try blocks of the
@@ -44,6 +51,7 @@ from sockbench.servers.contract import (
     stop_event,
     unexpected,
 )
+from sockbench.servers.tls import handshake_failure, is_quiet, server_context, timeout_reason
 
 __all__ = ["Acceptor", "IdleSweep", "exception_handler", "serve_until_stopped"]
 
@@ -54,12 +62,16 @@ ACCEPT_BATCH = 100
 class Acceptor:
     """Accept on ``listener`` and hand every connection to ``loop.connect_accepted_socket(protocol_factory, sock)``."""
 
-    def __init__(self, loop, listener, protocol_factory, name):
+    def __init__(self, loop, listener, protocol_factory, name, tls=None):
         self._loop = loop
         self._listener = listener
         self._fd = listener.fileno()
         self._factory = protocol_factory
         self._name = name
+        self._tls = tls  # a servers.tls.TlsConfig, or None
+        self._tls_args = {}
+        if tls is not None:
+            self._tls_args = {"ssl": server_context(tls), "ssl_handshake_timeout": tls.handshake_timeout_s}
         self._errors = AcceptErrors(name)
         self._connecting = {}  # task of connect_accepted_socket -> (socket, peer), until it is done
         self._resume = None  # the TimerHandle that ends a pause
@@ -82,7 +94,7 @@ class Acceptor:
                     return
                 continue  # that one connection went away before it was taken
             # the loops make the socket non-blocking themselves
-            task = self._loop.create_task(self._loop.connect_accepted_socket(self._factory, sock))
+            task = self._loop.create_task(self._loop.connect_accepted_socket(self._factory, sock, **self._tls_args))
             self._connecting[task] = (sock, peer)
             task.add_done_callback(self._connected)
 
@@ -94,8 +106,21 @@ class Acceptor:
         exc = task.exception()
         if exc is not None:  # e.g. reset before its transport was set up: that connection only
             sock.close()
-            if not isinstance(exc, OSError):
+            if self._tls is not None:
+                reason = self._tls_failure(exc)
+                if reason:
+                    log_closing(self._name, peer, reason)
+            elif not isinstance(exc, OSError):
                 log_closing(self._name, peer, unexpected(exc))
+
+    def _tls_failure(self, exc):
+        """The line for a connection whose TLS handshake failed (None: the peer went away)."""
+        # both loops abort a handshake past ssl_handshake_timeout with this error and words
+        if isinstance(exc, ConnectionAbortedError) and "handshake is taking longer" in str(exc):
+            return timeout_reason(self._tls.handshake_timeout_s)
+        if isinstance(exc, OSError):
+            return None if is_quiet(exc) else handshake_failure(exc)
+        return unexpected(exc)
 
     def _pause(self, seconds):
         """Stop watching the listener for ``seconds``; connections that arrive meanwhile wait in its queue."""
@@ -186,7 +211,7 @@ async def serve_until_stopped(listener, announce, options, protocol_factory, shu
     name = options["name"]
     loop.set_exception_handler(exception_handler(name))
     stop = stop_event(loop)
-    acceptor = Acceptor(loop, listener, protocol_factory, name)
+    acceptor = Acceptor(loop, listener, protocol_factory, name, options.get("tls"))
     sweep = IdleSweep(loop, options.get("limits"), name, close_idle)
     acceptor.start()
     announce()

@@ -35,8 +35,9 @@ datagram transport cannot pause reading, so flow control is the other way
 round: between ``pause_writing()`` and ``resume_writing()`` the datagrams that
 arrive are dropped, as a full socket buffer would drop them, so the server
 holds at most one high-water mark.  ``error_received`` (a pending ICMP error)
-concerns one datagram and is ignored.  An empty datagram gets no answer: both
-loops' ``sendto`` drop an empty payload (the other servers echo it).  One datagram is one message: ``raw``
+concerns one datagram and is ignored.  An empty datagram is echoed too, as
+every server echoes it, but by the socket itself: both loops' ``sendto``
+drop an empty payload.  One datagram is one message: ``raw``
 only (``contract`` refuses ``frame``/``json`` over udp).  The same class runs
 on uvloop (``uvloop_echo``).
 """
@@ -150,9 +151,10 @@ def serve(listener, announce, options):
 class DatagramEchoProtocol(asyncio.DatagramProtocol):
     """Echo each datagram to its sender; drop what arrives while the transport's buffer is above its high-water mark."""
 
-    __slots__ = ("transport", "paused", "dropped")
+    __slots__ = ("sock", "transport", "paused", "dropped")
 
-    def __init__(self):
+    def __init__(self, sock):
+        self.sock = sock
         self.transport = None
         self.paused = False
         self.dropped = 0
@@ -165,7 +167,17 @@ class DatagramEchoProtocol(asyncio.DatagramProtocol):
         if self.paused:
             self.dropped += 1
             return
+        if not data:
+            self._echo_empty(addr)
+            return
         self.transport.sendto(data, addr)
+
+    def _echo_empty(self, addr):
+        """The transport's ``sendto`` drops an empty payload: the socket sends it (the kernel takes it, or refuses it)."""
+        try:
+            self.sock.sendto(b"", addr)
+        except OSError:
+            self.dropped += 1  # a full send buffer, or a pending ICMP error: as for any datagram the kernel refuses
 
     def error_received(self, exc):
         pass  # a pending ICMP error about one datagram: that datagram only
@@ -181,7 +193,7 @@ async def _main_datagram(sock, announce, options):
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(aio.exception_handler(options["name"]))
     stop = stop_event(loop)
-    transport, _ = await loop.create_datagram_endpoint(DatagramEchoProtocol, sock=sock)
+    transport, _ = await loop.create_datagram_endpoint(lambda: DatagramEchoProtocol(sock), sock=sock)
     announce()
     try:
         await stop.wait()

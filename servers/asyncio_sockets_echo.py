@@ -31,11 +31,17 @@ stays registered.
   (``aio.IdleSweep``), which cancels the idle connection's task.
 * With ``--protocol frame|json`` each task feeds the shared sans-I/O decoder
   (``protocols``) and sends its answers.
+* Over TLS (``--tls``) the socket API has no TLS of its own, so the row does
+  what a user of it does: an ``ssl.SSLObject`` over memory BIOs
+  (``_TlsSock``), its ciphertext read and written with the same
+  ``sock_recv_into``/``sock_sendall``; the handshake runs in the
+  connection's task under ``asyncio.timeout``.
 * SIGTERM/SIGINT (``contract.stop_event``): stop accepting, cancel every
   connection's task (each closes its socket), wait for them, return.
 """
 
 import asyncio
+import ssl
 
 from sockbench.servers import aio
 from sockbench.servers.contract import (
@@ -48,6 +54,7 @@ from sockbench.servers.contract import (
     unexpected,
 )
 from sockbench.servers.protocols import make_decoder
+from sockbench.servers.tls import handshake_failure, is_quiet, server_context, timeout_reason
 
 __all__ = ["serve"]
 
@@ -69,13 +76,96 @@ class _Conn:
         self.closed_by_server = False
 
 
-async def _echo(loop, conn, options):
+class _TlsSock:
+    """TLS over the loop's ``sock_*`` coroutines: ciphertext through ``sock_recv_into``/``sock_sendall``, the TLS
+    itself in an ``ssl.SSLObject`` over two memory BIOs (the ``ssl`` docs' way to do TLS over any I/O).
+
+    ``recv_into(sock, view)`` and ``sendall(sock, data)`` have the loop's
+    signatures, so the echo loop runs on it unchanged.
+    """
+
+    __slots__ = ("_loop", "_sock", "_obj", "_in", "_out", "_raw")
+
+    def __init__(self, loop, sock, ctx):
+        self._loop = loop
+        self._sock = sock
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._obj = ctx.wrap_bio(self._in, self._out, server_side=True)
+        self._raw = read_buffer(CONN_RECV)  # the ciphertext, read here, then written into the incoming BIO
+
+    async def _fill(self):
+        n = await self._loop.sock_recv_into(self._sock, self._raw)
+        if n:
+            self._in.write(self._raw[:n])
+        else:
+            self._in.write_eof()
+
+    async def _flush(self):
+        if self._out.pending:
+            await self._loop.sock_sendall(self._sock, self._out.read())
+
+    async def handshake(self):
+        while True:
+            try:
+                self._obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                await self._flush()
+                await self._fill()
+        await self._flush()
+
+    async def recv_into(self, _sock, view):
+        while True:
+            try:
+                return self._obj.read(len(view), view)
+            except ssl.SSLWantReadError:
+                await self._flush()  # what reading made TLS write (a post-handshake message)
+                await self._fill()
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return 0  # close_notify, or the peer's end of file
+
+    async def sendall(self, _sock, data):
+        self._obj.write(data)
+        await self._flush()
+
+    def close_notify(self):
+        """Send close_notify now if the socket takes it, without waiting for the peer's."""
+        try:
+            self._obj.unwrap()
+        except (ssl.SSLError, ValueError):
+            pass  # want-read: ours is written, the peer's will not be waited for
+        try:
+            self._sock.send(self._out.read())
+        except OSError:
+            pass
+
+
+async def _handshake(loop, conn, options, ctx):
+    """The TLS side of ``conn`` once its handshake completed in time, or None (said in one line unless the peer left)."""
+    tls = options["tls"]
+    tsock = _TlsSock(loop, conn.sock, ctx)
+    try:
+        async with asyncio.timeout(tls.handshake_timeout_s):
+            await tsock.handshake()
+    except TimeoutError:
+        log_closing(options["name"], conn.peer, timeout_reason(tls.handshake_timeout_s))
+        return None
+    except OSError as e:
+        if not is_quiet(e):
+            log_closing(options["name"], conn.peer, handshake_failure(e))
+        e.__traceback__ = None
+        return None
+    return tsock
+
+
+async def _echo(loop, conn, options, tsock=None):
     sock = conn.sock
     name = options["name"]
     limits = options.get("limits")
     decoder = make_decoder(options["protocol"], options["max_message"])
     view = read_buffer(CONN_RECV)
-    recv_into, sendall = loop.sock_recv_into, loop.sock_sendall
+    recv_into, sendall = (loop.sock_recv_into, loop.sock_sendall) if tsock is None else (tsock.recv_into, tsock.sendall)
     while True:
         n = await recv_into(sock, view)
         if not n:
@@ -101,14 +191,21 @@ async def _echo(loop, conn, options):
                 return
 
 
-async def _serve_connection(loop, conn, options, conns):
+async def _serve_connection(loop, conn, options, conns, ctx=None):
     name = options["name"]
     limits = options.get("limits")
     try:
         set_nodelay(conn.sock)
         if limits is not None:
             limits.opened(conn)
-        await _echo(loop, conn, options)
+        tsock = None
+        if ctx is not None:
+            tsock = await _handshake(loop, conn, options, ctx)
+            if tsock is None:
+                return
+        await _echo(loop, conn, options, tsock)
+        if tsock is not None:
+            tsock.close_notify()
     except asyncio.CancelledError:
         pass  # a stop, or the idle sweep (which said why already)
     except OSError as e:  # reset by the peer: this connection only, quietly
@@ -126,6 +223,7 @@ async def _serve_connection(loop, conn, options, conns):
 
 async def _accept(loop, listener, options, conns):
     errors = AcceptErrors(options["name"])
+    ctx = server_context(options["tls"]) if options.get("tls") is not None else None
     while True:
         try:
             sock, peer = await loop.sock_accept(listener)
@@ -137,7 +235,7 @@ async def _accept(loop, listener, options, conns):
         sock.setblocking(False)
         conn = _Conn(sock, peer)
         conns.add(conn)
-        conn.task = loop.create_task(_serve_connection(loop, conn, options, conns))
+        conn.task = loop.create_task(_serve_connection(loop, conn, options, conns, ctx))
 
 
 async def _main(listener, announce, options):

@@ -19,6 +19,11 @@ the bare protocol API (``asyncio-protocol``).
   way, ``await reader.readexactly(n)`` for every part (the length prefix, the
   JSON header, the content), which is how a streams user writes it; the
   validation and the answers are the shared ones in ``protocols``.
+* Over TLS (``--tls``) the loop's TLS transport serves it (``aio``).  One
+  thing it cannot do is the half-close: asyncio's TLS transport starts its
+  own shutdown as soon as the peer's close_notify arrives and drops what is
+  written after that, so the echo of what the StreamReader still holds then
+  is lost (the registry records it; the conformance suite expects it).
 * The connections are those of ``asyncio.start_server`` (a
   ``StreamReaderProtocol`` per connection, the handler as its callback), but
   accepted by ``aio.Acceptor``, with the one-line exception handler and the

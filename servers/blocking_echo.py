@@ -49,6 +49,11 @@ Memory after many connections, and what bounds it:
   ctypes) bounds how many heaps threads spread over, not what a heap keeps:
   with it at 2 the same test kept 159 MB, so it is not set here.
 
+Over TLS (``--tls``) each thread shakes hands itself (``stream_echo.accept_tls``,
+within the handshake timeout) before its echo loop, which then reads and
+writes the ``ssl`` socket as it did the plain one; the main thread only
+accepts, so a peer that stalls halfway holds its own thread and no other.
+
 The datagram form (``serve_datagram``, ``--transport udp``) is the tutorial's
 UDP server: one blocking ``recvfrom_into`` / ``sendto`` loop on the main
 thread, no thread per peer.  UDP has no connection to hand to a thread, and
@@ -77,7 +82,8 @@ from sockbench.servers.contract import (
     unexpected,
 )
 from sockbench.servers.protocols import make_decoder
-from sockbench.servers.stream_echo import Connections, echo_blocking
+from sockbench.servers.stream_echo import Connections, accept_tls, echo_blocking, send_close_notify
+from sockbench.servers.tls import server_context
 
 __all__ = ["serve", "serve_datagram"]
 
@@ -92,8 +98,16 @@ def _echo(conn, peer, workers, options):
     decoder = make_decoder(options["protocol"], options["max_message"])
     view = read_buffer(THREAD_RECV)  # one per thread, reused: no allocation per read
     try:
+        if workers.tls_context is not None:
+            tsock = accept_tls(conn, workers.tls_context, options["tls"], workers.name, peer)
+            if tsock is None:
+                return
+            workers.replace(conn, tsock)
+            conn = tsock
         echo_blocking(conn.recv_into, conn.sendall, view, decoder, workers.limits, conn, workers.name, peer,
                       workers.closed_by_server)
+        if workers.tls_context is not None:
+            send_close_notify(conn)
     except OSError:
         pass  # reset by the peer, or shut down by the main thread: this connection only
     except Exception as e:  # the exception boundary: this connection only, one line
@@ -109,6 +123,7 @@ class _Workers(Connections):
     def __init__(self, options):
         super().__init__(options["name"], options.get("limits"))
         self._options = options
+        self.tls_context = server_context(options["tls"]) if options.get("tls") is not None else None
         self._threads = []
 
     def start(self, conn, peer):

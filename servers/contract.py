@@ -43,6 +43,8 @@ from sockbench.endpoints import DEFAULT_HOSTS, Endpoint, check_transport, check_
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.servers import registry
 from sockbench.servers.protocols import DEFAULT_MAX_MESSAGE
+from sockbench.servers.tls import check_files as check_tls_files
+from sockbench.servers.tls import ensure_certificate
 
 __all__ = [
     "RECV_SIZE",
@@ -54,6 +56,8 @@ __all__ = [
     "system_backlog",
     "listen",
     "remove_socket_file",
+    "remove_orphaned_socket_files",
+    "sweep_stale_folders",
     "format_peer",
     "log",
     "log_closing",
@@ -361,6 +365,13 @@ def _is_v6_host(host):
 #: ``remove_socket_file`` and the exit hook remove
 _socket_files = {}
 
+#: the private directories of unix sockets: ``tempfile.mkdtemp``'s prefix
+PRIVATE_PREFIX = "sockbench-"
+#: the socket file in a private directory
+PRIVATE_SOCKET = "echo.sock"
+#: a private socket nobody listens on, this much older than now, was left by a server that was killed
+STALE_AFTER_S = 10.0
+
 
 def _bind_unix(path, backlog):
     """A listening AF_UNIX socket at ``path``, or in a fresh private directory (mode 0700) when it is None.
@@ -372,9 +383,10 @@ def _bind_unix(path, backlog):
     """
     private = None
     if path is None:
+        sweep_stale_folders()
         # mkdtemp makes the directory 0700: no other user can connect to, or replace, the socket
-        private = tempfile.mkdtemp(prefix="sockbench-")
-        path = os.path.join(private, "echo.sock")
+        private = tempfile.mkdtemp(prefix=PRIVATE_PREFIX)
+        path = os.path.join(private, PRIVATE_SOCKET)
     else:
         path = os.path.abspath(path)
         check_unix_path_length(path)
@@ -418,6 +430,64 @@ def _clear_stale(path):
     finally:
         probe.close()
     raise UsageError(f"--path {path} is in use: a server listens there; stop it or choose another path")
+
+
+def sweep_stale_folders(tmp=None, now=None):
+    """Remove the private socket folders (this user's) that servers killed before they could left behind.
+
+    A folder qualifies when it holds nothing but its socket, the socket is
+    older than ``STALE_AFTER_S`` (so one being bound right now is never
+    taken) and a connect to it is refused (nobody listens; a live server with
+    a full backlog answers EAGAIN instead).  Returns the folders removed.
+    """
+    tmp = tmp or tempfile.gettempdir()
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        names = [n for n in os.listdir(tmp) if n.startswith(PRIVATE_PREFIX)]
+    except OSError:
+        return removed
+    for name in names:
+        folder = os.path.join(tmp, name)
+        sock_path = os.path.join(folder, PRIVATE_SOCKET)
+        try:
+            st = os.lstat(folder)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or os.listdir(folder) != [PRIVATE_SOCKET]:
+                continue
+            sst = os.lstat(sock_path)
+        except OSError:
+            continue
+        if not stat.S_ISSOCK(sst.st_mode) or now - sst.st_mtime < STALE_AFTER_S or not _refused(sock_path):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _refused(path):
+    """True when a connect to the unix socket ``path`` is refused: nobody listens there."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.setblocking(False)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return False
+
+
+def remove_orphaned_socket_files():
+    """Remove every unix socket file (and private folder) ``listen`` made, whichever process bound it.
+
+    For a ``--workers`` worker whose supervisor, which bound the socket, was
+    killed: its workers, stopping with it, take the folder with them.
+    """
+    for path, (private, _) in list(_socket_files.items()):
+        _socket_files[path] = (private, os.getpid())
+        remove_socket_file(path)
 
 
 def remove_socket_file(sock_or_path):
@@ -473,18 +543,21 @@ def stop_event(loop):
     return stop
 
 
-def _server_and_options(name, protocol="raw", max_message=None, idle_timeout=None, max_buffered=None, transport="tcp"):
+def _server_and_options(name, protocol="raw", max_message=None, idle_timeout=None, max_buffered=None, transport="tcp",
+                        tls=None):
     """Look ``name`` up and check that it speaks ``protocol`` over ``transport``; return its serve function and ``options``.
 
     The function is the module's ``serve`` for a stream transport and its
     ``serve_datagram`` for udp (``registry.ServerSpec.load``).  ``options``
     holds ``name``, ``transport``, ``protocol`` (raw, frame or json; see
     ``protocols``), ``max_message`` (the largest message it accepts),
-    ``idle_timeout`` and ``max_buffered`` (None when off), and ``limits``: a
-    ``Limits`` for them, or None when both are off.  Raises a one-line
-    ``UsageError`` for an unknown name, a protocol or transport the server
-    does not speak, ``--max-buffered`` with ``raw`` (which holds no partial
-    messages), or a server that is not built here.
+    ``idle_timeout`` and ``max_buffered`` (None when off), ``limits``: a
+    ``Limits`` for them, or None when both are off, and ``tls``: ``tls``, a
+    checked ``servers.tls.TlsConfig`` with its certificate and key, or None.
+    Raises a one-line ``UsageError`` for an unknown name, a protocol or
+    transport the server does not speak (over TLS too), ``--max-buffered``
+    with ``raw`` (which holds no partial messages), a bad certificate or key,
+    or a server that is not built here.
     """
     spec = registry.get(name)
     check_transport(transport)
@@ -498,6 +571,11 @@ def _server_and_options(name, protocol="raw", max_message=None, idle_timeout=Non
     if transport == "udp" and idle_timeout:
         raise UsageError("--idle-timeout applies to the stream transports; udp has no connection to close")
     serve = spec.load(transport)
+    if tls is not None:
+        spec.check_tls(protocol, transport)
+        tls.check()
+        if tls.cert is not None or tls.key is not None:
+            check_tls_files(tls.cert, tls.key)
     limits = Limits(idle_timeout, max_buffered) if (idle_timeout or max_buffered) else None
     return serve, {
         "name": name,
@@ -507,6 +585,7 @@ def _server_and_options(name, protocol="raw", max_message=None, idle_timeout=Non
         "idle_timeout": idle_timeout or None,
         "max_buffered": max_buffered or None,
         "limits": limits,
+        "tls": tls,
     }
 
 
@@ -559,25 +638,40 @@ def _warn_if_every_interface(name, listener):
                   f"from the network; bind 127.0.0.1 or ::1 to keep it on this machine")
 
 
+def _with_certificate(options):
+    """``options`` whose TLS has a certificate: without ``--cert``/``--key``, a self-signed pair made for this
+    process in a private directory (mode 0700), removed when it exits.  Returns that directory, or None."""
+    tls = options.get("tls")
+    if tls is None or tls.cert is not None:
+        return None
+    folder = tempfile.mkdtemp(prefix="sockbench-tls-")
+    atexit.register(shutil.rmtree, folder, True)
+    options["tls"] = tls.with_files(*ensure_certificate(folder))
+    return folder
+
+
 def run_server(name, transport="tcp", host=None, port=0, path=None, protocol="raw", max_message=None, backlog=None,
-               idle_timeout=None, max_buffered=None, workers=None):
+               idle_timeout=None, max_buffered=None, workers=None, tls=None):
     """The ``sockbench serve NAME`` contract: bind, announce, serve, exit 0 on a stop signal.
 
     A unix socket's file (and its private directory) is removed on the way out.
     ``workers`` N (``--workers``): N processes of the server, see ``workers``.
+    ``tls`` (``--tls``): a ``servers.tls.TlsConfig``; the ready line adds ``"tls"``.
     """
-    serve, options = _server_and_options(name, protocol, max_message, idle_timeout, max_buffered, transport)
+    serve, options = _server_and_options(name, protocol, max_message, idle_timeout, max_buffered, transport, tls)
+    _with_certificate(options)
     backlog = _effective_backlog(name, backlog)
     options["backlog"] = backlog
+    extra = {"tls": options["tls"].ready_fields()} if options["tls"] is not None else None
     if workers is not None:
-        return _run_workers(name, workers, transport, host, port, path, backlog, serve, options)
+        return _run_workers(name, workers, transport, host, port, path, backlog, serve, options, extra)
     listener = listen(transport, host, port, path, backlog)
     if transport == "tcp" and listener.family == socket.AF_INET6:
         transport = options["transport"] = "tcp6"  # --host ::1: the ready line says what it is
     socket_path = _sockname_path(listener)  # now: a server may close the listener itself
     try:
         _warn_if_every_interface(name, listener)
-        serve(listener, _announcer(name, transport, listener, backlog), options)
+        serve(listener, _announcer(name, transport, listener, backlog, extra), options)
     except StopServing:
         pass
     finally:
@@ -587,7 +681,7 @@ def run_server(name, transport="tcp", host=None, port=0, path=None, protocol="ra
     return 0
 
 
-def _run_workers(name, n, transport, host, port, path, backlog, serve, options):
+def _run_workers(name, n, transport, host, port, path, backlog, serve, options, extra=None):
     """``run_server`` with ``--workers N``: the same listen and ready line, served by N processes."""
     # deferred: a real cycle (workers builds on this module's stop signals and log lines)
     from sockbench.servers.workers import check_workers, serve_workers
@@ -603,9 +697,9 @@ def _run_workers(name, n, transport, host, port, path, backlog, serve, options):
             options["transport"] = "tcp6"  # before the workers are forked: they serve what the ready line says
         return sock
 
-    def announcer(listener, extra):
+    def announcer(listener, more):
         _warn_if_every_interface(name, listener)
-        return _announcer(name, options.get("transport", transport), listener, backlog, extra)
+        return _announcer(name, options.get("transport", transport), listener, backlog, {**(extra or {}), **more})
 
     try:
         return serve_workers(n, name, tracked_listen, transport, host, port, path, backlog, serve, options, announcer)

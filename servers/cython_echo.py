@@ -49,6 +49,15 @@ this module only adapts it to the registry contract.
   loop, with the reasons worded by ``contract.Limits``; without them the loop
   never reads a clock.
 
+Over TLS (``--tls``, ``raw``) the core is ``sockbench.ext.tls_echo``
+(``ext/tls_echo.pyx``): the same loop with OpenSSL driven from it without the
+GIL: non-blocking ``SSL_read_ex``/``SSL_write_ex`` on the socket itself,
+read-ahead so that one ``read`` takes every record there is, all the records
+of one readiness answered with one write, a short write's tail retried with
+the same bytes, each connection's SSL* in the C table, handshakes swept for
+the timeout only while some are in progress.  Built only where OpenSSL 3's
+headers are found; ``sockbench servers`` says when it is not.
+
 The datagram form (``serve_datagram``, ``--transport udp``) is
 ``sockbench.ext.udp_echo`` (``ext/udp_echo.pyx``): the same shape (one nogil
 loop, level-triggered epoll, a stop eventfd, ``-errno`` then ``OSError``), but
@@ -63,6 +72,7 @@ datagram is one message.
 from sockbench.errors import UsageError
 from sockbench.ext import epoll_echo, udp_echo
 from sockbench.servers.protocols import DEFAULT_MAX_MESSAGE
+from sockbench.servers.tls import timeout_reason
 
 __all__ = ["serve", "serve_datagram"]
 
@@ -80,6 +90,15 @@ def serve(listener, announce, options):
     if limits is not None:
         reasons = {"idle_reason": limits.idle_reason if limits.idle_timeout else "",
                    "buffered_reason": limits.buffered_reason if limits.max_buffered else ""}
+    tls = options.get("tls")
+    if tls is not None:
+        # deferred: the TLS core links OpenSSL and is built only where its headers were found (the registry checks)
+        from sockbench.ext import tls_echo
+
+        tls_echo.serve(listener.fileno(), announce, tls.cert, tls.key, version=tls.version, cipher=tls.cipher,
+                       handshake_timeout=tls.handshake_timeout_s, name=name, idle_timeout=idle_timeout,
+                       idle_reason=reasons.get("idle_reason") or "", timeout_reason=timeout_reason(tls.handshake_timeout_s))
+        return
     epoll_echo.serve(listener.fileno(), announce,
                      protocol=options.get("protocol", "raw"), max_message=max_message, name=name,
                      idle_timeout=idle_timeout, max_buffered=options.get("max_buffered") or 0, **reasons)

@@ -33,6 +33,10 @@ asyncio rows).
 * SIGTERM/SIGINT (``gevent.signal_handler``) set an event the main greenlet
   waits on; then ``stop()`` closes the listener and every open connection is
   shut down, which ends its handler.
+* Over TLS (``--tls``) the greenlet shakes hands first (``stream_echo.accept_tls``
+  with a context of ``gevent.ssl``, whose sockets yield to the hub), rather
+  than through ``StreamServer``'s own ``ssl_context``: there a failed
+  handshake escapes the handler and the hub prints its traceback.
 * ``--idle-timeout``: a greenlet sweeps every ``Limits.sweep_s`` and shuts
   idle connections down with one line.
 """
@@ -53,7 +57,8 @@ from sockbench.servers.contract import (
     unexpected,
 )
 from sockbench.servers.protocols import make_decoder
-from sockbench.servers.stream_echo import Connections, echo_blocking
+from sockbench.servers.stream_echo import Connections, accept_tls, echo_blocking, send_close_notify
+from sockbench.servers.tls import server_context
 
 __all__ = ["serve"]
 
@@ -115,11 +120,26 @@ def serve(listener, announce, options):
     limits = options.get("limits")
     conns = Connections(name, limits)
 
+    tls_context = None
+    if options.get("tls") is not None:
+        # deferred: gevent's ssl module, loaded by a TLS server only
+        from gevent import ssl as gevent_ssl
+
+        tls_context = server_context(options["tls"], gevent_ssl.SSLContext)
+
     def handle(conn, peer):
         conns.opened(conn, peer)
         try:
             set_nodelay(conn)
+            if tls_context is not None:
+                tsock = accept_tls(conn, tls_context, options["tls"], name, peer)
+                if tsock is None:
+                    return
+                conns.replace(conn, tsock)
+                conn = tsock
             _echo(conn, peer, options, conns)
+            if tls_context is not None:
+                send_close_notify(conn)
         except OSError as e:  # reset by the peer, or shut down by the server: this connection only
             e.__traceback__ = None
         except Exception as e:  # the exception boundary: this connection only, one line

@@ -47,6 +47,9 @@ import re
 import struct
 import sys
 
+# the table itself is the core's: ext/ is built from it (setup.py writes ext/protocols.h)
+from sockbench.protocol_table import DEFAULT_MAX_MESSAGE, PROTOCOLS
+
 __all__ = [
     "PROTOCOLS",
     "DEFAULT_MAX_MESSAGE",
@@ -60,8 +63,6 @@ __all__ = [
     "encode_json_request",
 ]
 
-PROTOCOLS = ("raw", "frame", "json")
-DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
 REQUIRED_HEADERS = ("byteorder", "content-length", "content-type", "content-encoding")
 
 _U32 = struct.Struct(">I")

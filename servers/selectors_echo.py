@@ -43,6 +43,10 @@ data, and the loop calls its ``read_ready()`` or ``write_ready()``.
   clock, the decoder's partial message is counted after every read, and the
   loop closes idle connections every ``sweep_s``.
 
+Over TLS (``--tls``) a connection is a ``_TlsConnection``: the same reactor
+driving a non-blocking ``ssl`` socket, handshake included (its docstring
+says how).
+
 The datagram form (``serve_datagram``, ``--transport udp``) is the same
 reactor with one socket: ``_Datagrams`` reads with ``recvfrom_into`` into one
 buffer until ``BlockingIOError`` (at most ``DATAGRAM_BATCH`` datagrams per
@@ -74,11 +78,21 @@ from sockbench.servers.contract import (
     unexpected,
 )
 from sockbench.servers.protocols import make_decoder
+from sockbench.servers.stream_echo import send_close_notify
+from sockbench.servers.tls import handshake_failure, is_quiet, server_context, timeout_reason
 
 __all__ = ["serve", "serve_datagram"]
 
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
+
+#: the ``ssl`` module, once a TLS server loads it (``_load_ssl``)
+ssl = None
+
+
+def _load_ssl():
+    global ssl
+    import ssl  # deferred: a server without --tls never loads ssl (its peak RSS is part of every result)
 
 
 class _Connection:
@@ -198,6 +212,136 @@ class _Connection:
         self._sock.close()
 
 
+class _TlsConnection(_Connection):
+    """``_Connection`` over TLS: a non-blocking ``ssl`` socket, whose every call may want the other direction.
+
+    As CPython's ``ssl`` docs describe for non-blocking sockets: the
+    handshake is driven by ``do_handshake()`` from the selector,
+    ``SSLWantReadError``/``SSLWantWriteError`` say which readiness to wait for
+    (a write may want a read, and a read a write), a write that could not
+    complete is retried with the same bytes, and records the ``ssl`` object
+    already holds (``pending()``) are read without waiting for the selector,
+    which cannot see them.  A handshake not complete within the timeout is
+    closed by the reactor (``_Reactor.handshakes``).  close_notify ends it.
+    """
+
+    __slots__ = ("_handshaking",)
+
+    def __init__(self, sock, peer, reactor):
+        super().__init__(sock, peer, reactor)
+        self._handshaking = True
+
+    def _handshake(self):
+        try:
+            self._sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._selector.modify(self._sock, EVENT_READ, self)
+            return
+        except ssl.SSLWantWriteError:
+            self._selector.modify(self._sock, EVENT_WRITE, self)
+            return
+        except OSError as e:
+            if not is_quiet(e):
+                log_closing(self._name, self._peer, handshake_failure(e))
+            self.close()
+            return
+        self._handshaking = False
+        self._conns.handshake_done(self)
+        self._selector.modify(self._sock, EVENT_READ, self)
+
+    def read_ready(self):
+        if self._handshaking:
+            self._handshake()
+            return
+        if self._pending is not None:  # a write that wanted to read first
+            self.write_ready()
+            return
+        sock = self._sock
+        while True:
+            try:
+                n = sock.recv_into(self._rview)
+            except ssl.SSLWantReadError:
+                return
+            except ssl.SSLWantWriteError:  # a post-handshake message to answer first
+                self._selector.modify(sock, EVENT_WRITE, self)
+                return
+            except OSError:
+                self.close()
+                return
+            if not n:
+                self._eof_received()  # close_notify (or the peer's end of file)
+                return
+            data = self._rview[:n]
+            if self._decoder is not None:
+                data = self._answers(data)
+                if not data:
+                    if self._closing:
+                        self.close()
+                        return
+                    if sock.pending():
+                        continue
+                    return
+            elif self._limits is not None:
+                self._limits.progress(self)
+            self._write(data)
+            if self._pending is not None or self._sock.fileno() < 0 or not sock.pending():
+                return
+
+    def write_ready(self):
+        if self._handshaking:
+            self._handshake()
+            return
+        sock = self._sock
+        if self._pending is None:  # a read that wanted to write first
+            self._selector.modify(sock, EVENT_READ, self)
+            self.read_ready()
+            return
+        try:
+            sent = sock.send(self._pending)
+        except ssl.SSLWantWriteError:
+            return
+        except ssl.SSLWantReadError:
+            self._selector.modify(sock, EVENT_READ, self)
+            return
+        except OSError:
+            self.close()
+            return
+        rest = self._pending[sent:]
+        if rest:
+            self._pending = rest
+        elif self._closing:
+            self.close()
+        else:
+            self._pending = None
+            self._selector.modify(sock, EVENT_READ, self)
+            if sock.pending():
+                self.read_ready()
+
+    def _write(self, data):
+        """Try to send now; an ``ssl`` write that cannot complete is retried later with the same bytes."""
+        want = EVENT_WRITE
+        try:
+            sent = self._sock.send(data)
+        except ssl.SSLWantWriteError:
+            sent = 0
+        except ssl.SSLWantReadError:
+            sent, want = 0, EVENT_READ
+        except OSError:
+            self.close()
+            return
+        if sent < len(data):
+            self._pending = memoryview(bytes(data[sent:]))  # a copy: the read buffer is reused
+            self._selector.modify(self._sock, want, self)  # reading pauses until it is flushed
+        elif self._closing:
+            self.close()
+
+    def close(self):
+        if not self._handshaking and self._sock.fileno() >= 0:
+            send_close_notify(self._sock)
+        self._conns.handshake_done(self)
+        super().close()
+
+
 class _Acceptor:
     """The listening socket: accept every connection that is waiting, or pause when accept() cannot."""
 
@@ -245,6 +389,17 @@ class _Waker:
         pass
 
 
+class _Conns(set):
+    """The live connections; over TLS also those still shaking hands, with the time their handshake must end by."""
+
+    def __init__(self):
+        super().__init__()
+        self.handshakes = {}
+
+    def handshake_done(self, conn):
+        self.handshakes.pop(conn, None)
+
+
 class _Reactor:
     """The selector, the shared read buffer and the live connections: set up, loop until a stop signal, tear down."""
 
@@ -254,7 +409,12 @@ class _Reactor:
         self.name = options["name"]
         self.limits = options.get("limits")
         self.rview = read_buffer(RECV_SIZE)
-        self.conns = set()
+        self.conns = _Conns()
+        self.tls = options.get("tls")
+        self.tls_context = None
+        if self.tls is not None:
+            _load_ssl()
+            self.tls_context = server_context(self.tls)
         self.selector = selectors.DefaultSelector()
         self._listener = listener
         self._acceptor = _Acceptor(listener, self)
@@ -277,10 +437,16 @@ class _Reactor:
         try:
             sock.setblocking(False)
             set_nodelay(sock)
+            if self.tls_context is not None:
+                sock = self.tls_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         except OSError:  # e.g. reset before it was set up: that one connection only
             sock.close()
             return
-        conn = _Connection(sock, peer, self)
+        if self.tls_context is not None:
+            conn = _TlsConnection(sock, peer, self)
+            self.conns.handshakes[conn] = time.monotonic() + self.tls.handshake_timeout_s
+        else:
+            conn = _Connection(sock, peer, self)
         self.conns.add(conn)
         self.selector.register(sock, EVENT_READ, conn)
 
@@ -294,12 +460,17 @@ class _Reactor:
         self._stopping = True
 
     def _timeout(self):
-        """Seconds until the next timed duty (resume accepting, sweep idle connections), or None."""
+        """Seconds until the next timed duty (resume accepting, sweep idle connections, a handshake's end), or None."""
         due = [t for t in (self._resume_at, self._sweep_at) if t is not None]
+        if self.conns.handshakes:
+            due.append(min(self.conns.handshakes.values()))
         return max(0.0, min(due) - time.monotonic()) if due else None
 
     def _timed_duties(self):
         now = time.monotonic()
+        late = [conn for conn, t in self.conns.handshakes.items() if t <= now]
+        for conn in late:
+            conn.close_for(timeout_reason(self.tls.handshake_timeout_s))
         if self._resume_at is not None and now >= self._resume_at:
             self._resume_at = None
             self.selector.register(self._listener, EVENT_READ, self._acceptor)
@@ -310,7 +481,7 @@ class _Reactor:
 
     def run(self):
         select = self.selector.select
-        timed = self._sweep_at is not None
+        timed = self._sweep_at is not None or self.tls is not None
         while not self._stopping:
             for key, mask in select(self._timeout() if timed or self._resume_at is not None else None):
                 handler = key.data

@@ -43,6 +43,11 @@ What is added, because the framework's defaults fall short of the contract:
   always reach the main thread and wake its ``select`` at once.
 * ``setup`` turns Nagle off through ``contract.set_nodelay`` (the handler's own
   ``disable_nagle_algorithm`` fails on a Unix socket).
+* Over TLS (``--tls``) ``setup`` shakes hands in the handler's thread
+  (``stream_echo.accept_tls``) and hands ``StreamRequestHandler`` the TLS
+  socket: the recipe of the ``ssl`` docs (wrapping in ``get_request``) would
+  shake hands in the serving thread, where one peer that stalls halfway stops
+  every accept.  ``finish`` sends close_notify.
 """
 
 import signal
@@ -59,7 +64,8 @@ from sockbench.servers.contract import (
     unexpected,
 )
 from sockbench.servers.protocols import make_decoder
-from sockbench.servers.stream_echo import Connections, echo_blocking
+from sockbench.servers.stream_echo import Connections, accept_tls, echo_blocking, send_close_notify
+from sockbench.servers.tls import server_context
 
 __all__ = ["serve"]
 
@@ -75,6 +81,13 @@ class EchoHandler(socketserver.StreamRequestHandler):
 
     def setup(self):
         set_nodelay(self.request)
+        ctx = self.server.tls_context
+        if ctx is not None:  # in this handler's thread: a stalled handshake holds this connection only
+            tsock = accept_tls(self.request, ctx, self.server.options["tls"], self.server.options["name"],
+                               self.client_address)
+            if tsock is None:
+                raise _HandshakeFailed()  # said already; the framework closes the connection
+            self.request = tsock
         super().setup()
         self.server.conns.opened(self.request, self.client_address)
 
@@ -97,10 +110,18 @@ class EchoHandler(socketserver.StreamRequestHandler):
     def finish(self):
         try:
             super().finish()
+            if self.server.tls_context is not None:
+                send_close_notify(self.request)
         except OSError:
             pass  # the peer went away before the last flush
         finally:
             self.server.conns.closed(self.request)
+            if self.server.tls_context is not None:
+                self.request.close()  # the framework closes the plain socket it accepted, which TLS took over
+
+
+class _HandshakeFailed(ConnectionError):
+    """The TLS handshake of a connection failed (and its line was written): the framework drops it quietly."""
 
 
 class EchoServer(socketserver.ThreadingTCPServer):
@@ -120,6 +141,7 @@ class EchoServer(socketserver.ThreadingTCPServer):
         self.limits = options.get("limits")
         self._errors = AcceptErrors(options["name"])
         self.conns = Connections(options["name"], self.limits)  # the handlers add and take out their own
+        self.tls_context = server_context(options["tls"]) if options.get("tls") is not None else None
         self.stopping = threading.Event()  # set by a stop signal: cuts an accept pause short
 
     # --- the framework's hooks -------------------------------------------------------------------

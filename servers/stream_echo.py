@@ -9,6 +9,12 @@ runs them as it finds them: nothing is added per read, and the servers
 measure what they did before.  The exception boundary stays with each
 server, which knows what a failure means there.
 
+Over TLS (``--tls``) the three shake hands the same way too: ``accept_tls``
+in the connection's own thread or greenlet (never the accepting one: a peer
+that stalls halfway holds its own connection only), within the handshake
+timeout, one line when it fails; the echo loop then runs on the TLS socket
+unchanged, and the connection ends with TLS's own close (``send_close_notify``).
+
 The three also keep the same table of open connections (``Connections``):
 each serving thread or greenlet adds its socket and takes it out again, while
 another (the accept loop, socketserver's hook, a sweeping greenlet) shuts
@@ -24,8 +30,42 @@ import socket
 import threading
 
 from sockbench.servers.contract import log_closing, malformed
+from sockbench.servers.tls import handshake_failure, is_quiet, timeout_reason
 
-__all__ = ["Connections", "echo_blocking"]
+__all__ = ["Connections", "echo_blocking", "accept_tls", "send_close_notify"]
+
+
+def accept_tls(conn, ctx, tls, name, peer):
+    """The server side of a TLS handshake on a blocking ``conn``: the TLS socket, or None when it failed.
+
+    The handshake has ``tls.handshake_timeout_s``; a timeout or a failure is
+    one line (``servers.tls`` words it), a peer that went away none.  ``conn``
+    is taken over either way (``wrap_socket`` detaches it; the TLS socket is
+    closed when the handshake fails).  ``ctx`` is the server's ``SSLContext``
+    (gevent's, for gevent).
+    """
+    conn.settimeout(tls.handshake_timeout_s)
+    try:
+        tsock = ctx.wrap_socket(conn, server_side=True)
+    except TimeoutError:
+        log_closing(name, peer, timeout_reason(tls.handshake_timeout_s))
+        return None
+    except OSError as e:
+        if not is_quiet(e):
+            log_closing(name, peer, handshake_failure(e))
+        e.__traceback__ = None
+        return None
+    tsock.settimeout(None)
+    return tsock
+
+
+def send_close_notify(tsock):
+    """End a TLS connection as TLS does: send close_notify, without waiting for the peer's (it may never come)."""
+    try:
+        tsock.setblocking(False)  # unwrap() would wait for the peer's close_notify; want-read ends it instead
+        tsock.unwrap()
+    except (OSError, ValueError):
+        pass
 
 
 def echo_blocking(recv_into, send, view, decoder, limits, conn, name, peer, closed_by_server):
@@ -84,6 +124,19 @@ class Connections:
             self._open[conn] = peer
         if self.limits is not None:
             self.limits.opened(conn)
+
+    def replace(self, old, new):
+        """``old`` is now ``new`` (a TLS socket that took its descriptor over): shut down and tracked as ``new``."""
+        with self._lock:
+            peer = self._open.pop(old, None)
+            if peer is not None:
+                self._open[new] = peer
+            if old in self._shut:
+                self._shut.discard(old)
+                self._shut.add(new)
+        if self.limits is not None:
+            self.limits.forget(old)
+            self.limits.opened(new)
 
     def closed(self, conn):
         if self.limits is not None:

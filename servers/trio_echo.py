@@ -37,6 +37,11 @@ and ``serve_listeners`` serves it, as ``serve_tcp`` would.
   SIGINT-to-KeyboardInterrupt away); the first signal cancels the nursery,
   every handler is cancelled and its stream closed, and ``trio.run``
   returns.
+* Over TLS (``--tls``) the handler wraps its stream in ``trio.SSLStream``, as
+  trio's docs do, shakes hands under ``trio.move_on_after`` (the handshake
+  timeout), and echoes over it; ``aclose`` sends close_notify.  A failed
+  handshake surfaces as ``BrokenResourceError`` whose cause is the
+  ``ssl`` error, worded as every server words it.
 * ``--idle-timeout``: a task sweeps every ``Limits.sweep_s`` and cancels the
   idle connections' scopes, with one line each.
 """
@@ -54,6 +59,7 @@ from sockbench.servers.contract import (
     unexpected,
 )
 from sockbench.servers.protocols import make_decoder
+from sockbench.servers.tls import handshake_failure, is_quiet, server_context, timeout_reason
 
 __all__ = ["serve"]
 
@@ -128,6 +134,24 @@ def _unset_notsent_lowat(sock):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, 0)
 
 
+async def _handshake(stream, ctx, tls, name, peer):
+    """``trio.SSLStream`` over ``stream`` once its handshake completed in time, or None (one line unless the peer left)."""
+    tstream = trio.SSLStream(stream, ctx, server_side=True)
+    with trio.move_on_after(tls.handshake_timeout_s) as timer:
+        try:
+            await tstream.do_handshake()
+        except trio.BrokenResourceError as e:
+            cause = e.__cause__
+            if cause is not None and not is_quiet(cause):
+                log_closing(name, peer, handshake_failure(cause))
+            e.__traceback__ = None
+            return None
+    if timer.cancelled_caught:
+        log_closing(name, peer, timeout_reason(tls.handshake_timeout_s))
+        return None
+    return tstream
+
+
 async def _sweep(limits, name):
     while True:
         await trio.sleep(limits.sweep_s)
@@ -141,6 +165,9 @@ async def _main(listener, announce, options):
     name = options["name"]
     limits = options.get("limits")
 
+    tls = options.get("tls")
+    ctx = server_context(tls) if tls is not None else None
+
     async def handler(stream):
         # serve_listeners closes the stream when this returns
         with trio.CancelScope() as scope:
@@ -151,7 +178,13 @@ async def _main(listener, announce, options):
                 conn = _Conn(stream.socket.getpeername(), scope)
                 if limits is not None:
                     limits.opened(conn)
+                if ctx is not None:
+                    stream = await _handshake(stream, ctx, tls, name, conn.peer)
+                    if stream is None:
+                        return
                 await _echo(stream, conn, options)
+                if ctx is not None:
+                    await stream.aclose()  # close_notify, without waiting for the peer's
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
                 e.__traceback__ = None  # reset by the peer: this connection only, quietly
             except Exception as e:  # the exception boundary: this connection only, one line

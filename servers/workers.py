@@ -31,7 +31,9 @@ The process tree is a small supervisor and its workers, forked from it:
 * SIGTERM or SIGINT to the supervisor is passed to every worker; each stops
   as the serve contract says, and the supervisor exits 0 once they are gone,
   within 2 s (a worker still there after ``STOP_BUDGET_S`` is killed, with a
-  line).  A worker that dies on its own is one line; the others go on
+  line).  A supervisor that dies without passing it on (SIGKILL) still takes
+  its workers with it: each asked the kernel for SIGTERM when its parent
+  dies (``children.die_with_parent``), and they remove a unix socket's folder.  A worker that dies on its own is one line; the others go on
   serving, and when none is left the supervisor exits 1.  A stop is exit 0,
   as the serve contract says, even after a worker died (its line said so);
   1 only when a worker fails to stop cleanly.
@@ -47,11 +49,13 @@ import socket
 import sys
 import time
 
+from sockbench.children import die_with_parent
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.servers.contract import (
     STOP_SIGNALS,
     StopServing,
     log,
+    remove_orphaned_socket_files,
     unexpected,
 )
 
@@ -139,10 +143,16 @@ def _listeners(n, listen, transport, host, port, path, backlog):
 # --- a worker -----------------------------------------------------------------------------------
 
 
-def _run_worker(index, cpu, listener, others, serve, options, ready_w):
-    """In the forked child: pin, serve, and ``os._exit`` (never return into the supervisor's code)."""
+def _run_worker(index, cpu, listener, others, serve, options, ready_w, supervisor):
+    """In the forked child: pin, serve, and ``os._exit`` (never return into the supervisor's code).
+
+    The worker stops (SIGTERM) when its supervisor dies, however it died; a
+    unix socket's folder, which only the supervisor removes, then goes with
+    the workers.
+    """
     rc = 1
     try:
+        die_with_parent(supervisor)
         for sock in others:
             if sock is not listener:
                 sock.close()
@@ -162,6 +172,8 @@ def _run_worker(index, cpu, listener, others, serve, options, ready_w):
         log(options["name"], f"worker {os.getpid()}: {unexpected(e)}")
     finally:
         try:
+            if os.getppid() != supervisor:
+                remove_orphaned_socket_files()
             sys.stdout.flush()
             sys.stderr.flush()
         finally:
@@ -280,6 +292,7 @@ def serve_workers(n, name, listen, transport, host, port, path, backlog, serve, 
     sup = _Supervisor(name, n, cpus)
     old = {sig: signal.signal(sig, _raise_stop) for sig in STOP_SIGNALS}  # inherited: a worker stopped early exits 0
     ready_r, ready_w = os.pipe()
+    supervisor = os.getpid()
     try:
         try:
             for i in range(n):
@@ -288,7 +301,7 @@ def serve_workers(n, name, listen, transport, host, port, path, backlog, serve, 
                 pid = os.fork()
                 if pid == 0:
                     os.close(ready_r)
-                    _run_worker(i, cpus[i], listeners[i], listeners, serve, options, ready_w)
+                    _run_worker(i, cpus[i], listeners[i], listeners, serve, options, ready_w, supervisor)
                 sup.pids.append(pid)
                 sup.live[pid] = i
         finally:

@@ -18,7 +18,9 @@ for what the harness makes of it).
 ``busy_processes`` samples every /proc/PID/stat twice: the process's CPU
 time in ticks (utime + stime, all its threads), the CPU it last ran on, and
 its affinity, to name what already runs on the CPUs a benchmark is about to
-use.
+use.  ``marked_processes`` finds a process tree by a mark in its environment,
+which every descendant inherits and keeps when its parent dies and it is
+reparented (a pid list or a process group would lose it then).
 """
 
 import gzip
@@ -44,6 +46,10 @@ __all__ = [
     "BusyProcess",
     "busy_processes",
     "process_family",
+    "process_tree",
+    "group_members",
+    "marked_processes",
+    "read_wchan",
 ]
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -208,6 +214,43 @@ def process_family(pid=None, own=(), parents=None):
     return family
 
 
+def marked_processes(mark, exclude=None):
+    """``{pid: (argv, state)}`` of the processes whose environment holds ``mark`` (``NAME=value``), ``exclude`` aside
+    (this process by default).
+
+    ``argv`` is the command line's words (bytes), ``state`` the one-letter
+    state of /proc/PID/stat (``b"Z"``: a zombie, ended but not reaped yet).
+    Only the processes this user may read are seen.
+    """
+    needle = mark.encode()
+    exclude = os.getpid() if exclude is None else exclude
+    found = {}
+    for pid in _pids():
+        if pid == exclude:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if needle not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue  # gone, or not ours to read
+        found[pid] = (argv, state)
+    return found
+
+
+def read_wchan(pid):
+    """Where in the kernel ``pid`` waits (``do_epoll_wait``, ``hrtimer_nanosleep``; ``0`` when it runs), or None."""
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
 def _command(pid, comm):
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -314,3 +357,52 @@ def foreign_process_s(before, after, cpus, own=()):
         if own_ticks > 0 and (cpu1 in cpus or cpu0 in cpus):
             ticks += own_ticks
     return ticks * TICK_S
+
+
+def _children(pid):
+    """The live children of ``pid``: every thread's ``/proc/PID/task/TID/children`` (empty when gone)."""
+    kids = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return kids
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids.extend(int(x) for x in f.read().split())
+        except OSError:
+            continue
+    return kids
+
+
+def process_tree(pid):
+    """``pid`` and its live descendants, ``pid`` first: the processes of a server that forks (one per connection).
+
+    Read from each thread's ``children`` file, so a tree of a few hundred
+    processes costs a millisecond or two, not a scan of every /proc entry.
+    """
+    tree, todo, seen = [], [pid], set()
+    while todo:
+        p = todo.pop(0)
+        if p in seen:
+            continue
+        seen.add(p)
+        tree.append(p)
+        todo.extend(_children(p))
+    return tree
+
+
+def group_members(pgid, live=True):
+    """The processes of process group ``pgid`` (``live``: zombies left out), from every /proc/PID/stat."""
+    found = []
+    for pid in _pids():
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(b")") + 2 :].split()
+        # after "pid (comm)": state is field 3, pgrp field 5
+        if int(fields[2]) == pgid and not (live and fields[0] in (b"Z", b"X")):
+            found.append(pid)
+    return found

@@ -1,4 +1,4 @@
-"""Values as people type them and as sockbench prints them: sizes, numbers, ports, CPU lists, percentages.
+"""Values as people type them and as sockbench prints them: sizes, numbers, ports, CPU lists, percentages, addresses.
 
 The one set of parsers behind every command-line option.  Each raises a
 ``UsageError`` whose message names the option and says what to type instead;
@@ -10,7 +10,8 @@ import re
 
 from sockbench.errors import UsageError
 
-__all__ = ["parse_size", "format_size", "parse_number", "parse_port", "parse_cpus", "parse_percent", "arg"]
+__all__ = ["parse_size", "format_size", "parse_number", "parse_port", "parse_cpus", "parse_percent", "parse_scheduler",
+           "arg"]
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmM]?)(i?[bB])?\s*$")
 
@@ -93,6 +94,33 @@ def parse_percent(text, name="percentage"):
     if not 0 <= v < 100:
         raise UsageError(f"bad {name} {text!r}; use a value from 0% to 100%")
     return v / 100.0
+
+
+_SCHEDULER_RE = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:/\[\]]+))"
+                           r"(?::(?P<port>[^/]*))?$")
+
+
+def parse_scheduler(text, name="--scheduler"):
+    """A Dask scheduler's address, ``tcp://HOST:PORT`` (``[V6]`` for an IPv6 host), checked before anything connects.
+
+    Only ``tcp`` is accepted (what ``dask scheduler`` listens on, and all
+    sockbench configures), and the port must be 1..65535; without a port it
+    is Dask's 8786.  Returns the address with its port spelled out.
+    """
+    text = str(text).strip()
+    hint = "use tcp://HOST:PORT (`dask scheduler` listens on port 8786)"
+    m = _SCHEDULER_RE.match(text)
+    if not m:
+        raise UsageError(f"bad {name} {text!r}; {hint}")
+    if m.group("scheme").lower() != "tcp":
+        raise UsageError(f"bad {name} {text!r}: sockbench reaches a Dask scheduler over tcp only; {hint}")
+    port = m.group("port")
+    if port is None:
+        port = "8786"
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise UsageError(f"bad {name} {text!r}: the port must be from 1 to 65535; {hint}")
+    host = f"[{m.group('v6')}]" if m.group("v6") else m.group("host")
+    return f"tcp://{host}:{int(port)}"
 
 
 def arg(parse, name, **kw):

@@ -14,9 +14,20 @@ Cython build) is skipped with the registry's reason, unless
 
 Every test is marked by the folder it lives in (``unit``, ``conformance``,
 ``e2e``), so ``-m unit`` or ``-m "not e2e"`` select by kind without a decorator
-per test.  Tests that take seconds carry ``slow`` themselves:
-``python -m pytest -m "not slow"`` is the quick run, plain ``python -m pytest``
-still runs everything.
+per test.  Tests that take seconds carry ``slow`` themselves, and ``root``
+where they need root: plain ``python -m pytest`` leaves ``slow`` out (the
+project's ``addopts``), ``python -m pytest -m slow`` runs it, and .ci/run runs both.
+
+The run is spread over pytest-xdist workers, a test file per worker at a
+time (``--dist loadfile``: a file's module-scoped servers start once).  A test
+marked ``alone`` (every e2e test: they pin CPUs, run real load and judge it
+by the machine's foreign load) runs with no other test of the session beside
+it: ``_Turns`` is a readers-writer lock over two files that every worker
+takes around each test, exclusively for ``alone`` ones.
+
+Hypothesis runs with the profile ``SOCKBENCH_HYPOTHESIS`` names: ``dev`` (the
+default: a tenth of each test's examples) or ``ci`` (the counts the tests
+ask for; .ci/run sets it).  A test asks for its count with ``examples(n)``.
 
 Every process the tests start inherits ``SOCKBENCH_TEST_SESSION=<pytest's pid>``.
 When the last test of a module has been torn down, a ``sockbench serve`` process
@@ -24,15 +35,22 @@ that carries this session's mark and was not there before the module began is
 a leak: it is killed by its pid and the module's last test errors, naming it.
 """
 
+import fcntl
 import os
+import shutil
 import signal
+import tempfile
 import time
+from contextlib import contextmanager
 
 import pytest
+from hypothesis import settings
 
+from sockbench import procfs
 from sockbench.endpoints import STREAM_TRANSPORTS
 from sockbench.servers import registry
 from sockbench.servers.process import ServerProcess
+from sockbench.servers.tls import client_context, ensure_certificate
 
 #: the folders under tests/ and the marker each gives its tests
 KINDS = {
@@ -40,7 +58,27 @@ KINDS = {
     "conformance": "every registered server against the serve and echo contracts (tests/conformance)",
     "e2e": "the load harness, the CLI and the tools end to end, with real servers and load (tests/e2e)",
 }
-SLOW = "slow: takes seconds; -m 'not slow' leaves it out of the quick run"
+MARKS = {
+    "slow": "takes seconds: left out of the default run (addopts), run by -m slow and by .ci/run",
+    "root": "needs root (network namespaces); skips, saying why, without it",
+    "alone": "runs with no other test of the session beside it (pins CPUs, runs real load, measures time)",
+}
+
+#: the hypothesis profiles: ``ci`` keeps each test's count, ``dev`` runs a tenth of it (``examples``)
+HYPOTHESIS_PROFILES = {"ci": 1.0, "dev": 0.1}
+HYPOTHESIS_ENV = "SOCKBENCH_HYPOTHESIS"
+settings.register_profile("ci", deadline=None)
+settings.register_profile("dev", deadline=None)
+_profile = os.environ.get(HYPOTHESIS_ENV, "dev")
+if _profile not in HYPOTHESIS_PROFILES:
+    raise pytest.UsageError(f"{HYPOTHESIS_ENV}={_profile}: use one of {', '.join(HYPOTHESIS_PROFILES)}")
+settings.load_profile(_profile)
+
+
+def examples(n):
+    """The number of hypothesis examples for a test that asks for ``n`` under CI's profile (at least 10)."""
+    return max(10, round(n * HYPOTHESIS_PROFILES[_profile]))
+
 
 SESSION_ENV = "SOCKBENCH_TEST_SESSION"
 os.environ[SESSION_ENV] = str(os.getpid())  # inherited by every process a test starts, grandchildren too
@@ -53,9 +91,27 @@ _BEFORE_MODULE = pytest.StashKey()
 
 
 def pytest_configure(config):
-    for kind, what in KINDS.items():
-        config.addinivalue_line("markers", f"{kind}: {what}")
-    config.addinivalue_line("markers", SLOW)
+    for name, what in {**KINDS, **MARKS}.items():
+        config.addinivalue_line("markers", f"{name}: {what}")
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and _TURNS in workerinput:  # an xdist worker: take turns with the others
+        config.stash[_TURNS_KEY] = _Turns(workerinput[_TURNS])
+    elif workerinput is None and getattr(config.option, "numprocesses", None):  # the controller of xdist workers
+        config.stash[_TURNS_DIR_KEY] = tempfile.mkdtemp(prefix="sockbench-test-turns-")
+
+
+def pytest_unconfigure(config):
+    folder = config.stash.get(_TURNS_DIR_KEY, None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """xdist: every worker gets the folder of the session's turn files."""
+    folder = node.config.stash.get(_TURNS_DIR_KEY, None)
+    if folder:
+        node.workerinput[_TURNS] = folder
 
 
 def pytest_collection_modifyitems(config, items):
@@ -63,36 +119,61 @@ def pytest_collection_modifyitems(config, items):
         rel = os.path.relpath(str(item.path), _TESTS_DIR).split(os.sep)
         if len(rel) > 1 and rel[0] in KINDS:
             item.add_marker(rel[0])
+            if rel[0] == "e2e":
+                item.add_marker("alone")
+
+
+# --- tests that run alone, while the others run side by side ----------------------------------------
+
+_TURNS = "sockbench_turns"
+_TURNS_KEY = pytest.StashKey()
+_TURNS_DIR_KEY = pytest.StashKey()
+
+
+class _Turns:
+    """A readers-writer lock between the xdist workers of one session: ``flock`` on two files in ``folder``.
+
+    Every test holds ``run`` shared, an ``alone`` test exclusively.  A test
+    first passes through ``door`` (exclusive, held only for that): an
+    ``alone`` test keeps the door while it waits for the running tests to
+    end, so the tests queued behind it cannot keep it waiting for ever.
+    The locks go with the worker's process, also if it dies.
+    """
+
+    def __init__(self, folder):
+        self.door = os.open(os.path.join(folder, "door"), os.O_RDWR | os.O_CREAT, 0o600)
+        self.run = os.open(os.path.join(folder, "run"), os.O_RDWR | os.O_CREAT, 0o600)
+
+    @contextmanager
+    def hold(self, alone):
+        fcntl.flock(self.door, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self.run, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(self.door, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(self.run, fcntl.LOCK_UN)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    turns = item.config.stash.get(_TURNS_KEY, None)
+    if turns is None:
+        return (yield)
+    with turns.hold(alone=item.get_closest_marker("alone") is not None):
+        return (yield)
 
 
 # --- no server outlives the module that started it ---------------------------------------------
 
 
 def marked_processes(mark):
-    """``{pid: (argv, state)}`` of the processes whose environment carries ``mark`` (``NAME=value``), this one aside.
-
-    ``argv`` is the command line's words (bytes), ``state`` the one-letter
-    state from ``/proc/PID/stat`` (``b"Z"``: a zombie its parent has not
-    reaped).  A mark in the environment is inherited by grandchildren too, so
-    it finds what a process group or a pid list would miss.
-    """
-    needle = mark.encode()
-    found = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-            with open(f"/proc/{name}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue  # gone, or not ours to read
-        if needle in env:
-            found[int(name)] = (argv, state)
-    return found
+    """``{pid: (argv, state)}`` of the processes whose environment carries ``mark`` (``NAME=value``), this one aside
+    (``procfs.marked_processes``): a mark is inherited by grandchildren too, so it finds what a process group
+    or a pid list would miss."""
+    return procfs.marked_processes(mark)
 
 
 def command_line(argv):
@@ -185,11 +266,45 @@ def server(server_name):
 
 
 def _stream_cases():
-    return [(name, t) for name, spec in registry.SERVERS.items() for t in spec.transports if t in STREAM_TRANSPORTS]
+    """``(name, transport, tls)`` for every server and stream transport, plain, and over TLS where it serves TLS."""
+    plain = [(name, t, False) for name, spec in registry.SERVERS.items() for t in spec.transports
+             if t in STREAM_TRANSPORTS]
+    return plain + [(name, t, True) for name, t, _ in plain if registry.SERVERS[name].serves_tls]
 
 
 def _stream_id(case):
-    return f"{case[0]}-{case[1]}"
+    return f"{case[0]}-{case[1]}" + ("-tls" if case[2] else "")
+
+
+def _require_tls(name):
+    ok, why = registry.SERVERS[name].tls_availability()
+    if not ok:
+        if _require_all():
+            pytest.fail(f"{name}: {why}")
+        pytest.skip(f"{name}: {why}")
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory):
+    """The session's self-signed certificate and key (``servers.tls.ensure_certificate``), made once."""
+    return ensure_certificate(str(tmp_path_factory.mktemp("tls")))
+
+
+def tls_server(name, transport, tls_files, extra_args=(), **kwargs):
+    """A ``ServerProcess`` serving TLS with the session's certificate; ``proc.tls`` is a client context for it."""
+    cert, key = tls_files
+    proc = ServerProcess(name, transport, extra_args=("--tls", "--cert", cert, "--key", key, *extra_args), **kwargs)
+    proc.tls = client_context()
+    return proc
+
+
+def _stream_process(request, case):
+    name, transport, tls = case
+    _require_available(name)
+    if not tls:
+        return ServerProcess(name, transport)
+    _require_tls(name)
+    return tls_server(name, transport, request.getfixturevalue("tls_files"))
 
 
 #: the stream fixtures and their scopes, for the fixtures and for ``stream_cases_with``
@@ -219,23 +334,19 @@ def stream_cases_with(fixture, argname, values, keep, value_id=str):
 
 @pytest.fixture(scope=STREAM_FIXTURE_SCOPES["stream_server"], params=_stream_cases(), ids=_stream_id)
 def stream_server(request):
-    """A server over one stream transport (every server x tcp, tcp6, unix), shared by a module's tests.
+    """A server over one stream transport (every server x tcp, tcp6, unix, plain and over TLS), shared by a module's tests.
 
     One process per (server, transport) and module keeps the suite's time
     near what one transport cost; a test that needs a process of its own
     (a stop signal, a descriptor limit) starts one with ``fresh_stream_server``.
     """
-    name, transport = request.param
-    _require_available(name)
-    yield from _running(ServerProcess(name, transport))
+    yield from _running(_stream_process(request, request.param))
 
 
 @pytest.fixture(scope=STREAM_FIXTURE_SCOPES["fresh_stream_server"], params=_stream_cases(), ids=_stream_id)
 def fresh_stream_server(request):
     """A fresh server over one stream transport for one test; always stopped by pid afterwards."""
-    name, transport = request.param
-    _require_available(name)
-    yield from _running(ServerProcess(name, transport))
+    yield from _running(_stream_process(request, request.param))
 
 
 def _framed_cases():

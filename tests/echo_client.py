@@ -1,19 +1,26 @@
-"""Small, careful echo clients for the conformance suite.
+"""Small, careful echo clients for the conformance suite: ``sockbench.bench.check.client``'s, and the CLI helpers.
 
-Everything here is bounded in time: every socket has a timeout, and every
-loop a deadline, so a misbehaving server fails a test instead of hanging it.
+The clients are the checks' own (one implementation, shared with ``sockbench
+check``); ``assert_check`` runs one of the library's checks against a server a
+test started, so a conformance test and ``sockbench check`` judge a server the
+same way.  Everything is bounded in time: every socket has a timeout, and
+every loop a deadline, so a misbehaving server fails a test instead of hanging it.
 """
 
-import ctypes
-import errno
-import os
-import random
 import selectors
-import socket
+import ssl
 import subprocess
 import sys
-import threading
 import time
+
+import pytest
+
+from sockbench.bench.check.base import FAIL, NA, Subject, run_one
+from sockbench.bench.check.client import (  # noqa: F401  (re-exported for the tests)
+    TIMEOUT_S, StreamPattern, TlsConn, connect, connect_burst, echo_concurrently, exchange, many_connections_echo,
+    payload, read_exact, read_to_eof, send_without_reading, server_socket_option,
+)
+from sockbench.bench.check.runner import select_checks
 
 __all__ = [
     "payload",
@@ -31,216 +38,30 @@ __all__ = [
     "connect_burst",
     "listen_overflows",
     "stderr_lines",
+    "assert_check",
+    "client_hello",
+    "tls_handshake_flood",
 ]
 
-TIMEOUT_S = 20.0
+
+def assert_check(name, server, protocol="raw", max_message=16 * 1024 * 1024):
+    """Run ``sockbench check``'s check ``name`` against ``server`` (a started ``ServerProcess``); fail with what it
+    saw, skip with why it does not apply.  Returns its note."""
+    (c,) = select_checks([name])
+    tls = getattr(server, "tls", None)
+    options = {"tls": tls} if tls is not None else {}
+    outcome = run_one(c, Subject(server.endpoint, protocol, server, server.name, max_message, options))
+    if outcome.status == FAIL:
+        over = server.transport + (" over TLS" if tls is not None else "")
+        pytest.fail(f"{server.name} over {over}: {name}: {outcome.detail}", pytrace=False)
+    if outcome.status == NA:
+        pytest.skip(f"{name}: {outcome.detail}")
+    return outcome.detail
 
 
-def payload(size, seed):
-    """Random, reproducible bytes: a different stream per seed."""
-    return random.Random(seed).randbytes(size)
-
-
-def connect(addr, timeout=TIMEOUT_S):
-    """A connected blocking socket to ``addr``: ``(host, port)`` (IPv4 or IPv6) or a unix socket's path."""
-    if isinstance(addr, str):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            s.settimeout(timeout)
-            s.connect(addr)
-        except BaseException:
-            s.close()
-            raise
-        return s
-    host, port = addr[:2]
-    return socket.create_connection((host, port), timeout=timeout)
-
-
-def read_exact(sock, n):
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(min(n - len(buf), 1 << 20))
-        if not chunk:
-            raise AssertionError(f"EOF after {len(buf)} of {n} bytes")
-        buf += chunk
-    return bytes(buf)
-
-
-def read_to_eof(sock, limit):
-    buf = bytearray()
-    while True:
-        chunk = sock.recv(1 << 20)
-        if not chunk:
-            return bytes(buf)
-        buf += chunk
-        if len(buf) > limit:
-            raise AssertionError(f"more than {limit} bytes before EOF")
-
-
-def exchange(addr, stream, timeout=10.0):
-    """Send ``stream``, half-close, read to EOF (or a reset).  Returns the bytes answered.
-
-    A server may close (or reset) before it has read everything, as it does on
-    a malformed message: a broken pipe while sending is not an error here.
-    """
-    with connect(addr, timeout=timeout) as s:
-        got = bytearray()
-        try:
-            s.sendall(stream)
-            s.shutdown(socket.SHUT_WR)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the server closed on a malformed message before we finished writing
-        except OSError as e:
-            if e.errno != errno.ENOTCONN:
-                raise
-            # its reset came after the last write and before the half-close: the same case
-        try:
-            while True:
-                chunk = s.recv(1 << 20)
-                if not chunk:
-                    break
-                got += chunk
-        except ConnectionResetError:
-            pass
-        return bytes(got)
-
-
-def send_without_reading(sock, data):
-    """Hand the kernel what it takes of ``data`` now, without blocking; leaves ``sock`` non-blocking.
-
-    The echo of it stays unread, so the server has output pending for this connection.
-    """
-    sock.setblocking(False)
-    try:
-        sock.send(data)
-    except BlockingIOError:
-        pass
-
-
-def echo_concurrently(sock, data):
-    """Send ``data`` from a thread while reading the echo here; return what came back."""
-    errors = []
-
-    def send():
-        try:
-            sock.sendall(data)
-        except OSError as e:  # pragma: no cover - reported below
-            errors.append(e)
-
-    t = threading.Thread(target=send, daemon=True)
-    t.start()
-    got = read_exact(sock, len(data))
-    t.join(TIMEOUT_S)
-    assert not errors, errors
-    return got
-
-
-class StreamPattern:
-    """An endless, non-repeating-within-a-window byte stream, checked chunk by chunk at C speed."""
-
-    PERIOD = 65521  # prime, so chunk boundaries never line up with the period
-
-    def __init__(self, seed):
-        base = payload(self.PERIOD, seed)
-        self._twice = memoryview(base * (2 + (1 << 20) // self.PERIOD + 1))
-
-    def chunk(self, offset, n):
-        start = offset % self.PERIOD
-        assert n <= len(self._twice) - start
-        return self._twice[start : start + n]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_SYS_PIDFD_OPEN = 434
-_SYS_PIDFD_GETFD = 438
-
-
-def server_socket_option(pid, client_sock, level, option):
-    """Read a socket option on the *server's* end of ``client_sock``, from outside the server.
-
-    Uses pidfd_getfd(2) to borrow each of the server's TCP sockets and picks the
-    one whose peer is our client.  Returns None where the kernel does not allow it.
-    """
-    pidfd = _libc.syscall(_SYS_PIDFD_OPEN, pid, 0)
-    if pidfd < 0:
-        return None
-    want = client_sock.getsockname()[:2]
-    try:
-        for name in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                if not os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
-                    continue
-            except OSError:
-                continue
-            fd = _libc.syscall(_SYS_PIDFD_GETFD, pidfd, int(name), 0)
-            if fd < 0:
-                return None
-            s = socket.socket(fileno=fd)
-            try:
-                if s.family not in (socket.AF_INET, socket.AF_INET6) or s.type != socket.SOCK_STREAM:
-                    continue
-                try:
-                    peer = s.getpeername()[:2]
-                except OSError:
-                    continue
-                if peer == want:
-                    return s.getsockopt(level, option)
-            finally:
-                s.close()
-    finally:
-        os.close(pidfd)
-    return None
-
-
-def many_connections_echo(addr, count, size, deadline_s=TIMEOUT_S):
-    """Open ``count`` connections, each echoing its own ``size`` random bytes, all at once.
-
-    Non-blocking, one selector, bounded by ``deadline_s``.  Returns the list of
-    connection indexes whose echo was wrong or incomplete.
-    """
-    sel = selectors.DefaultSelector()
-    state = {}
-    socks = []
-    try:
-        for i in range(count):
-            s = connect(addr)
-            s.setblocking(False)
-            socks.append(s)
-            data = payload(size, seed=1000 + i)
-            state[s] = {"i": i, "out": memoryview(data), "want": data, "got": bytearray()}
-            sel.register(s, selectors.EVENT_READ | selectors.EVENT_WRITE, state[s])
-        end = time.monotonic() + deadline_s
-        pending = count
-        while pending and time.monotonic() < end:
-            for key, mask in sel.select(0.5):
-                st = key.data
-                s = key.fileobj
-                if mask & selectors.EVENT_WRITE and st["out"]:
-                    try:
-                        n = s.send(st["out"])
-                        st["out"] = st["out"][n:]
-                    except BlockingIOError:
-                        pass
-                    if not st["out"]:
-                        sel.modify(s, selectors.EVENT_READ, st)
-                if mask & selectors.EVENT_READ:
-                    try:
-                        chunk = s.recv(1 << 16)
-                    except BlockingIOError:
-                        continue
-                    if not chunk:
-                        sel.unregister(s)
-                        pending -= 1
-                        continue
-                    st["got"] += chunk
-                    if len(st["got"]) >= size:
-                        sel.unregister(s)
-                        pending -= 1
-        return [st["i"] for st in state.values() if bytes(st["got"]) != st["want"]]
-    finally:
-        sel.close()
-        for s in socks:
-            s.close()
+def open_conn(server, timeout=TIMEOUT_S):
+    """A connection to a started ``ServerProcess``: over TLS when the fixture made it serve TLS (``server.tls``)."""
+    return connect(server.address, timeout=timeout, tls=getattr(server, "tls", None))
 
 
 def sockbench_cli(*args, timeout=20):
@@ -255,39 +76,6 @@ def one_line_error(result):
     assert "Traceback" not in result.stderr, result.stderr
     assert result.stdout == "", f"stdout: {result.stdout[:200]!r}"
     return result.stderr[:-1]
-
-
-def connect_burst(addr, count, within_s):
-    """Start ``count`` non-blocking connects at once; return ``(sockets, completed)`` after at most ``within_s``.
-
-    A connect completes when the kernel finishes the handshake, which needs
-    room in the server's listen queue, not the server itself: a SYN that finds
-    the queue full is dropped, and that connect waits for the 1 s SYN retry.
-    The caller closes the sockets.
-    """
-    family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
-    socks = []
-    sel = selectors.DefaultSelector()
-    completed = 0
-    try:
-        for _ in range(count):
-            s = socket.socket(family, socket.SOCK_STREAM)
-            socks.append(s)
-            s.setblocking(False)
-            err = s.connect_ex(addr)
-            if err == 0:
-                completed += 1
-            else:
-                sel.register(s, selectors.EVENT_WRITE)
-        end = time.monotonic() + within_s
-        while sel.get_map() and time.monotonic() < end:
-            for key, _ in sel.select(max(0.0, end - time.monotonic())):
-                sel.unregister(key.fileobj)
-                if key.fileobj.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
-                    completed += 1
-    finally:
-        sel.close()
-    return socks, completed
 
 
 def listen_overflows():
@@ -312,3 +100,73 @@ def stderr_lines(server, at_least=0, within_s=2.0):
         if len(lines) >= at_least or time.monotonic() > end:
             return lines
         time.sleep(0.02)
+
+
+def client_hello(ctx):
+    """The first flight of a TLS client (its ClientHello record), as ``ctx`` would send it."""
+    inb, outb = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(inb, outb, server_side=False)
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outb.read()
+
+
+def tls_handshake_flood(addr, count, ctx, deadline_s=TIMEOUT_S):
+    """``count`` TLS handshakes at once: every connection opened first, then all driven by one selector.
+
+    Returns ``(completed, failed)``: handshakes done, and connections the server closed or reset before theirs was.
+    Bounded by ``deadline_s``; every socket is closed on the way out.
+    """
+    sel = selectors.DefaultSelector()
+    conns = {}
+    completed = failed = 0
+    try:
+        for _ in range(count):
+            s = connect(addr, timeout=deadline_s)
+            s.setblocking(False)
+            inb, outb = ssl.MemoryBIO(), ssl.MemoryBIO()
+            conns[s] = (ctx.wrap_bio(inb, outb, server_side=False), inb, outb)
+            sel.register(s, selectors.EVENT_WRITE)
+        end = time.monotonic() + deadline_s
+        while sel.get_map() and time.monotonic() < end:
+            for key, _ in sel.select(0.5):
+                s = key.fileobj
+                obj, inb, outb = conns[s]
+                try:
+                    data = s.recv(65536) if key.events == selectors.EVENT_READ else None
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if data == b"":
+                    failed += 1
+                    sel.unregister(s)
+                    continue
+                if data:
+                    inb.write(data)
+                try:
+                    obj.do_handshake()
+                    done = True
+                except ssl.SSLWantReadError:
+                    done = False
+                except ssl.SSLError:
+                    failed += 1
+                    sel.unregister(s)
+                    continue
+                out = outb.read()
+                if out:
+                    s.setblocking(True)
+                    s.sendall(out)
+                    s.setblocking(False)
+                if done:
+                    completed += 1
+                    sel.unregister(s)
+                elif key.events != selectors.EVENT_READ:
+                    sel.modify(s, selectors.EVENT_READ)
+    finally:
+        sel.close()
+        for s in conns:
+            s.close()
+    return completed, failed

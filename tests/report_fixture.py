@@ -28,12 +28,12 @@ from hdrh.histogram import HdrHistogram
 from sockbench.bench.report.store import discarded_name, raw_name, write_json_atomic
 from sockbench.bench.schema import (
     ERROR_KINDS, CellContext, Client, CpuPerMsg, Datagrams, Errors, Fairness, Interference, Latency, LoadResult, Machine,
-    ServerProc, Throughput, Timeseries, Workload,
+    ServerProc, Throughput, Timeseries, TlsPart, TlsSetting, Workload,
 )
 from sockbench.bench.suite.plan import Plan
 
 __all__ = ["make_results", "BASE_RATE", "PROTO_COST_US", "TRANSPORT_CPU", "UDP_LOSS", "WORKER_GAIN", "WORKER_CPU",
-           "worker_factor"]
+           "worker_factor", "TLS_COST_US", "CONNECT_US", "connect_kind"]
 
 #: closed-loop msgs/s at 64 B, 100 connections, per server (realistic orders of magnitude)
 BASE_RATE = {"selectors": 30000.0, "asyncio-protocol": 45000.0, "uvloop": 90000.0}
@@ -51,6 +51,11 @@ WORKER_CPU = 1.05
 
 #: the share of datagrams a udp round loses (``loss`` overrides it per server)
 UDP_LOSS = 0.002
+
+#: TLS: the server CPU (user) each message costs over TLS besides its plain cost, in µs, per server (else 6)
+TLS_COST_US = {"selectors": 9.0, "asyncio-protocol": 11.0, "uvloop": 10.0}
+#: connect mode: the server CPU per connection, plain, and per full and resumed TLS handshake, in µs
+CONNECT_US = {"plain": 60.0, "full": 600.0, "resumed": 300.0}
 
 N_SAMPLES = 600
 _NORMAL = statistics.NormalDist()
@@ -76,10 +81,11 @@ def _size_factor(size):
 def _result(rng, cell, round_no, index, plan, rate, slow, peak=None, raw_rate=None, disturbed=False, loss=UDP_LOSS):
     noise = 1.0 + rng.uniform(-0.02, 0.02)
     target = None
-    if cell.mode == "closed":
+    if cell.mode in ("closed", "connect"):
         msgs = rate * noise * slow
         base_lat = cell.conns / msgs * 1e6  # Little's law, microseconds
-        thr = Throughput(msgs_per_s=msgs, bytes_per_s=msgs * cell.size)
+        thr = Throughput(msgs_per_s=msgs, bytes_per_s=msgs * cell.size,
+                         conns_per_s=msgs if cell.mode == "connect" else None)
     else:
         target = peak * cell.load_pct / 100.0
         msgs = target * (1.0 - rng.uniform(0, 0.003))
@@ -88,22 +94,21 @@ def _result(rng, cell, round_no, index, plan, rate, slow, peak=None, raw_rate=No
         thr = Throughput(msgs_per_s=msgs, bytes_per_s=msgs * cell.size, target_rate=target, achieved_rate=msgs, behind=False)
     w = Workload(mode=cell.mode, protocol=cell.protocol, conns=cell.conns, transport=cell.transport, size=cell.size,
                  depth=cell.depth, server_cpus=list(plan.server_cpus), client_cpus=list(plan.client_cpus),
-                 workers=cell.workers,
+                 workers=cell.workers, tls=TlsSetting(version="1.3", resumption=cell.resumed) if cell.tls else None,
                  rate=target, duration_s=plan.duration_s, warmup_s=plan.warmup_s, procs=1)
     # nanoseconds, like the harness (sockbench.bench.load.hdr); the summary is in microseconds
     # stratified lognormal quantiles: the percentiles move with the workload, not with sampling luck
     h = HdrHistogram(1, 100 * 10**9, 3)
-    total = 0
     scale = base_lat * 1000 * (1.0 + rng.uniform(-0.02, 0.02))
-    for i in range(N_SAMPLES):
-        v = max(1, int(scale * math.exp(0.45 * _NORMAL.inv_cdf((i + 0.5) / N_SAMPLES))))
-        total += v
+    values = [max(1, int(scale * math.exp(0.45 * _NORMAL.inv_cdf((i + 0.5) / N_SAMPLES)))) for i in range(N_SAMPLES)]
+    for v in values:
         h.record_value(v)
-    lat = Latency(
-        count=N_SAMPLES, p50=h.get_value_at_percentile(50) / 1e3, p90=h.get_value_at_percentile(90) / 1e3,
-        p99=h.get_value_at_percentile(99) / 1e3, p999=h.get_value_at_percentile(99.9) / 1e3,
-        max=h.get_max_value() / 1e3, mean=total / N_SAMPLES / 1e3,
-    )
+
+    def at(pct):  # get_value_at_percentile's answer, read off the values (recorded in ascending order) at once
+        return h.get_highest_equivalent_value(values[h.get_target_count_at_percentile(pct) - 1]) / 1e3
+
+    lat = Latency(count=N_SAMPLES, p50=at(50), p90=at(90), p99=at(99), p999=at(99.9), max=h.get_max_value() / 1e3,
+                  mean=sum(values) / N_SAMPLES / 1e3)
     n_iv = int(round((plan.duration_s + plan.warmup_s) / plan.interval_s))
     warm = int(round(plan.warmup_s / plan.interval_s))
     series = []
@@ -120,12 +125,27 @@ def _result(rng, cell, round_no, index, plan, rate, slow, peak=None, raw_rate=No
         # the raw costs, plus the protocol's own in user time: the parsing is the interpreter's work
         raw_user = 1e6 / (raw_rate * noise) * 0.35 * per_worker
         us_user, us_sys = raw_user + PROTO_COST_US[cell.protocol], raw_user * 0.8
+    elif cell.tls and cell.mode == "closed":
+        # the plain costs, plus TLS's own in user time: the record layer's crypto and framing
+        raw_user = 1e6 / (raw_rate * noise) * 0.35 * per_worker
+        us_user, us_sys = raw_user + TLS_COST_US.get(cell.server, 6.0), raw_user * 0.8
+    if cell.mode == "connect":
+        cost = CONNECT_US[connect_kind(cell)] / slow
+        us_user, us_sys = cost * 0.75, cost * 0.25
+    tls = None
+    if cell.tls:
+        tls = TlsPart(version="TLSv1.3", cipher="TLS_AES_256_GCM_SHA384", group="x25519")
+        if cell.mode == "connect":
+            n = int(msgs * plan.duration_s)
+            tls = TlsPart(version="TLSv1.3", cipher="TLS_AES_256_GCM_SHA384", group="x25519", handshakes=n,
+                          resumed=n if cell.resumed else 0, handshakes_per_s=msgs)
     return LoadResult(
         server=cell.server,
         workload=w,
         throughput=thr,
         latency_us=lat,
         service_us=lat if cell.mode == "open" else None,
+        cycle_us=lat if cell.mode == "connect" else None,
         errors=Errors.of(dict.fromkeys(ERROR_KINDS, 0)),
         valid=True,
         client_bound=False,
@@ -143,9 +163,16 @@ def _result(rng, cell, round_no, index, plan, rate, slow, peak=None, raw_rate=No
         cell=CellContext.of(cell, round_no, None, index, peak),
         interference=Interference(server_foreign=0.3 if disturbed else 0.002, client_foreign=0.001, server_steal=0.0,
                                   client_steal=0.0, loadavg_1m=1.2 if disturbed else 0.1, disturbed=disturbed),
-        fairness=Fairness.of([int(msgs * plan.duration_s / cell.conns)] * cell.conns),
+        fairness=(Fairness.of([int(msgs * plan.duration_s / cell.conns)] * cell.conns)
+                  if cell.mode != "connect" else None),
         datagrams=_datagrams(msgs * plan.duration_s, loss, round_no) if cell.transport == "udp" else None,
+        tls=tls,
     )
+
+
+def connect_kind(cell):
+    """A connect cell's kind: ``plain`` connections, ``full`` or ``resumed`` TLS handshakes."""
+    return "plain" if not cell.tls else ("resumed" if cell.resumed else "full")
 
 
 def worker_factor(workers, cpus):
@@ -192,6 +219,10 @@ def make_results(path, servers=("selectors", "asyncio-protocol", "uvloop"), slow
         if cell.protocol != "raw":
             # what the extra CPU per message allows, if the server is CPU-bound at the raw rate
             rate = 1e6 / (1e6 / rate + PROTO_COST_US[cell.protocol])
+        elif cell.tls and cell.mode == "closed":
+            rate = 1e6 / (1e6 / rate + TLS_COST_US.get(cell.server, 6.0))
+        if cell.mode == "connect":
+            rate = 1e6 / CONNECT_US[connect_kind(cell)]
         peak = BASE_RATE.get(cell.server, 40000.0) * _size_factor(plan.open_size) * slow * per_transport
         bad = cell.server in disturbed
         lost = (loss or {}).get(cell.server, UDP_LOSS)

@@ -4,7 +4,8 @@ Every script here checks the harness or the servers against something
 outside them, on a shared and noisy machine, so they all do the same few
 things, and do them here once:
 
-* **Build the reference C client** (``ref_client.c``) on first use, with gcc,
+* **Build the reference C client** (``ref_client.c``; its TLS build,
+  ``-DREF_TLS`` linked with OpenSSL, a binary apart) on first use, with gcc,
   into a cache under the temp dir keyed by the hash of its source and of the
   ``ext/`` headers it includes (``wire.h``, ``procfs.h`` and the generated
   ``protocols.h``): the client parses and builds messages with the very C code
@@ -41,8 +42,10 @@ from dataclasses import dataclass, fields
 from types import SimpleNamespace
 
 from sockbench.bench.schema import Client, CpuPerMsg, Errors, Latency, Machine, Throughput
+from sockbench.children import child_setup
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.machine import machine_info
+from sockbench.servers.tls import BUILD_HINT as TLS_BUILD_HINT
 
 __all__ = [
     "REF_CLIENT_SOURCE",
@@ -116,6 +119,8 @@ class RefResult:
     error: str
     conns_alive: int
     stuck: int
+    #: ``--tls``: what the first connection negotiated (``{"version", "cipher"}``); None in the clear
+    tls: dict | None = None
 
     @classmethod
     def from_json(cls, d):
@@ -151,6 +156,7 @@ class RefResult:
                 error=d["error"],
                 conns_alive=d["conns_alive"],
                 stuck=d["stuck"],
+                tls=d.get("tls"),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise SockbenchError(f"the reference client's result is malformed ({e!r})") from None
@@ -177,10 +183,20 @@ def ext_include_dir():
     return inc
 
 
-def build_ref_client(src=REF_CLIENT_SOURCE):
-    """Compile the reference C client once per version of its source and headers; return the binary's path."""
+#: what the TLS build adds: the switch that compiles its TLS in, and OpenSSL
+_TLS_FLAGS = ("-DREF_TLS",)
+_TLS_LIBS = ("-lssl", "-lcrypto")
+
+
+def build_ref_client(src=REF_CLIENT_SOURCE, tls=False):
+    """Compile the reference C client once per version of its source and headers; return the binary's path.
+
+    ``tls``: the binary with ``--tls`` (``-DREF_TLS``, linked with OpenSSL), a binary of its own; where OpenSSL's
+    headers are missing, a one-line ``SockbenchError`` says what to install.
+    """
     inc = ext_include_dir()
-    digest = hashlib.sha256(" ".join(_CFLAGS).encode())
+    flags = _CFLAGS + (_TLS_FLAGS if tls else ())
+    digest = hashlib.sha256(" ".join(flags).encode())
     try:
         for path in [src] + sorted(glob.glob(os.path.join(inc, "*.h"))):
             with open(path, "rb") as f:
@@ -188,7 +204,7 @@ def build_ref_client(src=REF_CLIENT_SOURCE):
     except OSError as e:
         raise SockbenchError(f"cannot read the reference client's source {e.filename}: {e.strerror}") from None
     cache = os.path.join(tempfile.gettempdir(), "sockbench-ref-client")
-    exe = os.path.join(cache, f"ref_client-{digest.hexdigest()[:16]}")
+    exe = os.path.join(cache, f"ref_client{'_tls' if tls else ''}-{digest.hexdigest()[:16]}")
     if os.path.exists(exe):
         return exe
     cc = shutil.which("gcc") or shutil.which("cc")
@@ -196,20 +212,28 @@ def build_ref_client(src=REF_CLIENT_SOURCE):
         raise SockbenchError("the reference client needs a C compiler (gcc or cc on PATH)")
     os.makedirs(cache, exist_ok=True)
     tmp = f"{exe}.{os.getpid()}.tmp"
-    r = subprocess.run([cc, *_CFLAGS, "-I", inc, "-o", tmp, src], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([cc, *flags, "-I", inc, "-o", tmp, src, *(_TLS_LIBS if tls else ())], capture_output=True,
+                       text=True, timeout=120)
     if r.returncode != 0:
         first = (r.stderr.strip().splitlines() or ["no message"])[0]
+        if tls and "openssl" in r.stderr:
+            raise SockbenchError(f"the reference client's TLS needs OpenSSL's headers: {TLS_BUILD_HINT} ({first})")
         raise SockbenchError(f"compiling the reference client failed: {first}")
     os.replace(tmp, exe)
     return exe
 
 
 def ref_client_command(exe, address, *, protocol="raw", conns=1, size=64, depth=1, warmup=1.0, duration=5.0,
-                       server_pid=None, marks=False, stall=None, hold=False):
-    """The command line that runs ``exe`` against ``address`` (see ``ref_client.c`` for the options)."""
+                       server_pid=None, marks=False, stall=None, hold=False, tls=None):
+    """The command line that runs ``exe`` against ``address`` (see ``ref_client.c`` for the options).
+
+    ``tls``: a ``servers.tls.TlsConfig`` (the binary of ``build_ref_client(tls=True)``): its version and cipher.
+    """
     host, port = address
     cmd = [exe, "--protocol", protocol, "--conns", str(conns), "--size", str(size), "--depth", str(depth),
            "--warmup", repr(float(warmup)), "--duration", repr(float(duration))]
+    if tls is not None:
+        cmd += ["--tls", "--tls-version", tls.version] + (["--tls-cipher", tls.cipher] if tls.cipher else [])
     if server_pid:
         cmd += ["--server-pid", str(server_pid)]
     if marks:
@@ -222,8 +246,8 @@ def ref_client_command(exe, address, *, protocol="raw", conns=1, size=64, depth=
 
 
 def pinned(cpu):
-    """A ``preexec_fn`` that pins the child to ``cpu`` before it runs."""
-    return lambda: os.sched_setaffinity(0, {cpu})
+    """A ``preexec_fn`` that pins the child to ``cpu`` and makes it die with this process (``children.child_setup``)."""
+    return child_setup({cpu})
 
 
 def run_ref_client(exe, address, cpu, *, what="", overrun_s=60, **options):

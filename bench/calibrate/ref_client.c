@@ -47,15 +47,23 @@
  * With --hold, after an error the connections stay open until stdin is closed
  * (at most 10 s), so that the caller can see where the unanswered bytes wait.
  *
+ * TLS (built with -DREF_TLS, linked with OpenSSL: common.py builds that binary apart, where OpenSSL's
+ * headers are found): --tls makes every connection a TLS client, its handshake done (blocking) before
+ * the loop, then non-blocking SSL_write_ex/SSL_read_ex on the socket with the settings of the
+ * harness's own TLS (ext/tlsconf.pxd: the version pinned, --tls-cipher, no certificate verification,
+ * read-ahead, partial writes); records OpenSSL read ahead are read before the loop waits again.  raw only.
+ * It is the C client the harness's TLS load is checked against (bench/calibrate/tls_reference.py).
+ *
  * Usage: ref_client [--protocol raw|frame|json] [--conns N] [--size BYTES] [--depth D]
  *                   [--warmup S] [--duration S] [--server-pid PID] [--marks] [--stall S] [--hold]
- *                   HOST PORT
+ *                   [--tls [--tls-version 1.2|1.3] [--tls-cipher NAME]] HOST PORT
  * Output: with --marks, "window" when the window opens; then one JSON line.
  * Exit 0 once that line is printed (its "errors" say whether the run is
  * valid), 1 if the run could not start (one line on stderr), 2 for bad arguments.
  * Bounded: it ends at WARMUP + DURATION after connecting, plus the hold.
  *
  * Build (bench/calibrate/common.py does, into a cache): gcc -O2 -Wall -I ext -o ref_client ref_client.c
+ * (with TLS: gcc -O2 -Wall -DREF_TLS -I ext -o ref_client_tls ref_client.c -lssl -lcrypto)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -81,6 +89,11 @@
 #include "protocols.h"
 #include "wire.h"
 
+#ifdef REF_TLS
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#endif
+
 #define PERIOD (64 * 1021)          /* the pattern's period: 64-byte aligned, 1021 prime */
 #define STRIDE (64 * 61)            /* connection c starts c * STRIDE into the pattern */
 #define READ_MAX (256 * 1024)       /* the most one recv asks for */
@@ -102,6 +115,8 @@ typedef struct {
     double warmup, duration, stall;
     const char *host;
     int port;
+    int tls;                    /* --tls (a binary built with REF_TLS only) */
+    const char *tls_version, *tls_cipher;
 } config_t;
 
 typedef struct {
@@ -114,6 +129,9 @@ typedef struct {
     int64_t recvd;      /* answer bytes received and verified */
     int64_t *ring;      /* when message m was queued, at ring[m % depth] */
     int64_t last;       /* when it last completed a message (or started) */
+#ifdef REF_TLS
+    SSL *ssl;           /* --tls: the connection's TLS, its handshake done */
+#endif
 } conn_t;
 
 typedef struct {
@@ -137,6 +155,9 @@ typedef struct {
     int64_t errors[N_ERR];
     char error[200];            /* the first error, in words */
     int stopped, stuck;
+#ifdef REF_TLS
+    SSL_CTX *ctx;
+#endif
 } client_t;
 
 static int64_t now_ns(void) {
@@ -179,6 +200,8 @@ static config_t parse_args(int argc, char **argv) {
         {"warmup", required_argument, 0, 'w'},   {"duration", required_argument, 0, 't'},
         {"server-pid", required_argument, 0, 'P'}, {"marks", no_argument, 0, 'm'},
         {"stall", required_argument, 0, 'S'},    {"hold", no_argument, 0, 'H'},
+        {"tls", no_argument, 0, 'T'},            {"tls-version", required_argument, 0, 'V'},
+        {"tls-cipher", required_argument, 0, 'C'},
         {0, 0, 0, 0},
     };
     config_t c = {.proto = PROTO_RAW, .conns = 1, .depth = 1, .size = 64, .warmup = 1.0, .duration = 5.0};
@@ -199,9 +222,18 @@ static config_t parse_args(int argc, char **argv) {
         case 'm': c.marks = 1; break;
         case 'S': c.stall = number(optarg, "--stall", 0, 3600); break;
         case 'H': c.hold = 1; break;
+        case 'T': c.tls = 1; break;
+        case 'V': c.tls_version = optarg; break;
+        case 'C': c.tls_cipher = optarg; break;
         default: usage("unknown option");
         }
     }
+#ifndef REF_TLS
+    if (c.tls) usage("--tls: this binary was built without OpenSSL (common.py builds the TLS one with -DREF_TLS)");
+#endif
+    if (c.tls && c.proto != PROTO_RAW) usage("--tls speaks raw only");
+    if (c.tls_version && strcmp(c.tls_version, "1.2") != 0 && strcmp(c.tls_version, "1.3") != 0)
+        usage("--tls-version takes 1.2 or 1.3");
     if (argc - optind != 2) usage("give HOST and PORT");
     c.host = argv[optind];
     c.port = (int)number(argv[optind + 1], "PORT", 1, 65535);
@@ -302,6 +334,12 @@ static void record_error(client_t *C, int kind, const char *fmt, ...) {
 static void drop(client_t *C, conn_t *c) {
     struct linger lg = {1, 0};
     if (c->fd < 0) return;
+#ifdef REF_TLS
+    if (c->ssl) {
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+    }
+#endif
     setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     close(c->fd);
     c->fd = -1;
@@ -354,7 +392,22 @@ static int flush(client_t *C, conn_t *c) {
             p = C->wbuf;
             n = serialize(C, c, C->wbuf, WBUF);
         }
-        ssize_t w = send(c->fd, p, (size_t)n, MSG_NOSIGNAL);
+        ssize_t w;
+#ifdef REF_TLS
+        if (c->ssl) {
+            size_t took = 0;
+            if (!SSL_write_ex(c->ssl, p, (size_t)n, &took)) {
+                int err = SSL_get_error(c->ssl, 0);
+                if (err == SSL_ERROR_WANT_WRITE || err == SSL_ERROR_WANT_READ) break;
+                ERR_clear_error();
+                fail(C, c, E_IO, "SSL_write_ex failed", "");
+                return -1;
+            }
+            c->sent += (int64_t)took;
+            continue; /* partial writes: one record at a time, until OpenSSL wants the socket */
+        }
+#endif
+        w = send(c->fd, p, (size_t)n, MSG_NOSIGNAL);
         if (w < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN) break;
@@ -435,7 +488,22 @@ static void on_readable(client_t *C, conn_t *c) {
     while (c->fd >= 0) {
         int64_t want = owed_answers(C, c);
         if (want <= 0) want = READ_MAX; /* nothing owed: whatever comes is an error, or EOF */
-        ssize_t r = recv(c->fd, C->rbuf, (size_t)min64(want, READ_MAX), 0);
+        ssize_t r;
+#ifdef REF_TLS
+        if (c->ssl) {
+            size_t got = 0;
+            if (!SSL_read_ex(c->ssl, C->rbuf, (size_t)min64(want, READ_MAX), &got)) {
+                int err = SSL_get_error(c->ssl, 0);
+                if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) return;
+                ERR_clear_error();
+                if (err == SSL_ERROR_ZERO_RETURN) fail(C, c, E_EOF, "the server closed it", "");
+                else fail(C, c, E_IO, "SSL_read_ex failed", "");
+                return;
+            }
+            r = (ssize_t)got;
+        } else
+#endif
+        r = recv(c->fd, C->rbuf, (size_t)min64(want, READ_MAX), 0);
         if (r < 0) {
             if (errno == EINTR) continue;
             if (errno != EAGAIN) fail(C, c, E_IO, "recv: ", strerror(errno));
@@ -457,6 +525,10 @@ static void on_readable(client_t *C, conn_t *c) {
         c->recvd += r;
         int64_t before = c->done;
         completed(C, c, now_ns());
+#ifdef REF_TLS
+        /* records OpenSSL read ahead are invisible to epoll: read them now */
+        if (c->fd >= 0 && c->ssl && SSL_has_pending(c->ssl)) continue;
+#endif
         if (c->done != before) return;
     }
 }
@@ -515,6 +587,39 @@ static void count_stuck(client_t *C, int64_t now) {
 
 /* --- setup, the loop, the report ----------------------------------------------------------------- */
 
+#ifdef REF_TLS
+/* The client SSL_CTX, as ext/tlsconf.pxd makes the harness's: version pinned, cipher, no verification, read-ahead,
+ * partial writes from a buffer that may move. */
+static SSL_CTX *tls_context(const config_t *cfg) {
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    int v = cfg->tls_version && strcmp(cfg->tls_version, "1.2") == 0 ? TLS1_2_VERSION : TLS1_3_VERSION;
+    if (!ctx || !SSL_CTX_set_min_proto_version(ctx, v) || !SSL_CTX_set_max_proto_version(ctx, v)) {
+        fprintf(stderr, "ref_client: cannot make a TLS context\n");
+        exit(1);
+    }
+    if (cfg->tls_cipher && !(v == TLS1_3_VERSION ? SSL_CTX_set_ciphersuites(ctx, cfg->tls_cipher)
+                                                 : SSL_CTX_set_cipher_list(ctx, cfg->tls_cipher)))
+        usage("OpenSSL refuses --tls-cipher");
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_CTX_set_read_ahead(ctx, 1);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    return ctx;
+}
+
+/* A blocking client handshake on connection c, before it is made non-blocking. */
+static void tls_handshake(client_t *C, conn_t *c) {
+    c->ssl = SSL_new(C->ctx);
+    if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1 || SSL_connect(c->ssl) != 1) {
+        char buf[256];
+        ERR_error_string_n(ERR_get_error(), buf, sizeof buf);
+        fprintf(stderr, "ref_client: TLS handshake with %s:%d failed: %s\n", C->cfg.host, C->cfg.port, buf);
+        exit(1);
+    }
+}
+#endif
+
 static void setup(client_t *C) {
     config_t *cfg = &C->cfg;
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)cfg->port)};
@@ -535,6 +640,9 @@ static void setup(client_t *C) {
     if (!C->pat || !C->rbuf || !C->wbuf || !C->conns) fatal("malloc");
     C->ep = epoll_create1(EPOLL_CLOEXEC);
     if (C->ep < 0) fatal("epoll_create1");
+#ifdef REF_TLS
+    if (cfg->tls) C->ctx = tls_context(cfg);
+#endif
     for (int i = 0; i < cfg->conns; i++) {
         conn_t *c = &C->conns[i];
         int one = 1;
@@ -545,6 +653,9 @@ static void setup(client_t *C) {
             exit(1);
         }
         setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+#ifdef REF_TLS
+        if (cfg->tls) tls_handshake(C, c);
+#endif
         fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
         c->pat = ((int64_t)i * STRIDE) % PERIOD;
         c->ring = calloc((size_t)cfg->depth, sizeof(int64_t));
@@ -619,7 +730,14 @@ static void report(client_t *C) {
     print_server(C);
     fputs(", \"errors\": {", stdout);
     for (int k = 0; k < N_ERR; k++) printf("%s\"%s\": %lld", k ? ", " : "", ERROR_KINDS[k], (long long)C->errors[k]);
-    printf("}, \"error\": \"%s\", \"conns_alive\": %d, \"stuck\": %d}\n", C->error, C->alive, C->stuck);
+    printf("}, \"error\": \"%s\", \"conns_alive\": %d, \"stuck\": %d, \"tls\": ", C->error, C->alive, C->stuck);
+#ifdef REF_TLS
+    if (C->cfg.tls && C->conns[0].ssl)
+        printf("{\"version\": \"%s\", \"cipher\": \"%s\"}}\n", SSL_get_version(C->conns[0].ssl),
+               SSL_CIPHER_get_name(SSL_get_current_cipher(C->conns[0].ssl)));
+    else
+#endif
+        fputs("null}\n", stdout);
     fflush(stdout);
 }
 

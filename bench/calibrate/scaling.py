@@ -30,6 +30,7 @@ import argparse
 import os
 import statistics
 import sys
+from dataclasses import asdict, dataclass
 
 from sockbench.bench.load.harness import run_load
 from sockbench.bench.load.spec import LoadSpec
@@ -37,7 +38,7 @@ from sockbench.errors import SockbenchError, UsageError
 from sockbench.jsonfile import write_json_atomic
 from sockbench.units import arg, parse_cpus, parse_number, parse_size
 
-__all__ = ["default_cpus", "measure", "main"]
+__all__ = ["Point", "default_cpus", "measure", "main"]
 
 
 def default_cpus(allowed, most_workers):
@@ -50,20 +51,25 @@ def default_cpus(allowed, most_workers):
     return tuple(cpus), tuple(cpus[-1:]), True
 
 
-def _point(result):
-    sp = result.server_proc
-    per_msg = sp.us_per_msg
-    total = (per_msg.user or 0.0) + (per_msg.sys or 0.0) if per_msg.user is not None else None
-    return {
-        "msgs_per_s": result.throughput.msgs_per_s,
-        "server_us_per_msg": total,
-        "server_user_us": per_msg.user,
-        "server_sys_us": per_msg.sys,
-        "server_cpu_util": sp.cpu_util,
-        "client_bound": bool(result.client_bound),
-        "valid": bool(result.valid),
-        "invalid_reason": result.invalid_reason,
-    }
+@dataclass(frozen=True)
+class Point:
+    """One round of one (server, workers) point: the figures this tool compares, read from the result's fields."""
+
+    msgs_per_s: float | None
+    server_us_per_msg: float | None
+    server_user_us: float | None
+    server_sys_us: float | None
+    server_cpu_util: float | None
+    client_bound: bool
+    valid: bool
+    invalid_reason: str | None
+
+    @classmethod
+    def of(cls, result):
+        sp = result.server_proc
+        return cls(msgs_per_s=result.throughput.msgs_per_s, server_us_per_msg=sp.us_per_msg.total,
+                   server_user_us=sp.us_per_msg.user, server_sys_us=sp.us_per_msg.sys, server_cpu_util=sp.cpu_util,
+                   client_bound=bool(result.client_bound), valid=bool(result.valid), invalid_reason=result.invalid_reason)
 
 
 def measure(servers, workers, server_cpus, client_cpus, conns=100, size=64, duration=2.0, warmup=0.5, rounds=3,
@@ -79,7 +85,7 @@ def measure(servers, workers, server_cpus, client_cpus, conns=100, size=64, dura
             spec = LoadSpec(server=server, mode="closed", conns=conns, size=size, duration_s=duration, warmup_s=warmup,
                             procs=max(1, min(len(client_cpus), conns)), server_cpus=cpus, client_cpus=tuple(client_cpus),
                             workers=n)
-            point = _point(run_load(spec))
+            point = Point.of(run_load(spec))
             out[(server, n)].append(point)
             if on_point is not None:
                 on_point(server, n, point)
@@ -106,17 +112,17 @@ def table(results):
     lines = [f"{'server':16} {'workers':>7}  {'msgs/s (min..max)':>30}  {'x1':>5}  {'server CPU µs/msg':>24}  flags"]
     base = {}
     for (server, n), pts in results.items():
-        med = _median(p["msgs_per_s"] for p in pts)
+        med = _median(p.msgs_per_s for p in pts)
         if n == 1 or server not in base:
             base.setdefault(server, med)
         ratio = med / base[server] if med and base.get(server) else None
         flags = []
-        if any(p["client_bound"] for p in pts):
+        if any(p.client_bound for p in pts):
             flags.append("CLIENT-BOUND")
-        if not all(p["valid"] for p in pts):
-            flags.append("INVALID: " + next(p["invalid_reason"] for p in pts if not p["valid"]))
-        lines.append(f"{server:16} {n:>7}  {_fmt([p['msgs_per_s'] for p in pts], ',.0f'):>30}  "
-                     f"{format(ratio, '.2f') if ratio else '-':>5}  {_fmt([p['server_us_per_msg'] for p in pts], '.2f'):>24}  "
+        if not all(p.valid for p in pts):
+            flags.append("INVALID: " + next(p.invalid_reason for p in pts if not p.valid))
+        lines.append(f"{server:16} {n:>7}  {_fmt([p.msgs_per_s for p in pts], ',.0f'):>30}  "
+                     f"{format(ratio, '.2f') if ratio else '-':>5}  {_fmt([p.server_us_per_msg for p in pts], '.2f'):>24}  "
                      f"{' '.join(flags)}")
     return "\n".join(lines)
 
@@ -152,10 +158,10 @@ def main(argv=None):
               f"{args.size} B closed loop, {args.duration:g} s windows, {args.rounds} rounds", flush=True)
         results = measure(servers, workers, server_cpus, client_cpus, args.conns, args.size, args.duration,
                           args.warmup, args.rounds,
-                          on_point=lambda s, n, pt: print(f"  {s} x{n}: {pt['msgs_per_s']:,.0f} msgs/s", file=sys.stderr))
+                          on_point=lambda s, n, pt: print(f"  {s} x{n}: {pt.msgs_per_s:,.0f} msgs/s", file=sys.stderr))
         print(table(results))
         if args.json:
-            write_json_atomic(args.json, {f"{s}:w{n}": pts for (s, n), pts in results.items()})
+            write_json_atomic(args.json, {f"{s}:w{n}": [asdict(p) for p in pts] for (s, n), pts in results.items()})
     except SockbenchError as e:
         print(f"scaling: {e}", file=sys.stderr)
         return e.exit_code

@@ -54,6 +54,7 @@ from dataclasses import asdict, dataclass
 from sockbench.bench.calibrate.common import fmt_spread, machine_line, spread
 from sockbench.bench.load.harness import run_load
 from sockbench.bench.load.spec import ENGINES, LoadSpec, check_engine
+from sockbench.children import child_setup
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.jsonfile import write_json_atomic
 from sockbench.servers import registry
@@ -305,10 +306,13 @@ def _parse_perf_report(text):
 
 def _perf_window(server, engine, w, duration, warmup, server_cpus, client_cpus, command):
     """One load run against ``server`` (pinned, started here) with ``command(pid, seconds)`` (a perf command line)
-    run on the server process for the measured window; returns the run's ``LoadResult``."""
-    pin = ["taskset", "-c", ",".join(map(str, client_cpus))] if shutil.which("taskset") else []
+    run on the server process for the measured window; returns the run's ``LoadResult``.
+
+    perf runs on the client CPUs and dies with this tool (``children.child_setup``).  The kernel's
+    parent-death signal follows the thread that started it, so the thread that starts perf also waits for it.
+    """
     with ServerProcess(server, cpus=tuple(server_cpus)) as srv:
-        procs, threads = [], []
+        threads = []
 
         def attach(start_ns, end_ns):
             warm_end = start_ns + int(warmup * 1e9)
@@ -316,8 +320,13 @@ def _perf_window(server, engine, w, duration, warmup, server_cpus, client_cpus, 
             def run():
                 time.sleep(max(0.0, (warm_end - time.monotonic_ns()) / 1e9))
                 window = max(0.1, (end_ns - time.monotonic_ns()) / 1e9)
-                procs.append(subprocess.Popen([*pin, *command(srv.pid, f"{window:.3f}")], stdout=subprocess.DEVNULL,
-                                              stderr=subprocess.DEVNULL))
+                pr = subprocess.Popen(command(srv.pid, f"{window:.3f}"), stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, preexec_fn=child_setup(tuple(client_cpus)))
+                try:
+                    pr.wait(timeout=window + 60)
+                except subprocess.TimeoutExpired:
+                    pr.kill()
+                    pr.wait()
 
             t = threading.Thread(target=run, daemon=True)
             t.start()
@@ -328,13 +337,7 @@ def _perf_window(server, engine, w, duration, warmup, server_cpus, client_cpus, 
                         name_busy=False)
         r = run_load(spec, on_window=attach)
         for t in threads:
-            t.join(duration + warmup + 10)
-        for pr in procs:
-            try:
-                pr.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                pr.kill()
-                pr.wait()
+            t.join(duration + warmup + 70)
     return r
 
 

@@ -18,7 +18,7 @@ Why it is built this way
   load it runs.
 * A host runs the harness's own steps (``harness.measure``): the same pinned
   load processes, connected before the window, with the same checks, and
-  builds its own ``LoadResult`` (``harness._build_result``), exactly as a
+  builds its own ``LoadResult`` (``harness.build_result``), exactly as a
   one-machine run would.  Only the window's start differs: once every host
   is ready, the coordinator fixes one wall-clock instant a little ahead
   (``START_LEAD_S``, what the instant takes to reach every host), and each
@@ -31,7 +31,7 @@ Why it is built this way
   one too large for the window is a warning.
 * The totals are merged from every host's load processes, never averaged:
   their counters summed, their encoded HDR histograms added
-  (``harness._build_result`` over all of them), so a percentile of the whole
+  (``harness.build_result`` over all of them), so a percentile of the whole
   is exact.  What cannot be summed across machines is per host only: the
   client's CPU share (CPU numbers are per machine; the total's ``cpus`` is
   left out), the foreign load on its CPUs (``interference``) and the Dask
@@ -49,21 +49,22 @@ import sys
 import time
 import uuid
 from dataclasses import replace
+from types import SimpleNamespace
 
 from sockbench.bench.load.clock import measure_offsets, too_large
 # the harness's own steps: a host runs the same load a one-machine run does, and the totals are built
 # by the same code from every host's load processes
 from sockbench.bench.load.harness import (
-    READY_TIMEOUT_S, _build_result, _limited_by, _read_rss_peak, _ServerWindow, _split, measure, resolve,
+    READY_TIMEOUT_S, ServerWindow, build_result, limited_by, measure, read_rss_peak, resolve, split,
 )
-from sockbench.bench.load.worker import ProcResult
-from sockbench.bench.schema import Client, ClockOffset, CpuPerMsg, HostPart, LoadResult, WorkerCpu, merge_stalls
+from sockbench.bench.schema import Client, ClockOffset, CpuPerMsg, HostPart, LoadResult, ProcResult, WorkerCpu, merge_fields
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.jsonfile import write_json_atomic
 from sockbench.procfs import read_proc_stat, read_task_cpu_s
 from sockbench.servers.process import ServerProcess
 from sockbench.thresholds import CLIENT_BOUND_UTIL
 from sockbench.timestamps import iso_utc
+from sockbench.units import parse_scheduler
 
 __all__ = [
     "WORKER_CONFIG",
@@ -122,8 +123,7 @@ def connect(scheduler, timeout=CONNECT_TIMEOUT_S):
         import distributed
     except ImportError:
         raise UsageError("--cluster needs Dask distributed: pip install 'sockbench[cluster]'") from None
-    if "://" not in scheduler:
-        raise UsageError(f"bad scheduler address {scheduler!r}; use tcp://HOST:PORT (Dask's default port is 8786)")
+    scheduler = parse_scheduler(scheduler, name="scheduler address")
     try:
         return distributed.Client(scheduler, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError) as e:
@@ -167,7 +167,7 @@ def host_specs(spec, target, hosts):
     if spec.conns < len(hosts):
         raise UsageError(f"--conns {spec.conns} < {len(hosts)} hosts: each host needs a connection")
     out = []
-    for conns in _split(spec.conns, len(hosts)):
+    for conns in split(spec.conns, len(hosts)):
         rate = spec.rate * conns / spec.conns if spec.rate is not None else None
         out.append(replace(spec, server=None, target=target, conns=conns, procs=min(spec.procs, conns), rate=rate))
     return out
@@ -301,7 +301,7 @@ def _one_line(e):
 
 def _server_window(server, instant_ns, spec):
     """The server's CPU at the end of warmup and at the window's end, read here, where it runs (ticks)."""
-    srv = _ServerWindow(pid=server.pid if server is not None else None)
+    srv = ServerWindow(pid=server.pid if server is not None else None)
     if server is None:
         return srv
     samples = []
@@ -315,7 +315,7 @@ def _server_window(server, instant_ns, spec):
         except OSError:
             samples.append(None)
     srv.cpu0, srv.cpu1 = samples
-    srv.rss_peak_bytes = _read_rss_peak(server)  # a high-water mark: read after the window
+    srv.rss_peak_bytes = read_rss_peak(server)  # a high-water mark: read after the window
     return srv
 
 
@@ -368,12 +368,12 @@ def merge(spec, server, target, started_at, chosen, specs, answers, problems, sr
             reasons.extend(f"host {name}: {p}" for p in a["problems"])
     # every host's load processes, as one run's (a host that is missing shows as missing processes)
     total = replace(spec, target=None if spec.server else target, procs=sum(h.procs for h in specs))
-    result = _build_result(total, server, target, started_at, dict(enumerate(rs)), reasons, srv)
+    result = build_result(total, server, target, started_at, dict(enumerate(rs)), reasons, srv)
     client, client_bound = _cluster_client(rs, parts)
     client_bound = client_bound and srv.exit_status is None
     # the hosts' load processes are counted in ``procs``; the workload keeps what each host was asked for
     return replace(result, client=client, client_bound=client_bound,
-                   limited_by=_limited_by(client_bound, result.server_proc), interference=None,
+                   limited_by=limited_by(client_bound, result.server_proc), interference=None,
                    workload=replace(result.workload, procs=spec.procs, client_cpus=list(spec.client_cpus)),
                    hosts=parts)
 
@@ -396,28 +396,17 @@ def _host_part(name, addr, hspec, a, procs, clock):
 
 def _cluster_client(rs, parts):
     """The clients' CPU over every host: CPU seconds summed, the share over every host's CPUs (no CPU list:
-    its numbers are per machine); client-bound when any host was."""
-    user = sum(r.user_s for r in rs)
-    sys_ = sum(r.sys_s for r in rs)
+    its numbers are per machine); the loops' counts over every load process; client-bound when any host was."""
+    m = SimpleNamespace(**merge_fields(rs, ProcResult))  # the counts only: the histograms are the total's
     # each host's CPU-seconds available over its window (its CPUs x the window): its CPU time / its share
     caps = [((p.client.user_s + p.client.sys_s) / p.client.cpu_util, p.client.busy_util)
             for p in parts if p.client.cpu_util]
     capacity = sum(c for c, _ in caps)
     busy = [c * b for c, b in caps if b is not None]
-    polling = any(r.polling for r in rs)
-    writes = sum(r.writes for r in rs)
-    queued = sum(r.queued for r in rs)
-    # each host's part keeps its own stalls (its result's client); the total is every load process's
-    stalls, stall_s, longest_stall_s = merge_stalls(rs)
-    client = Client(
-        cpu_util=(user + sys_) / capacity if capacity else None,
-        polling=polling,
-        busy_util=(sum(busy) / capacity) if polling and busy and capacity else None,
-        user_s=user, sys_s=sys_, cpus=None,
-        us_per_msg=CpuPerMsg.of(user, sys_, sum(r.msgs for r in rs)),
-        writes=writes, reads=sum(r.reads for r in rs), msgs_queued=queued,
-        msgs_per_write=queued / writes if writes else None,
-        stalls=stalls, stall_s=stall_s, longest_stall_s=longest_stall_s,
+    client = Client.of(
+        rs, cpu_util=(m.user_s + m.sys_s) / capacity if capacity else None, polling=m.polling,
+        busy_util=(sum(busy) / capacity) if m.polling and busy and capacity else None,
+        user_s=m.user_s, sys_s=m.sys_s, cpus=None, us_per_msg=CpuPerMsg.of(m.user_s, m.sys_s, m.msgs),
         engine=next((p.client.engine for p in parts if p.client.engine), None),
     )
     bound = any(p.client_bound for p in parts) or bool(client.load is not None and client.load >= CLIENT_BOUND_UTIL)
@@ -465,7 +454,7 @@ def host_load(run_id, name, spec):
     finally:
         os.sched_setaffinity(0, pinned)
     after = (read_proc_stat(os.getpid()), read_task_cpu_s(os.getpid()), time.monotonic())
-    result = _build_result(spec, None, endpoint, started_at, procs, problems, srv)
+    result = build_result(spec, None, endpoint, started_at, procs, problems, srv)
     (u0, s0), exact0, t0 = cpu["before"]
     (u1, s1), exact1, t1 = after
     span = t1 - t0

@@ -34,6 +34,13 @@ Why it is built this way
 * Histograms are merged exactly: each load process encodes its HDR histogram
   with the ``hdrhistogram`` package, and the parent decodes and adds them.
   Percentiles are computed once, on the merged histogram; never averaged.
+* A stop signal (Ctrl-C, SIGTERM) inside the window cuts it short rather
+  than throwing it away: each load process ends its loop at once and reports
+  (``worker.py``), and ``run_load`` raises ``LoadInterrupted`` carrying the
+  result of the window until then (invalid, "interrupted by ..."; its rates
+  over the time measured), written to ``json_path`` first.  Before the
+  window there is nothing to keep: the run unwinds, and every child is
+  stopped by pid as always.
 * Nothing measured is lost: the result JSON is written as soon as the run
   ends, even when the run is invalid (a byte mismatch, a server that died, a
   load process that hung and was killed at the hard timeout).  ``valid`` and
@@ -78,12 +85,12 @@ Why it is built this way
 * One shape per step, and each step does one thing.  The spec and its checks
   are ``spec.LoadSpec``; a run is set up (``_spawn_workers``, ``_wait_ready``),
   windowed (``_open_window``) and collected (``_collect``); each load process
-  reports one ``worker.ProcResult``; the result is built from them by
-  concern: add the processes up (``_aggregate``, ``_throughput``,
-  ``_timeseries``), the CPU of each side (``_client_cpu``, ``_server_cpu``,
-  ``_limited_by``), the verdict (``_invalid_reasons``), and the
-  ``LoadResult`` of the result schema (``sockbench.bench.schema``), which
-  alone spells the JSON.
+  reports one ``schema.ProcResult``; the result is built from them by
+  concern: add the processes up as the schema declares each field
+  (``merge_procs``), the rates (``_throughput``, ``_timeseries``), the CPU of
+  each side (``_client_cpu``, ``_server_cpu``, ``limited_by``), the verdict
+  (``_invalid_reasons``), and the ``LoadResult`` of the result schema
+  (``sockbench.bench.schema``), which alone spells the JSON.
 """
 
 import json
@@ -98,17 +105,17 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from types import SimpleNamespace
 
 from sockbench.bench.load import datagram, hdr
 from sockbench.bench.load.interference import interference
 from sockbench.bench.load.spec import MAX_FRAMED_SIZE, MODES, PROTOCOLS, LoadSpec
-from sockbench.bench.load.worker import FD_HEADROOM, ProcResult, WorkerParams
+from sockbench.bench.load.worker import FD_HEADROOM, WorkerParams
 from sockbench.bench.schema import (
-    ERROR_KINDS, Client, CpuPerMsg, Errors, Fairness, LoadResult, Machine, ServerProc, Target, Throughput, Timeseries,
-    Workload,
-    merge_stalls,
+    ERROR_KINDS, Client, CpuPerMsg, Errors, Fairness, LoadResult, Machine, ProcResult, ServerProc, Target, Throughput,
+    Timeseries, TlsPart, TlsSetting, Workload, copy_fields, merge_fields,
 )
-from sockbench.children import child_setup, held_signals
+from sockbench.children import Stopped, child_setup, held_signals, signal_of
 from sockbench.endpoints import Endpoint
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.jsonfile import write_json_atomic
@@ -116,13 +123,16 @@ from sockbench.machine import machine_info
 from sockbench.procfs import (TICK_S, busy_processes, foreign_process_s, irq_time_accounting, process_snapshot,
                              read_proc_stat, read_rss_bytes, read_task_runtimes)
 from sockbench.servers.contract import format_peer
+from sockbench.servers.environments import interpreter_version
 from sockbench.servers.process import ServerProcess
+from sockbench.servers.tls import client_context, ensure_certificate, handshake_failure
 from sockbench.thresholds import BEHIND_FRACTION, CLIENT_BOUND_UTIL, SERVER_BOUND_UTIL, STALL_S
 from sockbench.timestamps import iso_utc
 
 __all__ = [
     "LoadSpec",
     "run_load",
+    "LoadInterrupted",
     "server_cpu",
     "MODES",
     "PROTOCOLS",
@@ -130,6 +140,14 @@ __all__ = [
     "MAX_FRAMED_SIZE",
     "busy_warning",
     "measure",
+    "resolve",
+    "build_result",
+    "merge_procs",
+    "limited_by",
+    "read_rss_peak",
+    "split",
+    "ServerWindow",
+    "READY_TIMEOUT_S",
 ]
 
 #: between "every load process is ready" and the window's start
@@ -138,6 +156,8 @@ START_MARGIN_S = 0.05
 READY_TIMEOUT_S = 60.0
 #: after the window's end, how long before a silent load process is killed
 HARD_TIMEOUT_GRACE_S = 10.0
+#: after a stop signal cut the window short, how long the load processes get to report what they measured
+CUT_GRACE_S = 1.0
 #: before a run, how long the processes on its CPUs are watched for being busy
 BUSY_SAMPLE_S = 0.1
 #: at most this many busy processes are named in the warning line
@@ -211,6 +231,50 @@ def _probe(endpoint, wording, timeout_s, exchange=None):
         s.close()
 
 
+#: what a plain probe sends to a server of another's (a TLS server takes it for a record it cannot read)
+_PLAIN_PROBE = b"sockbench probe\n"
+
+
+def tls_probe(endpoint, tls):
+    """The probe's exchange over TLS: one handshake, as the load will do it; a server that does not complete it is one
+    usage line (it is not serving TLS, or not the TLS asked for)."""
+
+    def exchange(sock):
+        ctx = client_context(tls)
+        try:
+            ctx.wrap_socket(sock, server_hostname=None).close()
+        except OSError as e:
+            why = handshake_failure(e).removeprefix("TLS handshake failed: ")
+            raise UsageError(f"the TLS handshake with {endpoint} failed ({why}): is the server serving TLS "
+                             f"{tls.version} (sockbench serve NAME --tls)?") from None
+
+    return exchange
+
+
+def plain_probe(endpoint):
+    """The probe's exchange in the clear: one short message echoed; a server that answers it as TLS does (an alert, or
+    closing) is one usage line saying to add ``--tls``."""
+
+    def exchange(sock):
+        got = b""
+        try:
+            sock.sendall(_PLAIN_PROBE)
+            while len(got) < len(_PLAIN_PROBE):
+                chunk = sock.recv(len(_PLAIN_PROBE) - len(got))
+                if not chunk:
+                    break
+                got += chunk
+        except TimeoutError:
+            return  # a slow echo: the load will tell
+        except OSError:
+            got = got or b"\x15"  # reset on a plain message: what TLS servers do
+        if got != _PLAIN_PROBE and (not got or got[:1] == b"\x15"):
+            raise UsageError(f"the server at {endpoint} does not echo a plain message (it closed the connection or "
+                             f"answered with a TLS alert): is it serving TLS? Then load it with --tls")
+
+    return exchange
+
+
 def nofile_advice(spec, hard):
     """What to do when the load processes' share of connections does not fit under a hard RLIMIT_NOFILE.
 
@@ -239,7 +303,8 @@ def _check_nofile(spec, per_proc):
         )
 
 
-def _split(n, parts):
+def split(n, parts):
+    """``n`` in ``parts`` shares that differ by one at most, the larger first."""
     return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
 
 
@@ -281,38 +346,85 @@ def server_cpu(c0, c1):
     return user * exact / ticks, sys_ * exact / ticks, "schedstat"
 
 
-def run_load(spec, json_path=None, on_window=None):
+class LoadInterrupted(Stopped):
+    """A stop signal ended the load: ``result`` is what the window measured until then (None: nothing was).
+
+    A ``KeyboardInterrupt`` (``children.Stopped``), so that whatever runs the
+    load unwinds as for Ctrl-C; ``sockbench load`` writes and shows the result first.
+    """
+
+    def __init__(self, signum, measured=None, result=None):
+        super().__init__(signum)
+        self.measured = measured  # measure()'s (procs, problems, window), for the result to be built from
+        self.result = result
+
+
+def run_load(spec, json_path=None, on_window=None, notes=None):
     """Run one load as ``spec`` says; return its ``LoadResult`` (and write its JSON to ``json_path``).
 
     Raises ``SockbenchError`` only before the load starts (bad spec, server
     that does not start, refused connection, file descriptor limit); once the
     load has started, every problem ends up in the result as ``valid: false``.
+    A stop signal inside the window raises ``LoadInterrupted`` with the
+    window's result until then, written to ``json_path`` first.
     ``on_window(start_ns, end_ns)`` is told the load's window (CLOCK_MONOTONIC)
     just before it opens, so that an observer can keep quiet through it.
+    ``notes``, a list, gets a line when the server had to be killed at the end
+    (a ``--command`` that ignored SIGTERM); the line goes to stderr as well.
     """
     spec.validate()
     started_at = iso_utc()
-    _check_nofile(spec, max(_split(spec.conns, spec.procs)) if spec.mode != "connect" else spec.conns)
-    if spec.server is not None:
-        extra = ("--protocol", spec.protocol) if spec.protocol != "raw" else ()
+    _check_nofile(spec, max(split(spec.conns, spec.procs)) if spec.mode != "connect" else spec.conns)
+    if spec.started:
+        extra = ("--protocol", spec.protocol) if spec.protocol != "raw" and spec.command is None else ()
         if spec.workers != 1:
             extra += ("--workers", str(spec.workers))
+        if spec.tls is not None and spec.command is None:  # a --command serves TLS as it is told by its own line
+            tls = spec.tls if spec.tls.cert else spec.tls.with_files(*ensure_certificate(_default_tls_folder()))
+            extra += tuple(tls.server_args())
         # the load processes start (Python, hdrh, the loop's extension: ~0.1 s) while the server starts
         spare = []
         try:
-            for _ in _split(spec.conns, spec.procs):
+            for _ in split(spec.conns, spec.procs):
                 with held_signals():
                     spare.append(_Worker())
-            with ServerProcess(spec.server, spec.transport, cpus=spec.server_cpus, extra_args=extra) as server:
+            server = ServerProcess(spec.server, spec.transport, cpus=spec.server_cpus, extra_args=extra,
+                                   command=spec.command, python=spec.server_python)
+            with server:
                 result = _run(spec, server, server.endpoint, started_at, on_window, spare)
+        except LoadInterrupted as cut:
+            _write_cut(cut, json_path)
+            raise
         finally:
             for w in spare:  # those the run did not take (it stops the ones it took)
                 w.stop()
+        if server.stop_note:
+            if notes is None:
+                print(f"sockbench: warning: {server.stop_note}", file=sys.stderr, flush=True)
+            else:
+                notes.append(server.stop_note)
     else:
-        result = _run(spec, None, spec.target, started_at, on_window)
+        try:
+            result = _run(spec, None, spec.target, started_at, on_window)
+        except LoadInterrupted as cut:
+            _write_cut(cut, json_path)
+            raise
     if json_path is not None:
         write_json_atomic(json_path, result.to_json())
     return result
+
+
+def _write_cut(cut, json_path):
+    if cut.result is not None and json_path is not None:
+        write_json_atomic(json_path, cut.result.to_json())
+
+
+def _default_tls_folder():
+    """Where a harness-started TLS server's certificate is made when the caller gave none: once per user of this
+    machine, in a private folder of the temp dir (``sockbench load`` and ``run`` make theirs in the results folder)."""
+    folder = os.path.join(tempfile.gettempdir(), f"sockbench-tls-{os.getuid()}")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    return folder
 
 
 def busy_warning(cpus, busy):
@@ -336,9 +448,11 @@ class _Worker:
         self.params = None
         self.stderr = tempfile.TemporaryFile()
         # started under held_signals() by the caller, which stores it before a Ctrl-C can land
+        # it dies with this process (SIGKILL: it has nothing to clean up, and ignores SIGTERM while it reports)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sockbench.bench.load.worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, preexec_fn=child_setup(),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+            preexec_fn=child_setup(death_signal=signal.SIGKILL),
         )
         self.buf = b""
         if params is not None:
@@ -378,6 +492,14 @@ class _Worker:
         self.stderr.seek(0)
         lines = self.stderr.read().decode(errors="replace").strip().splitlines()
         return lines[-1] if lines else ""
+
+    def cut(self):
+        """End its window now (SIGTERM): its loop reports what it measured until then."""
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
     def stop(self):
         if self.proc.poll() is None:
@@ -425,7 +547,7 @@ def _wait_events(workers, deadline, on_event, server=None):
 
 
 @dataclass
-class _ServerWindow:
+class ServerWindow:
     """What the harness knows of the server it started, over the window."""
 
     pid: int | None = None
@@ -433,15 +555,26 @@ class _ServerWindow:
     cpu1: tuple | None = None  # ... and at the window's end
     rss_peak_bytes: int | None = None
     exit_status: int | None = None  # set when the server exited during the run
+    processes: int | None = None  # how many processes served (a --command's process tree), at the window's end
     #: ``cpus -> seconds`` other processes used there around the window (None: not read)
     process_s: object = None
 
 
 def _run(spec, server, endpoint, started_at, on_window=None, spare=None):
-    """Connect, run the window, collect: the setup, the window and the collection, then the result."""
+    """Connect, run the window, collect: the setup, the window and the collection, then the result.
+
+    A window cut short by a stop signal raises ``LoadInterrupted`` with its result (None if nothing was measured).
+    """
     endpoint = resolve(endpoint)
-    procs, problems, srv = measure(spec, server, endpoint, on_window, spare=spare)
-    return _build_result(spec, server, endpoint, started_at, procs, problems, srv)
+    try:
+        procs, problems, srv = measure(spec, server, endpoint, on_window, spare=spare)
+    except LoadInterrupted as cut:
+        if cut.measured is not None:
+            procs, problems, srv = cut.measured
+            if any(r.cpu_window_s > 0 for r in procs.values()):
+                cut.result = build_result(spec, server, endpoint, started_at, procs, problems, srv, cut=cut.signum)
+        raise
+    return build_result(spec, server, endpoint, started_at, procs, problems, srv)
 
 
 def measure(spec, server, endpoint, on_window=None, start_at=None, spare=None):
@@ -453,10 +586,17 @@ def measure(spec, server, endpoint, on_window=None, start_at=None, spare=None):
     at one shared instant); without it the window starts ``START_MARGIN_S``
     from now.  ``spare`` are load processes started already, waiting for
     their parameters (taken from the list as they are used).
-    ``_build_result`` turns the three into a result.
+    ``build_result`` turns the three into a result.  A stop signal once the
+    window is set cuts it short (``_cut``): ``LoadInterrupted`` then carries
+    the three, as far as they go.
     """
     if endpoint.transport == "udp":
         _probe(endpoint, datagram.PROBE_WORDING, datagram.PROBE_TIMEOUT_S, datagram.echo_probe)
+    elif spec.tls is not None:
+        _probe(endpoint, _STREAM_PROBE_WORDING, _STREAM_PROBE_TIMEOUT_S, tls_probe(endpoint, spec.tls))
+    elif server is None and spec.protocol == "raw":
+        # a server of another's: one plain message tells a TLS server from an echo server
+        _probe(endpoint, _STREAM_PROBE_WORDING, _STREAM_PROBE_TIMEOUT_S, plain_probe(endpoint))
     else:
         _probe(endpoint, _STREAM_PROBE_WORDING, _STREAM_PROBE_TIMEOUT_S)
     if spec.name_busy:
@@ -469,9 +609,21 @@ def measure(spec, server, endpoint, on_window=None, start_at=None, spare=None):
         # every process's CPU around the window: what caps the foreign time (bench/load/interference.py)
         before = process_snapshot()
         end_ns = _open_window(spec, workers, on_window, start_ns)
-        # --workers: load process 0 samples the first worker; this process the others, at the window's edges
-        edges = _sample_edges(server.pids[1:], end_ns - int(spec.duration_s * 1e9), end_ns) if server else None
-        procs, problems, srv = _collect(spec, server, workers, end_ns, edges)
+        reported = {}  # index -> ProcResult, as they come: a stop signal in the middle keeps those
+        try:
+            # --workers (and a --command's process tree): load process 0 samples the first process; this process
+            # the others, at the window's edges
+            tree = server.pids if server else []
+            edges = _sample_edges(tree[1:], end_ns - int(spec.duration_s * 1e9), end_ns) if server else None
+            # a tree's peak RSS now, at the window's end: a child per connection is gone once the load disconnects
+            tree_rss = _rss_sum(tree) if server is not None and len(tree) > 1 else None
+            procs, problems, srv = _collect(spec, server, workers, end_ns, edges, procs=reported)
+        except KeyboardInterrupt as stop:
+            raise LoadInterrupted(signal_of(stop), _cut(spec, server, workers, reported)) from None
+        if server is not None:
+            srv.processes = len(tree)
+            if tree_rss is not None:
+                srv.rss_peak_bytes = max(srv.rss_peak_bytes or 0, tree_rss)
         after = process_snapshot()
     finally:
         for w in workers.values():
@@ -497,7 +649,7 @@ def _spawn_workers(spec, server, endpoint, workers, spare=None):
     """
     cpus = spec.client_cpus
     first = 0
-    for i, n in enumerate(_split(spec.conns, spec.procs)):
+    for i, n in enumerate(split(spec.conns, spec.procs)):
         p = WorkerParams(
             index=i, host=endpoint.host or "", port=endpoint.port or 0, family=int(endpoint.family),
             transport=endpoint.transport, path=endpoint.path, mode=spec.mode, conns=n,
@@ -512,6 +664,8 @@ def _spawn_workers(spec, server, endpoint, workers, spare=None):
             server_pid=server.pid if server is not None and i == 0 else 0,
             stat_cpus=_stat_cpus(spec, server) if i == 0 else (),
             engine=spec.engine,
+            tls=({"version": spec.tls.version, "cipher": spec.tls.cipher, "resumption": spec.tls.resumption}
+                 if spec.tls is not None else None),
         )
         first += n
         with held_signals():
@@ -534,7 +688,7 @@ def _wait_ready(workers, server):
 
     def on_ready(w, ev):
         if ev.get("event") != "ready":
-            raise SockbenchError(ev.get("message") or f"load process {w.params.index} failed")
+            raise SockbenchError(ev.get("message") or f"load process {w.params.index} failed", ev.get("exit_code"))
 
     late = _wait_events(workers, time.monotonic() + READY_TIMEOUT_S, on_ready, server_gone)
     if late:
@@ -590,16 +744,19 @@ def _add_samples(first, more):
     return user, sys_, threads
 
 
-def _collect(spec, server, workers, end_ns, edges=None):
+def _collect(spec, server, workers, end_ns=None, edges=None, cut_by=None, procs=None):
     """The load processes' results within the hard timeout, the problems, and the server's window.
 
     This process sleeps through the window (waking up inside it to read the
     server's CPU took a CPU from one side: load process 0 reads it instead).
-    Returns ``({index: ProcResult}, [problem lines], _ServerWindow)``.
+    Returns ``({index: ProcResult}, [problem lines], ServerWindow)``.  With
+    ``cut_by`` (a window cut short, see ``_cut``), the results are due by
+    that ``time.monotonic()`` instead.  ``procs``: where the results go as
+    they come (the load processes already there are not waited for).
     """
-    procs = {}
+    procs = {} if procs is None else procs
     problems = []
-    srv = _ServerWindow(pid=server.pid if server else None)
+    srv = ServerWindow(pid=server.pid if server else None)
 
     def on_result(w, ev):
         if ev.get("event") == "result":
@@ -607,25 +764,62 @@ def _collect(spec, server, workers, end_ns, edges=None):
         else:
             problems.append(ev.get("message") or f"load process {w.params.index} failed")
 
-    deadline = end_ns / 1e9 + max(HARD_TIMEOUT_GRACE_S, spec.timeout_s + 2)
-    for i in _wait_events(workers, deadline, on_result):
+    deadline = cut_by if cut_by is not None else end_ns / 1e9 + max(HARD_TIMEOUT_GRACE_S, spec.timeout_s + 2)
+    for i in _wait_events({i: w for i, w in workers.items() if i not in procs}, deadline, on_result):
         workers[i].stop()
-        problems.append(f"load process {i} hung; killed at the hard timeout")
+        problems.append(f"load process {i} did not stop when asked; killed" if cut_by is not None
+                        else f"load process {i} hung; killed at the hard timeout")
     if server is not None:
         first = procs.get(0)
         samples = (first.server_cpu if first is not None else None) or [None, None]
         srv.cpu0, srv.cpu1 = (_server_sample(x) for x in samples)
         if edges is not None:
+            if server.command is not None:
+                # a --command's tree: a child that came and went around an edge (the probe's connection, in a
+                # server that forks per connection) is left out at both, rather than leaving the CPU unknown
+                kept = [i for i, (a, b) in enumerate(zip(*edges)) if a is not None and b is not None]
+                edges = [[e[i] for i in kept] for e in edges]
             srv.cpu0, srv.cpu1 = _add_samples(srv.cpu0, edges[0]), _add_samples(srv.cpu1, edges[1])
-        srv.rss_peak_bytes = _read_rss_peak(server)  # a high-water mark: read after the window
-    if server is not None and not server.alive():
+        elif len(server.pids) > 1:
+            srv.cpu0 = srv.cpu1 = None  # cut short before the other processes were sampled: unknown, not understated
+        srv.rss_peak_bytes = read_rss_peak(server)  # a high-water mark: read after the window
+    if server is not None and not server.alive() and cut_by is None:
         srv.exit_status = server.proc.returncode
         problems.insert(0, f"the server exited (status {server.proc.returncode}) during the run")
     return procs, problems, srv
 
 
-def _read_rss_peak(server):
-    """The peak RSS (``VmHWM``) summed over every serving process (``--workers``: each worker's)."""
+def _cut(spec, server, workers, reported):
+    """A stop signal came inside the window: end it now in every load process, and collect what each measured.
+
+    Each gets SIGTERM (its loop ends the window and reports; one that is
+    still before its loop ignores it, and is killed after ``CUT_GRACE_S``).
+    The server's exit is no problem here (a terminal's Ctrl-C reaches it too).
+    Another stop signal while this waits is not held back: the caller's
+    cleanup stops every child by pid.
+    """
+    for i, w in workers.items():
+        if i not in reported:
+            w.cut()
+    return _collect(spec, server, workers, cut_by=time.monotonic() + CUT_GRACE_S, procs=reported)
+
+
+def _rss_sum(pids):
+    """The summed peak RSS (``VmHWM``) of ``pids``; a process gone meanwhile counts none."""
+    total = 0
+    for pid in pids:
+        try:
+            total += read_rss_bytes(pid, "VmHWM")
+        except (OSError, SockbenchError, ValueError):
+            continue
+    return total or None
+
+
+def read_rss_peak(server):
+    """The peak RSS (``VmHWM``) summed over every serving process (``--workers``: each worker's; a --command's
+    live tree, where a child that is gone meanwhile counts none)."""
+    if getattr(server, "command", None) is not None:
+        return _rss_sum(server.pids)
     try:
         return sum(read_rss_bytes(pid, "VmHWM") for pid in server.pids)
     except (OSError, SockbenchError, ValueError):
@@ -635,38 +829,13 @@ def _read_rss_peak(server):
 # --- the result ------------------------------------------------------------------------------
 
 
-def _sum_lists(lists):
-    lists = [l for l in lists if l]
-    if not lists:
-        return []
-    n = max(len(l) for l in lists)
-    return [sum(l[i] for l in lists if i < len(l)) for i in range(n)]
-
-
-@dataclass
-class _Merged:
-    """The load processes' figures added up: messages, errors by kind, the merged histograms."""
-
-    msgs: int
-    errors: dict  # ERROR_KINDS -> count
-    h1: object  # the latency histogram
-    h2: object  # service (open) or cycle (connect) time
-    mean1_ns: float | None
-    mean2_ns: float | None
-
-
-def _aggregate(rs):
-    """Add up the per-process parts exactly: counts summed, histograms merged, exact means from the sums."""
-    h1 = hdr.merge_encoded(r.hdr1 for r in rs)
-    h2 = hdr.merge_encoded(r.hdr2 for r in rs)
-    return _Merged(
-        msgs=sum(r.msgs for r in rs),
-        errors={k: sum(r.errors[k] for r in rs) for k in ERROR_KINDS},
-        h1=h1,
-        h2=h2,
-        mean1_ns=(sum(r.hdr1_sum_ns for r in rs) / h1.get_total_count()) if h1.get_total_count() else None,
-        mean2_ns=(sum(r.hdr2_sum_ns for r in rs) / h2.get_total_count()) if h2.get_total_count() else None,
-    )
+def merge_procs(rs):
+    """The load processes' reports added up as ``ProcResult`` declares each field (``schema.merge_fields``): counts
+    summed, histograms merged exactly (decoded and added), the exact means from the sums of the values."""
+    m = SimpleNamespace(**merge_fields(rs, ProcResult, hdr=hdr.merge_encoded))
+    m.mean1_ns = m.hdr1_sum_ns / m.hdr1.get_total_count() if m.hdr1.get_total_count() else None
+    m.mean2_ns = m.hdr2_sum_ns / m.hdr2.get_total_count() if m.hdr2.get_total_count() else None
+    return m
 
 
 def _measured_s(spec, timeseries, srv):
@@ -683,21 +852,21 @@ def _measured_s(spec, timeseries, srv):
     return round(min(spec.duration_s, (last + 1) * spec.interval_s), 6)
 
 
-def _throughput(spec, rs, msgs, measured_s=None):
+def _throughput(spec, m, measured_s=None):
     """Payload bytes, whatever the protocol; wire bytes add the framing and headers."""
     dur = measured_s or spec.duration_s
     target = achieved = pacing = behind = conns_per_s = None
     if spec.mode == "open":
         target = spec.rate
-        achieved = sum(r.sent_window for r in rs) / dur
+        achieved = m.sent_window / dur
         pacing = (achieved - spec.rate) / spec.rate
         behind = achieved < spec.rate * (1 - BEHIND_FRACTION)
     if spec.mode == "connect":
-        conns_per_s = sum(r.cycles for r in rs) / dur
+        conns_per_s = m.cycles / dur
     return Throughput(
-        msgs_per_s=msgs / dur,
-        bytes_per_s=sum(r.rx_bytes for r in rs) / dur,
-        wire_bytes_per_s=sum(r.rx_wire_bytes for r in rs) / dur,
+        msgs_per_s=m.msgs / dur,
+        bytes_per_s=m.rx_bytes / dur,
+        wire_bytes_per_s=m.rx_wire_bytes / dur,
         target_rate=target,
         achieved_rate=achieved,
         pacing_error=pacing,
@@ -707,39 +876,17 @@ def _throughput(spec, rs, msgs, measured_s=None):
     )
 
 
-def _client_cpu(rs, msgs, engine="epoll"):
-    """The client's own CPU over the window, and whether it was the bottleneck (client-bound)."""
-    user = sum(r.user_s for r in rs)
-    sys_ = sum(r.sys_s for r in rs)
-    window = max((r.cpu_window_s for r in rs), default=0.0)
-    cpus = sorted({c for r in rs for c in r.cpus})
-    ncpu = len(cpus) or 1
-    util = (user + sys_) / (window * ncpu) if window > 0 else None
-    polling = any(r.polling for r in rs)
+def _client_cpu(rs, m, engine="epoll"):
+    """The client's own CPU over the window, its loops' counts, and whether it was the bottleneck (client-bound)."""
+    window = m.cpu_window_s or 0.0
+    ncpu = len(m.cpus) or 1
+    util = (m.user_s + m.sys_s) / (window * ncpu) if window > 0 else None
     busy = None
-    if polling and window > 0:
+    if m.polling and window > 0:
         # a polling process is always on its CPU: its busy share is the time outside idle passes
         busy = min(1.0, sum(max(0.0, r.cpu_window_s - (r.idle_s or 0.0)) for r in rs) / (window * ncpu))
-    queued = sum(r.queued for r in rs)
-    writes = sum(r.writes for r in rs)
-    stalls, stall_s, longest_stall_s = merge_stalls(rs)
-    client = Client(
-        cpu_util=util,
-        polling=polling,
-        busy_util=busy,
-        user_s=user,
-        sys_s=sys_,
-        cpus=cpus,
-        us_per_msg=CpuPerMsg.of(user, sys_, msgs),
-        writes=writes,
-        reads=sum(r.reads for r in rs),
-        msgs_queued=queued,
-        msgs_per_write=queued / writes if writes else None,
-        stalls=stalls,
-        stall_s=stall_s,
-        longest_stall_s=longest_stall_s,
-        engine=engine,
-    )
+    client = Client.of(rs, cpu_util=util, polling=m.polling, busy_util=busy, user_s=m.user_s, sys_s=m.sys_s,
+                       cpus=m.cpus, us_per_msg=CpuPerMsg.of(m.user_s, m.sys_s, m.msgs), engine=engine)
     load = client.load
     return client, bool(load is not None and load >= CLIENT_BOUND_UTIL)
 
@@ -755,27 +902,38 @@ def _server_cpu(spec, server, srv, msgs, measured_s=None):
     if server is not None:
         cpus = list(spec.server_cpus)
         util = (user_s + sys_s) / ((measured_s or spec.duration_s) * len(cpus)) if user_s is not None else None
+    python = None
+    if server is not None and server.command is None:
+        python = interpreter_version(server.python or sys.executable)
     return ServerProc(pid=srv.pid, user_s=user_s, sys_s=sys_s, rss_peak_bytes=srv.rss_peak_bytes, us_per_msg=per_msg,
-                      cpu_source=source, cpus=cpus, cpu_util=util, exit_status=srv.exit_status)
+                      cpu_source=source, cpus=cpus, cpu_util=util, exit_status=srv.exit_status, python=python,
+                      processes=srv.processes if server is not None and server.command is not None else None)
 
 
-def _limited_by(client_bound, server_proc):
+def limited_by(client_bound, server_proc):
     """Which side limited the run: a saturated CPU (None: neither was, e.g. latency-bound)."""
     server_bound = bool(server_proc.cpu_util is not None and server_proc.cpu_util >= SERVER_BOUND_UTIL)
     return {(True, True): "both", (True, False): "client", (False, True): "server"}.get((client_bound, server_bound))
 
 
-def _timeseries(spec, rs):
-    """Messages per interval over every process, and the longest silence after warmup (None if a process is missing)."""
-    ts_msgs = _sum_lists([r.ts_msgs for r in rs])
+def _timeseries(spec, rs, m, cut_s=None):
+    """Messages per interval over every process, and the longest silence after warmup (None if a process is missing).
+
+    ``cut_s``: the window was cut short after that many seconds, and the intervals after it are left out.
+    """
+    ts_msgs = m.ts_msgs
+    ts_sent = m.ts_sent if spec.mode == "open" else None
     warm_n = math.ceil(spec.warmup_s / spec.interval_s - 1e-9)
+    if cut_s is not None:
+        n = warm_n + math.ceil(cut_s / spec.interval_s - 1e-9)
+        ts_msgs, ts_sent = ts_msgs[:n], ts_sent[:n] if ts_sent is not None else None
     idle_s = _longest_idle(ts_msgs[warm_n:], spec.interval_s) if len(rs) == spec.procs else None
     return Timeseries(
         interval_s=spec.interval_s,
         msgs=ts_msgs,
         warmup_intervals=warm_n,
         longest_idle_s=idle_s,
-        sent=_sum_lists([r.ts_sent for r in rs]) if spec.mode == "open" else None,
+        sent=ts_sent,
     )
 
 
@@ -809,9 +967,13 @@ def _interference(spec, server, rs, server_proc, process_s=None):
     )
 
 
-def _invalid_reasons(spec, rs, problems, merged, idle_s, fairness=None):
-    """Why the run is invalid, one reason per problem (empty: it is valid)."""
-    errors = merged.errors
+def _invalid_reasons(spec, rs, problems, m, idle_s, fairness=None, cut=False):
+    """Why the run is invalid, one reason per problem (empty: it is valid).
+
+    ``cut``: a stop signal cut the window short, and what judges a whole
+    window (connections starved, ended early, stalled, no message) does not apply.
+    """
+    errors = m.errors
     reasons = list(problems)
     if errors["mismatch"]:
         reasons.append(f"{errors['mismatch']} connection(s) echoed bytes that were not sent, or not in order (mismatch)")
@@ -823,13 +985,14 @@ def _invalid_reasons(spec, rs, problems, merged, idle_s, fairness=None):
         reasons.append(f"{errors['connect']} connect error(s)")
     if errors["timeout"]:
         reasons.append(f"{errors['timeout']} message(s) unanswered for {spec.timeout_s:g} s (timeout)")
-    early = [r for r in rs if r.ended_early]
-    if early and not any("connection" in x for x in reasons):
+    if cut:
+        return reasons
+    if m.ended_early and not any("connection" in x for x in reasons):
         reasons.append("every connection of a load process was closed before the end")
     if fairness is not None and fairness.starved:
         # whatever the per-message timeout: a connection the server never serves is a failure
         reasons.append(f"starved: {fairness.starved} of {fairness.conns} connections completed no message")
-    if len(rs) == spec.procs and not merged.msgs and not reasons:
+    if len(rs) == spec.procs and not m.msgs and not reasons:
         reasons.append("no message completed in the measured window")
     elif idle_s is not None and spec.mode != "open" and idle_s >= STALL_S and not reasons:
         # closed/connect loops always have messages outstanding: a long silence is a stall
@@ -838,62 +1001,81 @@ def _invalid_reasons(spec, rs, problems, merged, idle_s, fairness=None):
     return reasons
 
 
-def _build_result(spec, server, endpoint, started_at, procs, problems, srv):
-    """The ``LoadResult`` of a run, from the load processes' ``ProcResult``s, the problems and the server's window."""
+def build_result(spec, server, endpoint, started_at, procs, problems, srv, cut=None):
+    """The ``LoadResult`` of a run, from the load processes' ``ProcResult``s, the problems and the server's window.
+
+    ``cut``: the stop signal that cut the window short; the rates are then over
+    the seconds measured (``measured_s``, the longest load process's window)
+    and the result is invalid, saying so first.
+    """
     rs = [procs[i] for i in sorted(procs)]
-    merged = _aggregate(rs)
-    timeseries = _timeseries(spec, rs)
-    measured_s = _measured_s(spec, timeseries, srv)
-    client, client_bound = _client_cpu(rs, merged.msgs, spec.engine)
+    m = merge_procs(rs)
+    cut_s = round(max((r.cpu_window_s for r in rs), default=0.0), 6) if cut is not None else None
+    timeseries = _timeseries(spec, rs, m, cut_s)
+    measured_s = cut_s if cut is not None else _measured_s(spec, timeseries, srv)
+    client, client_bound = _client_cpu(rs, m, spec.engine)
     # a server that exited ends the measurement: whatever the client's CPU did then, it was not the limit
     client_bound = client_bound and srv.exit_status is None
-    server_proc = _server_cpu(spec, server, srv, merged.msgs, measured_s)
+    server_proc = _server_cpu(spec, server, srv, m.msgs, measured_s)
     fairness = _fairness(spec, rs)
-    reasons = _invalid_reasons(spec, rs, problems, merged, timeseries.longest_idle_s, fairness)
+    reasons = _invalid_reasons(spec, rs, problems, m, timeseries.longest_idle_s, fairness, cut is not None)
+    if cut is not None:
+        reasons.insert(0, f"interrupted by {signal.Signals(cut).name} {cut_s:.1f} s into the {spec.duration_s:g} s "
+                          f"window; the figures cover those {cut_s:.1f} s")
     datagrams = datagram.merge(rs) if spec.transport == "udp" else None
     reasons += datagram.invalid_reasons(datagrams)
-    second = hdr.summary_us(merged.h2, merged.mean2_ns)
+    tls = _tls_part(spec, rs, measured_s)
+    if tls is not None and tls.handshake_errors:
+        reasons.append(f"{tls.handshake_errors} TLS handshake(s) failed (the first: {tls.handshake_error})")
+    second = hdr.summary_us(m.hdr2, m.mean2_ns)
     return LoadResult(
-        server=spec.server if spec.server is not None else endpoint.format(),
-        target=Target(host=endpoint.host, port=endpoint.port, path=endpoint.path),
-        workload=Workload(
-            mode=spec.mode,
-            protocol=spec.protocol,
-            transport=endpoint.transport,
-            conns=spec.conns,
-            size=spec.size,
-            depth=spec.depth,
-            rate=spec.rate,
-            duration_s=spec.duration_s,
-            warmup_s=spec.warmup_s,
-            procs=spec.procs,
-            interval_s=spec.interval_s,
-            timeout_s=spec.timeout_s,
-            server_cpus=list(spec.server_cpus),
-            client_cpus=list(spec.client_cpus),
-            workers=spec.workers,
-        ),
-        throughput=_throughput(spec, rs, merged.msgs, measured_s),
-        latency_us=hdr.summary_us(merged.h1, merged.mean1_ns),
+        server=spec.label if spec.started else endpoint.format(),
+        target=Target(host=endpoint.host, port=endpoint.port, path=endpoint.path,
+                      command=spec.command.text if spec.command is not None else None),
+        workload=copy_fields(Workload, spec, transport=endpoint.transport, server_cpus=list(spec.server_cpus),
+                             client_cpus=list(spec.client_cpus), python=spec.python or None,
+                             tls=(TlsSetting(version=spec.tls.version, cipher=spec.tls.cipher,
+                                             resumption=spec.tls.resumption) if spec.tls is not None else None)),
+        throughput=_throughput(spec, m, measured_s),
+        latency_us=hdr.summary_us(m.hdr1, m.mean1_ns),
         service_us=second if spec.mode == "open" else None,
         cycle_us=second if spec.mode == "connect" else None,
-        errors=Errors.of(merged.errors),
+        errors=Errors.of(m.errors),
         valid=not reasons,
         invalid_reason="; ".join(reasons) if reasons else None,
         client_bound=client_bound,
-        limited_by=_limited_by(client_bound, server_proc),
+        limited_by=limited_by(client_bound, server_proc),
         server_proc=server_proc,
         client=client,
         timeseries=timeseries,
-        hdr=hdr.encode_text(merged.h1),
+        hdr=hdr.encode_text(m.hdr1),
         hdr_unit="ns",
-        hdr_service=hdr.encode_text(merged.h2) if spec.mode == "open" else None,
+        hdr_service=hdr.encode_text(m.hdr2) if spec.mode == "open" else None,
         machine=Machine(**machine_info()),
         started_at=started_at,
         interference=_interference(spec, server, rs, server_proc, srv.process_s),
         fairness=fairness,
         datagrams=datagrams,
+        tls=tls,
     )
+
+
+def _tls_part(spec, rs, measured_s=None):
+    """A TLS load's handshakes over every load process (None for a plain load): what was negotiated (the first
+    process that says), and in connect mode the handshakes completed in the window, resumed or not."""
+    if spec.tls is None:
+        return None
+    parts = [r.tls for r in rs if r.tls]
+    first = next((t for t in parts if t.get("version")), {})
+    handshakes = resumed = per_s = None
+    if spec.mode == "connect":
+        handshakes = sum(t.get("handshakes") or 0 for t in parts)
+        resumed = sum(t.get("resumed") or 0 for t in parts)
+        per_s = handshakes / (measured_s or spec.duration_s)
+    return TlsPart(version=first.get("version"), cipher=first.get("cipher"), group=first.get("group"),
+                   handshakes=handshakes, resumed=resumed, handshakes_per_s=per_s,
+                   handshake_errors=sum(t.get("handshake_errors") or 0 for t in parts),
+                   handshake_error=next((t["handshake_error"] for t in parts if t.get("handshake_error")), None))
 
 
 def _longest_idle(msgs, interval_s):

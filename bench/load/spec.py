@@ -14,11 +14,12 @@ import os
 from dataclasses import dataclass, field
 
 from sockbench.bench.load.datagram import check_spec as check_datagram_spec
-from sockbench.endpoints import TRANSPORTS, Endpoint
+from sockbench.endpoints import STREAM_TRANSPORTS, TRANSPORTS, Endpoint
 from sockbench.errors import UsageError
 from sockbench.servers import iouring, registry
 # the wire protocols the load speaks: the same names, and limit, as ``sockbench serve --protocol``
 from sockbench.servers.protocols import DEFAULT_MAX_MESSAGE, PROTOCOLS
+from sockbench.servers.tls import BUILD_HINT as TLS_BUILD_HINT
 
 __all__ = ["LoadSpec", "MODES", "ENGINES", "PROTOCOLS", "MAX_FRAMED_SIZE", "MAX_DURATION_S", "MAX_IN_FLIGHT",
            "check_engine"]
@@ -60,12 +61,35 @@ class LoadSpec:
     protocol: str = "raw"  # raw, frame or json; size is the payload size in each
     transport: str = "tcp"  # tcp, tcp6, unix or udp (sockbench/endpoints.py)
     workers: int = 1  # server processes (``sockbench serve --workers``); 1: the plain server
+    #: TLS (``--tls``): a ``servers.tls.TlsConfig`` the load speaks and a started server serves, or None.  Its
+    #: ``cert``/``key`` are the server's; None there: the harness makes a pair (``servers.tls.ensure_certificate``)
+    tls: object = None
     #: sample the run's CPUs for BUSY_SAMPLE_S before the load and name what is busy there; the suite asks
     #: for it on a cell's first round only, since every window's foreign CPU time is measured anyway
     #: (``interference``), and the sample would cost a tenth of a second in every round
     name_busy: bool = True
+    #: a ``--command`` server to start instead of a registered one (``sockbench.servers.command.Command``)
+    command: object = None
+    #: the interpreter executable that runs a registered server's ``sockbench serve`` (None: this one)
+    server_python: str | None = None
+    #: that interpreter's label in results and cells (``--python``: "3.12"); None: sockbench's own
+    python: str | None = None
     #: the load loop (``ENGINES``): what measured the run is recorded in its result (``client.engine``)
     engine: str = "epoll"
+
+    @property
+    def started(self):
+        """True when the harness starts the server (a registered name or a command), so its CPU is measured."""
+        return self.server is not None or self.command is not None
+
+    @property
+    def label(self):
+        """The server's name in results: a registered name, a command's name, or the target's address."""
+        if self.server is not None:
+            return self.server
+        if self.command is not None:
+            return self.command.name
+        return self.target.format() if isinstance(self.target, Endpoint) else str(self.target)
 
     def __post_init__(self):
         target = self.target
@@ -80,8 +104,8 @@ class LoadSpec:
 
     def validate(self):
         """Raise a one-line ``UsageError`` for anything that cannot run."""
-        if (self.server is None) == (self.target is None):
-            raise UsageError("give either a server name or --target HOST:PORT (exactly one)")
+        if sum(x is not None for x in (self.server, self.target, self.command)) != 1:
+            raise UsageError("give either a server name, --command 'CMD ARGS' or --target HOST:PORT (exactly one)")
         if self.transport not in TRANSPORTS:
             raise UsageError(f"unknown transport {self.transport!r}; use one of {', '.join(TRANSPORTS)}")
         if self.protocol not in PROTOCOLS:
@@ -97,6 +121,10 @@ class LoadSpec:
                     f"it speaks {', '.join(server.protocols)}"
                 )
             server.check_transport(self.transport)
+        elif self.command is not None:
+            self.command.check_transport(self.transport)
+            if self.workers != 1:
+                raise UsageError("--workers applies to sockbench's own servers; a --command starts its own processes")
         else:
             if not isinstance(self.target, Endpoint):
                 raise UsageError(f"target must be an Endpoint or (host, port), not {self.target!r}")
@@ -109,8 +137,12 @@ class LoadSpec:
             raise UsageError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
         if self.transport == "udp":
             check_datagram_spec(self)  # raw only, no connect mode, a size that fits a datagram and its header
-        check_engine(self.engine, self.protocol, self.transport)
-        if self.workers != 1 and self.server is None:
+        check_engine(self.engine, self.protocol, self.transport, tls=self.tls is not None)
+        if self.server_python is not None and self.server is None:
+            raise UsageError("--python applies to a registered server that the load starts")
+        if self.tls is not None:
+            self._check_tls()
+        if self.workers != 1 and self.server is None and self.command is None:
             raise UsageError("--workers applies to a server NAME that the load starts, not to --target")
         for name in ("conns", "size", "depth", "procs", "workers"):
             v = getattr(self, name)
@@ -150,13 +182,26 @@ class LoadSpec:
                 )
         return self
 
+    def _check_tls(self):
+        """A one-line ``UsageError`` unless this load can speak TLS here, to a server that serves it."""
+        if self.transport not in STREAM_TRANSPORTS:
+            raise UsageError(f"--tls applies to {', '.join(STREAM_TRANSPORTS)}, not --transport {self.transport}")
+        if self.protocol != "raw":
+            raise UsageError(f"the load speaks raw over TLS, not --protocol {self.protocol} (every Python server "
+                             f"serves frame and json over TLS, to clients of your own)")
+        if importlib.util.find_spec("sockbench.ext.tlsgen") is None:
+            raise UsageError(f"the load over TLS is not built here: {TLS_BUILD_HINT}")
+        if self.server is not None:
+            registry.get(self.server).check_tls(self.protocol, self.transport)
+        self.tls.check()
 
-def check_engine(engine, protocol="raw", transport="tcp"):
-    """A one-line ``UsageError`` (exit 2) unless load engine ``engine`` can run ``protocol`` over ``transport`` here.
+def check_engine(engine, protocol="raw", transport="tcp", tls=False):
+    """A one-line ``UsageError`` (exit 2) unless load engine ``engine`` can run ``protocol`` over ``transport``
+    (over TLS when ``tls``) here.
 
-    ``uring`` speaks raw over the stream transports, and needs io_uring:
-    where the kernel refuses it (``sockbench.servers.iouring`` words why),
-    that is the line.
+    ``uring`` speaks raw over the stream transports, in plaintext (TLS is
+    the epoll loop's, ``ext/tlsgen.pyx``), and needs io_uring: where the
+    kernel refuses it (``sockbench.servers.iouring`` words why), that is the line.
     """
     if engine not in ENGINES:
         raise UsageError(f"unknown --engine {engine!r}; use one of {', '.join(ENGINES)}")
@@ -166,6 +211,8 @@ def check_engine(engine, protocol="raw", transport="tcp"):
         raise UsageError(f"--engine uring speaks --protocol raw only; use --engine epoll for {protocol}")
     if transport == "udp":
         raise UsageError("--engine uring loads the stream transports (tcp, tcp6, unix); use --engine epoll for udp")
+    if tls:
+        raise UsageError("--engine uring does not speak TLS; leave --engine out (epoll, the default) to load over --tls")
     ok, why, _ = iouring.kernel_support()
     if not ok:
         raise UsageError(f"--engine uring: {why}")

@@ -11,8 +11,9 @@ that may hold threads and the server's pipes.  The protocol is JSON lines:
 
 1. stdin: the ``WorkerParams``.  The worker pins itself, raises its file
    descriptor limit, connects its share of the connections (closed and open
-   modes) and prints ``{"event": "ready"}``, or ``{"event": "error",
-   "message": LINE}`` if it cannot (a refused connection names the address);
+   modes; over TLS, with their handshakes) and prints ``{"event": "ready"}``, or
+   ``{"event": "error", "message": LINE, "exit_code": N}`` if it cannot (a refused
+   connection names the address; a server that does not speak TLS is a usage error, 2);
 2. stdin: ``{"start_ns", "warm_end_ns", "end_ns"}`` on CLOCK_MONOTONIC, which
    every process shares, once every worker is ready;
 3. the worker sleeps until ``start_ns``, runs ``sockbench.ext.loadgen.run_loop``
@@ -21,11 +22,17 @@ that may hold threads and the server's pipes.  The protocol is JSON lines:
    ``sockbench.ext.uringgen.run_loop``, the same dict from an io_uring loop),
    which ends by itself at ``end_ns``, encodes its histograms with the
    ``hdrhistogram`` package, and prints ``{"event": "result", "result": R}``,
-   where R is a ``ProcResult``: the one shape of a load process's
-   measurement, from the loop's dict to the harness that adds them up.
+   where R is a ``ProcResult`` (``sockbench.bench.schema``): the loop's
+   dict under the same names, the shape the harness adds up.
 
 Nothing but these lines goes to stdout; any failure is one error line, never
-a traceback.
+a traceback.  From the window's start the harness alone stops a load
+process: SIGTERM or SIGINT (the harness's, or a terminal's Ctrl-C that
+reached the whole process group) ends the loop's window at once and the
+process reports what it measured; outside the loop both are ignored, so that
+a result being reported is never cut off (the harness kills a process that
+does not report in time, and the kernel kills it with SIGKILL when the
+harness dies).
 """
 
 import errno
@@ -33,17 +40,19 @@ import json
 import os
 import resource
 import select
+import signal
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields
 
 from sockbench.bench.load.datagram import connect_flows
+from sockbench.bench.schema import ProcResult
 from sockbench.endpoints import Endpoint
 from sockbench.errors import SockbenchError
 from sockbench.thresholds import CLIENT_STALL_S, STALL_S
 
-__all__ = ["WorkerParams", "ProcResult", "run_worker", "main", "connect_all", "raise_nofile_limit", "MODES", "FD_HEADROOM"]
+__all__ = ["WorkerParams", "ProcResult", "proc_result", "run_worker", "main", "connect_all", "raise_nofile_limit", "MODES", "FD_HEADROOM"]
 
 #: mode name -> loadgen mode number
 MODES = {"closed": 0, "open": 1, "connect": 2}
@@ -80,6 +89,9 @@ class WorkerParams:
     #: connections are UDP flows and the loop is ``sockbench.ext.udpgen`` (``datagram.py``)
     transport: str = "tcp"
     path: str | None = None
+    #: TLS: ``{"version", "cipher", "resumption"}`` (``servers.tls.TlsConfig``'s client side), or None; the loop is
+    #: then ``sockbench.ext.tlsgen``, and closed/open mode's connections shake hands before the process is ready
+    tls: dict | None = None
     #: the load loop: ``epoll`` (``sockbench.ext.loadgen``) or ``uring`` (``sockbench.ext.uringgen``)
     engine: str = "epoll"
 
@@ -91,96 +103,17 @@ class WorkerParams:
         return Endpoint(self.transport, self.host, self.port)
 
 
-@dataclass(frozen=True)
-class ProcResult:
-    """What one load process measured over the window, as it reports it to the harness.
+def proc_result(r, index, cpus, **more):
+    """The ``ProcResult`` of ``loadgen.run_loop``'s dict ``r`` (the same keys): its histograms' buckets
+    encoded, its process's index and CPUs added."""
+    # deferred: hdrh is needed in a load process only, not in the harness that imports this module
+    from sockbench.bench.load.hdr import encode_text, from_buckets
 
-    Counts are over the measured window (warmup excluded) unless named
-    otherwise; ``ts_msgs``/``ts_sent`` cover every interval, warmup included.
-    ``hdr1`` is the latency histogram (from the intended send time in open
-    loop), ``hdr2`` the second one (open loop: service time from the actual
-    send; connect mode: the whole connect-echo-close cycle), both encoded as
-    text, with the exact sums of their values.  ``server_cpu`` is the server's
-    CPU sample at the end of warmup and at the end (``sockbench.ext.loadgen``'s
-    dicts), read by the first load process only, as is ``cpu_stat``, the
-    /proc/stat counters of the run's CPUs at the same instants.
-    ``conn_msgs`` is the messages each connection completed in the window,
-    ``starved`` how many completed none while owed an answer (``None`` both,
-    in connect mode).
-    """
-
-    index: int
-    cpus: list
-    mode: int
-    msgs: int
-    rx_bytes: int
-    rx_wire_bytes: int
-    sent_window: int
-    cycles: int
-    queued: int
-    writes: int
-    reads: int
-    errors: dict
-    first_error_ns: int | None
-    first_error_kind: str | None
-    ended_early: bool
-    alive_at_end: int
-    hdr1: str | None
-    hdr1_sum_ns: int
-    hdr2: str | None
-    hdr2_sum_ns: int
-    ts_msgs: list
-    ts_sent: list | None
-    user_s: float
-    sys_s: float
-    cpu_window_s: float
-    due: int | None
-    polling: bool
-    idle_s: float | None
-    server_cpu: list | None
-    cpu_stat: list | None = None
-    conn_msgs: list | None = None
-    starved: int | None = None
-    #: udp: the loop's datagram accounting (``sockbench.ext.udpgen``), None for a stream
-    datagrams: dict | None = None
-    #: how long after ``start_ns`` the process woke up to start its loop (what a shared start instant costs)
-    start_late_ns: int | None = None
-    #: open loop, polling: the gaps of ``CLIENT_STALL_S`` or more between two passes of the loop in the window
-    #: (its CPU taken from it): how many, their total and the longest; ``None`` when the loop did not poll
-    stalls: int | None = None
-    stall_s: float | None = None
-    longest_stall_s: float | None = None
-
-    @classmethod
-    def from_loop(cls, r, index, cpus):
-        """From ``loadgen.run_loop``'s dict: its histograms' buckets encoded, its process's index and CPUs added."""
-        # deferred: hdrh is needed in a load process only, not in the harness that imports this module
-        from sockbench.bench.load.hdr import encode_text, from_buckets
-
-        return cls(
-            index=index, cpus=list(cpus), mode=r["mode"], msgs=r["msgs"], rx_bytes=r["rx_bytes"],
-            rx_wire_bytes=r["rx_wire_bytes"], sent_window=r["sent_window"], cycles=r["cycles"], queued=r["queued"],
-            writes=r["writes"], reads=r["reads"], errors=dict(r["errors"]), first_error_ns=r["first_error_ns"],
-            first_error_kind=r["first_error_kind"], ended_early=r["ended_early"], alive_at_end=r["alive_at_end"],
-            hdr1=encode_text(from_buckets(r["h1"])), hdr1_sum_ns=r["h1_sum_ns"],
-            hdr2=encode_text(from_buckets(r["h2"])), hdr2_sum_ns=r["h2_sum_ns"],
-            ts_msgs=r["ts_msgs"], ts_sent=r["ts_sent"], user_s=r["user_s"], sys_s=r["sys_s"],
-            cpu_window_s=r["cpu_window_s"], due=r["due"], polling=r["polling"], idle_s=r["idle_s"],
-            server_cpu=r["server_cpu"], cpu_stat=r["cpu_stat"], conn_msgs=r["conn_msgs"], starved=r["starved"],
-            datagrams=r.get("datagrams"), stalls=r["stalls"], stall_s=r["stall_s"],
-            longest_stall_s=r["longest_stall_s"],
-        )
-
-    def to_json(self):
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d):
-        r = cls(**d)
-        if r.cpu_stat is not None:
-            # JSON keys are strings: the CPU numbers again
-            r = replace(r, cpu_stat=[{**e, "cpus": {int(k): v for k, v in e["cpus"].items()}} for e in r.cpu_stat])
-        return r
+    names = {f.name for f in fields(ProcResult)}
+    kw = {k: v for k, v in r.items() if k in names}
+    kw.update(index=index, cpus=list(cpus), hdr1=encode_text(from_buckets(r["hdr1"])),
+              hdr2=encode_text(from_buckets(r["hdr2"])), **more)
+    return ProcResult(**kw)
 
 
 def raise_nofile_limit(needed):
@@ -278,10 +211,13 @@ def run_worker(p):
 
         table = loadgen.pattern_table()
         endpoint = p.endpoint
+        client = _tls_client(p) if p.tls is not None else None
         if p.transport == "udp":
             fds = connect_flows(endpoint, p.conns)
         elif p.mode != "connect":
             fds = connect_all(endpoint, p.conns)
+            if client is not None:
+                handshake_all(client, fds, endpoint)
         _emit({"event": "ready"})
         msg = _read_line(START_WAIT_S)
         if msg is None:
@@ -290,9 +226,13 @@ def run_worker(p):
         if delay > 0:
             time.sleep(delay)
         late_ns = time.monotonic_ns() - msg["start_ns"]
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)  # the loop takes them as the window's end; after it, the report is due
         owned, fds = fds, []
         if p.transport == "udp":
             return _run_datagrams(p, msg, owned, table, late_ns)
+        if client is not None:
+            return _run_tls(p, msg, owned, client, table, late_ns)
         if p.engine == "uring":
             return _run_uring(p, msg, owned, table, late_ns)
         r = loadgen.run_loop(
@@ -302,11 +242,10 @@ def run_worker(p):
             p.server_pid,
             p.stat_cpus, int(STALL_S * 1e9), client_stall_ns=int(CLIENT_STALL_S * 1e9),
         )
-        result = replace(ProcResult.from_loop(r, p.index, p.cpus), start_late_ns=late_ns)
-        _emit({"event": "result", "result": result.to_json()})
+        _emit({"event": "result", "result": proc_result(r, p.index, p.cpus, start_late_ns=late_ns).to_json()})
         return 0
     except SockbenchError as e:
-        _emit({"event": "error", "message": str(e)})
+        _emit({"event": "error", "message": str(e), "exit_code": e.exit_code})
         return 1
     except Exception as e:  # a worker never dies silently: the parent gets one line
         _emit({"event": "error", "message": f"load process {p.index}: {type(e).__name__}: {e}"})
@@ -326,8 +265,46 @@ def _run_datagrams(p, msg, owned, table, late_ns):
         msg["start_ns"], msg["warm_end_ns"], msg["end_ns"], p.interval_ns, p.timeout_ns, table, LAYOUT,
         p.poll, p.server_pid, p.stat_cpus, int(STALL_S * 1e9), client_stall_ns=int(CLIENT_STALL_S * 1e9),
     )
-    result = replace(ProcResult.from_loop(r, p.index, p.cpus), start_late_ns=late_ns)
-    _emit({"event": "result", "result": result.to_json()})
+    _emit({"event": "result", "result": proc_result(r, p.index, p.cpus, start_late_ns=late_ns).to_json()})
+    return 0
+
+
+def _tls_client(p):
+    """The load process's ``tlsgen.TlsClient`` for ``p.tls``."""
+    # deferred: the TLS loop links OpenSSL and is built only where its headers were found (LoadSpec checks)
+    from sockbench.ext import tlsgen
+
+    try:
+        return tlsgen.TlsClient(p.tls["version"], p.tls.get("cipher"), p.tls.get("resumption", False))
+    except ValueError as e:
+        raise SockbenchError(f"TLS: {e}") from None
+
+
+def handshake_all(client, fds, endpoint):
+    """Every connection's TLS handshake before the window, or one line that says what the server did instead."""
+    try:
+        client.handshake_all(fds, CONNECT_TIMEOUT_S)
+    except ConnectionError as e:
+        raise SockbenchError(f"TLS handshake with {endpoint.format()} failed ({e}): is the server serving TLS "
+                             f"(sockbench serve NAME --tls)?", exit_code=2) from None
+    except TimeoutError as e:
+        raise SockbenchError(f"TLS handshakes with {endpoint.format()}: {e}", exit_code=2) from None
+
+
+def _run_tls(p, msg, owned, client, table, late_ns):
+    """The stream loop over TLS (``sockbench.ext.tlsgen``), reported like the plain one's."""
+    # deferred: as in _tls_client
+    from sockbench.bench.load.hdr import LAYOUT
+    from sockbench.ext import tlsgen
+
+    endpoint = p.endpoint
+    r = tlsgen.run_loop(
+        MODES[p.mode], owned, client, p.first_cid, p.cid_step, p.conns, p.size, p.depth, p.rate,
+        msg["start_ns"], msg["warm_end_ns"], msg["end_ns"], p.interval_ns, p.timeout_ns, table, LAYOUT,
+        int(endpoint.family), endpoint.sockaddr(), p.poll, p.server_pid, p.stat_cpus, int(STALL_S * 1e9),
+        client_stall_ns=int(CLIENT_STALL_S * 1e9),
+    )
+    _emit({"event": "result", "result": proc_result(r, p.index, p.cpus, start_late_ns=late_ns).to_json()})
     return 0
 
 
@@ -347,8 +324,7 @@ def _run_uring(p, msg, owned, table, late_ns):
         client_stall_ns=int(CLIENT_STALL_S * 1e9), multishot=multishot_wanted(probe),
         quiet_sends=quiet_sends_wanted(probe), defer_taskrun=defer_wanted(),
     )
-    result = replace(ProcResult.from_loop(r, p.index, p.cpus), start_late_ns=late_ns)
-    _emit({"event": "result", "result": result.to_json()})
+    _emit({"event": "result", "result": proc_result(r, p.index, p.cpus, start_late_ns=late_ns).to_json()})
     return 0
 
 
@@ -366,14 +342,18 @@ def _preload():
     except ImportError:
         pass  # run_worker imports them again and reports what is missing the usual way
     try:
+        from sockbench.ext import tlsgen  # noqa: F401  (built only where OpenSSL is)
+    except ImportError:
+        pass  # run_worker imports them again and reports what is missing the usual way
+    try:
         from sockbench.ext import uringgen  # noqa: F401  (built where io_uring's header is)
     except ImportError:
         pass  # run_worker imports them again and reports what is missing the usual way
 
 
 def main():
-    _preload()
     try:
+        _preload()
         raw = _read_line(START_WAIT_S)
         if raw is None:
             return 2
@@ -381,7 +361,12 @@ def main():
     except (ValueError, TypeError, KeyError) as e:
         _emit({"event": "error", "message": f"load process: bad parameters: {e}"})
         return 2
-    return run_worker(p)
+    except KeyboardInterrupt:
+        return 130  # stopped before it had its share of the load: nothing measured, nothing to say
+    try:
+        return run_worker(p)
+    except KeyboardInterrupt:
+        return 130  # a Ctrl-C before the window: the harness, stopped too, expects no result
 
 
 if __name__ == "__main__":

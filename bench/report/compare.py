@@ -223,10 +223,11 @@ def compare(a_path, b_path, alpha=ALPHA, fail_above=None):
         if fail_above is not None and v == "slower" and not (disturbed or stalls):
             failed.append(row)
     notes = []
-    pa, pb = A.meta.get("plan") or {}, B.meta.get("plan") or {}
-    for key in ("duration_s", "warmup_s", "rounds", "min_rounds", "max_rounds", "ci", "server_cpus", "client_cpus"):
-        if key in pa and key in pb and pa[key] != pb[key]:
-            notes.append(f"{key} differs: A {pa[key]}, B {pb[key]}")
+    pa, pb = A.plan, B.plan
+    for key in ("duration_s", "warmup_s", "min_rounds", "max_rounds", "ci", "server_cpus", "client_cpus"):
+        va, vb = (getattr(p, key) for p in (pa, pb)) if pa is not None and pb is not None else (None, None)
+        if va != vb:
+            notes.append(f"{key} differs: A {pa.to_json()[key]}, B {pb.to_json()[key]}")
     ma, mb = A.machine_record(), B.machine_record()
     for name, of in _MACHINE_NOTES:
         va, vb = of(ma), of(mb)

@@ -26,7 +26,8 @@ server CPU per message, per server, from the same run at the same workload
 implementations differ); the sections of the run's other dimensions, each at the summary's headline workload and
 only when the run measured more than one value of it (``dimensions.py``): the transports (with
 the sentence that answers the IPC question, which the verdict repeats) and the worker counts
-(with the server's CPUs); the plots with their captions; and last, one line
+(with the server's CPUs), and TLS (its tax per message and its handshakes, when the run measured TLS);
+the plots with their captions; and last, one line
 per flagged cell saying why it was flagged.  A flag is a badge in its row,
 not a wall of warnings before the results.
 
@@ -42,7 +43,8 @@ import os
 from sockbench.bench.report.blocks import (
     Alert, Code, Document, Emph, Heading, Image, KeyValues, Legend, Paragraph, Row, Strong, Table, WarningList,
 )
-from sockbench.bench.report.dimensions import fmt, has_loss, loss_text, transport_section, workers_section
+from sockbench.bench.report.dimensions import (fmt, has_loss, loss_text, python_section, tls_section, transport_section,
+                                                workers_section)
 from sockbench.bench.report.formats import write_formats
 from sockbench.bench.report.plots import PLOT_CAPTIONS, make_dimension_plots, make_plots
 from sockbench.bench.report.summary import build_summary
@@ -239,23 +241,23 @@ def table_rows(results, workload_id):
 
 
 def _settings(results):
-    plan = results.meta.get("plan") or {}
+    plan = results.plan
     out = []
-    if plan:
-        out.append(("servers", ", ".join(plan.get("servers", []))))
-        out.append(("closed loop", f"sizes {', '.join(format_size(s) for s in plan.get('sizes', []))}; "
-                                   f"connections {', '.join(str(c) for c in plan.get('conns', []))}; depth {plan.get('depth', 1)}"))
-        if plan.get("open_pcts"):
-            out.append(("open loop", f"{', '.join(str(p) + '%' for p in plan['open_pcts'])} of each server's peak; "
-                                     f"{format_size(plan.get('open_size', 64))}, {plan.get('open_conns')} connections"))
-        served = [n for n in plan.get("servers", []) if _speaks_framed(plan, n)]
-        if plan.get("protocols") and served:
-            out.append(("protocols", f"{', '.join(plan['protocols'])} at {format_size(plan.get('proto_size', 64))}, "
-                                     f"{plan.get('proto_conns')} connections, depth {plan.get('proto_depth')}, closed loop; "
+    if plan is not None:
+        out.append(("servers", ", ".join(plan.servers)))
+        out.append(("closed loop", f"sizes {', '.join(format_size(s) for s in plan.sizes)}; "
+                                   f"connections {', '.join(str(c) for c in plan.conns)}; depth {plan.depth}"))
+        if plan.open_pcts:
+            out.append(("open loop", f"{', '.join(str(p) + '%' for p in plan.open_pcts)} of each server's peak; "
+                                     f"{format_size(plan.open_size)}, {plan.open_conns} connections"))
+        served = [n for n in plan.servers if _speaks_framed(plan, n)]
+        if plan.protocols and served:
+            out.append(("protocols", f"{', '.join(plan.protocols)} at {format_size(plan.proto_size)}, "
+                                     f"{plan.proto_conns} connections, depth {plan.proto_depth}, closed loop; "
                                      f"servers: {', '.join(served)}"))
         out.append(("each round", _round_setting(plan, results)))
         out.append(("rounds per cell", _rounds_setting(plan)))
-        out.append(("CPU pinning", f"server on CPU {plan.get('server_cpus')}, load client on CPU {plan.get('client_cpus')}"))
+        out.append(("CPU pinning", f"server on CPU {list(plan.server_cpus)}, load client on CPU {list(plan.client_cpus)}"))
     out.append(("load engine", engine_setting(results)))
     out.append(("rounds", _rounds_taken(results)))
     out.append(("machine", results.machine_record().line()))
@@ -263,9 +265,9 @@ def _settings(results):
     if tuning:
         out.append(("machine tuning", tuning))
     out.append(("commit", results.commit()))
-    out.append(("started", str(results.meta.get("started_at", "unknown"))))
-    if results.meta.get("finished_at"):
-        out.append(("finished", str(results.meta["finished_at"])))
+    out.append(("started", str(results.meta.started_at or "unknown")))
+    if results.meta.finished_at:
+        out.append(("finished", str(results.meta.finished_at)))
     return out
 
 
@@ -285,22 +287,21 @@ def _round_setting(plan, results):
     durations = sorted({float(r.workload.duration_s) for c in results.cells.values() if c.cell.mode == "open"
                         for r in c.results if r.workload.duration_s})
     open_s = ""
-    if durations and durations != [plan.get("duration_s")]:
+    if durations and durations != [plan.duration_s]:
         open_s = (f" (open loop: {', '.join(f'{d:g}' for d in durations)} s, long enough that one 4 ms scheduler "
                   f"hiccup cannot set a p99)")
-    return (f"{plan.get('warmup_s')} s warmup (excluded) + {plan.get('duration_s')} s measured{open_s}, "
-            f"{plan.get('interval_s')} s intervals")
+    return (f"{plan.warmup_s} s warmup (excluded) + {plan.duration_s} s measured{open_s}, "
+            f"{plan.interval_s} s intervals")
 
 
 def _rounds_setting(plan):
-    lo = plan.get("min_rounds", plan.get("rounds"))
-    hi = plan.get("max_rounds", lo)
+    lo, hi = plan.min_rounds, plan.max_rounds
     if lo == hi:
         return f"{lo} (fixed)"
-    budget = f"; the cells shared a run budget of {plan['run_budget_s']:g} s" if plan.get("run_budget_s") else ""
+    budget = f"; the cells shared a run budget of {plan.run_budget_s:g} s" if plan.run_budget_s else ""
     return (f"{lo} to {hi}: until the 95% interval of the median msgs/s (open loop: p99) is within "
-            f"±{float(plan.get('ci', 0)):.0%} of it, at most {plan.get('cell_budget_s'):g} s a cell{budget}; "
-            f"a disturbed round is measured again up to {plan.get('remeasure', 0)} times")
+            f"±{float(plan.ci):.0%} of it, at most {plan.cell_budget_s:g} s a cell{budget}; "
+            f"a disturbed round is measured again up to {plan.remeasure} times")
 
 
 def _rounds_taken(results):
@@ -338,20 +339,20 @@ def _tuning(m):
 
 
 def _speaks_framed(plan, server):
-    spoken = (plan.get("speaks") or {}).get(server)
-    return any(p != "raw" and (spoken is None or p in spoken) for p in plan.get("protocols") or ())
+    spoken = plan.speaks.get(server)
+    return any(p != "raw" and (spoken is None or p in spoken) for p in plan.protocols)
 
 
 def _status_banner(results):
-    status = results.meta.get("status")
+    status = results.meta.status
     if status in ("interrupted", "failed", "running"):
         what = {"interrupted": "was interrupted", "failed": "failed", "running": "did not finish (still running, or killed)"}[status]
-        planned = results.meta.get("planned_cells")
+        planned = results.meta.planned_cells
         if planned:
             return (f"INCOMPLETE: this run {what}; {len(results.cells)} of {planned} cells were measured "
                     f"({len(results.results)} rounds) and are reported below; the last one may have been cut short.")
         done = len(results.results)
-        planned = results.meta.get("planned_runs")
+        planned = results.meta.planned_runs
         of = f" {done} of {planned}" if planned else f" {done}"
         return f"INCOMPLETE: this run {what};{of} load runs finished and are reported below."
     return None
@@ -498,8 +499,25 @@ def _section(doc, section, note, drawn, plot):
 
 
 def dimension_sections(results):
-    """``{"transports": Section or None, "workers": Section or None}`` (``dimensions.py``)."""
-    return {"transports": transport_section(results), "workers": workers_section(results)}
+    """``{"transports": ..., "workers": ..., "pythons": ..., "tls": ...}``, each a Section (``TlsSection`` for TLS) or
+    None (``dimensions.py``)."""
+    return {"transports": transport_section(results), "workers": workers_section(results),
+            "pythons": python_section(results), "tls": tls_section(results)}
+
+
+def _tls_section(doc, section, drawn):
+    """The TLS section (``dimensions.TlsSection``): the tax table, the handshake table, the sentences, the plot."""
+    doc.add(Heading(2, section.title))
+    if section.tax_rows:
+        doc.add(Heading(3, "What TLS costs per message"), Paragraph(section.caption, "note"),
+                _table(section.tax_columns, section.tax_rows))
+    if section.handshake_rows:
+        doc.add(Heading(3, "Handshakes"), Paragraph(section.handshake_caption, "note"),
+                _table(section.handshake_columns, section.handshake_rows))
+    for sentence in section.sentences:
+        doc.add(Paragraph(sentence, "verdict"))
+    if "tls.png" in drawn:
+        doc.add(Heading(3, drawn["tls.png"]), Image("plots/tls.png", drawn["tls.png"]))
 
 
 def build_document(results, plots, sections=None, dimension_plots=None):
@@ -522,6 +540,8 @@ def build_document(results, plots, sections=None, dimension_plots=None):
     verdict = list(summary.sentences)
     if sections.get("transports") is not None and sections["transports"].verdict:
         verdict.append(sections["transports"].verdict)
+    if sections.get("tls") is not None and sections["tls"].verdict:
+        verdict.append(sections["tls"].verdict)
     for sentence in verdict:
         doc.add(Paragraph(sentence, "verdict"))
     counts = _flag_counts(results)
@@ -544,9 +564,11 @@ def build_document(results, plots, sections=None, dimension_plots=None):
         doc.add(Heading(2, "Cost of each protocol over raw"), Paragraph(PROTO_NOTE, "note"))
         for title, rows in proto:
             doc.add(Heading(3, title), _table(PROTO_COLUMNS, rows))
-    for key, plot in (("transports", "transports.png"), ("workers", "workers.png")):
+    for key, plot in (("transports", "transports.png"), ("workers", "workers.png"), ("pythons", None)):
         if sections.get(key) is not None:
             _section(doc, sections[key], sections[key].caption, dimension_plots, plot)
+    if sections.get("tls") is not None:
+        _tls_section(doc, sections["tls"], dimension_plots)
     doc.add(Heading(2, "Plots"))
     for fname, title, skipped in plots:
         if skipped:

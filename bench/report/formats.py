@@ -17,14 +17,19 @@ that parses what it wrote.
   ``output_percentile_distribution``, which scales the mean but not the
   standard deviation (a latency in ns would print its StdDeviation 1000×
   too large beside a mean in µs) and prints the total count as a float.
+  Its figures (steps, mean, standard deviation) are the package's, computed
+  over the recorded buckets only (``stats.recorded_buckets``): the
+  package's iterator walks every bucket of the layout in Python, three
+  passes per cell, which made the report's time.
 * ``results.csv``: tidy data, one row per cell and round, one column per
-  variable: the cell's identity (every field of ``schema.Cell``, so a new
-  dimension becomes a column without a change here), the round, the
-  offered rate, throughput, the round's own latency percentiles, server
-  CPU per message, client CPU, a polling client's stalls (count, total,
-  longest; empty otherwise), errors, a udp round's datagram accounting
-  (sent, lost, loss share, duplicates, out of order; empty for a stream
-  round), and the round's and the cell's flags.
+  variable: the cell's identity (every field of ``schema.Cell``), the round,
+  every result field the schema declares a column for
+  (``schema.csv_columns``: throughput, the round's own latency percentiles,
+  errors, server and client CPU, a polling client's stalls, a udp round's
+  datagram accounting, a TLS round's negotiated version, cipher and group
+  and handshakes a second; empty where a round has none), and the round's and
+  the cell's flags.  A new dimension or field becomes a column without a
+  change here.
 * ``ci/msgs_per_s.json`` and ``ci/p99_us.json``: github-action-benchmark's
   custom format (``customBiggerIsBetter`` and ``customSmallerIsBetter``: a
   list of ``{name, unit, value, range, extra}``), one entry per cell, the
@@ -39,13 +44,14 @@ import json
 import math
 import os
 
-from sockbench.bench.report.stats import round_flags
+from sockbench.bench.report.stats import recorded_buckets, round_flags
 from sockbench.bench.schema import Cell
+from sockbench.bench.schema import csv_columns as schema_columns
 from sockbench.jsonfile import write_json_atomic
 
 __all__ = [
     "HGRM_DIR", "CSV_FILE", "CI_DIR", "CI_FILES", "hgrm_text", "parse_hgrm", "csv_columns", "csv_rows",
-    "ci_entries", "write_formats", "hgrm_name", "read_ci", "percentile_steps",
+    "ci_entries", "write_formats", "hgrm_name", "read_ci", "percentile_steps", "mean_and_stddev",
 ]
 
 HGRM_DIR = "hgrm"
@@ -68,15 +74,18 @@ def percentile_steps(h, ticks_per_half_distance=TICKS_PER_HALF_DISTANCE):
     every level its cumulative count reaches (its highest equivalent value), and the last one again at
     100%.  (The Python package's iterator advances differently: 0, 10, 19, 27.1 ...)
     """
-    total = h.get_total_count()
+    return _steps(recorded_buckets(h), h.get_total_count(), ticks_per_half_distance)
+
+
+def _steps(buckets, total, ticks_per_half_distance=TICKS_PER_HALF_DISTANCE):
+    """``percentile_steps`` over ``recorded_buckets`` that hold ``total`` counts."""
     if not total:
         return []
     steps = []
     level = 0.0
     cum = 0
-    for it in h.get_recorded_iterator():
-        cum += it.count_at_value_iterated_to
-        value = h.get_highest_equivalent_value(it.value_iterated_to)
+    for _, value, count in buckets:
+        cum += count
         pct = 100.0 * cum / total
         while level <= pct:
             steps.append((value, level, cum))
@@ -89,6 +98,25 @@ def percentile_steps(h, ticks_per_half_distance=TICKS_PER_HALF_DISTANCE):
     return steps
 
 
+def mean_and_stddev(h):
+    """HdrHistogram's mean and standard deviation of ``h`` (each count at its bucket's middle value), computed as
+    its ``get_mean_value`` and ``get_stddev`` compute them, to the last bit, from the recorded buckets alone."""
+    return _moments(recorded_buckets(h), h.get_total_count())
+
+
+def _moments(buckets, total):
+    """``mean_and_stddev`` over ``recorded_buckets`` that hold ``total`` counts."""
+    if not total:
+        return 0.0, 0.0
+    middles = [(lowest + ((highest + 1 - lowest) >> 1), count) for lowest, highest, count in buckets]
+    mean = float(sum(count * middle for middle, count in middles)) / total
+    dev_total = 0.0
+    for middle, count in middles:
+        dev = middle * 1.0 - mean
+        dev_total += (dev * dev) * count
+    return mean, math.sqrt(dev_total / total)
+
+
 def hgrm_text(h, scale=1000.0):
     """HdrHistogram's percentile distribution of histogram ``h``, values divided by ``scale`` (ns -> µs)."""
     sig = h.significant_figures
@@ -96,13 +124,14 @@ def hgrm_text(h, scale=1000.0):
     out.write("%12s %14s %10s %14s\n\n" % ("Value", "Percentile", "TotalCount", "1/(1-Percentile)"))
     line = f"%12.{sig}f %2.12f %10d %14.2f\n"
     last = f"%12.{sig}f %2.12f %10d\n"
-    for value, pct, cum in percentile_steps(h):
+    buckets, total = recorded_buckets(h), h.get_total_count()
+    for value, pct, cum in _steps(buckets, total):
         if pct < 100.0:
             out.write(line % (value / scale, pct / 100.0, cum, 1.0 / (1.0 - pct / 100.0)))
         else:
             out.write(last % (value / scale, pct / 100.0, cum))
-    out.write(f"#[Mean    = %12.{sig}f, StdDeviation   = %12.{sig}f]\n" % (h.get_mean_value() / scale,
-                                                                           h.get_stddev() / scale))
+    mean, stddev = _moments(buckets, total)
+    out.write(f"#[Mean    = %12.{sig}f, StdDeviation   = %12.{sig}f]\n" % (mean / scale, stddev / scale))
     out.write(f"#[Max     = %12.{sig}f, Total count    = %12d]\n" % (h.get_max_value() / scale, h.get_total_count()))
     out.write("#[Buckets = %12d, SubBuckets     = %12d]\n" % (h.bucket_count, h.sub_bucket_count))
     return out.getvalue()
@@ -143,21 +172,13 @@ def _cell_fields():
     return ["server"] + [n for n in names if n != "server"]
 
 
-#: the measured columns after the identity and the round
-_MEASURED = (
-    "target_rate", "msgs_per_s", "mb_per_s", "latency_count", "p50_us", "p90_us", "p99_us", "p999_us", "p9999_us",
-    "max_us", "mean_us", "server_cpu_us_per_msg", "server_user_us_per_msg", "server_sys_us_per_msg",
-    "server_rss_peak_bytes", "client_cpu_util",
-    # a polling open loop only (empty otherwise): the client's CPU taken from it (``schema.Client``)
-    "client_stalls", "client_stall_s", "client_longest_stall_s", "errors",
-    # udp only (empty for a stream round): the round's datagram accounting
-    "datagrams_sent", "datagrams_lost", "loss_share", "duplicates", "out_of_order",
-    "valid", "flags", "cell_flags",
-)
+#: the report's own columns after the measured ones: the round's and the cell's flags
+_FLAGS = ("flags", "cell_flags")
 
 
 def csv_columns():
-    return _cell_fields() + ["round"] + list(_MEASURED)
+    """The identity, the round, every result field the schema declares a column for, the flags."""
+    return _cell_fields() + ["round"] + [name for name, _ in schema_columns()] + list(_FLAGS)
 
 
 def _v(x):
@@ -169,36 +190,16 @@ def _v(x):
     return x
 
 
-def _datagram_columns(d):
-    """A round's loss columns (None, an empty cell, for a stream round)."""
-    if d is None:
-        return dict.fromkeys(("datagrams_sent", "datagrams_lost", "loss_share", "duplicates", "out_of_order"))
-    return {"datagrams_sent": d.sent, "datagrams_lost": d.lost, "loss_share": d.loss_share,
-            "duplicates": d.duplicates, "out_of_order": d.out_of_order}
-
-
 def csv_rows(results):
     """One dict per (cell, round), keyed by ``csv_columns()``, in run order."""
     rows = []
+    measured = schema_columns()
     for c in results.cells.values():
         ident = {name: getattr(c.cell, name) for name in _cell_fields()}
         cell_flags = " ".join(c.flags())
         for r in c.results:
-            lat, per = r.latency_us, r.server_proc.us_per_msg
-            user, sys_ = per.user, per.sys
-            row = dict(ident)
-            row.update(
-                round=r.round_no, target_rate=r.throughput.target_rate, msgs_per_s=r.throughput.msgs_per_s,
-                mb_per_s=(r.throughput.bytes_per_s / 1e6 if r.throughput.bytes_per_s is not None else None),
-                latency_count=lat.count, p50_us=lat.p50, p90_us=lat.p90, p99_us=lat.p99, p999_us=lat.p999,
-                p9999_us=lat.p9999, max_us=lat.max, mean_us=lat.mean,
-                server_cpu_us_per_msg=(user + sys_ if user is not None and sys_ is not None else None),
-                server_user_us_per_msg=user, server_sys_us_per_msg=sys_,
-                server_rss_peak_bytes=r.server_proc.rss_peak_bytes, client_cpu_util=r.client.cpu_util,
-                client_stalls=r.client.stalls, client_stall_s=r.client.stall_s,
-                client_longest_stall_s=r.client.longest_stall_s,
-                errors=r.errors.total, valid=bool(r.valid), **_datagram_columns(r.datagrams), flags=" ".join(round_flags(r)), cell_flags=cell_flags,
-            )
+            row = {**ident, "round": r.round_no, **{name: get(r) for name, get in measured},
+                   "flags": " ".join(round_flags(r)), "cell_flags": cell_flags}
             rows.append({k: _v(v) for k, v in row.items()})
     return rows
 

@@ -13,13 +13,15 @@ the median msgs/s in closed loop, the median p99 in open loop, with the
 rounds' min-max.  Without ``--cells``, the cells are the headline workload's
 of the newest folder (the summary's first column), so ``sockbench history
 results/*`` shows at once what a change did to every server.  A folder
-without a chosen cell leaves a gap, never a zero.
+without a chosen cell leaves a gap, never a zero.  A raw file the store
+leaves out (unreadable, inconsistent) is listed in ``History.skipped`` for
+the command to warn about, one line each, as ``report`` and ``compare`` do.
 """
 
 import fnmatch
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sockbench.bench.report.store import load_results
 from sockbench.bench.report.summary import build_summary
@@ -43,10 +45,11 @@ class History:
     cells: list  # cell ids, in the order chosen
     figure: dict  # cell id -> "msgs/s" | "p99 µs"
     points: dict  # (folder index, cell id) -> HistoryPoint
+    skipped: list = field(default_factory=list)  # [(raw file, reason)]: each folder's ``Results.skipped``
 
 
 def _started(results):
-    return str(results.meta.get("started_at") or min((str(r.started_at) for r in results.results if r.started_at),
+    return str(results.meta.started_at or min((str(r.started_at) for r in results.results if r.started_at),
                                                       default=""))
 
 
@@ -55,6 +58,7 @@ def build_history(paths, patterns=None):
     if len(paths) < 1:
         raise SockbenchError("history: give at least one results folder", exit_code=2)
     loaded = [load_results(p) for p in paths]
+    skipped = [pair for res in loaded for pair in res.skipped]
     loaded.sort(key=_started)
     if patterns:
         cells = []
@@ -82,7 +86,7 @@ def build_history(paths, patterns=None):
             figure[c.cell.id] = c.figure_name
             med = c.interval().median
             points[(i, c.cell.id)] = HistoryPoint(med, min(figs), max(figs), len(figs), tuple(c.flags()))
-    return History(folders, cells, figure, points)
+    return History(folders, cells, figure, points, skipped)
 
 
 def _fmt(v):

@@ -560,6 +560,7 @@ TRANSPORT_COLORS = {"tcp": "#4c72b0", "tcp6": "#8fb0de", "unix": "#55a868", "udp
 DIMENSION_PLOTS = [
     ("transports.png", "Throughput and server CPU by transport"),
     ("workers.png", "Throughput and server CPU against server processes"),
+    ("tls.png", "What TLS costs each server: CPU per message and per handshake"),
 ]
 
 
@@ -645,6 +646,67 @@ def plot_workers(results, path, colors, section):
     return None
 
 
+def _pair_bars(ax, servers, series, ylabel, title):
+    """Grouped bars: one group per server, one bar per ``(label, colour, {server: (value, lo, hi)})`` of ``series``."""
+    n = len(series)
+    width = 0.8 / n
+    xs = np.arange(len(servers))
+    top = 0.0
+    for i, (label, col, values) in enumerate(series):
+        pos = xs - 0.4 + width * (i + 0.5)
+        ys = [values.get(s, (float("nan"),))[0] for s in servers]
+        ax.bar(pos, ys, width * 0.92, color=col, label=label)
+        for x, y in zip(pos, ys):
+            if math.isfinite(y):
+                top = max(top, y)
+                ax.annotate(si(y), (x, y), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
+                            fontsize=6.5, rotation=90 if len(servers) * n > 16 else 0)
+    ax.set_xticks(xs)
+    rot = len(servers) > 4
+    ax.set_xticklabels(servers, rotation=30 if rot else 0, ha="right" if rot else "center", fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.set_ylim(0, top * 1.2 if top > 0 else 1.0)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: si(v)))
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+
+
+def plot_tls(results, path, colors, section):
+    """One panel per TLS workload (server CPU µs/msg, plain and over TLS) and one of server CPU per connection
+    (plain, full handshake, resumed); lower is better everywhere."""
+    panels = []
+    for key, servers in (section.pairs or {}).items():
+        names = [s for s in results.servers() if s in servers]
+        plain = {s: (servers[s][0].cpu_us_per_msg,) for s in names}
+        tls = {s: (servers[s][1].cpu_us_per_msg,) for s in names}
+        panels.append((names, [("plain", "#8fb0de", plain), ("TLS", "#c44e52", tls)], "server CPU µs per message",
+                       f"closed loop, {key.conns} × {format_size(key.size)}: CPU per message (lower is better)"))
+    connect = section.connect or {}
+    names = [s for s in results.servers() if s in connect and ({"full", "resumed"} & set(connect[s]))]
+    if names:
+        series = []
+        for kind, label, col in (("plain", "plain connection", "#8fb0de"), ("full", "full handshake", "#c44e52"),
+                                 ("resumed", "resumed handshake", "#dd8452")):
+            vals = {s: (connect[s][kind].cpu_us_per_msg,) for s in names if kind in connect[s]}
+            if vals:
+                series.append((label, col, vals))
+        panels.append((names, series, "server CPU µs per connection",
+                       "connect mode: CPU per connection, echo of 64 B included (lower is better)"))
+    if not panels:
+        return "no cell was measured both plain and over TLS"
+    width = max(7.0, 1.6 + 0.5 * max(len(p[0]) for p in panels) * 2)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width, 3.4 * len(panels) + 0.8), squeeze=False)
+    for ax, (names, series, ylabel, title) in zip(axes[:, 0], panels):
+        _pair_bars(ax, names, series, ylabel, title)
+    fig.suptitle(f"TLS against plain, same run, over {results.base_transport()}", fontsize=11)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.96))
+    cells = [c for v in (section.pairs or {}).values() for pair in v.values() for c in pair]
+    cells += [c for kinds in connect.values() for c in kinds.values()]
+    _finish(fig, results, path, _rounds_note(cells) + "; server CPU user+sys from schedstat, median of rounds")
+    return None
+
+
 def make_dimension_plots(results, outdir, sections):
     """Draw the plot of each present section (``{"transports": Section or None, "workers": ...}``) into ``outdir``.
 
@@ -653,7 +715,8 @@ def make_dimension_plots(results, outdir, sections):
     os.makedirs(outdir, exist_ok=True)
     colors = _colors(results.servers())
     draw = {"transports.png": (plot_transports, sections.get("transports")),
-            "workers.png": (plot_workers, sections.get("workers"))}
+            "workers.png": (plot_workers, sections.get("workers")),
+            "tls.png": (plot_tls, sections.get("tls"))}
     out = {}
     for fname, title in DIMENSION_PLOTS:
         path = os.path.join(outdir, fname)

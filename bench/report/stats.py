@@ -60,7 +60,7 @@ from sockbench.bench.schema import Cell, CellSummary, Datagrams, MergedLatency, 
 from sockbench.thresholds import LOSSY_SHARE, OUTLIER_SHARE, UNSTABLE_SPREAD
 
 __all__ = [
-    "CellStats", "decode_hdr", "merged_hdr", "UNSTABLE_SPREAD", "CONFIDENCE", "median_interval", "ratio_interval",
+    "CellStats", "decode_hdr", "merged_hdr", "recorded_buckets", "UNSTABLE_SPREAD", "CONFIDENCE", "median_interval", "ratio_interval",
     "ratio_intervals", "Interval", "RatioInterval", "FLAGS", "ROUND_FLAGS", "round_flags",
 ]
 
@@ -98,6 +98,25 @@ def decode_hdr(text):
         return HdrHistogram.decode(raw)
     except Exception:
         return None
+
+
+def recorded_buckets(h):
+    """``[(lowest, highest, count)]``: each bucket of histogram ``h`` that holds a count, in value order.
+
+    Its lowest and highest equivalent values and its count, as hdrh's recorded
+    iterator yields them (``value_iterated_to`` is ``highest``).  Read from the
+    counts array in place: that iterator steps through every bucket of the
+    layout in Python, tens of thousands per pass, for the few hundred that
+    hold counts.
+    """
+    import numpy as np  # deferred: numpy is only needed for the report's percentiles
+
+    counts = np.ctypeslib.as_array(h.counts)[: min(h.counts_len, h.encoder.payload.counts_len)]
+    out = []
+    for i in np.nonzero(counts)[0]:
+        lowest = h.get_value_from_index(int(i))
+        out.append((lowest, h.get_highest_equivalent_value(lowest), int(counts[i])))
+    return out
 
 
 def merged_hdr(results):
@@ -380,13 +399,9 @@ class CellStats:
             if h is None or h.get_total_count() == 0:
                 self._cdf = (np.array([]), np.array([]))
             else:
-                # the counts array, read in place: only the recorded buckets are visited
-                counts = np.ctypeslib.as_array(h.counts)[: h.counts_len]
-                idx = np.nonzero(counts)[0]
-                vals = [h.get_highest_equivalent_value(h.get_value_from_index(int(i))) for i in idx]
-                counts = counts[idx]
-                cum = np.cumsum(counts.astype(np.int64))
-                self._cdf = (np.asarray(vals, dtype=float) / self.hdr_scale, cum)
+                buckets = recorded_buckets(h)
+                cum = np.cumsum(np.array([n for _, _, n in buckets], dtype=np.int64))
+                self._cdf = (np.array([hi for _, hi, _ in buckets], dtype=float) / self.hdr_scale, cum)
         return self._cdf
 
     def percentile_us(self, pct):

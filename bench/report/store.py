@@ -42,7 +42,7 @@ import re
 from dataclasses import dataclass, field
 
 from sockbench.bench.report.stats import UNSTABLE_SPREAD, CellStats, decode_hdr, merged_hdr
-from sockbench.bench.schema import LoadResult, Machine, SchemaError
+from sockbench.bench.schema import LoadResult, Machine, RunMeta, SchemaError
 from sockbench.errors import SockbenchError
 from sockbench.jsonfile import write_json_atomic
 from sockbench.servers.protocols import PROTOCOLS
@@ -91,7 +91,7 @@ class Results:
     """One results folder: its metadata, and its runs grouped into cells."""
 
     path: str
-    meta: dict
+    meta: RunMeta  # ``meta.json`` (empty when the folder has none)
     cells: dict  # (server, workload_id) -> CellStats, in run order; workload_id carries the protocol
     #: every attempt set aside because it was disturbed (those of a cell with no round are here only)
     discarded: list = field(default_factory=list)
@@ -129,11 +129,15 @@ class Results:
     def cell(self, server, workload_id):
         return self.cells.get((server, workload_id))
 
+    @property
+    def plan(self):
+        """The plan the run was asked for (``meta.json``'s), None when unrecorded."""
+        return self.meta.plan
+
     def grid_depth(self):
         """The depth of the closed-loop grid (the plan's, else the most common raw closed depth)."""
-        plan = self.meta.get("plan") or {}
-        if plan.get("depth"):
-            return int(plan["depth"])
+        if self.plan is not None and self.plan.depth:
+            return int(self.plan.depth)
         depths = [c.cell.depth for c in self.cells.values() if c.cell.mode == "closed" and c.cell.protocol == "raw"]
         return max(set(depths), key=depths.count) if depths else 1
 
@@ -159,13 +163,35 @@ class Results:
         counts = self.worker_counts()
         return 1 if 1 in counts or not counts else counts[0]
 
-    def in_base(self, c):
-        """True when ``c`` (a CellStats) is over the base transport with the base worker count.
+    def pythons(self):
+        """The interpreters the servers ran under (``--python`` labels), in the plan's order, else run order; [] for
+        a run on sockbench's own interpreter alone."""
+        seen = []
+        for c in self.cells.values():
+            if c.cell.python and c.cell.python not in seen:
+                seen.append(c.cell.python)
+        plan = self.meta.plan
+        planned = [p.get("label") for p in (plan.pythons if plan is not None else ())]
+        return [p for p in planned if p in seen] + [p for p in seen if p not in planned]
 
-        The other transports and worker counts are dimensions of their own sections
-        (``dimensions.py``); the summary and the grid's plots compare servers on one of each.
+    def base_python(self):
+        """The interpreter the summary and the grid's plots are about: the first one named (None: the run had none)."""
+        ps = self.pythons()
+        return ps[0] if ps else None
+
+    def in_base(self, c):
+        """True when ``c`` (a CellStats) is over the base transport with the base worker count and interpreter.
+
+        The other transports, worker counts and interpreters, and TLS, are dimensions of their own sections
+        (``dimensions.py``); the summary and the grid's plots compare servers on one of each.  A server that
+        has no interpreter of sockbench's choosing (a ``--command``) is in every interpreter's base.
         """
-        return c.cell.transport == self.base_transport() and c.cell.workers == self.base_workers()
+        return (c.cell.transport == self.base_transport() and c.cell.workers == self.base_workers()
+                and c.cell.python in ("", self.base_python() or "") and not c.cell.tls)
+
+    def has_tls(self):
+        """True when the run measured cells over TLS (``sockbench run --tls on``): the report's TLS section."""
+        return any(c.cell.tls for c in self.cells.values())
 
     def protocol_sections(self):
         """Workloads measured in raw and in at least one framed protocol, in run order.
@@ -191,9 +217,9 @@ class Results:
 
     def machine_record(self):
         """The machine of the run: ``meta.json``'s, else the first result's (``Machine()`` when unknown)."""
-        m = self.meta.get("machine")
-        if isinstance(m, dict) and m:
-            return Machine.from_json(m)
+        m = self.meta.machine
+        if m is not None and m != Machine():
+            return m
         for r in self.results:
             if r.machine is not None:
                 return r.machine
@@ -204,16 +230,16 @@ class Results:
         return self.machine_record().to_json()
 
     def commit(self):
-        c = self.meta.get("commit")
+        c = self.meta.commit
         if not c:
             for r in self.results:
                 if r.machine is not None and r.machine.git_commit:
                     return str(r.machine.git_commit)[:12] + ("+dirty" if r.machine.git_dirty else "")
             return "unknown"
-        return str(c)[:12] + ("+dirty" if self.meta.get("dirty") else "")
+        return str(c)[:12] + ("+dirty" if self.meta.dirty else "")
 
     def footnote(self):
-        return f"{machine_line(self.machine_record())} · commit {self.commit()} · {self.meta.get('started_at', _first_started(self.results))}"
+        return f"{machine_line(self.machine_record())} · commit {self.commit()} · {self.meta.started_at or _first_started(self.results)}"
 
 
 def left_out_lines(skipped):
@@ -291,12 +317,13 @@ def load_results(path):
         raise SockbenchError(f"results folder {path} does not exist")
     if not os.path.isdir(path):
         raise SockbenchError(f"{path} is not a results folder (it is a file)")
-    meta = {}
+    meta = RunMeta()
     meta_path = os.path.join(path, "meta.json")
     if os.path.exists(meta_path):
-        meta = _read_json(meta_path, "meta.json")
-        if not isinstance(meta, dict):
+        d = _read_json(meta_path, "meta.json")
+        if not isinstance(d, dict):
             raise SockbenchError(f"{meta_path} is corrupt (not a JSON object)")
+        meta = RunMeta.from_json(d, meta_path)
     files = sorted(glob.glob(os.path.join(path, RAW_DIR, "*.json")))
     if not files:
         raise SockbenchError(
@@ -351,12 +378,9 @@ def load_results(path):
 
 def _ci_target(meta):
     """The plan's ``ci`` when its cells ran rounds until stable (``min_rounds < max_rounds``), else None."""
-    plan = meta.get("plan") if isinstance(meta.get("plan"), dict) else {}
-    try:
-        if int(plan.get("min_rounds", 0)) < int(plan.get("max_rounds", 0)) and plan.get("ci"):
-            return float(plan["ci"])
-    except (TypeError, ValueError):
-        return None
+    plan = meta.plan
+    if plan is not None and plan.min_rounds < plan.max_rounds and plan.ci:
+        return float(plan.ci)
     return None
 
 

@@ -22,6 +22,7 @@ import pytest
 
 from sockbench.bench.schema import Cell
 from sockbench.bench.suite.session import SuiteContext
+from sockbench.children import Stopped
 from sockbench.machine import machine_info
 
 __all__ = ["pytest_configure", "pytest_generate_tests", "pytest_sessionfinish", "suite_ctx", "cell", "CELL_PARAMS",
@@ -40,12 +41,13 @@ def _context():
 
 
 def _terminated(signum, frame):
-    raise KeyboardInterrupt
+    raise Stopped(signum)
 
 
 def pytest_configure(config):
-    # `sockbench run` sends SIGTERM when a Ctrl-C'd suite overruns its grace: unwind as for Ctrl-C, so
-    # the round in flight stops its server and load processes by pid instead of leaving them behind
+    # `sockbench run` sends SIGTERM when a Ctrl-C'd suite overruns its grace, and the kernel sends it when
+    # the runner dies: unwind as for Ctrl-C, so the round in flight stops its server and load processes by
+    # pid instead of leaving them behind
     signal.signal(signal.SIGTERM, _terminated)
 
 

@@ -60,6 +60,16 @@ from the registry), transport by transport, and its open-loop sweep takes the
 peak of the same transport.  A transport a server lacks (udp, for the servers
 without a datagram form) is skipped for that server, and ``notes()`` says so.
 
+TLS (``--tls off on``) is a dimension too: a server's cells (but the
+protocol section: the load speaks raw over TLS) run plain and over TLS, over
+each stream transport, for the servers that serve TLS here (``serves_tls``);
+the open loop over TLS takes the TLS peak.  And when TLS is on, the TLS
+section's cells are added, so that the report can put a price on TLS from
+figures of one run: each of ``tls_workloads`` (100 x 64 B and 10 x 16 KiB)
+plain and over TLS, and connect mode (``handshake_conns`` connections at a
+time) plain, over TLS with every handshake full, and resumed.  A cell over
+TLS ends in ``-tls`` (``-tls-resumed``).
+
 A cell is a ``Cell`` of the result schema (``sockbench.bench.schema``): the
 report groups results by it as well.  A raw cell's id names its mode, size
 and connections (``closed-64B-c100``); a framed one ends in its protocol
@@ -69,10 +79,10 @@ in it (``closed-64B-c100-unix``).
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 
-from sockbench.bench.schema import Cell
-from sockbench.endpoints import TRANSPORTS
+from sockbench.bench.schema import Cell, RunPlan, SchemaError
+from sockbench.endpoints import STREAM_TRANSPORTS, TRANSPORTS
 from sockbench.errors import UsageError
 from sockbench.servers.protocols import PROTOCOLS
 from sockbench.units import format_size, parse_size
@@ -107,56 +117,12 @@ ROUND_OVERHEAD_S = 0.3
 
 
 @dataclass(frozen=True)
-class Plan:
-    """Everything the suite needs to know to run (and the report to describe) one run."""
+class Plan(RunPlan):
+    """Everything the suite needs to know to run (and the report to describe) one run: the fields are the
+    schema's ``RunPlan`` (``plan.json``), the rules that turn them into cells are here."""
 
-    servers: tuple
-    sizes: tuple = (64, 1024, 16384)
-    conns: tuple = (1, 10, 100)
-    #: the open-loop sweep: percentages of each server's measured peak (empty: none)
-    open_pcts: tuple = (25, 50, 75, 90)
-    open_size: int = 64
-    open_conns: int = 100
-    depth: int = 1
-    #: the protocol section: this closed-loop workload in each of these protocols (empty: none)
-    protocols: tuple = PROTOCOLS
-    proto_size: int = 64
-    proto_conns: int = 100
-    proto_depth: int = 16
-    #: server -> the protocols it speaks (from the registry); a server not listed speaks them all
-    speaks: dict = field(default_factory=dict)
-    #: the transports every cell runs over, in this order (``--transports``)
-    transports: tuple = ("tcp",)
-    #: server -> the transports it serves (from the registry); a server not listed serves them all
-    serves: dict = field(default_factory=dict)
-    #: rounds per cell: at least min_rounds; more until the interval is within ci, at most max_rounds
-    min_rounds: int = 5
-    max_rounds: int = 30
-    #: the half-width of the 95% interval of a cell's median, as a fraction of it, that stops its rounds
-    ci: float = 0.03
-    #: the most seconds one cell may spend on its rounds (its minimum rounds always run)
-    cell_budget_s: float = 60.0
-    #: how many times a disturbed round is measured again, at most (then it is kept, flagged DISTURBED)
     remeasure: int = REMEASURE_DISTURBED
-    #: the most seconds the suite's cells may take together (None: no limit); see cell_share_s
-    run_budget_s: float | None = None
-    #: the measured seconds of a closed-loop round (open loop: round_duration)
-    duration_s: float = 0.3
-    warmup_s: float = 0.1
-    interval_s: float = 0.05
-    #: the stall the open-loop rounds are made long enough to absorb (0: open rounds last duration_s)
     hiccup_s: float = HICCUP_S
-    procs: int = 1
-    server_cpus: tuple = (0,)
-    client_cpus: tuple = (1,)
-    quick: bool = False
-    full: bool = False
-    extra: dict = field(default_factory=dict)
-    #: the scaling dimension (``sockbench run --workers 1 2``): every server's cells once per worker count
-    workers: tuple = (1,)
-    #: the load loop of the raw stream cells (``sockbench run --engine``); frame, json and udp cells are
-    #: loaded by epoll's, which alone speaks them (``engine_for``)
-    engine: str = "epoll"
 
     def __post_init__(self):
         if not self.servers:
@@ -200,6 +166,23 @@ class Plan:
                 raise UsageError(f"unknown transport {t!r}; use some of {' '.join(TRANSPORTS)}")
         if len(set(self.transports)) != len(self.transports):
             raise UsageError(f"--transports names a transport twice: {' '.join(self.transports)}")
+        if not self.tls or len(set(self.tls)) != len(self.tls) or not all(isinstance(t, bool) for t in self.tls):
+            raise UsageError("--tls takes off, on, or both (off on), each once")
+        if not self.handshake_resumption or len(set(self.handshake_resumption)) != len(self.handshake_resumption):
+            raise UsageError("--tls-resumption takes on, off, or both, each once")
+        labels = [p["label"] for p in self.pythons]
+        if len(set(labels)) != len(labels):
+            raise UsageError(f"--python names one interpreter twice: {' '.join(labels)}")
+
+    def server_pythons(self, server):
+        """The interpreter labels ``server``'s cells run under ([""]: sockbench's own, or none of its choosing)."""
+        if self.pythons and server in self.python_servers:
+            return [p["label"] for p in self.pythons]
+        return [""]
+
+    def python_of(self, label):
+        """The executable that serves under interpreter ``label`` (None: this one)."""
+        return next((p["python"] for p in self.pythons if p["label"] == label), None) if label else None
 
     @property
     def adaptive(self):
@@ -218,42 +201,79 @@ class Plan:
         return out if any(p != "raw" for p in out) else []
 
     def engine_for(self, cell):
-        """The load loop that measures ``cell``: the plan's engine where it applies (raw over a stream), else epoll."""
-        return self.engine if cell.protocol == "raw" and cell.transport != "udp" else "epoll"
+        """The load loop that measures ``cell``: the plan's engine where it applies (raw in plaintext over a stream),
+        else epoll's."""
+        return self.engine if cell.protocol == "raw" and cell.transport != "udp" and not cell.tls else "epoll"
 
     def server_transports(self, server):
         """The plan's transports that ``server`` serves, in the plan's order."""
         served = self.serves.get(server)
         return [t for t in self.transports if served is None or t in served]
 
+    def server_tls(self, server, transport):
+        """The plan's TLS values that ``server`` runs over ``transport``: no TLS over udp, nor for a server without it."""
+        serves = self.serves_tls.get(server, True) and transport in STREAM_TRANSPORTS
+        return [t for t in self.tls if not t or serves]
+
     def notes(self):
         """One line per server and transport the plan skips because the server does not serve it."""
-        return [f"{server} has no {t} form: its {t} cells are skipped" for server in self.servers
-                for t in self.transports if t not in self.server_transports(server)]
+        out = [f"{server} has no {t} form: its {t} cells are skipped" for server in self.servers
+               for t in self.transports if t not in self.server_transports(server)]
+        if True in self.tls:
+            out += [f"{server} serves no TLS here: its TLS cells are skipped" for server in self.servers
+                    if not self.serves_tls.get(server, True)]
+        return out
 
     def cells(self):
         out = []
         for server in self.servers:
             for t in self.server_transports(server):
-                for w in self.workers:  # a server's cells at each worker count, its open loop after its own peak
-                    for size in self.sizes:
-                        for conns in self.conns:
-                            out.append(Cell(server, "closed", size, conns, self.depth, transport=t, workers=w))
-                    for pct in self.open_pcts:
-                        out.append(Cell(server, "open", self.open_size, self.open_conns, 1, pct, transport=t, workers=w))
-                    ids = {c.id for c in out}
-                    for proto in self.server_protocols(server, t):
-                        c = Cell(server, "closed", self.proto_size, self.proto_conns, self.proto_depth, protocol=proto,
-                                 transport=t, workers=w)
-                        if c.id not in ids:
-                            out.append(c)
+                # a server's cells at each interpreter and worker count, its open loop after its own peak; and over
+                # TLS, with an open loop of its TLS peak
+                for py in self.server_pythons(server):
+                    for w in self.workers:
+                        for tls in self.server_tls(server, t):
+                            for size in self.sizes:
+                                for conns in self.conns:
+                                    out.append(Cell(server, "closed", size, conns, self.depth, transport=t, workers=w,
+                                                    python=py, tls=tls))
+                            for pct in self.open_pcts:
+                                out.append(Cell(server, "open", self.open_size, self.open_conns, 1, pct, transport=t,
+                                                workers=w, python=py, tls=tls))
+                            if tls:
+                                continue  # the load speaks raw over TLS: no protocol section there
+                            ids = {c.id for c in out}
+                            for proto in self.server_protocols(server, t):
+                                c = Cell(server, "closed", self.proto_size, self.proto_conns, self.proto_depth,
+                                         protocol=proto, transport=t, workers=w, python=py)
+                                if c.id not in ids:
+                                    out.append(c)
+                        self._tls_section(out, server, t, w, py)
         return out
+
+    def _tls_section(self, out, server, transport, workers, python=""):
+        """The TLS section's cells of one server, transport, worker count and interpreter, when the plan runs TLS:
+        each of ``tls_workloads`` plain and over TLS, and connect mode plain and over TLS (full, resumed); none twice."""
+        if True not in self.server_tls(server, transport):
+            return
+        ids = {c.id for c in out}
+        dims = dict(transport=transport, workers=workers, python=python)
+        cells = [Cell(server, "closed", size, conns, 1, tls=tls, **dims)
+                 for conns, size in self.tls_workloads for tls in (False, True)]
+        cells.append(Cell(server, "connect", 64, self.handshake_conns, **dims))
+        cells += [Cell(server, "connect", 64, self.handshake_conns, tls=True, resumed=r, **dims)
+                  for r in self.handshake_resumption]
+        for c in cells:
+            if c.id not in ids:
+                out.append(c)
+                ids.add(c.id)
 
     def calibrations(self):
         """Servers whose open-loop sweep needs a calibration run (no closed cell at ``open_size``), once per transport."""
         if not self.open_pcts or self.open_size in self.sizes:
             return []
-        return [s for s in self.servers for _ in self.server_transports(s) for _ in self.workers]
+        return [s for s in self.servers for t in self.server_transports(s) for _ in self.workers
+                for _ in self.server_pythons(s) for _ in self.server_tls(s, t)]
 
     # --- how long things take -----------------------------------------------------------
     def round_duration(self, cell):
@@ -305,31 +325,22 @@ class Plan:
         return min(self.cell_budget_s, own * max(0.0, left_s) / need if need > 0 else self.cell_budget_s)
 
     def to_dict(self):
-        d = asdict(self)
-        for k, v in d.items():
-            if isinstance(v, tuple):
-                d[k] = list(v)
-        return d
+        return self.to_json()
 
     @classmethod
     def from_dict(cls, d):
-        names = {f.name for f in fields(cls)}
-        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
-        if "rounds" in d and "min_rounds" not in d:
-            # a plan from before the rounds rule: every cell ran exactly ``rounds`` rounds
-            kw["min_rounds"] = kw["max_rounds"] = int(d["rounds"])
-        return cls(**kw)
+        return cls.from_json(d)
 
     def save(self, path):
         with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
+            json.dump(self.to_json(), f, indent=2)
 
     @classmethod
     def load(cls, path):
         try:
             with open(path) as f:
-                return cls.from_dict(json.load(f))
-        except (OSError, ValueError, TypeError) as e:
+                return cls.from_json(json.load(f), path)
+        except (OSError, ValueError, TypeError, SchemaError) as e:
             raise UsageError(f"cannot read the run plan {path}: {e}") from None
 
 

@@ -23,7 +23,10 @@ Why it is built this way:
   stop within ``STOP_GRACE_S`` is terminated, then killed; before it is
   reaped, whatever is left in its process group (a server or a load process
   whose parent was killed) is killed too, so nothing outlives the run.
-  ``sockbench report DIR`` rebuilds the report later.
+  ``sockbench report DIR`` rebuilds the report later.  A runner that is
+  killed outright (SIGKILL) takes the child with it: the kernel sends it
+  SIGTERM (``children.child_setup``), which stops it as above, and it settles
+  ``meta.json`` itself (status ``interrupted``).
 * The report is built here, after the child exits, from ``raw/`` only.
 
 Folder written (see ``results/README.md``): ``meta.json``, ``plan.json``,
@@ -46,17 +49,20 @@ from sockbench.bench.load.spec import check_engine
 from sockbench.bench.load.worker import FD_HEADROOM
 from sockbench.bench.report.store import RAW_DIR, is_discarded
 from sockbench.bench.suite.plan import default_plan, full_plan, quick_plan
+from sockbench.servers.tls import TlsConfig, ensure_certificate
 from sockbench.bench.suite.progress import Calibrated, Calibrating, CellDone, CellStarted, RoundDone, Window, parse
 from sockbench.bench.suite.session import (
     ENV_OUT, ENV_PLAN, ENV_STATUS_FD, PROGRESS_FILE, WRITE_FAILED_EXIT, new_meta, update_meta,
 )
+from sockbench.children import child_setup
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.jsonfile import check_writable, write_json_atomic
 from sockbench.servers import registry
 from sockbench.timestamps import folder_stamp
 from sockbench.units import format_size, parse_size
 
-__all__ = ["build_plan", "run_main", "suite_command", "check_fd_limit", "SUITE_FILE", "STOP_GRACE_S", "SERVER_FD_HEADROOM"]
+__all__ = ["build_plan", "run_main", "suite_command", "suite_env", "check_fd_limit", "preflight_commands", "prepare_pythons",
+           "SUITE_FILE", "STOP_GRACE_S", "SERVER_FD_HEADROOM"]
 
 SUITE_FILE = "test_echo_bench.py"
 #: after a forwarded Ctrl-C or SIGTERM, how long pytest gets to stop cleanly before SIGTERM, then SIGKILL
@@ -119,17 +125,28 @@ def _none_or(values, option):
 def build_plan(servers=None, sizes=None, conns=None, quick=False, full=False, rounds=None, min_rounds=None,
                max_rounds=None, ci=None, cell_budget_s=None, run_budget_s=None, duration_s=None, warmup_s=None,
                open_pcts=None, server_cpus=None, client_cpus=None, protocols=None, transports=None, workers=None,
+               commands=None, pythons=None, tls=None, tls_config=None, tls_resumption=None,
                engine=None):
     """The run's Plan from the command line; any bad value is a one-line UsageError.
 
     ``rounds`` fixes the rounds of every cell (``min_rounds = max_rounds = rounds``); ``run_budget_s`` 0
-    lifts the run budget.
+    lifts the run budget.  ``commands``: ``Command``s to run beside the servers (alone when no ``servers``
+    are named); ``pythons``: the interpreters (``prepare_pythons``) the built-in servers run under.
+    ``tls`` is the TLS dimension (``[False, True]`` for ``--tls off on``), ``tls_config`` the setting of its
+    TLS cells (``servers.tls.TlsConfig``), ``tls_resumption`` which handshakes its connect cells measure
+    (None: full and resumed).  ``engine``: the load loop of the plain raw stream cells (``--engine``); the
+    others stay on epoll's, the only loop that speaks them.
     """
     if quick and full:
         raise UsageError("--quick and --full exclude each other")
     if rounds is not None and (min_rounds is not None or max_rounds is not None):
         raise UsageError("--rounds fixes the rounds of every cell; give it alone, or --min-rounds/--max-rounds")
-    names = _server_names(servers)
+    commands = list(commands or [])
+    names = _server_names(servers) if servers or not commands else []
+    for c in commands:
+        if c.name in registry.SERVERS or c.name in names:
+            raise UsageError(f"the --command {c.text!r} is named {c.name!r}, as a registered server is; name it "
+                             f"apart with --name")
     make = quick_plan if quick else full_plan if full else default_plan
     kw = _matrix_options(sizes, conns, open_pcts, protocols)
     kw.update(_round_options(make, names, rounds, min_rounds, max_rounds))
@@ -144,9 +161,33 @@ def build_plan(servers=None, sizes=None, conns=None, quick=False, full=False, ro
         kw["workers"] = tuple(workers)  # each count is checked by the Plan
     if engine is not None:
         check_engine(engine)  # unknown, unbuilt, or io_uring refused here: one line before anything runs
+        if engine != "epoll" and tls and not any(not t for t in tls):
+            raise UsageError(f"--engine {engine} loads the plain raw cells, and --tls on leaves none (TLS is epoll's "
+                             f"loop); run --tls off on, or leave --engine out")
         kw["engine"] = engine
     kw["speaks"] = {n: list(registry.get(n).protocols) for n in names}
     kw["serves"] = {n: list(registry.get(n).transports) for n in names}
+    for c in commands:
+        kw["speaks"][c.name] = ["raw"]  # what else it speaks is not known: the protocol section leaves it out
+        kw["serves"][c.name] = _command_transports(c)
+    kw["commands"] = {c.name: c.to_json() for c in commands}
+    if pythons:
+        kw["pythons"] = tuple(pythons)
+        kw["python_servers"] = tuple(n for n in names if registry.is_builtin(n))
+    names = names + [c.name for c in commands]
+    if tls:
+        kw["tls"] = tuple(dict.fromkeys(bool(t) for t in tls))
+        # a --command serves what its own command line says: sockbench cannot make it serve TLS
+        command_names = {c.name for c in commands}
+        kw["serves_tls"] = {n: n not in command_names and registry.get(n).tls_availability()[0]
+                            and "raw" in registry.get(n).tls for n in names}
+        if True in kw["tls"]:
+            if not any(kw["serves_tls"].values()):
+                raise UsageError("--tls on: no chosen server serves TLS here; see `sockbench servers`")
+            cfg = tls_config or TlsConfig()
+            kw["tls_setting"] = {"version": cfg.version, "cipher": cfg.cipher, "cert": cfg.cert, "key": cfg.key}
+            if tls_resumption is not None:
+                kw["handshake_resumption"] = (bool(tls_resumption),)
     if transports is not None:
         kw["transports"] = tuple(_split(transports))  # each name is checked by the Plan
     plan = make(names, **kw)
@@ -164,6 +205,63 @@ def build_plan(servers=None, sizes=None, conns=None, quick=False, full=False, ro
     )
     _check_cpus(plan)
     return plan
+
+
+def _command_transports(command):
+    """The transports a command can be started on, from its placeholders: {path} unix, {port} tcp, tcp6 and udp."""
+    out = []
+    for t in ("tcp", "tcp6", "unix", "udp"):
+        try:
+            command.check_transport(t)
+        except UsageError:
+            continue
+        out.append(t)
+    return out
+
+
+def preflight_commands(plan, console=None):
+    """Start and stop each ``--command`` of ``plan`` once, before the suite: a command that does not start, prints
+    no ready line or ignores SIGTERM is one line, exit 2, before anything is measured (and nothing is left running)."""
+    # deferred: the server process machinery, needed only when a run names a --command
+    from sockbench.servers.command import Command
+    from sockbench.servers.process import ServerProcess
+
+    for name, d in plan.commands.items():
+        command = Command.from_json(d)
+        transport = plan.server_transports(name)[0] if plan.server_transports(name) else "tcp"
+        server = ServerProcess(command=command, transport=transport, cpus=plan.server_cpus)
+        try:
+            server.start()
+        finally:
+            server.stop()
+        if server.stop_note:
+            raise UsageError(server.stop_note)
+        if console is not None:
+            console.print(f"{command.describe()}: starts, stops on SIGTERM", highlight=False)
+
+
+def prepare_pythons(paths, log=None):
+    """The interpreters of ``--python``, each built once (cached): ``[{"label", "python", "version"}]``.
+
+    One that is not a Python, is older than 3.11 or cannot build the extensions is one warning line naming
+    it (``log``); the others are still measured.  None left: a one-line error.
+    """
+    # deferred: building environments, needed by --python only
+    from sockbench.servers.environments import prepare
+
+    out = []
+    for path in paths:
+        try:
+            env = prepare(path, log=log)
+        except SockbenchError as e:
+            if log:
+                log(f"warning: {e}; left out")
+            continue
+        out.append({"label": env.label, "python": env.python, "version": env.interpreter.description,
+                    "path": path, "source": env.source})
+    if not out:
+        raise UsageError(f"no --python could be used ({', '.join(paths)}); see the lines above")
+    return out
 
 
 def _server_names(servers):
@@ -228,13 +326,19 @@ def _check_cpus(plan):
                              f"{','.join(map(str, sorted(allowed)))}")
 
 
+#: the suite's pytest loads pytest-benchmark and no other installed plugin (``-p`` names it): a plugin that
+#: reorders tests or reseeds ``random`` (pytest-randomly, -random-order) would change what is measured, and
+#: hypothesis's imported hypothesis and trio as an interrupted suite ended, a second before it could exit
+SUITE_ENV = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+
+
 def suite_command(out):
-    """The child pytest command line for a results folder."""
+    """The child pytest command line for a results folder (run with ``SUITE_ENV``)."""
     bench_dir = os.path.dirname(os.path.abspath(__file__))  # the suite's own room: conftest.py beside it
     out = os.path.abspath(out)
     return [
         sys.executable, "-m", "pytest", os.path.join(bench_dir, SUITE_FILE),
-        "-p", "no:cacheprovider", "-o", "addopts=", "--import-mode=importlib", "-q",
+        "-p", "pytest_benchmark.plugin", "-p", "no:cacheprovider", "-o", "addopts=", "--import-mode=importlib", "-q",
         "--rootdir", bench_dir,
         "--benchmark-json", os.path.join(out, "pytest-benchmark.json"),
         "--benchmark-storage", "file://" + os.path.join(out, "benchmarks"),
@@ -242,6 +346,20 @@ def suite_command(out):
         "--benchmark-columns", "min,median,max,stddev,ops,rounds",
         "--benchmark-group-by", "group",
     ]
+
+
+def suite_env(out, status_fd):
+    """The child pytest's environment: ours less any outer pytest-xdist variables, plus ``SUITE_ENV`` and the run's.
+
+    The suite is a pytest session of its own; pytest-benchmark switches itself
+    off when it sees ``PYTEST_XDIST_WORKER`` (a run started from a test under
+    xdist), which would leave the run without ``pytest-benchmark.json``.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}
+    env.update(SUITE_ENV)
+    env.update({ENV_PLAN: os.path.abspath(os.path.join(out, "plan.json")), ENV_OUT: os.path.abspath(out),
+                ENV_STATUS_FD: str(status_fd)})
+    return env
 
 
 def _prepare_out(out):
@@ -581,8 +699,7 @@ def _run_suite(out, plan, console, signals):
     # a pipe for the one line saying what the suite could not write: a full disk cannot take it from pytest.log
     status_r, status_w = os.pipe()
     os.set_blocking(status_r, False)  # read once the child is gone: what it said is there, and a stray holder cannot block us
-    env = dict(os.environ, **{ENV_PLAN: os.path.abspath(os.path.join(out, "plan.json")), ENV_OUT: os.path.abspath(out),
-                              ENV_STATUS_FD: str(status_w)})
+    env = suite_env(out, status_w)
     log_path = os.path.join(out, "pytest.log")
     try:
         log = open(log_path, "wb")
@@ -593,7 +710,7 @@ def _run_suite(out, plan, console, signals):
     with log, os.fdopen(status_r, "rb") as status_pipe:
         try:
             child = subprocess.Popen(suite_command(out), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                     env=env, start_new_session=True, pass_fds=(status_w,))
+                                     env=env, start_new_session=True, pass_fds=(status_w,), preexec_fn=child_setup())
         finally:
             os.close(status_w)  # the child holds its own copy: the pipe ends when the child does
         try:
@@ -653,10 +770,16 @@ def run_main(plan, out=None, console=None, argv=None):
     console = console or Console(soft_wrap=True)
     check_fd_limit(plan)
     out = _prepare_out(out)
+    if True in plan.tls and not plan.tls_setting.get("cert"):
+        # the servers' certificate, made once per results folder: out/tls/cert.pem and key.pem
+        cert, key = ensure_certificate(out)
+        plan = dataclasses.replace(plan, tls_setting={**plan.tls_setting, "cert": cert, "key": key})
     plan_path, meta_path = os.path.join(out, "plan.json"), os.path.join(out, "meta.json")
     _written(plan_path, plan.save, plan_path)
     _written(meta_path, write_json_atomic, meta_path, new_meta(plan, argv))
     _announce(plan, out, console)
+    for p in plan.pythons:
+        console.print(f"interpreter {p['label']}: {p['version']} ({p['python']})", highlight=False)
     t0 = time.monotonic()
     with _Signals() as signals:
         rc, interrupted, write_failure = _run_suite(out, plan, console, signals)

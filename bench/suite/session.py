@@ -49,12 +49,14 @@ import time
 from sockbench.bench.load.harness import run_load
 from sockbench.bench.load.spec import LoadSpec
 from sockbench.bench.report.store import RAW_DIR, CellStats, discarded_name, raw_name
-from sockbench.bench.schema import Cell, CellContext, Machine
+from sockbench.bench.schema import Cell, CellContext, Machine, RunMeta, copy_fields
 from sockbench.bench.suite.plan import Plan, default_plan
 from sockbench.bench.suite.progress import Calibrated, Calibrating, CellDone, CellStarted, RoundDone, Window
 from sockbench.jsonfile import write_json_atomic
 from sockbench.machine import machine_info
 from sockbench.servers import registry
+from sockbench.servers.tls import DEFAULT_VERSION, TlsConfig
+from sockbench.servers.command import Command
 from sockbench.timestamps import folder_stamp, iso_utc
 
 __all__ = [
@@ -82,21 +84,14 @@ PROGRESS_FILE = "progress.jsonl"
 def new_meta(plan, argv=None):
     """``meta.json`` of a new run: the machine, the commit, the plan; status ``running``."""
     m = Machine(**machine_info())
-    return {
-        "schema": 1,
-        "kind": "sockbench-run",
-        "started_at": iso_utc(),
-        "status": "running",
-        "commit": m.git_commit,
-        "dirty": m.git_dirty,
-        "machine": m.to_json(),
-        "plan": plan.to_dict(),
-        "planned_cells": len(plan.cells()),
-        "argv": list(argv) if argv is not None else list(sys.argv),
-    }
+    return RunMeta(started_at=iso_utc(), status="running", commit=m.git_commit, dirty=m.git_dirty, machine=m,
+                   plan=plan, planned_cells=len(plan.cells()),
+                   argv=list(argv) if argv is not None else list(sys.argv)).to_json()
 
 
 def update_meta(out, **changes):
+    """Set ``changes`` in ``meta.json`` (each a ``RunMeta`` field), keeping the rest as it is."""
+    RunMeta.check_keys(changes)
     path = os.path.join(out, "meta.json")
     try:
         with open(path) as f:
@@ -184,6 +179,9 @@ class SuiteContext:
         self.clock = clock
         #: True when the suite runs by hand and so keeps meta.json itself (else ``sockbench run`` does)
         self.owns_meta = False
+        #: the process that started the suite (``sockbench run``): when it is gone at the end, the suite
+        #: settles meta.json itself
+        self.parent = os.getppid()
         self.started = clock()
         os.makedirs(os.path.join(out, RAW_DIR), exist_ok=True)
         self._progress = open(os.path.join(out, PROGRESS_FILE), "a", buffering=1)
@@ -218,11 +216,16 @@ class SuiteContext:
                 pass  # progress is for the display only; the results it would describe are in raw/ already
 
     def finish(self, exitstatus):
-        """At session end: close the progress file; run by hand, also settle meta.json's status."""
+        """At session end: close the progress file; run by hand, or orphaned by a runner that was killed,
+        also settle meta.json's status."""
         self.close()
-        if self.owns_meta:
+        orphaned = not self.owns_meta and os.getppid() != self.parent
+        if self.owns_meta or orphaned:
             status = {0: "complete", 2: "interrupted"}.get(int(exitstatus), "failed")
-            update_meta(self.out, status=status, finished_at=iso_utc())
+            try:
+                update_meta(self.out, status=status, finished_at=iso_utc())
+            except OSError:
+                pass  # the folder is gone or full: raw/ holds what was measured all the same
 
     def event(self, ev):
         """Append one ``progress`` event to progress.jsonl."""
@@ -253,26 +256,25 @@ class SuiteContext:
         pytest.exit(line, returncode=WRITE_FAILED_EXIT)
 
     def spec(self, cell, rate=None, size=None, conns=None, mode=None, name_busy=True):
+        """The ``LoadSpec`` of one round of ``cell``: the cell's dimensions under their own names, the plan's timing."""
         p = self.plan
-        return LoadSpec(
-            server=cell.server,
-            mode=mode or cell.mode,
-            conns=conns or cell.conns,
-            size=size or cell.size,
-            depth=cell.depth,
-            rate=rate,
-            duration_s=p.round_duration(cell),
-            warmup_s=p.warmup_s,
-            procs=min(p.procs, conns or cell.conns),
-            server_cpus=tuple(p.server_cpus),
-            client_cpus=tuple(p.client_cpus),
-            interval_s=p.interval_s,
-            protocol=cell.protocol,
-            transport=cell.transport,
-            workers=cell.workers,
-            name_busy=name_busy,
-            engine=p.engine_for(cell),
+        command = Command.from_json(p.commands[cell.server]) if cell.server in p.commands else None
+        return copy_fields(
+            LoadSpec, cell, server=None if command is not None else cell.server, command=command,
+            server_python=p.python_of(cell.python), python=cell.python or None, mode=mode or cell.mode,
+            conns=conns or cell.conns, size=size or cell.size, rate=rate,
+            duration_s=p.round_duration(cell), warmup_s=p.warmup_s, procs=min(p.procs, conns or cell.conns),
+            server_cpus=tuple(p.server_cpus), client_cpus=tuple(p.client_cpus), interval_s=p.interval_s,
+            name_busy=name_busy, tls=self.tls_config(cell), engine=p.engine_for(cell),
         )
+
+    def tls_config(self, cell):
+        """The ``TlsConfig`` of a TLS cell (the plan's setting; resumption as the cell says), or None."""
+        if not cell.tls:
+            return None
+        t = self.plan.tls_setting
+        return TlsConfig(cert=t.get("cert"), key=t.get("key"), version=t.get("version") or DEFAULT_VERSION,
+                         cipher=t.get("cipher"), resumption=cell.resumed)
 
     # --- the open-loop peak ----------------------------------------------------------
     def record(self, stats):
@@ -284,19 +286,21 @@ class SuiteContext:
         c = stats.cell
         if (c.mode == "closed" and c.size == self.plan.open_size and c.protocol == "raw" and c.depth == self.plan.depth
                 and not stats.invalid and stats.median > 0):
-            key = (c.server, c.transport, c.workers)
+            key = (c.server, c.transport, c.workers, c.python, c.tls)
             self.peaks[key] = max(self.peaks.get(key, 0.0), stats.median)
 
-    def peak(self, server, transport="tcp", workers=1):
-        """The server's peak msgs/s at the sweep's size over ``transport`` with ``workers`` processes: measured
-        already, or calibrated now."""
-        key = (server, transport, workers)
+    def peak(self, server, transport="tcp", workers=1, python="", tls=False):
+        """The server's peak msgs/s at the sweep's size over ``transport`` with ``workers`` processes under
+        interpreter ``python`` (over TLS with ``tls``): measured already, or calibrated now."""
+        key = (server, transport, workers, python, tls)
         if key in self.peaks:
             return self.peaks[key], "closed-loop cells"
-        cal = Cell(server, "closed", self.plan.open_size, self.plan.open_conns, transport=transport, workers=workers)
+        cal = Cell(server, "closed", self.plan.open_size, self.plan.open_conns, transport=transport, workers=workers,
+                   python=python, tls=tls)
         self.event(Calibrating(server=server))
         r = self.run(self.spec(cal), on_window=self._window)
-        name = server + ("" if transport == "tcp" else f"-{transport}") + ("" if workers == 1 else f"-w{workers}")
+        name = (server + ("" if transport == "tcp" else f"-{transport}") + ("" if workers == 1 else f"-w{workers}")
+                + (f"-py{python}" if python else "") + ("-tls" if tls else ""))
         self.write(os.path.join(self.out, "calibration", f"{name}.json"), r.to_json())
         self.event(Calibrated(server=server, msgs_per_s=r.throughput.msgs_per_s, valid=r.valid))
         if not r.valid or not r.throughput.msgs_per_s > 0:

@@ -58,8 +58,8 @@ class SuspectRunWarning(UserWarning):
 
 
 def _clock_step(cell, r, plan):
-    """What msgclock advances by for one round: seconds per message (closed), mean latency in seconds (open)."""
-    if cell.mode == "closed":
+    """What msgclock advances by for one round: seconds per message (closed, connect), mean latency in seconds (open)."""
+    if cell.mode != "open":  # closed loop, and connect mode (one message a connection)
         msgs = r.throughput.msgs_per_s or 0.0
         return 1.0 / msgs if msgs > 0 else plan.duration_s
     mean = r.latency_us.mean
@@ -73,13 +73,14 @@ def test_echo(benchmark, cell, suite_ctx):
     benchmark.group = cell.workload_id
     rate = peak = None
     info = benchmark.extra_info
-    info.update(server=cell.server, mode=cell.mode, protocol=cell.protocol, transport=cell.transport, size=cell.size, conns=cell.conns, depth=cell.depth,
+    info.update(server=cell.server, python=cell.python or None, mode=cell.mode, protocol=cell.protocol, transport=cell.transport, size=cell.size, conns=cell.conns, depth=cell.depth,
                 duration_s=plan.round_duration(cell), warmup_s=plan.warmup_s, min_rounds=plan.min_rounds,
                 max_rounds=plan.max_rounds, ci_target=plan.ci,
-                timed_as="seconds per message" if cell.mode == "closed" else
+                tls=cell.tls, resumed=cell.resumed,
+                timed_as="seconds per message" if cell.mode != "open" else
                 "mean latency per round, seconds (percentiles: latency_us and per_round)")
     if cell.mode == "open":
-        peak, source = suite_ctx.peak(cell.server, cell.transport, cell.workers)
+        peak, source = suite_ctx.peak(cell.server, cell.transport, cell.workers, cell.python, cell.tls)
         rate = peak * cell.load_pct / 100.0
         info.update(load_pct=cell.load_pct, peak_msgs_per_s=peak, peak_from=source, target_rate=rate)
     run = suite_ctx.run_cell(cell, rate=rate, peak=peak)

@@ -13,25 +13,39 @@ most of what the worker did idle): measured quiet by
 plain ``dask worker --no-nanny --nthreads 1`` idled at 4.1-7.1% of a core,
 this one at 0.24-0.32%, fresh or after a task.
 ``--cpus`` pins it away from the load processes' CPUs.  The worker runs in
-this process (``distributed.Worker``), so its pid is the one to stop: SIGTERM
-or SIGINT closes it and it leaves the scheduler.
+this process (``distributed.Worker``), so its pid is the one to stop.
+
+Its lifetime, as for any command: ``--scheduler`` is checked before anything
+starts (``units.parse_scheduler``: tcp, a port from 1 to 65535); a scheduler
+not reached within ``--connect-timeout`` is one line and exit 1; SIGTERM or
+SIGINT stops it at any time, connecting or serving (it leaves the scheduler,
+exit 143 or 130), and the load processes of a task in flight die with it
+(``children.child_setup``); a scheduler that goes away (or closes the
+worker) is one line and exit 1.  Dask's own log keeps its warnings but not their tracebacks, one line each.
 """
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import socket
 
-from sockbench.errors import UsageError
-from sockbench.units import parse_cpus
+from sockbench.children import Stopped
+from sockbench.errors import SockbenchError, UsageError
+from sockbench.units import arg, parse_cpus, parse_number, parse_scheduler
+
+#: how long a stopping worker may take to leave the scheduler before the process goes anyway
+CLOSE_TIMEOUT_S = 1.5
 
 __all__ = ["add_arguments", "run_cli"]
 
 
 def add_arguments(p):
-    p.add_argument("--scheduler", required=True, metavar="tcp://HOST:PORT",
+    p.add_argument("--scheduler", required=True, metavar="tcp://HOST:PORT", type=arg(parse_scheduler, "--scheduler"),
                    help="the Dask scheduler (`dask scheduler` listens on port 8786)")
+    p.add_argument("--connect-timeout", type=arg(parse_number, "--connect-timeout", positive=True), default=10.0,
+                   metavar="S", help="give up when the scheduler is not reached within S seconds (default 10)")
     p.add_argument("--name", default=None, help="the worker's name, as --hosts names it (default: the host name)")
     p.add_argument("--cpus", default=None, metavar="LIST",
                    help="pin the worker here, away from the load CPUs (e.g. 3; default: not pinned)")
@@ -48,8 +62,6 @@ def run_cli(args):
     # deferred: the load room is imported only by the commands that load
     from sockbench.bench.load.cluster import HEARTBEAT_S, HOST_CPUS_ENV, WORKER_CONFIG
 
-    if "://" not in args.scheduler:
-        raise UsageError(f"bad --scheduler {args.scheduler!r}; use tcp://HOST:PORT")
     if args.cpus is not None:
         cpus = parse_cpus(args.cpus, name="--cpus")
         missing = sorted(set(cpus) - os.sched_getaffinity(0))
@@ -60,8 +72,31 @@ def run_cli(args):
         os.environ[HOST_CPUS_ENV] = ",".join(map(str, sorted(os.sched_getaffinity(0))))
         os.sched_setaffinity(0, cpus)
     dask.config.set(WORKER_CONFIG)
-    asyncio.run(_serve(_quiet_worker_class(distributed, HEARTBEAT_S), args.scheduler, args.name or socket.gethostname()))
+    _one_line_logs(logging.getLogger("distributed"))
+    stopped_by = asyncio.run(_serve(_quiet_worker_class(distributed, HEARTBEAT_S), args.scheduler,
+                                    args.name or socket.gethostname(), args.connect_timeout))
+    if stopped_by is not None:
+        raise Stopped(stopped_by)
     return 0
+
+
+class _OneLine(logging.Filter):
+    """A record as one line: its message without the traceback (a scheduler that goes away logs two)."""
+
+    def filter(self, record):
+        if record.exc_info and record.exc_info[1] is not None:
+            e = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({type(e).__name__}{': ' + str(e).splitlines()[0] if str(e) else ''})"
+            record.args = None
+        record.exc_info = record.exc_text = record.stack_info = None
+        return True
+
+
+def _one_line_logs(logger):
+    """Dask's log for a worker that runs unattended: warnings and errors only, one line each."""
+    logger.setLevel(logging.WARNING)
+    for handler in logger.handlers:
+        handler.addFilter(_OneLine())
 
 
 def _quiet_worker_class(distributed, heartbeat_s):
@@ -84,15 +119,62 @@ def _quiet_worker_class(distributed, heartbeat_s):
     return QuietWorker
 
 
-async def _serve(worker_class, scheduler, name):
-    """Run the worker until SIGTERM/SIGINT, then close it (it leaves the scheduler)."""
-    stop = asyncio.Event()
+async def _serve(worker_class, scheduler, name, connect_timeout):
+    """Run the worker until SIGTERM/SIGINT (returns that signal) or until its scheduler goes away (one line).
+
+    A stop signal is heeded while the worker connects as well as once it
+    serves; the worker then closes (it leaves the scheduler) within
+    ``CLOSE_TIMEOUT_S``.
+    """
     loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    received = []
+
+    def on_signal(sig):
+        received.append(sig)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with worker_class(scheduler, name=name, nthreads=1, dashboard=False) as worker:
-        print(json.dumps({"event": "ready", "worker": name, "address": worker.address, "pid": os.getpid()}), flush=True)
-        done = asyncio.ensure_future(worker.finished())
-        await asyncio.wait([done, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-        if not done.done():
-            await worker.close()
+        loop.add_signal_handler(sig, on_signal, sig)
+    stopping = asyncio.ensure_future(stop.wait())
+    worker = worker_class(scheduler, name=name, nthreads=1, dashboard=False, death_timeout=connect_timeout)
+    starting = asyncio.ensure_future(worker.start())
+    try:
+        await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            await _close(worker)
+            return received[0]
+        try:
+            starting.result()
+        except (asyncio.TimeoutError, TimeoutError):
+            raise SockbenchError(f"cannot reach the Dask scheduler at {scheduler} within {connect_timeout:g} s; is it "
+                                 f"running (`dask scheduler`), and is that address reachable from here?") from None
+        except Exception as e:
+            raise SockbenchError(f"the Dask worker could not start: {_cause(e)}") from None
+        print(json.dumps({"event": "ready", "worker": name, "address": worker.address, "scheduler": scheduler,
+                          "pid": os.getpid()}), flush=True)
+        finished = asyncio.ensure_future(worker.finished())
+        await asyncio.wait([finished, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if received:
+            await _close(worker)
+            return received[0]
+        raise SockbenchError(f"lost the Dask scheduler at {scheduler} (it stopped, or closed this worker); this worker stops")
+    finally:
+        stopping.cancel()
+
+
+async def _close(worker):
+    """Close ``worker`` (leave the scheduler, stop its threads) within ``CLOSE_TIMEOUT_S``, whatever state it is in."""
+    try:
+        await asyncio.wait_for(worker.close(timeout=CLOSE_TIMEOUT_S, executor_wait=False), CLOSE_TIMEOUT_S)
+    except Exception:  # asyncio.TimeoutError, or a worker that never started: the process goes anyway
+        pass
+
+
+def _cause(e):
+    """The innermost cause of a Dask start-up failure, as one line."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1]}" if text else type(e).__name__

@@ -5,6 +5,7 @@ only parses and prints; the history is built from the results folders by the
 report room, and matplotlib is imported only when the plot is drawn.
 """
 
+from sockbench.cli.run import warn_left_out
 from sockbench.cli.term import console as make_console
 
 __all__ = ["add_arguments", "run_cli"]
@@ -25,6 +26,7 @@ def run_cli(args):
     from sockbench.bench.report.history import build_history, history_rows, plot_history
 
     h = build_history(args.dirs, args.cells)
+    warn_left_out(h.skipped)
     columns, rows = history_rows(h)
     table = Table(title="sockbench history (ordered by start time)", box=None, show_edge=False)
     for i, c in enumerate(columns):

@@ -9,7 +9,9 @@ stdout, and then the summary goes to stderr so that stdout stays pure JSON).
 Nothing is drawn while the load runs (a spinner redraws 12.5 times a second
 on the CPUs being measured): one line says what is running, then the
 summary follows.  An invalid run still writes its JSON and prints its
-summary, then exits 1 with one line that says why.  ``--protocol frame|json``
+summary, then exits 1 with one line that says why.  Ctrl-C or SIGTERM inside
+the window cuts it short: the result of the window until then is written and
+shown (invalid, "interrupted by ..."), then the command exits 130 or 143.  ``--protocol frame|json``
 speaks one of the framed protocols (``sockbench.servers.protocols``); ``--size``
 is the payload size in every protocol, so "MB/s" counts payload bytes and
 "wire MB/s" adds the framing and headers.  The summary reads the run's
@@ -19,14 +21,17 @@ that side's own CPU, and a DISTURBED or STARVED run says so in one line
 each, in the verdict's colour: a figure under either must not be quoted.
 """
 
+import dataclasses
 import json
 import os
 import sys
 
+from sockbench.cli.targets import add_command_arguments, command_from_args
+from sockbench.cli import tlsargs
 from sockbench.endpoints import TRANSPORTS, check_transport, parse_target
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.thresholds import CLIENT_STALL_S, DISTURBED_SHARE
-from sockbench.units import arg, parse_cpus, parse_number, parse_size
+from sockbench.units import arg, parse_cpus, parse_number, parse_scheduler, parse_size
 
 __all__ = ["add_arguments", "run_cli", "spec_from_args", "render_summary"]
 
@@ -62,10 +67,14 @@ def add_arguments(p):
                         "tcp, tcp6, unix)")
     p.add_argument("--json", metavar="PATH",
                    help="write the result JSON here (- for stdout; default results/load/<UTC time>__<server>.json)")
-    p.add_argument("--cluster", metavar="tcp://HOST:PORT",
+    p.add_argument("--cluster", metavar="tcp://HOST:PORT", type=arg(parse_scheduler, "--cluster"),
                    help="load from several hosts: the Dask scheduler their `sockbench cluster-worker`s joined "
                         "(--conns is the total, --procs per host)")
     p.add_argument("--hosts", metavar="NAMES", help="with --cluster: these workers only, by name (default: all)")
+    add_command_arguments(p)
+    p.add_argument("--python", metavar="PATH",
+                   help="run the built-in server NAME under this interpreter (3.11 or newer; built once, cached)")
+    tlsargs.add_arguments(p, "load")
     return p
 
 
@@ -82,8 +91,20 @@ def spec_from_args(args):
     # pipeline (the harness, the schema) is imported only when a load runs
     from sockbench.bench.load.spec import LoadSpec
 
-    if (args.name is None) == (args.target is None):
-        raise UsageError("load: give a server NAME or --target HOST:PORT (exactly one)")
+    command = command_from_args(args)
+    if sum(x is not None for x in (args.name, args.target, command)) != 1:
+        raise UsageError("load: give a server NAME, --command 'CMD ARGS' or --target HOST:PORT (exactly one)")
+    if command is not None and getattr(args, "cluster", None):
+        raise UsageError("--cluster starts a registered server on its load hosts' side; give a NAME, or --target")
+    server_python = python = None
+    if getattr(args, "python", None):
+        if args.name is None:
+            raise UsageError("--python runs a built-in server NAME under another interpreter; give a NAME")
+        # deferred: building an interpreter's environment, for --python only
+        from sockbench.servers.environments import prepare
+
+        env = prepare(args.python, log=lambda line: print(f"sockbench: {line}", file=sys.stderr, flush=True))
+        server_python, python = env.python, env.label
     if getattr(args, "hosts", None) and not getattr(args, "cluster", None):
         raise UsageError("--hosts names load hosts of --cluster; give --cluster tcp://HOST:PORT too")
     target = parse_target(args.target, args.transport) if args.target else None
@@ -105,6 +126,10 @@ def spec_from_args(args):
         timeout_s=args.timeout,
         protocol=args.protocol,
         workers=args.workers,
+        command=command,
+        server_python=server_python,
+        python=python,
+        tls=tlsargs.config(args, "load"),
         engine=args.engine,
     )
     # a load from several hosts checks the client CPUs on each host, where they are
@@ -113,24 +138,36 @@ def spec_from_args(args):
 
 def run_cli(args):
     # deferred: the harness, as in spec_from_args
-    from sockbench.bench.load.harness import run_load
+    from sockbench.bench.load.harness import LoadInterrupted, run_load
     from sockbench.cli.term import console as make_console
     from sockbench.jsonfile import check_writable, write_json_atomic
+    from sockbench.servers.tls import ensure_certificate
     from sockbench.timestamps import folder_stamp
 
     spec = spec_from_args(args)
     to_stdout = args.json == "-"
     if not args.json:
-        name = (spec.server or args.target).replace(":", "_").replace("/", "_")
+        name = spec.label.replace(":", "_").replace("/", "_")
         args.json = os.path.join("results", "load", f"{folder_stamp()}__{name}.json")
         os.makedirs(os.path.dirname(args.json), exist_ok=True)
     if not to_stdout:
         check_writable(args.json, "--json")  # before measuring: a result with nowhere to go is lost
+    if spec.tls is not None and spec.server is not None and spec.tls.cert is None:
+        # the server's certificate, made once per results folder: the folder the result goes to
+        folder = os.path.dirname(os.path.abspath(args.json)) if not to_stdout else os.path.join("results", "load")
+        spec = dataclasses.replace(spec, tls=spec.tls.with_files(*ensure_certificate(folder)))
     console = make_console(stderr=to_stdout)
     # one line, then nothing until the run ends: a redrawn spinner would cost the measured CPUs
-    console.print(f"loading {spec.server or args.target}: {spec.mode}, {spec.protocol}, {spec.conns} conns, "
+    console.print(f"loading {spec.label}: {spec.mode}, {spec.protocol}, {spec.conns} conns, "
                   f"{spec.warmup_s:g} s warmup + {spec.duration_s:g} s, {spec.engine} load engine ...", highlight=False)
-    result = _cluster_load(spec, args) if args.cluster else run_load(spec)
+    notes = []
+    cut = None
+    try:
+        result = _cluster_load(spec, args) if args.cluster else run_load(spec, notes=notes)
+    except LoadInterrupted as e:
+        if e.result is None:
+            raise  # stopped before the window measured anything
+        cut, result = e, e.result
     if to_stdout:
         sys.stdout.write(json.dumps(result.to_json()) + "\n")
         sys.stdout.flush()
@@ -142,6 +179,10 @@ def run_cli(args):
     console.print(render_summary(result))
     if not to_stdout:
         console.print(f"result: {args.json}", highlight=False)
+    if cut is not None:
+        raise cut  # written and shown: now the exit status of the signal
+    if notes:
+        raise SockbenchError(notes[0], exit_code=2)  # said once more, last: the result above stands
     if not result.valid:
         raise SockbenchError(f"invalid run: {result.invalid_reason}", exit_code=EXIT_INVALID)
     return 0
@@ -162,7 +203,7 @@ def render_summary(r):
     errs = Text(f"errors: {e.total}  " + "  ".join(f"{k} {v}" for k, v in e.by_kind.items()),
                 style="red" if e.total else "dim")
     return Group(_head(r), verdict, *_verdict_lines(r), _throughput_table(r), _latency_table(r), _cpu_table(r),
-                 *_fairness_line(r), *_datagram_line(r), *_stall_line(r), errs, *_notes(r))
+                 *_fairness_line(r), *_datagram_line(r), *_tls_line(r), *_stall_line(r), errs, *_notes(r))
 
 
 def _verdict_lines(r):
@@ -193,6 +234,21 @@ def _fairness_line(r):
     jain = f"  Jain's index {f.jain:.3f}" if f.jain is not None else ""
     return [Text(f"per connection: min {f.min:,}  median {f.median:,.0f}  max {f.max:,} msgs{jain}",
                  style="red" if f.starved else "dim")]
+
+
+def _tls_line(r):
+    """TLS: what the handshakes negotiated, and in connect mode how many a second, resumed or not."""
+    from rich.text import Text  # deferred: rich, as in run_cli
+
+    t = r.tls
+    if t is None:
+        return []
+    line = f"TLS {t.version or '?'}  {t.cipher or '?'}  key exchange {t.group or '?'}"
+    if t.handshakes is not None:
+        line += f"  handshakes {t.handshakes_per_s:,.0f}/s ({t.resumed:,} of {t.handshakes:,} resumed)"
+    if t.handshake_errors:
+        line += f"  {t.handshake_errors:,} failed: {t.handshake_error}"
+    return [Text(line, style="red" if t.handshake_errors else "dim")]
 
 
 def _stall_line(r):
@@ -229,6 +285,8 @@ def _head(r):
     head.append(f"{r.server}", style="bold")
     if w.transport != "tcp":
         head.append(f"  {w.transport}")
+    if w.tls is not None:
+        head.append(f"  TLS {w.tls.version}" + ("  resuming" if w.tls.resumption else ""))
     head.append(f"  {w.mode}")
     if w.protocol != "raw":
         head.append(f"  {w.protocol}")
@@ -324,4 +382,6 @@ def _notes(r):
                           "its CPU is always 100%, its busy share says how loaded it was", style="dim"))
     if cl.msgs_per_write:
         notes.append(Text(f"coalescing: {cl.msgs_per_write:.2f} msgs per write ({cl.writes:,} writes)", style="dim"))
+    if cl.waits and cl.msgs_queued is not None:
+        notes.append(Text(f"wake-ups: {cl.msgs_queued / cl.waits:.2f} msgs per epoll_wait ({cl.waits:,} calls)", style="dim"))
     return notes

@@ -2,37 +2,35 @@
 
 Each test takes ``server`` (a fresh ``sockbench serve NAME --port 0`` process)
 or ``server_name``, both parametrized over the registry in conftest.py, or,
-for the echo checks that every stream transport must pass, ``stream_server``
-(one process per server and transport, shared by this module's tests) or
-``fresh_stream_server`` (a process of its own).
+for the echo checks that every stream transport must pass, plain and over TLS,
+``stream_server`` (one process per server, transport and TLS, shared by this
+module's tests) or ``fresh_stream_server`` (a process of its own); they reach
+it with ``open_conn`` (or ``sockbench check``'s checks), which speak TLS to a
+TLS server (a half-close is then close_notify).
 """
 
 import os
 import signal
 import socket
 import stat
-import struct
 import subprocess
-import threading
 import time
 
 import pytest
 
 from conftest import stream_cases_with
 from echo_client import (
-    StreamPattern,
+    assert_check,
     connect,
+    open_conn,
     echo_concurrently,
-    many_connections_echo,
     one_line_error,
     payload,
     read_exact,
-    read_to_eof,
     send_without_reading,
     server_socket_option,
     sockbench_cli,
 )
-from sockbench.procfs import read_rss_bytes
 from sockbench.servers import registry
 from sockbench.servers.contract import RECV_SIZE, system_backlog
 from sockbench.servers.process import ServerProcess
@@ -50,7 +48,10 @@ def test_ready_line_and_stdout(fresh_stream_server):
         ready = proc.ready
         transport = proc.transport
         where = {"path"} if transport == "unix" else {"host", "port"}
-        assert set(ready) == {"event", "server", "transport", "pid", "backlog"} | where
+        tls = {"tls"} if getattr(proc, "tls", None) is not None else set()
+        assert set(ready) == {"event", "server", "transport", "pid", "backlog"} | where | tls
+        if tls:
+            assert ready["tls"]["version"] == "1.3" and os.path.exists(ready["tls"]["cert"])
         assert ready["server"] == proc.name and ready["transport"] == transport
         if transport == "unix":
             folder = os.path.dirname(ready["path"])
@@ -61,7 +62,7 @@ def test_ready_line_and_stdout(fresh_stream_server):
             assert isinstance(ready["port"], int) and ready["port"] > 0
         assert ready["pid"] == proc.proc.pid, "the pid is the process that serves"
         assert ready["backlog"] == system_backlog(), "the default backlog is the system's maximum"
-        with connect(proc.address) as s:
+        with open_conn(proc) as s:
             assert echo_concurrently(s, b"ping") == b"ping"
     finally:
         rc = proc.stop()
@@ -122,7 +123,7 @@ def test_stop_signal_with_50_connections_exits_0_within_2s(fresh_stream_server, 
     socks = []
     try:
         for i in range(50):
-            s = connect(server.address)
+            s = open_conn(server)
             socks.append(s)
         # a third of them mid-transfer: their echo is pending because we do not read it
         for i, s in enumerate(socks):
@@ -158,13 +159,8 @@ def test_stop_signal_with_50_connections_exits_0_within_2s(fresh_stream_server, 
 
 
 def test_echo_byte_for_byte(stream_server):
-    server = stream_server
-    with connect(server.address) as s:
-        for i, size in enumerate(SIZES):
-            data = payload(size, seed=i)
-            got = echo_concurrently(s, data)
-            assert len(got) == size
-            assert got == data, f"echo of {size} bytes differs"
+    """1 B to 16 MiB on one connection (``sockbench check``'s ``echo``)."""
+    assert_check("echo", stream_server)
 
 
 def _unix_in_flight():
@@ -189,7 +185,7 @@ def test_send_everything_before_reading(stream_server, size):
     """The client writes its whole message before reading a byte: no deadlock."""
     server = stream_server
     data = payload(size, seed=size)
-    with connect(server.address, timeout=15) as s:
+    with open_conn(server, timeout=15) as s:
         try:
             s.sendall(data)
         except socket.timeout:
@@ -198,94 +194,32 @@ def test_send_everything_before_reading(stream_server, size):
 
 
 def test_200_concurrent_connections(stream_server):
-    server = stream_server
-    bad = many_connections_echo(server.address, count=200, size=16 * 1024 + 7)
-    assert bad == [], f"connections with a wrong or missing echo: {bad[:20]}"
+    assert_check("many-connections", stream_server)
 
 
-def test_half_close_flushes_then_closes(stream_server):
-    server = stream_server
-    data = payload(3 * MiB + 11, seed=42)
-    with connect(server.address) as s:
-        sender = threading.Thread(target=lambda: (s.sendall(data), s.shutdown(socket.SHUT_WR)), daemon=True)
-        sender.start()
-        got = read_to_eof(s, limit=len(data))
-        sender.join(10)
-    assert got == data, f"got {len(got)} of {len(data)} bytes before the server closed"
+def _expect_tls_half_close_gap(request, server):
+    """Over TLS, a server whose library cannot finish a half-close is expected to fail the check (the registry
+    says why); it still runs, so that a library that learns it shows as XPASS."""
+    gap = registry.get(server.name).tls_half_close_gap
+    if getattr(server, "tls", None) is not None and gap:
+        request.applymarker(pytest.mark.xfail(reason=gap, strict=False))
 
 
-def test_half_close_right_after_a_small_message(stream_server):
-    server = stream_server
-    with connect(server.address) as s:
-        s.sendall(b"last words")
-        s.shutdown(socket.SHUT_WR)
-        assert read_to_eof(s, limit=100) == b"last words"
+def test_half_close_flushes_then_closes(stream_server, request):
+    """3 MiB then a half-close, and a small message then a half-close (``half-close``); over TLS, close_notify."""
+    _expect_tls_half_close_gap(request, stream_server)
+    assert_check("half-close", stream_server)
 
 
 @pytest.mark.slow
 def test_reset_mid_stream_disturbs_nobody(stream_server):
-    server = stream_server
-    with connect(server.address) as steady:
-        first = payload(100_000, seed=1)
-        assert echo_concurrently(steady, first) == first
-        # a client that writes a lot, reads nothing, and resets: the server has echo pending for it
-        rude = connect(server.address)
-        send_without_reading(rude, payload(4 * MiB, seed=2))
-        time.sleep(0.1)
-        rude.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        rude.close()  # RST
-        time.sleep(0.1)
-        assert server.alive(), f"{server.name} died after a reset: {server.stderr_text()[-500:]}"
-        second = payload(MiB, seed=3)
-        assert echo_concurrently(steady, second) == second
-    with connect(server.address) as fresh:
-        assert echo_concurrently(fresh, b"still here") == b"still here"
+    assert_check("abrupt-peers", stream_server)
 
 
 @pytest.mark.slow
 def test_bounded_memory_when_client_does_not_read(stream_server):
-    """A client writes 256 MiB without reading: the server's RSS grows by < 64 MiB, and nothing is lost."""
-    server = stream_server
-    total = 256 * MiB
-    chunk = MiB
-    pattern = StreamPattern(seed=7)
-    with connect(server.address, timeout=60) as s:
-        assert echo_concurrently(s, b"warm") == b"warm"
-        base_rss = read_rss_bytes(server.pid)
-        sent = [0]
-
-        def writer():
-            try:
-                while sent[0] < total:
-                    sent[0] += s.send(pattern.chunk(sent[0], min(chunk, total - sent[0])))
-            except OSError:
-                pass
-
-        t = threading.Thread(target=writer, daemon=True)
-        t.start()
-        # wait until the writer stalls (the server stopped reading) or everything went out
-        last, still_since = -1, time.monotonic()
-        end = time.monotonic() + 30
-        while time.monotonic() < end and sent[0] < total:
-            time.sleep(0.05)
-            if sent[0] != last:
-                last, still_since = sent[0], time.monotonic()
-            elif time.monotonic() - still_since > 0.5:
-                break
-        grown = read_rss_bytes(server.pid) - base_rss
-        stalled_at = sent[0]
-        assert stalled_at < total, "256 MiB went out unread: the server (or the kernel) buffered it all"
-        assert grown < 64 * MiB, f"RSS grew by {grown / MiB:.1f} MiB with {stalled_at / MiB:.1f} MiB unread"
-        # now read everything back, in order, while the writer finishes
-        got = 0
-        end = time.monotonic() + 60
-        while got < total:
-            assert time.monotonic() < end, f"echo stalled at {got} of {total} bytes"
-            data = s.recv(MiB)
-            assert data, f"EOF after {got} of {total} bytes"
-            assert data == pattern.chunk(got, len(data)), f"wrong bytes at offset {got}"
-            got += len(data)
-        t.join(10)
+    """A client writes 128 MiB without reading: its writes stall, RSS grows by < 48 MiB, and nothing is lost."""
+    assert_check("slow-reader", stream_server)
 
 
 # --- bad input to the command line ------------------------------------------------------------

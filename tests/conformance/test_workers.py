@@ -138,6 +138,41 @@ def test_stop_signal_stops_every_worker_within_2s(workers_server):
             s.close()
 
 
+def _ended(pid, within_s=2.0):
+    """True once ``pid`` (another process's child) has ended within ``within_s``: gone, or a zombie."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except OSError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_killed_supervisor_takes_its_workers_and_the_socket_folder_with_it(workers_server):
+    pids = workers_server.pids
+    folder = os.path.dirname(workers_server.ready["path"]) if workers_server.transport == "unix" else None
+    os.kill(workers_server.proc.pid, signal.SIGKILL)  # it cannot pass anything on
+    workers_server.proc.wait()
+    try:
+        left = [pid for pid in pids if not _ended(pid)]
+        assert not left, f"worker(s) {left} outlived their SIGKILLed supervisor by 2 s"
+        if folder:
+            deadline = time.monotonic() + 2.0
+            while os.path.exists(folder) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert not os.path.exists(folder), "the unix socket's private folder was left behind"
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def test_a_killed_worker_is_one_line_and_the_other_goes_on_serving(workers_server):
     first, second = workers_server.pids
     os.kill(second, signal.SIGKILL)

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from test_harness import _child_pid
+from test_harness import _child_pid, children
 from sockbench.bench.load.harness import LoadSpec, run_load
 from sockbench.servers import registry
 
@@ -37,10 +37,11 @@ def _run(stop_s=None):
     spec = LoadSpec(**SPEC)
     out, window = {}, {}
     t = threading.Thread(target=lambda: out.update(r=run_load(spec, on_window=lambda s, e: window.update(s=s, e=e))))
+    before = children()
     t.start()
     try:
         if stop_s is not None:
-            pid = _child_pid("-m", "sockbench.bench.load.worker")
+            pid = _child_pid("-m", "sockbench.bench.load.worker", before=before)
             deadline = time.monotonic() + 30
             while "s" not in window and time.monotonic() < deadline:
                 time.sleep(0.01)
@@ -72,3 +73,5 @@ def test_a_run_left_alone_records_its_stalls():
     # however many this machine caused: measured, never None
     assert c.stalls is not None and c.stall_s is not None and c.longest_stall_s is not None
     assert c.stalls >= 0 and (c.stalls > 0) == (c.longest_stall_s > 0) and c.stall_s >= c.longest_stall_s
+    # and its epoll_wait calls (a polling loop: one a pass)
+    assert c.waits > 0

@@ -27,7 +27,7 @@ from sockbench.procfs import read_task_cpu_s
 pytest.importorskip("distributed", reason="Dask distributed is not installed (pip install -e '.[cluster]')")
 pytest.importorskip("sockbench.ext.loadgen", reason="the load generator is not built (pip install -e .)")
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.root]
 
 PREFIX = f"sbt-{os.getpid()}"
 NET = "10.213.0"

@@ -21,7 +21,7 @@ from fault_server import FaultServer, made_and_closed
 from sockbench.servers import registry
 from sockbench.bench.load import hdr
 from sockbench.bench.load.harness import LoadSpec, run_load
-from sockbench.bench.schema import Errors, Fairness, LoadResult
+from sockbench.bench.schema import SCHEMA_VERSION, Errors, Fairness, LoadResult
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.servers.process import ServerProcess
 
@@ -42,7 +42,7 @@ def _check_coherent(r, spec):
     assert set(RESULT_KEYS) <= set(d)
     # serialisable as is, and the JSON reads back into the same result
     assert LoadResult.from_json(json.loads(json.dumps(d))) == r
-    assert r.schema == d["schema"] == 2
+    assert r.schema == d["schema"] == SCHEMA_VERSION
     assert r.valid, r.invalid_reason
     assert r.limited_by in (None, "client", "server", "both")
     assert r.errors == Errors(total=0, by_kind={"connect": 0, "reset": 0, "timeout": 0, "mismatch": 0, "protocol": 0})
@@ -104,19 +104,26 @@ def test_ctrl_c_while_a_server_starts_never_orphans_it(monkeypatch):
     def popen_then_ctrl_c(*args, **kw):
         p = real(*args, **kw)
         started.append(p)
-        os.kill(os.getpid(), signal.SIGINT)  # lands after the fork, before the caller holds the handle
+        # lands after the fork, before the caller holds the handle; sent to this thread, which holds it, so that
+        # no other thread of the test process (a test's leftover) can take it first
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)
         return p
 
     monkeypatch.setattr(proc.subprocess, "Popen", popen_then_ctrl_c)
-    with pytest.raises(KeyboardInterrupt):
-        proc.ServerProcess("selectors").start()
-    (p,) = started
+    # Python raises KeyboardInterrupt only if SIGINT was not ignored when it started, and a shell starts a
+    # background job (`pytest &`, a CI wrapper) with SIGINT ignored: the test installs Python's handler itself
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        with pytest.raises(KeyboardInterrupt):
+            proc.ServerProcess("selectors").start()
+        (p,) = started
         assert p.poll() is not None, "the server was left running"
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+        signal.signal(signal.SIGINT, old)
+        for p in started:  # whatever failed above, no server outlives the test (the next ones look for theirs)
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def test_server_cpu_takes_the_exact_total_and_the_ticks_split():
@@ -505,36 +512,56 @@ def test_server_killed_mid_run_gives_an_invalid_result(tmp_path):
     assert written == r
 
 
-def _child_pid(*words, deadline_s=10.0):
-    """The pid of this process's child whose argv holds every one of ``words`` (started by another thread)."""
+def children():
+    """The pids of this process's children, whichever thread started them."""
+    kids = set()
+    for tid in os.listdir(f"/proc/{os.getpid()}/task"):
+        try:
+            with open(f"/proc/{os.getpid()}/task/{tid}/children") as f:
+                kids.update(int(x) for x in f.read().split())
+        except OSError:
+            continue
+    return kids
+
+
+def _child_pid(*words, before, deadline_s=10.0):
+    """The pid of this process's child whose argv holds every one of ``words``, started (by another thread)
+    since ``before`` (``children()`` then): a child of an earlier test is never taken for the one awaited."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
-        for tid in os.listdir(f"/proc/{os.getpid()}/task"):
+        for pid in sorted(children() - before):
             try:
-                with open(f"/proc/{os.getpid()}/task/{tid}/children") as f:
-                    kids = [int(x) for x in f.read().split()]
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
             except OSError:
                 continue
-            for pid in kids:
-                try:
-                    with open(f"/proc/{pid}/cmdline", "rb") as f:
-                        argv = f.read().split(b"\0")
-                except OSError:
-                    continue
-                if all(w.encode() in argv for w in words):
-                    return pid
+            if all(w.encode() in argv for w in words):
+                return pid
         time.sleep(0.02)
     raise AssertionError(f"no child process with {words} appeared")
 
 
+def _wait_for(box, key, deadline_s=30.0):
+    """Until another thread put ``key`` into ``box``."""
+    end = time.monotonic() + deadline_s
+    while key not in box:
+        assert time.monotonic() < end, f"{key!r} never came"
+        time.sleep(0.01)
+    return box[key]
+
+
 def test_server_started_by_the_harness_dying_mid_run_is_reported(tmp_path):
     path = tmp_path / "died.json"
-    out = {}
+    out, window = {}, {}
+    before = children()
     t = threading.Thread(target=lambda: out.update(r=run_load(
-        LoadSpec(server="selectors", conns=2, duration_s=2.0, warmup_s=0.2), json_path=path)))
+        LoadSpec(server="selectors", conns=2, duration_s=2.0, warmup_s=0.2), json_path=path,
+        on_window=lambda start_ns, end_ns: window.update(start=start_ns))))
     t.start()
-    pid = _child_pid("serve", "selectors")
-    time.sleep(1.0)  # connected and loading by now (the window ends ~2.5 s after the server starts)
+    pid = _child_pid("serve", "selectors", before=before)
+    # 0.6 s into the 2 s measured window, however long the start took on a busy machine
+    kill_at = _wait_for(window, "start") + int((0.2 + 0.6) * 1e9)
+    time.sleep(max(0.0, (kill_at - time.monotonic_ns()) / 1e9))
     os.kill(pid, signal.SIGKILL)
     t.join(30)
     r = out["r"]
@@ -559,8 +586,9 @@ def test_a_hung_load_process_is_killed_at_the_hard_timeout(make_server, monkeypa
     t = threading.Thread(target=lambda: out.update(r=run_load(
         LoadSpec(target=srv.address, conns=2, duration_s=0.5, warmup_s=0.2, timeout_s=0.5))))
     t0 = time.monotonic()
+    before = children()
     t.start()
-    pid = _child_pid("-m", "sockbench.bench.load.worker")
+    pid = _child_pid("-m", "sockbench.bench.load.worker", before=before)
     time.sleep(0.3)
     os.kill(pid, signal.SIGSTOP)  # hung: it will never report
     t.join(30)

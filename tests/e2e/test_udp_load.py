@@ -62,6 +62,8 @@ def test_open_loop(server):
     assert r.service_us is not None and r.throughput.achieved_rate > 0
     # a polling client (its own CPU list) measured its stalls, however many the shared CPU caused
     assert r.client.polling and r.client.stalls is not None and r.client.longest_stall_s is not None
+    # the udp loop counts its epoll_wait calls (a polling loop: one a pass) as the stream loop does
+    assert r.client.waits > 0
 
 
 def test_cli_json_and_summary(tmp_path):

@@ -13,10 +13,12 @@ import pytest
 
 from sockbench.bench.load import hdr
 from sockbench.bench.load.clock import ClockSample, best, sample, too_large
-from sockbench.bench.load.cluster import _ServerWindow, host_specs, merge, pick_hosts
+from sockbench.bench.load.cluster import host_specs, merge, pick_hosts
+from sockbench.bench.load.harness import ServerWindow, build_result
 from sockbench.bench.load.spec import LoadSpec
-from sockbench.bench.load.worker import ProcResult
-from sockbench.bench.schema import Client, ClockOffset, ERROR_KINDS, HostPart, LoadResult, WorkerCpu, merge_stalls
+from sockbench.bench.schema import (
+    Client, ClockOffset, ERROR_KINDS, HostPart, LoadResult, ProcResult, WorkerCpu, csv_columns, merge_stalls,
+)
 from sockbench.endpoints import Endpoint
 from sockbench.errors import SockbenchError, UsageError
 
@@ -66,7 +68,7 @@ def _proc(values_ns, index=0, late_ns=1000):
     ts = [len(values_ns) // 2, len(values_ns) - len(values_ns) // 2]
     return ProcResult(
         index=index, cpus=[1], mode=0, msgs=len(values_ns), rx_bytes=64 * len(values_ns),
-        rx_wire_bytes=64 * len(values_ns), sent_window=0, cycles=0, queued=len(values_ns), writes=len(values_ns),
+        rx_wire_bytes=64 * len(values_ns), sent_window=0, cycles=0, msgs_queued=len(values_ns), writes=len(values_ns),
         reads=len(values_ns), errors={k: 0 for k in ERROR_KINDS}, first_error_ns=None, first_error_kind=None,
         ended_early=False, alive_at_end=1, hdr1=hdr.encode_text(h), hdr1_sum_ns=sum(values_ns),
         hdr2=hdr.encode_text(hdr.new_histogram()), hdr2_sum_ns=0, ts_msgs=ts, ts_sent=None, user_s=0.2, sys_s=0.3,
@@ -76,10 +78,9 @@ def _proc(values_ns, index=0, late_ns=1000):
 
 
 def _answer(spec, procs):
-    from sockbench.bench.load.harness import _build_result, _ServerWindow as Window  # the host's own build
 
     rs = {p.index: p for p in procs}
-    r = _build_result(spec, None, Endpoint("tcp", "10.0.0.9", 7), "2026-01-01T00:00:00Z", rs, [], Window())
+    r = build_result(spec, None, Endpoint("tcp", "10.0.0.9", 7), "2026-01-01T00:00:00Z", rs, [], ServerWindow())
     return {"result": r.to_json(), "procs": [p.to_json() for p in procs], "problems": [],
             "worker_cpu": {"user_s": 0.0, "sys_s": 0.01, "span_s": 1.2, "util": 0.004}}
 
@@ -93,7 +94,7 @@ def test_merge_is_exact_and_keeps_every_host():
     specs = host_specs(spec, ("10.0.0.9", 7), chosen)
     answers = {"a": _answer(specs[0], [_proc(a, late_ns=2000)]), "b": _answer(specs[1], [_proc(b, late_ns=5000)])}
     clocks = {"a": ClockOffset(0.0001, 0.001), "b": ClockOffset(-0.0002, 0.002)}
-    r = merge(spec, None, Endpoint("tcp", "10.0.0.9", 7), "2026-01-01T00:00:00Z", chosen, specs, answers, [], _ServerWindow(), clocks)
+    r = merge(spec, None, Endpoint("tcp", "10.0.0.9", 7), "2026-01-01T00:00:00Z", chosen, specs, answers, [], ServerWindow(), clocks)
     whole = hdr.new_histogram()
     for v in a + b:
         whole.record_value(v)
@@ -116,7 +117,7 @@ def test_a_host_that_died_invalidates_and_is_named_and_the_rest_is_kept():
     specs = host_specs(spec, ("10.0.0.9", 7), chosen)
     answers = {"a": _answer(specs[0], [_proc([20_000] * 100)])}
     problems = ["host b (tcp://b:1) died during the run; its figures are lost"]
-    r = merge(spec, None, Endpoint("tcp", "10.0.0.9", 7), None, chosen, specs, answers, problems, _ServerWindow(), {})
+    r = merge(spec, None, Endpoint("tcp", "10.0.0.9", 7), None, chosen, specs, answers, problems, ServerWindow(), {})
     assert not r.valid and "host b (tcp://b:1) died" in r.invalid_reason
     assert r.latency_us.count == 100 and r.hosts[0].valid
     assert r.hosts[1] == HostPart(name="b", address="tcp://b:1", conns=1, procs=1, valid=False,
@@ -192,16 +193,15 @@ def test_the_merge_sums_counts_and_times_and_keeps_the_longest():
 
 
 def test_a_run_adds_up_its_load_processes_and_the_result_keeps_them():
-    from sockbench.bench.load.harness import _build_result  # as in _answer: the harness's own build
 
     rs = {0: _polling([20_000] * 100, 3, 0.004, 0.002), 1: _polling([20_000] * 100, 2, 0.010, 0.008, index=1)}
-    r = _build_result(_spec(2), None, Endpoint("tcp", "10.0.0.9", 7), "2026-01-01T00:00:00Z", rs, [], _ServerWindow())
+    r = build_result(_spec(2), None, Endpoint("tcp", "10.0.0.9", 7), "2026-01-01T00:00:00Z", rs, [], ServerWindow())
     c = r.client
     assert c.polling and c.stalls == 5 and c.stall_s == pytest.approx(0.014) and c.longest_stall_s == 0.008
     assert LoadResult.from_json(json.loads(json.dumps(r.to_json()))).client == c
     # a client that did not poll measured none: the fields are None and its JSON has no such keys
-    quiet = _build_result(_spec(1), None, Endpoint("tcp", "10.0.0.9", 7), None, {0: _proc([20_000] * 100)}, [],
-                          _ServerWindow())
+    quiet = build_result(_spec(1), None, Endpoint("tcp", "10.0.0.9", 7), None, {0: _proc([20_000] * 100)}, [],
+                          ServerWindow())
     assert (quiet.client.stalls, quiet.client.stall_s, quiet.client.longest_stall_s) == (None, None, None)
     assert not {"stalls", "stall_s", "longest_stall_s"} & set(quiet.to_json()["client"])
 
@@ -215,8 +215,34 @@ def test_a_cluster_sums_every_host_and_each_host_keeps_its_own():
         "a": _answer(specs[0], [_polling(values, 4, 0.006, 0.003), _polling(values, 1, 0.001, 0.001, index=1)]),
         "b": _answer(specs[1], [_polling(values, 2, 0.030, 0.025), _polling(values, 0, 0.0, 0.0, index=1)]),
     }
-    r = merge(spec, None, Endpoint("tcp", "10.0.0.9", 7), None, chosen, specs, answers, [], _ServerWindow(), {})
+    r = merge(spec, None, Endpoint("tcp", "10.0.0.9", 7), None, chosen, specs, answers, [], ServerWindow(), {})
     assert [(h.client.stalls, h.client.longest_stall_s) for h in r.hosts] == [(5, 0.003), (2, 0.025)]
     assert r.hosts[0].client.stall_s == pytest.approx(0.007) and r.hosts[1].client.stall_s == pytest.approx(0.030)
     assert r.client.stalls == 7 and r.client.stall_s == pytest.approx(0.037) and r.client.longest_stall_s == 0.025
     assert LoadResult.from_json(r.to_json()).hosts == r.hosts
+
+
+# --- a counter of the load loop reaches the result by its declaration alone -------------------------------
+
+
+def test_the_loops_wait_count_is_summed_over_processes_and_hosts_and_written_where_measured():
+    rs = {i: replace(_proc([20_000] * 100, index=i), waits=w) for i, w in enumerate((40, 60))}
+    wire = ProcResult.from_json(json.loads(json.dumps(rs[1].to_json())))
+    assert wire == rs[1] and wire.waits == 60  # the load process's JSON line carries it under the same name
+    r = build_result(_spec(2), None, Endpoint("tcp", "10.0.0.9", 7), None, rs, [], ServerWindow())
+    assert r.client.waits == 100 and r.to_json()["client"]["waits"] == 100
+    assert LoadResult.from_json(json.loads(json.dumps(r.to_json()))).client.waits == 100
+    assert dict(csv_columns())["client_waits"](r) == 100
+    # a load process that did not count them (an older host) is left out; none counted: not written at all
+    assert build_result(_spec(2), None, Endpoint("tcp", "10.0.0.9", 7), None, {**rs, 1: _proc([1] * 10, index=1)},
+                        [], ServerWindow()).client.waits == 40
+    quiet = build_result(_spec(1), None, Endpoint("tcp", "10.0.0.9", 7), None, {0: _proc([20_000] * 100)}, [],
+                         ServerWindow())
+    assert quiet.client.waits is None and "waits" not in quiet.to_json()["client"]
+    # a cluster: the total is every host's load processes', each host keeps its own
+    spec = LoadSpec(target=("10.0.0.9", 7), conns=4, procs=2, duration_s=1.0, warmup_s=0.0, interval_s=0.5)
+    chosen = [("a", "tcp://a:1"), ("b", "tcp://b:1")]
+    specs = host_specs(spec, ("10.0.0.9", 7), chosen)
+    answers = {"a": _answer(specs[0], list(rs.values())), "b": _answer(specs[1], [replace(p, waits=7) for p in rs.values()])}
+    c = merge(spec, None, Endpoint("tcp", "10.0.0.9", 7), None, chosen, specs, answers, [], ServerWindow(), {})
+    assert c.client.waits == 114 and [h.client.waits for h in c.hosts] == [100, 14]

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import examples
 from sockbench.servers.protocols import JsonDecoder, ProtocolError, parse_json_header
 
 wire = pytest.importorskip("sockbench.ext.wire", reason="the Cython extensions are not built")
@@ -98,7 +99,7 @@ long_strings = st.builds(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(raw=nested | long_strings)
 def test_fuzz_nested_and_long_headers_agree(raw):
     agree(raw)

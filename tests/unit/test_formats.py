@@ -2,6 +2,7 @@
 github-action-benchmark export, ``sockbench history``, and the command-line conventions."""
 
 import csv
+import glob
 import json
 import os
 
@@ -10,9 +11,10 @@ import pytest
 from report_fixture import make_results
 from sockbench.bench.report.document import build_report
 from sockbench.bench.report.formats import (
-    CI_FILES, csv_columns, hgrm_name, hgrm_text, parse_hgrm, percentile_steps,
+    CI_FILES, csv_columns, hgrm_name, hgrm_text, mean_and_stddev, parse_hgrm, percentile_steps,
 )
 from sockbench.bench.report.history import build_history, history_rows
+from sockbench.bench.report.stats import recorded_buckets
 from sockbench.bench.report.store import load_results
 from sockbench.bench.schema import Cell
 from sockbench.cli import main
@@ -33,9 +35,11 @@ def test_hgrm_is_hdrhistograms_percentile_distribution(folder):
         assert text.startswith("       Value     Percentile TotalCount 1/(1-Percentile)\n\n")
         got = parse_hgrm(text)
         assert got["count"] == h.get_total_count() == got["rows"][-1][2]
-        # values in µs, the footer scaled alike (the Python writer leaves StdDeviation in ns)
-        assert got["stddev"] == pytest.approx(h.get_stddev() / 1000, abs=1e-3)
-        assert got["mean"] == pytest.approx(h.get_mean_value() / 1000, abs=1e-3)
+        # values in µs, the footer scaled alike (the Python writer leaves StdDeviation in ns); mean_and_stddev is
+        # the package's get_mean_value and get_stddev to the bit (the test below), without their walk of every bucket
+        mean, stddev = mean_and_stddev(h)
+        assert got["stddev"] == pytest.approx(stddev / 1000, abs=1e-3)
+        assert got["mean"] == pytest.approx(mean / 1000, abs=1e-3)
         assert got["max"] == pytest.approx(h.get_max_value() / 1000, abs=1e-3)
         values = [v for v, _, _ in got["rows"]]
         pcts = [p for _, p, _ in got["rows"]]
@@ -51,6 +55,18 @@ def test_hgrm_is_hdrhistograms_percentile_distribution(folder):
         assert all(len(f) == 4 for f in lines[:-1]) and len(lines[-1]) == 3
     break_even = percentile_steps(c.hdr())
     assert break_even[-1][1] == 100.0
+
+
+def test_the_hgrm_figures_are_hdrhistograms_own_to_the_bit(folder):
+    # the writer reads the recorded buckets in place; the package's iterator, mean and deviation give the same
+    results = load_results(folder)
+    for c in list(results.cells.values())[:3]:
+        h = c.hdr()
+        buckets = recorded_buckets(h)
+        assert [(hi, n) for _, hi, n in buckets] == [(it.value_iterated_to, it.count_at_value_iterated_to)
+                                                     for it in h.get_recorded_iterator()]
+        assert all(h.get_lowest_equivalent_value(hi) == lo for lo, hi, _ in buckets)
+        assert mean_and_stddev(h) == (h.get_mean_value(), h.get_stddev())
 
 
 def test_hgrm_of_one_value():
@@ -114,6 +130,23 @@ def test_history_orders_folders_by_time_and_labels_commits(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("sockbench: history: no cell matches")
 
 
+def test_history_warns_about_each_file_it_leaves_out(tmp_path, capsys):
+    a = make_results(str(tmp_path / "a"), servers=("uvloop",))
+    b = make_results(str(tmp_path / "b"), servers=("uvloop",), seed=2)
+    bad = sorted(glob.glob(os.path.join(b, "raw", "*.json")))[:2]
+    for raw in bad:
+        open(raw, "w").write("{ not json")
+    png = str(tmp_path / "h.png")
+    assert main(["history", a, b, "--out", png]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    # one line per file, named under its folder, then the count, as report and compare say it
+    assert len(err) == 3 and "Traceback" not in "\n".join(err), err
+    for line, raw in zip(err, bad):
+        assert line.startswith(f"sockbench: warning: left out {raw}: not valid JSON"), err
+    assert err[2] == "sockbench: warning: 2 raw files left out (unreadable or inconsistent; nothing deleted)"
+    assert [f for f, _ in build_history([a, b]).skipped] == bad
+
+
 def test_version_json_and_one_prefix(folder, capsys):
     from sockbench import __version__
 
@@ -123,7 +156,7 @@ def test_version_json_and_one_prefix(folder, capsys):
     assert main(["servers", "--json"]) == 0
     servers = json.loads(capsys.readouterr().out)
     assert {"blocking", "uvloop", "cython"} <= {s["name"] for s in servers}
-    assert all(set(s) == {"name", "available", "reason", "model", "protocols", "transports"} for s in servers)
+    assert all(set(s) == {"name", "available", "reason", "model", "protocols", "transports", "plugin", "tls"} for s in servers)
     assert main(["compare", folder, folder, "--json"]) == 0
     cmp_ = json.loads(capsys.readouterr().out)
     assert cmp_["rows"] and all(r["ratio"] == 1.0 for r in cmp_["rows"])
@@ -133,6 +166,7 @@ def test_version_json_and_one_prefix(folder, capsys):
         assert err.startswith("sockbench: ") and "sockbench: sockbench" not in err and "sockbench load: " not in err
 
 
+@pytest.mark.slow
 def test_piped_output_is_not_wrapped(folder, capsys):
     # under pytest stdout is not a terminal: a long line must come out whole
     assert main(["report", folder]) == 0

@@ -2,7 +2,7 @@
 
 The order, top to bottom (ARCHITECTURE.md draws it)::
 
-    cli -> suite, calibrate -> report -> load -> schema -> servers -> ext -> core
+    cli -> suite, calibrate -> report -> load, check -> schema -> servers -> ext -> core
 
 A module may import its own room and any room below it, never one above it or
 a sibling on its own level, so no cycle between folders can form.  The files
@@ -25,7 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 FOLDERS = {"sockbench": "sockbench", "servers": "sockbench.servers", "ext": "sockbench.ext", "bench": "sockbench.bench"}
 
 #: room -> level; a module imports only rooms of a greater level, or its own room
-LEVELS = {"cli": 0, "suite": 1, "calibrate": 1, "report": 2, "load": 3, "schema": 4, "servers": 5, "ext": 6, "core": 7}
+LEVELS = {"cli": 0, "suite": 1, "calibrate": 1, "report": 2, "load": 3, "check": 3, "schema": 4, "servers": 5, "ext": 6,
+          "core": 7}
 
 #: a function-level import of one of these defers real start-up cost: the comment says so
 _IMPORT_RE = re.compile(r"^\s*(?:from\s+(sockbench[\w.]*)\s+import\s|import\s+(sockbench[\w.]*))")
@@ -165,6 +166,37 @@ def test_function_level_imports_say_why():
     assert not bad, "\n".join(bad)
 
 
+def _setup_source(name):
+    """The path a ``NAME = os.path.join("a", "b")`` assignment in setup.py names (what a build generates from)."""
+    tree = ast.parse(open(os.path.join(ROOT, "setup.py"), encoding="utf-8").read())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [name]:
+            return os.path.join(*(ast.literal_eval(a) for a in node.value.args))
+    raise AssertionError(f"setup.py assigns no {name}")
+
+
+def test_what_the_build_generates_into_ext_comes_from_below_it():
+    """setup.py writes ``ext/protocols.h`` from a Python module: ext/ then depends on that module, which must
+    sit in ext/ or below it (the core), as an import from ext/ would have to."""
+    path = _setup_source("PROTOCOLS_SOURCE")
+    folder, rest = path.split(os.sep, 1)
+    module = f"{FOLDERS[folder]}.{os.path.splitext(rest)[0].replace(os.sep, '.')}"
+    assert os.path.exists(os.path.join(ROOT, path)), path
+    assert LEVELS[room(module)] >= LEVELS["ext"], f"ext/protocols.h is generated from {path}, in room {room(module)}"
+
+
+def test_the_package_main_only_starts_the_cli():
+    """``sockbench/__main__.py`` sits in the core folder because ``python -m sockbench`` looks there; it is the
+    cli's, so it may hold nothing but the call, or the core folder would hide logic that depends on the CLI."""
+    tree = ast.parse(open(os.path.join(ROOT, "sockbench", "__main__.py"), encoding="utf-8").read())
+    body = [n for n in tree.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+    assert room("sockbench.__main__") == "cli"
+    assert [ast.dump(n) for n in body] == [
+        ast.dump(ast.parse("from sockbench.cli import main").body[0]),
+        ast.dump(ast.parse("raise SystemExit(main())").body[0]),
+    ]
+
+
 def test_the_checker_sees_a_violation():
     """The rules above are not vacuous: a known upward import is classified as one."""
     assert room("sockbench.cli.load") == "cli" and room("sockbench.bench.schema") == "schema"
@@ -172,3 +204,14 @@ def test_the_checker_sees_a_violation():
     assert LEVELS[room("sockbench.cli.main")] < LEVELS[room("sockbench.bench.report.store")]
     lines = ["def f():", "    import json", "    # matplotlib is heavy: only when plotting", "    import numpy"]
     assert not _has_reason(lines, 2) and _has_reason(lines, 4)
+
+
+def test_test_files_have_unique_basenames():
+    """pytest imports test files by basename (no ``__init__.py`` in ``tests/``): two files of one name in
+    different folders fail the whole collection on a clean clone, where no ``__pycache__`` hides it."""
+    seen = {}
+    for folder, _dirs, files in os.walk(os.path.join(ROOT, "tests")):
+        for name in files:
+            if name.startswith("test_") and name.endswith(".py"):
+                seen.setdefault(name, []).append(os.path.relpath(folder, ROOT))
+    assert {n: f for n, f in seen.items() if len(f) > 1} == {}

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from sockbench.bench.load.interference import interference, side_time
-from sockbench.bench.load.worker import ProcResult
+from sockbench.bench.schema import ProcResult
 from sockbench.bench.schema import Fairness
 from sockbench.procfs import TICK_S
 from sockbench.thresholds import DISTURBED_SHARE
@@ -101,7 +101,7 @@ def test_missing_counters_give_no_figures():
 
 def test_the_loops_counts_become_fairness_and_its_cpu_lines_survive_json():
     rs = {"index": 0, "cpus": [1], "mode": 0, "msgs": 10, "rx_bytes": 0, "rx_wire_bytes": 0, "sent_window": 0,
-          "cycles": 0, "queued": 0, "writes": 0, "reads": 0, "errors": {}, "first_error_ns": None,
+          "cycles": 0, "msgs_queued": 0, "writes": 0, "reads": 0, "errors": {}, "first_error_ns": None,
           "first_error_kind": None, "ended_early": False, "alive_at_end": 3, "hdr1": None, "hdr1_sum_ns": 0,
           "hdr2": None, "hdr2_sum_ns": 0, "ts_msgs": [], "ts_sent": None, "user_s": 0.0, "sys_s": 0.0,
           "cpu_window_s": 0.0, "due": None, "polling": False, "idle_s": None, "server_cpu": None,

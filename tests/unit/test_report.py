@@ -119,6 +119,7 @@ def test_latency_comes_from_the_merged_histogram(base):
     assert min(p99s) * 0.99 <= cell.latency_summary().p99 <= max(p99s) * 1.01
 
 
+@pytest.mark.slow
 def test_warnings_stand_out(tmp_path):
     d = make_results(str(tmp_path / "flags"), servers=("selectors", "uvloop"))
     raws = sorted(glob.glob(os.path.join(d, "raw", "uvloop__closed-64B-c10__r*.json")))
@@ -152,6 +153,7 @@ def test_warnings_stand_out(tmp_path):
         assert f'class="flag {flag}"' in html
 
 
+@pytest.mark.slow
 def test_one_degraded_round_is_an_outlier_not_an_unstable_cell(tmp_path):
     # a thread-per-connection server sometimes echoes half as fast for a whole round: the median does not move,
     # so the cell is not UNSTABLE, but the round is shown as an OUTLIER with its figure
@@ -180,6 +182,7 @@ def test_one_degraded_round_is_an_outlier_not_an_unstable_cell(tmp_path):
     assert cs.unstable and "UNSTABLE" in cs.flags() and "OUTLIERS" not in cs.flags()
 
 
+@pytest.mark.slow
 def test_disturbed_rounds_are_flagged_everywhere_and_counted(tmp_path):
     d = make_results(str(tmp_path / "busy"), servers=("selectors", "uvloop"), disturbed=("uvloop",), discarded=2)
     results = load_results(d)
@@ -218,6 +221,7 @@ def test_disturbed_rounds_are_flagged_everywhere_and_counted(tmp_path):
     assert plots_mod._label("uvloop", uv) == "uvloop (DISTURBED)"
 
 
+@pytest.mark.slow
 def test_interrupted_run_is_reported_as_incomplete(tmp_path):
     d = make_results(str(tmp_path / "cut"), servers=("uvloop",))
     meta_path = os.path.join(d, "meta.json")
@@ -238,6 +242,7 @@ def test_interrupted_run_is_reported_as_incomplete(tmp_path):
     assert sorted(len(c.results) for c in rep["results"].cells.values())[0] == 5
 
 
+@pytest.mark.slow
 def test_interrupted_old_run_counts_load_runs(tmp_path):
     d = make_results(str(tmp_path / "old"), servers=("uvloop",), rounds=3)
     meta_path = os.path.join(d, "meta.json")
@@ -251,6 +256,7 @@ def test_interrupted_old_run_counts_load_runs(tmp_path):
     assert f"INCOMPLETE: this run was interrupted; {planned - 5} of {planned}" in open(rep["md"]).read()
 
 
+@pytest.mark.slow
 def test_report_cli(base, capsys):
     assert main(["report", base]) == 0
     out = capsys.readouterr().out
@@ -425,6 +431,7 @@ EIGHT = ("selectors", "asyncio-protocol", "uvloop", "cython", "trio", "blocking"
 BLOCK_DRIFT = dict(zip(EIGHT, (0.06, -0.04, 0.0, 0.01, -0.02, 0.03, -0.03, 0.02)))
 
 
+@pytest.mark.slow
 def test_a_drift_between_server_blocks_is_not_called_a_change(tmp_path, capsys):
     a = make_results(str(tmp_path / "a"), servers=EIGHT, seed=1)
     b = make_results(str(tmp_path / "b"), servers=EIGHT, seed=2, slowdown=BLOCK_DRIFT)

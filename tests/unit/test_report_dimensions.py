@@ -149,7 +149,7 @@ def test_results_csv_and_the_cell_summary_carry_the_loss(transports):
 def test_one_transport_and_one_worker_count_have_no_such_sections(one_transport):
     d, report = one_transport
     md = open(report["md"]).read()
-    assert report["sections"] == {"transports": None, "workers": None}
+    assert report["sections"] == {"transports": None, "workers": None, "pythons": None, "tls": None}
     assert "\n## Transports" not in md and "\n## Workers" not in md
     assert "| loss |" not in md and "LOSSY" not in md
     assert not os.path.exists(os.path.join(d, "plots", "transports.png"))

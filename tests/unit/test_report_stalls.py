@@ -35,6 +35,7 @@ def stalled(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_the_open_table_shows_each_cells_stalls_and_says_so_under_it(stalled):
     results = load_results(stalled)
     opened = [wid for wid, cell in results.workloads().items() if cell.mode == "open"]
@@ -66,6 +67,7 @@ def test_the_open_table_shows_each_cells_stalls_and_says_so_under_it(stalled):
     assert got[("selectors", "open", 2)] == {("0", "0.0", "0.0")} and got[("uvloop", "closed", 6)] == {("", "", "")}
 
 
+@pytest.mark.slow
 def test_no_stall_seen_means_no_sentence(tmp_path):
     d = make_results(str(tmp_path / "quiet"), servers=("uvloop",))
     results = load_results(d)

@@ -204,3 +204,17 @@ def test_no_round_finished_names_the_first_error_of_the_log(tmp_path, capsys, mo
     assert line == (f"sockbench: no round finished (failed, pytest exit 1, 0 load runs set aside as disturbed); the first "
                     f"error: out of file descriptors after 57 connections: Too many open files; nothing to report; see "
                     f"{out}/pytest.log")
+
+
+# --- item: a run started from a test that runs under pytest-xdist ----------------------------------
+
+
+def test_the_suite_runs_without_an_outer_xdist_workers_variables(tmp_path, monkeypatch):
+    # pytest-benchmark turns itself off in a process that says it is an xdist worker: no pytest-benchmark.json
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+    monkeypatch.setenv("PYTEST_XDIST_TESTRUNUID", "0123")
+    monkeypatch.setenv("SOCKBENCH_SOMETHING_OF_THE_USER", "kept")
+    env = runner.suite_env(str(tmp_path), 7)
+    assert not any(k.startswith("PYTEST_XDIST_") for k in env)
+    assert env["SOCKBENCH_SOMETHING_OF_THE_USER"] == "kept" and env[ENV_STATUS_FD] == "7"
+    assert env[session.ENV_OUT] == str(tmp_path) and env[session.ENV_PLAN] == str(tmp_path / "plan.json")

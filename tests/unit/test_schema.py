@@ -1,4 +1,4 @@
-"""The result schema: files of schema 1 and 2 read, write back as schema 2 with every value kept, anything
+"""The result schema: files of schema 1, 2 and 3 read, write back as the current schema with every value kept, anything
 else is refused in one line.
 
 ``tests/data/sample_v1`` (the former ``results/sample``) is a real run of schema 1 (327 load runs, every mode and
@@ -9,6 +9,7 @@ folder must still load, report and compare with the same figures as its raw
 JSON gives when read by hand.
 """
 
+import dataclasses
 import glob
 import json
 import os
@@ -22,8 +23,8 @@ from sockbench.bench.report.compare import compare
 from sockbench.bench.report.document import build_report
 from sockbench.bench.report.store import load_results, machine_line
 from sockbench.bench.schema import (
-    ERROR_KINDS, SCHEMA_VERSION, Cell, CellContext, Errors, Fairness, Interference, Latency, LoadResult, Machine,
-    RoundSummary, SchemaError, jain_index,
+    ERROR_KINDS, HISTORY, READABLE_VERSIONS, SCHEMA_VERSION, Cell, CellContext, Errors, Fairness, Interference,
+    Latency, LoadResult, Machine, Part, ProcResult, RoundSummary, RunMeta, RunPlan, SchemaError, jain_index,
 )
 from sockbench.errors import SockbenchError
 from sockbench.machine import machine_info
@@ -57,7 +58,7 @@ _MACHINE_V2 = ("isolcpus", "nohz_full", "governor", "smt", "aslr", "loadavg")
 def _as_v2(d):
     """A schema-1 result dict as schema 2 writes it back: the same values, the new parts null, the transport tcp,
     one worker."""
-    out = {**d, "schema": 2, "interference": None, "fairness": None}
+    out = {**d, "schema": SCHEMA_VERSION, "interference": None, "fairness": None}
     out["workload"] = {**d["workload"], "transport": "tcp", "workers": 1}
     if d.get("cell") is not None:
         out["cell"] = {**d["cell"], "transport": "tcp", "workers": 1}
@@ -157,6 +158,7 @@ def test_the_sample_folder_loads_with_the_figures_its_raw_json_gives(sample_dict
     assert res.commit() == "e41568831088" and "AMD EPYC" in res.footnote()
 
 
+@pytest.mark.slow
 def test_the_sample_folder_reports_and_compares(tmp_path):
     copy = str(tmp_path / "sample")
     shutil.copytree(SAMPLE, copy, ignore=shutil.ignore_patterns("plots", "report.*"))
@@ -223,12 +225,12 @@ def test_machine_is_exactly_machine_info():
 
 
 @pytest.mark.parametrize("data,message", [
-    ({"schema": 7}, "F is not a schema-1 or schema-2 sockbench result"),
-    ([1, 2], "F is not a schema-1 or schema-2 sockbench result"),
-    ("garbage", "F is not a schema-1 or schema-2 sockbench result"),
-    (None, "F is not a schema-1 or schema-2 sockbench result"),
-    ({**_minimal(), "schema": 3}, "F is not a schema-1 or schema-2 sockbench result"),
-    ({**_minimal(), "schema": "1"}, "F is not a schema-1 or schema-2 sockbench result"),
+    ({"schema": 7}, "F is not a schema-1 or schema-2 or schema-3 sockbench result"),
+    ([1, 2], "F is not a schema-1 or schema-2 or schema-3 sockbench result"),
+    ("garbage", "F is not a schema-1 or schema-2 or schema-3 sockbench result"),
+    (None, "F is not a schema-1 or schema-2 or schema-3 sockbench result"),
+    ({**_minimal(), "schema": 4}, "F is not a schema-1 or schema-2 or schema-3 sockbench result"),
+    ({**_minimal(), "schema": "1"}, "F is not a schema-1 or schema-2 or schema-3 sockbench result"),
     ({k: v for k, v in _minimal().items() if k not in ("throughput", "valid")}, "F is corrupt: it lacks throughput, valid"),
     ({**_minimal(), "latency_us": [1]}, "F is corrupt: throughput/latency_us are not objects"),
     ({**_minimal(), "workload": "closed"}, "F has a malformed workload (not an object); it is not a sockbench result"),
@@ -247,8 +249,29 @@ def test_anything_else_is_one_schema_error_line(data, message):
     assert isinstance(e.value, SockbenchError) and e.value.exit_code == 1
 
 
+def _parts(cls=LoadResult, seen=None):
+    """Every declared part reachable from ``cls``."""
+    seen = seen if seen is not None else {}
+    seen[cls] = None
+    for f in dataclasses.fields(cls):
+        read = f.metadata.get("read")
+        part = read[0] if isinstance(read, tuple) else read
+        if isinstance(part, type) and issubclass(part, Part) and part not in seen:
+            _parts(part, seen)
+    return list(seen)
+
+
+def test_every_field_names_a_version_of_the_history():
+    """A new field says ``since=N`` and N has its line in HISTORY: the version is bumped with the field."""
+    declared = [(cls.__name__, f.name, f.metadata["since"]) for cls in _parts() + [ProcResult, RunMeta, RunPlan]
+                for f in dataclasses.fields(cls) if "since" in f.metadata]
+    assert declared and all(since in HISTORY for _, _, since in declared), declared
+    assert sorted(HISTORY) == list(range(1, SCHEMA_VERSION + 1)) and READABLE_VERSIONS == tuple(HISTORY)
+    assert max(since for _, _, since in declared) == SCHEMA_VERSION
+
+
 def test_version_and_error_kinds():
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION == 3
     assert ERROR_KINDS == ("connect", "reset", "timeout", "mismatch", "protocol")
     assert Errors.of({"connect": 1, "reset": 0, "timeout": 2, "mismatch": 0, "protocol": 0}).to_json() == {
         "total": 3, "by_kind": {"connect": 1, "reset": 0, "timeout": 2, "mismatch": 0, "protocol": 0}}

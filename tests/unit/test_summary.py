@@ -2,6 +2,8 @@
 
 import re
 
+import pytest
+
 from report_fixture import make_results
 from sockbench.bench.report.document import build_report
 from sockbench.bench.report.store import load_results
@@ -9,6 +11,7 @@ from sockbench.bench.report.summary import build_summary
 from sockbench.bench.suite.plan import Plan
 
 
+@pytest.mark.slow
 def test_summary_ranks_with_ties_and_states_a_verdict(tmp_path):
     d = make_results(str(tmp_path / "s"), servers=("selectors", "asyncio-protocol", "uvloop"))
     results = load_results(d)
@@ -34,6 +37,7 @@ def test_summary_ranks_with_ties_and_states_a_verdict(tmp_path):
     assert re.search(r"^Flags: ", md, re.M)
 
 
+@pytest.mark.slow
 def test_without_a_75_percent_cell_the_highest_share_is_used_and_said(tmp_path):
     plan = Plan(servers=("selectors", "uvloop"), duration_s=1.0, warmup_s=0.2, interval_s=0.1, open_pcts=(25, 50),
                 protocols=())

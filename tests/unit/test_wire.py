@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import examples
 from sockbench.servers.protocols import (
     FrameDecoder,
     JsonDecoder,
@@ -254,25 +255,25 @@ mutated = st.builds(
 )
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=examples(600), deadline=None)
 @given(raw=headers())
 def test_fuzz_generated_headers(raw):
     check_agreement(raw)
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=examples(600), deadline=None)
 @given(raw=mutated | json_noise | tokens | st.binary(max_size=40))
 def test_fuzz_mutated_and_noise(raw):
     check_agreement(raw)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(raw=headers(), max_message=st.integers(0, 200))
 def test_fuzz_limit(raw, max_message):
     check_agreement(raw, max_message)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(data=st.binary(max_size=64) | st.lists(st.binary(max_size=12), max_size=5).map(
     lambda ps: b"".join(struct.pack(">I", len(p)) + p for p in ps)), max_message=st.integers(0, 16))
 def test_fuzz_frame_scan_matches_decoder(data, max_message):
@@ -288,7 +289,7 @@ def test_fuzz_frame_scan_matches_decoder(data, max_message):
     assert need == (4 if len(rest) < 4 else 4 + struct.unpack(">I", rest[:4])[0])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(content=st.binary(max_size=20), rid=st.none() | st.integers(0, 1000), cut=st.integers(0, 400))
 def test_fuzz_json_message_matches_decoder(content, rid, cut):
     req = encode_json_request(content, request_id=rid)

@@ -1,12 +1,12 @@
-# The C stream servers' log lines, worded exactly as the Python servers' (``sockbench.servers.contract``).
+# The C servers' log lines: one write(2) each, worded as servers/contract.py words them.
 #
-# ext/epoll_echo.pyx and ext/uring_echo.pyx log the same events (a connection
-# closed for a malformed message, an idle timeout or --max-buffered; accept
-# failing for want of descriptors) in the same words, without the GIL and
-# without stdio: each line is built in a stack buffer and written with one
-# write(2), errno left as it was.  This file is the one owner of that
-# wording on the C side.  ``cdef inline`` in a .pxd, as in window.pxd:
-# Cython pastes these into each server module.
+# ext/epoll_echo.pyx, ext/tls_echo.pyx and ext/uring_echo.pyx write the same lines as every Python
+# server (``sockbench serve NAME: closing HOST:PORT: REASON``, the accept
+# pause's line), from inside their nogil loops, where there is no Python and
+# no stdio: a line is built in a stack buffer with ``put_str``/``put_num``/
+# ``put_peer`` and written whole with one ``write(2)`` (``log_line``), so that
+# lines of several processes never interleave.  ``cdef inline`` in a .pxd, as
+# serveloop.pxd: Cython pastes them into each module.
 
 from libc.stdint cimport uint64_t
 
@@ -20,10 +20,11 @@ cimport posix
 
 
 cdef enum:
-    SERVELOG_ACCEPT_EVERY_MS = 1000   # at most one line a second about failing accepts
+    ACCEPT_LOG_EVERY_MS = 1000   # at most one line a second about failing accepts (``log_accept_pause``)
 
 
 cdef inline size_t put_str(char* out, size_t o, size_t cap, const char* s) noexcept nogil:
+    """Append the C string ``s`` to ``out[:cap]`` at ``o``; the new end (cut short at ``cap``)."""
     while s[0] != 0 and o < cap:
         out[o] = s[0]
         o += 1
@@ -32,6 +33,7 @@ cdef inline size_t put_str(char* out, size_t o, size_t cap, const char* s) noexc
 
 
 cdef inline size_t put_num(char* out, size_t o, size_t cap, uint64_t v) noexcept nogil:
+    """Append ``v`` in decimal."""
     cdef char tmp[24]
     cdef int k = 0
     while True:
@@ -69,7 +71,10 @@ cdef inline size_t put_peer(char* line, size_t o, size_t cap, int fd) noexcept n
 
 
 cdef inline void log_line(char* line, size_t o) noexcept nogil:
-    """Write ``line[:o]`` and its newline with one write(2), no stdio; errno is left as it was."""
+    """Write ``line[:o]`` and its newline with one write(2), no stdio; errno is left as it was.
+
+    ``line`` must have room for one byte past ``o``.
+    """
     cdef int saved = posix.errno
     line[o] = 10  # the line always ends with its newline, even if cut short
     write(2, line, o + 1)
@@ -104,20 +109,12 @@ cdef inline const char* accept_errno(int err, const char** hint) noexcept nogil:
     return name
 
 
-cdef inline void log_accept_error(const char* name, int err, uint64_t now_ms, uint64_t* next_ms,
-                                  uint64_t* unsaid) noexcept nogil:
-    """One line now, then at most one a second while it lasts, worded as ``contract.AcceptErrors``.
-
-    ``next_ms`` (when the next line may go) and ``unsaid`` (failures since the
-    last line) are the caller's, zero at first.
-    """
+cdef inline void log_accept_error(const char* name, int err, uint64_t unsaid) noexcept nogil:
+    """The accept pause's line, worded as ``contract.AcceptErrors`` (``log_accept_pause`` keeps it to one a second)."""
     cdef char line[512]
     cdef size_t cap = sizeof(line) - 1
     cdef size_t o
     cdef const char* hint
-    if now_ms < next_ms[0]:
-        unsaid[0] += 1
-        return
     o = put_str(line, 0, cap, b"sockbench serve ")
     o = put_str(line, o, cap, name)
     o = put_str(line, o, cap, b": cannot accept connections: ")
@@ -127,12 +124,25 @@ cdef inline void log_accept_error(const char* name, int err, uint64_t now_ms, ui
     o = put_str(line, o, cap, b"); ")
     o = put_str(line, o, cap, hint)
     o = put_str(line, o, cap, b"; accepting pauses while it lasts, open connections are still served")
-    if unsaid[0]:
+    if unsaid:
         o = put_str(line, o, cap, b" (")
-        o = put_num(line, o, cap, unsaid[0])
+        o = put_num(line, o, cap, unsaid)
         o = put_str(line, o, cap, b" more times since the last line)")
     log_line(line, o)
-    next_ms[0] = now_ms + SERVELOG_ACCEPT_EVERY_MS
+
+
+cdef inline void log_accept_pause(const char* name, int err, uint64_t now_ms, uint64_t* next_ms,
+                                  uint64_t* unsaid) noexcept nogil:
+    """``log_accept_error`` now, then at most one line a second while it lasts, as ``contract.AcceptErrors``.
+
+    ``next_ms`` (when the next line may go) and ``unsaid`` (failures since the
+    last line) are the caller's, zero at first.
+    """
+    if now_ms < next_ms[0]:
+        unsaid[0] += 1
+        return
+    log_accept_error(name, err, unsaid[0])
+    next_ms[0] = now_ms + ACCEPT_LOG_EVERY_MS
     unsaid[0] = 0
 
 
