@@ -81,3 +81,32 @@ def test_the_report_says_which_engine_measured_each_cell(tmp_path):
     assert uring.startswith("uring: uvloop closed-") and "selectors" not in uring
     md = open(build_report(d)["md"]).read()
     assert "load engine" in md and "uring: uvloop closed-" in md
+
+
+def test_the_io_uring_loop_speaks_no_tls_and_says_so_in_one_line(capsys):
+    with pytest.raises(UsageError, match=r"^--engine uring does not speak TLS; leave --engine out") as e:
+        check_engine("uring", "raw", "tcp", tls=True)
+    assert e.value.exit_code == 2
+    check_engine("epoll", "raw", "tcp", tls=True)  # TLS is the epoll loop's
+    assert main(["load", "cython", "--engine", "uring", "--tls", "--json", "-"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sockbench: --engine uring does not speak TLS") and err.count("\n") == 1
+
+
+def test_a_run_over_tls_keeps_its_tls_cells_on_epoll_and_refuses_an_engine_with_nothing_to_load(monkeypatch, capsys):
+    plan = default_plan(["cython"], engine="uring")
+    assert plan.engine_for(Cell("cython", "closed", 64, 100, tls=True)) == "epoll"
+    assert plan.engine_for(Cell("cython", "closed", 64, 100, tls=False)) == "uring"
+    from sockbench.bench.suite import runner
+
+    monkeypatch.setattr(runner, "check_engine", lambda engine: None)  # io_uring's own verdict is not the point here
+    assert main(["run", "--servers", "cython", "--engine", "uring", "--tls", "on", "--out", "/nonexistent/never"]) == 2
+    err = capsys.readouterr().err
+    assert "--engine uring loads the plain raw cells, and --tls on leaves none" in err and err.count("\n") == 1
+
+
+def test_the_engine_is_a_results_csv_column():
+    from sockbench.bench.schema import csv_columns
+
+    column = dict(csv_columns(Client))["client_engine"]
+    assert column(Client(engine="uring")) == "uring" and column(Client()) is None
