@@ -48,8 +48,10 @@ HISTORY = {
     3: "client.waits: the load loop's epoll_wait calls (messages per wake-up); then workload.python and "
        "cell.python (the server's interpreter, --python), server_proc.python and server_proc.processes, "
        "target.command (a --command server); workload.tls and tls (--tls: the setting asked for, what the "
-       "handshakes negotiated, connect mode's handshakes and resumed ones), cell.tls and cell.resumed; "
-       "client.engine and the plan's engine (--engine: the load loop that measured the run; absent: epoll's)",
+       "handshakes negotiated, connect mode's handshakes and resumed ones), cell.tls and cell.resumed",
+    4: "cell.pass_no (the pass of an interleaved run); interference: server_throttled, client_throttled, "
+       "loaded_idle, canary, client_slowdown, unseen (CPU taken where the guest does not see it); "
+       "then client.engine and the plan's engine (--engine: the load loop that measured the run; absent: epoll's)",
 }
 SCHEMA_VERSION = max(HISTORY)
 #: the versions ``from_json`` reads (an older file reads the fields it lacks as their defaults)
@@ -611,7 +613,7 @@ class Client(Part):
     longest_stall_s: float | None = fld(omit=True, since=2, merge="measured_max", csv="client_longest_stall_s")
     #: the load loop that measured the run: ``epoll`` or ``uring`` (``bench.load.spec.ENGINES``); None: a file
     #: from before the choice existed, whose loop was epoll's (``engine_name``)
-    engine: str | None = fld(omit=True, since=3, csv="client_engine")
+    engine: str | None = fld(omit=True, since=4, csv="client_engine")
 
     @property
     def load(self):
@@ -707,7 +709,20 @@ class Interference(Part):
     CPU time over the window as a share of its pinned CPUs, 0..1, the mean
     over the side's CPUs; ``None`` for a side whose CPUs are not known (the
     server of ``--target``).  ``disturbed``: on some side, foreign or steal
-    time reached ``DISTURBED_SHARE`` of one pinned CPU.
+    time reached ``DISTURBED_SHARE`` of one pinned CPU, or CPU was taken where
+    the guest does not see it (``unseen``).
+
+    What the guest does not see (``bench/load/unseen.py``): ``*_throttled``,
+    the share of the window the side's processes' cgroups (theirs and every
+    ancestor's) spent throttled by a CPU quota; ``loaded_idle``, in a
+    closed-loop round with messages always queued, the share of the window
+    the busier side was off its CPU; ``canary``, how much more CPU time a
+    fixed piece of work took on the pinned CPUs right after the round than
+    the least it took there in the run (1.0: the same); ``client_slowdown``,
+    in a closed loop, the load client's CPU per message over the median of
+    its cell's earlier rounds (set by the suite and ``ab``, which know the
+    cell).  ``None`` where not measured.  ``unseen``: one of them crossed its
+    threshold.
     """
 
     server_foreign: float | None = fld(since=2)
@@ -716,6 +731,12 @@ class Interference(Part):
     client_steal: float | None = fld(since=2)
     loadavg_1m: float | None = fld(since=2)
     disturbed: bool = fld(False, since=2, read=bool)
+    server_throttled: float | None = fld(since=4)
+    client_throttled: float | None = fld(since=4)
+    loaded_idle: float | None = fld(since=4)
+    canary: float | None = fld(since=4)
+    client_slowdown: float | None = fld(since=4)
+    unseen: bool = fld(False, since=4, read=bool)
 
 
 def jain_index(counts):
@@ -871,7 +892,9 @@ class CellContext(Part):
     """What the suite attaches to a result: the cell it is a round of, and where that round stands.
 
     ``index`` is the cell's place in the plan (the report's run order),
-    ``peak_msgs_per_s`` the closed-loop peak an open-loop cell's rate was set from.
+    ``peak_msgs_per_s`` the closed-loop peak an open-loop cell's rate was set from, ``pass_no`` the pass of
+    the run the round was measured in (its rounds of other cells in the same pass are its pairs; None: a run
+    that did not measure in passes).
     """
 
     _malformed = "a malformed workload"
@@ -890,6 +913,7 @@ class CellContext(Part):
     rounds: int | None = fld()
     index: int | None = fld()
     peak_msgs_per_s: float | None = fld()
+    pass_no: int | None = fld(since=4)
     #: the server's interpreter (``--python``), as the cell's; "" (and absent from the JSON) for sockbench's own
     python: str = fld("", since=3, read=lambda v: str(v or ""))
     #: over TLS, and (connect mode) resuming sessions, as the cell's; absent from a plain cell's JSON
@@ -905,9 +929,9 @@ class CellContext(Part):
         return out
 
     @classmethod
-    def of(cls, cell, round_no, rounds, index, peak=None):
+    def of(cls, cell, round_no, rounds, index, peak=None, pass_no=None):
         return copy_fields(cls, cell, workload_id=cell.workload_id, round=round_no, rounds=rounds, index=index,
-                           peak_msgs_per_s=peak)
+                           peak_msgs_per_s=peak, pass_no=pass_no)
 
     @property
     def cell(self):
@@ -1017,6 +1041,11 @@ class LoadResult(Part):
     def starved(self):
         """Connections that completed no message in the window (0 when not measured)."""
         return self.fairness.starved if self.fairness is not None else 0
+
+    @property
+    def pass_no(self):
+        """The pass of the run this round was measured in (None: not measured in passes)."""
+        return self.cell.pass_no if self.cell is not None else None
 
     def with_cell(self, context):
         """This result with the suite's ``CellContext`` attached."""
@@ -1144,7 +1173,7 @@ class RunPlan(Part):
     cell_budget_s: float = fld(60.0)
     #: how many times a disturbed round is measured again, at most (then it is kept, flagged DISTURBED)
     remeasure: int = fld(0)
-    #: the most seconds the suite's cells may take together (None: no limit)
+    #: the most seconds the suite's cells may take together (None: no limit): the passes stop at it
     run_budget_s: float | None = fld()
     #: the measured seconds of a closed-loop round
     duration_s: float = fld(0.3)
@@ -1160,6 +1189,8 @@ class RunPlan(Part):
     extra: dict = fld(factory=dict)
     #: the scaling dimension (``sockbench run --workers 1 2``): every server's cells once per worker count
     workers: tuple = fld((1,), read=_tuple)
+    #: the seed of the passes' random order (``--seed``; None: drawn when the run starts, and recorded)
+    seed: int | None = fld(since=4)
     #: ``--command`` servers: name -> their command (``servers.command.Command.to_json()``); their names are in servers
     commands: dict = fld(factory=dict, since=3)
     #: the interpreter dimension (``--python``): ``{"label", "python" (the executable that serves), "version", ...}``
@@ -1182,7 +1213,7 @@ class RunPlan(Part):
     handshake_resumption: tuple = fld((False, True), since=3, read=lambda v: tuple(bool(x) for x in v))
     #: the load loop of the plain raw stream cells (``sockbench run --engine``: ``epoll`` or ``uring``); frame,
     #: json, udp and TLS cells are loaded by epoll's, which alone speaks them (the suite's ``Plan.engine_for``)
-    engine: str = fld("epoll", since=3)
+    engine: str = fld("epoll", since=4)
 
     @classmethod
     def from_json(cls, d, source="the plan"):
@@ -1214,6 +1245,12 @@ class RunMeta(Part):
     pytest_exit: int | None = fld(omit=True)
     #: the signal that interrupted the run (SIGINT, SIGTERM)
     signal: str | None = fld(omit=True)
+    #: the seed of the passes' random order (``random.Random(f"{seed}:{pass}")`` shuffles each pass's cells)
+    seed: int | None = fld(omit=True, since=4)
+    #: the server every ratio of the report is to (``--baseline``; None: the fastest at each workload)
+    baseline: str | None = fld(omit=True, since=4)
+    #: ``sockbench ab``: the two targets, ``{"A": {"text", "label", "describe", "revision"}, "B": ...}``
+    targets: dict | None = fld(omit=True, since=4, read=dict)
 
     @classmethod
     def from_json(cls, d, source="meta.json"):

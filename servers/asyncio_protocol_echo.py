@@ -20,6 +20,12 @@ buffering; this is asyncio at its leanest, and the same class runs on uvloop
 * Accepting, the one-line exception handler (a callback that raises closes
   its own transport, nothing else) and the idle sweep are ``aio``'s, shared
   with the other servers on an event loop.
+* ``--burn-us X`` (hidden, for tests of ``sockbench ab``): after each chunk
+  it answers, the protocol does a fixed piece of extra work calibrated at
+  start to take X µs (``contract.burner``): a server made slower by a known
+  amount of CPU per message (per read: one message at depth 1), the way a
+  real regression adds work.  What that costs in msgs/s is measured, not
+  assumed.
 * ``--idle-timeout`` / ``--max-buffered`` (``contract.Limits``, off unless
   asked for): a chunk that completes a message (with ``raw``, any chunk)
   restarts the connection's clock; the decoder's partial message is counted
@@ -45,22 +51,25 @@ on uvloop (``uvloop_echo``).
 import asyncio
 
 from sockbench.servers import aio
-from sockbench.servers.contract import log_closing, malformed, set_nodelay, stop_event
+from sockbench.servers.contract import burner, log_closing, malformed, set_nodelay, stop_event
 from sockbench.servers.protocols import make_decoder
 
 __all__ = ["EchoProtocol", "MessageProtocol", "DatagramEchoProtocol", "serve", "serve_on", "serve_datagram",
-           "serve_datagram_on"]
+           "serve_datagram_on", "BURNS"]
 
 HIGH_WATER = 64 * 1024
+#: this server takes ``--burn-us`` (``contract.burner``)
+BURNS = True
 
 
 class EchoProtocol(asyncio.Protocol):
-    __slots__ = ("transport", "conns", "name", "limits")
+    __slots__ = ("transport", "conns", "name", "limits", "burn")
 
     def __init__(self, conns, options):
         self.conns = conns
         self.name = options["name"]
         self.limits = options.get("limits")  # None unless --idle-timeout or --max-buffered
+        self.burn = options.get("burn")  # None unless --burn-us
         self.transport = None
 
     def connection_made(self, transport):
@@ -77,6 +86,8 @@ class EchoProtocol(asyncio.Protocol):
         self.transport.write(data)
         if self.limits is not None:
             self.limits.progress(self)
+        if self.burn is not None:
+            self.burn()
 
     def pause_writing(self):
         self.transport.pause_reading()
@@ -107,6 +118,8 @@ class MessageProtocol(EchoProtocol):
         out = decoder.feed(data)
         if out:
             self.transport.write(out)
+            if self.burn is not None:
+                self.burn()
         if decoder.error:
             self._close_after_answers(malformed(decoder.error))
         elif self.limits is not None:

@@ -69,6 +69,7 @@ __all__ = [
     "stop_event",
     "run_server",
     "StopServing",
+    "burner",
 ]
 
 #: Bytes asked of one read.  Also the most a connection holds unsent in user
@@ -543,8 +544,39 @@ def stop_event(loop):
     return stop
 
 
+def _spin(n):
+    for _ in range(n):
+        pass
+
+
+def burner(burn_us, clock=time.perf_counter_ns):
+    """``burn()``: a fixed piece of work that takes ``burn_us`` µs on this CPU (``--burn-us``, a test option).
+
+    A loop of n turns, with n calibrated now from the time of 0 and of many turns (a call's own cost, then
+    the cost of a turn), so that the work per call, not a clock, is what is fixed: a regression adds work.
+    """
+    def best(n, tries=7):
+        out = []
+        for _ in range(tries):
+            t0 = clock()
+            _spin(n)
+            out.append(clock() - t0)
+        return min(out)
+
+    big = 200_000
+    fixed = best(0)
+    per_turn = max(1e-3, (best(big) - fixed) / big)
+    n = max(0, round((burn_us * 1000.0 - fixed) / per_turn))
+
+    def burn():
+        _spin(n)
+
+    burn.turns = n
+    return burn
+
+
 def _server_and_options(name, protocol="raw", max_message=None, idle_timeout=None, max_buffered=None, transport="tcp",
-                        tls=None):
+                        tls=None, burn_us=None):
     """Look ``name`` up and check that it speaks ``protocol`` over ``transport``; return its serve function and ``options``.
 
     The function is the module's ``serve`` for a stream transport and its
@@ -571,6 +603,8 @@ def _server_and_options(name, protocol="raw", max_message=None, idle_timeout=Non
     if transport == "udp" and idle_timeout:
         raise UsageError("--idle-timeout applies to the stream transports; udp has no connection to close")
     serve = spec.load(transport)
+    if burn_us and not getattr(sys.modules.get(spec.module), "BURNS", False):
+        raise UsageError(f"--burn-us is a test option of asyncio-protocol and uvloop; server {name!r} has none")
     if tls is not None:
         spec.check_tls(protocol, transport)
         tls.check()
@@ -585,6 +619,7 @@ def _server_and_options(name, protocol="raw", max_message=None, idle_timeout=Non
         "idle_timeout": idle_timeout or None,
         "max_buffered": max_buffered or None,
         "limits": limits,
+        "burn": burner(burn_us) if burn_us else None,
         "tls": tls,
     }
 
@@ -651,14 +686,15 @@ def _with_certificate(options):
 
 
 def run_server(name, transport="tcp", host=None, port=0, path=None, protocol="raw", max_message=None, backlog=None,
-               idle_timeout=None, max_buffered=None, workers=None, tls=None):
+               idle_timeout=None, max_buffered=None, workers=None, tls=None, burn_us=None):
     """The ``sockbench serve NAME`` contract: bind, announce, serve, exit 0 on a stop signal.
 
     A unix socket's file (and its private directory) is removed on the way out.
     ``workers`` N (``--workers``): N processes of the server, see ``workers``.
     ``tls`` (``--tls``): a ``servers.tls.TlsConfig``; the ready line adds ``"tls"``.
     """
-    serve, options = _server_and_options(name, protocol, max_message, idle_timeout, max_buffered, transport, tls)
+    serve, options = _server_and_options(name, protocol, max_message, idle_timeout, max_buffered, transport, tls,
+                                         burn_us)
     _with_certificate(options)
     backlog = _effective_backlog(name, backlog)
     options["backlog"] = backlog

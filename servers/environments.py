@@ -40,10 +40,10 @@ import time
 from dataclasses import dataclass
 
 from sockbench.children import child_setup
-from sockbench.errors import SockbenchError
+from sockbench.errors import SockbenchError, UsageError
 
 __all__ = ["Interpreter", "Environment", "inspect", "prepare", "interpreter_version", "python_flags", "MIN_VERSION",
-           "cache_root", "source_root", "environment"]
+           "cache_root", "source_root", "environment", "current"]
 
 MIN_VERSION = (3, 11)
 #: what serving needs besides sockbench (the optional servers' libraries are tried, not required)
@@ -214,6 +214,7 @@ class Environment:
         self.root = root or source_root()
         self._python = None
         self.source = None
+        self._servers = None
 
     @property
     def python(self):
@@ -224,7 +225,38 @@ class Environment:
 
     @property
     def label(self):
-        return self.interpreter.label
+        """How output names it: the interpreter (``3.12``), or the revision (``main@1a2b3c4d``) for ``--rev``."""
+        if self.rev is None:
+            return self.interpreter.label
+        short = (self.source or "").split(" (")[-1].rstrip(")")[:8] or self.rev[:8]
+        return f"{self.rev}@{short}" if not self.rev.startswith(short) else short
+
+    @property
+    def own(self):
+        """True for this process's own environment (this interpreter, the working tree as it runs)."""
+        return self.rev is None and self.interpreter.is_this_one
+
+    def server(self, name):
+        """The registry row of ``name`` here (``{"name", "available", "reason", "protocols", "transports"}``); one
+        line (exit 2) for a name this environment does not have or cannot run.  Another environment is asked
+        through its own ``sockbench servers --json``, once."""
+        if self._servers is None:
+            self._servers = _own_servers() if self.own else self._listed_servers()
+        row = self._servers.get(name)
+        where = "" if self.own else f" in sockbench {self.label}"
+        if row is None:
+            raise UsageError(f"unknown server {name!r}{where}; valid names: {', '.join(self._servers)}")
+        if not row.get("available", True):
+            raise UsageError(f"server {name!r}{where} cannot run: {row.get('reason')}")
+        return row
+
+    def _listed_servers(self):
+        r = self._run([self.python, *python_flags(self.python), "-m", "sockbench", "servers", "--json"],
+                      "listing its servers")
+        try:
+            return {row["name"]: row for row in json.loads(r.stdout)}
+        except (ValueError, KeyError, TypeError):
+            raise _fail(self.interpreter.path, "listing its servers gave no JSON") from None
 
     def serve_argv(self, name, *args):
         """``[python, -P, -m, sockbench, serve, NAME, *args]`` in this environment (``-P``: a source tree in the
@@ -292,6 +324,23 @@ class Environment:
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
             raise
+
+
+def _own_servers():
+    # deferred: the registry is this room's, but only this process's own environment reads it
+    from sockbench.servers import registry
+
+    out = {}
+    for spec in registry.SERVERS.values():
+        ok, why = spec.availability()
+        out[spec.name] = {"name": spec.name, "available": ok, "reason": None if ok else why,
+                          "protocols": list(spec.protocols), "transports": list(spec.transports)}
+    return out
+
+
+def current():
+    """This process's own environment (nothing to build)."""
+    return Environment(sys.executable).prepare()
 
 
 def prepare(python, rev=None, log=None):

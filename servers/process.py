@@ -57,14 +57,16 @@ class ServerProcess:
     removes when it exits.  ``endpoint`` is where it listens, from its ready
     line.  ``nofile``, if given, is the child's RLIMIT_NOFILE (soft and hard):
     how a test runs a server out of descriptors.  ``python``: the interpreter
-    that runs ``-m sockbench serve`` (default this one).  ``command``: a
+    that runs ``-m sockbench serve`` (default this one); ``environment``
+    (``environments.Environment``, prepared) serves from another revision or
+    interpreter of sockbench instead.  ``command``: a
     ``Command`` to start instead (``name`` defaults to its name;
     ``extra_args`` do not apply).  Use as a context manager; leaving it always
     stops the child by pid.
     """
 
     def __init__(self, name=None, transport="tcp", host=None, port=0, path=None, cpus=None, extra_args=(), env=None,
-                 nofile=None, command=None, python=None, ready_timeout=READY_TIMEOUT_S):
+                 nofile=None, command=None, python=None, ready_timeout=READY_TIMEOUT_S, environment=None):
         self.command = command
         self.name = name if name is not None else (command.name if command is not None else None)
         self.transport = transport
@@ -74,8 +76,9 @@ class ServerProcess:
             where = ["--path", path] if path is not None else []
             if transport != "unix":
                 where = (["--host", host] if host is not None else []) + ["--port", str(port)]
-            self.cmd = [python or sys.executable, *python_flags(python), "-m", "sockbench", "serve", self.name,
-                        "--transport", transport, *where, *extra_args]
+            args = ["--transport", transport, *where, *extra_args]
+            self.cmd = (environment.serve_argv(self.name, *args) if environment is not None else
+                        [python or sys.executable, *python_flags(python), "-m", "sockbench", "serve", self.name, *args])
         else:
             if extra_args:
                 raise UsageError(f"--command servers take no sockbench serve options ({' '.join(extra_args)})")

@@ -10,9 +10,9 @@ form (``--transport udp``) is likewise ``asyncio-protocol``'s
 
 import uvloop
 
-from sockbench.servers.asyncio_protocol_echo import serve_datagram_on, serve_on
+from sockbench.servers.asyncio_protocol_echo import BURNS, serve_datagram_on, serve_on
 
-__all__ = ["serve", "serve_datagram"]
+__all__ = ["serve", "serve_datagram", "BURNS"]
 
 
 def serve(listener, announce, options):

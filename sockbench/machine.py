@@ -37,7 +37,7 @@ from sockbench import __version__
 from sockbench.errors import UsageError
 from sockbench.units import parse_cpus
 
-__all__ = ["machine_info", "git_commit", "tuning_info", "versions_info", "ASLR_NAMES", "BUILD_INFO_FILE"]
+__all__ = ["machine_info", "git_commit", "own_checkout", "tuning_info", "versions_info", "ASLR_NAMES", "BUILD_INFO_FILE"]
 
 #: what setup.py writes beside the extensions: the Cython and the compiler that built them
 BUILD_INFO_FILE = "build_info.json"
@@ -51,22 +51,28 @@ ASLR_NAMES = {"0": "No randomization", "1": "Conservative randomization", "2": "
 
 
 def _own_checkout(here):
-    """True when the git work tree around ``here`` is sockbench's own (not a repository it is installed in)."""
+    """The top of the git work tree around ``here`` when it is sockbench's own (not a repository it is installed
+    in), else None."""
     try:
         top = subprocess.run(["git", "-C", here, "rev-parse", "--show-toplevel"], capture_output=True, text=True,
                              timeout=5, check=True).stdout.strip()
         with open(os.path.join(top, "pyproject.toml"), encoding="utf-8") as f:
             project = f.read()
     except (OSError, subprocess.SubprocessError):
-        return False
+        return None
     inside = os.path.realpath(here).startswith(os.path.realpath(top) + os.sep)
-    return inside and 'name = "sockbench"' in project
+    return top if inside and 'name = "sockbench"' in project else None
+
+
+def own_checkout():
+    """The top folder of sockbench's own git checkout that this package runs from, or None (an install)."""
+    return _own_checkout(os.path.dirname(os.path.abspath(__file__)))
 
 
 def git_commit():
     """``(commit, dirty)`` of sockbench's own checkout, or ``(None, None)`` when it is not run from one."""
     here = os.path.dirname(os.path.abspath(__file__))
-    if not _own_checkout(here):
+    if _own_checkout(here) is None:
         return None, None
     try:
         out = subprocess.run(
@@ -175,9 +181,22 @@ def versions_info():
     return out
 
 
-def machine_info():
-    """The machine and the code, as the ``machine`` part of a result."""
-    commit, dirty = git_commit()
+_STATIC = {}
+
+
+def machine_info(cached=False):
+    """The machine and the code, as the ``machine`` part of a result.
+
+    ``cached``: the commit (three git calls) and the versions are read once per process and reused, for a
+    command that records them with every round of a run (about 20 ms a round otherwise); the tuning and the
+    load average are read each time.
+    """
+    if cached:
+        if not _STATIC:
+            _STATIC.update(commit=git_commit(), versions=versions_info())
+        (commit, dirty), versions = _STATIC["commit"], _STATIC["versions"]
+    else:
+        (commit, dirty), versions = git_commit(), versions_info()
     return {
         "cpu_model": _cpu_model(),
         "cores": os.cpu_count(),
@@ -191,5 +210,5 @@ def machine_info():
         "git_dirty": dirty,
         "hostname": platform.node(),
         **tuning_info(),
-        "versions": versions_info(),
+        "versions": versions,
     }

@@ -15,6 +15,13 @@ tick.  How interrupt work is charged depends on the kernel:
 ``irq_time_accounting()`` says which (see ``sockbench.bench.load.interference``
 for what the harness makes of it).
 
+``cgroup_cpu_dirs`` finds the folders of the cgroups whose CPU quota can
+throttle a process (its own and every ancestor's, under cgroup v1's ``cpu``
+controller or the unified v2 hierarchy), from /proc/PID/cgroup and the
+mounts in /proc/self/mountinfo; ``read_throttled_s`` reads how long one of
+them has been throttled (``cpu.stat``: v1's ``throttled_time`` in ns, v2's
+``throttled_usec``).
+
 ``busy_processes`` samples every /proc/PID/stat twice: the process's CPU
 time in ticks (utime + stime, all its threads), the CPU it last ran on, and
 its affinity, to name what already runs on the CPUs a benchmark is about to
@@ -46,6 +53,8 @@ __all__ = [
     "BusyProcess",
     "busy_processes",
     "process_family",
+    "cgroup_cpu_dirs",
+    "read_throttled_s",
     "process_tree",
     "group_members",
     "marked_processes",
@@ -359,6 +368,88 @@ def foreign_process_s(before, after, cpus, own=()):
     return ticks * TICK_S
 
 
+def _cgroup_mounts():
+    """``{"v1": [(root, mountpoint)], "v2": [(root, mountpoint)]}``: where the cpu controller's hierarchies are mounted."""
+    out = {"v1": [], "v2": []}
+    try:
+        with open("/proc/self/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        if not sep:
+            continue
+        fields, tail = left.split(), right.split()
+        if len(fields) < 5 or len(tail) < 3:
+            continue
+        root, mountpoint, fstype, options = fields[3], fields[4], tail[0], tail[2].split(",")
+        if fstype == "cgroup" and "cpu" in options:
+            out["v1"].append((root, mountpoint))
+        elif fstype == "cgroup2":
+            out["v2"].append((root, mountpoint))
+    return out
+
+
+def _under(path, root, mountpoint):
+    """The folder of cgroup ``path`` in a hierarchy whose ``root`` is mounted at ``mountpoint`` (None: not there)."""
+    if root != "/" and not (path == root or path.startswith(root.rstrip("/") + "/")):
+        return None
+    rel = path[len(root):] if root != "/" else path
+    return os.path.join(mountpoint, rel.lstrip("/"))
+
+
+def cgroup_cpu_dirs(pid, mounts=None):
+    """The cgroup folders whose CPU quota can throttle ``pid``: its own cpu cgroup and every ancestor's, innermost
+    first (v1's ``cpu`` hierarchy when mounted, else the unified one); [] when unreadable."""
+    mounts = _cgroup_mounts() if mounts is None else mounts
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    v1 = v2 = None
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if "cpu" in controllers.split(","):
+            v1 = path
+        elif controllers == "" and parts[0] == "0":
+            v2 = path
+    for path, kind in ((v1, "v1"), (v2, "v2")):
+        if path is None:
+            continue
+        for root, mountpoint in mounts[kind]:
+            folder = _under(path, root, mountpoint)
+            if folder is None or not os.path.isdir(folder):
+                continue
+            out = []
+            while True:
+                out.append(folder)
+                if os.path.normpath(folder) == os.path.normpath(mountpoint):
+                    return out
+                folder = os.path.dirname(folder)
+    return []
+
+
+def read_throttled_s(folder):
+    """Seconds the cgroup at ``folder`` has been throttled by its CPU quota (``cpu.stat``), None when unreadable."""
+    try:
+        with open(os.path.join(folder, "cpu.stat")) as f:
+            text = f.read()
+    except OSError:
+        return None
+    values = dict(line.split()[:2] for line in text.splitlines() if len(line.split()) >= 2)
+    try:
+        if "throttled_time" in values:
+            return int(values["throttled_time"]) / 1e9
+        if "throttled_usec" in values:
+            return int(values["throttled_usec"]) / 1e6
+    except ValueError:
+        return None
+    return None
 def _children(pid):
     """The live children of ``pid``: every thread's ``/proc/PID/task/TID/children`` (empty when gone)."""
     kids = []

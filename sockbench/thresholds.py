@@ -7,7 +7,8 @@ flag means the same thing wherever it appears.
 
 __all__ = ["CLIENT_BOUND_UTIL", "SERVER_BOUND_UTIL", "UNSTABLE_SPREAD", "OUTLIER_SHARE", "BEHIND_FRACTION", "STALL_S", "CLIENT_STALL_S", "STALLS_DIFFER_RATIO", "STALLS_DIFFER_FLOOR", "DISTURBED_SHARE",
            "CLOCK_OFFSET_SHARE", "LOSSY_SHARE", "SAME_COST_SHARE",
-           "WORKER_IDLE_SHARE"]
+           "WORKER_IDLE_SHARE", "THROTTLED_SHARE", "LOADED_IDLE_SHARE", "LOADED_MIN_IN_FLIGHT", "CANARY_SLOWDOWN",
+           "CLIENT_SLOWDOWN"]
 
 #: the load CPUs at least this busy: the figure measures the client as much as the server ("client-bound")
 CLIENT_BOUND_UTIL = 0.95
@@ -35,6 +36,27 @@ STALLS_DIFFER_FLOOR = 0.005
 #: foreign work (or the hypervisor's steal) on a side's pinned CPUs of at least this share of one CPU over
 #: the window: the figure measures the neighbours as much as the server ("disturbed")
 DISTURBED_SHARE = 0.05
+#: a side's processes throttled by a cgroup CPU quota for at least this share of the window: CPU taken where the
+#: guest's counters do not show it (the CPU reads idle while the throttled task waits); "unseen", as disturbed
+THROTTLED_SHARE = DISTURBED_SHARE
+#: a closed-loop round with messages always queued in which the busier side was off its CPU for at least this share
+#: of the window: time lost that no process in the guest used ("unseen"); quiet rounds here keep the busier side
+#: at 0.92-1.0 of its CPU (a 50% quota on server and load left each at 0.25)
+LOADED_IDLE_SHARE = 0.20
+#: ... judged only with at least this many messages in flight (conns x depth): fewer leave both sides waiting on
+#: each other's wake-ups, as a 1-connection ping-pong does (0.55 busy each, quiet)
+LOADED_MIN_IN_FLIGHT = 8
+#: the canary (a fixed piece of work timed on each pinned CPU after a round) taking this many times the least it
+#: took there: the CPU was slower or time was stolen from it without the guest's steal counter knowing.  Two
+#: default runs on the 2-core machine (709 closed-loop attempts): rounds after a canary under 1.5 read within
+#: 1.4% of their cell's median (median of each group), rounds after one of 1.5 or more 8-9% below it
+CANARY_SLOWDOWN = 1.5
+#: a closed-loop round whose load client needed this many times its cell's usual CPU per operation (per read,
+#: write and epoll_wait; the median of the cell's earlier rounds): the client's code per operation does not change,
+#: whatever the server's pace, so its CPU ran slower (the host took it).  Two default runs on the 2-core machine
+#: (709 closed-loop attempts): rounds at 0.95-1.05 of it read within 0.7% of their cell's median msgs/s (median
+#: of each group), at 1.05-1.15 4% below, at 1.15-1.3 14% below, at 1.3 or more 32% below
+CLIENT_SLOWDOWN = 1.15
 #: a load from several hosts: a host's clock off the coordinator's by more than this share of the measured
 #: window starts its load visibly early or late (a warning; chrony keeps LAN clocks microseconds apart)
 CLOCK_OFFSET_SHARE = 0.01

@@ -78,7 +78,8 @@ def _size_factor(size):
     return 1.0 / (1.0 + size / 8192.0)
 
 
-def _result(rng, cell, round_no, index, plan, rate, slow, peak=None, raw_rate=None, disturbed=False, loss=UDP_LOSS):
+def _result(rng, cell, round_no, index, plan, rate, slow, peak=None, raw_rate=None, disturbed=False, loss=UDP_LOSS,
+            pass_no=None):
     noise = 1.0 + rng.uniform(-0.02, 0.02)
     target = None
     if cell.mode in ("closed", "connect"):
@@ -160,7 +161,7 @@ def _result(rng, cell, round_no, index, plan, rate, slow, peak=None, raw_rate=No
         hdr=h.encode().decode("ascii"),
         machine=MACHINE,
         started_at=f"2026-11-24T02:00:{index % 60:02d}Z",
-        cell=CellContext.of(cell, round_no, None, index, peak),
+        cell=CellContext.of(cell, round_no, None, index, peak, pass_no),
         interference=Interference(server_foreign=0.3 if disturbed else 0.002, client_foreign=0.001, server_steal=0.0,
                                   client_steal=0.0, loadavg_1m=1.2 if disturbed else 0.1, disturbed=disturbed),
         fairness=(Fairness.of([int(msgs * plan.duration_s / cell.conns)] * cell.conns)
@@ -189,8 +190,11 @@ def _datagrams(answered, loss, round_no):
 
 
 def make_results(path, servers=("selectors", "asyncio-protocol", "uvloop"), slowdown=None, seed=1, plan=None,
-                 rounds=None, disturbed=(), discarded=0, loss=None):
+                 rounds=None, disturbed=(), discarded=0, loss=None, passes=True):
     """Write a complete results folder at ``path``; ``slowdown={server: 0.2}`` makes that server 20% slower.
+
+    ``passes``: round k of every cell was measured in pass k, as a run measured in passes records it (False: a
+    folder from before the passes, with no ``cell.pass``).
 
     Every cell runs over its plan's transport (the rate follows ``TRANSPORT_CPU``); a udp cell carries a
     datagram accounting that loses ``UDP_LOSS`` of what it sent, or ``loss={server: share}``.
@@ -227,9 +231,12 @@ def make_results(path, servers=("selectors", "asyncio-protocol", "uvloop"), slow
         bad = cell.server in disturbed
         lost = (loss or {}).get(cell.server, UDP_LOSS)
         for r in range(1, rounds + 1):
+            pass_no = r if passes else None
             for attempt in range(1, discarded + 1 if bad else 1):
-                res = _result(rng, cell, r, index, plan, rate, slow, peak, raw_rate, disturbed=True, loss=lost)
+                res = _result(rng, cell, r, index, plan, rate, slow, peak, raw_rate, disturbed=True, loss=lost,
+                              pass_no=pass_no)
                 write_json_atomic(os.path.join(path, "raw", discarded_name(cell, r, attempt)), res.to_json())
-            res = _result(rng, cell, r, index, plan, rate, slow, peak, raw_rate, disturbed=bad, loss=lost)
+            res = _result(rng, cell, r, index, plan, rate, slow, peak, raw_rate, disturbed=bad, loss=lost,
+                          pass_no=pass_no)
             write_json_atomic(os.path.join(path, "raw", raw_name(cell, r)), res.to_json())
     return path

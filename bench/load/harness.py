@@ -104,12 +104,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from types import SimpleNamespace
 
 from sockbench.bench.load import datagram, hdr
 from sockbench.bench.load.interference import interference
 from sockbench.bench.load.spec import MAX_FRAMED_SIZE, MODES, PROTOCOLS, LoadSpec
+from sockbench.bench.load.unseen import Throttle, is_unseen, loaded_idle
 from sockbench.bench.load.worker import FD_HEADROOM, WorkerParams
 from sockbench.bench.schema import (
     ERROR_KINDS, Client, CpuPerMsg, Errors, Fairness, LoadResult, Machine, ProcResult, ServerProc, Target, Throughput,
@@ -233,6 +234,9 @@ def _probe(endpoint, wording, timeout_s, exchange=None):
 
 #: what a plain probe sends to a server of another's (a TLS server takes it for a record it cannot read)
 _PLAIN_PROBE = b"sockbench probe\n"
+#: how long the plain probe waits for its echo: a TLS server answers a plain message at once (an alert, or a
+#: close); a slow or silent echo server is left for the load to judge, not waited on here
+_PLAIN_PROBE_ANSWER_S = 1.0
 
 
 def tls_probe(endpoint, tls):
@@ -257,6 +261,7 @@ def plain_probe(endpoint):
 
     def exchange(sock):
         got = b""
+        sock.settimeout(_PLAIN_PROBE_ANSWER_S)
         try:
             sock.sendall(_PLAIN_PROBE)
             while len(got) < len(_PLAIN_PROBE):
@@ -359,7 +364,7 @@ class LoadInterrupted(Stopped):
         self.result = result
 
 
-def run_load(spec, json_path=None, on_window=None, notes=None):
+def run_load(spec, json_path=None, on_window=None, notes=None, pool=None, server=None, canary=None):
     """Run one load as ``spec`` says; return its ``LoadResult`` (and write its JSON to ``json_path``).
 
     Raises ``SockbenchError`` only before the load starts (bad spec, server
@@ -371,52 +376,76 @@ def run_load(spec, json_path=None, on_window=None, notes=None):
     just before it opens, so that an observer can keep quiet through it.
     ``notes``, a list, gets a line when the server had to be killed at the end
     (a ``--command`` that ignored SIGTERM); the line goes to stderr as well.
+
+    A run of many rounds keeps its processes between them (``pools``):
+    ``pool`` (a ``pools.LoadPool``) lends the load processes and takes them
+    back, and ``server`` (a started ``ServerProcess``, pinned by its keeper)
+    is loaded as a harness-started server is, CPU figures included, and left
+    running; its keeper checked the name (it may come from another
+    environment, ``servers.environments``).  ``canary`` (an
+    ``unseen.Canary``) is checked right after the window, and its figure
+    joins the round's ``interference``.
     """
-    spec.validate()
+    spec.validate(started=server is not None)
     started_at = iso_utc()
     _check_nofile(spec, max(split(spec.conns, spec.procs)) if spec.mode != "connect" else spec.conns)
-    if spec.started:
-        extra = ("--protocol", spec.protocol) if spec.protocol != "raw" and spec.command is None else ()
-        if spec.workers != 1:
-            extra += ("--workers", str(spec.workers))
-        if spec.tls is not None and spec.command is None:  # a --command serves TLS as it is told by its own line
-            tls = spec.tls if spec.tls.cert else spec.tls.with_files(*ensure_certificate(_default_tls_folder()))
-            extra += tuple(tls.server_args())
-        # the load processes start (Python, hdrh, the loop's extension: ~0.1 s) while the server starts
-        spare = []
-        try:
-            for _ in split(spec.conns, spec.procs):
-                with held_signals():
-                    spare.append(_Worker())
-            server = ServerProcess(spec.server, spec.transport, cpus=spec.server_cpus, extra_args=extra,
-                                   command=spec.command, python=spec.server_python)
-            with server:
-                result = _run(spec, server, server.endpoint, started_at, on_window, spare)
-        except LoadInterrupted as cut:
-            _write_cut(cut, json_path)
-            raise
-        finally:
-            for w in spare:  # those the run did not take (it stops the ones it took)
-                w.stop()
-        if server.stop_note:
-            if notes is None:
-                print(f"sockbench: warning: {server.stop_note}", file=sys.stderr, flush=True)
-            else:
-                notes.append(server.stop_note)
-    else:
-        try:
-            result = _run(spec, None, spec.target, started_at, on_window)
-        except LoadInterrupted as cut:
-            _write_cut(cut, json_path)
-            raise
+    try:
+        if server is not None:
+            result = _run(spec, server, server.endpoint, started_at, on_window, pool=pool, canary=canary)
+        elif spec.started:
+            result = _run_started(spec, started_at, on_window, notes, pool, canary)
+        else:
+            result = _run(spec, None, spec.target, started_at, on_window, pool=pool, canary=canary)
+    except LoadInterrupted as cut:
+        if cut.result is not None and json_path is not None:
+            write_json_atomic(json_path, cut.result.to_json())
+        raise
     if json_path is not None:
         write_json_atomic(json_path, result.to_json())
     return result
 
 
-def _write_cut(cut, json_path):
-    if cut.result is not None and json_path is not None:
-        write_json_atomic(json_path, cut.result.to_json())
+def _run_started(spec, started_at, on_window, notes, pool, canary):
+    """One load of a server the harness starts for it, and stops after."""
+    # the load processes start (Python, hdrh, the loop's extension: ~0.1 s) while the server starts
+    spare = []
+    try:
+        if pool is None:
+            for _ in split(spec.conns, spec.procs):
+                with held_signals():
+                    spare.append(_Worker())
+        server = server_process(spec, spec.server_cpus)
+        with server:
+            result = _run(spec, server, server.endpoint, started_at, on_window, spare, pool=pool, canary=canary)
+    finally:
+        for w in spare:  # those the run did not take (it stops the ones it took)
+            w.stop()
+    if server.stop_note:
+        if notes is None:
+            print(f"sockbench: warning: {server.stop_note}", file=sys.stderr, flush=True)
+        else:
+            notes.append(server.stop_note)
+    return result
+
+
+def server_args(spec):
+    """The ``sockbench serve`` options a spec asks of the server it starts: protocol, workers, TLS (none for a
+    ``--command``, which is told its own)."""
+    if spec.command is not None:
+        return ()
+    extra = ("--protocol", spec.protocol) if spec.protocol != "raw" else ()
+    if spec.workers != 1:
+        extra += ("--workers", str(spec.workers))
+    if spec.tls is not None:
+        tls = spec.tls if spec.tls.cert else spec.tls.with_files(*ensure_certificate(_default_tls_folder()))
+        extra += tuple(tls.server_args())
+    return extra
+
+
+def server_process(spec, cpus, extra=(), environment=None):
+    """The (unstarted) ``ServerProcess`` of ``spec``'s server, pinned to ``cpus``."""
+    return ServerProcess(spec.server, spec.transport, cpus=cpus, extra_args=(*server_args(spec), *extra),
+                         command=spec.command, python=spec.server_python, environment=environment)
 
 
 def _default_tls_folder():
@@ -446,6 +475,8 @@ class _Worker:
 
     def __init__(self, params=None):
         self.params = None
+        #: True once it reported a result: it waits for its next parameters and may be used again
+        self.reusable = False
         self.stderr = tempfile.TemporaryFile()
         # started under held_signals() by the caller, which stores it before a Ctrl-C can land
         # it dies with this process (SIGKILL: it has nothing to clean up, and ignores SIGTERM while it reports)
@@ -461,6 +492,7 @@ class _Worker:
     def start(self, params):
         """Hand the process its share of the load (it has been importing meanwhile)."""
         self.params = params
+        self.reusable = False
         self.send(asdict(params))
 
     def send(self, obj):
@@ -492,6 +524,9 @@ class _Worker:
         self.stderr.seek(0)
         lines = self.stderr.read().decode(errors="replace").strip().splitlines()
         return lines[-1] if lines else ""
+
+    def alive(self):
+        return self.proc.poll() is None
 
     def cut(self):
         """End its window now (SIGTERM): its loop reports what it measured until then."""
@@ -558,16 +593,20 @@ class ServerWindow:
     processes: int | None = None  # how many processes served (a --command's process tree), at the window's end
     #: ``cpus -> seconds`` other processes used there around the window (None: not read)
     process_s: object = None
+    #: ``{"server": share, "client": share}`` the sides' cgroups were throttled around the window (``unseen``)
+    throttled: dict | None = None
+    #: the canary's slowdown right after the window (``unseen.Canary``; None: not run)
+    canary: float | None = None
 
 
-def _run(spec, server, endpoint, started_at, on_window=None, spare=None):
+def _run(spec, server, endpoint, started_at, on_window=None, spare=None, pool=None, canary=None):
     """Connect, run the window, collect: the setup, the window and the collection, then the result.
 
     A window cut short by a stop signal raises ``LoadInterrupted`` with its result (None if nothing was measured).
     """
     endpoint = resolve(endpoint)
     try:
-        procs, problems, srv = measure(spec, server, endpoint, on_window, spare=spare)
+        procs, problems, srv = measure(spec, server, endpoint, on_window, spare=spare, pool=pool, canary=canary)
     except LoadInterrupted as cut:
         if cut.measured is not None:
             procs, problems, srv = cut.measured
@@ -577,7 +616,7 @@ def _run(spec, server, endpoint, started_at, on_window=None, spare=None):
     return build_result(spec, server, endpoint, started_at, procs, problems, srv)
 
 
-def measure(spec, server, endpoint, on_window=None, start_at=None, spare=None):
+def measure(spec, server, endpoint, on_window=None, start_at=None, spare=None, pool=None, canary=None):
     """Probe, start the load processes, run one window, collect: ``({index: ProcResult}, [problems], window)``.
 
     ``endpoint`` is already resolved (``resolve``).  ``start_at()``, when
@@ -585,7 +624,9 @@ def measure(spec, server, endpoint, on_window=None, start_at=None, spare=None):
     window's start on CLOCK_MONOTONIC (a load from several hosts starts each
     at one shared instant); without it the window starts ``START_MARGIN_S``
     from now.  ``spare`` are load processes started already, waiting for
-    their parameters (taken from the list as they are used).
+    their parameters (taken from the list as they are used); ``pool`` (a
+    ``pools.LoadPool``) lends the others and takes back those that finished
+    cleanly.
     ``build_result`` turns the three into a result.  A stop signal once the
     window is set cuts it short (``_cut``): ``LoadInterrupted`` then carries
     the three, as far as they go.
@@ -603,9 +644,12 @@ def measure(spec, server, endpoint, on_window=None, start_at=None, spare=None):
         _warn_busy(spec, server, spare or ())
     workers = {}
     try:
-        _spawn_workers(spec, server, endpoint, workers, spare)
+        _spawn_workers(spec, server, endpoint, workers, spare, pool)
         _wait_ready(workers, server)
         start_ns = start_at() if start_at is not None else None
+        # the quotas that can throttle either side, read around the window (bench/load/unseen.py)
+        throttle = Throttle(server.pids if server is not None else (), [w.proc.pid for w in workers.values()])
+        throttle.read()
         # every process's CPU around the window: what caps the foreign time (bench/load/interference.py)
         before = process_snapshot()
         end_ns = _open_window(spec, workers, on_window, start_ns)
@@ -625,9 +669,15 @@ def measure(spec, server, endpoint, on_window=None, start_at=None, spare=None):
             if tree_rss is not None:
                 srv.rss_peak_bytes = max(srv.rss_peak_bytes or 0, tree_rss)
         after = process_snapshot()
+        throttle.read()
+        srv.throttled = throttle.shares()
+        srv.canary = canary.check() if canary is not None else None
     finally:
         for w in workers.values():
-            w.stop()
+            if pool is not None and w.reusable and w.alive():
+                pool.give_back(w)
+            else:
+                w.stop()
     own = [w.proc.pid for w in workers.values()] + (server.pids + [server.proc.pid] if server is not None else [])
     srv.process_s = lambda cpus: foreign_process_s(before, after, cpus, own=own)
     return procs, problems, srv
@@ -642,10 +692,10 @@ def _warn_busy(spec, server, spare=()):
         print(warning, file=sys.stderr, flush=True)
 
 
-def _spawn_workers(spec, server, endpoint, workers, spare=None):
+def _spawn_workers(spec, server, endpoint, workers, spare=None, pool=None):
     """Start one load process per share of the connections, into ``workers`` (index -> _Worker).
 
-    A process of ``spare`` (started already) is taken before a new one is started.
+    A process of ``spare`` (started already) is taken before one of ``pool``, and that before a new one.
     """
     cpus = spec.client_cpus
     first = 0
@@ -669,7 +719,7 @@ def _spawn_workers(spec, server, endpoint, workers, spare=None):
         )
         first += n
         with held_signals():
-            workers[i] = spare.pop(0) if spare else _Worker()
+            workers[i] = spare.pop(0) if spare else pool.take() if pool is not None else _Worker()
         workers[i].start(p)
 
 
@@ -761,6 +811,7 @@ def _collect(spec, server, workers, end_ns=None, edges=None, cut_by=None, procs=
     def on_result(w, ev):
         if ev.get("event") == "result":
             procs[w.params.index] = ProcResult.from_json(ev["result"])
+            w.reusable = True
         else:
             problems.append(ev.get("message") or f"load process {w.params.index} failed")
 
@@ -945,8 +996,9 @@ def _fairness(spec, rs):
     return Fairness.of([n for r in rs for n in r.conn_msgs], starved=sum(r.starved or 0 for r in rs))
 
 
-def _interference(spec, server, rs, server_proc, process_s=None):
-    """The foreign load on the run's CPUs over the window, from load process 0's counters."""
+def _interference(spec, server, rs, server_proc, srv, client):
+    """The foreign load on the run's CPUs over the window, from load process 0's counters, and what took CPU
+    where the guest does not see it (``unseen``)."""
     first = next((r for r in rs if r.index == 0), None)
     if first is None or not first.cpu_stat:
         return None
@@ -955,7 +1007,7 @@ def _interference(spec, server, rs, server_proc, process_s=None):
         loadavg = os.getloadavg()[0]
     except OSError:
         loadavg = None
-    return interference(
+    seen = interference(
         first.cpu_stat,
         server_cpus=spec.server_cpus if server is not None else None,
         client_cpus=spec.client_cpus,
@@ -963,8 +1015,16 @@ def _interference(spec, server, rs, server_proc, process_s=None):
         load_procs=[(r.cpus, r.user_s + r.sys_s) for r in rs],
         loadavg_1m=loadavg,
         irq_is_own=bool(irq_time_accounting()),
-        process_s=process_s,
+        process_s=srv.process_s,
     )
+    if seen is None:
+        return None
+    throttled = srv.throttled or {}
+    idle = loaded_idle(spec.mode, spec.transport, spec.conns, spec.depth, server_proc.cpu_util if server else None,
+                       client.load)
+    unseen = is_unseen(throttled.get("server"), throttled.get("client"), idle, srv.canary, seen=seen.disturbed)
+    return replace(seen, server_throttled=throttled.get("server"), client_throttled=throttled.get("client"),
+                   loaded_idle=idle, canary=srv.canary, unseen=unseen, disturbed=seen.disturbed or unseen)
 
 
 def _invalid_reasons(spec, rs, problems, m, idle_s, fairness=None, cut=False):
@@ -1051,9 +1111,9 @@ def build_result(spec, server, endpoint, started_at, procs, problems, srv, cut=N
         hdr=hdr.encode_text(m.hdr1),
         hdr_unit="ns",
         hdr_service=hdr.encode_text(m.hdr2) if spec.mode == "open" else None,
-        machine=Machine(**machine_info()),
+        machine=Machine(**machine_info(cached=True)),
         started_at=started_at,
-        interference=_interference(spec, server, rs, server_proc, srv.process_s),
+        interference=_interference(spec, server, rs, server_proc, srv, client),
         fairness=fairness,
         datagrams=datagrams,
         tls=tls,

@@ -102,15 +102,21 @@ class LoadSpec:
         if isinstance(target, Endpoint) and self.transport == "tcp":
             object.__setattr__(self, "transport", target.transport)
 
-    def validate(self):
-        """Raise a one-line ``UsageError`` for anything that cannot run."""
+    def validate(self, started=False):
+        """Raise a one-line ``UsageError`` for anything that cannot run.
+
+        ``started``: the server was started by the run's caller (``run_load(server=...)``), which checked its
+        name, protocol and transport against the registry of the environment it came from.
+        """
         if sum(x is not None for x in (self.server, self.target, self.command)) != 1:
             raise UsageError("give either a server name, --command 'CMD ARGS' or --target HOST:PORT (exactly one)")
         if self.transport not in TRANSPORTS:
             raise UsageError(f"unknown transport {self.transport!r}; use one of {', '.join(TRANSPORTS)}")
         if self.protocol not in PROTOCOLS:
             raise UsageError(f"unknown protocol {self.protocol!r}; use one of {', '.join(PROTOCOLS)}")
-        if self.server is not None:
+        if self.server is not None and started:
+            pass  # its keeper checked it (see the docstring)
+        elif self.server is not None:
             server = registry.get(self.server)
             ok, why = server.availability()
             if not ok:

@@ -23,7 +23,11 @@ that may hold threads and the server's pipes.  The protocol is JSON lines:
    which ends by itself at ``end_ns``, encodes its histograms with the
    ``hdrhistogram`` package, and prints ``{"event": "result", "result": R}``,
    where R is a ``ProcResult`` (``sockbench.bench.schema``): the loop's
-   dict under the same names, the shape the harness adds up.
+   dict under the same names, the shape the harness adds up;
+4. after a result, the process waits for the next ``WorkerParams`` (step 1
+   again) until its stdin closes: a run of many rounds keeps its load
+   processes (``pools.LoadPool``) rather than paying a Python start for each.
+   After an error it exits.
 
 Nothing but these lines goes to stdout; any failure is one error line, never
 a traceback.  From the window's start the harness alone stops a load
@@ -61,6 +65,8 @@ MODES = {"closed": 0, "open": 1, "connect": 2}
 FD_HEADROOM = 64
 
 START_WAIT_S = 120.0
+#: how long a load process kept between rounds waits for its next parameters before it exits
+IDLE_WAIT_S = 900.0
 CONNECT_TIMEOUT_S = 5.0
 
 
@@ -351,22 +357,34 @@ def _preload():
         pass  # run_worker imports them again and reports what is missing the usual way
 
 
+def _params(raw):
+    return WorkerParams(**{**raw, "cpus": tuple(raw["cpus"]), "stat_cpus": tuple(raw.get("stat_cpus", ()))})
+
+
 def main():
     try:
         _preload()
-        raw = _read_line(START_WAIT_S)
-        if raw is None:
-            return 2
-        p = WorkerParams(**{**raw, "cpus": tuple(raw["cpus"]), "stat_cpus": tuple(raw.get("stat_cpus", ()))})
-    except (ValueError, TypeError, KeyError) as e:
-        _emit({"event": "error", "message": f"load process: bad parameters: {e}"})
-        return 2
     except KeyboardInterrupt:
         return 130  # stopped before it had its share of the load: nothing measured, nothing to say
-    try:
-        return run_worker(p)
-    except KeyboardInterrupt:
-        return 130  # a Ctrl-C before the window: the harness, stopped too, expects no result
+    wait = START_WAIT_S
+    while True:
+        try:
+            raw = _read_line(wait)
+            if raw is None:
+                return 0 if wait == IDLE_WAIT_S else 2  # stdin closed (or idle too long) after a run: done
+            p = _params(raw)
+        except (ValueError, TypeError, KeyError) as e:
+            _emit({"event": "error", "message": f"load process: bad parameters: {e}"})
+            return 2
+        except KeyboardInterrupt:
+            return 130  # stopped between runs: nothing measured, nothing to say
+        try:
+            rc = run_worker(p)
+        except KeyboardInterrupt:
+            return 130  # a Ctrl-C before the window: the harness, stopped too, expects no result
+        if rc != 0:
+            return rc
+        wait = IDLE_WAIT_S
 
 
 if __name__ == "__main__":

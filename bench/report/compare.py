@@ -63,6 +63,13 @@ verdict is marked ``STALLS differ`` with both shares, and never fails
 the same code read every open-loop p99 30-80% lower in the second, whose
 clients lost half the stall time of the first's.
 
+Two folders are two runs made at different times, so even widened by the
+drift this stays conservative (it decided changes of about 10% on the
+2-core machine): ``sockbench ab A B``, which measures the two side by side,
+interleaved round by round and paired pass by pass, is the decisive way to
+tell whether a change made a server slower, and every ``compare`` says so
+(``AB_NOTE``).
+
 A cell that was DISTURBED (foreign load on its CPUs that re-measuring did
 not escape) on either side is reported as such and never fails
 ``--fail-above``: its figure measures the machine as much as the server.  An
@@ -80,7 +87,7 @@ from sockbench.bench.report.store import load_results
 from sockbench.thresholds import STALLS_DIFFER_FLOOR, STALLS_DIFFER_RATIO
 
 __all__ = ["compare", "render", "verdict", "block_drift", "widened", "stalls_differ", "ALPHA", "DEFAULT_THRESHOLD", "UNDECIDED",
-           "DRIFT_MIN_SERVERS"]
+           "DRIFT_MIN_SERVERS", "AB_NOTE"]
 
 #: 1 - the confidence of the interval (``--alpha``)
 ALPHA = round(1.0 - CONFIDENCE, 10)
@@ -89,6 +96,10 @@ DEFAULT_THRESHOLD = 0.05
 UNDECIDED = "undecided (needs more rounds)"
 #: the fewest servers whose blocks can show the drift between them (fewer: no drift is estimated)
 DRIFT_MIN_SERVERS = 4
+#: what every comparison says about itself: two runs made apart, not side by side
+AB_NOTE = ("compare judges two runs made at different times, and the machine drifts between them; to decide "
+           "whether a change made a server slower, measure both side by side: `sockbench ab A B` (or `sockbench ab "
+           "--rev BASE HEAD NAME`) interleaves them round by round and pairs their rounds")
 #: the flags that mark a cell's figure in the verdict column, in this order
 _MARKED = ("DISTURBED", "STARVED", "INVALID")
 
@@ -238,7 +249,7 @@ def compare(a_path, b_path, alpha=ALPHA, fail_above=None):
     return {"a": A.path, "b": B.path, "rows": rows, "only_a": only_a, "only_b": only_b, "notes": notes,
             "failed": failed, "alpha": alpha, "fail_above": fail_above, "threshold": threshold, "drift": drifts["closed"],
             "drift_servers": len(logs["closed"]), "drift_open": drifts["open"], "drift_open_servers": len(logs["open"]),
-            "skipped": A.skipped + B.skipped}
+            "skipped": A.skipped + B.skipped, "note": AB_NOTE}
 
 
 def _f(v):
@@ -300,6 +311,7 @@ def render(result, console=None):
             console.print(f"drift of {what} between the servers' blocks: {math.expm1(drift):.1%} (one standard "
                           f"deviation, from {n} servers); each such interval includes it", highlight=False)
     console.print("verdicts: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())), highlight=False)
+    console.print(f"[yellow]note[/]: {escape(AB_NOTE)}", soft_wrap=True)
     disturbed = [r for r in result["rows"] if r["disturbed"]]
     if disturbed:
         console.print(f"[yellow]{len(disturbed)} cell(s) DISTURBED[/] (foreign load on the pinned CPUs): reported, "

@@ -39,6 +39,7 @@ written beside them by ``formats.write_formats``, from the same results.
 
 import math
 import os
+from dataclasses import replace
 
 from sockbench.bench.report.blocks import (
     Alert, Code, Document, Emph, Heading, Image, KeyValues, Legend, Paragraph, Row, Strong, Table, WarningList,
@@ -47,9 +48,10 @@ from sockbench.bench.report.dimensions import (fmt, has_loss, loss_text, python_
                                                 workers_section)
 from sockbench.bench.report.formats import write_formats
 from sockbench.bench.report.plots import PLOT_CAPTIONS, make_dimension_plots, make_plots
-from sockbench.bench.report.summary import build_summary
+from sockbench.bench.report.ratios import workload_ratios
 from sockbench.bench.report.render import to_html, to_markdown
 from sockbench.bench.report.store import load_results
+from sockbench.bench.report.summary import build_summary
 from sockbench.errors import SockbenchError
 from sockbench.procfs import TICK_S
 from sockbench.thresholds import CLIENT_STALL_S, DISTURBED_SHARE, LOSSY_SHARE, OUTLIER_SHARE, UNSTABLE_SPREAD
@@ -201,11 +203,7 @@ def table_rows(results, workload_id):
     """
     cells = [c for c in results.cells.values() if c.workload_id == workload_id]
     lossy = has_loss(cells)
-    good = [c.median for c in cells if not c.invalid and math.isfinite(c.median)]
-    best = max(good) if good else 0.0
-    tails = [c.latency_summary().p99 for c in cells if not c.invalid]
-    tails = [v for v in tails if v is not None and math.isfinite(v) and v > 0]
-    lowest = min(tails) if tails else 0.0
+    ranked = workload_ratios(cells, results.meta.baseline)
     rows = []
     for c in cells:
         lat = c.latency_summary()
@@ -219,17 +217,16 @@ def table_rows(results, workload_id):
         kinds = {k: v for k, v in c.errors_by_kind.items() if v}
         if kinds:
             errs += " (" + ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items())) + ")"
-        if c.cell.mode == "open":
-            # each server is offered the same share of its own peak: compare its tail with the lowest one
-            p99 = lat.p99
-            ok = lowest > 0 and not c.invalid and p99 is not None and math.isfinite(p99)
-            ratio = f"{p99 / lowest:.2f}×" if ok else "n/a"
-            if ok and p99 <= lowest:
-                ratio = "1.00× (lowest)"
+        # each server against the workload's reference (the fastest, or the lowest p99 in open loop, where each
+        # server is offered the same share of its own peak; or the baseline), from the pass pairs
+        r = ranked.ratios.get(c.server)
+        if r is None:
+            ratio = "n/a"
+        elif c.server == ranked.reference:
+            ratio = "1.00× (baseline)" if ranked.baseline else "1.00× (lowest)" if c.cell.mode == "open" else "1.00× (fastest)"
         else:
-            ratio = f"{c.median / best:.2f}×" if best > 0 and not c.invalid else "n/a"
-            if best > 0 and not c.invalid and c.median >= best:
-                ratio = "1.00× (fastest)"
+            ratio = r.text()
+        ratio += f", rank {ranked.ranks.get(c.server, 'n/a')}"
         cpu = c.cpu_us_per_msg
         row = [c.server, msgs, rounds, interval, _fmt(c.mb_per_s), _fmt(lat.p50), _fmt(lat.p99), _fmt(lat.p999),
                _fmt(cpu), _mib(c.rss_peak_bytes), errs]
@@ -400,9 +397,13 @@ RESULTS_NOTE = ("msgs/s is the median over rounds ± the standard deviation; ", 
                 "p99), from the rounds' order statistics (none below 6 rounds); latency percentiles come from the "
                 "exact merge of every round's HDR histogram; server CPU is user+sys per message echoed (the "
                 "scheduler's runtime of the server's threads, from schedstat); ",
-                Emph("vs fastest"), " is the ratio of msgs/s to the fastest valid server of the same workload; in open "
+                Emph("vs fastest"), " is the ratio of msgs/s to the fastest valid server of the same workload (or to "
+                "the baseline, ", Code("--baseline NAME"), "), the Hodges-Lehmann estimate from the pairs of rounds "
+                "measured in the same pass, with its 95% interval (Wilcoxon's signed-rank; none below 6 pairs), and "
+                "the rank on it: a server ranks below another only when the interval of their ratio lies wholly "
+                "below 1, so = marks a tie the pairs cannot break; in open "
                 "loop each server is offered the same share of its own peak, so its msgs/s is the rate offered and ",
-                Emph("p99 vs lowest"), " compares instead its p99 with the lowest p99 at that share. ",
+                Emph("p99 vs lowest"), " compares instead its p99 with the lowest p99 at that share, the same way. ",
                 Emph("client stalls"), f" (open loop, a polling client): how many times over all of the cell's rounds "
                 f"the client's CPU was taken from it for {CLIENT_STALL_S * 1e3:g} ms or more (a gap between two passes "
                 "of its loop: a kernel thread, another process, the hypervisor), and the longest; every message due "
@@ -442,8 +443,9 @@ def _flags_line(results):
 
 def summary_table(summary):
     """The summary's Table: one row per server (``summary.build_summary``)."""
-    share = f"p99 µs at {summary.open_share}% of peak" if summary.open_share is not None else None
-    cols = ["server", "rank", "msgs/s", "95% interval", "server CPU µs/msg"]
+    share = f"p99 µs at {summary.open_share}% of peak (rank)" if summary.open_share is not None else None
+    versus = f"vs {summary.reference}" if summary.baseline else "vs fastest"
+    cols = ["server", "rank", "msgs/s", "95% interval", versus, "server CPU µs/msg"]
     if share:
         cols.append(share)
     cols += [f"{p} over raw µs/msg" for p in summary.protocols]
@@ -456,12 +458,14 @@ def summary_table(summary):
         h = r.headline
         cells = [r.server, r.rank or "n/a"]
         if h is not None:
+            vs = "n/a" if r.ratio is None else "1.00×" if r.server == summary.reference else r.ratio.text()
             cells += [_fmt(h.median), h.interval().text() if h.interval().bounded else
-                      f"{_fmt(min(h.msgs))}–{_fmt(max(h.msgs))} (rounds)", _fmt(h.cpu_us_per_msg)]
+                      f"{_fmt(min(h.msgs))}–{_fmt(max(h.msgs))} (rounds)", vs, _fmt(h.cpu_us_per_msg)]
         else:
-            cells += ["n/a", "n/a", "n/a"]
+            cells += ["n/a", "n/a", "n/a", "n/a"]
         if share:
-            cells.append(_fmt(r.open_cell.latency_summary().p99) if r.open_cell is not None else "n/a")
+            cells.append(f"{_fmt(r.open_cell.latency_summary().p99)} ({r.open_rank or 'n/a'})"
+                         if r.open_cell is not None else "n/a")
         for p in summary.protocols:
             v = r.proto_cost.get(p, float("nan"))
             cells.append(f"{v:+.3g}" if math.isfinite(v) else "n/a")
@@ -484,9 +488,13 @@ def _summary_note(summary):
         parts.append("the protocol columns are each protocol's server CPU per message minus raw's, same server, "
                      "same run, same workload")
     text = "; ".join(parts)
+    ref = f"the baseline, {summary.reference}" if summary.baseline else "the fastest server"
+    how = ("from the pairs of rounds measured in the same pass (Wilcoxon's signed-rank interval)" if summary.paired else
+           "from the two cells' rounds, unpaired (this folder was not measured in passes)")
     return ((text[:1].upper() + text[1:] + ". ") if text else "") + (
-        "Rank: a server ranks below another only when its interval (the 95% interval of the median, else the "
-        "min–max of its rounds) lies wholly below the other's; an = marks a tie the rounds cannot break.")
+        f"Each server's msgs/s is given as a ratio to {ref}, with its 95% interval {how}. Rank: a server ranks "
+        "below another only when the interval of their ratio lies wholly below 1 (for the p99, above 1); an = "
+        "marks a tie the rounds cannot break.")
 
 
 def _section(doc, section, note, drawn, plot):
@@ -589,14 +597,20 @@ def _table(columns, rows):
     return Table(tuple(columns), tuple(Row(tuple(r), tuple(f)) for r, f, _ in rows), columns.index("flags"))
 
 
-def build_report(path):
+def build_report(path, baseline=None):
     """Rebuild ``plots/``, ``report.md``, ``report.html`` and the formats (``hgrm/``, ``results.csv``, ``ci/``).
 
-    Returns ``{"md": path, "html": path, "plots": [...], "results": Results, "formats": [paths],
-    "sections": dimension_sections(), "dimension_plots": {file name: title}}``;
-    a missing or corrupt folder raises a one-line SockbenchError.
+    ``baseline``: the server every ratio is to (default: the run's ``--baseline``, in ``meta.json``, else
+    the fastest at each workload).  Returns ``{"md": path, "html": path, "plots": [...], "results": Results,
+    "formats": [paths], "sections": dimension_sections(), "dimension_plots": {file name: title}}``;
+    a missing or corrupt folder, or a baseline that is no server of it, raises a one-line SockbenchError.
     """
     results = load_results(path)
+    if baseline is not None:
+        if baseline not in results.servers():
+            raise SockbenchError(f"--baseline {baseline} is not a server of {path}; its servers: "
+                                 f"{', '.join(results.servers())}", exit_code=2)
+        results.meta = replace(results.meta, baseline=baseline)
     plot_dir = os.path.join(path, "plots")
     try:
         plots = make_plots(results, plot_dir)

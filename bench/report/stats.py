@@ -571,6 +571,11 @@ class CellStats:
             vals = [r.throughput.msgs_per_s for r in self.results]
         return [float(v) for v in vals if v is not None and math.isfinite(v)]
 
+    def figures_by_round(self):
+        """The judged figure of each kept round, in round order (None where a round has none)."""
+        vals = [r.latency_us.p99 if self.cell.mode == "open" else r.throughput.msgs_per_s for r in self.results]
+        return [float(v) if v is not None and math.isfinite(v) else None for v in vals]
+
     def interval(self, level=CONFIDENCE):
         """The distribution-free interval of the median of ``figures()`` (``median_interval``)."""
         return median_interval(self.figures(), level)

@@ -16,10 +16,18 @@ from the cells present), the figures that decide:
   and the column says which;
 * the **cost of each framed protocol over raw**, in server CPU µs per
   message, from the protocol section (same server, same run, same workload);
-* the **ranking**, with ties: a server ranks below another only when its
-  interval lies wholly below the other's (the 95% interval of the median
-  when the rounds allow one, else the min-max of its rounds), so two
-  servers the rounds cannot tell apart share a rank (``2=``).
+* each server's **ratio to the fastest** (or to ``--baseline NAME``) at the
+  headline workload, with its 95% interval from the pass pairs
+  (``ratios.workload_ratios``: in a run measured in passes, the rounds of
+  one pass are pairs, and the machine's drift leaves their ratio alone),
+  and the **ranking** on it, with ties: a server ranks below another only
+  when the interval of their ratio lies wholly below 1, so two servers the
+  pairs cannot tell apart share a rank (``2=``).  A folder written before
+  the passes has no pairs: the interval is then the unpaired one of the two
+  cells' rounds, and the note says so.
+* the open-loop p99 follows the same rule: its column carries the p99's
+  rank (``1=``), and the sentence names a server with "the lowest p99" only
+  when the pairs say so, else the servers that tie for it.
 
 The verdict sentences are generated from the same rows: which server is
 fastest overall and at each message size, how much of the server CPU per
@@ -31,6 +39,7 @@ import math
 from dataclasses import dataclass, field
 
 from sockbench.bench.report.dimensions import headline_cells
+from sockbench.bench.report.ratios import workload_ratios
 from sockbench.units import format_size
 
 __all__ = ["Summary", "SummaryRow", "build_summary", "rank_with_ties", "OPEN_SHARE"]
@@ -47,6 +56,10 @@ class SummaryRow:
     open_cell: object = None  # CellStats of the open-loop share compared, or None
     proto_cost: dict = field(default_factory=dict)  # protocol -> server CPU µs/msg over raw (nan when unknown)
     flags: list = field(default_factory=list)
+    #: the headline figure over the reference's (``ratios.PairedRatio``), None when not ranked
+    ratio: object = None
+    #: the open-loop p99's rank with ties ("1=") among the servers at the compared share
+    open_rank: str = ""
 
 
 @dataclass
@@ -57,6 +70,11 @@ class Summary:
     protocols: list
     rows: list
     sentences: list
+    #: the server the ratios are to (the fastest, or the baseline), and whether it is the baseline asked for
+    reference: str | None = None
+    baseline: bool = False
+    #: True when the ratios come from pass pairs (False: a folder without passes; unpaired intervals)
+    paired: bool = True
 
 
 def _closed_grid(results):
@@ -117,7 +135,7 @@ def _join(items):
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _by_size_sentence(results):
+def _by_size_sentence(results, baseline=None):
     grid = _closed_grid(results)
     sizes = sorted({c.cell.size for c in grid})
     if len(sizes) < 2:
@@ -126,7 +144,7 @@ def _by_size_sentence(results):
     for size in sizes:
         conns = max(c.cell.conns for c in grid if c.cell.size == size)
         cells = [c for c in grid if c.cell.size == size and c.cell.conns == conns]
-        ranks = rank_with_ties(cells)
+        ranks = workload_ratios(cells, baseline).ranks
         top = [c.server for c in cells if ranks.get(c.server) in ("1", "1=")]
         if top:
             parts.append(f"{format_size(size)}: {' / '.join(top)}")
@@ -153,8 +171,31 @@ def _kernel_sentence(cells):
     return text + "."
 
 
-def build_summary(results):
-    """The ``Summary`` of ``results`` (see the module doc)."""
+def _tail_sentence(opens, share, ranked):
+    """The sentence on the open-loop tails: the lowest p99 only when the pairs decide it, else the tie."""
+    tails = {c.server: c.latency_summary().p99 for c in opens if not c.invalid}
+    tails = {s: v for s, v in tails.items() if v is not None and math.isfinite(v)}
+    if len(tails) < 2 or not ranked.ranks:
+        return None
+    leaders = [s for s in ranked.leaders() if s in tails]
+    last = [s for s, r in ranked.ranks.items() if s in tails and r.rstrip("=").isdigit()]
+    worst_rank = max((int(ranked.ranks[s].rstrip("=")) for s in last), default=0)
+    worst = [s for s in last if int(ranked.ranks[s].rstrip("=")) == worst_rank]
+    if len(leaders) == 1:
+        text = f"Offered {share}% of its own peak, {leaders[0]} has the lowest p99 ({_us(tails[leaders[0]])} µs)"
+    else:
+        low = min(leaders or tails, key=lambda s: tails[s])
+        text = (f"Offered {share}% of its own peak, {_join(sorted(leaders))} tie for the lowest p99 (the 95% "
+                f"intervals of their ratios include 1; the lowest median is {low}'s, {_us(tails[low])} µs)")
+    if len(worst) == 1 and worst_rank > 1:
+        text += f", and {worst[0]} has the highest ({_us(tails[worst[0]])} µs)"
+    return text + "."
+
+
+def build_summary(results, baseline=None):
+    """The ``Summary`` of ``results`` (see the module doc); ratios to ``baseline`` (default: the meta's
+    ``baseline``, else the fastest server)."""
+    baseline = baseline or results.meta.baseline
     head, head_title = headline_cells(results)
     opens, share, open_title = _open_share(results)
     sections = [sec for sec in results.protocol_sections() if any(results.in_base(c) for c in sec[2].values())]
@@ -168,13 +209,17 @@ def build_summary(results):
             if proto != "raw" and raw is not None:
                 cost[(server, proto)] = c.cpu_us_per_msg - raw.cpu_us_per_msg
     servers = results.servers()
-    ranks = rank_with_ties(head) if head else {}
+    ranked = workload_ratios(head, baseline) if head else None
+    ranks = ranked.ranks if ranked is not None else {}
+    open_ranked = workload_ratios(opens, baseline) if opens else None
     by_server_head = {c.server: c for c in head}
     by_server_open = {c.server: c for c in opens}
     rows = []
     for s in servers:
         row = SummaryRow(s, ranks.get(s, ""), by_server_head.get(s), by_server_open.get(s),
-                         {p: cost.get((s, p), float("nan")) for p in protos})
+                         {p: cost.get((s, p), float("nan")) for p in protos},
+                         ratio=ranked.ratios.get(s) if ranked is not None else None,
+                         open_rank=open_ranked.ranks.get(s, "") if open_ranked is not None else "")
         flags = []
         for c in (row.headline, row.open_cell):
             for f in (c.flags() if c is not None else ()):
@@ -193,24 +238,22 @@ def build_summary(results):
         best = max(valid, key=lambda c: c.median)
         if len(top) > 1:
             lead = (f"At the headline workload ({head_title}), {_join(c.server for c in top)} tie for fastest "
-                    f"(their intervals overlap; {best.server} has the highest median, {_fmt_rate(best.median)} msgs/s)")
+                    f"(the 95% intervals of their ratios include 1; {best.server} has the highest median, "
+                    f"{_fmt_rate(best.median)} msgs/s)")
         else:
             lead = f"At the headline workload ({head_title}), {best.server} is fastest with {_fmt_rate(best.median)} msgs/s"
         if slow is not best and slow.median > 0:
             lead += f", {best.median / slow.median:.2g}× the slowest ({slow.server}, {_fmt_rate(slow.median)})"
         sentences.append(lead + ".")
-    by_size = _by_size_sentence(results)
+    by_size = _by_size_sentence(results, baseline)
     if by_size:
         sentences.append(by_size)
     kernel = _kernel_sentence(valid)
     if kernel:
         sentences.append(kernel)
-    tails = [(c.server, c.latency_summary().p99) for c in opens if not c.invalid]
-    tails = [(s, v) for s, v in tails if v is not None and math.isfinite(v)]
-    if len(tails) >= 2:
-        lo, hi = min(tails, key=lambda t: t[1]), max(tails, key=lambda t: t[1])
-        sentences.append(f"Offered {share}% of its own peak, {lo[0]} has the lowest p99 ({_us(lo[1])} µs) and "
-                         f"{hi[0]} the highest ({_us(hi[1])} µs).")
+    tail = _tail_sentence(opens, share, open_ranked) if open_ranked is not None else None
+    if tail:
+        sentences.append(tail)
     for p in protos:
         vals = [(s, cost[(s, p)]) for s in servers if math.isfinite(cost.get((s, p), float("nan")))]
         if vals:
@@ -219,4 +262,7 @@ def build_summary(results):
             if hi[0] != lo[0]:
                 text += f" up to {hi[1]:+.2g} µs in {hi[0]}"
             sentences.append(text + " (server CPU, same run and workload).")
-    return Summary(head_title, share, open_title, protos, rows, sentences)
+    return Summary(head_title, share, open_title, protos, rows, sentences,
+                   reference=ranked.reference if ranked is not None else None,
+                   baseline=bool(ranked is not None and ranked.baseline),
+                   paired=ranked.paired if ranked is not None else True)

@@ -25,7 +25,8 @@ from sockbench.bench.suite.session import SuiteContext
 from sockbench.children import Stopped
 from sockbench.machine import machine_info
 
-__all__ = ["pytest_configure", "pytest_generate_tests", "pytest_sessionfinish", "suite_ctx", "cell", "CELL_PARAMS",
+__all__ = ["pytest_configure", "pytest_generate_tests", "pytest_sessionfinish", "suite_ctx", "measured", "cell",
+           "CELL_PARAMS",
            "pytest_benchmark_update_commit_info", "pytest_benchmark_update_machine_info"]
 
 #: the test's parameters: every field of Cell, as plain values
@@ -90,6 +91,22 @@ def suite_ctx():
     return _context()
 
 
+@pytest.fixture(scope="session")
+def measured(request, suite_ctx):
+    """Every selected cell measured in interleaved passes (``SuiteContext.measure``): ``{cell id: CellRun}``.
+
+    The cells are the session's selected items' (``-k`` leaves the others out of the passes too).
+    """
+    cells = []
+    for item in request.session.items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if all(n in params for n in CELL_PARAMS):
+            cells.append(Cell(**{n: params[n] for n in CELL_PARAMS}))
+    return suite_ctx.measure(cells)
+
+
 def pytest_sessionfinish(session, exitstatus):
     if _CTX:
+        if _CTX[0].interrupted:
+            session.exitstatus = pytest.ExitCode.INTERRUPTED  # the runner reads 2 as "interrupted"
         _CTX[0].finish(exitstatus)

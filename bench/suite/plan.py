@@ -8,11 +8,13 @@ its path to the suite through ``SOCKBENCH_PLAN``; both sides call
 ``Plan.cells()`` on it, so the count behind "done/total" is the count the
 suite really runs.
 
-Cells run server by server: first the closed-loop grid (sizes x connections),
-then the open-loop sweep at fractions of the peak that the same server has
-just reached in its closed-loop cells (``peak_size``), so no separate
-calibration run is needed unless those cells were filtered out; last the
-protocol section: one closed-loop workload in every protocol the plan names
+The cells are listed server by server (their index is the report's order;
+the suite measures them in interleaved passes, ``session.py``): first the
+closed-loop grid (sizes x connections), then the open-loop sweep at fractions
+of the peak that the same server reaches in its closed-loop cell at the
+sweep's workload (an open-loop cell joins the passes once that cell has
+``PEAK_ROUNDS`` rounds), so no separate calibration run is needed unless
+those cells were filtered out; last the protocol section: one closed-loop workload in every protocol the plan names
 and the server speaks (``speaks``, from the registry), ``raw`` included, so
 the report can subtract the raw cost from the framed ones measured in the
 same run.  A protocol cell whose workload is already in the grid reuses the
@@ -22,9 +24,10 @@ protocol gets no protocol section.
 Rounds: a cell runs rounds until the 95% interval of the median of its
 figure (msgs/s closed, p99 open: ``CellStats.figures``) lies within ``ci``
 (±3%) of the median, with at least ``min_rounds`` and at most ``max_rounds``,
-and no longer than its time budget: ``cell_budget_s``, and, when the plan has
-a ``run_budget_s``, its share of the time left (``cell_share_s``).  How long a
-round lasts is chosen so that one scheduler hiccup cannot make the figure:
+while its own rounds have taken less than ``cell_budget_s`` and, when the
+plan has a ``run_budget_s``, while the run's has room for its next round.
+How long a round lasts is chosen so that one scheduler hiccup cannot make the
+figure:
 
 * closed loop, ``duration_s``: a hiccup of ``HICCUP_S`` stalls the server
   for its length, and lowers a round's msgs/s by ``HICCUP_S / duration_s``;
@@ -100,10 +103,16 @@ __all__ = [
     "ROUND_OVERHEAD_S",
     "MAX_OPEN_DURATION_S",
     "REMEASURE_DISTURBED",
+    "PEAK_ROUNDS",
 ]
 
 #: a disturbed round is measured again at most this many times; then it is kept, flagged DISTURBED
 REMEASURE_DISTURBED = 2
+#: an open-loop cell joins the passes once its server's closed-loop peak cell has this many valid rounds (or has
+#: left): their median is the peak it is offered a share of (it sets a rate, not a figure to quote); two, so that
+#: an open-loop cell, whose rounds last longest, gets its pass from the third on (with three, two default runs
+#: left every open-loop cell at 5 rounds, too few for an interval)
+PEAK_ROUNDS = 2
 #: the longest stall one round must absorb: one tick of a CONFIG_HZ=250 kernel
 HICCUP_S = 0.004
 #: the share of an open-loop round's messages one hiccup may delay: under the 1% beyond the p99
@@ -308,21 +317,6 @@ class Plan(RunPlan):
         if self.run_budget_s:
             worst = min(worst, self.run_budget_s)
         return max(worst, self.min_estimate_s())
-
-    def cell_share_s(self, cell, remaining, left_s):
-        """The time budget of ``cell`` when ``left_s`` seconds of the run budget are left.
-
-        ``remaining`` are the cells still to run after it.  Every cell left
-        gets its minimum rounds' estimate scaled by the time left over the
-        minimum time they all need, so time a quick cell did not use goes to
-        the ones after it, and a run that fell behind gives each cell only
-        its minimum rounds (which always run).  Never above ``cell_budget_s``.
-        """
-        own = self.cell_estimate_s(cell)
-        if self.run_budget_s is None:
-            return self.cell_budget_s
-        need = own + sum(self.cell_estimate_s(c) for c in remaining)
-        return min(self.cell_budget_s, own * max(0.0, left_s) / need if need > 0 else self.cell_budget_s)
 
     def to_dict(self):
         return self.to_json()

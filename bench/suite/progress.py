@@ -2,9 +2,10 @@
 
 Why it is built this way: the suite (a child pytest process) and the runner
 (its parent) share nothing but the results folder, and the events are their
-whole conversation: a cell starts, a load window is about to open, a round
-ends (kept, or measured again because it was disturbed), a cell ends with
-its rounds and its interval.  Each event is one small frozen dataclass here,
+whole conversation: a pass starts (its number, the run's seed and the order
+it drew: what makes the run's order reproducible), a round starts, a load
+window is about to open, a round ends (kept, or measured again because it
+was disturbed), a cell leaves the rotation with its rounds and its interval.  Each event is one small frozen dataclass here,
 and its JSON line is written and read by ``to_json``/``parse`` from the
 dataclass's own fields, so no key is spelled anywhere else: a field added
 here reaches both sides.  A line that is not an event (a torn last line, an
@@ -15,7 +16,8 @@ import dataclasses
 import time
 from dataclasses import dataclass
 
-__all__ = ["CellStarted", "Window", "Calibrating", "Calibrated", "RoundDone", "CellDone", "EVENTS", "parse"]
+__all__ = ["PassStarted", "RoundStarted", "Window", "Calibrating", "Calibrated", "RoundDone", "CellDone",
+           "EVENTS", "parse"]
 
 
 @dataclass(frozen=True)
@@ -34,13 +36,32 @@ class _Event:
 
 
 @dataclass(frozen=True)
-class CellStarted(_Event):
-    """A cell begins: its id, its place in the plan (0-based), its description."""
+class PassStarted(_Event):
+    """A pass begins: its number (1, 2 ...), the run's seed, and the order its cells will run in (their ids)."""
 
-    EVENT = "cell"
+    EVENT = "pass"
+    pass_no: int
+    seed: int
+    order: tuple
+
+    @classmethod
+    def from_json(cls, d):
+        ev = super().from_json(d)
+        return dataclasses.replace(ev, order=tuple(ev.order or ()))
+
+
+@dataclass(frozen=True)
+class RoundStarted(_Event):
+    """A round of a cell begins: the cell, its place in the plan (0-based), its description, the pass, the round
+    and the attempt (1 for the first; more when a disturbed one is measured again)."""
+
+    EVENT = "round_start"
     cell: str
     index: int
     desc: str
+    pass_no: int
+    round: int
+    attempt: int = 1
 
 
 @dataclass(frozen=True)
@@ -85,6 +106,7 @@ class RoundDone(_Event):
     valid: bool
     client_bound: bool = False
     disturbed: bool = False
+    pass_no: int | None = None
 
 
 @dataclass(frozen=True)
@@ -92,8 +114,9 @@ class CellDone(_Event):
     """A cell ended: its kept rounds, how many were measured again, its judged figure and interval, why it stopped.
 
     ``stopped`` is ``stable`` (the interval is within the plan's ``ci``), ``max-rounds``, ``budget`` (its
-    time budget ran out), ``invalid`` (an invalid round: more rounds cannot make the cell valid), or
-    ``fixed`` (a plan with a fixed number of rounds).
+    time budget, or the run's, ran out), ``invalid`` (an invalid round: more rounds cannot make the cell
+    valid), ``fixed`` (a plan with a fixed number of rounds), or ``no-peak`` (an open-loop cell whose
+    server's peak could not be measured).
     """
 
     EVENT = "cell_done"
@@ -113,7 +136,8 @@ class CellDone(_Event):
         return dataclasses.replace(ev, flags=tuple(ev.flags or ()))
 
 
-EVENTS = {cls.EVENT: cls for cls in (CellStarted, Window, Calibrating, Calibrated, RoundDone, CellDone)}
+EVENTS = {cls.EVENT: cls for cls in (PassStarted, RoundStarted, Window, Calibrating, Calibrated, RoundDone,
+                                     CellDone)}
 
 
 def parse(d):

@@ -49,8 +49,9 @@ from sockbench.bench.load.spec import check_engine
 from sockbench.bench.load.worker import FD_HEADROOM
 from sockbench.bench.report.store import RAW_DIR, is_discarded
 from sockbench.bench.suite.plan import default_plan, full_plan, quick_plan
-from sockbench.servers.tls import TlsConfig, ensure_certificate
-from sockbench.bench.suite.progress import Calibrated, Calibrating, CellDone, CellStarted, RoundDone, Window, parse
+from sockbench.bench.suite.progress import (
+    Calibrated, Calibrating, CellDone, PassStarted, RoundDone, RoundStarted, Window, parse,
+)
 from sockbench.bench.suite.session import (
     ENV_OUT, ENV_PLAN, ENV_STATUS_FD, PROGRESS_FILE, WRITE_FAILED_EXIT, new_meta, update_meta,
 )
@@ -58,6 +59,7 @@ from sockbench.children import child_setup
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.jsonfile import check_writable, write_json_atomic
 from sockbench.servers import registry
+from sockbench.servers.tls import TlsConfig, ensure_certificate
 from sockbench.timestamps import folder_stamp
 from sockbench.units import format_size, parse_size
 
@@ -125,7 +127,7 @@ def _none_or(values, option):
 def build_plan(servers=None, sizes=None, conns=None, quick=False, full=False, rounds=None, min_rounds=None,
                max_rounds=None, ci=None, cell_budget_s=None, run_budget_s=None, duration_s=None, warmup_s=None,
                open_pcts=None, server_cpus=None, client_cpus=None, protocols=None, transports=None, workers=None,
-               commands=None, pythons=None, tls=None, tls_config=None, tls_resumption=None,
+               seed=None, commands=None, pythons=None, tls=None, tls_config=None, tls_resumption=None,
                engine=None):
     """The run's Plan from the command line; any bad value is a one-line UsageError.
 
@@ -159,6 +161,8 @@ def build_plan(servers=None, sizes=None, conns=None, quick=False, full=False, ro
         kw["run_budget_s"] = float(run_budget_s) or None
     if workers:
         kw["workers"] = tuple(workers)  # each count is checked by the Plan
+    if seed is not None:
+        kw["seed"] = int(seed)
     if engine is not None:
         check_engine(engine)  # unknown, unbuilt, or io_uring refused here: one line before anything runs
         if engine != "epoll" and tls and not any(not t for t in tls):
@@ -456,13 +460,15 @@ class _Follow:
         self.live = live
         cells = plan.cells()
         self.n_cells = len(cells)
+        self.descs = {c.id: c.describe() for c in cells}
         #: each cell's share of the work: its minimum rounds' estimate
-        self.weights = [plan.cell_estimate_s(c) for c in cells]
+        self.weights = {c.id: plan.cell_estimate_s(c) for c in cells}
         self.total_weight = plan.min_estimate_s()
         self.cells_done = 0
-        self.done_weight = 0.0
-        self.index = -1
-        self.cell_rounds = 0
+        self.done = set()
+        #: kept rounds per cell so far (the passes spread a cell's rounds over the whole run)
+        self.kept = {}
+        self.pass_no = 0
         self.runs = 0
         self.remeasured = 0
         self.current = "starting"
@@ -473,10 +479,12 @@ class _Follow:
     def on_event(self, ev):
         if isinstance(ev, Window):
             self.quiet_until = max(self.quiet_until, int(ev.end_ns))
-        elif isinstance(ev, CellStarted):
-            self.current = f"[{ev.index + 1}/{self.n_cells}] {ev.desc}"
-            self.index = ev.index
-            self.cell_rounds = 0
+        elif isinstance(ev, PassStarted):
+            self.pass_no = ev.pass_no
+            if not self.live:
+                self.lines.append(f"pass {ev.pass_no}: {len(ev.order)} cells open, in a random order (seed {ev.seed})")
+        elif isinstance(ev, RoundStarted):
+            self.current = f"pass {ev.pass_no} [{ev.index + 1}/{self.n_cells}] {ev.desc}"
         elif isinstance(ev, Calibrating):
             self.current = f"calibrating {ev.server} for the open-loop sweep"
         elif isinstance(ev, Calibrated):
@@ -487,27 +495,27 @@ class _Follow:
         elif isinstance(ev, RoundDone):
             self.runs += 1
             if ev.kept:
-                self.cell_rounds += 1
+                self.kept[ev.cell] = self.kept.get(ev.cell, 0) + 1
             else:
                 self.remeasured += 1
         elif isinstance(ev, CellDone):
             self.cells_done += 1
-            if 0 <= ev.index < len(self.weights):
-                self.done_weight += self.weights[ev.index]
-            self.cell_rounds = 0
-            self.index = -1
+            self.done.add(ev.cell)
             if not self.live:
                 again = f", {ev.remeasured} re-measured" if ev.remeasured else ""
                 flags = (" " + " ".join(ev.flags)) if ev.flags else ""
-                self.lines.append(f"{self.cells_done}/{self.n_cells} cells  {self.current}: "
+                self.lines.append(f"{self.cells_done}/{self.n_cells} cells  {self.descs.get(ev.cell, ev.cell)}: "
                                   f"{_fmt_figure(ev.median, ev.figure)} (median of {ev.rounds}, interval "
-                                  f"{ev.interval}{again}){flags}")
+                                  f"{ev.interval}, {ev.stopped}{again}){flags}")
 
     def _progress_weight(self):
-        """The share of the planned work done: finished cells, and the minimum rounds of the current one."""
-        done = self.done_weight
-        if 0 <= self.index < len(self.weights):
-            done += self.weights[self.index] * min(0.95, self.cell_rounds / self.plan.min_rounds)
+        """The share of the planned work done: finished cells, and the minimum rounds of the others so far."""
+        done = 0.0
+        for cell, weight in self.weights.items():
+            if cell in self.done:
+                done += weight
+            else:
+                done += weight * min(0.95, self.kept.get(cell, 0) / self.plan.min_rounds)
         return done
 
     def left_s(self, now=None):
@@ -756,7 +764,7 @@ def _print_outcome(rep, status, plan, elapsed_s, console):
     console.print(f"        {rep['md']}", highlight=False, soft_wrap=True)
 
 
-def run_main(plan, out=None, console=None, argv=None):
+def run_main(plan, out=None, console=None, argv=None, baseline=None):
     """Run the suite for ``plan`` into ``out`` (default ``results/<UTC time>``), then the report.
 
     Returns the exit status: 0 complete, 128 + the signal when interrupted (130 Ctrl-C, 143 SIGTERM),
@@ -776,7 +784,8 @@ def run_main(plan, out=None, console=None, argv=None):
         plan = dataclasses.replace(plan, tls_setting={**plan.tls_setting, "cert": cert, "key": key})
     plan_path, meta_path = os.path.join(out, "plan.json"), os.path.join(out, "meta.json")
     _written(plan_path, plan.save, plan_path)
-    _written(meta_path, write_json_atomic, meta_path, new_meta(plan, argv))
+    # a baseline is the server the report's ratios are to (``sockbench report`` reads it back)
+    _written(meta_path, write_json_atomic, meta_path, new_meta(plan, argv, baseline=baseline))
     _announce(plan, out, console)
     for p in plan.pythons:
         console.print(f"interpreter {p['label']}: {p['version']} ({p['python']})", highlight=False)

@@ -7,24 +7,56 @@ Why it is built this way: ``sockbench run`` starts the suite as a child
 * ``SOCKBENCH_PLAN`` names ``plan.json`` (the matrix), ``SOCKBENCH_OUT`` the
   results folder.  Without them (``pytest bench/`` by hand) the suite runs the
   default matrix over every available server into ``results/<UTC time>/``.
-* Every round's result (a ``LoadResult`` with the cell it is a round of
-  attached, ``sockbench.bench.schema``) is written to ``raw/`` atomically the
-  moment it ends, so a Ctrl-C loses at most the round in flight.
-* ``progress.jsonl`` gets one typed event (``progress``) per cell start, load
-  window, round end and cell end; the parent tails it to draw the progress
-  display.  A file, not a pipe: the child never blocks on a parent that
-  stopped reading.
+* Every round's result (a ``LoadResult`` with the cell it is a round of and
+  the pass it was measured in attached, ``sockbench.bench.schema``) is
+  written to ``raw/`` atomically the moment it ends, so a Ctrl-C loses at
+  most the round in flight.
+* ``progress.jsonl`` gets one typed event (``progress``) per pass (its
+  number, the seed and the order drawn), round start, load window, round end
+  and cell end; the parent tails it to draw the progress display.  A file,
+  not a pipe: the child never blocks on a parent that stopped reading.
 
-A cell's rounds (``run_cell``): rounds are measured until the interval of
-the median of the cell's figure is within the plan's ``ci``, between
-``min_rounds`` and ``max_rounds``, within the cell's time budget
-(``Plan.cell_share_s``: the run budget is shared out as the run goes).  A
-round whose result says ``disturbed`` (foreign load on its CPUs) is measured
-again, at most ``plan.remeasure`` times (``REMEASURE_DISTURBED``, 2) and only while the cell's
-budget has room (so a machine that stays busy costs a bounded time); the attempts set aside stay in ``raw/`` under a name the
+Passes (``SuiteContext.measure``, design point 10): the machine drifts, and a
+cell whose rounds ran back to back owned one stretch of its time, so two
+runs of the same code read one server's cells all a few % apart (``compare``
+measured it).  So the cells are measured in passes, as Google Benchmark's
+random interleaving and Kalibera and Jones advise: each pass measures one
+round of every cell still open, in a fresh random order drawn from the run's
+seed (``random.Random(f"{seed}:{pass}")``; the seed is in ``meta.json``, each
+pass's order in ``progress.jsonl``), and a round's ``cell.pass`` says which
+pass it was, so the rounds of two cells in one pass are a pair
+(``report.ratios``: each server's ratio to the fastest, with an interval from
+the pairs).  A cell leaves the rotation (``stop_reason``) when the interval
+of the median of its figure is within the plan's ``ci``, at ``max_rounds``,
+when its own rounds have taken ``cell_budget_s``, or when one of its rounds
+is invalid; after ``min_rounds`` only (they always run).  The passes end
+when no cell is open, or when the run budget (``run_budget_s``) has no room
+for the next round of a cell that has its minimum rounds.
+
+An open-loop cell offers a share of its server's peak, so it joins the
+rotation once the peak is known: when the server's closed-loop raw cell at
+the sweep's workload has ``PEAK_ROUNDS`` valid rounds (or has stopped), the
+median of those is the peak, and it stays that for every round of the open
+cell.  When that cell is not in the run, one closed-loop calibration run
+measures the peak before the first pass (``calibration/<server>.json``).
+
+The processes (``bench.load.pools``): one server process per (server,
+protocol, transport, workers) is kept, idle, between its rounds, and so are
+the load processes; a round costs its warmup, its window and 0.05 s where it
+cost 0.23 s more with a fresh server and load process.  A calibrated canary
+(``bench.load.unseen``) is timed on the pinned CPUs after each round.  A
+round whose result says ``disturbed`` (foreign load on its CPUs, or CPU
+taken where the guest does not see it) is measured again at once, at most
+``plan.remeasure`` times (``REMEASURE_DISTURBED``, 2) and only while the
+budgets have room; the attempts set aside stay in ``raw/`` under a name the
 report does not count as a round (``store.discarded_name``), and a round
 still disturbed after them is kept, and flagged DISTURBED wherever it shows.
-The minimum rounds always run, whatever the budget says.
+
+The suite's tests hand each cell's rounds to pytest-benchmark after the
+passes (``msgclock``): every test needs the measurement, and the first asks
+for it (the session fixture ``measured``).  A Ctrl-C (or the runner's
+SIGTERM) during the passes stops them after the round in flight; the tests
+then hand over what was measured, and the session ends "interrupted".
 
 A result that cannot be written (a full disk, a folder gone read-only) stops
 the suite at once, with exit status ``WRITE_FAILED_EXIT``: measuring on
@@ -32,26 +64,27 @@ would only produce more results with nowhere to go.  The one line saying
 what could not be written and where goes down ``SOCKBENCH_STATUS_FD``, a pipe
 from ``sockbench run``, because on a full disk ``pytest.log`` cannot hold it;
 every result written before stays in ``raw/``, whole (atomic writes).
-
-The open-loop sweep needs each server's peak: it is the best valid closed-loop
-median the same server reached at the sweep's message size in this session
-(the closed cells of a server run before its open cells).  When those cells
-were filtered out, one closed-loop calibration run measures it
-(``calibration/<server>.json``).
 """
 
 import functools
 import json
 import os
+import random
+import secrets
 import sys
 import time
 
 from sockbench.bench.load.harness import run_load
+from sockbench.bench.load.pools import LoadPool, ServerPool
 from sockbench.bench.load.spec import LoadSpec
+from sockbench.bench.load.unseen import Canary, with_client_slowdown
 from sockbench.bench.report.store import RAW_DIR, CellStats, discarded_name, raw_name
 from sockbench.bench.schema import Cell, CellContext, Machine, RunMeta, copy_fields
-from sockbench.bench.suite.plan import Plan, default_plan
-from sockbench.bench.suite.progress import Calibrated, Calibrating, CellDone, CellStarted, RoundDone, Window
+from sockbench.bench.suite.plan import PEAK_ROUNDS, Plan, default_plan
+from sockbench.bench.suite.progress import (
+    Calibrated, Calibrating, CellDone, PassStarted, RoundDone, RoundStarted, Window,
+)
+from sockbench.errors import SockbenchError
 from sockbench.jsonfile import write_json_atomic
 from sockbench.machine import machine_info
 from sockbench.servers import registry
@@ -68,6 +101,7 @@ __all__ = [
     "SuiteContext",
     "CellRun",
     "stop_reason",
+    "pass_order",
     "new_meta",
     "update_meta",
 ]
@@ -81,12 +115,13 @@ WRITE_FAILED_EXIT = 74
 PROGRESS_FILE = "progress.jsonl"
 
 
-def new_meta(plan, argv=None):
-    """``meta.json`` of a new run: the machine, the commit, the plan; status ``running``."""
+def new_meta(plan, argv=None, **more):
+    """``meta.json`` of a new run: the machine, the commit, the plan; status ``running``; ``more`` other
+    ``RunMeta`` fields (``baseline``)."""
     m = Machine(**machine_info())
     return RunMeta(started_at=iso_utc(), status="running", commit=m.git_commit, dirty=m.git_dirty, machine=m,
                    plan=plan, planned_cells=len(plan.cells()),
-                   argv=list(argv) if argv is not None else list(sys.argv)).to_json()
+                   argv=list(argv) if argv is not None else list(sys.argv), **more).to_json()
 
 
 def update_meta(out, **changes):
@@ -104,10 +139,10 @@ def update_meta(out, **changes):
 
 
 def stop_reason(plan, stats, elapsed_s, budget_s, round_s=None):
-    """Why a cell's rounds stop now (``stable``, ``max-rounds``, ``budget``, ``invalid``, ``fixed``), or None.
+    """Why a cell leaves the rotation now (``stable``, ``max-rounds``, ``budget``, ``invalid``, ``fixed``), or None.
 
-    ``stats`` is the ``CellStats`` of the rounds kept so far, ``elapsed_s`` the time the cell has taken,
-    ``budget_s`` its time budget, ``round_s`` what one of its load runs took on average (default: the
+    ``stats`` is the ``CellStats`` of the rounds kept so far, ``elapsed_s`` the time the cell's rounds have
+    taken, ``budget_s`` its time budget, ``round_s`` what one of its load runs took on average (default: the
     plan's estimate).  The minimum rounds always run; then, in this order: a fixed plan
     stops, an invalid round stops (more rounds cannot make the cell valid), a stable interval stops,
     ``max_rounds`` stops, and a next round that would end past the budget is not started.
@@ -128,37 +163,50 @@ def stop_reason(plan, stats, elapsed_s, budget_s, round_s=None):
     return None
 
 
-class CellRun:
-    """What one cell's rounds came to: the kept rounds, the attempts set aside, why it stopped, its budget."""
+def pass_order(seed, pass_no, cell_ids):
+    """The order of one pass: ``cell_ids`` shuffled by a generator seeded with the run's seed and the pass."""
+    order = sorted(cell_ids)
+    random.Random(f"{seed}:{pass_no}").shuffle(order)
+    return order
 
-    def __init__(self, cell, budget_s, ci_target=None, clock=time.monotonic):
+
+class CellRun:
+    """What one cell's rounds came to: the kept rounds, the attempts set aside, why it left the rotation, and
+    for an open-loop cell the rate it was offered and the peak that set it."""
+
+    def __init__(self, cell, budget_s, ci_target=None):
         self.cell = cell
         self.budget_s = budget_s
         self.ci_target = ci_target
         self.results = []
         self.discarded = []
         self.stopped = None
-        self.clock = clock
-        self.started = clock()
-
-    @property
-    def elapsed_s(self):
-        return self.clock() - self.started
+        #: the seconds its load runs took, one after the other (its rounds are spread over the run)
+        self.elapsed_s = 0.0
+        self.rate = self.peak = self.peak_from = None
+        #: the pass it joined the rotation at (an open-loop cell joins once its peak is known)
+        self.joined = None
+        #: why it has no rounds, when it could not be measured (an open-loop cell without a peak)
+        self.error = None
 
     @property
     def attempts(self):
         return len(self.results) + len(self.discarded)
+
+    @property
+    def open(self):
+        return self.stopped is None
 
     def stats(self):
         return CellStats(self.cell, list(self.results), list(self.discarded), ci_target=self.ci_target)
 
 
 def _load_runner(plan):
-    """``run_load``, or with ``sockbench run --cluster`` (the plan's ``extra["cluster"]``) the load from several
-    hosts through that Dask scheduler."""
+    """``run_cluster_load`` bound to the scheduler with ``sockbench run --cluster`` (the plan's
+    ``extra["cluster"]``), else None: a local run keeps its processes between rounds (``SuiteContext``)."""
     cluster = plan.extra.get("cluster")
     if not cluster:
-        return run_load
+        return None
     # deferred: the coordinator imports Dask's client only when a cluster run asks for it
     from sockbench.bench.load.cluster import run_cluster_load
 
@@ -166,23 +214,31 @@ def _load_runner(plan):
 
 
 class SuiteContext:
-    """The session state of one suite run: plan, folder, peaks, the run budget, progress."""
+    """The session state of one suite run: plan, folder, peaks, the passes, the run budget, progress."""
 
-    def __init__(self, plan, out, run=None, clock=time.monotonic):
+    def __init__(self, plan, out, run=None, clock=time.monotonic, seed=None):
         self.plan = plan
         self.out = out
         self.cells = plan.cells()
         self.index = {c.id: i for i, c in enumerate(self.cells)}
         self.peaks = {}
-        #: the load run, ``run_load(spec, on_window=...)``, and the clock of the budgets (a test gives its own)
-        self.run = run or _load_runner(plan)
+        #: the load run, ``run(spec, on_window=...)``, and the clock of the budgets (a test gives its own);
+        #: None: ``run_load`` with the processes kept between rounds (``_local_run``)
+        self.run = run or _load_runner(plan) or self._local_run
         self.clock = clock
+        #: the seed of every pass's order: the plan's (``--seed``), else drawn now; recorded in meta.json
+        self.seed = seed if seed is not None else plan.seed if plan.seed is not None else secrets.randbelow(2**32)
         #: True when the suite runs by hand and so keeps meta.json itself (else ``sockbench run`` does)
         self.owns_meta = False
+        #: set when a Ctrl-C (or SIGTERM) stopped the passes
+        self.interrupted = False
+        self.runs = None
+        self.passes = 0
         #: the process that started the suite (``sockbench run``): when it is gone at the end, the suite
         #: settles meta.json itself
         self.parent = os.getppid()
         self.started = clock()
+        self._loads = self._servers = self._canary = None
         os.makedirs(os.path.join(out, RAW_DIR), exist_ok=True)
         self._progress = open(os.path.join(out, PROGRESS_FILE), "a", buffering=1)
 
@@ -209,6 +265,7 @@ class SuiteContext:
         return ctx
 
     def close(self):
+        self._close_processes()
         if not self._progress.closed:
             try:
                 self._progress.close()
@@ -221,7 +278,7 @@ class SuiteContext:
         self.close()
         orphaned = not self.owns_meta and os.getppid() != self.parent
         if self.owns_meta or orphaned:
-            status = {0: "complete", 2: "interrupted"}.get(int(exitstatus), "failed")
+            status = "interrupted" if self.interrupted else {0: "complete", 2: "interrupted"}.get(int(exitstatus), "failed")
             try:
                 update_meta(self.out, status=status, finished_at=iso_utc())
             except OSError:
@@ -268,6 +325,30 @@ class SuiteContext:
             name_busy=name_busy, tls=self.tls_config(cell), engine=p.engine_for(cell),
         )
 
+    # --- the processes kept between rounds -------------------------------------------------
+    def _local_run(self, spec, on_window=None):
+        """One round with the server and the load processes kept between rounds, and the canary after it."""
+        if self._loads is None:
+            self._loads = LoadPool(size=self.plan.procs)
+            self._servers = ServerPool(self.plan.server_cpus)
+            self._canary = Canary(set(self.plan.server_cpus) | set(self.plan.client_cpus))
+        with self._servers.use(spec) as server:
+            return run_load(spec, on_window=on_window, pool=self._loads, server=server, canary=self._canary)
+
+    def _release(self, cell):
+        """Stop the server process of ``cell`` once no open cell needs it."""
+        if self._servers is None:
+            return
+        key = ServerPool.key_of(self.spec(cell))
+        if not any(r.open and ServerPool.key_of(self.spec(r.cell)) == key for r in self.runs.values()):
+            self._servers.release(self.spec(cell))
+
+    def _close_processes(self):
+        for keeper in (self._servers, self._loads):
+            if keeper is not None:
+                keeper.close()
+        self._servers = self._loads = None
+
     def tls_config(self, cell):
         """The ``TlsConfig`` of a TLS cell (the plan's setting; resumption as the cell says), or None."""
         if not cell.tls:
@@ -277,8 +358,14 @@ class SuiteContext:
                          cipher=t.get("cipher"), resumption=cell.resumed)
 
     # --- the open-loop peak ----------------------------------------------------------
+    def peak_cell(self, cell):
+        """The closed-loop cell whose median is ``cell``'s (an open-loop cell's) peak: raw, the sweep's workload."""
+        p = self.plan
+        return Cell(cell.server, "closed", p.open_size, p.open_conns, p.depth, transport=cell.transport,
+                    workers=cell.workers, python=cell.python, tls=cell.tls)
+
     def record(self, stats):
-        """Remember a finished closed-loop grid cell's median as a candidate peak.
+        """Remember a closed-loop grid cell's median as a candidate peak.
 
         Only raw cells at the grid's depth count: the open loop keeps one
         message in flight per connection, and speaks raw.
@@ -289,12 +376,10 @@ class SuiteContext:
             key = (c.server, c.transport, c.workers, c.python, c.tls)
             self.peaks[key] = max(self.peaks.get(key, 0.0), stats.median)
 
-    def peak(self, server, transport="tcp", workers=1, python="", tls=False):
+    def calibrate(self, server, transport="tcp", workers=1, python="", tls=False):
         """The server's peak msgs/s at the sweep's size over ``transport`` with ``workers`` processes under
-        interpreter ``python`` (over TLS with ``tls``): measured already, or calibrated now."""
+        interpreter ``python`` (over TLS with ``tls``), measured by one calibration run."""
         key = (server, transport, workers, python, tls)
-        if key in self.peaks:
-            return self.peaks[key], "closed-loop cells"
         cal = Cell(server, "closed", self.plan.open_size, self.plan.open_conns, transport=transport, workers=workers,
                    python=python, tls=tls)
         self.event(Calibrating(server=server))
@@ -306,56 +391,133 @@ class SuiteContext:
         if not r.valid or not r.throughput.msgs_per_s > 0:
             raise RuntimeError(f"calibration of {server} over {transport} failed: {r.invalid_reason}")
         self.peaks[key] = r.throughput.msgs_per_s
-        return self.peaks[key], "a calibration run"
+        return self.peaks[key]
+
+    def _join(self, run, pass_no):
+        """Let open-loop ``run`` join the rotation at ``pass_no`` if its peak is known now; True if it did."""
+        cell = run.cell
+        peak_run = self.runs.get(self.peak_cell(cell).id)
+        key = (cell.server, cell.transport, cell.workers, cell.python, cell.tls)
+        if peak_run is not None:
+            valid = [r for r in peak_run.results if r.valid and (r.throughput.msgs_per_s or 0) > 0]
+            if len(valid) < PEAK_ROUNDS and peak_run.open:
+                return False
+            if valid:
+                stats = CellStats(peak_run.cell, valid)
+                self.peaks[key] = stats.median
+                run.peak_from = f"closed-loop cell ({len(valid)} rounds)"
+        if key not in self.peaks:
+            try:
+                self.calibrate(cell.server, cell.transport, cell.workers, cell.python, cell.tls)
+            except (RuntimeError, SockbenchError) as e:
+                # no peak, no rate: the cell is not measured, and its test says why
+                run.error = str(e)
+                self._leave(run, "no-peak")
+                return True
+            run.peak_from = "a calibration run"
+        run.peak = self.peaks[key]
+        run.rate = run.peak * cell.load_pct / 100.0
+        run.joined = pass_no
+        return True
 
     def _window(self, start_ns, end_ns):
         # the runner draws nothing while a load runs (see runner._watch)
         self.event(Window(start_ns=start_ns, end_ns=end_ns))
 
-    # --- one cell: rounds until its figure is stable ----------------------------------
-    def cell_budget(self, cell):
-        """``cell``'s time budget now: ``Plan.cell_share_s`` of what is left of the run budget."""
-        i = self.index.get(cell.id, -1)
-        remaining = self.cells[i + 1:] if i >= 0 else []
-        left = (self.plan.run_budget_s or 0.0) - (self.clock() - self.started)
-        return self.plan.cell_share_s(cell, remaining, left)
+    # --- the passes ---------------------------------------------------------------------
+    def measure(self, cells=None):
+        """Measure ``cells`` (default: the plan's) in passes until none is open; ``{cell id: CellRun}``.
 
-    def run_cell(self, cell, rate=None, peak=None):
-        """Measure ``cell``'s rounds until ``stop_reason`` says stop; every attempt is written to raw/ at once.
-
-        Returns the ``CellRun``: kept rounds in order, the disturbed attempts set aside, why it stopped.
+        Every attempt is written to raw/ at once.  A Ctrl-C stops the passes after the round in flight
+        (``interrupted``): what was measured is returned.
         """
-        self.event(CellStarted(cell=cell.id, index=self.index.get(cell.id, -1), desc=cell.describe()))
-        run = CellRun(cell, self.cell_budget(cell), self.plan.ci if self.plan.adaptive else None, self.clock)
-        while True:
-            self._round(run, rate, peak)
-            stats = run.stats()
-            run.stopped = stop_reason(self.plan, stats, run.elapsed_s, run.budget_s, run.elapsed_s / run.attempts)
-            if run.stopped:
-                break
-        iv = stats.interval()
-        self.event(CellDone(cell=cell.id, index=self.index.get(cell.id, -1), rounds=len(run.results),
-                            remeasured=stats.remeasured, figure=stats.figure_name, median=iv.median,
-                            interval=iv.text(), stopped=run.stopped, flags=tuple(stats.flags())))
-        return run
+        if self.runs is not None:
+            return self.runs
+        cells = list(self.cells if cells is None else cells)
+        target = self.plan.ci if self.plan.adaptive else None
+        self.runs = {c.id: CellRun(c, self.plan.cell_budget_s, target) for c in cells}
+        self.started = self.clock()
+        self.write_seed()
+        try:
+            self._passes()
+        except KeyboardInterrupt:
+            self.interrupted = True
+        finally:
+            self._close_processes()
+        return self.runs
 
-    def _round(self, run, rate, peak):
-        """One round: measured, and measured again while it is disturbed and the rules allow."""
+    def write_seed(self):
+        meta = os.path.join(self.out, "meta.json")
+        if os.path.exists(meta):
+            try:
+                update_meta(self.out, seed=self.seed)
+            except OSError as e:
+                self.write_failed(meta, e)
+
+    def _passes(self):
+        waiting = [r for r in self.runs.values() if r.cell.mode == "open"]
+        while True:
+            pass_no = self.passes + 1
+            for run in list(waiting):
+                if self._join(run, pass_no):
+                    waiting.remove(run)
+            rotation = [r for r in self.runs.values() if r.open and r not in waiting]
+            if not rotation:
+                return  # (a waiting cell joins at the latest when its peak cell leaves, so none is left waiting)
+            self.passes = pass_no
+            order = pass_order(self.seed, pass_no, [r.cell.id for r in rotation])
+            self.event(PassStarted(pass_no=pass_no, seed=self.seed, order=tuple(order)))
+            for position, cell_id in enumerate(order):
+                run = self.runs[cell_id]
+                if not run.open:
+                    continue
+                if self._out_of_budget(run):
+                    self._leave(run, "budget")
+                    continue
+                self._round(run, pass_no, name_busy=position == 0)
+                stats = run.stats()
+                reason = stop_reason(self.plan, stats, run.elapsed_s, run.budget_s, run.elapsed_s / run.attempts)
+                if reason:
+                    self._leave(run, reason, stats)
+
+    def _out_of_budget(self, run):
+        """The run budget has no room for ``run``'s next round (its minimum rounds always run)."""
+        if self.plan.run_budget_s is None or len(run.results) < self.plan.min_rounds:
+            return False
+        per_round = run.elapsed_s / run.attempts if run.attempts else self.plan.round_estimate_s(run.cell)
+        return self.clock() - self.started + per_round > self.plan.run_budget_s
+
+    def _leave(self, run, reason, stats=None):
+        run.stopped = reason
+        stats = stats or run.stats()
+        iv = stats.interval()
+        self.event(CellDone(cell=run.cell.id, index=self.index.get(run.cell.id, -1), rounds=len(run.results),
+                            remeasured=stats.remeasured, figure=stats.figure_name, median=iv.median,
+                            interval=iv.text(), stopped=reason, flags=tuple(stats.flags())))
+        self.record(stats)
+        self._release(run.cell)
+
+    def _round(self, run, pass_no, name_busy=False):
+        """One round of ``run``'s cell: measured, and measured again while it is disturbed and the rules allow."""
         cell = run.cell
         round_no = len(run.results) + 1
         attempt = 0
         while True:
             attempt += 1
-            # the runner keeps its display still while the load runs (see runner._watch)
-            # what is busy on the CPUs is named once a cell; every round's foreign CPU time is measured
-            r = self.run(self.spec(cell, rate=rate, name_busy=round_no == attempt == 1), on_window=self._window)
-            r = r.with_cell(CellContext.of(cell, round_no, None, self.index.get(cell.id, -1), peak))
+            self.event(RoundStarted(cell=cell.id, index=self.index.get(cell.id, -1), desc=cell.describe(),
+                                    pass_no=pass_no, round=round_no, attempt=attempt))
+            t0 = self.clock()
+            # what is busy on the CPUs is named at a pass's first round and before a round measured again
+            r = self.run(self.spec(cell, rate=run.rate, name_busy=name_busy or attempt > 1), on_window=self._window)
+            run.elapsed_s += self.clock() - t0
+            r = r.with_cell(CellContext.of(cell, round_no, None, self.index.get(cell.id, -1), run.peak, pass_no))
+            r = with_client_slowdown(r, run.results)  # its CPUs slowed, by the client's own measure (unseen)
             again = r.disturbed and attempt <= self.plan.remeasure and self._may_remeasure(run)
             name = discarded_name(cell, round_no, attempt) if again else raw_name(cell, round_no)
             self.write(os.path.join(self.out, RAW_DIR, name), r.to_json())
             self.event(RoundDone(cell=cell.id, round=round_no, attempt=attempt, kept=not again,
                                  msgs_per_s=r.throughput.msgs_per_s, p99_us=r.latency_us.p99, valid=r.valid,
-                                 client_bound=r.client_bound, disturbed=r.disturbed))
+                                 client_bound=r.client_bound, disturbed=r.disturbed, pass_no=pass_no))
             if again:
                 run.discarded.append(r)
                 continue
@@ -363,6 +525,8 @@ class SuiteContext:
             return r
 
     def _may_remeasure(self, run):
-        """A disturbed attempt is measured again only while the cell's budget has room for one more load run."""
+        """A disturbed attempt is measured again only while the cell's and the run's budgets have room for it."""
         per_run = run.elapsed_s / (run.attempts + 1)  # the attempt in hand is not counted in run yet
-        return run.elapsed_s + per_run <= run.budget_s
+        if run.elapsed_s + per_run > run.budget_s:
+            return False
+        return self.plan.run_budget_s is None or self.clock() - self.started + per_run <= self.plan.run_budget_s

@@ -2,12 +2,13 @@
 
 Why it is built this way: pytest-benchmark owns what it is good at
 (statistics, ``--benchmark-save`` storage, ``--benchmark-json``,
-``pytest-benchmark compare``), and the harness owns the measurement.  A
-cell's rounds are measured first, by ``SuiteContext.run_cell``, until the
-interval of its median is narrow enough (the number of rounds is known only
-then; ``pedantic`` wants it up front).  Then the rounds are handed to
+``pytest-benchmark compare``), and the harness owns the measurement.  The
+cells' rounds are measured first, all of them, in interleaved passes
+(``SuiteContext.measure``, asked for by the first test through the session
+fixture ``measured``: a pass visits every selected cell, so no test can
+measure its own cell alone).  Each test then hands its cell's rounds to
 ``benchmark.pedantic``, one call per kept round, with ``rounds`` set to how
-many there were.  This keeps pytest-benchmark's storage exact: its clock is
+many there were (known only then; ``pedantic`` wants it up front).  This keeps pytest-benchmark's storage exact: its clock is
 ``msgclock``, a virtual clock that only ever moves by a round's measured
 figure, never by wall time: in closed loop the seconds per message (so
 pytest-benchmark's ops is msgs/s); in open loop the round's mean latency in
@@ -68,10 +69,9 @@ def _clock_step(cell, r, plan):
 
 @pytest.mark.usefixtures(*CELL_PARAMS)
 @pytest.mark.benchmark(timer=msgclock.clock, disable_gc=False, warmup=False)
-def test_echo(benchmark, cell, suite_ctx):
+def test_echo(benchmark, cell, suite_ctx, measured):
     plan = suite_ctx.plan
     benchmark.group = cell.workload_id
-    rate = peak = None
     info = benchmark.extra_info
     info.update(server=cell.server, python=cell.python or None, mode=cell.mode, protocol=cell.protocol, transport=cell.transport, size=cell.size, conns=cell.conns, depth=cell.depth,
                 duration_s=plan.round_duration(cell), warmup_s=plan.warmup_s, min_rounds=plan.min_rounds,
@@ -79,11 +79,13 @@ def test_echo(benchmark, cell, suite_ctx):
                 tls=cell.tls, resumed=cell.resumed,
                 timed_as="seconds per message" if cell.mode != "open" else
                 "mean latency per round, seconds (percentiles: latency_us and per_round)")
+    run = measured.get(cell.id)
+    if run is not None and run.error:
+        pytest.fail(run.error, pytrace=False)
+    if run is None or not run.results:
+        pytest.skip("not measured: the passes stopped (interrupted) before this cell's first round")
     if cell.mode == "open":
-        peak, source = suite_ctx.peak(cell.server, cell.transport, cell.workers, cell.python, cell.tls)
-        rate = peak * cell.load_pct / 100.0
-        info.update(load_pct=cell.load_pct, peak_msgs_per_s=peak, peak_from=source, target_rate=rate)
-    run = suite_ctx.run_cell(cell, rate=rate, peak=peak)
+        info.update(load_pct=cell.load_pct, peak_msgs_per_s=run.peak, peak_from=run.peak_from, target_rate=run.rate)
     runs = run.results
     replay = iter(runs)
 
@@ -93,10 +95,10 @@ def test_echo(benchmark, cell, suite_ctx):
     benchmark.pedantic(one_round, rounds=len(runs), iterations=1, warmup_rounds=0)
 
     stats = run.stats()
-    suite_ctx.record(stats)
     info["per_round"] = [RoundSummary.of(r).to_json() for r in runs]
+    info["passes"] = [r.pass_no for r in runs]
     info.update(stats.summary().to_json(), stopped=run.stopped, budget_s=round(run.budget_s, 1),
-                elapsed_s=round(run.elapsed_s, 1))
+                elapsed_s=round(run.elapsed_s, 1), seed=suite_ctx.seed)
     if stats.unstable:
         warnings.warn(UnstableBenchmarkWarning(
             f"{cell.id}: msgs/s spread {stats.robust_spread:.1%} of the median over {len(runs)} rounds "
@@ -107,4 +109,6 @@ def test_echo(benchmark, cell, suite_ctx):
             f"{stats.disturbed_rounds} round(s) disturbed by foreign load on the pinned CPUs" if stats.disturbed
             else "the load client saturated its CPU")
         warnings.warn(SuspectRunWarning(f"{cell.id}: {' '.join(suspect)}: {why}"))
-    assert plan.min_rounds <= len(runs) <= plan.max_rounds and all(math.isfinite(x) for x in stats.msgs)
+    if not suite_ctx.interrupted:
+        assert plan.min_rounds <= len(runs) <= plan.max_rounds
+    assert all(math.isfinite(x) for x in stats.msgs)

@@ -20,6 +20,7 @@ import json
 import sys
 
 from sockbench import __version__
+from sockbench.cli import ab as ab_cmd
 from sockbench.children import signal_of, stop_signals
 from sockbench.cli import check as check_cmd
 from sockbench.cli import cluster as cluster_cmd
@@ -58,7 +59,7 @@ def _cmd_serve(args):
     return run_server(args.name, transport=args.transport, host=args.host, port=args.port, path=args.path,
                       protocol=args.protocol, max_message=args.max_message,
                       backlog=args.backlog, idle_timeout=args.idle_timeout, max_buffered=args.max_buffered,
-                      workers=args.workers, tls=tlsargs.config(args, "serve"))
+                      workers=args.workers, tls=tlsargs.config(args, "serve"), burn_us=args.burn_us)
 
 
 def _tls_column(spec):
@@ -173,6 +174,8 @@ def build_parser():
     s.add_argument("--workers", type=arg(parse_number, "--workers", kind=int, positive=True), default=None, metavar="N",
                    help="N server processes on one port (SO_REUSEPORT; unix: one shared socket), each pinned to one CPU "
                         "of this process's affinity; the ready line lists their \"pids\" (default: one process, no \"pids\")")
+    # a test option (sockbench ab's tests): burn a fixed extra CPU time per message; asyncio-protocol and uvloop only
+    s.add_argument("--burn-us", type=arg(parse_number, "--burn-us", positive=True), default=None, help=argparse.SUPPRESS)
     add_command_arguments(s)
     tlsargs.add_arguments(s, "serve")
     s.set_defaults(func=_cmd_serve)
@@ -204,6 +207,11 @@ def build_parser():
     s = sub.add_parser("compare", help="compare two results folders: ratios and significance per (server, workload)")
     run_cmd.add_compare_arguments(s)
     s.set_defaults(func=run_cmd.compare_cli)
+
+    s = sub.add_parser("ab", help="two targets side by side, round by round: B/A with its interval and a verdict "
+                                   "(slower / faster / same / undecided); exit 1 when B is slower")
+    ab_cmd.add_arguments(s)
+    s.set_defaults(func=ab_cmd.run_cli)
 
     s = sub.add_parser("history", help="chosen cells across results folders, ordered by time: a plot and a table")
     history_cmd.add_arguments(s)

@@ -85,6 +85,12 @@ def add_run_arguments(p):
     p.add_argument("--engine", default=None, metavar="epoll|uring",
                    help="the load loop of the plain raw stream cells: epoll (default) or uring (io_uring); frame, json, TLS and "
                         "udp cells stay on epoll, and the report says which engine measured each cell")
+    p.add_argument("--seed", type=arg(parse_number, "--seed", kind=int), metavar="N",
+                   help="the seed of the passes' random order (default: drawn at the start and recorded in meta.json "
+                        "and progress.jsonl, so any run's order can be replayed)")
+    p.add_argument("--baseline", metavar="NAME",
+                   help="give every server's figures as ratios to this server's, at each workload (default: to the "
+                        "fastest)")
     p.add_argument("--out", metavar="DIR", help="results folder to create (default results/<UTC time>)")
     tlsargs.add_arguments(p, "run")
     p.add_argument("--cluster", metavar="tcp://HOST:PORT", type=arg(parse_scheduler, "--cluster"),
@@ -100,6 +106,9 @@ def add_run_arguments(p):
 
 def add_report_arguments(p):
     p.add_argument("dir", metavar="DIR", help="a results folder written by `sockbench run`")
+    p.add_argument("--baseline", metavar="NAME",
+                   help="give every server's figures as ratios to this server's (default: the run's --baseline, "
+                        "else the fastest at each workload)")
 
 
 def add_compare_arguments(p):
@@ -130,6 +139,7 @@ def run_cli(args):
         open_pcts=args.open_loads, server_cpus=args.server_cpus, client_cpus=args.client_cpus, protocols=args.protocols,
         transports=args.transports,
         workers=args.workers,
+        seed=args.seed,
         commands=commands,
         pythons=prepare_pythons(args.python, log=lambda line: print(f"sockbench: {line}", file=sys.stderr, flush=True))
         if args.python else None,
@@ -138,6 +148,9 @@ def run_cli(args):
         tls_resumption=args.tls_resumption,
         engine=args.engine,
     )
+    if args.baseline is not None and args.baseline not in plan.servers:
+        raise SockbenchError(f"--baseline {args.baseline} is not one of the servers run: {' '.join(plan.servers)}",
+                             exit_code=2)
     if args.hosts and not args.cluster:
         raise SockbenchError("--hosts names load hosts of --cluster; give --cluster tcp://HOST:PORT too", exit_code=2)
     if args.cluster:
@@ -148,7 +161,7 @@ def run_cli(args):
         if args.cluster:
             raise SockbenchError("--cluster starts registered servers; a --command runs on this machine only", exit_code=2)
         preflight_commands(plan)
-    return run_main(plan, out=args.out, argv=sys.argv)
+    return run_main(plan, out=args.out, argv=sys.argv, baseline=args.baseline)
 
 
 def _reach_cluster(scheduler, hosts):
@@ -167,7 +180,7 @@ def report_cli(args):
     # deferred heavy import: the report's matplotlib
     from sockbench.bench.report.document import build_report
 
-    rep = build_report(args.dir)
+    rep = build_report(args.dir, baseline=args.baseline)
     warn_left_out(rep["results"].skipped)
     console = make_console()
     skipped = [(t, why) for _, t, why in rep["plots"] if why]

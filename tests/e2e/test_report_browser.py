@@ -58,13 +58,17 @@ def test_the_report_never_scrolls_sideways(tmp_path, width):
 
 def test_a_report_with_every_section_and_every_server_fits_1024_px(tmp_path):
     """Every registered server, every section the report has (protocols, open loop, transports with udp's loss
-    column, worker counts): the widest report there is still fits the window, its tables included."""
+    column, worker counts, TLS, interpreters): the widest report there is still fits the window, its tables
+    included."""
     browser = _browser()
     names = tuple(SERVERS)
     # one size and one connection count keep it to ~200 cells (a run of every dimension's widest tables)
     plan = Plan(servers=names, sizes=(64,), conns=(100,), open_pcts=(75,), protocols=("raw", "json"),
                 transports=("tcp", "unix", "udp"), duration_s=1.0, warmup_s=0.2, interval_s=0.1,
-                workers=(1, 2), server_cpus=(0, 1))
+                workers=(1, 2), server_cpus=(0, 1), tls=(False, True),
+                pythons=({"label": "3.11", "python": "python3.11", "version": "CPython 3.11.9"},
+                         {"label": "3.13", "python": "python3.13", "version": "CPython 3.13.0"}),
+                python_servers=("asyncio-protocol", "cython"))
     d = make_results(str(tmp_path / "r"), plan=plan, rounds=3)
     report = build_report(d)
     assert all(v is not None for v in report["sections"].values()), report["sections"]

@@ -21,7 +21,7 @@ from sockbench.bench.report.compare import DRIFT_MIN_SERVERS, UNDECIDED, block_d
 from sockbench.bench.report.stats import RatioInterval, ratio_interval
 from sockbench.units import parse_percent
 from sockbench.bench.suite.plan import Plan, default_plan, full_plan, quick_plan
-from sockbench.bench.suite.progress import CellDone, CellStarted, RoundDone, Window
+from sockbench.bench.suite.progress import CellDone, PassStarted, RoundDone, RoundStarted, Window
 from sockbench.bench.report import plots as plots_mod
 from sockbench.bench.report.plots import PLOTS
 from sockbench.bench.report.document import COLUMNS, build_report, protocol_cost_rows, table_rows
@@ -705,7 +705,9 @@ def test_runner_draws_nothing_while_a_load_window_is_open(tmp_path, monkeypatch)
     cell = plan.cells()[0]
     now = time.monotonic_ns()
     window_end = now + 400_000_000  # a load is measured for the next 0.4 s
-    events = [CellStarted(cell=cell.id, index=0, desc="a cell"), Window(start_ns=now, end_ns=window_end)]
+    events = [PassStarted(pass_no=1, seed=3, order=(cell.id,)),
+              RoundStarted(cell=cell.id, index=0, desc="a cell", pass_no=1, round=1),
+              Window(start_ns=now, end_ns=window_end)]
     events += [RoundDone(cell=cell.id, round=k + 1, attempt=1, kept=True, msgs_per_s=1000.0, p99_us=50.0, valid=True)
                for k in range(plan.min_rounds)]
     events.append(CellDone(cell=cell.id, index=0, rounds=plan.min_rounds, remeasured=0, figure="msgs/s", median=1000.0,
@@ -728,7 +730,9 @@ def test_runner_draws_nothing_while_a_load_window_is_open(tmp_path, monkeypatch)
     assert runner._watch(Child(), str(tmp_path), plan, console) is False
     assert printed, "the cell's summary line is printed"
     assert min(printed) >= window_end, "a line was printed while the load window was open"
-    assert "1/2 cells  [1/2] a cell: 1,000 msgs/s (median of 3, interval none yet (n=3))" in console.file.getvalue()
+    out = console.file.getvalue()
+    assert "pass 1: 1 cells open, in a random order (seed 3)" in out
+    assert f"1/2 cells  {cell.describe()}: 1,000 msgs/s (median of 3, interval none yet (n=3), fixed)" in out
 
 
 def test_progress_counts_cells_runs_and_time_left():
@@ -738,17 +742,18 @@ def test_progress_counts_cells_runs_and_time_left():
     cells = plan.cells()
     follow = _Follow(plan, live=False, started=100.0)
     assert follow.left_s(now=100.0) == pytest.approx(min(plan.min_estimate_s(), plan.run_budget_s))
-    follow.on_event(CellStarted(cell=cells[0].id, index=0, desc="first"))
+    follow.on_event(RoundStarted(cell=cells[0].id, index=0, desc="first", pass_no=1, round=1))
+    assert follow.current == f"pass 1 [1/{len(cells)}] first"
     for k in range(3):
         follow.on_event(RoundDone(cell=cells[0].id, round=k + 1, attempt=1, kept=True, msgs_per_s=1e5, p99_us=None,
                                   valid=True))
     follow.on_event(RoundDone(cell=cells[0].id, round=4, attempt=1, kept=False, msgs_per_s=1e5, p99_us=None, valid=True,
                               disturbed=True))
-    assert (follow.runs, follow.remeasured, follow.cell_rounds) == (4, 1, 3)
+    assert (follow.runs, follow.remeasured, follow.kept[cells[0].id]) == (4, 1, 3)
     follow.on_event(CellDone(cell=cells[0].id, index=0, rounds=7, remeasured=1, figure="msgs/s", median=1e5,
                              interval="±1.0%", stopped="stable", flags=("DISTURBED",)))
-    assert follow.cells_done == 1 and follow.index == -1
-    assert follow.lines[-1].endswith("(median of 7, interval ±1.0%, 1 re-measured) DISTURBED")
+    assert follow.cells_done == 1 and cells[0].id in follow.done
+    assert follow.lines[-1].endswith("(median of 7, interval ±1.0%, stable, 1 re-measured) DISTURBED")
     # the first cell took twice its estimate: the rest are expected to as well, within the run budget
     took = 2 * plan.cell_estimate_s(cells[0])
     rest = plan.min_estimate_s() - plan.cell_estimate_s(cells[0])

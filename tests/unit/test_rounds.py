@@ -1,6 +1,6 @@
 """Rounds until the figure is stable: the interval, the stopping rule, re-measuring disturbed rounds, the budgets.
 
-The suite's cell loop (``SuiteContext.run_cell``) runs here on a synthetic
+The suite's passes (``SuiteContext.measure``) run here on a synthetic
 load (``FakeLoad``: it returns the figures it is given, says ``disturbed``
 when told to, and moves a fake clock by what a real round would take), into a
 temporary results folder, so every rule is checked in milliseconds with
@@ -10,6 +10,7 @@ exactly the rounds, files and progress events a real run writes.
 import json
 import os
 import random
+import statistics
 
 import pytest
 
@@ -21,7 +22,8 @@ from sockbench.bench.schema import (
 from sockbench.bench.suite.plan import (
     HICCUP_S, HICCUP_SHARE, MAX_OPEN_DURATION_S, REMEASURE_DISTURBED, Plan, default_plan, full_plan, quick_plan,
 )
-from sockbench.bench.suite.progress import CellDone, CellStarted, RoundDone, Window, parse
+from sockbench.bench.suite.progress import CellDone, PassStarted, RoundDone, RoundStarted, Window, parse
+from sockbench.bench.suite import session
 from sockbench.bench.suite.session import PROGRESS_FILE, SuiteContext, stop_reason
 from sockbench.servers import registry
 
@@ -77,7 +79,7 @@ def _run(tmp_path, rounds, **plan_kw):
     load = FakeLoad(plan, rounds, clock)
     ctx = SuiteContext(plan, str(tmp_path), run=load, clock=clock)
     try:
-        run = ctx.run_cell(CELL)
+        run = ctx.measure([CELL])[CELL.id]
     finally:
         ctx.close()
     events = [parse(json.loads(line)) for line in open(tmp_path / PROGRESS_FILE)]
@@ -144,12 +146,14 @@ def test_a_steady_cell_stops_when_its_interval_is_narrow(tmp_path):
     run, events, load = _run(tmp_path, _steady())
     assert run.stopped == "stable" and len(run.results) == 6 and not run.discarded
     assert sorted(os.listdir(tmp_path / "raw")) == [f"uvloop__closed-64B-c100__r{k}.json" for k in range(1, 7)]
-    assert [type(e) for e in events] == [CellStarted] + [Window, RoundDone] * 6 + [CellDone]
+    assert [type(e) for e in events] == [PassStarted, RoundStarted, Window, RoundDone] * 6 + [CellDone]
+    assert [e.pass_no for e in events if isinstance(e, RoundDone)] == list(range(1, 7))
     done = events[-1]
     assert (done.rounds, done.remeasured, done.stopped, done.figure, done.flags) == (6, 0, "stable", "msgs/s", ())
     assert done.interval.startswith(("±", "-")) and "%" in done.interval
     results = load_results(str(tmp_path))
     assert [r.round_no for r in results.cells[("uvloop", "closed-64B-c100")].results] == list(range(1, 7))
+    assert [r.pass_no for r in results.cells[("uvloop", "closed-64B-c100")].results] == list(range(1, 7))
 
 
 def test_a_noisy_cell_runs_to_its_most_rounds_and_says_so(tmp_path):
@@ -218,19 +222,6 @@ def test_no_measuring_again_past_the_budget(tmp_path):
 # --- budgets and round lengths ---------------------------------------------------------------------
 
 
-def test_the_run_budget_is_shared_by_the_cells_left():
-    plan = Plan(servers=("uvloop", "cython"), sizes=(64,), conns=(100,), open_pcts=(25,), protocols=(),
-                run_budget_s=100.0, cell_budget_s=1000.0)
-    cells = plan.cells()
-    need = sum(plan.cell_estimate_s(c) for c in cells)
-    own = plan.cell_estimate_s(cells[0])
-    # exactly the minimum left: each cell gets its minimum; twice as much: twice its minimum
-    assert plan.cell_share_s(cells[0], cells[1:], need) == pytest.approx(own)
-    assert plan.cell_share_s(cells[0], cells[1:], 2 * need) == pytest.approx(2 * own)
-    assert plan.cell_share_s(cells[0], cells[1:], -5.0) == 0.0  # behind: the minimum rounds only
-    assert Plan(servers=("a",), cell_budget_s=7.0).cell_share_s(cells[0], [], 1e6) == 7.0  # no run budget
-
-
 def test_round_lengths_absorb_one_hiccup():
     plan = full_plan(["uvloop"])
     for cell in plan.cells():
@@ -265,3 +256,134 @@ def test_the_default_run_fits_in_five_minutes():
     assert plan.max_estimate_s() <= plan.run_budget_s <= 300 - 30
     quick = quick_plan(names)
     assert quick.min_estimate_s() <= 40  # --quick: under a minute with pytest's start and the report
+
+
+# --- passes: the rounds of every cell interleaved ------------------------------------------------------
+
+
+class CellLoad:
+    """``run_load``'s stand-in for many cells: each server's figure (steady, or noisy), p99 in open loop."""
+
+    def __init__(self, plan, clock, rates, noisy=(), interrupt_after=None):
+        self.plan = plan
+        self.clock = clock
+        self.rates = rates
+        self.noisy = set(noisy)
+        self.rng = random.Random(7)
+        self.specs = []
+        self.interrupt_after = interrupt_after
+
+    def __call__(self, spec, on_window=None):
+        if self.interrupt_after is not None and len(self.specs) >= self.interrupt_after:
+            raise KeyboardInterrupt
+        self.specs.append(spec)
+        cell = Cell(spec.server, spec.mode, spec.size, spec.conns, spec.depth,
+                    0 if spec.mode == "closed" else 50, spec.protocol)
+        self.clock.now += self.plan.round_estimate_s(cell)
+        spread = 0.2 if spec.server in self.noisy else 0.004
+        msgs = self.rates[spec.server] * (1 + self.rng.uniform(-spread, spread))
+        if spec.mode == "open":
+            return _result(spec.rate, p99=100.0 * (1 + self.rng.uniform(-spread, spread)), cell=cell)
+        return _result(msgs, cell=cell)
+
+
+def _passes(tmp_path, rates, noisy=(), interrupt_after=None, seed=5, **plan_kw):
+    kw = dict(servers=tuple(rates), sizes=(64,), conns=(100,), open_pcts=(), protocols=(), cell_budget_s=1000.0,
+              seed=seed)
+    kw.update(plan_kw)
+    plan = Plan(**kw)
+    clock = Clock()
+    load = CellLoad(plan, clock, rates, noisy, interrupt_after)
+    ctx = SuiteContext(plan, str(tmp_path), run=load, clock=clock)
+    try:
+        runs = ctx.measure()
+    finally:
+        ctx.close()
+    events = [parse(json.loads(line)) for line in open(tmp_path / PROGRESS_FILE)]
+    return ctx, runs, events, load
+
+
+def test_every_pass_runs_the_open_cells_in_a_fresh_seeded_order(tmp_path):
+    rates = {"selectors": 30_000.0, "uvloop": 90_000.0, "cython": 200_000.0, "trio": 40_000.0}
+    ctx, runs, events, load = _passes(tmp_path / "a", rates, noisy=("trio",), max_rounds=10)
+    passes = [e for e in events if isinstance(e, PassStarted)]
+    assert [p.pass_no for p in passes] == list(range(1, len(passes) + 1)) and all(p.seed == 5 for p in passes)
+    # each pass is the recorded order of the cells still open, drawn from the seed and the pass number
+    ids = sorted(c.id for c in ctx.cells)
+    assert passes[0].order == tuple(session.pass_order(5, 1, ids)) and sorted(passes[0].order) == ids
+    assert len({p.order for p in passes[:6]}) > 1  # fresh orders
+    started = [e.cell for e in events if isinstance(e, RoundStarted)]
+    assert started[:4] == list(passes[0].order)
+    # the steady cells leave at their first interval narrow enough (6 rounds); the noisy one stays to its most
+    assert {k: (r.stopped, len(r.results)) for k, r in runs.items()} == {
+        "selectors:closed-64B-c100": ("stable", 6), "uvloop:closed-64B-c100": ("stable", 6),
+        "cython:closed-64B-c100": ("stable", 6), "trio:closed-64B-c100": ("max-rounds", 10)}
+    assert [len(p.order) for p in passes] == [4] * 6 + [1] * 4
+    # every round says its pass; the seed is in meta.json when the folder has one
+    results = load_results(str(tmp_path / "a"))
+    assert all(r.pass_no == r.round_no for r in results.results)
+    # the same seed draws the same orders
+    _, _, again, _ = _passes(tmp_path / "b", rates, noisy=("trio",), max_rounds=10)
+    assert [e.order for e in again if isinstance(e, PassStarted)] == [p.order for p in passes]
+
+
+def test_open_loop_cells_join_once_their_peak_is_known(tmp_path):
+    rates = {"selectors": 30_000.0, "uvloop": 90_000.0}
+    ctx, runs, events, load = _passes(tmp_path, rates, open_pcts=(50,))
+    from sockbench.bench.suite.plan import PEAK_ROUNDS
+
+    for server, rate in rates.items():
+        run = runs[f"{server}:open-64B-c100-50pct"]
+        peak = [r.throughput.msgs_per_s for r in runs[f"{server}:closed-64B-c100"].results[:PEAK_ROUNDS]]
+        assert run.joined == PEAK_ROUNDS + 1 and run.peak == pytest.approx(statistics.median(peak))
+        assert run.rate == pytest.approx(run.peak / 2) and run.peak_from.startswith("closed-loop cell")
+        assert all(r.cell.peak_msgs_per_s == run.peak for r in run.results)
+        assert {s.rate for s in load.specs if s.server == server and s.mode == "open"} == {run.rate}
+        assert [r.pass_no for r in run.results][0] == PEAK_ROUNDS + 1
+    # no calibration run: the closed-loop cells gave the peaks
+    assert all(s.mode == "closed" or s.rate for s in load.specs) and not (tmp_path / "calibration").exists()
+
+
+def test_the_run_budget_ends_the_passes_but_never_the_minimum_rounds(tmp_path):
+    rates = {"selectors": 30_000.0, "uvloop": 90_000.0}
+    plan = Plan(servers=("a",))
+    per_round = plan.round_estimate_s(CELL)
+    # room for 5 passes of 2 cells and a little more: the noisy cells stop at the budget after their minimum
+    _, runs, events, load = _passes(tmp_path, rates, noisy=tuple(rates), run_budget_s=11 * per_round)
+    assert {r.stopped for r in runs.values()} == {"budget"}
+    assert all(len(r.results) >= plan.min_rounds for r in runs.values())
+    assert len(load.specs) <= 12
+    _, runs, _, load = _passes(tmp_path / "tiny", rates, noisy=tuple(rates), run_budget_s=1.0)
+    assert all(len(r.results) == plan.min_rounds for r in runs.values())  # the minimum always runs
+
+
+def test_a_ctrl_c_stops_the_passes_and_keeps_what_was_measured(tmp_path):
+    rates = {"selectors": 30_000.0, "uvloop": 90_000.0}
+    ctx, runs, events, load = _passes(tmp_path, rates, interrupt_after=5)
+    assert ctx.interrupted and sum(len(r.results) for r in runs.values()) == 5
+    assert len(os.listdir(tmp_path / "raw")) == 5 and all(r.stopped is None for r in runs.values())
+
+
+def test_a_round_whose_client_ran_slow_is_unseen_and_measured_again():
+    from dataclasses import replace as dc_replace
+
+    from sockbench.bench.load.unseen import client_slowdown, with_client_slowdown
+    from sockbench.bench.schema import Client
+    from sockbench.thresholds import CLIENT_SLOWDOWN
+
+    def with_client(r, cpu_s, ops=10_000):
+        return dc_replace(r, client=Client(user_s=cpu_s * 0.6, sys_s=cpu_s * 0.4, reads=ops // 2, writes=ops // 2, waits=0))
+
+    earlier = [with_client(_result(100_000.0), 0.1), with_client(_result(101_000.0), 0.102)]
+    same = with_client(_result(99_000.0), 0.103)
+    slow = with_client(_result(80_000.0), 0.101 * CLIENT_SLOWDOWN * 1.05)
+    assert client_slowdown(same, earlier[:1]) is None  # too few earlier rounds for a reference
+    assert client_slowdown(same, earlier) == pytest.approx(0.103 / 0.101, abs=1e-3)
+    kept = with_client_slowdown(same, earlier)
+    assert not kept.disturbed and kept.interference.client_slowdown < CLIENT_SLOWDOWN
+    flagged = with_client_slowdown(slow, earlier)
+    assert flagged.interference.unseen and flagged.disturbed
+    assert flagged.interference.client_slowdown == pytest.approx(CLIENT_SLOWDOWN * 1.05, rel=1e-3)
+    # open loop: the polling client is always busy, its CPU says nothing of the CPU's speed
+    opened = dc_replace(slow, workload=dc_replace(slow.workload, mode="open"))
+    assert client_slowdown(opened, earlier) is None

@@ -72,7 +72,7 @@ def test_the_suite_stops_at_the_first_result_it_cannot_write(tmp_path, monkeypat
     ctx = SuiteContext(plan, str(tmp_path), run=lambda spec, on_window=None: _result())
     try:
         with pytest.raises(pytest.exit.Exception) as exc:
-            ctx.run_cell(CELL)
+            ctx.measure([CELL])
     finally:
         ctx.close()
         os.close(w)

@@ -61,7 +61,7 @@ def _as_v2(d):
     out = {**d, "schema": SCHEMA_VERSION, "interference": None, "fairness": None}
     out["workload"] = {**d["workload"], "transport": "tcp", "workers": 1}
     if d.get("cell") is not None:
-        out["cell"] = {**d["cell"], "transport": "tcp", "workers": 1}
+        out["cell"] = {**d["cell"], "transport": "tcp", "workers": 1, "pass_no": None}
     if d.get("machine") is not None:
         out["machine"] = {**d["machine"], **{k: None for k in _MACHINE_V2}}
     return out
@@ -81,13 +81,16 @@ def test_every_sample_file_round_trips_exactly(sample_dicts):
 def test_a_schema_2_result_round_trips_with_its_new_parts(sample_dicts):
     d = _as_v2(sample_dicts["asyncio-protocol__closed-64B-c10__r1.json"])
     d["interference"] = {"server_foreign": 0.012, "client_foreign": 0.31, "server_steal": 0.0, "client_steal": 0.0,
-                         "loadavg_1m": 1.25, "disturbed": True}
+                         "loadavg_1m": 1.25, "disturbed": True, "server_throttled": 0.0, "client_throttled": None,
+                         "loaded_idle": 0.04, "canary": 1.01, "client_slowdown": 1.02, "unseen": False}
     d["fairness"] = {"conns": 10, "min": 0, "median": 1520.5, "max": 1710, "jain": 0.87, "starved": 1}
+    d["cell"]["pass_no"] = 3  # schema 4: the pass of an interleaved run
     d["machine"].update(isolcpus=[], nohz_full=[1], governor={"0": "performance", "1": "powersave"}, smt=False,
                         aslr="Full randomization", loadavg=[1.25, 0.5, 0.25])
     r = LoadResult.from_json(json.loads(json.dumps(d)))
     assert r.to_json() == d and json.dumps(r.to_json(), sort_keys=True) == json.dumps(d, sort_keys=True)
-    assert r.interference == Interference(0.012, 0.31, 0.0, 0.0, 1.25, True) and r.disturbed
+    assert r.interference == Interference(0.012, 0.31, 0.0, 0.0, 1.25, True, 0.0, None, 0.04, 1.01, 1.02) and r.disturbed
+    assert r.pass_no == 3 and r.cell.pass_no == 3 and r.interference.canary == 1.01 and not r.interference.unseen
     assert r.fairness == Fairness(10, 0, 1520.5, 1710, 0.87, 1) and r.starved == 1
     assert r.machine.nohz_full == [1] and r.machine.governor["1"] == "powersave"
     with pytest.raises(SchemaError, match="^F has a malformed fairness"):
@@ -225,12 +228,12 @@ def test_machine_is_exactly_machine_info():
 
 
 @pytest.mark.parametrize("data,message", [
-    ({"schema": 7}, "F is not a schema-1 or schema-2 or schema-3 sockbench result"),
-    ([1, 2], "F is not a schema-1 or schema-2 or schema-3 sockbench result"),
-    ("garbage", "F is not a schema-1 or schema-2 or schema-3 sockbench result"),
-    (None, "F is not a schema-1 or schema-2 or schema-3 sockbench result"),
-    ({**_minimal(), "schema": 4}, "F is not a schema-1 or schema-2 or schema-3 sockbench result"),
-    ({**_minimal(), "schema": "1"}, "F is not a schema-1 or schema-2 or schema-3 sockbench result"),
+    ({"schema": 7}, "F is not a schema-1 or schema-2 or schema-3 or schema-4 sockbench result"),
+    ([1, 2], "F is not a schema-1 or schema-2 or schema-3 or schema-4 sockbench result"),
+    ("garbage", "F is not a schema-1 or schema-2 or schema-3 or schema-4 sockbench result"),
+    (None, "F is not a schema-1 or schema-2 or schema-3 or schema-4 sockbench result"),
+    ({**_minimal(), "schema": 5}, "F is not a schema-1 or schema-2 or schema-3 or schema-4 sockbench result"),
+    ({**_minimal(), "schema": "1"}, "F is not a schema-1 or schema-2 or schema-3 or schema-4 sockbench result"),
     ({k: v for k, v in _minimal().items() if k not in ("throughput", "valid")}, "F is corrupt: it lacks throughput, valid"),
     ({**_minimal(), "latency_us": [1]}, "F is corrupt: throughput/latency_us are not objects"),
     ({**_minimal(), "workload": "closed"}, "F has a malformed workload (not an object); it is not a sockbench result"),
@@ -271,7 +274,7 @@ def test_every_field_names_a_version_of_the_history():
 
 
 def test_version_and_error_kinds():
-    assert SCHEMA_VERSION == 3
+    assert SCHEMA_VERSION == 4
     assert ERROR_KINDS == ("connect", "reset", "timeout", "mismatch", "protocol")
     assert Errors.of({"connect": 1, "reset": 0, "timeout": 2, "mismatch": 0, "protocol": 0}).to_json() == {
         "total": 3, "by_kind": {"connect": 1, "reset": 0, "timeout": 2, "mismatch": 0, "protocol": 0}}

@@ -6,6 +6,7 @@ import pytest
 
 from report_fixture import make_results
 from sockbench.bench.report.document import build_report
+from sockbench.bench.report.ratios import workload_ratios
 from sockbench.bench.report.store import load_results
 from sockbench.bench.report.summary import build_summary
 from sockbench.bench.suite.plan import Plan
@@ -21,19 +22,21 @@ def test_summary_ranks_with_ties_and_states_a_verdict(tmp_path):
     heads = {r.server: r.headline for r in s.rows}
     best = max(heads.values(), key=lambda c: c.median)
     assert s.rows[0].rank in ("1", "1=")
-    # a rank below another means the intervals do not overlap
+    # a rank below another means the interval of their paired ratio lies wholly below 1
+    ranked = workload_ratios([r.headline for r in s.rows])
     for r in s.rows:
         for o in s.rows:
             if int(r.rank.rstrip("=")) > int(o.rank.rstrip("=")):
-                lo_o = o.headline.interval().lo if o.headline.interval().bounded else min(o.headline.msgs)
-                hi_r = r.headline.interval().hi if r.headline.interval().bounded else max(r.headline.msgs)
-                assert lo_o > hi_r
+                assert ranked.pairwise[(r.server, o.server)].hi < 1.0
+    assert s.reference == best.server and not s.baseline and s.paired
+    assert all(r.ratio.paired and r.ratio.pairs == 6 for r in s.rows)
     assert any(best.server in t and "fastest" in t for t in s.sentences)
     assert any("kernel" in t for t in s.sentences) and any("json protocol costs" in t for t in s.sentences)
     md = open(build_report(d)["md"]).read()
     # the summary comes first, before the settings and the tables
     assert md.index("## Summary") < md.index("## Machine and settings") < md.index("## Results by workload")
-    assert "| server | rank | msgs/s | 95% interval | server CPU µs/msg | p99 µs at 75% of peak |" in md
+    assert ("| server | rank | msgs/s | 95% interval | vs fastest | server CPU µs/msg | p99 µs at 75% of peak (rank) |"
+            in md)
     assert re.search(r"^Flags: ", md, re.M)
 
 

@@ -1,0 +1,230 @@
+"""CPU taken from a round where the guest's counters do not show it: a CPU quota the harness did not set, the host.
+
+Why it exists: foreign load (``interference.py``) is what /proc/stat shows
+as busy on a pinned CPU that neither the server nor the load used, and the
+hypervisor's ``steal``.  Two losses escape both.  A cgroup CPU quota (a
+container's ``--cpus``, a quota set on the benchmark from outside, the way a
+host throttles a guest) stops the throttled task while its CPU reads idle:
+measured on the 2-core machine, a 50% quota over the server and its load cut
+``cython`` from 181k to 35-43k msgs/s in rounds that read foreign 0%, steal
+0%.  And a host that takes the CPU from a guest that keeps no steal count
+(this VM's counter stays at 0) charges the lost time to whatever task was
+running, so the task's own CPU time grows.  Three signals, each cheap, each
+recorded in the round's ``interference`` and each enough to call the round
+``unseen`` (then ``disturbed``: measured again, or flagged DISTURBED):
+
+``*_throttled`` (``Throttle``)
+    The throttled time of the cgroups that can throttle the server's and the
+    load processes' (``procfs.cgroup_cpu_dirs``: each process's cgroup and
+    its ancestors), read just before the window and after it, as a share of
+    that span; ``THROTTLED_SHARE`` or more is unseen.  Exact for a quota in
+    this guest, whoever set it; blind to a quota on the VM itself, which is
+    the host's.
+``loaded_idle`` (``loaded_idle``)
+    A closed-loop round with at least ``LOADED_MIN_IN_FLIGHT`` messages in
+    flight always has work queued on one side, so one side's CPU is busy
+    all the window (quiet rounds: 0.92-1.0 of it).  When even the busier side
+    was off its CPU for ``LOADED_IDLE_SHARE`` of the window and nothing
+    foreign ran there, the time went where no process of the guest used it:
+    a quota the cgroup files do not show (another hierarchy, no access).
+    Judged only when the server's CPU is known (a server the harness
+    started), over a stream transport (a lost datagram leaves a udp loop
+    waiting on its timeout).
+``client_slowdown`` (``client_slowdown``)
+    The load client runs the same code for each operation of a workload (a
+    read, a write, an ``epoll_wait``), so the CPU time it spends per
+    operation hardly moves from one round of a cell to the next, whatever
+    the server's pace (a slower server only changes how many messages each
+    wake-up finds), unless its CPU ran slower.  A host that takes the CPU
+    from a guest without a steal count charges the loss to the running
+    task, so that time grows, and the server's CPU per message with it (in
+    two default runs, per message, the two moved together, correlation 0.8,
+    and explained the rounds' msgs/s, -0.8 and -0.95).  So a closed-loop
+    round whose client needed ``CLIENT_SLOWDOWN`` times the median of its
+    cell's earlier rounds (at least ``SLOWDOWN_REFERENCE_ROUNDS`` of them)
+    ran on slowed CPUs.  The one signal measured inside the window itself;
+    the suite and ``ab`` set it, since it needs the cell's history
+    (``with_client_slowdown``).
+``canary`` (``Canary``)
+    A fixed piece of work (a pure-Python loop) timed in thread CPU time on
+    each pinned CPU right after the round, against the least it has taken
+    there this run (the least of several tries, each time).  In-guest contention and
+    quotas leave a task's own CPU time alone; a slower CPU, or time the host
+    took without a steal count, add to it.  ``CANARY_SLOWDOWN`` or more is
+    unseen.  Measured on the 2-core machine: the work's CPU time is bimodal,
+    1.0 or 1.7-2.0 times its least, in stretches of tens of ms to seconds
+    (one CPU was in the slow state a third of 8 s), and the rounds measured in
+    the slow state ran correspondingly slower (uvloop 86-127k msgs/s after a
+    canary of 1.7-2.0, 133-154k after one of 1.1-1.2), with nothing in the
+    guest's counters.  It samples the CPU between windows, not in them: a
+    loss that lasts seconds shows, a burst inside one window does not; and a
+    loss that lasts the whole run is its baseline.  A busy
+    neighbour slows it too (measured: 1.6-1.8 with other processes on both
+    CPUs, foreign 85%), through the caches it shares, so it only speaks for a
+    round whose foreign load is below DISTURBED, as ``loaded_idle`` does.
+
+What none of them sees: a host that slows the guest by the same share
+through a whole run (the baseline moves with it), a loss shorter than a
+window between canaries on a guest without steal accounting, and a quota on
+a cgroup whose files this process cannot read.
+"""
+
+import os
+import statistics
+import time
+
+from sockbench.procfs import cgroup_cpu_dirs, read_throttled_s
+from dataclasses import replace
+
+from sockbench.thresholds import (
+    CANARY_SLOWDOWN, CLIENT_SLOWDOWN, LOADED_IDLE_SHARE, LOADED_MIN_IN_FLIGHT, THROTTLED_SHARE,
+)
+
+__all__ = ["Throttle", "loaded_idle", "Canary", "is_unseen", "client_slowdown", "with_client_slowdown", "CANARY_LOOPS",
+           "CANARY_TRIES", "SLOWDOWN_REFERENCE_ROUNDS"]
+
+#: the canary's work: this many turns of a pure-Python loop (about 0.5 ms on the 2-core machine)
+CANARY_LOOPS = 20_000
+#: tries per CPU after a round (the least counts); the calibration takes three times as many
+CANARY_TRIES = 3
+
+
+class Throttle:
+    """The throttled seconds of the cgroups of a run's two sides, read at two instants (``read``)."""
+
+    def __init__(self, server_pids, client_pids):
+        self.sides = {"server": self._dirs(server_pids), "client": self._dirs(client_pids)}
+        self.edges = []
+
+    @staticmethod
+    def _dirs(pids):
+        out = []
+        for pid in pids:
+            for d in cgroup_cpu_dirs(pid):
+                if d not in out:
+                    out.append(d)
+        return out
+
+    def read(self):
+        """One edge: the time now and every side's cgroups' throttled seconds."""
+        self.edges.append((time.monotonic(), {side: {d: read_throttled_s(d) for d in dirs}
+                                              for side, dirs in self.sides.items()}))
+
+    def shares(self):
+        """``{"server": share, "client": share}`` between the two edges (the most throttled cgroup of each side;
+        None for a side with no readable cgroup or no pid)."""
+        if len(self.edges) < 2:
+            return {"server": None, "client": None}
+        (t0, e0), (t1, e1) = self.edges[0], self.edges[-1]
+        span = t1 - t0
+        out = {}
+        for side, dirs in self.sides.items():
+            deltas = [e1[side][d] - e0[side][d] for d in dirs if e0[side][d] is not None and e1[side][d] is not None]
+            out[side] = round(max(0.0, max(deltas)) / span, 6) if deltas and span > 0 else None
+        return out
+
+
+def loaded_idle(mode, transport, conns, depth, server_util, client_load):
+    """1 - the busier side's CPU share in a closed-loop stream round with messages always queued; else None."""
+    if mode != "closed" or transport == "udp" or conns * depth < LOADED_MIN_IN_FLIGHT:
+        return None
+    if server_util is None or client_load is None:
+        return None
+    return round(max(0.0, 1.0 - max(server_util, client_load)), 6)
+
+
+def _work(loops):
+    """The canary's fixed work, timed in this thread's CPU time (ns)."""
+    t0 = time.thread_time_ns()
+    x = 0
+    for i in range(loops):
+        x += i
+    return time.thread_time_ns() - t0
+
+
+class Canary:
+    """A fixed piece of work timed on some CPUs: calibrated once, then compared after each round (``check``)."""
+
+    def __init__(self, cpus, loops=CANARY_LOOPS, tries=CANARY_TRIES, work=_work):
+        self.cpus = tuple(sorted(set(cpus)))
+        self.loops = loops
+        self.tries = tries
+        self.work = work
+        self.baseline = {cpu: self._time(cpu, 3 * tries) for cpu in self.cpus}
+
+    def _time(self, cpu, tries):
+        """The least CPU time of ``tries`` runs of the work, this thread pinned to ``cpu`` meanwhile."""
+        old = os.sched_getaffinity(0)
+        try:
+            os.sched_setaffinity(0, {cpu})
+            return min(self.work(self.loops) for _ in range(tries))
+        except OSError:
+            return None
+        finally:
+            try:
+                os.sched_setaffinity(0, old)
+            except OSError:
+                pass
+
+    def check(self):
+        """The worst slowdown over the CPUs now: the work's CPU time over the least it ever took on that CPU (the
+        calibration, or any check since: the fastest the CPU has been is its speed), None if unread."""
+        ratios = []
+        for cpu in self.cpus:
+            base, now = self.baseline.get(cpu), self._time(cpu, self.tries)
+            if base and now:
+                ratios.append(now / base)
+                self.baseline[cpu] = min(base, now)
+        return round(max(ratios), 4) if ratios else None
+
+    def spread(self, tries=9):
+        """The median ratio of fresh timings to the baseline: what a quiet CPU reads (for the tests and tools)."""
+        return statistics.median(self._time(self.cpus[0], 1) / self.baseline[self.cpus[0]] for _ in range(tries))
+
+
+#: the earlier rounds of a cell its client's usual CPU per message is the median of, at the least
+SLOWDOWN_REFERENCE_ROUNDS = 2
+
+
+def _client_per_op(r):
+    """The client's CPU seconds per operation (read, write, epoll_wait) in the window, None when uncounted."""
+    c = r.client
+    ops = (c.reads or 0) + (c.writes or 0) + (c.waits or 0)
+    return (c.user_s + c.sys_s) / ops if ops and c.user_s is not None and c.sys_s is not None else None
+
+
+def client_slowdown(result, earlier):
+    """A closed-loop ``result``'s client CPU per operation over the median of ``earlier`` rounds' (valid, not
+    disturbed; at least ``SLOWDOWN_REFERENCE_ROUNDS``), or None."""
+    if result.workload.mode != "closed" or not result.valid:
+        return None
+    now = _client_per_op(result)
+    ref = [v for v in (_client_per_op(r) for r in earlier if r.valid and not r.disturbed) if v]
+    if not now or len(ref) < SLOWDOWN_REFERENCE_ROUNDS:
+        return None
+    return round(now / statistics.median(ref), 4)
+
+
+def with_client_slowdown(result, earlier):
+    """``result`` with its ``client_slowdown`` recorded, and unseen (so disturbed) when it crossed
+    ``CLIENT_SLOWDOWN`` and nothing foreign explains it."""
+    i = result.interference
+    ratio = client_slowdown(result, earlier)
+    if i is None or ratio is None:
+        return result
+    slow = ratio >= CLIENT_SLOWDOWN and not i.disturbed
+    return replace(result, interference=replace(i, client_slowdown=ratio, unseen=i.unseen or slow,
+                                                disturbed=i.disturbed or slow))
+
+
+def is_unseen(server_throttled=None, client_throttled=None, idle=None, canary=None, seen=False):
+    """True when one of the signals crossed its threshold (see the module doc).
+
+    ``seen``: the round's foreign load was DISTURBED already.  Then an idle loop and a slow canary are
+    explained by what the counters saw (a busy neighbour takes the CPU, and its cache, from both), and only
+    the cgroups' throttled time, which is exact, still counts.
+    """
+    throttled = any(t is not None and t >= THROTTLED_SHARE for t in (server_throttled, client_throttled))
+    if throttled or seen:
+        return throttled
+    return bool((idle is not None and idle >= LOADED_IDLE_SHARE) or (canary is not None and canary >= CANARY_SLOWDOWN))
