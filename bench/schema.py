@@ -50,7 +50,8 @@ HISTORY = {
        "target.command (a --command server); workload.tls and tls (--tls: the setting asked for, what the "
        "handshakes negotiated, connect mode's handshakes and resumed ones), cell.tls and cell.resumed",
     4: "cell.pass_no (the pass of an interleaved run); interference: server_throttled, client_throttled, "
-       "loaded_idle, canary, client_slowdown, unseen (CPU taken where the guest does not see it)",
+       "loaded_idle, canary, client_slowdown, unseen (CPU taken where the guest does not see it); "
+       "then client.engine and the plan's engine (--engine: the load loop that measured the run; absent: epoll's)",
 }
 SCHEMA_VERSION = max(HISTORY)
 #: the versions ``from_json`` reads (an older file reads the fields it lacks as their defaults)
@@ -610,11 +611,19 @@ class Client(Part):
     stalls: int | None = fld(omit=True, since=2, merge="measured_sum", csv="client_stalls")
     stall_s: float | None = fld(omit=True, since=2, merge="measured_sum", csv="client_stall_s")
     longest_stall_s: float | None = fld(omit=True, since=2, merge="measured_max", csv="client_longest_stall_s")
+    #: the load loop that measured the run: ``epoll`` or ``uring`` (``bench.load.spec.ENGINES``); None: a file
+    #: from before the choice existed, whose loop was epoll's (``engine_name``)
+    engine: str | None = fld(omit=True, since=4, csv="client_engine")
 
     @property
     def load(self):
         """What decides client-bound: the busy share of a polling client, else its CPU utilisation."""
         return self.busy_util if self.polling else self.cpu_util
+
+    @property
+    def engine_name(self):
+        """The load loop that measured the run, ``epoll`` for a file from before the choice existed."""
+        return self.engine or "epoll"
 
     @classmethod
     def of(cls, parts, **figures):
@@ -1202,6 +1211,9 @@ class RunPlan(Part):
     #: over TLS with each of these resumption settings (False: every handshake full, True: sessions resumed)
     handshake_conns: int = fld(10, since=3)
     handshake_resumption: tuple = fld((False, True), since=3, read=lambda v: tuple(bool(x) for x in v))
+    #: the load loop of the plain raw stream cells (``sockbench run --engine``: ``epoll`` or ``uring``); frame,
+    #: json, udp and TLS cells are loaded by epoll's, which alone speaks them (the suite's ``Plan.engine_for``)
+    engine: str = fld("epoll", since=4)
 
     @classmethod
     def from_json(cls, d, source="the plan"):

@@ -84,7 +84,7 @@ from posix cimport (
 )
 cimport posix
 from stopsig cimport stopsig_running
-from serverlog cimport put_str, put_num, log_closing, log_accept_error
+from serverlog cimport log_closing, log_accept_pause, frame_too_long
 from serveloop cimport set_nonblocking, epoll_watch, open_epoll, close_epoll, raise_errno, serve_until_stopped
 from protocols cimport PROTO_RAW, PROTO_FRAME, PROTO_JSON, PROTO_COUNT, PROTO_DEFAULT_MAX_MESSAGE, proto_name
 from wire cimport (
@@ -103,7 +103,6 @@ cdef enum:
     OUT_SLACK = 256             # json answers: the answer buffer is one read + this
     SCRATCH = 65536 + 256       # json: one answer header built outside the message buffer
     ACCEPT_PAUSE_MS = 100       # the longest accept pause after EMFILE/ENFILE/ENOBUFS/ENOMEM (contract.ACCEPT_PAUSE_S)
-    ACCEPT_LOG_MS = 1000        # at most one line a second about it
     REASON_CAP = 256            # a closing reason handed in from Python (--idle-timeout, --max-buffered)
 
 RECV_BUF_SIZE = RECV_BUF
@@ -363,26 +362,8 @@ cdef void _log_malformed(int fd, const char* reason) noexcept nogil:
 
 
 cdef void _log_accept_error(loop_t* L, int err) noexcept nogil:
-    """One line now, then at most one a second while it lasts, worded as ``contract.AcceptErrors``."""
-    if L.now_ms < L.next_accept_log_ms:
-        L.accept_unsaid += 1
-        return
-    log_accept_error(g_name, err, L.accept_unsaid)
-    L.next_accept_log_ms = L.now_ms + ACCEPT_LOG_MS
-    L.accept_unsaid = 0
-
-
-cdef const char* _frame_too_long(char* out, size_t cap, const unsigned char* p, uint64_t max_message) noexcept nogil:
-    """The reason for a frame length over the limit (the length is at ``p``), worded as the oracle's."""
-    cdef uint64_t length = ((<uint64_t>p[0] << 24) | (<uint64_t>p[1] << 16)
-                            | (<uint64_t>p[2] << 8) | <uint64_t>p[3])
-    cdef size_t o = put_str(out, 0, cap - 1, b"frame length ")
-    o = put_num(out, o, cap - 1, length)
-    o = put_str(out, o, cap - 1, b" is over the limit of ")
-    o = put_num(out, o, cap - 1, max_message)
-    o = put_str(out, o, cap - 1, b" bytes")
-    out[o] = 0
-    return out
+    """One line now, then at most one a second while it lasts (``serverlog.log_accept_pause``)."""
+    log_accept_pause(g_name, err, L.now_ms, &L.next_accept_log_ms, &L.accept_unsaid)
 
 
 cdef void _malformed(loop_t* L, int fd, const char* reason) noexcept nogil:
@@ -476,7 +457,7 @@ cdef void _read_batch(loop_t* L, int fd, pstate_t* ps) noexcept nogil:
         # a frame is answered by itself: the answers are the complete frames, where they lie
         cnt = wire_frame_scan(buf, <size_t>n, L.max_message, &pos, &need)
         if cnt == WIRE_MALFORMED:
-            bad = _frame_too_long(reason, sizeof(reason), buf + pos, L.max_message)
+            bad = frame_too_long(reason, sizeof(reason), buf + pos, L.max_message)
         olen = pos
     else:
         answer = L.out
@@ -552,7 +533,7 @@ cdef void _fill_pending(loop_t* L, int fd, pstate_t* ps) noexcept nogil:
         if L.proto == PROTO_FRAME:
             cnt = wire_frame_scan(ps.pend, ps.pend_len, L.max_message, &total, &need)
             if cnt == WIRE_MALFORMED:
-                _malformed(L, fd, _frame_too_long(reason, sizeof(reason), ps.pend, L.max_message))
+                _malformed(L, fd, frame_too_long(reason, sizeof(reason), ps.pend, L.max_message))
                 return
             rc = WIRE_COMPLETE if cnt > 0 else WIRE_NEED_MORE
         else:

@@ -35,6 +35,13 @@ cdef extern from "<errno.h>" nogil:
         EFAULT
         ENOTSOCK
         ECONNREFUSED
+        ECANCELED
+        ETIME
+        EBUSY
+        ENOENT
+        EALREADY
+        ENOSYS
+        EPERM
 
 
 cdef extern from "<stdlib.h>" nogil:
@@ -166,6 +173,8 @@ cdef extern from "<sys/socket.h>" nogil:
         SOL_SOCKET
         SO_ERROR
         SHUT_WR
+        SHUT_RDWR
+        MSG_WAITALL
 
 
 cdef extern from "<netinet/in.h>" nogil:

@@ -1,6 +1,6 @@
 # The C servers' log lines: one write(2) each, worded as servers/contract.py words them.
 #
-# ext/epoll_echo.pyx and ext/tls_echo.pyx write the same lines as every Python
+# ext/epoll_echo.pyx, ext/tls_echo.pyx and ext/uring_echo.pyx write the same lines as every Python
 # server (``sockbench serve NAME: closing HOST:PORT: REASON``, the accept
 # pause's line), from inside their nogil loops, where there is no Python and
 # no stdio: a line is built in a stack buffer with ``put_str``/``put_num``/
@@ -17,6 +17,10 @@ from posix cimport (
     AF_INET, AF_INET6, AF_UNIX, ntohs, inet_ntop,
 )
 cimport posix
+
+
+cdef enum:
+    ACCEPT_LOG_EVERY_MS = 1000   # at most one line a second about failing accepts (``log_accept_pause``)
 
 
 cdef inline size_t put_str(char* out, size_t o, size_t cap, const char* s) noexcept nogil:
@@ -106,7 +110,7 @@ cdef inline const char* accept_errno(int err, const char** hint) noexcept nogil:
 
 
 cdef inline void log_accept_error(const char* name, int err, uint64_t unsaid) noexcept nogil:
-    """The accept pause's line, worded as ``contract.AcceptErrors`` (the caller keeps it to one a second)."""
+    """The accept pause's line, worded as ``contract.AcceptErrors`` (``log_accept_pause`` keeps it to one a second)."""
     cdef char line[512]
     cdef size_t cap = sizeof(line) - 1
     cdef size_t o
@@ -125,3 +129,31 @@ cdef inline void log_accept_error(const char* name, int err, uint64_t unsaid) no
         o = put_num(line, o, cap, unsaid)
         o = put_str(line, o, cap, b" more times since the last line)")
     log_line(line, o)
+
+
+cdef inline void log_accept_pause(const char* name, int err, uint64_t now_ms, uint64_t* next_ms,
+                                  uint64_t* unsaid) noexcept nogil:
+    """``log_accept_error`` now, then at most one line a second while it lasts, as ``contract.AcceptErrors``.
+
+    ``next_ms`` (when the next line may go) and ``unsaid`` (failures since the
+    last line) are the caller's, zero at first.
+    """
+    if now_ms < next_ms[0]:
+        unsaid[0] += 1
+        return
+    log_accept_error(name, err, unsaid[0])
+    next_ms[0] = now_ms + ACCEPT_LOG_EVERY_MS
+    unsaid[0] = 0
+
+
+cdef inline const char* frame_too_long(char* out, size_t cap, const unsigned char* p, uint64_t max_message) noexcept nogil:
+    """The reason for a frame length over the limit (the length is at ``p``), worded as the oracle's."""
+    cdef uint64_t length = ((<uint64_t>p[0] << 24) | (<uint64_t>p[1] << 16)
+                            | (<uint64_t>p[2] << 8) | <uint64_t>p[3])
+    cdef size_t o = put_str(out, 0, cap - 1, b"frame length ")
+    o = put_num(out, o, cap - 1, length)
+    o = put_str(out, o, cap - 1, b" is over the limit of ")
+    o = put_num(out, o, cap - 1, max_message)
+    o = put_str(out, o, cap - 1, b" bytes")
+    out[o] = 0
+    return out

@@ -67,7 +67,7 @@ from openssl cimport (
     ERR_peek_error, ERR_clear_error, ERR_GET_REASON,
 )
 from serveloop cimport set_nonblocking, epoll_watch, open_epoll, close_epoll, raise_errno, serve_until_stopped
-from serverlog cimport log_closing, log_accept_error
+from serverlog cimport log_closing, log_accept_pause
 from stopsig cimport stopsig_running
 from tlsconf cimport make_context, ssl_reason
 
@@ -79,7 +79,6 @@ cdef enum:
     EVENTS = 512
     TABLE_CAP = 1 << 22
     ACCEPT_PAUSE_MS = 100       # as epoll_echo.pyx (contract.ACCEPT_PAUSE_S)
-    ACCEPT_LOG_MS = 1000
     REASON_CAP = 256
     ST_HANDSHAKE = 1
     ST_OPEN = 2
@@ -174,12 +173,7 @@ cdef void _resume_accepting(loop_t* L) noexcept nogil:
 
 
 cdef void _log_accept_error(loop_t* L, int err) noexcept nogil:
-    if L.now_ms < L.next_accept_log_ms:
-        L.accept_unsaid += 1
-        return
-    log_accept_error(g_name, err, L.accept_unsaid)
-    L.next_accept_log_ms = L.now_ms + ACCEPT_LOG_MS
-    L.accept_unsaid = 0
+    log_accept_pause(g_name, err, L.now_ms, &L.next_accept_log_ms, &L.accept_unsaid)
 
 
 cdef int _accept_all(loop_t* L) noexcept nogil:

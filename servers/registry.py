@@ -66,6 +66,8 @@ __all__ = ["ServerSpec", "SERVERS", "BUILTIN", "ALL_PROTOCOLS", "ENTRY_POINT_GRO
 ENTRY_POINT_GROUP = "sockbench.servers"
 #: what a server's name may be: it names report rows, results files and cell ids (``server:workload``)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+#: a ``kernel_check``: a module's full dotted name, a colon, a function's name
+_KERNEL_CHECK_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 
 BUILD_HINT = "pip install -e .  (needs a C compiler and Cython)"
 
@@ -94,6 +96,10 @@ class ServerSpec:
     #: why its TLS cannot complete a half-close (the peer's close_notify, then the echo of what came before it),
     #: when its library cannot; "" when it can
     tls_half_close_gap: str = ""
+    #: set for servers that need something of the kernel: ``"module:function"`` (a full module name), a function
+    #: returning ``(ok, reason)`` that asks the kernel (``cython-uring``: whether io_uring may be used here); a
+    #: plugin may name its own
+    kernel_check: str = ""
 
     def availability(self):
         """Return ``(True, "available")`` or ``(False, reason)``; never raises."""
@@ -111,7 +117,18 @@ class ServerSpec:
                 if self.extra:
                     return False, f"not installed: pip install 'sockbench[{self.extra}]'"
                 return False, f"missing module {mod!r} (pip install {mod.split('.')[0]})"
+        if self.kernel_check:
+            return self._ask_kernel()
         return True, "available"
+
+    def _ask_kernel(self):
+        """``kernel_check``'s answer, or why it could not be asked (a plugin's check must not take the table down)."""
+        module, _, function = self.kernel_check.partition(":")
+        try:
+            ok, why = getattr(importlib.import_module(module), function)()
+        except Exception as e:
+            return False, f"its kernel check {self.kernel_check!r} failed: {type(e).__name__}: {str(e)[:200]}"
+        return bool(ok), str(why)
 
     @property
     def serves_tls(self):
@@ -168,11 +185,12 @@ class ServerSpec:
 
 
 def _spec(name, module, summary, requires=(), build_hint="", protocols=("raw",), transports=STREAM_TRANSPORTS, extra="",
-          tls=None, tls_requires=(), tls_half_close_gap=""):
+          tls=None, tls_requires=(), tls_half_close_gap="", kernel_check=""):
     """A registry line; ``tls`` defaults to every protocol the server speaks (its stream forms all serve TLS)."""
     return ServerSpec(name, "sockbench.servers." + module, summary, tuple(requires), build_hint, tuple(protocols),
                       tuple(transports), extra, tls=tuple(protocols if tls is None else tls),
-                      tls_requires=tuple(tls_requires), tls_half_close_gap=tls_half_close_gap)
+                      tls_requires=tuple(tls_requires), tls_half_close_gap=tls_half_close_gap,
+                      kernel_check=kernel_check)
 
 
 #: asyncio's TLS transport (``sslproto``, uvloop's design since Python 3.11) starts its own shutdown when the
@@ -212,6 +230,10 @@ BUILTIN = {
         _spec("cython", "cython_echo", "Cython: level-triggered epoll loop in C, without the GIL",
               requires=("sockbench.ext.epoll_echo", "sockbench.ext.udp_echo"), build_hint=BUILD_HINT, protocols=ALL_PROTOCOLS,
               transports=WITH_UDP, tls=("raw",), tls_requires=("sockbench.ext.tls_echo",)),
+        _spec("cython-uring", "uring_echo",
+              "Cython: io_uring loop in C, without the GIL (multishot accept and receive, provided buffer ring)",
+              requires=("sockbench.ext.uring_echo", "sockbench.ext.uringprobe"), build_hint=BUILD_HINT,
+              protocols=ALL_PROTOCOLS, tls=(), kernel_check="sockbench.servers.iouring:availability"),
     )
 }
 
@@ -276,13 +298,17 @@ def _plugin_spec(ep_name, obj, dist):
     for key in ("summary", "build_hint", "extra"):
         if not isinstance(obj.get(key, ""), str):
             raise ValueError(f"{key} must be a string")
+    kernel_check = obj.get("kernel_check", "")
+    if not isinstance(kernel_check, str) or (kernel_check and not _KERNEL_CHECK_RE.match(kernel_check)):
+        raise ValueError(f"kernel_check must be \"module:function\" (a function returning (ok, reason)), "
+                         f"not {kernel_check!r}")
     tls = _as_tuple(obj.get("tls", ()), "tls")
     if any(p not in protocols for p in tls):
         raise ValueError(f"tls must be among its protocols ({', '.join(protocols)}), not {list(tls)}")
     return ServerSpec(name=name, module=module, summary=summary or f"plugin from {dist}",
                       requires=_as_tuple(obj.get("requires", ()), "requires"), build_hint=obj.get("build_hint", ""),
                       protocols=protocols, transports=transports, extra=obj.get("extra", ""), plugin=dist, tls=tls,
-                      tls_requires=_as_tuple(obj.get("tls_requires", ()), "tls_requires"))
+                      tls_requires=_as_tuple(obj.get("tls_requires", ()), "tls_requires"), kernel_check=kernel_check)
 
 
 def _scan_plugins():

@@ -407,6 +407,7 @@ def _cluster_client(rs, parts):
         rs, cpu_util=(m.user_s + m.sys_s) / capacity if capacity else None, polling=m.polling,
         busy_util=(sum(busy) / capacity) if m.polling and busy and capacity else None,
         user_s=m.user_s, sys_s=m.sys_s, cpus=None, us_per_msg=CpuPerMsg.of(m.user_s, m.sys_s, m.msgs),
+        engine=next((p.client.engine for p in parts if p.client.engine), None),
     )
     bound = any(p.client_bound for p in parts) or bool(client.load is not None and client.load >= CLIENT_BOUND_UTIL)
     return client, bound

@@ -713,6 +713,7 @@ def _spawn_workers(spec, server, endpoint, workers, spare=None, pool=None):
             # the first load process reads the server's CPU and the CPUs' counters at the window's edges
             server_pid=server.pid if server is not None and i == 0 else 0,
             stat_cpus=_stat_cpus(spec, server) if i == 0 else (),
+            engine=spec.engine,
             tls=({"version": spec.tls.version, "cipher": spec.tls.cipher, "resumption": spec.tls.resumption}
                  if spec.tls is not None else None),
         )
@@ -926,7 +927,7 @@ def _throughput(spec, m, measured_s=None):
     )
 
 
-def _client_cpu(rs, m):
+def _client_cpu(rs, m, engine="epoll"):
     """The client's own CPU over the window, its loops' counts, and whether it was the bottleneck (client-bound)."""
     window = m.cpu_window_s or 0.0
     ncpu = len(m.cpus) or 1
@@ -936,7 +937,7 @@ def _client_cpu(rs, m):
         # a polling process is always on its CPU: its busy share is the time outside idle passes
         busy = min(1.0, sum(max(0.0, r.cpu_window_s - (r.idle_s or 0.0)) for r in rs) / (window * ncpu))
     client = Client.of(rs, cpu_util=util, polling=m.polling, busy_util=busy, user_s=m.user_s, sys_s=m.sys_s,
-                       cpus=m.cpus, us_per_msg=CpuPerMsg.of(m.user_s, m.sys_s, m.msgs))
+                       cpus=m.cpus, us_per_msg=CpuPerMsg.of(m.user_s, m.sys_s, m.msgs), engine=engine)
     load = client.load
     return client, bool(load is not None and load >= CLIENT_BOUND_UTIL)
 
@@ -1072,7 +1073,7 @@ def build_result(spec, server, endpoint, started_at, procs, problems, srv, cut=N
     cut_s = round(max((r.cpu_window_s for r in rs), default=0.0), 6) if cut is not None else None
     timeseries = _timeseries(spec, rs, m, cut_s)
     measured_s = cut_s if cut is not None else _measured_s(spec, timeseries, srv)
-    client, client_bound = _client_cpu(rs, m)
+    client, client_bound = _client_cpu(rs, m, spec.engine)
     # a server that exited ends the measurement: whatever the client's CPU did then, it was not the limit
     client_bound = client_bound and srv.exit_status is None
     server_proc = _server_cpu(spec, server, srv, m.msgs, measured_s)

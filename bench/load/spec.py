@@ -16,14 +16,18 @@ from dataclasses import dataclass, field
 from sockbench.bench.load.datagram import check_spec as check_datagram_spec
 from sockbench.endpoints import STREAM_TRANSPORTS, TRANSPORTS, Endpoint
 from sockbench.errors import UsageError
-from sockbench.servers import registry
+from sockbench.servers import iouring, registry
 # the wire protocols the load speaks: the same names, and limit, as ``sockbench serve --protocol``
 from sockbench.servers.protocols import DEFAULT_MAX_MESSAGE, PROTOCOLS
 from sockbench.servers.tls import BUILD_HINT as TLS_BUILD_HINT
 
-__all__ = ["LoadSpec", "MODES", "PROTOCOLS", "MAX_FRAMED_SIZE", "MAX_DURATION_S", "MAX_IN_FLIGHT"]
+__all__ = ["LoadSpec", "MODES", "ENGINES", "PROTOCOLS", "MAX_FRAMED_SIZE", "MAX_DURATION_S", "MAX_IN_FLIGHT",
+           "check_engine"]
 
 MODES = ("closed", "open", "connect")
+#: the load loops: ``epoll`` (``sockbench.ext.loadgen``, every protocol and transport) and ``uring``
+#: (``sockbench.ext.uringgen``: io_uring, raw over tcp, tcp6 and unix)
+ENGINES = ("epoll", "uring")
 #: frame/json payloads above this are over the servers' default ``--max-message`` (16 MiB)
 MAX_FRAMED_SIZE = DEFAULT_MAX_MESSAGE
 MAX_DURATION_S = 3600.0
@@ -70,6 +74,8 @@ class LoadSpec:
     server_python: str | None = None
     #: that interpreter's label in results and cells (``--python``: "3.12"); None: sockbench's own
     python: str | None = None
+    #: the load loop (``ENGINES``): what measured the run is recorded in its result (``client.engine``)
+    engine: str = "epoll"
 
     @property
     def started(self):
@@ -137,6 +143,7 @@ class LoadSpec:
             raise UsageError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
         if self.transport == "udp":
             check_datagram_spec(self)  # raw only, no connect mode, a size that fits a datagram and its header
+        check_engine(self.engine, self.protocol, self.transport, tls=self.tls is not None)
         if self.server_python is not None and self.server is None:
             raise UsageError("--python applies to a registered server that the load starts")
         if self.tls is not None:
@@ -193,3 +200,27 @@ class LoadSpec:
         if self.server is not None:
             registry.get(self.server).check_tls(self.protocol, self.transport)
         self.tls.check()
+
+def check_engine(engine, protocol="raw", transport="tcp", tls=False):
+    """A one-line ``UsageError`` (exit 2) unless load engine ``engine`` can run ``protocol`` over ``transport``
+    (over TLS when ``tls``) here.
+
+    ``uring`` speaks raw over the stream transports, in plaintext (TLS is
+    the epoll loop's, ``ext/tlsgen.pyx``), and needs io_uring: where the
+    kernel refuses it (``sockbench.servers.iouring`` words why), that is the line.
+    """
+    if engine not in ENGINES:
+        raise UsageError(f"unknown --engine {engine!r}; use one of {', '.join(ENGINES)}")
+    if engine == "epoll":
+        return
+    if protocol != "raw":
+        raise UsageError(f"--engine uring speaks --protocol raw only; use --engine epoll for {protocol}")
+    if transport == "udp":
+        raise UsageError("--engine uring loads the stream transports (tcp, tcp6, unix); use --engine epoll for udp")
+    if tls:
+        raise UsageError("--engine uring does not speak TLS; leave --engine out (epoll, the default) to load over --tls")
+    ok, why, _ = iouring.kernel_support()
+    if not ok:
+        raise UsageError(f"--engine uring: {why}")
+    if importlib.util.find_spec("sockbench.ext.uringgen") is None:
+        raise UsageError("--engine uring: not built (build it with: pip install -e .  (needs a C compiler and Cython))")

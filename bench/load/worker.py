@@ -18,7 +18,9 @@ that may hold threads and the server's pipes.  The protocol is JSON lines:
    every process shares, once every worker is ready;
 3. the worker sleeps until ``start_ns``, runs ``sockbench.ext.loadgen.run_loop``
    (over udp: ``sockbench.ext.udpgen.run_loop`` on connected UDP flows, whose
-   result adds ``datagrams``; see ``datagram.py``), which ends by itself at ``end_ns``, encodes its histograms with the
+   result adds ``datagrams``; see ``datagram.py``; with ``engine`` uring:
+   ``sockbench.ext.uringgen.run_loop``, the same dict from an io_uring loop),
+   which ends by itself at ``end_ns``, encodes its histograms with the
    ``hdrhistogram`` package, and prints ``{"event": "result", "result": R}``,
    where R is a ``ProcResult`` (``sockbench.bench.schema``): the loop's
    dict under the same names, the shape the harness adds up;
@@ -96,6 +98,8 @@ class WorkerParams:
     #: TLS: ``{"version", "cipher", "resumption"}`` (``servers.tls.TlsConfig``'s client side), or None; the loop is
     #: then ``sockbench.ext.tlsgen``, and closed/open mode's connections shake hands before the process is ready
     tls: dict | None = None
+    #: the load loop: ``epoll`` (``sockbench.ext.loadgen``) or ``uring`` (``sockbench.ext.uringgen``)
+    engine: str = "epoll"
 
     @property
     def endpoint(self):
@@ -235,6 +239,8 @@ def run_worker(p):
             return _run_datagrams(p, msg, owned, table, late_ns)
         if client is not None:
             return _run_tls(p, msg, owned, client, table, late_ns)
+        if p.engine == "uring":
+            return _run_uring(p, msg, owned, table, late_ns)
         r = loadgen.run_loop(
             MODES[p.mode], owned, p.first_cid, p.cid_step, p.conns, p.size, p.depth, p.rate,
             msg["start_ns"], msg["warm_end_ns"], msg["end_ns"], p.interval_ns, p.timeout_ns,
@@ -308,6 +314,26 @@ def _run_tls(p, msg, owned, client, table, late_ns):
     return 0
 
 
+def _run_uring(p, msg, owned, table, late_ns):
+    """The io_uring loop (``sockbench.ext.uringgen``, raw only), reported like the epoll loop's."""
+    # deferred: the extensions are needed in a load process only, not in the harness
+    from sockbench.bench.load.hdr import LAYOUT
+    from sockbench.ext import uringgen
+    from sockbench.servers.iouring import defer_wanted, kernel_support, multishot_wanted, quiet_sends_wanted
+
+    endpoint = p.endpoint
+    probe = kernel_support()[2]
+    r = uringgen.run_loop(
+        MODES[p.mode], owned, p.first_cid, p.cid_step, p.conns, p.size, p.depth, p.rate,
+        msg["start_ns"], msg["warm_end_ns"], msg["end_ns"], p.interval_ns, p.timeout_ns, table, LAYOUT,
+        int(endpoint.family), endpoint.sockaddr(), p.poll, p.server_pid, p.stat_cpus, int(STALL_S * 1e9),
+        client_stall_ns=int(CLIENT_STALL_S * 1e9), multishot=multishot_wanted(probe),
+        quiet_sends=quiet_sends_wanted(probe), defer_taskrun=defer_wanted(),
+    )
+    _emit({"event": "result", "result": proc_result(r, p.index, p.cpus, start_late_ns=late_ns).to_json()})
+    return 0
+
+
 def _preload():
     """Import what the loop needs before the parameters arrive.
 
@@ -323,6 +349,10 @@ def _preload():
         pass  # run_worker imports them again and reports what is missing the usual way
     try:
         from sockbench.ext import tlsgen  # noqa: F401  (built only where OpenSSL is)
+    except ImportError:
+        pass  # run_worker imports them again and reports what is missing the usual way
+    try:
+        from sockbench.ext import uringgen  # noqa: F401  (built where io_uring's header is)
     except ImportError:
         pass  # run_worker imports them again and reports what is missing the usual way
 

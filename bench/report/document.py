@@ -255,6 +255,7 @@ def _settings(results):
         out.append(("each round", _round_setting(plan, results)))
         out.append(("rounds per cell", _rounds_setting(plan)))
         out.append(("CPU pinning", f"server on CPU {list(plan.server_cpus)}, load client on CPU {list(plan.client_cpus)}"))
+    out.append(("load engine", engine_setting(results)))
     out.append(("rounds", _rounds_taken(results)))
     out.append(("machine", results.machine_record().line()))
     tuning = _tuning(results.machine_record())
@@ -265,6 +266,18 @@ def _settings(results):
     if results.meta.finished_at:
         out.append(("finished", str(results.meta.finished_at)))
     return out
+
+
+def engine_setting(results):
+    """Which load loop measured which cells: one engine for all, or each engine with the cells it measured."""
+    by_engine = {}
+    for c in results.cells.values():
+        by_engine.setdefault("+".join(c.engines), []).append(c)
+    if len(by_engine) <= 1:
+        engine = next(iter(by_engine), "epoll")
+        return f"{engine} (every cell)"
+    return "; ".join(f"{engine}: " + ", ".join(f"{c.server} {c.cell.workload_id}" for c in cells)
+                     for engine, cells in sorted(by_engine.items()))
 
 
 def _round_setting(plan, results):
@@ -372,7 +385,8 @@ def _warnings(results):
                 d = c.datagrams
                 detail = f": {d.lost:,} of {d.sent:,} datagrams lost ({c.loss_share:.2%}) over {len(c.results)} rounds"
             elif f == "CLIENT-BOUND":
-                detail = f": client {'busy' if c.client_polling else 'CPU'} {c.client_load:.0%}"
+                detail = (f": client {'busy' if c.client_polling else 'CPU'} {c.client_load:.0%} "
+                          f"({'+'.join(c.engines)} load engine)")
             out.append((f, f"{c.server}, {c.cell.title()}{detail}"))
     return out
 

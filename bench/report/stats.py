@@ -495,6 +495,11 @@ class CellStats:
         return _median([_num(r.client.cpu_util) for r in self.results])
 
     @property
+    def engines(self):
+        """The load loops that measured the cell's rounds (``schema.Client.engine_name``), sorted."""
+        return sorted({r.client.engine_name for r in self.results})
+
+    @property
     def client_polling(self):
         """True when the client polled (open loop): its CPU is then always ~100%, its busy share is its load."""
         return any(r.client.polling for r in self.results)

@@ -209,6 +209,11 @@ class Plan(RunPlan):
         out = [p for p in self.protocols if spoken is None or p in spoken]
         return out if any(p != "raw" for p in out) else []
 
+    def engine_for(self, cell):
+        """The load loop that measures ``cell``: the plan's engine where it applies (raw in plaintext over a stream),
+        else epoll's."""
+        return self.engine if cell.protocol == "raw" and cell.transport != "udp" and not cell.tls else "epoll"
+
     def server_transports(self, server):
         """The plan's transports that ``server`` serves, in the plan's order."""
         served = self.serves.get(server)

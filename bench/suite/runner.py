@@ -45,6 +45,7 @@ import subprocess
 import sys
 import time
 
+from sockbench.bench.load.spec import check_engine
 from sockbench.bench.load.worker import FD_HEADROOM
 from sockbench.bench.report.store import RAW_DIR, is_discarded
 from sockbench.bench.suite.plan import default_plan, full_plan, quick_plan
@@ -126,7 +127,8 @@ def _none_or(values, option):
 def build_plan(servers=None, sizes=None, conns=None, quick=False, full=False, rounds=None, min_rounds=None,
                max_rounds=None, ci=None, cell_budget_s=None, run_budget_s=None, duration_s=None, warmup_s=None,
                open_pcts=None, server_cpus=None, client_cpus=None, protocols=None, transports=None, workers=None,
-               seed=None, commands=None, pythons=None, tls=None, tls_config=None, tls_resumption=None):
+               seed=None, commands=None, pythons=None, tls=None, tls_config=None, tls_resumption=None,
+               engine=None):
     """The run's Plan from the command line; any bad value is a one-line UsageError.
 
     ``rounds`` fixes the rounds of every cell (``min_rounds = max_rounds = rounds``); ``run_budget_s`` 0
@@ -134,7 +136,8 @@ def build_plan(servers=None, sizes=None, conns=None, quick=False, full=False, ro
     are named); ``pythons``: the interpreters (``prepare_pythons``) the built-in servers run under.
     ``tls`` is the TLS dimension (``[False, True]`` for ``--tls off on``), ``tls_config`` the setting of its
     TLS cells (``servers.tls.TlsConfig``), ``tls_resumption`` which handshakes its connect cells measure
-    (None: full and resumed).
+    (None: full and resumed).  ``engine``: the load loop of the plain raw stream cells (``--engine``); the
+    others stay on epoll's, the only loop that speaks them.
     """
     if quick and full:
         raise UsageError("--quick and --full exclude each other")
@@ -160,6 +163,12 @@ def build_plan(servers=None, sizes=None, conns=None, quick=False, full=False, ro
         kw["workers"] = tuple(workers)  # each count is checked by the Plan
     if seed is not None:
         kw["seed"] = int(seed)
+    if engine is not None:
+        check_engine(engine)  # unknown, unbuilt, or io_uring refused here: one line before anything runs
+        if engine != "epoll" and tls and not any(not t for t in tls):
+            raise UsageError(f"--engine {engine} loads the plain raw cells, and --tls on leaves none (TLS is epoll's "
+                             f"loop); run --tls off on, or leave --engine out")
+        kw["engine"] = engine
     kw["speaks"] = {n: list(registry.get(n).protocols) for n in names}
     kw["serves"] = {n: list(registry.get(n).transports) for n in names}
     for c in commands:

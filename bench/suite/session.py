@@ -322,7 +322,7 @@ class SuiteContext:
             conns=conns or cell.conns, size=size or cell.size, rate=rate,
             duration_s=p.round_duration(cell), warmup_s=p.warmup_s, procs=min(p.procs, conns or cell.conns),
             server_cpus=tuple(p.server_cpus), client_cpus=tuple(p.client_cpus), interval_s=p.interval_s,
-            name_busy=name_busy, tls=self.tls_config(cell),
+            name_busy=name_busy, tls=self.tls_config(cell), engine=p.engine_for(cell),
         )
 
     # --- the processes kept between rounds -------------------------------------------------

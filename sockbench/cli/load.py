@@ -62,6 +62,9 @@ def add_arguments(p):
     p.add_argument("--client-cpus", default="1", help="CPUs for the load processes (default 1)")
     p.add_argument("--interval", type=arg(parse_number, "--interval"), default=0.1, help="time-series interval in seconds (default 0.1)")
     p.add_argument("--timeout", type=arg(parse_number, "--timeout"), default=5.0, help="seconds before an unanswered message is an error (default 5)")
+    p.add_argument("--engine", default="epoll", metavar="epoll|uring",
+                   help="the load loop: epoll (default; every protocol and transport) or uring (io_uring; raw over "
+                        "tcp, tcp6, unix)")
     p.add_argument("--json", metavar="PATH",
                    help="write the result JSON here (- for stdout; default results/load/<UTC time>__<server>.json)")
     p.add_argument("--cluster", metavar="tcp://HOST:PORT", type=arg(parse_scheduler, "--cluster"),
@@ -127,6 +130,7 @@ def spec_from_args(args):
         server_python=server_python,
         python=python,
         tls=tlsargs.config(args, "load"),
+        engine=args.engine,
     )
     # a load from several hosts checks the client CPUs on each host, where they are
     return spec if getattr(args, "cluster", None) else spec.validate()
@@ -155,7 +159,7 @@ def run_cli(args):
     console = make_console(stderr=to_stdout)
     # one line, then nothing until the run ends: a redrawn spinner would cost the measured CPUs
     console.print(f"loading {spec.label}: {spec.mode}, {spec.protocol}, {spec.conns} conns, "
-                  f"{spec.warmup_s:g} s warmup + {spec.duration_s:g} s ...", highlight=False)
+                  f"{spec.warmup_s:g} s warmup + {spec.duration_s:g} s, {spec.engine} load engine ...", highlight=False)
     notes = []
     cut = None
     try:
@@ -290,6 +294,7 @@ def _head(r):
     if w.mode == "open":
         head.append(f"  rate {w.rate:,.0f}/s")
     head.append(f"  {w.duration_s:g} s (+{w.warmup_s:g} s warmup)  {w.procs} proc(s)")
+    head.append(f"  {r.client.engine_name} load engine")
     return head
 
 

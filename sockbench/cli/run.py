@@ -82,6 +82,9 @@ def add_run_arguments(p):
     p.add_argument("--workers", nargs="+", type=arg(parse_number, "--workers", kind=int, positive=True), metavar="N",
                    help="the scaling dimension: every cell with each of these server process counts, each worker on one "
                         "of --server-cpus (sockbench serve --workers; default 1)")
+    p.add_argument("--engine", default=None, metavar="epoll|uring",
+                   help="the load loop of the plain raw stream cells: epoll (default) or uring (io_uring); frame, json, TLS and "
+                        "udp cells stay on epoll, and the report says which engine measured each cell")
     p.add_argument("--seed", type=arg(parse_number, "--seed", kind=int), metavar="N",
                    help="the seed of the passes' random order (default: drawn at the start and recorded in meta.json "
                         "and progress.jsonl, so any run's order can be replayed)")
@@ -143,6 +146,7 @@ def run_cli(args):
         tls=args.tls,
         tls_config=tlsargs.config(args, "run"),
         tls_resumption=args.tls_resumption,
+        engine=args.engine,
     )
     if args.baseline is not None and args.baseline not in plan.servers:
         raise SockbenchError(f"--baseline {args.baseline} is not one of the servers run: {' '.join(plan.servers)}",

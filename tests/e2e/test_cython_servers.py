@@ -37,7 +37,8 @@ from sockbench.procfs import read_proc_stat, read_rss_bytes
 from sockbench.servers.process import ServerProcess
 
 MiB = 1 << 20
-CYTHON_SERVERS = ("cython", "cython-protocol")
+#: the servers compiled from ext/ (their registry line carries the build hint): cython, cython-protocol, cython-uring
+CYTHON_SERVERS = tuple(n for n, spec in registry.BUILTIN.items() if spec.build_hint == registry.BUILD_HINT)
 
 
 # --- without the built extension ------------------------------------------------------------

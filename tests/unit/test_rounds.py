@@ -248,10 +248,11 @@ def test_the_default_run_fits_in_five_minutes():
     assert all(Cell(n, "open", 64, 100, load_pct=50) in cells for n in names)
     framed = [n for n in names if plan.server_protocols(n)]
     assert framed and all(Cell(n, "closed", 64, 100, protocol="json") in cells for n in framed)
-    # 6 rounds a cell (the fewest with a 95% interval) use under 85% of the run budget (the rest: rounds for
-    # the noisy cells; eleven servers leave less room than seven did), the cells never take more than the
-    # budget, and the budget leaves 30 s to start the suite and write the report
-    assert plan.min_estimate_s() * (6 / plan.min_rounds) <= 0.85 * plan.run_budget_s
+    # 6 rounds a cell (the fewest with a 95% interval) use under 92% of the run budget (the rest: rounds for
+    # the noisy cells; twelve servers, cython-uring the twelfth, leave less room than seven did: 6 rounds
+    # take 90% of it), the cells never take more than the budget, and the budget leaves 30 s to start the
+    # suite and write the report
+    assert plan.min_estimate_s() * (6 / plan.min_rounds) <= 0.92 * plan.run_budget_s
     assert plan.max_estimate_s() <= plan.run_budget_s <= 300 - 30
     quick = quick_plan(names)
     assert quick.min_estimate_s() <= 40  # --quick: under a minute with pytest's start and the report

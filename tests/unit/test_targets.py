@@ -188,3 +188,20 @@ def test_an_old_result_reads_as_sockbench_s_own_interpreter():
          "throughput": {"msgs_per_s": 1.0}, "latency_us": {}, "errors": {}, "valid": True}
     r = LoadResult.from_json(d)
     assert r.workload.python is None and r.identity().python == "" and r.server_proc.python is None
+
+
+def test_a_plugin_may_name_a_kernel_check_and_a_failing_one_is_its_reason(monkeypatch):
+    kernel = types.ModuleType("sockbench_test_kernel")
+    kernel.refuses = lambda: (False, "io_uring is disabled (kernel.io_uring_disabled = 2)")
+    kernel.breaks = lambda: 1 / 0
+    monkeypatch.setitem(sys.modules, "sockbench_test_kernel", kernel)
+    found, problems = _scan(monkeypatch, [
+        _EP("ring", {"module": "json", "kernel_check": "sockbench_test_kernel:refuses"}),
+        _EP("broken-check", {"module": "json", "kernel_check": "sockbench_test_kernel:breaks"}),
+        _EP("bad-check", {"module": "json", "kernel_check": "no colon here"}),
+    ])
+    assert set(found) == {"ring", "broken-check"}
+    assert found["ring"].availability() == (False, "io_uring is disabled (kernel.io_uring_disabled = 2)")
+    ok, why = found["broken-check"].availability()
+    assert not ok and "kernel check 'sockbench_test_kernel:breaks' failed: ZeroDivisionError" in why
+    assert len(problems) == 1 and "'bad-check'" in problems[0] and "kernel_check must be" in problems[0]
