@@ -1165,10 +1165,13 @@ class RunPlan(Part):
     #: server -> the transports it serves (from the registry); a server not listed serves them all
     serves: dict = fld(factory=dict)
     #: rounds per cell: at least min_rounds; more until the interval is within ci, at most max_rounds
-    min_rounds: int = fld(5)
+    min_rounds: int = fld(6)
     max_rounds: int = fld(30)
     #: the half-width of the 95% interval of a cell's median, as a fraction of it, that stops its rounds
     ci: float = fld(0.03)
+    #: the same for an open-loop cell's p99, a tail that varies more from round to round than a mean rate
+    #: (None: ``ci``, as every run before it had)
+    ci_p99: float | None = fld(since=4)
     #: the most seconds one cell may spend on its rounds (its minimum rounds always run)
     cell_budget_s: float = fld(60.0)
     #: how many times a disturbed round is measured again, at most (then it is kept, flagged DISTURBED)
@@ -1214,6 +1217,10 @@ class RunPlan(Part):
     #: the load loop of the plain raw stream cells (``sockbench run --engine``: ``epoll`` or ``uring``); frame,
     #: json, udp and TLS cells are loaded by epoll's, which alone speaks them (the suite's ``Plan.engine_for``)
     engine: str = fld("epoll", since=4)
+
+    def ci_for(self, mode):
+        """The interval target of a cell of ``mode``: ``ci_p99`` for the open loop's p99 when set, else ``ci``."""
+        return self.ci_p99 if mode == "open" and self.ci_p99 is not None else self.ci
 
     @classmethod
     def from_json(cls, d, source="the plan"):

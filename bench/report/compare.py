@@ -235,10 +235,10 @@ def compare(a_path, b_path, alpha=ALPHA, fail_above=None):
             failed.append(row)
     notes = []
     pa, pb = A.plan, B.plan
-    for key in ("duration_s", "warmup_s", "min_rounds", "max_rounds", "ci", "server_cpus", "client_cpus"):
+    for key in ("duration_s", "warmup_s", "min_rounds", "max_rounds", "ci", "ci_p99", "server_cpus", "client_cpus"):
         va, vb = (getattr(p, key) for p in (pa, pb)) if pa is not None and pb is not None else (None, None)
         if va != vb:
-            notes.append(f"{key} differs: A {pa.to_json()[key]}, B {pb.to_json()[key]}")
+            notes.append(f"{key} differs: A {pa.to_json().get(key)}, B {pb.to_json().get(key)}")
     ma, mb = A.machine_record(), B.machine_record()
     for name, of in _MACHINE_NOTES:
         va, vb = of(ma), of(mb)

@@ -333,7 +333,7 @@ def load_results(path):
     order = []
     discarded = []
     skipped = []
-    target = _ci_target(meta)
+    target = _ci_target(meta)  # mode -> the interval target (None: fixed rounds)
     read = []
     for fname in files:
         try:
@@ -354,7 +354,7 @@ def load_results(path):
         cell = r.identity()
         key = (cell.server, cell.workload_id)
         if key not in cells:
-            cells[key] = CellStats(cell, ci_target=target)
+            cells[key] = CellStats(cell, ci_target=target(cell.mode))
             order.append((_run_order(r), key))
         cells[key].results.append(r)
     skipped.sort()
@@ -377,11 +377,12 @@ def load_results(path):
 
 
 def _ci_target(meta):
-    """The plan's ``ci`` when its cells ran rounds until stable (``min_rounds < max_rounds``), else None."""
+    """``mode -> target``: the plan's ``ci_for(mode)`` when its cells ran rounds until stable (``min_rounds <
+    max_rounds``), else None."""
     plan = meta.plan
     if plan is not None and plan.min_rounds < plan.max_rounds and plan.ci:
-        return float(plan.ci)
-    return None
+        return lambda mode: float(plan.ci_for(mode))
+    return lambda mode: None
 
 
 def _run_order(r):

@@ -125,7 +125,7 @@ def _none_or(values, option):
 
 
 def build_plan(servers=None, sizes=None, conns=None, quick=False, full=False, rounds=None, min_rounds=None,
-               max_rounds=None, ci=None, cell_budget_s=None, run_budget_s=None, duration_s=None, warmup_s=None,
+               max_rounds=None, ci=None, ci_p99=None, cell_budget_s=None, run_budget_s=None, duration_s=None, warmup_s=None,
                open_pcts=None, server_cpus=None, client_cpus=None, protocols=None, transports=None, workers=None,
                seed=None, commands=None, pythons=None, tls=None, tls_config=None, tls_resumption=None,
                engine=None):
@@ -152,7 +152,7 @@ def build_plan(servers=None, sizes=None, conns=None, quick=False, full=False, ro
     make = quick_plan if quick else full_plan if full else default_plan
     kw = _matrix_options(sizes, conns, open_pcts, protocols)
     kw.update(_round_options(make, names, rounds, min_rounds, max_rounds))
-    for key, value, conv in (("ci", ci, float), ("cell_budget_s", cell_budget_s, float), ("duration_s", duration_s, float),
+    for key, value, conv in (("ci", ci, float), ("ci_p99", ci_p99, float), ("cell_budget_s", cell_budget_s, float), ("duration_s", duration_s, float),
                              ("warmup_s", warmup_s, float), ("server_cpus", server_cpus, tuple),
                              ("client_cpus", client_cpus, tuple)):
         if value is not None:
@@ -653,8 +653,9 @@ def _protocols_line(plan):
 def _rounds_line(plan):
     if not plan.adaptive:
         return f"{plan.min_rounds} rounds per cell"
+    p99 = plan.ci_for("open")
     return (f"{plan.min_rounds}-{plan.max_rounds} rounds per cell, until the 95% interval of the median is within "
-            f"±{plan.ci:.0%}")
+            f"±{plan.ci:.0%}" + (f" (open loop's p99: ±{p99:.0%})" if p99 != plan.ci else ""))
 
 
 def _announce(plan, out, console):

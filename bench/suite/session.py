@@ -154,7 +154,7 @@ def stop_reason(plan, stats, elapsed_s, budget_s, round_s=None):
         return "fixed"
     if stats.invalid:
         return "invalid"
-    if stats.interval().half_width <= plan.ci:
+    if stats.interval().half_width <= plan.ci_for(stats.cell.mode):
         return "stable"
     if n >= plan.max_rounds:
         return "max-rounds"
@@ -434,8 +434,9 @@ class SuiteContext:
         if self.runs is not None:
             return self.runs
         cells = list(self.cells if cells is None else cells)
-        target = self.plan.ci if self.plan.adaptive else None
-        self.runs = {c.id: CellRun(c, self.plan.cell_budget_s, target) for c in cells}
+        adaptive = self.plan.adaptive
+        self.runs = {c.id: CellRun(c, self.plan.cell_budget_s, self.plan.ci_for(c.mode) if adaptive else None)
+                     for c in cells}
         self.started = self.clock()
         self.write_seed()
         try:

@@ -75,7 +75,7 @@ def test_echo(benchmark, cell, suite_ctx, measured):
     info = benchmark.extra_info
     info.update(server=cell.server, python=cell.python or None, mode=cell.mode, protocol=cell.protocol, transport=cell.transport, size=cell.size, conns=cell.conns, depth=cell.depth,
                 duration_s=plan.round_duration(cell), warmup_s=plan.warmup_s, min_rounds=plan.min_rounds,
-                max_rounds=plan.max_rounds, ci_target=plan.ci,
+                max_rounds=plan.max_rounds, ci_target=plan.ci_for(cell.mode),
                 tls=cell.tls, resumed=cell.resumed,
                 timed_as="seconds per message" if cell.mode != "open" else
                 "mean latency per round, seconds (percentiles: latency_us and per_round)")

@@ -17,7 +17,7 @@ import pytest
 from sockbench.bench.report.stats import CellStats, median_interval
 from sockbench.bench.report.store import load_results
 from sockbench.bench.schema import (
-    ERROR_KINDS, Cell, Errors, Fairness, Interference, Latency, LoadResult, Throughput, Workload,
+    ERROR_KINDS, Cell, Errors, Fairness, Interference, Latency, LoadResult, RunPlan, Throughput, Workload,
 )
 from sockbench.bench.suite.plan import (
     HICCUP_S, HICCUP_SHARE, MAX_OPEN_DURATION_S, REMEASURE_DISTURBED, Plan, default_plan, full_plan, quick_plan,
@@ -25,6 +25,7 @@ from sockbench.bench.suite.plan import (
 from sockbench.bench.suite.progress import CellDone, PassStarted, RoundDone, RoundStarted, Window, parse
 from sockbench.bench.suite import session
 from sockbench.bench.suite.session import PROGRESS_FILE, SuiteContext, stop_reason
+from sockbench.errors import UsageError
 from sockbench.servers import registry
 
 CELL = Cell("uvloop", "closed", 64, 100)
@@ -179,7 +180,7 @@ def test_a_fixed_plan_runs_exactly_its_rounds(tmp_path):
 
 def test_an_invalid_cell_stops_at_its_minimum(tmp_path):
     rounds = [(100_000.0, False)] * 2 + [(0.0, False)] + [(100_000.0, False)] * 20
-    run, events, _ = _run(tmp_path, iter(rounds))
+    run, events, _ = _run(tmp_path, iter(rounds), min_rounds=5)
     assert run.stopped == "invalid" and len(run.results) == 5
     assert {"INVALID", "STARVED"} <= set(events[-1].flags)
 
@@ -387,3 +388,13 @@ def test_a_round_whose_client_ran_slow_is_unseen_and_measured_again():
     # open loop: the polling client is always busy, its CPU says nothing of the CPU's speed
     opened = dc_replace(slow, workload=dc_replace(slow.workload, mode="open"))
     assert client_slowdown(opened, earlier) is None
+
+
+def test_an_open_loop_p99_is_held_to_its_own_target(tmp_path):
+    """``ci_p99`` is the open loop's target, ``ci`` the closed loop's; a plan without it holds both to ``ci``."""
+    plan = Plan(servers=("uvloop",), sizes=(64,), conns=(100,), ci=0.03, ci_p99=0.10)
+    assert plan.ci_for("open") == 0.10 and plan.ci_for("closed") == plan.ci_for("connect") == 0.03
+    assert Plan(servers=("uvloop",), ci=0.05).ci_for("open") == 0.05
+    assert RunPlan.from_json({k: v for k, v in plan.to_json().items() if k != "ci_p99"}).ci_for("open") == 0.03
+    with pytest.raises(UsageError, match="--ci-p99 must be above 0%"):
+        Plan(servers=("uvloop",), ci_p99=1.5)
