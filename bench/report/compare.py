@@ -1,81 +1,29 @@
 """``sockbench compare A B``: is B slower or faster than A, cell by cell, and can the rounds tell?
 
-Why it is built this way: a ratio of two medians alone cannot tell a change
-from noise, and a p-value alone cannot tell a change that matters from one
-that does not.  So every (server, workload) present in both folders gets the
-ratio B/A of its figure with a 95% confidence interval, and the verdict asks
-where the whole interval lies against the threshold t (``--fail-above``, 5%
-when not given):
+A ratio of medians alone cannot tell a change from noise, and a p-value alone
+cannot tell a change that matters from one that does not.  So each (server,
+workload) cell present in both folders gets B/A of its figure with a 95%
+Hodges-Lehmann interval (``stats.ratio_interval``), and the verdict is where
+the whole interval lies against the threshold t (``--fail-above``, default 5%):
+``slower``/``faster`` beyond t, ``same`` within t, ``undecided (needs more
+rounds)`` when it straddles t or the rounds are too few for any interval.
 
-* ``slower`` / ``faster``: the whole interval lies beyond t (the change is
-  larger than t, whatever the noise);
-* ``same``: the whole interval lies within t (any change is smaller than t);
-* ``undecided (needs more rounds)``: the interval straddles t, or the rounds
-  are too few for any 95% interval (3 against 3 cannot give one).
+Rules:
 
-The interval is the Hodges-Lehmann interval of the ratio
-(``stats.ratio_interval``; why this one and not a bootstrap is said there):
-distribution-free, exact at its level, deterministic.  ``B/A`` in the table is
-the ratio of the two medians, the figure a reader recomputes by hand; the
-interval is around the Hodges-Lehmann estimate, which for a handful of
-rounds lies close to it.  ``tests/unit/test_compare_stats.py`` proves the
-verdicts on synthetic rounds: with no change and 5% noise, few cells are
-called changed; with a 20% change, nearly all are.
-
-A cell is a (server, workload) pair, and the workload includes the wire
-protocol: ``closed-64B-c100-d16-json`` is compared only with the same json
-cell of the other run, never with raw.  A folder written before the protocol
-dimension existed reads as raw (its ids are the raw ids), so old baselines
-still compare.
-
-Each workload is judged on the figure that matters for it
-(``CellStats.figures``): closed loop on throughput, msgs/s per round (higher
-is better); open loop on the p99 latency per round (lower is better), since
-the throughput of an open-loop run is the offered rate, not a measurement of
-the server.
-
-Rounds of one run are not independent of the time they ran in.  A run
-measures server after server, each in a block of about half a minute, and
-the machine drifts between blocks (a noisy neighbour on the host, a kernel
-thread that moves to the server's CPU): two back-to-back runs of the same
-code, on a quiet machine, read one server's cells all 5-8% apart and
-another's all 5% the other way, each with rounds that agree within 2%.  The
-rounds' interval cannot see that shift, so it would call it a change.
-``compare`` therefore estimates the drift between blocks from the runs
-themselves: the median log ratio B/A of each server's closed-loop cells, and
-their spread across servers (the median absolute deviation, scaled to a
-standard deviation, so that one server that really changed does not make
-it); with at least ``DRIFT_MIN_SERVERS`` servers, each cell's interval is
-widened by it (in quadrature, at the interval's level).  Open-loop p99s
-drift far more than msgs/s (see the stalls below), so they get a drift of
-their own, estimated the same way from the open-loop cells.  A change of one
-server stands out against it; a drift does not.  The table's header line
-says how large it was.
-
-An open-loop cell is judged on its p99, and on a shared machine the p99 is
-set by the moments the load client's CPU was taken from it (a kernel thread,
-the hypervisor: ``client.stalls``; every message due in one goes out late).
-When the two runs' clients lost shares of their windows to stalls
-``STALLS_DIFFER_RATIO`` times apart (the larger at least
-``STALLS_DIFFER_FLOOR``), the p99s measured two different machines: the
-verdict is marked ``STALLS differ`` with both shares, and never fails
-``--fail-above``, as a DISTURBED cell.  Measured: two back-to-back runs of
-the same code read every open-loop p99 30-80% lower in the second, whose
-clients lost half the stall time of the first's.
-
-Two folders are two runs made at different times, so even widened by the
-drift this stays conservative (it decided changes of about 10% on the
-2-core machine): ``sockbench ab A B``, which measures the two side by side,
-interleaved round by round and paired pass by pass, is the decisive way to
-tell whether a change made a server slower, and every ``compare`` says so
-(``AB_NOTE``).
-
-A cell that was DISTURBED (foreign load on its CPUs that re-measuring did
-not escape) on either side is reported as such and never fails
-``--fail-above``: its figure measures the machine as much as the server.  An
-INVALID or STARVED cell is marked too.  ``--fail-above 5%`` turns the
-comparison into a CI guard: exit status 1 when any other cell is ``slower``
-by more than that.
+* A cell's workload includes the wire protocol (json is compared only with
+  json); a folder older than that dimension reads as raw.
+* Closed loop is judged on msgs/s per round, open loop on p99 per round
+  (its throughput is the offered rate) (``CellStats.figures``).
+* Each server's cells run in one block and the machine drifts between blocks,
+  which the rounds' interval cannot see.  The drift is estimated from the runs
+  themselves (median log ratio per server, MAD across servers; open loop
+  separately) and widens every interval once ``DRIFT_MIN_SERVERS`` servers
+  show it.
+* An open-loop cell whose clients' stall shares differ (``stalls_differ``,
+  see ``sockbench.thresholds``) is marked ``STALLS differ``; a DISTURBED
+  cell is marked; neither fails ``--fail-above``.  INVALID and STARVED are marked.
+* Two folders are two runs made apart; ``sockbench ab`` measures side by side
+  and is the decisive test, and every comparison says so (``AB_NOTE``).
 """
 
 import dataclasses
