@@ -3,9 +3,20 @@
 Each one is read by the harness that sets a flag, by the suite and the report
 that show it, and by the calibration tools that judge their own runs, so a
 flag means the same thing wherever it appears.
+
+Two ideas share the word "stall" because result keys spell both; each is
+defined here once:
+
+* a **stall** (``STALL_S``): the server answered nothing for ``STALL_S`` in a
+  closed or connect loop; the run is invalid.
+* a **client stall** (``CLIENT_STALL_S``): the polling load client's own loop
+  was held off its CPU for ``CLIENT_STALL_S`` or more; counted (result keys
+  ``client.stalls``, ``stall_s``, ``longest_stall_s``), never a flag.
+  ``compare`` marks a cell "STALLS differ" when two runs' client stall shares
+  are ``CLIENT_STALLS_DIFFER_RATIO`` apart (``client_stalls_differ``).
 """
 
-__all__ = ["CLIENT_BOUND_UTIL", "SERVER_BOUND_UTIL", "UNSTABLE_SPREAD", "OUTLIER_SHARE", "BEHIND_FRACTION", "STALL_S", "CLIENT_STALL_S", "STALLS_DIFFER_RATIO", "STALLS_DIFFER_FLOOR", "DISTURBED_SHARE",
+__all__ = ["CLIENT_BOUND_UTIL", "SERVER_BOUND_UTIL", "UNSTABLE_SPREAD", "OUTLIER_SHARE", "BEHIND_FRACTION", "STALL_S", "CLIENT_STALL_S", "CLIENT_STALLS_DIFFER_RATIO", "CLIENT_STALLS_DIFFER_FLOOR", "DISTURBED_SHARE",
            "CLOCK_OFFSET_SHARE", "LOSSY_SHARE", "SAME_COST_SHARE",
            "WORKER_IDLE_SHARE", "THROTTLED_SHARE", "LOADED_IDLE_SHARE", "LOADED_MIN_IN_FLIGHT", "CANARY_SLOWDOWN",
            "CLIENT_SLOWDOWN"]
@@ -22,17 +33,17 @@ UNSTABLE_SPREAD = 0.10
 OUTLIER_SHARE = 0.20
 #: open loop: an achieved rate more than 5% below the target is BEHIND
 BEHIND_FRACTION = 0.05
-#: closed/connect loops: no message completed for this long inside the window is a stall (invalid)
+#: closed/connect loops: no message completed for this long inside the window is a stall (the run is invalid)
 STALL_S = 1.0
 #: open loop, polling: a gap this long between two passes of the load loop is a client stall (its CPU was taken
 #: from it; shown, not a flag): longer than a pass's own work, which is one epoll batch (at most C_MAX_EVENTS
 #: events, one per ready socket, a few µs each), and shorter than the 1-10 ms p99 such stalls make on a shared VM
 CLIENT_STALL_S = 0.0005
-#: compare: two runs' open-loop cells whose clients lost shares of their windows to stalls this many times
-#: apart measured different machines as much as different servers (the stalls set the p99)
-STALLS_DIFFER_RATIO = 2.0
-#: ... counted only when the larger share is at least this (below it the stalls cannot set a p99)
-STALLS_DIFFER_FLOOR = 0.005
+#: compare: two runs' open-loop cells whose clients lost shares of their windows to client stalls this many
+#: times apart measured different machines as much as different servers (client stalls set the p99)
+CLIENT_STALLS_DIFFER_RATIO = 2.0
+#: ... counted only when the larger share is at least this (below it client stalls cannot set a p99)
+CLIENT_STALLS_DIFFER_FLOOR = 0.005
 #: foreign work (or the hypervisor's steal) on a side's pinned CPUs of at least this share of one CPU over
 #: the window: the figure measures the neighbours as much as the server ("disturbed")
 DISTURBED_SHARE = 0.05

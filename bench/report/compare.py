@@ -19,7 +19,7 @@ Rules:
   themselves (median log ratio per server, MAD across servers; open loop
   separately) and widens every interval once ``DRIFT_MIN_SERVERS`` servers
   show it.
-* An open-loop cell whose clients' stall shares differ (``stalls_differ``,
+* An open-loop cell whose clients' stall shares differ (``client_stalls_differ``,
   see ``sockbench.thresholds``) is marked ``STALLS differ``; a DISTURBED
   cell is marked; neither fails ``--fail-above``.  INVALID and STARVED are marked.
 * Two folders are two runs made apart; ``sockbench ab`` measures side by side
@@ -32,9 +32,9 @@ import statistics
 
 from sockbench.bench.report.stats import CONFIDENCE, ratio_interval
 from sockbench.bench.report.store import load_results
-from sockbench.thresholds import STALLS_DIFFER_FLOOR, STALLS_DIFFER_RATIO
+from sockbench.thresholds import CLIENT_STALLS_DIFFER_FLOOR, CLIENT_STALLS_DIFFER_RATIO
 
-__all__ = ["compare", "render", "verdict", "block_drift", "widened", "stalls_differ", "ALPHA", "DEFAULT_THRESHOLD", "UNDECIDED",
+__all__ = ["compare", "render", "verdict", "block_drift", "widened", "client_stalls_differ", "ALPHA", "DEFAULT_THRESHOLD", "UNDECIDED",
            "DRIFT_MIN_SERVERS", "AB_NOTE"]
 
 #: 1 - the confidence of the interval (``--alpha``)
@@ -116,12 +116,12 @@ def _median(v):
     return s[m] if len(s) % 2 else (s[m - 1] + s[m]) / 2.0
 
 
-def stalls_differ(share_a, share_b):
-    """True when two runs' clients lost shares of their windows to stalls far enough apart to set their p99s."""
+def client_stalls_differ(share_a, share_b):
+    """True when two runs' clients lost shares of their windows to client stalls far enough apart to set their p99s."""
     if share_a is None or share_b is None:
         return False
     lo, hi = sorted((share_a, share_b))
-    return hi >= STALLS_DIFFER_FLOOR and hi >= STALLS_DIFFER_RATIO * lo
+    return hi >= CLIENT_STALLS_DIFFER_FLOOR and hi >= CLIENT_STALLS_DIFFER_RATIO * lo
 
 
 def _marks(ca, cb):
@@ -131,7 +131,7 @@ def _marks(ca, cb):
         sides = [side for side, c in (("A", ca), ("B", cb)) if flag in c.flags()]
         if sides:
             out.append(f"{flag} in {' and '.join(sides)}")
-    if ca.cell.mode == "open" and stalls_differ(ca.client_stall_share, cb.client_stall_share):
+    if ca.cell.mode == "open" and client_stalls_differ(ca.client_stall_share, cb.client_stall_share):
         out.append(f"STALLS differ: A {ca.client_stall_share:.1%}, B {cb.client_stall_share:.1%} of the window")
     return out
 

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from report_fixture import PROTO_COST_US, make_results
-from sockbench.bench.report.compare import DRIFT_MIN_SERVERS, UNDECIDED, block_drift, compare, stalls_differ, widened
+from sockbench.bench.report.compare import DRIFT_MIN_SERVERS, UNDECIDED, block_drift, compare, client_stalls_differ, widened
 from sockbench.bench.report.stats import RatioInterval, ratio_interval
 from sockbench.units import parse_percent
 from sockbench.bench.suite.plan import Plan, default_plan, full_plan, quick_plan
@@ -480,11 +480,11 @@ def test_open_loop_p99s_whose_client_stalls_differ_are_marked_and_never_fail(tmp
     assert [r["workload"] for r in compare(a, b, fail_above=0.05)["failed"]] == [cell.workload_id]
 
 
-def test_stalls_differ_needs_a_ratio_and_a_floor():
-    assert stalls_differ(0.004, 0.012) and stalls_differ(0.012, 0.004)
-    assert not stalls_differ(0.008, 0.012)        # within the ratio
-    assert not stalls_differ(0.001, 0.004)        # neither could set a p99
-    assert not stalls_differ(None, 0.02) and not stalls_differ(0.02, None)  # a client that did not poll
+def test_client_stalls_differ_needs_a_ratio_and_a_floor():
+    assert client_stalls_differ(0.004, 0.012) and client_stalls_differ(0.012, 0.004)
+    assert not client_stalls_differ(0.008, 0.012)        # within the ratio
+    assert not client_stalls_differ(0.001, 0.004)        # neither could set a p99
+    assert not client_stalls_differ(None, 0.02) and not client_stalls_differ(0.02, None)  # a client that did not poll
 
 
 def test_block_drift_and_the_widened_interval():
