@@ -8,89 +8,33 @@ Usage::
                     duration_s=5.0, warmup_s=1.0, procs=1,
                     server_cpus=(0,), client_cpus=(1,), interval_s=0.1)
     result = run_load(spec, json_path=None)   # a LoadResult (sockbench.bench.schema)
-    result.throughput.msgs_per_s, result.to_json()
 
-``target=("127.0.0.1", port)`` (or an ``Endpoint``: ``[::1]:port``,
-``unix:/path``) instead of ``server=`` loads a server that is already
-running; ``transport="tcp6"`` or ``"unix"`` starts the server on that
-transport.  ``protocol="frame"`` or ``"json"`` (default ``"raw"``)
-speaks one of the framed protocols of ``sockbench.servers.protocols``; a
-harness-started server is then started with ``--protocol`` too.  ``size`` is
-always the PAYLOAD size, and ``throughput.bytes_per_s`` counts payload bytes
-(``wire_bytes_per_s`` adds the framing and headers).
+``target=`` (an address or ``Endpoint``) loads a running server instead of
+starting one; ``transport`` and ``protocol`` pick the socket and wire format
+(``size`` is always the payload).
 
-Why it is built this way
-------------------------
-* The hot loop is not here.  It is ``sockbench.ext.loadgen`` (Cython, no GIL,
-  no Python call per message), run in ``procs`` load processes
-  (``python -m sockbench.bench.load.worker``), each pinned to a client CPU.  This module only
-  orchestrates: it starts the server (``sockbench.servers.process.ServerProcess``, pinned
-  to the server CPUs), waits until every load process has connected, then
-  fixes ONE window for all of them on CLOCK_MONOTONIC (start, end of warmup,
-  end), and sleeps through it.  The first load process reads the server's
-  CPU counters at the window's edges from its C loop, in a few µs: when this
-  process woke up to read them, it took a busy CPU from the server or the
-  client for ~0.3 ms twice a round, enough to raise an open-loop p99.
-* Histograms are merged exactly: each load process encodes its HDR histogram
-  with the ``hdrhistogram`` package, and the parent decodes and adds them.
-  Percentiles are computed once, on the merged histogram; never averaged.
-* A stop signal (Ctrl-C, SIGTERM) inside the window cuts it short rather
-  than throwing it away: each load process ends its loop at once and reports
-  (``worker.py``), and ``run_load`` raises ``LoadInterrupted`` carrying the
-  result of the window until then (invalid, "interrupted by ..."; its rates
-  over the time measured), written to ``json_path`` first.  Before the
-  window there is nothing to keep: the run unwinds, and every child is
-  stopped by pid as always.
-* Nothing measured is lost: the result JSON is written as soon as the run
-  ends, even when the run is invalid (a byte mismatch, a server that died, a
-  load process that hung and was killed at the hard timeout).  ``valid`` and
-  ``invalid_reason`` say what went wrong.  A closed or connect run in which
-  no message completes for ``STALL_S`` (1 s) of the measured window is
-  invalid too ("stalled"), even when the per-message timeout is longer than
-  the run: such a window measures a stopped server or machine, not a
-  throughput.  Errors a user can act on (a refused
-  connection, bad input, too few file descriptors) are a ``SockbenchError``
-  raised before anything starts.
-* ``client_bound`` is true when the load processes' CPUs were at least 95%
-  busy: then the figure measures the client as much as the server.
-* Foreign load is measured, never assumed away: load process 0 reads the
-  pinned CPUs' /proc/stat counters at the window's edges, and what ran there
-  besides the server and the load processes is the result's
-  ``interference`` (``interference.py`` says how; ``disturbed`` when it
-  reached ``DISTURBED_SHARE`` of a CPU).  Before anything starts, a process
-  already busy on those CPUs is named in one warning line on stderr, so that
-  a disturbed figure has a culprit (``sockbench.procfs.busy_processes``).
-* Every connection must be served: each counts the messages it completed in
-  the window, the result's ``fairness`` sums them up (min, median, max,
-  Jain's index), and a connection that completed none while it was owed an
-  answer makes the run invalid ("starved: N of C connections completed no
-  message"), whatever the per-message timeout: a server that leaves
-  connections in its backlog serves fewer clients than it was asked to,
-  however fast it serves the others.
-* Open loop polls instead of sleeping between sends when every load process
-  has a client CPU of its own (``client.polling``; with more processes than
-  CPUs they sleep, to share).  On a VM a timer wake-up per message cost the
-  client about 20 µs of CPU, and each wake-up, for a send or for an answer,
-  added latency that was charged to the server: ``cython`` at 50 conns, p50
-  31 µs at 5,000 msgs/s and 37 µs at 50,000 sleeping, against 17 µs at both
-  polling.  A polling client is always on its CPU, so for it
-  ``client_bound`` reads its busy share (``client.busy_util``: the time
-  outside passes that found nothing to do) instead of its CPU time.  Its
-  passes also show when the CPU was taken from it (``client.stalls``: gaps
-  of ``CLIENT_STALL_S`` or more between two passes, their total and the
-  longest): a stall delays every message due in it, so on a shared machine
-  it can set the p99 while staying far under ``DISTURBED_SHARE``.
-  ``limited_by`` says which side's CPUs were saturated ("client", "server",
-  "both", or null when neither was).
-* One shape per step, and each step does one thing.  The spec and its checks
-  are ``spec.LoadSpec``; a run is set up (``_spawn_workers``, ``_wait_ready``),
-  windowed (``_open_window``) and collected (``_collect``); each load process
-  reports one ``schema.ProcResult``; the result is built from them by
-  concern: add the processes up as the schema declares each field
-  (``merge_procs``), the rates (``_throughput``, ``_timeseries``), the CPU of
-  each side (``_client_cpu``, ``_server_cpu``, ``limited_by``), the verdict
-  (``_invalid_reasons``), and the ``LoadResult`` of the result schema
-  (``sockbench.bench.schema``), which alone spells the JSON.
+Why it is built this way: the hot loop is not here but in ``ext/loadgen``
+(nogil Cython), run in ``procs`` load processes (``worker.py``) pinned to the
+client CPUs.  This module orchestrates: start the pinned server, wait until
+every load process is connected, fix ONE window on CLOCK_MONOTONIC for all of
+them, sleep through it, and merge their ``ProcResult``s as the schema declares
+each field.  Load process 0 reads the server's and the pinned CPUs' counters at
+the window's edges from its C loop, so this process never wakes on a busy CPU.
+
+Rules:
+
+* HDR histograms are merged exactly; percentiles come from the merged one.
+* Nothing measured is lost: the result is written as the run ends, invalid or
+  not (``valid``, ``invalid_reason``).  A stop signal inside the window ends it
+  early and ``LoadInterrupted`` carries what was measured.
+* Invalid: a wrong byte, a dead server, a hung load process, a closed/connect
+  window with a stall (``STALL_S``, see ``sockbench.thresholds``), a starved
+  connection (completed nothing while owed an answer).  Errors a user can act
+  on are a ``SockbenchError`` before anything starts.
+* Flags, from ``sockbench.thresholds``: ``client_bound``, ``limited_by``,
+  ``disturbed`` (foreign load on the pinned CPUs, ``interference.py``).
+* Open loop polls when every load process has a CPU of its own (the README says
+  why); a polling client reports its busy share and its client stalls.
 """
 
 import json
