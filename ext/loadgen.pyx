@@ -1,117 +1,38 @@
 """The load generator's hot loop: one epoll loop, run entirely inside one ``with nogil:``.
 
-Why it is built this way
-------------------------
-A load client written in Python measures itself: at tens of thousands of
-messages per second, the interpreter's cost per message is larger than a fast
-server's.  So the loop that sends, receives, verifies and times messages is
-plain C reached through Cython.  Python prepares everything before (the
-connected sockets, the payload table, the histogram layout), calls
-``run_loop`` once, and reads the counters after.  Between the two, no Python
-object is touched: no Python call per message, no GIL.
+A load client in Python would measure itself: its cost per message exceeds a
+fast server's.  So Python prepares everything (connected sockets, payload
+table, histogram layout), calls ``run_loop`` once and reads the counters
+after; in between no Python object is touched.
 
-The payload is a stream per connection, generated, never buffered
-    Byte ``k`` of connection ``c``'s stream is ``table[(k + c * STRIDE) % PERIOD]``,
-    where ``table`` is ``PERIOD + WINDOW`` pseudo-random bytes (the first
-    ``WINDOW`` repeated at the end, so that any slice of up to ``WINDOW``
-    bytes is contiguous).  Sending is a ``writev`` of slices of that table;
-    checking an echo is a ``memcmp`` against the same slices.  Every echoed
-    byte is verified; since the pattern depends on the connection and the
-    offset, reordering, loss, duplication and cross-talk between connections
-    all show up as a mismatch.  No per-connection buffer exists, so a short
-    write keeps only its tail (an offset) and waits for writability.
-Coalescing
-    Messages are ranges of that stream.  All the messages a connection owes
-    at one moment (``depth`` at the start; the replacements of all those
-    completed by one read) go out in ONE ``writev`` (split only past 16 x
-    256 KiB).  ``writes`` and ``msgs_queued`` in the result show the ratio.
-Time
-    ``clock_gettime(CLOCK_MONOTONIC)`` in ns, the same clock as Python's
-    ``time.monotonic_ns()``, so the parent process can fix the window
-    (start, end of warmup, end) for every load process in advance.
-Latency
-    Recorded into a counts array laid out exactly like the ``hdrhistogram``
-    package's (see ``sockbench.bench.load.hdr``); the index computation below is
-    HdrHistogram's.  Only messages completed inside the measured window
-    (after warmup, before the end) are recorded and counted.
-Modes
-    closed: each connection keeps ``depth`` messages in flight.
-    open: a fixed rate for the process, spread evenly over its connections
-    (global message ``g`` goes to connection ``g % conns`` at
-    ``start + g / rate``, computed from ``g``, never accumulated, so the
-    schedule cannot drift).  A periodic ``timerfd``, armed once, wakes the
-    loop at the schedule's period.  Latency counts from the INTENDED send time (wrk2: free of
-    coordinated omission); service time from the actual send goes into the
-    second histogram.  With ``poll`` (the harness asks for it when
-    the process has a CPU of its own), the loop polls instead (epoll_wait
-    with a zero timeout, no timer): a sleep and a timer wake-up per message
-    cost about 20 µs of CPU on a VM, more than the message itself, and every
-    wake-up, for a send or for an answer, is latency charged to the server.  A polling client is
-    always on its CPU, so its CPU time says nothing about its headroom: it
-    counts instead the time of the passes that found nothing to do
-    (``idle_s``), and its busy share is the rest.  A pass is one epoll batch
-    of work, so a gap between two passes of ``client_stall_ns`` or more is
-    the CPU taken from the client (a kernel thread, another process, the
-    hypervisor): counted as a client stall (``stalls``, ``stall_s``,
-    ``longest_stall_s``), since every message due in it went out late.
-    connect: each slot connects, echoes one message, closes, and starts over;
-    the first histogram holds connect latency, the second the whole cycle.
-Framed protocols (``frame``, ``json``; the wire spec is ``sockbench.servers.protocols``)
-    The PAYLOAD of message ``m`` of a connection is the same stream slice as a
-    raw message's (``size`` bytes at stream offset ``m * size``), so the
-    content check still catches reordering and cross-talk.  ``size`` is the
-    payload size; ``rx_bytes`` counts payload bytes, ``rx_wire_bytes`` what
-    came over the wire.  Requests: ``frame`` is a 4-byte big-endian length +
-    payload; ``json`` a 2-byte big-endian header length + the tutorial
-    client's header (byteorder, content-type, content-encoding,
-    content-length and ``request-id`` = ``m``, built by ext/wire.h's
-    ``wire_json_request_header``) + payload.  Requests are not stored: the
-    bytes a connection owes are serialised from ``(message, offset)`` into
-    one scratch buffer and go out in one ``write`` (coalesced as in raw; a
-    short write keeps only the position, and the header of a message is
-    rebuilt, identically, from its index).  Responses are checked as they
-    stream in, with no copy except a header split across reads (gathered in
-    a small per-connection buffer): the frame length, or the JSON header
-    parsed by ext/wire.h's strict ``wire_json_parse_object`` (the checks
-    of a request header do not apply: an answer has no ``byteorder``), must
-    say exactly ``size`` bytes, the ``content-type`` and
-    ``content-encoding`` must be the ones sent and the ``request-id`` must be
-    the index of the oldest unanswered request; then the content is compared
-    with the payload pattern.  A wrong framing or header is a ``protocol``
-    error, wrong content a ``mismatch``; either closes the connection.
-Bounds
-    The loop ends at ``end_ns`` whatever happens; epoll waits are bounded by
-    the next tick; a message outstanding for longer than ``timeout_ns`` is a
-    timeout error and its connection is closed.  When every connection of a
-    closed/open run is gone, the loop ends early and says so.
-Server CPU
-    With ``server_pid``, the loop reads the server's CPU counters itself at
-    the window's edges, with ext/procfs.h (the C twin of
-    ``sockbench.procfs``): a parent process that woke up to read them there
-    took a CPU from the server or the client for ~0.3 ms, twice a round,
-    which alone raised the open-loop p99 of a 0.2 s round from ~40 µs to
-    60-230 µs.  With ``stat_cpus`` it reads, at the same two instants, those
-    CPUs' lines of /proc/stat (``cpu_stat``: the counters and the
-    CLOCK_MONOTONIC time of the read), from which the harness tells the
-    foreign work on them (``sockbench.bench.load.interference``).
-Connections served
-    Each connection counts the messages it completed inside the window
-    (``conn_msgs``, closed and open loop; one add where the window's total
-    is counted).  When the window closes, a connection that completed none
-    is ``starved`` if it was owed an answer all along: it is dead, or its
-    oldest unanswered message was sent before the window opened or has
-    waited ``stall_ns`` (a closed-loop connection always has messages in
-    flight, so every one that completed none; an open-loop connection whose
-    schedule gave it nothing to send is not).
-Shape
-    ``run_loop`` checks its arguments, sets up (``init_loop``,
-    ``alloc_loop``, ``open_loop``), releases the GIL once around
-    ``main_loop``, builds the result dict and tears down (``free_loop``).
-    What surrounds the loop alike in both load generators (the epoll set
-    and the timer, the window's buffers, the counters, the result dict) is
-    ``Run``, from ext/loadrun.pxd; ``Loop`` embeds it as ``run``.
-    The protocol names and indices come from the generated
-    ``ext/protocols.h`` (the one owner is ``sockbench.protocol_table``).
+* Payload: byte ``k`` of connection ``c`` is ``table[(k + c * STRIDE) % PERIOD]``
+  (the table's first ``WINDOW`` bytes repeated at its end), so sends are
+  ``writev`` slices and every echoed byte is checked by ``memcmp``; loss,
+  reordering and cross-talk all read as a mismatch.  No per-connection buffer.
+* Coalescing: everything a connection owes at one moment goes out in one write.
+* Time: CLOCK_MONOTONIC ns (Python's ``time.monotonic_ns``), so the parent fixes
+  one window for all load processes.  Only messages completed inside it count.
+* Latency: HDR counts laid out as the ``hdrhistogram`` package's.
+* Modes: closed keeps ``depth`` in flight per connection.  open sends global
+  message ``g`` at ``start + g / rate`` (computed, never accumulated) and times
+  latency from that intended send (no coordinated omission), service time from
+  the actual one; it sleeps on a timerfd or, with ``poll``, polls, and then
+  reports ``idle_s`` and its client stalls (gaps of ``client_stall_ns`` between
+  passes; ``sockbench.thresholds``).  connect: connect, echo one, close, repeat.
+* Framed protocols (``sockbench.servers.protocols``): the payload is the raw
+  stream's slice; requests are serialised from ``(message, offset)`` into one
+  scratch buffer; answers are checked as they stream in (length or JSON header
+  via ext/wire.h, ``request-id`` = oldest unanswered).  A bad frame is a
+  ``protocol`` error, bad content a ``mismatch``; either closes the connection.
+* Bounds: the loop ends at ``end_ns``; a message older than ``timeout_ns`` is a
+  timeout and closes its connection.
+* With ``server_pid``/``stat_cpus`` the loop itself reads the server's CPU and
+  /proc/stat at the window's edges (ext/procfs.h), so no Python process wakes
+  on a measured CPU.  A connection that completed nothing while owed an answer
+  (``stall_ns``) is ``starved``.
+* Shape: ``run_loop`` checks, sets up, releases the GIL once around
+  ``main_loop``, builds the result and frees; the shared parts are ``Run``
+  (ext/loadrun.pxd).
 """
 
 from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
