@@ -1,86 +1,36 @@
 """The workload matrix of a benchmark run: which cells, in which order, how many rounds, for how long.
 
 Why it is built this way: ``sockbench run`` (the parent, which draws the
-progress display) and the pytest-benchmark suite (the child, which runs the
-load) must agree on exactly the same list of cells and the same rules.  The
-parent writes one ``Plan`` to ``plan.json`` in the results folder and hands
-its path to the suite through ``SOCKBENCH_PLAN``; both sides call
-``Plan.cells()`` on it, so the count behind "done/total" is the count the
-suite really runs.
+progress) and the pytest-benchmark suite (the child, which runs the load) must
+agree on the same cells and rules.  The parent writes one ``Plan`` to
+``plan.json`` and hands its path through ``SOCKBENCH_PLAN``; both call
+``Plan.cells()``, so "done/total" counts what the suite really runs.
 
-The cells are listed server by server (their index is the report's order;
-the suite measures them in interleaved passes, ``session.py``): first the
-closed-loop grid (sizes x connections), then the open-loop sweep at fractions
-of the peak that the same server reaches in its closed-loop cell at the
-sweep's workload (an open-loop cell joins the passes once that cell has
-``PEAK_ROUNDS`` rounds), so no separate calibration run is needed unless
-those cells were filtered out; last the protocol section: one closed-loop workload in every protocol the plan names
-and the server speaks (``speaks``, from the registry), ``raw`` included, so
-the report can subtract the raw cost from the framed ones measured in the
-same run.  A protocol cell whose workload is already in the grid reuses the
-grid's cell instead of running it twice.  A server that speaks no framed
-protocol gets no protocol section.
+Rules:
 
-Rounds: a cell runs rounds until the 95% interval of the median of its
-figure (msgs/s closed, p99 open: ``CellStats.figures``) lies within ``ci``
-(±3%) of the median (``ci_p99``, ±10%, for the p99: a tail moves more from
-round to round than a rate, and a ±3% p99 would take most of the run's
-budget), with at least ``min_rounds`` (6, the fewest rounds a 95% interval
-of a median can be had from) and at most ``max_rounds``,
-while its own rounds have taken less than ``cell_budget_s`` and, when the
-plan has a ``run_budget_s``, while the run's has room for its next round.
-How long a round lasts is chosen so that one scheduler hiccup cannot make the
-figure:
-
-* closed loop, ``duration_s``: a hiccup of ``HICCUP_S`` stalls the server
-  for its length, and lowers a round's msgs/s by ``HICCUP_S / duration_s``;
-  0.3 s keeps that at 1.3%, under half the ±3% the rounds must agree to.
-* open loop, ``round_duration``: a hiccup delays every message sent during
-  it, and at a load of p the queue it leaves takes ``p / (1 - p)`` times as
-  long again to drain, so ``HICCUP_S / (1 - p)`` of the window is late.  The
-  window is made long enough that this stays under ``HICCUP_SHARE`` (0.8%)
-  of its messages, fewer than the 1% beyond the p99: 0.67 s at 25% of the
-  peak, 1 s at 50%, 2 s at 75%, 5 s at 90%.  ``HICCUP_S`` is 4 ms, one tick
-  of a ``CONFIG_HZ=250`` kernel (this machine's): the longest a task that
-  woke up on the server's CPU may run before the scheduler looks again.
-
-The default matrix is cut to what can be measured that way in 5 minutes on
-the 2-core machine (fewer good cells beat many noisy ones): every server,
-closed loop at 64 B x 100 connections (the open loop's peak, and the raw
-baseline of the protocol section, which runs at the same workload: frame and
-json cost one cell each), and the open loop at 50% of the peak: one point of
-the latency curve, the one every server can hold, measured well rather than
-a sweep measured badly.  Five rounds of each of its 42 cells (eleven servers)
-take about 3 minutes 5 s (``min_estimate_s``), six (the fewest with a 95%
-interval) about 3 minutes 45 s; the rest of its ``run_budget_s`` (270 s, leaving 30 s
-for the suite to start and the report) goes to the cells that need more
-rounds (measured: 287 rounds in 271 s, the whole run 284 s).  ``--full`` is the whole grid
-(3 sizes x 3 connection counts, four loads, the protocol section at 16 in
-flight) under the same rules, without a run budget.  ``--quick`` is the CI
-smoke matrix: exactly 3 short rounds per cell, too few for an interval,
-which is what it is for: proving the pipeline in under a minute.
-
-Transports (``--transports``, default tcp) are a dimension of the whole
-matrix: each server runs its cells once per transport it serves (``serves``,
-from the registry), transport by transport, and its open-loop sweep takes the
-peak of the same transport.  A transport a server lacks (udp, for the servers
-without a datagram form) is skipped for that server, and ``notes()`` says so.
-
-TLS (``--tls off on``) is a dimension too: a server's cells (but the
-protocol section: the load speaks raw over TLS) run plain and over TLS, over
-each stream transport, for the servers that serve TLS here (``serves_tls``);
-the open loop over TLS takes the TLS peak.  And when TLS is on, the TLS
-section's cells are added, so that the report can put a price on TLS from
-figures of one run: each of ``tls_workloads`` (100 x 64 B and 10 x 16 KiB)
-plain and over TLS, and connect mode (``handshake_conns`` connections at a
-time) plain, over TLS with every handshake full, and resumed.  A cell over
-TLS ends in ``-tls`` (``-tls-resumed``).
-
-A cell is a ``Cell`` of the result schema (``sockbench.bench.schema``): the
-report groups results by it as well.  A raw cell's id names its mode, size
-and connections (``closed-64B-c100``); a framed one ends in its protocol
-(``closed-64B-c100-d16-json``); a cell over another transport than tcp ends
-in it (``closed-64B-c100-unix``).
+* Cells go server by server: the closed-loop grid, then the open-loop sweep
+  at fractions of that server's closed-loop peak (an open cell joins the
+  passes once the peak cell has ``PEAK_ROUNDS`` rounds), then the protocol
+  section (one closed workload in each protocol the server ``speaks``, raw
+  included, reusing a grid cell when it is the same).  Transports (``serves``)
+  and TLS (``serves_tls``; plus the TLS section when on) multiply the matrix;
+  a server lacking one is skipped and ``notes()`` says so.
+* Rounds: until the 95% interval of the cell's median lies within ``ci``
+  (``ci_p99`` for an open-loop p99: a tail moves more from round to round than
+  a rate), between ``min_rounds`` (6 by default: the fewest that give a 95%
+  interval of a median) and ``max_rounds``, within ``cell_budget_s`` and the
+  run's ``run_budget_s``.
+* A round is long enough that one scheduler hiccup (``HICCUP_S``, one tick
+  of a CONFIG_HZ=250 kernel) cannot make its figure: closed loop,
+  ``HICCUP_S / duration_s`` stays under half of ``ci``; open loop at load p,
+  ``HICCUP_S / (1 - p)`` of the window stays under ``HICCUP_SHARE`` of its
+  messages (``round_duration``).
+* ``default_plan`` is what can be measured that way in 5 minutes (64 B x 100
+  connections closed, 50% open, the protocol section); ``full_plan`` is the
+  whole grid without a run budget; ``quick_plan`` is the CI smoke matrix (3
+  short rounds, no interval).
+* A cell is the schema's ``Cell``; its id names mode, size, connections, then
+  protocol, transport and TLS (``closed-64B-c100-d16-json``, ``...-unix``, ``...-tls``).
 """
 
 import json
@@ -116,7 +66,7 @@ REMEASURE_DISTURBED = 2
 #: an open-loop cell, whose rounds last longest, gets its pass from the third on (with three, two default runs
 #: left every open-loop cell at 5 rounds, too few for an interval)
 PEAK_ROUNDS = 2
-#: the longest stall one round must absorb: one tick of a CONFIG_HZ=250 kernel
+#: the longest scheduler hiccup one round must absorb: one tick of a CONFIG_HZ=250 kernel
 HICCUP_S = 0.004
 #: the share of an open-loop round's messages one hiccup may delay: under the 1% beyond the p99
 HICCUP_SHARE = 0.008
