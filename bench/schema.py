@@ -1182,7 +1182,7 @@ class RunPlan(Part):
     duration_s: float = fld(0.3)
     warmup_s: float = fld(0.1)
     interval_s: float = fld(0.05)
-    #: the stall the open-loop rounds are made long enough to absorb (0: open rounds last duration_s)
+    #: the scheduler hiccup the open-loop rounds are made long enough to absorb (0: open rounds last duration_s)
     hiccup_s: float = fld(0.0)
     procs: int = fld(1)
     server_cpus: tuple = fld((0,), read=_tuple)
