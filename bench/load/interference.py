@@ -1,75 +1,30 @@
 """Foreign load on a run's CPUs: what ran there over the measured window that was neither the server nor
 the load processes.
 
-How it is measured
-------------------
-The first load process reads the /proc/stat lines of every pinned CPU (the
-server's and the client's) at the two edges of the window, from its C loop,
-at the same instants as it samples the server's CPU (``ext/procfs.h``;
-``sockbench.procfs.parse_cpu_times`` is the Python twin).  For one side (its
-CPUs ``X``) over the window's ``elapsed`` seconds:
+Load process 0 reads every pinned CPU's /proc/stat line at the window's edges
+from its C loop (``ext/procfs.h``; ``sockbench.procfs`` is the Python twin).
+For one side (CPUs ``X``, window ``elapsed``):
 
-``busy``
-    ``elapsed - Δ(idle + iowait) - Δsteal`` per CPU of ``X``, added up.  The
-    idle columns are the kernel's tickless idle clock (exact, only rounded
-    to the 10 ms tick when printed), so the time the CPU was not idle is
-    known to within one tick per CPU; the columns user, system, softirq ...
-    are charged a whole scheduler tick at a time to whatever ran when it
-    fired, a sample rather than a measurement, so they are not added up.
-    Steal (the hypervisor ran someone else) is neither idle nor ours: it is
-    reported apart (``*_steal``).
-``own``
-    What the run's own processes used on ``X``: the server's exact runtime
-    (the scheduler's, from /proc/PID/task/*/schedstat, as ``server_proc``
-    reports it) when its CPUs are ``X``, and each load process's
-    ``getrusage`` over the window when its CPU is in ``X``.
-``irq``
-    Interrupt work.  A kernel without ``CONFIG_IRQ_TIME_ACCOUNTING`` (the
-    default, and this project's reference machine) runs softirqs, the
-    loopback path of every message included, inside the runtime of the task
-    they interrupted, which ``own`` then holds already; with it, irq and
-    softirq time is in no task's runtime, so ``Δ(irq + softirq)`` of ``X``
-    is counted as the run's own (on a pinned loopback benchmark it is the
-    network stack serving the run; a foreign process's interrupt work is
-    then missed, not invented).  ``sockbench.procfs.irq_time_accounting``
-    tells which kernel this is.
-``foreign``
-    ``busy - own - irq`` (never below 0), capped by what other processes
-    were charged: ``*_foreign`` is it as a share of ``X``'s CPUs
-    (``foreign / (elapsed * len(X))``, the mean over the CPUs).
-``the cap``
-    On a quiet CPU the residual ``busy - own`` is not zero: every wake-up
-    of an idle CPU costs time that is neither idle nor any task's runtime
-    (leaving idle, the wake-up itself; on a VM, the exit from a halted
-    vCPU).  An open-loop round wakes the server's CPU once per message, so
-    a quiet 37,000 msgs/s round read 15-20% "foreign" with nothing else
-    running.  So the residual is only believed as far as some other process
-    accounts for it: the harness snapshots every process's ticks and last
-    CPU (``sockbench.procfs.process_snapshot``) just before the window opens
-    and after it closes, and the CPU time of processes outside the run that
-    were seen on ``X`` (``foreign_process_s``; reaped children included, so
-    a build's short-lived compilers count in their parent) caps the
-    residual.  A neighbour busy through the window shows in both, and the
-    smaller is kept; the run's own wake-ups show in the residual only.  The
-    snapshots span a little more than the window (the warmup, the
-    collection), which the residual, measured over the window alone, bounds.
+* ``busy`` = ``elapsed - Δ(idle + iowait) - Δsteal`` per CPU: the idle
+  clock is exact (tickless), while user/system columns are tick samples, so
+  only idle is trusted.  Steal is reported apart (``*_steal``).
+* ``own`` = the server's scheduler runtime (schedstat) plus each load
+  process's ``getrusage`` on ``X``.
+* ``irq``: counted as the run's own only on a kernel with
+  ``CONFIG_IRQ_TIME_ACCOUNTING`` (``procfs.irq_time_accounting``); without
+  it, softirqs are already inside the runtime of the task they interrupted.
+* ``foreign`` = ``busy - own - irq``, capped by the CPU time of processes
+  outside the run seen on ``X`` (``procfs.process_snapshot`` around the
+  window, ``foreign_process_s``): every wake-up of an idle CPU costs time that
+  is no task's, so the residual alone would call a quiet open-loop round
+  disturbed.  ``*_foreign`` is its share of ``X``.
 
-When the server's and the client's CPUs overlap, the two sides cannot be
-told apart: both read the figure of their union.  With ``--target`` the
-server's CPUs are unknown and its side is ``None``; such a server, when it
-runs on the client's CPUs, is foreign there (it is not this run's process).
+Overlapping server and client CPUs read their union; with ``--target`` the
+server side is ``None`` and a server on the client's CPUs is foreign there.
 
-The verdict
------------
-``disturbed`` when, on either side, the foreign or the steal time reached
-``DISTURBED_SHARE`` of ONE pinned CPU (5% of the window), beyond what the
-counters' resolution can produce by themselves: the idle clock is printed in
-whole ticks, so each CPU's ``busy`` is off by less than one tick
-(``TICK_S``) and a quiet side may read up to ``len(X)`` ticks of foreign
-time.  A 1 s window is disturbed from 60 ms of foreign time on a one-CPU
-side, a 0.2 s window from 20 ms: short windows need a larger share to be
-sure, which a neighbour that shares a busy CPU (it gets about half of it)
-always reaches.
+``disturbed``: on either side, foreign or steal time reached
+``DISTURBED_SHARE`` of ONE CPU beyond the counters' resolution (up to one
+``TICK_S`` per CPU).
 """
 
 from dataclasses import dataclass
