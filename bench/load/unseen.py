@@ -1,72 +1,32 @@
 """CPU taken from a round where the guest's counters do not show it: a CPU quota the harness did not set, the host.
 
-Why it exists: foreign load (``interference.py``) is what /proc/stat shows
-as busy on a pinned CPU that neither the server nor the load used, and the
-hypervisor's ``steal``.  Two losses escape both.  A cgroup CPU quota (a
-container's ``--cpus``, a quota set on the benchmark from outside, the way a
-host throttles a guest) stops the throttled task while its CPU reads idle:
-measured on the 2-core machine, a 50% quota over the server and its load cut
-``cython`` from 181k to 35-43k msgs/s in rounds that read foreign 0%, steal
-0%.  And a host that takes the CPU from a guest that keeps no steal count
-(this VM's counter stays at 0) charges the lost time to whatever task was
-running, so the task's own CPU time grows.  Three signals, each cheap, each
-recorded in the round's ``interference`` and each enough to call the round
-``unseen`` (then ``disturbed``: measured again, or flagged DISTURBED):
+Why it exists: foreign load and steal (``interference.py``) miss two losses.
+A cgroup CPU quota stops the throttled task while its CPU reads idle; a host
+that takes the CPU from a guest without steal accounting charges the loss to
+whatever task was running.  Three cheap signals, each recorded in the round's
+``interference`` and each enough to call it ``unseen`` (counted as
+``disturbed``); the README's "How a figure stays trustworthy" has the figures
+that set their thresholds.
 
-``*_throttled`` (``Throttle``)
-    The throttled time of the cgroups that can throttle the server's and the
-    load processes' (``procfs.cgroup_cpu_dirs``: each process's cgroup and
-    its ancestors), read just before the window and after it, as a share of
-    that span; ``THROTTLED_SHARE`` or more is unseen.  Exact for a quota in
-    this guest, whoever set it; blind to a quota on the VM itself, which is
-    the host's.
-``loaded_idle`` (``loaded_idle``)
-    A closed-loop round with at least ``LOADED_MIN_IN_FLIGHT`` messages in
-    flight always has work queued on one side, so one side's CPU is busy
-    all the window (quiet rounds: 0.92-1.0 of it).  When even the busier side
-    was off its CPU for ``LOADED_IDLE_SHARE`` of the window and nothing
-    foreign ran there, the time went where no process of the guest used it:
-    a quota the cgroup files do not show (another hierarchy, no access).
-    Judged only when the server's CPU is known (a server the harness
-    started), over a stream transport (a lost datagram leaves a udp loop
-    waiting on its timeout).
-``client_slowdown`` (``client_slowdown``)
-    The load client runs the same code for each operation of a workload (a
-    read, a write, an ``epoll_wait``), so the CPU time it spends per
-    operation hardly moves from one round of a cell to the next, whatever
-    the server's pace (a slower server only changes how many messages each
-    wake-up finds), unless its CPU ran slower.  A host that takes the CPU
-    from a guest without a steal count charges the loss to the running
-    task, so that time grows, and the server's CPU per message with it (in
-    two default runs, per message, the two moved together, correlation 0.8,
-    and explained the rounds' msgs/s, -0.8 and -0.95).  So a closed-loop
-    round whose client needed ``CLIENT_SLOWDOWN`` times the median of its
-    cell's earlier rounds (at least ``SLOWDOWN_REFERENCE_ROUNDS`` of them)
-    ran on slowed CPUs.  The one signal measured inside the window itself;
-    the suite and ``ab`` set it, since it needs the cell's history
-    (``with_client_slowdown``).
-``canary`` (``Canary``)
-    A fixed piece of work (a pure-Python loop) timed in thread CPU time on
-    each pinned CPU right after the round, against the least it has taken
-    there this run (the least of several tries, each time).  In-guest contention and
-    quotas leave a task's own CPU time alone; a slower CPU, or time the host
-    took without a steal count, add to it.  ``CANARY_SLOWDOWN`` or more is
-    unseen.  Measured on the 2-core machine: the work's CPU time is bimodal,
-    1.0 or 1.7-2.0 times its least, in stretches of tens of ms to seconds
-    (one CPU was in the slow state a third of 8 s), and the rounds measured in
-    the slow state ran correspondingly slower (uvloop 86-127k msgs/s after a
-    canary of 1.7-2.0, 133-154k after one of 1.1-1.2), with nothing in the
-    guest's counters.  It samples the CPU between windows, not in them: a
-    loss that lasts seconds shows, a burst inside one window does not; and a
-    loss that lasts the whole run is its baseline.  A busy
-    neighbour slows it too (measured: 1.6-1.8 with other processes on both
-    CPUs, foreign 85%), through the caches it shares, so it only speaks for a
-    round whose foreign load is below DISTURBED, as ``loaded_idle`` does.
+* ``*_throttled`` (``Throttle``): the throttled time of the server's and the
+  load's cgroups and their ancestors (``procfs.cgroup_cpu_dirs``) around the
+  window; ``THROTTLED_SHARE`` or more.  Blind to a quota on the VM itself.
+* ``loaded_idle``: a closed-loop round with ``LOADED_MIN_IN_FLIGHT`` or more
+  in flight keeps one side always busy; the busier side off its CPU for
+  ``LOADED_IDLE_SHARE`` with nothing foreign there lost the time to a quota
+  the files do not show.  Only for a harness-started server over a stream
+  transport.
+* ``client_slowdown``: the client's CPU per operation (read, write,
+  ``epoll_wait``) does not depend on the server's pace, so a closed-loop
+  round needing ``CLIENT_SLOWDOWN`` times its cell's median (of at least
+  ``SLOWDOWN_REFERENCE_ROUNDS`` earlier rounds) ran on a slowed CPU.  Set by
+  the suite and ``ab`` (``with_client_slowdown``), which know the history.
+* ``canary`` (``Canary``): fixed work timed in thread CPU time on each pinned
+  CPU after the round, against its least this run; ``CANARY_SLOWDOWN`` or
+  more.  A busy neighbour slows it too, so it speaks only below DISTURBED.
 
-What none of them sees: a host that slows the guest by the same share
-through a whole run (the baseline moves with it), a loss shorter than a
-window between canaries on a guest without steal accounting, and a quota on
-a cgroup whose files this process cannot read.
+None sees a slowdown that lasts the whole run, a loss shorter than a window
+on a guest without steal accounting, or a quota whose files cannot be read.
 """
 
 import os
