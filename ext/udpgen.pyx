@@ -1,74 +1,33 @@
 """The UDP load generator's hot loop: one epoll loop over connected datagram sockets, inside one ``with nogil:``.
 
-Why it is built this way
-------------------------
-The house way of ``ext/loadgen.pyx`` (Python prepares, the C loop runs the
-whole window without the GIL, histograms laid out as HdrHistogram's, the
-window fixed in advance on CLOCK_MONOTONIC, the server's CPU and the CPUs'
-/proc/stat read at the window's edges from C), for datagrams, which differ
-from a byte stream in what can go wrong: a datagram is lost, duplicated,
-reordered or damaged whole, and nothing tells the sender.  So each datagram
-says who it is, and the loop keeps, per flow, the state of every datagram in
-flight, as sockperf does.
+Built as ``ext/loadgen.pyx`` is (Python prepares, C runs the whole window
+without the GIL, HDR layout, window fixed on CLOCK_MONOTONIC, CPU counters
+read from C), for datagrams, which are lost, duplicated, reordered or damaged
+whole without telling the sender.  So each datagram says who it is, and each
+flow keeps the state of every datagram in flight, as sockperf does.
 
-The datagram
-    ``size`` bytes (``HEADER`` <= size <= 65,507), the header first, in host
-    byte order (it only travels to an echo on this machine and back):
-    magic ``MAGIC`` (u32), flow id (u32), sequence number (u64), send time
-    (i64 ns, CLOCK_MONOTONIC).  The payload after it is the slice of the
-    pattern table (``loadgen.pattern_table``) at ``(flow * STRIDE + seq *
-    size) % PERIOD``, so it depends on the flow and the sequence number.  It
-    goes out as two iovecs (a header built per datagram, the table slice in
-    place): no payload copy.  Every byte of an echo is checked.
-Flows
-    A flow is one UDP socket connected to the server (the conns of a run).
-    Each keeps a ring of ``cap`` slots, one per sequence number in flight:
-    the send time and a state (in flight, answered, lost).  ``base`` is the
-    oldest datagram not yet resolved; a flow sends nothing past ``base + cap``
-    (a full ring holds back its sends until the oldest is answered or lost).
-The accounting (every counter is per run; ``datagrams`` in the result)
-    ``sent``: datagrams sent inside the window.  Each of them ends either
-    ``received`` (its first correct echo came back before it was declared
-    lost) or ``lost`` (no correct echo within ``timeout_ns``, checked every
-    interval, or none by the end of the drain), so ``received + lost ==
-    sent`` exactly.  Counted as they arrive from the window's start on:
-    ``duplicates`` (a second echo of an answered datagram), ``out_of_order``
-    (a first echo below the highest sequence number answered before it),
-    ``late`` (an echo of a datagram already declared lost, or too old for
-    the ring to tell), and ``corrupt`` (the wrong length, magic, flow, send
-    time, a sequence number never sent, or one wrong payload byte; a corrupt
-    echo answers nothing, so its datagram ends lost).
-Modes
-    closed: each flow keeps ``depth`` datagrams in flight; an echo or a loss
-    sends the next.  A datagram unanswered for the timeout is lost, not an
-    error: a run with loss is valid and says how much.  open: a fixed rate
-    for the process, global datagram ``g`` to flow ``g % flows`` at
-    ``start + g / rate`` (never accumulated), woken by one periodic timerfd
-    or, with ``poll``, by polling; latency from the intended send time (h1)
-    and service time from the actual send (h2), as in loadgen.  Polling,
-    it counts its idle time and its client stalls as loadgen does
-    (``run_pass``, ext/loadrun.pxd).
-Batches
-    Whatever a flow owes at one moment goes out in one ``sendmmsg`` (up to
-    ``BATCH`` datagrams), and a readable flow is drained with ``recvmmsg``,
-    ``BATCH`` at a time: ``writes``/``reads`` in the result count those calls.
-The window and the drain
-    Latency, ``msgs`` and the time series count echoes that arrive inside
-    ``[warm_end, end)``, as over TCP.  At ``end`` the window's edges are
-    read (rusage, the server's CPU, /proc/stat); then the loop stops sending
-    and drains echoes for at most ``drain_ns`` (capped at the timeout), so
-    that a datagram still in flight at the end is not called lost; what is
-    unanswered after the drain is lost.
-Errors
-    ``connect``: the kernel reported the server's port closed (ECONNREFUSED,
-    from an ICMP port unreachable); the flow goes on.  ``reset``: any other
-    socket error, which ends that flow.  Setup failures return ``-errno`` from
-    ``open_loop`` and ``run_loop`` raises ``OSError``.
-Testing without sockets
-    ``encode`` builds one datagram with the loop's own header code, and
-    ``Ledger`` drives the loop's own accounting (``on_sent``, ``judge``,
-    ``sweep``, ``drain_end``) with a sequence of sends, echoes and clock
-    times, so the counters can be checked exactly.
+* Datagram: ``size`` bytes (``HEADER`` to 65,507), a host-order header
+  (``MAGIC`` u32, flow u32, seq u64, send time i64 ns) then the pattern table
+  slice at ``(flow * STRIDE + seq * size) % PERIOD``; two iovecs, no copy;
+  every echoed byte checked.
+* Flow: one connected UDP socket with a ring of ``cap`` slots (send time,
+  state); nothing is sent past ``base + cap``.
+* Accounting (``datagrams``): every datagram ``sent`` in the window ends
+  ``received`` or ``lost`` (no correct echo within ``timeout_ns`` or the
+  drain), so ``received + lost == sent``; also ``duplicates``,
+  ``out_of_order``, ``late`` and ``corrupt`` (a corrupt echo answers nothing).
+* Modes: closed keeps ``depth`` in flight per flow (a loss is counted, not an
+  error); open as in loadgen (intended send time in h1, actual in h2; timerfd
+  or ``poll``, with idle time and client stalls from ``run_pass``).
+* Batches: ``sendmmsg``/``recvmmsg`` of up to ``BATCH``; ``writes``/``reads``
+  count the calls.
+* Window and drain: echoes inside ``[warm_end, end)`` count; at ``end`` the
+  edges are read, sending stops and echoes drain for ``drain_ns`` (at most the
+  timeout) so that a datagram in flight is not called lost.
+* Errors: ``connect`` (ECONNREFUSED; the flow goes on), ``reset`` (any other;
+  the flow ends); setup failures are ``-errno`` and ``run_loop`` raises ``OSError``.
+* ``encode`` and ``Ledger`` run the loop's own header and accounting code
+  without sockets, so the counters can be tested exactly.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
