@@ -1,69 +1,31 @@
 """``blocking``: the classic echo server, made concurrent with one thread per connection.
 
 Why it is built this way: this is the server every socket tutorial starts
-from, ``socket() / bind() / listen() / accept()`` and then ``recv()`` /
-``sendall()`` on a blocking socket, with a thread per accepted connection so
-that one slow client cannot stall the others.  It is the baseline the other
-models are measured against.
+from (``accept()``, then ``recv()``/``sendall()`` on a blocking socket), with
+a thread per connection so that one slow client cannot hold up the others.
+It is the baseline the other models are measured against.
 
-Properties that matter for the benchmark:
-
-* Memory is bounded by construction: a thread that is blocked in
-  ``sendall()`` (its client is not reading) does not read more.  Each thread
-  reads with ``recv_into`` into a page-aligned 64 KiB buffer of its own,
-  allocated once.
-* A half-close is handled for free: ``recv()`` returns ``b""`` only after
-  everything before it was echoed, then the connection is closed.
-* Stop signals are blocked in the worker threads, so SIGTERM/SIGINT always
-  reach the main thread, interrupt its ``accept()`` (the handler raises
-  ``StopServing``), and the main thread shuts every connection down.
-* With ``--protocol frame|json`` each thread owns a sans-I/O decoder (the
-  tutorial's message class, see ``protocols``): recv, feed, sendall the
-  answers.  A malformed message ends that thread's connection only.
-* Each thread is the exception boundary of its connection: an ``OSError``
-  (a reset, a shutdown by the main thread) ends it quietly, anything else
-  ends it with one line on stderr; the process never sees either.
-* ``accept()`` out of descriptors or memory (EMFILE, ENFILE, ...) pauses the
-  accept loop for ``contract.ACCEPT_PAUSE_S`` and says so in one line (then
-  at most one a second); the threads keep serving their connections.
-* ``--idle-timeout`` / ``--max-buffered`` (``contract.Limits``): each thread
-  reports its messages and its partial bytes; the main thread accepts with a
-  timeout of ``sweep_s`` and shuts idle connections down between accepts
-  (their threads then end).  Off by default, and then accept has no timeout.
-
-Memory after many connections, and what bounds it:
-
-* **Thread stacks**: each thread gets a 256 KiB stack (``THREAD_STACK``,
-  ``threading.stack_size``), so a thousand connections reserve 256 MiB of
-  address space, of which only the touched pages (a few KiB per thread) are
-  resident.  glibc keeps the stacks of exited threads in a cache for reuse, up
-  to about 40 MiB of address space; that is not settable from Python (the
-  ``glibc.pthread.stack_cache_size`` tunable, through the environment, is).
-* **The read buffers**: one 64 KiB buffer per thread.  Allocated with malloc,
-  each came from the allocator's heap, and glibc gives freed heap memory back
-  to the kernel only from the top of a heap: the buffers of 2,000 threads,
-  freed in any order, stayed resident (156 MB after 2,000 connections
-  closed).  ``contract.read_buffer`` maps each buffer on its own instead, so
-  it is unmapped when its thread ends (26 MB after the same 2,000).
-  ``MALLOC_ARENA_MAX`` (the environment variable, or ``mallopt`` through
-  ctypes) bounds how many heaps threads spread over, not what a heap keeps:
-  with it at 2 the same test kept 159 MB, so it is not set here.
-
-Over TLS (``--tls``) each thread shakes hands itself (``stream_echo.accept_tls``,
-within the handshake timeout) before its echo loop, which then reads and
-writes the ``ssl`` socket as it did the plain one; the main thread only
-accepts, so a peer that stalls halfway holds its own thread and no other.
-
-The datagram form (``serve_datagram``, ``--transport udp``) is the tutorial's
-UDP server: one blocking ``recvfrom_into`` / ``sendto`` loop on the main
-thread, no thread per peer.  UDP has no connection to hand to a thread, and
-the echo of one datagram never waits on another peer (``sendto`` blocks only
-while the socket's send buffer is full), so one thread is the natural form.
-One datagram is one message, echoed whole: ``raw`` only (a datagram carries its
-own boundary, so ``frame``/``json`` add nothing; ``contract`` refuses them).
-The buffer holds any UDP payload, so nothing is truncated; a ``sendto`` that
-fails (the sender is unreachable, ENOBUFS) loses that datagram only, as the
-network would.  A stop signal interrupts ``recvfrom_into`` (``StopServing``).
+* Memory is bounded by construction: a thread blocked in ``sendall()`` does
+  not read more; each reads into a 64 KiB buffer of its own, mapped alone
+  (``contract.read_buffer``) so that it goes back to the kernel when its
+  thread ends (a malloc'd one stays resident: glibc returns heap memory only
+  from a heap's top).  Stacks are ``THREAD_STACK`` (256 KiB of address space,
+  a few KiB resident).
+* A half-close is free: ``recv()`` returns ``b""`` only after everything
+  before it was echoed.
+* Stop signals are blocked in the workers, so SIGTERM/SIGINT reach the main
+  thread's ``accept()`` (``StopServing``), which shuts every connection down.
+* Each thread is its connection's exception boundary: an ``OSError`` ends it
+  quietly, anything else with one stderr line; a malformed ``frame``/``json``
+  message (a sans-I/O decoder per thread, ``protocols``) ends only it.
+* ``accept()`` out of descriptors pauses for ``contract.ACCEPT_PAUSE_S`` with
+  one line.  ``--idle-timeout``/``--max-buffered``: the main thread accepts
+  with a ``sweep_s`` timeout and shuts idle connections down between accepts.
+* Over TLS each thread does its own handshake (``stream_echo.accept_tls``), so
+  a peer stuck halfway holds only its own thread.
+* udp (``serve_datagram``, raw only): the tutorial's one-thread
+  ``recvfrom_into``/``sendto`` loop; there is no connection to hand to a
+  thread, and a failed ``sendto`` loses that datagram only.
 """
 
 import contextlib
