@@ -1,69 +1,37 @@
 """What the pytest-benchmark suite (``test_echo_bench.py``) runs, kept out of the test file.
 
 Why it is built this way: ``sockbench run`` starts the suite as a child
-``pytest`` process (pytest-benchmark owns the statistics, the storage and
-``--benchmark-json``), and talks to it through the results folder only:
+``pytest`` (pytest-benchmark owns the statistics and storage) and talks to it
+through the results folder only: ``SOCKBENCH_PLAN`` names ``plan.json``,
+``SOCKBENCH_OUT`` the folder (without them, the default matrix into
+``results/<UTC time>/``).
 
-* ``SOCKBENCH_PLAN`` names ``plan.json`` (the matrix), ``SOCKBENCH_OUT`` the
-  results folder.  Without them (``pytest bench/`` by hand) the suite runs the
-  default matrix over every available server into ``results/<UTC time>/``.
-* Every round's result (a ``LoadResult`` with the cell it is a round of and
-  the pass it was measured in attached, ``sockbench.bench.schema``) is
-  written to ``raw/`` atomically the moment it ends, so a Ctrl-C loses at
-  most the round in flight.
-* ``progress.jsonl`` gets one typed event (``progress``) per pass (its
-  number, the seed and the order drawn), round start, load window, round end
-  and cell end; the parent tails it to draw the progress display.  A file,
-  not a pipe: the child never blocks on a parent that stopped reading.
+Rules:
 
-Passes (``SuiteContext.measure``, design point 10): the machine drifts, and a
-cell whose rounds ran back to back owned one stretch of its time, so two
-runs of the same code read one server's cells all a few % apart (``compare``
-measured it).  So the cells are measured in passes, as Google Benchmark's
-random interleaving and Kalibera and Jones advise: each pass measures one
-round of every cell still open, in a fresh random order drawn from the run's
-seed (``random.Random(f"{seed}:{pass}")``; the seed is in ``meta.json``, each
-pass's order in ``progress.jsonl``), and a round's ``cell.pass`` says which
-pass it was, so the rounds of two cells in one pass are a pair
-(``report.ratios``: each server's ratio to the fastest, with an interval from
-the pairs).  A cell leaves the rotation (``stop_reason``) when the interval
-of the median of its figure is within the plan's ``ci``, at ``max_rounds``,
-when its own rounds have taken ``cell_budget_s``, or when one of its rounds
-is invalid; after ``min_rounds`` only (they always run).  The passes end
-when no cell is open, or when the run budget (``run_budget_s``) has no room
-for the next round of a cell that has its minimum rounds.
-
-An open-loop cell offers a share of its server's peak, so it joins the
-rotation once the peak is known: when the server's closed-loop raw cell at
-the sweep's workload has ``PEAK_ROUNDS`` valid rounds (or has stopped), the
-median of those is the peak, and it stays that for every round of the open
-cell.  When that cell is not in the run, one closed-loop calibration run
-measures the peak before the first pass (``calibration/<server>.json``).
-
-The processes (``bench.load.pools``): one server process per (server,
-protocol, transport, workers) is kept, idle, between its rounds, and so are
-the load processes; a round costs its warmup, its window and 0.05 s where it
-cost 0.23 s more with a fresh server and load process.  A calibrated canary
-(``bench.load.unseen``) is timed on the pinned CPUs after each round.  A
-round whose result says ``disturbed`` (foreign load on its CPUs, or CPU
-taken where the guest does not see it) is measured again at once, at most
-``plan.remeasure`` times (``REMEASURE_DISTURBED``, 2) and only while the
-budgets have room; the attempts set aside stay in ``raw/`` under a name the
-report does not count as a round (``store.discarded_name``), and a round
-still disturbed after them is kept, and flagged DISTURBED wherever it shows.
-
-The suite's tests hand each cell's rounds to pytest-benchmark after the
-passes (``msgclock``): every test needs the measurement, and the first asks
-for it (the session fixture ``measured``).  A Ctrl-C (or the runner's
-SIGTERM) during the passes stops them after the round in flight; the tests
-then hand over what was measured, and the session ends "interrupted".
-
-A result that cannot be written (a full disk, a folder gone read-only) stops
-the suite at once, with exit status ``WRITE_FAILED_EXIT``: measuring on
-would only produce more results with nowhere to go.  The one line saying
-what could not be written and where goes down ``SOCKBENCH_STATUS_FD``, a pipe
-from ``sockbench run``, because on a full disk ``pytest.log`` cannot hold it;
-every result written before stays in ``raw/``, whole (atomic writes).
+* Every round's ``LoadResult`` (with its cell and pass) is written to
+  ``raw/`` atomically as it ends, so a Ctrl-C loses at most the round in
+  flight.  ``progress.jsonl`` gets one typed event per pass, round and cell;
+  a file, not a pipe, so the child never blocks on its parent.
+* Passes (``SuiteContext.measure``): the machine drifts, so each pass runs one
+  round of every open cell in a random order seeded by
+  ``random.Random(f"{seed}:{pass}")`` (seed in ``meta.json``); rounds of one
+  pass are pairs for ``report.ratios``.  A cell leaves (``stop_reason``) at
+  its interval within ``ci``, ``max_rounds``, ``cell_budget_s`` or an
+  invalid round, after ``min_rounds``; the passes end with no open cell or no
+  room in ``run_budget_s``.
+* An open-loop cell joins once its server's closed-loop peak cell has
+  ``PEAK_ROUNDS`` valid rounds; without that cell, one calibration run
+  measures the peak first (``calibration/<server>.json``).
+* Server and load processes are kept idle between rounds (``bench.load.pools``);
+  a canary is timed after each round (``bench.load.unseen``).  A disturbed
+  round is measured again up to ``plan.remeasure`` times within the budgets;
+  set-aside attempts stay in ``raw/`` under ``store.discarded_name``.
+* The tests hand each cell's rounds to pytest-benchmark after the passes
+  (``msgclock``; the session fixture ``measured``).  A stop during the passes
+  ends them after the round in flight, and the session ends "interrupted".
+* A result that cannot be written stops the suite with ``WRITE_FAILED_EXIT``
+  and one line down ``SOCKBENCH_STATUS_FD`` (a full disk cannot hold
+  ``pytest.log``).
 """
 
 import functools
