@@ -1,63 +1,31 @@
 """``selectors``: one thread, non-blocking sockets, ``selectors.DefaultSelector``.
 
 Why it is built this way: this is the reactor that asyncio is made of, with
-nothing else on top, so the difference between this row and the asyncio rows
-is the cost of asyncio's abstractions.
+nothing on top, so the difference between this row and the asyncio rows is
+the cost of asyncio's abstractions.  The parts are those of CPython's
+``asyncio/selector_events.py`` without the event loop: each registered socket
+carries a handler whose ``read_ready()``/``write_ready()`` the loop calls.
 
-The parts are those of CPython's ``asyncio/selector_events.py``, without the
-event loop: every registered socket carries a handler object as its selector
-data, and the loop calls its ``read_ready()`` or ``write_ready()``.
-
-* ``_Connection`` is one accepted socket, in the manner of
-  ``_SelectorSocketTransport``.  ``read_ready`` reads with ``recv_into`` into
-  one page-aligned buffer shared by every connection (no allocation per read;
-  see ``contract.read_buffer``), then tries to send at once and copies out
-  only the tail that the kernel did not take.
-* A connection with output pending is registered for ``EVENT_WRITE``
-  *instead of* ``EVENT_READ``: write interest exists only while output is
-  pending, and reading is paused until the echo is flushed, so a client that
-  does not read cannot make the server buffer without bound (at most one
-  ``recv()`` worth, ``RECV_SIZE``, per connection).
-* Because reading stops while output is pending, end of file is only ever
-  seen when nothing is pending: a half-close therefore flushes, then closes.
-* The error ladder around every ``recv``/``send``: ``BlockingIOError`` means
-  "not now", return and wait for the selector; ``ConnectionError`` or any
-  other ``OSError`` closes that one connection, and the others go on.
-* One exception boundary per connection, in the loop: anything else a
-  handler raises closes that connection (``fail``) with one line on stderr,
-  and the loop goes on.
-* ``_Acceptor`` drains the listener's backlog.  Out of descriptors or memory
-  (EMFILE, ENFILE, ...) it unregisters the listener for a short pause
-  (``contract.AcceptErrors``), instead of spinning on a listener that stays
-  readable; the waiting connections stay in the listen queue.  ``_Waker`` is
-  the read end of a socketpair that ``signal.set_wakeup_fd`` writes, so a stop
-  signal wakes ``select()``.  ``_Reactor`` owns the selector: set up, loop,
-  tear down; its ``select()`` timeout is the next timed duty (the end of an
-  accept pause, the next idle sweep), or none.
-* With ``--protocol frame|json`` each connection owns a sans-I/O decoder (the
-  tutorial's message class, see ``protocols``): what is read is fed to it, and
-  its answers take the place of the echo.  A malformed message closes that
-  connection only, once the answers that came before it are flushed.
-* ``--idle-timeout`` / ``--max-buffered`` (``contract.Limits``, off unless
-  asked for): a read that completes a message restarts the connection's
-  clock, the decoder's partial message is counted after every read, and the
-  loop closes idle connections every ``sweep_s``.
-
-Over TLS (``--tls``) a connection is a ``_TlsConnection``: the same reactor
-driving a non-blocking ``ssl`` socket, handshake included (its docstring
-says how).
-
-The datagram form (``serve_datagram``, ``--transport udp``) is the same
-reactor with one socket: ``_Datagrams`` reads with ``recvfrom_into`` into one
-buffer until ``BlockingIOError`` (at most ``DATAGRAM_BATCH`` datagrams per
-readiness, so a flood cannot starve the stop signal) and answers each with
-``sendto`` at once.  If the kernel's send buffer is full, that one datagram is
-kept and the socket waits for ``EVENT_WRITE`` instead of ``EVENT_READ``, as a
-stream connection does: the server holds at most one datagram, and the
-kernel's receive buffer drops what arrives meanwhile (UDP's own
-back-pressure).  Any other ``sendto`` error loses that datagram only.  One
-datagram is one message: ``raw`` only (``contract`` refuses ``frame``/``json``
-over udp, a datagram already carries its boundary).
+* ``_Connection`` (as ``_SelectorSocketTransport``) reads with ``recv_into``
+  into one shared buffer (``contract.read_buffer``), sends at once and keeps
+  only the unsent tail.
+* Output pending means ``EVENT_WRITE`` *instead of* ``EVENT_READ``: a client
+  that does not read costs at most one ``RECV_SIZE``, and end of file is only
+  seen with nothing pending, so a half-close flushes, then closes.
+* ``BlockingIOError`` is "not now"; any other ``OSError``, or anything a
+  handler raises (one stderr line), closes that connection only.
+* ``_Acceptor`` drains the backlog and pauses on EMFILE and kin
+  (``contract.AcceptErrors``) instead of spinning; ``_Waker`` is the
+  ``signal.set_wakeup_fd`` socketpair; ``_Reactor`` owns the selector, its
+  timeout the next timed duty.
+* ``--protocol frame|json``: a sans-I/O decoder per connection (``protocols``);
+  a malformed message closes it after the answers before it.
+  ``--idle-timeout``/``--max-buffered`` (``contract.Limits``) are swept every ``sweep_s``.
+* TLS: ``_TlsConnection``, the same reactor over a non-blocking ``ssl`` socket.
+* udp (``serve_datagram``, raw only): ``_Datagrams`` reads up to
+  ``DATAGRAM_BATCH`` per readiness (a flood cannot starve the stop signal) and
+  answers each with ``sendto``; a full send buffer keeps that one datagram and
+  waits for ``EVENT_WRITE``; any other error loses that datagram only.
 """
 
 import selectors
