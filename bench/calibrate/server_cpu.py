@@ -1,60 +1,31 @@
 """Server CPU per message, throughput and ping-pong latency of every server, side by side.
 
-This is the benchmark behind the ``cython`` server's speed targets (its user
-CPU per message against ``uvloop`` and ``asyncio-protocol``, and the best
-throughput and round trip).  It is a script, not a test: timings on a shared
-2-core machine are noisy, so it measures every server in one run, repeats the
-whole set (rotating the order), and reports medians with their spread
-(min..max over the repeats) and the ratios the targets are about.
+The benchmark behind the ``cython`` server's speed targets (its user CPU per
+message against ``uvloop`` and ``asyncio-protocol``, best throughput and round
+trip).  A script, not a test: on a shared machine it measures every server in
+one run, repeats the set in rotating order, and reports medians with min..max
+and the ratios the targets are about.
 
 Why it is built this way:
 
-* **CPU per message, from /proc.**  On loopback most of an echo's cost is the
-  kernel's, and about the same for every server; what an implementation adds
-  is its user-space CPU.  So the server's ``utime`` and ``stime`` are read from
-  ``/proc/PID/stat`` at the start and end of the measured window and divided
-  by the messages echoed in it (netperf's "service demand").  The kernel
-  samples the user/system split at each tick, so short windows of a very
-  cheap server give coarse user figures; the total is exact (it is scaled to
-  the scheduler's runtime, which is also recorded, summed over the server's
-  threads from ``/proc/PID/task/*/schedstat``, as a cross-check).
-* **The reference C load client** (``ref_client.c``, built on first use by
-  ``common.build_ref_client``), because a Python client costs more per
-  message than the fastest servers and would hide them.  It runs one
-  message in flight per connection, reads the server's /proc counters
-  itself at the exact moments its window opens and closes (``--server-pid``,
-  with ``ext/procfs.h``, the C twin of ``sockbench.procfs``), checks every
-  echoed byte, and reports its own CPU so that a client-bound run says so.
-* **Pinned**: the server on one CPU, the client on another
-  (``os.sched_setaffinity``), so they do not steal each other's time.
-* **Bounded**: every load run stops by itself after warmup + duration, and is
-  killed (by pid, through ``subprocess``) if it overruns by a minute.
+* CPU per message from /proc (netperf's "service demand"): the server's
+  ``utime``/``stime`` over the window divided by its messages; the total is
+  exact, the user/system split a tick sample (schedstat runtime is recorded
+  as a cross-check).  On loopback the kernel's share is about the same for
+  every server, so the user share is what an implementation adds.
+* The reference C client (``ref_client.c``, ``common.build_ref_client``): a
+  Python client would cost more than the fastest servers.  It reads the
+  server's counters at its window's edges (``--server-pid``, ``ext/procfs.h``),
+  checks every byte and reports its own CPU.
+* Pinned (server and client on separate CPUs) and bounded (each run stops by
+  itself, and is killed by pid a minute past its end).
 
-Workloads (one server process per server and repeat, all cells in a row):
-
-========  =====  ========  ==============================================
-cell      conns  size      reported
-========  =====  ========  ==============================================
-cpu64     100    64 B      CPU µs/msg (user, sys, total), msgs/s, MB/s
-cpu1k     100    1 KiB     the same
-tp16k     100    16 KiB    msgs/s, MB/s, CPU µs/msg
-tp1m      10     1 MiB     msgs/s, MB/s, CPU µs/msg
-pingpong  1      64 B      mean round trip (µs)
-========  =====  ========  ==============================================
-
-Reading the tables: "server CPU" and "client CPU" are the fraction of one CPU
-each side used during the window.  When the client is near 1.0 the run is
-client-bound; when *neither* is, the time went to other processes on the
-machine, and msgs/s and RTT say more about them than about the server.  "msgs
-per server CPU-s" (1 / total CPU per message) is what the server could echo
-on one core of its own: its capacity, whoever limited the run.
-
-Each run's figures are one ``Run``; a row of the table, a target's verdict,
-the settings and the whole summary are ``Row``, ``Target`` (``ThroughputTarget``
-when it is about msgs/s, with the client-bound and starved flags), ``Meta`` and
-``Summary``.  ``--json`` writes them with ``dataclasses.asdict``, so their field
-names are the keys of the output, and the targets name their metric through
-``Run``'s fields.
+Cells: cpu64 and cpu1k (100 conns, CPU µs/msg), tp16k (100 conns) and tp1m
+(10 conns) (msgs/s, MB/s), pingpong (1 conn, mean RTT).  "server/client CPU"
+is the share of one CPU each side used: a client near 1.0 is client-bound;
+neither near 1.0 means other processes took the time.  "msgs per server CPU-s"
+is the server's capacity on a core of its own.  ``--json`` writes ``Summary``
+(``Run``, ``Row``, ``Target``, ``Meta``) with ``dataclasses.asdict``.
 
 Run: ``python -m sockbench.bench.calibrate.server_cpu [--repeats 3] [--duration 5]
 [--servers a,b,...] [--json PATH] [--md PATH]``.
