@@ -7,53 +7,28 @@ Usage::
         [--server-cpu 0 --client-cpu 1] [--json PATH] [--md PATH]
 
 Why it is built this way: the question is what parsing messages costs each
-server, and the same cells can be loaded by two clients that answer it from
-two sides, so one script has both, behind ``--client``:
+server, answered from two sides behind ``--client``: ``harness`` (the
+product's own load path, ``run_load``: does the harness keep up) and ``c``
+(``ref_client.c``, a cross-check from outside that costs less per message
+than any server; server CPU read with ``sockbench.procfs`` at its window's
+edges).
 
-* ``harness`` (the default): the product's own load path
-  (``sockbench.bench.load.harness.run_load``, the Cython loop that builds,
-  verifies and times every framed message).  It shows what the servers cost
-  and whether the harness keeps up; the server's CPU comes from the harness's
-  own samples at the window's edges.
-* ``c``: the reference C client (``ref_client.c --protocol frame|json``), a
-  cross-check from outside the harness that costs less per message than any
-  server.  The server's ``utime``/``stime`` and exact runtime are read with
-  ``sockbench.procfs`` when the client opens its window (it prints
-  ``window``) and when it reports, and divided by the answers verified in
-  between (netperf's service demand).  A stall (no answer for
-  ``sockbench.thresholds.STALL_S``) makes the run invalid, and its line says
-  which side holds the unanswered bytes (``ss``) and what the server was doing.
-
-Either way, each repeat runs every (server, protocol) cell once, rotating the
-server order between repeats so that no server always runs first or last on
-this shared, noisy machine, with the server and the client pinned to CPUs of
-their own.  Per cell it reports the medians with their spread (min..max) of
-msgs/s (every answer verified), the server's user, system and total CPU per
-message, the client's CPU per message and utilisation, and ``limited_by``
-(which side's CPU was saturated: when the client's is, the msgs/s are the
-client's limit, and the CPU per message is the figure that tells the servers
-apart).  Invalid runs (errors, a stall) are listed and left out of every
-figure.  The targets are ratios cython/uvloop taken within one repeat (side by
-side), then their median: ``frame`` msgs/s >= 2.5x and user CPU/msg <= 0.15x;
+Rules: each repeat runs every (server, protocol) cell once, rotating the
+server order, server and client pinned apart.  Per cell: medians and min..max
+of msgs/s (every answer verified), server user/system/total CPU per message,
+client CPU and ``limited_by``.  Invalid runs (errors, a stall, see
+``sockbench.thresholds``; the line says which side holds the unanswered
+bytes) are listed and left out.  Targets are cython/uvloop ratios within one
+repeat, then their median: ``frame`` msgs/s >= 2.5x and user CPU/msg <= 0.15x;
 ``json`` msgs/s >= 4x.
 
-It also gives the *kernel ceiling* of the msgs/s ratio per protocol: uvloop's
-whole server CPU per message divided by cython's system CPU per message.  A
-server that echoes 16 messages per read still has to make one recv and one
-send per batch, and on loopback that send carries the whole TCP path of both
-ends (transmit, the peer's receive in softirq, the ACK).  Cython's user time is
-already near zero, so its kernel time is the floor for any server on this
-machine, and no client, however fast, can lift the msgs/s ratio above uvloop's
-CPU per message over that floor.  When the ceiling is below a target, the
-target is out of this machine's reach, and the line says so.
+The *kernel ceiling* per protocol is uvloop's CPU per message over cython's
+system CPU per message: cython's user time is near zero, so its kernel time is
+the floor for any server, and no client can lift the msgs/s ratio above it.
+A target above the ceiling is out of the machine's reach, and the line says so.
 
-Each run's figures are one ``Run``; a cell's medians, the ratios, the ceilings
-and the settings are ``CellRow``, ``Ratio``, ``Ceiling`` and ``Settings``,
-gathered in a ``Summary``.  ``--json`` writes them with ``dataclasses.asdict``,
-so their field names are the keys of the output, and the targets name their
-metric through ``Run``'s fields.
-
-Not part of the unit tests: it carries speed targets.
+``--json`` writes ``Summary`` (``Run``, ``CellRow``, ``Ratio``, ``Ceiling``,
+``Settings``) with ``dataclasses.asdict``.  Not a unit test: it carries speed targets.
 """
 
 import argparse
