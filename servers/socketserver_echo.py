@@ -1,53 +1,31 @@
 """``socketserver``: the standard library's ``ThreadingTCPServer`` with a ``StreamRequestHandler``.
 
-Why it is built this way: this is the server framework the standard library
-offers and its documentation teaches, a ``StreamRequestHandler`` subclass whose
-``handle()`` reads ``self.rfile`` and writes ``self.wfile``, served by
-``ThreadingTCPServer`` with a thread per request and ``serve_forever()``.  The
-row shows what the framework costs over the hand-written thread-per-connection
-``blocking`` server, which is the same model without it.
+Why it is built this way: this is the framework the standard library teaches
+(``handle()`` reading ``self.rfile``, writing ``self.wfile``, a thread per
+request, ``serve_forever()``), so the row shows what the framework costs over
+``blocking``, the same model by hand.
 
-What is the framework's, used as documented:
+Used as documented: ``bind_and_activate=False`` with the contract's listener
+(made non-blocking, so ``--workers`` sharing a Unix listener never block in
+``accept``); ``daemon_threads``; ``shutdown()`` from a signal-started thread
+(never the serving one, which deadlocks); ``service_actions()`` sweeps
+``--idle-timeout``; ``handle()`` uses ``rfile.readinto1`` into a per-thread
+``contract.read_buffer`` and ``wfile.write`` (``sendall``: bounded memory, and
+a half-close is seen after every earlier byte was echoed), or the sans-I/O
+decoder for ``--protocol frame|json``.
 
-* ``ThreadingTCPServer(..., bind_and_activate=False)`` and the contract's
-  listening socket in ``server.socket``: the contract binds every server the
-  same way (backlog, errors, any address family, ``--workers``).  It is made
-  non-blocking (the accepted sockets are blocking all the same): with
-  ``--workers`` on a shared Unix listener every worker's ``select`` wakes for
-  a connection that only one takes, and the others' ``accept()`` would block.
-* ``daemon_threads = True``: a stop never waits for a handler thread.
-* ``serve_forever(poll_interval)`` in the main thread, ``shutdown()`` from
-  another: SIGTERM/SIGINT start a thread that calls ``shutdown()`` (calling it
-  from the serving thread itself deadlocks, as the documentation warns); the
-  open connections are then shut down so every handler ends.
-* ``service_actions()``, the hook ``serve_forever`` calls on every loop, closes
-  idle connections with ``--idle-timeout`` (the poll interval is then
-  ``Limits.sweep_s``).
-* ``handle()`` reads with ``rfile.readinto1`` (at most one ``recv``, into a
-  page-aligned buffer of its thread, ``contract.read_buffer``) and writes with
-  ``wfile.write``, which is ``sendall``: a thread blocked in it reads nothing
-  more, so memory stays bounded, and a half-close is seen only after every
-  earlier byte was echoed.  With ``--protocol frame|json`` it feeds the shared
-  sans-I/O decoder (``protocols``) and writes its answers.
+Added where the defaults fall short of the contract:
 
-What is added, because the framework's defaults fall short of the contract:
-
-* ``get_request`` (accept): socketserver ignores a failing accept and goes
-  straight back to ``select``, so out of descriptors it spins on a listener
-  that stays readable.  Here ``contract.AcceptErrors`` pauses accepting and
-  says so in one line, at most once a second.
-* ``handle_error``: the framework prints a traceback; here each handler is its
-  connection's exception boundary (a reset ends it quietly, anything else with
-  one line), and ``handle_error`` writes one line for whatever still escapes.
-* ``process_request`` starts each thread with the stop signals blocked, so they
-  always reach the main thread and wake its ``select`` at once.
-* ``setup`` turns Nagle off through ``contract.set_nodelay`` (the handler's own
-  ``disable_nagle_algorithm`` fails on a Unix socket).
-* Over TLS (``--tls``) ``setup`` shakes hands in the handler's thread
-  (``stream_echo.accept_tls``) and hands ``StreamRequestHandler`` the TLS
-  socket: the recipe of the ``ssl`` docs (wrapping in ``get_request``) would
-  shake hands in the serving thread, where one peer that stalls halfway stops
-  every accept.  ``finish`` sends close_notify.
+* ``get_request``: ``contract.AcceptErrors`` pauses on EMFILE and kin (the
+  framework spins on a listener that stays readable).
+* ``handle_error``: one line, not a traceback; each handler is its
+  connection's exception boundary.
+* ``process_request``: threads start with stop signals blocked, so they reach
+  the main thread.
+* ``setup``: Nagle off through ``contract.set_nodelay`` (the handler's own
+  fails on a Unix socket); over TLS the handshake runs in the handler's thread
+  (``stream_echo.accept_tls``), not in ``get_request`` as the ``ssl`` docs do,
+  where one peer stuck halfway would block every accept.  ``finish`` sends close_notify.
 """
 
 import signal
