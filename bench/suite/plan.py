@@ -332,18 +332,13 @@ def full_plan(servers, **overrides):
 def quick_plan(servers, **overrides):
     """The CI smoke matrix: one closed cell and one open-loop load, exactly 3 short rounds; no protocol section.
 
-    Measured on the 2-core machine under the others' load (load average
-    4-12): with two open-loop loads (50, 90%) the 63 runs plus the report took
-    64-66 s, over the 60 s budget (each run pays ~0.6 s to start and stop its
-    server and load processes), so the sweep is one load, 75%; one json cell
-    per server (81 runs) took 64 s as well.  ``--quick --protocols json`` adds
-    that json cell (the end-to-end test does); the protocol settings here make
-    it share the closed cell's workload (64 B, 10 connections, depth 1), whose
-    raw cell is its baseline.  The rounds are fixed (3, of 0.2 s, the open
-    loop's too: ``hiccup_s`` 0), the figures are not for quoting: 5 rounds of
-    open-loop rounds long enough for a p99 would take the minute alone.  A
-    run budget of 40 s bounds the rounds measured again on a busy machine
-    (where every round may be disturbed, which would triple the run).
+    Sized to finish within a minute on a busy 2-core machine: one open-loop
+    load (75%), since each run pays its server's and load's start and stop.
+    ``--quick --protocols json`` adds one json cell sharing the closed cell's
+    workload (64 B, 10 connections, depth 1), whose raw cell is its baseline.
+    The rounds are fixed (3 of 0.2 s, ``hiccup_s`` 0): the figures prove the
+    pipeline and are not for quoting.  A run budget of 40 s bounds the rounds
+    measured again on a busy machine.
     """
     kw = dict(
         sizes=(64,),
