@@ -3,69 +3,43 @@
 ``serve(listen_fd, announce)`` runs the whole server: Python is touched once to
 announce readiness, then the loop runs inside one ``with nogil:`` block until
 SIGTERM or SIGINT, and no Python object is created per connection or per
-message.  The design notes for users live in ``sockbench.servers.cython_echo``;
-the choices that matter for reading this file are:
+message.  Why the server exists is ``sockbench.servers.cython_echo``'s to say;
+the choices that matter for reading this file:
 
-* **State is a C table indexed by the descriptor** (``conn_t``, 24 bytes, in
-  one ``calloc`` sized to RLIMIT_NOFILE): no allocation per connection, O(1)
-  lookup from ``epoll_event.data.fd``, and untouched rows cost no memory.
-* **One shared read buffer** (``RECV_BUF``) for every connection: read, then
-  send straight back from it.  Only when the kernel takes part of it is the
-  unsent tail copied into a ``malloc``'d buffer owned by that connection.
+* **State is a C table indexed by the descriptor** (``conn_t``, one ``calloc``
+  sized to RLIMIT_NOFILE): no allocation per connection, O(1) lookup.
+* **One shared read buffer** (``RECV_BUF``): read, send straight back; only an
+  unsent tail is copied into a ``malloc``'d buffer of that connection.
 * **Bounded memory**: a connection with a tail is watched for ``EPOLLOUT``
-  *only*; it is not read again until the tail is sent, so a client that never
-  reads costs at most one ``RECV_BUF`` in user space.  The same rule gives the
-  half-close for free: end of file is only read once nothing is pending, so the
-  echo is flushed before the close.
-* **Errors stay local**: a reset or any other error on a connection closes that
-  connection; only a failure of epoll itself (or of the listener) ends the loop.
-  Every helper saves ``errno`` right after its syscall; the loop returns
-  ``-errno`` and ``serve`` raises ``OSError`` with the GIL held.
-* **Stop**: a C signal handler (async-signal-safe: one ``write``) bumps an
-  eventfd that the loop watches like any other descriptor.  The previous
-  handlers are restored before ``serve`` returns.
-* **Framed protocols** (``--protocol frame|json``) live beside the echo,
-  never in it: ``_run`` picks the reader once per event, so raw mode runs
-  exactly the code above.  The wire code is ``ext/wire.h`` (static inline C,
-  shared with the load generator and the reference C client: frame scanning,
-  the strict flat-JSON header parser, the answer builder).  The protocol
-  names and indices come from the generated ``ext/protocols.h``, whose one
-  owner is ``sockbench.protocol_table``.
-  Framed reads go to their own buffer, and every complete message in a read
-  is answered from where it lies: a frame is its own answer (no copy at
-  all), a json answer is a rebuilt header plus the content, appended to one
-  answer buffer.  Answers are sent like the echo (now, then only the unsent
-  tail, reading stopped meanwhile).  A read that ends inside a message keeps
-  that message in a ``malloc``'d buffer (``pstate_t.pend``, only while it is
-  partial), sized for the next decision (4, 4 + length, 2 + header, 2 +
-  header + content) and then filled by ``recv`` straight into it, never
-  past the message; complete, it is answered in place (the json answer
-  header is written over the end of the request's, which is never shorter)
-  and the buffer itself becomes the tail or is freed.  So a connection holds
-  at most one message (``max_message`` + header) plus one read of answers.
-* **Malformed input** (ext/wire.pyx says what is malformed) ends its connection
-  only: the answers before it are sent first (``closing`` closes once the
-  tail is out), and one line goes to stderr with a single ``write(2)``, worded
-  like ``contract.log_closing``.  End of file inside a message is malformed
-  too.  The JSON header parser never recurses: a nested value is refused
-  where it starts, however deep the nesting would go.
-* **Out of descriptors** (EMFILE, ENFILE, ENOBUFS, ENOMEM from accept4): the
-  listener is unwatched until a connection closes or ``ACCEPT_PAUSE_MS`` has
-  passed, whichever is first, with one line on stderr (then at most one a
-  second), worded like ``contract.AcceptErrors``.  Never fatal, even with no
-  connection open: the pause ends on its own.
-* **Limits** (``--idle-timeout``, ``--max-buffered``; off unless asked for):
-  the loop reads a monotonic clock once per ``epoll_wait`` only when a limit
-  or an accept pause needs it, and waits at most until the next duty.  Each
-  connection keeps the time of its last complete message (raw: of its last
-  read) in ``conn_t.last`` (milliseconds since the loop started, modulo 2**32:
-  compared by unsigned difference, so any timeout below 24 days is exact);
-  every ``sweep_ms`` the table is scanned for connections idle too long.
-  ``buffered`` sums the bytes received into partial messages
-  (``pstate_t.pend_len``); a read that takes it over ``max_buffered`` drops
-  that connection's partial message and closes it, after the answers before
-  it.  The reasons in those lines come from Python (``contract.Limits``), so
-  every server words them the same.
+  *only*, so a client that never reads costs at most one ``RECV_BUF``; and end
+  of file is only read with nothing pending, so the echo is flushed before a
+  half-close.
+* **Errors stay local**: an error on a connection closes it; only epoll or the
+  listener failing ends the loop.  Helpers save ``errno`` right after their
+  syscall; the loop returns ``-errno`` and ``serve`` raises ``OSError``.
+* **Stop**: an async-signal-safe handler bumps an eventfd the loop watches; the
+  previous handlers are restored before ``serve`` returns.
+* **Framed protocols** live beside the echo: ``_run`` picks the reader once per
+  event, so raw mode runs only the code above.  The wire code is
+  ``ext/wire.h`` (shared with the load generator and the C client); names come
+  from the generated ``ext/protocols.h``.  Every complete message in a read is
+  answered where it lies (a frame is its own answer; a json answer is a rebuilt
+  header plus the content); a partial message waits in ``pstate_t.pend``,
+  sized for the next decision and filled by ``recv`` never past the message.
+  A connection holds at most one message plus one read of answers.
+* **Malformed input** (ext/wire.pyx defines it; end of file inside a message
+  too) closes its connection after the answers before it, with one
+  ``write(2)`` line worded like ``contract.log_closing``.  The JSON parser
+  never recurses.
+* **Out of descriptors** (EMFILE, ENFILE, ENOBUFS, ENOMEM): the listener is
+  unwatched until a connection closes or ``ACCEPT_PAUSE_MS`` passes, with one
+  line (at most one a second), worded like ``contract.AcceptErrors``.
+* **Limits** (``--idle-timeout``, ``--max-buffered``): the clock is read once
+  per ``epoll_wait``, only when a limit or a pause needs it.  ``conn_t.last``
+  is milliseconds modulo 2**32, compared by unsigned difference (exact below 24
+  days); the table is swept every ``sweep_ms``.  ``buffered`` sums partial
+  messages; going over ``max_buffered`` closes that connection.  The reasons
+  are worded by Python (``contract.Limits``).
 """
 
 from libc.stdint cimport uint32_t, uint64_t
