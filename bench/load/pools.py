@@ -1,34 +1,26 @@
 """What a run of many rounds keeps alive between them: its load processes and its servers.
 
-Why it is built this way: a round used to start its server and its load
-process and stop both, and that cost 0.23 s of every round besides its
-warmup and window (measured on the 2-core machine: 0.10 s for the server to
-print its ready line, 0.03 s to stop it, 0.02 s to read the commit with git,
-the load process's start overlapping the server's), a third of a closed-loop
-round.  Interleaved rounds (``sockbench run``'s passes, ``sockbench ab``)
-visit every server once a pass, so the saving is worth keeping them:
+Why it is built this way: starting and stopping a server and a load process
+costs a sizeable share of a short round besides its warmup and window, and
+interleaved rounds (``sockbench run``'s passes, ``sockbench ab``) visit every
+server once a pass, so both are kept:
 
-* ``LoadPool`` keeps load processes (``python -m sockbench.bench.load.worker``
-  waits for its next parameters after a result): ``run_load(pool=...)``
-  takes one per share of the connections and gives back the ones that
-  finished cleanly; one that failed is stopped and replaced.
-* ``ServerPool`` keeps one server process per (server, protocol, transport,
-  workers, environment), started pinned at its first round and stopped at
-  the end, or when no round needs it any more (``release``).  It is idle
-  between its rounds: it holds no connection and runs no timer, and a server
-  that does use CPU there shows up as foreign load in the other servers'
-  rounds, as any process would.  ``use()`` hands it to one round: before the
-  round its peak RSS is reset (``/proc/PID/clear_refs``, so ``rss_peak_bytes``
-  is the round's own, as it was with a fresh process); after the round the
-  pool waits until the server has closed the round's connections and gone
-  idle (``settle``: its descriptors back to what it held when it was ready,
-  then no CPU for ``SETTLE_QUIET_S``), so that no server's clean-up lands in
-  the next round's window.  A server that died is started again at its next
-  round (the round it died in says so: ``the server exited``).
+* ``LoadPool`` keeps load processes (a worker waits for its next parameters
+  after a result): ``run_load(pool=...)`` takes one per share of the
+  connections and gives back those that finished cleanly; a failed one is
+  stopped and replaced.
+* ``ServerPool`` keeps one server per (server, protocol, transport, workers,
+  environment), started pinned at its first round, stopped at the end or at
+  ``release``.  Idle between rounds (no connection, no timer; CPU it uses
+  there is foreign load in other rounds).  ``use()`` resets its peak RSS
+  before a round (``/proc/PID/clear_refs``, so ``rss_peak_bytes`` is the
+  round's) and after it waits until the server is ``settle``d (descriptors
+  back to their ready count, no CPU for ``SETTLE_QUIET_S``), so that no
+  clean-up lands in the next window.  A server that died restarts at its
+  next round; the round it died in says so.
 
 One process serves all of a server's rounds, so what differs between two
-processes of the same code (addresses, hash seeds) is not sampled round by
-round any more; the rounds of two runs still sample it.
+processes of the same code (addresses, hash seeds) is sampled by runs, not rounds.
 """
 
 import os
