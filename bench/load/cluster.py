@@ -6,41 +6,26 @@ Usage::
     result = run_cluster_load(spec, "tcp://10.0.0.1:8786", hosts=("a", "b"))
     result.hosts        # one HostPart per load host; the top-level figures are the merged totals
 
-Why it is built this way
-------------------------
-* sockbench writes no coordination protocol of its own.  Dask places one
-  task per load host on a named worker (``workers=[address]``, never moved
-  elsewhere), carries the start instant (a ``distributed.Variable``), the
-  hosts' "ready" or "failed" lines (a ``distributed.Queue``) and each host's
-  result back (the task's return value).  Each worker is ``sockbench
-  cluster-worker``: one thread, no nanny, profiling off and slow ticks
-  (``WORKER_CONFIG``), so that it idles at a fraction of a percent beside the
-  load it runs.
-* A host runs the harness's own steps (``harness.measure``): the same pinned
-  load processes, connected before the window, with the same checks, and
-  builds its own ``LoadResult`` (``harness.build_result``), exactly as a
-  one-machine run would.  Only the window's start differs: once every host
-  is ready, the coordinator fixes one wall-clock instant a little ahead
-  (``START_LEAD_S``, what the instant takes to reach every host), and each
-  host turns it into its own CLOCK_MONOTONIC.  Each load process notes how
-  late it woke for it (``start_late_s``), so the start spread is measured,
-  not assumed.
-* The hosts' clocks are checked, not trusted blindly: before the instant,
-  each host's offset against the coordinator is measured by an NTP-style
-  exchange through Dask (``clock.py``) and recorded in its ``HostPart``;
-  one too large for the window is a warning.
-* The totals are merged from every host's load processes, never averaged:
-  their counters summed, their encoded HDR histograms added
-  (``harness.build_result`` over all of them), so a percentile of the whole
-  is exact.  What cannot be summed across machines is per host only: the
-  client's CPU share (CPU numbers are per machine; the total's ``cpus`` is
-  left out), the foreign load on its CPUs (``interference``) and the Dask
-  worker's own CPU.  ``client_bound`` is true when any host was.
-* Nothing measured is lost.  A host that cannot start (its load processes
-  cannot connect, bad CPUs) stops the run before the window, in one line
-  naming the host and the target.  A worker that dies during the window
-  makes the result invalid and names the host; the other hosts' figures are
-  kept, and the JSON is written as for any run.
+Why it is built this way: sockbench writes no coordination protocol of its
+own.  Dask pins one task per host to a named worker (``sockbench
+cluster-worker``, tuned by ``WORKER_CONFIG`` to idle beside the load) and
+carries the start instant (a ``Variable``), the ready/failed lines (a
+``Queue``) and each host's result (the return value).
+
+Rules:
+
+* Each host runs the harness's own steps (``harness.measure``,
+  ``harness.build_result``), as a one-machine run would; only the start
+  differs: one wall-clock instant ``START_LEAD_S`` ahead, turned into each
+  host's CLOCK_MONOTONIC, and every load process records ``start_late_s``.
+* Each host's clock offset is measured first (NTP-style through Dask,
+  ``clock.py``) and recorded in its ``HostPart``; too large a one is a warning.
+* Totals merge every host's load processes (counters summed, HDR histograms
+  added); per host only: client CPU, ``interference``, the Dask worker's CPU.
+  ``client_bound`` when any host was.
+* A host that cannot start stops the run before the window, in one line; a
+  worker dying in the window makes the result invalid and names the host,
+  the other hosts' figures are kept and the JSON is written.
 """
 
 import os
