@@ -1,41 +1,27 @@
 """One load process: pin, connect, wait for the common start time, run the Cython loop, report.
 
-Why it is built this way: the harness runs its load in separate processes
-(``procs`` of them), each pinned to a client CPU, so that the load's CPU use
-can be measured on its own (``getrusage`` inside the loop, over the measured
-window only) and so that several processes can load one server without a GIL
-between them.  Each is a plain ``python -m sockbench.bench.load.worker`` child
-rather than a ``multiprocessing`` process: spawning re-imports the caller's
-``__main__`` (which breaks scripts and REPLs), and forking copies a parent
-that may hold threads and the server's pipes.  The protocol is JSON lines:
+Why it is built this way: separate processes, each pinned to a client CPU,
+so the load's CPU is measured on its own (``getrusage`` over the window) and
+several processes load one server without a GIL between them.  A plain
+``python -m sockbench.bench.load.worker`` child, not ``multiprocessing``:
+spawning re-imports the caller's ``__main__`` and forking copies a parent's
+threads and pipes.  The protocol is JSON lines:
 
-1. stdin: the ``WorkerParams``.  The worker pins itself, raises its file
-   descriptor limit, connects its share of the connections (closed and open
-   modes; over TLS, with their handshakes) and prints ``{"event": "ready"}``, or
-   ``{"event": "error", "message": LINE, "exit_code": N}`` if it cannot (a refused
-   connection names the address; a server that does not speak TLS is a usage error, 2);
-2. stdin: ``{"start_ns", "warm_end_ns", "end_ns"}`` on CLOCK_MONOTONIC, which
-   every process shares, once every worker is ready;
-3. the worker sleeps until ``start_ns``, runs ``sockbench.ext.loadgen.run_loop``
-   (over udp: ``sockbench.ext.udpgen.run_loop`` on connected UDP flows, whose
-   result adds ``datagrams``; see ``datagram.py``; with ``engine`` uring:
-   ``sockbench.ext.uringgen.run_loop``, the same dict from an io_uring loop),
-   which ends by itself at ``end_ns``, encodes its histograms with the
-   ``hdrhistogram`` package, and prints ``{"event": "result", "result": R}``,
-   where R is a ``ProcResult`` (``sockbench.bench.schema``): the loop's
-   dict under the same names, the shape the harness adds up;
-4. after a result, the process waits for the next ``WorkerParams`` (step 1
-   again) until its stdin closes: a run of many rounds keeps its load
-   processes (``pools.LoadPool``) rather than paying a Python start for each.
-   After an error it exits.
+1. stdin: ``WorkerParams``.  The worker pins itself, raises its descriptor
+   limit, connects its share (with TLS handshakes) and prints
+   ``{"event": "ready"}``, or ``{"event": "error", "message", "exit_code"}``;
+2. stdin: ``{"start_ns", "warm_end_ns", "end_ns"}`` on CLOCK_MONOTONIC;
+3. it runs ``loadgen.run_loop`` (udp: ``udpgen``, ``datagram.py``; TLS:
+   ``tlsgen``; ``engine`` uring: ``uringgen``, the same dict from an io_uring
+   loop) until ``end_ns`` and prints ``{"event": "result", "result": R}``,
+   R a ``schema.ProcResult``;
+4. it waits for the next ``WorkerParams`` until stdin closes
+   (``pools.LoadPool``); after an error it exits.
 
-Nothing but these lines goes to stdout; any failure is one error line, never
-a traceback.  From the window's start the harness alone stops a load
-process: SIGTERM or SIGINT (the harness's, or a terminal's Ctrl-C that
-reached the whole process group) ends the loop's window at once and the
-process reports what it measured; outside the loop both are ignored, so that
-a result being reported is never cut off (the harness kills a process that
-does not report in time, and the kernel kills it with SIGKILL when the
+Only these lines go to stdout; a failure is one error line, never a
+traceback.  SIGTERM/SIGINT inside the window end it early and the process
+reports; outside the loop both are ignored, so a result is never cut off
+(the harness kills a process that does not report, the kernel when the
 harness dies).
 """
 
