@@ -1,27 +1,20 @@
 """``sockbench cluster-worker``: a Dask worker tuned to sit beside a load generator on a load host.
 
-Why it is built this way: a load from several hosts (``sockbench load
---cluster``) is placed by Dask distributed, so each load host runs a Dask
-worker; what sockbench adds is the worker's tuning, because it shares the
-machine with the load it measures.  One thread (a host runs one load task at
-a time), no nanny (a second process that only watches the first), the
-profiler off and the ticks and monitors slowed (``cluster.WORKER_CONFIG``),
-and a heartbeat every ``HEARTBEAT_S`` instead of the 0.5 s the scheduler asks
-of a small cluster (each heartbeat is about 11 ms of Python here, and was
-most of what the worker did idle): measured quiet by
-``bench/calibrate/worker_idle.py`` (30 s windows, both pinned to one CPU), a
-plain ``dask worker --no-nanny --nthreads 1`` idled at 4.1-7.1% of a core,
-this one at 0.24-0.32%, fresh or after a task.
-``--cpus`` pins it away from the load processes' CPUs.  The worker runs in
-this process (``distributed.Worker``), so its pid is the one to stop.
+Why it is built this way: ``sockbench load --cluster`` is placed by Dask, so
+each load host runs a Dask worker that shares the machine with the load it
+measures.  What sockbench adds is its tuning: one thread, no nanny, the
+profiler off, slow ticks and monitors (``cluster.WORKER_CONFIG``) and a
+heartbeat every ``HEARTBEAT_S`` rather than the scheduler's suggestion, since
+heartbeats are most of an idle worker's CPU.  The README gives its idle CPU
+against a plain ``dask worker`` and ``bench/calibrate/worker_idle.py``
+measures it.  ``--cpus`` pins it away from the load; the worker runs in this
+process, so its pid is the one to stop.
 
-Its lifetime, as for any command: ``--scheduler`` is checked before anything
-starts (``units.parse_scheduler``: tcp, a port from 1 to 65535); a scheduler
-not reached within ``--connect-timeout`` is one line and exit 1; SIGTERM or
-SIGINT stops it at any time, connecting or serving (it leaves the scheduler,
-exit 143 or 130), and the load processes of a task in flight die with it
-(``children.child_setup``); a scheduler that goes away (or closes the
-worker) is one line and exit 1.  Dask's own log keeps its warnings but not their tracebacks, one line each.
+Lifetime: ``--scheduler`` is checked first (``units.parse_scheduler``); no
+scheduler within ``--connect-timeout`` is one line and exit 1; SIGTERM/SIGINT
+stop it at any time (exit 143/130) and the load processes of a task die with
+it (``children.child_setup``); a scheduler that goes away is one line and
+exit 1.  Dask's warnings are kept, one line each, without tracebacks.
 """
 
 import asyncio
