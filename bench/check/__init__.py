@@ -2,8 +2,8 @@
 
 Why it is built this way: the checks that catch a server reordering bytes,
 dropping a half-close, growing without bound under a slow reader or dying on
-a malformed frame used to live only in this repository's tests.  Here they are
-a library (``registry``: every check is one function, registered once with
+a malformed frame matter to any echo server, not only to this repository's.
+So they are a library (``registry``: every check is one function, registered once with
 what it applies to), run by ``sockbench check`` against a registered server, a
 ``--command`` or a running ``HOST:PORT`` / ``unix:PATH`` (``runner``), reported
 as a table, JSON and JUnit XML (``report``), and called by
