@@ -1,45 +1,34 @@
 """``sockbench ab A B``: two targets measured side by side, round by round, and a verdict on B against A.
 
 Why it is built this way: ``compare`` judges two runs made at different
-times, so the machine's drift between them is in every ratio it takes, and
-to stay honest it must widen its intervals by that drift until only large
-changes show (about 10% on the 2-core machine).  ``ab`` measures both
-targets in one session, as asv's ``continuous`` does: in passes, each pass
-one round of A and one of B at every workload, the workloads in a fresh
-random order and A and B in a random order within each (all drawn from the
-seed, which ``meta.json`` records, and every pass's order in
-``progress.jsonl``).  The two rounds of a workload in one pass ran seconds
-apart and are a pair; B/A is the Hodges-Lehmann estimate of the pairs' log
-ratios with its Wilcoxon signed-rank interval (``report.ratios``), so what
-the machine did meanwhile weighs on both and leaves the ratio alone.
+times, so it must widen its intervals by the machine's drift until only large
+changes show.  ``ab`` measures both in one session, as asv's ``continuous``
+does: each pass runs one round of A and one of B at every workload, in a
+random order drawn from the seed (``meta.json``; orders in
+``progress.jsonl``).  The two rounds of a workload in one pass are a pair,
+and B/A is the Hodges-Lehmann estimate of the pairs' log ratios with its
+Wilcoxon signed-rank interval (``report.ratios``): the machine's drift weighs
+on both and leaves the ratio alone.
 
-The verdict at each workload is ``compare``'s rule on that interval against
-``--fail-above`` (5%): ``slower``/``faster`` when it lies wholly beyond,
-``same`` when wholly within, ``undecided`` otherwise.  Rounds go on until
-every workload is decided at 99% (a stricter level for stopping early, so
-that looking after every pass does not spend the 95% the verdict states), at
-least ``min_pairs`` and at most ``max_pairs`` pairs, within ``budget_s``; the
-verdict is then given at 95% over every pair.  A disturbed round (foreign
-load, or CPU taken where the guest cannot see it) is measured again as in a
-run; a pair with a round still disturbed is left out of the verdict and
-counted.  An invalid round (a target that failed) makes its workload
-``invalid``.  The exit status is 1 when any workload is slower (or invalid),
-else 0; bad input is one line, exit 2, before anything is measured.
+Rules:
 
-A target is a registered name (started pinned, kept between its rounds,
-measured with its CPU), a running ``HOST:PORT``/``unix:PATH`` (loaded only:
-no CPU figures), or with ``--rev BASE HEAD NAME`` server NAME as each
-revision of sockbench builds it (``servers.environments``: one worktree and
-virtual environment per commit, built once and cached); the load generator
-is always this checkout's.  The two must speak the same transport and
-protocol: a named target by its registry, an endpoint by a short probe load
-in that protocol, which must come back valid.
-
-The results folder is a run's: ``raw/`` (every round, written as it ends,
-the cells named ``A-<target>`` and ``B-<target>``), ``progress.jsonl``,
-``meta.json`` (``kind`` ``sockbench-ab``, the targets, the seed; its
-``baseline`` is A, so ``sockbench report DIR`` gives B as a ratio to A), and
-``ab.json``, the verdicts.
+* The verdict is ``compare``'s rule on that interval against ``--fail-above``.
+  Passes go on until every workload is decided at 99% (stricter, so that
+  looking after each pass does not spend the stated 95%), between
+  ``min_pairs`` and ``max_pairs``, within ``budget_s``; the verdict is then
+  given at 95% over every pair.
+* A disturbed round is measured again as in a run; a pair still disturbed is
+  left out and counted.  An invalid round makes its workload ``invalid``.
+* Exit 1 when any workload is slower or invalid, else 0; bad input is one
+  line, exit 2, before anything is measured.
+* A target is a registered name (pinned, kept, with its CPU), a running
+  ``HOST:PORT``/``unix:PATH`` (no CPU figures), or ``--rev BASE HEAD NAME``
+  (``servers.environments``: one cached worktree and venv per commit); the
+  load generator is always this checkout's.  Both must speak the same
+  transport and protocol (the registry, or a valid probe load).
+* The folder is a run's (``raw/`` with cells ``A-<target>``/``B-<target>``,
+  ``progress.jsonl``, ``meta.json`` with ``kind`` ``sockbench-ab`` and A as
+  ``baseline``) plus ``ab.json``, the verdicts.
 """
 
 import dataclasses
