@@ -1,26 +1,19 @@
 """How servers scale with ``--workers``: msgs/s and server CPU per message at 1..N worker processes.
 
 Why it is built this way: the question is whether N processes on one port
-(``sockbench serve NAME --workers N``, ``SO_REUSEPORT``) echo N times what one
-does, and what each message then costs.  So each (server, workers) point is
-one ordinary load run of the harness (``run_load`` with ``LoadSpec.workers``):
-the workers pinned one per server CPU, the load processes on the client CPUs,
-every echoed byte checked, and the server's CPU summed over every worker
-(schedstat per thread, as for one process), so the figures are the same ones
-``sockbench load`` and the report give, not a second measurement.
+(``--workers N``, ``SO_REUSEPORT``) echo N times what one does, and at what
+cost per message.  Each (server, workers) point is one ordinary harness run
+(``run_load`` with ``LoadSpec.workers``: workers pinned one per server CPU,
+every byte checked, server CPU summed over the workers), so the figures are
+the ones ``sockbench load`` and the report give.
 
-The points run in rounds, every (server, workers) once per round in a
-rotating order, and the table shows medians with the spread (min..max) over
-the rounds: on a shared machine a single run says little.  A point where the
-client was the bottleneck is flagged: its msgs/s is the client's limit, not
-the server's.  On a machine with fewer than twice as many CPUs as the most
-workers asked for, the client shares CPUs with the servers (said in one line
-at the start), and the figures are not parallel scaling: a worker on the
-client's CPU is woken without a cross-CPU interrupt, which on loopback is
-worth more than a second core (measured on the 2-core machine: one ``cython``
-process on the client's CPU echoed 175,000-225,000 msgs/s at 100 x 64 B, on a
-CPU of its own 72,000-78,000).  Only with the client on CPUs of its own do the
-ratios say how a server scales.
+Points run in rounds in rotating order; the table shows medians and min..max,
+and flags client-bound points (their msgs/s is the client's limit).  With
+fewer than twice as many CPUs as the most workers, the client shares CPUs
+with the servers (said at the start): a worker on the client's CPU is woken
+without a cross-CPU interrupt, which on loopback is worth more than a second
+core, so only with the client on CPUs of its own do the ratios say how a
+server scales.
 
 Run: ``python -m sockbench.bench.calibrate.scaling [--servers cython,uvloop] [--workers 1 2 4 8]
 [--server-cpus LIST] [--client-cpus LIST] [--conns 100] [--size 64] [--duration 2] [--rounds 3] [--json PATH]``.
