@@ -5,31 +5,21 @@ Usage::
     python -m sockbench.bench.calibrate.tls_reference [--servers cython uvloop] [--rounds 5]
         [--warmup 0.5] [--duration 2] [--tls-version 1.3] [--no-handshakes] [--json out.json]
 
-Why it is built this way: the claim to check is that the load over TLS is as
-lean as a C client's, relative figures on a shared, noisy 2-core machine, so
-it is made as ``vs_reference`` makes it for the plain load.  One TLS server
-process per server (pinned to the server CPU, serving a self-signed pair made
-for this run) is loaded in alternation (A B, B A, ...) by the harness
-(``sockbench load --tls``: ``ext/tlsgen.pyx``) and by the reference C client
-in its TLS build (``ref_client.c --tls``: the same OpenSSL settings,
-``ext/tlsconf.pxd``'s, every byte checked, no histogram, no Python), each
-pinned to the same client CPU, at the issue's two workloads: 100 connections
-x 64 B and 10 x 16 KiB, one message in flight each.  Per round: the harness's
-msgs/s over the C client's (target within 10%: 0.9 to 1.1) and its own CPU per
-message over the C client's (target at most 1.1x); the server's CPU per
-message under the C client, read at its window's edges.
+Why it is built this way: the claim is relative (the load over TLS is as lean
+as a C client's), so it is checked as ``vs_reference`` checks the plain load:
+one pinned TLS server per server, loaded in alternation (A B, B A, ...) by the
+harness (``ext/tlsgen.pyx``) and by ``ref_client.c --tls`` (the same OpenSSL
+settings, ``ext/tlsconf.pxd``; every byte checked; no histogram, no Python),
+both pinned to the same client CPU, at 100 x 64 B and 10 x 16 KiB, one
+message in flight each.  Per round: the harness's msgs/s over the C client's
+(target 0.9 to 1.1), its CPU per message over the C client's (target at most
+1.1x), and the server's CPU per message.
 
-Handshakes (unless ``--no-handshakes``): ``openssl s_time -new`` (one
-connection at a time: connect, full handshake, close; no certificate
-verification, as the harness) against the harness in connect mode with one
-connection and every handshake full, alternating; handshakes per second, and
-each client's CPU per handshake (``s_time``'s from ``wait4``'s rusage, over
-its whole run), and the server's CPU per handshake under each (its exact
-runtime around each client's whole run, over that run's connections).  The
-harness's cycle also echoes one 64 B message; at one connection at a time
-the clients' own CPU is part of every cycle, so the lighter client reads
-more handshakes a second, and the server's CPU per handshake is what the two
-must agree on.
+Handshakes (unless ``--no-handshakes``): ``openssl s_time -new`` against the
+harness in connect mode with one connection and full handshakes, alternating:
+handshakes per second, each client's CPU per handshake, and the server's CPU
+per handshake under each, which is what the two must agree on (at one
+connection a lighter client reads more handshakes a second).
 """
 
 import argparse

@@ -4,27 +4,18 @@ Usage::
 
     python -m sockbench.bench.calibrate.vs_reference [--server cython] [--rounds 3] [--duration 3] [--json out.json]
 
-Why it is built this way: the claim to check is relative ("at least 0.9x the
-C client's msgs/s, at most 1.1x its CPU per message"), and this 2-core
-machine is shared and noisy, so absolute figures from separate runs mean
-little.  One server process is started once (pinned to the server CPU) and
-both clients load it in alternation (A B, B A, ...) for several rounds, each
-pinned to the same client CPU; the ratios are computed per round and
-summarised by their median and spread.  CPU per message is each client's own
-user+sys time over its measured window (getrusage) divided by the messages it
-completed in that window.  The C client is the reference client of the
-calibration tools (``ref_client.c``, built on first use by
-``common.build_ref_client``): it keeps the same messages in flight and checks
-every echoed byte, as the harness does, but keeps no histogram and runs no
-Python, so a difference in CPU per message is the price of the harness's
-timing, histograms and Cython.  It stays out of sockbench's normal runs.
-
-It also prints the harness's coalescing (messages per write).
-
-Each client's figures of one run, a round and a workload's summary are small
-dataclasses (``RefFigures``, ``HarnessFigures``, ``Round``,
-``WorkloadSummary``, ``Comparison``); ``--json`` writes them with
-``dataclasses.asdict``, so their field names are the keys of the output.
+Why it is built this way: the claim is relative (at least 0.9x the C
+client's msgs/s, at most 1.1x its CPU per message), and absolute figures of
+separate runs on a shared machine mean little.  One pinned server is loaded
+by both clients in alternation (A B, B A, ...), each pinned to the same client
+CPU; ratios are taken per round and summarised by median and spread.  CPU per
+message is each client's getrusage over its window divided by its messages.
+The C client (``ref_client.c``, ``common.build_ref_client``) keeps the same
+messages in flight and checks every byte, but keeps no histogram and runs no
+Python, so the difference is the price of the harness's timing, histograms
+and Cython.  It also prints the harness's coalescing (messages per write).
+``--json`` writes its dataclasses (``RefFigures``, ``HarnessFigures``,
+``Round``, ``WorkloadSummary``, ``Comparison``) with ``dataclasses.asdict``.
 """
 
 import argparse
