@@ -5,24 +5,16 @@ differ in their protocol and their loop, never in the parts below, so that
 their rows differ only in what they are meant to show.
 
 * **Accepting** (``Acceptor``): the listener is watched with ``add_reader``
-  and each accepted socket is handed to ``loop.connect_accepted_socket``, the
-  loops' public API for sockets accepted outside them, instead of
-  ``create_server``.  The loops' own accept paths fail badly when descriptors
-  run out: asyncio (3.11) goes on calling ``accept()`` after EMFILE, logging
-  a traceback and arming a retry timer each time (measured: 147,000 handler
-  calls and 45,000 pending timers in 6 s), and libuv, under uvloop, closes
-  every connection waiting in the queue to shed load (its "EMFILE trick":
-  151 of 200 clients reset).  Here accept() out of descriptors or memory
-  pauses accepting for ``contract.ACCEPT_PAUSE_S`` with one line (then at
-  most one a second), the waiting connections stay queued, and the open ones
-  are served.  Accepting in Python costs what asyncio's own accept costs (a
-  ``socket.accept`` and a task per connection: about 12,500 connections a
-  second either way, measured with a local client); on uvloop it replaces
-  libuv's accept in C, and a connect-mode figure of the ``uvloop`` and
-  ``cython-protocol`` rows pays for it (26,000 -> 19,000 connections a second,
-  about 14 µs more CPU per connection, same measurement).  The listener
-  keeps the backlog ``contract.listen`` gave it: nothing listens again with
-  another (``create_server`` would, with its own default of 100).
+  and each accepted socket goes to ``loop.connect_accepted_socket`` (the
+  loops' public API for sockets accepted outside them), not ``create_server``,
+  whose accept paths fail badly out of descriptors: asyncio keeps calling
+  ``accept()`` after EMFILE, logging a traceback and arming a retry timer
+  each time, and libuv (uvloop) resets the connections waiting in the queue.
+  Here ``contract.ACCEPT_PAUSE_S`` pauses accepting with one line (at most one
+  a second), queued connections wait and open ones are served.  Accepting in
+  Python costs what asyncio's own accept does; on uvloop it replaces libuv's
+  C accept, which the connect-mode figures of ``uvloop`` and
+  ``cython-protocol`` pay for.  The listener keeps ``contract.listen``'s backlog.
 * **TLS** (``--tls``): ``connect_accepted_socket`` takes the server's
   ``ssl`` context and the handshake timeout, so each loop runs its own TLS
   layer (asyncio's ``sslproto``, uvloop's in Cython) as a user of
