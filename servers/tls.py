@@ -27,7 +27,7 @@ once, as ``TlsConfig``, and every side builds its context from it:
   handshakes that did.
 * **Handshake timeout**: a handshake not complete within
   ``handshake_timeout_s`` (``--tls-handshake-timeout``, 10 s) closes its
-  connection with one line: a peer that stalls halfway costs that
+  connection with one line: a peer that stops halfway costs that
   connection only, in every model.
 
 Every failure a peer can cause is worded here (``handshake_failure``,

@@ -12,7 +12,7 @@ wrapped with ``trio.socket.from_stdlib_socket`` in a ``trio.SocketListener``,
 and ``serve_listeners`` serves it, as ``serve_tcp`` would.
 
 * ``await stream.send_all()`` before the next ``receive_some`` is the flow
-  control: a client that does not read stalls its own task, which reads
+  control: a client that does not read holds up its own task, which reads
   nothing more, so memory stays bounded, and a half-close (``receive_some``
   returns ``b""``) is seen only after every earlier byte was echoed.  With
   ``--protocol frame|json`` the task feeds the shared sans-I/O decoder
