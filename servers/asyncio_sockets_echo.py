@@ -15,7 +15,7 @@ stays registered.
   (``contract.read_buffer``; a shared one would be overwritten by the next
   task while this one's echo still waits in ``sock_sendall``).
 * ``await loop.sock_sendall`` before the next read is the flow control: a
-  client that does not read stalls its own task, which reads nothing more, so
+  client that does not read holds up its own task, which reads nothing more, so
   memory stays bounded; ``sock_sendall`` tries to send at once and waits for
   writability only for the tail.  A half-close (``sock_recv_into`` returns 0)
   is therefore seen only after every earlier byte was echoed.

@@ -60,7 +60,7 @@ class EchoHandler(socketserver.StreamRequestHandler):
     def setup(self):
         set_nodelay(self.request)
         ctx = self.server.tls_context
-        if ctx is not None:  # in this handler's thread: a stalled handshake holds this connection only
+        if ctx is not None:  # in this handler's thread: a handshake stuck halfway holds this connection only
             tsock = accept_tls(self.request, ctx, self.server.options["tls"], self.server.options["name"],
                                self.client_address)
             if tsock is None:

@@ -11,7 +11,7 @@ server, which knows what a failure means there.
 
 Over TLS (``--tls``) the three shake hands the same way too: ``accept_tls``
 in the connection's own thread or greenlet (never the accepting one: a peer
-that stalls halfway holds its own connection only), within the handshake
+that stops halfway holds its own connection only), within the handshake
 timeout, one line when it fails; the echo loop then runs on the TLS socket
 unchanged, and the connection ends with TLS's own close (``send_close_notify``).
 

@@ -135,7 +135,7 @@ def framed_pipelining(s):
     payloads = [payload(n, seed=i) for i, n in enumerate(sizes)]
     stream = b"".join(requests_for(s.protocol, payloads))
     with connect(s.address, tls=s.tls, timeout=20) as sock:
-        # answers are read while sending: over AF_UNIX (no receive buffer) the kernel would otherwise stall
+        # answers are read while sending: over AF_UNIX (no receive buffer) the kernel would otherwise block the writer
         # both directions once both send buffers are full
         box = []
         reader = threading.Thread(target=lambda: box.append(read_to_eof(sock, limit=len(stream) * 2)), daemon=True)

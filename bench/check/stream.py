@@ -4,7 +4,7 @@ Each check is what the serve contract promises (``shared/design.md``): byte
 for byte and in order, whatever the message size and however many
 connections; a half-close flushes what is pending, then the server closes;
 memory stays bounded (a server stops reading a connection whose echo is
-unsent), which a client sees as its writes stalling with nothing lost; one
+unsent), which a client sees as its writes blocking with nothing lost; one
 peer that resets, idles or floods costs nobody else.  Sizes and counts are
 chosen so that one server and transport takes seconds, not minutes.
 """
@@ -76,7 +76,7 @@ def write_then_read_size(transport):
 
     An AF_UNIX stream has no receive buffer: what is in flight is charged to
     the sender's send buffer, so beyond both send buffers any bounded-memory
-    echo (and the kernel) must stall.
+    echo (and the kernel) must stop taking bytes.
     """
     if transport != "unix":
         return MiB
@@ -197,7 +197,7 @@ def slow_reader(s):
 
         t = threading.Thread(target=writer, daemon=True)
         t.start()
-        # wait until the writer stalls (the server stopped reading) or everything went out
+        # wait until the writer blocks (the server stopped reading) or everything went out
         last, still_since = -1, time.monotonic()
         end = time.monotonic() + 30
         while time.monotonic() < end and sent[0] < total:
@@ -206,19 +206,19 @@ def slow_reader(s):
                 last, still_since = sent[0], time.monotonic()
             elif time.monotonic() - still_since > 0.5:
                 break
-        stalled_at = sent[0]
+        blocked_at = sent[0]
         grown = rss(s.pids) - base if base is not None else None
-        if stalled_at >= total:
+        if blocked_at >= total:
             raise Failed(f"{total // MiB} MiB went out unread: the server kept reading and buffered it"
                          + (f" (RSS +{grown / MiB:.0f} MiB)" if grown is not None else ""))
         if grown is not None and grown > SLOW_READER_RSS:
-            raise Failed(f"RSS grew by {grown / MiB:.1f} MiB with {stalled_at / MiB:.1f} MiB unread "
+            raise Failed(f"RSS grew by {grown / MiB:.1f} MiB with {blocked_at / MiB:.1f} MiB unread "
                          f"(at most {SLOW_READER_RSS // MiB} MiB)")
         got = 0
         end = time.monotonic() + 30
         while got < total:
             if time.monotonic() > end:
-                raise Failed(f"the echo stalled at {got:,} of {total:,} bytes")
+                raise Failed(f"the echo stopped at {got:,} of {total:,} bytes (30 s)")
             try:
                 data = sock.recv(MiB)
             except socket.timeout:
@@ -231,7 +231,7 @@ def slow_reader(s):
         t.join(10)
     memory = (f", RSS +{grown / MiB:.1f} MiB" if grown is not None
               else ", memory not measured (no pid: sockbench did not start the server)")
-    return f"writes stalled after {stalled_at / MiB:.1f} MiB{memory}; {total // MiB} MiB back in order"
+    return f"writes blocked after {blocked_at / MiB:.1f} MiB{memory}; {total // MiB} MiB back in order"
 
 
 def _reset(sock):
