@@ -1,47 +1,35 @@
 """The plots of a sockbench report, drawn with matplotlib's Agg backend (no display needed).
 
 Why it is built this way: a plot is often seen alone (pasted in a chat, an
-issue, a README), so each one carries everything needed to read it: a title
-that names the workload, axis labels with units, a legend, and a footnote with
-the machine, the commit and the date.  Colours are fixed per server across all
-plots, so a server is recognised at a glance from one plot to the next.
+issue, a README), so each carries what is needed to read it: a title naming
+the workload, axis labels with units, a legend, a footnote with machine,
+commit and date, and a caption in the report (``PLOT_CAPTIONS``).  Colours are
+fixed per server (distinct for up to twenty) across all plots.
 
-Every figure is drawn from ``store.Results`` only (the raw per-round
-results), so a report can be rebuilt from an interrupted run.  A plot whose
-data is absent from the run (say, no open-loop cells) is skipped and reported
-as such, never drawn empty; a curve that would be a single point is drawn as
-bars, or left out with a note naming the plot that shows its figures.  A log
-axis that spans less than a decade still gets labelled ticks
-(``short_log_ticks``), and point labels are avoided where they would overlap
-(the open-loop curves share one x axis, the share of peak, instead).
-Each plot has a caption (``PLOT_CAPTIONS``) that the report prints under it,
-saying where its figures come from (the CPU ones: schedstat).
+Rules:
+
+* Drawn from ``store.Results`` (the raw rounds) only, so an interrupted run's
+  report can be rebuilt.
+* A plot without data is skipped and reported, never drawn empty; a curve of
+  one point becomes bars or is left out with a note.  Short log axes still get
+  labelled ticks (``short_log_ticks``); point labels are avoided where they
+  would overlap.
+* A legend entry (plot 7: the axis label) carries DISTURBED or STARVED when a
+  round drawn there was, so such a figure is not quoted as it stands.
+* Plots 1-6 show the closed-loop grid and the open-loop sweep (raw, the grid's
+  depth); the protocol section appears only in plot 7.
 
 1. ``throughput_vs_conns.png``  closed loop, msgs/s against connections, one panel per size, min-max band
 2. ``throughput_bars.png``      grouped bars of msgs/s per server by size, min-max error bars, value labels
 3. ``latency_spectrum.png``     HDR-style percentile spectrum, x = 1/(1-p) on a log axis
-4. ``latency_vs_load.png``      the open-loop "hockey stick": p50 and p99 against the share of each server's
-                                peak offered (bars when the run measured one share)
+4. ``latency_vs_load.png``      open-loop p50 and p99 against the share of each server's peak offered
 5. ``efficiency.png``           msgs per server CPU-second (netperf's service demand, inverted)
 6. ``run_chart.png``            throughput per interval over one run, warmup shaded
-7. ``protocol_cost.png``        server CPU µs per message by protocol (raw, frame, json), user and sys stacked,
-                                with each framed protocol's cost over raw written on its bar
+7. ``protocol_cost.png``        server CPU µs per message by protocol, user and sys stacked, cost over raw on each bar
 
-Two more plots belong to the dimension sections (``DIMENSION_PLOTS``, drawn by
-``make_dimension_plots`` only when the run has the dimension): ``transports.png``
-(bars of msgs/s and server CPU per message, server by transport, one fixed
-colour per transport) and ``workers.png`` (msgs/s and server CPU per message
-against the server processes, the range where the workers share the server's
-CPUs shaded).  Colours per server are distinct for up to twenty servers.
-
-A figure that must not be quoted as it stands says so where the eye looks
-for its server: a legend entry (or, in plot 7, a server's axis label) carries
-DISTURBED when one of the server's rounds drawn there was left disturbed by
-foreign load, and STARVED when one left a connection unserved.
-
-Plots 1-6 are about the closed-loop grid and the open-loop sweep, which speak
-raw with the grid's depth; the protocol section's cells (another depth, framed
-protocols) appear only in plot 7 and in their own tables.
+``DIMENSION_PLOTS`` (``make_dimension_plots``, only when the run has the
+dimension): ``transports.png`` and ``workers.png`` (msgs/s and server CPU per
+message by transport, and against the server processes).
 """
 
 import math
