@@ -1,40 +1,25 @@
 """Build ``report.md`` and a self-contained ``report.html`` (plots embedded) from a results folder.
 
 Why it is built this way: the report is rebuilt from ``raw/*.json`` alone
-(``sockbench report DIR``), so it works the same after a complete run, after a
-Ctrl-C, or on a folder copied from another machine.  The Markdown file is for
-reading in a repository (it links ``plots/*.png``); the HTML file is the one to
-share: one file, images inlined as base64, no network, no scripts.
+(``sockbench report DIR``), so it works after a complete run, a Ctrl-C, or on
+a folder from another machine.  The Markdown links ``plots/*.png`` for reading
+in a repository; the HTML is one file to share (images inlined, no network,
+no scripts).  The content is built once as a ``blocks.Document``
+(``build_document``) and rendered to both by ``render``, so they cannot drift;
+``formats.write_formats`` writes the other formats beside them.
 
-What a reader needs first comes first: the **summary** (``summary.py``: one
-row per server with the headline figures and the ranking with ties, then the
-verdict in a few generated sentences); then one line that counts the flags
-and the legend of those that occur, once; then the machine (with the tuning
-that decides how far its figures reproduce: isolated CPUs, the frequency
-governor, SMT, ASLR, the load average), the commit and the settings, with
-how many rounds the cells took and how many were measured again because
-foreign load disturbed them; then one table per workload with a row per
-server, each with its rounds, the 95% interval of its median and a flags
-column (a framed protocol's workload is a workload of its own; an open-loop
-table compares each server's p99 with the lowest at the same share of each
-one's peak, never msgs/s, which there is only the rate offered, and says,
-with a sentence under it, how often the client's CPU was taken from it for
-``CLIENT_STALL_S`` or more, a machine's share of the tail); then, when
-the run has a protocol section, what each protocol costs over ``raw`` in
-server CPU per message, per server, from the same run at the same workload
-(user+sys, and user alone: the interpreter's share, where the
-implementations differ); the sections of the run's other dimensions, each at the summary's headline workload and
-only when the run measured more than one value of it (``dimensions.py``): the transports (with
-the sentence that answers the IPC question, which the verdict repeats) and the worker counts
-(with the server's CPUs), and TLS (its tax per message and its handshakes, when the run measured TLS);
-the plots with their captions; and last, one line
-per flagged cell saying why it was flagged.  A flag is a badge in its row,
-not a wall of warnings before the results.
+What a reader needs first comes first:
 
-The content is built once, as a ``blocks.Document`` (``build_document``), and
-rendered to both files by ``render``: the two reports cannot drift apart.
-The formats for other tools (``.hgrm``, ``results.csv``, the CI export) are
-written beside them by ``formats.write_formats``, from the same results.
+1. the summary (``summary.py``); one line counting the flags, and their legend once;
+2. the machine and its tuning, the commit, the settings, rounds and re-measures;
+3. one table per workload, a row per server with rounds, the 95% interval of
+   the median and a flags column (open loop: p99 against the lowest at the same
+   share of peak, and a sentence on the client stalls, see ``sockbench.thresholds``);
+4. the protocol section's cost over ``raw`` per server (user+sys and user);
+5. the dimension sections (``dimensions.py``), only when the run varied them;
+6. the plots with captions; last, one line per flagged cell saying why.
+
+A flag is a badge in its row, not a wall of warnings before the results.
 """
 
 import math
