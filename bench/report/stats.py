@@ -1,51 +1,33 @@
 """The statistics of one cell: its rounds summarised for tables, plots and ``compare``, and the intervals that
 say how far a figure can be trusted.
 
-Why it is built this way: latency percentiles of a cell come from the exact
-merge of its rounds' HDR histograms (``merged_hdr``), never from an average of
-per-round percentiles, as HdrHistogram's users expect.  Throughput is
-summarised pyperf-style: the median over rounds, shown with the standard
-deviation; the cell is *unstable* when its spread is ``UNSTABLE_SPREAD`` (10%)
-of the median or more, pyperf's rule, with the spread measured as one
-outlier round cannot set it (``robust_spread``: the median absolute
-deviation scaled to estimate a standard deviation).  The figure is a
-median, which one outlier round does not move, so a spread that one round
-sets would flag a figure that reproduces; the outlier rounds are flagged on
-their own instead (``outlier_rounds``, more than ``OUTLIER_SHARE`` from the
-median): a thread-per-connection server at 100 connections sometimes
-degrades for a whole round, with its CPU busy and nothing foreign on it, and
-that is the server's behaviour, which the report shows.  The rounds are ``LoadResult`` objects
-(``sockbench.bench.schema``), so every figure here reads a typed field; a
-figure a round lacks counts as 0 (or is left out, for the CPU per message)
-rather than failing the report of a damaged folder.
+Why it is built this way:
 
-Each cell is judged on one figure per round (``CellStats.figure``): msgs/s in
-closed loop (higher is better), the p99 latency in open loop (lower is
-better: an open loop's throughput is the rate it was offered).  Two intervals
-use it, both distribution-free, because a handful of rounds of a server
-benchmark are neither normal nor symmetric (a hiccup only ever lowers a
-throughput or raises a p99):
+* Latency percentiles come from the exact merge of the rounds' HDR histograms
+  (``merged_hdr``), never from averaged per-round percentiles.
+* Throughput is pyperf-style: the median over rounds; the cell is *unstable*
+  when its spread reaches ``UNSTABLE_SPREAD`` of the median, the spread being
+  ``robust_spread`` (MAD scaled to a standard deviation), which one outlier
+  round cannot set, as it cannot move the median.  Outlier rounds (more than
+  ``OUTLIER_SHARE`` from the median) are flagged on their own: a degraded
+  round is the server's behaviour, which the report shows.
+* Rounds are ``LoadResult`` objects, so every figure reads a typed field; a
+  figure a round lacks counts as 0 (or is left out, for CPU per message)
+  rather than failing the report of a damaged folder.
 
-* ``median_interval``: the confidence interval of one cell's median from its
-  order statistics, ``[x(k), x(n+1-k)]``, whose confidence
-  ``1 - 2 P(Binomial(n, 1/2) < k)`` is exact for any continuous distribution.
-  The suite runs rounds until it is narrow enough.  Five rounds cannot give
-  95% this way (their widest interval, min-max, covers the median with
-  93.75%), so a cell reaches a 95% interval at its sixth round at the
-  earliest; from the ninth round on the interval leaves out the lowest and the
-  highest round, so one bad round no longer widens it.
-* ``ratio_interval``: the Hodges-Lehmann estimate of the ratio B/A of two
-  cells and its distribution-free interval, for ``compare``: on log values a
-  ratio is a shift, and the interval is the pair of order statistics of the
-  n*m pairwise log differences that the exact null distribution of the
-  Mann-Whitney U statistic picks (Hollander & Wolfe).  It was chosen over a
-  bootstrap of the ratio of medians because with 5 rounds a side a bootstrap
-  median takes only a few values and its percentile interval covers less than
-  it claims, while this one keeps its level exactly, needs no random seed
-  (the same two folders always give the same verdict), and says plainly when
-  the rounds are too few for any interval at that level: 3 rounds against 3
-  cannot give 95% (the smallest two-sided level they allow is 90%), so such a
-  comparison is "undecided", never "significant".
+A cell is judged on one figure per round (``CellStats.figure``): msgs/s in
+closed loop, p99 in open loop.  Its intervals are distribution-free, because
+a handful of rounds is neither normal nor symmetric (a hiccup only ever
+lowers a throughput or raises a p99):
+
+* ``median_interval``: ``[x(k), x(n+1-k)]`` from order statistics, exact for
+  any continuous distribution; 95% needs at least six rounds, and from nine
+  on it leaves out the lowest and highest round.
+* ``ratio_interval``: the Hodges-Lehmann estimate of B/A with the interval
+  the exact Mann-Whitney null distribution picks among the pairwise log
+  differences (Hollander & Wolfe).  Unlike a bootstrap of few rounds it keeps
+  its level exactly, needs no seed (the same folders give the same verdict),
+  and says when the rounds are too few (3 against 3 cannot give 95%).
 """
 
 import base64
