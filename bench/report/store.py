@@ -3,8 +3,8 @@
 Why it is built this way: the report, the plots and ``sockbench compare`` all
 start from the same folder, and all of them must survive a run that was cut
 short (Ctrl-C) or a folder that was damaged.  So the one source of truth is
-``raw/*.json``: one schema-1 result per load run, written atomically by the
-suite the moment the run ends.  ``meta.json`` (machine, commit, plan) is
+``raw/*.json``: one result per load run (any of ``schema.READABLE_VERSIONS``),
+written atomically by the suite the moment the run ends.  ``meta.json`` (machine, commit, plan) is
 optional; pytest-benchmark's JSON is never needed to rebuild a report.
 
 Every raw file is read with ``LoadResult.from_json`` (``sockbench.bench.schema``),
@@ -31,7 +31,7 @@ Layout of a results folder::
 
     DIR/meta.json                 machine, commit, plan, status (optional)
     DIR/plan.json                 the matrix the run was asked for (optional)
-    DIR/raw/<server>__<workload>__r<k>.json    one result per round (schema 1 or 2)
+    DIR/raw/<server>__<workload>__r<k>.json    one result per round
     DIR/raw/<server>__<workload>__r<k>__disturbed<a>.json    attempt a of round k, set aside
 """
 
