@@ -12,20 +12,17 @@ that parses what it wrote.
   microseconds, the text ``outputPercentileDistribution`` writes in Java:
   the columns Value, Percentile, TotalCount, 1/(1-Percentile), then the
   ``#[Mean ...]``, ``#[Max ...]`` and ``#[Buckets ...]`` footer, so
-  HdrHistogram's plotter (``plotFiles.html``) and hdr-plot read it.  It is
-  written here rather than by the Python package's
-  ``output_percentile_distribution``, which scales the mean but not the
-  standard deviation (a latency in ns would print its StdDeviation 1000×
-  too large beside a mean in µs) and prints the total count as a float.
-  Its figures (steps, mean, standard deviation) are the package's, computed
-  over the recorded buckets only (``stats.recorded_buckets``): the
-  package's iterator walks every bucket of the layout in Python, three
-  passes per cell, which made the report's time.
+  HdrHistogram's plotter (``plotFiles.html``) and hdr-plot read it.  Written
+  here, not by the package's ``output_percentile_distribution``, which
+  scales the mean but not the standard deviation and prints the count as a
+  float; the figures are the package's, computed over the recorded buckets
+  only (``stats.recorded_buckets``), since its iterator walks every bucket
+  of the layout in Python.
 * ``results.csv``: tidy data, one row per cell and round, one column per
   variable: the cell's identity (every field of ``schema.Cell``), the round,
   every result field the schema declares a column for
   (``schema.csv_columns``: throughput, the round's own latency percentiles,
-  errors, server and client CPU, a polling client's stalls, a udp round's
+  errors, server and client CPU, client stalls, a udp round's
   datagram accounting, a TLS round's negotiated version, cipher and group
   and handshakes a second; empty where a round has none), and the round's and
   the cell's flags.  A new dimension or field becomes a column without a
