@@ -24,28 +24,20 @@ buffering; this is asyncio at its leanest, and the same class runs on uvloop
   it answers, the protocol does a fixed piece of extra work calibrated at
   start to take X µs (``contract.burner``): a server made slower by a known
   amount of CPU per message (per read: one message at depth 1), the way a
-  real regression adds work.  What that costs in msgs/s is measured, not
-  assumed.
+  real regression adds work.
 * ``--idle-timeout`` / ``--max-buffered`` (``contract.Limits``, off unless
   asked for): a chunk that completes a message (with ``raw``, any chunk)
   restarts the connection's clock; the decoder's partial message is counted
   after every chunk, and the connection that would take the total over the
   cap is closed, after the answers before it.
 
-The datagram form (``serve_datagram``, ``--transport udp``) is
-``DatagramEchoProtocol``, an ``asyncio.DatagramProtocol`` on the bound socket
-(``loop.create_datagram_endpoint(sock=...)``, the loops' public API for a
-socket made outside them): ``datagram_received`` answers with ``sendto`` at
-once, and the transport buffers only what the kernel did not take.  A
-datagram transport cannot pause reading, so flow control is the other way
-round: between ``pause_writing()`` and ``resume_writing()`` the datagrams that
-arrive are dropped, as a full socket buffer would drop them, so the server
-holds at most one high-water mark.  ``error_received`` (a pending ICMP error)
-concerns one datagram and is ignored.  An empty datagram is echoed too, as
-every server echoes it, but by the socket itself: both loops' ``sendto``
-drop an empty payload.  One datagram is one message: ``raw``
-only (``contract`` refuses ``frame``/``json`` over udp).  The same class runs
-on uvloop (``uvloop_echo``).
+udp (``serve_datagram``, raw only) is ``DatagramEchoProtocol`` on the bound
+socket (``create_datagram_endpoint(sock=...)``), also run by uvloop:
+``datagram_received`` answers with ``sendto`` at once.  A datagram transport
+cannot pause reading, so between ``pause_writing()`` and ``resume_writing()``
+arriving datagrams are dropped, as a full socket buffer would drop them;
+``error_received`` concerns one datagram and is ignored; an empty datagram is
+echoed by the socket itself, since both loops' ``sendto`` drop an empty payload.
 """
 
 import asyncio
