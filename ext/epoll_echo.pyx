@@ -655,8 +655,8 @@ cdef int _setup(loop_t* L, int lfd, size_t bufsize) noexcept nogil:
     L.conns = <conn_t*>calloc(L.nconns, sizeof(conn_t))
     L.bufsize = bufsize
     # Page-aligned, not where malloc puts a large block (16 bytes past a page):
-    # on this VM the kernel's copy into a buffer 16 bytes off a 32-byte
-    # boundary costs ~40% more system time per recv (measured with bench/calibrate/server_cpu.py).
+    # the kernel's copy into a buffer 16 bytes off a 32-byte boundary costs
+    # markedly more system time per recv (bench/calibrate/server_cpu.py shows it).
     if posix_memalign(<void**>&L.buf, 4096, bufsize) != 0:
         L.buf = NULL
     if L.conns == NULL or L.buf == NULL:
