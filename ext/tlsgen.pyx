@@ -1,52 +1,28 @@
 """The load generator over TLS: ext/loadgen.pyx's hot loop with OpenSSL driven from C, run inside one ``with nogil:``.
 
-Why it is built this way
-------------------------
-What ``sockbench.ext.loadgen`` says about a load client written in Python
-holds twice over TLS: each message now costs an encryption and a decryption
-on the client too, so the loop that sends, receives, verifies and times
-messages must stay plain C, and so must OpenSSL's side of it.  This module is
-that loop over TLS, apart from loadgen.pyx because it links OpenSSL (built
-only where its headers are found, setup.py) while loadgen must build
-everywhere.  What surrounds the loop is shared with both other load loops:
-the window, the histograms and the edges' samples (ext/window.pxd), the epoll
-set, the counters and the result dict (ext/loadrun.pxd, ``Run``); the
-SSL_CTX is built from the same setting as the cython server's
-(ext/tlsconf.pxd).  ``raw`` only: the payload stream and its check are
-loadgen's exactly.
+What ``loadgen`` says about a Python load client holds twice over TLS (each
+message adds an encryption and a decryption on the client), so this loop and
+OpenSSL's side of it stay plain C.  It is apart from loadgen.pyx because it
+links OpenSSL (built only where its headers are, setup.py) while loadgen
+builds everywhere.  It shares the window, histograms and edge samples
+(ext/window.pxd), the epoll set, counters and result dict (ext/loadrun.pxd)
+and the SSL_CTX settings of the cython server (ext/tlsconf.pxd).  ``raw`` only.
 
-The payload and its check
-    Byte ``k`` of connection ``c`` is ``table[(k + c * STRIDE) % PERIOD]``
-    (loadgen's ``pattern_table``), sent as slices of that table through
-    ``SSL_write_ex`` and compared with ``memcmp`` as the plaintext comes out of
-    ``SSL_read_ex``: every echoed byte is verified, reordering, loss,
-    duplication and cross-talk show as a mismatch.
-OpenSSL on the socket
-    Non-blocking ``SSL_read_ex``/``SSL_write_ex`` on the socket itself (no
-    memory BIO, no copy), with read-ahead (one ``read(2)`` takes every record
-    there is) and partial writes (a write reports the records taken; a write
-    that must be retried is retried from the same offset of the same stream,
-    so with the same bytes, as OpenSSL demands).  A readiness reads every
-    record OpenSSL can give (``SSL_has_pending``: records read ahead are
-    invisible to epoll), then the replacements of every message completed go
-    out in one ``SSL_write_ex`` call per 16 KiB record: the coalescing of
-    loadgen, one record for the messages one read completed.
-Handshakes
-    Closed and open loop: the connections' handshakes are done before the
-    window is fixed, by ``TlsClient.handshake_all`` in the load process,
-    before it says it is ready; the loop then starts with established TLS
-    connections, so no handshake falls inside a window measuring messages.
-    Connect mode measures handshakes: each slot connects, shakes hands (TCP
-    connect to handshake done is the first histogram), echoes one message,
-    sends close_notify and closes; the whole cycle is the second histogram.
-    Handshakes completed in the window are counted, ``resumed`` those where
-    the server took the session offered (``SSL_session_reused``).  With
-    ``resumption``, a slot offers the session of its previous connection
-    (taken after its echo, when a TLS 1.3 server's ticket has been read), as a
-    browser resumes with the latest ticket it holds.
-No certificate is verified (``sockbench.servers.tls`` says why).
-Modes, the window, open loop's schedule and polling, starvation, client
-stalls, timeouts: as loadgen.pyx, whose docstring says how.
+* Payload and check: loadgen's (``pattern_table`` slices through
+  ``SSL_write_ex``, ``memcmp`` against what ``SSL_read_ex`` gives).
+* OpenSSL on the socket itself, non-blocking, no memory BIO: read-ahead (one
+  ``read(2)`` takes every record; ``SSL_has_pending`` because epoll cannot see
+  records read ahead), partial writes retried from the same stream offset
+  (the same bytes, as OpenSSL demands), and the replacements of everything
+  one read completed in one ``SSL_write_ex``: loadgen's coalescing.
+* Handshakes: closed and open loop shake hands before the window
+  (``TlsClient.handshake_all``), so none falls inside it.  Connect mode
+  measures them: connect to handshake done (first histogram), then one echo,
+  close_notify, close (the cycle, second histogram); ``resumed`` counts
+  ``SSL_session_reused``, and with ``resumption`` a slot offers its previous
+  connection's session, as a browser does.
+* No certificate is verified (``sockbench.servers.tls`` says why).
+* Modes, window, schedule, polling, starvation, client stalls, timeouts: as loadgen.pyx.
 """
 
 from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
