@@ -2,48 +2,31 @@
 
 Why it is built this way: trio is the other widely used async library, and
 its documentation serves TCP with ``serve_tcp(handler, port)``: a task per
-connection in a nursery, each reading ``await stream.receive_some()`` and
-writing ``await stream.send_all()``.  This server is exactly that, one level
-down: ``serve_tcp`` is ``open_tcp_listeners`` (which binds sockets of its own)
-followed by ``serve_listeners``, and the contract binds every server's socket
-itself (one backlog, one-line errors, any address family, ``--workers`` with
-``SO_REUSEPORT`` or a shared Unix listener).  So the contract's socket is
-wrapped with ``trio.socket.from_stdlib_socket`` in a ``trio.SocketListener``,
-and ``serve_listeners`` serves it, as ``serve_tcp`` would.
+connection in a nursery, ``await stream.receive_some()`` then ``await
+stream.send_all()``.  This server is that, one level down: the contract binds
+every server's socket itself, so its socket is wrapped
+(``trio.socket.from_stdlib_socket`` in a ``trio.SocketListener``) and served
+by ``serve_listeners``, as ``serve_tcp`` would.
 
-* ``await stream.send_all()`` before the next ``receive_some`` is the flow
-  control: a client that does not read holds up its own task, which reads
-  nothing more, so memory stays bounded, and a half-close (``receive_some``
-  returns ``b""``) is seen only after every earlier byte was echoed.  With
-  ``--protocol frame|json`` the task feeds the shared sans-I/O decoder
-  (``protocols``).
-* ``SocketStream`` sets ``TCP_NOTSENT_LOWAT`` to 16 KiB, so that a sender
-  waits in user space rather than queueing in the kernel (lower latency for
-  interactive streams).  For an echo server that caps the kernel's unsent
-  queue at 16 KiB, and a client that writes 4 MiB before it reads deadlocks
-  (the conformance suite's check; every other server has the kernel's send
-  buffer, up to ``tcp_wmem``).  Each accepted stream gets the system's
-  default back (``_unset_notsent_lowat``), as the other servers have it.
-* Each handler is its connection's exception boundary: a reset
-  (``trio.BrokenResourceError``) ends it quietly, anything else with one
-  line.  It must be: an exception out of a handler would cancel the nursery,
-  which is the whole server.
-* Accepting: ``serve_listeners`` logs a failing ``accept()`` with a traceback
-  (through ``logging``) and retries every 0.1 s.  ``_PacedListener`` wraps
-  the ``SocketListener`` so that ``contract.AcceptErrors`` decides instead:
-  skip that connection, or pause for ``contract.ACCEPT_PAUSE_S``, with one
-  line at most once a second.
-* SIGTERM/SIGINT: ``trio.open_signal_receiver`` (which also keeps trio's
-  SIGINT-to-KeyboardInterrupt away); the first signal cancels the nursery,
-  every handler is cancelled and its stream closed, and ``trio.run``
-  returns.
-* Over TLS (``--tls``) the handler wraps its stream in ``trio.SSLStream``, as
-  trio's docs do, shakes hands under ``trio.move_on_after`` (the handshake
-  timeout), and echoes over it; ``aclose`` sends close_notify.  A failed
-  handshake surfaces as ``BrokenResourceError`` whose cause is the
-  ``ssl`` error, worded as every server words it.
-* ``--idle-timeout``: a task sweeps every ``Limits.sweep_s`` and cancels the
-  idle connections' scopes, with one line each.
+* ``send_all`` before the next ``receive_some`` is the flow control: a client
+  that does not read holds up its own task, memory stays bounded, and a
+  half-close is seen after every earlier byte was echoed.  ``--protocol
+  frame|json`` feeds the shared sans-I/O decoder (``protocols``).
+* ``SocketStream`` sets ``TCP_NOTSENT_LOWAT`` to 16 KiB, which deadlocks an
+  echo whose client writes 4 MiB before reading (a conformance check); each
+  stream gets the system default back (``_unset_notsent_lowat``), as the
+  other servers have it.
+* Each handler is its connection's exception boundary (a reset quietly,
+  anything else with one line); it must be, since an exception out of a
+  handler cancels the nursery, the whole server.
+* Accepting: ``_PacedListener`` lets ``contract.AcceptErrors`` decide (skip, or
+  pause ``ACCEPT_PAUSE_S`` with one line) where ``serve_listeners`` would log
+  a traceback and retry every 0.1 s.
+* SIGTERM/SIGINT: ``trio.open_signal_receiver``; the first cancels the nursery.
+* TLS: ``trio.SSLStream`` as trio's docs do, the handshake under
+  ``trio.move_on_after``; ``aclose`` sends close_notify.
+* ``--idle-timeout``: a task sweeps every ``Limits.sweep_s`` and cancels idle
+  connections' scopes, with one line each.
 """
 
 import socket
