@@ -1,45 +1,29 @@
 """``sockbench serve NAME --workers N``: N processes of one server on one address, each on a CPU of its own.
 
-Why it is built this way: nobody deploys a Python server on one core; they
-run N processes that share a port, which is how gunicorn, uvicorn
-(``--workers``) and nginx scale.  The kernel's way to share a TCP port is
-``SO_REUSEPORT``: each worker has a listening socket of its own on the same
-address, and the kernel spreads new connections over them by a hash of the
-4-tuple, so no worker accepts for another and there is no thundering herd.
-A Unix socket path cannot be bound twice that way, so there the workers share
-one listening socket (the pre-fork convention): each waits on it, and
-whichever takes the connection serves it.
+Why it is built this way: nobody deploys a Python server on one core; gunicorn,
+uvicorn and nginx run N processes that share a port.  Over TCP the kernel's way
+is ``SO_REUSEPORT``: a listening socket per worker on one address, connections
+spread by a hash of the 4-tuple, no thundering herd.  A Unix path cannot be
+bound twice, so there the workers share one listener (the pre-fork convention).
 
-The process tree is a small supervisor and its workers, forked from it:
-
-* The supervisor (the ``sockbench serve`` process itself) binds every
-  listening socket through ``contract.listen`` (the first one picks the port
-  when ``--port 0``, the others bind that port), forks the workers, and closes
-  its own copies: a worker's socket then lives in that worker only, so when a
-  worker dies its socket leaves the ``SO_REUSEPORT`` group and new
-  connections go to the others instead of into a queue no one accepts from.
-* Each worker pins itself to one CPU of the affinity the supervisor was
-  started with (``ServerProcess`` pins it to ``--server-cpus``): worker i to
-  the i-th CPU, round robin; more workers than CPUs share them, with one
-  warning line.  It then runs the server's ``serve`` exactly as a single
-  server would, and its ``announce()`` tells the supervisor through a pipe.
-* The ready line is printed by the supervisor once every worker is ready:
-  the usual fields, with ``"pids"``, every worker's pid, and ``"pid"`` the
-  first worker's.  The supervisor itself only waits (it serves nothing and
-  uses no CPU while it does), so the serving processes, and only they, are
-  what the load harness measures: it sums CPU and peak RSS over ``pids``.
-* SIGTERM or SIGINT to the supervisor is passed to every worker; each stops
-  as the serve contract says, and the supervisor exits 0 once they are gone,
-  within 2 s (a worker still there after ``STOP_BUDGET_S`` is killed, with a
-  line).  A supervisor that dies without passing it on (SIGKILL) still takes
-  its workers with it: each asked the kernel for SIGTERM when its parent
-  dies (``children.die_with_parent``), and they remove a unix socket's folder.  A worker that dies on its own is one line; the others go on
-  serving, and when none is left the supervisor exits 1.  A stop is exit 0,
-  as the serve contract says, even after a worker died (its line said so);
-  1 only when a worker fails to stop cleanly.
+* The supervisor (the ``sockbench serve`` process) binds every listener
+  through ``contract.listen`` (the first picks the port for ``--port 0``),
+  forks the workers and closes its copies, so a dead worker's socket leaves
+  the ``SO_REUSEPORT`` group instead of queueing connections no one accepts.
+* Worker i pins itself to the i-th CPU of the supervisor's affinity (round
+  robin, one warning line when they must share) and runs the server's
+  ``serve`` as a single server would; ``announce()`` goes up a pipe.
+* The supervisor prints the ready line once all are ready, with ``"pids"``
+  (``"pid"`` the first worker's), and then only waits, so the harness sums CPU
+  and peak RSS over the serving processes alone.
+* SIGTERM/SIGINT are passed to every worker; the supervisor exits 0 once they
+  are gone (a worker left after ``STOP_BUDGET_S`` is killed, with a line, and
+  the exit is 1).  Killed outright, it still takes its workers with it
+  (``children.die_with_parent``).  A worker that dies alone is one line; the
+  others serve on, and with none left the supervisor exits 1.
 
 Input errors are one line and exit 2: ``--workers 0``, or ``SO_REUSEPORT``
-missing or refused on this system (for TCP with more than one worker).
+missing or refused here (TCP with more than one worker).
 """
 
 import os
