@@ -1,44 +1,29 @@
 """``gevent``: ``gevent.server.StreamServer``, a greenlet per connection on libev.
 
-Why it is built this way: gevent's answer to "many connections" is blocking
+Why it is built this way: gevent's answer to many connections is blocking
 code on green threads, and ``StreamServer(listener, handle)`` is how its
-documentation serves TCP: ``handle(socket, address)`` runs in a greenlet of
-its own and reads and writes as a blocking server would, while the hub
-(libev) switches greenlets when a socket would block.  The row shows the cost
-of that model against real threads (``blocking``) and coroutines (the
-asyncio rows).
+documentation serves TCP, so the row shows that model's cost against real
+threads (``blocking``) and coroutines (the asyncio rows).
 
-* No monkey-patching.  The sockets ``StreamServer`` hands to ``handle`` are
-  gevent's already, and nothing else in this process blocks; patching would
-  swap the whole standard library (the contract's locks, ``time.sleep``) for
-  nothing here.  The module is imported only by the gevent server process
-  (the registry imports a server when it serves), so no other process is ever
-  touched by gevent.
-* The listener is the contract's (``StreamServer`` takes a bound, listening
-  socket), made non-blocking: with ``--workers`` on a shared Unix listener a
-  wake-up may find the connection taken by another process.
-* ``handle`` reads with ``recv_into`` into a page-aligned buffer of its own
-  (``contract.read_buffer``) and answers with ``sendall``, which yields until
-  the echo is sent: a greenlet waiting there reads nothing more, so memory
-  stays bounded, and a half-close is seen only after every earlier byte was
-  echoed.  With ``--protocol frame|json`` it feeds the shared sans-I/O
-  decoder (``protocols``).
-* ``handle`` is its connection's exception boundary: a reset ends it quietly,
-  anything else with one line (gevent would print the greenlet's traceback).
-* Accepting (``do_read``): gevent's own path reports a failing ``accept()``
-  with a traceback from the hub and backs off; here ``contract.AcceptErrors``
-  decides: skip that connection, or stop accepting for
-  ``contract.ACCEPT_PAUSE_S`` on a libev timer, with one line at most once a
-  second.
-* SIGTERM/SIGINT (``gevent.signal_handler``) set an event the main greenlet
-  waits on; then ``stop()`` closes the listener and every open connection is
-  shut down, which ends its handler.
-* Over TLS (``--tls``) the greenlet shakes hands first (``stream_echo.accept_tls``
-  with a context of ``gevent.ssl``, whose sockets yield to the hub), rather
-  than through ``StreamServer``'s own ``ssl_context``: there a failed
-  handshake escapes the handler and the hub prints its traceback.
-* ``--idle-timeout``: a greenlet sweeps every ``Limits.sweep_s`` and shuts
-  idle connections down with one line.
+* No monkey-patching: ``StreamServer``'s sockets are gevent's already and
+  nothing else here blocks; the module is imported only by the gevent server
+  process, so no other process is touched by gevent.
+* The listener is the contract's, made non-blocking (with ``--workers`` on a
+  shared Unix listener another process may take the connection).
+* ``handle`` reads into its own ``contract.read_buffer`` and answers with
+  ``sendall``, which yields until sent: memory bounded, half-close after the
+  echo; ``--protocol frame|json`` feeds the shared decoder (``protocols``).
+* ``handle`` is its connection's exception boundary (gevent would print the
+  greenlet's traceback).
+* Accepting (``do_read``): ``contract.AcceptErrors`` decides (skip, or pause
+  ``ACCEPT_PAUSE_S`` on a libev timer, one line) where gevent would print a
+  traceback from the hub and back off.
+* SIGTERM/SIGINT (``gevent.signal_handler``) set an event; ``stop()`` closes
+  the listener and every connection is shut down.
+* TLS: the greenlet does the handshake itself (``stream_echo.accept_tls``
+  with ``gevent.ssl``), not ``StreamServer``'s ``ssl_context``, where a failed
+  handshake escapes the handler as a traceback.
+* ``--idle-timeout``: a greenlet sweeps every ``Limits.sweep_s``.
 """
 
 import signal
