@@ -17,10 +17,11 @@ bound twice, so there the workers share one listener (the pre-fork convention).
   (``"pid"`` the first worker's), and then only waits, so the harness sums CPU
   and peak RSS over the serving processes alone.
 * SIGTERM/SIGINT are passed to every worker; the supervisor exits 0 once they
-  are gone (a worker left after ``STOP_BUDGET_S`` is killed, with a line, and
-  the exit is 1).  Killed outright, it still takes its workers with it
-  (``children.die_with_parent``).  A worker that dies alone is one line; the
-  others serve on, and with none left the supervisor exits 1.
+  are gone (a worker left after ``STOP_BUDGET_S`` is killed, with a line), 1
+  only when a worker exits non-zero while stopping.  Killed outright, it still
+  takes its workers with it (``children.die_with_parent``).  A worker that
+  dies alone is one line; the others serve on, and with none left the
+  supervisor exits 1.
 
 Input errors are one line and exit 2: ``--workers 0``, or ``SO_REUSEPORT``
 missing or refused here (TCP with more than one worker).
