@@ -14,7 +14,8 @@ and the SSL_CTX settings of the cython server (ext/tlsconf.pxd).  ``raw`` only.
   ``read(2)`` takes every record; ``SSL_has_pending`` because epoll cannot see
   records read ahead), partial writes retried from the same stream offset
   (the same bytes, as OpenSSL demands), and the replacements of everything
-  one read completed in one ``SSL_write_ex``: loadgen's coalescing.
+  one read completed go out in one ``SSL_write_ex`` call per 16 KiB record:
+  loadgen's coalescing.
 * Handshakes: closed and open loop shake hands before the window
   (``TlsClient.handshake_all``), so none falls inside it.  Connect mode
   measures them: connect to handshake done (first histogram), then one echo,
