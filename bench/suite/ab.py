@@ -21,10 +21,10 @@ Rules:
   left out and counted.  An invalid round makes its workload ``invalid``.
 * Exit 1 when any workload is slower or invalid, else 0; bad input is one
   line, exit 2, before anything is measured.
-* A target is a registered name (pinned, kept, with its CPU), a running
-  ``HOST:PORT``/``unix:PATH`` (no CPU figures), or ``--rev BASE HEAD NAME``
-  (``servers.environments``: one cached worktree and venv per commit); the
-  load generator is always this checkout's.  Both must speak the same
+* A target is a registered name or a ``--command`` (started pinned, kept,
+  with its CPU), a running ``HOST:PORT``/``unix:PATH`` (no CPU figures), or
+  ``--rev BASE HEAD NAME`` (``servers.environments``: built once per commit
+  and cached); the load generator is always this checkout's.  Both must speak the same
   transport and protocol (the registry, or a valid probe load).
 * The folder is a run's (``raw/`` with cells ``A-<target>``/``B-<target>``,
   ``progress.jsonl``, ``meta.json`` with ``kind`` ``sockbench-ab`` and A as
