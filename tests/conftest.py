@@ -80,6 +80,12 @@ def examples(n):
     return max(10, round(n * HYPOTHESIS_PROFILES[_profile]))
 
 
+# A run started in the background of a non-interactive shell (``cmd &``, as a CI script may) inherits SIGINT
+# ignored, and so would every process the tests start: the tests of Ctrl-C need it delivered, as a terminal does.
+# A Python handler here is reset to the default in each child at exec (an ignored signal would stay ignored).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 SESSION_ENV = "SOCKBENCH_TEST_SESSION"
 os.environ[SESSION_ENV] = str(os.getpid())  # inherited by every process a test starts, grandchildren too
 
