@@ -33,8 +33,11 @@ choices that matter for reading this file are:
 * **A dry buffer ring** (ENOBUFS, many connections with data at once) ends
   that connection's multishot receive without consuming a byte (the data
   waits in its socket).  The connection goes on a FIFO queue and is armed
-  again, oldest first, as buffers come back: no byte is lost, and no
-  connection waits for ever while others are served.
+  again, oldest first, as buffers come back; while the queue is not empty,
+  a connection whose multishot gives data ends it (``_yield_turn``) and
+  queues behind the others, so the armed ones cannot take every buffer that
+  comes back: no byte is lost, and no connection waits while others are
+  served round after round.
 * **No multishot receive** (before Linux 6.0, or ``multishot=False``): each
   receive is armed once and re-armed after its completion; everything else
   is the same code.
@@ -133,6 +136,7 @@ ctypedef struct conn_t:
     uint8_t paused        # too much unsent: the receive is (being) cancelled until it is sent
     uint8_t eof           # the peer's end of file was read: close once everything is sent
     uint8_t starved       # on the starved queue (its receive ended with ENOBUFS)
+    uint8_t yielding      # its multishot receive is being cancelled so that a starved connection gets a turn
     uint8_t closing       # framed: malformed or over --max-buffered: close once the answers are sent
     uint8_t dying         # closed while a send was in flight: the close completes with that send
     uint8_t waitout       # a send found no room: POLLOUT is awaited (``sending`` stays set)
@@ -212,6 +216,7 @@ ctypedef struct loop_t:
     uint64_t n_cqe        # completions handled
     uint64_t n_recv       # receive completions with data
     uint64_t n_enobufs    # receives ended by a dry buffer ring
+    uint64_t n_yield      # multishot receives ended so that a starved connection gets a turn
     uint64_t n_fed        # ... and armed again when buffers came back
     uint64_t n_pause      # receives cancelled because too much was unsent
     uint64_t n_short      # sends the kernel completed short
@@ -270,11 +275,16 @@ cdef void _arm_recv(loop_t* L, int fd, conn_t* c) noexcept nogil:
     c.armed = 1
 
 
+cdef inline int _may_read(conn_t* c) noexcept nogil:
+    return c.open and not (c.armed or c.paused or c.eof or c.closing or c.dying or c.starved)
+
+
 cdef void _want_recv(loop_t* L, int fd, conn_t* c) noexcept nogil:
-    """Arm the receive of ``fd`` if it should read and is not armed; with no buffer free, queue it instead."""
-    if not c.open or c.armed or c.paused or c.eof or c.closing or c.dying or c.starved:
+    """Arm the receive of ``fd`` if it should read and is not armed; with no buffer free, or connections already
+    waiting for one, queue it behind them instead."""
+    if not _may_read(c):
         return
-    if L.held >= L.nbufs:
+    if L.held >= L.nbufs or L.sq_len > 0:
         _starve(L, fd, c)
         return
     _arm_recv(L, fd, c)
@@ -302,9 +312,24 @@ cdef void _feed_starved(loop_t* L) noexcept nogil:
         L.sq_len -= 1
         c = &L.conns[fd]
         c.starved = 0
-        _want_recv(L, fd, c)
+        if _may_read(c):
+            _arm_recv(L, fd, c)  # its turn: not queued again behind the ones after it
         L.n_fed += 1
         budget -= 1
+
+
+cdef void _yield_turn(loop_t* L, int fd, conn_t* c) noexcept nogil:
+    """End ``fd``'s multishot receive after the data it just gave, so that the starved queue is served in turn:
+    under a dry ring the armed multishots would otherwise take every buffer that comes back, and a queued
+    connection could wait a whole window.  Its receive ends with ECANCELED and queues it at the back."""
+    cdef io_uring_sqe* s
+    if c.yielding or c.paused or not c.armed:
+        return
+    s = _sqe(L)
+    if s != NULL:
+        c.yielding = 1
+        L.n_yield += 1
+        uring_prep_cancel(s, _ud(UD_RECV, c.gen, c.arm, fd), _ud(UD_CANCEL, c.gen, 0, fd))
 
 
 cdef void _pause(loop_t* L, int fd, conn_t* c) noexcept nogil:
@@ -383,6 +408,7 @@ cdef void _final_close(loop_t* L, int fd, conn_t* c) noexcept nogil:
     c.waitout = 0
     c.armed = 0
     c.paused = 0
+    c.yielding = 0
     c.eof = 0
     c.closing = 0
     c.off = 0
@@ -481,6 +507,7 @@ cdef int _on_accept(loop_t* L, int res, uint32_t flags) noexcept nogil:
             c.armed = 0
             c.sending = 0
             c.paused = 0
+            c.yielding = 0
             c.eof = 0
             c.closing = 0
             c.dying = 0
@@ -813,6 +840,7 @@ cdef void _on_recv(loop_t* L, int fd, uint32_t gen, uint32_t arm, int res, uint3
         return
     if not (flags & IORING_CQE_F_MORE) and <uint16_t>arm == c.arm:
         c.armed = 0  # this arming ended
+        c.yielding = 0
     if c.dying or c.closing:
         if has_buf:
             _give_back(L, bid)
@@ -827,7 +855,11 @@ cdef void _on_recv(loop_t* L, int fd, uint32_t gen, uint32_t arm, int res, uint3
             _on_framed_data(L, fd, c, <const unsigned char*>uring_pbuf_addr(&L.pb, bid), <size_t>res)
             _give_back(L, bid)  # copied into the answers or the partial message
         if c.open and not c.dying:
-            _want_recv(L, fd, c)  # single-shot, or a multishot the kernel ended: armed again
+            if c.armed:
+                if L.sq_len > 0:
+                    _yield_turn(L, fd, c)  # others wait for a buffer: this one steps back after this read
+            else:
+                _want_recv(L, fd, c)  # single-shot, or a multishot the kernel ended: armed again (or queued)
         return
     if has_buf:
         _give_back(L, bid)
@@ -1107,6 +1139,8 @@ cdef void _log_stats(loop_t* L) noexcept nogil:
     o = put_num(line, o, cap, L.n_enobufs)
     o = put_str(line, o, cap, b", re-armed after it ")
     o = put_num(line, o, cap, L.n_fed)
+    o = put_str(line, o, cap, b", turns yielded to it ")
+    o = put_num(line, o, cap, L.n_yield)
     o = put_str(line, o, cap, b", receive pauses ")
     o = put_num(line, o, cap, L.n_pause)
     o = put_str(line, o, cap, b", short sends ")

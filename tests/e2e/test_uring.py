@@ -253,6 +253,21 @@ def test_the_uring_engine_runs_every_mode_and_records_itself(mode, extra):
 
 
 @pytest.mark.slow
+def test_a_dry_ring_serves_every_connection_in_turn():
+    """Multishot receives on a ring of 8 buffers, 300 connections each with 4 x 16 KiB in flight: the armed
+    connections yield their turn while others wait for a buffer, so none goes a whole window unanswered."""
+    spec = LoadSpec(server="cython-uring", conns=300, size=16384, depth=4, **SHORT)
+    old = os.environ.get("SOCKBENCH_URING_BUFFERS")
+    os.environ["SOCKBENCH_URING_BUFFERS"] = "8"
+    try:
+        r = run_load(spec)
+    finally:
+        os.environ.pop("SOCKBENCH_URING_BUFFERS") if old is None else os.environ.__setitem__("SOCKBENCH_URING_BUFFERS", old)
+    assert r.valid, r.invalid_reason
+    assert r.fairness.starved == 0 and r.errors.total == 0 and r.fairness.min > 0
+
+
+@pytest.mark.slow
 def test_the_uring_engine_on_a_dry_single_shot_unix_server():
     """Both sides on io_uring, the server's ring at 8 buffers and single-shot receives, over a unix socket."""
     spec = LoadSpec(server="cython-uring", transport="unix", conns=64, size=4096, depth=4, engine="uring", **SHORT)
