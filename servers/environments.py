@@ -56,13 +56,14 @@ _PROBE = ("import json, platform, sys; print(json.dumps({'version': platform.pyt
           "is False or 't' in getattr(sys, 'abiflags', '')), 'info': list(sys.version_info[:3])}))")
 
 
-#: an environment's registry rows, as ``Environment.server`` reads them (attributes every revision's registry has)
-_LIST_SERVERS = ("import json\nfrom sockbench.servers import registry\nrows = []\n"
-                 "for s in registry.SERVERS.values():\n"
-                 "    ok, why = s.availability()\n"
-                 "    rows.append({'name': s.name, 'available': ok, 'reason': None if ok else why,\n"
-                 "                 'protocols': list(s.protocols), 'transports': list(s.transports)})\n"
-                 "print(json.dumps(rows))\n")
+#: the registry rows ``Environment.server`` reads, built from ``registry`` into ``rows`` (only attributes every
+#: revision's registry has): source text, since another environment runs it under its own interpreter
+_SERVER_ROWS = ("rows = []\n"
+                "for s in registry.SERVERS.values():\n"
+                "    ok, why = s.availability()\n"
+                "    rows.append({'name': s.name, 'available': ok, 'reason': None if ok else why,\n"
+                "                 'protocols': list(s.protocols), 'transports': list(s.transports)})\n")
+_LIST_SERVERS = "import json\nfrom sockbench.servers import registry\n" + _SERVER_ROWS + "print(json.dumps(rows))\n"
 
 
 def _fail(python, why):
@@ -356,12 +357,9 @@ def _own_servers():
     # deferred: the registry is this room's, but only this process's own environment reads it
     from sockbench.servers import registry
 
-    out = {}
-    for spec in registry.SERVERS.values():
-        ok, why = spec.availability()
-        out[spec.name] = {"name": spec.name, "available": ok, "reason": None if ok else why,
-                          "protocols": list(spec.protocols), "transports": list(spec.transports)}
-    return out
+    scope = {"registry": registry}
+    exec(_SERVER_ROWS, scope)  # the rows another environment prints, built the one way
+    return {row["name"]: row for row in scope["rows"]}
 
 
 def current():
