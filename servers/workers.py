@@ -10,6 +10,10 @@ bound twice, so there the workers share one listener (the pre-fork convention).
   through ``contract.listen`` (the first picks the port for ``--port 0``),
   forks the workers and closes its copies, so a dead worker's socket leaves
   the ``SO_REUSEPORT`` group instead of queueing connections no one accepts.
+  It leaves only once the kernel releases it, which for an io_uring worker
+  (whose ring holds the socket) is some milliseconds after the death; the
+  supervisor says "still serve" only once the socket is gone (at most
+  ``RELEASE_BUDGET_S``), so that line means new connections are safe.
 * Worker i pins itself to the i-th CPU of the supervisor's affinity (round
   robin, one warning line when they must share) and runs the server's
   ``serve`` as a single server would; ``announce()`` goes up a pipe.
@@ -36,6 +40,7 @@ import time
 
 from sockbench.children import die_with_parent
 from sockbench.errors import SockbenchError, UsageError
+from sockbench.procfs import tcp_socket_inodes
 from sockbench.servers.contract import (
     STOP_SIGNALS,
     StopServing,
@@ -50,6 +55,8 @@ __all__ = ["serve_workers", "worker_cpus", "check_workers", "reuse_port_error", 
 STOP_BUDGET_S = 1.7
 #: how long the supervisor waits for every worker to announce itself
 READY_BUDGET_S = 15.0
+#: how long the supervisor waits for a dead worker's listening socket to leave the kernel's tables
+RELEASE_BUDGET_S = 1.0
 
 
 def check_workers(n):
@@ -180,6 +187,14 @@ class _Supervisor:
         self.pids = []  # in worker order
         self.live = {}  # pid -> index
         self.failed = 0  # workers that failed while stopping (a death before was said in its line already)
+        self.inodes = {}  # index -> the inode of the worker's own listening socket (SO_REUSEPORT only)
+
+    def await_release(self, index):
+        """Wait until the listening socket of dead worker ``index`` is gone (bounded by ``RELEASE_BUDGET_S``)."""
+        inode = self.inodes.pop(index, None)
+        deadline = time.monotonic() + RELEASE_BUDGET_S
+        while inode is not None and inode in tcp_socket_inodes() and time.monotonic() < deadline:
+            time.sleep(0.002)
 
     def reap(self, pid, status, stopping):
         index = self.live.pop(pid, None)
@@ -190,6 +205,7 @@ class _Supervisor:
                 self.failed += 1
                 log(self.name, f"worker {pid} (CPU {self.cpus[index]}) {describe_exit(status)} while stopping")
             return
+        self.await_release(index)
         log(self.name, f"worker {pid} (CPU {self.cpus[index]}) {describe_exit(status)}; "
                        f"{len(self.live)} of {self.n} workers still serve")
 
@@ -293,6 +309,8 @@ def serve_workers(n, name, listen, transport, host, port, path, backlog, serve, 
             os.close(ready_w)
         sup.wait_ready(ready_r)
         announcer(listeners[0], {"pid": sup.pids[0], "pids": list(sup.pids)})()
+        if transport != "unix" and n > 1:
+            sup.inodes = {i: os.fstat(sock.fileno()).st_ino for i, sock in enumerate(listeners)}
         for sock in set(listeners):
             sock.close()  # each worker holds its own now: a dead worker's socket leaves the group
         sup.wait()

@@ -22,6 +22,10 @@ mounts in /proc/self/mountinfo; ``read_throttled_s`` reads how long one of
 them has been throttled (``cpu.stat``: v1's ``throttled_time`` in ns, v2's
 ``throttled_usec``).
 
+``tcp_socket_inodes`` lists the inodes of this network namespace's TCP
+sockets (/proc/net/tcp and tcp6), by which a socket another process held
+can be seen to be gone.
+
 ``busy_processes`` samples every /proc/PID/stat twice: the process's CPU
 time in ticks (utime + stime, all its threads), the CPU it last ran on, and
 its affinity, to name what already runs on the CPUs a benchmark is about to
@@ -59,6 +63,7 @@ __all__ = [
     "group_members",
     "marked_processes",
     "read_wchan",
+    "tcp_socket_inodes",
 ]
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -497,3 +502,19 @@ def group_members(pgid, live=True):
         if int(fields[2]) == pgid and not (live and fields[0] in (b"Z", b"X")):
             found.append(pid)
     return found
+
+
+def tcp_socket_inodes():
+    """The inodes of every TCP socket of this network namespace (IPv4 and IPv6), as a set of ints."""
+    inodes = set()
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as f:
+                next(f, None)  # the header
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 9:
+                        inodes.add(int(fields[9]))
+        except FileNotFoundError:  # no IPv6 in this kernel
+            continue
+    return inodes

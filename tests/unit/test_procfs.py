@@ -5,6 +5,7 @@ read of the real files checks that this machine's have the shape parsed.
 """
 
 import os
+import socket
 
 import pytest
 
@@ -106,3 +107,16 @@ def test_the_machine_metadata_carries_the_tuning():
 def test_a_sysfs_cpu_list(monkeypatch, text, expected):
     monkeypatch.setattr(machine, "_read", lambda path: text)
     assert machine._cpu_list("/x") == expected
+
+
+@pytest.mark.parametrize("family,host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
+def test_a_listening_sockets_inode_is_listed_until_it_is_closed(family, host):
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.bind((host, 0))
+        sock.listen()
+        inode = os.fstat(sock.fileno()).st_ino
+        assert inode in procfs.tcp_socket_inodes()
+    finally:
+        sock.close()
+    assert inode not in procfs.tcp_socket_inodes()
