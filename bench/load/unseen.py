@@ -21,6 +21,10 @@ that set their thresholds.
   round needing ``CLIENT_SLOWDOWN`` times its cell's median (of at least
   ``SLOWDOWN_REFERENCE_ROUNDS`` earlier rounds) ran on a slowed CPU.  Set by
   the suite and ``ab`` (``with_client_slowdown``), which know the history.
+  A slow stretch of the host lasts from seconds to a minute, longer than the
+  first rounds of a cell: judged against them alone, a round slowed with
+  them reads clean.  So the suite judges a cell's kept rounds again as each
+  new one comes (``rejudge``), against the median of all its clean rounds.
 * ``canary`` (``Canary``): fixed work timed in thread CPU time on each pinned
   CPU after the round, against its least this run; ``CANARY_SLOWDOWN`` or
   more.  A busy neighbour slows it too, so it speaks only below DISTURBED.
@@ -40,8 +44,8 @@ from sockbench.thresholds import (
     CANARY_SLOWDOWN, CLIENT_SLOWDOWN, LOADED_IDLE_SHARE, LOADED_MIN_IN_FLIGHT, THROTTLED_SHARE,
 )
 
-__all__ = ["Throttle", "loaded_idle", "Canary", "is_unseen", "client_slowdown", "with_client_slowdown", "CANARY_LOOPS",
-           "CANARY_TRIES", "SLOWDOWN_REFERENCE_ROUNDS"]
+__all__ = ["Throttle", "loaded_idle", "Canary", "is_unseen", "client_slowdown", "with_client_slowdown", "rejudge",
+           "CANARY_LOOPS", "CANARY_TRIES", "SLOWDOWN_REFERENCE_ROUNDS", "REJUDGE_MIN_ROUNDS"]
 
 #: the canary's work: this many turns of a pure-Python loop (about 0.5 ms on the 2-core machine)
 CANARY_LOOPS = 20_000
@@ -177,6 +181,27 @@ def with_client_slowdown(result, earlier):
     slow = ratio >= CLIENT_SLOWDOWN and not i.disturbed
     return replace(result, interference=replace(i, client_slowdown=ratio, unseen=i.unseen or slow,
                                                 disturbed=i.disturbed or slow))
+
+
+#: the clean rounds a cell needs before its kept rounds are judged again against the median of all of them (with
+#: three, one slowed round cannot move the median)
+REJUDGE_MIN_ROUNDS = 3
+
+
+def rejudge(results):
+    """``[(index, judged)]``: the kept rounds, clean until now, whose client CPU per operation is
+    ``CLIENT_SLOWDOWN`` times the median of all of ``results``' clean rounds (their own among them), each with its
+    ratio recorded and made unseen; none before ``REJUDGE_MIN_ROUNDS`` clean rounds."""
+    clean = [r for r in results if r.valid and not r.disturbed]
+    if len(clean) < REJUDGE_MIN_ROUNDS:
+        return []
+    out = []
+    for i, r in enumerate(results):
+        if r.valid and not r.disturbed:
+            judged = with_client_slowdown(r, clean)
+            if judged.disturbed:
+                out.append((i, judged))
+    return out
 
 
 def is_unseen(server_throttled=None, client_throttled=None, idle=None, canary=None, seen=False):

@@ -24,8 +24,12 @@ Rules:
   measures the peak first (``calibration/<server>.json``).
 * Server and load processes are kept idle between rounds (``bench.load.pools``);
   a canary is timed after each round (``bench.load.unseen``).  A disturbed
-  round is measured again up to ``plan.remeasure`` times within the budgets;
-  set-aside attempts stay in ``raw/`` under ``store.discarded_name``.
+  attempt is set aside (in ``raw/`` under ``store.discarded_name``) and its
+  round measured again in a later pass, up to ``plan.remeasure`` times within
+  the budgets: a slow stretch of the host outlasts an attempt made at once.
+  Each new round of a closed-loop cell has its kept rounds judged again
+  (``unseen.rejudge``); one found to have run on a slowed CPU is set aside
+  the same way, so no cell leaves with it.
 * The tests hand each cell's rounds to pytest-benchmark after the passes
   (``msgclock``; the session fixture ``measured``).  A stop during the passes
   ends them after the round in flight, and the session ends "interrupted".
@@ -34,6 +38,7 @@ Rules:
   ``pytest.log``).
 """
 
+import collections
 import functools
 import json
 import os
@@ -45,7 +50,7 @@ import time
 from sockbench.bench.load.harness import run_load
 from sockbench.bench.load.pools import LoadPool, ServerPool
 from sockbench.bench.load.spec import LoadSpec
-from sockbench.bench.load.unseen import Canary, with_client_slowdown
+from sockbench.bench.load.unseen import Canary, rejudge, with_client_slowdown
 from sockbench.bench.report.store import RAW_DIR, CellStats, discarded_name, raw_name
 from sockbench.bench.schema import Cell, CellContext, Machine, RunMeta, copy_fields
 from sockbench.bench.suite.plan import PEAK_ROUNDS, Plan, default_plan
@@ -156,6 +161,16 @@ class CellRun:
         self.joined = None
         #: why it has no rounds, when it could not be measured (an open-loop cell without a peak)
         self.error = None
+        #: the attempts made at each round number (one set aside leaves its number to a later pass)
+        self.tries = collections.Counter()
+
+    def next_round(self):
+        """The round number the next attempt is at: the lowest with no kept round."""
+        taken = {r.round_no for r in self.results}
+        k = 1
+        while k in taken:
+            k += 1
+        return k
 
     @property
     def attempts(self):
@@ -467,31 +482,52 @@ class SuiteContext:
         self._release(run.cell)
 
     def _round(self, run, pass_no, name_busy=False):
-        """One round of ``run``'s cell: measured, and measured again while it is disturbed and the rules allow."""
+        """One attempt at ``run``'s next round: kept and returned, or set aside (None) when it was disturbed and the
+        rules allow its round to be measured again in a later pass."""
         cell = run.cell
-        round_no = len(run.results) + 1
-        attempt = 0
-        while True:
-            attempt += 1
-            self.event(RoundStarted(cell=cell.id, index=self.index.get(cell.id, -1), desc=cell.describe(),
-                                    pass_no=pass_no, round=round_no, attempt=attempt))
-            t0 = self.clock()
-            # what is busy on the CPUs is named at a pass's first round and before a round measured again
-            r = self.run(self.spec(cell, rate=run.rate, name_busy=name_busy or attempt > 1), on_window=self._window)
-            run.elapsed_s += self.clock() - t0
-            r = r.with_cell(CellContext.of(cell, round_no, None, self.index.get(cell.id, -1), run.peak, pass_no))
-            r = with_client_slowdown(r, run.results)  # its CPUs slowed, by the client's own measure (unseen)
-            again = r.disturbed and attempt <= self.plan.remeasure and self._may_remeasure(run)
-            name = discarded_name(cell, round_no, attempt) if again else raw_name(cell, round_no)
-            self.write(os.path.join(self.out, RAW_DIR, name), r.to_json())
-            self.event(RoundDone(cell=cell.id, round=round_no, attempt=attempt, kept=not again,
-                                 msgs_per_s=r.throughput.msgs_per_s, p99_us=r.latency_us.p99, valid=r.valid,
-                                 client_bound=r.client_bound, disturbed=r.disturbed, pass_no=pass_no))
-            if again:
-                run.discarded.append(r)
-                continue
-            run.results.append(r)
-            return r
+        round_no = run.next_round()
+        run.tries[round_no] += 1
+        attempt = run.tries[round_no]
+        self.event(RoundStarted(cell=cell.id, index=self.index.get(cell.id, -1), desc=cell.describe(),
+                                pass_no=pass_no, round=round_no, attempt=attempt))
+        t0 = self.clock()
+        # what is busy on the CPUs is named at a pass's first round and before a round measured again
+        r = self.run(self.spec(cell, rate=run.rate, name_busy=name_busy or attempt > 1), on_window=self._window)
+        run.elapsed_s += self.clock() - t0
+        r = r.with_cell(CellContext.of(cell, round_no, None, self.index.get(cell.id, -1), run.peak, pass_no))
+        r = with_client_slowdown(r, run.results)  # its CPUs slowed, by the client's own measure (unseen)
+        again = r.disturbed and attempt <= self.plan.remeasure and self._may_remeasure(run)
+        name = discarded_name(cell, round_no, attempt) if again else raw_name(cell, round_no)
+        self.write(os.path.join(self.out, RAW_DIR, name), r.to_json())
+        self.event(RoundDone(cell=cell.id, round=round_no, attempt=attempt, kept=not again,
+                             msgs_per_s=r.throughput.msgs_per_s, p99_us=r.latency_us.p99, valid=r.valid,
+                             client_bound=r.client_bound, disturbed=r.disturbed, pass_no=pass_no))
+        if again:
+            run.discarded.append(r)
+            return None
+        run.results.append(r)
+        self._rejudge(run)
+        return r
+
+    def _rejudge(self, run):
+        """Set aside the kept rounds of ``run`` that the median of all its rounds shows ran on a slowed CPU
+        (``unseen.rejudge``), while their round may be measured again; the others are kept and flagged."""
+        cell = run.cell
+        for i, judged in sorted(rejudge(run.results), reverse=True):
+            k = judged.round_no
+            path = os.path.join(self.out, RAW_DIR, raw_name(cell, k))
+            if run.tries[k] <= self.plan.remeasure and self._may_remeasure(run):
+                aside = os.path.join(self.out, RAW_DIR, discarded_name(cell, k, run.tries[k]))
+                self.write(aside, judged.to_json())
+                try:
+                    os.remove(path)
+                except OSError as e:
+                    self.write_failed(path, e)
+                del run.results[i]
+                run.discarded.append(judged)
+            else:
+                self.write(path, judged.to_json())
+                run.results[i] = judged
 
     def _may_remeasure(self, run):
         """A disturbed attempt is measured again only while the cell's and the run's budgets have room for it."""

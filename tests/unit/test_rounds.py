@@ -399,3 +399,80 @@ def test_an_open_loop_p99_is_held_to_its_own_target(tmp_path):
     assert RunPlan.from_json({k: v for k, v in plan.to_json().items() if k != "ci_p99"}).ci_for("open") == 0.03
     with pytest.raises(UsageError, match="--ci-p99 must be above 0%"):
         Plan(servers=("uvloop",), ci_p99=1.5)
+
+
+class ScriptedLoad:
+    """Per server, what its successive rounds give: (msgs/s, disturbed, the client's CPU seconds per 10,000
+    operations); the last entry repeats.  A fake clock moves by each round's length."""
+
+    def __init__(self, plan, clock, scripts):
+        self.plan, self.clock, self.scripts = plan, clock, {k: list(v) for k, v in scripts.items()}
+        self.specs = []
+
+    def __call__(self, spec, on_window=None):
+        from dataclasses import replace as dc_replace
+
+        from sockbench.bench.schema import Client
+
+        self.specs.append(spec)
+        self.clock.now += self.plan.round_estimate_s(CELL)
+        script = self.scripts[spec.server]
+        msgs, disturbed, cpu_s = script.pop(0) if len(script) > 1 else script[0]
+        r = _result(msgs, disturbed=disturbed, cell=Cell(spec.server, "closed", 64, 100))
+        return dc_replace(r, client=Client(user_s=cpu_s * 0.6, sys_s=cpu_s * 0.4, reads=5_000, writes=5_000, waits=0))
+
+
+def _scripted(tmp_path, scripts, **plan_kw):
+    kw = dict(servers=tuple(scripts), sizes=(64,), conns=(100,), open_pcts=(), protocols=(), cell_budget_s=1000.0,
+              seed=5)
+    kw.update(plan_kw)
+    plan = Plan(**kw)
+    clock = Clock()
+    load = ScriptedLoad(plan, clock, scripts)
+    ctx = SuiteContext(plan, str(tmp_path), run=load, clock=clock)
+    try:
+        runs = ctx.measure()
+    finally:
+        ctx.close()
+    events = [parse(json.loads(line)) for line in open(tmp_path / PROGRESS_FILE)]
+    return runs, events, load
+
+
+def test_a_disturbed_attempt_is_measured_again_in_a_later_pass(tmp_path):
+    """A slow stretch of the host outlasts an attempt made at once: the round waits for the next pass."""
+    scripts = {"uvloop": [(50_000.0, True, 0.1), (100_000.0, False, 0.1)], "cython": [(200_000.0, False, 0.1)]}
+    runs, events, load = _scripted(tmp_path, scripts)
+    done = [(e.pass_no, e.cell.split(":")[0], e.round, e.attempt, e.kept) for e in events if isinstance(e, RoundDone)]
+    assert (1, "uvloop", 1, 1, False) in done
+    assert (2, "uvloop", 1, 2, True) in done and not any(d[:2] == (1, "uvloop") and d[4] for d in done)
+    uv = runs["uvloop:closed-64B-c100"]
+    assert uv.stopped == "stable" and sorted(r.round_no for r in uv.results) == list(range(1, 7))
+    assert (tmp_path / "raw" / "uvloop__closed-64B-c100__r1__disturbed1.json").exists()
+
+
+def test_rounds_a_slowed_host_ran_in_are_set_aside_once_the_cells_median_shows_it(tmp_path):
+    """A cell's first three rounds ran while the host took CPU: judged against each other they read clean; once
+    the cell's own median shows their client needed 1.3 times the CPU per operation, they are set aside and
+    measured again, and the cell leaves with clean rounds only."""
+    slow, fast = (75_000.0, False, 0.13), (100_000.0, False, 0.10)
+    runs, events, load = _scripted(tmp_path, {"uvloop": [slow, slow, slow, fast]})
+    run = runs["uvloop:closed-64B-c100"]
+    assert run.stopped == "stable" and len(run.results) == 6
+    assert all(r.throughput.msgs_per_s == 100_000.0 and not r.disturbed for r in run.results)
+    assert len(run.discarded) == 3 and all(r.interference.unseen and r.disturbed for r in run.discarded)
+    assert all(r.interference.client_slowdown == pytest.approx(1.3, rel=1e-3) for r in run.discarded)
+    raw = sorted(os.listdir(tmp_path / "raw"))
+    aside = [f for f in raw if "__disturbed" in f]
+    assert len(aside) == 3 and len(raw) == 9
+    cell = load_results(str(tmp_path)).cells[("uvloop", "closed-64B-c100")]
+    assert (len(cell.results), cell.remeasured, cell.disturbed) == (6, 3, False) and 75_000.0 not in cell.msgs
+
+
+def test_a_round_judged_slow_with_no_room_to_measure_it_again_is_kept_and_flagged(tmp_path):
+    slow, fast = (75_000.0, False, 0.13), (100_000.0, False, 0.10)
+    runs, events, load = _scripted(tmp_path, {"uvloop": [slow, fast]}, remeasure=0)
+    run = runs["uvloop:closed-64B-c100"]
+    flagged = [r for r in run.results if r.disturbed]
+    assert len(flagged) == 1 and flagged[0].round_no == 1 and not run.discarded
+    on_disk = json.load(open(tmp_path / "raw" / "uvloop__closed-64B-c100__r1.json"))
+    assert on_disk["interference"]["unseen"] is True and on_disk["interference"]["client_slowdown"] == 1.3
