@@ -62,11 +62,11 @@ LOADED_MIN_IN_FLIGHT = 8
 #: default runs on the 2-core machine (709 closed-loop attempts): rounds after a canary under 1.5 read within
 #: 1.4% of their cell's median (median of each group), rounds after one of 1.5 or more 8-9% below it
 CANARY_SLOWDOWN = 1.5
-#: a closed-loop round whose load client needed this many times its cell's usual CPU per operation (per read,
-#: write and epoll_wait; the median of the cell's earlier rounds): the client's code per operation does not change,
-#: whatever the server's pace, so its CPU ran slower (the host took it).  Two default runs on the 2-core machine
-#: (709 closed-loop attempts): rounds at 0.95-1.05 of it read within 0.7% of their cell's median msgs/s (median
-#: of each group), at 1.05-1.15 4% below, at 1.15-1.3 14% below, at 1.3 or more 32% below
+#: a closed-loop round whose load client needed this many times the least CPU per operation (per read, write and
+#: epoll_wait) of its cell's clean rounds: the client's code per operation does not change, whatever the server's
+#: pace, so its CPU ran slower (the host took it).  Six default runs on the 2-core machine (1,766 closed-loop
+#: rounds): of those 10% or more below their cell's 90th percentile msgs/s, 91% read 1.15 or more; of those
+#: within 5% of it, 0.7% did
 CLIENT_SLOWDOWN = 1.15
 #: a load from several hosts: a host's clock off the coordinator's by more than this share of the measured
 #: window starts its load visibly early or late (a warning; chrony keeps LAN clocks microseconds apart)

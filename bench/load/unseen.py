@@ -18,13 +18,15 @@ that set their thresholds.
   transport.
 * ``client_slowdown``: the client's CPU per operation (read, write,
   ``epoll_wait``) does not depend on the server's pace, so a closed-loop
-  round needing ``CLIENT_SLOWDOWN`` times its cell's median (of at least
-  ``SLOWDOWN_REFERENCE_ROUNDS`` earlier rounds) ran on a slowed CPU.  Set by
-  the suite and ``ab`` (``with_client_slowdown``), which know the history.
-  A slow stretch of the host lasts from seconds to a minute, longer than the
-  first rounds of a cell: judged against them alone, a round slowed with
-  them reads clean.  So the suite judges a cell's kept rounds again as each
-  new one comes (``rejudge``), against the median of all its clean rounds.
+  round needing ``CLIENT_SLOWDOWN`` times the least of its cell's clean
+  rounds (at least ``SLOWDOWN_REFERENCE_ROUNDS`` earlier ones) ran on a
+  slowed CPU: as with the canary, the fastest the client has been is its
+  CPU's speed, and a median is no reference when slow stretches cover half
+  a cell's rounds.  Set by the suite and ``ab`` (``with_client_slowdown``),
+  which know the history.  A slow stretch of the host lasts from seconds to
+  a minute and may cover a cell's first rounds, so the suite judges a cell's
+  kept rounds again as each new one comes (``rejudge``), against all of its
+  clean rounds.
 * ``canary`` (``Canary``): fixed work timed in thread CPU time on each pinned
   CPU after the round, against its least this run; ``CANARY_SLOWDOWN`` or
   more.  A busy neighbour slows it too, so it speaks only below DISTURBED.
@@ -146,9 +148,9 @@ class Canary:
         return statistics.median(self._time(self.cpus[0], 1) / self.baseline[self.cpus[0]] for _ in range(tries))
 
 
-#: the earlier rounds of a cell its client's usual CPU per message is the median of, at the least: one, so that a
-#: cell's second round is judged too (two default runs lost a pass to a slowed host that the canary read at 1.2,
-#: its second rounds 15-30% low and kept, one outlier setting most cells' interval)
+#: the earlier clean rounds a cell's round is judged against, at the least: one, so that a cell's second round is
+#: judged too (two default runs lost a pass to a slowed host that the canary read at 1.2, its second rounds 15-30%
+#: low and kept, one outlier setting most cells' interval)
 SLOWDOWN_REFERENCE_ROUNDS = 1
 
 
@@ -160,7 +162,7 @@ def _client_per_op(r):
 
 
 def client_slowdown(result, earlier):
-    """A closed-loop ``result``'s client CPU per operation over the median of ``earlier`` rounds' (valid, not
+    """A closed-loop ``result``'s client CPU per operation over the least of ``earlier`` rounds' (valid, not
     disturbed; at least ``SLOWDOWN_REFERENCE_ROUNDS``), or None."""
     if result.workload.mode != "closed" or not result.valid:
         return None
@@ -168,7 +170,7 @@ def client_slowdown(result, earlier):
     ref = [v for v in (_client_per_op(r) for r in earlier if r.valid and not r.disturbed) if v]
     if not now or len(ref) < SLOWDOWN_REFERENCE_ROUNDS:
         return None
-    return round(now / statistics.median(ref), 4)
+    return round(now / min(ref), 4)
 
 
 def with_client_slowdown(result, earlier):
@@ -183,15 +185,15 @@ def with_client_slowdown(result, earlier):
                                                 disturbed=i.disturbed or slow))
 
 
-#: the clean rounds a cell needs before its kept rounds are judged again against the median of all of them (with
-#: three, one slowed round cannot move the median)
-REJUDGE_MIN_ROUNDS = 3
+#: the clean rounds a cell needs before its kept rounds are judged again against all of them (two: the first round,
+#: slowed, is judged once a second ran at full speed)
+REJUDGE_MIN_ROUNDS = 2
 
 
 def rejudge(results):
     """``[(index, judged)]``: the kept rounds, clean until now, whose client CPU per operation is
-    ``CLIENT_SLOWDOWN`` times the median of all of ``results``' clean rounds (their own among them), each with its
-    ratio recorded and made unseen; none before ``REJUDGE_MIN_ROUNDS`` clean rounds."""
+    ``CLIENT_SLOWDOWN`` times the least of ``results``' clean rounds, each with its ratio recorded and made unseen;
+    none before ``REJUDGE_MIN_ROUNDS`` clean rounds."""
     clean = [r for r in results if r.valid and not r.disturbed]
     if len(clean) < REJUDGE_MIN_ROUNDS:
         return []
