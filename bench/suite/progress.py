@@ -5,7 +5,7 @@ Why it is built this way: the suite (a child pytest process) and the runner
 whole conversation: a pass starts (its number, the run's seed and the order
 it drew: what makes the run's order reproducible), a round starts, a load
 window is about to open, a round ends (kept, or measured again because it
-was disturbed), a cell leaves the rotation with its rounds and its interval.  Each event is one small frozen dataclass here,
+was disturbed), a kept round is judged again and set aside, a cell leaves the rotation with its rounds and its interval.  Each event is one small frozen dataclass here,
 and its JSON line is written and read by ``to_json``/``parse`` from the
 dataclass's own fields, so no key is spelled anywhere else: a field added
 here reaches both sides.  A line that is not an event (a torn last line, an
@@ -16,8 +16,8 @@ import dataclasses
 import time
 from dataclasses import dataclass
 
-__all__ = ["PassStarted", "RoundStarted", "Window", "Calibrating", "Calibrated", "RoundDone", "CellDone",
-           "EVENTS", "parse"]
+__all__ = ["PassStarted", "RoundStarted", "Window", "Calibrating", "Calibrated", "RoundDone", "RoundSetAside",
+           "CellDone", "EVENTS", "parse"]
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,17 @@ class RoundDone(_Event):
 
 
 @dataclass(frozen=True)
+class RoundSetAside(_Event):
+    """Kept round ``round`` of a cell was judged again once later rounds came and set aside: its client needed
+    ``client_slowdown`` times the least CPU per operation of the cell's rounds (``unseen.rejudge``)."""
+
+    EVENT = "round_set_aside"
+    cell: str
+    round: int
+    client_slowdown: float | None = None
+
+
+@dataclass(frozen=True)
 class CellDone(_Event):
     """A cell ended: its kept rounds, how many were measured again, its judged figure and interval, why it stopped.
 
@@ -137,7 +148,7 @@ class CellDone(_Event):
 
 
 EVENTS = {cls.EVENT: cls for cls in (PassStarted, RoundStarted, Window, Calibrating, Calibrated, RoundDone,
-                                     CellDone)}
+                                     RoundSetAside, CellDone)}
 
 
 def parse(d):

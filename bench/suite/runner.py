@@ -50,7 +50,7 @@ from sockbench.bench.load.worker import FD_HEADROOM
 from sockbench.bench.report.store import RAW_DIR, is_discarded
 from sockbench.bench.suite.plan import default_plan, full_plan, quick_plan
 from sockbench.bench.suite.progress import (
-    Calibrated, Calibrating, CellDone, PassStarted, RoundDone, RoundStarted, Window, parse,
+    Calibrated, Calibrating, CellDone, PassStarted, RoundDone, RoundSetAside, RoundStarted, Window, parse,
 )
 from sockbench.bench.suite.session import (
     ENV_OUT, ENV_PLAN, ENV_STATUS_FD, PROGRESS_FILE, WRITE_FAILED_EXIT, new_meta, update_meta,
@@ -498,6 +498,9 @@ class _Follow:
                 self.kept[ev.cell] = self.kept.get(ev.cell, 0) + 1
             else:
                 self.remeasured += 1
+        elif isinstance(ev, RoundSetAside):
+            self.kept[ev.cell] = max(0, self.kept.get(ev.cell, 0) - 1)
+            self.remeasured += 1
         elif isinstance(ev, CellDone):
             self.cells_done += 1
             self.done.add(ev.cell)

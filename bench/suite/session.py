@@ -55,7 +55,7 @@ from sockbench.bench.report.store import RAW_DIR, CellStats, discarded_name, raw
 from sockbench.bench.schema import Cell, CellContext, Machine, RunMeta, copy_fields
 from sockbench.bench.suite.plan import PEAK_ROUNDS, Plan, default_plan
 from sockbench.bench.suite.progress import (
-    Calibrated, Calibrating, CellDone, PassStarted, RoundDone, RoundStarted, Window,
+    Calibrated, Calibrating, CellDone, PassStarted, RoundDone, RoundSetAside, RoundStarted, Window,
 )
 from sockbench.errors import SockbenchError
 from sockbench.jsonfile import write_json_atomic
@@ -525,6 +525,7 @@ class SuiteContext:
                     self.write_failed(path, e)
                 del run.results[i]
                 run.discarded.append(judged)
+                self.event(RoundSetAside(cell=cell.id, round=k, client_slowdown=judged.interference.client_slowdown))
             else:
                 self.write(path, judged.to_json())
                 run.results[i] = judged

@@ -21,7 +21,7 @@ from sockbench.bench.report.compare import DRIFT_MIN_SERVERS, UNDECIDED, block_d
 from sockbench.bench.report.stats import RatioInterval, ratio_interval
 from sockbench.units import parse_percent
 from sockbench.bench.suite.plan import Plan, default_plan, full_plan, quick_plan
-from sockbench.bench.suite.progress import CellDone, PassStarted, RoundDone, RoundStarted, Window
+from sockbench.bench.suite.progress import CellDone, PassStarted, RoundDone, RoundSetAside, RoundStarted, Window
 from sockbench.bench.report import plots as plots_mod
 from sockbench.bench.report.plots import PLOTS
 from sockbench.bench.report.document import COLUMNS, build_report, protocol_cost_rows, table_rows
@@ -750,6 +750,8 @@ def test_progress_counts_cells_runs_and_time_left():
     follow.on_event(RoundDone(cell=cells[0].id, round=4, attempt=1, kept=False, msgs_per_s=1e5, p99_us=None, valid=True,
                               disturbed=True))
     assert (follow.runs, follow.remeasured, follow.kept[cells[0].id]) == (4, 1, 3)
+    follow.on_event(RoundSetAside(cell=cells[0].id, round=2, client_slowdown=1.3))  # judged slow once more came
+    assert (follow.runs, follow.remeasured, follow.kept[cells[0].id]) == (4, 2, 2)
     follow.on_event(CellDone(cell=cells[0].id, index=0, rounds=7, remeasured=1, figure="msgs/s", median=1e5,
                              interval="±1.0%", stopped="stable", flags=("DISTURBED",)))
     assert follow.cells_done == 1 and cells[0].id in follow.done

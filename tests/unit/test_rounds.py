@@ -22,7 +22,7 @@ from sockbench.bench.schema import (
 from sockbench.bench.suite.plan import (
     HICCUP_S, HICCUP_SHARE, MAX_OPEN_DURATION_S, REMEASURE_DISTURBED, Plan, default_plan, full_plan, quick_plan,
 )
-from sockbench.bench.suite.progress import CellDone, PassStarted, RoundDone, RoundStarted, Window, parse
+from sockbench.bench.suite.progress import CellDone, PassStarted, RoundDone, RoundSetAside, RoundStarted, Window, parse
 from sockbench.bench.suite import session
 from sockbench.bench.suite.session import PROGRESS_FILE, SuiteContext, stop_reason
 from sockbench.errors import UsageError
@@ -464,6 +464,8 @@ def test_rounds_a_slowed_host_ran_in_are_set_aside_once_the_cells_median_shows_i
     raw = sorted(os.listdir(tmp_path / "raw"))
     aside = [f for f in raw if "__disturbed" in f]
     assert len(aside) == 3 and len(raw) == 9
+    set_aside = [e for e in events if isinstance(e, RoundSetAside)]
+    assert sorted(e.round for e in set_aside) == [1, 2, 3] and all(e.client_slowdown == pytest.approx(1.3) for e in set_aside)
     cell = load_results(str(tmp_path)).cells[("uvloop", "closed-64B-c100")]
     assert (len(cell.results), cell.remeasured, cell.disturbed) == (6, 3, False) and 75_000.0 not in cell.msgs
 
