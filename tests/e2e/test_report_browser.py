@@ -18,6 +18,9 @@ from sockbench.bench.report.document import build_report
 from sockbench.bench.suite.plan import Plan
 from sockbench.servers.registry import SERVERS
 
+#: a headless Chromium takes 5-13 s a page on the 2-core machine
+pytestmark = pytest.mark.slow
+
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 PROBE = ('<script>var n=0;document.querySelectorAll(".tw").forEach(function(e){if(e.scrollWidth>e.clientWidth)n++});'
          'document.title=document.documentElement.scrollWidth+" "+window.innerWidth+" "+n</script></body>')

@@ -8,8 +8,9 @@ import pytest
 from sockbench.bench.calibrate import vs_sockperf
 from sockbench.servers import registry
 
-pytestmark = pytest.mark.skipif(shutil.which("sockperf") is None,
-                                reason=f"sockperf is not installed ({vs_sockperf.INSTALL_HINT})")
+pytestmark = [pytest.mark.skipif(shutil.which("sockperf") is None,
+                                 reason=f"sockperf is not installed ({vs_sockperf.INSTALL_HINT})"),
+              pytest.mark.slow]  # about 10 s: sockperf's own rounds over udp and tcp
 
 
 def test_one_round_over_udp_and_tcp():
