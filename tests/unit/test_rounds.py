@@ -72,19 +72,27 @@ class Clock:
         return self.now
 
 
-def _run(tmp_path, rounds, **plan_kw):
-    kw = dict(servers=("uvloop",), sizes=(64,), conns=(100,), open_pcts=(), protocols=(), cell_budget_s=1000.0)
+def _measure(tmp_path, make_load, cells=None, **plan_kw):
+    """The suite's passes over ``cells`` (default: the plan's) with the load ``make_load(plan, clock)`` on a fake
+    clock, into ``tmp_path``: ``(ctx, runs, events, load)``."""
+    kw = dict(sizes=(64,), conns=(100,), open_pcts=(), protocols=(), cell_budget_s=1000.0)
     kw.update(plan_kw)
     plan = Plan(**kw)
     clock = Clock()
-    load = FakeLoad(plan, rounds, clock)
+    load = make_load(plan, clock)
     ctx = SuiteContext(plan, str(tmp_path), run=load, clock=clock)
     try:
-        run = ctx.measure([CELL])[CELL.id]
+        runs = ctx.measure(cells)
     finally:
         ctx.close()
     events = [parse(json.loads(line)) for line in open(tmp_path / PROGRESS_FILE)]
-    return run, events, load
+    return ctx, runs, events, load
+
+
+def _run(tmp_path, rounds, **plan_kw):
+    _, runs, events, load = _measure(tmp_path, lambda plan, clock: FakeLoad(plan, rounds, clock), [CELL],
+                                     **{"servers": ("uvloop",), **plan_kw})
+    return runs[CELL.id], events, load
 
 
 def _steady(value=100_000.0, spread=0.005, disturbed=False, seed=1):
@@ -289,19 +297,8 @@ class CellLoad:
 
 
 def _passes(tmp_path, rates, noisy=(), interrupt_after=None, seed=5, **plan_kw):
-    kw = dict(servers=tuple(rates), sizes=(64,), conns=(100,), open_pcts=(), protocols=(), cell_budget_s=1000.0,
-              seed=seed)
-    kw.update(plan_kw)
-    plan = Plan(**kw)
-    clock = Clock()
-    load = CellLoad(plan, clock, rates, noisy, interrupt_after)
-    ctx = SuiteContext(plan, str(tmp_path), run=load, clock=clock)
-    try:
-        runs = ctx.measure()
-    finally:
-        ctx.close()
-    events = [parse(json.loads(line)) for line in open(tmp_path / PROGRESS_FILE)]
-    return ctx, runs, events, load
+    return _measure(tmp_path, lambda plan, clock: CellLoad(plan, clock, rates, noisy, interrupt_after),
+                    **{"servers": tuple(rates), "seed": seed, **plan_kw})
 
 
 def test_every_pass_runs_the_open_cells_in_a_fresh_seeded_order(tmp_path):
@@ -423,18 +420,8 @@ class ScriptedLoad:
 
 
 def _scripted(tmp_path, scripts, **plan_kw):
-    kw = dict(servers=tuple(scripts), sizes=(64,), conns=(100,), open_pcts=(), protocols=(), cell_budget_s=1000.0,
-              seed=5)
-    kw.update(plan_kw)
-    plan = Plan(**kw)
-    clock = Clock()
-    load = ScriptedLoad(plan, clock, scripts)
-    ctx = SuiteContext(plan, str(tmp_path), run=load, clock=clock)
-    try:
-        runs = ctx.measure()
-    finally:
-        ctx.close()
-    events = [parse(json.loads(line)) for line in open(tmp_path / PROGRESS_FILE)]
+    _, runs, events, load = _measure(tmp_path, lambda plan, clock: ScriptedLoad(plan, clock, scripts),
+                                     **{"servers": tuple(scripts), "seed": 5, **plan_kw})
     return runs, events, load
 
 
