@@ -322,9 +322,7 @@ class AbRun:
             again = r.disturbed and attempt <= self.plan.remeasure and self._time_left() > 0
             name = discarded_name(cell, round_no, attempt) if again else raw_name(cell, round_no)
             self._write(os.path.join(self.out, RAW_DIR, name), r.to_json())
-            self._event(RoundDone(cell=cell.id, round=round_no, attempt=attempt, kept=not again,
-                                  msgs_per_s=r.throughput.msgs_per_s, p99_us=r.latency_us.p99, valid=r.valid,
-                                  client_bound=r.client_bound, disturbed=r.disturbed, pass_no=pass_no))
+            self._event(RoundDone.of(cell.id, r, attempt, kept=not again))
             if again:
                 self.discarded += 1
                 continue

@@ -108,6 +108,14 @@ class RoundDone(_Event):
     disturbed: bool = False
     pass_no: int | None = None
 
+    @classmethod
+    def of(cls, cell, r, attempt, kept):
+        """The event of ``r``, attempt ``attempt`` at a round of ``cell`` (its id): a ``LoadResult`` whose cell
+        context says its round and pass."""
+        return cls(cell=cell, round=r.round_no, attempt=attempt, kept=kept, msgs_per_s=r.throughput.msgs_per_s,
+                   p99_us=r.latency_us.p99, valid=r.valid, client_bound=r.client_bound, disturbed=r.disturbed,
+                   pass_no=r.pass_no)
+
 
 @dataclass(frozen=True)
 class RoundSetAside(_Event):

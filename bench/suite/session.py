@@ -38,7 +38,6 @@ Rules:
   ``pytest.log``).
 """
 
-import collections
 import functools
 import json
 import os
@@ -161,8 +160,11 @@ class CellRun:
         self.joined = None
         #: why it has no rounds, when it could not be measured (an open-loop cell without a peak)
         self.error = None
-        #: the attempts made at each round number (one set aside leaves its number to a later pass)
-        self.tries = collections.Counter()
+
+    def tries(self, round_no):
+        """The attempts made at round ``round_no`` so far: those set aside and the one kept (one set aside leaves
+        its number to a later pass)."""
+        return sum(1 for r in self.results + self.discarded if r.round_no == round_no)
 
     def next_round(self):
         """The round number the next attempt is at: the lowest with no kept round."""
@@ -486,8 +488,7 @@ class SuiteContext:
         rules allow its round to be measured again in a later pass."""
         cell = run.cell
         round_no = run.next_round()
-        run.tries[round_no] += 1
-        attempt = run.tries[round_no]
+        attempt = run.tries(round_no) + 1
         self.event(RoundStarted(cell=cell.id, index=self.index.get(cell.id, -1), desc=cell.describe(),
                                 pass_no=pass_no, round=round_no, attempt=attempt))
         t0 = self.clock()
@@ -499,9 +500,7 @@ class SuiteContext:
         again = r.disturbed and attempt <= self.plan.remeasure and self._may_remeasure(run)
         name = discarded_name(cell, round_no, attempt) if again else raw_name(cell, round_no)
         self.write(os.path.join(self.out, RAW_DIR, name), r.to_json())
-        self.event(RoundDone(cell=cell.id, round=round_no, attempt=attempt, kept=not again,
-                             msgs_per_s=r.throughput.msgs_per_s, p99_us=r.latency_us.p99, valid=r.valid,
-                             client_bound=r.client_bound, disturbed=r.disturbed, pass_no=pass_no))
+        self.event(RoundDone.of(cell.id, r, attempt, kept=not again))
         if again:
             run.discarded.append(r)
             return None
@@ -510,14 +509,15 @@ class SuiteContext:
         return r
 
     def _rejudge(self, run):
-        """Set aside the kept rounds of ``run`` that the median of all its rounds shows ran on a slowed CPU
+        """Set aside the kept rounds of ``run`` that all its clean rounds show ran on a slowed CPU
         (``unseen.rejudge``), while their round may be measured again; the others are kept and flagged."""
         cell = run.cell
-        for i, judged in sorted(rejudge(run.results), reverse=True):
+        for i, judged in reversed(rejudge(run.results)):  # from the last, so that each index still holds
             k = judged.round_no
             path = os.path.join(self.out, RAW_DIR, raw_name(cell, k))
-            if run.tries[k] <= self.plan.remeasure and self._may_remeasure(run):
-                aside = os.path.join(self.out, RAW_DIR, discarded_name(cell, k, run.tries[k]))
+            attempt = run.tries(k)  # the kept attempt's number, which its new name takes
+            if attempt <= self.plan.remeasure and self._may_remeasure(run):
+                aside = os.path.join(self.out, RAW_DIR, discarded_name(cell, k, attempt))
                 self.write(aside, judged.to_json())
                 try:
                     os.remove(path)
