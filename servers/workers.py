@@ -309,7 +309,7 @@ def serve_workers(n, name, listen, transport, host, port, path, backlog, serve, 
             os.close(ready_w)
         sup.wait_ready(ready_r)
         announcer(listeners[0], {"pid": sup.pids[0], "pids": list(sup.pids)})()
-        if transport != "unix" and n > 1:
+        if len(set(listeners)) > 1:  # a listener per worker (SO_REUSEPORT); a shared one outlives any worker
             sup.inodes = {i: os.fstat(sock.fileno()).st_ino for i, sock in enumerate(listeners)}
         for sock in set(listeners):
             sock.close()  # each worker holds its own now: a dead worker's socket leaves the group
