@@ -26,6 +26,7 @@ connection and one line on stderr:
 
 import atexit
 import errno
+import faulthandler
 import ipaddress
 import json
 import mmap
@@ -88,6 +89,9 @@ MAX_DATAGRAM = 65507
 DATAGRAM_BUFFER = 65536
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: a server sent this writes every thread's Python stack to stderr and serves on (``faulthandler``): what
+#: ``ServerProcess.stop`` asks of a server that did not stop on SIGTERM, before it kills it
+STACKS_SIGNAL = signal.SIGUSR2
 
 #: how long accepting pauses after accept() ran out of descriptors or memory
 ACCEPT_PAUSE_S = 0.1
@@ -692,6 +696,7 @@ def run_server(name, transport="tcp", host=None, port=0, path=None, protocol="ra
     """
     serve, options = _server_and_options(name, protocol, max_message, idle_timeout, max_buffered, transport, tls,
                                          burn_us)
+    faulthandler.register(STACKS_SIGNAL, file=sys.stderr, all_threads=True)  # a signal handler in C: no GIL needed
     _with_certificate(options)
     backlog = _effective_backlog(name, backlog)
     options["backlog"] = backlog

@@ -37,8 +37,9 @@ import time
 from sockbench.children import child_setup, held_signals
 from sockbench.endpoints import DEFAULT_HOSTS, Endpoint
 from sockbench.errors import SockbenchError, UsageError
-from sockbench.procfs import group_members, process_tree
+from sockbench.procfs import group_members, process_tree, thread_states
 from sockbench.servers.command import free_port
+from sockbench.servers.contract import STACKS_SIGNAL
 from sockbench.servers.environments import python_flags
 
 __all__ = ["ServerProcess", "READY_TIMEOUT_S", "STOP_GRACE_S"]
@@ -46,6 +47,11 @@ __all__ = ["ServerProcess", "READY_TIMEOUT_S", "STOP_GRACE_S"]
 READY_TIMEOUT_S = 15.0
 #: the serve contract's stop: a server exits within this long of SIGTERM, else it is killed (commands)
 STOP_GRACE_S = 2.0
+#: how long ``stop`` waits for a registered server to exit on SIGTERM before it kills it: the contract's
+#: ``STOP_GRACE_S`` with room for a machine so busy that exiting itself waits for a CPU
+STOP_WAIT_S = 10.0
+#: how long a server that did not stop is given to write its stacks (``contract.STACKS_SIGNAL``)
+_STACKS_WAIT_S = 1.0
 #: how often the ready rule of a ``--ready-port`` command tries its address
 _READY_POLL_S = 0.02
 
@@ -68,6 +74,7 @@ class ServerProcess:
     def __init__(self, name=None, transport="tcp", host=None, port=0, path=None, cpus=None, extra_args=(), env=None,
                  nofile=None, command=None, python=None, ready_timeout=READY_TIMEOUT_S, environment=None):
         self.command = command
+        self.environment = environment
         self.name = name if name is not None else (command.name if command is not None else None)
         self.transport = transport
         self.host, self.port, self.path = host, port, path
@@ -92,6 +99,9 @@ class ServerProcess:
         self.proc = None
         self.ready = None
         self.killed = False
+        #: what a registered server that had to be killed was doing: its threads, and its Python stacks
+        self.stop_evidence = None
+        self._threads_line = None
         self._stderr = None
         self._private = None
         self._rest = bytearray()
@@ -131,11 +141,14 @@ class ServerProcess:
 
     @property
     def stop_note(self):
-        """One line when the server had to be killed (it ignored SIGTERM for ``STOP_GRACE_S``), else None."""
+        """One line when the server had to be killed (it ignored SIGTERM for ``STOP_GRACE_S``, or a registered one
+        for ``STOP_WAIT_S``), else None; ``stop_evidence`` then says what it was doing."""
         if not self.killed:
             return None
-        return (f"{self.label} ignored SIGTERM: killed with SIGKILL after {STOP_GRACE_S:g} s (the serve contract: "
-                f"exit within {STOP_GRACE_S:g} s of SIGTERM)")
+        waited = STOP_GRACE_S if self.command is not None else STOP_WAIT_S
+        threads = f" (its threads: {self._threads_line})" if self._threads_line else ""
+        return (f"{self.label} ignored SIGTERM: killed with SIGKILL after {waited:g} s (the serve contract: "
+                f"exit within {STOP_GRACE_S:g} s of SIGTERM){threads}")
 
     def start(self, timeout=None):
         timeout = self.ready_timeout if timeout is None else timeout
@@ -342,8 +355,9 @@ class ServerProcess:
         return self.proc is not None and self.proc.poll() is None
 
     # --- stopping -----------------------------------------------------------------------------
-    def stop(self, timeout=5.0):
-        """SIGTERM by pid, wait; SIGKILL if it does not exit in time.  Returns the exit status.
+    def stop(self):
+        """SIGTERM by pid, wait ``STOP_WAIT_S``; else record what it was doing (``stop_evidence``) and SIGKILL it.
+        Returns the exit status.
 
         A command: its whole process group, SIGKILL after ``STOP_GRACE_S`` (``killed``), and whatever
         of the group outlived its root is killed before the root is reaped.
@@ -356,8 +370,10 @@ class ServerProcess:
         elif self.proc.poll() is None:
             try:
                 os.kill(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout)
+                self.proc.wait(STOP_WAIT_S)
             except subprocess.TimeoutExpired:
+                self.killed = True
+                self._record_evidence()
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
             except ProcessLookupError:
@@ -366,6 +382,31 @@ class ServerProcess:
             self.proc.stdout.close()
         self._remove_private()
         return self.proc.returncode
+
+    def _record_evidence(self):
+        """What a server that ignored SIGTERM is doing, before it is killed: each thread's state and kernel wait,
+        and, from a server of this revision, every thread's Python stack (it writes them on ``STACKS_SIGNAL``)."""
+        pid = self.proc.pid
+        threads = thread_states(pid)
+        self._threads_line = ", ".join(f"{tid} {name} {state} {wchan}" for tid, name, state, wchan in threads)
+        stacks = ""
+        if self.environment is None:  # another revision may not handle the signal, and would die of it
+            self._stderr.seek(0, os.SEEK_END)
+            start = self._stderr.tell()
+            os.kill(pid, STACKS_SIGNAL)
+            deadline = time.monotonic() + _STACKS_WAIT_S
+            size = start
+            while time.monotonic() < deadline:
+                time.sleep(0.1)
+                now = os.fstat(self._stderr.fileno()).st_size
+                if now == size > start:
+                    break  # written, and no longer growing
+                size = now
+            self._stderr.seek(start)
+            stacks = self._stderr.read().decode(errors="replace")
+        self.stop_evidence = (f"{self.label} (pid {pid}) had not exited {STOP_WAIT_S:g} s after SIGTERM; "
+                              f"its threads (tid name state wchan): {self._threads_line or 'none left'}"
+                              + (f"\nits Python stacks:\n{stacks}" if stacks else ""))
 
     def _exited(self):
         """The root has exited (it is left unreaped, so its pid, the group's id, names nothing else)."""

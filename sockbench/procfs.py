@@ -265,6 +265,34 @@ def read_wchan(pid):
         return None
 
 
+def thread_states(pid):
+    """``[(tid, name, state, wchan)]`` of a live process's threads, lowest tid first: what each is doing now.
+
+    ``state`` is /proc/PID/task/TID/stat's letter (``R`` running, ``S`` asleep,
+    ``D`` in uninterruptible wait, ``T`` stopped), ``wchan`` where in the
+    kernel it sleeps (``0`` when it runs).  What a process that will not stop
+    was doing, said before it is killed; empty when it is gone.
+    """
+    try:
+        tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return []
+    states = []
+    for tid in tids:
+        task = f"/proc/{pid}/task/{tid}"
+        try:
+            with open(f"{task}/stat", "rb") as f:
+                raw = f.read()
+            with open(f"{task}/wchan") as f:
+                wchan = f.read().strip()
+        except OSError:
+            continue  # the thread ended meanwhile
+        close = raw.rindex(b")")
+        name = raw[raw.index(b"(") + 1 : close].decode(errors="replace")
+        states.append((tid, name, raw[close + 2 :].split()[0].decode(), wchan))
+    return states
+
+
 def _command(pid, comm):
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:

@@ -32,7 +32,8 @@ from echo_client import (
     sockbench_cli,
 )
 from sockbench.servers import registry
-from sockbench.servers.contract import RECV_SIZE, system_backlog
+from sockbench.servers import process as process_module
+from sockbench.servers.contract import RECV_SIZE, STACKS_SIGNAL, system_backlog
 from sockbench.servers.process import ServerProcess
 
 MiB = 1 << 20
@@ -67,10 +68,61 @@ def test_ready_line_and_stdout(fresh_stream_server):
     finally:
         rc = proc.stop()
     rest = proc.proc.stdout.read() if not proc.proc.stdout.closed else b""
-    assert rc == 0
+    assert rc == 0, proc.stop_evidence
     assert rest == b"", f"nothing but the ready line goes to stdout, got {rest[:200]!r}"
     if transport == "unix":
         assert not os.path.exists(folder), "the socket and its private directory are removed on exit"
+
+
+#: how faulthandler begins each thread's stack
+STACK_HEADER = "(most recent call first):"
+
+
+def test_the_stacks_signal_writes_every_thread_and_serves_on(server):
+    """``STACKS_SIGNAL`` (what ``stop`` sends a server that ignored SIGTERM) writes its stacks and changes nothing."""
+    with connect(server.address) as s:
+        assert echo_concurrently(s, b"before") == b"before"
+        os.kill(server.pid, STACKS_SIGNAL)
+        deadline = time.monotonic() + 10.0
+        while STACK_HEADER not in server.stderr_text() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert STACK_HEADER in server.stderr_text(), f"no stacks on stderr: {server.stderr_text()[-500:]!r}"
+        assert 'File "' in server.stderr_text(), "a stack names the Python frames it is in"
+        assert echo_concurrently(s, b"after") == b"after", "the connection it was serving goes on"
+    with connect(server.address) as s:
+        assert echo_concurrently(s, b"new") == b"new", "and it still accepts"
+    assert server.stop() == 0, server.stop_evidence
+
+
+def _deaf_to_sigterm(child_setup):
+    """``child_setup`` for a server that never sees SIGTERM: blocked in the child, and a blocked mask survives exec."""
+    def make(*args, **kwargs):
+        setup = child_setup(*args, **kwargs)
+
+        def deaf():
+            setup()
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+        return deaf
+
+    return make
+
+
+def test_a_server_that_ignores_sigterm_is_killed_and_what_it_was_doing_is_kept(server_name, monkeypatch):
+    monkeypatch.setattr(process_module, "child_setup", _deaf_to_sigterm(process_module.child_setup))
+    monkeypatch.setattr(process_module, "STOP_WAIT_S", 0.3)
+    server = ServerProcess(server_name)  # not connected to: a thread-per-connection server unmasks SIGTERM then
+    try:
+        pid = server.start().pid
+    finally:
+        rc = server.stop()
+    assert rc == -signal.SIGKILL and server.killed
+    evidence = server.stop_evidence
+    assert f"server {server_name!r} (pid {pid}) had not exited 0.3 s after SIGTERM" in evidence
+    assert f"{pid} " in evidence.split("its threads", 1)[1], "each thread by its tid, the main thread's is the pid"
+    assert STACK_HEADER in evidence and 'File "' in evidence, f"its Python stacks: {evidence[-800:]}"
+    note = server.stop_note
+    assert "\n" not in note and "ignored SIGTERM: killed with SIGKILL after 0.3 s" in note and str(pid) in note
 
 
 def test_ipv6_loopback(server_name):

@@ -129,7 +129,7 @@ def test_a_deeply_nested_json_header_costs_one_line_and_its_own_connection(json_
             other.sendall(after)
             assert read_exact(other, len(_answer("json", after))) == _answer("json", after)
         assert exchange(server.address, after) == _answer("json", after)
-        assert server.stop() == 0
+        assert server.stop() == 0, server.stop_evidence
 
 
 def test_a_nested_object_value_is_malformed_not_a_crash(json_server_name):
@@ -180,7 +180,7 @@ def test_an_unexpected_error_closes_only_its_connection_with_one_line(python_jso
             other.sendall(hello)
             assert read_exact(other, len(_answer("json", hello))) == _answer("json", hello)
         assert exchange(server.address, hello) == _answer("json", hello)
-        assert server.stop() == 0
+        assert server.stop() == 0, server.stop_evidence
 
 
 # --- out of file descriptors --------------------------------------------------------------------
@@ -214,7 +214,7 @@ def test_out_of_descriptors_pauses_accepting_and_says_so_at_most_once_a_second(s
         finally:
             for s in socks:
                 s.close()
-        assert server.stop() == 0
+        assert server.stop() == 0, server.stop_evidence
 
 
 # --- the listen backlog -------------------------------------------------------------------------
@@ -371,7 +371,7 @@ def test_idle_timeout_closes_a_quiet_connection_with_one_line_and_keeps_a_busy_o
         finally:
             quiet.close()
             busy.close()
-        assert server.stop() == 0
+        assert server.stop() == 0, server.stop_evidence
 
 
 @pytest.mark.slow
@@ -492,7 +492,7 @@ def test_binding_every_interface_warns_in_one_line(server_name, host):
 def test_binding_loopback_says_nothing_on_stderr(server):
     with connect(server.address) as s:
         assert echo_concurrently(s, b"quiet") == b"quiet"
-    assert server.stop() == 0
+    assert server.stop() == 0, server.stop_evidence
     assert server.stderr_text() == ""
 
 

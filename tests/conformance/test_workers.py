@@ -183,7 +183,7 @@ def test_a_killed_worker_is_one_line_and_the_other_goes_on_serving(workers_serve
     for i in range(50):  # every new connection reaches the live worker: none hangs in a dead one's queue
         with _connect(workers_server, timeout=5.0) as s:
             assert echo_concurrently(s, b"still here %d" % i) == b"still here %d" % i
-    assert workers_server.stop() == 0
+    assert workers_server.stop() == 0, workers_server.stop_evidence
     assert not os.path.exists(f"/proc/{first}")
 
 

@@ -197,7 +197,7 @@ def test_emfile_pauses_accepting_without_spinning_then_resumes():
         finally:
             for s in clients:
                 s.close()
-        assert server.stop() == 0
+        assert server.stop() == 0, server.stop_evidence
 
 
 # --- the C core, in process -----------------------------------------------------------------

@@ -143,7 +143,7 @@ def test_a_dry_buffer_ring_under_1000_connections_loses_no_byte():
         assert many_connections_echo(server.address, count=1000, size=4096) == []
         # and again with echoes larger than the whole ring, on fewer connections
         assert many_connections_echo(server.address, count=100, size=300_000, deadline_s=60) == []
-        assert server.stop() == 0
+        assert server.stop() == 0, server.stop_evidence
         stats = _stats(server)
     assert stats["dry ring (ENOBUFS)"] > 0, stats
     assert stats["re-armed after it"] >= stats["dry ring (ENOBUFS)"] - 1000, stats  # the rest ended with their peer
@@ -165,7 +165,7 @@ def test_each_fallback_echoes_everything(knob, stat):
             s.sendall(b"last words")
             s.shutdown(socket.SHUT_WR)
             assert read_exact(s, 10) == b"last words" and s.recv(1) == b""
-        assert server.stop() == 0
+        assert server.stop() == 0, server.stop_evidence
         stats = _stats(server)
     assert stats[stat] == 0 and stats["receives"] > 200, stats
 
@@ -227,7 +227,7 @@ def test_peers_that_reset_mid_multishot_with_echoes_in_flight_disturb_nobody():
         assert len(os.listdir(f"/proc/{server.pid}/fd")) <= base_fds
         with connect(server.address) as fresh:
             assert echo_concurrently(fresh, b"still here") == b"still here"
-        assert server.stop() == 0
+        assert server.stop() == 0, server.stop_evidence
         stats = _stats(server)
     assert stats["receive pauses"] > 0, stats  # the peers' receives were stopped while their echoes waited
 

@@ -6,6 +6,9 @@ read of the real files checks that this machine's have the shape parsed.
 
 import os
 import socket
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -120,3 +123,40 @@ def test_a_listening_sockets_inode_is_listed_until_it_is_closed(family, host):
     finally:
         sock.close()
     assert inode not in procfs.tcp_socket_inodes()
+
+
+def test_a_process_threads_are_listed_with_their_state_and_kernel_wait():
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+
+    def waiter():
+        started.set()
+        release.wait(10)  # a futex wait: asleep in the kernel
+
+    t = threading.Thread(target=waiter, daemon=True, name="sb-waiter")
+    t.start()
+    started.wait(10)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            states = procfs.thread_states(os.getpid())
+            other = [s for s in states if s[0] == t.native_id]
+            if other and other[0][2] == "S":
+                break
+            time.sleep(0.01)
+    finally:
+        release.set()
+        t.join(10)
+    tids = [tid for tid, _, _, _ in states]
+    assert tids == sorted(tids) and os.getpid() in tids, "every thread by its tid, the main thread's is the pid"
+    assert all(state in "RSDTtZXIP" and len(state) == 1 for _, _, state, _ in states)
+    (tid, name, state, wchan), = other
+    assert state == "S" and wchan not in ("", "0"), "asleep, and where in the kernel"
+    assert name, "each thread's name (its process's, unless it was given one)"
+
+
+def test_a_gone_process_has_no_threads():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    assert procfs.thread_states(proc.pid) == []
