@@ -35,7 +35,7 @@ from sockbench.bench.report.stats import CONFIDENCE, ratio_interval
 from sockbench.bench.report.store import load_results
 from sockbench.thresholds import CLIENT_STALLS_DIFFER_FLOOR, CLIENT_STALLS_DIFFER_RATIO
 
-__all__ = ["compare", "render", "verdict", "block_drift", "widened", "client_stalls_differ", "ALPHA", "DEFAULT_THRESHOLD", "UNDECIDED",
+__all__ = ["compare", "render", "verdict", "server_drift", "widened", "client_stalls_differ", "ALPHA", "DEFAULT_THRESHOLD", "UNDECIDED",
            "DRIFT_MIN_SERVERS", "AB_NOTE"]
 
 #: 1 - the confidence of the interval (``--alpha``)
@@ -43,7 +43,7 @@ ALPHA = round(1.0 - CONFIDENCE, 10)
 #: the threshold of the verdict when ``--fail-above`` is not given
 DEFAULT_THRESHOLD = 0.05
 UNDECIDED = "undecided (needs more rounds)"
-#: the fewest servers whose blocks can show the drift between them (fewer: no drift is estimated)
+#: the fewest servers that can show the drift between them (fewer: no drift is estimated)
 DRIFT_MIN_SERVERS = 4
 #: what every comparison says about itself: two runs made apart, not side by side
 AB_NOTE = ("compare judges two runs made at different times, and the machine drifts between them; to decide "
@@ -87,8 +87,8 @@ def verdict(interval, higher_is_better, threshold):
     return UNDECIDED, (lo, hi)
 
 
-def block_drift(log_ratios):
-    """The drift between servers' blocks: ``{server: [log B/A of its closed-loop cells]}`` -> a standard
+def server_drift(log_ratios):
+    """How far servers moved apart between the runs: ``{server: [log B/A of its cells]}`` -> a standard
     deviation of log ratios (0 when no drift is seen), or None with fewer than ``DRIFT_MIN_SERVERS`` servers."""
     per_server = [statistics.median(v) for v in log_ratios.values() if v]
     if len(per_server) < DRIFT_MIN_SERVERS:
@@ -98,7 +98,7 @@ def block_drift(log_ratios):
 
 
 def widened(interval, drift, level):
-    """``interval`` (a ``RatioInterval`` of B/A) widened by a block drift ``drift`` (a standard deviation of
+    """``interval`` (a ``RatioInterval`` of B/A) widened by the servers' drift ``drift`` (a standard deviation of
     log ratios) at ``level``, in quadrature around its estimate; an unbounded interval stays as it is."""
     if not drift or not interval.bounded or not interval.estimate > 0:
         return interval
@@ -163,7 +163,7 @@ def compare(a_path, b_path, alpha=ALPHA, fail_above=None):
         pairs.append((key, ca, cb, va, vb, ma, mb))
         if ca.cell.mode in logs and ma > 0 and mb > 0:
             logs[ca.cell.mode].setdefault(key[0], []).append(math.log(mb / ma))
-    drifts = {mode: block_drift(per_server) for mode, per_server in logs.items()}
+    drifts = {mode: server_drift(per_server) for mode, per_server in logs.items()}
     for key, ca, cb, va, vb, ma, mb in pairs:
         drift = drifts.get(ca.cell.mode, drifts["closed"])
         higher = ca.higher_is_better
@@ -254,10 +254,10 @@ def render(result, console=None):
         drift, n = result.get(key), result.get(f"{key}_servers", 0)
         if drift is None:
             if n:
-                console.print(f"drift of {what} between the servers' blocks: not estimated (fewer than "
+                console.print(f"drift of {what} between the servers from run A to run B: not estimated (fewer than "
                               f"{DRIFT_MIN_SERVERS} servers in both runs)", highlight=False)
         else:
-            console.print(f"drift of {what} between the servers' blocks: {math.expm1(drift):.1%} (one standard "
+            console.print(f"drift of {what} between the servers from run A to run B: {math.expm1(drift):.1%} (one standard "
                           f"deviation, from {n} servers); each such interval includes it", highlight=False)
     console.print("verdicts: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())), highlight=False)
     console.print(f"[yellow]note[/]: {escape(AB_NOTE)}", soft_wrap=True)

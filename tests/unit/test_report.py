@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from report_fixture import PROTO_COST_US, make_results
-from sockbench.bench.report.compare import DRIFT_MIN_SERVERS, UNDECIDED, block_drift, compare, client_stalls_differ, widened
+from sockbench.bench.report.compare import DRIFT_MIN_SERVERS, UNDECIDED, server_drift, compare, client_stalls_differ, widened
 from sockbench.bench.report.stats import RatioInterval, ratio_interval
 from sockbench.units import parse_percent
 from sockbench.bench.suite.plan import Plan, default_plan, full_plan, quick_plan
@@ -439,7 +439,7 @@ def test_a_drift_between_server_blocks_is_not_called_a_change(tmp_path, capsys):
     assert 0.01 < result["drift"] < 0.06 and result["drift_servers"] == 8
     assert result["failed"] == [] and not any(r["verdict"] in ("slower", "faster") for r in result["rows"])
     assert main(["compare", a, b, "--fail-above", "5%"]) == 0
-    assert "drift of closed-loop msgs/s between the servers' blocks:" in capsys.readouterr().out
+    assert "drift of closed-loop msgs/s between the servers from run A to run B:" in capsys.readouterr().out
     # the rounds alone see the 6% block's shift: their own interval leaves out "no change"
     A, B = load_results(a), load_results(b)
     key = next(k for k, c in A.cells.items() if k[0] == "selectors" and c.cell.mode == "closed")
@@ -487,14 +487,14 @@ def test_client_stalls_differ_needs_a_ratio_and_a_floor():
     assert not client_stalls_differ(None, 0.02) and not client_stalls_differ(0.02, None)  # a client that did not poll
 
 
-def test_block_drift_and_the_widened_interval():
+def test_the_servers_drift_and_the_widened_interval():
     import math
     # fewer servers than it takes to see a drift between them
-    assert block_drift({f"s{i}": [0.01] for i in range(DRIFT_MIN_SERVERS - 1)}) is None
+    assert server_drift({f"s{i}": [0.01] for i in range(DRIFT_MIN_SERVERS - 1)}) is None
     # one server that really changed does not make the drift: the spread is the median absolute deviation
     logs = {"a": [0.0, 0.0], "b": [0.02], "c": [-0.02], "d": [0.0], "e": [math.log(0.8)]}
-    assert block_drift(logs) == pytest.approx(1.4826 * 0.02)
-    assert block_drift({s: [0.03] for s in "abcd"}) == 0.0  # a shift of every server alike is no spread
+    assert server_drift(logs) == pytest.approx(1.4826 * 0.02)
+    assert server_drift({s: [0.03] for s in "abcd"}) == 0.0  # a shift of every server alike is no spread
     iv = RatioInterval(estimate=1.0, lo=math.exp(-0.03), hi=math.exp(0.04), confidence=0.95, n_a=7, n_b=7)
     w = widened(iv, 0.02, 0.95)
     z = 1.959964
