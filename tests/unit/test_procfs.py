@@ -142,8 +142,8 @@ def test_a_process_threads_are_listed_with_their_state_and_kernel_wait():
         while time.monotonic() < deadline:
             states = procfs.thread_states(os.getpid())
             other = [s for s in states if s[0] == t.native_id]
-            if other and other[0][2] == "S":
-                break
+            if other and other[0][2] == "S" and other[0][3] not in ("", "0"):
+                break  # read asleep, and where (a thread on its way into the wait reads "0" a moment)
             time.sleep(0.01)
     finally:
         release.set()
