@@ -15,6 +15,13 @@ It is the baseline the other models are measured against.
   before it was echoed.
 * Stop signals are blocked in the workers, so SIGTERM/SIGINT reach the main
   thread's ``accept()`` (``StopServing``), which shuts every connection down.
+  A signal that lands just before the main thread enters ``accept()`` (or
+  ``recvfrom_into()``) runs its C handler there, and the call then blocks
+  with the Python handler still pending: so the main thread's socket has a
+  kernel receive timeout of ``STOP_POLL_S`` (``SO_RCVTIMEO``), after which
+  the call returns EAGAIN and the handler runs.  Still one system call per
+  accept or datagram, as in the tutorial; a poll on a wakeup fd would add
+  one.  Accepted sockets inherit the timeout, so each is cleared.
 * Each thread is its connection's exception boundary: an ``OSError`` ends it
   quietly, anything else with one stderr line; a malformed ``frame``/``json``
   message (a sans-I/O decoder per thread, ``protocols``) ends only it.
@@ -30,6 +37,8 @@ It is the baseline the other models are measured against.
 
 import contextlib
 import signal
+import socket
+import struct
 import threading
 import time
 
@@ -54,6 +63,8 @@ THREAD_STACK = 256 * 1024
 #: ``RECV_SIZE`` of the one-thread servers: there is one buffer per connection)
 THREAD_RECV = 64 * 1024
 JOIN_BUDGET_S = 1.0
+#: the longest a stop signal that landed just before a blocking accept() or recvfrom_into() waits to be seen
+STOP_POLL_S = 0.2
 
 
 def _echo(conn, peer, workers, options):
@@ -135,25 +146,33 @@ def _until_stopped():
             signal.signal(sig, signal.SIG_IGN)
 
 
+def _receive_timeout(sock, seconds):
+    """Set ``sock``'s kernel receive timeout (``SO_RCVTIMEO``; 0: none): a blocking accept() or receive then
+    returns EAGAIN after ``seconds`` with nothing, while the socket stays blocking for Python."""
+    whole = int(seconds)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, int((seconds - whole) * 1e6)))
+
+
 def _accept_loop(listener, workers, options):
     """Accept until a stop signal; pause on EMFILE and the like; close idle connections between accepts."""
     errors = AcceptErrors(options["name"])
     limits = options.get("limits")
     sweep_s = limits.sweep_s if limits is not None else None
+    _receive_timeout(listener, min(sweep_s, STOP_POLL_S) if sweep_s else STOP_POLL_S)
     if sweep_s:
-        listener.settimeout(sweep_s)  # accepted sockets stay blocking: there is no default timeout
         next_sweep = time.monotonic() + sweep_s
     while True:
         try:
             conn, peer = listener.accept()
-        except TimeoutError:
-            pass
+        except BlockingIOError:
+            pass  # the receive timeout: a stop signal is seen now, the idle sweep below runs when due
         except OSError as e:
             pause = errors.pause_for(e)
             if pause:
                 time.sleep(pause)  # a stop signal interrupts it with StopServing
         else:
             try:
+                _receive_timeout(conn, 0)  # inherited from the listener
                 set_nodelay(conn)
                 workers.start(conn, peer)
             except OSError as e:  # reset before it was set up, or no thread could start: that one only
@@ -184,6 +203,7 @@ def serve(listener, announce, options):
 def serve_datagram(sock, announce, options):
     """Echo every datagram back to its sender on the main thread until a stop signal."""
     view = read_buffer(DATAGRAM_BUFFER)
+    _receive_timeout(sock, STOP_POLL_S)
     try:
         with _until_stopped():
             announce()

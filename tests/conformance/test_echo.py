@@ -142,6 +142,15 @@ def test_ipv6_loopback(server_name):
             assert echo_concurrently(s, data) == data
 
 
+def test_a_connection_left_idle_is_still_served(server):
+    """Idle longer than any timeout a server keeps on its listener for itself (``blocking``: a kernel receive
+    timeout, so that a stop signal is never missed; accepted sockets inherit it, and must lose it)."""
+    with connect(server.address) as s:
+        assert echo_concurrently(s, b"first") == b"first"
+        time.sleep(0.5)
+        assert echo_concurrently(s, b"after a pause") == b"after a pause"
+
+
 def test_tcp_nodelay_on_accepted_sockets(server):
     with connect(server.address) as s:
         assert echo_concurrently(s, b"x") == b"x"  # the server has accepted by now
