@@ -44,6 +44,7 @@ import time
 
 from sockbench.servers.contract import (
     DATAGRAM_BUFFER,
+    STOP_POLL_S,
     STOP_SIGNALS,
     AcceptErrors,
     StopServing,
@@ -63,8 +64,6 @@ THREAD_STACK = 256 * 1024
 #: ``RECV_SIZE`` of the one-thread servers: there is one buffer per connection)
 THREAD_RECV = 64 * 1024
 JOIN_BUDGET_S = 1.0
-#: the longest a stop signal that landed just before a blocking accept() or recvfrom_into() waits to be seen
-STOP_POLL_S = 0.2
 
 
 def _echo(conn, peer, workers, options):

@@ -42,6 +42,7 @@ from sockbench.children import die_with_parent
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.procfs import tcp_socket_inodes
 from sockbench.servers.contract import (
+    STOP_POLL_S,
     STOP_SIGNALS,
     StopServing,
     log,
@@ -249,13 +250,19 @@ class _Supervisor:
                 raise SockbenchError("a worker exited before it was ready (its line is above); stopping the others")
 
     def wait(self):
-        """Wait for the workers; a stop signal raises ``StopServing``.  Returns when none is left."""
+        """Wait for the workers; a stop signal raises ``StopServing``.  Returns when none is left.
+
+        Looks every ``STOP_POLL_S`` rather than blocking in ``waitpid``: a stop signal that lands just before a
+        blocking wait would be seen only when a worker dies."""
         while self.live:
             try:
-                pid, status = os.waitpid(-1, 0)
+                pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 self.live.clear()
                 return
+            if pid == 0:
+                time.sleep(STOP_POLL_S)
+                continue
             self.reap(pid, status, stopping=False)
 
     def stop(self):
