@@ -145,11 +145,19 @@ def _until_stopped():
             signal.signal(sig, signal.SIG_IGN)
 
 
-def _receive_timeout(sock, seconds):
-    """Set ``sock``'s kernel receive timeout (``SO_RCVTIMEO``; 0: none): a blocking accept() or receive then
-    returns EAGAIN after ``seconds`` with nothing, while the socket stays blocking for Python."""
+def _timeval(seconds):
     whole = int(seconds)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, int((seconds - whole) * 1e6)))
+    return struct.pack("ll", whole, int(round((seconds - whole) * 1e6)))
+
+
+#: ``SO_RCVTIMEO``'s "no timeout", made once: it is set on every accepted socket
+_NO_TIMEOUT = _timeval(0)
+
+
+def _receive_timeout(sock, seconds):
+    """Set ``sock``'s kernel receive timeout (``SO_RCVTIMEO``): a blocking accept() or receive then returns EAGAIN
+    after ``seconds`` with nothing, while the socket stays blocking for Python."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(seconds))
 
 
 def _accept_loop(listener, workers, options):
@@ -171,7 +179,7 @@ def _accept_loop(listener, workers, options):
                 time.sleep(pause)  # a stop signal interrupts it with StopServing
         else:
             try:
-                _receive_timeout(conn, 0)  # inherited from the listener
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _NO_TIMEOUT)  # inherited from the listener
                 set_nodelay(conn)
                 workers.start(conn, peer)
             except OSError as e:  # reset before it was set up, or no thread could start: that one only
