@@ -26,7 +26,7 @@ from sockbench.bench.report.document import protocol_cost_rows
 from sockbench.bench.report.plots import PLOTS
 from sockbench.bench.report.store import is_discarded, load_results
 from sockbench.bench.suite.plan import Plan
-from sockbench.bench.suite.progress import RoundDone, Window, parse
+from sockbench.bench.suite.progress import RoundDone, RoundSetAside, Window, parse
 from sockbench.cli import main
 
 pytestmark = pytest.mark.slow
@@ -110,7 +110,9 @@ def test_run_quick_end_to_end(tmp_path):
     # every load announced its window before it opened, so the runner kept its display still through it
     events = [parse(json.loads(line)) for line in open(os.path.join(out, "progress.jsonl"))]
     rounds = [i for i, ev in enumerate(events) if isinstance(ev, RoundDone)]
-    assert sum(events[i].kept for i in rounds) == len(results.results)
+    # a kept round that later rounds showed slowed by CPU the guest cannot see is set aside, and measured again
+    set_aside = sum(isinstance(ev, RoundSetAside) for ev in events)
+    assert sum(events[i].kept for i in rounds) - set_aside == len(results.results)
     assert len(rounds) == len(glob.glob(os.path.join(out, "raw", "*.json")))
     for i in rounds:
         window = next(ev for ev in reversed(events[:i]) if isinstance(ev, (Window, RoundDone)))
