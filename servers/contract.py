@@ -91,7 +91,8 @@ DATAGRAM_BUFFER = 65536
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 #: the longest a stop signal may wait to be seen by a main thread that blocks in a system call: one that lands
 #: just before the call runs its C handler there, and the Python handler waits until the call returns, so such a
-#: call is bounded by this (``blocking``'s accept and receive, the ``--workers`` supervisor's wait)
+#: call is bounded by this (``blocking``'s accept and receive, ``socketserver``'s poll, the ``--workers`` supervisor's
+#: wait)
 STOP_POLL_S = 0.2
 #: a server sent this writes every thread's Python stack to stderr and serves on (``faulthandler``): what
 #: ``ServerProcess.stop`` asks of a server that did not stop on SIGTERM, before it kills it

@@ -34,6 +34,7 @@ import sys
 import threading
 
 from sockbench.servers.contract import (
+    STOP_POLL_S,
     STOP_SIGNALS,
     AcceptErrors,
     log_closing,
@@ -50,8 +51,6 @@ __all__ = ["serve"]
 #: each handler thread reads into its own buffer of this size (as the ``blocking`` server's threads do)
 THREAD_RECV = 64 * 1024
 THREAD_STACK = 256 * 1024
-#: how often ``serve_forever`` looks at its shutdown flag when no idle sweep asks for less
-POLL_INTERVAL_S = 0.2
 
 
 class EchoHandler(socketserver.StreamRequestHandler):
@@ -157,7 +156,8 @@ def serve(listener, announce, options):
     threading.stack_size(THREAD_STACK)
     server = EchoServer(listener, options)
     limits = server.limits
-    poll = min(POLL_INTERVAL_S, limits.sweep_s) if limits is not None and limits.sweep_s else POLL_INTERVAL_S
+    # how often serve_forever looks at its shutdown flag: the contract's bound on a stop, or the idle sweep's
+    poll = min(STOP_POLL_S, limits.sweep_s) if limits is not None and limits.sweep_s else STOP_POLL_S
 
     def stop(signum, frame):
         server.stopping.set()

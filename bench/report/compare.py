@@ -17,9 +17,10 @@ Rules:
 * Two runs meet the machine in different states, and all of a server's cells
   can move together between them in a way no cell's rounds show (a block of
   the run, in folders made before the passes were interleaved; since, slow
-  stretches that a run's detectors missed).  That drift is estimated from the runs themselves (median
-  log ratio per server, MAD across servers; open loop separately) and widens
-  every interval once ``DRIFT_MIN_SERVERS`` servers show it.
+  stretches that a run's detectors missed).  That drift is estimated from the
+  runs themselves (median log ratio per server, MAD across servers; open loop
+  separately) and widens every interval once ``DRIFT_MIN_SERVERS`` servers
+  show it.
 * An open-loop cell whose clients' stall shares differ (``client_stalls_differ``,
   see ``sockbench.thresholds``) is marked ``STALLS differ``; a DISTURBED
   cell is marked; neither fails ``--fail-above``.  INVALID and STARVED are marked.
