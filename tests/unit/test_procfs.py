@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -126,8 +127,6 @@ def test_a_listening_sockets_inode_is_listed_until_it_is_closed(family, host):
 
 
 def test_a_process_threads_are_listed_with_their_state_and_kernel_wait():
-    import threading
-
     started, release = threading.Event(), threading.Event()
 
     def waiter():
