@@ -51,7 +51,8 @@ HISTORY = {
        "handshakes negotiated, connect mode's handshakes and resumed ones), cell.tls and cell.resumed",
     4: "cell.pass_no (the pass of an interleaved run); interference: server_throttled, client_throttled, "
        "loaded_idle, canary, client_slowdown, unseen (CPU taken where the guest does not see it); "
-       "then client.engine and the plan's engine (--engine: the load loop that measured the run; absent: epoll's)",
+       "then client.engine and the plan's engine (--engine: the load loop that measured the run; absent: epoll's); "
+       "then machine.damon (the kernel's DAMON monitors and their state) and meta.damon_paused (--pause-damon)",
 }
 SCHEMA_VERSION = max(HISTORY)
 #: the versions ``from_json`` reads (an older file reads the fields it lacks as their defaults)
@@ -681,6 +682,9 @@ class Machine(Part):
     loadavg: list | None = fld(since=2, read=list)
     #: versions of what runs and built the code: uvloop, hdrhistogram, Cython and the C compiler of the extensions
     versions: dict | None = fld(since=2, omit=True)
+    #: the kernel's DAMON monitors (``sockbench.damon.monitors``): ``[{"kdamond", "state", "pid", "sample_us"}]``,
+    #: ``[]`` when none is configured; absent where the kernel has no DAMON
+    damon: list | None = fld(since=4, omit=True, read=list)
 
     def line(self):
         """One short line that identifies the machine: ``host, CPU, N CPUs, OS kernel, Python X``."""
@@ -1254,6 +1258,8 @@ class RunMeta(Part):
     signal: str | None = fld(omit=True)
     #: the seed of the passes' random order (``random.Random(f"{seed}:{pass}")`` shuffles each pass's cells)
     seed: int | None = fld(omit=True, since=4)
+    #: the kernel's DAMON monitors this run turned off for its length (``--pause-damon``), by number
+    damon_paused: list | None = fld(omit=True, since=4, read=list)
     #: the server every ratio of the report is to (``--baseline``; None: the fastest at each workload)
     baseline: str | None = fld(omit=True, since=4)
     #: ``sockbench ab``: the two targets, ``{"A": {"text", "label", "describe", "revision"}, "B": ...}``

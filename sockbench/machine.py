@@ -22,8 +22,9 @@ without a periodic tick (``nohz_full=``) from ``/sys/devices/system/cpu``;
 the cpufreq governor of each CPU (one name when they agree; ``None`` on a
 machine without cpufreq, a guest usually); whether SMT is active; ASLR from
 ``/proc/sys/kernel/randomize_va_space`` as pyperf names it; and the load
-average at the time.  A value that cannot be read is ``None``: unknown, not
-"off".
+average at the time; and the kernel's DAMON monitors, whose samples hold a
+CPU (``sockbench.damon``).  A value that cannot be read is ``None``: unknown,
+not "off".
 """
 
 import importlib.metadata
@@ -34,6 +35,7 @@ import platform
 import subprocess
 
 from sockbench import __version__
+from sockbench.damon import monitors as damon_monitors
 from sockbench.errors import UsageError
 from sockbench.units import parse_cpus
 
@@ -154,6 +156,7 @@ def tuning_info():
         "smt": _smt(),
         "aslr": ASLR_NAMES.get(_read("/proc/sys/kernel/randomize_va_space")),
         "loadavg": _loadavg(),
+        "damon": damon_monitors(),
     }
 
 

@@ -37,6 +37,7 @@ from sockbench.bench.report.ratios import workload_ratios
 from sockbench.bench.report.render import to_html, to_markdown
 from sockbench.bench.report.store import load_results
 from sockbench.bench.report.summary import build_summary
+from sockbench.damon import note as damon_note, running as damon_running
 from sockbench.errors import SockbenchError
 from sockbench.procfs import TICK_S
 from sockbench.thresholds import CLIENT_STALL_S, DISTURBED_SHARE, LOSSY_SHARE, OUTLIER_SHARE, UNSTABLE_SPREAD
@@ -243,7 +244,7 @@ def _settings(results):
     out.append(("load engine", engine_setting(results)))
     out.append(("rounds", _rounds_taken(results)))
     out.append(("machine", results.machine_record().line()))
-    tuning = _tuning(results.machine_record())
+    tuning = _tuning(results.machine_record(), results.meta.damon_paused)
     if tuning:
         out.append(("machine tuning", tuning))
     out.append(("commit", results.commit()))
@@ -303,8 +304,9 @@ def _rounds_taken(results):
     return text
 
 
-def _tuning(m):
-    """The machine's tuning as ``pyperf system show`` would judge it, in one line ("" when unrecorded)."""
+def _tuning(m, damon_paused=None):
+    """The machine's tuning as ``pyperf system show`` would judge it, and DAMON's state, in one line ("" when
+    unrecorded)."""
     parts = []
     if m.isolcpus is not None:
         parts.append(f"isolated CPUs {','.join(map(str, m.isolcpus)) or 'none'}")
@@ -319,7 +321,21 @@ def _tuning(m):
         parts.append(f"ASLR {m.aslr}")
     if m.loadavg:
         parts.append("load average " + " ".join(f"{x:.2f}" for x in m.loadavg))
+    if damon_paused:
+        parts.append(f"DAMON paused for the run (--pause-damon: kdamond {', '.join(map(str, damon_paused))})")
+    elif m.damon is not None:
+        on = damon_running(m.damon)
+        parts.append(f"DAMON on (kdamond {', '.join(str(x.get('kdamond')) for x in on)})" if on else "DAMON off")
     return "; ".join(parts)
+
+
+def _damon_alert(results):
+    """The warning of a run measured while DAMON was on (any round's machine, or the run's): "" when it was not."""
+    for m in [results.machine_record()] + [r.machine for r in results.results if r.machine is not None]:
+        text = damon_note(m.damon)
+        if text:
+            return text[0].upper() + text[1:] + "."
+    return ""
 
 
 def _speaks_framed(plan, server):
@@ -530,6 +546,9 @@ def build_document(results, plots, sections=None, dimension_plots=None):
     left_out = _left_out(results)
     if left_out:
         doc.add(Alert(left_out))
+    damon = _damon_alert(results)
+    if damon:
+        doc.add(Alert(damon))
     summary = build_summary(results)
     doc.add(Heading(2, "Summary"), Paragraph(_summary_note(summary), "note"), summary_table(summary))
     verdict = list(summary.sentences)

@@ -56,6 +56,7 @@ from sockbench.bench.suite.session import (
     ENV_OUT, ENV_PLAN, ENV_STATUS_FD, PROGRESS_FILE, WRITE_FAILED_EXIT, new_meta, update_meta,
 )
 from sockbench.children import child_setup
+from sockbench.damon import monitors, note as damon_note
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.jsonfile import check_writable, write_json_atomic
 from sockbench.servers import registry
@@ -677,6 +678,9 @@ def _announce(plan, out, console):
                   highlight=False)
     for note in plan.notes():
         console.print(f"note: {note}", highlight=False)
+    damon = damon_note(monitors())
+    if damon:
+        console.print(f"note: {damon}", highlight=False)
 
 
 class _Signals:
@@ -768,8 +772,9 @@ def _print_outcome(rep, status, plan, elapsed_s, console):
     console.print(f"        {rep['md']}", highlight=False, soft_wrap=True)
 
 
-def run_main(plan, out=None, console=None, argv=None, baseline=None):
-    """Run the suite for ``plan`` into ``out`` (default ``results/<UTC time>``), then the report.
+def run_main(plan, out=None, console=None, argv=None, baseline=None, damon_paused=None):
+    """Run the suite for ``plan`` into ``out`` (default ``results/<UTC time>``), then the report; ``damon_paused``:
+    the DAMON monitors the caller turned off for the run (``sockbench.damon.paused``), recorded in meta.json.
 
     Returns the exit status: 0 complete, 128 + the signal when interrupted (130 Ctrl-C, 143 SIGTERM),
     1 if the suite failed.
@@ -789,7 +794,8 @@ def run_main(plan, out=None, console=None, argv=None, baseline=None):
     plan_path, meta_path = os.path.join(out, "plan.json"), os.path.join(out, "meta.json")
     _written(plan_path, plan.save, plan_path)
     # a baseline is the server the report's ratios are to (``sockbench report`` reads it back)
-    _written(meta_path, write_json_atomic, meta_path, new_meta(plan, argv, baseline=baseline))
+    _written(meta_path, write_json_atomic, meta_path,
+             new_meta(plan, argv, baseline=baseline, **({"damon_paused": list(damon_paused)} if damon_paused else {})))
     _announce(plan, out, console)
     for p in plan.pythons:
         console.print(f"interpreter {p['label']}: {p['version']} ({p['python']})", highlight=False)

@@ -14,6 +14,7 @@ import json
 import math
 import sys
 
+from sockbench.cli import damonargs
 from sockbench.cli.targets import add_command_arguments, commands_from_args
 from sockbench.cli.term import console as make_console
 from sockbench.errors import UsageError
@@ -61,6 +62,7 @@ def add_arguments(p):
                    help="CPUs for the load (default 1)")
     p.add_argument("--out", metavar="DIR", help="results folder to create (default results/ab-<UTC time>)")
     p.add_argument("--json", action="store_true", help="print the verdicts as JSON")
+    damonargs.add_argument(p)
     # a test option: B's server burns this many extra µs of CPU per message (``sockbench serve --burn-us``)
     p.add_argument("--burn-us-b", type=arg(parse_number, "--burn-us-b", positive=True), default=None,
                    help=argparse.SUPPRESS)
@@ -118,7 +120,8 @@ def run_cli(args):
         f"{plan.min_pairs}-{plan.max_pairs} pairs of {plan.warmup_s:g} + {plan.duration_s:g} s rounds within "
         f"{plan.budget_s:g} s -> {out}")
     runner = AbRun(a, b, plan, out, log=(lambda line: None) if args.json else log, argv=sys.argv)
-    rows = runner.run()
+    with damonargs.pausing(args, log):
+        rows = runner.run()
     if args.json:
         print(json.dumps({"a": a.label, "b": b.label, "out": out, "rows": [r.to_json() for r in rows]}, indent=2))
     else:

@@ -14,7 +14,7 @@ import math
 import sys
 
 from sockbench.cli.targets import add_command_arguments, commands_from_args
-from sockbench.cli import tlsargs
+from sockbench.cli import damonargs, tlsargs
 from sockbench.cli.term import console as make_console
 from sockbench.errors import SockbenchError
 from sockbench.units import arg, parse_cpus, parse_number, parse_percent, parse_scheduler
@@ -101,6 +101,7 @@ def add_run_arguments(p):
                         "(reached, with the --hosts, before the run starts)")
     p.add_argument("--hosts", metavar="NAMES", help="with --cluster: these workers only, by name (default: all)")
     add_command_arguments(p, many=True)
+    damonargs.add_argument(p)
     p.add_argument("--python", nargs="+", metavar="PATH",
                    help="the interpreter dimension: run the built-in servers under each of these Pythons (3.11 or "
                         "newer, e.g. python3.11 python3.12 python3.13; the first is the base of the ratios); their "
@@ -164,7 +165,8 @@ def run_cli(args):
         if args.cluster:
             raise SockbenchError("--cluster starts registered servers; a --command runs on this machine only", exit_code=2)
         preflight_commands(plan)
-    return run_main(plan, out=args.out, argv=sys.argv, baseline=args.baseline)
+    with damonargs.pausing(args) as damon_paused:
+        return run_main(plan, out=args.out, argv=sys.argv, baseline=args.baseline, damon_paused=damon_paused)
 
 
 def _reach_cluster(scheduler, hosts):

@@ -91,8 +91,11 @@ def test_the_machine_tuning_in_pyperfs_words(monkeypatch, tmp_path):
     }
     monkeypatch.setattr(machine, "_read", lambda path: files[path].strip() if path in files else None)
     monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {0, 1})
+    damon = [{"kdamond": 0, "state": "on", "pid": 84, "sample_us": 500000}]
+    monkeypatch.setattr(machine, "damon_monitors", lambda: damon)
     assert machine.tuning_info() == {"isolcpus": [2, 3, 5], "nohz_full": [], "governor": {"0": "performance", "1": "powersave"},
-                                     "smt": True, "aslr": "Full randomization", "loadavg": [0.52, 0.40, 0.31]}
+                                     "smt": True, "aslr": "Full randomization", "loadavg": [0.52, 0.40, 0.31],
+                                     "damon": damon}
     files["/sys/devices/system/cpu/cpu1/cpufreq/scaling_governor"] = "performance\n"
     files["/proc/sys/kernel/randomize_va_space"] = "0\n"
     del files["/sys/devices/system/cpu/smt/active"], files["/sys/devices/system/cpu/nohz_full"]
