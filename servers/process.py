@@ -346,10 +346,16 @@ class ServerProcess:
                              f"({{\"event\": \"ready\", \"port\": P}})")
         return ready
 
-    def stderr_text(self):
-        """Everything the server wrote to stderr so far (and stdout, for a ``--ready-port`` command)."""
-        self._stderr.seek(0)
-        return self._stderr.read().decode(errors="replace")
+    def stderr_text(self, start=0):
+        """Everything the server wrote to stderr so far, from byte ``start`` (and stdout, for a ``--ready-port``
+        command).
+
+        Read with ``pread``, never by seeking: the server writes through the same open file, whose one offset a
+        seek would move under it, and a write landing then would overwrite what came before.
+        """
+        fd = self._stderr.fileno()
+        size = os.fstat(fd).st_size
+        return os.pread(fd, max(0, size - start), start).decode(errors="replace")
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
@@ -391,8 +397,7 @@ class ServerProcess:
         self._threads_line = ", ".join(f"{tid} {name} {state} {wchan}" for tid, name, state, wchan in threads)
         stacks = ""
         if self.environment is None:  # another revision may not handle the signal, and would die of it
-            self._stderr.seek(0, os.SEEK_END)
-            start = self._stderr.tell()
+            start = os.fstat(self._stderr.fileno()).st_size
             os.kill(pid, STACKS_SIGNAL)
             deadline = time.monotonic() + _STACKS_WAIT_S
             size = start
@@ -402,8 +407,7 @@ class ServerProcess:
                 if now == size > start:
                     break  # written, and no longer growing
                 size = now
-            self._stderr.seek(start)
-            stacks = self._stderr.read().decode(errors="replace")
+            stacks = self.stderr_text(start)
         self.stop_evidence = (f"{self.label} (pid {pid}) had not exited {STOP_WAIT_S:g} s after SIGTERM; "
                               f"its threads (tid name state wchan): {self._threads_line or 'none left'}"
                               + (f"\nits Python stacks:\n{stacks}" if stacks else ""))

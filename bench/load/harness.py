@@ -65,8 +65,8 @@ from sockbench.endpoints import Endpoint
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.jsonfile import write_json_atomic
 from sockbench.machine import machine_info
-from sockbench.procfs import (TICK_S, busy_processes, foreign_process_s, irq_time_accounting, process_snapshot,
-                             read_proc_stat, read_rss_bytes, read_task_runtimes)
+from sockbench.procfs import (TICK_S, busy_processes, foreign_process_s, foreign_stalls, irq_time_accounting,
+                              process_snapshot, read_proc_stat, read_rss_bytes, read_task_runtimes, thread_snapshot)
 from sockbench.servers.contract import format_peer
 from sockbench.servers.environments import interpreter_version
 from sockbench.servers.process import ServerProcess
@@ -465,8 +465,10 @@ class _Worker:
         return json.loads(line)
 
     def stderr_tail(self):
-        self.stderr.seek(0)
-        lines = self.stderr.read().decode(errors="replace").strip().splitlines()
+        """The last line the load process wrote to stderr (read with ``pread``: a seek would move the offset the
+        process writes at, if it still lives)."""
+        fd = self.stderr.fileno()
+        lines = os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace").strip().splitlines()
         return lines[-1] if lines else ""
 
     def alive(self):
@@ -537,6 +539,8 @@ class ServerWindow:
     processes: int | None = None  # how many processes served (a --command's process tree), at the window's end
     #: ``cpus -> seconds`` other processes used there around the window (None: not read)
     process_s: object = None
+    #: ``cpus -> procfs.foreign_stalls`` of other threads there around the window (None: not read)
+    held: object = None
     #: ``{"server": share, "client": share}`` the sides' cgroups were throttled around the window (``unseen``)
     throttled: dict | None = None
     #: the canary's slowdown right after the window (``unseen.Canary``; None: not run)
@@ -595,7 +599,7 @@ def measure(spec, server, endpoint, on_window=None, start_at=None, spare=None, p
         throttle = Throttle(server.pids if server is not None else (), [w.proc.pid for w in workers.values()])
         throttle.read()
         # every process's CPU around the window: what caps the foreign time (bench/load/interference.py)
-        before = process_snapshot()
+        before, threads_before = process_snapshot(), thread_snapshot()
         end_ns = _open_window(spec, workers, on_window, start_ns)
         reported = {}  # index -> ProcResult, as they come: a stop signal in the middle keeps those
         try:
@@ -612,7 +616,7 @@ def measure(spec, server, endpoint, on_window=None, start_at=None, spare=None, p
             srv.processes = len(tree)
             if tree_rss is not None:
                 srv.rss_peak_bytes = max(srv.rss_peak_bytes or 0, tree_rss)
-        after = process_snapshot()
+        after, threads_after = process_snapshot(), thread_snapshot()
         throttle.read()
         srv.throttled = throttle.shares()
         srv.canary = canary.check() if canary is not None else None
@@ -624,6 +628,7 @@ def measure(spec, server, endpoint, on_window=None, start_at=None, spare=None, p
                 w.stop()
     own = [w.proc.pid for w in workers.values()] + (server.pids + [server.proc.pid] if server is not None else [])
     srv.process_s = lambda cpus: foreign_process_s(before, after, cpus, own=own)
+    srv.held = lambda cpus: foreign_stalls(threads_before, threads_after, cpus, own=own)
     return procs, problems, srv
 
 
@@ -960,6 +965,7 @@ def _interference(spec, server, rs, server_proc, srv, client):
         loadavg_1m=loadavg,
         irq_is_own=bool(irq_time_accounting()),
         process_s=srv.process_s,
+        held=srv.held,
     )
     if seen is None:
         return None

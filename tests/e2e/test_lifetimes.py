@@ -328,3 +328,28 @@ def test_run_cluster_names_a_host_that_is_not_there_before_anything_runs(dask_sc
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and ("nosuchhost" in lines[0] or "no Dask worker is connected" in lines[0]), r.stderr
     assert not out.exists()
+
+
+def test_reading_a_servers_stderr_while_it_writes_loses_nothing(tmp_path):
+    """``stderr_text`` reads the file a server writes its stderr through with ``pread``: a seek would move the
+    one offset both share, and a line written then would land over what came before (a stack dump's header
+    was lost so, once in a suite)."""
+    from sockbench.servers.command import Command
+    from sockbench.servers.process import ServerProcess
+
+    script = tmp_path / "chatty.py"
+    script.write_text("import json, os, sys, time\n"
+                      "print(json.dumps({'event': 'ready', 'host': '127.0.0.1', 'port': int(sys.argv[1]), "
+                      "'pid': os.getpid()}), flush=True)\n"
+                      "for i in range(3000):\n"
+                      "    sys.stderr.write(f'line {i}\\n')\n"
+                      "    sys.stderr.flush()\n"
+                      "time.sleep(60)\n")
+    expected = "".join(f"line {i}\n" for i in range(3000))
+    with ServerProcess(command=Command.parse(f"{sys.executable} {script} {{port}}")) as server:
+        deadline = time.monotonic() + 30
+        reads = 0
+        while "line 2999\n" not in server.stderr_text() and time.monotonic() < deadline:
+            reads += 1
+        assert server.stderr_text() == expected, f"after {reads} reads"
+        assert server.stderr_text(len(expected) - 10) == "line 2999\n"
