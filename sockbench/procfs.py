@@ -41,6 +41,7 @@ import time
 from typing import NamedTuple
 
 from sockbench.errors import SockbenchError
+from sockbench.thresholds import STALL_SLICE_S
 
 __all__ = [
     "process_snapshot",
@@ -64,7 +65,15 @@ __all__ = [
     "marked_processes",
     "read_wchan",
     "tcp_socket_inodes",
+    "thread_snapshot",
+    "foreign_stalls",
+    "mark_run_root",
+    "RUN_ROOT_ENV",
 ]
+
+#: the environment variable naming the process at the top of a run (``mark_run_root``): the ancestors of a
+#: round's process up to it are the run's own, those above it (a shell, init) are not
+RUN_ROOT_ENV = "SOCKBENCH_RUN_ROOT"
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: the unit of /proc/PID/stat's utime and stime, in seconds (10 ms here)
@@ -173,10 +182,11 @@ def irq_time_accounting():
     return None
 
 
-def _stat_fields(pid):
-    """``(ppid, ticks, last_cpu, comm)`` of a process from /proc/PID/stat, or None when it is gone."""
+def _stat_fields(pid, tid=None):
+    """``(ppid, ticks, last_cpu, comm, children_ticks)`` of a process from /proc/PID/stat (of one of its threads
+    from /proc/PID/task/TID/stat), or None when it is gone."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
+        with open(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat", "rb") as f:
             raw = f.read()
     except OSError:
         return None
@@ -201,20 +211,41 @@ def _parents():
     return parents
 
 
+def mark_run_root():
+    """Make this process the top of the run for every process it starts (``RUN_ROOT_ENV``), unless a sockbench
+    command above it already is: called by the command line's entry point."""
+    os.environ.setdefault(RUN_ROOT_ENV, str(os.getpid()))
+
+
+def _run_ancestors(pid, parents):
+    """``pid``'s ancestors that belong to the run: up to the ``RUN_ROOT_ENV`` process, or all of them where it
+    is not set (a suite or the harness driven from a test) or not among them (an environment left over)."""
+    chain = []
+    p = parents.get(pid)
+    while p and p != pid and p not in chain:
+        chain.append(p)
+        p = parents.get(p)
+    try:
+        root = int(os.environ.get(RUN_ROOT_ENV, ""))
+    except ValueError:
+        return chain
+    if root == pid:
+        return []
+    return chain[: chain.index(root) + 1] if root in chain else chain
+
+
 def process_family(pid=None, own=(), parents=None):
-    """A run's own processes: ``pid`` (this process by default) and its ancestors (the ``sockbench run``
-    and pytest processes above a suite's round), and each of ``own`` (the server) with its descendants.
+    """A run's own processes: ``pid`` (this process by default) and its ancestors up to the sockbench command
+    that started the run (the ``sockbench run`` and pytest processes above a suite's round; not the shell,
+    terminal or init above it, whose work is any other process's), and each of ``own`` (the server) with its
+    descendants.
 
     The caller's other children are not in it: a test that starts a hog must see it named.
     ``parents``: ``{pid: ppid}`` (read from /proc when None).
     """
     pid = os.getpid() if pid is None else pid
     parents = _parents() if parents is None else parents
-    family = {pid}
-    p = parents.get(pid)
-    while p and p not in family:
-        family.add(p)
-        p = parents.get(p)
+    family = {pid, *_run_ancestors(pid, parents)}
     children = {}
     for child, parent in parents.items():
         children.setdefault(parent, []).append(child)
@@ -399,6 +430,60 @@ def foreign_process_s(before, after, cpus, own=()):
         if own_ticks > 0 and (cpu1 in cpus or cpu0 in cpus):
             ticks += own_ticks
     return ticks * TICK_S
+
+
+def thread_snapshot():
+    """``{tid: (pid, ppid, runtime_ns, slices, last_cpu, comm)}`` of every thread now, from its schedstat (the
+    scheduler's exact runtime and the number of times it ran) and its stat: one side of ``foreign_stalls``."""
+    snap = {}
+    for pid in _pids():
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for name in tids:
+            try:
+                with open(f"/proc/{pid}/task/{name}/schedstat") as f:
+                    runtime, _, slices = (int(x) for x in f.read().split()[:3])
+            except (OSError, ValueError):
+                continue
+            f = _stat_fields(pid, name)
+            if f is not None:
+                snap[int(name)] = (pid, f[0], runtime, slices, f[2], f[3])
+    return snap
+
+
+def foreign_stalls(before, after, cpus, own=(), min_slice_s=STALL_SLICE_S):
+    """What other threads held ``cpus`` for in pieces long enough to keep the run off them, between two
+    ``thread_snapshot``s: ``(seconds, [(comm, pid, seconds)] longest first)``.
+
+    A thread counts when it is outside the run (``process_family``), was last
+    seen on one of ``cpus`` in either snapshot, and its time came in slices
+    of ``min_slice_s`` or more on average (its runtime over the number of
+    times it ran; ``sockbench.thresholds.STALL_SLICE_S``): RCU, softirq and
+    kworker threads run for microseconds at a time and delay no one, while a
+    daemon's or a memory monitor's milliseconds leave a waking server
+    waiting that long.  A thread born
+    between the snapshots counts all its time; one gone takes its time with it.
+    """
+    cpus = set(cpus)
+    parents = {v[0]: v[1] for v in after.values()}
+    run = process_family(own=own, parents=parents)
+    total = 0.0
+    threads = []
+    for tid, (pid, _, runtime1, slices1, cpu1, comm) in after.items():
+        if pid in run:
+            continue
+        pid0, _, runtime0, slices0, cpu0, _ = before.get(tid, (pid, 0, 0, 0, cpu1, comm))
+        if pid0 != pid:  # a thread id used again
+            runtime0, slices0, cpu0 = 0, 0, cpu1
+        ran, times = (runtime1 - runtime0) / 1e9, slices1 - slices0
+        if ran <= 0 or times <= 0 or ran / times < min_slice_s or not (cpu1 in cpus or cpu0 in cpus):
+            continue
+        total += ran
+        threads.append((comm, pid, ran))
+    threads.sort(key=lambda t: -t[2])
+    return total, threads
 
 
 def _cgroup_mounts():

@@ -19,7 +19,7 @@ defined here once:
 __all__ = ["CLIENT_BOUND_UTIL", "SERVER_BOUND_UTIL", "UNSTABLE_SPREAD", "OUTLIER_SHARE", "BEHIND_FRACTION", "STALL_S", "CLIENT_STALL_S", "CLIENT_STALLS_DIFFER_RATIO", "CLIENT_STALLS_DIFFER_FLOOR", "DISTURBED_SHARE",
            "CLOCK_OFFSET_SHARE", "LOSSY_SHARE", "SAME_COST_SHARE",
            "WORKER_IDLE_SHARE", "THROTTLED_SHARE", "LOADED_IDLE_SHARE", "LOADED_MIN_IN_FLIGHT", "CANARY_SLOWDOWN",
-           "CLIENT_SLOWDOWN"]
+           "CLIENT_SLOWDOWN", "HICCUP_S", "STALL_SLICE_S"]
 
 #: the load CPUs at least this busy: the figure measures the client as much as the server ("client-bound")
 CLIENT_BOUND_UTIL = 0.95
@@ -44,6 +44,15 @@ CLIENT_STALL_S = 0.0005
 CLIENT_STALLS_DIFFER_RATIO = 2.0
 #: ... counted only when the larger share is at least this (below it client stalls cannot set a p99)
 CLIENT_STALLS_DIFFER_FLOOR = 0.005
+#: the longest scheduler hiccup one round must absorb: one tick of a CONFIG_HZ=250 kernel.  Rounds are made long
+#: enough that one cannot set their figure (``bench/suite/plan.py``); an open-loop round whose pinned CPUs other
+#: threads held longer than this, in slices of ``STALL_SLICE_S`` or more, has a tail that measures them too
+HICCUP_S = 0.004
+#: a thread outside the run whose slices on a pinned CPU average this long or more can keep a waking server (or
+#: the load) waiting that long; traced on the 2-core VM: RCU, softirq and kworker threads average 3-25 µs, the
+#: kernel's DAMON sampler 0.3-0.9 ms (4-14 ms every few seconds), the sandbox's agent 2 ms each second and up to
+#: 60 ms while it streams a command's output
+STALL_SLICE_S = 0.0001
 #: foreign work (or the hypervisor's steal) on a side's pinned CPUs of at least this share of one CPU over
 #: the window: the figure measures the neighbours as much as the server ("disturbed")
 DISTURBED_SHARE = 0.05

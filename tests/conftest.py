@@ -237,6 +237,14 @@ def pytest_runtest_teardown(item, nextitem):
 # --- fixtures -----------------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def _no_run_root(monkeypatch):
+    """Each test starts with no run root (``procfs.RUN_ROOT_ENV``): one that calls the command line's ``main``
+    in process marks the test process the root, and the harness driven by the next would count pytest's own
+    ancestors as foreign."""
+    monkeypatch.delenv(procfs.RUN_ROOT_ENV, raising=False)
+
+
 def _require_all():
     return os.environ.get("SOCKBENCH_REQUIRE_ALL", "") not in ("", "0")
 

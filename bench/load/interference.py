@@ -25,6 +25,17 @@ server side is ``None`` and a server on the client's CPUs is foreign there.
 ``disturbed``: on either side, foreign or steal time reached
 ``DISTURBED_SHARE`` of ONE CPU beyond the counters' resolution (up to one
 ``TICK_S`` per CPU).
+
+``held``: how long other threads held a side's CPUs in slices long enough
+to keep a waking process waiting (``procfs.foreign_stalls``: exact
+runtimes from every thread's schedstat, around the window and its
+warmup), and which.  A share of the CPU is the wrong scale for a tail: on
+the 2-core VM the kernel's DAMON sampler and the sandbox's agent took
+0.5-5% of a CPU, never DISTURBED, yet each of their 1-60 ms slices left
+every message due meanwhile late, and those messages were the p99.  It is
+shown beside the open loop's p99, not a flag: a monitor that samples
+every half second holds every round, so measuring again cannot escape it
+(``sockbench.damon`` pauses DAMON instead).
 """
 
 from dataclasses import dataclass
@@ -34,6 +45,9 @@ from sockbench.procfs import CPU_FIELDS, TICK_S
 from sockbench.thresholds import DISTURBED_SHARE
 
 __all__ = ["SideTime", "side_time", "interference"]
+
+#: how many of the threads that held the pinned CPUs a result names (``held_by``), longest first
+HELD_BY_NAMED = 3
 
 _IDLE, _IOWAIT, _IRQ, _SOFTIRQ, _STEAL = (CPU_FIELDS.index(k) for k in ("idle", "iowait", "irq", "softirq", "steal"))
 
@@ -98,13 +112,14 @@ def side_time(cpus, edge0, edge1, own_s, irq_is_own=False, process_s=None):
 
 
 def interference(cpu_stat, server_cpus, client_cpus, server_s, load_procs, loadavg_1m=None, irq_is_own=False,
-                 process_s=None):
+                 process_s=None, held=None):
     """The ``Interference`` of a run from load process 0's ``cpu_stat`` (``[edge0, edge1]``).
 
     ``server_cpus``: the CPUs the server was pinned to (None when unknown: ``--target``); ``server_s``: its
     CPU time over the window (None when unread); ``load_procs``: ``[(cpus, seconds)]`` of each load process;
-    ``process_s(cpus)``: other processes' CPU seconds seen on ``cpus`` around the window, the cap (None: no cap).
-    None when the counters were not read.
+    ``process_s(cpus)``: other processes' CPU seconds seen on ``cpus`` around the window, the cap (None: no cap);
+    ``held(cpus)``: ``procfs.foreign_stalls`` on ``cpus`` (None: not read).  None when the counters were not
+    read.
     """
     if not cpu_stat or len(cpu_stat) != 2 or cpu_stat[0] is None or cpu_stat[1] is None:
         return None
@@ -134,6 +149,12 @@ def interference(cpu_stat, server_cpus, client_cpus, server_s, load_procs, loada
     if server_side is None and client_side is None:
         return None
     sides = [s for s in (server_side, client_side) if s is not None]
+    server_held = held(server) if held is not None and server is not None else None
+    client_held = held(client) if held is not None else None
+    holders = {}
+    for h in (server_held, client_held):
+        for comm, pid, seconds in (h[1] if h else ()):
+            holders[(comm, pid)] = seconds
     return Interference(
         server_foreign=server_side.foreign_share if server_side else None,
         client_foreign=client_side.foreign_share if client_side else None,
@@ -141,4 +162,8 @@ def interference(cpu_stat, server_cpus, client_cpus, server_s, load_procs, loada
         client_steal=client_side.steal_share if client_side else None,
         loadavg_1m=loadavg_1m,
         disturbed=any(s.disturbed for s in sides),
+        server_held_s=server_held[0] if server_held is not None else None,
+        client_held_s=client_held[0] if client_held is not None else None,
+        held_by=[{"thread": comm, "pid": pid, "s": seconds} for (comm, pid), seconds
+                 in sorted(holders.items(), key=lambda kv: -kv[1])[:HELD_BY_NAMED]] if holders else None,
     )

@@ -40,7 +40,8 @@ from sockbench.bench.report.summary import build_summary
 from sockbench.damon import note as damon_note, running as damon_running
 from sockbench.errors import SockbenchError
 from sockbench.procfs import TICK_S
-from sockbench.thresholds import CLIENT_STALL_S, DISTURBED_SHARE, LOSSY_SHARE, OUTLIER_SHARE, UNSTABLE_SPREAD
+from sockbench.thresholds import (CLIENT_STALL_S, DISTURBED_SHARE, LOSSY_SHARE, OUTLIER_SHARE, STALL_SLICE_S,
+                                  UNSTABLE_SPREAD)
 from sockbench.timestamps import iso_utc
 from sockbench.units import format_size
 
@@ -174,6 +175,30 @@ def stalls_sentence(cells):
     return (f"The client's CPU was taken from it {n} time{'s' if n != 1 else ''} for {CLIENT_STALL_S * 1e3:g} ms "
             f"or more (longest {longest * 1e3:.1f} ms) during these windows: a p99 near that length says as much "
             "about this machine as about the server.")
+
+
+#: how many of the threads that held an open-loop table's pinned CPUs its note names, longest first
+HELD_NAMED = 3
+
+
+def held_sentence(cells):
+    """The sentence under an open-loop table whose pinned CPUs other threads held in long slices (the
+    threads named, longest first), or None when none did or it was not measured."""
+    held = [(c, c.held) for c in cells if c.held is not None]
+    if not held or not any(h[1] > 0 for _, h in held):
+        return None
+    rounds = sorted(h[0] for _, h in held)
+    typical, most = rounds[len(rounds) // 2], max(h[1] for _, h in held)
+    threads = {}
+    for _, (_, _, named) in held:
+        for thread, pid, seconds in named:
+            threads[(thread, pid)] = threads.get((thread, pid), 0.0) + seconds
+    top = sorted(threads.items(), key=lambda kv: -kv[1])[:HELD_NAMED]
+    names = ", ".join(f"{thread} (pid {pid}, {seconds * 1e3:.0f} ms in all)" for (thread, pid), seconds in top)
+    return (f"Other threads held the pinned CPUs in slices of {STALL_SLICE_S * 1e3:g} ms or more for {typical * 1e3:.1f} ms "
+            f"of a typical cell's round here (up to {most * 1e3:.1f} ms in one): {names}. A message due while one "
+            "held the server's CPU or its load's waited for it, so a p99 or p99.9 near those lengths measures them "
+            "as much as the server.")
 
 
 def with_loss(columns):
@@ -573,6 +598,9 @@ def build_document(results, plots, sections=None, dimension_plots=None):
         stalled = stalls_sentence(c for _, _, c in rows) if cell.mode == "open" else None
         if stalled:
             doc.add(Paragraph(stalled, "note"))
+        held = held_sentence([c for _, _, c in rows]) if cell.mode == "open" else None
+        if held:
+            doc.add(Paragraph(held, "note"))
     proto = protocol_cost_rows(results)
     if proto:
         doc.add(Heading(2, "Cost of each protocol over raw"), Paragraph(PROTO_NOTE, "note"))

@@ -587,6 +587,24 @@ class CellStats:
         """The most connections any round left with no message completed in its window."""
         return max((r.starved for r in self.results), default=0)
 
+    @property
+    def held(self):
+        """Other threads' long slices on the pinned CPUs (``Interference.*_held_s``, both sides) per kept round:
+        ``(median s, most s, [(thread, pid, s over every round)] longest first)``; None when no round read them."""
+        per_round, threads = [], {}
+        for r in self.results:
+            i = r.interference
+            if i is None or (i.server_held_s is None and i.client_held_s is None):
+                continue
+            per_round.append((i.server_held_s or 0.0) + (i.client_held_s or 0.0))
+            for h in i.held_by or ():
+                key = (h.get("thread"), h.get("pid"))
+                threads[key] = threads.get(key, 0.0) + _num(h.get("s"))
+        if not per_round:
+            return None
+        named = sorted(((t, p, v) for (t, p), v in threads.items()), key=lambda x: -x[2])
+        return statistics.median(per_round), max(per_round), named
+
     def interference_summary(self):
         """``(server foreign, client foreign, steal)``: the worst share over the kept rounds (None when unmeasured)."""
         def worst(get):

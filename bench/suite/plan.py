@@ -41,6 +41,7 @@ from sockbench.bench.schema import Cell, RunPlan, SchemaError
 from sockbench.endpoints import STREAM_TRANSPORTS, TRANSPORTS
 from sockbench.errors import UsageError
 from sockbench.servers.protocols import PROTOCOLS
+from sockbench.thresholds import HICCUP_S
 from sockbench.units import format_size, parse_size
 
 __all__ = [
@@ -66,8 +67,6 @@ REMEASURE_DISTURBED = 2
 #: an open-loop cell, whose rounds last longest, gets its pass from the third on (with three, two default runs
 #: left every open-loop cell at 5 rounds, too few for an interval)
 PEAK_ROUNDS = 2
-#: the longest scheduler hiccup one round must absorb: one tick of a CONFIG_HZ=250 kernel
-HICCUP_S = 0.004
 #: the share of an open-loop round's messages one hiccup may delay: under the 1% beyond the p99
 HICCUP_SHARE = 0.008
 #: the open-loop rule's longest round (a load near 100% of the peak would ask for minutes)

@@ -28,6 +28,7 @@ from sockbench.cli import history as history_cmd
 from sockbench.cli import load as load_cmd
 from sockbench.cli import run as run_cmd
 from sockbench.cli.targets import add_command_arguments, command_from_args
+from sockbench.procfs import mark_run_root
 from sockbench.cli import tlsargs
 from sockbench.cli.term import console as make_console
 from sockbench.endpoints import TRANSPORTS, check_transport
@@ -220,6 +221,8 @@ def build_parser():
 
 
 def main(argv=None):
+    # the processes this command starts count its ancestors up to here as the run's own, not a shell's or init's
+    mark_run_root()
     try:
         with stop_signals():
             args = build_parser().parse_args(argv)

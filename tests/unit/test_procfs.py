@@ -162,3 +162,20 @@ def test_a_gone_process_has_no_threads():
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     assert procfs.thread_states(proc.pid) == []
+
+
+def test_every_threads_runtime_slices_and_cpu_are_read():
+    snap = procfs.thread_snapshot()
+    me = threading.get_native_id()
+    pid, ppid, runtime, slices, cpu, comm = snap[me]
+    assert pid == os.getpid() and ppid == os.getppid() and runtime > 0 and slices > 0
+    assert cpu in range(os.cpu_count()) and comm
+
+
+def test_a_command_marks_itself_the_runs_root_unless_one_above_it_did(monkeypatch):
+    monkeypatch.delenv(procfs.RUN_ROOT_ENV, raising=False)
+    procfs.mark_run_root()
+    assert os.environ[procfs.RUN_ROOT_ENV] == str(os.getpid())
+    monkeypatch.setenv(procfs.RUN_ROOT_ENV, "1")
+    procfs.mark_run_root()
+    assert os.environ[procfs.RUN_ROOT_ENV] == "1"

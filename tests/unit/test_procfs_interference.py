@@ -152,3 +152,70 @@ def test_foreign_process_time_leaves_the_run_out_and_counts_reaped_children():
     # reaped children may have run anywhere (a hog pinned to CPU 1, reaped by a parent last seen on CPU 0):
     # their 40 + 12 ticks count on CPU 1 as well
     assert foreign_process_s(before, after, {1}, own=[9001]) == pytest.approx((60 + 40 + 12) * TICK_S)
+
+
+def test_the_runs_ancestors_end_at_the_command_that_started_it(monkeypatch):
+    from sockbench.procfs import RUN_ROOT_ENV, process_family
+
+    # 500 (this round) <- 400 (pytest) <- 300 (sockbench run) <- 200 (a shell) <- 1 (init, or a sandbox's agent)
+    parents = {500: 400, 400: 300, 300: 200, 200: 1, 1: 0, 600: 1}
+    monkeypatch.setenv(RUN_ROOT_ENV, "300")
+    assert process_family(500, parents=parents) == {500, 400, 300}
+    # the command itself is the root: none of its ancestors is the run's
+    assert process_family(300, parents=parents) == {300}
+    # without a root (the harness driven from a test), or one not above this process, every ancestor is
+    monkeypatch.delenv(RUN_ROOT_ENV)
+    assert process_family(500, parents=parents) == {500, 400, 300, 200, 1}
+    monkeypatch.setenv(RUN_ROOT_ENV, "600")
+    assert process_family(500, parents=parents) == {500, 400, 300, 200, 1}
+
+
+def test_the_threads_that_held_the_cpus_in_long_slices_are_counted_and_named(monkeypatch):
+    from sockbench.procfs import RUN_ROOT_ENV, foreign_stalls
+
+    me = os.getpid()
+    monkeypatch.setenv(RUN_ROOT_ENV, str(me))
+    ms = 1_000_000
+    # {tid: (pid, ppid, runtime ns, slices, last cpu, comm)}
+    before = {
+        10: (10, 2, 100 * ms, 50, 0, "kdamond.0"),
+        11: (11, 2, 50 * ms, 10_000, 0, "rcu_preempt"),
+        12: (12, 2, 10 * ms, 5, 1, "daemon"),
+        20: (20, 1, 0, 0, 0, "load"),
+        30: (30, 1, 0, 0, 0, "agent"),
+        31: (30, 1, 10 * ms, 4, 1, "tokio-rt-worker"),
+        me: (me, 1, 0, 0, 0, "sockbench"),
+        40: (40, 2, 5 * ms, 5, 0, "old"),
+    }
+    after = {
+        10: (10, 2, 112 * ms, 60, 0, "kdamond.0"),          # 12 ms in 10 slices on CPU 0: counted
+        11: (11, 2, 52 * ms, 10_400, 0, "rcu_preempt"),      # 2 ms in 400 slices of 5 µs: delays no one
+        12: (12, 2, 18 * ms, 7, 1, "daemon"),                # 8 ms, but on CPU 1
+        20: (20, me, 300 * ms, 9, 0, "load"),                # the run's own (``own``)
+        30: (30, 1, 0, 0, 0, "agent"),
+        31: (30, 1, 30 * ms, 6, 0, "tokio-rt-worker"),       # init's thread, above the run's root: foreign
+        me: (me, 1, 90 * ms, 20, 0, "sockbench"),            # this process: the run's
+        40: (41, 2, 1 * ms, 1, 0, "new"),                    # a thread id used again: all its time is new
+        50: (50, 2, 3 * ms, 2, 0, "born"),                   # born between the snapshots
+    }
+    seconds, threads = foreign_stalls(before, after, {0}, own=[20])
+    assert [(t, p) for t, p, _ in threads] == [("tokio-rt-worker", 30), ("kdamond.0", 10), ("born", 50), ("new", 41)]
+    assert seconds == pytest.approx(0.020 + 0.012 + 0.003 + 0.001)
+    assert foreign_stalls(before, after, {1}, own=[20])[1] == [("tokio-rt-worker", 30, pytest.approx(0.020)),
+                                                              ("daemon", 12, pytest.approx(0.008))]
+
+
+def test_a_rounds_interference_carries_what_held_each_side():
+    stat = _window(1.0, {0: {"system": 40, "idle": 60}, 1: {"system": 50, "idle": 50}})
+    held = {frozenset({0}): (0.012, [("kdamond.0", 84, 0.012)]),
+            frozenset({1}): (0.030, [("tokio-rt-worker", 1, 0.028), ("daemon", 7, 0.002)])}
+    i = interference(stat, server_cpus=(0,), client_cpus=(1,), server_s=0.4, load_procs=[((1,), 0.5)],
+                     process_s=lambda cpus: 0.0, held=lambda cpus: held[frozenset(cpus)])
+    assert (i.server_held_s, i.client_held_s) == (0.012, 0.030)
+    assert i.held_by == [{"thread": "tokio-rt-worker", "pid": 1, "s": 0.028},
+                         {"thread": "kdamond.0", "pid": 84, "s": 0.012}, {"thread": "daemon", "pid": 7, "s": 0.002}]
+    # shown, not a flag: 42 ms held in slices is 2-3% of a CPU, no disturbance by the share rule
+    assert i.disturbed is False
+    # not read: no figures
+    i = interference(stat, server_cpus=(0,), client_cpus=(1,), server_s=0.4, load_procs=[((1,), 0.5)])
+    assert i.server_held_s is None and i.client_held_s is None and i.held_by is None

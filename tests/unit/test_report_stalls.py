@@ -77,3 +77,33 @@ def test_no_stall_seen_means_no_sentence(tmp_path):
     wid = opened[0].workload_id
     assert table_rows(results, wid)[0][0][OPEN_COLUMNS.index("client stalls")] == "–"
     assert "The client's CPU was taken from it" not in open(build_report(d)["md"]).read()
+
+
+@pytest.mark.slow
+def test_the_threads_that_held_the_pinned_cpus_are_named_under_the_open_table(tmp_path):
+    from sockbench.bench.report.document import held_sentence
+
+    d = make_results(str(tmp_path / "held"), servers=("selectors", "uvloop"))
+    for path in glob.glob(os.path.join(d, "raw", "*open*.json")):
+        with open(path) as f:
+            r = json.load(f)
+        k = r["cell"]["round"]
+        # round k: kdamond held the server's CPU k ms, the agent the client's 2 ms
+        r["interference"] = {**(r.get("interference") or {}), "server_held_s": k / 1000, "client_held_s": 0.002,
+                             "held_by": [{"thread": "kdamond.0", "pid": 84, "s": k / 1000},
+                                         {"thread": "tokio-rt-worker", "pid": 1, "s": 0.002}]}
+        with open(path, "w") as f:
+            json.dump(r, f)
+    results = load_results(d)
+    opened = [c for c in results.cells.values() if c.cell.mode == "open"]
+    rounds = len(opened[0].results)
+    assert opened and all(c.held is not None for c in opened)
+    typical, most, named = opened[0].held
+    assert most == pytest.approx(rounds / 1000 + 0.002) and named[0][:2] == ("kdamond.0", 84)
+    sentence = held_sentence(opened)
+    assert sentence.startswith("Other threads held the pinned CPUs in slices of 0.1 ms or more for ")
+    assert "kdamond.0 (pid 84, " in sentence and "tokio-rt-worker (pid 1, " in sentence
+    assert sentence.index("kdamond.0") < sentence.index("tokio-rt-worker")
+    assert "measures them as much as the server" in open(build_report(d)["md"]).read()
+    # closed-loop cells and rounds that did not read it: nothing said
+    assert held_sentence([c for c in results.cells.values() if c.cell.mode == "closed"]) is None
