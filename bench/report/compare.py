@@ -34,9 +34,10 @@ import statistics
 
 from sockbench.bench.report.stats import CONFIDENCE, ratio_interval
 from sockbench.bench.report.store import load_results
+from sockbench.damon import running as damon_running
 from sockbench.thresholds import CLIENT_STALLS_DIFFER_FLOOR, CLIENT_STALLS_DIFFER_RATIO
 
-__all__ = ["compare", "render", "verdict", "server_drift", "widened", "client_stalls_differ", "ALPHA", "DEFAULT_THRESHOLD", "UNDECIDED",
+__all__ = ["compare", "render", "verdict", "machine_notes", "server_drift", "widened", "client_stalls_differ", "ALPHA", "DEFAULT_THRESHOLD", "UNDECIDED",
            "DRIFT_MIN_SERVERS", "AB_NOTE"]
 
 #: 1 - the confidence of the interval (``--alpha``)
@@ -60,7 +61,19 @@ _MACHINE_NOTES = (
     ("kernel", lambda m: m.kernel),
     ("python", lambda m: m.python),
     ("hostname", lambda m: m.hostname),
+    # a monitor that samples on a timer sets open-loop tails (sockbench.damon): on in one run, paused in the other
+    ("DAMON", lambda m: None if m.damon is None else "on" if damon_running(m.damon) else "off"),
 )
+
+
+def machine_notes(ma, mb):
+    """One line for each thing of the two runs' machines (``Machine``) that differs and is worth knowing."""
+    notes = []
+    for name, of in _MACHINE_NOTES:
+        va, vb = of(ma), of(mb)
+        if va and vb and va != vb:
+            notes.append(f"machine {name} differs: A {va}, B {vb}")
+    return notes
 
 
 def _change(ratio, higher_is_better):
@@ -189,11 +202,7 @@ def compare(a_path, b_path, alpha=ALPHA, fail_above=None):
         va, vb = (getattr(p, key) for p in (pa, pb)) if pa is not None and pb is not None else (None, None)
         if va != vb:
             notes.append(f"{key} differs: A {pa.to_json().get(key)}, B {pb.to_json().get(key)}")
-    ma, mb = A.machine_record(), B.machine_record()
-    for name, of in _MACHINE_NOTES:
-        va, vb = of(ma), of(mb)
-        if va and vb and va != vb:
-            notes.append(f"machine {name} differs: A {va}, B {vb}")
+    notes += machine_notes(A.machine_record(), B.machine_record())
     only_a = [f"{s}:{w}" for (s, w) in A.cells if (s, w) not in B.cells]
     only_b = [f"{s}:{w}" for (s, w) in B.cells if (s, w) not in A.cells]
     return {"a": A.path, "b": B.path, "rows": rows, "only_a": only_a, "only_b": only_b, "notes": notes,

@@ -197,8 +197,8 @@ def held_sentence(cells):
     names = ", ".join(f"{thread} (pid {pid}, {seconds * 1e3:.0f} ms in all)" for (thread, pid), seconds in top)
     return (f"Other threads held the pinned CPUs in slices of {STALL_SLICE_S * 1e3:g} ms or more for {typical * 1e3:.1f} ms "
             f"of a typical cell's round here (up to {most * 1e3:.1f} ms in one): {names}. A message due while one "
-            "held the server's CPU or its load's waited for it, so a p99 or p99.9 near those lengths measures them "
-            "as much as the server.")
+            "held the server's CPU or its load's could wait for it, so a p99 or p99.9 near those lengths may "
+            "measure them as much as the server.")
 
 
 def with_loss(columns):

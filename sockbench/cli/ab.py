@@ -17,6 +17,7 @@ import sys
 from sockbench.cli import damonargs
 from sockbench.cli.targets import add_command_arguments, commands_from_args
 from sockbench.cli.term import console as make_console
+from sockbench.damon import monitors, note as damon_note
 from sockbench.errors import UsageError
 from sockbench.units import arg, parse_cpus, parse_number, parse_percent, parse_size
 
@@ -119,6 +120,9 @@ def run_cli(args):
         f"({'; '.join(describe(w) for w in plan.workloads())}), closed loop over {transport}, "
         f"{plan.min_pairs}-{plan.max_pairs} pairs of {plan.warmup_s:g} + {plan.duration_s:g} s rounds within "
         f"{plan.budget_s:g} s -> {out}")
+    damon = "" if args.pause_damon else damon_note(monitors())
+    if damon:
+        log(f"note: {damon}")
     runner = AbRun(a, b, plan, out, log=(lambda line: None) if args.json else log, argv=sys.argv)
     with damonargs.pausing(args, log):
         rows = runner.run()

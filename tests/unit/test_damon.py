@@ -144,3 +144,12 @@ def test_the_report_says_whether_damon_ran_and_warns_when_it_did():
     assert _damon_alert(Results(on)).startswith("The kernel's DAMON is on")
     assert _damon_alert(Results(Machine(damon=[]), [Round()])).startswith("The kernel's DAMON is on")
     assert _damon_alert(Results(Machine(damon=[]))) == ""
+
+
+def test_compare_says_when_one_run_had_damon_on_and_the_other_paused():
+    from sockbench.bench.report.compare import machine_notes
+
+    on = Machine(cpu_model="x", damon=[{"kdamond": 0, "state": "on", "pid": 84, "sample_us": 500000}])
+    paused_ = Machine(cpu_model="x", damon=[{"kdamond": 0, "state": "off", "pid": None, "sample_us": 500000}])
+    assert machine_notes(on, paused_) == ["machine DAMON differs: A on, B off"]
+    assert machine_notes(on, on) == [] and machine_notes(Machine(cpu_model="x"), paused_) == []

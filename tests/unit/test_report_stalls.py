@@ -104,6 +104,6 @@ def test_the_threads_that_held_the_pinned_cpus_are_named_under_the_open_table(tm
     assert sentence.startswith("Other threads held the pinned CPUs in slices of 0.1 ms or more for ")
     assert "kdamond.0 (pid 84, " in sentence and "tokio-rt-worker (pid 1, " in sentence
     assert sentence.index("kdamond.0") < sentence.index("tokio-rt-worker")
-    assert "measures them as much as the server" in open(build_report(d)["md"]).read()
+    assert "may measure them as much as the server" in open(build_report(d)["md"]).read()
     # closed-loop cells and rounds that did not read it: nothing said
     assert held_sentence([c for c in results.cells.values() if c.cell.mode == "closed"]) is None
