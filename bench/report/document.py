@@ -311,6 +311,7 @@ def _rounds_setting(plan):
     target = (f"the median msgs/s is within ±{float(plan.ci):.0%} of it (open loop: p99, ±{p99:.0%})"
               if p99 != float(plan.ci) else f"the median msgs/s (open loop: p99) is within ±{float(plan.ci):.0%} of it")
     return (f"{lo} to {hi}: until the 95% interval of {target}, at most {plan.cell_budget_s:g} s a cell{budget}; "
+            f"an open-loop p99 leaves sooner when even {hi} rounds could not narrow it that far; "
             f"a disturbed round is measured again up to {plan.remeasure} times")
 
 

@@ -19,7 +19,8 @@ Rules:
   (``ci_p99`` for an open-loop p99: a tail moves more from round to round than
   a rate), between ``min_rounds`` (6 by default: the fewest that give a 95%
   interval of a median) and ``max_rounds``, within ``cell_budget_s`` and the
-  run's ``run_budget_s``.
+  run's ``run_budget_s``; an open-loop cell whose p99 interval ``max_rounds``
+  could not narrow to ``ci_p99`` leaves at once (``session.out_of_reach``).
 * A round is long enough that one scheduler hiccup (``HICCUP_S``, one tick
   of a CONFIG_HZ=250 kernel) cannot make its figure: closed loop,
   ``HICCUP_S / duration_s`` stays under half of ``ci``; open loop at load p,

@@ -132,7 +132,8 @@ class RoundSetAside(_Event):
 class CellDone(_Event):
     """A cell ended: its kept rounds, how many were measured again, its judged figure and interval, why it stopped.
 
-    ``stopped`` is ``stable`` (the interval is within the plan's ``ci``), ``max-rounds``, ``budget`` (its
+    ``stopped`` is ``stable`` (the interval is within the plan's ``ci``), ``max-rounds``, ``out-of-reach`` (an
+    open-loop p99 whose interval the most rounds could not narrow to its target), ``budget`` (its
     time budget, or the run's, ran out), ``invalid`` (an invalid round: more rounds cannot make the cell
     valid), ``fixed`` (a plan with a fixed number of rounds), or ``no-peak`` (an open-loop cell whose
     server's peak could not be measured).

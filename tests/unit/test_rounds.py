@@ -171,6 +171,22 @@ def test_a_noisy_cell_runs_to_its_most_rounds_and_says_so(tmp_path):
     assert "WIDE-CI" in events[-1].flags and events[-1].stopped == "max-rounds"
 
 
+def test_an_open_loop_p99_out_of_reach_of_its_target_leaves_at_its_minimum():
+    from sockbench.bench.suite.session import out_of_reach
+
+    plan = Plan(servers=("uvloop",), min_rounds=6, max_rounds=30, ci=0.03, ci_p99=0.10)
+    open_cell = Cell("uvloop", "open", 64, 100, load_pct=50)
+    # p99s spread as on the 2-core VM: half-width about 40% after 6 rounds, 6 * 4**2 = 96 rounds > 30
+    wide = [_result(0.0 + 1000, p99=p, cell=open_cell) for p in (60, 65, 70, 90, 130, 300)]
+    assert stop_reason(plan, CellStats(open_cell, wide, ci_target=0.10), 0, 1e9) == "out-of-reach"
+    # within reach: 12% after 10 rounds asks 14.4 rounds, so the cell goes on
+    assert not out_of_reach(0.12, 10, 0.10, 30) and out_of_reach(0.40, 6, 0.10, 30)
+    assert not out_of_reach(float("inf"), 6, 0.10, 30) and not out_of_reach(0.08, 6, 0.10, 30)
+    # a closed-loop rate as wide keeps its rounds: its interval at 6 rounds is its whole range
+    noisy = [_result(1000.0 * (1 + 0.2 * (-1) ** k)) for k in range(6)]
+    assert stop_reason(plan, CellStats(CELL, noisy), 0, 1e9) is None
+
+
 def test_the_cell_budget_stops_rounds_but_never_the_minimum(tmp_path):
     plan = Plan(servers=("uvloop",))
     per_round = plan.round_estimate_s(CELL)
