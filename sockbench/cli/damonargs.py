@@ -1,4 +1,4 @@
-"""``--pause-damon``, one spelling for ``run`` and ``ab``: the commands that measure rounds to compare."""
+"""``--pause-damon``, one spelling for ``run``, ``ab`` and ``load``: the commands that measure."""
 
 import sys
 

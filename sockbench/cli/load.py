@@ -27,7 +27,7 @@ import os
 import sys
 
 from sockbench.cli.targets import add_command_arguments, command_from_args
-from sockbench.cli import tlsargs
+from sockbench.cli import damonargs, tlsargs
 from sockbench.endpoints import TRANSPORTS, check_transport, parse_target
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.thresholds import CLIENT_STALL_S, DISTURBED_SHARE
@@ -75,6 +75,7 @@ def add_arguments(p):
     p.add_argument("--python", metavar="PATH",
                    help="run the built-in server NAME under this interpreter (3.11 or newer; built once, cached)")
     tlsargs.add_arguments(p, "load")
+    damonargs.add_argument(p)
     return p
 
 
@@ -140,6 +141,7 @@ def run_cli(args):
     # deferred: the harness, as in spec_from_args
     from sockbench.bench.load.harness import LoadInterrupted, run_load
     from sockbench.cli.term import console as make_console
+    from sockbench.damon import monitors, note as damon_note
     from sockbench.jsonfile import check_writable, write_json_atomic
     from sockbench.servers.tls import ensure_certificate
     from sockbench.timestamps import folder_stamp
@@ -160,10 +162,14 @@ def run_cli(args):
     # one line, then nothing until the run ends: a redrawn spinner would cost the measured CPUs
     console.print(f"loading {spec.label}: {spec.mode}, {spec.protocol}, {spec.conns} conns, "
                   f"{spec.warmup_s:g} s warmup + {spec.duration_s:g} s, {spec.engine} load engine ...", highlight=False)
+    damon = damon_note(monitors()) if spec.mode == "open" and not args.pause_damon else ""
+    if damon:
+        console.print(f"note: {damon}", highlight=False)
     notes = []
     cut = None
     try:
-        result = _cluster_load(spec, args) if args.cluster else run_load(spec, notes=notes)
+        with damonargs.pausing(args):
+            result = _cluster_load(spec, args) if args.cluster else run_load(spec, notes=notes)
     except LoadInterrupted as e:
         if e.result is None:
             raise  # stopped before the window measured anything

@@ -153,3 +153,12 @@ def test_compare_says_when_one_run_had_damon_on_and_the_other_paused():
     paused_ = Machine(cpu_model="x", damon=[{"kdamond": 0, "state": "off", "pid": None, "sample_us": 500000}])
     assert machine_notes(on, paused_) == ["machine DAMON differs: A on, B off"]
     assert machine_notes(on, on) == [] and machine_notes(Machine(cpu_model="x"), paused_) == []
+
+
+@pytest.mark.parametrize("argv", [["run"], ["ab", "uvloop", "uvloop"], ["load", "cython"]])
+def test_the_commands_that_measure_take_pause_damon(argv):
+    from sockbench.cli.main import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(argv + ["--pause-damon"]).pause_damon is True
+    assert parser.parse_args(argv).pause_damon is False
