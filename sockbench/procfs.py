@@ -49,6 +49,7 @@ __all__ = [
     "TICK_S",
     "CPU_FIELDS",
     "read_proc_stat",
+    "read_proc_state",
     "read_task_cpu_s",
     "read_task_runtimes",
     "read_rss_bytes",
@@ -80,13 +81,28 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 TICK_S = 1.0 / _CLK_TCK
 
 
+#: the fields of /proc/PID/stat after "pid (comm)", counted from 0 (proc(5) counts them from 1: state is its 3)
+_STATE, _PPID, _PGRP, _UTIME, _STIME, _CUTIME, _CSTIME, _PROCESSOR = 0, 1, 2, 11, 12, 13, 14, 36
+
+
+def _read_stat(path):
+    """``(comm, fields)`` of a /proc/.../stat file: the name between the parentheses (which may hold spaces and
+    parentheses of its own) and the fields after it, as bytes; raises OSError when it cannot be read."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    close = raw.rindex(b")")
+    return raw[raw.index(b"(") + 1 : close].decode(errors="replace"), raw[close + 2 :].split()
+
+
+def read_proc_state(pid):
+    """The one-letter state of a live process (``R``, ``S``, ``D``, ``Z``...) from /proc/PID/stat; OSError if gone."""
+    return _read_stat(f"/proc/{pid}/stat")[1][_STATE].decode()
+
+
 def read_proc_stat(pid):
     """Return ``(user_s, sys_s)`` of a live process from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        raw = f.read()
-    fields = raw[raw.rindex(b")") + 2 :].split()
-    # after "pid (comm)": state is field 3; utime and stime are fields 14 and 15
-    return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK
+    _, fields = _read_stat(f"/proc/{pid}/stat")
+    return int(fields[_UTIME]) / _CLK_TCK, int(fields[_STIME]) / _CLK_TCK
 
 
 def read_task_runtimes(pid):
@@ -186,16 +202,12 @@ def _stat_fields(pid, tid=None):
     """``(ppid, ticks, last_cpu, comm, children_ticks)`` of a process from /proc/PID/stat (of one of its threads
     from /proc/PID/task/TID/stat), or None when it is gone."""
     try:
-        with open(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat", "rb") as f:
-            raw = f.read()
+        comm, fields = _read_stat(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat")
     except OSError:
         return None
-    close = raw.rindex(b")")
-    comm = raw[raw.index(b"(") + 1 : close].decode(errors="replace")
-    fields = raw[close + 2 :].split()
-    # after "pid (comm)" the fields count from 3: ppid is 4, utime 14, stime 15, cutime 16, cstime 17,
-    # processor 39; the last element is the time of the children it has waited for (cutime + cstime)
-    return int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[36]), comm, int(fields[13]) + int(fields[14])
+    # the last element is the time of the children it has waited for (cutime + cstime)
+    return (int(fields[_PPID]), int(fields[_UTIME]) + int(fields[_STIME]), int(fields[_PROCESSOR]), comm,
+            int(fields[_CUTIME]) + int(fields[_CSTIME]))
 
 
 def _pids():
@@ -279,8 +291,7 @@ def marked_processes(mark, exclude=None):
                     continue
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 argv = f.read().split(b"\0")
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
+            state = _read_stat(f"/proc/{pid}/stat")[1][_STATE]
         except OSError:
             continue  # gone, or not ours to read
         found[pid] = (argv, state)
@@ -312,15 +323,12 @@ def thread_states(pid):
     for tid in tids:
         task = f"/proc/{pid}/task/{tid}"
         try:
-            with open(f"{task}/stat", "rb") as f:
-                raw = f.read()
+            name, fields = _read_stat(f"{task}/stat")
             with open(f"{task}/wchan") as f:
                 wchan = f.read().strip()
         except OSError:
             continue  # the thread ended meanwhile
-        close = raw.rindex(b")")
-        name = raw[raw.index(b"(") + 1 : close].decode(errors="replace")
-        states.append((tid, name, raw[close + 2 :].split()[0].decode(), wchan))
+        states.append((tid, name, fields[_STATE].decode(), wchan))
     return states
 
 
@@ -606,13 +614,10 @@ def group_members(pgid, live=True):
     found = []
     for pid in _pids():
         try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                raw = f.read()
+            _, fields = _read_stat(f"/proc/{pid}/stat")
         except OSError:
             continue
-        fields = raw[raw.rindex(b")") + 2 :].split()
-        # after "pid (comm)": state is field 3, pgrp field 5
-        if int(fields[2]) == pgid and not (live and fields[0] in (b"Z", b"X")):
+        if int(fields[_PGRP]) == pgid and not (live and fields[_STATE] in (b"Z", b"X")):
             found.append(pid)
     return found
 

@@ -46,7 +46,7 @@ from sockbench.bench.load.harness import LoadSpec, run_load
 from sockbench.errors import SockbenchError, UsageError
 from sockbench.jsonfile import write_json_atomic
 from sockbench.machine import machine_info
-from sockbench.procfs import read_proc_stat, read_task_cpu_s
+from sockbench.procfs import read_proc_stat, read_proc_state, read_task_cpu_s
 from sockbench.servers import registry
 from sockbench.servers.process import ServerProcess
 from sockbench.servers.protocols import PROTOCOLS
@@ -214,8 +214,7 @@ def _queues(port):
 def _proc_state(pid):
     """For a stalled run: is the server running, and how loaded is the machine?"""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0].decode()
+        state = read_proc_state(pid)
     except OSError as e:
         return f"server state unknown: {e}"
     return f"server state {state}, load average {os.getloadavg()[0]:.2f}"
