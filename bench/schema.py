@@ -53,7 +53,7 @@ HISTORY = {
        "loaded_idle, canary, client_slowdown, unseen (CPU taken where the guest does not see it); "
        "then client.engine and the plan's engine (--engine: the load loop that measured the run; absent: epoll's); "
        "then machine.damon (the kernel's DAMON monitors and their state) and meta.damon_paused (--pause-damon); "
-       "interference.server_held_s, client_held_s and held_by (other threads' long slices on the pinned CPUs)",
+       "interference.server_held_s, client_held_s, held_s and held_by (other threads' long slices on the pinned CPUs)",
 }
 SCHEMA_VERSION = max(HISTORY)
 #: the versions ``from_json`` reads (an older file reads the fields it lacks as their defaults)
@@ -731,9 +731,11 @@ class Interference(Part):
 
     ``*_held_s``: the seconds other threads held that side's pinned CPUs around
     the window in slices long enough to keep a waking process waiting
-    (``procfs.foreign_stalls``), and ``held_by`` the longest of them
-    (``{"thread": comm, "pid", "s"}``): what made an open loop's tail when it
-    was not the server (shown, not a flag).
+    (``procfs.foreign_stalls``); ``held_s`` both sides' CPUs together, each
+    thread once (one seen on a CPU of each side counts on both ``*_held_s``),
+    and ``held_by`` the longest of those threads (``{"thread": comm, "pid",
+    "s"}``): what made an open loop's tail when it was not the server (shown,
+    not a flag).
     """
 
     server_foreign: float | None = fld(since=2)
@@ -750,6 +752,7 @@ class Interference(Part):
     unseen: bool = fld(False, since=4, read=bool)
     server_held_s: float | None = fld(since=4, omit=True)
     client_held_s: float | None = fld(since=4, omit=True)
+    held_s: float | None = fld(since=4, omit=True)
     held_by: list | None = fld(since=4, omit=True, read=list)
 
 

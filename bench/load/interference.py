@@ -29,7 +29,8 @@ server side is ``None`` and a server on the client's CPUs is foreign there.
 ``held``: how long other threads held a side's CPUs in slices long enough
 to keep a waking process waiting (``procfs.foreign_stalls``: exact
 runtimes from every thread's schedstat, around the window and its
-warmup), and which.  A share of the CPU is the wrong scale for a tail: on
+warmup), both sides' together (a thread seen on each side's CPUs counts
+once there), and which.  A share of the CPU is the wrong scale for a tail: on
 the 2-core VM the kernel's DAMON sampler and the sandbox's agent took
 0.5-5% of a CPU, never DISTURBED, yet each of their 1-60 ms slices left
 every message due meanwhile late, and those messages were the p99.  It is
@@ -151,10 +152,8 @@ def interference(cpu_stat, server_cpus, client_cpus, server_s, load_procs, loada
     sides = [s for s in (server_side, client_side) if s is not None]
     server_held = held(server) if held is not None and server is not None else None
     client_held = held(client) if held is not None else None
-    holders = {}
-    for h in (server_held, client_held):
-        for comm, pid, seconds in (h[1] if h else ()):
-            holders[(comm, pid)] = seconds
+    # both sides at once: a thread seen on a CPU of each (it moved between the snapshots) counts once
+    both_held = held(server | client) if server_held is not None else client_held
     return Interference(
         server_foreign=server_side.foreign_share if server_side else None,
         client_foreign=client_side.foreign_share if client_side else None,
@@ -164,6 +163,7 @@ def interference(cpu_stat, server_cpus, client_cpus, server_s, load_procs, loada
         disturbed=any(s.disturbed for s in sides),
         server_held_s=server_held[0] if server_held is not None else None,
         client_held_s=client_held[0] if client_held is not None else None,
-        held_by=[{"thread": comm, "pid": pid, "s": seconds} for (comm, pid), seconds
-                 in sorted(holders.items(), key=lambda kv: -kv[1])[:HELD_BY_NAMED]] if holders else None,
+        held_s=both_held[0] if both_held is not None else None,
+        held_by=[{"thread": comm, "pid": pid, "s": seconds} for comm, pid, seconds
+                 in both_held[1][:HELD_BY_NAMED]] if both_held is not None and both_held[1] else None,
     )

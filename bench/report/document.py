@@ -184,7 +184,7 @@ HELD_NAMED = 3
 def held_sentence(cells):
     """The sentence under an open-loop table whose pinned CPUs other threads held in long slices (the
     threads named, longest first), or None when none did or it was not measured."""
-    held = [(c, c.held) for c in cells if c.held is not None]
+    held = [(c, h) for c in cells if (h := c.held) is not None]
     if not held or not any(h[1] > 0 for _, h in held):
         return None
     rounds = sorted(h[0] for _, h in held)

@@ -589,14 +589,14 @@ class CellStats:
 
     @property
     def held(self):
-        """Other threads' long slices on the pinned CPUs (``Interference.*_held_s``, both sides) per kept round:
+        """Other threads' long slices on the pinned CPUs (``Interference.held_s``, both sides) per kept round:
         ``(median s, most s, [(thread, pid, s over every round)] longest first)``; None when no round read them."""
         per_round, threads = [], {}
         for r in self.results:
             i = r.interference
-            if i is None or (i.server_held_s is None and i.client_held_s is None):
+            if i is None or i.held_s is None:
                 continue
-            per_round.append((i.server_held_s or 0.0) + (i.client_held_s or 0.0))
+            per_round.append(i.held_s)
             for h in i.held_by or ():
                 key = (h.get("thread"), h.get("pid"))
                 threads[key] = threads.get(key, 0.0) + _num(h.get("s"))

@@ -207,15 +207,17 @@ def test_the_threads_that_held_the_cpus_in_long_slices_are_counted_and_named(mon
 
 def test_a_rounds_interference_carries_what_held_each_side():
     stat = _window(1.0, {0: {"system": 40, "idle": 60}, 1: {"system": 50, "idle": 50}})
+    # kdamond was seen on CPU 0 before the window and on CPU 1 after it: each side counts it, the two together once
     held = {frozenset({0}): (0.012, [("kdamond.0", 84, 0.012)]),
-            frozenset({1}): (0.030, [("tokio-rt-worker", 1, 0.028), ("daemon", 7, 0.002)])}
+            frozenset({1}): (0.042, [("tokio-rt-worker", 1, 0.028), ("kdamond.0", 84, 0.012), ("daemon", 7, 0.002)]),
+            frozenset({0, 1}): (0.042, [("tokio-rt-worker", 1, 0.028), ("kdamond.0", 84, 0.012), ("daemon", 7, 0.002)])}
     i = interference(stat, server_cpus=(0,), client_cpus=(1,), server_s=0.4, load_procs=[((1,), 0.5)],
                      process_s=lambda cpus: 0.0, held=lambda cpus: held[frozenset(cpus)])
-    assert (i.server_held_s, i.client_held_s) == (0.012, 0.030)
+    assert (i.server_held_s, i.client_held_s, i.held_s) == (0.012, 0.042, 0.042)
     assert i.held_by == [{"thread": "tokio-rt-worker", "pid": 1, "s": 0.028},
                          {"thread": "kdamond.0", "pid": 84, "s": 0.012}, {"thread": "daemon", "pid": 7, "s": 0.002}]
     # shown, not a flag: 42 ms held in slices is 2-3% of a CPU, no disturbance by the share rule
     assert i.disturbed is False
     # not read: no figures
     i = interference(stat, server_cpus=(0,), client_cpus=(1,), server_s=0.4, load_procs=[((1,), 0.5)])
-    assert i.server_held_s is None and i.client_held_s is None and i.held_by is None
+    assert i.server_held_s is None and i.client_held_s is None and i.held_s is None and i.held_by is None

@@ -90,6 +90,7 @@ def test_the_threads_that_held_the_pinned_cpus_are_named_under_the_open_table(tm
         k = r["cell"]["round"]
         # round k: kdamond held the server's CPU k ms, the agent the client's 2 ms
         r["interference"] = {**(r.get("interference") or {}), "server_held_s": k / 1000, "client_held_s": 0.002,
+                             "held_s": k / 1000 + 0.002,
                              "held_by": [{"thread": "kdamond.0", "pid": 84, "s": k / 1000},
                                          {"thread": "tokio-rt-worker", "pid": 1, "s": 0.002}]}
         with open(path, "w") as f:
